@@ -1,0 +1,28 @@
+"""Alembic environment: the URL comes from Stepwise's settings, never from alembic.ini."""
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+from db.models import Base
+from stepwise.settings import get_settings
+
+config = context.config
+if config.config_file_name is not None and config.attributes.get("configure_logging", True):
+    from logging.config import fileConfig
+
+    fileConfig(config.config_file_name)
+
+
+def run_migrations_online() -> None:
+    url = config.attributes.get("url") or get_settings().database_url
+    if not url:
+        raise SystemExit("DATABASE_URL is not set: nothing to migrate")
+    engine = create_engine(url, poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=Base.metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+run_migrations_online()

@@ -1,0 +1,223 @@
+"""The database schema: SQLAlchemy 2 typed models.
+
+All times are `timestamptz` in UTC. The slot key `(schedule_id, scheduled_for)`
+is what makes "one execution per scheduled slot, ever" true no matter how many
+schedulers run.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+EXECUTION_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "skipped")
+FINAL_STATUSES = ("succeeded", "failed", "cancelled", "skipped")
+TRIGGERS = ("schedule", "manual", "retry")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSONB}
+
+
+def _uuid_pk() -> Mapped[uuid.UUID]:
+    return mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+
+
+def _created() -> Mapped[datetime]:
+    return mapped_column(server_default=func.now())
+
+
+class Automation(Base):
+    __tablename__ = "automations"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    owner_id: Mapped[str] = mapped_column(String(200), default="local")
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    steps: Mapped[list[dict[str, str]]] = mapped_column(JSONB)
+    project_context: Mapped[str] = mapped_column(Text, default="")
+    agent_url: Mapped[str] = mapped_column(String(2000))
+    # Name of a credential to send as request headers; the secret itself never
+    # lives in this table.
+    headers_ref: Mapped[str | None] = mapped_column(String(200))
+    step_timeout_s: Mapped[int] = mapped_column(Integer, default=30)
+    max_retries: Mapped[int] = mapped_column(Integer, default=3)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+    archived_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint("jsonb_array_length(steps) BETWEEN 1 AND 50", name="steps_count"),
+        CheckConstraint("step_timeout_s BETWEEN 1 AND 3600", name="step_timeout"),
+        CheckConstraint("max_retries BETWEEN 0 AND 20", name="max_retries"),
+    )
+
+
+class Schedule(Base):
+    __tablename__ = "schedules"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    automation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("automations.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))
+    cron_expr: Mapped[str | None] = mapped_column(String(200))
+    interval_s: Mapped[int | None] = mapped_column(Integer)
+    run_at: Mapped[datetime | None]
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    start_at: Mapped[datetime | None]
+    end_at: Mapped[datetime | None]
+    max_runs: Mapped[int | None] = mapped_column(Integer)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    misfire_policy: Mapped[str] = mapped_column(String(16), default="run_once")
+    catchup_window_s: Mapped[int] = mapped_column(Integer, default=3600)
+    overlap_policy: Mapped[str] = mapped_column(String(16), default="skip")
+    jitter_s: Mapped[int] = mapped_column(Integer, default=0)
+    next_run_at: Mapped[datetime | None]
+    last_run_at: Mapped[datetime | None]
+    last_status: Mapped[str | None] = mapped_column(String(16))
+    # Runs handed to workers so far (max_runs counts these).
+    dispatched_count: Mapped[int] = mapped_column(Integer, default=0)
+    run_count: Mapped[int] = mapped_column(Integer, default=0)
+    success_count: Mapped[int] = mapped_column(Integer, default=0)
+    failure_count: Mapped[int] = mapped_column(Integer, default=0)
+    missed_count: Mapped[int] = mapped_column(Integer, default=0)
+    skipped_count: Mapped[int] = mapped_column(Integer, default=0)
+    completed_reason: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('cron', 'interval', 'once')", name="kind"),
+        CheckConstraint("misfire_policy IN ('skip', 'run_once', 'run_all')", name="misfire"),
+        CheckConstraint("overlap_policy IN ('skip', 'buffer_one', 'allow')", name="overlap"),
+        CheckConstraint("interval_s IS NULL OR interval_s >= 10", name="interval_min"),
+        CheckConstraint("end_at IS NULL OR start_at IS NULL OR end_at > start_at", name="bounds"),
+        # The dispatcher's only query: due, enabled schedules in next_run_at order.
+        Index("ix_schedules_due", "next_run_at", postgresql_where=text("enabled")),
+    )
+
+
+class Execution(Base):
+    __tablename__ = "executions"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    automation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("automations.id", ondelete="CASCADE")
+    )
+    schedule_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("schedules.id", ondelete="SET NULL")
+    )
+    trigger: Mapped[str] = mapped_column(String(16), default="schedule")
+    scheduled_for: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    queued_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    lease_expires_at: Mapped[datetime | None]
+    current_step: Mapped[int] = mapped_column(Integer, default=0)
+    total_steps: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[Any | None] = mapped_column(JSONB)
+    # When the message carrying this execution becomes due for a worker (the slot,
+    # or the end of a retry's backoff). A queued row well past it lost its message
+    # (Redis flushed, worker killed) and housekeeping sends a new one.
+    available_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "scheduled_for", name="uq_executions_slot"),
+        CheckConstraint(_in("status", EXECUTION_STATUSES), name="status"),
+        CheckConstraint(_in("trigger", TRIGGERS), name="trigger"),
+        Index("ix_executions_recent", text("queued_at DESC")),
+        Index("ix_executions_automation_recent", "automation_id", text("queued_at DESC")),
+        Index("ix_executions_status_recent", "status", text("queued_at DESC")),
+        Index("ix_executions_finished", "finished_at"),
+        # Small: only unfinished rows (overlap checks, recovery, cancellation).
+        Index(
+            "ix_executions_open",
+            "schedule_id",
+            "scheduled_for",
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+        Index(
+            "ix_executions_open_by_time",
+            "available_at",
+            postgresql_where=text("status IN ('queued', 'running')"),
+        ),
+    )
+
+
+class StepRun(Base):
+    __tablename__ = "step_runs"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    execution_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("executions.id", ondelete="CASCADE"))
+    step_number: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # running | succeeded | failed
+    request: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    finished_at: Mapped[datetime | None]
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_step_runs_execution", "execution_id", "step_number", "attempt"),)
+
+
+class AuditLog(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(server_default=func.now())
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(32))
+    target_type: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+
+    __table_args__ = (Index("ix_audit_log_target", "target_id", text("at DESC")),)
+
+
+class Heartbeat(Base):
+    """Last time each periodic job ran (the dashboard warns when the tick is stale)."""
+
+    __tablename__ = "heartbeats"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    at: Mapped[datetime] = mapped_column(server_default=func.now())
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)

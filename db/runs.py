@@ -1,0 +1,374 @@
+"""An execution's life in the database: claim, steps, retry, end, recovery.
+
+Every write a worker makes is fenced on `(status = 'running', attempt = <its
+attempt>)`: a worker whose lease expired and whose execution was taken over, or
+cancelled, finds zero rows and stops instead of overwriting newer state.
+Functions take a session and never commit: the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy.orm import Session
+
+from db.models import FINAL_STATUSES, Automation, Execution, Schedule, StepRun
+from stepwise.schedule import decide_overlap
+from tasks.agent import StepOutcome, parse_output
+
+LOST_STEP_ERROR = "the worker running this step stopped (killed or lost its lease)"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A running execution as its worker sees it."""
+
+    execution_id: uuid.UUID
+    attempt: int
+    automation_id: uuid.UUID
+    schedule_id: uuid.UUID | None
+    scheduled_for: datetime
+    owner_id: str
+    agent_url: str
+    steps: list[dict[str, str]]
+    project_context: str
+    step_timeout_s: int
+    first_step: int  # 1-based: the first step not yet succeeded
+    previous_output: Any
+
+    @property
+    def total_steps(self) -> int:
+        return len(self.steps)
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.step_timeout_s)
+
+
+ClaimResult = Claim | Literal["nothing", "skipped", "waiting"]
+
+
+def _fence(claim: Claim) -> Any:
+    return and_(
+        Execution.id == claim.execution_id,
+        Execution.status == "running",
+        Execution.attempt == claim.attempt,
+    )
+
+
+def _overlap(session: Session, execution: Execution, policy: str) -> str:
+    """run / skip / wait for a scheduled execution, serialised per schedule."""
+    # An advisory lock, not a row lock on the schedule: the dispatcher's
+    # FOR UPDATE SKIP LOCKED must never skip a schedule because a run is starting.
+    session.execute(
+        select(func.pg_advisory_xact_lock(func.hashtextextended(str(execution.schedule_id), 0)))
+    )
+    siblings = select(Execution.id).where(
+        Execution.schedule_id == execution.schedule_id, Execution.id != execution.id
+    )
+    running = session.scalar(
+        select(
+            siblings.where(
+                Execution.status == "running", Execution.lease_expires_at > func.now()
+            ).exists()
+        )
+    )
+    waiting = session.scalar(
+        select(
+            siblings.where(
+                Execution.status == "queued",
+                Execution.scheduled_for < execution.scheduled_for,
+                Execution.scheduled_for <= func.now(),
+            ).exists()
+        )
+    )
+    return decide_overlap(policy, running=bool(running), waiting=bool(waiting))
+
+
+def _skip_for_overlap(session: Session, execution: Execution) -> None:
+    session.execute(
+        update(Execution)
+        .where(Execution.id == execution.id, Execution.status == "queued")
+        .values(
+            status="skipped",
+            finished_at=func.now(),
+            error="skipped: the previous run was still running (overlap policy)",
+        )
+    )
+    session.execute(
+        update(Schedule)
+        .where(Schedule.id == execution.schedule_id)
+        .values(skipped_count=Schedule.skipped_count + 1)
+    )
+
+
+def _resume_point(session: Session, execution_id: uuid.UUID) -> tuple[int, Any]:
+    """First step not yet succeeded, and the output of the step before it."""
+    done = session.execute(
+        select(StepRun.step_number, StepRun.response_body)
+        .where(StepRun.execution_id == execution_id, StepRun.status == "succeeded")
+        .order_by(StepRun.step_number.desc())
+        .limit(1)
+    ).first()
+    if done is None:
+        return 1, None
+    return done.step_number + 1, parse_output(done.response_body or "", truncated=False)
+
+
+def claim_execution(session: Session, execution_id: uuid.UUID, *, margin_s: int) -> ClaimResult:
+    """Take a queued execution (or a running one whose lease expired) for this worker.
+
+    Returns "nothing" when another worker has it or it is final (a duplicate
+    message), "skipped"/"waiting" when the overlap policy says so.
+    """
+    row = session.execute(
+        select(Execution, Automation, Schedule.overlap_policy)
+        .join(Automation, Automation.id == Execution.automation_id)
+        .outerjoin(Schedule, Schedule.id == Execution.schedule_id)
+        .where(Execution.id == execution_id)
+    ).first()
+    if row is None:
+        return "nothing"
+    execution, automation, policy = row
+    claimable = execution.status == "queued" or (
+        execution.status == "running"
+        and execution.lease_expires_at is not None
+        and execution.lease_expires_at < session.scalar(select(func.now()))
+    )
+    if not claimable:
+        return "nothing"
+    if execution.schedule_id is not None and policy not in (None, "allow"):
+        decision = _overlap(session, execution, policy)
+        if decision == "skip":
+            _skip_for_overlap(session, execution)
+            return "skipped"
+        if decision == "wait":
+            return "waiting"
+    lease = timedelta(seconds=automation.step_timeout_s)
+    claimed = session.execute(
+        update(Execution)
+        .where(
+            Execution.id == execution_id,
+            or_(
+                Execution.status == "queued",
+                and_(Execution.status == "running", Execution.lease_expires_at < func.now()),
+            ),
+        )
+        .values(
+            status="running",
+            attempt=Execution.attempt + 1,
+            started_at=func.coalesce(Execution.started_at, func.now()),
+            lease_expires_at=func.now() + lease + timedelta(seconds=margin_s),
+        )
+        .returning(Execution.attempt)
+    ).scalar()
+    if claimed is None:
+        return "nothing"
+    # A step left "running" belonged to a worker that died mid-call.
+    session.execute(
+        update(StepRun)
+        .where(StepRun.execution_id == execution_id, StepRun.status == "running")
+        .values(status="failed", error=LOST_STEP_ERROR, finished_at=func.now())
+    )
+    first_step, previous_output = _resume_point(session, execution_id)
+    return Claim(
+        execution_id=execution.id,
+        attempt=claimed,
+        automation_id=automation.id,
+        schedule_id=execution.schedule_id,
+        scheduled_for=execution.scheduled_for,
+        owner_id=automation.owner_id,
+        agent_url=automation.agent_url,
+        steps=list(automation.steps),
+        project_context=automation.project_context,
+        step_timeout_s=automation.step_timeout_s,
+        first_step=first_step,
+        previous_output=previous_output,
+    )
+
+
+def start_step(
+    session: Session, claim: Claim, step_number: int, request: dict[str, Any], *, margin_s: int
+) -> int | None:
+    """Renew the lease for one step and record the step as running; None if we lost the run."""
+    renewed = session.execute(
+        update(Execution)
+        .where(_fence(claim))
+        .values(
+            current_step=step_number,
+            lease_expires_at=func.now() + claim.lease + timedelta(seconds=margin_s),
+        )
+    ).rowcount
+    if not renewed:
+        return None
+    return session.scalar(
+        StepRun.__table__.insert()
+        .values(
+            execution_id=claim.execution_id,
+            step_number=step_number,
+            attempt=claim.attempt,
+            status="running",
+            request=request,
+        )
+        .returning(StepRun.id)
+    )
+
+
+def finish_step(session: Session, step_run_id: int, outcome: StepOutcome) -> None:
+    session.execute(
+        update(StepRun)
+        .where(StepRun.id == step_run_id)
+        .values(
+            status="succeeded" if outcome.ok else "failed",
+            response_status=outcome.status,
+            response_body=outcome.body,
+            error=outcome.error,
+            finished_at=func.now(),
+            duration_ms=outcome.duration_ms,
+        )
+    )
+
+
+def release_for_retry(session: Session, claim: Claim, error: str, delay_s: float) -> bool:
+    """Put the execution back in the queue until its retry message is due."""
+    return bool(
+        session.execute(
+            update(Execution)
+            .where(_fence(claim))
+            .values(
+                status="queued",
+                lease_expires_at=None,
+                error=error,
+                available_at=func.now() + timedelta(seconds=delay_s),
+            )
+        ).rowcount
+    )
+
+
+def finish_execution(
+    session: Session, claim: Claim, status: str, *, error: str | None = None, result: Any = None
+) -> bool:
+    """End the execution and move its schedule's counters, in the caller's transaction."""
+    ended = session.execute(
+        update(Execution)
+        .where(_fence(claim))
+        .values(
+            status=status,
+            finished_at=func.now(),
+            lease_expires_at=None,
+            error=error,
+            result=result,
+        )
+    ).rowcount
+    if ended and claim.schedule_id is not None:
+        record_outcome(session, claim.schedule_id, status)
+    return bool(ended)
+
+
+def record_outcome(session: Session, schedule_id: uuid.UUID, status: str) -> None:
+    succeeded = 1 if status == "succeeded" else 0
+    failed = 1 if status == "failed" else 0
+    session.execute(
+        update(Schedule)
+        .where(Schedule.id == schedule_id)
+        .values(
+            run_count=Schedule.run_count + 1,
+            success_count=Schedule.success_count + succeeded,
+            failure_count=Schedule.failure_count + failed,
+            last_status=status,
+            last_run_at=func.now(),
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Resend:
+    execution_id: uuid.UUID
+    retries: int  # tries already spent, so a re-sent message keeps its retry budget
+    max_retries: int
+    delay_ms: int = 0
+
+
+def next_waiting(session: Session, schedule_id: uuid.UUID) -> Resend | None:
+    """The run held back by `buffer_one`, to start now that the previous one ended."""
+    row = session.execute(
+        select(Execution.id, Execution.attempt, Automation.max_retries)
+        .join(Automation, Automation.id == Execution.automation_id)
+        .where(
+            Execution.schedule_id == schedule_id,
+            Execution.status == "queued",
+            Execution.scheduled_for <= func.now(),
+        )
+        .order_by(Execution.scheduled_for)
+        .limit(1)
+    ).first()
+    return None if row is None else Resend(row.id, row.attempt, row.max_retries)
+
+
+def stranded_executions(session: Session, *, requeue_after_s: int, limit: int) -> list[Resend]:
+    """Queued runs whose message should have arrived long ago, and runs whose lease expired.
+
+    Postgres is the source of truth: a message lost to a flushed Redis, a killed
+    worker or a dead connection is simply sent again (a duplicate claims nothing).
+    Their `available_at` moves forward so the next pass leaves them alone a while.
+    """
+    stale = func.now() - timedelta(seconds=requeue_after_s)
+    rows = session.execute(
+        update(Execution)
+        .where(
+            Execution.id.in_(
+                select(Execution.id)
+                .where(
+                    or_(
+                        and_(Execution.status == "queued", Execution.available_at < stale),
+                        and_(
+                            Execution.status == "running", Execution.lease_expires_at < func.now()
+                        ),
+                    )
+                )
+                .order_by(Execution.available_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        .values(available_at=func.now())
+        .returning(Execution.id, Execution.attempt, Execution.automation_id)
+    ).all()
+    if not rows:
+        return []
+    budgets = dict(
+        session.execute(
+            select(Automation.id, Automation.max_retries).where(
+                Automation.id.in_({r.automation_id for r in rows})
+            )
+        ).all()
+    )
+    # Every claim so far spent one try, including one whose worker died.
+    return [Resend(r.id, r.attempt, budgets[r.automation_id]) for r in rows]
+
+
+def db_now(session: Session) -> datetime:
+    """The database's clock: the only one that decides what is due."""
+    now = session.scalar(text("SELECT now()"))
+    assert isinstance(now, datetime)
+    return now
+
+
+def purge_history(session: Session, *, older_than_days: int, batch: int) -> int:
+    """Delete one small batch of finished executions older than the retention age.
+
+    Small batches keep each transaction short: no long lock on the table. The
+    caller loops while a full batch was deleted.
+    """
+    cutoff = func.now() - timedelta(days=older_than_days)
+    victims = (
+        select(Execution.id)
+        .where(Execution.queued_at < cutoff, Execution.status.in_(FINAL_STATUSES))
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    )
+    return session.execute(Execution.__table__.delete().where(Execution.id.in_(victims))).rowcount

@@ -1,0 +1,56 @@
+"""One engine per process, created lazily (after any fork), and sessions on it.
+
+The caller owns the transaction: `with session_scope() as s:` is one unit of
+work that commits on success and rolls back on error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from stepwise.settings import get_settings
+
+_engine: Engine | None = None
+_engine_pid: int | None = None
+_factory: sessionmaker[Session] | None = None
+
+
+def get_engine() -> Engine:
+    """The process's engine; a forked child gets a fresh one, never its parent's sockets."""
+    global _engine, _engine_pid, _factory
+    if _engine is None or _engine_pid != os.getpid():
+        settings = get_settings()
+        settings.require_servers()
+        _engine = create_engine(
+            settings.database_url,
+            # A Postgres restart leaves dead sockets in the pool: test before use.
+            pool_pre_ping=True,
+            pool_size=settings.worker_threads + 2,
+            max_overflow=10,
+            pool_recycle=1800,
+        )
+        _engine_pid = os.getpid()
+        _factory = sessionmaker(_engine, expire_on_commit=False)
+    return _engine
+
+
+def dispose_engine() -> None:
+    """Close every pooled connection (tests, and after the URL changes)."""
+    global _engine, _factory
+    if _engine is not None:
+        _engine.dispose()
+    _engine = _factory = None
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A session in one transaction: committed on success, rolled back on error."""
+    get_engine()
+    assert _factory is not None
+    with _factory() as session, session.begin():
+        yield session

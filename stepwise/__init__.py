@@ -1,0 +1,1 @@
+"""Stepwise: schedule multi-step agent automations and run them reliably."""

@@ -1,0 +1,182 @@
+"""The `stepwise` command: run the whole system locally, and small process helpers.
+
+stepwise run                 # every Procfile process, embedded servers if no URLs
+stepwise respawn -- CMD ...  # keep CMD running (the scheduler exits when Redis is away)
+stepwise demo-agent          # the bundled agent alone
+stepwise export ...          # history to CSV / Parquet / Excel
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCAL_PROCESSES = ("web", "scheduler", "dispatcher", "worker")
+
+
+def read_procfile(path: Path = ROOT / "Procfile") -> dict[str, str]:
+    from honcho.environ import parse_procfile
+
+    return dict(parse_procfile(path.read_text()).processes)
+
+
+def migrate(database_url: str) -> None:
+    """`alembic upgrade head` on the given database (the Procfile's release step)."""
+    from alembic.config import Config
+
+    from alembic import command
+
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["url"] = database_url
+    config.attributes["configure_logging"] = False
+    command.upgrade(config, "head")
+
+
+def seed_demo(agent_url: str) -> bool:
+    """On first start (no automation at all), create the demo automation and its schedule."""
+    from sqlalchemy import func, select
+
+    from db import commands
+    from db.models import Automation
+    from db.session import session_scope
+    from stepwise.automation import AutomationInput, Step
+    from stepwise.schedule import ScheduleSpec
+
+    with session_scope() as session:
+        if session.scalar(select(func.count()).select_from(Automation)):
+            return False
+        automation = commands.create_automation(
+            session,
+            AutomationInput(
+                name="Demo: daily brief",
+                description="Three steps against the bundled demo agent.",
+                agent_url=agent_url,
+                project_context="Stepwise demo project",
+                steps=(
+                    Step("Collect", "Collect the latest numbers."),
+                    Step("Summarise", "Summarise what changed."),
+                    Step("Report", "Write the report."),
+                ),
+            ),
+            actor="stepwise run",
+        )
+        commands.create_schedule(
+            session,
+            automation.id,
+            commands.ScheduleInput(spec=ScheduleSpec(kind="cron", cron_expr="* * * * *")),
+            actor="stepwise run",
+        )
+    return True
+
+
+def run(_: argparse.Namespace) -> int:
+    from honcho.manager import Manager
+
+    from stepwise import embedded
+    from stepwise.settings import get_settings
+
+    settings = get_settings()
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PORT"] = str(settings.web_port)
+    env["STEPWISE_WORKER_PROCESSES"] = str(settings.worker_processes)
+    env["STEPWISE_WORKER_THREADS"] = str(settings.worker_threads)
+    redis = None
+    if not settings.database_url:
+        print(f"stepwise: starting embedded PostgreSQL in {settings.data_dir / 'postgres'}")
+        env["DATABASE_URL"] = embedded.start_postgres(settings.data_dir / "postgres")
+    if not settings.redis_url:
+        print(f"stepwise: starting embedded Redis on 127.0.0.1:{settings.redis_port}")
+        redis = embedded.start_redis(settings.data_dir / "redis", settings.redis_port)
+        env["REDIS_URL"] = redis.url
+    os.environ.update({"DATABASE_URL": env["DATABASE_URL"], "REDIS_URL": env["REDIS_URL"]})
+    get_settings.cache_clear()
+    try:
+        migrate(env["DATABASE_URL"])
+        manager = Manager()
+        processes = read_procfile()
+        for name in LOCAL_PROCESSES:
+            manager.add_process(name, processes[name], env=env, cwd=str(ROOT))
+        if settings.demo:
+            agent_url = f"http://127.0.0.1:{settings.demo_agent_port}/agent"
+            manager.add_process(
+                "agent",
+                f"{sys.executable} -m stepwise.demo_agent --port {settings.demo_agent_port}",
+                env=env,
+                cwd=str(ROOT),
+            )
+            if seed_demo(agent_url):
+                print("stepwise: created the demo automation (runs every minute)")
+        print(f"stepwise: dashboard at http://127.0.0.1:{settings.web_port}  (Ctrl-C stops)")
+        manager.loop()
+        return manager.returncode or 0
+    finally:
+        from db.session import dispose_engine
+
+        dispose_engine()
+        if redis is not None:
+            redis.stop()
+
+
+def respawn(args: argparse.Namespace) -> int:
+    """Run the command, start it again when it exits; stop it and return on SIGTERM/SIGINT."""
+    command = [c for c in args.command if c != "--"]
+    if not command:
+        print("stepwise respawn: nothing to run", file=sys.stderr)
+        return 2
+    stopping = False
+    child: subprocess.Popen[bytes] | None = None
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    delay = 1.0
+    while True:
+        started = time.monotonic()
+        child = subprocess.Popen(command)
+        code = child.wait()
+        if stopping:
+            return 0
+        # Back off while it keeps failing fast (e.g. Redis down), up to 30 s.
+        delay = 1.0 if time.monotonic() - started > 60 else min(delay * 2, 30.0)
+        print(
+            f"stepwise respawn: {command[0]} exited with {code}; restarting in {delay:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        for _ in range(int(delay * 10)):  # short naps: a stop signal is honoured at once
+            if stopping:
+                return 0
+            time.sleep(0.1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="stepwise", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command_name", required=True)
+    sub.add_parser("run", help="run the whole system").set_defaults(func=run)
+    p = sub.add_parser("respawn", help="keep a command running")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func=respawn)
+    p = sub.add_parser("demo-agent", help="run the bundled demo agent")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=lambda a: __import__("stepwise.demo_agent").demo_agent.main(a.rest) or 0)
+    args = parser.parse_args(argv)
+    sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""A small agent server that answers the Stepwise agent contract.
+
+The run command starts it so a newcomer sees real executions at once; the tests
+start it in-process to record every call and to script failures. Optional
+latency and failure rate make it useful for demos and benchmarks.
+
+    python -m stepwise.demo_agent --port 8787 --latency-ms 50 --failure-rate 0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request the agent received."""
+
+    at: float
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+    @property
+    def idempotency_key(self) -> str | None:
+        return self.headers.get("idempotency-key")
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int = 200
+    body: bytes | str | dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay_s: float = 0.0
+
+
+Responder = Callable[[Call], Reply]
+
+
+def default_reply(call: Call) -> Reply:
+    body = call.body if isinstance(call.body, dict) else {}
+    return Reply(
+        200,
+        {
+            "output": f"done: {body.get('message', '')}",
+            "step_number": body.get("step_number"),
+            "received_previous_output": body.get("previous_output"),
+        },
+    )
+
+
+class AgentServer:
+    """A threaded HTTP agent on 127.0.0.1 that records calls; `responder` decides replies."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency_ms: float = 0.0,
+        failure_rate: float = 0.0,
+        record: bool = True,
+    ) -> None:
+        self.latency_s = latency_ms / 1000
+        self.failure_rate = failure_rate
+        self.record = record
+        self.responder: Responder = default_reply
+        self.calls: list[Call] = []
+        self._lock = threading.Lock()
+        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/agent"
+
+    def start(self) -> AgentServer:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def serve_forever(self) -> None:
+        self._httpd.serve_forever()
+
+    def script(self, *replies: Reply) -> None:
+        """Answer the next calls with these replies in order, then with the default."""
+        pending = list(replies)
+
+        def scripted(call: Call) -> Reply:
+            with self._lock:
+                return pending.pop(0) if pending else default_reply(call)
+
+        self.responder = scripted
+
+    def calls_for(self, execution_id: str) -> list[Call]:
+        with self._lock:
+            return [c for c in self.calls if isinstance(c.body, dict)
+                    and c.body.get("execution_id") == execution_id]
+
+    def _reply_for(self, call: Call) -> Reply:
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        if self.failure_rate and random.random() < self.failure_rate:
+            return Reply(503, {"error": "demo agent: simulated failure"})
+        return self.responder(call)
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: workers reuse connections
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body: Any = json.loads(raw)
+                except ValueError:
+                    body = raw.decode("utf-8", errors="replace")
+                call = Call(
+                    time.time(), self.path, {k.lower(): v for k, v in self.headers.items()}, body
+                )
+                if server.record:
+                    with server._lock:
+                        server.calls.append(call)
+                self._send(server._reply_for(call))
+
+            def do_GET(self) -> None:  # a health check for people and scripts
+                self._send(Reply(200, {"status": "ok", "agent": "stepwise demo agent"}))
+
+            def _send(self, reply: Reply) -> None:
+                if reply.delay_s:
+                    time.sleep(reply.delay_s)
+                payload = reply.body
+                if isinstance(payload, dict):
+                    data = json.dumps(payload).encode()
+                    content_type = "application/json"
+                elif isinstance(payload, str):
+                    data, content_type = payload.encode(), "text/plain; charset=utf-8"
+                else:
+                    data, content_type = payload or b"", "application/octet-stream"
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(data)))
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the caller gave up (timeout): nothing to answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return Handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Stepwise demo agent")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8787)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--failure-rate", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    server = AgentServer(
+        host=args.host,
+        port=args.port,
+        latency_ms=args.latency_ms,
+        failure_rate=args.failure_rate,
+        record=False,
+    )
+    print(f"demo agent listening on {server.url}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

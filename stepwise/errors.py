@@ -1,0 +1,51 @@
+"""The one error hierarchy of Stepwise.
+
+Validation errors carry the field they belong to and a sentence a person can act
+on; the dashboard shows them next to the field, the API raises them before any
+write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class StepwiseError(Exception):
+    """Base class of every error Stepwise raises on purpose."""
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class ValidationFailed(StepwiseError):
+    """One or more inputs were rejected; nothing was written."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(str(e) for e in self.errors))
+
+    @classmethod
+    def single(cls, field: str, message: str) -> ValidationFailed:
+        return cls([FieldError(field, message)])
+
+    def for_field(self, field: str) -> str | None:
+        """The first message for ``field``, if any (for showing next to a form input)."""
+        return next((e.message for e in self.errors if e.field == field), None)
+
+
+class NotFound(StepwiseError):
+    """The automation, schedule or execution does not exist (or was deleted)."""
+
+
+class InvalidState(StepwiseError):
+    """The action does not apply to the object's current state (e.g. retry a success)."""
+
+
+class ConfigError(StepwiseError):
+    """Bad configuration; the message names the environment variable."""

@@ -1,0 +1,99 @@
+"""All configuration, read once from the environment.
+
+`DATABASE_URL` and `REDIS_URL` keep their Heroku names; everything else has the
+`STEPWISE_` prefix. Nothing else in the code base reads `os.environ` for
+configuration. A bad value fails at start-up with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stepwise.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STEPWISE_", extra="ignore")
+
+    # Heroku names, no prefix. Empty means "start the embedded server" (run command only).
+    database_url: str = Field(default="", validation_alias="DATABASE_URL")
+    redis_url: str = Field(default="", validation_alias="REDIS_URL")
+
+    data_dir: Path = Path(".data")
+    web_port: int = Field(default=8501, ge=1, le=65535)
+    redis_port: int = Field(default=6390, ge=1, le=65535)  # embedded Redis only
+    demo: bool = True  # bundled demo agent + demo automation on first start
+    demo_agent_port: int = Field(default=8787, ge=1, le=65535)
+
+    # Dispatch: slots due before now + horizon are materialised each tick; the
+    # horizon exceeds the one-minute tick so every slot is enqueued before its time.
+    dispatch_horizon_s: int = Field(default=90, ge=61)
+    dispatch_batch: int = Field(default=500, ge=1)
+    # A slot older than this when dispatched is "missed" (misfire policy applies).
+    misfire_grace_s: int = Field(default=60, ge=0)
+
+    # Runs.
+    worker_processes: int = Field(default=2, ge=1)
+    worker_threads: int = Field(default=8, ge=1)
+    lease_margin_s: int = Field(default=30, ge=5)
+    execution_time_limit_s: int = Field(default=3600, ge=10)
+    min_backoff_ms: int = Field(default=2000, ge=0)
+    max_backoff_ms: int = Field(default=300_000, ge=0)
+    max_response_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    # Housekeeping.
+    requeue_after_s: int = Field(default=60, ge=5)
+    retention_days: int = Field(default=90, ge=1)
+    retention_batch: int = Field(default=5000, ge=1)
+
+    @field_validator("database_url")
+    @classmethod
+    def _sqlalchemy_url(cls, value: str) -> str:
+        # Heroku hands out postgres://; SQLAlchemy wants an explicit driver.
+        for prefix in ("postgres://", "postgresql://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix) :]
+        if value and not value.startswith("postgresql+psycopg://"):
+            raise ValueError("must be a postgres:// or postgresql:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    def require_servers(self) -> None:
+        """Fail clearly when a process that needs both servers has no URL for them."""
+        missing = [
+            name
+            for name, value in (("DATABASE_URL", self.database_url), ("REDIS_URL", self.redis_url))
+            if not value
+        ]
+        if missing:
+            raise ConfigError(
+                f"{' and '.join(missing)} not set: start Stepwise with `make run` "
+                "(embedded servers) or set them to your PostgreSQL / Redis"
+            )
+
+
+def _variable_name(loc: tuple[int | str, ...]) -> str:
+    field = str(loc[0]) if loc else "?"
+    return {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}.get(
+        field, f"STEPWISE_{field.upper()}"
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings; raises ConfigError naming the bad variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{_variable_name(err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(f"bad configuration: {problems}") from exc

@@ -1,0 +1,178 @@
+"""run_execution and dispatch on the real Redis broker, a real dramatiq Worker,
+a real PostgreSQL and a real local agent."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+
+from db.models import Execution, Schedule
+from db.session import session_scope
+from stepwise.demo_agent import Reply
+from tasks.actors import broker, dispatch_due, send_run
+from tests.conftest import wait_for
+from tests.factories import execution, make_automation, make_execution, make_schedule, step_runs
+
+
+def run(execution_id: uuid.UUID, *, max_retries: int = 3) -> None:
+    send_run(execution_id, max_retries=max_retries)
+
+
+def final(execution_id: uuid.UUID, timeout: float = 30) -> Execution:
+    return wait_for(
+        lambda: (e := execution(execution_id)).status in ("succeeded", "failed", "skipped") and e,
+        timeout=timeout,
+        message=f"execution {execution_id} to end",
+    )
+
+
+def test_a_run_calls_the_agent_once_per_step_with_the_contract(worker: Any, agent: Any) -> None:
+    # given an automation of 3 steps aimed at the agent
+    automation_id = make_automation(agent_url=agent.url, steps=3, project_context="ctx")
+    execution_id = make_execution(automation_id)
+    # when it runs
+    run(execution_id)
+    done = final(execution_id)
+    # then each step was one POST with the exact body and Idempotency-Key
+    assert done.status == "succeeded", done.error
+    calls = agent.calls_for(str(execution_id))
+    assert [c.body["step_number"] for c in calls] == [1, 2, 3]
+    for number, call in enumerate(calls, start=1):
+        assert call.idempotency_key == f"{execution_id}:{number}"
+        assert call.headers["content-type"] == "application/json"
+        body = call.body
+        assert set(body) == {
+            "thread_id", "automation_id", "user_id", "message", "project_context",
+            "step_number", "total_steps", "timestamp", "execution_id", "schedule_id",
+            "scheduled_for", "attempt", "previous_output",
+        }
+        assert body["message"] == f"do part {number}"
+        assert body["automation_id"] == str(automation_id)
+        assert body["execution_id"] == str(execution_id)
+        assert body["thread_id"] == str(execution_id)
+        assert body["total_steps"] == 3
+        assert body["project_context"] == "ctx"
+        assert body["schedule_id"] is None
+        assert body["attempt"] == 1
+        assert body["user_id"] == "local"
+    # and each step received the previous step's output
+    assert calls[0].body["previous_output"] is None
+    assert calls[1].body["previous_output"]["output"] == "done: do part 1"
+    assert calls[2].body["previous_output"]["step_number"] == 2
+    runs = step_runs(execution_id)
+    assert [(r.step_number, r.status, r.response_status) for r in runs] == [
+        (1, "succeeded", 200), (2, "succeeded", 200), (3, "succeeded", 200)
+    ]
+    assert all(r.duration_ms is not None and r.duration_ms >= 0 for r in runs)
+    assert done.result["step_number"] == 3
+    assert done.attempt == 1 and done.current_step == 3
+    assert done.lease_expires_at is None and done.finished_at is not None
+
+
+def test_two_500s_then_success_resumes_at_the_failed_step(worker: Any, agent: Any) -> None:
+    # given an agent that answers step 1, then fails step 2 twice with 500
+    automation_id = make_automation(agent_url=agent.url, steps=3, max_retries=3)
+    agent.script(Reply(200, {"output": "one"}), Reply(500, "boom"), Reply(500, "boom again"))
+    execution_id = make_execution(automation_id)
+    # when it runs
+    run(execution_id)
+    done = final(execution_id)
+    # then it succeeds on attempt 3 and step 1 was never called again
+    assert done.status == "succeeded", done.error
+    assert done.attempt == 3
+    keys = [c.idempotency_key for c in agent.calls_for(str(execution_id))]
+    assert keys == [f"{execution_id}:{n}" for n in (1, 2, 2, 2, 3)]
+    runs = [(r.step_number, r.attempt, r.status, r.response_status) for r in step_runs(execution_id)]
+    assert runs == [
+        (1, 1, "succeeded", 200), (2, 1, "failed", 500), (2, 2, "failed", 500),
+        (2, 3, "succeeded", 200), (3, 3, "succeeded", 200),
+    ]
+    # and the resumed step got step 1's output
+    assert agent.calls_for(str(execution_id))[3].body["previous_output"] == {"output": "one"}
+
+
+def test_a_400_fails_at_once_without_retries(worker: Any, agent: Any, redis_client: Any) -> None:
+    automation_id = make_automation(agent_url=agent.url, steps=2, max_retries=3)
+    agent.script(Reply(400, {"error": "bad message"}))
+    execution_id = make_execution(automation_id)
+    run(execution_id)
+    done = final(execution_id)
+    assert done.status == "failed"
+    assert done.error == "step 1: agent answered HTTP 400 Bad Request"
+    time.sleep(1)  # a retry, if any, would have come by now (backoff 200 ms)
+    assert len(agent.calls_for(str(execution_id))) == 1
+    assert [r.status for r in step_runs(execution_id)] == ["failed"]
+    # and the message is in the dead-letter queue
+    assert wait_for(lambda: redis_client.zcard("dramatiq:default.XQ") == 1, timeout=5)
+
+
+def test_retries_exhausted_fails_and_dead_letters(worker: Any, agent: Any, redis_client: Any) -> None:
+    automation_id = make_automation(agent_url=agent.url, steps=1, max_retries=2)
+    agent.script(*[Reply(503, "down")] * 5)
+    execution_id = make_execution(automation_id)
+    run(execution_id, max_retries=2)
+    done = final(execution_id)
+    assert done.status == "failed"
+    assert done.attempt == 3
+    assert "HTTP 503" in (done.error or "")
+    assert len(agent.calls_for(str(execution_id))) == 3
+    assert wait_for(lambda: redis_client.zcard("dramatiq:default.XQ") == 1, timeout=5)
+
+
+def test_a_duplicate_message_does_nothing(worker: Any, agent: Any) -> None:
+    # given a slow agent and one execution
+    automation_id = make_automation(agent_url=agent.url, steps=2)
+    agent.script(Reply(200, {"output": "slow"}, delay_s=0.5))
+    execution_id = make_execution(automation_id)
+    # when the same execution is sent three times
+    for _ in range(3):
+        run(execution_id)
+    done = final(execution_id)
+    time.sleep(1)
+    # then the agent saw each step once, and there was one attempt
+    assert done.status == "succeeded"
+    keys = [c.idempotency_key for c in agent.calls_for(str(execution_id))]
+    assert keys == [f"{execution_id}:1", f"{execution_id}:2"]
+    assert execution(execution_id).attempt == 1
+    # and a message for a finished execution also does nothing
+    run(execution_id)
+    time.sleep(0.5)
+    assert len(agent.calls_for(str(execution_id))) == 2
+
+
+def test_dispatch_runs_a_due_schedule_at_its_slot(worker: Any, agent: Any) -> None:
+    # given an interval schedule whose first slot is a few seconds away
+    automation_id = make_automation(agent_url=agent.url, steps=2)
+    schedule_id = make_schedule(automation_id, kind="interval", interval_s=3600)
+    with session_scope() as session:
+        schedule = session.get(Schedule, schedule_id)
+        assert schedule is not None
+        first = schedule.next_run_at
+    # when dispatch runs
+    assert dispatch_due() == 1
+    assert dispatch_due() == 0  # a second tick finds nothing new
+    # then exactly one execution for that slot ran, not before its time
+    def ran() -> Any:
+        with session_scope() as session:
+            rows = session.scalars(select(Execution).where(Execution.schedule_id == schedule_id)).all()
+            return len(rows) == 1 and rows[0].status == "succeeded" and rows[0]
+    done = wait_for(ran, message="the scheduled run")
+    assert done.scheduled_for == first
+    assert done.trigger == "schedule"
+    calls = agent.calls_for(str(done.id))
+    assert calls[0].at >= first.timestamp() - 0.05
+    with session_scope() as session:
+        schedule = session.get(Schedule, schedule_id)
+        assert schedule is not None
+        assert (schedule.run_count, schedule.success_count, schedule.failure_count) == (1, 1, 0)
+        assert schedule.last_status == "succeeded"
+        assert schedule.next_run_at is not None and schedule.next_run_at > first
+
+
+def test_broker_is_the_real_redis_broker() -> None:
+    from dramatiq.brokers.redis import RedisBroker
+
+    assert isinstance(broker, RedisBroker)

@@ -76,7 +76,8 @@ def start_redis(data_dir: Path, port: int, *, persist: bool = True) -> RedisServ
         "--logfile",
         str((data_dir / "redis.log").resolve()),
     ]
-    process = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+    # Its own session: a Ctrl-C in the terminal must not stop Redis before the workers.
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
     server = RedisServer(process, port)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

@@ -13,7 +13,10 @@ schedule's own timezone the way Debian cron treats DST changes:
 Slots come from cronsim (as in Healthchecks), which implements these rules. We
 deliberately do not use croniter 7: it returns naive UTC unless given an aware
 start, fires a fixed time inside the repeated fall-back hour twice, and reads
-``59/15`` as minute 59 only. cron-descriptor only describes: it validates nothing
+``59/15`` as minute 59 only. cronsim is not trusted blindly: for wildcard
+expressions its own zone arithmetic misses slots after a 30-minute shift, so those
+run on fixed offsets (see ``_wildcard_slots``); tests compare every slot with a
+brute-force reference. cron-descriptor only describes: it validates nothing
 (``0 25 * * *`` reads "At 13:00 PM") and knows no macros, so expressions are
 normalized and validated here first.
 """
@@ -203,13 +206,7 @@ def _check_common(spec: ScheduleSpec) -> Iterator[FieldError]:
         if value is not None and not _is_aware(value):
             yield FieldError(name, "must include a timezone (got a naive datetime)")
     start, end = spec.start_at, spec.end_at
-    if (
-        start is not None
-        and end is not None
-        and _is_aware(start)
-        and _is_aware(end)
-        and end <= start
-    ):
+    if start and end and _is_aware(start) and _is_aware(end) and end <= start:
         yield FieldError("end_at", "must be after start_at")
     if spec.max_runs is not None and spec.max_runs < 1:
         yield FieldError("max_runs", "must be at least 1")
@@ -428,10 +425,7 @@ def _first_change(zone: ZoneInfo, lo: datetime, hi: datetime, offset: timedelta)
 def _bisect_change(zone: ZoneInfo, lo: datetime, hi: datetime, offset: timedelta) -> datetime:
     # Offsets change on whole seconds; bisecting whole seconds lands exactly on it.
     second = timedelta(seconds=1)
-    lo, hi = (
-        lo.replace(microsecond=0),
-        hi.replace(microsecond=0) + (second if hi.microsecond else 0 * second),
-    )
+    lo, hi = lo.replace(microsecond=0), hi.replace(microsecond=0) + second * bool(hi.microsecond)
     while hi - lo > second:
         mid = lo + (hi - lo) // second // 2 * second
         lo, hi = (mid, hi) if _offset(zone, mid) == offset else (lo, mid)

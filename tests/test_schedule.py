@@ -293,6 +293,15 @@ def test_fall_back_fixed_time_runs_once_even_when_asked_from_the_second_pass() -
     assert next_slot(spec, after) == utc(2026, 11, 2, 6, 30)
 
 
+def test_wildcard_search_across_a_distant_dst_change_uses_the_new_offset() -> None:
+    # given a wildcard expression matching only on Berlin's spring-forward day, and an
+    # `after` with microseconds two days earlier (the offset change lies in between)
+    spec = cron("* 12 29 3 *", BERLIN)
+    after = utc(2026, 3, 27, 1, 30) + timedelta(microseconds=500_000)
+    # then the first slot is 12:00 CEST (10:00Z), not 12:00 CET
+    assert next_slot(spec, after) == utc(2026, 3, 29, 10, 0)
+
+
 # --- DST: brute-force reference -------------------------------------------------------
 
 

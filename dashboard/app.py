@@ -1,0 +1,5 @@
+"""Stepwise dashboard (placeholder until the pages land)."""
+
+import streamlit as st
+
+st.title("Stepwise")

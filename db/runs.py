@@ -323,12 +323,13 @@ def stranded_executions(session: Session, *, requeue_after_s: int, limit: int) -
             Execution.id.in_(
                 select(Execution.id)
                 .where(
+                    Execution.available_at < stale,
                     or_(
-                        and_(Execution.status == "queued", Execution.available_at < stale),
+                        Execution.status == "queued",
                         and_(
                             Execution.status == "running", Execution.lease_expires_at < func.now()
                         ),
-                    )
+                    ),
                 )
                 .order_by(Execution.available_at)
                 .limit(limit)

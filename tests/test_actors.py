@@ -45,9 +45,19 @@ def test_a_run_calls_the_agent_once_per_step_with_the_contract(worker: Any, agen
         assert call.headers["content-type"] == "application/json"
         body = call.body
         assert set(body) == {
-            "thread_id", "automation_id", "user_id", "message", "project_context",
-            "step_number", "total_steps", "timestamp", "execution_id", "schedule_id",
-            "scheduled_for", "attempt", "previous_output",
+            "thread_id",
+            "automation_id",
+            "user_id",
+            "message",
+            "project_context",
+            "step_number",
+            "total_steps",
+            "timestamp",
+            "execution_id",
+            "schedule_id",
+            "scheduled_for",
+            "attempt",
+            "previous_output",
         }
         assert body["message"] == f"do part {number}"
         assert body["automation_id"] == str(automation_id)
@@ -64,7 +74,9 @@ def test_a_run_calls_the_agent_once_per_step_with_the_contract(worker: Any, agen
     assert calls[2].body["previous_output"]["step_number"] == 2
     runs = step_runs(execution_id)
     assert [(r.step_number, r.status, r.response_status) for r in runs] == [
-        (1, "succeeded", 200), (2, "succeeded", 200), (3, "succeeded", 200)
+        (1, "succeeded", 200),
+        (2, "succeeded", 200),
+        (3, "succeeded", 200),
     ]
     assert all(r.duration_ms is not None and r.duration_ms >= 0 for r in runs)
     assert done.result["step_number"] == 3
@@ -85,10 +97,15 @@ def test_two_500s_then_success_resumes_at_the_failed_step(worker: Any, agent: An
     assert done.attempt == 3
     keys = [c.idempotency_key for c in agent.calls_for(str(execution_id))]
     assert keys == [f"{execution_id}:{n}" for n in (1, 2, 2, 2, 3)]
-    runs = [(r.step_number, r.attempt, r.status, r.response_status) for r in step_runs(execution_id)]
+    runs = [
+        (r.step_number, r.attempt, r.status, r.response_status) for r in step_runs(execution_id)
+    ]
     assert runs == [
-        (1, 1, "succeeded", 200), (2, 1, "failed", 500), (2, 2, "failed", 500),
-        (2, 3, "succeeded", 200), (3, 3, "succeeded", 200),
+        (1, 1, "succeeded", 200),
+        (2, 1, "failed", 500),
+        (2, 2, "failed", 500),
+        (2, 3, "succeeded", 200),
+        (3, 3, "succeeded", 200),
     ]
     # and the resumed step got step 1's output
     assert agent.calls_for(str(execution_id))[3].body["previous_output"] == {"output": "one"}
@@ -109,7 +126,9 @@ def test_a_400_fails_at_once_without_retries(worker: Any, agent: Any, redis_clie
     assert wait_for(lambda: redis_client.zcard("dramatiq:default.XQ") == 1, timeout=5)
 
 
-def test_retries_exhausted_fails_and_dead_letters(worker: Any, agent: Any, redis_client: Any) -> None:
+def test_retries_exhausted_fails_and_dead_letters(
+    worker: Any, agent: Any, redis_client: Any
+) -> None:
     automation_id = make_automation(agent_url=agent.url, steps=1, max_retries=2)
     agent.script(*[Reply(503, "down")] * 5)
     execution_id = make_execution(automation_id)
@@ -154,11 +173,15 @@ def test_dispatch_runs_a_due_schedule_at_its_slot(worker: Any, agent: Any) -> No
     # when dispatch runs
     assert dispatch_due() == 1
     assert dispatch_due() == 0  # a second tick finds nothing new
+
     # then exactly one execution for that slot ran, not before its time
     def ran() -> Any:
         with session_scope() as session:
-            rows = session.scalars(select(Execution).where(Execution.schedule_id == schedule_id)).all()
+            rows = session.scalars(
+                select(Execution).where(Execution.schedule_id == schedule_id)
+            ).all()
             return len(rows) == 1 and rows[0].status == "succeeded" and rows[0]
+
     done = wait_for(ran, message="the scheduled run")
     assert done.scheduled_for == first
     assert done.trigger == "schedule"

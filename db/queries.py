@@ -1,0 +1,587 @@
+"""Reads for the dashboard, the export and the benchmark.
+
+Every function takes a session plus plain filter values, returns plain
+dataclasses, and never commits. Each one is shaped for an index of
+`db/models.py` so it stays fast at a million executions: history lists walk
+`ix_executions_recent` / `ix_executions_status_recent` /
+`ix_executions_automation_recent` with LIMIT, windows over finished runs walk
+`ix_executions_finished`, open runs use the partial `ix_executions_open`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import Select, and_, func, select
+from sqlalchemy.orm import Session
+
+from db.models import Automation, Execution, Heartbeat, Schedule, StepRun
+from db.runs import db_now
+
+CHART_STATUSES = ("succeeded", "failed", "skipped")
+Bucket = Literal["hour", "day"]
+ScheduleState = Literal["active", "paused", "completed"]
+
+
+# --- filters ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExecutionFilters:
+    """What the executions list and the export are narrowed to; empty means "all"."""
+
+    statuses: tuple[str, ...] = ()
+    automation_id: uuid.UUID | None = None
+    schedule_id: uuid.UUID | None = None
+    trigger: str | None = None
+    since: datetime | None = None  # on queued_at, inclusive
+    until: datetime | None = None  # on queued_at, exclusive
+
+
+def filter_executions(stmt: Select[Any], filters: ExecutionFilters) -> Select[Any]:
+    """`stmt` narrowed by `filters` (shared by the list, the count and the export)."""
+    conditions: list[Any] = []
+    if filters.statuses:
+        conditions.append(Execution.status.in_(filters.statuses))
+    if filters.automation_id is not None:
+        conditions.append(Execution.automation_id == filters.automation_id)
+    if filters.schedule_id is not None:
+        conditions.append(Execution.schedule_id == filters.schedule_id)
+    if filters.trigger:
+        conditions.append(Execution.trigger == filters.trigger)
+    if filters.since is not None:
+        conditions.append(Execution.queued_at >= filters.since)
+    if filters.until is not None:
+        conditions.append(Execution.queued_at < filters.until)
+    return stmt.where(*conditions) if conditions else stmt
+
+
+# Newest first, with the id as tie-breaker so pages never overlap or skip rows.
+HISTORY_ORDER = (Execution.queued_at.desc(), Execution.id.desc())
+
+
+# --- executions ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExecutionRow:
+    id: uuid.UUID
+    automation_id: uuid.UUID
+    automation_name: str
+    schedule_id: uuid.UUID | None
+    trigger: str
+    status: str
+    scheduled_for: datetime
+    queued_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempt: int
+    current_step: int
+    total_steps: int
+    error: str | None
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[ExecutionRow]
+    offset: int
+    limit: int
+    has_more: bool
+
+
+def _execution_columns() -> Select[Any]:
+    return select(
+        Execution.id,
+        Execution.automation_id,
+        Automation.name.label("automation_name"),
+        Execution.schedule_id,
+        Execution.trigger,
+        Execution.status,
+        Execution.scheduled_for,
+        Execution.queued_at,
+        Execution.started_at,
+        Execution.finished_at,
+        Execution.attempt,
+        Execution.current_step,
+        Execution.total_steps,
+        Execution.error,
+    ).join(Automation, Automation.id == Execution.automation_id)
+
+
+def list_executions(
+    session: Session, filters: ExecutionFilters, *, limit: int = 50, offset: int = 0
+) -> Page:
+    """One page of history, newest first; `has_more` without counting the whole table."""
+    stmt = filter_executions(_execution_columns(), filters).order_by(*HISTORY_ORDER)
+    rows = session.execute(stmt.limit(limit + 1).offset(offset)).all()
+    return Page(
+        rows=[ExecutionRow(**row._mapping) for row in rows[:limit]],
+        offset=offset,
+        limit=limit,
+        has_more=len(rows) > limit,
+    )
+
+
+def count_executions(session: Session, filters: ExecutionFilters) -> int:
+    stmt = filter_executions(select(func.count()).select_from(Execution), filters)
+    return int(session.scalar(stmt) or 0)
+
+
+@dataclass(frozen=True)
+class StepRunRow:
+    step_number: int
+    step_name: str
+    attempt: int
+    status: str
+    response_status: int | None
+    duration_ms: int | None
+    started_at: datetime
+    finished_at: datetime | None
+    request: dict[str, Any]
+    response_body: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class ExecutionDetail:
+    execution: ExecutionRow
+    result: Any
+    steps: list[StepRunRow] = field(default_factory=list)
+
+
+def execution_detail(session: Session, execution_id: uuid.UUID) -> ExecutionDetail | None:
+    """The execution and its step timeline (every attempt of every step, in order)."""
+    row = session.execute(_execution_columns().where(Execution.id == execution_id)).first()
+    if row is None:
+        return None
+    steps_json, result = session.execute(
+        select(Automation.steps, Execution.result)
+        .join(Execution, Execution.automation_id == Automation.id)
+        .where(Execution.id == execution_id)
+    ).one()
+    runs = session.scalars(
+        select(StepRun)
+        .where(StepRun.execution_id == execution_id)
+        .order_by(StepRun.step_number, StepRun.attempt, StepRun.id)
+    ).all()
+    return ExecutionDetail(
+        execution=ExecutionRow(**row._mapping),
+        result=result,
+        steps=[_step_row(run, steps_json) for run in runs],
+    )
+
+
+def _step_row(run: StepRun, steps: list[dict[str, str]]) -> StepRunRow:
+    index = run.step_number - 1
+    name = steps[index].get("name", "") if 0 <= index < len(steps) else ""
+    return StepRunRow(
+        step_number=run.step_number,
+        step_name=name,
+        attempt=run.attempt,
+        status=run.status,
+        response_status=run.response_status,
+        duration_ms=run.duration_ms,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        request=run.request,
+        response_body=run.response_body,
+        error=run.error,
+    )
+
+
+# --- overview -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kpis:
+    active_schedules: int
+    runs_24h: int
+    success_rate_24h: float | None  # succeeded / (succeeded + failed); None without runs
+    success_rate_7d: float | None
+    failures_24h: int  # failed runs in the last 24 h: what needs a look
+    open_runs: int  # queued or running right now
+    now: datetime
+
+
+def success_rate(succeeded: int, failed: int) -> float | None:
+    """Share of finished runs that succeeded; skipped and cancelled runs do not count."""
+    total = succeeded + failed
+    return None if total == 0 else succeeded / total
+
+
+def _finished_counts(session: Session, since: datetime) -> tuple[int, int, int]:
+    succeeded, failed, finished = session.execute(
+        select(
+            func.count().filter(Execution.status == "succeeded"),
+            func.count().filter(Execution.status == "failed"),
+            func.count(),
+        ).where(Execution.finished_at >= since)
+    ).one()
+    return int(succeeded), int(failed), int(finished)
+
+
+def kpis(session: Session) -> Kpis:
+    now = db_now(session)
+    ok_day, failed_day, finished_day = _finished_counts(session, now - timedelta(days=1))
+    ok_week, failed_week, _ = _finished_counts(session, now - timedelta(days=7))
+    active = session.scalar(
+        select(func.count()).select_from(Schedule).where(Schedule.enabled)
+    )
+    open_runs = session.scalar(
+        select(func.count())
+        .select_from(Execution)
+        .where(Execution.status.in_(("queued", "running")))
+    )
+    return Kpis(
+        active_schedules=int(active or 0),
+        runs_24h=finished_day,
+        success_rate_24h=success_rate(ok_day, failed_day),
+        success_rate_7d=success_rate(ok_week, failed_week),
+        failures_24h=failed_day,
+        open_runs=int(open_runs or 0),
+        now=now,
+    )
+
+
+@dataclass(frozen=True)
+class OutcomePoint:
+    bucket: datetime  # start of the hour or day, UTC
+    status: str
+    count: int
+
+
+def outcome_series(
+    session: Session, *, since: datetime, bucket: Bucket = "day", until: datetime | None = None
+) -> list[OutcomePoint]:
+    """Finished runs per hour or day (UTC) and outcome, for the stacked chart.
+
+    Every bucket from `since` to `until` (default: now) appears with every status
+    of CHART_STATUSES, zero-filled, so the chart has no holes.
+    """
+    until = until or db_now(session)
+    start = func.date_trunc(bucket, Execution.finished_at, "UTC")
+    rows = session.execute(
+        select(start.label("bucket"), Execution.status, func.count())
+        .where(
+            Execution.finished_at >= since,
+            Execution.finished_at < until,
+            Execution.status.in_(CHART_STATUSES),
+        )
+        .group_by("bucket", Execution.status)
+    ).all()
+    counts = {(b, s): int(c) for b, s, c in rows}
+    return [
+        OutcomePoint(b, s, counts.get((b, s), 0))
+        for b in bucket_starts(since, until, bucket)
+        for s in CHART_STATUSES
+    ]
+
+
+def bucket_starts(since: datetime, until: datetime, bucket: Bucket) -> list[datetime]:
+    """UTC bucket starts covering [since, until)."""
+    step = timedelta(hours=1) if bucket == "hour" else timedelta(days=1)
+    first = since.astimezone(until.tzinfo).replace(minute=0, second=0, microsecond=0)
+    if bucket == "day":
+        first = first.replace(hour=0)
+    starts = []
+    current = first
+    while current < until:
+        starts.append(current)
+        current += step
+    return starts
+
+
+@dataclass(frozen=True)
+class UpcomingRun:
+    schedule_id: uuid.UUID
+    automation_name: str
+    next_run_at: datetime
+    timezone: str
+    kind: str
+    cron_expr: str | None
+
+
+def upcoming_runs(session: Session, *, limit: int = 10) -> list[UpcomingRun]:
+    rows = session.execute(
+        select(
+            Schedule.id.label("schedule_id"),
+            Automation.name.label("automation_name"),
+            Schedule.next_run_at,
+            Schedule.timezone,
+            Schedule.kind,
+            Schedule.cron_expr,
+        )
+        .join(Automation, Automation.id == Schedule.automation_id)
+        .where(Schedule.enabled, Schedule.next_run_at.is_not(None))
+        .order_by(Schedule.next_run_at)
+        .limit(limit)
+    ).all()
+    return [UpcomingRun(**row._mapping) for row in rows]
+
+
+def heartbeat_at(session: Session, name: str) -> datetime | None:
+    return session.scalar(select(Heartbeat.at).where(Heartbeat.name == name))
+
+
+@dataclass(frozen=True)
+class Liveness:
+    now: datetime
+    dispatch_at: datetime | None
+
+    def stale(self, max_age: timedelta = timedelta(minutes=2)) -> bool:
+        """True when the scheduler has not ticked for `max_age` (or never did)."""
+        return self.dispatch_at is None or self.now - self.dispatch_at > max_age
+
+
+def scheduler_liveness(session: Session) -> Liveness:
+    return Liveness(now=db_now(session), dispatch_at=heartbeat_at(session, "dispatch"))
+
+
+# --- schedules ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScheduleRow:
+    id: uuid.UUID
+    automation_id: uuid.UUID
+    automation_name: str
+    kind: str
+    cron_expr: str | None
+    interval_s: int | None
+    run_at: datetime | None
+    timezone: str
+    start_at: datetime | None
+    end_at: datetime | None
+    max_runs: int | None
+    enabled: bool
+    misfire_policy: str
+    catchup_window_s: int
+    overlap_policy: str
+    jitter_s: int
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    last_status: str | None
+    run_count: int
+    success_count: int
+    failure_count: int
+    missed_count: int
+    skipped_count: int
+    completed_reason: str | None
+    created_at: datetime
+    queued_runs: int
+
+    @property
+    def state(self) -> ScheduleState:
+        if self.enabled:
+            return "active"
+        return "completed" if self.completed_reason else "paused"
+
+    @property
+    def success_rate(self) -> float | None:
+        return success_rate(self.success_count, self.failure_count)
+
+
+_SCHEDULE_FIELDS = [
+    c for c in ScheduleRow.__dataclass_fields__ if c not in ("automation_name", "queued_runs")
+]
+
+
+def list_schedules(
+    session: Session,
+    *,
+    automation_id: uuid.UUID | None = None,
+    state: ScheduleState | None = None,
+) -> list[ScheduleRow]:
+    """Every schedule of live automations with its automation and its queued-run count."""
+    queued = (
+        select(Execution.schedule_id, func.count().label("queued_runs"))
+        .where(Execution.status == "queued", Execution.schedule_id.is_not(None))
+        .group_by(Execution.schedule_id)
+        .subquery()
+    )
+    stmt = (
+        select(
+            *[getattr(Schedule, name) for name in _SCHEDULE_FIELDS],
+            Automation.name.label("automation_name"),
+            func.coalesce(queued.c.queued_runs, 0).label("queued_runs"),
+        )
+        .join(Automation, Automation.id == Schedule.automation_id)
+        .outerjoin(queued, queued.c.schedule_id == Schedule.id)
+        .where(Automation.archived_at.is_(None))
+        .order_by(Automation.name, Schedule.created_at)
+    )
+    if automation_id is not None:
+        stmt = stmt.where(Schedule.automation_id == automation_id)
+    if state == "active":
+        stmt = stmt.where(Schedule.enabled)
+    elif state == "paused":
+        stmt = stmt.where(~Schedule.enabled, Schedule.completed_reason.is_(None))
+    elif state == "completed":
+        stmt = stmt.where(~Schedule.enabled, Schedule.completed_reason.is_not(None))
+    return [ScheduleRow(**row._mapping) for row in session.execute(stmt).all()]
+
+
+def get_schedule_row(session: Session, schedule_id: uuid.UUID) -> ScheduleRow | None:
+    return next((r for r in list_schedules(session) if r.id == schedule_id), None)
+
+
+def queued_runs(session: Session, schedule_id: uuid.UUID) -> int:
+    """Runs of the schedule still waiting: deleting or pausing it cancels these."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Execution)
+            .where(Execution.schedule_id == schedule_id, Execution.status == "queued")
+        )
+        or 0
+    )
+
+
+@dataclass(frozen=True)
+class ScheduleStats:
+    schedule_id: uuid.UUID
+    automation_name: str
+    runs: int
+    succeeded: int
+    failed: int
+    p50_s: float | None
+    p95_s: float | None
+
+    @property
+    def success_rate(self) -> float | None:
+        return success_rate(self.succeeded, self.failed)
+
+
+def schedule_stats(
+    session: Session, *, since: datetime, automation_id: uuid.UUID | None = None
+) -> list[ScheduleStats]:
+    """Per schedule: finished runs since `since`, outcomes, and duration p50 / p95 (seconds)."""
+    duration = func.extract("epoch", Execution.finished_at - Execution.started_at)
+    finished = and_(Execution.finished_at >= since, Execution.schedule_id.is_not(None))
+    ran = Execution.status.in_(("succeeded", "failed"))
+    stmt = (
+        select(
+            Execution.schedule_id,
+            Automation.name.label("automation_name"),
+            func.count().label("runs"),
+            func.count().filter(Execution.status == "succeeded").label("succeeded"),
+            func.count().filter(Execution.status == "failed").label("failed"),
+            func.percentile_cont(0.5).within_group(duration).filter(ran).label("p50_s"),
+            func.percentile_cont(0.95).within_group(duration).filter(ran).label("p95_s"),
+        )
+        .join(Automation, Automation.id == Execution.automation_id)
+        .where(finished)
+        .group_by(Execution.schedule_id, Automation.name)
+        .order_by(Automation.name, Execution.schedule_id)
+    )
+    if automation_id is not None:
+        stmt = stmt.where(Execution.automation_id == automation_id)
+    return [
+        ScheduleStats(
+            schedule_id=r.schedule_id,
+            automation_name=r.automation_name,
+            runs=int(r.runs),
+            succeeded=int(r.succeeded),
+            failed=int(r.failed),
+            p50_s=None if r.p50_s is None else float(r.p50_s),
+            p95_s=None if r.p95_s is None else float(r.p95_s),
+        )
+        for r in session.execute(stmt).all()
+    ]
+
+
+# --- automations --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AutomationRow:
+    id: uuid.UUID
+    name: str
+    description: str
+    agent_url: str
+    project_context: str
+    steps: list[dict[str, str]]
+    step_timeout_s: int
+    max_retries: int
+    created_at: datetime
+    updated_at: datetime
+    schedules: int
+
+
+def list_automations(session: Session) -> list[AutomationRow]:
+    """Live (not archived) automations, by name, with their schedule count."""
+    counts = (
+        select(Schedule.automation_id, func.count().label("schedules"))
+        .group_by(Schedule.automation_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(
+            Automation.id,
+            Automation.name,
+            Automation.description,
+            Automation.agent_url,
+            Automation.project_context,
+            Automation.steps,
+            Automation.step_timeout_s,
+            Automation.max_retries,
+            Automation.created_at,
+            Automation.updated_at,
+            func.coalesce(counts.c.schedules, 0).label("schedules"),
+        )
+        .outerjoin(counts, counts.c.automation_id == Automation.id)
+        .where(Automation.archived_at.is_(None))
+        .order_by(Automation.name, Automation.created_at)
+    ).all()
+    return [AutomationRow(**row._mapping) for row in rows]
+
+
+def automation_names(session: Session) -> dict[uuid.UUID, str]:
+    """Live automations for pickers, by name."""
+    rows = session.execute(
+        select(Automation.id, Automation.name)
+        .where(Automation.archived_at.is_(None))
+        .order_by(Automation.name)
+    ).all()
+    return {r.id: r.name for r in rows}
+
+
+def schedule_labels(
+    session: Session, automation_id: uuid.UUID | None = None
+) -> dict[uuid.UUID, str]:
+    """Schedules for pickers: "<automation> · <cron or interval> (<timezone>)"."""
+    stmt = (
+        select(
+            Schedule.id,
+            Automation.name,
+            Schedule.kind,
+            Schedule.cron_expr,
+            Schedule.interval_s,
+            Schedule.timezone,
+        )
+        .join(Automation, Automation.id == Schedule.automation_id)
+        .order_by(Automation.name, Schedule.created_at)
+    )
+    if automation_id is not None:
+        stmt = stmt.where(Schedule.automation_id == automation_id)
+    labels = {}
+    for r in session.execute(stmt).all():
+        timing = r.cron_expr if r.kind == "cron" else (
+            f"every {r.interval_s} s" if r.kind == "interval" else "once"
+        )
+        labels[r.id] = f"{r.name} · {timing} ({r.timezone})"
+    return labels
+
+
+def recent_failures(session: Session, *, limit: int = 10) -> list[ExecutionRow]:
+    """The newest failed runs (what "needs attention" on the overview lists)."""
+    return list_executions(session, ExecutionFilters(statuses=("failed",)), limit=limit).rows

@@ -1,0 +1,341 @@
+"""The schema and the database side of dispatch, runs and housekeeping."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, inspect, select, update
+from sqlalchemy.exc import IntegrityError
+
+from db import commands
+from db.dispatch import DispatchConfig, dispatch_batch
+from db.models import Execution, Schedule
+from db.runs import claim_execution, db_now, purge_history, stranded_executions
+from db.session import session_scope
+from stepwise.cli import migrate
+from stepwise.errors import ValidationFailed
+from stepwise.schedule import ScheduleSpec
+from tests.factories import (
+    automation_input,
+    make_automation,
+    make_execution,
+    make_schedule,
+    table_snapshot,
+)
+
+CONFIG = DispatchConfig(horizon_s=90, grace_s=60, batch=100)
+
+
+def test_migrations_build_the_schema_and_tear_it_down(create_database: Callable[[], str]) -> None:
+    from alembic.config import Config
+
+    from alembic import command
+
+    # given an empty database
+    url = create_database()
+    engine = create_engine(url)
+    assert inspect(engine).get_table_names() == []
+    # when migrated up
+    migrate(url)
+    tables = set(inspect(engine).get_table_names())
+    assert {
+        "automations",
+        "schedules",
+        "executions",
+        "step_runs",
+        "audit_log",
+        "heartbeats",
+    } <= tables
+    uniques = inspect(engine).get_unique_constraints("executions")
+    assert {"name": "uq_executions_slot", "column_names": ["schedule_id", "scheduled_for"]} in [
+        {k: u[k] for k in ("name", "column_names")} for u in uniques
+    ]
+    index_names = {i["name"] for i in inspect(engine).get_indexes("schedules")}
+    assert "ix_schedules_due" in index_names
+    # then down to base leaves only alembic's own table, and up works again
+    config = Config("alembic.ini")
+    config.attributes["url"] = url
+    config.attributes["configure_logging"] = False
+    command.downgrade(config, "base")
+    engine.dispose()
+    assert set(inspect(create_engine(url)).get_table_names()) <= {"alembic_version"}
+    migrate(url)
+    assert "executions" in inspect(create_engine(url)).get_table_names()
+
+
+def test_the_slot_key_rejects_a_second_execution_for_a_slot(db: None) -> None:
+    automation_id = make_automation()
+    schedule_id = make_schedule(automation_id)
+    slot = datetime(2030, 1, 1, 9, tzinfo=UTC)
+    row = {
+        "automation_id": automation_id,
+        "schedule_id": schedule_id,
+        "scheduled_for": slot,
+        "total_steps": 3,
+    }
+    with session_scope() as session:
+        session.add(Execution(**row))
+    with pytest.raises(IntegrityError, match="uq_executions_slot"), session_scope() as session:
+        session.add(Execution(**row))
+
+
+def _schedule(schedule_id: uuid.UUID) -> Schedule:
+    with session_scope() as session:
+        schedule = session.get(Schedule, schedule_id)
+        assert schedule is not None
+        session.expunge(schedule)
+        return schedule
+
+
+def _executions(schedule_id: uuid.UUID) -> list[tuple[datetime, str]]:
+    with session_scope() as session:
+        return [
+            (r.scheduled_for, r.status)
+            for r in session.execute(
+                select(Execution.scheduled_for, Execution.status)
+                .where(Execution.schedule_id == schedule_id)
+                .order_by(Execution.scheduled_for)
+            )
+        ]
+
+
+def _dispatch(now: datetime) -> list[Any]:
+    with session_scope() as session:
+        enqueues, _ = dispatch_batch(session, now=now, config=CONFIG)
+    return enqueues
+
+
+def _interval_schedule(**kw: Any) -> uuid.UUID:
+    automation_id = make_automation()
+    schedule_id = make_schedule(automation_id, kind="interval", interval_s=60, **kw)
+    return schedule_id
+
+
+def _set_next(schedule_id: uuid.UUID, at: datetime) -> None:
+    with session_scope() as session:
+        session.execute(update(Schedule).where(Schedule.id == schedule_id).values(next_run_at=at))
+
+
+def test_dispatch_inserts_one_execution_per_slot_and_advances(db: None) -> None:
+    schedule_id = _interval_schedule()
+    start = _schedule(schedule_id).next_run_at
+    assert start is not None
+    # when dispatched at the first slot, the horizon (90 s) holds two slots
+    enqueues = _dispatch(start)
+    assert [e.due_in_ms for e in enqueues] == [0, 60_000]
+    assert _executions(schedule_id) == [
+        (start, "queued"),
+        (start + timedelta(seconds=60), "queued"),
+    ]
+    assert _schedule(schedule_id).next_run_at == start + timedelta(seconds=120)
+    # and dispatching the same instant again (a duplicate tick) adds nothing
+    assert _dispatch(start) == []
+    # and even a scheduler that re-plans the same slots cannot duplicate them
+    _set_next(schedule_id, start)
+    assert _dispatch(start) == []
+    assert len(_executions(schedule_id)) == 2
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected_run", "expected_skipped"),
+    [("skip", 0, 5), ("run_once", 1, 4), ("run_all", 5, 0)],
+)
+def test_misfire_policies_after_downtime(
+    db: None, policy: str, expected_run: int, expected_skipped: int
+) -> None:
+    # given a minutely schedule whose scheduler was down for 5 slots (within the window)
+    schedule_id = _interval_schedule(misfire_policy=policy)
+    start = _schedule(schedule_id).next_run_at
+    assert start is not None
+    now = start + timedelta(minutes=5, seconds=30)  # slots at +0..+4 min are missed
+    # when the scheduler comes back
+    enqueues = _dispatch(now)
+    # then the policy decides which missed slots run; the due ones always run
+    rows = _executions(schedule_id)
+    missed = [r for r in rows if r[0] < now - timedelta(seconds=60)]
+    assert sum(1 for _, status in missed if status == "queued") == expected_run
+    assert sum(1 for _, status in missed if status == "skipped") == expected_skipped
+    due = [r for r in rows if r[0] >= now - timedelta(seconds=60)]
+    assert all(status == "queued" for _, status in due) and len(due) == 2
+    assert len(enqueues) == expected_run + 2
+    assert _schedule(schedule_id).missed_count == expected_skipped
+
+
+def test_slots_older_than_the_catchup_window_are_only_counted(db: None) -> None:
+    schedule_id = _interval_schedule(misfire_policy="run_all", catchup_window_s=600)
+    start = _schedule(schedule_id).next_run_at
+    assert start is not None
+    now = start + timedelta(hours=2)
+    _dispatch(now)
+    rows = _executions(schedule_id)
+    assert all(r[0] >= now - timedelta(seconds=600) for r in rows)
+    assert _schedule(schedule_id).missed_count >= 100  # 2 h of minutes minus the window
+
+
+def test_a_once_schedule_completes_with_a_reason(db: None) -> None:
+    automation_id = make_automation()
+    with session_scope() as session:
+        run_at = db_now(session) + timedelta(seconds=30)
+    schedule_id = make_schedule(automation_id, kind="once", run_at=run_at)
+    _dispatch(run_at - timedelta(seconds=10))
+    schedule = _schedule(schedule_id)
+    assert not schedule.enabled and schedule.next_run_at is None
+    assert schedule.completed_reason == "ran once"
+    assert _executions(schedule_id) == [(run_at, "queued")]
+
+
+def test_overlap_skip_records_a_skipped_execution(db: None) -> None:
+    schedule_id = _interval_schedule(overlap_policy="skip")
+    start = _schedule(schedule_id).next_run_at
+    assert start is not None
+    _dispatch(start + timedelta(seconds=61))
+    with session_scope() as session:
+        first, second = session.scalars(
+            select(Execution.id)
+            .where(Execution.schedule_id == schedule_id)
+            .order_by(Execution.scheduled_for)
+        ).all()[:2]
+    with session_scope() as session:
+        assert not isinstance(claim_execution(session, first, margin_s=5), str)
+    with session_scope() as session:
+        assert claim_execution(session, second, margin_s=5) == "skipped"
+    assert _schedule(schedule_id).skipped_count == 1
+    assert "skipped" in {s for _, s in _executions(schedule_id)}
+
+
+def test_a_claim_is_taken_once(db: None) -> None:
+    execution_id = make_execution(make_automation())
+    with session_scope() as session:
+        claim = claim_execution(session, execution_id, margin_s=5)
+    assert not isinstance(claim, str) and claim.attempt == 1
+    with session_scope() as session:
+        assert claim_execution(session, execution_id, margin_s=5) == "nothing"
+
+
+def test_housekeeping_finds_lost_messages_and_expired_leases(db: None) -> None:
+    automation_id = make_automation(max_retries=2)
+    lost = make_execution(automation_id)
+    running = make_execution(automation_id)
+    fresh = make_execution(automation_id)
+    with session_scope() as session:
+        now = db_now(session)
+        session.execute(
+            update(Execution)
+            .where(Execution.id == lost)
+            .values(available_at=now - timedelta(minutes=5))
+        )
+        session.execute(
+            update(Execution)
+            .where(Execution.id == running)
+            .values(
+                status="running",
+                attempt=1,
+                available_at=now - timedelta(minutes=5),
+                lease_expires_at=now - timedelta(seconds=1),
+            )
+        )
+    with session_scope() as session:
+        found = stranded_executions(session, requeue_after_s=60, limit=100)
+    assert {r.execution_id: (r.retries, r.max_retries) for r in found} == {
+        lost: (0, 2),
+        running: (1, 2),
+    }
+    assert fresh not in {r.execution_id for r in found}
+    # and they are not sent again at once
+    with session_scope() as session:
+        assert stranded_executions(session, requeue_after_s=60, limit=100) == []
+
+
+def test_retention_purges_old_finished_history_in_batches(db: None) -> None:
+    automation_id = make_automation()
+    old = [make_execution(automation_id) for _ in range(5)]
+    recent = make_execution(automation_id)
+    with session_scope() as session:
+        session.execute(
+            update(Execution)
+            .where(Execution.id.in_(old))
+            .values(status="succeeded", queued_at=datetime(2020, 1, 1, tzinfo=UTC))
+        )
+    with session_scope() as session:
+        assert purge_history(session, older_than_days=90, batch=3) == 3
+    with session_scope() as session:
+        assert purge_history(session, older_than_days=90, batch=3) == 2
+    with session_scope() as session:
+        assert purge_history(session, older_than_days=90, batch=3) == 0
+        assert session.get(Execution, recent) is not None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "text"),
+    [
+        ({"kind": "cron", "cron_expr": "0 25 * * *"}, "cron_expr", "hour"),
+        ({"kind": "cron", "cron_expr": "* * *"}, "cron_expr", "5"),
+        (
+            {"kind": "cron", "cron_expr": "0 9 * * *", "timezone": "Mars/Olympus"},
+            "timezone",
+            "unknown timezone",
+        ),
+        ({"kind": "interval", "interval_s": 9}, "interval_s", "10 seconds"),
+        (
+            {
+                "kind": "interval",
+                "interval_s": 60,
+                "start_at": datetime(2030, 1, 2, tzinfo=UTC),
+                "end_at": datetime(2030, 1, 1, tzinfo=UTC),
+            },
+            "end_at",
+            "after",
+        ),
+    ],
+)
+def test_bad_schedules_write_nothing(
+    db: None, overrides: dict[str, Any], field: str, text: str
+) -> None:
+    automation_id = make_automation()
+    before = table_snapshot()
+    with pytest.raises(ValidationFailed) as error, session_scope() as session:
+        commands.create_schedule(
+            session,
+            automation_id,
+            commands.ScheduleInput(spec=ScheduleSpec(**overrides)),
+            actor="t",
+        )
+    assert text in (error.value.for_field(field) or "")
+    assert table_snapshot() == before
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "text"),
+    [
+        ({"steps": 0}, "steps", "at least one step"),
+        ({"steps": 51}, "steps", "at most 50"),
+        ({"agent_url": "ftp://agent/x"}, "agent_url", "http"),
+        ({"agent_url": "javascript:alert(1)"}, "agent_url", "http"),
+        ({"name": "x" * 201}, "name", "longer than"),
+        ({"name": "  "}, "name", "required"),
+    ],
+)
+def test_bad_automations_write_nothing(
+    db: None, overrides: dict[str, Any], field: str, text: str
+) -> None:
+    before = table_snapshot()
+    with pytest.raises(ValidationFailed) as error, session_scope() as session:
+        commands.create_automation(session, automation_input(**overrides), actor="t")
+    assert text in (error.value.for_field(field) or "")
+    assert table_snapshot() == before
+
+
+def test_deleting_an_automation_cancels_its_queued_runs(db: None) -> None:
+    automation_id = make_automation()
+    execution_id = make_execution(automation_id)
+    with session_scope() as session:
+        assert commands.delete_automation(session, automation_id, actor="t") == 1
+    with session_scope() as session:
+        row = session.get(Execution, execution_id)
+        assert row is not None and row.status == "cancelled"
+        assert "automation was deleted" in (row.error or "")
+        assert claim_execution(session, execution_id, margin_s=5) == "nothing"

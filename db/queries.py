@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Select, and_, func, select
 from sqlalchemy.orm import Session
@@ -24,6 +24,8 @@ from db.runs import db_now
 CHART_STATUSES = ("succeeded", "failed", "skipped")
 Bucket = Literal["hour", "day"]
 ScheduleState = Literal["active", "paused", "completed"]
+AnySelect = Select[*tuple[Any, ...]]
+S = TypeVar("S", bound=AnySelect)
 
 
 # --- filters ------------------------------------------------------------------
@@ -41,7 +43,7 @@ class ExecutionFilters:
     until: datetime | None = None  # on queued_at, exclusive
 
 
-def filter_executions(stmt: Select[Any], filters: ExecutionFilters) -> Select[Any]:
+def filter_executions(stmt: S, filters: ExecutionFilters) -> S:
     """`stmt` narrowed by `filters` (shared by the list, the count and the export)."""
     conditions: list[Any] = []
     if filters.statuses:
@@ -98,7 +100,7 @@ class Page:
     has_more: bool
 
 
-def _execution_columns() -> Select[Any]:
+def _execution_columns() -> AnySelect:
     return select(
         Execution.id,
         Execution.automation_id,
@@ -233,9 +235,7 @@ def kpis(session: Session) -> Kpis:
     now = db_now(session)
     ok_day, failed_day, finished_day = _finished_counts(session, now - timedelta(days=1))
     ok_week, failed_week, _ = _finished_counts(session, now - timedelta(days=7))
-    active = session.scalar(
-        select(func.count()).select_from(Schedule).where(Schedule.enabled)
-    )
+    active = session.scalar(select(func.count()).select_from(Schedule).where(Schedule.enabled))
     open_runs = session.scalar(
         select(func.count())
         .select_from(Execution)
@@ -575,8 +575,10 @@ def schedule_labels(
         stmt = stmt.where(Schedule.automation_id == automation_id)
     labels = {}
     for r in session.execute(stmt).all():
-        timing = r.cron_expr if r.kind == "cron" else (
-            f"every {r.interval_s} s" if r.kind == "interval" else "once"
+        timing = (
+            r.cron_expr
+            if r.kind == "cron"
+            else (f"every {r.interval_s} s" if r.kind == "interval" else "once")
         )
         labels[r.id] = f"{r.name} · {timing} ({r.timezone})"
     return labels

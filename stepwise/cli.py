@@ -162,6 +162,54 @@ def respawn(args: argparse.Namespace) -> int:
             time.sleep(0.1)
 
 
+def export(args: argparse.Namespace) -> int:
+    """Write the filtered execution history to a file (same rows as the dashboard's export)."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from db.exports import write_history
+    from db.queries import ExecutionFilters
+    from stepwise.errors import StepwiseError
+
+    def when(value: str | None) -> datetime | None:
+        if value is None:
+            return None
+        parsed = datetime.fromisoformat(value)  # a time without zone is UTC
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+    try:
+        filters = ExecutionFilters(
+            statuses=tuple(args.status or ()),
+            automation_id=uuid.UUID(args.automation) if args.automation else None,
+            schedule_id=uuid.UUID(args.schedule) if args.schedule else None,
+            trigger=args.trigger,
+            since=when(args.since),
+            until=when(args.until),
+        )
+        rows = write_history(filters, args.out, args.format, chunk_size=args.chunk_size)
+    except (StepwiseError, ValueError) as exc:
+        print(f"stepwise export: {exc}", file=sys.stderr)
+        return 2
+    print(f"stepwise export: wrote {rows} rows to {args.out}")
+    return 0
+
+
+def _add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from db.models import EXECUTION_STATUSES, TRIGGERS
+
+    p = sub.add_parser("export", help="write execution history to CSV / Parquet / Excel")
+    p.add_argument("--format", choices=("csv", "parquet", "xlsx"), default="csv")
+    p.add_argument("--out", required=True, help="file to write")
+    p.add_argument("--status", action="append", choices=EXECUTION_STATUSES, help="repeatable")
+    p.add_argument("--automation", help="automation id")
+    p.add_argument("--schedule", help="schedule id")
+    p.add_argument("--trigger", choices=TRIGGERS)
+    p.add_argument("--since", help="ISO time, inclusive (queued at)")
+    p.add_argument("--until", help="ISO time, exclusive (queued at)")
+    p.add_argument("--chunk-size", type=int, default=50_000, help=argparse.SUPPRESS)
+    p.set_defaults(func=export)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="stepwise", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -174,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("demo-agent", help="run the bundled demo agent")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=lambda a: __import__("stepwise.demo_agent").demo_agent.main(a.rest) or 0)
+    _add_export_parser(sub)
     args = parser.parse_args(argv)
     sys.exit(args.func(args))
 

@@ -1,0 +1,163 @@
+"""History export: same rows as the query, in chunks, as CSV / Parquet / Excel and from the CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from db import exports, queries
+from db.queries import ExecutionFilters
+from db.session import session_scope
+from tests.factories import make_automation
+from tests.test_queries import add_runs, now
+
+pytestmark = pytest.mark.usefixtures("db")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def history() -> dict[str, object]:
+    """Two automations, 23 runs of mixed status over the last hours."""
+    a = make_automation(name="Alpha")
+    b = make_automation(name="Beta")
+    t = now()
+    add_runs(
+        a,
+        [
+            {
+                "status": ("succeeded", "failed", "skipped")[n % 3],
+                "queued_at": t - timedelta(minutes=n),
+                "error": 'boom, "quoted"\nline' if n % 3 == 1 else None,
+            }
+            for n in range(20)
+        ],
+    )
+    add_runs(
+        b,
+        [{"status": "failed", "queued_at": t - timedelta(minutes=n, seconds=30)} for n in range(3)],
+    )
+    return {"alpha": a, "beta": b, "now": t}
+
+
+def query_ids(filters: ExecutionFilters) -> list[str]:
+    with session_scope() as session:
+        page = queries.list_executions(session, filters, limit=10_000)
+    return [str(r.id) for r in page.rows]
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        ExecutionFilters(),
+        ExecutionFilters(statuses=("failed",)),
+        ExecutionFilters(statuses=("failed", "skipped"), trigger="manual"),
+    ],
+)
+def test_frame_has_the_query_rows_in_order(
+    history: dict[str, object], filters: ExecutionFilters
+) -> None:
+    frame = exports.history_frame(filters)
+    assert list(frame.columns) == list(exports.COLUMNS)
+    assert list(frame["execution_id"]) == query_ids(filters)
+
+
+def test_frame_of_nothing_has_the_columns() -> None:
+    frame = exports.history_frame(ExecutionFilters(statuses=("running",)))
+    assert frame.empty and list(frame.columns) == list(exports.COLUMNS)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "xlsx"])
+def test_file_reads_back_as_the_query_rows_written_in_chunks(
+    history: dict[str, object], fmt: str, tmp_path: Path
+) -> None:
+    # given a filter and a chunk size smaller than the result
+    filters = ExecutionFilters(automation_id=history["alpha"])  # type: ignore[arg-type]
+    seen: list[tuple[int, int]] = []
+    path = tmp_path / f"history.{fmt}"
+    # when
+    rows = exports.write_history(
+        filters, path, fmt, chunk_size=6, progress=lambda done, total: seen.append((done, total))
+    )
+    # then
+    back = {"csv": pd.read_csv, "parquet": pd.read_parquet, "xlsx": pd.read_excel}[fmt](path)
+    assert rows == 20 == len(back)
+    assert seen == [(6, 20), (12, 20), (18, 20), (20, 20)]
+    assert list(back["execution_id"].astype(str)) == query_ids(filters)
+    assert list(back.columns) == list(exports.COLUMNS)
+    expected = exports.history_frame(filters)
+    assert list(back["status"]) == list(expected["status"])
+    assert back["error"].fillna("").tolist() == expected["error"].fillna("").tolist()
+    assert back["duration_s"].tolist() == pytest.approx([1.0] * 20)
+
+
+def test_parquet_keeps_types(history: dict[str, object], tmp_path: Path) -> None:
+    exports.write_history(ExecutionFilters(), tmp_path / "h.parquet", "parquet", chunk_size=5)
+    back = pd.read_parquet(tmp_path / "h.parquet")
+    assert str(back["queued_at"].dt.tz) == "UTC"
+    assert back["attempt"].dtype == "int64"
+
+
+def test_empty_export_still_has_a_header(tmp_path: Path) -> None:
+    rows = exports.write_history(ExecutionFilters(), tmp_path / "h.csv", "csv")
+    assert rows == 0
+    assert list(pd.read_csv(tmp_path / "h.csv").columns) == list(exports.COLUMNS)
+
+
+def test_cli_exports_filtered_history(history: dict[str, object], tmp_path: Path) -> None:
+    # given
+    out = tmp_path / "failed.parquet"
+    since = (history["now"] - timedelta(hours=1)).isoformat()  # type: ignore[operator]
+    # when
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stepwise.cli",
+            "export",
+            "--format",
+            "parquet",
+            "--out",
+            str(out),
+            "--status",
+            "failed",
+            "--automation",
+            str(history["beta"]),
+            "--since",
+            since,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # then
+    assert done.returncode == 0, done.stderr
+    assert "wrote 3 rows" in done.stdout
+    back = pd.read_parquet(out)
+    assert set(back["automation"]) == {"Beta"} and len(back) == 3
+
+
+def test_cli_rejects_a_bad_filter(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stepwise.cli",
+            "export",
+            "--out",
+            str(tmp_path / "x.csv"),
+            "--automation",
+            "not-a-uuid",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "stepwise export:" in done.stderr

@@ -1,0 +1,66 @@
+"""The bundled demo agent, recording each call's arrival for lateness figures.
+
+    python -m bench.agent --port 8899 --latency-ms 0 --record calls.jsonl
+
+Each call costs one tuple append in memory (no lock, no I/O); the tuples
+`(arrival epoch s, idempotency key, scheduled_for, step_number)` are written as
+JSON lines to `--record` when the process gets SIGTERM, so recording never
+slows the agent down during a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from stepwise.demo_agent import AgentServer, Call, Reply, default_reply
+
+READY = "bench agent listening on"
+
+
+def recording_server(*, port: int, latency_ms: float) -> tuple[AgentServer, list[Any]]:
+    server = AgentServer(port=port, latency_ms=latency_ms, record=False)
+    calls: list[Any] = []
+
+    def respond(call: Call) -> Reply:
+        body = call.body if isinstance(call.body, dict) else {}
+        calls.append(
+            (call.at, call.idempotency_key, body.get("scheduled_for"), body.get("step_number"))
+        )
+        return default_reply(call)
+
+    server.responder = respond
+    return server, calls
+
+
+def read_calls(path: Path) -> list[tuple[float, str, str, int]]:
+    with path.open() as f:
+        return [tuple(json.loads(line)) for line in f]  # type: ignore[misc]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--record", type=Path, required=True)
+    args = parser.parse_args()
+    server, calls = recording_server(port=args.port, latency_ms=args.latency_ms)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server.start()
+    print(f"{READY} {server.url}", flush=True)
+    while not stop.wait(0.5):
+        pass
+    server.stop()
+    with args.record.open("w") as f:
+        for call in list(calls):
+            f.write(json.dumps(call) + "\n")
+
+
+if __name__ == "__main__":
+    main()

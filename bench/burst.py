@@ -1,0 +1,230 @@
+"""Burst: N one-off schedules of 3-step automations, all due at the same instant.
+
+    python -m bench.burst --n 1000 --latency-ms 0 --runs 3
+    python -m bench.burst --n 10000 --latency-ms 0 50 --mode due ahead
+
+The Procfile's real dispatcher and worker processes run against a recording agent
+process. The periodiq tick is the one thing substituted: the script sends the
+same `dispatch` message itself, so a run does not wait for a minute boundary.
+
+- `--mode due` (the worst case): the tick arrives at the due instant, so the
+  dispatcher must insert and enqueue all N runs after it (a schedule created
+  after the previous tick, e.g. "once at 09:00" made at 08:59:30).
+- `--mode ahead` (the cron case): the tick arrives `--lead-s` before the due
+  instant, as the 90 s dispatch horizon makes it for cron schedules; the runs
+  wait as delayed messages and start at their slot.
+
+Figures: enqueued = last message sent (the dispatcher's heartbeat, written right
+after its last send) minus the due instant; step-1 lateness = the agent's arrival
+time of step 1 minus `scheduled_for`; makespan = due instant to the last step-3
+call; step calls/s over the span of the agent's calls; duplicates = Idempotency-Keys
+the agent saw twice; missing = executions that did not succeed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import text
+
+from bench.agentproc import agent_process
+from bench.common import (
+    READY,
+    add_server_args,
+    bench_database,
+    fmt,
+    machine,
+    median_of,
+    percentile,
+    processes,
+    report,
+    start_servers,
+)
+
+STEPS = json.dumps([{"name": f"step {n}", "message": f"do part {n}"} for n in (1, 2, 3)])
+
+
+def create_schedules(n: int, agent_url: str, due: datetime) -> None:
+    """N automations and N one-off schedules due at `due`, set-based."""
+    from db.session import session_scope
+
+    with session_scope() as session:
+        session.execute(
+            text(
+                """
+                INSERT INTO automations (id, owner_id, name, description, steps,
+                    project_context, agent_url, step_timeout_s, max_retries)
+                SELECT gen_random_uuid(), 'bench', 'burst ' || g, '', CAST(:steps AS jsonb),
+                    'benchmark', :url, 30, 3
+                FROM generate_series(1, :n) AS g
+                """
+            ),
+            {"steps": STEPS, "url": agent_url, "n": n},
+        )
+        session.execute(
+            text(
+                """
+                INSERT INTO schedules (id, automation_id, kind, run_at, timezone, enabled,
+                    misfire_policy, catchup_window_s, overlap_policy, jitter_s, next_run_at,
+                    dispatched_count, run_count, success_count, failure_count, missed_count,
+                    skipped_count)
+                SELECT gen_random_uuid(), id, 'once', :due, 'UTC', true, 'run_once', 3600,
+                    'skip', 0, :due, 0, 0, 0, 0, 0, 0
+                FROM automations
+                """
+            ),
+            {"due": due},
+        )
+
+
+def db_scalar(sql: str, **params: Any) -> Any:
+    from db.session import session_scope
+
+    with session_scope() as session:
+        return session.execute(text(sql), params).scalar()
+
+
+def wait_final(n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = db_scalar(
+            "SELECT count(*) FROM executions WHERE status NOT IN ('queued', 'running')"
+        )
+        if done >= n:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"only {done} of {n} executions finished within {timeout} s")
+
+
+def analyse(calls: list[tuple[float, str, str, int]], n: int, due: datetime) -> dict[str, float]:
+    keys = [c[1] for c in calls]
+    first_call: dict[str, tuple[float, str, int]] = {}
+    for at, key, scheduled_for, step in calls:
+        if key not in first_call or at < first_call[key][0]:
+            first_call[key] = (at, scheduled_for, step)
+    lateness = [
+        at - datetime.fromisoformat(slot).timestamp()
+        for at, slot, step in first_call.values()
+        if step == 1
+    ]
+    last_step3 = max((at for at, _, step in first_call.values() if step == 3), default=float("nan"))
+    span = max(c[0] for c in calls) - min(c[0] for c in calls)
+    heartbeat = db_scalar("SELECT at FROM heartbeats WHERE name = 'dispatch'")
+    succeeded = db_scalar("SELECT count(*) FROM executions WHERE status = 'succeeded'")
+    executions = db_scalar("SELECT count(*) FROM executions")
+    return {
+        "enqueued_s": (heartbeat - due).total_seconds(),
+        "late_p50_s": percentile(lateness, 50),
+        "late_p95_s": percentile(lateness, 95),
+        "late_p99_s": percentile(lateness, 99),
+        "late_max_s": max(lateness),
+        "makespan_s": last_step3 - due.timestamp(),
+        "calls_per_s": len(calls) / span if span > 0 else float("nan"),
+        "calls": len(calls),
+        "duplicates": len(keys) - len(set(keys)) + max(0, executions - n),
+        "missing": n - succeeded,
+    }
+
+
+def run_once(
+    servers: Any,
+    *,
+    n: int,
+    latency_ms: float,
+    mode: str,
+    lead_s: float,
+    worker_processes: int,
+    worker_threads: int,
+    timeout: float,
+) -> dict[str, float]:
+    with bench_database(servers), agent_process(latency_ms) as agent, processes() as procs:
+        from db.runs import db_now
+        from db.session import session_scope
+
+        env = {
+            "STEPWISE_WORKER_PROCESSES": str(worker_processes),
+            "STEPWISE_WORKER_THREADS": str(worker_threads),
+        }
+        procs.start("worker", **env)
+        procs.start("dispatcher", **env)
+        procs.wait_for("worker", READY, count=worker_processes)
+        procs.wait_for("dispatcher", READY)
+        with session_scope() as session:
+            now = db_now(session)
+        due = now + timedelta(seconds=(lead_s if mode == "ahead" else 0) + 3 + n / 5000)
+        create_schedules(n, agent.url, due)
+        tick_at = due.timestamp() - (lead_s if mode == "ahead" else 0)
+        time.sleep(max(0.0, tick_at - time.time()))
+        from tasks.actors import dispatch
+
+        dispatch.send()
+        wait_final(n, timeout)
+        procs.stop_all()
+        calls = agent.stop_and_read()
+        return analyse(calls, n, due)
+
+
+FIGURES = [
+    ("enqueued_s", "enqueued after due (s)"),
+    ("late_p50_s", "step-1 late p50 (s)"),
+    ("late_p95_s", "p95 (s)"),
+    ("late_p99_s", "p99 (s)"),
+    ("late_max_s", "max (s)"),
+    ("makespan_s", "makespan (s)"),
+    ("calls_per_s", "step calls/s"),
+    ("duplicates", "duplicates"),
+    ("missing", "missing"),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_server_args(parser)
+    parser.add_argument("--n", type=int, nargs="+", default=[1000])
+    parser.add_argument("--latency-ms", type=float, nargs="+", default=[0.0])
+    parser.add_argument("--mode", nargs="+", choices=("due", "ahead"), default=["due"])
+    parser.add_argument("--lead-s", type=float, default=30.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--worker-processes", type=int, default=2)
+    parser.add_argument("--worker-threads", type=int, default=8)
+    parser.add_argument("--timeout", type=float, default=900)
+    args = parser.parse_args()
+    started = machine()
+    servers = start_servers(args)
+    table = [("N", "agent ms", "mode", *(label for _, label in FIGURES))]
+    try:
+        for n in args.n:
+            for latency in args.latency_ms:
+                for mode in args.mode:
+                    runs = []
+                    for i in range(args.runs):
+                        figures = run_once(
+                            servers,
+                            n=n,
+                            latency_ms=latency,
+                            mode=mode,
+                            lead_s=args.lead_s,
+                            worker_processes=args.worker_processes,
+                            worker_threads=args.worker_threads,
+                            timeout=args.timeout,
+                        )
+                        print(f"N={n} agent={latency}ms mode={mode} run {i + 1}: {figures}", flush=True)
+                        runs.append(figures)
+                    med = median_of(runs)
+                    table.append((fmt(n), fmt(latency), mode, *(fmt(med[k]) for k, _ in FIGURES)))
+    finally:
+        servers.close()
+    report(
+        f"Burst (median of {args.runs} runs; workers {args.worker_processes} × "
+        f"{args.worker_threads})",
+        started,
+        table,
+    )
+
+
+if __name__ == "__main__":
+    main()

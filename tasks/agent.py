@@ -1,9 +1,9 @@
 """The agent contract: one HTTP POST per step, and what its answer means.
 
 2xx is success. Connect errors, timeouts, 5xx, 408 and 429 are worth retrying
-(honouring Retry-After); any other status, a redirect loop or a bad URL fails
-the execution at once. Bodies are read up to a cap, so a 10 MB answer costs
-64 KiB of memory and is stored truncated.
+(honouring Retry-After); any other status, a redirect that would drop the POST,
+a redirect loop or a bad URL fails the execution at once. Bodies are read up to
+a cap, so a 10 MB answer costs 64 KiB of memory and is stored truncated.
 """
 
 from __future__ import annotations
@@ -105,6 +105,41 @@ def _from_response(response: httpx.Response, limit: int, started: float) -> Step
     return StepOutcome(False, retryable, status, body, error, duration, retry_after)
 
 
+MAX_REDIRECTS = 5
+
+
+def _post(
+    client: httpx.Client,
+    url: str,
+    payload: dict[str, Any],
+    headers: dict[str, str],
+    timeout_s: float,
+    limit: int,
+    started: float,
+) -> StepOutcome:
+    # Only 307/308 keep the POST and its body; 301/302/303 would turn the step into
+    # a GET that "succeeds" without the agent ever seeing it, so they fail instead.
+    for _ in range(MAX_REDIRECTS + 1):
+        with client.stream(
+            "POST", url, json=payload, headers=headers, timeout=timeout_s
+        ) as response:
+            location = response.headers.get("location")
+            if response.status_code in (307, 308) and location:
+                url = str(response.url.join(location))
+                continue
+            if response.status_code in (301, 302, 303):
+                error = (
+                    f"agent redirected with HTTP {response.status_code} to {location}; "
+                    "set the automation's agent URL to the final address"
+                )
+                return StepOutcome(
+                    False, False, response.status_code, None, error, _elapsed_ms(started)
+                )
+            return _from_response(response, limit, started)
+    error = f"agent redirected more than {MAX_REDIRECTS} times (redirect loop?)"
+    return StepOutcome(False, False, None, None, error, _elapsed_ms(started))
+
+
 def call_agent(
     client: httpx.Client,
     url: str,
@@ -119,13 +154,7 @@ def call_agent(
     started = time.monotonic()
     request_headers = {"Idempotency-Key": idempotency_key, **(headers or {})}
     try:
-        with client.stream(
-            "POST", url, json=payload, headers=request_headers, timeout=timeout_s
-        ) as response:
-            return _from_response(response, max_bytes, started)
-    except httpx.TooManyRedirects:
-        error = "agent redirected too many times (redirect loop?)"
-        return StepOutcome(False, False, None, None, error, _elapsed_ms(started))
+        return _post(client, url, payload, request_headers, timeout_s, max_bytes, started)
     except httpx.TimeoutException as exc:
         error = f"agent timed out after {timeout_s:g} s ({type(exc).__name__})"
         return StepOutcome(False, True, None, None, error, _elapsed_ms(started))
@@ -146,8 +175,7 @@ def get_client() -> httpx.Client:
     global _client, _client_pid
     if _client is None or _client_pid != os.getpid():
         _client = httpx.Client(
-            follow_redirects=True,
-            max_redirects=5,
+            follow_redirects=False,  # _post follows only method-preserving redirects
             headers={"User-Agent": USER_AGENT},
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
         )

@@ -1,0 +1,112 @@
+"""The agent contract's pure parts, and call_agent against a real local server."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from stepwise.demo_agent import Reply
+from tasks.agent import call_agent, is_retryable_status, parse_output, parse_retry_after
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable"),
+    [
+        (500, True),
+        (502, True),
+        (503, True),
+        (408, True),
+        (429, True),
+        (400, False),
+        (401, False),
+        (404, False),
+        (422, False),
+    ],
+)
+def test_which_statuses_are_retried(status: int, retryable: bool) -> None:
+    assert is_retryable_status(status) is retryable
+
+
+def test_retry_after_in_seconds_and_as_a_date() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("7", now=now) == 7.0
+    assert parse_retry_after("Thu, 01 Jan 2026 12:00:30 GMT", now=now) == 30.0
+    assert parse_retry_after("soon", now=now) is None
+    assert parse_retry_after("999999", now=now) == 3600.0  # capped
+    assert parse_retry_after("-5", now=now) == 0.0
+
+
+def test_outputs_are_json_when_they_can_be() -> None:
+    assert parse_output('{"a": 1}', truncated=False) == {"a": 1}
+    assert parse_output("plain", truncated=False) == "plain"
+    assert parse_output('{"a": 1', truncated=True) == '{"a": 1'
+
+
+def _call(url: str, **kw: Any) -> Any:
+    with httpx.Client() as client:
+        return call_agent(
+            client,
+            url,
+            {"x": 1},
+            idempotency_key="k:1",
+            timeout_s=kw.pop("timeout", 2),
+            max_bytes=kw.pop("max_bytes", 1024),
+        )
+
+
+def test_success_sends_the_idempotency_key(agent: Any) -> None:
+    outcome = _call(agent.url)
+    assert outcome.ok and outcome.status == 200 and outcome.output["step_number"] is None
+    assert agent.calls[0].idempotency_key == "k:1"
+
+
+def test_a_big_body_is_stored_truncated(agent: Any) -> None:
+    agent.script(Reply(200, "x" * 100_000))
+    outcome = _call(agent.url, max_bytes=1024)
+    assert outcome.ok
+    assert outcome.body.startswith("x" * 1024) and "[truncated" in outcome.body
+    assert len(outcome.body) < 1200
+
+
+def test_429_carries_retry_after(agent: Any) -> None:
+    agent.script(Reply(429, "slow down", headers={"Retry-After": "3"}))
+    outcome = _call(agent.url)
+    assert (outcome.ok, outcome.retryable, outcome.retry_after_s) == (False, True, 3.0)
+    assert outcome.error == "agent answered HTTP 429 Too Many Requests"
+
+
+def test_timeouts_and_refused_connections_are_retryable(agent: Any) -> None:
+    agent.script(Reply(200, "late", delay_s=1.5))
+    outcome = _call(agent.url, timeout=0.3)
+    assert (outcome.ok, outcome.retryable) == (False, True)
+    assert "timed out" in (outcome.error or "")
+    from stepwise.embedded import free_port
+
+    refused = _call(f"http://127.0.0.1:{free_port()}/agent")
+    assert (refused.ok, refused.retryable) == (False, True)
+    assert "could not reach the agent" in (refused.error or "")
+
+
+def test_a_redirect_loop_fails_for_good(agent: Any) -> None:
+    agent.responder = lambda call: Reply(307, "", headers={"Location": "/agent"})
+    outcome = _call(agent.url)
+    assert (outcome.ok, outcome.retryable) == (False, False)
+    assert outcome.error == "agent redirected more than 5 times (redirect loop?)"
+    assert len(agent.calls) == 6  # the POST was repeated, body and all, each time
+    assert all(call.body == {"x": 1} for call in agent.calls)
+
+
+def test_a_redirect_that_drops_the_post_fails_instead_of_faking_success(agent: Any) -> None:
+    agent.responder = lambda call: Reply(302, "", headers={"Location": "/elsewhere"})
+    outcome = _call(agent.url)
+    assert (outcome.ok, outcome.retryable, outcome.status) == (False, False, 302)
+    assert "redirected with HTTP 302 to /elsewhere" in (outcome.error or "")
+
+
+def test_nul_bytes_never_reach_postgres(agent: Any) -> None:
+    agent.script(Reply(200, b"bin\x00ary"))
+    outcome = _call(agent.url)
+    assert "\x00" not in outcome.body

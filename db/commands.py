@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from db.dispatch import spec_of
 from db.models import AuditLog, Automation, Execution, Schedule
 from db.runs import db_now
+from db.session import rowcount
 from stepwise.automation import AutomationInput, validate_automation
 from stepwise.errors import FieldError, InvalidState, NotFound, ValidationFailed
 from stepwise.schedule import (
@@ -276,11 +277,13 @@ def _describe(schedule: Schedule) -> dict[str, Any]:
 
 
 def _cancel_queued(session: Session, where: Any, reason: str) -> int:
-    return session.execute(
-        update(Execution)
-        .where(where, Execution.status == "queued")
-        .values(status="cancelled", finished_at=func.now(), error=reason)
-    ).rowcount
+    return rowcount(
+        session.execute(
+            update(Execution)
+            .where(where, Execution.status == "queued")
+            .values(status="cancelled", finished_at=func.now(), error=reason)
+        )
+    )
 
 
 def _cancel_future(session: Session, schedule_id: uuid.UUID, now: datetime, reason: str) -> int:

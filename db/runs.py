@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from db.models import FINAL_STATUSES, Automation, Execution, Schedule, StepRun
+from db.session import rowcount
 from stepwise.schedule import decide_overlap
 from tasks.agent import StepOutcome, parse_output
 
@@ -137,7 +138,7 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, margin_s: int)
     claimable = execution.status == "queued" or (
         execution.status == "running"
         and execution.lease_expires_at is not None
-        and execution.lease_expires_at < session.scalar(select(func.now()))
+        and execution.lease_expires_at < db_now(session)
     )
     if not claimable:
         return "nothing"
@@ -195,18 +196,20 @@ def start_step(
     session: Session, claim: Claim, step_number: int, request: dict[str, Any], *, margin_s: int
 ) -> int | None:
     """Renew the lease for one step and record the step as running; None if we lost the run."""
-    renewed = session.execute(
-        update(Execution)
-        .where(_fence(claim))
-        .values(
-            current_step=step_number,
-            lease_expires_at=func.now() + claim.lease + timedelta(seconds=margin_s),
+    renewed = rowcount(
+        session.execute(
+            update(Execution)
+            .where(_fence(claim))
+            .values(
+                current_step=step_number,
+                lease_expires_at=func.now() + claim.lease + timedelta(seconds=margin_s),
+            )
         )
-    ).rowcount
+    )
     if not renewed:
         return None
     return session.scalar(
-        StepRun.__table__.insert()
+        insert(StepRun)
         .values(
             execution_id=claim.execution_id,
             step_number=step_number,
@@ -236,16 +239,18 @@ def finish_step(session: Session, step_run_id: int, outcome: StepOutcome) -> Non
 def release_for_retry(session: Session, claim: Claim, error: str, delay_s: float) -> bool:
     """Put the execution back in the queue until its retry message is due."""
     return bool(
-        session.execute(
-            update(Execution)
-            .where(_fence(claim))
-            .values(
-                status="queued",
-                lease_expires_at=None,
-                error=error,
-                available_at=func.now() + timedelta(seconds=delay_s),
+        rowcount(
+            session.execute(
+                update(Execution)
+                .where(_fence(claim))
+                .values(
+                    status="queued",
+                    lease_expires_at=None,
+                    error=error,
+                    available_at=func.now() + timedelta(seconds=delay_s),
+                )
             )
-        ).rowcount
+        )
     )
 
 
@@ -253,17 +258,19 @@ def finish_execution(
     session: Session, claim: Claim, status: str, *, error: str | None = None, result: Any = None
 ) -> bool:
     """End the execution and move its schedule's counters, in the caller's transaction."""
-    ended = session.execute(
-        update(Execution)
-        .where(_fence(claim))
-        .values(
-            status=status,
-            finished_at=func.now(),
-            lease_expires_at=None,
-            error=error,
-            result=result,
+    ended = rowcount(
+        session.execute(
+            update(Execution)
+            .where(_fence(claim))
+            .values(
+                status=status,
+                finished_at=func.now(),
+                lease_expires_at=None,
+                error=error,
+                result=result,
+            )
         )
-    ).rowcount
+    )
     if ended and claim.schedule_id is not None:
         record_outcome(session, claim.schedule_id, status)
     return bool(ended)
@@ -372,4 +379,4 @@ def purge_history(session: Session, *, older_than_days: int, batch: int) -> int:
         .limit(batch)
         .with_for_update(skip_locked=True)
     )
-    return session.execute(Execution.__table__.delete().where(Execution.id.in_(victims))).rowcount
+    return rowcount(session.execute(delete(Execution).where(Execution.id.in_(victims))))

@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import CursorResult, Engine, Result, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from stepwise.settings import get_settings
@@ -54,3 +55,8 @@ def session_scope() -> Iterator[Session]:
     assert _factory is not None
     with _factory() as session, session.begin():
         yield session
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows matched by an UPDATE or DELETE (the claim and fence checks rely on it)."""
+    return cast("CursorResult[Any]", result).rowcount

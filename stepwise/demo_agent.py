@@ -10,6 +10,7 @@ latency and failure rate make it useful for demos and benchmarks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import threading
@@ -82,7 +83,7 @@ class AgentServer:
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/agent"
+        return f"http://{host!s}:{port}/agent"
 
     def start(self) -> AgentServer:
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -188,10 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         record=False,
     )
     print(f"demo agent listening on {server.url}", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

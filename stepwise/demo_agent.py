@@ -58,6 +58,11 @@ def default_reply(call: Call) -> Reply:
     )
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a caller that hung up (timeout, test teardown) is not the agent's problem
+
+
 class AgentServer:
     """A threaded HTTP agent on 127.0.0.1 that records calls; `responder` decides replies."""
 
@@ -76,7 +81,7 @@ class AgentServer:
         self.responder: Responder = default_reply
         self.calls: list[Call] = []
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, port), self._handler_class())
+        self._httpd = _QuietServer((host, port), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 

@@ -81,6 +81,8 @@ def send_dispatched(enqueues: Iterable[dispatching.Enqueue], since: float) -> in
 
 # --- dispatch ----------------------------------------------------------------
 
+LOCKED_RETRIES = 20
+
 
 def dispatch_due(now: datetime | None = None) -> int:
     """Dispatch every due schedule, batch after batch; returns the runs sent.
@@ -94,15 +96,25 @@ def dispatch_due(now: datetime | None = None) -> int:
         batch=settings.dispatch_batch,
     )
     sent = 0
-    while True:
+    for _ in range(LOCKED_RETRIES):
+        while True:
+            with session_scope() as session:
+                clock = now or runs.db_now(session)
+                started = time.monotonic()
+                enqueues, claimed = dispatching.dispatch_batch(session, now=clock, config=config)
+            # Sent only after the commit: a worker must find its row.
+            sent += send_dispatched(enqueues, started)
+            if claimed < config.batch:
+                break
+        # SKIP LOCKED passed over schedules another transaction held (another
+        # dispatcher, or a run updating its counters): wait briefly and take them
+        # now rather than a minute late at the next tick.
         with session_scope() as session:
             clock = now or runs.db_now(session)
-            started = time.monotonic()
-            enqueues, claimed = dispatching.dispatch_batch(session, now=clock, config=config)
-        # Sent only after the commit: a worker must find its row.
-        sent += send_dispatched(enqueues, started)
-        if claimed < config.batch:
-            return sent
+            if not dispatching.count_due(session, now=clock, horizon_s=config.horizon_s):
+                break
+        time.sleep(0.05)
+    return sent
 
 
 @dramatiq.actor(

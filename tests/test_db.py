@@ -339,3 +339,24 @@ def test_deleting_an_automation_cancels_its_queued_runs(db: None) -> None:
         assert row is not None and row.status == "cancelled"
         assert "automation was deleted" in (row.error or "")
         assert claim_execution(session, execution_id, margin_s=5) == "nothing"
+
+
+def test_a_schedule_that_cannot_be_planned_is_parked_not_blocking_others(db: None) -> None:
+    # given two due schedules, one holding a zone that no longer exists
+    broken = _interval_schedule()
+    healthy = _interval_schedule()
+    start = _schedule(healthy).next_run_at
+    assert start is not None
+    with session_scope() as session:
+        session.execute(
+            update(Schedule)
+            .where(Schedule.id == broken)
+            .values(kind="cron", cron_expr="0 9 * * *", timezone="Gone/Away", next_run_at=start)
+        )
+    # when dispatching
+    _dispatch(start)
+    # then the healthy one ran and the broken one is disabled with a reason
+    assert _executions(healthy)
+    parked = _schedule(broken)
+    assert not parked.enabled
+    assert (parked.completed_reason or "").startswith("disabled:")

@@ -142,7 +142,10 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, margin_s: int)
     )
     if not claimable:
         return "nothing"
-    if execution.schedule_id is not None and policy not in (None, "allow"):
+    # The overlap policy decides whether a slot starts; a retry of a run that
+    # already started is that run going on, not a new slot.
+    first_start = execution.attempt == 0
+    if first_start and execution.schedule_id is not None and policy not in (None, "allow"):
         decision = _overlap(session, execution, policy)
         if decision == "skip":
             _skip_for_overlap(session, execution)
@@ -162,6 +165,7 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, margin_s: int)
         .values(
             status="running",
             attempt=Execution.attempt + 1,
+            total_steps=len(automation.steps),
             started_at=func.coalesce(Execution.started_at, func.now()),
             lease_expires_at=func.now() + lease + timedelta(seconds=margin_s),
         )

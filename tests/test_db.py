@@ -360,3 +360,32 @@ def test_a_schedule_that_cannot_be_planned_is_parked_not_blocking_others(db: Non
     parked = _schedule(broken)
     assert not parked.enabled
     assert (parked.completed_reason or "").startswith("disabled:")
+
+
+def test_a_retry_is_not_skipped_by_the_overlap_policy(db: None) -> None:
+    from db.runs import release_for_retry
+
+    # given an overlap=skip schedule whose first run failed and waits for its retry
+    schedule_id = _interval_schedule(overlap_policy="skip")
+    start = _schedule(schedule_id).next_run_at
+    assert start is not None
+    _dispatch(start + timedelta(seconds=61))
+    with session_scope() as session:
+        first, second = session.scalars(
+            select(Execution.id)
+            .where(Execution.schedule_id == schedule_id)
+            .order_by(Execution.scheduled_for)
+        ).all()[:2]
+    with session_scope() as session:
+        claim = claim_execution(session, first, margin_s=5)
+        assert not isinstance(claim, str)
+    with session_scope() as session:
+        assert release_for_retry(session, claim, "step 1: HTTP 503", 0)
+    # while the next slot is running
+    with session_scope() as session:
+        assert not isinstance(claim_execution(session, second, margin_s=5), str)
+    # when the retry arrives, it resumes its run rather than being skipped
+    with session_scope() as session:
+        retried = claim_execution(session, first, margin_s=5)
+    assert not isinstance(retried, str) and retried.attempt == 2
+    assert _schedule(schedule_id).skipped_count == 0

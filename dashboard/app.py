@@ -1,5 +1,23 @@
-"""Stepwise dashboard (placeholder until the pages land)."""
+"""Stepwise dashboard: `streamlit run dashboard/app.py` (the Procfile's `web`)."""
+
+import sys
+from pathlib import Path
+
+# `streamlit run` puts this folder, not the project root, on sys.path.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import streamlit as st
 
-st.title("Stepwise")
+st.set_page_config(page_title="Stepwise", page_icon="🪜", layout="wide")
+PAGES = Path(__file__).parent / "pages"
+page = st.navigation(
+    [
+        st.Page(PAGES / "overview.py", title="Overview", icon="📊", default=True),
+        st.Page(PAGES / "schedules.py", title="Schedules", icon="🗓️"),
+        st.Page(PAGES / "automations.py", title="Automations", icon="🤖"),
+        st.Page(PAGES / "executions.py", title="Executions", icon="📜"),
+        st.Page(PAGES / "export.py", title="Export", icon="📤"),
+        st.Page(PAGES / "queues.py", title="Queues", icon="📬"),
+    ]
+)
+page.run()

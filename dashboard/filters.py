@@ -1,0 +1,84 @@
+"""The history filters shared by Executions and Export; their values live in session state."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, time, timedelta
+
+import streamlit as st
+
+from dashboard import ui
+from db import queries
+from db.models import EXECUTION_STATUSES, TRIGGERS
+from db.queries import ExecutionFilters
+
+RANGES = {
+    "all": "All time",
+    "1h": "Last hour",
+    "24h": "Last 24 hours",
+    "7d": "Last 7 days",
+    "30d": "Last 30 days",
+    "custom": "Custom dates",
+}
+_DELTAS = {
+    "1h": timedelta(hours=1),
+    "24h": timedelta(days=1),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+}
+
+
+def history_filters(prefix: str) -> ExecutionFilters:
+    """Draw the filter row (keys `<prefix>_*`) and return what it selects."""
+    s = st.session_state
+    names = ui.read(queries.automation_names)
+    cols = st.columns([2, 2, 2, 1, 2])
+    cols[0].multiselect(
+        "Status", EXECUTION_STATUSES, key=f"{prefix}_status", placeholder="All statuses"
+    )
+    cols[1].selectbox(
+        "Automation",
+        ["", *map(str, names)],
+        format_func=lambda i: names[uuid.UUID(i)] if i else "All automations",
+        key=f"{prefix}_automation",
+    )
+    automation = s.get(f"{prefix}_automation") or None
+    labels = ui.read(queries.schedule_labels, uuid.UUID(automation) if automation else None)
+    if s.get(f"{prefix}_schedule") not in ("", None, *map(str, labels)):
+        s[f"{prefix}_schedule"] = ""
+    cols[2].selectbox(
+        "Schedule",
+        ["", *map(str, labels)],
+        format_func=lambda i: labels[uuid.UUID(i)] if i else "All schedules",
+        key=f"{prefix}_schedule",
+    )
+    cols[3].selectbox(
+        "Trigger", ["", *TRIGGERS], format_func=lambda t: t or "Any", key=f"{prefix}_trigger"
+    )
+    cols[4].selectbox("Queued", list(RANGES), format_func=RANGES.__getitem__, key=f"{prefix}_range")
+    since, until = _time_range(prefix)
+    schedule = s.get(f"{prefix}_schedule") or None
+    return ExecutionFilters(
+        statuses=tuple(s.get(f"{prefix}_status") or ()),
+        automation_id=uuid.UUID(automation) if automation else None,
+        schedule_id=uuid.UUID(schedule) if schedule else None,
+        trigger=s.get(f"{prefix}_trigger") or None,
+        since=since,
+        until=until,
+    )
+
+
+def _time_range(prefix: str) -> tuple[datetime | None, datetime | None]:
+    choice = st.session_state.get(f"{prefix}_range", "all")
+    if choice in _DELTAS:
+        return datetime.now(UTC) - _DELTAS[choice], None
+    if choice != "custom":
+        return None, None
+    today = datetime.now(UTC).date()
+    a, b = st.columns(2)
+    start = a.date_input("From (UTC)", value=today - timedelta(days=7), key=f"{prefix}_from")
+    end = b.date_input("Until (UTC, inclusive)", value=today, key=f"{prefix}_until")
+    return (
+        datetime.combine(start, time(0), tzinfo=UTC),
+        datetime.combine(end + timedelta(days=1), time(0), tzinfo=UTC),
+    )

@@ -1,0 +1,196 @@
+"""Form values to command inputs: plain functions, no Streamlit, tested on their own."""
+
+from __future__ import annotations
+
+import zoneinfo
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from zoneinfo import ZoneInfo
+
+from db.commands import ScheduleInput
+from db.queries import ScheduleRow
+from stepwise.automation import Step
+from stepwise.errors import ValidationFailed
+from stepwise.schedule import PRESETS, ScheduleSpec, normalize_cron
+
+CUSTOM_CRON = "custom_cron"
+INTERVAL = "interval"
+TIMINGS = {p.key: p.label for p in PRESETS} | {
+    CUSTOM_CRON: "Custom cron expression",
+    INTERVAL: "Every N seconds (interval)",
+}
+COMMON_ZONES = (
+    "UTC",
+    "Europe/London",
+    "Europe/Berlin",
+    "Europe/Paris",
+    "America/New_York",
+    "America/Chicago",
+    "America/Denver",
+    "America/Los_Angeles",
+    "America/Sao_Paulo",
+    "Asia/Kolkata",
+    "Asia/Singapore",
+    "Asia/Tokyo",
+    "Australia/Sydney",
+)
+OTHER_ZONE = "Other (type an IANA name)…"
+
+
+def timezone_options(viewer: str = "UTC") -> list[str]:
+    """Common zones first (and the viewer's), then every IANA zone, then a free-text choice."""
+    first = list(dict.fromkeys([*COMMON_ZONES, viewer]))
+    rest = sorted(zoneinfo.available_timezones() - set(first))
+    return [*first, *rest, OTHER_ZONE]
+
+
+@dataclass(frozen=True)
+class ScheduleForm:
+    timing: str = "daily_9am"
+    cron_expr: str = ""
+    interval_s: int = 3600
+    run_at: tuple[date, time] | None = None
+    timezone: str = "UTC"
+    start: tuple[date, time] | None = None
+    end: tuple[date, time] | None = None
+    max_runs: int = 0  # 0: no limit
+    misfire_policy: str = "run_once"
+    catchup_window_min: int = 60
+    overlap_policy: str = "skip"
+    jitter_s: int = 0
+    enabled: bool = True
+
+
+def zone_or_utc(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (KeyError, ValueError):
+        return ZoneInfo("UTC")  # the timezone error itself is reported by validation
+
+
+def local(value: tuple[date, time] | None, zone: str) -> datetime | None:
+    """A date and wall time in `zone` as an aware datetime."""
+    if value is None:
+        return None
+    day, clock = value
+    return datetime.combine(day, clock, tzinfo=zone_or_utc(zone))
+
+
+def cron_of(form: ScheduleForm) -> str | None:
+    if form.timing == CUSTOM_CRON:
+        return form.cron_expr
+    return next((p.cron_expr for p in PRESETS if p.key == form.timing), None)
+
+
+def spec_of_form(form: ScheduleForm) -> ScheduleSpec:
+    if form.timing not in TIMINGS:
+        raise ValidationFailed.single("timing", f"unknown choice {form.timing!r}")
+    kind = "once" if form.timing == "once" else "interval" if form.timing == INTERVAL else "cron"
+    return ScheduleSpec(
+        kind=kind,
+        timezone=form.timezone.strip(),
+        cron_expr=cron_of(form) if kind == "cron" else None,
+        interval_s=form.interval_s if kind == "interval" else None,
+        run_at=local(form.run_at, form.timezone) if kind == "once" else None,
+        start_at=local(form.start, form.timezone),
+        end_at=local(form.end, form.timezone),
+        max_runs=form.max_runs or None,
+    )
+
+
+def schedule_input(form: ScheduleForm) -> ScheduleInput:
+    return ScheduleInput(
+        spec=spec_of_form(form),
+        misfire_policy=form.misfire_policy,
+        catchup_window_s=form.catchup_window_min * 60,
+        overlap_policy=form.overlap_policy,
+        jitter_s=form.jitter_s,
+        enabled=form.enabled,
+    )
+
+
+def form_of_schedule(row: ScheduleRow) -> ScheduleForm:
+    """The form as it opens for editing an existing schedule."""
+
+    def parts(value: datetime | None) -> tuple[date, time] | None:
+        if value is None:
+            return None
+        wall = value.astimezone(zone_or_utc(row.timezone))
+        return wall.date(), wall.time().replace(tzinfo=None)
+
+    if row.kind == "once":
+        timing = "once"
+    elif row.kind == "interval":
+        timing = INTERVAL
+    else:
+        timing = preset_for(row.cron_expr or "") or CUSTOM_CRON
+    return ScheduleForm(
+        timing=timing,
+        cron_expr=row.cron_expr or "",
+        interval_s=row.interval_s or 3600,
+        run_at=parts(row.run_at),
+        timezone=row.timezone,
+        start=parts(row.start_at),
+        end=parts(row.end_at),
+        max_runs=row.max_runs or 0,
+        misfire_policy=row.misfire_policy,
+        catchup_window_min=row.catchup_window_s // 60,
+        overlap_policy=row.overlap_policy,
+        jitter_s=row.jitter_s,
+        enabled=row.enabled,
+    )
+
+
+def preset_for(cron_expr: str) -> str | None:
+    try:
+        normalized = normalize_cron(cron_expr)
+    except ValidationFailed:
+        return None
+    return next((p.key for p in PRESETS if p.cron_expr == normalized), None)
+
+
+def errors_by_field(exc: ValidationFailed) -> dict[str, str]:
+    """First message per field; spec-level fields map onto the form's inputs."""
+    aliases = {"anchor": "start_at", "kind": "timing", "catchup_window_s": "catchup_window"}
+    errors: dict[str, str] = {}
+    for error in exc.errors:
+        errors.setdefault(aliases.get(error.field, error.field), error.message)
+    return errors
+
+
+def parse_steps_text(text: str) -> tuple[Step, ...]:
+    """One step per non-empty line: "name | message" (or just the message)."""
+    steps = []
+    for number, line in enumerate((x for x in text.splitlines() if x.strip()), start=1):
+        name, sep, message = line.partition("|")
+        if not sep:
+            name, message = f"Step {number}", line
+        steps.append(Step(name.strip(), message.strip()))
+    return tuple(steps)
+
+
+def steps_text(steps: list[dict[str, str]]) -> str:
+    return "\n".join(f"{s.get('name', '')} | {s.get('message', '')}" for s in steps)
+
+
+def steps_from_rows(rows: list[dict[str, object]]) -> tuple[Step, ...]:
+    """Rows of the steps table (order, name, message) in their chosen order; blank rows dropped."""
+
+    def text(row: dict[str, object], column: str) -> str:
+        value = row.get(column)
+        return "" if value is None or value != value else str(value)  # NaN != NaN
+
+    def order(item: tuple[int, dict[str, object]]) -> tuple[float, int]:
+        index, row = item
+        try:
+            return float(text(row, "order")), index
+        except ValueError:
+            return float(index + 1), index
+
+    kept = [r for r in rows if text(r, "name").strip() or text(r, "message").strip()]
+    ordered = [row for _, row in sorted(enumerate(kept), key=order)]
+    return tuple(Step(text(r, "name").strip(), text(r, "message")) for r in ordered)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,246 @@
+"""Automations: what runs (the steps sent to the agent), with a test run and deletion."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import forms, ui
+from db import commands, queries
+from db.queries import ExecutionFilters
+from stepwise.automation import AutomationInput, Step
+from stepwise.errors import StepwiseError, ValidationFailed
+from tasks import actions
+
+NEW = "new"
+TEST_RUN_WAIT_S = 15
+
+st.title("Automations")
+if flash := st.session_state.pop("flash", None):
+    st.success(flash)
+
+automations = ui.read(queries.list_automations)
+by_id = {str(a.id): a for a in automations}
+
+if automations:
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "Name": [a.name for a in automations],
+                "Steps": [len(a.steps) for a in automations],
+                "Agent URL": [a.agent_url for a in automations],
+                "Schedules": [a.schedules for a in automations],
+                "Timeout (s)": [a.step_timeout_s for a in automations],
+                "Retries": [a.max_retries for a in automations],
+                "Updated": [ui.fmt_time(a.updated_at) for a in automations],
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+else:
+    ui.empty_state(
+        "No automation yet.",
+        "Fill in the form below: a name, your agent's URL and the steps to send it.",
+    )
+
+if (pending := st.session_state.pop("auto_pending_select", None)) in (NEW, *by_id):
+    st.session_state["auto_selected"] = pending
+choice = st.selectbox(
+    "Automation",
+    [NEW, *by_id],
+    format_func=lambda i: "➕ New automation" if i == NEW else by_id[i].name,  # noqa: RUF001
+    key="auto_selected",
+)
+current = by_id.get(choice)
+k = f"auto_{choice}_"  # widget keys per automation, so switching never mixes forms
+
+
+def defaults(row: queries.AutomationRow | None) -> dict[str, Any]:
+    if row is None:
+        return {
+            "name": "",
+            "description": "",
+            "agent_url": "",
+            "project_context": "",
+            "steps": [{"name": "Step 1", "message": ""}],
+            "timeout": 30,
+            "retries": 3,
+        }
+    return {
+        "name": row.name,
+        "description": row.description,
+        "agent_url": row.agent_url,
+        "project_context": row.project_context,
+        "steps": row.steps,
+        "timeout": row.step_timeout_s,
+        "retries": row.max_retries,
+    }
+
+
+base = defaults(current)
+errors: dict[str, str] = st.session_state.get(k + "errors", {})
+
+st.subheader("New automation" if current is None else f"Edit “{current.name}”")
+left, right = st.columns(2)
+with left:
+    st.text_input("Name", value=base["name"], key=k + "name", max_chars=200)
+    ui.field_error(errors, "name")
+    st.text_input(
+        "Agent URL", value=base["agent_url"], key=k + "agent_url", placeholder="https://…/agent"
+    )
+    ui.field_error(errors, "agent_url")
+    st.text_area("Description", value=base["description"], key=k + "description", height=80)
+with right:
+    st.text_area(
+        "Project context",
+        value=base["project_context"],
+        key=k + "project_context",
+        height=80,
+        help="Sent to the agent with every step.",
+    )
+    ui.field_error(errors, "project_context")
+    a, b = st.columns(2)
+    a.number_input("Step timeout (s)", 1, 3600, value=int(base["timeout"]), key=k + "timeout")
+    b.number_input("Retries", 0, 20, value=int(base["retries"]), key=k + "retries")
+    with a:
+        ui.field_error(errors, "step_timeout_s")
+    with b:
+        ui.field_error(errors, "max_retries")
+
+st.markdown("**Steps**, sent to the agent in order")
+as_text = st.toggle(
+    "Edit steps as text (one step per line: `name | message`)", key=k + "steps_as_text"
+)
+if as_text:
+    st.text_area("Steps", value=forms.steps_text(base["steps"]), key=k + "steps_text", height=160)
+else:
+    st.caption("Add rows at the bottom, delete with the row checkbox; change **order** to reorder.")
+    edited = st.data_editor(
+        pd.DataFrame(
+            [
+                {"order": n, "name": s.get("name", ""), "message": s.get("message", "")}
+                for n, s in enumerate(base["steps"], start=1)
+            ]
+        ),
+        num_rows="dynamic",
+        hide_index=True,
+        width="stretch",
+        key=k + "steps_table",
+        column_config={
+            "order": st.column_config.NumberColumn("order", width="small", step=1),
+            "name": st.column_config.TextColumn("name", width="medium"),
+            "message": st.column_config.TextColumn("message", width="large"),
+        },
+    )
+ui.field_error(errors, "steps")
+
+
+def form_input() -> AutomationInput:
+    s = st.session_state
+    if s.get(k + "steps_as_text"):
+        steps: tuple[Step, ...] = forms.parse_steps_text(s[k + "steps_text"])
+    else:
+        steps = forms.steps_from_rows(edited.to_dict("records"))
+    return AutomationInput(
+        name=s[k + "name"],
+        agent_url=s[k + "agent_url"],
+        steps=steps,
+        description=s[k + "description"],
+        project_context=s[k + "project_context"],
+        step_timeout_s=int(s[k + "timeout"]),
+        max_retries=int(s[k + "retries"]),
+    )
+
+
+cols = st.columns(4)
+if cols[0].button("💾 Save", type="primary", key=k + "save", width="stretch"):
+    try:
+        if current is None:
+            created = ui.write(commands.create_automation, form_input(), actor=ui.ACTOR)
+            st.session_state["flash"] = f"Automation “{created.name}” created. Schedule it next."
+            st.session_state["auto_pending_select"] = str(created.id)
+            for key in [key for key in st.session_state if str(key).startswith(k)]:
+                del st.session_state[key]  # a fresh "new" form next time
+        else:
+            ui.write(commands.update_automation, current.id, form_input(), actor=ui.ACTOR)
+            st.session_state["flash"] = "Automation saved."
+        st.session_state.pop(k + "errors", None)
+    except ValidationFailed as exc:
+        st.session_state[k + "errors"] = forms.errors_by_field(exc)
+    except StepwiseError as exc:
+        st.session_state[k + "errors"] = {"name": str(exc)}
+    st.rerun()
+
+if current is not None:
+    if cols[1].button("🧪 Test run", key=k + "test", width="stretch"):
+        try:
+            st.session_state["auto_test_run"] = str(actions.run_now(current.id, actor=ui.ACTOR))
+        except StepwiseError as exc:
+            st.error(str(exc))
+    if cols[2].button("🗑️ Delete", key=k + "delete", width="stretch"):
+        st.session_state["auto_confirm_delete"] = choice
+    if st.session_state.get("auto_confirm_delete") == choice:
+        waiting = ui.read(
+            queries.count_executions,
+            ExecutionFilters(statuses=("queued",), automation_id=current.id),
+        )
+        st.warning(
+            f"Delete “{current.name}”? Its {current.schedules} schedule(s) stop and its "
+            f"{waiting} queued run(s) are cancelled; the history stays."
+        )
+        yes, no = st.columns(2)
+        if yes.button("Yes, delete it", type="primary", key=k + "delete_yes"):
+            cancelled = ui.write(commands.delete_automation, current.id, actor=ui.ACTOR)
+            st.session_state.pop("auto_confirm_delete", None)
+            st.session_state["flash"] = f"Automation deleted; {cancelled} queued run(s) cancelled."
+            st.session_state["auto_pending_select"] = NEW
+            st.rerun()
+        if no.button("Keep it", key=k + "delete_no"):
+            st.session_state.pop("auto_confirm_delete", None)
+            st.rerun()
+
+
+def show_test_run(execution_id: uuid.UUID) -> None:
+    """Poll briefly for the run to finish, then show each step's outcome."""
+    detail = ui.read(queries.execution_detail, execution_id)
+    deadline = time.monotonic() + TEST_RUN_WAIT_S
+    with st.spinner("Running the automation against the agent…"):
+        while detail and detail.execution.status in ("queued", "running"):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+            detail = ui.read(queries.execution_detail, execution_id)
+    if detail is None:
+        return
+    run = detail.execution
+    st.markdown(f"**Test run** `{run.id}`: {ui.badge(run.status)}")
+    if run.status in ("queued", "running"):
+        st.info("Still running: no worker may be up. Follow it on the Executions page.")
+    if run.error:
+        st.error(run.error)
+    if detail.steps:
+        st.dataframe(
+            pd.DataFrame(
+                {
+                    "Step": [f"{s.step_number}. {s.step_name}" for s in detail.steps],
+                    "Attempt": [s.attempt for s in detail.steps],
+                    "Status": [ui.badge(s.status) for s in detail.steps],
+                    "HTTP": [s.response_status for s in detail.steps],
+                    "Duration": [
+                        ui.fmt_duration((s.duration_ms or 0) / 1000) for s in detail.steps
+                    ],
+                    "Response": [(s.response_body or s.error or "")[:300] for s in detail.steps],
+                }
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+
+
+if (test_run := st.session_state.get("auto_test_run")) and current is not None:
+    show_test_run(uuid.UUID(test_run))

@@ -1,0 +1,79 @@
+"""Export: the filtered history as CSV, Parquet or Excel, built in chunks with progress."""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import streamlit as st
+
+from dashboard import ui
+from dashboard.filters import history_filters
+from db import exports, queries
+from stepwise.errors import StepwiseError
+
+LABELS = {"csv": "CSV", "parquet": "Parquet", "xlsx": "Excel (.xlsx)"}
+EXPORT_DIR = Path(tempfile.gettempdir()) / "stepwise-exports"
+
+st.title("Export")
+st.caption(
+    "Download the run history for a spreadsheet or a notebook. The same export runs from "
+    "scripts: `stepwise export --format parquet --out runs.parquet --status failed`, or "
+    "`db.exports.history_frame(filters)` in Python."
+)
+filters = history_filters("exp")
+fmt = st.radio(
+    "Format", list(LABELS), format_func=LABELS.__getitem__, horizontal=True, key="exp_format"
+)
+total = ui.read(queries.count_executions, filters)
+if total == 0:
+    ui.empty_state(
+        "No run matches these filters.",
+        "Widen the time range or clear filters; once runs exist they can be exported.",
+    )
+    st.stop()
+st.markdown(f"**{total:,}** execution(s) match.")
+sample = ui.read(queries.list_executions, filters, limit=5)
+st.dataframe(
+    {
+        "Status": [ui.badge(r.status) for r in sample.rows],
+        "Automation": [r.automation_name for r in sample.rows],
+        "Queued": [ui.fmt_time(r.queued_at) for r in sample.rows],
+        "Error": [r.error or "" for r in sample.rows],
+    },
+    hide_index=True,
+    width="stretch",
+)
+if total > 5:
+    st.caption(f"…and {total - 5:,} more (first 5 shown).")
+
+if st.button("Build file", type="primary", key="exp_build"):
+    EXPORT_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    path = EXPORT_DIR / f"stepwise-executions-{stamp}.{fmt}"
+    bar = st.progress(0.0, text="Building…")
+
+    def progress(done: int, of: int) -> None:
+        bar.progress(done / of if of else 1.0, text=f"{done:,} of {of:,} rows")
+
+    try:
+        rows = exports.write_history(filters, path, fmt, progress=progress)  # type: ignore[arg-type]
+    except StepwiseError as exc:
+        bar.empty()
+        st.error(str(exc))
+    else:
+        bar.progress(1.0, text=f"{rows:,} rows written")
+        st.session_state["exp_file"] = {"path": str(path), "rows": rows, "format": fmt}
+
+built = st.session_state.get("exp_file")
+if built and Path(built["path"]).exists():
+    path = Path(built["path"])
+    size_mb = path.stat().st_size / 1e6
+    st.download_button(
+        f"⬇️ Download {path.name} ({built['rows']:,} rows, {size_mb:.1f} MB)",
+        data=path.read_bytes(),
+        file_name=path.name,
+        mime=exports.MEDIA_TYPES[built["format"]],
+        key="exp_download",
+    )

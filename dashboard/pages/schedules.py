@@ -1,0 +1,163 @@
+"""Schedules: every schedule with its timing, next run and record; pause, run, edit, delete."""
+
+from __future__ import annotations
+
+import uuid
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import ui
+from dashboard.schedule_dialog import STATE, notify_scheduler, open_dialog, schedule_dialog
+from db import commands, queries
+from db.dispatch import spec_of
+from stepwise.errors import StepwiseError
+from stepwise.schedule import describe
+from tasks import actions
+
+STATES = ("active", "paused", "completed")
+
+st.title("Schedules")
+ui.scheduler_warning()
+if flash := st.session_state.pop("flash", None):
+    st.success(flash)
+
+names = ui.read(queries.automation_names)
+if not names:
+    ui.empty_state(
+        "No automation yet, so nothing to schedule.",
+        "Create one on the Automations page first, then come back to schedule it.",
+    )
+    st.stop()
+
+top = st.columns([2, 2, 1])
+top[0].selectbox(
+    "Automation",
+    ["", *map(str, names)],
+    format_func=lambda i: names[uuid.UUID(i)] if i else "All automations",
+    key="sch_automation",
+)
+top[1].selectbox(
+    "Status", ["", *STATES], format_func=lambda s: s or "All statuses", key="sch_state"
+)
+top[2].button(
+    "New schedule",
+    icon=":material/add:",
+    type="primary",
+    on_click=open_dialog,
+    kwargs={"automation_id": st.session_state.get("sch_automation") or next(iter(names))},
+    width="stretch",
+)
+
+
+def timing(row: queries.ScheduleRow) -> str:
+    try:
+        return describe(spec_of(row))  # type: ignore[arg-type]
+    except StepwiseError:
+        return "invalid schedule"
+
+
+def load() -> list[queries.ScheduleRow]:
+    automation = st.session_state.get("sch_automation")
+    return ui.read(
+        queries.list_schedules,
+        automation_id=uuid.UUID(automation) if automation else None,
+        state=st.session_state.get("sch_state") or None,
+    )
+
+
+def table(rows: list[queries.ScheduleRow]) -> pd.DataFrame:
+    viewer = ui.viewer_timezone()
+    return pd.DataFrame(
+        {
+            "Automation": [r.automation_name for r in rows],
+            "Runs when": [timing(r) for r in rows],
+            "Cron": [
+                r.cron_expr or (f"every {r.interval_s} s" if r.interval_s else "once") for r in rows
+            ],
+            "Timezone": [r.timezone for r in rows],
+            "Next run": [ui.fmt_time(r.next_run_at, r.timezone) for r in rows],
+            f"Next run ({viewer})": [ui.fmt_time(r.next_run_at, viewer) for r in rows],
+            "State": [
+                ui.badge(r.state) + (f" ({r.completed_reason})" if r.completed_reason else "")
+                for r in rows
+            ],
+            "Last": [ui.badge(r.last_status) for r in rows],
+            "Runs": [r.run_count for r in rows],
+            "Success": [ui.fmt_rate(r.success_rate) for r in rows],
+            "Missed": [r.missed_count for r in rows],
+            "Skipped": [r.skipped_count for r in rows],
+            "Queued": [r.queued_runs for r in rows],
+        }
+    )
+
+
+@st.fragment(run_every=15)
+def schedule_list() -> None:
+    rows = load()
+    if not rows:
+        if st.session_state.get("sch_automation") or st.session_state.get("sch_state"):
+            ui.empty_state("No schedule matches these filters.", "Clear the filters above.")
+        else:
+            ui.empty_state(
+                "No schedule yet.", "Press **New schedule** to run an automation on a timetable."
+            )
+        return
+    st.dataframe(table(rows), hide_index=True, width="stretch")
+
+
+schedule_list()
+
+rows = load()
+if rows:
+    st.subheader("Act on a schedule")
+    by_id = {str(r.id): r for r in rows}
+    chosen = st.selectbox(
+        "Schedule",
+        list(by_id),
+        format_func=lambda i: f"{by_id[i].automation_name} · {timing(by_id[i])} · {by_id[i].state}",
+        key="sch_selected",
+    )
+    row = by_id[chosen]
+    cols = st.columns(4)
+    if row.enabled:
+        if cols[0].button("⏸️ Pause", key="sch_pause", width="stretch"):
+            ui.write(commands.set_schedule_enabled, row.id, False, actor=ui.ACTOR)
+            st.session_state["flash"] = "Schedule paused; its future queued runs were cancelled."
+            st.rerun()
+    elif cols[0].button("▶️ Resume", key="sch_resume", width="stretch"):
+        try:
+            ui.write(commands.set_schedule_enabled, row.id, True, actor=ui.ACTOR)
+        except StepwiseError as exc:
+            st.error(str(exc))
+        else:
+            notify_scheduler()
+            st.session_state["flash"] = (
+                "Schedule resumed from its next slot (the pause is not replayed)."
+            )
+            st.rerun()
+    if cols[1].button("🚀 Run now", key="sch_run", width="stretch"):
+        execution_id = actions.run_now(row.automation_id, actor=ui.ACTOR)
+        st.session_state["flash"] = f"Started run {execution_id} (see Executions)."
+        st.rerun()
+    cols[2].button("✏️ Edit", key="sch_edit", on_click=open_dialog, args=(row,), width="stretch")
+    if cols[3].button("🗑️ Delete", key="sch_delete", width="stretch"):
+        st.session_state["sch_confirm_delete"] = chosen
+    if st.session_state.get("sch_confirm_delete") == chosen:
+        waiting = ui.read(queries.queued_runs, row.id)
+        st.warning(
+            f"Delete this schedule? Its {waiting} queued run(s) will be cancelled; "
+            "finished runs stay in the history."
+        )
+        yes, no = st.columns(2)
+        if yes.button("Yes, delete it", type="primary", key="sch_delete_yes"):
+            cancelled = ui.write(commands.delete_schedule, row.id, actor=ui.ACTOR)
+            st.session_state.pop("sch_confirm_delete", None)
+            st.session_state["flash"] = f"Schedule deleted; {cancelled} queued run(s) cancelled."
+            st.rerun()
+        if no.button("Keep it", key="sch_delete_no"):
+            st.session_state.pop("sch_confirm_delete", None)
+            st.rerun()
+
+if st.session_state.get(STATE) is not None:
+    schedule_dialog()

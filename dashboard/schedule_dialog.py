@@ -1,0 +1,302 @@
+"""The schedule dialog, for create and edit: timing, zone, bounds, policies, live preview.
+
+The form's values live in `st.session_state` (keys `sd_*`), filled when the
+dialog opens, so each rerun can validate the whole form *before* drawing it and
+put every message next to its field. Saving writes only a form without errors.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import forms, ui
+from db import commands, queries
+from stepwise.errors import StepwiseError, ValidationFailed
+from stepwise.schedule import (
+    MISFIRE_POLICIES,
+    OVERLAP_POLICIES,
+    ScheduleSpec,
+    describe,
+    preview,
+)
+from stepwise.settings import get_settings
+from tasks import actions
+
+STATE = "schedule_dialog"  # {"id": schedule id or None}; the dialog is open while set
+MISFIRE_HELP = {
+    "run_once": "run once for all missed slots",
+    "skip": "skip missed slots",
+    "run_all": "run every missed slot (at most 100)",
+}
+OVERLAP_HELP = {
+    "skip": "skip the new run",
+    "buffer_one": "keep one waiting run",
+    "allow": "run concurrently",
+}
+
+
+def open_dialog(schedule: queries.ScheduleRow | None = None, automation_id: Any = None) -> None:
+    """Button callback: fill the form (defaults, or the schedule's values) and open the dialog."""
+    form = (
+        forms.form_of_schedule(schedule)
+        if schedule
+        else forms.ScheduleForm(timezone=ui.viewer_timezone())
+    )
+    today = datetime.now(UTC).date()
+    values: dict[str, Any] = {
+        "sd_automation": str(automation_id or (schedule.automation_id if schedule else "")),
+        "sd_timing": form.timing,
+        "sd_cron": form.cron_expr or (forms.cron_of(form) or ""),
+        "sd_interval": form.interval_s,
+        "sd_run_date": (form.run_at or (today + timedelta(days=1), time(9)))[0],
+        "sd_run_time": (form.run_at or (today, time(9)))[1],
+        "sd_tz": form.timezone,
+        "sd_tz_other": "",
+        "sd_has_start": form.start is not None,
+        "sd_start_date": (form.start or (today, time(0)))[0],
+        "sd_start_time": (form.start or (today, time(0)))[1],
+        "sd_has_end": form.end is not None,
+        "sd_end_date": (form.end or (today + timedelta(days=30), time(0)))[0],
+        "sd_end_time": (form.end or (today, time(0)))[1],
+        "sd_max_runs": form.max_runs,
+        "sd_misfire": form.misfire_policy,
+        "sd_catchup": form.catchup_window_min,
+        "sd_overlap": form.overlap_policy,
+        "sd_jitter": form.jitter_s,
+        "sd_enabled": form.enabled,
+    }
+    st.session_state.update(values)
+    st.session_state[STATE] = {"id": str(schedule.id) if schedule else None}
+
+
+def close_dialog() -> None:
+    st.session_state.pop(STATE, None)
+
+
+def form_from_state() -> forms.ScheduleForm:
+    s = st.session_state
+
+    def pair(flag: str, day: str, clock: str) -> tuple[date, time] | None:
+        return (s[day], s[clock]) if s.get(flag, True) and s.get(day) and s.get(clock) else None
+
+    zone = s["sd_tz_other"] if s["sd_tz"] == forms.OTHER_ZONE else s["sd_tz"]
+    return forms.ScheduleForm(
+        timing=s["sd_timing"],
+        cron_expr=s["sd_cron"],
+        interval_s=int(s["sd_interval"]),
+        run_at=pair("sd_has_run_at", "sd_run_date", "sd_run_time"),
+        timezone=zone or "",
+        start=pair("sd_has_start", "sd_start_date", "sd_start_time"),
+        end=pair("sd_has_end", "sd_end_date", "sd_end_time"),
+        max_runs=int(s["sd_max_runs"]),
+        misfire_policy=s["sd_misfire"],
+        catchup_window_min=int(s["sd_catchup"]),
+        overlap_policy=s["sd_overlap"],
+        jitter_s=int(s["sd_jitter"]),
+        enabled=bool(s["sd_enabled"]),
+    )
+
+
+Checked = tuple[commands.ScheduleInput | None, dict[str, str]]
+
+
+def check(form: forms.ScheduleForm, now: datetime) -> Checked:
+    """The command input and every field's problem, without touching the database."""
+    try:
+        data = forms.schedule_input(form)
+        # New schedules anchor at creation; the command sets it, the preview needs one now.
+        commands.validate_schedule(
+            replace(data, spec=anchored(data.spec, now)),
+            retention_days=get_settings().retention_days,
+        )
+    except ValidationFailed as exc:
+        return None, forms.errors_by_field(exc)
+    return data, {}
+
+
+def anchored(spec: ScheduleSpec, now: datetime) -> ScheduleSpec:
+    """New schedules anchor at creation (the command sets it); validation and preview need one."""
+    return spec if spec.anchor else replace(spec, anchor=now)
+
+
+@st.dialog("Schedule", width="large", on_dismiss=close_dialog)
+def schedule_dialog() -> None:
+    render_form()
+
+
+def render_form() -> None:
+    schedule_id = st.session_state[STATE].get("id")
+    now = datetime.now(UTC)
+    form = form_from_state()
+    data, errors = check(form, now)
+    if schedule_id is None:
+        names = ui.read(queries.automation_names)
+        st.selectbox(
+            "Automation",
+            [str(i) for i in names],
+            format_func=lambda i: names.get(uuid.UUID(i), i) if i else "—",
+            key="sd_automation",
+        )
+    st.selectbox(
+        "When", list(forms.TIMINGS), format_func=forms.TIMINGS.__getitem__, key="sd_timing"
+    )
+    _timing_inputs(form, errors)
+    zones = forms.timezone_options(ui.viewer_timezone())
+    if st.session_state["sd_tz"] not in zones:
+        st.session_state["sd_tz_other"] = st.session_state["sd_tz"]
+        st.session_state["sd_tz"] = forms.OTHER_ZONE
+    st.selectbox("Timezone", zones, key="sd_tz", help="Common zones first; type to search all.")
+    if st.session_state["sd_tz"] == forms.OTHER_ZONE:
+        st.text_input("IANA timezone name", key="sd_tz_other", placeholder="e.g. Asia/Kathmandu")
+    ui.field_error(errors, "timezone")
+    if data is not None:
+        _preview(data, now)
+    hidden_errors = bool(errors.keys() - {"cron_expr", "timezone", "interval_s", "run_at"})
+    with st.expander("Limits and policies", expanded=hidden_errors):
+        _limits(errors)
+    st.checkbox("Enabled", key="sd_enabled")
+    left, right = st.columns(2)
+    if left.button("Save schedule", type="primary", key="sd_save", width="stretch"):
+        _save(schedule_id, data, errors)
+    if right.button("Cancel", key="sd_cancel", width="stretch"):
+        close_dialog()
+        st.rerun()
+
+
+def _timing_inputs(form: forms.ScheduleForm, errors: dict[str, str]) -> None:
+    timing = st.session_state["sd_timing"]
+    if timing == forms.CUSTOM_CRON:
+        st.text_input(
+            "Cron expression",
+            key="sd_cron",
+            placeholder="*/10 9-17 * * 1-5",
+            help="minute hour day-of-month month day-of-week, or @hourly / @daily / @weekly",
+        )
+        ui.field_error(errors, "cron_expr")
+    elif timing == forms.INTERVAL:
+        st.number_input("Every (seconds)", min_value=1, step=10, key="sd_interval")
+        ui.field_error(errors, "interval_s")
+    elif timing == "once":
+        day, clock = st.columns(2)
+        day.date_input("Run on", key="sd_run_date")
+        clock.time_input("at", key="sd_run_time", step=60)
+        ui.field_error(errors, "run_at")
+    else:
+        st.caption(f"Cron: `{forms.cron_of(form)}`")
+
+
+def _preview(data: commands.ScheduleInput, now: datetime) -> None:
+    spec = anchored(data.spec, now)
+    try:
+        text = describe(spec)
+        slots = preview(spec, now, 10)
+    except StepwiseError as exc:
+        st.error(str(exc))
+        return
+    st.info(f"**{text}**", icon="🗓️")
+    if not slots:
+        st.warning("This schedule has no run in the future: it would be completed at once.")
+        return
+    viewer = ui.viewer_timezone()
+    table = pd.DataFrame(
+        {
+            f"Next runs ({spec.timezone})": [ui.fmt_time(s, spec.timezone) for s in slots],
+            f"Your time ({viewer})": [ui.fmt_time(s, viewer) for s in slots],
+        }
+    )
+    st.dataframe(table, hide_index=True, width="stretch", height=388)
+
+
+def _limits(errors: dict[str, str]) -> None:
+    left, right = st.columns(2)
+    with left:
+        st.checkbox("Start at", key="sd_has_start")
+        if st.session_state["sd_has_start"]:
+            st.date_input("Start date", key="sd_start_date")
+            st.time_input("Start time", key="sd_start_time", step=60)
+        ui.field_error(errors, "start_at")
+    with right:
+        st.checkbox("End at", key="sd_has_end")
+        if st.session_state["sd_has_end"]:
+            st.date_input("End date", key="sd_end_date")
+            st.time_input("End time", key="sd_end_time", step=60)
+        ui.field_error(errors, "end_at")
+    a, b, c = st.columns(3)
+    a.number_input("Max runs (0 = no limit)", min_value=0, step=1, key="sd_max_runs")
+    with a:
+        ui.field_error(errors, "max_runs")
+    b.selectbox(
+        "Missed runs (misfire)",
+        MISFIRE_POLICIES,
+        format_func=lambda p: f"{p}: {MISFIRE_HELP[p]}",
+        key="sd_misfire",
+    )
+    b.number_input("Catch-up window (minutes)", min_value=0, step=5, key="sd_catchup")
+    with b:
+        ui.field_error(errors, "catchup_window")
+    c.selectbox(
+        "If the previous run still runs",
+        OVERLAP_POLICIES,
+        format_func=lambda p: f"{p}: {OVERLAP_HELP[p]}",
+        key="sd_overlap",
+    )
+    c.number_input("Jitter (seconds)", min_value=0, step=5, key="sd_jitter")
+    with c:
+        ui.field_error(errors, "jitter_s")
+
+
+def _save(
+    schedule_id: str | None, data: commands.ScheduleInput | None, errors: dict[str, str]
+) -> None:
+    if data is None or errors:
+        st.error("Nothing was saved: fix the fields marked above.", icon="🛑")
+        return
+    retention = get_settings().retention_days
+    try:
+        if schedule_id is None:
+            automation = st.session_state.get("sd_automation")
+            if not automation:
+                st.error("Choose an automation first (create one on the Automations page).")
+                return
+            ui.write(
+                commands.create_schedule,
+                uuid.UUID(automation),
+                data,
+                actor=ui.ACTOR,
+                retention_days=retention,
+            )
+            message = "Schedule created."
+        else:
+            ui.write(
+                commands.update_schedule,
+                uuid.UUID(schedule_id),
+                data,
+                actor=ui.ACTOR,
+                retention_days=retention,
+            )
+            message = "Schedule saved."
+    except ValidationFailed as exc:
+        for field, text in forms.errors_by_field(exc).items():
+            st.error(f"{field}: {text}")
+        return
+    except StepwiseError as exc:
+        st.error(str(exc))
+        return
+    notify_scheduler()
+    st.session_state["flash"] = message
+    close_dialog()
+    st.rerun()
+
+
+def notify_scheduler() -> None:
+    """Dispatch now so a slot due within the minute is not late; the tick covers a failure."""
+    try:
+        actions.schedules_changed()
+    except Exception as exc:  # Redis away: the next minute tick dispatches anyway
+        st.toast(f"Saved; the scheduler picks it up at its next tick ({type(exc).__name__}).")

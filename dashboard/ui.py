@@ -1,0 +1,127 @@
+"""Small helpers shared by the pages: reads and writes in one session, times, badges.
+
+Pages stay thin: every thing shown is one call to `db.queries` (through `read`)
+and every change one call to `db.commands` (through `write`) or `tasks.actions`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import streamlit as st
+
+from db import queries
+from db.session import session_scope
+
+ACTOR = "dashboard"
+T = TypeVar("T")
+
+STATUS_ICONS = {
+    "queued": "⏳",
+    "running": "🔄",
+    "succeeded": "✅",
+    "failed": "❌",
+    "cancelled": "🚫",
+    "skipped": "⏭️",
+    "active": "🟢",
+    "paused": "⏸️",
+    "completed": "🏁",
+}
+STATUS_COLORS = {"succeeded": "#2e9d5b", "failed": "#d64545", "skipped": "#a0a7b4"}
+
+
+def read(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(session, *args, **kwargs)` in its own short transaction."""
+    with session_scope() as session:
+        return fn(session, *args, **kwargs)
+
+
+def write(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A `db.commands` call as one unit of work; cached reads are dropped afterwards."""
+    with session_scope() as session:
+        result = fn(session, *args, **kwargs)
+    st.cache_data.clear()
+    return result
+
+
+def viewer_timezone() -> str:
+    """The browser's zone (Streamlit reports it), UTC when unknown."""
+    zone = st.context.timezone
+    try:
+        ZoneInfo(zone or "UTC")
+    except (KeyError, ValueError):
+        return "UTC"
+    return zone or "UTC"
+
+
+def fmt_time(value: datetime | None, zone: str | None = None) -> str:
+    if value is None:
+        return "—"
+    try:
+        local = value.astimezone(ZoneInfo(zone or viewer_timezone()))
+    except (KeyError, ValueError):
+        local = value
+    return local.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def fmt_ago(value: datetime | None, now: datetime) -> str:
+    if value is None:
+        return "never"
+    seconds = int((now - value).total_seconds())
+    if seconds < 0:
+        return f"in {fmt_duration(-seconds)}"
+    return f"{fmt_duration(seconds)} ago"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def fmt_rate(rate: float | None) -> str:
+    return "—" if rate is None else f"{rate:.0%}"
+
+
+def badge(status: str | None) -> str:
+    if not status:
+        return "—"
+    return f"{STATUS_ICONS.get(status, '')} {status}".strip()
+
+
+def empty_state(message: str, next_step: str) -> None:
+    """What an empty list means and what to do next."""
+    st.info(f"**{message}**  \n{next_step}", icon="💡")
+
+
+def field_error(errors: dict[str, str], field: str) -> None:
+    """Show the validation message for `field` right under its input."""
+    if field in errors:
+        st.error(errors[field], icon="⚠️")
+
+
+def scheduler_warning() -> None:
+    """Warn when the scheduler's last dispatch tick is over two minutes old (or never ran)."""
+    live = read(queries.scheduler_liveness)
+    if not live.stale():
+        return
+    if live.dispatch_at is None:
+        when = "has never ticked"
+    else:
+        when = f"last ticked {fmt_ago(live.dispatch_at, live.now)}"
+    st.warning(
+        f"The scheduler {when}: schedules are not being dispatched. "
+        "Start it with `make run` (or the `scheduler` and `dispatcher` Procfile processes).",
+        icon="⏰",
+    )

@@ -1,0 +1,404 @@
+"""Every dashboard page through Streamlit's AppTest, on real Postgres and Redis.
+
+AppTest cannot fill `st.data_editor` or fire `run_every`, and sees charts only as
+unknown elements: chart data is tested in test_queries.py, steps go through the
+text path here, and the real browser test covers the rest.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from dashboard import forms
+from db import queries
+from db.queries import ExecutionFilters
+from db.session import session_scope
+from tests.conftest import wait_for
+from tests.factories import make_automation, make_schedule, row_counts, table_snapshot
+from tests.test_queries import add_runs, now
+
+PAGES = Path(__file__).resolve().parent.parent / "dashboard" / "pages"
+pytestmark = pytest.mark.usefixtures("db", "redis_client")
+
+
+def page(name: str) -> AppTest:
+    st.cache_data.clear()
+    at = AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts: list[str] = []
+    for kind in ("markdown", "info", "error", "warning", "success", "caption"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    return "\n".join(parts)
+
+
+def schedules() -> list[queries.ScheduleRow]:
+    with session_scope() as session:
+        return queries.list_schedules(session)
+
+
+@pytest.mark.parametrize(
+    "name", ["overview", "schedules", "automations", "executions", "export", "queues"]
+)
+def test_every_page_renders_its_empty_state(name: str) -> None:
+    at = page(name)
+    assert at.info, f"{name} shows no empty state"
+
+
+def test_overview_shows_kpis_and_the_stale_scheduler(db: None) -> None:
+    auto = make_automation(name="Reports")
+    make_schedule(auto)
+    add_runs(auto, [{"status": "succeeded"}, {"status": "failed", "error": "agent said no"}])
+    at = page("overview")
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Active schedules"] == "1"
+    assert metrics["Runs, last 24 h"] == "2"
+    assert metrics["Success rate, 24 h"] == "50%"
+    assert "scheduler has never ticked" in texts(at)
+    assert "agent said no" in at.dataframe[1].value.to_string()
+
+
+# --- schedule dialog ----------------------------------------------------------------------
+
+
+def open_new_schedule() -> AppTest:
+    at = page("schedules")
+    next(b for b in at.button if b.label == "New schedule").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_create_a_schedule_from_a_preset() -> None:
+    # given
+    make_automation(name="Reports")
+    at = open_new_schedule()
+    # when
+    at.selectbox(key="sd_timing").set_value("weekdays_9am").run()
+    at.selectbox(key="sd_tz").set_value("Europe/Berlin").run()
+    assert "Monday through Friday" in texts(at)
+    preview = at.dataframe[-1].value
+    assert len(preview) == 10 and "CE" in preview.iloc[0, 0]
+    at.button(key="sd_save").click().run()
+    # then
+    assert not at.exception, at.exception
+    [row] = schedules()
+    assert (row.cron_expr, row.timezone, row.enabled) == ("0 9 * * 1-5", "Europe/Berlin", True)
+    assert row.next_run_at is not None
+    assert "Schedule created." in texts(at)
+    assert "Reports" in at.dataframe[0].value.to_string()
+
+
+def test_create_a_schedule_from_custom_cron_with_limits() -> None:
+    make_automation()
+    at = open_new_schedule()
+    at.selectbox(key="sd_timing").set_value(forms.CUSTOM_CRON).run()
+    at.text_input(key="sd_cron").input("*/10 9-17 * * 1-5").run()
+    assert "Every 10 minutes" in texts(at)
+    at.number_input(key="sd_max_runs").set_value(5).run()
+    at.selectbox(key="sd_overlap").set_value("allow").run()
+    at.button(key="sd_save").click().run()
+    assert not at.exception, at.exception
+    [row] = schedules()
+    assert (row.cron_expr, row.max_runs, row.overlap_policy) == ("*/10 9-17 * * 1-5", 5, "allow")
+
+
+def test_an_invalid_cron_shows_the_error_and_writes_nothing() -> None:
+    make_automation()
+    at = open_new_schedule()
+    before = table_snapshot()
+    at.selectbox(key="sd_timing").set_value(forms.CUSTOM_CRON).run()
+    at.text_input(key="sd_cron").input("61 * * * *").run()
+    assert "minute 61 is out of range 0-59" in texts(at)
+    at.button(key="sd_save").click().run()
+    assert not at.exception
+    assert "Nothing was saved" in texts(at)
+    assert table_snapshot() == before
+
+
+def test_an_unknown_timezone_shows_the_error_and_writes_nothing() -> None:
+    make_automation()
+    at = open_new_schedule()
+    before = table_snapshot()
+    at.selectbox(key="sd_tz").set_value(forms.OTHER_ZONE).run()
+    at.text_input(key="sd_tz_other").input("Mars/Olympus_Mons").run()
+    assert "unknown timezone 'Mars/Olympus_Mons'" in texts(at)
+    at.button(key="sd_save").click().run()
+    assert "Nothing was saved" in texts(at)
+    assert table_snapshot() == before
+
+
+def test_end_before_start_is_shown_next_to_the_field() -> None:
+    make_automation()
+    at = open_new_schedule()
+    at.checkbox(key="sd_has_start").check().run()
+    at.checkbox(key="sd_has_end").check().run()
+    start = at.date_input(key="sd_start_date").value
+    at.date_input(key="sd_end_date").set_value(start - timedelta(days=1)).run()
+    assert "must be after start_at" in texts(at)
+    before = row_counts()
+    at.button(key="sd_save").click().run()
+    assert row_counts() == before
+
+
+def test_edit_a_schedule_keeps_its_values_and_saves_changes() -> None:
+    auto = make_automation()
+    make_schedule(auto, cron_expr="0 9 * * *", timezone="Asia/Tokyo")
+    at = page("schedules")
+    at.button(key="sch_edit").click().run()
+    assert at.selectbox(key="sd_timing").value == "daily_9am"
+    assert at.selectbox(key="sd_tz").value == "Asia/Tokyo"
+    at.selectbox(key="sd_timing").set_value("hourly").run()
+    at.button(key="sd_save").click().run()
+    [row] = schedules()
+    assert (row.cron_expr, row.timezone) == ("0 * * * *", "Asia/Tokyo")
+
+
+# --- schedule actions ---------------------------------------------------------------------
+
+
+def test_pause_resume_run_now_and_delete(agent: Any, worker: Any) -> None:
+    # given a schedule of an automation pointing at the real agent
+    auto = make_automation(agent_url=agent.url, steps=2)
+    sched = make_schedule(auto, cron_expr="0 0 1 1 *")
+    at = page("schedules")
+    # when paused, then resumed
+    at.button(key="sch_pause").click().run()
+    assert [r.state for r in schedules()] == ["paused"]
+    at.button(key="sch_resume").click().run()
+    assert [r.state for r in schedules()] == ["active"]
+    # when run now: the worker runs it for real
+    at.button(key="sch_run").click().run()
+    assert not at.exception, at.exception
+
+    def finished() -> list[queries.ExecutionRow]:
+        with session_scope() as session:
+            rows = queries.list_executions(session, ExecutionFilters()).rows
+        return [r for r in rows if r.status == "succeeded"]
+
+    [run] = wait_for(finished, timeout=30, message="the manual run to succeed")
+    assert run.trigger == "manual" and len(agent.calls) == 2
+    # when deleted, after confirming
+    add_runs(
+        auto,
+        [
+            {
+                "schedule_id": sched,
+                "trigger": "schedule",
+                "status": "queued",
+                "started_at": None,
+                "finished_at": None,
+                "scheduled_for": now() + timedelta(days=1),
+            }
+        ],
+    )
+    at.button(key="sch_delete").click().run()
+    assert "Its 1 queued run(s) will be cancelled" in texts(at)
+    at.button(key="sch_delete_yes").click().run()
+    assert schedules() == []
+    assert "1 queued run(s) cancelled" in texts(at)
+
+
+def test_schedule_filters_narrow_the_list() -> None:
+    a = make_automation(name="Alpha")
+    b = make_automation(name="Beta")
+    make_schedule(a)
+    make_schedule(b, enabled=False)
+    at = page("schedules")
+    assert len(at.dataframe[0].value) == 2
+    at.selectbox(key="sch_state").set_value("paused").run()
+    assert list(at.dataframe[0].value["Automation"]) == ["Beta"]
+    at.selectbox(key="sch_state").set_value("").run()
+    at.selectbox(key="sch_automation").set_value(str(a)).run()
+    assert list(at.dataframe[0].value["Automation"]) == ["Alpha"]
+
+
+# --- automations --------------------------------------------------------------------------
+
+
+def test_create_an_automation_through_the_text_steps_path() -> None:
+    at = page("automations")
+    at.text_input(key="auto_new_name").input("Weekly digest").run()
+    at.text_input(key="auto_new_agent_url").input("http://127.0.0.1:9/agent").run()
+    at.toggle(key="auto_new_steps_as_text").set_value(True).run()
+    at.text_area(key="auto_new_steps_text").input("Collect | get numbers\nWrite | write it").run()
+    at.button(key="auto_new_save").click().run()
+    assert not at.exception, at.exception
+    with session_scope() as session:
+        [row] = queries.list_automations(session)
+    assert row.name == "Weekly digest"
+    assert row.steps == [
+        {"name": "Collect", "message": "get numbers"},
+        {"name": "Write", "message": "write it"},
+    ]
+    assert at.selectbox(key="auto_selected").value == str(row.id)
+
+
+def test_an_invalid_automation_shows_errors_and_writes_nothing() -> None:
+    at = page("automations")
+    before = table_snapshot()
+    at.text_input(key="auto_new_agent_url").input("ftp://example.com").run()
+    at.button(key="auto_new_save").click().run()
+    shown = texts(at)
+    assert "is required" in shown  # the name
+    assert "must start with http:// or https://" in shown
+    assert "step 1 has no message" in shown
+    assert table_snapshot() == before
+
+
+def test_test_run_shows_the_step_results(agent: Any, worker: Any) -> None:
+    auto = make_automation(agent_url=agent.url, steps=2, name="Tested")
+    at = page("automations")
+    at.selectbox(key="auto_selected").set_value(str(auto)).run()
+    at.button(key=f"auto_{auto}_test").click().run()
+    assert not at.exception, at.exception
+    assert "✅ succeeded" in texts(at)
+    steps = at.dataframe[-1].value
+    assert list(steps["HTTP"]) == [200, 200]
+
+
+def test_delete_an_automation_after_confirming() -> None:
+    auto = make_automation(name="Doomed")
+    make_schedule(auto)
+    at = page("automations")
+    at.selectbox(key="auto_selected").set_value(str(auto)).run()
+    at.button(key=f"auto_{auto}_delete").click().run()
+    assert "Its 1 schedule(s) stop" in texts(at)
+    at.button(key=f"auto_{auto}_delete_yes").click().run()
+    with session_scope() as session:
+        assert queries.list_automations(session) == []
+
+
+# --- executions and export ------------------------------------------------------------
+
+
+@pytest.fixture
+def history() -> dict[str, uuid.UUID]:
+    a = make_automation(name="Alpha")
+    b = make_automation(name="Beta")
+    ids = add_runs(
+        a,
+        [
+            {"status": "succeeded" if n % 2 else "failed", "error": None if n % 2 else "HTTP 500"}
+            for n in range(30)
+        ],
+    )
+    add_runs(b, [{"status": "cancelled"}])
+    return {"alpha": a, "beta": b, "failed": ids[0]}
+
+
+def test_executions_filters_change_the_rows(history: dict[str, uuid.UUID]) -> None:
+    at = page("executions")
+    assert len(at.dataframe[0].value) == 25  # first page
+    at.multiselect(key="ex_status").select("failed").run()
+    assert set(at.dataframe[0].value["Status"]) == {"❌ failed"}
+    assert len(at.dataframe[0].value) == 15
+    at.multiselect(key="ex_status").unselect("failed").run()
+    at.selectbox(key="ex_automation").set_value(str(history["beta"])).run()
+    assert list(at.dataframe[0].value["Automation"]) == ["Beta"]
+
+
+def test_executions_page_through_history(history: dict[str, uuid.UUID]) -> None:
+    at = page("executions")
+    first = list(at.dataframe[0].value["Id"])
+    at.button(key="ex_next").click().run()
+    assert not at.exception, at.exception
+    second = list(at.dataframe[0].value["Id"])
+    assert len(second) == 31 - 25 and not set(first) & set(second)
+
+
+def test_execution_detail_and_retry(history: dict[str, uuid.UUID]) -> None:
+    at = page("executions")
+    at.selectbox(key="ex_open").set_value(str(history["failed"])).run()
+    assert "HTTP 500" in texts(at)
+    at.button(key=f"ex_retry_{history['failed']}").click().run()
+    assert not at.exception, at.exception
+    with session_scope() as session:
+        detail = queries.execution_detail(session, history["failed"])
+    assert detail is not None and detail.execution.status == "queued"
+
+
+def test_export_builds_the_same_rows_as_the_query(history: dict[str, uuid.UUID]) -> None:
+    at = page("export")
+    at.multiselect(key="exp_status").select("failed").run()
+    at.radio(key="exp_format").set_value("parquet").run()
+    at.button(key="exp_build").click().run()
+    assert not at.exception, at.exception
+    built = at.session_state["exp_file"]
+    frame = pd.read_parquet(built["path"])
+    with session_scope() as session:
+        expected = queries.list_executions(
+            session, ExecutionFilters(statuses=("failed",)), limit=1000
+        ).rows
+    assert list(frame["execution_id"]) == [str(r.id) for r in expected]
+    assert built["rows"] == 15
+
+
+# --- queues -----------------------------------------------------------------------------
+
+
+def test_queues_list_retry_and_purge_dead_letters(redis_client: Any) -> None:
+    import dramatiq
+
+    from tasks.actors import run_execution
+
+    def bury(n: int) -> str:
+        message = run_execution.message(str(uuid.uuid4()))
+        message_id = f"dead-{n}"
+        redis_client.zadd("dramatiq:default.XQ", {message_id: time.time() * 1000})
+        redis_client.hset("dramatiq:default.XQ.msgs", message_id, message.encode())
+        return message_id
+
+    first, _ = bury(1), bury(2)
+    at = page("queues")
+    assert [m.value for m in at.metric][:4] == ["0", "0", "0", "2"]
+    assert len(at.dataframe[-1].value) == 2
+    at.selectbox(key="q_message").set_value(first).run()
+    at.button(key="q_retry").click().run()
+    assert redis_client.zcard("dramatiq:default.XQ") == 1
+    assert redis_client.llen("dramatiq:default") == 1
+    sent = dramatiq.Message.decode(next(iter(redis_client.hvals("dramatiq:default.msgs"))))
+    assert sent.actor_name == "run_execution"
+    at.button(key="q_purge").click().run()
+    at.button(key="q_purge_yes").click().run()
+    assert redis_client.zcard("dramatiq:default.XQ") == 0
+    assert "Purged 1 dead letter(s)." in texts(at)
+
+
+# --- form helpers (no server) -------------------------------------------------------------
+
+
+def test_steps_table_rows_follow_the_order_column_and_drop_blanks() -> None:
+    rows = [
+        {"order": 2, "name": "b", "message": "second"},
+        {"order": 1, "name": "a", "message": "first"},
+        {"order": None, "name": None, "message": None},
+        {"order": float("nan"), "name": "c", "message": "added"},
+    ]
+    steps = forms.steps_from_rows(rows)
+    assert [s.name for s in steps] == ["a", "b", "c"]
+
+
+def test_steps_text_round_trips() -> None:
+    steps = [{"name": "One", "message": "do it"}, {"name": "Two", "message": "a | b"}]
+    parsed = forms.parse_steps_text(forms.steps_text(steps))
+    assert [(s.name, s.message) for s in parsed] == [("One", "do it"), ("Two", "a | b")]
+    assert forms.parse_steps_text("just a message")[0].name == "Step 1"
+
+
+def test_timezone_options_put_common_zones_first() -> None:
+    options = forms.timezone_options("Asia/Kathmandu")
+    assert options[0] == "UTC" and "Asia/Kathmandu" in options[:20]
+    assert options[-1] == forms.OTHER_ZONE and len(options) > 400

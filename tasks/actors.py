@@ -231,8 +231,10 @@ def execute(execution_id: uuid.UUID, *, retries: int, max_retries: int) -> str:
     try:
         for step_number in range(claim.first_step, claim.total_steps + 1):
             if shutting_down.is_set():
+                # Hand the run on at once, without spending a retry of its budget.
                 _release(claim, "the worker stopped between steps; resuming elsewhere")
-                raise dramatiq.Retry("worker stopping", delay=0)
+                send_run(execution_id, max_retries=max_retries, retries=retries)
+                return "handed back"
             outcome = _run_step(claim, step_number, previous_output)
             if outcome is None:
                 return "lost"

@@ -8,16 +8,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import streamlit as st
 
-st.set_page_config(page_title="Stepwise", page_icon="🪜", layout="wide")
+st.set_page_config(page_title="Stepwise", page_icon=":material/stairs:", layout="wide")
 PAGES = Path(__file__).parent / "pages"
 page = st.navigation(
     [
-        st.Page(PAGES / "overview.py", title="Overview", icon="📊", default=True),
-        st.Page(PAGES / "schedules.py", title="Schedules", icon="🗓️"),
-        st.Page(PAGES / "automations.py", title="Automations", icon="🤖"),
-        st.Page(PAGES / "executions.py", title="Executions", icon="📜"),
-        st.Page(PAGES / "export.py", title="Export", icon="📤"),
-        st.Page(PAGES / "queues.py", title="Queues", icon="📬"),
+        st.Page(PAGES / "overview.py", title="Overview", icon=":material/dashboard:", default=True),
+        st.Page(PAGES / "schedules.py", title="Schedules", icon=":material/calendar_month:"),
+        st.Page(PAGES / "automations.py", title="Automations", icon=":material/smart_toy:"),
+        st.Page(PAGES / "executions.py", title="Executions", icon=":material/history:"),
+        st.Page(PAGES / "export.py", title="Export", icon=":material/download:"),
+        st.Page(PAGES / "queues.py", title="Queues", icon=":material/inbox:"),
     ]
 )
 page.run()

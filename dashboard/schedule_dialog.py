@@ -199,7 +199,7 @@ def _preview(data: commands.ScheduleInput, now: datetime) -> None:
     except StepwiseError as exc:
         st.error(str(exc))
         return
-    st.info(f"**{text}**", icon="🗓️")
+    st.info(f"**{text}**", icon=":material/event_repeat:")
     if not slots:
         st.warning("This schedule has no run in the future: it would be completed at once.")
         return
@@ -255,7 +255,7 @@ def _save(
     schedule_id: str | None, data: commands.ScheduleInput | None, errors: dict[str, str]
 ) -> None:
     if data is None or errors:
-        st.error("Nothing was saved: fix the fields marked above.", icon="🛑")
+        st.error("Nothing was saved: fix the fields marked above.", icon=":material/block:")
         return
     retention = get_settings().retention_days
     try:

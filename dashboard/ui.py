@@ -19,16 +19,16 @@ from db.session import session_scope
 ACTOR = "dashboard"
 T = TypeVar("T")
 
-STATUS_ICONS = {
-    "queued": "⏳",
-    "running": "🔄",
-    "succeeded": "✅",
-    "failed": "❌",
-    "cancelled": "🚫",
-    "skipped": "⏭️",
-    "active": "🟢",
-    "paused": "⏸️",
-    "completed": "🏁",
+STATUS_COLOR_NAMES = {
+    "queued": "blue",
+    "running": "violet",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "gray",
+    "skipped": "gray",
+    "active": "green",
+    "paused": "orange",
+    "completed": "gray",
 }
 STATUS_COLORS = {"succeeded": "#2e9d5b", "failed": "#d64545", "skipped": "#a0a7b4"}
 
@@ -95,20 +95,26 @@ def fmt_rate(rate: float | None) -> str:
 
 
 def badge(status: str | None) -> str:
+    """The status as table text (tables cannot colour; an em dash when there is none)."""
+    return status or "—"
+
+
+def badge_md(status: str | None) -> str:
+    """The status as a coloured Markdown badge."""
     if not status:
         return "—"
-    return f"{STATUS_ICONS.get(status, '')} {status}".strip()
+    return f":{STATUS_COLOR_NAMES.get(status, 'gray')}-badge[{status}]"
 
 
 def empty_state(message: str, next_step: str) -> None:
     """What an empty list means and what to do next."""
-    st.info(f"**{message}**  \n{next_step}", icon="💡")
+    st.info(f"**{message}**  \n{next_step}", icon=":material/lightbulb:")
 
 
 def field_error(errors: dict[str, str], field: str) -> None:
     """Show the validation message for `field` right under its input."""
     if field in errors:
-        st.error(errors[field], icon="⚠️")
+        st.error(errors[field], icon=":material/error:")
 
 
 def scheduler_warning() -> None:
@@ -123,5 +129,5 @@ def scheduler_warning() -> None:
     st.warning(
         f"The scheduler {when}: schedules are not being dispatched. "
         "Start it with `make run` (or the `scheduler` and `dispatcher` Procfile processes).",
-        icon="⏰",
+        icon=":material/schedule:",
     )

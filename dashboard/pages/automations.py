@@ -53,7 +53,7 @@ if (pending := st.session_state.pop("auto_pending_select", None)) in (NEW, *by_i
 choice = st.selectbox(
     "Automation",
     [NEW, *by_id],
-    format_func=lambda i: "➕ New automation" if i == NEW else by_id[i].name,  # noqa: RUF001
+    format_func=lambda i: "+ New automation" if i == NEW else by_id[i].name,
     key="auto_selected",
 )
 current = by_id.get(choice)
@@ -158,7 +158,7 @@ def form_input() -> AutomationInput:
 
 
 cols = st.columns(4)
-if cols[0].button("💾 Save", type="primary", key=k + "save", width="stretch"):
+if cols[0].button("Save", icon=":material/save:", type="primary", key=k + "save", width="stretch"):
     try:
         if current is None:
             created = ui.write(commands.create_automation, form_input(), actor=ui.ACTOR)
@@ -177,12 +177,12 @@ if cols[0].button("💾 Save", type="primary", key=k + "save", width="stretch"):
     st.rerun()
 
 if current is not None:
-    if cols[1].button("🧪 Test run", key=k + "test", width="stretch"):
+    if cols[1].button("Test run", icon=":material/science:", key=k + "test", width="stretch"):
         try:
             st.session_state["auto_test_run"] = str(actions.run_now(current.id, actor=ui.ACTOR))
         except StepwiseError as exc:
             st.error(str(exc))
-    if cols[2].button("🗑️ Delete", key=k + "delete", width="stretch"):
+    if cols[2].button("Delete", icon=":material/delete:", key=k + "delete", width="stretch"):
         st.session_state["auto_confirm_delete"] = choice
     if st.session_state.get("auto_confirm_delete") == choice:
         waiting = ui.read(
@@ -218,7 +218,7 @@ def show_test_run(execution_id: uuid.UUID) -> None:
     if detail is None:
         return
     run = detail.execution
-    st.markdown(f"**Test run** `{run.id}`: {ui.badge(run.status)}")
+    st.markdown(f"**Test run** `{run.id}`: {ui.badge_md(run.status)}")
     if run.status in ("queued", "running"):
         st.info("Still running: no worker may be up. Follow it on the Executions page.")
     if run.error:

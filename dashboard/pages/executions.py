@@ -121,7 +121,7 @@ def detail_view(execution_id: uuid.UUID) -> None:
         return
     run = detail.execution
     with st.container(border=True):
-        st.markdown(f"### {ui.badge(run.status)} · {run.automation_name}")
+        st.markdown(f"### {run.automation_name} {ui.badge_md(run.status)}")
         m = st.columns(5)
         m[0].metric("Trigger", run.trigger)
         m[1].metric("Steps done", f"{run.current_step}/{run.total_steps}")
@@ -179,13 +179,13 @@ def actions_row(run: queries.ExecutionRow) -> None:
     a, b, _ = st.columns([1, 1, 4])
     try:
         if run.status in ("failed", "cancelled") and a.button(
-            "🔁 Retry", key=f"ex_retry_{run.id}", width="stretch"
+            "Retry", icon=":material/replay:", key=f"ex_retry_{run.id}", width="stretch"
         ):
             actions.retry(run.id, actor=ui.ACTOR)
             st.session_state["flash"] = "Retry queued: it resumes at the step that failed."
             st.rerun()
         if run.status in ("queued", "running") and b.button(
-            "✋ Cancel", key=f"ex_cancel_{run.id}", width="stretch"
+            "Cancel", icon=":material/cancel:", key=f"ex_cancel_{run.id}", width="stretch"
         ):
             actions.cancel(run.id, actor=ui.ACTOR)
             st.session_state["flash"] = "Cancelled (a running step finishes first)."

@@ -71,9 +71,10 @@ if built and Path(built["path"]).exists():
     path = Path(built["path"])
     size_mb = path.stat().st_size / 1e6
     st.download_button(
-        f"⬇️ Download {path.name} ({built['rows']:,} rows, {size_mb:.1f} MB)",
+        f"Download {path.name} ({built['rows']:,} rows, {size_mb:.1f} MB)",
         data=path.read_bytes(),
         file_name=path.name,
         mime=exports.MEDIA_TYPES[built["format"]],
         key="exp_download",
+        icon=":material/download:",
     )

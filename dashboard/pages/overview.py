@@ -90,7 +90,7 @@ with right:
     st.subheader("Needs attention")
     failures = ui.read(queries.recent_failures, limit=10)
     if not failures:
-        st.success("No failed runs. 🎉")
+        st.success("No failed runs.")
     else:
         st.dataframe(
             pd.DataFrame(

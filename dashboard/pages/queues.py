@@ -90,11 +90,11 @@ chosen = st.selectbox(
     key="q_message",
 )
 a, b, _ = st.columns([1, 1, 3])
-if a.button("🔁 Retry message", key="q_retry", width="stretch"):
+if a.button("Retry message", icon=":material/replay:", key="q_retry", width="stretch"):
     sent = queues.retry_dead_letter(queue, chosen)
     st.session_state["flash"] = "Message sent again." if sent else "That message was already gone."
     st.rerun()
-if b.button("🧹 Purge dead letters", key="q_purge", width="stretch"):
+if b.button("Purge dead letters", icon=":material/delete_sweep:", key="q_purge", width="stretch"):
     st.session_state["q_confirm_purge"] = queue
 if st.session_state.get("q_confirm_purge") == queue:
     st.warning(

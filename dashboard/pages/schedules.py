@@ -75,9 +75,8 @@ def table(rows: list[queries.ScheduleRow]) -> pd.DataFrame:
             "Cron": [
                 r.cron_expr or (f"every {r.interval_s} s" if r.interval_s else "once") for r in rows
             ],
-            "Timezone": [r.timezone for r in rows],
             "Next run": [ui.fmt_time(r.next_run_at, r.timezone) for r in rows],
-            f"Next run ({viewer})": [ui.fmt_time(r.next_run_at, viewer) for r in rows],
+            f"Your time ({viewer})": [ui.fmt_time(r.next_run_at, viewer) for r in rows],
             "State": [
                 ui.badge(r.state) + (f" ({r.completed_reason})" if r.completed_reason else "")
                 for r in rows
@@ -85,8 +84,7 @@ def table(rows: list[queries.ScheduleRow]) -> pd.DataFrame:
             "Last": [ui.badge(r.last_status) for r in rows],
             "Runs": [r.run_count for r in rows],
             "Success": [ui.fmt_rate(r.success_rate) for r in rows],
-            "Missed": [r.missed_count for r in rows],
-            "Skipped": [r.skipped_count for r in rows],
+            "Missed / skipped": [f"{r.missed_count} / {r.skipped_count}" for r in rows],
             "Queued": [r.queued_runs for r in rows],
         }
     )
@@ -121,11 +119,11 @@ if rows:
     row = by_id[chosen]
     cols = st.columns(4)
     if row.enabled:
-        if cols[0].button("⏸️ Pause", key="sch_pause", width="stretch"):
+        if cols[0].button("Pause", icon=":material/pause:", key="sch_pause", width="stretch"):
             ui.write(commands.set_schedule_enabled, row.id, False, actor=ui.ACTOR)
             st.session_state["flash"] = "Schedule paused; its future queued runs were cancelled."
             st.rerun()
-    elif cols[0].button("▶️ Resume", key="sch_resume", width="stretch"):
+    elif cols[0].button("Resume", icon=":material/play_arrow:", key="sch_resume", width="stretch"):
         try:
             ui.write(commands.set_schedule_enabled, row.id, True, actor=ui.ACTOR)
         except StepwiseError as exc:
@@ -136,12 +134,19 @@ if rows:
                 "Schedule resumed from its next slot (the pause is not replayed)."
             )
             st.rerun()
-    if cols[1].button("🚀 Run now", key="sch_run", width="stretch"):
+    if cols[1].button("Run now", icon=":material/play_circle:", key="sch_run", width="stretch"):
         execution_id = actions.run_now(row.automation_id, actor=ui.ACTOR)
         st.session_state["flash"] = f"Started run {execution_id} (see Executions)."
         st.rerun()
-    cols[2].button("✏️ Edit", key="sch_edit", on_click=open_dialog, args=(row,), width="stretch")
-    if cols[3].button("🗑️ Delete", key="sch_delete", width="stretch"):
+    cols[2].button(
+        "Edit",
+        icon=":material/edit:",
+        key="sch_edit",
+        on_click=open_dialog,
+        args=(row,),
+        width="stretch",
+    )
+    if cols[3].button("Delete", icon=":material/delete:", key="sch_delete", width="stretch"):
         st.session_state["sch_confirm_delete"] = chosen
     if st.session_state.get("sch_confirm_delete") == chosen:
         waiting = ui.read(queries.queued_runs, row.id)

@@ -1,0 +1,229 @@
+"""The dashboard in a real headless Chromium (Debian's), driven by Playwright.
+
+Starts `streamlit run dashboard/app.py` against the test database, creates a
+schedule through the dialog, sees it listed with its next run, opens an
+execution's step timeline, and saves a screenshot of every page to
+tests/screenshots/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import insert
+
+from db import queries
+from db.models import StepRun
+from db.session import session_scope
+from tests.factories import make_automation
+from tests.test_queries import add_runs
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "tests" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.usefixtures("db", "redis_client")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def dashboard_url() -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "dashboard/app.py",
+            "--server.port",
+            str(port),
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            out = process.stdout.read().decode() if process.stdout else ""
+            pytest.fail(f"streamlit did not start:\n{out}")
+        time.sleep(0.3)
+    yield url
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture
+def browser_page() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium)")
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context(
+            viewport={"width": 1440, "height": 1900}, timezone_id="America/New_York"
+        )
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        yield page
+        context.close()
+        browser.close()
+
+
+def settle(page: Any) -> None:
+    """Wait until Streamlit has finished running the script."""
+    page.wait_for_selector('[data-testid="stApp"]')
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=30_000
+    )
+    page.wait_for_timeout(800)
+
+
+def shoot(page: Any, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(1500)  # data grids and charts draw on canvases after the script ends
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def no_exception(page: Any) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0, page.content()[:2000]
+
+
+def test_dashboard_in_a_real_browser(dashboard_url: str, browser_page: Any) -> None:
+    # given an automation with a finished run that has a step timeline
+    page = browser_page
+    auto = make_automation(name="Browser demo", steps=2)
+    ok, failed = add_runs(
+        auto,
+        [{"status": "succeeded"}, {"status": "failed", "error": "step 2: HTTP 503 from agent"}],
+    )
+    with session_scope() as session:
+        session.execute(
+            insert(StepRun),
+            [
+                {
+                    "execution_id": failed,
+                    "step_number": 1,
+                    "attempt": 1,
+                    "status": "succeeded",
+                    "request": {"message": "do part 1"},
+                    "response_status": 200,
+                    "response_body": '{"output": "part 1 done"}',
+                    "duration_ms": 120,
+                },
+                {
+                    "execution_id": failed,
+                    "step_number": 2,
+                    "attempt": 1,
+                    "status": "failed",
+                    "request": {"message": "do part 2"},
+                    "response_status": 503,
+                    "error": "HTTP 503 from agent",
+                    "duration_ms": 80,
+                },
+            ],
+        )
+
+    # the overview
+    page.goto(dashboard_url)
+    settle(page)
+    page.get_by_text("Success rate, 24 h").wait_for()
+    page.locator('[data-testid="stVegaLiteChart"]').first.wait_for()
+    page.wait_for_timeout(1500)  # vega draws after the element appears
+    no_exception(page)
+    shoot(page, "overview")
+
+    # when a schedule is created through the dialog
+    page.goto(f"{dashboard_url}/schedules")
+    settle(page)
+    shoot(page, "schedules_empty")
+    page.get_by_role("button", name="New schedule").click()
+    dialog = page.get_by_role("dialog")
+    # Data grids draw on a canvas; their accessible copy is in the DOM, hidden.
+    dialog.get_by_text("Next runs (America/New_York)").wait_for(state="attached")
+    dialog.get_by_text("At 09:00 AM").wait_for()
+    settle(page)
+    shoot(page, "schedule_dialog")
+    dialog.get_by_role("button", name="Save schedule").click()
+    page.get_by_text("Schedule created.").wait_for()
+    settle(page)
+    no_exception(page)
+
+    # then it is listed with its next run
+    with session_scope() as session:
+        [row] = queries.list_schedules(session)
+    assert row.next_run_at is not None and row.timezone == "America/New_York"
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    grid.wait_for()
+    next_run = row.next_run_at.astimezone(ZoneInfo(row.timezone)).strftime("%Y-%m-%d %H:%M:%S %Z")
+    listed = grid.text_content() or ""
+    assert "Browser demo" in listed and next_run in listed, listed[:500]
+    shoot(page, "schedules")
+
+    # and an execution's detail opens from a link
+    page.goto(f"{dashboard_url}/executions?execution={failed}")
+    settle(page)
+    page.get_by_text("Step 2 · attempt 1 · failed").wait_for()
+    page.get_by_text("Step 2 · attempt 1 · failed").click()
+    page.wait_for_timeout(500)
+    no_exception(page)
+    shoot(page, "executions")
+
+    for name, marker in (
+        ("automations", "Steps"),
+        ("export", "Build file"),
+        ("queues", "Dead letters"),
+    ):
+        page.goto(f"{dashboard_url}/{name}")
+        settle(page)
+        page.get_by_text(marker).first.wait_for()
+        no_exception(page)
+        shoot(page, name)
+    assert uuid.UUID(str(ok))

@@ -10,6 +10,7 @@ is a zset of worker ids scored by their last heartbeat in ms.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import dramatiq
 from dramatiq.common import q_name
 
+from stepwise.errors import InvalidState, NotFound
 from tasks.broker import DISPATCH_QUEUE, RUN_QUEUE, broker
 
 QUEUES = (RUN_QUEUE, DISPATCH_QUEUE)
@@ -121,6 +123,8 @@ def retry_dead_letter(queue: str, message_id: str) -> bool:
         return False
     client.hdel(_key(queue, "XQ", "msgs"), message_id)
     dead = dramatiq.Message.decode(body)
+    if dead.actor_name == "run_execution" and _reopen(dead):
+        return True
     options = {k: v for k, v in dead.options.items() if k not in _DELIVERY_OPTIONS}
     broker.enqueue(
         dramatiq.Message(
@@ -132,6 +136,18 @@ def retry_dead_letter(queue: str, message_id: str) -> bool:
             message_id=dead.message_id,
         )
     )
+    return True
+
+
+def _reopen(dead: dramatiq.Message[Any]) -> bool:
+    """Retry a dead run the way the Executions page does: the failed row is re-opened
+    and resumes at its failed step (a raw re-send would find it failed and do nothing)."""
+    from tasks.actions import retry
+
+    try:
+        retry(uuid.UUID(str(dead.args[0])), actor="dashboard (dead letter)")
+    except (InvalidState, NotFound, ValueError, IndexError):
+        return False  # already running again, or gone: the raw message is harmless
     return True
 
 

@@ -199,3 +199,25 @@ def test_broker_is_the_real_redis_broker() -> None:
     from dramatiq.brokers.redis import RedisBroker
 
     assert isinstance(broker, RedisBroker)
+
+
+def test_retrying_a_dead_letter_reopens_the_failed_execution(
+    worker: Any, agent: Any, redis_client: Any
+) -> None:
+    from tasks import queues
+
+    # given a run that failed for good and lies in the dead-letter queue
+    automation_id = make_automation(agent_url=agent.url, steps=2, max_retries=0)
+    agent.script(Reply(200, {"output": "one"}), Reply(400, "bad"))
+    execution_id = make_execution(automation_id)
+    run(execution_id, max_retries=0)
+    assert final(execution_id).status == "failed"
+    letter = wait_for(lambda: queues.dead_letters("default"), timeout=5)[0]
+    # when the dead letter is retried from the Queues page
+    assert queues.retry_dead_letter("default", letter.message_id)
+    # then the execution resumes at step 2 and succeeds; the dead letter is gone
+    done = wait_for(lambda: (e := execution(execution_id)).status == "succeeded" and e)
+    assert done.attempt == 2
+    keys = [c.idempotency_key for c in agent.calls_for(str(execution_id))]
+    assert keys == [f"{execution_id}:1", f"{execution_id}:2", f"{execution_id}:2"]
+    assert queues.dead_letters("default") == []

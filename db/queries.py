@@ -62,7 +62,8 @@ def filter_executions(stmt: S, filters: ExecutionFilters) -> S:
 
 
 # Newest first, with the id as tie-breaker so pages never overlap or skip rows.
-HISTORY_ORDER = (Execution.queued_at.desc(), Execution.id.desc())
+# Ties in queued_at (a dispatch queues several slots at once) read best by slot.
+HISTORY_ORDER = (Execution.queued_at.desc(), Execution.scheduled_for.desc(), Execution.id.desc())
 
 
 # --- executions ---------------------------------------------------------------------

@@ -226,9 +226,12 @@ def start_step(
 
 
 def finish_step(session: Session, step_run_id: int, outcome: StepOutcome) -> None:
+    # Fenced on "still running": the worker may retry this write after a database
+    # outage, and once a takeover has marked the step lost a late write must not
+    # turn it into a second success.
     session.execute(
         update(StepRun)
-        .where(StepRun.id == step_run_id)
+        .where(StepRun.id == step_run_id, StepRun.status == "running")
         .values(
             status="succeeded" if outcome.ok else "failed",
             response_status=outcome.status,

@@ -18,6 +18,7 @@ import dramatiq
 from dramatiq.common import compute_backoff
 from dramatiq.middleware import CurrentMessage
 from periodiq import cron
+from sqlalchemy.exc import OperationalError
 
 from db import dispatch as dispatching
 from db import runs
@@ -149,6 +150,9 @@ def agent_payload(claim: runs.Claim, step_number: int, previous_output: Any) -> 
     }
 
 
+RECORD_RETRY_S = 0.5
+
+
 def _run_step(claim: runs.Claim, step_number: int, previous_output: Any) -> StepOutcome | None:
     settings = get_settings()
     payload = agent_payload(claim, step_number, previous_output)
@@ -160,6 +164,8 @@ def _run_step(claim: runs.Claim, step_number: int, previous_output: Any) -> Step
         )
     if step_run_id is None:
         return None  # cancelled, or another worker took over after our lease ran out
+    # The lease runs from here: until it expires no other worker can take the step.
+    lease_ends = time.monotonic() + claim.step_timeout_s + settings.lease_margin_s
     outcome = call_agent(
         get_client(),
         claim.agent_url,
@@ -168,9 +174,26 @@ def _run_step(claim: runs.Claim, step_number: int, previous_output: Any) -> Step
         timeout_s=claim.step_timeout_s,
         max_bytes=settings.max_response_bytes,
     )
-    with session_scope() as session:
-        runs.finish_step(session, step_run_id, outcome)
+    _record_step(step_run_id, outcome, until=lease_ends)
     return outcome
+
+
+def _record_step(step_run_id: int, outcome: StepOutcome, *, until: float) -> None:
+    """Store the agent's answer, retrying through a database outage while our lease holds.
+
+    Without this a Postgres restart threw away answers already received and the
+    agent was called again for them (tests/test_faults_servers.py).
+    """
+    while True:
+        try:
+            with session_scope() as session:
+                runs.finish_step(session, step_run_id, outcome)
+            return
+        except OperationalError:
+            if time.monotonic() + RECORD_RETRY_S >= until:
+                raise  # the lease is ending: recovery will run the step again
+            log.warning("database unavailable; retrying to record step run %s", step_run_id)
+            time.sleep(RECORD_RETRY_S)
 
 
 def _fail(

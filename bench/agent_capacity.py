@@ -2,7 +2,7 @@
 
     python -m bench.agent_capacity --calls 6000 --latency-ms 0 50
 
-Run at the workers' concurrency (processes × threads, default 2 × 8, as the
+Run at the workers' concurrency (processes x threads, default 2 x 8, as the
 Procfile) and at twice that, to show whether the agent saturates before Stepwise
 could. No queue, no database: this is the ceiling any Stepwise figure is compared to.
 """
@@ -39,7 +39,7 @@ def main() -> None:
             rows.append(
                 (
                     fmt(latency),
-                    f"{args.processes} × {threads}",
+                    f"{args.processes} x {threads}",
                     fmt(args.calls),
                     fmt(statistics.median(per_run)),
                     ", ".join(fmt(x) for x in per_run),

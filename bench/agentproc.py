@@ -1,7 +1,7 @@
 """Start the recording agent as its own process, and the plain-httpx baseline against it.
 
 The baseline is what Stepwise's workers would do with no queue and no database:
-`processes` × `threads` loops (the worker's shape), one pooled httpx client per
+`processes` x `threads` loops (the worker's shape), one pooled httpx client per
 process, POSTing a step-sized JSON body with an Idempotency-Key.
 """
 
@@ -43,8 +43,17 @@ def agent_process(latency_ms: float) -> Iterator[RunningAgent]:
     port = free_port()
     record = Path(tempfile.mkstemp(prefix="stepwise-bench-calls-", suffix=".jsonl")[1])
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.agent", "--port", str(port),
-         "--latency-ms", str(latency_ms), "--record", str(record)],
+        [
+            sys.executable,
+            "-m",
+            "bench.agent",
+            "--port",
+            str(port),
+            "--latency-ms",
+            str(latency_ms),
+            "--record",
+            str(record),
+        ],
         stdout=subprocess.PIPE,
         cwd=Path(__file__).resolve().parent.parent,
     )
@@ -94,7 +103,9 @@ def _process_loop(url: str, calls: int, threads: int, start_at: float) -> tuple[
                 i = next(counter, None)
             if i is None:
                 return
-            r = client.post(url, json=_payload(i), headers={"Idempotency-Key": f"b:{os.getpid()}:{i}"})
+            r = client.post(
+                url, json=_payload(i), headers={"Idempotency-Key": f"b:{os.getpid()}:{i}"}
+            )
             r.read()
             if r.status_code == 200:
                 with lock:
@@ -111,7 +122,7 @@ def _process_loop(url: str, calls: int, threads: int, start_at: float) -> tuple[
 
 
 def httpx_baseline(url: str, *, calls: int, processes: int, threads: int) -> float:
-    """Calls per second of `processes` × `threads` plain httpx loops doing `calls` POSTs."""
+    """Calls per second of `processes` x `threads` plain httpx loops doing `calls` POSTs."""
     start_at = time.time() + 1.0  # every process starts its loops at the same instant
     share = [calls // processes + (1 if p < calls % processes else 0) for p in range(processes)]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:

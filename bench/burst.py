@@ -212,14 +212,17 @@ def main() -> None:
                             worker_threads=args.worker_threads,
                             timeout=args.timeout,
                         )
-                        print(f"N={n} agent={latency}ms mode={mode} run {i + 1}: {figures}", flush=True)
+                        print(
+                            f"N={n} agent={latency}ms mode={mode} run {i + 1}: {figures}",
+                            flush=True,
+                        )
                         runs.append(figures)
                     med = median_of(runs)
                     table.append((fmt(n), fmt(latency), mode, *(fmt(med[k]) for k, _ in FIGURES)))
     finally:
         servers.close()
     report(
-        f"Burst (median of {args.runs} runs; workers {args.worker_processes} × "
+        f"Burst (median of {args.runs} runs; workers {args.worker_processes} x "
         f"{args.worker_threads})",
         started,
         table,

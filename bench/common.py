@@ -174,7 +174,9 @@ def bench_database(servers: Servers, *, keep: bool = False) -> Iterator[str]:
     url = make_url(servers.server_url).set(database=name).render_as_string(hide_password=False)
     client = redis.Redis.from_url(servers.redis_url)
     client.flushdb()
-    os.environ.update({"DATABASE_URL": url, "REDIS_URL": servers.redis_url, "STEPWISE_DEMO": "false"})
+    os.environ.update(
+        {"DATABASE_URL": url, "REDIS_URL": servers.redis_url, "STEPWISE_DEMO": "false"}
+    )
     get_settings.cache_clear()
     _reset_engine()
     try:

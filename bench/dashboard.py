@@ -19,7 +19,15 @@ from typing import Any
 
 from sqlalchemy import text
 
-from bench.common import add_server_args, bench_database, fmt, machine, percentile, report, start_servers
+from bench.common import (
+    add_server_args,
+    bench_database,
+    fmt,
+    machine,
+    percentile,
+    report,
+    start_servers,
+)
 from bench.dataset import generate
 
 PAGE_SIZE = 50
@@ -34,7 +42,10 @@ def page_calls(session: Any) -> list[tuple[str, str, Callable[[], Any]]]:
         text("SELECT automation_id, id FROM schedules ORDER BY id LIMIT 1")
     ).one()
     some_execution = session.execute(
-        text("SELECT id FROM executions WHERE status = 'failed' ORDER BY queued_at DESC OFFSET 1000 LIMIT 1")
+        text(
+            "SELECT id FROM executions WHERE status = 'failed'"
+            " ORDER BY queued_at DESC OFFSET 1000 LIMIT 1"
+        )
     ).scalar()
     F = q.ExecutionFilters
     failed = F(statuses=("failed",))
@@ -43,10 +54,16 @@ def page_calls(session: Any) -> list[tuple[str, str, Callable[[], Any]]]:
     last_page = (500 - 1) * PAGE_SIZE
     return [
         ("overview", "kpis", lambda: q.kpis(session)),
-        ("overview", "outcome_series 24 h by hour",
-         lambda: q.outcome_series(session, since=now - timedelta(days=1), bucket="hour")),
-        ("overview", "outcome_series 14 d by day",
-         lambda: q.outcome_series(session, since=now - timedelta(days=14), bucket="day")),
+        (
+            "overview",
+            "outcome_series 24 h by hour",
+            lambda: q.outcome_series(session, since=now - timedelta(days=1), bucket="hour"),
+        ),
+        (
+            "overview",
+            "outcome_series 14 d by day",
+            lambda: q.outcome_series(session, since=now - timedelta(days=14), bucket="day"),
+        ),
         ("overview", "upcoming_runs", lambda: q.upcoming_runs(session, limit=10)),
         ("overview", "recent_failures", lambda: q.recent_failures(session, limit=10)),
         ("overview", "scheduler_liveness", lambda: q.scheduler_liveness(session)),
@@ -54,24 +71,54 @@ def page_calls(session: Any) -> list[tuple[str, str, Callable[[], Any]]]:
         ("schedules", "automation_names", lambda: q.automation_names(session)),
         ("schedules", "queued_runs", lambda: q.queued_runs(session, schedule_id)),
         ("automations", "list_automations", lambda: q.list_automations(session)),
-        ("executions", "page 1, no filter",
-         lambda: q.list_executions(session, F(), limit=PAGE_SIZE)),
-        ("executions", "page 500, no filter",
-         lambda: q.list_executions(session, F(), limit=PAGE_SIZE, offset=last_page)),
-        ("executions", "page 1, status=failed",
-         lambda: q.list_executions(session, failed, limit=PAGE_SIZE)),
-        ("executions", "page 500, status=failed",
-         lambda: q.list_executions(session, failed, limit=PAGE_SIZE, offset=last_page)),
-        ("executions", "page 500, succeeded, last 30 d",
-         lambda: q.list_executions(session, succeeded_30d, limit=PAGE_SIZE, offset=last_page)),
-        ("executions", "page 1, one automation",
-         lambda: q.list_executions(session, by_automation, limit=PAGE_SIZE)),
-        ("executions", "page 100, one automation",
-         lambda: q.list_executions(session, by_automation, limit=PAGE_SIZE, offset=99 * PAGE_SIZE)),
-        ("executions", "schedule_stats 7 d",
-         lambda: q.schedule_stats(session, since=now - timedelta(days=7))),
+        (
+            "executions",
+            "page 1, no filter",
+            lambda: q.list_executions(session, F(), limit=PAGE_SIZE),
+        ),
+        (
+            "executions",
+            "page 500, no filter",
+            lambda: q.list_executions(session, F(), limit=PAGE_SIZE, offset=last_page),
+        ),
+        (
+            "executions",
+            "page 1, status=failed",
+            lambda: q.list_executions(session, failed, limit=PAGE_SIZE),
+        ),
+        (
+            "executions",
+            "page 500, status=failed",
+            lambda: q.list_executions(session, failed, limit=PAGE_SIZE, offset=last_page),
+        ),
+        (
+            "executions",
+            "page 500, succeeded, last 30 d",
+            lambda: q.list_executions(session, succeeded_30d, limit=PAGE_SIZE, offset=last_page),
+        ),
+        (
+            "executions",
+            "page 1, one automation",
+            lambda: q.list_executions(session, by_automation, limit=PAGE_SIZE),
+        ),
+        (
+            "executions",
+            "page 100, one automation",
+            lambda: q.list_executions(
+                session, by_automation, limit=PAGE_SIZE, offset=99 * PAGE_SIZE
+            ),
+        ),
+        (
+            "executions",
+            "schedule_stats 7 d",
+            lambda: q.schedule_stats(session, since=now - timedelta(days=7)),
+        ),
         ("executions", "schedule_labels", lambda: q.schedule_labels(session)),
-        ("execution detail", "execution_detail", lambda: q.execution_detail(session, some_execution)),
+        (
+            "execution detail",
+            "execution_detail",
+            lambda: q.execution_detail(session, some_execution),
+        ),
         ("export", "count_executions, no filter", lambda: q.count_executions(session, F())),
         ("export", "count_executions, status=failed", lambda: q.count_executions(session, failed)),
     ]
@@ -124,7 +171,7 @@ def main() -> None:
     finally:
         servers.close()
     report(
-        f"Dashboard at {args.executions:,} executions (median of {args.rounds} rounds × "
+        f"Dashboard at {args.executions:,} executions (median of {args.rounds} rounds x "
         f"{args.repeat} calls)",
         started,
         table(results),

@@ -1,6 +1,6 @@
 """A dashboard-scale history, generated set-based (generate_series), not row by row.
 
-100 automations × 10 schedules = 1,000 schedules; `executions` runs spread evenly
+100 automations x 10 schedules = 1,000 schedules; `executions` runs spread evenly
 over the last 90 days (about 90 % succeeded, 7 % failed, 2 % skipped, 1 %
 cancelled, the newest 50 still queued), each finished run with 3 step_runs.
 """
@@ -59,7 +59,7 @@ GENERATE = [
             CASE WHEN g >= :n - 50 THEN 'queued'
                  WHEN r < 0.90 THEN 'succeeded' WHEN r < 0.97 THEN 'failed'
                  WHEN r < 0.99 THEN 'skipped' ELSE 'cancelled' END AS status
-        FROM (SELECT random() AS r OFFSET 0) AS rr
+        FROM (SELECT random() + 0 * g AS r OFFSET 0) AS rr
     ) AS x
     """,
     """

@@ -38,7 +38,11 @@ def export_once(fmt_name: str) -> dict[str, float]:
         path = Path(tmp) / f"history.{fmt_name}"
         out = subprocess.run(
             [sys.executable, "-c", CHILD, fmt_name, str(path)],
-            cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, check=True,
+            cwd=ROOT,
+            env=os.environ.copy(),
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         figures = json.loads(out.strip().splitlines()[-1])
         figures["file_mib"] = path.stat().st_size / 2**20
@@ -46,19 +50,34 @@ def export_once(fmt_name: str) -> dict[str, float]:
 
 
 def time_exports(formats: list[str], runs: int) -> list[tuple[str, ...]]:
-    rows = [("format", "rows", "seconds (median)", "peak RSS MiB (median)", "file MiB",
-             "< 15 s and < 1 GiB", "runs (s / MiB)")]
+    rows = [
+        (
+            "format",
+            "rows",
+            "seconds (median)",
+            "peak RSS MiB (median)",
+            "file MiB",
+            "< 15 s and < 1 GiB",
+            "runs (s / MiB)",
+        )
+    ]
     for name in formats:
         results = [export_once(name) for _ in range(runs)]
         for r in results:
             print(name, r, flush=True)
         seconds = statistics.median(r["seconds"] for r in results)
         rss = statistics.median(r["peak_rss_mib"] for r in results)
-        rows.append((
-            name, fmt(results[0]["rows"]), fmt(seconds), fmt(rss), fmt(results[0]["file_mib"]),
-            "yes" if seconds < 15 and rss < 1024 else "**no**",
-            "; ".join(f"{r['seconds']:.1f} / {r['peak_rss_mib']:.0f}" for r in results),
-        ))
+        rows.append(
+            (
+                name,
+                fmt(results[0]["rows"]),
+                fmt(seconds),
+                fmt(rss),
+                fmt(results[0]["file_mib"]),
+                "yes" if seconds < 15 and rss < 1024 else "**no**",
+                "; ".join(f"{r['seconds']:.1f} / {r['peak_rss_mib']:.0f}" for r in results),
+            )
+        )
     return rows
 
 

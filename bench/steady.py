@@ -73,8 +73,16 @@ def create_schedules(cron: int, interval: int, agent_url: str, m0: datetime) -> 
         )
 
 
-def run_once(servers: Any, *, cron: int, interval: int, minutes: int, latency_ms: float,
-             worker_processes: int, worker_threads: int) -> dict[str, float]:
+def run_once(
+    servers: Any,
+    *,
+    cron: int,
+    interval: int,
+    minutes: int,
+    latency_ms: float,
+    worker_processes: int,
+    worker_threads: int,
+) -> dict[str, float]:
     with bench_database(servers), agent_process(latency_ms) as agent, processes() as procs:
         from db.runs import db_now
         from db.session import session_scope
@@ -100,15 +108,18 @@ def run_once(servers: Any, *, cron: int, interval: int, minutes: int, latency_ms
         return analyse(calls, cron, interval, minutes, m0, end)
 
 
-def analyse(calls: list[Any], cron: int, interval: int, minutes: int,
-            m0: datetime, end: datetime) -> dict[str, float]:
+def analyse(
+    calls: list[Any], cron: int, interval: int, minutes: int, m0: datetime, end: datetime
+) -> dict[str, float]:
     keys = [c[1] for c in calls]
     first: dict[str, tuple[float, float]] = {}
     for at, key, slot, step in calls:
         if step != 1:
             continue
         scheduled = datetime.fromisoformat(slot).timestamp()
-        if m0.timestamp() <= scheduled < end.timestamp() and (key not in first or at < first[key][0]):
+        if m0.timestamp() <= scheduled < end.timestamp() and (
+            key not in first or at < first[key][0]
+        ):
             first[key] = (at, scheduled)
     lateness = [at - slot for at, slot in first.values()]
     expected = cron * minutes + interval * minutes * 6
@@ -149,8 +160,12 @@ def main() -> None:
     try:
         for i in range(args.runs):
             figures = run_once(
-                servers, cron=args.cron, interval=args.interval, minutes=args.minutes,
-                latency_ms=args.latency_ms, worker_processes=args.worker_processes,
+                servers,
+                cron=args.cron,
+                interval=args.interval,
+                minutes=args.minutes,
+                latency_ms=args.latency_ms,
+                worker_processes=args.worker_processes,
                 worker_threads=args.worker_threads,
             )
             print(f"run {i + 1}: {figures}", flush=True)
@@ -159,17 +174,16 @@ def main() -> None:
         servers.close()
     med = median_of(runs)
     table = [
-        ("cron × 1 min", "interval × 10 s", "minutes", *(label for _, label in FIGURES)),
+        ("cron x 1 min", "interval x 10 s", "minutes", *(label for _, label in FIGURES)),
         (fmt(args.cron), fmt(args.interval), fmt(args.minutes), *(fmt(med[k]) for k, _ in FIGURES)),
     ]
     report(
         f"Steady (median of {args.runs} runs; agent {args.latency_ms:g} ms; workers "
-        f"{args.worker_processes} × {args.worker_threads})",
+        f"{args.worker_processes} x {args.worker_threads})",
         started,
         table,
-        notes="Per run: " + "; ".join(
-            ", ".join(f"{k}={fmt(v)}" for k, v in r.items() if k != "slots") for r in runs
-        ),
+        notes="Per run: "
+        + "; ".join(", ".join(f"{k}={fmt(v)}" for k, v in r.items() if k != "slots") for r in runs),
     )
 
 

@@ -1,8 +1,8 @@
 """Alembic environment: the URL comes from Stepwise's settings, never from alembic.ini."""
 
-from alembic import context
 from sqlalchemy import create_engine, pool
 
+from alembic import context
 from db.models import Base
 from stepwise.settings import get_settings
 

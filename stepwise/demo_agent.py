@@ -114,8 +114,11 @@ class AgentServer:
 
     def calls_for(self, execution_id: str) -> list[Call]:
         with self._lock:
-            return [c for c in self.calls if isinstance(c.body, dict)
-                    and c.body.get("execution_id") == execution_id]
+            return [
+                c
+                for c in self.calls
+                if isinstance(c.body, dict) and c.body.get("execution_id") == execution_id
+            ]
 
     def _reply_for(self, call: Call) -> Reply:
         if self.latency_s:

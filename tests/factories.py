@@ -64,6 +64,19 @@ def execution(execution_id: uuid.UUID) -> Execution:
         return row
 
 
+def executions_of(schedule_id: uuid.UUID) -> list[Execution]:
+    """A schedule's executions in slot order."""
+    with session_scope() as session:
+        rows = session.scalars(
+            select(Execution)
+            .where(Execution.schedule_id == schedule_id)
+            .order_by(Execution.scheduled_for)
+        ).all()
+        for row in rows:
+            session.expunge(row)
+        return list(rows)
+
+
 def step_runs(execution_id: uuid.UUID) -> list[StepRun]:
     with session_scope() as session:
         rows = session.scalars(

@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
-from db.models import Execution, Schedule
+from db.models import Schedule
 from db.runs import db_now
 from db.session import session_scope
 from tests.conftest import wait_for
-from tests.factories import make_automation, make_schedule, step_runs
+from tests.factories import executions_of, make_automation, make_schedule, step_runs
 
 pytestmark = pytest.mark.slow
 READY = "Worker process is ready for action"
-
-
-def executions_of(schedule_id: uuid.UUID) -> list[Execution]:
-    with session_scope() as session:
-        rows = session.scalars(
-            select(Execution)
-            .where(Execution.schedule_id == schedule_id)
-            .order_by(Execution.scheduled_for)
-        ).all()
-        for row in rows:
-            session.expunge(row)
-        return list(rows)
 
 
 def test_a_schedule_due_in_seconds_runs_through_the_real_processes(procs: Any, agent: Any) -> None:

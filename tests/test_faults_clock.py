@@ -12,30 +12,18 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from db.dispatch import MISSED_ERROR
-from db.models import Execution, Schedule
+from db.models import Schedule
 from db.session import session_scope
 from stepwise.schedule import ScheduleSpec, first_slot, slots_between
 from stepwise.settings import get_settings
 from tasks.actors import dispatch_due
-from tests.factories import make_automation, make_schedule
+from tests.factories import executions_of, make_automation, make_schedule
 
 pytestmark = pytest.mark.slow
 MINUTE = timedelta(minutes=1)
-
-
-def _rows(schedule_id: uuid.UUID) -> list[Execution]:
-    with session_scope() as session:
-        rows = session.scalars(
-            select(Execution)
-            .where(Execution.schedule_id == schedule_id)
-            .order_by(Execution.scheduled_for)
-        ).all()
-        for row in rows:
-            session.expunge(row)
-        return list(rows)
 
 
 def _schedule(schedule_id: uuid.UUID) -> Schedule:
@@ -114,7 +102,7 @@ def test_downtime_applies_the_misfire_policy_and_records_skipped_slots(
     assert len(all_missed) == 14 and due  # 08:05 .. 09:10, then 09:15 ...
     run = {"skip": [], "run_once": missed[-1:], "run_all": missed}[policy]
     skipped = [s for s in missed if s not in run]
-    rows = _rows(schedule_id)
+    rows = executions_of(schedule_id)
     by_slot = {r.scheduled_for: r for r in rows}
     # exactly one row per slot inside the window and none for the expired ones
     assert len(by_slot) == len(rows)
@@ -143,7 +131,7 @@ def test_a_scheduler_that_comes_back_twice_adds_nothing(db: None, redis_client: 
     # given a run_all schedule back from downtime, dispatched once
     schedule_id = _down_schedule("run_all", 3600)
     first = dispatch_due(now=BACK_AT)
-    before = [(r.scheduled_for, r.status) for r in _rows(schedule_id)]
+    before = [(r.scheduled_for, r.status) for r in executions_of(schedule_id)]
     # when another scheduler (or a duplicate tick) dispatches the same instant,
     # even after re-planning from the old next_run_at
     assert dispatch_due(now=BACK_AT) == 0
@@ -151,7 +139,7 @@ def test_a_scheduler_that_comes_back_twice_adds_nothing(db: None, redis_client: 
     assert dispatch_due(now=BACK_AT) == 0
     # then no slot gained a second execution
     assert first == 12  # 08:15 .. 09:10 (08:05, 08:10 fell out of the window)
-    assert [(r.scheduled_for, r.status) for r in _rows(schedule_id)] == before
+    assert [(r.scheduled_for, r.status) for r in executions_of(schedule_id)] == before
 
 
 # --- 7. DST -----------------------------------------------------------------------------
@@ -224,7 +212,7 @@ def test_dispatch_through_a_dst_transition_day_runs_the_exact_instants(
     _tick_through(start - 2 * MINUTE, end)
     # then each fixed time ran exactly once, at the documented instant
     in_day = {
-        expr: [r for r in _rows(sid) if start <= r.scheduled_for < end]
+        expr: [r for r in executions_of(sid) if start <= r.scheduled_for < end]
         for expr, sid in schedules.items()
     }
     for expr, instants in fixed.items():

@@ -31,7 +31,14 @@ from stepwise.errors import InvalidState
 from tasks.actions import cancel
 from tasks.actors import dispatch_due, recover_stranded, send_run
 from tests.conftest import wait_for
-from tests.factories import execution, make_automation, make_execution, make_schedule, step_runs
+from tests.factories import (
+    execution,
+    executions_of,
+    make_automation,
+    make_execution,
+    make_schedule,
+    step_runs,
+)
 
 pytestmark = pytest.mark.slow
 READY = "Worker process is ready for action"
@@ -174,18 +181,6 @@ def wide_worker(db: None, redis_client: Any) -> Iterator[Any]:
     w.stop(timeout=30_000)
 
 
-def _slots_of(schedule_id: uuid.UUID) -> list[Execution]:
-    with session_scope() as session:
-        rows = session.scalars(
-            select(Execution)
-            .where(Execution.schedule_id == schedule_id)
-            .order_by(Execution.scheduled_for)
-        ).all()
-        for row in rows:
-            session.expunge(row)
-        return list(rows)
-
-
 @pytest.mark.timeout(180)
 def test_overlap_policies_with_a_run_longer_than_two_intervals(
     wide_worker: Any, agent: Any
@@ -209,11 +204,11 @@ def test_overlap_policies_with_a_run_longer_than_two_intervals(
     assert dispatch_due() == 9
 
     def settled() -> bool:
-        rows = [r for sid in schedules.values() for r in _slots_of(sid)]
+        rows = [r for sid in schedules.values() for r in executions_of(sid)]
         return all(r.status in ("succeeded", "skipped") for r in rows)
 
     wait_for(settled, timeout=120, interval=0.5, message="every slot to settle")
-    rows = {policy: _slots_of(sid) for policy, sid in schedules.items()}
+    rows = {policy: executions_of(sid) for policy, sid in schedules.items()}
     outcome = {p: [r.status for r in rs] for p, rs in rows.items()}
     # then skip: the two slots due while the first run ran are recorded as skipped
     assert outcome["skip"] == ["succeeded", "skipped", "skipped"]

@@ -7,10 +7,11 @@ succeeded demo execution with 3 succeeded steps lands within two minutes.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
-import shutil
 import sys
 import tempfile
 import time
@@ -38,7 +39,10 @@ def _start(data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
     )
     return subprocess.Popen(
         [str(Path(sys.executable).parent / "stepwise"), "run"],
-        cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
 
@@ -49,11 +53,16 @@ def _demo_state(url: str) -> tuple[int, int, int]:
     try:
         with engine.connect() as conn:
             automations = conn.scalar(text("SELECT count(*) FROM automations")) or 0
-            succeeded = conn.scalar(text(
-                "SELECT count(*) FROM executions e WHERE e.status = 'succeeded' AND "
-                "(SELECT count(*) FROM step_runs s WHERE s.execution_id = e.id "
-                " AND s.status = 'succeeded') = 3"
-            )) or 0
+            succeeded = (
+                conn.scalar(
+                    text(
+                        "SELECT count(*) FROM executions e WHERE e.status = 'succeeded' AND "
+                        "(SELECT count(*) FROM step_runs s WHERE s.execution_id = e.id "
+                        " AND s.status = 'succeeded') = 3"
+                    )
+                )
+                or 0
+            )
             schedules = conn.scalar(text("SELECT count(*) FROM schedules")) or 0
             return automations, succeeded, schedules
     finally:
@@ -80,10 +89,8 @@ def test_run_command_brings_up_the_system_on_embedded_servers(tmp_path: Path) ->
             assert process.poll() is None, log.read_text()[-4000:]
             time.sleep(2)
             if (data_dir / "postgres" / "postmaster.pid").exists():
-                try:
+                with contextlib.suppress(Exception):  # not migrated yet
                     state = _demo_state(url)
-                except Exception:
-                    pass  # not migrated yet
         assert state[1] >= 1, f"no succeeded demo execution in 150 s:\n{log.read_text()[-4000:]}"
         assert state[0] == 1 and state[2] == 1
         assert "dashboard at http://127.0.0.1:" in log.read_text()

@@ -40,6 +40,7 @@ class Claim:
     step_timeout_s: int
     first_step: int  # 1-based: the first step not yet succeeded
     previous_output: Any
+    overlap_policy: str | None = None  # None for a run outside any schedule
 
     @property
     def total_steps(self) -> int:
@@ -173,13 +174,15 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, margin_s: int)
     ).scalar()
     if claimed is None:
         return "nothing"
-    # A step left "running" belonged to a worker that died mid-call.
-    session.execute(
-        update(StepRun)
-        .where(StepRun.execution_id == execution_id, StepRun.status == "running")
-        .values(status="failed", error=LOST_STEP_ERROR, finished_at=func.now())
-    )
-    first_step, previous_output = _resume_point(session, execution_id)
+    first_step, previous_output = 1, None
+    if claimed > 1:  # a run that started before: resume it
+        # A step left "running" belonged to a worker that died mid-call.
+        session.execute(
+            update(StepRun)
+            .where(StepRun.execution_id == execution_id, StepRun.status == "running")
+            .values(status="failed", error=LOST_STEP_ERROR, finished_at=func.now())
+        )
+        first_step, previous_output = _resume_point(session, execution_id)
     return Claim(
         execution_id=execution.id,
         attempt=claimed,
@@ -193,6 +196,7 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, margin_s: int)
         step_timeout_s=automation.step_timeout_s,
         first_step=first_step,
         previous_output=previous_output,
+        overlap_policy=policy,
     )
 
 

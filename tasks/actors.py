@@ -10,15 +10,17 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import dramatiq
 from dramatiq.common import compute_backoff
 from dramatiq.middleware import CurrentMessage
 from periodiq import cron
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from db import dispatch as dispatching
 from db import runs
@@ -29,6 +31,7 @@ from tasks.agent import StepOutcome, call_agent, get_client
 from tasks.broker import DISPATCH_QUEUE, RUN_QUEUE, broker
 
 log = logging.getLogger("stepwise")
+T = TypeVar("T")
 # One line per agent call drowns the worker log; failures are stored on their step.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -153,15 +156,54 @@ def agent_payload(claim: runs.Claim, step_number: int, previous_output: Any) -> 
 RECORD_RETRY_S = 0.5
 
 
-def _run_step(claim: runs.Claim, step_number: int, previous_output: Any) -> StepOutcome | None:
+@dataclass(frozen=True)
+class Answer:
+    """A step the agent answered, not yet stored: it is stored with the next write."""
+
+    step_run_id: int
+    outcome: StepOutcome
+    lease_ends: float  # monotonic time until which no other worker can take the run
+
+
+def _write(claim: runs.Claim, answer: Answer | None, work: Callable[[Session], T]) -> T:
+    """Store `answer` and do `work` in one transaction, retrying through a database
+    outage while our lease holds.
+
+    One transaction per step (the previous step's answer, then this step's start)
+    instead of two halves the database round trips of a run. Without the retry a
+    Postgres restart threw away answers already received and the agent was called
+    again for them (tests/test_faults_servers.py). Every write is fenced, so a retry
+    after a commit whose acknowledgement was lost changes nothing twice.
+    """
+    until = answer.lease_ends if answer else time.monotonic()
+    while True:
+        try:
+            with session_scope() as session:
+                if answer is not None:
+                    runs.finish_step(session, answer.step_run_id, answer.outcome)
+                return work(session)
+        except OperationalError:
+            if time.monotonic() + RECORD_RETRY_S >= until:
+                raise  # the lease is ending: recovery will run the step again
+            log.warning("database unavailable; retrying to record execution %s", claim.execution_id)
+            time.sleep(RECORD_RETRY_S)
+
+
+def _run_step(
+    claim: runs.Claim, step_number: int, previous_output: Any, answered: Answer | None
+) -> Answer | None:
+    """Store the previous answer, start this step, call the agent; None if we lost the run."""
     settings = get_settings()
     payload = agent_payload(claim, step_number, previous_output)
     key = f"{claim.execution_id}:{step_number}"
     request = {"url": claim.agent_url, "headers": {"Idempotency-Key": key}, "body": payload}
-    with session_scope() as session:
-        step_run_id = runs.start_step(
+    step_run_id = _write(
+        claim,
+        answered,
+        lambda session: runs.start_step(
             session, claim, step_number, request, margin_s=settings.lease_margin_s
-        )
+        ),
+    )
     if step_run_id is None:
         return None  # cancelled, or another worker took over after our lease ran out
     # The lease runs from here: until it expires no other worker can take the step.
@@ -174,31 +216,13 @@ def _run_step(claim: runs.Claim, step_number: int, previous_output: Any) -> Step
         timeout_s=claim.step_timeout_s,
         max_bytes=settings.max_response_bytes,
     )
-    _record_step(step_run_id, outcome, until=lease_ends)
-    return outcome
-
-
-def _record_step(step_run_id: int, outcome: StepOutcome, *, until: float) -> None:
-    """Store the agent's answer, retrying through a database outage while our lease holds.
-
-    Without this a Postgres restart threw away answers already received and the
-    agent was called again for them (tests/test_faults_servers.py).
-    """
-    while True:
-        try:
-            with session_scope() as session:
-                runs.finish_step(session, step_run_id, outcome)
-            return
-        except OperationalError:
-            if time.monotonic() + RECORD_RETRY_S >= until:
-                raise  # the lease is ending: recovery will run the step again
-            log.warning("database unavailable; retrying to record step run %s", step_run_id)
-            time.sleep(RECORD_RETRY_S)
+    return Answer(step_run_id, outcome, lease_ends)
 
 
 def _fail(
-    claim: runs.Claim, outcome: StepOutcome, step_number: int, retries: int, max_retries: int
+    claim: runs.Claim, answer: Answer, step_number: int, retries: int, max_retries: int
 ) -> None:
+    outcome = answer.outcome
     error = f"step {step_number}: {outcome.error}"
     if outcome.retryable and retries < max_retries:
         settings = get_settings()
@@ -207,12 +231,15 @@ def _fail(
         )
         if outcome.retry_after_s is not None:
             delay_ms = max(delay_ms, int(outcome.retry_after_s * 1000))
-        with session_scope() as session:
-            released = runs.release_for_retry(session, claim, error, delay_ms / 1000)
+        released = _write(
+            claim,
+            answer,
+            lambda session: runs.release_for_retry(session, claim, error, delay_ms / 1000),
+        )
         if released:
             raise dramatiq.Retry(error, delay=delay_ms)
         return
-    _end(claim, "failed", error=error)
+    _end(claim, answer, "failed", error=error)
     if outcome.retryable:
         raise StepFailed(f"{error} (no retries left)")
     raise AgentRejected(error)
@@ -220,7 +247,7 @@ def _fail(
 
 def _start_waiting(claim: runs.Claim) -> None:
     """With `buffer_one`, the run held back while this one ran starts now."""
-    if claim.schedule_id is None:
+    if claim.schedule_id is None or claim.overlap_policy != "buffer_one":
         return
     with session_scope() as session:
         waiting = runs.next_waiting(session, claim.schedule_id)
@@ -228,17 +255,26 @@ def _start_waiting(claim: runs.Claim) -> None:
         send_run(waiting.execution_id, max_retries=waiting.max_retries, retries=waiting.retries)
 
 
-def _end(claim: runs.Claim, status: str, *, error: str | None = None, result: Any = None) -> None:
-    with session_scope() as session:
-        runs.finish_execution(session, claim, status, error=error, result=result)
+def _end(
+    claim: runs.Claim,
+    answer: Answer | None,
+    status: str,
+    *,
+    error: str | None = None,
+    result: Any = None,
+) -> None:
+    _write(
+        claim,
+        answer,
+        lambda session: runs.finish_execution(session, claim, status, error=error, result=result),
+    )
     _start_waiting(claim)
 
 
-def _release(claim: runs.Claim, error: str) -> None:
+def _release(claim: runs.Claim, answer: Answer | None, error: str) -> None:
     """Hand an interrupted run back to the queue, so its retry message can claim it."""
     try:
-        with session_scope() as session:
-            runs.release_for_retry(session, claim, error, 0)
+        _write(claim, answer, lambda session: runs.release_for_retry(session, claim, error, 0))
     except Exception:  # the database may be the reason we are here
         log.exception("could not release execution %s; its lease will expire", claim.execution_id)
 
@@ -251,26 +287,27 @@ def execute(execution_id: uuid.UUID, *, retries: int, max_retries: int) -> str:
     if isinstance(claim, str):
         return claim
     previous_output = claim.previous_output
+    answer: Answer | None = None
     try:
         for step_number in range(claim.first_step, claim.total_steps + 1):
             if shutting_down.is_set():
                 # Hand the run on at once, without spending a retry of its budget.
-                _release(claim, "the worker stopped between steps; resuming elsewhere")
+                _release(claim, answer, "the worker stopped between steps; resuming elsewhere")
                 send_run(execution_id, max_retries=max_retries, retries=retries)
                 return "handed back"
-            outcome = _run_step(claim, step_number, previous_output)
-            if outcome is None:
+            answer = _run_step(claim, step_number, previous_output, answer)
+            if answer is None:
                 return "lost"
-            if not outcome.ok:
-                _fail(claim, outcome, step_number, retries, max_retries)
+            if not answer.outcome.ok:
+                _fail(claim, answer, step_number, retries, max_retries)
                 return "failed"
-            previous_output = outcome.output
+            previous_output = answer.outcome.output
     except (dramatiq.Retry, StepFailed, AgentRejected):
         raise
     except BaseException as exc:  # time limit, database down, a bug: never leave it running
-        _release(claim, f"interrupted: {type(exc).__name__}: {exc}")
+        _release(claim, answer, f"interrupted: {type(exc).__name__}: {exc}")
         raise
-    _end(claim, "succeeded", result=previous_output)
+    _end(claim, answer, "succeeded", result=previous_output)
     return "succeeded"
 
 

@@ -92,7 +92,11 @@ def test_a_worker_killed_mid_step_is_recovered_without_repeating_done_steps(
     procs.wait_ready("worker", READY)
     execution_id = make_execution(automation_id)
     send_run(execution_id, max_retries=3)
-    wait_for(lambda: len(_keys(agent, execution_id)) == 2, message="step 2 in flight")
+    wait_for(
+        lambda: len(_keys(agent, execution_id)) == 2,
+        message="step 2 in flight",
+        details=lambda: f"{vars(execution(execution_id))}\n{procs.log('worker')[-3000:]}",
+    )
     # when the worker is SIGKILLed while step 2 is in flight
     procs.kill("worker")
     killed_at = time.monotonic()

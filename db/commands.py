@@ -28,6 +28,7 @@ from stepwise.schedule import (
     initial_next_run_at,
     validate_spec,
 )
+from stepwise.settings import get_settings
 
 MAX_CATCHUP_WINDOW_S = 7 * 86400
 MAX_JITTER_S = 3600
@@ -179,11 +180,11 @@ def create_schedule(
     data: ScheduleInput,
     *,
     actor: str,
-    retention_days: int = 90,
+    retention_days: int | None = None,
 ) -> Schedule:
     now = db_now(session)
     data = replace(data, spec=replace(data.spec, anchor=data.spec.anchor or now))
-    validate_schedule(data, retention_days=retention_days)
+    validate_schedule(data, retention_days=retention_days or get_settings().retention_days)
     get_automation(session, automation_id)
     schedule = Schedule(
         automation_id=automation_id, enabled=data.enabled, created_at=now, **_schedule_values(data)
@@ -209,11 +210,11 @@ def update_schedule(
     data: ScheduleInput,
     *,
     actor: str,
-    retention_days: int = 90,
+    retention_days: int | None = None,
 ) -> Schedule:
     schedule = get_schedule(session, schedule_id)
     data = replace(data, spec=replace(data.spec, anchor=schedule.created_at))
-    validate_schedule(data, retention_days=retention_days)
+    validate_schedule(data, retention_days=retention_days or get_settings().retention_days)
     now = db_now(session)
     for key, value in _schedule_values(data).items():
         setattr(schedule, key, value)

@@ -188,8 +188,9 @@ def test_a_once_schedule_completes_with_a_reason(db: None) -> None:
     assert _executions(schedule_id) == [(run_at, "queued")]
 
 
-def test_overlap_skip_records_a_skipped_execution(db: None) -> None:
-    schedule_id = _interval_schedule(overlap_policy="skip")
+def _two_due_runs(**schedule: Any) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
+    """A minutely schedule dispatched a minute late: its first two slots are both due."""
+    schedule_id = _interval_schedule(**schedule)
     start = _schedule(schedule_id).next_run_at
     assert start is not None
     _dispatch(start + timedelta(seconds=61))
@@ -199,6 +200,11 @@ def test_overlap_skip_records_a_skipped_execution(db: None) -> None:
             .where(Execution.schedule_id == schedule_id)
             .order_by(Execution.scheduled_for)
         ).all()[:2]
+    return schedule_id, first, second
+
+
+def test_overlap_skip_records_a_skipped_execution(db: None) -> None:
+    schedule_id, first, second = _two_due_runs(overlap_policy="skip")
     with session_scope() as session:
         assert not isinstance(claim_execution(session, first, margin_s=5), str)
     with session_scope() as session:
@@ -366,16 +372,7 @@ def test_a_retry_is_not_skipped_by_the_overlap_policy(db: None) -> None:
     from db.runs import release_for_retry
 
     # given an overlap=skip schedule whose first run failed and waits for its retry
-    schedule_id = _interval_schedule(overlap_policy="skip")
-    start = _schedule(schedule_id).next_run_at
-    assert start is not None
-    _dispatch(start + timedelta(seconds=61))
-    with session_scope() as session:
-        first, second = session.scalars(
-            select(Execution.id)
-            .where(Execution.schedule_id == schedule_id)
-            .order_by(Execution.scheduled_for)
-        ).all()[:2]
+    schedule_id, first, second = _two_due_runs(overlap_policy="skip")
     with session_scope() as session:
         claim = claim_execution(session, first, margin_s=5)
         assert not isinstance(claim, str)

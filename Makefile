@@ -24,8 +24,12 @@ run: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+## Lint: ruff, ruff format, mypy strict, and the layers contract (import-linter).
 lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy stepwise db tasks dashboard
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy core db tasks dashboard stepwise
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python -m bench.run_all

@@ -3,8 +3,8 @@
 from sqlalchemy import create_engine, pool
 
 from alembic import context
+from core.settings import get_settings
 from db.models import Base
-from stepwise.settings import get_settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

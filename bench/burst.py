@@ -33,17 +33,16 @@ from sqlalchemy import text
 
 from bench.agentproc import agent_process
 from bench.common import (
-    READY,
     add_server_args,
     bench_database,
     fmt,
     machine,
     median_of,
     percentile,
-    processes,
     report,
     start_servers,
 )
+from testkit.processes import READY, processes
 
 STEPS = json.dumps([{"name": f"step {n}", "message": f"do part {n}"} for n in (1, 2, 3)])
 
@@ -142,8 +141,7 @@ def run_once(
     timeout: float,
 ) -> dict[str, float]:
     with bench_database(servers), agent_process(latency_ms) as agent, processes() as procs:
-        from db.runs import db_now
-        from db.session import session_scope
+        from db.session import db_now, session_scope
 
         env = {
             "STEPWISE_WORKER_PROCESSES": str(worker_processes),
@@ -151,8 +149,8 @@ def run_once(
         }
         procs.start("worker", **env)
         procs.start("dispatcher", **env)
-        procs.wait_for("worker", READY, count=worker_processes)
-        procs.wait_for("dispatcher", READY)
+        procs.wait_ready("worker", READY, count=worker_processes, timeout=60)
+        procs.wait_ready("dispatcher", READY, timeout=60)
         with session_scope() as session:
             now = db_now(session)
         due = now + timedelta(seconds=(lead_s if mode == "ahead" else 0) + 3 + n / 5000)

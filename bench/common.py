@@ -1,8 +1,9 @@
-"""What every benchmark shares: servers, a throwaway database, processes, figures, RESULTS.md.
+"""What every benchmark shares: servers, a throwaway database, figures, RESULTS.md.
 
-Each run gets its own database (created on the PostgreSQL server, migrated with
-`stepwise.cli.migrate`, dropped at the end) and an empty Redis database (FLUSHDB,
-never FLUSHALL). Without a server URL the embedded servers are started instead.
+Each run gets its own database (created on the PostgreSQL server, migrated,
+dropped at the end; `testkit.servers`) and an empty Redis database (FLUSHDB, never
+FLUSHALL). Without a server URL the embedded servers are started instead. The
+Procfile's processes run through `testkit.processes`, as in the tests.
 """
 
 from __future__ import annotations
@@ -10,13 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,11 +22,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from testkit.servers import create_database, drop_database, postgres_server, redis_server
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/4"
-READY = "Worker process is ready for action"
 
 
 # --- figures --------------------------------------------------------------------
@@ -124,13 +123,6 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _sqlalchemy_url(url: str) -> str:
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
-
-
 @dataclass
 class Servers:
     server_url: str
@@ -143,125 +135,33 @@ class Servers:
 
 
 def start_servers(args: argparse.Namespace) -> Servers:
-    from stepwise import embedded
-
-    stops: list[Any] = []
     tmp = Path(tempfile.mkdtemp(prefix="stepwise-bench-"))
-    server = args.server_url
-    if server == "embedded":
-        server = embedded.start_postgres(tmp / "postgres")
-    redis_url = args.redis_url
-    if redis_url == "embedded":
-        redis = embedded.start_redis(tmp / "redis", embedded.free_port(), persist=False)
-        stops.append(redis.stop)
-        redis_url = redis.url
-    return Servers(_sqlalchemy_url(server), redis_url, stops)
+    server = postgres_server(None if args.server_url == "embedded" else args.server_url, tmp)
+    redis_url, redis = redis_server(None if args.redis_url == "embedded" else args.redis_url, tmp)
+    return Servers(server, redis_url, [redis.stop] if redis else [])
 
 
 @contextmanager
 def bench_database(servers: Servers, *, keep: bool = False) -> Iterator[str]:
     """A fresh migrated database for one run, set as DATABASE_URL/REDIS_URL; dropped after."""
     import redis
-    from sqlalchemy import create_engine, make_url, text
 
-    from stepwise.cli import migrate
-    from stepwise.settings import get_settings
+    from core.settings import get_settings
+    from db.session import dispose_engine
 
-    name = f"stepwise_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(servers.server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(servers.server_url).set(database=name).render_as_string(hide_password=False)
+    url = create_database(servers.server_url, prefix="stepwise_bench")
     client = redis.Redis.from_url(servers.redis_url)
     client.flushdb()
     os.environ.update(
         {"DATABASE_URL": url, "REDIS_URL": servers.redis_url, "STEPWISE_DEMO": "false"}
     )
     get_settings.cache_clear()
-    _reset_engine()
+    dispose_engine()
     try:
-        migrate(url)
         yield url
     finally:
-        _reset_engine()
+        dispose_engine()
         client.flushdb()
         client.close()
         if not keep:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def _reset_engine() -> None:
-    from db.session import dispose_engine
-
-    dispose_engine()
-
-
-# --- processes ----------------------------------------------------------------------
-
-
-class Processes:
-    """Procfile processes (and helpers) as real subprocesses, each in its own group."""
-
-    def __init__(self, log_dir: Path) -> None:
-        from stepwise.cli import read_procfile
-
-        self.log_dir = log_dir
-        self.procfile = read_procfile()
-        self.running: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, command: str | None = None, **env: str) -> None:
-        environment = {
-            **os.environ,
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            "PYTHONUNBUFFERED": "1",
-            **env,
-        }
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
-        self.running[name] = subprocess.Popen(
-            command or self.procfile[name],
-            shell=True,
-            cwd=ROOT,
-            env=environment,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def log(self, name: str) -> str:
-        return (self.log_dir / f"{name}.log").read_text(errors="replace")
-
-    def wait_for(self, name: str, marker: str, count: int = 1, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.log(name).count(marker) >= count:
-                return
-            if self.running[name].poll() is not None:
-                raise RuntimeError(f"{name} exited early:\n{self.log(name)[-3000:]}")
-            time.sleep(0.1)
-        raise RuntimeError(f"{name} not ready after {timeout} s:\n{self.log(name)[-3000:]}")
-
-    def stop(self, name: str, timeout: float = 30) -> None:
-        process = self.running.pop(name)
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(5)
-
-    def stop_all(self) -> None:
-        for name in list(self.running):
-            self.stop(name)
-
-
-@contextmanager
-def processes() -> Iterator[Processes]:
-    log_dir = Path(tempfile.mkdtemp(prefix="stepwise-bench-logs-"))
-    procs = Processes(log_dir)
-    try:
-        yield procs
-    finally:
-        procs.stop_all()
+            drop_database(url)

@@ -23,17 +23,16 @@ from sqlalchemy import text
 from bench.agentproc import agent_process
 from bench.burst import STEPS
 from bench.common import (
-    READY,
     add_server_args,
     bench_database,
     fmt,
     machine,
     median_of,
     percentile,
-    processes,
     report,
     start_servers,
 )
+from testkit.processes import READY, processes
 
 
 def create_schedules(cron: int, interval: int, agent_url: str, m0: datetime) -> None:
@@ -84,8 +83,7 @@ def run_once(
     worker_threads: int,
 ) -> dict[str, float]:
     with bench_database(servers), agent_process(latency_ms) as agent, processes() as procs:
-        from db.runs import db_now
-        from db.session import session_scope
+        from db.session import db_now, session_scope
 
         with session_scope() as session:
             now = db_now(session)
@@ -97,8 +95,8 @@ def run_once(
         }
         procs.start("worker", **env)
         procs.start("dispatcher", **env)
-        procs.wait_for("worker", READY, count=worker_processes)
-        procs.wait_for("dispatcher", READY)
+        procs.wait_ready("worker", READY, count=worker_processes, timeout=60)
+        procs.wait_ready("dispatcher", READY, timeout=60)
         procs.start("scheduler", **env)
         end = m0 + timedelta(minutes=minutes)
         print(f"window {m0:%H:%M:%S} .. {end:%H:%M:%S} UTC", flush=True)

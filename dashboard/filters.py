@@ -7,9 +7,9 @@ from datetime import UTC, datetime, time, timedelta
 
 import streamlit as st
 
+from core.vocabulary import ExecutionStatus, Trigger
 from dashboard import ui
 from db import queries
-from db.models import EXECUTION_STATUSES, TRIGGERS
 from db.queries import ExecutionFilters
 
 RANGES = {
@@ -34,7 +34,7 @@ def history_filters(prefix: str) -> ExecutionFilters:
     names = ui.read(queries.automation_names)
     cols = st.columns([2, 2, 2, 1, 2])
     cols[0].multiselect(
-        "Status", EXECUTION_STATUSES, key=f"{prefix}_status", placeholder="All statuses"
+        "Status", list(ExecutionStatus), key=f"{prefix}_status", placeholder="All statuses"
     )
     cols[1].selectbox(
         "Automation",
@@ -53,7 +53,7 @@ def history_filters(prefix: str) -> ExecutionFilters:
         key=f"{prefix}_schedule",
     )
     cols[3].selectbox(
-        "Trigger", ["", *TRIGGERS], format_func=lambda t: t or "Any", key=f"{prefix}_trigger"
+        "Trigger", ["", *Trigger], format_func=lambda t: t or "Any", key=f"{prefix}_trigger"
     )
     cols[4].selectbox("Queued", list(RANGES), format_func=RANGES.__getitem__, key=f"{prefix}_range")
     since, until = _time_range(prefix)

@@ -7,14 +7,18 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
-from db.commands import ScheduleInput
+from core.automation import Step
+from core.cron import normalize_cron
+from core.errors import ValidationFailed
+from core.limits import DEFAULT_CATCHUP_WINDOW_S
+from core.schedule import PRESETS, ScheduleInput
+from core.timing import ScheduleSpec
+from core.vocabulary import MisfirePolicy, OverlapPolicy, ScheduleKind
 from db.queries import ScheduleRow
-from stepwise.automation import Step
-from stepwise.errors import ValidationFailed
-from stepwise.schedule import PRESETS, ScheduleSpec, normalize_cron
 
 CUSTOM_CRON = "custom_cron"
 INTERVAL = "interval"
+ONCE = "once"  # the preset's key
 TIMINGS = {p.key: p.label for p in PRESETS} | {
     CUSTOM_CRON: "Custom cron expression",
     INTERVAL: "Every N seconds (interval)",
@@ -54,9 +58,9 @@ class ScheduleForm:
     start: tuple[date, time] | None = None
     end: tuple[date, time] | None = None
     max_runs: int = 0  # 0: no limit
-    misfire_policy: str = "run_once"
-    catchup_window_min: int = 60
-    overlap_policy: str = "skip"
+    misfire_policy: str = MisfirePolicy.RUN_ONCE
+    catchup_window_min: int = DEFAULT_CATCHUP_WINDOW_S // 60
+    overlap_policy: str = OverlapPolicy.SKIP
     jitter_s: int = 0
     enabled: bool = True
 
@@ -85,17 +89,23 @@ def cron_of(form: ScheduleForm) -> str | None:
 def spec_of_form(form: ScheduleForm) -> ScheduleSpec:
     if form.timing not in TIMINGS:
         raise ValidationFailed.single("timing", f"unknown choice {form.timing!r}")
-    kind = "once" if form.timing == "once" else "interval" if form.timing == INTERVAL else "cron"
+    kind = _kind_of(form.timing)
     return ScheduleSpec(
         kind=kind,
         timezone=form.timezone.strip(),
-        cron_expr=cron_of(form) if kind == "cron" else None,
-        interval_s=form.interval_s if kind == "interval" else None,
-        run_at=local(form.run_at, form.timezone) if kind == "once" else None,
+        cron_expr=cron_of(form) if kind == ScheduleKind.CRON else None,
+        interval_s=form.interval_s if kind == ScheduleKind.INTERVAL else None,
+        run_at=local(form.run_at, form.timezone) if kind == ScheduleKind.ONCE else None,
         start_at=local(form.start, form.timezone),
         end_at=local(form.end, form.timezone),
         max_runs=form.max_runs or None,
     )
+
+
+def _kind_of(timing: str) -> ScheduleKind:
+    if timing == ONCE:
+        return ScheduleKind.ONCE
+    return ScheduleKind.INTERVAL if timing == INTERVAL else ScheduleKind.CRON
 
 
 def schedule_input(form: ScheduleForm) -> ScheduleInput:
@@ -118,9 +128,9 @@ def form_of_schedule(row: ScheduleRow) -> ScheduleForm:
         wall = value.astimezone(zone_or_utc(row.timezone))
         return wall.date(), wall.time().replace(tzinfo=None)
 
-    if row.kind == "once":
-        timing = "once"
-    elif row.kind == "interval":
+    if row.kind == ScheduleKind.ONCE:
+        timing = ONCE
+    elif row.kind == ScheduleKind.INTERVAL:
         timing = INTERVAL
     else:
         timing = preset_for(row.cron_expr or "") or CUSTOM_CRON

@@ -8,36 +8,32 @@ put every message next to its field. Saving writes only a form without errors.
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
+from core.errors import StepwiseError, ValidationFailed
+from core.limits import MAX_RUN_ALL
+from core.schedule import ScheduleDefinition, parse_schedule
+from core.settings import get_settings
+from core.timing import describe, preview
+from core.vocabulary import MisfirePolicy, OverlapPolicy
 from dashboard import forms, ui
 from db import commands, queries
-from stepwise.errors import StepwiseError, ValidationFailed
-from stepwise.schedule import (
-    MISFIRE_POLICIES,
-    OVERLAP_POLICIES,
-    ScheduleSpec,
-    describe,
-    preview,
-)
-from stepwise.settings import get_settings
 from tasks import actions
 
 STATE = "schedule_dialog"  # {"id": schedule id or None}; the dialog is open while set
 MISFIRE_HELP = {
-    "run_once": "run once for all missed slots",
-    "skip": "skip missed slots",
-    "run_all": "run every missed slot (at most 100)",
+    MisfirePolicy.RUN_ONCE: "run once for all missed slots",
+    MisfirePolicy.SKIP: "skip missed slots",
+    MisfirePolicy.RUN_ALL: f"run every missed slot (at most {MAX_RUN_ALL})",
 }
 OVERLAP_HELP = {
-    "skip": "skip the new run",
-    "buffer_one": "keep one waiting run",
-    "allow": "run concurrently",
+    OverlapPolicy.SKIP: "skip the new run",
+    OverlapPolicy.BUFFER_ONE: "keep one waiting run",
+    OverlapPolicy.ALLOW: "run concurrently",
 }
 
 
@@ -103,26 +99,18 @@ def form_from_state() -> forms.ScheduleForm:
     )
 
 
-Checked = tuple[commands.ScheduleInput | None, dict[str, str]]
+Checked = tuple[ScheduleDefinition | None, dict[str, str]]
 
 
-def check(form: forms.ScheduleForm, now: datetime) -> Checked:
-    """The command input and every field's problem, without touching the database."""
+def check(form: forms.ScheduleForm) -> Checked:
+    """The parsed schedule, or every field's problem, without touching the database."""
     try:
-        data = forms.schedule_input(form)
-        # New schedules anchor at creation; the command sets it, the preview needs one now.
-        commands.validate_schedule(
-            replace(data, spec=anchored(data.spec, now)),
-            retention_days=get_settings().retention_days,
+        data = parse_schedule(
+            forms.schedule_input(form), retention_days=get_settings().retention_days
         )
     except ValidationFailed as exc:
         return None, forms.errors_by_field(exc)
     return data, {}
-
-
-def anchored(spec: ScheduleSpec, now: datetime) -> ScheduleSpec:
-    """New schedules anchor at creation (the command sets it); validation and preview need one."""
-    return spec if spec.anchor else replace(spec, anchor=now)
 
 
 @st.dialog("Schedule", width="large", on_dismiss=close_dialog)
@@ -134,7 +122,7 @@ def render_form() -> None:
     schedule_id = st.session_state[STATE].get("id")
     now = datetime.now(UTC)
     form = form_from_state()
-    data, errors = check(form, now)
+    data, errors = check(form)
     if schedule_id is None:
         names = ui.read(queries.automation_names)
         st.selectbox(
@@ -182,7 +170,7 @@ def _timing_inputs(form: forms.ScheduleForm, errors: dict[str, str]) -> None:
     elif timing == forms.INTERVAL:
         st.number_input("Every (seconds)", min_value=1, step=10, key="sd_interval")
         ui.field_error(errors, "interval_s")
-    elif timing == "once":
+    elif timing == forms.ONCE:
         day, clock = st.columns(2)
         day.date_input("Run on", key="sd_run_date")
         clock.time_input("at", key="sd_run_time", step=60)
@@ -191,14 +179,11 @@ def _timing_inputs(form: forms.ScheduleForm, errors: dict[str, str]) -> None:
         st.caption(f"Cron: `{forms.cron_of(form)}`")
 
 
-def _preview(data: commands.ScheduleInput, now: datetime) -> None:
-    spec = anchored(data.spec, now)
-    try:
-        text = describe(spec)
-        slots = preview(spec, now, 10)
-    except StepwiseError as exc:
-        st.error(str(exc))
-        return
+def _preview(data: ScheduleDefinition, now: datetime) -> None:
+    # A new interval schedule counts from its creation: preview it as if created now.
+    timing = data.timing.anchored(now)
+    text = describe(timing)
+    slots = preview(timing, now, 10)
     st.info(f"**{text}**", icon=":material/event_repeat:")
     if not slots:
         st.warning("This schedule has no run in the future: it would be completed at once.")
@@ -206,7 +191,7 @@ def _preview(data: commands.ScheduleInput, now: datetime) -> None:
     viewer = ui.viewer_timezone()
     table = pd.DataFrame(
         {
-            f"Next runs ({spec.timezone})": [ui.fmt_time(s, spec.timezone) for s in slots],
+            f"Next runs ({timing.timezone})": [ui.fmt_time(s, timing.timezone) for s in slots],
             f"Your time ({viewer})": [ui.fmt_time(s, viewer) for s in slots],
         }
     )
@@ -233,7 +218,7 @@ def _limits(errors: dict[str, str]) -> None:
         ui.field_error(errors, "max_runs")
     b.selectbox(
         "Missed runs (misfire)",
-        MISFIRE_POLICIES,
+        list(MisfirePolicy),
         format_func=lambda p: f"{p}: {MISFIRE_HELP[p]}",
         key="sd_misfire",
     )
@@ -242,7 +227,7 @@ def _limits(errors: dict[str, str]) -> None:
         ui.field_error(errors, "catchup_window")
     c.selectbox(
         "If the previous run still runs",
-        OVERLAP_POLICIES,
+        list(OverlapPolicy),
         format_func=lambda p: f"{p}: {OVERLAP_HELP[p]}",
         key="sd_overlap",
     )
@@ -251,13 +236,10 @@ def _limits(errors: dict[str, str]) -> None:
         ui.field_error(errors, "jitter_s")
 
 
-def _save(
-    schedule_id: str | None, data: commands.ScheduleInput | None, errors: dict[str, str]
-) -> None:
+def _save(schedule_id: str | None, data: ScheduleDefinition | None, errors: dict[str, str]) -> None:
     if data is None or errors:
         st.error("Nothing was saved: fix the fields marked above.", icon=":material/block:")
         return
-    retention = get_settings().retention_days
     try:
         if schedule_id is None:
             automation = st.session_state.get("sd_automation")
@@ -269,7 +251,6 @@ def _save(
                 uuid.UUID(automation),
                 data,
                 actor=ui.ACTOR,
-                retention_days=retention,
             )
             message = "Schedule created."
         else:
@@ -278,7 +259,6 @@ def _save(
                 uuid.UUID(schedule_id),
                 data,
                 actor=ui.ACTOR,
-                retention_days=retention,
             )
             message = "Schedule saved."
     except ValidationFailed as exc:

@@ -13,24 +13,29 @@ from zoneinfo import ZoneInfo
 
 import streamlit as st
 
+from core.vocabulary import ExecutionStatus, ScheduleState
 from db import queries
 from db.session import session_scope
 
 ACTOR = "dashboard"
 T = TypeVar("T")
 
-STATUS_COLOR_NAMES = {
-    "queued": "blue",
-    "running": "violet",
-    "succeeded": "green",
-    "failed": "red",
-    "cancelled": "gray",
-    "skipped": "gray",
-    "active": "green",
-    "paused": "orange",
-    "completed": "gray",
+STATUS_COLOR_NAMES: dict[str, str] = {
+    ExecutionStatus.QUEUED: "blue",
+    ExecutionStatus.RUNNING: "violet",
+    ExecutionStatus.SUCCEEDED: "green",
+    ExecutionStatus.FAILED: "red",
+    ExecutionStatus.CANCELLED: "gray",
+    ExecutionStatus.SKIPPED: "gray",
+    ScheduleState.ACTIVE: "green",
+    ScheduleState.PAUSED: "orange",
+    ScheduleState.COMPLETED: "gray",
 }
-STATUS_COLORS = {"succeeded": "#2e9d5b", "failed": "#d64545", "skipped": "#a0a7b4"}
+STATUS_COLORS: dict[str, str] = {
+    ExecutionStatus.SUCCEEDED: "#2e9d5b",
+    ExecutionStatus.FAILED: "#d64545",
+    ExecutionStatus.SKIPPED: "#a0a7b4",
+}
 
 
 def read(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -104,6 +109,19 @@ def badge_md(status: str | None) -> str:
     if not status:
         return "—"
     return f":{STATUS_COLOR_NAMES.get(status, 'gray')}-badge[{status}]"
+
+
+def step_columns(steps: list[queries.StepRunRow]) -> dict[str, list[Any]]:
+    """The columns every step timeline shows, one row per attempt of a step."""
+    return {
+        "Step": [f"{s.step_number}. {s.step_name}" for s in steps],
+        "Attempt": [s.attempt for s in steps],
+        "Status": [badge(s.status) for s in steps],
+        "HTTP": [s.response_status for s in steps],
+        "Duration": [
+            fmt_duration(None if s.duration_ms is None else s.duration_ms / 1000) for s in steps
+        ],
+    }
 
 
 def empty_state(message: str, next_step: str) -> None:

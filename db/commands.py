@@ -1,44 +1,40 @@
 """Everything a person changes: automations, schedules, and actions on executions.
 
-Each function validates its input completely before the first write, so a
-rejected input leaves the database untouched, and records who did what in the
-audit log. Functions take a session and never commit.
+Automations are validated completely before the first write; schedules arrive
+already parsed (`core.schedule.parse_schedule`), so a rejected input never reaches
+the database. Every change records who did what in the audit log. Functions take
+a session and never commit.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, update
 from sqlalchemy.orm import Session
 
-from db.dispatch import spec_of
-from db.models import AuditLog, Automation, Execution, Schedule
-from db.runs import db_now
-from db.session import rowcount
-from stepwise.automation import AutomationInput, validate_automation
-from stepwise.errors import FieldError, InvalidState, NotFound, ValidationFailed
-from stepwise.schedule import (
-    MISFIRE_POLICIES,
-    OVERLAP_POLICIES,
-    ScheduleSpec,
-    initial_next_run_at,
-    validate_spec,
+from core.automation import AutomationInput, validate_automation
+from core.errors import InvalidState, NotFound
+from core.schedule import ScheduleDefinition, initial_next_run_at
+from core.timing import Timing, parse_timing, spec_of
+from core.vocabulary import (
+    OPEN_STATUSES,
+    AuditAction,
+    AuditTarget,
+    ExecutionStatus,
+    Trigger,
 )
-from stepwise.settings import get_settings
-
-MAX_CATCHUP_WINDOW_S = 7 * 86400
-MAX_JITTER_S = 3600
+from db.models import AuditLog, Automation, Execution, Schedule
+from db.session import db_now, rowcount
 
 
 def audit(
     session: Session,
     actor: str,
-    action: str,
-    target_type: str,
+    action: AuditAction,
+    target_type: AuditTarget,
     target_id: uuid.UUID,
     **details: Any,
 ) -> None:
@@ -75,7 +71,14 @@ def create_automation(session: Session, data: AutomationInput, *, actor: str) ->
     automation = Automation(**_automation_values(data))
     session.add(automation)
     session.flush()
-    audit(session, actor, "create", "automation", automation.id, name=automation.name)
+    audit(
+        session,
+        actor,
+        AuditAction.CREATE,
+        AuditTarget.AUTOMATION,
+        automation.id,
+        name=automation.name,
+    )
     return automation
 
 
@@ -93,7 +96,7 @@ def update_automation(
     automation = get_automation(session, automation_id)
     for key, value in _automation_values(data).items():
         setattr(automation, key, value)
-    audit(session, actor, "edit", "automation", automation.id)
+    audit(session, actor, AuditAction.EDIT, AuditTarget.AUTOMATION, automation.id)
     return automation
 
 
@@ -109,55 +112,31 @@ def delete_automation(session: Session, automation_id: uuid.UUID, *, actor: str)
     cancelled = _cancel_queued(
         session, Execution.automation_id == automation_id, "cancelled: the automation was deleted"
     )
-    audit(session, actor, "delete", "automation", automation_id, cancelled=cancelled)
+    audit(
+        session,
+        actor,
+        AuditAction.DELETE,
+        AuditTarget.AUTOMATION,
+        automation_id,
+        cancelled=cancelled,
+    )
     return cancelled
 
 
 # --- schedules -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ScheduleInput:
-    spec: ScheduleSpec
-    misfire_policy: str = "run_once"
-    catchup_window_s: int = 3600
-    overlap_policy: str = "skip"
-    jitter_s: int = 0
-    enabled: bool = True
-
-
-def validate_schedule(data: ScheduleInput, *, retention_days: int) -> None:
-    """Raise ValidationFailed listing every problem with the schedule."""
-    errors: list[FieldError] = []
-    try:
-        validate_spec(data.spec)
-    except ValidationFailed as exc:
-        errors += exc.errors
-    if data.misfire_policy not in MISFIRE_POLICIES:
-        errors.append(FieldError("misfire_policy", f"must be one of {', '.join(MISFIRE_POLICIES)}"))
-    if data.overlap_policy not in OVERLAP_POLICIES:
-        errors.append(FieldError("overlap_policy", f"must be one of {', '.join(OVERLAP_POLICIES)}"))
-    # History must outlive the catch-up window, or a purged slot could run again.
-    window_cap = min(MAX_CATCHUP_WINDOW_S, retention_days * 86400)
-    if not 0 <= data.catchup_window_s <= window_cap:
-        errors.append(FieldError("catchup_window_s", f"must be between 0 and {window_cap} seconds"))
-    if not 0 <= data.jitter_s <= MAX_JITTER_S:
-        errors.append(FieldError("jitter_s", f"must be between 0 and {MAX_JITTER_S} seconds"))
-    if errors:
-        raise ValidationFailed(errors)
-
-
-def _schedule_values(data: ScheduleInput) -> dict[str, Any]:
-    spec = data.spec
+def _schedule_values(data: ScheduleDefinition) -> dict[str, Any]:
+    timing = data.timing
     return {
-        "kind": spec.kind,
-        "cron_expr": spec.cron_expr if spec.kind == "cron" else None,
-        "interval_s": spec.interval_s if spec.kind == "interval" else None,
-        "run_at": spec.run_at if spec.kind == "once" else None,
-        "timezone": spec.timezone,
-        "start_at": spec.start_at,
-        "end_at": spec.end_at,
-        "max_runs": spec.max_runs,
+        "kind": timing.kind,
+        "cron_expr": timing.cron_expr,
+        "interval_s": timing.interval_s,
+        "run_at": timing.run_at,
+        "timezone": timing.timezone,
+        "start_at": timing.start_at,
+        "end_at": timing.end_at,
+        "max_runs": timing.max_runs,
         "misfire_policy": data.misfire_policy,
         "catchup_window_s": data.catchup_window_s,
         "overlap_policy": data.overlap_policy,
@@ -165,9 +144,9 @@ def _schedule_values(data: ScheduleInput) -> dict[str, Any]:
     }
 
 
-def _arm(schedule: Schedule, spec: ScheduleSpec, now: datetime) -> None:
+def _arm(schedule: Schedule, timing: Timing, now: datetime) -> None:
     """Point next_run_at at the first slot from now on (never replaying the past)."""
-    next_run_at, reason = initial_next_run_at(spec, now)
+    next_run_at, reason = initial_next_run_at(timing, now)
     schedule.next_run_at = next_run_at
     schedule.completed_reason = reason
     if next_run_at is None:
@@ -175,25 +154,21 @@ def _arm(schedule: Schedule, spec: ScheduleSpec, now: datetime) -> None:
 
 
 def create_schedule(
-    session: Session,
-    automation_id: uuid.UUID,
-    data: ScheduleInput,
-    *,
-    actor: str,
-    retention_days: int | None = None,
+    session: Session, automation_id: uuid.UUID, data: ScheduleDefinition, *, actor: str
 ) -> Schedule:
+    """A new schedule; an interval without start_at counts from now (its created_at)."""
     now = db_now(session)
-    data = replace(data, spec=replace(data.spec, anchor=data.spec.anchor or now))
-    validate_schedule(data, retention_days=retention_days or get_settings().retention_days)
     get_automation(session, automation_id)
     schedule = Schedule(
         automation_id=automation_id, enabled=data.enabled, created_at=now, **_schedule_values(data)
     )
     if data.enabled:
-        _arm(schedule, data.spec, now)
+        _arm(schedule, data.timing.anchored(now), now)
     session.add(schedule)
     session.flush()
-    audit(session, actor, "create", "schedule", schedule.id, **_describe(schedule))
+    audit(
+        session, actor, AuditAction.CREATE, AuditTarget.SCHEDULE, schedule.id, **_describe(schedule)
+    )
     return schedule
 
 
@@ -205,16 +180,10 @@ def get_schedule(session: Session, schedule_id: uuid.UUID) -> Schedule:
 
 
 def update_schedule(
-    session: Session,
-    schedule_id: uuid.UUID,
-    data: ScheduleInput,
-    *,
-    actor: str,
-    retention_days: int | None = None,
+    session: Session, schedule_id: uuid.UUID, data: ScheduleDefinition, *, actor: str
 ) -> Schedule:
+    """New timing and policies; an interval without start_at keeps counting from creation."""
     schedule = get_schedule(session, schedule_id)
-    data = replace(data, spec=replace(data.spec, anchor=schedule.created_at))
-    validate_schedule(data, retention_days=retention_days or get_settings().retention_days)
     now = db_now(session)
     for key, value in _schedule_values(data).items():
         setattr(schedule, key, value)
@@ -223,8 +192,10 @@ def update_schedule(
     # Runs already queued for the old timing would fire at the old times.
     _cancel_future(session, schedule_id, now, "cancelled: the schedule was edited")
     if data.enabled:
-        _arm(schedule, data.spec, now)
-    audit(session, actor, "edit", "schedule", schedule_id, **_describe(schedule))
+        _arm(schedule, data.timing.anchored(schedule.created_at), now)
+    audit(
+        session, actor, AuditAction.EDIT, AuditTarget.SCHEDULE, schedule_id, **_describe(schedule)
+    )
     return schedule
 
 
@@ -238,11 +209,12 @@ def set_schedule_enabled(
     if enabled:
         schedule.enabled = True
         schedule.completed_reason = None
-        _arm(schedule, spec_of(schedule), now)
+        _arm(schedule, parse_timing(spec_of(schedule)), now)
     else:
         schedule.enabled = False
         _cancel_future(session, schedule_id, now, "cancelled: the schedule was paused")
-    audit(session, actor, "resume" if enabled else "pause", "schedule", schedule_id)
+    action = AuditAction.RESUME if enabled else AuditAction.PAUSE
+    audit(session, actor, action, AuditTarget.SCHEDULE, schedule_id)
     return schedule
 
 
@@ -252,15 +224,8 @@ def delete_schedule(session: Session, schedule_id: uuid.UUID, *, actor: str) -> 
     cancelled = _cancel_queued(
         session, Execution.schedule_id == schedule_id, "cancelled: the schedule was deleted"
     )
-    audit(
-        session,
-        actor,
-        "delete",
-        "schedule",
-        schedule_id,
-        cancelled=cancelled,
-        **_describe(schedule),
-    )
+    details = {"cancelled": cancelled, **_describe(schedule)}
+    audit(session, actor, AuditAction.DELETE, AuditTarget.SCHEDULE, schedule_id, **details)
     session.delete(schedule)
     return cancelled
 
@@ -281,8 +246,8 @@ def _cancel_queued(session: Session, where: Any, reason: str) -> int:
     return rowcount(
         session.execute(
             update(Execution)
-            .where(where, Execution.status == "queued")
-            .values(status="cancelled", finished_at=func.now(), error=reason)
+            .where(where, Execution.status == ExecutionStatus.QUEUED)
+            .values(status=ExecutionStatus.CANCELLED, finished_at=func.now(), error=reason)
         )
     )
 
@@ -302,15 +267,22 @@ def create_manual_execution(session: Session, automation_id: uuid.UUID, *, actor
     execution = Execution(
         automation_id=automation_id,
         schedule_id=None,
-        trigger="manual",
+        trigger=Trigger.MANUAL,
         scheduled_for=now,
-        status="queued",
+        status=ExecutionStatus.QUEUED,
         total_steps=len(automation.steps),
         available_at=now,
     )
     session.add(execution)
     session.flush()
-    audit(session, actor, "run_now", "automation", automation_id, execution_id=str(execution.id))
+    audit(
+        session,
+        actor,
+        AuditAction.RUN_NOW,
+        AuditTarget.AUTOMATION,
+        automation_id,
+        execution_id=str(execution.id),
+    )
     return execution
 
 
@@ -324,15 +296,15 @@ def get_execution(session: Session, execution_id: uuid.UUID) -> Execution:
 def cancel_execution(session: Session, execution_id: uuid.UUID, *, actor: str) -> Execution:
     """Cancel a queued or running execution; a running worker stops before its next step."""
     execution = get_execution(session, execution_id)
-    if execution.status not in ("queued", "running"):
+    if execution.status not in OPEN_STATUSES:
         raise InvalidState(
             f"only queued or running executions can be cancelled (this one is {execution.status})"
         )
-    execution.status = "cancelled"
+    execution.status = ExecutionStatus.CANCELLED
     execution.finished_at = func.now()
     execution.lease_expires_at = None
     execution.error = f"cancelled by {actor}"
-    audit(session, actor, "cancel", "execution", execution_id)
+    audit(session, actor, AuditAction.CANCEL, AuditTarget.EXECUTION, execution_id)
     return execution
 
 
@@ -345,19 +317,19 @@ def retry_execution(
     agent sees the same Idempotency-Key for each step.
     """
     execution = get_execution(session, execution_id)
-    if execution.status not in ("failed", "cancelled"):
+    if execution.status not in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
         raise InvalidState(
             f"only failed or cancelled executions can be retried (this one is {execution.status})"
         )
     automation = get_automation(session, execution.automation_id)
-    if execution.schedule_id is not None and execution.status == "failed":
+    if execution.schedule_id is not None and execution.status == ExecutionStatus.FAILED:
         session.execute(
             update(Schedule)
             .where(Schedule.id == execution.schedule_id)
             .values(run_count=Schedule.run_count - 1, failure_count=Schedule.failure_count - 1)
         )
-    execution.status = "queued"
+    execution.status = ExecutionStatus.QUEUED
     execution.finished_at = None
     execution.available_at = func.now()
-    audit(session, actor, "retry", "execution", execution_id)
+    audit(session, actor, AuditAction.RETRY, AuditTarget.EXECUTION, execution_id)
     return execution, automation.max_retries

@@ -19,20 +19,15 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from core.limits import MAX_REASON
+from core.schedule import DispatchPlan, plan_dispatch
+from core.timing import parse_timing, spec_of
+from core.vocabulary import ExecutionStatus, MisfirePolicy, Trigger
 from db.models import Automation, Execution, Heartbeat, Schedule
-from stepwise.schedule import DispatchPlan, ScheduleSpec, plan_dispatch
+from db.runs import RunMessage
 
 log = logging.getLogger("stepwise.dispatch")
 MISSED_ERROR = "missed: nothing dispatched at this time (misfire policy {policy})"
-
-
-@dataclass(frozen=True)
-class Enqueue:
-    """A run to hand to the workers once the transaction has committed."""
-
-    execution_id: uuid.UUID
-    due_in_ms: int  # from the database's `now` of the dispatch
-    max_retries: int
 
 
 @dataclass(frozen=True)
@@ -42,29 +37,17 @@ class DispatchConfig:
     batch: int
 
 
-def spec_of(schedule: Schedule) -> ScheduleSpec:
-    return ScheduleSpec(
-        kind=schedule.kind,
-        timezone=schedule.timezone,
-        cron_expr=schedule.cron_expr,
-        interval_s=schedule.interval_s,
-        run_at=schedule.run_at,
-        start_at=schedule.start_at,
-        end_at=schedule.end_at,
-        max_runs=schedule.max_runs,
-        anchor=schedule.created_at,
-    )
-
-
 def _plan(schedule: Schedule, now: datetime, config: DispatchConfig) -> DispatchPlan:
     assert schedule.next_run_at is not None
+    # Parsed once per dispatch: the row was valid when written, but a zone can
+    # leave tzdata; that raises here and the schedule is parked.
     return plan_dispatch(
-        spec_of(schedule),
+        parse_timing(spec_of(schedule)),
         next_run_at=schedule.next_run_at,
         now=now,
         horizon=timedelta(seconds=config.horizon_s),
         grace=timedelta(seconds=config.grace_s),
-        misfire_policy=schedule.misfire_policy,
+        misfire_policy=MisfirePolicy(schedule.misfire_policy),
         catchup_window_s=schedule.catchup_window_s,
         dispatched=schedule.dispatched_count,
     )
@@ -73,13 +56,13 @@ def _plan(schedule: Schedule, now: datetime, config: DispatchConfig) -> Dispatch
 def _rows(
     schedule: Schedule, automation: Automation, plan: DispatchPlan, now: datetime
 ) -> list[dict[str, Any]]:
-    def row(slot: datetime, status: str, **values: Any) -> dict[str, Any]:
+    def row(slot: datetime, status: ExecutionStatus, **values: Any) -> dict[str, Any]:
         # Same keys in every row: SQLAlchemy then batches them into few statements.
         return {
             "id": uuid.uuid4(),
             "automation_id": automation.id,
             "schedule_id": schedule.id,
-            "trigger": "schedule",
+            "trigger": Trigger.SCHEDULE,
             "total_steps": len(automation.steps),
             "scheduled_for": slot,
             "status": status,
@@ -92,9 +75,10 @@ def _rows(
     rows = []
     for slot in plan.run:
         jitter = timedelta(seconds=random.uniform(0, schedule.jitter_s))
-        rows.append(row(slot, "queued", available_at=max(slot + jitter, now)))
+        rows.append(row(slot, ExecutionStatus.QUEUED, available_at=max(slot + jitter, now)))
     error = MISSED_ERROR.format(policy=schedule.misfire_policy)
-    rows += [row(slot, "skipped", finished_at=now, error=error) for slot in plan.skipped]
+    skipped = ExecutionStatus.SKIPPED
+    rows += [row(slot, skipped, finished_at=now, error=error) for slot in plan.skipped]
     return rows
 
 
@@ -109,7 +93,7 @@ def _advance(schedule: Schedule, plan: DispatchPlan, dispatched: int) -> None:
 
 def dispatch_batch(
     session: Session, *, now: datetime, config: DispatchConfig
-) -> tuple[list[Enqueue], int]:
+) -> tuple[list[RunMessage], int]:
     """Dispatch up to one batch of due schedules; returns the runs to send and the batch size."""
     due = session.execute(
         select(Schedule, Automation)
@@ -133,7 +117,7 @@ def dispatch_batch(
             # must not stop every other schedule's dispatch: park it, visibly.
             log.exception("schedule %s cannot be planned; disabling it", schedule.id)
             schedule.enabled = False
-            schedule.completed_reason = f"disabled: {exc}"[:200]
+            schedule.completed_reason = f"disabled: {exc}"[:MAX_REASON]
             continue
         work.append((schedule, automation, plan, _rows(schedule, automation, plan, now)))
     all_rows = [row for *_, rows in work for row in rows]
@@ -145,13 +129,17 @@ def dispatch_batch(
             .returning(Execution.id, Execution.available_at, Execution.status),
             all_rows,
         )
-        inserted = {r.id: r.available_at for r in result if r.status == "queued"}
+        inserted = {r.id: r.available_at for r in result if r.status == ExecutionStatus.QUEUED}
     enqueues = []
     for schedule, automation, plan, rows in work:
         ids = [row["id"] for row in rows if row["id"] in inserted]
         _advance(schedule, plan, len(ids))
         enqueues += [
-            Enqueue(i, int((inserted[i] - now).total_seconds() * 1000), automation.max_retries)
+            RunMessage(
+                i,
+                automation.max_retries,
+                delay_ms=int((inserted[i] - now).total_seconds() * 1000),
+            )
             for i in ids
         ]
     return enqueues, len(due)

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import Float, Text, cast, func, select
 from sqlalchemy.orm import Session
 
+from core.errors import ValidationFailed
 from db.models import Automation, Execution
 from db.queries import (
     HISTORY_ORDER,
@@ -28,8 +29,6 @@ from db.queries import (
     count_executions,
     filter_executions,
 )
-from db.session import session_scope
-from stepwise.errors import ValidationFailed
 
 Format = Literal["csv", "parquet", "xlsx"]
 FORMATS: tuple[Format, ...] = ("csv", "parquet", "xlsx")
@@ -110,17 +109,16 @@ def iter_history(
         yield _frame(list(rows))
 
 
-def history_frame(filters: ExecutionFilters | None = None) -> pd.DataFrame:
+def history_frame(session: Session, filters: ExecutionFilters | None = None) -> pd.DataFrame:
     """The whole filtered history in one DataFrame (for scripts and notebooks)."""
-    filters = filters or ExecutionFilters()
-    with session_scope() as session:
-        chunks = list(iter_history(session, filters))
+    chunks = list(iter_history(session, filters or ExecutionFilters()))
     if not chunks:
         return SCHEMA.empty_table().to_pandas()
     return pd.concat(chunks, ignore_index=True)
 
 
 def write_history(
+    session: Session,
     filters: ExecutionFilters,
     path: Path | str,
     fmt: Format,
@@ -132,24 +130,23 @@ def write_history(
     if fmt not in FORMATS:
         raise ValidationFailed.single("format", f"use one of {', '.join(FORMATS)}")
     path = Path(path)
-    with session_scope() as session:
-        total = count_executions(session, filters)
-        if fmt == "xlsx" and total > EXCEL_MAX_ROWS:
-            raise ValidationFailed.single(
-                "format",
-                f"{total:,} rows do not fit in one Excel sheet ({EXCEL_MAX_ROWS:,} at most): "
-                "narrow the filters or export CSV / Parquet",
-            )
-        writer = _WRITERS[fmt](path)
-        written = 0
-        try:
-            for chunk in iter_history(session, filters, chunk_size=chunk_size):
-                writer.write(chunk)
-                written += len(chunk)
-                if progress is not None:
-                    progress(written, max(total, written))
-        finally:
-            writer.close()
+    total = count_executions(session, filters)
+    if fmt == "xlsx" and total > EXCEL_MAX_ROWS:
+        raise ValidationFailed.single(
+            "format",
+            f"{total:,} rows do not fit in one Excel sheet ({EXCEL_MAX_ROWS:,} at most): "
+            "narrow the filters or export CSV / Parquet",
+        )
+    writer = _WRITERS[fmt](path)
+    written = 0
+    try:
+        for chunk in iter_history(session, filters, chunk_size=chunk_size):
+            writer.write(chunk)
+            written += len(chunk)
+            if progress is not None:
+                progress(written, max(total, written))
+    finally:
+        writer.close()
     if progress is not None and written == 0:
         progress(0, 0)
     return written

@@ -8,6 +8,7 @@ schedulers run.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +30,38 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from core.limits import (
+    DEFAULT_CATCHUP_WINDOW_S,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_STEP_TIMEOUT_S,
+    MAX_CATCHUP_WINDOW_S,
+    MAX_CRON,
+    MAX_HEADERS_REF,
+    MAX_JITTER_S,
+    MAX_NAME,
+    MAX_OWNER,
+    MAX_REASON,
+    MAX_RETRIES,
+    MAX_STEP_TIMEOUT_S,
+    MAX_STEPS,
+    MAX_TIMEZONE,
+    MAX_URL,
+    MAX_WORD,
+    MIN_INTERVAL_S,
+    MIN_STEP_TIMEOUT_S,
+)
+from core.vocabulary import (
+    OPEN_STATUSES,
+    AuditAction,
+    AuditTarget,
+    ExecutionStatus,
+    MisfirePolicy,
+    OverlapPolicy,
+    ScheduleKind,
+    StepStatus,
+    Trigger,
+)
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -37,13 +70,14 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-EXECUTION_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "skipped")
-FINAL_STATUSES = ("succeeded", "failed", "cancelled", "skipped")
-TRIGGERS = ("schedule", "manual", "retry")
+
+def _in(column: str, values: Iterable[str]) -> str:
+    """A CHECK (or partial index predicate) admitting exactly these words."""
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
 
 
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+def _between(column: str, low: int, high: int) -> str:
+    return f"{column} BETWEEN {low} AND {high}"
 
 
 class Base(DeclarativeBase):
@@ -63,25 +97,27 @@ class Automation(Base):
     __tablename__ = "automations"
 
     id: Mapped[uuid.UUID] = _uuid_pk()
-    owner_id: Mapped[str] = mapped_column(String(200), default="local")
-    name: Mapped[str] = mapped_column(String(200))
+    owner_id: Mapped[str] = mapped_column(String(MAX_OWNER), default="local")
+    name: Mapped[str] = mapped_column(String(MAX_NAME))
     description: Mapped[str] = mapped_column(Text, default="")
     steps: Mapped[list[dict[str, str]]] = mapped_column(JSONB)
     project_context: Mapped[str] = mapped_column(Text, default="")
-    agent_url: Mapped[str] = mapped_column(String(2000))
+    agent_url: Mapped[str] = mapped_column(String(MAX_URL))
     # Name of a credential to send as request headers; the secret itself never
     # lives in this table.
-    headers_ref: Mapped[str | None] = mapped_column(String(200))
-    step_timeout_s: Mapped[int] = mapped_column(Integer, default=30)
-    max_retries: Mapped[int] = mapped_column(Integer, default=3)
+    headers_ref: Mapped[str | None] = mapped_column(String(MAX_HEADERS_REF))
+    step_timeout_s: Mapped[int] = mapped_column(Integer, default=DEFAULT_STEP_TIMEOUT_S)
+    max_retries: Mapped[int] = mapped_column(Integer, default=DEFAULT_MAX_RETRIES)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
     archived_at: Mapped[datetime | None]
 
     __table_args__ = (
-        CheckConstraint("jsonb_array_length(steps) BETWEEN 1 AND 50", name="steps_count"),
-        CheckConstraint("step_timeout_s BETWEEN 1 AND 3600", name="step_timeout"),
-        CheckConstraint("max_retries BETWEEN 0 AND 20", name="max_retries"),
+        CheckConstraint(_between("jsonb_array_length(steps)", 1, MAX_STEPS), name="steps_count"),
+        CheckConstraint(
+            _between("step_timeout_s", MIN_STEP_TIMEOUT_S, MAX_STEP_TIMEOUT_S), name="step_timeout"
+        ),
+        CheckConstraint(_between("max_retries", 0, MAX_RETRIES), name="max_retries"),
     )
 
 
@@ -92,22 +128,22 @@ class Schedule(Base):
     automation_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("automations.id", ondelete="CASCADE"), index=True
     )
-    kind: Mapped[str] = mapped_column(String(16))
-    cron_expr: Mapped[str | None] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(MAX_WORD))
+    cron_expr: Mapped[str | None] = mapped_column(String(MAX_CRON))
     interval_s: Mapped[int | None] = mapped_column(Integer)
     run_at: Mapped[datetime | None]
-    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    timezone: Mapped[str] = mapped_column(String(MAX_TIMEZONE), default="UTC")
     start_at: Mapped[datetime | None]
     end_at: Mapped[datetime | None]
     max_runs: Mapped[int | None] = mapped_column(Integer)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
-    misfire_policy: Mapped[str] = mapped_column(String(16), default="run_once")
-    catchup_window_s: Mapped[int] = mapped_column(Integer, default=3600)
-    overlap_policy: Mapped[str] = mapped_column(String(16), default="skip")
+    misfire_policy: Mapped[str] = mapped_column(String(MAX_WORD), default=MisfirePolicy.RUN_ONCE)
+    catchup_window_s: Mapped[int] = mapped_column(Integer, default=DEFAULT_CATCHUP_WINDOW_S)
+    overlap_policy: Mapped[str] = mapped_column(String(MAX_WORD), default=OverlapPolicy.SKIP)
     jitter_s: Mapped[int] = mapped_column(Integer, default=0)
     next_run_at: Mapped[datetime | None]
     last_run_at: Mapped[datetime | None]
-    last_status: Mapped[str | None] = mapped_column(String(16))
+    last_status: Mapped[str | None] = mapped_column(String(MAX_WORD))
     # Runs handed to workers so far (max_runs counts these).
     dispatched_count: Mapped[int] = mapped_column(Integer, default=0)
     run_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -115,16 +151,24 @@ class Schedule(Base):
     failure_count: Mapped[int] = mapped_column(Integer, default=0)
     missed_count: Mapped[int] = mapped_column(Integer, default=0)
     skipped_count: Mapped[int] = mapped_column(Integer, default=0)
-    completed_reason: Mapped[str | None] = mapped_column(String(200))
+    completed_reason: Mapped[str | None] = mapped_column(String(MAX_REASON))
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 
     __table_args__ = (
-        CheckConstraint("kind IN ('cron', 'interval', 'once')", name="kind"),
-        CheckConstraint("misfire_policy IN ('skip', 'run_once', 'run_all')", name="misfire"),
-        CheckConstraint("overlap_policy IN ('skip', 'buffer_one', 'allow')", name="overlap"),
-        CheckConstraint("interval_s IS NULL OR interval_s >= 10", name="interval_min"),
+        CheckConstraint(_in("kind", ScheduleKind), name="kind"),
+        CheckConstraint(_in("misfire_policy", MisfirePolicy), name="misfire"),
+        CheckConstraint(_in("overlap_policy", OverlapPolicy), name="overlap"),
+        CheckConstraint(
+            f"interval_s IS NULL OR interval_s >= {MIN_INTERVAL_S}", name="interval_min"
+        ),
         CheckConstraint("end_at IS NULL OR start_at IS NULL OR end_at > start_at", name="bounds"),
+        CheckConstraint("max_runs IS NULL OR max_runs >= 1", name="max_runs"),
+        CheckConstraint(_between("catchup_window_s", 0, MAX_CATCHUP_WINDOW_S), name="catchup"),
+        CheckConstraint(_between("jitter_s", 0, MAX_JITTER_S), name="jitter"),
+        CheckConstraint(
+            f"last_status IS NULL OR {_in('last_status', ExecutionStatus)}", name="last_status"
+        ),
         # The dispatcher's only query: due, enabled schedules in next_run_at order.
         Index("ix_schedules_due", "next_run_at", postgresql_where=text("enabled")),
     )
@@ -140,9 +184,9 @@ class Execution(Base):
     schedule_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("schedules.id", ondelete="SET NULL")
     )
-    trigger: Mapped[str] = mapped_column(String(16), default="schedule")
+    trigger: Mapped[str] = mapped_column(String(MAX_WORD), default=Trigger.SCHEDULE)
     scheduled_for: Mapped[datetime]
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(MAX_WORD), default=ExecutionStatus.QUEUED)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     queued_at: Mapped[datetime] = mapped_column(server_default=func.now())
     started_at: Mapped[datetime | None]
@@ -159,8 +203,8 @@ class Execution(Base):
 
     __table_args__ = (
         UniqueConstraint("schedule_id", "scheduled_for", name="uq_executions_slot"),
-        CheckConstraint(_in("status", EXECUTION_STATUSES), name="status"),
-        CheckConstraint(_in("trigger", TRIGGERS), name="trigger"),
+        CheckConstraint(_in("status", ExecutionStatus), name="status"),
+        CheckConstraint(_in("trigger", Trigger), name="trigger"),
         Index("ix_executions_recent", text("queued_at DESC")),
         Index("ix_executions_automation_recent", "automation_id", text("queued_at DESC")),
         Index("ix_executions_status_recent", "status", text("queued_at DESC")),
@@ -170,12 +214,12 @@ class Execution(Base):
             "ix_executions_open",
             "schedule_id",
             "scheduled_for",
-            postgresql_where=text("status IN ('queued', 'running')"),
+            postgresql_where=text(_in("status", OPEN_STATUSES)),
         ),
         Index(
             "ix_executions_open_by_time",
             "available_at",
-            postgresql_where=text("status IN ('queued', 'running')"),
+            postgresql_where=text(_in("status", OPEN_STATUSES)),
         ),
     )
 
@@ -187,7 +231,7 @@ class StepRun(Base):
     execution_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("executions.id", ondelete="CASCADE"))
     step_number: Mapped[int] = mapped_column(Integer)
     attempt: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))  # running | succeeded | failed
+    status: Mapped[str] = mapped_column(String(MAX_WORD))
     request: Mapped[dict[str, Any]] = mapped_column(JSONB)
     response_status: Mapped[int | None] = mapped_column(Integer)
     response_body: Mapped[str | None] = mapped_column(Text)
@@ -196,7 +240,10 @@ class StepRun(Base):
     finished_at: Mapped[datetime | None]
     duration_ms: Mapped[int | None] = mapped_column(Integer)
 
-    __table_args__ = (Index("ix_step_runs_execution", "execution_id", "step_number", "attempt"),)
+    __table_args__ = (
+        CheckConstraint(_in("status", StepStatus), name="status"),
+        Index("ix_step_runs_execution", "execution_id", "step_number", "attempt"),
+    )
 
 
 class AuditLog(Base):
@@ -204,13 +251,17 @@ class AuditLog(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(server_default=func.now())
-    actor: Mapped[str] = mapped_column(String(200))
-    action: Mapped[str] = mapped_column(String(32))
-    target_type: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(MAX_OWNER))
+    action: Mapped[str] = mapped_column(String(32))  # an AuditAction
+    target_type: Mapped[str] = mapped_column(String(32))  # an AuditTarget
     target_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
 
-    __table_args__ = (Index("ix_audit_log_target", "target_id", text("at DESC")),)
+    __table_args__ = (
+        CheckConstraint(_in("action", AuditAction), name="action"),
+        CheckConstraint(_in("target_type", AuditTarget), name="target_type"),
+        Index("ix_audit_log_target", "target_id", text("at DESC")),
+    )
 
 
 class Heartbeat(Base):

@@ -18,12 +18,18 @@ from typing import Any, Literal, TypeVar
 from sqlalchemy import Select, and_, func, select
 from sqlalchemy.orm import Session
 
+from core.timing import describe, parse_timing, spec_of
+from core.vocabulary import (
+    CHART_STATUSES,
+    OPEN_STATUSES,
+    ExecutionStatus,
+    ScheduleKind,
+    ScheduleState,
+)
 from db.models import Automation, Execution, Heartbeat, Schedule, StepRun
-from db.runs import db_now
+from db.session import db_now
 
-CHART_STATUSES = ("succeeded", "failed", "skipped")
 Bucket = Literal["hour", "day"]
-ScheduleState = Literal["active", "paused", "completed"]
 AnySelect = Select[*tuple[Any, ...]]
 S = TypeVar("S", bound=AnySelect)
 
@@ -224,8 +230,8 @@ def success_rate(succeeded: int, failed: int) -> float | None:
 def _finished_counts(session: Session, since: datetime) -> tuple[int, int, int]:
     succeeded, failed, finished = session.execute(
         select(
-            func.count().filter(Execution.status == "succeeded"),
-            func.count().filter(Execution.status == "failed"),
+            func.count().filter(Execution.status == ExecutionStatus.SUCCEEDED),
+            func.count().filter(Execution.status == ExecutionStatus.FAILED),
             func.count(),
         ).where(Execution.finished_at >= since)
     ).one()
@@ -238,9 +244,7 @@ def kpis(session: Session) -> Kpis:
     ok_week, failed_week, _ = _finished_counts(session, now - timedelta(days=7))
     active = session.scalar(select(func.count()).select_from(Schedule).where(Schedule.enabled))
     open_runs = session.scalar(
-        select(func.count())
-        .select_from(Execution)
-        .where(Execution.status.in_(("queued", "running")))
+        select(func.count()).select_from(Execution).where(Execution.status.in_(OPEN_STATUSES))
     )
     return Kpis(
         active_schedules=int(active or 0),
@@ -383,12 +387,16 @@ class ScheduleRow:
     @property
     def state(self) -> ScheduleState:
         if self.enabled:
-            return "active"
-        return "completed" if self.completed_reason else "paused"
+            return ScheduleState.ACTIVE
+        return ScheduleState.COMPLETED if self.completed_reason else ScheduleState.PAUSED
 
     @property
     def success_rate(self) -> float | None:
         return success_rate(self.success_count, self.failure_count)
+
+    def describe(self) -> str:
+        """The timing in words (the row was validated when it was written)."""
+        return describe(parse_timing(spec_of(self)))
 
 
 _SCHEDULE_FIELDS = [
@@ -405,7 +413,7 @@ def list_schedules(
     """Every schedule of live automations with its automation and its queued-run count."""
     queued = (
         select(Execution.schedule_id, func.count().label("queued_runs"))
-        .where(Execution.status == "queued", Execution.schedule_id.is_not(None))
+        .where(Execution.status == ExecutionStatus.QUEUED, Execution.schedule_id.is_not(None))
         .group_by(Execution.schedule_id)
         .subquery()
     )
@@ -422,11 +430,11 @@ def list_schedules(
     )
     if automation_id is not None:
         stmt = stmt.where(Schedule.automation_id == automation_id)
-    if state == "active":
+    if state == ScheduleState.ACTIVE:
         stmt = stmt.where(Schedule.enabled)
-    elif state == "paused":
+    elif state == ScheduleState.PAUSED:
         stmt = stmt.where(~Schedule.enabled, Schedule.completed_reason.is_(None))
-    elif state == "completed":
+    elif state == ScheduleState.COMPLETED:
         stmt = stmt.where(~Schedule.enabled, Schedule.completed_reason.is_not(None))
     return [ScheduleRow(**row._mapping) for row in session.execute(stmt).all()]
 
@@ -441,7 +449,7 @@ def queued_runs(session: Session, schedule_id: uuid.UUID) -> int:
         session.scalar(
             select(func.count())
             .select_from(Execution)
-            .where(Execution.schedule_id == schedule_id, Execution.status == "queued")
+            .where(Execution.schedule_id == schedule_id, Execution.status == ExecutionStatus.QUEUED)
         )
         or 0
     )
@@ -468,14 +476,14 @@ def schedule_stats(
     """Per schedule: finished runs since `since`, outcomes, and duration p50 / p95 (seconds)."""
     duration = func.extract("epoch", Execution.finished_at - Execution.started_at)
     finished = and_(Execution.finished_at >= since, Execution.schedule_id.is_not(None))
-    ran = Execution.status.in_(("succeeded", "failed"))
+    ran = Execution.status.in_((ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED))
     stmt = (
         select(
             Execution.schedule_id,
             Automation.name.label("automation_name"),
             func.count().label("runs"),
-            func.count().filter(Execution.status == "succeeded").label("succeeded"),
-            func.count().filter(Execution.status == "failed").label("failed"),
+            func.count().filter(Execution.status == ExecutionStatus.SUCCEEDED).label("succeeded"),
+            func.count().filter(Execution.status == ExecutionStatus.FAILED).label("failed"),
             func.percentile_cont(0.5).within_group(duration).filter(ran).label("p50_s"),
             func.percentile_cont(0.95).within_group(duration).filter(ran).label("p95_s"),
         )
@@ -578,8 +586,8 @@ def schedule_labels(
     for r in session.execute(stmt).all():
         timing = (
             r.cron_expr
-            if r.kind == "cron"
-            else (f"every {r.interval_s} s" if r.kind == "interval" else "once")
+            if r.kind == ScheduleKind.CRON
+            else (f"every {r.interval_s} s" if r.kind == ScheduleKind.INTERVAL else "once")
         )
         labels[r.id] = f"{r.name} · {timing} ({r.timezone})"
     return labels
@@ -587,4 +595,5 @@ def schedule_labels(
 
 def recent_failures(session: Session, *, limit: int = 10) -> list[ExecutionRow]:
     """The newest failed runs (what "needs attention" on the overview lists)."""
-    return list_executions(session, ExecutionFilters(statuses=("failed",)), limit=limit).rows
+    failed = ExecutionFilters(statuses=(ExecutionStatus.FAILED,))
+    return list_executions(session, failed, limit=limit).rows

@@ -13,15 +13,32 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import and_, delete, func, insert, or_, select, text, update
+from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import FINAL_STATUSES, Automation, Execution, Schedule, StepRun
-from db.session import rowcount
-from stepwise.schedule import decide_overlap
-from tasks.agent import StepOutcome, parse_output
+from core.outcome import StepOutcome, parse_output
+from core.schedule import decide_overlap
+from core.vocabulary import (
+    FINAL_STATUSES,
+    ExecutionStatus,
+    OverlapDecision,
+    OverlapPolicy,
+    StepStatus,
+)
+from db.models import Automation, Execution, Schedule, StepRun
+from db.session import db_now, rowcount
 
 LOST_STEP_ERROR = "the worker running this step stopped (killed or lost its lease)"
+
+
+@dataclass(frozen=True)
+class RunMessage:
+    """A run to hand to the workers once the transaction that made it has committed."""
+
+    execution_id: uuid.UUID
+    max_retries: int
+    retries: int = 0  # tries already spent, so a re-sent message keeps its retry budget
+    delay_ms: int = 0  # from when the database decided it
 
 
 @dataclass(frozen=True)
@@ -40,7 +57,7 @@ class Claim:
     step_timeout_s: int
     first_step: int  # 1-based: the first step not yet succeeded
     previous_output: Any
-    overlap_policy: str | None = None  # None for a run outside any schedule
+    overlap_policy: OverlapPolicy | None = None  # None for a run outside any schedule
 
     @property
     def total_steps(self) -> int:
@@ -57,12 +74,12 @@ ClaimResult = Claim | Literal["nothing", "skipped", "waiting"]
 def _fence(claim: Claim) -> Any:
     return and_(
         Execution.id == claim.execution_id,
-        Execution.status == "running",
+        Execution.status == ExecutionStatus.RUNNING,
         Execution.attempt == claim.attempt,
     )
 
 
-def _overlap(session: Session, execution: Execution, policy: str) -> str:
+def _overlap(session: Session, execution: Execution, policy: OverlapPolicy) -> OverlapDecision:
     """run / skip / wait for a scheduled execution, serialised per schedule."""
     # An advisory lock, not a row lock on the schedule: the dispatcher's
     # FOR UPDATE SKIP LOCKED must never skip a schedule because a run is starting.
@@ -75,14 +92,14 @@ def _overlap(session: Session, execution: Execution, policy: str) -> str:
     running = session.scalar(
         select(
             siblings.where(
-                Execution.status == "running", Execution.lease_expires_at > func.now()
+                Execution.status == ExecutionStatus.RUNNING, Execution.lease_expires_at > func.now()
             ).exists()
         )
     )
     waiting = session.scalar(
         select(
             siblings.where(
-                Execution.status == "queued",
+                Execution.status == ExecutionStatus.QUEUED,
                 Execution.scheduled_for < execution.scheduled_for,
                 Execution.scheduled_for <= func.now(),
             ).exists()
@@ -94,9 +111,9 @@ def _overlap(session: Session, execution: Execution, policy: str) -> str:
 def _skip_for_overlap(session: Session, execution: Execution) -> None:
     session.execute(
         update(Execution)
-        .where(Execution.id == execution.id, Execution.status == "queued")
+        .where(Execution.id == execution.id, Execution.status == ExecutionStatus.QUEUED)
         .values(
-            status="skipped",
+            status=ExecutionStatus.SKIPPED,
             finished_at=func.now(),
             error="skipped: the previous run was still running (overlap policy)",
         )
@@ -112,7 +129,7 @@ def _resume_point(session: Session, execution_id: uuid.UUID) -> tuple[int, Any]:
     """First step not yet succeeded, and the output of the step before it."""
     done = session.execute(
         select(StepRun.step_number, StepRun.response_body)
-        .where(StepRun.execution_id == execution_id, StepRun.status == "succeeded")
+        .where(StepRun.execution_id == execution_id, StepRun.status == StepStatus.SUCCEEDED)
         .order_by(StepRun.step_number.desc())
         .limit(1)
     ).first()
@@ -135,9 +152,10 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, margin_s: int)
     ).first()
     if row is None:
         return "nothing"
-    execution, automation, policy = row
-    claimable = execution.status == "queued" or (
-        execution.status == "running"
+    execution, automation, policy_word = row
+    policy = None if policy_word is None else OverlapPolicy(policy_word)
+    claimable = execution.status == ExecutionStatus.QUEUED or (
+        execution.status == ExecutionStatus.RUNNING
         and execution.lease_expires_at is not None
         and execution.lease_expires_at < db_now(session)
     )
@@ -146,12 +164,12 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, margin_s: int)
     # The overlap policy decides whether a slot starts; a retry of a run that
     # already started is that run going on, not a new slot.
     first_start = execution.attempt == 0
-    if first_start and execution.schedule_id is not None and policy not in (None, "allow"):
+    if first_start and policy is not None and policy != OverlapPolicy.ALLOW:
         decision = _overlap(session, execution, policy)
-        if decision == "skip":
+        if decision == OverlapDecision.SKIP:
             _skip_for_overlap(session, execution)
             return "skipped"
-        if decision == "wait":
+        if decision == OverlapDecision.WAIT:
             return "waiting"
     lease = timedelta(seconds=automation.step_timeout_s)
     claimed = session.execute(
@@ -159,12 +177,15 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, margin_s: int)
         .where(
             Execution.id == execution_id,
             or_(
-                Execution.status == "queued",
-                and_(Execution.status == "running", Execution.lease_expires_at < func.now()),
+                Execution.status == ExecutionStatus.QUEUED,
+                and_(
+                    Execution.status == ExecutionStatus.RUNNING,
+                    Execution.lease_expires_at < func.now(),
+                ),
             ),
         )
         .values(
-            status="running",
+            status=ExecutionStatus.RUNNING,
             attempt=Execution.attempt + 1,
             total_steps=len(automation.steps),
             started_at=func.coalesce(Execution.started_at, func.now()),
@@ -179,8 +200,8 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, margin_s: int)
         # A step left "running" belonged to a worker that died mid-call.
         session.execute(
             update(StepRun)
-            .where(StepRun.execution_id == execution_id, StepRun.status == "running")
-            .values(status="failed", error=LOST_STEP_ERROR, finished_at=func.now())
+            .where(StepRun.execution_id == execution_id, StepRun.status == StepStatus.RUNNING)
+            .values(status=StepStatus.FAILED, error=LOST_STEP_ERROR, finished_at=func.now())
         )
         first_step, previous_output = _resume_point(session, execution_id)
     return Claim(
@@ -222,7 +243,7 @@ def start_step(
             execution_id=claim.execution_id,
             step_number=step_number,
             attempt=claim.attempt,
-            status="running",
+            status=StepStatus.RUNNING,
             request=request,
         )
         .returning(StepRun.id)
@@ -235,9 +256,9 @@ def finish_step(session: Session, step_run_id: int, outcome: StepOutcome) -> Non
     # turn it into a second success.
     session.execute(
         update(StepRun)
-        .where(StepRun.id == step_run_id, StepRun.status == "running")
+        .where(StepRun.id == step_run_id, StepRun.status == StepStatus.RUNNING)
         .values(
-            status="succeeded" if outcome.ok else "failed",
+            status=StepStatus.SUCCEEDED if outcome.ok else StepStatus.FAILED,
             response_status=outcome.status,
             response_body=outcome.body,
             error=outcome.error,
@@ -255,7 +276,7 @@ def release_for_retry(session: Session, claim: Claim, error: str, delay_s: float
                 update(Execution)
                 .where(_fence(claim))
                 .values(
-                    status="queued",
+                    status=ExecutionStatus.QUEUED,
                     lease_expires_at=None,
                     error=error,
                     available_at=func.now() + timedelta(seconds=delay_s),
@@ -266,7 +287,12 @@ def release_for_retry(session: Session, claim: Claim, error: str, delay_s: float
 
 
 def finish_execution(
-    session: Session, claim: Claim, status: str, *, error: str | None = None, result: Any = None
+    session: Session,
+    claim: Claim,
+    status: ExecutionStatus,
+    *,
+    error: str | None = None,
+    result: Any = None,
 ) -> bool:
     """End the execution and move its schedule's counters, in the caller's transaction."""
     ended = rowcount(
@@ -287,9 +313,9 @@ def finish_execution(
     return bool(ended)
 
 
-def record_outcome(session: Session, schedule_id: uuid.UUID, status: str) -> None:
-    succeeded = 1 if status == "succeeded" else 0
-    failed = 1 if status == "failed" else 0
+def record_outcome(session: Session, schedule_id: uuid.UUID, status: ExecutionStatus) -> None:
+    succeeded = 1 if status == ExecutionStatus.SUCCEEDED else 0
+    failed = 1 if status == ExecutionStatus.FAILED else 0
     session.execute(
         update(Schedule)
         .where(Schedule.id == schedule_id)
@@ -303,31 +329,23 @@ def record_outcome(session: Session, schedule_id: uuid.UUID, status: str) -> Non
     )
 
 
-@dataclass(frozen=True)
-class Resend:
-    execution_id: uuid.UUID
-    retries: int  # tries already spent, so a re-sent message keeps its retry budget
-    max_retries: int
-    delay_ms: int = 0
-
-
-def next_waiting(session: Session, schedule_id: uuid.UUID) -> Resend | None:
+def next_waiting(session: Session, schedule_id: uuid.UUID) -> RunMessage | None:
     """The run held back by `buffer_one`, to start now that the previous one ended."""
     row = session.execute(
         select(Execution.id, Execution.attempt, Automation.max_retries)
         .join(Automation, Automation.id == Execution.automation_id)
         .where(
             Execution.schedule_id == schedule_id,
-            Execution.status == "queued",
+            Execution.status == ExecutionStatus.QUEUED,
             Execution.scheduled_for <= func.now(),
         )
         .order_by(Execution.scheduled_for)
         .limit(1)
     ).first()
-    return None if row is None else Resend(row.id, row.attempt, row.max_retries)
+    return None if row is None else RunMessage(row.id, row.max_retries, retries=row.attempt)
 
 
-def stranded_executions(session: Session, *, requeue_after_s: int, limit: int) -> list[Resend]:
+def stranded_executions(session: Session, *, requeue_after_s: int, limit: int) -> list[RunMessage]:
     """Queued runs whose message should have arrived long ago, and runs whose lease expired.
 
     Postgres is the source of truth: a message lost to a flushed Redis, a killed
@@ -343,9 +361,10 @@ def stranded_executions(session: Session, *, requeue_after_s: int, limit: int) -
                 .where(
                     Execution.available_at < stale,
                     or_(
-                        Execution.status == "queued",
+                        Execution.status == ExecutionStatus.QUEUED,
                         and_(
-                            Execution.status == "running", Execution.lease_expires_at < func.now()
+                            Execution.status == ExecutionStatus.RUNNING,
+                            Execution.lease_expires_at < func.now(),
                         ),
                     ),
                 )
@@ -367,14 +386,7 @@ def stranded_executions(session: Session, *, requeue_after_s: int, limit: int) -
         ).all()
     )
     # Every claim so far spent one try, including one whose worker died.
-    return [Resend(r.id, r.attempt, budgets[r.automation_id]) for r in rows]
-
-
-def db_now(session: Session) -> datetime:
-    """The database's clock: the only one that decides what is due."""
-    now = session.scalar(text("SELECT now()"))
-    assert isinstance(now, datetime)
-    return now
+    return [RunMessage(r.id, budgets[r.automation_id], retries=r.attempt) for r in rows]
 
 
 def purge_history(session: Session, *, older_than_days: int, batch: int) -> int:

@@ -1,7 +1,8 @@
-"""One engine per process, created lazily (after any fork), and sessions on it.
+"""One engine per process, created lazily (after any fork), sessions on it, and the clock.
 
 The caller owns the transaction: `with session_scope() as s:` is one unit of
-work that commits on success and rolls back on error.
+work that commits on success and rolls back on error; every other `db` module
+takes that session and never commits.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, Result, create_engine
+from sqlalchemy import CursorResult, Engine, Result, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from stepwise.settings import get_settings
+from core.settings import get_settings
 
 _engine: Engine | None = None
 _engine_pid: int | None = None
@@ -60,3 +62,10 @@ def session_scope() -> Iterator[Session]:
 def rowcount(result: Result[Any]) -> int:
     """Rows matched by an UPDATE or DELETE (the claim and fence checks rely on it)."""
     return cast("CursorResult[Any]", result).rowcount
+
+
+def db_now(session: Session) -> datetime:
+    """The database's clock: the only one that decides what is due."""
+    now = session.scalar(text("SELECT now()"))
+    assert isinstance(now, datetime)
+    return now

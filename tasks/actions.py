@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 
 from db import commands
+from db.runs import RunMessage
 from db.session import session_scope
 from tasks.actors import dispatch, send_run
 
@@ -18,7 +19,7 @@ def run_now(automation_id: uuid.UUID, *, actor: str) -> uuid.UUID:
     with session_scope() as session:
         execution = commands.create_manual_execution(session, automation_id, actor=actor)
         max_retries = commands.get_automation(session, automation_id).max_retries
-    send_run(execution.id, max_retries=max_retries)
+    send_run(RunMessage(execution.id, max_retries))
     return execution.id
 
 
@@ -26,7 +27,7 @@ def retry(execution_id: uuid.UUID, *, actor: str) -> None:
     """Run a failed or cancelled execution again from the step that did not succeed."""
     with session_scope() as session:
         _, max_retries = commands.retry_execution(session, execution_id, actor=actor)
-    send_run(execution_id, max_retries=max_retries)
+    send_run(RunMessage(execution_id, max_retries))
 
 
 def cancel(execution_id: uuid.UUID, *, actor: str) -> None:

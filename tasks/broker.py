@@ -1,8 +1,10 @@
-"""The Dramatiq broker, built from settings before any actor is declared.
+"""The Dramatiq broker, built by a function with every middleware composed in one place.
 
 Dramatiq's defaults are wrong for us (20 retries over a week, a 10-minute time
-limit): every middleware is configured here, explicitly. Periodiq's middleware
-must be present in every process that declares the periodic actors.
+limit): each middleware is configured here, explicitly. Periodiq's middleware
+must be present in every process that declares the periodic actors. Importing
+this module builds nothing: `setup_broker()` does, once per process, before the
+actors are declared (`dramatiq tasks.broker:setup_broker tasks.actors`).
 """
 
 from __future__ import annotations
@@ -20,15 +22,19 @@ from dramatiq.middleware import (
 )
 from periodiq import PeriodiqMiddleware
 
-from stepwise.settings import Settings, get_settings
-from tasks.signals import OneStopRequest
+from core.settings import Settings, get_settings
+from tasks.signals import GracefulStop, OneStopRequest
 
 DISPATCH_QUEUE = "dispatch"
 RUN_QUEUE = "default"
+QUEUES = (RUN_QUEUE, DISPATCH_QUEUE)
+
+_broker: RedisBroker | None = None
 
 
 def build_broker(settings: Settings) -> RedisBroker:
-    settings.require_servers()
+    """A Redis broker with Stepwise's middleware; nothing global is touched."""
+    settings.require_redis()
     return RedisBroker(  # type: ignore[no-untyped-call]
         url=settings.redis_url,
         middleware=[
@@ -49,9 +55,16 @@ def build_broker(settings: Settings) -> RedisBroker:
             PeriodiqMiddleware(skip_delay=30),
             # Group-wide SIGTERM reaches a worker twice; the second must not kill it.
             OneStopRequest(),
+            # Runs hand back between steps once the worker begins to stop.
+            GracefulStop(),
         ],
     )
 
 
-broker = build_broker(get_settings())
-dramatiq.set_broker(broker)
+def setup_broker() -> RedisBroker:
+    """The process's broker, built from settings on first call and set as Dramatiq's global."""
+    global _broker
+    if _broker is None:
+        _broker = build_broker(get_settings())
+        dramatiq.set_broker(_broker)
+    return _broker

@@ -16,12 +16,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import dramatiq
-from dramatiq.common import q_name
 
-from stepwise.errors import InvalidState, NotFound
-from tasks.broker import DISPATCH_QUEUE, RUN_QUEUE, broker
+from core.errors import InvalidState, NotFound
+from tasks.broker import QUEUES, setup_broker
 
-QUEUES = (RUN_QUEUE, DISPATCH_QUEUE)
 NAMESPACE = "dramatiq"
 LIVE_WORKER_S = 60
 # Options that belong to one delivery, not to the work: a re-sent message gets fresh ones.
@@ -33,7 +31,7 @@ def _key(*parts: str) -> str:
 
 
 def _client() -> Any:
-    return broker.client
+    return setup_broker().client
 
 
 @dataclass(frozen=True)
@@ -126,16 +124,8 @@ def retry_dead_letter(queue: str, message_id: str) -> bool:
     if dead.actor_name == "run_execution" and _reopen(dead):
         return True
     options = {k: v for k, v in dead.options.items() if k not in _DELIVERY_OPTIONS}
-    broker.enqueue(
-        dramatiq.Message(
-            queue_name=q_name(dead.queue_name),
-            actor_name=dead.actor_name,
-            args=dead.args,
-            kwargs=dead.kwargs,
-            options=options,
-            message_id=dead.message_id,
-        )
-    )
+    actor = setup_broker().get_actor(dead.actor_name)
+    actor.send_with_options(args=tuple(dead.args), kwargs=dict(dead.kwargs), **options)
     return True
 
 

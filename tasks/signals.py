@@ -1,4 +1,9 @@
-"""One stop request counts once, however many copies of SIGTERM a worker receives.
+"""Stopping a worker well: runs hand back between steps, and one SIGTERM counts once.
+
+A worker process that begins a graceful stop sets `shutting_down`; a run checks it
+between steps and hands itself on without spending a retry (`tasks/engine.py`).
+
+One stop request counts once, however many copies of SIGTERM a worker receives.
 
 honcho (`stepwise run`) and Heroku send SIGTERM to every process of the group,
 and dramatiq's main process forwards the signal to its worker children as well:
@@ -21,6 +26,17 @@ import dramatiq
 
 log = logging.getLogger("stepwise")
 REPEAT_WINDOW_S = 3.0
+
+# Set when this worker process begins a graceful stop: runs hand back between steps.
+shutting_down = threading.Event()
+
+
+class GracefulStop(dramatiq.Middleware):
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        shutting_down.clear()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        shutting_down.set()
 
 
 def absorb_repeated_sigterm(window_s: float = REPEAT_WINDOW_S) -> bool:

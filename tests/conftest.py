@@ -1,9 +1,12 @@
-"""Test servers: a real PostgreSQL, a real Redis, a real agent.
+"""Test servers as lazy session fixtures: a real PostgreSQL, a real Redis, a real agent.
 
-With TEST_DATABASE_URL / TEST_REDIS_URL set (CI uses the machine's servers) the
-tests use those servers; with neither set they start the embedded ones, as on
-a fresh machine. Each test session gets its own database built by
-`alembic upgrade head`; each test starts from empty tables and an empty Redis.
+Nothing starts until a test asks for it: the pure tests (`test_cron.py`,
+`test_timing.py`, `test_schedule.py`, ...) run with no server at all. With
+TEST_DATABASE_URL / TEST_REDIS_URL set (CI uses the machine's servers) the tests
+use those servers; with neither set they start embedded ones, as on a fresh
+machine. The test session gets its own database built by `alembic upgrade head`;
+each test that asks for `db` starts from empty tables, `redis_client` from an
+empty Redis database.
 """
 
 from __future__ import annotations
@@ -11,105 +14,100 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import text
 
-ROOT = Path(__file__).resolve().parent.parent
-_state: dict[str, Any] = {}
+from stepwise import embedded
 
-
-def _sqlalchemy_url(url: str) -> str:
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
-
-
-def _create_database(server_url: str) -> str:
-    """A fresh database on the server of `server_url`; returns its URL."""
-    name = f"stepwise_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    _state.setdefault("databases", []).append((server_url, name))
-    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    if hasattr(config, "workerinput"):
-        return
-    from stepwise import embedded
-
-    tmp = Path(tempfile.mkdtemp(prefix="stepwise-tests-"))
-    _state["tmp"] = tmp
-    server_url = os.environ.get("TEST_DATABASE_URL")
-    if server_url:
-        server_url = _sqlalchemy_url(server_url)
-    else:
-        server_url = embedded.start_postgres(tmp / "postgres")
-    _state["server_url"] = server_url
-    database_url = _create_database(server_url)
-    redis_url = os.environ.get("TEST_REDIS_URL")
-    if not redis_url:
-        server = embedded.start_redis(tmp / "redis", embedded.free_port(), persist=False)
-        _state["redis"] = server
-        redis_url = server.url
-    os.environ.update(
-        {
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
-            # Fast retries keep the suite quick; the spacing is still exponential.
-            "STEPWISE_MIN_BACKOFF_MS": "200",
-            "STEPWISE_MAX_BACKOFF_MS": "2000",
-            "STEPWISE_LEASE_MARGIN_S": "5",
-            "STEPWISE_REQUEUE_AFTER_S": "5",
-            "STEPWISE_DEMO": "false",
-        }
-    )
-    from stepwise.cli import migrate
-
-    migrate(database_url)
+# Read by Settings in every process the tests start; fixed before anything imports it.
+os.environ.update(
+    {
+        # Fast retries keep the suite quick; the spacing is still exponential.
+        "STEPWISE_MIN_BACKOFF_MS": "200",
+        "STEPWISE_MAX_BACKOFF_MS": "2000",
+        "STEPWISE_LEASE_MARGIN_S": "5",
+        "STEPWISE_REQUEUE_AFTER_S": "5",
+        "STEPWISE_DEMO": "false",
+    }
+)
+# Building the broker connects nothing, so REDIS_URL is fixed now (a module may
+# declare the actors at import); the embedded server on that port starts only
+# when a test asks for Redis.
+_REDIS_PORT = embedded.free_port()
+os.environ["REDIS_URL"] = os.environ.get("TEST_REDIS_URL") or f"redis://127.0.0.1:{_REDIS_PORT}/0"
+os.environ.pop("DATABASE_URL", None)  # set by the `database_url` fixture, never inherited
 
 
-def pytest_unconfigure(config: pytest.Config) -> None:
-    if hasattr(config, "workerinput"):
-        return
-    try:
-        from db.session import dispose_engine
+def _refresh_settings() -> None:
+    from core.settings import get_settings
+    from db.session import dispose_engine
 
-        dispose_engine()
-    except Exception:
-        pass
-    for server_url, name in _state.get("databases", []):
-        admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-    if "redis" in _state:
-        _state["redis"].stop()
-    shutil.rmtree(_state.get("tmp", "/nonexistent"), ignore_errors=True)
+    get_settings.cache_clear()
+    dispose_engine()
 
 
 @pytest.fixture(scope="session")
-def server_url() -> str:
+def scratch() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="stepwise-tests-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server_url(scratch: Path) -> str:
     """The PostgreSQL server (not database) the tests may create databases on."""
-    return str(_state["server_url"])
+    from testkit.servers import postgres_server
+
+    return postgres_server(os.environ.get("TEST_DATABASE_URL"), scratch)
 
 
 @pytest.fixture(scope="session")
-def create_database() -> Callable[[], str]:
-    return lambda: _create_database(_state["server_url"])
+def create_database(server_url: str) -> Iterator[Callable[[], str]]:
+    """Make empty (unmigrated) databases on the test server; all dropped at the end."""
+    from testkit.servers import create_database, drop_database
+
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(create_database(server_url, migrated=False))
+        return made[-1]
+
+    yield make
+    for url in made:
+        drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """The session's migrated database, set as DATABASE_URL for this and child processes."""
+    from testkit.servers import create_database, drop_database
+
+    url = create_database(server_url)
+    os.environ["DATABASE_URL"] = url
+    _refresh_settings()
+    yield url
+    _refresh_settings()
+    drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def redis_url(scratch: Path) -> Iterator[str]:
+    """A Redis for the broker: the machine's (TEST_REDIS_URL) or an embedded one."""
+    url = os.environ["REDIS_URL"]
+    server = None
+    if not os.environ.get("TEST_REDIS_URL"):
+        server = embedded.start_redis(scratch / "redis", _REDIS_PORT, persist=False)
+    yield url
+    if server is not None:
+        server.stop()
 
 
 @pytest.fixture
-def db() -> Iterator[None]:
+def db(database_url: str) -> Iterator[None]:
     """Empty tables before the test (the schema stays)."""
     from db.models import Base
     from db.session import get_engine
@@ -121,10 +119,10 @@ def db() -> Iterator[None]:
 
 
 @pytest.fixture
-def redis_client() -> Iterator[Any]:
+def redis_client(redis_url: str) -> Iterator[Any]:
     import redis
 
-    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    client = redis.Redis.from_url(redis_url)
     client.flushdb()
     yield client
     client.flushdb()
@@ -143,43 +141,17 @@ def agent() -> Iterator[Any]:
 @pytest.fixture
 def worker(db: None, redis_client: Any) -> Iterator[Any]:
     """A real dramatiq Worker on the real Redis broker, in this process."""
-    import dramatiq
+    from testkit.processes import worker_in_process
 
-    from tasks.actors import broker
-
-    w = dramatiq.Worker(broker, worker_threads=4, worker_timeout=100, queues={"default"})
-    w.start()
-    yield w
-    w.stop(timeout=10_000)
-
-
-def wait_for(
-    predicate: Callable[[], Any],
-    *,
-    timeout: float = 30,
-    interval: float = 0.1,
-    message: str = "condition",
-    details: Callable[[], str] | None = None,
-) -> Any:
-    """Poll until `predicate()` is truthy; fail with `message` after `timeout` seconds.
-
-    `details` is asked for what to show on failure (a row's state, a process log).
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    extra = f"\n{details()}" if details else ""
-    raise AssertionError(f"timed out after {timeout} s waiting for {message}{extra}")
+    with worker_in_process(threads=4) as running:
+        yield running
 
 
 @pytest.fixture
 def procs(db: None, redis_client: Any, tmp_path: Path) -> Iterator[Any]:
     """Real Procfile processes (scheduler, dispatcher, worker...), stopped after the test."""
-    from tests.procs import Processes
+    from testkit.processes import Processes
 
-    processes = Processes(tmp_path)
+    processes = Processes(tmp_path, STEPWISE_WORKER_PROCESSES="1", STEPWISE_WORKER_THREADS="4")
     yield processes
     processes.stop_all()

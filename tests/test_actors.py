@@ -10,15 +10,17 @@ from typing import Any
 from sqlalchemy import select
 
 from db.models import Execution, Schedule
+from db.runs import RunMessage
 from db.session import session_scope
 from stepwise.demo_agent import Reply
-from tasks.actors import broker, dispatch_due, send_run
-from tests.conftest import wait_for
-from tests.factories import execution, make_automation, make_execution, make_schedule, step_runs
+from tasks import engine
+from tasks.actors import send_run
+from testkit.factories import execution, make_automation, make_execution, make_schedule, step_runs
+from testkit.waiting import wait_for
 
 
 def run(execution_id: uuid.UUID, *, max_retries: int = 3) -> None:
-    send_run(execution_id, max_retries=max_retries)
+    send_run(RunMessage(execution_id, max_retries))
 
 
 def final(execution_id: uuid.UUID, timeout: float = 30) -> Execution:
@@ -171,8 +173,8 @@ def test_dispatch_runs_a_due_schedule_at_its_slot(worker: Any, agent: Any) -> No
         assert schedule is not None
         first = schedule.next_run_at
     # when dispatch runs
-    assert dispatch_due() == 1
-    assert dispatch_due() == 0  # a second tick finds nothing new
+    assert engine.dispatch_due(send_run) == 1
+    assert engine.dispatch_due(send_run) == 0  # a second tick finds nothing new
 
     # then exactly one execution for that slot ran, not before its time
     def ran() -> Any:
@@ -193,12 +195,6 @@ def test_dispatch_runs_a_due_schedule_at_its_slot(worker: Any, agent: Any) -> No
         assert (schedule.run_count, schedule.success_count, schedule.failure_count) == (1, 1, 0)
         assert schedule.last_status == "succeeded"
         assert schedule.next_run_at is not None and schedule.next_run_at > first
-
-
-def test_broker_is_the_real_redis_broker() -> None:
-    from dramatiq.brokers.redis import RedisBroker
-
-    assert isinstance(broker, RedisBroker)
 
 
 def test_retrying_a_dead_letter_reopens_the_failed_execution(

@@ -8,8 +8,15 @@ from typing import Any
 import httpx
 import pytest
 
+from core.outcome import (
+    answer_outcome,
+    decode_body,
+    is_retryable_status,
+    parse_output,
+    parse_retry_after,
+)
 from stepwise.demo_agent import Reply
-from tasks.agent import call_agent, is_retryable_status, parse_output, parse_retry_after
+from tasks.agent import call_agent
 
 
 @pytest.mark.parametrize(
@@ -43,6 +50,57 @@ def test_outputs_are_json_when_they_can_be() -> None:
     assert parse_output('{"a": 1}', truncated=False) == {"a": 1}
     assert parse_output("plain", truncated=False) == "plain"
     assert parse_output('{"a": 1', truncated=True) == '{"a": 1'
+
+
+def _answer(status: int, reason: str, body: str, **kw: Any) -> Any:
+    return answer_outcome(
+        status,
+        reason,
+        body,
+        truncated=kw.pop("truncated", False),
+        retry_after=kw.pop("retry_after", None),
+        duration_ms=kw.pop("duration_ms", 12),
+    )
+
+
+def test_a_2xx_json_answer_succeeds_with_its_parsed_output() -> None:
+    outcome = _answer(201, "Created", '{"next": [1, 2]}')
+    assert (outcome.ok, outcome.retryable, outcome.status) == (True, False, 201)
+    assert outcome.output == {"next": [1, 2]}
+    assert outcome.body == '{"next": [1, 2]}'
+    assert (outcome.error, outcome.retry_after_s, outcome.duration_ms) == (None, None, 12)
+
+
+def test_a_truncated_2xx_answer_keeps_its_text_as_output() -> None:
+    body = '{"a": "xxxx\n[truncated: stored the first 10 bytes]'
+    outcome = _answer(200, "OK", body, truncated=True)
+    assert outcome.ok
+    assert outcome.output == body  # the text, not parsed
+
+
+def test_a_503_with_retry_after_is_retried_after_that_long() -> None:
+    outcome = _answer(503, "Service Unavailable", "busy", retry_after="7")
+    assert (outcome.ok, outcome.retryable, outcome.status) == (False, True, 503)
+    assert outcome.retry_after_s == 7.0
+    assert outcome.error == "agent answered HTTP 503 Service Unavailable"
+    assert outcome.output is None
+
+
+def test_a_404_fails_for_good() -> None:
+    outcome = _answer(404, "Not Found", "no such agent", retry_after="7")
+    assert (outcome.ok, outcome.retryable, outcome.status) == (False, False, 404)
+    assert outcome.error == "agent answered HTTP 404 Not Found"
+    assert outcome.retry_after_s is None  # nothing to wait for: it is not retried
+    assert outcome.body == "no such agent"
+
+
+def test_decode_body_replaces_nul_and_marks_truncation() -> None:
+    assert decode_body(b"bin\x00ary", 1024) == ("bin\ufffdary", False)
+    assert decode_body(b"x" * 10, 10) == ("x" * 10, False)  # exactly the limit: whole
+    text, truncated = decode_body(b"x" * 11, 10)
+    assert truncated is True
+    assert text == "x" * 10 + "\n[truncated: stored the first 10 bytes]"
+    assert decode_body(b"caf\xc3", 1024) == ("caf\ufffd", False)  # bad UTF-8 is replaced
 
 
 def _call(url: str, **kw: Any) -> Any:

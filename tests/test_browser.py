@@ -26,8 +26,7 @@ from sqlalchemy import insert
 from db import queries
 from db.models import StepRun
 from db.session import session_scope
-from tests.factories import make_automation
-from tests.test_queries import add_runs
+from testkit.factories import add_runs, make_automation
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "tests" / "screenshots"

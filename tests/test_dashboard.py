@@ -22,9 +22,15 @@ from dashboard import forms
 from db import queries
 from db.queries import ExecutionFilters
 from db.session import session_scope
-from tests.conftest import wait_for
-from tests.factories import make_automation, make_schedule, row_counts, table_snapshot
-from tests.test_queries import add_runs, now
+from testkit.factories import (
+    add_runs,
+    make_automation,
+    make_schedule,
+    now,
+    row_counts,
+    table_snapshot,
+)
+from testkit.waiting import wait_for
 
 PAGES = Path(__file__).resolve().parent.parent / "dashboard" / "pages"
 pytestmark = pytest.mark.usefixtures("db", "redis_client")

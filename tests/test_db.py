@@ -8,22 +8,32 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, inspect, select, update
+from sqlalchemy import create_engine, inspect, select, text, update
 from sqlalchemy.exc import IntegrityError
 
+from core.errors import ValidationFailed
+from core.limits import (
+    MAX_JITTER_S,
+    MAX_RETRIES,
+    MAX_STEP_TIMEOUT_S,
+    MAX_STEPS,
+    MIN_INTERVAL_S,
+)
+from core.schedule import ScheduleInput
+from core.timing import ScheduleSpec
 from db import commands
 from db.dispatch import DispatchConfig, dispatch_batch
-from db.models import Execution, Schedule
-from db.runs import claim_execution, db_now, purge_history, stranded_executions
-from db.session import session_scope
+from db.models import Automation, Base, Execution, Schedule
+from db.runs import claim_execution, purge_history, stranded_executions
+from db.session import db_now, session_scope
 from stepwise.cli import migrate
-from stepwise.errors import ValidationFailed
-from stepwise.schedule import ScheduleSpec
-from tests.factories import (
+from testkit.factories import (
     automation_input,
+    fetch,
     make_automation,
     make_execution,
     make_schedule,
+    schedule_definition,
     table_snapshot,
 )
 
@@ -67,6 +77,68 @@ def test_migrations_build_the_schema_and_tear_it_down(create_database: Callable[
     assert "executions" in inspect(create_engine(url)).get_table_names()
 
 
+_CONSTRAINTS = """
+    SELECT c.conname, pg_get_constraintdef(c.oid)
+    FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+    WHERE n.nspname = 'public' AND c.contype IN ('c', 'f', 'p', 'u')
+      AND c.conrelid::regclass::text <> 'alembic_version'
+"""
+_INDEXES = """
+    SELECT indexname, indexdef FROM pg_indexes
+    WHERE schemaname = 'public' AND tablename <> 'alembic_version'
+"""
+
+
+def _schema(url: str) -> dict[str, dict[str, str]]:
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        checks = {name: text_ for name, text_ in conn.execute(text(_CONSTRAINTS))}
+        indexes = {name: text_ for name, text_ in conn.execute(text(_INDEXES))}
+    engine.dispose()
+    return {"constraints": checks, "indexes": indexes}
+
+
+def test_the_migrations_build_exactly_the_schema_the_models_generate(
+    database_url: str, create_database: Callable[[], str]
+) -> None:
+    # given a database built from the models (their CHECKs come from core's words and limits)
+    from_models = create_database()
+    engine = create_engine(from_models)
+    Base.metadata.create_all(engine)
+    engine.dispose()
+    # when both schemas are read back from PostgreSQL
+    migrated, generated = _schema(database_url), _schema(from_models)
+    # then every constraint and index is the same, word for word as PostgreSQL prints it
+    assert migrated == generated
+    # and the vocabulary is what the database accepts
+    assert "'buffer_one'" in generated["constraints"]["ck_schedules_overlap"]
+    assert f"<= {MAX_STEPS}" in generated["constraints"]["ck_automations_steps_count"]
+
+
+def test_the_database_refuses_what_the_limits_refuse(db: None) -> None:
+    # given a valid automation
+    automation_id = make_automation()
+    # when rows beyond a limit are written straight to the tables (not through validation)
+    too_far = [
+        update(Automation).values(max_retries=MAX_RETRIES + 1),
+        update(Automation).values(step_timeout_s=MAX_STEP_TIMEOUT_S + 1),
+        update(Automation).values(steps=[{"name": "s", "message": "m"}] * (MAX_STEPS + 1)),
+    ]
+    for statement in too_far:
+        # then PostgreSQL's CHECK refuses each one
+        with pytest.raises(IntegrityError), session_scope() as session:
+            session.execute(statement.where(Automation.id == automation_id))
+    schedule_id = make_schedule(automation_id)
+    for values in (
+        {"jitter_s": MAX_JITTER_S + 1},
+        {"overlap_policy": "sometimes"},
+        {"interval_s": MIN_INTERVAL_S - 1},
+        {"last_status": "maybe"},
+    ):
+        with pytest.raises(IntegrityError), session_scope() as session:
+            session.execute(update(Schedule).where(Schedule.id == schedule_id).values(**values))
+
+
 def test_the_slot_key_rejects_a_second_execution_for_a_slot(db: None) -> None:
     automation_id = make_automation()
     schedule_id = make_schedule(automation_id)
@@ -81,14 +153,6 @@ def test_the_slot_key_rejects_a_second_execution_for_a_slot(db: None) -> None:
         session.add(Execution(**row))
     with pytest.raises(IntegrityError, match="uq_executions_slot"), session_scope() as session:
         session.add(Execution(**row))
-
-
-def _schedule(schedule_id: uuid.UUID) -> Schedule:
-    with session_scope() as session:
-        schedule = session.get(Schedule, schedule_id)
-        assert schedule is not None
-        session.expunge(schedule)
-        return schedule
 
 
 def _executions(schedule_id: uuid.UUID) -> list[tuple[datetime, str]]:
@@ -121,17 +185,19 @@ def _set_next(schedule_id: uuid.UUID, at: datetime) -> None:
 
 
 def test_dispatch_inserts_one_execution_per_slot_and_advances(db: None) -> None:
-    schedule_id = _interval_schedule()
-    start = _schedule(schedule_id).next_run_at
+    schedule_id = _interval_schedule(
+        Schedule,
+    )
+    start = fetch(Schedule, schedule_id).next_run_at
     assert start is not None
     # when dispatched at the first slot, the horizon (90 s) holds two slots
     enqueues = _dispatch(start)
-    assert [e.due_in_ms for e in enqueues] == [0, 60_000]
+    assert [e.delay_ms for e in enqueues] == [0, 60_000]
     assert _executions(schedule_id) == [
         (start, "queued"),
         (start + timedelta(seconds=60), "queued"),
     ]
-    assert _schedule(schedule_id).next_run_at == start + timedelta(seconds=120)
+    assert fetch(Schedule, schedule_id).next_run_at == start + timedelta(seconds=120)
     # and dispatching the same instant again (a duplicate tick) adds nothing
     assert _dispatch(start) == []
     # and even a scheduler that re-plans the same slots cannot duplicate them
@@ -149,7 +215,7 @@ def test_misfire_policies_after_downtime(
 ) -> None:
     # given a minutely schedule whose scheduler was down for 5 slots (within the window)
     schedule_id = _interval_schedule(misfire_policy=policy)
-    start = _schedule(schedule_id).next_run_at
+    start = fetch(Schedule, schedule_id).next_run_at
     assert start is not None
     now = start + timedelta(minutes=5, seconds=30)  # slots at +0..+4 min are missed
     # when the scheduler comes back
@@ -162,18 +228,18 @@ def test_misfire_policies_after_downtime(
     due = [r for r in rows if r[0] >= now - timedelta(seconds=60)]
     assert all(status == "queued" for _, status in due) and len(due) == 2
     assert len(enqueues) == expected_run + 2
-    assert _schedule(schedule_id).missed_count == expected_skipped
+    assert fetch(Schedule, schedule_id).missed_count == expected_skipped
 
 
 def test_slots_older_than_the_catchup_window_are_only_counted(db: None) -> None:
     schedule_id = _interval_schedule(misfire_policy="run_all", catchup_window_s=600)
-    start = _schedule(schedule_id).next_run_at
+    start = fetch(Schedule, schedule_id).next_run_at
     assert start is not None
     now = start + timedelta(hours=2)
     _dispatch(now)
     rows = _executions(schedule_id)
     assert all(r[0] >= now - timedelta(seconds=600) for r in rows)
-    assert _schedule(schedule_id).missed_count >= 100  # 2 h of minutes minus the window
+    assert fetch(Schedule, schedule_id).missed_count >= 100  # 2 h of minutes minus the window
 
 
 def test_a_once_schedule_completes_with_a_reason(db: None) -> None:
@@ -182,7 +248,7 @@ def test_a_once_schedule_completes_with_a_reason(db: None) -> None:
         run_at = db_now(session) + timedelta(seconds=30)
     schedule_id = make_schedule(automation_id, kind="once", run_at=run_at)
     _dispatch(run_at - timedelta(seconds=10))
-    schedule = _schedule(schedule_id)
+    schedule = fetch(Schedule, schedule_id)
     assert not schedule.enabled and schedule.next_run_at is None
     assert schedule.completed_reason == "ran once"
     assert _executions(schedule_id) == [(run_at, "queued")]
@@ -191,7 +257,7 @@ def test_a_once_schedule_completes_with_a_reason(db: None) -> None:
 def _two_due_runs(**schedule: Any) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
     """A minutely schedule dispatched a minute late: its first two slots are both due."""
     schedule_id = _interval_schedule(**schedule)
-    start = _schedule(schedule_id).next_run_at
+    start = fetch(Schedule, schedule_id).next_run_at
     assert start is not None
     _dispatch(start + timedelta(seconds=61))
     with session_scope() as session:
@@ -209,7 +275,7 @@ def test_overlap_skip_records_a_skipped_execution(db: None) -> None:
         assert not isinstance(claim_execution(session, first, margin_s=5), str)
     with session_scope() as session:
         assert claim_execution(session, second, margin_s=5) == "skipped"
-    assert _schedule(schedule_id).skipped_count == 1
+    assert fetch(Schedule, schedule_id).skipped_count == 1
     assert "skipped" in {s for _, s in _executions(schedule_id)}
 
 
@@ -304,10 +370,11 @@ def test_bad_schedules_write_nothing(
     automation_id = make_automation()
     before = table_snapshot()
     with pytest.raises(ValidationFailed) as error, session_scope() as session:
-        commands.create_schedule(
+        commands.createfetch(
+            Schedule,
             session,
             automation_id,
-            commands.ScheduleInput(spec=ScheduleSpec(**overrides)),
+            schedule_definition(ScheduleInput(spec=ScheduleSpec(**overrides))),
             actor="t",
         )
     assert text in (error.value.for_field(field) or "")
@@ -349,9 +416,13 @@ def test_deleting_an_automation_cancels_its_queued_runs(db: None) -> None:
 
 def test_a_schedule_that_cannot_be_planned_is_parked_not_blocking_others(db: None) -> None:
     # given two due schedules, one holding a zone that no longer exists
-    broken = _interval_schedule()
-    healthy = _interval_schedule()
-    start = _schedule(healthy).next_run_at
+    broken = _interval_schedule(
+        Schedule,
+    )
+    healthy = _interval_schedule(
+        Schedule,
+    )
+    start = fetch(Schedule, healthy).next_run_at
     assert start is not None
     with session_scope() as session:
         session.execute(
@@ -363,7 +434,7 @@ def test_a_schedule_that_cannot_be_planned_is_parked_not_blocking_others(db: Non
     _dispatch(start)
     # then the healthy one ran and the broken one is disabled with a reason
     assert _executions(healthy)
-    parked = _schedule(broken)
+    parked = fetch(Schedule, broken)
     assert not parked.enabled
     assert (parked.completed_reason or "").startswith("disabled:")
 
@@ -385,4 +456,4 @@ def test_a_retry_is_not_skipped_by_the_overlap_policy(db: None) -> None:
     with session_scope() as session:
         retried = claim_execution(session, first, margin_s=5)
     assert not isinstance(retried, str) and retried.attempt == 2
-    assert _schedule(schedule_id).skipped_count == 0
+    assert fetch(Schedule, schedule_id).skipped_count == 0

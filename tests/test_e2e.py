@@ -8,10 +8,9 @@ from typing import Any
 import pytest
 
 from db.models import Schedule
-from db.runs import db_now
-from db.session import session_scope
-from tests.conftest import wait_for
-from tests.factories import executions_of, make_automation, make_schedule, step_runs
+from db.session import db_now, session_scope
+from testkit.factories import executions_of, make_automation, make_schedule, step_runs
+from testkit.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 READY = "Worker process is ready for action"

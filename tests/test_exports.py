@@ -6,6 +6,7 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -13,8 +14,18 @@ import pytest
 from db import exports, queries
 from db.queries import ExecutionFilters
 from db.session import session_scope
-from tests.factories import make_automation
-from tests.test_queries import add_runs, now
+from testkit.factories import add_runs, make_automation, now
+
+
+def _frame(filters: ExecutionFilters) -> pd.DataFrame:
+    with session_scope() as session:
+        return exports.history_frame(session, filters)
+
+
+def _write(filters: ExecutionFilters, path: Path, fmt: exports.Format, **options: Any) -> int:
+    with session_scope() as session:
+        return exports.write_history(session, filters, path, fmt, **options)
+
 
 pytestmark = pytest.mark.usefixtures("db")
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,13 +72,13 @@ def query_ids(filters: ExecutionFilters) -> list[str]:
 def test_frame_has_the_query_rows_in_order(
     history: dict[str, object], filters: ExecutionFilters
 ) -> None:
-    frame = exports.history_frame(filters)
+    frame = _frame(filters)
     assert list(frame.columns) == list(exports.COLUMNS)
     assert list(frame["execution_id"]) == query_ids(filters)
 
 
 def test_frame_of_nothing_has_the_columns() -> None:
-    frame = exports.history_frame(ExecutionFilters(statuses=("running",)))
+    frame = _frame(ExecutionFilters(statuses=("running",)))
     assert frame.empty and list(frame.columns) == list(exports.COLUMNS)
 
 
@@ -80,7 +91,7 @@ def test_file_reads_back_as_the_query_rows_written_in_chunks(
     seen: list[tuple[int, int]] = []
     path = tmp_path / f"history.{fmt}"
     # when
-    rows = exports.write_history(
+    rows = _write(
         filters, path, fmt, chunk_size=6, progress=lambda done, total: seen.append((done, total))
     )
     # then
@@ -89,21 +100,21 @@ def test_file_reads_back_as_the_query_rows_written_in_chunks(
     assert seen == [(6, 20), (12, 20), (18, 20), (20, 20)]
     assert list(back["execution_id"].astype(str)) == query_ids(filters)
     assert list(back.columns) == list(exports.COLUMNS)
-    expected = exports.history_frame(filters)
+    expected = _frame(filters)
     assert list(back["status"]) == list(expected["status"])
     assert back["error"].fillna("").tolist() == expected["error"].fillna("").tolist()
     assert back["duration_s"].tolist() == pytest.approx([1.0] * 20)
 
 
 def test_parquet_keeps_types(history: dict[str, object], tmp_path: Path) -> None:
-    exports.write_history(ExecutionFilters(), tmp_path / "h.parquet", "parquet", chunk_size=5)
+    _write(ExecutionFilters(), tmp_path / "h.parquet", "parquet", chunk_size=5)
     back = pd.read_parquet(tmp_path / "h.parquet")
     assert str(back["queued_at"].dt.tz) == "UTC"
     assert back["attempt"].dtype == "int64"
 
 
 def test_empty_export_still_has_a_header(tmp_path: Path) -> None:
-    rows = exports.write_history(ExecutionFilters(), tmp_path / "h.csv", "csv")
+    rows = _write(ExecutionFilters(), tmp_path / "h.csv", "csv")
     assert rows == 0
     assert list(pd.read_csv(tmp_path / "h.csv").columns) == list(exports.COLUMNS)
 

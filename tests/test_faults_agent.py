@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 
+from core.settings import get_settings
 from db.models import Execution
+from db.runs import RunMessage
 from stepwise.demo_agent import Call, Reply
 from stepwise.embedded import free_port
-from stepwise.settings import get_settings
 from tasks.actors import send_run
-from tests.conftest import wait_for
-from tests.factories import execution, make_automation, make_execution, step_runs
+from testkit.factories import execution, make_automation, make_execution, step_runs
+from testkit.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 FINAL = ("succeeded", "failed", "cancelled", "skipped")
@@ -31,7 +32,7 @@ def _run(agent_url: str, *, steps: int = 1, max_retries: int = 3, timeout_s: int
         agent_url=agent_url, steps=steps, max_retries=max_retries, step_timeout_s=timeout_s
     )
     execution_id = make_execution(automation_id)
-    send_run(execution_id, max_retries=max_retries)
+    send_run(RunMessage(execution_id, max_retries))
     return execution_id
 
 

@@ -1,6 +1,6 @@
 """Fault tests over a faked clock: downtime and misfire (5), DST transition days (7).
 
-The dispatcher is the real `tasks.actors.dispatch_due` on the real database; only
+The dispatcher is the real `tasks.engine.dispatch_due` on the real database; only
 its clock is injected (`now=`), so hours of downtime and whole days take seconds.
 """
 
@@ -14,24 +14,17 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import update
 
+from core.settings import get_settings
+from core.timing import ScheduleSpec, first_slot, parse_timing, slots_between
 from db.dispatch import MISSED_ERROR
 from db.models import Schedule
 from db.session import session_scope
-from stepwise.schedule import ScheduleSpec, first_slot, slots_between
-from stepwise.settings import get_settings
-from tasks.actors import dispatch_due
-from tests.factories import executions_of, make_automation, make_schedule
+from tasks import engine
+from tasks.actors import send_run
+from testkit.factories import executions_of, fetch, make_automation, make_schedule
 
 pytestmark = pytest.mark.slow
 MINUTE = timedelta(minutes=1)
-
-
-def _schedule(schedule_id: uuid.UUID) -> Schedule:
-    with session_scope() as session:
-        schedule = session.get(Schedule, schedule_id)
-        assert schedule is not None
-        session.expunge(schedule)
-        return schedule
 
 
 def _point_at(schedule_id: uuid.UUID, next_run_at: datetime) -> None:
@@ -46,7 +39,7 @@ def _tick_through(start: datetime, end: datetime, step: timedelta = MINUTE) -> i
     """Run the dispatcher once per `step` from `start` to `end`, as periodiq would."""
     sent, now = 0, start
     while now <= end:
-        sent += dispatch_due(now=now)
+        sent += engine.dispatch_due(send_run, now=now)
         now += step
     return sent
 
@@ -54,7 +47,7 @@ def _tick_through(start: datetime, end: datetime, step: timedelta = MINUTE) -> i
 # --- 5. downtime and misfire ---------------------------------------------------------
 
 
-SPEC = ScheduleSpec(kind="cron", cron_expr="*/5 * * * *")
+SPEC = parse_timing(ScheduleSpec(kind="cron", cron_expr="*/5 * * * *"))
 # Last tick before the outage, and the tick when the scheduler comes back.
 DOWN_FROM = datetime(2026, 6, 1, 8, 0, 30, tzinfo=UTC)
 BACK_AT = datetime(2026, 6, 1, 9, 12, 30, tzinfo=UTC)
@@ -63,6 +56,7 @@ BACK_AT = datetime(2026, 6, 1, 9, 12, 30, tzinfo=UTC)
 def _down_schedule(policy: str, window_s: int) -> uuid.UUID:
     automation_id = make_automation(steps=1)
     schedule_id = make_schedule(
+        Schedule,
         automation_id,
         kind="cron",
         cron_expr="*/5 * * * *",
@@ -121,7 +115,7 @@ def test_downtime_applies_the_misfire_policy_and_records_skipped_slots(
     for slot in due:
         assert by_slot[slot].status == "queued" and by_slot[slot].available_at == slot
     # and the schedule counts every slot it did not run, expired ones included
-    schedule = _schedule(schedule_id)
+    schedule = fetch(Schedule, schedule_id)
     assert schedule.missed_count == len(skipped) + len(expired)
     assert schedule.dispatched_count == len(run) + len(due)
     assert schedule.next_run_at == first_slot(SPEC, due[-1] + MINUTE)
@@ -130,13 +124,13 @@ def test_downtime_applies_the_misfire_policy_and_records_skipped_slots(
 def test_a_scheduler_that_comes_back_twice_adds_nothing(db: None, redis_client: Any) -> None:
     # given a run_all schedule back from downtime, dispatched once
     schedule_id = _down_schedule("run_all", 3600)
-    first = dispatch_due(now=BACK_AT)
+    first = engine.dispatch_due(send_run, now=BACK_AT)
     before = [(r.scheduled_for, r.status) for r in executions_of(schedule_id)]
     # when another scheduler (or a duplicate tick) dispatches the same instant,
     # even after re-planning from the old next_run_at
-    assert dispatch_due(now=BACK_AT) == 0
+    assert engine.dispatch_due(send_run, now=BACK_AT) == 0
     _point_at(schedule_id, first_slot(SPEC, DOWN_FROM) or DOWN_FROM)
-    assert dispatch_due(now=BACK_AT) == 0
+    assert engine.dispatch_due(send_run, now=BACK_AT) == 0
     # then no slot gained a second execution
     assert first == 12  # 08:15 .. 09:10 (08:05, 08:10 fell out of the window)
     assert [(r.scheduled_for, r.status) for r in executions_of(schedule_id)] == before
@@ -203,10 +197,15 @@ def test_dispatch_through_a_dst_transition_day_runs_the_exact_instants(
     schedules = {}
     for expr in [*fixed, *WILDCARDS]:
         schedule_id = make_schedule(
-            automation_id, kind="cron", cron_expr=expr, timezone=zone_name, overlap_policy="allow"
+            Schedule,
+            automation_id,
+            kind="cron",
+            cron_expr=expr,
+            timezone=zone_name,
+            overlap_policy="allow",
         )
-        spec = ScheduleSpec(kind="cron", cron_expr=expr, timezone=zone_name)
-        _point_at(schedule_id, first_slot(spec, start) or start)
+        timing = parse_timing(ScheduleSpec(kind="cron", cron_expr=expr, timezone=zone_name))
+        _point_at(schedule_id, first_slot(timing, start) or start)
         schedules[expr] = schedule_id
     # when the dispatcher ticks every minute through the whole local day
     _tick_through(start - 2 * MINUTE, end)
@@ -227,4 +226,4 @@ def test_dispatch_through_a_dst_transition_day_runs_the_exact_instants(
     for rows in in_day.values():
         for row in rows:
             assert row.status == "queued" and row.available_at == row.scheduled_for
-    assert all(_schedule(s).missed_count == 0 for s in schedules.values())
+    assert all(fetch(Schedule, s).missed_count == 0 for s in schedules.values())

@@ -18,25 +18,28 @@ import pytest
 from sqlalchemy import create_engine, func, select, text, update
 from sqlalchemy.orm import Session
 
+from core.automation import Step
+from core.errors import InvalidState, NotFound, StepwiseError, ValidationFailed
+from core.schedule import ScheduleInput
+from core.settings import get_settings
+from core.timing import ScheduleSpec
 from db import commands
 from db.models import Execution, StepRun
-from db.runs import purge_history
+from db.runs import RunMessage, purge_history
 from db.session import get_engine, session_scope
-from stepwise.automation import Step
-from stepwise.errors import InvalidState, NotFound, StepwiseError, ValidationFailed
-from stepwise.schedule import ScheduleSpec
-from stepwise.settings import get_settings
-from tasks.actors import purge_old_history, send_run
-from tests.conftest import wait_for
-from tests.factories import (
+from tasks import engine
+from tasks.actors import send_run
+from testkit.factories import (
     automation_input,
     execution,
     make_automation,
     make_execution,
     make_schedule,
     row_counts,
+    schedule_definition,
     table_snapshot,
 )
+from testkit.waiting import wait_for
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -137,10 +140,15 @@ def test_bad_schedules_are_rejected_on_create_and_edit(
     field: str,
     message: str,
 ) -> None:
-    data = commands.ScheduleInput(spec=ScheduleSpec(**spec), **options)
+    data = ScheduleInput(spec=ScheduleSpec(**spec), **options)
+    # The dashboard and the API parse before the command; the command trusts the result.
     for call in (
-        lambda s: commands.create_schedule(s, world["automation"], data, actor="t"),
-        lambda s: commands.update_schedule(s, world["schedule"], data, actor="t"),
+        lambda s: commands.create_schedule(
+            s, world["automation"], schedule_definition(data), actor="t"
+        ),
+        lambda s: commands.update_schedule(
+            s, world["schedule"], schedule_definition(data), actor="t"
+        ),
     ):
         error = _rejected(call, ValidationFailed)
         assert isinstance(error, ValidationFailed)
@@ -148,7 +156,7 @@ def test_bad_schedules_are_rejected_on_create_and_edit(
 
 
 def test_actions_on_missing_or_finished_things_are_refused(world: dict[str, uuid.UUID]) -> None:
-    good = commands.ScheduleInput(spec=ScheduleSpec(kind="interval", interval_s=60))
+    good = schedule_definition(ScheduleInput(spec=ScheduleSpec(kind="interval", interval_s=60)))
     ghost = uuid.uuid4()
     refused: list[tuple[Callable[[Session], Any], type[StepwiseError], str]] = [
         (lambda s: commands.create_schedule(s, ghost, good, actor="t"), NotFound, "does not"),
@@ -179,14 +187,14 @@ def test_a_deleted_automation_refuses_new_work_and_its_queued_runs_end_cancelled
     queued = make_execution(automation_id)
     with session_scope() as session:
         commands.delete_automation(session, automation_id, actor="t")
-    send_run(queued, max_retries=3)
+    send_run(RunMessage(queued, 3))
     # then the run ends cancelled with its reason, and the agent is never called
     wait_for(lambda: execution(queued).status == "cancelled", message="the cancelled run")
     time.sleep(0.5)
     assert "automation was deleted" in (execution(queued).error or "")
     assert agent.calls == []
     # and nothing can be started or resumed on it any more
-    good = commands.ScheduleInput(spec=ScheduleSpec(kind="interval", interval_s=60))
+    good = schedule_definition(ScheduleInput(spec=ScheduleSpec(kind="interval", interval_s=60)))
     _rejected(lambda s: commands.create_manual_execution(s, automation_id, actor="t"), NotFound)
     _rejected(lambda s: commands.create_schedule(s, automation_id, good, actor="t"), NotFound)
     _rejected(lambda s: commands.set_schedule_enabled(s, schedule_id, True, actor="t"), NotFound)
@@ -252,7 +260,7 @@ def test_retention_deletes_only_old_finished_history_in_batches(
 
     event.listen(get_engine(), "before_cursor_execute", spy)
     try:
-        assert purge_old_history() == 30
+        assert engine.purge_old_history() == 30
     finally:
         event.remove(get_engine(), "before_cursor_execute", spy)
     # then it took ceil(30 / 7) short transactions (the last, short batch ends the loop)
@@ -265,7 +273,7 @@ def test_retention_deletes_only_old_finished_history_in_batches(
         )
     assert left == {*recent, still_queued, still_running}
     assert orphans == 0
-    assert purge_old_history() == 0
+    assert engine.purge_old_history() == 0
 
 
 def test_a_purge_batch_never_blocks_the_workers_or_another_purger(db: None) -> None:

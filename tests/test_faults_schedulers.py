@@ -3,7 +3,7 @@
 Three `scheduler` (periodiq) and three `dispatcher` processes from the Procfile run
 side by side over 300 schedules firing every 10 s for two minutes; every tick is
 sent three times and three dispatchers race for the same due schedules. The
-expected slots come from `stepwise.schedule.slots_between`, not from the rows.
+expected slots come from `core.timing.slots_between`, not from the rows.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from core.schedule import ScheduleInput
+from core.timing import ScheduleSpec, slots_between
 from db import commands
 from db.models import Execution, Schedule
-from db.runs import db_now
-from db.session import session_scope
-from stepwise.schedule import ScheduleSpec, slots_between
-from tests.conftest import wait_for
-from tests.factories import make_automation
+from db.session import db_now, session_scope
+from testkit.factories import make_automation, schedule_definition
+from testkit.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 READY = "Worker process is ready for action"
@@ -39,10 +39,9 @@ def _create_schedules(automation_id: uuid.UUID, start: datetime, end: datetime) 
     with session_scope() as session:
         for _ in range(SCHEDULES):
             spec = ScheduleSpec(kind="interval", interval_s=INTERVAL_S, start_at=start, end_at=end)
-            schedule = commands.create_schedule(
-                session, automation_id, commands.ScheduleInput(spec=spec), actor="test"
-            )
-            specs.append((schedule.id, spec))
+            data = schedule_definition(ScheduleInput(spec=spec))
+            schedule = commands.create_schedule(session, automation_id, data, actor="test")
+            specs.append((schedule.id, data.timing))
     return specs
 
 

@@ -24,16 +24,17 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import func, select, update
 
 import tasks.actors
+from core.settings import get_settings
 from db.models import Execution, Heartbeat, StepRun
-from db.runs import db_now
-from db.session import dispose_engine, session_scope
+from db.runs import RunMessage
+from db.session import db_now, dispose_engine, session_scope
 from stepwise import embedded
 from stepwise.cli import migrate
 from stepwise.demo_agent import Reply
-from stepwise.settings import get_settings
-from tasks.actors import recover_stranded, send_run
-from tests.conftest import wait_for
-from tests.factories import make_automation, make_execution, make_schedule
+from tasks import engine
+from tasks.actors import send_run
+from testkit.factories import make_automation, make_execution, make_schedule
+from testkit.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 READY = "Worker process is ready for action"
@@ -50,7 +51,7 @@ def _recover_until_final(ids: list[uuid.UUID], timeout: float) -> float:
     began = time.monotonic()
 
     def done() -> bool:
-        recover_stranded()
+        engine.recover_stranded(send_run)
         statuses = _statuses(ids)
         return sum(statuses[s] for s in FINAL) == len(ids)
 
@@ -69,11 +70,8 @@ def _queue(automation_id: uuid.UUID, *, now: int, delayed: int, delay_s: int) ->
             .values(available_at=func.now() + timedelta(seconds=delay_s))
         )
     for execution_id in ids:
-        send_run(
-            execution_id,
-            max_retries=3,
-            delay_ms=delay_s * 1000 if execution_id in later else 0,
-        )
+        delay_ms = delay_s * 1000 if execution_id in later else 0
+        send_run(RunMessage(execution_id, 3, delay_ms=delay_ms))
     return ids
 
 
@@ -102,7 +100,7 @@ def own_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OwnRe
     server = OwnRedis(tmp_path / "own-redis")
     # `send_run` (and so `recover_stranded`) must send where the workers listen.
     own_broker = RedisBroker(url=server.url, middleware=[])
-    monkeypatch.setattr(tasks.actors, "broker", own_broker)
+    monkeypatch.setattr(tasks.actors.run_execution, "broker", own_broker)
     yield server
     own_broker.close()
     server.server.stop()
@@ -168,6 +166,10 @@ class OwnPostgres:
         log = str((self.pgdata / "log").resolve())
         self._pg_ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", log, "start")
 
+    def stop(self) -> None:
+        # A server started again by pg_ctl is not the wheel's to stop at exit: stop it here.
+        self._pg_ctl("-w", "-m", "fast", "stop")
+
 
 @pytest.fixture
 def own_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OwnPostgres]:
@@ -181,6 +183,7 @@ def own_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ow
     dispose_engine()
     monkeypatch.undo()
     get_settings.cache_clear()
+    server.stop()
 
 
 def _beat_after(name: str, instant: Any) -> bool:
@@ -238,7 +241,10 @@ def test_a_postgres_restart_mid_run_loses_nothing(
     assert [s.scheduled_for for s in slots] == [start + timedelta(seconds=10 * k) for k in range(6)]
     everything = manual + [s.id for s in slots]
     wait_for(
-        lambda: recover_stranded() >= 0 and _statuses(everything) == {"succeeded": len(everything)},
+        lambda: (
+            engine.recover_stranded(send_run) >= 0
+            and _statuses(everything) == {"succeeded": len(everything)}
+        ),
         timeout=90,
         interval=1,
         message=f"all runs to succeed: {_statuses(everything)}",

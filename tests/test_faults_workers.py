@@ -2,7 +2,7 @@
 
 Workers are the Procfile's real `worker` processes (tests/procs.py) except for the
 overlap test, which needs a precise thread count and uses an in-process Worker.
-Housekeeping is driven by calling `tasks.actors.recover_stranded()` as the
+Housekeeping is driven by calling `tasks.engine.recover_stranded` as the
 scheduler's minute tick would, so recovery takes seconds instead of a minute.
 """
 
@@ -22,16 +22,16 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from core.errors import InvalidState
 from db import commands
 from db.models import Execution, Schedule, StepRun
-from db.runs import LOST_STEP_ERROR, db_now
-from db.session import session_scope
+from db.runs import LOST_STEP_ERROR, RunMessage
+from db.session import db_now, session_scope
 from stepwise.demo_agent import Call, Reply
-from stepwise.errors import InvalidState
+from tasks import engine
 from tasks.actions import cancel
-from tasks.actors import dispatch_due, recover_stranded, send_run
-from tests.conftest import wait_for
-from tests.factories import (
+from tasks.actors import send_run
+from testkit.factories import (
     execution,
     executions_of,
     make_automation,
@@ -39,6 +39,8 @@ from tests.factories import (
     make_schedule,
     step_runs,
 )
+from testkit.processes import worker_in_process
+from testkit.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 READY = "Worker process is ready for action"
@@ -91,7 +93,7 @@ def test_a_worker_killed_mid_step_is_recovered_without_repeating_done_steps(
     procs.start("worker")
     procs.wait_ready("worker", READY)
     execution_id = make_execution(automation_id)
-    send_run(execution_id, max_retries=3)
+    send_run(RunMessage(execution_id, 3))
     wait_for(
         lambda: len(_keys(agent, execution_id)) == 2,
         message="step 2 in flight",
@@ -106,7 +108,9 @@ def test_a_worker_killed_mid_step_is_recovered_without_repeating_done_steps(
     procs.start("worker", as_name="worker2")
     procs.wait_ready("worker2", READY)
     wait_for(
-        lambda: recover_stranded() >= 0 and execution(execution_id).status == "succeeded",
+        lambda: (
+            engine.recover_stranded(send_run) >= 0 and execution(execution_id).status == "succeeded"
+        ),
         timeout=60,
         interval=1,
         message="the execution to be recovered and succeed",
@@ -138,7 +142,7 @@ def test_sigterm_mid_step_finishes_the_step_and_hands_the_run_back(procs: Any, a
     worker = procs.start("worker")
     procs.wait_ready("worker", READY)
     execution_id = make_execution(automation_id)
-    send_run(execution_id, max_retries=3)
+    send_run(RunMessage(execution_id, 3))
     wait_for(lambda: len(_keys(agent, execution_id)) == 2, message="step 2 in flight")
     # when the process group gets SIGTERM (as honcho and Heroku send it) mid-step
     signalled_at = time.monotonic()
@@ -175,14 +179,8 @@ RUN_S = 23  # one run outlasts two 10 s intervals
 @pytest.fixture
 def wide_worker(db: None, redis_client: Any) -> Iterator[Any]:
     """An in-process Worker with enough threads for every overlapping run at once."""
-    import dramatiq
-
-    from tasks.actors import broker
-
-    w = dramatiq.Worker(broker, worker_threads=8, worker_timeout=100, queues={"default"})
-    w.start()
-    yield w
-    w.stop(timeout=30_000)
+    with worker_in_process(threads=8, stop_timeout_ms=30_000) as running:
+        yield running
 
 
 @pytest.mark.timeout(180)
@@ -205,7 +203,7 @@ def test_overlap_policies_with_a_run_longer_than_two_intervals(
             overlap_policy=policy,
         )
     # when the dispatcher runs (its horizon covers all three slots)
-    assert dispatch_due() == 9
+    assert engine.dispatch_due(send_run) == 9
 
     def settled() -> bool:
         rows = [r for sid in schedules.values() for r in executions_of(sid)]
@@ -292,7 +290,7 @@ def test_load_1000_executions_through_two_worker_processes(procs: Any, agent: An
         reader.start()
     began = time.monotonic()
     for execution_id in ids:
-        send_run(execution_id, max_retries=3)
+        send_run(RunMessage(execution_id, 3))
     cancelled = set(ids[100:1000:50])  # 18, some queued, some already running
     for execution_id in cancelled:
         with contextlib.suppress(InvalidState):

@@ -4,50 +4,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy import insert
 
 from db import queries
 from db.dispatch import beat
-from db.models import Execution, StepRun
+from db.models import StepRun
 from db.queries import ExecutionFilters
-from db.runs import db_now
 from db.session import session_scope
-from tests.factories import make_automation, make_schedule
+from testkit.factories import add_runs, make_automation, make_schedule, now
 
 pytestmark = pytest.mark.usefixtures("db")
-
-
-def now() -> datetime:
-    with session_scope() as session:
-        return db_now(session)
-
-
-def add_runs(automation_id: uuid.UUID, rows: list[dict[str, Any]]) -> list[uuid.UUID]:
-    """Insert executions directly: history with chosen statuses and times."""
-    base = now()
-    full = []
-    for n, row in enumerate(rows):
-        queued = row.pop("queued_at", base - timedelta(minutes=n))
-        values = {
-            "id": uuid.uuid4(),
-            "automation_id": automation_id,
-            "schedule_id": None,
-            "trigger": "manual",
-            "scheduled_for": queued,
-            "status": "succeeded",
-            "queued_at": queued,
-            "started_at": queued,
-            "finished_at": queued + timedelta(seconds=1),
-            "total_steps": 1,
-        }
-        values.update(row)
-        full.append(values)
-    with session_scope() as session:
-        session.execute(insert(Execution), full)
-    return [r["id"] for r in full]
 
 
 def test_kpis_count_active_schedules_runs_and_rates() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from stepwise.errors import ConfigError
-from stepwise.settings import Settings, get_settings
+from core.errors import ConfigError
+from core.settings import Settings, get_settings
 
 
 def test_heroku_postgres_urls_get_a_driver(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,11 +9,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from core.automation import AutomationInput, Step
+from core.errors import StepwiseError, ValidationFailed
+from core.vocabulary import OPEN_STATUSES, ExecutionStatus
 from dashboard import forms, ui
 from db import commands, queries
 from db.queries import ExecutionFilters
-from stepwise.automation import AutomationInput, Step
-from stepwise.errors import StepwiseError, ValidationFailed
 from tasks import actions
 
 NEW = "new"
@@ -187,7 +188,7 @@ if current is not None:
     if st.session_state.get("auto_confirm_delete") == choice:
         waiting = ui.read(
             queries.count_executions,
-            ExecutionFilters(statuses=("queued",), automation_id=current.id),
+            ExecutionFilters(statuses=(ExecutionStatus.QUEUED,), automation_id=current.id),
         )
         st.warning(
             f"Delete “{current.name}”? Its {current.schedules} schedule(s) stop and its "
@@ -210,7 +211,7 @@ def show_test_run(execution_id: uuid.UUID) -> None:
     detail = ui.read(queries.execution_detail, execution_id)
     deadline = time.monotonic() + TEST_RUN_WAIT_S
     with st.spinner("Running the automation against the agent…"):
-        while detail and detail.execution.status in ("queued", "running"):
+        while detail and detail.execution.status in OPEN_STATUSES:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.5)
@@ -219,7 +220,7 @@ def show_test_run(execution_id: uuid.UUID) -> None:
         return
     run = detail.execution
     st.markdown(f"**Test run** `{run.id}`: {ui.badge_md(run.status)}")
-    if run.status in ("queued", "running"):
+    if run.status in OPEN_STATUSES:
         st.info("Still running: no worker may be up. Follow it on the Executions page.")
     if run.error:
         st.error(run.error)
@@ -227,13 +228,7 @@ def show_test_run(execution_id: uuid.UUID) -> None:
         st.dataframe(
             pd.DataFrame(
                 {
-                    "Step": [f"{s.step_number}. {s.step_name}" for s in detail.steps],
-                    "Attempt": [s.attempt for s in detail.steps],
-                    "Status": [ui.badge(s.status) for s in detail.steps],
-                    "HTTP": [s.response_status for s in detail.steps],
-                    "Duration": [
-                        ui.fmt_duration((s.duration_ms or 0) / 1000) for s in detail.steps
-                    ],
+                    **ui.step_columns(detail.steps),
                     "Response": [(s.response_body or s.error or "")[:300] for s in detail.steps],
                 }
             ),

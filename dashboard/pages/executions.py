@@ -10,13 +10,15 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from core.errors import StepwiseError
+from core.vocabulary import OPEN_STATUSES, ExecutionStatus
 from dashboard import ui
 from dashboard.filters import history_filters
 from db import queries
-from stepwise.errors import StepwiseError
 from tasks import actions
 
 PAGE_SIZES = (25, 50, 100)
+RETRYABLE = (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED)  # what "Retry" re-opens
 
 st.title("Executions")
 ui.scheduler_warning()
@@ -141,14 +143,7 @@ def detail_view(execution_id: uuid.UUID) -> None:
         st.dataframe(
             pd.DataFrame(
                 {
-                    "Step": [f"{s.step_number}. {s.step_name}" for s in detail.steps],
-                    "Attempt": [s.attempt for s in detail.steps],
-                    "Status": [ui.badge(s.status) for s in detail.steps],
-                    "HTTP": [s.response_status for s in detail.steps],
-                    "Duration": [
-                        ui.fmt_duration(None if s.duration_ms is None else s.duration_ms / 1000)
-                        for s in detail.steps
-                    ],
+                    **ui.step_columns(detail.steps),
                     "Started": [ui.fmt_time(s.started_at) for s in detail.steps],
                     "Error": [s.error or "" for s in detail.steps],
                 }
@@ -178,13 +173,13 @@ def _pretty(body: str | None) -> str:
 def actions_row(run: queries.ExecutionRow) -> None:
     a, b, _ = st.columns([1, 1, 4])
     try:
-        if run.status in ("failed", "cancelled") and a.button(
+        if run.status in RETRYABLE and a.button(
             "Retry", icon=":material/replay:", key=f"ex_retry_{run.id}", width="stretch"
         ):
             actions.retry(run.id, actor=ui.ACTOR)
             st.session_state["flash"] = "Retry queued: it resumes at the step that failed."
             st.rerun()
-        if run.status in ("queued", "running") and b.button(
+        if run.status in OPEN_STATUSES and b.button(
             "Cancel", icon=":material/cancel:", key=f"ex_cancel_{run.id}", width="stretch"
         ):
             actions.cancel(run.id, actor=ui.ACTOR)

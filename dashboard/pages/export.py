@@ -8,22 +8,22 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.errors import StepwiseError
 from dashboard import ui
 from dashboard.filters import history_filters
 from db import exports, queries
-from stepwise.errors import StepwiseError
 
-LABELS = {"csv": "CSV", "parquet": "Parquet", "xlsx": "Excel (.xlsx)"}
+LABELS: dict[exports.Format, str] = {"csv": "CSV", "parquet": "Parquet", "xlsx": "Excel (.xlsx)"}
 EXPORT_DIR = Path(tempfile.gettempdir()) / "stepwise-exports"
 
 st.title("Export")
 st.caption(
     "Download the run history for a spreadsheet or a notebook. The same export runs from "
     "scripts: `stepwise export --format parquet --out runs.parquet --status failed`, or "
-    "`db.exports.history_frame(filters)` in Python."
+    "`db.exports.history_frame(session, filters)` in Python."
 )
 filters = history_filters("exp")
-fmt = st.radio(
+fmt: exports.Format = st.radio(
     "Format", list(LABELS), format_func=LABELS.__getitem__, horizontal=True, key="exp_format"
 )
 total = ui.read(queries.count_executions, filters)
@@ -58,7 +58,7 @@ if st.button("Build file", type="primary", key="exp_build"):
         bar.progress(done / of if of else 1.0, text=f"{done:,} of {of:,} rows")
 
     try:
-        rows = exports.write_history(filters, path, fmt, progress=progress)  # type: ignore[arg-type]
+        rows = ui.read(exports.write_history, filters, path, fmt, progress=progress)
     except StepwiseError as exc:
         bar.empty()
         st.error(str(exc))

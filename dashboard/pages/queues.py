@@ -7,6 +7,7 @@ import streamlit as st
 
 from dashboard import ui
 from tasks import queues
+from tasks.broker import QUEUES
 
 st.title("Queues")
 st.caption(
@@ -56,7 +57,7 @@ def live() -> None:
 live()
 
 st.subheader("Dead letters")
-queue = st.selectbox("Queue", queues.QUEUES, key="q_queue")
+queue = st.selectbox("Queue", QUEUES, key="q_queue")
 try:
     letters = queues.dead_letters(queue)
 except Exception as exc:

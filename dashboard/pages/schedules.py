@@ -7,15 +7,12 @@ import uuid
 import pandas as pd
 import streamlit as st
 
+from core.errors import StepwiseError
+from core.vocabulary import ScheduleState
 from dashboard import ui
 from dashboard.schedule_dialog import STATE, notify_scheduler, open_dialog, schedule_dialog
 from db import commands, queries
-from db.dispatch import spec_of
-from stepwise.errors import StepwiseError
-from stepwise.schedule import describe
 from tasks import actions
-
-STATES = ("active", "paused", "completed")
 
 st.title("Schedules")
 ui.scheduler_warning()
@@ -38,7 +35,7 @@ top[0].selectbox(
     key="sch_automation",
 )
 top[1].selectbox(
-    "Status", ["", *STATES], format_func=lambda s: s or "All statuses", key="sch_state"
+    "Status", ["", *ScheduleState], format_func=lambda s: s or "All statuses", key="sch_state"
 )
 top[2].button(
     "New schedule",
@@ -52,7 +49,7 @@ top[2].button(
 
 def timing(row: queries.ScheduleRow) -> str:
     try:
-        return describe(spec_of(row))  # type: ignore[arg-type]
+        return row.describe()
     except StepwiseError:
         return "invalid schedule"
 

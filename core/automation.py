@@ -5,15 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from stepwise.errors import FieldError, ValidationFailed
-
-MAX_STEPS = 50
-MAX_NAME = 200
-MAX_MESSAGE = 20_000
-MAX_TEXT = 100_000
-MAX_URL = 2000
-MAX_STEP_TIMEOUT_S = 3600
-MAX_RETRIES = 20
+from core.errors import FieldError, ValidationFailed
+from core.limits import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_STEP_TIMEOUT_S,
+    MAX_MESSAGE,
+    MAX_NAME,
+    MAX_RETRIES,
+    MAX_STEP_TIMEOUT_S,
+    MAX_STEPS,
+    MAX_TEXT,
+    MAX_URL,
+    MIN_STEP_TIMEOUT_S,
+)
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,8 @@ class AutomationInput:
     steps: tuple[Step, ...]
     description: str = ""
     project_context: str = ""
-    step_timeout_s: int = 30
-    max_retries: int = 3
+    step_timeout_s: int = DEFAULT_STEP_TIMEOUT_S
+    max_retries: int = DEFAULT_MAX_RETRIES
     owner_id: str = "local"
     headers_ref: str | None = None
 
@@ -84,9 +88,12 @@ def validate_automation(data: AutomationInput) -> None:
     if (problem := _check_url(data.agent_url)) is not None:
         errors.append(FieldError("agent_url", problem))
     errors += _check_steps(data.steps)
-    if not 1 <= data.step_timeout_s <= MAX_STEP_TIMEOUT_S:
+    if not MIN_STEP_TIMEOUT_S <= data.step_timeout_s <= MAX_STEP_TIMEOUT_S:
         errors.append(
-            FieldError("step_timeout_s", f"must be between 1 and {MAX_STEP_TIMEOUT_S} seconds")
+            FieldError(
+                "step_timeout_s",
+                f"must be between {MIN_STEP_TIMEOUT_S} and {MAX_STEP_TIMEOUT_S} seconds",
+            )
         )
     if not 0 <= data.max_retries <= MAX_RETRIES:
         errors.append(FieldError("max_retries", f"must be between 0 and {MAX_RETRIES}"))

@@ -1,4 +1,4 @@
-"""Start the Procfile's processes as real subprocesses, as production runs them."""
+"""The Procfile's processes as real subprocesses, as production runs them."""
 
 from __future__ import annotations
 
@@ -6,37 +6,44 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from stepwise.cli import read_procfile
 
 ROOT = Path(__file__).resolve().parent.parent
+# What a dramatiq process logs once its workers consume (worker and dispatcher).
+READY = "Worker process is ready for action"
 
 
 class Processes:
-    """Procfile processes started for one test; all stopped at the end."""
+    """Procfile processes started for one test or benchmark run, each in its own group."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, **env: str) -> None:
         self.log_dir = log_dir
+        self.env = env  # added to every process's environment
         self.running: dict[str, subprocess.Popen[bytes]] = {}
         self.procfile = read_procfile()
 
     def start(
-        self, name: str, *, as_name: str | None = None, **env: str
+        self, name: str, *, as_name: str | None = None, command: str | None = None, **env: str
     ) -> subprocess.Popen[bytes]:
+        """Start Procfile process `name` (or `command`), known as `as_name` if given."""
         key = as_name or name
         environment = {
             **os.environ,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYTHONUNBUFFERED": "1",
-            "STEPWISE_WORKER_PROCESSES": "1",
-            "STEPWISE_WORKER_THREADS": "4",
+            **self.env,
             **env,
         }
         log = open(self.log_dir / f"{key}.log", "ab")  # noqa: SIM115 - lives with the process
         process = subprocess.Popen(
-            self.procfile[name],
+            command or self.procfile[name],
             shell=True,
             cwd=ROOT,
             env=environment,
@@ -74,12 +81,39 @@ class Processes:
         for key in list(self.running):
             self.stop(key)
 
-    def wait_ready(self, key: str, marker: str, timeout: float = 30) -> None:
+    def wait_ready(self, key: str, marker: str, *, count: int = 1, timeout: float = 30) -> None:
+        """Wait until `marker` appears `count` times in the log; fail if the process exits."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if marker in self.log(key):
+            if self.log(key).count(marker) >= count:
                 return
             if self.running[key].poll() is not None:
                 raise AssertionError(f"{key} exited early:\n{self.log(key)[-3000:]}")
             time.sleep(0.1)
         raise AssertionError(f"{key} not ready after {timeout} s:\n{self.log(key)[-3000:]}")
+
+
+@contextmanager
+def worker_in_process(*, threads: int, stop_timeout_ms: int = 10_000) -> Iterator[Any]:
+    """A real dramatiq Worker for the run queue on the real Redis broker, in this process."""
+    import dramatiq
+
+    from tasks.actors import broker
+    from tasks.broker import RUN_QUEUE
+
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100, queues={RUN_QUEUE})
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop(timeout=stop_timeout_ms)
+
+
+@contextmanager
+def processes(**env: str) -> Iterator[Processes]:
+    """Processes logging to a fresh temporary folder; all stopped on exit."""
+    procs = Processes(Path(tempfile.mkdtemp(prefix="stepwise-logs-")), **env)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()

@@ -1,18 +1,21 @@
-"""make_* helpers: the smallest valid objects, overridable field by field."""
+"""make_* helpers: the smallest valid objects, overridable field by field; reading rows back."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
+from core.automation import AutomationInput, Step
+from core.schedule import ScheduleDefinition, ScheduleInput, parse_schedule
+from core.settings import get_settings
+from core.timing import ScheduleSpec
+from core.vocabulary import ExecutionStatus, ScheduleKind, Trigger
 from db import commands
-from db.models import Base, Execution, StepRun
-from db.session import session_scope
-from stepwise.automation import AutomationInput, Step
-from stepwise.schedule import ScheduleSpec
+from db.models import Base, Execution, Schedule, StepRun
+from db.session import db_now, session_scope
 
 
 def automation_input(**overrides: Any) -> AutomationInput:
@@ -40,12 +43,17 @@ def make_schedule(automation_id: uuid.UUID, **overrides: Any) -> uuid.UUID:
     spec_fields = {
         k: overrides.pop(k) for k in list(overrides) if k in ScheduleSpec.__dataclass_fields__
     }
-    spec_fields.setdefault("kind", "cron")
-    if spec_fields["kind"] == "cron":
+    spec_fields.setdefault("kind", ScheduleKind.CRON)
+    if spec_fields["kind"] == ScheduleKind.CRON:
         spec_fields.setdefault("cron_expr", "* * * * *")
+    data = schedule_definition(ScheduleInput(spec=ScheduleSpec(**spec_fields), **overrides))
     with session_scope() as session:
-        data = commands.ScheduleInput(spec=ScheduleSpec(**spec_fields), **overrides)
         return commands.create_schedule(session, automation_id, data, actor="test").id
+
+
+def schedule_definition(data: ScheduleInput) -> ScheduleDefinition:
+    """`data` parsed as the dashboard and the API parse it (ValidationFailed if bad)."""
+    return parse_schedule(data, retention_days=get_settings().retention_days)
 
 
 def make_execution(automation_id: uuid.UUID, **values: Any) -> uuid.UUID:
@@ -56,12 +64,24 @@ def make_execution(automation_id: uuid.UUID, **values: Any) -> uuid.UUID:
         return execution.id
 
 
-def execution(execution_id: uuid.UUID) -> Execution:
+M = TypeVar("M", bound=Base)
+
+
+def fetch(model: type[M], key: Any) -> M:
+    """The row of `model` with primary key `key`, detached for reading after the session."""
     with session_scope() as session:
-        row = session.get(Execution, execution_id)
-        assert row is not None
+        row = session.get(model, key)
+        assert row is not None, f"no {model.__name__} {key}"
         session.expunge(row)
         return row
+
+
+def execution(execution_id: uuid.UUID) -> Execution:
+    return fetch(Execution, execution_id)
+
+
+def schedule(schedule_id: uuid.UUID) -> Schedule:
+    return fetch(Schedule, schedule_id)
 
 
 def executions_of(schedule_id: uuid.UUID) -> list[Execution]:
@@ -104,7 +124,32 @@ def table_snapshot() -> dict[str, list[tuple[Any, ...]]]:
         }
 
 
-def utc(*args: int) -> datetime:
-    from datetime import UTC
+def now() -> datetime:
+    """The database's clock."""
+    with session_scope() as session:
+        return db_now(session)
 
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+
+def add_runs(automation_id: uuid.UUID, rows: list[dict[str, Any]]) -> list[uuid.UUID]:
+    """Insert executions directly: history with chosen statuses and times."""
+    base = now()
+    full = []
+    for n, row in enumerate(rows):
+        queued = row.pop("queued_at", base - timedelta(minutes=n))
+        values = {
+            "id": uuid.uuid4(),
+            "automation_id": automation_id,
+            "schedule_id": None,
+            "trigger": Trigger.MANUAL,
+            "scheduled_for": queued,
+            "status": ExecutionStatus.SUCCEEDED,
+            "queued_at": queued,
+            "started_at": queued,
+            "finished_at": queued + timedelta(seconds=1),
+            "total_steps": 1,
+        }
+        values.update(row)
+        full.append(values)
+    with session_scope() as session:
+        session.execute(insert(Execution), full)
+    return [r["id"] for r in full]

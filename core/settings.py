@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from stepwise.errors import ConfigError
+from core.errors import ConfigError
 
 
 class Settings(BaseSettings):
@@ -79,6 +79,14 @@ class Settings(BaseSettings):
             raise ConfigError(
                 f"{' and '.join(missing)} not set: start Stepwise with `make run` "
                 "(embedded servers) or set them to your PostgreSQL / Redis"
+            )
+
+    def require_redis(self) -> None:
+        """Fail clearly when a process that sends or consumes messages has no Redis."""
+        if not self.redis_url:
+            raise ConfigError(
+                "REDIS_URL not set: start Stepwise with `make run` (embedded servers) "
+                "or set it to your Redis"
             )
 
 

@@ -2,7 +2,7 @@
 
 Validation errors carry the field they belong to and a sentence a person can act
 on; the dashboard shows them next to the field, the API raises them before any
-write.
+write. Errors that end a step or an execution are stored on its row as well.
 """
 
 from __future__ import annotations
@@ -49,3 +49,15 @@ class InvalidState(StepwiseError):
 
 class ConfigError(StepwiseError):
     """Bad configuration; the message names the environment variable."""
+
+
+class StepFailed(StepwiseError):
+    """A step failed in a way worth retrying; Dramatiq's Retries schedules the next try."""
+
+
+class AgentRejected(StepwiseError):
+    """A step failed for good (4xx, bad URL); the message is dead-lettered at once."""
+
+
+class ServerStartFailed(StepwiseError):
+    """An embedded PostgreSQL or Redis could not start; the message says what to change."""

@@ -1,0 +1,36 @@
+"""Every bound Stepwise puts on its input, in one place.
+
+Validation (`core.automation`, `core.schedule`), the database's CHECK constraints and
+column sizes (`db/models.py`), the dashboard's inputs and the tests all read these
+names; none of them types a number of its own.
+"""
+
+from __future__ import annotations
+
+# Automations.
+MAX_STEPS = 50
+MAX_NAME = 200  # automation and step names
+MAX_MESSAGE = 20_000  # one step's message
+MAX_TEXT = 100_000  # description, project context
+MAX_URL = 2000
+MIN_STEP_TIMEOUT_S = 1
+MAX_STEP_TIMEOUT_S = 3600
+DEFAULT_STEP_TIMEOUT_S = 30
+MAX_RETRIES = 20
+DEFAULT_MAX_RETRIES = 3
+MAX_OWNER = 200
+MAX_HEADERS_REF = 200
+
+# Schedules.
+MIN_INTERVAL_S = 10
+MAX_CRON = 200
+MAX_TIMEZONE = 64
+MAX_REASON = 200  # completed_reason
+MAX_CATCHUP_WINDOW_S = 7 * 86400  # also capped by the retention age (see core.schedule)
+DEFAULT_CATCHUP_WINDOW_S = 3600
+MAX_JITTER_S = 3600
+MAX_RUN_ALL = 100  # missed slots run by the run_all misfire policy
+MAX_SKIPPED_RECORDED = 100  # missed slots recorded one row each; older ones only counted
+
+# Words stored in short text columns (statuses, kinds, policies, triggers).
+MAX_WORD = 16

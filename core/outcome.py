@@ -1,0 +1,100 @@
+"""What an agent's answer means: success, a failure worth retrying, or a failure for good.
+
+The agent contract's pure half: `tasks/agent.py` makes the HTTP call and hands the
+status, reason, headers and (capped) body to `answer_outcome`. 2xx is success;
+5xx, 408 and 429 are worth retrying (honouring Retry-After); any other status
+fails the execution at once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+RETRYABLE_STATUSES = frozenset({408, 429})
+MAX_RETRY_AFTER_S = 3600.0
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """What one agent call produced, ready to be stored on its step_run."""
+
+    ok: bool
+    retryable: bool
+    status: int | None
+    body: str | None
+    error: str | None
+    duration_ms: int
+    retry_after_s: float | None = None
+    output: Any = None
+
+    @classmethod
+    def failure(cls, error: str, duration_ms: int, *, retryable: bool) -> StepOutcome:
+        """A call that produced no usable answer (timeout, refused, bad URL, redirect)."""
+        return cls(False, retryable, None, None, error, duration_ms)
+
+
+def is_retryable_status(status: int) -> bool:
+    return status >= 500 or status in RETRYABLE_STATUSES
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (seconds or HTTP date), capped at an hour."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def clean_text(text: str) -> str:
+    # PostgreSQL text and jsonb cannot hold NUL characters.
+    return text.replace("\x00", "\ufffd")
+
+
+def parse_output(body: str, *, truncated: bool) -> Any:
+    """The step's output for the next step: JSON when the body is JSON, else the text."""
+    if not truncated:
+        try:
+            return json.loads(body)
+        except ValueError:
+            pass
+    return body
+
+
+def decode_body(raw: bytes, limit: int) -> tuple[str, bool]:
+    """The first `limit` bytes as storable text, and whether the body was longer."""
+    truncated = len(raw) > limit
+    text = clean_text(raw[:limit].decode("utf-8", errors="replace"))
+    if truncated:
+        text += f"\n[truncated: stored the first {limit} bytes]"
+    return text, truncated
+
+
+def answer_outcome(
+    status: int,
+    reason: str,
+    body: str,
+    *,
+    truncated: bool,
+    retry_after: str | None,
+    duration_ms: int,
+) -> StepOutcome:
+    """Classify an HTTP answer of the agent (after redirects were followed)."""
+    if 200 <= status < 300:
+        output = parse_output(body, truncated=truncated)
+        return StepOutcome(True, False, status, body, None, duration_ms, output=output)
+    retryable = is_retryable_status(status)
+    error = f"agent answered HTTP {status} {reason}".rstrip()
+    wait = parse_retry_after(retry_after) if retryable else None
+    return StepOutcome(False, retryable, status, body, error, duration_ms, wait)

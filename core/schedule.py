@@ -1,0 +1,245 @@
+"""A schedule's rules: its timing plus the policies, and what a dispatch tick makes of them.
+
+`parse_schedule` turns what a person gives (`ScheduleInput`) into a
+`ScheduleDefinition` once, with every rule checked (timing, misfire and overlap
+policies, catch-up window, jitter); `plan_dispatch`, `initial_next_run_at` and
+`decide_overlap` trust what they are given. No I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from core.errors import FieldError, ValidationFailed
+from core.limits import (
+    DEFAULT_CATCHUP_WINDOW_S,
+    MAX_CATCHUP_WINDOW_S,
+    MAX_JITTER_S,
+    MAX_RUN_ALL,
+    MAX_SKIPPED_RECORDED,
+)
+from core.timing import (
+    ScheduleSpec,
+    Timing,
+    as_utc,
+    count_slots,
+    first_slot,
+    parse_timing,
+    slots_from,
+)
+from core.vocabulary import (
+    MisfirePolicy,
+    OverlapDecision,
+    OverlapPolicy,
+    ScheduleKind,
+    one_of,
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    key: str
+    label: str
+    cron_expr: str | None
+
+
+PRESETS: tuple[Preset, ...] = (
+    Preset("every_minute", "Every minute", "* * * * *"),
+    Preset("every_5_minutes", "Every 5 minutes", "*/5 * * * *"),
+    Preset("every_15_minutes", "Every 15 minutes", "*/15 * * * *"),
+    Preset("every_30_minutes", "Every 30 minutes", "*/30 * * * *"),
+    Preset("hourly", "Hourly", "0 * * * *"),
+    Preset("every_6_hours", "Every 6 hours", "0 */6 * * *"),
+    Preset("daily_midnight", "Daily at 00:00", "0 0 * * *"),
+    Preset("daily_9am", "Daily at 09:00", "0 9 * * *"),
+    Preset("weekdays_9am", "Weekdays at 09:00", "0 9 * * 1-5"),
+    Preset("weekly_monday_9am", "Weekly on Monday at 09:00", "0 9 * * 1"),
+    Preset("monthly_1st_9am", "Monthly on the 1st at 09:00", "0 9 1 * *"),
+    Preset("once", "Once at a chosen time", None),
+)
+
+
+def preset(key: str) -> Preset:
+    """The preset named ``key``; ValidationFailed (field "preset") if there is none."""
+    for candidate in PRESETS:
+        if candidate.key == key:
+            return candidate
+    keys = ", ".join(p.key for p in PRESETS)
+    raise ValidationFailed.single("preset", f"unknown preset {key!r}; use one of {keys}")
+
+
+# --- the rules ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScheduleInput:
+    """A schedule as a person gives it: not validated yet."""
+
+    spec: ScheduleSpec
+    misfire_policy: str = MisfirePolicy.RUN_ONCE
+    catchup_window_s: int = DEFAULT_CATCHUP_WINDOW_S
+    overlap_policy: str = OverlapPolicy.SKIP
+    jitter_s: int = 0
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class ScheduleDefinition:
+    """A schedule whose every rule was checked by `parse_schedule`."""
+
+    timing: Timing
+    misfire_policy: MisfirePolicy
+    catchup_window_s: int
+    overlap_policy: OverlapPolicy
+    jitter_s: int
+    enabled: bool
+
+
+def catchup_window_cap(retention_days: int) -> int:
+    """History must outlive the catch-up window, or a purged slot could run again."""
+    return min(MAX_CATCHUP_WINDOW_S, retention_days * 86400)
+
+
+def parse_schedule(data: ScheduleInput, *, retention_days: int) -> ScheduleDefinition:
+    """Check every rule of `data` at once; raise ValidationFailed listing each problem."""
+    errors: list[FieldError] = []
+    timing = None
+    try:
+        timing = parse_timing(data.spec)
+    except ValidationFailed as exc:
+        errors += exc.errors
+    if data.misfire_policy not in set(MisfirePolicy):
+        errors.append(FieldError("misfire_policy", f"must be one of {one_of(MisfirePolicy)}"))
+    if data.overlap_policy not in set(OverlapPolicy):
+        errors.append(FieldError("overlap_policy", f"must be one of {one_of(OverlapPolicy)}"))
+    window_cap = catchup_window_cap(retention_days)
+    if not 0 <= data.catchup_window_s <= window_cap:
+        errors.append(FieldError("catchup_window_s", f"must be between 0 and {window_cap} seconds"))
+    if not 0 <= data.jitter_s <= MAX_JITTER_S:
+        errors.append(FieldError("jitter_s", f"must be between 0 and {MAX_JITTER_S} seconds"))
+    if errors or timing is None:
+        raise ValidationFailed(errors)
+    return ScheduleDefinition(
+        timing=timing,
+        misfire_policy=MisfirePolicy(data.misfire_policy),
+        catchup_window_s=data.catchup_window_s,
+        overlap_policy=OverlapPolicy(data.overlap_policy),
+        jitter_s=data.jitter_s,
+        enabled=data.enabled,
+    )
+
+
+# --- dispatch -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DispatchPlan:
+    run: list[datetime]
+    skipped: list[datetime]
+    expired: int
+    next_run_at: datetime | None
+    completed_reason: str | None
+
+
+MAX_RUNS_REACHED = "max_runs reached"
+
+
+def plan_dispatch(
+    timing: Timing,
+    *,
+    next_run_at: datetime,
+    now: datetime,
+    horizon: timedelta,
+    grace: timedelta,
+    misfire_policy: MisfirePolicy,
+    catchup_window_s: int,
+    dispatched: int,
+) -> DispatchPlan:
+    """Which slots from ``next_run_at`` up to ``now + horizon`` run, are skipped or expire.
+
+    Slots at or after ``now - grace`` are due and run (possibly later: the caller
+    delays them). Older ones were missed: those before the catch-up window are only
+    counted, the rest follow ``misfire_policy``. Only slots that run count towards
+    max_runs (together with ``dispatched``).
+    """
+    now, due_from = as_utc(now), as_utc(now) - grace
+    remaining = None if timing.max_runs is None else timing.max_runs - dispatched
+    if remaining is not None and remaining <= 0:
+        return DispatchPlan([], [], 0, None, MAX_RUNS_REACHED)
+    # Slots before the window (or before due_from, if grace exceeds the window) expire.
+    expire_before = min(due_from, now - timedelta(seconds=catchup_window_s))
+    cursor, expired = as_utc(next_run_at), 0
+    if cursor < expire_before:
+        expired, cursor = count_slots(timing, cursor, expire_before), expire_before
+    slots = slots_from(timing, cursor)
+    missed, overflow, slot = _collect_missed(slots, due_from)
+    run, skipped = _apply_misfire(missed, misfire_policy)
+    run = run[:remaining]
+    while slot is not None and slot < now + horizon and (remaining is None or len(run) < remaining):
+        run.append(slot)
+        slot = next(slots, None)
+    expired += overflow + max(0, len(skipped) - MAX_SKIPPED_RECORDED)
+    skipped = skipped[-MAX_SKIPPED_RECORDED:]
+    if remaining is not None and len(run) >= remaining:
+        return DispatchPlan(run, skipped, expired, None, MAX_RUNS_REACHED)
+    if slot is None:
+        return DispatchPlan(run, skipped, expired, None, _exhausted_reason(timing))
+    return DispatchPlan(run, skipped, expired, slot, None)
+
+
+def _collect_missed(
+    slots: Iterator[datetime], due_from: datetime
+) -> tuple[list[datetime], int, datetime | None]:
+    """The newest missed slots worth keeping, how many older ones overflowed, the first due slot."""
+    kept: deque[datetime] = deque(maxlen=MAX_RUN_ALL + MAX_SKIPPED_RECORDED)
+    overflow = 0
+    slot = next(slots, None)
+    while slot is not None and slot < due_from:
+        if len(kept) == kept.maxlen:
+            overflow += 1
+        kept.append(slot)
+        slot = next(slots, None)
+    return list(kept), overflow, slot
+
+
+def _apply_misfire(
+    missed: list[datetime], policy: MisfirePolicy
+) -> tuple[list[datetime], list[datetime]]:
+    """Split the missed slots (ascending) into (run, skipped) by the misfire policy."""
+    if not missed or policy == MisfirePolicy.SKIP:
+        return [], missed
+    if policy == MisfirePolicy.RUN_ONCE:
+        return missed[-1:], missed[:-1]
+    return missed[-MAX_RUN_ALL:], missed[:-MAX_RUN_ALL]
+
+
+def _exhausted_reason(timing: Timing) -> str:
+    if timing.kind == ScheduleKind.ONCE:
+        return "ran once"
+    return "end_at reached" if timing.end_at is not None else "no further slot"
+
+
+def initial_next_run_at(timing: Timing, now: datetime) -> tuple[datetime | None, str | None]:
+    """The first slot at or after ``now`` for a new, resumed or edited schedule.
+
+    Resuming never replays the paused period. Returns (None, reason) if no slot can
+    ever run any more.
+    """
+    slot = first_slot(timing, now)
+    if slot is not None:
+        return slot, None
+    if timing.kind == ScheduleKind.ONCE:
+        return None, "run_at has passed"
+    return None, _exhausted_reason(timing)
+
+
+def decide_overlap(policy: OverlapPolicy, *, running: bool, waiting: bool) -> OverlapDecision:
+    """What to do with a run that is due while another run of the schedule may be running."""
+    if policy == OverlapPolicy.ALLOW or not running:
+        return OverlapDecision.RUN
+    if policy == OverlapPolicy.SKIP or waiting:
+        return OverlapDecision.SKIP
+    return OverlapDecision.WAIT

@@ -1,0 +1,106 @@
+"""The words of the domain: every status, kind and policy, one StrEnum each.
+
+A member compares equal to its text (`ExecutionStatus.QUEUED == "queued"`), so rows
+read from PostgreSQL and values typed in a form need no conversion; the database's
+CHECK constraints are generated from these members (`db/models.py`), so a word
+added here is a word the database accepts.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ExecutionStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+    @property
+    def is_open(self) -> bool:
+        """Not finished yet: a worker may still pick it up or is running it."""
+        return self in OPEN_STATUSES
+
+
+OPEN_STATUSES = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
+FINAL_STATUSES = tuple(s for s in ExecutionStatus if s not in OPEN_STATUSES)
+# What a run ended with, as charted: cancelled runs are a person's choice, not an outcome.
+CHART_STATUSES = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.SKIPPED)
+
+
+class StepStatus(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class Trigger(StrEnum):
+    """Why an execution exists."""
+
+    SCHEDULE = "schedule"
+    MANUAL = "manual"
+    RETRY = "retry"
+
+
+class ScheduleKind(StrEnum):
+    CRON = "cron"
+    INTERVAL = "interval"
+    ONCE = "once"
+
+
+class MisfirePolicy(StrEnum):
+    """What to do with slots missed while nothing dispatched (e.g. downtime)."""
+
+    SKIP = "skip"
+    RUN_ONCE = "run_once"
+    RUN_ALL = "run_all"
+
+
+class OverlapPolicy(StrEnum):
+    """What to do with a slot that is due while the previous run still runs."""
+
+    SKIP = "skip"
+    BUFFER_ONE = "buffer_one"
+    ALLOW = "allow"
+
+
+class OverlapDecision(StrEnum):
+    RUN = "run"
+    SKIP = "skip"
+    WAIT = "wait"
+
+
+class ScheduleState(StrEnum):
+    """How a schedule reads in lists: enabled, paused by a person, or done for good."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+
+
+class AuditAction(StrEnum):
+    """What a person did, as the audit log records it."""
+
+    CREATE = "create"
+    EDIT = "edit"
+    PAUSE = "pause"
+    RESUME = "resume"
+    DELETE = "delete"
+    RUN_NOW = "run_now"
+    RETRY = "retry"
+    CANCEL = "cancel"
+
+
+class AuditTarget(StrEnum):
+    AUTOMATION = "automation"
+    SCHEDULE = "schedule"
+    EXECUTION = "execution"
+
+
+def one_of(enum: type[StrEnum]) -> str:
+    """ "a, b or c": the choices of `enum` for an error message."""
+    values = [member.value for member in enum]
+    return ", ".join(values[:-1]) + f" or {values[-1]}" if len(values) > 1 else values[0]

@@ -153,7 +153,12 @@ def bench_database(servers: Servers, *, keep: bool = False) -> Iterator[str]:
     client = redis.Redis.from_url(servers.redis_url)
     client.flushdb()
     os.environ.update(
-        {"DATABASE_URL": url, "REDIS_URL": servers.redis_url, "STEPWISE_DEMO": "false"}
+        {
+            "DATABASE_URL": url,
+            "REDIS_URL": servers.redis_url,
+            "STEPWISE_DEMO": "false",
+            "STEPWISE_AGENT_ALLOW": "127.0.0.1",  # the benchmark's agent runs here
+        }
     )
     get_settings.cache_clear()
     dispose_engine()

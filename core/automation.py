@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from core.egress import EgressPolicy
 from core.errors import FieldError, ValidationFailed
 from core.limits import (
     DEFAULT_MAX_RETRIES,
@@ -39,7 +41,31 @@ class AutomationInput:
     headers_ref: str | None = None
 
 
-def _check_url(url: str) -> str | None:
+# Query parameter names whose values are credentials in practice (api_key, token, sig...).
+_SECRET_PARAM = re.compile(
+    r"(key|token|secret|passw|pwd|auth|sig|credential|session|cookie|bearer)", re.IGNORECASE
+)
+REDACTED = "REDACTED"
+
+
+def redact_url(url: str) -> str:
+    """`url` with the values of secret-looking query parameters and any password replaced.
+
+    What is shown on a page or stored with a run; the automation keeps the real URL.
+    """
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query = urlencode(
+        [(name, REDACTED if _SECRET_PARAM.search(name) else value) for name, value in pairs],
+        safe="",
+    )
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username}:{REDACTED}@{netloc.rpartition('@')[2]}"
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _check_url(url: str, egress: EgressPolicy) -> str | None:
     if not url.strip():
         return "is required"
     if len(url) > MAX_URL:
@@ -47,8 +73,24 @@ def _check_url(url: str) -> str | None:
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https"):
         return f"must start with http:// or https:// (got {parts.scheme or 'no scheme'!r})"
+    try:
+        parts.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        return "has a port that is not a number between 0 and 65535"
     if not parts.hostname:
         return "has no host name"
+    if any(c.isspace() for c in url.strip()):
+        return "must not contain spaces (encode them as %20)"
+    if parts.username is not None or parts.password is not None:
+        return (
+            "must not contain a user name or password: they would be stored and shown "
+            "with every run"
+        )
+    if (reason := egress.refusal_of_url(url.strip())) is not None:
+        return (
+            f"is not allowed: {reason} (internal addresses are refused unless an "
+            "administrator allows them with STEPWISE_AGENT_ALLOW)"
+        )
     return None
 
 
@@ -72,8 +114,11 @@ def _check_steps(steps: tuple[Step, ...]) -> list[FieldError]:
     return errors
 
 
-def validate_automation(data: AutomationInput) -> None:
-    """Raise ValidationFailed listing every problem; return quietly when all is well."""
+def validate_automation(data: AutomationInput, *, egress: EgressPolicy) -> None:
+    """Raise ValidationFailed listing every problem; return quietly when all is well.
+
+    `egress` decides which agent addresses are acceptable (the deployment's allowlist).
+    """
     errors: list[FieldError] = []
     if not data.name.strip():
         errors.append(FieldError("name", "is required"))
@@ -85,7 +130,7 @@ def validate_automation(data: AutomationInput) -> None:
     ):
         if len(value) > MAX_TEXT:
             errors.append(FieldError(name, f"is longer than {MAX_TEXT} characters"))
-    if (problem := _check_url(data.agent_url)) is not None:
+    if (problem := _check_url(data.agent_url, egress)) is not None:
         errors.append(FieldError("agent_url", problem))
     errors += _check_steps(data.steps)
     if not MIN_STEP_TIMEOUT_S <= data.step_timeout_s <= MAX_STEP_TIMEOUT_S:

@@ -1,9 +1,9 @@
-"""What an agent's answer means: success, a failure worth retrying, or a failure for good.
+"""The agent contract's pure half: what a step run keeps of its request, and what an
+answer means (success, a failure worth retrying, or a failure for good).
 
-The agent contract's pure half: `tasks/agent.py` makes the HTTP call and hands the
-status, reason, headers and (capped) body to `answer_outcome`. 2xx is success;
-5xx, 408 and 429 are worth retrying (honouring Retry-After); any other status
-fails the execution at once.
+`tasks/agent.py` makes the HTTP call and hands the status, reason, headers and
+(capped) body to `answer_outcome`. 2xx is success; 5xx, 408 and 429 are worth
+retrying (honouring Retry-After); any other status fails the execution at once.
 """
 
 from __future__ import annotations
@@ -14,7 +14,25 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from core.automation import redact_url
+
+# Sent with every step but stored once: the context lives on the automation, the
+# previous output is the previous step's stored response. Storing them per step made
+# one run at the input limits weigh 12.5 MB.
+REPEATED_FIELDS = ("project_context", "previous_output")
 RETRYABLE_STATUSES = frozenset({408, 429})
+
+
+def stored_request(url: str, headers: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+    """What a step run keeps of the request it sent: no secret, nothing repeated per step."""
+    return {
+        "url": redact_url(url),
+        "headers": headers,
+        "body": {name: value for name, value in body.items() if name not in REPEATED_FIELDS},
+        "not_stored": list(REPEATED_FIELDS),
+    }
+
+
 MAX_RETRY_AFTER_S = 3600.0
 
 

@@ -7,12 +7,14 @@ configuration. A bad value fails at start-up with a message naming the variable.
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.egress import EgressPolicy, parse_allowlist
 from core.errors import ConfigError
 
 
@@ -25,6 +27,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".data")
     web_port: int = Field(default=8501, ge=1, le=65535)
+    # The Procfile's `web` listens on PORT (Heroku sets it) at this address.
+    port: int | None = Field(default=None, ge=1, le=65535, validation_alias="PORT")
+    web_address: str = "127.0.0.1"
     redis_port: int = Field(default=6390, ge=1, le=65535)  # embedded Redis only
     demo: bool = True  # bundled demo agent + demo automation on first start
     demo_agent_port: int = Field(default=8787, ge=1, le=65535)
@@ -44,6 +49,8 @@ class Settings(BaseSettings):
     min_backoff_ms: int = Field(default=2000, ge=0)
     max_backoff_ms: int = Field(default=300_000, ge=0)
     max_response_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Agent addresses allowed although internal (host, address or CIDR, optional :port).
+    agent_allow: str = ""
 
     # Housekeeping.
     requeue_after_s: int = Field(default=60, ge=5)
@@ -59,6 +66,15 @@ class Settings(BaseSettings):
                 return "postgresql+psycopg://" + value[len(prefix) :]
         if value and not value.startswith("postgresql+psycopg://"):
             raise ValueError("must be a postgres:// or postgresql:// URL")
+        return value
+
+    @field_validator("agent_allow")
+    @classmethod
+    def _allowlist(cls, value: str) -> str:
+        try:
+            parse_allowlist(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc).split(": ", 1)[-1]) from exc
         return value
 
     @field_validator("redis_url")
@@ -81,6 +97,20 @@ class Settings(BaseSettings):
                 "(embedded servers) or set them to your PostgreSQL / Redis"
             )
 
+    def egress_policy(self) -> EgressPolicy:
+        """Where agent calls may go (ConfigError naming STEPWISE_AGENT_ALLOW if unreadable)."""
+        return parse_allowlist(self.agent_allow)
+
+    def require_private_web(self) -> None:
+        """Refuse a dashboard reachable beyond this machine: it has no login yet."""
+        if _is_loopback(self.web_address):
+            return
+        raise ConfigError(
+            f"STEPWISE_WEB_ADDRESS={self.web_address} would let anyone who reaches it control "
+            "every automation: the dashboard has no login yet. Keep STEPWISE_WEB_ADDRESS at "
+            "127.0.0.1 (the default) and put an authenticating proxy in front of it"
+        )
+
     def require_redis(self) -> None:
         """Fail clearly when a process that sends or consumes messages has no Redis."""
         if not self.redis_url:
@@ -90,9 +120,18 @@ class Settings(BaseSettings):
             )
 
 
+def _is_loopback(address: str) -> bool:
+    if address.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
+
+
 def _variable_name(loc: tuple[int | str, ...]) -> str:
     field = str(loc[0]) if loc else "?"
-    return {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL"}.get(
+    return {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL", "port": "PORT"}.get(
         field, f"STEPWISE_{field.upper()}"
     )
 

@@ -263,10 +263,10 @@ def _save(schedule_id: str | None, data: ScheduleDefinition | None, errors: dict
             message = "Schedule saved."
     except ValidationFailed as exc:
         for field, text in forms.errors_by_field(exc).items():
-            st.error(f"{field}: {text}")
+            st.error(ui.text(f"{field}: {text}"))
         return
     except StepwiseError as exc:
-        st.error(str(exc))
+        st.error(ui.text(exc))
         return
     notify_scheduler()
     st.session_state["flash"] = message

@@ -6,6 +6,8 @@ and every change one call to `db.commands` (through `write`) or `tasks.actions`.
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -50,6 +52,14 @@ def write(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         result = fn(session, *args, **kwargs)
     st.cache_data.clear()
     return result
+
+
+def uuid_or_none(value: object) -> uuid.UUID | None:
+    """An id from a link or a widget, or None when it is not one (never a traceback)."""
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
 
 
 def viewer_timezone() -> str:
@@ -99,6 +109,26 @@ def fmt_rate(rate: float | None) -> str:
     return "—" if rate is None else f"{rate:.0%}"
 
 
+# Every ASCII punctuation mark can be backslash-escaped in Markdown; these are the ones
+# Streamlit's Markdown, its directives (:red[..], :material/..:) and LaTeX ($) use.
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~:$&=@/\"'])")
+# GFM turns bare addresses into links after escapes are read (http://x, www.x, a@b.c):
+# an invisible word joiner inside each trigger keeps them text, looking the same.
+_AUTOLINK = re.compile(r"(?<=\\:)(?=\\/\\/)|(?<=www)(?=\\\.)|(?<=\\@)", re.IGNORECASE)
+WORD_JOINER = "\u2060"
+
+
+def text(value: object) -> str:
+    """User- or agent-controlled text for a Markdown context, shown literally.
+
+    Names, agent reason phrases, redirect targets and error texts pass through here
+    before `st.markdown`, `st.error`, titles and captions, so that an image, a link,
+    an address or a colour in them is shown as the characters typed, never rendered.
+    """
+    escaped = _AUTOLINK.sub(WORD_JOINER, _MARKDOWN.sub(r"\\\1", str(value)))
+    return escaped.replace("\n", "  \n")  # keep line breaks as breaks, not paragraphs
+
+
 def badge(status: str | None) -> str:
     """The status as table text (tables cannot colour; an em dash when there is none)."""
     return status or "—"
@@ -132,7 +162,7 @@ def empty_state(message: str, next_step: str) -> None:
 def field_error(errors: dict[str, str], field: str) -> None:
     """Show the validation message for `field` right under its input."""
     if field in errors:
-        st.error(errors[field], icon=":material/error:")
+        st.error(text(errors[field]), icon=":material/error:")
 
 
 def scheduler_warning() -> None:

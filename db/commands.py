@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from core.automation import AutomationInput, validate_automation
 from core.errors import InvalidState, NotFound
 from core.schedule import ScheduleDefinition, initial_next_run_at
+from core.settings import get_settings
 from core.timing import Timing, parse_timing, spec_of
 from core.vocabulary import (
     OPEN_STATUSES,
@@ -67,7 +68,7 @@ def _automation_values(data: AutomationInput) -> dict[str, Any]:
 
 
 def create_automation(session: Session, data: AutomationInput, *, actor: str) -> Automation:
-    validate_automation(data)
+    validate_automation(data, egress=get_settings().egress_policy())
     automation = Automation(**_automation_values(data))
     session.add(automation)
     session.flush()
@@ -92,7 +93,7 @@ def get_automation(session: Session, automation_id: uuid.UUID) -> Automation:
 def update_automation(
     session: Session, automation_id: uuid.UUID, data: AutomationInput, *, actor: str
 ) -> Automation:
-    validate_automation(data)
+    validate_automation(data, egress=get_settings().egress_policy())
     automation = get_automation(session, automation_id)
     for key, value in _automation_values(data).items():
         setattr(automation, key, value)

@@ -63,6 +63,22 @@ SCHEMA = pa.schema(
 )
 COLUMNS = tuple(SCHEMA.names)
 TIME_COLUMNS = tuple(f.name for f in SCHEMA if f.type == _TIME)
+# Text a person or an agent wrote. In CSV and Excel a cell starting with one of these
+# characters is a formula to a spreadsheet (=HYPERLINK(...) sends data away): such
+# cells get a leading apostrophe, as OWASP advises. Parquet and DataFrames keep the text.
+USER_TEXT_COLUMNS = ("automation", "error")
+FORMULA_START = r"^[=+\-@\t\r]"
+
+
+def neutralise_formulas(table: pa.Table) -> pa.Table:
+    """`table` with every user-text cell that a spreadsheet would run made inert."""
+    for name in USER_TEXT_COLUMNS:
+        column = table[name]
+        risky = pc.fill_null(pc.match_substring_regex(column, FORMULA_START), False)
+        quoted = pc.binary_join_element_wise("'", column, "")
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, name, pc.if_else(risky, quoted, column))
+    return table
 
 
 def history_select(filters: ExecutionFilters) -> AnySelect:
@@ -161,7 +177,9 @@ class _CsvWriter:
         self.writer: pa_csv.CSVWriter | None = None
 
     def write(self, chunk: pd.DataFrame) -> None:
-        table = pa.Table.from_pandas(chunk, schema=SCHEMA, preserve_index=False)
+        table = neutralise_formulas(
+            pa.Table.from_pandas(chunk, schema=SCHEMA, preserve_index=False)
+        )
         for name in TIME_COLUMNS:
             # The text pandas writes for UTC times, without a time-zone lookup per value.
             wall = table[name].cast(pa.timestamp("us")).cast(pa.string())
@@ -201,6 +219,10 @@ class _ExcelWriter:
         self.sheet.append(list(COLUMNS))
 
     def write(self, chunk: pd.DataFrame) -> None:
+        table = neutralise_formulas(
+            pa.Table.from_pandas(chunk, schema=SCHEMA, preserve_index=False)
+        )
+        chunk = table.to_pandas()
         # Excel has no time zones: write UTC wall times (the column names say so).
         for column in ("scheduled_for", "queued_at", "started_at", "finished_at"):
             chunk[column] = chunk[column].dt.tz_localize(None)

@@ -1,6 +1,7 @@
 """The `stepwise` command: run the whole system locally, and small process helpers.
 
 stepwise run                 # every Procfile process, embedded servers if no URLs
+stepwise web                 # the dashboard alone (refuses a non-loopback address)
 stepwise respawn -- CMD ...  # keep CMD running (the scheduler exits when Redis is away)
 stepwise demo-agent          # the bundled agent alone
 stepwise export ...          # history to CSV / Parquet / Excel
@@ -99,7 +100,12 @@ def run(_: argparse.Namespace) -> int:
         print(f"stepwise: starting embedded Redis on 127.0.0.1:{settings.redis_port}")
         redis = embedded.start_redis(settings.data_dir / "redis", settings.redis_port)
         env["REDIS_URL"] = redis.url
-    os.environ.update({"DATABASE_URL": env["DATABASE_URL"], "REDIS_URL": env["REDIS_URL"]})
+    if settings.demo:  # local mode: the bundled agent is on this machine, and allowed
+        demo = f"127.0.0.1:{settings.demo_agent_port}"
+        env["STEPWISE_AGENT_ALLOW"] = f"{settings.agent_allow} {demo}".strip()
+    for name in ("DATABASE_URL", "REDIS_URL", "STEPWISE_AGENT_ALLOW"):
+        if name in env:
+            os.environ[name] = env[name]
     get_settings.cache_clear()
     try:
         migrate(env["DATABASE_URL"])
@@ -126,6 +132,22 @@ def run(_: argparse.Namespace) -> int:
         dispose_engine()
         if redis is not None:
             redis.stop()
+
+
+def web(_: argparse.Namespace) -> int:
+    """The Procfile's `web`: the dashboard, refusing to listen beyond loopback without login."""
+    from core.settings import get_settings
+
+    settings = get_settings()
+    settings.require_private_web()
+    port = settings.port or settings.web_port
+    command = [
+        sys.executable,
+        *("-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py")),
+        *("--server.port", str(port), "--server.address", settings.web_address),
+        *("--server.headless", "true", "--browser.gatherUsageStats", "false"),
+    ]
+    os.execv(sys.executable, command)
 
 
 def respawn(args: argparse.Namespace) -> int:
@@ -224,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     sub = parser.add_subparsers(dest="command_name", required=True)
     sub.add_parser("run", help="run the whole system").set_defaults(func=run)
+    sub.add_parser("web", help="run the dashboard (the Procfile's web)").set_defaults(func=web)
     p = sub.add_parser("respawn", help="keep a command running")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(func=respawn)

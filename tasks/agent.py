@@ -1,22 +1,96 @@
 """The agent client: one HTTP POST per step (what the answer means: `core.outcome`).
 
 Connect errors and timeouts are worth retrying; a redirect that would drop the
-POST, a redirect loop or a bad URL fails the execution at once. Bodies are read up
-to a cap, so a 10 MB answer costs 64 KiB of memory and is stored truncated.
+POST, a redirect loop, a bad URL or an address the egress policy refuses fails the
+execution at once. Bodies are read up to a cap, so a 10 MB answer costs 64 KiB of
+memory and is stored truncated.
+
+Every connection goes through `GuardedBackend`: it resolves the host once, checks
+every address against the egress policy (`core.egress`) and connects to the address
+it checked, so neither a redirect to an internal host nor a DNS answer that changes
+between check and connect (rebinding) reaches an internal service. Errors are stored
+in words that do not tell a closed port from a database from a cache.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
+from collections.abc import Iterable
 from typing import Any
 
+import httpcore
 import httpx
 
+from core.egress import Address, EgressPolicy, literal_address
 from core.outcome import StepOutcome, answer_outcome, decode_body
+from core.settings import get_settings
 
 USER_AGENT = "Stepwise/0.1"
+LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=50)
 MAX_REDIRECTS = 5
+
+
+class AddressRefused(httpcore.ConnectError):
+    """The egress policy refused every address of the host (raised before connecting)."""
+
+
+class GuardedBackend(httpcore.NetworkBackend):
+    """httpcore's network backend, connecting only to addresses the policy admits."""
+
+    def __init__(self, policy: EgressPolicy, backend: httpcore.NetworkBackend | None = None):
+        self.policy = policy
+        self.backend = backend or httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        addresses = _resolve(host, port)
+        for address in addresses:  # all of them: a mixed answer is refused as a whole
+            if (reason := self.policy.refusal(host, address, port)) is not None:
+                raise AddressRefused(reason)
+        failure: httpcore.ConnectError | None = None
+        for address in addresses:
+            try:
+                return self.backend.connect_tcp(
+                    str(address), port, timeout, local_address, socket_options
+                )
+            except httpcore.ConnectError as exc:
+                failure = exc
+        raise failure or httpcore.ConnectError("no address")
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        raise AddressRefused("a Unix socket is never an agent")
+
+    def sleep(self, seconds: float) -> None:
+        self.backend.sleep(seconds)
+
+
+class NameNotResolved(httpcore.ConnectError):
+    pass
+
+
+def _resolve(host: str, port: int) -> list[Address]:
+    literal = literal_address(host)
+    if literal is not None:
+        return [literal]
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise NameNotResolved(str(exc)) from exc
+    found = [literal_address(str(info[4][0])) for info in infos]
+    return list(dict.fromkeys(a for a in found if a is not None))
 
 
 def _read_capped(response: httpx.Response, limit: int) -> tuple[str, bool]:
@@ -100,8 +174,19 @@ def call_agent(
         error = f"bad agent URL: {exc}"
         return StepOutcome.failure(error, _elapsed_ms(started), retryable=False)
     except httpx.TransportError as exc:
-        # Connection refused or reset, DNS failure, broken stream: the agent may come back.
-        error = f"could not reach the agent: {type(exc).__name__}: {exc}"
+        if isinstance(exc.__cause__, AddressRefused):
+            error = (
+                f"the agent's address is not allowed: {exc.__cause__} "
+                "(an administrator can allow it with STEPWISE_AGENT_ALLOW)"
+            )
+            return StepOutcome.failure(error, _elapsed_ms(started), retryable=False)
+        # Refused, reset, not HTTP: said in the same words, so that errors stored
+        # with runs cannot map which ports answer on the agent's host.
+        error = (
+            "could not resolve the agent's host name"
+            if isinstance(exc.__cause__, NameNotResolved)
+            else "could not reach the agent, or it did not answer in HTTP"
+        )
         return StepOutcome.failure(error, _elapsed_ms(started), retryable=True)
 
 
@@ -109,14 +194,34 @@ _client: httpx.Client | None = None
 _client_pid: int | None = None
 
 
+def make_client(policy: EgressPolicy) -> httpx.Client:
+    """A pooled client whose every connection the egress policy checks."""
+    transport = httpx.HTTPTransport(limits=LIMITS)
+    # httpx has no parameter for httpcore's network backend; the pool it built holds
+    # it (httpx and httpcore are pinned; tests/test_egress.py fails if this moves).
+    pool = transport._pool
+    assert isinstance(pool, httpcore.ConnectionPool)
+    pool._network_backend = GuardedBackend(policy)
+    return httpx.Client(
+        transport=transport,
+        follow_redirects=False,  # _post follows only method-preserving redirects
+        headers={"User-Agent": USER_AGENT},
+        trust_env=False,  # no proxy from the environment: it would carry calls past the guard
+    )
+
+
+def close_client() -> None:
+    """Close this process's pooled client; the next call builds one from the settings."""
+    global _client
+    if _client is not None:
+        _client.close()
+    _client = None
+
+
 def get_client() -> httpx.Client:
     """One pooled client per worker process (created after fork)."""
     global _client, _client_pid
     if _client is None or _client_pid != os.getpid():
-        _client = httpx.Client(
-            follow_redirects=False,  # _post follows only method-preserving redirects
-            headers={"User-Agent": USER_AGENT},
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
-        )
+        _client = make_client(get_settings().egress_policy())
         _client_pid = os.getpid()
     return _client

@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from core.errors import AgentRejected, StepFailed
-from core.outcome import StepOutcome
+from core.outcome import StepOutcome, stored_request
 from core.settings import get_settings
 from core.vocabulary import ExecutionStatus, OverlapPolicy
 from db import dispatch as dispatching
@@ -168,7 +168,7 @@ def _run_step(
     settings = get_settings()
     payload = agent_payload(claim, step_number, previous_output)
     key = f"{claim.execution_id}:{step_number}"
-    request = {"url": claim.agent_url, "headers": {"Idempotency-Key": key}, "body": payload}
+    request = stored_request(claim.agent_url, {"Idempotency-Key": key}, payload)
     step_run_id = _write(
         claim,
         answered,

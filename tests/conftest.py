@@ -32,6 +32,8 @@ os.environ.update(
         "STEPWISE_LEASE_MARGIN_S": "5",
         "STEPWISE_REQUEUE_AFTER_S": "5",
         "STEPWISE_DEMO": "false",
+        # Every test agent listens on loopback; tests/test_egress.py checks the guard itself.
+        "STEPWISE_AGENT_ALLOW": "127.0.0.1",
     }
 )
 # Building the broker connects nothing, so REDIS_URL is fixed now (a module may

@@ -3,12 +3,14 @@ a real PostgreSQL and a real local agent."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
 
 from sqlalchemy import select
 
+from core.limits import MAX_TEXT
 from db.models import Execution, Schedule
 from db.runs import RunMessage
 from db.session import session_scope
@@ -84,6 +86,31 @@ def test_a_run_calls_the_agent_once_per_step_with_the_contract(worker: Any, agen
     assert done.result["step_number"] == 3
     assert done.attempt == 1 and done.current_step == 3
     assert done.lease_expires_at is None and done.finished_at is not None
+
+
+def test_a_step_run_stores_neither_secrets_nor_what_every_step_repeats(
+    worker: Any, agent: Any
+) -> None:
+    # given an automation at the input limits of context, with a key in its URL
+    context = "c" * MAX_TEXT
+    url = f"{agent.url}?api_key=KEY123&region=eu"
+    automation_id = make_automation(agent_url=url, steps=3, project_context=context)
+    agent.responder = lambda call: Reply(200, {"output": "o" * 20_000})
+    execution_id = make_execution(automation_id)
+    # when it runs
+    run(execution_id)
+    assert final(execution_id).status == "succeeded"
+    # then the agent received everything, every step
+    calls = agent.calls_for(str(execution_id))
+    assert [c.body["project_context"] for c in calls] == [context] * 3
+    assert calls[2].body["previous_output"] == {"output": "o" * 20_000}
+    assert all("api_key=KEY123" in c.path for c in calls)
+    # and each stored request keeps neither the context, nor the previous output, nor the key
+    for stored in (r.request for r in step_runs(execution_id)):
+        assert stored["url"] == f"{agent.url}?api_key=REDACTED&region=eu"
+        assert not {"project_context", "previous_output"} & set(stored["body"])
+        assert stored["not_stored"] == ["project_context", "previous_output"]
+        assert len(json.dumps(stored)) < 2_000
 
 
 def test_two_500s_then_success_resumes_at_the_failed_step(worker: Any, agent: Any) -> None:

@@ -227,3 +227,36 @@ def test_dashboard_in_a_real_browser(dashboard_url: str, browser_page: Any) -> N
         no_exception(page)
         shoot(page, name)
     assert uuid.UUID(str(ok))
+
+
+HOSTILE = (
+    "![x](http://127.0.0.1:9/pixel.png) [Re-authenticate here](http://evil.example/login) "
+    "<img src=x onerror=alert(1)> :red[alarm] http://evil.example/raw"
+)
+
+
+def test_hostile_text_renders_literally_and_bad_links_say_not_found(
+    dashboard_url: str, browser_page: Any
+) -> None:
+    # given an automation named with Markdown and HTML, whose run failed with the same text
+    page = browser_page
+    automation_id = make_automation(name=HOSTILE)
+    (failed,) = add_runs(automation_id, [{"status": "failed", "error": HOSTILE}])
+    # when its run is opened from a link
+    page.goto(f"{dashboard_url}/executions?execution={failed}")
+    settle(page)
+    page.get_by_text("authenticate here", exact=False).first.wait_for()
+    no_exception(page)
+    shoot(page, "hostile_text")
+    # then no image, link or colour was made from it: the characters show as typed
+    main = page.locator('[data-testid="stMain"]')
+    assert main.locator("img[src*='pixel'], img[src='x']").count() == 0
+    assert main.locator("a[href*='evil.example']").count() == 0
+    shown = (main.inner_text() or "").replace("\u2060", "")  # the invisible word joiner
+    assert "[Re-authenticate here](http://evil.example/login)" in shown
+    # and a link with an id that is not one says "not found", with no traceback
+    page.goto(f"{dashboard_url}/executions?execution=not-a-uuid")
+    settle(page)
+    page.get_by_text("Execution not found").wait_for()
+    no_exception(page)
+    assert "Traceback" not in page.content()

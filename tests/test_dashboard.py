@@ -7,6 +7,7 @@ text path here, and the real browser test covers the rest.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from datetime import timedelta
@@ -18,7 +19,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from dashboard import forms
+from dashboard import forms, ui
 from db import queries
 from db.queries import ExecutionFilters
 from db.session import session_scope
@@ -45,10 +46,11 @@ def page(name: str) -> AppTest:
 
 
 def texts(at: AppTest) -> str:
+    """What a reader sees: the Markdown sources with escapes read, invisible joiners gone."""
     parts: list[str] = []
     for kind in ("markdown", "info", "error", "warning", "success", "caption"):
         parts += [str(e.value) for e in getattr(at, kind)]
-    return "\n".join(parts)
+    return re.sub(r"\\(.)", r"\1", "\n".join(parts)).replace(ui.WORD_JOINER, "")
 
 
 def schedules() -> list[queries.ScheduleRow]:
@@ -334,6 +336,39 @@ def test_execution_detail_and_retry(history: dict[str, uuid.UUID]) -> None:
     with session_scope() as session:
         detail = queries.execution_detail(session, history["failed"])
     assert detail is not None and detail.execution.status == "queued"
+
+
+def test_a_link_with_a_bad_execution_id_says_not_found() -> None:
+    # given a link whose execution id is not an id at all
+    st.cache_data.clear()
+    at = AppTest.from_file(str(PAGES / "executions.py"), default_timeout=60)
+    at.query_params["execution"] = "not-a-uuid"
+    # when the page opens, then it says so, with no traceback
+    at.run()
+    assert not at.exception, at.exception
+    assert "Execution not found" in texts(at)
+
+
+HOSTILE_NAME = (
+    "![x](http://127.0.0.1:9/pixel.png) [Re-authenticate here](http://evil.example/) :red[!]"
+)
+
+
+def test_names_and_agent_text_are_markdown_escaped_where_markdown_renders() -> None:
+    # given an automation with a hostile name whose run failed with a hostile error
+    automation_id = make_automation(name=HOSTILE_NAME)
+    (failed,) = add_runs(automation_id, [{"status": "failed", "error": HOSTILE_NAME}])
+    # when its run is opened
+    at = page("executions")
+    at.selectbox(key="ex_open").set_value(str(failed)).run()
+    assert not at.exception, at.exception
+    # then every Markdown source that carries it escapes each mark (no link, image, colour)
+    sources = [str(e.value) for e in (*at.markdown, *at.error) if "authenticate" in str(e.value)]
+    assert len(sources) >= 2
+    for source in sources:
+        assert "](" not in source and "![" not in source and ":red[" not in source
+    # and a reader sees the characters as typed
+    assert HOSTILE_NAME in texts(at)
 
 
 def test_export_builds_the_same_rows_as_the_query(history: dict[str, uuid.UUID]) -> None:

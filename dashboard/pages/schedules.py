@@ -124,7 +124,7 @@ if rows:
         try:
             ui.write(commands.set_schedule_enabled, row.id, True, actor=ui.ACTOR)
         except StepwiseError as exc:
-            st.error(str(exc))
+            st.error(ui.text(exc))
         else:
             notify_scheduler()
             st.session_state["flash"] = (

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from core.secrets import new_key
 from testkit.servers import create_database, drop_database, postgres_server, redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,6 +159,7 @@ def bench_database(servers: Servers, *, keep: bool = False) -> Iterator[str]:
             "REDIS_URL": servers.redis_url,
             "STEPWISE_DEMO": "false",
             "STEPWISE_AGENT_ALLOW": "127.0.0.1",  # the benchmark's agent runs here
+            "STEPWISE_SECRET_KEYS": os.environ.get("STEPWISE_SECRET_KEYS") or new_key(),
         }
     )
     get_settings.cache_clear()

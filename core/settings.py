@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.egress import EgressPolicy, parse_allowlist
 from core.errors import ConfigError
+from core.secrets import SecretBox, parse_keys
 
 
 class Settings(BaseSettings):
@@ -51,6 +52,8 @@ class Settings(BaseSettings):
     max_response_bytes: int = Field(default=64 * 1024, ge=1024)
     # Agent addresses allowed although internal (host, address or CIDR, optional :port).
     agent_allow: str = ""
+    # Keys that seal secrets at rest, comma-separated; the first seals (core.secrets).
+    secret_keys: str = ""
 
     # Housekeeping.
     requeue_after_s: int = Field(default=60, ge=5)
@@ -77,6 +80,12 @@ class Settings(BaseSettings):
             raise ValueError(str(exc).split(": ", 1)[-1]) from exc
         return value
 
+    @field_validator("secret_keys")
+    @classmethod
+    def _keys(cls, value: str) -> str:
+        parse_keys(value)
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
@@ -100,6 +109,16 @@ class Settings(BaseSettings):
     def egress_policy(self) -> EgressPolicy:
         """Where agent calls may go (ConfigError naming STEPWISE_AGENT_ALLOW if unreadable)."""
         return parse_allowlist(self.agent_allow)
+
+    def secret_box(self) -> SecretBox:
+        """What seals and opens stored secrets; ConfigError if no key is configured."""
+        keys = parse_keys(self.secret_keys)
+        if not keys:
+            raise ConfigError(
+                "STEPWISE_SECRET_KEYS not set: it seals secrets at rest. Create a key with "
+                "`stepwise new-key` and set it (`stepwise run` keeps one under the data directory)"
+            )
+        return SecretBox(keys)
 
     def require_private_web(self) -> None:
         """Refuse a dashboard reachable beyond this machine: it has no login yet."""

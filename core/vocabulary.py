@@ -92,6 +92,7 @@ class AuditAction(StrEnum):
     RUN_NOW = "run_now"
     RETRY = "retry"
     CANCEL = "cancel"
+    ROTATE_SECRET = "rotate_secret"
 
 
 class AuditTarget(StrEnum):

@@ -12,12 +12,13 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.automation import AutomationInput, validate_automation
 from core.errors import InvalidState, NotFound
 from core.schedule import ScheduleDefinition, initial_next_run_at
+from core.secrets import new_signing_secret
 from core.settings import get_settings
 from core.timing import Timing, parse_timing, spec_of
 from core.vocabulary import (
@@ -68,8 +69,12 @@ def _automation_values(data: AutomationInput) -> dict[str, Any]:
 
 
 def create_automation(session: Session, data: AutomationInput, *, actor: str) -> Automation:
-    validate_automation(data, egress=get_settings().egress_policy())
-    automation = Automation(**_automation_values(data))
+    settings = get_settings()
+    validate_automation(data, egress=settings.egress_policy())
+    automation = Automation(
+        **_automation_values(data),
+        signing_secret=settings.secret_box().seal(new_signing_secret()),
+    )
     session.add(automation)
     session.flush()
     audit(
@@ -88,6 +93,36 @@ def get_automation(session: Session, automation_id: uuid.UUID) -> Automation:
     if automation is None or automation.archived_at is not None:
         raise NotFound(f"automation {automation_id} does not exist (or was deleted)")
     return automation
+
+
+def rotate_signing_secret(session: Session, automation_id: uuid.UUID, *, actor: str) -> None:
+    """A new signing secret for the automation's calls; the old one stops at once."""
+    automation = get_automation(session, automation_id)
+    automation.signing_secret = get_settings().secret_box().seal(new_signing_secret())
+    audit(session, actor, AuditAction.ROTATE_SECRET, AuditTarget.AUTOMATION, automation_id)
+
+
+def signing_secret(session: Session, automation_id: uuid.UUID) -> str | None:
+    """The automation's signing secret in clear, for its editor to give to the agent."""
+    sealed = get_automation(session, automation_id).signing_secret
+    return None if sealed is None else get_settings().secret_box().open(sealed)
+
+
+def reseal_secrets(session: Session) -> int:
+    """Seal every stored secret with the first key (key rotation); returns how many."""
+    box = get_settings().secret_box()
+    rows = session.execute(
+        select(Automation.id, Automation.signing_secret)
+        .where(Automation.signing_secret.is_not(None))
+        .with_for_update()
+    ).all()
+    for automation_id, sealed in rows:
+        session.execute(
+            update(Automation)
+            .where(Automation.id == automation_id)
+            .values(signing_secret=box.reseal(str(sealed)))
+        )
+    return len(rows)
 
 
 def update_automation(

@@ -106,6 +106,8 @@ class Automation(Base):
     # Name of a credential to send as request headers; the secret itself never
     # lives in this table.
     headers_ref: Mapped[str | None] = mapped_column(String(MAX_HEADERS_REF))
+    # The key agent calls are signed with, sealed (core.secrets); never stored in clear.
+    signing_secret: Mapped[str | None] = mapped_column(Text)
     step_timeout_s: Mapped[int] = mapped_column(Integer, default=DEFAULT_STEP_TIMEOUT_S)
     max_retries: Mapped[int] = mapped_column(Integer, default=DEFAULT_MAX_RETRIES)
     created_at: Mapped[datetime] = _created()

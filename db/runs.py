@@ -52,6 +52,7 @@ class Claim:
     scheduled_for: datetime
     owner_id: str
     agent_url: str
+    signing_secret: str | None  # sealed: opened by the worker at call time only
     steps: list[dict[str, str]]
     project_context: str
     step_timeout_s: int
@@ -212,6 +213,7 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, margin_s: int)
         scheduled_for=execution.scheduled_for,
         owner_id=automation.owner_id,
         agent_url=automation.agent_url,
+        signing_secret=automation.signing_secret,
         steps=list(automation.steps),
         project_context=automation.project_context,
         step_timeout_s=automation.step_timeout_s,

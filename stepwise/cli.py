@@ -4,6 +4,8 @@ stepwise run                 # every Procfile process, embedded servers if no UR
 stepwise web                 # the dashboard alone (refuses a non-loopback address)
 stepwise respawn -- CMD ...  # keep CMD running (the scheduler exits when Redis is away)
 stepwise demo-agent          # the bundled agent alone
+stepwise new-key             # a key for STEPWISE_SECRET_KEYS
+stepwise reseal              # after a new key is put first: re-seal every stored secret
 stepwise export ...          # history to CSV / Parquet / Excel
 """
 
@@ -19,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_PROCESSES = ("web", "scheduler", "dispatcher", "worker")
+DEMO_SECRET_VARIABLE = "STEPWISE_DEMO_AGENT_SECRET"
 
 
 def read_procfile(path: Path = ROOT / "Procfile") -> dict[str, str]:
@@ -79,6 +82,36 @@ def seed_demo(agent_url: str) -> bool:
     return True
 
 
+def local_key(path: Path) -> str:
+    """The local mode's key for STEPWISE_SECRET_KEYS, made on first start (owner-only file)."""
+    from core.secrets import new_key
+
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(new_key())
+    return path.read_text().strip()
+
+
+def demo_signing_secret(agent_url: str) -> str | None:
+    """The signing secret of the oldest live automation calling the demo agent."""
+    from sqlalchemy import select
+
+    from db import commands
+    from db.models import Automation
+    from db.session import session_scope
+
+    with session_scope() as session:
+        automation_id = session.scalar(
+            select(Automation.id)
+            .where(Automation.agent_url == agent_url, Automation.archived_at.is_(None))
+            .order_by(Automation.created_at)
+            .limit(1)
+        )
+        return None if automation_id is None else commands.signing_secret(session, automation_id)
+
+
 def run(_: argparse.Namespace) -> int:
     from honcho.manager import Manager
 
@@ -103,7 +136,9 @@ def run(_: argparse.Namespace) -> int:
     if settings.demo:  # local mode: the bundled agent is on this machine, and allowed
         demo = f"127.0.0.1:{settings.demo_agent_port}"
         env["STEPWISE_AGENT_ALLOW"] = f"{settings.agent_allow} {demo}".strip()
-    for name in ("DATABASE_URL", "REDIS_URL", "STEPWISE_AGENT_ALLOW"):
+    if not settings.secret_keys:
+        env["STEPWISE_SECRET_KEYS"] = local_key(settings.data_dir / "secret.key")
+    for name in ("DATABASE_URL", "REDIS_URL", "STEPWISE_AGENT_ALLOW", "STEPWISE_SECRET_KEYS"):
         if name in env:
             os.environ[name] = env[name]
     get_settings.cache_clear()
@@ -115,14 +150,17 @@ def run(_: argparse.Namespace) -> int:
             manager.add_process(name, processes[name], env=env, cwd=str(ROOT))
         if settings.demo:
             agent_url = f"http://127.0.0.1:{settings.demo_agent_port}/agent"
-            manager.add_process(
-                "agent",
-                f"{sys.executable} -m stepwise.demo_agent --port {settings.demo_agent_port}",
-                env=env,
-                cwd=str(ROOT),
-            )
             if seed_demo(agent_url):
                 print("stepwise: created the demo automation (runs every minute)")
+            # The demo agent checks every call's signature, as a real agent should.
+            agent_env = {**env, DEMO_SECRET_VARIABLE: demo_signing_secret(agent_url) or ""}
+            manager.add_process(
+                "agent",
+                f"{sys.executable} -m stepwise.demo_agent --port {settings.demo_agent_port} "
+                f"--verify-from-env {DEMO_SECRET_VARIABLE}",
+                env=agent_env,
+                cwd=str(ROOT),
+            )
         print(f"stepwise: dashboard at http://127.0.0.1:{settings.web_port}  (Ctrl-C stops)")
         manager.loop()
         return manager.returncode or 0
@@ -148,6 +186,24 @@ def web(_: argparse.Namespace) -> int:
         *("--server.headless", "true", "--browser.gatherUsageStats", "false"),
     ]
     os.execv(sys.executable, command)
+
+
+def new_key(_: argparse.Namespace) -> int:
+    from core.secrets import new_key as make
+
+    print(make())
+    return 0
+
+
+def reseal(_: argparse.Namespace) -> int:
+    """Key rotation: after a new key is put first in STEPWISE_SECRET_KEYS, re-seal everything."""
+    from db import commands
+    from db.session import session_scope
+
+    with session_scope() as session:
+        count = commands.reseal_secrets(session)
+    print(f"stepwise reseal: {count} secret(s) sealed with the first key; older keys can go")
+    return 0
 
 
 def respawn(args: argparse.Namespace) -> int:
@@ -253,6 +309,12 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("demo-agent", help="run the bundled demo agent")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=lambda a: __import__("stepwise.demo_agent").demo_agent.main(a.rest) or 0)
+    sub.add_parser("new-key", help="print a new key for STEPWISE_SECRET_KEYS").set_defaults(
+        func=new_key
+    )
+    sub.add_parser(
+        "reseal", help="seal every stored secret with the first of STEPWISE_SECRET_KEYS"
+    ).set_defaults(func=reseal)
     _add_export_parser(sub)
     args = parser.parse_args(argv)
     from core.errors import StepwiseError

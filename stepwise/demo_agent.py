@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import threading
 import time
@@ -29,6 +30,7 @@ class Call:
     path: str
     headers: dict[str, str]
     body: Any
+    raw: bytes = b""
 
     @property
     def idempotency_key(self) -> str | None:
@@ -44,6 +46,27 @@ class Reply:
 
 
 Responder = Callable[[Call], Reply]
+
+
+# The snippet docs/SECURITY.md gives agent authors, verbatim (tests/test_signing.py checks).
+def verify_signature(
+    secret: str, header: str, body: bytes, *, tolerance_s: int = 300, now: float | None = None
+) -> bool:
+    """True when `header` (Stepwise-Signature) signs these exact body bytes, recently."""
+    import hashlib
+    import hmac
+    import time
+
+    fields = dict(item.split("=", 1) for item in header.split(",") if "=" in item)
+    try:
+        timestamp = int(fields["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs((time.time() if now is None else now) - timestamp) > tolerance_s:
+        return False  # an old request replayed
+    signed = f"{timestamp}.".encode() + body
+    expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, fields.get("v1", ""))
 
 
 def default_reply(call: Call) -> Reply:
@@ -74,7 +97,9 @@ class AgentServer:
         latency_ms: float = 0.0,
         failure_rate: float = 0.0,
         record: bool = True,
+        signing_secret: str | None = None,
     ) -> None:
+        self.signing_secret = signing_secret  # when set, unsigned or forged calls get 401
         self.latency_s = latency_ms / 1000
         self.failure_rate = failure_rate
         self.record = record
@@ -121,6 +146,10 @@ class AgentServer:
             ]
 
     def _reply_for(self, call: Call) -> Reply:
+        if self.signing_secret is not None:
+            header = call.headers.get("stepwise-signature", "")
+            if not verify_signature(self.signing_secret, header, call.raw):
+                return Reply(401, {"error": "demo agent: missing or wrong Stepwise-Signature"})
         if self.latency_s:
             time.sleep(self.latency_s)
         if self.failure_rate and random.random() < self.failure_rate:
@@ -143,9 +172,8 @@ class AgentServer:
                     body: Any = json.loads(raw)
                 except ValueError:
                     body = raw.decode("utf-8", errors="replace")
-                call = Call(
-                    time.time(), self.path, {k.lower(): v for k, v in self.headers.items()}, body
-                )
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                call = Call(time.time(), self.path, headers, body, raw)
                 if server.record:
                     with server._lock:
                         server.calls.append(call)
@@ -188,13 +216,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8787)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--failure-rate", type=float, default=0.0)
+    parser.add_argument(
+        "--verify-from-env",
+        metavar="VARIABLE",
+        help="verify Stepwise-Signature with the secret in this environment variable",
+    )
     args = parser.parse_args(argv)
+    secret = os.environ.get(args.verify_from_env) if args.verify_from_env else None
     server = AgentServer(
         host=args.host,
         port=args.port,
         latency_ms=args.latency_ms,
         failure_rate=args.failure_rate,
         record=False,
+        signing_secret=secret or None,
     )
     print(f"demo agent listening on {server.url}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):

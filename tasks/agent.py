@@ -14,6 +14,7 @@ in words that do not tell a closed port from a database from a cache.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -25,6 +26,7 @@ import httpx
 
 from core.egress import Address, EgressPolicy, literal_address
 from core.outcome import StepOutcome, answer_outcome, decode_body
+from core.secrets import SIGNATURE_HEADER, signature_header
 from core.settings import get_settings
 
 USER_AGENT = "Stepwise/0.1"
@@ -123,7 +125,7 @@ def _from_response(response: httpx.Response, limit: int, started: float) -> Step
 def _post(
     client: httpx.Client,
     url: str,
-    payload: dict[str, Any],
+    body: bytes,
     headers: dict[str, str],
     timeout_s: float,
     limit: int,
@@ -133,7 +135,7 @@ def _post(
     # a GET that "succeeds" without the agent ever seeing it, so they fail instead.
     for _ in range(MAX_REDIRECTS + 1):
         with client.stream(
-            "POST", url, json=payload, headers=headers, timeout=timeout_s
+            "POST", url, content=body, headers=headers, timeout=timeout_s
         ) as response:
             location = response.headers.get("location")
             if response.status_code in (307, 308) and location:
@@ -160,13 +162,19 @@ def call_agent(
     idempotency_key: str,
     timeout_s: float,
     max_bytes: int,
-    headers: dict[str, str] | None = None,
+    signing_secret: str | None = None,
 ) -> StepOutcome:
-    """POST one step to the agent and classify the answer; never raises for HTTP trouble."""
+    """POST one step to the agent and classify the answer; never raises for HTTP trouble.
+
+    The body is serialised here, once, so that the signature covers the exact bytes sent.
+    """
     started = time.monotonic()
-    request_headers = {"Idempotency-Key": idempotency_key, **(headers or {})}
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    headers = {"Idempotency-Key": idempotency_key, "Content-Type": "application/json"}
+    if signing_secret is not None:
+        headers[SIGNATURE_HEADER] = signature_header(signing_secret, int(time.time()), body)
     try:
-        return _post(client, url, payload, request_headers, timeout_s, max_bytes, started)
+        return _post(client, url, body, headers, timeout_s, max_bytes, started)
     except httpx.TimeoutException as exc:
         error = f"agent timed out after {timeout_s:g} s ({type(exc).__name__})"
         return StepOutcome.failure(error, _elapsed_ms(started), retryable=True)

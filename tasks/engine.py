@@ -180,6 +180,7 @@ def _run_step(
         return None  # cancelled, or another worker took over after our lease ran out
     # The lease runs from here: until it expires no other worker can take the step.
     lease_ends = time.monotonic() + claim.step_timeout_s + settings.lease_margin_s
+    secret = claim.signing_secret
     outcome = call_agent(
         get_client(),
         claim.agent_url,
@@ -187,6 +188,7 @@ def _run_step(
         idempotency_key=key,
         timeout_s=claim.step_timeout_s,
         max_bytes=settings.max_response_bytes,
+        signing_secret=None if secret is None else settings.secret_box().open(secret),
     )
     return Answer(step_run_id, outcome, lease_ends)
 

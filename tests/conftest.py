@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from core.secrets import new_key
 from stepwise import embedded
 
 # Read by Settings in every process the tests start; fixed before anything imports it.
@@ -34,6 +35,8 @@ os.environ.update(
         "STEPWISE_DEMO": "false",
         # Every test agent listens on loopback; tests/test_egress.py checks the guard itself.
         "STEPWISE_AGENT_ALLOW": "127.0.0.1",
+        # A key of this session's own, as `stepwise run` makes one under the data directory.
+        "STEPWISE_SECRET_KEYS": new_key(),
     }
 )
 # Building the broker connects nothing, so REDIS_URL is fixed now (a module may

@@ -18,11 +18,19 @@ from db.queries import ExecutionFilters
 from tasks import actions
 
 NEW = "new"
+SECRET_ONCE = "auto_secret_once"  # a signing secret to show on the next run of the page, once
 TEST_RUN_WAIT_S = 15
 
 st.title("Automations")
 if flash := st.session_state.pop("flash", None):
     st.success(flash)
+if secret := st.session_state.pop(SECRET_ONCE, None):
+    st.info(
+        "**Signing secret**, shown this once: give it to the agent so it can check the "
+        "`Stepwise-Signature` header of every call (docs/SECURITY.md shows how).",
+        icon=":material/key:",
+    )
+    st.code(secret, language=None)
 
 automations = ui.read(queries.list_automations)
 by_id = {str(a.id): a for a in automations}
@@ -166,6 +174,7 @@ if cols[0].button("Save", icon=":material/save:", type="primary", key=k + "save"
             created_name = ui.text(created.name)
             st.session_state["flash"] = f"Automation “{created_name}” created. Schedule it next."
             st.session_state["auto_pending_select"] = str(created.id)
+            st.session_state[SECRET_ONCE] = ui.read(commands.signing_secret, created.id)
             for key in [key for key in st.session_state if str(key).startswith(k)]:
                 del st.session_state[key]  # a fresh "new" form next time
         else:
@@ -184,6 +193,13 @@ if current is not None:
             st.session_state["auto_test_run"] = str(actions.run_now(current.id, actor=ui.ACTOR))
         except StepwiseError as exc:
             st.error(ui.text(exc))
+    if cols[3].button(
+        "New signing secret", icon=":material/key:", key=k + "rotate", width="stretch"
+    ):
+        ui.write(commands.rotate_signing_secret, current.id, actor=ui.ACTOR)
+        st.session_state[SECRET_ONCE] = ui.read(commands.signing_secret, current.id)
+        st.session_state["flash"] = "New signing secret: calls are signed with it from now on."
+        st.rerun()
     if cols[2].button("Delete", icon=":material/delete:", key=k + "delete", width="stretch"):
         st.session_state["auto_confirm_delete"] = choice
     if st.session_state.get("auto_confirm_delete") == choice:
@@ -192,7 +208,7 @@ if current is not None:
             ExecutionFilters(statuses=(ExecutionStatus.QUEUED,), automation_id=current.id),
         )
         st.warning(
-            f"Delete “{current.name}”? Its {current.schedules} schedule(s) stop and its "
+            f"Delete “{ui.text(current.name)}”? Its {current.schedules} schedule(s) stop and its "
             f"{waiting} queued run(s) are cancelled; the history stays."
         )
         yes, no = st.columns(2)

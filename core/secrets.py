@@ -1,0 +1,80 @@
+"""Secrets at rest, sealed with the deployment's keys, and the signature of an agent call.
+
+Sealed values are Fernet tokens (AES-128-CBC + HMAC-SHA256, from `cryptography`)
+under `STEPWISE_SECRET_KEYS`: the first key seals, every key opens, so a new key is
+put first, `stepwise reseal` re-seals every value with it, and the old key is then
+dropped. A value is opened only where it is used (the worker, at call time).
+
+Every agent request carries `Stepwise-Signature: t=<unix seconds>,v1=<hex>`, the
+HMAC-SHA256 of `<t>.<exact body bytes>` under the automation's signing secret, in the
+style of Stripe's webhook signatures; docs/SECURITY.md gives agent authors the code
+that verifies it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from core.errors import StepwiseError
+
+SIGNATURE_HEADER = "Stepwise-Signature"
+SECRET_PREFIX = "whsec_"
+
+
+class SecretUnreadable(StepwiseError):
+    """A sealed value that none of the configured keys opens (a key was dropped too early)."""
+
+
+def new_key() -> str:
+    """A fresh key for STEPWISE_SECRET_KEYS."""
+    return Fernet.generate_key().decode()
+
+
+def parse_keys(text: str) -> tuple[str, ...]:
+    """The comma-separated keys of STEPWISE_SECRET_KEYS; ValueError names a bad one by place."""
+    keys = tuple(k.strip() for k in text.split(",") if k.strip())
+    for place, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except ValueError as exc:
+            raise ValueError(f"key {place} is not a Fernet key ({exc})") from exc
+    return keys
+
+
+class SecretBox:
+    """Seals and opens values with the deployment's keys (the first key seals)."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self._fernet = MultiFernet([Fernet(k) for k in keys])
+
+    def seal(self, value: str) -> str:
+        return self._fernet.encrypt(value.encode()).decode()
+
+    def open(self, sealed: str) -> str:
+        try:
+            return self._fernet.decrypt(sealed.encode()).decode()
+        except InvalidToken as exc:
+            raise SecretUnreadable(
+                "a stored secret opens with none of STEPWISE_SECRET_KEYS (was its key removed?)"
+            ) from exc
+
+    def reseal(self, sealed: str) -> str:
+        """The same value sealed with the first key (for key rotation)."""
+        try:
+            return self._fernet.rotate(sealed.encode()).decode()
+        except InvalidToken as exc:
+            raise SecretUnreadable("a stored secret opens with none of the keys") from exc
+
+
+def new_signing_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+def signature_header(secret: str, timestamp: int, body: bytes) -> str:
+    """`t=<timestamp>,v1=<hex HMAC-SHA256 of "<timestamp>." + body>`."""
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={digest.hexdigest()}"

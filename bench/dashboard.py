@@ -3,7 +3,7 @@
     python -m bench.dashboard --executions 1000000 --rounds 3 --repeat 20
 
 The dataset (bench/dataset.py) is generated set-based in a fresh database. Each
-page's calls are the ones its module in `dashboard/pages/` makes (one warm-up,
+page's calls are the ones its module in `dashboard/views/` makes (one warm-up,
 then `--repeat` timed calls per round); the table gives the median over the
 rounds of each round's p50 and p95, in milliseconds.
 """

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     # The Procfile's `web` listens on PORT (Heroku sets it) at this address.
     port: int | None = Field(default=None, ge=1, le=65535, validation_alias="PORT")
     web_address: str = "127.0.0.1"
+    # Host names the dashboard answers on besides this machine's own (comma-separated).
+    web_hosts: str = ""
     redis_port: int = Field(default=6390, ge=1, le=65535)  # embedded Redis only
     demo: bool = True  # bundled demo agent + demo automation on first start
     demo_agent_port: int = Field(default=8787, ge=1, le=65535)
@@ -119,6 +121,18 @@ class Settings(BaseSettings):
                 "`stepwise new-key` and set it (`stepwise run` keeps one under the data directory)"
             )
         return SecretBox(keys)
+
+    def web_host_allowed(self, host_header: str | None) -> bool:
+        """Whether a request's Host names this dashboard (loopback names, or STEPWISE_WEB_HOSTS).
+
+        No Host at all is not an HTTP request (the in-process test runner): allowed.
+        """
+        if host_header is None:
+            return True
+        host = host_header.strip().lower()
+        host = host.rpartition("]")[0].lstrip("[") if host.startswith("[") else host.split(":")[0]
+        extra = {h.strip().lower() for h in self.web_hosts.split(",") if h.strip()}
+        return host in {"localhost", "127.0.0.1", "::1"} | extra
 
     def require_private_web(self) -> None:
         """Refuse a dashboard reachable beyond this machine: it has no login yet."""

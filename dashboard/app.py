@@ -8,8 +8,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import streamlit as st
 
+from core.settings import get_settings
+
 st.set_page_config(page_title="Stepwise", page_icon=":material/stairs:", layout="wide")
-PAGES = Path(__file__).parent / "pages"
+# A page served under a name this deployment does not answer to is a DNS rebinding
+# attempt (a hostile site whose name now points here): show nothing.
+if not get_settings().web_host_allowed(st.context.headers.get("host")):
+    st.error("This dashboard does not answer on this address.")
+    st.stop()
+# Not "pages/": Streamlit would serve files there by URL without this entry script.
+PAGES = Path(__file__).parent / "views"
 page = st.navigation(
     [
         st.Page(PAGES / "overview.py", title="Overview", icon=":material/dashboard:", default=True),

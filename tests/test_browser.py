@@ -260,3 +260,27 @@ def test_hostile_text_renders_literally_and_bad_links_say_not_found(
     page.get_by_text("Execution not found").wait_for()
     no_exception(page)
     assert "Traceback" not in page.content()
+
+
+def test_a_page_served_under_a_foreign_host_name_shows_nothing(dashboard_url: str) -> None:
+    # given data on the dashboard, and a hostile name that resolves to this machine
+    # (what DNS rebinding achieves: Chromium maps the name to 127.0.0.1 itself)
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    make_automation(name="Payroll export")
+    port = dashboard_url.rsplit(":", 1)[1]
+    rules = "--host-resolver-rules=MAP evil.example 127.0.0.1"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, rules]
+        )
+        page = browser.new_page()
+        # when the dashboard is opened under that name
+        page.goto(f"http://evil.example:{port}/automations")
+        settle(page)
+        # then it says so and shows none of the data
+        page.get_by_text("does not answer on this address").wait_for()
+        assert "Payroll export" not in page.content()
+        browser.close()

@@ -33,7 +33,7 @@ from testkit.factories import (
 )
 from testkit.waiting import wait_for
 
-PAGES = Path(__file__).resolve().parent.parent / "dashboard" / "pages"
+PAGES = Path(__file__).resolve().parent.parent / "dashboard" / "views"
 pytestmark = pytest.mark.usefixtures("db", "redis_client")
 
 

@@ -26,6 +26,7 @@ page = st.navigation(
         st.Page(PAGES / "executions.py", title="Executions", icon=":material/history:"),
         st.Page(PAGES / "export.py", title="Export", icon=":material/download:"),
         st.Page(PAGES / "queues.py", title="Queues", icon=":material/inbox:"),
+        st.Page(PAGES / "audit.py", title="Audit", icon=":material/policy:"),
     ]
 )
 page.run()

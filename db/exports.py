@@ -70,9 +70,9 @@ USER_TEXT_COLUMNS = ("automation", "error")
 FORMULA_START = r"^[=+\-@\t\r]"
 
 
-def neutralise_formulas(table: pa.Table) -> pa.Table:
-    """`table` with every user-text cell that a spreadsheet would run made inert."""
-    for name in USER_TEXT_COLUMNS:
+def neutralise_formulas(table: pa.Table, columns: tuple[str, ...] = USER_TEXT_COLUMNS) -> pa.Table:
+    """`table` with every cell of `columns` that a spreadsheet would run made inert."""
+    for name in columns:
         column = table[name]
         risky = pc.fill_null(pc.match_substring_regex(column, FORMULA_START), False)
         quoted = pc.binary_join_element_wise("'", column, "")

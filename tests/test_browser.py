@@ -219,6 +219,7 @@ def test_dashboard_in_a_real_browser(dashboard_url: str, browser_page: Any) -> N
         ("automations", "Steps"),
         ("export", "Build file"),
         ("queues", "Dead letters"),
+        ("audit", "Download CSV"),
     ):
         page.goto(f"{dashboard_url}/{name}")
         settle(page)

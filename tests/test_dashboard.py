@@ -20,11 +20,13 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from dashboard import forms, ui
-from db import queries
+from db import commands, queries
+from db.audit import AuditFilters, audit_csv, list_audit
 from db.queries import ExecutionFilters
 from db.session import session_scope
 from testkit.factories import (
     add_runs,
+    automation_input,
     make_automation,
     make_schedule,
     now,
@@ -59,7 +61,7 @@ def schedules() -> list[queries.ScheduleRow]:
 
 
 @pytest.mark.parametrize(
-    "name", ["overview", "schedules", "automations", "executions", "export", "queues"]
+    "name", ["overview", "schedules", "automations", "executions", "export", "queues", "audit"]
 )
 def test_every_page_renders_its_empty_state(name: str) -> None:
     at = page(name)
@@ -443,3 +445,35 @@ def test_timezone_options_put_common_zones_first() -> None:
     options = forms.timezone_options("Asia/Kathmandu")
     assert options[0] == "UTC" and "Asia/Kathmandu" in options[:20]
     assert options[-1] == forms.OTHER_ZONE and len(options) > 400
+
+
+# --- audit ------------------------------------------------------------------------------
+
+
+def test_the_audit_page_lists_who_did_what_and_filters_it() -> None:
+    # given changes made by two people
+    with session_scope() as session:
+        created = commands.create_automation(
+            session, automation_input(name="=cmd|' /C calc'!A0"), actor="alice@example.com"
+        )
+        commands.rotate_signing_secret(session, created.id, actor="bob@example.com")
+    # when the audit page opens, then both changes are listed, newest first
+    at = page("audit")
+    frame = at.dataframe[0].value
+    assert list(frame["Who"]) == ["bob@example.com", "alice@example.com"]
+    assert list(frame["What"]) == ["rotate_secret", "create"]
+    # and narrowing by who and by what keeps only the matching rows
+    at.text_input(key="au_actor").input("ALICE").run()
+    assert list(at.dataframe[0].value["What"]) == ["create"]
+    at.text_input(key="au_actor").input("").run()
+    at.multiselect(key="au_actions").select("rotate_secret").run()
+    assert list(at.dataframe[0].value["Who"]) == ["bob@example.com"]
+
+
+def test_the_audit_export_cannot_run_a_formula() -> None:
+    with session_scope() as session:
+        commands.create_automation(session, automation_input(name="=1+1"), actor="=HYPERLINK(1)")
+        rows = list_audit(session, AuditFilters())
+    text = audit_csv(rows).decode()
+    assert "'=HYPERLINK(1)" in text
+    assert ',"=' not in text and "\n=" not in text

@@ -285,3 +285,37 @@ def test_a_page_served_under_a_foreign_host_name_shows_nothing(dashboard_url: st
         page.get_by_text("does not answer on this address").wait_for()
         assert "Payroll export" not in page.content()
         browser.close()
+
+
+def test_a_watched_run_that_ends_stays_on_screen(dashboard_url: str, browser_page: Any) -> None:
+    # given a running execution opened from the list
+    from sqlalchemy import func, update
+
+    from db.models import Execution
+
+    page = browser_page
+    automation_id = make_automation(name="Watched run")
+    (running,) = add_runs(automation_id, [{"status": "running", "finished_at": None}])
+    page.goto(f"{dashboard_url}/executions")
+    settle(page)
+    page.get_by_text("Open an execution").wait_for()
+    page.locator('[data-testid="stSelectbox"]').filter(has_text="Open an execution").click()
+    page.get_by_role("option").filter(has_text="Watched run").first.click()
+    settle(page)
+    page.get_by_text("Steps done").wait_for()
+    # when it ends while the page refreshes itself (every 10 s)
+    with session_scope() as session:
+        session.execute(
+            update(Execution)
+            .where(Execution.id == running)
+            .values(status="succeeded", finished_at=func.now())
+        )
+    page.wait_for_timeout(13_000)
+    shoot(page, "watched_run")
+    # then its detail is still shown, now finished, with no error
+    no_exception(page)
+    heading = page.locator("h3").filter(has_text="Watched run").first
+    assert "succeeded" in (heading.inner_text() or "")
+    # and the chooser names the run by what does not change (no stale "running" in it)
+    chooser = page.locator('[data-testid="stSelectbox"]').filter(has_text="Open an execution")
+    assert "running" not in (chooser.inner_text() or "")

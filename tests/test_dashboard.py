@@ -17,11 +17,13 @@ from typing import Any
 import pandas as pd
 import pytest
 import streamlit as st
+from sqlalchemy import func, update
 from streamlit.testing.v1 import AppTest
 
 from dashboard import forms, ui
 from db import commands, queries
 from db.audit import AuditFilters, audit_csv, list_audit
+from db.models import Execution
 from db.queries import ExecutionFilters
 from db.session import session_scope
 from testkit.factories import (
@@ -477,3 +479,25 @@ def test_the_audit_export_cannot_run_a_formula() -> None:
     text = audit_csv(rows).decode()
     assert "'=HYPERLINK(1)" in text
     assert ',"=' not in text and "\n=" not in text
+
+
+def test_an_open_run_stays_open_when_its_status_changes() -> None:
+    # given a running execution opened on the Executions page
+    automation_id = make_automation(name="Watched")
+    (running,) = add_runs(automation_id, [{"status": "running", "finished_at": None}])
+    at = page("executions")
+    at.selectbox(key="ex_open").set_value(str(running)).run()
+    assert not at.exception, at.exception
+    # when it ends while the page is watched
+    with session_scope() as session:
+        session.execute(
+            update(Execution)
+            .where(Execution.id == running)
+            .values(status="succeeded", finished_at=func.now())
+        )
+    st.cache_data.clear()
+    at.run()
+    # then the page shows it finished, instead of failing on its changed label
+    assert not at.exception, at.exception
+    assert at.session_state["ex_open"] == str(running)
+    assert "succeeded" in texts(at)

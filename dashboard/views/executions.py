@@ -105,18 +105,19 @@ def history() -> None:
     st.selectbox(
         "Open an execution",
         options,
+        # Only what never changes about a run: a label that moved with its status lost
+        # the selection when the run ended (and showed the old status meanwhile).
         format_func=lambda i: (
             "Choose a run to see its steps…"
             if not i
-            else f"{ui.badge(by_id[i].status)} · {by_id[i].automation_name} · "
-            f"{ui.fmt_time(by_id[i].queued_at)} · {i[:8]}"
+            else f"{by_id[i].automation_name} · {ui.fmt_time(by_id[i].queued_at)} · {i[:8]}"
             if i in by_id
             else i
         ),
         key="ex_open",
     )
-    if st.session_state.get("ex_open"):
-        detail_view(uuid.UUID(st.session_state["ex_open"]))
+    if (opened := ui.uuid_or_none(st.session_state.get("ex_open"))) is not None:
+        detail_view(opened)
 
 
 def detail_view(execution_id: uuid.UUID) -> None:

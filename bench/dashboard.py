@@ -35,9 +35,11 @@ PAGE_SIZE = 50
 
 def page_calls(session: Any) -> list[tuple[str, str, Callable[[], Any]]]:
     """(page, what, call) for every read a dashboard page makes."""
+    from db import figures
     from db import queries as q
+    from db.session import db_now
 
-    now = q.db_now(session)
+    now = db_now(session)
     automation_id, schedule_id = session.execute(
         text("SELECT automation_id, id FROM schedules ORDER BY id LIMIT 1")
     ).one()
@@ -53,20 +55,20 @@ def page_calls(session: Any) -> list[tuple[str, str, Callable[[], Any]]]:
     by_automation = F(automation_id=automation_id)
     last_page = (500 - 1) * PAGE_SIZE
     return [
-        ("overview", "kpis", lambda: q.kpis(session)),
+        ("overview", "kpis", lambda: figures.kpis(session)),
         (
             "overview",
             "outcome_series 24 h by hour",
-            lambda: q.outcome_series(session, since=now - timedelta(days=1), bucket="hour"),
+            lambda: figures.outcome_series(session, since=now - timedelta(days=1), bucket="hour"),
         ),
         (
             "overview",
             "outcome_series 14 d by day",
-            lambda: q.outcome_series(session, since=now - timedelta(days=14), bucket="day"),
+            lambda: figures.outcome_series(session, since=now - timedelta(days=14), bucket="day"),
         ),
-        ("overview", "upcoming_runs", lambda: q.upcoming_runs(session, limit=10)),
+        ("overview", "upcoming_runs", lambda: figures.upcoming_runs(session, limit=10)),
         ("overview", "recent_failures", lambda: q.recent_failures(session, limit=10)),
-        ("overview", "scheduler_liveness", lambda: q.scheduler_liveness(session)),
+        ("overview", "scheduler_liveness", lambda: figures.scheduler_liveness(session)),
         ("schedules", "list_schedules (1,000)", lambda: q.list_schedules(session)),
         ("schedules", "automation_names", lambda: q.automation_names(session)),
         ("schedules", "queued_runs", lambda: q.queued_runs(session, schedule_id)),
@@ -111,7 +113,7 @@ def page_calls(session: Any) -> list[tuple[str, str, Callable[[], Any]]]:
         (
             "executions",
             "schedule_stats 7 d",
-            lambda: q.schedule_stats(session, since=now - timedelta(days=7)),
+            lambda: figures.schedule_stats(session, since=now - timedelta(days=7)),
         ),
         ("executions", "schedule_labels", lambda: q.schedule_labels(session)),
         (

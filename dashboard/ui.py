@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import streamlit as st
 
 from core.vocabulary import ExecutionStatus, ScheduleState
-from db import queries
+from db import figures, queries
 from db.session import session_scope
 
 ACTOR = "dashboard"
@@ -167,7 +167,7 @@ def field_error(errors: dict[str, str], field: str) -> None:
 
 def scheduler_warning() -> None:
     """Warn when the scheduler's last dispatch tick is over two minutes old (or never ran)."""
-    live = read(queries.scheduler_liveness)
+    live = read(figures.scheduler_liveness)
     if not live.stale():
         return
     if live.dispatch_at is None:

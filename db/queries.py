@@ -12,24 +12,21 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any, Literal, TypeVar
+from datetime import datetime
+from typing import Any, TypeVar
 
-from sqlalchemy import Select, and_, func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from core.timing import describe, parse_timing, spec_of
 from core.vocabulary import (
-    CHART_STATUSES,
-    OPEN_STATUSES,
     ExecutionStatus,
     ScheduleKind,
     ScheduleState,
 )
-from db.models import Automation, Execution, Heartbeat, Schedule, StepRun
-from db.session import db_now
+from db.figures import success_rate
+from db.models import Automation, Execution, Schedule, StepRun
 
-Bucket = Literal["hour", "day"]
 AnySelect = Select[*tuple[Any, ...]]
 S = TypeVar("S", bound=AnySelect)
 
@@ -97,6 +94,18 @@ class ExecutionRow:
         if self.started_at is None or self.finished_at is None:
             return None
         return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def steps_done(self) -> str:
+        """Steps finished, in words: current_step is the step last *started*."""
+        if self.status == ExecutionStatus.SUCCEEDED:
+            return f"{self.total_steps}/{self.total_steps}"
+        if self.status == ExecutionStatus.RUNNING and self.current_step:
+            return f"step {self.current_step} of {self.total_steps} running"
+        done = max(self.current_step - 1, 0)
+        if self.status == ExecutionStatus.FAILED and self.current_step:
+            return f"{done}/{self.total_steps}, failed at step {self.current_step}"
+        return f"{done}/{self.total_steps}"
 
 
 @dataclass(frozen=True)
@@ -207,150 +216,6 @@ def _step_row(run: StepRun, steps: list[dict[str, str]]) -> StepRunRow:
     )
 
 
-# --- overview -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Kpis:
-    active_schedules: int
-    runs_24h: int
-    success_rate_24h: float | None  # succeeded / (succeeded + failed); None without runs
-    success_rate_7d: float | None
-    failures_24h: int  # failed runs in the last 24 h: what needs a look
-    open_runs: int  # queued or running right now
-    now: datetime
-
-
-def success_rate(succeeded: int, failed: int) -> float | None:
-    """Share of finished runs that succeeded; skipped and cancelled runs do not count."""
-    total = succeeded + failed
-    return None if total == 0 else succeeded / total
-
-
-def _finished_counts(session: Session, since: datetime) -> tuple[int, int, int]:
-    succeeded, failed, finished = session.execute(
-        select(
-            func.count().filter(Execution.status == ExecutionStatus.SUCCEEDED),
-            func.count().filter(Execution.status == ExecutionStatus.FAILED),
-            func.count(),
-        ).where(Execution.finished_at >= since)
-    ).one()
-    return int(succeeded), int(failed), int(finished)
-
-
-def kpis(session: Session) -> Kpis:
-    now = db_now(session)
-    ok_day, failed_day, finished_day = _finished_counts(session, now - timedelta(days=1))
-    ok_week, failed_week, _ = _finished_counts(session, now - timedelta(days=7))
-    active = session.scalar(select(func.count()).select_from(Schedule).where(Schedule.enabled))
-    open_runs = session.scalar(
-        select(func.count()).select_from(Execution).where(Execution.status.in_(OPEN_STATUSES))
-    )
-    return Kpis(
-        active_schedules=int(active or 0),
-        runs_24h=finished_day,
-        success_rate_24h=success_rate(ok_day, failed_day),
-        success_rate_7d=success_rate(ok_week, failed_week),
-        failures_24h=failed_day,
-        open_runs=int(open_runs or 0),
-        now=now,
-    )
-
-
-@dataclass(frozen=True)
-class OutcomePoint:
-    bucket: datetime  # start of the hour or day, UTC
-    status: str
-    count: int
-
-
-def outcome_series(
-    session: Session, *, since: datetime, bucket: Bucket = "day", until: datetime | None = None
-) -> list[OutcomePoint]:
-    """Finished runs per hour or day (UTC) and outcome, for the stacked chart.
-
-    Every bucket from `since` to `until` (default: now) appears with every status
-    of CHART_STATUSES, zero-filled, so the chart has no holes.
-    """
-    until = until or db_now(session)
-    start = func.date_trunc(bucket, Execution.finished_at, "UTC")
-    rows = session.execute(
-        select(start.label("bucket"), Execution.status, func.count())
-        .where(
-            Execution.finished_at >= since,
-            Execution.finished_at < until,
-            Execution.status.in_(CHART_STATUSES),
-        )
-        .group_by("bucket", Execution.status)
-    ).all()
-    counts = {(b, s): int(c) for b, s, c in rows}
-    return [
-        OutcomePoint(b, s, counts.get((b, s), 0))
-        for b in bucket_starts(since, until, bucket)
-        for s in CHART_STATUSES
-    ]
-
-
-def bucket_starts(since: datetime, until: datetime, bucket: Bucket) -> list[datetime]:
-    """UTC bucket starts covering [since, until)."""
-    step = timedelta(hours=1) if bucket == "hour" else timedelta(days=1)
-    first = since.astimezone(until.tzinfo).replace(minute=0, second=0, microsecond=0)
-    if bucket == "day":
-        first = first.replace(hour=0)
-    starts = []
-    current = first
-    while current < until:
-        starts.append(current)
-        current += step
-    return starts
-
-
-@dataclass(frozen=True)
-class UpcomingRun:
-    schedule_id: uuid.UUID
-    automation_name: str
-    next_run_at: datetime
-    timezone: str
-    kind: str
-    cron_expr: str | None
-
-
-def upcoming_runs(session: Session, *, limit: int = 10) -> list[UpcomingRun]:
-    rows = session.execute(
-        select(
-            Schedule.id.label("schedule_id"),
-            Automation.name.label("automation_name"),
-            Schedule.next_run_at,
-            Schedule.timezone,
-            Schedule.kind,
-            Schedule.cron_expr,
-        )
-        .join(Automation, Automation.id == Schedule.automation_id)
-        .where(Schedule.enabled, Schedule.next_run_at.is_not(None))
-        .order_by(Schedule.next_run_at)
-        .limit(limit)
-    ).all()
-    return [UpcomingRun(**row._mapping) for row in rows]
-
-
-def heartbeat_at(session: Session, name: str) -> datetime | None:
-    return session.scalar(select(Heartbeat.at).where(Heartbeat.name == name))
-
-
-@dataclass(frozen=True)
-class Liveness:
-    now: datetime
-    dispatch_at: datetime | None
-
-    def stale(self, max_age: timedelta = timedelta(minutes=2)) -> bool:
-        """True when the scheduler has not ticked for `max_age` (or never did)."""
-        return self.dispatch_at is None or self.now - self.dispatch_at > max_age
-
-
-def scheduler_liveness(session: Session) -> Liveness:
-    return Liveness(now=db_now(session), dispatch_at=heartbeat_at(session, "dispatch"))
-
-
 # --- schedules ------------------------------------------------------------------------
 
 
@@ -453,59 +318,6 @@ def queued_runs(session: Session, schedule_id: uuid.UUID) -> int:
         )
         or 0
     )
-
-
-@dataclass(frozen=True)
-class ScheduleStats:
-    schedule_id: uuid.UUID
-    automation_name: str
-    runs: int
-    succeeded: int
-    failed: int
-    p50_s: float | None
-    p95_s: float | None
-
-    @property
-    def success_rate(self) -> float | None:
-        return success_rate(self.succeeded, self.failed)
-
-
-def schedule_stats(
-    session: Session, *, since: datetime, automation_id: uuid.UUID | None = None
-) -> list[ScheduleStats]:
-    """Per schedule: finished runs since `since`, outcomes, and duration p50 / p95 (seconds)."""
-    duration = func.extract("epoch", Execution.finished_at - Execution.started_at)
-    finished = and_(Execution.finished_at >= since, Execution.schedule_id.is_not(None))
-    ran = Execution.status.in_((ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED))
-    stmt = (
-        select(
-            Execution.schedule_id,
-            Automation.name.label("automation_name"),
-            func.count().label("runs"),
-            func.count().filter(Execution.status == ExecutionStatus.SUCCEEDED).label("succeeded"),
-            func.count().filter(Execution.status == ExecutionStatus.FAILED).label("failed"),
-            func.percentile_cont(0.5).within_group(duration).filter(ran).label("p50_s"),
-            func.percentile_cont(0.95).within_group(duration).filter(ran).label("p95_s"),
-        )
-        .join(Automation, Automation.id == Execution.automation_id)
-        .where(finished)
-        .group_by(Execution.schedule_id, Automation.name)
-        .order_by(Automation.name, Execution.schedule_id)
-    )
-    if automation_id is not None:
-        stmt = stmt.where(Execution.automation_id == automation_id)
-    return [
-        ScheduleStats(
-            schedule_id=r.schedule_id,
-            automation_name=r.automation_name,
-            runs=int(r.runs),
-            succeeded=int(r.succeeded),
-            failed=int(r.failed),
-            p50_s=None if r.p50_s is None else float(r.p50_s),
-            p95_s=None if r.p95_s is None else float(r.p95_s),
-        )
-        for r in session.execute(stmt).all()
-    ]
 
 
 # --- automations --------------------------------------------------------------------

@@ -247,7 +247,7 @@ LOAD = 1000
 
 def _dashboard_reads(stop: threading.Event, errors: list[BaseException], done: list[int]) -> None:
     """What the dashboard's pages ask, in a loop, while the workers write."""
-    from db import queries
+    from db import figures, queries
 
     while not stop.is_set():
         try:
@@ -258,10 +258,10 @@ def _dashboard_reads(stop: threading.Event, errors: list[BaseException], done: l
                     session, queries.ExecutionFilters(statuses=("running", "queued")), limit=50
                 )
                 queries.count_executions(session, queries.ExecutionFilters())
-                queries.kpis(session)
-                queries.outcome_series(session, since=now - timedelta(days=1), bucket="hour")
+                figures.kpis(session)
+                figures.outcome_series(session, since=now - timedelta(days=1), bucket="hour")
                 queries.recent_failures(session)
-                queries.scheduler_liveness(session)
+                figures.scheduler_liveness(session)
             done.append(1)
         except BaseException as exc:  # reported by the test
             errors.append(exc)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import insert
 
-from db import queries
+from db import figures, queries
 from db.dispatch import beat
 from db.models import StepRun
 from db.queries import ExecutionFilters
@@ -38,7 +38,7 @@ def test_kpis_count_active_schedules_runs_and_rates() -> None:
     )
     # when
     with session_scope() as session:
-        k = queries.kpis(session)
+        k = figures.kpis(session)
     # then
     assert k.active_schedules == 1
     assert k.runs_24h == 4
@@ -50,7 +50,7 @@ def test_kpis_count_active_schedules_runs_and_rates() -> None:
 
 def test_kpis_without_history_have_no_rate() -> None:
     with session_scope() as session:
-        k = queries.kpis(session)
+        k = figures.kpis(session)
     assert (k.runs_24h, k.success_rate_24h, k.success_rate_7d) == (0, None, None)
 
 
@@ -70,7 +70,7 @@ def test_outcome_series_buckets_by_day_and_status_zero_filled() -> None:
     )
     # when
     with session_scope() as session:
-        points = queries.outcome_series(
+        points = figures.outcome_series(
             session, since=day, until=day + timedelta(days=3), bucket="day"
         )
     # then
@@ -87,7 +87,7 @@ def test_outcome_series_by_hour() -> None:
     hour = datetime(2030, 1, 10, 8, tzinfo=UTC)
     add_runs(auto, [{"status": "failed", "finished_at": hour + timedelta(minutes=59)}])
     with session_scope() as session:
-        points = queries.outcome_series(
+        points = figures.outcome_series(
             session, since=hour, until=hour + timedelta(hours=2), bucket="hour"
         )
     failed = [(p.bucket, p.count) for p in points if p.status == "failed"]
@@ -203,7 +203,7 @@ def test_schedule_stats_percentiles_in_sql() -> None:
     add_runs(auto, rows)
     # when
     with session_scope() as session:
-        [stats] = queries.schedule_stats(session, since=t - timedelta(days=1))
+        [stats] = figures.schedule_stats(session, since=t - timedelta(days=1))
     # then
     assert (stats.runs, stats.succeeded, stats.failed) == (10, 9, 1)
     assert stats.success_rate == pytest.approx(0.9)
@@ -231,7 +231,7 @@ def test_list_schedules_states_and_queued_runs() -> None:
         rows = queries.list_schedules(session)
         only_paused = queries.list_schedules(session, state="paused")
         waiting = queries.queued_runs(session, active)
-        upcoming = queries.upcoming_runs(session)
+        upcoming = figures.upcoming_runs(session)
     by_id = {r.id: r for r in rows}
     assert by_id[active].state == "active" and by_id[active].queued_runs == 1
     assert by_id[paused].state == "paused" and by_id[paused].queued_runs == 0
@@ -243,10 +243,10 @@ def test_list_schedules_states_and_queued_runs() -> None:
 
 def test_scheduler_liveness_is_stale_without_a_recent_tick() -> None:
     with session_scope() as session:
-        assert queries.scheduler_liveness(session).stale()
+        assert figures.scheduler_liveness(session).stale()
         beat(session, "dispatch")
     with session_scope() as session:
-        live = queries.scheduler_liveness(session)
+        live = figures.scheduler_liveness(session)
     assert not live.stale()
     assert live.stale(max_age=timedelta(seconds=-1))
 
@@ -266,3 +266,36 @@ def test_automation_lists_skip_archived() -> None:
     assert [(r.name, r.schedules) for r in rows] == [("Keep", 1)]
     assert list(names.values()) == ["Keep"]
     assert all("Keep" in label for label in labels.values())
+
+
+@pytest.mark.parametrize(
+    ("status", "current", "shown"),
+    [
+        ("queued", 0, "0/3"),
+        ("running", 3, "step 3 of 3 running"),
+        ("succeeded", 3, "3/3"),
+        ("failed", 1, "0/3, failed at step 1"),
+        ("failed", 3, "2/3, failed at step 3"),
+        ("cancelled", 2, "1/3"),
+    ],
+)
+def test_steps_done_counts_finished_steps_not_the_step_last_started(
+    status: str, current: int, shown: str
+) -> None:
+    row = queries.ExecutionRow(
+        id=uuid.uuid4(),
+        automation_id=uuid.uuid4(),
+        automation_name="a",
+        schedule_id=None,
+        trigger="manual",
+        status=status,
+        scheduled_for=datetime.now(UTC),
+        queued_at=datetime.now(UTC),
+        started_at=None,
+        finished_at=None,
+        attempt=1,
+        current_step=current,
+        total_steps=3,
+        error=None,
+    )
+    assert row.steps_done == shown

@@ -14,7 +14,7 @@ from core.errors import StepwiseError
 from core.vocabulary import OPEN_STATUSES, ExecutionStatus
 from dashboard import ui
 from dashboard.filters import history_filters
-from db import queries
+from db import figures, queries
 from tasks import actions
 
 PAGE_SIZES = (25, 50, 100)
@@ -48,7 +48,7 @@ def history_table(rows: list[queries.ExecutionRow]) -> pd.DataFrame:
             "Scheduled for": [ui.fmt_time(r.scheduled_for) for r in rows],
             "Queued": [ui.fmt_time(r.queued_at) for r in rows],
             "Duration": [ui.fmt_duration(r.duration_s) for r in rows],
-            "Steps": [f"{r.current_step}/{r.total_steps}" for r in rows],
+            "Steps": [r.steps_done for r in rows],
             "Attempt": [r.attempt for r in rows],
             "Error": [r.error or "" for r in rows],
             "Id": [str(r.id) for r in rows],
@@ -130,7 +130,7 @@ def detail_view(execution_id: uuid.UUID) -> None:
         st.markdown(f"### {ui.text(run.automation_name)} {ui.badge_md(run.status)}")
         m = st.columns(5)
         m[0].metric("Trigger", run.trigger)
-        m[1].metric("Steps done", f"{run.current_step}/{run.total_steps}")
+        m[1].metric("Steps done", run.steps_done)
         m[2].metric("Attempt", run.attempt)
         m[3].metric("Duration", ui.fmt_duration(run.duration_s))
         m[4].metric("Scheduled for", ui.fmt_time(run.scheduled_for)[11:19])
@@ -196,9 +196,9 @@ def actions_row(run: queries.ExecutionRow) -> None:
 history()
 
 st.subheader("Per schedule, last 7 days")
-now = ui.read(queries.scheduler_liveness).now
+now = ui.read(figures.scheduler_liveness).now
 stats = ui.read(
-    queries.schedule_stats, since=now - timedelta(days=7), automation_id=filters.automation_id
+    figures.schedule_stats, since=now - timedelta(days=7), automation_id=filters.automation_id
 )
 if not stats:
     ui.empty_state(

@@ -64,9 +64,18 @@ if st.button("Build file", type="primary", key="exp_build"):
         st.error(ui.text(exc))
     else:
         bar.progress(1.0, text=f"{rows:,} rows written")
-        st.session_state["exp_file"] = {"path": str(path), "rows": rows, "format": fmt}
+        st.session_state["exp_file"] = {
+            "path": str(path),
+            "rows": rows,
+            "format": fmt,
+            "filters": filters,
+        }
 
 built = st.session_state.get("exp_file")
+# A file built for other filters or another format is not what the page now describes.
+if built and (built["filters"] != filters or built["format"] != fmt):
+    st.session_state.pop("exp_file")
+    built = None
 if built and Path(built["path"]).exists():
     path = Path(built["path"])
     size_mb = path.stat().st_size / 1e6

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import ui
-from db import queries
+from db import figures, queries
 from tasks import queues
 
 RANGES = {"Last 24 hours (by hour)": ("hour", 1), "Last 14 days (by day)": ("day", 14)}
@@ -27,7 +27,7 @@ def queue_depth() -> str:
 
 @st.fragment(run_every=30)
 def headline() -> None:
-    k = ui.read(queries.kpis)
+    k = ui.read(figures.kpis)
     cols = st.columns(6)
     cols[0].metric("Active schedules", k.active_schedules)
     cols[1].metric("Runs, last 24 h", k.runs_24h)
@@ -37,7 +37,7 @@ def headline() -> None:
     cols[5].metric("Queue depth", queue_depth(), help="messages waiting or delayed in Redis")
     choice = st.session_state.get("overview_range", next(iter(RANGES)))
     bucket, days = RANGES[choice]
-    points = ui.read(queries.outcome_series, since=k.now - timedelta(days=days), bucket=bucket)
+    points = ui.read(figures.outcome_series, since=k.now - timedelta(days=days), bucket=bucket)
     frame = pd.DataFrame([p.__dict__ for p in points])
     if frame.empty or frame["count"].sum() == 0:
         ui.empty_state(
@@ -70,7 +70,7 @@ headline()
 left, right = st.columns(2)
 with left:
     st.subheader("Coming up")
-    upcoming = ui.read(queries.upcoming_runs, limit=10)
+    upcoming = ui.read(figures.upcoming_runs, limit=10)
     if not upcoming:
         ui.empty_state("No run is scheduled.", "Add a schedule on the Schedules page.")
     else:

@@ -342,6 +342,25 @@ def test_execution_detail_and_retry(history: dict[str, uuid.UUID]) -> None:
     assert detail is not None and detail.execution.status == "queued"
 
 
+def test_a_built_export_is_not_offered_once_the_filters_or_format_change(
+    history: dict[str, uuid.UUID],
+) -> None:
+    # given a CSV built for the failed runs
+    at = page("export")
+    at.multiselect(key="exp_status").select("failed").run()
+    at.button(key="exp_build").click().run()
+    assert "exp_file" in at.session_state
+    # when the format changes, then the old file is no longer offered
+    at.radio(key="exp_format").set_value("parquet").run()
+    assert "exp_file" not in at.session_state
+    # and when a filter changes after a new build, neither
+    at.button(key="exp_build").click().run()
+    assert at.session_state["exp_file"]["format"] == "parquet"
+    at.multiselect(key="exp_status").unselect("failed").run()
+    assert not at.exception, at.exception
+    assert "exp_file" not in at.session_state
+
+
 def test_a_link_with_a_bad_execution_id_says_not_found() -> None:
     # given a link whose execution id is not an id at all
     st.cache_data.clear()

@@ -49,6 +49,7 @@ class SecretBox:
     """Seals and opens values with the deployment's keys (the first key seals)."""
 
     def __init__(self, keys: tuple[str, ...]) -> None:
+        self.first_key = keys[0]  # the one that seals; other secrets are derived from it
         self._fernet = MultiFernet([Fernet(k) for k in keys])
 
     def seal(self, value: str) -> str:

@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     web_address: str = "127.0.0.1"
     # Host names the dashboard answers on besides this machine's own (comma-separated).
     web_hosts: str = ""
+    # Login with OpenID Connect: issuer, client id and secret set = every person logs in.
+    oidc_issuer: str = ""  # its /.well-known/openid-configuration is read
+    oidc_client_id: str = ""
+    oidc_client_secret: str = ""
+    oidc_redirect_uri: str = ""  # default http://localhost:<port>/oauth2callback
+    # The people let in (e-mail addresses, comma-separated) until workspaces and roles.
+    admins: str = ""
     redis_port: int = Field(default=6390, ge=1, le=65535)  # embedded Redis only
     demo: bool = True  # bundled demo agent + demo automation on first start
     demo_agent_port: int = Field(default=8787, ge=1, le=65535)
@@ -134,14 +141,41 @@ class Settings(BaseSettings):
         extra = {h.strip().lower() for h in self.web_hosts.split(",") if h.strip()}
         return host in {"localhost", "127.0.0.1", "::1"} | extra
 
+    @property
+    def login_required(self) -> bool:
+        """Whether the dashboard asks every person to log in (OpenID Connect configured)."""
+        return bool(self.oidc_issuer or self.oidc_client_id or self.oidc_client_secret)
+
+    def admin_emails(self) -> frozenset[str]:
+        return frozenset(e.strip().lower() for e in self.admins.split(",") if e.strip())
+
+    def require_login_config(self) -> None:
+        """Fail clearly on a half-configured login, or one that would let anyone in."""
+        if not self.login_required:
+            return
+        missing = [
+            name
+            for name, value in (
+                ("STEPWISE_OIDC_ISSUER", self.oidc_issuer),
+                ("STEPWISE_OIDC_CLIENT_ID", self.oidc_client_id),
+                ("STEPWISE_OIDC_CLIENT_SECRET", self.oidc_client_secret),
+                ("STEPWISE_ADMINS", self.admins.strip()),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigError(f"login is half configured: set {', '.join(missing)}")
+
     def require_private_web(self) -> None:
-        """Refuse a dashboard reachable beyond this machine: it has no login yet."""
-        if _is_loopback(self.web_address):
+        """Refuse a dashboard reachable beyond this machine unless every person logs in."""
+        self.require_login_config()
+        if _is_loopback(self.web_address) or self.login_required:
             return
         raise ConfigError(
             f"STEPWISE_WEB_ADDRESS={self.web_address} would let anyone who reaches it control "
-            "every automation: the dashboard has no login yet. Keep STEPWISE_WEB_ADDRESS at "
-            "127.0.0.1 (the default) and put an authenticating proxy in front of it"
+            "every automation: there is no login. Set STEPWISE_OIDC_ISSUER, "
+            "STEPWISE_OIDC_CLIENT_ID, STEPWISE_OIDC_CLIENT_SECRET and STEPWISE_ADMINS, or keep "
+            "STEPWISE_WEB_ADDRESS at 127.0.0.1 (the default)"
         )
 
     def require_redis(self) -> None:

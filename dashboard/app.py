@@ -9,13 +9,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import streamlit as st
 
 from core.settings import get_settings
+from dashboard import ui
 
 st.set_page_config(page_title="Stepwise", page_icon=":material/stairs:", layout="wide")
+settings = get_settings()
 # A page served under a name this deployment does not answer to is a DNS rebinding
 # attempt (a hostile site whose name now points here): show nothing.
-if not get_settings().web_host_allowed(st.context.headers.get("host")):
+if not settings.web_host_allowed(st.context.headers.get("host")):
     st.error("This dashboard does not answer on this address.")
     st.stop()
+if settings.login_required:
+    if not st.user.is_logged_in:
+        st.title("Stepwise")
+        st.button("Log in", type="primary", icon=":material/login:", on_click=st.login)
+        st.stop()
+    email = str(st.user.get("email") or "")
+    if email.lower() not in settings.admin_emails():
+        st.error(f"{ui.text(email or 'This account')} has no access to this Stepwise.")
+        st.button("Log out", on_click=st.logout)
+        st.stop()
+    with st.sidebar:
+        st.caption(f"Signed in as {ui.text(email)}")
+        st.button("Log out", icon=":material/logout:", on_click=st.logout, key="logout")
 # Not "pages/": Streamlit would serve files there by URL without this entry script.
 PAGES = Path(__file__).parent / "views"
 page = st.navigation(

@@ -250,7 +250,7 @@ def _save(schedule_id: str | None, data: ScheduleDefinition | None, errors: dict
                 commands.create_schedule,
                 uuid.UUID(automation),
                 data,
-                actor=ui.ACTOR,
+                actor=ui.actor(),
             )
             message = "Schedule created."
         else:
@@ -258,7 +258,7 @@ def _save(schedule_id: str | None, data: ScheduleDefinition | None, errors: dict
                 commands.update_schedule,
                 uuid.UUID(schedule_id),
                 data,
-                actor=ui.ACTOR,
+                actor=ui.actor(),
             )
             message = "Schedule saved."
     except ValidationFailed as exc:

@@ -15,11 +15,12 @@ from zoneinfo import ZoneInfo
 
 import streamlit as st
 
+from core.settings import get_settings
 from core.vocabulary import ExecutionStatus, ScheduleState
 from db import figures, queries
 from db.session import session_scope
 
-ACTOR = "dashboard"
+LOCAL_ACTOR = "local admin"  # no login configured: the dashboard is this machine's only
 T = TypeVar("T")
 
 STATUS_COLOR_NAMES: dict[str, str] = {
@@ -38,6 +39,13 @@ STATUS_COLORS: dict[str, str] = {
     ExecutionStatus.FAILED: "#d64545",
     ExecutionStatus.SKIPPED: "#a0a7b4",
 }
+
+
+def actor() -> str:
+    """Who is acting, for the audit log: the logged-in person, or the local admin."""
+    if get_settings().login_required and st.user.is_logged_in:
+        return str(st.user.get("email") or st.user.get("sub") or "unknown")
+    return LOCAL_ACTOR
 
 
 def read(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -16,8 +16,13 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_PROCESSES = ("web", "scheduler", "dispatcher", "worker")
@@ -185,7 +190,39 @@ def web(_: argparse.Namespace) -> int:
         *("--server.port", str(port), "--server.address", settings.web_address),
         *("--server.headless", "true", "--browser.gatherUsageStats", "false"),
     ]
+    if settings.login_required:
+        command += ["--secrets.files", str(login_secrets(settings, port))]
     os.execv(sys.executable, command)
+
+
+def login_secrets(settings: Settings, port: int) -> Path:
+    """Streamlit's [auth] section from STEPWISE_OIDC_*, in an owner-only file.
+
+    The login cookie is signed with a key derived from the first of
+    STEPWISE_SECRET_KEYS, so it survives restarts and needs no variable of its own.
+    """
+    import hashlib
+    import hmac
+    import json
+
+    key = settings.secret_box().first_key
+    cookie_secret = hmac.new(key.encode(), b"stepwise login cookie", hashlib.sha256).hexdigest()
+    redirect = settings.oidc_redirect_uri or f"http://localhost:{port}/oauth2callback"
+    issuer = settings.oidc_issuer.rstrip("/")
+    values = {
+        "redirect_uri": redirect,
+        "cookie_secret": cookie_secret,
+        "client_id": settings.oidc_client_id,
+        "client_secret": settings.oidc_client_secret,
+        "server_metadata_url": f"{issuer}/.well-known/openid-configuration",
+    }
+    lines = ["[auth]", *(f"{name} = {json.dumps(value)}" for name, value in values.items())]
+    folder = Path(tempfile.mkdtemp(prefix="stepwise-login-"))  # mode 0700
+    path = folder / "secrets.toml"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write("\n".join(lines) + "\n")
+    return path
 
 
 def new_key(_: argparse.Namespace) -> int:

@@ -170,7 +170,7 @@ cols = st.columns(4)
 if cols[0].button("Save", icon=":material/save:", type="primary", key=k + "save", width="stretch"):
     try:
         if current is None:
-            created = ui.write(commands.create_automation, form_input(), actor=ui.ACTOR)
+            created = ui.write(commands.create_automation, form_input(), actor=ui.actor())
             created_name = ui.text(created.name)
             st.session_state["flash"] = f"Automation “{created_name}” created. Schedule it next."
             st.session_state["auto_pending_select"] = str(created.id)
@@ -178,7 +178,7 @@ if cols[0].button("Save", icon=":material/save:", type="primary", key=k + "save"
             for key in [key for key in st.session_state if str(key).startswith(k)]:
                 del st.session_state[key]  # a fresh "new" form next time
         else:
-            ui.write(commands.update_automation, current.id, form_input(), actor=ui.ACTOR)
+            ui.write(commands.update_automation, current.id, form_input(), actor=ui.actor())
             st.session_state["flash"] = "Automation saved."
         st.session_state.pop(k + "errors", None)
     except ValidationFailed as exc:
@@ -190,13 +190,13 @@ if cols[0].button("Save", icon=":material/save:", type="primary", key=k + "save"
 if current is not None:
     if cols[1].button("Test run", icon=":material/science:", key=k + "test", width="stretch"):
         try:
-            st.session_state["auto_test_run"] = str(actions.run_now(current.id, actor=ui.ACTOR))
+            st.session_state["auto_test_run"] = str(actions.run_now(current.id, actor=ui.actor()))
         except StepwiseError as exc:
             st.error(ui.text(exc))
     if cols[3].button(
         "New signing secret", icon=":material/key:", key=k + "rotate", width="stretch"
     ):
-        ui.write(commands.rotate_signing_secret, current.id, actor=ui.ACTOR)
+        ui.write(commands.rotate_signing_secret, current.id, actor=ui.actor())
         st.session_state[SECRET_ONCE] = ui.read(commands.signing_secret, current.id)
         st.session_state["flash"] = "New signing secret: calls are signed with it from now on."
         st.rerun()
@@ -213,7 +213,7 @@ if current is not None:
         )
         yes, no = st.columns(2)
         if yes.button("Yes, delete it", type="primary", key=k + "delete_yes"):
-            cancelled = ui.write(commands.delete_automation, current.id, actor=ui.ACTOR)
+            cancelled = ui.write(commands.delete_automation, current.id, actor=ui.actor())
             st.session_state.pop("auto_confirm_delete", None)
             st.session_state["flash"] = f"Automation deleted; {cancelled} queued run(s) cancelled."
             st.session_state["auto_pending_select"] = NEW

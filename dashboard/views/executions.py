@@ -180,13 +180,13 @@ def actions_row(run: queries.ExecutionRow) -> None:
         if run.status in RETRYABLE and a.button(
             "Retry", icon=":material/replay:", key=f"ex_retry_{run.id}", width="stretch"
         ):
-            actions.retry(run.id, actor=ui.ACTOR)
+            actions.retry(run.id, actor=ui.actor())
             st.session_state["flash"] = "Retry queued: it resumes at the step that failed."
             st.rerun()
         if run.status in OPEN_STATUSES and b.button(
             "Cancel", icon=":material/cancel:", key=f"ex_cancel_{run.id}", width="stretch"
         ):
-            actions.cancel(run.id, actor=ui.ACTOR)
+            actions.cancel(run.id, actor=ui.actor())
             st.session_state["flash"] = "Cancelled (a running step finishes first)."
             st.rerun()
     except StepwiseError as exc:

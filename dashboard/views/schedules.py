@@ -117,12 +117,12 @@ if rows:
     cols = st.columns(4)
     if row.enabled:
         if cols[0].button("Pause", icon=":material/pause:", key="sch_pause", width="stretch"):
-            ui.write(commands.set_schedule_enabled, row.id, False, actor=ui.ACTOR)
+            ui.write(commands.set_schedule_enabled, row.id, False, actor=ui.actor())
             st.session_state["flash"] = "Schedule paused; its future queued runs were cancelled."
             st.rerun()
     elif cols[0].button("Resume", icon=":material/play_arrow:", key="sch_resume", width="stretch"):
         try:
-            ui.write(commands.set_schedule_enabled, row.id, True, actor=ui.ACTOR)
+            ui.write(commands.set_schedule_enabled, row.id, True, actor=ui.actor())
         except StepwiseError as exc:
             st.error(ui.text(exc))
         else:
@@ -132,7 +132,7 @@ if rows:
             )
             st.rerun()
     if cols[1].button("Run now", icon=":material/play_circle:", key="sch_run", width="stretch"):
-        execution_id = actions.run_now(row.automation_id, actor=ui.ACTOR)
+        execution_id = actions.run_now(row.automation_id, actor=ui.actor())
         st.session_state["flash"] = f"Started run {execution_id} (see Executions)."
         st.rerun()
     cols[2].button(
@@ -153,7 +153,7 @@ if rows:
         )
         yes, no = st.columns(2)
         if yes.button("Yes, delete it", type="primary", key="sch_delete_yes"):
-            cancelled = ui.write(commands.delete_schedule, row.id, actor=ui.ACTOR)
+            cancelled = ui.write(commands.delete_schedule, row.id, actor=ui.actor())
             st.session_state.pop("sch_confirm_delete", None)
             st.session_state["flash"] = f"Schedule deleted; {cancelled} queued run(s) cancelled."
             st.rerun()

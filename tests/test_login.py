@@ -1,0 +1,164 @@
+"""Login with OpenID Connect, against a real local provider, in a real Chromium.
+
+`oidc-provider-mock` runs as its own process (a complete OpenID Connect provider
+whose login form takes the account's e-mail); the dashboard is the Procfile's
+`stepwise web` with STEPWISE_OIDC_* set. Without login the web process refuses a
+reachable address (tests/test_run_command.py); with it, it serves one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stepwise.embedded import free_port
+from testkit.factories import make_automation
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.usefixtures("db", "redis_client")]
+
+
+def _wait_http(url: str, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            pass
+        if process.poll() is not None:
+            out = process.stdout.read().decode() if process.stdout else ""
+            pytest.fail(f"{what} exited:\n{out[-3000:]}")
+        time.sleep(0.3)
+    pytest.fail(f"{what} did not answer at {url}")
+
+
+@pytest.fixture
+def provider() -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "oidc_provider_mock", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    issuer = f"http://127.0.0.1:{port}"
+    _wait_http(f"{issuer}/.well-known/openid-configuration", process, "the provider")
+    yield issuer
+    process.terminate()
+    process.wait(10)
+
+
+def _web(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "stepwise"), "web"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.fixture
+def dashboard(provider: str) -> Iterator[str]:
+    port = free_port()
+    process = _web(
+        {
+            "PORT": str(port),
+            "STEPWISE_OIDC_ISSUER": provider,
+            "STEPWISE_OIDC_CLIENT_ID": "stepwise",
+            "STEPWISE_OIDC_CLIENT_SECRET": "client-secret",
+            "STEPWISE_ADMINS": "alice@example.com",
+        }
+    )
+    url = f"http://localhost:{port}"
+    _wait_http(f"{url}/_stcore/health", process, "stepwise web")
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+def _log_in(page: Any, url: str, account: str) -> None:
+    page.goto(url)
+    page.get_by_role("button", name="Log in").click()
+    page.locator("input[name=sub]").fill(account)  # the provider's own login form
+    page.locator("form button[type=submit], form input[type=submit]").first.click()
+
+
+def test_people_log_in_only_admins_enter_and_log_out(dashboard: str) -> None:
+    make_automation(name="Quarterly numbers")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page()
+        page.set_default_timeout(30_000)
+        # given the dashboard with login: nothing but a login button before it
+        page.goto(dashboard)
+        page.get_by_role("button", name="Log in").wait_for()
+        assert "Quarterly numbers" not in page.content()
+        # when an admin logs in through the provider, then the dashboard opens to her
+        _log_in(page, dashboard, "alice@example.com")
+        signed_in = page.get_by_text("Signed in as")
+        signed_in.wait_for()
+        assert signed_in.inner_text().replace("\u2060", "") == "Signed in as alice@example.com"
+        page.goto(f"{dashboard}/automations")
+        grid = page.locator('[data-testid="stDataFrame"]').first
+        grid.wait_for()
+        assert "Quarterly numbers" in (grid.text_content() or "")
+        # and logging out (here, and at the provider) closes it again
+        page.get_by_role("button", name="Log out").click()
+        page.get_by_role("button", name="End session").click()
+        page.goto(dashboard)
+        page.get_by_role("button", name="Log in").wait_for()
+        page.goto(f"{dashboard}/automations")
+        page.get_by_role("button", name="Log in").wait_for()
+        assert "Quarterly numbers" not in page.content()
+        # when someone the provider knows but who is not an admin logs in, nothing opens
+        _log_in(page, dashboard, "mallory@example.com")
+        page.get_by_text("has no access to this Stepwise").wait_for()
+        page.goto(f"{dashboard}/automations")
+        page.get_by_text("has no access to this Stepwise").wait_for()
+        assert "Quarterly numbers" not in page.content()
+        browser.close()
+
+
+def test_with_login_the_dashboard_may_listen_beyond_loopback(provider: str) -> None:
+    port = free_port()
+    process = _web(
+        {
+            "PORT": str(port),
+            "STEPWISE_WEB_ADDRESS": "0.0.0.0",
+            "STEPWISE_OIDC_ISSUER": provider,
+            "STEPWISE_OIDC_CLIENT_ID": "stepwise",
+            "STEPWISE_OIDC_CLIENT_SECRET": "client-secret",
+            "STEPWISE_ADMINS": "alice@example.com",
+        }
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/_stcore/health", process, "stepwise web")
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_a_half_configured_login_names_what_is_missing() -> None:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "stepwise"), "web"],
+        cwd=ROOT,
+        env={**os.environ, "STEPWISE_OIDC_ISSUER": "http://127.0.0.1:1", "PORT": str(free_port())},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "STEPWISE_OIDC_CLIENT_ID" in done.stderr and "STEPWISE_ADMINS" in done.stderr

@@ -185,9 +185,7 @@ def _set_next(schedule_id: uuid.UUID, at: datetime) -> None:
 
 
 def test_dispatch_inserts_one_execution_per_slot_and_advances(db: None) -> None:
-    schedule_id = _interval_schedule(
-        Schedule,
-    )
+    schedule_id = _interval_schedule()
     start = fetch(Schedule, schedule_id).next_run_at
     assert start is not None
     # when dispatched at the first slot, the horizon (90 s) holds two slots
@@ -370,8 +368,7 @@ def test_bad_schedules_write_nothing(
     automation_id = make_automation()
     before = table_snapshot()
     with pytest.raises(ValidationFailed) as error, session_scope() as session:
-        commands.createfetch(
-            Schedule,
+        commands.create_schedule(
             session,
             automation_id,
             schedule_definition(ScheduleInput(spec=ScheduleSpec(**overrides))),
@@ -416,12 +413,8 @@ def test_deleting_an_automation_cancels_its_queued_runs(db: None) -> None:
 
 def test_a_schedule_that_cannot_be_planned_is_parked_not_blocking_others(db: None) -> None:
     # given two due schedules, one holding a zone that no longer exists
-    broken = _interval_schedule(
-        Schedule,
-    )
-    healthy = _interval_schedule(
-        Schedule,
-    )
+    broken = _interval_schedule()
+    healthy = _interval_schedule()
     start = fetch(Schedule, healthy).next_run_at
     assert start is not None
     with session_scope() as session:

@@ -56,7 +56,6 @@ BACK_AT = datetime(2026, 6, 1, 9, 12, 30, tzinfo=UTC)
 def _down_schedule(policy: str, window_s: int) -> uuid.UUID:
     automation_id = make_automation(steps=1)
     schedule_id = make_schedule(
-        Schedule,
         automation_id,
         kind="cron",
         cron_expr="*/5 * * * *",
@@ -197,7 +196,6 @@ def test_dispatch_through_a_dst_transition_day_runs_the_exact_instants(
     schedules = {}
     for expr in [*fixed, *WILDCARDS]:
         schedule_id = make_schedule(
-            Schedule,
             automation_id,
             kind="cron",
             cron_expr=expr,

@@ -12,7 +12,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import delete, func, update
 from sqlalchemy.orm import Session
 
 from core.automation import AutomationInput, validate_automation
@@ -179,42 +179,57 @@ def get_schedule(session: Session, schedule_id: uuid.UUID) -> Schedule:
     return schedule
 
 
+def _lock_schedule(session: Session, schedule_id: uuid.UUID) -> Schedule:
+    """The schedule, row-locked: a dispatch of it in progress commits first, so every
+    run it inserted is seen here, and no dispatch starts until this transaction ends."""
+    schedule = session.get(Schedule, schedule_id, with_for_update=True)
+    if schedule is None:
+        raise NotFound(f"schedule {schedule_id} does not exist (or was deleted)")
+    return schedule
+
+
 def update_schedule(
     session: Session, schedule_id: uuid.UUID, data: ScheduleDefinition, *, actor: str
 ) -> Schedule:
     """New timing and policies; an interval without start_at keeps counting from creation."""
-    schedule = get_schedule(session, schedule_id)
+    schedule = _lock_schedule(session, schedule_id)
     now = db_now(session)
     for key, value in _schedule_values(data).items():
         setattr(schedule, key, value)
     schedule.enabled = data.enabled
     schedule.completed_reason = None
-    # Runs already queued for the old timing would fire at the old times.
-    _cancel_future(session, schedule_id, now, "cancelled: the schedule was edited")
+    # Runs queued for the old timing would fire at the old times; the next tick
+    # dispatches the new timing's slots from now on.
+    withdrawn = _withdraw_future(session, schedule, now)
     if data.enabled:
         _arm(schedule, data.timing.anchored(schedule.created_at), now)
-    audit(
-        session, actor, AuditAction.EDIT, AuditTarget.SCHEDULE, schedule_id, **_describe(schedule)
-    )
+    details = {"withdrawn": withdrawn, **_describe(schedule)}
+    audit(session, actor, AuditAction.EDIT, AuditTarget.SCHEDULE, schedule_id, **details)
     return schedule
 
 
 def set_schedule_enabled(
     session: Session, schedule_id: uuid.UUID, enabled: bool, *, actor: str
 ) -> Schedule:
-    """Pause or resume. Resuming starts from the next slot after now: the pause is not replayed."""
-    schedule = get_schedule(session, schedule_id)
+    """Pause or resume.
+
+    Pausing withdraws the runs of slots after now that have not started; runs of
+    earlier slots go on. Resuming starts from the first slot at or after now: the
+    pause is not replayed.
+    """
+    schedule = _lock_schedule(session, schedule_id)
     get_automation(session, schedule.automation_id)
     now = db_now(session)
+    withdrawn = 0
     if enabled:
         schedule.enabled = True
         schedule.completed_reason = None
         _arm(schedule, parse_timing(spec_of(schedule)), now)
     else:
         schedule.enabled = False
-        _cancel_future(session, schedule_id, now, "cancelled: the schedule was paused")
+        withdrawn = _withdraw_future(session, schedule, now)
     action = AuditAction.RESUME if enabled else AuditAction.PAUSE
-    audit(session, actor, action, AuditTarget.SCHEDULE, schedule_id)
+    audit(session, actor, action, AuditTarget.SCHEDULE, schedule_id, withdrawn=withdrawn)
     return schedule
 
 
@@ -252,12 +267,26 @@ def _cancel_queued(session: Session, where: Any, reason: str) -> int:
     )
 
 
-def _cancel_future(session: Session, schedule_id: uuid.UUID, now: datetime, reason: str) -> int:
-    return _cancel_queued(
-        session,
-        (Execution.schedule_id == schedule_id) & (Execution.scheduled_for > now),
-        reason,
+def _withdraw_future(session: Session, schedule: Schedule, now: datetime) -> int:
+    """Delete the runs of slots after `now` that never started, as if never dispatched.
+
+    Cancelling them instead would keep their slot keys taken, and the next dispatch
+    (ON CONFLICT DO NOTHING) would step over slots that must run after a resume or
+    an edit. A message still in Redis for a deleted row claims nothing. Returns how
+    many were withdrawn; `dispatched_count` (which max_runs reads) gives them back.
+    """
+    withdrawn = rowcount(
+        session.execute(
+            delete(Execution).where(
+                Execution.schedule_id == schedule.id,
+                Execution.scheduled_for > now,
+                Execution.status == ExecutionStatus.QUEUED,
+                Execution.attempt == 0,
+            )
+        )
     )
+    schedule.dispatched_count -= withdrawn
+    return withdrawn
 
 
 def create_manual_execution(session: Session, automation_id: uuid.UUID, *, actor: str) -> Execution:

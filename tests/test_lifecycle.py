@@ -1,0 +1,163 @@
+"""What a person does to a live schedule or run: pause, resume, edit, delete, cancel.
+
+Each test drives the real dispatcher (`tasks.engine.dispatch_due`), the real
+recovery pass (`tasks.engine.recover_stranded`) and an in-process dramatiq Worker on
+the real Redis, against the real agent server, on the real clock: a slot is an
+instant of the database's `now()`, and a run starts when its message is due.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from core.schedule import ScheduleInput
+from core.timing import ScheduleSpec, parse_timing, slots_between, spec_of
+from core.vocabulary import ExecutionStatus
+from db import commands
+from db.models import Schedule
+from db.session import session_scope
+from tasks import engine
+from tasks.actors import send_run
+from testkit.factories import (
+    executions_of,
+    fetch,
+    make_automation,
+    make_schedule,
+    now,
+    schedule_definition,
+)
+from testkit.waiting import wait_for
+
+INTERVAL = timedelta(seconds=10)
+FINAL = (
+    ExecutionStatus.SUCCEEDED,
+    ExecutionStatus.FAILED,
+    ExecutionStatus.CANCELLED,
+    ExecutionStatus.SKIPPED,
+)
+
+
+def _every_10s(agent: Any, *, slots: int, lead_s: float = 2, **policies: Any) -> uuid.UUID:
+    """A one-step schedule every 10 s whose first slot is `lead_s` from now, `slots` in all."""
+    start = now() + timedelta(seconds=lead_s)
+    automation_id = make_automation(agent_url=agent.url, steps=1, step_timeout_s=30)
+    return make_schedule(
+        automation_id,
+        kind="interval",
+        interval_s=10,
+        start_at=start,
+        end_at=start + INTERVAL * (slots - 1),
+        **policies,
+    )
+
+
+def _slots(schedule_id: uuid.UUID) -> list[datetime]:
+    """Every slot of the schedule, computed from its definition (not read back)."""
+    row = fetch(Schedule, schedule_id)
+    assert row.start_at is not None and row.end_at is not None
+    return list(slots_between(parse_timing(spec_of(row)), row.start_at, row.end_at + INTERVAL))
+
+
+def _calls_by_slot(agent: Any) -> Counter[str]:
+    return Counter(c.body["scheduled_for"] for c in agent.calls if isinstance(c.body, dict))
+
+
+def _settled(schedule_id: uuid.UUID) -> bool:
+    rows = executions_of(schedule_id)
+    return bool(rows) and all(r.status in FINAL for r in rows)
+
+
+def _sleep_until(instant: datetime) -> None:
+    time.sleep(max(0.0, (instant - now()).total_seconds()))
+
+
+def _pause(schedule_id: uuid.UUID, enabled: bool) -> None:
+    with session_scope() as session:
+        commands.set_schedule_enabled(session, schedule_id, enabled, actor="test")
+
+
+def _assert_counters_match_rows(schedule_id: uuid.UUID) -> None:
+    """The schedule's counters say exactly what its execution rows say."""
+    rows = executions_of(schedule_id)
+    statuses = Counter(r.status for r in rows)
+    schedule = fetch(Schedule, schedule_id)
+    assert schedule.dispatched_count == len(rows)  # no misfire rows in these tests
+    assert schedule.run_count == statuses["succeeded"] + statuses["failed"]
+    assert schedule.success_count == statuses["succeeded"]
+    assert schedule.failure_count == statuses["failed"]
+    assert schedule.skipped_count == statuses["skipped"]
+
+
+# --- 1. pause, resume and edit inside the dispatch horizon ----------------------------
+
+
+@pytest.mark.timeout(120)
+def test_a_pause_inside_the_horizon_loses_no_slot_after_the_resume(worker: Any, agent: Any) -> None:
+    # given a schedule every 10 s with four slots, all dispatched at once (horizon 90 s)
+    schedule_id = _every_10s(agent, slots=4)
+    s0, s1, s2, s3 = _slots(schedule_id)
+    assert engine.dispatch_due(send_run) == 4
+    wait_for(lambda: _calls_by_slot(agent)[s0.isoformat()] == 1, message="the first slot to run")
+    # when it is paused after the first slot and resumed after the second
+    _pause(schedule_id, False)
+    _sleep_until(s1 + timedelta(seconds=1))
+    _pause(schedule_id, True)
+    resent = engine.dispatch_due(send_run)
+    wait_for(lambda: _settled(schedule_id) and now() > s3, timeout=40, message="the last slot")
+    time.sleep(1)  # any message of the first dispatch left in Redis has come due
+    # then the tick after the resume sent the two slots after it
+    assert resent == 2
+    # and every slot after the resume ran exactly once; the paused one never did
+    calls = _calls_by_slot(agent)
+    assert [calls[s.isoformat()] for s in (s0, s1, s2, s3)] == [1, 0, 1, 1]
+    rows = {r.scheduled_for: r for r in executions_of(schedule_id)}
+    assert [rows[s].status for s in (s0, s2, s3)] == ["succeeded"] * 3
+    assert s1 not in rows or rows[s1].started_at is None
+    # and the counters are exact: three runs dispatched, three succeeded
+    _assert_counters_match_rows(schedule_id)
+    assert fetch(Schedule, schedule_id).dispatched_count == 3
+
+
+def test_an_edit_keeps_the_slots_of_the_new_timing_and_drops_the_others(
+    db: None, redis_client: Any
+) -> None:
+    # given a schedule every 10 s, dispatched (nine slots within the 90 s horizon)
+    automation_id = make_automation(steps=1)
+    schedule_id = make_schedule(automation_id, kind="interval", interval_s=10)
+    first = engine.dispatch_due(send_run)
+    assert first >= 9
+
+    def edit(interval_s: int, misfire: str) -> int:
+        spec = ScheduleSpec(kind="interval", interval_s=interval_s)
+        data = schedule_definition(ScheduleInput(spec=spec, misfire_policy=misfire))
+        with session_scope() as session:
+            commands.update_schedule(session, schedule_id, data, actor="test")
+        return engine.dispatch_due(send_run)
+
+    def open_slots() -> list[datetime]:
+        return [r.scheduled_for for r in executions_of(schedule_id) if r.status == "queued"]
+
+    before = open_slots()
+    # when only its misfire policy changes
+    resent = edit(10, "skip")
+    # then every slot still ahead is queued again, once, and dispatched once
+    assert resent >= len(before) - 1  # the slot that came due meanwhile kept its run
+    assert open_slots() == before
+    assert [r.status for r in executions_of(schedule_id)] == ["queued"] * len(before)
+    assert fetch(Schedule, schedule_id).dispatched_count == len(before)
+    # when its interval doubles
+    edit(20, "skip")
+    # then a slot the edit removed has no run left; the new timing's slots have one each
+    row = fetch(Schedule, schedule_id)
+    timing = parse_timing(spec_of(row))
+    edited_at = now()
+    ahead = [s for s in open_slots() if s > edited_at]
+    assert ahead and ahead == list(slots_between(timing, ahead[0], ahead[-1] + INTERVAL))
+    assert all(r.status == "queued" for r in executions_of(schedule_id))
+    assert row.dispatched_count == len(open_slots())

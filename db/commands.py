@@ -12,7 +12,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from core.automation import AutomationInput, validate_automation
@@ -20,13 +20,13 @@ from core.errors import InvalidState, NotFound
 from core.schedule import ScheduleDefinition, initial_next_run_at
 from core.timing import Timing, parse_timing, spec_of
 from core.vocabulary import (
-    OPEN_STATUSES,
     AuditAction,
     AuditTarget,
     ExecutionStatus,
     Trigger,
 )
 from db.models import AuditLog, Automation, Execution, Schedule
+from db.runs import AUTOMATION_DELETED, cancel_runs
 from db.session import db_now, rowcount
 
 
@@ -101,17 +101,23 @@ def update_automation(
 
 
 def delete_automation(session: Session, automation_id: uuid.UUID, *, actor: str) -> int:
-    """Archive the automation, stop its schedules and cancel its queued runs; returns cancelled."""
+    """Archive the automation, stop its schedules and cancel its open runs; returns cancelled.
+
+    Queued and running runs alike: no step of the automation starts after this
+    commits (a running one stops before its next step; see `runs.cancel_runs`).
+    """
     automation = get_automation(session, automation_id)
     automation.archived_at = func.now()
+    # Locked first, so that a dispatch in progress commits its runs before they are cancelled.
+    session.execute(
+        select(Schedule.id).where(Schedule.automation_id == automation_id).with_for_update()
+    )
     session.execute(
         update(Schedule)
         .where(Schedule.automation_id == automation_id)
         .values(enabled=False, completed_reason="automation deleted")
     )
-    cancelled = _cancel_queued(
-        session, Execution.automation_id == automation_id, "cancelled: the automation was deleted"
-    )
+    cancelled = cancel_runs(session, Execution.automation_id == automation_id, AUTOMATION_DELETED)
     audit(
         session,
         actor,
@@ -234,9 +240,12 @@ def set_schedule_enabled(
 
 
 def delete_schedule(session: Session, schedule_id: uuid.UUID, *, actor: str) -> int:
-    """Delete the schedule; its queued runs are cancelled (history stays). Returns cancelled."""
-    schedule = get_schedule(session, schedule_id)
-    cancelled = _cancel_queued(
+    """Delete the schedule; its open runs, queued or running, are cancelled (history stays).
+
+    Returns how many were cancelled.
+    """
+    schedule = _lock_schedule(session, schedule_id)
+    cancelled = cancel_runs(
         session, Execution.schedule_id == schedule_id, "cancelled: the schedule was deleted"
     )
     details = {"cancelled": cancelled, **_describe(schedule)}
@@ -255,16 +264,6 @@ def _describe(schedule: Schedule) -> dict[str, Any]:
 
 
 # --- executions ------------------------------------------------------------------
-
-
-def _cancel_queued(session: Session, where: Any, reason: str) -> int:
-    return rowcount(
-        session.execute(
-            update(Execution)
-            .where(where, Execution.status == ExecutionStatus.QUEUED)
-            .values(status=ExecutionStatus.CANCELLED, finished_at=func.now(), error=reason)
-        )
-    )
 
 
 def _withdraw_future(session: Session, schedule: Schedule, now: datetime) -> int:
@@ -323,16 +322,17 @@ def get_execution(session: Session, execution_id: uuid.UUID) -> Execution:
 
 
 def cancel_execution(session: Session, execution_id: uuid.UUID, *, actor: str) -> Execution:
-    """Cancel a queued or running execution; a running worker stops before its next step."""
+    """Cancel a queued or running execution; a running worker stops before its next step.
+
+    The step at the agent, if any, is closed now and its answer is not recorded.
+    """
     execution = get_execution(session, execution_id)
-    if execution.status not in OPEN_STATUSES:
+    cancelled = cancel_runs(session, Execution.id == execution_id, f"cancelled by {actor}")
+    session.refresh(execution)
+    if not cancelled:
         raise InvalidState(
             f"only queued or running executions can be cancelled (this one is {execution.status})"
         )
-    execution.status = ExecutionStatus.CANCELLED
-    execution.finished_at = func.now()
-    execution.lease_expires_at = None
-    execution.error = f"cancelled by {actor}"
     audit(session, actor, AuditAction.CANCEL, AuditTarget.EXECUTION, execution_id)
     return execution
 

@@ -20,6 +20,7 @@ from core.outcome import StepOutcome, parse_output
 from core.schedule import decide_overlap
 from core.vocabulary import (
     FINAL_STATUSES,
+    OPEN_STATUSES,
     ExecutionStatus,
     OverlapDecision,
     OverlapPolicy,
@@ -29,6 +30,10 @@ from db.models import Automation, Execution, Schedule, StepRun
 from db.session import db_now, rowcount
 
 LOST_STEP_ERROR = "the worker running this step stopped (killed or lost its lease)"
+CANCELLED_STEP_ERROR = (
+    "the run was cancelled while this step was at the agent; its answer is not recorded"
+)
+AUTOMATION_DELETED = "cancelled: the automation was deleted"
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,34 @@ def _skip_for_overlap(session: Session, execution: Execution) -> None:
     )
 
 
+def cancel_runs(session: Session, where: Any, reason: str) -> int:
+    """Cancel the open (queued or running) executions matching `where`; returns how many.
+
+    A running one's worker finds its fence gone and stops before its next step; the
+    step it has at the agent is closed at once, so nothing of a cancelled run stays
+    running, and the answer, when it comes, is not recorded (`finish_step` is fenced
+    on the step still running).
+    """
+    cancelled = session.scalars(
+        update(Execution)
+        .where(where, Execution.status.in_(OPEN_STATUSES))
+        .values(
+            status=ExecutionStatus.CANCELLED,
+            finished_at=func.now(),
+            lease_expires_at=None,
+            error=reason,
+        )
+        .returning(Execution.id)
+    ).all()
+    if cancelled:
+        session.execute(
+            update(StepRun)
+            .where(StepRun.execution_id.in_(cancelled), StepRun.status == StepStatus.RUNNING)
+            .values(status=StepStatus.FAILED, error=CANCELLED_STEP_ERROR, finished_at=func.now())
+        )
+    return len(cancelled)
+
+
 def _resume_point(session: Session, execution_id: uuid.UUID) -> tuple[int, Any]:
     """First step not yet succeeded, and the output of the step before it."""
     done = session.execute(
@@ -153,6 +186,11 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, margin_s: int)
     if row is None:
         return "nothing"
     execution, automation, policy_word = row
+    if automation.archived_at is not None:
+        # Deleting cancels every open run; this closes a run created in a race
+        # with the delete, so that it is neither started nor taken over.
+        cancel_runs(session, Execution.id == execution_id, AUTOMATION_DELETED)
+        return "nothing"
     policy = None if policy_word is None else OverlapPolicy(policy_word)
     claimable = execution.status == ExecutionStatus.QUEUED or (
         execution.status == ExecutionStatus.RUNNING

@@ -15,22 +15,29 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import select, update
 
 from core.schedule import ScheduleInput
 from core.timing import ScheduleSpec, parse_timing, slots_between, spec_of
-from core.vocabulary import ExecutionStatus
+from core.vocabulary import ExecutionStatus, StepStatus
 from db import commands
-from db.models import Schedule
+from db.models import Execution, Schedule, StepRun
+from db.runs import CANCELLED_STEP_ERROR, RunMessage, claim_execution, start_step
 from db.session import session_scope
+from stepwise.demo_agent import Call, Reply
 from tasks import engine
+from tasks.actions import cancel
 from tasks.actors import send_run
 from testkit.factories import (
+    execution,
     executions_of,
     fetch,
     make_automation,
+    make_execution,
     make_schedule,
     now,
     schedule_definition,
+    step_runs,
 )
 from testkit.waiting import wait_for
 
@@ -161,3 +168,86 @@ def test_an_edit_keeps_the_slots_of_the_new_timing_and_drops_the_others(
     assert ahead and ahead == list(slots_between(timing, ahead[0], ahead[-1] + INTERVAL))
     assert all(r.status == "queued" for r in executions_of(schedule_id))
     assert row.dispatched_count == len(open_slots())
+
+
+# --- 2. delete stops what runs ---------------------------------------------------------
+
+
+def _stuck_mid_step(execution_id: uuid.UUID) -> None:
+    """What a worker SIGKILLed during step 1 leaves behind: running, its lease run out."""
+    with session_scope() as session:
+        claim = claim_execution(session, execution_id, margin_s=5)
+        assert not isinstance(claim, str)
+        assert start_step(session, claim, 1, {}, margin_s=5) is not None
+    with session_scope() as session:
+        past = now() - timedelta(minutes=5)
+        session.execute(
+            update(Execution)
+            .where(Execution.id == execution_id)
+            .values(lease_expires_at=past, available_at=past)
+        )
+
+
+@pytest.mark.timeout(60)
+def test_deleting_an_automation_stops_its_runs_in_flight(worker: Any, agent: Any) -> None:
+    # given a three-step automation with one run at the agent (step 1 takes 3 s)
+    agent.responder = lambda call: Reply(200, {"output": "ok"}, delay_s=3)
+    automation_id = make_automation(agent_url=agent.url, steps=3, step_timeout_s=10)
+    live = make_execution(automation_id)
+    send_run(RunMessage(live, 3))
+    wait_for(lambda: len(agent.calls) == 1, message="step 1 at the agent")
+    # and one run whose worker was killed mid-step (lease expired, not yet taken over)
+    orphan = make_execution(automation_id)
+    _stuck_mid_step(orphan)
+    # when the automation is deleted
+    with session_scope() as session:
+        commands.delete_automation(session, automation_id, actor="test")
+    # and housekeeping then looks for stranded runs, while the live step's answer comes back
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        engine.recover_stranded(send_run)
+        time.sleep(0.5)
+    # then no agent call of the automation started after the delete
+    assert [c.body["execution_id"] for c in agent.calls] == [str(live)]
+    # and both runs are cancelled with the reason, nothing left running
+    for execution_id in (live, orphan):
+        row = execution(execution_id)
+        assert row.status == "cancelled", (row.status, row.error)
+        assert "automation was deleted" in (row.error or "")
+        assert all(s.status != StepStatus.RUNNING for s in step_runs(execution_id))
+
+
+# --- 5. cancel stops a running execution before its next step --------------------------
+
+
+@pytest.mark.timeout(60)
+def test_cancelling_a_running_execution_stops_it_and_drops_the_answer_in_flight(
+    worker: Any, agent: Any
+) -> None:
+    # given a three-step run whose step 2 is at the agent (it answers after 3 s)
+    def responder(call: Call) -> Reply:
+        step = call.body["step_number"]
+        return Reply(200, {"output": f"step {step}"}, delay_s=3 if step == 2 else 0)
+
+    agent.responder = responder
+    automation_id = make_automation(agent_url=agent.url, steps=3, step_timeout_s=10)
+    execution_id = make_execution(automation_id)
+    send_run(RunMessage(execution_id, 3))
+    wait_for(lambda: len(agent.calls) == 2, message="step 2 at the agent")
+    # when a person cancels it
+    cancel(execution_id, actor="test")
+    # then at once nothing of it is running: the step at the agent is closed with the reason
+    steps = [(s.step_number, s.status, s.error) for s in step_runs(execution_id)]
+    assert steps == [(1, "succeeded", None), (2, "failed", CANCELLED_STEP_ERROR)]
+    # and once the agent has answered, the answer is dropped and step 3 never starts
+    time.sleep(4)
+    assert [c.body["step_number"] for c in agent.calls] == [1, 2]
+    assert [(s.step_number, s.status, s.response_status) for s in step_runs(execution_id)] == [
+        (1, "succeeded", 200),
+        (2, "failed", None),
+    ]
+    row = execution(execution_id)
+    assert (row.status, row.error) == ("cancelled", "cancelled by test")
+    with session_scope() as session:
+        running = session.scalars(select(StepRun.id).where(StepRun.status == "running")).all()
+    assert running == []

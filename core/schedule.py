@@ -236,9 +236,21 @@ def initial_next_run_at(timing: Timing, now: datetime) -> tuple[datetime | None,
     return None, _exhausted_reason(timing)
 
 
-def decide_overlap(policy: OverlapPolicy, *, running: bool, waiting: bool) -> OverlapDecision:
-    """What to do with a run that is due while another run of the schedule may be running."""
-    if policy == OverlapPolicy.ALLOW or not running:
+def decide_overlap(
+    policy: OverlapPolicy, *, running: bool, waiting: bool, later_started: bool = False
+) -> OverlapDecision:
+    """What to do with a slot due to start while other runs of its schedule may be running.
+
+    `running`: another run holds a live lease; `waiting`: an earlier slot is due and
+    still queued; `later_started`: a later slot has already started. With `skip` and
+    `buffer_one` the slots of a schedule start in slot order: a slot that comes late
+    (its message was lost and sent again) after a later one started never runs.
+    """
+    if policy == OverlapPolicy.ALLOW:
+        return OverlapDecision.RUN
+    if later_started:
+        return OverlapDecision.SUPERSEDED
+    if not running:
         return OverlapDecision.RUN
     if policy == OverlapPolicy.SKIP or waiting:
         return OverlapDecision.SKIP

@@ -69,8 +69,9 @@ class OverlapPolicy(StrEnum):
 
 class OverlapDecision(StrEnum):
     RUN = "run"
-    SKIP = "skip"
+    SKIP = "skip"  # the previous run still runs
     WAIT = "wait"
+    SUPERSEDED = "superseded"  # a later slot already started: this one would run out of order
 
 
 class ScheduleState(StrEnum):

@@ -84,6 +84,10 @@ def _fence(claim: Claim) -> Any:
     )
 
 
+OVERLAP_SKIPPED = "skipped: the previous run was still running (overlap policy)"
+SUPERSEDED_SKIPPED = "skipped: a later slot already started (overlap policy)"
+
+
 def _overlap(session: Session, execution: Execution, policy: OverlapPolicy) -> OverlapDecision:
     """run / skip / wait for a scheduled execution, serialised per schedule."""
     # An advisory lock, not a row lock on the schedule: the dispatcher's
@@ -94,34 +98,28 @@ def _overlap(session: Session, execution: Execution, policy: OverlapPolicy) -> O
     siblings = select(Execution.id).where(
         Execution.schedule_id == execution.schedule_id, Execution.id != execution.id
     )
-    running = session.scalar(
-        select(
-            siblings.where(
-                Execution.status == ExecutionStatus.RUNNING, Execution.lease_expires_at > func.now()
-            ).exists()
-        )
+    running = siblings.where(
+        Execution.status == ExecutionStatus.RUNNING, Execution.lease_expires_at > func.now()
     )
-    waiting = session.scalar(
-        select(
-            siblings.where(
-                Execution.status == ExecutionStatus.QUEUED,
-                Execution.scheduled_for < execution.scheduled_for,
-                Execution.scheduled_for <= func.now(),
-            ).exists()
-        )
+    waiting = siblings.where(
+        Execution.status == ExecutionStatus.QUEUED,
+        Execution.scheduled_for < execution.scheduled_for,
+        Execution.scheduled_for <= func.now(),
     )
-    return decide_overlap(policy, running=bool(running), waiting=bool(waiting))
+    later_started = siblings.where(
+        Execution.scheduled_for > execution.scheduled_for, Execution.started_at.is_not(None)
+    )
+    found = session.execute(
+        select(running.exists(), waiting.exists(), later_started.exists())
+    ).one()
+    return decide_overlap(policy, running=found[0], waiting=found[1], later_started=found[2])
 
 
-def _skip_for_overlap(session: Session, execution: Execution) -> None:
+def _skip_for_overlap(session: Session, execution: Execution, reason: str) -> None:
     session.execute(
         update(Execution)
         .where(Execution.id == execution.id, Execution.status == ExecutionStatus.QUEUED)
-        .values(
-            status=ExecutionStatus.SKIPPED,
-            finished_at=func.now(),
-            error="skipped: the previous run was still running (overlap policy)",
-        )
+        .values(status=ExecutionStatus.SKIPPED, finished_at=func.now(), error=reason)
     )
     session.execute(
         update(Schedule)
@@ -204,8 +202,11 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, margin_s: int)
     first_start = execution.attempt == 0
     if first_start and policy is not None and policy != OverlapPolicy.ALLOW:
         decision = _overlap(session, execution, policy)
-        if decision == OverlapDecision.SKIP:
-            _skip_for_overlap(session, execution)
+        if decision in (OverlapDecision.SKIP, OverlapDecision.SUPERSEDED):
+            superseded = decision == OverlapDecision.SUPERSEDED
+            _skip_for_overlap(
+                session, execution, SUPERSEDED_SKIPPED if superseded else OVERLAP_SKIPPED
+            )
             return "skipped"
         if decision == OverlapDecision.WAIT:
             return "waiting"

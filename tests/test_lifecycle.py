@@ -217,6 +217,39 @@ def test_deleting_an_automation_stops_its_runs_in_flight(worker: Any, agent: Any
         assert all(s.status != StepStatus.RUNNING for s in step_runs(execution_id))
 
 
+# --- 3. a late older slot never starts after a newer one ---------------------------------
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("policy", ["skip", "buffer_one"])
+def test_an_older_slot_whose_message_was_lost_does_not_start_after_a_newer_one(
+    worker: Any, agent: Any, policy: str
+) -> None:
+    # given two slots 10 s apart; the first one's message is lost on its way to Redis
+    agent.responder = lambda call: Reply(200, {"output": "ok"}, delay_s=4)
+    schedule_id = _every_10s(agent, slots=2, lead_s=1, overlap_policy=policy)
+    _, newer_slot = _slots(schedule_id)
+    sent: list[RunMessage] = []
+    assert engine.dispatch_due(sent.append) == 2
+    older, newer = (r.id for r in executions_of(schedule_id))
+    for message in sent:
+        if message.execution_id != older:
+            send_run(message)
+    # when the newer slot is running and housekeeping sends the older one again
+    wait_for(lambda: execution(newer).status == "running", timeout=20, message="the newer run")
+    assert engine.recover_stranded(send_run) == 1
+    wait_for(lambda: _settled(schedule_id), timeout=30, message="both slots to settle")
+    # then the older slot did not run after the newer one: it is skipped, with the true reason
+    late = execution(older)
+    assert (late.status, late.error) == (
+        "skipped",
+        "skipped: a later slot already started (overlap policy)",
+    )
+    assert execution(newer).status == "succeeded"
+    assert _calls_by_slot(agent) == {newer_slot.isoformat(): 1}
+    _assert_counters_match_rows(schedule_id)
+
+
 # --- 5. cancel stops a running execution before its next step --------------------------
 
 

@@ -359,3 +359,17 @@ def test_decide_overlap(
     policy: OverlapPolicy, running: bool, waiting: bool, decision: OverlapDecision
 ) -> None:
     assert decide_overlap(policy, running=running, waiting=waiting) is decision
+
+
+@pytest.mark.parametrize("policy", [OverlapPolicy.SKIP, OverlapPolicy.BUFFER_ONE])
+@pytest.mark.parametrize("running", [False, True])
+def test_a_slot_never_starts_after_a_later_one(policy: OverlapPolicy, running: bool) -> None:
+    # given a slot whose message came late, after a later slot of its schedule started
+    decision = decide_overlap(policy, running=running, waiting=False, later_started=True)
+    # then it is superseded, whether the later run still runs or has ended
+    assert decision is OverlapDecision.SUPERSEDED
+
+
+def test_allow_runs_a_late_slot_beside_later_ones() -> None:
+    decision = decide_overlap(OverlapPolicy.ALLOW, running=True, waiting=False, later_started=True)
+    assert decision is OverlapDecision.RUN

@@ -41,6 +41,7 @@ class Trigger(StrEnum):
     """Why an execution exists."""
 
     SCHEDULE = "schedule"
+    CATCHUP = "catchup"  # a missed slot run late by the misfire policy
     MANUAL = "manual"
     RETRY = "retry"
 

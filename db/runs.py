@@ -25,6 +25,7 @@ from core.vocabulary import (
     OverlapDecision,
     OverlapPolicy,
     StepStatus,
+    Trigger,
 )
 from db.models import Automation, Execution, Schedule, StepRun
 from db.session import db_now, rowcount
@@ -109,10 +110,19 @@ def _overlap(session: Session, execution: Execution, policy: OverlapPolicy) -> O
     later_started = siblings.where(
         Execution.scheduled_for > execution.scheduled_for, Execution.started_at.is_not(None)
     )
+    # Catch-up runs not started yet: they go first, one after another.
+    backlog = waiting.where(Execution.trigger == Trigger.CATCHUP, Execution.attempt == 0)
     found = session.execute(
-        select(running.exists(), waiting.exists(), later_started.exists())
+        select(running.exists(), waiting.exists(), later_started.exists(), backlog.exists())
     ).one()
-    return decide_overlap(policy, running=found[0], waiting=found[1], later_started=found[2])
+    return decide_overlap(
+        policy,
+        running=found[0],
+        waiting=found[1],
+        later_started=found[2],
+        backlog=found[3],
+        catchup=execution.trigger == Trigger.CATCHUP,
+    )
 
 
 def _skip_for_overlap(session: Session, execution: Execution, reason: str) -> None:
@@ -369,7 +379,8 @@ def record_outcome(session: Session, schedule_id: uuid.UUID, status: ExecutionSt
 
 
 def next_waiting(session: Session, schedule_id: uuid.UUID) -> RunMessage | None:
-    """The run held back by `buffer_one`, to start now that the previous one ended."""
+    """The earliest run held back (by `buffer_one`, or a catch-up run waiting its turn),
+    to start now that the previous one ended."""
     row = session.execute(
         select(Execution.id, Execution.attempt, Automation.max_retries)
         .join(Automation, Automation.id == Execution.automation_id)

@@ -8,6 +8,7 @@ instant of the database's `now()`, and a run starts when its message is due.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections import Counter
@@ -248,6 +249,43 @@ def test_an_older_slot_whose_message_was_lost_does_not_start_after_a_newer_one(
     assert execution(newer).status == "succeeded"
     assert _calls_by_slot(agent) == {newer_slot.isoformat(): 1}
     _assert_counters_match_rows(schedule_id)
+
+
+# --- 4. run_all replays run one after another ------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_run_all_replays_every_missed_slot_one_after_another(worker: Any, agent: Any) -> None:
+    # given a schedule (default overlap policy: skip) whose scheduler was down across
+    # thirty slots, all older than the misfire grace and inside the catch-up window
+    automation_id = make_automation(agent_url=agent.url, steps=1)
+    start = now() - timedelta(seconds=400)
+    schedule_id = make_schedule(
+        automation_id,
+        kind="interval",
+        interval_s=10,
+        start_at=start,
+        end_at=start + INTERVAL * 29,
+        misfire_policy="run_all",
+    )
+    with session_scope() as session:  # as the scheduler left it when it went down
+        session.execute(
+            update(Schedule)
+            .where(Schedule.id == schedule_id)
+            .values(enabled=True, next_run_at=start, completed_reason=None)
+        )
+    # when the scheduler comes back
+    assert engine.dispatch_due(send_run) == 30
+    wait_for(lambda: _settled(schedule_id), timeout=90, interval=0.5, message="every replay")
+    # then every missed slot ran, once, in slot order, none overlapping the previous one
+    rows = executions_of(schedule_id)
+    assert [r.status for r in rows] == ["succeeded"] * 30
+    assert _calls_by_slot(agent) == {r.scheduled_for.isoformat(): 1 for r in rows}
+    for previous, current in itertools.pairwise(rows):
+        assert previous.finished_at is not None and current.started_at is not None
+        assert current.started_at >= previous.finished_at
+    _assert_counters_match_rows(schedule_id)
+    assert fetch(Schedule, schedule_id).skipped_count == 0
 
 
 # --- 5. cancel stops a running execution before its next step --------------------------

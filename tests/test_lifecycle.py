@@ -218,6 +218,32 @@ def test_deleting_an_automation_stops_its_runs_in_flight(worker: Any, agent: Any
         assert all(s.status != StepStatus.RUNNING for s in step_runs(execution_id))
 
 
+def test_deleting_a_schedule_cancels_its_running_runs(db: None, redis_client: Any) -> None:
+    # given a schedule whose first slot's run is at the agent (step 1 started)
+    automation_id = make_automation(steps=2)
+    schedule_id = make_schedule(automation_id, kind="interval", interval_s=10)
+    engine.dispatch_due(send_run)
+    running = executions_of(schedule_id)[0].id
+    with session_scope() as session:
+        claim = claim_execution(session, running, margin_s=5)
+        assert not isinstance(claim, str)
+        assert start_step(session, claim, 1, {}, margin_s=5) is not None
+    # when the schedule is deleted
+    with session_scope() as session:
+        cancelled = commands.delete_schedule(session, schedule_id, actor="test")
+    # then every run it had is cancelled, the running one too, its step closed
+    with session_scope() as session:
+        rows = session.scalars(select(Execution).where(Execution.automation_id == automation_id))
+        assert {(r.status, r.error) for r in rows} == {
+            ("cancelled", "cancelled: the schedule was deleted")
+        }
+    assert cancelled >= 9
+    assert [(s.status, s.error) for s in step_runs(running)] == [("failed", CANCELLED_STEP_ERROR)]
+    # and a takeover finds nothing to take
+    with session_scope() as session:
+        assert claim_execution(session, running, margin_s=5) == "nothing"
+
+
 # --- 3. a late older slot never starts after a newer one ---------------------------------
 
 

@@ -26,7 +26,7 @@ from core.vocabulary import (
     Trigger,
 )
 from db.models import AuditLog, Automation, Execution, Schedule
-from db.runs import AUTOMATION_DELETED, cancel_runs
+from db.runs import AUTOMATION_DELETED, SCHEDULE_DELETED, cancel_runs
 from db.session import db_now, rowcount
 
 
@@ -245,9 +245,7 @@ def delete_schedule(session: Session, schedule_id: uuid.UUID, *, actor: str) -> 
     Returns how many were cancelled.
     """
     schedule = _lock_schedule(session, schedule_id)
-    cancelled = cancel_runs(
-        session, Execution.schedule_id == schedule_id, "cancelled: the schedule was deleted"
-    )
+    cancelled = cancel_runs(session, Execution.schedule_id == schedule_id, SCHEDULE_DELETED)
     details = {"cancelled": cancelled, **_describe(schedule)}
     audit(session, actor, AuditAction.DELETE, AuditTarget.SCHEDULE, schedule_id, **details)
     session.delete(schedule)

@@ -35,6 +35,11 @@ CANCELLED_STEP_ERROR = (
     "the run was cancelled while this step was at the agent; its answer is not recorded"
 )
 AUTOMATION_DELETED = "cancelled: the automation was deleted"
+SCHEDULE_DELETED = "cancelled: the schedule was deleted"
+SKIP_REASONS = {
+    OverlapDecision.SKIP: "skipped: the previous run was still running (overlap policy)",
+    OverlapDecision.SUPERSEDED: "skipped: a later slot already started (overlap policy)",
+}
 
 
 @dataclass(frozen=True)
@@ -83,10 +88,6 @@ def _fence(claim: Claim) -> Any:
         Execution.status == ExecutionStatus.RUNNING,
         Execution.attempt == claim.attempt,
     )
-
-
-OVERLAP_SKIPPED = "skipped: the previous run was still running (overlap policy)"
-SUPERSEDED_SKIPPED = "skipped: a later slot already started (overlap policy)"
 
 
 def _overlap(session: Session, execution: Execution, policy: OverlapPolicy) -> OverlapDecision:
@@ -212,11 +213,8 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, margin_s: int)
     first_start = execution.attempt == 0
     if first_start and policy is not None and policy != OverlapPolicy.ALLOW:
         decision = _overlap(session, execution, policy)
-        if decision in (OverlapDecision.SKIP, OverlapDecision.SUPERSEDED):
-            superseded = decision == OverlapDecision.SUPERSEDED
-            _skip_for_overlap(
-                session, execution, SUPERSEDED_SKIPPED if superseded else OVERLAP_SKIPPED
-            )
+        if decision in SKIP_REASONS:
+            _skip_for_overlap(session, execution, SKIP_REASONS[decision])
             return "skipped"
         if decision == OverlapDecision.WAIT:
             return "waiting"

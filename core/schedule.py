@@ -142,6 +142,7 @@ class DispatchPlan:
     expired: int
     next_run_at: datetime | None
     completed_reason: str | None
+    catchup: int = 0  # the first `catchup` slots of `run` are missed ones, run late
 
 
 MAX_RUNS_REACHED = "max_runs reached"
@@ -178,16 +179,17 @@ def plan_dispatch(
     missed, overflow, slot = _collect_missed(slots, due_from)
     run, skipped = _apply_misfire(missed, misfire_policy)
     run = run[:remaining]
+    catchup = len(run)
     while slot is not None and slot < now + horizon and (remaining is None or len(run) < remaining):
         run.append(slot)
         slot = next(slots, None)
     expired += overflow + max(0, len(skipped) - MAX_SKIPPED_RECORDED)
     skipped = skipped[-MAX_SKIPPED_RECORDED:]
     if remaining is not None and len(run) >= remaining:
-        return DispatchPlan(run, skipped, expired, None, MAX_RUNS_REACHED)
+        return DispatchPlan(run, skipped, expired, None, MAX_RUNS_REACHED, catchup)
     if slot is None:
-        return DispatchPlan(run, skipped, expired, None, _exhausted_reason(timing))
-    return DispatchPlan(run, skipped, expired, slot, None)
+        return DispatchPlan(run, skipped, expired, None, _exhausted_reason(timing), catchup)
+    return DispatchPlan(run, skipped, expired, slot, None, catchup)
 
 
 def _collect_missed(
@@ -236,10 +238,34 @@ def initial_next_run_at(timing: Timing, now: datetime) -> tuple[datetime | None,
     return None, _exhausted_reason(timing)
 
 
-def decide_overlap(policy: OverlapPolicy, *, running: bool, waiting: bool) -> OverlapDecision:
-    """What to do with a run that is due while another run of the schedule may be running."""
-    if policy == OverlapPolicy.ALLOW or not running:
+def decide_overlap(
+    policy: OverlapPolicy,
+    *,
+    running: bool,
+    waiting: bool,
+    later_started: bool = False,
+    backlog: bool = False,
+    catchup: bool = False,
+) -> OverlapDecision:
+    """What to do with a slot due to start while other runs of its schedule may be running.
+
+    `running`: another run holds a live lease; `waiting`: an earlier slot is due and
+    still queued; `later_started`: a later slot has already started; `backlog`: an
+    earlier catch-up run has not started yet; `catchup`: this slot is one (a missed
+    slot run late by the misfire policy). With `skip` and `buffer_one` the slots of a
+    schedule start in slot order: a slot that comes late (its message was lost and
+    sent again) after a later one started never runs, and catch-up runs, released
+    together, each wait for the previous one instead of being skipped; slots due
+    meanwhile follow the policy as if the catch-up run were still running.
+    """
+    if policy == OverlapPolicy.ALLOW:
         return OverlapDecision.RUN
+    if later_started:
+        return OverlapDecision.SUPERSEDED
+    if not (running or backlog):
+        return OverlapDecision.RUN
+    if catchup:
+        return OverlapDecision.WAIT
     if policy == OverlapPolicy.SKIP or waiting:
         return OverlapDecision.SKIP
     return OverlapDecision.WAIT

@@ -41,6 +41,7 @@ class Trigger(StrEnum):
     """Why an execution exists."""
 
     SCHEDULE = "schedule"
+    CATCHUP = "catchup"  # a missed slot run late by the misfire policy
     MANUAL = "manual"
     RETRY = "retry"
 
@@ -69,8 +70,9 @@ class OverlapPolicy(StrEnum):
 
 class OverlapDecision(StrEnum):
     RUN = "run"
-    SKIP = "skip"
+    SKIP = "skip"  # the previous run still runs
     WAIT = "wait"
+    SUPERSEDED = "superseded"  # a later slot already started: this one would run out of order
 
 
 class ScheduleState(StrEnum):

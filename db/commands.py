@@ -12,7 +12,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from core.automation import AutomationInput, validate_automation
@@ -22,13 +22,13 @@ from core.secrets import new_signing_secret
 from core.settings import get_settings
 from core.timing import Timing, parse_timing, spec_of
 from core.vocabulary import (
-    OPEN_STATUSES,
     AuditAction,
     AuditTarget,
     ExecutionStatus,
     Trigger,
 )
 from db.models import AuditLog, Automation, Execution, Schedule
+from db.runs import AUTOMATION_DELETED, SCHEDULE_DELETED, cancel_runs
 from db.session import db_now, rowcount
 
 
@@ -137,17 +137,23 @@ def update_automation(
 
 
 def delete_automation(session: Session, automation_id: uuid.UUID, *, actor: str) -> int:
-    """Archive the automation, stop its schedules and cancel its queued runs; returns cancelled."""
+    """Archive the automation, stop its schedules and cancel its open runs; returns cancelled.
+
+    Queued and running runs alike: no step of the automation starts after this
+    commits (a running one stops before its next step; see `runs.cancel_runs`).
+    """
     automation = get_automation(session, automation_id)
     automation.archived_at = func.now()
+    # Locked first, so that a dispatch in progress commits its runs before they are cancelled.
+    session.execute(
+        select(Schedule.id).where(Schedule.automation_id == automation_id).with_for_update()
+    )
     session.execute(
         update(Schedule)
         .where(Schedule.automation_id == automation_id)
         .values(enabled=False, completed_reason="automation deleted")
     )
-    cancelled = _cancel_queued(
-        session, Execution.automation_id == automation_id, "cancelled: the automation was deleted"
-    )
+    cancelled = cancel_runs(session, Execution.automation_id == automation_id, AUTOMATION_DELETED)
     audit(
         session,
         actor,
@@ -215,51 +221,67 @@ def get_schedule(session: Session, schedule_id: uuid.UUID) -> Schedule:
     return schedule
 
 
+def _lock_schedule(session: Session, schedule_id: uuid.UUID) -> Schedule:
+    """The schedule, row-locked: a dispatch of it in progress commits first, so every
+    run it inserted is seen here, and no dispatch starts until this transaction ends."""
+    schedule = session.get(Schedule, schedule_id, with_for_update=True)
+    if schedule is None:
+        raise NotFound(f"schedule {schedule_id} does not exist (or was deleted)")
+    return schedule
+
+
 def update_schedule(
     session: Session, schedule_id: uuid.UUID, data: ScheduleDefinition, *, actor: str
 ) -> Schedule:
     """New timing and policies; an interval without start_at keeps counting from creation."""
-    schedule = get_schedule(session, schedule_id)
+    schedule = _lock_schedule(session, schedule_id)
     now = db_now(session)
     for key, value in _schedule_values(data).items():
         setattr(schedule, key, value)
     schedule.enabled = data.enabled
     schedule.completed_reason = None
-    # Runs already queued for the old timing would fire at the old times.
-    _cancel_future(session, schedule_id, now, "cancelled: the schedule was edited")
+    # Runs queued for the old timing would fire at the old times; the next tick
+    # dispatches the new timing's slots from now on.
+    withdrawn = _withdraw_future(session, schedule, now)
     if data.enabled:
         _arm(schedule, data.timing.anchored(schedule.created_at), now)
-    audit(
-        session, actor, AuditAction.EDIT, AuditTarget.SCHEDULE, schedule_id, **_describe(schedule)
-    )
+    details = {"withdrawn": withdrawn, **_describe(schedule)}
+    audit(session, actor, AuditAction.EDIT, AuditTarget.SCHEDULE, schedule_id, **details)
     return schedule
 
 
 def set_schedule_enabled(
     session: Session, schedule_id: uuid.UUID, enabled: bool, *, actor: str
 ) -> Schedule:
-    """Pause or resume. Resuming starts from the next slot after now: the pause is not replayed."""
-    schedule = get_schedule(session, schedule_id)
+    """Pause or resume.
+
+    Pausing withdraws the runs of slots after now that have not started; runs of
+    earlier slots go on. Resuming starts from the first slot at or after now: the
+    pause is not replayed.
+    """
+    schedule = _lock_schedule(session, schedule_id)
     get_automation(session, schedule.automation_id)
     now = db_now(session)
+    withdrawn = 0
     if enabled:
         schedule.enabled = True
         schedule.completed_reason = None
         _arm(schedule, parse_timing(spec_of(schedule)), now)
     else:
         schedule.enabled = False
-        _cancel_future(session, schedule_id, now, "cancelled: the schedule was paused")
+        withdrawn = _withdraw_future(session, schedule, now)
     action = AuditAction.RESUME if enabled else AuditAction.PAUSE
-    audit(session, actor, action, AuditTarget.SCHEDULE, schedule_id)
+    audit(session, actor, action, AuditTarget.SCHEDULE, schedule_id, withdrawn=withdrawn)
     return schedule
 
 
 def delete_schedule(session: Session, schedule_id: uuid.UUID, *, actor: str) -> int:
-    """Delete the schedule; its queued runs are cancelled (history stays). Returns cancelled."""
-    schedule = get_schedule(session, schedule_id)
-    cancelled = _cancel_queued(
-        session, Execution.schedule_id == schedule_id, "cancelled: the schedule was deleted"
-    )
+    """Delete the schedule; its open runs, queued or running, are cancelled (history stays).
+
+    Returns how many were cancelled.
+    """
+    schedule = _lock_schedule(session, schedule_id)
+    cancelled = cancel_runs(session, Execution.schedule_id == schedule_id, SCHEDULE_DELETED)
     details = {"cancelled": cancelled, **_describe(schedule)}
     audit(session, actor, AuditAction.DELETE, AuditTarget.SCHEDULE, schedule_id, **details)
     session.delete(schedule)
@@ -278,22 +300,26 @@ def _describe(schedule: Schedule) -> dict[str, Any]:
 # --- executions ------------------------------------------------------------------
 
 
-def _cancel_queued(session: Session, where: Any, reason: str) -> int:
-    return rowcount(
+def _withdraw_future(session: Session, schedule: Schedule, now: datetime) -> int:
+    """Delete the runs of slots after `now` that never started, as if never dispatched.
+
+    Cancelling them instead would keep their slot keys taken, and the next dispatch
+    (ON CONFLICT DO NOTHING) would step over slots that must run after a resume or
+    an edit. A message still in Redis for a deleted row claims nothing. Returns how
+    many were withdrawn; `dispatched_count` (which max_runs reads) gives them back.
+    """
+    withdrawn = rowcount(
         session.execute(
-            update(Execution)
-            .where(where, Execution.status == ExecutionStatus.QUEUED)
-            .values(status=ExecutionStatus.CANCELLED, finished_at=func.now(), error=reason)
+            delete(Execution).where(
+                Execution.schedule_id == schedule.id,
+                Execution.scheduled_for > now,
+                Execution.status == ExecutionStatus.QUEUED,
+                Execution.attempt == 0,
+            )
         )
     )
-
-
-def _cancel_future(session: Session, schedule_id: uuid.UUID, now: datetime, reason: str) -> int:
-    return _cancel_queued(
-        session,
-        (Execution.schedule_id == schedule_id) & (Execution.scheduled_for > now),
-        reason,
-    )
+    schedule.dispatched_count -= withdrawn
+    return withdrawn
 
 
 def create_manual_execution(session: Session, automation_id: uuid.UUID, *, actor: str) -> Execution:
@@ -330,16 +356,17 @@ def get_execution(session: Session, execution_id: uuid.UUID) -> Execution:
 
 
 def cancel_execution(session: Session, execution_id: uuid.UUID, *, actor: str) -> Execution:
-    """Cancel a queued or running execution; a running worker stops before its next step."""
+    """Cancel a queued or running execution; a running worker stops before its next step.
+
+    The step at the agent, if any, is closed now and its answer is not recorded.
+    """
     execution = get_execution(session, execution_id)
-    if execution.status not in OPEN_STATUSES:
+    cancelled = cancel_runs(session, Execution.id == execution_id, f"cancelled by {actor}")
+    session.refresh(execution)
+    if not cancelled:
         raise InvalidState(
             f"only queued or running executions can be cancelled (this one is {execution.status})"
         )
-    execution.status = ExecutionStatus.CANCELLED
-    execution.finished_at = func.now()
-    execution.lease_expires_at = None
-    execution.error = f"cancelled by {actor}"
     audit(session, actor, AuditAction.CANCEL, AuditTarget.EXECUTION, execution_id)
     return execution
 

@@ -73,9 +73,12 @@ def _rows(
         }
 
     rows = []
-    for slot in plan.run:
+    for n, slot in enumerate(plan.run):
         jitter = timedelta(seconds=random.uniform(0, schedule.jitter_s))
-        rows.append(row(slot, ExecutionStatus.QUEUED, available_at=max(slot + jitter, now)))
+        # Marked, so that the overlap policy queues catch-up runs one behind another.
+        trigger = Trigger.CATCHUP if n < plan.catchup else Trigger.SCHEDULE
+        available_at = max(slot + jitter, now)
+        rows.append(row(slot, ExecutionStatus.QUEUED, available_at=available_at, trigger=trigger))
     error = MISSED_ERROR.format(policy=schedule.misfire_policy)
     skipped = ExecutionStatus.SKIPPED
     rows += [row(slot, skipped, finished_at=now, error=error) for slot in plan.skipped]

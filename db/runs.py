@@ -20,15 +20,26 @@ from core.outcome import StepOutcome, parse_output
 from core.schedule import decide_overlap
 from core.vocabulary import (
     FINAL_STATUSES,
+    OPEN_STATUSES,
     ExecutionStatus,
     OverlapDecision,
     OverlapPolicy,
     StepStatus,
+    Trigger,
 )
 from db.models import Automation, Execution, Schedule, StepRun
 from db.session import db_now, rowcount
 
 LOST_STEP_ERROR = "the worker running this step stopped (killed or lost its lease)"
+CANCELLED_STEP_ERROR = (
+    "the run was cancelled while this step was at the agent; its answer is not recorded"
+)
+AUTOMATION_DELETED = "cancelled: the automation was deleted"
+SCHEDULE_DELETED = "cancelled: the schedule was deleted"
+SKIP_REASONS = {
+    OverlapDecision.SKIP: "skipped: the previous run was still running (overlap policy)",
+    OverlapDecision.SUPERSEDED: "skipped: a later slot already started (overlap policy)",
+}
 
 
 @dataclass(frozen=True)
@@ -90,40 +101,71 @@ def _overlap(session: Session, execution: Execution, policy: OverlapPolicy) -> O
     siblings = select(Execution.id).where(
         Execution.schedule_id == execution.schedule_id, Execution.id != execution.id
     )
-    running = session.scalar(
-        select(
-            siblings.where(
-                Execution.status == ExecutionStatus.RUNNING, Execution.lease_expires_at > func.now()
-            ).exists()
-        )
+    running = siblings.where(
+        Execution.status == ExecutionStatus.RUNNING, Execution.lease_expires_at > func.now()
     )
-    waiting = session.scalar(
-        select(
-            siblings.where(
-                Execution.status == ExecutionStatus.QUEUED,
-                Execution.scheduled_for < execution.scheduled_for,
-                Execution.scheduled_for <= func.now(),
-            ).exists()
-        )
+    waiting = siblings.where(
+        Execution.status == ExecutionStatus.QUEUED,
+        Execution.scheduled_for < execution.scheduled_for,
+        Execution.scheduled_for <= func.now(),
     )
-    return decide_overlap(policy, running=bool(running), waiting=bool(waiting))
+    later_started = siblings.where(
+        Execution.scheduled_for > execution.scheduled_for, Execution.started_at.is_not(None)
+    )
+    # Catch-up runs not started yet: they go first, one after another.
+    backlog = waiting.where(Execution.trigger == Trigger.CATCHUP, Execution.attempt == 0)
+    found = session.execute(
+        select(running.exists(), waiting.exists(), later_started.exists(), backlog.exists())
+    ).one()
+    return decide_overlap(
+        policy,
+        running=found[0],
+        waiting=found[1],
+        later_started=found[2],
+        backlog=found[3],
+        catchup=execution.trigger == Trigger.CATCHUP,
+    )
 
 
-def _skip_for_overlap(session: Session, execution: Execution) -> None:
+def _skip_for_overlap(session: Session, execution: Execution, reason: str) -> None:
     session.execute(
         update(Execution)
         .where(Execution.id == execution.id, Execution.status == ExecutionStatus.QUEUED)
-        .values(
-            status=ExecutionStatus.SKIPPED,
-            finished_at=func.now(),
-            error="skipped: the previous run was still running (overlap policy)",
-        )
+        .values(status=ExecutionStatus.SKIPPED, finished_at=func.now(), error=reason)
     )
     session.execute(
         update(Schedule)
         .where(Schedule.id == execution.schedule_id)
         .values(skipped_count=Schedule.skipped_count + 1)
     )
+
+
+def cancel_runs(session: Session, where: Any, reason: str) -> int:
+    """Cancel the open (queued or running) executions matching `where`; returns how many.
+
+    A running one's worker finds its fence gone and stops before its next step; the
+    step it has at the agent is closed at once, so nothing of a cancelled run stays
+    running, and the answer, when it comes, is not recorded (`finish_step` is fenced
+    on the step still running).
+    """
+    cancelled = session.scalars(
+        update(Execution)
+        .where(where, Execution.status.in_(OPEN_STATUSES))
+        .values(
+            status=ExecutionStatus.CANCELLED,
+            finished_at=func.now(),
+            lease_expires_at=None,
+            error=reason,
+        )
+        .returning(Execution.id)
+    ).all()
+    if cancelled:
+        session.execute(
+            update(StepRun)
+            .where(StepRun.execution_id.in_(cancelled), StepRun.status == StepStatus.RUNNING)
+            .values(status=StepStatus.FAILED, error=CANCELLED_STEP_ERROR, finished_at=func.now())
+        )
+    return len(cancelled)
 
 
 def _resume_point(session: Session, execution_id: uuid.UUID) -> tuple[int, Any]:
@@ -154,6 +196,11 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, margin_s: int)
     if row is None:
         return "nothing"
     execution, automation, policy_word = row
+    if automation.archived_at is not None:
+        # Deleting cancels every open run; this closes a run created in a race
+        # with the delete, so that it is neither started nor taken over.
+        cancel_runs(session, Execution.id == execution_id, AUTOMATION_DELETED)
+        return "nothing"
     policy = None if policy_word is None else OverlapPolicy(policy_word)
     claimable = execution.status == ExecutionStatus.QUEUED or (
         execution.status == ExecutionStatus.RUNNING
@@ -167,8 +214,8 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, margin_s: int)
     first_start = execution.attempt == 0
     if first_start and policy is not None and policy != OverlapPolicy.ALLOW:
         decision = _overlap(session, execution, policy)
-        if decision == OverlapDecision.SKIP:
-            _skip_for_overlap(session, execution)
+        if decision in SKIP_REASONS:
+            _skip_for_overlap(session, execution, SKIP_REASONS[decision])
             return "skipped"
         if decision == OverlapDecision.WAIT:
             return "waiting"
@@ -332,7 +379,8 @@ def record_outcome(session: Session, schedule_id: uuid.UUID, status: ExecutionSt
 
 
 def next_waiting(session: Session, schedule_id: uuid.UUID) -> RunMessage | None:
-    """The run held back by `buffer_one`, to start now that the previous one ended."""
+    """The earliest run held back (by `buffer_one`, or a catch-up run waiting its turn),
+    to start now that the previous one ended."""
     row = session.execute(
         select(Execution.id, Execution.attempt, Automation.max_retries)
         .join(Automation, Automation.id == Execution.automation_id)

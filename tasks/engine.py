@@ -226,8 +226,8 @@ def _fail(
 
 
 def _start_waiting(claim: runs.Claim, send: Send) -> None:
-    """With `buffer_one`, the run held back while this one ran starts now."""
-    if claim.schedule_id is None or claim.overlap_policy != OverlapPolicy.BUFFER_ONE:
+    """The run held back while this one ran (`buffer_one`, or the next catch-up run) starts now."""
+    if claim.schedule_id is None or claim.overlap_policy in (None, OverlapPolicy.ALLOW):
         return
     with session_scope() as session:
         waiting = runs.next_waiting(session, claim.schedule_id)

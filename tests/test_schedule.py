@@ -307,7 +307,7 @@ def test_interval_backlog_is_counted_arithmetically() -> None:
 
 def test_once_completes_whether_run_or_missed() -> None:
     run_at = NOW - timedelta(minutes=5)
-    assert plan(once(run_at), run_at) == DispatchPlan([run_at], [], 0, None, "ran once")
+    assert plan(once(run_at), run_at) == DispatchPlan([run_at], [], 0, None, "ran once", catchup=1)
     assert plan(once(run_at), run_at, misfire_policy=MisfirePolicy.SKIP) == DispatchPlan(
         [], [run_at], 0, None, "ran once"
     )
@@ -332,6 +332,14 @@ def test_skipped_slots_do_not_use_up_max_runs() -> None:
     result = plan(timing, NOW - MINUTE * 10, misfire_policy=MisfirePolicy.SKIP)
     assert result.run == [NOW] and len(result.skipped) == 10
     assert result.next_run_at == NOW + MINUTE
+
+
+def test_missed_slots_that_run_are_marked_as_catch_up() -> None:
+    # given a minutely schedule whose dispatcher was down for five slots
+    result = plan(cron("* * * * *"), NOW - MINUTE * 5, misfire_policy=MisfirePolicy.RUN_ALL)
+    # then the missed slots come first in the plan, counted as catch-up; the due ones follow
+    assert result.run[: result.catchup] == [NOW - MINUTE * n for n in range(5, 0, -1)]
+    assert result.run[result.catchup :] == [NOW]
 
 
 def test_end_at_completes_the_schedule() -> None:
@@ -359,3 +367,42 @@ def test_decide_overlap(
     policy: OverlapPolicy, running: bool, waiting: bool, decision: OverlapDecision
 ) -> None:
     assert decide_overlap(policy, running=running, waiting=waiting) is decision
+
+
+@pytest.mark.parametrize("policy", [OverlapPolicy.SKIP, OverlapPolicy.BUFFER_ONE])
+@pytest.mark.parametrize("running", [False, True])
+def test_a_slot_never_starts_after_a_later_one(policy: OverlapPolicy, running: bool) -> None:
+    # given a slot whose message came late, after a later slot of its schedule started
+    decision = decide_overlap(policy, running=running, waiting=False, later_started=True)
+    # then it is superseded, whether the later run still runs or has ended
+    assert decision is OverlapDecision.SUPERSEDED
+
+
+def test_allow_runs_a_late_slot_beside_later_ones() -> None:
+    decision = decide_overlap(OverlapPolicy.ALLOW, running=True, waiting=False, later_started=True)
+    assert decision is OverlapDecision.RUN
+
+
+@pytest.mark.parametrize(
+    ("policy", "running", "backlog", "catchup", "decision"),
+    [
+        # catch-up runs wait for the one before them, whatever the policy but allow
+        (OverlapPolicy.SKIP, True, False, True, OverlapDecision.WAIT),
+        (OverlapPolicy.SKIP, False, True, True, OverlapDecision.WAIT),
+        (OverlapPolicy.BUFFER_ONE, True, True, True, OverlapDecision.WAIT),
+        (OverlapPolicy.SKIP, False, False, True, OverlapDecision.RUN),
+        (OverlapPolicy.ALLOW, True, True, True, OverlapDecision.RUN),
+        # a slot due while catch-up runs wait is treated as overlapping them
+        (OverlapPolicy.SKIP, False, True, False, OverlapDecision.SKIP),
+        (OverlapPolicy.BUFFER_ONE, False, True, False, OverlapDecision.SKIP),
+    ],
+)
+def test_catch_up_runs_queue_behind_each_other(
+    policy: OverlapPolicy, running: bool, backlog: bool, catchup: bool, decision: OverlapDecision
+) -> None:
+    # a waiting catch-up run is also an earlier slot that is due and queued
+    waiting = backlog
+    found = decide_overlap(
+        policy, running=running, waiting=waiting, backlog=backlog, catchup=catchup
+    )
+    assert found is decision

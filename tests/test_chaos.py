@@ -1,0 +1,388 @@
+"""A bounded, seeded chaos run: every kind of process killed while people act on schedules.
+
+The Procfile's processes (two worker groups, a scheduler, a dispatcher) run ten
+schedules (five kinds, interval and cron, every overlap and misfire policy) against a recording
+agent that fails 5 % of calls. On a fixed timeline (seeded jitter) the test
+SIGKILLs and SIGTERMs each kind of process and restarts it, flushes Redis, runs a
+second scheduler and dispatcher for a while, and pauses, resumes, edits and deletes.
+Then the history is checked against the slots computed from the schedules'
+definitions (`slots_between`), not read back from what ran.
+
+    STEPWISE_CHAOS_SEED=7 pytest tests/test_chaos.py -s
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from core.schedule import ScheduleInput
+from core.timing import parse_timing, slots_between, spec_of
+from core.vocabulary import OPEN_STATUSES, AuditAction, ExecutionStatus
+from db import commands
+from db.models import AuditLog, Execution, Schedule, StepRun
+from db.runs import LOST_STEP_ERROR
+from db.session import session_scope
+from stepwise.demo_agent import Call, Reply
+from tasks import engine
+from tasks.actions import schedules_changed
+from tasks.actors import send_run
+from testkit.factories import fetch, make_automation, make_schedule, now, schedule_definition
+from testkit.waiting import wait_for
+
+pytestmark = pytest.mark.slow
+SEED = int(os.environ.get("STEPWISE_CHAOS_SEED", "11"))
+READY = "Worker process is ready for action"
+LEAD_S = 15  # from setup to the first slot
+COPIES = 2  # schedules of each kind (each with its own automation)
+WINDOW_S = 150  # slots are bounded to this window
+FAILURE_RATE = 0.05
+TICK = timedelta(microseconds=1)
+# What the one execution of a slot that should run ends as (skipped: by a policy).
+RAN = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.SKIPPED)
+
+
+class RecordingAgent:
+    """Answers like an agent: a short random delay, 5 % of calls fail with a 503.
+
+    Counts the 200 answers per Idempotency-Key: a key answered twice means a step
+    was executed twice at the agent.
+    """
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.lock = threading.Lock()
+        self.answered: Counter[str] = Counter()
+
+    def __call__(self, call: Call) -> Reply:
+        with self.lock:
+            fail = self.rng.random() < FAILURE_RATE
+            delay = self.rng.uniform(0, 2.5)
+            if not fail:
+                self.answered[call.idempotency_key or ""] += 1
+        if fail:
+            return Reply(503, {"error": "chaos: simulated failure"}, delay_s=delay)
+        return Reply(200, {"output": f"step {call.body.get('step_number')}"}, delay_s=delay)
+
+
+@dataclass
+class Chaos:
+    procs: Any
+    redis: Any
+    began: float = field(default_factory=time.monotonic)
+    faults: list[tuple[str, datetime]] = field(default_factory=list)
+
+    def at(self, offset_s: float) -> None:
+        time.sleep(max(0.0, self.began + offset_s - time.monotonic()))
+
+    def note(self, what: str) -> None:
+        self.faults.append((what, now()))
+
+    def kill(self, key: str, name: str) -> None:
+        self.note(f"SIGKILL {key}")
+        self.procs.kill(key)
+        self.procs.start(name, as_name=key)
+
+    def term(self, key: str, name: str) -> None:
+        self.note(f"SIGTERM {key}")
+        self.procs.stop(key)  # SIGTERM to the group, waits for a clean exit
+        self.procs.start(name, as_name=key)
+
+
+def _schedules(agent_url: str, start: datetime) -> dict[str, list[uuid.UUID]]:
+    end = start + timedelta(seconds=WINDOW_S)
+
+    def make(steps: int, **fields: Any) -> list[uuid.UUID]:
+        return [
+            make_schedule(
+                make_automation(agent_url=agent_url, steps=steps, step_timeout_s=5),
+                start_at=start,
+                end_at=end,
+                **fields,
+            )
+            for _ in range(COPIES)
+        ]
+
+    return {
+        # paused and resumed
+        "every10_skip": make(2, kind="interval", interval_s=10, overlap_policy="skip"),
+        # edited (policies only: its slots stay the same)
+        "every15_buffer": make(
+            3, kind="interval", interval_s=15, overlap_policy="buffer_one", misfire_policy="run_all"
+        ),
+        "every20_allow": make(2, kind="interval", interval_s=20, overlap_policy="allow"),
+        "cron_minutely": make(2, kind="cron", cron_expr="* * * * *", misfire_policy="run_all"),
+        # its automation is deleted half-way
+        "every12_deleted": make(2, kind="interval", interval_s=12, misfire_policy="skip"),
+    }
+
+
+def _act(what: Callable[[Any], Any]) -> None:
+    with session_scope() as session:
+        what(session)
+
+
+def _timeline(chaos: Chaos, ids: dict[str, list[uuid.UUID]], rng: random.Random) -> None:
+    """The faults and the people, every ~10 s from the first slot on."""
+    procs = chaos.procs
+
+    def jitter(offset: float) -> None:
+        chaos.at(LEAD_S + offset + rng.uniform(0, 3))
+
+    jitter(10)
+    chaos.kill("worker1", "worker")
+    jitter(20)
+    for schedule_id in ids["every10_skip"]:
+        _act(lambda s, i=schedule_id: commands.set_schedule_enabled(s, i, False, actor="chaos"))
+    jitter(25)
+    chaos.term("worker2", "worker")
+    jitter(35)
+    chaos.note("FLUSHDB")
+    chaos.redis.flushdb()
+    jitter(45)
+    for schedule_id in ids["every10_skip"]:
+        _act(lambda s, i=schedule_id: commands.set_schedule_enabled(s, i, True, actor="chaos"))
+    schedules_changed()
+    jitter(50)
+    chaos.kill("scheduler", "scheduler")
+    jitter(55)
+    for schedule_id in ids["every15_buffer"]:
+        data = schedule_definition(
+            ScheduleInput(
+                spec=spec_of(fetch(Schedule, schedule_id)),
+                overlap_policy="skip",
+                misfire_policy="run_once",
+            )
+        )
+        _act(lambda s, i=schedule_id, d=data: commands.update_schedule(s, i, d, actor="chaos"))
+    schedules_changed()
+    jitter(60)
+    chaos.note("second scheduler and dispatcher")
+    procs.start("scheduler", as_name="scheduler2")
+    procs.start("dispatcher", as_name="dispatcher2")
+    jitter(70)
+    chaos.kill("dispatcher", "dispatcher")
+    jitter(80)
+    for schedule_id in ids["every12_deleted"]:
+        automation_id = fetch(Schedule, schedule_id).automation_id
+        _act(lambda s, a=automation_id: commands.delete_automation(s, a, actor="chaos"))
+    jitter(90)
+    chaos.kill("worker2", "worker")
+    jitter(100)
+    procs.stop("scheduler2")
+    procs.stop("dispatcher2")
+    jitter(105)
+    chaos.term("scheduler", "scheduler")
+    jitter(115)
+    chaos.term("worker1", "worker")
+    jitter(125)
+    chaos.kill("worker1", "worker")
+
+
+def _open_runs() -> int:
+    with session_scope() as session:
+        return len(
+            session.scalars(select(Execution.id).where(Execution.status.in_(OPEN_STATUSES))).all()
+        )
+
+
+def _drain(schedule_ids: list[uuid.UUID]) -> None:
+    """After the window, housekeeping every 2 s (as the minute tick would) until all is final."""
+
+    def done() -> bool:
+        engine.recover_stranded(send_run)
+        engine.dispatch_due(send_run)
+        with session_scope() as session:
+            enabled = session.scalars(
+                select(Schedule.id).where(Schedule.id.in_(schedule_ids), Schedule.enabled)
+            ).all()
+        return not enabled and _open_runs() == 0
+
+    wait_for(done, timeout=180, interval=2, message="every schedule to end and every run to end")
+
+
+def _instants(schedule_id: uuid.UUID, action: AuditAction) -> list[datetime]:
+    with session_scope() as session:
+        return list(
+            session.scalars(
+                select(AuditLog.at)
+                .where(AuditLog.target_id == schedule_id, AuditLog.action == action)
+                .order_by(AuditLog.at)
+            )
+        )
+
+
+@dataclass
+class Findings:
+    problems: list[str] = field(default_factory=list)
+    repeated_in_flight: int = 0
+
+    def check(self, ok: bool, message: str) -> None:
+        if not ok:
+            self.problems.append(message)
+
+
+def _check_schedule(
+    findings: Findings,
+    name: str,
+    schedule: Schedule,
+    rows: list[Execution],
+    called: set[tuple[str, str]],
+    deleted_at: datetime | None,
+) -> None:
+    timing = parse_timing(spec_of(schedule))
+    assert schedule.start_at is not None and schedule.end_at is not None
+    slots = list(slots_between(timing, schedule.start_at, schedule.end_at + TICK))
+    paused = list(
+        zip(
+            _instants(schedule.id, AuditAction.PAUSE),
+            _instants(schedule.id, AuditAction.RESUME),
+            strict=False,
+        )
+    )
+    by_slot: dict[datetime, list[Execution]] = {}
+    for row in rows:
+        by_slot.setdefault(row.scheduled_for, []).append(row)
+    findings.check(set(by_slot) <= set(slots), f"{name}: rows for slots not in its timing")
+    for slot in slots:
+        key = (str(schedule.id), slot.isoformat())
+        found = by_slot.get(slot, [])
+        in_pause = any(p < slot < r for p, r in paused)
+        after_delete = deleted_at is not None and slot > deleted_at
+        if in_pause or after_delete:
+            findings.check(key not in called, f"{name}: {slot} called the agent (paused/deleted)")
+            continue
+        if deleted_at is not None:
+            findings.check(len(found) <= 1, f"{name}: {slot} has {len(found)} executions")
+            continue
+        # One execution, and it ran (or was skipped by a policy, with the reason):
+        # a cancelled one is a slot that should have run and did not.
+        statuses = [r.status for r in found]
+        findings.check(
+            len(found) == 1 and found[0].status in RAN,
+            f"{name}: {slot} has executions {statuses}",
+        )
+    statuses = Counter(r.status for r in rows)
+    missed = sum(1 for r in rows if (r.error or "").startswith("missed:"))
+    overlap = sum(1 for r in rows if (r.error or "").endswith("(overlap policy)"))
+    counters = {
+        "dispatched": (schedule.dispatched_count, len(rows) - missed),
+        "run": (schedule.run_count, statuses["succeeded"] + statuses["failed"]),
+        "success": (schedule.success_count, statuses["succeeded"]),
+        "failure": (schedule.failure_count, statuses["failed"]),
+        "skipped": (schedule.skipped_count, overlap),
+        "missed": (schedule.missed_count, missed),
+    }
+    for counter, (stored, counted) in counters.items():
+        findings.check(stored == counted, f"{name}: {counter}_count {stored} != {counted} rows")
+
+
+def _history() -> tuple[list[Execution], dict[uuid.UUID, list[StepRun]]]:
+    with session_scope() as session:
+        rows = list(session.scalars(select(Execution).order_by(Execution.scheduled_for)))
+        steps: dict[uuid.UUID, list[StepRun]] = {}
+        for step in session.scalars(select(StepRun).order_by(StepRun.id)):
+            steps.setdefault(step.execution_id, []).append(step)
+        session.expunge_all()
+    return rows, steps
+
+
+def _recovery_times(
+    faults: list[tuple[str, datetime]], rows: list[Execution], steps: dict[uuid.UUID, list[StepRun]]
+) -> list[str]:
+    """For each fault: the runs open then and due within 20 s (their messages may be lost
+    or their worker gone), and the longest wait from the later of the fault and their
+    due time until they next moved (a step started, or the run ended)."""
+    lines = []
+    for what, at in faults:
+        waits = []
+        for row in rows:
+            due = row.available_at is not None and row.available_at <= at + timedelta(seconds=20)
+            open_then = row.queued_at <= at and (row.finished_at is None or row.finished_at > at)
+            if not (due and open_then) or row.available_at is None:
+                continue
+            since = max(at, row.available_at)
+            moved = [s.started_at for s in steps.get(row.id, []) if s.started_at > since]
+            if row.finished_at is not None:
+                moved.append(row.finished_at)
+            if moved:
+                waits.append((min(moved) - since).total_seconds())
+        slowest = f"{max(waits):.1f} s" if waits else "-"
+        lines.append(f"  {what}: {len(waits)} run(s) open and due, moving again within {slowest}")
+    return lines
+
+
+@pytest.mark.timeout(600)
+def test_chaos_every_slot_once_through_kills_flushes_and_edits(
+    procs: Any, agent: Any, redis_client: Any
+) -> None:
+    # given the Procfile's processes and ten schedules over a 150 s window
+    rng = random.Random(SEED)
+    recording = RecordingAgent(random.Random(SEED + 1))
+    agent.responder = recording
+    for key, name in (
+        ("worker1", "worker"),
+        ("worker2", "worker"),
+        ("dispatcher", "dispatcher"),
+    ):
+        procs.start(name, as_name=key)
+    for key in ("worker1", "worker2", "dispatcher"):
+        procs.wait_ready(key, READY, timeout=60)
+    ids = _schedules(agent.url, now() + timedelta(seconds=LEAD_S))
+    chaos = Chaos(procs, redis_client)
+    procs.start("scheduler")
+    # when every kind of process is killed and restarted while people act
+    _timeline(chaos, ids, rng)
+    chaos.at(LEAD_S + WINDOW_S + 5)
+    _drain([i for group in ids.values() for i in group])
+    # then the history holds exactly what the schedules' definitions promise
+    rows, steps = _history()
+    called = {
+        (c.body.get("schedule_id"), c.body.get("scheduled_for"))
+        for c in agent.calls
+        if isinstance(c.body, dict)
+    }
+    findings = Findings()
+    for name, group in ids.items():
+        for schedule_id in group:
+            schedule = fetch(Schedule, schedule_id)
+            mine = [r for r in rows if r.schedule_id == schedule_id]
+            deleted = _instants(schedule.automation_id, AuditAction.DELETE)
+            deleted_at = deleted[0] if deleted else None
+            _check_schedule(findings, name, schedule, mine, called, deleted_at)
+    # no step answered 200 twice, unless it was in flight when its worker was killed
+    for key, count in recording.answered.items():
+        if count < 2:
+            continue
+        execution_id, step = key.rsplit(":", 1)
+        lost = [
+            s
+            for s in steps.get(uuid.UUID(execution_id), [])
+            if s.step_number == int(step) and s.error == LOST_STEP_ERROR
+        ]
+        findings.check(len(lost) >= count - 1, f"{key} answered 200 {count} times")
+        findings.repeated_in_flight += count - 1
+    # nothing is left queued or running, no step left running
+    findings.check(_open_runs() == 0, "runs left open")
+    open_steps = [s for ss in steps.values() for s in ss if s.status == "running"]
+    findings.check(not open_steps, f"{len(open_steps)} step(s) left running")
+    statuses = Counter(r.status for r in rows)
+    print(
+        f"\nchaos seed {SEED}: {len(rows)} executions {dict(statuses)}, "
+        f"{len(agent.calls)} agent calls, {findings.repeated_in_flight} step(s) answered again "
+        "after a SIGKILL mid-call"
+    )
+    print("\n".join(_recovery_times(chaos.faults, rows, steps)))
+    assert findings.problems == [], "\n".join(findings.problems)
+    assert statuses[ExecutionStatus.SUCCEEDED] > 0

@@ -71,7 +71,13 @@ def page_calls(session: Any) -> list[tuple[str, str, Callable[[], Any]]]:
         ("overview", "scheduler_liveness", lambda: figures.scheduler_liveness(session)),
         ("schedules", "list_schedules (1,000)", lambda: q.list_schedules(session)),
         ("schedules", "automation_names", lambda: q.automation_names(session)),
-        ("schedules", "queued_runs", lambda: q.queued_runs(session, schedule_id)),
+        (
+            "schedules",
+            "open runs of a schedule",
+            lambda: q.count_executions(
+                session, F(statuses=("queued", "running"), schedule_id=schedule_id)
+            ),
+        ),
         ("automations", "list_automations", lambda: q.list_automations(session)),
         (
             "executions",

@@ -308,18 +308,6 @@ def get_schedule_row(session: Session, schedule_id: uuid.UUID) -> ScheduleRow | 
     return next((r for r in list_schedules(session) if r.id == schedule_id), None)
 
 
-def queued_runs(session: Session, schedule_id: uuid.UUID) -> int:
-    """Runs of the schedule still waiting: deleting or pausing it cancels these."""
-    return int(
-        session.scalar(
-            select(func.count())
-            .select_from(Execution)
-            .where(Execution.schedule_id == schedule_id, Execution.status == ExecutionStatus.QUEUED)
-        )
-        or 0
-    )
-
-
 # --- automations --------------------------------------------------------------------
 
 

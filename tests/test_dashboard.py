@@ -217,10 +217,10 @@ def test_pause_resume_run_now_and_delete(agent: Any, worker: Any) -> None:
         ],
     )
     at.button(key="sch_delete").click().run()
-    assert "Its 1 queued run(s) will be cancelled" in texts(at)
+    assert "Its 1 open run(s), queued or running, will be cancelled" in texts(at)
     at.button(key="sch_delete_yes").click().run()
     assert schedules() == []
-    assert "1 queued run(s) cancelled" in texts(at)
+    assert "1 open run(s) cancelled" in texts(at)
 
 
 def test_schedule_filters_narrow_the_list() -> None:

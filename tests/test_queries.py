@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import insert
 
+from core.vocabulary import OPEN_STATUSES
 from db import figures, queries
 from db.dispatch import beat
 from db.models import StepRun
@@ -230,7 +231,9 @@ def test_list_schedules_states_and_queued_runs() -> None:
     with session_scope() as session:
         rows = queries.list_schedules(session)
         only_paused = queries.list_schedules(session, state="paused")
-        waiting = queries.queued_runs(session, active)
+        waiting = queries.count_executions(
+            session, queries.ExecutionFilters(statuses=OPEN_STATUSES, schedule_id=active)
+        )
         upcoming = figures.upcoming_runs(session)
     by_id = {r.id: r for r in rows}
     assert by_id[active].state == "active" and by_id[active].queued_runs == 1

@@ -11,7 +11,7 @@ import streamlit as st
 
 from core.automation import AutomationInput, Step, redact_url
 from core.errors import StepwiseError, ValidationFailed
-from core.vocabulary import OPEN_STATUSES, ExecutionStatus
+from core.vocabulary import OPEN_STATUSES
 from dashboard import forms, ui
 from db import commands, queries
 from db.queries import ExecutionFilters
@@ -203,19 +203,20 @@ if current is not None:
     if cols[2].button("Delete", icon=":material/delete:", key=k + "delete", width="stretch"):
         st.session_state["auto_confirm_delete"] = choice
     if st.session_state.get("auto_confirm_delete") == choice:
-        waiting = ui.read(
+        open_runs = ui.read(
             queries.count_executions,
-            ExecutionFilters(statuses=(ExecutionStatus.QUEUED,), automation_id=current.id),
+            ExecutionFilters(statuses=OPEN_STATUSES, automation_id=current.id),
         )
         st.warning(
             f"Delete “{ui.text(current.name)}”? Its {current.schedules} schedule(s) stop and its "
-            f"{waiting} queued run(s) are cancelled; the history stays."
+            f"{open_runs} open run(s), queued or running, are cancelled (a running one stops "
+            "before its next step); the history stays."
         )
         yes, no = st.columns(2)
         if yes.button("Yes, delete it", type="primary", key=k + "delete_yes"):
             cancelled = ui.write(commands.delete_automation, current.id, actor=ui.actor())
             st.session_state.pop("auto_confirm_delete", None)
-            st.session_state["flash"] = f"Automation deleted; {cancelled} queued run(s) cancelled."
+            st.session_state["flash"] = f"Automation deleted; {cancelled} open run(s) cancelled."
             st.session_state["auto_pending_select"] = NEW
             st.rerun()
         if no.button("Keep it", key=k + "delete_no"):

@@ -8,10 +8,11 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import StepwiseError
-from core.vocabulary import ScheduleState
+from core.vocabulary import OPEN_STATUSES, ScheduleState
 from dashboard import ui
 from dashboard.schedule_dialog import STATE, notify_scheduler, open_dialog, schedule_dialog
 from db import commands, queries
+from db.queries import ExecutionFilters
 from tasks import actions
 
 st.title("Schedules")
@@ -118,7 +119,10 @@ if rows:
     if row.enabled:
         if cols[0].button("Pause", icon=":material/pause:", key="sch_pause", width="stretch"):
             ui.write(commands.set_schedule_enabled, row.id, False, actor=ui.actor())
-            st.session_state["flash"] = "Schedule paused; its future queued runs were cancelled."
+            st.session_state["flash"] = (
+                "Schedule paused; runs of its future slots that had not started were withdrawn "
+                "(a resume runs every slot from then on)."
+            )
             st.rerun()
     elif cols[0].button("Resume", icon=":material/play_arrow:", key="sch_resume", width="stretch"):
         try:
@@ -146,16 +150,20 @@ if rows:
     if cols[3].button("Delete", icon=":material/delete:", key="sch_delete", width="stretch"):
         st.session_state["sch_confirm_delete"] = chosen
     if st.session_state.get("sch_confirm_delete") == chosen:
-        waiting = ui.read(queries.queued_runs, row.id)
+        open_runs = ui.read(
+            queries.count_executions,
+            ExecutionFilters(statuses=OPEN_STATUSES, schedule_id=row.id),
+        )
         st.warning(
-            f"Delete this schedule? Its {waiting} queued run(s) will be cancelled; "
-            "finished runs stay in the history."
+            f"Delete this schedule? Its {open_runs} open run(s), queued or running, will be "
+            "cancelled (a running one stops before its next step); finished runs stay in the "
+            "history."
         )
         yes, no = st.columns(2)
         if yes.button("Yes, delete it", type="primary", key="sch_delete_yes"):
             cancelled = ui.write(commands.delete_schedule, row.id, actor=ui.actor())
             st.session_state.pop("sch_confirm_delete", None)
-            st.session_state["flash"] = f"Schedule deleted; {cancelled} queued run(s) cancelled."
+            st.session_state["flash"] = f"Schedule deleted; {cancelled} open run(s) cancelled."
             st.rerun()
         if no.button("Keep it", key="sch_delete_no"):
             st.session_state.pop("sch_confirm_delete", None)

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from core.automation import AutomationInput, validate_automation
+from core.automation import AutomationInput, redact_url, validate_automation
 from core.errors import InvalidState, NotFound
 from core.schedule import ScheduleDefinition, initial_next_run_at
 from core.secrets import new_signing_secret
@@ -66,6 +66,34 @@ def _automation_values(data: AutomationInput) -> dict[str, Any]:
         "owner_id": data.owner_id,
         "headers_ref": data.headers_ref,
     }
+
+
+# Long texts are audited by size, not copied into every audit row.
+_AUDIT_BY_SIZE = frozenset({"description", "project_context", "steps"})
+
+
+def changes(row: Any, new: dict[str, Any]) -> dict[str, list[Any]]:
+    """`{field: [old, new]}` for each value `new` changes on `row`, as the audit log keeps it.
+
+    URLs are recorded redacted; long texts and the steps by their size.
+    """
+    changed = {}
+    for name, value in new.items():
+        old = getattr(row, name)
+        if old == value:
+            continue
+        changed[name] = [_audited(name, old), _audited(name, value)]
+    return changed
+
+
+def _audited(name: str, value: Any) -> Any:
+    if name == "agent_url" and isinstance(value, str):
+        return redact_url(value)
+    if name in _AUDIT_BY_SIZE:
+        return f"{len(value)} steps" if name == "steps" else f"{len(value)} characters"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
 
 
 def create_automation(session: Session, data: AutomationInput, *, actor: str) -> Automation:
@@ -130,9 +158,11 @@ def update_automation(
 ) -> Automation:
     validate_automation(data, egress=get_settings().egress_policy())
     automation = get_automation(session, automation_id)
-    for key, value in _automation_values(data).items():
+    new = _automation_values(data)
+    changed = changes(automation, new)
+    for key, value in new.items():
         setattr(automation, key, value)
-    audit(session, actor, AuditAction.EDIT, AuditTarget.AUTOMATION, automation.id)
+    audit(session, actor, AuditAction.EDIT, AuditTarget.AUTOMATION, automation.id, changed=changed)
     return automation
 
 
@@ -236,16 +266,17 @@ def update_schedule(
     """New timing and policies; an interval without start_at keeps counting from creation."""
     schedule = _lock_schedule(session, schedule_id)
     now = db_now(session)
-    for key, value in _schedule_values(data).items():
+    new = {**_schedule_values(data), "enabled": data.enabled}
+    changed = changes(schedule, new)
+    for key, value in new.items():
         setattr(schedule, key, value)
-    schedule.enabled = data.enabled
     schedule.completed_reason = None
     # Runs queued for the old timing would fire at the old times; the next tick
     # dispatches the new timing's slots from now on.
     withdrawn = _withdraw_future(session, schedule, now)
     if data.enabled:
         _arm(schedule, data.timing.anchored(schedule.created_at), now)
-    details = {"withdrawn": withdrawn, **_describe(schedule)}
+    details = {"withdrawn": withdrawn, "changed": changed, **_describe(schedule)}
     audit(session, actor, AuditAction.EDIT, AuditTarget.SCHEDULE, schedule_id, **details)
     return schedule
 

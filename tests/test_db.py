@@ -20,8 +20,10 @@ from core.limits import (
     MIN_INTERVAL_S,
 )
 from core.schedule import ScheduleInput
-from core.timing import ScheduleSpec
+from core.timing import ScheduleSpec, spec_of
+from core.vocabulary import AuditAction, MisfirePolicy
 from db import commands
+from db.audit import AuditFilters, list_audit
 from db.dispatch import DispatchConfig, dispatch_batch
 from db.models import Automation, Base, Execution, Schedule
 from db.runs import claim_execution, purge_history, stranded_executions
@@ -450,3 +452,44 @@ def test_a_retry_is_not_skipped_by_the_overlap_policy(db: None) -> None:
         retried = claim_execution(session, first, margin_s=5)
     assert not isinstance(retried, str) and retried.attempt == 2
     assert fetch(Schedule, schedule_id).skipped_count == 0
+
+
+def test_an_edit_is_audited_with_old_and_new_values_and_no_secret(db: None) -> None:
+    # given an automation whose URL carries a key
+    automation_id = make_automation(name="Before", agent_url="http://127.0.0.1:9/a?api_key=OLD")
+    schedule_id = make_schedule(automation_id, kind="interval", interval_s=60)
+    # when its name, URL and context change, and its schedule's misfire policy
+    with session_scope() as session:
+        commands.update_automation(
+            session,
+            automation_id,
+            automation_input(
+                name="After",
+                agent_url="http://127.0.0.1:9/b?api_key=NEW",
+                project_context="longer context",
+            ),
+            actor="alice",
+        )
+        current = commands.get_schedule(session, schedule_id)
+        commands.update_schedule(
+            session,
+            schedule_id,
+            schedule_definition(
+                ScheduleInput(spec=spec_of(current), misfire_policy=MisfirePolicy.SKIP)
+            ),
+            actor="bob",
+        )
+    # then each audit row names exactly what changed, from what to what, keys redacted
+    with session_scope() as session:
+        rows = list_audit(session, AuditFilters(actions=(AuditAction.EDIT,)))
+    by_actor = {r.actor: r.details["changed"] for r in rows}
+    assert by_actor["alice"] == {
+        "name": ["Before", "After"],
+        "agent_url": [
+            "http://127.0.0.1:9/a?api_key=REDACTED",
+            "http://127.0.0.1:9/b?api_key=REDACTED",
+        ],
+        "project_context": ["9 characters", "14 characters"],
+    }
+    assert by_actor["bob"] == {"misfire_policy": ["run_once", "skip"]}
+    assert "OLD" not in repr(rows) and "NEW" not in repr(rows)

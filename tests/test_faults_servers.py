@@ -9,6 +9,9 @@ own side is pointed there too (the broker used by `send_run` and
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 import uuid
 from collections import Counter
@@ -167,8 +170,15 @@ class OwnPostgres:
         self._pg_ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", log, "start")
 
     def stop(self) -> None:
-        # A server started again by pg_ctl is not the wheel's to stop at exit: stop it here.
-        self._pg_ctl("-w", "-m", "fast", "stop")
+        # A server started again by pg_ctl is not the wheel's to stop at exit: stop it
+        # here, by its postmaster's pid (a fast shutdown is SIGINT).
+        pid_file = self.pgdata / "postmaster.pid"
+        if not pid_file.exists():
+            return
+        pid = int(pid_file.read_text().split()[0])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+        wait_for(lambda: not pid_file.exists(), timeout=30, message="own PostgreSQL to stop")
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ MAX_REDIRECTS = 5
 
 
 class AddressRefused(httpcore.ConnectError):
-    """The egress policy refused every address of the host (raised before connecting)."""
+    """The egress policy refused an address of the host (raised before any connection)."""
 
 
 class GuardedBackend(httpcore.NetworkBackend):
@@ -80,7 +80,7 @@ class GuardedBackend(httpcore.NetworkBackend):
 
 
 class NameNotResolved(httpcore.ConnectError):
-    pass
+    """The agent's host name has no address (DNS failure): stored as such, retried."""
 
 
 def _resolve(host: str, port: int) -> list[Address]:

@@ -319,3 +319,30 @@ def test_a_watched_run_that_ends_stays_on_screen(dashboard_url: str, browser_pag
     # and the chooser names the run by what does not change (no stale "running" in it)
     chooser = page.locator('[data-testid="stSelectbox"]').filter(has_text="Open an execution")
     assert "running" not in (chooser.inner_text() or "")
+
+
+def test_every_page_at_phone_width(dashboard_url: str) -> None:
+    # given some history, and a phone-sized window
+    automation_id = make_automation(name="Phone check")
+    add_runs(automation_id, [{"status": "succeeded"}, {"status": "failed", "error": "HTTP 503"}])
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.set_default_timeout(30_000)
+        # when each page opens, then it renders without an error (screenshots for a person)
+        for name in (
+            "overview",
+            "schedules",
+            "automations",
+            "executions",
+            "export",
+            "queues",
+            "audit",
+        ):
+            page.goto(f"{dashboard_url}/{name}")
+            settle(page)
+            no_exception(page)
+            shoot(page, f"phone_{name}")
+        browser.close()

@@ -23,6 +23,7 @@ from stepwise.embedded import free_port
 from testkit.factories import make_automation
 
 ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "tests" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.usefixtures("db", "redis_client")]
@@ -106,6 +107,8 @@ def test_people_log_in_only_admins_enter_and_log_out(dashboard: str) -> None:
         page.goto(dashboard)
         page.get_by_role("button", name="Log in").wait_for()
         assert "Quarterly numbers" not in page.content()
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "login.png"))
         # when an admin logs in through the provider, then the dashboard opens to her
         _log_in(page, dashboard, "alice@example.com")
         signed_in = page.get_by_text("Signed in as")
@@ -115,6 +118,8 @@ def test_people_log_in_only_admins_enter_and_log_out(dashboard: str) -> None:
         # A data grid draws on a canvas; its accessible copy fills in after it appears.
         grid = page.locator('[data-testid="stDataFrame"]').first
         grid.get_by_text("Quarterly numbers").first.wait_for(state="attached")
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(SHOTS / "signed_in.png"))
         # and logging out (here, and at the provider) closes it again
         page.get_by_role("button", name="Log out").click()
         page.get_by_role("button", name="End session").click()

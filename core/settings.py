@@ -3,6 +3,10 @@
 `DATABASE_URL` and `REDIS_URL` keep their Heroku names; everything else has the
 `STEPWISE_` prefix. Nothing else in the code base reads `os.environ` for
 configuration. A bad value fails at start-up with a message naming the variable.
+
+The one module of `core` that touches the outside world: it reads the environment,
+once, on first call; it imports no database, queue or HTTP library (import-linter
+checks that for all of `core`), so every layer can read its configuration here.
 """
 
 from __future__ import annotations

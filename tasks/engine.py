@@ -219,7 +219,8 @@ def _fail(
         if released:
             raise dramatiq.Retry(error, delay=delay_ms)
         return
-    _end(claim, answer, ExecutionStatus.FAILED, send, error=error)
+    if not _end(claim, answer, ExecutionStatus.FAILED, send, error=error):
+        return  # cancelled or taken over meanwhile: not this worker's failure to report
     if outcome.retryable:
         raise StepFailed(f"{error} (no retries left)")
     raise AgentRejected(error)
@@ -243,13 +244,15 @@ def _end(
     *,
     error: str | None = None,
     result: Any = None,
-) -> None:
-    _write(
+) -> bool:
+    """End the run as `status`; False if it was no longer this worker's (cancelled, taken over)."""
+    ended = _write(
         claim,
         answer,
         lambda session: runs.finish_execution(session, claim, status, error=error, result=result),
     )
     _start_waiting(claim, send)
+    return ended
 
 
 def _release(claim: runs.Claim, answer: Answer | None, error: str) -> None:

@@ -26,7 +26,7 @@ from db.models import Execution, Schedule, StepRun
 from db.runs import CANCELLED_STEP_ERROR, RunMessage, claim_execution, start_step
 from db.session import session_scope
 from stepwise.demo_agent import Call, Reply
-from tasks import engine
+from tasks import engine, queues
 from tasks.actions import cancel
 from tasks.actors import send_run
 from testkit.factories import (
@@ -348,3 +348,20 @@ def test_cancelling_a_running_execution_stops_it_and_drops_the_answer_in_flight(
     with session_scope() as session:
         running = session.scalars(select(StepRun.id).where(StepRun.status == "running")).all()
     assert running == []
+
+
+def test_a_cancelled_run_whose_step_then_fails_is_not_a_dead_letter(
+    worker: Any, agent: Any, redis_client: Any
+) -> None:
+    # given a run whose only step is at the agent, which will refuse it (400) after 2 s
+    agent.responder = lambda call: Reply(400, "no", delay_s=2)
+    automation_id = make_automation(agent_url=agent.url, steps=1, step_timeout_s=10)
+    execution_id = make_execution(automation_id)
+    send_run(RunMessage(execution_id, 3))
+    wait_for(lambda: len(agent.calls) == 1, message="the step at the agent")
+    # when a person cancels it before the answer comes
+    cancel(execution_id, actor="test")
+    time.sleep(3)
+    # then the refusal is not this worker's to report: no dead letter, still cancelled
+    assert queues.dead_letters("default") == []
+    assert execution(execution_id).status == "cancelled"

@@ -57,8 +57,15 @@ class Settings(BaseSettings):
 
     # Runs.
     worker_processes: int = Field(default=2, ge=1)
+    # Dramatiq threads per worker process: they only claim runs and hand them on.
     worker_threads: int = Field(default=8, ge=1)
-    lease_margin_s: int = Field(default=30, ge=5)
+    # Runs a worker process holds in flight at once (agent calls on its event loop).
+    worker_in_flight: int = Field(default=1000, ge=1)
+    # Threads per worker process writing runs' steps to the database.
+    worker_db_threads: int = Field(default=8, ge=1)
+    # A running run's lease: its worker renews it every third of this while alive;
+    # a killed worker's runs restart this long after its last renewal.
+    lease_s: int = Field(default=30, ge=3)
     execution_time_limit_s: int = Field(default=3600, ge=10)
     min_backoff_ms: int = Field(default=2000, ge=0)
     max_backoff_ms: int = Field(default=300_000, ge=0)

@@ -107,3 +107,10 @@ def one_of(enum: type[StrEnum]) -> str:
     """ "a, b or c": the choices of `enum` for an error message."""
     values = [member.value for member in enum]
     return ", ".join(values[:-1]) + f" or {values[-1]}" if len(values) > 1 else values[0]
+
+
+class FailureReport(StrEnum):
+    """How a run that failed for good is reported to the queue (its dead letter)."""
+
+    REJECTED = "rejected"  # the agent refused the step (4xx): no retry could help
+    EXHAUSTED = "exhausted"  # a retryable failure with no retries left

@@ -22,6 +22,7 @@ from core.vocabulary import (
     FINAL_STATUSES,
     OPEN_STATUSES,
     ExecutionStatus,
+    FailureReport,
     OverlapDecision,
     OverlapPolicy,
     StepStatus,
@@ -50,6 +51,7 @@ class RunMessage:
     max_retries: int
     retries: int = 0  # tries already spent, so a re-sent message keeps its retry budget
     delay_ms: int = 0  # from when the database decided it
+    report: FailureReport | None = None  # the run failed for good: dead-letter this message
 
 
 @dataclass(frozen=True)
@@ -74,10 +76,6 @@ class Claim:
     @property
     def total_steps(self) -> int:
         return len(self.steps)
-
-    @property
-    def lease(self) -> timedelta:
-        return timedelta(seconds=self.step_timeout_s)
 
 
 ClaimResult = Claim | Literal["nothing", "skipped", "waiting"]
@@ -181,8 +179,12 @@ def _resume_point(session: Session, execution_id: uuid.UUID) -> tuple[int, Any]:
     return done.step_number + 1, parse_output(done.response_body or "", truncated=False)
 
 
-def claim_execution(session: Session, execution_id: uuid.UUID, *, margin_s: int) -> ClaimResult:
+def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) -> ClaimResult:
     """Take a queued execution (or a running one whose lease expired) for this worker.
+
+    The lease lasts `lease_s`; the worker's runner renews it while the run is in
+    flight (`renew_leases`), so a killed worker's runs are free again `lease_s`
+    after its last heartbeat, however long their steps' timeouts.
 
     Returns "nothing" when another worker has it or it is final (a duplicate
     message), "skipped"/"waiting" when the overlap policy says so.
@@ -219,7 +221,6 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, margin_s: int)
             return "skipped"
         if decision == OverlapDecision.WAIT:
             return "waiting"
-    lease = timedelta(seconds=automation.step_timeout_s)
     claimed = session.execute(
         update(Execution)
         .where(
@@ -237,7 +238,7 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, margin_s: int)
             attempt=Execution.attempt + 1,
             total_steps=len(automation.steps),
             started_at=func.coalesce(Execution.started_at, func.now()),
-            lease_expires_at=func.now() + lease + timedelta(seconds=margin_s),
+            lease_expires_at=func.now() + timedelta(seconds=lease_s),
         )
         .returning(Execution.attempt)
     ).scalar()
@@ -271,7 +272,7 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, margin_s: int)
 
 
 def start_step(
-    session: Session, claim: Claim, step_number: int, request: dict[str, Any], *, margin_s: int
+    session: Session, claim: Claim, step_number: int, request: dict[str, Any], *, lease_s: int
 ) -> int | None:
     """Renew the lease for one step and record the step as running; None if we lost the run."""
     renewed = rowcount(
@@ -280,7 +281,7 @@ def start_step(
             .where(_fence(claim))
             .values(
                 current_step=step_number,
-                lease_expires_at=func.now() + claim.lease + timedelta(seconds=margin_s),
+                lease_expires_at=func.now() + timedelta(seconds=lease_s),
             )
         )
     )
@@ -297,6 +298,32 @@ def start_step(
         )
         .returning(StepRun.id)
     )
+
+
+def renew_leases(
+    session: Session, held: list[tuple[uuid.UUID, int]], *, lease_s: int
+) -> set[uuid.UUID]:
+    """Extend the leases of the runs a worker holds, as (execution id, attempt) pairs;
+    returns the ids still this worker's (one statement for every run in flight).
+
+    A run missing from the answer was cancelled or taken over: its worker drops it.
+    """
+    if not held:
+        return set()
+    ids = [execution_id for execution_id, _ in held]
+    attempts = [attempt for _, attempt in held]
+    pairs = select(func.unnest(ids).label("id"), func.unnest(attempts).label("attempt")).subquery()
+    renewed = session.scalars(
+        update(Execution)
+        .where(
+            Execution.id == pairs.c.id,
+            Execution.attempt == pairs.c.attempt,
+            Execution.status == ExecutionStatus.RUNNING,
+        )
+        .values(lease_expires_at=func.now() + timedelta(seconds=lease_s))
+        .returning(Execution.id)
+    ).all()
+    return set(renewed)
 
 
 def finish_step(session: Session, step_run_id: int, outcome: StepOutcome) -> None:
@@ -395,29 +422,36 @@ def next_waiting(session: Session, schedule_id: uuid.UUID) -> RunMessage | None:
     return None if row is None else RunMessage(row.id, row.max_retries, retries=row.attempt)
 
 
-def stranded_executions(session: Session, *, requeue_after_s: int, limit: int) -> list[RunMessage]:
+def stranded_executions(
+    session: Session, *, requeue_after_s: int | None, resend_after_s: int, limit: int
+) -> list[RunMessage]:
     """Queued runs whose message should have arrived long ago, and runs whose lease expired.
 
     Postgres is the source of truth: a message lost to a flushed Redis, a killed
     worker or a dead connection is simply sent again (a duplicate claims nothing).
-    Their `available_at` moves forward so the next pass leaves them alone a while.
+    A queued run is sent again `requeue_after_s` after it became available; a
+    running one as soon as its lease expired (its worker stopped renewing it),
+    then at most every `resend_after_s`. `available_at` records each re-send.
+    With `requeue_after_s` None only expired leases are looked at.
     """
-    stale = func.now() - timedelta(seconds=requeue_after_s)
+    resent_lately = func.now() - timedelta(seconds=resend_after_s)
+    expired = and_(
+        Execution.status == ExecutionStatus.RUNNING,
+        Execution.lease_expires_at < func.now(),
+        Execution.available_at < resent_lately,
+    )
+    if requeue_after_s is not None:
+        lost = and_(
+            Execution.status == ExecutionStatus.QUEUED,
+            Execution.available_at < func.now() - timedelta(seconds=requeue_after_s),
+        )
+        expired = or_(lost, expired)
     rows = session.execute(
         update(Execution)
         .where(
             Execution.id.in_(
                 select(Execution.id)
-                .where(
-                    Execution.available_at < stale,
-                    or_(
-                        Execution.status == ExecutionStatus.QUEUED,
-                        and_(
-                            Execution.status == ExecutionStatus.RUNNING,
-                            Execution.lease_expires_at < func.now(),
-                        ),
-                    ),
-                )
+                .where(expired)
                 .order_by(Execution.available_at)
                 .limit(limit)
                 .with_for_update(skip_locked=True)
@@ -437,6 +471,15 @@ def stranded_executions(session: Session, *, requeue_after_s: int, limit: int) -
     )
     # Every claim so far spent one try, including one whose worker died.
     return [RunMessage(r.id, budgets[r.automation_id], retries=r.attempt) for r in rows]
+
+
+def failure_of(session: Session, execution_id: uuid.UUID) -> str | None:
+    """The error of a run that failed for good; None if it is not failed (any more)."""
+    return session.scalar(
+        select(Execution.error).where(
+            Execution.id == execution_id, Execution.status == ExecutionStatus.FAILED
+        )
+    )
 
 
 def purge_history(session: Session, *, older_than_days: int, batch: int) -> int:

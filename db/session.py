@@ -33,7 +33,7 @@ def get_engine() -> Engine:
             settings.database_url,
             # A Postgres restart leaves dead sockets in the pool: test before use.
             pool_pre_ping=True,
-            pool_size=settings.worker_threads + 2,
+            pool_size=settings.worker_threads + settings.worker_db_threads + 2,
             max_overflow=10,
             pool_recycle=1800,
         )

@@ -1,5 +1,8 @@
 """The actors: dispatch (every minute), run_execution (one per run), housekeeping.
 
+`run_execution` holds its Dramatiq thread only while it claims the run: the
+run's steps go on in the process's runner (`tasks/runner.py`).
+
 Actors are declared on the broker that `setup_broker` builds (Dramatiq binds an
 actor to its broker when it is declared, so importing this module sets the broker
 up). Each actor is a shell around `tasks/engine.py`, handing it `send_run`: the
@@ -16,8 +19,9 @@ from dramatiq.middleware import CurrentMessage
 from periodiq import cron
 
 from core.errors import AgentRejected
+from core.vocabulary import FailureReport
 from db.runs import RunMessage
-from tasks import engine
+from tasks import engine, runner
 from tasks.broker import DISPATCH_QUEUE, RUN_QUEUE, setup_broker
 
 broker = setup_broker()
@@ -29,6 +33,8 @@ def send_run(message: RunMessage) -> None:
     options: dict[str, Any] = {"max_retries": message.max_retries}
     if message.retries:
         options["retries"] = message.retries
+    if message.report is not None:
+        options["report"] = str(message.report)
     run_execution.send_with_options(
         args=(str(message.execution_id),),
         delay=message.delay_ms if message.delay_ms > 0 else None,
@@ -43,9 +49,13 @@ def dispatch() -> None:
 
 @dramatiq.actor(queue_name=RUN_QUEUE, max_retries=0, throws=(AgentRejected,))
 def run_execution(execution_id: str) -> None:
+    """Claim the run and hand it to this process's runner, or report its failure."""
     message = CurrentMessage.get_current_message()
     options = message.options if message is not None else {}
-    engine.execute(
+    if options.get("report"):
+        runner.report_failure(uuid.UUID(execution_id), FailureReport(options["report"]))
+        return
+    runner.accept(
         uuid.UUID(execution_id),
         retries=options.get("retries", 0),
         max_retries=options.get("max_retries", 0),

@@ -1,5 +1,11 @@
 """The agent client: one HTTP POST per step (what the answer means: `core.outcome`).
 
+Calls are asynchronous: a worker process holds every call it has in flight on one
+event loop (`tasks/runner.py`) with one pooled `httpx.AsyncClient`. Each call has a
+hard wall-clock deadline, the step's timeout, covering connect, redirects and the
+whole body: an agent that trickles its answer a byte at a time is cut off at the
+deadline like one that never answers, so a step never outlives its lease.
+
 Connect errors and timeouts are worth retrying; a redirect that would drop the
 POST, a redirect loop, a bad URL or an address the egress policy refuses fails the
 execution at once. Bodies are read up to a cap, so a 10 MB answer costs 64 KiB of
@@ -14,8 +20,8 @@ in words that do not tell a closed port from a database from a cache.
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
 import socket
 import time
 from collections.abc import Iterable
@@ -27,10 +33,8 @@ import httpx
 from core.egress import Address, EgressPolicy, literal_address
 from core.outcome import StepOutcome, answer_outcome, decode_body
 from core.secrets import SIGNATURE_HEADER, signature_header
-from core.settings import get_settings
 
 USER_AGENT = "Stepwise/0.1"
-LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=50)
 MAX_REDIRECTS = 5
 
 
@@ -38,67 +42,68 @@ class AddressRefused(httpcore.ConnectError):
     """The egress policy refused an address of the host (raised before any connection)."""
 
 
-class GuardedBackend(httpcore.NetworkBackend):
+class GuardedBackend(httpcore.AsyncNetworkBackend):
     """httpcore's network backend, connecting only to addresses the policy admits."""
 
-    def __init__(self, policy: EgressPolicy, backend: httpcore.NetworkBackend | None = None):
+    def __init__(self, policy: EgressPolicy, backend: httpcore.AsyncNetworkBackend | None = None):
         self.policy = policy
-        self.backend = backend or httpcore.SyncBackend()
+        self.backend = backend or httpcore.AnyIOBackend()
 
-    def connect_tcp(
+    async def connect_tcp(
         self,
         host: str,
         port: int,
         timeout: float | None = None,
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.NetworkStream:
-        addresses = _resolve(host, port)
+    ) -> httpcore.AsyncNetworkStream:
+        addresses = await _resolve(host, port)
         for address in addresses:  # all of them: a mixed answer is refused as a whole
             if (reason := self.policy.refusal(host, address, port)) is not None:
                 raise AddressRefused(reason)
         failure: httpcore.ConnectError | None = None
         for address in addresses:
             try:
-                return self.backend.connect_tcp(
+                return await self.backend.connect_tcp(
                     str(address), port, timeout, local_address, socket_options
                 )
             except httpcore.ConnectError as exc:
                 failure = exc
         raise failure or httpcore.ConnectError("no address")
 
-    def connect_unix_socket(
+    async def connect_unix_socket(
         self,
         path: str,
         timeout: float | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.NetworkStream:
+    ) -> httpcore.AsyncNetworkStream:
         raise AddressRefused("a Unix socket is never an agent")
 
-    def sleep(self, seconds: float) -> None:
-        self.backend.sleep(seconds)
+    async def sleep(self, seconds: float) -> None:
+        await self.backend.sleep(seconds)
 
 
 class NameNotResolved(httpcore.ConnectError):
     """The agent's host name has no address (DNS failure): stored as such, retried."""
 
 
-def _resolve(host: str, port: int) -> list[Address]:
+async def _resolve(host: str, port: int) -> list[Address]:
     literal = literal_address(host)
     if literal is not None:
         return [literal]
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise NameNotResolved(str(exc)) from exc
     found = [literal_address(str(info[4][0])) for info in infos]
     return list(dict.fromkeys(a for a in found if a is not None))
 
 
-def _read_capped(response: httpx.Response, limit: int) -> tuple[str, bool]:
+async def _read_capped(response: httpx.Response, limit: int) -> tuple[str, bool]:
     chunks: list[bytes] = []
     size = 0
-    for chunk in response.iter_bytes():
+    async for chunk in response.aiter_bytes():
         chunks.append(chunk)
         size += len(chunk)
         if size > limit:
@@ -110,8 +115,8 @@ def _elapsed_ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
-def _from_response(response: httpx.Response, limit: int, started: float) -> StepOutcome:
-    body, truncated = _read_capped(response, limit)
+async def _from_response(response: httpx.Response, limit: int, started: float) -> StepOutcome:
+    body, truncated = await _read_capped(response, limit)
     return answer_outcome(
         response.status_code,
         response.reason_phrase,
@@ -122,8 +127,8 @@ def _from_response(response: httpx.Response, limit: int, started: float) -> Step
     )
 
 
-def _post(
-    client: httpx.Client,
+async def _post(
+    client: httpx.AsyncClient,
     url: str,
     body: bytes,
     headers: dict[str, str],
@@ -134,7 +139,7 @@ def _post(
     # Only 307/308 keep the POST and its body; 301/302/303 would turn the step into
     # a GET that "succeeds" without the agent ever seeing it, so they fail instead.
     for _ in range(MAX_REDIRECTS + 1):
-        with client.stream(
+        async with client.stream(
             "POST", url, content=body, headers=headers, timeout=timeout_s
         ) as response:
             location = response.headers.get("location")
@@ -149,13 +154,13 @@ def _post(
                 return StepOutcome(
                     False, False, response.status_code, None, error, _elapsed_ms(started)
                 )
-            return _from_response(response, limit, started)
+            return await _from_response(response, limit, started)
     error = f"agent redirected more than {MAX_REDIRECTS} times (redirect loop?)"
     return StepOutcome.failure(error, _elapsed_ms(started), retryable=False)
 
 
-def call_agent(
-    client: httpx.Client,
+async def call_agent(
+    client: httpx.AsyncClient,
     url: str,
     payload: dict[str, Any],
     *,
@@ -166,7 +171,8 @@ def call_agent(
 ) -> StepOutcome:
     """POST one step to the agent and classify the answer; never raises for HTTP trouble.
 
-    The body is serialised here, once, so that the signature covers the exact bytes sent.
+    The body is serialised here, once, so that the signature covers the exact bytes
+    sent. `timeout_s` is a hard deadline for the whole call, body included.
     """
     started = time.monotonic()
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
@@ -174,7 +180,11 @@ def call_agent(
     if signing_secret is not None:
         headers[SIGNATURE_HEADER] = signature_header(signing_secret, int(time.time()), body)
     try:
-        return _post(client, url, body, headers, timeout_s, max_bytes, started)
+        async with asyncio.timeout(timeout_s):
+            return await _post(client, url, body, headers, timeout_s, max_bytes, started)
+    except TimeoutError:
+        error = f"agent timed out after {timeout_s:g} s (no full answer by the step's deadline)"
+        return StepOutcome.failure(error, _elapsed_ms(started), retryable=True)
     except httpx.TimeoutException as exc:
         error = f"agent timed out after {timeout_s:g} s ({type(exc).__name__})"
         return StepOutcome.failure(error, _elapsed_ms(started), retryable=True)
@@ -198,38 +208,23 @@ def call_agent(
         return StepOutcome.failure(error, _elapsed_ms(started), retryable=True)
 
 
-_client: httpx.Client | None = None
-_client_pid: int | None = None
+def make_client(policy: EgressPolicy, *, max_connections: int = 100) -> httpx.AsyncClient:
+    """A pooled async client whose every connection the egress policy checks.
 
-
-def make_client(policy: EgressPolicy) -> httpx.Client:
-    """A pooled client whose every connection the egress policy checks."""
-    transport = httpx.HTTPTransport(limits=LIMITS)
+    Must be used on one event loop (the runner's, or a test's `asyncio.run`).
+    """
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    transport = httpx.AsyncHTTPTransport(limits=limits)
     # httpx has no parameter for httpcore's network backend; the pool it built holds
     # it (httpx and httpcore are pinned; tests/test_egress.py fails if this moves).
     pool = transport._pool
-    assert isinstance(pool, httpcore.ConnectionPool)
+    assert isinstance(pool, httpcore.AsyncConnectionPool)
     pool._network_backend = GuardedBackend(policy)
-    return httpx.Client(
+    return httpx.AsyncClient(
         transport=transport,
         follow_redirects=False,  # _post follows only method-preserving redirects
         headers={"User-Agent": USER_AGENT},
         trust_env=False,  # no proxy from the environment: it would carry calls past the guard
     )
-
-
-def close_client() -> None:
-    """Close this process's pooled client; the next call builds one from the settings."""
-    global _client
-    if _client is not None:
-        _client.close()
-    _client = None
-
-
-def get_client() -> httpx.Client:
-    """One pooled client per worker process (created after fork)."""
-    global _client, _client_pid
-    if _client is None or _client_pid != os.getpid():
-        _client = make_client(get_settings().egress_policy())
-        _client_pid = os.getpid()
-    return _client

@@ -29,6 +29,9 @@ DISPATCH_QUEUE = "dispatch"
 RUN_QUEUE = "default"
 QUEUES = (RUN_QUEUE, DISPATCH_QUEUE)
 
+HEARTBEAT_TIMEOUT_MS = 20_000
+MAINTENANCE_CHANCE = 100_000  # per million commands
+
 _broker: RedisBroker | None = None
 
 
@@ -37,6 +40,10 @@ def build_broker(settings: Settings) -> RedisBroker:
     settings.require_redis()
     return RedisBroker(  # type: ignore[no-untyped-call]
         url=settings.redis_url,
+        # A killed worker's prefetched messages go back to the queue once it has
+        # missed heartbeats this long, at a maintenance pass (one in ten commands).
+        heartbeat_timeout=HEARTBEAT_TIMEOUT_MS,
+        maintenance_chance=MAINTENANCE_CHANCE,
         middleware=[
             AgeLimit(),
             TimeLimit(time_limit=settings.execution_time_limit_s * 1000),

@@ -1,42 +1,26 @@
-"""How the actors' work is done: dispatch due schedules, run an execution, recover.
+"""How the scheduler's actors work: dispatch due schedules, recover lost runs, purge.
 
 `tasks/actors.py` declares the actors and hands each function here a `send`
 callable that puts a run on the queue through the actor's own API; nothing here
 sends by itself, so the order "commit, then send" is visible at every call.
-The database work lives in `db/`, the agent call in `tasks/agent.py`.
+The database work lives in `db/`; running an execution is `tasks/runner.py`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, TypeVar
+from datetime import datetime
 
-import dramatiq
-from dramatiq.common import compute_backoff
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
-
-from core.errors import AgentRejected, StepFailed
-from core.outcome import StepOutcome, stored_request
 from core.settings import get_settings
-from core.vocabulary import ExecutionStatus, OverlapPolicy
 from db import dispatch as dispatching
 from db import runs
 from db.runs import RunMessage
 from db.session import db_now, session_scope
-from tasks.agent import call_agent, get_client
-from tasks.signals import shutting_down
 
 log = logging.getLogger("stepwise")
-T = TypeVar("T")
 Send = Callable[[RunMessage], None]
-# One line per agent call drowns the worker log; failures are stored on their step.
-logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def send_all(send: Send, messages: Iterable[RunMessage], since: float) -> int:
@@ -103,216 +87,25 @@ def tick_dispatch(send: Send) -> int:
     return sent
 
 
-# --- running -----------------------------------------------------------------
-
-
-def agent_payload(claim: runs.Claim, step_number: int, previous_output: Any) -> dict[str, Any]:
-    step = claim.steps[step_number - 1]
-    return {
-        "thread_id": str(claim.execution_id),
-        "automation_id": str(claim.automation_id),
-        "user_id": claim.owner_id,
-        "message": step["message"],
-        "project_context": claim.project_context,
-        "step_number": step_number,
-        "total_steps": claim.total_steps,
-        "timestamp": datetime.now(UTC).isoformat(),
-        "execution_id": str(claim.execution_id),
-        "schedule_id": str(claim.schedule_id) if claim.schedule_id else None,
-        "scheduled_for": claim.scheduled_for.isoformat(),
-        "attempt": claim.attempt,
-        "previous_output": previous_output,
-    }
-
-
-RECORD_RETRY_S = 0.5
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A step the agent answered, not yet stored: it is stored with the next write."""
-
-    step_run_id: int
-    outcome: StepOutcome
-    lease_ends: float  # monotonic time until which no other worker can take the run
-
-
-def _write(claim: runs.Claim, answer: Answer | None, work: Callable[[Session], T]) -> T:
-    """Store `answer` and do `work` in one transaction, retrying through a database
-    outage while our lease holds.
-
-    One transaction per step (the previous step's answer, then this step's start)
-    instead of two halves the database round trips of a run. Without the retry a
-    Postgres restart threw away answers already received and the agent was called
-    again for them (tests/test_faults_servers.py). Every write is fenced, so a retry
-    after a commit whose acknowledgement was lost changes nothing twice.
-    """
-    until = answer.lease_ends if answer else time.monotonic()
-    while True:
-        try:
-            with session_scope() as session:
-                if answer is not None:
-                    runs.finish_step(session, answer.step_run_id, answer.outcome)
-                return work(session)
-        except OperationalError:
-            if time.monotonic() + RECORD_RETRY_S >= until:
-                raise  # the lease is ending: recovery will run the step again
-            log.warning("database unavailable; retrying to record execution %s", claim.execution_id)
-            time.sleep(RECORD_RETRY_S)
-
-
-def _run_step(
-    claim: runs.Claim, step_number: int, previous_output: Any, answered: Answer | None
-) -> Answer | None:
-    """Store the previous answer, start this step, call the agent; None if we lost the run."""
-    settings = get_settings()
-    payload = agent_payload(claim, step_number, previous_output)
-    key = f"{claim.execution_id}:{step_number}"
-    request = stored_request(claim.agent_url, {"Idempotency-Key": key}, payload)
-    step_run_id = _write(
-        claim,
-        answered,
-        lambda session: runs.start_step(
-            session, claim, step_number, request, margin_s=settings.lease_margin_s
-        ),
-    )
-    if step_run_id is None:
-        return None  # cancelled, or another worker took over after our lease ran out
-    # The lease runs from here: until it expires no other worker can take the step.
-    lease_ends = time.monotonic() + claim.step_timeout_s + settings.lease_margin_s
-    secret = claim.signing_secret
-    outcome = call_agent(
-        get_client(),
-        claim.agent_url,
-        payload,
-        idempotency_key=key,
-        timeout_s=claim.step_timeout_s,
-        max_bytes=settings.max_response_bytes,
-        signing_secret=None if secret is None else settings.secret_box().open(secret),
-    )
-    return Answer(step_run_id, outcome, lease_ends)
-
-
-def _fail(
-    claim: runs.Claim,
-    answer: Answer,
-    step_number: int,
-    *,
-    retries: int,
-    max_retries: int,
-    send: Send,
-) -> None:
-    outcome = answer.outcome
-    error = f"step {step_number}: {outcome.error}"
-    if outcome.retryable and retries < max_retries:
-        settings = get_settings()
-        _, delay_ms = compute_backoff(
-            retries, factor=settings.min_backoff_ms, max_backoff=settings.max_backoff_ms
-        )
-        if outcome.retry_after_s is not None:
-            delay_ms = max(delay_ms, int(outcome.retry_after_s * 1000))
-        released = _write(
-            claim,
-            answer,
-            lambda session: runs.release_for_retry(session, claim, error, delay_ms / 1000),
-        )
-        if released:
-            raise dramatiq.Retry(error, delay=delay_ms)
-        return
-    if not _end(claim, answer, ExecutionStatus.FAILED, send, error=error):
-        return  # cancelled or taken over meanwhile: not this worker's failure to report
-    if outcome.retryable:
-        raise StepFailed(f"{error} (no retries left)")
-    raise AgentRejected(error)
-
-
-def _start_waiting(claim: runs.Claim, send: Send) -> None:
-    """The run held back while this one ran (`buffer_one`, or the next catch-up run) starts now."""
-    if claim.schedule_id is None or claim.overlap_policy in (None, OverlapPolicy.ALLOW):
-        return
-    with session_scope() as session:
-        waiting = runs.next_waiting(session, claim.schedule_id)
-    if waiting is not None:
-        send(waiting)
-
-
-def _end(
-    claim: runs.Claim,
-    answer: Answer | None,
-    status: ExecutionStatus,
-    send: Send,
-    *,
-    error: str | None = None,
-    result: Any = None,
-) -> bool:
-    """End the run as `status`; False if it was no longer this worker's (cancelled, taken over)."""
-    ended = _write(
-        claim,
-        answer,
-        lambda session: runs.finish_execution(session, claim, status, error=error, result=result),
-    )
-    _start_waiting(claim, send)
-    return ended
-
-
-def _release(claim: runs.Claim, answer: Answer | None, error: str) -> None:
-    """Hand an interrupted run back to the queue, so its retry message can claim it."""
-    try:
-        _write(claim, answer, lambda session: runs.release_for_retry(session, claim, error, 0))
-    except Exception:  # the database may be the reason we are here
-        log.exception("could not release execution %s; its lease will expire", claim.execution_id)
-
-
-def execute(execution_id: uuid.UUID, *, retries: int, max_retries: int, send: Send) -> str:
-    """Run one execution from its first unfinished step; returns what happened."""
-    settings = get_settings()
-    with session_scope() as session:
-        claim = runs.claim_execution(session, execution_id, margin_s=settings.lease_margin_s)
-    if isinstance(claim, str):
-        return claim
-    previous_output = claim.previous_output
-    answer: Answer | None = None
-    try:
-        for step_number in range(claim.first_step, claim.total_steps + 1):
-            if shutting_down.is_set():
-                # Hand the run on at once, without spending a retry of its budget.
-                _release(claim, answer, "the worker stopped between steps; resuming elsewhere")
-                send(RunMessage(execution_id, max_retries, retries=retries))
-                return "handed back"
-            answer = _run_step(claim, step_number, previous_output, answer)
-            if answer is None:
-                return "lost"
-            if not answer.outcome.ok:
-                _fail(
-                    claim,
-                    answer,
-                    step_number,
-                    retries=retries,
-                    max_retries=max_retries,
-                    send=send,
-                )
-                return "failed"
-            previous_output = answer.outcome.output
-    except (dramatiq.Retry, StepFailed, AgentRejected):
-        raise
-    except BaseException as exc:  # time limit, database down, a bug: never leave it running
-        _release(claim, answer, f"interrupted: {type(exc).__name__}: {exc}")
-        raise
-    _end(claim, answer, ExecutionStatus.SUCCEEDED, send, result=previous_output)
-    return "succeeded"
-
-
 # --- housekeeping ------------------------------------------------------------
 
 
-def recover_stranded(send: Send) -> int:
-    """Send again every run whose message was lost; returns how many were sent."""
+def recover_stranded(send: Send, *, leases_only: bool = False) -> int:
+    """Send again every run whose message was lost or whose worker died; returns how many.
+
+    Housekeeping calls it every minute. Every worker's runner also calls it for
+    expired leases only, every third of a lease (`tasks/runner.py`), so a killed
+    worker's runs start again about one lease after its last renewal.
+    """
     settings = get_settings()
     sent = 0
     while True:
         with session_scope() as session:
             resends = runs.stranded_executions(
-                session, requeue_after_s=settings.requeue_after_s, limit=1000
+                session,
+                requeue_after_s=None if leases_only else settings.requeue_after_s,
+                resend_after_s=settings.lease_s,
+                limit=1000,
             )
         for item in resends:
             send(item)

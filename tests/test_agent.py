@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import pytest
 
+from core.egress import parse_allowlist
 from core.outcome import (
     answer_outcome,
     decode_body,
@@ -16,7 +17,7 @@ from core.outcome import (
     parse_retry_after,
 )
 from stepwise.demo_agent import Reply
-from tasks.agent import call_agent
+from tasks.agent import call_agent, make_client
 
 
 @pytest.mark.parametrize(
@@ -104,15 +105,18 @@ def test_decode_body_replaces_nul_and_marks_truncation() -> None:
 
 
 def _call(url: str, **kw: Any) -> Any:
-    with httpx.Client() as client:
-        return call_agent(
-            client,
-            url,
-            {"x": 1},
-            idempotency_key="k:1",
-            timeout_s=kw.pop("timeout", 2),
-            max_bytes=kw.pop("max_bytes", 1024),
-        )
+    async def call() -> Any:
+        async with make_client(parse_allowlist("127.0.0.1")) as client:
+            return await call_agent(
+                client,
+                url,
+                {"x": 1},
+                idempotency_key="k:1",
+                timeout_s=kw.pop("timeout", 2),
+                max_bytes=kw.pop("max_bytes", 1024),
+            )
+
+    return asyncio.run(call())
 
 
 def test_success_sends_the_idempotency_key(agent: Any) -> None:

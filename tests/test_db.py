@@ -272,9 +272,9 @@ def _two_due_runs(**schedule: Any) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
 def test_overlap_skip_records_a_skipped_execution(db: None) -> None:
     schedule_id, first, second = _two_due_runs(overlap_policy="skip")
     with session_scope() as session:
-        assert not isinstance(claim_execution(session, first, margin_s=5), str)
+        assert not isinstance(claim_execution(session, first, lease_s=5), str)
     with session_scope() as session:
-        assert claim_execution(session, second, margin_s=5) == "skipped"
+        assert claim_execution(session, second, lease_s=5) == "skipped"
     assert fetch(Schedule, schedule_id).skipped_count == 1
     assert "skipped" in {s for _, s in _executions(schedule_id)}
 
@@ -282,10 +282,10 @@ def test_overlap_skip_records_a_skipped_execution(db: None) -> None:
 def test_a_claim_is_taken_once(db: None) -> None:
     execution_id = make_execution(make_automation())
     with session_scope() as session:
-        claim = claim_execution(session, execution_id, margin_s=5)
+        claim = claim_execution(session, execution_id, lease_s=5)
     assert not isinstance(claim, str) and claim.attempt == 1
     with session_scope() as session:
-        assert claim_execution(session, execution_id, margin_s=5) == "nothing"
+        assert claim_execution(session, execution_id, lease_s=5) == "nothing"
 
 
 def test_housekeeping_finds_lost_messages_and_expired_leases(db: None) -> None:
@@ -293,6 +293,8 @@ def test_housekeeping_finds_lost_messages_and_expired_leases(db: None) -> None:
     lost = make_execution(automation_id)
     running = make_execution(automation_id)
     fresh = make_execution(automation_id)
+    # a run claimed 40 s ago whose worker died: its lease expired, nothing else is late
+    killed = make_execution(automation_id)
     with session_scope() as session:
         now = db_now(session)
         session.execute(
@@ -310,16 +312,34 @@ def test_housekeeping_finds_lost_messages_and_expired_leases(db: None) -> None:
                 lease_expires_at=now - timedelta(seconds=1),
             )
         )
+        session.execute(
+            update(Execution)
+            .where(Execution.id == killed)
+            .values(
+                status="running",
+                attempt=1,
+                available_at=now - timedelta(seconds=40),
+                lease_expires_at=now - timedelta(seconds=10),
+            )
+        )
+    # a worker's sweep looks at expired leases only
     with session_scope() as session:
-        found = stranded_executions(session, requeue_after_s=60, limit=100)
-    assert {r.execution_id: (r.retries, r.max_retries) for r in found} == {
-        lost: (0, 2),
-        running: (1, 2),
-    }
+        swept = stranded_executions(session, requeue_after_s=None, resend_after_s=30, limit=100)
+    assert {r.execution_id for r in swept} == {running, killed}
+    with session_scope() as session:
+        found = stranded_executions(session, requeue_after_s=60, resend_after_s=30, limit=100)
+    # the swept runs were sent just now: housekeeping does not send them again at once
+    assert {r.execution_id: (r.retries, r.max_retries) for r in found} == {lost: (0, 2)}
     assert fresh not in {r.execution_id for r in found}
-    # and they are not sent again at once
     with session_scope() as session:
-        assert stranded_executions(session, requeue_after_s=60, limit=100) == []
+        assert (
+            stranded_executions(session, requeue_after_s=60, resend_after_s=30, limit=100) == []
+        )
+    # and the retry budgets travel: every claim so far spent one try
+    assert {r.execution_id: (r.retries, r.max_retries) for r in swept} == {
+        running: (1, 2),
+        killed: (1, 2),
+    }
 
 
 def test_retention_purges_old_finished_history_in_batches(db: None) -> None:
@@ -410,7 +430,7 @@ def test_deleting_an_automation_cancels_its_queued_runs(db: None) -> None:
         row = session.get(Execution, execution_id)
         assert row is not None and row.status == "cancelled"
         assert "automation was deleted" in (row.error or "")
-        assert claim_execution(session, execution_id, margin_s=5) == "nothing"
+        assert claim_execution(session, execution_id, lease_s=5) == "nothing"
 
 
 def test_a_schedule_that_cannot_be_planned_is_parked_not_blocking_others(db: None) -> None:
@@ -440,16 +460,16 @@ def test_a_retry_is_not_skipped_by_the_overlap_policy(db: None) -> None:
     # given an overlap=skip schedule whose first run failed and waits for its retry
     schedule_id, first, second = _two_due_runs(overlap_policy="skip")
     with session_scope() as session:
-        claim = claim_execution(session, first, margin_s=5)
+        claim = claim_execution(session, first, lease_s=5)
         assert not isinstance(claim, str)
     with session_scope() as session:
         assert release_for_retry(session, claim, "step 1: HTTP 503", 0)
     # while the next slot is running
     with session_scope() as session:
-        assert not isinstance(claim_execution(session, second, margin_s=5), str)
+        assert not isinstance(claim_execution(session, second, lease_s=5), str)
     # when the retry arrives, it resumes its run rather than being skipped
     with session_scope() as session:
-        retried = claim_execution(session, first, margin_s=5)
+        retried = claim_execution(session, first, lease_s=5)
     assert not isinstance(retried, str) and retried.attempt == 2
     assert fetch(Schedule, schedule_id).skipped_count == 0
 

@@ -8,6 +8,7 @@ to an internal one is refused, and the address connected to is the one checked.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 import threading
@@ -25,7 +26,8 @@ from db.runs import RunMessage
 from db.session import session_scope
 from stepwise.demo_agent import AgentServer, Reply
 from tasks.actors import send_run
-from tasks.agent import GuardedBackend, call_agent, close_client, make_client
+from tasks.agent import GuardedBackend, call_agent, make_client
+from tasks.runner import stop_runner
 from testkit.factories import (
     automation_input,
     execution,
@@ -139,13 +141,24 @@ def _port(url: str) -> int:
     return httpx.URL(url).port or 80
 
 
-def _call(client: httpx.Client, url: str) -> Any:
-    return call_agent(client, url, {"step": 1}, idempotency_key="k:1", timeout_s=5, max_bytes=65536)
+def _call(policy: EgressPolicy, *urls: str) -> Any:
+    """Post one step to each URL through a guarded client; the last outcome (or all)."""
+
+    async def calls() -> list[Any]:
+        async with make_client(policy) as client:
+            return [
+                await call_agent(
+                    client, url, {"step": 1}, idempotency_key="k:1", timeout_s=5, max_bytes=65536
+                )
+                for url in urls
+            ]
+
+    outcomes = asyncio.run(calls())
+    return outcomes[0] if len(outcomes) == 1 else outcomes
 
 
 def test_a_refused_address_is_never_connected_to(inside: AgentServer) -> None:
-    with make_client(STRICT) as client:
-        outcome = _call(client, inside.url)
+    outcome = _call(STRICT, inside.url)
     assert not outcome.ok and not outcome.retryable
     assert outcome.error.startswith("the agent's address is not allowed")
     assert inside.calls == []
@@ -167,8 +180,7 @@ def test_a_307_from_an_allowed_agent_to_an_internal_address_is_refused(
     agent.responder = lambda call: Reply(307, "", headers={"Location": location})
     policy = parse_allowlist(f"127.0.0.1:{_port(agent.url)}")
     # when a step is posted to it
-    with make_client(policy) as client:
-        outcome = _call(client, agent.url)
+    outcome = _call(policy, agent.url)
     # then the redirect's target is refused before any connection, for good
     assert not outcome.ok and not outcome.retryable
     assert "not allowed" in outcome.error
@@ -180,24 +192,28 @@ def test_the_address_connected_to_is_the_address_checked(agent: AgentServer) -> 
     # given a guard that records what it hands to the socket layer
     connected: list[str] = []
 
-    class Recording(httpcore.SyncBackend):
-        def connect_tcp(
+    class Recording(httpcore.AnyIOBackend):
+        async def connect_tcp(
             self,
             host: str,
             port: int,
             timeout: float | None = None,
             local_address: str | None = None,
             socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-        ) -> httpcore.NetworkStream:
+        ) -> httpcore.AsyncNetworkStream:
             connected.append(host)
-            return super().connect_tcp(host, port, timeout, local_address, socket_options)
+            return await super().connect_tcp(host, port, timeout, local_address, socket_options)
 
     port = _port(agent.url)
     guard = GuardedBackend(parse_allowlist(f"localhost:{port}"), Recording())
+
+    async def post() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport()) as client:
+            client._transport._pool._network_backend = guard  # type: ignore[attr-defined]
+            return await client.post(f"http://localhost:{port}/agent", json={"message": "hi"})
+
     # when the agent is called by name
-    with httpx.Client(transport=httpx.HTTPTransport()) as client:
-        client._transport._pool._network_backend = guard  # type: ignore[attr-defined]
-        answer = client.post(f"http://localhost:{port}/agent", json={"message": "hi"})
+    answer = asyncio.run(post())
     # then the socket was opened to an address the name resolved to, not to the name
     assert answer.status_code == 200
     resolved = {info[4][0] for info in socket.getaddrinfo("localhost", port)}
@@ -222,9 +238,9 @@ def test_errors_do_not_tell_a_closed_port_from_a_non_http_service() -> None:
     threading.Thread(target=speak, daemon=True).start()
     allowed = parse_allowlist("127.0.0.1")
     # when the agent URL points at each
-    with make_client(allowed) as client:
-        refused = _call(client, f"http://127.0.0.1:{closed_port}/")
-        spoken = _call(client, f"http://127.0.0.1:{talker.getsockname()[1]}/")
+    refused, spoken = _call(
+        allowed, f"http://127.0.0.1:{closed_port}/", f"http://127.0.0.1:{talker.getsockname()[1]}/"
+    )
     talker.close()
     # then both are stored in the same words, with nothing from the service
     assert (
@@ -239,11 +255,11 @@ def only_the_agent(agent: AgentServer, monkeypatch: pytest.MonkeyPatch) -> Itera
 
     monkeypatch.setenv("STEPWISE_AGENT_ALLOW", f"127.0.0.1:{_port(agent.url)}")
     get_settings.cache_clear()
-    close_client()
+    stop_runner()
     yield
     monkeypatch.undo()
     get_settings.cache_clear()
-    close_client()
+    stop_runner()
 
 
 def test_a_run_redirected_inside_fails_and_stores_nothing_from_inside(

@@ -86,7 +86,7 @@ def test_a_timeout_is_retried_and_recorded(worker: Any, agent: Any) -> None:
     assert done.status == "succeeded" and done.attempt == 2
     first, second = step_runs(execution_id)
     assert first.status == "failed" and first.response_status is None
-    assert first.error == "agent timed out after 1 s (ReadTimeout)"
+    assert (first.error or "").startswith("agent timed out after 1 s")
     assert first.duration_ms is not None and 900 <= first.duration_ms < 2000
     assert (second.status, second.response_status) == ("succeeded", 200)
 

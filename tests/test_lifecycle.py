@@ -177,9 +177,9 @@ def test_an_edit_keeps_the_slots_of_the_new_timing_and_drops_the_others(
 def _stuck_mid_step(execution_id: uuid.UUID) -> None:
     """What a worker SIGKILLed during step 1 leaves behind: running, its lease run out."""
     with session_scope() as session:
-        claim = claim_execution(session, execution_id, margin_s=5)
+        claim = claim_execution(session, execution_id, lease_s=5)
         assert not isinstance(claim, str)
-        assert start_step(session, claim, 1, {}, margin_s=5) is not None
+        assert start_step(session, claim, 1, {}, lease_s=5) is not None
     with session_scope() as session:
         past = now() - timedelta(minutes=5)
         session.execute(
@@ -225,9 +225,9 @@ def test_deleting_a_schedule_cancels_its_running_runs(db: None, redis_client: An
     engine.dispatch_due(send_run)
     running = executions_of(schedule_id)[0].id
     with session_scope() as session:
-        claim = claim_execution(session, running, margin_s=5)
+        claim = claim_execution(session, running, lease_s=5)
         assert not isinstance(claim, str)
-        assert start_step(session, claim, 1, {}, margin_s=5) is not None
+        assert start_step(session, claim, 1, {}, lease_s=5) is not None
     # when the schedule is deleted
     with session_scope() as session:
         cancelled = commands.delete_schedule(session, schedule_id, actor="test")
@@ -241,7 +241,7 @@ def test_deleting_a_schedule_cancels_its_running_runs(db: None, redis_client: An
     assert [(s.status, s.error) for s in step_runs(running)] == [("failed", CANCELLED_STEP_ERROR)]
     # and a takeover finds nothing to take
     with session_scope() as session:
-        assert claim_execution(session, running, margin_s=5) == "nothing"
+        assert claim_execution(session, running, lease_s=5) == "nothing"
 
 
 # --- 3. a late older slot never starts after a newer one ---------------------------------

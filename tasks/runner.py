@@ -1,0 +1,470 @@
+"""Running executions: every agent call of a worker process in flight on one event loop.
+
+Dramatiq stays the queue. A `run_execution` message takes a Dramatiq thread for a
+few milliseconds: it claims the run in Postgres and hands the claim to this
+process's `Runner`, whose event loop calls the agent step after step with one
+pooled `httpx.AsyncClient`. A waiting agent costs a coroutine, not a thread, so a
+process holds `STEPWISE_WORKER_IN_FLIGHT` runs (1,000 by default) on a handful of
+threads; Dramatiq's async actors would block a thread per message until the
+coroutine ends (`dramatiq/asyncio.py`), which is the limit this removes.
+
+What Dramatiq did for a blocking actor is done here, explicitly:
+
+- **Retries.** A retryable failure releases the run and sends its message again
+  with `retries + 1` and the delay of Dramatiq's own `compute_backoff` (or the
+  agent's Retry-After), which is what the Retries middleware did with the message.
+- **Dead letters.** A run that fails for good sends one last message marked
+  `report`; the actor finds the run failed and raises, so Dramatiq dead-letters it
+  as before and the Queues page can retry it.
+- **Leases.** The runner renews the leases of all its runs in one statement every
+  third of `STEPWISE_LEASE_S`. A killed process stops renewing: every other worker
+  sweeps for expired leases just as often, so its runs start again about one lease
+  after the kill, however many it held and however long their steps' timeouts. A
+  run the renewal no longer finds (cancelled, taken over) has its call dropped at
+  once. If the database cannot be reached for a whole lease, every call in flight
+  is dropped: another worker may take the runs over, and two calls for one step
+  must never be alive at once. Each call also has a hard deadline (`tasks/agent.py`).
+- **Backpressure.** A Dramatiq thread waits for a free slot before it claims, so
+  the queue, not this process's memory, holds the runs it cannot take yet.
+- **Graceful stop.** Between steps a run hands itself back without spending a
+  retry; the worker's shutdown waits for the calls in flight (`drain`).
+
+Database writes run on a small pool of threads (`STEPWISE_WORKER_DB_THREADS`):
+the loop never blocks on Postgres.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, TypeVar
+
+from dramatiq.common import compute_backoff
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from core.errors import AgentRejected, StepFailed
+from core.outcome import StepOutcome, stored_request
+from core.settings import Settings, get_settings
+from core.vocabulary import ExecutionStatus, FailureReport, OverlapPolicy
+from db import runs
+from db.runs import RunMessage
+from db.session import session_scope
+from tasks.agent import call_agent, make_client
+from tasks.engine import Send, recover_stranded
+from tasks.signals import shutting_down
+
+log = logging.getLogger("stepwise")
+T = TypeVar("T")
+RECORD_RETRY_S = 0.5
+# One line per agent call drowns the worker log; failures are stored on their step.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def agent_payload(claim: runs.Claim, step_number: int, previous_output: Any) -> dict[str, Any]:
+    step = claim.steps[step_number - 1]
+    return {
+        "thread_id": str(claim.execution_id),
+        "automation_id": str(claim.automation_id),
+        "user_id": claim.owner_id,
+        "message": step["message"],
+        "project_context": claim.project_context,
+        "step_number": step_number,
+        "total_steps": claim.total_steps,
+        "timestamp": datetime.now(UTC).isoformat(),
+        "execution_id": str(claim.execution_id),
+        "schedule_id": str(claim.schedule_id) if claim.schedule_id else None,
+        "scheduled_for": claim.scheduled_for.isoformat(),
+        "attempt": claim.attempt,
+        "previous_output": previous_output,
+    }
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A step the agent answered, not yet stored: it is stored with the next write."""
+
+    step_run_id: int
+    outcome: StepOutcome
+
+
+@dataclass
+class Flight:
+    """One run held by this process."""
+
+    claim: runs.Claim
+    retries: int
+    max_retries: int
+    task: asyncio.Task[None] | None = None
+    calling: bool = False  # a call is at the agent: dropping the run drops the call
+    answer: Answer | None = field(default=None, repr=False)
+
+
+class Runner:
+    """The process's event loop, its agent client and the runs it holds."""
+
+    def __init__(self, settings: Settings, send: Send):
+        self.settings = settings
+        self.send = send
+        self.lease_s = settings.lease_s
+        self.slots = threading.BoundedSemaphore(settings.worker_in_flight)
+        self.flights: dict[uuid.UUID, Flight] = {}  # touched on the loop's thread only
+        self.held = 0  # runs handed over and not ended, under `self.counting`
+        self.counting = threading.Lock()
+        self.idle = threading.Event()
+        self.idle.set()
+        self.lease_until = time.monotonic() + self.lease_s
+        self.db = ThreadPoolExecutor(settings.worker_db_threads, thread_name_prefix="stepwise-db")
+        self.loop = asyncio.new_event_loop()
+        self.client = make_client(
+            settings.egress_policy(), max_connections=settings.worker_in_flight
+        )
+        self.thread = threading.Thread(target=self._main, name="stepwise-runner", daemon=True)
+        self.thread.start()
+
+    # --- called from Dramatiq's threads ------------------------------------------
+
+    def take_slot(self) -> bool:
+        """Wait for room for one more run; False if the worker began to stop meanwhile."""
+        while not shutting_down.is_set():
+            if self.slots.acquire(timeout=0.5):
+                return True
+        return False
+
+    def give_slot(self) -> None:
+        self.slots.release()
+
+    def start(self, claim: runs.Claim, *, retries: int, max_retries: int) -> None:
+        """Run a claimed execution on the loop; its slot is given back when it ends."""
+        with self.counting:
+            self.held += 1
+            self.idle.clear()
+        flight = Flight(claim, retries, max_retries)
+        asyncio.run_coroutine_threadsafe(self._begin(flight), self.loop)
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until no run is in flight (the worker is stopping); False on timeout."""
+        return self.idle.wait(timeout_s)
+
+    def close(self) -> None:
+        """Stop the loop and its client (tests rebuild the runner with new settings)."""
+
+        async def shut() -> None:
+            for flight in list(self.flights.values()):
+                if flight.task is not None:
+                    flight.task.cancel()
+            await self.client.aclose()
+
+        asyncio.run_coroutine_threadsafe(shut(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.db.shutdown(wait=False)
+
+    # --- on the loop ----------------------------------------------------------------
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.create_task(self._heartbeat())
+        self.loop.run_forever()
+
+    async def _begin(self, flight: Flight) -> None:
+        flight.task = asyncio.create_task(self._run(flight))
+        self.flights[flight.claim.execution_id] = flight
+        flight.task.add_done_callback(lambda _: self._ended(flight))
+
+    def _ended(self, flight: Flight) -> None:
+        self.flights.pop(flight.claim.execution_id, None)
+        self.slots.release()
+        with self.counting:
+            self.held -= 1
+            if not self.held:
+                self.idle.set()
+
+    async def _db(self, work: Callable[[], T]) -> T:
+        return await self.loop.run_in_executor(self.db, work)
+
+    async def _send(self, message: RunMessage) -> None:
+        await self._db(lambda: self.send(message))
+
+    async def _write(self, answer: Answer | None, work: Callable[[Session], T]) -> T:
+        """Store `answer` and do `work` in one transaction, retrying through a database
+        outage while this process's leases hold.
+
+        One transaction per step (the previous step's answer, then this step's start)
+        halves the database round trips of a run. Without the retry a Postgres restart
+        threw away answers already received and the agent was called again for them
+        (tests/test_faults_servers.py). Every write is fenced, so a retry after a
+        commit whose acknowledgement was lost changes nothing twice.
+        """
+        while True:
+            try:
+                return await self._db(lambda: _store(answer, work))
+            except OperationalError:
+                if time.monotonic() + RECORD_RETRY_S >= self.lease_until:
+                    raise  # the lease is ending: recovery will run the step again
+                log.warning("database unavailable; retrying to record a step")
+                await asyncio.sleep(RECORD_RETRY_S)
+
+    async def _heartbeat(self) -> None:
+        """Renew every lease this process holds, drop what it lost, sweep for strays."""
+        every = self.lease_s / 3
+        while True:
+            await asyncio.sleep(every)
+            held = [(f.claim.execution_id, f.claim.attempt) for f in self.flights.values()]
+            began = time.monotonic()
+            try:
+                kept = await self._db(partial(_renew, held, self.lease_s))
+                self.lease_until = began + self.lease_s
+            except Exception:
+                log.warning("could not renew leases; calls are dropped when they end")
+                kept = None
+            for flight in list(self.flights.values()):
+                lost = (
+                    time.monotonic() >= self.lease_until
+                    if kept is None
+                    else flight.claim.execution_id not in kept
+                )
+                if lost and flight.calling and flight.task is not None:
+                    flight.task.cancel()
+            try:
+                await self._db(lambda: recover_stranded(self.send, leases_only=True))
+            except Exception:
+                log.warning("could not look for stranded runs", exc_info=True)
+
+    async def _run(self, flight: Flight) -> None:
+        claim = flight.claim
+        previous_output = claim.previous_output
+        answer: Answer | None = None
+        try:
+            for step_number in range(claim.first_step, claim.total_steps + 1):
+                if shutting_down.is_set():
+                    # Hand the run on at once, without spending a retry of its budget.
+                    reason = "the worker stopped between steps; resuming elsewhere"
+                    if await self._release(answer, claim, reason, 0):
+                        await self._send(
+                            RunMessage(claim.execution_id, flight.max_retries, flight.retries)
+                        )
+                    return
+                answer = await self._step(flight, step_number, previous_output, answer)
+                if answer is None:
+                    return  # cancelled, or taken over after our lease ran out
+                if not answer.outcome.ok:
+                    await self._fail(flight, answer, step_number)
+                    return
+                previous_output = answer.outcome.output
+            await self._end(claim, answer, ExecutionStatus.SUCCEEDED, result=previous_output)
+        except asyncio.CancelledError:
+            # The lease is lost: the step's answer, if any, is not ours to record.
+            log.info("dropped execution %s: its lease was lost", claim.execution_id)
+            raise
+        except Exception as exc:  # database down past the lease, a bug: never leave it running
+            log.exception("execution %s interrupted", claim.execution_id)
+            await self._interrupted(flight, answer, exc)
+
+    async def _step(
+        self, flight: Flight, step_number: int, previous_output: Any, answered: Answer | None
+    ) -> Answer | None:
+        """Store the previous answer, start this step, call the agent; None if we lost the run."""
+        claim = flight.claim
+        payload = agent_payload(claim, step_number, previous_output)
+        key = f"{claim.execution_id}:{step_number}"
+        request = stored_request(claim.agent_url, {"Idempotency-Key": key}, payload)
+        step_run_id = await self._write(
+            answered,
+            lambda session: runs.start_step(
+                session, claim, step_number, request, lease_s=self.lease_s
+            ),
+        )
+        if step_run_id is None:
+            return None
+        sealed = claim.signing_secret
+        flight.calling = True
+        try:
+            outcome = await call_agent(
+                self.client,
+                claim.agent_url,
+                payload,
+                idempotency_key=key,
+                timeout_s=claim.step_timeout_s,
+                max_bytes=self.settings.max_response_bytes,
+                signing_secret=None if sealed is None else self.settings.secret_box().open(sealed),
+            )
+        finally:
+            flight.calling = False
+        return Answer(step_run_id, outcome)
+
+    async def _fail(self, flight: Flight, answer: Answer, step_number: int) -> None:
+        claim = flight.claim
+        outcome = answer.outcome
+        error = f"step {step_number}: {outcome.error}"
+        if outcome.retryable and flight.retries < flight.max_retries:
+            delay_ms = self._backoff_ms(flight.retries)
+            if outcome.retry_after_s is not None:
+                delay_ms = max(delay_ms, int(outcome.retry_after_s * 1000))
+            if await self._release(answer, claim, error, delay_ms / 1000):
+                await self._send(
+                    RunMessage(
+                        claim.execution_id,
+                        flight.max_retries,
+                        retries=flight.retries + 1,
+                        delay_ms=delay_ms,
+                    )
+                )
+            return
+        if not await self._end(claim, answer, ExecutionStatus.FAILED, error=error):
+            return  # cancelled or taken over meanwhile: not this worker's failure to report
+        failure = FailureReport.EXHAUSTED if outcome.retryable else FailureReport.REJECTED
+        await self._send(
+            RunMessage(claim.execution_id, flight.retries, retries=flight.retries, report=failure)
+        )
+
+    async def _interrupted(self, flight: Flight, answer: Answer | None, exc: Exception) -> None:
+        claim = flight.claim
+        error = f"interrupted: {type(exc).__name__}: {exc}"
+        delay_ms = self._backoff_ms(flight.retries)
+        try:
+            released = await self._release(answer, claim, error, delay_ms / 1000)
+            if released and flight.retries < flight.max_retries:
+                await self._send(
+                    RunMessage(
+                        claim.execution_id,
+                        flight.max_retries,
+                        retries=flight.retries + 1,
+                        delay_ms=delay_ms,
+                    )
+                )
+        except Exception:  # the database may be the reason we are here
+            log.exception(
+                "could not release execution %s; its lease will expire", claim.execution_id
+            )
+
+    def _backoff_ms(self, retries: int) -> int:
+        _, delay_ms = compute_backoff(
+            retries, factor=self.settings.min_backoff_ms, max_backoff=self.settings.max_backoff_ms
+        )
+        return int(delay_ms)
+
+    async def _release(
+        self, answer: Answer | None, claim: runs.Claim, error: str, delay_s: float
+    ) -> bool:
+        """Put the run back in the queue (for its retry message, or another worker)."""
+        return await self._write(
+            answer, lambda session: runs.release_for_retry(session, claim, error, delay_s)
+        )
+
+    async def _end(
+        self,
+        claim: runs.Claim,
+        answer: Answer | None,
+        status: ExecutionStatus,
+        *,
+        error: str | None = None,
+        result: Any = None,
+    ) -> bool:
+        """End the run as `status`; False if it was no longer ours (cancelled, taken over)."""
+        ended = await self._write(
+            answer,
+            lambda session: runs.finish_execution(
+                session, claim, status, error=error, result=result
+            ),
+        )
+        if claim.schedule_id is not None and claim.overlap_policy not in (
+            None,
+            OverlapPolicy.ALLOW,
+        ):
+            # The run held back while this one ran (`buffer_one`, the next catch-up run).
+            schedule_id = claim.schedule_id
+            waiting = await self._db(lambda: _next_waiting(schedule_id))
+            if waiting is not None:
+                await self._send(waiting)
+        return ended
+
+
+def _store(answer: Answer | None, work: Callable[[Session], T]) -> T:
+    with session_scope() as session:
+        if answer is not None:
+            runs.finish_step(session, answer.step_run_id, answer.outcome)
+        return work(session)
+
+
+def _renew(held: list[tuple[uuid.UUID, int]], lease_s: int) -> set[uuid.UUID]:
+    with session_scope() as session:
+        return runs.renew_leases(session, held, lease_s=lease_s)
+
+
+def _next_waiting(schedule_id: uuid.UUID) -> RunMessage | None:
+    with session_scope() as session:
+        return runs.next_waiting(session, schedule_id)
+
+
+def accept(execution_id: uuid.UUID, *, retries: int, max_retries: int, send: Send) -> str:
+    """Handle a run message: claim the run and hand it to the runner; returns what happened.
+
+    Runs in a Dramatiq thread for the few milliseconds of the claim.
+    """
+    runner = get_runner(send)
+    if not runner.take_slot():
+        # Stopping: hand the message on at once, without spending a retry.
+        send(RunMessage(execution_id, max_retries, retries=retries))
+        return "handed back"
+    try:
+        with session_scope() as session:
+            claim = runs.claim_execution(session, execution_id, lease_s=runner.lease_s)
+    except BaseException:
+        runner.give_slot()
+        raise
+    if isinstance(claim, str):
+        runner.give_slot()
+        return claim
+    runner.start(claim, retries=retries, max_retries=max_retries)
+    return "started"
+
+
+def report_failure(execution_id: uuid.UUID, report: FailureReport) -> None:
+    """Raise for a run that failed for good, so that Dramatiq dead-letters its message."""
+    with session_scope() as session:
+        error = runs.failure_of(session, execution_id)
+    if error is None:
+        return  # retried meanwhile, or gone: nothing to report
+    if report == FailureReport.REJECTED:
+        raise AgentRejected(error)
+    raise StepFailed(f"{error} (no retries left)")
+
+
+_runner: Runner | None = None
+_runner_lock = threading.Lock()
+
+
+_runner_pid: int | None = None
+
+
+def get_runner(send: Send) -> Runner:
+    """This process's runner, started on first use (after any fork)."""
+    global _runner, _runner_pid
+    with _runner_lock:
+        if _runner is None or _runner_pid != os.getpid():
+            _runner = Runner(get_settings(), send)
+            _runner_pid = os.getpid()
+        return _runner
+
+
+def current_runner() -> Runner | None:
+    return _runner
+
+
+def stop_runner() -> None:
+    """Stop this process's runner; the next run builds one from the settings."""
+    global _runner
+    with _runner_lock:
+        if _runner is not None:
+            _runner.close()
+        _runner = None

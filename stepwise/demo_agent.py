@@ -43,6 +43,7 @@ class Reply:
     body: bytes | str | dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    trickle_s: float = 0.0  # send the body one byte at a time, this long apart
 
 
 Responder = Callable[[Call], Reply]
@@ -82,6 +83,8 @@ def default_reply(call: Call) -> Reply:
 
 
 class _QuietServer(ThreadingHTTPServer):
+    request_queue_size = 1024  # a burst of workers connects at once
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a caller that hung up (timeout, test teardown) is not the agent's problem
 
@@ -200,7 +203,13 @@ class AgentServer:
                     for name, value in reply.headers.items():
                         self.send_header(name, value)
                     self.end_headers()
-                    self.wfile.write(data)
+                    if reply.trickle_s:
+                        for byte in data:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            time.sleep(reply.trickle_s)
+                    else:
+                        self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the caller gave up (timeout): nothing to answer
 

@@ -23,11 +23,12 @@ from dramatiq.middleware import (
 from periodiq import PeriodiqMiddleware
 
 from core.settings import Settings, get_settings
-from tasks.signals import GracefulStop, OneStopRequest
+from tasks.runner import RUN_QUEUE, RunnerLifecycle
+from tasks.signals import OneStopRequest
 
 DISPATCH_QUEUE = "dispatch"
-RUN_QUEUE = "default"
 QUEUES = (RUN_QUEUE, DISPATCH_QUEUE)
+__all__ = ["DISPATCH_QUEUE", "QUEUES", "RUN_QUEUE", "build_broker", "setup_broker"]
 
 HEARTBEAT_TIMEOUT_MS = 20_000
 MAINTENANCE_CHANCE = 100_000  # per million commands
@@ -62,8 +63,9 @@ def build_broker(settings: Settings) -> RedisBroker:
             PeriodiqMiddleware(skip_delay=30),
             # Group-wide SIGTERM reaches a worker twice; the second must not kill it.
             OneStopRequest(),
-            # Runs hand back between steps once the worker begins to stop.
-            GracefulStop(),
+            # The run queue's consumers start their runner at boot; at a stop, runs
+            # hand back between steps and the calls in flight end first.
+            RunnerLifecycle(),
         ],
     )
 

@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
+import dramatiq
 from dramatiq.common import compute_backoff
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -66,6 +67,10 @@ from tasks.signals import shutting_down
 log = logging.getLogger("stepwise")
 T = TypeVar("T")
 RECORD_RETRY_S = 0.5
+# How long a stopping worker waits for the agent calls in flight (the Procfile gives
+# Dramatiq 30 s to stop its threads).
+DRAIN_S = 25.0
+RUN_QUEUE = "default"  # tasks.broker.RUN_QUEUE (the broker module imports this one)
 # One line per agent call drowns the worker log; failures are stored on their step.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -438,6 +443,29 @@ def report_failure(execution_id: uuid.UUID, report: FailureReport) -> None:
     if report == FailureReport.REJECTED:
         raise AgentRejected(error)
     raise StepFailed(f"{error} (no retries left)")
+
+
+class RunnerLifecycle(dramatiq.Middleware):
+    """A process that consumes the run queue starts its runner at boot (its heartbeat
+    sweeps for other workers' expired leases even before a run arrives); at a stop,
+    runs hand back between steps and the stop waits for the calls in flight."""
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        shutting_down.clear()
+        queues = getattr(worker, "consumer_whitelist", None)  # None: every queue
+        if not queues or RUN_QUEUE in queues:
+            from tasks.actors import send_run  # the actors module declares on this broker
+
+            get_runner(send_run)
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        shutting_down.set()
+        runner = current_runner()
+        if runner is not None and not runner.drain(DRAIN_S):
+            log.warning("calls still in flight after %g s: their leases will expire", DRAIN_S)
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        stop_runner()
 
 
 _runner: Runner | None = None

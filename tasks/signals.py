@@ -1,7 +1,7 @@
 """Stopping a worker well: runs hand back between steps, and one SIGTERM counts once.
 
 A worker process that begins a graceful stop sets `shutting_down`; a run checks it
-between steps and hands itself on without spending a retry (`tasks/engine.py`).
+between steps and hands itself on without spending a retry (`tasks/runner.py`).
 
 One stop request counts once, however many copies of SIGTERM a worker receives.
 
@@ -26,33 +26,9 @@ import dramatiq
 
 log = logging.getLogger("stepwise")
 REPEAT_WINDOW_S = 3.0
-# How long a stopping worker waits for the agent calls in flight (the Procfile gives
-# Dramatiq 30 s to stop its threads).
-DRAIN_S = 25.0
 
 # Set when this worker process begins a graceful stop: runs hand back between steps.
 shutting_down = threading.Event()
-
-
-class GracefulStop(dramatiq.Middleware):
-    """Runs hand back between steps; the stop waits for the calls in flight, then the
-    process's runner (`tasks/runner.py`) stops with its worker."""
-
-    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        shutting_down.clear()
-
-    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        from tasks.runner import current_runner
-
-        shutting_down.set()
-        runner = current_runner()
-        if runner is not None and not runner.drain(DRAIN_S):
-            log.warning("calls still in flight after %g s: their leases will expire", DRAIN_S)
-
-    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
-        from tasks.runner import stop_runner
-
-        stop_runner()
 
 
 def absorb_repeated_sigterm(window_s: float = REPEAT_WINDOW_S) -> bool:

@@ -332,9 +332,7 @@ def test_housekeeping_finds_lost_messages_and_expired_leases(db: None) -> None:
     assert {r.execution_id: (r.retries, r.max_retries) for r in found} == {lost: (0, 2)}
     assert fresh not in {r.execution_id for r in found}
     with session_scope() as session:
-        assert (
-            stranded_executions(session, requeue_after_s=60, resend_after_s=30, limit=100) == []
-        )
+        assert stranded_executions(session, requeue_after_s=60, resend_after_s=30, limit=100) == []
     # and the retry budgets travel: every claim so far spent one try
     assert {r.execution_id: (r.retries, r.max_retries) for r in swept} == {
         running: (1, 2),

@@ -1,0 +1,146 @@
+"""The run engine: runs in flight beyond the thread count, hard deadlines, a kill -9.
+
+Workers are real (an in-process Dramatiq Worker, or the Procfile's `worker`), the
+agent a real HTTP server on loopback, the database and Redis the suite's own.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from db.models import StepRun
+from db.runs import RunMessage
+from db.session import session_scope
+from stepwise.demo_agent import Call, Reply
+from tasks.actors import send_run
+from testkit.factories import execution, make_automation, make_execution, step_runs
+from testkit.processes import READY, worker_in_process
+from testkit.waiting import wait_for
+
+
+class Gate:
+    """An agent responder that holds every call until `n` calls are at the agent at once
+    (`full`), then lets them go, or, with `hold`, until `opened` is set."""
+
+    def __init__(self, n: int, *, timeout_s: float = 60, hold: bool = False) -> None:
+        self.n = n
+        self.timeout_s = timeout_s
+        self.hold = hold
+        self.lock = threading.Lock()
+        self.waiting = 0
+        self.most = 0
+        self.full = threading.Event()
+        self.opened = threading.Event()
+
+    def __call__(self, call: Call) -> Reply:
+        with self.lock:
+            self.waiting += 1
+            self.most = max(self.most, self.waiting)
+            if self.waiting >= self.n:
+                self.full.set()
+                if not self.hold:
+                    self.opened.set()
+        self.opened.wait(self.timeout_s)
+        with self.lock:
+            self.waiting -= 1
+        return Reply(200, {"output": call.body.get("step_number")})
+
+
+def test_runs_in_flight_are_not_bounded_by_threads(db: None, redis_client: Any, agent: Any) -> None:
+    # given 300 runs and a worker with 2 Dramatiq threads
+    gate = Gate(300)
+    agent.responder = gate
+    automation_id = make_automation(agent_url=agent.url, steps=2, max_retries=0, step_timeout_s=60)
+    runs = [make_execution(automation_id) for _ in range(300)]
+    with worker_in_process(threads=2):
+        for execution_id in runs:
+            send_run(RunMessage(execution_id, 0))
+        # then all 300 first steps are at the agent at the same time
+        assert gate.full.wait(60), f"only {gate.most} calls were in flight at once"
+        # and every run then ends well
+        wait_for(
+            lambda: all(execution(r).status == "succeeded" for r in runs),
+            timeout=60,
+            message="all runs to succeed",
+        )
+    assert gate.most >= 300
+    assert sum(len(agent.calls_for(str(r))) for r in runs) == 600
+
+
+def test_a_trickling_agent_is_cut_off_at_the_step_deadline(worker: Any, agent: Any) -> None:
+    # given an agent that answers one byte every half second (never done within 2 s)
+    agent.responder = lambda call: Reply(200, {"output": "x" * 200}, trickle_s=0.5)
+    automation_id = make_automation(agent_url=agent.url, steps=1, max_retries=0, step_timeout_s=2)
+    execution_id = make_execution(automation_id)
+    started = time.monotonic()
+    send_run(RunMessage(execution_id, 0))
+    # then the run fails at its deadline with a timeout, not when the agent is done
+    wait_for(lambda: execution(execution_id).status == "failed", timeout=20, message="failed")
+    assert time.monotonic() - started < 15  # the agent would need ~100 s to finish
+    [step] = step_runs(execution_id)
+    assert "timed out after 2 s" in (step.error or "")
+    # and the agent was called once: no second call was started while the first was alive
+    time.sleep(8)  # longer than a lease in the tests (STEPWISE_LEASE_S=6)
+    assert len(agent.calls_for(str(execution_id))) == 1
+
+
+@pytest.mark.slow
+def test_a_killed_worker_holding_300_runs_loses_none_and_repeats_none(
+    procs: Any, agent: Any
+) -> None:
+    # given a worker process holding 300 runs, each at the agent with its first step
+    gate = Gate(300, timeout_s=120, hold=True)
+    first_calls: dict[str, float] = {}
+    lock = threading.Lock()
+
+    def responder(call: Call) -> Reply:
+        with lock:
+            first_calls.setdefault(str(call.idempotency_key), time.monotonic())
+        if not gate.opened.is_set():
+            return gate(call)
+        return Reply(200, {"output": call.body.get("step_number")})
+
+    agent.responder = responder
+    automation_id = make_automation(agent_url=agent.url, steps=2, max_retries=2, step_timeout_s=120)
+    runs = [make_execution(automation_id) for _ in range(300)]
+    procs.start("worker", STEPWISE_WORKER_THREADS="2")
+    procs.wait_ready("worker", READY)
+    for execution_id in runs:
+        send_run(RunMessage(execution_id, 2))
+    assert gate.full.wait(60), f"only {gate.most} calls were in flight at once"
+    # when it is killed (SIGKILL: no goodbye) and another worker starts
+    procs.signal("worker", signal.SIGKILL)
+    killed_at = time.monotonic()
+    gate.opened.set()  # the agent lets go of the dead worker's calls
+    procs.stop("worker")
+    procs.start("worker", as_name="worker2", STEPWISE_WORKER_THREADS="2")
+    # then every run finishes
+    wait_for(
+        lambda: all(execution(r).status == "succeeded" for r in runs),
+        timeout=120,
+        interval=0.5,
+        message="all 300 runs to succeed",
+        details=lambda: (
+            f"{Counter(execution(r).status for r in runs)}\n{procs.log('worker2')[-3000:]}"
+        ),
+    )
+    # and no step succeeded twice
+    with session_scope() as session:
+        done = Counter(
+            session.execute(
+                select(StepRun.execution_id, StepRun.step_number).where(
+                    StepRun.execution_id.in_(runs), StepRun.status == "succeeded"
+                )
+            ).all()
+        )
+    assert set(done.values()) == {1} and len(done) == 600
+    # and the last run restarted (its step 2 first reached the agent) within 60 s
+    restarted = [first_calls[f"{r}:2"] - killed_at for r in runs]
+    assert max(restarted) < 60, max(restarted)

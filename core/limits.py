@@ -21,6 +21,10 @@ DEFAULT_MAX_RETRIES = 3
 MAX_OWNER = 200
 MAX_HEADERS_REF = 200
 
+# Runs and agent answers.
+MAX_RECOVERIES = 5  # claims past a run's retries before housekeeping gives up on it
+MAX_OUTPUT_DEPTH = 100  # JSON nested deeper is kept as text (parsers and encoders recurse)
+
 # Schedules.
 MIN_INTERVAL_S = 10
 MAX_CRON = 200

@@ -9,12 +9,15 @@ retrying (honouring Retry-After); any other status fails the execution at once.
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 from core.automation import redact_url
+from core.limits import MAX_OUTPUT_DEPTH
 
 # Sent with every step but stored once: the context lives on the automation, the
 # previous output is the previous step's stored response. Storing them per step made
@@ -71,7 +74,11 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
             when = parsedate_to_datetime(value)
         except (TypeError, ValueError):
             return None
+        if when.tzinfo is None:  # "-0000" dates parse naive; RFC 5322 means UTC
+            when = when.replace(tzinfo=UTC)
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if math.isnan(seconds):  # "nan" is a float to Python, and no delay at all
+        return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
@@ -80,14 +87,47 @@ def clean_text(text: str) -> str:
     return text.replace("\x00", "\ufffd")
 
 
+BOM = "\ufeff"
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def parse_output(body: str, *, truncated: bool) -> Any:
-    """The step's output for the next step: JSON when the body is JSON, else the text."""
-    if not truncated:
-        try:
-            return json.loads(body)
-        except ValueError:
-            pass
-    return body
+    """The step's output for the next step and the run's result: the body's JSON when
+    it is whole JSON that jsonb can store, else the body's text.
+
+    Never raises: an agent's body is untrusted input, and an exception here would
+    send the run round again and call the agent again for the same step.
+    """
+    if truncated:
+        return body
+    try:
+        value = json.loads(body.removeprefix(BOM))
+    except (ValueError, RecursionError):
+        # ValueError: not JSON, or an integer past Python's int-str digit limit;
+        # RecursionError: nested deeper than the parser's stack.
+        return body
+    return value if storable_json(value) else body
+
+
+def storable_json(value: Any) -> bool:
+    """Whether PostgreSQL jsonb holds `value`, and json.dumps writes it as valid UTF-8
+    JSON, at any call depth: no NUL, no lone surrogate, no NaN or infinity, and
+    nested at most MAX_OUTPUT_DEPTH deep. Iterative, so no depth can overflow it."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item or SURROGATE.search(item):
+                return False
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return False
+        elif isinstance(item, list | dict):
+            if depth > MAX_OUTPUT_DEPTH:
+                return False
+            children = item if isinstance(item, list) else [*item, *item.values()]
+            pending.extend((child, depth + 1) for child in children)
+    return True
 
 
 def decode_body(raw: bytes, limit: int) -> tuple[str, bool]:
@@ -97,6 +137,14 @@ def decode_body(raw: bytes, limit: int) -> tuple[str, bool]:
     if truncated:
         text += f"\n[truncated: stored the first {limit} bytes]"
     return text, truncated
+
+
+def undecodable_body(raw: bytes, limit: int, reason: str) -> tuple[str, bool]:
+    """What a body that could not be decoded (a Content-Encoding it does not have)
+    stores: the bytes read before the failure as text, and the reason. Marked
+    incomplete, so that the next step gets this text, never a half-read document."""
+    text, _ = decode_body(raw, limit)
+    return f"{text}\n[unreadable body: {clean_text(reason)}]", True
 
 
 def answer_outcome(

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from core.limits import MAX_RECOVERIES
 from core.outcome import StepOutcome, parse_output
 from core.schedule import decide_overlap
 from core.vocabulary import (
@@ -34,6 +35,11 @@ from db.session import db_now, rowcount
 LOST_STEP_ERROR = "the worker running this step stopped (killed or lost its lease)"
 CANCELLED_STEP_ERROR = (
     "the run was cancelled while this step was at the agent; its answer is not recorded"
+)
+RECOVERIES_EXHAUSTED = (
+    f"failed: housekeeping gave up after {MAX_RECOVERIES} recoveries beyond the run's "
+    "retries; its worker kept stopping mid-run (killed, out of memory, or past its lease) "
+    "or its message kept being lost"
 )
 AUTOMATION_DELETED = "cancelled: the automation was deleted"
 SCHEDULE_DELETED = "cancelled: the schedule was deleted"
@@ -433,9 +439,10 @@ def stranded_executions(
     running one as soon as its lease expired (its worker stopped renewing it),
     then at most every `resend_after_s`. `available_at` records each re-send.
     With `requeue_after_s` None only expired leases are looked at.
+    A run past its recovery bound is failed instead (`give_up_exhausted`).
     """
     resent_lately = func.now() - timedelta(seconds=resend_after_s)
-    expired = and_(
+    stranded = and_(
         Execution.status == ExecutionStatus.RUNNING,
         Execution.lease_expires_at < func.now(),
         Execution.available_at < resent_lately,
@@ -445,13 +452,14 @@ def stranded_executions(
             Execution.status == ExecutionStatus.QUEUED,
             Execution.available_at < func.now() - timedelta(seconds=requeue_after_s),
         )
-        expired = or_(lost, expired)
+        stranded = or_(lost, stranded)
+    give_up_exhausted(session, stranded, limit=limit)
     rows = session.execute(
         update(Execution)
         .where(
             Execution.id.in_(
                 select(Execution.id)
-                .where(expired)
+                .where(stranded)
                 .order_by(Execution.available_at)
                 .limit(limit)
                 .with_for_update(skip_locked=True)
@@ -480,6 +488,50 @@ def failure_of(session: Session, execution_id: uuid.UUID) -> str | None:
             Execution.id == execution_id, Execution.status == ExecutionStatus.FAILED
         )
     )
+
+
+def give_up_exhausted(session: Session, stranded: Any, *, limit: int) -> int:
+    """Fail the stranded runs (`stranded`: a condition on executions) already claimed
+    MAX_RECOVERIES times more than their retries allow; returns how many.
+
+    Each claim counts in `attempt`, and only a recovery (or a worker handing a run
+    back at shutdown) claims a run past its retries, so a run that keeps killing or
+    losing its worker ends here with the reason, counted on its schedule, instead of
+    calling the agent again every minute forever. A run waiting its turn is never
+    claimed, so waiting costs it nothing.
+    """
+    exhausted = (
+        select(Execution.id)
+        .join(Automation, Automation.id == Execution.automation_id)
+        .where(stranded, Execution.attempt >= Automation.max_retries + 1 + MAX_RECOVERIES)
+        .limit(limit)
+        .with_for_update(of=Execution, skip_locked=True)
+    )
+    ended = session.execute(
+        update(Execution)
+        .where(Execution.id.in_(exhausted))
+        .values(
+            status=ExecutionStatus.FAILED,
+            finished_at=func.now(),
+            lease_expires_at=None,
+            error=RECOVERIES_EXHAUSTED,
+        )
+        .returning(Execution.id, Execution.schedule_id)
+    ).all()
+    if not ended:
+        return 0
+    session.execute(
+        update(StepRun)
+        .where(
+            StepRun.execution_id.in_([row.id for row in ended]),
+            StepRun.status == StepStatus.RUNNING,
+        )
+        .values(status=StepStatus.FAILED, error=LOST_STEP_ERROR, finished_at=func.now())
+    )
+    for row in ended:
+        if row.schedule_id is not None:
+            record_outcome(session, row.schedule_id, ExecutionStatus.FAILED)
+    return len(ended)
 
 
 def purge_history(session: Session, *, older_than_days: int, batch: int) -> int:

@@ -31,7 +31,7 @@ import httpcore
 import httpx
 
 from core.egress import Address, EgressPolicy, literal_address
-from core.outcome import StepOutcome, answer_outcome, decode_body
+from core.outcome import StepOutcome, answer_outcome, decode_body, undecodable_body
 from core.secrets import SIGNATURE_HEADER, signature_header
 
 USER_AGENT = "Stepwise/0.1"
@@ -103,11 +103,15 @@ async def _resolve(host: str, port: int) -> list[Address]:
 async def _read_capped(response: httpx.Response, limit: int) -> tuple[str, bool]:
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            break
+    try:
+        async for chunk in response.aiter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                break
+    except httpx.DecodingError as exc:  # e.g. declared gzip, and it is not
+        reason = f"not {response.headers.get('content-encoding')} as declared: {exc}"
+        return undecodable_body(b"".join(chunks), limit, reason)
     return decode_body(b"".join(chunks), limit)
 
 

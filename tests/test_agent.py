@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from core.egress import parse_allowlist
+from core.limits import MAX_OUTPUT_DEPTH
 from core.outcome import (
     answer_outcome,
     decode_body,
     is_retryable_status,
     parse_output,
     parse_retry_after,
+    storable_json,
+    undecodable_body,
 )
 from stepwise.demo_agent import Reply
 from tasks.agent import call_agent, make_client
@@ -47,10 +51,101 @@ def test_retry_after_in_seconds_and_as_a_date() -> None:
     assert parse_retry_after("-5", now=now) == 0.0
 
 
+def test_a_retry_after_python_cannot_count_with_is_read_or_ignored() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    # "-0000" makes a naive datetime: it is UTC, not an exception
+    assert parse_retry_after("Thu, 01 Jan 2026 12:00:30 -0000", now=now) == 30.0
+    # float() reads these; NaN is no delay at all, infinity is the cap
+    assert parse_retry_after("nan", now=now) is None
+    assert parse_retry_after("NaN", now=now) is None
+    assert parse_retry_after("inf", now=now) == 3600.0
+    assert parse_retry_after("-inf", now=now) == 0.0
+    assert parse_retry_after("1e999", now=now) == 3600.0
+
+
 def test_outputs_are_json_when_they_can_be() -> None:
     assert parse_output('{"a": 1}', truncated=False) == {"a": 1}
     assert parse_output("plain", truncated=False) == "plain"
     assert parse_output('{"a": 1', truncated=True) == '{"a": 1'
+
+
+NESTED = MAX_OUTPUT_DEPTH + 1
+
+
+def _nested(depth: int) -> list[Any]:
+    """`[[[...]]]`, `depth` lists deep."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+# Bodies as `decode_body` hands them on (NUL bytes already replaced, bad UTF-8 too).
+@pytest.mark.parametrize(
+    ("body", "output"),
+    [
+        pytest.param("[" * 5000, "[" * 5000, id="5000 nested arrays"),
+        pytest.param("[" * 5000 + "]" * 5000, "[" * 5000 + "]" * 5000, id="closed"),
+        pytest.param('{"a":' * 5000, '{"a":' * 5000, id="5000 nested objects"),
+        pytest.param("[" * NESTED + "]" * NESTED, "[" * NESTED + "]" * NESTED, id="too deep"),
+        pytest.param(
+            "[" * (NESTED - 1) + "]" * (NESTED - 1), _nested(NESTED - 1), id="deep enough"
+        ),
+        pytest.param('{"o": "a\\u0000b"}', '{"o": "a\\u0000b"}', id="NUL in a string"),
+        pytest.param('{"a\\u0000": 1}', '{"a\\u0000": 1}', id="NUL in a key"),
+        pytest.param('[{"b": ["\\u0000"]}]', '[{"b": ["\\u0000"]}]', id="NUL nested"),
+        pytest.param('{"o": "\\ud800"}', '{"o": "\\ud800"}', id="lone high surrogate"),
+        pytest.param('{"\\udc00": 1}', '{"\\udc00": 1}', id="lone low surrogate"),
+        pytest.param('"\\ud83d\\ude00"', "\U0001f600", id="a surrogate pair"),
+        pytest.param('{"n": 1e999999}', '{"n": 1e999999}', id="huge exponent"),
+        pytest.param('{"n": -1e999999}', '{"n": -1e999999}', id="huge negative exponent"),
+        pytest.param('{"n": 1e-999999}', {"n": 0.0}, id="tiny exponent"),
+        pytest.param("1" * 100_000, "1" * 100_000, id="100,000-digit integer"),
+        pytest.param("9" * 4300, int("9" * 4300), id="4,300-digit integer"),
+        pytest.param('{"n": NaN}', '{"n": NaN}', id="NaN"),
+        pytest.param("[Infinity, -Infinity]", "[Infinity, -Infinity]", id="Infinity"),
+        pytest.param("[1, 2]", [1, 2], id="a JSON array"),
+        pytest.param('"text"', "text", id="a JSON string"),
+        pytest.param("42", 42, id="a JSON number"),
+        pytest.param("null", None, id="JSON null"),
+        pytest.param("", "", id="empty"),
+        pytest.param('\ufeff{"o": 1}', {"o": 1}, id="a BOM"),
+        pytest.param('{"o": "caf\ufffd("}', {"o": "caf\ufffd("}, id="replaced UTF-8"),
+        pytest.param('{"o": "half', '{"o": "half', id="truncated JSON"),
+        pytest.param("\ufffd\x01 binary", "\ufffd\x01 binary", id="binary"),
+    ],
+)
+def test_any_body_parses_to_an_output_jsonb_can_store(body: str, output: Any) -> None:
+    # when the body is parsed, it never raises
+    parsed = parse_output(body, truncated=False)
+    # then the output is the JSON when jsonb can hold it, else the text
+    assert parsed == output
+    assert storable_json(parsed)
+    # and it is JSON the next step's request can carry
+    assert json.loads(json.dumps(parsed, allow_nan=False).encode()) == parsed
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a\x00b",
+        {"a\x00": 1},
+        ["\ud800"],
+        {"k": [{"deep": float("nan")}]},
+        float("inf"),
+        -float("inf"),
+        _nested(NESTED),
+    ],
+)
+def test_what_jsonb_cannot_store(value: Any) -> None:
+    assert not storable_json(value)
+
+
+def test_an_undecodable_body_is_kept_as_text_with_the_reason() -> None:
+    text, incomplete = undecodable_body(b'{"o": 1}', 1024, "not gzip as declared: bad\x00")
+    assert text == '{"o": 1}\n[unreadable body: not gzip as declared: bad\ufffd]'
+    assert incomplete is True
+    assert parse_output(text, truncated=incomplete) == text
 
 
 def _answer(status: int, reason: str, body: str, **kw: Any) -> Any:

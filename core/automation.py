@@ -11,13 +11,16 @@ from core.errors import FieldError, ValidationFailed
 from core.limits import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_STEP_TIMEOUT_S,
+    MAX_CONCURRENCY,
     MAX_MESSAGE,
     MAX_NAME,
+    MAX_RATE_PER_S,
     MAX_RETRIES,
     MAX_STEP_TIMEOUT_S,
     MAX_STEPS,
     MAX_TEXT,
     MAX_URL,
+    MIN_RATE_PER_S,
     MIN_STEP_TIMEOUT_S,
 )
 
@@ -39,6 +42,9 @@ class AutomationInput:
     max_retries: int = DEFAULT_MAX_RETRIES
     owner_id: str = "local"
     headers_ref: str | None = None
+    # Flow control, over every worker: calls at the agent at once, and calls per second.
+    concurrency_limit: int | None = None
+    rate_limit_per_s: float | None = None
 
 
 # Query parameter names whose values are credentials in practice (api_key, token, sig...).
@@ -142,5 +148,20 @@ def validate_automation(data: AutomationInput, *, egress: EgressPolicy) -> None:
         )
     if not 0 <= data.max_retries <= MAX_RETRIES:
         errors.append(FieldError("max_retries", f"must be between 0 and {MAX_RETRIES}"))
+    if data.concurrency_limit is not None and not 1 <= data.concurrency_limit <= MAX_CONCURRENCY:
+        errors.append(
+            FieldError(
+                "concurrency_limit", f"must be between 1 and {MAX_CONCURRENCY}, or empty (no limit)"
+            )
+        )
+    rate = data.rate_limit_per_s
+    if rate is not None and not (MIN_RATE_PER_S <= rate <= MAX_RATE_PER_S):  # NaN fails too
+        errors.append(
+            FieldError(
+                "rate_limit_per_s",
+                f"must be between {MIN_RATE_PER_S} and {MAX_RATE_PER_S} calls per second, "
+                "or empty (no limit)",
+            )
+        )
     if errors:
         raise ValidationFailed(errors)

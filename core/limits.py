@@ -18,6 +18,9 @@ MAX_STEP_TIMEOUT_S = 3600
 DEFAULT_STEP_TIMEOUT_S = 30
 MAX_RETRIES = 20
 DEFAULT_MAX_RETRIES = 3
+MAX_CONCURRENCY = 1000  # an automation's agent calls in flight at once, all workers together
+MIN_RATE_PER_S = 0.01  # an automation's agent calls per second: one every 100 s at least
+MAX_RATE_PER_S = 1000
 MAX_OWNER = 200
 MAX_HEADERS_REF = 200
 

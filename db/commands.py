@@ -65,6 +65,8 @@ def _automation_values(data: AutomationInput) -> dict[str, Any]:
         "max_retries": data.max_retries,
         "owner_id": data.owner_id,
         "headers_ref": data.headers_ref,
+        "concurrency_limit": data.concurrency_limit,
+        "rate_limit_per_s": data.rate_limit_per_s,
     }
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Double,
     ForeignKey,
     Index,
     Integer,
@@ -35,11 +36,13 @@ from core.limits import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_STEP_TIMEOUT_S,
     MAX_CATCHUP_WINDOW_S,
+    MAX_CONCURRENCY,
     MAX_CRON,
     MAX_HEADERS_REF,
     MAX_JITTER_S,
     MAX_NAME,
     MAX_OWNER,
+    MAX_RATE_PER_S,
     MAX_REASON,
     MAX_RETRIES,
     MAX_STEP_TIMEOUT_S,
@@ -48,6 +51,7 @@ from core.limits import (
     MAX_URL,
     MAX_WORD,
     MIN_INTERVAL_S,
+    MIN_RATE_PER_S,
     MIN_STEP_TIMEOUT_S,
 )
 from core.vocabulary import (
@@ -76,7 +80,7 @@ def _in(column: str, values: Iterable[str]) -> str:
     return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
 
 
-def _between(column: str, low: int, high: int) -> str:
+def _between(column: str, low: float, high: float) -> str:
     return f"{column} BETWEEN {low} AND {high}"
 
 
@@ -110,6 +114,9 @@ class Automation(Base):
     signing_secret: Mapped[str | None] = mapped_column(Text)
     step_timeout_s: Mapped[int] = mapped_column(Integer, default=DEFAULT_STEP_TIMEOUT_S)
     max_retries: Mapped[int] = mapped_column(Integer, default=DEFAULT_MAX_RETRIES)
+    # Flow control over every worker (tasks/flow.py); NULL is no limit.
+    concurrency_limit: Mapped[int | None] = mapped_column(Integer)
+    rate_limit_per_s: Mapped[float | None] = mapped_column(Double)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
     archived_at: Mapped[datetime | None]
@@ -120,6 +127,12 @@ class Automation(Base):
             _between("step_timeout_s", MIN_STEP_TIMEOUT_S, MAX_STEP_TIMEOUT_S), name="step_timeout"
         ),
         CheckConstraint(_between("max_retries", 0, MAX_RETRIES), name="max_retries"),
+        CheckConstraint(
+            _between("concurrency_limit", 1, MAX_CONCURRENCY), name="concurrency_limit"
+        ),
+        CheckConstraint(
+            _between("rate_limit_per_s", MIN_RATE_PER_S, MAX_RATE_PER_S), name="rate_limit"
+        ),
     )
 
 

@@ -321,6 +321,8 @@ class AutomationRow:
     steps: list[dict[str, str]]
     step_timeout_s: int
     max_retries: int
+    concurrency_limit: int | None
+    rate_limit_per_s: float | None
     created_at: datetime
     updated_at: datetime
     schedules: int
@@ -343,6 +345,8 @@ def list_automations(session: Session) -> list[AutomationRow]:
             Automation.steps,
             Automation.step_timeout_s,
             Automation.max_retries,
+            Automation.concurrency_limit,
+            Automation.rate_limit_per_s,
             Automation.created_at,
             Automation.updated_at,
             func.coalesce(counts.c.schedules, 0).label("schedules"),

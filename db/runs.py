@@ -78,6 +78,12 @@ class Claim:
     first_step: int  # 1-based: the first step not yet succeeded
     previous_output: Any
     overlap_policy: OverlapPolicy | None = None  # None for a run outside any schedule
+    concurrency_limit: int | None = None  # flow control (tasks/flow.py); None: no limit
+    rate_limit_per_s: float | None = None
+
+    @property
+    def flow_controlled(self) -> bool:
+        return self.concurrency_limit is not None or self.rate_limit_per_s is not None
 
     @property
     def total_steps(self) -> int:
@@ -274,6 +280,8 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
         first_step=first_step,
         previous_output=previous_output,
         overlap_policy=policy,
+        concurrency_limit=automation.concurrency_limit,
+        rate_limit_per_s=automation.rate_limit_per_s,
     )
 
 
@@ -361,6 +369,28 @@ def release_for_retry(session: Session, claim: Claim, error: str, delay_s: float
                     status=ExecutionStatus.QUEUED,
                     lease_expires_at=None,
                     error=error,
+                    available_at=func.now() + timedelta(seconds=delay_s),
+                )
+            )
+        )
+    )
+
+
+def defer(session: Session, claim: Claim, delay_s: float) -> bool:
+    """Hand a run whose next step must wait (flow control) back to the queue.
+
+    Nothing of it started in this claim, so the claim is undone: the attempt goes
+    back, no retry is spent and no recovery counted. False if it is no longer ours.
+    """
+    return bool(
+        rowcount(
+            session.execute(
+                update(Execution)
+                .where(_fence(claim))
+                .values(
+                    status=ExecutionStatus.QUEUED,
+                    attempt=Execution.attempt - 1,
+                    lease_expires_at=None,
                     available_at=func.now() + timedelta(seconds=delay_s),
                 )
             )

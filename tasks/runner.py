@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import threading
 import time
 import uuid
@@ -62,6 +63,7 @@ from db.runs import RunMessage
 from db.session import session_scope
 from tasks.agent import call_agent, make_client
 from tasks.engine import Send, recover_stranded
+from tasks.flow import BUSY, FlowControl
 from tasks.signals import shutting_down
 
 log = logging.getLogger("stepwise")
@@ -71,6 +73,10 @@ RECORD_RETRY_S = 0.5
 # Dramatiq 30 s to stop its threads).
 DRAIN_S = 25.0
 RUN_QUEUE = "default"  # tasks.broker.RUN_QUEUE (the broker module imports this one)
+# A run whose first call would wait longer than this for its automation's flow
+# control goes back to the queue (no thread, no runner slot, no retry spent).
+FLOW_WAIT_S = 2.0
+BUSY_POLL_MS = 100  # how often a call waiting on a full concurrency limit asks again
 # One line per agent call drowns the worker log; failures are stored on their step.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -133,6 +139,7 @@ class Runner:
         self.client = make_client(
             settings.egress_policy(), max_connections=settings.worker_in_flight
         )
+        self.flow = FlowControl(settings.redis_url)
         self.thread = threading.Thread(target=self._main, name="stepwise-runner", daemon=True)
         self.thread.start()
 
@@ -168,6 +175,7 @@ class Runner:
                 if flight.task is not None:
                     flight.task.cancel()
             await self.client.aclose()
+            await self.flow.close()
 
         asyncio.run_coroutine_threadsafe(shut(), self.loop).result(timeout=10)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -280,8 +288,15 @@ class Runner:
     ) -> Answer | None:
         """Store the previous answer, start this step, call the agent; None if we lost the run."""
         claim = flight.claim
-        payload = agent_payload(claim, step_number, previous_output)
         key = f"{claim.execution_id}:{step_number}"
+        holder = f"{key}:{claim.attempt}"
+        if claim.flow_controlled:
+            # Only a run that started nothing in this claim can be handed back whole.
+            first = step_number == claim.first_step and answered is None
+            if not await self._permit(flight, holder, answered, can_defer=first):
+                return None  # handed back to the queue until a permit is likely
+            answered = None  # stored while waiting (or there was none)
+        payload = agent_payload(claim, step_number, previous_output)
         request = stored_request(claim.agent_url, {"Idempotency-Key": key}, payload)
         step_run_id = await self._write(
             answered,
@@ -290,6 +305,8 @@ class Runner:
             ),
         )
         if step_run_id is None:
+            if claim.concurrency_limit is not None:
+                await self.flow.release(claim.automation_id, holder)
             return None
         sealed = claim.signing_secret
         flight.calling = True
@@ -305,7 +322,45 @@ class Runner:
             )
         finally:
             flight.calling = False
+            if claim.concurrency_limit is not None:
+                await asyncio.shield(self.flow.release(claim.automation_id, holder))
         return Answer(step_run_id, outcome)
+
+    async def _permit(
+        self, flight: Flight, holder: str, answered: Answer | None, *, can_defer: bool
+    ) -> bool:
+        """Wait for the automation's flow control to admit one more call; False if the
+        run was handed back to the queue instead (it would wait long)."""
+        claim = flight.claim
+        waited_s = 0.0
+        while True:
+            wait_ms = await self.flow.acquire(
+                claim.automation_id,
+                holder,
+                concurrency=claim.concurrency_limit,
+                rate_per_s=claim.rate_limit_per_s,
+                hold_s=claim.step_timeout_s + self.lease_s,
+            )
+            if wait_ms == 0:
+                return True
+            if answered is not None:  # keep the answer safe while this run waits
+                await self._write(answered, lambda session: None)
+                answered = None
+            pause_s = (BUSY_POLL_MS if wait_ms == BUSY else wait_ms) / 1000
+            if can_defer and (waited_s >= FLOW_WAIT_S or pause_s >= FLOW_WAIT_S):
+                delay_s = max(pause_s, FLOW_WAIT_S) * (1 + random.random())
+                if await self._write(None, partial(runs.defer, claim=claim, delay_s=delay_s)):
+                    message = RunMessage(
+                        claim.execution_id,
+                        flight.max_retries,
+                        retries=flight.retries,
+                        delay_ms=int(delay_s * 1000),
+                    )
+                    await self._send(message)
+                return False
+            pause_s *= 0.5 + random.random()  # spread the waiters out
+            await asyncio.sleep(pause_s)
+            waited_s += pause_s
 
     async def _fail(self, flight: Flight, answer: Answer, step_number: int) -> None:
         claim = flight.claim

@@ -30,7 +30,7 @@ os.environ.update(
         # Fast retries keep the suite quick; the spacing is still exponential.
         "STEPWISE_MIN_BACKOFF_MS": "200",
         "STEPWISE_MAX_BACKOFF_MS": "2000",
-        "STEPWISE_LEASE_S": "6",
+        "STEPWISE_LEASE_S": "10",
         "STEPWISE_REQUEUE_AFTER_S": "5",
         "STEPWISE_DEMO": "false",
         # Every test agent listens on loopback; tests/test_egress.py checks the guard itself.

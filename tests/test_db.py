@@ -13,11 +13,14 @@ from sqlalchemy.exc import IntegrityError
 
 from core.errors import ValidationFailed
 from core.limits import (
+    MAX_CONCURRENCY,
     MAX_JITTER_S,
+    MAX_RATE_PER_S,
     MAX_RETRIES,
     MAX_STEP_TIMEOUT_S,
     MAX_STEPS,
     MIN_INTERVAL_S,
+    MIN_RATE_PER_S,
 )
 from core.schedule import ScheduleInput
 from core.timing import ScheduleSpec, spec_of
@@ -125,6 +128,10 @@ def test_the_database_refuses_what_the_limits_refuse(db: None) -> None:
         update(Automation).values(max_retries=MAX_RETRIES + 1),
         update(Automation).values(step_timeout_s=MAX_STEP_TIMEOUT_S + 1),
         update(Automation).values(steps=[{"name": "s", "message": "m"}] * (MAX_STEPS + 1)),
+        update(Automation).values(concurrency_limit=0),
+        update(Automation).values(concurrency_limit=MAX_CONCURRENCY + 1),
+        update(Automation).values(rate_limit_per_s=MIN_RATE_PER_S / 2),
+        update(Automation).values(rate_limit_per_s=MAX_RATE_PER_S * 2),
     ]
     for statement in too_far:
         # then PostgreSQL's CHECK refuses each one

@@ -87,7 +87,7 @@ def test_a_trickling_agent_is_cut_off_at_the_step_deadline(worker: Any, agent: A
     [step] = step_runs(execution_id)
     assert "timed out after 2 s" in (step.error or "")
     # and the agent was called once: no second call was started while the first was alive
-    time.sleep(8)  # longer than a lease in the tests (STEPWISE_LEASE_S=6)
+    time.sleep(12)  # longer than a lease in the tests (STEPWISE_LEASE_S=10)
     assert len(agent.calls_for(str(execution_id))) == 1
 
 
@@ -144,3 +144,79 @@ def test_a_killed_worker_holding_300_runs_loses_none_and_repeats_none(
     # and the last run restarted (its step 2 first reached the agent) within 60 s
     restarted = [first_calls[f"{r}:2"] - killed_at for r in runs]
     assert max(restarted) < 60, max(restarted)
+
+
+class Meter:
+    """An agent responder that answers after `delay_s` and records calls in flight."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.lock = threading.Lock()
+        self.now = 0
+        self.most = 0
+        self.arrivals: list[float] = []
+
+    def __call__(self, call: Call) -> Reply:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.arrivals.append(time.monotonic())
+        time.sleep(self.delay_s)
+        with self.lock:
+            self.now -= 1
+        return Reply(200, {"output": "ok"})
+
+
+def _all_succeed(runs: list[Any], timeout: float) -> None:
+    wait_for(
+        lambda: all(execution(r).status == "succeeded" for r in runs),
+        timeout=timeout,
+        interval=0.5,
+        message="every run to succeed",
+        details=lambda: str(Counter(execution(r).status for r in runs)),
+    )
+
+
+@pytest.mark.timeout(180)
+def test_a_concurrency_limit_holds_under_a_burst_and_spends_no_retry(
+    db: None, redis_client: Any, agent: Any
+) -> None:
+    # given an automation allowing 5 calls at once, and a burst of 200 runs
+    meter = Meter(delay_s=0.2)
+    agent.responder = meter
+    automation_id = make_automation(
+        agent_url=agent.url, steps=1, max_retries=0, concurrency_limit=5
+    )
+    runs = [make_execution(automation_id) for _ in range(200)]
+    with worker_in_process(threads=4):
+        for execution_id in runs:
+            send_run(RunMessage(execution_id, 0))
+        _all_succeed(runs, timeout=150)
+    # then the agent never had more than 5 of them at once, and did have 5
+    assert meter.most == 5
+    # and waiting spent no retry and called nothing twice: one attempt, one call each
+    assert len(meter.arrivals) == 200
+    assert {execution(r).attempt for r in runs} == {1}
+
+
+@pytest.mark.timeout(120)
+def test_a_rate_limit_spaces_the_calls_at_the_agent(
+    db: None, redis_client: Any, agent: Any
+) -> None:
+    # given an automation allowed 5 calls per second, and 25 runs due at once
+    meter = Meter(delay_s=0)
+    agent.responder = meter
+    automation_id = make_automation(agent_url=agent.url, steps=1, max_retries=0, rate_limit_per_s=5)
+    runs = [make_execution(automation_id) for _ in range(25)]
+    with worker_in_process(threads=4):
+        for execution_id in runs:
+            send_run(RunMessage(execution_id, 0))
+        _all_succeed(runs, timeout=90)
+    # then no second at the agent saw more than 5 arrivals (50 ms for the network)
+    arrivals = sorted(meter.arrivals)
+    assert len(arrivals) == 25
+    for n, at in enumerate(arrivals):
+        within = [a for a in arrivals[n:] if a - at < 0.95]
+        assert len(within) <= 5, f"{len(within)} calls within a second from call {n}"
+    # and so the 25 calls took at least 4 s
+    assert arrivals[-1] - arrivals[0] >= 3.9

@@ -46,6 +46,11 @@ T0 = datetime(2030, 1, 1, tzinfo=UTC)
 # --- 10. bad input -----------------------------------------------------------------
 
 BAD_AUTOMATIONS: list[tuple[dict[str, Any], str, str]] = [
+    ({"concurrency_limit": 0}, "concurrency_limit", "between 1 and 1000, or empty"),
+    ({"concurrency_limit": 1001}, "concurrency_limit", "between 1 and 1000, or empty"),
+    ({"rate_limit_per_s": 0}, "rate_limit_per_s", "between 0.01 and 1000 calls per second"),
+    ({"rate_limit_per_s": float("nan")}, "rate_limit_per_s", "between 0.01 and 1000"),
+    ({"rate_limit_per_s": 1e9}, "rate_limit_per_s", "between 0.01 and 1000"),
     ({"steps": 0}, "steps", "add at least one step"),
     ({"steps": 51}, "steps", "at most 50 steps (got 51)"),
     ({"steps": (Step("a", "  "),)}, "steps", "step 1 has no message"),

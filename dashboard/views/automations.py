@@ -11,6 +11,7 @@ import streamlit as st
 
 from core.automation import AutomationInput, Step, redact_url
 from core.errors import StepwiseError, ValidationFailed
+from core.limits import MAX_CONCURRENCY, MAX_RATE_PER_S, MIN_RATE_PER_S
 from core.vocabulary import OPEN_STATUSES
 from dashboard import forms, ui
 from db import commands, queries
@@ -79,6 +80,8 @@ def defaults(row: queries.AutomationRow | None) -> dict[str, Any]:
             "steps": [{"name": "Step 1", "message": ""}],
             "timeout": 30,
             "retries": 3,
+            "concurrency": None,
+            "rate": None,
         }
     return {
         "name": row.name,
@@ -88,6 +91,8 @@ def defaults(row: queries.AutomationRow | None) -> dict[str, Any]:
         "steps": row.steps,
         "timeout": row.step_timeout_s,
         "retries": row.max_retries,
+        "concurrency": row.concurrency_limit,
+        "rate": row.rate_limit_per_s,
     }
 
 
@@ -120,6 +125,30 @@ with right:
         ui.field_error(errors, "step_timeout_s")
     with b:
         ui.field_error(errors, "max_retries")
+    c, d = st.columns(2)
+    c.number_input(
+        "At most at once",
+        min_value=1,
+        max_value=MAX_CONCURRENCY,
+        value=base["concurrency"],
+        key=k + "concurrency",
+        placeholder="no limit",
+        help="Agent calls of this automation in flight at the same time, all workers together.",
+    )
+    d.number_input(
+        "At most per second",
+        min_value=MIN_RATE_PER_S,
+        max_value=float(MAX_RATE_PER_S),
+        value=base["rate"],
+        key=k + "rate",
+        placeholder="no limit",
+        format="%g",
+        help="Agent calls of this automation started per second (0.5: one every 2 s).",
+    )
+    with c:
+        ui.field_error(errors, "concurrency_limit")
+    with d:
+        ui.field_error(errors, "rate_limit_per_s")
 
 st.markdown("**Steps**, sent to the agent in order")
 as_text = st.toggle(
@@ -163,6 +192,8 @@ def form_input() -> AutomationInput:
         project_context=s[k + "project_context"],
         step_timeout_s=int(s[k + "timeout"]),
         max_retries=int(s[k + "retries"]),
+        concurrency_limit=None if s[k + "concurrency"] is None else int(s[k + "concurrency"]),
+        rate_limit_per_s=None if s[k + "rate"] is None else float(s[k + "rate"]),
     )
 
 

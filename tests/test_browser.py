@@ -26,7 +26,7 @@ from sqlalchemy import insert
 from db import queries
 from db.models import StepRun
 from db.session import session_scope
-from testkit.factories import add_runs, make_automation
+from testkit.factories import ADMIN, add_runs, make_automation
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "tests" / "screenshots"
@@ -197,7 +197,7 @@ def test_dashboard_in_a_real_browser(dashboard_url: str, browser_page: Any) -> N
 
     # then it is listed with its next run
     with session_scope() as session:
-        [row] = queries.list_schedules(session)
+        [row] = queries.list_schedules(session, actor=ADMIN)
     assert row.next_run_at is not None and row.timezone == "America/New_York"
     grid = page.locator('[data-testid="stDataFrame"]').first
     grid.wait_for()

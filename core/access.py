@@ -41,7 +41,8 @@ def can(role: Role | str, permission: Permission) -> bool:
 def require(role: Role | str, permission: Permission) -> None:
     """Raise Forbidden unless `role` allows `permission`."""
     if not can(role, permission):
-        raise Forbidden(f"a {role} may not {_WORDS[permission]} in this workspace")
+        article = "an" if str(role)[:1] in "aeiou" else "a"
+        raise Forbidden(f"{article} {role} may not {_WORDS[permission]} in this workspace")
 
 
 _WORDS = {

@@ -440,3 +440,54 @@ def test_workers_act_for_the_runs_workspace(theirs: Team) -> None:
         assert dispatched.workspace_id == theirs.admin.workspace_id
         claim = claim_execution(session, theirs.queued, margin_s=5)
         assert not isinstance(claim, str) and claim.workspace_id == theirs.admin.workspace_id
+
+
+# --- queue actions ----------------------------------------------------------------------------
+
+
+def test_queue_actions_are_admin_only_scoped_and_audited(
+    ours: Team, theirs: Team, redis_client: Any
+) -> None:
+    from tasks import actions
+    from tasks.actors import dispatch, run_execution
+
+    def bury(message_id: str, message: Any) -> None:
+        redis_client.zadd("dramatiq:default.XQ", {message_id: 1_700_000_000_000})
+        redis_client.hset("dramatiq:default.XQ.msgs", message_id, message.encode())
+
+    # given dead letters of our failed run, of theirs, and of the scheduler's own tick
+    bury("ours", run_execution.message(str(ours.failed)))
+    bury("theirs", run_execution.message(str(theirs.failed)))
+    bury("tick", dispatch.message())
+    # then each admin sees their own run's and the tick, never the other's
+    seen = {m.message_id for m in actions.dead_letters("default", actor=ADMIN)}
+    assert seen == {"ours", "tick"}
+    assert {m.message_id for m in actions.dead_letters("default", actor=theirs.admin)} == {
+        "theirs",
+        "tick",
+    }
+    # and a viewer or an editor may look but not act
+    for role in (Role.VIEWER, Role.EDITOR):
+        member = person(f"{role}@example.com", role)
+        with pytest.raises(Forbidden, match="may not retry or purge"):
+            actions.retry_dead_letter("default", "ours", actor=member)
+        with pytest.raises(Forbidden, match="may not retry or purge"):
+            actions.purge_dead_letters("default", actor=member)
+    # when our admin tries their letter, by its id: nothing happens
+    assert not actions.retry_dead_letter("default", "theirs", actor=ADMIN)
+    # when our admin retries ours: our run is re-opened and sent
+    assert actions.retry_dead_letter("default", "ours", actor=ADMIN)
+    assert _read(commands.get_execution, ours.failed, actor=ADMIN).status == "queued"
+    # when our admin purges: the tick goes, their letter stays
+    assert actions.purge_dead_letters("default", actor=ADMIN) == 1
+    assert redis_client.zrange("dramatiq:default.XQ", 0, -1) == [b"theirs"]
+    # then both actions are in our audit, with the actor, and nothing in theirs
+    rows = _read(list_audit, AuditFilters(), actor=ADMIN)
+    audited = [(r.action, r.actor, r.target_type, r.details.get("queue")) for r in rows[:2]]
+    assert audited == [
+        (AuditAction.PURGE_DEAD_LETTERS, "test", "queue", "default"),
+        (AuditAction.RETRY_DEAD_LETTER, "test", "execution", "default"),
+    ]
+    assert rows[1].target_id == ours.failed
+    their_rows = _read(list_audit, AuditFilters(), actor=theirs.admin)
+    assert not [r for r in their_rows if "dead_letter" in r.action]

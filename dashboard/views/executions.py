@@ -123,7 +123,7 @@ def history() -> None:
 def detail_view(execution_id: uuid.UUID) -> None:
     detail = ui.read(queries.execution_detail, execution_id)
     if detail is None:
-        st.warning("This execution no longer exists (deleted by retention?).")
+        st.warning("Execution not found in this workspace (or deleted by retention).")
         return
     run = detail.execution
     with st.container(border=True):

@@ -535,3 +535,28 @@ def test_an_open_run_stays_open_when_its_status_changes() -> None:
     assert not at.exception, at.exception
     assert at.session_state["ex_open"] == str(running)
     assert "succeeded" in texts(at)
+
+
+def test_the_workspace_page_adds_members_and_secrets_audited() -> None:
+    # given the local admin on the Workspace page
+    at = page("workspace")
+    assert "local admin" in at.dataframe[0].value.to_string()
+    # when they add Bob as an editor and save a secret
+    at.text_input(key="ws_member").input("Bob@Example.com").run()
+    at.selectbox(key="ws_role").set_value("editor").run()
+    at.button(key="ws_set_member").click().run()
+    at.text_input(key="ws_secret_name").input("AGENT_TOKEN").run()
+    at.text_input(key="ws_secret_value").input("s3cret-value").run()
+    at.button(key="ws_secret_save").click().run()
+    assert not at.exception, at.exception
+    # then both show (the secret by name only) and both are audited by the local admin
+    members = at.dataframe[0].value.to_string()
+    assert "bob@example.com" in members and "editor" in members
+    assert "AGENT_TOKEN" in at.dataframe[1].value.to_string()
+    assert "s3cret-value" not in repr(at)
+    with session_scope() as session:
+        rows = list_audit(session, AuditFilters(), actor=person("local admin"))
+    assert [(r.action, r.actor) for r in rows[:2]] == [
+        ("set_secret", "local admin"),
+        ("add_member", "local admin"),
+    ]

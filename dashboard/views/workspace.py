@@ -17,13 +17,16 @@ from db import secrets, workspaces
 st.title("Workspace")
 if flash := st.session_state.pop("flash", None):
     st.success(flash)
+# A secret's value does not stay in the session once saved (nor a typed address).
+for key in st.session_state.pop("ws_clear", ()):
+    st.session_state[key] = ""
 me = ui.actor()
 admin = ui.can(Permission.MANAGE_MEMBERS)
 here = next((p for p in ui.places() if p.workspace_id == me.workspace_id), None)
 st.caption(f"{ui.text(here.name if here else '')} · you are {me.role} here.")
 
 
-def act(fn: object, *args: object, done: str) -> None:
+def act(fn: object, *args: object, done: str, clear: tuple[str, ...] = ()) -> None:
     """One admin change, its error shown, or its confirmation on the next run."""
     try:
         ui.write(fn, *args, actor=me)  # type: ignore[arg-type]
@@ -31,6 +34,7 @@ def act(fn: object, *args: object, done: str) -> None:
         st.error(ui.text(exc))
         return
     st.session_state["flash"] = done
+    st.session_state["ws_clear"] = clear
     st.rerun()
 
 
@@ -46,7 +50,13 @@ if admin:
     email = a.text_input("E-mail", key="ws_member", placeholder="person@example.com")
     role = b.selectbox("Role", list(Role), key="ws_role")
     if c.button("Add or change", key="ws_set_member", width="stretch"):
-        act(workspaces.set_member, email, role, done=f"{ui.text(email)} is now {role}.")
+        act(
+            workspaces.set_member,
+            email,
+            role,
+            done=f"{ui.text(email)} is now {role}.",
+            clear=("ws_member",),
+        )
     others = [m.subject for m in members]
     d, e = st.columns([4, 1])
     leaving = d.selectbox("Member to remove", others, key="ws_leaving")
@@ -69,7 +79,13 @@ if ui.can(Permission.MANAGE_SECRETS):
     name = a.text_input("Name", key="ws_secret_name", placeholder="AGENT_TOKEN")
     value = b.text_input("Value", key="ws_secret_value", type="password")
     if c.button("Save secret", key="ws_secret_save", width="stretch"):
-        act(secrets.set_secret, name, value, done=f"Secret {ui.text(name)} saved.")
+        act(
+            secrets.set_secret,
+            name,
+            value,
+            done=f"Secret {ui.text(name)} saved.",
+            clear=("ws_secret_name", "ws_secret_value"),
+        )
     if names:
         d, e = st.columns([5, 1])
         gone = d.selectbox("Secret to delete", [s.name for s in names], key="ws_secret_gone")

@@ -44,6 +44,7 @@ from bench.common import (
 )
 from testkit.processes import READY, processes
 
+DEFAULT_WS = "00000000-0000-0000-0000-000000000001"  # core.access.DEFAULT_WORKSPACE_ID
 STEPS = json.dumps([{"name": f"step {n}", "message": f"do part {n}"} for n in (1, 2, 3)])
 
 
@@ -55,24 +56,33 @@ def create_schedules(n: int, agent_url: str, due: datetime) -> None:
         session.execute(
             text(
                 """
-                INSERT INTO automations (id, owner_id, name, description, steps,
-                    project_context, agent_url, step_timeout_s, max_retries)
-                SELECT gen_random_uuid(), 'bench', 'burst ' || g, '', CAST(:steps AS jsonb),
-                    'benchmark', :url, 30, 3
-                FROM generate_series(1, :n) AS g
+                INSERT INTO workspaces (id, name) VALUES (CAST(:ws AS uuid), 'Default')
+                ON CONFLICT DO NOTHING
                 """
             ),
-            {"steps": STEPS, "url": agent_url, "n": n},
+            {"ws": DEFAULT_WS},
         )
         session.execute(
             text(
                 """
-                INSERT INTO schedules (id, automation_id, kind, run_at, timezone, enabled,
-                    misfire_policy, catchup_window_s, overlap_policy, jitter_s, next_run_at,
-                    dispatched_count, run_count, success_count, failure_count, missed_count,
-                    skipped_count)
-                SELECT gen_random_uuid(), id, 'once', :due, 'UTC', true, 'run_once', 3600,
-                    'skip', 0, :due, 0, 0, 0, 0, 0, 0
+                INSERT INTO automations (id, workspace_id, owner_id, name, description, steps,
+                    project_context, agent_url, step_timeout_s, max_retries)
+                SELECT gen_random_uuid(), CAST(:ws AS uuid), 'bench', 'burst ' || g, '',
+                    CAST(:steps AS jsonb), 'benchmark', :url, 30, 3
+                FROM generate_series(1, :n) AS g
+                """
+            ),
+            {"steps": STEPS, "url": agent_url, "n": n, "ws": DEFAULT_WS},
+        )
+        session.execute(
+            text(
+                """
+                INSERT INTO schedules (id, automation_id, workspace_id, kind, run_at, timezone,
+                    enabled, misfire_policy, catchup_window_s, overlap_policy, jitter_s,
+                    next_run_at, dispatched_count, run_count, success_count, failure_count,
+                    missed_count, skipped_count)
+                SELECT gen_random_uuid(), id, workspace_id, 'once', :due, 'UTC', true, 'run_once',
+                    3600, 'skip', 0, :due, 0, 0, 0, 0, 0, 0
                 FROM automations
                 """
             ),

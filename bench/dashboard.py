@@ -29,8 +29,11 @@ from bench.common import (
     start_servers,
 )
 from bench.dataset import generate
+from core.access import DEFAULT_WORKSPACE_ID, Actor
 
 PAGE_SIZE = 50
+# The dataset's member (bench/dataset.py): every query reads as it, scoped and checked.
+BENCH = Actor("bench", DEFAULT_WORKSPACE_ID)
 
 
 def page_calls(session: Any) -> list[tuple[str, str, Callable[[], Any]]]:
@@ -55,80 +58,100 @@ def page_calls(session: Any) -> list[tuple[str, str, Callable[[], Any]]]:
     by_automation = F(automation_id=automation_id)
     last_page = (500 - 1) * PAGE_SIZE
     return [
-        ("overview", "kpis", lambda: figures.kpis(session)),
+        ("overview", "kpis", lambda: figures.kpis(session, actor=BENCH)),
         (
             "overview",
             "outcome_series 24 h by hour",
-            lambda: figures.outcome_series(session, since=now - timedelta(days=1), bucket="hour"),
+            lambda: figures.outcome_series(
+                session, since=now - timedelta(days=1), bucket="hour", actor=BENCH
+            ),
         ),
         (
             "overview",
             "outcome_series 14 d by day",
-            lambda: figures.outcome_series(session, since=now - timedelta(days=14), bucket="day"),
+            lambda: figures.outcome_series(
+                session, since=now - timedelta(days=14), bucket="day", actor=BENCH
+            ),
         ),
-        ("overview", "upcoming_runs", lambda: figures.upcoming_runs(session, limit=10)),
-        ("overview", "recent_failures", lambda: q.recent_failures(session, limit=10)),
+        (
+            "overview",
+            "upcoming_runs",
+            lambda: figures.upcoming_runs(session, limit=10, actor=BENCH),
+        ),
+        ("overview", "recent_failures", lambda: q.recent_failures(session, limit=10, actor=BENCH)),
         ("overview", "scheduler_liveness", lambda: figures.scheduler_liveness(session)),
-        ("schedules", "list_schedules (1,000)", lambda: q.list_schedules(session)),
-        ("schedules", "automation_names", lambda: q.automation_names(session)),
+        ("schedules", "list_schedules (1,000)", lambda: q.list_schedules(session, actor=BENCH)),
+        ("schedules", "automation_names", lambda: q.automation_names(session, actor=BENCH)),
         (
             "schedules",
             "open runs of a schedule",
             lambda: q.count_executions(
-                session, F(statuses=("queued", "running"), schedule_id=schedule_id)
+                session, F(statuses=("queued", "running"), schedule_id=schedule_id), actor=BENCH
             ),
         ),
-        ("automations", "list_automations", lambda: q.list_automations(session)),
+        ("automations", "list_automations", lambda: q.list_automations(session, actor=BENCH)),
         (
             "executions",
             "page 1, no filter",
-            lambda: q.list_executions(session, F(), limit=PAGE_SIZE),
+            lambda: q.list_executions(session, F(), limit=PAGE_SIZE, actor=BENCH),
         ),
         (
             "executions",
             "page 500, no filter",
-            lambda: q.list_executions(session, F(), limit=PAGE_SIZE, offset=last_page),
+            lambda: q.list_executions(session, F(), limit=PAGE_SIZE, offset=last_page, actor=BENCH),
         ),
         (
             "executions",
             "page 1, status=failed",
-            lambda: q.list_executions(session, failed, limit=PAGE_SIZE),
+            lambda: q.list_executions(session, failed, limit=PAGE_SIZE, actor=BENCH),
         ),
         (
             "executions",
             "page 500, status=failed",
-            lambda: q.list_executions(session, failed, limit=PAGE_SIZE, offset=last_page),
+            lambda: q.list_executions(
+                session, failed, limit=PAGE_SIZE, offset=last_page, actor=BENCH
+            ),
         ),
         (
             "executions",
             "page 500, succeeded, last 30 d",
-            lambda: q.list_executions(session, succeeded_30d, limit=PAGE_SIZE, offset=last_page),
+            lambda: q.list_executions(
+                session, succeeded_30d, limit=PAGE_SIZE, offset=last_page, actor=BENCH
+            ),
         ),
         (
             "executions",
             "page 1, one automation",
-            lambda: q.list_executions(session, by_automation, limit=PAGE_SIZE),
+            lambda: q.list_executions(session, by_automation, limit=PAGE_SIZE, actor=BENCH),
         ),
         (
             "executions",
             "page 100, one automation",
             lambda: q.list_executions(
-                session, by_automation, limit=PAGE_SIZE, offset=99 * PAGE_SIZE
+                session, by_automation, limit=PAGE_SIZE, offset=99 * PAGE_SIZE, actor=BENCH
             ),
         ),
         (
             "executions",
             "schedule_stats 7 d",
-            lambda: figures.schedule_stats(session, since=now - timedelta(days=7)),
+            lambda: figures.schedule_stats(session, since=now - timedelta(days=7), actor=BENCH),
         ),
-        ("executions", "schedule_labels", lambda: q.schedule_labels(session)),
+        ("executions", "schedule_labels", lambda: q.schedule_labels(session, actor=BENCH)),
         (
             "execution detail",
             "execution_detail",
-            lambda: q.execution_detail(session, some_execution),
+            lambda: q.execution_detail(session, some_execution, actor=BENCH),
         ),
-        ("export", "count_executions, no filter", lambda: q.count_executions(session, F())),
-        ("export", "count_executions, status=failed", lambda: q.count_executions(session, failed)),
+        (
+            "export",
+            "count_executions, no filter",
+            lambda: q.count_executions(session, F(), actor=BENCH),
+        ),
+        (
+            "export",
+            "count_executions, status=failed",
+            lambda: q.count_executions(session, failed, actor=BENCH),
+        ),
     ]
 
 

@@ -11,11 +11,23 @@ import time
 
 from sqlalchemy import text
 
+DEFAULT_WS = "00000000-0000-0000-0000-000000000001"  # core.access.DEFAULT_WORKSPACE_ID
 GENERATE = [
+    # Everything in the default workspace, where the member "bench" reads as an admin.
     """
-    INSERT INTO automations (id, owner_id, name, description, steps, project_context,
-        agent_url, step_timeout_s, max_retries)
-    SELECT gen_random_uuid(), 'bench', 'automation ' || lpad(g::text, 3, '0'), '',
+    INSERT INTO workspaces (id, name) VALUES (CAST(:ws AS uuid), 'Default')
+    ON CONFLICT DO NOTHING
+    """,
+    """
+    INSERT INTO memberships (workspace_id, subject, role)
+    VALUES (CAST(:ws AS uuid), 'bench', 'admin')
+    ON CONFLICT DO NOTHING
+    """,
+    """
+    INSERT INTO automations (id, workspace_id, owner_id, name, description, steps,
+        project_context, agent_url, step_timeout_s, max_retries)
+    SELECT gen_random_uuid(), CAST(:ws AS uuid), 'bench',
+        'automation ' || lpad(g::text, 3, '0'), '',
         '[{"name": "collect", "message": "Collect the numbers"},
           {"name": "summarise", "message": "Summarise"},
           {"name": "report", "message": "Write the report"}]'::jsonb,
@@ -23,25 +35,25 @@ GENERATE = [
     FROM generate_series(1, 100) AS g
     """,
     """
-    INSERT INTO schedules (id, automation_id, kind, cron_expr, timezone, enabled,
-        misfire_policy, catchup_window_s, overlap_policy, jitter_s, next_run_at,
+    INSERT INTO schedules (id, automation_id, workspace_id, kind, cron_expr, timezone,
+        enabled, misfire_policy, catchup_window_s, overlap_policy, jitter_s, next_run_at,
         dispatched_count, run_count, success_count, failure_count, missed_count,
         skipped_count, created_at)
-    SELECT gen_random_uuid(), a.id, 'cron', '*/5 * * * *', 'UTC', s % 7 <> 0, 'run_once',
-        3600, 'skip', 0, date_trunc('hour', now()) + interval '1 hour', 1000, 1000, 900, 70,
-        0, 0, now() - interval '91 days'
+    SELECT gen_random_uuid(), a.id, a.workspace_id, 'cron', '*/5 * * * *', 'UTC', s % 7 <> 0,
+        'run_once', 3600, 'skip', 0, date_trunc('hour', now()) + interval '1 hour', 1000, 1000,
+        900, 70, 0, 0, now() - interval '91 days'
     FROM automations a, generate_series(1, 10) AS s
     """,
     """
     CREATE TEMP TABLE bench_slots AS
-    SELECT id AS schedule_id, automation_id, row_number() OVER (ORDER BY id) - 1 AS k
+    SELECT id AS schedule_id, automation_id, workspace_id, row_number() OVER (ORDER BY id) - 1 AS k
     FROM schedules
     """,
     """
-    INSERT INTO executions (id, automation_id, schedule_id, trigger, scheduled_for, status,
-        attempt, queued_at, started_at, finished_at, current_step, total_steps, error,
-        available_at)
-    SELECT gen_random_uuid(), s.automation_id, s.schedule_id,
+    INSERT INTO executions (id, automation_id, workspace_id, schedule_id, trigger,
+        scheduled_for, status, attempt, queued_at, started_at, finished_at, current_step,
+        total_steps, error, available_at)
+    SELECT gen_random_uuid(), s.automation_id, s.workspace_id, s.schedule_id,
         CASE WHEN g % 50 = 0 THEN 'manual' ELSE 'schedule' END,
         x.t, x.status, 1, x.t,
         CASE WHEN x.status IN ('succeeded', 'failed') THEN x.t + interval '1 second' END,
@@ -88,7 +100,7 @@ def generate(executions: int = 1_000_000) -> dict[str, float]:
     with get_engine().begin() as conn:
         conn.execute(text("SET LOCAL synchronous_commit = off"))
         for sql in GENERATE:
-            conn.execute(text(sql), {"n": executions, "span": 90 * 86400.0})
+            conn.execute(text(sql), {"n": executions, "span": 90 * 86400.0, "ws": DEFAULT_WS})
     timings["insert_s"] = time.perf_counter() - started
     started = time.perf_counter()
     with get_engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:

@@ -23,10 +23,14 @@ from bench.dataset import generate
 
 CHILD = """
 import json, resource, sys, time
+from core.access import DEFAULT_WORKSPACE_ID, Actor
 from db.exports import write_history
 from db.queries import ExecutionFilters
+from db.session import session_scope
+bench = Actor("bench", DEFAULT_WORKSPACE_ID)
 started = time.perf_counter()
-rows = write_history(ExecutionFilters(), sys.argv[2], sys.argv[1])
+with session_scope() as session:
+    rows = write_history(session, ExecutionFilters(), sys.argv[2], sys.argv[1], actor=bench)
 seconds = time.perf_counter() - started
 peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"rows": rows, "seconds": seconds, "peak_rss_mib": peak_mib}))

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import text
 
 from bench.agentproc import agent_process
-from bench.burst import STEPS
+from bench.burst import DEFAULT_WS, STEPS
 from bench.common import (
     add_server_args,
     bench_database,
@@ -42,30 +42,42 @@ def create_schedules(cron: int, interval: int, agent_url: str, m0: datetime) -> 
         session.execute(
             text(
                 """
-                INSERT INTO automations (id, owner_id, name, description, steps,
+                INSERT INTO workspaces (id, name) VALUES (CAST(:ws AS uuid), 'Default')
+                ON CONFLICT DO NOTHING
+                """
+            ),
+            {"ws": DEFAULT_WS},
+        )
+        session.execute(
+            text(
+                """
+                INSERT INTO automations (id, workspace_id, owner_id, name, description, steps,
                     project_context, agent_url, step_timeout_s, max_retries)
-                SELECT gen_random_uuid(), 'bench', 'steady ' || g, '', CAST(:steps AS jsonb),
-                    'benchmark', :url, 30, 3
+                SELECT gen_random_uuid(), CAST(:ws AS uuid), 'bench', 'steady ' || g, '',
+                    CAST(:steps AS jsonb), 'benchmark', :url, 30, 3
                 FROM generate_series(1, :n) AS g
                 """
             ),
-            {"steps": STEPS, "url": agent_url, "n": cron + interval},
+            {"steps": STEPS, "url": agent_url, "n": cron + interval, "ws": DEFAULT_WS},
         )
         # The first `cron` automations get a cron schedule, the rest an interval one;
         # created_at = M0 anchors the interval slots on the minute.
         session.execute(
             text(
                 """
-                INSERT INTO schedules (id, automation_id, kind, cron_expr, interval_s, timezone,
-                    enabled, misfire_policy, catchup_window_s, overlap_policy, jitter_s,
+                INSERT INTO schedules (id, automation_id, workspace_id, kind, cron_expr, interval_s,
+                    timezone, enabled, misfire_policy, catchup_window_s, overlap_policy, jitter_s,
                     next_run_at, dispatched_count, run_count, success_count, failure_count,
                     missed_count, skipped_count, created_at)
-                SELECT gen_random_uuid(), id,
+                SELECT gen_random_uuid(), id, workspace_id,
                     CASE WHEN rn <= :cron THEN 'cron' ELSE 'interval' END,
                     CASE WHEN rn <= :cron THEN '* * * * *' END,
                     CASE WHEN rn <= :cron THEN NULL ELSE 10 END,
                     'UTC', true, 'run_once', 3600, 'skip', 0, :m0, 0, 0, 0, 0, 0, 0, :m0
-                FROM (SELECT id, row_number() OVER (ORDER BY name) AS rn FROM automations) a
+                FROM (
+                    SELECT id, workspace_id, row_number() OVER (ORDER BY name) AS rn
+                    FROM automations
+                ) a
                 """
             ),
             {"cron": cron, "m0": m0},

@@ -43,6 +43,14 @@ class NotFound(StepwiseError):
     """The automation, schedule or execution does not exist (or was deleted)."""
 
 
+class Forbidden(StepwiseError):
+    """The acting person's role in the workspace does not allow the action; nothing was written."""
+
+
+class QuotaExceeded(StepwiseError):
+    """The workspace is at one of its limits (automations, schedules, runs per minute)."""
+
+
 class InvalidState(StepwiseError):
     """The action does not apply to the object's current state (e.g. retry a success)."""
 

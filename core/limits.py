@@ -41,3 +41,10 @@ MAX_SKIPPED_RECORDED = 100  # missed slots recorded one row each; older ones onl
 
 # Words stored in short text columns (statuses, kinds, policies, triggers).
 MAX_WORD = 16
+
+# Workspaces.
+MAX_SECRET_NAME = 64  # letters, digits and _ (core.access.SECRET_NAME)
+MAX_SECRET_VALUE = 10_000
+DEFAULT_MAX_AUTOMATIONS = 200  # per workspace, unless its own quota says otherwise
+DEFAULT_MAX_SCHEDULES = 1000
+DEFAULT_MAX_RUNS_PER_MINUTE = 6000  # 100 a second: above any real load, below a runaway

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
+from collections.abc import Mapping
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
@@ -79,3 +81,27 @@ def signature_header(secret: str, timestamp: int, body: bytes) -> str:
     """`t=<timestamp>,v1=<hex HMAC-SHA256 of "<timestamp>." + body>`."""
     digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
     return f"t={timestamp},v1={digest.hexdigest()}"
+
+
+# Workspace secrets are referenced in an automation's headers as {{ secret.NAME }}.
+SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_REFERENCE = re.compile(r"\{\{\s*secret\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+def secret_names(template: Mapping[str, str]) -> set[str]:
+    """The secret names the header values of `template` reference."""
+    return {name for value in template.values() for name in _REFERENCE.findall(value)}
+
+
+def render_headers(template: Mapping[str, str], secrets: Mapping[str, str]) -> dict[str, str]:
+    """`template` with every `{{ secret.NAME }}` replaced by its value.
+
+    Raises SecretUnreadable naming (never showing) a secret that `secrets` lacks.
+    """
+    missing = sorted(secret_names(template) - set(secrets))
+    if missing:
+        raise SecretUnreadable(f"no workspace secret named {', '.join(missing)}")
+    return {
+        header: _REFERENCE.sub(lambda m: secrets[m.group(1)], value)
+        for header, value in template.items()
+    }

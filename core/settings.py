@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     oidc_client_id: str = ""
     oidc_client_secret: str = ""
     oidc_redirect_uri: str = ""  # default http://localhost:<port>/oauth2callback
-    # The people let in (e-mail addresses, comma-separated) until workspaces and roles.
+    # Admins of the default workspace (e-mail addresses, comma-separated), made so on first use.
     admins: str = ""
     redis_port: int = Field(default=6390, ge=1, le=65535)  # embedded Redis only
     demo: bool = True  # bundled demo agent + demo automation on first start

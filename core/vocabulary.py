@@ -95,12 +95,44 @@ class AuditAction(StrEnum):
     RETRY = "retry"
     CANCEL = "cancel"
     ROTATE_SECRET = "rotate_secret"
+    CREATE_WORKSPACE = "create_workspace"
+    ADD_MEMBER = "add_member"
+    SET_ROLE = "set_role"
+    REMOVE_MEMBER = "remove_member"
+    RETRY_DEAD_LETTER = "retry_dead_letter"
+    PURGE_DEAD_LETTERS = "purge_dead_letters"
+    SET_SECRET = "set_secret"
+    DELETE_SECRET = "delete_secret"
+    SET_QUOTA = "set_quota"
 
 
 class AuditTarget(StrEnum):
     AUTOMATION = "automation"
     SCHEDULE = "schedule"
     EXECUTION = "execution"
+    WORKSPACE = "workspace"  # its members and quotas
+    QUEUE = "queue"  # a Redis queue's dead letters (the id is the acting workspace's)
+    SECRET = "secret"
+
+
+class Role(StrEnum):
+    """A member's role in a workspace, weakest first (see `core.access.can`)."""
+
+    VIEWER = "viewer"  # reads everything in the workspace
+    EDITOR = "editor"  # also creates, edits, deletes, runs, retries and cancels
+    ADMIN = "admin"  # also manages members, secrets, quotas and the queues
+
+
+class Permission(StrEnum):
+    """What an action needs; `core.access.PERMISSIONS` says which role has which."""
+
+    READ = "read"
+    EDIT = "edit"  # automations and schedules: create, edit, pause, resume, delete
+    RUN = "run"  # run now, retry, cancel
+    MANAGE_MEMBERS = "manage_members"
+    MANAGE_SECRETS = "manage_secrets"
+    MANAGE_QUOTAS = "manage_quotas"
+    MANAGE_QUEUES = "manage_queues"  # retry or purge dead letters
 
 
 def one_of(enum: type[StrEnum]) -> str:

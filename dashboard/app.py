@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import streamlit as st
 
 from core.settings import get_settings
+from core.vocabulary import Role
 from dashboard import ui
 
 st.set_page_config(page_title="Stepwise", page_icon=":material/stairs:", layout="wide")
@@ -18,19 +19,37 @@ settings = get_settings()
 if not settings.web_host_allowed(st.context.headers.get("host")):
     st.error("This dashboard does not answer on this address.")
     st.stop()
-if settings.login_required:
-    if not st.user.is_logged_in:
-        st.title("Stepwise")
-        st.button("Log in", type="primary", icon=":material/login:", on_click=st.login)
-        st.stop()
-    email = str(st.user.get("email") or "")
-    if email.lower() not in settings.admin_emails():
-        st.error(f"{ui.text(email or 'This account')} has no access to this Stepwise.")
+if settings.login_required and not st.user.is_logged_in:
+    st.title("Stepwise")
+    st.button("Log in", type="primary", icon=":material/login:", on_click=st.login)
+    st.stop()
+# Who acts, and in which workspace, is read afresh on every run: a person removed
+# from a workspace (or demoted) loses it at their next click, not at their next login.
+places = ui.places()
+if not places:
+    st.error(f"{ui.text(ui.person() or 'This account')} has no access to this Stepwise.")
+    if settings.login_required:
         st.button("Log out", on_click=st.logout)
-        st.stop()
-    with st.sidebar:
-        st.caption(f"Signed in as {ui.text(email)}")
+    st.stop()
+if pending := st.session_state.pop(ui.PENDING_WORKSPACE, None):
+    st.session_state[ui.WORKSPACE] = pending
+with st.sidebar:
+    if len(places) > 1:
+        by_id = {str(p.workspace_id): p for p in places}
+        if st.session_state.get(ui.WORKSPACE) not in by_id:
+            st.session_state[ui.WORKSPACE] = next(iter(by_id))
+        st.selectbox(
+            "Workspace",
+            list(by_id),
+            format_func=lambda i: f"{by_id[i].name} ({by_id[i].role})",
+            key=ui.WORKSPACE,
+        )
+    acting = ui.identify()
+    if settings.login_required:
+        st.caption(f"Signed in as {ui.text(ui.person())}")
         st.button("Log out", icon=":material/logout:", on_click=st.logout, key="logout")
+    if acting is not None and acting.role != Role.ADMIN:
+        st.caption(f"Your role here: {acting.role}")
 # Not "pages/": Streamlit would serve files there by URL without this entry script.
 PAGES = Path(__file__).parent / "views"
 page = st.navigation(
@@ -42,6 +61,7 @@ page = st.navigation(
         st.Page(PAGES / "export.py", title="Export", icon=":material/download:"),
         st.Page(PAGES / "queues.py", title="Queues", icon=":material/inbox:"),
         st.Page(PAGES / "audit.py", title="Audit", icon=":material/policy:"),
+        st.Page(PAGES / "workspace.py", title="Workspace", icon=":material/group:"),
     ]
 )
 page.run()

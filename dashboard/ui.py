@@ -1,7 +1,10 @@
 """Small helpers shared by the pages: reads and writes in one session, times, badges.
 
-Pages stay thin: every thing shown is one call to `db.queries` (through `read`)
-and every change one call to `db.commands` (through `write`) or `tasks.actions`.
+Pages stay thin: every thing shown is one call to `db.queries` (through `read`,
+which passes the acting person) and every change one call to `db.commands`
+(through `write`) or `tasks.actions`, with `actor()`. Which controls a page draws
+follows the person's role (`can`); the `db` layer checks the role again on every
+call, so a control a viewer never sees is refused all the same if forged.
 """
 
 from __future__ import annotations
@@ -15,12 +18,17 @@ from zoneinfo import ZoneInfo
 
 import streamlit as st
 
+from core.access import LOCAL_ADMIN, Actor
 from core.settings import get_settings
-from core.vocabulary import ExecutionStatus, ScheduleState
-from db import figures, queries
+from core.vocabulary import ExecutionStatus, Permission, ScheduleState
+from db import figures, queries, workspaces
 from db.session import session_scope
 
-LOCAL_ACTOR = "local admin"  # no login configured: the dashboard is this machine's only
+LOCAL_ACTOR = LOCAL_ADMIN  # no login configured: the dashboard is this machine's only
+ACTOR = "ui_actor"  # session state: who acts, where, as resolved at the start of this run
+WORKSPACE = "ui_workspace"  # session state: the workspace chosen in the sidebar
+PENDING_WORKSPACE = "ui_pending_workspace"  # switch to it on the next run
+BOOTSTRAPPED = "ui_bootstrapped"
 T = TypeVar("T")
 
 STATUS_COLOR_NAMES: dict[str, str] = {
@@ -41,15 +49,62 @@ STATUS_COLORS: dict[str, str] = {
 }
 
 
-def actor() -> str:
-    """Who is acting, for the audit log: the logged-in person, or the local admin."""
+def person() -> str:
+    """Who is here: the logged-in person's e-mail, or the local admin."""
     if get_settings().login_required and st.user.is_logged_in:
         return str(st.user.get("email") or st.user.get("sub") or "unknown")
     return LOCAL_ACTOR
 
 
+def places() -> list[workspaces.Place]:
+    """The workspaces this person is a member of (admins from the configuration made so
+    once per browser session: STEPWISE_ADMINS, or the local admin in local mode)."""
+    with session_scope() as session:
+        if not st.session_state.get(BOOTSTRAPPED):
+            settings = get_settings()
+            admins = settings.admin_emails() if settings.login_required else {LOCAL_ACTOR}
+            workspaces.bootstrap_admins(session, admins)
+        found = workspaces.places(session, person())
+    st.session_state[BOOTSTRAPPED] = True
+    return found
+
+
+def identify() -> Actor | None:
+    """The person acting in the workspace chosen in the sidebar (their first by default),
+    read afresh; None when they belong to no workspace."""
+    mine = places()
+    wanted = str(st.session_state.get(WORKSPACE) or "")
+    chosen = next((p for p in mine if str(p.workspace_id) == wanted), mine[0] if mine else None)
+    acting = None if chosen is None else chosen.actor(person())
+    st.session_state[ACTOR] = acting
+    return acting
+
+
+def actor() -> Actor:
+    """Who is acting and where (resolved by the entry script each run; by the page itself
+    when it runs alone, as in tests). A person in no workspace sees nothing further."""
+    acting = st.session_state.get(ACTOR) or identify()
+    if acting is None:
+        st.error(f"{text(person())} has no access to this Stepwise.")
+        st.stop()
+    assert isinstance(acting, Actor)
+    return acting
+
+
+def can(permission: Permission) -> bool:
+    """Whether to draw controls that need `permission` (the db layer checks again)."""
+    return actor().can(permission)
+
+
 def read(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """`fn(session, *args, **kwargs)` in its own short transaction."""
+    """`fn(session, *args, actor=<the acting person>, **kwargs)` in its own short transaction."""
+    acting = actor()
+    with session_scope() as session:
+        return fn(session, *args, actor=acting, **kwargs)
+
+
+def read_deployment(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A read about the deployment, not a workspace (the scheduler's last tick)."""
     with session_scope() as session:
         return fn(session, *args, **kwargs)
 
@@ -175,7 +230,7 @@ def field_error(errors: dict[str, str], field: str) -> None:
 
 def scheduler_warning() -> None:
     """Warn when the scheduler's last dispatch tick is over two minutes old (or never ran)."""
-    live = read(figures.scheduler_liveness)
+    live = read_deployment(figures.scheduler_liveness)
     if not live.stale():
         return
     if live.dispatch_at is None:

@@ -1,6 +1,6 @@
 """Reading the audit log: who did what to which automation, schedule or execution, when.
 
-Rows are written by `db.commands` in the same transaction as the change they
+Rows are written by `db.commands` and `db.workspaces` in the same transaction as the change they
 record; this module only reads them, newest first, narrowed by who / what / when,
 and turns them into a CSV a person can open safely in a spreadsheet.
 """
@@ -18,8 +18,11 @@ import pyarrow.csv as pa_csv
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.access import Actor
+from core.vocabulary import Permission
 from db.exports import neutralise_formulas
 from db.models import AuditLog
+from db.workspaces import authorize
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,11 @@ class AuditRow:
     details: dict[str, Any]
 
 
-def list_audit(session: Session, filters: AuditFilters, *, limit: int = 200) -> list[AuditRow]:
-    """The newest `limit` audit rows matching `filters`."""
+def list_audit(
+    session: Session, filters: AuditFilters, *, actor: Actor, limit: int = 200
+) -> list[AuditRow]:
+    """The newest `limit` audit rows of the actor's workspace matching `filters`."""
+    authorize(session, actor, Permission.READ)
     stmt = select(
         AuditLog.at,
         AuditLog.actor,
@@ -53,7 +59,7 @@ def list_audit(session: Session, filters: AuditFilters, *, limit: int = 200) -> 
         AuditLog.target_type,
         AuditLog.target_id,
         AuditLog.details,
-    )
+    ).where(AuditLog.workspace_id == actor.workspace_id)
     if filters.actor.strip():
         stmt = stmt.where(AuditLog.actor.icontains(filters.actor.strip(), autoescape=True))
     if filters.actions:

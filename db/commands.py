@@ -2,21 +2,25 @@
 
 Automations are validated completely before the first write; schedules arrive
 already parsed (`core.schedule.parse_schedule`), so a rejected input never reaches
-the database. Every change records who did what in the audit log. Functions take
-a session and never commit.
+the database. Every function takes the acting person (`core.access.Actor`), checks
+their role in their workspace first (`db.workspaces.authorize`) and reaches only
+that workspace's rows: another workspace's id reads as "does not exist". Every
+change records who did what in the audit log. Functions take a session and never
+commit.
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from core.access import Actor
 from core.automation import AutomationInput, redact_url, validate_automation
-from core.errors import InvalidState, NotFound
+from core.errors import InvalidState, NotFound, QuotaExceeded
 from core.schedule import ScheduleDefinition, initial_next_run_at
 from core.secrets import new_signing_secret
 from core.settings import get_settings
@@ -25,30 +29,15 @@ from core.vocabulary import (
     AuditAction,
     AuditTarget,
     ExecutionStatus,
+    Permission,
     Trigger,
 )
-from db.models import AuditLog, Automation, Execution, Schedule
+from db.models import Automation, Execution, Schedule, WorkspaceSecret
 from db.runs import AUTOMATION_DELETED, SCHEDULE_DELETED, cancel_runs
 from db.session import db_now, rowcount
+from db.workspaces import audit, authorize, quotas
 
-
-def audit(
-    session: Session,
-    actor: str,
-    action: AuditAction,
-    target_type: AuditTarget,
-    target_id: uuid.UUID,
-    **details: Any,
-) -> None:
-    session.add(
-        AuditLog(
-            actor=actor,
-            action=action,
-            target_type=target_type,
-            target_id=target_id,
-            details=details,
-        )
-    )
+__all__ = ["audit"]  # re-exported: callers that record their own actions
 
 
 # --- automations ---------------------------------------------------------------
@@ -98,11 +87,20 @@ def _audited(name: str, value: Any) -> Any:
     return value
 
 
-def create_automation(session: Session, data: AutomationInput, *, actor: str) -> Automation:
+def create_automation(session: Session, data: AutomationInput, *, actor: Actor) -> Automation:
+    authorize(session, actor, Permission.EDIT)
     settings = get_settings()
     validate_automation(data, egress=settings.egress_policy())
+    _within_quota(
+        session,
+        actor.workspace_id,
+        Automation,
+        quotas(session, actor.workspace_id).max_automations,
+        "automations",
+    )
     automation = Automation(
         **_automation_values(data),
+        workspace_id=actor.workspace_id,
         signing_secret=settings.secret_box().seal(new_signing_secret()),
     )
     session.add(automation)
@@ -118,29 +116,72 @@ def create_automation(session: Session, data: AutomationInput, *, actor: str) ->
     return automation
 
 
-def get_automation(session: Session, automation_id: uuid.UUID) -> Automation:
+def _within_quota(
+    session: Session,
+    workspace_id: uuid.UUID,
+    model: type[Automation | Schedule],
+    limit: int,
+    what: str,
+) -> None:
+    stmt = select(func.count()).select_from(model).where(model.workspace_id == workspace_id)
+    if model is Automation:
+        stmt = stmt.where(Automation.archived_at.is_(None))
+    if (session.scalar(stmt) or 0) >= limit:
+        raise QuotaExceeded(
+            f"this workspace has reached its quota of {limit} {what}: delete some, "
+            "or ask an admin to raise the quota"
+        )
+
+
+def _automation(session: Session, workspace_id: uuid.UUID, automation_id: uuid.UUID) -> Automation:
     automation = session.get(Automation, automation_id)
-    if automation is None or automation.archived_at is not None:
+    if (
+        automation is None
+        or automation.archived_at is not None
+        or automation.workspace_id != workspace_id
+    ):
         raise NotFound(f"automation {automation_id} does not exist (or was deleted)")
     return automation
 
 
-def rotate_signing_secret(session: Session, automation_id: uuid.UUID, *, actor: str) -> None:
+def get_automation(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> Automation:
+    authorize(session, actor, Permission.READ)
+    return _automation(session, actor.workspace_id, automation_id)
+
+
+def rotate_signing_secret(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> None:
     """A new signing secret for the automation's calls; the old one stops at once."""
-    automation = get_automation(session, automation_id)
+    authorize(session, actor, Permission.EDIT)
+    automation = _automation(session, actor.workspace_id, automation_id)
     automation.signing_secret = get_settings().secret_box().seal(new_signing_secret())
     audit(session, actor, AuditAction.ROTATE_SECRET, AuditTarget.AUTOMATION, automation_id)
 
 
-def signing_secret(session: Session, automation_id: uuid.UUID) -> str | None:
+def signing_secret(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> str | None:
     """The automation's signing secret in clear, for its editor to give to the agent."""
-    sealed = get_automation(session, automation_id).signing_secret
+    authorize(session, actor, Permission.EDIT)
+    sealed = _automation(session, actor.workspace_id, automation_id).signing_secret
     return None if sealed is None else get_settings().secret_box().open(sealed)
 
 
 def reseal_secrets(session: Session) -> int:
-    """Seal every stored secret with the first key (key rotation); returns how many."""
+    """Seal every stored secret with the first key (key rotation); returns how many.
+
+    The operator's command (`stepwise reseal`), across every workspace: it reads no
+    value out, only re-seals.
+    """
     box = get_settings().secret_box()
+    secrets = session.execute(
+        select(
+            WorkspaceSecret.workspace_id, WorkspaceSecret.name, WorkspaceSecret.sealed
+        ).with_for_update()
+    ).all()
+    for workspace_id, name, value in secrets:
+        session.execute(
+            update(WorkspaceSecret)
+            .where(WorkspaceSecret.workspace_id == workspace_id, WorkspaceSecret.name == name)
+            .values(sealed=box.reseal(value))
+        )
     rows = session.execute(
         select(Automation.id, Automation.signing_secret)
         .where(Automation.signing_secret.is_not(None))
@@ -152,14 +193,15 @@ def reseal_secrets(session: Session) -> int:
             .where(Automation.id == automation_id)
             .values(signing_secret=box.reseal(str(sealed)))
         )
-    return len(rows)
+    return len(rows) + len(secrets)
 
 
 def update_automation(
-    session: Session, automation_id: uuid.UUID, data: AutomationInput, *, actor: str
+    session: Session, automation_id: uuid.UUID, data: AutomationInput, *, actor: Actor
 ) -> Automation:
+    authorize(session, actor, Permission.EDIT)
     validate_automation(data, egress=get_settings().egress_policy())
-    automation = get_automation(session, automation_id)
+    automation = _automation(session, actor.workspace_id, automation_id)
     new = _automation_values(data)
     changed = changes(automation, new)
     for key, value in new.items():
@@ -168,13 +210,14 @@ def update_automation(
     return automation
 
 
-def delete_automation(session: Session, automation_id: uuid.UUID, *, actor: str) -> int:
+def delete_automation(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> int:
     """Archive the automation, stop its schedules and cancel its open runs; returns cancelled.
 
     Queued and running runs alike: no step of the automation starts after this
     commits (a running one stops before its next step; see `runs.cancel_runs`).
     """
-    automation = get_automation(session, automation_id)
+    authorize(session, actor, Permission.EDIT)
+    automation = _automation(session, actor.workspace_id, automation_id)
     automation.archived_at = func.now()
     # Locked first, so that a dispatch in progress commits its runs before they are cancelled.
     session.execute(
@@ -228,13 +271,25 @@ def _arm(schedule: Schedule, timing: Timing, now: datetime) -> None:
 
 
 def create_schedule(
-    session: Session, automation_id: uuid.UUID, data: ScheduleDefinition, *, actor: str
+    session: Session, automation_id: uuid.UUID, data: ScheduleDefinition, *, actor: Actor
 ) -> Schedule:
     """A new schedule; an interval without start_at counts from now (its created_at)."""
+    authorize(session, actor, Permission.EDIT)
     now = db_now(session)
-    get_automation(session, automation_id)
+    _automation(session, actor.workspace_id, automation_id)
+    _within_quota(
+        session,
+        actor.workspace_id,
+        Schedule,
+        quotas(session, actor.workspace_id).max_schedules,
+        "schedules",
+    )
     schedule = Schedule(
-        automation_id=automation_id, enabled=data.enabled, created_at=now, **_schedule_values(data)
+        automation_id=automation_id,
+        workspace_id=actor.workspace_id,
+        enabled=data.enabled,
+        created_at=now,
+        **_schedule_values(data),
     )
     if data.enabled:
         _arm(schedule, data.timing.anchored(now), now)
@@ -246,27 +301,29 @@ def create_schedule(
     return schedule
 
 
-def get_schedule(session: Session, schedule_id: uuid.UUID) -> Schedule:
+def get_schedule(session: Session, schedule_id: uuid.UUID, *, actor: Actor) -> Schedule:
+    authorize(session, actor, Permission.READ)
     schedule = session.get(Schedule, schedule_id)
-    if schedule is None:
+    if schedule is None or schedule.workspace_id != actor.workspace_id:
         raise NotFound(f"schedule {schedule_id} does not exist (or was deleted)")
     return schedule
 
 
-def _lock_schedule(session: Session, schedule_id: uuid.UUID) -> Schedule:
+def _lock_schedule(session: Session, actor: Actor, schedule_id: uuid.UUID) -> Schedule:
     """The schedule, row-locked: a dispatch of it in progress commits first, so every
     run it inserted is seen here, and no dispatch starts until this transaction ends."""
+    authorize(session, actor, Permission.EDIT)
     schedule = session.get(Schedule, schedule_id, with_for_update=True)
-    if schedule is None:
+    if schedule is None or schedule.workspace_id != actor.workspace_id:
         raise NotFound(f"schedule {schedule_id} does not exist (or was deleted)")
     return schedule
 
 
 def update_schedule(
-    session: Session, schedule_id: uuid.UUID, data: ScheduleDefinition, *, actor: str
+    session: Session, schedule_id: uuid.UUID, data: ScheduleDefinition, *, actor: Actor
 ) -> Schedule:
     """New timing and policies; an interval without start_at keeps counting from creation."""
-    schedule = _lock_schedule(session, schedule_id)
+    schedule = _lock_schedule(session, actor, schedule_id)
     now = db_now(session)
     new = {**_schedule_values(data), "enabled": data.enabled}
     changed = changes(schedule, new)
@@ -284,7 +341,7 @@ def update_schedule(
 
 
 def set_schedule_enabled(
-    session: Session, schedule_id: uuid.UUID, enabled: bool, *, actor: str
+    session: Session, schedule_id: uuid.UUID, enabled: bool, *, actor: Actor
 ) -> Schedule:
     """Pause or resume.
 
@@ -292,8 +349,8 @@ def set_schedule_enabled(
     earlier slots go on. Resuming starts from the first slot at or after now: the
     pause is not replayed.
     """
-    schedule = _lock_schedule(session, schedule_id)
-    get_automation(session, schedule.automation_id)
+    schedule = _lock_schedule(session, actor, schedule_id)
+    _automation(session, actor.workspace_id, schedule.automation_id)
     now = db_now(session)
     withdrawn = 0
     if enabled:
@@ -308,12 +365,12 @@ def set_schedule_enabled(
     return schedule
 
 
-def delete_schedule(session: Session, schedule_id: uuid.UUID, *, actor: str) -> int:
+def delete_schedule(session: Session, schedule_id: uuid.UUID, *, actor: Actor) -> int:
     """Delete the schedule; its open runs, queued or running, are cancelled (history stays).
 
     Returns how many were cancelled.
     """
-    schedule = _lock_schedule(session, schedule_id)
+    schedule = _lock_schedule(session, actor, schedule_id)
     cancelled = cancel_runs(session, Execution.schedule_id == schedule_id, SCHEDULE_DELETED)
     details = {"cancelled": cancelled, **_describe(schedule)}
     audit(session, actor, AuditAction.DELETE, AuditTarget.SCHEDULE, schedule_id, **details)
@@ -355,12 +412,17 @@ def _withdraw_future(session: Session, schedule: Schedule, now: datetime) -> int
     return withdrawn
 
 
-def create_manual_execution(session: Session, automation_id: uuid.UUID, *, actor: str) -> Execution:
+def create_manual_execution(
+    session: Session, automation_id: uuid.UUID, *, actor: Actor
+) -> Execution:
     """A run outside any schedule ("Run now", "Test run"); the caller sends it after commit."""
-    automation = get_automation(session, automation_id)
+    authorize(session, actor, Permission.RUN)
+    automation = _automation(session, actor.workspace_id, automation_id)
     now = db_now(session)
+    _within_run_quota(session, actor.workspace_id, now)
     execution = Execution(
         automation_id=automation_id,
+        workspace_id=actor.workspace_id,
         schedule_id=None,
         trigger=Trigger.MANUAL,
         scheduled_for=now,
@@ -381,20 +443,43 @@ def create_manual_execution(session: Session, automation_id: uuid.UUID, *, actor
     return execution
 
 
-def get_execution(session: Session, execution_id: uuid.UUID) -> Execution:
+def _within_run_quota(session: Session, workspace_id: uuid.UUID, now: datetime) -> None:
+    limit = quotas(session, workspace_id).max_runs_per_minute
+    recent = session.scalar(
+        select(func.count())
+        .select_from(Execution)
+        .where(
+            Execution.workspace_id == workspace_id,
+            Execution.queued_at > now - timedelta(minutes=1),
+        )
+    )
+    if (recent or 0) >= limit:
+        raise QuotaExceeded(
+            f"this workspace has reached its quota of {limit} runs per minute: try again in a "
+            "minute, or ask an admin to raise the quota"
+        )
+
+
+def _execution(session: Session, workspace_id: uuid.UUID, execution_id: uuid.UUID) -> Execution:
     execution = session.get(Execution, execution_id)
-    if execution is None:
+    if execution is None or execution.workspace_id != workspace_id:
         raise NotFound(f"execution {execution_id} does not exist")
     return execution
 
 
-def cancel_execution(session: Session, execution_id: uuid.UUID, *, actor: str) -> Execution:
+def get_execution(session: Session, execution_id: uuid.UUID, *, actor: Actor) -> Execution:
+    authorize(session, actor, Permission.READ)
+    return _execution(session, actor.workspace_id, execution_id)
+
+
+def cancel_execution(session: Session, execution_id: uuid.UUID, *, actor: Actor) -> Execution:
     """Cancel a queued or running execution; a running worker stops before its next step.
 
     The step at the agent, if any, is closed now and its answer is not recorded.
     """
-    execution = get_execution(session, execution_id)
-    cancelled = cancel_runs(session, Execution.id == execution_id, f"cancelled by {actor}")
+    authorize(session, actor, Permission.RUN)
+    execution = _execution(session, actor.workspace_id, execution_id)
+    cancelled = cancel_runs(session, Execution.id == execution_id, f"cancelled by {actor.name}")
     session.refresh(execution)
     if not cancelled:
         raise InvalidState(
@@ -405,19 +490,20 @@ def cancel_execution(session: Session, execution_id: uuid.UUID, *, actor: str) -
 
 
 def retry_execution(
-    session: Session, execution_id: uuid.UUID, *, actor: str
+    session: Session, execution_id: uuid.UUID, *, actor: Actor
 ) -> tuple[Execution, int]:
     """Re-open a failed execution at the step that failed; returns it and its retry budget.
 
     The same row runs again, so a slot still has exactly one execution and the
     agent sees the same Idempotency-Key for each step.
     """
-    execution = get_execution(session, execution_id)
+    authorize(session, actor, Permission.RUN)
+    execution = _execution(session, actor.workspace_id, execution_id)
     if execution.status not in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
         raise InvalidState(
             f"only failed or cancelled executions can be retried (this one is {execution.status})"
         )
-    automation = get_automation(session, execution.automation_id)
+    automation = _automation(session, actor.workspace_id, execution.automation_id)
     if execution.schedule_id is not None and execution.status == ExecutionStatus.FAILED:
         session.execute(
             update(Schedule)

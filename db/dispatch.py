@@ -61,6 +61,7 @@ def _rows(
         return {
             "id": uuid.uuid4(),
             "automation_id": automation.id,
+            "workspace_id": schedule.workspace_id,
             "schedule_id": schedule.id,
             "trigger": Trigger.SCHEDULE,
             "total_steps": len(automation.steps),

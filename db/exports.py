@@ -8,6 +8,7 @@ memory, never the whole history. Rows and their order are exactly those of
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import Float, Text, cast, func, select
 from sqlalchemy.orm import Session
 
+from core.access import Actor
 from core.errors import ValidationFailed
 from db.models import Automation, Execution
 from db.queries import (
@@ -28,6 +30,7 @@ from db.queries import (
     ExecutionFilters,
     count_executions,
     filter_executions,
+    scope,
 )
 
 Format = Literal["csv", "parquet", "xlsx"]
@@ -81,8 +84,8 @@ def neutralise_formulas(table: pa.Table, columns: tuple[str, ...] = USER_TEXT_CO
     return table
 
 
-def history_select(filters: ExecutionFilters) -> AnySelect:
-    """The export's rows: one flat line per execution, newest first."""
+def history_select(workspace_id: uuid.UUID, filters: ExecutionFilters) -> AnySelect:
+    """The export's rows: one flat line per execution of one workspace, newest first."""
     stmt = select(
         cast(Execution.id, Text).label("execution_id"),
         cast(Execution.automation_id, Text).label("automation_id"),
@@ -102,7 +105,7 @@ def history_select(filters: ExecutionFilters) -> AnySelect:
         Execution.total_steps,
         Execution.error,
     ).join(Automation, Automation.id == Execution.automation_id)
-    return filter_executions(stmt, filters).order_by(*HISTORY_ORDER)
+    return filter_executions(stmt, workspace_id, filters).order_by(*HISTORY_ORDER)
 
 
 def _frame(rows: list[Any]) -> pd.DataFrame:
@@ -114,20 +117,25 @@ def _frame(rows: list[Any]) -> pd.DataFrame:
 
 
 def iter_history(
-    session: Session, filters: ExecutionFilters, *, chunk_size: int = CHUNK_SIZE
+    session: Session, filters: ExecutionFilters, *, actor: Actor, chunk_size: int = CHUNK_SIZE
 ) -> Iterator[pd.DataFrame]:
     """The history as DataFrames of at most `chunk_size` rows, from a server-side cursor."""
+    workspace_id = scope(session, actor)
     # Core rows, not the ORM's: no per-row ORM bookkeeping on a million rows.
     result = session.connection().execute(
-        history_select(filters).execution_options(yield_per=chunk_size, stream_results=True)
+        history_select(workspace_id, filters).execution_options(
+            yield_per=chunk_size, stream_results=True
+        )
     )
     for rows in result.partitions(chunk_size):
         yield _frame(list(rows))
 
 
-def history_frame(session: Session, filters: ExecutionFilters | None = None) -> pd.DataFrame:
+def history_frame(
+    session: Session, filters: ExecutionFilters | None = None, *, actor: Actor
+) -> pd.DataFrame:
     """The whole filtered history in one DataFrame (for scripts and notebooks)."""
-    chunks = list(iter_history(session, filters or ExecutionFilters()))
+    chunks = list(iter_history(session, filters or ExecutionFilters(), actor=actor))
     if not chunks:
         return SCHEMA.empty_table().to_pandas()
     return pd.concat(chunks, ignore_index=True)
@@ -139,6 +147,7 @@ def write_history(
     path: Path | str,
     fmt: Format,
     *,
+    actor: Actor,
     chunk_size: int = CHUNK_SIZE,
     progress: Progress | None = None,
 ) -> int:
@@ -146,7 +155,7 @@ def write_history(
     if fmt not in FORMATS:
         raise ValidationFailed.single("format", f"use one of {', '.join(FORMATS)}")
     path = Path(path)
-    total = count_executions(session, filters)
+    total = count_executions(session, filters, actor=actor)
     if fmt == "xlsx" and total > EXCEL_MAX_ROWS:
         raise ValidationFailed.single(
             "format",
@@ -156,7 +165,7 @@ def write_history(
     writer = _WRITERS[fmt](path)
     written = 0
     try:
-        for chunk in iter_history(session, filters, chunk_size=chunk_size):
+        for chunk in iter_history(session, filters, actor=actor, chunk_size=chunk_size):
             writer.write(chunk)
             written += len(chunk)
             if progress is not None:

@@ -1,8 +1,9 @@
 """Figures for the overview and the per-schedule table: KPIs, outcomes over time,
 what comes next, whether the scheduler is alive, success rates and durations.
 
-Like `db.queries`, every function takes a session, returns plain dataclasses and
-never commits; each is shaped for an index so it stays fast at a million executions
+Like `db.queries`, every function takes a session and the acting person (and reads
+their workspace only; the scheduler's liveness is the deployment's), returns plain
+dataclasses and never commits; each is shaped for an index so it stays fast at a million executions
 (windows over finished runs walk `ix_executions_finished`).
 """
 
@@ -16,9 +17,11 @@ from typing import Literal
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
-from core.vocabulary import CHART_STATUSES, OPEN_STATUSES, ExecutionStatus
+from core.access import Actor
+from core.vocabulary import CHART_STATUSES, OPEN_STATUSES, ExecutionStatus, Permission
 from db.models import Automation, Execution, Heartbeat, Schedule
 from db.session import db_now
+from db.workspaces import authorize
 
 Bucket = Literal["hour", "day"]
 
@@ -40,24 +43,40 @@ def success_rate(succeeded: int, failed: int) -> float | None:
     return None if total == 0 else succeeded / total
 
 
-def _finished_counts(session: Session, since: datetime) -> tuple[int, int, int]:
+def _scope(session: Session, actor: Actor) -> uuid.UUID:
+    authorize(session, actor, Permission.READ)
+    return actor.workspace_id
+
+
+def _finished_counts(
+    session: Session, workspace_id: uuid.UUID, since: datetime
+) -> tuple[int, int, int]:
     succeeded, failed, finished = session.execute(
         select(
             func.count().filter(Execution.status == ExecutionStatus.SUCCEEDED),
             func.count().filter(Execution.status == ExecutionStatus.FAILED),
             func.count(),
-        ).where(Execution.finished_at >= since)
+        ).where(Execution.workspace_id == workspace_id, Execution.finished_at >= since)
     ).one()
     return int(succeeded), int(failed), int(finished)
 
 
-def kpis(session: Session) -> Kpis:
+def kpis(session: Session, *, actor: Actor) -> Kpis:
+    workspace_id = _scope(session, actor)
     now = db_now(session)
-    ok_day, failed_day, finished_day = _finished_counts(session, now - timedelta(days=1))
-    ok_week, failed_week, _ = _finished_counts(session, now - timedelta(days=7))
-    active = session.scalar(select(func.count()).select_from(Schedule).where(Schedule.enabled))
+    ok_day, failed_day, finished_day = _finished_counts(
+        session, workspace_id, now - timedelta(days=1)
+    )
+    ok_week, failed_week, _ = _finished_counts(session, workspace_id, now - timedelta(days=7))
+    active = session.scalar(
+        select(func.count())
+        .select_from(Schedule)
+        .where(Schedule.workspace_id == workspace_id, Schedule.enabled)
+    )
     open_runs = session.scalar(
-        select(func.count()).select_from(Execution).where(Execution.status.in_(OPEN_STATUSES))
+        select(func.count())
+        .select_from(Execution)
+        .where(Execution.workspace_id == workspace_id, Execution.status.in_(OPEN_STATUSES))
     )
     return Kpis(
         active_schedules=int(active or 0),
@@ -78,18 +97,25 @@ class OutcomePoint:
 
 
 def outcome_series(
-    session: Session, *, since: datetime, bucket: Bucket = "day", until: datetime | None = None
+    session: Session,
+    *,
+    actor: Actor,
+    since: datetime,
+    bucket: Bucket = "day",
+    until: datetime | None = None,
 ) -> list[OutcomePoint]:
     """Finished runs per hour or day (UTC) and outcome, for the stacked chart.
 
     Every bucket from `since` to `until` (default: now) appears with every status
     of CHART_STATUSES, zero-filled, so the chart has no holes.
     """
+    workspace_id = _scope(session, actor)
     until = until or db_now(session)
     start = func.date_trunc(bucket, Execution.finished_at, "UTC")
     rows = session.execute(
         select(start.label("bucket"), Execution.status, func.count())
         .where(
+            Execution.workspace_id == workspace_id,
             Execution.finished_at >= since,
             Execution.finished_at < until,
             Execution.status.in_(CHART_STATUSES),
@@ -128,7 +154,8 @@ class UpcomingRun:
     cron_expr: str | None
 
 
-def upcoming_runs(session: Session, *, limit: int = 10) -> list[UpcomingRun]:
+def upcoming_runs(session: Session, *, actor: Actor, limit: int = 10) -> list[UpcomingRun]:
+    workspace_id = _scope(session, actor)
     rows = session.execute(
         select(
             Schedule.id.label("schedule_id"),
@@ -139,7 +166,11 @@ def upcoming_runs(session: Session, *, limit: int = 10) -> list[UpcomingRun]:
             Schedule.cron_expr,
         )
         .join(Automation, Automation.id == Schedule.automation_id)
-        .where(Schedule.enabled, Schedule.next_run_at.is_not(None))
+        .where(
+            Schedule.workspace_id == workspace_id,
+            Schedule.enabled,
+            Schedule.next_run_at.is_not(None),
+        )
         .order_by(Schedule.next_run_at)
         .limit(limit)
     ).all()
@@ -183,11 +214,16 @@ class ScheduleStats:
 
 
 def schedule_stats(
-    session: Session, *, since: datetime, automation_id: uuid.UUID | None = None
+    session: Session, *, actor: Actor, since: datetime, automation_id: uuid.UUID | None = None
 ) -> list[ScheduleStats]:
     """Per schedule: finished runs since `since`, outcomes, and duration p50 / p95 (seconds)."""
+    workspace_id = _scope(session, actor)
     duration = func.extract("epoch", Execution.finished_at - Execution.started_at)
-    finished = and_(Execution.finished_at >= since, Execution.schedule_id.is_not(None))
+    finished = and_(
+        Execution.workspace_id == workspace_id,
+        Execution.finished_at >= since,
+        Execution.schedule_id.is_not(None),
+    )
     ran = Execution.status.in_((ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED))
     stmt = (
         select(

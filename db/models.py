@@ -45,6 +45,7 @@ from core.limits import (
     MAX_RATE_PER_S,
     MAX_REASON,
     MAX_RETRIES,
+    MAX_SECRET_NAME,
     MAX_STEP_TIMEOUT_S,
     MAX_STEPS,
     MAX_TIMEZONE,
@@ -61,6 +62,7 @@ from core.vocabulary import (
     ExecutionStatus,
     MisfirePolicy,
     OverlapPolicy,
+    Role,
     ScheduleKind,
     StepStatus,
     Trigger,
@@ -97,10 +99,69 @@ def _created() -> Mapped[datetime]:
     return mapped_column(server_default=func.now())
 
 
+def _workspace(*, index: bool = False) -> Mapped[uuid.UUID]:
+    return mapped_column(ForeignKey("workspaces.id"), index=index)
+
+
+class Workspace(Base):
+    """Where automations, schedules, runs, secrets and the audit live; people are members."""
+
+    __tablename__ = "workspaces"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    name: Mapped[str] = mapped_column(String(MAX_NAME))
+    # Quotas; NULL means the deployment's default (core.limits).
+    max_automations: Mapped[int | None] = mapped_column(Integer)
+    max_schedules: Mapped[int | None] = mapped_column(Integer)
+    max_runs_per_minute: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _created()
+
+    __table_args__ = (
+        CheckConstraint(
+            "max_automations >= 0 AND max_schedules >= 0 AND max_runs_per_minute >= 0",
+            name="quotas",
+        ),
+    )
+
+
+class Membership(Base):
+    """A person (lower-case e-mail, or the local admin) with a role in a workspace."""
+
+    __tablename__ = "memberships"
+
+    workspace_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    subject: Mapped[str] = mapped_column(String(MAX_OWNER), primary_key=True)
+    role: Mapped[str] = mapped_column(String(MAX_WORD))
+    created_at: Mapped[datetime] = _created()
+
+    __table_args__ = (
+        CheckConstraint(_in("role", Role), name="role"),
+        # A person's workspaces, at every page load.
+        Index("ix_memberships_subject", "subject"),
+    )
+
+
+class WorkspaceSecret(Base):
+    """A named value for agent request headers, sealed (core.secrets); never stored in clear."""
+
+    __tablename__ = "workspace_secrets"
+
+    workspace_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(MAX_SECRET_NAME), primary_key=True)
+    sealed: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
 class Automation(Base):
     __tablename__ = "automations"
 
     id: Mapped[uuid.UUID] = _uuid_pk()
+    workspace_id: Mapped[uuid.UUID] = _workspace(index=True)
     owner_id: Mapped[str] = mapped_column(String(MAX_OWNER), default="local")
     name: Mapped[str] = mapped_column(String(MAX_NAME))
     description: Mapped[str] = mapped_column(Text, default="")
@@ -143,6 +204,7 @@ class Schedule(Base):
     automation_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("automations.id", ondelete="CASCADE"), index=True
     )
+    workspace_id: Mapped[uuid.UUID] = _workspace(index=True)  # its automation's
     kind: Mapped[str] = mapped_column(String(MAX_WORD))
     cron_expr: Mapped[str | None] = mapped_column(String(MAX_CRON))
     interval_s: Mapped[int | None] = mapped_column(Integer)
@@ -196,6 +258,8 @@ class Execution(Base):
     automation_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("automations.id", ondelete="CASCADE")
     )
+    # Its automation's, copied: every history list and figure is scoped without a join.
+    workspace_id: Mapped[uuid.UUID] = _workspace()
     schedule_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("schedules.id", ondelete="SET NULL")
     )
@@ -224,6 +288,8 @@ class Execution(Base):
         Index("ix_executions_automation_recent", "automation_id", text("queued_at DESC")),
         Index("ix_executions_status_recent", "status", text("queued_at DESC")),
         Index("ix_executions_finished", "finished_at"),
+        Index("ix_executions_workspace_recent", "workspace_id", text("queued_at DESC")),
+        Index("ix_executions_workspace_finished", "workspace_id", "finished_at"),
         # Small: only unfinished rows (overlap checks, recovery, cancellation).
         Index(
             "ix_executions_open",
@@ -266,6 +332,7 @@ class AuditLog(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(server_default=func.now())
+    workspace_id: Mapped[uuid.UUID] = _workspace()
     actor: Mapped[str] = mapped_column(String(MAX_OWNER))
     action: Mapped[str] = mapped_column(String(32))  # an AuditAction
     target_type: Mapped[str] = mapped_column(String(32))  # an AuditTarget
@@ -276,6 +343,7 @@ class AuditLog(Base):
         CheckConstraint(_in("action", AuditAction), name="action"),
         CheckConstraint(_in("target_type", AuditTarget), name="target_type"),
         Index("ix_audit_log_target", "target_id", text("at DESC")),
+        Index("ix_audit_log_workspace", "workspace_id", text("at DESC")),
     )
 
 

@@ -1,9 +1,10 @@
 """Reads for the dashboard, the export and the benchmark.
 
-Every function takes a session plus plain filter values, returns plain
-dataclasses, and never commits. Each one is shaped for an index of
-`db/models.py` so it stays fast at a million executions: history lists walk
-`ix_executions_recent` / `ix_executions_status_recent` /
+Every function takes a session, the acting person (`actor`: nothing outside
+their workspace is read, and a person who is not a member there reads nothing)
+and plain filter values, returns plain dataclasses, and never commits. Each one is
+shaped for an index of `db/models.py` so it stays fast at a million executions:
+history lists walk `ix_executions_workspace_recent` / `ix_executions_status_recent` /
 `ix_executions_automation_recent` with LIMIT, windows over finished runs walk
 `ix_executions_finished`, open runs use the partial `ix_executions_open`.
 """
@@ -18,14 +19,17 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from core.access import Actor
 from core.timing import describe, parse_timing, spec_of
 from core.vocabulary import (
     ExecutionStatus,
+    Permission,
     ScheduleKind,
     ScheduleState,
 )
 from db.figures import success_rate
 from db.models import Automation, Execution, Schedule, StepRun
+from db.workspaces import authorize
 
 AnySelect = Select[*tuple[Any, ...]]
 S = TypeVar("S", bound=AnySelect)
@@ -46,9 +50,15 @@ class ExecutionFilters:
     until: datetime | None = None  # on queued_at, exclusive
 
 
-def filter_executions(stmt: S, filters: ExecutionFilters) -> S:
-    """`stmt` narrowed by `filters` (shared by the list, the count and the export)."""
-    conditions: list[Any] = []
+def scope(session: Session, actor: Actor) -> uuid.UUID:
+    """The workspace `actor` may read, after checking they are a member of it now."""
+    authorize(session, actor, Permission.READ)
+    return actor.workspace_id
+
+
+def filter_executions(stmt: S, workspace_id: uuid.UUID, filters: ExecutionFilters) -> S:
+    """`stmt` narrowed to one workspace and by `filters` (the list, the count, the export)."""
+    conditions: list[Any] = [Execution.workspace_id == workspace_id]
     if filters.statuses:
         conditions.append(Execution.status.in_(filters.statuses))
     if filters.automation_id is not None:
@@ -61,7 +71,7 @@ def filter_executions(stmt: S, filters: ExecutionFilters) -> S:
         conditions.append(Execution.queued_at >= filters.since)
     if filters.until is not None:
         conditions.append(Execution.queued_at < filters.until)
-    return stmt.where(*conditions) if conditions else stmt
+    return stmt.where(*conditions)
 
 
 # Newest first, with the id as tie-breaker so pages never overlap or skip rows.
@@ -136,10 +146,16 @@ def _execution_columns() -> AnySelect:
 
 
 def list_executions(
-    session: Session, filters: ExecutionFilters, *, limit: int = 50, offset: int = 0
+    session: Session,
+    filters: ExecutionFilters,
+    *,
+    actor: Actor,
+    limit: int = 50,
+    offset: int = 0,
 ) -> Page:
     """One page of history, newest first; `has_more` without counting the whole table."""
-    stmt = filter_executions(_execution_columns(), filters).order_by(*HISTORY_ORDER)
+    workspace_id = scope(session, actor)
+    stmt = filter_executions(_execution_columns(), workspace_id, filters).order_by(*HISTORY_ORDER)
     rows = session.execute(stmt.limit(limit + 1).offset(offset)).all()
     return Page(
         rows=[ExecutionRow(**row._mapping) for row in rows[:limit]],
@@ -149,9 +165,27 @@ def list_executions(
     )
 
 
-def count_executions(session: Session, filters: ExecutionFilters) -> int:
-    stmt = filter_executions(select(func.count()).select_from(Execution), filters)
+def count_executions(session: Session, filters: ExecutionFilters, *, actor: Actor) -> int:
+    workspace_id = scope(session, actor)
+    stmt = filter_executions(select(func.count()).select_from(Execution), workspace_id, filters)
     return int(session.scalar(stmt) or 0)
+
+
+def executions_in_workspace(
+    session: Session, execution_ids: set[uuid.UUID], *, actor: Actor
+) -> set[uuid.UUID]:
+    """Those of `execution_ids` that belong to the actor's workspace (the rest are not theirs
+    to see: a dead letter of another workspace's run, say)."""
+    workspace_id = scope(session, actor)
+    if not execution_ids:
+        return set()
+    return set(
+        session.scalars(
+            select(Execution.id).where(
+                Execution.id.in_(execution_ids), Execution.workspace_id == workspace_id
+            )
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -176,9 +210,17 @@ class ExecutionDetail:
     steps: list[StepRunRow] = field(default_factory=list)
 
 
-def execution_detail(session: Session, execution_id: uuid.UUID) -> ExecutionDetail | None:
-    """The execution and its step timeline (every attempt of every step, in order)."""
-    row = session.execute(_execution_columns().where(Execution.id == execution_id)).first()
+def execution_detail(
+    session: Session, execution_id: uuid.UUID, *, actor: Actor
+) -> ExecutionDetail | None:
+    """The execution and its step timeline (every attempt of every step, in order);
+    None when it does not exist in the actor's workspace."""
+    workspace_id = scope(session, actor)
+    row = session.execute(
+        _execution_columns().where(
+            Execution.id == execution_id, Execution.workspace_id == workspace_id
+        )
+    ).first()
     if row is None:
         return None
     steps_json, result = session.execute(
@@ -272,13 +314,19 @@ _SCHEDULE_FIELDS = [
 def list_schedules(
     session: Session,
     *,
+    actor: Actor,
     automation_id: uuid.UUID | None = None,
     state: ScheduleState | None = None,
 ) -> list[ScheduleRow]:
     """Every schedule of live automations with its automation and its queued-run count."""
+    workspace_id = scope(session, actor)
     queued = (
         select(Execution.schedule_id, func.count().label("queued_runs"))
-        .where(Execution.status == ExecutionStatus.QUEUED, Execution.schedule_id.is_not(None))
+        .where(
+            Execution.workspace_id == workspace_id,
+            Execution.status == ExecutionStatus.QUEUED,
+            Execution.schedule_id.is_not(None),
+        )
         .group_by(Execution.schedule_id)
         .subquery()
     )
@@ -290,7 +338,7 @@ def list_schedules(
         )
         .join(Automation, Automation.id == Schedule.automation_id)
         .outerjoin(queued, queued.c.schedule_id == Schedule.id)
-        .where(Automation.archived_at.is_(None))
+        .where(Schedule.workspace_id == workspace_id, Automation.archived_at.is_(None))
         .order_by(Automation.name, Schedule.created_at)
     )
     if automation_id is not None:
@@ -304,8 +352,10 @@ def list_schedules(
     return [ScheduleRow(**row._mapping) for row in session.execute(stmt).all()]
 
 
-def get_schedule_row(session: Session, schedule_id: uuid.UUID) -> ScheduleRow | None:
-    return next((r for r in list_schedules(session) if r.id == schedule_id), None)
+def get_schedule_row(
+    session: Session, schedule_id: uuid.UUID, *, actor: Actor
+) -> ScheduleRow | None:
+    return next((r for r in list_schedules(session, actor=actor) if r.id == schedule_id), None)
 
 
 # --- automations --------------------------------------------------------------------
@@ -328,10 +378,12 @@ class AutomationRow:
     schedules: int
 
 
-def list_automations(session: Session) -> list[AutomationRow]:
+def list_automations(session: Session, *, actor: Actor) -> list[AutomationRow]:
     """Live (not archived) automations, by name, with their schedule count."""
+    workspace_id = scope(session, actor)
     counts = (
         select(Schedule.automation_id, func.count().label("schedules"))
+        .where(Schedule.workspace_id == workspace_id)
         .group_by(Schedule.automation_id)
         .subquery()
     )
@@ -352,26 +404,28 @@ def list_automations(session: Session) -> list[AutomationRow]:
             func.coalesce(counts.c.schedules, 0).label("schedules"),
         )
         .outerjoin(counts, counts.c.automation_id == Automation.id)
-        .where(Automation.archived_at.is_(None))
+        .where(Automation.workspace_id == workspace_id, Automation.archived_at.is_(None))
         .order_by(Automation.name, Automation.created_at)
     ).all()
     return [AutomationRow(**row._mapping) for row in rows]
 
 
-def automation_names(session: Session) -> dict[uuid.UUID, str]:
+def automation_names(session: Session, *, actor: Actor) -> dict[uuid.UUID, str]:
     """Live automations for pickers, by name."""
+    workspace_id = scope(session, actor)
     rows = session.execute(
         select(Automation.id, Automation.name)
-        .where(Automation.archived_at.is_(None))
+        .where(Automation.workspace_id == workspace_id, Automation.archived_at.is_(None))
         .order_by(Automation.name)
     ).all()
     return {r.id: r.name for r in rows}
 
 
 def schedule_labels(
-    session: Session, automation_id: uuid.UUID | None = None
+    session: Session, automation_id: uuid.UUID | None = None, *, actor: Actor
 ) -> dict[uuid.UUID, str]:
     """Schedules for pickers: "<automation> · <cron or interval> (<timezone>)"."""
+    workspace_id = scope(session, actor)
     stmt = (
         select(
             Schedule.id,
@@ -382,6 +436,7 @@ def schedule_labels(
             Schedule.timezone,
         )
         .join(Automation, Automation.id == Schedule.automation_id)
+        .where(Schedule.workspace_id == workspace_id)
         .order_by(Automation.name, Schedule.created_at)
     )
     if automation_id is not None:
@@ -397,7 +452,7 @@ def schedule_labels(
     return labels
 
 
-def recent_failures(session: Session, *, limit: int = 10) -> list[ExecutionRow]:
+def recent_failures(session: Session, *, actor: Actor, limit: int = 10) -> list[ExecutionRow]:
     """The newest failed runs (what "needs attention" on the overview lists)."""
     failed = ExecutionFilters(statuses=(ExecutionStatus.FAILED,))
-    return list_executions(session, failed, limit=limit).rows
+    return list_executions(session, failed, actor=actor, limit=limit).rows

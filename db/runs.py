@@ -70,6 +70,7 @@ class Claim:
     schedule_id: uuid.UUID | None
     scheduled_for: datetime
     owner_id: str
+    workspace_id: uuid.UUID  # the run's: the worker acts for this workspace only
     agent_url: str
     signing_secret: str | None  # sealed: opened by the worker at call time only
     steps: list[dict[str, str]]
@@ -272,6 +273,7 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
         schedule_id=execution.schedule_id,
         scheduled_for=execution.scheduled_for,
         owner_id=automation.owner_id,
+        workspace_id=execution.workspace_id,
         agent_url=automation.agent_url,
         signing_secret=automation.signing_secret,
         steps=list(automation.steps),

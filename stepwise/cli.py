@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -68,6 +68,7 @@ def seed_demo(agent_url: str) -> bool:
     with session_scope() as session:
         if session.scalar(select(func.count()).select_from(Automation)):
             return False
+        actor = _local_admin(session)
         automation = commands.create_automation(
             session,
             AutomationInput(
@@ -81,10 +82,20 @@ def seed_demo(agent_url: str) -> bool:
                     Step("Report", "Write the report."),
                 ),
             ),
-            actor="stepwise run",
+            actor=actor,
         )
-        commands.create_schedule(session, automation.id, every_minute, actor="stepwise run")
+        commands.create_schedule(session, automation.id, every_minute, actor=actor)
     return True
+
+
+def _local_admin(session: Any) -> Any:
+    """The local admin acting in the default workspace (this machine's operator)."""
+    from core.access import DEFAULT_WORKSPACE_ID, LOCAL_ADMIN, Actor
+    from core.vocabulary import Role
+    from db.workspaces import bootstrap_admins
+
+    bootstrap_admins(session, {LOCAL_ADMIN})
+    return Actor(name=LOCAL_ADMIN, workspace_id=DEFAULT_WORKSPACE_ID, role=Role.ADMIN)
 
 
 def local_key(path: Path) -> str:
@@ -103,6 +114,7 @@ def demo_signing_secret(agent_url: str) -> str | None:
     """The signing secret of the oldest live automation calling the demo agent."""
     from sqlalchemy import select
 
+    from core.access import DEFAULT_WORKSPACE_ID
     from db import commands
     from db.models import Automation
     from db.session import session_scope
@@ -110,11 +122,17 @@ def demo_signing_secret(agent_url: str) -> str | None:
     with session_scope() as session:
         automation_id = session.scalar(
             select(Automation.id)
-            .where(Automation.agent_url == agent_url, Automation.archived_at.is_(None))
+            .where(
+                Automation.agent_url == agent_url,
+                Automation.archived_at.is_(None),
+                Automation.workspace_id == DEFAULT_WORKSPACE_ID,
+            )
             .order_by(Automation.created_at)
             .limit(1)
         )
-        return None if automation_id is None else commands.signing_secret(session, automation_id)
+        if automation_id is None:
+            return None
+        return commands.signing_secret(session, automation_id, actor=_local_admin(session))
 
 
 def run(_: argparse.Namespace) -> int:
@@ -285,10 +303,12 @@ def export(args: argparse.Namespace) -> int:
     import uuid
     from datetime import UTC, datetime
 
-    from core.errors import StepwiseError
+    from core.access import LOCAL_ADMIN
+    from core.errors import Forbidden, StepwiseError
     from db.exports import write_history
     from db.queries import ExecutionFilters
     from db.session import session_scope
+    from db.workspaces import acting_as, bootstrap_admins
 
     def when(value: str | None) -> datetime | None:
         if value is None:
@@ -305,9 +325,16 @@ def export(args: argparse.Namespace) -> int:
             since=when(args.since),
             until=when(args.until),
         )
+        workspace = uuid.UUID(args.workspace) if args.workspace else None
         with session_scope() as session:
+            if args.as_ is None:
+                bootstrap_admins(session, {LOCAL_ADMIN})
+            person = args.as_ or LOCAL_ADMIN
+            actor = acting_as(session, person, workspace)
+            if actor is None or (workspace is not None and actor.workspace_id != workspace):
+                raise Forbidden(f"{person} is not a member of that workspace")
             rows = write_history(
-                session, filters, args.out, args.format, chunk_size=args.chunk_size
+                session, filters, args.out, args.format, actor=actor, chunk_size=args.chunk_size
             )
     except (StepwiseError, ValueError) as exc:
         print(f"stepwise export: {exc}", file=sys.stderr)
@@ -329,6 +356,10 @@ def _add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--trigger", choices=list(Trigger))
     p.add_argument("--since", help="ISO time, inclusive (queued at)")
     p.add_argument("--until", help="ISO time, exclusive (queued at)")
+    p.add_argument("--workspace", help="workspace id (default: the person's first)")
+    p.add_argument(
+        "--as", dest="as_", help="export as this member (e-mail); default the local admin"
+    )
     p.add_argument("--chunk-size", type=int, default=50_000, help=argparse.SUPPRESS)
     p.set_defaults(func=export)
 

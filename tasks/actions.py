@@ -1,36 +1,48 @@
-"""What the dashboard (and scripts) do to runs, through the workers' own paths.
+"""What the dashboard (and scripts) do to runs and queues, through the workers' own paths.
 
 Each action commits its database change first and only then sends a message,
-so a worker always finds the row it is told about.
+so a worker always finds the row it is told about. Every action takes the acting
+person; the `db` layer checks their role in their workspace before anything is
+written, and the queue actions (admins only) touch only the dead letters of that
+workspace's runs (and of the deployment's own jobs), each one audited.
 """
 
 from __future__ import annotations
 
 import uuid
 
-from db import commands
+from sqlalchemy.orm import Session
+
+from core.access import Actor
+from core.errors import InvalidState, NotFound
+from core.vocabulary import AuditAction, AuditTarget, Permission
+from db import commands, queries
 from db.runs import RunMessage
 from db.session import session_scope
+from db.workspaces import audit, authorize
+from tasks import queues
 from tasks.actors import dispatch, send_run
 
+RUN_ACTOR = "run_execution"
 
-def run_now(automation_id: uuid.UUID, *, actor: str) -> uuid.UUID:
+
+def run_now(automation_id: uuid.UUID, *, actor: Actor) -> uuid.UUID:
     """Start a manual run of the automation now; returns the execution id."""
     with session_scope() as session:
         execution = commands.create_manual_execution(session, automation_id, actor=actor)
-        max_retries = commands.get_automation(session, automation_id).max_retries
+        max_retries = commands.get_automation(session, automation_id, actor=actor).max_retries
     send_run(RunMessage(execution.id, max_retries))
     return execution.id
 
 
-def retry(execution_id: uuid.UUID, *, actor: str) -> None:
+def retry(execution_id: uuid.UUID, *, actor: Actor) -> None:
     """Run a failed or cancelled execution again from the step that did not succeed."""
     with session_scope() as session:
         _, max_retries = commands.retry_execution(session, execution_id, actor=actor)
     send_run(RunMessage(execution_id, max_retries))
 
 
-def cancel(execution_id: uuid.UUID, *, actor: str) -> None:
+def cancel(execution_id: uuid.UUID, *, actor: Actor) -> None:
     """Cancel a queued or running execution (a running one stops before its next step)."""
     with session_scope() as session:
         commands.cancel_execution(session, execution_id, actor=actor)
@@ -39,3 +51,83 @@ def cancel(execution_id: uuid.UUID, *, actor: str) -> None:
 def schedules_changed() -> None:
     """Dispatch now rather than at the next minute tick, so a slot due soon is not late."""
     dispatch.send()
+
+
+# --- queues ------------------------------------------------------------------------------
+
+
+def dead_letters(queue: str, *, actor: Actor, limit: int | None = 100) -> list[queues.DeadLetter]:
+    """The dead letters of `queue` the actor may see: their workspace's runs' and the
+    deployment's own jobs' (dispatch, housekeeping: no workspace data in them)."""
+    with session_scope() as session:
+        return _visible(session, queues.dead_letters(queue, limit=limit), actor)
+
+
+def _visible(
+    session: Session, letters: list[queues.DeadLetter], actor: Actor
+) -> list[queues.DeadLetter]:
+    ids = {i for letter in letters if (i := queues.execution_of(letter)) is not None}
+    mine = queries.executions_in_workspace(session, ids, actor=actor)
+    return [
+        letter
+        for letter in letters
+        if letter.actor != RUN_ACTOR or queues.execution_of(letter) in mine
+    ]
+
+
+def retry_dead_letter(queue: str, message_id: str, *, actor: Actor) -> bool:
+    """Send a dead letter again (admins only, audited); False if it is gone or not theirs.
+
+    A dead run is re-opened the way Retry on the Executions page does it, so it
+    resumes at its failed step (a raw re-send would find it failed and do nothing).
+    """
+    with session_scope() as session:
+        authorize(session, actor, Permission.MANAGE_QUEUES)
+        letters = _visible(session, queues.dead_letters(queue, limit=None), actor)
+        letter = next((m for m in letters if m.message_id == message_id), None)
+        if letter is None or queues.take_dead_letter(queue, message_id) is None:
+            return False
+        execution_id = queues.execution_of(letter)
+        reopened = None if execution_id is None else _reopen(session, execution_id, actor)
+        audit(
+            session,
+            actor,
+            AuditAction.RETRY_DEAD_LETTER,
+            AuditTarget.QUEUE if execution_id is None else AuditTarget.EXECUTION,
+            execution_id or actor.workspace_id,
+            queue=queue,
+            message_id=message_id,
+            job=letter.actor,
+        )
+    if reopened is not None:
+        send_run(reopened)
+    else:  # the deployment's own job, or a run already going again: a re-send is harmless
+        queues.send_again(letter)
+    return True
+
+
+def _reopen(session: Session, execution_id: uuid.UUID, actor: Actor) -> RunMessage | None:
+    try:
+        _, max_retries = commands.retry_execution(session, execution_id, actor=actor)
+    except (InvalidState, NotFound):
+        return None
+    return RunMessage(execution_id, max_retries)
+
+
+def purge_dead_letters(queue: str, *, actor: Actor) -> int:
+    """Delete the dead letters of `queue` the actor sees (admins only, audited); returns how
+    many. Other workspaces' dead letters stay."""
+    with session_scope() as session:
+        authorize(session, actor, Permission.MANAGE_QUEUES)
+        letters = _visible(session, queues.dead_letters(queue, limit=None), actor)
+        purged = queues.remove_dead_letters(queue, [m.message_id for m in letters])
+        audit(
+            session,
+            actor,
+            AuditAction.PURGE_DEAD_LETTERS,
+            AuditTarget.QUEUE,
+            actor.workspace_id,
+            queue=queue,
+            purged=purged,
+        )
+    return purged

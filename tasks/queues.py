@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import dramatiq
 
-from core.errors import InvalidState, NotFound
 from tasks.broker import QUEUES, setup_broker
 
 NAMESPACE = "dramatiq"
@@ -81,12 +80,17 @@ class DeadLetter:
     retries: int
     failed_at: datetime
     error: str | None
+    options: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
-def dead_letters(queue: str, *, limit: int = 100) -> list[DeadLetter]:
-    """The newest dead messages of `queue`, newest first."""
+def dead_letters(queue: str, *, limit: int | None = 100) -> list[DeadLetter]:
+    """The newest dead messages of `queue`, newest first (all of them when `limit` is None).
+
+    Every workspace's: `tasks.actions.dead_letters` narrows them to one.
+    """
     client = _client()
-    entries = client.zrevrange(_key(queue, "XQ"), 0, limit - 1, withscores=True)
+    last = -1 if limit is None else limit - 1
+    entries = client.zrevrange(_key(queue, "XQ"), 0, last, withscores=True)
     if not entries:
         return []
     bodies = client.hmget(_key(queue, "XQ", "msgs"), [e for e, _ in entries])
@@ -105,48 +109,51 @@ def dead_letters(queue: str, *, limit: int = 100) -> list[DeadLetter]:
                 retries=int(message.options.get("retries", 0)),
                 failed_at=_from_ms(score),
                 error=_error(message.options),
+                options=dict(message.options),
             )
         )
     return letters
 
 
-def retry_dead_letter(queue: str, message_id: str) -> bool:
-    """Take a dead message out of the dead-letter queue and send it again; False if gone."""
+def execution_of(letter: DeadLetter) -> uuid.UUID | None:
+    """The execution a dead `run_execution` message was for; None for the deployment's own
+    jobs (dispatch, housekeeping), which belong to no workspace."""
+    if letter.actor != "run_execution" or not letter.args:
+        return None
+    try:
+        return uuid.UUID(str(letter.args[0]))
+    except ValueError:
+        return None
+
+
+def take_dead_letter(queue: str, message_id: str) -> dramatiq.Message[Any] | None:
+    """Take a dead message out of the dead-letter queue; None if it is already gone."""
     client = _client()
     body = client.hget(_key(queue, "XQ", "msgs"), message_id)
     if body is None:
-        return False
+        return None
     # Remove first: two people pressing Retry must not send it twice.
     if not client.zrem(_key(queue, "XQ"), message_id):
-        return False
+        return None
     client.hdel(_key(queue, "XQ", "msgs"), message_id)
-    dead = dramatiq.Message.decode(body)
-    if dead.actor_name == "run_execution" and _reopen(dead):
-        return True
+    return dramatiq.Message.decode(body)
+
+
+def send_again(dead: DeadLetter) -> None:
+    """Send a dead message's work again, with fresh delivery options."""
     options = {k: v for k, v in dead.options.items() if k not in _DELIVERY_OPTIONS}
-    actor = setup_broker().get_actor(dead.actor_name)
-    actor.send_with_options(args=tuple(dead.args), kwargs=dict(dead.kwargs), **options)
-    return True
+    actor = setup_broker().get_actor(dead.actor)
+    actor.send_with_options(args=dead.args, kwargs=dead.kwargs, **options)
 
 
-def _reopen(dead: dramatiq.Message[Any]) -> bool:
-    """Retry a dead run the way the Executions page does: the failed row is re-opened
-    and resumes at its failed step (a raw re-send would find it failed and do nothing)."""
-    from tasks.actions import retry
-
-    try:
-        retry(uuid.UUID(str(dead.args[0])), actor="dashboard (dead letter)")
-    except (InvalidState, NotFound, ValueError, IndexError):
-        return False  # already running again, or gone: the raw message is harmless
-    return True
-
-
-def purge_dead_letters(queue: str) -> int:
-    """Delete every dead message of `queue` (the queue's live messages stay); returns count."""
+def remove_dead_letters(queue: str, message_ids: list[str]) -> int:
+    """Delete these dead messages of `queue` (others stay); returns how many were there."""
+    if not message_ids:
+        return 0
     client = _client()
-    count = int(client.zcard(_key(queue, "XQ")))
-    client.delete(_key(queue, "XQ"), _key(queue, "XQ", "msgs"))
-    return count
+    removed = int(client.zrem(_key(queue, "XQ"), *message_ids))
+    client.hdel(_key(queue, "XQ", "msgs"), *message_ids)
+    return removed
 
 
 def _error(options: dict[str, Any]) -> str | None:

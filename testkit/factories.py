@@ -8,14 +8,46 @@ from typing import Any, TypeVar
 
 from sqlalchemy import func, insert, select
 
+from core.access import DEFAULT_WORKSPACE_ID, Actor
 from core.automation import AutomationInput, Step
 from core.schedule import ScheduleDefinition, ScheduleInput, parse_schedule
 from core.settings import get_settings
 from core.timing import ScheduleSpec
-from core.vocabulary import ExecutionStatus, ScheduleKind, Trigger
+from core.vocabulary import ExecutionStatus, Role, ScheduleKind, Trigger
 from db import commands
-from db.models import Base, Execution, Schedule, StepRun
+from db.models import Automation, Base, Execution, Membership, Schedule, StepRun, Workspace
 from db.session import db_now, session_scope
+from db.workspaces import ensure_default_workspace
+
+# The person every factory acts as: admin of the default workspace (`seed_access`).
+ADMIN = Actor(name="test", workspace_id=DEFAULT_WORKSPACE_ID, role=Role.ADMIN)
+
+
+def seed_access() -> None:
+    """The default workspace with ADMIN in it: what every test starts from."""
+    with session_scope() as session:
+        ensure_default_workspace(session)
+        session.merge(Membership(workspace_id=DEFAULT_WORKSPACE_ID, subject="test", role="admin"))
+
+
+def person(
+    name: str, role: Role | str = Role.ADMIN, workspace_id: uuid.UUID = DEFAULT_WORKSPACE_ID
+) -> Actor:
+    """`name` as a member of the workspace with `role` (made so if needed), acting there."""
+    actor = Actor(name=name, workspace_id=workspace_id, role=Role(role))
+    with session_scope() as session:
+        session.merge(Membership(workspace_id=workspace_id, subject=actor.subject, role=role))
+    return actor
+
+
+def make_workspace(name: str = "Other team", admin: str = "other-admin") -> Actor:
+    """A second workspace, its admin acting in it."""
+    with session_scope() as session:
+        workspace = Workspace(name=name)
+        session.add(workspace)
+        session.flush()
+        workspace_id = workspace.id
+    return person(admin, Role.ADMIN, workspace_id)
 
 
 def automation_input(**overrides: Any) -> AutomationInput:
@@ -34,12 +66,12 @@ def automation_input(**overrides: Any) -> AutomationInput:
     return AutomationInput(**values)
 
 
-def make_automation(**overrides: Any) -> uuid.UUID:
+def make_automation(*, actor: Actor = ADMIN, **overrides: Any) -> uuid.UUID:
     with session_scope() as session:
-        return commands.create_automation(session, automation_input(**overrides), actor="test").id
+        return commands.create_automation(session, automation_input(**overrides), actor=actor).id
 
 
-def make_schedule(automation_id: uuid.UUID, **overrides: Any) -> uuid.UUID:
+def make_schedule(automation_id: uuid.UUID, *, actor: Actor = ADMIN, **overrides: Any) -> uuid.UUID:
     spec_fields = {
         k: overrides.pop(k) for k in list(overrides) if k in ScheduleSpec.__dataclass_fields__
     }
@@ -48,7 +80,7 @@ def make_schedule(automation_id: uuid.UUID, **overrides: Any) -> uuid.UUID:
         spec_fields.setdefault("cron_expr", "* * * * *")
     data = schedule_definition(ScheduleInput(spec=ScheduleSpec(**spec_fields), **overrides))
     with session_scope() as session:
-        return commands.create_schedule(session, automation_id, data, actor="test").id
+        return commands.create_schedule(session, automation_id, data, actor=actor).id
 
 
 def schedule_definition(data: ScheduleInput) -> ScheduleDefinition:
@@ -56,9 +88,9 @@ def schedule_definition(data: ScheduleInput) -> ScheduleDefinition:
     return parse_schedule(data, retention_days=get_settings().retention_days)
 
 
-def make_execution(automation_id: uuid.UUID, **values: Any) -> uuid.UUID:
+def make_execution(automation_id: uuid.UUID, *, actor: Actor = ADMIN, **values: Any) -> uuid.UUID:
     with session_scope() as session:
-        execution = commands.create_manual_execution(session, automation_id, actor="test")
+        execution = commands.create_manual_execution(session, automation_id, actor=actor)
         for key, value in values.items():
             setattr(execution, key, value)
         return execution.id
@@ -133,12 +165,17 @@ def now() -> datetime:
 def add_runs(automation_id: uuid.UUID, rows: list[dict[str, Any]]) -> list[uuid.UUID]:
     """Insert executions directly: history with chosen statuses and times."""
     base = now()
+    with session_scope() as session:
+        workspace_id = session.scalar(
+            select(Automation.workspace_id).where(Automation.id == automation_id)
+        )
     full = []
     for n, row in enumerate(rows):
         queued = row.pop("queued_at", base - timedelta(minutes=n))
         values = {
             "id": uuid.uuid4(),
             "automation_id": automation_id,
+            "workspace_id": workspace_id,
             "schedule_id": None,
             "trigger": Trigger.MANUAL,
             "scheduled_for": queued,

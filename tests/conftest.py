@@ -113,13 +113,17 @@ def redis_url(scratch: Path) -> Iterator[str]:
 
 @pytest.fixture
 def db(database_url: str) -> Iterator[None]:
-    """Empty tables before the test (the schema stays)."""
+    """Empty tables before the test (the schema stays), but for the default workspace
+    and its admin `testkit.factories.ADMIN`, whom the factories act as."""
     from db.models import Base
     from db.session import get_engine
 
     tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    from testkit.factories import seed_access
+
     with get_engine().begin() as conn:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    seed_access()
     yield
 
 

@@ -26,7 +26,7 @@ from sqlalchemy import insert
 from db import queries
 from db.models import StepRun
 from db.session import session_scope
-from testkit.factories import add_runs, make_automation
+from testkit.factories import ADMIN, add_runs, make_automation, make_workspace
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "tests" / "screenshots"
@@ -197,7 +197,7 @@ def test_dashboard_in_a_real_browser(dashboard_url: str, browser_page: Any) -> N
 
     # then it is listed with its next run
     with session_scope() as session:
-        [row] = queries.list_schedules(session)
+        [row] = queries.list_schedules(session, actor=ADMIN)
     assert row.next_run_at is not None and row.timezone == "America/New_York"
     grid = page.locator('[data-testid="stDataFrame"]').first
     grid.wait_for()
@@ -261,6 +261,34 @@ def test_hostile_text_renders_literally_and_bad_links_say_not_found(
     page.get_by_text("Execution not found").wait_for()
     no_exception(page)
     assert "Traceback" not in page.content()
+
+
+def test_another_workspaces_run_is_not_found_by_any_page_or_deep_link(
+    dashboard_url: str, browser_page: Any
+) -> None:
+    # given local mode (no login: the local admin, in the default workspace) and another
+    # workspace on the same database with a failed run
+    page = browser_page
+    add_runs(make_automation(name="Our report"), [{"status": "succeeded"}])
+    theirs = make_workspace("Their team", admin="eve@their.example")
+    their_automation = make_automation(actor=theirs, name="Their payroll")
+    (their_run,) = add_runs(their_automation, [{"status": "failed", "error": "their secret"}])
+    # when their run is opened by its deep link
+    page.goto(f"{dashboard_url}/executions?execution={their_run}")
+    settle(page)
+    # then it is not found, and nothing of theirs is on the page
+    page.get_by_text("Execution not found in this workspace").wait_for()
+    no_exception(page)
+    for path in ("executions", "automations", "schedules", "export", "overview", "audit"):
+        page.goto(f"{dashboard_url}/{path}")
+        settle(page)
+        no_exception(page)
+        content = page.content()
+        assert "Their payroll" not in content and "their secret" not in content, path
+        assert str(their_run) not in content, path
+    # and the local admin, in one workspace, has no workspace chooser and no login screen
+    assert page.get_by_role("button", name="Log in").count() == 0
+    assert page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').count() == 0
 
 
 def test_a_page_served_under_a_foreign_host_name_shows_nothing(dashboard_url: str) -> None:

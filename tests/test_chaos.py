@@ -38,7 +38,14 @@ from stepwise.demo_agent import Call, Reply
 from tasks import engine
 from tasks.actions import schedules_changed
 from tasks.actors import send_run
-from testkit.factories import fetch, make_automation, make_schedule, now, schedule_definition
+from testkit.factories import (
+    fetch,
+    make_automation,
+    make_schedule,
+    now,
+    person,
+    schedule_definition,
+)
 from testkit.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -136,6 +143,7 @@ def _act(what: Callable[[Any], Any]) -> None:
 def _timeline(chaos: Chaos, ids: dict[str, list[uuid.UUID]], rng: random.Random) -> None:
     """The faults and the people, every ~10 s from the first slot on."""
     procs = chaos.procs
+    who = person("chaos")  # a member of the default workspace, made before any fault
 
     def jitter(offset: float) -> None:
         chaos.at(LEAD_S + offset + rng.uniform(0, 3))
@@ -144,7 +152,7 @@ def _timeline(chaos: Chaos, ids: dict[str, list[uuid.UUID]], rng: random.Random)
     chaos.kill("worker1", "worker")
     jitter(20)
     for schedule_id in ids["every10_skip"]:
-        _act(lambda s, i=schedule_id: commands.set_schedule_enabled(s, i, False, actor="chaos"))
+        _act(lambda s, i=schedule_id: commands.set_schedule_enabled(s, i, False, actor=who))
     jitter(25)
     chaos.term("worker2", "worker")
     jitter(35)
@@ -152,7 +160,7 @@ def _timeline(chaos: Chaos, ids: dict[str, list[uuid.UUID]], rng: random.Random)
     chaos.redis.flushdb()
     jitter(45)
     for schedule_id in ids["every10_skip"]:
-        _act(lambda s, i=schedule_id: commands.set_schedule_enabled(s, i, True, actor="chaos"))
+        _act(lambda s, i=schedule_id: commands.set_schedule_enabled(s, i, True, actor=who))
     schedules_changed()
     jitter(50)
     chaos.kill("scheduler", "scheduler")
@@ -165,7 +173,7 @@ def _timeline(chaos: Chaos, ids: dict[str, list[uuid.UUID]], rng: random.Random)
                 misfire_policy="run_once",
             )
         )
-        _act(lambda s, i=schedule_id, d=data: commands.update_schedule(s, i, d, actor="chaos"))
+        _act(lambda s, i=schedule_id, d=data: commands.update_schedule(s, i, d, actor=who))
     schedules_changed()
     jitter(60)
     chaos.note("second scheduler and dispatcher")
@@ -176,7 +184,7 @@ def _timeline(chaos: Chaos, ids: dict[str, list[uuid.UUID]], rng: random.Random)
     jitter(80)
     for schedule_id in ids["every12_deleted"]:
         automation_id = fetch(Schedule, schedule_id).automation_id
-        _act(lambda s, a=automation_id: commands.delete_automation(s, a, actor="chaos"))
+        _act(lambda s, a=automation_id: commands.delete_automation(s, a, actor=who))
     jitter(90)
     chaos.kill("worker2", "worker")
     jitter(100)

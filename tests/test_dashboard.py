@@ -27,11 +27,14 @@ from db.models import Execution
 from db.queries import ExecutionFilters
 from db.session import session_scope
 from testkit.factories import (
+    ADMIN,
     add_runs,
     automation_input,
     make_automation,
+    make_execution,
     make_schedule,
     now,
+    person,
     row_counts,
     table_snapshot,
 )
@@ -59,7 +62,7 @@ def texts(at: AppTest) -> str:
 
 def schedules() -> list[queries.ScheduleRow]:
     with session_scope() as session:
-        return queries.list_schedules(session)
+        return queries.list_schedules(session, actor=ADMIN)
 
 
 @pytest.mark.parametrize(
@@ -197,7 +200,7 @@ def test_pause_resume_run_now_and_delete(agent: Any, worker: Any) -> None:
 
     def finished() -> list[queries.ExecutionRow]:
         with session_scope() as session:
-            rows = queries.list_executions(session, ExecutionFilters()).rows
+            rows = queries.list_executions(session, ExecutionFilters(), actor=ADMIN).rows
         return [r for r in rows if r.status == "succeeded"]
 
     [run] = wait_for(finished, timeout=30, message="the manual run to succeed")
@@ -249,7 +252,7 @@ def test_create_an_automation_through_the_text_steps_path() -> None:
     at.button(key="auto_new_save").click().run()
     assert not at.exception, at.exception
     with session_scope() as session:
-        [row] = queries.list_automations(session)
+        [row] = queries.list_automations(session, actor=ADMIN)
     assert row.name == "Weekly digest"
     assert row.steps == [
         {"name": "Collect", "message": "get numbers"},
@@ -290,7 +293,7 @@ def test_delete_an_automation_after_confirming() -> None:
     assert "Its 1 schedule(s) stop" in texts(at)
     at.button(key=f"auto_{auto}_delete_yes").click().run()
     with session_scope() as session:
-        assert queries.list_automations(session) == []
+        assert queries.list_automations(session, actor=ADMIN) == []
 
 
 # --- executions and export ------------------------------------------------------------
@@ -338,7 +341,7 @@ def test_execution_detail_and_retry(history: dict[str, uuid.UUID]) -> None:
     at.button(key=f"ex_retry_{history['failed']}").click().run()
     assert not at.exception, at.exception
     with session_scope() as session:
-        detail = queries.execution_detail(session, history["failed"])
+        detail = queries.execution_detail(session, history["failed"], actor=ADMIN)
     assert detail is not None and detail.execution.status == "queued"
 
 
@@ -404,7 +407,7 @@ def test_export_builds_the_same_rows_as_the_query(history: dict[str, uuid.UUID])
     frame = pd.read_parquet(built["path"])
     with session_scope() as session:
         expected = queries.list_executions(
-            session, ExecutionFilters(statuses=("failed",)), limit=1000
+            session, ExecutionFilters(statuses=("failed",)), limit=1000, actor=ADMIN
         ).rows
     assert list(frame["execution_id"]) == [str(r.id) for r in expected]
     assert built["rows"] == 15
@@ -418,8 +421,11 @@ def test_queues_list_retry_and_purge_dead_letters(redis_client: Any) -> None:
 
     from tasks.actors import run_execution
 
+    automation_id = make_automation()
+
     def bury(n: int) -> str:
-        message = run_execution.message(str(uuid.uuid4()))
+        # A dead run of this workspace (another workspace's would not be listed here).
+        message = run_execution.message(str(make_execution(automation_id)))
         message_id = f"dead-{n}"
         redis_client.zadd("dramatiq:default.XQ", {message_id: time.time() * 1000})
         redis_client.hset("dramatiq:default.XQ.msgs", message_id, message.encode())
@@ -439,6 +445,13 @@ def test_queues_list_retry_and_purge_dead_letters(redis_client: Any) -> None:
     at.button(key="q_purge_yes").click().run()
     assert redis_client.zcard("dramatiq:default.XQ") == 0
     assert "Purged 1 dead letter(s)." in texts(at)
+    with session_scope() as session:
+        audited = list_audit(session, AuditFilters(), actor=ADMIN)
+    queue_actions = {r.action: r.actor for r in audited if "dead_letter" in r.action}
+    assert queue_actions == {
+        "retry_dead_letter": "local admin",
+        "purge_dead_letters": "local admin",
+    }
 
 
 # --- form helpers (no server) -------------------------------------------------------------
@@ -475,9 +488,9 @@ def test_the_audit_page_lists_who_did_what_and_filters_it() -> None:
     # given changes made by two people
     with session_scope() as session:
         created = commands.create_automation(
-            session, automation_input(name="=cmd|' /C calc'!A0"), actor="alice@example.com"
+            session, automation_input(name="=cmd|' /C calc'!A0"), actor=person("alice@example.com")
         )
-        commands.rotate_signing_secret(session, created.id, actor="bob@example.com")
+        commands.rotate_signing_secret(session, created.id, actor=person("bob@example.com"))
     # when the audit page opens, then both changes are listed, newest first
     at = page("audit")
     frame = at.dataframe[0].value
@@ -493,8 +506,10 @@ def test_the_audit_page_lists_who_did_what_and_filters_it() -> None:
 
 def test_the_audit_export_cannot_run_a_formula() -> None:
     with session_scope() as session:
-        commands.create_automation(session, automation_input(name="=1+1"), actor="=HYPERLINK(1)")
-        rows = list_audit(session, AuditFilters())
+        commands.create_automation(
+            session, automation_input(name="=1+1"), actor=person("=HYPERLINK(1)")
+        )
+        rows = list_audit(session, AuditFilters(), actor=ADMIN)
     text = audit_csv(rows).decode()
     assert "'=HYPERLINK(1)" in text
     assert ',"=' not in text and "\n=" not in text
@@ -520,3 +535,28 @@ def test_an_open_run_stays_open_when_its_status_changes() -> None:
     assert not at.exception, at.exception
     assert at.session_state["ex_open"] == str(running)
     assert "succeeded" in texts(at)
+
+
+def test_the_workspace_page_adds_members_and_secrets_audited() -> None:
+    # given the local admin on the Workspace page
+    at = page("workspace")
+    assert "local admin" in at.dataframe[0].value.to_string()
+    # when they add Bob as an editor and save a secret
+    at.text_input(key="ws_member").input("Bob@Example.com").run()
+    at.selectbox(key="ws_role").set_value("editor").run()
+    at.button(key="ws_set_member").click().run()
+    at.text_input(key="ws_secret_name").input("AGENT_TOKEN").run()
+    at.text_input(key="ws_secret_value").input("s3cret-value").run()
+    at.button(key="ws_secret_save").click().run()
+    assert not at.exception, at.exception
+    # then both show (the secret by name only) and both are audited by the local admin
+    members = at.dataframe[0].value.to_string()
+    assert "bob@example.com" in members and "editor" in members
+    assert "AGENT_TOKEN" in at.dataframe[1].value.to_string()
+    assert "s3cret-value" not in repr(at)
+    with session_scope() as session:
+        rows = list_audit(session, AuditFilters(), actor=person("local admin"))
+    assert [(r.action, r.actor) for r in rows[:2]] == [
+        ("set_secret", "local admin"),
+        ("add_member", "local admin"),
+    ]

@@ -33,11 +33,13 @@ from db.runs import claim_execution, purge_history, stranded_executions
 from db.session import db_now, session_scope
 from stepwise.cli import migrate
 from testkit.factories import (
+    ADMIN,
     automation_input,
     fetch,
     make_automation,
     make_execution,
     make_schedule,
+    person,
     schedule_definition,
     table_snapshot,
 )
@@ -154,6 +156,7 @@ def test_the_slot_key_rejects_a_second_execution_for_a_slot(db: None) -> None:
     slot = datetime(2030, 1, 1, 9, tzinfo=UTC)
     row = {
         "automation_id": automation_id,
+        "workspace_id": ADMIN.workspace_id,
         "schedule_id": schedule_id,
         "scheduled_for": slot,
         "total_steps": 3,
@@ -399,7 +402,7 @@ def test_bad_schedules_write_nothing(
             session,
             automation_id,
             schedule_definition(ScheduleInput(spec=ScheduleSpec(**overrides))),
-            actor="t",
+            actor=ADMIN,
         )
     assert text in (error.value.for_field(field) or "")
     assert table_snapshot() == before
@@ -421,7 +424,7 @@ def test_bad_automations_write_nothing(
 ) -> None:
     before = table_snapshot()
     with pytest.raises(ValidationFailed) as error, session_scope() as session:
-        commands.create_automation(session, automation_input(**overrides), actor="t")
+        commands.create_automation(session, automation_input(**overrides), actor=ADMIN)
     assert text in (error.value.for_field(field) or "")
     assert table_snapshot() == before
 
@@ -430,7 +433,7 @@ def test_deleting_an_automation_cancels_its_queued_runs(db: None) -> None:
     automation_id = make_automation()
     execution_id = make_execution(automation_id)
     with session_scope() as session:
-        assert commands.delete_automation(session, automation_id, actor="t") == 1
+        assert commands.delete_automation(session, automation_id, actor=ADMIN) == 1
     with session_scope() as session:
         row = session.get(Execution, execution_id)
         assert row is not None and row.status == "cancelled"
@@ -493,20 +496,20 @@ def test_an_edit_is_audited_with_old_and_new_values_and_no_secret(db: None) -> N
                 agent_url="http://127.0.0.1:9/b?api_key=NEW",
                 project_context="longer context",
             ),
-            actor="alice",
+            actor=person("alice"),
         )
-        current = commands.get_schedule(session, schedule_id)
+        current = commands.get_schedule(session, schedule_id, actor=ADMIN)
         commands.update_schedule(
             session,
             schedule_id,
             schedule_definition(
                 ScheduleInput(spec=spec_of(current), misfire_policy=MisfirePolicy.SKIP)
             ),
-            actor="bob",
+            actor=person("bob"),
         )
     # then each audit row names exactly what changed, from what to what, keys redacted
     with session_scope() as session:
-        rows = list_audit(session, AuditFilters(actions=(AuditAction.EDIT,)))
+        rows = list_audit(session, AuditFilters(actions=(AuditAction.EDIT,)), actor=ADMIN)
     by_actor = {r.actor: r.details["changed"] for r in rows}
     assert by_actor["alice"] == {
         "name": ["Before", "After"],

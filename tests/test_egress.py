@@ -29,6 +29,7 @@ from tasks.actors import send_run
 from tasks.agent import GuardedBackend, call_agent, make_client
 from tasks.runner import stop_runner
 from testkit.factories import (
+    ADMIN,
     automation_input,
     execution,
     make_automation,
@@ -120,7 +121,7 @@ def test_an_internal_or_credentialed_url_is_refused_at_save_and_nothing_written(
 ) -> None:
     before = table_snapshot()
     with pytest.raises(ValidationFailed) as refused, session_scope() as session:
-        commands.create_automation(session, automation_input(agent_url=url), actor="t")
+        commands.create_automation(session, automation_input(agent_url=url), actor=ADMIN)
     assert message in (refused.value.for_field("agent_url") or "")
     assert table_snapshot() == before
 

@@ -14,17 +14,17 @@ import pytest
 from db import exports, queries
 from db.queries import ExecutionFilters
 from db.session import session_scope
-from testkit.factories import add_runs, make_automation, now
+from testkit.factories import ADMIN, add_runs, make_automation, now
 
 
 def _frame(filters: ExecutionFilters) -> pd.DataFrame:
     with session_scope() as session:
-        return exports.history_frame(session, filters)
+        return exports.history_frame(session, filters, actor=ADMIN)
 
 
 def _write(filters: ExecutionFilters, path: Path, fmt: exports.Format, **options: Any) -> int:
     with session_scope() as session:
-        return exports.write_history(session, filters, path, fmt, **options)
+        return exports.write_history(session, filters, path, fmt, **options, actor=ADMIN)
 
 
 pytestmark = pytest.mark.usefixtures("db")
@@ -57,7 +57,7 @@ def history() -> dict[str, object]:
 
 def query_ids(filters: ExecutionFilters) -> list[str]:
     with session_scope() as session:
-        page = queries.list_executions(session, filters, limit=10_000)
+        page = queries.list_executions(session, filters, limit=10_000, actor=ADMIN)
     return [str(r.id) for r in page.rows]
 
 

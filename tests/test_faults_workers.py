@@ -32,11 +32,13 @@ from tasks import engine
 from tasks.actions import cancel
 from tasks.actors import send_run
 from testkit.factories import (
+    ADMIN,
     execution,
     executions_of,
     make_automation,
     make_execution,
     make_schedule,
+    person,
     step_runs,
 )
 from testkit.processes import worker_in_process
@@ -253,14 +255,19 @@ def _dashboard_reads(stop: threading.Event, errors: list[BaseException], done: l
         try:
             with session_scope() as session:
                 now = db_now(session)
-                queries.list_executions(session, queries.ExecutionFilters(), limit=50)
+                queries.list_executions(session, queries.ExecutionFilters(), limit=50, actor=ADMIN)
                 queries.list_executions(
-                    session, queries.ExecutionFilters(statuses=("running", "queued")), limit=50
+                    session,
+                    queries.ExecutionFilters(statuses=("running", "queued")),
+                    limit=50,
+                    actor=ADMIN,
                 )
-                queries.count_executions(session, queries.ExecutionFilters())
-                figures.kpis(session)
-                figures.outcome_series(session, since=now - timedelta(days=1), bucket="hour")
-                queries.recent_failures(session)
+                queries.count_executions(session, queries.ExecutionFilters(), actor=ADMIN)
+                figures.kpis(session, actor=ADMIN)
+                figures.outcome_series(
+                    session, since=now - timedelta(days=1), bucket="hour", actor=ADMIN
+                )
+                queries.recent_failures(session, actor=ADMIN)
                 figures.scheduler_liveness(session)
             done.append(1)
         except BaseException as exc:  # reported by the test
@@ -276,7 +283,7 @@ def test_load_1000_executions_through_two_worker_processes(procs: Any, agent: An
     automation_id = make_automation(agent_url=agent.url, steps=2, step_timeout_s=30)
     with session_scope() as session:
         ids = [
-            commands.create_manual_execution(session, automation_id, actor="load").id
+            commands.create_manual_execution(session, automation_id, actor=person("load")).id
             for _ in range(LOAD)
         ]
     for n in (1, 2):
@@ -294,7 +301,7 @@ def test_load_1000_executions_through_two_worker_processes(procs: Any, agent: An
     cancelled = set(ids[100:1000:50])  # 18, some queued, some already running
     for execution_id in cancelled:
         with contextlib.suppress(InvalidState):
-            cancel(execution_id, actor="load")
+            cancel(execution_id, actor=person("load"))
 
     def unfinished() -> int:
         with session_scope() as session:

@@ -30,6 +30,7 @@ from tasks import engine, queues
 from tasks.actions import cancel
 from tasks.actors import send_run
 from testkit.factories import (
+    ADMIN,
     execution,
     executions_of,
     fetch,
@@ -87,7 +88,7 @@ def _sleep_until(instant: datetime) -> None:
 
 def _pause(schedule_id: uuid.UUID, enabled: bool) -> None:
     with session_scope() as session:
-        commands.set_schedule_enabled(session, schedule_id, enabled, actor="test")
+        commands.set_schedule_enabled(session, schedule_id, enabled, actor=ADMIN)
 
 
 def _assert_counters_match_rows(schedule_id: uuid.UUID) -> None:
@@ -145,7 +146,7 @@ def test_an_edit_keeps_the_slots_of_the_new_timing_and_drops_the_others(
         spec = ScheduleSpec(kind="interval", interval_s=interval_s)
         data = schedule_definition(ScheduleInput(spec=spec, misfire_policy=misfire))
         with session_scope() as session:
-            commands.update_schedule(session, schedule_id, data, actor="test")
+            commands.update_schedule(session, schedule_id, data, actor=ADMIN)
         return engine.dispatch_due(send_run)
 
     def open_slots() -> list[datetime]:
@@ -202,7 +203,7 @@ def test_deleting_an_automation_stops_its_runs_in_flight(worker: Any, agent: Any
     _stuck_mid_step(orphan)
     # when the automation is deleted
     with session_scope() as session:
-        commands.delete_automation(session, automation_id, actor="test")
+        commands.delete_automation(session, automation_id, actor=ADMIN)
     # and housekeeping then looks for stranded runs, while the live step's answer comes back
     deadline = time.monotonic() + 6
     while time.monotonic() < deadline:
@@ -230,7 +231,7 @@ def test_deleting_a_schedule_cancels_its_running_runs(db: None, redis_client: An
         assert start_step(session, claim, 1, {}, lease_s=5) is not None
     # when the schedule is deleted
     with session_scope() as session:
-        cancelled = commands.delete_schedule(session, schedule_id, actor="test")
+        cancelled = commands.delete_schedule(session, schedule_id, actor=ADMIN)
     # then every run it had is cancelled, the running one too, its step closed
     with session_scope() as session:
         rows = session.scalars(select(Execution).where(Execution.automation_id == automation_id))
@@ -332,7 +333,7 @@ def test_cancelling_a_running_execution_stops_it_and_drops_the_answer_in_flight(
     send_run(RunMessage(execution_id, 3))
     wait_for(lambda: len(agent.calls) == 2, message="step 2 at the agent")
     # when a person cancels it
-    cancel(execution_id, actor="test")
+    cancel(execution_id, actor=ADMIN)
     # then at once nothing of it is running: the step at the agent is closed with the reason
     steps = [(s.step_number, s.status, s.error) for s in step_runs(execution_id)]
     assert steps == [(1, "succeeded", None), (2, "failed", CANCELLED_STEP_ERROR)]
@@ -360,7 +361,7 @@ def test_a_cancelled_run_whose_step_then_fails_is_not_a_dead_letter(
     send_run(RunMessage(execution_id, 3))
     wait_for(lambda: len(agent.calls) == 1, message="the step at the agent")
     # when a person cancels it before the answer comes
-    cancel(execution_id, actor="test")
+    cancel(execution_id, actor=ADMIN)
     time.sleep(3)
     # then the refusal is not this worker's to report: no dead letter, still cancelled
     assert queues.dead_letters("default") == []

@@ -19,8 +19,19 @@ from typing import Any
 
 import pytest
 
+from core.errors import Forbidden
+from core.vocabulary import Role
+from db import commands, workspaces
+from db.session import session_scope
 from stepwise.embedded import free_port
-from testkit.factories import make_automation
+from testkit.factories import (
+    add_runs,
+    make_automation,
+    make_schedule,
+    make_workspace,
+    person,
+    table_snapshot,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "tests" / "screenshots"
@@ -167,3 +178,112 @@ def test_a_half_configured_login_names_what_is_missing() -> None:
     )
     assert done.returncode == 1
     assert "STEPWISE_OIDC_CLIENT_ID" in done.stderr and "STEPWISE_ADMINS" in done.stderr
+
+
+def _settled(page: Any) -> None:
+    page.wait_for_selector('[data-testid="stApp"]')
+    page.wait_for_function(
+        """() => !document.querySelector('[data-testid="stStatusWidget"]')""", timeout=30_000
+    )
+    page.wait_for_timeout(800)
+
+
+def _grid_shows(page: Any, text: str) -> None:
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    grid.get_by_text(text).first.wait_for(state="attached")
+
+
+WRITE_CONTROLS = {
+    "automations": ("Save", "Test run", "Delete", "New signing secret"),
+    "schedules": ("New schedule", "Pause", "Resume", "Run now", "Edit", "Delete"),
+    "executions": ("Retry", "Cancel"),
+    "workspace": ("Add or change", "Remove", "Save secret", "Save quotas", "Create"),
+}
+
+
+def test_a_viewer_sees_no_write_controls_and_a_forged_write_is_refused(dashboard: str) -> None:
+    # given an automation with a schedule and a failed run, and Bob, a viewer
+    automation_id = make_automation(name="Quarterly numbers")
+    make_schedule(automation_id)
+    (failed,) = add_runs(automation_id, [{"status": "failed", "error": "agent said no"}])
+    viewer = person("bob@example.com", Role.VIEWER)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1900})
+        page.set_default_timeout(30_000)
+        # when Bob logs in
+        _log_in(page, dashboard, "bob@example.com")
+        page.get_by_text("Your role here: viewer").wait_for()
+        # then every page shows him the data and none of the controls that change it
+        for path, marker in (
+            ("automations", "Quarterly numbers"),
+            ("schedules", "Quarterly numbers"),
+            (f"executions?execution={failed}", "agent said no"),
+            ("workspace", "bob@example.com"),
+        ):
+            page.goto(f"{dashboard}/{path}")
+            _settled(page)
+            if path.startswith("executions"):
+                page.get_by_text(marker).first.wait_for()
+            else:
+                _grid_shows(page, marker)
+            main = page.locator('[data-testid="stMain"]')
+            for label in WRITE_CONTROLS[path.split("?")[0]]:
+                shown = main.get_by_role("button", name=label, exact=True).count()
+                assert shown == 0, (path, label)
+        page.screenshot(path=str(SHOTS / "viewer.png"), full_page=True)
+        browser.close()
+    # and a write forged past the page, in his name, is refused by the server, writing nothing
+    before = table_snapshot()
+    for forged in (
+        lambda s: commands.create_manual_execution(s, automation_id, actor=viewer),
+        lambda s: commands.retry_execution(s, failed, actor=viewer),
+        lambda s: commands.delete_automation(s, automation_id, actor=viewer),
+        lambda s: workspaces.set_member(s, "bob@example.com", Role.ADMIN, actor=viewer),
+    ):
+        with pytest.raises(Forbidden, match="a viewer may not"), session_scope() as session:
+            forged(session)
+    assert table_snapshot() == before
+
+
+def test_a_member_of_two_workspaces_chooses_one_and_reaches_only_it(dashboard: str) -> None:
+    # given Alice (admin of the default workspace, from STEPWISE_ADMINS) and another
+    # team's workspace with a failed run
+    make_automation(name="Our report")
+    eve = make_workspace("Their team", admin="eve@their.example")
+    theirs = make_automation(actor=eve, name="Their payroll")
+    (their_run,) = add_runs(theirs, [{"status": "failed", "error": "their secret"}])
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1900})
+        page.set_default_timeout(30_000)
+        _log_in(page, dashboard, "alice@example.com")
+        page.get_by_text("Signed in as").wait_for()
+        # when she follows a link to their run: it is not found, nothing of theirs shows
+        page.goto(f"{dashboard}/executions?execution={their_run}")
+        _settled(page)
+        assert "their secret" not in page.content() and "Their payroll" not in page.content()
+        page.goto(f"{dashboard}/automations")
+        _grid_shows(page, "Our report")
+        assert "Their payroll" not in page.content()
+        # an admin here, she has the write controls (the viewer test's counterpart)
+        assert page.get_by_role("button", name="Save", exact=True).count() == 1
+        # when Eve makes her a viewer of their team, a workspace chooser appears
+        with session_scope() as session:
+            workspaces.set_member(session, "alice@example.com", Role.VIEWER, actor=eve)
+        page.goto(f"{dashboard}/automations")
+        _settled(page)
+        chooser = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]')
+        chooser.click()
+        page.get_by_role("option", name="Their team (viewer)").click()
+        _settled(page)
+        # then in their workspace she reads theirs, not ours, and cannot change it
+        _grid_shows(page, "Their payroll")
+        assert "Our report" not in page.content()
+        assert page.get_by_role("button", name="Save", exact=True).count() == 0
+        page.get_by_text("Your role here: viewer").wait_for()
+        browser.close()

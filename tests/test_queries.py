@@ -14,7 +14,7 @@ from db.dispatch import beat
 from db.models import StepRun
 from db.queries import ExecutionFilters
 from db.session import session_scope
-from testkit.factories import add_runs, make_automation, make_schedule, now
+from testkit.factories import ADMIN, add_runs, make_automation, make_schedule, now
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -39,7 +39,7 @@ def test_kpis_count_active_schedules_runs_and_rates() -> None:
     )
     # when
     with session_scope() as session:
-        k = figures.kpis(session)
+        k = figures.kpis(session, actor=ADMIN)
     # then
     assert k.active_schedules == 1
     assert k.runs_24h == 4
@@ -51,7 +51,7 @@ def test_kpis_count_active_schedules_runs_and_rates() -> None:
 
 def test_kpis_without_history_have_no_rate() -> None:
     with session_scope() as session:
-        k = figures.kpis(session)
+        k = figures.kpis(session, actor=ADMIN)
     assert (k.runs_24h, k.success_rate_24h, k.success_rate_7d) == (0, None, None)
 
 
@@ -72,7 +72,7 @@ def test_outcome_series_buckets_by_day_and_status_zero_filled() -> None:
     # when
     with session_scope() as session:
         points = figures.outcome_series(
-            session, since=day, until=day + timedelta(days=3), bucket="day"
+            session, since=day, until=day + timedelta(days=3), bucket="day", actor=ADMIN
         )
     # then
     table = {(p.bucket.date().day, p.status): p.count for p in points}
@@ -89,7 +89,7 @@ def test_outcome_series_by_hour() -> None:
     add_runs(auto, [{"status": "failed", "finished_at": hour + timedelta(minutes=59)}])
     with session_scope() as session:
         points = figures.outcome_series(
-            session, since=hour, until=hour + timedelta(hours=2), bucket="hour"
+            session, since=hour, until=hour + timedelta(hours=2), bucket="hour", actor=ADMIN
         )
     failed = [(p.bucket, p.count) for p in points if p.status == "failed"]
     assert failed == [(hour, 1), (hour + timedelta(hours=1), 0)]
@@ -110,20 +110,27 @@ def test_list_executions_filters_and_pages_newest_first() -> None:
     add_runs(b, [{"status": "failed", "queued_at": t - timedelta(seconds=30)}])
     with session_scope() as session:
         # when: pages of 3 over Alpha
-        first = queries.list_executions(session, ExecutionFilters(automation_id=a), limit=3)
+        first = queries.list_executions(
+            session, ExecutionFilters(automation_id=a), limit=3, actor=ADMIN
+        )
         second = queries.list_executions(
-            session, ExecutionFilters(automation_id=a), limit=3, offset=3
+            session, ExecutionFilters(automation_id=a), limit=3, offset=3, actor=ADMIN
         )
         third = queries.list_executions(
-            session, ExecutionFilters(automation_id=a), limit=3, offset=6
+            session, ExecutionFilters(automation_id=a), limit=3, offset=6, actor=ADMIN
         )
-        failed = queries.list_executions(session, ExecutionFilters(statuses=("failed",)))
+        failed = queries.list_executions(
+            session, ExecutionFilters(statuses=("failed",)), actor=ADMIN
+        )
         window = queries.list_executions(
             session,
             ExecutionFilters(since=t - timedelta(minutes=2, seconds=30), until=t),
+            actor=ADMIN,
         )
-        manual = queries.count_executions(session, ExecutionFilters(trigger="manual"))
-        scheduled = queries.count_executions(session, ExecutionFilters(trigger="schedule"))
+        manual = queries.count_executions(session, ExecutionFilters(trigger="manual"), actor=ADMIN)
+        scheduled = queries.count_executions(
+            session, ExecutionFilters(trigger="schedule"), actor=ADMIN
+        )
     # then
     assert [r.id for r in first.rows + second.rows + third.rows] == ids_a
     assert (first.has_more, second.has_more, third.has_more) == (True, True, False)
@@ -171,8 +178,8 @@ def test_execution_detail_has_the_step_timeline() -> None:
             ],
         )
     with session_scope() as session:
-        detail = queries.execution_detail(session, run)
-        missing = queries.execution_detail(session, uuid.uuid4())
+        detail = queries.execution_detail(session, run, actor=ADMIN)
+        missing = queries.execution_detail(session, uuid.uuid4(), actor=ADMIN)
     assert missing is None
     assert detail is not None and detail.execution.error == "boom"
     assert [(s.step_number, s.attempt, s.response_status) for s in detail.steps] == [
@@ -204,7 +211,7 @@ def test_schedule_stats_percentiles_in_sql() -> None:
     add_runs(auto, rows)
     # when
     with session_scope() as session:
-        [stats] = figures.schedule_stats(session, since=t - timedelta(days=1))
+        [stats] = figures.schedule_stats(session, since=t - timedelta(days=1), actor=ADMIN)
     # then
     assert (stats.runs, stats.succeeded, stats.failed) == (10, 9, 1)
     assert stats.success_rate == pytest.approx(0.9)
@@ -229,12 +236,14 @@ def test_list_schedules_states_and_queued_runs() -> None:
         ],
     )
     with session_scope() as session:
-        rows = queries.list_schedules(session)
-        only_paused = queries.list_schedules(session, state="paused")
+        rows = queries.list_schedules(session, actor=ADMIN)
+        only_paused = queries.list_schedules(session, state="paused", actor=ADMIN)
         waiting = queries.count_executions(
-            session, queries.ExecutionFilters(statuses=OPEN_STATUSES, schedule_id=active)
+            session,
+            queries.ExecutionFilters(statuses=OPEN_STATUSES, schedule_id=active),
+            actor=ADMIN,
         )
-        upcoming = figures.upcoming_runs(session)
+        upcoming = figures.upcoming_runs(session, actor=ADMIN)
     by_id = {r.id: r for r in rows}
     assert by_id[active].state == "active" and by_id[active].queued_runs == 1
     assert by_id[paused].state == "paused" and by_id[paused].queued_runs == 0
@@ -261,11 +270,11 @@ def test_automation_lists_skip_archived() -> None:
     from db import commands
 
     with session_scope() as session:
-        commands.delete_automation(session, gone, actor="test")
+        commands.delete_automation(session, gone, actor=ADMIN)
     with session_scope() as session:
-        rows = queries.list_automations(session)
-        names = queries.automation_names(session)
-        labels = queries.schedule_labels(session)
+        rows = queries.list_automations(session, actor=ADMIN)
+        names = queries.automation_names(session, actor=ADMIN)
+        labels = queries.schedule_labels(session, actor=ADMIN)
     assert [(r.name, r.schedules) for r in rows] == [("Keep", 1)]
     assert list(names.values()) == ["Keep"]
     assert all("Keep" in label for label in labels.values())

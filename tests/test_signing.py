@@ -31,7 +31,7 @@ from db.runs import RunMessage
 from db.session import session_scope
 from stepwise.demo_agent import AgentServer, verify_signature
 from tasks.actors import send_run
-from testkit.factories import execution, make_automation, make_execution
+from testkit.factories import ADMIN, execution, make_automation, make_execution
 from testkit.processes import READY
 from testkit.waiting import wait_for
 
@@ -77,7 +77,7 @@ def test_sealed_values_open_with_any_key_and_reseal_with_the_first() -> None:
 
 def _secret(automation_id: Any) -> str:
     with session_scope() as session:
-        secret = commands.signing_secret(session, automation_id)
+        secret = commands.signing_secret(session, automation_id, actor=ADMIN)
     assert secret is not None and secret.startswith("whsec_")
     return secret
 
@@ -125,7 +125,7 @@ def test_a_new_signing_secret_takes_over_at_once(worker: Any, verifying_agent: A
     verifying_agent.signing_secret = _secret(automation_id)
     # when the secret is rotated
     with session_scope() as session:
-        commands.rotate_signing_secret(session, automation_id, actor="t")
+        commands.rotate_signing_secret(session, automation_id, actor=ADMIN)
     # then calls are signed with the new one: the old secret no longer verifies them
     execution_id = make_execution(automation_id)
     send_run(RunMessage(execution_id, 0))

@@ -12,7 +12,7 @@ import streamlit as st
 from core.automation import AutomationInput, Step, redact_url
 from core.errors import StepwiseError, ValidationFailed
 from core.limits import MAX_CONCURRENCY, MAX_RATE_PER_S, MIN_RATE_PER_S
-from core.vocabulary import OPEN_STATUSES
+from core.vocabulary import OPEN_STATUSES, Permission
 from dashboard import forms, ui
 from db import commands, queries
 from db.queries import ExecutionFilters
@@ -58,6 +58,12 @@ else:
         "Fill in the form below: a name, your agent's URL and the steps to send it.",
     )
 
+if not ui.can(Permission.EDIT):
+    st.caption(
+        "You can read this workspace's automations; an admin can make you an editor to "
+        "create, change, test or delete them."
+    )
+    st.stop()
 if (pending := st.session_state.pop("auto_pending_select", None)) in (NEW, *by_id):
     st.session_state["auto_selected"] = pending
 choice = st.selectbox(

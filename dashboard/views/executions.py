@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import StepwiseError
-from core.vocabulary import OPEN_STATUSES, ExecutionStatus
+from core.vocabulary import OPEN_STATUSES, ExecutionStatus, Permission
 from dashboard import ui
 from dashboard.filters import history_filters
 from db import figures, queries
@@ -123,7 +123,7 @@ def history() -> None:
 def detail_view(execution_id: uuid.UUID) -> None:
     detail = ui.read(queries.execution_detail, execution_id)
     if detail is None:
-        st.warning("This execution no longer exists (deleted by retention?).")
+        st.warning("Execution not found in this workspace (or deleted by retention).")
         return
     run = detail.execution
     with st.container(border=True):
@@ -140,7 +140,8 @@ def detail_view(execution_id: uuid.UUID) -> None:
         )
         if run.error:
             st.error(ui.text(run.error))
-        actions_row(run)
+        if ui.can(Permission.RUN):
+            actions_row(run)
         if not detail.steps:
             st.info("No step has run yet.")
             return
@@ -196,7 +197,7 @@ def actions_row(run: queries.ExecutionRow) -> None:
 history()
 
 st.subheader("Per schedule, last 7 days")
-now = ui.read(figures.scheduler_liveness).now
+now = ui.read_deployment(figures.scheduler_liveness).now
 stats = ui.read(
     figures.schedule_stats, since=now - timedelta(days=7), automation_id=filters.automation_id
 )

@@ -5,14 +5,17 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from core.errors import StepwiseError
+from core.vocabulary import Permission
 from dashboard import ui
-from tasks import queues
+from tasks import actions, queues
 from tasks.broker import QUEUES
 
 st.title("Queues")
 st.caption(
     "Redis only carries work; Postgres is the record. Retrying a dead run here re-opens its "
-    "execution at the failed step, as Retry on the Executions page does."
+    "execution at the failed step, as Retry on the Executions page does. Counts are the "
+    "deployment's; dead letters are this workspace's runs' (and the scheduler's own)."
 )
 if flash := st.session_state.pop("flash", None):
     st.success(flash)
@@ -59,7 +62,7 @@ live()
 st.subheader("Dead letters")
 queue = st.selectbox("Queue", QUEUES, key="q_queue")
 try:
-    letters = queues.dead_letters(queue)
+    letters = actions.dead_letters(queue, actor=ui.actor())
 except Exception as exc:
     st.error(f"Redis is unreachable ({type(exc).__name__}).")
     st.stop()
@@ -83,6 +86,9 @@ st.dataframe(
     hide_index=True,
     width="stretch",
 )
+if not ui.can(Permission.MANAGE_QUEUES):
+    st.caption("Admins of this workspace can retry or purge these dead letters.")
+    st.stop()
 by_id = {m.message_id: m for m in letters}
 chosen = st.selectbox(
     "Message",
@@ -92,7 +98,11 @@ chosen = st.selectbox(
 )
 a, b, _ = st.columns([1, 1, 3])
 if a.button("Retry message", icon=":material/replay:", key="q_retry", width="stretch"):
-    sent = queues.retry_dead_letter(queue, chosen)
+    try:
+        sent = actions.retry_dead_letter(queue, chosen, actor=ui.actor())
+    except StepwiseError as exc:
+        st.error(ui.text(exc))
+        st.stop()
     st.session_state["flash"] = "Message sent again." if sent else "That message was already gone."
     st.rerun()
 if b.button("Purge dead letters", icon=":material/delete_sweep:", key="q_purge", width="stretch"):
@@ -103,7 +113,11 @@ if st.session_state.get("q_confirm_purge") == queue:
     )
     yes, no = st.columns(2)
     if yes.button("Yes, purge", type="primary", key="q_purge_yes"):
-        purged = queues.purge_dead_letters(queue)
+        try:
+            purged = actions.purge_dead_letters(queue, actor=ui.actor())
+        except StepwiseError as exc:
+            st.error(ui.text(exc))
+            st.stop()
         st.session_state.pop("q_confirm_purge", None)
         st.session_state["flash"] = f"Purged {purged} dead letter(s)."
         st.rerun()

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import StepwiseError
-from core.vocabulary import OPEN_STATUSES, ScheduleState
+from core.vocabulary import OPEN_STATUSES, Permission, ScheduleState
 from dashboard import ui
 from dashboard.schedule_dialog import STATE, notify_scheduler, open_dialog, schedule_dialog
 from db import commands, queries
@@ -38,14 +38,16 @@ top[0].selectbox(
 top[1].selectbox(
     "Status", ["", *ScheduleState], format_func=lambda s: s or "All statuses", key="sch_state"
 )
-top[2].button(
-    "New schedule",
-    icon=":material/add:",
-    type="primary",
-    on_click=open_dialog,
-    kwargs={"automation_id": st.session_state.get("sch_automation") or next(iter(names))},
-    width="stretch",
-)
+editor = ui.can(Permission.EDIT)
+if editor:
+    top[2].button(
+        "New schedule",
+        icon=":material/add:",
+        type="primary",
+        on_click=open_dialog,
+        kwargs={"automation_id": st.session_state.get("sch_automation") or next(iter(names))},
+        width="stretch",
+    )
 
 
 def timing(row: queries.ScheduleRow) -> str:
@@ -105,7 +107,7 @@ def schedule_list() -> None:
 schedule_list()
 
 rows = load()
-if rows:
+if rows and editor:
     st.subheader("Act on a schedule")
     by_id = {str(r.id): r for r in rows}
     chosen = st.selectbox(

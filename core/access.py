@@ -1,0 +1,82 @@
+"""Who may do what: roles, the permission table, and the acting person.
+
+Pure values only. The database (`db.workspaces.authorize`) reads a person's role
+from their membership row on every call and asks `can` here; the dashboard asks
+the same table to decide which controls to draw, but hiding a button is never
+what stops a write.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from core.errors import Forbidden
+from core.vocabulary import Permission, Role
+
+# Created on first use (and by the migration for rows made before workspaces):
+# local mode's only workspace, and where the STEPWISE_ADMINS start.
+DEFAULT_WORKSPACE_ID = uuid.UUID("00000000-0000-0000-0000-000000000001")
+DEFAULT_WORKSPACE_NAME = "Default"
+# The one person of local mode (no login configured): admin of the default workspace.
+LOCAL_ADMIN = "local admin"
+
+_READ = frozenset({Permission.READ})
+_EDIT = _READ | {Permission.EDIT, Permission.RUN}
+PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.VIEWER: _READ,
+    Role.EDITOR: _EDIT,
+    Role.ADMIN: frozenset(Permission),
+}
+
+
+def can(role: Role | str, permission: Permission) -> bool:
+    """Whether `role` allows `permission` (an unknown role allows nothing)."""
+    try:
+        return permission in PERMISSIONS[Role(role)]
+    except ValueError:
+        return False
+
+
+def require(role: Role | str, permission: Permission) -> None:
+    """Raise Forbidden unless `role` allows `permission`."""
+    if not can(role, permission):
+        article = "an" if str(role)[:1] in "aeiou" else "a"
+        raise Forbidden(f"{article} {role} may not {_WORDS[permission]} in this workspace")
+
+
+_WORDS = {
+    Permission.READ: "read",
+    Permission.EDIT: "create, edit or delete automations and schedules",
+    Permission.RUN: "run, retry or cancel executions",
+    Permission.MANAGE_MEMBERS: "manage members",
+    Permission.MANAGE_SECRETS: "manage secrets",
+    Permission.MANAGE_QUOTAS: "change quotas",
+    Permission.MANAGE_QUEUES: "retry or purge dead letters",
+}
+
+
+def subject_of(name: str) -> str:
+    """A person's key in memberships: e-mail addresses compare without case."""
+    return name.strip().lower()
+
+
+@dataclass(frozen=True)
+class Actor:
+    """A person acting in one workspace.
+
+    `name` is who the audit log names; `role` is the role as last read, for drawing
+    the page. Every `db` function re-reads the role from the membership row, so an
+    Actor built by hand, or kept after the person was removed, grants nothing.
+    """
+
+    name: str
+    workspace_id: uuid.UUID
+    role: Role = Role.VIEWER
+
+    @property
+    def subject(self) -> str:
+        return subject_of(self.name)
+
+    def can(self, permission: Permission) -> bool:
+        return can(self.role, permission)

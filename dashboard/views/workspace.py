@@ -1,0 +1,121 @@
+"""Workspace: its members and their roles, its secrets (names only) and its quotas.
+
+Everyone sees who is in; admins add, change and remove members, set and delete
+secrets (values are write-only) and change quotas, each change audited.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core.errors import StepwiseError
+from core.vocabulary import Permission, Role
+from dashboard import ui
+from db import secrets, workspaces
+
+st.title("Workspace")
+if flash := st.session_state.pop("flash", None):
+    st.success(flash)
+# A secret's value does not stay in the session once saved (nor a typed address).
+for key in st.session_state.pop("ws_clear", ()):
+    st.session_state[key] = ""
+me = ui.actor()
+admin = ui.can(Permission.MANAGE_MEMBERS)
+here = next((p for p in ui.places() if p.workspace_id == me.workspace_id), None)
+st.caption(f"{ui.text(here.name if here else '')} · you are {me.role} here.")
+
+
+def act(fn: object, *args: object, done: str, clear: tuple[str, ...] = ()) -> None:
+    """One admin change, its error shown, or its confirmation on the next run."""
+    try:
+        ui.write(fn, *args, actor=me)  # type: ignore[arg-type]
+    except StepwiseError as exc:
+        st.error(ui.text(exc))
+        return
+    st.session_state["flash"] = done
+    st.session_state["ws_clear"] = clear
+    st.rerun()
+
+
+st.subheader("Members")
+members = ui.read(workspaces.list_members)
+st.dataframe(
+    pd.DataFrame({"Member": [m.subject for m in members], "Role": [m.role for m in members]}),
+    hide_index=True,
+    width="stretch",
+)
+if admin:
+    a, b, c = st.columns([3, 1, 1])
+    email = a.text_input("E-mail", key="ws_member", placeholder="person@example.com")
+    role = b.selectbox("Role", list(Role), key="ws_role")
+    if c.button("Add or change", key="ws_set_member", width="stretch"):
+        act(
+            workspaces.set_member,
+            email,
+            role,
+            done=f"{ui.text(email)} is now {role}.",
+            clear=("ws_member",),
+        )
+    others = [m.subject for m in members]
+    d, e = st.columns([4, 1])
+    leaving = d.selectbox("Member to remove", others, key="ws_leaving")
+    if e.button("Remove", key="ws_remove", width="stretch") and leaving:
+        act(workspaces.remove_member, leaving, done=f"{ui.text(leaving)} was removed.")
+
+st.subheader("Secrets")
+st.caption("Referenced in an agent's request headers as `{{ secret.NAME }}`; values never shown.")
+names = ui.read(secrets.list_secrets)
+if names:
+    st.dataframe(
+        pd.DataFrame(
+            {"Name": [s.name for s in names], "Set": [ui.fmt_time(s.updated_at) for s in names]}
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+if ui.can(Permission.MANAGE_SECRETS):
+    a, b, c = st.columns([2, 3, 1])
+    name = a.text_input("Name", key="ws_secret_name", placeholder="AGENT_TOKEN")
+    value = b.text_input("Value", key="ws_secret_value", type="password")
+    if c.button("Save secret", key="ws_secret_save", width="stretch"):
+        act(
+            secrets.set_secret,
+            name,
+            value,
+            done=f"Secret {ui.text(name)} saved.",
+            clear=("ws_secret_name", "ws_secret_value"),
+        )
+    if names:
+        d, e = st.columns([5, 1])
+        gone = d.selectbox("Secret to delete", [s.name for s in names], key="ws_secret_gone")
+        if e.button("Delete", key="ws_secret_delete", width="stretch") and gone:
+            act(secrets.delete_secret, gone, done=f"Secret {ui.text(gone)} deleted.")
+
+st.subheader("Quotas")
+limits = ui.read(workspaces.workspace_quotas)
+a, b, c = st.columns(3)
+locked = not ui.can(Permission.MANAGE_QUOTAS)
+autos = a.number_input("Automations", 0, value=limits.max_automations, disabled=locked)
+scheds = b.number_input("Schedules", 0, value=limits.max_schedules, disabled=locked)
+runs = c.number_input("Runs per minute", 0, value=limits.max_runs_per_minute, disabled=locked)
+if not locked and st.button("Save quotas", key="ws_quotas"):
+    act(
+        workspaces.set_quotas,
+        workspaces.Quotas(int(autos), int(scheds), int(runs)),
+        done="Quotas saved.",
+    )
+
+if admin:
+    st.subheader("New workspace")
+    a, b = st.columns([4, 1])
+    new_name = a.text_input("Name", key="ws_new_name")
+    if b.button("Create", key="ws_create", width="stretch"):
+        try:
+            there = ui.write(workspaces.create_workspace, new_name, actor=me)
+        except StepwiseError as exc:
+            st.error(ui.text(exc))
+        else:
+            st.session_state[ui.PENDING_WORKSPACE] = str(there.workspace_id)
+            st.session_state["flash"] = "Workspace created; you are its admin."
+            st.rerun()

@@ -1,0 +1,304 @@
+"""Workspaces and their members: who may act where, checked on every call.
+
+`authorize` is the one gate: every `db` read and write calls it first with the
+acting person, and it reads that person's role from the membership row in the
+same transaction. A viewer's forged write, an Actor naming a workspace its
+person is not in, or one kept after the person was removed raises Forbidden
+before anything is written. Functions take a session and never commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from core.access import (
+    DEFAULT_WORKSPACE_ID,
+    DEFAULT_WORKSPACE_NAME,
+    Actor,
+    require,
+    subject_of,
+)
+from core.errors import Forbidden, InvalidState, NotFound, ValidationFailed
+from core.limits import (
+    DEFAULT_MAX_AUTOMATIONS,
+    DEFAULT_MAX_RUNS_PER_MINUTE,
+    DEFAULT_MAX_SCHEDULES,
+    MAX_NAME,
+    MAX_OWNER,
+)
+from core.vocabulary import AuditAction, AuditTarget, Permission, Role
+from db.models import AuditLog, Membership, Workspace
+
+
+def authorize(session: Session, actor: Actor, permission: Permission) -> Role:
+    """The actor's role in its workspace, read now; Forbidden unless it allows `permission`."""
+    role = session.scalar(
+        select(Membership.role).where(
+            Membership.workspace_id == actor.workspace_id, Membership.subject == actor.subject
+        )
+    )
+    if role is None:
+        raise Forbidden(f"{actor.name} is not a member of this workspace")
+    require(role, permission)
+    return Role(role)
+
+
+def audit(
+    session: Session,
+    actor: Actor,
+    action: AuditAction,
+    target_type: AuditTarget,
+    target_id: uuid.UUID,
+    **details: Any,
+) -> None:
+    """Record what `actor` did, in its workspace, in the caller's transaction."""
+    session.add(
+        AuditLog(
+            workspace_id=actor.workspace_id,
+            actor=actor.name,
+            action=action,
+            target_type=target_type,
+            target_id=target_id,
+            details=details,
+        )
+    )
+
+
+# --- who is who -------------------------------------------------------------------
+
+
+def ensure_default_workspace(session: Session) -> uuid.UUID:
+    """The default workspace, created on first use."""
+    session.execute(
+        insert(Workspace)
+        .values(id=DEFAULT_WORKSPACE_ID, name=DEFAULT_WORKSPACE_NAME)
+        .on_conflict_do_nothing(index_elements=["id"])
+    )
+    return DEFAULT_WORKSPACE_ID
+
+
+def bootstrap_admins(session: Session, names: set[str] | frozenset[str]) -> None:
+    """Make each of `names` (STEPWISE_ADMINS, or the local admin) an admin of the default
+    workspace: the configuration is the authority, so a demoted one is promoted again."""
+    ensure_default_workspace(session)
+    for name in names:
+        session.execute(
+            insert(Membership)
+            .values(workspace_id=DEFAULT_WORKSPACE_ID, subject=subject_of(name), role=Role.ADMIN)
+            .on_conflict_do_update(
+                index_elements=["workspace_id", "subject"], set_={"role": Role.ADMIN}
+            )
+        )
+
+
+@dataclass(frozen=True)
+class Place:
+    """A workspace a person belongs to, with their role there."""
+
+    workspace_id: uuid.UUID
+    name: str
+    role: Role
+
+    def actor(self, name: str) -> Actor:
+        return Actor(name=name, workspace_id=self.workspace_id, role=self.role)
+
+
+def places(session: Session, name: str) -> list[Place]:
+    """Every workspace `name` is a member of, by workspace name (the default first)."""
+    rows = session.execute(
+        select(Workspace.id, Workspace.name, Membership.role)
+        .join(Membership, Membership.workspace_id == Workspace.id)
+        .where(Membership.subject == subject_of(name))
+        .order_by(Workspace.id != DEFAULT_WORKSPACE_ID, Workspace.name, Workspace.id)
+    ).all()
+    return [Place(r.id, r.name, Role(r.role)) for r in rows]
+
+
+def acting_as(session: Session, name: str, workspace_id: uuid.UUID | None = None) -> Actor | None:
+    """`name` acting in `workspace_id` (or their first workspace); None if not a member."""
+    mine = places(session, name)
+    chosen = next((p for p in mine if p.workspace_id == workspace_id), mine[0] if mine else None)
+    return None if chosen is None else chosen.actor(name)
+
+
+# --- workspaces and members (admins) -------------------------------------------------
+
+
+def create_workspace(session: Session, name: str, *, actor: Actor) -> Actor:
+    """A new workspace whose first admin is the acting admin; returns them acting in it."""
+    authorize(session, actor, Permission.MANAGE_MEMBERS)
+    name = _checked_name(name)
+    workspace = Workspace(name=name)
+    session.add(workspace)
+    session.flush()
+    session.add(Membership(workspace_id=workspace.id, subject=actor.subject, role=Role.ADMIN))
+    there = Actor(name=actor.name, workspace_id=workspace.id, role=Role.ADMIN)
+    audit(
+        session, there, AuditAction.CREATE_WORKSPACE, AuditTarget.WORKSPACE, workspace.id, name=name
+    )
+    return there
+
+
+def _checked_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > MAX_NAME:
+        raise ValidationFailed.single("name", f"give a name of 1 to {MAX_NAME} characters")
+    return name
+
+
+@dataclass(frozen=True)
+class Member:
+    subject: str
+    role: Role
+
+
+def list_members(session: Session, *, actor: Actor) -> list[Member]:
+    """The acting workspace's members, by e-mail (any member may see who else is in)."""
+    authorize(session, actor, Permission.READ)
+    rows = session.execute(
+        select(Membership.subject, Membership.role)
+        .where(Membership.workspace_id == actor.workspace_id)
+        .order_by(Membership.subject)
+    ).all()
+    return [Member(r.subject, Role(r.role)) for r in rows]
+
+
+def set_member(session: Session, subject: str, role: Role | str, *, actor: Actor) -> None:
+    """Add `subject` to the acting workspace with `role`, or change their role (audited)."""
+    authorize(session, actor, Permission.MANAGE_MEMBERS)
+    subject = subject_of(subject)
+    if not subject or len(subject) > MAX_OWNER or any(c.isspace() for c in subject):
+        raise ValidationFailed.single("member", "give the person's e-mail address")
+    try:
+        role = Role(role)
+    except ValueError:
+        raise ValidationFailed.single("role", "use viewer, editor or admin") from None
+    old = _role_of(session, actor.workspace_id, subject, lock=True)
+    if old == role:
+        return
+    if old == Role.ADMIN:
+        _keep_an_admin(session, actor.workspace_id, subject)
+    session.execute(
+        insert(Membership)
+        .values(workspace_id=actor.workspace_id, subject=subject, role=role)
+        .on_conflict_do_update(index_elements=["workspace_id", "subject"], set_={"role": role})
+    )
+    action = AuditAction.ADD_MEMBER if old is None else AuditAction.SET_ROLE
+    details: dict[str, Any] = {"member": subject, "role": str(role)}
+    if old is not None:
+        details["changed"] = {"role": [str(old), str(role)]}
+    audit(session, actor, action, AuditTarget.WORKSPACE, actor.workspace_id, **details)
+
+
+def remove_member(session: Session, subject: str, *, actor: Actor) -> None:
+    """Take `subject` out of the acting workspace (audited); the last admin stays."""
+    authorize(session, actor, Permission.MANAGE_MEMBERS)
+    subject = subject_of(subject)
+    old = _role_of(session, actor.workspace_id, subject, lock=True)
+    if old is None:
+        raise NotFound(f"{subject} is not a member of this workspace")
+    if old == Role.ADMIN:
+        _keep_an_admin(session, actor.workspace_id, subject)
+    session.execute(
+        delete(Membership).where(
+            Membership.workspace_id == actor.workspace_id, Membership.subject == subject
+        )
+    )
+    audit(
+        session,
+        actor,
+        AuditAction.REMOVE_MEMBER,
+        AuditTarget.WORKSPACE,
+        actor.workspace_id,
+        member=subject,
+        role=str(old),
+    )
+
+
+def _role_of(session: Session, workspace_id: uuid.UUID, subject: str, *, lock: bool) -> Role | None:
+    stmt = select(Membership.role).where(
+        Membership.workspace_id == workspace_id, Membership.subject == subject
+    )
+    role = session.scalar(stmt.with_for_update() if lock else stmt)
+    return None if role is None else Role(role)
+
+
+def _keep_an_admin(session: Session, workspace_id: uuid.UUID, leaving: str) -> None:
+    others = session.scalar(
+        select(func.count())
+        .select_from(Membership)
+        .where(
+            Membership.workspace_id == workspace_id,
+            Membership.role == Role.ADMIN,
+            Membership.subject != leaving,
+        )
+    )
+    if not others:
+        raise InvalidState("a workspace keeps at least one admin: make someone else admin first")
+
+
+# --- quotas -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Quotas:
+    max_automations: int
+    max_schedules: int
+    max_runs_per_minute: int
+
+
+def quotas(session: Session, workspace_id: uuid.UUID) -> Quotas:
+    """The workspace's limits, its own where set, else the deployment's defaults."""
+    row = session.execute(
+        select(
+            Workspace.max_automations, Workspace.max_schedules, Workspace.max_runs_per_minute
+        ).where(Workspace.id == workspace_id)
+    ).one()
+    return Quotas(
+        max_automations=_or(row.max_automations, DEFAULT_MAX_AUTOMATIONS),
+        max_schedules=_or(row.max_schedules, DEFAULT_MAX_SCHEDULES),
+        max_runs_per_minute=_or(row.max_runs_per_minute, DEFAULT_MAX_RUNS_PER_MINUTE),
+    )
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def set_quotas(session: Session, limits: Quotas, *, actor: Actor) -> None:
+    """Set the acting workspace's limits (audited, old and new)."""
+    authorize(session, actor, Permission.MANAGE_QUOTAS)
+    new = {
+        "max_automations": limits.max_automations,
+        "max_schedules": limits.max_schedules,
+        "max_runs_per_minute": limits.max_runs_per_minute,
+    }
+    for name, value in new.items():
+        if value < 0:
+            raise ValidationFailed.single(name, "must be 0 or more")
+    workspace = session.get(Workspace, actor.workspace_id, with_for_update=True)
+    assert workspace is not None
+    old = quotas(session, actor.workspace_id)
+    changed = {k: [getattr(old, k), v] for k, v in new.items() if getattr(old, k) != v}
+    for name, value in new.items():
+        setattr(workspace, name, value)
+    audit(
+        session,
+        actor,
+        AuditAction.SET_QUOTA,
+        AuditTarget.WORKSPACE,
+        actor.workspace_id,
+        changed=changed,
+    )
+
+
+def workspace_quotas(session: Session, *, actor: Actor) -> Quotas:
+    """The acting workspace's limits, for any member to read."""
+    authorize(session, actor, Permission.READ)
+    return quotas(session, actor.workspace_id)

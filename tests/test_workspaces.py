@@ -1,0 +1,493 @@
+"""Workspaces and roles in the database: every read and write scoped, every role checked.
+
+Two workspaces side by side on a real PostgreSQL (and Redis for the queue actions):
+the default one, where the factories' ADMIN acts, and another team's. A member of
+one reaches nothing of the other by any query, command, export or queue action; a
+viewer's forged write raises Forbidden and writes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from core.access import DEFAULT_WORKSPACE_ID, LOCAL_ADMIN, Actor
+from core.errors import Forbidden, InvalidState, NotFound, QuotaExceeded, ValidationFailed
+from core.schedule import ScheduleInput
+from core.secrets import SecretUnreadable
+from core.settings import get_settings
+from core.timing import ScheduleSpec
+from core.vocabulary import AuditAction, Role
+from db import commands, exports, figures, queries, secrets, workspaces
+from db.audit import AuditFilters, list_audit
+from db.dispatch import DispatchConfig, dispatch_batch
+from db.models import Execution, Membership, WorkspaceSecret
+from db.queries import ExecutionFilters
+from db.runs import claim_execution
+from db.session import session_scope
+from testkit.factories import (
+    ADMIN,
+    add_runs,
+    automation_input,
+    make_automation,
+    make_execution,
+    make_schedule,
+    make_workspace,
+    now,
+    person,
+    schedule_definition,
+    table_snapshot,
+)
+
+pytestmark = pytest.mark.usefixtures("db")
+
+
+@dataclass(frozen=True)
+class Team:
+    """A workspace with one of everything: automation, schedule, runs of each kind."""
+
+    admin: Actor
+    automation: uuid.UUID
+    schedule: uuid.UUID
+    queued: uuid.UUID
+    failed: uuid.UUID
+
+
+def _team(admin: Actor, name: str) -> Team:
+    automation = make_automation(actor=admin, name=name)
+    schedule = make_schedule(automation, actor=admin, cron_expr="0 9 * * *")
+    queued = make_execution(automation, actor=admin)
+    [failed] = add_runs(automation, [{"status": "failed", "error": f"{name} broke"}])
+    return Team(admin, automation, schedule, queued, failed)
+
+
+@pytest.fixture
+def ours() -> Team:
+    return _team(ADMIN, "Ours")
+
+
+@pytest.fixture
+def theirs() -> Team:
+    return _team(make_workspace("Their team", admin="eve@their.example"), "Theirs")
+
+
+def _read(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    with session_scope() as session:
+        return fn(session, *args, **kwargs)
+
+
+def _refused(
+    write: Callable[[Session], Any], error: type[Exception] = NotFound, match: str | None = None
+) -> None:
+    """`write` raises `error` and leaves every table as it was."""
+    before = table_snapshot()
+    with pytest.raises(error, match=match), session_scope() as session:
+        write(session)
+    assert table_snapshot() == before
+
+
+# --- reads --------------------------------------------------------------------------
+
+
+def test_no_read_shows_another_workspace(ours: Team, theirs: Team, tmp_path: Path) -> None:
+    # given two workspaces with one of everything; when the first one's admin reads
+    a = ADMIN
+    since = now() - timedelta(days=7)
+    # then every list, figure and export holds only their own
+    assert [r.name for r in _read(queries.list_automations, actor=a)] == ["Ours"]
+    assert list(_read(queries.automation_names, actor=a).values()) == ["Ours"]
+    assert [r.id for r in _read(queries.list_schedules, actor=a)] == [ours.schedule]
+    assert list(_read(queries.schedule_labels, actor=a)) == [ours.schedule]
+    assert _read(queries.get_schedule_row, theirs.schedule, actor=a) is None
+    page = _read(queries.list_executions, ExecutionFilters(), actor=a)
+    assert {r.id for r in page.rows} == {ours.queued, ours.failed}
+    assert _read(queries.count_executions, ExecutionFilters(), actor=a) == 2
+    # a filter naming their automation or schedule finds nothing
+    foreign = ExecutionFilters(automation_id=theirs.automation)
+    assert _read(queries.count_executions, foreign, actor=a) == 0
+    assert (
+        _read(queries.count_executions, ExecutionFilters(schedule_id=theirs.schedule), actor=a) == 0
+    )
+    # deep links: their run's detail reads as missing
+    assert _read(queries.execution_detail, theirs.failed, actor=a) is None
+    assert _read(queries.execution_detail, ours.failed, actor=a) is not None
+    assert [r.id for r in _read(queries.recent_failures, actor=a)] == [ours.failed]
+    assert _read(queries.executions_in_workspace, {ours.queued, theirs.queued}, actor=a) == {
+        ours.queued
+    }
+    # figures and charts
+    kpis = _read(figures.kpis, actor=a)
+    assert (kpis.active_schedules, kpis.failures_24h, kpis.open_runs) == (1, 1, 1)
+    series = _read(figures.outcome_series, actor=a, since=since, until=since + timedelta(days=8))
+    assert sum(p.count for p in series) == 1
+    assert [u.automation_name for u in _read(figures.upcoming_runs, actor=a)] == ["Ours"]
+    add_runs(ours.automation, [{"schedule_id": ours.schedule, "status": "succeeded"}])
+    add_runs(theirs.automation, [{"schedule_id": theirs.schedule, "status": "succeeded"}])
+    stats = _read(figures.schedule_stats, actor=a, since=since)
+    assert [s.schedule_id for s in stats] == [ours.schedule]
+    # exports
+    frame = _read(exports.history_frame, actor=a)
+    assert set(frame["automation"]) == {"Ours"} and len(frame) == 3
+    out = tmp_path / "runs.csv"
+    assert _read(exports.write_history, ExecutionFilters(), out, "csv", actor=a) == 3
+    assert "Theirs" not in out.read_text()
+    # audit and members
+    assert {r.actor for r in _read(list_audit, AuditFilters(), actor=a)} == {"test"}
+    assert [m.subject for m in _read(workspaces.list_members, actor=a)] == ["test"]
+
+
+def test_an_actor_naming_a_workspace_it_is_not_in_reads_nothing(theirs: Team) -> None:
+    # given ADMIN, who is not a member of their workspace, pretending to act in it
+    forged = Actor(name=ADMIN.name, workspace_id=theirs.admin.workspace_id, role=Role.ADMIN)
+    # then every read refuses
+    for read in (
+        lambda s: queries.list_automations(s, actor=forged),
+        lambda s: queries.list_executions(s, ExecutionFilters(), actor=forged),
+        lambda s: queries.execution_detail(s, theirs.failed, actor=forged),
+        lambda s: figures.kpis(s, actor=forged),
+        lambda s: exports.history_frame(s, actor=forged),
+        lambda s: list_audit(s, AuditFilters(), actor=forged),
+        lambda s: secrets.list_secrets(s, actor=forged),
+    ):
+        with pytest.raises(Forbidden, match="not a member"), session_scope() as session:
+            read(session)
+    # and so does every write
+    _refused(
+        lambda s: commands.create_automation(s, automation_input(), actor=forged),
+        Forbidden,
+        "not a member",
+    )
+    _refused(lambda s: commands.cancel_execution(s, theirs.queued, actor=forged), Forbidden)
+
+
+# --- writes ------------------------------------------------------------------------
+
+
+def test_no_command_reaches_another_workspace(ours: Team, theirs: Team) -> None:
+    # given their objects; when our admin acts on their ids, each one "does not exist"
+    a = ADMIN
+    good = schedule_definition(ScheduleInput(spec=ScheduleSpec(kind="cron", cron_expr="* * * * *")))
+    for write in (
+        lambda s: commands.get_automation(s, theirs.automation, actor=a),
+        lambda s: commands.update_automation(s, theirs.automation, automation_input(), actor=a),
+        lambda s: commands.delete_automation(s, theirs.automation, actor=a),
+        lambda s: commands.rotate_signing_secret(s, theirs.automation, actor=a),
+        lambda s: commands.signing_secret(s, theirs.automation, actor=a),
+        lambda s: commands.create_schedule(s, theirs.automation, good, actor=a),
+        lambda s: commands.get_schedule(s, theirs.schedule, actor=a),
+        lambda s: commands.update_schedule(s, theirs.schedule, good, actor=a),
+        lambda s: commands.set_schedule_enabled(s, theirs.schedule, False, actor=a),
+        lambda s: commands.delete_schedule(s, theirs.schedule, actor=a),
+        lambda s: commands.create_manual_execution(s, theirs.automation, actor=a),
+        lambda s: commands.get_execution(s, theirs.queued, actor=a),
+        lambda s: commands.cancel_execution(s, theirs.queued, actor=a),
+        lambda s: commands.retry_execution(s, theirs.failed, actor=a),
+    ):
+        # then it is refused and nothing is written
+        _refused(write, NotFound, "does not exist")
+    # while the same commands work on our own
+    with session_scope() as session:
+        commands.cancel_execution(session, ours.queued, actor=a)
+
+
+@pytest.mark.parametrize("role", [Role.VIEWER])
+def test_a_viewers_forged_write_is_refused_and_writes_nothing(ours: Team, role: Role) -> None:
+    # given a viewer of our workspace, calling the commands the page hides from them
+    viewer = person("vera@example.com", role)
+    good = schedule_definition(ScheduleInput(spec=ScheduleSpec(kind="cron", cron_expr="* * * * *")))
+    for write in (
+        lambda s: commands.create_automation(s, automation_input(), actor=viewer),
+        lambda s: commands.update_automation(s, ours.automation, automation_input(), actor=viewer),
+        lambda s: commands.delete_automation(s, ours.automation, actor=viewer),
+        lambda s: commands.rotate_signing_secret(s, ours.automation, actor=viewer),
+        lambda s: commands.signing_secret(s, ours.automation, actor=viewer),
+        lambda s: commands.create_schedule(s, ours.automation, good, actor=viewer),
+        lambda s: commands.update_schedule(s, ours.schedule, good, actor=viewer),
+        lambda s: commands.set_schedule_enabled(s, ours.schedule, False, actor=viewer),
+        lambda s: commands.delete_schedule(s, ours.schedule, actor=viewer),
+        lambda s: commands.create_manual_execution(s, ours.automation, actor=viewer),
+        lambda s: commands.cancel_execution(s, ours.queued, actor=viewer),
+        lambda s: commands.retry_execution(s, ours.failed, actor=viewer),
+        lambda s: workspaces.set_member(s, "vera@example.com", Role.ADMIN, actor=viewer),
+        lambda s: workspaces.remove_member(s, "test", actor=viewer),
+        lambda s: workspaces.create_workspace(s, "Mine now", actor=viewer),
+        lambda s: workspaces.set_quotas(s, workspaces.Quotas(9, 9, 9), actor=viewer),
+        lambda s: secrets.set_secret(s, "TOKEN", "x", actor=viewer),
+    ):
+        # then each one raises a clear error and nothing is written
+        _refused(write, Forbidden, "a viewer may not")
+    # and the role claimed in the Actor does not matter: it is read from the membership
+    claims_admin = Actor(name=viewer.name, workspace_id=viewer.workspace_id, role=Role.ADMIN)
+    _refused(
+        lambda s: commands.delete_automation(s, ours.automation, actor=claims_admin), Forbidden
+    )
+    # while reading is what a viewer does
+    assert [r.name for r in _read(queries.list_automations, actor=viewer)] == ["Ours"]
+
+
+def test_an_editor_edits_and_runs_but_manages_nothing(ours: Team) -> None:
+    editor = person("ed@example.com", Role.EDITOR)
+    with session_scope() as session:
+        commands.create_manual_execution(session, ours.automation, actor=editor)
+        commands.set_schedule_enabled(session, ours.schedule, False, actor=editor)
+    _refused(lambda s: workspaces.set_member(s, "x@example.com", "viewer", actor=editor), Forbidden)
+    _refused(lambda s: secrets.set_secret(s, "TOKEN", "x", actor=editor), Forbidden)
+
+
+def test_a_removed_member_loses_access_at_their_next_call(ours: Team) -> None:
+    # given an editor, acting
+    editor = person("ed@example.com", Role.EDITOR)
+    assert _read(queries.count_executions, ExecutionFilters(), actor=editor) == 2
+    # when an admin removes them
+    with session_scope() as session:
+        workspaces.remove_member(session, "ED@example.com", actor=ADMIN)
+    # then the Actor they still hold grants nothing
+    with pytest.raises(Forbidden, match="not a member"), session_scope() as session:
+        queries.count_executions(session, ExecutionFilters(), actor=editor)
+    _refused(
+        lambda s: commands.create_manual_execution(s, ours.automation, actor=editor), Forbidden
+    )
+
+
+# --- members ---------------------------------------------------------------------------
+
+
+def test_admins_add_change_and_remove_members_audited() -> None:
+    with session_scope() as session:
+        workspaces.set_member(session, "Bob@Example.com", Role.VIEWER, actor=ADMIN)
+        workspaces.set_member(session, "bob@example.com", Role.EDITOR, actor=ADMIN)
+        workspaces.set_member(session, "bob@example.com", Role.EDITOR, actor=ADMIN)  # no change
+        workspaces.remove_member(session, "bob@example.com", actor=ADMIN)
+    rows = _read(list_audit, AuditFilters(), actor=ADMIN)
+    assert [(r.action, r.details.get("member"), r.actor) for r in reversed(rows)] == [
+        (AuditAction.ADD_MEMBER, "bob@example.com", "test"),
+        (AuditAction.SET_ROLE, "bob@example.com", "test"),
+        (AuditAction.REMOVE_MEMBER, "bob@example.com", "test"),
+    ]
+    assert rows[1].details["changed"] == {"role": ["viewer", "editor"]}
+    assert rows[0].target_id == DEFAULT_WORKSPACE_ID
+
+
+def test_the_last_admin_stays_and_bad_input_is_refused() -> None:
+    _refused(lambda s: workspaces.remove_member(s, "test", actor=ADMIN), InvalidState, "one admin")
+    _refused(
+        lambda s: workspaces.set_member(s, "test", Role.VIEWER, actor=ADMIN), InvalidState, "admin"
+    )
+    _refused(lambda s: workspaces.set_member(s, "", Role.VIEWER, actor=ADMIN), ValidationFailed)
+    _refused(lambda s: workspaces.set_member(s, "x@y.z", "owner", actor=ADMIN), ValidationFailed)
+    _refused(lambda s: workspaces.remove_member(s, "nobody@x.y", actor=ADMIN), NotFound)
+
+
+def test_a_new_workspace_has_its_creator_as_admin_and_nothing_else() -> None:
+    with session_scope() as session:
+        there = workspaces.create_workspace(session, " Research ", actor=ADMIN)
+    assert _read(queries.list_automations, actor=there) == []
+    places = _read(workspaces.places, "test")
+    assert [(p.name, p.role) for p in places] == [("Default", "admin"), ("Research", "admin")]
+    assert _read(workspaces.acting_as, "test", there.workspace_id) == there
+    assert _read(workspaces.acting_as, "stranger@x.y") is None
+
+
+# --- bootstrap from the environment ----------------------------------------------------------
+
+
+def test_admins_from_the_environment_bootstrap_the_default_workspace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given STEPWISE_ADMINS, on a database with no workspace at all
+    with session_scope() as session:
+        session.execute(text("TRUNCATE workspaces CASCADE"))
+    monkeypatch.setenv("STEPWISE_ADMINS", "Alice@Example.com, root@example.com")
+    get_settings.cache_clear()
+    try:
+        # when they are bootstrapped (the dashboard does it at each person's first page)
+        with session_scope() as session:
+            workspaces.bootstrap_admins(session, get_settings().admin_emails())
+            # one was demoted meanwhile; bootstrapping again makes them admin again
+            session.flush()
+            session.execute(
+                Membership.__table__.update()
+                .where(Membership.subject == "root@example.com")
+                .values(role="viewer")
+            )
+            workspaces.bootstrap_admins(session, get_settings().admin_emails())
+    finally:
+        get_settings.cache_clear()
+    # then the default workspace exists with both as admins, and nobody else is in
+    for name in ("alice@example.com", "ROOT@example.com"):
+        [place] = _read(workspaces.places, name)
+        assert (place.workspace_id, place.name, place.role) == (
+            DEFAULT_WORKSPACE_ID,
+            "Default",
+            "admin",
+        )
+    assert _read(workspaces.places, "mallory@example.com") == []
+
+
+def test_local_mode_is_one_admin_in_one_default_workspace() -> None:
+    with session_scope() as session:
+        session.execute(text("TRUNCATE workspaces CASCADE"))
+        workspaces.bootstrap_admins(session, {LOCAL_ADMIN})
+    local = _read(workspaces.acting_as, LOCAL_ADMIN)
+    assert local == Actor(LOCAL_ADMIN, DEFAULT_WORKSPACE_ID, Role.ADMIN)
+    automation = make_automation(actor=local)
+    assert [r.id for r in _read(queries.list_automations, actor=local)] == [automation]
+
+
+# --- quotas ---------------------------------------------------------------------------------
+
+
+def test_quotas_refuse_at_create_time_with_a_clear_error(ours: Team) -> None:
+    # given quotas at what the workspace already has (1 automation, 1 schedule, 2 runs)
+    with session_scope() as session:
+        workspaces.set_quotas(session, workspaces.Quotas(1, 1, 2), actor=ADMIN)
+    good = schedule_definition(ScheduleInput(spec=ScheduleSpec(kind="cron", cron_expr="* * * * *")))
+    # then one more of each is refused and nothing is written
+    _refused(
+        lambda s: commands.create_automation(s, automation_input(), actor=ADMIN),
+        QuotaExceeded,
+        "quota of 1 automations",
+    )
+    _refused(
+        lambda s: commands.create_schedule(s, ours.automation, good, actor=ADMIN),
+        QuotaExceeded,
+        "quota of 1 schedules",
+    )
+    _refused(
+        lambda s: commands.create_manual_execution(s, ours.automation, actor=ADMIN),
+        QuotaExceeded,
+        "2 runs per minute",
+    )
+    # and the change was audited, old and new
+    [row] = _read(list_audit, AuditFilters(actions=(AuditAction.SET_QUOTA,)), actor=ADMIN)
+    assert row.details["changed"]["max_automations"] == [200, 1]
+    # and another workspace keeps its own limits
+    theirs = make_workspace()
+    make_automation(actor=theirs)
+    assert _read(workspaces.workspace_quotas, actor=theirs).max_automations == 200
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+
+def test_secrets_are_sealed_write_only_and_audited_by_name(theirs: Team) -> None:
+    # given a secret set by an admin, then replaced
+    with session_scope() as session:
+        secrets.set_secret(session, "AGENT_TOKEN", "first-value-123", actor=ADMIN)
+        secrets.set_secret(session, "AGENT_TOKEN", "second-value-456", actor=ADMIN)
+        secrets.set_secret(session, "AGENT_TOKEN", "their-value-789", actor=theirs.admin)
+    # then only names can be read back; the table holds no clear value
+    assert [s.name for s in _read(secrets.list_secrets, actor=ADMIN)] == ["AGENT_TOKEN"]
+    stored = _read(lambda s: s.scalars(select(WorkspaceSecret.sealed)).all())
+    assert all("value" not in v for v in stored)
+    rows = _read(list_audit, AuditFilters(), actor=ADMIN)
+    assert [r.details for r in rows] == [
+        {"name": "AGENT_TOKEN", "replaced": True},
+        {"name": "AGENT_TOKEN", "replaced": False},
+    ]
+    assert "value" not in repr(rows)
+    # and the worker's resolution uses the run's workspace's value only
+    template = {"Authorization": "Bearer {{ secret.AGENT_TOKEN }}", "Accept": "json"}
+    ours_resolved = _read(secrets.resolve_headers, DEFAULT_WORKSPACE_ID, template)
+    assert ours_resolved == {"Authorization": "Bearer second-value-456", "Accept": "json"}
+    theirs_resolved = _read(secrets.resolve_headers, theirs.admin.workspace_id, template)
+    assert theirs_resolved["Authorization"] == "Bearer their-value-789"
+    with pytest.raises(SecretUnreadable, match="no workspace secret named MISSING"):
+        _read(secrets.resolve_headers, DEFAULT_WORKSPACE_ID, {"X": "{{ secret.MISSING }}"})
+    # and deleting is audited by name too; bad names are refused
+    with session_scope() as session:
+        secrets.delete_secret(session, "AGENT_TOKEN", actor=ADMIN)
+    _refused(lambda s: secrets.delete_secret(s, "AGENT_TOKEN", actor=ADMIN), NotFound)
+    _refused(lambda s: secrets.set_secret(s, "bad name", "v", actor=ADMIN), ValidationFailed)
+    _refused(lambda s: secrets.set_secret(s, "EMPTY", "", actor=ADMIN), ValidationFailed)
+
+
+def test_reseal_covers_workspace_secrets() -> None:
+    with session_scope() as session:
+        secrets.set_secret(session, "TOKEN", "v", actor=ADMIN)
+    with session_scope() as session:
+        assert commands.reseal_secrets(session) == 1
+    assert _read(secrets.resolve_headers, DEFAULT_WORKSPACE_ID, {"A": "{{ secret.TOKEN }}"}) == {
+        "A": "v"
+    }
+
+
+# --- workers --------------------------------------------------------------------------------
+
+
+def test_workers_act_for_the_runs_workspace(theirs: Team) -> None:
+    # given their interval schedule; when the dispatcher reaches its first slot
+    schedule_id = make_schedule(
+        theirs.automation, actor=theirs.admin, kind="interval", interval_s=60
+    )
+    with session_scope() as session:
+        start = commands.get_schedule(session, schedule_id, actor=theirs.admin).next_run_at
+    config = DispatchConfig(horizon_s=90, grace_s=60, batch=100)
+    with session_scope() as session:
+        message, *_ = dispatch_batch(session, now=start, config=config)[0]
+    with session_scope() as session:
+        dispatched = session.get(Execution, message.execution_id)
+        assert dispatched is not None
+        # then the run is in their workspace, and the worker's claim says so
+        assert dispatched.workspace_id == theirs.admin.workspace_id
+        claim = claim_execution(session, theirs.queued, margin_s=5)
+        assert not isinstance(claim, str) and claim.workspace_id == theirs.admin.workspace_id
+
+
+# --- queue actions ----------------------------------------------------------------------------
+
+
+def test_queue_actions_are_admin_only_scoped_and_audited(
+    ours: Team, theirs: Team, redis_client: Any
+) -> None:
+    from tasks import actions
+    from tasks.actors import dispatch, run_execution
+
+    def bury(message_id: str, message: Any) -> None:
+        redis_client.zadd("dramatiq:default.XQ", {message_id: 1_700_000_000_000})
+        redis_client.hset("dramatiq:default.XQ.msgs", message_id, message.encode())
+
+    # given dead letters of our failed run, of theirs, and of the scheduler's own tick
+    bury("ours", run_execution.message(str(ours.failed)))
+    bury("theirs", run_execution.message(str(theirs.failed)))
+    bury("tick", dispatch.message())
+    # then each admin sees their own run's and the tick, never the other's
+    seen = {m.message_id for m in actions.dead_letters("default", actor=ADMIN)}
+    assert seen == {"ours", "tick"}
+    assert {m.message_id for m in actions.dead_letters("default", actor=theirs.admin)} == {
+        "theirs",
+        "tick",
+    }
+    # and a viewer or an editor may look but not act
+    for role in (Role.VIEWER, Role.EDITOR):
+        member = person(f"{role}@example.com", role)
+        with pytest.raises(Forbidden, match="may not retry or purge"):
+            actions.retry_dead_letter("default", "ours", actor=member)
+        with pytest.raises(Forbidden, match="may not retry or purge"):
+            actions.purge_dead_letters("default", actor=member)
+    # when our admin tries their letter, by its id: nothing happens
+    assert not actions.retry_dead_letter("default", "theirs", actor=ADMIN)
+    # when our admin retries ours: our run is re-opened and sent
+    assert actions.retry_dead_letter("default", "ours", actor=ADMIN)
+    assert _read(commands.get_execution, ours.failed, actor=ADMIN).status == "queued"
+    # when our admin purges: the tick goes, their letter stays
+    assert actions.purge_dead_letters("default", actor=ADMIN) == 1
+    assert redis_client.zrange("dramatiq:default.XQ", 0, -1) == [b"theirs"]
+    # then both actions are in our audit, with the actor, and nothing in theirs
+    rows = _read(list_audit, AuditFilters(), actor=ADMIN)
+    audited = [(r.action, r.actor, r.target_type, r.details.get("queue")) for r in rows[:2]]
+    assert audited == [
+        (AuditAction.PURGE_DEAD_LETTERS, "test", "queue", "default"),
+        (AuditAction.RETRY_DEAD_LETTER, "test", "execution", "default"),
+    ]
+    assert rows[1].target_id == ours.failed
+    their_rows = _read(list_audit, AuditFilters(), actor=theirs.admin)
+    assert not [r for r in their_rows if "dead_letter" in r.action]

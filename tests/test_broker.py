@@ -9,8 +9,9 @@ from periodiq import PeriodiqMiddleware
 
 from core.errors import ConfigError
 from core.settings import Settings
-from tasks.broker import build_broker
-from tasks.signals import GracefulStop, OneStopRequest
+from tasks.broker import HEARTBEAT_TIMEOUT_MS, build_broker
+from tasks.runner import RunnerLifecycle
+from tasks.signals import OneStopRequest
 
 
 def _settings(**values: object) -> Settings:
@@ -27,8 +28,10 @@ def test_the_broker_carries_our_retry_time_limit_and_stop_middleware() -> None:
     retries = kinds[Retries]
     assert (retries.max_retries, retries.min_backoff, retries.max_backoff) == (0, 123, 4567)
     assert kinds[TimeLimit].time_limit == 42_000
-    # and the periodic tick, the one-SIGTERM rule and the graceful stop are in place
-    assert {PeriodiqMiddleware, OneStopRequest, GracefulStop} <= kinds.keys()
+    # and the periodic tick, the one-SIGTERM rule and the runner's lifecycle are in place
+    assert {PeriodiqMiddleware, OneStopRequest, RunnerLifecycle} <= kinds.keys()
+    # and a killed worker's prefetched messages come back after 20 s, not a minute
+    assert broker.heartbeat_timeout == HEARTBEAT_TIMEOUT_MS == 20_000
 
 
 def test_building_a_broker_touches_no_global() -> None:

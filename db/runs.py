@@ -30,7 +30,7 @@ from core.vocabulary import (
     Trigger,
 )
 from db.models import Automation, Execution, Schedule, StepRun
-from db.session import db_now, rowcount
+from db.session import rowcount
 
 LOST_STEP_ERROR = "the worker running this step stopped (killed or lost its lease)"
 CANCELLED_STEP_ERROR = (
@@ -217,10 +217,9 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
         cancel_runs(session, Execution.id == execution_id, AUTOMATION_DELETED)
         return "nothing"
     policy = None if policy_word is None else OverlapPolicy(policy_word)
+    # Whether a lease has expired is the UPDATE's to say, on the database's clock.
     claimable = execution.status == ExecutionStatus.QUEUED or (
-        execution.status == ExecutionStatus.RUNNING
-        and execution.lease_expires_at is not None
-        and execution.lease_expires_at < db_now(session)
+        execution.status == ExecutionStatus.RUNNING and execution.lease_expires_at is not None
     )
     if not claimable:
         return "nothing"

@@ -21,6 +21,20 @@ from core.settings import get_settings
 _engine: Engine | None = None
 _engine_pid: int | None = None
 _factory: sessionmaker[Session] | None = None
+_pre_ping = True
+
+
+def ping_before_use(enabled: bool) -> None:
+    """Whether each checkout first pings the server (one round trip per transaction).
+
+    On by default: a Postgres restart leaves dead sockets in the pool. Workers turn
+    it off: every write of theirs retries after a lost connection, and SQLAlchemy
+    then drops the whole pool's old connections at once.
+    """
+    global _pre_ping
+    if enabled != _pre_ping:
+        _pre_ping = enabled
+        dispose_engine()
 
 
 def get_engine() -> Engine:
@@ -31,8 +45,7 @@ def get_engine() -> Engine:
         settings.require_servers()
         _engine = create_engine(
             settings.database_url,
-            # A Postgres restart leaves dead sockets in the pool: test before use.
-            pool_pre_ping=True,
+            pool_pre_ping=_pre_ping,
             pool_size=settings.worker_threads + settings.worker_db_threads + 2,
             max_overflow=10,
             pool_recycle=1800,

@@ -36,6 +36,7 @@ from core.secrets import SIGNATURE_HEADER, signature_header
 
 USER_AGENT = "Stepwise/0.1"
 MAX_REDIRECTS = 5
+MAX_KEEPALIVE = 64
 
 
 class AddressRefused(httpcore.ConnectError):
@@ -217,8 +218,11 @@ def make_client(policy: EgressPolicy, *, max_connections: int = 100) -> httpx.As
 
     Must be used on one event loop (the runner's, or a test's `asyncio.run`).
     """
+    # httpcore looks at every pooled connection for each request: keeping a
+    # thousand idle ones alive costs more CPU than opening a connection again.
     limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
+        max_connections=max_connections,
+        max_keepalive_connections=min(max_connections, MAX_KEEPALIVE),
     )
     transport = httpx.AsyncHTTPTransport(limits=limits)
     # httpx has no parameter for httpcore's network backend; the pool it built holds

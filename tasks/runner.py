@@ -60,7 +60,7 @@ from core.settings import Settings, get_settings
 from core.vocabulary import ExecutionStatus, FailureReport, OverlapPolicy
 from db import runs
 from db.runs import RunMessage
-from db.session import session_scope
+from db.session import ping_before_use, session_scope
 from tasks.agent import call_agent, make_client
 from tasks.engine import Send, recover_stranded
 from tasks.flow import BUSY, FlowControl
@@ -69,6 +69,8 @@ from tasks.signals import shutting_down
 log = logging.getLogger("stepwise")
 T = TypeVar("T")
 RECORD_RETRY_S = 0.5
+MAX_BATCH = 200  # step writes per group commit
+CLAIM_TRIES = 3
 # How long a stopping worker waits for the agent calls in flight (the Procfile gives
 # Dramatiq 30 s to stop its threads).
 DRAIN_S = 25.0
@@ -134,6 +136,10 @@ class Runner:
         self.idle = threading.Event()
         self.idle.set()
         self.lease_until = time.monotonic() + self.lease_s
+        # Writes waiting for the next group commit, and the batches being written.
+        self.pending: list[tuple[Answer | None, Callable[[Session], Any], asyncio.Future[Any]]] = []
+        self.flushing = 0
+        self.flushes: set[asyncio.Task[None]] = set()
         self.db = ThreadPoolExecutor(settings.worker_db_threads, thread_name_prefix="stepwise-db")
         self.loop = asyncio.new_event_loop()
         self.client = make_client(
@@ -220,12 +226,58 @@ class Runner:
         """
         while True:
             try:
-                return await self._db(lambda: _store(answer, work))
+                return await self._commit(answer, work)
             except OperationalError:
                 if time.monotonic() + RECORD_RETRY_S >= self.lease_until:
                     raise  # the lease is ending: recovery will run the step again
                 log.warning("database unavailable; retrying to record a step")
                 await asyncio.sleep(RECORD_RETRY_S)
+
+    async def _commit(self, answer: Answer | None, work: Callable[[Session], T]) -> T:
+        """Group commit: the write joins the next batch, one transaction for many runs.
+
+        Every run in flight writes once per step. Committing each alone costs a
+        BEGIN, a COMMIT (a WAL flush) and a connection checkout per step; under a
+        burst the writes of hundreds of runs wait together, so a batch commits them
+        at once. Up to `worker_db_threads` batches are written at the same time.
+        """
+        done: asyncio.Future[Any] = self.loop.create_future()
+        self.pending.append((answer, work, done))
+        if self.flushing < self.settings.worker_db_threads:
+            self.flushing += 1
+            self.flushes.add(task := asyncio.create_task(self._flush()))
+            task.add_done_callback(self.flushes.discard)
+        result: T = await done
+        return result
+
+    async def _flush(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
+                items = [(answer, work) for answer, work, _ in batch]
+                try:
+                    results = await self._db(partial(_store_all, items))
+                except OperationalError as exc:  # the database: each caller retries
+                    for *_, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                    continue
+                except Exception:  # one write failed: the others must not fail with it
+                    for answer, work, done in batch:
+                        try:
+                            result = await self._db(partial(_store_all, [(answer, work)]))
+                        except Exception as exc:
+                            if not done.done():
+                                done.set_exception(exc)
+                        else:
+                            if not done.done():
+                                done.set_result(result[0])
+                    continue
+                for (*_, done), result in zip(batch, results, strict=True):
+                    if not done.done():
+                        done.set_result(result)
+        finally:
+            self.flushing -= 1
 
     async def _heartbeat(self) -> None:
         """Renew every lease this process holds, drop what it lost, sweep for strays."""
@@ -449,11 +501,15 @@ class Runner:
         return ended
 
 
-def _store(answer: Answer | None, work: Callable[[Session], T]) -> T:
+def _store_all(items: list[tuple[Answer | None, Callable[[Session], Any]]]) -> list[Any]:
+    """Store each answer and do each write, all in one transaction."""
+    results = []
     with session_scope() as session:
-        if answer is not None:
-            runs.finish_step(session, answer.step_run_id, answer.outcome)
-        return work(session)
+        for answer, work in items:
+            if answer is not None:
+                runs.finish_step(session, answer.step_run_id, answer.outcome)
+            results.append(work(session))
+    return results
 
 
 def _renew(held: list[tuple[uuid.UUID, int]], lease_s: int) -> set[uuid.UUID]:
@@ -477,8 +533,7 @@ def accept(execution_id: uuid.UUID, *, retries: int, max_retries: int, send: Sen
         send(RunMessage(execution_id, max_retries, retries=retries))
         return "handed back"
     try:
-        with session_scope() as session:
-            claim = runs.claim_execution(session, execution_id, lease_s=runner.lease_s)
+        claim = _claim(execution_id, runner.lease_s)
     except BaseException:
         runner.give_slot()
         raise
@@ -487,6 +542,19 @@ def accept(execution_id: uuid.UUID, *, retries: int, max_retries: int, send: Sen
         return claim
     runner.start(claim, retries=retries, max_retries=max_retries)
     return "started"
+
+
+def _claim(execution_id: uuid.UUID, lease_s: int) -> runs.ClaimResult:
+    """Claim the run, once more after a lost connection (the pool has no pre-ping)."""
+    for attempt in range(CLAIM_TRIES):
+        try:
+            with session_scope() as session:
+                return runs.claim_execution(session, execution_id, lease_s=lease_s)
+        except OperationalError:
+            if attempt == CLAIM_TRIES - 1:
+                raise
+            time.sleep(RECORD_RETRY_S)
+    raise AssertionError("unreachable")
 
 
 def report_failure(execution_id: uuid.UUID, report: FailureReport) -> None:
@@ -507,6 +575,7 @@ class RunnerLifecycle(dramatiq.Middleware):
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         shutting_down.clear()
+        ping_before_use(False)  # every write here retries instead
         queues = getattr(worker, "consumer_whitelist", None)  # None: every queue
         if not queues or RUN_QUEUE in queues:
             from tasks.actors import send_run  # the actors module declares on this broker
@@ -521,6 +590,7 @@ class RunnerLifecycle(dramatiq.Middleware):
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         stop_runner()
+        ping_before_use(True)  # the process may go on without a worker (tests)
 
 
 _runner: Runner | None = None

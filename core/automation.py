@@ -12,6 +12,9 @@ from core.limits import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_STEP_TIMEOUT_S,
     MAX_CONCURRENCY,
+    MAX_HEADER_NAME,
+    MAX_HEADER_VALUE,
+    MAX_HEADERS,
     MAX_MESSAGE,
     MAX_NAME,
     MAX_RATE_PER_S,
@@ -23,6 +26,7 @@ from core.limits import (
     MIN_RATE_PER_S,
     MIN_STEP_TIMEOUT_S,
 )
+from core.secrets import secret_names
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,9 @@ class AutomationInput:
     step_timeout_s: int = DEFAULT_STEP_TIMEOUT_S
     max_retries: int = DEFAULT_MAX_RETRIES
     owner_id: str = "local"
-    headers_ref: str | None = None
+    # Sent with every call, as (name, value); a value may reference workspace secrets
+    # as {{ secret.NAME }}, filled in by the worker at call time only.
+    request_headers: tuple[tuple[str, str], ...] = ()
     # Flow control, over every worker: calls at the agent at once, and calls per second.
     concurrency_limit: int | None = None
     rate_limit_per_s: float | None = None
@@ -120,6 +126,58 @@ def _check_steps(steps: tuple[Step, ...]) -> list[FieldError]:
     return errors
 
 
+# Headers Stepwise sets itself, or that would change how the request is read.
+RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "content-type",
+        "content-encoding",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "expect",
+        "user-agent",
+        "idempotency-key",
+        "stepwise-signature",
+    }
+)
+_TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+# Header names that carry credentials: their values must come from a workspace secret.
+_CREDENTIAL_HEADER = re.compile(
+    r"(authorization|cookie|token|key|secret|passw|auth|session|signature|credential)",
+    re.IGNORECASE,
+)
+
+
+def _check_headers(headers: tuple[tuple[str, str], ...]) -> list[FieldError]:
+    if len(headers) > MAX_HEADERS:
+        return [FieldError("request_headers", f"at most {MAX_HEADERS} headers")]
+    errors: list[str] = []
+    seen: set[str] = set()
+    for name, value in headers:
+        lowered = name.lower()
+        if not _TOKEN.match(name) or len(name) > MAX_HEADER_NAME:
+            errors.append(f"{name[:MAX_HEADER_NAME]!r} is not a header name")
+        elif lowered in RESERVED_HEADERS:
+            errors.append(f"{name} is set by Stepwise and cannot be changed")
+        elif lowered in seen:
+            errors.append(f"{name} is given twice")
+        elif any(c in value for c in "\r\n\x00"):
+            errors.append(f"{name}'s value must be on one line")
+        elif len(value) > MAX_HEADER_VALUE:
+            errors.append(f"{name}'s value is over {MAX_HEADER_VALUE} characters")
+        elif _CREDENTIAL_HEADER.search(name) and not secret_names({name: value}):
+            errors.append(
+                f"{name} carries a credential: save it as a workspace secret and write "
+                "{{ secret.NAME }} here (the value is then never stored or shown)"
+            )
+        seen.add(lowered)
+    return [FieldError("request_headers", e) for e in errors]
+
+
 def validate_automation(data: AutomationInput, *, egress: EgressPolicy) -> None:
     """Raise ValidationFailed listing every problem; return quietly when all is well.
 
@@ -139,6 +197,7 @@ def validate_automation(data: AutomationInput, *, egress: EgressPolicy) -> None:
     if (problem := _check_url(data.agent_url, egress)) is not None:
         errors.append(FieldError("agent_url", problem))
     errors += _check_steps(data.steps)
+    errors += _check_headers(data.request_headers)
     if not MIN_STEP_TIMEOUT_S <= data.step_timeout_s <= MAX_STEP_TIMEOUT_S:
         errors.append(
             FieldError(

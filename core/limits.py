@@ -22,7 +22,9 @@ MAX_CONCURRENCY = 1000  # an automation's agent calls in flight at once, all wor
 MIN_RATE_PER_S = 0.01  # an automation's agent calls per second: one every 100 s at least
 MAX_RATE_PER_S = 1000
 MAX_OWNER = 200
-MAX_HEADERS_REF = 200
+MAX_HEADERS = 20  # request headers an automation sends with every call
+MAX_HEADER_NAME = 100
+MAX_HEADER_VALUE = 2000
 
 # Runs and agent answers.
 MAX_RECOVERIES = 5  # claims past a run's retries before housekeeping gives up on it

@@ -204,3 +204,17 @@ def steps_from_rows(rows: list[dict[str, object]]) -> tuple[Step, ...]:
 
 def now_utc() -> datetime:
     return datetime.now(UTC)
+
+
+def parse_headers_text(text: str) -> tuple[tuple[str, str], ...]:
+    """One header per non-empty line: "Name: value". A line without a colon becomes a
+    header with an empty name, which validation names as "not a header name"."""
+    headers = []
+    for line in (x for x in text.splitlines() if x.strip()):
+        name, sep, value = line.partition(":")
+        headers.append((name.strip(), value.strip()) if sep else (line.strip(), ""))
+    return tuple(headers)
+
+
+def headers_text(headers: dict[str, str]) -> str:
+    return "\n".join(f"{name}: {value}" for name, value in headers.items())

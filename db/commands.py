@@ -53,7 +53,7 @@ def _automation_values(data: AutomationInput) -> dict[str, Any]:
         "step_timeout_s": data.step_timeout_s,
         "max_retries": data.max_retries,
         "owner_id": data.owner_id,
-        "headers_ref": data.headers_ref,
+        "request_headers": dict(data.request_headers),
         "concurrency_limit": data.concurrency_limit,
         "rate_limit_per_s": data.rate_limit_per_s,
     }

@@ -38,7 +38,6 @@ from core.limits import (
     MAX_CATCHUP_WINDOW_S,
     MAX_CONCURRENCY,
     MAX_CRON,
-    MAX_HEADERS_REF,
     MAX_JITTER_S,
     MAX_NAME,
     MAX_OWNER,
@@ -168,9 +167,11 @@ class Automation(Base):
     steps: Mapped[list[dict[str, str]]] = mapped_column(JSONB)
     project_context: Mapped[str] = mapped_column(Text, default="")
     agent_url: Mapped[str] = mapped_column(String(MAX_URL))
-    # Name of a credential to send as request headers; the secret itself never
-    # lives in this table.
-    headers_ref: Mapped[str | None] = mapped_column(String(MAX_HEADERS_REF))
+    # Sent with every call: {name: value}, values may hold {{ secret.NAME }} references
+    # to workspace secrets (filled in by the worker at call time, never stored).
+    request_headers: Mapped[dict[str, str]] = mapped_column(
+        JSONB, default=dict, server_default=text("'{}'::jsonb")
+    )
     # The key agent calls are signed with, sealed (core.secrets); never stored in clear.
     signing_secret: Mapped[str | None] = mapped_column(Text)
     step_timeout_s: Mapped[int] = mapped_column(Integer, default=DEFAULT_STEP_TIMEOUT_S)

@@ -373,6 +373,7 @@ class AutomationRow:
     max_retries: int
     concurrency_limit: int | None
     rate_limit_per_s: float | None
+    request_headers: dict[str, str]
     created_at: datetime
     updated_at: datetime
     schedules: int
@@ -399,6 +400,7 @@ def list_automations(session: Session, *, actor: Actor) -> list[AutomationRow]:
             Automation.max_retries,
             Automation.concurrency_limit,
             Automation.rate_limit_per_s,
+            Automation.request_headers,
             Automation.created_at,
             Automation.updated_at,
             func.coalesce(counts.c.schedules, 0).label("schedules"),

@@ -9,7 +9,7 @@ Functions take a session and never commit: the caller owns the transaction.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -79,6 +79,7 @@ class Claim:
     first_step: int  # 1-based: the first step not yet succeeded
     previous_output: Any
     overlap_policy: OverlapPolicy | None = None  # None for a run outside any schedule
+    request_headers: dict[str, str] = field(default_factory=dict)  # templates, no values
     concurrency_limit: int | None = None  # flow control (tasks/flow.py); None: no limit
     rate_limit_per_s: float | None = None
 
@@ -281,6 +282,7 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
         first_step=first_step,
         previous_output=previous_output,
         overlap_policy=policy,
+        request_headers=dict(automation.request_headers or {}),
         concurrency_limit=automation.concurrency_limit,
         rate_limit_per_s=automation.rate_limit_per_s,
     )

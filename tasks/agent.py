@@ -24,7 +24,7 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpcore
@@ -137,19 +137,24 @@ async def _post(
     url: str,
     body: bytes,
     headers: dict[str, str],
+    extra: Mapping[str, str],
     timeout_s: float,
     limit: int,
     started: float,
 ) -> StepOutcome:
     # Only 307/308 keep the POST and its body; 301/302/303 would turn the step into
     # a GET that "succeeds" without the agent ever seeing it, so they fail instead.
+    origin = httpx.URL(url).copy_with(path="/", query=None, fragment=None)
     for _ in range(MAX_REDIRECTS + 1):
         async with client.stream(
-            "POST", url, content=body, headers=headers, timeout=timeout_s
+            "POST", url, content=body, headers={**extra, **headers}, timeout=timeout_s
         ) as response:
             location = response.headers.get("location")
             if response.status_code in (307, 308) and location:
-                url = str(response.url.join(location))
+                target = response.url.join(location)
+                if target.copy_with(path="/", query=None, fragment=None) != origin:
+                    extra = {}  # the automation's headers (credentials) stay with its agent
+                url = str(target)
                 continue
             if response.status_code in (301, 302, 303):
                 error = (
@@ -173,11 +178,14 @@ async def call_agent(
     timeout_s: float,
     max_bytes: int,
     signing_secret: str | None = None,
+    extra_headers: Mapping[str, str] | None = None,
 ) -> StepOutcome:
     """POST one step to the agent and classify the answer; never raises for HTTP trouble.
 
     The body is serialised here, once, so that the signature covers the exact bytes
     sent. `timeout_s` is a hard deadline for the whole call, body included.
+    `extra_headers` (the automation's, secrets filled in) go to the agent's own
+    origin only: a redirect elsewhere does not carry them.
     """
     started = time.monotonic()
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
@@ -186,7 +194,9 @@ async def call_agent(
         headers[SIGNATURE_HEADER] = signature_header(signing_secret, int(time.time()), body)
     try:
         async with asyncio.timeout(timeout_s):
-            return await _post(client, url, body, headers, timeout_s, max_bytes, started)
+            return await _post(
+                client, url, body, headers, extra_headers or {}, timeout_s, max_bytes, started
+            )
     except TimeoutError:
         error = f"agent timed out after {timeout_s:g} s (no full answer by the step's deadline)"
         return StepOutcome.failure(error, _elapsed_ms(started), retryable=True)

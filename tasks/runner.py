@@ -56,10 +56,12 @@ from sqlalchemy.orm import Session
 
 from core.errors import AgentRejected, StepFailed
 from core.outcome import StepOutcome, stored_request
+from core.secrets import SecretUnreadable
 from core.settings import Settings, get_settings
 from core.vocabulary import ExecutionStatus, FailureReport, OverlapPolicy
 from db import runs
 from db.runs import RunMessage
+from db.secrets import resolve_headers
 from db.session import ping_before_use, session_scope
 from tasks.agent import call_agent, make_client
 from tasks.engine import Send, recover_stranded
@@ -119,6 +121,8 @@ class Flight:
     max_retries: int
     task: asyncio.Task[None] | None = None
     calling: bool = False  # a call is at the agent: dropping the run drops the call
+    # The automation's headers with secrets filled in: in memory for this run only.
+    headers: dict[str, str] | None = field(default=None, repr=False)
     answer: Answer | None = field(default=None, repr=False)
 
 
@@ -349,7 +353,9 @@ class Runner:
                 return None  # handed back to the queue until a permit is likely
             answered = None  # stored while waiting (or there was none)
         payload = agent_payload(claim, step_number, previous_output)
-        request = stored_request(claim.agent_url, {"Idempotency-Key": key}, payload)
+        # Stored with the step as written: secret references, never their values.
+        shown = {**claim.request_headers, "Idempotency-Key": key}
+        request = stored_request(claim.agent_url, shown, payload)
         step_run_id = await self._write(
             answered,
             lambda session: runs.start_step(
@@ -360,6 +366,13 @@ class Runner:
             if claim.concurrency_limit is not None:
                 await self.flow.release(claim.automation_id, holder)
             return None
+        if claim.request_headers and flight.headers is None:
+            try:
+                flight.headers = await self._db(partial(_resolve_headers, claim))
+            except SecretUnreadable as exc:
+                # Not worth a retry: the workspace must add the secret first.
+                error = f"request headers: {exc}"
+                return Answer(step_run_id, StepOutcome.failure(error, 0, retryable=False))
         sealed = claim.signing_secret
         flight.calling = True
         try:
@@ -371,6 +384,7 @@ class Runner:
                 timeout_s=claim.step_timeout_s,
                 max_bytes=self.settings.max_response_bytes,
                 signing_secret=None if sealed is None else self.settings.secret_box().open(sealed),
+                extra_headers=flight.headers,
             )
         finally:
             flight.calling = False
@@ -510,6 +524,11 @@ def _store_all(items: list[tuple[Answer | None, Callable[[Session], Any]]]) -> l
                 runs.finish_step(session, answer.step_run_id, answer.outcome)
             results.append(work(session))
     return results
+
+
+def _resolve_headers(claim: runs.Claim) -> dict[str, str]:
+    with session_scope() as session:
+        return resolve_headers(session, claim.workspace_id, claim.request_headers)
 
 
 def _renew(held: list[tuple[uuid.UUID, int]], lease_s: int) -> set[uuid.UUID]:

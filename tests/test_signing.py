@@ -23,15 +23,24 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from core.errors import ValidationFailed
 from core.secrets import SecretBox, SecretUnreadable, new_key, signature_header
 from core.settings import get_settings
 from db import commands
 from db.models import Automation
 from db.runs import RunMessage
+from db.secrets import set_secret
 from db.session import session_scope
 from stepwise.demo_agent import AgentServer, verify_signature
 from tasks.actors import send_run
-from testkit.factories import ADMIN, execution, make_automation, make_execution
+from testkit.factories import (
+    ADMIN,
+    automation_input,
+    execution,
+    make_automation,
+    make_execution,
+    step_runs,
+)
 from testkit.processes import READY
 from testkit.waiting import wait_for
 
@@ -188,3 +197,78 @@ def test_reseal_moves_every_secret_to_a_new_first_key(
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
+
+
+def test_a_header_secret_reaches_the_agent_and_no_dump_log_or_page(
+    procs: Any, agent: AgentServer, database_url: str
+) -> None:
+    # given a workspace secret, and an automation whose Authorization header names it
+    token = "sk-live-" + new_key()[:24]
+    with session_scope() as session:
+        set_secret(session, "AGENT_TOKEN", token, actor=ADMIN)
+    automation_id = make_automation(
+        agent_url=agent.url,
+        steps=2,
+        request_headers=(
+            ("Authorization", "Bearer {{ secret.AGENT_TOKEN }}"),
+            ("X-Team", "ops"),
+        ),
+    )
+    # when the Procfile's worker runs it
+    procs.start("worker")
+    procs.wait_ready("worker", READY)
+    execution_id = make_execution(automation_id)
+    send_run(RunMessage(execution_id, 3))
+    assert wait_for(lambda: execution(execution_id).status == "succeeded", timeout=60)
+    procs.stop("worker")
+    # then the agent received the value with every call
+    calls = agent.calls_for(str(execution_id))
+    assert [c.headers.get("authorization") for c in calls] == [f"Bearer {token}"] * 2
+    assert {c.headers.get("x-team") for c in calls} == {"ops"}
+    # and each step's stored request shows the reference, never the value
+    for step in step_runs(execution_id):
+        assert step.request["headers"]["Authorization"] == "Bearer {{ secret.AGENT_TOKEN }}"
+    # and neither a dump of the whole database nor the worker's log holds the value
+    url = database_url.replace("postgresql+psycopg://", "postgresql://")
+    dump = subprocess.run(
+        [str(PG_DUMP), "--no-owner", url], capture_output=True, text=True, check=True
+    ).stdout
+    assert "AGENT_TOKEN" in dump  # the secret's name is there, sealed with its value
+    assert token not in dump and token[8:] not in dump
+    assert token not in procs.log("worker")
+
+
+def test_a_header_naming_a_missing_secret_fails_the_step_without_calling(
+    worker: Any, agent: AgentServer
+) -> None:
+    automation_id = make_automation(
+        agent_url=agent.url,
+        steps=1,
+        request_headers=(("Authorization", "Bearer {{ secret.NOT_THERE }}"),),
+    )
+    execution_id = make_execution(automation_id)
+    send_run(RunMessage(execution_id, 3))
+    assert wait_for(lambda: execution(execution_id).status == "failed", timeout=30)
+    [step] = step_runs(execution_id)
+    assert step.error == "request headers: no workspace secret named NOT_THERE"
+    assert agent.calls == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ((("Authorization", "Bearer abc123"),), "carries a credential: save it as a workspace"),
+        ((("X-Api-Key", "abc123"),), "carries a credential"),
+        ((("Host", "evil"),), "Host is set by Stepwise"),
+        ((("Idempotency-Key", "x"),), "Idempotency-Key is set by Stepwise"),
+        ((("X-A", "one\r\nX-B: two"),), "must be on one line"),
+        ((("Bad Name", "x"),), "is not a header name"),
+        ((("X-A", "1"), ("x-a", "2")), "x-a is given twice"),
+    ],
+)
+def test_headers_that_would_leak_a_credential_or_break_the_call_are_refused(
+    db: None, headers: tuple[tuple[str, str], ...], message: str
+) -> None:
+    with pytest.raises(ValidationFailed) as refused, session_scope() as session:
+        commands.create_automation(session, automation_input(request_headers=headers), actor=ADMIN)
+    assert message in (refused.value.for_field("request_headers") or "")

@@ -88,6 +88,7 @@ def defaults(row: queries.AutomationRow | None) -> dict[str, Any]:
             "retries": 3,
             "concurrency": None,
             "rate": None,
+            "headers": {},
         }
     return {
         "name": row.name,
@@ -99,6 +100,7 @@ def defaults(row: queries.AutomationRow | None) -> dict[str, Any]:
         "retries": row.max_retries,
         "concurrency": row.concurrency_limit,
         "rate": row.rate_limit_per_s,
+        "headers": row.request_headers,
     }
 
 
@@ -156,6 +158,20 @@ with right:
     with d:
         ui.field_error(errors, "rate_limit_per_s")
 
+st.text_area(
+    "Request headers",
+    value=forms.headers_text(base["headers"]),
+    key=k + "headers",
+    height=68,
+    placeholder="Authorization: Bearer {{ secret.AGENT_TOKEN }}",
+    help=(
+        "One per line, `Name: value`, sent with every call. Credentials go in workspace "
+        "secrets and are written here as `{{ secret.NAME }}`: the worker fills them in at "
+        "call time, and their values are never stored with a run or shown."
+    ),
+)
+ui.field_error(errors, "request_headers")
+
 st.markdown("**Steps**, sent to the agent in order")
 as_text = st.toggle(
     "Edit steps as text (one step per line: `name | message`)", key=k + "steps_as_text"
@@ -200,6 +216,7 @@ def form_input() -> AutomationInput:
         max_retries=int(s[k + "retries"]),
         concurrency_limit=None if s[k + "concurrency"] is None else int(s[k + "concurrency"]),
         rate_limit_per_s=None if s[k + "rate"] is None else float(s[k + "rate"]),
+        request_headers=forms.parse_headers_text(s[k + "headers"]),
     )
 
 

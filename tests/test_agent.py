@@ -267,3 +267,37 @@ def test_nul_bytes_never_reach_postgres(agent: Any) -> None:
     agent.script(Reply(200, b"bin\x00ary"))
     outcome = _call(agent.url)
     assert "\x00" not in outcome.body
+
+
+@pytest.mark.parametrize("same_origin", [True, False])
+def test_the_automations_headers_follow_a_redirect_only_within_its_origin(
+    agent: Any, same_origin: bool
+) -> None:
+    # given an agent that redirects (307) to itself, or to another origin
+    from stepwise.demo_agent import AgentServer
+
+    other = AgentServer().start()
+    try:
+        target = agent.url + "/v2" if same_origin else other.url
+        agent.script(Reply(307, "", headers={"Location": target}))
+
+        async def call() -> Any:
+            async with make_client(parse_allowlist("127.0.0.1")) as client:
+                return await call_agent(
+                    client,
+                    agent.url,
+                    {"x": 1},
+                    idempotency_key="k:1",
+                    timeout_s=2,
+                    max_bytes=1024,
+                    extra_headers={"Authorization": "Bearer t0ken"},
+                )
+
+        outcome = asyncio.run(call())
+    finally:
+        other.stop()
+    # then the step succeeds at the target, which gets the credential only at home
+    assert outcome.ok
+    landed = agent.calls[1] if same_origin else other.calls[0]
+    assert landed.headers.get("authorization") == ("Bearer t0ken" if same_origin else None)
+    assert landed.idempotency_key == "k:1"  # Stepwise's own headers always follow

@@ -13,7 +13,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    String,
+    Text,
+    and_,
+    bindparam,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from core.limits import MAX_RECOVERIES
@@ -288,33 +302,72 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
     )
 
 
+# One round trip per step: store the previous step's answer (when there is one),
+# renew the lease and record this step as running. Data-modifying CTEs all run, on
+# one snapshot; the step is inserted only if the fence still holds. Written in SQL
+# so that the hot path builds no statement objects
+# (tests/test_db.py::test_a_step_start_stores_the_previous_answer_in_the_same_statement).
+_START_STEP = text(
+    f"""
+    WITH finished AS (
+        UPDATE step_runs
+        SET status = :f_status, response_status = :f_code, response_body = :f_body,
+            error = :f_error, finished_at = now(), duration_ms = :f_ms
+        WHERE id = :f_id AND status = '{StepStatus.RUNNING}'
+    ), renewed AS (
+        UPDATE executions
+        SET current_step = :step, lease_expires_at = now() + make_interval(secs => :lease_s)
+        WHERE id = :execution_id AND status = '{ExecutionStatus.RUNNING}' AND attempt = :attempt
+        RETURNING id
+    )
+    INSERT INTO step_runs (execution_id, step_number, attempt, status, request)
+    SELECT id, :step, :attempt, '{StepStatus.RUNNING}', :request FROM renewed
+    RETURNING id
+    """
+).bindparams(
+    bindparam("request", type_=JSONB),
+    bindparam("f_id", type_=BigInteger),
+    bindparam("f_code", type_=Integer),
+    bindparam("f_ms", type_=Integer),
+    bindparam("f_status", type_=String),
+    bindparam("f_body", type_=Text),
+    bindparam("f_error", type_=Text),
+)
+
+
 def start_step(
-    session: Session, claim: Claim, step_number: int, request: dict[str, Any], *, lease_s: int
+    session: Session,
+    claim: Claim,
+    step_number: int,
+    request: dict[str, Any],
+    *,
+    lease_s: int,
+    finished: tuple[int, StepOutcome] | None = None,
 ) -> int | None:
-    """Renew the lease for one step and record the step as running; None if we lost the run."""
-    renewed = rowcount(
-        session.execute(
-            update(Execution)
-            .where(_fence(claim))
-            .values(
-                current_step=step_number,
-                lease_expires_at=func.now() + timedelta(seconds=lease_s),
-            )
-        )
+    """Store `finished` (the previous step's answer), renew the lease for one step and
+    record the step as running, in one statement; None if we lost the run."""
+    step_run_id, outcome = finished if finished is not None else (None, None)
+    started: int | None = session.scalar(
+        _START_STEP,
+        {
+            "f_id": step_run_id,
+            "f_status": None if outcome is None else _step_status(outcome),
+            "f_code": None if outcome is None else outcome.status,
+            "f_body": None if outcome is None else outcome.body,
+            "f_error": None if outcome is None else outcome.error,
+            "f_ms": None if outcome is None else outcome.duration_ms,
+            "step": step_number,
+            "lease_s": lease_s,
+            "execution_id": claim.execution_id,
+            "attempt": claim.attempt,
+            "request": request,
+        },
     )
-    if not renewed:
-        return None
-    return session.scalar(
-        insert(StepRun)
-        .values(
-            execution_id=claim.execution_id,
-            step_number=step_number,
-            attempt=claim.attempt,
-            status=StepStatus.RUNNING,
-            request=request,
-        )
-        .returning(StepRun.id)
-    )
+    return started
+
+
+def _step_status(outcome: StepOutcome) -> StepStatus:
+    return StepStatus.SUCCEEDED if outcome.ok else StepStatus.FAILED
 
 
 def renew_leases(
@@ -351,7 +404,7 @@ def finish_step(session: Session, step_run_id: int, outcome: StepOutcome) -> Non
         update(StepRun)
         .where(StepRun.id == step_run_id, StepRun.status == StepStatus.RUNNING)
         .values(
-            status=StepStatus.SUCCEEDED if outcome.ok else StepStatus.FAILED,
+            status=_step_status(outcome),
             response_status=outcome.status,
             response_body=outcome.body,
             error=outcome.error,

@@ -356,10 +356,11 @@ class Runner:
         # Stored with the step as written: secret references, never their values.
         shown = {**claim.request_headers, "Idempotency-Key": key}
         request = stored_request(claim.agent_url, shown, payload)
+        finished = None if answered is None else (answered.step_run_id, answered.outcome)
         step_run_id = await self._write(
-            answered,
+            None,
             lambda session: runs.start_step(
-                session, claim, step_number, request, lease_s=self.lease_s
+                session, claim, step_number, request, lease_s=self.lease_s, finished=finished
             ),
         )
         if step_run_id is None:

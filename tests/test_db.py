@@ -35,12 +35,14 @@ from stepwise.cli import migrate
 from testkit.factories import (
     ADMIN,
     automation_input,
+    execution,
     fetch,
     make_automation,
     make_execution,
     make_schedule,
     person,
     schedule_definition,
+    step_runs,
     table_snapshot,
 )
 
@@ -521,3 +523,45 @@ def test_an_edit_is_audited_with_old_and_new_values_and_no_secret(db: None) -> N
     }
     assert by_actor["bob"] == {"misfire_policy": ["run_once", "skip"]}
     assert "OLD" not in repr(rows) and "NEW" not in repr(rows)
+
+
+def test_a_step_start_stores_the_previous_answer_in_the_same_statement(db: None) -> None:
+    from sqlalchemy import event
+
+    from core.outcome import StepOutcome
+    from db.runs import start_step
+    from db.session import get_engine
+
+    # given a claimed run whose step 1 is at the agent
+    execution_id = make_execution(make_automation(steps=2))
+    with session_scope() as session:
+        claim = claim_execution(session, execution_id, lease_s=5)
+        assert not isinstance(claim, str)
+        first = start_step(session, claim, 1, {"step": 1}, lease_s=5)
+    assert first is not None
+    answer = StepOutcome(True, False, 200, '{"output": 1}', None, 12)
+    # when step 2 starts with step 1's answer, counting the statements sent
+    sent: list[str] = []
+    listener = lambda *args: sent.append(args[2])  # noqa: E731
+    event.listen(get_engine(), "before_cursor_execute", listener)
+    try:
+        with session_scope() as session:
+            second = start_step(
+                session, claim, 2, {"step": 2}, lease_s=30, finished=(first, answer)
+            )
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", listener)
+    # then one statement stored the answer, renewed the lease and started step 2
+    assert len(sent) == 1
+    rows = {r.step_number: r for r in step_runs(execution_id)}
+    assert (rows[1].status, rows[1].response_status, rows[1].duration_ms) == ("succeeded", 200, 12)
+    assert (rows[2].id, rows[2].status, rows[2].request) == (second, "running", {"step": 2})
+    row = execution(execution_id)
+    assert row.current_step == 2 and row.lease_expires_at is not None
+    # and once the run is no longer this claim's, a start stores the answer and starts nothing
+    with session_scope() as session:
+        session.execute(update(Execution).where(Execution.id == execution_id).values(attempt=9))
+    with session_scope() as session:
+        late = StepOutcome(True, False, 200, "{}", None, 5)
+        assert start_step(session, claim, 3, {}, lease_s=5, finished=(second, late)) is None
+    assert len(step_runs(execution_id)) == 2

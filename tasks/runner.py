@@ -181,9 +181,10 @@ class Runner:
         """Stop the loop and its client (tests rebuild the runner with new settings)."""
 
         async def shut() -> None:
-            for flight in list(self.flights.values()):
-                if flight.task is not None:
-                    flight.task.cancel()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:  # the heartbeat, runs, batches being written
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
             await self.client.aclose()
             await self.flow.close()
 

@@ -36,7 +36,7 @@ from stepwise.cli import migrate
 from stepwise.demo_agent import Reply
 from tasks import engine
 from tasks.actors import send_run
-from testkit.factories import make_automation, make_execution, make_schedule
+from testkit.factories import make_automation, make_execution, make_schedule, seed_access
 from testkit.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -189,6 +189,7 @@ def own_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ow
     monkeypatch.setenv("DATABASE_URL", server.url)
     get_settings.cache_clear()
     dispose_engine()
+    seed_access()  # the default workspace and the tests' admin, as the `db` fixture makes
     yield server
     dispose_engine()
     monkeypatch.undo()

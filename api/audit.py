@@ -17,7 +17,7 @@ from core.vocabulary import AuditAction, AuditTarget
 from db.audit import AuditFilters, list_audit
 from db.session import session_scope
 
-router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=documented(401, 403, 422))
+router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=documented(400, 401, 403, 422))
 
 
 @router.get("")

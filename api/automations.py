@@ -16,7 +16,7 @@ from tasks import actions
 router = APIRouter(
     prefix="/v1/automations",
     tags=["automations"],
-    responses=documented(401, 403, 404, 409, 422),
+    responses=documented(400, 401, 403, 404, 409, 422),
 )
 
 

@@ -26,7 +26,7 @@ MAX_PAGE = 200
 router = APIRouter(
     prefix="/v1/executions",
     tags=["executions"],
-    responses=documented(401, 403, 404, 409, 422),
+    responses=documented(400, 401, 403, 404, 409, 422),
 )
 
 

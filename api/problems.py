@@ -104,7 +104,7 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
         ]
     }
     titles = {status: title for _, status, _, title in _KINDS}
-    titles[422] = "The input was refused"
+    titles[400] = "The body is not JSON"
     return {
         status: {
             "description": titles.get(status, "Error"),

@@ -23,7 +23,7 @@ log = logging.getLogger("stepwise.api")
 router = APIRouter(
     prefix="/v1/schedules",
     tags=["schedules"],
-    responses=documented(401, 403, 404, 409, 422),
+    responses=documented(400, 401, 403, 404, 409, 422),
 )
 
 

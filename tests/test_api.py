@@ -33,6 +33,7 @@ from testkit.processes import Processes
 from testkit.waiting import wait_for
 
 PROBLEM = "application/problem+json"
+PAGES = Path(__file__).resolve().parent.parent / "dashboard" / "views"
 AUTOMATION = {
     "name": "Nightly report",
     "agent_url": "http://127.0.0.1:9/agent",
@@ -384,3 +385,42 @@ def test_the_procfile_api_process_serves_the_api_on_loopback(
     finally:
         processes.stop_all()
     assert token not in processes.log("api")
+
+
+# --- the Workspace page ------------------------------------------------------------------------
+
+
+def test_an_admin_makes_a_token_on_the_workspace_page_sees_it_once_and_revokes_it(
+    client: TestClient,
+) -> None:
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    # given the local admin on the Workspace page
+    st.cache_data.clear()
+    at = AppTest.from_file(str(PAGES / "workspace.py"), default_timeout=60)
+    at.run()
+    # when they make an editor token
+    at.text_input(key="ws_token_name").input("deploy script").run()
+    at.selectbox(key="ws_token_role").set_value("editor").run()
+    at.button(key="ws_token_make").click().run()
+    assert not at.exception, at.exception
+    # then it is shown once, and it works on the API as an editor of this workspace
+    (shown,) = [c.value for c in at.code]
+    assert shown.startswith("stw_")
+    assert client.get("/v1/automations", headers=bearer(shown)).status_code == 200
+    at.run()
+    assert not at.code and shown not in repr(at)
+    # when they revoke it, then the API refuses it, and both actions are audited
+    at.button(key="ws_token_revoke").click().run()
+    assert not at.exception, at.exception
+    assert client.get("/v1/automations", headers=bearer(shown)).status_code == 401
+    with session_scope() as session:
+        (made,) = tokens.list_tokens(session, actor=person("local admin"))
+    assert made.role == Role.EDITOR and made.revoked_at is not None
+    from db.audit import AuditFilters, list_audit
+
+    with session_scope() as session:
+        audit = list_audit(session, AuditFilters(), actor=person("local admin"))
+    assert [r.action for r in audit[:2]] == ["revoke_token", "create_token"]
+    assert all(shown not in repr(r.details) for r in audit)

@@ -8,8 +8,16 @@ from fastapi import APIRouter, status
 
 from api.auth import Acting
 from api.problems import documented
-from api.schemas import Archived, AutomationCreated, AutomationIn, AutomationOut, RunStarted
-from db import commands, queries
+from api.schemas import (
+    Archived,
+    AutomationCreated,
+    AutomationIn,
+    AutomationOut,
+    IdempotencyKeyHeader,
+    RunStarted,
+    fingerprint,
+)
+from db import commands, idempotency, queries
 from db.session import session_scope
 from tasks import actions
 
@@ -21,10 +29,22 @@ router = APIRouter(
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def create_automation(body: AutomationIn, actor: Acting) -> AutomationCreated:
-    """Create an automation; its signing secret is in this answer only."""
+def create_automation(
+    body: AutomationIn, actor: Acting, idempotency_key: IdempotencyKeyHeader = None
+) -> AutomationCreated:
+    """Create an automation; its signing secret is in this answer (and a repeat's) only."""
     with session_scope() as session:
-        automation = commands.create_automation(session, body.parsed(actor.name), actor=actor)
+        made = None
+        if idempotency_key is not None:
+            made = idempotency.claim(
+                session, actor, idempotency_key, fingerprint("automation", body)
+            )
+        if made is None:
+            automation = commands.create_automation(session, body.parsed(actor.name), actor=actor)
+            if idempotency_key is not None:
+                idempotency.remember(session, actor, idempotency_key, automation.id)
+        else:
+            automation = commands.get_automation(session, made, actor=actor)
         secret = commands.signing_secret(session, automation.id, actor=actor)
         return AutomationCreated(**AutomationOut.of(automation).model_dump(), signing_secret=secret)
 

@@ -10,12 +10,22 @@ from sqlalchemy.orm import Session
 
 from api.auth import Acting
 from api.problems import documented
-from api.schemas import Deleted, Preview, PreviewIn, RunStarted, ScheduleIn, ScheduleOut, TimingIn
+from api.schemas import (
+    Deleted,
+    IdempotencyKeyHeader,
+    Preview,
+    PreviewIn,
+    RunStarted,
+    ScheduleIn,
+    ScheduleOut,
+    TimingIn,
+    fingerprint,
+)
 from core.access import Actor
 from core.errors import NotFound
 from core.timing import describe, preview
 from core.vocabulary import ScheduleState
-from db import commands, queries
+from db import commands, idempotency, queries
 from db.session import db_now, session_scope
 from tasks import actions
 
@@ -43,11 +53,22 @@ def _dispatch_soon() -> None:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def create_schedule(body: ScheduleIn, actor: Acting) -> ScheduleOut:
+def create_schedule(
+    body: ScheduleIn, actor: Acting, idempotency_key: IdempotencyKeyHeader = None
+) -> ScheduleOut:
     definition = body.parsed()
     with session_scope() as session:
-        schedule = commands.create_schedule(session, body.automation_id, definition, actor=actor)
-        out = _row(session, schedule.id, actor)
+        made = None
+        if idempotency_key is not None:
+            made = idempotency.claim(session, actor, idempotency_key, fingerprint("schedule", body))
+        if made is None:
+            schedule = commands.create_schedule(
+                session, body.automation_id, definition, actor=actor
+            )
+            made = schedule.id
+            if idempotency_key is not None:
+                idempotency.remember(session, actor, idempotency_key, made)
+        out = _row(session, made, actor)
     _dispatch_soon()
     return out
 

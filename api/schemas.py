@@ -8,10 +8,12 @@ same message on both. Output models are built from the `db` layer's rows.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+from fastapi import Header
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.automation import AutomationInput, Step, redact_url
@@ -19,6 +21,7 @@ from core.limits import (
     DEFAULT_CATCHUP_WINDOW_S,
     DEFAULT_MAX_RETRIES,
     DEFAULT_STEP_TIMEOUT_S,
+    MAX_NAME,
     MAX_OWNER,
 )
 from core.schedule import ScheduleDefinition, ScheduleInput, parse_schedule
@@ -347,6 +350,21 @@ class AuditOut(BaseModel):
             target_id=row.target_id,
             details=row.details,
         )
+
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=MAX_NAME,
+        description="repeat a create safely: the same key and body make one object, once",
+    ),
+]
+
+
+def fingerprint(what: str, body: BaseModel) -> str:
+    """What an Idempotency-Key is bound to: this kind of create with this exact body."""
+    return hashlib.sha256(f"{what}\n{body.model_dump_json()}".encode()).hexdigest()
 
 
 def utc(value: datetime | None) -> datetime | None:

@@ -180,6 +180,25 @@ class ApiToken(Base):
     __table_args__ = (CheckConstraint(_in("role", Role), name="role"),)
 
 
+class IdempotencyKey(Base):
+    """An API create made with an `Idempotency-Key`: a repeat answers with the same object.
+
+    Written in the create's own transaction, so a key exists exactly when its object was
+    made; a concurrent repeat waits on the key's row and then finds the object.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    token_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("api_tokens.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(MAX_NAME), primary_key=True)
+    # SHA-256 of the request (method, path, body): the same key with another request is refused.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    target_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    created_at: Mapped[datetime] = _created()
+
+
 class Automation(Base):
     __tablename__ = "automations"
 

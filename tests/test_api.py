@@ -424,3 +424,36 @@ def test_an_admin_makes_a_token_on_the_workspace_page_sees_it_once_and_revokes_i
         audit = list_audit(session, AuditFilters(), actor=person("local admin"))
     assert [r.action for r in audit[:2]] == ["revoke_token", "create_token"]
     assert all(shown not in repr(r.details) for r in audit)
+
+
+def test_an_idempotency_key_makes_a_repeated_create_make_one_object(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    # given a create sent with a key
+    keyed = {**admin, "Idempotency-Key": "nightly-1"}
+    first = client.post("/v1/automations", json=AUTOMATION, headers=keyed)
+    assert first.status_code == 201
+    # when it is sent again (a retry after a lost answer)
+    again = client.post("/v1/automations", json=AUTOMATION, headers=keyed)
+    # then the same automation answers, and there is one
+    assert again.status_code == 201 and again.json() == first.json()
+    assert len(client.get("/v1/automations", headers=admin).json()) == 1
+    # and the same key with another body is refused, writing nothing
+    before = _writes()
+    other = client.post("/v1/automations", json={**AUTOMATION, "name": "Other"}, headers=keyed)
+    assert other.status_code == 422 and other.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert _writes() == before
+    # and schedules behave the same; a refused create leaves its key free
+    schedule = {**SCHEDULE, "automation_id": first.json()["id"]}
+    bad = client.post(
+        "/v1/schedules",
+        json={**schedule, "timezone": "Mars/Base"},
+        headers={**admin, "Idempotency-Key": "s"},
+    )
+    assert bad.status_code == 422
+    made = [
+        client.post("/v1/schedules", json=schedule, headers={**admin, "Idempotency-Key": "s2"})
+        for _ in range(2)
+    ]
+    assert made[0].json()["id"] == made[1].json()["id"]
+    assert len(client.get("/v1/schedules", headers=admin).json()) == 1

@@ -1,6 +1,7 @@
 """API tokens: one workspace and one role each, stored as a SHA-256 hash only
 
-Also lets the audit log record creating and revoking them.
+Also the Idempotency-Key of API creates (per token), and audit rows for creating and
+revoking tokens.
 
 Revision ID: 0008
 Revises: 0007
@@ -57,6 +58,23 @@ def upgrade() -> None:
     op.create_index(
         op.f("ix_api_tokens_workspace_id"), "api_tokens", ["workspace_id"], unique=False
     )
+    op.create_table(
+        "idempotency_keys",
+        sa.Column("token_id", postgresql.UUID(as_uuid=True), nullable=False),
+        sa.Column("key", sa.String(length=200), nullable=False),
+        sa.Column("fingerprint", sa.String(length=64), nullable=False),
+        sa.Column("target_id", postgresql.UUID(as_uuid=True), nullable=False),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        sa.ForeignKeyConstraint(
+            ["token_id"],
+            ["api_tokens.id"],
+            name=op.f("fk_idempotency_keys_token_id_api_tokens"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("token_id", "key", name=op.f("pk_idempotency_keys")),
+    )
     op.drop_constraint(op.f("ck_audit_log_action"), "audit_log", type_="check")
     op.create_check_constraint(
         op.f("ck_audit_log_action"), "audit_log", f"action IN ({ACTIONS}, {NEW_ACTIONS})"
@@ -75,5 +93,6 @@ def downgrade() -> None:
     )
     op.drop_constraint(op.f("ck_audit_log_action"), "audit_log", type_="check")
     op.create_check_constraint(op.f("ck_audit_log_action"), "audit_log", f"action IN ({ACTIONS})")
+    op.drop_table("idempotency_keys")
     op.drop_index(op.f("ix_api_tokens_workspace_id"), table_name="api_tokens")
     op.drop_table("api_tokens")

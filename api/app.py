@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from api import audit, automations, executions, schedules
+from api import audit, automations, executions, queues, schedules
 from api.problems import install
 
 DESCRIPTION = """\
@@ -25,7 +25,7 @@ class Health(BaseModel):
 def create_app() -> FastAPI:
     app = FastAPI(title="Stepwise", version="1", description=DESCRIPTION)
     install(app)
-    for module in (automations, schedules, executions, audit):
+    for module in (automations, schedules, executions, queues, audit):
         app.include_router(module.router)
 
     @app.get("/health", tags=["health"])

@@ -457,3 +457,40 @@ def test_an_idempotency_key_makes_a_repeated_create_make_one_object(
     ]
     assert made[0].json()["id"] == made[1].json()["id"]
     assert len(client.get("/v1/schedules", headers=admin).json()) == 1
+
+
+def test_queues_and_dead_letters_are_scoped_admin_only_and_audited(
+    client: TestClient, admin: dict[str, str], redis_client: Any
+) -> None:
+    import time
+
+    from tasks.actors import run_execution
+
+    # given a dead letter of our failed run and one of another workspace's
+    ours = make_automation()
+    (our_run,) = add_runs(ours, [{"status": ExecutionStatus.FAILED}])
+    other = make_workspace()
+    (their_run,) = add_runs(make_automation(actor=other), [{"status": ExecutionStatus.FAILED}])
+    for message_id, run in (("ours", our_run), ("theirs", their_run)):
+        redis_client.zadd("dramatiq:default.XQ", {message_id: time.time() * 1000})
+        redis_client.hset(
+            "dramatiq:default.XQ.msgs", message_id, run_execution.message(str(run)).encode()
+        )
+    depths = client.get("/v1/queues", headers=admin).json()
+    assert {q["queue"]: q["dead"] for q in depths["queues"]}["default"] == 2
+    # then each workspace lists its own only, and acts on its own only
+    letters = client.get("/v1/queues/default/dead-letters", headers=admin).json()
+    assert [(m["message_id"], m["execution_id"]) for m in letters] == [("ours", str(our_run))]
+    theirs = bearer(make_token(other))
+    assert client.delete("/v1/queues/default/dead-letters/ours", headers=theirs).status_code == 404
+    viewer = bearer(make_token(role=Role.VIEWER, name="viewer"))
+    assert client.delete("/v1/queues/default/dead-letters/ours", headers=viewer).status_code == 403
+    assert client.get("/v1/queues/nope/dead-letters", headers=admin).status_code == 422
+    # when our admin retries ours, then our run is queued again, and theirs stays dead
+    retried = client.post("/v1/queues/default/dead-letters/ours/retry", headers=admin)
+    assert retried.status_code == 202
+    assert client.get(f"/v1/executions/{our_run}", headers=admin).json()["status"] == "queued"
+    assert redis_client.zrange("dramatiq:default.XQ", 0, -1) == [b"theirs"]
+    assert client.delete("/v1/queues/default/dead-letters", headers=admin).json() == {"count": 0}
+    audit = client.get("/v1/audit", params={"target_type": "execution"}, headers=admin).json()
+    assert "retry_dead_letter" in {row["action"] for row in audit}

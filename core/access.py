@@ -53,6 +53,7 @@ _WORDS = {
     Permission.MANAGE_SECRETS: "manage secrets",
     Permission.MANAGE_QUOTAS: "change quotas",
     Permission.MANAGE_QUEUES: "retry or purge dead letters",
+    Permission.MANAGE_TOKENS: "manage API tokens",
 }
 
 
@@ -73,6 +74,9 @@ class Actor:
     name: str
     workspace_id: uuid.UUID
     role: Role = Role.VIEWER
+    # Set when an API token acts: its role is then read from the token's row (which
+    # must not be revoked), not from a membership.
+    token_id: uuid.UUID | None = None
 
     @property
     def subject(self) -> str:

@@ -22,6 +22,8 @@ from core.egress import EgressPolicy, parse_allowlist
 from core.errors import ConfigError
 from core.secrets import SecretBox, parse_keys
 
+DEFAULT_API_PORT = 8000
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STEPWISE_", extra="ignore")
@@ -35,6 +37,11 @@ class Settings(BaseSettings):
     # The Procfile's `web` listens on PORT (Heroku sets it) at this address.
     port: int | None = Field(default=None, ge=1, le=65535, validation_alias="PORT")
     web_address: str = "127.0.0.1"
+    # The Procfile's `api` (REST API): every call but health and docs needs a token, so it
+    # may listen beyond loopback; it still starts on this machine only unless told.
+    api_address: str = "127.0.0.1"
+    # Its port: this, else PORT (Heroku's), else 8000. `stepwise run` sets it.
+    api_port: int | None = Field(default=None, ge=1, le=65535)
     # Host names the dashboard answers on besides this machine's own (comma-separated).
     web_hosts: str = ""
     # Login with OpenID Connect: issuer, client id and secret set = every person logs in.
@@ -188,6 +195,10 @@ class Settings(BaseSettings):
             "STEPWISE_OIDC_CLIENT_ID, STEPWISE_OIDC_CLIENT_SECRET and STEPWISE_ADMINS, or keep "
             "STEPWISE_WEB_ADDRESS at 127.0.0.1 (the default)"
         )
+
+    def api_listen_port(self) -> int:
+        """The REST API's port: STEPWISE_API_PORT, else PORT, else 8000."""
+        return self.api_port or self.port or DEFAULT_API_PORT
 
     def require_redis(self) -> None:
         """Fail clearly when a process that sends or consumes messages has no Redis."""

@@ -104,6 +104,8 @@ class AuditAction(StrEnum):
     SET_SECRET = "set_secret"
     DELETE_SECRET = "delete_secret"
     SET_QUOTA = "set_quota"
+    CREATE_TOKEN = "create_token"
+    REVOKE_TOKEN = "revoke_token"
 
 
 class AuditTarget(StrEnum):
@@ -113,6 +115,7 @@ class AuditTarget(StrEnum):
     WORKSPACE = "workspace"  # its members and quotas
     QUEUE = "queue"  # a Redis queue's dead letters (the id is the acting workspace's)
     SECRET = "secret"
+    TOKEN = "token"  # an API token (the audit names it, never its value)
 
 
 class Role(StrEnum):
@@ -133,6 +136,7 @@ class Permission(StrEnum):
     MANAGE_SECRETS = "manage_secrets"
     MANAGE_QUOTAS = "manage_quotas"
     MANAGE_QUEUES = "manage_queues"  # retry or purge dead letters
+    MANAGE_TOKENS = "manage_tokens"  # create, list and revoke API tokens
 
 
 def one_of(enum: type[StrEnum]) -> str:

@@ -156,6 +156,49 @@ class WorkspaceSecret(Base):
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 
 
+class ApiToken(Base):
+    """A token for the REST API, acting in one workspace with one role.
+
+    Only the SHA-256 of the token is stored (core.tokens): it is shown once, at
+    creation. A revoked token stays, so the audit and "last used" keep their meaning.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    workspace_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(MAX_NAME))
+    role: Mapped[str] = mapped_column(String(MAX_WORD))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[str] = mapped_column(String(MAX_OWNER))
+    created_at: Mapped[datetime] = _created()
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    __table_args__ = (CheckConstraint(_in("role", Role), name="role"),)
+
+
+class IdempotencyKey(Base):
+    """An API create made with an `Idempotency-Key`: a repeat answers with the same object.
+
+    Written in the create's own transaction, so a key exists exactly when its object was
+    made; a concurrent repeat waits on the key's row and then finds the object.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    token_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("api_tokens.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(MAX_NAME), primary_key=True)
+    # SHA-256 of the request (method, path, body): the same key with another request is refused.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    target_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    created_at: Mapped[datetime] = _created()
+
+
 class Automation(Base):
     __tablename__ = "automations"
 

@@ -33,16 +33,29 @@ from core.limits import (
     MAX_OWNER,
 )
 from core.vocabulary import AuditAction, AuditTarget, Permission, Role
-from db.models import AuditLog, Membership, Workspace
+from db.models import ApiToken, AuditLog, Membership, Workspace
 
 
 def authorize(session: Session, actor: Actor, permission: Permission) -> Role:
-    """The actor's role in its workspace, read now; Forbidden unless it allows `permission`."""
-    role = session.scalar(
-        select(Membership.role).where(
-            Membership.workspace_id == actor.workspace_id, Membership.subject == actor.subject
+    """The actor's role in its workspace, read now; Forbidden unless it allows `permission`.
+
+    A person's role comes from their membership row, an API token's from its own
+    row, which must not be revoked.
+    """
+    if actor.token_id is not None:
+        role = session.scalar(
+            select(ApiToken.role).where(
+                ApiToken.id == actor.token_id,
+                ApiToken.workspace_id == actor.workspace_id,
+                ApiToken.revoked_at.is_(None),
+            )
         )
-    )
+    else:
+        role = session.scalar(
+            select(Membership.role).where(
+                Membership.workspace_id == actor.workspace_id, Membership.subject == actor.subject
+            )
+        )
     if role is None:
         raise Forbidden(f"{actor.name} is not a member of this workspace")
     require(role, permission)

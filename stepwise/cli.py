@@ -2,6 +2,7 @@
 
 stepwise run                 # every Procfile process, embedded servers if no URLs
 stepwise web                 # the dashboard alone (refuses a non-loopback address)
+                             # (the REST API is the Procfile's `api`: python -m api)
 stepwise respawn -- CMD ...  # keep CMD running (the scheduler exits when Redis is away)
 stepwise demo-agent          # the bundled agent alone
 stepwise new-key             # a key for STEPWISE_SECRET_KEYS
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCAL_PROCESSES = ("web", "scheduler", "dispatcher", "worker")
+LOCAL_PROCESSES = ("web", "api", "scheduler", "dispatcher", "worker")
 DEMO_SECRET_VARIABLE = "STEPWISE_DEMO_AGENT_SECRET"
 
 
@@ -138,7 +139,7 @@ def demo_signing_secret(agent_url: str) -> str | None:
 def run(_: argparse.Namespace) -> int:
     from honcho.manager import Manager
 
-    from core.settings import get_settings
+    from core.settings import DEFAULT_API_PORT, get_settings
     from stepwise import embedded
 
     settings = get_settings()
@@ -146,6 +147,8 @@ def run(_: argparse.Namespace) -> int:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
     env["PORT"] = str(settings.web_port)
+    api_port = settings.api_port or DEFAULT_API_PORT
+    env["STEPWISE_API_PORT"] = str(api_port)
     env["STEPWISE_WORKER_PROCESSES"] = str(settings.worker_processes)
     env["STEPWISE_WORKER_THREADS"] = str(settings.worker_threads)
     redis = None
@@ -184,7 +187,10 @@ def run(_: argparse.Namespace) -> int:
                 env=agent_env,
                 cwd=str(ROOT),
             )
-        print(f"stepwise: dashboard at http://127.0.0.1:{settings.web_port}  (Ctrl-C stops)")
+        print(
+            f"stepwise: dashboard at http://127.0.0.1:{settings.web_port}, "
+            f"API at http://127.0.0.1:{api_port} (docs at /docs)  (Ctrl-C stops)"
+        )
         manager.loop()
         return manager.returncode or 0
     finally:

@@ -131,3 +131,24 @@ def purge_dead_letters(queue: str, *, actor: Actor) -> int:
             purged=purged,
         )
     return purged
+
+
+def remove_dead_letter(queue: str, message_id: str, *, actor: Actor) -> bool:
+    """Delete one dead letter the actor sees (admins only, audited); False if gone or not theirs."""
+    with session_scope() as session:
+        authorize(session, actor, Permission.MANAGE_QUEUES)
+        letters = _visible(session, queues.dead_letters(queue, limit=None), actor)
+        if not any(m.message_id == message_id for m in letters):
+            return False
+        purged = queues.remove_dead_letters(queue, [message_id])
+        audit(
+            session,
+            actor,
+            AuditAction.PURGE_DEAD_LETTERS,
+            AuditTarget.QUEUE,
+            actor.workspace_id,
+            queue=queue,
+            purged=purged,
+            message_id=message_id,
+        )
+    return purged > 0

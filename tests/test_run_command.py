@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -27,13 +28,14 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _start(data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+def _start(data_dir: Path, log: Path, api_port: int) -> subprocess.Popen[bytes]:
     # As on a fresh machine: no servers, no allowlist (local mode allows the demo agent).
     unset = ("DATABASE_URL", "REDIS_URL", "STEPWISE_AGENT_ALLOW")
     env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(
         STEPWISE_DATA_DIR=str(data_dir),
         STEPWISE_WEB_PORT=str(free_port()),
+        STEPWISE_API_PORT=str(api_port),
         STEPWISE_REDIS_PORT=str(free_port()),
         STEPWISE_DEMO_AGENT_PORT=str(free_port()),
         STEPWISE_DEMO="true",
@@ -84,7 +86,8 @@ def test_run_command_brings_up_the_system_on_embedded_servers(tmp_path: Path) ->
     data_dir = Path(tempfile.mkdtemp(prefix="stepwise-run-")) / "data"
     log = tmp_path / "run.log"
     url = f"postgresql+psycopg://postgres@/postgres?host={data_dir.resolve() / 'postgres'}"
-    process = _start(data_dir, log)
+    api_port = free_port()
+    process = _start(data_dir, log, api_port)
     try:
         deadline = time.monotonic() + 150
         state = (0, 0, 0)
@@ -97,12 +100,15 @@ def test_run_command_brings_up_the_system_on_embedded_servers(tmp_path: Path) ->
         assert state[1] >= 1, f"no succeeded demo execution in 150 s:\n{log.read_text()[-4000:]}"
         assert state[0] == 1 and state[2] == 1
         assert "dashboard at http://127.0.0.1:" in log.read_text()
+        # and the REST API runs beside it, at the address printed next to the dashboard's
+        assert f"API at http://127.0.0.1:{api_port}" in log.read_text()
+        assert httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=5).status_code == 200
     finally:
         code = _stop(process)
     assert code in (0, 130), log.read_text()[-3000:]  # 130: stopped by Ctrl-C
     # the embedded servers stopped with it, and their data survives a restart
     assert not (data_dir / "postgres" / "postmaster.pid").exists()
-    process = _start(data_dir, log)
+    process = _start(data_dir, log, api_port)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

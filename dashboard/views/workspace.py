@@ -1,4 +1,4 @@
-"""Workspace: its members and their roles, its secrets (names only) and its quotas.
+"""Workspace: its members and their roles, its secrets (names only), API tokens and quotas.
 
 Everyone sees who is in; admins add, change and remove members, set and delete
 secrets (values are write-only) and change quotas, each change audited.
@@ -12,7 +12,7 @@ import streamlit as st
 from core.errors import StepwiseError
 from core.vocabulary import Permission, Role
 from dashboard import ui
-from db import secrets, workspaces
+from db import secrets, tokens, workspaces
 
 st.title("Workspace")
 if flash := st.session_state.pop("flash", None):
@@ -91,6 +91,54 @@ if ui.can(Permission.MANAGE_SECRETS):
         gone = d.selectbox("Secret to delete", [s.name for s in names], key="ws_secret_gone")
         if e.button("Delete", key="ws_secret_delete", width="stretch") and gone:
             act(secrets.delete_secret, gone, done=f"Secret {ui.text(gone)} deleted.")
+
+if ui.can(Permission.MANAGE_TOKENS):
+    st.subheader("API tokens")
+    st.caption(
+        "For scripts calling the REST API (`Authorization: Bearer <token>`): each acts in this "
+        "workspace with its role. A token is shown once, when made; only its hash is kept."
+    )
+    # Shown on this run only: popped, so a rerun or another page never shows it again.
+    if made := st.session_state.pop("ws_new_token", None):
+        st.success("Copy the token now: it is not shown again.")
+        st.code(made, language=None)
+    held = ui.read(tokens.list_tokens)
+    if held:
+        st.dataframe(
+            pd.DataFrame(
+                {
+                    "Name": [t.name for t in held],
+                    "Role": [str(t.role) for t in held],
+                    "Made by": [t.created_by for t in held],
+                    "Made": [ui.fmt_time(t.created_at) for t in held],
+                    "Last used": [
+                        "never" if t.last_used_at is None else ui.fmt_time(t.last_used_at)
+                        for t in held
+                    ],
+                    "Revoked": [ui.fmt_time(t.revoked_at) for t in held],
+                }
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+    a, b, c = st.columns([3, 1, 1])
+    token_name = a.text_input("Token name", key="ws_token_name", placeholder="deploy script")
+    token_role = b.selectbox("Token role", list(Role), key="ws_token_role")
+    if c.button("Make token", key="ws_token_make", width="stretch"):
+        try:
+            new = ui.write(tokens.create_token, token_name, token_role, actor=me)
+        except StepwiseError as exc:
+            st.error(ui.text(exc))
+        else:
+            st.session_state["ws_new_token"] = new.token
+            st.session_state["ws_clear"] = ("ws_token_name",)
+            st.rerun()
+    live = {f"{t.name} ({t.role})": t.id for t in held if t.revoked_at is None}
+    if live:
+        d, e = st.columns([4, 1])
+        ending = d.selectbox("Token to revoke", list(live), key="ws_token_gone")
+        if e.button("Revoke", key="ws_token_revoke", width="stretch") and ending:
+            act(tokens.revoke_token, live[ending], done=f"Token {ui.text(ending)} revoked.")
 
 st.subheader("Quotas")
 limits = ui.read(workspaces.workspace_quotas)

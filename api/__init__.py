@@ -1,0 +1,1 @@
+"""The REST API (FastAPI on uvicorn): the dashboard's `db` functions, behind API tokens."""

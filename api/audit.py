@@ -1,0 +1,45 @@
+"""/v1/audit: who did what, newest first, narrowed by who / what / when."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from api.auth import Acting
+from api.problems import documented
+from api.schemas import AuditOut, utc
+from core.errors import ValidationFailed
+from core.limits import MAX_OWNER
+from core.vocabulary import AuditAction, AuditTarget
+from db.audit import AuditFilters, list_audit
+from db.session import session_scope
+
+router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=documented(400, 401, 403, 422))
+
+
+@router.get("")
+def list_audit_rows(
+    actor: Acting,
+    who: Annotated[str, Query(max_length=MAX_OWNER, description="part of the actor's name")] = "",
+    action: Annotated[list[AuditAction] | None, Query()] = None,
+    target_type: Annotated[list[AuditTarget] | None, Query()] = None,
+    target_id: uuid.UUID | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> list[AuditOut]:
+    if "\x00" in who:
+        raise ValidationFailed.single("who", "must not contain the NUL character")
+    filters = AuditFilters(
+        actor=who,
+        actions=tuple(action or ()),
+        target_types=tuple(target_type or ()),
+        target_id=target_id,
+        since=utc(since),
+        until=utc(until),
+    )
+    with session_scope() as session:
+        return [AuditOut.of(row) for row in list_audit(session, filters, actor=actor, limit=limit)]

@@ -1,0 +1,47 @@
+"""Who is calling: the API token in `Authorization: Bearer <token>`, turned into an Actor.
+
+Every route but health and the docs depends on `acting`. The token's workspace and
+role come from its row (`db.tokens.authenticate`); every `db` function then checks
+that role again, in its own transaction, so a token revoked between two calls acts
+no more.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.problems import Unauthenticated
+from core.access import Actor
+from db import tokens
+from db.session import session_scope
+
+# Longer than any token we make: a bigger header is refused before any hashing.
+_MAX_TOKEN = 200
+
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="token",
+    description="An API token, made by a workspace admin on the dashboard's Workspace page.",
+)
+
+
+def acting(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Actor:
+    """The workspace and role the presented token acts with; 401 without a live token."""
+    if credentials is None or not credentials.credentials:
+        raise Unauthenticated("send an API token as `Authorization: Bearer <token>`")
+    token = credentials.credentials
+    actor = None
+    if len(token) <= _MAX_TOKEN:
+        with session_scope() as session:
+            actor = tokens.authenticate(session, token)
+    if actor is None:
+        raise Unauthenticated("the API token is not known, or it was revoked")
+    return actor
+
+
+Acting = Annotated[Actor, Depends(acting)]

@@ -1,0 +1,88 @@
+"""/v1/automations: create, read, list, replace, archive, and start a run."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, status
+
+from api.auth import Acting
+from api.problems import documented
+from api.schemas import (
+    Archived,
+    AutomationCreated,
+    AutomationIn,
+    AutomationOut,
+    IdempotencyKeyHeader,
+    RunStarted,
+    fingerprint,
+)
+from db import commands, idempotency, queries
+from db.session import session_scope
+from tasks import actions
+
+router = APIRouter(
+    prefix="/v1/automations",
+    tags=["automations"],
+    responses=documented(400, 401, 403, 404, 409, 422),
+)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_automation(
+    body: AutomationIn, actor: Acting, idempotency_key: IdempotencyKeyHeader = None
+) -> AutomationCreated:
+    """Create an automation; its signing secret is in this answer (and a repeat's) only."""
+    with session_scope() as session:
+        made = None
+        if idempotency_key is not None:
+            made = idempotency.claim(
+                session, actor, idempotency_key, fingerprint("automation", body)
+            )
+        if made is None:
+            automation = commands.create_automation(session, body.parsed(actor.name), actor=actor)
+            if idempotency_key is not None:
+                idempotency.remember(session, actor, idempotency_key, automation.id)
+        else:
+            automation = commands.get_automation(session, made, actor=actor)
+        secret = commands.signing_secret(session, automation.id, actor=actor)
+        return AutomationCreated(**AutomationOut.of(automation).model_dump(), signing_secret=secret)
+
+
+@router.get("")
+def list_automations(actor: Acting) -> list[AutomationOut]:
+    """Every live (not archived) automation of the token's workspace, by name."""
+    with session_scope() as session:
+        return [AutomationOut.of(row) for row in queries.list_automations(session, actor=actor)]
+
+
+@router.get("/{automation_id}")
+def get_automation(automation_id: uuid.UUID, actor: Acting) -> AutomationOut:
+    with session_scope() as session:
+        return AutomationOut.of(commands.get_automation(session, automation_id, actor=actor))
+
+
+@router.put("/{automation_id}")
+def update_automation(automation_id: uuid.UUID, body: AutomationIn, actor: Acting) -> AutomationOut:
+    """Replace every field of the automation (send the whole automation)."""
+    with session_scope() as session:
+        automation = commands.update_automation(
+            session, automation_id, body.parsed(actor.name), actor=actor
+        )
+        session.flush()
+        session.refresh(automation)
+        return AutomationOut.of(automation)
+
+
+@router.delete("/{automation_id}")
+def archive_automation(automation_id: uuid.UUID, actor: Acting) -> Archived:
+    """Archive the automation: its schedules stop and its open runs are cancelled."""
+    with session_scope() as session:
+        cancelled = commands.delete_automation(session, automation_id, actor=actor)
+    return Archived(cancelled_runs=cancelled)
+
+
+@router.post("/{automation_id}/run", status_code=status.HTTP_202_ACCEPTED)
+def run_automation(automation_id: uuid.UUID, actor: Acting) -> RunStarted:
+    """Start a manual run now (a test run); follow it at /v1/executions/{id}."""
+    return RunStarted(execution_id=actions.run_now(automation_id, actor=actor))

@@ -1,0 +1,172 @@
+"""Errors as RFC 9457 problem details (`application/problem+json`).
+
+Every error the API answers with is one shape: `type`, `title`, `status`, `detail`,
+and for rejected input `errors`, the same `{field, message}` list that
+`core.errors.ValidationFailed` gives the dashboard's forms. Another workspace's
+id reads as 404, a role that may not act as 403, a missing or revoked token as
+401; nothing is written in any of these cases.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from core.errors import (
+    ConfigError,
+    FieldError,
+    Forbidden,
+    InvalidState,
+    NotFound,
+    QuotaExceeded,
+    StepwiseError,
+    ValidationFailed,
+)
+
+PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger("stepwise.api")
+
+
+class FieldProblem(BaseModel):
+    field: str
+    message: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details; `errors` lists each rejected field."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldProblem] | None = None
+
+
+class Unauthenticated(StepwiseError):
+    """No API token, or one that is unknown or revoked."""
+
+
+# (status, slug, title) for each error of ours.
+_KINDS: list[tuple[type[Exception], int, str, str]] = [
+    (ValidationFailed, 422, "invalid-input", "The input was refused"),
+    (Unauthenticated, 401, "unauthenticated", "An API token is required"),
+    (Forbidden, 403, "forbidden", "Your role does not allow this"),
+    (NotFound, 404, "not-found", "Not found"),
+    (InvalidState, 409, "invalid-state", "Not possible in the current state"),
+    (QuotaExceeded, 409, "quota-exceeded", "A workspace quota is reached"),
+    (ConfigError, 503, "misconfigured", "The server is not configured for this"),
+]
+
+
+def problem(
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    errors: list[FieldError] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"urn:stepwise:problem:{slug}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if errors is not None:
+        body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
+    return JSONResponse(
+        body, status_code=status, media_type=PROBLEM_JSON, headers=dict(headers or {})
+    )
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses` entry of a route for these error statuses (for the OpenAPI schema)."""
+    schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    schema["properties"]["errors"] = {
+        "anyOf": [
+            {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                    "required": ["field", "message"],
+                },
+            },
+            {"type": "null"},
+        ]
+    }
+    titles = {status: title for _, status, _, title in _KINDS}
+    titles[400] = "The body is not JSON"
+    return {
+        status: {
+            "description": titles.get(status, "Error"),
+            "content": {PROBLEM_JSON: {"schema": schema}},
+        }
+        for status in statuses
+    }
+
+
+def _from_stepwise(_: Request, exc: Exception) -> JSONResponse:
+    for kind, status, slug, title in _KINDS:
+        if isinstance(exc, kind):
+            errors = exc.errors if isinstance(exc, ValidationFailed) else None
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            detail = str(exc) if status != 503 else "the server is missing configuration"
+            if status == 503:
+                log.error("configuration: %s", exc)
+            return problem(status, slug, title, detail, errors, headers)
+    return _unexpected(_, exc)
+
+
+def _from_request(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [_field_error(e) for e in exc.errors()]
+    detail = "; ".join(str(e) for e in errors)
+    return problem(422, "invalid-input", "The input was refused", detail, errors)
+
+
+def _field_error(error: Any) -> FieldError:
+    location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path")]
+    message = str(error.get("msg", "is not valid"))
+    message = message.removeprefix("Value error, ")
+    return FieldError(".".join(location) or "body", message)
+
+
+def _from_http(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    detail = str(exc.detail) if exc.detail else "no such address"
+    return problem(exc.status_code, "http", detail, detail, headers=exc.headers)
+
+
+def _out_of_range(_: Request, exc: Exception) -> JSONResponse:
+    # Python's dates end at year 9999: an instant near it, moved to UTC or to its next
+    # slot, overflows. That is bad input, not a server fault.
+    return problem(
+        422,
+        "invalid-input",
+        "The input was refused",
+        "a date or number is out of the supported range",
+        [FieldError("body", "a date or number is out of the supported range")],
+    )
+
+
+def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error", exc_info=exc)
+    return problem(500, "internal", "Internal error", "something went wrong on the server")
+
+
+def install(app: FastAPI) -> None:
+    """Answer every error of `app` as problem+json."""
+    app.add_exception_handler(StepwiseError, _from_stepwise)
+    app.add_exception_handler(RequestValidationError, _from_request)
+    app.add_exception_handler(HTTPException, _from_http)
+    app.add_exception_handler(OverflowError, _out_of_range)
+    app.add_exception_handler(Exception, _unexpected)

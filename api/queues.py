@@ -1,0 +1,106 @@
+"""/v1/queues: depths and live workers, and the dead letters of the token's workspace.
+
+Counts are the deployment's (no ids, no names); dead letters are this workspace's
+runs' and the deployment's own jobs', as on the dashboard's Queues page. Retrying
+and removing them needs the admin role and is audited (`tasks.actions`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from api.auth import Acting
+from api.problems import documented
+from core.errors import NotFound
+from db import queries
+from db.session import session_scope
+from tasks import actions, queues
+from tasks.broker import QUEUES
+
+router = APIRouter(
+    prefix="/v1/queues", tags=["queues"], responses=documented(400, 401, 403, 404, 422)
+)
+
+Queue = StrEnum("Queue", {name.upper(): name for name in QUEUES})  # type: ignore[misc]
+
+
+class QueueOut(BaseModel):
+    queue: str
+    queued: int
+    in_flight: int
+    delayed: int
+    dead: int
+
+
+class QueuesOut(BaseModel):
+    queues: list[QueueOut]
+    live_workers: int
+
+
+class DeadLetterOut(BaseModel):
+    message_id: str
+    job: str
+    execution_id: uuid.UUID | None
+    retries: int
+    failed_at: datetime
+    error: str | None
+
+
+class Affected(BaseModel):
+    """How many dead letters the call retried or removed."""
+
+    count: int
+
+
+@router.get("")
+def queue_depths(actor: Acting) -> QueuesOut:
+    """What waits in each queue, and how many workers sent a heartbeat in the last minute."""
+    with session_scope() as session:
+        queries.scope(session, actor)
+    stats = queues.all_queue_stats()
+    return QueuesOut(
+        queues=[QueueOut(**vars(q)) for q in stats], live_workers=len(queues.live_workers())
+    )
+
+
+@router.get("/{queue}/dead-letters")
+def list_dead_letters(queue: Queue, actor: Acting) -> list[DeadLetterOut]:
+    """The newest dead letters of the queue that this workspace may see."""
+    return [
+        DeadLetterOut(
+            message_id=letter.message_id,
+            job=letter.actor,
+            execution_id=queues.execution_of(letter),
+            retries=letter.retries,
+            failed_at=letter.failed_at,
+            error=letter.error,
+        )
+        for letter in actions.dead_letters(str(queue), actor=actor)
+    ]
+
+
+@router.post("/{queue}/dead-letters/{message_id}/retry", status_code=202)
+def retry_dead_letter(queue: Queue, message_id: str, actor: Acting) -> Affected:
+    """Send a dead letter again (a dead run resumes at its failed step); admins only."""
+    if not actions.retry_dead_letter(str(queue), message_id, actor=actor):
+        raise NotFound(f"no dead letter {message_id} in {queue}")
+    return Affected(count=1)
+
+
+@router.delete("/{queue}/dead-letters/{message_id}")
+def remove_dead_letter(queue: Queue, message_id: str, actor: Acting) -> Affected:
+    """Delete one dead letter; admins only."""
+    if not actions.remove_dead_letter(str(queue), message_id, actor=actor):
+        raise NotFound(f"no dead letter {message_id} in {queue}")
+    return Affected(count=1)
+
+
+@router.delete("/{queue}/dead-letters")
+def purge_dead_letters(queue: Queue, actor: Acting) -> Affected:
+    """Delete every dead letter of the queue this workspace sees; admins only."""
+    return Affected(count=actions.purge_dead_letters(str(queue), actor=actor))

@@ -1,0 +1,496 @@
+"""The REST API: tokens, problem+json, the workspace isolation matrix, and the real process."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+
+from core.access import Actor
+from core.errors import ValidationFailed
+from core.tokens import token_hash
+from core.vocabulary import ExecutionStatus, Role
+from db import tokens
+from db.session import session_scope
+from stepwise.embedded import free_port
+from testkit.factories import (
+    ADMIN,
+    add_runs,
+    automation_input,
+    make_automation,
+    make_schedule,
+    make_workspace,
+    person,
+    table_snapshot,
+)
+from testkit.processes import Processes
+from testkit.waiting import wait_for
+
+PROBLEM = "application/problem+json"
+PAGES = Path(__file__).resolve().parent.parent / "dashboard" / "views"
+AUTOMATION = {
+    "name": "Nightly report",
+    "agent_url": "http://127.0.0.1:9/agent",
+    "steps": [{"name": "one", "message": "do part one"}],
+}
+SCHEDULE = {"kind": "cron", "cron_expr": "*/5 * * * *", "timezone": "Europe/Berlin"}
+
+
+def make_token(actor: Actor = ADMIN, role: Role = Role.ADMIN, name: str = "ci") -> str:
+    with session_scope() as session:
+        return tokens.create_token(session, name, role, actor=actor).token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def client(db: None, redis_client: Any) -> Iterator[TestClient]:
+    from api.app import create_app
+
+    with TestClient(create_app(), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def admin(client: TestClient) -> dict[str, str]:
+    return bearer(make_token())
+
+
+def _writes() -> dict[str, Any]:
+    """Every table but the tokens' (whose "last used" a call may move)."""
+    return {k: v for k, v in table_snapshot().items() if k != "api_tokens"}
+
+
+# --- tokens ---------------------------------------------------------------------------
+
+
+def test_a_token_is_shown_once_stored_as_a_hash_and_audited_by_name(db: None) -> None:
+    # given an admin making a token
+    with session_scope() as session:
+        made = tokens.create_token(session, "deploy bot", Role.EDITOR, actor=ADMIN)
+    # then the token is long and random, and only its hash is in the database
+    assert made.token.startswith("stw_") and len(made.token) > 40
+    with session_scope() as session:
+        dump = session.execute(text("SELECT row_to_json(t)::text FROM api_tokens t")).scalars()
+        rows = "\n".join(dump)
+        audit = "\n".join(
+            session.execute(text("SELECT row_to_json(a)::text FROM audit_log a")).scalars()
+        )
+    assert made.token not in rows and made.token[4:] not in rows
+    assert token_hash(made.token) in rows
+    assert made.token not in audit and "deploy bot" in audit and "create_token" in audit
+    # and no list shows it again
+    with session_scope() as session:
+        listed = tokens.list_tokens(session, actor=ADMIN)
+    assert [t.name for t in listed] == ["deploy bot"] and made.token not in repr(listed)
+
+
+def test_only_admins_make_tokens_and_bad_input_is_refused(db: None) -> None:
+    editor = person("ed@example.com", Role.EDITOR)
+    from core.errors import Forbidden
+
+    with pytest.raises(Forbidden), session_scope() as session:
+        tokens.create_token(session, "mine", Role.ADMIN, actor=editor)
+    with pytest.raises(ValidationFailed) as refused, session_scope() as session:
+        tokens.create_token(session, " ", "owner", actor=ADMIN)
+    assert {e.field for e in refused.value.errors} == {"name", "role"}
+
+
+def test_last_used_is_recorded_and_a_revoked_token_gets_401(
+    client: TestClient,
+) -> None:
+    # given a token never used
+    token = make_token()
+    with session_scope() as session:
+        (info,) = tokens.list_tokens(session, actor=ADMIN)
+    assert info.last_used_at is None
+    # when it is used, then its last use is recorded
+    assert client.get("/v1/automations", headers=bearer(token)).status_code == 200
+    with session_scope() as session:
+        (info,) = tokens.list_tokens(session, actor=ADMIN)
+    assert info.last_used_at is not None
+    # when an admin revokes it, then its next call is refused as unauthenticated
+    with session_scope() as session:
+        tokens.revoke_token(session, info.id, actor=ADMIN)
+    refused = client.get("/v1/automations", headers=bearer(token))
+    assert refused.status_code == 401
+    assert refused.headers["content-type"] == PROBLEM
+    assert refused.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer "}, bearer("stw_not-a-token"), {"Authorization": "Basic eDp5"}],
+)
+def test_every_endpoint_but_health_and_docs_needs_a_token(
+    client: TestClient, headers: dict[str, str]
+) -> None:
+    for path in ("/v1/automations", "/v1/schedules", "/v1/executions", "/v1/audit"):
+        answer = client.get(path, headers=headers)
+        assert answer.status_code == 401, path
+        assert answer.json()["type"] == "urn:stepwise:problem:unauthenticated"
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/openapi.json").status_code == 200
+    assert client.get("/docs").status_code == 200
+
+
+# --- the API's own flow ---------------------------------------------------------------------
+
+
+def test_create_an_automation_and_a_schedule_then_read_its_runs(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    # when an automation and a schedule are created through the API
+    created = client.post("/v1/automations", json=AUTOMATION, headers=admin)
+    assert created.status_code == 201, created.text
+    automation = created.json()
+    assert automation["signing_secret"].startswith("whsec_")
+    schedule = client.post(
+        "/v1/schedules", json={**SCHEDULE, "automation_id": automation["id"]}, headers=admin
+    )
+    assert schedule.status_code == 201, schedule.text
+    body = schedule.json()
+    # then they read back as the dashboard shows them
+    assert body["state"] == "active" and body["description"] and body["next_run_at"]
+    assert client.get(f"/v1/schedules/{body['id']}", headers=admin).json()["id"] == body["id"]
+    listed = client.get("/v1/automations", headers=admin).json()
+    assert [a["name"] for a in listed] == ["Nightly report"] and "signing_secret" not in listed[0]
+    # and pause, resume, update and trigger act on it
+    paused = client.post(f"/v1/schedules/{body['id']}/pause", headers=admin).json()
+    assert paused["state"] == "paused"
+    assert client.post(f"/v1/schedules/{body['id']}/resume", headers=admin).json()["enabled"]
+    edited = client.put(
+        f"/v1/schedules/{body['id']}", json={"kind": "interval", "interval_s": 60}, headers=admin
+    )
+    assert edited.status_code == 200 and edited.json()["kind"] == "interval"
+    run = client.post(f"/v1/schedules/{body['id']}/trigger", headers=admin)
+    assert run.status_code == 202
+    execution_id = run.json()["execution_id"]
+    detail = client.get(f"/v1/executions/{execution_id}", headers=admin).json()
+    assert detail["status"] == "queued" and detail["steps"] == []
+    cancelled = client.post(f"/v1/executions/{execution_id}/cancel", headers=admin).json()
+    assert cancelled["status"] == "cancelled"
+    assert client.post(f"/v1/executions/{execution_id}/retry", headers=admin).status_code == 202
+    # and the audit names the token
+    audit = client.get("/v1/audit", headers=admin).json()
+    assert {row["actor"] for row in audit if row["target_type"] != "token"} == {"API token ci"}
+    assert {"create", "pause", "resume", "edit", "run_now", "cancel", "retry"} <= {
+        row["action"] for row in audit
+    }
+    # and deleting and archiving cancel what is open
+    assert client.delete(f"/v1/schedules/{body['id']}", headers=admin).json()["deleted"]
+    assert client.delete(f"/v1/automations/{automation['id']}", headers=admin).status_code == 200
+    assert client.get(f"/v1/automations/{automation['id']}", headers=admin).status_code == 404
+
+
+def test_a_timing_is_validated_and_previewed_without_saving(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    before = _writes()
+    answer = client.post(
+        "/v1/schedules/preview",
+        json={
+            "kind": "cron",
+            "cron_expr": "0 9 * * 1-5",
+            "timezone": "America/New_York",
+            "count": 3,
+        },
+        headers=admin,
+    )
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["next_runs"]) == 3 and "09:00" in answer.json()["description"]
+    bad = client.post("/v1/schedules/preview", json={"kind": "cron", "cron_expr": "0 25 * * *"})
+    assert bad.status_code == 401
+    bad = client.post(
+        "/v1/schedules/preview",
+        json={"kind": "cron", "cron_expr": "0 25 * * *", "timezone": "Mars/Base"},
+        headers=admin,
+    )
+    assert bad.status_code == 422 and bad.headers["content-type"] == PROBLEM
+    assert {e["field"] for e in bad.json()["errors"]} == {"cron_expr", "timezone"}
+    assert _writes() == before
+
+
+def test_bad_input_gets_the_dashboards_field_messages_and_writes_nothing(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    # given what the dashboard's validation says of a bad automation
+    data = {**AUTOMATION, "agent_url": "ftp://example.com", "steps": []}
+    with pytest.raises(ValidationFailed) as core:
+        from core.automation import validate_automation
+        from core.settings import get_settings
+
+        validate_automation(
+            automation_input(agent_url="ftp://example.com", steps=()),
+            egress=get_settings().egress_policy(),
+        )
+    before = _writes()
+    # when the same input is sent to the API
+    for method, path, body in (
+        ("post", "/v1/automations", data),
+        ("post", "/v1/automations", {**AUTOMATION, "name": "bad\x00name"}),
+        ("post", "/v1/automations", {"name": 3}),
+        ("post", "/v1/schedules", {**SCHEDULE, "automation_id": str(uuid.uuid4())}),
+        ("post", "/v1/schedules", {"kind": "interval", "interval_s": 5, "automation_id": "x"}),
+        ("get", "/v1/executions?status=lost", None),
+        ("get", "/v1/executions?cursor=bm90LWEtY3Vyc29y", None),
+    ):
+        answer = client.request(method, path, json=body, headers=admin)
+        # then it is a problem+json with field errors, and nothing is written
+        assert answer.status_code in (404, 422), (path, answer.text)
+        assert answer.headers["content-type"] == PROBLEM
+        assert {"type", "title", "status", "detail"} <= set(answer.json())
+    answer = client.post("/v1/automations", json=data, headers=admin)
+    assert answer.json()["errors"] == [
+        {"field": e.field, "message": e.message} for e in core.value.errors
+    ]
+    assert _writes() == before
+
+
+def test_executions_are_filtered_and_paged_with_a_cursor(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    # given 7 runs, 5 failed
+    automation_id = make_automation()
+    statuses = [ExecutionStatus.FAILED] * 5 + [ExecutionStatus.SUCCEEDED] * 2
+    ids = add_runs(automation_id, [{"status": s} for s in statuses])
+    # when the failed ones are read two at a time
+    seen, cursor, pages = [], None, 0
+    while True:
+        query = {"status": "failed", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/v1/executions", params=query, headers=admin).json()
+        seen += [item["id"] for item in page["items"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    # then every failed run comes once, newest first, and nothing else
+    assert seen == [str(i) for i in ids[:5]] and pages == 3
+    by_automation = client.get(
+        "/v1/executions", params={"automation_id": str(automation_id)}, headers=admin
+    )
+    assert len(by_automation.json()["items"]) == 7
+
+
+# --- isolation -------------------------------------------------------------------------------
+
+
+def test_another_workspaces_token_reaches_nothing_of_ours(client: TestClient) -> None:
+    # given our automation, schedule and run, and an admin token of another workspace
+    automation_id = make_automation()
+    schedule_id = make_schedule(automation_id)
+    (run_id,) = add_runs(automation_id, [{"status": ExecutionStatus.FAILED}])
+    theirs = bearer(make_token(make_workspace()))
+    before = _writes()
+    # when they read or change our objects by id, each one does not exist
+    for method, path, body in (
+        ("get", f"/v1/automations/{automation_id}", None),
+        ("put", f"/v1/automations/{automation_id}", AUTOMATION),
+        ("delete", f"/v1/automations/{automation_id}", None),
+        ("post", f"/v1/automations/{automation_id}/run", None),
+        ("post", "/v1/schedules", {**SCHEDULE, "automation_id": str(automation_id)}),
+        ("get", f"/v1/schedules/{schedule_id}", None),
+        ("put", f"/v1/schedules/{schedule_id}", SCHEDULE),
+        ("post", f"/v1/schedules/{schedule_id}/pause", None),
+        ("post", f"/v1/schedules/{schedule_id}/resume", None),
+        ("post", f"/v1/schedules/{schedule_id}/trigger", None),
+        ("delete", f"/v1/schedules/{schedule_id}", None),
+        ("get", f"/v1/executions/{run_id}", None),
+        ("post", f"/v1/executions/{run_id}/cancel", None),
+        ("post", f"/v1/executions/{run_id}/retry", None),
+    ):
+        answer = client.request(method, path, json=body, headers=theirs)
+        assert answer.status_code == 404, (method, path, answer.text)
+        assert answer.headers["content-type"] == PROBLEM
+    # and their lists hold nothing of ours
+    assert client.get("/v1/automations", headers=theirs).json() == []
+    assert client.get("/v1/schedules", headers=theirs).json() == []
+    assert client.get("/v1/executions", headers=theirs).json()["items"] == []
+    audit = client.get("/v1/audit", headers=theirs).json()
+    assert all(row["target_id"] != str(automation_id) for row in audit)
+    assert _writes() == before
+
+
+def test_a_viewer_tokens_writes_are_forbidden_and_write_nothing(client: TestClient) -> None:
+    automation_id = make_automation()
+    schedule_id = make_schedule(automation_id)
+    (run_id,) = add_runs(automation_id, [{"status": ExecutionStatus.FAILED}])
+    viewer = bearer(make_token(role=Role.VIEWER, name="dashboards"))
+    before = _writes()
+    for method, path, body in (
+        ("post", "/v1/automations", AUTOMATION),
+        ("put", f"/v1/automations/{automation_id}", AUTOMATION),
+        ("delete", f"/v1/automations/{automation_id}", None),
+        ("post", f"/v1/automations/{automation_id}/run", None),
+        ("post", "/v1/schedules", {**SCHEDULE, "automation_id": str(automation_id)}),
+        ("put", f"/v1/schedules/{schedule_id}", SCHEDULE),
+        ("post", f"/v1/schedules/{schedule_id}/pause", None),
+        ("post", f"/v1/schedules/{schedule_id}/resume", None),
+        ("post", f"/v1/schedules/{schedule_id}/trigger", None),
+        ("delete", f"/v1/schedules/{schedule_id}", None),
+        ("post", f"/v1/executions/{run_id}/cancel", None),
+        ("post", f"/v1/executions/{run_id}/retry", None),
+    ):
+        answer = client.request(method, path, json=body, headers=viewer)
+        assert answer.status_code == 403, (method, path, answer.text)
+        assert answer.headers["content-type"] == PROBLEM
+    assert _writes() == before
+    # while it reads everything of its workspace
+    assert client.get(f"/v1/automations/{automation_id}", headers=viewer).status_code == 200
+    assert client.get(f"/v1/executions/{run_id}", headers=viewer).status_code == 200
+
+
+# --- the real process ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_procfile_api_process_serves_the_api_on_loopback(
+    db: None, redis_client: Any, tmp_path: Path
+) -> None:
+    # given the Procfile's `api`, started as production starts it
+    token = make_token()
+    port = free_port()
+    processes = Processes(tmp_path, STEPWISE_API_PORT=str(port))
+    try:
+        processes.start("api")
+        base = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{base}/health", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, timeout=30, message="the API to answer", details=lambda: processes.log("api"))
+        # when a client creates an automation and a schedule, then reads its runs
+        with httpx.Client(base_url=base, headers=bearer(token), timeout=10) as http:
+            automation = http.post("/v1/automations", json=AUTOMATION).json()
+            schedule = http.post(
+                "/v1/schedules", json={**SCHEDULE, "automation_id": automation["id"]}
+            )
+            assert schedule.status_code == 201, schedule.text
+            runs = http.get("/v1/executions", params={"schedule_id": schedule.json()["id"]})
+            assert runs.status_code == 200 and runs.json()["items"] == []
+            assert http.get("/openapi.json").json()["info"]["title"] == "Stepwise"
+        # then it listened on loopback only, and its log never held the token
+        assert f"Uvicorn running on http://127.0.0.1:{port}" in processes.log("api")
+    finally:
+        processes.stop_all()
+    assert token not in processes.log("api")
+
+
+# --- the Workspace page ------------------------------------------------------------------------
+
+
+def test_an_admin_makes_a_token_on_the_workspace_page_sees_it_once_and_revokes_it(
+    client: TestClient,
+) -> None:
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    # given the local admin on the Workspace page
+    st.cache_data.clear()
+    at = AppTest.from_file(str(PAGES / "workspace.py"), default_timeout=60)
+    at.run()
+    # when they make an editor token
+    at.text_input(key="ws_token_name").input("deploy script").run()
+    at.selectbox(key="ws_token_role").set_value("editor").run()
+    at.button(key="ws_token_make").click().run()
+    assert not at.exception, at.exception
+    # then it is shown once, and it works on the API as an editor of this workspace
+    (shown,) = [c.value for c in at.code]
+    assert shown.startswith("stw_")
+    assert client.get("/v1/automations", headers=bearer(shown)).status_code == 200
+    at.run()
+    assert not at.code and shown not in repr(at)
+    # when they revoke it, then the API refuses it, and both actions are audited
+    at.button(key="ws_token_revoke").click().run()
+    assert not at.exception, at.exception
+    assert client.get("/v1/automations", headers=bearer(shown)).status_code == 401
+    with session_scope() as session:
+        (made,) = tokens.list_tokens(session, actor=person("local admin"))
+    assert made.role == Role.EDITOR and made.revoked_at is not None
+    from db.audit import AuditFilters, list_audit
+
+    with session_scope() as session:
+        audit = list_audit(session, AuditFilters(), actor=person("local admin"))
+    assert [r.action for r in audit[:2]] == ["revoke_token", "create_token"]
+    assert all(shown not in repr(r.details) for r in audit)
+
+
+def test_an_idempotency_key_makes_a_repeated_create_make_one_object(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    # given a create sent with a key
+    keyed = {**admin, "Idempotency-Key": "nightly-1"}
+    first = client.post("/v1/automations", json=AUTOMATION, headers=keyed)
+    assert first.status_code == 201
+    # when it is sent again (a retry after a lost answer)
+    again = client.post("/v1/automations", json=AUTOMATION, headers=keyed)
+    # then the same automation answers, and there is one
+    assert again.status_code == 201 and again.json() == first.json()
+    assert len(client.get("/v1/automations", headers=admin).json()) == 1
+    # and the same key with another body is refused, writing nothing
+    before = _writes()
+    other = client.post("/v1/automations", json={**AUTOMATION, "name": "Other"}, headers=keyed)
+    assert other.status_code == 422 and other.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert _writes() == before
+    # and schedules behave the same; a refused create leaves its key free
+    schedule = {**SCHEDULE, "automation_id": first.json()["id"]}
+    bad = client.post(
+        "/v1/schedules",
+        json={**schedule, "timezone": "Mars/Base"},
+        headers={**admin, "Idempotency-Key": "s"},
+    )
+    assert bad.status_code == 422
+    made = [
+        client.post("/v1/schedules", json=schedule, headers={**admin, "Idempotency-Key": "s2"})
+        for _ in range(2)
+    ]
+    assert made[0].json()["id"] == made[1].json()["id"]
+    assert len(client.get("/v1/schedules", headers=admin).json()) == 1
+
+
+def test_queues_and_dead_letters_are_scoped_admin_only_and_audited(
+    client: TestClient, admin: dict[str, str], redis_client: Any
+) -> None:
+    import time
+
+    from tasks.actors import run_execution
+
+    # given a dead letter of our failed run and one of another workspace's
+    ours = make_automation()
+    (our_run,) = add_runs(ours, [{"status": ExecutionStatus.FAILED}])
+    other = make_workspace()
+    (their_run,) = add_runs(make_automation(actor=other), [{"status": ExecutionStatus.FAILED}])
+    for message_id, run in (("ours", our_run), ("theirs", their_run)):
+        redis_client.zadd("dramatiq:default.XQ", {message_id: time.time() * 1000})
+        redis_client.hset(
+            "dramatiq:default.XQ.msgs", message_id, run_execution.message(str(run)).encode()
+        )
+    depths = client.get("/v1/queues", headers=admin).json()
+    assert {q["queue"]: q["dead"] for q in depths["queues"]}["default"] == 2
+    # then each workspace lists its own only, and acts on its own only
+    letters = client.get("/v1/queues/default/dead-letters", headers=admin).json()
+    assert [(m["message_id"], m["execution_id"]) for m in letters] == [("ours", str(our_run))]
+    theirs = bearer(make_token(other))
+    assert client.delete("/v1/queues/default/dead-letters/ours", headers=theirs).status_code == 404
+    viewer = bearer(make_token(role=Role.VIEWER, name="viewer"))
+    assert client.delete("/v1/queues/default/dead-letters/ours", headers=viewer).status_code == 403
+    assert client.get("/v1/queues/nope/dead-letters", headers=admin).status_code == 422
+    # when our admin retries ours, then our run is queued again, and theirs stays dead
+    retried = client.post("/v1/queues/default/dead-letters/ours/retry", headers=admin)
+    assert retried.status_code == 202
+    assert client.get(f"/v1/executions/{our_run}", headers=admin).json()["status"] == "queued"
+    assert redis_client.zrange("dramatiq:default.XQ", 0, -1) == [b"theirs"]
+    assert client.delete("/v1/queues/default/dead-letters", headers=admin).json() == {"count": 0}
+    audit = client.get("/v1/audit", params={"target_type": "execution"}, headers=admin).json()
+    assert "retry_dead_letter" in {row["action"] for row in audit}

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from core.access import Actor
 from core.timing import describe, parse_timing, spec_of
 from core.vocabulary import (
+    OPEN_STATUSES,
     ExecutionStatus,
     Permission,
     ScheduleKind,
@@ -152,10 +153,14 @@ def list_executions(
     actor: Actor,
     limit: int = 50,
     offset: int = 0,
+    settled: bool = False,
 ) -> Page:
-    """One page of history, newest first; `has_more` without counting the whole table."""
+    """One page of history, newest first; `has_more` without counting the whole table.
+    `settled`: only runs that ended (those in flight are `runs_in_flight`)."""
     workspace_id = scope(session, actor)
     stmt = filter_executions(_execution_columns(), workspace_id, filters).order_by(*HISTORY_ORDER)
+    if settled:
+        stmt = stmt.where(Execution.status.not_in(OPEN_STATUSES))
     rows = session.execute(stmt.limit(limit + 1).offset(offset)).all()
     return Page(
         rows=[ExecutionRow(**row._mapping) for row in rows[:limit]],
@@ -163,6 +168,29 @@ def list_executions(
         limit=limit,
         has_more=len(rows) > limit,
     )
+
+
+IN_FLIGHT_LIMIT = 50
+
+
+def runs_in_flight(
+    session: Session, filters: ExecutionFilters, *, actor: Actor, limit: int = IN_FLIGHT_LIMIT
+) -> list[ExecutionRow]:
+    """Open runs matching `filters`: running ones first (latest started first), then queued
+    ones by the slot they run at. Open rows are few (the partial `ix_executions_open*`)."""
+    workspace_id = scope(session, actor)
+    stmt = (
+        filter_executions(_execution_columns(), workspace_id, filters)
+        .where(Execution.status.in_(OPEN_STATUSES))
+        .order_by(
+            (Execution.status == ExecutionStatus.RUNNING).desc(),
+            Execution.started_at.desc().nulls_last(),
+            Execution.scheduled_for,
+            Execution.id,
+        )
+        .limit(limit)
+    )
+    return [ExecutionRow(**row._mapping) for row in session.execute(stmt).all()]
 
 
 def count_executions(session: Session, filters: ExecutionFilters, *, actor: Actor) -> int:

@@ -113,7 +113,7 @@ def page_link(page: str, label: str, **kwargs: Any) -> None:
         st.page_link(page, label=label, **kwargs)
 
 
-def run_link(execution_id: uuid.UUID, label: str | None = None) -> None:
+def run_link(execution_id: uuid.UUID | str, label: str | None = None) -> None:
     """A link to a run's page (its own URL: /run?id=<run id>)."""
     page_link(
         RUN_PAGE,
@@ -284,11 +284,12 @@ def badge_md(status: str | None) -> str:
 
 
 def step_columns(steps: list[queries.StepRunRow]) -> dict[str, list[Any]]:
-    """The columns every step timeline shows, one row per attempt of a step."""
+    """The columns every step timeline shows, one row per attempt of a step (Status is a
+    `status_column`)."""
     return {
         "Step": [f"{s.step_number}. {s.step_name}" for s in steps],
         "Attempt": [s.attempt for s in steps],
-        "Status": [badge(s.status) for s in steps],
+        "Status": [status_cell(s.status) for s in steps],
         "HTTP": [s.response_status for s in steps],
         "Duration": [
             fmt_duration(None if s.duration_ms is None else s.duration_ms / 1000) for s in steps

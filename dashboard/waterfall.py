@@ -131,5 +131,10 @@ def chart(found: list[Bar]) -> alt.LayerChart:
         .mark_point(shape="triangle-right", size=90, filled=True, color=ui.STATUS_COLORS["running"])
         .encode(y=alt.Y("row:N", sort=rows), x="shown_end:Q")
     )
-    layered = alt.LayerChart(layer=[attempts, flight])
-    return layered.properties(height=40 + 34 * len(rows))
+    return alt.LayerChart(layer=[attempts, flight])
+
+
+def height(found: list[Bar]) -> int:
+    """Pixels for the chart: a band per step, plus the axis and the legend (Streamlit
+    sizes a layered chart by this, not by the chart's own height)."""
+    return 140 + 30 * len({b.step_number for b in found})

@@ -195,6 +195,7 @@ def test_pause_resume_run_now_and_delete(agent: Any, worker: Any) -> None:
     # when run now: the worker runs it for real
     at.button(key="sch_run").click().run()
     assert not at.exception, at.exception
+    assert "Run started: follow it on its page." in texts(at)
 
     def finished() -> list[queries.ExecutionRow]:
         with session_scope() as session:
@@ -516,3 +517,56 @@ def test_the_workspace_page_adds_members_and_secrets_audited() -> None:
         ("set_secret", "local admin"),
         ("add_member", "local admin"),
     ]
+
+
+# --- issue 13: the executions table, filters in the URL ------------------------------------
+
+
+def test_executions_colour_status_and_list_runs_in_flight_before_queued_slots() -> None:
+    # given a running run, a slot queued ahead of its time after it, and a finished run
+    automation_id = make_automation(name="Ordered")
+    base = now()
+    running, ahead, done = add_runs(
+        automation_id,
+        [
+            {"status": "running", "finished_at": None, "queued_at": base - timedelta(minutes=2)},
+            {
+                "status": "queued",
+                "started_at": None,
+                "finished_at": None,
+                "queued_at": base,
+                "scheduled_for": base + timedelta(minutes=5),
+            },
+            {"status": "failed", "error": "HTTP 500", "queued_at": base - timedelta(minutes=1)},
+        ],
+    )
+    # when Executions opens
+    at = page("executions")
+    # then the runs in flight come first, running above the queued slot (defect 9)
+    in_flight, finished = at.dataframe[0].value, at.dataframe[1].value
+    assert list(in_flight["Id"]) == [str(running), str(ahead)]
+    assert list(finished["Id"]) == [str(done)]
+    # and the status is a coloured pill from the one palette, the error column wide
+    config = at.dataframe[1].proto.columns
+    assert '"Status"' in config and "#d64545" in config and '"Error": {"width": 300' in config
+
+
+def test_executions_filters_are_kept_in_the_url_and_read_from_it(
+    history: dict[str, uuid.UUID],
+) -> None:
+    # given a link with a status filter (and a value that is not a status)
+    st.cache_data.clear()
+    at = AppTest.from_file(str(PAGES / "executions.py"), default_timeout=60)
+    at.query_params["status"] = ["failed", "bogus"]
+    at.query_params["automation"] = str(history["alpha"])
+    # when the page opens, then the filter is applied, the bad value left out
+    at.run()
+    assert not at.exception, at.exception
+    assert at.multiselect(key="ex_status").value == ["failed"]
+    assert {tuple(v) for v in at.dataframe[0].value["Status"]} == {("failed",)}
+    # and choosing another filter puts it in the URL (defect 15)
+    at.selectbox(key="ex_trigger").set_value("manual").run()
+    assert at.query_params["trigger"] in ("manual", ["manual"])
+    assert at.query_params["status"] in ("failed", ["failed"])
+    at.multiselect(key="ex_status").unselect("failed").run()
+    assert "status" not in at.query_params

@@ -34,29 +34,34 @@ if st.session_state.get("ex_filters") != (filters, page_size):
 
 
 def history_table(rows: list[queries.ExecutionRow]) -> pd.DataFrame:
+    # What tells runs apart comes first, the error included: at 1440 px nothing after
+    # "Scheduled for" needs scrolling to.
     return pd.DataFrame(
         {
             "Status": [ui.status_cell(r.status) for r in rows],
             "Automation": [r.automation_name for r in rows],
-            "Trigger": [r.trigger for r in rows],
-            "Scheduled for": [ui.fmt_time(r.scheduled_for) for r in rows],
-            "Queued": [ui.fmt_time(r.queued_at) for r in rows],
-            "Duration": [ui.fmt_duration(r.duration_s) for r in rows],
             "Steps": [r.steps_done for r in rows],
-            "Attempt": [r.attempt for r in rows],
             "Error": [r.error or "" for r in rows],
+            "Scheduled for": [ui.fmt_time(r.scheduled_for) for r in rows],
+            "Duration": [ui.fmt_duration(r.duration_s) for r in rows],
+            "Trigger": [r.trigger for r in rows],
+            "Attempt": [r.attempt for r in rows],
+            "Queued": [ui.fmt_time(r.queued_at) for r in rows],
             "Id": [str(r.id) for r in rows],
         }
     )
 
 
 COLUMNS = {
-    "Status": ui.status_column(width="small"),
-    "Automation": st.column_config.TextColumn(width="medium"),
-    "Steps": st.column_config.TextColumn(width="medium"),
-    "Attempt": st.column_config.NumberColumn(width="small"),
-    "Error": st.column_config.TextColumn(width="large"),
-    "Id": st.column_config.TextColumn(width="small"),
+    "Status": ui.status_column(width=100),
+    "Automation": st.column_config.TextColumn(width=170),
+    "Steps": st.column_config.TextColumn(width=150),
+    "Error": st.column_config.TextColumn(width=300),
+    "Scheduled for": st.column_config.TextColumn(width=170),
+    "Duration": st.column_config.TextColumn(width=80),
+    "Trigger": st.column_config.TextColumn(width=80),
+    "Attempt": st.column_config.NumberColumn(width=70),
+    "Id": st.column_config.TextColumn(width=90),
 }
 
 

@@ -66,11 +66,11 @@ def header(run: queries.ExecutionRow) -> None:
         f"Run `{run.id}` · {run.trigger} · attempt {run.attempt}"
         + (" · refreshing while it runs" if run.status in OPEN_STATUSES else "")
     )
-    cols = st.columns(4)
-    cols[0].metric("Steps", run.steps_done)
-    cols[1].metric("Duration", ui.fmt_duration(elapsed(run)))
-    cols[2].metric("Scheduled for", ui.fmt_time(run.scheduled_for)[11:19])
-    cols[3].metric("Queued", ui.fmt_time(run.queued_at)[11:19])
+    # One line of facts rather than metric tiles: four tiles stack to a screen on a phone.
+    st.markdown(
+        f"**Steps** {ui.text(run.steps_done)} · **Duration** {ui.fmt_duration(elapsed(run))}"
+        f" · **Scheduled for** {ui.fmt_time(run.scheduled_for)}"
+    )
     st.caption(
         f"Queued {ui.fmt_time(run.queued_at)} · started {ui.fmt_time(run.started_at)} · "
         f"finished {ui.fmt_time(run.finished_at)}"
@@ -114,7 +114,7 @@ def steps(detail: queries.ExecutionDetail) -> None:
         st.info("No step has run yet." if run.status in OPEN_STATUSES else "No step ran.")
         return
     bars = waterfall.bars(detail.steps, zero=zero, now=datetime.now(UTC))
-    st.altair_chart(waterfall.chart(bars), width="stretch")
+    st.altair_chart(waterfall.chart(bars), width="stretch", height=waterfall.height(bars))
     started = max(s.step_number for s in detail.steps)
     if run.status in OPEN_STATUSES and started < run.total_steps:
         st.caption(f"Steps {started + 1} to {run.total_steps} have not started yet.")

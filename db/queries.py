@@ -268,6 +268,49 @@ def execution_detail(
     )
 
 
+@dataclass(frozen=True)
+class RunGrid:
+    """An automation's recent runs (newest first) and, per run and step, the status of the
+    step's last attempt: the grid's cells. A step with no cell did not start."""
+
+    runs: list[ExecutionRow]
+    step_names: list[str]
+    cells: dict[tuple[uuid.UUID, int], str] = field(default_factory=dict)
+
+
+def run_grid(
+    session: Session, automation_id: uuid.UUID, *, actor: Actor, limit: int = 20
+) -> RunGrid:
+    """The last `limit` runs of one automation with their steps' outcomes (two indexed
+    reads: `ix_executions_automation_recent`, then `ix_step_runs_execution`)."""
+    workspace_id = scope(session, actor)
+    steps = session.scalar(
+        select(Automation.steps).where(
+            Automation.id == automation_id, Automation.workspace_id == workspace_id
+        )
+    )
+    if steps is None:
+        return RunGrid(runs=[], step_names=[])
+    rows = session.execute(
+        _execution_columns()
+        .where(Execution.automation_id == automation_id, Execution.workspace_id == workspace_id)
+        .order_by(*HISTORY_ORDER)
+        .limit(limit)
+    ).all()
+    runs = [ExecutionRow(**row._mapping) for row in rows]
+    cells: dict[tuple[uuid.UUID, int], str] = {}
+    if runs:
+        attempts = session.execute(
+            select(StepRun.execution_id, StepRun.step_number, StepRun.status)
+            .where(StepRun.execution_id.in_([r.id for r in runs]))
+            .order_by(StepRun.execution_id, StepRun.step_number, StepRun.attempt, StepRun.id)
+        ).all()
+        for a in attempts:  # ordered: the last attempt of each step wins
+            cells[(a.execution_id, a.step_number)] = a.status
+    names = [str(step.get("name") or f"step {n}") for n, step in enumerate(steps, 1)]
+    return RunGrid(runs=runs, step_names=names, cells=cells)
+
+
 def _step_row(run: StepRun, steps: list[dict[str, str]]) -> StepRunRow:
     index = run.step_number - 1
     name = steps[index].get("name", "") if 0 <= index < len(steps) else ""

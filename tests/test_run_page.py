@@ -236,3 +236,55 @@ def test_a_watched_run_that_ends_is_redrawn_not_lost() -> None:
     assert not at.exception, at.exception
     assert ":green-badge[succeeded]" in at.markdown[0].value
     assert not at.button
+
+
+# --- the run grid ------------------------------------------------------------------------
+
+
+@pytestmark_db
+def test_the_run_grid_has_a_cell_per_run_and_step_in_status_colour() -> None:
+    # given two runs of a two-step automation: one succeeded, one failed at step 2
+    from dashboard import grid
+
+    automation_id = make_automation(name="Gridded", steps=2)
+    failed, ok = add_runs(automation_id, [{"status": "failed"}, {"status": "succeeded"}])
+    add_steps(
+        ok, [{"step_number": n, "attempt": 1, "status": "succeeded", "request": {}} for n in (1, 2)]
+    )
+    add_steps(
+        failed,
+        [
+            {"step_number": 1, "attempt": 1, "status": "succeeded", "request": {}},
+            {"step_number": 2, "attempt": 1, "status": "failed", "request": {}},
+            {"step_number": 2, "attempt": 2, "status": "failed", "request": {}},
+        ],
+    )
+    # when the grid is read
+    with session_scope() as session:
+        found = queries.run_grid(session, automation_id, actor=ADMIN)
+    # then runs go oldest to newest, the whole run first, then each step's last attempt
+    table = [(c["position"], c["row"], c["status"]) for c in grid.cells(found)]
+    assert [t for t in table if t[0] == 0] == [
+        (0, "whole run", "succeeded"),
+        (0, "1. step 1", "succeeded"),
+        (0, "2. step 2", "succeeded"),
+    ]
+    assert [t[2] for t in table if t[0] == 1] == ["failed", "succeeded", "failed"]
+    assert grid.chart(found).to_dict()["params"][0]["name"] == grid.SELECTION
+    # and another workspace reads nothing of it
+    theirs = make_workspace("Their team", admin="eve@their.example")
+    with session_scope() as session:
+        assert queries.run_grid(session, automation_id, actor=theirs).runs == []
+
+
+@pytestmark_db
+def test_executions_show_the_run_grid_once_an_automation_is_chosen() -> None:
+    automation_id = make_automation(name="Gridded")
+    add_runs(automation_id, [{"status": "failed"}, {"status": "succeeded"}])
+    st.cache_data.clear()
+    at = AppTest.from_file(str(VIEWS / "executions.py"), default_timeout=60)
+    at.run()
+    assert "Run grid" not in [s.value for s in at.subheader]
+    at.selectbox(key="ex_automation").set_value(str(automation_id)).run()
+    assert not at.exception, at.exception
+    assert "Run grid" in [s.value for s in at.subheader]

@@ -3,13 +3,14 @@ a row opens the run's own page."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import ui
+from dashboard import grid, ui
 from dashboard.filters import history_filters
 from db import figures, queries
 
@@ -131,6 +132,26 @@ def history() -> None:
     )
 
 
+@st.fragment(run_every=10)
+def run_grid(automation_id: uuid.UUID) -> None:
+    found = ui.read(queries.run_grid, automation_id)
+    if not found.runs:
+        return
+    st.subheader("Run grid")
+    event = st.altair_chart(
+        grid.chart(found),
+        width="stretch",
+        height=grid.height(found),
+        on_select="rerun",
+        key="ex_grid",
+    )
+    if (chosen := grid.chosen_run(event)) is not None:
+        ui.open_run(chosen)
+    st.caption("Recent runs of this automation; click a cell to open its run.")
+
+
+if filters.automation_id is not None:
+    run_grid(filters.automation_id)
 history()
 
 st.subheader("Per schedule, last 7 days")

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import altair as alt
 import pandas as pd
@@ -43,9 +43,9 @@ def origin(steps: list[StepRunRow], started_at: datetime | None) -> datetime | N
     return min(starts, default=None)
 
 
-def bars(steps: list[StepRunRow], *, zero: datetime, now: datetime) -> list[Bar]:
-    """Every attempt as a bar (a step in flight ends at `now`), and a backoff bar wherever a
-    step waited between a failed attempt and the next one."""
+def bars(steps: list[StepRunRow], *, zero: datetime, now: datetime, live: bool = True) -> list[Bar]:
+    """Every attempt as a bar, and a backoff bar wherever a step waited between an attempt
+    and the next one. While the run is `live`, a running attempt ends at `now`."""
     out: list[Bar] = []
     previous: dict[int, StepRunRow] = {}
     for step in sorted(steps, key=lambda s: (s.step_number, s.attempt, s.started_at)):
@@ -53,15 +53,15 @@ def bars(steps: list[StepRunRow], *, zero: datetime, now: datetime) -> list[Bar]
         before = previous.get(step.step_number)
         if before is not None and (wait := _backoff(before, step, row, zero)) is not None:
             out.append(wait)
-        in_flight = step.finished_at is None
+        in_flight = live and step.finished_at is None and step.status == ExecutionStatus.RUNNING
         out.append(
             Bar(
                 row=row,
                 step_number=step.step_number,
                 attempt=step.attempt,
-                kind=ExecutionStatus.RUNNING.value if in_flight else step.status,
+                kind=step.status,
                 start_s=_offset(step.started_at, zero),
-                end_s=_offset(step.finished_at or max(now, step.started_at), zero),
+                end_s=_offset(_end(step, now if in_flight else None), zero),
                 in_flight=in_flight,
             )
         )
@@ -69,16 +69,26 @@ def bars(steps: list[StepRunRow], *, zero: datetime, now: datetime) -> list[Bar]
     return out
 
 
+def _end(step: StepRunRow, now: datetime | None) -> datetime:
+    """When an attempt ended: as stored, else by its duration, else `now` (in flight)."""
+    if step.finished_at is not None:
+        return step.finished_at
+    if step.duration_ms is not None:
+        return step.started_at + timedelta(milliseconds=step.duration_ms)
+    return max(now, step.started_at) if now is not None else step.started_at
+
+
 def _backoff(before: StepRunRow, step: StepRunRow, row: str, zero: datetime) -> Bar | None:
     """The wait between an attempt that ended and the next attempt of the same step."""
-    if before.finished_at is None or step.started_at <= before.finished_at:
+    ended = _end(before, None)
+    if step.started_at <= ended:
         return None
     return Bar(
         row=row,
         step_number=step.step_number,
         attempt=step.attempt,
         kind=ui.BACKOFF,
-        start_s=_offset(before.finished_at, zero),
+        start_s=_offset(ended, zero),
         end_s=_offset(step.started_at, zero),
         in_flight=False,
     )

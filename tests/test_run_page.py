@@ -4,6 +4,7 @@ waterfall's arithmetic without any server. tests/test_browser.py watches it live
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -85,6 +86,19 @@ def test_waterfall_has_attempts_backoff_gaps_and_the_step_in_flight() -> None:
     ]
     assert [b.in_flight for b in bars] == [False, False, False, True]
     assert waterfall.chart(bars).to_dict()["layer"]
+
+
+def test_a_finished_runs_attempts_end_by_their_duration_never_in_flight() -> None:
+    # given a failed run whose attempt row has a duration but no end time stored
+    unfinished = step(1, 1, "failed", 0.0, None)
+    timed = replace(step(2, 1, "failed", 1.0, None), duration_ms=250)
+    # when drawn after the run ended
+    bars = waterfall.bars([unfinished, timed], zero=T0, now=T0 + timedelta(seconds=60), live=False)
+    # then nothing is in flight and no bar runs on to now
+    assert [(b.kind, b.end_s, b.in_flight) for b in bars] == [
+        ("failed", 0.0, False),
+        ("failed", 1.25, False),
+    ]
 
 
 def test_waterfall_origin_is_the_earliest_start() -> None:

@@ -88,16 +88,16 @@ def elapsed(run: queries.ExecutionRow) -> float | None:
 
 
 def actions_row(run: queries.ExecutionRow) -> None:
-    a, b, _ = st.columns([1, 1, 4])
+    row = st.container(horizontal=True)
     try:
-        if run.status in RETRYABLE and a.button(
-            "Retry", icon=":material/replay:", key="run_retry", width="stretch"
+        if run.status in RETRYABLE and row.button(
+            "Retry", icon=":material/replay:", key="run_retry"
         ):
             actions.retry(run.id, actor=ui.actor())
             st.session_state["run_flash"] = "Retry queued: it resumes at the step that failed."
             st.rerun()
-        if run.status in OPEN_STATUSES and b.button(
-            "Cancel", icon=":material/cancel:", key="run_cancel", width="stretch"
+        if run.status in OPEN_STATUSES and row.button(
+            "Cancel", icon=":material/cancel:", key="run_cancel"
         ):
             actions.cancel(run.id, actor=ui.actor())
             st.session_state["run_flash"] = "Cancelled (a running step finishes first)."
@@ -113,11 +113,17 @@ def steps(detail: queries.ExecutionDetail) -> None:
     if not detail.steps or zero is None:
         st.info("No step has run yet." if run.status in OPEN_STATUSES else "No step ran.")
         return
-    bars = waterfall.bars(detail.steps, zero=zero, now=datetime.now(UTC))
+    live = run.status in OPEN_STATUSES
+    bars = waterfall.bars(detail.steps, zero=zero, now=datetime.now(UTC), live=live)
     st.altair_chart(waterfall.chart(bars), width="stretch", height=waterfall.height(bars))
     started = max(s.step_number for s in detail.steps)
     if run.status in OPEN_STATUSES and started < run.total_steps:
-        st.caption(f"Steps {started + 1} to {run.total_steps} have not started yet.")
+        waiting = (
+            f"Step {run.total_steps} has"
+            if started + 1 == run.total_steps
+            else f"Steps {started + 1} to {run.total_steps} have"
+        )
+        st.caption(f"{waiting} not started yet.")
     for s in detail.steps:
         with st.expander(f"Step {s.step_number} · attempt {s.attempt} · {s.status}"):
             attempt(s, zero)

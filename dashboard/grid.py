@@ -66,7 +66,7 @@ def chart(grid: RunGrid) -> alt.Chart:
 
 
 def height(grid: RunGrid) -> int:
-    return 90 + 28 * (len(grid.step_names) + 1)
+    return 130 + 34 * (len(grid.step_names) + 1)
 
 
 def chosen_run(event: Any) -> str | None:

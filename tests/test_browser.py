@@ -477,3 +477,30 @@ def test_a_click_on_an_executions_row_opens_the_run_page(
     no_exception(page)
     assert {newer, older} == {r.id for r in rows}
     assert outside == []
+
+
+def test_a_click_on_a_run_grid_cell_opens_the_run_page(
+    dashboard_url: str, browser_page: Any
+) -> None:
+    # given an automation with a failed and a succeeded run, chosen by a shareable link
+    page = browser_page
+    outside = outside_requests(page)
+    automation_id = make_automation(name="Grid run", steps=2)
+    failed, ok = add_runs(automation_id, [{"status": "failed", "error": "HTTP 500"}, {}])
+    page.goto(f"{dashboard_url}/executions?automation={automation_id}")
+    settle(page)
+    page.get_by_text("Run grid").wait_for()
+    chart = page.locator('[data-testid="stVegaLiteChart"]').first
+    chart.wait_for()
+    page.wait_for_timeout(2000)
+    no_exception(page)
+    shoot(page, "run_grid")
+    # when a cell of the failed run is clicked
+    # (Vega draws SVG marks labelled with their fields, the run id among them)
+    chart.locator(f"svg [aria-label*='{failed}']").first.click()
+    # then that run's page opens at its own URL
+    page.wait_for_url(f"**/run?id={failed}", timeout=20_000)
+    settle(page)
+    wait_status(page, "failed")
+    no_exception(page)
+    assert ok != failed and outside == []

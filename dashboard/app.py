@@ -12,7 +12,9 @@ from core.settings import get_settings
 from core.vocabulary import Role
 from dashboard import ui
 
-st.set_page_config(page_title="Stepwise", page_icon=":material/stairs:", layout="wide")
+# A file of ours, served by this server: an icon name would be fetched from a third party.
+FAVICON = Path(__file__).parent / "favicon.png"
+st.set_page_config(page_title="Stepwise", page_icon=str(FAVICON), layout="wide")
 settings = get_settings()
 # A page served under a name this deployment does not answer to is a DNS rebinding
 # attempt (a hostile site whose name now points here): show nothing.
@@ -62,6 +64,14 @@ page = st.navigation(
         st.Page(PAGES / "queues.py", title="Queues", icon=":material/inbox:"),
         st.Page(PAGES / "audit.py", title="Audit", icon=":material/policy:"),
         st.Page(PAGES / "workspace.py", title="Workspace", icon=":material/group:"),
+        # One run, by its own URL (/run?id=<run id>): reached from any list of runs.
+        st.Page(
+            PAGES / "run.py",
+            title="Run",
+            icon=":material/directions_run:",
+            url_path="run",
+            visibility="hidden",
+        ),
     ]
 )
 page.run()

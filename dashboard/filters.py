@@ -28,10 +28,60 @@ _DELTAS = {
 }
 
 
+# The filters as they read in the page's URL (a shareable link), by session-state suffix.
+URL_KEYS = {
+    "status": "status",
+    "automation": "automation",
+    "schedule": "schedule",
+    "trigger": "trigger",
+    "range": "range",
+}
+
+
+def _from_url(prefix: str, names: dict[uuid.UUID, str]) -> None:
+    """Fill the filters from the URL on the page's first draw; a value that is not a choice
+    (a stale or edited link) is left out, never an error."""
+    s, params = st.session_state, st.query_params
+    if s.get(f"{prefix}_from_url"):
+        return
+    s[f"{prefix}_from_url"] = True
+    statuses = [v for v in params.get_all("status") if v in set(ExecutionStatus)]
+    if statuses:
+        s[f"{prefix}_status"] = statuses
+    automation = ui.uuid_or_none(params.get("automation"))
+    if automation in names:
+        s[f"{prefix}_automation"] = str(automation)
+    if (schedule := ui.uuid_or_none(params.get("schedule"))) is not None:
+        s[f"{prefix}_schedule"] = str(schedule)  # checked against the automation's below
+    if params.get("trigger") in set(Trigger):
+        s[f"{prefix}_trigger"] = params.get("trigger")
+    if params.get("range") in RANGES and params.get("range") != "custom":
+        s[f"{prefix}_range"] = params.get("range")
+
+
+def _to_url(prefix: str) -> None:
+    """Put the chosen filters in the URL (and drop those at their default)."""
+    s = st.session_state
+    wanted: dict[str, str | list[str]] = {}
+    for name in URL_KEYS:
+        value = s.get(f"{prefix}_{name}")
+        if value and value != "all":
+            wanted[name] = list(value) if isinstance(value, list) else str(value)
+    for name in URL_KEYS:
+        if name not in wanted and name in st.query_params:
+            del st.query_params[name]
+    for name, value in wanted.items():
+        current = st.query_params.get_all(name)
+        if current != (value if isinstance(value, list) else [value]):
+            st.query_params[name] = value
+
+
 def history_filters(prefix: str) -> ExecutionFilters:
-    """Draw the filter row (keys `<prefix>_*`) and return what it selects."""
+    """Draw the filter row (keys `<prefix>_*`), kept in the page's URL, and return what it
+    selects."""
     s = st.session_state
     names = ui.read(queries.automation_names)
+    _from_url(prefix, names)
     cols = st.columns([2, 2, 2, 1, 2])
     cols[0].multiselect(
         "Status", list(ExecutionStatus), key=f"{prefix}_status", placeholder="All statuses"
@@ -57,6 +107,7 @@ def history_filters(prefix: str) -> ExecutionFilters:
     )
     cols[4].selectbox("Queued", list(RANGES), format_func=RANGES.__getitem__, key=f"{prefix}_range")
     since, until = _time_range(prefix)
+    _to_url(prefix)
     schedule = s.get(f"{prefix}_schedule") or None
     return ExecutionFilters(
         statuses=tuple(s.get(f"{prefix}_status") or ()),

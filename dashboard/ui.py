@@ -9,6 +9,7 @@ call, so a control a viewer never sees is refused all the same if forged.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from collections.abc import Callable
@@ -16,7 +17,9 @@ from datetime import datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
+import altair as alt
 import streamlit as st
+from streamlit.errors import StreamlitPageNotFoundError
 
 from core.access import LOCAL_ADMIN, Actor
 from core.settings import get_settings
@@ -31,22 +34,98 @@ PENDING_WORKSPACE = "ui_pending_workspace"  # switch to it on the next run
 BOOTSTRAPPED = "ui_bootstrapped"
 T = TypeVar("T")
 
+# The one status palette: tables (`status_column`), badges (`badge_md`), the run page and
+# every chart (`status_scale`) take their colours from here, so a status looks the same
+# everywhere. Markdown badges only know named colours: each name matches its hex.
+STATUS_COLORS: dict[str, str] = {
+    ExecutionStatus.SUCCEEDED: "#2e9d5b",  # green
+    ExecutionStatus.FAILED: "#d64545",  # red
+    ExecutionStatus.RUNNING: "#7c5cd6",  # violet
+    ExecutionStatus.QUEUED: "#3f7fd9",  # blue
+    ExecutionStatus.SKIPPED: "#a0a7b4",  # light gray
+    ExecutionStatus.CANCELLED: "#6b7280",  # gray
+}
 STATUS_COLOR_NAMES: dict[str, str] = {
-    ExecutionStatus.QUEUED: "blue",
-    ExecutionStatus.RUNNING: "violet",
     ExecutionStatus.SUCCEEDED: "green",
     ExecutionStatus.FAILED: "red",
-    ExecutionStatus.CANCELLED: "gray",
+    ExecutionStatus.RUNNING: "violet",
+    ExecutionStatus.QUEUED: "blue",
     ExecutionStatus.SKIPPED: "gray",
+    ExecutionStatus.CANCELLED: "gray",
     ScheduleState.ACTIVE: "green",
     ScheduleState.PAUSED: "orange",
     ScheduleState.COMPLETED: "gray",
 }
-STATUS_COLORS: dict[str, str] = {
-    ExecutionStatus.SUCCEEDED: "#2e9d5b",
-    ExecutionStatus.FAILED: "#d64545",
-    ExecutionStatus.SKIPPED: "#a0a7b4",
-}
+BACKOFF = "backoff"  # the wait between two attempts of a step, in the run waterfall
+BACKOFF_COLOR = "#e0a526"  # amber
+# Success rates: green from RATE_GOOD up, amber from RATE_FAIR, red below.
+RATE_GOOD = 0.95
+RATE_FAIR = 0.80
+RATE_COLORS = {"good": "#2e9d5b", "fair": "#e0a526", "poor": "#d64545", "none": "#a0a7b4"}
+RUN_PAGE = "views/run.py"  # the run page, as app.py routes it (`/run?id=<run id>`)
+
+
+def status_column(label: str = "Status", **kwargs: Any) -> Any:
+    """A table column showing each cell's status (`status_cell`) as a pill in its colour."""
+    return st.column_config.MultiselectColumn(
+        label, options=list(STATUS_COLORS), color=list(STATUS_COLORS.values()), **kwargs
+    )
+
+
+def status_cell(status: str | None) -> list[str]:
+    """A status as the cell value of a `status_column`."""
+    return [status] if status else []
+
+
+def rate_band(rate: float | None) -> str:
+    """Which of RATE_COLORS a success rate is shown in."""
+    if rate is None:
+        return "none"
+    return "good" if rate >= RATE_GOOD else "fair" if rate >= RATE_FAIR else "poor"
+
+
+def rate_column(label: str, rates: list[float | None], **kwargs: Any) -> Any:
+    """A table column of success rates (cells from `rate_cell`), each coloured by band."""
+    shown = sorted({fmt_rate(r) for r in rates})
+    colors = [RATE_COLORS[rate_band(_rate_of(r, rates))] for r in shown]
+    return st.column_config.MultiselectColumn(label, options=shown, color=colors, **kwargs)
+
+
+def _rate_of(shown: str, rates: list[float | None]) -> float | None:
+    return next((r for r in rates if fmt_rate(r) == shown), None)
+
+
+def rate_cell(rate: float | None) -> list[str]:
+    return [fmt_rate(rate)]
+
+
+def status_scale(*, with_backoff: bool = False) -> alt.Scale:
+    """The palette as an Altair colour scale (legends list the statuses in this order)."""
+    domain = [*STATUS_COLORS, *([BACKOFF] if with_backoff else [])]
+    colors = [*STATUS_COLORS.values(), *([BACKOFF_COLOR] if with_backoff else [])]
+    return alt.Scale(domain=domain, range=colors)
+
+
+def page_link(page: str, label: str, **kwargs: Any) -> None:
+    """`st.page_link` to another page of app.py's navigation. A page run on its own (as
+    AppTest runs one) has no navigation to link into: it then shows no link."""
+    with contextlib.suppress(StreamlitPageNotFoundError):
+        st.page_link(page, label=label, **kwargs)
+
+
+def run_link(execution_id: uuid.UUID | str, label: str | None = None) -> None:
+    """A link to a run's page (its own URL: /run?id=<run id>)."""
+    page_link(
+        RUN_PAGE,
+        label or f"Run {execution_id}",
+        icon=":material/open_in_new:",
+        query_params={"id": str(execution_id)},
+    )
+
+
+def open_run(execution_id: uuid.UUID | str) -> None:
+    """Go to a run's page (a click on a row that lists it)."""
+    st.switch_page(RUN_PAGE, query_params={"id": str(execution_id)})
 
 
 def person() -> str:
@@ -205,11 +284,12 @@ def badge_md(status: str | None) -> str:
 
 
 def step_columns(steps: list[queries.StepRunRow]) -> dict[str, list[Any]]:
-    """The columns every step timeline shows, one row per attempt of a step."""
+    """The columns every step timeline shows, one row per attempt of a step (Status is a
+    `status_column`)."""
     return {
         "Step": [f"{s.step_number}. {s.step_name}" for s in steps],
         "Attempt": [s.attempt for s in steps],
-        "Status": [badge(s.status) for s in steps],
+        "Status": [status_cell(s.status) for s in steps],
         "HTTP": [s.response_status for s in steps],
         "Duration": [
             fmt_duration(None if s.duration_ms is None else s.duration_ms / 1000) for s in steps

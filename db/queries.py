@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from core.access import Actor
 from core.timing import describe, parse_timing, spec_of
 from core.vocabulary import (
+    OPEN_STATUSES,
     ExecutionStatus,
     Permission,
     ScheduleKind,
@@ -166,11 +167,13 @@ def list_executions(
     limit: int = 50,
     offset: int = 0,
     after: HistoryKey | None = None,
+    settled: bool = False,
 ) -> Page:
     """One page of history, newest first; `has_more` without counting the whole table.
 
     `after` starts the page just past that row (keyset paging: stable while new runs
-    arrive, and as fast on the thousandth page as on the first).
+    arrive, and as fast on the thousandth page as on the first). `settled`: only runs
+    that ended (those in flight are `runs_in_flight`).
     """
     workspace_id = scope(session, actor)
     stmt = filter_executions(_execution_columns(), workspace_id, filters).order_by(*HISTORY_ORDER)
@@ -180,6 +183,8 @@ def list_executions(
             tuple_(Execution.queued_at, Execution.scheduled_for, Execution.id)
             < tuple_(literal(after.queued_at), literal(after.scheduled_for), literal(after.id))
         )
+    if settled:
+        stmt = stmt.where(Execution.status.not_in(OPEN_STATUSES))
     rows = session.execute(stmt.limit(limit + 1).offset(offset)).all()
     return Page(
         rows=[ExecutionRow(**row._mapping) for row in rows[:limit]],
@@ -187,6 +192,29 @@ def list_executions(
         limit=limit,
         has_more=len(rows) > limit,
     )
+
+
+IN_FLIGHT_LIMIT = 50
+
+
+def runs_in_flight(
+    session: Session, filters: ExecutionFilters, *, actor: Actor, limit: int = IN_FLIGHT_LIMIT
+) -> list[ExecutionRow]:
+    """Open runs matching `filters`: running ones first (latest started first), then queued
+    ones by the slot they run at. Open rows are few (the partial `ix_executions_open*`)."""
+    workspace_id = scope(session, actor)
+    stmt = (
+        filter_executions(_execution_columns(), workspace_id, filters)
+        .where(Execution.status.in_(OPEN_STATUSES))
+        .order_by(
+            (Execution.status == ExecutionStatus.RUNNING).desc(),
+            Execution.started_at.desc().nulls_last(),
+            Execution.scheduled_for,
+            Execution.id,
+        )
+        .limit(limit)
+    )
+    return [ExecutionRow(**row._mapping) for row in session.execute(stmt).all()]
 
 
 def count_executions(session: Session, filters: ExecutionFilters, *, actor: Actor) -> int:
@@ -262,6 +290,49 @@ def execution_detail(
         result=result,
         steps=[_step_row(run, steps_json) for run in runs],
     )
+
+
+@dataclass(frozen=True)
+class RunGrid:
+    """An automation's recent runs (newest first) and, per run and step, the status of the
+    step's last attempt: the grid's cells. A step with no cell did not start."""
+
+    runs: list[ExecutionRow]
+    step_names: list[str]
+    cells: dict[tuple[uuid.UUID, int], str] = field(default_factory=dict)
+
+
+def run_grid(
+    session: Session, automation_id: uuid.UUID, *, actor: Actor, limit: int = 20
+) -> RunGrid:
+    """The last `limit` runs of one automation with their steps' outcomes (two indexed
+    reads: `ix_executions_automation_recent`, then `ix_step_runs_execution`)."""
+    workspace_id = scope(session, actor)
+    steps = session.scalar(
+        select(Automation.steps).where(
+            Automation.id == automation_id, Automation.workspace_id == workspace_id
+        )
+    )
+    if steps is None:
+        return RunGrid(runs=[], step_names=[])
+    rows = session.execute(
+        _execution_columns()
+        .where(Execution.automation_id == automation_id, Execution.workspace_id == workspace_id)
+        .order_by(*HISTORY_ORDER)
+        .limit(limit)
+    ).all()
+    runs = [ExecutionRow(**row._mapping) for row in rows]
+    cells: dict[tuple[uuid.UUID, int], str] = {}
+    if runs:
+        attempts = session.execute(
+            select(StepRun.execution_id, StepRun.step_number, StepRun.status)
+            .where(StepRun.execution_id.in_([r.id for r in runs]))
+            .order_by(StepRun.execution_id, StepRun.step_number, StepRun.attempt, StepRun.id)
+        ).all()
+        for a in attempts:  # ordered: the last attempt of each step wins
+            cells[(a.execution_id, a.step_number)] = a.status
+    names = [str(step.get("name") or f"step {n}") for n, step in enumerate(steps, 1)]
+    return RunGrid(runs=runs, step_names=names, cells=cells)
 
 
 def _step_row(run: StepRun, steps: list[dict[str, str]]) -> StepRunRow:

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -26,7 +27,10 @@ from sqlalchemy import insert
 from db import queries
 from db.models import StepRun
 from db.session import session_scope
+from stepwise.demo_agent import Reply
+from tasks import actions
 from testkit.factories import ADMIN, add_runs, make_automation, make_workspace
+from testkit.processes import READY
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "tests" / "screenshots"
@@ -258,7 +262,7 @@ def test_hostile_text_renders_literally_and_bad_links_say_not_found(
     # and a link with an id that is not one says "not found", with no traceback
     page.goto(f"{dashboard_url}/executions?execution=not-a-uuid")
     settle(page)
-    page.get_by_text("Execution not found").wait_for()
+    page.get_by_text("Run not found").first.wait_for()
     no_exception(page)
     assert "Traceback" not in page.content()
 
@@ -277,7 +281,7 @@ def test_another_workspaces_run_is_not_found_by_any_page_or_deep_link(
     page.goto(f"{dashboard_url}/executions?execution={their_run}")
     settle(page)
     # then it is not found, and nothing of theirs is on the page
-    page.get_by_text("Execution not found in this workspace").wait_for()
+    page.get_by_text("Run not found in this workspace").wait_for()
     no_exception(page)
     for path in ("executions", "automations", "schedules", "export", "overview", "audit"):
         page.goto(f"{dashboard_url}/{path}")
@@ -315,44 +319,12 @@ def test_a_page_served_under_a_foreign_host_name_shows_nothing(dashboard_url: st
         browser.close()
 
 
-def test_a_watched_run_that_ends_stays_on_screen(dashboard_url: str, browser_page: Any) -> None:
-    # given a running execution opened from the list
-    from sqlalchemy import func, update
-
-    from db.models import Execution
-
-    page = browser_page
-    automation_id = make_automation(name="Watched run")
-    (running,) = add_runs(automation_id, [{"status": "running", "finished_at": None}])
-    page.goto(f"{dashboard_url}/executions")
-    settle(page)
-    page.get_by_text("Open an execution").wait_for()
-    page.locator('[data-testid="stSelectbox"]').filter(has_text="Open an execution").click()
-    page.get_by_role("option").filter(has_text="Watched run").first.click()
-    settle(page)
-    page.get_by_text("Steps done").wait_for()
-    # when it ends while the page refreshes itself (every 10 s)
-    with session_scope() as session:
-        session.execute(
-            update(Execution)
-            .where(Execution.id == running)
-            .values(status="succeeded", finished_at=func.now())
-        )
-    page.wait_for_timeout(13_000)
-    shoot(page, "watched_run")
-    # then its detail is still shown, now finished, with no error
-    no_exception(page)
-    heading = page.locator("h3").filter(has_text="Watched run").first
-    assert "succeeded" in (heading.inner_text() or "")
-    # and the chooser names the run by what does not change (no stale "running" in it)
-    chooser = page.locator('[data-testid="stSelectbox"]').filter(has_text="Open an execution")
-    assert "running" not in (chooser.inner_text() or "")
-
-
 def test_every_page_at_phone_width(dashboard_url: str) -> None:
     # given some history, and a phone-sized window
     automation_id = make_automation(name="Phone check")
-    add_runs(automation_id, [{"status": "succeeded"}, {"status": "failed", "error": "HTTP 503"}])
+    _, failed = add_runs(
+        automation_id, [{"status": "succeeded"}, {"status": "failed", "error": "HTTP 503"}]
+    )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -361,6 +333,7 @@ def test_every_page_at_phone_width(dashboard_url: str) -> None:
         page.set_default_timeout(30_000)
         # when each page opens, then it renders without an error (screenshots for a person)
         for name in (
+            f"run?id={failed}",
             "overview",
             "schedules",
             "automations",
@@ -372,5 +345,162 @@ def test_every_page_at_phone_width(dashboard_url: str) -> None:
             page.goto(f"{dashboard_url}/{name}")
             settle(page)
             no_exception(page)
-            shoot(page, f"phone_{name}")
+            shoot(page, f"phone_{name.split('?')[0]}")
         browser.close()
+
+
+# --- the run page -------------------------------------------------------------------------
+
+
+def outside_requests(page: Any) -> list[str]:
+    """Every request the page makes that leaves 127.0.0.1 (filled in as the page runs)."""
+    seen: list[str] = []
+
+    def check(request: Any) -> None:
+        url = urlparse(request.url)
+        if url.scheme in ("http", "https", "ws", "wss") and url.hostname != "127.0.0.1":
+            seen.append(request.url)
+
+    page.on("request", check)
+    return seen
+
+
+def header(page: Any) -> str:
+    return page.locator('[data-testid="stMain"] h2').first.inner_text()
+
+
+def wait_status(page: Any, status: str, timeout_s: float = 60) -> None:
+    """Wait until the run page's header shows `status` (it refreshes itself)."""
+    page.locator('[data-testid="stMain"] h2').filter(has_text=status).first.wait_for(
+        timeout=timeout_s * 1000
+    )
+
+
+def test_a_run_is_watched_live_on_its_page(
+    dashboard_url: str, browser_page: Any, agent: Any, procs: Any
+) -> None:
+    # given a three-step automation whose agent takes 1.5 s a step, run now, no worker yet
+    page = browser_page
+    outside = outside_requests(page)
+    agent.responder = lambda call: Reply(200, {"output": "ok"}, delay_s=1.5)
+    automation_id = make_automation(name="Live run", agent_url=agent.url, steps=3)
+    run = actions.run_now(automation_id, actor=ADMIN)
+    # when its page is opened by its URL
+    page.goto(f"{dashboard_url}/run?id={run}")
+    settle(page)
+    wait_status(page, "queued")
+    no_exception(page)
+    # and a worker picks it up
+    procs.start("worker")
+    procs.wait_ready("worker", READY)
+    # then the page shows it running, a step in flight on the waterfall
+    wait_status(page, "running")
+    page.get_by_text("of 3 running").first.wait_for(timeout=30_000)
+    page.locator('[data-testid="stVegaLiteChart"]').first.wait_for()
+    no_exception(page)
+    shoot(page, "run_live")
+    # and then succeeded, with every step listed and no error on the way
+    wait_status(page, "succeeded")
+    page.get_by_text("Step 3 · attempt 1 · succeeded").wait_for()
+    no_exception(page)
+    assert "Traceback" not in page.content()
+    page.get_by_text("Step 3 · attempt 1 · succeeded").click()
+    shoot(page, "run_succeeded")
+    page.set_viewport_size({"width": 390, "height": 844})
+    shoot(page, "phone_run_succeeded")
+    # and nothing was fetched from anywhere but this machine
+    assert outside == []
+
+
+def test_a_failed_run_is_retried_from_its_page(
+    dashboard_url: str, browser_page: Any, agent: Any, procs: Any
+) -> None:
+    # given a run whose step 2 fails on every attempt (one retry), watched on its page
+    page = browser_page
+    outside = outside_requests(page)
+    failing = {"on": True}
+
+    def reply(call: Any) -> Reply:
+        if failing["on"] and call.body.get("step_number") == 2:
+            return Reply(503, {"error": "agent is down"}, delay_s=0.3)
+        return Reply(200, {"output": "ok"}, delay_s=0.3)
+
+    agent.responder = reply
+    automation_id = make_automation(name="Flaky run", agent_url=agent.url, steps=2, max_retries=1)
+    procs.start("worker")
+    procs.wait_ready("worker", READY)
+    run = actions.run_now(automation_id, actor=ADMIN)
+    page.goto(f"{dashboard_url}/run?id={run}")
+    settle(page)
+    wait_status(page, "failed")
+    page.get_by_text("Step 2 · attempt 2 · failed").wait_for()
+    no_exception(page)
+    shoot(page, "run_failed")
+    # when the agent is back and Retry is pressed
+    failing["on"] = False
+    page.get_by_role("button", name="Retry").click()
+    # then the same page follows it to success, without an error
+    page.get_by_text("Retry queued").wait_for()
+    wait_status(page, "succeeded")
+    no_exception(page)
+    assert "Traceback" not in page.content()
+    shoot(page, "run_retried")
+    assert outside == []
+
+
+def test_a_click_on_an_executions_row_opens_the_run_page(
+    dashboard_url: str, browser_page: Any
+) -> None:
+    # given two finished runs listed on Executions
+    page = browser_page
+    outside = outside_requests(page)
+    automation_id = make_automation(name="Clicked run")
+    newer, older = add_runs(
+        automation_id, [{"status": "failed", "error": "HTTP 500"}, {"status": "succeeded"}]
+    )
+    with session_scope() as session:
+        rows = queries.list_executions(session, queries.ExecutionFilters(), actor=ADMIN).rows
+    page.goto(f"{dashboard_url}/executions")
+    settle(page)
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    grid.wait_for()
+    page.wait_for_timeout(1500)
+    shoot(page, "executions_table")
+    # when the first row's selector is clicked (the grid draws on a canvas: by position)
+    box = grid.bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + 16, box["y"] + 35 + 17)
+    # then the run page of that row opens, at its own URL
+    page.wait_for_url(f"**/run?id={rows[0].id}")
+    settle(page)
+    wait_status(page, rows[0].status)
+    no_exception(page)
+    assert {newer, older} == {r.id for r in rows}
+    assert outside == []
+
+
+def test_a_click_on_a_run_grid_cell_opens_the_run_page(
+    dashboard_url: str, browser_page: Any
+) -> None:
+    # given an automation with a failed and a succeeded run, chosen by a shareable link
+    page = browser_page
+    outside = outside_requests(page)
+    automation_id = make_automation(name="Grid run", steps=2)
+    failed, ok = add_runs(automation_id, [{"status": "failed", "error": "HTTP 500"}, {}])
+    page.goto(f"{dashboard_url}/executions?automation={automation_id}")
+    settle(page)
+    page.get_by_text("Run grid").wait_for()
+    chart = page.locator('[data-testid="stVegaLiteChart"]').first
+    chart.wait_for()
+    page.wait_for_timeout(2000)
+    no_exception(page)
+    shoot(page, "run_grid")
+    # when a cell of the failed run is clicked
+    # (Vega draws SVG marks labelled with their fields, the run id among them)
+    chart.locator(f"svg [aria-label*='{failed}']").first.click()
+    # then that run's page opens at its own URL
+    page.wait_for_url(f"**/run?id={failed}", timeout=20_000)
+    settle(page)
+    wait_status(page, "failed")
+    no_exception(page)
+    assert ok != failed and outside == []

@@ -17,13 +17,11 @@ from typing import Any
 import pandas as pd
 import pytest
 import streamlit as st
-from sqlalchemy import func, update
 from streamlit.testing.v1 import AppTest
 
 from dashboard import forms, ui
 from db import commands, queries
 from db.audit import AuditFilters, audit_csv, list_audit
-from db.models import Execution
 from db.queries import ExecutionFilters
 from db.session import session_scope
 from testkit.factories import (
@@ -197,6 +195,7 @@ def test_pause_resume_run_now_and_delete(agent: Any, worker: Any) -> None:
     # when run now: the worker runs it for real
     at.button(key="sch_run").click().run()
     assert not at.exception, at.exception
+    assert "Run started: follow it on its page." in texts(at)
 
     def finished() -> list[queries.ExecutionRow]:
         with session_scope() as session:
@@ -318,7 +317,7 @@ def test_executions_filters_change_the_rows(history: dict[str, uuid.UUID]) -> No
     at = page("executions")
     assert len(at.dataframe[0].value) == 25  # first page
     at.multiselect(key="ex_status").select("failed").run()
-    assert set(at.dataframe[0].value["Status"]) == {"failed"}
+    assert {tuple(v) for v in at.dataframe[0].value["Status"]} == {("failed",)}
     assert len(at.dataframe[0].value) == 15
     at.multiselect(key="ex_status").unselect("failed").run()
     at.selectbox(key="ex_automation").set_value(str(history["beta"])).run()
@@ -332,17 +331,6 @@ def test_executions_page_through_history(history: dict[str, uuid.UUID]) -> None:
     assert not at.exception, at.exception
     second = list(at.dataframe[0].value["Id"])
     assert len(second) == 31 - 25 and not set(first) & set(second)
-
-
-def test_execution_detail_and_retry(history: dict[str, uuid.UUID]) -> None:
-    at = page("executions")
-    at.selectbox(key="ex_open").set_value(str(history["failed"])).run()
-    assert "HTTP 500" in texts(at)
-    at.button(key=f"ex_retry_{history['failed']}").click().run()
-    assert not at.exception, at.exception
-    with session_scope() as session:
-        detail = queries.execution_detail(session, history["failed"], actor=ADMIN)
-    assert detail is not None and detail.execution.status == "queued"
 
 
 def test_a_built_export_is_not_offered_once_the_filters_or_format_change(
@@ -364,17 +352,6 @@ def test_a_built_export_is_not_offered_once_the_filters_or_format_change(
     assert "exp_file" not in at.session_state
 
 
-def test_a_link_with_a_bad_execution_id_says_not_found() -> None:
-    # given a link whose execution id is not an id at all
-    st.cache_data.clear()
-    at = AppTest.from_file(str(PAGES / "executions.py"), default_timeout=60)
-    at.query_params["execution"] = "not-a-uuid"
-    # when the page opens, then it says so, with no traceback
-    at.run()
-    assert not at.exception, at.exception
-    assert "Execution not found" in texts(at)
-
-
 HOSTILE_NAME = (
     "![x](http://127.0.0.1:9/pixel.png) [Re-authenticate here](http://evil.example/) :red[!]"
 )
@@ -385,8 +362,10 @@ def test_names_and_agent_text_are_markdown_escaped_where_markdown_renders() -> N
     automation_id = make_automation(name=HOSTILE_NAME)
     (failed,) = add_runs(automation_id, [{"status": "failed", "error": HOSTILE_NAME}])
     # when its run is opened
-    at = page("executions")
-    at.selectbox(key="ex_open").set_value(str(failed)).run()
+    st.cache_data.clear()
+    at = AppTest.from_file(str(PAGES / "run.py"), default_timeout=60)
+    at.query_params["id"] = str(failed)
+    at.run()
     assert not at.exception, at.exception
     # then every Markdown source that carries it escapes each mark (no link, image, colour)
     sources = [str(e.value) for e in (*at.markdown, *at.error) if "authenticate" in str(e.value)]
@@ -515,28 +494,6 @@ def test_the_audit_export_cannot_run_a_formula() -> None:
     assert ',"=' not in text and "\n=" not in text
 
 
-def test_an_open_run_stays_open_when_its_status_changes() -> None:
-    # given a running execution opened on the Executions page
-    automation_id = make_automation(name="Watched")
-    (running,) = add_runs(automation_id, [{"status": "running", "finished_at": None}])
-    at = page("executions")
-    at.selectbox(key="ex_open").set_value(str(running)).run()
-    assert not at.exception, at.exception
-    # when it ends while the page is watched
-    with session_scope() as session:
-        session.execute(
-            update(Execution)
-            .where(Execution.id == running)
-            .values(status="succeeded", finished_at=func.now())
-        )
-    st.cache_data.clear()
-    at.run()
-    # then the page shows it finished, instead of failing on its changed label
-    assert not at.exception, at.exception
-    assert at.session_state["ex_open"] == str(running)
-    assert "succeeded" in texts(at)
-
-
 def test_the_workspace_page_adds_members_and_secrets_audited() -> None:
     # given the local admin on the Workspace page
     at = page("workspace")
@@ -560,3 +517,56 @@ def test_the_workspace_page_adds_members_and_secrets_audited() -> None:
         ("set_secret", "local admin"),
         ("add_member", "local admin"),
     ]
+
+
+# --- issue 13: the executions table, filters in the URL ------------------------------------
+
+
+def test_executions_colour_status_and_list_runs_in_flight_before_queued_slots() -> None:
+    # given a running run, a slot queued ahead of its time after it, and a finished run
+    automation_id = make_automation(name="Ordered")
+    base = now()
+    running, ahead, done = add_runs(
+        automation_id,
+        [
+            {"status": "running", "finished_at": None, "queued_at": base - timedelta(minutes=2)},
+            {
+                "status": "queued",
+                "started_at": None,
+                "finished_at": None,
+                "queued_at": base,
+                "scheduled_for": base + timedelta(minutes=5),
+            },
+            {"status": "failed", "error": "HTTP 500", "queued_at": base - timedelta(minutes=1)},
+        ],
+    )
+    # when Executions opens
+    at = page("executions")
+    # then the runs in flight come first, running above the queued slot (defect 9)
+    in_flight, finished = at.dataframe[0].value, at.dataframe[1].value
+    assert list(in_flight["Id"]) == [str(running), str(ahead)]
+    assert list(finished["Id"]) == [str(done)]
+    # and the status is a coloured pill from the one palette, the error column wide
+    config = at.dataframe[1].proto.columns
+    assert '"Status"' in config and "#d64545" in config and '"Error": {"width": 300' in config
+
+
+def test_executions_filters_are_kept_in_the_url_and_read_from_it(
+    history: dict[str, uuid.UUID],
+) -> None:
+    # given a link with a status filter (and a value that is not a status)
+    st.cache_data.clear()
+    at = AppTest.from_file(str(PAGES / "executions.py"), default_timeout=60)
+    at.query_params["status"] = ["failed", "bogus"]
+    at.query_params["automation"] = str(history["alpha"])
+    # when the page opens, then the filter is applied, the bad value left out
+    at.run()
+    assert not at.exception, at.exception
+    assert at.multiselect(key="ex_status").value == ["failed"]
+    assert {tuple(v) for v in at.dataframe[0].value["Status"]} == {("failed",)}
+    # and choosing another filter puts it in the URL (defect 15)
+    at.selectbox(key="ex_trigger").set_value("manual").run()
+    assert at.query_params["trigger"] in ("manual", ["manual"])
+    assert at.query_params["status"] in ("failed", ["failed"])
+    at.multiselect(key="ex_status").unselect("failed").run()
+    assert "status" not in at.query_params

@@ -292,8 +292,9 @@ def show_test_run(execution_id: uuid.UUID) -> None:
         return
     run = detail.execution
     st.markdown(f"**Test run** `{run.id}`: {ui.badge_md(run.status)}")
+    ui.run_link(run.id, "Open the run's page")
     if run.status in OPEN_STATUSES:
-        st.info("Still running: no worker may be up. Follow it on the Executions page.")
+        st.info("Still running: no worker may be up. Follow it on its page.")
     if run.error:
         st.error(ui.text(run.error))
     if detail.steps:
@@ -306,6 +307,7 @@ def show_test_run(execution_id: uuid.UUID) -> None:
             ),
             hide_index=True,
             width="stretch",
+            column_config={"Status": ui.status_column()},
         )
 
 

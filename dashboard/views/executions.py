@@ -1,8 +1,8 @@
-"""Executions: the run history, filtered and paged in SQL, with each run's step timeline."""
+"""Executions: runs in flight, then the run history, filtered and paged in SQL; a click on
+a row opens the run's own page."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import timedelta
 
@@ -10,15 +10,15 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from core.errors import StepwiseError
-from core.vocabulary import OPEN_STATUSES, ExecutionStatus, Permission
-from dashboard import ui
+from dashboard import grid, ui
 from dashboard.filters import history_filters
 from db import figures, queries
-from tasks import actions
 
 PAGE_SIZES = (25, 50, 100)
-RETRYABLE = (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED)  # what "Retry" re-opens
+
+# Old links (/executions?execution=<id>) open the run's own page.
+if (wanted := st.query_params.get("execution")) is not None:
+    ui.open_run(wanted)
 
 st.title("Executions")
 ui.scheduler_warning()
@@ -32,28 +32,53 @@ page_size = size_col.selectbox("Rows per page", PAGE_SIZES, key="ex_page_size")
 if st.session_state.get("ex_filters") != (filters, page_size):
     st.session_state["ex_filters"] = (filters, page_size)
     st.session_state["ex_offset"] = 0
-if (wanted := st.query_params.get("execution")) and "ex_open" not in st.session_state:
-    if ui.uuid_or_none(wanted) is None:
-        st.warning("Execution not found: the link has no valid execution id.")
-    else:
-        st.session_state["ex_open"] = wanted
 
 
 def history_table(rows: list[queries.ExecutionRow]) -> pd.DataFrame:
+    # What tells runs apart comes first, the error included: at 1440 px nothing after
+    # "Scheduled for" needs scrolling to.
     return pd.DataFrame(
         {
-            "Status": [ui.badge(r.status) for r in rows],
+            "Status": [ui.status_cell(r.status) for r in rows],
             "Automation": [r.automation_name for r in rows],
-            "Trigger": [r.trigger for r in rows],
-            "Scheduled for": [ui.fmt_time(r.scheduled_for) for r in rows],
-            "Queued": [ui.fmt_time(r.queued_at) for r in rows],
-            "Duration": [ui.fmt_duration(r.duration_s) for r in rows],
             "Steps": [r.steps_done for r in rows],
-            "Attempt": [r.attempt for r in rows],
             "Error": [r.error or "" for r in rows],
+            "Scheduled for": [ui.fmt_time(r.scheduled_for) for r in rows],
+            "Duration": [ui.fmt_duration(r.duration_s) for r in rows],
+            "Trigger": [r.trigger for r in rows],
+            "Attempt": [r.attempt for r in rows],
+            "Queued": [ui.fmt_time(r.queued_at) for r in rows],
             "Id": [str(r.id) for r in rows],
         }
     )
+
+
+COLUMNS = {
+    "Status": ui.status_column(width=100),
+    "Automation": st.column_config.TextColumn(width=170),
+    "Steps": st.column_config.TextColumn(width=150),
+    "Error": st.column_config.TextColumn(width=300),
+    "Scheduled for": st.column_config.TextColumn(width=170),
+    "Duration": st.column_config.TextColumn(width=80),
+    "Trigger": st.column_config.TextColumn(width=80),
+    "Attempt": st.column_config.NumberColumn(width=70),
+    "Id": st.column_config.TextColumn(width=90),
+}
+
+
+def runs_table(rows: list[queries.ExecutionRow], key: str) -> None:
+    """A table of runs; a click on a row opens that run's page."""
+    event = st.dataframe(
+        history_table(rows),
+        hide_index=True,
+        width="stretch",
+        column_config=COLUMNS,
+        on_select="rerun",
+        selection_mode="single-row",
+        key=key,
+    )
+    if chosen := event.selection.rows:
+        ui.open_run(rows[chosen[0]].id)
 
 
 def _move(offset: int) -> None:
@@ -63,23 +88,30 @@ def _move(offset: int) -> None:
 @st.fragment(run_every=10)
 def history() -> None:
     offset = st.session_state.get("ex_offset", 0)
-    page = ui.read(queries.list_executions, filters, limit=page_size, offset=offset)
+    # Runs in flight first (running, then queued by slot), then the finished ones by
+    # time: a slot queued ahead of its time no longer sorts above the run in progress.
+    if offset == 0 and (current := ui.read(queries.runs_in_flight, filters)):
+        st.subheader("In flight")
+        runs_table(current, "ex_in_flight")
+        st.subheader("Finished")
+    page = ui.read(queries.list_executions, filters, limit=page_size, offset=offset, settled=True)
     if not page.rows and offset:  # the page emptied under us (retention, filters)
         st.session_state["ex_offset"] = offset = 0
-        page = ui.read(queries.list_executions, filters, limit=page_size, offset=0)
+        page = ui.read(queries.list_executions, filters, limit=page_size, offset=0, settled=True)
     if not page.rows:
         if filters == queries.ExecutionFilters():
             ui.empty_state(
-                "No run yet.",
+                "No finished run yet.",
                 "Runs appear here once a schedule fires, or press Run now on Schedules "
                 "(or Test run on Automations).",
             )
         else:
             ui.empty_state(
-                "No run matches these filters.", "Widen the time range or clear filters."
+                "No finished run matches these filters.", "Widen the time range or clear filters."
             )
         return
-    st.dataframe(history_table(page.rows), hide_index=True, width="stretch")
+    runs_table(page.rows, "ex_table")
+    st.caption("Click a row to open the run.")
     prev, label, nxt = st.columns([1, 4, 1])
     prev.button(
         "← Newer",
@@ -98,102 +130,28 @@ def history() -> None:
         args=(offset + page_size,),
         width="stretch",
     )
-    ids = [str(r.id) for r in page.rows]
-    current = st.session_state.get("ex_open")
-    options = ["", *ids] if current in ("", None, *ids) else ["", current, *ids]
-    by_id = {str(r.id): r for r in page.rows}
-    st.selectbox(
-        "Open an execution",
-        options,
-        # Only what never changes about a run: a label that moved with its status lost
-        # the selection when the run ended (and showed the old status meanwhile).
-        format_func=lambda i: (
-            "Choose a run to see its steps…"
-            if not i
-            else f"{by_id[i].automation_name} · {ui.fmt_time(by_id[i].queued_at)} · {i[:8]}"
-            if i in by_id
-            else i
-        ),
-        key="ex_open",
-    )
-    if (opened := ui.uuid_or_none(st.session_state.get("ex_open"))) is not None:
-        detail_view(opened)
 
 
-def detail_view(execution_id: uuid.UUID) -> None:
-    detail = ui.read(queries.execution_detail, execution_id)
-    if detail is None:
-        st.warning("Execution not found in this workspace (or deleted by retention).")
+@st.fragment(run_every=10)
+def run_grid(automation_id: uuid.UUID) -> None:
+    found = ui.read(queries.run_grid, automation_id)
+    if not found.runs:
         return
-    run = detail.execution
-    with st.container(border=True):
-        st.markdown(f"### {ui.text(run.automation_name)} {ui.badge_md(run.status)}")
-        m = st.columns(5)
-        m[0].metric("Trigger", run.trigger)
-        m[1].metric("Steps done", run.steps_done)
-        m[2].metric("Attempt", run.attempt)
-        m[3].metric("Duration", ui.fmt_duration(run.duration_s))
-        m[4].metric("Scheduled for", ui.fmt_time(run.scheduled_for)[11:19])
-        st.caption(
-            f"Id `{run.id}` · queued {ui.fmt_time(run.queued_at)} · started "
-            f"{ui.fmt_time(run.started_at)} · finished {ui.fmt_time(run.finished_at)}"
-        )
-        if run.error:
-            st.error(ui.text(run.error))
-        if ui.can(Permission.RUN):
-            actions_row(run)
-        if not detail.steps:
-            st.info("No step has run yet.")
-            return
-        st.dataframe(
-            pd.DataFrame(
-                {
-                    **ui.step_columns(detail.steps),
-                    "Started": [ui.fmt_time(s.started_at) for s in detail.steps],
-                    "Error": [s.error or "" for s in detail.steps],
-                }
-            ),
-            hide_index=True,
-            width="stretch",
-        )
-        for s in detail.steps:
-            with st.expander(f"Step {s.step_number} · attempt {s.attempt} · {s.status}"):
-                st.markdown("**Request**")
-                st.json(s.request, expanded=False)
-                st.markdown("**Response**")
-                st.code(_pretty(s.response_body), language="json")
-                if s.error:
-                    st.error(ui.text(s.error))
+    st.subheader("Run grid")
+    event = st.altair_chart(
+        grid.chart(found),
+        width="stretch",
+        height=grid.height(found),
+        on_select="rerun",
+        key="ex_grid",
+    )
+    if (chosen := grid.chosen_run(event)) is not None:
+        ui.open_run(chosen)
+    st.caption("Recent runs of this automation; click a cell to open its run.")
 
 
-def _pretty(body: str | None) -> str:
-    if not body:
-        return "(empty)"
-    try:
-        return json.dumps(json.loads(body), indent=2)[:20_000]
-    except ValueError:
-        return body[:20_000]
-
-
-def actions_row(run: queries.ExecutionRow) -> None:
-    a, b, _ = st.columns([1, 1, 4])
-    try:
-        if run.status in RETRYABLE and a.button(
-            "Retry", icon=":material/replay:", key=f"ex_retry_{run.id}", width="stretch"
-        ):
-            actions.retry(run.id, actor=ui.actor())
-            st.session_state["flash"] = "Retry queued: it resumes at the step that failed."
-            st.rerun()
-        if run.status in OPEN_STATUSES and b.button(
-            "Cancel", icon=":material/cancel:", key=f"ex_cancel_{run.id}", width="stretch"
-        ):
-            actions.cancel(run.id, actor=ui.actor())
-            st.session_state["flash"] = "Cancelled (a running step finishes first)."
-            st.rerun()
-    except StepwiseError as exc:
-        st.error(ui.text(exc))
-
-
+if filters.automation_id is not None:
+    run_grid(filters.automation_id)
 history()
 
 st.subheader("Per schedule, last 7 days")
@@ -212,7 +170,7 @@ else:
         {
             "Schedule": [labels.get(s.schedule_id, str(s.schedule_id)[:8]) for s in stats],
             "Runs": [s.runs for s in stats],
-            "Success rate": [s.success_rate for s in stats],
+            "Success rate": [ui.rate_cell(s.success_rate) for s in stats],
             "p50 (s)": [s.p50_s for s in stats],
             "p95 (s)": [s.p95_s for s in stats],
         }
@@ -222,9 +180,7 @@ else:
         hide_index=True,
         width="stretch",
         column_config={
-            "Success rate": st.column_config.ProgressColumn(
-                "Success rate", min_value=0.0, max_value=1.0, format="percent"
-            ),
+            "Success rate": ui.rate_column("Success rate", [s.success_rate for s in stats]),
             "p50 (s)": st.column_config.NumberColumn(format="%.2f"),
             "p95 (s)": st.column_config.NumberColumn(format="%.2f"),
         },

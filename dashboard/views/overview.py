@@ -92,7 +92,7 @@ with right:
     if not failures:
         st.success("No failed runs.")
     else:
-        st.dataframe(
+        event = st.dataframe(
             pd.DataFrame(
                 {
                     "Automation": [f.automation_name for f in failures],
@@ -102,5 +102,10 @@ with right:
             ),
             hide_index=True,
             width="stretch",
+            on_select="rerun",
+            selection_mode="single-row",
+            key="ov_failures",
         )
-        st.caption("Retry them from the Executions page (filter: failed).")
+        if chosen := event.selection.rows:
+            ui.open_run(failures[chosen[0]].id)
+        st.caption("Click a row to open the run (and retry it there).")

@@ -19,6 +19,9 @@ st.title("Schedules")
 ui.scheduler_warning()
 if flash := st.session_state.pop("flash", None):
     st.success(flash)
+if started := st.session_state.pop("started_run", None):
+    st.success("Run started: follow it on its page.", icon=":material/play_circle:")
+    ui.run_link(started, f"Started run {started}")
 
 names = ui.read(queries.automation_names)
 if not names:
@@ -81,9 +84,9 @@ def table(rows: list[queries.ScheduleRow]) -> pd.DataFrame:
                 ui.badge(r.state) + (f" ({r.completed_reason})" if r.completed_reason else "")
                 for r in rows
             ],
-            "Last": [ui.badge(r.last_status) for r in rows],
+            "Last": [ui.status_cell(r.last_status) for r in rows],
             "Runs": [r.run_count for r in rows],
-            "Success": [ui.fmt_rate(r.success_rate) for r in rows],
+            "Success": [ui.rate_cell(r.success_rate) for r in rows],
             "Missed / skipped": [f"{r.missed_count} / {r.skipped_count}" for r in rows],
             "Queued": [r.queued_runs for r in rows],
         }
@@ -101,7 +104,15 @@ def schedule_list() -> None:
                 "No schedule yet.", "Press **New schedule** to run an automation on a timetable."
             )
         return
-    st.dataframe(table(rows), hide_index=True, width="stretch")
+    st.dataframe(
+        table(rows),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "Last": ui.status_column("Last"),
+            "Success": ui.rate_column("Success", [r.success_rate for r in rows]),
+        },
+    )
 
 
 schedule_list()
@@ -139,7 +150,7 @@ if rows and editor:
             st.rerun()
     if cols[1].button("Run now", icon=":material/play_circle:", key="sch_run", width="stretch"):
         execution_id = actions.run_now(row.automation_id, actor=ui.actor())
-        st.session_state["flash"] = f"Started run {execution_id} (see Executions)."
+        st.session_state["started_run"] = str(execution_id)
         st.rerun()
     cols[2].button(
         "Edit",

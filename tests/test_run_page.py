@@ -1,0 +1,304 @@
+"""The run page (`/run?id=<run id>`) through AppTest, on real Postgres and Redis; the
+waterfall's arithmetic without any server. tests/test_browser.py watches it live."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from sqlalchemy import func, insert, update
+from streamlit.testing.v1 import AppTest
+
+from core.vocabulary import Role
+from dashboard import ui, waterfall
+from db import queries
+from db.models import Execution, StepRun
+from db.session import session_scope
+from testkit.factories import ADMIN, add_runs, make_automation, make_workspace, person
+
+VIEWS = Path(__file__).resolve().parent.parent / "dashboard" / "views"
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def run_page(run_id: object, *, acting: object = None) -> AppTest:
+    st.cache_data.clear()
+    at = AppTest.from_file(str(VIEWS / "run.py"), default_timeout=60)
+    at.query_params["id"] = str(run_id)
+    if acting is not None:
+        at.session_state[ui.ACTOR] = acting
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def shown(at: AppTest) -> str:
+    parts: list[str] = []
+    for kind in ("markdown", "info", "error", "warning", "success", "caption"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    return "\n".join(parts).replace("\\", "").replace(ui.WORD_JOINER, "")
+
+
+def add_steps(execution_id: uuid.UUID, rows: list[dict[str, object]]) -> None:
+    with session_scope() as session:
+        session.execute(insert(StepRun), [{"execution_id": execution_id, **r} for r in rows])
+
+
+def step(
+    number: int, attempt: int, status: str, start_s: float, end_s: float | None, **more: object
+) -> queries.StepRunRow:
+    return queries.StepRunRow(
+        step_number=number,
+        step_name=f"s{number}",
+        attempt=attempt,
+        status=status,
+        response_status=None,
+        duration_ms=None,
+        started_at=T0 + timedelta(seconds=start_s),
+        finished_at=None if end_s is None else T0 + timedelta(seconds=end_s),
+        request={},
+        response_body=None,
+        error=None,
+    )
+
+
+# --- the waterfall's arithmetic ------------------------------------------------------------
+
+
+def test_waterfall_has_attempts_backoff_gaps_and_the_step_in_flight() -> None:
+    # given step 1 that failed once, waited 2 s, then succeeded; step 2 still running
+    steps = [
+        step(1, 1, "failed", 0.0, 0.5),
+        step(1, 2, "succeeded", 2.5, 3.0),
+        step(2, 1, "running", 3.1, None),
+    ]
+    # when drawn at 5 s
+    bars = waterfall.bars(steps, zero=T0, now=T0 + timedelta(seconds=5))
+    # then each attempt is a bar, the wait between attempts a backoff bar, and step 2 ends now
+    assert [(b.row, b.kind, b.start_s, b.end_s) for b in bars] == [
+        ("1. s1", "failed", 0.0, 0.5),
+        ("1. s1", ui.BACKOFF, 0.5, 2.5),
+        ("1. s1", "succeeded", 2.5, 3.0),
+        ("2. s2", "running", 3.1, 5.0),
+    ]
+    assert [b.in_flight for b in bars] == [False, False, False, True]
+    assert waterfall.chart(bars).to_dict()["layer"]
+
+
+def test_a_finished_runs_attempts_end_by_their_duration_never_in_flight() -> None:
+    # given a failed run whose attempt row has a duration but no end time stored
+    unfinished = step(1, 1, "failed", 0.0, None)
+    timed = replace(step(2, 1, "failed", 1.0, None), duration_ms=250)
+    # when drawn after the run ended
+    bars = waterfall.bars([unfinished, timed], zero=T0, now=T0 + timedelta(seconds=60), live=False)
+    # then nothing is in flight and no bar runs on to now
+    assert [(b.kind, b.end_s, b.in_flight) for b in bars] == [
+        ("failed", 0.0, False),
+        ("failed", 1.25, False),
+    ]
+
+
+def test_waterfall_origin_is_the_earliest_start() -> None:
+    steps = [step(1, 1, "succeeded", 1.0, 2.0)]
+    assert waterfall.origin(steps, T0 + timedelta(seconds=3)) == T0 + timedelta(seconds=1)
+    assert waterfall.origin([], None) is None
+
+
+# --- the palette -----------------------------------------------------------------------------
+
+
+def test_one_palette_for_every_status_and_success_rates_by_threshold() -> None:
+    assert set(ui.STATUS_COLORS) == {
+        "succeeded",
+        "failed",
+        "running",
+        "queued",
+        "skipped",
+        "cancelled",
+    }
+    scale = ui.status_scale(with_backoff=True).to_dict()
+    assert scale["domain"][:6] == list(ui.STATUS_COLORS)
+    assert scale["range"][:6] == list(ui.STATUS_COLORS.values())
+    # defect 7: a 100 % rate is green, never red
+    assert ui.rate_band(1.0) == "good" and ui.RATE_COLORS["good"] == ui.STATUS_COLORS["succeeded"]
+    assert ui.rate_band(0.9) == "fair" and ui.rate_band(0.5) == "poor"
+    assert ui.rate_band(None) == "none"
+    column = ui.rate_column("Success rate", [1.0, 0.9, 0.5])
+    colors = {o["value"]: o["color"] for o in column["type_config"]["options"]}
+    assert colors == {"100%": "#2e9d5b", "90%": "#e0a526", "50%": "#d64545"}
+
+
+# --- the page ------------------------------------------------------------------------------
+
+
+pytestmark_db = pytest.mark.usefixtures("db", "redis_client")
+
+
+@pytestmark_db
+def test_a_run_page_shows_header_waterfall_attempts_and_actions() -> None:
+    # given a failed run whose step 1 failed, then succeeded, and step 2 failed
+    automation_id = make_automation(name="Nightly report", steps=2)
+    (run,) = add_runs(automation_id, [{"status": "failed", "error": "step 2: HTTP 503"}])
+    add_steps(
+        run,
+        [
+            {
+                "step_number": 1,
+                "attempt": 1,
+                "status": "failed",
+                "request": {
+                    "message": "one",
+                    "headers": {"Authorization": "{{ secret.AGENT_TOKEN }}"},
+                },
+                "response_status": 500,
+                "response_body": "oops",
+                "duration_ms": 30,
+                "error": "HTTP 500",
+            },
+            {
+                "step_number": 1,
+                "attempt": 2,
+                "status": "succeeded",
+                "request": {"message": "one"},
+                "response_status": 200,
+                "response_body": '{"output": "**done**"}',
+                "duration_ms": 40,
+            },
+            {
+                "step_number": 2,
+                "attempt": 1,
+                "status": "failed",
+                "request": {"message": "two"},
+                "response_status": 503,
+                "duration_ms": 20,
+                "error": "HTTP 503",
+            },
+        ],
+    )
+    # when its page opens
+    at = run_page(run)
+    # then the header has the status badge and the error, the waterfall is drawn,
+    text = shown(at)
+    assert "Nightly report" in text and ":red-badge[failed]" in at.markdown[0].value
+    assert "step 2: HTTP 503" in text
+    assert len(at.get("vega_lite_chart")) == 1
+    # every attempt is listed with its request as stored and its response as text
+    labels = [e.label for e in at.expander]
+    assert labels == [
+        "Step 1 · attempt 1 · failed",
+        "Step 1 · attempt 2 · succeeded",
+        "Step 2 · attempt 1 · failed",
+    ]
+    assert at.json[0].value and "{{ secret.AGENT_TOKEN }}" in at.json[0].value
+    assert '"output": "**done**"' in at.code[1].value
+    # and an editor can retry it (not cancel: it is over)
+    assert [b.label for b in at.button] == ["Retry"]
+    at.button(key="run_retry").click().run()
+    assert not at.exception, at.exception
+    with session_scope() as session:
+        detail = queries.execution_detail(session, run, actor=ADMIN)
+    assert detail is not None and detail.execution.status == "queued"
+    assert "Retry queued" in shown(at)
+
+
+@pytestmark_db
+@pytest.mark.parametrize("wanted", ["not-a-uuid", str(uuid.uuid4()), ""])
+def test_a_bad_or_unknown_run_id_says_not_found(wanted: str) -> None:
+    at = run_page(wanted)
+    assert "Run not found" in shown(at)
+
+
+@pytestmark_db
+def test_another_workspaces_run_is_not_found() -> None:
+    theirs = make_workspace("Their team", admin="eve@their.example")
+    (their_run,) = add_runs(make_automation(actor=theirs, name="Payroll"), [{"status": "failed"}])
+    at = run_page(their_run)
+    assert "Run not found in this workspace" in shown(at)
+    assert "Payroll" not in repr(at)
+
+
+@pytestmark_db
+def test_a_viewer_sees_the_run_without_actions() -> None:
+    automation_id = make_automation(name="Viewed")
+    (run,) = add_runs(automation_id, [{"status": "failed", "error": "HTTP 500"}])
+    viewer = person("vera@example.com", role=Role.VIEWER)
+    at = run_page(run, acting=viewer)
+    assert "Viewed" in shown(at)
+    assert not at.button
+
+
+@pytestmark_db
+def test_a_watched_run_that_ends_is_redrawn_not_lost() -> None:
+    # given a running run on its page (defect 1: its label held the status)
+    automation_id = make_automation(name="Watched")
+    (running,) = add_runs(automation_id, [{"status": "running", "finished_at": None}])
+    at = run_page(running)
+    assert ":violet-badge[running]" in at.markdown[0].value
+    assert [b.label for b in at.button] == ["Cancel"]
+    # when it ends
+    with session_scope() as session:
+        session.execute(
+            update(Execution)
+            .where(Execution.id == running)
+            .values(status="succeeded", finished_at=func.now())
+        )
+    at.run()
+    # then the same page shows it finished, with no error
+    assert not at.exception, at.exception
+    assert ":green-badge[succeeded]" in at.markdown[0].value
+    assert not at.button
+
+
+# --- the run grid ------------------------------------------------------------------------
+
+
+@pytestmark_db
+def test_the_run_grid_has_a_cell_per_run_and_step_in_status_colour() -> None:
+    # given two runs of a two-step automation: one succeeded, one failed at step 2
+    from dashboard import grid
+
+    automation_id = make_automation(name="Gridded", steps=2)
+    failed, ok = add_runs(automation_id, [{"status": "failed"}, {"status": "succeeded"}])
+    add_steps(
+        ok, [{"step_number": n, "attempt": 1, "status": "succeeded", "request": {}} for n in (1, 2)]
+    )
+    add_steps(
+        failed,
+        [
+            {"step_number": 1, "attempt": 1, "status": "succeeded", "request": {}},
+            {"step_number": 2, "attempt": 1, "status": "failed", "request": {}},
+            {"step_number": 2, "attempt": 2, "status": "failed", "request": {}},
+        ],
+    )
+    # when the grid is read
+    with session_scope() as session:
+        found = queries.run_grid(session, automation_id, actor=ADMIN)
+    # then runs go oldest to newest, the whole run first, then each step's last attempt
+    table = [(c["position"], c["row"], c["status"]) for c in grid.cells(found)]
+    assert [t for t in table if t[0] == 0] == [
+        (0, "whole run", "succeeded"),
+        (0, "1. step 1", "succeeded"),
+        (0, "2. step 2", "succeeded"),
+    ]
+    assert [t[2] for t in table if t[0] == 1] == ["failed", "succeeded", "failed"]
+    assert grid.chart(found).to_dict()["params"][0]["name"] == grid.SELECTION
+    # and another workspace reads nothing of it
+    theirs = make_workspace("Their team", admin="eve@their.example")
+    with session_scope() as session:
+        assert queries.run_grid(session, automation_id, actor=theirs).runs == []
+
+
+@pytestmark_db
+def test_executions_show_the_run_grid_once_an_automation_is_chosen() -> None:
+    automation_id = make_automation(name="Gridded")
+    add_runs(automation_id, [{"status": "failed"}, {"status": "succeeded"}])
+    st.cache_data.clear()
+    at = AppTest.from_file(str(VIEWS / "executions.py"), default_timeout=60)
+    at.run()
+    assert "Run grid" not in [s.value for s in at.subheader]
+    at.selectbox(key="ex_automation").set_value(str(automation_id)).run()
+    assert not at.exception, at.exception
+    assert "Run grid" in [s.value for s in at.subheader]

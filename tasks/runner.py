@@ -297,13 +297,10 @@ class Runner:
             except Exception:
                 log.warning("could not renew leases; calls are dropped when they end")
                 kept = None
-            for flight in list(self.flights.values()):
-                lost = (
-                    time.monotonic() >= self.lease_until
-                    if kept is None
-                    else flight.claim.execution_id not in kept
-                )
-                if lost and flight.calling and flight.task is not None:
+            expired = kept is None and time.monotonic() >= self.lease_until
+            flights = list(self.flights.values())
+            for flight in lost_flights(flights, held, kept, expired=expired):
+                if flight.calling and flight.task is not None:
                     flight.task.cancel()
             try:
                 await self._db(lambda: recover_stranded(self.send, leases_only=True))
@@ -526,6 +523,26 @@ def _store_all(items: list[tuple[Answer | None, Callable[[Session], Any]]]) -> l
                 runs.finish_step(session, answer.step_run_id, answer.outcome)
             results.append(work(session))
     return results
+
+
+def lost_flights(
+    flights: list[Flight],
+    asked: list[tuple[uuid.UUID, int]],
+    kept: set[uuid.UUID] | None,
+    *,
+    expired: bool,
+) -> list[Flight]:
+    """The runs this process must drop after a renewal: those it asked about and the
+    database no longer gave it (cancelled, taken over), or all when the renewal failed
+    and the local lease ran out. A run claimed while the renewal ran is not lost."""
+    if kept is None:
+        return flights if expired else []
+    asked_set = set(asked)
+    return [
+        f
+        for f in flights
+        if (f.claim.execution_id, f.claim.attempt) in asked_set and f.claim.execution_id not in kept
+    ]
 
 
 def _resolve_headers(claim: runs.Claim) -> dict[str, str]:

@@ -9,14 +9,16 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from db.models import StepRun
-from db.runs import RunMessage
+from db.runs import Claim, RunMessage
 from db.session import session_scope
 from stepwise.demo_agent import Call, Reply
 from tasks.actors import send_run
@@ -220,3 +222,38 @@ def test_a_rate_limit_spaces_the_calls_at_the_agent(
         assert len(within) <= 5, f"{len(within)} calls within a second from call {n}"
     # and so the 25 calls took at least 4 s
     assert arrivals[-1] - arrivals[0] >= 3.9
+
+
+def test_a_renewal_drops_only_the_runs_it_asked_about_and_lost() -> None:
+    from tasks.runner import Flight, lost_flights
+
+    def flight(execution_id: uuid.UUID, attempt: int = 1) -> Flight:
+        claim = Claim(
+            execution_id=execution_id,
+            attempt=attempt,
+            workspace_id=uuid.uuid4(),
+            automation_id=uuid.uuid4(),
+            schedule_id=None,
+            scheduled_for=datetime.now(UTC),
+            owner_id="local",
+            agent_url="http://127.0.0.1:9/agent",
+            signing_secret=None,
+            steps=[{"name": "s", "message": "m"}],
+            project_context="",
+            step_timeout_s=5,
+            first_step=1,
+            previous_output=None,
+        )
+        return Flight(claim, retries=0, max_retries=0)
+
+    kept_run, cancelled_run, claimed_meanwhile = (flight(uuid.uuid4()) for _ in range(3))
+    asked = [(f.claim.execution_id, 1) for f in (kept_run, cancelled_run)]
+    flights = [kept_run, cancelled_run, claimed_meanwhile]
+    # a run the renewal asked about and did not get back is lost; one claimed while the
+    # renewal ran was not asked about and is kept (it was dropped before: a bug)
+    assert lost_flights(flights, asked, {kept_run.claim.execution_id}, expired=False) == [
+        cancelled_run
+    ]
+    # a failed renewal drops everything, but only once the local lease ran out
+    assert lost_flights(flights, asked, None, expired=False) == []
+    assert lost_flights(flights, asked, None, expired=True) == flights

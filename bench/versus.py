@@ -56,6 +56,7 @@ from bench.common import (
     machine,
     report,
     start_servers,
+    stop_on_sigterm,
 )
 from bench.profile import Profiler
 from stepwise.embedded import free_port
@@ -326,6 +327,7 @@ def main() -> None:
     )
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the workers into DIR")
     args = parser.parse_args()
+    stop_on_sigterm()
     started = machine()
     servers = start_servers(args)
     table = [

@@ -24,6 +24,8 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import text
+
 from bench.burst import create_schedules, db_scalar
 from bench.common import (
     Servers,
@@ -59,7 +61,8 @@ def run_once(servers: Servers, *, n: int, timeout: float) -> dict[str, float]:
             due = db_now(session) + timedelta(seconds=5 + n / 10_000)
         # The agent is never called: no worker runs.
         create_schedules(n, "http://127.0.0.1:9/agent", due)
-        db_scalar("ANALYZE schedules")
+        with session_scope() as session:
+            session.execute(text("ANALYZE schedules"))
         time.sleep(max(0.0, due.timestamp() - time.time()))
         started = time.time()
         dispatch.send()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -59,12 +59,38 @@ def send_all(send: Send, messages: Iterable[RunMessage], since: float) -> int:
 # --- dispatch ----------------------------------------------------------------
 
 LOCKED_RETRIES = 20
+SendMany = Callable[[Sequence[RunMessage]], None]
 
 
-def dispatch_due(send: Send, now: datetime | None = None) -> int:
+def _one_by_one(send: Send) -> SendMany:
+    def send_many(messages: Sequence[RunMessage]) -> None:
+        for message in messages:
+            send(message)
+
+    return send_many
+
+
+def _send_batch(send_many: SendMany, messages: list[RunMessage], since: float) -> int:
+    """Send runs whose delays were measured at monotonic time `since`; returns how many."""
+    elapsed_ms = int((time.monotonic() - since) * 1000)
+    send_many(
+        [
+            RunMessage(
+                m.execution_id, m.max_retries, retries=m.retries, delay_ms=m.delay_ms - elapsed_ms
+            )
+            for m in messages
+        ]
+    )
+    return len(messages)
+
+
+def dispatch_due(
+    send: Send, now: datetime | None = None, *, send_many: SendMany | None = None
+) -> int:
     """Dispatch every due schedule, batch after batch; returns the runs sent.
 
-    `now` is the database's clock unless a test injects one.
+    Each batch's runs go out together through `send_many` (one by one through
+    `send` without it). `now` is the database's clock unless a test injects one.
     """
     settings = get_settings()
     config = dispatching.DispatchConfig(
@@ -72,6 +98,7 @@ def dispatch_due(send: Send, now: datetime | None = None) -> int:
         grace_s=settings.misfire_grace_s,
         batch=settings.dispatch_batch,
     )
+    send_batch = send_many or _one_by_one(send)
     sent = 0
     for _ in range(LOCKED_RETRIES):
         while True:
@@ -80,7 +107,7 @@ def dispatch_due(send: Send, now: datetime | None = None) -> int:
                 started = time.monotonic()
                 messages, claimed = dispatching.dispatch_batch(session, now=clock, config=config)
             # Sent only after the commit: a worker must find its row.
-            sent += send_all(send, messages, started)
+            sent += _send_batch(send_batch, messages, started)
             if claimed < config.batch:
                 break
         # SKIP LOCKED passed over schedules another transaction held (another
@@ -94,9 +121,9 @@ def dispatch_due(send: Send, now: datetime | None = None) -> int:
     return sent
 
 
-def tick_dispatch(send: Send) -> int:
+def tick_dispatch(send: Send, *, send_many: SendMany | None = None) -> int:
     """The minute tick: dispatch, then record that the scheduler is alive."""
-    sent = dispatch_due(send)
+    sent = dispatch_due(send, send_many=send_many)
     with session_scope() as session:
         dispatching.beat(session, "dispatch", sent=sent)
     log.info("dispatch: %d run(s) sent", sent)

@@ -58,6 +58,7 @@ from bench.common import (
     start_servers,
     stop_on_sigterm,
 )
+from bench.cost import COUNTING, per_step, snapshot
 from bench.profile import Profiler
 from stepwise.embedded import free_port
 from testkit.processes import READY, processes
@@ -67,6 +68,7 @@ DEFAULT_SCENARIOS = ["50@0", "1000@0", "1000@1000"]
 # Past this, a system is reported with what it finished (BullMQ's own cap is 150 s).
 CAP_S = 900.0
 
+COST_NOTES: list[str] = []
 FIGURES = [
     ("late_p50_s", "step-1 late p50 (s)"),
     ("late_p99_s", "step-1 late p99 (s)"),
@@ -196,7 +198,15 @@ def run_bullmq(agent: Agent, *, n: int, delay_ms: float) -> dict[str, float]:
         line = path.read_text().strip().splitlines()[-1]
     finally:
         path.unlink(missing_ok=True)
-    return figures_of(json.loads(line)["analysis"])
+    result = json.loads(line)
+    figures = figures_of(result["analysis"])
+    steps = result["analysis"]["step_calls"] or 1
+    cpu = result.get("cpu_ms") or {}
+    figures["cost"] = {  # type: ignore[assignment]
+        "worker_cpu_ms": cpu.get("workers_total", float("nan")) / steps,
+        "redis_cpu_ms": cpu.get("redis", float("nan")) / steps,
+    }
+    return figures
 
 
 def fmt_ms(ms: float) -> str:
@@ -231,14 +241,22 @@ def run_stepwise(
     delay_ms: float,
     lead_s: float,
     profile_to: Path | None,
+    cost: bool = False,
 ) -> dict[str, float]:
     """One burst through the Procfile's worker and dispatcher, analysed from the agent's dump."""
     with bench_database(servers), processes() as procs:
+        import redis
+
         from db.session import db_now, session_scope
         from tasks.actors import dispatch
 
         count = worker_processes()
-        procs.start("worker")
+        counts_dir = Path(tempfile.mkdtemp(prefix="stepwise-versus-counts-"))
+        env = {}
+        if cost:
+            path = os.pathsep.join([str(COUNTING), os.environ.get("PYTHONPATH", "")])
+            env = {"PYTHONPATH": path, "STEPWISE_BENCH_COUNTS": str(counts_dir)}
+        procs.start("worker", **env)
         procs.start("dispatcher")
         procs.wait_ready("worker", READY, count=count, timeout=60)
         procs.wait_ready("dispatcher", READY, timeout=60)
@@ -253,16 +271,27 @@ def run_stepwise(
         agent.reset()
         time.sleep(max(0.0, due.timestamp() - lead_s - time.time()))
         dispatch.send()
-        profiler = Profiler(procs.running["worker"].pid, profile_to) if profile_to else None
+        worker_pid = procs.running["worker"].pid
+        client = redis.Redis.from_url(servers.redis_url)
+        before = snapshot(worker_pid, counts_dir, client) if cost else None
+        profiler = Profiler(worker_pid, profile_to) if profile_to else None
         try:
             wait_done(n, time.monotonic() + lead_s + CAP_S)
         finally:
             if profiler:
                 profiler.stop()
+        after = None
+        if before is not None:
+            time.sleep(0.6)  # the workers write their counts every 0.5 s
+            after = snapshot(worker_pid, counts_dir, client)
+        client.close()
         procs.stop_all()
         executions = db_scalar("SELECT count(*) FROM executions")
         analysis = agent.analyse(due_ms=int(due.timestamp() * 1000), n=n)
-        return figures_of(analysis, extra_duplicates=max(0, executions - n))
+        figures = figures_of(analysis, extra_duplicates=max(0, executions - n))
+        if before is not None and after is not None:
+            figures["cost"] = per_step(before, after, analysis["step_calls"] or 1)  # type: ignore[assignment]
+        return figures
 
 
 # --- the comparison -----------------------------------------------------------------
@@ -283,9 +312,9 @@ def compare(
     servers: Servers, agent: Agent, *, n: int, delay_ms: float, args: argparse.Namespace
 ) -> list[tuple[str, ...]]:
     lead_s = args.lead_s if args.lead_s is not None else max(10.0, 5 + 2 * n / 1000)
-    runs: dict[str, list[dict[str, float]]] = {"BullMQ": [], "Stepwise": []}
+    runs: dict[str, list[dict[str, float]]] = {system: [] for system in args.systems}
     for k in range(args.runs):
-        for system in ("BullMQ", "Stepwise"):
+        for system in args.systems:
             load = os.getloadavg()[0]
             if system == "BullMQ":
                 figures = run_bullmq(agent, n=n, delay_ms=delay_ms)
@@ -294,7 +323,13 @@ def compare(
                     args.profile / f"n{n}-d{fmt_ms(delay_ms)}" if args.profile and k == 0 else None
                 )
                 figures = run_stepwise(
-                    servers, agent, n=n, delay_ms=delay_ms, lead_s=lead_s, profile_to=profile_to
+                    servers,
+                    agent,
+                    n=n,
+                    delay_ms=delay_ms,
+                    lead_s=lead_s,
+                    profile_to=profile_to,
+                    cost=args.cost,
                 )
             figures["load"] = load
             print(f"N={n} agent={delay_ms}ms {system} run {k + 1}: {figures}", flush=True)
@@ -308,8 +343,23 @@ def compare(
             f"{fmt(r['makespan_s'])} s @ load {r['load']:.1f}" for r in runs[system]
         )
         rows.append((fmt(n), fmt(delay_ms), system, *(fmt(med[k]) for k, _ in FIGURES), per_run))
-    ratios = (ratio(medians["Stepwise"][k], medians["BullMQ"][k]) for k, _ in FIGURES)
-    rows.append((fmt(n), fmt(delay_ms), "Stepwise / BullMQ", *ratios, ""))
+    if len(medians) == 2:
+        ratios = (ratio(medians["Stepwise"][k], medians["BullMQ"][k]) for k, _ in FIGURES)
+        rows.append((fmt(n), fmt(delay_ms), "Stepwise / BullMQ", *ratios, ""))
+    for system, rs in runs.items():
+        costs = [r["cost"] for r in rs if "cost" in r]
+        if costs:
+            med_cost = {
+                k: statistics.median(c[k] for c in costs)
+                for k, v in costs[0].items()
+                if isinstance(v, float)
+            }
+            shown = ", ".join(f"{k} {fmt(v)}" for k, v in med_cost.items())
+            top = "; ".join(str(c.get("redis_top", "")) for c in costs if c.get("redis_top"))
+            COST_NOTES.append(
+                f"- cost per step call, N={fmt(n)} at {fmt(delay_ms)} ms, {system}"
+                f" (median of {len(costs)}): {shown}" + (f" (Redis: {top})" if top else "")
+            )
     return rows
 
 
@@ -321,11 +371,19 @@ def main() -> None:
     parser.add_argument(
         "--scenario", nargs="+", default=DEFAULT_SCENARIOS, help="N@AGENT_DELAY_MS, e.g. 10000@0"
     )
+    parser.add_argument(
+        "--systems", nargs="+", choices=("BullMQ", "Stepwise"), default=["BullMQ", "Stepwise"]
+    )
     parser.add_argument("--runs", type=int, default=3, help="rounds per scenario (K)")
     parser.add_argument(
         "--lead-s", type=float, default=None, help="dispatch tick this long before T (default by N)"
     )
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the workers into DIR")
+    parser.add_argument(
+        "--cost",
+        action="store_true",
+        help="per step: worker and Postgres CPU, statements, Redis commands (bench/cost.py)",
+    )
     args = parser.parse_args()
     stop_on_sigterm()
     started = machine()
@@ -344,9 +402,13 @@ def main() -> None:
         f"Stepwise vs BullMQ (medians of {args.runs}; same agent, one after the other)",
         started,
         table,
-        notes=(
-            "BullMQ 6.7: 2 workers x concurrency 50 (`peers/bullmq/run.sh`). Stepwise: the "
-            "Procfile's defaults. Both analysed by `peers/bench/analyze.js` from one agent's dump."
+        notes="\n".join(
+            [
+                "BullMQ 6.7: 2 workers x concurrency 50 (`peers/bullmq/run.sh`). Stepwise: the "
+                "Procfile's defaults. Both analysed by `peers/bench/analyze.js` from one agent's "
+                "dump.",
+                *COST_NOTES,
+            ]
         ),
     )
 

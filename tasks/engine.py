@@ -9,6 +9,8 @@ The database work lives in `db/`, the agent call in `tasks/agent.py`.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -84,13 +86,52 @@ def _send_batch(send_many: SendMany, messages: list[RunMessage], since: float) -
     return len(messages)
 
 
+class _Sender:
+    """Sends each committed batch from one thread while the next batch is being claimed.
+
+    Redis then works while PostgreSQL does, and batches still go out in the order
+    they were committed. `close()` waits for every batch handed over and raises
+    the first error of a send.
+    """
+
+    def __init__(self, send_many: SendMany) -> None:
+        self._send_many = send_many
+        self._batches: queue.Queue[tuple[list[RunMessage], float] | None] = queue.Queue(2)
+        self._error: BaseException | None = None
+        self.sent = 0
+        self._thread = threading.Thread(target=self._run, name="dispatch-sender", daemon=True)
+        self._thread.start()
+
+    def put(self, messages: list[RunMessage], since: float) -> None:
+        if self._error is not None:
+            raise self._error
+        if messages:
+            self._batches.put((messages, since))
+
+    def close(self) -> int:
+        self._batches.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.sent
+
+    def _run(self) -> None:
+        while (batch := self._batches.get()) is not None:
+            if self._error is None:  # after a failed send, the rest is left to housekeeping
+                try:
+                    self.sent += _send_batch(self._send_many, *batch)
+                except BaseException as exc:
+                    self._error = exc
+
+
 def dispatch_due(
     send: Send, now: datetime | None = None, *, send_many: SendMany | None = None
 ) -> int:
     """Dispatch every due schedule, batch after batch; returns the runs sent.
 
     Each batch's runs go out together through `send_many` (one by one through
-    `send` without it). `now` is the database's clock unless a test injects one.
+    `send` without it), once its transaction has committed, while the next batch
+    is claimed. `now` is the database's clock unless a test injects one.
     """
     settings = get_settings()
     config = dispatching.DispatchConfig(
@@ -98,26 +139,30 @@ def dispatch_due(
         grace_s=settings.misfire_grace_s,
         batch=settings.dispatch_batch,
     )
-    send_batch = send_many or _one_by_one(send)
-    sent = 0
-    for _ in range(LOCKED_RETRIES):
-        while True:
+    sender = _Sender(send_many or _one_by_one(send))
+    try:
+        for _ in range(LOCKED_RETRIES):
+            while True:
+                with session_scope() as session:
+                    clock = now or db_now(session)
+                    started = time.monotonic()
+                    messages, claimed = dispatching.dispatch_batch(
+                        session, now=clock, config=config
+                    )
+                # Sent only after the commit: a worker must find its row.
+                sender.put(messages, started)
+                if claimed < config.batch:
+                    break
+            # SKIP LOCKED passed over schedules another transaction held (another
+            # dispatcher, or a run updating its counters): wait briefly and take them
+            # now rather than a minute late at the next tick.
             with session_scope() as session:
                 clock = now or db_now(session)
-                started = time.monotonic()
-                messages, claimed = dispatching.dispatch_batch(session, now=clock, config=config)
-            # Sent only after the commit: a worker must find its row.
-            sent += _send_batch(send_batch, messages, started)
-            if claimed < config.batch:
-                break
-        # SKIP LOCKED passed over schedules another transaction held (another
-        # dispatcher, or a run updating its counters): wait briefly and take them
-        # now rather than a minute late at the next tick.
-        with session_scope() as session:
-            clock = now or db_now(session)
-            if not dispatching.count_due(session, now=clock, horizon_s=config.horizon_s):
-                break
-        time.sleep(0.05)
+                if not dispatching.count_due(session, now=clock, horizon_s=config.horizon_s):
+                    break
+            time.sleep(0.05)
+    finally:
+        sent = sender.close()  # what was committed is sent, even if a later batch failed
     return sent
 
 

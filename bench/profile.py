@@ -82,22 +82,42 @@ def frames(raw: Path) -> Iterator[tuple[list[str], int]]:
             yield [SITE.sub("(", LINE.sub(")", f)) for f in kept], int(count)
 
 
-def summarise(raw: Path, top: int = 15) -> str:
-    """Markdown: the frames with the most samples, self and inclusive, in % of all samples."""
+OURS = ("core/", "db/", "tasks/", "stepwise/")
+FILE = re.compile(r"\((.*)\)$")
+
+
+def package(frame: str) -> str:
+    """`sqlalchemy` for `f (sqlalchemy/sql/x.py)`, `stdlib` for `f (queue.py)`."""
+    found = FILE.search(frame)
+    path = found.group(1) if found else ""
+    return path.split("/", 1)[0] if "/" in path else "stdlib"
+
+
+def summarise(raw: Path, top: int = 12) -> str:
+    """Markdown: where the GIL-holding samples were, by package (top of stack), by our
+    functions (anywhere in the stack) and by frame (top of stack), in % of all samples."""
     own: Counter[str] = Counter()
-    anywhere: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
+    ours: Counter[str] = Counter()
     total = 0
     for stack, count in frames(raw):
         total += count
         if stack:
             own[stack[-1]] += count
+            packages[package(stack[-1])] += count
         for frame in set(stack):
-            anywhere[frame] += count
+            if any(f"({p}" in frame for p in OURS):
+                ours[frame] += count
     if not total:
         return f"{raw}: no samples\n"
     lines = [f"py-spy `--gil`, {total:,} samples at {RATE} Hz ({raw.name})", ""]
-    for title, counter in (("self", own), ("inclusive", anywhere)):
-        lines += [f"| {title} % | frame |", "| --- | --- |"]
+    tables = (
+        ("self % by package", packages),
+        ("inclusive % (our code)", ours),
+        ("self % by frame", own),
+    )
+    for title, counter in tables:
+        lines += [f"| {title} | |", "| --- | --- |"]
         lines += [f"| {100 * c / total:.1f} | `{f}` |" for f, c in counter.most_common(top)]
         lines.append("")
     return "\n".join(lines)

@@ -21,12 +21,12 @@ import pytest
 from sqlalchemy import select
 
 from core.settings import get_settings
-from db.models import Execution
+from db.models import Execution, Schedule
 from db.runs import RunMessage
 from db.session import db_now, session_scope
 from tasks import engine
 from tasks.actors import send_run, send_runs
-from testkit.factories import make_automation, make_schedule
+from testkit.factories import fetch, make_automation, make_schedule
 from testkit.waiting import wait_for
 
 QUEUES = ("default", "default.DQ")
@@ -164,3 +164,29 @@ def test_a_worker_runs_pipelined_runs_once_each_at_their_slot(
         assert run.started_at is not None and run.started_at >= run.scheduled_for
     time.sleep(0.5)
     assert sum(len(agent.calls_for(i)) for i in executions()) == 6
+
+
+def test_a_slot_that_already_has_its_execution_is_neither_sent_nor_counted(
+    db: None, redis_client: Any, small_batches: int
+) -> None:
+    # given 5 due schedules, one of whose slots another dispatcher already inserted
+    ids = due_schedules(5, "http://127.0.0.1:9/agent", first_in_s=5)
+    taken = fetch(Schedule, ids[2])
+    assert taken.run_at is not None
+    with session_scope() as session:
+        session.add(
+            Execution(
+                automation_id=taken.automation_id,
+                schedule_id=taken.id,
+                scheduled_for=taken.run_at,
+                total_steps=1,
+            )
+        )
+    # when dispatch runs
+    sent = engine.dispatch_due(send_run, send_many=send_runs)
+    # then only the four new executions are sent, and only they count as dispatched
+    assert sent == 4
+    assert len(stored_messages(redis_client)) == 4
+    schedules = [fetch(Schedule, i) for i in ids]
+    assert [s.dispatched_count for s in schedules] == [1, 1, 0, 1, 1]
+    assert all(s.next_run_at is None and not s.enabled for s in schedules)

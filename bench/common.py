@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -106,6 +107,16 @@ def report(title: str, started_machine: str, table: list[tuple[str, ...]], notes
         RESULTS.write_text("# Benchmark results\n\nAppended by the scripts in `bench/`.\n\n")
     with RESULTS.open("a") as f:
         f.write(text + "\n")
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so a stopped benchmark stops its processes and drops its
+    database (a background job started by a shell ignores SIGINT)."""
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 # --- servers ------------------------------------------------------------------------

@@ -23,6 +23,8 @@ FULL = {
     "steady": ["--cron", "500", "--interval", "200", "--minutes", "5"],
     "dashboard": ["--executions", "1000000"],
     "export": ["--executions", "1000000"],
+    "versus": ["--scenario", "50@0", "1000@0", "1000@1000", "10000@0"],
+    "dispatch_scale": ["--n", "100000"],
 }
 QUICK = {
     "agent_capacity": ["--calls", "2000", "--runs", "1", "--threads", "8"],
@@ -31,6 +33,8 @@ QUICK = {
     "steady": ["--cron", "50", "--interval", "20", "--minutes", "1", "--runs", "1"],
     "dashboard": ["--executions", "50000", "--rounds", "1", "--repeat", "5"],
     "export": ["--executions", "50000", "--runs", "1"],
+    "versus": ["--scenario", "50@0", "--runs", "1"],
+    "dispatch_scale": ["--n", "10000", "--runs", "1"],
 }
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -23,10 +23,11 @@ from core.limits import MAX_REASON
 from core.schedule import DispatchPlan, plan_dispatch
 from core.timing import parse_timing, spec_of
 from core.vocabulary import ExecutionStatus, MisfirePolicy, Trigger
-from db.models import Automation, Execution, Heartbeat, Schedule
+from db.models import Automation, Heartbeat, Schedule
 from db.runs import RunMessage
 
 log = logging.getLogger("stepwise.dispatch")
+DueSchedule = Any  # a row of `_DUE`: the schedule's columns under the model's names
 MISSED_ERROR = "missed: nothing dispatched at this time (misfire policy {policy})"
 
 
@@ -37,10 +38,10 @@ class DispatchConfig:
     batch: int
 
 
-def _plan(schedule: Schedule, now: datetime, config: DispatchConfig) -> DispatchPlan:
-    assert schedule.next_run_at is not None
+def _plan(schedule: DueSchedule, now: datetime, config: DispatchConfig) -> DispatchPlan:
     # Parsed once per dispatch: the row was valid when written, but a zone can
-    # leave tzdata; that raises here and the schedule is parked.
+    # leave tzdata; that raises here and the schedule is parked. The row carries
+    # every timing field under the model's names.
     return plan_dispatch(
         parse_timing(spec_of(schedule)),
         next_run_at=schedule.next_run_at,
@@ -53,99 +54,162 @@ def _plan(schedule: Schedule, now: datetime, config: DispatchConfig) -> Dispatch
     )
 
 
-def _rows(
-    schedule: Schedule, automation: Automation, plan: DispatchPlan, now: datetime
-) -> list[dict[str, Any]]:
-    def row(slot: datetime, status: ExecutionStatus, **values: Any) -> dict[str, Any]:
-        # Same keys in every row: SQLAlchemy then batches them into few statements.
-        return {
-            "id": uuid.uuid4(),
-            "automation_id": automation.id,
-            "workspace_id": schedule.workspace_id,
-            "schedule_id": schedule.id,
-            "trigger": Trigger.SCHEDULE,
-            "total_steps": len(automation.steps),
-            "scheduled_for": slot,
-            "status": status,
-            "available_at": None,
-            "finished_at": None,
-            "error": None,
-            **values,
-        }
+# The due schedules of one batch with what planning and the runs need, locked so
+# that dispatchers running side by side share the work instead of doubling it.
+_DUE = (
+    select(
+        Schedule.id,
+        Schedule.automation_id,
+        Schedule.workspace_id,
+        Schedule.kind,
+        Schedule.timezone,
+        Schedule.cron_expr,
+        Schedule.interval_s,
+        Schedule.run_at,
+        Schedule.start_at,
+        Schedule.end_at,
+        Schedule.max_runs,
+        Schedule.created_at,
+        Schedule.next_run_at,
+        Schedule.misfire_policy,
+        Schedule.catchup_window_s,
+        Schedule.dispatched_count,
+        Schedule.jitter_s,
+        Automation.max_retries,
+        func.jsonb_array_length(Automation.steps).label("total_steps"),
+    )
+    .join(Automation, Automation.id == Schedule.automation_id)
+    .where(Schedule.enabled, Schedule.next_run_at < bindparam("due_before"))
+    .order_by(Schedule.next_run_at)
+    .limit(bindparam("batch"))
+    .with_for_update(of=Schedule, skip_locked=True)
+)
 
-    rows = []
+# One statement for a whole batch's executions, whatever its size: the rows travel
+# as one array per column (a few parameters, not thousands), and the slot key turns
+# a slot that already has its execution into no row.
+_INSERT_EXECUTIONS = text(
+    """
+    INSERT INTO executions (id, automation_id, workspace_id, schedule_id, trigger,
+        scheduled_for, status, total_steps, available_at, finished_at, error, attempt,
+        current_step)
+    SELECT u.*, 0, 0 FROM unnest(
+        CAST(:id AS uuid[]), CAST(:automation_id AS uuid[]), CAST(:workspace_id AS uuid[]),
+        CAST(:schedule_id AS uuid[]),
+        CAST(:trigger AS text[]), CAST(:scheduled_for AS timestamptz[]), CAST(:status AS text[]),
+        CAST(:total_steps AS int[]), CAST(:available_at AS timestamptz[]),
+        CAST(:finished_at AS timestamptz[]), CAST(:error AS text[])
+    ) AS u
+    ON CONFLICT ON CONSTRAINT uq_executions_slot DO NOTHING
+    RETURNING id, available_at, status
+    """
+)
+
+# Every schedule of the batch moves on in one statement (counters by increment).
+_ADVANCE_SCHEDULES = text(
+    """
+    UPDATE schedules AS s SET
+        next_run_at = u.next_run_at,
+        dispatched_count = s.dispatched_count + u.dispatched,
+        missed_count = s.missed_count + u.missed,
+        enabled = u.enabled,
+        completed_reason = CASE WHEN u.enabled THEN s.completed_reason ELSE u.reason END,
+        updated_at = now()
+    FROM unnest(
+        CAST(:id AS uuid[]), CAST(:next_run_at AS timestamptz[]), CAST(:dispatched AS int[]),
+        CAST(:missed AS int[]), CAST(:enabled AS boolean[]), CAST(:reason AS text[])
+    ) AS u (id, next_run_at, dispatched, missed, enabled, reason)
+    WHERE s.id = u.id
+    """
+)
+
+_EXECUTION_COLUMNS = (
+    "id",
+    "automation_id",
+    "workspace_id",
+    "schedule_id",
+    "trigger",
+    "scheduled_for",
+    "status",
+    "total_steps",
+    "available_at",
+    "finished_at",
+    "error",
+)
+_ADVANCE_COLUMNS = ("id", "next_run_at", "dispatched", "missed", "enabled", "reason")
+
+
+def _rows(due: DueSchedule, plan: DispatchPlan, now: datetime) -> list[tuple[Any, ...]]:
+    """The executions of one schedule's plan, in `_EXECUTION_COLUMNS` order."""
+
+    def row(slot: datetime, trigger: Trigger, status: ExecutionStatus, *rest: Any) -> Any:
+        ids = (uuid.uuid4(), due.automation_id, due.workspace_id, due.id)
+        return (*ids, str(trigger), slot, str(status), due.total_steps, *rest)
+
+    rows: list[tuple[Any, ...]] = []
     for n, slot in enumerate(plan.run):
-        jitter = timedelta(seconds=random.uniform(0, schedule.jitter_s))
+        jitter = timedelta(seconds=random.uniform(0, due.jitter_s))
         # Marked, so that the overlap policy queues catch-up runs one behind another.
         trigger = Trigger.CATCHUP if n < plan.catchup else Trigger.SCHEDULE
         available_at = max(slot + jitter, now)
-        rows.append(row(slot, ExecutionStatus.QUEUED, available_at=available_at, trigger=trigger))
-    error = MISSED_ERROR.format(policy=schedule.misfire_policy)
+        rows.append(row(slot, trigger, ExecutionStatus.QUEUED, available_at, None, None))
+    error = MISSED_ERROR.format(policy=due.misfire_policy)
     skipped = ExecutionStatus.SKIPPED
-    rows += [row(slot, skipped, finished_at=now, error=error) for slot in plan.skipped]
+    rows += [row(slot, Trigger.SCHEDULE, skipped, None, now, error) for slot in plan.skipped]
     return rows
 
 
-def _advance(schedule: Schedule, plan: DispatchPlan, dispatched: int) -> None:
-    schedule.next_run_at = plan.next_run_at
-    schedule.dispatched_count += dispatched
-    schedule.missed_count += len(plan.skipped) + plan.expired
-    if plan.next_run_at is None:
-        schedule.enabled = False
-        schedule.completed_reason = plan.completed_reason
+def _columns(rows: list[tuple[Any, ...]], names: tuple[str, ...]) -> dict[str, list[Any]]:
+    return {name: [row[i] for row in rows] for i, name in enumerate(names)}
 
 
 def dispatch_batch(
     session: Session, *, now: datetime, config: DispatchConfig
 ) -> tuple[list[RunMessage], int]:
-    """Dispatch up to one batch of due schedules; returns the runs to send and the batch size."""
-    due = session.execute(
-        select(Schedule, Automation)
-        .join(Automation, Automation.id == Schedule.automation_id)
-        .where(
-            Schedule.enabled,
-            Schedule.next_run_at < now + timedelta(seconds=config.horizon_s),
-        )
-        .order_by(Schedule.next_run_at)
-        .limit(config.batch)
-        .with_for_update(of=Schedule, skip_locked=True)
-    ).all()
+    """Dispatch up to one batch of due schedules; returns the runs to send and the batch size.
+
+    Three statements whatever the batch's size: claim (`SKIP LOCKED`), insert the
+    executions, advance the schedules.
+    """
+    due_before = now + timedelta(seconds=config.horizon_s)
+    due = session.execute(_DUE, {"due_before": due_before, "batch": config.batch}).all()
     if not due:
         return [], 0
-    work = []
-    for schedule, automation in due:
+    work: list[tuple[DueSchedule, DispatchPlan, list[tuple[Any, ...]]]] = []
+    advances: list[tuple[Any, ...]] = []
+    for schedule in due:
         try:
             plan = _plan(schedule, now, config)
         except Exception as exc:
             # One schedule that cannot be planned (e.g. a zone gone from tzdata)
             # must not stop every other schedule's dispatch: park it, visibly.
             log.exception("schedule %s cannot be planned; disabling it", schedule.id)
-            schedule.enabled = False
-            schedule.completed_reason = f"disabled: {exc}"[:MAX_REASON]
+            reason = f"disabled: {exc}"[:MAX_REASON]
+            advances.append((schedule.id, schedule.next_run_at, 0, 0, False, reason))
             continue
-        work.append((schedule, automation, plan, _rows(schedule, automation, plan, now)))
+        work.append((schedule, plan, _rows(schedule, plan, now)))
     all_rows = [row for *_, rows in work for row in rows]
     inserted: dict[uuid.UUID, datetime] = {}
     if all_rows:
-        result = session.execute(
-            insert(Execution)
-            .on_conflict_do_nothing(constraint="uq_executions_slot")
-            .returning(Execution.id, Execution.available_at, Execution.status),
-            all_rows,
-        )
+        result = session.execute(_INSERT_EXECUTIONS, _columns(all_rows, _EXECUTION_COLUMNS))
         inserted = {r.id: r.available_at for r in result if r.status == ExecutionStatus.QUEUED}
     enqueues = []
-    for schedule, automation, plan, rows in work:
-        ids = [row["id"] for row in rows if row["id"] in inserted]
-        _advance(schedule, plan, len(ids))
+    for schedule, plan, rows in work:
+        ids = [row[0] for row in rows if row[0] in inserted]
+        missed = len(plan.skipped) + plan.expired
+        completed = plan.next_run_at is None
+        advances.append(
+            (schedule.id, plan.next_run_at, len(ids), missed, not completed, plan.completed_reason)
+        )
         enqueues += [
             RunMessage(
                 i,
-                automation.max_retries,
+                schedule.max_retries,
                 delay_ms=int((inserted[i] - now).total_seconds() * 1000),
             )
             for i in ids
         ]
+    session.execute(_ADVANCE_SCHEDULES, _columns(advances, _ADVANCE_COLUMNS))
     return enqueues, len(due)
 
 

@@ -12,6 +12,7 @@ one way a run reaches the queue, through `run_execution`'s own API.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
@@ -22,29 +23,51 @@ from core.errors import AgentRejected
 from core.vocabulary import FailureReport
 from db.runs import RunMessage
 from tasks import engine, runner
-from tasks.broker import DISPATCH_QUEUE, RUN_QUEUE, setup_broker
+from tasks.broker import DISPATCH_QUEUE, RUN_QUEUE, enqueue_many, setup_broker
 
 broker = setup_broker()
 EVERY_MINUTE = cron("* * * * *")
 
 
-def send_run(message: RunMessage) -> None:
-    """Hand one execution to the workers, `message.delay_ms` from now, with its retry budget."""
+def _options(message: RunMessage) -> dict[str, Any]:
     options: dict[str, Any] = {"max_retries": message.max_retries}
     if message.retries:
         options["retries"] = message.retries
     if message.report is not None:
         options["report"] = str(message.report)
+    return options
+
+
+def _delay(message: RunMessage) -> int | None:
+    return message.delay_ms if message.delay_ms > 0 else None
+
+
+def send_run(message: RunMessage) -> None:
+    """Hand one execution to the workers, `message.delay_ms` from now, with its retry budget."""
     run_execution.send_with_options(
-        args=(str(message.execution_id),),
-        delay=message.delay_ms if message.delay_ms > 0 else None,
-        **options,
+        args=(str(message.execution_id),), delay=_delay(message), **_options(message)
+    )
+
+
+def send_runs(messages: Sequence[RunMessage]) -> None:
+    """`send_run` for each message, the Redis round trips shared (the same messages)."""
+    enqueue_many(
+        broker,
+        (
+            (
+                run_execution.message_with_options(
+                    args=(str(message.execution_id),), **_options(message)
+                ),
+                _delay(message),
+            )
+            for message in messages
+        ),
     )
 
 
 @dramatiq.actor(queue_name=DISPATCH_QUEUE, periodic=EVERY_MINUTE, max_retries=0, time_limit=55_000)
 def dispatch() -> None:
-    engine.tick_dispatch(send_run)
+    engine.tick_dispatch(send_run, send_many=send_runs)
 
 
 @dramatiq.actor(queue_name=RUN_QUEUE, max_retries=0, throws=(AgentRejected,))

@@ -9,8 +9,14 @@ actors are declared (`dramatiq tasks.broker:setup_broker tasks.actors`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+from uuid import uuid4
+
 import dramatiq
+from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis, dq_name
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -77,3 +83,58 @@ def setup_broker() -> RedisBroker:
         _broker = build_broker(get_settings())
         dramatiq.set_broker(_broker)
     return _broker
+
+
+def enqueue_many(
+    broker: RedisBroker, messages: Iterable[tuple[Message[Any], int | None]], *, chunk: int = 1000
+) -> int:
+    """`broker.enqueue(message, delay=delay)` for each pair, in one Redis round trip per chunk.
+
+    Each message is copied, announced to the middleware and stored by the broker's
+    own `enqueue` script exactly as `RedisBroker.enqueue` does it (same Redis
+    message id option, same delay queue and `eta`, same script arguments); only the
+    round trips are shared, through a pipeline. Returns how many were enqueued.
+    """
+    script = broker.scripts["dispatch"]
+    count = 0
+    pending: list[tuple[Message[Any], int | None]] = []
+    for message, delay in messages:
+        pending.append((message, delay))
+        if len(pending) >= chunk:
+            count += _enqueue_chunk(broker, script, pending)
+            pending = []
+    if pending:
+        count += _enqueue_chunk(broker, script, pending)
+    return count
+
+
+def _enqueue_chunk(
+    broker: RedisBroker, script: Any, pending: list[tuple[Message[Any], int | None]]
+) -> int:
+    pipe = broker.client.pipeline(transaction=False)
+    sent = []
+    for original, delay in pending:
+        queue_name = original.queue_name
+        message = original.copy(options={"redis_message_id": str(uuid4())})
+        if delay is not None:
+            queue_name = dq_name(queue_name)
+            message = message.copy(queue_name=queue_name, options={"eta": current_millis() + delay})
+        broker.emit_before("enqueue", message, delay)
+        args = [
+            "enqueue",
+            current_millis(),
+            queue_name,
+            broker.broker_id,
+            broker.heartbeat_timeout,
+            broker.dead_message_ttl,
+            broker._should_do_maintenance("enqueue"),
+            broker._max_unpack_size(),  # type: ignore[no-untyped-call]
+            message.options["redis_message_id"],
+            message.encode(),
+        ]
+        script(keys=[broker.namespace], args=args, client=pipe)
+        sent.append((message, delay))
+    pipe.execute()
+    for message, delay in sent:
+        broker.emit_after("enqueue", message, delay)
+    return len(sent)

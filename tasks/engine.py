@@ -9,8 +9,10 @@ The database work lives in `db/`; running an execution is `tasks/runner.py`.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from core.settings import get_settings
@@ -23,32 +25,80 @@ log = logging.getLogger("stepwise")
 Send = Callable[[RunMessage], None]
 
 
-def send_all(send: Send, messages: Iterable[RunMessage], since: float) -> int:
-    """Send runs whose delays were measured at monotonic time `since`; returns how many."""
-    elapsed_ms = int((time.monotonic() - since) * 1000)
-    count = 0
-    for message in messages:
-        send(
-            RunMessage(
-                message.execution_id,
-                message.max_retries,
-                retries=message.retries,
-                delay_ms=message.delay_ms - elapsed_ms,
-            )
-        )
-        count += 1
-    return count
-
-
 # --- dispatch ----------------------------------------------------------------
 
 LOCKED_RETRIES = 20
+SendMany = Callable[[Sequence[RunMessage]], None]
 
 
-def dispatch_due(send: Send, now: datetime | None = None) -> int:
+def _one_by_one(send: Send) -> SendMany:
+    def send_many(messages: Sequence[RunMessage]) -> None:
+        for message in messages:
+            send(message)
+
+    return send_many
+
+
+def _send_batch(send_many: SendMany, messages: list[RunMessage], since: float) -> int:
+    """Send runs whose delays were measured at monotonic time `since`; returns how many."""
+    elapsed_ms = int((time.monotonic() - since) * 1000)
+    send_many(
+        [
+            RunMessage(
+                m.execution_id, m.max_retries, retries=m.retries, delay_ms=m.delay_ms - elapsed_ms
+            )
+            for m in messages
+        ]
+    )
+    return len(messages)
+
+
+class _Sender:
+    """Sends each committed batch from one thread while the next batch is being claimed.
+
+    Redis then works while PostgreSQL does, and batches still go out in the order
+    they were committed. `close()` waits for every batch handed over and raises
+    the first error of a send.
+    """
+
+    def __init__(self, send_many: SendMany) -> None:
+        self._send_many = send_many
+        self._batches: queue.Queue[tuple[list[RunMessage], float] | None] = queue.Queue(2)
+        self._error: BaseException | None = None
+        self.sent = 0
+        self._thread = threading.Thread(target=self._run, name="dispatch-sender", daemon=True)
+        self._thread.start()
+
+    def put(self, messages: list[RunMessage], since: float) -> None:
+        if self._error is not None:
+            raise self._error
+        if messages:
+            self._batches.put((messages, since))
+
+    def close(self) -> int:
+        self._batches.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.sent
+
+    def _run(self) -> None:
+        while (batch := self._batches.get()) is not None:
+            if self._error is None:  # after a failed send, the rest is left to housekeeping
+                try:
+                    self.sent += _send_batch(self._send_many, *batch)
+                except BaseException as exc:
+                    self._error = exc
+
+
+def dispatch_due(
+    send: Send, now: datetime | None = None, *, send_many: SendMany | None = None
+) -> int:
     """Dispatch every due schedule, batch after batch; returns the runs sent.
 
-    `now` is the database's clock unless a test injects one.
+    Each batch's runs go out together through `send_many` (one by one through
+    `send` without it), once its transaction has committed, while the next batch
+    is claimed. `now` is the database's clock unless a test injects one.
     """
     settings = get_settings()
     config = dispatching.DispatchConfig(
@@ -56,31 +106,36 @@ def dispatch_due(send: Send, now: datetime | None = None) -> int:
         grace_s=settings.misfire_grace_s,
         batch=settings.dispatch_batch,
     )
-    sent = 0
-    for _ in range(LOCKED_RETRIES):
-        while True:
+    sender = _Sender(send_many or _one_by_one(send))
+    try:
+        for _ in range(LOCKED_RETRIES):
+            while True:
+                with session_scope() as session:
+                    clock = now or db_now(session)
+                    started = time.monotonic()
+                    messages, claimed = dispatching.dispatch_batch(
+                        session, now=clock, config=config
+                    )
+                # Sent only after the commit: a worker must find its row.
+                sender.put(messages, started)
+                if claimed < config.batch:
+                    break
+            # SKIP LOCKED passed over schedules another transaction held (another
+            # dispatcher, or a run updating its counters): wait briefly and take them
+            # now rather than a minute late at the next tick.
             with session_scope() as session:
                 clock = now or db_now(session)
-                started = time.monotonic()
-                messages, claimed = dispatching.dispatch_batch(session, now=clock, config=config)
-            # Sent only after the commit: a worker must find its row.
-            sent += send_all(send, messages, started)
-            if claimed < config.batch:
-                break
-        # SKIP LOCKED passed over schedules another transaction held (another
-        # dispatcher, or a run updating its counters): wait briefly and take them
-        # now rather than a minute late at the next tick.
-        with session_scope() as session:
-            clock = now or db_now(session)
-            if not dispatching.count_due(session, now=clock, horizon_s=config.horizon_s):
-                break
-        time.sleep(0.05)
+                if not dispatching.count_due(session, now=clock, horizon_s=config.horizon_s):
+                    break
+            time.sleep(0.05)
+    finally:
+        sent = sender.close()  # what was committed is sent, even if a later batch failed
     return sent
 
 
-def tick_dispatch(send: Send) -> int:
+def tick_dispatch(send: Send, *, send_many: SendMany | None = None) -> int:
     """The minute tick: dispatch, then record that the scheduler is alive."""
-    sent = dispatch_due(send)
+    sent = dispatch_due(send, send_many=send_many)
     with session_scope() as session:
         dispatching.beat(session, "dispatch", sent=sent)
     log.info("dispatch: %d run(s) sent", sent)

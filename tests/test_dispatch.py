@@ -1,0 +1,192 @@
+"""Set-based dispatch with pipelined sends: each run enqueued once, with its delay.
+
+On the real PostgreSQL and Redis: the batch sender (`tasks.actors.send_runs`, one
+Redis round trip per chunk) stores the same messages `send_run` does, a worker
+consumes them as usual, and dispatchers running side by side still send every
+slot's run exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from core.settings import get_settings
+from db.models import Execution, Schedule
+from db.runs import RunMessage
+from db.session import db_now, session_scope
+from tasks import engine
+from tasks.actors import send_run, send_runs
+from testkit.factories import fetch, make_automation, make_schedule
+from testkit.waiting import wait_for
+
+QUEUES = ("default", "default.DQ")
+
+
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """Dispatch in batches of 4, so a handful of schedules spans several transactions."""
+    monkeypatch.setenv("STEPWISE_DISPATCH_BATCH", "4")
+    get_settings.cache_clear()
+    yield 4
+    monkeypatch.delenv("STEPWISE_DISPATCH_BATCH")
+    get_settings.cache_clear()
+
+
+def stored_messages(redis_client: Any) -> list[dict[str, Any]]:
+    """Every run message in Redis, ready or delayed, as Dramatiq encoded it."""
+    return [
+        json.loads(data)
+        for queue in QUEUES
+        for data in redis_client.hgetall(f"dramatiq:{queue}.msgs").values()
+    ]
+
+
+def due_schedules(count: int, agent_url: str, *, first_in_s: float) -> list[uuid.UUID]:
+    """`count` one-off schedules due 0.5 s apart from `first_in_s` on."""
+    automation_id = make_automation(agent_url=agent_url, steps=1)
+    with session_scope() as session:
+        now = db_now(session)
+    return [
+        make_schedule(
+            automation_id, kind="once", run_at=now + timedelta(seconds=first_in_s + n / 2)
+        )
+        for n in range(count)
+    ]
+
+
+def executions() -> dict[str, Execution]:
+    with session_scope() as session:
+        rows = session.scalars(select(Execution)).all()
+        session.expunge_all()
+        return {str(r.id): r for r in rows}
+
+
+def test_a_batch_send_stores_the_message_a_single_send_stores(db: None, redis_client: Any) -> None:
+    # given the same run sent once on its own and once through the batch sender
+    run_id = uuid.uuid4()
+    message = RunMessage(run_id, max_retries=5, retries=2, delay_ms=60_000)
+    send_run(message)
+    send_runs([message])
+    # then Redis holds two messages that differ only in their ids and times
+    first, second = stored_messages(redis_client)
+    for stored in (first, second):
+        assert stored["queue_name"] == "default.DQ"
+        assert stored["actor_name"] == "run_execution"
+        assert stored["args"] == [str(run_id)]
+        assert stored["options"]["max_retries"] == 5
+        assert stored["options"]["retries"] == 2
+    varying = {"message_id", "message_timestamp"}
+    assert {k: v for k, v in first.items() if k not in varying | {"options"}} == {
+        k: v for k, v in second.items() if k not in varying | {"options"}
+    }
+    assert first["options"].keys() == second["options"].keys()
+    assert abs(first["options"]["eta"] - second["options"]["eta"]) < 5_000
+    assert first["options"]["redis_message_id"] != second["options"]["redis_message_id"]
+
+
+def test_pipelined_dispatch_enqueues_each_run_once_with_its_delay(
+    db: None, redis_client: Any, small_batches: int
+) -> None:
+    # given 10 schedules due over the next 5-10 s (3 batches of 4)
+    due_schedules(10, "http://127.0.0.1:9/agent", first_in_s=5)
+    # when dispatch runs with the batch sender, twice
+    sent = engine.dispatch_due(send_run, send_many=send_runs)
+    again = engine.dispatch_due(send_run, send_many=send_runs)
+    # then each execution has exactly one delayed message, due at its slot
+    assert (sent, again) == (10, 0)
+    stored = stored_messages(redis_client)
+    runs = executions()
+    assert sorted(m["args"][0] for m in stored) == sorted(runs)
+    for message in stored:
+        run = runs[message["args"][0]]
+        assert run.available_at is not None and run.available_at == run.scheduled_for
+        assert message["queue_name"] == "default.DQ"
+        assert abs(message["options"]["eta"] / 1000 - run.scheduled_for.timestamp()) < 1.0
+
+
+def test_dispatchers_side_by_side_send_each_slot_once(
+    db: None, redis_client: Any, small_batches: int
+) -> None:
+    # given 24 due schedules and three dispatchers starting at the same time
+    due_schedules(24, "http://127.0.0.1:9/agent", first_in_s=5)
+    counts: list[int] = []
+    start = threading.Barrier(3)
+
+    def dispatcher() -> None:
+        start.wait()
+        counts.append(engine.dispatch_due(send_run, send_many=send_runs))
+
+    threads = [threading.Thread(target=dispatcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    # then the slots were shared, none twice
+    assert sum(counts) == 24
+    sent = Counter(m["args"][0] for m in stored_messages(redis_client))
+    assert len(sent) == 24 and set(sent.values()) == {1}
+    assert set(sent) == set(executions())
+
+
+def test_a_worker_runs_pipelined_runs_once_each_at_their_slot(
+    worker: Any, agent: Any, small_batches: int
+) -> None:
+    # given 6 schedules that came due in the last few seconds (the in-process worker
+    # consumes the run queue, not the delay queue)
+    due_schedules(6, agent.url, first_in_s=0.5)
+    time.sleep(3.5)
+    # when they are dispatched through the batch sender and the worker consumes them
+    assert engine.dispatch_due(send_run, send_many=send_runs) == 6
+
+    def all_succeeded() -> bool:
+        return [r.status for r in executions().values()] == ["succeeded"] * 6
+
+    wait_for(
+        all_succeeded,
+        timeout=30,
+        message="six pipelined runs",
+        details=lambda: str([(r.status, r.error) for r in executions().values()]),
+    )
+    # then the agent saw each run's step once, never before its slot
+    for run_id, run in executions().items():
+        calls = agent.calls_for(run_id)
+        assert len(calls) == 1
+        assert run.started_at is not None and run.started_at >= run.scheduled_for
+    time.sleep(0.5)
+    assert sum(len(agent.calls_for(i)) for i in executions()) == 6
+
+
+def test_a_slot_that_already_has_its_execution_is_neither_sent_nor_counted(
+    db: None, redis_client: Any, small_batches: int
+) -> None:
+    # given 5 due schedules, one of whose slots another dispatcher already inserted
+    ids = due_schedules(5, "http://127.0.0.1:9/agent", first_in_s=5)
+    taken = fetch(Schedule, ids[2])
+    assert taken.run_at is not None
+    with session_scope() as session:
+        session.add(
+            Execution(
+                automation_id=taken.automation_id,
+                schedule_id=taken.id,
+                scheduled_for=taken.run_at,
+                total_steps=1,
+            )
+        )
+    # when dispatch runs
+    sent = engine.dispatch_due(send_run, send_many=send_runs)
+    # then only the four new executions are sent, and only they count as dispatched
+    assert sent == 4
+    assert len(stored_messages(redis_client)) == 4
+    schedules = [fetch(Schedule, i) for i in ids]
+    assert [s.dispatched_count for s in schedules] == [1, 1, 0, 1, 1]
+    assert all(s.next_run_at is None and not s.enabled for s in schedules)

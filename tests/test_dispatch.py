@@ -177,6 +177,7 @@ def test_a_slot_that_already_has_its_execution_is_neither_sent_nor_counted(
         session.add(
             Execution(
                 automation_id=taken.automation_id,
+                workspace_id=taken.workspace_id,
                 schedule_id=taken.id,
                 scheduled_for=taken.run_at,
                 total_steps=1,

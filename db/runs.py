@@ -40,6 +40,7 @@ from core.vocabulary import (
     FailureReport,
     OverlapDecision,
     OverlapPolicy,
+    ScheduleKind,
     StepStatus,
     Trigger,
 )
@@ -117,8 +118,8 @@ def _fence(claim: Claim) -> Any:
     )
 
 
-def _overlap(session: Session, execution: Execution, policy: OverlapPolicy) -> OverlapDecision:
-    """run / skip / wait for a scheduled execution, serialised per schedule."""
+def _overlap(session: Session, execution: Any, policy: OverlapPolicy) -> OverlapDecision:
+    """run / skip / wait for a scheduled execution (its claim row), serialised per schedule."""
     # An advisory lock, not a row lock on the schedule: the dispatcher's
     # FOR UPDATE SKIP LOCKED must never skip a schedule because a run is starting.
     session.execute(
@@ -153,7 +154,7 @@ def _overlap(session: Session, execution: Execution, policy: OverlapPolicy) -> O
     )
 
 
-def _skip_for_overlap(session: Session, execution: Execution, reason: str) -> None:
+def _skip_for_overlap(session: Session, execution: Any, reason: str) -> None:
     session.execute(
         update(Execution)
         .where(Execution.id == execution.id, Execution.status == ExecutionStatus.QUEUED)
@@ -207,6 +208,37 @@ def _resume_point(session: Session, execution_id: uuid.UUID) -> tuple[int, Any]:
     return done.step_number + 1, parse_output(done.response_body or "", truncated=False)
 
 
+# What a claim reads, in one round trip and without ORM objects.
+_CLAIM_READ = (
+    select(
+        Execution.id,
+        Execution.status,
+        Execution.attempt,
+        Execution.lease_expires_at,
+        Execution.schedule_id,
+        Execution.scheduled_for,
+        Execution.trigger,
+        Execution.workspace_id,
+        Automation.id.label("automation_id"),
+        Automation.archived_at,
+        Automation.owner_id,
+        Automation.agent_url,
+        Automation.signing_secret,
+        Automation.steps,
+        Automation.project_context,
+        Automation.step_timeout_s,
+        Automation.request_headers,
+        Automation.concurrency_limit,
+        Automation.rate_limit_per_s,
+        Schedule.kind,
+        Schedule.overlap_policy,
+    )
+    .join(Automation, Automation.id == Execution.automation_id)
+    .outerjoin(Schedule, Schedule.id == Execution.schedule_id)
+    .where(Execution.id == bindparam("id"))
+)
+
+
 def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) -> ClaimResult:
     """Take a queued execution (or a running one whose lease expired) for this worker.
 
@@ -217,21 +249,18 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
     Returns "nothing" when another worker has it or it is final (a duplicate
     message), "skipped"/"waiting" when the overlap policy says so.
     """
-    row = session.execute(
-        select(Execution, Automation, Schedule.overlap_policy)
-        .join(Automation, Automation.id == Execution.automation_id)
-        .outerjoin(Schedule, Schedule.id == Execution.schedule_id)
-        .where(Execution.id == execution_id)
-    ).first()
+    row = session.execute(_CLAIM_READ, {"id": execution_id}).first()
     if row is None:
         return "nothing"
-    execution, automation, policy_word = row
+    execution = automation = row  # columns, not ORM objects: the hot path loads none
     if automation.archived_at is not None:
         # Deleting cancels every open run; this closes a run created in a race
         # with the delete, so that it is neither started nor taken over.
         cancel_runs(session, Execution.id == execution_id, AUTOMATION_DELETED)
         return "nothing"
-    policy = None if policy_word is None else OverlapPolicy(policy_word)
+    # A one-off schedule has one slot: nothing can overlap it.
+    single = row.kind is None or row.kind == ScheduleKind.ONCE
+    policy = None if single or row.overlap_policy is None else OverlapPolicy(row.overlap_policy)
     # Whether a lease has expired is the UPDATE's to say, on the database's clock.
     claimable = execution.status == ExecutionStatus.QUEUED or (
         execution.status == ExecutionStatus.RUNNING and execution.lease_expires_at is not None
@@ -283,7 +312,7 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
     return Claim(
         execution_id=execution.id,
         attempt=claimed,
-        automation_id=automation.id,
+        automation_id=automation.automation_id,
         schedule_id=execution.schedule_id,
         scheduled_for=execution.scheduled_for,
         owner_id=automation.owner_id,

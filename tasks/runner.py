@@ -72,6 +72,7 @@ log = logging.getLogger("stepwise")
 T = TypeVar("T")
 RECORD_RETRY_S = 0.5
 MAX_BATCH = 200  # step writes per group commit
+CONNECTIONS_PER_POOL = 50  # agent connections per httpx client (see Runner.__init__)
 CLAIM_TRIES = 3
 # How long a stopping worker waits for the agent calls in flight (the Procfile gives
 # Dramatiq 30 s to stop its threads).
@@ -146,9 +147,12 @@ class Runner:
         self.flushes: set[asyncio.Task[None]] = set()
         self.db = ThreadPoolExecutor(settings.worker_db_threads, thread_name_prefix="stepwise-db")
         self.loop = asyncio.new_event_loop()
-        self.client = make_client(
-            settings.egress_policy(), max_connections=settings.worker_in_flight
-        )
+        # Several small pools rather than one big one: httpcore looks at every
+        # connection of a pool for each request, so its cost grows with the pool.
+        policy = settings.egress_policy()
+        shards = max(1, -(-settings.worker_in_flight // CONNECTIONS_PER_POOL))
+        per_pool = -(-settings.worker_in_flight // shards)
+        self.clients = [make_client(policy, max_connections=per_pool) for _ in range(shards)]
         self.flow = FlowControl(settings.redis_url)
         self.thread = threading.Thread(target=self._main, name="stepwise-runner", daemon=True)
         self.thread.start()
@@ -185,7 +189,8 @@ class Runner:
             for task in others:  # the heartbeat, runs, batches being written
                 task.cancel()
             await asyncio.gather(*others, return_exceptions=True)
-            await self.client.aclose()
+            for client in self.clients:
+                await client.aclose()
             await self.flow.close()
 
         asyncio.run_coroutine_threadsafe(shut(), self.loop).result(timeout=10)
@@ -376,7 +381,7 @@ class Runner:
         flight.calling = True
         try:
             outcome = await call_agent(
-                self.client,
+                self.clients[claim.execution_id.int % len(self.clients)],
                 claim.agent_url,
                 payload,
                 idempotency_key=key,

@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     # Runs.
     worker_processes: int = Field(default=2, ge=1)
     # Dramatiq threads per worker process: they only claim runs and hand them on.
-    worker_threads: int = Field(default=8, ge=1)
+    worker_threads: int = Field(default=32, ge=1)
     # Runs a worker process holds in flight at once (agent calls on its event loop).
     worker_in_flight: int = Field(default=1000, ge=1)
     # Threads per worker process writing runs' steps to the database.

@@ -74,6 +74,7 @@ RECORD_RETRY_S = 0.5
 MAX_BATCH = 200  # step writes per group commit
 CONNECTIONS_PER_POOL = 50  # agent connections per httpx client (see Runner.__init__)
 CLAIM_TRIES = 3
+CLAIM_FLUSHES = 2  # group claims written at the same time
 # How long a stopping worker waits for the agent calls in flight (the Procfile gives
 # Dramatiq 30 s to stop its threads).
 DRAIN_S = 25.0
@@ -145,6 +146,9 @@ class Runner:
         self.pending: list[tuple[Answer | None, Callable[[Session], Any], asyncio.Future[Any]]] = []
         self.flushing = 0
         self.flushes: set[asyncio.Task[None]] = set()
+        # Claims waiting for the next group claim.
+        self.claims: list[tuple[uuid.UUID, asyncio.Future[runs.ClaimResult]]] = []
+        self.claiming = 0
         self.db = ThreadPoolExecutor(settings.worker_db_threads, thread_name_prefix="stepwise-db")
         self.loop = asyncio.new_event_loop()
         # Several small pools rather than one big one: httpcore looks at every
@@ -169,13 +173,14 @@ class Runner:
     def give_slot(self) -> None:
         self.slots.release()
 
-    def start(self, claim: runs.Claim, *, retries: int, max_retries: int) -> None:
-        """Run a claimed execution on the loop; its slot is given back when it ends."""
-        with self.counting:
-            self.held += 1
-            self.idle.clear()
-        flight = Flight(claim, retries, max_retries)
-        asyncio.run_coroutine_threadsafe(self._begin(flight), self.loop)
+    def admit(self, execution_id: uuid.UUID, *, retries: int, max_retries: int) -> str:
+        """Claim a run (in a batch with the other Dramatiq threads' claims) and start it
+        on the loop; returns what happened. Blocks the calling thread for the claim
+        only, so the message is acknowledged once the run is ours in Postgres."""
+        admitted = asyncio.run_coroutine_threadsafe(
+            self._admit(execution_id, retries, max_retries), self.loop
+        )
+        return admitted.result()
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until no run is in flight (the worker is stopping); False on timeout."""
@@ -205,7 +210,53 @@ class Runner:
         self.loop.create_task(self._heartbeat())
         self.loop.run_forever()
 
+    async def _admit(self, execution_id: uuid.UUID, retries: int, max_retries: int) -> str:
+        claim = await self._claim(execution_id)
+        if isinstance(claim, str):
+            return claim
+        await self._begin(Flight(claim, retries, max_retries))
+        return "started"
+
+    async def _claim(self, execution_id: uuid.UUID) -> runs.ClaimResult:
+        """Group claim: one transaction claims the runs of every waiting message."""
+        done: asyncio.Future[runs.ClaimResult] = self.loop.create_future()
+        self.claims.append((execution_id, done))
+        if self.claiming < CLAIM_FLUSHES:
+            self.claiming += 1
+            self.flushes.add(task := asyncio.create_task(self._claim_batches()))
+            task.add_done_callback(self.flushes.discard)
+        return await done
+
+    async def _claim_batches(self) -> None:
+        try:
+            while self.claims:
+                batch, self.claims = self.claims[:MAX_BATCH], self.claims[MAX_BATCH:]
+                ids = [execution_id for execution_id, _ in batch]
+                try:
+                    results: list[Any] = await self._db(partial(_claim_all, ids, self.lease_s))
+                except Exception:  # one claim failed, or the database: each alone
+                    results = []
+                    for execution_id in ids:
+                        try:
+                            results += await self._db(
+                                partial(_claim_all, [execution_id], self.lease_s)
+                            )
+                        except Exception as exc:
+                            results.append(exc)
+                for (_, done), result in zip(batch, results, strict=True):
+                    if done.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        done.set_exception(result)
+                    else:
+                        done.set_result(result)
+        finally:
+            self.claiming -= 1
+
     async def _begin(self, flight: Flight) -> None:
+        with self.counting:
+            self.held += 1
+            self.idle.clear()
         flight.task = asyncio.create_task(self._run(flight))
         self.flights[flight.claim.execution_id] = flight
         flight.task.add_done_callback(lambda _: self._ended(flight))
@@ -568,7 +619,9 @@ def _next_waiting(schedule_id: uuid.UUID) -> RunMessage | None:
 def accept(execution_id: uuid.UUID, *, retries: int, max_retries: int, send: Send) -> str:
     """Handle a run message: claim the run and hand it to the runner; returns what happened.
 
-    Runs in a Dramatiq thread for the few milliseconds of the claim.
+    Runs in a Dramatiq thread until the claim has committed (claims of concurrent
+    messages share one transaction), so the message is acknowledged only once the
+    run is this worker's in Postgres.
     """
     runner = get_runner(send)
     if not runner.take_slot():
@@ -576,23 +629,22 @@ def accept(execution_id: uuid.UUID, *, retries: int, max_retries: int, send: Sen
         send(RunMessage(execution_id, max_retries, retries=retries))
         return "handed back"
     try:
-        claim = _claim(execution_id, runner.lease_s)
+        outcome = runner.admit(execution_id, retries=retries, max_retries=max_retries)
     except BaseException:
         runner.give_slot()
         raise
-    if isinstance(claim, str):
+    if outcome != "started":
         runner.give_slot()
-        return claim
-    runner.start(claim, retries=retries, max_retries=max_retries)
-    return "started"
+    return outcome
 
 
-def _claim(execution_id: uuid.UUID, lease_s: int) -> runs.ClaimResult:
-    """Claim the run, once more after a lost connection (the pool has no pre-ping)."""
+def _claim_all(ids: list[uuid.UUID], lease_s: int) -> list[runs.ClaimResult]:
+    """Claim each run, all in one transaction; once more after a lost connection
+    (workers' pools have no pre-ping)."""
     for attempt in range(CLAIM_TRIES):
         try:
             with session_scope() as session:
-                return runs.claim_execution(session, execution_id, lease_s=lease_s)
+                return [runs.claim_execution(session, i, lease_s=lease_s) for i in ids]
         except OperationalError:
             if attempt == CLAIM_TRIES - 1:
                 raise

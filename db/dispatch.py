@@ -23,12 +23,19 @@ from core.limits import MAX_REASON
 from core.schedule import DispatchPlan, plan_dispatch
 from core.timing import parse_timing, spec_of
 from core.vocabulary import ExecutionStatus, MisfirePolicy, Trigger
-from db.models import Automation, Heartbeat, Schedule
+from db.models import Automation, Execution, Heartbeat, Schedule
 from db.runs import RunMessage
+from db.workspaces import quotas
 
 log = logging.getLogger("stepwise.dispatch")
 DueSchedule = Any  # a row of `_DUE`: the schedule's columns under the model's names
 MISSED_ERROR = "missed: nothing dispatched at this time (misfire policy {policy})"
+QUOTA_ERROR = (
+    "skipped: the workspace reached its quota of {limit} runs a minute "
+    "(an admin can raise it on the Workspace page)"
+)
+# Positions in an execution row (`_EXECUTION_COLUMNS`).
+_WORKSPACE, _SCHEDULED_FOR, _STATUS, _AVAILABLE_AT, _FINISHED_AT, _ERROR = 2, 5, 6, 8, 9, 10
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,7 @@ def dispatch_batch(
             advances.append((schedule.id, schedule.next_run_at, 0, 0, False, reason))
             continue
         work.append((schedule, plan, _rows(schedule, plan, now)))
+    over_quota = _hold_to_quotas(session, work, now)
     all_rows = [row for *_, rows in work for row in rows]
     inserted: dict[uuid.UUID, datetime] = {}
     if all_rows:
@@ -196,7 +204,7 @@ def dispatch_batch(
     enqueues = []
     for schedule, plan, rows in work:
         ids = [row[0] for row in rows if row[0] in inserted]
-        missed = len(plan.skipped) + plan.expired
+        missed = len(plan.skipped) + plan.expired + over_quota.get(schedule.id, 0)
         completed = plan.next_run_at is None
         advances.append(
             (schedule.id, plan.next_run_at, len(ids), missed, not completed, plan.completed_reason)
@@ -211,6 +219,60 @@ def dispatch_batch(
         ]
     session.execute(_ADVANCE_SCHEDULES, _columns(advances, _ADVANCE_COLUMNS))
     return enqueues, len(due)
+
+
+def _hold_to_quotas(
+    session: Session,
+    work: list[tuple[DueSchedule, DispatchPlan, list[tuple[Any, ...]]]],
+    now: datetime,
+) -> dict[uuid.UUID, int]:
+    """Record the runs beyond a workspace's runs-a-minute quota as skipped, with the
+    reason, in place in `work`; returns how many per schedule.
+
+    A quota protects a shared deployment from a runaway workspace; its slots are
+    never dropped silently: each one over the quota is a row that says why. The
+    earliest slots of a workspace run first.
+    """
+    queued: dict[uuid.UUID, list[tuple[int, int]]] = {}  # workspace -> (work index, row index)
+    for w, (_, _, rows) in enumerate(work):
+        for r, row in enumerate(rows):
+            if row[_STATUS] == ExecutionStatus.QUEUED:
+                queued.setdefault(row[_WORKSPACE], []).append((w, r))
+    if not queued:
+        return {}
+    recent = dict(
+        session.execute(
+            select(Execution.workspace_id, func.count())
+            .where(
+                Execution.workspace_id.in_(queued),
+                Execution.queued_at > now - timedelta(minutes=1),
+            )
+            .group_by(Execution.workspace_id)
+        ).all()
+    )
+    held: dict[uuid.UUID, int] = {}
+    for workspace_id, places in queued.items():
+        limit = quotas(session, workspace_id).max_runs_per_minute
+        room = max(0, limit - recent.get(workspace_id, 0))
+        if len(places) <= room:
+            continue
+        places.sort(key=lambda p: work[p[0]][2][p[1]][_SCHEDULED_FOR])
+        for w, r in places[room:]:
+            rows = work[w][2]
+            changed = list(rows[r])
+            changed[_STATUS] = str(ExecutionStatus.SKIPPED)
+            changed[_AVAILABLE_AT], changed[_FINISHED_AT] = None, now
+            changed[_ERROR] = QUOTA_ERROR.format(limit=limit)
+            rows[r] = tuple(changed)
+            schedule_id = work[w][0].id
+            held[schedule_id] = held.get(schedule_id, 0) + 1
+        log.warning(
+            "workspace %s is over its quota of %d runs a minute: %d run(s) skipped",
+            workspace_id,
+            limit,
+            len(places) - room,
+        )
+    return held
 
 
 def count_due(session: Session, *, now: datetime, horizon_s: int) -> int:

@@ -191,3 +191,29 @@ def test_a_slot_that_already_has_its_execution_is_neither_sent_nor_counted(
     schedules = [fetch(Schedule, i) for i in ids]
     assert [s.dispatched_count for s in schedules] == [1, 1, 0, 1, 1]
     assert all(s.next_run_at is None and not s.enabled for s in schedules)
+
+
+def test_runs_over_the_workspace_quota_are_recorded_skipped_with_the_reason(
+    db: None, redis_client: Any
+) -> None:
+    from db.workspaces import Quotas, set_quotas
+    from testkit.factories import ADMIN
+
+    # given a workspace allowed 3 runs a minute, and 5 one-off schedules due together
+    with session_scope() as session:
+        set_quotas(session, Quotas(200, 1000, 3), actor=ADMIN)
+    ids = due_schedules(5, "http://127.0.0.1:9/agent", first_in_s=5)
+    # when dispatch runs
+    sent = engine.dispatch_due(send_run, send_many=send_runs)
+    # then the 3 earliest slots are sent, and the 2 others are rows that say why
+    assert sent == 3
+    runs = sorted(executions().values(), key=lambda e: e.scheduled_for)
+    assert [r.status for r in runs] == ["queued"] * 3 + ["skipped"] * 2
+    assert {r.error for r in runs[3:]} == {
+        "skipped: the workspace reached its quota of 3 runs a minute "
+        "(an admin can raise it on the Workspace page)"
+    }
+    # and they count as missed on their schedules; nothing is left to dispatch
+    missed = {i: fetch(Schedule, i).missed_count for i in ids}
+    assert sorted(missed.values()) == [0, 0, 0, 1, 1]
+    assert engine.dispatch_due(send_run, send_many=send_runs) == 0

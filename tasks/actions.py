@@ -117,30 +117,24 @@ def _reopen(session: Session, execution_id: uuid.UUID, actor: Actor) -> RunMessa
 def purge_dead_letters(queue: str, *, actor: Actor) -> int:
     """Delete the dead letters of `queue` the actor sees (admins only, audited); returns how
     many. Other workspaces' dead letters stay."""
-    with session_scope() as session:
-        authorize(session, actor, Permission.MANAGE_QUEUES)
-        letters = _visible(session, queues.dead_letters(queue, limit=None), actor)
-        purged = queues.remove_dead_letters(queue, [m.message_id for m in letters])
-        audit(
-            session,
-            actor,
-            AuditAction.PURGE_DEAD_LETTERS,
-            AuditTarget.QUEUE,
-            actor.workspace_id,
-            queue=queue,
-            purged=purged,
-        )
-    return purged
+    return _remove_visible(queue, None, actor=actor)
 
 
 def remove_dead_letter(queue: str, message_id: str, *, actor: Actor) -> bool:
     """Delete one dead letter the actor sees (admins only, audited); False if gone or not theirs."""
+    return _remove_visible(queue, message_id, actor=actor) > 0
+
+
+def _remove_visible(queue: str, message_id: str | None, *, actor: Actor) -> int:
+    """Delete the dead letters of `queue` the actor sees (one, or all with None); audited."""
     with session_scope() as session:
         authorize(session, actor, Permission.MANAGE_QUEUES)
         letters = _visible(session, queues.dead_letters(queue, limit=None), actor)
-        if not any(m.message_id == message_id for m in letters):
-            return False
-        purged = queues.remove_dead_letters(queue, [message_id])
+        ids = [m.message_id for m in letters if message_id in (None, m.message_id)]
+        if not ids and message_id is not None:
+            return 0
+        purged = queues.remove_dead_letters(queue, ids)
+        details = {} if message_id is None else {"message_id": message_id}
         audit(
             session,
             actor,
@@ -149,6 +143,6 @@ def remove_dead_letter(queue: str, message_id: str, *, actor: Actor) -> bool:
             actor.workspace_id,
             queue=queue,
             purged=purged,
-            message_id=message_id,
+            **details,
         )
-    return purged > 0
+    return purged

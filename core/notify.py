@@ -91,6 +91,8 @@ def secret_parts(url: str) -> set[str]:
     rest = url.partition("://")[2]
     pieces = set(re.split(r"[/:@?&=#+,]", rest)) | set(re.split(r"[/:@?&=#+,]", unquote(rest)))
     pieces |= {rest, unquote(rest), url}
+    if scheme_of(url) in ADDRESSED_SCHEMES:
+        pieces.discard(_host(url))  # shown in the redacted form anyway; errors read better
     return {p for p in pieces if len(p) >= 3}
 
 

@@ -140,7 +140,7 @@ def automation_notifications(automation_id: uuid.UUID) -> None:
         key=f"{key}_threshold",
         disabled=locked,
     )
-    if not locked and c.button("Save", key=f"{key}_save", width="stretch"):
+    if not locked and c.button("Save notifications", key=f"{key}_save", width="stretch"):
         try:
             ui.write(
                 channels.set_notifications,

@@ -141,7 +141,10 @@ def test_channel_urls_are_checked_and_shown_redacted() -> None:
         parse_channel(" ", "json://example.com/x")
     assert redact("json://u:p@hooks.example.com:8443/t/secret?x=1") == "json://hooks.example.com/…"
     assert redact("slack://TA/TB/TC/#ops") == "slack://…"
-    assert "p4ss" not in scrub("failed at http://u:p4ss@h/x", "json://u:p4ss@h/x")
+    url = "json://u:p4ss@hooks.example.com/x"
+    scrubbed = scrub("login u:p4ss refused by hooks.example.com", url)
+    assert scrubbed == "login u:REDACTED refused by hooks.example.com"  # 1-2 chars stay
+    assert "p4ss" not in scrub(f"POST {url.replace('json', 'http')}", url)
 
 
 # --- delivery ---------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ real local SMTP server and a real local webhook receiver, and no channel URL in 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -415,3 +416,31 @@ def test_choosing_channels_is_for_editors_and_audited(db: None) -> None:
     assert row.details["changed"]["failure_threshold"] == [1, 3]
     with pytest.raises(ValidationFailed, match="failure_threshold"), session_scope() as session:
         channels.set_notifications(session, automation_id, [channel_id], 0, actor=editor)
+
+
+def test_the_minute_tick_opens_sends_and_beats(
+    db: None, hooks: Hooks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.settings import get_settings
+    from db.models import Heartbeat
+
+    # given a failed run that finished after the rule, and no settle time
+    monkeypatch.setenv("STEPWISE_NOTIFY_SETTLE_S", "0")
+    get_settings.cache_clear()
+    try:
+        automation_id = make_automation()
+        notify_on(automation_id, [add_channel("hook", hook_url(hooks))])
+        with session_scope() as session:
+            finished = db_now(session) + timedelta(milliseconds=10)
+        runs(automation_id, "failed", start=finished - timedelta(milliseconds=500))
+        time.sleep(0.1)  # the run has finished by the database's clock
+        # when the tick runs twice
+        assert notify.tick_notify() == 1
+        assert notify.tick_notify() == 0
+    finally:
+        get_settings.cache_clear()
+    # then one notice went out and the tick recorded itself
+    assert len(hooks.posts) == 1
+    with session_scope() as session:
+        beat = session.get(Heartbeat, "notify")
+        assert beat is not None and beat.details["sent"] == 0

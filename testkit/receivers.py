@@ -64,6 +64,7 @@ class Hooks:
 
     port: int
     posts: list[tuple[str, str | None, Any]] = field(default_factory=list)
+    hosts: list[str | None] = field(default_factory=list)  # each POST's Host header
     status: int = 200  # what it answers; set to 500 to make a channel fail
 
 
@@ -76,6 +77,7 @@ def webhook_server() -> Iterator[Hooks]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             hooks.posts.append((self.path, self.headers.get("Authorization"), json.loads(body)))
+            hooks.hosts.append(self.headers.get("Host"))
             self.send_response(hooks.status)
             self.send_header("Content-Length", "0")
             self.end_headers()

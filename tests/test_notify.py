@@ -14,7 +14,8 @@ from sqlalchemy import select, text, update
 
 from core.access import Actor
 from core.errors import Forbidden, NotFound, ValidationFailed
-from core.notify import Streak, advance, parse_channel, redact, scrub
+from core.notify import Message, Streak, advance, parse_channel, redact, scrub
+from core.settings import get_settings
 from core.vocabulary import AuditAction, DeliveryStatus, ExecutionStatus, NoticeKind, Role
 from db import channels, notices
 from db.audit import AuditFilters, list_audit
@@ -299,6 +300,30 @@ def test_an_internal_address_is_refused_by_the_egress_policy(db: None) -> None:
     [delivery] = deliveries()
     assert delivery.status == DeliveryStatus.ERROR
     assert "refused" in (delivery.error or "") and "internal address" in (delivery.error or "")
+
+
+def test_a_plain_http_webhook_is_pinned_to_the_checked_address(hooks: Hooks) -> None:
+    # given a webhook named by host name (allowed: the tests allow 127.0.0.1)
+    policy = get_settings().egress_policy()
+    plugin = channels.apprise_plugin(f"json://localhost:{hooks.port}/x")
+    # when the guard checks it, then the plugin connects to the checked address, by name
+    assert notify.guard(plugin, "json", policy) is None
+    assert plugin.host == "127.0.0.1"
+    assert plugin.headers["Host"] == f"localhost:{hooks.port}"
+    # and a delivery through it arrives with the name in its Host header
+    target = channels.ChannelTarget(uuid.uuid4(), "hook", f"json://localhost:{hooks.port}/x")
+    assert notify.deliver(target, Message("t", "b")).ok
+    assert hooks.hosts == [f"localhost:{hooks.port}"]
+
+
+def test_mail_and_tls_webhooks_need_every_address_allowed() -> None:
+    policy = get_settings().egress_policy()  # allows 127.0.0.1 only
+    secure = channels.apprise_plugin("jsons://10.0.0.5/x")
+    assert "internal address" in (notify.guard(secure, "jsons", policy) or "")
+    assert secure.host == "10.0.0.5"  # never pinned: TLS checks the name
+    refused = channels.apprise_plugin("mailtos://u:p@10.0.0.5?to=a@example.com&from=s@example.com")
+    assert "internal address" in (notify.guard(refused, "mailtos", policy) or "")
+    assert notify.guard(channels.apprise_plugin("slack://TA/TB/TC"), "slack", policy) is None
 
 
 def test_send_test_delivers_records_and_audits(db: None, hooks: Hooks) -> None:

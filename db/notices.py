@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select, text, update
+from sqlalchemy import and_, delete, exists, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -187,12 +187,31 @@ def _fan_out(session: Session, notice_id: uuid.UUID, rule: NotifyRule, kind: Not
         )
 
 
-def evaluate_schedules(session: Session) -> int:
+def purge(session: Session, *, now: datetime, older_than_days: int) -> int:
+    """Delete notices and deliveries older than the history's retention; returns how many
+    notices. An open failure notice stays: its recovery has not been sent."""
+    cutoff = now - timedelta(days=older_than_days)
+    session.execute(
+        delete(Delivery).where(Delivery.notice_id.is_(None), Delivery.created_at < cutoff)
+    )
+    gone = session.execute(
+        delete(Notice)
+        .where(
+            Notice.created_at < cutoff,
+            ~and_(Notice.kind == NoticeKind.FAILURE, Notice.closed_at.is_(None)),
+        )
+        .returning(Notice.id)
+    ).all()
+    return len(gone)
+
+
+def evaluate_schedules(session: Session, *, now: datetime, within_days: int) -> int:
     """A notice for every schedule of a notifying automation that stopped with a reason
     (parked by dispatch, or completed) since its rule exists; returns how many opened.
 
     Keyed by the schedule and the moment it stopped: a schedule resumed and stopped
-    again is a new notice, the same stop is never two.
+    again is a new notice, the same stop is never two. Stops older than `within_days`
+    (the retention, after which `purge` deletes their notices) are not looked at.
     """
     stopped = session.execute(
         select(NotifyRule, Schedule.id, Schedule.completed_reason, Schedule.updated_at)
@@ -202,6 +221,7 @@ def evaluate_schedules(session: Session) -> int:
             ~Schedule.enabled,
             Schedule.completed_reason.is_not(None),
             Schedule.updated_at > NotifyRule.created_at,
+            Schedule.updated_at > now - timedelta(days=within_days),
             Automation.archived_at.is_(None),
             _HAS_CHANNEL,
             ~exists().where(

@@ -45,11 +45,13 @@ class Outcome:
 
 def tick_notify() -> int:
     """The minute tick: open notices, then send every pending delivery; returns sent."""
+    settings = get_settings()
     with session_scope() as session:
         now = db_now(session)
-        opened = notices.evaluate_runs(session, now=now, settle_s=get_settings().notify_settle_s)
-        opened += notices.evaluate_schedules(session)
+        opened = notices.evaluate_runs(session, now=now, settle_s=settings.notify_settle_s)
+        opened += notices.evaluate_schedules(session, now=now, within_days=settings.retention_days)
         notices.expire_stale_claims(session, now=now)
+        notices.purge(session, now=now, older_than_days=settings.retention_days)
     sent = send_pending()
     with session_scope() as session:
         beat(session, "notify", opened=opened, sent=sent)

@@ -101,7 +101,7 @@ def evaluate(at: datetime | None = None) -> int:
     with session_scope() as session:
         now = at or db_now(session) + timedelta(minutes=5)
         opened = notices.evaluate_runs(session, now=now, settle_s=5)
-        opened += notices.evaluate_schedules(session)
+        opened += notices.evaluate_schedules(session, now=now, within_days=90)
     notify.send_pending()
     return opened
 
@@ -469,3 +469,37 @@ def test_the_minute_tick_opens_sends_and_beats(
     with session_scope() as session:
         beat = session.get(Heartbeat, "notify")
         assert beat is not None and beat.details["sent"] == 0
+
+
+def test_a_channel_deleted_before_sending_records_why(db: None, hooks: Hooks) -> None:
+    channel_id = add_channel("hook", hook_url(hooks))
+    automation_id = make_automation()
+    notify_on(automation_id, [channel_id])
+    runs(automation_id, "failed")
+    with session_scope() as session:
+        notices.evaluate_runs(session, now=later(600), settle_s=5)
+    with session_scope() as session:
+        channels.delete_channel(session, channel_id, actor=ADMIN)
+    notify.send_pending()
+    [delivery] = deliveries()
+    assert delivery.status == DeliveryStatus.ERROR and "deleted" in (delivery.error or "")
+    assert not hooks.posts
+
+
+def test_old_notices_are_purged_but_an_open_incident_stays(db: None, hooks: Hooks) -> None:
+    automation_id = make_automation()
+    other = make_automation(name="Other")
+    notify_on(automation_id, [add_channel("hook", hook_url(hooks))])
+    notify_on(other, [add_channel("hook2", hook_url(hooks))])
+    start = later()
+    runs(automation_id, "failed", "succeeded", start=start)  # a closed failure and a recovery
+    runs(other, "failed", start=start)  # still failing
+    evaluate()
+    notify.send_test(add_channel("hook3", hook_url(hooks)), actor=ADMIN)
+    with session_scope() as session:
+        purged = notices.purge(session, now=later(100 * 86400), older_than_days=90)
+    assert purged == 2
+    with session_scope() as session:
+        [left] = session.scalars(select(Notice)).all()
+        assert (left.automation_id, left.kind, left.closed_at) == (other, "failure", None)
+    assert [d.channel_name for d in deliveries()] == ["hook2"]

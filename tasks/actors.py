@@ -23,7 +23,7 @@ from periodiq import cron
 from core.errors import AgentRejected
 from core.vocabulary import FailureReport
 from db.runs import RunMessage
-from tasks import engine, runner
+from tasks import engine, notify, runner
 from tasks.broker import DISPATCH_QUEUE, RUN_QUEUE, enqueue_many, setup_broker
 
 broker = setup_broker()
@@ -95,3 +95,9 @@ def run_execution(execution_id: str) -> None:
 @dramatiq.actor(queue_name=DISPATCH_QUEUE, periodic=EVERY_MINUTE, max_retries=0, time_limit=55_000)
 def housekeeping() -> None:
     engine.tick_housekeeping(send_run)
+
+
+@dramatiq.actor(queue_name=DISPATCH_QUEUE, periodic=EVERY_MINUTE, max_retries=0, time_limit=55_000)
+def notify_tick() -> None:
+    """Failure notifications: notices from finished runs and stopped schedules, sent."""
+    notify.tick_notify()

@@ -13,7 +13,7 @@ from core.automation import AutomationInput, Step, redact_url
 from core.errors import StepwiseError, ValidationFailed
 from core.limits import MAX_CONCURRENCY, MAX_RATE_PER_S, MIN_RATE_PER_S
 from core.vocabulary import OPEN_STATUSES, Permission
-from dashboard import forms, ui
+from dashboard import forms, notifications, ui
 from db import commands, queries
 from db.queries import ExecutionFilters
 from tasks import actions
@@ -310,6 +310,10 @@ def show_test_run(execution_id: uuid.UUID) -> None:
             column_config={"Status": ui.status_column()},
         )
 
+
+if current is not None:
+    with st.container(border=True):
+        notifications.automation_notifications(current.id)
 
 if (test_run := st.session_state.get("auto_test_run")) and current is not None:
     show_test_run(uuid.UUID(test_run))

@@ -44,6 +44,7 @@ class Trigger(StrEnum):
     CATCHUP = "catchup"  # a missed slot run late by the misfire policy
     MANUAL = "manual"
     RETRY = "retry"
+    BACKFILL = "backfill"  # a past slot run on a person's request (`db.backfill`)
 
 
 class ScheduleKind(StrEnum):
@@ -106,6 +107,7 @@ class AuditAction(StrEnum):
     SET_QUOTA = "set_quota"
     CREATE_TOKEN = "create_token"
     REVOKE_TOKEN = "revoke_token"
+    BACKFILL = "backfill"
 
 
 class AuditTarget(StrEnum):

@@ -269,7 +269,8 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
         return "nothing"
     # The overlap policy decides whether a slot starts; a retry of a run that
     # already started is that run going on, not a new slot.
-    first_start = execution.attempt == 0
+    # A backfill (past slots a person asked for, `db.backfill`) is not held back by it.
+    first_start = execution.attempt == 0 and execution.trigger != Trigger.BACKFILL
     if first_start and policy is not None and policy != OverlapPolicy.ALLOW:
         decision = _overlap(session, execution, policy)
         if decision in SKIP_REASONS:

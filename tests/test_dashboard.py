@@ -616,3 +616,54 @@ def test_executions_filters_are_kept_in_the_url_and_read_from_it(
     assert at.query_params["status"] in ("failed", ["failed"])
     at.multiselect(key="ex_status").unselect("failed").run()
     assert "status" not in at.query_params
+
+
+def test_the_failed_runs_of_a_filter_are_retried_after_a_count_and_a_confirmation() -> None:
+    # given three failed runs and a succeeded one of one automation, a failed one of another
+    mine = make_automation(name="Mine")
+    failed = add_runs(mine, [{"status": "failed", "error": "HTTP 503"}] * 3)
+    add_runs(mine, [{"status": "succeeded"}])
+    (other,) = add_runs(make_automation(name="Other"), [{"status": "failed"}])
+    at = page("executions")
+    # when the filter is narrowed to the first automation
+    at.selectbox(key="ex_automation").set_value(str(mine)).run()
+    # then the button counts its failed runs, and nothing happens before the confirmation
+    at.button(key="ex_bulk_retry").click().run()
+    assert "Retry 3 failed run(s)? Each resumes at the step that failed." in texts(at)
+    assert {queries_status(r) for r in failed} == {"failed"}
+    at.button(key="ex_bulk_yes").click().run()
+    assert not at.exception, at.exception
+    # and once confirmed, those three are queued again (each audited), the other stays failed
+    assert {queries_status(r) for r in failed} == {"queued"}
+    assert queries_status(other) == "failed"
+    assert "3 failed run(s) queued again." in texts(at)
+    with session_scope() as session:
+        audit = list_audit(session, AuditFilters(), actor=ADMIN)
+    assert [a.action for a in audit].count("retry") == 3
+    # and a filter on succeeded runs offers no retry
+    at.multiselect(key="ex_status").set_value(["succeeded"]).run()
+    assert not [b for b in at.button if b.key == "ex_bulk_retry"]
+
+
+def test_a_viewer_gets_no_bulk_retry_and_a_forged_one_is_refused() -> None:
+    from core.errors import Forbidden
+    from tasks import actions
+
+    add_runs(make_automation(), [{"status": "failed"}])
+    viewer = person("vera@example.com", "viewer")
+    st.cache_data.clear()
+    at = AppTest.from_file(str(PAGES / "executions.py"), default_timeout=60)
+    at.session_state[ui.ACTOR] = viewer
+    at.run()
+    assert not at.exception and not [b for b in at.button if b.key == "ex_bulk_retry"]
+    before = table_snapshot()
+    with pytest.raises(Forbidden):
+        actions.retry_failed(ExecutionFilters(), actor=viewer)
+    assert table_snapshot() == before
+
+
+def queries_status(execution_id: uuid.UUID) -> str:
+    with session_scope() as session:
+        detail = queries.execution_detail(session, execution_id, actor=ADMIN)
+    assert detail is not None
+    return detail.execution.status

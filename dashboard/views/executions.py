@@ -10,10 +10,14 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from core.errors import StepwiseError
+from core.limits import MAX_BULK
+from core.vocabulary import Permission
 from dashboard import grid, ui
 from dashboard.filters import history_filters
 from dashboard.runs_table import runs_table
 from db import figures, queries
+from tasks import actions
 
 PAGE_SIZES = (25, 50, 100)
 
@@ -33,6 +37,42 @@ page_size = size_col.selectbox("Rows per page", PAGE_SIZES, key="ex_page_size")
 if st.session_state.get("ex_filters") != (filters, page_size):
     st.session_state["ex_filters"] = (filters, page_size)
     st.session_state["ex_offset"] = 0
+
+
+def bulk_retry(filters: queries.ExecutionFilters) -> None:
+    """"Retry the failed runs of this filter": the count first, then one confirmation."""
+    failed = actions.failed_of(filters)
+    count = 0 if failed is None else ui.read(queries.count_executions, failed)
+    if not count:
+        return
+    if st.session_state.get("ex_confirm_retry") != filters:
+        if st.button(
+            f"Retry the failed runs of this filter ({count})",
+            icon=":material/replay:",
+            key="ex_bulk_retry",
+        ):
+            st.session_state["ex_confirm_retry"] = filters
+            st.rerun()
+        return
+    retried = min(count, MAX_BULK)
+    more = f" (the newest {MAX_BULK}; retry again for the rest)" if count > MAX_BULK else ""
+    st.warning(
+        f"Retry {retried} failed run(s){more}? Each resumes at the step that failed.",
+        icon=":material/replay:",
+    )
+    yes, no = st.columns(2)
+    if yes.button(f"Yes, retry {retried}", type="primary", key="ex_bulk_yes"):
+        try:
+            queued = actions.retry_failed(filters, actor=ui.actor())
+        except StepwiseError as exc:
+            st.error(ui.text(exc))
+            return
+        st.session_state.pop("ex_confirm_retry", None)
+        st.session_state["flash"] = f"{queued} failed run(s) queued again."
+        st.rerun()
+    if no.button("Keep them", key="ex_bulk_no"):
+        st.session_state.pop("ex_confirm_retry", None)
+        st.rerun()
 
 
 def _move(offset: int) -> None:
@@ -104,6 +144,8 @@ def run_grid(automation_id: uuid.UUID) -> None:
     st.caption("Recent runs of this automation; click a cell to open its run.")
 
 
+if ui.can(Permission.RUN):
+    bulk_retry(filters)
 if filters.automation_id is not None:
     run_grid(filters.automation_id)
 history()

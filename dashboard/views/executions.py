@@ -40,7 +40,7 @@ if st.session_state.get("ex_filters") != (filters, page_size):
 
 
 def bulk_retry(filters: queries.ExecutionFilters) -> None:
-    """"Retry the failed runs of this filter": the count first, then one confirmation."""
+    """ "Retry the failed runs of this filter": the count first, then one confirmation."""
     failed = actions.failed_of(filters)
     count = 0 if failed is None else ui.read(queries.count_executions, failed)
     if not count:

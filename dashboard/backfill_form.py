@@ -26,13 +26,13 @@ def render(row: queries.ScheduleRow) -> None:
         "a slot that already has one is never run twice."
     )
     today = datetime.now(UTC).astimezone(ZoneInfo(row.timezone)).date()
-    left, right = st.columns(2)
-    start_day = left.date_input(
+    a, b, c, d = st.columns([3, 2, 3, 2])
+    start_day = a.date_input(
         f"From ({row.timezone})", value=today - timedelta(days=1), key="bf_from_date"
     )
-    start_clock = left.time_input("at", value=time(0), key="bf_from_time", step=60)
-    end_day = right.date_input(f"To, not included ({row.timezone})", value=today, key="bf_to_date")
-    end_clock = right.time_input("at ", value=time(0), key="bf_to_time", step=60)
+    start_clock = b.time_input("at", value=time(0), key="bf_from_time", step=60)
+    end_day = c.date_input(f"To, not included ({row.timezone})", value=today, key="bf_to_date")
+    end_clock = d.time_input("at ", value=time(0), key="bf_to_time", step=60)
     start = _instant(start_day, start_clock, row.timezone)
     end = _instant(end_day, end_clock, row.timezone)
     try:

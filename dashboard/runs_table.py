@@ -42,10 +42,14 @@ COLUMNS = {
 }
 
 
-def runs_table(rows: list[queries.ExecutionRow], key: str) -> None:
-    """A table of runs; a click on a row opens that run's page."""
+def runs_table(
+    rows: list[queries.ExecutionRow], key: str, columns: list[str] | None = None
+) -> None:
+    """A table of runs (`columns` of `history_table`, in that order: all by default); a
+    click on a row opens that run's page."""
+    frame = history_table(rows)
     event = st.dataframe(
-        history_table(rows),
+        frame if columns is None else frame[columns],
         hide_index=True,
         width="stretch",
         column_config=COLUMNS,

@@ -60,7 +60,7 @@ def bulk_retry(filters: queries.ExecutionFilters) -> None:
         f"Retry {retried} failed run(s){more}? Each resumes at the step that failed.",
         icon=":material/replay:",
     )
-    yes, no = st.columns(2)
+    yes = no = st.container(horizontal=True)
     if yes.button(f"Yes, retry {retried}", type="primary", key="ex_bulk_yes"):
         try:
             queued = actions.retry_failed(filters, actor=ui.actor())

@@ -70,7 +70,7 @@ def header(row: queries.ScheduleRow) -> None:
 
 @st.fragment(run_every=10)
 def record(schedule_id: uuid.UUID) -> None:
-    """Counters and recent runs, redrawn as runs come and go."""
+    """Its counters, redrawn as runs come and go."""
     now = ui.read(queries.get_schedule_row, schedule_id)
     if now is None:
         st.warning("This schedule was deleted.")
@@ -85,12 +85,20 @@ def record(schedule_id: uuid.UUID) -> None:
         f"Next run {ui.fmt_time(now.next_run_at, now.timezone)} · "
         f"last run {ui.fmt_time(now.last_run_at, now.timezone)} ({now.last_status or 'none'})"
     )
+
+
+# What tells a schedule's runs apart: its automation is the same on every row.
+RUN_COLUMNS = ["Status", "Scheduled for", "Trigger", "Steps", "Duration", "Error", "Attempt"]
+
+
+@st.fragment(run_every=10)
+def recent_runs(schedule_id: uuid.UUID) -> None:
     st.subheader("Recent runs")
     page = ui.read(queries.list_executions, ExecutionFilters(schedule_id=schedule_id), limit=RECENT)
     if not page.rows:
         ui.empty_state("No run of this schedule yet.", "Runs appear here as its slots come due.")
         return
-    runs_table(page.rows, "sp_runs")
+    runs_table(page.rows, "sp_runs", RUN_COLUMNS)
     st.caption("Click a row to open the run.")
     ui.page_link(
         "views/executions.py",
@@ -101,33 +109,32 @@ def record(schedule_id: uuid.UUID) -> None:
 
 
 def actions_row(row: queries.ScheduleRow) -> None:
+    editor, runner = ui.can(Permission.EDIT), ui.can(Permission.RUN)
+    if row.enabled and editor:
+        st.text_input(
+            "Pause note (optional)",
+            max_chars=MAX_PAUSE_NOTE,
+            key="sp_note",
+            placeholder="Why is it paused? Shown with the schedule until it resumes.",
+        )
     buttons = st.container(horizontal=True)
     try:
-        if row.enabled and ui.can(Permission.EDIT):
-            note = st.text_input(
-                "Pause note (optional)",
-                max_chars=MAX_PAUSE_NOTE,
-                key="sp_note",
-                placeholder="Why is it paused? Shown with the schedule until it resumes.",
-            )
+        if row.enabled and editor:
             if buttons.button("Pause", icon=":material/pause:", key="sp_pause"):
+                note = st.session_state.get("sp_note")
                 ui.write(commands.set_schedule_enabled, row.id, False, actor=ui.actor(), note=note)
                 st.session_state["sp_flash"] = "Schedule paused; future runs were withdrawn."
                 st.rerun()
-        elif ui.can(Permission.EDIT) and buttons.button(
-            "Resume", icon=":material/play_arrow:", key="sp_resume"
-        ):
+        elif editor and buttons.button("Resume", icon=":material/play_arrow:", key="sp_resume"):
             ui.write(commands.set_schedule_enabled, row.id, True, actor=ui.actor())
             notify_scheduler()
             st.session_state["sp_flash"] = "Schedule resumed from its next slot."
             st.rerun()
-        if ui.can(Permission.RUN) and buttons.button(
-            "Run now", icon=":material/play_circle:", key="sp_run"
-        ):
+        if runner and buttons.button("Run now", icon=":material/play_circle:", key="sp_run"):
             started = actions.run_now(row.automation_id, actor=ui.actor())
             st.session_state["sp_started_run"] = str(started)
             st.rerun()
-        if ui.can(Permission.EDIT):
+        if editor:
             buttons.button(
                 "Edit", icon=":material/edit:", key="sp_edit", on_click=open_dialog, args=(row,)
             )
@@ -135,14 +142,23 @@ def actions_row(row: queries.ScheduleRow) -> None:
         st.error(ui.text(exc))
 
 
+def upcoming(row: queries.ScheduleRow) -> None:
+    st.subheader("Next 10 runs" + ("" if row.enabled else " (if resumed now)"))
+    try:
+        timing = parse_timing(spec_of(row))
+    except StepwiseError as exc:
+        st.error(ui.text(exc))
+        return
+    if row.state == ScheduleState.COMPLETED or not next_runs(timing, datetime.now(UTC)):
+        st.caption("No run is left in the future.")
+
+
 header(row)
+record(row.id)
 if ui.can(Permission.EDIT) or ui.can(Permission.RUN):
     actions_row(row)
-st.subheader("Next 10 runs" + ("" if row.enabled else " (if resumed now)"))
-timing = parse_timing(spec_of(row))
-if row.state == ScheduleState.COMPLETED or not next_runs(timing, datetime.now(UTC)):
-    st.caption("No run is left in the future.")
-record(row.id)
+upcoming(row)
+recent_runs(row.id)
 if ui.can(Permission.RUN):
     backfill_form.render(row)
 if st.session_state.get(STATE) is not None:

@@ -85,8 +85,9 @@ def table(rows: list[queries.ScheduleRow]) -> pd.DataFrame:
         {
             "Automation": [r.automation_name for r in rows],
             "Runs when": [timing(r) for r in rows],
-            "Next run": [ui.fmt_short(r.next_run_at, r.timezone) for r in rows],
-            f"Your time ({viewer})": [ui.fmt_short(r.next_run_at, viewer) for r in rows],
+            # In the viewer's zone: the schedule's own zone is in "Runs when", and its page
+            # lists the next runs in both.
+            f"Next run ({viewer})": [ui.fmt_short(r.next_run_at, viewer) for r in rows],
             "State": [state_text(r) for r in rows],
             "Last": [ui.status_cell(r.last_status) for r in rows],
             "Runs": [r.run_count for r in rows],
@@ -102,8 +103,7 @@ def columns(rows: list[queries.ScheduleRow]) -> dict[str, Any]:
     # columns were cut off); the schedule's page shows the rest in full.
     return {
         "Automation": st.column_config.TextColumn(width=140),
-        "Runs when": st.column_config.TextColumn(width=180),
-        "Next run": st.column_config.TextColumn(width=125),
+        "Runs when": st.column_config.TextColumn(width=175),
         "State": st.column_config.TextColumn(width=130),
         "Last": ui.status_column("Last", width=90),
         "Runs": st.column_config.NumberColumn(width=50),
@@ -126,7 +126,7 @@ def schedule_list() -> None:
         return
     frame = table(rows)
     config = columns(rows)
-    config[frame.columns[3]] = st.column_config.TextColumn(width=125)
+    config[frame.columns[2]] = st.column_config.TextColumn(width=125)  # the next run
     event = st.dataframe(
         frame,
         hide_index=True,
@@ -198,7 +198,7 @@ def confirm_delete(chosen: list[queries.ScheduleRow]) -> None:
         "will be cancelled (a running one stops before its next step); finished runs stay in "
         "the history."
     )
-    yes, no = st.columns(2)
+    yes = no = st.container(horizontal=True)
     if yes.button("Yes, delete", type="primary", key="sch_delete_yes"):
         cancelled = sum(ui.write(commands.delete_schedule, r.id, actor=ui.actor()) for r in chosen)
         st.session_state.pop("sch_confirm_delete", None)

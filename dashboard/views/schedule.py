@@ -57,7 +57,8 @@ def timing_words(row: queries.ScheduleRow) -> str:
 
 def header(row: queries.ScheduleRow) -> None:
     st.markdown(f"## {ui.text(row.automation_name)} {ui.badge_md(row.state)}")
-    st.caption(f"Schedule `{row.id}` · {row.kind} · {row.timezone}")
+    expression = f" `{row.cron_expr}`" if row.cron_expr else ""
+    st.caption(f"Schedule `{row.id}` · {row.kind}{expression} · {row.timezone}")
     st.info(f"**{ui.text(timing_words(row))}**", icon=":material/event_repeat:")
     if row.state == ScheduleState.PAUSED:
         who = f" by {ui.text(row.paused_by)}" if row.paused_by else ""

@@ -1,4 +1,5 @@
-"""/v1/schedules: create, read, list, replace, pause, resume, delete, trigger now, preview."""
+"""/v1/schedules: create, read, list, replace, pause, resume, delete, trigger now, preview,
+backfill."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ from sqlalchemy.orm import Session
 from api.auth import Acting
 from api.problems import documented
 from api.schemas import (
+    BackfillIn,
+    BackfillOut,
+    BackfillPreviewOut,
     Deleted,
     IdempotencyKeyHeader,
+    PauseIn,
     Preview,
     PreviewIn,
     RunStarted,
@@ -25,7 +30,7 @@ from core.access import Actor
 from core.errors import NotFound
 from core.timing import describe, preview
 from core.vocabulary import ScheduleState
-from db import commands, idempotency, queries
+from db import backfill, commands, idempotency, queries
 from db.session import db_now, session_scope
 from tasks import actions
 
@@ -121,10 +126,14 @@ def update_schedule(schedule_id: uuid.UUID, body: TimingIn, actor: Acting) -> Sc
 
 
 @router.post("/{schedule_id}/pause")
-def pause_schedule(schedule_id: uuid.UUID, actor: Acting) -> ScheduleOut:
-    """Pause: runs of later slots that have not started are withdrawn."""
+def pause_schedule(
+    schedule_id: uuid.UUID, actor: Acting, body: PauseIn | None = None
+) -> ScheduleOut:
+    """Pause, with an optional note (shown with the schedule until it is resumed): runs
+    of later slots that have not started are withdrawn."""
+    note = None if body is None else body.note
     with session_scope() as session:
-        commands.set_schedule_enabled(session, schedule_id, False, actor=actor)
+        commands.set_schedule_enabled(session, schedule_id, False, actor=actor, note=note)
         return _row(session, schedule_id, actor)
 
 
@@ -152,3 +161,25 @@ def trigger_schedule(schedule_id: uuid.UUID, actor: Acting) -> RunStarted:
     with session_scope() as session:
         automation_id = commands.get_schedule(session, schedule_id, actor=actor).automation_id
     return RunStarted(execution_id=actions.run_now(automation_id, actor=actor))
+
+
+@router.post("/{schedule_id}/backfill/preview")
+def preview_backfill(schedule_id: uuid.UUID, body: BackfillIn, actor: Acting) -> BackfillPreviewOut:
+    """How many slots a backfill of the range would cover, and how many already have their
+    run; nothing is written."""
+    with session_scope() as session:
+        found = backfill.preview_backfill(session, schedule_id, body.start, body.end, actor=actor)
+    return BackfillPreviewOut(slots=found.slots, present=found.present)
+
+
+@router.post("/{schedule_id}/backfill", status_code=status.HTTP_202_ACCEPTED)
+def backfill_schedule(schedule_id: uuid.UUID, body: BackfillIn, actor: Acting) -> BackfillOut:
+    """One run per slot of the schedule in [from, to) that has no run yet (a range of more
+    slots than a backfill makes is refused, as is one past the workspace's runs-a-minute
+    quota); the same range again makes nothing."""
+    done = actions.backfill(schedule_id, body.start, body.end, actor=actor)
+    return BackfillOut(
+        execution_ids=done.execution_ids,
+        created=len(done.created),
+        skipped_present=done.present,
+    )

@@ -23,6 +23,7 @@ from core.limits import (
     DEFAULT_STEP_TIMEOUT_S,
     MAX_NAME,
     MAX_OWNER,
+    MAX_PAUSE_NOTE,
 )
 from core.schedule import ScheduleDefinition, ScheduleInput, parse_schedule
 from core.settings import get_settings
@@ -252,6 +253,9 @@ class ScheduleOut(BaseModel):
     missed_count: int
     skipped_count: int
     completed_reason: str | None
+    paused_by: str | None = Field(description="who paused it (null unless paused by someone)")
+    paused_at: datetime | None
+    pause_note: str | None = Field(description="why, as they wrote it")
     created_at: datetime
     queued_runs: int
 
@@ -259,6 +263,32 @@ class ScheduleOut(BaseModel):
     def of(cls, row: ScheduleRow) -> ScheduleOut:
         values = {name: getattr(row, name) for name in ScheduleRow.__dataclass_fields__}
         return cls(**values, state=str(row.state), description=row.describe())
+
+
+class PauseIn(Input):
+    note: str | None = Field(
+        default=None, description=f"why it is paused, shown with it (at most {MAX_PAUSE_NOTE})"
+    )
+
+
+class BackfillIn(Input):
+    """A range of past time: one run per slot of the schedule in [from, to)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    start: datetime = Field(alias="from", description="inclusive, with an offset")
+    end: datetime = Field(alias="to", description="exclusive, with an offset; not in the future")
+
+
+class BackfillPreviewOut(BaseModel):
+    slots: int = Field(description="slots of the schedule in the range")
+    present: int = Field(description="of those, slots that already have their run")
+
+
+class BackfillOut(BaseModel):
+    execution_ids: list[uuid.UUID] = Field(description="the runs made, oldest slot first")
+    created: int
+    skipped_present: int = Field(description="slots skipped: they already had their run")
 
 
 class Deleted(BaseModel):

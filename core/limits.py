@@ -40,6 +40,9 @@ DEFAULT_CATCHUP_WINDOW_S = 3600
 MAX_JITTER_S = 3600
 MAX_RUN_ALL = 100  # missed slots run by the run_all misfire policy
 MAX_SKIPPED_RECORDED = 100  # missed slots recorded one row each; older ones only counted
+MAX_PAUSE_NOTE = 500  # why a schedule was paused, as the person wrote it
+MAX_BACKFILL_SLOTS = 100  # slots one backfill may create runs for
+MAX_BULK = 100  # rows one bulk action (retry the failed runs of a filter) acts on
 
 # Words stored in short text columns (statuses, kinds, policies, triggers).
 MAX_WORD = 16

@@ -44,6 +44,7 @@ class Trigger(StrEnum):
     CATCHUP = "catchup"  # a missed slot run late by the misfire policy
     MANUAL = "manual"
     RETRY = "retry"
+    BACKFILL = "backfill"  # a past slot run on a person's request (`db.backfill`)
 
 
 class ScheduleKind(StrEnum):
@@ -110,6 +111,7 @@ class AuditAction(StrEnum):
     DELETE_CHANNEL = "delete_channel"
     TEST_CHANNEL = "test_channel"
     SET_NOTIFICATIONS = "set_notifications"
+    BACKFILL = "backfill"
 
 
 class AuditTarget(StrEnum):

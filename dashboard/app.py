@@ -72,6 +72,14 @@ page = st.navigation(
             url_path="run",
             visibility="hidden",
         ),
+        # One schedule, by its own URL (/schedule?id=<schedule id>): reached from Schedules.
+        st.Page(
+            PAGES / "schedule.py",
+            title="Schedule",
+            icon=":material/event_repeat:",
+            url_path="schedule",
+            visibility="hidden",
+        ),
     ]
 )
 page.run()

@@ -18,7 +18,7 @@ from core.errors import StepwiseError, ValidationFailed
 from core.limits import MAX_RUN_ALL
 from core.schedule import ScheduleDefinition, parse_schedule
 from core.settings import get_settings
-from core.timing import describe, preview
+from core.timing import Timing, describe, preview
 from core.vocabulary import MisfirePolicy, OverlapPolicy
 from dashboard import forms, ui
 from db import commands, queries
@@ -182,20 +182,26 @@ def _timing_inputs(form: forms.ScheduleForm, errors: dict[str, str]) -> None:
 def _preview(data: ScheduleDefinition, now: datetime) -> None:
     # A new interval schedule counts from its creation: preview it as if created now.
     timing = data.timing.anchored(now)
-    text = describe(timing)
-    slots = preview(timing, now, 10)
-    st.info(f"**{text}**", icon=":material/event_repeat:")
-    if not slots:
+    st.info(f"**{describe(timing)}**", icon=":material/event_repeat:")
+    if not next_runs(timing, now):
         st.warning("This schedule has no run in the future: it would be completed at once.")
-        return
+
+
+def next_runs(timing: Timing, now: datetime, label: str = "Next runs") -> bool:
+    """The next 10 runs of `timing` from `now`, in its zone and the viewer's; False if none."""
+    slots = preview(timing, now, 10)
+    if not slots:
+        return False
     viewer = ui.viewer_timezone()
     table = pd.DataFrame(
         {
-            f"Next runs ({timing.timezone})": [ui.fmt_time(s, timing.timezone) for s in slots],
+            f"{label} ({timing.timezone})": [ui.fmt_time(s, timing.timezone) for s in slots],
             f"Your time ({viewer})": [ui.fmt_time(s, viewer) for s in slots],
         }
     )
-    st.dataframe(table, hide_index=True, width="stretch", height=388)
+    # One row for each slot: a one-off schedule is one row, not nine empty ones.
+    st.dataframe(table, hide_index=True, width="stretch", height=38 + 35 * len(slots))
+    return True
 
 
 def _limits(errors: dict[str, str]) -> None:

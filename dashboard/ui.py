@@ -63,6 +63,7 @@ RATE_GOOD = 0.95
 RATE_FAIR = 0.80
 RATE_COLORS = {"good": "#2e9d5b", "fair": "#e0a526", "poor": "#d64545", "none": "#a0a7b4"}
 RUN_PAGE = "views/run.py"  # the run page, as app.py routes it (`/run?id=<run id>`)
+SCHEDULE_PAGE = "views/schedule.py"  # a schedule's page (`/schedule?id=<schedule id>`)
 
 
 def status_column(label: str = "Status", **kwargs: Any) -> Any:
@@ -126,6 +127,11 @@ def run_link(execution_id: uuid.UUID | str, label: str | None = None) -> None:
 def open_run(execution_id: uuid.UUID | str) -> None:
     """Go to a run's page (a click on a row that lists it)."""
     st.switch_page(RUN_PAGE, query_params={"id": str(execution_id)})
+
+
+def open_schedule(schedule_id: uuid.UUID | str) -> None:
+    """Go to a schedule's page (a click on its row in Schedules)."""
+    st.switch_page(SCHEDULE_PAGE, query_params={"id": str(schedule_id)})
 
 
 def person() -> str:
@@ -222,6 +228,17 @@ def fmt_time(value: datetime | None, zone: str | None = None) -> str:
     except (KeyError, ValueError):
         local = value
     return local.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def fmt_short(value: datetime | None, zone: str | None = None) -> str:
+    """A time for a narrow table column: "Nov 27, 09:00 CET"."""
+    if value is None:
+        return "—"
+    try:
+        local = value.astimezone(ZoneInfo(zone or viewer_timezone()))
+    except (KeyError, ValueError):
+        local = value
+    return local.strftime("%b %d, %H:%M %Z")
 
 
 def fmt_ago(value: datetime | None, now: datetime) -> str:

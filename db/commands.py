@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from core.access import Actor
 from core.automation import AutomationInput, redact_url, validate_automation
+from core.backfill import pause_note
 from core.errors import InvalidState, NotFound, QuotaExceeded
 from core.schedule import ScheduleDefinition, initial_next_run_at
 from core.secrets import new_signing_secret
@@ -335,20 +336,27 @@ def update_schedule(
     withdrawn = _withdraw_future(session, schedule, now)
     if data.enabled:
         _arm(schedule, data.timing.anchored(schedule.created_at), now)
+        _mark_paused(schedule, None, None, now)
     details = {"withdrawn": withdrawn, "changed": changed, **_describe(schedule)}
     audit(session, actor, AuditAction.EDIT, AuditTarget.SCHEDULE, schedule_id, **details)
     return schedule
 
 
 def set_schedule_enabled(
-    session: Session, schedule_id: uuid.UUID, enabled: bool, *, actor: Actor
+    session: Session,
+    schedule_id: uuid.UUID,
+    enabled: bool,
+    *,
+    actor: Actor,
+    note: str | None = None,
 ) -> Schedule:
-    """Pause or resume.
+    """Pause (with an optional note, kept with who paused and when) or resume.
 
     Pausing withdraws the runs of slots after now that have not started; runs of
     earlier slots go on. Resuming starts from the first slot at or after now: the
-    pause is not replayed.
+    pause is not replayed, and the note is cleared.
     """
+    note = pause_note(note) if not enabled else None
     schedule = _lock_schedule(session, actor, schedule_id)
     _automation(session, actor.workspace_id, schedule.automation_id)
     now = db_now(session)
@@ -360,9 +368,20 @@ def set_schedule_enabled(
     else:
         schedule.enabled = False
         withdrawn = _withdraw_future(session, schedule, now)
+    _mark_paused(schedule, None if enabled else actor, note, now)
     action = AuditAction.RESUME if enabled else AuditAction.PAUSE
-    audit(session, actor, action, AuditTarget.SCHEDULE, schedule_id, withdrawn=withdrawn)
+    details: dict[str, Any] = {"withdrawn": withdrawn}
+    if note is not None:
+        details["note"] = note
+    audit(session, actor, action, AuditTarget.SCHEDULE, schedule_id, **details)
     return schedule
+
+
+def _mark_paused(schedule: Schedule, by: Actor | None, note: str | None, now: datetime) -> None:
+    """Record who paused the schedule, when and why; `by` None clears it (resumed)."""
+    schedule.paused_by = None if by is None else by.name
+    schedule.paused_at = None if by is None else now
+    schedule.pause_note = note
 
 
 def delete_schedule(session: Session, schedule_id: uuid.UUID, *, actor: Actor) -> int:
@@ -419,7 +438,7 @@ def create_manual_execution(
     authorize(session, actor, Permission.RUN)
     automation = _automation(session, actor.workspace_id, automation_id)
     now = db_now(session)
-    _within_run_quota(session, actor.workspace_id, now)
+    within_run_quota(session, actor.workspace_id, now)
     execution = Execution(
         automation_id=automation_id,
         workspace_id=actor.workspace_id,
@@ -443,7 +462,10 @@ def create_manual_execution(
     return execution
 
 
-def _within_run_quota(session: Session, workspace_id: uuid.UUID, now: datetime) -> None:
+def within_run_quota(
+    session: Session, workspace_id: uuid.UUID, now: datetime, adding: int = 1
+) -> None:
+    """QuotaExceeded unless `adding` more runs keep the workspace within its runs a minute."""
     limit = quotas(session, workspace_id).max_runs_per_minute
     recent = session.scalar(
         select(func.count())
@@ -453,10 +475,16 @@ def _within_run_quota(session: Session, workspace_id: uuid.UUID, now: datetime) 
             Execution.queued_at > now - timedelta(minutes=1),
         )
     )
-    if (recent or 0) >= limit:
+    recent = recent or 0
+    if recent + adding > limit:
+        reached = (
+            f"has reached its quota of {limit} runs per minute"
+            if adding == 1
+            else f"would pass its quota of {limit} runs per minute with {adding} more "
+            f"({recent} in the last minute)"
+        )
         raise QuotaExceeded(
-            f"this workspace has reached its quota of {limit} runs per minute: try again in a "
-            "minute, or ask an admin to raise the quota"
+            f"this workspace {reached}: try again in a minute, or ask an admin to raise the quota"
         )
 
 

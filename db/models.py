@@ -42,6 +42,7 @@ from core.limits import (
     MAX_JITTER_S,
     MAX_NAME,
     MAX_OWNER,
+    MAX_PAUSE_NOTE,
     MAX_RATE_PER_S,
     MAX_REASON,
     MAX_RETRIES,
@@ -276,6 +277,10 @@ class Schedule(Base):
     missed_count: Mapped[int] = mapped_column(Integer, default=0)
     skipped_count: Mapped[int] = mapped_column(Integer, default=0)
     completed_reason: Mapped[str | None] = mapped_column(String(MAX_REASON))
+    # Who paused it, when and why (the note as they wrote it); cleared on resume.
+    paused_by: Mapped[str | None] = mapped_column(String(MAX_OWNER))
+    paused_at: Mapped[datetime | None]
+    pause_note: Mapped[str | None] = mapped_column(String(MAX_PAUSE_NOTE))
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 

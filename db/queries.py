@@ -383,6 +383,9 @@ class ScheduleRow:
     missed_count: int
     skipped_count: int
     completed_reason: str | None
+    paused_by: str | None
+    paused_at: datetime | None
+    pause_note: str | None
     created_at: datetime
     queued_runs: int
 
@@ -412,6 +415,7 @@ def list_schedules(
     actor: Actor,
     automation_id: uuid.UUID | None = None,
     state: ScheduleState | None = None,
+    schedule_id: uuid.UUID | None = None,
 ) -> list[ScheduleRow]:
     """Every schedule of live automations with its automation and its queued-run count."""
     workspace_id = scope(session, actor)
@@ -438,6 +442,8 @@ def list_schedules(
     )
     if automation_id is not None:
         stmt = stmt.where(Schedule.automation_id == automation_id)
+    if schedule_id is not None:
+        stmt = stmt.where(Schedule.id == schedule_id)
     if state == ScheduleState.ACTIVE:
         stmt = stmt.where(Schedule.enabled)
     elif state == ScheduleState.PAUSED:
@@ -450,7 +456,8 @@ def list_schedules(
 def get_schedule_row(
     session: Session, schedule_id: uuid.UUID, *, actor: Actor
 ) -> ScheduleRow | None:
-    return next((r for r in list_schedules(session, actor=actor) if r.id == schedule_id), None)
+    """One schedule as lists show it; None when it is not in the actor's workspace."""
+    return next(iter(list_schedules(session, actor=actor, schedule_id=schedule_id)), None)
 
 
 # --- automations --------------------------------------------------------------------

@@ -279,7 +279,8 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
         return "nothing"
     # The overlap policy decides whether a slot starts; a retry of a run that
     # already started is that run going on, not a new slot.
-    first_start = execution.attempt == 0
+    # A backfill (past slots a person asked for, `db.backfill`) is not held back by it.
+    first_start = execution.attempt == 0 and execution.trigger != Trigger.BACKFILL
     if first_start and policy is not None and policy != OverlapPolicy.ALLOW:
         decision = _overlap(session, execution, policy)
         if decision in SKIP_REASONS:
@@ -352,7 +353,8 @@ _CLAIM_MANY = text(
         WHERE e.id = ANY(:ids) AND a.id = e.automation_id AND a.archived_at IS NULL
           AND (e.status = '{ExecutionStatus.QUEUED}'
                OR (e.status = '{ExecutionStatus.RUNNING}' AND e.lease_expires_at < now()))
-          AND (e.attempt > 0 OR e.schedule_id IS NULL OR EXISTS (
+          AND (e.attempt > 0 OR e.schedule_id IS NULL OR e.trigger = '{Trigger.BACKFILL}'
+               OR EXISTS (
                 SELECT 1 FROM schedules s WHERE s.id = e.schedule_id
                 AND (s.kind = '{ScheduleKind.ONCE}' OR s.overlap_policy = '{OverlapPolicy.ALLOW}')))
         RETURNING e.id, e.attempt, e.schedule_id, e.scheduled_for, e.workspace_id,

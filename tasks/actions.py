@@ -10,18 +10,23 @@ workspace's runs (and of the deployment's own jobs), each one audited.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
 from core.access import Actor
 from core.errors import InvalidState, NotFound
-from core.vocabulary import AuditAction, AuditTarget, Permission
+from core.limits import MAX_BULK
+from core.vocabulary import AuditAction, AuditTarget, ExecutionStatus, Permission
+from db import backfill as backfills
 from db import commands, queries
+from db.queries import ExecutionFilters
 from db.runs import RunMessage
 from db.session import session_scope
 from db.workspaces import audit, authorize
 from tasks import queues
-from tasks.actors import dispatch, send_run
+from tasks.actors import dispatch, send_run, send_runs
 
 RUN_ACTOR = "run_execution"
 
@@ -40,6 +45,43 @@ def retry(execution_id: uuid.UUID, *, actor: Actor) -> None:
     with session_scope() as session:
         _, max_retries = commands.retry_execution(session, execution_id, actor=actor)
     send_run(RunMessage(execution_id, max_retries))
+
+
+def failed_of(filters: ExecutionFilters) -> ExecutionFilters | None:
+    """The failed runs among `filters` (None when its statuses leave out failed)."""
+    if filters.statuses and ExecutionStatus.FAILED not in filters.statuses:
+        return None
+    return replace(filters, statuses=(ExecutionStatus.FAILED,))
+
+
+def retry_failed(filters: ExecutionFilters, *, actor: Actor, limit: int = MAX_BULK) -> int:
+    """Retry the failed runs matching `filters`, newest first, at most `limit`, each as
+    `retry` does it (audited one by one); returns how many were queued again. A run of a
+    deleted automation, or one retried meanwhile, is left out."""
+    failed = failed_of(filters)
+    messages = []
+    with session_scope() as session:
+        authorize(session, actor, Permission.RUN)
+        if failed is None:
+            return 0
+        for row in queries.list_executions(session, failed, actor=actor, limit=limit).rows:
+            try:
+                _, max_retries = commands.retry_execution(session, row.id, actor=actor)
+            except (InvalidState, NotFound):
+                continue
+            messages.append(RunMessage(row.id, max_retries))
+    send_runs(messages)
+    return len(messages)
+
+
+def backfill(
+    schedule_id: uuid.UUID, start: datetime | None, end: datetime | None, *, actor: Actor
+) -> backfills.Backfilled:
+    """Run the schedule's slots in `[start, end)` that have no run yet (`db.backfill`)."""
+    with session_scope() as session:
+        done = backfills.backfill(session, schedule_id, start, end, actor=actor)
+    send_runs(done.created)
+    return done
 
 
 def cancel(execution_id: uuid.UUID, *, actor: Actor) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,9 @@ AUTOMATION = {
     "steps": [{"name": "one", "message": "do part one"}],
 }
 SCHEDULE = {"kind": "cron", "cron_expr": "*/5 * * * *", "timezone": "Europe/Berlin"}
+# The last hour before the test session: a past range any schedule may backfill.
+_HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+BACKFILL = {"from": (_HOUR - timedelta(hours=1)).isoformat(), "to": _HOUR.isoformat()}
 
 
 def make_token(actor: Actor = ADMIN, role: Role = Role.ADMIN, name: str = "ci") -> str:
@@ -300,8 +304,11 @@ def test_another_workspaces_token_reaches_nothing_of_ours(client: TestClient) ->
         ("get", f"/v1/schedules/{schedule_id}", None),
         ("put", f"/v1/schedules/{schedule_id}", SCHEDULE),
         ("post", f"/v1/schedules/{schedule_id}/pause", None),
+        ("post", f"/v1/schedules/{schedule_id}/pause", {"note": "theirs"}),
         ("post", f"/v1/schedules/{schedule_id}/resume", None),
         ("post", f"/v1/schedules/{schedule_id}/trigger", None),
+        ("post", f"/v1/schedules/{schedule_id}/backfill", BACKFILL),
+        ("post", f"/v1/schedules/{schedule_id}/backfill/preview", BACKFILL),
         ("delete", f"/v1/schedules/{schedule_id}", None),
         ("get", f"/v1/executions/{run_id}", None),
         ("post", f"/v1/executions/{run_id}/cancel", None),
@@ -333,8 +340,10 @@ def test_a_viewer_tokens_writes_are_forbidden_and_write_nothing(client: TestClie
         ("post", "/v1/schedules", {**SCHEDULE, "automation_id": str(automation_id)}),
         ("put", f"/v1/schedules/{schedule_id}", SCHEDULE),
         ("post", f"/v1/schedules/{schedule_id}/pause", None),
+        ("post", f"/v1/schedules/{schedule_id}/pause", {"note": "viewer"}),
         ("post", f"/v1/schedules/{schedule_id}/resume", None),
         ("post", f"/v1/schedules/{schedule_id}/trigger", None),
+        ("post", f"/v1/schedules/{schedule_id}/backfill", BACKFILL),
         ("delete", f"/v1/schedules/{schedule_id}", None),
         ("post", f"/v1/executions/{run_id}/cancel", None),
         ("post", f"/v1/executions/{run_id}/retry", None),

@@ -29,7 +29,7 @@ from db.models import StepRun
 from db.session import session_scope
 from stepwise.demo_agent import Reply
 from tasks import actions
-from testkit.factories import ADMIN, add_runs, make_automation, make_workspace
+from testkit.factories import ADMIN, add_runs, make_automation, make_schedule, make_workspace
 from testkit.processes import READY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -205,7 +205,9 @@ def test_dashboard_in_a_real_browser(dashboard_url: str, browser_page: Any) -> N
     assert row.next_run_at is not None and row.timezone == "America/New_York"
     grid = page.locator('[data-testid="stDataFrame"]').first
     grid.wait_for()
-    next_run = row.next_run_at.astimezone(ZoneInfo(row.timezone)).strftime("%Y-%m-%d %H:%M:%S %Z")
+    # The table gives the next run in the viewer's zone (the browser's: America/New_York).
+    viewer = ZoneInfo("America/New_York")
+    next_run = row.next_run_at.astimezone(viewer).strftime("%b %d, %H:%M %Z")
     listed = grid.text_content() or ""
     assert "Browser demo" in listed and next_run in listed, listed[:500]
     shoot(page, "schedules")
@@ -504,3 +506,161 @@ def test_a_click_on_a_run_grid_cell_opens_the_run_page(
     wait_status(page, "failed")
     no_exception(page)
     assert ok != failed and outside == []
+
+
+# --- the schedule page ------------------------------------------------------------------
+
+
+def grid_fits(page: Any, grid: Any) -> bool:
+    """Whether a data grid shows every column without scrolling sideways."""
+    return bool(
+        grid.evaluate(
+            "el => { const s = el.querySelector('.dvn-scroller');"
+            " return !!s && s.scrollWidth <= s.clientWidth + 1; }"
+        )
+    )
+
+
+def test_a_schedules_row_opens_its_page_and_every_column_fits_at_1440(
+    dashboard_url: str, browser_page: Any
+) -> None:
+    # given a schedule with a run, on a 1440 x 900 screen
+    page = browser_page
+    page.set_viewport_size({"width": 1440, "height": 900})
+    outside = outside_requests(page)
+    automation_id = make_automation(name="Row click")
+    schedule_id = make_schedule(automation_id, cron_expr="0 9 * * 1-5", timezone="Europe/Berlin")
+    add_runs(automation_id, [{"schedule_id": schedule_id, "trigger": "schedule"}])
+    page.goto(f"{dashboard_url}/schedules")
+    settle(page)
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    grid.wait_for()
+    page.wait_for_timeout(1500)
+    shoot(page, "schedules_1440")
+    # then every column, the record's included, is on screen (defect 8)
+    for name in ("Last", "Runs", "Success", "Missed / skipped", "Queued"):
+        assert name in (grid.text_content() or ""), name
+    assert grid_fits(page, grid)
+    # when its row is ticked, then the actions on selected rows show
+    box = grid.bounding_box()
+    assert box is not None
+    page.mouse.click(box["x"] + 16, box["y"] + 35 + 17)  # the canvas grid: by position
+    page.get_by_text("1 selected").wait_for()
+    page.get_by_label("Pause note (optional)").wait_for()
+    settle(page)
+    shoot(page, "schedules_selected")
+    # when the schedule's row is clicked
+    page.mouse.click(box["x"] + 100, box["y"] + 35 + 17)
+    # then its page opens at its own URL, with its timing in words
+    page.wait_for_url(f"**/schedule?id={schedule_id}")
+    settle(page)
+    page.get_by_text("At 09:00 AM, Monday through Friday (Europe/Berlin)").wait_for()
+    no_exception(page)
+    shoot(page, "schedule_page")
+    # and the way back lists the schedules again (the click is not replayed)
+    page.get_by_role("link", name="All schedules").click()
+    page.wait_for_url("**/schedules")
+    settle(page)
+    page.wait_for_timeout(1500)
+    assert page.url.endswith("/schedules"), page.url
+    page.goto(f"{dashboard_url}/schedule?id={schedule_id}")
+    settle(page)
+    page.set_viewport_size({"width": 390, "height": 844})
+    settle(page)
+    shoot(page, "phone_schedule_page")
+    page.goto(f"{dashboard_url}/schedules")
+    settle(page)
+    shoot(page, "phone_schedules")
+    no_exception(page)
+    assert outside == []
+
+
+def test_pause_with_a_note_and_backfill_on_a_schedule_page_opened_by_url(
+    dashboard_url: str, browser_page: Any
+) -> None:
+    # given an hourly schedule, its page opened by its URL
+    page = browser_page
+    outside = outside_requests(page)
+    automation_id = make_automation(name="Backfilled report")
+    schedule_id = make_schedule(automation_id, cron_expr="0 * * * *", timezone="UTC")
+    page.goto(f"{dashboard_url}/schedule?id={schedule_id}")
+    settle(page)
+    # when yesterday (the form's default range) is previewed, then backfilled
+    page.get_by_text("This range holds 24 slot(s); 0 already have a run").wait_for()
+    page.get_by_role("button", name="Backfill 24 run(s)").click()
+    page.get_by_text("Backfill: 24 run(s) queued; 0 slot(s) already had their run.").wait_for()
+    settle(page)
+    # then the runs are listed on the page, and the same range would make none
+    page.get_by_text("24 already have a run, so 0 run(s) will be made").wait_for()
+    recent = page.locator('[data-testid="stDataFrame"]').nth(1)
+    listed = recent.text_content() or ""
+    assert listed.count("backfill") >= 5 and listed.count("queued") >= 5, listed[:300]
+    with session_scope() as session:
+        page_of_runs = queries.list_executions(
+            session, queries.ExecutionFilters(schedule_id=schedule_id), actor=ADMIN
+        )
+    assert len(page_of_runs.rows) == 24
+    assert {r.trigger for r in page_of_runs.rows} == {"backfill"}
+    shoot(page, "schedule_backfilled")
+    # when paused with a note
+    page.get_by_label("Pause note (optional)").fill("Vendor API down until <b>Monday</b>")
+    page.get_by_role("button", name="Pause").click()
+    page.get_by_text("Schedule paused").wait_for()
+    settle(page)
+    # then the note shows, as typed, with who paused it
+    page.get_by_text("Paused by local admin").wait_for()
+    assert (
+        "Vendor API down until <b>Monday</b>" in page.locator('[data-testid="stMain"]').inner_text()
+    )
+    no_exception(page)
+    shoot(page, "schedule_paused")
+    # and the schedules table shows it too
+    page.goto(f"{dashboard_url}/schedules")
+    settle(page)
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    grid.get_by_text("paused · Vendor API down", exact=False).first.wait_for(state="attached")
+    shoot(page, "schedules_paused")
+    assert outside == []
+
+
+def test_another_workspaces_schedule_page_is_not_found(
+    dashboard_url: str, browser_page: Any
+) -> None:
+    page = browser_page
+    theirs = make_workspace("Their team", admin="eve@their.example")
+    their_schedule = make_schedule(
+        make_automation(actor=theirs, name="Their payroll"), actor=theirs
+    )
+    page.goto(f"{dashboard_url}/schedule?id={their_schedule}")
+    settle(page)
+    page.get_by_text("Schedule not found in this workspace").wait_for()
+    no_exception(page)
+    assert "Their payroll" not in page.content()
+
+
+def test_the_failed_runs_of_a_filter_are_retried_in_bulk(
+    dashboard_url: str, browser_page: Any
+) -> None:
+    # given two failed runs and a succeeded one, Executions filtered to failed by its URL
+    page = browser_page
+    outside = outside_requests(page)
+    automation_id = make_automation(name="Bulk retried")
+    failed = add_runs(automation_id, [{"status": "failed", "error": "HTTP 503"}] * 2)
+    add_runs(automation_id, [{"status": "succeeded"}])
+    page.goto(f"{dashboard_url}/executions?status=failed")
+    settle(page)
+    # when "Retry the failed runs of this filter" is pressed and confirmed
+    page.get_by_role("button", name="Retry the failed runs of this filter (2)").click()
+    page.get_by_text("Retry 2 failed run(s)?").wait_for()
+    shoot(page, "executions_bulk_retry")
+    page.get_by_role("button", name="Yes, retry 2").click()
+    # then both are queued again
+    page.get_by_text("2 failed run(s) queued again.").wait_for()
+    no_exception(page)
+    with session_scope() as session:
+        statuses = {
+            queries.execution_detail(session, run, actor=ADMIN).execution.status  # type: ignore[union-attr]
+            for run in failed
+        }
+    assert statuses == {"queued"}
+    assert outside == []

@@ -168,15 +168,26 @@ def test_end_before_start_is_shown_next_to_the_field() -> None:
 
 def test_edit_a_schedule_keeps_its_values_and_saves_changes() -> None:
     auto = make_automation()
-    make_schedule(auto, cron_expr="0 9 * * *", timezone="Asia/Tokyo")
-    at = page("schedules")
-    at.button(key="sch_edit").click().run()
+    sched = make_schedule(auto, cron_expr="0 9 * * *", timezone="Asia/Tokyo")
+    st.cache_data.clear()
+    at = AppTest.from_file(str(PAGES / "schedule.py"), default_timeout=60)
+    at.query_params["id"] = str(sched)
+    at.run()
+    at.button(key="sp_edit").click().run()
     assert at.selectbox(key="sd_timing").value == "daily_9am"
     assert at.selectbox(key="sd_tz").value == "Asia/Tokyo"
     at.selectbox(key="sd_timing").set_value("hourly").run()
     at.button(key="sd_save").click().run()
     [row] = schedules()
     assert (row.cron_expr, row.timezone) == ("0 * * * *", "Asia/Tokyo")
+
+
+def select_rows(at: AppTest, *rows: int) -> AppTest:
+    """Tick rows of the schedules table (as a click on their boxes does in a browser)."""
+    at.session_state["sch_table"] = {"selection": {"rows": list(rows), "columns": [], "cells": []}}
+    at.run()
+    assert not at.exception, at.exception
+    return at
 
 
 # --- schedule actions ---------------------------------------------------------------------
@@ -187,12 +198,19 @@ def test_pause_resume_run_now_and_delete(agent: Any, worker: Any) -> None:
     auto = make_automation(agent_url=agent.url, steps=2)
     sched = make_schedule(auto, cron_expr="0 0 1 1 *")
     at = page("schedules")
-    # when paused, then resumed
+    # no row ticked, no action shown
+    assert [b.label for b in at.button] == ["New schedule"]
+    select_rows(at, 0)
+    # when paused with a note, then resumed
+    at.text_input(key="sch_note").input("vendor down").run()
     at.button(key="sch_pause").click().run()
-    assert [r.state for r in schedules()] == ["paused"]
+    assert [(r.state, r.pause_note) for r in schedules()] == [("paused", "vendor down")]
+    assert "paused · vendor down" in at.dataframe[0].value.to_string()
+    select_rows(at, 0)
     at.button(key="sch_resume").click().run()
-    assert [r.state for r in schedules()] == ["active"]
+    assert [(r.state, r.pause_note) for r in schedules()] == [("active", None)]
     # when run now: the worker runs it for real
+    select_rows(at, 0)
     at.button(key="sch_run").click().run()
     assert not at.exception, at.exception
     assert "Run started: follow it on its page." in texts(at)
@@ -218,11 +236,39 @@ def test_pause_resume_run_now_and_delete(agent: Any, worker: Any) -> None:
             }
         ],
     )
+    select_rows(at, 0)
     at.button(key="sch_delete").click().run()
-    assert "Its 1 open run(s), queued or running, will be cancelled" in texts(at)
+    assert "Their 1 open run(s), queued or running, will be cancelled" in texts(at)
+    assert len(schedules()) == 1
     at.button(key="sch_delete_yes").click().run()
     assert schedules() == []
     assert "1 open run(s) cancelled" in texts(at)
+
+
+def test_several_schedules_are_paused_at_once_and_a_viewer_gets_no_actions() -> None:
+    # given three schedules, two of them ticked
+    a, b = make_automation(name="Alpha"), make_automation(name="Beta")
+    for automation in (a, b, b):
+        make_schedule(automation)
+    at = select_rows(page("schedules"), 0, 2)
+    # when paused, then those two are paused with the note and the third runs on
+    at.text_input(key="sch_note").input("quarter close").run()
+    at.button(key="sch_pause").click().run()
+    assert not at.exception, at.exception
+    states = [(r.automation_name, r.state, r.pause_note) for r in schedules()]
+    assert states == [
+        ("Alpha", "paused", "quarter close"),
+        ("Beta", "active", None),
+        ("Beta", "paused", "quarter close"),
+    ]
+    assert "2 schedule(s) paused" in texts(at)
+    # and a viewer ticking rows sees no write control
+    st.cache_data.clear()
+    viewer = AppTest.from_file(str(PAGES / "schedules.py"), default_timeout=60)
+    viewer.session_state[ui.ACTOR] = person("vera@example.com", "viewer")
+    viewer.run()
+    select_rows(viewer, 0)
+    assert [b.label for b in viewer.button] == [] and not viewer.text_input
 
 
 def test_schedule_filters_narrow_the_list() -> None:
@@ -570,3 +616,54 @@ def test_executions_filters_are_kept_in_the_url_and_read_from_it(
     assert at.query_params["status"] in ("failed", ["failed"])
     at.multiselect(key="ex_status").unselect("failed").run()
     assert "status" not in at.query_params
+
+
+def test_the_failed_runs_of_a_filter_are_retried_after_a_count_and_a_confirmation() -> None:
+    # given three failed runs and a succeeded one of one automation, a failed one of another
+    mine = make_automation(name="Mine")
+    failed = add_runs(mine, [{"status": "failed", "error": "HTTP 503"}] * 3)
+    add_runs(mine, [{"status": "succeeded"}])
+    (other,) = add_runs(make_automation(name="Other"), [{"status": "failed"}])
+    at = page("executions")
+    # when the filter is narrowed to the first automation
+    at.selectbox(key="ex_automation").set_value(str(mine)).run()
+    # then the button counts its failed runs, and nothing happens before the confirmation
+    at.button(key="ex_bulk_retry").click().run()
+    assert "Retry 3 failed run(s)? Each resumes at the step that failed." in texts(at)
+    assert {queries_status(r) for r in failed} == {"failed"}
+    at.button(key="ex_bulk_yes").click().run()
+    assert not at.exception, at.exception
+    # and once confirmed, those three are queued again (each audited), the other stays failed
+    assert {queries_status(r) for r in failed} == {"queued"}
+    assert queries_status(other) == "failed"
+    assert "3 failed run(s) queued again." in texts(at)
+    with session_scope() as session:
+        audit = list_audit(session, AuditFilters(), actor=ADMIN)
+    assert [a.action for a in audit].count("retry") == 3
+    # and a filter on succeeded runs offers no retry
+    at.multiselect(key="ex_status").set_value(["succeeded"]).run()
+    assert not [b for b in at.button if b.key == "ex_bulk_retry"]
+
+
+def test_a_viewer_gets_no_bulk_retry_and_a_forged_one_is_refused() -> None:
+    from core.errors import Forbidden
+    from tasks import actions
+
+    add_runs(make_automation(), [{"status": "failed"}])
+    viewer = person("vera@example.com", "viewer")
+    st.cache_data.clear()
+    at = AppTest.from_file(str(PAGES / "executions.py"), default_timeout=60)
+    at.session_state[ui.ACTOR] = viewer
+    at.run()
+    assert not at.exception and not [b for b in at.button if b.key == "ex_bulk_retry"]
+    before = table_snapshot()
+    with pytest.raises(Forbidden):
+        actions.retry_failed(ExecutionFilters(), actor=viewer)
+    assert table_snapshot() == before
+
+
+def queries_status(execution_id: uuid.UUID) -> str:
+    with session_scope() as session:
+        detail = queries.execution_detail(session, execution_id, actor=ADMIN)
+    assert detail is not None
+    return detail.execution.status

@@ -10,9 +10,14 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from core.errors import StepwiseError
+from core.limits import MAX_BULK
+from core.vocabulary import Permission
 from dashboard import grid, ui
 from dashboard.filters import history_filters
+from dashboard.runs_table import runs_table
 from db import figures, queries
+from tasks import actions
 
 PAGE_SIZES = (25, 50, 100)
 
@@ -34,51 +39,40 @@ if st.session_state.get("ex_filters") != (filters, page_size):
     st.session_state["ex_offset"] = 0
 
 
-def history_table(rows: list[queries.ExecutionRow]) -> pd.DataFrame:
-    # What tells runs apart comes first, the error included: at 1440 px nothing after
-    # "Scheduled for" needs scrolling to.
-    return pd.DataFrame(
-        {
-            "Status": [ui.status_cell(r.status) for r in rows],
-            "Automation": [r.automation_name for r in rows],
-            "Steps": [r.steps_done for r in rows],
-            "Error": [r.error or "" for r in rows],
-            "Scheduled for": [ui.fmt_time(r.scheduled_for) for r in rows],
-            "Duration": [ui.fmt_duration(r.duration_s) for r in rows],
-            "Trigger": [r.trigger for r in rows],
-            "Attempt": [r.attempt for r in rows],
-            "Queued": [ui.fmt_time(r.queued_at) for r in rows],
-            "Id": [str(r.id) for r in rows],
-        }
+def bulk_retry(filters: queries.ExecutionFilters) -> None:
+    """ "Retry the failed runs of this filter": the count first, then one confirmation."""
+    failed = actions.failed_of(filters)
+    count = 0 if failed is None else ui.read(queries.count_executions, failed)
+    if not count:
+        return
+    if st.session_state.get("ex_confirm_retry") != filters:
+        if st.button(
+            f"Retry the failed runs of this filter ({count})",
+            icon=":material/replay:",
+            key="ex_bulk_retry",
+        ):
+            st.session_state["ex_confirm_retry"] = filters
+            st.rerun()
+        return
+    retried = min(count, MAX_BULK)
+    more = f" (the newest {MAX_BULK}; retry again for the rest)" if count > MAX_BULK else ""
+    st.warning(
+        f"Retry {retried} failed run(s){more}? Each resumes at the step that failed.",
+        icon=":material/replay:",
     )
-
-
-COLUMNS = {
-    "Status": ui.status_column(width=100),
-    "Automation": st.column_config.TextColumn(width=170),
-    "Steps": st.column_config.TextColumn(width=150),
-    "Error": st.column_config.TextColumn(width=300),
-    "Scheduled for": st.column_config.TextColumn(width=170),
-    "Duration": st.column_config.TextColumn(width=80),
-    "Trigger": st.column_config.TextColumn(width=80),
-    "Attempt": st.column_config.NumberColumn(width=70),
-    "Id": st.column_config.TextColumn(width=90),
-}
-
-
-def runs_table(rows: list[queries.ExecutionRow], key: str) -> None:
-    """A table of runs; a click on a row opens that run's page."""
-    event = st.dataframe(
-        history_table(rows),
-        hide_index=True,
-        width="stretch",
-        column_config=COLUMNS,
-        on_select="rerun",
-        selection_mode="single-row",
-        key=key,
-    )
-    if chosen := event.selection.rows:
-        ui.open_run(rows[chosen[0]].id)
+    yes = no = st.container(horizontal=True)
+    if yes.button(f"Yes, retry {retried}", type="primary", key="ex_bulk_yes"):
+        try:
+            queued = actions.retry_failed(filters, actor=ui.actor())
+        except StepwiseError as exc:
+            st.error(ui.text(exc))
+            return
+        st.session_state.pop("ex_confirm_retry", None)
+        st.session_state["flash"] = f"{queued} failed run(s) queued again."
+        st.rerun()
+    if no.button("Keep them", key="ex_bulk_no"):
+        st.session_state.pop("ex_confirm_retry", None)
+        st.rerun()
 
 
 def _move(offset: int) -> None:
@@ -150,6 +144,8 @@ def run_grid(automation_id: uuid.UUID) -> None:
     st.caption("Recent runs of this automation; click a cell to open its run.")
 
 
+if ui.can(Permission.RUN):
+    bulk_retry(filters)
 if filters.automation_id is not None:
     run_grid(filters.automation_id)
 history()

@@ -1,0 +1,189 @@
+"""The schedule page (`/schedule?id=<schedule id>`) through AppTest, on real Postgres and
+Redis: what it shows, its actions, backfill, and who sees what. tests/test_browser.py opens
+it in a real browser."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from core.vocabulary import Role, Trigger
+from dashboard import ui
+from db import commands, queries
+from db.queries import ExecutionFilters
+from db.session import session_scope
+from testkit.factories import (
+    ADMIN,
+    add_runs,
+    executions_of,
+    make_automation,
+    make_schedule,
+    make_workspace,
+    now,
+    person,
+    schedule,
+)
+
+VIEWS = Path(__file__).resolve().parent.parent / "dashboard" / "views"
+pytestmark = pytest.mark.usefixtures("db", "redis_client")
+
+
+def schedule_page(schedule_id: object, *, acting: object = None) -> AppTest:
+    st.cache_data.clear()
+    at = AppTest.from_file(str(VIEWS / "schedule.py"), default_timeout=60)
+    at.query_params["id"] = str(schedule_id)
+    if acting is not None:
+        at.session_state[ui.ACTOR] = acting
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def shown(at: AppTest) -> str:
+    parts: list[str] = []
+    for kind in ("markdown", "info", "error", "warning", "success", "caption", "subheader"):
+        parts += [str(e.value) for e in getattr(at, kind)]
+    text = "\n".join(parts).replace("**", "")  # bold marks, then escapes
+    return text.replace("\\", "").replace(ui.WORD_JOINER, "")
+
+
+def test_the_page_shows_timing_next_runs_counters_and_recent_runs() -> None:
+    # given a weekday schedule with a succeeded and a failed run
+    automation_id = make_automation(name="Morning digest")
+    schedule_id = make_schedule(automation_id, cron_expr="0 9 * * 1-5", timezone="Europe/Berlin")
+    add_runs(
+        automation_id,
+        [
+            {"schedule_id": schedule_id, "trigger": "schedule", "status": "succeeded"},
+            {"schedule_id": schedule_id, "trigger": "schedule", "status": "failed", "error": "503"},
+        ],
+    )
+    # when its page opens
+    at = schedule_page(schedule_id)
+    text = shown(at)
+    # then the timing reads in words, with the next 10 runs in its zone and the viewer's
+    assert "Morning digest" in text and ":green-badge[active]" in at.markdown[0].value
+    assert "At 09:00 AM, Monday through Friday (Europe/Berlin)" in text
+    next_runs = at.dataframe[0].value
+    assert len(next_runs) == 10 and "CE" in next_runs.iloc[0, 0]
+    # and its record, and its recent runs (both listed, newest first)
+    assert "**Runs** 0" in at.markdown[1].value and "**Missed** 0" in at.markdown[1].value
+    recent = at.dataframe[1].value
+    assert list(recent["Error"]) == ["", "503"]
+    # and an editor's controls
+    labels = [b.label for b in at.button]
+    assert labels[:3] == ["Pause", "Run now", "Edit"] and "Backfill 1 run(s)" in labels[-1]
+
+
+def test_pause_with_a_note_shows_it_then_resume_clears_it() -> None:
+    schedule_id = make_schedule(make_automation(), cron_expr="*/5 * * * *")
+    at = schedule_page(schedule_id)
+    at.text_input(key="sp_note").input("**vendor** down until Monday").run()
+    at.button(key="sp_pause").click().run()
+    assert not at.exception, at.exception
+    stored = schedule(schedule_id)
+    assert (stored.enabled, stored.pause_note, stored.paused_by) == (
+        False,
+        "**vendor** down until Monday",
+        "local admin",
+    )
+    # shown as text, with who paused it; the next runs are those if resumed now
+    assert "Paused by local admin" in shown(at) and "**vendor** down until Monday" in shown(at)
+    assert "Next 10 runs (if resumed now)" in shown(at)
+    at.button(key="sp_resume").click().run()
+    assert schedule(schedule_id).enabled and schedule(schedule_id).pause_note is None
+    assert "Schedule resumed" in shown(at)
+
+
+def test_run_now_starts_a_run_linked_from_the_page() -> None:
+    schedule_id = make_schedule(make_automation(), cron_expr="0 0 1 1 *")
+    at = schedule_page(schedule_id)
+    at.button(key="sp_run").click().run()
+    assert not at.exception, at.exception
+    automation_id = schedule(schedule_id).automation_id
+    with session_scope() as session:
+        runs = queries.list_executions(
+            session, ExecutionFilters(automation_id=automation_id), actor=ADMIN
+        ).rows
+    assert [r.trigger for r in runs] == ["manual"]
+    assert "Run started: follow it on its page." in shown(at)
+
+
+def test_backfill_previews_the_count_then_makes_the_runs_once() -> None:
+    # given an hourly schedule, and a range of the last three whole hours in its zone
+    schedule_id = make_schedule(make_automation(), cron_expr="0 * * * *", timezone="UTC")
+    end = now().replace(minute=0, second=0, microsecond=0)
+    start = end - timedelta(hours=3)
+    at = schedule_page(schedule_id)
+    at.date_input(key="bf_from_date").set_value(start.date())
+    at.time_input(key="bf_from_time").set_value(start.time())
+    at.date_input(key="bf_to_date").set_value(end.date())
+    at.time_input(key="bf_to_time").set_value(end.time()).run()
+    # then the preview says how many runs it will make, before anything is written
+    assert "This range holds 3 slot(s); 0 already have a run, so 3 run(s)" in shown(at)
+    assert executions_of(schedule_id) == []
+    # when confirmed, then three backfill runs exist and are listed on the page
+    at.button(key="bf_confirm").click().run()
+    assert not at.exception, at.exception
+    made = executions_of(schedule_id)
+    assert [r.scheduled_for for r in made] == [start + timedelta(hours=h) for h in range(3)]
+    assert {r.trigger for r in made} == {Trigger.BACKFILL}
+    assert "Backfill: 3 run(s) queued; 0 slot(s) already had their run." in shown(at)
+    assert len(at.dataframe[1].value) == 3
+    # and the same range again would make nothing: the button says so and is disabled
+    assert "3 already have a run, so 0 run(s)" in shown(at)
+    assert at.button(key="bf_confirm").disabled
+
+
+def test_a_bad_backfill_range_is_explained_and_writes_nothing() -> None:
+    schedule_id = make_schedule(make_automation(), cron_expr="* * * * *")
+    at = schedule_page(schedule_id)
+    today = now().date()
+    at.date_input(key="bf_from_date").set_value(today - timedelta(days=7)).run()
+    assert "This range holds" in shown(at) and "a backfill makes at most 100 runs" in shown(at)
+    at.date_input(key="bf_to_date").set_value(today + timedelta(days=2)).run()
+    assert "To must not be in the future" in shown(at)
+    assert executions_of(schedule_id) == []
+
+
+@pytest.mark.parametrize("wanted", ["not-a-uuid", str(uuid.uuid4()), ""])
+def test_a_bad_or_unknown_schedule_id_says_not_found(wanted: str) -> None:
+    assert "Schedule not found" in shown(schedule_page(wanted))
+
+
+def test_another_workspaces_schedule_is_not_found() -> None:
+    theirs = make_workspace("Their team", admin="eve@their.example")
+    their_schedule = make_schedule(make_automation(actor=theirs, name="Payroll"), actor=theirs)
+    at = schedule_page(their_schedule)
+    assert "Schedule not found in this workspace" in shown(at)
+    assert "Payroll" not in repr(at)
+
+
+def test_a_viewer_sees_the_schedule_without_any_write_control() -> None:
+    schedule_id = make_schedule(make_automation(name="Viewed"))
+    with session_scope() as session:
+        commands.set_schedule_enabled(session, schedule_id, False, actor=ADMIN, note="on hold")
+    viewer = person("vera@example.com", role=Role.VIEWER)
+    at = schedule_page(schedule_id, acting=viewer)
+    assert "Viewed" in shown(at) and "on hold" in shown(at)
+    assert not at.button and not at.text_input and not at.date_input
+
+
+def test_forged_writes_of_a_viewer_are_refused() -> None:
+    from core.errors import Forbidden
+    from db import backfill
+
+    schedule_id = make_schedule(make_automation())
+    viewer: Any = person("vera@example.com", role=Role.VIEWER)
+    end = now()
+    with pytest.raises(Forbidden), session_scope() as session:
+        commands.set_schedule_enabled(session, schedule_id, False, actor=viewer, note="x")
+    with pytest.raises(Forbidden), session_scope() as session:
+        backfill.backfill(session, schedule_id, end - timedelta(hours=1), end, actor=viewer)
+    assert schedule(schedule_id).enabled and executions_of(schedule_id) == []

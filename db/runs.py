@@ -522,6 +522,17 @@ def _step_status(outcome: StepOutcome) -> StepStatus:
     return StepStatus.SUCCEEDED if outcome.ok else StepStatus.FAILED
 
 
+_RENEW_LEASES = text(
+    f"""
+    UPDATE executions e
+    SET lease_expires_at = now() + make_interval(secs => :lease_s)
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS held(id, attempt)
+    WHERE e.id = held.id AND e.attempt = held.attempt AND e.status = '{ExecutionStatus.RUNNING}'
+    RETURNING e.id
+    """
+)
+
+
 def renew_leases(
     session: Session, held: list[tuple[uuid.UUID, int]], *, lease_s: int
 ) -> set[uuid.UUID]:
@@ -534,16 +545,8 @@ def renew_leases(
         return set()
     ids = [execution_id for execution_id, _ in held]
     attempts = [attempt for _, attempt in held]
-    pairs = select(func.unnest(ids).label("id"), func.unnest(attempts).label("attempt")).subquery()
     renewed = session.scalars(
-        update(Execution)
-        .where(
-            Execution.id == pairs.c.id,
-            Execution.attempt == pairs.c.attempt,
-            Execution.status == ExecutionStatus.RUNNING,
-        )
-        .values(lease_expires_at=func.now() + timedelta(seconds=lease_s))
-        .returning(Execution.id)
+        _RENEW_LEASES, {"ids": ids, "attempts": attempts, "lease_s": lease_s}
     ).all()
     return set(renewed)
 

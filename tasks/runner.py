@@ -72,7 +72,7 @@ log = logging.getLogger("stepwise")
 T = TypeVar("T")
 RECORD_RETRY_S = 0.5
 MAX_BATCH = 200  # step writes per group commit
-CONNECTIONS_PER_POOL = 50  # agent connections per httpx client (see Runner.__init__)
+CONNECTIONS_PER_POOL = 10  # agent connections per httpx client (see Runner.__init__)
 CLAIM_TRIES = 3
 CLAIM_FLUSHES = 2  # group claims written at the same time
 # How long a stopping worker waits for the agent calls in flight (the Procfile gives

@@ -675,3 +675,30 @@ def test_a_run_ends_with_its_last_answer_and_counters_in_one_statement(db: None)
     with session_scope() as session:
         assert not finish_execution(session, claim, ExecutionStatus.FAILED, error="late")
     assert fetch(Schedule, schedule_id).run_count == after.run_count
+
+
+def test_a_lease_renewal_extends_only_the_runs_still_held(db: None) -> None:
+    from db.runs import cancel_runs, renew_leases
+
+    # given three runs this worker claimed with a short lease
+    ids = [make_execution(make_automation()) for _ in range(3)]
+    with session_scope() as session:
+        claims = [claim_execution(session, i, lease_s=5) for i in ids]
+    assert not any(isinstance(c, str) for c in claims)
+    kept, cancelled, taken = ids
+    # when one is cancelled and another taken over by a later claim
+    with session_scope() as session:
+        cancel_runs(session, Execution.id == cancelled, "cancelled: by a person")
+        session.execute(
+            update(Execution).where(Execution.id == taken).values(attempt=Execution.attempt + 1)
+        )
+    with session_scope() as session:
+        renewed = renew_leases(session, [(i, 1) for i in ids], lease_s=600)
+    # then only the run still held is renewed, for the new lease
+    assert renewed == {kept}
+    lease = execution(kept).lease_expires_at
+    assert lease is not None and lease > datetime.now(UTC) + timedelta(seconds=500)
+    taken_lease = execution(taken).lease_expires_at
+    assert taken_lease is not None and taken_lease < datetime.now(UTC) + timedelta(seconds=10)
+    with session_scope() as session:
+        assert renew_leases(session, [], lease_s=600) == set()

@@ -93,6 +93,9 @@ class AutomationIn(Input):
     )
     concurrency_limit: Int32 | None = None
     rate_limit_per_s: float | None = None
+    urgent: bool = Field(
+        default=False, description="runs go to the urgent queue, ahead of any backlog"
+    )
 
     def parsed(self, owner: str) -> AutomationInput:
         return AutomationInput(
@@ -107,6 +110,7 @@ class AutomationIn(Input):
             request_headers=tuple(self.request_headers.items()),
             concurrency_limit=self.concurrency_limit,
             rate_limit_per_s=self.rate_limit_per_s,
+            urgent=self.urgent,
         )
 
 
@@ -127,6 +131,7 @@ class AutomationOut(BaseModel):
     request_headers: dict[str, str]
     concurrency_limit: int | None
     rate_limit_per_s: float | None
+    urgent: bool
     created_at: datetime
     updated_at: datetime
 
@@ -146,6 +151,7 @@ class AutomationOut(BaseModel):
             request_headers=dict(row.request_headers),
             concurrency_limit=row.concurrency_limit,
             rate_limit_per_s=row.rate_limit_per_s,
+            urgent=row.urgent,
             created_at=row.created_at,
             updated_at=row.updated_at,
         )

@@ -51,6 +51,8 @@ class AutomationInput:
     # Flow control, over every worker: calls at the agent at once, and calls per second.
     concurrency_limit: int | None = None
     rate_limit_per_s: float | None = None
+    # Runs go to the urgent queue, ahead of any backlog of other automations' runs.
+    urgent: bool = False
 
 
 # Query parameter names whose values are credentials in practice (api_key, token, sig...).

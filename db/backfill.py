@@ -149,4 +149,6 @@ def backfill(
         created=len(made),
         present=present,
     )
-    return Backfilled([RunMessage(i, automation.max_retries) for i, _ in made], present)
+    return Backfilled(
+        [RunMessage(i, automation.max_retries, urgent=automation.urgent) for i, _ in made], present
+    )

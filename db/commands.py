@@ -34,7 +34,7 @@ from core.vocabulary import (
     Trigger,
 )
 from db.models import Automation, Execution, Schedule, WorkspaceSecret
-from db.runs import AUTOMATION_DELETED, SCHEDULE_DELETED, cancel_runs
+from db.runs import AUTOMATION_DELETED, SCHEDULE_DELETED, RunMessage, cancel_runs
 from db.session import db_now, rowcount
 from db.workspaces import audit, authorize, quotas
 
@@ -57,6 +57,7 @@ def _automation_values(data: AutomationInput) -> dict[str, Any]:
         "request_headers": dict(data.request_headers),
         "concurrency_limit": data.concurrency_limit,
         "rate_limit_per_s": data.rate_limit_per_s,
+        "urgent": data.urgent,
     }
 
 
@@ -517,10 +518,9 @@ def cancel_execution(session: Session, execution_id: uuid.UUID, *, actor: Actor)
     return execution
 
 
-def retry_execution(
-    session: Session, execution_id: uuid.UUID, *, actor: Actor
-) -> tuple[Execution, int]:
-    """Re-open a failed execution at the step that failed; returns it and its retry budget.
+def retry_execution(session: Session, execution_id: uuid.UUID, *, actor: Actor) -> RunMessage:
+    """Re-open a failed execution at the step that failed; returns the message to send
+    once the transaction commits.
 
     The same row runs again, so a slot still has exactly one execution and the
     agent sees the same Idempotency-Key for each step.
@@ -542,4 +542,4 @@ def retry_execution(
     execution.finished_at = None
     execution.available_at = func.now()
     audit(session, actor, AuditAction.RETRY, AuditTarget.EXECUTION, execution_id)
-    return execution, automation.max_retries
+    return RunMessage(execution_id, automation.max_retries, urgent=automation.urgent)

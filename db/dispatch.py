@@ -83,6 +83,7 @@ _DUE = (
         Schedule.dispatched_count,
         Schedule.jitter_s,
         Automation.max_retries,
+        Automation.urgent,
         func.jsonb_array_length(Automation.steps).label("total_steps"),
     )
     .join(Automation, Automation.id == Schedule.automation_id)
@@ -215,6 +216,7 @@ def dispatch_batch(
                 schedule.max_retries,
                 delay_ms=int((inserted[i] - now).total_seconds() * 1000),
                 ahead_ms=START_AHEAD_MS,
+                urgent=schedule.urgent,
             )
             for i in ids
         ]

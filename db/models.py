@@ -226,6 +226,8 @@ class Automation(Base):
     # Flow control over every worker (tasks/flow.py); NULL is no limit.
     concurrency_limit: Mapped[int | None] = mapped_column(Integer)
     rate_limit_per_s: Mapped[float | None] = mapped_column(Double)
+    # Its runs go to the urgent queue (tasks/broker.py), ahead of any backlog.
+    urgent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
     archived_at: Mapped[datetime | None]

@@ -475,6 +475,7 @@ class AutomationRow:
     max_retries: int
     concurrency_limit: int | None
     rate_limit_per_s: float | None
+    urgent: bool
     request_headers: dict[str, str]
     created_at: datetime
     updated_at: datetime
@@ -502,6 +503,7 @@ def list_automations(session: Session, *, actor: Actor) -> list[AutomationRow]:
             Automation.max_retries,
             Automation.concurrency_limit,
             Automation.rate_limit_per_s,
+            Automation.urgent,
             Automation.request_headers,
             Automation.created_at,
             Automation.updated_at,

@@ -83,6 +83,7 @@ class RunMessage:
     report: FailureReport | None = None  # the run failed for good: dead-letter this message
     # Deliver up to this much before `delay_ms` ends; the worker waits for the rest.
     ahead_ms: int = 0
+    urgent: bool = False  # the automation's runs go to the urgent queue
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ class Claim:
     request_headers: dict[str, str] = field(default_factory=dict)  # templates, no values
     concurrency_limit: int | None = None  # flow control (tasks/flow.py); None: no limit
     rate_limit_per_s: float | None = None
+    urgent: bool = False
 
     @property
     def flow_controlled(self) -> bool:
@@ -240,6 +242,7 @@ _CLAIM_READ = (
         Automation.request_headers,
         Automation.concurrency_limit,
         Automation.rate_limit_per_s,
+        Automation.urgent,
         Schedule.kind,
         Schedule.overlap_policy,
     )
@@ -333,6 +336,7 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
         request_headers=dict(automation.request_headers or {}),
         concurrency_limit=automation.concurrency_limit,
         rate_limit_per_s=automation.rate_limit_per_s,
+        urgent=automation.urgent,
     )
 
 
@@ -360,7 +364,7 @@ _CLAIM_MANY = text(
         RETURNING e.id, e.attempt, e.schedule_id, e.scheduled_for, e.workspace_id,
             a.id AS automation_id, a.owner_id, a.agent_url, a.signing_secret, a.steps,
             a.project_context, a.step_timeout_s, a.request_headers, a.concurrency_limit,
-            a.rate_limit_per_s
+            a.rate_limit_per_s, a.urgent
     )
     SELECT c.*, s.kind, s.overlap_policy
     FROM claimed c LEFT JOIN schedules s ON s.id = c.schedule_id
@@ -424,6 +428,7 @@ def _claim_from(session: Session, row: Any) -> Claim:
         request_headers=dict(row.request_headers or {}),
         concurrency_limit=row.concurrency_limit,
         rate_limit_per_s=row.rate_limit_per_s,
+        urgent=row.urgent,
     )
 
 
@@ -664,7 +669,7 @@ def next_waiting(session: Session, schedule_id: uuid.UUID) -> RunMessage | None:
     """The earliest run held back (by `buffer_one`, or a catch-up run waiting its turn),
     to start now that the previous one ended."""
     row = session.execute(
-        select(Execution.id, Execution.attempt, Automation.max_retries)
+        select(Execution.id, Execution.attempt, Automation.max_retries, Automation.urgent)
         .join(Automation, Automation.id == Execution.automation_id)
         .where(
             Execution.schedule_id == schedule_id,
@@ -674,7 +679,9 @@ def next_waiting(session: Session, schedule_id: uuid.UUID) -> RunMessage | None:
         .order_by(Execution.scheduled_for)
         .limit(1)
     ).first()
-    return None if row is None else RunMessage(row.id, row.max_retries, retries=row.attempt)
+    if row is None:
+        return None
+    return RunMessage(row.id, row.max_retries, retries=row.attempt, urgent=row.urgent)
 
 
 def stranded_executions(
@@ -719,15 +726,24 @@ def stranded_executions(
     ).all()
     if not rows:
         return []
-    budgets = dict(
-        session.execute(
-            select(Automation.id, Automation.max_retries).where(
+    budgets = {
+        a.id: a
+        for a in session.execute(
+            select(Automation.id, Automation.max_retries, Automation.urgent).where(
                 Automation.id.in_({r.automation_id for r in rows})
             )
-        ).all()
-    )
+        )
+    }
     # Every claim so far spent one try, including one whose worker died.
-    return [RunMessage(r.id, budgets[r.automation_id], retries=r.attempt) for r in rows]
+    return [
+        RunMessage(
+            r.id,
+            budgets[r.automation_id].max_retries,
+            retries=r.attempt,
+            urgent=budgets[r.automation_id].urgent,
+        )
+        for r in rows
+    ]
 
 
 def failure_of(session: Session, execution_id: uuid.UUID) -> str | None:

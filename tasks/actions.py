@@ -35,16 +35,16 @@ def run_now(automation_id: uuid.UUID, *, actor: Actor) -> uuid.UUID:
     """Start a manual run of the automation now; returns the execution id."""
     with session_scope() as session:
         execution = commands.create_manual_execution(session, automation_id, actor=actor)
-        max_retries = commands.get_automation(session, automation_id, actor=actor).max_retries
-    send_run(RunMessage(execution.id, max_retries))
+        automation = commands.get_automation(session, automation_id, actor=actor)
+    send_run(RunMessage(execution.id, automation.max_retries, urgent=automation.urgent))
     return execution.id
 
 
 def retry(execution_id: uuid.UUID, *, actor: Actor) -> None:
     """Run a failed or cancelled execution again from the step that did not succeed."""
     with session_scope() as session:
-        _, max_retries = commands.retry_execution(session, execution_id, actor=actor)
-    send_run(RunMessage(execution_id, max_retries))
+        message = commands.retry_execution(session, execution_id, actor=actor)
+    send_run(message)
 
 
 def failed_of(filters: ExecutionFilters) -> ExecutionFilters | None:
@@ -66,10 +66,9 @@ def retry_failed(filters: ExecutionFilters, *, actor: Actor, limit: int = MAX_BU
             return 0
         for row in queries.list_executions(session, failed, actor=actor, limit=limit).rows:
             try:
-                _, max_retries = commands.retry_execution(session, row.id, actor=actor)
+                messages.append(commands.retry_execution(session, row.id, actor=actor))
             except (InvalidState, NotFound):
                 continue
-            messages.append(RunMessage(row.id, max_retries))
     send_runs(messages)
     return len(messages)
 
@@ -150,10 +149,9 @@ def retry_dead_letter(queue: str, message_id: str, *, actor: Actor) -> bool:
 
 def _reopen(session: Session, execution_id: uuid.UUID, actor: Actor) -> RunMessage | None:
     try:
-        _, max_retries = commands.retry_execution(session, execution_id, actor=actor)
+        return commands.retry_execution(session, execution_id, actor=actor)
     except (InvalidState, NotFound):
         return None
-    return RunMessage(execution_id, max_retries)
 
 
 def purge_dead_letters(queue: str, *, actor: Actor) -> int:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
-from dramatiq.common import current_millis
+from dramatiq.common import current_millis, q_name
 from dramatiq.middleware import CurrentMessage
 from periodiq import cron
 
@@ -24,7 +24,7 @@ from core.errors import AgentRejected
 from core.vocabulary import FailureReport
 from db.runs import RunMessage
 from tasks import engine, notify, runner
-from tasks.broker import DISPATCH_QUEUE, RUN_QUEUE, enqueue_many, setup_broker
+from tasks.broker import DISPATCH_QUEUE, RUN_QUEUE, URGENT_QUEUE, enqueue_many, setup_broker
 
 broker = setup_broker()
 EVERY_MINUTE = cron("* * * * *")
@@ -47,27 +47,22 @@ def _delay(message: RunMessage) -> int | None:
     return delay_ms if delay_ms > 0 else None
 
 
+def _message(message: RunMessage) -> dramatiq.Message[Any]:
+    """The `run_execution` message for a run, on the urgent queue for an urgent one."""
+    sent = run_execution.message_with_options(
+        args=(str(message.execution_id),), **_options(message)
+    )
+    return sent.copy(queue_name=URGENT_QUEUE) if message.urgent else sent
+
+
 def send_run(message: RunMessage) -> None:
     """Hand one execution to the workers, `message.delay_ms` from now, with its retry budget."""
-    run_execution.send_with_options(
-        args=(str(message.execution_id),), delay=_delay(message), **_options(message)
-    )
+    broker.enqueue(_message(message), delay=_delay(message))
 
 
 def send_runs(messages: Sequence[RunMessage]) -> None:
     """`send_run` for each message, the Redis round trips shared (the same messages)."""
-    enqueue_many(
-        broker,
-        (
-            (
-                run_execution.message_with_options(
-                    args=(str(message.execution_id),), **_options(message)
-                ),
-                _delay(message),
-            )
-            for message in messages
-        ),
-    )
+    enqueue_many(broker, ((_message(message), _delay(message)) for message in messages))
 
 
 @dramatiq.actor(queue_name=DISPATCH_QUEUE, periodic=EVERY_MINUTE, max_retries=0, time_limit=55_000)
@@ -89,6 +84,7 @@ def run_execution(execution_id: str) -> None:
         max_retries=options.get("max_retries", 0),
         send=send_run,
         start_at_ms=options.get("start_at"),
+        urgent=message is not None and q_name(message.queue_name) == URGENT_QUEUE,
     )
 
 

@@ -29,12 +29,19 @@ from dramatiq.middleware import (
 from periodiq import PeriodiqMiddleware
 
 from core.settings import Settings, get_settings
-from tasks.runner import RUN_QUEUE, RunnerLifecycle
+from tasks.runner import RUN_QUEUE, URGENT_QUEUE, RunnerLifecycle
 from tasks.signals import OneStopRequest
 
 DISPATCH_QUEUE = "dispatch"
-QUEUES = (RUN_QUEUE, DISPATCH_QUEUE)
-__all__ = ["DISPATCH_QUEUE", "QUEUES", "RUN_QUEUE", "build_broker", "setup_broker"]
+QUEUES = (RUN_QUEUE, URGENT_QUEUE, DISPATCH_QUEUE)
+__all__ = [
+    "DISPATCH_QUEUE",
+    "QUEUES",
+    "RUN_QUEUE",
+    "URGENT_QUEUE",
+    "build_broker",
+    "setup_broker",
+]
 
 HEARTBEAT_TIMEOUT_MS = 20_000
 MAINTENANCE_CHANCE = 100_000  # per million commands
@@ -81,6 +88,8 @@ def setup_broker() -> RedisBroker:
     global _broker
     if _broker is None:
         _broker = build_broker(get_settings())
+        # No actor names the urgent queue: `run_execution` messages are sent to it.
+        _broker.declare_queue(URGENT_QUEUE)
         dramatiq.set_broker(_broker)
     return _broker
 

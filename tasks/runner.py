@@ -44,7 +44,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -79,6 +79,10 @@ CLAIM_FLUSHES = 2  # group claims written at the same time
 # Dramatiq 30 s to stop its threads).
 DRAIN_S = 25.0
 RUN_QUEUE = "default"  # tasks.broker.RUN_QUEUE (the broker module imports this one)
+# Urgent automations' runs: their own queue, so a backlog in RUN_QUEUE does not hold
+# them back, and a reserve of runner slots beyond a full runner.
+URGENT_QUEUE = "urgent"
+URGENT_RESERVE = 0.1  # of STEPWISE_WORKER_IN_FLIGHT
 # A run whose first call would wait longer than this for its automation's flow
 # control goes back to the queue (no thread, no runner slot, no retry spent).
 FLOW_WAIT_S = 2.0
@@ -122,6 +126,7 @@ class Flight:
     retries: int
     max_retries: int
     start_at: float | None = None  # epoch s: claimed ahead, the first call waits for it
+    slot: threading.Semaphore | None = None  # the runner slot it holds, released at its end
     task: asyncio.Task[None] | None = None
     calling: bool = False  # a call is at the agent: dropping the run drops the call
     # The automation's headers with secrets filled in: in memory for this run only.
@@ -137,6 +142,9 @@ class Runner:
         self.send = send
         self.lease_s = settings.lease_s
         self.slots = threading.BoundedSemaphore(settings.worker_in_flight)
+        self.reserve = threading.BoundedSemaphore(
+            max(1, int(settings.worker_in_flight * URGENT_RESERVE))
+        )
         # Dramatiq threads waiting for an early message's slot (`accept`).
         self.waiting = threading.BoundedSemaphore(max(1, settings.worker_threads // 2))
         self.flights: dict[uuid.UUID, Flight] = {}  # touched on the loop's thread only
@@ -166,15 +174,15 @@ class Runner:
 
     # --- called from Dramatiq's threads ------------------------------------------
 
-    def take_slot(self) -> bool:
-        """Wait for room for one more run; False if the worker began to stop meanwhile."""
+    def take_slot(self, *, urgent: bool = False) -> threading.Semaphore | None:
+        """Wait for room for one more run (an urgent one may use the reserve when the
+        runner is full); the slot taken, or None if the worker began to stop meanwhile."""
         while not shutting_down.is_set():
-            if self.slots.acquire(timeout=0.5):
-                return True
-        return False
-
-    def give_slot(self) -> None:
-        self.slots.release()
+            if self.slots.acquire(timeout=0.05 if urgent else 0.5):
+                return self.slots
+            if urgent and self.reserve.acquire(blocking=False):
+                return self.reserve
+        return None
 
     def wait_for(self, start_at_ms: int) -> bool:
         """Wait until `start_at_ms` (epoch ms); False if too many threads wait already
@@ -196,6 +204,7 @@ class Runner:
         retries: int,
         max_retries: int,
         start_at_ms: int | None = None,
+        slot: threading.Semaphore | None = None,
     ) -> str:
         """Claim a run (in a batch with the other Dramatiq threads' claims) and start it
         on the loop, at `start_at_ms` when that is still ahead; returns what happened.
@@ -205,7 +214,7 @@ class Runner:
         if start_at is not None and start_at <= time.time():
             start_at = None
         admitted = asyncio.run_coroutine_threadsafe(
-            self._admit(execution_id, retries, max_retries, start_at), self.loop
+            self._admit(execution_id, retries, max_retries, start_at, slot), self.loop
         )
         return admitted.result()
 
@@ -238,12 +247,17 @@ class Runner:
         self.loop.run_forever()
 
     async def _admit(
-        self, execution_id: uuid.UUID, retries: int, max_retries: int, start_at: float | None
+        self,
+        execution_id: uuid.UUID,
+        retries: int,
+        max_retries: int,
+        start_at: float | None,
+        slot: threading.Semaphore | None,
     ) -> str:
         claim = await self._claim(execution_id, ahead=start_at is not None)
         if isinstance(claim, str):
             return claim
-        await self._begin(Flight(claim, retries, max_retries, start_at=start_at))
+        await self._begin(Flight(claim, retries, max_retries, start_at=start_at, slot=slot))
         return "started"
 
     async def _claim(self, execution_id: uuid.UUID, *, ahead: bool) -> runs.ClaimResult:
@@ -295,7 +309,8 @@ class Runner:
 
     def _ended(self, flight: Flight) -> None:
         self.flights.pop(flight.claim.execution_id, None)
-        self.slots.release()
+        if flight.slot is not None:
+            flight.slot.release()
         with self.counting:
             self.held -= 1
             if not self.held:
@@ -408,7 +423,12 @@ class Runner:
                     reason = "the worker stopped between steps; resuming elsewhere"
                     if await self._release(answer, claim, reason, 0):
                         await self._send(
-                            RunMessage(claim.execution_id, flight.max_retries, flight.retries)
+                            RunMessage(
+                                claim.execution_id,
+                                flight.max_retries,
+                                flight.retries,
+                                urgent=claim.urgent,
+                            )
                         )
                     return
                 answer = await self._step(flight, step_number, previous_output, answer)
@@ -510,6 +530,7 @@ class Runner:
                         flight.max_retries,
                         retries=flight.retries,
                         delay_ms=int(delay_s * 1000),
+                        urgent=claim.urgent,
                     )
                     await self._send(message)
                 return False
@@ -532,6 +553,7 @@ class Runner:
                         flight.max_retries,
                         retries=flight.retries + 1,
                         delay_ms=delay_ms,
+                        urgent=claim.urgent,
                     )
                 )
             return
@@ -539,7 +561,13 @@ class Runner:
             return  # cancelled or taken over meanwhile: not this worker's failure to report
         failure = FailureReport.EXHAUSTED if outcome.retryable else FailureReport.REJECTED
         await self._send(
-            RunMessage(claim.execution_id, flight.retries, retries=flight.retries, report=failure)
+            RunMessage(
+                claim.execution_id,
+                flight.retries,
+                retries=flight.retries,
+                report=failure,
+                urgent=claim.urgent,
+            )
         )
 
     async def _interrupted(self, flight: Flight, answer: Answer | None, exc: Exception) -> None:
@@ -555,6 +583,7 @@ class Runner:
                         flight.max_retries,
                         retries=flight.retries + 1,
                         delay_ms=delay_ms,
+                        urgent=claim.urgent,
                     )
                 )
         except Exception:  # the database may be the reason we are here
@@ -658,6 +687,7 @@ def accept(
     max_retries: int,
     send: Send,
     start_at_ms: int | None = None,
+    urgent: bool = False,
 ) -> str:
     """Handle a run message: claim the run and hand it to the runner; returns what happened.
 
@@ -673,38 +703,36 @@ def accept(
     sends the message back to the queue for its time.
     """
     runner = get_runner(send)
-    outcome = _admit(runner, execution_id, retries, max_retries, send, start_at_ms)
+    message = RunMessage(execution_id, max_retries, retries=retries, urgent=urgent)
+    outcome = _admit(runner, message, send, start_at_ms)
     if outcome == "early":
         assert start_at_ms is not None
         if not runner.wait_for(start_at_ms):
             late_ms = max(0, start_at_ms - int(time.time() * 1000))
-            send(RunMessage(execution_id, max_retries, retries=retries, delay_ms=late_ms))
+            send(replace(message, delay_ms=late_ms))
             return "handed back"
-        outcome = _admit(runner, execution_id, retries, max_retries, send, None)
+        outcome = _admit(runner, message, send, None)
     return outcome
 
 
-def _admit(
-    runner: Runner,
-    execution_id: uuid.UUID,
-    retries: int,
-    max_retries: int,
-    send: Send,
-    start_at_ms: int | None,
-) -> str:
-    if not runner.take_slot():
-        # Stopping: hand the message on at once, without spending a retry.
-        send(RunMessage(execution_id, max_retries, retries=retries))
+def _admit(runner: Runner, message: RunMessage, send: Send, start_at_ms: int | None) -> str:
+    slot = runner.take_slot(urgent=message.urgent)
+    if slot is None:
+        send(message)  # stopping: hand the message on at once, without spending a retry
         return "handed back"
     try:
         outcome = runner.admit(
-            execution_id, retries=retries, max_retries=max_retries, start_at_ms=start_at_ms
+            message.execution_id,
+            retries=message.retries,
+            max_retries=message.max_retries,
+            start_at_ms=start_at_ms,
+            slot=slot,
         )
     except BaseException:
-        runner.give_slot()
+        slot.release()
         raise
     if outcome != "started":
-        runner.give_slot()
+        slot.release()
     return outcome
 
 
@@ -744,7 +772,7 @@ class RunnerLifecycle(dramatiq.Middleware):
         shutting_down.clear()
         ping_before_use(False)  # every write here retries instead
         queues = getattr(worker, "consumer_whitelist", None)  # None: every queue
-        if not queues or RUN_QUEUE in queues:
+        if not queues or RUN_QUEUE in queues or URGENT_QUEUE in queues:
             from tasks.actors import send_run  # the actors module declares on this broker
 
             get_runner(send_run)

@@ -99,9 +99,11 @@ def worker_in_process(*, threads: int, stop_timeout_ms: int = 10_000) -> Iterato
     import dramatiq
 
     from tasks.actors import broker
-    from tasks.broker import RUN_QUEUE
+    from tasks.broker import RUN_QUEUE, URGENT_QUEUE
 
-    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100, queues={RUN_QUEUE})
+    worker = dramatiq.Worker(
+        broker, worker_threads=threads, worker_timeout=100, queues={RUN_QUEUE, URGENT_QUEUE}
+    )
     worker.start()
     try:
         yield worker

@@ -87,20 +87,27 @@ def test_a_slot_delivered_ahead_starts_at_its_slot_and_never_before(
 ) -> None:
     from datetime import timedelta
 
+    from sqlalchemy import update
+
+    from db.models import Execution
     from db.runs import START_AHEAD_MS
 
-    # given runs due in 2 s, their messages delivered a second ahead: five plain
+    # given runs due in 3 s, their messages delivered a second ahead: five plain
     # runs and one of an overlap=skip schedule (whose start depends on its siblings)
     automation_id = make_automation(agent_url=agent.url, steps=1, max_retries=0)
-    sent_at = time.time()
-    slot = datetime.fromtimestamp(sent_at, UTC) + timedelta(seconds=2)
-    plain = [make_execution(automation_id, available_at=slot) for _ in range(5)]
+    plain = [make_execution(automation_id) for _ in range(5)]
     schedule_id = make_schedule(automation_id, overlap_policy="skip")
-    policed = make_execution(
-        automation_id, schedule_id=schedule_id, scheduled_for=slot, available_at=slot
-    )
+    policed = make_execution(automation_id, schedule_id=schedule_id)
     runs = [*plain, policed]
     with worker_in_process(threads=4):
+        slot = datetime.now(UTC) + timedelta(seconds=3)
+        with session_scope() as session:
+            session.execute(
+                update(Execution).where(Execution.id.in_(runs)).values(available_at=slot)
+            )
+            session.execute(
+                update(Execution).where(Execution.id == policed).values(scheduled_for=slot)
+            )
         for execution_id in runs:
             delay_ms = int((slot.timestamp() - time.time()) * 1000)
             send_run(RunMessage(execution_id, 0, delay_ms=delay_ms, ahead_ms=START_AHEAD_MS))
@@ -108,7 +115,7 @@ def test_a_slot_delivered_ahead_starts_at_its_slot_and_never_before(
         # nothing is at the agent
         wait_for(
             lambda: all(execution(r).status == "running" for r in plain),
-            timeout=1.9 - (time.time() - sent_at),
+            timeout=slot.timestamp() - time.time() - 0.1,
             message="the plain runs to be claimed ahead of their slot",
         )
         assert execution(policed).status == "queued"
@@ -129,6 +136,9 @@ def test_a_slot_delivered_ahead_starts_at_its_slot_and_never_before(
 def test_a_worker_whose_threads_all_wait_hands_the_early_message_back() -> None:
     from core.settings import get_settings
     from tasks.runner import Runner
+    from tasks.signals import shutting_down
+
+    shutting_down.clear()  # as at a worker's boot (an earlier test's worker stopped)
 
     # given a runner whose two threads may let one wait for a slot
     settings = get_settings().model_copy(update={"worker_threads": 2})
@@ -146,6 +156,68 @@ def test_a_worker_whose_threads_all_wait_hands_the_early_message_back() -> None:
         # and a message already due waits for nothing
         assert runner.wait_for(int(time.time() * 1000) - 5) is True
         waited.join()
+    finally:
+        runner.close()
+
+
+def test_an_urgent_automations_run_is_not_queued_behind_a_burst(
+    db: None, redis_client: Any, agent: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.settings import get_settings
+    from tasks.actors import send_runs
+    from tasks.runner import stop_runner
+
+    # given a worker holding 10 runs at once, and a backlog of 150 runs of an automation
+    # whose agent takes 0.3 s a step
+    monkeypatch.setenv("STEPWISE_WORKER_IN_FLIGHT", "10")
+    get_settings.cache_clear()
+    stop_runner()
+    agent.responder = lambda call: Reply(200, {"output": 1}, delay_s=0.3)
+    slow = make_automation(agent_url=agent.url, steps=1, max_retries=0)
+    urgent = make_automation(agent_url=agent.url, steps=1, max_retries=0, urgent=True)
+    backlog = [make_execution(slow) for _ in range(150)]
+    try:
+        with worker_in_process(threads=2):
+            send_runs([RunMessage(r, 0) for r in backlog])
+            wait_for(lambda: len(agent.calls) >= 10, timeout=30, message="the runner to fill")
+            # when a run of an urgent automation is sent behind the backlog
+            run = make_execution(urgent)
+            send_run(RunMessage(run, 0, urgent=True))
+            wait_for(
+                lambda: all(execution(r).status == "succeeded" for r in [*backlog, run]),
+                timeout=90,
+                message="every run to succeed",
+            )
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+        stop_runner()
+    # then it reached the agent ahead of most of the backlog, not after it
+    order = [call.body["execution_id"] for call in sorted(agent.calls, key=lambda c: c.at)]
+    assert len(order) == 151
+    assert order.index(str(run)) < 50, f"the urgent run was call {order.index(str(run)) + 1}"
+
+
+def test_an_urgent_run_takes_a_reserved_slot_when_the_runner_is_full() -> None:
+    from core.settings import get_settings
+    from tasks.runner import Runner
+    from tasks.signals import shutting_down
+
+    shutting_down.clear()  # as at a worker's boot (an earlier test's worker stopped)
+
+    # given a runner whose 10 slots are all taken
+    settings = get_settings().model_copy(update={"worker_in_flight": 10})
+    runner = Runner(settings, lambda message: None)
+    try:
+        taken = [runner.take_slot() for _ in range(10)]
+        assert all(slot is runner.slots for slot in taken)
+        # when an urgent run arrives, it gets the reserve at once
+        began = time.monotonic()
+        assert runner.take_slot(urgent=True) is runner.reserve
+        assert time.monotonic() - began < 1
+        # and once a slot is given back, the next run takes it
+        runner.slots.release()
+        assert runner.take_slot() is runner.slots
     finally:
         runner.close()
 

@@ -88,6 +88,7 @@ def defaults(row: queries.AutomationRow | None) -> dict[str, Any]:
             "retries": 3,
             "concurrency": None,
             "rate": None,
+            "urgent": False,
             "headers": {},
         }
     return {
@@ -100,6 +101,7 @@ def defaults(row: queries.AutomationRow | None) -> dict[str, Any]:
         "retries": row.max_retries,
         "concurrency": row.concurrency_limit,
         "rate": row.rate_limit_per_s,
+        "urgent": row.urgent,
         "headers": row.request_headers,
     }
 
@@ -157,6 +159,12 @@ with right:
         ui.field_error(errors, "concurrency_limit")
     with d:
         ui.field_error(errors, "rate_limit_per_s")
+    st.checkbox(
+        "Urgent",
+        value=bool(base["urgent"]),
+        key=k + "urgent",
+        help="Its runs go to their own queue, ahead of any backlog of other runs.",
+    )
 
 st.text_area(
     "Request headers",
@@ -217,6 +225,7 @@ def form_input() -> AutomationInput:
         concurrency_limit=None if s[k + "concurrency"] is None else int(s[k + "concurrency"]),
         rate_limit_per_s=None if s[k + "rate"] is None else float(s[k + "rate"]),
         request_headers=forms.parse_headers_text(s[k + "headers"]),
+        urgent=bool(s[k + "urgent"]),
     )
 
 

@@ -14,6 +14,7 @@ from api.schemas import (
     AutomationIn,
     AutomationOut,
     IdempotencyKeyHeader,
+    RunBody,
     RunStarted,
     fingerprint,
 )
@@ -83,6 +84,8 @@ def archive_automation(automation_id: uuid.UUID, actor: Acting) -> Archived:
 
 
 @router.post("/{automation_id}/run", status_code=status.HTTP_202_ACCEPTED)
-def run_automation(automation_id: uuid.UUID, actor: Acting) -> RunStarted:
-    """Start a manual run now (a test run); follow it at /v1/executions/{id}."""
-    return RunStarted(execution_id=actions.run_now(automation_id, actor=actor))
+def run_automation(automation_id: uuid.UUID, actor: Acting, body: RunBody = None) -> RunStarted:
+    """Start a manual run now (a test run), with an optional `input`; follow it at
+    /v1/executions/{id}."""
+    run_input = None if body is None else body.parsed()
+    return RunStarted(execution_id=actions.run_now(automation_id, actor=actor, run_input=run_input))

@@ -44,6 +44,7 @@ class Trigger(StrEnum):
     CATCHUP = "catchup"  # a missed slot run late by the misfire policy
     MANUAL = "manual"
     RETRY = "retry"
+    WEBHOOK = "webhook"  # a POST to the automation's inbound trigger URL
 
 
 class ScheduleKind(StrEnum):
@@ -106,6 +107,9 @@ class AuditAction(StrEnum):
     SET_QUOTA = "set_quota"
     CREATE_TOKEN = "create_token"
     REVOKE_TOKEN = "revoke_token"
+    ENABLE_HOOK = "enable_hook"  # an automation's inbound webhook trigger
+    ROTATE_HOOK = "rotate_hook"
+    DISABLE_HOOK = "disable_hook"
 
 
 class AuditTarget(StrEnum):

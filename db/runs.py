@@ -97,6 +97,7 @@ class Claim:
     request_headers: dict[str, str] = field(default_factory=dict)  # templates, no values
     concurrency_limit: int | None = None  # flow control (tasks/flow.py); None: no limit
     rate_limit_per_s: float | None = None
+    input: dict[str, Any] | None = None  # the run's input, sent with every step
 
     @property
     def flow_controlled(self) -> bool:
@@ -219,6 +220,7 @@ _CLAIM_READ = (
         Execution.scheduled_for,
         Execution.trigger,
         Execution.workspace_id,
+        Execution.input,
         Automation.id.label("automation_id"),
         Automation.archived_at,
         Automation.owner_id,
@@ -328,6 +330,7 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
         request_headers=dict(automation.request_headers or {}),
         concurrency_limit=automation.concurrency_limit,
         rate_limit_per_s=automation.rate_limit_per_s,
+        input=execution.input,
     )
 
 

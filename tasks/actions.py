@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from core.access import Actor
 from core.errors import InvalidState, NotFound
+from core.run_input import RunInput
 from core.vocabulary import AuditAction, AuditTarget, Permission
 from db import commands, queries
 from db.runs import RunMessage
@@ -26,10 +27,14 @@ from tasks.actors import dispatch, send_run
 RUN_ACTOR = "run_execution"
 
 
-def run_now(automation_id: uuid.UUID, *, actor: Actor) -> uuid.UUID:
-    """Start a manual run of the automation now; returns the execution id."""
+def run_now(
+    automation_id: uuid.UUID, *, actor: Actor, run_input: RunInput | None = None
+) -> uuid.UUID:
+    """Start a manual run of the automation now, with its input; returns the execution id."""
     with session_scope() as session:
-        execution = commands.create_manual_execution(session, automation_id, actor=actor)
+        execution = commands.create_manual_execution(
+            session, automation_id, actor=actor, run_input=run_input
+        )
         max_retries = commands.get_automation(session, automation_id, actor=actor).max_retries
     send_run(RunMessage(execution.id, max_retries))
     return execution.id

@@ -149,7 +149,7 @@ if rows and editor:
             )
             st.rerun()
     if cols[1].button("Run now", icon=":material/play_circle:", key="sch_run", width="stretch"):
-        execution_id = actions.run_now(row.automation_id, actor=ui.actor())
+        execution_id = actions.run_now(row.automation_id, actor=ui.actor(), run_input=row.input)
         st.session_state["started_run"] = str(execution_id)
         st.rerun()
     cols[2].button(

@@ -30,6 +30,7 @@ from core.settings import get_settings
 from core.timing import ScheduleSpec
 from core.vocabulary import MisfirePolicy, OverlapPolicy, ScheduleKind
 from db.audit import AuditRow
+from db.hooks import HookInfo
 from db.models import Automation
 from db.queries import AutomationRow, ExecutionDetail, ExecutionRow, ScheduleRow, StepRunRow
 
@@ -176,6 +177,40 @@ class RunIn(Input):
 
     def parsed(self) -> RunInput | None:
         return parse_run_input(self.input)
+
+
+class HookOut(BaseModel):
+    """An automation's inbound webhook: POST a JSON object to `url` to start a run."""
+
+    id: uuid.UUID
+    automation_id: uuid.UUID
+    url: str
+    created_by: str
+    created_at: datetime
+    rotated_at: datetime | None
+    last_used_at: datetime | None
+
+    @classmethod
+    def of(cls, info: HookInfo, url: str) -> HookOut:
+        return cls(
+            id=info.id,
+            automation_id=info.automation_id,
+            url=url,
+            created_by=info.created_by,
+            created_at=info.created_at,
+            rotated_at=info.rotated_at,
+            last_used_at=info.last_used_at,
+        )
+
+
+class HookSecretOut(HookOut):
+    secret: str = Field(
+        description="send as Stepwise-Hook-Secret, or sign bodies with it; shown this once"
+    )
+
+
+class HookDisabled(BaseModel):
+    disabled: bool = True
 
 
 # --- schedules -------------------------------------------------------------------------

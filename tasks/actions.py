@@ -14,10 +14,11 @@ import uuid
 from sqlalchemy.orm import Session
 
 from core.access import Actor
-from core.errors import InvalidState, NotFound
-from core.run_input import RunInput
+from core.errors import InvalidState, NotAuthenticated, NotFound, ValidationFailed
+from core.run_input import RunInput, parse_run_input
+from core.secrets import SIGNATURE_HEADER
 from core.vocabulary import AuditAction, AuditTarget, Permission
-from db import commands, queries
+from db import commands, hooks, queries
 from db.runs import RunMessage
 from db.session import session_scope
 from db.workspaces import audit, authorize
@@ -38,6 +39,38 @@ def run_now(
         max_retries = commands.get_automation(session, automation_id, actor=actor).max_retries
     send_run(RunMessage(execution.id, max_retries))
     return execution.id
+
+
+def run_by_hook(
+    hook_id: uuid.UUID,
+    body: bytes,
+    *,
+    secret: str | None,
+    signature: str | None,
+    delivery_id: str | None,
+) -> uuid.UUID:
+    """Start a run for a call to an automation's webhook, its JSON body as the run's input;
+    returns the execution id (a repeated delivery id: the first call's, nothing new).
+
+    NotFound for a trigger that does not exist (or was disabled), NotAuthenticated without
+    its secret or a valid signature, ValidationFailed for a body that is not a JSON object:
+    nothing is written in any of these cases.
+    """
+    with session_scope() as session:
+        actor = hooks.authenticate(session, hook_id, body, secret=secret, signature=signature)
+        if actor is None:
+            raise NotAuthenticated(
+                f"send the webhook's secret as {hooks.SECRET_HEADER}, or sign the body "
+                f"({SIGNATURE_HEADER}: t=<unix seconds>,v1=<HMAC-SHA256 of t.body>)"
+            )
+        delivery = hooks.check_delivery_id(delivery_id)
+        run_input = parse_run_input(body, field="body")
+        if run_input is None:
+            raise ValidationFailed.single("body", 'send a JSON object, like {"key": "value"}')
+        started = hooks.start_hook_run(session, delivery, run_input, actor=actor)
+    if not started.repeated:
+        send_run(RunMessage(started.execution_id, started.max_retries))
+    return started.execution_id
 
 
 def retry(execution_id: uuid.UUID, *, actor: Actor) -> None:

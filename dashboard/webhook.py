@@ -19,7 +19,7 @@ HOOK_SECRET_ONCE = "auto_hook_secret_once"  # a hook secret to show on the next 
 def hook_url(hook_id: uuid.UUID) -> str:
     """Where the `api` process serves the webhook (behind a proxy: its public address)."""
     settings = get_settings()
-    return f"http://{settings.api_address}:{settings.api_listen_port}/v1/hooks/{hook_id}"
+    return f"http://{settings.api_address}:{settings.api_listen_port()}/v1/hooks/{hook_id}"
 
 
 def webhook_section(automation_id: uuid.UUID, key: str) -> None:
@@ -33,19 +33,19 @@ def webhook_section(automation_id: uuid.UUID, key: str) -> None:
         )
         st.code(secret, language=None)
     info = ui.read(hooks.hook_of, automation_id)
-    row = st.container(horizontal=True)
     try:
         if info is None:
             st.caption("Off: no URL starts this automation.")
-            if row.button("Enable webhook", icon=":material/webhook:", key=key + "hook_on"):
+            if st.button("Enable webhook", icon=":material/webhook:", key=key + "hook_on"):
                 _show_once(ui.write(hooks.enable_hook, automation_id, actor=ui.actor()).secret)
             return
-        st.code(hook_url(info.id), language=None)
+        st.code(hook_url(info.id), language=None, wrap_lines=True)
         used = ui.fmt_time(info.last_used_at) if info.last_used_at else "never"
         st.caption(
             f"Enabled by {ui.text(info.created_by)} · last call {used} · the body becomes the "
             f"run's input; a repeated `{hooks.DELIVERY_HEADER}` header starts no second run."
         )
+        row = st.container(horizontal=True)
         if row.button("New webhook secret", icon=":material/key:", key=key + "hook_rotate"):
             _show_once(ui.write(hooks.rotate_hook, automation_id, actor=ui.actor()).secret)
         if row.button("Disable webhook", icon=":material/block:", key=key + "hook_off"):

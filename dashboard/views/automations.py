@@ -222,6 +222,14 @@ def form_input() -> AutomationInput:
     )
 
 
+if current is not None:
+    st.text_area(
+        "Test run input (JSON object, optional)",
+        key=k + "run_input",
+        height=68,
+        placeholder='{"customer": "ACME"}',
+        help="Sent to the agent with every step of the test run, as `input`.",
+    )
 cols = st.columns(4)
 if cols[0].button("Save", icon=":material/save:", type="primary", key=k + "save", width="stretch"):
     try:
@@ -244,13 +252,6 @@ if cols[0].button("Save", icon=":material/save:", type="primary", key=k + "save"
     st.rerun()
 
 if current is not None:
-    st.text_area(
-        "Test run input (JSON object, optional)",
-        key=k + "run_input",
-        height=68,
-        placeholder='{"customer": "ACME"}',
-        help="Sent to the agent with every step of the test run, as `input`.",
-    )
     if cols[1].button("Test run", icon=":material/science:", key=k + "test", width="stretch"):
         try:
             run_input = parse_run_input(st.session_state.get(k + "run_input"))

@@ -7,8 +7,11 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text, update
@@ -19,7 +22,9 @@ from core.vocabulary import Role
 from db import commands, tokens
 from db.models import Execution, HookTrigger, Workspace
 from db.session import session_scope
+from stepwise.embedded import free_port
 from testkit.factories import ADMIN, make_automation, make_workspace, table_snapshot
+from testkit.processes import Processes
 from testkit.waiting import wait_for
 
 PROBLEM = "application/problem+json"
@@ -317,3 +322,59 @@ def test_a_signature_is_checked_against_the_secret_the_body_and_the_clock() -> N
     assert not ok(header, at=now + SIGNATURE_TOLERANCE_S)
     assert not ok(header, at=now - SIGNATURE_TOLERANCE_S - 20)  # from the future
     assert not ok("") and not ok("t=,v1=") and not ok(header.split(",")[1])
+
+
+def test_the_procfile_api_serves_webhooks_one_run_per_delivery_under_concurrent_repeats(
+    client: TestClient, admin: dict[str, str], worker: Any, agent: Any, tmp_path: Path
+) -> None:
+    # given the Procfile's `api` process and an enabled webhook
+    hook = enable(client, admin, make_automation(agent_url=agent.url, steps=1))
+    port = free_port()
+    processes = Processes(tmp_path, STEPWISE_API_PORT=str(port))
+    base = f"http://127.0.0.1:{port}"
+    path = f"/v1/hooks/{hook['id']}"
+    body = json.dumps(PAYLOAD).encode()
+    try:
+        processes.start("api")
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{base}/health", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(up, timeout=30, message="the API to answer", details=lambda: processes.log("api"))
+
+        # when one delivery is sent 6 times at once, each signed
+        def deliver(_: int) -> httpx.Response:
+            headers = {**signed(hook["secret"], body), "Stepwise-Delivery": "evt_1"}
+            return httpx.post(base + path, content=body, headers=headers, timeout=10)
+
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(deliver, range(6)))
+        # then every answer names the same run, and one run called the agent with the payload
+        assert {a.status_code for a in answers} == {202}, [a.text for a in answers]
+        (execution_id,) = {a.json()["execution_id"] for a in answers}
+        wait_for(lambda: agent.calls_for(execution_id), message="the run at the agent")
+        assert agent.calls_for(execution_id)[0].body["input"] == PAYLOAD
+        assert [str(e.id) for e in _executions()] == [execution_id]
+
+        # and a body streamed without a length is cut off past 64 KiB
+        def chunks() -> Iterator[bytes]:
+            yield b'{"a": "'
+            for _ in range(20):
+                yield b"x" * 8192
+            yield b'"}'
+
+        big = httpx.post(
+            base + path,
+            content=chunks(),
+            headers={"Stepwise-Hook-Secret": hook["secret"]},
+            timeout=10,
+        )
+        assert big.status_code == 413 and big.headers["content-type"] == PROBLEM
+    finally:
+        processes.stop_all()
+    # and the secret never reached the process's log
+    assert hook["secret"] not in processes.log("api")
+    assert len(_executions()) == 1

@@ -40,6 +40,7 @@ def webhook_section(automation_id: uuid.UUID, key: str) -> None:
                 _show_once(ui.write(hooks.enable_hook, automation_id, actor=ui.actor()).secret)
             return
         st.code(hook_url(info.id), language=None, wrap_lines=True)
+        st.caption("Served by the `api` process; behind a proxy, use its public address.")
         used = ui.fmt_time(info.last_used_at) if info.last_used_at else "never"
         st.caption(
             f"Enabled by {ui.text(info.created_by)} · last call {used} · the body becomes the "

@@ -58,6 +58,7 @@ _WORDS = {
     Permission.MANAGE_QUOTAS: "change quotas",
     Permission.MANAGE_QUEUES: "retry or purge dead letters",
     Permission.MANAGE_TOKENS: "manage API tokens",
+    Permission.MANAGE_CHANNELS: "manage notification channels",
 }
 
 

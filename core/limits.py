@@ -55,3 +55,8 @@ MAX_SECRET_VALUE = 10_000
 DEFAULT_MAX_AUTOMATIONS = 200  # per workspace, unless its own quota says otherwise
 DEFAULT_MAX_SCHEDULES = 1000
 DEFAULT_MAX_RUNS_PER_MINUTE = 6000  # 100 a second: above any real load, below a runaway
+
+# Notifications.
+MAX_CHANNEL_URL = 2000  # an apprise URL, sealed at rest
+MAX_FAILURE_THRESHOLD = 100  # consecutive failed runs before a failure notice
+MAX_NOTICE_TEXT = 2000  # a notice's summary and a delivery's error, as stored

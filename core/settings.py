@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     # Keys that seal secrets at rest, comma-separated; the first seals (core.secrets).
     secret_keys: str = ""
 
+    # Failure notifications (apprise): one delivery's wall-clock limit, and how long a
+    # finished run settles before the evaluator reads it (runs commit out of order).
+    notify_timeout_s: int = Field(default=10, ge=1, le=60)
+    notify_settle_s: int = Field(default=5, ge=0, le=300)
+
     # Housekeeping.
     requeue_after_s: int = Field(default=60, ge=5)
     retention_days: int = Field(default=90, ge=1)
@@ -218,11 +223,15 @@ def _is_loopback(address: str) -> bool:
         return False  # a host name: it may resolve anywhere
 
 
-def _variable_name(loc: tuple[int | str, ...]) -> str:
-    field = str(loc[0]) if loc else "?"
+def variable_name(field: str) -> str:
+    """The environment variable a settings field is read from."""
     return {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL", "port": "PORT"}.get(
         field, f"STEPWISE_{field.upper()}"
     )
+
+
+def _variable_name(loc: tuple[int | str, ...]) -> str:
+    return variable_name(str(loc[0]) if loc else "?")
 
 
 @lru_cache(maxsize=1)

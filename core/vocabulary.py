@@ -107,6 +107,10 @@ class AuditAction(StrEnum):
     SET_QUOTA = "set_quota"
     CREATE_TOKEN = "create_token"
     REVOKE_TOKEN = "revoke_token"
+    ADD_CHANNEL = "add_channel"
+    DELETE_CHANNEL = "delete_channel"
+    TEST_CHANNEL = "test_channel"
+    SET_NOTIFICATIONS = "set_notifications"
     ENABLE_HOOK = "enable_hook"  # an automation's inbound webhook trigger
     ROTATE_HOOK = "rotate_hook"
     DISABLE_HOOK = "disable_hook"
@@ -120,6 +124,7 @@ class AuditTarget(StrEnum):
     QUEUE = "queue"  # a Redis queue's dead letters (the id is the acting workspace's)
     SECRET = "secret"
     TOKEN = "token"  # an API token (the audit names it, never its value)
+    CHANNEL = "channel"  # a notification channel (the audit names it, never its URL)
 
 
 class Role(StrEnum):
@@ -141,12 +146,32 @@ class Permission(StrEnum):
     MANAGE_QUOTAS = "manage_quotas"
     MANAGE_QUEUES = "manage_queues"  # retry or purge dead letters
     MANAGE_TOKENS = "manage_tokens"  # create, list and revoke API tokens
+    MANAGE_CHANNELS = "manage_channels"  # add, delete and test notification channels
 
 
 def one_of(enum: type[StrEnum]) -> str:
     """ "a, b or c": the choices of `enum` for an error message."""
     values = [member.value for member in enum]
     return ", ".join(values[:-1]) + f" or {values[-1]}" if len(values) > 1 else values[0]
+
+
+class NoticeKind(StrEnum):
+    """Why a notification is sent (a "notice": one per incident, to each chosen channel)."""
+
+    FAILURE = "failure"  # N consecutive failed runs of an automation
+    RECOVERY = "recovery"  # the first success after a failure notice
+    PARKED = "parked"  # a schedule disabled by Stepwise because it cannot be planned
+    COMPLETED = "completed"  # a schedule done for good (end, max runs, once), with its reason
+    TEST = "test"  # an admin's "Send test"
+
+
+class DeliveryStatus(StrEnum):
+    """One notice to one channel: written pending, claimed as sending, then ok or error."""
+
+    PENDING = "pending"
+    SENDING = "sending"
+    OK = "ok"
+    ERROR = "error"
 
 
 class FailureReport(StrEnum):

@@ -24,7 +24,7 @@ from core.schedule import DispatchPlan, plan_dispatch
 from core.timing import parse_timing, spec_of
 from core.vocabulary import ExecutionStatus, MisfirePolicy, Trigger
 from db.models import Automation, Execution, Heartbeat, Schedule
-from db.runs import RunMessage
+from db.runs import START_AHEAD_MS, RunMessage
 from db.workspaces import quotas
 
 log = logging.getLogger("stepwise.dispatch")
@@ -218,6 +218,7 @@ def dispatch_batch(
                 i,
                 schedule.max_retries,
                 delay_ms=int((inserted[i] - now).total_seconds() * 1000),
+                ahead_ms=START_AHEAD_MS,
             )
             for i in ids
         ]

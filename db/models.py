@@ -39,6 +39,7 @@ from core.limits import (
     MAX_CONCURRENCY,
     MAX_CRON,
     MAX_DELIVERY_ID,
+    MAX_FAILURE_THRESHOLD,
     MAX_JITTER_S,
     MAX_NAME,
     MAX_OWNER,
@@ -59,8 +60,10 @@ from core.vocabulary import (
     OPEN_STATUSES,
     AuditAction,
     AuditTarget,
+    DeliveryStatus,
     ExecutionStatus,
     MisfirePolicy,
+    NoticeKind,
     OverlapPolicy,
     Role,
     ScheduleKind,
@@ -446,3 +449,150 @@ class Heartbeat(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     at: Mapped[datetime] = mapped_column(server_default=func.now())
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+
+
+# --- notifications (db/channels.py, db/notices.py) -----------------------------------
+
+
+class NotificationChannel(Base):
+    """Where a workspace's notices go: an apprise URL, sealed (it may hold credentials).
+
+    `redacted` is what people see of it: the scheme and, where that is an address, the
+    host; never a user, password, path or query.
+    """
+
+    __tablename__ = "notification_channels"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    workspace_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(MAX_NAME))
+    sealed_url: Mapped[str] = mapped_column(Text)
+    redacted: Mapped[str] = mapped_column(String(MAX_URL))
+    created_by: Mapped[str] = mapped_column(String(MAX_OWNER))
+    created_at: Mapped[datetime] = _created()
+
+    __table_args__ = (UniqueConstraint("workspace_id", "name", name="uq_notification_channels"),)
+
+
+class NotifyRule(Base):
+    """An automation's notifications: after how many consecutive failed runs, and the
+    evaluator's state (what it has read, the current failure streak)."""
+
+    __tablename__ = "notify_rules"
+
+    automation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("automations.id", ondelete="CASCADE"), primary_key=True
+    )
+    workspace_id: Mapped[uuid.UUID] = _workspace(index=True)
+    failure_threshold: Mapped[int] = mapped_column(Integer, default=1)
+    # Runs finished up to here have been read (a run finished before the rule never counts).
+    seen_until: Mapped[datetime] = mapped_column(server_default=func.now())
+    failure_streak: Mapped[int] = mapped_column(Integer, default=0)
+    # A failed run retried and failing again is one failed run, not two.
+    last_failed_execution_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+    __table_args__ = (
+        CheckConstraint(
+            _between("failure_threshold", 1, MAX_FAILURE_THRESHOLD), name="failure_threshold"
+        ),
+    )
+
+
+class NotifyRuleChannel(Base):
+    """A channel an automation's notices go to."""
+
+    __tablename__ = "notify_rule_channels"
+
+    automation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("notify_rules.automation_id", ondelete="CASCADE"), primary_key=True
+    )
+    channel_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("notification_channels.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class Notice(Base):
+    """One incident worth telling people about; its deliveries are written with it.
+
+    At most one open failure notice per automation (a partial unique index): a second
+    evaluator, or a later failure while the incident is open, inserts nothing.
+    A schedule notice is keyed by the schedule and the moment it stopped.
+    """
+
+    __tablename__ = "notices"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    workspace_id: Mapped[uuid.UUID] = _workspace()
+    automation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("automations.id", ondelete="CASCADE"), index=True
+    )
+    schedule_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("schedules.id", ondelete="SET NULL")
+    )
+    # The run that opened or closed it (no key: retention deletes old runs).
+    execution_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    kind: Mapped[str] = mapped_column(String(MAX_WORD))
+    summary: Mapped[str] = mapped_column(Text)
+    occurred_at: Mapped[datetime]
+    closed_at: Mapped[datetime | None]  # a failure notice: when its automation recovered
+    created_at: Mapped[datetime] = _created()
+
+    __table_args__ = (
+        CheckConstraint(_in("kind", NoticeKind), name="kind"),
+        Index(
+            "ix_notices_open_failure",
+            "automation_id",
+            unique=True,
+            postgresql_where=text(f"kind = '{NoticeKind.FAILURE}' AND closed_at IS NULL"),
+        ),
+        Index(
+            "ix_notices_schedule_stop",
+            "schedule_id",
+            "occurred_at",
+            unique=True,
+            postgresql_where=text("schedule_id IS NOT NULL"),
+        ),
+    )
+
+
+class Delivery(Base):
+    """One notice sent (or being sent) to one channel, with its outcome.
+
+    Written `pending` with its notice; claimed `sending` by one conditional UPDATE
+    before anything is sent, so no two evaluators send it; `ok` or `error` after.
+    """
+
+    __tablename__ = "notify_deliveries"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    workspace_id: Mapped[uuid.UUID] = _workspace()
+    notice_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("notices.id", ondelete="CASCADE")
+    )
+    channel_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("notification_channels.id", ondelete="SET NULL")
+    )
+    channel_name: Mapped[str] = mapped_column(String(MAX_NAME))
+    automation_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    kind: Mapped[str] = mapped_column(String(MAX_WORD))
+    status: Mapped[str] = mapped_column(String(MAX_WORD), default=DeliveryStatus.PENDING)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+    claimed_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("notice_id", "channel_id", name="uq_notify_deliveries_notice"),
+        CheckConstraint(_in("kind", NoticeKind), name="kind"),
+        CheckConstraint(_in("status", DeliveryStatus), name="status"),
+        Index("ix_notify_deliveries_workspace", "workspace_id", text("created_at DESC")),
+        Index(
+            "ix_notify_deliveries_unsent",
+            "id",
+            postgresql_where=text(_in("status", (DeliveryStatus.PENDING, DeliveryStatus.SENDING))),
+        ),
+    )

@@ -14,10 +14,12 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Integer,
     String,
     Text,
+    Uuid,
     and_,
     bindparam,
     delete,
@@ -64,6 +66,12 @@ SKIP_REASONS = {
 }
 
 
+# A slot's message is delivered this much before the slot, and the worker that takes
+# it starts the run at the slot itself (`tasks.runner.accept`): the queue's hand-off
+# of a delayed message (a few hundred milliseconds) then costs the start nothing.
+START_AHEAD_MS = 1000
+
+
 @dataclass(frozen=True)
 class RunMessage:
     """A run to hand to the workers once the transaction that made it has committed."""
@@ -73,6 +81,8 @@ class RunMessage:
     retries: int = 0  # tries already spent, so a re-sent message keeps its retry budget
     delay_ms: int = 0  # from when the database decided it
     report: FailureReport | None = None  # the run failed for good: dead-letter this message
+    # Deliver up to this much before `delay_ms` ends; the worker waits for the rest.
+    ahead_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -108,7 +118,7 @@ class Claim:
         return len(self.steps)
 
 
-ClaimResult = Claim | Literal["nothing", "skipped", "waiting"]
+ClaimResult = Claim | Literal["nothing", "skipped", "waiting", "early"]
 
 
 def _fence(claim: Claim) -> Any:
@@ -304,13 +314,7 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
         return "nothing"
     first_step, previous_output = 1, None
     if claimed > 1:  # a run that started before: resume it
-        # A step left "running" belonged to a worker that died mid-call.
-        session.execute(
-            update(StepRun)
-            .where(StepRun.execution_id == execution_id, StepRun.status == StepStatus.RUNNING)
-            .values(status=StepStatus.FAILED, error=LOST_STEP_ERROR, finished_at=func.now())
-        )
-        first_step, previous_output = _resume_point(session, execution_id)
+        first_step, previous_output = _resume(session, execution_id)
     return Claim(
         execution_id=execution.id,
         attempt=claimed,
@@ -334,19 +338,133 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
     )
 
 
+# Group claim, the fast path: one statement claims every run of a batch that needs
+# no overlap decision (a first start of a schedule with a policy other than "allow"
+# does, and goes through `claim_execution`, as does anything this one leaves out:
+# archived automations, runs another worker holds, final runs). Written in SQL so
+# that the hot path builds no statement objects.
+_CLAIM_MANY = text(
+    f"""
+    WITH claimed AS (
+        UPDATE executions e
+        SET status = '{ExecutionStatus.RUNNING}', attempt = e.attempt + 1,
+            total_steps = jsonb_array_length(a.steps),
+            started_at = coalesce(e.started_at, greatest(now(), e.available_at)),
+            lease_expires_at = now() + make_interval(secs => :lease_s)
+        FROM automations a
+        WHERE e.id = ANY(:ids) AND a.id = e.automation_id AND a.archived_at IS NULL
+          AND (e.status = '{ExecutionStatus.QUEUED}'
+               OR (e.status = '{ExecutionStatus.RUNNING}' AND e.lease_expires_at < now()))
+          AND (e.attempt > 0 OR e.schedule_id IS NULL OR EXISTS (
+                SELECT 1 FROM schedules s WHERE s.id = e.schedule_id
+                AND (s.kind = '{ScheduleKind.ONCE}' OR s.overlap_policy = '{OverlapPolicy.ALLOW}')))
+        RETURNING e.id, e.attempt, e.schedule_id, e.scheduled_for, e.workspace_id, e.input,
+            a.id AS automation_id, a.owner_id, a.agent_url, a.signing_secret, a.steps,
+            a.project_context, a.step_timeout_s, a.request_headers, a.concurrency_limit,
+            a.rate_limit_per_s
+    )
+    SELECT c.*, s.kind, s.overlap_policy
+    FROM claimed c LEFT JOIN schedules s ON s.id = c.schedule_id
+    """
+).bindparams(bindparam("ids", type_=ARRAY(Uuid())))
+
+
+def claim_executions(
+    session: Session,
+    execution_ids: list[uuid.UUID],
+    *,
+    lease_s: int,
+    ahead: frozenset[uuid.UUID] = frozenset(),
+) -> list[ClaimResult]:
+    """`claim_execution` for many runs in one transaction, one result per id, in order.
+
+    Most claims are one row of a single UPDATE; the rest (an overlap decision, an
+    archived automation, a duplicate message) are claimed one by one.
+
+    Runs in `ahead` are not due yet (their message came early): one that needs no
+    overlap decision is claimed now and started at its slot by the worker; for any
+    other, "early" says to claim it at its slot, when its siblings' state is known.
+    A run started ahead has `started_at` at its slot (`available_at`).
+    """
+    rows = session.execute(_CLAIM_MANY, {"ids": execution_ids, "lease_s": lease_s}).all()
+    claimed = {row.id: _claim_from(session, row) for row in rows}
+    results: list[ClaimResult] = []
+    for i in execution_ids:
+        if i in claimed:
+            results.append(claimed.pop(i))  # a message sent twice: its run is claimed once
+        elif i in ahead:
+            results.append("early")
+        else:
+            results.append(claim_execution(session, i, lease_s=lease_s))
+    return results
+
+
+def _claim_from(session: Session, row: Any) -> Claim:
+    """The claim of a row `_CLAIM_MANY` took (resuming a run that started before)."""
+    single = row.kind is None or row.kind == ScheduleKind.ONCE
+    policy = None if single or row.overlap_policy is None else OverlapPolicy(row.overlap_policy)
+    first_step, previous_output = 1, None
+    if row.attempt > 1:
+        first_step, previous_output = _resume(session, row.id)
+    return Claim(
+        execution_id=row.id,
+        attempt=row.attempt,
+        automation_id=row.automation_id,
+        schedule_id=row.schedule_id,
+        scheduled_for=row.scheduled_for,
+        owner_id=row.owner_id,
+        workspace_id=row.workspace_id,
+        agent_url=row.agent_url,
+        signing_secret=row.signing_secret,
+        steps=list(row.steps),
+        project_context=row.project_context,
+        step_timeout_s=row.step_timeout_s,
+        first_step=first_step,
+        previous_output=previous_output,
+        overlap_policy=policy,
+        request_headers=dict(row.request_headers or {}),
+        concurrency_limit=row.concurrency_limit,
+        rate_limit_per_s=row.rate_limit_per_s,
+        input=row.input,
+    )
+
+
+def _resume(session: Session, execution_id: uuid.UUID) -> tuple[int, Any]:
+    """A run claimed again: a step left "running" belonged to a worker that died
+    mid-call; returns where to go on (`_resume_point`)."""
+    session.execute(
+        update(StepRun)
+        .where(StepRun.execution_id == execution_id, StepRun.status == StepStatus.RUNNING)
+        .values(status=StepStatus.FAILED, error=LOST_STEP_ERROR, finished_at=func.now())
+    )
+    return _resume_point(session, execution_id)
+
+
 # One round trip per step: store the previous step's answer (when there is one),
 # renew the lease and record this step as running. Data-modifying CTEs all run, on
 # one snapshot; the step is inserted only if the fence still holds. Written in SQL
 # so that the hot path builds no statement objects
 # (tests/test_db.py::test_a_step_start_stores_the_previous_answer_in_the_same_statement).
+# The previous step's answer, stored only while the step is still running: the
+# worker may retry this write after a database outage, and once a takeover has
+# marked the step lost a late write must not turn it into a second success.
+_FINISH_STEP = f"""
+    UPDATE step_runs
+    SET status = :f_status, response_status = :f_code, response_body = :f_body,
+        error = :f_error, finished_at = now(), duration_ms = :f_ms
+    WHERE id = :f_id AND status = '{StepStatus.RUNNING}'
+"""
+_FINISHED_TYPES = (
+    bindparam("f_id", type_=BigInteger),
+    bindparam("f_code", type_=Integer),
+    bindparam("f_ms", type_=Integer),
+    bindparam("f_status", type_=String),
+    bindparam("f_body", type_=Text),
+    bindparam("f_error", type_=Text),
+)
 _START_STEP = text(
     f"""
-    WITH finished AS (
-        UPDATE step_runs
-        SET status = :f_status, response_status = :f_code, response_body = :f_body,
-            error = :f_error, finished_at = now(), duration_ms = :f_ms
-        WHERE id = :f_id AND status = '{StepStatus.RUNNING}'
-    ), renewed AS (
+    WITH finished AS ({_FINISH_STEP}), renewed AS (
         UPDATE executions
         SET current_step = :step, lease_expires_at = now() + make_interval(secs => :lease_s)
         WHERE id = :execution_id AND status = '{ExecutionStatus.RUNNING}' AND attempt = :attempt
@@ -356,15 +474,25 @@ _START_STEP = text(
     SELECT id, :step, :attempt, '{StepStatus.RUNNING}', :request FROM renewed
     RETURNING id
     """
-).bindparams(
-    bindparam("request", type_=JSONB),
-    bindparam("f_id", type_=BigInteger),
-    bindparam("f_code", type_=Integer),
-    bindparam("f_ms", type_=Integer),
-    bindparam("f_status", type_=String),
-    bindparam("f_body", type_=Text),
-    bindparam("f_error", type_=Text),
-)
+).bindparams(bindparam("request", type_=JSONB), *_FINISHED_TYPES)
+
+
+_FINISH_STEP_ALONE = text(_FINISH_STEP).bindparams(*_FINISHED_TYPES)
+
+
+def _finished(finished: tuple[int, StepOutcome] | None) -> dict[str, Any]:
+    """The parameters of `_FINISH_STEP` (all None: no answer to store)."""
+    step_run_id, outcome = finished if finished is not None else (None, None)
+    if outcome is None:
+        return dict.fromkeys(("f_id", "f_status", "f_code", "f_body", "f_error", "f_ms"))
+    return {
+        "f_id": step_run_id,
+        "f_status": _step_status(outcome),
+        "f_code": outcome.status,
+        "f_body": outcome.body,
+        "f_error": outcome.error,
+        "f_ms": outcome.duration_ms,
+    }
 
 
 def start_step(
@@ -378,16 +506,10 @@ def start_step(
 ) -> int | None:
     """Store `finished` (the previous step's answer), renew the lease for one step and
     record the step as running, in one statement; None if we lost the run."""
-    step_run_id, outcome = finished if finished is not None else (None, None)
     started: int | None = session.scalar(
         _START_STEP,
         {
-            "f_id": step_run_id,
-            "f_status": None if outcome is None else _step_status(outcome),
-            "f_code": None if outcome is None else outcome.status,
-            "f_body": None if outcome is None else outcome.body,
-            "f_error": None if outcome is None else outcome.error,
-            "f_ms": None if outcome is None else outcome.duration_ms,
+            **_finished(finished),
             "step": step_number,
             "lease_s": lease_s,
             "execution_id": claim.execution_id,
@@ -429,21 +551,7 @@ def renew_leases(
 
 
 def finish_step(session: Session, step_run_id: int, outcome: StepOutcome) -> None:
-    # Fenced on "still running": the worker may retry this write after a database
-    # outage, and once a takeover has marked the step lost a late write must not
-    # turn it into a second success.
-    session.execute(
-        update(StepRun)
-        .where(StepRun.id == step_run_id, StepRun.status == StepStatus.RUNNING)
-        .values(
-            status=_step_status(outcome),
-            response_status=outcome.status,
-            response_body=outcome.body,
-            error=outcome.error,
-            finished_at=func.now(),
-            duration_ms=outcome.duration_ms,
-        )
-    )
+    session.execute(_FINISH_STEP_ALONE, _finished((step_run_id, outcome)))
 
 
 def release_for_retry(session: Session, claim: Claim, error: str, delay_s: float) -> bool:
@@ -486,6 +594,28 @@ def defer(session: Session, claim: Claim, delay_s: float) -> bool:
     )
 
 
+# The end of a run in one statement: its last answer, its status, and its
+# schedule's counters (`record_outcome`).
+_FINISH_EXECUTION = text(
+    f"""
+    WITH finished AS ({_FINISH_STEP}), ended AS (
+        UPDATE executions
+        SET status = :status, finished_at = now(), lease_expires_at = NULL,
+            error = :error, result = :result
+        WHERE id = :execution_id AND status = '{ExecutionStatus.RUNNING}' AND attempt = :attempt
+        RETURNING schedule_id
+    ), counted AS (
+        UPDATE schedules s
+        SET run_count = s.run_count + 1, success_count = s.success_count + :succeeded,
+            failure_count = s.failure_count + :failed, last_status = :status,
+            last_run_at = now()
+        FROM ended WHERE s.id = ended.schedule_id
+    )
+    SELECT count(*) FROM ended
+    """
+).bindparams(bindparam("result", type_=JSONB), bindparam("error", type_=Text), *_FINISHED_TYPES)
+
+
 def finish_execution(
     session: Session,
     claim: Claim,
@@ -493,23 +623,23 @@ def finish_execution(
     *,
     error: str | None = None,
     result: Any = None,
+    finished: tuple[int, StepOutcome] | None = None,
 ) -> bool:
-    """End the execution and move its schedule's counters, in the caller's transaction."""
-    ended = rowcount(
-        session.execute(
-            update(Execution)
-            .where(_fence(claim))
-            .values(
-                status=status,
-                finished_at=func.now(),
-                lease_expires_at=None,
-                error=error,
-                result=result,
-            )
-        )
+    """Store `finished` (the last step's answer), end the execution and move its
+    schedule's counters, in one statement of the caller's transaction."""
+    ended = session.scalar(
+        _FINISH_EXECUTION,
+        {
+            **_finished(finished),
+            "status": str(status),
+            "error": error,
+            "result": result,
+            "succeeded": int(status == ExecutionStatus.SUCCEEDED),
+            "failed": int(status == ExecutionStatus.FAILED),
+            "execution_id": claim.execution_id,
+            "attempt": claim.attempt,
+        },
     )
-    if ended and claim.schedule_id is not None:
-        record_outcome(session, claim.schedule_id, status)
     return bool(ended)
 
 

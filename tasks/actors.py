@@ -16,13 +16,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
+from dramatiq.common import current_millis
 from dramatiq.middleware import CurrentMessage
 from periodiq import cron
 
 from core.errors import AgentRejected
 from core.vocabulary import FailureReport
 from db.runs import RunMessage
-from tasks import engine, runner
+from tasks import engine, notify, runner
 from tasks.broker import DISPATCH_QUEUE, RUN_QUEUE, enqueue_many, setup_broker
 
 broker = setup_broker()
@@ -35,11 +36,15 @@ def _options(message: RunMessage) -> dict[str, Any]:
         options["retries"] = message.retries
     if message.report is not None:
         options["report"] = str(message.report)
+    if message.ahead_ms and message.delay_ms > 0:
+        # The instant the run is due, on the clock Dramatiq's `eta` uses.
+        options["start_at"] = current_millis() + message.delay_ms
     return options
 
 
 def _delay(message: RunMessage) -> int | None:
-    return message.delay_ms if message.delay_ms > 0 else None
+    delay_ms = message.delay_ms - message.ahead_ms
+    return delay_ms if delay_ms > 0 else None
 
 
 def send_run(message: RunMessage) -> None:
@@ -83,9 +88,16 @@ def run_execution(execution_id: str) -> None:
         retries=options.get("retries", 0),
         max_retries=options.get("max_retries", 0),
         send=send_run,
+        start_at_ms=options.get("start_at"),
     )
 
 
 @dramatiq.actor(queue_name=DISPATCH_QUEUE, periodic=EVERY_MINUTE, max_retries=0, time_limit=55_000)
 def housekeeping() -> None:
     engine.tick_housekeeping(send_run)
+
+
+@dramatiq.actor(queue_name=DISPATCH_QUEUE, periodic=EVERY_MINUTE, max_retries=0, time_limit=55_000)
+def notify_tick() -> None:
+    """Failure notifications: notices from finished runs and stopped schedules, sent."""
+    notify.tick_notify()

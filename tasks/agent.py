@@ -21,8 +21,10 @@ in words that do not tell a closed port from a database from a cache.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
+import ssl
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -43,12 +45,117 @@ class AddressRefused(httpcore.ConnectError):
     """The egress policy refused an address of the host (raised before any connection)."""
 
 
+class AsyncioStream(httpcore.AsyncNetworkStream):
+    """A connection on asyncio's own streams.
+
+    httpcore's AnyIO stream opens a cancel scope for every read and write and builds
+    a dict of socket attributes each time the pool asks whether an idle connection
+    is still open: a seventh of a worker's CPU under a burst. Here a timeout costs
+    something only when one is set (the runner bounds each call as a whole with
+    `asyncio.timeout`), and an idle connection is closed when its reader saw EOF.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self._reader = reader
+        self._writer = writer
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._reader.read(max_bytes)
+        except TimeoutError as exc:
+            raise httpcore.ReadTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.ReadError(str(exc)) from exc
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        try:
+            self._writer.write(buffer)
+            async with asyncio.timeout(timeout):
+                await self._writer.drain()
+        except TimeoutError as exc:
+            raise httpcore.WriteTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.WriteError(str(exc)) from exc
+
+    async def aclose(self) -> None:
+        self._writer.close()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
+        except TimeoutError as exc:
+            self._writer.close()
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        except (OSError, ssl.SSLError) as exc:  # SSLError is an OSError; said for the reader
+            self._writer.close()
+            raise httpcore.ConnectError(str(exc)) from exc
+        return self
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":  # asked of idle connections: has the server closed it?
+            return self._reader.at_eof() or self._writer.is_closing()
+        if info == "ssl_object":
+            return self._writer.get_extra_info("ssl_object")
+        if info == "client_addr":
+            return self._writer.get_extra_info("sockname")
+        if info == "server_addr":
+            return self._writer.get_extra_info("peername")
+        if info == "socket":
+            return self._writer.get_extra_info("socket")
+        return None
+
+
+class AsyncioBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend on asyncio streams (`AsyncioStream`)."""
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        local = None if local_address is None else (local_address, 0)
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(host, port, local_addr=local)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(str(exc)) from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        sock = writer.get_extra_info("socket")
+        for option in socket_options or ():
+            sock.setsockopt(*option)
+        return AsyncioStream(reader, writer)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise AddressRefused("a Unix socket is never an agent")
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
 class GuardedBackend(httpcore.AsyncNetworkBackend):
     """httpcore's network backend, connecting only to addresses the policy admits."""
 
     def __init__(self, policy: EgressPolicy, backend: httpcore.AsyncNetworkBackend | None = None):
         self.policy = policy
-        self.backend = backend or httpcore.AnyIOBackend()
+        self.backend = backend or AsyncioBackend()
 
     async def connect_tcp(
         self,
@@ -132,6 +239,17 @@ async def _from_response(response: httpx.Response, limit: int, started: float) -
     )
 
 
+def _origin(url: httpx.URL) -> httpx.URL:
+    return url.copy_with(path="/", query=None, fragment=None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(url: str) -> tuple[httpx.URL, httpx.URL]:
+    """An agent URL and its origin, parsed once (every step of every run posts to it)."""
+    parsed = httpx.URL(url)
+    return parsed, _origin(parsed)
+
+
 async def _post(
     client: httpx.AsyncClient,
     url: str,
@@ -144,17 +262,16 @@ async def _post(
 ) -> StepOutcome:
     # Only 307/308 keep the POST and its body; 301/302/303 would turn the step into
     # a GET that "succeeds" without the agent ever seeing it, so they fail instead.
-    origin = httpx.URL(url).copy_with(path="/", query=None, fragment=None)
+    target, origin = _parsed(url)
     for _ in range(MAX_REDIRECTS + 1):
         async with client.stream(
-            "POST", url, content=body, headers={**extra, **headers}, timeout=timeout_s
+            "POST", target, content=body, headers={**extra, **headers}, timeout=timeout_s
         ) as response:
             location = response.headers.get("location")
             if response.status_code in (307, 308) and location:
                 target = response.url.join(location)
-                if target.copy_with(path="/", query=None, fragment=None) != origin:
+                if _origin(target) != origin:
                     extra = {}  # the automation's headers (credentials) stay with its agent
-                url = str(target)
                 continue
             if response.status_code in (301, 302, 303):
                 error = (

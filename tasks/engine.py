@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from core.settings import get_settings
@@ -42,14 +43,7 @@ def _one_by_one(send: Send) -> SendMany:
 def _send_batch(send_many: SendMany, messages: list[RunMessage], since: float) -> int:
     """Send runs whose delays were measured at monotonic time `since`; returns how many."""
     elapsed_ms = int((time.monotonic() - since) * 1000)
-    send_many(
-        [
-            RunMessage(
-                m.execution_id, m.max_retries, retries=m.retries, delay_ms=m.delay_ms - elapsed_ms
-            )
-            for m in messages
-        ]
-    )
+    send_many([replace(m, delay_ms=m.delay_ms - elapsed_ms) for m in messages])
     return len(messages)
 
 

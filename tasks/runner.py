@@ -122,6 +122,7 @@ class Flight:
     claim: runs.Claim
     retries: int
     max_retries: int
+    start_at: float | None = None  # epoch s: claimed ahead, the first call waits for it
     task: asyncio.Task[None] | None = None
     calling: bool = False  # a call is at the agent: dropping the run drops the call
     # The automation's headers with secrets filled in: in memory for this run only.
@@ -137,6 +138,8 @@ class Runner:
         self.send = send
         self.lease_s = settings.lease_s
         self.slots = threading.BoundedSemaphore(settings.worker_in_flight)
+        # Dramatiq threads waiting for an early message's slot (`accept`).
+        self.waiting = threading.BoundedSemaphore(max(1, settings.worker_threads // 2))
         self.flights: dict[uuid.UUID, Flight] = {}  # touched on the loop's thread only
         self.held = 0  # runs handed over and not ended, under `self.counting`
         self.counting = threading.Lock()
@@ -147,8 +150,8 @@ class Runner:
         self.pending: list[tuple[Answer | None, Callable[[Session], Any], asyncio.Future[Any]]] = []
         self.flushing = 0
         self.flushes: set[asyncio.Task[None]] = set()
-        # Claims waiting for the next group claim.
-        self.claims: list[tuple[uuid.UUID, asyncio.Future[runs.ClaimResult]]] = []
+        # Claims waiting for the next group claim (and whether each came ahead).
+        self.claims: list[tuple[uuid.UUID, bool, asyncio.Future[runs.ClaimResult]]] = []
         self.claiming = 0
         self.db = ThreadPoolExecutor(settings.worker_db_threads, thread_name_prefix="stepwise-db")
         self.loop = asyncio.new_event_loop()
@@ -174,12 +177,36 @@ class Runner:
     def give_slot(self) -> None:
         self.slots.release()
 
-    def admit(self, execution_id: uuid.UUID, *, retries: int, max_retries: int) -> str:
+    def wait_for(self, start_at_ms: int) -> bool:
+        """Wait until `start_at_ms` (epoch ms); False if too many threads wait already
+        or the worker began to stop."""
+        wait_s = start_at_ms / 1000 - time.time()
+        if wait_s <= 0:
+            return True
+        if not self.waiting.acquire(blocking=False):
+            return False
+        try:
+            return not shutting_down.wait(wait_s)
+        finally:
+            self.waiting.release()
+
+    def admit(
+        self,
+        execution_id: uuid.UUID,
+        *,
+        retries: int,
+        max_retries: int,
+        start_at_ms: int | None = None,
+    ) -> str:
         """Claim a run (in a batch with the other Dramatiq threads' claims) and start it
-        on the loop; returns what happened. Blocks the calling thread for the claim
-        only, so the message is acknowledged once the run is ours in Postgres."""
+        on the loop, at `start_at_ms` when that is still ahead; returns what happened.
+        Blocks the calling thread for the claim only, so the message is acknowledged
+        once the run is ours in Postgres."""
+        start_at = None if start_at_ms is None else start_at_ms / 1000
+        if start_at is not None and start_at <= time.time():
+            start_at = None
         admitted = asyncio.run_coroutine_threadsafe(
-            self._admit(execution_id, retries, max_retries), self.loop
+            self._admit(execution_id, retries, max_retries, start_at), self.loop
         )
         return admitted.result()
 
@@ -211,17 +238,19 @@ class Runner:
         self.loop.create_task(self._heartbeat())
         self.loop.run_forever()
 
-    async def _admit(self, execution_id: uuid.UUID, retries: int, max_retries: int) -> str:
-        claim = await self._claim(execution_id)
+    async def _admit(
+        self, execution_id: uuid.UUID, retries: int, max_retries: int, start_at: float | None
+    ) -> str:
+        claim = await self._claim(execution_id, ahead=start_at is not None)
         if isinstance(claim, str):
             return claim
-        await self._begin(Flight(claim, retries, max_retries))
+        await self._begin(Flight(claim, retries, max_retries, start_at=start_at))
         return "started"
 
-    async def _claim(self, execution_id: uuid.UUID) -> runs.ClaimResult:
+    async def _claim(self, execution_id: uuid.UUID, *, ahead: bool) -> runs.ClaimResult:
         """Group claim: one transaction claims the runs of every waiting message."""
         done: asyncio.Future[runs.ClaimResult] = self.loop.create_future()
-        self.claims.append((execution_id, done))
+        self.claims.append((execution_id, ahead, done))
         if self.claiming < CLAIM_FLUSHES:
             self.claiming += 1
             self.flushes.add(task := asyncio.create_task(self._claim_batches()))
@@ -232,19 +261,22 @@ class Runner:
         try:
             while self.claims:
                 batch, self.claims = self.claims[:MAX_BATCH], self.claims[MAX_BATCH:]
-                ids = [execution_id for execution_id, _ in batch]
+                ids = [execution_id for execution_id, _, _ in batch]
+                ahead = frozenset(execution_id for execution_id, early, _ in batch if early)
                 try:
-                    results: list[Any] = await self._db(partial(_claim_all, ids, self.lease_s))
+                    results: list[Any] = await self._db(
+                        partial(_claim_all, ids, self.lease_s, ahead)
+                    )
                 except Exception:  # one claim failed, or the database: each alone
                     results = []
                     for execution_id in ids:
                         try:
                             results += await self._db(
-                                partial(_claim_all, [execution_id], self.lease_s)
+                                partial(_claim_all, [execution_id], self.lease_s, ahead)
                             )
                         except Exception as exc:
                             results.append(exc)
-                for (_, done), result in zip(batch, results, strict=True):
+                for (_, _, done), result in zip(batch, results, strict=True):
                     if done.done():
                         continue
                     if isinstance(result, BaseException):
@@ -369,6 +401,8 @@ class Runner:
         previous_output = claim.previous_output
         answer: Answer | None = None
         try:
+            if flight.start_at is not None:  # claimed ahead of its slot
+                await asyncio.sleep(max(0.0, flight.start_at - time.time()))
             for step_number in range(claim.first_step, claim.total_steps + 1):
                 if shutting_down.is_set():
                     # Hand the run on at once, without spending a retry of its budget.
@@ -553,10 +587,11 @@ class Runner:
         result: Any = None,
     ) -> bool:
         """End the run as `status`; False if it was no longer ours (cancelled, taken over)."""
+        finished = None if answer is None else (answer.step_run_id, answer.outcome)
         ended = await self._write(
-            answer,
+            None,
             lambda session: runs.finish_execution(
-                session, claim, status, error=error, result=result
+                session, claim, status, error=error, result=result, finished=finished
             ),
         )
         if claim.schedule_id is not None and claim.overlap_policy not in (
@@ -617,20 +652,55 @@ def _next_waiting(schedule_id: uuid.UUID) -> RunMessage | None:
         return runs.next_waiting(session, schedule_id)
 
 
-def accept(execution_id: uuid.UUID, *, retries: int, max_retries: int, send: Send) -> str:
+def accept(
+    execution_id: uuid.UUID,
+    *,
+    retries: int,
+    max_retries: int,
+    send: Send,
+    start_at_ms: int | None = None,
+) -> str:
     """Handle a run message: claim the run and hand it to the runner; returns what happened.
 
     Runs in a Dramatiq thread until the claim has committed (claims of concurrent
     messages share one transaction), so the message is acknowledged only once the
     run is this worker's in Postgres.
+
+    A slot's message arrives up to `START_AHEAD_MS` early (`start_at_ms`): its run is
+    claimed at once and its first call waits on the loop for the slot (a killed
+    worker's lease expires as for any run). A run whose start depends on its
+    schedule's other runs (an overlap policy) is claimed at the slot instead: the
+    thread waits for it, unacknowledged, or, when half the threads wait already,
+    sends the message back to the queue for its time.
     """
     runner = get_runner(send)
+    outcome = _admit(runner, execution_id, retries, max_retries, send, start_at_ms)
+    if outcome == "early":
+        assert start_at_ms is not None
+        if not runner.wait_for(start_at_ms):
+            late_ms = max(0, start_at_ms - int(time.time() * 1000))
+            send(RunMessage(execution_id, max_retries, retries=retries, delay_ms=late_ms))
+            return "handed back"
+        outcome = _admit(runner, execution_id, retries, max_retries, send, None)
+    return outcome
+
+
+def _admit(
+    runner: Runner,
+    execution_id: uuid.UUID,
+    retries: int,
+    max_retries: int,
+    send: Send,
+    start_at_ms: int | None,
+) -> str:
     if not runner.take_slot():
         # Stopping: hand the message on at once, without spending a retry.
         send(RunMessage(execution_id, max_retries, retries=retries))
         return "handed back"
     try:
-        outcome = runner.admit(execution_id, retries=retries, max_retries=max_retries)
+        outcome = runner.admit(
+            execution_id, retries=retries, max_retries=max_retries, start_at_ms=start_at_ms
+        )
     except BaseException:
         runner.give_slot()
         raise
@@ -639,13 +709,15 @@ def accept(execution_id: uuid.UUID, *, retries: int, max_retries: int, send: Sen
     return outcome
 
 
-def _claim_all(ids: list[uuid.UUID], lease_s: int) -> list[runs.ClaimResult]:
+def _claim_all(
+    ids: list[uuid.UUID], lease_s: int, ahead: frozenset[uuid.UUID]
+) -> list[runs.ClaimResult]:
     """Claim each run, all in one transaction; once more after a lost connection
     (workers' pools have no pre-ping)."""
     for attempt in range(CLAIM_TRIES):
         try:
             with session_scope() as session:
-                return [runs.claim_execution(session, i, lease_s=lease_s) for i in ids]
+                return runs.claim_executions(session, ids, lease_s=lease_s, ahead=ahead)
         except OperationalError:
             if attempt == CLAIM_TRIES - 1:
                 raise

@@ -301,3 +301,131 @@ def test_the_automations_headers_follow_a_redirect_only_within_its_origin(
     landed = agent.calls[1] if same_origin else other.calls[0]
     assert landed.headers.get("authorization") == ("Bearer t0ken" if same_origin else None)
     assert landed.idempotency_key == "k:1"  # Stepwise's own headers always follow
+
+
+class _TlsAgent:
+    """An HTTPS agent on loopback with a certificate for `hostname` from a local CA."""
+
+    def __init__(self, hostname: str) -> None:
+        import http.server
+        import ssl
+        import threading
+
+        import trustme
+
+        self.ca = trustme.CA()
+        self.bodies: list[bytes] = []
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ca.issue_cert(hostname).configure_cert(context)
+        bodies = self.bodies
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+                answer = b'{"output": "over tls"}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_address[1]}/agent"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def call(self) -> Any:
+        import ssl
+
+        import httpcore
+        import httpx
+
+        from tasks.agent import GuardedBackend
+
+        async def call() -> Any:
+            trusted = ssl.create_default_context()
+            self.ca.configure_trust(trusted)
+            transport = httpx.AsyncHTTPTransport(verify=trusted)
+            pool = transport._pool
+            assert isinstance(pool, httpcore.AsyncConnectionPool)
+            pool._network_backend = GuardedBackend(parse_allowlist("127.0.0.1"))
+            async with httpx.AsyncClient(transport=transport) as client:
+                return await call_agent(
+                    client, self.url, {"x": 1}, idempotency_key="k:1", timeout_s=5, max_bytes=1024
+                )
+
+        try:
+            return asyncio.run(call())
+        finally:
+            self.server.shutdown()
+
+
+def test_an_agent_over_tls_is_called_through_the_guarded_connection() -> None:
+    # given an HTTPS agent whose certificate names the address it listens on
+    agent = _TlsAgent("127.0.0.1")
+    # when a step is posted to it
+    outcome = agent.call()
+    # then the call went over TLS and succeeded
+    assert outcome.ok and outcome.output == {"output": "over tls"}
+    assert json.loads(agent.bodies[0]) == {"x": 1}
+
+
+def test_an_agent_whose_certificate_names_another_host_is_not_called() -> None:
+    # given an HTTPS agent whose certificate is for another name
+    agent = _TlsAgent("agent.example")
+    # when a step is posted to it
+    outcome = agent.call()
+    # then nothing is sent, and the failure is a transport failure worth a retry
+    assert not outcome.ok and outcome.retryable
+    assert outcome.error == "could not reach the agent, or it did not answer in HTTP"
+    assert agent.bodies == []
+
+
+def test_a_connection_the_agent_closed_while_idle_is_not_reused() -> None:
+    import socket
+    import threading
+
+    # given an agent that answers one request per connection, then closes it
+    # while the client still holds it as idle (no "Connection: close")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    accepted: list[int] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/agent"
+
+    async def two_calls() -> list[Any]:
+        async with make_client(parse_allowlist("127.0.0.1")) as client:
+            outcomes = []
+            for n in range(2):
+                outcomes.append(
+                    await call_agent(
+                        client, url, {}, idempotency_key=f"k:{n}", timeout_s=2, max_bytes=64
+                    )
+                )
+                await asyncio.sleep(0.2)  # the agent closes its end meanwhile
+            return outcomes
+
+    # when two steps are posted one after the other
+    outcomes = asyncio.run(two_calls())
+    listener.close()
+    # then both succeed, the second on a new connection
+    assert [o.ok for o in outcomes] == [True, True]
+    assert len(accepted) == 2

@@ -565,3 +565,113 @@ def test_a_step_start_stores_the_previous_answer_in_the_same_statement(db: None)
         late = StepOutcome(True, False, 200, "{}", None, 5)
         assert start_step(session, claim, 3, {}, lease_s=5, finished=(second, late)) is None
     assert len(step_runs(execution_id)) == 2
+
+
+def test_a_group_claim_takes_each_run_once_and_leaves_overlap_decisions_to_each(
+    db: None,
+) -> None:
+    from db.runs import claim_executions
+
+    # given plain runs, the two due slots of an overlap=skip schedule, a run of a
+    # deleted automation, and a run another worker holds
+    plain = [make_execution(make_automation()) for _ in range(3)]
+    _, first, second = _two_due_runs(overlap_policy="skip")
+    gone_automation = make_automation()
+    gone = make_execution(gone_automation)
+    with session_scope() as session:
+        commands.delete_automation(session, gone_automation, actor=ADMIN)
+    held = make_execution(make_automation())
+    with session_scope() as session:
+        assert not isinstance(claim_execution(session, held, lease_s=30), str)
+    # when one group claim gets them all, with a duplicate message in the batch
+    ids = [plain[0], plain[0], first, second, plain[1], gone, held, plain[2]]
+    with session_scope() as session:
+        results = claim_executions(session, ids, lease_s=5)
+    # then each run is claimed once, in order, and the overlap policy still decides
+    kinds = [r if isinstance(r, str) else "claimed" for r in results]
+    assert kinds == [
+        "claimed", "nothing", "claimed", "skipped", "claimed", "nothing", "nothing", "claimed",
+    ]  # fmt: skip
+    claims = [r for r in results if not isinstance(r, str)]
+    assert [c.execution_id for c in claims] == [plain[0], first, plain[1], plain[2]]
+    assert all(c.attempt == 1 and c.first_step == 1 and c.total_steps >= 1 for c in claims)
+    assert claims[1].overlap_policy == "skip" and claims[0].overlap_policy is None
+    assert {execution(i).status for i in plain} == {"running"}
+    assert execution(held).attempt == 1
+
+
+def test_a_group_claim_resumes_a_run_whose_worker_died_mid_step(db: None) -> None:
+    from core.outcome import StepOutcome
+    from db.runs import LOST_STEP_ERROR, claim_executions, start_step
+
+    # given a 3-step run whose step 1 succeeded and whose worker died during step 2
+    execution_id = make_execution(make_automation(steps=3))
+    with session_scope() as session:
+        claim = claim_execution(session, execution_id, lease_s=5)
+        assert not isinstance(claim, str)
+        one = start_step(session, claim, 1, {}, lease_s=5)
+        assert one is not None
+        answer = StepOutcome(True, False, 200, '{"output": "one"}', None, 3)
+        start_step(session, claim, 2, {}, lease_s=5, finished=(one, answer))
+        session.execute(
+            update(Execution)
+            .where(Execution.id == execution_id)
+            .values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    # when a group claim takes it over
+    with session_scope() as session:
+        (resumed,) = claim_executions(session, [execution_id], lease_s=5)
+    # then it goes on at step 2 with step 1's output, and step 2 is marked lost
+    assert not isinstance(resumed, str)
+    assert (resumed.attempt, resumed.first_step) == (2, 2)
+    assert resumed.previous_output == {"output": "one"}
+    rows = {r.step_number: r for r in step_runs(execution_id)}
+    assert (rows[2].status, rows[2].error) == ("failed", LOST_STEP_ERROR)
+
+
+def test_a_run_ends_with_its_last_answer_and_counters_in_one_statement(db: None) -> None:
+    from sqlalchemy import event
+
+    from core.outcome import StepOutcome
+    from core.vocabulary import ExecutionStatus
+    from db.runs import finish_execution, start_step
+    from db.session import get_engine
+
+    # given a scheduled run at its only step
+    schedule_id, first, _ = _two_due_runs(overlap_policy="allow")
+    with session_scope() as session:
+        claim = claim_execution(session, first, lease_s=5)
+        assert not isinstance(claim, str)
+        step = start_step(session, claim, 1, {}, lease_s=5)
+    assert step is not None
+    before = fetch(Schedule, schedule_id)
+    # when it ends with the step's answer, counting the statements sent
+    sent: list[str] = []
+    listener = lambda *args: sent.append(args[2])  # noqa: E731
+    event.listen(get_engine(), "before_cursor_execute", listener)
+    answer = StepOutcome(True, False, 200, '{"output": {"n": 1}}', None, 7)
+    try:
+        with session_scope() as session:
+            ended = finish_execution(
+                session,
+                claim,
+                ExecutionStatus.SUCCEEDED,
+                result={"n": 1},
+                finished=(step, answer),
+            )
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", listener)
+    # then one statement stored the answer, ended the run and counted it
+    assert ended and len(sent) == 1
+    row = execution(first)
+    assert (row.status, row.result, row.lease_expires_at) == ("succeeded", {"n": 1}, None)
+    (stored,) = step_runs(first)
+    assert (stored.status, stored.duration_ms) == ("succeeded", 7)
+    after = fetch(Schedule, schedule_id)
+    assert after.run_count == before.run_count + 1
+    assert after.success_count == before.success_count + 1
+    assert (after.failure_count, after.last_status) == (before.failure_count, "succeeded")
+    # and a second end of the same claim changes nothing
+    with session_scope() as session:
+        assert not finish_execution(session, claim, ExecutionStatus.FAILED, error="late")
+    assert fetch(Schedule, schedule_id).run_count == after.run_count

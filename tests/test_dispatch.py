@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from core.settings import get_settings
 from db.models import Execution, Schedule
-from db.runs import RunMessage
+from db.runs import START_AHEAD_MS, RunMessage
 from db.session import db_now, session_scope
 from tasks import engine
 from tasks.actors import send_run, send_runs
@@ -102,7 +102,8 @@ def test_pipelined_dispatch_enqueues_each_run_once_with_its_delay(
     # when dispatch runs with the batch sender, twice
     sent = engine.dispatch_due(send_run, send_many=send_runs)
     again = engine.dispatch_due(send_run, send_many=send_runs)
-    # then each execution has exactly one delayed message, due at its slot
+    # then each execution has exactly one delayed message, delivered a little ahead
+    # of its slot and carrying the slot for the worker to start it at
     assert (sent, again) == (10, 0)
     stored = stored_messages(redis_client)
     runs = executions()
@@ -111,7 +112,9 @@ def test_pipelined_dispatch_enqueues_each_run_once_with_its_delay(
         run = runs[message["args"][0]]
         assert run.available_at is not None and run.available_at == run.scheduled_for
         assert message["queue_name"] == "default.DQ"
-        assert abs(message["options"]["eta"] / 1000 - run.scheduled_for.timestamp()) < 1.0
+        start_at = message["options"]["start_at"]
+        assert abs(start_at / 1000 - run.scheduled_for.timestamp()) < 0.5
+        assert message["options"]["eta"] == pytest.approx(start_at - START_AHEAD_MS, abs=100)
 
 
 def test_dispatchers_side_by_side_send_each_slot_once(

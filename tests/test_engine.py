@@ -22,7 +22,13 @@ from db.runs import Claim, RunMessage
 from db.session import session_scope
 from stepwise.demo_agent import Call, Reply
 from tasks.actors import send_run
-from testkit.factories import execution, make_automation, make_execution, step_runs
+from testkit.factories import (
+    execution,
+    make_automation,
+    make_execution,
+    make_schedule,
+    step_runs,
+)
 from testkit.processes import READY, worker_in_process
 from testkit.waiting import wait_for
 
@@ -74,6 +80,74 @@ def test_runs_in_flight_are_not_bounded_by_threads(db: None, redis_client: Any, 
         )
     assert gate.most >= 300
     assert sum(len(agent.calls_for(str(r))) for r in runs) == 600
+
+
+def test_a_slot_delivered_ahead_starts_at_its_slot_and_never_before(
+    db: None, redis_client: Any, agent: Any
+) -> None:
+    from datetime import timedelta
+
+    from db.runs import START_AHEAD_MS
+
+    # given runs due in 2 s, their messages delivered a second ahead: five plain
+    # runs and one of an overlap=skip schedule (whose start depends on its siblings)
+    automation_id = make_automation(agent_url=agent.url, steps=1, max_retries=0)
+    sent_at = time.time()
+    slot = datetime.fromtimestamp(sent_at, UTC) + timedelta(seconds=2)
+    plain = [make_execution(automation_id, available_at=slot) for _ in range(5)]
+    schedule_id = make_schedule(automation_id, overlap_policy="skip")
+    policed = make_execution(
+        automation_id, schedule_id=schedule_id, scheduled_for=slot, available_at=slot
+    )
+    runs = [*plain, policed]
+    with worker_in_process(threads=4):
+        for execution_id in runs:
+            delay_ms = int((slot.timestamp() - time.time()) * 1000)
+            send_run(RunMessage(execution_id, 0, delay_ms=delay_ms, ahead_ms=START_AHEAD_MS))
+        # then before the slot the plain runs are claimed, the other is not, and
+        # nothing is at the agent
+        wait_for(
+            lambda: all(execution(r).status == "running" for r in plain),
+            timeout=1.9 - (time.time() - sent_at),
+            message="the plain runs to be claimed ahead of their slot",
+        )
+        assert execution(policed).status == "queued"
+        assert not any(agent.calls_for(str(r)) for r in runs)
+        wait_for(
+            lambda: all(execution(r).status == "succeeded" for r in runs),
+            timeout=30,
+            message="all runs to succeed",
+        )
+    # and every call came at the slot or after it, started at the slot
+    arrivals = [call.at for r in runs for call in agent.calls_for(str(r))]
+    assert len(arrivals) == len(runs)
+    assert min(arrivals) >= slot.timestamp()
+    assert {execution(r).started_at for r in plain} == {slot}
+    assert execution(policed).started_at >= slot  # type: ignore[operator]
+
+
+def test_a_worker_whose_threads_all_wait_hands_the_early_message_back() -> None:
+    from core.settings import get_settings
+    from tasks.runner import Runner
+
+    # given a runner whose two threads may let one wait for a slot
+    settings = get_settings().model_copy(update={"worker_threads": 2})
+    sent: list[RunMessage] = []
+    runner = Runner(settings, sent.append)
+    try:
+        start_at = int(time.time() * 1000) + 800
+        waited = threading.Thread(target=runner.wait_for, args=(start_at,))
+        waited.start()
+        time.sleep(0.1)
+        # when a second early message arrives, it is not held: the caller hands it back
+        began = time.monotonic()
+        assert runner.wait_for(start_at) is False
+        assert time.monotonic() - began < 0.1
+        # and a message already due waits for nothing
+        assert runner.wait_for(int(time.time() * 1000) - 5) is True
+        waited.join()
+    finally:
+        runner.close()
 
 
 def test_a_trickling_agent_is_cut_off_at_the_step_deadline(worker: Any, agent: Any) -> None:

@@ -6,7 +6,7 @@ deliveries are remembered by id so that a repeat starts no second run. Adds the
 `webhook` trigger and the audit words for enabling, rotating and disabling a hook.
 
 Revision ID: 0009
-Revises: 0008
+Revises: 0010 (numbered before it, merged after it: it runs after the notifications)
 Create Date: 2026-11-26 18:00:00
 """
 
@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql
 from alembic import op
 
 revision: str = "0009"
-down_revision: str | None = "0008"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -27,7 +27,8 @@ ACTIONS = (
     "'create', 'edit', 'pause', 'resume', 'delete', 'run_now', 'retry', 'cancel', "
     "'rotate_secret', 'create_workspace', 'add_member', 'set_role', 'remove_member', "
     "'retry_dead_letter', 'purge_dead_letters', 'set_secret', 'delete_secret', 'set_quota', "
-    "'create_token', 'revoke_token'"
+    "'create_token', 'revoke_token', 'add_channel', 'delete_channel', 'test_channel', "
+    "'set_notifications'"
 )
 NEW_ACTIONS = "'enable_hook', 'rotate_hook', 'disable_hook'"
 

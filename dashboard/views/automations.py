@@ -14,7 +14,7 @@ from core.errors import StepwiseError, ValidationFailed
 from core.limits import MAX_CONCURRENCY, MAX_RATE_PER_S, MIN_RATE_PER_S
 from core.run_input import parse_run_input
 from core.vocabulary import OPEN_STATUSES, Permission
-from dashboard import forms, ui
+from dashboard import forms, notifications, ui
 from dashboard.webhook import webhook_section
 from db import commands, queries
 from db.queries import ExecutionFilters
@@ -325,7 +325,11 @@ def show_test_run(execution_id: uuid.UUID) -> None:
         )
 
 
+if current is not None:
+    with st.container(border=True):
+        notifications.automation_notifications(current.id)
+    with st.container(border=True):
+        webhook_section(current.id, k)
+
 if (test_run := st.session_state.get("auto_test_run")) and current is not None:
     show_test_run(uuid.UUID(test_run))
-if current is not None:
-    webhook_section(current.id, k)

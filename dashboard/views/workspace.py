@@ -1,4 +1,5 @@
-"""Workspace: its members and their roles, its secrets (names only), API tokens and quotas.
+"""Workspace: its members and their roles, its secrets (names only), API tokens, notification
+channels with their deliveries, and quotas.
 
 Everyone sees who is in; admins add, change and remove members, set and delete
 secrets (values are write-only) and change quotas, each change audited.
@@ -11,7 +12,7 @@ import streamlit as st
 
 from core.errors import StepwiseError
 from core.vocabulary import Permission, Role
-from dashboard import ui
+from dashboard import notifications, ui
 from db import secrets, tokens, workspaces
 
 st.title("Workspace")
@@ -139,6 +140,8 @@ if ui.can(Permission.MANAGE_TOKENS):
         ending = d.selectbox("Token to revoke", list(live), key="ws_token_gone")
         if e.button("Revoke", key="ws_token_revoke", width="stretch") and ending:
             act(tokens.revoke_token, live[ending], done=f"Token {ui.text(ending)} revoked.")
+
+notifications.channels_section(act)
 
 st.subheader("Quotas")
 limits = ui.read(workspaces.workspace_quotas)

@@ -1,0 +1,168 @@
+"""Failure notifications: the periodic evaluator and delivery through apprise.
+
+`tick_notify` runs once a minute on the dispatch queue (tasks/actors.py), beside
+housekeeping, never on the run path: it turns finished runs and stopped schedules
+into notices (db/notices.py), commits, then claims and sends their deliveries one
+by one, each outside any transaction and within `STEPWISE_NOTIFY_TIMEOUT_S`.
+
+Egress: a channel whose URL names an address (json, xml, form, mailto and their TLS
+forms) is checked against the agents' policy (core/egress.py, `STEPWISE_AGENT_ALLOW`)
+just before sending, and apprise may not follow redirects. Plain-HTTP webhooks are
+pinned to the checked address, like agent calls. TLS webhooks and mail are not (the
+certificate names the host, and apprise resolves the name again itself): every
+address the name resolves to must be allowed, and a DNS answer that changes in
+between (rebinding) is not caught. The other schemes reach one public service each.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import socket
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from core.access import Actor
+from core.egress import Address, EgressPolicy, literal_address
+from core.notify import ADDRESSED_SCHEMES, Message, scheme_of, scrub
+from core.settings import get_settings
+from db import notices
+from db.channels import ChannelTarget, apprise_log, apprise_plugin
+from db.dispatch import beat
+from db.session import db_now, session_scope
+
+log = logging.getLogger("stepwise.notify")
+BATCH = 20  # deliveries claimed at once: a slow channel holds back at most this many
+PINNED_SCHEMES = frozenset({"json", "xml", "form"})  # plain HTTP: connected to the checked address
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    error: str | None = None
+
+
+def tick_notify() -> int:
+    """The minute tick: open notices, then send every pending delivery; returns sent."""
+    settings = get_settings()
+    with session_scope() as session:
+        now = db_now(session)
+        opened = notices.evaluate_runs(session, now=now, settle_s=settings.notify_settle_s)
+        opened += notices.evaluate_schedules(session, now=now, within_days=settings.retention_days)
+        notices.expire_stale_claims(session, now=now)
+        notices.purge(session, now=now, older_than_days=settings.retention_days)
+    sent = send_pending()
+    with session_scope() as session:
+        beat(session, "notify", opened=opened, sent=sent)
+    if opened or sent:
+        log.info("notify: %d notice(s) opened, %d delivery(ies) made", opened, sent)
+    return sent
+
+
+def send_pending() -> int:
+    """Claim, send and record pending deliveries until none is left; returns how many."""
+    done = 0
+    while True:
+        with session_scope() as session:
+            batch = notices.claim_deliveries(session, limit=BATCH)
+        for outgoing in batch:
+            _send_and_record(outgoing)
+        done += len(batch)
+        if len(batch) < BATCH:
+            return done
+
+
+def send_test(channel_id: uuid.UUID, *, actor: Actor) -> Outcome:
+    """An admin's "Send test" to one channel, recorded like every delivery (and audited)."""
+    with session_scope() as session:
+        outgoing = notices.start_test(session, channel_id, actor=actor)
+    return _send_and_record(outgoing)
+
+
+def _send_and_record(outgoing: notices.Outgoing) -> Outcome:
+    if outgoing.target is None:
+        outcome = Outcome(False, "the channel was deleted before this was sent")
+    else:
+        outcome = deliver(outgoing.target, outgoing.message)
+    with session_scope() as session:
+        notices.record_outcome(session, outgoing.delivery_id, outcome.error)
+    if outcome.error:
+        log.warning("notify: delivery %d failed: %s", outgoing.delivery_id, outcome.error)
+    return outcome
+
+
+def deliver(target: ChannelTarget, message: Message) -> Outcome:
+    """Send `message` to the channel within the timeout (name lookups included); any error
+    comes back scrubbed of the URL's parts. Never raises."""
+    settings = get_settings()
+    timeout_s = settings.notify_timeout_s
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="notify")
+    try:
+        future = pool.submit(_send, target.url, message, timeout_s, settings.egress_policy())
+        return future.result(timeout=timeout_s + 1)
+    except concurrent.futures.TimeoutError:
+        # The thread cannot be stopped; apprise's own socket timeouts end it.
+        return Outcome(False, f"timed out after {timeout_s} s")
+    except Exception as exc:  # a channel's failure must not stop the evaluator
+        return Outcome(False, scrub(f"{type(exc).__name__}: {exc}", target.url))
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _send(url: str, message: Message, timeout_s: int, policy: EgressPolicy) -> Outcome:
+    with apprise_log() as lines:
+        plugin = apprise_plugin(url)
+        if plugin is None:
+            return Outcome(False, "apprise cannot read the channel's URL")
+        refusal = guard(plugin, scheme_of(url), policy)
+        if refusal:
+            return Outcome(False, f"refused: {refusal} (STEPWISE_AGENT_ALLOW can allow it)")
+        plugin.socket_connect_timeout = float(timeout_s)
+        plugin.socket_read_timeout = float(timeout_s)
+        plugin.redirects = False  # a redirect would reach an address nobody checked
+        ok = bool(plugin.notify(body=message.body, title=message.title))
+    if ok:
+        return Outcome(True)
+    return Outcome(False, scrub("; ".join(lines) or "apprise reported a failure", url))
+
+
+def guard(plugin: Any, scheme: str, policy: EgressPolicy) -> str | None:
+    """Apply the egress policy to the channel's destination; None when it may be sent.
+
+    Plain-HTTP webhooks are pinned: the plugin connects to the address checked here
+    (the name is kept in the Host header). TLS webhooks and mail cannot be pinned
+    through apprise (the certificate names the host), so every address their host
+    resolves to must be allowed.
+    """
+    if scheme not in ADDRESSED_SCHEMES:
+        return None
+    host = str(getattr(plugin, "smtp_host", "") or plugin.host or "")
+    port = int(plugin.port or (443 if getattr(plugin, "secure", False) else 80))
+    literal = literal_address(host)
+    addresses = [literal] if literal is not None else _resolve(host, port)
+    if not addresses:
+        return f"its host {host} does not resolve"
+    verdicts = [(address, policy.refusal(host, address, port)) for address in addresses]
+    if scheme in PINNED_SCHEMES:
+        allowed = [address for address, reason in verdicts if reason is None]
+        if not allowed:
+            return f"{host} {verdicts[0][1]}"
+        _pin(plugin, host, port, allowed[0])
+        return None
+    refused = next((reason for _, reason in verdicts if reason), None)
+    return f"{host} {refused}" if refused else None
+
+
+def _pin(plugin: Any, host: str, port: int, address: Address) -> None:
+    plugin.headers["Host"] = host if port == 80 else f"{host}:{port}"
+    plugin.host = str(address) if address.version == 4 else f"[{address}]"
+
+
+def _resolve(host: str, port: int) -> list[Address]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return []
+    found = (literal_address(str(info[4][0]).partition("%")[0]) for info in infos)
+    return [address for address in found if address is not None]

@@ -1,0 +1,96 @@
+"""Real local receivers for notifications: an SMTP server (aiosmtpd) and a webhook server."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, Envelope, Session
+
+from stepwise.embedded import free_port
+
+
+@dataclass
+class Mailbox:
+    """What the SMTP server received: each message's raw text, and the logins used."""
+
+    port: int
+    messages: list[str] = field(default_factory=list)
+    logins: list[tuple[str, str]] = field(default_factory=list)
+
+
+class _Handler:
+    def __init__(self, box: Mailbox) -> None:
+        self.box = box
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        content = envelope.content
+        self.box.messages.append(content.decode() if isinstance(content, bytes) else str(content))
+        return "250 OK"
+
+
+@contextmanager
+def smtp_server() -> Iterator[Mailbox]:
+    """An SMTP server on 127.0.0.1 accepting any login (plain, no TLS), keeping every message."""
+    box = Mailbox(port=free_port())
+
+    def login(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        box.logins.append((data.login.decode(), data.password.decode()))
+        return AuthResult(success=True)
+
+    controller = Controller(
+        _Handler(box),
+        hostname="127.0.0.1",
+        port=box.port,
+        authenticator=login,
+        auth_require_tls=False,
+    )
+    controller.start()
+    try:
+        yield box
+    finally:
+        controller.stop()
+
+
+@dataclass
+class Hooks:
+    """What the webhook server received: (path, Authorization header, JSON body) per POST."""
+
+    port: int
+    posts: list[tuple[str, str | None, Any]] = field(default_factory=list)
+    hosts: list[str | None] = field(default_factory=list)  # each POST's Host header
+    status: int = 200  # what it answers; set to 500 to make a channel fail
+
+
+@contextmanager
+def webhook_server() -> Iterator[Hooks]:
+    """An HTTP server on 127.0.0.1 recording every JSON POST."""
+    hooks = Hooks(port=0)
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            hooks.posts.append((self.path, self.headers.get("Authorization"), json.loads(body)))
+            hooks.hosts.append(self.headers.get("Host"))
+            self.send_response(hooks.status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    hooks.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield hooks
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,505 @@
+"""Failure notifications: channels, notices once per incident, delivery through apprise to a
+real local SMTP server and a real local webhook receiver, and no channel URL in clear."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import select, text, update
+
+from core.access import Actor
+from core.errors import Forbidden, NotFound, ValidationFailed
+from core.notify import Message, Streak, advance, parse_channel, redact, scrub
+from core.settings import get_settings
+from core.vocabulary import AuditAction, DeliveryStatus, ExecutionStatus, NoticeKind, Role
+from db import channels, notices
+from db.audit import AuditFilters, list_audit
+from db.models import Base, Delivery, Execution, Notice, Schedule
+from db.session import db_now, get_engine, session_scope
+from tasks import notify
+from testkit.factories import (
+    ADMIN,
+    add_runs,
+    make_automation,
+    make_schedule,
+    make_workspace,
+    person,
+    row_counts,
+)
+from testkit.receivers import Hooks, Mailbox, smtp_server, webhook_server
+
+SMTP_PASSWORD = "pw-Zq81smtp"
+HOOK_PASSWORD = "pw-Xk42hook"
+HOOK_PATH_SECRET = "tok-Jm93path"
+
+
+@pytest.fixture
+def mailbox() -> Iterator[Mailbox]:
+    with smtp_server() as box:
+        yield box
+
+
+@pytest.fixture
+def hooks() -> Iterator[Hooks]:
+    with webhook_server() as received:
+        yield received
+
+
+def mail_url(box: Mailbox) -> str:
+    return (
+        f"mailto://alerts:{SMTP_PASSWORD}@127.0.0.1:{box.port}"
+        "?to=ops@example.com&from=stepwise@example.com&mode=insecure"
+    )
+
+
+def hook_url(hooks: Hooks) -> str:
+    return f"json://hook:{HOOK_PASSWORD}@127.0.0.1:{hooks.port}/hooks/{HOOK_PATH_SECRET}"
+
+
+def add_channel(name: str, url: str, actor: Actor = ADMIN) -> uuid.UUID:
+    with session_scope() as session:
+        return channels.add_channel(session, name, url, actor=actor).id
+
+
+def notify_on(automation_id: uuid.UUID, channel_ids: list[uuid.UUID], threshold: int = 1) -> None:
+    with session_scope() as session:
+        channels.set_notifications(session, automation_id, channel_ids, threshold, actor=ADMIN)
+
+
+def later(seconds: int = 0) -> datetime:
+    """A time after the rule was made, as the database's clock reads it."""
+    with session_scope() as session:
+        return db_now(session) + timedelta(seconds=1 + seconds)
+
+
+def runs(
+    automation_id: uuid.UUID, *statuses: str, start: datetime | None = None
+) -> list[uuid.UUID]:
+    """Finished runs of the automation, one a second in this order, after the rule was made."""
+    start = start or later()
+    return add_runs(
+        automation_id,
+        [
+            {
+                "status": status,
+                "queued_at": start + timedelta(seconds=n),
+                "finished_at": start + timedelta(seconds=n, milliseconds=500),
+                "error": "agent answered 500" if status == ExecutionStatus.FAILED else None,
+            }
+            for n, status in enumerate(statuses)
+        ],
+    )
+
+
+def evaluate(at: datetime | None = None) -> int:
+    """One evaluator pass as the minute tick makes it, at `at` (default: well after the runs)."""
+    with session_scope() as session:
+        now = at or db_now(session) + timedelta(minutes=5)
+        opened = notices.evaluate_runs(session, now=now, settle_s=5)
+        opened += notices.evaluate_schedules(session, now=now, within_days=90)
+    notify.send_pending()
+    return opened
+
+
+def deliveries() -> list[Delivery]:
+    with session_scope() as session:
+        rows = session.scalars(select(Delivery).order_by(Delivery.id)).all()
+        session.expunge_all()
+        return list(rows)
+
+
+def fail_again(execution_id: uuid.UUID, at: datetime) -> None:
+    """The run retried (Retry on its page) and failing once more, at `at`."""
+    with session_scope() as session:
+        session.execute(
+            update(Execution)
+            .where(Execution.id == execution_id)
+            .values(status=ExecutionStatus.FAILED, attempt=Execution.attempt + 1, finished_at=at)
+        )
+
+
+# --- the streak, as a pure function --------------------------------------------------------
+
+
+def test_the_streak_opens_one_notice_at_the_threshold_and_recovers_once() -> None:
+    state, kinds = Streak(0, None, open_incident=False), []
+    for run, failed in [("a", True), ("a", True), ("b", True), ("c", True), ("d", False)]:
+        step = advance(state, execution_id=run, failed=failed, threshold=2)
+        state, kinds = step.streak, [*kinds, step.notice]
+    # a's retry is still one failed run; b makes two; c adds nothing; d recovers
+    assert kinds == [None, None, NoticeKind.FAILURE, None, NoticeKind.RECOVERY]
+    assert state == Streak(0, None, open_incident=False)
+
+
+def test_channel_urls_are_checked_and_shown_redacted() -> None:
+    with pytest.raises(ValidationFailed, match="url: use one of"):
+        parse_channel("ops", "gotify://internal.example/token")
+    with pytest.raises(ValidationFailed, match="name"):
+        parse_channel(" ", "json://example.com/x")
+    assert redact("json://u:p@hooks.example.com:8443/t/secret?x=1") == "json://hooks.example.com/…"
+    assert redact("slack://TA/TB/TC/#ops") == "slack://…"
+    url = "json://u:p4ss@hooks.example.com/x"
+    scrubbed = scrub("login u:p4ss refused by hooks.example.com", url)
+    assert scrubbed == "login u:REDACTED refused by hooks.example.com"  # 1-2 chars stay
+    assert "p4ss" not in scrub(f"POST {url.replace('json', 'http')}", url)
+
+
+# --- delivery ---------------------------------------------------------------------------------
+
+
+def test_a_failure_reaches_a_real_smtp_server_and_webhook_once_per_incident(
+    db: None, mailbox: Mailbox, hooks: Hooks
+) -> None:
+    # given an automation notifying two channels after 2 consecutive failed runs
+    automation_id = make_automation(name="Nightly report")
+    notify_on(
+        automation_id,
+        [add_channel("mail", mail_url(mailbox)), add_channel("hook", hook_url(hooks))],
+        2,
+    )
+    # when one run fails, is retried and fails twice more, then another run fails
+    start = later()
+    first = runs(automation_id, ExecutionStatus.FAILED, start=start)[0]
+    evaluate()
+    fail_again(first, start + timedelta(seconds=2))
+    fail_again(first, start + timedelta(seconds=3))
+    evaluate()
+    assert not mailbox.messages and not hooks.posts  # one failed run so far, however retried
+    runs(automation_id, ExecutionStatus.FAILED, start=start + timedelta(seconds=4))
+    evaluate()
+    # and more runs fail while the incident is open
+    runs(automation_id, "failed", "failed", start=start + timedelta(seconds=10))
+    evaluate()
+    evaluate()
+    # then each channel got exactly one failure notice, with the run's error
+    assert len(mailbox.messages) == 1 and len(hooks.posts) == 1
+    assert "Subject: Stepwise: Nightly report is failing" in mailbox.messages[0]
+    assert mailbox.logins == [("alerts", SMTP_PASSWORD)]
+    path, authorization, body = hooks.posts[0]
+    assert path == f"/hooks/{HOOK_PATH_SECRET}" and authorization
+    assert body["title"] == "Stepwise: Nightly report is failing"
+    assert "2 consecutive runs failed" in body["message"]
+    assert "agent answered 500" in body["message"]
+    assert sorted((d.channel_name, d.kind, d.status) for d in deliveries()) == [
+        ("hook", "failure", "ok"),
+        ("mail", "failure", "ok"),
+    ]
+
+
+def test_a_success_after_the_incident_sends_one_recovery_notice(db: None, hooks: Hooks) -> None:
+    automation_id = make_automation(name="Sync")
+    notify_on(automation_id, [add_channel("hook", hook_url(hooks))])
+    start = later()
+    runs(automation_id, "failed", start=start)
+    evaluate()
+    # when a run succeeds, then another
+    runs(automation_id, "succeeded", "succeeded", start=start + timedelta(seconds=5))
+    evaluate()
+    # then one recovery notice follows the failure notice, and the incident is closed
+    assert [p[2]["title"] for p in hooks.posts] == [
+        "Stepwise: Sync is failing",
+        "Stepwise: Sync recovered",
+    ]
+    with session_scope() as session:
+        failure = session.scalars(select(Notice).where(Notice.kind == NoticeKind.FAILURE)).one()
+        assert failure.closed_at is not None
+    # and a new failure after the recovery is a new incident
+    runs(automation_id, "failed", start=start + timedelta(seconds=10))
+    evaluate()
+    assert [p[2]["title"] for p in hooks.posts][-1] == "Stepwise: Sync is failing"
+    assert len(hooks.posts) == 3
+
+
+def test_runs_finished_before_the_rule_or_too_recently_do_not_count(db: None, hooks: Hooks) -> None:
+    automation_id = make_automation()
+    runs(automation_id, "failed", start=later(-60))  # finished before the rule existed
+    notify_on(automation_id, [add_channel("hook", hook_url(hooks))])
+    evaluate()
+    assert not hooks.posts
+    # a run that finished a moment ago waits for the settle time (it may commit late)
+    just_now = later()
+    runs(automation_id, "failed", start=just_now)
+    assert evaluate(at=just_now + timedelta(seconds=2)) == 0
+    assert evaluate(at=just_now + timedelta(seconds=10)) == 1
+    assert len(hooks.posts) == 1
+
+
+def test_a_parked_and_a_completed_schedule_are_each_notified_once(db: None, hooks: Hooks) -> None:
+    automation_id = make_automation(name="Backup")
+    notify_on(automation_id, [add_channel("hook", hook_url(hooks))])
+    parked = make_schedule(automation_id)
+    done = make_schedule(automation_id)
+    # when dispatch parks one (its zone is gone) and the other reaches its end
+    from tasks.engine import dispatch_due
+
+    with session_scope() as session:
+        now = db_now(session)
+        session.execute(
+            update(Schedule)
+            .where(Schedule.id == parked)
+            .values(timezone="Gone/Away", next_run_at=now - timedelta(seconds=1))
+        )
+        session.execute(
+            update(Schedule)
+            .where(Schedule.id == done)
+            .values(end_at=now + timedelta(seconds=30), next_run_at=now + timedelta(hours=1))
+        )
+    dispatch_due(lambda message: None, now=now + timedelta(hours=2))
+    evaluate()
+    evaluate()
+    # then one notice each, saying why
+    titles = sorted(p[2]["title"] for p in hooks.posts)
+    assert titles == [
+        "Stepwise: a schedule of Backup completed",
+        "Stepwise: a schedule of Backup was parked",
+    ]
+    messages = " ".join(p[2]["message"] for p in hooks.posts)
+    assert "disabled:" in messages and str(done) in messages
+
+
+def test_a_failing_channel_records_its_error_and_the_others_still_deliver(
+    db: None, hooks: Hooks, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given one channel answering 500, one that nothing listens on, and a working one
+    with webhook_server() as broken:
+        broken.status = 500
+        broken_id = add_channel(
+            "broken", f"json://u:{HOOK_PASSWORD}@127.0.0.1:{broken.port}/x/{HOOK_PATH_SECRET}"
+        )
+        dead_id = add_channel("dead", f"json://u:{HOOK_PASSWORD}@127.0.0.1:9/x/{HOOK_PATH_SECRET}")
+        good_id = add_channel("good", hook_url(hooks))
+        automation_id = make_automation()
+        notify_on(automation_id, [broken_id, dead_id, good_id])
+        runs(automation_id, "failed")
+        # when the evaluator runs (logging everything)
+        with caplog.at_level(logging.DEBUG):
+            evaluate()
+    # then the working channel got it, the others record their errors, nothing was raised
+    assert len(hooks.posts) == 1
+    outcome = {d.channel_name: (d.status, d.error or "") for d in deliveries()}
+    assert outcome["good"] == (DeliveryStatus.OK, "")
+    assert outcome["broken"][0] == DeliveryStatus.ERROR and "500" in outcome["broken"][1]
+    assert outcome["dead"][0] == DeliveryStatus.ERROR and outcome["dead"][1]
+    # and no error or log line holds a credential of the URLs
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    for secret in (HOOK_PASSWORD, HOOK_PATH_SECRET):
+        assert secret not in logged
+        assert all(secret not in (d.error or "") for d in deliveries())
+
+
+def test_an_internal_address_is_refused_by_the_egress_policy(db: None) -> None:
+    automation_id = make_automation()
+    notify_on(automation_id, [add_channel("internal", "json://10.1.2.3:8080/hook")])
+    runs(automation_id, "failed")
+    evaluate()
+    [delivery] = deliveries()
+    assert delivery.status == DeliveryStatus.ERROR
+    assert "refused" in (delivery.error or "") and "internal address" in (delivery.error or "")
+
+
+def test_a_plain_http_webhook_is_pinned_to_the_checked_address(hooks: Hooks) -> None:
+    # given a webhook named by host name (allowed: the tests allow 127.0.0.1)
+    policy = get_settings().egress_policy()
+    plugin = channels.apprise_plugin(f"json://localhost:{hooks.port}/x")
+    # when the guard checks it, then the plugin connects to the checked address, by name
+    assert notify.guard(plugin, "json", policy) is None
+    assert plugin.host == "127.0.0.1"
+    assert plugin.headers["Host"] == f"localhost:{hooks.port}"
+    # and a delivery through it arrives with the name in its Host header
+    target = channels.ChannelTarget(uuid.uuid4(), "hook", f"json://localhost:{hooks.port}/x")
+    assert notify.deliver(target, Message("t", "b")).ok
+    assert hooks.hosts == [f"localhost:{hooks.port}"]
+
+
+def test_mail_and_tls_webhooks_need_every_address_allowed() -> None:
+    policy = get_settings().egress_policy()  # allows 127.0.0.1 only
+    secure = channels.apprise_plugin("jsons://10.0.0.5/x")
+    assert "internal address" in (notify.guard(secure, "jsons", policy) or "")
+    assert secure.host == "10.0.0.5"  # never pinned: TLS checks the name
+    refused = channels.apprise_plugin("mailtos://u:p@10.0.0.5?to=a@example.com&from=s@example.com")
+    assert "internal address" in (notify.guard(refused, "mailtos", policy) or "")
+    assert notify.guard(channels.apprise_plugin("slack://TA/TB/TC"), "slack", policy) is None
+
+
+def test_send_test_delivers_records_and_audits(db: None, hooks: Hooks) -> None:
+    channel_id = add_channel("hook", hook_url(hooks))
+    outcome = notify.send_test(channel_id, actor=ADMIN)
+    assert outcome.ok
+    assert hooks.posts[0][2]["title"] == "Stepwise: test notification"
+    [delivery] = deliveries()
+    assert (delivery.kind, delivery.status) == (NoticeKind.TEST, DeliveryStatus.OK)
+    with session_scope() as session:
+        actions = [r.action for r in list_audit(session, AuditFilters(), actor=ADMIN)]
+    assert actions[:2] == [AuditAction.TEST_CHANNEL, AuditAction.ADD_CHANNEL]
+
+
+def test_a_claimed_delivery_is_never_sent_twice(db: None, hooks: Hooks) -> None:
+    automation_id = make_automation()
+    notify_on(automation_id, [add_channel("hook", hook_url(hooks))])
+    runs(automation_id, "failed")
+    with session_scope() as session:
+        notices.evaluate_runs(session, now=later(600), settle_s=5)
+    # when one evaluator claims the delivery and dies before recording the outcome
+    with session_scope() as session:
+        [claimed] = notices.claim_deliveries(session, limit=10)
+    # then another evaluator finds nothing to send, and later records the claim as interrupted
+    assert notify.send_pending() == 0
+    with session_scope() as session:
+        assert notices.expire_stale_claims(session, now=later(600)) == 1
+    [delivery] = deliveries()
+    assert delivery.status == DeliveryStatus.ERROR and "interrupted" in (delivery.error or "")
+    assert not hooks.posts and claimed.delivery_id == delivery.id
+
+
+# --- who may, and what is stored ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", [Role.VIEWER, Role.EDITOR])
+def test_only_admins_add_delete_or_test_channels(db: None, role: Role) -> None:
+    channel_id = add_channel("hook", "json://hooks.example.com/x")
+    someone = person(f"{role}@example.com", role)
+    before = row_counts()
+    with pytest.raises(Forbidden), session_scope() as session:
+        channels.add_channel(session, "mine", "json://hooks.example.com/y", actor=someone)
+    with pytest.raises(Forbidden), session_scope() as session:
+        channels.delete_channel(session, channel_id, actor=someone)
+    with pytest.raises(Forbidden):
+        notify.send_test(channel_id, actor=someone)
+    assert row_counts() == before
+
+
+def test_bad_channels_and_other_workspaces_write_nothing(db: None) -> None:
+    before = row_counts()
+    for name, url in [("x", "json://"), ("x", "ftp://example.com"), ("", "json://a.example")]:
+        with pytest.raises(ValidationFailed), session_scope() as session:
+            channels.add_channel(session, name, url, actor=ADMIN)
+    assert row_counts() == before
+    # another workspace's channel can be neither chosen nor tested
+    other = make_workspace()
+    with session_scope() as session:
+        theirs = channels.add_channel(session, "theirs", "json://a.example/x", actor=other).id
+    automation_id = make_automation()
+    with pytest.raises(ValidationFailed, match="channels"), session_scope() as session:
+        channels.set_notifications(session, automation_id, [theirs], 1, actor=ADMIN)
+    with pytest.raises(NotFound):
+        notify.send_test(theirs, actor=ADMIN)
+
+
+def test_the_channel_url_is_stored_sealed_never_in_clear(
+    db: None, hooks: Hooks, mailbox: Mailbox
+) -> None:
+    # given channels with credentials, used for a notice and a test, and a bad one refused
+    mail_id = add_channel("mail", mail_url(mailbox))
+    hook_id = add_channel("hook", hook_url(hooks))
+    automation_id = make_automation()
+    notify_on(automation_id, [mail_id, hook_id])
+    runs(automation_id, "failed")
+    evaluate()
+    notify.send_test(hook_id, actor=ADMIN)
+    assert len(hooks.posts) == 2 and len(mailbox.messages) == 1
+    # when every table is read back, as rows and as the bytes PostgreSQL wrote to disk
+    secrets = [SMTP_PASSWORD, HOOK_PASSWORD, HOOK_PATH_SECRET]
+    with get_engine().connect() as conn:
+        conn.execute(text("CHECKPOINT"))
+        for table in Base.metadata.sorted_tables:
+            rows = conn.execute(text(f"SELECT t::text FROM {table.name} t")).scalars().all()
+            stored = conn.execute(
+                text("SELECT pg_read_binary_file(pg_relation_filepath(:t))"), {"t": table.name}
+            ).scalar_one()
+            if table.name == "notification_channels":  # the bytes read are the real rows
+                assert b"json://127.0.0.1/" in bytes(stored)
+            # then no secret is there in clear
+            for secret in secrets:
+                assert all(secret not in row for row in rows), (table.name, secret)
+                assert secret.encode() not in bytes(stored), (table.name, secret)
+    # and people see the redacted form only
+    with session_scope() as session:
+        shown = {c.name: c.redacted for c in channels.list_channels(session, actor=ADMIN)}
+    assert shown == {"hook": "json://127.0.0.1/…", "mail": "mailto://127.0.0.1/…"}
+
+
+def test_choosing_channels_is_for_editors_and_audited(db: None) -> None:
+    channel_id = add_channel("hook", "json://hooks.example.com/x")
+    automation_id = make_automation()
+    editor = person("editor@example.com", Role.EDITOR)
+    viewer = person("viewer@example.com", Role.VIEWER)
+    with pytest.raises(Forbidden), session_scope() as session:
+        channels.set_notifications(session, automation_id, [channel_id], 3, actor=viewer)
+    with session_scope() as session:
+        channels.set_notifications(session, automation_id, [channel_id], 3, actor=editor)
+    with session_scope() as session:
+        chosen = channels.get_notifications(session, automation_id, actor=viewer)
+        [row] = list_audit(
+            session, AuditFilters(actions=(AuditAction.SET_NOTIFICATIONS,)), actor=viewer
+        )
+    assert chosen == channels.Notifications((channel_id,), 3)
+    assert row.details["changed"]["failure_threshold"] == [1, 3]
+    with pytest.raises(ValidationFailed, match="failure_threshold"), session_scope() as session:
+        channels.set_notifications(session, automation_id, [channel_id], 0, actor=editor)
+
+
+def test_the_minute_tick_opens_sends_and_beats(
+    db: None, hooks: Hooks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.settings import get_settings
+    from db.models import Heartbeat
+
+    # given a failed run that finished after the rule, and no settle time
+    monkeypatch.setenv("STEPWISE_NOTIFY_SETTLE_S", "0")
+    get_settings.cache_clear()
+    try:
+        automation_id = make_automation()
+        notify_on(automation_id, [add_channel("hook", hook_url(hooks))])
+        with session_scope() as session:
+            finished = db_now(session) + timedelta(milliseconds=10)
+        runs(automation_id, "failed", start=finished - timedelta(milliseconds=500))
+        time.sleep(0.1)  # the run has finished by the database's clock
+        # when the tick runs twice
+        assert notify.tick_notify() == 1
+        assert notify.tick_notify() == 0
+    finally:
+        get_settings.cache_clear()
+    # then one notice went out and the tick recorded itself
+    assert len(hooks.posts) == 1
+    with session_scope() as session:
+        beat = session.get(Heartbeat, "notify")
+        assert beat is not None and beat.details["sent"] == 0
+
+
+def test_a_channel_deleted_before_sending_records_why(db: None, hooks: Hooks) -> None:
+    channel_id = add_channel("hook", hook_url(hooks))
+    automation_id = make_automation()
+    notify_on(automation_id, [channel_id])
+    runs(automation_id, "failed")
+    with session_scope() as session:
+        notices.evaluate_runs(session, now=later(600), settle_s=5)
+    with session_scope() as session:
+        channels.delete_channel(session, channel_id, actor=ADMIN)
+    notify.send_pending()
+    [delivery] = deliveries()
+    assert delivery.status == DeliveryStatus.ERROR and "deleted" in (delivery.error or "")
+    assert not hooks.posts
+
+
+def test_old_notices_are_purged_but_an_open_incident_stays(db: None, hooks: Hooks) -> None:
+    automation_id = make_automation()
+    other = make_automation(name="Other")
+    notify_on(automation_id, [add_channel("hook", hook_url(hooks))])
+    notify_on(other, [add_channel("hook2", hook_url(hooks))])
+    start = later()
+    runs(automation_id, "failed", "succeeded", start=start)  # a closed failure and a recovery
+    runs(other, "failed", start=start)  # still failing
+    evaluate()
+    notify.send_test(add_channel("hook3", hook_url(hooks)), actor=ADMIN)
+    with session_scope() as session:
+        purged = notices.purge(session, now=later(100 * 86400), older_than_days=90)
+    assert purged == 2
+    with session_scope() as session:
+        [left] = session.scalars(select(Notice)).all()
+        assert (left.automation_id, left.kind, left.closed_at) == (other, "failure", None)
+    assert [d.channel_name for d in deliveries()] == ["hook2"]

@@ -1,0 +1,83 @@
+"""The notification parts of the Workspace and Automations pages, through Streamlit's AppTest."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from db import channels
+from db.audit import AuditFilters, list_audit
+from db.session import session_scope
+from testkit.factories import ADMIN, make_automation, person
+from testkit.receivers import Hooks, webhook_server
+
+PAGES = Path(__file__).resolve().parent.parent / "dashboard" / "views"
+SECRET = "tok-Pq77page"
+pytestmark = pytest.mark.usefixtures("db")
+
+
+@pytest.fixture
+def hooks() -> Iterator[Hooks]:
+    with webhook_server() as received:
+        yield received
+
+
+def page(name: str) -> AppTest:
+    st.cache_data.clear()
+    at = AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_an_admin_adds_a_channel_sends_a_test_and_sees_the_delivery(hooks: Hooks) -> None:
+    # given the local admin on the Workspace page
+    at = page("workspace")
+    url = f"json://hook:{SECRET}@127.0.0.1:{hooks.port}/hooks/{SECRET}"
+    # when they add a channel and send a test to it
+    at.text_input(key="ws_channel_name").input("on-call hook").run()
+    at.text_input(key="ws_channel_url").input(url).run()
+    at.button(key="ws_channel_add").click().run()
+    assert not at.exception, at.exception
+    at.button(key="ws_channel_test").click().run()
+    assert not at.exception, at.exception
+    # then the test arrived, the channel shows redacted and the delivery is listed as ok
+    assert [p[2]["title"] for p in hooks.posts] == ["Stepwise: test notification"]
+    tables = " ".join(t.value.to_string() for t in at.dataframe)
+    assert "json://127.0.0.1/…" in tables and "on-call hook" in tables
+    assert "test" in tables and "ok" in tables
+    assert at.text_input(key="ws_channel_url").value == ""  # not kept in the session
+    assert SECRET not in repr(at)
+    with session_scope() as session:
+        actions = [r.action for r in list_audit(session, AuditFilters(), actor=ADMIN)][:2]
+    assert actions == ["test_channel", "add_channel"]
+
+
+def test_a_bad_url_is_refused_on_the_page_and_writes_nothing() -> None:
+    at = page("workspace")
+    at.text_input(key="ws_channel_name").input("ftp").run()
+    at.text_input(key="ws_channel_url").input("ftp://files.example.com/x").run()
+    at.button(key="ws_channel_add").click().run()
+    assert any("use one of" in str(e.value) for e in at.error)
+    with session_scope() as session:
+        assert channels.list_channels(session, actor=ADMIN) == []
+
+
+def test_the_automations_form_chooses_channels_and_a_threshold() -> None:
+    with session_scope() as session:
+        channel = channels.add_channel(session, "mail", "json://hooks.example.com/x", actor=ADMIN)
+    automation_id = make_automation(name="Nightly")
+    at = page("automations")
+    at.selectbox(key="auto_selected").set_value(str(automation_id)).run()
+    key = f"notify_{automation_id}"
+    at.multiselect(key=f"{key}_channels").set_value([channel.id]).run()
+    at.number_input(key=f"{key}_threshold").set_value(3).run()
+    at.button(key=f"{key}_save").click().run()
+    assert not at.exception, at.exception
+    with session_scope() as session:
+        chosen = channels.get_notifications(session, automation_id, actor=person("local admin"))
+    assert chosen == channels.Notifications((channel.id,), 3)

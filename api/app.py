@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from api import audit, automations, executions, queues, schedules
+from api import audit, automations, executions, hooks, queues, schedules
 from api.problems import install
 
 DESCRIPTION = """\
@@ -15,6 +15,9 @@ Every call but `/health` and the docs needs an API token (`Authorization: Bearer
 <token>`), made by a workspace admin on the dashboard's Workspace page: it acts in
 that workspace, with that role. Errors are `application/problem+json` (RFC 9457);
 refused input lists each field with the message the dashboard shows.
+
+`POST /v1/hooks/{id}` (an automation's webhook) needs no token: the webhook's secret
+or a signature of the body proves the call.
 """
 
 
@@ -25,7 +28,7 @@ class Health(BaseModel):
 def create_app() -> FastAPI:
     app = FastAPI(title="Stepwise", version="1", description=DESCRIPTION)
     install(app)
-    for module in (automations, schedules, executions, queues, audit):
+    for module in (automations, schedules, executions, queues, audit, hooks):
         app.include_router(module.router)
 
     @app.get("/health", tags=["health"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
 from api.auth import Acting
 from api.problems import documented
@@ -13,11 +13,17 @@ from api.schemas import (
     AutomationCreated,
     AutomationIn,
     AutomationOut,
+    HookDisabled,
+    HookOut,
+    HookSecretOut,
     IdempotencyKeyHeader,
+    RunBody,
     RunStarted,
     fingerprint,
 )
-from db import commands, idempotency, queries
+from core.errors import NotFound
+from db import commands, hooks, idempotency, queries
+from db.hooks import HookInfo
 from db.session import session_scope
 from tasks import actions
 
@@ -83,6 +89,51 @@ def archive_automation(automation_id: uuid.UUID, actor: Acting) -> Archived:
 
 
 @router.post("/{automation_id}/run", status_code=status.HTTP_202_ACCEPTED)
-def run_automation(automation_id: uuid.UUID, actor: Acting) -> RunStarted:
-    """Start a manual run now (a test run); follow it at /v1/executions/{id}."""
-    return RunStarted(execution_id=actions.run_now(automation_id, actor=actor))
+def run_automation(automation_id: uuid.UUID, actor: Acting, body: RunBody = None) -> RunStarted:
+    """Start a manual run now (a test run), with an optional `input`; follow it at
+    /v1/executions/{id}."""
+    run_input = None if body is None else body.parsed()
+    return RunStarted(execution_id=actions.run_now(automation_id, actor=actor, run_input=run_input))
+
+
+# --- the inbound webhook -------------------------------------------------------------------
+
+
+def _hook_url(request: Request, info: HookInfo) -> str:
+    return str(request.url_for("call_hook", hook_id=info.id))
+
+
+@router.get("/{automation_id}/hook")
+def get_hook(automation_id: uuid.UUID, actor: Acting, request: Request) -> HookOut:
+    """The automation's webhook (404 when it has none); never its secret."""
+    with session_scope() as session:
+        info = hooks.hook_of(session, automation_id, actor=actor)
+    if info is None:
+        raise NotFound("this automation has no webhook")
+    return HookOut.of(info, _hook_url(request, info))
+
+
+@router.post("/{automation_id}/hook", status_code=status.HTTP_201_CREATED)
+def enable_hook(automation_id: uuid.UUID, actor: Acting, request: Request) -> HookSecretOut:
+    """Enable the automation's webhook: its URL, and its secret, in this answer only."""
+    with session_scope() as session:
+        made = hooks.enable_hook(session, automation_id, actor=actor)
+    out = HookOut.of(made.info, _hook_url(request, made.info))
+    return HookSecretOut(**out.model_dump(), secret=made.secret)
+
+
+@router.post("/{automation_id}/hook/rotate")
+def rotate_hook(automation_id: uuid.UUID, actor: Acting, request: Request) -> HookSecretOut:
+    """A new secret for the webhook (same URL), in this answer only; the old one stops."""
+    with session_scope() as session:
+        made = hooks.rotate_hook(session, automation_id, actor=actor)
+    out = HookOut.of(made.info, _hook_url(request, made.info))
+    return HookSecretOut(**out.model_dump(), secret=made.secret)
+
+
+@router.delete("/{automation_id}/hook")
+def disable_hook(automation_id: uuid.UUID, actor: Acting) -> HookDisabled:
+    """Disable the webhook: its URL answers 404 from now on."""
+    with session_scope() as session:
+        hooks.disable_hook(session, automation_id, actor=actor)
+    return HookDisabled()

@@ -24,6 +24,7 @@ from core.errors import (
     FieldError,
     Forbidden,
     InvalidState,
+    NotAuthenticated,
     NotFound,
     QuotaExceeded,
     StepwiseError,
@@ -53,16 +54,34 @@ class Unauthenticated(StepwiseError):
     """No API token, or one that is unknown or revoked."""
 
 
-# (status, slug, title) for each error of ours.
+class BodyRefused(ValidationFailed):
+    """A webhook's body that is not a JSON object (or a bad delivery id); nothing was written."""
+
+
+class BodyTooLarge(StepwiseError):
+    """A request body over its size limit, refused before it was read whole."""
+
+
+# (status, slug, title) for each error of ours; a subclass comes before its base.
 _KINDS: list[tuple[type[Exception], int, str, str]] = [
+    (BodyRefused, 400, "invalid-body", "The body was refused"),
     (ValidationFailed, 422, "invalid-input", "The input was refused"),
     (Unauthenticated, 401, "unauthenticated", "An API token is required"),
+    (NotAuthenticated, 401, "unauthenticated", "The webhook call is not authenticated"),
+    (BodyTooLarge, 413, "too-large", "The body is too large"),
     (Forbidden, 403, "forbidden", "Your role does not allow this"),
     (NotFound, 404, "not-found", "Not found"),
     (InvalidState, 409, "invalid-state", "Not possible in the current state"),
     (QuotaExceeded, 409, "quota-exceeded", "A workspace quota is reached"),
     (ConfigError, 503, "misconfigured", "The server is not configured for this"),
 ]
+
+
+# RFC 9110: a 401 says how to authenticate.
+_CHALLENGES: dict[type[Exception], dict[str, str]] = {
+    Unauthenticated: {"WWW-Authenticate": "Bearer"},
+    NotAuthenticated: {"WWW-Authenticate": 'Stepwise-Signature realm="webhook"'},
+}
 
 
 def problem(
@@ -118,7 +137,7 @@ def _from_stepwise(_: Request, exc: Exception) -> JSONResponse:
     for kind, status, slug, title in _KINDS:
         if isinstance(exc, kind):
             errors = exc.errors if isinstance(exc, ValidationFailed) else None
-            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            headers = _CHALLENGES.get(kind)
             detail = str(exc) if status != 503 else "the server is missing configuration"
             if status == 503:
                 log.error("configuration: %s", exc)

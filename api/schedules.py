@@ -20,6 +20,7 @@ from api.schemas import (
     PauseIn,
     Preview,
     PreviewIn,
+    RunBody,
     RunStarted,
     ScheduleIn,
     ScheduleOut,
@@ -156,11 +157,15 @@ def delete_schedule(schedule_id: uuid.UUID, actor: Acting) -> Deleted:
 
 
 @router.post("/{schedule_id}/trigger", status_code=status.HTTP_202_ACCEPTED)
-def trigger_schedule(schedule_id: uuid.UUID, actor: Acting) -> RunStarted:
-    """Run the schedule's automation now, outside its timing (as "Run now" does)."""
+def trigger_schedule(schedule_id: uuid.UUID, actor: Acting, body: RunBody = None) -> RunStarted:
+    """Run the schedule's automation now, outside its timing (as "Run now" does), with the
+    schedule's input, or the body's `input` when it has one."""
+    given = None if body is None else body.parsed()
     with session_scope() as session:
-        automation_id = commands.get_schedule(session, schedule_id, actor=actor).automation_id
-    return RunStarted(execution_id=actions.run_now(automation_id, actor=actor))
+        schedule = commands.get_schedule(session, schedule_id, actor=actor)
+        automation_id = schedule.automation_id
+        run_input = schedule.input if given is None else given
+    return RunStarted(execution_id=actions.run_now(automation_id, actor=actor, run_input=run_input))
 
 
 @router.post("/{schedule_id}/backfill/preview")

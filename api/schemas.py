@@ -13,7 +13,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Header
+from fastapi import Body, Header
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.automation import AutomationInput, Step, redact_url
@@ -25,11 +25,13 @@ from core.limits import (
     MAX_OWNER,
     MAX_PAUSE_NOTE,
 )
+from core.run_input import RunInput, parse_run_input
 from core.schedule import ScheduleDefinition, ScheduleInput, parse_schedule
 from core.settings import get_settings
 from core.timing import ScheduleSpec
 from core.vocabulary import MisfirePolicy, OverlapPolicy, ScheduleKind
 from db.audit import AuditRow
+from db.hooks import HookInfo
 from db.models import Automation
 from db.queries import AutomationRow, ExecutionDetail, ExecutionRow, ScheduleRow, StepRunRow
 
@@ -172,6 +174,52 @@ class RunStarted(BaseModel):
     execution_id: uuid.UUID
 
 
+INPUT_DESCRIPTION = "a JSON object (at most 64 KiB) the agent receives with every step as `input`"
+
+
+class RunIn(Input):
+    """What a manual run starts with (the body is optional)."""
+
+    input: dict[str, Any] | None = Field(default=None, description=INPUT_DESCRIPTION)
+
+    def parsed(self) -> RunInput | None:
+        return parse_run_input(self.input)
+
+
+class HookOut(BaseModel):
+    """An automation's inbound webhook: POST a JSON object to `url` to start a run."""
+
+    id: uuid.UUID
+    automation_id: uuid.UUID
+    url: str
+    created_by: str
+    created_at: datetime
+    rotated_at: datetime | None
+    last_used_at: datetime | None
+
+    @classmethod
+    def of(cls, info: HookInfo, url: str) -> HookOut:
+        return cls(
+            id=info.id,
+            automation_id=info.automation_id,
+            url=url,
+            created_by=info.created_by,
+            created_at=info.created_at,
+            rotated_at=info.rotated_at,
+            last_used_at=info.last_used_at,
+        )
+
+
+class HookSecretOut(HookOut):
+    secret: str = Field(
+        description="send as Stepwise-Hook-Secret, or sign bodies with it; shown this once"
+    )
+
+
+class HookDisabled(BaseModel):
+    disabled: bool = True
+
+
 # --- schedules -------------------------------------------------------------------------
 
 
@@ -193,6 +241,9 @@ class TimingIn(Input):
     overlap_policy: str = Field(default=OverlapPolicy.SKIP, json_schema_extra=_words(OverlapPolicy))
     jitter_s: Int32 = 0
     enabled: bool = True
+    input: dict[str, Any] | None = Field(
+        default=None, description=f"every run's input: {INPUT_DESCRIPTION}"
+    )
 
     def parsed(self) -> ScheduleDefinition:
         """Every rule checked, as the dashboard's schedule form checks it."""
@@ -213,6 +264,7 @@ class TimingIn(Input):
             overlap_policy=self.overlap_policy,
             jitter_s=self.jitter_s,
             enabled=self.enabled,
+            input=self.input,
         )
         return parse_schedule(data, retention_days=get_settings().retention_days)
 
@@ -250,6 +302,7 @@ class ScheduleOut(BaseModel):
     catchup_window_s: int
     overlap_policy: str
     jitter_s: int
+    input: dict[str, Any] | None
     next_run_at: datetime | None
     last_run_at: datetime | None
     last_status: str | None
@@ -349,13 +402,16 @@ class StepRunOut(BaseModel):
 
 class ExecutionDetailOut(ExecutionOut):
     result: Any = None
+    input: dict[str, Any] | None = Field(
+        default=None, description="what the run was started with (sent with every step)"
+    )
     steps: list[StepRunOut]
 
     @classmethod
     def of_detail(cls, detail: ExecutionDetail) -> ExecutionDetailOut:
         base = ExecutionOut.of(detail.execution).model_dump()
         steps = [StepRunOut.of(s) for s in detail.steps]
-        return cls(**base, result=detail.result, steps=steps)
+        return cls(**base, result=detail.result, input=detail.input, steps=steps)
 
 
 class ExecutionPage(BaseModel):
@@ -408,3 +464,6 @@ def utc(value: datetime | None) -> datetime | None:
     if value is None or value.utcoffset() is not None:
         return value
     return value.replace(tzinfo=UTC)
+
+
+RunBody = Annotated[RunIn | None, Body(description="optional: the run's input")]

@@ -69,3 +69,7 @@ class AgentRejected(StepwiseError):
 
 class ServerStartFailed(StepwiseError):
     """An embedded PostgreSQL or Redis could not start; the message says what to change."""
+
+
+class NotAuthenticated(StepwiseError):
+    """A webhook call without its trigger's secret or a valid signature; nothing was written."""

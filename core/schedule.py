@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from core.errors import FieldError, ValidationFailed
 from core.limits import (
@@ -21,6 +22,7 @@ from core.limits import (
     MAX_RUN_ALL,
     MAX_SKIPPED_RECORDED,
 )
+from core.run_input import RunInput, parse_run_input
 from core.timing import (
     ScheduleSpec,
     Timing,
@@ -84,6 +86,7 @@ class ScheduleInput:
     overlap_policy: str = OverlapPolicy.SKIP
     jitter_s: int = 0
     enabled: bool = True
+    input: Any = None  # JSON text (a form) or a decoded value (the API); None: no input
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class ScheduleDefinition:
     overlap_policy: OverlapPolicy
     jitter_s: int
     enabled: bool
+    input: RunInput | None = None  # given to every run of the schedule
 
 
 def catchup_window_cap(retention_days: int) -> int:
@@ -120,6 +124,11 @@ def parse_schedule(data: ScheduleInput, *, retention_days: int) -> ScheduleDefin
         errors.append(FieldError("catchup_window_s", f"must be between 0 and {window_cap} seconds"))
     if not 0 <= data.jitter_s <= MAX_JITTER_S:
         errors.append(FieldError("jitter_s", f"must be between 0 and {MAX_JITTER_S} seconds"))
+    run_input = None
+    try:
+        run_input = parse_run_input(data.input)
+    except ValidationFailed as exc:
+        errors += exc.errors
     if errors or timing is None:
         raise ValidationFailed(errors)
     return ScheduleDefinition(
@@ -129,6 +138,7 @@ def parse_schedule(data: ScheduleInput, *, retention_days: int) -> ScheduleDefin
         overlap_policy=OverlapPolicy(data.overlap_policy),
         jitter_s=data.jitter_s,
         enabled=data.enabled,
+        input=run_input,
     )
 
 

@@ -83,6 +83,31 @@ def signature_header(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={digest.hexdigest()}"
 
 
+def verify_signature(secret: str, header: str, body: bytes, *, now: int, tolerance_s: int) -> bool:
+    """Whether `header` (`t=<unix seconds>,v1=<hex>[,v1=...]`) signs `body` with `secret`,
+    made within `tolerance_s` of `now` (an old signature replayed is refused)."""
+    fields: dict[str, list[str]] = {}
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        fields.setdefault(name, []).append(value)
+    try:
+        timestamp = int(fields["t"][0])
+    except (KeyError, ValueError):
+        return False
+    if abs(now - timestamp) > tolerance_s:
+        return False
+    expected = signature_header(secret, timestamp, body).partition(",v1=")[2].encode()
+    return any(
+        hmac.compare_digest(expected, given.encode("utf-8", "surrogatepass"))
+        for given in fields.get("v1", [])
+    )
+
+
+def secret_matches(given: str, secret: str) -> bool:
+    """Whether a secret sent in clear is `secret`, compared in constant time."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), secret.encode())
+
+
 # Workspace secrets are referenced in an automation's headers as {{ secret.NAME }}.
 SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REFERENCE = re.compile(r"\{\{\s*secret\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")

@@ -44,6 +44,7 @@ class Trigger(StrEnum):
     CATCHUP = "catchup"  # a missed slot run late by the misfire policy
     MANUAL = "manual"
     RETRY = "retry"
+    WEBHOOK = "webhook"  # a POST to the automation's inbound trigger URL
     BACKFILL = "backfill"  # a past slot run on a person's request (`db.backfill`)
 
 
@@ -111,6 +112,9 @@ class AuditAction(StrEnum):
     DELETE_CHANNEL = "delete_channel"
     TEST_CHANNEL = "test_channel"
     SET_NOTIFICATIONS = "set_notifications"
+    ENABLE_HOOK = "enable_hook"  # an automation's inbound webhook trigger
+    ROTATE_HOOK = "rotate_hook"
+    DISABLE_HOOK = "disable_hook"
     BACKFILL = "backfill"
 
 

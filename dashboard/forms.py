@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from core.automation import Step
@@ -63,6 +65,7 @@ class ScheduleForm:
     overlap_policy: str = OverlapPolicy.SKIP
     jitter_s: int = 0
     enabled: bool = True
+    input_text: str = ""  # the runs' input as JSON text; blank: none
 
 
 def zone_or_utc(name: str) -> ZoneInfo:
@@ -116,6 +119,7 @@ def schedule_input(form: ScheduleForm) -> ScheduleInput:
         overlap_policy=form.overlap_policy,
         jitter_s=form.jitter_s,
         enabled=form.enabled,
+        input=form.input_text,
     )
 
 
@@ -148,7 +152,13 @@ def form_of_schedule(row: ScheduleRow) -> ScheduleForm:
         overlap_policy=row.overlap_policy,
         jitter_s=row.jitter_s,
         enabled=row.enabled,
+        input_text=input_text(row.input),
     )
+
+
+def input_text(value: dict[str, Any] | None) -> str:
+    """A run input as the form shows it: indented JSON, or blank for none."""
+    return "" if value is None else json.dumps(value, indent=2, ensure_ascii=False)
 
 
 def preset_for(cron_expr: str) -> str | None:

@@ -66,6 +66,7 @@ def open_dialog(schedule: queries.ScheduleRow | None = None, automation_id: Any 
         "sd_overlap": form.overlap_policy,
         "sd_jitter": form.jitter_s,
         "sd_enabled": form.enabled,
+        "sd_input": form.input_text,
     }
     st.session_state.update(values)
     st.session_state[STATE] = {"id": str(schedule.id) if schedule else None}
@@ -96,6 +97,7 @@ def form_from_state() -> forms.ScheduleForm:
         overlap_policy=s["sd_overlap"],
         jitter_s=int(s["sd_jitter"]),
         enabled=bool(s["sd_enabled"]),
+        input_text=s.get("sd_input", ""),
     )
 
 
@@ -145,9 +147,17 @@ def render_form() -> None:
     ui.field_error(errors, "timezone")
     if data is not None:
         _preview(data, now)
-    hidden_errors = bool(errors.keys() - {"cron_expr", "timezone", "interval_s", "run_at"})
-    with st.expander("Limits and policies", expanded=hidden_errors):
+    shown = {"cron_expr", "timezone", "interval_s", "run_at", "input"}
+    with st.expander("Limits and policies", expanded=bool(errors.keys() - shown)):
         _limits(errors)
+    st.text_area(
+        "Run input (JSON object, optional)",
+        key="sd_input",
+        height=100,
+        placeholder='{"report": "weekly", "recipients": ["ops@example.com"]}',
+        help="Every run of this schedule sends it to the agent with each step, as `input`.",
+    )
+    ui.field_error(errors, "input")
     st.checkbox("Enabled", key="sd_enabled")
     left, right = st.columns(2)
     if left.button("Save schedule", type="primary", key="sd_save", width="stretch"):

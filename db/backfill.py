@@ -127,6 +127,7 @@ def backfill(
                 "status": ExecutionStatus.QUEUED,
                 "total_steps": len(automation.steps),
                 "available_at": now,
+                "input": schedule.input,  # a backfilled slot runs as the slot would have
             }
             for slot in slots
         ]

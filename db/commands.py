@@ -22,6 +22,7 @@ from core.access import Actor
 from core.automation import AutomationInput, redact_url, validate_automation
 from core.backfill import pause_note
 from core.errors import InvalidState, NotFound, QuotaExceeded
+from core.run_input import RunInput
 from core.schedule import ScheduleDefinition, initial_next_run_at
 from core.secrets import new_signing_secret
 from core.settings import get_settings
@@ -33,7 +34,7 @@ from core.vocabulary import (
     Permission,
     Trigger,
 )
-from db.models import Automation, Execution, Schedule, WorkspaceSecret
+from db.models import Automation, Execution, HookTrigger, Schedule, WorkspaceSecret
 from db.runs import AUTOMATION_DELETED, SCHEDULE_DELETED, RunMessage, cancel_runs
 from db.session import db_now, rowcount
 from db.workspaces import audit, authorize, quotas
@@ -80,6 +81,8 @@ def changes(row: Any, new: dict[str, Any]) -> dict[str, list[Any]]:
 
 
 def _audited(name: str, value: Any) -> Any:
+    if name == "input":  # may hold anything: audited by its keys' count only
+        return None if value is None else f"{len(value)} keys"
     if name == "agent_url" and isinstance(value, str):
         return redact_url(value)
     if name in _AUDIT_BY_SIZE:
@@ -195,7 +198,12 @@ def reseal_secrets(session: Session) -> int:
             .where(Automation.id == automation_id)
             .values(signing_secret=box.reseal(str(sealed)))
         )
-    return len(rows) + len(secrets)
+    hooks = session.execute(select(HookTrigger.id, HookTrigger.secret).with_for_update()).all()
+    for hook_id, sealed in hooks:
+        session.execute(
+            update(HookTrigger).where(HookTrigger.id == hook_id).values(secret=box.reseal(sealed))
+        )
+    return len(rows) + len(secrets) + len(hooks)
 
 
 def update_automation(
@@ -260,6 +268,7 @@ def _schedule_values(data: ScheduleDefinition) -> dict[str, Any]:
         "catchup_window_s": data.catchup_window_s,
         "overlap_policy": data.overlap_policy,
         "jitter_s": data.jitter_s,
+        "input": data.input,
     }
 
 
@@ -433,9 +442,18 @@ def _withdraw_future(session: Session, schedule: Schedule, now: datetime) -> int
 
 
 def create_manual_execution(
-    session: Session, automation_id: uuid.UUID, *, actor: Actor
+    session: Session,
+    automation_id: uuid.UUID,
+    *,
+    actor: Actor,
+    run_input: RunInput | None = None,
+    trigger: Trigger = Trigger.MANUAL,
+    **details: Any,
 ) -> Execution:
-    """A run outside any schedule ("Run now", "Test run"); the caller sends it after commit."""
+    """A run outside any schedule ("Run now", "Test run", an API call, a webhook) with its
+    input (already parsed: `core.run_input`); the caller sends it after commit.
+
+    `details` go to the audit row (never the input itself: it may hold anything)."""
     authorize(session, actor, Permission.RUN)
     automation = _automation(session, actor.workspace_id, automation_id)
     now = db_now(session)
@@ -444,14 +462,17 @@ def create_manual_execution(
         automation_id=automation_id,
         workspace_id=actor.workspace_id,
         schedule_id=None,
-        trigger=Trigger.MANUAL,
+        trigger=trigger,
         scheduled_for=now,
         status=ExecutionStatus.QUEUED,
         total_steps=len(automation.steps),
         available_at=now,
+        input=run_input,
     )
     session.add(execution)
     session.flush()
+    if trigger != Trigger.MANUAL:
+        details["trigger"] = str(trigger)
     audit(
         session,
         actor,
@@ -459,6 +480,8 @@ def create_manual_execution(
         AuditTarget.AUTOMATION,
         automation_id,
         execution_id=str(execution.id),
+        with_input=run_input is not None,
+        **details,
     )
     return execution
 

@@ -38,6 +38,7 @@ from core.limits import (
     MAX_CATCHUP_WINDOW_S,
     MAX_CONCURRENCY,
     MAX_CRON,
+    MAX_DELIVERY_ID,
     MAX_FAILURE_THRESHOLD,
     MAX_JITTER_S,
     MAX_NAME,
@@ -203,6 +204,47 @@ class IdempotencyKey(Base):
     created_at: Mapped[datetime] = _created()
 
 
+class HookTrigger(Base):
+    """An automation's inbound webhook: a POST to /v1/hooks/<id> starts a run.
+
+    The caller proves itself with the trigger's secret, sealed here (core.secrets) and
+    shown once, at enabling or rotation. Disabling deletes the row: the URL is dead
+    for good, and enabling again makes a new one.
+    """
+
+    __tablename__ = "hook_triggers"
+
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    automation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("automations.id", ondelete="CASCADE"), unique=True
+    )
+    workspace_id: Mapped[uuid.UUID] = _workspace()  # its automation's
+    secret: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(MAX_OWNER))
+    created_at: Mapped[datetime] = _created()
+    rotated_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+
+
+class HookDelivery(Base):
+    """A webhook call's `Stepwise-Delivery` id: the same id again answers with the same run.
+
+    Deleted with its run (retention), or with its trigger.
+    """
+
+    __tablename__ = "hook_deliveries"
+
+    trigger_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("hook_triggers.id", ondelete="CASCADE"), primary_key=True
+    )
+    delivery_id: Mapped[str] = mapped_column(String(MAX_DELIVERY_ID), primary_key=True)
+    # NULL only inside the transaction that claimed the id, until its run exists.
+    execution_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("executions.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = _created()
+
+
 class Automation(Base):
     __tablename__ = "automations"
 
@@ -268,6 +310,8 @@ class Schedule(Base):
     catchup_window_s: Mapped[int] = mapped_column(Integer, default=DEFAULT_CATCHUP_WINDOW_S)
     overlap_policy: Mapped[str] = mapped_column(String(MAX_WORD), default=OverlapPolicy.SKIP)
     jitter_s: Mapped[int] = mapped_column(Integer, default=0)
+    # Given to every run of the schedule as its input (a JSON object; core.run_input).
+    input: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     next_run_at: Mapped[datetime | None]
     last_run_at: Mapped[datetime | None]
     last_status: Mapped[str | None] = mapped_column(String(MAX_WORD))
@@ -329,6 +373,9 @@ class Execution(Base):
     total_steps: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
     result: Mapped[Any | None] = mapped_column(JSONB)
+    # What the run was started with (its schedule's, its caller's or a webhook's JSON
+    # object), sent to the agent with every step as `input`.
+    input: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     # When the message carrying this execution becomes due for a worker (the slot,
     # or the end of a retry's backoff). A queued row well past it lost its message
     # (Redis flushed, worker killed) and housekeeping sends a new one.

@@ -260,6 +260,7 @@ class ExecutionDetail:
     execution: ExecutionRow
     result: Any
     steps: list[StepRunRow] = field(default_factory=list)
+    input: dict[str, Any] | None = None  # what the run was started with
 
 
 def execution_detail(
@@ -275,8 +276,8 @@ def execution_detail(
     ).first()
     if row is None:
         return None
-    steps_json, result = session.execute(
-        select(Automation.steps, Execution.result)
+    steps_json, result, run_input = session.execute(
+        select(Automation.steps, Execution.result, Execution.input)
         .join(Execution, Execution.automation_id == Automation.id)
         .where(Execution.id == execution_id)
     ).one()
@@ -289,6 +290,7 @@ def execution_detail(
         execution=ExecutionRow(**row._mapping),
         result=result,
         steps=[_step_row(run, steps_json) for run in runs],
+        input=run_input,
     )
 
 
@@ -374,6 +376,7 @@ class ScheduleRow:
     catchup_window_s: int
     overlap_policy: str
     jitter_s: int
+    input: dict[str, Any] | None
     next_run_at: datetime | None
     last_run_at: datetime | None
     last_status: str | None

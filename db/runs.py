@@ -109,6 +109,7 @@ class Claim:
     concurrency_limit: int | None = None  # flow control (tasks/flow.py); None: no limit
     rate_limit_per_s: float | None = None
     urgent: bool = False
+    input: dict[str, Any] | None = None  # the run's input, sent with every step
 
     @property
     def flow_controlled(self) -> bool:
@@ -231,6 +232,7 @@ _CLAIM_READ = (
         Execution.scheduled_for,
         Execution.trigger,
         Execution.workspace_id,
+        Execution.input,
         Automation.id.label("automation_id"),
         Automation.archived_at,
         Automation.owner_id,
@@ -337,6 +339,7 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
         concurrency_limit=automation.concurrency_limit,
         rate_limit_per_s=automation.rate_limit_per_s,
         urgent=automation.urgent,
+        input=execution.input,
     )
 
 
@@ -361,7 +364,7 @@ _CLAIM_MANY = text(
                OR EXISTS (
                 SELECT 1 FROM schedules s WHERE s.id = e.schedule_id
                 AND (s.kind = '{ScheduleKind.ONCE}' OR s.overlap_policy = '{OverlapPolicy.ALLOW}')))
-        RETURNING e.id, e.attempt, e.schedule_id, e.scheduled_for, e.workspace_id,
+        RETURNING e.id, e.attempt, e.schedule_id, e.scheduled_for, e.workspace_id, e.input,
             a.id AS automation_id, a.owner_id, a.agent_url, a.signing_secret, a.steps,
             a.project_context, a.step_timeout_s, a.request_headers, a.concurrency_limit,
             a.rate_limit_per_s, a.urgent
@@ -429,6 +432,7 @@ def _claim_from(session: Session, row: Any) -> Claim:
         concurrency_limit=row.concurrency_limit,
         rate_limit_per_s=row.rate_limit_per_s,
         urgent=row.urgent,
+        input=row.input,
     )
 
 

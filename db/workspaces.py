@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from core.access import (
     DEFAULT_WORKSPACE_ID,
     DEFAULT_WORKSPACE_NAME,
+    HOOK_PERMISSIONS,
     Actor,
     require,
     subject_of,
@@ -33,15 +34,18 @@ from core.limits import (
     MAX_OWNER,
 )
 from core.vocabulary import AuditAction, AuditTarget, Permission, Role
-from db.models import ApiToken, AuditLog, Membership, Workspace
+from db.models import ApiToken, AuditLog, Automation, HookTrigger, Membership, Workspace
 
 
 def authorize(session: Session, actor: Actor, permission: Permission) -> Role:
     """The actor's role in its workspace, read now; Forbidden unless it allows `permission`.
 
     A person's role comes from their membership row, an API token's from its own
-    row, which must not be revoked.
+    row, which must not be revoked; an inbound webhook may only read and start runs,
+    while its trigger exists and its automation is live.
     """
+    if actor.hook_id is not None:
+        return _hook_role(session, actor, permission)
     if actor.token_id is not None:
         role = session.scalar(
             select(ApiToken.role).where(
@@ -60,6 +64,23 @@ def authorize(session: Session, actor: Actor, permission: Permission) -> Role:
         raise Forbidden(f"{actor.name} is not a member of this workspace")
     require(role, permission)
     return Role(role)
+
+
+def _hook_role(session: Session, actor: Actor, permission: Permission) -> Role:
+    live = session.scalar(
+        select(HookTrigger.id)
+        .join(Automation, Automation.id == HookTrigger.automation_id)
+        .where(
+            HookTrigger.id == actor.hook_id,
+            HookTrigger.workspace_id == actor.workspace_id,
+            Automation.archived_at.is_(None),
+        )
+    )
+    if live is None:
+        raise Forbidden("this webhook trigger was disabled, or its automation deleted")
+    if permission not in HOOK_PERMISSIONS:
+        raise Forbidden("a webhook trigger may only start runs")
+    return Role.EDITOR  # the role whose permissions it has a part of
 
 
 def audit(

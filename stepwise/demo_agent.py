@@ -78,6 +78,7 @@ def default_reply(call: Call) -> Reply:
             "output": f"done: {body.get('message', '')}",
             "step_number": body.get("step_number"),
             "received_previous_output": body.get("previous_output"),
+            "received_input": body.get("input"),  # the run's input (README)
         },
     )
 

@@ -16,11 +16,13 @@ from datetime import datetime
 from sqlalchemy.orm import Session
 
 from core.access import Actor
-from core.errors import InvalidState, NotFound
+from core.errors import InvalidState, NotAuthenticated, NotFound, ValidationFailed
 from core.limits import MAX_BULK
+from core.run_input import RunInput, parse_run_input
+from core.secrets import SIGNATURE_HEADER
 from core.vocabulary import AuditAction, AuditTarget, ExecutionStatus, Permission
 from db import backfill as backfills
-from db import commands, queries
+from db import commands, hooks, queries
 from db.queries import ExecutionFilters
 from db.runs import RunMessage
 from db.session import session_scope
@@ -31,13 +33,49 @@ from tasks.actors import dispatch, send_run, send_runs
 RUN_ACTOR = "run_execution"
 
 
-def run_now(automation_id: uuid.UUID, *, actor: Actor) -> uuid.UUID:
-    """Start a manual run of the automation now; returns the execution id."""
+def run_now(
+    automation_id: uuid.UUID, *, actor: Actor, run_input: RunInput | None = None
+) -> uuid.UUID:
+    """Start a manual run of the automation now, with its input; returns the execution id."""
     with session_scope() as session:
-        execution = commands.create_manual_execution(session, automation_id, actor=actor)
+        execution = commands.create_manual_execution(
+            session, automation_id, actor=actor, run_input=run_input
+        )
         automation = commands.get_automation(session, automation_id, actor=actor)
     send_run(RunMessage(execution.id, automation.max_retries, urgent=automation.urgent))
     return execution.id
+
+
+def run_by_hook(
+    hook_id: uuid.UUID,
+    body: bytes,
+    *,
+    secret: str | None,
+    signature: str | None,
+    delivery_id: str | None,
+) -> uuid.UUID:
+    """Start a run for a call to an automation's webhook, its JSON body as the run's input;
+    returns the execution id (a repeated delivery id: the first call's, nothing new).
+
+    NotFound for a trigger that does not exist (or was disabled), NotAuthenticated without
+    its secret or a valid signature, ValidationFailed for a body that is not a JSON object:
+    nothing is written in any of these cases.
+    """
+    with session_scope() as session:
+        actor = hooks.authenticate(session, hook_id, body, secret=secret, signature=signature)
+        if actor is None:
+            raise NotAuthenticated(
+                f"send the webhook's secret as {hooks.SECRET_HEADER}, or sign the body "
+                f"({SIGNATURE_HEADER}: t=<unix seconds>,v1=<HMAC-SHA256 of t.body>)"
+            )
+        delivery = hooks.check_delivery_id(delivery_id)
+        run_input = parse_run_input(body, field="body")
+        if run_input is None:
+            raise ValidationFailed.single("body", 'send a JSON object, like {"key": "value"}')
+        started = hooks.start_hook_run(session, delivery, run_input, actor=actor)
+    if not started.repeated:
+        send_run(RunMessage(started.execution_id, started.max_retries, urgent=started.urgent))
+    return started.execution_id
 
 
 def retry(execution_id: uuid.UUID, *, actor: Actor) -> None:

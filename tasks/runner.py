@@ -107,6 +107,7 @@ def agent_payload(claim: runs.Claim, step_number: int, previous_output: Any) -> 
         "scheduled_for": claim.scheduled_for.isoformat(),
         "attempt": claim.attempt,
         "previous_output": previous_output,
+        "input": claim.input,
     }
 
 

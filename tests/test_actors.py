@@ -69,6 +69,7 @@ def test_a_run_calls_the_agent_once_per_step_with_the_contract(worker: Any, agen
             "scheduled_for",
             "attempt",
             "previous_output",
+            "input",
         }
         assert body["message"] == f"do part {number}"
         assert body["automation_id"] == str(automation_id)
@@ -79,6 +80,7 @@ def test_a_run_calls_the_agent_once_per_step_with_the_contract(worker: Any, agen
         assert body["schedule_id"] is None
         assert body["attempt"] == 1
         assert body["user_id"] == "local"
+        assert body["input"] is None  # a run started without input
     # and each step received the previous step's output
     assert calls[0].body["previous_output"] is None
     assert calls[1].body["previous_output"]["output"] == "done: do part 1"
@@ -115,8 +117,8 @@ def test_a_step_run_stores_neither_secrets_nor_what_every_step_repeats(
     # and each stored request keeps neither the context, nor the previous output, nor the key
     for stored in (r.request for r in step_runs(execution_id)):
         assert stored["url"] == f"{agent.url}?api_key=REDACTED&region=eu"
-        assert not {"project_context", "previous_output"} & set(stored["body"])
-        assert stored["not_stored"] == ["project_context", "previous_output"]
+        assert not {"project_context", "previous_output", "input"} & set(stored["body"])
+        assert stored["not_stored"] == ["project_context", "previous_output", "input"]
         assert len(json.dumps(stored)) < 2_000
 
 

@@ -4,7 +4,7 @@ A backfilled run is marked `backfill` (a past slot run on a person's request), a
 the audit log records each backfill. The SQL is written out, as in 0004 and 0008.
 
 Revision ID: 0011
-Revises: 0010
+Revises: 0009
 Create Date: 2026-11-26 18:00:00
 """
 
@@ -15,19 +15,20 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011"
-down_revision: str | None = "0010"
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 TRIGGER = "ck_executions_trigger"
-TRIGGERS = "'schedule', 'catchup', 'manual', 'retry'"
+TRIGGERS = "'schedule', 'catchup', 'manual', 'retry', 'webhook'"  # 'webhook': 0009
 ACTION = "ck_audit_log_action"
 ACTIONS = (
     "'create', 'edit', 'pause', 'resume', 'delete', 'run_now', 'retry', 'cancel', "
     "'rotate_secret', 'create_workspace', 'add_member', 'set_role', 'remove_member', "
     "'retry_dead_letter', 'purge_dead_letters', 'set_secret', 'delete_secret', 'set_quota', "
     "'create_token', 'revoke_token', "
-    "'add_channel', 'delete_channel', 'test_channel', 'set_notifications'"  # 0010
+    "'add_channel', 'delete_channel', 'test_channel', 'set_notifications', "  # 0010
+    "'enable_hook', 'rotate_hook', 'disable_hook'"  # 0009
 )
 
 

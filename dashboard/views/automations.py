@@ -12,8 +12,10 @@ import streamlit as st
 from core.automation import AutomationInput, Step, redact_url
 from core.errors import StepwiseError, ValidationFailed
 from core.limits import MAX_CONCURRENCY, MAX_RATE_PER_S, MIN_RATE_PER_S
+from core.run_input import parse_run_input
 from core.vocabulary import OPEN_STATUSES, Permission
 from dashboard import forms, notifications, ui
+from dashboard.webhook import webhook_section
 from db import commands, queries
 from db.queries import ExecutionFilters
 from tasks import actions
@@ -229,6 +231,14 @@ def form_input() -> AutomationInput:
     )
 
 
+if current is not None:
+    st.text_area(
+        "Test run input (JSON object, optional)",
+        key=k + "run_input",
+        height=68,
+        placeholder='{"customer": "ACME"}',
+        help="Sent to the agent with every step of the test run, as `input`.",
+    )
 cols = st.columns(4)
 if cols[0].button("Save", icon=":material/save:", type="primary", key=k + "save", width="stretch"):
     try:
@@ -253,7 +263,11 @@ if cols[0].button("Save", icon=":material/save:", type="primary", key=k + "save"
 if current is not None:
     if cols[1].button("Test run", icon=":material/science:", key=k + "test", width="stretch"):
         try:
-            st.session_state["auto_test_run"] = str(actions.run_now(current.id, actor=ui.actor()))
+            run_input = parse_run_input(st.session_state.get(k + "run_input"))
+            started = actions.run_now(current.id, actor=ui.actor(), run_input=run_input)
+            st.session_state["auto_test_run"] = str(started)
+        except ValidationFailed as exc:
+            st.error(ui.text(f"Test run input: {exc.for_field('input')}"))
         except StepwiseError as exc:
             st.error(ui.text(exc))
     if cols[3].button(
@@ -323,6 +337,8 @@ def show_test_run(execution_id: uuid.UUID) -> None:
 if current is not None:
     with st.container(border=True):
         notifications.automation_notifications(current.id)
+    with st.container(border=True):
+        webhook_section(current.id, k)
 
 if (test_run := st.session_state.get("auto_test_run")) and current is not None:
     show_test_run(uuid.UUID(test_run))

@@ -57,6 +57,7 @@ def run_page(execution_id: uuid.UUID, watching: bool) -> None:
     header(detail.execution)
     if ui.can(Permission.RUN):
         actions_row(detail.execution)
+    run_input(detail)
     steps(detail)
 
 
@@ -104,6 +105,14 @@ def actions_row(run: queries.ExecutionRow) -> None:
             st.rerun()
     except StepwiseError as exc:
         st.error(ui.text(exc))
+
+
+def run_input(detail: queries.ExecutionDetail) -> None:
+    if detail.input is None:
+        st.caption("Started without input.")
+        return
+    st.markdown("**Input**, sent to the agent with every step")
+    st.json(detail.input, expanded=2)
 
 
 def steps(detail: queries.ExecutionDetail) -> None:

@@ -132,7 +132,7 @@ def actions_row(row: queries.ScheduleRow) -> None:
             st.session_state["sp_flash"] = "Schedule resumed from its next slot."
             st.rerun()
         if runner and buttons.button("Run now", icon=":material/play_circle:", key="sp_run"):
-            started = actions.run_now(row.automation_id, actor=ui.actor())
+            started = actions.run_now(row.automation_id, actor=ui.actor(), run_input=row.input)
             st.session_state["sp_started_run"] = str(started)
             st.rerun()
         if editor:

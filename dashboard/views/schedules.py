@@ -171,7 +171,7 @@ def bulk_actions(chosen: list[queries.ScheduleRow]) -> None:
         if runner and bar.button("Run now", icon=":material/play_circle:", key="sch_run"):
             for row in chosen:
                 st.session_state["started_run"] = str(
-                    actions.run_now(row.automation_id, actor=ui.actor())
+                    actions.run_now(row.automation_id, actor=ui.actor(), run_input=row.input)
                 )
             done = f"{len(chosen)} run(s) started."
         if editor and bar.button("Delete", icon=":material/delete:", key="sch_delete"):

@@ -1,0 +1,89 @@
+"""/v1/hooks/{id}: an automation's inbound webhook, called by other systems without a token.
+
+The call proves itself with the trigger's secret or a signature of its body (see
+db/hooks.py); its JSON object body becomes the run's input. The body is read up to
+MAX_INPUT_BYTES and no further: a bigger one is refused (413) before it is read whole.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, status
+from starlette.concurrency import run_in_threadpool
+
+from api.problems import BodyRefused, BodyTooLarge, documented
+from api.schemas import RunStarted
+from core.errors import ValidationFailed
+from core.limits import MAX_DELIVERY_ID, MAX_INPUT_BYTES
+from core.secrets import SIGNATURE_HEADER
+from db.hooks import DELIVERY_HEADER, SECRET_HEADER
+from tasks import actions
+
+router = APIRouter(prefix="/v1/hooks", tags=["webhooks"])
+
+_BODY = {
+    "required": True,
+    "description": "a JSON object (at most 64 KiB): the run's input, given to every step",
+    "content": {"application/json": {"schema": {"type": "object"}}},
+}
+
+
+async def _read_capped(request: Request) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_INPUT_BYTES:
+        raise BodyTooLarge(f"send at most {MAX_INPUT_BYTES // 1024} KiB")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_INPUT_BYTES:
+            raise BodyTooLarge(f"send at most {MAX_INPUT_BYTES // 1024} KiB")
+    return bytes(body)
+
+
+@router.post(
+    "/{hook_id}",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=documented(400, 401, 404, 409, 413, 422),
+    openapi_extra={"requestBody": _BODY, "security": []},
+)
+async def call_hook(
+    hook_id: uuid.UUID,
+    request: Request,
+    secret: Annotated[
+        str | None,
+        Header(alias=SECRET_HEADER, description="the webhook's secret (or sign the body)"),
+    ] = None,
+    signature: Annotated[
+        str | None,
+        Header(
+            alias=SIGNATURE_HEADER,
+            description="t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<body>' under the secret>",
+        ),
+    ] = None,
+    delivery_id: Annotated[
+        str | None,
+        Header(
+            alias=DELIVERY_HEADER,
+            max_length=MAX_DELIVERY_ID,
+            description="the sender's id of this delivery: a repeat starts no second run",
+        ),
+    ] = None,
+) -> RunStarted:
+    """Start a run of the webhook's automation with the JSON body as its input (no API
+    token: the secret or the signature proves the call). The same `Stepwise-Delivery`
+    again answers with the first call's run."""
+    body = await _read_capped(request)
+    try:
+        execution_id = await run_in_threadpool(
+            actions.run_by_hook,
+            hook_id,
+            body,
+            secret=secret,
+            signature=signature,
+            delivery_id=delivery_id,
+        )
+    except ValidationFailed as exc:
+        raise BodyRefused(exc.errors) from None
+    return RunStarted(execution_id=execution_id)

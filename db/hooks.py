@@ -1,0 +1,258 @@
+"""Inbound webhook triggers: a POST to /v1/hooks/<trigger id> starts a run of one automation.
+
+Editors enable, rotate and disable an automation's trigger; its secret is sealed at
+rest (core.secrets) and returned only by `enable_hook` and `rotate_hook`, to be shown
+once. A call proves itself with that secret (`Stepwise-Hook-Secret`) or with an
+HMAC-SHA256 signature of its exact body (`Stepwise-Signature: t=..,v1=..`, as agent
+calls are signed, within SIGNATURE_TOLERANCE_S of the database's clock).
+`authenticate` turns a call into an Actor that may only read and start runs
+(`db.workspaces.authorize`); `start_hook_run` starts one, once per delivery id.
+Functions take a session and never commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from core.access import Actor
+from core.errors import InvalidState, NotFound, ValidationFailed
+from core.limits import MAX_DELIVERY_ID, SIGNATURE_TOLERANCE_S
+from core.run_input import RunInput
+from core.secrets import new_signing_secret, secret_matches, verify_signature
+from core.settings import get_settings
+from core.vocabulary import AuditAction, AuditTarget, Permission, Role, Trigger
+from db import commands
+from db.models import Automation, HookDelivery, HookTrigger
+from db.session import db_now
+from db.workspaces import audit, authorize
+
+SECRET_HEADER = "Stepwise-Hook-Secret"
+DELIVERY_HEADER = "Stepwise-Delivery"
+
+
+@dataclass(frozen=True)
+class HookInfo:
+    """What an automation's readers may know of its trigger: never the secret."""
+
+    id: uuid.UUID
+    automation_id: uuid.UUID
+    created_by: str
+    created_at: datetime
+    rotated_at: datetime | None
+    last_used_at: datetime | None
+
+
+@dataclass(frozen=True)
+class NewHookSecret:
+    """A trigger with its secret in clear: shown to its editor this once."""
+
+    info: HookInfo
+    secret: str
+
+
+@dataclass(frozen=True)
+class HookRun:
+    """The run a call started, or the one an earlier call with its delivery id started."""
+
+    execution_id: uuid.UUID
+    max_retries: int
+    repeated: bool  # True: nothing new was started (nothing to send)
+    urgent: bool = False  # the automation's runs go to the urgent queue
+
+
+def _info(row: HookTrigger) -> HookInfo:
+    return HookInfo(
+        id=row.id,
+        automation_id=row.automation_id,
+        created_by=row.created_by,
+        created_at=row.created_at,
+        rotated_at=row.rotated_at,
+        last_used_at=row.last_used_at,
+    )
+
+
+def _row(session: Session, automation_id: uuid.UUID, actor: Actor) -> HookTrigger | None:
+    return session.scalar(
+        select(HookTrigger).where(
+            HookTrigger.automation_id == automation_id,
+            HookTrigger.workspace_id == actor.workspace_id,
+        )
+    )
+
+
+def hook_of(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> HookInfo | None:
+    """The automation's trigger, None if it has none (NotFound for another workspace's)."""
+    commands.get_automation(session, automation_id, actor=actor)
+    row = _row(session, automation_id, actor)
+    return None if row is None else _info(row)
+
+
+def enable_hook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> NewHookSecret:
+    """Give the automation a trigger URL and a secret (editors; audited, never the secret)."""
+    authorize(session, actor, Permission.EDIT)
+    commands.get_automation(session, automation_id, actor=actor)
+    if _row(session, automation_id, actor) is not None:
+        raise InvalidState("this automation's webhook is already enabled (rotate its secret)")
+    secret = new_signing_secret()
+    row = HookTrigger(
+        automation_id=automation_id,
+        workspace_id=actor.workspace_id,
+        secret=get_settings().secret_box().seal(secret),
+        created_by=actor.name,
+    )
+    session.add(row)
+    session.flush()
+    session.refresh(row)
+    audit(session, actor, AuditAction.ENABLE_HOOK, AuditTarget.AUTOMATION, automation_id)
+    return NewHookSecret(_info(row), secret)
+
+
+def rotate_hook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> NewHookSecret:
+    """A new secret for the trigger (same URL); the old secret stops at once."""
+    authorize(session, actor, Permission.EDIT)
+    commands.get_automation(session, automation_id, actor=actor)
+    row = _row(session, automation_id, actor)
+    if row is None:
+        raise NotFound("this automation has no webhook: enable it first")
+    secret = new_signing_secret()
+    row.secret = get_settings().secret_box().seal(secret)
+    row.rotated_at = func.now()
+    session.flush()
+    session.refresh(row)
+    audit(session, actor, AuditAction.ROTATE_HOOK, AuditTarget.AUTOMATION, automation_id)
+    return NewHookSecret(_info(row), secret)
+
+
+def disable_hook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> None:
+    """Delete the trigger: its URL answers 404 from now on (enabling again makes a new one)."""
+    authorize(session, actor, Permission.EDIT)
+    commands.get_automation(session, automation_id, actor=actor)
+    gone = session.scalar(
+        delete(HookTrigger)
+        .where(
+            HookTrigger.automation_id == automation_id,
+            HookTrigger.workspace_id == actor.workspace_id,
+        )
+        .returning(HookTrigger.id)
+    )
+    if gone is None:
+        raise NotFound("this automation has no webhook")
+    audit(session, actor, AuditAction.DISABLE_HOOK, AuditTarget.AUTOMATION, automation_id)
+
+
+def authenticate(
+    session: Session,
+    hook_id: uuid.UUID,
+    body: bytes,
+    *,
+    secret: str | None,
+    signature: str | None,
+) -> Actor | None:
+    """The actor a call to `hook_id` stands for, or None if it proves nothing.
+
+    NotFound if there is no such trigger (never made, disabled) or its automation
+    was deleted: the same answer whether the secret was right or not.
+    """
+    row = session.execute(
+        select(HookTrigger.workspace_id, HookTrigger.secret)
+        .join(Automation, Automation.id == HookTrigger.automation_id)
+        .where(HookTrigger.id == hook_id, Automation.archived_at.is_(None))
+    ).first()
+    if row is None:
+        raise NotFound(f"no webhook {hook_id} (it may have been disabled)")
+    if not secret and not signature:
+        return None
+    expected = get_settings().secret_box().open(row.secret)
+    if secret:
+        proven = secret_matches(secret, expected)
+    else:
+        now = int(db_now(session).timestamp())
+        proven = verify_signature(
+            expected, signature or "", body, now=now, tolerance_s=SIGNATURE_TOLERANCE_S
+        )
+    if not proven:
+        return None
+    return Actor(
+        name=f"webhook {hook_id}", workspace_id=row.workspace_id, role=Role.EDITOR, hook_id=hook_id
+    )
+
+
+def check_delivery_id(value: str | None) -> str | None:
+    """The Stepwise-Delivery header, checked: None (no deduplication) or printable text."""
+    if value is None:
+        return None
+    if not value or len(value) > MAX_DELIVERY_ID or not value.isprintable():
+        raise ValidationFailed.single(
+            DELIVERY_HEADER, f"give 1 to {MAX_DELIVERY_ID} printable characters"
+        )
+    return value
+
+
+def start_hook_run(
+    session: Session, delivery_id: str | None, run_input: RunInput, *, actor: Actor
+) -> HookRun:
+    """Start a run of the trigger's automation with `run_input` (trigger `webhook`, audited),
+    within the workspace's runs-a-minute quota; a delivery id seen before starts nothing and
+    returns that delivery's run.
+
+    The delivery id is claimed first, in this transaction: a concurrent repeat waits on
+    it, then finds the run this one made (or, if this one failed, claims it itself).
+    """
+    authorize(session, actor, Permission.RUN)
+    automation_id = session.scalar(
+        select(HookTrigger.automation_id).where(HookTrigger.id == actor.hook_id)
+    )
+    if automation_id is None:  # authorize found it: only a concurrent disable gets here
+        raise NotFound("the webhook was disabled")
+    automation = commands.get_automation(session, automation_id, actor=actor)
+    if delivery_id is not None:
+        seen = _claim_delivery(session, actor, delivery_id)
+        if seen is not None:
+            return HookRun(seen, automation.max_retries, repeated=True)
+    execution = commands.create_manual_execution(
+        session,
+        automation.id,
+        actor=actor,
+        run_input=run_input,
+        trigger=Trigger.WEBHOOK,
+        delivery_id=delivery_id,
+    )
+    if delivery_id is not None:
+        session.execute(
+            update(HookDelivery)
+            .where(
+                HookDelivery.trigger_id == actor.hook_id,
+                HookDelivery.delivery_id == delivery_id,
+            )
+            .values(execution_id=execution.id)
+        )
+    session.execute(
+        update(HookTrigger).where(HookTrigger.id == actor.hook_id).values(last_used_at=func.now())
+    )
+    return HookRun(execution.id, automation.max_retries, repeated=False, urgent=automation.urgent)
+
+
+def _claim_delivery(session: Session, actor: Actor, delivery_id: str) -> uuid.UUID | None:
+    """None if `delivery_id` is new (now held by this transaction), else its run's id."""
+    claimed = session.execute(
+        insert(HookDelivery)
+        .values(trigger_id=actor.hook_id, delivery_id=delivery_id)
+        .on_conflict_do_nothing()
+        .returning(HookDelivery.delivery_id)
+    ).first()
+    if claimed is not None:
+        return None
+    seen = session.scalar(
+        select(HookDelivery.execution_id).where(
+            HookDelivery.trigger_id == actor.hook_id, HookDelivery.delivery_id == delivery_id
+        )
+    )
+    if seen is None:  # only inside the claiming transaction, which has committed by now
+        raise InvalidState("this delivery is being started by another call: send it again")
+    return uuid.UUID(str(seen))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -62,6 +63,7 @@ _SECRET_PARAM = re.compile(
 REDACTED = "REDACTED"
 
 
+@functools.lru_cache(maxsize=4096)  # every step run stores its agent's URL redacted
 def redact_url(url: str) -> str:
     """`url` with the values of secret-looking query parameters and any password replaced.
 

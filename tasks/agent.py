@@ -340,6 +340,18 @@ async def call_agent(
         return StepOutcome.failure(error, _elapsed_ms(started), retryable=True)
 
 
+class _NoCookies(httpx.Cookies):
+    """A cookie store that keeps nothing.
+
+    One client serves every workspace's runs on a worker: a cookie one agent set must
+    never travel with another run's call. (Parsing Set-Cookie also cost a worker a
+    few percent of its CPU under a burst.)
+    """
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
 def make_client(policy: EgressPolicy, *, max_connections: int = 100) -> httpx.AsyncClient:
     """A pooled async client whose every connection the egress policy checks.
 
@@ -357,9 +369,12 @@ def make_client(policy: EgressPolicy, *, max_connections: int = 100) -> httpx.As
     pool = transport._pool
     assert isinstance(pool, httpcore.AsyncConnectionPool)
     pool._network_backend = GuardedBackend(policy)
-    return httpx.AsyncClient(
+    client = httpx.AsyncClient(
         transport=transport,
         follow_redirects=False,  # _post follows only method-preserving redirects
         headers={"User-Agent": USER_AGENT},
         trust_env=False,  # no proxy from the environment: it would carry calls past the guard
     )
+    # httpx's setter would copy the cookies into a fresh store; this one must stay.
+    client._cookies = _NoCookies()
+    return client

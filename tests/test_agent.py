@@ -429,3 +429,26 @@ def test_a_connection_the_agent_closed_while_idle_is_not_reused() -> None:
     # then both succeed, the second on a new connection
     assert [o.ok for o in outcomes] == [True, True]
     assert len(accepted) == 2
+
+
+def test_a_cookie_an_agent_sets_never_travels_with_a_later_call(agent: Any) -> None:
+    # given an agent that sets a session cookie on its first answer
+    agent.script(
+        Reply(200, {"output": 1}, headers={"Set-Cookie": "session=tenant-a; Path=/"}),
+        Reply(200, {"output": 2}),
+    )
+
+    async def two_calls() -> list[Any]:
+        async with make_client(parse_allowlist("127.0.0.1")) as client:
+            return [
+                await call_agent(
+                    client, agent.url, {}, idempotency_key=f"k:{n}", timeout_s=2, max_bytes=64
+                )
+                for n in range(2)
+            ]
+
+    # when the same worker's client calls it again (another run, maybe another workspace)
+    outcomes = asyncio.run(two_calls())
+    # then the second call carries no cookie
+    assert [o.ok for o in outcomes] == [True, True]
+    assert [c.headers.get("cookie") for c in agent.calls] == [None, None]

@@ -46,6 +46,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text
+
 from bench.burst import create_schedules, db_scalar
 from bench.common import (
     ROOT,
@@ -289,9 +291,27 @@ def run_stepwise(
         executions = db_scalar("SELECT count(*) FROM executions")
         analysis = agent.analyse(due_ms=int(due.timestamp() * 1000), n=n)
         figures = figures_of(analysis, extra_duplicates=max(0, executions - n))
+        if figures["duplicates"]:
+            print(f"  why steps were called again: {called_again()}", flush=True)
         if before is not None and after is not None:
             figures["cost"] = per_step(before, after, analysis["step_calls"] or 1)  # type: ignore[assignment]
         return figures
+
+
+def called_again() -> list[tuple[Any, ...]]:
+    """The errors of the step runs that did not succeed (a step called twice was first
+    lost, timed out or answered in a way that was retried), counted."""
+    from db.session import session_scope
+
+    with session_scope() as session:
+        rows = session.execute(
+            text(
+                "SELECT step_number, attempt, coalesce(error, '') AS error, count(*) "
+                "FROM step_runs WHERE status <> 'succeeded' "
+                "GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT 10"
+            )
+        ).all()
+    return [tuple(r) for r in rows]
 
 
 # --- the comparison -----------------------------------------------------------------

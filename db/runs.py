@@ -531,13 +531,29 @@ def _step_status(outcome: StepOutcome) -> StepStatus:
     return StepStatus.SUCCEEDED if outcome.ok else StepStatus.FAILED
 
 
+# Rows a group commit of the same worker holds are skipped, not waited for: waiting
+# for them in the order the runs were held deadlocked with those commits under a
+# burst, and a renewal lost to a deadlock let leases expire while their calls were
+# alive (a second call for the same step). A held row is being written by its own
+# run, whose step start renews its lease anyway; it is kept if it is still this
+# claim's as last committed.
 _RENEW_LEASES = text(
     f"""
-    UPDATE executions e
-    SET lease_expires_at = now() + make_interval(secs => :lease_s)
-    FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS held(id, attempt)
-    WHERE e.id = held.id AND e.attempt = held.attempt AND e.status = '{ExecutionStatus.RUNNING}'
-    RETURNING e.id
+    WITH held AS (
+        SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[])) AS h(id, attempt)
+    ), mine AS (
+        SELECT e.id FROM executions e JOIN held ON held.id = e.id
+        WHERE e.attempt = held.attempt AND e.status = '{ExecutionStatus.RUNNING}'
+    ), free AS (
+        SELECT e.id FROM executions e JOIN mine ON mine.id = e.id
+        ORDER BY e.id FOR UPDATE OF e SKIP LOCKED
+    ), renewed AS (
+        UPDATE executions e
+        SET lease_expires_at = now() + make_interval(secs => :lease_s)
+        FROM free WHERE e.id = free.id
+        RETURNING e.id
+    )
+    SELECT id FROM mine
     """
 )
 

@@ -71,6 +71,7 @@ from tasks.signals import shutting_down
 log = logging.getLogger("stepwise")
 T = TypeVar("T")
 RECORD_RETRY_S = 0.5
+RENEW_RETRY_S = 1.0  # after a failed lease renewal
 MAX_BATCH = 200  # step writes per group commit
 CONNECTIONS_PER_POOL = 10  # agent connections per httpx client (see Runner.__init__)
 CLAIM_TRIES = 3
@@ -391,16 +392,19 @@ class Runner:
     async def _heartbeat(self) -> None:
         """Renew every lease this process holds, drop what it lost, sweep for strays."""
         every = self.lease_s / 3
+        pause = every
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(pause)
             held = [(f.claim.execution_id, f.claim.attempt) for f in self.flights.values()]
             began = time.monotonic()
             try:
                 kept = await self._db(partial(_renew, held, self.lease_s))
                 self.lease_until = began + self.lease_s
+                pause = every
             except Exception:
-                log.warning("could not renew leases; calls are dropped when they end")
+                log.warning("could not renew leases; trying again", exc_info=True)
                 kept = None
+                pause = min(every, RENEW_RETRY_S)  # the lease is running out: soon
             expired = kept is None and time.monotonic() >= self.lease_until
             flights = list(self.flights.values())
             for flight in lost_flights(flights, held, kept, expired=expired):

@@ -702,3 +702,44 @@ def test_a_lease_renewal_extends_only_the_runs_still_held(db: None) -> None:
     assert taken_lease is not None and taken_lease < datetime.now(UTC) + timedelta(seconds=10)
     with session_scope() as session:
         assert renew_leases(session, [], lease_s=600) == set()
+
+
+def test_a_lease_renewal_never_waits_for_a_run_being_written(db: None) -> None:
+    import threading
+
+    from db.runs import renew_leases
+
+    # given two runs this worker holds, one of them locked by its own group commit
+    ids = [make_execution(make_automation()) for _ in range(2)]
+    with session_scope() as session:
+        for i in ids:
+            assert not isinstance(claim_execution(session, i, lease_s=5), str)
+    writing, free = ids
+    locked, release = threading.Event(), threading.Event()
+
+    def group_commit() -> None:
+        with session_scope() as session:
+            session.execute(
+                select(Execution.id).where(Execution.id == writing).with_for_update()
+            ).all()
+            locked.set()
+            release.wait(10)
+
+    writer = threading.Thread(target=group_commit)
+    writer.start()
+    try:
+        assert locked.wait(5)
+        # when the leases are renewed meanwhile
+        began = datetime.now(UTC)
+        with session_scope() as session:
+            renewed = renew_leases(session, [(i, 1) for i in ids], lease_s=600)
+        waited = datetime.now(UTC) - began
+    finally:
+        release.set()
+        writer.join()
+    # then the renewal did not wait (it would deadlock with such commits), kept both
+    # runs, and renewed the one it could lock
+    assert waited < timedelta(seconds=2)
+    assert renewed == {writing, free}
+    free_lease = execution(free).lease_expires_at
+    assert free_lease is not None and free_lease > datetime.now(UTC) + timedelta(seconds=500)

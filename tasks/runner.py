@@ -120,6 +120,22 @@ class Answer:
     outcome: StepOutcome
 
 
+@dataclass(frozen=True)
+class Write:
+    """A run's write waiting for the next group commit."""
+
+    order: tuple[str, str]  # `_lock_order`
+    answer: Answer | None
+    work: Callable[[Session], Any]
+    done: asyncio.Future[Any]
+
+
+def _lock_order(claim: runs.Claim) -> tuple[str, str]:
+    """Where a run's write goes in a group commit: by schedule (the counters a run's end
+    moves), then by run."""
+    return (str(claim.schedule_id or ""), str(claim.execution_id))
+
+
 @dataclass
 class Flight:
     """One run held by this process."""
@@ -156,7 +172,7 @@ class Runner:
         self.idle.set()
         self.lease_until = time.monotonic() + self.lease_s
         # Writes waiting for the next group commit, and the batches being written.
-        self.pending: list[tuple[Answer | None, Callable[[Session], Any], asyncio.Future[Any]]] = []
+        self.pending: list[Write] = []
         self.flushing = 0
         self.flushes: set[asyncio.Task[None]] = set()
         # Claims waiting for the next group claim (and whether each came ahead).
@@ -324,7 +340,9 @@ class Runner:
     async def _send(self, message: RunMessage) -> None:
         await self._db(lambda: self.send(message))
 
-    async def _write(self, answer: Answer | None, work: Callable[[Session], T]) -> T:
+    async def _write(
+        self, claim: runs.Claim, answer: Answer | None, work: Callable[[Session], T]
+    ) -> T:
         """Store `answer` and do `work` in one transaction, retrying through a database
         outage while this process's leases hold.
 
@@ -336,14 +354,16 @@ class Runner:
         """
         while True:
             try:
-                return await self._commit(answer, work)
+                return await self._commit(claim, answer, work)
             except OperationalError:
                 if time.monotonic() + RECORD_RETRY_S >= self.lease_until:
                     raise  # the lease is ending: recovery will run the step again
                 log.warning("database unavailable; retrying to record a step")
                 await asyncio.sleep(RECORD_RETRY_S)
 
-    async def _commit(self, answer: Answer | None, work: Callable[[Session], T]) -> T:
+    async def _commit(
+        self, claim: runs.Claim, answer: Answer | None, work: Callable[[Session], T]
+    ) -> T:
         """Group commit: the write joins the next batch, one transaction for many runs.
 
         Every run in flight writes once per step. Committing each alone costs a
@@ -352,7 +372,7 @@ class Runner:
         at once. Up to `worker_db_threads` batches are written at the same time.
         """
         done: asyncio.Future[Any] = self.loop.create_future()
-        self.pending.append((answer, work, done))
+        self.pending.append(Write(_lock_order(claim), answer, work, done))
         if self.flushing < self.settings.worker_db_threads:
             self.flushing += 1
             self.flushes.add(task := asyncio.create_task(self._flush()))
@@ -364,28 +384,32 @@ class Runner:
         try:
             while self.pending:
                 batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
-                items = [(answer, work) for answer, work, _ in batch]
+                # Rows locked in one order by every batch: two batches ending runs of
+                # the same schedules cannot deadlock on their counters.
+                batch.sort(key=lambda write: write.order)
+                items = [(write.answer, write.work) for write in batch]
                 try:
                     results = await self._db(partial(_store_all, items))
                 except OperationalError as exc:  # the database: each caller retries
-                    for *_, done in batch:
-                        if not done.done():
-                            done.set_exception(exc)
+                    for write in batch:
+                        if not write.done.done():
+                            write.done.set_exception(exc)
                     continue
                 except Exception:  # one write failed: the others must not fail with it
-                    for answer, work, done in batch:
+                    for write in batch:
                         try:
-                            result = await self._db(partial(_store_all, [(answer, work)]))
+                            one = [(write.answer, write.work)]
+                            result = await self._db(partial(_store_all, one))
                         except Exception as exc:
-                            if not done.done():
-                                done.set_exception(exc)
+                            if not write.done.done():
+                                write.done.set_exception(exc)
                         else:
-                            if not done.done():
-                                done.set_result(result[0])
+                            if not write.done.done():
+                                write.done.set_result(result[0])
                     continue
-                for (*_, done), result in zip(batch, results, strict=True):
-                    if not done.done():
-                        done.set_result(result)
+                for write, result in zip(batch, results, strict=True):
+                    if not write.done.done():
+                        write.done.set_result(result)
         finally:
             self.flushing -= 1
 
@@ -471,6 +495,7 @@ class Runner:
         request = stored_request(claim.agent_url, shown, payload)
         finished = None if answered is None else (answered.step_run_id, answered.outcome)
         step_run_id = await self._write(
+            claim,
             None,
             lambda session: runs.start_step(
                 session, claim, step_number, request, lease_s=self.lease_s, finished=finished
@@ -524,12 +549,13 @@ class Runner:
             if wait_ms == 0:
                 return True
             if answered is not None:  # keep the answer safe while this run waits
-                await self._write(answered, lambda session: None)
+                await self._write(claim, answered, lambda session: None)
                 answered = None
             pause_s = (BUSY_POLL_MS if wait_ms == BUSY else wait_ms) / 1000
             if can_defer and (waited_s >= FLOW_WAIT_S or pause_s >= FLOW_WAIT_S):
                 delay_s = max(pause_s, FLOW_WAIT_S) * (1 + random.random())
-                if await self._write(None, partial(runs.defer, claim=claim, delay_s=delay_s)):
+                defer = partial(runs.defer, claim=claim, delay_s=delay_s)
+                if await self._write(claim, None, defer):
                     message = RunMessage(
                         claim.execution_id,
                         flight.max_retries,
@@ -607,7 +633,7 @@ class Runner:
     ) -> bool:
         """Put the run back in the queue (for its retry message, or another worker)."""
         return await self._write(
-            answer, lambda session: runs.release_for_retry(session, claim, error, delay_s)
+            claim, answer, lambda session: runs.release_for_retry(session, claim, error, delay_s)
         )
 
     async def _end(
@@ -622,6 +648,7 @@ class Runner:
         """End the run as `status`; False if it was no longer ours (cancelled, taken over)."""
         finished = None if answer is None else (answer.step_run_id, answer.outcome)
         ended = await self._write(
+            claim,
             None,
             lambda session: runs.finish_execution(
                 session, claim, status, error=error, result=result, finished=finished

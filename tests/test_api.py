@@ -167,6 +167,13 @@ def test_create_an_automation_and_a_schedule_then_read_its_runs(
     assert client.get(f"/v1/schedules/{body['id']}", headers=admin).json()["id"] == body["id"]
     listed = client.get("/v1/automations", headers=admin).json()
     assert [a["name"] for a in listed] == ["Nightly report"] and "signing_secret" not in listed[0]
+    # and an automation is made urgent through the API (its runs skip any backlog)
+    assert listed[0]["urgent"] is False
+    urgent = client.put(
+        f"/v1/automations/{automation['id']}", json={**AUTOMATION, "urgent": True}, headers=admin
+    )
+    assert urgent.status_code == 200, urgent.text
+    assert client.get(f"/v1/automations/{automation['id']}", headers=admin).json()["urgent"]
     # and pause, resume, update and trigger act on it
     paused = client.post(f"/v1/schedules/{body['id']}/pause", headers=admin).json()
     assert paused["state"] == "paused"

@@ -294,11 +294,12 @@ def test_create_an_automation_through_the_text_steps_path() -> None:
     at.text_input(key="auto_new_agent_url").input("http://127.0.0.1:9/agent").run()
     at.toggle(key="auto_new_steps_as_text").set_value(True).run()
     at.text_area(key="auto_new_steps_text").input("Collect | get numbers\nWrite | write it").run()
+    at.checkbox(key="auto_new_urgent").check().run()
     at.button(key="auto_new_save").click().run()
     assert not at.exception, at.exception
     with session_scope() as session:
         [row] = queries.list_automations(session, actor=ADMIN)
-    assert row.name == "Weekly digest"
+    assert row.name == "Weekly digest" and row.urgent
     assert row.steps == [
         {"name": "Collect", "message": "get numbers"},
         {"name": "Write", "message": "write it"},

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import current_millis, q_name
 from dramatiq.middleware import CurrentMessage
 from periodiq import cron
@@ -57,12 +58,14 @@ def _message(message: RunMessage) -> dramatiq.Message[Any]:
 
 def send_run(message: RunMessage) -> None:
     """Hand one execution to the workers, `message.delay_ms` from now, with its retry budget."""
-    broker.enqueue(_message(message), delay=_delay(message))
+    run_execution.broker.enqueue(_message(message), delay=_delay(message))
 
 
 def send_runs(messages: Sequence[RunMessage]) -> None:
     """`send_run` for each message, the Redis round trips shared (the same messages)."""
-    enqueue_many(broker, ((_message(message), _delay(message)) for message in messages))
+    target = run_execution.broker  # the actor's own (a test may point it elsewhere)
+    assert isinstance(target, RedisBroker)
+    enqueue_many(target, ((_message(message), _delay(message)) for message in messages))
 
 
 @dramatiq.actor(queue_name=DISPATCH_QUEUE, periodic=EVERY_MINUTE, max_retries=0, time_limit=55_000)

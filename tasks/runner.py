@@ -60,6 +60,7 @@ from core.secrets import SecretUnreadable
 from core.settings import Settings, get_settings
 from core.vocabulary import ExecutionStatus, FailureReport, OverlapPolicy
 from db import runs
+from db.claims import claim_executions
 from db.runs import RunMessage
 from db.secrets import resolve_headers
 from db.session import ping_before_use, session_scope
@@ -776,7 +777,7 @@ def _claim_all(
     for attempt in range(CLAIM_TRIES):
         try:
             with session_scope() as session:
-                return runs.claim_executions(session, ids, lease_s=lease_s, ahead=ahead)
+                return claim_executions(session, ids, lease_s=lease_s, ahead=ahead)
         except OperationalError:
             if attempt == CLAIM_TRIES - 1:
                 raise

@@ -17,8 +17,8 @@ from core.timing import ScheduleSpec, parse_timing
 from core.vocabulary import ExecutionStatus, Role, Trigger
 from db import backfill, commands, queries
 from db.audit import AuditFilters, list_audit
+from db.claims import claim_execution
 from db.models import Workspace
-from db.runs import claim_execution
 from db.session import session_scope
 from db.tokens import create_token
 from testkit.factories import (

@@ -27,9 +27,10 @@ from core.timing import ScheduleSpec, spec_of
 from core.vocabulary import AuditAction, MisfirePolicy
 from db import commands
 from db.audit import AuditFilters, list_audit
+from db.claims import claim_execution
 from db.dispatch import DispatchConfig, dispatch_batch
 from db.models import Automation, Base, Execution, Schedule
-from db.runs import claim_execution, purge_history, stranded_executions
+from db.runs import purge_history, stranded_executions
 from db.session import db_now, session_scope
 from stepwise.cli import migrate
 from testkit.factories import (
@@ -570,7 +571,7 @@ def test_a_step_start_stores_the_previous_answer_in_the_same_statement(db: None)
 def test_a_group_claim_takes_each_run_once_and_leaves_overlap_decisions_to_each(
     db: None,
 ) -> None:
-    from db.runs import claim_executions
+    from db.claims import claim_executions
 
     # given plain runs, the two due slots of an overlap=skip schedule, a run of a
     # deleted automation, and a run another worker holds
@@ -602,7 +603,8 @@ def test_a_group_claim_takes_each_run_once_and_leaves_overlap_decisions_to_each(
 
 def test_a_group_claim_resumes_a_run_whose_worker_died_mid_step(db: None) -> None:
     from core.outcome import StepOutcome
-    from db.runs import LOST_STEP_ERROR, claim_executions, start_step
+    from db.claims import claim_executions
+    from db.runs import LOST_STEP_ERROR, start_step
 
     # given a 3-step run whose step 1 succeeded and whose worker died during step 2
     execution_id = make_execution(make_automation(steps=3))

@@ -17,8 +17,9 @@ from sqlalchemy import update
 
 from core.limits import MAX_RECOVERIES
 from core.vocabulary import Trigger
+from db.claims import claim_execution
 from db.models import Execution, Schedule
-from db.runs import LOST_STEP_ERROR, RECOVERIES_EXHAUSTED, RunMessage, claim_execution, start_step
+from db.runs import LOST_STEP_ERROR, RECOVERIES_EXHAUSTED, RunMessage, start_step
 from db.session import session_scope
 from tasks import engine
 from testkit.factories import (

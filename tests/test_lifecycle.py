@@ -22,8 +22,9 @@ from core.schedule import ScheduleInput
 from core.timing import ScheduleSpec, parse_timing, slots_between, spec_of
 from core.vocabulary import ExecutionStatus, StepStatus
 from db import commands
+from db.claims import claim_execution
 from db.models import Execution, Schedule, StepRun
-from db.runs import CANCELLED_STEP_ERROR, RunMessage, claim_execution, start_step
+from db.runs import CANCELLED_STEP_ERROR, RunMessage, start_step
 from db.session import session_scope
 from stepwise.demo_agent import Call, Reply
 from tasks import engine, queues

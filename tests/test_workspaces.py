@@ -29,10 +29,10 @@ from core.timing import ScheduleSpec
 from core.vocabulary import AuditAction, Role
 from db import commands, exports, figures, queries, secrets, workspaces
 from db.audit import AuditFilters, list_audit
+from db.claims import claim_execution
 from db.dispatch import DispatchConfig, dispatch_batch
 from db.models import Execution, Membership, WorkspaceSecret
 from db.queries import ExecutionFilters
-from db.runs import claim_execution
 from db.session import session_scope
 from testkit.factories import (
     ADMIN,

@@ -1,0 +1,322 @@
+"""Claims: a worker takes a run for itself, in one statement for most runs.
+
+A run is claimed with a conditional UPDATE (queued, or running with an expired
+lease) that gives it a lease and a new attempt; a first start of a scheduled run
+whose schedule has an overlap policy asks the policy first, serialised per schedule.
+Functions take a session and never commit: the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import ARRAY, Uuid, and_, bindparam, func, or_, select, text, update
+from sqlalchemy.orm import Session
+
+from core.outcome import parse_output
+from core.schedule import decide_overlap
+from core.vocabulary import (
+    ExecutionStatus,
+    OverlapDecision,
+    OverlapPolicy,
+    ScheduleKind,
+    StepStatus,
+    Trigger,
+)
+from db.models import Automation, Execution, Schedule, StepRun
+from db.runs import AUTOMATION_DELETED, LOST_STEP_ERROR, Claim, ClaimResult, cancel_runs
+
+SKIP_REASONS = {
+    OverlapDecision.SKIP: "skipped: the previous run was still running (overlap policy)",
+    OverlapDecision.SUPERSEDED: "skipped: a later slot already started (overlap policy)",
+}
+
+
+def _overlap(session: Session, execution: Any, policy: OverlapPolicy) -> OverlapDecision:
+    """run / skip / wait for a scheduled execution (its claim row), serialised per schedule."""
+    # An advisory lock, not a row lock on the schedule: the dispatcher's
+    # FOR UPDATE SKIP LOCKED must never skip a schedule because a run is starting.
+    session.execute(
+        select(func.pg_advisory_xact_lock(func.hashtextextended(str(execution.schedule_id), 0)))
+    )
+    siblings = select(Execution.id).where(
+        Execution.schedule_id == execution.schedule_id, Execution.id != execution.id
+    )
+    running = siblings.where(
+        Execution.status == ExecutionStatus.RUNNING, Execution.lease_expires_at > func.now()
+    )
+    waiting = siblings.where(
+        Execution.status == ExecutionStatus.QUEUED,
+        Execution.scheduled_for < execution.scheduled_for,
+        Execution.scheduled_for <= func.now(),
+    )
+    later_started = siblings.where(
+        Execution.scheduled_for > execution.scheduled_for, Execution.started_at.is_not(None)
+    )
+    # Catch-up runs not started yet: they go first, one after another.
+    backlog = waiting.where(Execution.trigger == Trigger.CATCHUP, Execution.attempt == 0)
+    found = session.execute(
+        select(running.exists(), waiting.exists(), later_started.exists(), backlog.exists())
+    ).one()
+    return decide_overlap(
+        policy,
+        running=found[0],
+        waiting=found[1],
+        later_started=found[2],
+        backlog=found[3],
+        catchup=execution.trigger == Trigger.CATCHUP,
+    )
+
+
+def _skip_for_overlap(session: Session, execution: Any, reason: str) -> None:
+    session.execute(
+        update(Execution)
+        .where(Execution.id == execution.id, Execution.status == ExecutionStatus.QUEUED)
+        .values(status=ExecutionStatus.SKIPPED, finished_at=func.now(), error=reason)
+    )
+    session.execute(
+        update(Schedule)
+        .where(Schedule.id == execution.schedule_id)
+        .values(skipped_count=Schedule.skipped_count + 1)
+    )
+
+
+def _resume_point(session: Session, execution_id: uuid.UUID) -> tuple[int, Any]:
+    """First step not yet succeeded, and the output of the step before it."""
+    done = session.execute(
+        select(StepRun.step_number, StepRun.response_body)
+        .where(StepRun.execution_id == execution_id, StepRun.status == StepStatus.SUCCEEDED)
+        .order_by(StepRun.step_number.desc())
+        .limit(1)
+    ).first()
+    if done is None:
+        return 1, None
+    return done.step_number + 1, parse_output(done.response_body or "", truncated=False)
+
+
+# What a claim reads, in one round trip and without ORM objects.
+_CLAIM_READ = (
+    select(
+        Execution.id,
+        Execution.status,
+        Execution.attempt,
+        Execution.lease_expires_at,
+        Execution.schedule_id,
+        Execution.scheduled_for,
+        Execution.trigger,
+        Execution.workspace_id,
+        Execution.input,
+        Automation.id.label("automation_id"),
+        Automation.archived_at,
+        Automation.owner_id,
+        Automation.agent_url,
+        Automation.signing_secret,
+        Automation.steps,
+        Automation.project_context,
+        Automation.step_timeout_s,
+        Automation.request_headers,
+        Automation.concurrency_limit,
+        Automation.rate_limit_per_s,
+        Automation.urgent,
+        Schedule.kind,
+        Schedule.overlap_policy,
+    )
+    .join(Automation, Automation.id == Execution.automation_id)
+    .outerjoin(Schedule, Schedule.id == Execution.schedule_id)
+    .where(Execution.id == bindparam("id"))
+)
+
+
+def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) -> ClaimResult:
+    """Take a queued execution (or a running one whose lease expired) for this worker.
+
+    The lease lasts `lease_s`; the worker's runner renews it while the run is in
+    flight (`renew_leases`), so a killed worker's runs are free again `lease_s`
+    after its last heartbeat, however long their steps' timeouts.
+
+    Returns "nothing" when another worker has it or it is final (a duplicate
+    message), "skipped"/"waiting" when the overlap policy says so.
+    """
+    row = session.execute(_CLAIM_READ, {"id": execution_id}).first()
+    if row is None:
+        return "nothing"
+    execution = automation = row  # columns, not ORM objects: the hot path loads none
+    if automation.archived_at is not None:
+        # Deleting cancels every open run; this closes a run created in a race
+        # with the delete, so that it is neither started nor taken over.
+        cancel_runs(session, Execution.id == execution_id, AUTOMATION_DELETED)
+        return "nothing"
+    # A one-off schedule has one slot: nothing can overlap it.
+    single = row.kind is None or row.kind == ScheduleKind.ONCE
+    policy = None if single or row.overlap_policy is None else OverlapPolicy(row.overlap_policy)
+    # Whether a lease has expired is the UPDATE's to say, on the database's clock.
+    claimable = execution.status == ExecutionStatus.QUEUED or (
+        execution.status == ExecutionStatus.RUNNING and execution.lease_expires_at is not None
+    )
+    if not claimable:
+        return "nothing"
+    # The overlap policy decides whether a slot starts; a retry of a run that
+    # already started is that run going on, not a new slot.
+    # A backfill (past slots a person asked for, `db.backfill`) is not held back by it.
+    first_start = execution.attempt == 0 and execution.trigger != Trigger.BACKFILL
+    if first_start and policy is not None and policy != OverlapPolicy.ALLOW:
+        decision = _overlap(session, execution, policy)
+        if decision in SKIP_REASONS:
+            _skip_for_overlap(session, execution, SKIP_REASONS[decision])
+            return "skipped"
+        if decision == OverlapDecision.WAIT:
+            return "waiting"
+    claimed = session.execute(
+        update(Execution)
+        .where(
+            Execution.id == execution_id,
+            or_(
+                Execution.status == ExecutionStatus.QUEUED,
+                and_(
+                    Execution.status == ExecutionStatus.RUNNING,
+                    Execution.lease_expires_at < func.now(),
+                ),
+            ),
+        )
+        .values(
+            status=ExecutionStatus.RUNNING,
+            attempt=Execution.attempt + 1,
+            total_steps=len(automation.steps),
+            started_at=func.coalesce(Execution.started_at, func.now()),
+            lease_expires_at=func.now() + timedelta(seconds=lease_s),
+        )
+        .returning(Execution.attempt)
+    ).scalar()
+    if claimed is None:
+        return "nothing"
+    first_step, previous_output = 1, None
+    if claimed > 1:  # a run that started before: resume it
+        first_step, previous_output = _resume(session, execution_id)
+    return Claim(
+        execution_id=execution.id,
+        attempt=claimed,
+        automation_id=automation.automation_id,
+        schedule_id=execution.schedule_id,
+        scheduled_for=execution.scheduled_for,
+        owner_id=automation.owner_id,
+        workspace_id=execution.workspace_id,
+        agent_url=automation.agent_url,
+        signing_secret=automation.signing_secret,
+        steps=list(automation.steps),
+        project_context=automation.project_context,
+        step_timeout_s=automation.step_timeout_s,
+        first_step=first_step,
+        previous_output=previous_output,
+        overlap_policy=policy,
+        request_headers=dict(automation.request_headers or {}),
+        concurrency_limit=automation.concurrency_limit,
+        rate_limit_per_s=automation.rate_limit_per_s,
+        urgent=automation.urgent,
+        input=execution.input,
+    )
+
+
+# Group claim, the fast path: one statement claims every run of a batch that needs
+# no overlap decision (a first start of a schedule with a policy other than "allow"
+# does, and goes through `claim_execution`, as does anything this one leaves out:
+# archived automations, runs another worker holds, final runs). Written in SQL so
+# that the hot path builds no statement objects.
+_CLAIM_MANY = text(
+    f"""
+    WITH claimed AS (
+        UPDATE executions e
+        SET status = '{ExecutionStatus.RUNNING}', attempt = e.attempt + 1,
+            total_steps = jsonb_array_length(a.steps),
+            started_at = coalesce(e.started_at, greatest(now(), e.available_at)),
+            lease_expires_at = now() + make_interval(secs => :lease_s)
+        FROM automations a
+        WHERE e.id = ANY(:ids) AND a.id = e.automation_id AND a.archived_at IS NULL
+          AND (e.status = '{ExecutionStatus.QUEUED}'
+               OR (e.status = '{ExecutionStatus.RUNNING}' AND e.lease_expires_at < now()))
+          AND (e.attempt > 0 OR e.schedule_id IS NULL OR e.trigger = '{Trigger.BACKFILL}'
+               OR EXISTS (
+                SELECT 1 FROM schedules s WHERE s.id = e.schedule_id
+                AND (s.kind = '{ScheduleKind.ONCE}' OR s.overlap_policy = '{OverlapPolicy.ALLOW}')))
+        RETURNING e.id, e.attempt, e.schedule_id, e.scheduled_for, e.workspace_id, e.input,
+            a.id AS automation_id, a.owner_id, a.agent_url, a.signing_secret, a.steps,
+            a.project_context, a.step_timeout_s, a.request_headers, a.concurrency_limit,
+            a.rate_limit_per_s, a.urgent
+    )
+    SELECT c.*, s.kind, s.overlap_policy
+    FROM claimed c LEFT JOIN schedules s ON s.id = c.schedule_id
+    """
+).bindparams(bindparam("ids", type_=ARRAY(Uuid())))
+
+
+def claim_executions(
+    session: Session,
+    execution_ids: list[uuid.UUID],
+    *,
+    lease_s: int,
+    ahead: frozenset[uuid.UUID] = frozenset(),
+) -> list[ClaimResult]:
+    """`claim_execution` for many runs in one transaction, one result per id, in order.
+
+    Most claims are one row of a single UPDATE; the rest (an overlap decision, an
+    archived automation, a duplicate message) are claimed one by one.
+
+    Runs in `ahead` are not due yet (their message came early): one that needs no
+    overlap decision is claimed now and started at its slot by the worker; for any
+    other, "early" says to claim it at its slot, when its siblings' state is known.
+    A run started ahead has `started_at` at its slot (`available_at`).
+    """
+    rows = session.execute(_CLAIM_MANY, {"ids": execution_ids, "lease_s": lease_s}).all()
+    claimed = {row.id: _claim_from(session, row) for row in rows}
+    results: list[ClaimResult] = []
+    for i in execution_ids:
+        if i in claimed:
+            results.append(claimed.pop(i))  # a message sent twice: its run is claimed once
+        elif i in ahead:
+            results.append("early")
+        else:
+            results.append(claim_execution(session, i, lease_s=lease_s))
+    return results
+
+
+def _claim_from(session: Session, row: Any) -> Claim:
+    """The claim of a row `_CLAIM_MANY` took (resuming a run that started before)."""
+    single = row.kind is None or row.kind == ScheduleKind.ONCE
+    policy = None if single or row.overlap_policy is None else OverlapPolicy(row.overlap_policy)
+    first_step, previous_output = 1, None
+    if row.attempt > 1:
+        first_step, previous_output = _resume(session, row.id)
+    return Claim(
+        execution_id=row.id,
+        attempt=row.attempt,
+        automation_id=row.automation_id,
+        schedule_id=row.schedule_id,
+        scheduled_for=row.scheduled_for,
+        owner_id=row.owner_id,
+        workspace_id=row.workspace_id,
+        agent_url=row.agent_url,
+        signing_secret=row.signing_secret,
+        steps=list(row.steps),
+        project_context=row.project_context,
+        step_timeout_s=row.step_timeout_s,
+        first_step=first_step,
+        previous_output=previous_output,
+        overlap_policy=policy,
+        request_headers=dict(row.request_headers or {}),
+        concurrency_limit=row.concurrency_limit,
+        rate_limit_per_s=row.rate_limit_per_s,
+        urgent=row.urgent,
+        input=row.input,
+    )
+
+
+def _resume(session: Session, execution_id: uuid.UUID) -> tuple[int, Any]:
+    """A run claimed again: a step left "running" belonged to a worker that died
+    mid-call; returns where to go on (`_resume_point`)."""
+    session.execute(
+        update(StepRun)
+        .where(StepRun.execution_id == execution_id, StepRun.status == StepStatus.RUNNING)
+        .values(status=StepStatus.FAILED, error=LOST_STEP_ERROR, finished_at=func.now())
+    )
+    return _resume_point(session, execution_id)

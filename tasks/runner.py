@@ -29,8 +29,8 @@ What Dramatiq did for a blocking actor is done here, explicitly:
 - **Graceful stop.** Between steps a run hands itself back without spending a
   retry; the worker's shutdown waits for the calls in flight (`drain`).
 
-Database writes run on a small pool of threads (`STEPWISE_WORKER_DB_THREADS`):
-the loop never blocks on Postgres.
+Claims and step writes of all runs in flight are committed in groups on a small
+pool of threads (`tasks/commits.py`): the loop never blocks on Postgres.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
@@ -60,23 +59,19 @@ from core.secrets import SecretUnreadable
 from core.settings import Settings, get_settings
 from core.vocabulary import ExecutionStatus, FailureReport, OverlapPolicy
 from db import runs
-from db.claims import claim_executions
 from db.runs import RunMessage
 from db.secrets import resolve_headers
 from db.session import ping_before_use, session_scope
 from tasks.agent import call_agent, make_client
+from tasks.commits import RETRY_S, Answer, GroupCommits
 from tasks.engine import Send, recover_stranded
 from tasks.flow import BUSY, FlowControl
 from tasks.signals import shutting_down
 
 log = logging.getLogger("stepwise")
 T = TypeVar("T")
-RECORD_RETRY_S = 0.5
 RENEW_RETRY_S = 1.0  # after a failed lease renewal
-MAX_BATCH = 200  # step writes per group commit
 CONNECTIONS_PER_POOL = 10  # agent connections per httpx client (see Runner.__init__)
-CLAIM_TRIES = 3
-CLAIM_FLUSHES = 2  # group claims written at the same time
 # How long a stopping worker waits for the agent calls in flight (the Procfile gives
 # Dramatiq 30 s to stop its threads).
 DRAIN_S = 25.0
@@ -111,30 +106,6 @@ def agent_payload(claim: runs.Claim, step_number: int, previous_output: Any) -> 
         "previous_output": previous_output,
         "input": claim.input,
     }
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A step the agent answered, not yet stored: it is stored with the next write."""
-
-    step_run_id: int
-    outcome: StepOutcome
-
-
-@dataclass(frozen=True)
-class Write:
-    """A run's write waiting for the next group commit."""
-
-    order: tuple[str, str]  # `_lock_order`
-    answer: Answer | None
-    work: Callable[[Session], Any]
-    done: asyncio.Future[Any]
-
-
-def _lock_order(claim: runs.Claim) -> tuple[str, str]:
-    """Where a run's write goes in a group commit: by schedule (the counters a run's end
-    moves), then by run."""
-    return (str(claim.schedule_id or ""), str(claim.execution_id))
 
 
 @dataclass
@@ -172,14 +143,7 @@ class Runner:
         self.idle = threading.Event()
         self.idle.set()
         self.lease_until = time.monotonic() + self.lease_s
-        # Writes waiting for the next group commit, and the batches being written.
-        self.pending: list[Write] = []
-        self.flushing = 0
-        self.flushes: set[asyncio.Task[None]] = set()
-        # Claims waiting for the next group claim (and whether each came ahead).
-        self.claims: list[tuple[uuid.UUID, bool, asyncio.Future[runs.ClaimResult]]] = []
-        self.claiming = 0
-        self.db = ThreadPoolExecutor(settings.worker_db_threads, thread_name_prefix="stepwise-db")
+        self.commits = GroupCommits(threads=settings.worker_db_threads, lease_s=self.lease_s)
         self.loop = asyncio.new_event_loop()
         # Several small pools rather than one big one: httpcore looks at every
         # connection of a pool for each request, so its cost grows with the pool.
@@ -256,7 +220,7 @@ class Runner:
         asyncio.run_coroutine_threadsafe(shut(), self.loop).result(timeout=10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
-        self.db.shutdown(wait=False)
+        self.commits.close()
 
     # --- on the loop ----------------------------------------------------------------
 
@@ -273,50 +237,11 @@ class Runner:
         start_at: float | None,
         slot: threading.Semaphore | None,
     ) -> str:
-        claim = await self._claim(execution_id, ahead=start_at is not None)
+        claim = await self.commits.claim(execution_id, ahead=start_at is not None)
         if isinstance(claim, str):
             return claim
         await self._begin(Flight(claim, retries, max_retries, start_at=start_at, slot=slot))
         return "started"
-
-    async def _claim(self, execution_id: uuid.UUID, *, ahead: bool) -> runs.ClaimResult:
-        """Group claim: one transaction claims the runs of every waiting message."""
-        done: asyncio.Future[runs.ClaimResult] = self.loop.create_future()
-        self.claims.append((execution_id, ahead, done))
-        if self.claiming < CLAIM_FLUSHES:
-            self.claiming += 1
-            self.flushes.add(task := asyncio.create_task(self._claim_batches()))
-            task.add_done_callback(self.flushes.discard)
-        return await done
-
-    async def _claim_batches(self) -> None:
-        try:
-            while self.claims:
-                batch, self.claims = self.claims[:MAX_BATCH], self.claims[MAX_BATCH:]
-                ids = [execution_id for execution_id, _, _ in batch]
-                ahead = frozenset(execution_id for execution_id, early, _ in batch if early)
-                try:
-                    results: list[Any] = await self._db(
-                        partial(_claim_all, ids, self.lease_s, ahead)
-                    )
-                except Exception:  # one claim failed, or the database: each alone
-                    results = []
-                    for execution_id in ids:
-                        try:
-                            results += await self._db(
-                                partial(_claim_all, [execution_id], self.lease_s, ahead)
-                            )
-                        except Exception as exc:
-                            results.append(exc)
-                for (_, _, done), result in zip(batch, results, strict=True):
-                    if done.done():
-                        continue
-                    if isinstance(result, BaseException):
-                        done.set_exception(result)
-                    else:
-                        done.set_result(result)
-        finally:
-            self.claiming -= 1
 
     async def _begin(self, flight: Flight) -> None:
         with self.counting:
@@ -336,7 +261,7 @@ class Runner:
                 self.idle.set()
 
     async def _db(self, work: Callable[[], T]) -> T:
-        return await self.loop.run_in_executor(self.db, work)
+        return await self.commits.run(work)
 
     async def _send(self, message: RunMessage) -> None:
         await self._db(lambda: self.send(message))
@@ -355,64 +280,12 @@ class Runner:
         """
         while True:
             try:
-                return await self._commit(claim, answer, work)
+                return await self.commits.write(claim, answer, work)
             except OperationalError:
-                if time.monotonic() + RECORD_RETRY_S >= self.lease_until:
+                if time.monotonic() + RETRY_S >= self.lease_until:
                     raise  # the lease is ending: recovery will run the step again
                 log.warning("database unavailable; retrying to record a step")
-                await asyncio.sleep(RECORD_RETRY_S)
-
-    async def _commit(
-        self, claim: runs.Claim, answer: Answer | None, work: Callable[[Session], T]
-    ) -> T:
-        """Group commit: the write joins the next batch, one transaction for many runs.
-
-        Every run in flight writes once per step. Committing each alone costs a
-        BEGIN, a COMMIT (a WAL flush) and a connection checkout per step; under a
-        burst the writes of hundreds of runs wait together, so a batch commits them
-        at once. Up to `worker_db_threads` batches are written at the same time.
-        """
-        done: asyncio.Future[Any] = self.loop.create_future()
-        self.pending.append(Write(_lock_order(claim), answer, work, done))
-        if self.flushing < self.settings.worker_db_threads:
-            self.flushing += 1
-            self.flushes.add(task := asyncio.create_task(self._flush()))
-            task.add_done_callback(self.flushes.discard)
-        result: T = await done
-        return result
-
-    async def _flush(self) -> None:
-        try:
-            while self.pending:
-                batch, self.pending = self.pending[:MAX_BATCH], self.pending[MAX_BATCH:]
-                # Rows locked in one order by every batch: two batches ending runs of
-                # the same schedules cannot deadlock on their counters.
-                batch.sort(key=lambda write: write.order)
-                items = [(write.answer, write.work) for write in batch]
-                try:
-                    results = await self._db(partial(_store_all, items))
-                except OperationalError as exc:  # the database: each caller retries
-                    for write in batch:
-                        if not write.done.done():
-                            write.done.set_exception(exc)
-                    continue
-                except Exception:  # one write failed: the others must not fail with it
-                    for write in batch:
-                        try:
-                            one = [(write.answer, write.work)]
-                            result = await self._db(partial(_store_all, one))
-                        except Exception as exc:
-                            if not write.done.done():
-                                write.done.set_exception(exc)
-                        else:
-                            if not write.done.done():
-                                write.done.set_result(result[0])
-                    continue
-                for write, result in zip(batch, results, strict=True):
-                    if not write.done.done():
-                        write.done.set_result(result)
-        finally:
-            self.flushing -= 1
+                await asyncio.sleep(RETRY_S)
 
     async def _heartbeat(self) -> None:
         """Renew every lease this process holds, drop what it lost, sweep for strays."""
@@ -667,17 +540,6 @@ class Runner:
         return ended
 
 
-def _store_all(items: list[tuple[Answer | None, Callable[[Session], Any]]]) -> list[Any]:
-    """Store each answer and do each write, all in one transaction."""
-    results = []
-    with session_scope() as session:
-        for answer, work in items:
-            if answer is not None:
-                runs.finish_step(session, answer.step_run_id, answer.outcome)
-            results.append(work(session))
-    return results
-
-
 def lost_flights(
     flights: list[Flight],
     asked: list[tuple[uuid.UUID, int]],
@@ -767,22 +629,6 @@ def _admit(runner: Runner, message: RunMessage, send: Send, start_at_ms: int | N
     if outcome != "started":
         slot.release()
     return outcome
-
-
-def _claim_all(
-    ids: list[uuid.UUID], lease_s: int, ahead: frozenset[uuid.UUID]
-) -> list[runs.ClaimResult]:
-    """Claim each run, all in one transaction; once more after a lost connection
-    (workers' pools have no pre-ping)."""
-    for attempt in range(CLAIM_TRIES):
-        try:
-            with session_scope() as session:
-                return claim_executions(session, ids, lease_s=lease_s, ahead=ahead)
-        except OperationalError:
-            if attempt == CLAIM_TRIES - 1:
-                raise
-            time.sleep(RECORD_RETRY_S)
-    raise AssertionError("unreachable")
 
 
 def report_failure(execution_id: uuid.UUID, report: FailureReport) -> None:

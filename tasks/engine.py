@@ -197,9 +197,11 @@ def tick_housekeeping(send: Send) -> None:
     record the pass."""
     recovered = recover_stranded(send)
     purged = purge_old_history()
-    purge_old_idempotency_keys()
+    keys = purge_old_idempotency_keys()
     with session_scope() as session:
-        dispatching.beat(session, "housekeeping", recovered=recovered, purged=purged)
+        dispatching.beat(
+            session, "housekeeping", recovered=recovered, purged=purged, idempotency_keys=keys
+        )
     if recovered or purged:
         log.warning(
             "housekeeping: re-sent %d lost run(s), purged %d old execution(s)", recovered, purged

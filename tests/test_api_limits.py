@@ -111,6 +111,32 @@ def test_a_token_past_its_calls_per_minute_gets_429_with_retry_after_and_writes_
     assert ours not in processes.log("api") and other not in processes.log("api")
 
 
+def test_without_redis_the_limit_lets_calls_through_and_says_so_in_the_log(
+    db: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from api import ratelimit
+    from api.app import create_app
+
+    # given a Redis that cannot be reached (a closed local port) and a limit of 1
+    token = make_token()
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    monkeypatch.setenv("STEPWISE_API_RATE_PER_MINUTE", "1")
+    get_settings.cache_clear()
+    ratelimit._script.cache_clear()
+    try:
+        with TestClient(create_app()) as client, caplog.at_level("WARNING", "stepwise.api"):
+            # when the token calls twice, then both calls are answered
+            for _ in range(2):
+                assert client.get("/v1/automations", headers=bearer(token)).status_code == 200
+        # and the log says the limit was not checked, without the token
+        assert "rate limit not checked, Redis unreachable" in caplog.text
+        assert token not in caplog.text
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+        ratelimit._script.cache_clear()
+
+
 def test_the_limit_is_documented_for_every_token_route(db: None, redis_client: Any) -> None:
     from api.app import create_app
 
@@ -165,10 +191,15 @@ def test_housekeeping_forgets_idempotency_keys_past_their_retention_in_batches(
                 .where(IdempotencyKey.key.in_(["k0", "k1", "k2"]))
                 .values(created_at=func.now() - text("interval '25 hours'"))
             )
-        # when housekeeping purges (batches of 2: two transactions and an empty one)
-        assert engine.purge_old_idempotency_keys() == 3
-        # then only the keys within the retention remain, and a second pass finds nothing
+        # when housekeeping's minute tick runs (batches of 2: two transactions)
+        engine.tick_housekeeping(lambda message: None)
+        # then only the keys within the retention remain, and the pass records how many went
         assert _keys() == {"k3", "k4"}
+        with session_scope() as session:
+            details = session.scalar(
+                text("SELECT details FROM heartbeats WHERE name = 'housekeeping'")
+            )
+        assert details["idempotency_keys"] == 3
         assert engine.purge_old_idempotency_keys() == 0
         # and a repeat with a kept key answers the same object, a forgotten one makes anew
         kept = client.post(

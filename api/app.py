@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
+from pathlib import Path
+
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from api import audit, automations, executions, hooks, queues, schedules
-from api.problems import install
+from api import audit, automations, channels, executions, hooks, queues, schedules
+from api.problems import documented, install
+
+# Swagger UI as the pinned `fastapi-offline` package ships it: the docs are served by
+# this process and the browser fetches nothing from anywhere else. (No ReDoc: its page
+# loads a logo from its vendor's site.)
+DOCS_ASSETS = Path(str(files("fastapi_offline") / "static"))
+ASSETS_URL = "/docs-assets"
 
 DESCRIPTION = """\
 Schedules multi-step HTTP automations, as the dashboard does, for scripts.
 
 Every call but `/health` and the docs needs an API token (`Authorization: Bearer
 <token>`), made by a workspace admin on the dashboard's Workspace page: it acts in
-that workspace, with that role. Errors are `application/problem+json` (RFC 9457);
-refused input lists each field with the message the dashboard shows.
+that workspace, with that role. A token makes at most STEPWISE_API_RATE_PER_MINUTE
+calls a minute; past that it gets `429` with `Retry-After` (seconds). Errors are
+`application/problem+json` (RFC 9457); refused input lists each field with the
+message the dashboard shows.
 
 `POST /v1/hooks/{id}` (an automation's webhook) needs no token: the webhook's secret
 or a signature of the body proves the call.
@@ -26,10 +40,26 @@ class Health(BaseModel):
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="Stepwise", version="1", description=DESCRIPTION)
+    app = FastAPI(
+        title="Stepwise", version="1", description=DESCRIPTION, docs_url=None, redoc_url=None
+    )
     install(app)
-    for module in (automations, schedules, executions, queues, audit, hooks):
-        app.include_router(module.router)
+    for module in (automations, schedules, executions, queues, audit, channels):
+        app.include_router(module.router, responses=documented(429))
+    app.include_router(hooks.router)
+    app.mount(ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Stepwise API",
+            swagger_js_url=f"{ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{ASSETS_URL}/favicon.png",
+            # No badge from the public validator: it would send our schema's URL out.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
 
     @app.get("/health", tags=["health"])
     def health() -> Health:

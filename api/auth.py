@@ -13,8 +13,10 @@ from typing import Annotated
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.problems import Unauthenticated
+from api import ratelimit
+from api.problems import RateLimited, Unauthenticated
 from core.access import Actor
+from core.settings import get_settings
 from db import tokens
 from db.session import session_scope
 
@@ -31,7 +33,8 @@ bearer = HTTPBearer(
 def acting(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Actor:
-    """The workspace and role the presented token acts with; 401 without a live token."""
+    """The workspace and role the presented token acts with; 401 without a live token,
+    429 (with Retry-After) past the token's calls per minute."""
     if credentials is None or not credentials.credentials:
         raise Unauthenticated("send an API token as `Authorization: Bearer <token>`")
     token = credentials.credentials
@@ -41,6 +44,14 @@ def acting(
             actor = tokens.authenticate(session, token)
     if actor is None:
         raise Unauthenticated("the API token is not known, or it was revoked")
+    assert actor.token_id is not None
+    wait = ratelimit.seconds_to_wait(actor.token_id)
+    if wait:
+        raise RateLimited(
+            f"this token made its {get_settings().api_rate_per_minute} calls for this minute; "
+            f"try again in {wait} s",
+            retry_after=wait,
+        )
     return actor
 
 

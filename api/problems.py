@@ -62,6 +62,14 @@ class BodyTooLarge(StepwiseError):
     """A request body over its size limit, refused before it was read whole."""
 
 
+class RateLimited(StepwiseError):
+    """The token made its calls for this minute; `retry_after` seconds until the next."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 # (status, slug, title) for each error of ours; a subclass comes before its base.
 _KINDS: list[tuple[type[Exception], int, str, str]] = [
     (BodyRefused, 400, "invalid-body", "The body was refused"),
@@ -73,6 +81,7 @@ _KINDS: list[tuple[type[Exception], int, str, str]] = [
     (NotFound, 404, "not-found", "Not found"),
     (InvalidState, 409, "invalid-state", "Not possible in the current state"),
     (QuotaExceeded, 409, "quota-exceeded", "A workspace quota is reached"),
+    (RateLimited, 429, "rate-limited", "Too many calls with this token"),
     (ConfigError, 503, "misconfigured", "The server is not configured for this"),
 ]
 
@@ -138,6 +147,8 @@ def _from_stepwise(_: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, kind):
             errors = exc.errors if isinstance(exc, ValidationFailed) else None
             headers = _CHALLENGES.get(kind)
+            if isinstance(exc, RateLimited):
+                headers = {"Retry-After": str(exc.retry_after)}
             detail = str(exc) if status != 503 else "the server is missing configuration"
             if status == 503:
                 log.error("configuration: %s", exc)

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     api_address: str = "127.0.0.1"
     # Its port: this, else PORT (Heroku's), else 8000. `stepwise run` sets it.
     api_port: int | None = Field(default=None, ge=1, le=65535)
+    # Calls one API token may make per minute (over every api process, counted in Redis).
+    api_rate_per_minute: int = Field(default=600, ge=1, le=1_000_000)
     # Host names the dashboard answers on besides this machine's own (comma-separated).
     web_hosts: str = ""
     # Login with OpenID Connect: issuer, client id and secret set = every person logs in.
@@ -91,6 +93,8 @@ class Settings(BaseSettings):
     requeue_after_s: int = Field(default=60, ge=5)
     retention_days: int = Field(default=90, ge=1)
     retention_batch: int = Field(default=5000, ge=1)
+    # An API Idempotency-Key older than this many hours is forgotten (a repeat makes anew).
+    idempotency_retention_h: int = Field(default=24, ge=1)
 
     @field_validator("database_url")
     @classmethod

@@ -10,8 +10,9 @@ commit.
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -19,6 +20,7 @@ from core.access import Actor
 from core.errors import ValidationFailed
 from core.limits import MAX_NAME
 from db.models import IdempotencyKey
+from db.session import rowcount
 
 FIELD = "Idempotency-Key"
 # Stands for "claimed, object not made yet": only ever seen inside the claiming transaction.
@@ -58,4 +60,27 @@ def remember(session: Session, actor: Actor, key: str, target_id: uuid.UUID) -> 
         update(IdempotencyKey)
         .where(IdempotencyKey.token_id == actor.token_id, IdempotencyKey.key == key)
         .values(target_id=target_id)
+    )
+
+
+def purge(session: Session, *, older_than_hours: int, batch: int) -> int:
+    """Delete one batch of keys older than the retention; how many were deleted.
+
+    Housekeeping's, for every workspace (no actor: keys hold no workspace data but the
+    ids they made). A repeat after this makes a new object. The caller loops while a
+    full batch was deleted; each batch is its own short transaction.
+    """
+    cutoff = func.now() - timedelta(hours=older_than_hours)
+    victims = (
+        select(IdempotencyKey.token_id, IdempotencyKey.key)
+        .where(IdempotencyKey.created_at < cutoff)
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    )
+    return rowcount(
+        session.execute(
+            delete(IdempotencyKey).where(
+                tuple_(IdempotencyKey.token_id, IdempotencyKey.key).in_(victims)
+            )
+        )
     )

@@ -18,7 +18,7 @@ from datetime import datetime
 
 from core.settings import get_settings
 from db import dispatch as dispatching
-from db import runs
+from db import idempotency, runs
 from db.runs import RunMessage
 from db.session import db_now, session_scope
 
@@ -176,12 +176,32 @@ def purge_old_history() -> int:
             return deleted
 
 
+def purge_old_idempotency_keys() -> int:
+    """Forget API Idempotency-Keys past their retention, in batches; how many."""
+    settings = get_settings()
+    deleted = 0
+    while True:
+        with session_scope() as session:
+            batch = idempotency.purge(
+                session,
+                older_than_hours=settings.idempotency_retention_h,
+                batch=settings.retention_batch,
+            )
+        deleted += batch
+        if batch < settings.retention_batch:
+            return deleted
+
+
 def tick_housekeeping(send: Send) -> None:
-    """The minute tick: re-send lost runs, purge old history, record the pass."""
+    """The minute tick: re-send lost runs, purge old history and old idempotency keys,
+    record the pass."""
     recovered = recover_stranded(send)
     purged = purge_old_history()
+    keys = purge_old_idempotency_keys()
     with session_scope() as session:
-        dispatching.beat(session, "housekeeping", recovered=recovered, purged=purged)
+        dispatching.beat(
+            session, "housekeeping", recovered=recovered, purged=purged, idempotency_keys=keys
+        )
     if recovered or purged:
         log.warning(
             "housekeeping: re-sent %d lost run(s), purged %d old execution(s)", recovered, purged

@@ -17,7 +17,7 @@ from core.access import Actor
 from core.errors import ValidationFailed
 from core.tokens import token_hash
 from core.vocabulary import ExecutionStatus, Role
-from db import tokens
+from db import channels, tokens
 from db.session import session_scope
 from stepwise.embedded import free_port
 from testkit.factories import (
@@ -44,6 +44,15 @@ SCHEDULE = {"kind": "cron", "cron_expr": "*/5 * * * *", "timezone": "Europe/Berl
 # The last hour before the test session: a past range any schedule may backfill.
 _HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 BACKFILL = {"from": (_HOUR - timedelta(hours=1)).isoformat(), "to": _HOUR.isoformat()}
+
+
+# A webhook channel to a closed local port: nothing in these tests sends to it.
+CHANNEL_URL = "json://hook:pw@127.0.0.1:9/hooks"
+
+
+def make_channel(actor: Actor = ADMIN) -> uuid.UUID:
+    with session_scope() as session:
+        return channels.add_channel(session, "on-call", CHANNEL_URL, actor=actor).id
 
 
 def make_token(actor: Actor = ADMIN, role: Role = Role.ADMIN, name: str = "ci") -> str:
@@ -299,6 +308,7 @@ def test_another_workspaces_token_reaches_nothing_of_ours(client: TestClient) ->
     automation_id = make_automation()
     schedule_id = make_schedule(automation_id)
     (run_id,) = add_runs(automation_id, [{"status": ExecutionStatus.FAILED}])
+    channel_id = make_channel()
     theirs = bearer(make_token(make_workspace()))
     before = _writes()
     # when they read or change our objects by id, each one does not exist
@@ -320,6 +330,8 @@ def test_another_workspaces_token_reaches_nothing_of_ours(client: TestClient) ->
         ("get", f"/v1/executions/{run_id}", None),
         ("post", f"/v1/executions/{run_id}/cancel", None),
         ("post", f"/v1/executions/{run_id}/retry", None),
+        ("delete", f"/v1/channels/{channel_id}", None),
+        ("post", f"/v1/channels/{channel_id}/test", None),
     ):
         answer = client.request(method, path, json=body, headers=theirs)
         assert answer.status_code == 404, (method, path, answer.text)
@@ -328,6 +340,8 @@ def test_another_workspaces_token_reaches_nothing_of_ours(client: TestClient) ->
     assert client.get("/v1/automations", headers=theirs).json() == []
     assert client.get("/v1/schedules", headers=theirs).json() == []
     assert client.get("/v1/executions", headers=theirs).json()["items"] == []
+    assert client.get("/v1/channels", headers=theirs).json() == []
+    assert client.get("/v1/deliveries", headers=theirs).json() == []
     audit = client.get("/v1/audit", headers=theirs).json()
     assert all(row["target_id"] != str(automation_id) for row in audit)
     assert _writes() == before
@@ -337,6 +351,7 @@ def test_a_viewer_tokens_writes_are_forbidden_and_write_nothing(client: TestClie
     automation_id = make_automation()
     schedule_id = make_schedule(automation_id)
     (run_id,) = add_runs(automation_id, [{"status": ExecutionStatus.FAILED}])
+    channel_id = make_channel()
     viewer = bearer(make_token(role=Role.VIEWER, name="dashboards"))
     before = _writes()
     for method, path, body in (
@@ -354,6 +369,9 @@ def test_a_viewer_tokens_writes_are_forbidden_and_write_nothing(client: TestClie
         ("delete", f"/v1/schedules/{schedule_id}", None),
         ("post", f"/v1/executions/{run_id}/cancel", None),
         ("post", f"/v1/executions/{run_id}/retry", None),
+        ("post", "/v1/channels", {"name": "viewer", "url": CHANNEL_URL}),
+        ("delete", f"/v1/channels/{channel_id}", None),
+        ("post", f"/v1/channels/{channel_id}/test", None),
     ):
         answer = client.request(method, path, json=body, headers=viewer)
         assert answer.status_code == 403, (method, path, answer.text)
@@ -362,6 +380,7 @@ def test_a_viewer_tokens_writes_are_forbidden_and_write_nothing(client: TestClie
     # while it reads everything of its workspace
     assert client.get(f"/v1/automations/{automation_id}", headers=viewer).status_code == 200
     assert client.get(f"/v1/executions/{run_id}", headers=viewer).status_code == 200
+    assert [c["id"] for c in client.get("/v1/channels", headers=viewer).json()] == [str(channel_id)]
 
 
 # --- the real process ----------------------------------------------------------------------

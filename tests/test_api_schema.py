@@ -7,6 +7,8 @@ error must be problem+json, and a refused request must write nothing.
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from core.vocabulary import ExecutionStatus, Role
-from db import tokens
+from db import channels, tokens
 from db.session import session_scope
 from testkit.factories import ADMIN, add_runs, make_automation, make_schedule, row_counts
 
@@ -42,8 +44,38 @@ def auth(db: None) -> dict[str, str]:
     make_schedule(automation_id)
     add_runs(automation_id, [{"status": ExecutionStatus.FAILED}])
     with session_scope() as session:
+        channels.add_channel(session, "on-call", "json://hook:pw@127.0.0.1:9/hooks", actor=ADMIN)
         token = tokens.create_token(session, "fuzz", Role.ADMIN, actor=ADMIN).token
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Refuse every connection this process opens beyond loopback (a channel's test-send
+    contacts its URL: a generated channel must not reach anything outside this machine);
+    the test then checks none was tried."""
+    tried: list[str] = []
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def allowed(sock: socket.socket, address: Any) -> bool:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return True
+        if address[0] in ("127.0.0.1", "::1", "localhost"):
+            return True
+        tried.append(str(address))
+        return False
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        if not allowed(sock, address):
+            raise ConnectionRefusedError(f"test: no connection beyond loopback ({address})")
+        real_connect(sock, address)
+
+    def connect_ex(sock: socket.socket, address: Any) -> int:
+        return real_connect_ex(sock, address) if allowed(sock, address) else 111
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    yield tried
 
 
 def _fuzz(case: Any, auth: dict[str, str]) -> None:
@@ -58,7 +90,7 @@ def _fuzz(case: Any, auth: dict[str, str]) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_the_api_keeps_its_schema_under_generated_input(
-    redis_client: Any, auth: dict[str, str], mode: GenerationMode
+    redis_client: Any, auth: dict[str, str], loopback_only: list[str], mode: GenerationMode
 ) -> None:
     # given the schema the API serves
     from api.app import create_app
@@ -80,3 +112,5 @@ def test_the_api_keeps_its_schema_under_generated_input(
             check(auth=auth)
         except Unsatisfiable:  # nothing to make invalid (no parameters, no body)
             assert mode == GenerationMode.NEGATIVE
+    # and no call tried to reach beyond this machine
+    assert loopback_only == []

@@ -1,0 +1,123 @@
+"""Notification channels and deliveries through the REST API: the dashboard's rules
+(admin-only writes, URLs never returned) with a real local webhook receiver."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from core.vocabulary import Role
+from db import tokens
+from db.audit import AuditFilters, list_audit
+from db.session import session_scope
+from testkit.factories import ADMIN, table_snapshot
+from testkit.receivers import Hooks, webhook_server
+
+PROBLEM = "application/problem+json"
+PASSWORD = "pw-Vb27apihook"
+PATH_SECRET = "tok-Qe58apipath"
+
+
+def bearer(role: Role, name: str) -> dict[str, str]:
+    with session_scope() as session:
+        token = tokens.create_token(session, name, role, actor=ADMIN).token
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def client(db: None, redis_client: Any) -> Iterator[TestClient]:
+    from api.app import create_app
+
+    with TestClient(create_app(), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def hooks() -> Iterator[Hooks]:
+    with webhook_server() as received:
+        yield received
+
+
+def _writes() -> dict[str, Any]:
+    return {k: v for k, v in table_snapshot().items() if k != "api_tokens"}
+
+
+def test_an_admin_adds_tests_lists_and_deletes_a_channel_and_never_reads_its_url(
+    client: TestClient, hooks: Hooks
+) -> None:
+    admin = bearer(Role.ADMIN, "ops")
+    url = f"json://hook:{PASSWORD}@127.0.0.1:{hooks.port}/hooks/{PATH_SECRET}"
+    # when an admin adds a channel to a local webhook receiver
+    made = client.post("/v1/channels", json={"name": "on-call", "url": url}, headers=admin)
+    # then it is made, and its answer holds the redacted URL only
+    assert made.status_code == 201, made.text
+    channel = made.json()
+    assert channel["name"] == "on-call" and channel["created_by"] == "API token ops"
+    assert PASSWORD not in made.text and PATH_SECRET not in made.text
+    listed = client.get("/v1/channels", headers=admin)
+    assert [c["id"] for c in listed.json()] == [channel["id"]]
+    assert PASSWORD not in listed.text and PATH_SECRET not in listed.text
+    # when they send a test, then the receiver gets it and the delivery is recorded
+    tested = client.post(f"/v1/channels/{channel['id']}/test", headers=admin)
+    assert tested.status_code == 200 and tested.json() == {"ok": True, "error": None}
+    assert hooks.posts[0][2]["title"] == "Stepwise: test notification"
+    (delivery,) = client.get("/v1/deliveries", headers=admin).json()
+    assert (delivery["channel_name"], delivery["kind"], delivery["status"]) == (
+        "on-call",
+        "test",
+        "ok",
+    )
+    # when they delete it, then it is gone; a second delete finds nothing
+    assert client.delete(f"/v1/channels/{channel['id']}", headers=admin).status_code == 204
+    assert client.get("/v1/channels", headers=admin).json() == []
+    again = client.delete(f"/v1/channels/{channel['id']}", headers=admin)
+    assert again.status_code == 404 and again.headers["content-type"] == PROBLEM
+    # and each write was audited by the token's name, without the URL
+    with session_scope() as session:
+        audit = list_audit(session, AuditFilters(), actor=ADMIN)
+    assert [r.action for r in audit[:3]] == ["delete_channel", "test_channel", "add_channel"]
+    assert all(r.actor == "API token ops" for r in audit[:3])
+    assert PASSWORD not in repr(audit) and PATH_SECRET not in repr(audit)
+
+
+def test_a_bad_channel_gets_field_messages_without_its_url_and_writes_nothing(
+    client: TestClient,
+) -> None:
+    admin = bearer(Role.ADMIN, "ops")
+    before = _writes()
+    secret_url = f"ftp://user:{PASSWORD}@example.com/"
+    refused = client.post("/v1/channels", json={"name": " ", "url": secret_url}, headers=admin)
+    assert refused.status_code == 422 and refused.headers["content-type"] == PROBLEM
+    assert {e["field"] for e in refused.json()["errors"]} == {"name", "url"}
+    assert PASSWORD not in refused.text
+    missing = client.post("/v1/channels", json={"name": "x"}, headers=admin)
+    assert missing.status_code == 422 and missing.json()["errors"][0]["field"] == "url"
+    assert client.get("/v1/deliveries", params={"limit": 0}, headers=admin).status_code == 422
+    assert _writes() == before
+
+
+@pytest.mark.parametrize("role", [Role.EDITOR, Role.VIEWER])
+def test_only_admins_change_or_test_channels_and_others_still_read(
+    client: TestClient, hooks: Hooks, role: Role
+) -> None:
+    admin = bearer(Role.ADMIN, "ops")
+    url = f"json://hook:{PASSWORD}@127.0.0.1:{hooks.port}/hooks/{PATH_SECRET}"
+    channel_id = client.post("/v1/channels", json={"name": "c", "url": url}, headers=admin).json()[
+        "id"
+    ]
+    other = bearer(role, "member")
+    before = _writes()
+    for method, path, body in (
+        ("post", "/v1/channels", {"name": "mine", "url": url}),
+        ("delete", f"/v1/channels/{channel_id}", None),
+        ("post", f"/v1/channels/{channel_id}/test", None),
+    ):
+        answer = client.request(method, path, json=body, headers=other)
+        assert answer.status_code == 403, (method, path, answer.text)
+        assert answer.headers["content-type"] == PROBLEM
+    assert _writes() == before and hooks.posts == []
+    assert [c["id"] for c in client.get("/v1/channels", headers=other).json()] == [channel_id]
+    assert client.get("/v1/deliveries", headers=other).json() == []

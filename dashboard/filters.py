@@ -119,6 +119,16 @@ def history_filters(prefix: str) -> ExecutionFilters:
     )
 
 
+def selection(prefix: str) -> tuple[object, ...]:
+    """What the filter row has chosen, as chosen: "last 24 hours", not the instant it
+    resolved to at this rerun (that moves with the clock)."""
+    s = st.session_state
+    keys = [*URL_KEYS, "from", "until"]
+    return tuple(
+        tuple(value) if isinstance(value := s.get(f"{prefix}_{k}"), list) else value for k in keys
+    )
+
+
 def _time_range(prefix: str) -> tuple[datetime | None, datetime | None]:
     choice = st.session_state.get(f"{prefix}_range", "all")
     if choice in _DELTAS:

@@ -352,6 +352,23 @@ def test_a_built_export_is_not_offered_once_the_filters_or_format_change(
     assert "exp_file" not in at.session_state
 
 
+def test_a_built_export_of_a_relative_range_stays_offered_on_the_next_rerun(
+    history: dict[str, uuid.UUID],
+) -> None:
+    # given a file built for "last 24 hours" (an instant that moves with the clock)
+    at = page("export")
+    at.selectbox(key="exp_range").set_value("24h").run()
+    at.button(key="exp_build").click().run()
+    assert "exp_file" in at.session_state
+    # when the page reruns a moment later with the same choices
+    time.sleep(0.01)
+    at.run()
+    # then the file is still offered for download
+    assert not at.exception, at.exception
+    assert "exp_file" in at.session_state
+    assert at.get("download_button")
+
+
 HOSTILE_NAME = (
     "![x](http://127.0.0.1:9/pixel.png) [Re-authenticate here](http://evil.example/) :red[!]"
 )

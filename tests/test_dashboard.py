@@ -160,10 +160,47 @@ def test_end_before_start_is_shown_next_to_the_field() -> None:
     at.checkbox(key="sd_has_end").check().run()
     start = at.date_input(key="sd_start_date").value
     at.date_input(key="sd_end_date").set_value(start - timedelta(days=1)).run()
-    assert "must be after start_at" in texts(at)
+    assert "must be after the start" in texts(at)
+    assert "start_at" not in texts(at)  # fields named as the form names them
     before = row_counts()
     at.button(key="sd_save").click().run()
     assert row_counts() == before
+
+
+def test_limits_stay_open_once_their_error_is_fixed_and_say_what_is_set() -> None:
+    # given a new schedule whose end is before its start (an error inside the limits)
+    make_automation()
+    at = open_new_schedule()
+    at.checkbox(key="sd_has_start").check().run()
+    at.checkbox(key="sd_has_end").check().run()
+    at.number_input(key="sd_max_runs").set_value(5).run()
+    start = at.date_input(key="sd_start_date").value
+    at.date_input(key="sd_end_date").set_value(start - timedelta(days=1)).run()
+    [limits] = at.expander
+    assert limits.proto.expanded
+    # when the error is fixed
+    at.date_input(key="sd_end_date").set_value(start + timedelta(days=3)).run()
+    # then the section stays open, and its caption names what is set, in words
+    assert not at.exception, at.exception
+    [limits] = at.expander
+    assert limits.proto.expanded
+    assert "must be after" not in texts(at)
+    end = start + timedelta(days=3)
+    assert f"ends {end:%Y-%m-%d} 00:00" in texts(at)
+    assert "at most 5 runs" in texts(at)
+
+
+def test_the_edit_dialog_names_its_automation() -> None:
+    # given a one-off schedule of "Reports"
+    auto = make_automation(name="Reports")
+    make_schedule(auto, kind="once", run_at=now() + timedelta(days=2), cron_expr=None)
+    # when it is opened for editing
+    at = page("schedules")
+    at.button(key="sch_edit").click().run()
+    assert not at.exception, at.exception
+    # then the dialog says which automation it edits (the preview's height: test_browser)
+    assert "Editing a schedule of **Reports**" in texts(at)
+    assert len(at.dataframe[-1].value) == 1
 
 
 def test_edit_a_schedule_keeps_its_values_and_saves_changes() -> None:

@@ -7,6 +7,7 @@ text path here, and the real browser test covers the rest.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -307,6 +308,30 @@ def test_an_invalid_automation_shows_errors_and_writes_nothing() -> None:
     assert "must start with http:// or https://" in shown
     assert "step 1 has no message" in shown
     assert table_snapshot() == before
+
+
+def test_an_automation_error_goes_as_soon_as_its_field_is_filled() -> None:
+    # given a Save that failed on an empty name and a bad URL
+    at = page("automations")
+    at.text_input(key="auto_new_agent_url").input("ftp://example.com").run()
+    at.button(key="auto_new_save").click().run()
+    assert "is required" in texts(at)
+    # when the name is filled in (no Save yet)
+    at.text_input(key="auto_new_name").input("Weekly digest").run()
+    # then its message is gone while the URL's stays, as in the schedule dialog
+    assert not at.exception, at.exception
+    assert "is required" not in texts(at)
+    assert "must start with http:// or https://" in texts(at)
+    # and once the URL is fixed, so is its message
+    at.text_input(key="auto_new_agent_url").input("http://127.0.0.1:9/agent").run()
+    assert "must start with" not in texts(at)
+
+
+def test_the_step_grid_starts_new_rows_blank() -> None:
+    at = page("automations")
+    [editor] = [d for d in at.dataframe if d.editing_mode != "read_only"]
+    columns = json.loads(editor.proto.columns)
+    assert columns["name"]["default"] == "" and columns["message"]["default"] == ""
 
 
 def test_test_run_shows_the_step_results(agent: Any, worker: Any) -> None:

@@ -85,6 +85,38 @@ def test_overview_shows_kpis_and_the_stale_scheduler(db: None) -> None:
     assert "agent said no" in at.dataframe[1].value.to_string()
 
 
+def test_needs_attention_groups_failures_by_automation_and_error() -> None:
+    # given three alike failures of one automation and one other failure
+    auto = make_automation(name="Reports")
+    add_runs(
+        auto,
+        [{"status": "failed", "error": f"step 1: HTTP 500 (trace {uuid.uuid4()})"}] * 3
+        + [{"status": "failed", "error": "step 2: timed out"}, {"status": "succeeded"}],
+    )
+    # when the overview opens
+    at = page("overview")
+    # then one row per automation and error, counted, largest first, with a link to the list
+    table = at.dataframe[-1].value
+    assert list(table["Runs"]) == [3, 1]
+    assert list(table["Error"]) == ["step 1: HTTP 500 (trace …)", "step 2: timed out"]
+    assert table["All failed"][0] == f"executions?status=failed&automation={auto}"
+
+
+@pytest.mark.parametrize("bucket", ["hour", "day"])
+def test_the_outcome_chart_has_a_band_per_bucket_and_whole_run_ticks(bucket: str) -> None:
+    from dashboard import outcomes
+    from db.figures import OutcomePoint
+
+    # given one run in one bucket (a lone bar was cut at the edge, its axis ticked 0.5)
+    points = [OutcomePoint(now().replace(minute=0, second=0, microsecond=0), "succeeded", 1)]
+    # when the chart is built
+    spec = outcomes.chart(outcomes.frame(points), bucket).to_dict()
+    # then the x axis is a band per bucket and the y axis counts whole runs
+    x, y = spec["encoding"]["x"], spec["encoding"]["y"]
+    assert x["type"] == "ordinal" and x["timeUnit"]
+    assert y["axis"]["tickMinStep"] == 1 and y["axis"]["format"] == "d"
+
+
 # --- schedule dialog ----------------------------------------------------------------------
 
 

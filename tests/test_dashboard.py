@@ -523,7 +523,8 @@ def test_queues_list_retry_and_purge_dead_letters(redis_client: Any) -> None:
 
     first, _ = bury(1), bury(2)
     at = page("queues")
-    assert [m.value for m in at.metric][:4] == ["0", "0", "0", "2"]
+    depths = at.dataframe[0].value.set_index("Queue")
+    assert list(depths.loc["default"]) == [0, 0, 0, 2]
     assert len(at.dataframe[-1].value) == 2
     at.selectbox(key="q_message").set_value(first).run()
     at.button(key="q_retry").click().run()
@@ -542,6 +543,64 @@ def test_queues_list_retry_and_purge_dead_letters(redis_client: Any) -> None:
         "retry_dead_letter": "local admin",
         "purge_dead_letters": "local admin",
     }
+
+
+def test_a_dead_letter_shows_its_runs_error_and_automation_not_a_bare_id(
+    redis_client: Any,
+) -> None:
+    from tasks.actors import run_execution
+
+    # given a run that failed for good, its message dead-lettered (Redis keeps no error)
+    automation_id = make_automation(name="Nightly report")
+    (failed,) = add_runs(
+        automation_id, [{"status": "failed", "error": "step 2: agent answered HTTP 500"}]
+    )
+    message = run_execution.message(str(failed))
+    redis_client.zadd("dramatiq:default.XQ", {"dead-1": time.time() * 1000})
+    redis_client.hset("dramatiq:default.XQ.msgs", "dead-1", message.encode())
+    # when the Queues page lists it
+    at = page("queues")
+    table = at.dataframe[-1].value
+    # then it names the automation and the run, and shows the run's stored error
+    assert list(table["Error"]) == ["step 2: agent answered HTTP 500"]
+    assert list(table["Run"]) == [f"Nightly report · run {str(failed)[:8]}"]
+    assert str(failed) not in table.to_string()
+
+
+def test_workers_are_shown_by_host_and_pid_with_what_they_run(redis_client: Any) -> None:
+    from tasks.workers import INDEX, KEY
+
+    # given a worker process's beacon, holding one run
+    beat_ms = int(time.time() * 1000)
+    run_id = str(uuid.uuid4())
+    redis_client.hset(
+        KEY.format(name="web-1:4242"),
+        mapping={
+            "host": "web-1",
+            "pid": 4242,
+            "queues": "default",
+            "running": 1,
+            "runs": run_id,
+            "processed": 17,
+            "failed": 2,
+            "started": beat_ms - 60_000,
+            "beacon": beat_ms,
+        },
+    )
+    redis_client.zadd(INDEX, {"web-1:4242": beat_ms})
+    # when the Queues page opens
+    at = page("queues")
+    # then the worker reads as host:pid with its queues, its run and its counts
+    workers = at.dataframe[1].value
+    row = workers.iloc[0]
+    assert (row["Worker"], row["Queues"], row["Processed"], row["Failed"]) == (
+        "web-1:4242",
+        "default",
+        17,
+        2,
+    )
+    assert row["Running now"] == f"1 run(s): {run_id[:8]}"
+    assert "Workers (1)" in [h.value for h in at.subheader]
 
 
 # --- form helpers (no server) -------------------------------------------------------------

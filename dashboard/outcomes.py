@@ -44,7 +44,13 @@ def chart(data: pd.DataFrame, bucket: Bucket) -> alt.Chart:
                 scale=alt.Scale(paddingInner=0.15),
             ),
             y=alt.Y("count:Q", title="runs", stack=True, axis=alt.Axis(tickMinStep=1, format="d")),
-            color=alt.Color("status:N", scale=ui.status_scale(), title=None),
+            # Below the bars: on a phone a legend at the side takes a third of the width.
+            color=alt.Color(
+                "status:N",
+                scale=ui.status_scale(),
+                title=None,
+                legend=alt.Legend(orient="bottom", columns=3),
+            ),
             tooltip=[
                 alt.Tooltip(field, title="when", format=when),
                 alt.Tooltip("status:N"),

@@ -364,6 +364,8 @@ def test_the_step_grid_starts_new_rows_blank() -> None:
     [editor] = [d for d in at.dataframe if d.editing_mode != "read_only"]
     columns = json.loads(editor.proto.columns)
     assert columns["name"]["default"] == "" and columns["message"]["default"] == ""
+    # and on a phone (~350 px of grid) the message column starts on screen
+    assert columns["order"]["width"] + columns["name"]["width"] <= 220
 
 
 def test_test_run_shows_the_step_results(agent: Any, worker: Any) -> None:

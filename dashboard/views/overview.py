@@ -100,8 +100,8 @@ def needs_attention() -> None:
         pd.DataFrame(
             {
                 "Automation": [g.automation_name for g in groups],
-                "Error": [g.error for g in groups],
                 "Runs": [g.count for g in groups],
+                "Error": [g.error for g in groups],
                 "Last": [ui.fmt_ago(g.last_failed_at, now) for g in groups],
                 "All failed": [failures_link(g) for g in groups],
             }
@@ -109,8 +109,8 @@ def needs_attention() -> None:
         hide_index=True,
         width="stretch",
         column_config={
-            "Automation": st.column_config.TextColumn(width=130),
-            "Error": st.column_config.TextColumn(width=280),
+            "Automation": st.column_config.TextColumn(width=120),
+            "Error": st.column_config.TextColumn(width=240),
             "Runs": st.column_config.NumberColumn(width=50, help="failed runs alike, last 24 h"),
             "Last": st.column_config.TextColumn(width=90),
             "All failed": st.column_config.LinkColumn(

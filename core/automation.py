@@ -81,22 +81,47 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
+# One DNS label: letters, digits, hyphens inside (underscores too: container networks
+# name services with them), at most 63 characters.
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def _valid_host(host: str) -> bool:
+    """A host name that DNS could hold (international names by their IDNA form), or an
+    IPv6 literal (urlsplit has checked its brackets)."""
+    if ":" in host:
+        return True
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return False
+    labels = ascii_host.removesuffix(".").split(".")
+    return len(ascii_host) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
+
+
 def _check_url(url: str, egress: EgressPolicy) -> str | None:
     if not url.strip():
         return "is required"
     if len(url) > MAX_URL:
         return f"is longer than {MAX_URL} characters"
-    parts = urlsplit(url.strip())
+    if any(c.isspace() for c in url.strip()):
+        return "must not contain spaces (encode them as %20)"
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:  # an unclosed [ of an IPv6 address
+        return "is not a valid URL (check the brackets around an IPv6 address)"
     if parts.scheme not in ("http", "https"):
         return f"must start with http:// or https:// (got {parts.scheme or 'no scheme'!r})"
     try:
-        parts.port  # noqa: B018 - parsing it is the check
+        port = parts.port
     except ValueError:
-        return "has a port that is not a number between 0 and 65535"
+        port = 0
+    if port == 0:
+        return "has a port that is not a number between 1 and 65535"
     if not parts.hostname:
         return "has no host name"
-    if any(c.isspace() for c in url.strip()):
-        return "must not contain spaces (encode them as %20)"
+    if not _valid_host(parts.hostname):
+        return f"has a host name that cannot exist ({parts.hostname!r})"
     if parts.username is not None or parts.password is not None:
         return (
             "must not contain a user name or password: they would be stored and shown "

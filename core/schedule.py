@@ -155,7 +155,7 @@ class DispatchPlan:
     catchup: int = 0  # the first `catchup` slots of `run` are missed ones, run late
 
 
-MAX_RUNS_REACHED = "max_runs reached"
+MAX_RUNS_REACHED = "reached its maximum number of runs"
 
 
 def plan_dispatch(
@@ -231,7 +231,7 @@ def _apply_misfire(
 def _exhausted_reason(timing: Timing) -> str:
     if timing.kind == ScheduleKind.ONCE:
         return "ran once"
-    return "end_at reached" if timing.end_at is not None else "no further slot"
+    return "reached its end" if timing.end_at is not None else "no further slot"
 
 
 def initial_next_run_at(timing: Timing, now: datetime) -> tuple[datetime | None, str | None]:
@@ -244,7 +244,7 @@ def initial_next_run_at(timing: Timing, now: datetime) -> tuple[datetime | None,
     if slot is not None:
         return slot, None
     if timing.kind == ScheduleKind.ONCE:
-        return None, "run_at has passed"
+        return None, "its run time has passed"
     return None, _exhausted_reason(timing)
 
 

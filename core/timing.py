@@ -140,7 +140,7 @@ def _check_common(spec: ScheduleSpec) -> Iterator[FieldError]:
             yield FieldError(name, "must include a timezone (got a naive datetime)")
     start, end = spec.start_at, spec.end_at
     if start and end and _is_aware(start) and _is_aware(end) and end <= start:
-        yield FieldError("end_at", "must be after start_at")
+        yield FieldError("end_at", "must be after the start")
     if spec.max_runs is not None and spec.max_runs < 1:
         yield FieldError("max_runs", "must be at least 1")
 
@@ -167,7 +167,7 @@ def _check_once(spec: ScheduleSpec) -> Iterator[FieldError]:
     if spec.run_at is None:
         yield FieldError("run_at", "is required for a one-time schedule")
     elif _is_aware(spec.run_at) and not _within_bounds(spec, spec.run_at):
-        yield FieldError("run_at", "must lie between start_at and end_at")
+        yield FieldError("run_at", "must lie between the start and the end")
 
 
 def _within_bounds(spec: ScheduleSpec, at: datetime) -> bool:

@@ -16,6 +16,12 @@ from dashboard import ui
 FAVICON = Path(__file__).parent / "favicon.png"
 st.set_page_config(page_title="Stepwise", page_icon=str(FAVICON), layout="wide")
 settings = get_settings()
+# A table's toolbar (search, download, full screen) floats above the table's top edge:
+# keep that strip free, so it never covers the heading over the table (on a phone too).
+st.html(
+    '<style>[data-testid="stElementContainer"]:has([data-testid="stDataFrame"])'
+    "{margin-top:1.6rem}</style>"
+)
 # A page served under a name this deployment does not answer to is a DNS rebinding
 # attempt (a hostile site whose name now points here): show nothing.
 if not settings.web_host_allowed(st.context.headers.get("host")):

@@ -79,9 +79,30 @@ def _to_url(prefix: str) -> None:
 def history_filters(prefix: str) -> ExecutionFilters:
     """Draw the filter row (keys `<prefix>_*`), kept in the page's URL, and return what it
     selects."""
-    s = st.session_state
     names = ui.read(queries.automation_names)
     _from_url(prefix, names)
+    # Folded away, saying what is chosen: on a phone five filters stood ~600 px high
+    # above the first row.
+    with st.expander(summary(prefix, names), icon=":material/filter_list:"):
+        return _draw(prefix, names)
+
+
+def summary(prefix: str, names: dict[uuid.UUID, str]) -> str:
+    """The filters chosen, in words, for the folded filter row."""
+    s = st.session_state
+    chosen = [", ".join(s.get(f"{prefix}_status") or [])]
+    automation = ui.uuid_or_none(s.get(f"{prefix}_automation"))
+    chosen.append(names.get(automation, "") if automation else "")
+    chosen.append("one schedule" if s.get(f"{prefix}_schedule") else "")
+    chosen.append(str(s.get(f"{prefix}_trigger") or ""))
+    if (span := s.get(f"{prefix}_range", "all")) != "all":
+        chosen.append(RANGES.get(span, "").lower())
+    shown = [ui.text(c) for c in chosen if c]
+    return "Filters: " + (" · ".join(shown) if shown else "none (every run)")
+
+
+def _draw(prefix: str, names: dict[uuid.UUID, str]) -> ExecutionFilters:
+    s = st.session_state
     cols = st.columns([2, 2, 2, 1, 2])
     cols[0].multiselect(
         "Status", list(ExecutionStatus), key=f"{prefix}_status", placeholder="All statuses"
@@ -116,6 +137,16 @@ def history_filters(prefix: str) -> ExecutionFilters:
         trigger=s.get(f"{prefix}_trigger") or None,
         since=since,
         until=until,
+    )
+
+
+def selection(prefix: str) -> tuple[object, ...]:
+    """What the filter row has chosen, as chosen: "last 24 hours", not the instant it
+    resolved to at this rerun (that moves with the clock)."""
+    s = st.session_state
+    keys = [*URL_KEYS, "from", "until"]
+    return tuple(
+        tuple(value) if isinstance(value := s.get(f"{prefix}_{k}"), list) else value for k in keys
     )
 
 

@@ -41,6 +41,28 @@ COMMON_ZONES = (
     "Australia/Sydney",
 )
 OTHER_ZONE = "Other (type an IANA name)…"
+# The fields as their inputs name them, for a message shown away from its input.
+FIELD_LABELS = {
+    "timing": "When",
+    "cron_expr": "Cron expression",
+    "interval_s": "Every (seconds)",
+    "run_at": "Run on",
+    "timezone": "Timezone",
+    "start_at": "Start at",
+    "end_at": "End at",
+    "max_runs": "Max runs",
+    "misfire_policy": "Missed runs",
+    "catchup_window": "Catch-up window",
+    "overlap_policy": "If the previous run still runs",
+    "jitter_s": "Jitter",
+    "name": "Name",
+    "agent_url": "Agent URL",
+    "steps": "Steps",
+    "project_context": "Project context",
+    "step_timeout_s": "Step timeout",
+    "max_retries": "Retries",
+    "request_headers": "Request headers",
+}
 
 
 def timezone_options(viewer: str = "UTC") -> list[str]:

@@ -25,12 +25,14 @@ from db import commands, queries
 from tasks import actions
 
 STATE = "schedule_dialog"  # {"id": schedule id or None}; the dialog is open while set
-MISFIRE_HELP = {
+ROW_PX = 35  # a dataframe row (and its header), for sizing a table to its rows
+LIMITS = "sd_limits"  # whether "Limits and policies" is open
+MISFIRE_HELP: dict[str, str] = {
     MisfirePolicy.RUN_ONCE: "run once for all missed slots",
     MisfirePolicy.SKIP: "skip missed slots",
     MisfirePolicy.RUN_ALL: f"run every missed slot (at most {MAX_RUN_ALL})",
 }
-OVERLAP_HELP = {
+OVERLAP_HELP: dict[str, str] = {
     OverlapPolicy.SKIP: "skip the new run",
     OverlapPolicy.BUFFER_ONE: "keep one waiting run",
     OverlapPolicy.ALLOW: "run concurrently",
@@ -69,11 +71,31 @@ def open_dialog(schedule: queries.ScheduleRow | None = None, automation_id: Any 
         "sd_input": form.input_text,
     }
     st.session_state.update(values)
+    st.session_state.pop(LIMITS, None)
     st.session_state[STATE] = {"id": str(schedule.id) if schedule else None}
 
 
 def close_dialog() -> None:
     st.session_state.pop(STATE, None)
+
+
+def limits_summary(form: forms.ScheduleForm) -> str:
+    """What "Limits and policies" holds, in words, for when it is collapsed."""
+    parts = [
+        f"starts {_wall(form.start)}" if form.start else "starts at once",
+        f"ends {_wall(form.end)}" if form.end else "never ends",
+        f"at most {form.max_runs} runs" if form.max_runs else "no limit on runs",
+        f"missed runs: {MISFIRE_HELP.get(form.misfire_policy, form.misfire_policy)}",
+        f"overlap: {OVERLAP_HELP.get(form.overlap_policy, form.overlap_policy)}",
+    ]
+    if form.jitter_s:
+        parts.append(f"up to {form.jitter_s} s jitter")
+    return "Limits: " + "; ".join(parts) + "."
+
+
+def _wall(value: tuple[date, time]) -> str:
+    day, clock = value
+    return f"{day:%Y-%m-%d} {clock:%H:%M}"
 
 
 def form_from_state() -> forms.ScheduleForm:
@@ -125,14 +147,18 @@ def render_form() -> None:
     now = datetime.now(UTC)
     form = form_from_state()
     data, errors = check(form)
+    names = ui.read(queries.automation_names)
     if schedule_id is None:
-        names = ui.read(queries.automation_names)
         st.selectbox(
             "Automation",
             [str(i) for i in names],
             format_func=lambda i: names.get(uuid.UUID(i), i) if i else "—",
             key="sd_automation",
         )
+    else:
+        edited = ui.uuid_or_none(st.session_state.get("sd_automation"))
+        name = names.get(edited, "an archived automation") if edited else "—"
+        st.markdown(f"Editing a schedule of **{ui.text(name)}**")
     st.selectbox(
         "When", list(forms.TIMINGS), format_func=forms.TIMINGS.__getitem__, key="sd_timing"
     )
@@ -147,9 +173,13 @@ def render_form() -> None:
     ui.field_error(errors, "timezone")
     if data is not None:
         _preview(data, now)
-    shown = {"cron_expr", "timezone", "interval_s", "run_at", "input"}
-    with st.expander("Limits and policies", expanded=bool(errors.keys() - shown)):
+    # Opened for an error inside, it stays open once the error is fixed (the person is
+    # still working there); collapsed, its caption says what is set.
+    if errors.keys() - {"cron_expr", "timezone", "interval_s", "run_at", "input"}:
+        st.session_state[LIMITS] = True
+    with st.expander("Limits and policies", key=LIMITS, on_change="rerun"):
         _limits(errors)
+    st.caption(limits_summary(form))
     st.text_area(
         "Run input (JSON object, optional)",
         key="sd_input",
@@ -209,8 +239,8 @@ def next_runs(timing: Timing, now: datetime, label: str = "Next runs") -> bool:
             f"Your time ({viewer})": [ui.fmt_time(s, viewer) for s in slots],
         }
     )
-    # One row for each slot: a one-off schedule is one row, not nine empty ones.
-    st.dataframe(table, hide_index=True, width="stretch", height=38 + 35 * len(slots))
+    # As tall as its rows: a one-off schedule has one run, not one and nine blank rows.
+    st.dataframe(table, hide_index=True, width="stretch", height=ROW_PX * (len(slots) + 1) + 3)
     return True
 
 
@@ -279,7 +309,7 @@ def _save(schedule_id: str | None, data: ScheduleDefinition | None, errors: dict
             message = "Schedule saved."
     except ValidationFailed as exc:
         for field, text in forms.errors_by_field(exc).items():
-            st.error(ui.text(f"{field}: {text}"))
+            st.error(ui.text(f"{forms.FIELD_LABELS.get(field, field)}: {text}"))
         return
     except StepwiseError as exc:
         st.error(ui.text(exc))

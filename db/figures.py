@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, literal, literal_column, select
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session
 
 from core.access import Actor
@@ -253,4 +254,77 @@ def schedule_stats(
             p95_s=None if r.p95_s is None else float(r.p95_s),
         )
         for r in session.execute(stmt).all()
+    ]
+
+
+# --- failure triage -----------------------------------------------------------------
+
+
+# What differs between two failures of the same cause: ids and long numbers (byte counts,
+# timestamps). Step numbers and HTTP statuses are short and stay: they tell causes apart.
+_UUID = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_LONG_NUMBER = "[0-9]{4,}"
+ERROR_TEXT_MAX = 300
+
+
+@dataclass(frozen=True)
+class FailureGroup:
+    automation_id: uuid.UUID
+    automation_name: str
+    error: str  # the error with ids and long numbers replaced (what the group shares)
+    count: int
+    last_failed_at: datetime
+    last_run_id: uuid.UUID  # the newest failed run of the group
+
+
+def failure_groups(
+    session: Session, *, actor: Actor, since: datetime, limit: int = 10
+) -> list[FailureGroup]:
+    """Failed runs finished since `since`, grouped by automation and normalised error,
+    the largest groups first (a range scan of `ix_executions_workspace_finished`)."""
+    workspace_id = _scope(session, actor)
+    error = func.left(
+        func.regexp_replace(
+            func.regexp_replace(
+                func.coalesce(Execution.error, "(no error recorded)"), _UUID, "…", "g"
+            ),
+            _LONG_NUMBER,
+            "N",
+            "g",
+        ),
+        ERROR_TEXT_MAX,
+    ).label("error_text")
+    newest = func.array_agg(aggregate_order_by(Execution.id, Execution.finished_at.desc()))[
+        literal(1)
+    ]
+    rows = session.execute(
+        select(
+            Execution.automation_id,
+            Automation.name.label("automation_name"),
+            error,
+            func.count().label("count"),
+            func.max(Execution.finished_at).label("last_failed_at"),
+            newest.label("last_run_id"),
+        )
+        .join(Automation, Automation.id == Execution.automation_id)
+        .where(
+            Execution.workspace_id == workspace_id,
+            Execution.finished_at >= since,
+            Execution.status == ExecutionStatus.FAILED,
+        )
+        # By the output name: the expression's own bind parameters would not match twice.
+        .group_by(Execution.automation_id, Automation.name, literal_column("error_text"))
+        .order_by(func.count().desc(), func.max(Execution.finished_at).desc())
+        .limit(limit)
+    ).all()
+    return [
+        FailureGroup(
+            automation_id=r.automation_id,
+            automation_name=r.automation_name,
+            error=r.error_text,
+            count=int(r[3]),  # Row.count is the tuple method
+            last_failed_at=r.last_failed_at,
+            last_run_id=r.last_run_id,
+        )
+        for r in rows
     ]

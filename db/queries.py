@@ -240,6 +240,22 @@ def executions_in_workspace(
     )
 
 
+def runs_by_id(
+    session: Session, execution_ids: set[uuid.UUID], *, actor: Actor
+) -> dict[uuid.UUID, ExecutionRow]:
+    """Those of `execution_ids` in the actor's workspace, by id (a dead letter's run: its
+    automation and stored error). One primary-key lookup per id."""
+    workspace_id = scope(session, actor)
+    if not execution_ids:
+        return {}
+    rows = session.execute(
+        _execution_columns().where(
+            Execution.id.in_(execution_ids), Execution.workspace_id == workspace_id
+        )
+    ).all()
+    return {row.id: ExecutionRow(**row._mapping) for row in rows}
+
+
 @dataclass(frozen=True)
 class StepRunRow:
     step_number: int

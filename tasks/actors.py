@@ -11,6 +11,7 @@ one way a run reaches the queue, through `run_execution`'s own API.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -21,13 +22,14 @@ from dramatiq.common import current_millis, q_name
 from dramatiq.middleware import CurrentMessage
 from periodiq import cron
 
-from core.errors import AgentRejected
+from core.errors import AgentRejected, StepFailed
 from core.vocabulary import FailureReport
 from db.runs import RunMessage
 from tasks import engine, notify, runner
 from tasks.broker import DISPATCH_QUEUE, RUN_QUEUE, URGENT_QUEUE, enqueue_many, setup_broker
 
 broker = setup_broker()
+log = logging.getLogger(__name__)
 EVERY_MINUTE = cron("* * * * *")
 
 
@@ -73,13 +75,22 @@ def dispatch() -> None:
     engine.tick_dispatch(send_run, send_many=send_runs)
 
 
-@dramatiq.actor(queue_name=RUN_QUEUE, max_retries=0, throws=(AgentRejected,))
+# A run that failed for good is an expected outcome, stored on its row: Dramatiq logs
+# these in one line and dead-letters the message, with no traceback in the worker log.
+RUN_FAILURES = (AgentRejected, StepFailed)
+
+
+@dramatiq.actor(queue_name=RUN_QUEUE, max_retries=0, throws=RUN_FAILURES)
 def run_execution(execution_id: str) -> None:
     """Claim the run and hand it to this process's runner, or report its failure."""
     message = CurrentMessage.get_current_message()
     options = message.options if message is not None else {}
     if options.get("report"):
-        runner.report_failure(uuid.UUID(execution_id), FailureReport(options["report"]))
+        try:
+            runner.report_failure(uuid.UUID(execution_id), FailureReport(options["report"]))
+        except RUN_FAILURES as exc:
+            log.warning("run %s failed: %s", execution_id, exc)
+            raise
         return
     runner.accept(
         uuid.UUID(execution_id),

@@ -31,6 +31,7 @@ from periodiq import PeriodiqMiddleware
 from core.settings import Settings, get_settings
 from tasks.runner import RUN_QUEUE, URGENT_QUEUE, RunnerLifecycle
 from tasks.signals import OneStopRequest
+from tasks.workers import WorkerBeacon
 
 DISPATCH_QUEUE = "dispatch"
 QUEUES = (RUN_QUEUE, URGENT_QUEUE, DISPATCH_QUEUE)
@@ -79,6 +80,8 @@ def build_broker(settings: Settings) -> RedisBroker:
             # The run queue's consumers start their runner at boot; at a stop, runs
             # hand back between steps and the calls in flight end first.
             RunnerLifecycle(),
+            # Who each worker process is (host:pid) and what it does, for the Queues page.
+            WorkerBeacon(),
         ],
     )
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import dramatiq
 
+from tasks import workers
 from tasks.broker import QUEUES, setup_broker
 
 NAMESPACE = "dramatiq"
@@ -68,6 +69,11 @@ def live_workers(max_age_s: int = LIVE_WORKER_S) -> list[Worker]:
     since_ms = (time.time() - max_age_s) * 1000
     rows = _client().zrangebyscore(_key("__heartbeats__"), since_ms, "+inf", withscores=True)
     return [Worker(_text(worker), _from_ms(score)) for worker, score in rows]
+
+
+def worker_processes() -> list[workers.WorkerInfo]:
+    """Live worker processes by host and pid, from their beacons (`tasks.workers`)."""
+    return workers.live_workers(_client())
 
 
 @dataclass(frozen=True)

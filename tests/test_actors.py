@@ -4,6 +4,9 @@ a real PostgreSQL and a real local agent."""
 from __future__ import annotations
 
 import json
+import logging
+import os
+import socket
 import time
 import uuid
 from typing import Any
@@ -253,3 +256,47 @@ def test_retrying_a_dead_letter_reopens_the_failed_execution(
     keys = [c.idempotency_key for c in agent.calls_for(str(execution_id))]
     assert keys == [f"{execution_id}:1", f"{execution_id}:2", f"{execution_id}:2"]
     assert queues.dead_letters("default") == []
+
+
+def test_a_run_that_fails_for_good_logs_one_line_and_no_traceback(
+    worker: Any, agent: Any, redis_client: Any, caplog: Any
+) -> None:
+    # given an agent that is down, and a run with no retries left
+    automation_id = make_automation(agent_url=agent.url, steps=1, max_retries=0)
+    agent.script(Reply(503, {"error": "down"}))
+    execution_id = make_execution(automation_id)
+    # when the run fails for good and its message is dead-lettered
+    with caplog.at_level(logging.INFO):
+        run(execution_id, max_retries=0)
+        assert final(execution_id).status == "failed"
+        assert wait_for(lambda: redis_client.zcard("dramatiq:default.XQ") == 1, timeout=5)
+    # then the worker log says so in one line, with no traceback
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
+    failed = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(failed) == 1 and failed[0].startswith(f"run {execution_id} failed: step 1:")
+    assert "no retries left" in failed[0]
+
+
+def test_a_worker_reports_host_pid_queues_and_counts(worker: Any, agent: Any) -> None:
+    from tasks import queues
+    from tasks.actors import broker
+    from tasks.workers import WorkerBeacon
+
+    # given a worker that ran one run to success and one to failure
+    automation_id = make_automation(agent_url=agent.url, steps=1, max_retries=0)
+    agent.script(Reply(200, {"output": "ok"}), Reply(400, {"error": "no"}))
+    ok, bad = make_execution(automation_id), make_execution(automation_id)
+    run(ok)
+    assert final(ok).status == "succeeded"
+    run(bad)
+    assert final(bad).status == "failed"
+    beacon = next(m for m in broker.middleware if isinstance(m, WorkerBeacon))
+    # when its beacon is read (it is written every few seconds; here at once)
+    wait_for(lambda: beacon.failed == 1, timeout=5)
+    beacon.publish()
+    [me] = queues.worker_processes()
+    # then it is named by host and pid, with its queues and what it handled
+    assert me.name == f"{socket.gethostname()}:{os.getpid()}" and me.pid == os.getpid()
+    assert me.queues == ("default", "urgent")
+    assert (me.processed, me.failed) == (3, 1)  # two runs, and the failed one's report
+    assert me.running == 0

@@ -7,6 +7,7 @@ text path here, and the real browser test covers the rest.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -82,6 +83,38 @@ def test_overview_shows_kpis_and_the_stale_scheduler(db: None) -> None:
     assert metrics["Success rate, 24 h"] == "50%"
     assert "scheduler has never ticked" in texts(at)
     assert "agent said no" in at.dataframe[1].value.to_string()
+
+
+def test_needs_attention_groups_failures_by_automation_and_error() -> None:
+    # given three alike failures of one automation and one other failure
+    auto = make_automation(name="Reports")
+    add_runs(
+        auto,
+        [{"status": "failed", "error": f"step 1: HTTP 500 (trace {uuid.uuid4()})"}] * 3
+        + [{"status": "failed", "error": "step 2: timed out"}, {"status": "succeeded"}],
+    )
+    # when the overview opens
+    at = page("overview")
+    # then one row per automation and error, counted, largest first, with a link to the list
+    table = at.dataframe[-1].value
+    assert list(table["Runs"]) == [3, 1]
+    assert list(table["Error"]) == ["step 1: HTTP 500 (trace …)", "step 2: timed out"]
+    assert table["All failed"][0] == f"executions?status=failed&automation={auto}"
+
+
+@pytest.mark.parametrize("bucket", ["hour", "day"])
+def test_the_outcome_chart_has_a_band_per_bucket_and_whole_run_ticks(bucket: str) -> None:
+    from dashboard import outcomes
+    from db.figures import OutcomePoint
+
+    # given one run in one bucket (a lone bar was cut at the edge, its axis ticked 0.5)
+    points = [OutcomePoint(now().replace(minute=0, second=0, microsecond=0), "succeeded", 1)]
+    # when the chart is built
+    spec = outcomes.chart(outcomes.frame(points), bucket).to_dict()
+    # then the x axis is a band per bucket and the y axis counts whole runs
+    x, y = spec["encoding"]["x"], spec["encoding"]["y"]
+    assert x["type"] == "ordinal" and x["timeUnit"]
+    assert y["axis"]["tickMinStep"] == 1 and y["axis"]["format"] == "d"
 
 
 # --- schedule dialog ----------------------------------------------------------------------
@@ -160,10 +193,50 @@ def test_end_before_start_is_shown_next_to_the_field() -> None:
     at.checkbox(key="sd_has_end").check().run()
     start = at.date_input(key="sd_start_date").value
     at.date_input(key="sd_end_date").set_value(start - timedelta(days=1)).run()
-    assert "must be after start_at" in texts(at)
+    assert "must be after the start" in texts(at)
+    assert "start_at" not in texts(at)  # fields named as the form names them
     before = row_counts()
     at.button(key="sd_save").click().run()
     assert row_counts() == before
+
+
+def test_limits_stay_open_once_their_error_is_fixed_and_say_what_is_set() -> None:
+    # given a new schedule whose end is before its start (an error inside the limits)
+    make_automation()
+    at = open_new_schedule()
+    at.checkbox(key="sd_has_start").check().run()
+    at.checkbox(key="sd_has_end").check().run()
+    at.number_input(key="sd_max_runs").set_value(5).run()
+    start = at.date_input(key="sd_start_date").value
+    at.date_input(key="sd_end_date").set_value(start - timedelta(days=1)).run()
+    [limits] = at.expander
+    assert limits.proto.expanded
+    # when the error is fixed
+    at.date_input(key="sd_end_date").set_value(start + timedelta(days=3)).run()
+    # then the section stays open, and its caption names what is set, in words
+    assert not at.exception, at.exception
+    [limits] = at.expander
+    assert limits.proto.expanded
+    assert "must be after" not in texts(at)
+    end = start + timedelta(days=3)
+    assert f"ends {end:%Y-%m-%d} 00:00" in texts(at)
+    assert "at most 5 runs" in texts(at)
+
+
+def test_the_edit_dialog_names_its_automation() -> None:
+    # given a one-off schedule of "Reports"
+    auto = make_automation(name="Reports")
+    sched = make_schedule(auto, kind="once", run_at=now() + timedelta(days=2), cron_expr=None)
+    # when it is opened for editing from its page
+    st.cache_data.clear()
+    at = AppTest.from_file(str(PAGES / "schedule.py"), default_timeout=60)
+    at.query_params["id"] = str(sched)
+    at.run()
+    at.button(key="sp_edit").click().run()
+    assert not at.exception, at.exception
+    # then the dialog says which automation it edits (the preview's height: test_browser)
+    assert "Editing a schedule of **Reports**" in texts(at)
+    assert len(at.dataframe[-1].value) == 1
 
 
 def test_edit_a_schedule_keeps_its_values_and_saves_changes() -> None:
@@ -319,6 +392,32 @@ def test_an_invalid_automation_shows_errors_and_writes_nothing() -> None:
     assert table_snapshot() == before
 
 
+def test_an_automation_error_goes_as_soon_as_its_field_is_filled() -> None:
+    # given a Save that failed on an empty name and a bad URL
+    at = page("automations")
+    at.text_input(key="auto_new_agent_url").input("ftp://example.com").run()
+    at.button(key="auto_new_save").click().run()
+    assert "is required" in texts(at)
+    # when the name is filled in (no Save yet)
+    at.text_input(key="auto_new_name").input("Weekly digest").run()
+    # then its message is gone while the URL's stays, as in the schedule dialog
+    assert not at.exception, at.exception
+    assert "is required" not in texts(at)
+    assert "must start with http:// or https://" in texts(at)
+    # and once the URL is fixed, so is its message
+    at.text_input(key="auto_new_agent_url").input("http://127.0.0.1:9/agent").run()
+    assert "must start with" not in texts(at)
+
+
+def test_the_step_grid_starts_new_rows_blank() -> None:
+    at = page("automations")
+    [editor] = [d for d in at.dataframe if d.editing_mode != "read_only"]
+    columns = json.loads(editor.proto.columns)
+    assert columns["name"]["default"] == "" and columns["message"]["default"] == ""
+    # and on a phone (~350 px of grid) the message column starts on screen
+    assert columns["order"]["width"] + columns["name"]["width"] <= 220
+
+
 def test_test_run_shows_the_step_results(agent: Any, worker: Any) -> None:
     auto = make_automation(agent_url=agent.url, steps=2, name="Tested")
     at = page("automations")
@@ -399,6 +498,23 @@ def test_a_built_export_is_not_offered_once_the_filters_or_format_change(
     assert "exp_file" not in at.session_state
 
 
+def test_a_built_export_of_a_relative_range_stays_offered_on_the_next_rerun(
+    history: dict[str, uuid.UUID],
+) -> None:
+    # given a file built for "last 24 hours" (an instant that moves with the clock)
+    at = page("export")
+    at.selectbox(key="exp_range").set_value("24h").run()
+    at.button(key="exp_build").click().run()
+    assert "exp_file" in at.session_state
+    # when the page reruns a moment later with the same choices
+    time.sleep(0.01)
+    at.run()
+    # then the file is still offered for download
+    assert not at.exception, at.exception
+    assert "exp_file" in at.session_state
+    assert at.get("download_button")
+
+
 HOSTILE_NAME = (
     "![x](http://127.0.0.1:9/pixel.png) [Re-authenticate here](http://evil.example/) :red[!]"
 )
@@ -459,7 +575,8 @@ def test_queues_list_retry_and_purge_dead_letters(redis_client: Any) -> None:
 
     first, _ = bury(1), bury(2)
     at = page("queues")
-    assert [m.value for m in at.metric][:4] == ["0", "0", "0", "2"]
+    depths = at.dataframe[0].value.set_index("Queue")
+    assert list(depths.loc["default"]) == [0, 0, 0, 2]
     assert len(at.dataframe[-1].value) == 2
     at.selectbox(key="q_message").set_value(first).run()
     at.button(key="q_retry").click().run()
@@ -478,6 +595,64 @@ def test_queues_list_retry_and_purge_dead_letters(redis_client: Any) -> None:
         "retry_dead_letter": "local admin",
         "purge_dead_letters": "local admin",
     }
+
+
+def test_a_dead_letter_shows_its_runs_error_and_automation_not_a_bare_id(
+    redis_client: Any,
+) -> None:
+    from tasks.actors import run_execution
+
+    # given a run that failed for good, its message dead-lettered (Redis keeps no error)
+    automation_id = make_automation(name="Nightly report")
+    (failed,) = add_runs(
+        automation_id, [{"status": "failed", "error": "step 2: agent answered HTTP 500"}]
+    )
+    message = run_execution.message(str(failed))
+    redis_client.zadd("dramatiq:default.XQ", {"dead-1": time.time() * 1000})
+    redis_client.hset("dramatiq:default.XQ.msgs", "dead-1", message.encode())
+    # when the Queues page lists it
+    at = page("queues")
+    table = at.dataframe[-1].value
+    # then it names the automation and the run, and shows the run's stored error
+    assert list(table["Error"]) == ["step 2: agent answered HTTP 500"]
+    assert list(table["Run"]) == [f"Nightly report · run {str(failed)[:8]}"]
+    assert str(failed) not in table.to_string()
+
+
+def test_workers_are_shown_by_host_and_pid_with_what_they_run(redis_client: Any) -> None:
+    from tasks.workers import INDEX, KEY
+
+    # given a worker process's beacon, holding one run
+    beat_ms = int(time.time() * 1000)
+    run_id = str(uuid.uuid4())
+    redis_client.hset(
+        KEY.format(name="web-1:4242"),
+        mapping={
+            "host": "web-1",
+            "pid": 4242,
+            "queues": "default",
+            "running": 1,
+            "runs": run_id,
+            "processed": 17,
+            "failed": 2,
+            "started": beat_ms - 60_000,
+            "beacon": beat_ms,
+        },
+    )
+    redis_client.zadd(INDEX, {"web-1:4242": beat_ms})
+    # when the Queues page opens
+    at = page("queues")
+    # then the worker reads as host:pid with its queues, its run and its counts
+    workers = at.dataframe[1].value
+    row = workers.iloc[0]
+    assert (row["Worker"], row["Queues"], row["Processed"], row["Failed"]) == (
+        "web-1:4242",
+        "default",
+        17,
+        2,
+    )
+    assert row["Running now"] == f"1 run(s): {run_id[:8]}"
+    assert "Workers (1)" in [h.value for h in at.subheader]
 
 
 # --- form helpers (no server) -------------------------------------------------------------

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, inspect, select, text, update
+from sqlalchemy import create_engine, func, inspect, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from core.errors import ValidationFailed
@@ -41,6 +41,7 @@ from testkit.factories import (
     make_automation,
     make_execution,
     make_schedule,
+    now,
     person,
     schedule_definition,
     step_runs,
@@ -745,3 +746,32 @@ def test_a_lease_renewal_never_waits_for_a_run_being_written(db: None) -> None:
     assert renewed == {writing, free}
     free_lease = execution(free).lease_expires_at
     assert free_lease is not None and free_lease > datetime.now(UTC) + timedelta(seconds=500)
+
+
+def test_a_manual_retry_times_the_run_from_the_retry_not_the_first_start(db: None) -> None:
+    from db.queries import ExecutionFilters, list_executions
+
+    # given a run that started two hours ago and failed
+    automation_id = make_automation()
+    failed = make_execution(
+        automation_id,
+        status="failed",
+        attempt=1,
+        started_at=now() - timedelta(hours=2),
+        finished_at=now() - timedelta(hours=2) + timedelta(seconds=5),
+        error="step 1: HTTP 500",
+    )
+    # when a person retries it now and a worker runs it to the end
+    with session_scope() as session:
+        commands.retry_execution(session, failed, actor=ADMIN)
+    with session_scope() as session:
+        assert not isinstance(claim_execution(session, failed, lease_s=5), str)
+        session.execute(
+            update(Execution)
+            .where(Execution.id == failed)
+            .values(status="succeeded", finished_at=func.now())
+        )
+    # then its duration counts from the retry's start, not across the idle two hours
+    with session_scope() as session:
+        [row] = list_executions(session, ExecutionFilters(), actor=ADMIN).rows
+    assert row.duration_s is not None and row.duration_s < 60

@@ -114,6 +114,11 @@ def test_a_bad_allowlist_names_the_variable(bad: str) -> None:
         ("http://alice:s3cret@agent.example.com/", "user name or password"),
         ("http://exa mple.com/", "spaces"),
         ("http://agent.example.com:99999/", "port"),
+        ("http://agent.example.com:0/", "port"),
+        ("http://exa%20mple.com/", "host name that cannot exist"),
+        ("http://agent..example.com/", "host name that cannot exist"),
+        ("http://-agent.example.com/", "host name that cannot exist"),
+        ("http://[::1/agent", "not a valid URL"),
     ],
 )
 def test_an_internal_or_credentialed_url_is_refused_at_save_and_nothing_written(

@@ -91,7 +91,7 @@ BAD_SCHEDULES: list[tuple[dict[str, Any], dict[str, Any], str, str]] = [
         {"kind": "interval", "interval_s": 60, "start_at": T0 + timedelta(days=1), "end_at": T0},
         {},
         "end_at",
-        "must be after start_at",
+        "must be after the start",
     ),
     ({"kind": "interval", "interval_s": 60, "max_runs": 0}, {}, "max_runs", "at least 1"),
     ({"kind": "interval", "interval_s": 60}, {"misfire_policy": "x"}, "misfire_policy", "one of"),

@@ -116,7 +116,7 @@ def test_three_schedulers_run_every_slot_exactly_once(procs: Any, agent: Any) ->
     )
     assert duplicates == 0 and not missing and not extra
     assert statuses == {"succeeded": len(expected)}
-    assert completed == {"end_at reached": SCHEDULES}
+    assert completed == {"reached its end": SCHEDULES}
     # and the agent saw each execution's step once
     keys = Counter(c.idempotency_key for c in agent.calls)
     assert len(keys) == len(expected) and set(keys.values()) == {1}

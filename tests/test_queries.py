@@ -311,3 +311,38 @@ def test_steps_done_counts_finished_steps_not_the_step_last_started(
         error=None,
     )
     assert row.steps_done == shown
+
+
+def test_failure_groups_gather_failures_by_automation_and_error() -> None:
+    # given two automations failing: one twice alike (ids differ), once otherwise
+    reports, billing = make_automation(name="Reports"), make_automation(name="Billing")
+    t = now()
+    _, newest, *_ = add_runs(
+        reports,
+        [
+            {
+                "status": "failed",
+                "finished_at": t - timedelta(hours=2),
+                "error": f"step 2: agent answered HTTP 500 (request {uuid.uuid4()})",
+            },
+            {
+                "status": "failed",
+                "finished_at": t - timedelta(hours=1),
+                "error": f"step 2: agent answered HTTP 500 (request {uuid.uuid4()})",
+            },
+            {"status": "failed", "finished_at": t - timedelta(hours=1), "error": "step 1: timeout"},
+            {"status": "failed", "finished_at": t - timedelta(days=3), "error": "too old"},
+            {"status": "succeeded", "finished_at": t - timedelta(hours=1)},
+        ],
+    )
+    add_runs(billing, [{"status": "failed", "finished_at": t, "error": "step 1: HTTP 403"}])
+    # when
+    with session_scope() as session:
+        groups = figures.failure_groups(session, actor=ADMIN, since=t - timedelta(days=1))
+    # then the alike failures are one group of 2, largest first, linked to its newest run
+    assert [(g.automation_name, g.error, g.count) for g in groups] == [
+        ("Reports", "step 2: agent answered HTTP 500 (request …)", 2),
+        ("Billing", "step 1: HTTP 403", 1),
+        ("Reports", "step 1: timeout", 1),
+    ]
+    assert groups[0].last_run_id == newest

@@ -174,9 +174,9 @@ def test_parse_schedule_reports_every_problem_together() -> None:
 def test_initial_next_run_at() -> None:
     now = utc(2026, 5, 1, 10, 7)
     assert initial_next_run_at(cron("0 * * * *"), now) == (utc(2026, 5, 1, 11), None)
-    assert initial_next_run_at(once(utc(2026, 5, 1)), now) == (None, "run_at has passed")
+    assert initial_next_run_at(once(utc(2026, 5, 1)), now) == (None, "its run time has passed")
     ended = cron("0 * * * *", end_at=utc(2026, 5, 1, 10))
-    assert initial_next_run_at(ended, now) == (None, "end_at reached")
+    assert initial_next_run_at(ended, now) == (None, "reached its end")
 
 
 # --- misfire / dispatch planning ------------------------------------------------------
@@ -324,7 +324,7 @@ def test_max_runs_counts_dispatched_and_planned_runs_only() -> None:
     # then only two more run and the schedule completes
     assert result.run == [NOW - MINUTE * 10, NOW - MINUTE * 9]
     assert (result.next_run_at, result.completed_reason) == (None, MAX_RUNS_REACHED)
-    assert MAX_RUNS_REACHED == "max_runs reached"
+    assert MAX_RUNS_REACHED == "reached its maximum number of runs"
 
 
 def test_skipped_slots_do_not_use_up_max_runs() -> None:
@@ -346,7 +346,7 @@ def test_end_at_completes_the_schedule() -> None:
     timing = cron("* * * * *", end_at=NOW + timedelta(seconds=30))
     result = plan(timing, NOW)
     assert result.run == [NOW]
-    assert (result.next_run_at, result.completed_reason) == (None, "end_at reached")
+    assert (result.next_run_at, result.completed_reason) == (None, "reached its end")
 
 
 # --- overlap --------------------------------------------------------------------------

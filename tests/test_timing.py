@@ -127,7 +127,7 @@ def test_anchored_needs_an_aware_instant() -> None:
         (
             cron_spec("0 9 * * *", start_at=utc(2026, 2, 1), end_at=utc(2026, 1, 1)),
             "end_at",
-            "must be after start_at",
+            "must be after the start",
         ),
         (once_spec(datetime(2026, 5, 1, 9)), "run_at", "must include a timezone"),
         (
@@ -151,7 +151,7 @@ def test_anchored_needs_an_aware_instant() -> None:
         (
             ScheduleSpec(kind="once", run_at=utc(2026, 1, 1), end_at=utc(2025, 1, 1)),
             "run_at",
-            "must lie between start_at and end_at",
+            "must lie between the start and the end",
         ),
     ],
 )

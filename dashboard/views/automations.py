@@ -9,10 +9,11 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core.automation import AutomationInput, Step, redact_url
+from core.automation import AutomationInput, Step, redact_url, validate_automation
 from core.errors import StepwiseError, ValidationFailed
 from core.limits import MAX_CONCURRENCY, MAX_RATE_PER_S, MIN_RATE_PER_S
 from core.run_input import parse_run_input
+from core.settings import get_settings
 from core.vocabulary import OPEN_STATUSES, Permission
 from dashboard import forms, notifications, ui
 from dashboard.webhook import webhook_section
@@ -109,7 +110,45 @@ def defaults(row: queries.AutomationRow | None) -> dict[str, Any]:
 
 
 base = defaults(current)
+# Errors as of the last Save; once a Save has failed, the form is checked again on every
+# change (as the schedule dialog checks as you type): a message goes as soon as its
+# field is fixed. `live_errors` below replaces this once the inputs are drawn.
 errors: dict[str, str] = st.session_state.get(k + "errors", {})
+STEP_ROWS = k + "steps_rows"  # the step table's rows as last edited (read by Save)
+
+
+def form_input() -> AutomationInput:
+    s = st.session_state
+    if s.get(k + "steps_as_text"):
+        steps: tuple[Step, ...] = forms.parse_steps_text(s[k + "steps_text"])
+    else:
+        steps = forms.steps_from_rows(s.get(STEP_ROWS, []))
+    return AutomationInput(
+        name=s[k + "name"],
+        agent_url=s[k + "agent_url"],
+        steps=steps,
+        description=s[k + "description"],
+        project_context=s[k + "project_context"],
+        step_timeout_s=int(s[k + "timeout"]),
+        max_retries=int(s[k + "retries"]),
+        concurrency_limit=None if s[k + "concurrency"] is None else int(s[k + "concurrency"]),
+        rate_limit_per_s=None if s[k + "rate"] is None else float(s[k + "rate"]),
+        request_headers=forms.parse_headers_text(s[k + "headers"]),
+        urgent=bool(s.get(k + "urgent", False)),
+    )
+
+
+def live_errors() -> dict[str, str]:
+    """Every field's problem with the form as it stands now (no database involved)."""
+    try:
+        validate_automation(form_input(), egress=get_settings().egress_policy())
+    except ValidationFailed as exc:
+        return forms.errors_by_field(exc)
+    return {}
+
+
+if k + "errors" in st.session_state and k + "name" in st.session_state:
+    errors = st.session_state[k + "errors"] = live_errors()
 
 st.subheader("New automation" if current is None else f"Edit “{ui.text(current.name)}”")
 left, right = st.columns(2)
@@ -186,9 +225,11 @@ st.markdown("**Steps**, sent to the agent in order")
 as_text = st.toggle(
     "Edit steps as text (one step per line: `name | message`)", key=k + "steps_as_text"
 )
-if as_text:
-    st.text_area("Steps", value=forms.steps_text(base["steps"]), key=k + "steps_text", height=160)
-else:
+
+
+@st.fragment
+def steps_table() -> None:
+    """The step grid on its own: a cell edit reruns this table, not the whole page."""
     st.caption("Add rows at the bottom, delete with the row checkbox; change **order** to reorder.")
     edited = st.data_editor(
         pd.DataFrame(
@@ -202,33 +243,22 @@ else:
         width="stretch",
         key=k + "steps_table",
         column_config={
-            "order": st.column_config.NumberColumn("order", width="small", step=1),
-            "name": st.column_config.TextColumn("name", width="medium"),
-            "message": st.column_config.TextColumn("message", width="large"),
+            # A new row starts blank, not with "None" in every cell.
+            "order": st.column_config.NumberColumn("order", width=60, step=1),
+            "name": st.column_config.TextColumn("name", width=140, default=""),
+            "message": st.column_config.TextColumn("message", width="large", default=""),
         },
     )
-ui.field_error(errors, "steps")
+    st.session_state[STEP_ROWS] = edited.to_dict("records")
+    if k + "errors" in st.session_state:  # checked as you edit, once a Save has failed
+        ui.field_error(live_errors(), "steps")
 
 
-def form_input() -> AutomationInput:
-    s = st.session_state
-    if s.get(k + "steps_as_text"):
-        steps: tuple[Step, ...] = forms.parse_steps_text(s[k + "steps_text"])
-    else:
-        steps = forms.steps_from_rows(edited.to_dict("records"))
-    return AutomationInput(
-        name=s[k + "name"],
-        agent_url=s[k + "agent_url"],
-        steps=steps,
-        description=s[k + "description"],
-        project_context=s[k + "project_context"],
-        step_timeout_s=int(s[k + "timeout"]),
-        max_retries=int(s[k + "retries"]),
-        concurrency_limit=None if s[k + "concurrency"] is None else int(s[k + "concurrency"]),
-        rate_limit_per_s=None if s[k + "rate"] is None else float(s[k + "rate"]),
-        request_headers=forms.parse_headers_text(s[k + "headers"]),
-        urgent=bool(s[k + "urgent"]),
-    )
+if as_text:
+    st.text_area("Steps", value=forms.steps_text(base["steps"]), key=k + "steps_text", height=160)
+    ui.field_error(errors, "steps")
+else:
+    steps_table()
 
 
 if current is not None:
@@ -256,9 +286,11 @@ if cols[0].button("Save", icon=":material/save:", type="primary", key=k + "save"
         st.session_state.pop(k + "errors", None)
     except ValidationFailed as exc:
         st.session_state[k + "errors"] = forms.errors_by_field(exc)
-    except StepwiseError as exc:
-        st.session_state[k + "errors"] = {"name": str(exc)}
+    except StepwiseError as exc:  # a quota, say: about the save, not a field
+        st.session_state[k + "save_error"] = str(exc)
     st.rerun()
+if save_error := st.session_state.pop(k + "save_error", None):
+    st.error(ui.text(save_error))
 
 if current is not None:
     if cols[1].button("Test run", icon=":material/science:", key=k + "test", width="stretch"):

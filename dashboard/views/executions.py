@@ -14,7 +14,7 @@ from core.errors import StepwiseError
 from core.limits import MAX_BULK
 from core.vocabulary import Permission
 from dashboard import grid, ui
-from dashboard.filters import history_filters
+from dashboard.filters import history_filters, selection
 from dashboard.runs_table import runs_table
 from db import figures, queries
 from tasks import actions
@@ -31,12 +31,6 @@ if flash := st.session_state.pop("flash", None):
     st.success(flash)
 
 filters = history_filters("ex")
-size_col, _ = st.columns([1, 5])
-page_size = size_col.selectbox("Rows per page", PAGE_SIZES, key="ex_page_size")
-# A different filter starts again at the first page.
-if st.session_state.get("ex_filters") != (filters, page_size):
-    st.session_state["ex_filters"] = (filters, page_size)
-    st.session_state["ex_offset"] = 0
 
 
 def bulk_retry(filters: queries.ExecutionFilters) -> None:
@@ -81,6 +75,12 @@ def _move(offset: int) -> None:
 
 @st.fragment(run_every=10)
 def history() -> None:
+    page_size = st.session_state.get("ex_page_size", PAGE_SIZES[0])  # chosen under the table
+    # A different filter or page size starts again at the first page.
+    # (As chosen: "last 24 hours" is the same choice a minute later.)
+    if st.session_state.get("ex_filters") != (selection("ex"), page_size):
+        st.session_state["ex_filters"] = (selection("ex"), page_size)
+        st.session_state["ex_offset"] = 0
     offset = st.session_state.get("ex_offset", 0)
     # Runs in flight first (running, then queued by slot), then the finished ones by
     # time: a slot queued ahead of its time no longer sorts above the run in progress.
@@ -106,7 +106,14 @@ def history() -> None:
         return
     runs_table(page.rows, "ex_table")
     st.caption("Click a row to open the run.")
-    prev, label, nxt = st.columns([1, 4, 1])
+    prev, label, size, nxt = st.columns([1, 3, 1, 1], vertical_alignment="center")
+    size.selectbox(
+        "Rows per page",
+        PAGE_SIZES,
+        key="ex_page_size",
+        format_func=lambda n: f"{n} a page",
+        label_visibility="collapsed",
+    )
     prev.button(
         "← Newer",
         disabled=offset == 0,

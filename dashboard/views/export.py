@@ -10,7 +10,7 @@ import streamlit as st
 
 from core.errors import StepwiseError
 from dashboard import ui
-from dashboard.filters import history_filters
+from dashboard.filters import history_filters, selection
 from db import exports, queries
 
 LABELS: dict[exports.Format, str] = {"csv": "CSV", "parquet": "Parquet", "xlsx": "Excel (.xlsx)"}
@@ -68,12 +68,13 @@ if st.button("Build file", type="primary", key="exp_build"):
             "path": str(path),
             "rows": rows,
             "format": fmt,
-            "filters": filters,
+            "filters": selection("exp"),
         }
 
 built = st.session_state.get("exp_file")
-# A file built for other filters or another format is not what the page now describes.
-if built and (built["filters"] != filters or built["format"] != fmt):
+# A file built for other filters or another format is not what the page now describes
+# (compared as chosen: "last 24 hours" is the same choice a minute later).
+if built and (built["filters"] != selection("exp") or built["format"] != fmt):
     st.session_state.pop("exp_file")
     built = None
 if built and Path(built["path"]).exists():

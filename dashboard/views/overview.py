@@ -1,18 +1,22 @@
-"""Overview: how the automations are doing, at a glance."""
+"""Overview: how the automations are doing, at a glance; every part refreshes itself."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
-from dashboard import ui
-from db import figures, queries
+from dashboard import outcomes, ui
+from db import figures
 from tasks import queues
 
-RANGES = {"Last 24 hours (by hour)": ("hour", 1), "Last 14 days (by day)": ("day", 14)}
+RANGES: dict[str, tuple[figures.Bucket, int]] = {
+    "Last 24 hours (by hour)": ("hour", 1),
+    "Last 14 days (by day)": ("day", 14),
+}
+REFRESH_S = 15  # the lists; the KPIs and the chart every 30 s
+TRIAGE_WINDOW = timedelta(days=1)  # as "Failures, 24 h"
 
 st.title("Overview")
 ui.scheduler_warning()
@@ -33,79 +37,102 @@ def headline() -> None:
     cols[1].metric("Runs, last 24 h", k.runs_24h)
     cols[2].metric("Success rate, 24 h", ui.fmt_rate(k.success_rate_24h))
     cols[3].metric("Success rate, 7 days", ui.fmt_rate(k.success_rate_7d))
-    cols[4].metric("Failures, 24 h", k.failures_24h, help="failed runs: see Executions → failed")
+    cols[4].metric("Failures, 24 h", k.failures_24h, help="failed runs: see Needs attention")
     cols[5].metric("Queue depth", queue_depth(), help="messages waiting or delayed in Redis")
-    choice = st.session_state.get("overview_range", next(iter(RANGES)))
+
+
+@st.fragment(run_every=30)
+def outcome_chart() -> None:
+    # The period chooser sits with the chart it changes (the KPIs have fixed windows).
+    title, period = st.columns([3, 2], vertical_alignment="bottom")
+    title.subheader("Finished runs")
+    choice = period.selectbox(
+        "Period", list(RANGES), key="overview_range", label_visibility="collapsed"
+    )
     bucket, days = RANGES[choice]
-    points = ui.read(figures.outcome_series, since=k.now - timedelta(days=days), bucket=bucket)
-    frame = pd.DataFrame([p.__dict__ for p in points])
-    if frame.empty or frame["count"].sum() == 0:
+    now = ui.read_deployment(figures.scheduler_liveness).now
+    points = ui.read(figures.outcome_series, since=now - timedelta(days=days), bucket=bucket)
+    data = outcomes.frame(points)
+    if data.empty or data["count"].sum() == 0:
         ui.empty_state(
             "No finished runs in this period yet.",
             "Create an automation and a schedule (or press Run now) and the chart fills in.",
         )
         return
-    chart = (
-        alt.Chart(frame)
-        .mark_bar()
-        .encode(
-            x=alt.X("bucket:T", title=None),
-            y=alt.Y("count:Q", title="runs", stack=True),
-            color=alt.Color(
-                "status:N",
-                scale=alt.Scale(
-                    domain=list(ui.STATUS_COLORS), range=list(ui.STATUS_COLORS.values())
-                ),
-            ),
-            tooltip=["bucket:T", "status:N", "count:Q"],
-        )
-        .properties(height=280)
-    )
-    st.altair_chart(chart, width="stretch")
+    st.altair_chart(outcomes.chart(data, bucket), width="stretch")
 
 
-st.selectbox("Chart", list(RANGES), key="overview_range", label_visibility="collapsed")
-headline()
-
-left, right = st.columns(2)
-with left:
+@st.fragment(run_every=REFRESH_S)
+def coming_up() -> None:
     st.subheader("Coming up")
     upcoming = ui.read(figures.upcoming_runs, limit=10)
     if not upcoming:
         ui.empty_state("No run is scheduled.", "Add a schedule on the Schedules page.")
-    else:
-        viewer = ui.viewer_timezone()
-        st.dataframe(
-            pd.DataFrame(
-                {
-                    "Automation": [u.automation_name for u in upcoming],
-                    "Next run": [ui.fmt_time(u.next_run_at, u.timezone) for u in upcoming],
-                    f"Your time ({viewer})": [ui.fmt_time(u.next_run_at, viewer) for u in upcoming],
-                }
-            ),
-            hide_index=True,
-            width="stretch",
-        )
-with right:
+        return
+    viewer = ui.viewer_timezone()
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "Automation": [u.automation_name for u in upcoming],
+                "Next run": [ui.fmt_time(u.next_run_at, u.timezone) for u in upcoming],
+                f"Your time ({viewer})": [ui.fmt_time(u.next_run_at, viewer) for u in upcoming],
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+
+
+def failures_link(group: figures.FailureGroup) -> str:
+    """The Executions page filtered to this automation's failed runs (a shareable URL)."""
+    return f"executions?status=failed&automation={group.automation_id}"
+
+
+@st.fragment(run_every=REFRESH_S)
+def needs_attention() -> None:
     st.subheader("Needs attention")
-    failures = ui.read(queries.recent_failures, limit=10)
-    if not failures:
-        st.success("No failed runs.")
-    else:
-        event = st.dataframe(
-            pd.DataFrame(
-                {
-                    "Automation": [f.automation_name for f in failures],
-                    "Queued": [ui.fmt_time(f.queued_at) for f in failures],
-                    "Error": [f.error or "" for f in failures],
-                }
+    now = ui.read_deployment(figures.scheduler_liveness).now
+    groups = ui.read(figures.failure_groups, since=now - TRIAGE_WINDOW, limit=10)
+    if not groups:
+        st.success("No failed run in the last 24 hours.")
+        return
+    event = st.dataframe(
+        pd.DataFrame(
+            {
+                "Automation": [g.automation_name for g in groups],
+                "Runs": [g.count for g in groups],
+                "Error": [g.error for g in groups],
+                "Last": [ui.fmt_ago(g.last_failed_at, now) for g in groups],
+                "All failed": [failures_link(g) for g in groups],
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "Automation": st.column_config.TextColumn(width=120),
+            "Error": st.column_config.TextColumn(width=240),
+            "Runs": st.column_config.NumberColumn(width=50, help="failed runs alike, last 24 h"),
+            "Last": st.column_config.TextColumn(width=90),
+            "All failed": st.column_config.LinkColumn(
+                width=80, display_text="list", help="this automation's failed runs"
             ),
-            hide_index=True,
-            width="stretch",
-            on_select="rerun",
-            selection_mode="single-row",
-            key="ov_failures",
-        )
-        if chosen := event.selection.rows:
-            ui.open_run(failures[chosen[0]].id)
-        st.caption("Click a row to open the run (and retry it there).")
+        },
+        on_select="rerun",
+        selection_mode="single-row",
+        key="ov_failures",
+    )
+    if chosen := event.selection.rows:
+        ui.open_run(groups[chosen[0]].last_run_id)
+    st.caption(
+        "Failed runs of the last 24 hours grouped by automation and error. Click a row to "
+        "open its newest run (and retry it there)."
+    )
+
+
+headline()
+outcome_chart()
+left, right = st.columns(2)
+with left:
+    coming_up()
+with right:
+    needs_attention()

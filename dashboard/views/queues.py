@@ -1,6 +1,8 @@
-"""Queues: what waits in Dramatiq's Redis queues, which workers are alive, dead letters."""
+"""Queues: what waits in Dramatiq's Redis queues, the worker processes, dead letters."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import pandas as pd
 import streamlit as st
@@ -8,8 +10,10 @@ import streamlit as st
 from core.errors import StepwiseError
 from core.vocabulary import Permission
 from dashboard import ui
+from db import queries
 from tasks import actions, queues
 from tasks.broker import QUEUES
+from tasks.workers import WorkerInfo
 
 st.title("Queues")
 st.caption(
@@ -25,36 +29,63 @@ if flash := st.session_state.pop("flash", None):
 def live() -> None:
     try:
         stats = queues.all_queue_stats()
-        workers = queues.live_workers()
+        workers = queues.worker_processes()
     except Exception as exc:  # Redis down is worth a clear message, not a traceback
         st.error(f"Redis is unreachable ({type(exc).__name__}): workers cannot get work.")
         return
-    for column, q in zip(st.columns(len(stats)), stats, strict=True):
-        with column.container(border=True):
-            st.markdown(f"**{q.queue}** queue")
-            a, b, c, d = st.columns(4)
-            a.metric("Queued", q.queued)
-            b.metric("In progress", q.in_flight)
-            c.metric("Delayed", q.delayed)
-            d.metric("Dead", q.dead)
-    st.subheader(f"Live workers ({len(workers)})")
+    # One compact table, not four large figures per queue (a phone's first screen).
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "Queue": [q.queue for q in stats],
+                "Waiting": [q.queued for q in stats],
+                "In progress": [q.in_flight for q in stats],
+                "Delayed": [q.delayed for q in stats],
+                "Dead": [q.dead for q in stats],
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+    )
+    st.subheader(f"Workers ({len(workers)})")
     if not workers:
         ui.empty_state(
-            "No worker has sent a heartbeat in the last minute.",
+            "No worker process has reported in the last 30 seconds.",
             "Start them with `make run` (or the `worker` and `dispatcher` Procfile processes); "
             "until then runs wait in the queue.",
         )
-    else:
-        st.dataframe(
-            pd.DataFrame(
-                {
-                    "Worker": [w.worker_id for w in workers],
-                    "Last heartbeat": [ui.fmt_time(w.last_seen) for w in workers],
-                }
+        return
+    now = datetime.now(UTC)
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "Worker": [w.name for w in workers],
+                "Queues": [", ".join(w.queues) for w in workers],
+                "Running now": [running_now(w) for w in workers],
+                "Processed": [w.processed for w in workers],
+                "Failed": [w.failed for w in workers],
+                "Last heartbeat": [ui.fmt_ago(w.last_beacon, now) for w in workers],
+                "Up since": [ui.fmt_time(w.started) for w in workers],
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "Worker": st.column_config.TextColumn(help="host:pid of the worker process"),
+            "Processed": st.column_config.NumberColumn(help="messages handled since it started"),
+            "Failed": st.column_config.NumberColumn(
+                help="of them, those that failed (a run that failed for good is one)"
             ),
-            hide_index=True,
-            width="stretch",
-        )
+        },
+    )
+
+
+def running_now(worker: WorkerInfo) -> str:
+    if not worker.running:
+        return "idle"
+    shown = ", ".join(r[:8] for r in worker.runs)
+    more = worker.running - len(worker.runs)
+    return f"{worker.running} run(s): {shown}" + (f" and {more} more" if more > 0 else "")
 
 
 live()
@@ -72,20 +103,50 @@ if not letters:
         "Messages land here after their last retry; the failed runs are on the Executions page.",
     )
     st.stop()
-st.dataframe(
+# Postgres is the record: a dead letter's error is its run's stored error (Redis keeps
+# no traceback for a run that failed for good).
+runs = ui.read(
+    queries.runs_by_id, {i for m in letters if (i := queues.execution_of(m)) is not None}
+)
+
+
+def run_of(letter: queues.DeadLetter) -> queries.ExecutionRow | None:
+    execution_id = queues.execution_of(letter)
+    return None if execution_id is None else runs.get(execution_id)
+
+
+def what(letter: queues.DeadLetter) -> str:
+    run = run_of(letter)
+    if run is not None:
+        return f"{run.automation_name} · run {str(run.id)[:8]}"
+    return f"the scheduler's {letter.actor} job" if letter.actor != "run_execution" else "a run"
+
+
+event = st.dataframe(
     pd.DataFrame(
         {
             "Failed at": [ui.fmt_time(m.failed_at) for m in letters],
-            "Actor": [m.actor for m in letters],
-            "Args": [", ".join(map(str, m.args)) for m in letters],
+            "Run": [what(m) for m in letters],
+            "Status": [ui.status_cell(r.status if (r := run_of(m)) else None) for m in letters],
+            "Error": [(r.error if (r := run_of(m)) else None) or m.error or "" for m in letters],
             "Retries": [m.retries for m in letters],
-            "Error": [m.error or "" for m in letters],
-            "Message": [m.message_id for m in letters],
         }
     ),
     hide_index=True,
     width="stretch",
+    column_config={
+        "Run": st.column_config.TextColumn(width=200),
+        "Status": ui.status_column(width=90),
+        "Error": st.column_config.TextColumn(width=360),
+        "Retries": st.column_config.NumberColumn(width=60),
+    },
+    on_select="rerun",
+    selection_mode="single-row",
+    key="q_letters",
 )
+if (picked := event.selection.rows) and (run := run_of(letters[picked[0]])) is not None:
+    ui.open_run(run.id)
+st.caption("Click a row to open its run.")
 if not ui.can(Permission.MANAGE_QUEUES):
     st.caption("Admins of this workspace can retry or purge these dead letters.")
     st.stop()
@@ -93,7 +154,7 @@ by_id = {m.message_id: m for m in letters}
 chosen = st.selectbox(
     "Message",
     list(by_id),
-    format_func=lambda i: f"{by_id[i].actor}({', '.join(map(str, by_id[i].args))}) · {i[:8]}",
+    format_func=lambda i: f"{what(by_id[i])} · failed {ui.fmt_time(by_id[i].failed_at)}",
     key="q_message",
 )
 a, b, _ = st.columns([1, 1, 3])

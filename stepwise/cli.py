@@ -10,6 +10,7 @@ stepwise reseal              # after a new key is put first: re-seal every store
 stepwise export ...          # history to CSV / Parquet / Excel
 stepwise apply -f FILE       # create/update automations and schedules from YAML
 stepwise export-defs         # write them back as YAML
+stepwise api list|pause|resume|trigger|tail ...  # the REST API for scripts
 """
 
 from __future__ import annotations
@@ -469,6 +470,9 @@ def main(argv: list[str] | None = None) -> None:
     ).set_defaults(func=reseal)
     _add_export_parser(sub)
     _add_defs_parsers(sub)
+    from stepwise import apicli
+
+    apicli.add_parser(sub)
     args = parser.parse_args(argv)
     from core.errors import StepwiseError
 

@@ -50,6 +50,27 @@ SCHEDULE_POLICY: tuple[str, ...] = ("misfire_policy", "catchup_window_s", "overl
 SCHEDULE_POLICY += ("jitter_s", "enabled", "input")
 SCHEDULE_FIELDS = SCHEDULE_TIMING + SCHEDULE_POLICY
 _DATES = frozenset({"run_at", "start_at", "end_at"})
+# What each scalar field must be in the file (YAML gives typed values).
+_TYPES: dict[str, tuple[type, ...]] = {
+    **dict.fromkeys(("step_timeout_s", "max_retries", "concurrency_limit"), (int,)),
+    **dict.fromkeys(("interval_s", "max_runs", "catchup_window_s", "jitter_s"), (int,)),
+    "rate_limit_per_s": (int, float),
+    **dict.fromkeys(("urgent", "enabled"), (bool,)),
+    **dict.fromkeys(("name", "description", "agent_url", "project_context", "owner_id"), (str,)),
+    **dict.fromkeys(("kind", "cron_expr", "timezone", "misfire_policy", "overlap_policy"), (str,)),
+}
+_TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+
+
+def _check_types(path: str, where: str, item: dict[str, Any]) -> None:
+    for name, value in item.items():
+        wanted = _TYPES.get(name)
+        if wanted is None or value is None:
+            continue
+        is_bool = isinstance(value, bool)
+        if not isinstance(value, wanted) or (is_bool and bool not in wanted):
+            shown = _TYPE_NAMES[wanted[-1]]
+            raise DefinitionError(_where(path, where, name) + f": must be {shown}")
 
 
 class DefinitionError(StepwiseError):
@@ -95,6 +116,7 @@ def _automation_input(path: str, item: dict[str, Any]) -> AutomationInput:
         raise DefinitionError(_where(path, where, sorted(unknown)[0]) + ": unknown field")
     if not name:
         raise DefinitionError(_where(path, where, "name") + ": required")
+    _check_types(path, where, item)
     steps = item.get("steps") or []
     if not isinstance(steps, list) or not all(
         isinstance(s, dict) and set(s) <= {"name", "message"} for s in steps
@@ -121,6 +143,7 @@ def _schedule_input(path: str, where: str, item: Any) -> ScheduleInput:
     unknown = set(item) - set(SCHEDULE_FIELDS)
     if unknown:
         raise DefinitionError(_where(path, where, sorted(unknown)[0]) + ": unknown field")
+    _check_types(path, where, item)
     values = dict(item)
     for name in _DATES & set(values):
         value = values[name]

@@ -81,7 +81,9 @@ def test_dry_run_shows_the_diff_and_writes_nothing(tmp_path: Path, capsys: Any) 
     [
         ("automations: [", "YAML syntax error"),
         (DEFS.replace("agent_url:", "agent_uri:"), "Nightly report: agent_uri: unknown field"),
-        (DEFS.replace('"0 2 * * *"', '"0 99 * * *"'), "schedule #1"),
+        (DEFS.replace('"0 2 * * *"', '"0 99 * * *"'), "schedule #1: cron_expr: '0 99 * * *'"),
+        (DEFS.replace("    steps:", "    max_retries: two\n    steps:"), "max_retries: must be"),
+        (DEFS.replace("interval_s: 3600,", "interval_s: 3600, jitter_s: x,"), "#2: jitter_s"),
         (DEFS.replace("https://agent.example.com/run", "not a url"), "agent_url"),
     ],
 )

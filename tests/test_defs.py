@@ -24,7 +24,7 @@ automations:
       - {name: gather, message: Gather the numbers}
       - {name: write, message: Write the report}
     schedules:
-      - {kind: cron, cron_expr: "0 2 * * *", timezone: Europe/Paris}
+      - {kind: cron, cron_expr: "0 2 * * *", timezone: Europe/Paris, end_at: 2030-01-01T00:00:00Z}
       - {kind: interval, interval_s: 3600, input: {region: eu}}
 """
 

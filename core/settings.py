@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     api_port: int | None = Field(default=None, ge=1, le=65535)
     # Calls one API token may make per minute (over every api process, counted in Redis).
     api_rate_per_minute: int = Field(default=600, ge=1, le=1_000_000)
+    # `stepwise api ...` (the CLI for scripts): the REST API's base URL and a token for it.
+    api_url: str = ""
+    api_token: str = ""
     # Host names the dashboard answers on besides this machine's own (comma-separated).
     web_hosts: str = ""
     # Login with OpenID Connect: issuer, client id and secret set = every person logs in.

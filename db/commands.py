@@ -45,7 +45,7 @@ __all__ = ["audit"]  # re-exported: callers that record their own actions
 # --- automations ---------------------------------------------------------------
 
 
-def _automation_values(data: AutomationInput) -> dict[str, Any]:
+def automation_values(data: AutomationInput) -> dict[str, Any]:
     return {
         "name": data.name.strip(),
         "description": data.description,
@@ -104,7 +104,7 @@ def create_automation(session: Session, data: AutomationInput, *, actor: Actor) 
         "automations",
     )
     automation = Automation(
-        **_automation_values(data),
+        **automation_values(data),
         workspace_id=actor.workspace_id,
         signing_secret=settings.secret_box().seal(new_signing_secret()),
     )
@@ -212,7 +212,7 @@ def update_automation(
     authorize(session, actor, Permission.EDIT)
     validate_automation(data, egress=get_settings().egress_policy())
     automation = _automation(session, actor.workspace_id, automation_id)
-    new = _automation_values(data)
+    new = automation_values(data)
     changed = changes(automation, new)
     for key, value in new.items():
         setattr(automation, key, value)
@@ -253,7 +253,7 @@ def delete_automation(session: Session, automation_id: uuid.UUID, *, actor: Acto
 # --- schedules -------------------------------------------------------------------
 
 
-def _schedule_values(data: ScheduleDefinition) -> dict[str, Any]:
+def schedule_values(data: ScheduleDefinition) -> dict[str, Any]:
     timing = data.timing
     return {
         "kind": timing.kind,
@@ -300,7 +300,7 @@ def create_schedule(
         workspace_id=actor.workspace_id,
         enabled=data.enabled,
         created_at=now,
-        **_schedule_values(data),
+        **schedule_values(data),
     )
     if data.enabled:
         _arm(schedule, data.timing.anchored(now), now)
@@ -336,7 +336,7 @@ def update_schedule(
     """New timing and policies; an interval without start_at keeps counting from creation."""
     schedule = _lock_schedule(session, actor, schedule_id)
     now = db_now(session)
-    new = {**_schedule_values(data), "enabled": data.enabled}
+    new = {**schedule_values(data), "enabled": data.enabled}
     changed = changes(schedule, new)
     for key, value in new.items():
         setattr(schedule, key, value)

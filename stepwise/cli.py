@@ -8,6 +8,9 @@ stepwise demo-agent          # the bundled agent alone
 stepwise new-key             # a key for STEPWISE_SECRET_KEYS
 stepwise reseal              # after a new key is put first: re-seal every stored secret
 stepwise export ...          # history to CSV / Parquet / Excel
+stepwise apply -f FILE       # create/update automations and schedules from YAML
+stepwise export-defs         # write them back as YAML
+stepwise api list|pause|resume|trigger|tail ...  # the REST API for scripts
 """
 
 from __future__ import annotations
@@ -370,6 +373,82 @@ def _add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.set_defaults(func=export)
 
 
+def _defs_actor(session: Any, args: argparse.Namespace) -> Any:
+    """Local mode: the local admin (or --as member) in --workspace or their first one."""
+    import uuid
+
+    from core.access import LOCAL_ADMIN
+    from core.errors import Forbidden
+    from db.workspaces import acting_as, bootstrap_admins
+
+    workspace = uuid.UUID(args.workspace) if args.workspace else None
+    if args.as_ is None:
+        bootstrap_admins(session, {LOCAL_ADMIN})
+    person = args.as_ or LOCAL_ADMIN
+    actor = acting_as(session, person, workspace)
+    if actor is None or (workspace is not None and actor.workspace_id != workspace):
+        raise Forbidden(f"{person} is not a member of that workspace")
+    return actor
+
+
+def apply_defs(args: argparse.Namespace) -> int:
+    """Create or update the file's definitions in one transaction (none on --dry-run)."""
+    from core.errors import StepwiseError
+    from db.session import session_scope
+    from stepwise import defs
+
+    class _DryRun(Exception):
+        pass
+
+    plan = defs.Plan()
+    try:
+        with session_scope() as session:
+            plan = defs.apply(session, args.file, actor=_defs_actor(session, args))
+            if args.dry_run:
+                raise _DryRun
+    except _DryRun:
+        pass
+    except (StepwiseError, ValueError) as exc:
+        print(f"stepwise apply: {exc}", file=sys.stderr)
+        return 2
+    for line in plan.lines:
+        print(line)
+    verb = "would change" if args.dry_run else "changed"
+    print(f"stepwise apply: {verb} {len(plan.lines)} item(s)" if plan.changed else "no changes")
+    return 0
+
+
+def export_defs(args: argparse.Namespace) -> int:
+    from core.errors import StepwiseError
+    from db.session import session_scope
+    from stepwise import defs
+
+    try:
+        with session_scope() as session:
+            text = defs.export(session, actor=_defs_actor(session, args))
+    except (StepwiseError, ValueError) as exc:
+        print(f"stepwise export-defs: {exc}", file=sys.stderr)
+        return 2
+    if args.out in (None, "-"):
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text, encoding="utf-8")
+    return 0
+
+
+def _add_defs_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("apply", help="create or update automations and schedules from YAML")
+    p.add_argument("-f", "--file", required=True)
+    p.add_argument("--dry-run", action="store_true", help="show the changes, write nothing")
+    q = sub.add_parser("export-defs", help="write automations and schedules as YAML")
+    q.add_argument("-o", "--out", help="file to write (default: stdout)")
+    for parser in (p, q):
+        parser.add_argument("--workspace", help="workspace id (default: the person's first)")
+        parser.add_argument("--as", dest="as_", help="act as this member (default local admin)")
+    p.set_defaults(func=apply_defs)
+    q.set_defaults(func=export_defs)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="stepwise", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -390,6 +469,10 @@ def main(argv: list[str] | None = None) -> None:
         "reseal", help="seal every stored secret with the first of STEPWISE_SECRET_KEYS"
     ).set_defaults(func=reseal)
     _add_export_parser(sub)
+    _add_defs_parsers(sub)
+    from stepwise import apicli
+
+    apicli.add_parser(sub)
     args = parser.parse_args(argv)
     from core.errors import StepwiseError
 

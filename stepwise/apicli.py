@@ -1,0 +1,129 @@
+"""`stepwise api ...`: the REST API for scripts (STEPWISE_API_URL, STEPWISE_API_TOKEN).
+
+Exit codes: 0 ok; 1 the API refused (its problem+json `detail` is printed); 2 the API
+could not be reached or the settings are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import httpx
+
+from core.vocabulary import FINAL_STATUSES
+
+
+class ApiFailed(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _client() -> httpx.Client:
+    from core.settings import get_settings
+
+    settings = get_settings()
+    if not settings.api_url or not settings.api_token:
+        raise ApiFailed("set STEPWISE_API_URL and STEPWISE_API_TOKEN", 2)
+    headers = {"Authorization": f"Bearer {settings.api_token}"}
+    return httpx.Client(base_url=settings.api_url.rstrip("/"), headers=headers, timeout=30)
+
+
+def call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as e:
+        raise ApiFailed(f"cannot reach the API: {e}", 2) from e
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail") or response.text
+        except ValueError:
+            detail = response.text
+        raise ApiFailed(f"{response.status_code}: {detail}", 1)
+    return response.json()
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _list(client: httpx.Client, args: argparse.Namespace) -> None:
+    params = {k: v for k, v in {"automation_id": args.automation}.items() if v}
+    _print(call(client, "GET", f"/v1/{args.what}", params=params))
+
+
+def _pause(client: httpx.Client, args: argparse.Namespace) -> None:
+    body = {"note": args.note} if args.note else None
+    _print(call(client, "POST", f"/v1/schedules/{args.schedule}/pause", json=body))
+
+
+def _resume(client: httpx.Client, args: argparse.Namespace) -> None:
+    _print(call(client, "POST", f"/v1/schedules/{args.schedule}/resume"))
+
+
+def _trigger(client: httpx.Client, args: argparse.Namespace) -> None:
+    path = f"/v1/automations/{args.id}/run"
+    if args.schedule:
+        path = f"/v1/schedules/{args.id}/trigger"
+    _print(call(client, "POST", path))
+
+
+def _tail(client: httpx.Client, args: argparse.Namespace) -> None:
+    """Print each step as it finishes, until the run ends."""
+    seen: set[tuple[int, int]] = set()
+    while True:
+        run = call(client, "GET", f"/v1/executions/{args.execution}")
+        for step in run.get("steps", []):
+            key = (step["step_number"], step["attempt"])
+            if step.get("finished_at") and key not in seen:
+                seen.add(key)
+                took = step.get("duration_ms")
+                print(
+                    f"step {step['step_number']} {step['step_name']} "
+                    f"(attempt {step['attempt']}): {step['status']}"
+                    + (f" in {took} ms" if took is not None else ""),
+                    flush=True,
+                )
+        if run["status"] in FINAL_STATUSES:
+            print(f"run {run['status']}")
+            return
+        time.sleep(args.interval)
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    api = sub.add_parser("api", help="the REST API for scripts (STEPWISE_API_URL/TOKEN)")
+    cmds = api.add_subparsers(dest="api_command", required=True)
+    p = cmds.add_parser("list", help="list automations, schedules or executions")
+    p.add_argument("what", choices=["automations", "schedules", "executions"])
+    p.add_argument("--automation", help="only this automation's (id)")
+    p.set_defaults(api_func=_list)
+    p = cmds.add_parser("pause", help="pause a schedule")
+    p.add_argument("schedule")
+    p.add_argument("--note", help="shown with the schedule until it is resumed")
+    p.set_defaults(api_func=_pause)
+    p = cmds.add_parser("resume", help="resume a schedule")
+    p.add_argument("schedule")
+    p.set_defaults(api_func=_resume)
+    p = cmds.add_parser("trigger", help="run an automation now (or a schedule: --schedule)")
+    p.add_argument("id")
+    p.add_argument("--schedule", action="store_true", help="the id is a schedule's")
+    p.set_defaults(api_func=_trigger)
+    p = cmds.add_parser("tail", help="print a run's steps as they finish, until it ends")
+    p.add_argument("execution")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    p.set_defaults(api_func=_tail)
+    api.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        with _client() as client:
+            args.api_func(client, args)
+    except ApiFailed as e:
+        print(f"stepwise api: {e}", file=sys.stderr)
+        return e.code
+    return 0

@@ -1,0 +1,93 @@
+"""`stepwise api ...` against the Procfile's real `api` process, with a real token."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from core.settings import get_settings
+from db import tokens
+from db.session import session_scope
+from stepwise.cli import main
+from stepwise.embedded import free_port
+from testkit.factories import ADMIN, make_automation, make_schedule
+from testkit.processes import Processes
+from testkit.waiting import wait_for
+
+
+def cli(*argv: str) -> int:
+    with pytest.raises(SystemExit) as done:
+        main(list(argv))
+    return int(done.value.code or 0)
+
+
+@pytest.fixture
+def api(db: None, redis_client: Any, tmp_path: Path, monkeypatch: Any) -> Iterator[str]:
+    with session_scope() as session:
+        token = tokens.create_token(session, "scripts", "admin", actor=ADMIN).token
+    port = free_port()
+    processes = Processes(tmp_path, STEPWISE_API_PORT=str(port))
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{base}/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        processes.start("api")
+        wait_for(up, timeout=30, message="the API to answer", details=lambda: processes.log("api"))
+        monkeypatch.setenv("STEPWISE_API_URL", base)
+        monkeypatch.setenv("STEPWISE_API_TOKEN", token)
+        get_settings.cache_clear()
+        yield token
+    finally:
+        processes.stop_all()
+        get_settings.cache_clear()
+
+
+@pytest.mark.slow
+def test_list_pause_resume_trigger_and_tail_a_real_run(
+    api: str, agent: Any, worker: Any, capsys: Any
+) -> None:
+    automation_id = make_automation(agent_url=agent.url, steps=2, max_retries=0)
+    schedule_id = make_schedule(automation_id)
+    capsys.readouterr()
+    assert cli("api", "list", "schedules") == 0
+    assert str(schedule_id) in capsys.readouterr().out
+    assert cli("api", "pause", str(schedule_id), "--note", "maintenance") == 0
+    paused = json.loads(capsys.readouterr().out)
+    assert paused["enabled"] is False and paused["pause_note"] == "maintenance"
+    assert cli("api", "resume", str(schedule_id)) == 0
+    assert json.loads(capsys.readouterr().out)["enabled"] is True
+    assert cli("api", "trigger", str(automation_id)) == 0
+    execution_id = json.loads(capsys.readouterr().out)["execution_id"]
+    assert cli("api", "tail", execution_id, "--interval", "0.2") == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("step 1 ") and out[1].startswith("step 2 ")
+    assert out[-1] == "run succeeded"
+
+
+def test_an_error_prints_the_problem_detail_and_exits_non_zero(api: str, capsys: Any) -> None:
+    assert cli("api", "resume", "not-a-uuid") == 1
+    assert "422" in capsys.readouterr().err
+    assert cli("api", "tail", "00000000-0000-0000-0000-000000000000") == 1
+    err = capsys.readouterr().err
+    assert "404" in err and "does not exist" in err
+
+
+def test_missing_settings_are_named(monkeypatch: Any, capsys: Any) -> None:
+    monkeypatch.delenv("STEPWISE_API_URL", raising=False)
+    monkeypatch.setenv("STEPWISE_API_TOKEN", "")
+    get_settings.cache_clear()
+    try:
+        assert cli("api", "list", "automations") == 2
+    finally:
+        get_settings.cache_clear()
+    assert "STEPWISE_API_URL" in capsys.readouterr().err

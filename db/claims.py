@@ -194,27 +194,8 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
     first_step, previous_output = 1, None
     if claimed > 1:  # a run that started before: resume it
         first_step, previous_output = _resume(session, execution_id)
-    return Claim(
-        execution_id=execution.id,
-        attempt=claimed,
-        automation_id=automation.automation_id,
-        schedule_id=execution.schedule_id,
-        scheduled_for=execution.scheduled_for,
-        owner_id=automation.owner_id,
-        workspace_id=execution.workspace_id,
-        agent_url=automation.agent_url,
-        signing_secret=automation.signing_secret,
-        steps=list(automation.steps),
-        project_context=automation.project_context,
-        step_timeout_s=automation.step_timeout_s,
-        first_step=first_step,
-        previous_output=previous_output,
-        overlap_policy=policy,
-        request_headers=dict(automation.request_headers or {}),
-        concurrency_limit=automation.concurrency_limit,
-        rate_limit_per_s=automation.rate_limit_per_s,
-        urgent=automation.urgent,
-        input=execution.input,
+    return _claim_of(
+        row, attempt=claimed, policy=policy, first_step=first_step, previous_output=previous_output
     )
 
 
@@ -287,9 +268,22 @@ def _claim_from(session: Session, row: Any) -> Claim:
     first_step, previous_output = 1, None
     if row.attempt > 1:
         first_step, previous_output = _resume(session, row.id)
+    return _claim_of(
+        row,
+        attempt=row.attempt,
+        policy=policy,
+        first_step=first_step,
+        previous_output=previous_output,
+    )
+
+
+def _claim_of(
+    row: Any, *, attempt: int, policy: OverlapPolicy | None, first_step: int, previous_output: Any
+) -> Claim:
+    """A claim from a claim row (`_CLAIM_READ` or `_CLAIM_MANY`: the same names)."""
     return Claim(
         execution_id=row.id,
-        attempt=row.attempt,
+        attempt=attempt,
         automation_id=row.automation_id,
         schedule_id=row.schedule_id,
         scheduled_for=row.scheduled_for,

@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
+from sqlalchemy.orm import Session
+
 from core.settings import get_settings
 from db import dispatch as dispatching
 from db import idempotency, runs
@@ -163,33 +165,28 @@ def recover_stranded(send: Send, *, leases_only: bool = False) -> int:
             return sent
 
 
-def purge_old_history() -> int:
-    settings = get_settings()
+def _in_batches(purge: Callable[[Session, int], int]) -> int:
+    """Run `purge(session, batch)` in short transactions until a batch comes back short;
+    how many rows went."""
+    batch = get_settings().retention_batch
     deleted = 0
     while True:
         with session_scope() as session:
-            batch = runs.purge_history(
-                session, older_than_days=settings.retention_days, batch=settings.retention_batch
-            )
-        deleted += batch
-        if batch < settings.retention_batch:
+            went = purge(session, batch)
+        deleted += went
+        if went < batch:
             return deleted
+
+
+def purge_old_history() -> int:
+    days = get_settings().retention_days
+    return _in_batches(lambda s, n: runs.purge_history(s, older_than_days=days, batch=n))
 
 
 def purge_old_idempotency_keys() -> int:
     """Forget API Idempotency-Keys past their retention, in batches; how many."""
-    settings = get_settings()
-    deleted = 0
-    while True:
-        with session_scope() as session:
-            batch = idempotency.purge(
-                session,
-                older_than_hours=settings.idempotency_retention_h,
-                batch=settings.retention_batch,
-            )
-        deleted += batch
-        if batch < settings.retention_batch:
-            return deleted
+    hours = get_settings().idempotency_retention_h
+    return _in_batches(lambda s, n: idempotency.purge(s, older_than_hours=hours, batch=n))
 
 
 def tick_housekeeping(send: Send) -> None:

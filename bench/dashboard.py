@@ -143,6 +143,28 @@ def page_calls(session: Any) -> list[tuple[str, str, Callable[[], Any]]]:
             lambda: q.execution_detail(session, some_execution, actor=BENCH),
         ),
         (
+            "automations",
+            "run_grid (last 20 runs x steps)",
+            lambda: q.run_grid(session, automation_id, limit=20, actor=BENCH),
+        ),
+        (
+            "overview",
+            "failure_groups (needs attention, 24 h)",
+            lambda: figures.failure_groups(
+                session, since=now - timedelta(days=1), limit=10, actor=BENCH
+            ),
+        ),
+        (
+            "schedule",
+            "get_schedule_row",
+            lambda: q.get_schedule_row(session, schedule_id, actor=BENCH),
+        ),
+        (
+            "schedule",
+            "recent runs of the schedule",
+            lambda: q.list_executions(session, F(schedule_id=schedule_id), limit=20, actor=BENCH),
+        ),
+        (
             "export",
             "count_executions, no filter",
             lambda: q.count_executions(session, F(), actor=BENCH),

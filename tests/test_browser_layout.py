@@ -195,11 +195,11 @@ def test_a_one_off_schedules_preview_has_no_blank_rows(
 ) -> None:
     # given a one-off schedule
     automation_id = make_automation(name="Once only")
-    make_schedule(automation_id, kind="once", run_at=now() + timedelta(days=2))
+    schedule_id = make_schedule(automation_id, kind="once", run_at=now() + timedelta(days=2))
     page = browser_page
     page.set_viewport_size(DESKTOP)
-    open_page(page, f"{dashboard_url}/schedules")
-    # when its edit dialog opens
+    open_page(page, f"{dashboard_url}/schedule?id={schedule_id}")
+    # when its edit dialog opens (from the schedule's page)
     page.get_by_role("button", name="Edit").first.click()
     dialog = page.get_by_role("dialog")
     dialog.get_by_text("Editing a schedule of").wait_for()

@@ -39,6 +39,45 @@ def read_procfile(path: Path = ROOT / "Procfile") -> dict[str, str]:
     return dict(parse_procfile(path.read_text()).processes)
 
 
+def process_manager(printer: Any = None) -> Any:
+    """honcho's Manager, made safe for a stop signal that comes while processes start.
+
+    honcho 2.0 signals only the processes whose pid it already knows: a Ctrl-C in the
+    first moments of `stepwise run` raised inside its signal handler (no pid yet), left
+    the late processes running in their own sessions, and the command waited for them
+    forever. Here a stop asked before a process reported its pid reaches it as soon as
+    the pid arrives (honcho checks every 0.1 s whether all have started).
+    """
+    from honcho.manager import Manager
+
+    class StopSafeManager(Manager):  # type: ignore[misc]
+        def _killall(self, force: bool = False) -> None:
+            pending = self.__dict__.setdefault("_pending", {})
+            for name, process in self._processes.items():
+                if "returncode" in process:
+                    continue
+                if process.get("pid") is None:  # not started yet: signalled when it is
+                    pending[name] = force or pending.get(name, False)
+                else:
+                    self._signal(name, force)
+
+        def _all_started(self) -> bool:
+            pending = self.__dict__.get("_pending", {})
+            for name in [n for n in pending if self._processes[n].get("pid") is not None]:
+                force = pending.pop(name)
+                if "returncode" not in self._processes[name]:
+                    self._signal(name, force)
+            return bool(super()._all_started())
+
+        def _signal(self, name: str, force: bool) -> None:
+            pid = self._processes[name]["pid"]
+            kind = "SIGKILL" if force else "SIGTERM"
+            self._system_print(f"sending {kind} to {name} (pid {pid})\n")
+            (self._procmgr.kill if force else self._procmgr.terminate)(pid)
+
+    return StopSafeManager(printer)
+
+
 def migrate(database_url: str) -> None:
     """`alembic upgrade head` on the given database (the Procfile's release step)."""
     from alembic.config import Config
@@ -140,8 +179,6 @@ def demo_signing_secret(agent_url: str) -> str | None:
 
 
 def run(_: argparse.Namespace) -> int:
-    from honcho.manager import Manager
-
     from core.settings import DEFAULT_API_PORT, get_settings
     from stepwise import embedded
 
@@ -173,7 +210,7 @@ def run(_: argparse.Namespace) -> int:
     get_settings.cache_clear()
     try:
         migrate(env["DATABASE_URL"])
-        manager = Manager()
+        manager = process_manager()
         processes = read_procfile()
         for name in LOCAL_PROCESSES:
             manager.add_process(name, processes[name], env=env, cwd=str(ROOT))

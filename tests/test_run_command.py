@@ -74,10 +74,14 @@ def _demo_state(url: str) -> tuple[int, int, int]:
         engine.dispose()
 
 
-def _stop(process: subprocess.Popen[bytes]) -> int:
+def _stop(process: subprocess.Popen[bytes], log: Path) -> int:
     # Ctrl-C in a terminal: SIGINT to the whole foreground group.
     os.killpg(process.pid, signal.SIGINT)
-    return process.wait(60)
+    try:
+        return process.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise AssertionError(f"not stopped 60 s after Ctrl-C:\n{log.read_text()[-4000:]}") from None
 
 
 def test_run_command_brings_up_the_system_on_embedded_servers(tmp_path: Path) -> None:
@@ -104,7 +108,7 @@ def test_run_command_brings_up_the_system_on_embedded_servers(tmp_path: Path) ->
         assert f"API at http://127.0.0.1:{api_port}" in log.read_text()
         assert httpx.get(f"http://127.0.0.1:{api_port}/health", timeout=5).status_code == 200
     finally:
-        code = _stop(process)
+        code = _stop(process, log)
     assert code in (0, 130), log.read_text()[-3000:]  # 130: stopped by Ctrl-C
     # the embedded servers stopped with it, and their data survives a restart
     assert not (data_dir / "postgres" / "postmaster.pid").exists()
@@ -119,8 +123,32 @@ def test_run_command_brings_up_the_system_on_embedded_servers(tmp_path: Path) ->
         assert (automations, schedules) == (1, 1)  # not seeded twice
         assert succeeded >= 1
     finally:
-        _stop(process)
+        _stop(process, log)
         shutil.rmtree(data_dir.parent, ignore_errors=True)
+
+
+def test_a_ctrl_c_before_every_process_has_started_stops_them_all(tmp_path: Path) -> None:
+    # given the run command's process manager asked to stop before any pid is known
+    # (a Ctrl-C in the first moments of `stepwise run`)
+    marker = f"{time.time_ns() % 10**9}.5"
+    script = f"""
+import io, sys
+from honcho.printer import Printer
+from stepwise.cli import process_manager
+manager = process_manager(Printer(io.StringIO()))
+for name in ("web", "api", "worker"):
+    manager.add_process(name, "exec sleep {marker}")
+manager.terminate()
+manager.loop()
+print("stopped", manager.returncode)
+"""
+    # when it runs, then it stops every process once it has started, and returns
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.startswith("stopped"), done.stderr[-2000:]
+    left = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True)
+    assert left.stdout == "", f"still running: {left.stdout}"
 
 
 @pytest.mark.parametrize("address", ["0.0.0.0", "::", "192.168.1.10", "dashboard.example.com"])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import and_, func, literal, literal_column, select
+from sqlalchemy import and_, func, literal, literal_column, select, text
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session
 
@@ -226,23 +226,32 @@ def schedule_stats(
         Execution.schedule_id.is_not(None),
     )
     ran = Execution.status.in_((ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED))
-    stmt = (
+    # Aggregated per schedule first, named after: the join then touches 1 row per
+    # schedule instead of every run (and the sort by name no longer spills to disk).
+    per_schedule = (
         select(
             Execution.schedule_id,
-            Automation.name.label("automation_name"),
+            Execution.automation_id,
             func.count().label("runs"),
             func.count().filter(Execution.status == ExecutionStatus.SUCCEEDED).label("succeeded"),
             func.count().filter(Execution.status == ExecutionStatus.FAILED).label("failed"),
             func.percentile_cont(0.5).within_group(duration).filter(ran).label("p50_s"),
             func.percentile_cont(0.95).within_group(duration).filter(ran).label("p95_s"),
         )
-        .join(Automation, Automation.id == Execution.automation_id)
         .where(finished)
-        .group_by(Execution.schedule_id, Automation.name)
-        .order_by(Automation.name, Execution.schedule_id)
+        .group_by(Execution.schedule_id, Execution.automation_id)
     )
     if automation_id is not None:
-        stmt = stmt.where(Execution.automation_id == automation_id)
+        per_schedule = per_schedule.where(Execution.automation_id == automation_id)
+    stats = per_schedule.subquery()
+    stmt = (
+        select(stats, Automation.name.label("automation_name"))
+        .join(Automation, Automation.id == stats.c.automation_id)
+        .order_by(Automation.name, stats.c.schedule_id)
+    )
+    # The window's runs are sorted by schedule for the percentiles (~80,000 rows a week
+    # at a million executions: 5.5 MB, which spilled to disk under the default 4 MB).
+    session.execute(text("SET LOCAL work_mem = '32MB'"))
     return [
         ScheduleStats(
             schedule_id=r.schedule_id,

@@ -390,7 +390,13 @@ class Execution(Base):
         Index("ix_executions_status_recent", "status", text("queued_at DESC")),
         Index("ix_executions_finished", "finished_at"),
         Index("ix_executions_workspace_recent", "workspace_id", text("queued_at DESC")),
-        Index("ix_executions_workspace_finished", "workspace_id", "finished_at"),
+        # Covering: the charts' windows are read without the table (migration 0013).
+        Index(
+            "ix_executions_workspace_finished_covering",
+            "workspace_id",
+            "finished_at",
+            postgresql_include=["status", "schedule_id", "automation_id", "started_at"],
+        ),
         # Small: only unfinished rows (overlap checks, recovery, cancellation).
         Index(
             "ix_executions_open",

@@ -1,21 +1,30 @@
 """The agent client: one HTTP POST per step (what the answer means: `core.outcome`).
 
 Calls are asynchronous: a worker process holds every call it has in flight on one
-event loop (`tasks/runner.py`) with one pooled `httpx.AsyncClient`. Each call has a
+event loop (`tasks/runner.py`) with a few pooled aiohttp sessions. Each call has a
 hard wall-clock deadline, the step's timeout, covering connect, redirects and the
 whole body: an agent that trickles its answer a byte at a time is cut off at the
 deadline like one that never answers, so a step never outlives its lease.
+
+Why aiohttp here, when the rest of Stepwise speaks httpx: an agent call is the
+engine's hot path. Measured in one process against a local agent (50 calls in
+flight), httpx's client with its httpcore pool cost 0.66-0.70 ms of CPU per call,
+aiohttp's 0.13 ms (its parser is C); httpx and httpcore were 42 % of a worker's CPU
+in the 10,000-run burst (bench/RESULTS.md, issue 10).
 
 Connect errors and timeouts are worth retrying; a redirect that would drop the
 POST, a redirect loop, a bad URL or an address the egress policy refuses fails the
 execution at once. Bodies are read up to a cap, so a 10 MB answer costs 64 KiB of
 memory and is stored truncated.
 
-Every connection goes through `GuardedBackend`: it resolves the host once, checks
-every address against the egress policy (`core.egress`) and connects to the address
-it checked, so neither a redirect to an internal host nor a DNS answer that changes
-between check and connect (rebinding) reaches an internal service. Errors are stored
-in words that do not tell a closed port from a database from a cache.
+Every connection is checked against the egress policy (`core.egress`):
+`GuardedResolver` resolves a host name once and checks every address before the
+connector connects to the addresses it returned, so neither a redirect to an
+internal host nor a DNS answer that changes between check and connect (rebinding)
+reaches an internal service; an address written in the URL (which aiohttp does not
+resolve) is checked by `AgentClient.refusal` before each request, redirects
+included. Errors are stored in words that do not tell a closed port from a
+database from a cache.
 """
 
 from __future__ import annotations
@@ -26,11 +35,12 @@ import json
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import httpcore
-import httpx
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from core.egress import Address, EgressPolicy, literal_address
 from core.outcome import StepOutcome, answer_outcome, decode_body, undecodable_body
@@ -38,152 +48,15 @@ from core.secrets import SIGNATURE_HEADER, signature_header
 
 USER_AGENT = "Stepwise/0.1"
 MAX_REDIRECTS = 5
-MAX_KEEPALIVE = 64
+MAX_KEEPALIVE_S = 15.0  # an idle connection is closed after this long
+READ_CHUNK = 65536
 
 
-class AddressRefused(httpcore.ConnectError):
+class AddressRefused(OSError):
     """The egress policy refused an address of the host (raised before any connection)."""
 
 
-class AsyncioStream(httpcore.AsyncNetworkStream):
-    """A connection on asyncio's own streams.
-
-    httpcore's AnyIO stream opens a cancel scope for every read and write and builds
-    a dict of socket attributes each time the pool asks whether an idle connection
-    is still open: a seventh of a worker's CPU under a burst. Here a timeout costs
-    something only when one is set (the runner bounds each call as a whole with
-    `asyncio.timeout`), and an idle connection is closed when its reader saw EOF.
-    """
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self._reader = reader
-        self._writer = writer
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        try:
-            async with asyncio.timeout(timeout):
-                return await self._reader.read(max_bytes)
-        except TimeoutError as exc:
-            raise httpcore.ReadTimeout(str(exc)) from exc
-        except OSError as exc:
-            raise httpcore.ReadError(str(exc)) from exc
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if not buffer:
-            return
-        try:
-            self._writer.write(buffer)
-            async with asyncio.timeout(timeout):
-                await self._writer.drain()
-        except TimeoutError as exc:
-            raise httpcore.WriteTimeout(str(exc)) from exc
-        except OSError as exc:
-            raise httpcore.WriteError(str(exc)) from exc
-
-    async def aclose(self) -> None:
-        self._writer.close()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        try:
-            async with asyncio.timeout(timeout):
-                await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
-        except TimeoutError as exc:
-            self._writer.close()
-            raise httpcore.ConnectTimeout(str(exc)) from exc
-        except (OSError, ssl.SSLError) as exc:  # SSLError is an OSError; said for the reader
-            self._writer.close()
-            raise httpcore.ConnectError(str(exc)) from exc
-        return self
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":  # asked of idle connections: has the server closed it?
-            return self._reader.at_eof() or self._writer.is_closing()
-        if info == "ssl_object":
-            return self._writer.get_extra_info("ssl_object")
-        if info == "client_addr":
-            return self._writer.get_extra_info("sockname")
-        if info == "server_addr":
-            return self._writer.get_extra_info("peername")
-        if info == "socket":
-            return self._writer.get_extra_info("socket")
-        return None
-
-
-class AsyncioBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend on asyncio streams (`AsyncioStream`)."""
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        local = None if local_address is None else (local_address, 0)
-        try:
-            async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(host, port, local_addr=local)
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(str(exc)) from exc
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
-        sock = writer.get_extra_info("socket")
-        for option in socket_options or ():
-            sock.setsockopt(*option)
-        return AsyncioStream(reader, writer)
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-
-
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend, connecting only to addresses the policy admits."""
-
-    def __init__(self, policy: EgressPolicy, backend: httpcore.AsyncNetworkBackend | None = None):
-        self.policy = policy
-        self.backend = backend or AsyncioBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        addresses = await _resolve(host, port)
-        for address in addresses:  # all of them: a mixed answer is refused as a whole
-            if (reason := self.policy.refusal(host, address, port)) is not None:
-                raise AddressRefused(reason)
-        failure: httpcore.ConnectError | None = None
-        for address in addresses:
-            try:
-                return await self.backend.connect_tcp(
-                    str(address), port, timeout, local_address, socket_options
-                )
-            except httpcore.ConnectError as exc:
-                failure = exc
-        raise failure or httpcore.ConnectError("no address")
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise AddressRefused("a Unix socket is never an agent")
-
-    async def sleep(self, seconds: float) -> None:
-        await self.backend.sleep(seconds)
-
-
-class NameNotResolved(httpcore.ConnectError):
+class NameNotResolved(OSError):
     """The agent's host name has no address (DNS failure): stored as such, retried."""
 
 
@@ -200,17 +73,116 @@ async def _resolve(host: str, port: int) -> list[Address]:
     return list(dict.fromkeys(a for a in found if a is not None))
 
 
-async def _read_capped(response: httpx.Response, limit: int) -> tuple[str, bool]:
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver, answering only with addresses the policy admits.
+
+    The connector connects to exactly the addresses returned here: what was checked
+    is what is connected to. A host with any refused address is refused as a whole.
+    """
+
+    def __init__(self, policy: EgressPolicy):
+        self.policy = policy
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        addresses = await _resolve(host, port)
+        for address in addresses:
+            if (reason := self.policy.refusal(host, address, port)) is not None:
+                raise AddressRefused(reason)
+        if not addresses:
+            raise NameNotResolved(f"{host} has no address")
+        return [
+            ResolveResult(
+                hostname=host,
+                host=str(address),
+                port=port,
+                family=socket.AF_INET6 if address.version == 6 else socket.AF_INET,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+            for address in addresses
+        ]
+
+    async def close(self) -> None:
+        return None
+
+
+class AgentClient:
+    """A pooled aiohttp session whose every connection the egress policy checks.
+
+    Must be created and used on one event loop (the runner's, or a test's
+    `asyncio.run`); `async with` closes it.
+    """
+
+    def __init__(
+        self,
+        policy: EgressPolicy,
+        *,
+        max_connections: int = 100,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
+        self.policy = policy
+        connector = aiohttp.TCPConnector(
+            resolver=GuardedResolver(policy),
+            limit=max_connections,
+            limit_per_host=0,
+            keepalive_timeout=MAX_KEEPALIVE_S,
+            ttl_dns_cache=10,  # what the resolver answered, checked, for ten seconds
+            ssl=ssl_context if ssl_context is not None else True,
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            # One session serves every workspace's runs on a worker: a cookie one agent
+            # set must never travel with another run's call.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": USER_AGENT},
+            trust_env=False,  # no proxy from the environment: it would carry calls past the guard
+            timeout=aiohttp.ClientTimeout(total=None),  # `call_agent` bounds each call
+            auto_decompress=True,
+            raise_for_status=False,
+        )
+
+    def refusal(self, url: URL) -> str | None:
+        """Why the policy refuses the address written in `url`, if it is one.
+
+        A host name is checked by `GuardedResolver` when it is resolved; aiohttp
+        connects to an address in the URL without resolving it, so it is checked here.
+        """
+        host = url.raw_host or ""
+        address = literal_address(host)
+        if address is None:
+            return None
+        return self.policy.refusal(host, address, url.port or 0)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def __aenter__(self) -> AgentClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def make_client(
+    policy: EgressPolicy, *, max_connections: int = 100, ssl_context: ssl.SSLContext | None = None
+) -> AgentClient:
+    return AgentClient(policy, max_connections=max_connections, ssl_context=ssl_context)
+
+
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> tuple[str, bool]:
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in response.aiter_bytes():
+        while size <= limit:
+            chunk = await response.content.read(READ_CHUNK)
+            if not chunk:
+                break
             chunks.append(chunk)
             size += len(chunk)
-            if size > limit:
-                break
-    except httpx.DecodingError as exc:  # e.g. declared gzip, and it is not
-        reason = f"not {response.headers.get('content-encoding')} as declared: {exc}"
+    except aiohttp.ClientPayloadError as exc:  # e.g. declared gzip, and it is not
+        reason = f"not {response.headers.get('Content-Encoding')} as declared: {exc}"
         return undecodable_body(b"".join(chunks), limit, reason)
     return decode_body(b"".join(chunks), limit)
 
@@ -219,67 +191,82 @@ def _elapsed_ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
-async def _from_response(response: httpx.Response, limit: int, started: float) -> StepOutcome:
+async def _from_response(
+    response: aiohttp.ClientResponse, limit: int, started: float
+) -> StepOutcome:
     body, truncated = await _read_capped(response, limit)
     return answer_outcome(
-        response.status_code,
-        response.reason_phrase,
+        response.status,
+        response.reason or "",
         body,
         truncated=truncated,
-        retry_after=response.headers.get("retry-after"),
+        retry_after=response.headers.get("Retry-After"),
         duration_ms=_elapsed_ms(started),
     )
 
 
-def _origin(url: httpx.URL) -> httpx.URL:
-    return url.copy_with(path="/", query=None, fragment=None)
-
-
 @functools.lru_cache(maxsize=4096)
-def _parsed(url: str) -> tuple[httpx.URL, httpx.URL]:
+def _parsed(url: str) -> tuple[URL, URL]:
     """An agent URL and its origin, parsed once (every step of every run posts to it)."""
-    parsed = httpx.URL(url)
-    return parsed, _origin(parsed)
+    parsed = URL(url)
+    return parsed, parsed.origin()
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str):
+        self.reason = reason
 
 
 async def _post(
-    client: httpx.AsyncClient,
+    client: AgentClient,
     url: str,
     body: bytes,
     headers: dict[str, str],
     extra: Mapping[str, str],
-    timeout_s: float,
     limit: int,
     started: float,
 ) -> StepOutcome:
     # Only 307/308 keep the POST and its body; 301/302/303 would turn the step into
     # a GET that "succeeds" without the agent ever seeing it, so they fail instead.
-    target, origin = _parsed(url)
+    try:
+        target, origin = _parsed(url)
+    except ValueError as exc:
+        raise aiohttp.InvalidURL(url, str(exc)) from exc
+    if not target.absolute or target.scheme not in ("http", "https"):
+        raise aiohttp.InvalidURL(url, "not an http or https URL")
     for _ in range(MAX_REDIRECTS + 1):
-        async with client.stream(
-            "POST", target, content=body, headers={**extra, **headers}, timeout=timeout_s
+        if (reason := client.refusal(target)) is not None:
+            raise _Refused(reason)
+        async with client.session.post(
+            target, data=body, headers={**extra, **headers}, allow_redirects=False
         ) as response:
-            location = response.headers.get("location")
-            if response.status_code in (307, 308) and location:
-                target = response.url.join(location)
-                if _origin(target) != origin:
+            location = response.headers.get("Location")
+            if response.status in (307, 308) and location:
+                target = response.url.join(URL(location))
+                if target.origin() != origin:
                     extra = {}  # the automation's headers (credentials) stay with its agent
                 continue
-            if response.status_code in (301, 302, 303):
+            if response.status in (301, 302, 303):
                 error = (
-                    f"agent redirected with HTTP {response.status_code} to {location}; "
+                    f"agent redirected with HTTP {response.status} to {location}; "
                     "set the automation's agent URL to the final address"
                 )
-                return StepOutcome(
-                    False, False, response.status_code, None, error, _elapsed_ms(started)
-                )
+                return StepOutcome(False, False, response.status, None, error, _elapsed_ms(started))
             return await _from_response(response, limit, started)
     error = f"agent redirected more than {MAX_REDIRECTS} times (redirect loop?)"
     return StepOutcome.failure(error, _elapsed_ms(started), retryable=False)
 
 
+def _refused(reason: str, started: float) -> StepOutcome:
+    error = (
+        f"the agent's address is not allowed: {reason} "
+        "(an administrator can allow it with STEPWISE_AGENT_ALLOW)"
+    )
+    return StepOutcome.failure(error, _elapsed_ms(started), retryable=False)
+
+
 async def call_agent(
-    client: httpx.AsyncClient,
+    client: AgentClient,
     url: str,
     payload: dict[str, Any],
     *,
@@ -303,70 +290,25 @@ async def call_agent(
         headers[SIGNATURE_HEADER] = signature_header(signing_secret, int(time.time()), body)
     try:
         async with asyncio.timeout(timeout_s):
-            return await _post(
-                client, url, body, headers, extra_headers or {}, timeout_s, max_bytes, started
-            )
+            return await _post(client, url, body, headers, extra_headers or {}, max_bytes, started)
     except TimeoutError:
         error = f"agent timed out after {timeout_s:g} s (no full answer by the step's deadline)"
         return StepOutcome.failure(error, _elapsed_ms(started), retryable=True)
-    except httpx.TimeoutException as exc:
-        error = f"agent timed out after {timeout_s:g} s ({type(exc).__name__})"
-        return StepOutcome.failure(error, _elapsed_ms(started), retryable=True)
-    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+    except _Refused as refused:
+        return _refused(refused.reason, started)
+    except aiohttp.InvalidURL as exc:
         error = f"bad agent URL: {exc}"
         return StepOutcome.failure(error, _elapsed_ms(started), retryable=False)
-    except httpx.TransportError as exc:
-        if isinstance(exc.__cause__, AddressRefused):
-            error = (
-                f"the agent's address is not allowed: {exc.__cause__} "
-                "(an administrator can allow it with STEPWISE_AGENT_ALLOW)"
-            )
-            return StepOutcome.failure(error, _elapsed_ms(started), retryable=False)
+    except (aiohttp.ClientError, OSError) as exc:
+        # aiohttp's connection errors are OSErrors too; what went wrong is their cause.
+        cause = exc.__cause__ if isinstance(exc, aiohttp.ClientError) else exc
+        if isinstance(cause, AddressRefused):
+            return _refused(str(cause), started)
         # Refused, reset, not HTTP: said in the same words, so that errors stored
         # with runs cannot map which ports answer on the agent's host.
         error = (
             "could not resolve the agent's host name"
-            if isinstance(exc.__cause__, NameNotResolved)
+            if isinstance(cause, NameNotResolved)
             else "could not reach the agent, or it did not answer in HTTP"
         )
         return StepOutcome.failure(error, _elapsed_ms(started), retryable=True)
-
-
-class _NoCookies(httpx.Cookies):
-    """A cookie store that keeps nothing.
-
-    One client serves every workspace's runs on a worker: a cookie one agent set must
-    never travel with another run's call. (Parsing Set-Cookie also cost a worker a
-    few percent of its CPU under a burst.)
-    """
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        return None
-
-
-def make_client(policy: EgressPolicy, *, max_connections: int = 100) -> httpx.AsyncClient:
-    """A pooled async client whose every connection the egress policy checks.
-
-    Must be used on one event loop (the runner's, or a test's `asyncio.run`).
-    """
-    # httpcore looks at every pooled connection for each request: keeping a
-    # thousand idle ones alive costs more CPU than opening a connection again.
-    limits = httpx.Limits(
-        max_connections=max_connections,
-        max_keepalive_connections=min(max_connections, MAX_KEEPALIVE),
-    )
-    transport = httpx.AsyncHTTPTransport(limits=limits)
-    # httpx has no parameter for httpcore's network backend; the pool it built holds
-    # it (httpx and httpcore are pinned; tests/test_egress.py fails if this moves).
-    pool = transport._pool
-    assert isinstance(pool, httpcore.AsyncConnectionPool)
-    pool._network_backend = GuardedBackend(policy)
-    client = httpx.AsyncClient(
-        transport=transport,
-        follow_redirects=False,  # _post follows only method-preserving redirects
-        headers={"User-Agent": USER_AGENT},
-        trust_env=False,  # no proxy from the environment: it would carry calls past the guard
-    )
-    # httpx's setter would copy the cookies into a fresh store; this one must stay.
-    client._cookies = _NoCookies()
-    return client

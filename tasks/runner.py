@@ -3,7 +3,7 @@
 Dramatiq stays the queue. A `run_execution` message takes a Dramatiq thread for a
 few milliseconds: it claims the run in Postgres and hands the claim to this
 process's `Runner`, whose event loop calls the agent step after step with one
-pooled `httpx.AsyncClient`. A waiting agent costs a coroutine, not a thread, so a
+pooled aiohttp session (`tasks/agent.py`). A waiting agent costs a coroutine, not a thread, so a
 process holds `STEPWISE_WORKER_IN_FLIGHT` runs (1,000 by default) on a handful of
 threads; Dramatiq's async actors would block a thread per message until the
 coroutine ends (`dramatiq/asyncio.py`), which is the limit this removes.
@@ -62,7 +62,7 @@ from db import runs
 from db.runs import RunMessage
 from db.secrets import resolve_headers
 from db.session import ping_before_use, session_scope
-from tasks.agent import call_agent, make_client
+from tasks.agent import AgentClient, call_agent, make_client
 from tasks.commits import RETRY_S, Answer, GroupCommits
 from tasks.engine import Send, recover_stranded
 from tasks.flow import BUSY, FlowControl
@@ -71,7 +71,6 @@ from tasks.signals import shutting_down
 log = logging.getLogger("stepwise")
 T = TypeVar("T")
 RENEW_RETRY_S = 1.0  # after a failed lease renewal
-CONNECTIONS_PER_POOL = 10  # agent connections per httpx client (see Runner.__init__)
 # How long a stopping worker waits for the agent calls in flight (the Procfile gives
 # Dramatiq 30 s to stop its threads).
 DRAIN_S = 25.0
@@ -84,8 +83,6 @@ URGENT_RESERVE = 0.1  # of STEPWISE_WORKER_IN_FLIGHT
 # control goes back to the queue (no thread, no runner slot, no retry spent).
 FLOW_WAIT_S = 2.0
 BUSY_POLL_MS = 100  # how often a call waiting on a full concurrency limit asks again
-# One line per agent call drowns the worker log; failures are stored on their step.
-logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def agent_payload(claim: runs.Claim, step_number: int, previous_output: Any) -> dict[str, Any]:
@@ -145,15 +142,11 @@ class Runner:
         self.lease_until = time.monotonic() + self.lease_s
         self.commits = GroupCommits(threads=settings.worker_db_threads, lease_s=self.lease_s)
         self.loop = asyncio.new_event_loop()
-        # Several small pools rather than one big one: httpcore looks at every
-        # connection of a pool for each request, so its cost grows with the pool.
-        policy = settings.egress_policy()
-        shards = max(1, -(-settings.worker_in_flight // CONNECTIONS_PER_POOL))
-        per_pool = -(-settings.worker_in_flight // shards)
-        self.clients = [make_client(policy, max_connections=per_pool) for _ in range(shards)]
         self.flow = FlowControl(settings.redis_url)
         self.thread = threading.Thread(target=self._main, name="stepwise-runner", daemon=True)
         self.thread.start()
+        # Made on the loop that uses it (an aiohttp session belongs to one loop).
+        self.client = asyncio.run_coroutine_threadsafe(self._client(), self.loop).result(10)
 
     # --- called from Dramatiq's threads ------------------------------------------
 
@@ -213,8 +206,7 @@ class Runner:
             for task in others:  # the heartbeat, runs, batches being written
                 task.cancel()
             await asyncio.gather(*others, return_exceptions=True)
-            for client in self.clients:
-                await client.aclose()
+            await self.client.close()
             await self.flow.close()
 
         asyncio.run_coroutine_threadsafe(shut(), self.loop).result(timeout=10)
@@ -223,6 +215,11 @@ class Runner:
         self.commits.close()
 
     # --- on the loop ----------------------------------------------------------------
+
+    async def _client(self) -> AgentClient:
+        # One connection per call in flight at most; idle ones are kept a while.
+        policy = self.settings.egress_policy()
+        return make_client(policy, max_connections=self.settings.worker_in_flight)
 
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -390,7 +387,7 @@ class Runner:
         flight.calling = True
         try:
             outcome = await call_agent(
-                self.clients[claim.execution_id.int % len(self.clients)],
+                self.client,
                 claim.agent_url,
                 payload,
                 idempotency_key=key,

@@ -342,19 +342,10 @@ class _TlsAgent:
     def call(self) -> Any:
         import ssl
 
-        import httpcore
-        import httpx
-
-        from tasks.agent import GuardedBackend
-
         async def call() -> Any:
             trusted = ssl.create_default_context()
             self.ca.configure_trust(trusted)
-            transport = httpx.AsyncHTTPTransport(verify=trusted)
-            pool = transport._pool
-            assert isinstance(pool, httpcore.AsyncConnectionPool)
-            pool._network_backend = GuardedBackend(parse_allowlist("127.0.0.1"))
-            async with httpx.AsyncClient(transport=transport) as client:
+            async with make_client(parse_allowlist("127.0.0.1"), ssl_context=trusted) as client:
                 return await call_agent(
                     client, self.url, {"x": 1}, idempotency_key="k:1", timeout_s=5, max_bytes=1024
                 )

@@ -12,10 +12,9 @@ import asyncio
 import ipaddress
 import socket
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import httpcore
 import httpx
 import pytest
 
@@ -26,7 +25,7 @@ from db.runs import RunMessage
 from db.session import session_scope
 from stepwise.demo_agent import AgentServer, Reply
 from tasks.actors import send_run
-from tasks.agent import GuardedBackend, call_agent, make_client
+from tasks.agent import call_agent, make_client
 from tasks.runner import stop_runner
 from testkit.factories import (
     ADMIN,
@@ -194,36 +193,42 @@ def test_a_307_from_an_allowed_agent_to_an_internal_address_is_refused(
     assert inside.calls == []
 
 
-def test_the_address_connected_to_is_the_address_checked(agent: AgentServer) -> None:
-    # given a guard that records what it hands to the socket layer
-    connected: list[str] = []
+def test_the_address_connected_to_is_the_address_checked(
+    agent: AgentServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a name that only the guard's lookup knows (as DNS would answer it), allowed
+    looked_up: list[str] = []
 
-    class Recording(httpcore.AnyIOBackend):
-        async def connect_tcp(
-            self,
-            host: str,
-            port: int,
-            timeout: float | None = None,
-            local_address: str | None = None,
-            socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-        ) -> httpcore.AsyncNetworkStream:
-            connected.append(host)
-            return await super().connect_tcp(host, port, timeout, local_address, socket_options)
+    async def dns(host: str, port: int) -> list[Any]:
+        looked_up.append(host)
+        return [ipaddress.ip_address("127.0.0.1")]
 
+    monkeypatch.setattr("tasks.agent._resolve", dns)
     port = _port(agent.url)
-    guard = GuardedBackend(parse_allowlist(f"localhost:{port}"), Recording())
+    policy = parse_allowlist(f"agent.test:{port}")
+    # when the agent is called by that name, twice
+    outcomes = _call(policy, f"http://agent.test:{port}/agent", f"http://agent.test:{port}/agent")
+    # then the calls reached the address the guard checked: no other lookup could
+    # have found it (the system's resolver has never heard of agent.test)
+    assert [o.ok for o in outcomes] == [True, True]
+    assert looked_up and set(looked_up) == {"agent.test"}
+    assert len(agent.calls) == 2
 
-    async def post() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport()) as client:
-            client._transport._pool._network_backend = guard  # type: ignore[attr-defined]
-            return await client.post(f"http://localhost:{port}/agent", json={"message": "hi"})
 
-    # when the agent is called by name
-    answer = asyncio.run(post())
-    # then the socket was opened to an address the name resolved to, not to the name
-    assert answer.status_code == 200
-    resolved = {info[4][0] for info in socket.getaddrinfo("localhost", port)}
-    assert connected and set(connected) <= resolved
+def test_a_name_whose_lookup_turns_internal_is_refused_before_connecting(
+    inside: AgentServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a public-looking name whose DNS answer is an internal address (rebinding)
+    async def dns(host: str, port: int) -> list[Any]:
+        return [ipaddress.ip_address("93.184.216.34"), ipaddress.ip_address("127.0.0.1")]
+
+    monkeypatch.setattr("tasks.agent._resolve", dns)
+    # when a step is posted to it, with a policy that allows no internal address
+    outcome = _call(STRICT, f"http://agent.example.com:{_port(inside.url)}/agent")
+    # then the mixed answer is refused as a whole and nothing was connected to
+    assert not outcome.ok and not outcome.retryable
+    assert outcome.error.startswith("the agent's address is not allowed")
+    assert inside.calls == []
 
 
 def test_errors_do_not_tell_a_closed_port_from_a_non_http_service() -> None:

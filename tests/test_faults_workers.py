@@ -152,8 +152,11 @@ def test_sigterm_mid_step_finishes_the_step_and_hands_the_run_back(procs: Any, a
     wait_for(lambda: not _group_alive(worker.pid), timeout=35, message="the worker to exit")
     exit_s = time.monotonic() - signalled_at
     # then every process exited within the 30 s grace time, after the step ended, cleanly
+    # (measured from step 2's arrival at the agent, which answers 3 s later: the signal
+    # itself may leave a loaded machine's test process well after that arrival)
     log = procs.log("worker")
-    assert 2.5 <= exit_s < 30, (exit_s, log[-3000:])
+    step_two_for_s = time.time() - agent.calls_for(str(execution_id))[1].at
+    assert step_two_for_s >= 3.0 and exit_s < 30, (step_two_for_s, exit_s, log[-3000:])
     assert "Worker has been shut down" in log and "Killing" not in log, log[-3000:]
     # and nothing is half-written: step 2 succeeded, step 3 never started, the run is queued
     runs = [(r.step_number, r.status) for r in step_runs(execution_id)]

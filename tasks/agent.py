@@ -165,12 +165,6 @@ class AgentClient:
         await self.close()
 
 
-def make_client(
-    policy: EgressPolicy, *, max_connections: int = 100, ssl_context: ssl.SSLContext | None = None
-) -> AgentClient:
-    return AgentClient(policy, max_connections=max_connections, ssl_context=ssl_context)
-
-
 async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> tuple[str, bool]:
     chunks: list[bytes] = []
     size = 0

@@ -62,7 +62,7 @@ from db import runs
 from db.runs import RunMessage
 from db.secrets import resolve_headers
 from db.session import ping_before_use, session_scope
-from tasks.agent import AgentClient, call_agent, make_client
+from tasks.agent import AgentClient, call_agent
 from tasks.commits import RETRY_S, Answer, GroupCommits
 from tasks.engine import Send, recover_stranded
 from tasks.flow import BUSY, FlowControl
@@ -219,7 +219,7 @@ class Runner:
     async def _client(self) -> AgentClient:
         # One connection per call in flight at most; idle ones are kept a while.
         policy = self.settings.egress_policy()
-        return make_client(policy, max_connections=self.settings.worker_in_flight)
+        return AgentClient(policy, max_connections=self.settings.worker_in_flight)
 
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)

@@ -21,7 +21,7 @@ from core.outcome import (
     undecodable_body,
 )
 from stepwise.demo_agent import Reply
-from tasks.agent import call_agent, make_client
+from tasks.agent import AgentClient, call_agent
 
 
 @pytest.mark.parametrize(
@@ -201,7 +201,7 @@ def test_decode_body_replaces_nul_and_marks_truncation() -> None:
 
 def _call(url: str, **kw: Any) -> Any:
     async def call() -> Any:
-        async with make_client(parse_allowlist("127.0.0.1")) as client:
+        async with AgentClient(parse_allowlist("127.0.0.1")) as client:
             return await call_agent(
                 client,
                 url,
@@ -282,7 +282,7 @@ def test_the_automations_headers_follow_a_redirect_only_within_its_origin(
         agent.script(Reply(307, "", headers={"Location": target}))
 
         async def call() -> Any:
-            async with make_client(parse_allowlist("127.0.0.1")) as client:
+            async with AgentClient(parse_allowlist("127.0.0.1")) as client:
                 return await call_agent(
                     client,
                     agent.url,
@@ -345,7 +345,7 @@ class _TlsAgent:
         async def call() -> Any:
             trusted = ssl.create_default_context()
             self.ca.configure_trust(trusted)
-            async with make_client(parse_allowlist("127.0.0.1"), ssl_context=trusted) as client:
+            async with AgentClient(parse_allowlist("127.0.0.1"), ssl_context=trusted) as client:
                 return await call_agent(
                     client, self.url, {"x": 1}, idempotency_key="k:1", timeout_s=5, max_bytes=1024
                 )
@@ -403,7 +403,7 @@ def test_a_connection_the_agent_closed_while_idle_is_not_reused() -> None:
     url = f"http://127.0.0.1:{listener.getsockname()[1]}/agent"
 
     async def two_calls() -> list[Any]:
-        async with make_client(parse_allowlist("127.0.0.1")) as client:
+        async with AgentClient(parse_allowlist("127.0.0.1")) as client:
             outcomes = []
             for n in range(2):
                 outcomes.append(
@@ -430,7 +430,7 @@ def test_a_cookie_an_agent_sets_never_travels_with_a_later_call(agent: Any) -> N
     )
 
     async def two_calls() -> list[Any]:
-        async with make_client(parse_allowlist("127.0.0.1")) as client:
+        async with AgentClient(parse_allowlist("127.0.0.1")) as client:
             return [
                 await call_agent(
                     client, agent.url, {}, idempotency_key=f"k:{n}", timeout_s=2, max_bytes=64

@@ -25,7 +25,7 @@ from db.runs import RunMessage
 from db.session import session_scope
 from stepwise.demo_agent import AgentServer, Reply
 from tasks.actors import send_run
-from tasks.agent import call_agent, make_client
+from tasks.agent import AgentClient, call_agent
 from tasks.runner import stop_runner
 from testkit.factories import (
     ADMIN,
@@ -150,7 +150,7 @@ def _call(policy: EgressPolicy, *urls: str) -> Any:
     """Post one step to each URL through a guarded client; the last outcome (or all)."""
 
     async def calls() -> list[Any]:
-        async with make_client(policy) as client:
+        async with AgentClient(policy) as client:
             return [
                 await call_agent(
                     client, url, {"step": 1}, idempotency_key="k:1", timeout_s=5, max_bytes=65536
@@ -193,25 +193,38 @@ def test_a_307_from_an_allowed_agent_to_an_internal_address_is_refused(
     assert inside.calls == []
 
 
+def _dns(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]) -> list[str]:
+    """The system resolver, answering `answers` for these names (as a DNS server
+    would, rebinding included) and as usual for every other; returns the names asked."""
+    real = socket.getaddrinfo
+    asked: list[str] = []
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in answers:
+            return real(host, port, *args, **kwargs)
+        asked.append(host)
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, int(port or 0)))
+            for address in answers[host]
+        ]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return asked
+
+
 def test_the_address_connected_to_is_the_address_checked(
     agent: AgentServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # given a name that only the guard's lookup knows (as DNS would answer it), allowed
-    looked_up: list[str] = []
-
-    async def dns(host: str, port: int) -> list[Any]:
-        looked_up.append(host)
-        return [ipaddress.ip_address("127.0.0.1")]
-
-    monkeypatch.setattr("tasks.agent._resolve", dns)
+    # given a name that only this machine's DNS answers (with loopback), allowed
+    looked_up = _dns(monkeypatch, {"agent.test": ["127.0.0.1"]})
     port = _port(agent.url)
     policy = parse_allowlist(f"agent.test:{port}")
     # when the agent is called by that name, twice
     outcomes = _call(policy, f"http://agent.test:{port}/agent", f"http://agent.test:{port}/agent")
-    # then the calls reached the address the guard checked: no other lookup could
-    # have found it (the system's resolver has never heard of agent.test)
+    # then the name was looked up once per connection and the calls reached the
+    # address the guard checked (had anything else looked it up, it would have failed)
     assert [o.ok for o in outcomes] == [True, True]
-    assert looked_up and set(looked_up) == {"agent.test"}
+    assert looked_up == ["agent.test"]  # one lookup, by the guard, for both calls
     assert len(agent.calls) == 2
 
 
@@ -219,10 +232,7 @@ def test_a_name_whose_lookup_turns_internal_is_refused_before_connecting(
     inside: AgentServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given a public-looking name whose DNS answer is an internal address (rebinding)
-    async def dns(host: str, port: int) -> list[Any]:
-        return [ipaddress.ip_address("93.184.216.34"), ipaddress.ip_address("127.0.0.1")]
-
-    monkeypatch.setattr("tasks.agent._resolve", dns)
+    _dns(monkeypatch, {"agent.example.com": ["93.184.216.34", "127.0.0.1"]})
     # when a step is posted to it, with a policy that allows no internal address
     outcome = _call(STRICT, f"http://agent.example.com:{_port(inside.url)}/agent")
     # then the mixed answer is refused as a whole and nothing was connected to

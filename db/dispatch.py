@@ -9,6 +9,7 @@ execution impossible even if two of them computed the same slot.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import uuid
 from dataclasses import dataclass
@@ -220,7 +221,8 @@ def dispatch_batch(
             RunMessage(
                 i,
                 schedule.max_retries,
-                delay_ms=int((inserted[i] - now).total_seconds() * 1000),
+                # Rounded up: the start derived from it is never before the slot.
+                delay_ms=math.ceil((inserted[i] - now).total_seconds() * 1000),
                 ahead_ms=START_AHEAD_MS,
                 urgent=schedule.urgent,
             )

@@ -12,13 +12,15 @@ one way a run reaches the queue, through `run_execution`'s own API.
 from __future__ import annotations
 
 import logging
+import math
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import current_millis, q_name
+from dramatiq.common import q_name
 from dramatiq.middleware import CurrentMessage
 from periodiq import cron
 
@@ -40,8 +42,9 @@ def _options(message: RunMessage) -> dict[str, Any]:
     if message.report is not None:
         options["report"] = str(message.report)
     if message.ahead_ms and message.delay_ms > 0:
-        # The instant the run is due, on the clock Dramatiq's `eta` uses.
-        options["start_at"] = current_millis() + message.delay_ms
+        # The instant the run is due, on the clock Dramatiq's `eta` uses; rounded up,
+        # so that a run never starts (nor is claimed) before its slot.
+        options["start_at"] = math.ceil(time.time() * 1000) + message.delay_ms
     return options
 
 

@@ -6,6 +6,7 @@ agent a real HTTP server on loopback, the database and Redis the suite's own.
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -109,7 +110,7 @@ def test_a_slot_delivered_ahead_starts_at_its_slot_and_never_before(
                 update(Execution).where(Execution.id == policed).values(scheduled_for=slot)
             )
         for execution_id in runs:
-            delay_ms = int((slot.timestamp() - time.time()) * 1000)
+            delay_ms = math.ceil((slot.timestamp() - time.time()) * 1000)
             send_run(RunMessage(execution_id, 0, delay_ms=delay_ms, ahead_ms=START_AHEAD_MS))
         # then before the slot the plain runs are claimed, the other is not, and
         # nothing is at the agent

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Acting
 from api.problems import documented
@@ -26,6 +26,12 @@ router = APIRouter(tags=["notifications"], responses=documented(400, 401, 403, 4
 
 
 class ChannelIn(Input):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"name": "on-call", "url": "json://hooks.example.com/stepwise"}]
+        }
+    )
+
     name: str
     url: str = Field(
         description="an apprise URL (json://, mailto://, slack://, …); sealed, never shown again"

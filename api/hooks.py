@@ -26,7 +26,12 @@ router = APIRouter(prefix="/v1/hooks", tags=["webhooks"])
 _BODY = {
     "required": True,
     "description": "a JSON object (at most 64 KiB): the run's input, given to every step",
-    "content": {"application/json": {"schema": {"type": "object"}}},
+    "content": {
+        "application/json": {
+            "schema": {"type": "object"},
+            "example": {"event": "order.paid", "order": 42},
+        }
+    },
 }
 
 

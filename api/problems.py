@@ -93,6 +93,25 @@ _CHALLENGES: dict[type[Exception], dict[str, str]] = {
 }
 
 
+# The headers that come with these statuses, as the OpenAPI schema documents them.
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: {
+        "WWW-Authenticate": {
+            "description": "how to authenticate: `Bearer` (an API token), or the webhook's proof",
+            "required": True,
+            "schema": {"type": "string"},
+        }
+    },
+    429: {
+        "Retry-After": {
+            "description": "seconds until this token may call again",
+            "required": True,
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
+}
+
+
 def problem(
     status: int,
     slug: str,
@@ -137,6 +156,7 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
         status: {
             "description": titles.get(status, "Error"),
             "content": {PROBLEM_JSON: {"schema": schema}},
+            **({"headers": _HEADERS[status]} if status in _HEADERS else {}),
         }
         for status in statuses
     }

@@ -82,6 +82,21 @@ class StepIn(Input):
 class AutomationIn(Input):
     """An automation as created or replaced (PUT sends every field)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Nightly report",
+                    "agent_url": "https://agent.example.com/run",
+                    "steps": [
+                        {"name": "gather", "message": "Gather yesterday's numbers"},
+                        {"name": "write", "message": "Write the report"},
+                    ],
+                }
+            ]
+        }
+    )
+
     name: str
     agent_url: str = Field(description="http(s) URL the workers POST each step to")
     steps: list[StepIn] = Field(description="1 to 50 steps, run in order")
@@ -180,6 +195,8 @@ INPUT_DESCRIPTION = "a JSON object (at most 64 KiB) the agent receives with ever
 class RunIn(Input):
     """What a manual run starts with (the body is optional)."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"input": {"region": "eu"}}]})
+
     input: dict[str, Any] | None = Field(default=None, description=INPUT_DESCRIPTION)
 
     def parsed(self) -> RunInput | None:
@@ -226,6 +243,12 @@ class HookDisabled(BaseModel):
 class TimingIn(Input):
     """A schedule's timing and policies: cron, interval or once, in an IANA timezone."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"kind": "cron", "cron_expr": "0 9 * * 1-5", "timezone": "Europe/Berlin"}]
+        }
+    )
+
     kind: str = Field(json_schema_extra=_words(ScheduleKind))
     timezone: str = "UTC"
     cron_expr: str | None = Field(default=None, description="5 fields, or @hourly-style macros")
@@ -270,10 +293,37 @@ class TimingIn(Input):
 
 
 class ScheduleIn(TimingIn):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "automation_id": "0b7e6a52-8d1c-4f3e-9a5b-2c6d8e1f4a73",
+                    "kind": "cron",
+                    "cron_expr": "*/5 * * * *",
+                    "timezone": "Europe/Berlin",
+                    "input": {"region": "eu"},
+                }
+            ]
+        }
+    )
+
     automation_id: uuid.UUID
 
 
 class PreviewIn(TimingIn):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "kind": "cron",
+                    "cron_expr": "0 9 * * 1-5",
+                    "timezone": "America/New_York",
+                    "count": 5,
+                }
+            ]
+        }
+    )
+
     count: int = Field(default=10, ge=1, le=50, description="how many next runs to list")
 
 
@@ -325,6 +375,10 @@ class ScheduleOut(BaseModel):
 
 
 class PauseIn(Input):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"note": "agent down for maintenance"}]}
+    )
+
     note: str | None = Field(
         default=None, description=f"why it is paused, shown with it (at most {MAX_PAUSE_NOTE})"
     )
@@ -333,7 +387,13 @@ class PauseIn(Input):
 class BackfillIn(Input):
     """A range of past time: one run per slot of the schedule in [from, to)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [{"from": "2026-03-02T00:00:00+00:00", "to": "2026-03-02T06:00:00+00:00"}]
+        },
+    )
 
     start: datetime = Field(alias="from", description="inclusive, with an offset")
     end: datetime = Field(alias="to", description="exclusive, with an offset; not in the future")

@@ -147,7 +147,9 @@ def test_the_limit_is_documented_for_every_token_route(db: None, redis_client: A
             if path.startswith("/v1/hooks") or path == "/health":
                 assert "429" not in operation["responses"], (method, path)
             else:
-                assert PROBLEM in operation["responses"]["429"]["content"], (method, path)
+                limited = operation["responses"]["429"]
+                assert PROBLEM in limited["content"], (method, path)
+                assert limited["headers"]["Retry-After"]["schema"]["type"] == "integer"
 
 
 # --- idempotency keys -------------------------------------------------------------------------

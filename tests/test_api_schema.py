@@ -1,14 +1,19 @@
-"""The REST API fuzzed by schemathesis against the OpenAPI schema it serves, with a token.
+"""The REST API against the OpenAPI schema it serves, with a token (schemathesis).
 
-Every operation gets a few generated requests (valid and invalid): none may answer
-5xx, every answer must match the schema (status, content type, body), every
-error must be problem+json, and a refused request must write nothing.
+Every operation answers its documented example with a success that matches the
+schema; then every operation gets generated requests (valid and invalid), both on
+random ids and on real objects of the token's workspace: none may answer 5xx,
+every answer must match the schema (status, content type, body), every error must
+be problem+json, and a refused request must write nothing.
 """
 
 from __future__ import annotations
 
 import socket
+import time
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -19,34 +24,45 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
 
+from core.settings import get_settings
 from core.vocabulary import ExecutionStatus, Role
-from db import channels, tokens
+from db import channels, hooks, tokens
+from db.hooks import SECRET_HEADER
 from db.session import session_scope
-from testkit.factories import ADMIN, add_runs, make_automation, make_schedule, row_counts
+from testkit.factories import ADMIN, add_runs, make_automation, make_schedule, table_snapshot
 
 PROBLEM = "application/problem+json"
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
     content_type_conformance,
+    response_headers_conformance,
     response_schema_conformance,
 ]
+# A webhook channel to a closed local port: a test-send reaches nothing.
+CHANNEL_URL = "json://hook:pw@127.0.0.1:9/hooks"
+# What an operation needs to succeed that the other operations' objects do not give it.
+NEEDS = {
+    ("POST", "/v1/executions/{execution_id}/cancel"): {"run": ExecutionStatus.QUEUED},
+    ("POST", "/v1/automations/{automation_id}/hook"): {"hook": False},
+}
 
 
 @pytest.fixture
-def auth(db: None) -> dict[str, str]:
-    """An admin token, and something in the workspace for it to find."""
-    automation_id = make_automation()
-    make_schedule(automation_id)
-    add_runs(automation_id, [{"status": ExecutionStatus.FAILED}])
+def auth(db: None, redis_client: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """An admin token (with room for every generated call in its minute)."""
+    monkeypatch.setenv("STEPWISE_API_RATE_PER_MINUTE", "100000")
+    get_settings.cache_clear()
     with session_scope() as session:
-        channels.add_channel(session, "on-call", "json://hook:pw@127.0.0.1:9/hooks", actor=ADMIN)
         token = tokens.create_token(session, "fuzz", Role.ADMIN, actor=ADMIN).token
-    return {"Authorization": f"Bearer {token}"}
+    yield {"Authorization": f"Bearer {token}"}
+    monkeypatch.undo()
+    get_settings.cache_clear()
 
 
 @pytest.fixture
@@ -78,39 +94,140 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     yield tried
 
 
-def _fuzz(case: Any, auth: dict[str, str]) -> None:
-    before = row_counts()
+def _objects(
+    redis_client: Any, run: ExecutionStatus = ExecutionStatus.FAILED, hook: bool = True
+) -> tuple[dict[str, str], str]:
+    """Fresh objects of the token's workspace, one for each id a path may name, and the
+    webhook's secret."""
+    automation_id = make_automation()
+    schedule_id = make_schedule(automation_id)
+    (run_id,) = add_runs(automation_id, [{"status": run}])
+    with session_scope() as session:
+        channel = channels.add_channel(session, f"c-{uuid.uuid4()}", CHANNEL_URL, actor=ADMIN)
+        made = hooks.enable_hook(session, automation_id, actor=ADMIN)
+        if not hook:
+            hooks.disable_hook(session, automation_id, actor=ADMIN)
+    from tasks.actors import run_execution
+
+    letter = str(uuid.uuid4())
+    redis_client.zadd("dramatiq:default.XQ", {letter: time.time() * 1000})
+    redis_client.hset(
+        "dramatiq:default.XQ.msgs", letter, run_execution.message(str(run_id)).encode()
+    )
+    ids = {
+        "automation_id": automation_id,
+        "schedule_id": schedule_id,
+        "execution_id": run_id,
+        "channel_id": channel.id,
+        "hook_id": made.info.id,
+        "queue": "default",
+        "message_id": letter,
+    }
+    return {name: str(value) for name, value in ids.items()}, made.secret
+
+
+def _path_ids(operation: Any, ids: dict[str, str]) -> dict[str, str]:
+    return {p.name: ids[p.name] for p in operation.path_parameters}
+
+
+def _example(spec: dict[str, Any], method: str, path: str) -> Any:
+    """The request body documented for the operation (None when it takes none)."""
+    content = spec["paths"][path][method.lower()].get("requestBody", {}).get("content", {})
+    media = content.get("application/json")
+    if media is None:
+        return None
+    if "example" in media:
+        return media["example"]
+    schema = media["schema"]
+    schema = next((s for s in schema.get("anyOf", [schema]) if "$ref" in s), schema)
+    name = schema["$ref"].rsplit("/", 1)[1]
+    (example,) = spec["components"]["schemas"][name]["examples"]
+    return example
+
+
+def _writes() -> dict[str, Any]:
+    """Every table but the tokens' (whose "last used" a call may move)."""
+    return {k: v for k, v in table_snapshot().items() if k != "api_tokens"}
+
+
+def _schema() -> Any:
+    from api.app import create_app
+
+    return schemathesis.openapi.from_asgi("/openapi.json", create_app())
+
+
+def test_every_operation_answers_its_documented_example_as_its_schema_says(
+    auth: dict[str, str], redis_client: Any, loopback_only: list[str]
+) -> None:
+    # given the schema the API serves, and its example of each request body
+    schema = _schema()
+    spec = schema.raw_schema
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    for operation in operations:
+        key = (operation.method.upper(), operation.path)
+        ids, secret = _objects(redis_client, **NEEDS.get(key, {}))
+        body = _example(spec, operation.method, operation.path)
+        if isinstance(body, dict) and "automation_id" in body:
+            body = {**body, "automation_id": ids["automation_id"]}
+        if isinstance(body, dict) and "from" in body:  # a recent range: history is kept 90 days
+            body = {"from": (hour - timedelta(hours=1)).isoformat(), "to": hour.isoformat()}
+        headers = {**auth, SECRET_HEADER: secret}
+        case = operation.Case(
+            path_parameters=_path_ids(operation, ids),
+            headers=headers,
+            **({} if body is None else {"body": body, "media_type": "application/json"}),
+        )
+        # when it is sent on real objects of the token's workspace
+        response = case.call(headers=headers)
+        # then it succeeds, and its answer is the one the schema describes
+        assert response.status_code < 300, (key, response.text)
+        case.validate_response(response, checks=CHECKS)
+    assert len(operations) == sum(len(ops) for ops in spec["paths"].values())
+    assert loopback_only == []
+
+
+def _fuzz(case: Any, auth: dict[str, str], seen: list[int]) -> None:
+    before = _writes()
     response = case.call(headers=dict(auth))
+    seen.append(response.status_code)
     case.validate_response(response, checks=CHECKS)
     if response.status_code >= 400:
         assert response.headers["content-type"] == [PROBLEM], response.text
-        assert row_counts() == before, f"{case.method} {case.path} wrote rows and answered an error"
+        assert _writes() == before, f"{case.method} {case.path} wrote rows and answered an error"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_the_api_keeps_its_schema_under_generated_input(
-    redis_client: Any, auth: dict[str, str], loopback_only: list[str], mode: GenerationMode
+    auth: dict[str, str], redis_client: Any, loopback_only: list[str], mode: GenerationMode
 ) -> None:
     # given the schema the API serves
-    from api.app import create_app
-
-    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app())
-    operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) >= 20
-    # when each operation gets a few generated requests, with an admin token
+    operations = [result.ok() for result in _schema().get_all_operations()]
+    assert len(operations) >= 38
+    check = settings(
+        max_examples=5,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     for operation in operations:
-        # then each answer keeps to the schema, errors are problem+json and write nothing
-        check = settings(
-            max_examples=5,
-            deadline=None,
-            derandomize=True,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )(given(case=operation.as_strategy(generation_mode=mode))(_fuzz))
-        try:
-            check(auth=auth)
-        except Unsatisfiable:  # nothing to make invalid (no parameters, no body)
-            assert mode == GenerationMode.NEGATIVE
+        # when each operation gets generated requests with an admin token, on random ids
+        # and on real objects of its workspace
+        ids, _ = _objects(redis_client)
+        real = _path_ids(operation, ids)
+        for path_parameters in ({}, real) if real else ({},):
+            seen: list[int] = []
+            strategy = operation.as_strategy(generation_mode=mode, path_parameters=path_parameters)
+            try:
+                # then each answer keeps to the schema, errors are problem+json, write nothing
+                check(given(case=strategy)(_fuzz))(auth=auth, seen=seen)
+            except Unsatisfiable:  # nothing to make invalid (no parameters, no body)
+                assert mode == GenerationMode.NEGATIVE
+                continue
+            # and real ids reach past the lookup: the fuzz exercises the operation itself
+            if path_parameters and mode == GenerationMode.POSITIVE:
+                assert set(seen) != {404}, (operation.method, operation.path, seen)
     # and no call tried to reach beyond this machine
     assert loopback_only == []

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,7 +20,7 @@ from core.access import Actor
 from core.errors import ValidationFailed
 from core.tokens import token_hash
 from core.vocabulary import ExecutionStatus, Role
-from db import channels, tokens
+from db import channels, hooks, tokens
 from db.session import session_scope
 from stepwise.embedded import free_port
 from testkit.factories import (
@@ -34,7 +37,9 @@ from testkit.processes import Processes
 from testkit.waiting import wait_for
 
 PROBLEM = "application/problem+json"
-PAGES = Path(__file__).resolve().parent.parent / "dashboard" / "views"
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = ROOT / "dashboard" / "views"
+README = ROOT / "README.md"
 AUTOMATION = {
     "name": "Nightly report",
     "agent_url": "http://127.0.0.1:9/agent",
@@ -300,40 +305,129 @@ def test_executions_are_filtered_and_paged_with_a_cursor(
     assert len(by_automation.json()["items"]) == 7
 
 
+def test_each_execution_filter_narrows_the_list(client: TestClient, admin: dict[str, str]) -> None:
+    # given a scheduled run, a retried one and a manual one, an hour apart, and another
+    # automation's run
+    automation_id = make_automation()
+    schedule_id = make_schedule(automation_id)
+    hour = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    scheduled, retried, manual = add_runs(
+        automation_id,
+        [
+            {"schedule_id": schedule_id, "trigger": "schedule", "queued_at": hour},
+            {"trigger": "retry", "queued_at": hour + timedelta(hours=1)},
+            {"queued_at": hour + timedelta(hours=2)},
+        ],
+    )
+    add_runs(make_automation(name="Other"), [{"queued_at": hour}])
+
+    def listed(**query: str) -> list[str]:
+        answer = client.get("/v1/executions", params=query, headers=admin)
+        assert answer.status_code == 200, answer.text
+        return [item["id"] for item in answer.json()["items"]]
+
+    # then each filter keeps only its runs, newest first
+    assert listed(schedule_id=str(schedule_id)) == [str(scheduled)]
+    assert listed(trigger="retry") == [str(retried)]
+    assert listed(automation_id=str(automation_id), trigger="manual") == [str(manual)]
+    # and since is inclusive, until exclusive, a time without an offset is UTC
+    window = listed(since="2026-03-02T13:00:00", until="2026-03-02T15:00:00+01:00")
+    assert window == [str(retried)]
+
+
 # --- isolation -------------------------------------------------------------------------------
 
+# Every operation that names an object of a workspace, by the path the schema gives it.
+BY_ID = [
+    ("get", "/v1/automations/{automation_id}", None),
+    ("put", "/v1/automations/{automation_id}", AUTOMATION),
+    ("delete", "/v1/automations/{automation_id}", None),
+    ("post", "/v1/automations/{automation_id}/run", None),
+    ("get", "/v1/automations/{automation_id}/hook", None),
+    ("post", "/v1/automations/{automation_id}/hook", None),
+    ("post", "/v1/automations/{automation_id}/hook/rotate", None),
+    ("delete", "/v1/automations/{automation_id}/hook", None),
+    ("get", "/v1/schedules/{schedule_id}", None),
+    ("put", "/v1/schedules/{schedule_id}", SCHEDULE),
+    ("post", "/v1/schedules/{schedule_id}/pause", None),
+    ("post", "/v1/schedules/{schedule_id}/pause", {"note": "theirs"}),
+    ("post", "/v1/schedules/{schedule_id}/resume", None),
+    ("post", "/v1/schedules/{schedule_id}/trigger", None),
+    ("post", "/v1/schedules/{schedule_id}/backfill", BACKFILL),
+    ("post", "/v1/schedules/{schedule_id}/backfill/preview", BACKFILL),
+    ("delete", "/v1/schedules/{schedule_id}", None),
+    ("get", "/v1/executions/{execution_id}", None),
+    ("post", "/v1/executions/{execution_id}/cancel", None),
+    ("post", "/v1/executions/{execution_id}/retry", None),
+    ("post", "/v1/queues/{queue}/dead-letters/{message_id}/retry", None),
+    ("delete", "/v1/queues/{queue}/dead-letters/{message_id}", None),
+    ("delete", "/v1/channels/{channel_id}", None),
+    ("post", "/v1/channels/{channel_id}/test", None),
+]
+# Every other write: creates, and acts on a whole queue.
+WRITES = [
+    ("post", "/v1/automations", AUTOMATION),
+    ("post", "/v1/schedules", {**SCHEDULE, "automation_id": "{automation_id}"}),
+    ("post", "/v1/channels", {"name": "mine", "url": CHANNEL_URL}),
+    ("delete", "/v1/queues/{queue}/dead-letters", None),
+]
+# What a viewer may send with POST: nothing is saved by either.
+VIEWER_MAY = {"/v1/schedules/preview", "/v1/schedules/{schedule_id}/backfill/preview"}
+# Called by other systems with the webhook's secret, not a token (tests/test_hooks.py).
+NO_TOKEN = {"/v1/hooks/{hook_id}"}
 
-def test_another_workspaces_token_reaches_nothing_of_ours(client: TestClient) -> None:
-    # given our automation, schedule and run, and an admin token of another workspace
+
+def _ours(redis_client: Any) -> dict[str, str]:
+    """One of each object of our workspace that a path may name: an automation with its
+    webhook, a schedule, a failed run in the dead letters, a channel."""
+    from tasks.actors import run_execution
+
     automation_id = make_automation()
     schedule_id = make_schedule(automation_id)
     (run_id,) = add_runs(automation_id, [{"status": ExecutionStatus.FAILED}])
-    channel_id = make_channel()
+    with session_scope() as session:
+        hooks.enable_hook(session, automation_id, actor=ADMIN)
+    redis_client.zadd("dramatiq:default.XQ", {"ours": time.time() * 1000})
+    redis_client.hset(
+        "dramatiq:default.XQ.msgs", "ours", run_execution.message(str(run_id)).encode()
+    )
+    ids = {
+        "automation_id": automation_id,
+        "schedule_id": schedule_id,
+        "execution_id": run_id,
+        "channel_id": make_channel(),
+        "queue": "default",
+        "message_id": "ours",
+    }
+    return {name: str(value) for name, value in ids.items()}
+
+
+def _filled(body: Any, ids: dict[str, str]) -> Any:
+    if isinstance(body, dict):
+        return {k: v.format(**ids) if isinstance(v, str) else v for k, v in body.items()}
+    return body
+
+
+def test_the_isolation_tables_name_every_operation_of_the_schema(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    operations = {(m, p) for p, ops in paths.items() for m in ops if p not in NO_TOKEN}
+    by_id = {(m, p) for m, p, _ in BY_ID}
+    writes = {(m, p) for m, p, _ in BY_ID + WRITES if m != "get" and p not in VIEWER_MAY}
+    assert by_id == {(m, p) for m, p in operations if "_id}" in p}
+    assert writes == {(m, p) for m, p in operations if m != "get" and p not in VIEWER_MAY}
+
+
+def test_another_workspaces_token_reaches_nothing_of_ours(
+    client: TestClient, redis_client: Any
+) -> None:
+    # given our objects, and an admin token of another workspace
+    ids = _ours(redis_client)
     theirs = bearer(make_token(make_workspace()))
     before = _writes()
-    # when they read or change our objects by id, each one does not exist
-    for method, path, body in (
-        ("get", f"/v1/automations/{automation_id}", None),
-        ("put", f"/v1/automations/{automation_id}", AUTOMATION),
-        ("delete", f"/v1/automations/{automation_id}", None),
-        ("post", f"/v1/automations/{automation_id}/run", None),
-        ("post", "/v1/schedules", {**SCHEDULE, "automation_id": str(automation_id)}),
-        ("get", f"/v1/schedules/{schedule_id}", None),
-        ("put", f"/v1/schedules/{schedule_id}", SCHEDULE),
-        ("post", f"/v1/schedules/{schedule_id}/pause", None),
-        ("post", f"/v1/schedules/{schedule_id}/pause", {"note": "theirs"}),
-        ("post", f"/v1/schedules/{schedule_id}/resume", None),
-        ("post", f"/v1/schedules/{schedule_id}/trigger", None),
-        ("post", f"/v1/schedules/{schedule_id}/backfill", BACKFILL),
-        ("post", f"/v1/schedules/{schedule_id}/backfill/preview", BACKFILL),
-        ("delete", f"/v1/schedules/{schedule_id}", None),
-        ("get", f"/v1/executions/{run_id}", None),
-        ("post", f"/v1/executions/{run_id}/cancel", None),
-        ("post", f"/v1/executions/{run_id}/retry", None),
-        ("delete", f"/v1/channels/{channel_id}", None),
-        ("post", f"/v1/channels/{channel_id}/test", None),
-    ):
-        answer = client.request(method, path, json=body, headers=theirs)
+    # when they read or change any of our objects by id (or make a schedule on ours),
+    # then each one does not exist for them
+    for method, path, body in [*BY_ID, WRITES[1]]:
+        answer = client.request(method, path.format(**ids), json=_filled(body, ids), headers=theirs)
         assert answer.status_code == 404, (method, path, answer.text)
         assert answer.headers["content-type"] == PROBLEM
     # and their lists hold nothing of ours
@@ -342,48 +436,55 @@ def test_another_workspaces_token_reaches_nothing_of_ours(client: TestClient) ->
     assert client.get("/v1/executions", headers=theirs).json()["items"] == []
     assert client.get("/v1/channels", headers=theirs).json() == []
     assert client.get("/v1/deliveries", headers=theirs).json() == []
+    assert client.get("/v1/queues/default/dead-letters", headers=theirs).json() == []
     audit = client.get("/v1/audit", headers=theirs).json()
-    assert all(row["target_id"] != str(automation_id) for row in audit)
+    assert all(row["target_id"] not in ids.values() for row in audit)
     assert _writes() == before
+    # and emptying the dead letters empties only theirs
+    purged = client.delete("/v1/queues/default/dead-letters", headers=theirs)
+    assert purged.json() == {"count": 0}
+    assert redis_client.zrange("dramatiq:default.XQ", 0, -1) == [b"ours"]
 
 
-def test_a_viewer_tokens_writes_are_forbidden_and_write_nothing(client: TestClient) -> None:
-    automation_id = make_automation()
-    schedule_id = make_schedule(automation_id)
-    (run_id,) = add_runs(automation_id, [{"status": ExecutionStatus.FAILED}])
-    channel_id = make_channel()
+def test_a_viewer_tokens_writes_are_forbidden_and_write_nothing(
+    client: TestClient, redis_client: Any
+) -> None:
+    # given our objects and a viewer's token
+    ids = _ours(redis_client)
     viewer = bearer(make_token(role=Role.VIEWER, name="dashboards"))
     before = _writes()
-    for method, path, body in (
-        ("post", "/v1/automations", AUTOMATION),
-        ("put", f"/v1/automations/{automation_id}", AUTOMATION),
-        ("delete", f"/v1/automations/{automation_id}", None),
-        ("post", f"/v1/automations/{automation_id}/run", None),
-        ("post", "/v1/schedules", {**SCHEDULE, "automation_id": str(automation_id)}),
-        ("put", f"/v1/schedules/{schedule_id}", SCHEDULE),
-        ("post", f"/v1/schedules/{schedule_id}/pause", None),
-        ("post", f"/v1/schedules/{schedule_id}/pause", {"note": "viewer"}),
-        ("post", f"/v1/schedules/{schedule_id}/resume", None),
-        ("post", f"/v1/schedules/{schedule_id}/trigger", None),
-        ("post", f"/v1/schedules/{schedule_id}/backfill", BACKFILL),
-        ("delete", f"/v1/schedules/{schedule_id}", None),
-        ("post", f"/v1/executions/{run_id}/cancel", None),
-        ("post", f"/v1/executions/{run_id}/retry", None),
-        ("post", "/v1/channels", {"name": "viewer", "url": CHANNEL_URL}),
-        ("delete", f"/v1/channels/{channel_id}", None),
-        ("post", f"/v1/channels/{channel_id}/test", None),
-    ):
-        answer = client.request(method, path, json=body, headers=viewer)
+    # when it tries any write, then its role does not allow it, and nothing is written
+    for method, path, body in BY_ID + WRITES:
+        if method == "get" or path in VIEWER_MAY:
+            continue
+        answer = client.request(method, path.format(**ids), json=_filled(body, ids), headers=viewer)
         assert answer.status_code == 403, (method, path, answer.text)
         assert answer.headers["content-type"] == PROBLEM
     assert _writes() == before
+    assert redis_client.zrange("dramatiq:default.XQ", 0, -1) == [b"ours"]
     # while it reads everything of its workspace
-    assert client.get(f"/v1/automations/{automation_id}", headers=viewer).status_code == 200
-    assert client.get(f"/v1/executions/{run_id}", headers=viewer).status_code == 200
-    assert [c["id"] for c in client.get("/v1/channels", headers=viewer).json()] == [str(channel_id)]
+    for method, path, _ in BY_ID:
+        if method == "get":
+            answer = client.get(path.format(**ids), headers=viewer)
+            assert answer.status_code == 200, (path, answer.text)
+    assert [c["id"] for c in client.get("/v1/channels", headers=viewer).json()] == [
+        ids["channel_id"]
+    ]
 
 
 # --- the real process ----------------------------------------------------------------------
+
+
+def _readme_example() -> tuple[str, dict[str, Any], str]:
+    """The README's API example: where it creates a schedule, with what, and where it
+    reads the schedule's runs."""
+    section = README.read_text().split("## REST API", 1)[1]
+    lines = section.split("```sh\n", 1)[1].split("```", 1)[0].splitlines()
+    assert len(lines) == 3 and lines[0].startswith('H="Authorization: Bearer $'), lines
+    created = re.fullmatch(r"curl -s -H \"\$H\" -H '[^']+' -d '(\{.*\})' \$API(/\S+)", lines[1])
+    read = re.fullmatch(r'curl -s -H "\$H" "\$API(/[^"]+)"', lines[2])
+    assert created and read, lines
+    return created[2], json.loads(created[1]), read[1]
 
 
 @pytest.mark.slow
@@ -405,15 +506,15 @@ def test_the_procfile_api_process_serves_the_api_on_loopback(
                 return False
 
         wait_for(up, timeout=30, message="the API to answer", details=lambda: processes.log("api"))
-        # when a client creates an automation and a schedule, then reads its runs
+        # when a client does as the README shows: create a schedule, then read its runs
+        create, body, read = _readme_example()
         with httpx.Client(base_url=base, headers=bearer(token), timeout=10) as http:
             automation = http.post("/v1/automations", json=AUTOMATION).json()
-            schedule = http.post(
-                "/v1/schedules", json={**SCHEDULE, "automation_id": automation["id"]}
-            )
+            body = {**body, "automation_id": automation["id"]}
+            schedule = http.post(create, json=body)
             assert schedule.status_code == 201, schedule.text
-            runs = http.get("/v1/executions", params={"schedule_id": schedule.json()["id"]})
-            assert runs.status_code == 200 and runs.json()["items"] == []
+            runs = http.get(read.replace("<schedule id>", schedule.json()["id"]))
+            assert runs.status_code == 200 and runs.json() == {"items": [], "next_cursor": None}
             assert http.get("/openapi.json").json()["info"]["title"] == "Stepwise"
         # then it listened on loopback only, and its log never held the token
         assert f"Uvicorn running on http://127.0.0.1:{port}" in processes.log("api")
@@ -492,6 +593,27 @@ def test_an_idempotency_key_makes_a_repeated_create_make_one_object(
     ]
     assert made[0].json()["id"] == made[1].json()["id"]
     assert len(client.get("/v1/schedules", headers=admin).json()) == 1
+
+
+def test_an_idempotency_key_belongs_to_the_token_that_sent_it(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    # given a create sent with a key
+    first = client.post(
+        "/v1/automations", json=AUTOMATION, headers={**admin, "Idempotency-Key": "nightly-1"}
+    )
+    assert first.status_code == 201, first.text
+    # when another workspace's token, then another token of ours, send the same key and body
+    for headers in (bearer(make_token(make_workspace())), bearer(make_token(name="other"))):
+        again = client.post(
+            "/v1/automations", json=AUTOMATION, headers={**headers, "Idempotency-Key": "nightly-1"}
+        )
+        # then each makes its own automation, and learns nothing of the first
+        assert again.status_code == 201, again.text
+        assert again.json()["id"] != first.json()["id"]
+        assert again.json()["signing_secret"] != first.json()["signing_secret"]
+    ours = client.get("/v1/automations", headers=admin).json()
+    assert len(ours) == 2 and first.json()["id"] in {a["id"] for a in ours}
 
 
 def test_queues_and_dead_letters_are_scoped_admin_only_and_audited(

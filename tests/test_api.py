@@ -135,6 +135,16 @@ def test_last_used_is_recorded_and_a_revoked_token_gets_401(
     with session_scope() as session:
         (info,) = tokens.list_tokens(session, actor=ADMIN)
     assert info.last_used_at is not None
+    # and it moves when the token is used a minute or more later (not on every call)
+    assert client.get("/v1/automations", headers=bearer(token)).status_code == 200
+    with session_scope() as session:
+        assert tokens.list_tokens(session, actor=ADMIN)[0].last_used_at == info.last_used_at
+        session.execute(text("UPDATE api_tokens SET last_used_at = now() - interval '2 minutes'"))
+    assert client.get("/v1/automations", headers=bearer(token)).status_code == 200
+    with session_scope() as session:
+        (info,) = tokens.list_tokens(session, actor=ADMIN)
+        assert info.last_used_at is not None
+        assert info.last_used_at > session.scalar(text("SELECT now() - interval '1 minute'"))
     # when an admin revokes it, then its next call is refused as unauthenticated
     with session_scope() as session:
         tokens.revoke_token(session, info.id, actor=ADMIN)
@@ -151,10 +161,25 @@ def test_last_used_is_recorded_and_a_revoked_token_gets_401(
 def test_every_endpoint_but_health_and_docs_needs_a_token(
     client: TestClient, headers: dict[str, str]
 ) -> None:
-    for path in ("/v1/automations", "/v1/schedules", "/v1/executions", "/v1/audit"):
-        answer = client.get(path, headers=headers)
-        assert answer.status_code == 401, path
-        assert answer.json()["type"] == "urn:stepwise:problem:unauthenticated"
+    # given real objects for every path to name
+    ids = {"queue": "default", "message_id": "m", "hook_id": str(uuid.uuid4())}
+    ids["automation_id"] = str(make_automation())
+    ids["schedule_id"] = str(make_schedule(uuid.UUID(ids["automation_id"])))
+    ids["execution_id"] = str(add_runs(uuid.UUID(ids["automation_id"]), [{}])[0])
+    ids["channel_id"] = str(make_channel())
+    paths = client.get("/openapi.json").json()["paths"]
+    before = _writes()
+    # when every operation is called without a live token, then each is refused as such
+    for path, operations in paths.items():
+        for method in operations:
+            if path in NO_TOKEN or path == "/health":
+                continue
+            answer = client.request(method, path.format(**ids), json={}, headers=headers)
+            assert answer.status_code == 401, (method, path, answer.text)
+            assert answer.headers["content-type"] == PROBLEM
+            assert answer.headers["www-authenticate"] == "Bearer"
+            assert answer.json()["type"] == "urn:stepwise:problem:unauthenticated"
+    assert _writes() == before
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/openapi.json").status_code == 200
     assert client.get("/docs").status_code == 200

@@ -14,7 +14,7 @@ from db import channels
 from db.models import AuditLog, Automation, NotifyRule, Schedule
 from db.session import session_scope
 from stepwise.cli import main
-from testkit.factories import ADMIN, table_snapshot
+from testkit.factories import ADMIN, make_workspace, person, table_snapshot
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -260,3 +260,25 @@ def test_a_schedule_that_ended_by_itself_is_no_change(tmp_path: Path, capsys: An
     assert run("apply", "-f", str(path)) == 0
     assert capsys.readouterr().out.endswith("no changes\n")
     assert table_snapshot() == before
+
+
+def test_apply_as_a_member_acts_in_their_workspace_with_their_role(
+    tmp_path: Path, capsys: Any
+) -> None:
+    path = tmp_path / "stepwise.yaml"
+    path.write_text(DEFS)
+    team = make_workspace(admin="lead@example.com")
+    person("viewer@example.com", "viewer", team.workspace_id)
+    before = table_snapshot()
+    assert run("apply", "-f", str(path), "--as", "viewer@example.com") == 2
+    assert "a viewer may not create" in capsys.readouterr().err
+    assert table_snapshot() == before
+    args = ("--as", "lead@example.com", "--workspace", str(team.workspace_id))
+    assert run("apply", "-f", str(path), *args) == 0
+    with session_scope() as s:
+        assert set(s.scalars(select(Automation.workspace_id))) == {team.workspace_id}
+        assert set(s.scalars(select(AuditLog.actor))) == {"lead@example.com"}
+    assert run("export-defs", *args) == 0
+    assert "Nightly report" in capsys.readouterr().out
+    assert run("export-defs") == 0  # the local admin's workspace has none
+    assert yaml.safe_load(capsys.readouterr().out) == {"automations": []}

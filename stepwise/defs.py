@@ -1,14 +1,15 @@
 """Definitions as code: `stepwise apply -f FILE` and `stepwise export-defs`.
 
-Automations are matched by name within the workspace. Schedules have no name in
-the database, so a schedule is matched by its position under its automation
-(oldest first); `export-defs` writes them in that order. Every write goes
-through `db.commands` (validation, audit, workspace and role checks) as the
-local admin of the default workspace (local mode), in one transaction for the
-whole file: any error and nothing is written; `--dry-run` always rolls back.
-Signing secrets are never exported; request headers keep `{{ secret.NAME }}` and
-notifications name their channels (whose URLs are secrets too). A schedule's `enabled`
-means "not paused": one that ended by its own timing still reads as enabled.
+Automations are matched by name within the workspace. Schedules have no name in the
+database: one matches an identical schedule under its automation, else updates the
+unmatched one sharing most of its fields (oldest first among equals); the rest are
+new. `export-defs` writes schedules oldest first. Every write goes through
+`db.commands` (validation, audit, workspace and role checks) as the acting member
+(`stepwise.cli`: the local admin unless `--as`), in one transaction for the whole
+file: any error and nothing is written; `--dry-run` always rolls back. Signing
+secrets are never exported; request headers keep `{{ secret.NAME }}` and
+notifications name their channels (whose URLs are secrets too). A schedule's
+`enabled` means "not paused": one that ended by its own timing still reads as enabled.
 """
 
 from __future__ import annotations
@@ -363,7 +364,8 @@ def _apply_schedules(
     plan: Plan,
     actor: Actor,
 ) -> None:
-    """Unchanged schedules match as they are; the others pair up in order, extras are new."""
+    """Unchanged schedules match as they are; each other one updates the unmatched one
+    sharing most of its fields (edited in place), and the rest are new."""
     retention = get_settings().retention_days
     wanted = []
     for i, item in enumerate(items):
@@ -406,10 +408,11 @@ def _write_schedule(
     plan: Plan,
     actor: Actor,
 ) -> None:
-    """Create the schedule, or update the next unmatched one; a paused one keeps its note."""
+    """Update the unmatched schedule closest to `new` (the first of equals), else create."""
     note = new["pause_note"]
     if free:
-        row = free.pop(0)
+        row = max(free, key=lambda s: sum(v == new[k] for k, v in _state(s).items()))
+        free.remove(row)
         old = _state(row)
         _diff(plan, where, old, new)
         if not _same(old, {k: v for k, v in new.items() if k != "pause_note"}):

@@ -14,7 +14,7 @@ from db import channels
 from db.models import AuditLog, Automation, NotifyRule, Schedule
 from db.session import session_scope
 from stepwise.cli import main
-from testkit.factories import ADMIN, make_workspace, person, table_snapshot
+from testkit.factories import ADMIN, make_automation, make_workspace, person, table_snapshot
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -282,3 +282,35 @@ def test_apply_as_a_member_acts_in_their_workspace_with_their_role(
     assert "Nightly report" in capsys.readouterr().out
     assert run("export-defs") == 0  # the local admin's workspace has none
     assert yaml.safe_load(capsys.readouterr().out) == {"automations": []}
+
+
+def test_edited_schedules_are_updated_in_place_whatever_their_order(tmp_path: Path) -> None:
+    path = tmp_path / "stepwise.yaml"
+    path.write_text(DEFS)
+    assert run("apply", "-f", str(path)) == 0
+    with session_scope() as s:
+        ids = {r.kind: r.id for r in s.execute(select(Schedule.kind, Schedule.id))}
+    lines = DEFS.splitlines()  # both schedules edited, and listed the other way round
+    cron, interval = lines[-2:]
+    lines[-2:] = [interval.replace("3600", "7200"), cron.replace("0 2", "0 4")]
+    path.write_text("\n".join(lines) + "\n")
+    assert run("apply", "-f", str(path)) == 0
+    with session_scope() as s:
+        rows = s.execute(
+            select(Schedule.kind, Schedule.id, Schedule.cron_expr, Schedule.interval_s)
+        )
+        assert {r.kind: (r.id, r.cron_expr or r.interval_s) for r in rows} == {
+            "cron": (ids["cron"], "0 4 * * *"),
+            "interval": (ids["interval"], 7200),
+        }
+
+
+def test_a_name_two_automations_share_is_refused(tmp_path: Path, capsys: Any) -> None:
+    make_automation(name="Nightly report")
+    make_automation(name="Nightly report")
+    path = tmp_path / "stepwise.yaml"
+    path.write_text(DEFS)
+    before = table_snapshot()
+    assert run("apply", "-f", str(path)) == 2
+    assert "two automations of the workspace have this name" in capsys.readouterr().err
+    assert table_snapshot() == before

@@ -1,7 +1,8 @@
 """`stepwise api ...`: the REST API for scripts (STEPWISE_API_URL, STEPWISE_API_TOKEN).
 
 Exit codes: 0 ok; 1 the API refused (its problem+json `detail` is printed); 2 the API
-could not be reached or the settings are missing.
+could not be reached or the settings are missing; 3 `tail`: the run ended without
+succeeding (failed, cancelled or skipped).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 
 import httpx
 
-from core.vocabulary import FINAL_STATUSES
+from core.vocabulary import FINAL_STATUSES, ExecutionStatus
+
+RUN_NOT_SUCCEEDED = 3
 
 
 class ApiFailed(Exception):
@@ -72,8 +75,8 @@ def _trigger(client: httpx.Client, args: argparse.Namespace) -> None:
     _print(call(client, "POST", path))
 
 
-def _tail(client: httpx.Client, args: argparse.Namespace) -> None:
-    """Print each step as it finishes, until the run ends."""
+def _tail(client: httpx.Client, args: argparse.Namespace) -> int:
+    """Print each step as it finishes until the run ends; 0 only if it succeeded."""
     seen: set[tuple[int, int]] = set()
     while True:
         run = call(client, "GET", f"/v1/executions/{args.execution}")
@@ -81,17 +84,20 @@ def _tail(client: httpx.Client, args: argparse.Namespace) -> None:
             key = (step["step_number"], step["attempt"])
             if step.get("finished_at") and key not in seen:
                 seen.add(key)
-                took = step.get("duration_ms")
-                print(
-                    f"step {step['step_number']} {step['step_name']} "
-                    f"(attempt {step['attempt']}): {step['status']}"
-                    + (f" in {took} ms" if took is not None else ""),
-                    flush=True,
-                )
+                print(json.dumps(step, default=str) if args.json else _step_line(step), flush=True)
         if run["status"] in FINAL_STATUSES:
-            print(f"run {run['status']}")
-            return
+            summary = {k: v for k, v in run.items() if k != "steps"}
+            print(json.dumps(summary, default=str) if args.json else f"run {run['status']}")
+            return 0 if run["status"] == ExecutionStatus.SUCCEEDED else RUN_NOT_SUCCEEDED
         time.sleep(args.interval)
+
+
+def _step_line(step: dict[str, Any]) -> str:
+    took = step.get("duration_ms")
+    return (
+        f"step {step['step_number']} {step['step_name']} (attempt {step['attempt']}): "
+        f"{step['status']}" + (f" in {took} ms" if took is not None else "")
+    )
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -115,6 +121,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = cmds.add_parser("tail", help="print a run's steps as they finish, until it ends")
     p.add_argument("execution")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    p.add_argument("--json", action="store_true", help="one JSON object a line: steps, then run")
     p.set_defaults(api_func=_tail)
     api.set_defaults(func=run)
 
@@ -122,8 +129,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     try:
         with _client() as client:
-            args.api_func(client, args)
+            code: int | None = args.api_func(client, args)
     except ApiFailed as e:
         print(f"stepwise api: {e}", file=sys.stderr)
         return e.code
-    return 0
+    return code or 0

@@ -1,17 +1,21 @@
 """Definitions as code: `stepwise apply -f FILE` and `stepwise export-defs`.
 
-Automations are matched by name within the workspace. Schedules have no name in
-the database, so a schedule is matched by its position under its automation
-(oldest first); `export-defs` writes them in that order. Every write goes
-through `db.commands` (validation, audit, workspace and role checks) as the
-local admin of the default workspace (local mode), in one transaction for the
-whole file: any error and nothing is written; `--dry-run` always rolls back.
-Signing secrets are never exported; request headers keep `{{ secret.NAME }}`.
+Automations are matched by name within the workspace. Schedules have no name in the
+database: one matches an identical schedule under its automation, else updates the
+unmatched one sharing most of its fields (oldest first among equals); the rest are
+new. `export-defs` writes schedules oldest first. Every write goes through
+`db.commands` (validation, audit, workspace and role checks) as the acting member
+(`stepwise.cli`: the local admin unless `--as`), in one transaction for the whole
+file: any error and nothing is written; `--dry-run` always rolls back. Signing
+secrets are never exported; request headers keep `{{ secret.NAME }}` and
+notifications name their channels (whose URLs are secrets too). A schedule's
+`enabled` means "not paused": one that ended by its own timing still reads as enabled.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -23,12 +27,13 @@ from sqlalchemy.orm import Session
 
 from core.access import Actor
 from core.automation import AutomationInput, Step
+from core.backfill import pause_note
 from core.errors import StepwiseError
-from core.schedule import ScheduleInput, parse_schedule
+from core.schedule import ScheduleDefinition, ScheduleInput, parse_schedule
 from core.settings import get_settings
 from core.timing import ScheduleSpec
-from db import commands
-from db.models import Automation, Schedule
+from db import channels, commands
+from db.models import Automation, NotificationChannel, Schedule
 
 # Every automation field, as written in the file (the steps are handled apart).
 AUTOMATION_FIELDS = (
@@ -43,12 +48,13 @@ AUTOMATION_FIELDS = (
     "rate_limit_per_s",
     "urgent",
 )
+NOTIFICATION_FIELDS = frozenset({"channels", "failure_threshold"})
 # Every schedule field, as written in the file: one mapping both ways (add a field here).
 SCHEDULE_TIMING: tuple[str, ...] = ("kind", "cron_expr", "interval_s", "run_at", "timezone")
 SCHEDULE_TIMING += ("start_at", "end_at", "max_runs")
 SCHEDULE_POLICY: tuple[str, ...] = ("misfire_policy", "catchup_window_s", "overlap_policy")
 SCHEDULE_POLICY += ("jitter_s", "enabled", "input")
-SCHEDULE_FIELDS = SCHEDULE_TIMING + SCHEDULE_POLICY
+SCHEDULE_FIELDS = SCHEDULE_TIMING + SCHEDULE_POLICY + ("pause_note",)
 _DATES = frozenset({"run_at", "start_at", "end_at"})
 # What each scalar field must be in the file (YAML gives typed values).
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -58,6 +64,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     **dict.fromkeys(("urgent", "enabled"), (bool,)),
     **dict.fromkeys(("name", "description", "agent_url", "project_context", "owner_id"), (str,)),
     **dict.fromkeys(("kind", "cron_expr", "timezone", "misfire_policy", "overlap_policy"), (str,)),
+    "pause_note": (str,),
+    "failure_threshold": (int,),
 }
 _TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 
@@ -90,10 +98,30 @@ def _where(path: str, name: str, field_name: str | None = None) -> str:
     return f"{path}: {name}" + (f": {field_name}" if field_name else "")
 
 
+class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML is untyped
+    """Safe YAML that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode) -> Any:
+    seen: set[Hashable] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, Hashable) and key_node.tag != "tag:yaml.org,2002:merge":
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
 def load(path: str) -> list[dict[str, Any]]:
     try:
         with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
+            doc = yaml.load(f, Loader=_Loader)
     except yaml.YAMLError as e:
         raise DefinitionError(f"{path}: YAML syntax error: {e}") from e
     except OSError as e:
@@ -108,36 +136,71 @@ def load(path: str) -> list[dict[str, Any]]:
     return items
 
 
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
 def _automation_input(path: str, item: dict[str, Any]) -> AutomationInput:
-    name = str(item.get("name") or "")
-    where = name or "(automation without a name)"
-    unknown = set(item) - {"name", "steps", "schedules", *AUTOMATION_FIELDS}
+    name = str(item.get("name") or "").strip()
+    where = f"automation {name!r}" if name else "(automation without a name)"
+    _check_types(path, where, item)
+    unknown = set(item) - {"name", "steps", "schedules", "notifications", *AUTOMATION_FIELDS}
     if unknown:
         raise DefinitionError(_where(path, where, sorted(unknown)[0]) + ": unknown field")
     if not name:
         raise DefinitionError(_where(path, where, "name") + ": required")
-    _check_types(path, where, item)
     steps = item.get("steps") or []
     if not isinstance(steps, list) or not all(
-        isinstance(s, dict) and set(s) <= {"name", "message"} for s in steps
+        isinstance(s, dict) and set(s) <= {"name", "message"} and all(map(_text, s.values()))
+        for s in steps
     ):
-        raise DefinitionError(_where(path, where, "steps") + ": a list of {name, message}")
+        raise DefinitionError(_where(path, where, "steps") + ": a list of {name, message} texts")
     values = {k: item[k] for k in AUTOMATION_FIELDS if k in item}
     headers = values.pop("request_headers", None) or {}
-    if not isinstance(headers, dict):
-        raise DefinitionError(_where(path, where, "request_headers") + ": a mapping")
+    if not isinstance(headers, dict) or not all(
+        _text(k) and isinstance(v, str | int | float) and not isinstance(v, bool)
+        for k, v in headers.items()
+    ):
+        raise DefinitionError(_where(path, where, "request_headers") + ": a mapping of texts")
     try:
         return AutomationInput(
             name=name,
-            steps=tuple(Step(str(s.get("name", "")), str(s.get("message", ""))) for s in steps),
-            request_headers=tuple((str(k), str(v)) for k, v in headers.items()),
+            steps=tuple(Step(s.get("name", ""), s.get("message", "")) for s in steps),
+            request_headers=tuple((k, str(v)) for k, v in headers.items()),
             **values,
         )
     except TypeError as e:
         raise DefinitionError(_where(path, where) + f": {e}") from e
 
 
-def _schedule_input(path: str, where: str, item: Any) -> ScheduleInput:
+def _notifications(path: str, where: str, item: dict[str, Any]) -> tuple[list[str], int]:
+    """The channel names and failure threshold of the file (none given: no notifications)."""
+    given = item.get("notifications") or {}
+    if not isinstance(given, dict) or set(given) - NOTIFICATION_FIELDS:
+        raise DefinitionError(
+            _where(path, where, "notifications") + ": a mapping of channels and failure_threshold"
+        )
+    _check_types(path, where + ": notifications", given)
+    names = given.get("channels") or []
+    if not isinstance(names, list) or not all(map(_text, names)):
+        raise DefinitionError(_where(path, where, "notifications: channels") + ": a list of names")
+    return names, given.get("failure_threshold", 1)
+
+
+def _date(path: str, where: str, name: str, value: Any) -> datetime:
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    elif isinstance(value, datetime):
+        return value
+    raise DefinitionError(
+        _where(path, where, name) + ": a date and time with its timezone, like 2030-01-01T02:00Z"
+    )
+
+
+def _schedule_input(path: str, where: str, item: Any) -> tuple[ScheduleInput, str | None]:
     if not isinstance(item, dict):
         raise DefinitionError(_where(path, where) + ": a schedule must be a mapping")
     unknown = set(item) - set(SCHEDULE_FIELDS)
@@ -146,26 +209,31 @@ def _schedule_input(path: str, where: str, item: Any) -> ScheduleInput:
     _check_types(path, where, item)
     values = dict(item)
     for name in _DATES & set(values):
-        value = values[name]
-        if isinstance(value, str):
-            try:
-                values[name] = datetime.fromisoformat(value)
-            except ValueError as e:
-                raise DefinitionError(_where(path, where, name) + ": not an ISO date") from e
+        if values[name] is not None:
+            values[name] = _date(path, where, name, values[name])
+    note = pause_note(values.pop("pause_note", None))
+    if note is not None and values.get("enabled", True):
+        raise DefinitionError(_where(path, where, "pause_note") + ": only with enabled: false")
     timing = {k: values.pop(k) for k in SCHEDULE_TIMING if k in values}
     if "kind" not in timing:
         raise DefinitionError(_where(path, where, "kind") + ": required")
-    return ScheduleInput(spec=ScheduleSpec(**timing), **values)
+    return ScheduleInput(spec=ScheduleSpec(**timing), **values), note
+
+
+def _state(row: Schedule) -> dict[str, Any]:
+    """The schedule as its definition: every field of the file, `enabled` meaning not paused."""
+    state = {name: getattr(row, name) for name in SCHEDULE_FIELDS}
+    # Ended by its own timing (ran once, reached its end): not paused by anyone.
+    state["enabled"] = row.enabled or row.completed_reason is not None
+    state["pause_note"] = None if state["enabled"] else row.pause_note
+    return state
 
 
 def dump_schedule(row: Schedule) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name in SCHEDULE_FIELDS:
-        value = getattr(row, name)
-        if isinstance(value, datetime):
-            value = value.isoformat()
+    for name, value in _state(row).items():
         if value is not None:
-            out[name] = value
+            out[name] = value.isoformat() if isinstance(value, datetime) else value
     return out
 
 
@@ -200,13 +268,42 @@ def _schedules(session: Session, automation_id: uuid.UUID) -> list[Schedule]:
     return sorted(rows, key=lambda s: (s.created_at, repr(dump_schedule(s))))
 
 
+def _channel_names(session: Session, actor: Actor) -> dict[uuid.UUID, str]:
+    rows = session.execute(
+        select(NotificationChannel.id, NotificationChannel.name).where(
+            NotificationChannel.workspace_id == actor.workspace_id
+        )
+    )
+    return {row.id: row.name for row in rows}
+
+
+def _by_name(session: Session, actor: Actor) -> dict[str, Automation | None]:
+    """The workspace's automations by name; None for a name two of them share."""
+    found: dict[str, Automation | None] = {}
+    shared: set[str] = set()
+    for row in _automations(session, actor):
+        if row.name in found:
+            shared.add(row.name)
+        found[row.name] = row
+    return found | dict.fromkeys(shared)
+
+
 def apply(session: Session, path: str, *, actor: Actor) -> Plan:
     """Create or update every definition of the file; the caller commits or rolls back."""
     plan = Plan()
-    existing = {a.name: a for a in _automations(session, actor)}
+    existing = _by_name(session, actor)
+    named: set[str] = set()
     for item in load(path):
         data = _automation_input(path, item)
         label = f"automation {data.name!r}"
+        if data.name in named:
+            raise DefinitionError(_where(path, label, "name") + ": given twice in the file")
+        named.add(data.name)
+        if data.name in existing and existing[data.name] is None:
+            raise DefinitionError(
+                _where(path, label) + ": two automations of the workspace have this name; "
+                "rename one in the dashboard first"
+            )
         row = existing.get(data.name)
         try:
             if row is None:
@@ -217,11 +314,45 @@ def apply(session: Session, path: str, *, actor: Actor) -> Plan:
                 old = {k: getattr(row, k) for k in new}
                 if _diff(plan, label, old, new):
                     commands.update_automation(session, row.id, data, actor=actor)
+            _apply_notifications(session, path, label, row.id, item, plan, actor)
+        except DefinitionError:
+            raise
         except StepwiseError as e:
             raise DefinitionError(_where(path, label) + f": {e}") from e
-        _apply_schedules(session, path, label, row.id, item.get("schedules") or [], plan, actor)
+        schedules = item.get("schedules") or []
+        if not isinstance(schedules, list):
+            raise DefinitionError(_where(path, label, "schedules") + ": a list of schedules")
+        _apply_schedules(session, path, label, row.id, schedules, plan, actor)
     session.flush()
     return plan
+
+
+def _apply_notifications(
+    session: Session,
+    path: str,
+    label: str,
+    automation_id: uuid.UUID,
+    item: dict[str, Any],
+    plan: Plan,
+    actor: Actor,
+) -> None:
+    names, threshold = _notifications(path, label, item)
+    ids = {name: id_ for id_, name in _channel_names(session, actor).items()}
+    missing = [n for n in names if n not in ids]
+    if missing:
+        raise DefinitionError(
+            _where(path, label, "notifications: channels")
+            + f": no channel named {missing[0]!r} in this workspace"
+        )
+    current = channels.get_notifications(session, automation_id, actor=actor)
+    by_id = {id_: name for name, id_ in ids.items()}
+    old: dict[str, Any] = {"channels": sorted(by_id[i] for i in current.channel_ids)}
+    new: dict[str, Any] = {"channels": sorted(set(names))}
+    if current.channel_ids or names:  # without channels the threshold means nothing
+        old["failure_threshold"], new["failure_threshold"] = current.failure_threshold, threshold
+    if _diff(plan, f"{label} notifications", old, new):
+        wanted = [ids[n] for n in new["channels"]]
+        channels.set_notifications(session, automation_id, wanted, threshold, actor=actor)
 
 
 def _apply_schedules(
@@ -233,44 +364,69 @@ def _apply_schedules(
     plan: Plan,
     actor: Actor,
 ) -> None:
-    """Unchanged schedules match as they are; the others pair up in order, extras are new."""
+    """Unchanged schedules match as they are; each other one updates the unmatched one
+    sharing most of its fields (edited in place), and the rest are new."""
     retention = get_settings().retention_days
     wanted = []
     for i, item in enumerate(items):
         where = f"{label} schedule #{i + 1}"
         try:
-            definition = parse_schedule(
-                _schedule_input(path, where, item), retention_days=retention
-            )
+            given, note = _schedule_input(path, where, item)
+            definition = parse_schedule(given, retention_days=retention)
         except DefinitionError:
             raise
         except StepwiseError as e:
             raise DefinitionError(_where(path, where) + f": {e}") from e
         new = {**commands.schedule_values(definition), "enabled": definition.enabled}
-        wanted.append((where, definition, new))
+        wanted.append((where, definition, new | {"pause_note": note}))
     free = _schedules(session, automation_id)
     pending = []
     for where, definition, new in wanted:
-        same = next((s for s in free if {k: getattr(s, k) for k in new} == new), None)
+        same = next((s for s in free if _same(_state(s), new)), None)
         if same is None:
             pending.append((where, definition, new))
         else:
             free.remove(same)
     for where, definition, new in pending:
         try:
-            if not free:
-                commands.create_schedule(session, automation_id, definition, actor=actor)
-                plan.lines.append(f"+ {where}")
-                continue
-            current = free.pop(0)
-            _diff(plan, where, {k: getattr(current, k) for k in new}, new)
-            commands.update_schedule(session, current.id, definition, actor=actor)
+            _write_schedule(session, automation_id, free, where, definition, new, plan, actor)
         except StepwiseError as e:
             raise DefinitionError(_where(path, where) + f": {e}") from e
 
 
+def _same(state: dict[str, Any], new: dict[str, Any]) -> bool:
+    return all(state[k] == v for k, v in new.items())
+
+
+def _write_schedule(
+    session: Session,
+    automation_id: uuid.UUID,
+    free: list[Schedule],
+    where: str,
+    definition: ScheduleDefinition,
+    new: dict[str, Any],
+    plan: Plan,
+    actor: Actor,
+) -> None:
+    """Update the unmatched schedule closest to `new` (the first of equals), else create."""
+    note = new["pause_note"]
+    if free:
+        row = max(free, key=lambda s: sum(v == new[k] for k, v in _state(s).items()))
+        free.remove(row)
+        old = _state(row)
+        _diff(plan, where, old, new)
+        if not _same(old, {k: v for k, v in new.items() if k != "pause_note"}):
+            commands.update_schedule(session, row.id, definition, actor=actor)
+    else:
+        row = commands.create_schedule(session, automation_id, definition, actor=actor)
+        plan.lines.append(f"+ {where}")
+    if not definition.enabled and row.pause_note != note:
+        commands.set_schedule_enabled(session, row.id, False, note=note, actor=actor)
+
+
 def export(session: Session, *, actor: Actor) -> str:
     items = []
+    names = _channel_names(session, actor)
     for row in _automations(session, actor):
         commands.get_automation(session, row.id, actor=actor)  # role + workspace check
         item: dict[str, Any] = {"name": row.name}
@@ -279,6 +435,12 @@ def export(session: Session, *, actor: Actor) -> str:
             value = getattr(row, name)
             if value is not None:
                 item[name] = dict(value) if name == "request_headers" else value
+        notify = channels.get_notifications(session, row.id, actor=actor)
+        if notify.channel_ids:
+            item["notifications"] = {
+                "channels": sorted(names[i] for i in notify.channel_ids),
+                "failure_threshold": notify.failure_threshold,
+            }
         item["schedules"] = [dump_schedule(s) for s in _schedules(session, row.id)]
         items.append(item)
     text: str = yaml.safe_dump({"automations": items}, sort_keys=False, allow_unicode=True)

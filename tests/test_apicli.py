@@ -13,7 +13,9 @@ import pytest
 from core.settings import get_settings
 from db import tokens
 from db.session import session_scope
+from stepwise.apicli import RUN_NOT_SUCCEEDED
 from stepwise.cli import main
+from stepwise.demo_agent import Reply
 from stepwise.embedded import free_port
 from testkit.factories import ADMIN, make_automation, make_schedule
 from testkit.processes import Processes
@@ -72,6 +74,21 @@ def test_list_pause_resume_trigger_and_tail_a_real_run(
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("step 1 ") and out[1].startswith("step 2 ")
     assert out[-1] == "run succeeded"
+
+
+@pytest.mark.slow
+def test_tail_of_a_failed_run_exits_non_zero_with_json_lines(
+    api: str, agent: Any, worker: Any, capsys: Any
+) -> None:
+    automation_id = make_automation(agent_url=agent.url, steps=2, max_retries=0)
+    agent.script(Reply(500, {"error": "the agent broke"}))
+    capsys.readouterr()
+    assert cli("api", "trigger", str(automation_id)) == 0
+    execution_id = json.loads(capsys.readouterr().out)["execution_id"]
+    assert cli("api", "tail", execution_id, "--interval", "0.2", "--json") == RUN_NOT_SUCCEEDED
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(s["step_number"], s["status"]) for s in lines[:-1]] == [(1, "failed")]
+    assert lines[-1]["id"] == execution_id and lines[-1]["status"] == "failed"
 
 
 def test_an_error_prints_the_problem_detail_and_exits_non_zero(api: str, capsys: Any) -> None:

@@ -6,11 +6,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from sqlalchemy import func, select
 
-from db.models import AuditLog, Automation, Schedule
+from core.access import LOCAL_ADMIN
+from db import channels
+from db.models import AuditLog, Automation, NotifyRule, Schedule
 from db.session import session_scope
 from stepwise.cli import main
+from testkit.factories import ADMIN, make_automation, make_workspace, person, table_snapshot
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -27,6 +31,66 @@ automations:
       - {kind: cron, cron_expr: "0 2 * * *", timezone: Europe/Paris, end_at: 2030-01-01T00:00:00Z}
       - {kind: interval, interval_s: 3600, input: {region: eu}}
 """
+
+
+# Every field an automation and a schedule can have, none at its default.
+FULL = """
+automations:
+  - name: Nightly report
+    description: Numbers for the finance team
+    agent_url: https://agent.example.com/run
+    project_context: Figures are in euros.
+    step_timeout_s: 120
+    max_retries: 2
+    owner_id: ops@example.com
+    request_headers:
+      Authorization: "Bearer {{ secret.AGENT_TOKEN }}"
+      X-Team: finance
+    concurrency_limit: 3
+    rate_limit_per_s: 0.5
+    urgent: true
+    notifications: {channels: [ops], failure_threshold: 2}
+    steps:
+      - {name: gather, message: Gather the numbers}
+      - {name: write, message: Write the report}
+    schedules:
+      - kind: cron
+        cron_expr: "0 2 * * 1-5"
+        timezone: Europe/Paris
+        start_at: "2025-01-01T00:00:00+00:00"
+        end_at: "2030-01-01T00:00:00+00:00"
+        max_runs: 500
+        misfire_policy: run_all
+        catchup_window_s: 7200
+        overlap_policy: buffer_one
+        jitter_s: 30
+        input: {region: eu, days: [1, 2]}
+      - {kind: interval, interval_s: 3600, enabled: false, pause_note: Waiting for the new agent}
+      - {kind: once, run_at: "2031-06-01T09:30:00+00:00", misfire_policy: skip}
+  - name: Weekly digest
+    agent_url: https://agent.example.com/digest
+    steps: [{name: digest, message: Sum up the week}]
+"""
+
+
+def contains(big: Any, small: Any) -> bool:
+    """Every value of `small` is in `big` (mappings may hold more: the defaults)."""
+    if isinstance(small, dict):
+        return isinstance(big, dict) and all(
+            k in big and contains(big[k], v) for k, v in small.items()
+        )
+    if isinstance(small, list):
+        return (
+            isinstance(big, list)
+            and len(big) == len(small)
+            and all(any(contains(b, s) for b in big) for s in small)
+        )
+    return bool(big == small)
+
+
+def add_channel(name: str) -> None:
+    with session_scope() as session:
+        channels.add_channel(session, name, "json://127.0.0.1:9/hook", actor=ADMIN)
 
 
 def run(*argv: str) -> int:
@@ -63,28 +127,61 @@ def test_apply_twice_changes_nothing_the_second_time(tmp_path: Path, capsys: Any
 
 
 def test_dry_run_shows_the_diff_and_writes_nothing(tmp_path: Path, capsys: Any) -> None:
+    add_channel("ops")
     path = tmp_path / "stepwise.yaml"
-    path.write_text(DEFS)
+    path.write_text(FULL)
+    before = table_snapshot()
     assert run("apply", "-f", str(path), "--dry-run") == 0
-    assert counts() == (0, 0, 0)
+    assert "+ automation 'Nightly report' schedule #3" in capsys.readouterr().out
+    assert table_snapshot() == before
     assert run("apply", "-f", str(path)) == 0
-    path.write_text(DEFS.replace("0 2 * * *", "0 3 * * *"))
+    changed = FULL.replace("0 2 * * 1-5", "0 3 * * 1-5").replace("new agent", "new model")
+    path.write_text(changed.replace("failure_threshold: 2", "failure_threshold: 5"))
+    before = table_snapshot()
     capsys.readouterr()
     assert run("apply", "-f", str(path), "--dry-run") == 0
-    assert "cron_expr: '0 2 * * *' -> '0 3 * * *'" in capsys.readouterr().out
-    with session_scope() as s:
-        assert "0 2 * * *" in set(s.scalars(select(Schedule.cron_expr)))
+    out = capsys.readouterr().out
+    assert "schedule #1: cron_expr: '0 2 * * 1-5' -> '0 3 * * 1-5'" in out
+    assert "pause_note: 'Waiting for the new agent' -> 'Waiting for the new model'" in out
+    assert "notifications: failure_threshold: 2 -> 5" in out
+    assert "would change 3 item(s)" in out
+    assert table_snapshot() == before
 
 
 @pytest.mark.parametrize(
     ("text", "named"),
     [
         ("automations: [", "YAML syntax error"),
-        (DEFS.replace("agent_url:", "agent_uri:"), "Nightly report: agent_uri: unknown field"),
+        (
+            DEFS.replace("agent_url:", "agent_uri:"),
+            "automation 'Nightly report': agent_uri: unknown field",
+        ),
         (DEFS.replace('"0 2 * * *"', '"0 99 * * *"'), "schedule #1: cron_expr: '0 99 * * *'"),
         (DEFS.replace("    steps:", "    max_retries: two\n    steps:"), "max_retries: must be"),
         (DEFS.replace("interval_s: 3600,", "interval_s: 3600, jitter_s: x,"), "#2: jitter_s"),
         (DEFS.replace("https://agent.example.com/run", "not a url"), "agent_url"),
+        (DEFS.replace("    steps:", "\tsteps:"), "line 7, column 1"),
+        (DEFS.replace("    steps:", "    name: Other\n    steps:"), "'name' is given twice"),
+        (DEFS.replace("2030-01-01T00:00:00Z", "2030-01-01"), "#1: end_at: a date and time"),
+        (DEFS.replace("gather, message:", "[1], message:"), "steps: a list of {name, message}"),
+        (DEFS.replace('AGENT_TOKEN }}"', 'AGENT_TOKEN }}"\n      X-Empty: null'), "headers"),
+        (DEFS.split("    schedules:")[0] + "    schedules: {kind: cron}\n", "schedules: a list"),
+        (DEFS.replace("input:", "pause_note: why, input:"), "#2: pause_note: only with enabled"),
+        (
+            DEFS.replace("urgent", "x").replace(
+                "    steps:", "    notifications: {channels: [ops]}\n    steps:"
+            ),
+            "no channel named 'ops'",
+        ),
+        (
+            DEFS
+            + DEFS.replace("automations:\n", "").replace("Nightly", "Daily").replace("3600", "x"),
+            "'Daily report' schedule #2: interval_s",
+        ),
+        (
+            DEFS + DEFS.replace("automations:\n", ""),
+            "'Nightly report': name: given twice in the file",
+        ),
     ],
 )
 def test_bad_file_writes_nothing_and_names_the_field(
@@ -92,10 +189,11 @@ def test_bad_file_writes_nothing_and_names_the_field(
 ) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text)
+    before = table_snapshot()
     assert run("apply", "-f", str(path)) == 2
     err = capsys.readouterr().err
-    assert str(path) in err and named in err
-    assert counts() == (0, 0, 0)
+    assert str(path) in err and named in err and "Traceback" not in err
+    assert table_snapshot() == before
 
 
 def test_export_then_apply_reproduces_the_definitions(
@@ -116,3 +214,103 @@ def test_export_then_apply_reproduces_the_definitions(
     again = tmp_path / "again.yaml"
     assert run("export-defs", "-o", str(again)) == 0
     assert again.read_text() == exported
+
+
+def test_every_field_round_trips_and_reapplies_as_no_change(tmp_path: Path, capsys: Any) -> None:
+    add_channel("ops")
+    path, out = tmp_path / "in.yaml", tmp_path / "out.yaml"
+    path.write_text(FULL)
+    assert run("apply", "-f", str(path)) == 0
+    assert run("export-defs", "-o", str(out)) == 0
+    exported = out.read_text()
+    assert contains(yaml.safe_load(exported), yaml.safe_load(FULL))
+    before = table_snapshot()
+    assert run("apply", "-f", str(path)) == 0
+    assert run("apply", "-f", str(out)) == 0
+    assert capsys.readouterr().out.endswith("no changes\nno changes\n")
+    assert table_snapshot() == before
+    with session_scope() as s:  # an empty database but for the workspace's channels
+        for model in (NotifyRule, Schedule, Automation):
+            s.execute(model.__table__.delete())
+    assert run("apply", "-f", str(out)) == 0
+    assert run("export-defs", "-o", str(out)) == 0
+    assert out.read_text() == exported
+
+
+def test_apply_acts_as_the_local_admin_and_is_audited(tmp_path: Path) -> None:
+    path = tmp_path / "stepwise.yaml"
+    path.write_text(DEFS)
+    assert run("apply", "-f", str(path)) == 0
+    with session_scope() as s:
+        audited = s.execute(select(AuditLog.actor, AuditLog.target_type)).all()
+    assert sorted(audited) == [
+        (LOCAL_ADMIN, "automation"),
+        (LOCAL_ADMIN, "schedule"),
+        (LOCAL_ADMIN, "schedule"),
+    ]
+
+
+def test_a_schedule_that_ended_by_itself_is_no_change(tmp_path: Path, capsys: Any) -> None:
+    path = tmp_path / "stepwise.yaml"
+    path.write_text(DEFS.replace("{kind: interval,", "{kind: once, run_at: 2020-01-01T00:00:00Z,"))
+    assert run("apply", "-f", str(path)) == 0
+    with session_scope() as s:
+        assert "its run time has passed" in set(s.scalars(select(Schedule.completed_reason)))
+    before = table_snapshot()
+    assert run("apply", "-f", str(path)) == 0
+    assert capsys.readouterr().out.endswith("no changes\n")
+    assert table_snapshot() == before
+
+
+def test_apply_as_a_member_acts_in_their_workspace_with_their_role(
+    tmp_path: Path, capsys: Any
+) -> None:
+    path = tmp_path / "stepwise.yaml"
+    path.write_text(DEFS)
+    team = make_workspace(admin="lead@example.com")
+    person("viewer@example.com", "viewer", team.workspace_id)
+    before = table_snapshot()
+    assert run("apply", "-f", str(path), "--as", "viewer@example.com") == 2
+    assert "a viewer may not create" in capsys.readouterr().err
+    assert table_snapshot() == before
+    args = ("--as", "lead@example.com", "--workspace", str(team.workspace_id))
+    assert run("apply", "-f", str(path), *args) == 0
+    with session_scope() as s:
+        assert set(s.scalars(select(Automation.workspace_id))) == {team.workspace_id}
+        assert set(s.scalars(select(AuditLog.actor))) == {"lead@example.com"}
+    assert run("export-defs", *args) == 0
+    assert "Nightly report" in capsys.readouterr().out
+    assert run("export-defs") == 0  # the local admin's workspace has none
+    assert yaml.safe_load(capsys.readouterr().out) == {"automations": []}
+
+
+def test_edited_schedules_are_updated_in_place_whatever_their_order(tmp_path: Path) -> None:
+    path = tmp_path / "stepwise.yaml"
+    path.write_text(DEFS)
+    assert run("apply", "-f", str(path)) == 0
+    with session_scope() as s:
+        ids = {r.kind: r.id for r in s.execute(select(Schedule.kind, Schedule.id))}
+    lines = DEFS.splitlines()  # both schedules edited, and listed the other way round
+    cron, interval = lines[-2:]
+    lines[-2:] = [interval.replace("3600", "7200"), cron.replace("0 2", "0 4")]
+    path.write_text("\n".join(lines) + "\n")
+    assert run("apply", "-f", str(path)) == 0
+    with session_scope() as s:
+        rows = s.execute(
+            select(Schedule.kind, Schedule.id, Schedule.cron_expr, Schedule.interval_s)
+        )
+        assert {r.kind: (r.id, r.cron_expr or r.interval_s) for r in rows} == {
+            "cron": (ids["cron"], "0 4 * * *"),
+            "interval": (ids["interval"], 7200),
+        }
+
+
+def test_a_name_two_automations_share_is_refused(tmp_path: Path, capsys: Any) -> None:
+    make_automation(name="Nightly report")
+    make_automation(name="Nightly report")
+    path = tmp_path / "stepwise.yaml"
+    path.write_text(DEFS)
+    before = table_snapshot()
+    assert run("apply", "-f", str(path)) == 2
+    assert "two automations of the workspace have this name" in capsys.readouterr().err
+    assert table_snapshot() == before

@@ -271,8 +271,10 @@ def test_a_parked_and_a_completed_schedule_are_each_notified_once(db: None, hook
         "Stepwise: a schedule of Backup completed",
         "Stepwise: a schedule of Backup was parked",
     ]
-    messages = " ".join(p[2]["message"] for p in hooks.posts)
-    assert "disabled:" in messages and str(done) in messages
+    said = {p[2]["title"].rpartition(" ")[2]: p[2]["message"] for p in hooks.posts}
+    assert said["parked"].startswith(f"Schedule {parked} stopped: disabled:")
+    assert "Gone/Away" in said["parked"]
+    assert said["completed"] == f"Schedule {done} stopped: reached its end"
 
 
 def test_a_failing_channel_records_its_error_and_the_others_still_deliver(

@@ -92,7 +92,7 @@ class Settings(BaseSettings):
 
     # Failure notifications (apprise): one delivery's wall-clock limit, and how long a
     # finished run settles before the evaluator reads it (runs commit out of order).
-    notify_timeout_s: int = Field(default=10, ge=1, le=60)
+    notify_timeout_s: int = Field(default=10, ge=1, le=30)
     notify_settle_s: int = Field(default=5, ge=0, le=300)
 
     # Housekeeping.

@@ -25,9 +25,10 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core.access import Actor
+from core.egress import literal_address
 from core.errors import NotFound, ValidationFailed
 from core.limits import MAX_FAILURE_THRESHOLD
-from core.notify import parse_channel, redact
+from core.notify import ADDRESSED_SCHEMES, parse_channel, redact, scheme_of
 from core.settings import get_settings
 from core.vocabulary import AuditAction, AuditTarget, Permission
 from db.models import Automation, NotificationChannel, NotifyRule, NotifyRuleChannel
@@ -71,6 +72,27 @@ def apprise_plugin(url: str) -> apprise.NotifyBase | None:
         return apprise.Apprise.instantiate(url, suppress_exceptions=True)
 
 
+def destination(plugin: Any) -> tuple[str, int]:
+    """The host and port a webhook or mail notifier connects to (the SMTP host for mail)."""
+    host = str(getattr(plugin, "smtp_host", "") or plugin.host or "")
+    return host, int(plugin.port or (443 if getattr(plugin, "secure", False) else 80))
+
+
+def _egress_problem(url: str, plugin: Any) -> str | None:
+    """The save-time check, as for agent URLs: what the URL alone shows (a literal
+    address or a known internal name). Names are resolved and checked again at sending."""
+    if scheme_of(url) not in ADDRESSED_SCHEMES:
+        return None
+    host, port = destination(plugin)
+    reason = get_settings().egress_policy().refusal(host, literal_address(host), port)
+    if reason is None:
+        return None
+    return (
+        f"is not allowed: {host} {reason} (internal addresses are refused unless an "
+        "administrator allows them with STEPWISE_AGENT_ALLOW)"
+    )
+
+
 # --- channels (admins) ------------------------------------------------------------------
 
 
@@ -106,8 +128,11 @@ def add_channel(session: Session, name: str, url: str, *, actor: Actor) -> Chann
     """A new channel (admins only), its URL sealed; audited by name and redacted form."""
     authorize(session, actor, Permission.MANAGE_CHANNELS)
     checked = parse_channel(name, url)
-    if apprise_plugin(checked.url) is None:
+    plugin = apprise_plugin(checked.url)
+    if plugin is None:
         raise ValidationFailed.single("url", "apprise cannot read this URL (see its wiki)")
+    if (problem := _egress_problem(checked.url, plugin)) is not None:
+        raise ValidationFailed.single("url", problem)
     taken = session.scalar(
         select(NotificationChannel.id).where(
             NotificationChannel.workspace_id == actor.workspace_id,

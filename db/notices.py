@@ -254,17 +254,20 @@ def claim_deliveries(session: Session, *, limit: int) -> list[Outgoing]:
 
     Commit before sending: the claim is what keeps a second evaluator from sending.
     """
+    # Materialized: evaluated once. As `id IN (subquery)` PostgreSQL may run the
+    # subquery again per row, and its LIMIT no longer bounds what is claimed.
     pending = (
         select(Delivery.id)
         .where(Delivery.status == DeliveryStatus.PENDING)
         .order_by(Delivery.id)
         .limit(limit)
         .with_for_update(skip_locked=True)
-        .scalar_subquery()
+        .cte("pending")
+        .prefix_with("MATERIALIZED")
     )
     claimed = session.execute(
         update(Delivery)
-        .where(Delivery.id.in_(pending), Delivery.status == DeliveryStatus.PENDING)
+        .where(Delivery.id == pending.c.id, Delivery.status == DeliveryStatus.PENDING)
         .values(status=DeliveryStatus.SENDING, claimed_at=func.now())
         .returning(Delivery.id, Delivery.workspace_id, Delivery.channel_id, Delivery.notice_id)
     ).all()

@@ -3,7 +3,16 @@
 `tick_notify` runs once a minute on the dispatch queue (tasks/actors.py), beside
 housekeeping, never on the run path: it turns finished runs and stopped schedules
 into notices (db/notices.py), commits, then claims and sends their deliveries one
-by one, each outside any transaction and within `STEPWISE_NOTIFY_TIMEOUT_S`.
+by one, each outside any transaction and within `STEPWISE_NOTIFY_TIMEOUT_S`. It
+claims a delivery only while that limit still fits in `SEND_BUDGET_S`, so the tick
+ends well within its actor's time limit and holds one dispatcher thread at most;
+what is left waits, unclaimed, for the next tick. A delivery is tried once: its
+outcome is recorded and a failed one is not sent again (one that timed out may
+still have arrived, and a retry could repeat it).
+
+Messages go out as plain text (apprise's `TEXT` body format): each service's
+plugin escapes them for its own markup (HTML for e-mail, Slack's `<>&`, Markdown),
+so an automation's name or an agent's error cannot add links or formatting.
 
 Egress: a channel whose URL names an address (json, xml, form, mailto and their TLS
 forms) is checked against the agents' policy (core/egress.py, `STEPWISE_AGENT_ALLOW`)
@@ -19,21 +28,26 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import socket
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
+
+from apprise import NotifyFormat
 
 from core.access import Actor
 from core.egress import Address, EgressPolicy, literal_address
 from core.notify import ADDRESSED_SCHEMES, Message, scheme_of, scrub
 from core.settings import get_settings
 from db import notices
-from db.channels import ChannelTarget, apprise_log, apprise_plugin
+from db.channels import ChannelTarget, apprise_log, apprise_plugin, destination
 from db.dispatch import beat
 from db.session import db_now, session_scope
 
 log = logging.getLogger("stepwise.notify")
-BATCH = 20  # deliveries claimed at once: a slow channel holds back at most this many
+# Seconds of sending per tick: the actor's time limit is 55 s, and one delivery's
+# limit (STEPWISE_NOTIFY_TIMEOUT_S, at most 30) always fits.
+SEND_BUDGET_S = 40.0
 PINNED_SCHEMES = frozenset({"json", "xml", "form"})  # plain HTTP: connected to the checked address
 
 
@@ -60,17 +74,20 @@ def tick_notify() -> int:
     return sent
 
 
-def send_pending() -> int:
-    """Claim, send and record pending deliveries until none is left; returns how many."""
+def send_pending(*, budget_s: float = SEND_BUDGET_S) -> int:
+    """Claim, send and record pending deliveries, oldest first, until none is left or
+    the next one might not finish within `budget_s`; returns how many were made."""
+    deadline = time.monotonic() + budget_s
+    longest_s = get_settings().notify_timeout_s + 1  # deliver() waits at most this long
     done = 0
-    while True:
+    while time.monotonic() + longest_s <= deadline:
         with session_scope() as session:
-            batch = notices.claim_deliveries(session, limit=BATCH)
-        for outgoing in batch:
-            _send_and_record(outgoing)
-        done += len(batch)
-        if len(batch) < BATCH:
-            return done
+            claimed = notices.claim_deliveries(session, limit=1)
+        if not claimed:
+            break
+        _send_and_record(claimed[0])
+        done += 1
+    return done
 
 
 def send_test(channel_id: uuid.UUID, *, actor: Actor) -> Outcome:
@@ -121,10 +138,17 @@ def _send(url: str, message: Message, timeout_s: int, policy: EgressPolicy) -> O
         plugin.socket_connect_timeout = float(timeout_s)
         plugin.socket_read_timeout = float(timeout_s)
         plugin.redirects = False  # a redirect would reach an address nobody checked
-        ok = bool(plugin.notify(body=message.body, title=message.title))
+        ok = post(plugin, message)
     if ok:
         return Outcome(True)
     return Outcome(False, scrub("; ".join(lines) or "apprise reported a failure", url))
+
+
+def post(plugin: Any, message: Message) -> bool:
+    """Send `message` through the notifier as plain text, escaped for the service."""
+    return bool(
+        plugin.notify(body=message.body, title=message.title, body_format=NotifyFormat.TEXT)
+    )
 
 
 def guard(plugin: Any, scheme: str, policy: EgressPolicy) -> str | None:
@@ -137,8 +161,7 @@ def guard(plugin: Any, scheme: str, policy: EgressPolicy) -> str | None:
     """
     if scheme not in ADDRESSED_SCHEMES:
         return None
-    host = str(getattr(plugin, "smtp_host", "") or plugin.host or "")
-    port = int(plugin.port or (443 if getattr(plugin, "secure", False) else 80))
+    host, port = destination(plugin)
     literal = literal_address(host)
     addresses = [literal] if literal is not None else _resolve(host, port)
     if not addresses:

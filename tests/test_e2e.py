@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
-from db.models import Schedule
+from db import channels
+from db.models import Delivery, Heartbeat, Schedule
 from db.session import db_now, session_scope
 from testkit.factories import executions_of, make_automation, make_schedule, step_runs
 from testkit.waiting import wait_for
@@ -60,7 +63,89 @@ def test_a_schedule_due_in_seconds_runs_through_the_real_processes(procs: Any, a
             "succeeded",
         )
     # and the scheduler recorded its tick
-    from db.models import Heartbeat
-
     with session_scope() as session:
         assert session.get(Heartbeat, "dispatch") is not None
+
+
+def test_failure_notifications_through_the_real_processes(procs: Any, agent: Any) -> None:
+    from stepwise.demo_agent import Reply, default_reply
+    from tasks.actions import run_now
+    from tasks.actors import notify_tick
+    from testkit.factories import ADMIN, execution
+    from testkit.receivers import smtp_server, webhook_server
+
+    def heartbeat() -> Any:
+        with session_scope() as session:
+            row = session.get(Heartbeat, "notify")
+            return row and row.at
+
+    def tick() -> None:
+        """The scheduler's minute tick for notifications, sent now; back once it has run."""
+        before = heartbeat()
+        notify_tick.send()
+        wait_for(lambda: heartbeat() != before, timeout=60, message="the notify tick to run")
+
+    def run(status: str) -> uuid.UUID:
+        execution_id = run_now(automation_id, actor=ADMIN)
+        wait_for(
+            lambda: execution(execution_id).status == status,
+            timeout=60,
+            message=f"the run to end {status}",
+            details=lambda: procs.log("worker")[-3000:],
+        )
+        return execution_id
+
+    with smtp_server() as mailbox, webhook_server() as hooks:
+        # given an automation whose agent fails, retried twice a run, notifying after 2 runs
+        agent.responder = lambda call: Reply(503, {"error": "agent down"})
+        automation_id = make_automation(name="Sync", agent_url=agent.url, steps=1, max_retries=2)
+        with session_scope() as session:
+            mail = channels.add_channel(
+                session,
+                "mail",
+                f"mailto://alerts:pw-Rt55e2e@127.0.0.1:{mailbox.port}"
+                "?to=ops@example.com&from=stepwise@example.com&mode=insecure",
+                actor=ADMIN,
+            )
+            hook = channels.add_channel(
+                session, "hook", f"json://127.0.0.1:{hooks.port}/hooks/tok-Wq19e2e", actor=ADMIN
+            )
+            channels.set_notifications(session, automation_id, [mail.id, hook.id], 2, actor=ADMIN)
+        procs.start("worker", STEPWISE_NOTIFY_SETTLE_S="0")
+        procs.start("dispatcher", STEPWISE_NOTIFY_SETTLE_S="0")
+        procs.wait_ready("worker", READY)
+        procs.wait_ready("dispatcher", READY)
+        # when one run fails after its retries: one failed run, under the threshold
+        first = run("failed")
+        assert len(agent.calls_for(str(first))) == 3
+        tick()
+        assert mailbox.messages == [] and hooks.posts == []
+        # when a second run fails, then a third while the incident is open
+        run("failed")
+        tick()
+        run("failed")
+        tick()
+        # then exactly one failure notice reached each channel
+        assert len(mailbox.messages) == 1 and len(hooks.posts) == 1
+        assert "Subject: Stepwise: Sync is failing" in mailbox.messages[0]
+        assert hooks.posts[0][2]["title"] == "Stepwise: Sync is failing"
+        assert "2 consecutive runs failed" in hooks.posts[0][2]["message"]
+        assert "HTTP 503" in hooks.posts[0][2]["message"]
+        # when the agent answers again and a run succeeds
+        agent.responder = default_reply
+        run("succeeded")
+        tick()
+        tick()
+        # then exactly one recovery notice follows on each channel
+        assert len(mailbox.messages) == 2 and len(hooks.posts) == 2
+        assert "Subject: Stepwise: Sync recovered" in mailbox.messages[1]
+        assert hooks.posts[1][2]["title"] == "Stepwise: Sync recovered"
+    # and every delivery is recorded with its outcome
+    with session_scope() as session:
+        made = session.execute(select(Delivery.channel_name, Delivery.kind, Delivery.status)).all()
+    assert sorted(map(tuple, made)) == [
+        ("hook", "failure", "ok"),
+        ("hook", "recovery", "ok"),
+        ("mail", "failure", "ok"),
+        ("mail", "recovery", "ok"),
+    ]

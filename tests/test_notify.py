@@ -3,6 +3,9 @@ real local SMTP server and a real local webhook receiver, and no channel URL in 
 
 from __future__ import annotations
 
+import email
+import email.policy
+import html
 import logging
 import time
 import uuid
@@ -59,6 +62,16 @@ def mail_url(box: Mailbox) -> str:
 
 def hook_url(hooks: Hooks) -> str:
     return f"json://hook:{HOOK_PASSWORD}@127.0.0.1:{hooks.port}/hooks/{HOOK_PATH_SECRET}"
+
+
+def mail_parts(raw: str) -> dict[str, str]:
+    """A received message's parts by content type, decoded."""
+    message = email.message_from_string(raw, policy=email.policy.default)
+    return {
+        part.get_content_type(): part.get_content()
+        for part in message.walk()
+        if not part.is_multipart()
+    }
 
 
 def add_channel(name: str, url: str, actor: Actor = ADMIN) -> uuid.UUID:
@@ -258,8 +271,10 @@ def test_a_parked_and_a_completed_schedule_are_each_notified_once(db: None, hook
         "Stepwise: a schedule of Backup completed",
         "Stepwise: a schedule of Backup was parked",
     ]
-    messages = " ".join(p[2]["message"] for p in hooks.posts)
-    assert "disabled:" in messages and str(done) in messages
+    said = {p[2]["title"].rpartition(" ")[2]: p[2]["message"] for p in hooks.posts}
+    assert said["parked"].startswith(f"Schedule {parked} stopped: disabled:")
+    assert "Gone/Away" in said["parked"]
+    assert said["completed"] == f"Schedule {done} stopped: reached its end"
 
 
 def test_a_failing_channel_records_its_error_and_the_others_still_deliver(
@@ -292,13 +307,42 @@ def test_a_failing_channel_records_its_error_and_the_others_still_deliver(
         assert all(secret not in (d.error or "") for d in deliveries())
 
 
-def test_an_internal_address_is_refused_by_the_egress_policy(db: None) -> None:
+@pytest.mark.parametrize(
+    "url",
+    [
+        "json://10.1.2.3:8080/hook",
+        "forms://u:p@[::ffff:192.168.1.1]/x",
+        "json://metadata.google.internal/x",
+        "mailto://u:p@example.com?smtp=10.0.0.25&to=a@example.com&from=s@example.com",
+    ],
+)
+def test_a_channel_to_an_internal_address_is_refused_when_added(db: None, url: str) -> None:
+    # the tests allow 127.0.0.1 only, as STEPWISE_AGENT_ALLOW does for an operator
+    before = row_counts()
+    refusal = pytest.raises(ValidationFailed, match="url: is not allowed")
+    with refusal as refused, session_scope() as session:
+        channels.add_channel(session, "internal", url, actor=ADMIN)
+    assert "STEPWISE_AGENT_ALLOW" in str(refused.value) and ":p@" not in str(refused.value)
+    assert row_counts() == before
+
+
+def test_a_channel_the_policy_no_longer_allows_is_refused_when_sending(
+    db: None, hooks: Hooks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a loopback channel added while the policy allowed loopback
     automation_id = make_automation()
-    notify_on(automation_id, [add_channel("internal", "json://10.1.2.3:8080/hook")])
+    notify_on(automation_id, [add_channel("local", hook_url(hooks))])
     runs(automation_id, "failed")
-    evaluate()
+    # when the operator removes loopback from the allowlist, then the notice is not sent
+    monkeypatch.setenv("STEPWISE_AGENT_ALLOW", "")
+    get_settings.cache_clear()
+    try:
+        evaluate()
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
     [delivery] = deliveries()
-    assert delivery.status == DeliveryStatus.ERROR
+    assert delivery.status == DeliveryStatus.ERROR and not hooks.posts
     assert "refused" in (delivery.error or "") and "internal address" in (delivery.error or "")
 
 
@@ -354,6 +398,74 @@ def test_a_claimed_delivery_is_never_sent_twice(db: None, hooks: Hooks) -> None:
     [delivery] = deliveries()
     assert delivery.status == DeliveryStatus.ERROR and "interrupted" in (delivery.error or "")
     assert not hooks.posts and claimed.delivery_id == delivery.id
+
+
+def test_a_claim_takes_no_more_than_asked(db: None, hooks: Hooks) -> None:
+    automation_id = make_automation()
+    notify_on(automation_id, [add_channel(name, hook_url(hooks)) for name in "abc"])
+    runs(automation_id, "failed")
+    with session_scope() as session:
+        assert notices.evaluate_runs(session, now=later(600), settle_s=5) == 1
+    with session_scope() as session:
+        assert len(notices.claim_deliveries(session, limit=1)) == 1
+    with session_scope() as session:
+        assert len(notices.claim_deliveries(session, limit=5)) == 2
+    assert [d.status for d in deliveries()] == [DeliveryStatus.SENDING] * 3
+
+
+def test_sending_stops_claiming_when_its_time_budget_is_spent(db: None, hooks: Hooks) -> None:
+    # given a notice waiting for two channels
+    automation_id = make_automation()
+    notify_on(automation_id, [add_channel("a", hook_url(hooks)), add_channel("b", hook_url(hooks))])
+    runs(automation_id, "failed")
+    with session_scope() as session:
+        notices.evaluate_runs(session, now=later(600), settle_s=5)
+    # when the tick has no time left for one more delivery (its limit would not fit)
+    budget = get_settings().notify_timeout_s  # one second short of a delivery's limit
+    assert notify.send_pending(budget_s=budget) == 0
+    # then nothing was claimed: the deliveries wait, pending, for the next tick
+    assert [d.status for d in deliveries()] == [DeliveryStatus.PENDING] * 2
+    assert notify.send_pending() == 2 and len(hooks.posts) == 2
+
+
+def test_names_and_agent_errors_go_out_as_text_not_markup(
+    db: None, mailbox: Mailbox, hooks: Hooks
+) -> None:
+    # given an automation whose name and last error hold HTML and Slack/Markdown markup
+    name = "Sync <b>now</b>"
+    error = '<a href="https://evil.example">log in</a> <!channel> <https://evil.example|here> **x**'
+    automation_id = make_automation(name=name)
+    notify_on(
+        automation_id,
+        [
+            add_channel("mail", mail_url(mailbox)),
+            add_channel("html mail", mail_url(mailbox) + "&format=html"),
+            add_channel("hook", hook_url(hooks)),
+        ],
+    )
+    start = later()
+    add_runs(
+        automation_id,
+        [{"status": "failed", "queued_at": start, "finished_at": start, "error": error}],
+    )
+    evaluate()
+    # then plain mail is text/plain only, and mail asked for as HTML holds the text escaped
+    plain, rich = sorted(map(mail_parts, mailbox.messages), key=len)
+    assert list(plain) == ["text/plain"] and error in plain["text/plain"]
+    assert "<a" not in rich["text/html"] and "<b>" not in rich["text/html"]
+    assert error in html.unescape(rich["text/html"]).replace("\xa0", " ")
+    # and the webhook carries the text as it was (JSON, no markup)
+    assert hooks.posts[0][2]["title"] == f"Stepwise: {name} is failing"
+    assert error in hooks.posts[0][2]["message"]
+    # and Slack gets its control characters escaped, as text rather than mrkdwn
+    slack = channels.apprise_plugin("slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7")
+    slack.webhook_url = f"http://127.0.0.1:{hooks.port}/services"  # the local receiver
+    notify.post(slack, Message(f"Stepwise: {name} is failing", error))
+    sent = hooks.posts[-1][2]
+    assert sent["mrkdwn"] is False
+    [attachment] = sent["attachments"]
+    assert attachment["title"] == "Stepwise: Sync &lt;b&gt;now&lt;/b&gt; is failing"
+    assert "&lt;!channel&gt;" in attachment["text"] and "<" not in attachment["text"]
 
 
 # --- who may, and what is stored ------------------------------------------------------------

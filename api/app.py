@@ -31,7 +31,8 @@ calls a minute; past that it gets `429` with `Retry-After` (seconds). Errors are
 message the dashboard shows.
 
 `POST /v1/hooks/{id}` (an automation's webhook) needs no token: the webhook's secret
-or a signature of the body proves the call.
+or a signature of the body proves the call, and each webhook takes at most
+STEPWISE_API_RATE_PER_MINUTE proven calls a minute.
 """
 
 

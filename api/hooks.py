@@ -3,6 +3,7 @@
 The call proves itself with the trigger's secret or a signature of its body (see
 db/hooks.py); its JSON object body becomes the run's input. The body is read up to
 MAX_INPUT_BYTES and no further: a bigger one is refused (413) before it is read whole.
+A proven call counts against the webhook's calls per minute (api/ratelimit.py, 429).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, status
 from starlette.concurrency import run_in_threadpool
 
-from api.problems import BodyRefused, BodyTooLarge, documented
+from api import ratelimit
+from api.problems import BodyRefused, BodyTooLarge, RateLimited, documented
 from api.schemas import RunStarted
 from core.errors import ValidationFailed
 from core.limits import MAX_DELIVERY_ID, MAX_INPUT_BYTES
 from core.secrets import SIGNATURE_HEADER
+from core.settings import get_settings
 from db.hooks import DELIVERY_HEADER, SECRET_HEADER
 from tasks import actions
 
@@ -47,10 +50,21 @@ async def _read_capped(request: Request) -> bytes:
     return bytes(body)
 
 
+def _admit(hook_id: uuid.UUID) -> None:
+    """Refuse a proven call past the webhook's calls for this minute."""
+    wait = ratelimit.seconds_to_wait(hook_id)
+    if wait:
+        raise RateLimited(
+            f"this webhook had its {get_settings().api_rate_per_minute} calls for this minute; "
+            f"try again in {wait} s",
+            retry_after=wait,
+        )
+
+
 @router.post(
     "/{hook_id}",
     status_code=status.HTTP_202_ACCEPTED,
-    responses=documented(400, 401, 404, 409, 413, 422),
+    responses=documented(400, 401, 404, 409, 413, 422, 429),
     openapi_extra={"requestBody": _BODY, "security": []},
 )
 async def call_hook(
@@ -88,6 +102,7 @@ async def call_hook(
             secret=secret,
             signature=signature,
             delivery_id=delivery_id,
+            admit=_admit,
         )
     except ValidationFailed as exc:
         raise BodyRefused(exc.errors) from None

@@ -63,7 +63,7 @@ class BodyTooLarge(StepwiseError):
 
 
 class RateLimited(StepwiseError):
-    """The token made its calls for this minute; `retry_after` seconds until the next."""
+    """The token or webhook had its calls for this minute; `retry_after` seconds until the next."""
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
@@ -81,7 +81,7 @@ _KINDS: list[tuple[type[Exception], int, str, str]] = [
     (NotFound, 404, "not-found", "Not found"),
     (InvalidState, 409, "invalid-state", "Not possible in the current state"),
     (QuotaExceeded, 409, "quota-exceeded", "A workspace quota is reached"),
-    (RateLimited, 429, "rate-limited", "Too many calls with this token"),
+    (RateLimited, 429, "rate-limited", "Too many calls this minute"),
     (ConfigError, 503, "misconfigured", "The server is not configured for this"),
 ]
 

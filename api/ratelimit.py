@@ -1,12 +1,14 @@
-"""The per-token rate limit: STEPWISE_API_RATE_PER_MINUTE calls per minute and token.
+"""The rate limit: STEPWISE_API_RATE_PER_MINUTE calls per minute for each API token and
+each webhook.
 
 Counted in Redis, so every api process shares one count, and on Redis's clock (no
-skew between hosts): one script increments the token's counter for the current
+skew between hosts): one script increments the caller's counter for the current
 minute and answers how many seconds are left of it when the limit is passed. The
-check runs after authentication and before the route: a refused call writes
-nothing (`tasks/flow.py` does the engine's limits the same way). When Redis cannot
-be reached the call is let through, with a warning in the log: the limit protects the
-database from one busy script; it must not take the API down with Redis.
+check runs after authentication (a token's, or a webhook call's secret or signature)
+and before anything is written: a refused call writes nothing (`tasks/flow.py` does
+the engine's limits the same way). When Redis cannot be reached the call is let
+through, with a warning in the log: the limit protects the database from one busy
+script; it must not take the API down with Redis.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from core.settings import get_settings
 
 log = logging.getLogger("stepwise.api")
 WINDOW_S = 60
-# KEYS[1]: the token's counter prefix; ARGV[1]: the limit. Returns 0 (allowed) or the
+# KEYS[1]: the caller's counter prefix; ARGV[1]: the limit. Returns 0 (allowed) or the
 # seconds until the window ends.
 COUNT = """
 local now = tonumber(redis.call('TIME')[1])
@@ -48,11 +50,12 @@ def _script() -> Any:
     return client.register_script(COUNT)
 
 
-def seconds_to_wait(token_id: uuid.UUID) -> int:
-    """0 if the token may call now (the call is counted); else seconds until it may."""
+def seconds_to_wait(caller_id: uuid.UUID) -> int:
+    """0 if the caller (a token's or a webhook's id) may call now (the call is counted);
+    else seconds until it may."""
     limit = get_settings().api_rate_per_minute
     try:
-        return int(_script()(keys=[f"stepwise:api:rate:{token_id}"], args=[limit, WINDOW_S]))
+        return int(_script()(keys=[f"stepwise:api:rate:{caller_id}"], args=[limit, WINDOW_S]))
     except redis.RedisError as exc:
         log.warning("rate limit not checked, Redis unreachable: %s", type(exc).__name__)
         return 0

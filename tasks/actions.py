@@ -10,6 +10,7 @@ workspace's runs (and of the deployment's own jobs), each one audited.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
@@ -53,13 +54,15 @@ def run_by_hook(
     secret: str | None,
     signature: str | None,
     delivery_id: str | None,
+    admit: Callable[[uuid.UUID], None] | None = None,
 ) -> uuid.UUID:
     """Start a run for a call to an automation's webhook, its JSON body as the run's input;
     returns the execution id (a repeated delivery id: the first call's, nothing new).
 
     NotFound for a trigger that does not exist (or was disabled), NotAuthenticated without
     its secret or a valid signature, ValidationFailed for a body that is not a JSON object:
-    nothing is written in any of these cases.
+    nothing is written in any of these cases. `admit(hook_id)` is called once the call is
+    proven, before anything is written, and may raise to refuse it (the API's rate limit).
     """
     with session_scope() as session:
         actor = hooks.authenticate(session, hook_id, body, secret=secret, signature=signature)
@@ -68,6 +71,8 @@ def run_by_hook(
                 f"send the webhook's secret as {hooks.SECRET_HEADER}, or sign the body "
                 f"({SIGNATURE_HEADER}: t=<unix seconds>,v1=<HMAC-SHA256 of t.body>)"
             )
+        if admit is not None:
+            admit(hook_id)
         delivery = hooks.check_delivery_id(delivery_id)
         run_input = parse_run_input(body, field="body")
         if run_input is None:

@@ -123,20 +123,28 @@ def test_the_secret_in_a_header_also_proves_the_call(
 def test_a_bad_or_missing_signature_gets_401_and_writes_nothing(
     client: TestClient, admin: dict[str, str]
 ) -> None:
-    # given an enabled webhook
+    # given an enabled webhook, and another automation's
     hook = enable(client, admin, make_automation())
+    other = enable(client, admin, make_automation(name="other"))
     body = json.dumps(PAYLOAD).encode()
     secret = hook["secret"]
-    old = int(time.time()) - SIGNATURE_TOLERANCE_S - 60
+    now = int(time.time())
+    valid_v1 = signed(secret, body)["Stepwise-Signature"].split(",")[1]
     refused = {
         "no proof": {},
         "another secret": signed("whsec_not-it", body),
+        "another webhook's secret": {"Stepwise-Hook-Secret": other["secret"]},
+        "signed with another webhook's secret": signed(other["secret"], body),
         "another body": signed(secret, b'{"event": "other"}'),
-        "too old": signed(secret, body, at=old),
+        "too old": signed(secret, body, at=now - SIGNATURE_TOLERANCE_S - 60),
+        "from the future": signed(secret, body, at=now + SIGNATURE_TOLERANCE_S + 60),
+        "no timestamp": {"Stepwise-Signature": valid_v1},
+        "another timestamp": {"Stepwise-Signature": f"t={now - 1},{valid_v1}"},
         "garbage": {"Stepwise-Signature": "v1=abc,t=x"},
-        "no v1": {"Stepwise-Signature": f"t={int(time.time())}"},
+        "no v1": {"Stepwise-Signature": f"t={now}"},
+        "empty header": {"Stepwise-Signature": ""},
         "wrong secret header": {"Stepwise-Hook-Secret": secret + "x"},
-        "non-ascii signature": {"Stepwise-Signature": f"t={int(time.time())},v1=é".encode()},
+        "non-ascii signature": {"Stepwise-Signature": f"t={now},v1=é".encode()},
     }
     before = _writes()
     for why, headers in refused.items():
@@ -378,3 +386,129 @@ def test_the_procfile_api_serves_webhooks_one_run_per_delivery_under_concurrent_
     # and the secret never reached the process's log
     assert hook["secret"] not in processes.log("api")
     assert len(_executions()) == 1
+
+
+def test_delivery_ids_are_per_webhook(client: TestClient, admin: dict[str, str]) -> None:
+    # given two automations' webhooks (two senders may well number their events alike)
+    first_id, second_id = make_automation(), make_automation(name="other")
+    first, second = enable(client, admin, first_id), enable(client, admin, second_id)
+
+    def deliver(hook: dict[str, Any]) -> str:
+        proof = {"Stepwise-Hook-Secret": hook["secret"], "Stepwise-Delivery": "evt_1"}
+        answer = post(client, hook["url"], b"{}", proof)
+        assert answer.status_code == 202, answer.text
+        return str(answer.json()["execution_id"])
+
+    # when each gets the same delivery id, twice
+    runs = [deliver(first), deliver(second), deliver(first), deliver(second)]
+    # then each webhook started one run of its own automation: the id is the sender's, per URL
+    assert runs[0] == runs[2] and runs[1] == runs[3] and runs[0] != runs[1]
+    started = {str(e.id): e.automation_id for e in _executions()}
+    assert started == {runs[0]: first_id, runs[1]: second_id}
+
+
+def test_a_delivery_id_is_remembered_as_long_as_its_run(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    from tasks import engine
+
+    # given a delivery whose run has finished
+    hook = enable(client, admin, make_automation())
+    proof = {"Stepwise-Hook-Secret": hook["secret"], "Stepwise-Delivery": "evt_old"}
+    first = post(client, hook["url"], b'{"n": 1}', proof).json()["execution_id"]
+    with session_scope() as session:
+        session.execute(
+            update(Execution).values(status="succeeded", finished_at=Execution.queued_at)
+        )
+    # when the history's retention has not yet passed, the id is still known
+    assert engine.purge_old_history() == 0
+    assert post(client, hook["url"], b'{"n": 2}', proof).json()["execution_id"] == first
+    # when housekeeping deletes the run at the end of the retention, its delivery id goes too
+    with session_scope() as session:
+        session.execute(update(Execution).values(queued_at=text("now() - interval '91 days'")))
+    assert engine.purge_old_history() == 1
+    with session_scope() as session:
+        assert session.scalar(text("SELECT count(*) FROM hook_deliveries")) == 0
+    # and the same id after that starts a new run
+    again = post(client, hook["url"], b'{"n": 3}', proof)
+    assert again.status_code == 202 and again.json()["execution_id"] != first
+    assert [e.input for e in _executions()] == [{"n": 3}]
+
+
+def test_a_retried_webhook_run_sends_its_input_again(
+    client: TestClient, admin: dict[str, str], worker: Any, agent: Any
+) -> None:
+    from stepwise.demo_agent import Call, Reply, default_reply
+
+    # given a webhook run of 2 steps whose second step the agent refuses once
+    refusals = [Reply(400, {"error": "not yet"})]
+
+    def reply(call: Call) -> Reply:
+        if call.body["step_number"] == 2 and refusals:
+            return refusals.pop()
+        return default_reply(call)
+
+    agent.responder = reply
+    automation_id = make_automation(agent_url=agent.url, steps=2)
+    hook = enable(client, admin, automation_id)
+    body = json.dumps(PAYLOAD).encode()
+    execution_id = post(client, hook["url"], body, signed(hook["secret"], body)).json()[
+        "execution_id"
+    ]
+
+    def status() -> Any:
+        return client.get(f"/v1/executions/{execution_id}", headers=admin).json()["status"]
+
+    wait_for(lambda: status() == "failed", message="the run to fail at step 2")
+    # when it is retried
+    retried = client.post(f"/v1/executions/{execution_id}/retry", headers=admin)
+    assert retried.status_code in (200, 202), retried.text
+    wait_for(lambda: status() == "succeeded", message="the retried run")
+    # then the retried step carried the same input, and the run still shows it
+    calls = agent.calls_for(execution_id)
+    assert [(c.body["step_number"], c.body["input"]) for c in calls] == [
+        (1, PAYLOAD),
+        (2, PAYLOAD),
+        (2, PAYLOAD),
+    ]
+    detail = client.get(f"/v1/executions/{execution_id}", headers=admin).json()
+    assert detail["input"] == PAYLOAD and detail["trigger"] == "webhook"
+
+
+def test_a_webhook_past_its_calls_per_minute_gets_429_and_writes_nothing(
+    client: TestClient, admin: dict[str, str], redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.settings import get_settings
+
+    # given 2 calls a minute, and two webhooks
+    hook = enable(client, admin, make_automation())
+    other = enable(client, admin, make_automation(name="other"))
+    monkeypatch.setenv("STEPWISE_API_RATE_PER_MINUTE", "2")
+    get_settings.cache_clear()
+    try:
+        # (not in the last seconds of Redis's minute: the calls fall in one window)
+        wait_for(lambda: redis_client.time()[0] % 60 < 50, timeout=15, message="a fresh minute")
+        proof = {"Stepwise-Hook-Secret": hook["secret"]}
+        # when calls without the secret come first, they count for nothing
+        for _ in range(3):
+            assert post(client, hook["url"], b"{}", {}).status_code == 401
+        # when the webhook has its 2 calls (a repeated delivery is a call too)
+        for _ in range(2):
+            answer = post(client, hook["url"], b"{}", {**proof, "Stepwise-Delivery": "d"})
+            assert answer.status_code == 202, answer.text
+        # then the third is refused with Retry-After, and writes nothing
+        before = _writes()
+        refused = post(client, hook["url"], b'{"a": 1}', proof)
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["content-type"] == PROBLEM
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert "this webhook had its 2 calls" in refused.json()["detail"]
+        assert _writes() == before
+        # and another webhook is not held back by this one
+        assert (
+            post(client, other["url"], b"{}", {"Stepwise-Hook-Secret": other["secret"]}).status_code
+            == 202
+        )
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()

@@ -3,18 +3,21 @@ the schedule dialog's input, the Automations page's test-run input and webhook."
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
+import streamlit as st
 from sqlalchemy import select
+from streamlit.testing.v1 import AppTest
 
 from core.settings import get_settings
 from db import hooks, queries
 from db.models import Execution, HookTrigger
 from db.session import session_scope
-from testkit.factories import ADMIN, make_automation, table_snapshot
+from testkit.factories import ADMIN, add_runs, make_automation, table_snapshot
 from testkit.waiting import wait_for
-from tests.test_dashboard import open_new_schedule, page, texts
+from tests.test_dashboard import PAGES, open_new_schedule, page, texts
 
 pytestmark = pytest.mark.usefixtures("db", "redis_client")
 
@@ -83,3 +86,30 @@ def test_an_editor_enables_a_webhook_sees_its_secret_once_rotates_and_disables_i
     assert "Webhook disabled" in texts(at)
     with session_scope() as session:
         assert session.scalars(select(HookTrigger)).all() == []
+
+
+def test_webhook_runs_are_a_trigger_of_the_history_and_their_input_is_shown_as_data() -> None:
+    # given a webhook run whose input holds markup, and a manual run
+    hostile = {"note": "![x](http://127.0.0.1:1/x.png) <script>alert(1)</script> :red[boom]"}
+    auto = make_automation(name="Hooked")
+    hooked, _manual = add_runs(auto, [{"trigger": "webhook", "input": hostile}, {}])
+    # when the history is filtered by the webhook trigger (from a link)
+    st.cache_data.clear()
+    at = AppTest.from_file(str(PAGES / "executions.py"), default_timeout=60)
+    at.query_params["trigger"] = "webhook"
+    at.run()
+    assert not at.exception, at.exception
+    # then only the webhook run is listed, and the filter offers the trigger
+    assert "webhook" in at.selectbox(key="ex_trigger").options
+    assert at.selectbox(key="ex_trigger").value == "webhook"
+    assert list(at.dataframe[0].value["Id"]) == [str(hooked)]
+    assert list(at.dataframe[0].value["Trigger"]) == ["webhook"]
+    # and its run page shows the input as JSON data, never as Markdown
+    st.cache_data.clear()
+    run = AppTest.from_file(str(PAGES / "run.py"), default_timeout=60)
+    run.query_params["id"] = str(hooked)
+    run.run()
+    assert not run.exception, run.exception
+    assert json.loads(run.get("json")[0].proto.body) == hostile
+    assert "script" not in texts(run) and "boom" not in texts(run)
+    assert "webhook" in texts(run)

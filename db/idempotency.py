@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -20,7 +20,7 @@ from core.access import Actor
 from core.errors import ValidationFailed
 from core.limits import MAX_NAME
 from db.models import IdempotencyKey
-from db.session import rowcount
+from db.session import locked_batch, rowcount
 
 FIELD = "Idempotency-Key"
 # Stands for "claimed, object not made yet": only ever seen inside the claiming transaction.
@@ -71,16 +71,18 @@ def purge(session: Session, *, older_than_hours: int, batch: int) -> int:
     full batch was deleted; each batch is its own short transaction.
     """
     cutoff = func.now() - timedelta(hours=older_than_hours)
-    victims = (
+    victims = locked_batch(
         select(IdempotencyKey.token_id, IdempotencyKey.key)
         .where(IdempotencyKey.created_at < cutoff)
         .limit(batch)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=True),
+        "victims",
     )
     return rowcount(
         session.execute(
             delete(IdempotencyKey).where(
-                tuple_(IdempotencyKey.token_id, IdempotencyKey.key).in_(victims)
+                IdempotencyKey.token_id == victims.c.token_id,
+                IdempotencyKey.key == victims.c.key,
             )
         )
     )

@@ -38,6 +38,7 @@ from db.models import (
     NotifyRuleChannel,
     Schedule,
 )
+from db.session import locked_batch
 from db.workspaces import authorize
 
 STALE_CLAIM = timedelta(minutes=5)
@@ -254,16 +255,13 @@ def claim_deliveries(session: Session, *, limit: int) -> list[Outgoing]:
 
     Commit before sending: the claim is what keeps a second evaluator from sending.
     """
-    # Materialized: evaluated once. As `id IN (subquery)` PostgreSQL may run the
-    # subquery again per row, and its LIMIT no longer bounds what is claimed.
-    pending = (
+    pending = locked_batch(
         select(Delivery.id)
         .where(Delivery.status == DeliveryStatus.PENDING)
         .order_by(Delivery.id)
         .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("pending")
-        .prefix_with("MATERIALIZED")
+        .with_for_update(skip_locked=True),
+        "pending",
     )
     claimed = session.execute(
         update(Delivery)

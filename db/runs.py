@@ -41,7 +41,7 @@ from core.vocabulary import (
     StepStatus,
 )
 from db.models import Automation, Execution, Schedule, StepRun
-from db.session import rowcount
+from db.session import locked_batch, rowcount
 
 LOST_STEP_ERROR = "the worker running this step stopped (killed or lost its lease)"
 CANCELLED_STEP_ERROR = (
@@ -430,17 +430,17 @@ def stranded_executions(
         )
         stranded = or_(lost, stranded)
     give_up_exhausted(session, stranded, limit=limit)
+    batch = locked_batch(
+        select(Execution.id)
+        .where(stranded)
+        .order_by(Execution.available_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True),
+        "stranded",
+    )
     rows = session.execute(
         update(Execution)
-        .where(
-            Execution.id.in_(
-                select(Execution.id)
-                .where(stranded)
-                .order_by(Execution.available_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        )
+        .where(Execution.id == batch.c.id)
         .values(available_at=func.now())
         .returning(Execution.id, Execution.attempt, Execution.automation_id)
     ).all()
@@ -485,16 +485,17 @@ def give_up_exhausted(session: Session, stranded: Any, *, limit: int) -> int:
     calling the agent again every minute forever. A run waiting its turn is never
     claimed, so waiting costs it nothing.
     """
-    exhausted = (
+    exhausted = locked_batch(
         select(Execution.id)
         .join(Automation, Automation.id == Execution.automation_id)
         .where(stranded, Execution.attempt >= Automation.max_retries + 1 + MAX_RECOVERIES)
         .limit(limit)
-        .with_for_update(of=Execution, skip_locked=True)
+        .with_for_update(of=Execution, skip_locked=True),
+        "exhausted",
     )
     ended = session.execute(
         update(Execution)
-        .where(Execution.id.in_(exhausted))
+        .where(Execution.id == exhausted.c.id)
         .values(
             status=ExecutionStatus.FAILED,
             finished_at=func.now(),
@@ -526,10 +527,11 @@ def purge_history(session: Session, *, older_than_days: int, batch: int) -> int:
     caller loops while a full batch was deleted.
     """
     cutoff = func.now() - timedelta(days=older_than_days)
-    victims = (
+    victims = locked_batch(
         select(Execution.id)
         .where(Execution.queued_at < cutoff, Execution.status.in_(FINAL_STATUSES))
         .limit(batch)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=True),
+        "victims",
     )
-    return rowcount(session.execute(delete(Execution).where(Execution.id.in_(victims))))
+    return rowcount(session.execute(delete(Execution).where(Execution.id == victims.c.id)))

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, Result, create_engine, text
+from sqlalchemy import CTE, CursorResult, Engine, Result, Select, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.settings import get_settings
@@ -75,6 +75,17 @@ def session_scope() -> Iterator[Session]:
 def rowcount(result: Result[Any]) -> int:
     """Rows matched by an UPDATE or DELETE (the claim and fence checks rely on it)."""
     return cast("CursorResult[Any]", result).rowcount
+
+
+def locked_batch(rows: Select[*tuple[Any, ...]], name: str) -> CTE:
+    """`rows` (a SELECT ... LIMIT n FOR UPDATE SKIP LOCKED) as a CTE read exactly once.
+
+    Written as `WHERE id IN (subquery)` instead, PostgreSQL may run the subquery again
+    for each outer row; rows the statement has already changed no longer match it, so
+    every new run locks the next row and the statement takes far more than n.
+    MATERIALIZED keeps the batch to the n rows locked once.
+    """
+    return rows.cte(name).prefix_with("MATERIALIZED")
 
 
 def db_now(session: Session) -> datetime:

@@ -775,3 +775,23 @@ def test_a_manual_retry_times_the_run_from_the_retry_not_the_first_start(db: Non
     with session_scope() as session:
         [row] = list_executions(session, ExecutionFilters(), actor=ADMIN).rows
     assert row.duration_s is not None and row.duration_s < 60
+
+
+def test_a_sweep_takes_no_more_runs_than_its_limit(db: None) -> None:
+    """Each sweep and purge batch is bounded: the rows it changes stop matching its
+    condition, and a batch read more than once would take the next rows too."""
+    automation_id = make_automation()
+    lost = [make_execution(automation_id) for _ in range(5)]
+    with session_scope() as session:
+        session.execute(
+            update(Execution)
+            .where(Execution.id.in_(lost))
+            .values(available_at=db_now(session) - timedelta(minutes=5))
+        )
+    taken: list[uuid.UUID] = []
+    for expected in (2, 2, 1, 0):
+        with session_scope() as session:
+            found = stranded_executions(session, requeue_after_s=60, resend_after_s=30, limit=2)
+        assert len(found) == expected
+        taken += [r.execution_id for r in found]
+    assert sorted(taken) == sorted(lost)

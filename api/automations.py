@@ -89,11 +89,22 @@ def archive_automation(automation_id: uuid.UUID, actor: Acting) -> Archived:
 
 
 @router.post("/{automation_id}/run", status_code=status.HTTP_202_ACCEPTED)
-def run_automation(automation_id: uuid.UUID, actor: Acting, body: RunBody = None) -> RunStarted:
+def run_automation(
+    automation_id: uuid.UUID,
+    actor: Acting,
+    body: RunBody = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> RunStarted:
     """Start a manual run now (a test run), with an optional `input`; follow it at
-    /v1/executions/{id}."""
+    /v1/executions/{id}. With an `Idempotency-Key`, a repeat answers with the first run."""
     run_input = None if body is None else body.parsed()
-    return RunStarted(execution_id=actions.run_now(automation_id, actor=actor, run_input=run_input))
+    keyed = None
+    if idempotency_key is not None:
+        keyed = (idempotency_key, fingerprint(f"run {automation_id}", body))
+    started = actions.run_now(
+        automation_id, actor=actor, run_input=run_input, idempotency_key=keyed
+    )
+    return RunStarted(execution_id=started)
 
 
 # --- the inbound webhook -------------------------------------------------------------------

@@ -157,15 +157,27 @@ def delete_schedule(schedule_id: uuid.UUID, actor: Acting) -> Deleted:
 
 
 @router.post("/{schedule_id}/trigger", status_code=status.HTTP_202_ACCEPTED)
-def trigger_schedule(schedule_id: uuid.UUID, actor: Acting, body: RunBody = None) -> RunStarted:
+def trigger_schedule(
+    schedule_id: uuid.UUID,
+    actor: Acting,
+    body: RunBody = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> RunStarted:
     """Run the schedule's automation now, outside its timing (as "Run now" does), with the
-    schedule's input, or the body's `input` when it has one."""
+    schedule's input, or the body's `input` when it has one. With an `Idempotency-Key`, a
+    repeat answers with the first run."""
     given = None if body is None else body.parsed()
     with session_scope() as session:
         schedule = commands.get_schedule(session, schedule_id, actor=actor)
         automation_id = schedule.automation_id
         run_input = schedule.input if given is None else given
-    return RunStarted(execution_id=actions.run_now(automation_id, actor=actor, run_input=run_input))
+    keyed = None
+    if idempotency_key is not None:
+        keyed = (idempotency_key, fingerprint(f"trigger {schedule_id}", body))
+    started = actions.run_now(
+        automation_id, actor=actor, run_input=run_input, idempotency_key=keyed
+    )
+    return RunStarted(execution_id=started)
 
 
 @router.post("/{schedule_id}/backfill/preview")

@@ -509,14 +509,18 @@ IdempotencyKeyHeader = Annotated[
     Header(
         alias="Idempotency-Key",
         max_length=MAX_NAME,
-        description="repeat a create safely: the same key and body make one object, once",
+        description=(
+            "repeat a create or a run safely: the same key and body make one object or "
+            "start one run, once"
+        ),
     ),
 ]
 
 
-def fingerprint(what: str, body: BaseModel) -> str:
+def fingerprint(what: str, body: BaseModel | None) -> str:
     """What an Idempotency-Key is bound to: this kind of create with this exact body."""
-    return hashlib.sha256(f"{what}\n{body.model_dump_json()}".encode()).hexdigest()
+    given = "null" if body is None else body.model_dump_json()
+    return hashlib.sha256(f"{what}\n{given}".encode()).hexdigest()
 
 
 def utc(value: datetime | None) -> datetime | None:

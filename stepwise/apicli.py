@@ -55,8 +55,23 @@ def _print(value: Any) -> None:
 
 
 def _list(client: httpx.Client, args: argparse.Namespace) -> None:
-    params = {k: v for k, v in {"automation_id": args.automation}.items() if v}
-    _print(call(client, "GET", f"/v1/{args.what}", params=params))
+    """Print the list as the API answers it; executions a page at a time (`--all`: every
+    page, followed by its cursor, as one list)."""
+    given = {"automation_id": args.automation}
+    if args.what == "executions":
+        given |= {"schedule_id": args.schedule, "status": args.status, "limit": args.limit}
+        given |= {"cursor": args.cursor}
+    params = {k: v for k, v in given.items() if v}
+    page = call(client, "GET", f"/v1/{args.what}", params=params)
+    if args.what == "executions" and args.all:
+        items = page["items"]
+        while page["next_cursor"]:
+            page = call(
+                client, "GET", "/v1/executions", params=params | {"cursor": page["next_cursor"]}
+            )
+            items += page["items"]
+        page = {"items": items, "next_cursor": None}
+    _print(page)
 
 
 def _pause(client: httpx.Client, args: argparse.Namespace) -> None:
@@ -72,7 +87,14 @@ def _trigger(client: httpx.Client, args: argparse.Namespace) -> None:
     path = f"/v1/automations/{args.id}/run"
     if args.schedule:
         path = f"/v1/schedules/{args.id}/trigger"
-    _print(call(client, "POST", path))
+    body = None
+    if args.input is not None:
+        try:
+            body = {"input": json.loads(args.input)}
+        except ValueError as e:
+            raise ApiFailed(f"--input is not JSON: {e}", 2) from e
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else {}
+    _print(call(client, "POST", path, json=body, headers=headers))
 
 
 def _tail(client: httpx.Client, args: argparse.Namespace) -> int:
@@ -106,6 +128,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = cmds.add_parser("list", help="list automations, schedules or executions")
     p.add_argument("what", choices=["automations", "schedules", "executions"])
     p.add_argument("--automation", help="only this automation's (id)")
+    p.add_argument("--schedule", help="executions: only this schedule's (id)")
+    p.add_argument("--status", action="append", help="executions: only runs in this status")
+    p.add_argument("--limit", type=int, help="executions: runs per page (API default 50)")
+    p.add_argument("--cursor", help="executions: the page after this `next_cursor`")
+    p.add_argument("--all", action="store_true", help="executions: every page, as one list")
     p.set_defaults(api_func=_list)
     p = cmds.add_parser("pause", help="pause a schedule")
     p.add_argument("schedule")
@@ -117,6 +144,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = cmds.add_parser("trigger", help="run an automation now (or a schedule: --schedule)")
     p.add_argument("id")
     p.add_argument("--schedule", action="store_true", help="the id is a schedule's")
+    p.add_argument("--input", help="the run's input, a JSON object: '{\"order\": 42}'")
+    p.add_argument("--idempotency-key", help="the same key again starts no second run")
     p.set_defaults(api_func=_trigger)
     p = cmds.add_parser("tail", help="print a run's steps as they finish, until it ends")
     p.add_argument("execution")

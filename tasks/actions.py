@@ -23,7 +23,7 @@ from core.run_input import RunInput, parse_run_input
 from core.secrets import SIGNATURE_HEADER
 from core.vocabulary import AuditAction, AuditTarget, ExecutionStatus, Permission
 from db import backfill as backfills
-from db import commands, hooks, queries
+from db import commands, hooks, idempotency, queries
 from db.queries import ExecutionFilters
 from db.runs import RunMessage
 from db.session import session_scope
@@ -35,13 +35,29 @@ RUN_ACTOR = "run_execution"
 
 
 def run_now(
-    automation_id: uuid.UUID, *, actor: Actor, run_input: RunInput | None = None
+    automation_id: uuid.UUID,
+    *,
+    actor: Actor,
+    run_input: RunInput | None = None,
+    idempotency_key: tuple[str, str] | None = None,
 ) -> uuid.UUID:
-    """Start a manual run of the automation now, with its input; returns the execution id."""
+    """Start a manual run of the automation now, with its input; returns the execution id.
+
+    `idempotency_key` (the API's key and the request's fingerprint): a repeat of the same
+    request returns the first run and starts nothing (db/idempotency.py). A repeat
+    sends no message: the first call sent it, and a message lost after that commit is
+    sent again by housekeeping, as for any queued run.
+    """
     with session_scope() as session:
+        if idempotency_key is not None:
+            made = idempotency.claim(session, actor, *idempotency_key)
+            if made is not None:
+                return made
         execution = commands.create_manual_execution(
             session, automation_id, actor=actor, run_input=run_input
         )
+        if idempotency_key is not None:
+            idempotency.remember(session, actor, idempotency_key[0], execution.id)
         automation = commands.get_automation(session, automation_id, actor=actor)
     send_run(RunMessage(execution.id, automation.max_retries, urgent=automation.urgent))
     return execution.id

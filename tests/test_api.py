@@ -620,6 +620,41 @@ def test_an_idempotency_key_makes_a_repeated_create_make_one_object(
     assert len(client.get("/v1/schedules", headers=admin).json()) == 1
 
 
+def test_an_idempotency_key_makes_a_repeated_run_or_trigger_start_one_run(
+    client: TestClient, admin: dict[str, str], redis_client: Any
+) -> None:
+    # given an automation with a schedule
+    automation = client.post("/v1/automations", json=AUTOMATION, headers=admin).json()["id"]
+    schedule = client.post(
+        "/v1/schedules", json={**SCHEDULE, "automation_id": automation}, headers=admin
+    ).json()["id"]
+    for path, key in (
+        (f"/v1/automations/{automation}/run", "run-1"),
+        (f"/v1/schedules/{schedule}/trigger", "trigger-1"),
+    ):
+        keyed = {**admin, "Idempotency-Key": key}
+        body = {"input": {"order": 42}}
+        # when a run is started with a key, then sent again (a retry after a lost answer)
+        first = client.post(path, json=body, headers=keyed)
+        again = client.post(path, json=body, headers=keyed)
+        # then both answer with the same run
+        assert first.status_code == again.status_code == 202, first.text
+        assert again.json() == first.json()
+        # and the same key with another input is refused, writing nothing
+        before = _writes()
+        other = client.post(path, json={"input": {"order": 43}}, headers=keyed)
+        assert other.status_code == 422, other.text
+        assert other.json()["errors"][0]["field"] == "Idempotency-Key"
+        assert _writes() == before
+    # then two runs were made in all, each with its input, and without a key each call runs
+    runs = client.get(f"/v1/executions?automation_id={automation}", headers=admin).json()
+    assert len(runs["items"]) == 2
+    for _ in range(2):
+        client.post(f"/v1/automations/{automation}/run", headers=admin)
+    runs = client.get(f"/v1/executions?automation_id={automation}", headers=admin).json()
+    assert len(runs["items"]) == 4
+
+
 def test_an_idempotency_key_belongs_to_the_token_that_sent_it(
     client: TestClient, admin: dict[str, str]
 ) -> None:

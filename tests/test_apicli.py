@@ -91,6 +91,39 @@ def test_tail_of_a_failed_run_exits_non_zero_with_json_lines(
     assert lines[-1]["id"] == execution_id and lines[-1]["status"] == "failed"
 
 
+def test_trigger_with_input_and_a_key_then_list_every_page(api: str, capsys: Any) -> None:
+    # given an automation (no worker: the runs stay queued)
+    automation_id = make_automation()
+    capsys.readouterr()
+    # when a script triggers it with an input and a key, twice (a retry), then once more
+    started = []
+    for key in ("deploy-7", "deploy-7", "deploy-8"):
+        argv = ("api", "trigger", str(automation_id), "--input", '{"order": 42}')
+        assert cli(*argv, "--idempotency-key", key) == 0
+        started.append(json.loads(capsys.readouterr().out)["execution_id"])
+    # then the repeat answered with the first run, and the other key made a second one
+    assert started[0] == started[1] != started[2]
+    # and listing a page of one at a time, every page, gives both runs with their input
+    argv = ("api", "list", "executions", "--automation", str(automation_id))
+    assert cli(*argv, "--limit", "1", "--all") == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted(r["id"] for r in listed["items"]) == sorted(set(started))
+    assert listed["next_cursor"] is None
+    assert cli(*argv, "--limit", "1") == 0
+    page = json.loads(capsys.readouterr().out)
+    assert len(page["items"]) == 1 and page["next_cursor"]
+    run = httpx.get(
+        f"{get_settings().api_url}/v1/executions/{started[0]}",
+        headers={"Authorization": f"Bearer {api}"},
+    ).json()
+    assert run["input"] == {"order": 42}
+    # and an input that is not JSON is named, and nothing is sent
+    assert cli("api", "trigger", str(automation_id), "--input", "{order") == 2
+    assert "--input is not JSON" in capsys.readouterr().err
+    assert cli(*argv, "--all") == 0
+    assert len(json.loads(capsys.readouterr().out)["items"]) == 2
+
+
 def test_an_error_prints_the_problem_detail_and_exits_non_zero(api: str, capsys: Any) -> None:
     assert cli("api", "resume", "not-a-uuid") == 1
     assert "422" in capsys.readouterr().err

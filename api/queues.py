@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from fastapi import APIRouter
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.auth import Acting
 from api.problems import documented
@@ -37,9 +37,23 @@ class QueueOut(BaseModel):
     dead: int
 
 
+class WorkerOut(BaseModel):
+    """A live worker process, as the Queues page lists it (no run ids: those are any
+    workspace's)."""
+
+    name: str = Field(description="host:pid")
+    queues: list[str]
+    running: int = Field(description="runs in flight now")
+    processed: int = Field(description="messages handled since it started")
+    failed: int = Field(description="of them, those that failed")
+    started: datetime
+    last_heartbeat: datetime
+
+
 class QueuesOut(BaseModel):
     queues: list[QueueOut]
-    live_workers: int
+    live_workers: int = Field(description="worker consumers with a heartbeat in the last minute")
+    workers: list[WorkerOut] = Field(description="worker processes reporting in the last 30 s")
 
 
 class DeadLetterOut(BaseModel):
@@ -59,12 +73,26 @@ class Affected(BaseModel):
 
 @router.get("")
 def queue_depths(actor: Acting) -> QueuesOut:
-    """What waits in each queue, and how many workers sent a heartbeat in the last minute."""
+    """What waits in each queue, and the live worker processes with what they handle."""
     with session_scope() as session:
         queries.scope(session, actor)
     stats = queues.all_queue_stats()
+    workers = [
+        WorkerOut(
+            name=w.name,
+            queues=list(w.queues),
+            running=w.running,
+            processed=w.processed,
+            failed=w.failed,
+            started=w.started,
+            last_heartbeat=w.last_beacon,
+        )
+        for w in queues.worker_processes()
+    ]
     return QueuesOut(
-        queues=[QueueOut(**vars(q)) for q in stats], live_workers=len(queues.live_workers())
+        queues=[QueueOut(**vars(q)) for q in stats],
+        live_workers=len(queues.live_workers()),
+        workers=workers,
     )
 
 

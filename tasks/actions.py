@@ -30,6 +30,7 @@ from db.session import session_scope
 from db.workspaces import audit, authorize
 from tasks import queues
 from tasks.actors import dispatch, send_run, send_runs
+from tasks.workers import WorkerInfo
 
 RUN_ACTOR = "run_execution"
 
@@ -154,6 +155,23 @@ def schedules_changed() -> None:
 
 
 # --- queues ------------------------------------------------------------------------------
+
+
+def worker_processes(*, actor: Actor) -> list[WorkerInfo]:
+    """The live worker processes, each showing only the runs in flight of the actor's
+    workspace (its `running` count is the deployment's)."""
+    found = queues.worker_processes()
+    ids = {i for w in found for r in w.runs if (i := _uuid(r)) is not None}
+    with session_scope() as session:
+        mine = {str(i) for i in queries.executions_in_workspace(session, ids, actor=actor)}
+    return [replace(w, runs=tuple(r for r in w.runs if r in mine)) for w in found]
+
+
+def _uuid(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
 
 
 def dead_letters(queue: str, *, actor: Actor, limit: int | None = 100) -> list[queues.DeadLetter]:

@@ -676,6 +676,37 @@ def test_an_idempotency_key_belongs_to_the_token_that_sent_it(
     assert len(ours) == 2 and first.json()["id"] in {a["id"] for a in ours}
 
 
+def test_queues_list_the_live_worker_processes_without_run_ids(
+    client: TestClient, admin: dict[str, str], worker: Any
+) -> None:
+    import os
+    import socket
+
+    from tasks.actors import broker
+    from tasks.workers import WorkerBeacon
+
+    # given a worker process that reported (its beacon is written every few seconds)
+    beacon = next(m for m in broker.middleware if isinstance(m, WorkerBeacon))
+    beacon.publish()
+    # when a viewer reads the queues
+    viewer = bearer(make_token(role=Role.VIEWER, name="viewer"))
+    answer = client.get("/v1/queues", headers=viewer)
+    # then the worker is listed by host and pid with its queues and counts, and no run ids
+    assert answer.status_code == 200, answer.text
+    (me,) = answer.json()["workers"]
+    assert me["name"] == f"{socket.gethostname()}:{os.getpid()}"
+    assert me["queues"] == ["default", "urgent"] and me["running"] == 0
+    assert set(me) == {
+        "name",
+        "queues",
+        "running",
+        "processed",
+        "failed",
+        "started",
+        "last_heartbeat",
+    }
+
+
 def test_queues_and_dead_letters_are_scoped_admin_only_and_audited(
     client: TestClient, admin: dict[str, str], redis_client: Any
 ) -> None:

@@ -32,6 +32,7 @@ from testkit.factories import (
     make_automation,
     make_execution,
     make_schedule,
+    make_workspace,
     now,
     person,
     row_counts,
@@ -619,20 +620,21 @@ def test_a_dead_letter_shows_its_runs_error_and_automation_not_a_bare_id(
     assert str(failed) not in table.to_string()
 
 
-def test_workers_are_shown_by_host_and_pid_with_what_they_run(redis_client: Any) -> None:
+def test_workers_are_shown_by_host_and_pid_with_what_they_run(db: None, redis_client: Any) -> None:
     from tasks.workers import INDEX, KEY
 
-    # given a worker process's beacon, holding one run
+    # given a worker process's beacon, holding a run of ours and one of another workspace
     beat_ms = int(time.time() * 1000)
-    run_id = str(uuid.uuid4())
+    run_id = str(add_runs(make_automation(), [{"status": "running"}])[0])
+    theirs = str(add_runs(make_automation(actor=make_workspace()), [{"status": "running"}])[0])
     redis_client.hset(
         KEY.format(name="web-1:4242"),
         mapping={
             "host": "web-1",
             "pid": 4242,
             "queues": "default",
-            "running": 1,
-            "runs": run_id,
+            "running": 2,
+            "runs": f"{theirs},{run_id}",
             "processed": 17,
             "failed": 2,
             "started": beat_ms - 60_000,
@@ -651,7 +653,9 @@ def test_workers_are_shown_by_host_and_pid_with_what_they_run(redis_client: Any)
         17,
         2,
     )
-    assert row["Running now"] == f"1 run(s): {run_id[:8]}"
+    # and it names only our run (another workspace's ids are not ours to see)
+    assert row["Running now"] == f"2 run(s): {run_id[:8]} and 1 more"
+    assert theirs[:8] not in repr(at)
     assert "Workers (1)" in [h.value for h in at.subheader]
 
 

@@ -29,7 +29,7 @@ if flash := st.session_state.pop("flash", None):
 def live() -> None:
     try:
         stats = queues.all_queue_stats()
-        workers = queues.worker_processes()
+        workers = actions.worker_processes(actor=ui.actor())
     except Exception as exc:  # Redis down is worth a clear message, not a traceback
         st.error(f"Redis is unreachable ({type(exc).__name__}): workers cannot get work.")
         return
@@ -81,8 +81,11 @@ def live() -> None:
 
 
 def running_now(worker: WorkerInfo) -> str:
+    """How many runs the worker holds, naming a few of this workspace's (`worker.runs`)."""
     if not worker.running:
         return "idle"
+    if not worker.runs:
+        return f"{worker.running} run(s)"
     shown = ", ".join(r[:8] for r in worker.runs)
     more = worker.running - len(worker.runs)
     return f"{worker.running} run(s): {shown}" + (f" and {more} more" if more > 0 else "")

@@ -20,6 +20,7 @@ from api.schemas import (
     RunBody,
     RunStarted,
     fingerprint,
+    keyed,
 )
 from core.errors import NotFound
 from db import commands, hooks, idempotency, queries
@@ -98,12 +99,8 @@ def run_automation(
     """Start a manual run now (a test run), with an optional `input`; follow it at
     /v1/executions/{id}. With an `Idempotency-Key`, a repeat answers with the first run."""
     run_input = None if body is None else body.parsed()
-    keyed = None
-    if idempotency_key is not None:
-        keyed = (idempotency_key, fingerprint(f"run {automation_id}", body))
-    started = actions.run_now(
-        automation_id, actor=actor, run_input=run_input, idempotency_key=keyed
-    )
+    key = keyed(idempotency_key, f"run {automation_id}", body)
+    started = actions.run_now(automation_id, actor=actor, run_input=run_input, idempotency_key=key)
     return RunStarted(execution_id=started)
 
 

@@ -26,6 +26,7 @@ from api.schemas import (
     ScheduleOut,
     TimingIn,
     fingerprint,
+    keyed,
 )
 from core.access import Actor
 from core.errors import NotFound
@@ -171,12 +172,8 @@ def trigger_schedule(
         schedule = commands.get_schedule(session, schedule_id, actor=actor)
         automation_id = schedule.automation_id
         run_input = schedule.input if given is None else given
-    keyed = None
-    if idempotency_key is not None:
-        keyed = (idempotency_key, fingerprint(f"trigger {schedule_id}", body))
-    started = actions.run_now(
-        automation_id, actor=actor, run_input=run_input, idempotency_key=keyed
-    )
+    key = keyed(idempotency_key, f"trigger {schedule_id}", body)
+    started = actions.run_now(automation_id, actor=actor, run_input=run_input, idempotency_key=key)
     return RunStarted(execution_id=started)
 
 

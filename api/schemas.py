@@ -523,6 +523,11 @@ def fingerprint(what: str, body: BaseModel | None) -> str:
     return hashlib.sha256(f"{what}\n{given}".encode()).hexdigest()
 
 
+def keyed(key: str | None, what: str, body: BaseModel | None) -> tuple[str, str] | None:
+    """An Idempotency-Key with the fingerprint of its request, for `tasks.actions`."""
+    return None if key is None else (key, fingerprint(what, body))
+
+
 def utc(value: datetime | None) -> datetime | None:
     """A query's time; one without an offset is read as UTC."""
     if value is None or value.utcoffset() is not None:

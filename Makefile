@@ -28,7 +28,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy core db tasks dashboard stepwise api
+	$(BIN)/mypy core db tasks service dashboard stepwise api
 	$(BIN)/lint-imports
 
 bench: install

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -26,6 +26,7 @@ from db.session import session_scope
 from db.workspaces import audit, authorize
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -77,3 +78,15 @@ def unit_of_work(actor: Actor, permission: Permission | None = None) -> Iterator
             work()
         except Exception as exc:  # e.g. Redis away: the write stands, the tick covers it
             log.warning("saved; a follow-up was not sent (%s)", type(exc).__name__)
+
+
+def read(fn: Callable[..., T], *args: Any, actor: Actor | None = None, **kwargs: Any) -> T:
+    """`fn(session, *args, actor=actor, **kwargs)` in its own short read transaction
+    (without `actor` for a read about the deployment, such as the scheduler's last tick).
+
+    The `db` read functions scope by the actor's workspace themselves; nothing is written.
+    """
+    with session_scope() as session:
+        if actor is None:
+            return fn(session, *args, **kwargs)
+        return fn(session, *args, actor=actor, **kwargs)

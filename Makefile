@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install lint bench clean
+.PHONY: run test install lint docs bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Stepwise needs Python 3.11+"'
@@ -30,6 +30,10 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy core db tasks service dashboard stepwise api
 	$(BIN)/lint-imports
+
+## README.md's list of modules, rewritten from their docstrings (tests/test_readme.py checks it).
+docs: install
+	$(BIN)/python -m testkit.architecture --write
 
 bench: install
 	$(BIN)/python -m bench.run_all

@@ -98,8 +98,8 @@ _DUE = (
 # as one array per column (a few parameters, not thousands), and the slot key turns
 # a slot that already has its execution into no row. A run to start takes its
 # schedule's input from the row this transaction has locked (not through Python), one
-# index lookup per run: a join let the planner scan every schedule for each batch
-# (100,000 due slots took 38 s to dispatch instead of 21 s).
+# index lookup per run: a join let the planner scan every schedule for each batch,
+# which made a large burst much slower to dispatch (bench/RESULTS.md, "Dispatch").
 _INSERT_EXECUTIONS = text(
     f"""
     INSERT INTO executions (id, automation_id, workspace_id, schedule_id, trigger,

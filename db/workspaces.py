@@ -190,11 +190,11 @@ class Member:
 
 @dataclass(frozen=True)
 class RoleChange:
-    """A member's role before and after a change (None: they were not, or are no more, in)."""
+    """A member's role before (None: they were not in) and after a change."""
 
     subject: str
     old: Role | None
-    new: Role | None
+    new: Role
 
 
 def list_members(session: Session, *, actor: Actor) -> list[Member]:
@@ -233,8 +233,9 @@ def set_member(
     return RoleChange(subject, old, role)
 
 
-def remove_member(session: Session, subject: str, *, actor: Actor) -> RoleChange:
-    """Take `subject` out of the acting workspace; the last admin stays."""
+def remove_member(session: Session, subject: str, *, actor: Actor) -> Member:
+    """Take `subject` out of the acting workspace, returning who left with which role; the
+    last admin stays."""
     subject = subject_of(subject)
     old = _role_of(session, actor.workspace_id, subject, lock=True)
     if old is None:
@@ -246,7 +247,7 @@ def remove_member(session: Session, subject: str, *, actor: Actor) -> RoleChange
             Membership.workspace_id == actor.workspace_id, Membership.subject == subject
         )
     )
-    return RoleChange(subject, old, None)
+    return Member(subject, old)
 
 
 def _role_of(session: Session, workspace_id: uuid.UUID, subject: str, *, lock: bool) -> Role | None:

@@ -46,7 +46,6 @@ def set_member(subject: str, role: Role | str, *, actor: Actor) -> None:
         change = workspaces.set_member(unit.session, subject, role, actor=actor)
         if change is None:
             return
-        assert change.new is not None
         details: dict[str, object] = {"member": change.subject, "role": str(change.new)}
         if change.old is not None:
             details["changed"] = {"role": [str(change.old), str(change.new)]}
@@ -57,13 +56,13 @@ def set_member(subject: str, role: Role | str, *, actor: Actor) -> None:
 def remove_member(subject: str, *, actor: Actor) -> None:
     """Take `subject` out of the acting workspace (admins only; audited); the last admin stays."""
     with unit_of_work(actor, Permission.MANAGE_MEMBERS) as unit:
-        change = workspaces.remove_member(unit.session, subject, actor=actor)
+        gone = workspaces.remove_member(unit.session, subject, actor=actor)
         unit.audit(
             AuditAction.REMOVE_MEMBER,
             AuditTarget.WORKSPACE,
             actor.workspace_id,
-            member=change.subject,
-            role=str(change.old),
+            member=gone.subject,
+            role=str(gone.role),
         )
 
 

@@ -1,9 +1,9 @@
 """Who is calling: the API token in `Authorization: Bearer <token>`, turned into an Actor.
 
 Every route but health and the docs depends on `acting`. The token's workspace and
-role come from its row (`db.tokens.authenticate`); every `db` function then checks
-that role again, in its own transaction, so a token revoked between two calls acts
-no more.
+role come from its row (`service.tokens.authenticate`); every read and write then
+checks that role again, in its own transaction, so a token revoked between two calls
+acts no more.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from api import ratelimit
 from api.problems import RateLimited, Unauthenticated
 from core.access import Actor
 from core.settings import get_settings
-from db import tokens
-from db.session import session_scope
+from service import tokens
 
 # Longer than any token we make: a bigger header is refused before any hashing.
 _MAX_TOKEN = 200
@@ -40,8 +39,7 @@ def acting(
     token = credentials.credentials
     actor = None
     if len(token) <= _MAX_TOKEN:
-        with session_scope() as session:
-            actor = tokens.authenticate(session, token)
+        actor = tokens.authenticate(token)
     if actor is None:
         raise Unauthenticated("the API token is not known, or it was revoked")
     assert actor.token_id is not None

@@ -26,6 +26,8 @@ from core.errors import NotFound
 from db import commands, hooks, idempotency, queries
 from db.hooks import HookInfo
 from db.session import session_scope
+from service import webhooks
+from service.unit import read
 from tasks import actions
 
 router = APIRouter(
@@ -114,8 +116,7 @@ def _hook_url(request: Request, info: HookInfo) -> str:
 @router.get("/{automation_id}/hook")
 def get_hook(automation_id: uuid.UUID, actor: Acting, request: Request) -> HookOut:
     """The automation's webhook (404 when it has none); never its secret."""
-    with session_scope() as session:
-        info = hooks.hook_of(session, automation_id, actor=actor)
+    info = read(hooks.hook_of, automation_id, actor=actor)
     if info is None:
         raise NotFound("this automation has no webhook")
     return HookOut.of(info, _hook_url(request, info))
@@ -124,8 +125,7 @@ def get_hook(automation_id: uuid.UUID, actor: Acting, request: Request) -> HookO
 @router.post("/{automation_id}/hook", status_code=status.HTTP_201_CREATED)
 def enable_hook(automation_id: uuid.UUID, actor: Acting, request: Request) -> HookSecretOut:
     """Enable the automation's webhook: its URL, and its secret, in this answer only."""
-    with session_scope() as session:
-        made = hooks.enable_hook(session, automation_id, actor=actor)
+    made = webhooks.enable_webhook(automation_id, actor=actor)
     out = HookOut.of(made.info, _hook_url(request, made.info))
     return HookSecretOut(**out.model_dump(), secret=made.secret)
 
@@ -133,8 +133,7 @@ def enable_hook(automation_id: uuid.UUID, actor: Acting, request: Request) -> Ho
 @router.post("/{automation_id}/hook/rotate")
 def rotate_hook(automation_id: uuid.UUID, actor: Acting, request: Request) -> HookSecretOut:
     """A new secret for the webhook (same URL), in this answer only; the old one stops."""
-    with session_scope() as session:
-        made = hooks.rotate_hook(session, automation_id, actor=actor)
+    made = webhooks.rotate_webhook(automation_id, actor=actor)
     out = HookOut.of(made.info, _hook_url(request, made.info))
     return HookSecretOut(**out.model_dump(), secret=made.secret)
 
@@ -142,6 +141,5 @@ def rotate_hook(automation_id: uuid.UUID, actor: Acting, request: Request) -> Ho
 @router.delete("/{automation_id}/hook")
 def disable_hook(automation_id: uuid.UUID, actor: Acting) -> HookDisabled:
     """Disable the webhook: its URL answers 404 from now on."""
-    with session_scope() as session:
-        hooks.disable_hook(session, automation_id, actor=actor)
+    webhooks.disable_webhook(automation_id, actor=actor)
     return HookDisabled()

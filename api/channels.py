@@ -1,9 +1,9 @@
 """/v1/channels and /v1/deliveries: a workspace's notification channels and their outcomes.
 
-The same `db.channels` / `db.notices` / `tasks.notify` functions as the dashboard's
-Notifications page: any member lists channels (redacted, never the URL) and
-deliveries; only admins add, delete and test a channel, each audited. A channel's
-URL is sealed at rest and never returned, not even to the admin who sent it.
+The same `service.channels` functions and `db` reads as the dashboard's Workspace
+page: any member lists channels (redacted, never the URL) and deliveries; only admins
+add, delete and test a channel, each audited. A channel's URL is sealed at rest and
+never returned, not even to the admin who sent it.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.auth import Acting
 from api.problems import documented
 from api.schemas import Input
-from db import channels, notices
-from db.session import session_scope
-from tasks import notify
+from db import notices
+from db.channels import ChannelInfo
+from db.channels import list_channels as channels_of
+from service import channels
+from service.unit import read
 
 router = APIRouter(tags=["notifications"], responses=documented(400, 401, 403, 404, 422))
 
@@ -61,7 +63,7 @@ class DeliveryOut(BaseModel):
     finished_at: datetime | None
 
 
-def _channel(info: channels.ChannelInfo) -> ChannelOut:
+def _channel(info: ChannelInfo) -> ChannelOut:
     return ChannelOut(
         id=info.id,
         name=info.name,
@@ -74,29 +76,26 @@ def _channel(info: channels.ChannelInfo) -> ChannelOut:
 @router.get("/v1/channels")
 def list_channels(actor: Acting) -> list[ChannelOut]:
     """The workspace's notification channels by name, their URLs redacted."""
-    with session_scope() as session:
-        return [_channel(c) for c in channels.list_channels(session, actor=actor)]
+    return [_channel(c) for c in read(channels_of, actor=actor)]
 
 
 @router.post("/v1/channels", status_code=status.HTTP_201_CREATED)
 def add_channel(body: ChannelIn, actor: Acting) -> ChannelOut:
     """Add a channel (admins only, audited); its URL is sealed and only shown redacted."""
-    with session_scope() as session:
-        return _channel(channels.add_channel(session, body.name, body.url, actor=actor))
+    return _channel(channels.add_channel(body.name, body.url, actor=actor))
 
 
 @router.delete("/v1/channels/{channel_id}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_channel(channel_id: uuid.UUID, actor: Acting) -> Response:
     """Delete a channel (admins only, audited); automations stop sending to it."""
-    with session_scope() as session:
-        channels.delete_channel(session, channel_id, actor=actor)
+    channels.delete_channel(channel_id, actor=actor)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/v1/channels/{channel_id}/test")
 def test_channel(channel_id: uuid.UUID, actor: Acting) -> TestOut:
     """Send a test message now (admins only, audited), recorded like every delivery."""
-    outcome = notify.send_test(channel_id, actor=actor)
+    outcome = channels.send_test(channel_id, actor=actor)
     return TestOut(ok=outcome.ok, error=outcome.error)
 
 
@@ -105,6 +104,5 @@ def list_deliveries(
     actor: Acting, limit: Annotated[int, Query(ge=1, le=100)] = 100
 ) -> list[DeliveryOut]:
     """The workspace's newest notification deliveries with their outcomes."""
-    with session_scope() as session:
-        rows = notices.list_deliveries(session, actor=actor, limit=limit)
+    rows = read(notices.list_deliveries, actor=actor, limit=limit)
     return [DeliveryOut(**vars(row)) for row in rows]

@@ -1,8 +1,9 @@
 """/v1/hooks/{id}: an automation's inbound webhook, called by other systems without a token.
 
-The call proves itself with the trigger's secret or a signature of its body (see
-db/hooks.py); its JSON object body becomes the run's input. The body is read up to
-MAX_INPUT_BYTES and no further: a bigger one is refused (413) before it is read whole.
+The call proves itself with the webhook's secret or a signature of its body (see
+db/hooks.py); its JSON object body becomes the run's input (`service.webhooks`). The
+body is read up to MAX_INPUT_BYTES and no further: a bigger one is refused (413) before
+it is read whole.
 A proven call counts against the webhook's calls per minute (api/ratelimit.py, 429).
 """
 
@@ -21,8 +22,8 @@ from core.errors import ValidationFailed
 from core.limits import MAX_DELIVERY_ID, MAX_INPUT_BYTES
 from core.secrets import SIGNATURE_HEADER
 from core.settings import get_settings
-from db.hooks import DELIVERY_HEADER, SECRET_HEADER
-from tasks import actions
+from service import webhooks
+from service.webhooks import DELIVERY_HEADER, SECRET_HEADER
 
 router = APIRouter(prefix="/v1/hooks", tags=["webhooks"])
 
@@ -96,7 +97,7 @@ async def call_hook(
     body = await _read_capped(request)
     try:
         execution_id = await run_in_threadpool(
-            actions.run_by_hook,
+            webhooks.run_by_webhook,
             hook_id,
             body,
             secret=secret,

@@ -1,5 +1,6 @@
 """The Workspace page's notification channels and deliveries, and the Automations form's
-choice of channels: thin UI over `db.channels`, `db.notices` and `tasks.notify`.
+choice of channels: thin UI over `service.channels` and the `db.channels` / `db.notices`
+reads.
 
 A channel's URL is typed once into a password field and never shown again: lists show
 its redacted form (scheme and host). Delivery errors are stored scrubbed and shown as text.
@@ -17,9 +18,9 @@ from core.errors import StepwiseError
 from core.limits import MAX_FAILURE_THRESHOLD
 from core.vocabulary import Permission
 from dashboard import ui
-from db import channels, notices
-from db.channels import Notifications
-from tasks import notify
+from db.channels import ChannelInfo, Notifications, get_notifications, list_channels
+from db.notices import list_deliveries
+from service import channels
 
 Act = Callable[..., None]
 
@@ -31,7 +32,7 @@ def channels_section(act: Act) -> None:
         "Where failure, recovery and schedule notices go: an apprise URL each "
         "(json://, mailto://, slack://, …). The URL is sealed at rest and never shown again."
     )
-    held = ui.read(channels.list_channels)
+    held = ui.read(list_channels)
     if held:
         st.dataframe(
             pd.DataFrame(
@@ -50,7 +51,7 @@ def channels_section(act: Act) -> None:
     _deliveries()
 
 
-def _manage(held: list[channels.ChannelInfo], act: Act) -> None:
+def _manage(held: list[ChannelInfo], act: Act) -> None:
     a, b, c = st.columns([2, 3, 1])
     name = a.text_input("Channel name", key="ws_channel_name", placeholder="on-call mail")
     url = b.text_input(
@@ -80,7 +81,7 @@ def _manage(held: list[channels.ChannelInfo], act: Act) -> None:
 
 def _send_test(channel_id: uuid.UUID, label: str) -> None:
     try:
-        outcome = notify.send_test(channel_id, actor=ui.actor())
+        outcome = channels.send_test(channel_id, actor=ui.actor())
     except StepwiseError as exc:
         st.error(ui.text(exc))
         return
@@ -91,7 +92,7 @@ def _send_test(channel_id: uuid.UUID, label: str) -> None:
 
 
 def _deliveries() -> None:
-    rows = ui.read(notices.list_deliveries)
+    rows = ui.read(list_deliveries)
     st.markdown("**Deliveries**")
     if not rows:
         st.caption("No notification sent yet.")
@@ -114,8 +115,8 @@ def _deliveries() -> None:
 
 def automation_notifications(automation_id: uuid.UUID) -> None:
     """The Automations form's part: which channels, after how many consecutive failures."""
-    held = ui.read(channels.list_channels)
-    current: Notifications = ui.read(channels.get_notifications, automation_id)
+    held = ui.read(list_channels)
+    current: Notifications = ui.read(get_notifications, automation_id)
     st.markdown("**Notifications**")
     if not held:
         st.caption("No channel yet: an admin adds them on the Workspace page.")
@@ -142,13 +143,7 @@ def automation_notifications(automation_id: uuid.UUID) -> None:
     )
     if not locked and c.button("Save notifications", key=f"{key}_save", width="stretch"):
         try:
-            ui.write(
-                channels.set_notifications,
-                automation_id,
-                picked,
-                int(threshold),
-                actor=ui.actor(),
-            )
+            channels.set_notifications(automation_id, picked, int(threshold), actor=ui.actor())
         except StepwiseError as exc:
             st.error(ui.text(exc))
         else:

@@ -24,8 +24,10 @@ from streamlit.errors import StreamlitPageNotFoundError
 from core.access import LOCAL_ADMIN, Actor
 from core.settings import get_settings
 from core.vocabulary import ExecutionStatus, Permission, ScheduleState
-from db import figures, queries, workspaces
+from db import figures, queries
 from db.session import session_scope
+from db.workspaces import Place
+from service import workspaces
 
 LOCAL_ACTOR = LOCAL_ADMIN  # no login configured: the dashboard is this machine's only
 ACTOR = "ui_actor"  # session state: who acts, where, as resolved at the start of this run
@@ -141,15 +143,14 @@ def person() -> str:
     return LOCAL_ACTOR
 
 
-def places() -> list[workspaces.Place]:
+def places() -> list[Place]:
     """The workspaces this person is a member of (admins from the configuration made so
     once per browser session: STEPWISE_ADMINS, or the local admin in local mode)."""
-    with session_scope() as session:
-        if not st.session_state.get(BOOTSTRAPPED):
-            settings = get_settings()
-            admins = settings.admin_emails() if settings.login_required else {LOCAL_ACTOR}
-            workspaces.bootstrap_admins(session, admins)
-        found = workspaces.places(session, person())
+    admins = None
+    if not st.session_state.get(BOOTSTRAPPED):
+        settings = get_settings()
+        admins = settings.admin_emails() if settings.login_required else {LOCAL_ACTOR}
+    found = workspaces.places(person(), admins=admins)
     st.session_state[BOOTSTRAPPED] = True
     return found
 

@@ -12,8 +12,9 @@ from core.secrets import SIGNATURE_HEADER
 from core.settings import get_settings
 from dashboard import ui
 from db import hooks
+from service import webhooks
 
-HOOK_SECRET_ONCE = "auto_hook_secret_once"  # a hook secret to show on the next run, once
+HOOK_SECRET_ONCE = "auto_hook_secret_once"  # a webhook secret to show on the next run, once
 
 
 def hook_url(hook_id: uuid.UUID) -> str:
@@ -27,7 +28,7 @@ def webhook_section(automation_id: uuid.UUID, key: str) -> None:
     if secret := st.session_state.pop(HOOK_SECRET_ONCE, None):
         st.info(
             f"**Webhook secret**, shown this once: the sender puts it in the "
-            f"`{hooks.SECRET_HEADER}` header, or signs each body with it "
+            f"`{webhooks.SECRET_HEADER}` header, or signs each body with it "
             f"(`{SIGNATURE_HEADER}`, see docs/SECURITY.md).",
             icon=":material/key:",
         )
@@ -37,20 +38,20 @@ def webhook_section(automation_id: uuid.UUID, key: str) -> None:
         if info is None:
             st.caption("Off: no URL starts this automation.")
             if st.button("Enable webhook", icon=":material/webhook:", key=key + "hook_on"):
-                _show_once(ui.write(hooks.enable_hook, automation_id, actor=ui.actor()).secret)
+                _show_once(webhooks.enable_webhook(automation_id, actor=ui.actor()).secret)
             return
         st.code(hook_url(info.id), language=None, wrap_lines=True)
         st.caption("Served by the `api` process; behind a proxy, use its public address.")
         used = ui.fmt_time(info.last_used_at) if info.last_used_at else "never"
         st.caption(
             f"Enabled by {ui.text(info.created_by)} · last call {used} · the body becomes the "
-            f"run's input; a repeated `{hooks.DELIVERY_HEADER}` header starts no second run."
+            f"run's input; a repeated `{webhooks.DELIVERY_HEADER}` header starts no second run."
         )
         row = st.container(horizontal=True)
         if row.button("New webhook secret", icon=":material/key:", key=key + "hook_rotate"):
-            _show_once(ui.write(hooks.rotate_hook, automation_id, actor=ui.actor()).secret)
+            _show_once(webhooks.rotate_webhook(automation_id, actor=ui.actor()).secret)
         if row.button("Disable webhook", icon=":material/block:", key=key + "hook_off"):
-            ui.write(hooks.disable_hook, automation_id, actor=ui.actor())
+            webhooks.disable_webhook(automation_id, actor=ui.actor())
             st.session_state["flash"] = "Webhook disabled: its URL answers 404 from now on."
             st.rerun()
     except StepwiseError as exc:

@@ -1,99 +1,36 @@
-"""Notification channels and each automation's choice of them.
+"""Notification channels and each automation's choice of them, as rows.
 
-Admins add, delete and test a workspace's channels; an apprise URL is sealed at
-rest like a workspace secret (core.secrets) and never read back by a person: pages
-and the API show `redacted` only, the audit names the channel. Editors choose, per
-automation, the channels its notices go to and after how many consecutive failed
-runs a failure notice is sent. The evaluator (db/notices.py) opens a channel's URL
-only to deliver, for the notice's workspace.
+A channel's apprise URL (read and checked above the database, `service.channels`) is
+sealed at rest like a workspace secret (core.secrets) and never read back by a person:
+pages and the API show `redacted` only. Each automation's rule names the channels its
+notices go to and after how many consecutive failed runs a failure notice is sent. The
+evaluator (db/notices.py) opens a channel's URL only to deliver, for the notice's
+workspace. Functions take a session, scope every statement by the actor's workspace
+and never commit; the role check and the audit row are the caller's (`service`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import apprise
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core.access import Actor
-from core.egress import literal_address
 from core.errors import NotFound, ValidationFailed
 from core.limits import MAX_FAILURE_THRESHOLD
-from core.notify import ADDRESSED_SCHEMES, parse_channel, redact, scheme_of
+from core.notify import ChannelInput, redact
 from core.settings import get_settings
-from core.vocabulary import AuditAction, AuditTarget, Permission
+from core.vocabulary import Permission
 from db.models import Automation, NotificationChannel, NotifyRule, NotifyRuleChannel
-from db.workspaces import audit, authorize
+from db.workspaces import authorize
 
-# apprise logs whole URLs (credentials included) while it parses and sends: its
-# records never reach the process's handlers; `apprise_log` collects them per call.
-_APPRISE = logging.getLogger("apprise")
-_APPRISE.propagate = False
-# requests (under apprise) logs each request line, path and query included, at DEBUG.
-logging.getLogger("urllib3.connectionpool").setLevel(logging.INFO)
-
-
-class _ThreadCapture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.thread = threading.get_ident()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self.thread and record.levelno >= logging.WARNING:
-            self.lines.append(record.getMessage())
-
-
-@contextlib.contextmanager
-def apprise_log() -> Iterator[list[str]]:
-    """apprise's warnings and errors raised in this thread meanwhile (raw: scrub them)."""
-    capture = _ThreadCapture()
-    _APPRISE.addHandler(capture)
-    if _APPRISE.level == logging.NOTSET or _APPRISE.level > logging.WARNING:
-        _APPRISE.setLevel(logging.WARNING)
-    try:
-        yield capture.lines
-    finally:
-        _APPRISE.removeHandler(capture)
-
-
-def apprise_plugin(url: str) -> apprise.NotifyBase | None:
-    """apprise's notifier for `url`, or None if apprise cannot read it (nothing logged)."""
-    with apprise_log():
-        return apprise.Apprise.instantiate(url, suppress_exceptions=True)
-
-
-def destination(plugin: Any) -> tuple[str, int]:
-    """The host and port a webhook or mail notifier connects to (the SMTP host for mail)."""
-    host = str(getattr(plugin, "smtp_host", "") or plugin.host or "")
-    return host, int(plugin.port or (443 if getattr(plugin, "secure", False) else 80))
-
-
-def _egress_problem(url: str, plugin: Any) -> str | None:
-    """The save-time check, as for agent URLs: what the URL alone shows (a literal
-    address or a known internal name). Names are resolved and checked again at sending."""
-    if scheme_of(url) not in ADDRESSED_SCHEMES:
-        return None
-    host, port = destination(plugin)
-    reason = get_settings().egress_policy().refusal(host, literal_address(host), port)
-    if reason is None:
-        return None
-    return (
-        f"is not allowed: {host} {reason} (internal addresses are refused unless an "
-        "administrator allows them with STEPWISE_AGENT_ALLOW)"
-    )
-
-
-# --- channels (admins) ------------------------------------------------------------------
+# --- channels -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -124,15 +61,8 @@ def list_channels(session: Session, *, actor: Actor) -> list[ChannelInfo]:
     return [ChannelInfo(**row._mapping) for row in rows]
 
 
-def add_channel(session: Session, name: str, url: str, *, actor: Actor) -> ChannelInfo:
-    """A new channel (admins only), its URL sealed; audited by name and redacted form."""
-    authorize(session, actor, Permission.MANAGE_CHANNELS)
-    checked = parse_channel(name, url)
-    plugin = apprise_plugin(checked.url)
-    if plugin is None:
-        raise ValidationFailed.single("url", "apprise cannot read this URL (see its wiki)")
-    if (problem := _egress_problem(checked.url, plugin)) is not None:
-        raise ValidationFailed.single("url", problem)
+def add_channel(session: Session, checked: ChannelInput, *, actor: Actor) -> ChannelInfo:
+    """A new channel of the actor's workspace, its URL sealed (a name it has is refused)."""
     taken = session.scalar(
         select(NotificationChannel.id).where(
             NotificationChannel.workspace_id == actor.workspace_id,
@@ -150,23 +80,14 @@ def add_channel(session: Session, name: str, url: str, *, actor: Actor) -> Chann
     )
     session.add(channel)
     session.flush()
-    audit(
-        session,
-        actor,
-        AuditAction.ADD_CHANNEL,
-        AuditTarget.CHANNEL,
-        channel.id,
-        name=channel.name,
-        url=channel.redacted,
-    )
     return ChannelInfo(
         channel.id, channel.name, channel.redacted, channel.created_by, channel.created_at
     )
 
 
-def delete_channel(session: Session, channel_id: uuid.UUID, *, actor: Actor) -> None:
-    """Delete a channel (admins only, audited); automations stop sending to it."""
-    authorize(session, actor, Permission.MANAGE_CHANNELS)
+def delete_channel(session: Session, channel_id: uuid.UUID, *, actor: Actor) -> str:
+    """Delete a channel of the actor's workspace, returning its name; automations stop
+    sending to it."""
     name = session.scalar(
         delete(NotificationChannel)
         .where(
@@ -177,7 +98,7 @@ def delete_channel(session: Session, channel_id: uuid.UUID, *, actor: Actor) -> 
     )
     if name is None:
         raise NotFound(f"channel {channel_id} does not exist in this workspace")
-    audit(session, actor, AuditAction.DELETE_CHANNEL, AuditTarget.CHANNEL, channel_id, name=name)
+    return str(name)
 
 
 @dataclass(frozen=True)
@@ -203,19 +124,16 @@ def open_channel(
     return ChannelTarget(channel_id, row.name, get_settings().secret_box().open(row.sealed_url))
 
 
-def channel_for_test(session: Session, channel_id: uuid.UUID, *, actor: Actor) -> ChannelTarget:
-    """The channel opened for an admin's "Send test" (audited); NotFound if not theirs."""
-    authorize(session, actor, Permission.MANAGE_CHANNELS)
+def channel_of(session: Session, channel_id: uuid.UUID, *, actor: Actor) -> ChannelTarget:
+    """A channel of the actor's workspace, opened (an admin's "Send test"); NotFound if not
+    theirs."""
     target = open_channel(session, actor.workspace_id, channel_id)
     if target is None:
         raise NotFound(f"channel {channel_id} does not exist in this workspace")
-    audit(
-        session, actor, AuditAction.TEST_CHANNEL, AuditTarget.CHANNEL, channel_id, name=target.name
-    )
     return target
 
 
-# --- an automation's notifications (editors) ------------------------------------------------
+# --- an automation's notifications ---------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -251,13 +169,12 @@ def set_notifications(
     failure_threshold: int,
     *,
     actor: Actor,
-) -> None:
-    """Choose the automation's channels and threshold (editors; audited, old and new).
+) -> dict[str, list[Any]]:
+    """Choose the automation's channels and threshold; returns what changed, old and new.
 
     Choosing no channel turns its notifications off. Only runs that finish from now
     on count: a rule never reports history it was not there for.
     """
-    authorize(session, actor, Permission.EDIT)
     _automation_in(session, actor, automation_id)
     if not 1 <= failure_threshold <= MAX_FAILURE_THRESHOLD:
         raise ValidationFailed.single(
@@ -305,14 +222,7 @@ def set_notifications(
         "channels": [sorted(map(str, old.channel_ids)), sorted(map(str, wanted))],
         "failure_threshold": [old.failure_threshold, failure_threshold],
     }
-    audit(
-        session,
-        actor,
-        AuditAction.SET_NOTIFICATIONS,
-        AuditTarget.AUTOMATION,
-        automation_id,
-        changed={k: v for k, v in changed.items() if v[0] != v[1]},
-    )
+    return {k: v for k, v in changed.items() if v[0] != v[1]}
 
 
 def _automation_in(session: Session, actor: Actor, automation_id: uuid.UUID) -> None:

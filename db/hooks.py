@@ -1,13 +1,14 @@
-"""Inbound webhook triggers: a POST to /v1/hooks/<trigger id> starts a run of one automation.
+"""Inbound webhooks: a POST to /v1/hooks/<webhook id> starts a run of one automation.
 
-Editors enable, rotate and disable an automation's trigger; its secret is sealed at
-rest (core.secrets) and returned only by `enable_hook` and `rotate_hook`, to be shown
-once. A call proves itself with that secret (`Stepwise-Hook-Secret`) or with an
-HMAC-SHA256 signature of its exact body (`Stepwise-Signature: t=..,v1=..`, as agent
+An automation's webhook is enabled, rotated and disabled here (by its editors: the
+role check and the audit row are the caller's, `service.webhooks`); its secret is
+sealed at rest (core.secrets) and returned only by `enable_hook` and `rotate_hook`, to
+be shown once. A call proves itself with that secret (`Stepwise-Hook-Secret`) or with
+an HMAC-SHA256 signature of its exact body (`Stepwise-Signature: t=..,v1=..`, as agent
 calls are signed, within SIGNATURE_TOLERANCE_S of the database's clock).
 `authenticate` turns a call into an Actor that may only read and start runs
 (`db.workspaces.authorize`); `start_hook_run` starts one, once per delivery id.
-Functions take a session and never commit.
+Functions take a session, scope every statement by the actor's workspace and never commit.
 """
 
 from __future__ import annotations
@@ -21,24 +22,20 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core.access import Actor
-from core.errors import InvalidState, NotFound, ValidationFailed
-from core.limits import MAX_DELIVERY_ID, SIGNATURE_TOLERANCE_S
+from core.errors import InvalidState, NotFound
+from core.limits import SIGNATURE_TOLERANCE_S
 from core.run_input import RunInput
 from core.secrets import new_signing_secret, secret_matches, verify_signature
 from core.settings import get_settings
-from core.vocabulary import AuditAction, AuditTarget, Permission, Role, Trigger
+from core.vocabulary import Role, Trigger
 from db import commands
 from db.models import Automation, HookDelivery, HookTrigger
 from db.session import db_now
-from db.workspaces import audit, authorize
-
-SECRET_HEADER = "Stepwise-Hook-Secret"
-DELIVERY_HEADER = "Stepwise-Delivery"
 
 
 @dataclass(frozen=True)
 class HookInfo:
-    """What an automation's readers may know of its trigger: never the secret."""
+    """What an automation's readers may know of its webhook: never the secret."""
 
     id: uuid.UUID
     automation_id: uuid.UUID
@@ -50,7 +47,7 @@ class HookInfo:
 
 @dataclass(frozen=True)
 class NewHookSecret:
-    """A trigger with its secret in clear: shown to its editor this once."""
+    """A webhook with its secret in clear: shown to its editor this once."""
 
     info: HookInfo
     secret: str
@@ -87,15 +84,14 @@ def _row(session: Session, automation_id: uuid.UUID, actor: Actor) -> HookTrigge
 
 
 def hook_of(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> HookInfo | None:
-    """The automation's trigger, None if it has none (NotFound for another workspace's)."""
+    """The automation's webhook, None if it has none (NotFound for another workspace's)."""
     commands.get_automation(session, automation_id, actor=actor)
     row = _row(session, automation_id, actor)
     return None if row is None else _info(row)
 
 
 def enable_hook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> NewHookSecret:
-    """Give the automation a trigger URL and a secret (editors; audited, never the secret)."""
-    authorize(session, actor, Permission.EDIT)
+    """Give the automation a webhook URL and a secret (InvalidState if it has one)."""
     commands.get_automation(session, automation_id, actor=actor)
     if _row(session, automation_id, actor) is not None:
         raise InvalidState("this automation's webhook is already enabled (rotate its secret)")
@@ -109,13 +105,11 @@ def enable_hook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> 
     session.add(row)
     session.flush()
     session.refresh(row)
-    audit(session, actor, AuditAction.ENABLE_HOOK, AuditTarget.AUTOMATION, automation_id)
     return NewHookSecret(_info(row), secret)
 
 
 def rotate_hook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> NewHookSecret:
-    """A new secret for the trigger (same URL); the old secret stops at once."""
-    authorize(session, actor, Permission.EDIT)
+    """A new secret for the webhook (same URL); the old secret stops at once."""
     commands.get_automation(session, automation_id, actor=actor)
     row = _row(session, automation_id, actor)
     if row is None:
@@ -125,13 +119,11 @@ def rotate_hook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> 
     row.rotated_at = func.now()
     session.flush()
     session.refresh(row)
-    audit(session, actor, AuditAction.ROTATE_HOOK, AuditTarget.AUTOMATION, automation_id)
     return NewHookSecret(_info(row), secret)
 
 
 def disable_hook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> None:
-    """Delete the trigger: its URL answers 404 from now on (enabling again makes a new one)."""
-    authorize(session, actor, Permission.EDIT)
+    """Delete the webhook: its URL answers 404 from now on (enabling again makes a new one)."""
     commands.get_automation(session, automation_id, actor=actor)
     gone = session.scalar(
         delete(HookTrigger)
@@ -143,7 +135,6 @@ def disable_hook(session: Session, automation_id: uuid.UUID, *, actor: Actor) ->
     )
     if gone is None:
         raise NotFound("this automation has no webhook")
-    audit(session, actor, AuditAction.DISABLE_HOOK, AuditTarget.AUTOMATION, automation_id)
 
 
 def authenticate(
@@ -156,7 +147,7 @@ def authenticate(
 ) -> Actor | None:
     """The actor a call to `hook_id` stands for, or None if it proves nothing.
 
-    NotFound if there is no such trigger (never made, disabled) or its automation
+    NotFound if there is no such webhook (never made, disabled) or its automation
     was deleted: the same answer whether the secret was right or not.
     """
     row = session.execute(
@@ -183,32 +174,20 @@ def authenticate(
     )
 
 
-def check_delivery_id(value: str | None) -> str | None:
-    """The Stepwise-Delivery header, checked: None (no deduplication) or printable text."""
-    if value is None:
-        return None
-    if not value or len(value) > MAX_DELIVERY_ID or not value.isprintable():
-        raise ValidationFailed.single(
-            DELIVERY_HEADER, f"give 1 to {MAX_DELIVERY_ID} printable characters"
-        )
-    return value
-
-
 def start_hook_run(
     session: Session, delivery_id: str | None, run_input: RunInput, *, actor: Actor
 ) -> HookRun:
-    """Start a run of the trigger's automation with `run_input` (trigger `webhook`, audited),
+    """Start a run of the webhook's automation with `run_input` (its trigger `webhook`, audited),
     within the workspace's runs-a-minute quota; a delivery id seen before starts nothing and
     returns that delivery's run.
 
     The delivery id is claimed first, in this transaction: a concurrent repeat waits on
     it, then finds the run this one made (or, if this one failed, claims it itself).
     """
-    authorize(session, actor, Permission.RUN)
     automation_id = session.scalar(
         select(HookTrigger.automation_id).where(HookTrigger.id == actor.hook_id)
     )
-    if automation_id is None:  # authorize found it: only a concurrent disable gets here
+    if automation_id is None:  # the role check found it: only a concurrent disable gets here
         raise NotFound("the webhook was disabled")
     automation = commands.get_automation(session, automation_id, actor=actor)
     if delivery_id is not None:

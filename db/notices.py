@@ -27,7 +27,7 @@ from core.access import Actor
 from core.limits import MAX_NOTICE_TEXT
 from core.notify import Message, Streak, advance, failure_summary, is_parked, message_for
 from core.vocabulary import DeliveryStatus, ExecutionStatus, NoticeKind, Permission
-from db.channels import ChannelTarget, channel_for_test, open_channel
+from db.channels import ChannelTarget, open_channel
 from db.models import (
     Automation,
     Delivery,
@@ -309,12 +309,12 @@ def expire_stale_claims(session: Session, *, now: datetime) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-def start_test(session: Session, channel_id: uuid.UUID, *, actor: Actor) -> Outgoing:
-    """An admin's "Send test": a claimed delivery to the channel, recorded and audited."""
-    target = channel_for_test(session, channel_id, actor=actor)
+def start_test(session: Session, target: ChannelTarget, *, actor: Actor) -> Outgoing:
+    """An admin's "Send test" to a channel of their workspace, as a claimed delivery (the
+    caller sends it after commit and records its outcome, as for every delivery)."""
     delivery = Delivery(
         workspace_id=actor.workspace_id,
-        channel_id=channel_id,
+        channel_id=target.id,
         channel_name=target.name,
         kind=NoticeKind.TEST,
         status=DeliveryStatus.SENDING,

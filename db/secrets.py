@@ -1,10 +1,11 @@
 """Workspace secrets: named values for agent request headers, sealed at rest.
 
-Admins set and delete them; nobody reads a value back (the dashboard shows names
-only). The worker resolves an automation's header template at call time with
-`resolve_headers`, for the run's workspace: the value is opened there and nowhere
-else, and never stored with a run or written to the audit log (which names the
-secret only).
+Admins set and delete them (the role check and the audit row, which names the secret
+only, are the caller's: `service.secrets`); nobody reads a value back (the dashboard
+shows names only). The worker resolves an automation's header template at call time
+with `resolve_headers`, for the run's workspace: the value is opened there and nowhere
+else, and never stored with a run. Functions take a session, scope every statement by
+the actor's workspace and never commit.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from core.errors import NotFound, ValidationFailed
 from core.limits import MAX_SECRET_NAME, MAX_SECRET_VALUE
 from core.secrets import SECRET_NAME, render_headers, secret_names
 from core.settings import get_settings
-from core.vocabulary import AuditAction, AuditTarget, Permission
+from core.vocabulary import Permission
 from db.models import WorkspaceSecret
-from db.workspaces import audit, authorize
+from db.workspaces import authorize
 
 # Audit rows point at a secret by a stable id made from its workspace and name.
 _SECRET_IDS = uuid.UUID("6c1f1d0e-3b0c-4a57-9d25-2f6f8b1b7a11")
@@ -54,9 +55,16 @@ def list_secrets(session: Session, *, actor: Actor) -> list[SecretInfo]:
     return [SecretInfo(r.name, r.updated_at) for r in rows]
 
 
-def set_secret(session: Session, name: str, value: str, *, actor: Actor) -> None:
-    """Create or replace a secret (admins only); audited by name, never by value."""
-    authorize(session, actor, Permission.MANAGE_SECRETS)
+@dataclass(frozen=True)
+class SavedSecret:
+    """Which secret was set (its name as stored), and whether it replaced one."""
+
+    name: str
+    replaced: bool
+
+
+def set_secret(session: Session, name: str, value: str, *, actor: Actor) -> SavedSecret:
+    """Create or replace a secret of the actor's workspace, its value sealed."""
     name = name.strip()
     if not SECRET_NAME.match(name) or len(name) > MAX_SECRET_NAME:
         raise ValidationFailed.single(
@@ -78,14 +86,11 @@ def set_secret(session: Session, name: str, value: str, *, actor: Actor) -> None
             set_={"sealed": sealed, "updated_at": func.now()},
         )
     )
-    target = secret_id(actor.workspace_id, name)
-    details = {"name": name, "replaced": existed is not None}
-    audit(session, actor, AuditAction.SET_SECRET, AuditTarget.SECRET, target, **details)
+    return SavedSecret(name, replaced=existed is not None)
 
 
 def delete_secret(session: Session, name: str, *, actor: Actor) -> None:
-    """Delete a secret (admins only); audited by name."""
-    authorize(session, actor, Permission.MANAGE_SECRETS)
+    """Delete a secret of the actor's workspace (NotFound if it has none of that name)."""
     gone = session.execute(
         delete(WorkspaceSecret)
         .where(WorkspaceSecret.workspace_id == actor.workspace_id, WorkspaceSecret.name == name)
@@ -93,8 +98,6 @@ def delete_secret(session: Session, name: str, *, actor: Actor) -> None:
     ).first()
     if gone is None:
         raise NotFound(f"no secret named {name} in this workspace")
-    target = secret_id(actor.workspace_id, name)
-    audit(session, actor, AuditAction.DELETE_SECRET, AuditTarget.SECRET, target, name=name)
 
 
 def resolve_headers(

@@ -1,10 +1,11 @@
 """Workspaces and their members: who may act where, checked on every call.
 
-`authorize` is the one gate: every `db` read and write calls it first with the
-acting person, and it reads that person's role from the membership row in the
-same transaction. A viewer's forged write, an Actor naming a workspace its
-person is not in, or one kept after the person was removed raises Forbidden
-before anything is written. Functions take a session and never commit.
+`authorize` is the one gate: every `db` read calls it first with the acting person,
+and every write's unit of work (`service.unit`) before anything is written; it reads
+that person's role from the membership row in the same transaction. A viewer's
+forged write, an Actor naming a workspace its person is not in, or one kept after the
+person was removed raises Forbidden before anything is written. `audit` records a
+write in the same transaction. Functions take a session and never commit.
 """
 
 from __future__ import annotations
@@ -164,19 +165,14 @@ def acting_as(session: Session, name: str, workspace_id: uuid.UUID | None = None
 # --- workspaces and members (admins) -------------------------------------------------
 
 
-def create_workspace(session: Session, name: str, *, actor: Actor) -> Actor:
-    """A new workspace whose first admin is the acting admin; returns them acting in it."""
-    authorize(session, actor, Permission.MANAGE_MEMBERS)
+def create_workspace(session: Session, name: str, *, actor: Actor) -> Place:
+    """A new workspace whose first admin is the acting person; returns it, as their place."""
     name = _checked_name(name)
     workspace = Workspace(name=name)
     session.add(workspace)
     session.flush()
     session.add(Membership(workspace_id=workspace.id, subject=actor.subject, role=Role.ADMIN))
-    there = Actor(name=actor.name, workspace_id=workspace.id, role=Role.ADMIN)
-    audit(
-        session, there, AuditAction.CREATE_WORKSPACE, AuditTarget.WORKSPACE, workspace.id, name=name
-    )
-    return there
+    return Place(workspace.id, name, Role.ADMIN)
 
 
 def _checked_name(name: str) -> str:
@@ -192,6 +188,15 @@ class Member:
     role: Role
 
 
+@dataclass(frozen=True)
+class RoleChange:
+    """A member's role before (None: they were not in) and after a change."""
+
+    subject: str
+    old: Role | None
+    new: Role
+
+
 def list_members(session: Session, *, actor: Actor) -> list[Member]:
     """The acting workspace's members, by e-mail (any member may see who else is in)."""
     authorize(session, actor, Permission.READ)
@@ -203,9 +208,11 @@ def list_members(session: Session, *, actor: Actor) -> list[Member]:
     return [Member(r.subject, Role(r.role)) for r in rows]
 
 
-def set_member(session: Session, subject: str, role: Role | str, *, actor: Actor) -> None:
-    """Add `subject` to the acting workspace with `role`, or change their role (audited)."""
-    authorize(session, actor, Permission.MANAGE_MEMBERS)
+def set_member(
+    session: Session, subject: str, role: Role | str, *, actor: Actor
+) -> RoleChange | None:
+    """Add `subject` to the acting workspace with `role`, or change their role; None when
+    they had it already (nothing written)."""
     subject = subject_of(subject)
     if not subject or len(subject) > MAX_OWNER or any(c.isspace() for c in subject):
         raise ValidationFailed.single("member", "give the person's e-mail address")
@@ -215,7 +222,7 @@ def set_member(session: Session, subject: str, role: Role | str, *, actor: Actor
         raise ValidationFailed.single("role", "use viewer, editor or admin") from None
     old = _role_of(session, actor.workspace_id, subject, lock=True)
     if old == role:
-        return
+        return None
     if old == Role.ADMIN:
         _keep_an_admin(session, actor.workspace_id, subject)
     session.execute(
@@ -223,16 +230,12 @@ def set_member(session: Session, subject: str, role: Role | str, *, actor: Actor
         .values(workspace_id=actor.workspace_id, subject=subject, role=role)
         .on_conflict_do_update(index_elements=["workspace_id", "subject"], set_={"role": role})
     )
-    action = AuditAction.ADD_MEMBER if old is None else AuditAction.SET_ROLE
-    details: dict[str, Any] = {"member": subject, "role": str(role)}
-    if old is not None:
-        details["changed"] = {"role": [str(old), str(role)]}
-    audit(session, actor, action, AuditTarget.WORKSPACE, actor.workspace_id, **details)
+    return RoleChange(subject, old, role)
 
 
-def remove_member(session: Session, subject: str, *, actor: Actor) -> None:
-    """Take `subject` out of the acting workspace (audited); the last admin stays."""
-    authorize(session, actor, Permission.MANAGE_MEMBERS)
+def remove_member(session: Session, subject: str, *, actor: Actor) -> Member:
+    """Take `subject` out of the acting workspace, returning who left with which role; the
+    last admin stays."""
     subject = subject_of(subject)
     old = _role_of(session, actor.workspace_id, subject, lock=True)
     if old is None:
@@ -244,15 +247,7 @@ def remove_member(session: Session, subject: str, *, actor: Actor) -> None:
             Membership.workspace_id == actor.workspace_id, Membership.subject == subject
         )
     )
-    audit(
-        session,
-        actor,
-        AuditAction.REMOVE_MEMBER,
-        AuditTarget.WORKSPACE,
-        actor.workspace_id,
-        member=subject,
-        role=str(old),
-    )
+    return Member(subject, old)
 
 
 def _role_of(session: Session, workspace_id: uuid.UUID, subject: str, *, lock: bool) -> Role | None:
@@ -305,9 +300,8 @@ def _or(value: int | None, default: int) -> int:
     return default if value is None else value
 
 
-def set_quotas(session: Session, limits: Quotas, *, actor: Actor) -> None:
-    """Set the acting workspace's limits (audited, old and new)."""
-    authorize(session, actor, Permission.MANAGE_QUOTAS)
+def set_quotas(session: Session, limits: Quotas, *, actor: Actor) -> dict[str, list[int]]:
+    """Set the acting workspace's limits; returns what changed, old and new."""
     new = {
         "max_automations": limits.max_automations,
         "max_schedules": limits.max_schedules,
@@ -322,14 +316,7 @@ def set_quotas(session: Session, limits: Quotas, *, actor: Actor) -> None:
     changed = {k: [getattr(old, k), v] for k, v in new.items() if getattr(old, k) != v}
     for name, value in new.items():
         setattr(workspace, name, value)
-    audit(
-        session,
-        actor,
-        AuditAction.SET_QUOTA,
-        AuditTarget.WORKSPACE,
-        actor.workspace_id,
-        changed=changed,
-    )
+    return changed
 
 
 def workspace_quotas(session: Session, *, actor: Actor) -> Quotas:

@@ -1,4 +1,5 @@
-"""Failure notifications: the periodic evaluator and delivery through apprise.
+"""Failure notifications: the periodic evaluator, delivery through apprise, and apprise's
+reading of a channel's URL (at saving and at sending).
 
 `tick_notify` runs once a minute on the dispatch queue (tasks/actors.py), beside
 housekeeping, never on the run path: it turns finished runs and stopped schedules
@@ -26,35 +27,107 @@ between (rebinding) is not caught. The other schemes reach one public service ea
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import socket
+import threading
 import time
-import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import apprise
 from apprise import NotifyFormat
 
-from core.access import Actor
 from core.egress import Address, EgressPolicy, literal_address
 from core.notify import ADDRESSED_SCHEMES, Message, scheme_of, scrub
 from core.settings import get_settings
 from db import notices
-from db.channels import ChannelTarget, apprise_log, apprise_plugin, destination
+from db.channels import ChannelTarget
 from db.dispatch import beat
 from db.session import db_now, session_scope
 
-log = logging.getLogger("stepwise.notify")
+log = logging.getLogger(__name__)
 # Seconds of sending per tick: the actor's time limit is 55 s, and one delivery's
 # limit (STEPWISE_NOTIFY_TIMEOUT_S, at most 30) always fits.
 SEND_BUDGET_S = 40.0
 PINNED_SCHEMES = frozenset({"json", "xml", "form"})  # plain HTTP: connected to the checked address
 
 
+# apprise logs whole URLs (credentials included) while it parses and sends: its
+# records never reach the process's handlers; `apprise_log` collects them per call.
+_APPRISE = logging.getLogger("apprise")
+_APPRISE.propagate = False
+# requests (under apprise) logs each request line, path and query included, at DEBUG.
+logging.getLogger("urllib3.connectionpool").setLevel(logging.INFO)
+
+
 @dataclass(frozen=True)
 class Outcome:
     ok: bool
     error: str | None = None
+
+
+# --- apprise: reading a channel's URL ------------------------------------------------------
+
+
+class _ThreadCapture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.thread = threading.get_ident()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread and record.levelno >= logging.WARNING:
+            self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def apprise_log() -> Iterator[list[str]]:
+    """apprise's warnings and errors raised in this thread meanwhile (raw: scrub them)."""
+    capture = _ThreadCapture()
+    _APPRISE.addHandler(capture)
+    if _APPRISE.level == logging.NOTSET or _APPRISE.level > logging.WARNING:
+        _APPRISE.setLevel(logging.WARNING)
+    try:
+        yield capture.lines
+    finally:
+        _APPRISE.removeHandler(capture)
+
+
+def apprise_plugin(url: str) -> apprise.NotifyBase | None:
+    """apprise's notifier for `url`, or None if apprise cannot read it (nothing logged)."""
+    with apprise_log():
+        return apprise.Apprise.instantiate(url, suppress_exceptions=True)
+
+
+def destination(plugin: Any) -> tuple[str, int]:
+    """The host and port a webhook or mail notifier connects to (the SMTP host for mail)."""
+    host = str(getattr(plugin, "smtp_host", "") or plugin.host or "")
+    return host, int(plugin.port or (443 if getattr(plugin, "secure", False) else 80))
+
+
+def url_problem(url: str) -> str | None:
+    """Why a channel's (already checked: `core.notify.parse_channel`) URL cannot be saved,
+    or None: apprise cannot read it, or what the URL alone shows of its destination (a
+    literal address or a known internal name) is refused, as for agent URLs. Names are
+    resolved and checked again at sending (`guard`)."""
+    plugin = apprise_plugin(url)
+    if plugin is None:
+        return "apprise cannot read this URL (see its wiki)"
+    if scheme_of(url) not in ADDRESSED_SCHEMES:
+        return None
+    host, port = destination(plugin)
+    reason = get_settings().egress_policy().refusal(host, literal_address(host), port)
+    if reason is None:
+        return None
+    return (
+        f"is not allowed: {host} {reason} (internal addresses are refused unless an "
+        "administrator allows them with STEPWISE_AGENT_ALLOW)"
+    )
+
+
+# --- the minute tick and delivery ------------------------------------------------------------
 
 
 def tick_notify() -> int:
@@ -85,19 +158,13 @@ def send_pending(*, budget_s: float = SEND_BUDGET_S) -> int:
             claimed = notices.claim_deliveries(session, limit=1)
         if not claimed:
             break
-        _send_and_record(claimed[0])
+        send_and_record(claimed[0])
         done += 1
     return done
 
 
-def send_test(channel_id: uuid.UUID, *, actor: Actor) -> Outcome:
-    """An admin's "Send test" to one channel, recorded like every delivery (and audited)."""
-    with session_scope() as session:
-        outgoing = notices.start_test(session, channel_id, actor=actor)
-    return _send_and_record(outgoing)
-
-
-def _send_and_record(outgoing: notices.Outgoing) -> Outcome:
+def send_and_record(outgoing: notices.Outgoing) -> Outcome:
+    """Send one claimed delivery, outside any transaction, then record its outcome."""
     if outgoing.target is None:
         outcome = Outcome(False, "the channel was deleted before this was sent")
     else:

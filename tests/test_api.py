@@ -20,8 +20,9 @@ from core.access import Actor
 from core.errors import ValidationFailed
 from core.tokens import token_hash
 from core.vocabulary import ExecutionStatus, Role
-from db import channels, hooks, tokens
 from db.session import session_scope
+from db.tokens import list_tokens
+from service import channels, tokens, webhooks
 from stepwise.embedded import free_port
 from testkit.factories import (
     ADMIN,
@@ -56,13 +57,11 @@ CHANNEL_URL = "json://hook:pw@127.0.0.1:9/hooks"
 
 
 def make_channel(actor: Actor = ADMIN) -> uuid.UUID:
-    with session_scope() as session:
-        return channels.add_channel(session, "on-call", CHANNEL_URL, actor=actor).id
+    return channels.add_channel("on-call", CHANNEL_URL, actor=actor).id
 
 
 def make_token(actor: Actor = ADMIN, role: Role = Role.ADMIN, name: str = "ci") -> str:
-    with session_scope() as session:
-        return tokens.create_token(session, name, role, actor=actor).token
+    return tokens.create_token(name, role, actor=actor).token
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -92,8 +91,7 @@ def _writes() -> dict[str, Any]:
 
 def test_a_token_is_shown_once_stored_as_a_hash_and_audited_by_name(db: None) -> None:
     # given an admin making a token
-    with session_scope() as session:
-        made = tokens.create_token(session, "deploy bot", Role.EDITOR, actor=ADMIN)
+    made = tokens.create_token("deploy bot", Role.EDITOR, actor=ADMIN)
     # then the token is long and random, and only its hash is in the database
     assert made.token.startswith("stw_") and len(made.token) > 40
     with session_scope() as session:
@@ -107,7 +105,7 @@ def test_a_token_is_shown_once_stored_as_a_hash_and_audited_by_name(db: None) ->
     assert made.token not in audit and "deploy bot" in audit and "create_token" in audit
     # and no list shows it again
     with session_scope() as session:
-        listed = tokens.list_tokens(session, actor=ADMIN)
+        listed = list_tokens(session, actor=ADMIN)
     assert [t.name for t in listed] == ["deploy bot"] and made.token not in repr(listed)
 
 
@@ -115,10 +113,10 @@ def test_only_admins_make_tokens_and_bad_input_is_refused(db: None) -> None:
     editor = person("ed@example.com", Role.EDITOR)
     from core.errors import Forbidden
 
-    with pytest.raises(Forbidden), session_scope() as session:
-        tokens.create_token(session, "mine", Role.ADMIN, actor=editor)
-    with pytest.raises(ValidationFailed) as refused, session_scope() as session:
-        tokens.create_token(session, " ", "owner", actor=ADMIN)
+    with pytest.raises(Forbidden):
+        tokens.create_token("mine", Role.ADMIN, actor=editor)
+    with pytest.raises(ValidationFailed) as refused:
+        tokens.create_token(" ", "owner", actor=ADMIN)
     assert {e.field for e in refused.value.errors} == {"name", "role"}
 
 
@@ -128,26 +126,25 @@ def test_last_used_is_recorded_and_a_revoked_token_gets_401(
     # given a token never used
     token = make_token()
     with session_scope() as session:
-        (info,) = tokens.list_tokens(session, actor=ADMIN)
+        (info,) = list_tokens(session, actor=ADMIN)
     assert info.last_used_at is None
     # when it is used, then its last use is recorded
     assert client.get("/v1/automations", headers=bearer(token)).status_code == 200
     with session_scope() as session:
-        (info,) = tokens.list_tokens(session, actor=ADMIN)
+        (info,) = list_tokens(session, actor=ADMIN)
     assert info.last_used_at is not None
     # and it moves when the token is used a minute or more later (not on every call)
     assert client.get("/v1/automations", headers=bearer(token)).status_code == 200
     with session_scope() as session:
-        assert tokens.list_tokens(session, actor=ADMIN)[0].last_used_at == info.last_used_at
+        assert list_tokens(session, actor=ADMIN)[0].last_used_at == info.last_used_at
         session.execute(text("UPDATE api_tokens SET last_used_at = now() - interval '2 minutes'"))
     assert client.get("/v1/automations", headers=bearer(token)).status_code == 200
     with session_scope() as session:
-        (info,) = tokens.list_tokens(session, actor=ADMIN)
+        (info,) = list_tokens(session, actor=ADMIN)
         assert info.last_used_at is not None
         assert info.last_used_at > session.scalar(text("SELECT now() - interval '1 minute'"))
     # when an admin revokes it, then its next call is refused as unauthenticated
-    with session_scope() as session:
-        tokens.revoke_token(session, info.id, actor=ADMIN)
+    tokens.revoke_token(info.id, actor=ADMIN)
     refused = client.get("/v1/automations", headers=bearer(token))
     assert refused.status_code == 401
     assert refused.headers["content-type"] == PROBLEM
@@ -410,8 +407,7 @@ def _ours(redis_client: Any) -> dict[str, str]:
     automation_id = make_automation()
     schedule_id = make_schedule(automation_id)
     (run_id,) = add_runs(automation_id, [{"status": ExecutionStatus.FAILED}])
-    with session_scope() as session:
-        hooks.enable_hook(session, automation_id, actor=ADMIN)
+    webhooks.enable_webhook(automation_id, actor=ADMIN)
     redis_client.zadd("dramatiq:default.XQ", {"ours": time.time() * 1000})
     redis_client.hset(
         "dramatiq:default.XQ.msgs", "ours", run_execution.message(str(run_id)).encode()
@@ -577,7 +573,7 @@ def test_an_admin_makes_a_token_on_the_workspace_page_sees_it_once_and_revokes_i
     assert not at.exception, at.exception
     assert client.get("/v1/automations", headers=bearer(shown)).status_code == 401
     with session_scope() as session:
-        (made,) = tokens.list_tokens(session, actor=person("local admin"))
+        (made,) = list_tokens(session, actor=person("local admin"))
     assert made.role == Role.EDITOR and made.revoked_at is not None
     from db.audit import AuditFilters, list_audit
 

@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.vocabulary import Role
-from db import tokens
 from db.audit import AuditFilters, list_audit
 from db.session import session_scope
+from service import tokens
 from testkit.factories import ADMIN, table_snapshot
 from testkit.receivers import Hooks, webhook_server
 
@@ -22,8 +22,7 @@ PATH_SECRET = "tok-Qe58apipath"
 
 
 def bearer(role: Role, name: str) -> dict[str, str]:
-    with session_scope() as session:
-        token = tokens.create_token(session, name, role, actor=ADMIN).token
+    token = tokens.create_token(name, role, actor=ADMIN).token
     return {"Authorization": f"Bearer {token}"}
 
 

@@ -16,9 +16,9 @@ from sqlalchemy import func, select, text, update
 
 from core.settings import get_settings
 from core.vocabulary import Role
-from db import tokens
 from db.models import IdempotencyKey
 from db.session import session_scope
+from service import tokens
 from stepwise.embedded import free_port
 from tasks import engine
 from testkit.factories import ADMIN, make_workspace, table_snapshot
@@ -46,8 +46,7 @@ AUTOMATION = {
 
 
 def make_token(actor: Any = ADMIN, role: Role = Role.ADMIN, name: str = "ci") -> str:
-    with session_scope() as session:
-        return tokens.create_token(session, name, role, actor=actor).token
+    return tokens.create_token(name, role, actor=actor).token
 
 
 def bearer(token: str) -> dict[str, str]:

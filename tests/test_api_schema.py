@@ -31,9 +31,8 @@ from schemathesis.specs.openapi.checks import (
 
 from core.settings import get_settings
 from core.vocabulary import ExecutionStatus, Role
-from db import channels, hooks, tokens
-from db.hooks import SECRET_HEADER
-from db.session import session_scope
+from service import channels, tokens, webhooks
+from service.webhooks import SECRET_HEADER
 from testkit.factories import ADMIN, add_runs, make_automation, make_schedule, table_snapshot
 
 PROBLEM = "application/problem+json"
@@ -58,8 +57,7 @@ def auth(db: None, redis_client: Any, monkeypatch: pytest.MonkeyPatch) -> Iterat
     """An admin token (with room for every generated call in its minute)."""
     monkeypatch.setenv("STEPWISE_API_RATE_PER_MINUTE", "100000")
     get_settings.cache_clear()
-    with session_scope() as session:
-        token = tokens.create_token(session, "fuzz", Role.ADMIN, actor=ADMIN).token
+    token = tokens.create_token("fuzz", Role.ADMIN, actor=ADMIN).token
     yield {"Authorization": f"Bearer {token}"}
     monkeypatch.undo()
     get_settings.cache_clear()
@@ -102,11 +100,10 @@ def _objects(
     automation_id = make_automation()
     schedule_id = make_schedule(automation_id)
     (run_id,) = add_runs(automation_id, [{"status": run}])
-    with session_scope() as session:
-        channel = channels.add_channel(session, f"c-{uuid.uuid4()}", CHANNEL_URL, actor=ADMIN)
-        made = hooks.enable_hook(session, automation_id, actor=ADMIN)
-        if not hook:
-            hooks.disable_hook(session, automation_id, actor=ADMIN)
+    channel = channels.add_channel(f"c-{uuid.uuid4()}", CHANNEL_URL, actor=ADMIN)
+    made = webhooks.enable_webhook(automation_id, actor=ADMIN)
+    if not hook:
+        webhooks.disable_webhook(automation_id, actor=ADMIN)
     from tasks.actors import run_execution
 
     letter = str(uuid.uuid4())

@@ -11,8 +11,7 @@ import httpx
 import pytest
 
 from core.settings import get_settings
-from db import tokens
-from db.session import session_scope
+from service import tokens
 from stepwise.apicli import RUN_NOT_SUCCEEDED
 from stepwise.cli import main
 from stepwise.demo_agent import Reply
@@ -30,8 +29,7 @@ def cli(*argv: str) -> int:
 
 @pytest.fixture
 def api(db: None, redis_client: Any, tmp_path: Path, monkeypatch: Any) -> Iterator[str]:
-    with session_scope() as session:
-        token = tokens.create_token(session, "scripts", "admin", actor=ADMIN).token
+    token = tokens.create_token("scripts", "admin", actor=ADMIN).token
     port = free_port()
     processes = Processes(tmp_path, STEPWISE_API_PORT=str(port))
     base = f"http://127.0.0.1:{port}"

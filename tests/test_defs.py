@@ -10,9 +10,9 @@ import yaml
 from sqlalchemy import func, select
 
 from core.access import LOCAL_ADMIN
-from db import channels
 from db.models import AuditLog, Automation, NotifyRule, Schedule
 from db.session import session_scope
+from service import channels
 from stepwise.cli import main
 from testkit.factories import ADMIN, make_automation, make_workspace, person, table_snapshot
 
@@ -89,8 +89,7 @@ def contains(big: Any, small: Any) -> bool:
 
 
 def add_channel(name: str) -> None:
-    with session_scope() as session:
-        channels.add_channel(session, name, "json://127.0.0.1:9/hook", actor=ADMIN)
+    channels.add_channel(name, "json://127.0.0.1:9/hook", actor=ADMIN)
 
 
 def run(*argv: str) -> int:

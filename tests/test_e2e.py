@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from db import channels
 from db.models import Delivery, Heartbeat, Schedule
 from db.session import db_now, session_scope
+from service import channels
 from testkit.factories import executions_of, make_automation, make_schedule, step_runs
 from testkit.waiting import wait_for
 
@@ -99,18 +99,16 @@ def test_failure_notifications_through_the_real_processes(procs: Any, agent: Any
         # given an automation whose agent fails, retried twice a run, notifying after 2 runs
         agent.responder = lambda call: Reply(503, {"error": "agent down"})
         automation_id = make_automation(name="Sync", agent_url=agent.url, steps=1, max_retries=2)
-        with session_scope() as session:
-            mail = channels.add_channel(
-                session,
-                "mail",
-                f"mailto://alerts:pw-Rt55e2e@127.0.0.1:{mailbox.port}"
-                "?to=ops@example.com&from=stepwise@example.com&mode=insecure",
-                actor=ADMIN,
-            )
-            hook = channels.add_channel(
-                session, "hook", f"json://127.0.0.1:{hooks.port}/hooks/tok-Wq19e2e", actor=ADMIN
-            )
-            channels.set_notifications(session, automation_id, [mail.id, hook.id], 2, actor=ADMIN)
+        mail = channels.add_channel(
+            "mail",
+            f"mailto://alerts:pw-Rt55e2e@127.0.0.1:{mailbox.port}"
+            "?to=ops@example.com&from=stepwise@example.com&mode=insecure",
+            actor=ADMIN,
+        )
+        hook = channels.add_channel(
+            "hook", f"json://127.0.0.1:{hooks.port}/hooks/tok-Wq19e2e", actor=ADMIN
+        )
+        channels.set_notifications(automation_id, [mail.id, hook.id], 2, actor=ADMIN)
         procs.start("worker", STEPWISE_NOTIFY_SETTLE_S="0")
         procs.start("dispatcher", STEPWISE_NOTIFY_SETTLE_S="0")
         procs.wait_ready("worker", READY)

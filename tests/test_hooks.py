@@ -19,9 +19,10 @@ from sqlalchemy import select, text, update
 from core.limits import MAX_INPUT_BYTES, SIGNATURE_TOLERANCE_S
 from core.secrets import signature_header
 from core.vocabulary import Role
-from db import commands, tokens
+from db import commands
 from db.models import Execution, HookTrigger, Workspace
 from db.session import session_scope
+from service import tokens
 from stepwise.embedded import free_port
 from testkit.factories import ADMIN, make_automation, make_workspace, table_snapshot
 from testkit.processes import Processes
@@ -32,8 +33,7 @@ PAYLOAD = {"event": "order.paid", "order": {"id": 42, "total": "19.90"}}
 
 
 def _token(actor: Any = ADMIN, role: Role = Role.ADMIN) -> dict[str, str]:
-    with session_scope() as session:
-        token = tokens.create_token(session, "ci", role, actor=actor).token
+    token = tokens.create_token("ci", role, actor=actor).token
     return {"Authorization": f"Bearer {token}"}
 
 

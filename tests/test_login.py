@@ -21,8 +21,9 @@ import pytest
 
 from core.errors import Forbidden
 from core.vocabulary import Role
-from db import commands, workspaces
+from db import commands
 from db.session import session_scope
+from service import workspaces
 from stepwise.embedded import free_port
 from testkit.factories import (
     add_runs,
@@ -241,7 +242,7 @@ def test_a_viewer_sees_no_write_controls_and_a_forged_write_is_refused(dashboard
         lambda s: commands.create_manual_execution(s, automation_id, actor=viewer),
         lambda s: commands.retry_execution(s, failed, actor=viewer),
         lambda s: commands.delete_automation(s, automation_id, actor=viewer),
-        lambda s: workspaces.set_member(s, "bob@example.com", Role.ADMIN, actor=viewer),
+        lambda s: workspaces.set_member("bob@example.com", Role.ADMIN, actor=viewer),
     ):
         with pytest.raises(Forbidden, match="a viewer may not"), session_scope() as session:
             forged(session)
@@ -273,8 +274,7 @@ def test_a_member_of_two_workspaces_chooses_one_and_reaches_only_it(dashboard: s
         # an admin here, she has the write controls (the viewer test's counterpart)
         assert page.get_by_role("button", name="Save", exact=True).count() == 1
         # when Eve makes her a viewer of their team, a workspace chooser appears
-        with session_scope() as session:
-            workspaces.set_member(session, "alice@example.com", Role.VIEWER, actor=eve)
+        workspaces.set_member("alice@example.com", Role.VIEWER, actor=eve)
         page.goto(f"{dashboard}/automations")
         _settled(page)
         chooser = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]')

@@ -24,6 +24,7 @@ from db import channels, notices
 from db.audit import AuditFilters, list_audit
 from db.models import Base, Delivery, Execution, Notice, Schedule
 from db.session import db_now, get_engine, session_scope
+from service import channels as channel_service
 from tasks import notify
 from testkit.factories import (
     ADMIN,
@@ -75,13 +76,11 @@ def mail_parts(raw: str) -> dict[str, str]:
 
 
 def add_channel(name: str, url: str, actor: Actor = ADMIN) -> uuid.UUID:
-    with session_scope() as session:
-        return channels.add_channel(session, name, url, actor=actor).id
+    return channel_service.add_channel(name, url, actor=actor).id
 
 
 def notify_on(automation_id: uuid.UUID, channel_ids: list[uuid.UUID], threshold: int = 1) -> None:
-    with session_scope() as session:
-        channels.set_notifications(session, automation_id, channel_ids, threshold, actor=ADMIN)
+    channel_service.set_notifications(automation_id, channel_ids, threshold, actor=ADMIN)
 
 
 def later(seconds: int = 0) -> datetime:
@@ -320,8 +319,8 @@ def test_a_channel_to_an_internal_address_is_refused_when_added(db: None, url: s
     # the tests allow 127.0.0.1 only, as STEPWISE_AGENT_ALLOW does for an operator
     before = row_counts()
     refusal = pytest.raises(ValidationFailed, match="url: is not allowed")
-    with refusal as refused, session_scope() as session:
-        channels.add_channel(session, "internal", url, actor=ADMIN)
+    with refusal as refused:
+        channel_service.add_channel("internal", url, actor=ADMIN)
     assert "STEPWISE_AGENT_ALLOW" in str(refused.value) and ":p@" not in str(refused.value)
     assert row_counts() == before
 
@@ -349,7 +348,7 @@ def test_a_channel_the_policy_no_longer_allows_is_refused_when_sending(
 def test_a_plain_http_webhook_is_pinned_to_the_checked_address(hooks: Hooks) -> None:
     # given a webhook named by host name (allowed: the tests allow 127.0.0.1)
     policy = get_settings().egress_policy()
-    plugin = channels.apprise_plugin(f"json://localhost:{hooks.port}/x")
+    plugin = notify.apprise_plugin(f"json://localhost:{hooks.port}/x")
     # when the guard checks it, then the plugin connects to the checked address, by name
     assert notify.guard(plugin, "json", policy) is None
     assert plugin.host == "127.0.0.1"
@@ -362,17 +361,17 @@ def test_a_plain_http_webhook_is_pinned_to_the_checked_address(hooks: Hooks) -> 
 
 def test_mail_and_tls_webhooks_need_every_address_allowed() -> None:
     policy = get_settings().egress_policy()  # allows 127.0.0.1 only
-    secure = channels.apprise_plugin("jsons://10.0.0.5/x")
+    secure = notify.apprise_plugin("jsons://10.0.0.5/x")
     assert "internal address" in (notify.guard(secure, "jsons", policy) or "")
     assert secure.host == "10.0.0.5"  # never pinned: TLS checks the name
-    refused = channels.apprise_plugin("mailtos://u:p@10.0.0.5?to=a@example.com&from=s@example.com")
+    refused = notify.apprise_plugin("mailtos://u:p@10.0.0.5?to=a@example.com&from=s@example.com")
     assert "internal address" in (notify.guard(refused, "mailtos", policy) or "")
-    assert notify.guard(channels.apprise_plugin("slack://TA/TB/TC"), "slack", policy) is None
+    assert notify.guard(notify.apprise_plugin("slack://TA/TB/TC"), "slack", policy) is None
 
 
 def test_send_test_delivers_records_and_audits(db: None, hooks: Hooks) -> None:
     channel_id = add_channel("hook", hook_url(hooks))
-    outcome = notify.send_test(channel_id, actor=ADMIN)
+    outcome = channel_service.send_test(channel_id, actor=ADMIN)
     assert outcome.ok
     assert hooks.posts[0][2]["title"] == "Stepwise: test notification"
     [delivery] = deliveries()
@@ -458,7 +457,7 @@ def test_names_and_agent_errors_go_out_as_text_not_markup(
     assert hooks.posts[0][2]["title"] == f"Stepwise: {name} is failing"
     assert error in hooks.posts[0][2]["message"]
     # and Slack gets its control characters escaped, as text rather than mrkdwn
-    slack = channels.apprise_plugin("slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7")
+    slack = notify.apprise_plugin("slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7")
     slack.webhook_url = f"http://127.0.0.1:{hooks.port}/services"  # the local receiver
     notify.post(slack, Message(f"Stepwise: {name} is failing", error))
     sent = hooks.posts[-1][2]
@@ -476,30 +475,29 @@ def test_only_admins_add_delete_or_test_channels(db: None, role: Role) -> None:
     channel_id = add_channel("hook", "json://hooks.example.com/x")
     someone = person(f"{role}@example.com", role)
     before = row_counts()
-    with pytest.raises(Forbidden), session_scope() as session:
-        channels.add_channel(session, "mine", "json://hooks.example.com/y", actor=someone)
-    with pytest.raises(Forbidden), session_scope() as session:
-        channels.delete_channel(session, channel_id, actor=someone)
     with pytest.raises(Forbidden):
-        notify.send_test(channel_id, actor=someone)
+        channel_service.add_channel("mine", "json://hooks.example.com/y", actor=someone)
+    with pytest.raises(Forbidden):
+        channel_service.delete_channel(channel_id, actor=someone)
+    with pytest.raises(Forbidden):
+        channel_service.send_test(channel_id, actor=someone)
     assert row_counts() == before
 
 
 def test_bad_channels_and_other_workspaces_write_nothing(db: None) -> None:
     before = row_counts()
     for name, url in [("x", "json://"), ("x", "ftp://example.com"), ("", "json://a.example")]:
-        with pytest.raises(ValidationFailed), session_scope() as session:
-            channels.add_channel(session, name, url, actor=ADMIN)
+        with pytest.raises(ValidationFailed):
+            channel_service.add_channel(name, url, actor=ADMIN)
     assert row_counts() == before
     # another workspace's channel can be neither chosen nor tested
     other = make_workspace()
-    with session_scope() as session:
-        theirs = channels.add_channel(session, "theirs", "json://a.example/x", actor=other).id
+    theirs = channel_service.add_channel("theirs", "json://a.example/x", actor=other).id
     automation_id = make_automation()
-    with pytest.raises(ValidationFailed, match="channels"), session_scope() as session:
-        channels.set_notifications(session, automation_id, [theirs], 1, actor=ADMIN)
+    with pytest.raises(ValidationFailed, match="channels"):
+        channel_service.set_notifications(automation_id, [theirs], 1, actor=ADMIN)
     with pytest.raises(NotFound):
-        notify.send_test(theirs, actor=ADMIN)
+        channel_service.send_test(theirs, actor=ADMIN)
 
 
 def test_the_channel_url_is_stored_sealed_never_in_clear(
@@ -512,7 +510,7 @@ def test_the_channel_url_is_stored_sealed_never_in_clear(
     notify_on(automation_id, [mail_id, hook_id])
     runs(automation_id, "failed")
     evaluate()
-    notify.send_test(hook_id, actor=ADMIN)
+    channel_service.send_test(hook_id, actor=ADMIN)
     assert len(hooks.posts) == 2 and len(mailbox.messages) == 1
     # when every table is read back, as rows and as the bytes PostgreSQL wrote to disk
     secrets = [SMTP_PASSWORD, HOOK_PASSWORD, HOOK_PATH_SECRET]
@@ -540,10 +538,9 @@ def test_choosing_channels_is_for_editors_and_audited(db: None) -> None:
     automation_id = make_automation()
     editor = person("editor@example.com", Role.EDITOR)
     viewer = person("viewer@example.com", Role.VIEWER)
-    with pytest.raises(Forbidden), session_scope() as session:
-        channels.set_notifications(session, automation_id, [channel_id], 3, actor=viewer)
-    with session_scope() as session:
-        channels.set_notifications(session, automation_id, [channel_id], 3, actor=editor)
+    with pytest.raises(Forbidden):
+        channel_service.set_notifications(automation_id, [channel_id], 3, actor=viewer)
+    channel_service.set_notifications(automation_id, [channel_id], 3, actor=editor)
     with session_scope() as session:
         chosen = channels.get_notifications(session, automation_id, actor=viewer)
         [row] = list_audit(
@@ -551,8 +548,8 @@ def test_choosing_channels_is_for_editors_and_audited(db: None) -> None:
         )
     assert chosen == channels.Notifications((channel_id,), 3)
     assert row.details["changed"]["failure_threshold"] == [1, 3]
-    with pytest.raises(ValidationFailed, match="failure_threshold"), session_scope() as session:
-        channels.set_notifications(session, automation_id, [channel_id], 0, actor=editor)
+    with pytest.raises(ValidationFailed, match="failure_threshold"):
+        channel_service.set_notifications(automation_id, [channel_id], 0, actor=editor)
 
 
 def test_the_minute_tick_opens_sends_and_beats(
@@ -590,8 +587,7 @@ def test_a_channel_deleted_before_sending_records_why(db: None, hooks: Hooks) ->
     runs(automation_id, "failed")
     with session_scope() as session:
         notices.evaluate_runs(session, now=later(600), settle_s=5)
-    with session_scope() as session:
-        channels.delete_channel(session, channel_id, actor=ADMIN)
+    channel_service.delete_channel(channel_id, actor=ADMIN)
     notify.send_pending()
     [delivery] = deliveries()
     assert delivery.status == DeliveryStatus.ERROR and "deleted" in (delivery.error or "")
@@ -607,7 +603,7 @@ def test_old_notices_are_purged_but_an_open_incident_stays(db: None, hooks: Hook
     runs(automation_id, "failed", "succeeded", start=start)  # a closed failure and a recovery
     runs(other, "failed", start=start)  # still failing
     evaluate()
-    notify.send_test(add_channel("hook3", hook_url(hooks)), actor=ADMIN)
+    channel_service.send_test(add_channel("hook3", hook_url(hooks)), actor=ADMIN)
     with session_scope() as session:
         purged = notices.purge(session, now=later(100 * 86400), older_than_days=90)
     assert purged == 2

@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 from db import channels
 from db.audit import AuditFilters, list_audit
 from db.session import session_scope
+from service import channels as channel_service
 from testkit.factories import ADMIN, make_automation, person
 from testkit.receivers import Hooks, webhook_server
 
@@ -68,8 +69,7 @@ def test_a_bad_url_is_refused_on_the_page_and_writes_nothing() -> None:
 
 
 def test_the_automations_form_chooses_channels_and_a_threshold() -> None:
-    with session_scope() as session:
-        channel = channels.add_channel(session, "mail", "json://hooks.example.com/x", actor=ADMIN)
+    channel = channel_service.add_channel("mail", "json://hooks.example.com/x", actor=ADMIN)
     automation_id = make_automation(name="Nightly")
     at = page("automations")
     at.selectbox(key="auto_selected").set_value(str(automation_id)).run()

@@ -18,9 +18,9 @@ from core.errors import ValidationFailed
 from core.limits import MAX_INPUT_BYTES, MAX_OUTPUT_DEPTH
 from core.run_input import parse_run_input
 from core.vocabulary import Role
-from db import tokens
 from db.models import Execution
 from db.session import session_scope
+from service import tokens
 from tasks import engine
 from tasks.actors import send_run
 from testkit.factories import ADMIN, make_automation, make_schedule, table_snapshot
@@ -103,8 +103,7 @@ def client(db: None, redis_client: Any) -> Iterator[TestClient]:
 
 @pytest.fixture
 def admin(client: TestClient) -> dict[str, str]:
-    with session_scope() as session:
-        token = tokens.create_token(session, "ci", Role.ADMIN, actor=ADMIN).token
+    token = tokens.create_token("ci", Role.ADMIN, actor=ADMIN).token
     return {"Authorization": f"Bearer {token}"}
 
 

@@ -34,6 +34,8 @@ from db.dispatch import DispatchConfig, dispatch_batch
 from db.models import Execution, Membership, WorkspaceSecret
 from db.queries import ExecutionFilters
 from db.session import session_scope
+from service import secrets as secret_service
+from service import workspaces as workspace_service
 from testkit.factories import (
     ADMIN,
     add_runs,
@@ -217,11 +219,11 @@ def test_a_viewers_forged_write_is_refused_and_writes_nothing(ours: Team, role: 
         lambda s: commands.create_manual_execution(s, ours.automation, actor=viewer),
         lambda s: commands.cancel_execution(s, ours.queued, actor=viewer),
         lambda s: commands.retry_execution(s, ours.failed, actor=viewer),
-        lambda s: workspaces.set_member(s, "vera@example.com", Role.ADMIN, actor=viewer),
-        lambda s: workspaces.remove_member(s, "test", actor=viewer),
-        lambda s: workspaces.create_workspace(s, "Mine now", actor=viewer),
-        lambda s: workspaces.set_quotas(s, workspaces.Quotas(9, 9, 9), actor=viewer),
-        lambda s: secrets.set_secret(s, "TOKEN", "x", actor=viewer),
+        lambda s: workspace_service.set_member("vera@example.com", Role.ADMIN, actor=viewer),
+        lambda s: workspace_service.remove_member("test", actor=viewer),
+        lambda s: workspace_service.create_workspace("Mine now", actor=viewer),
+        lambda s: workspace_service.set_quotas(workspaces.Quotas(9, 9, 9), actor=viewer),
+        lambda s: secret_service.set_secret("TOKEN", "x", actor=viewer),
     ):
         # then each one raises a clear error and nothing is written
         _refused(write, Forbidden, "a viewer may not")
@@ -239,8 +241,10 @@ def test_an_editor_edits_and_runs_but_manages_nothing(ours: Team) -> None:
     with session_scope() as session:
         commands.create_manual_execution(session, ours.automation, actor=editor)
         commands.set_schedule_enabled(session, ours.schedule, False, actor=editor)
-    _refused(lambda s: workspaces.set_member(s, "x@example.com", "viewer", actor=editor), Forbidden)
-    _refused(lambda s: secrets.set_secret(s, "TOKEN", "x", actor=editor), Forbidden)
+    _refused(
+        lambda s: workspace_service.set_member("x@example.com", "viewer", actor=editor), Forbidden
+    )
+    _refused(lambda s: secret_service.set_secret("TOKEN", "x", actor=editor), Forbidden)
 
 
 def test_a_removed_member_loses_access_at_their_next_call(ours: Team) -> None:
@@ -248,8 +252,7 @@ def test_a_removed_member_loses_access_at_their_next_call(ours: Team) -> None:
     editor = person("ed@example.com", Role.EDITOR)
     assert _read(queries.count_executions, ExecutionFilters(), actor=editor) == 2
     # when an admin removes them
-    with session_scope() as session:
-        workspaces.remove_member(session, "ED@example.com", actor=ADMIN)
+    workspace_service.remove_member("ED@example.com", actor=ADMIN)
     # then the Actor they still hold grants nothing
     with pytest.raises(Forbidden, match="not a member"), session_scope() as session:
         queries.count_executions(session, ExecutionFilters(), actor=editor)
@@ -262,11 +265,10 @@ def test_a_removed_member_loses_access_at_their_next_call(ours: Team) -> None:
 
 
 def test_admins_add_change_and_remove_members_audited() -> None:
-    with session_scope() as session:
-        workspaces.set_member(session, "Bob@Example.com", Role.VIEWER, actor=ADMIN)
-        workspaces.set_member(session, "bob@example.com", Role.EDITOR, actor=ADMIN)
-        workspaces.set_member(session, "bob@example.com", Role.EDITOR, actor=ADMIN)  # no change
-        workspaces.remove_member(session, "bob@example.com", actor=ADMIN)
+    workspace_service.set_member("Bob@Example.com", Role.VIEWER, actor=ADMIN)
+    workspace_service.set_member("bob@example.com", Role.EDITOR, actor=ADMIN)
+    workspace_service.set_member("bob@example.com", Role.EDITOR, actor=ADMIN)  # no change
+    workspace_service.remove_member("bob@example.com", actor=ADMIN)
     rows = _read(list_audit, AuditFilters(), actor=ADMIN)
     assert [(r.action, r.details.get("member"), r.actor) for r in reversed(rows)] == [
         (AuditAction.ADD_MEMBER, "bob@example.com", "test"),
@@ -278,18 +280,23 @@ def test_admins_add_change_and_remove_members_audited() -> None:
 
 
 def test_the_last_admin_stays_and_bad_input_is_refused() -> None:
-    _refused(lambda s: workspaces.remove_member(s, "test", actor=ADMIN), InvalidState, "one admin")
     _refused(
-        lambda s: workspaces.set_member(s, "test", Role.VIEWER, actor=ADMIN), InvalidState, "admin"
+        lambda s: workspace_service.remove_member("test", actor=ADMIN), InvalidState, "one admin"
     )
-    _refused(lambda s: workspaces.set_member(s, "", Role.VIEWER, actor=ADMIN), ValidationFailed)
-    _refused(lambda s: workspaces.set_member(s, "x@y.z", "owner", actor=ADMIN), ValidationFailed)
-    _refused(lambda s: workspaces.remove_member(s, "nobody@x.y", actor=ADMIN), NotFound)
+    _refused(
+        lambda s: workspace_service.set_member("test", Role.VIEWER, actor=ADMIN),
+        InvalidState,
+        "admin",
+    )
+    _refused(lambda s: workspace_service.set_member("", Role.VIEWER, actor=ADMIN), ValidationFailed)
+    _refused(
+        lambda s: workspace_service.set_member("x@y.z", "owner", actor=ADMIN), ValidationFailed
+    )
+    _refused(lambda s: workspace_service.remove_member("nobody@x.y", actor=ADMIN), NotFound)
 
 
 def test_a_new_workspace_has_its_creator_as_admin_and_nothing_else() -> None:
-    with session_scope() as session:
-        there = workspaces.create_workspace(session, " Research ", actor=ADMIN)
+    there = workspace_service.create_workspace(" Research ", actor=ADMIN)
     assert _read(queries.list_automations, actor=there) == []
     places = _read(workspaces.places, "test")
     assert [(p.name, p.role) for p in places] == [("Default", "admin"), ("Research", "admin")]
@@ -348,8 +355,7 @@ def test_local_mode_is_one_admin_in_one_default_workspace() -> None:
 
 def test_quotas_refuse_at_create_time_with_a_clear_error(ours: Team) -> None:
     # given quotas at what the workspace already has (1 automation, 1 schedule, 2 runs)
-    with session_scope() as session:
-        workspaces.set_quotas(session, workspaces.Quotas(1, 1, 2), actor=ADMIN)
+    workspace_service.set_quotas(workspaces.Quotas(1, 1, 2), actor=ADMIN)
     good = schedule_definition(ScheduleInput(spec=ScheduleSpec(kind="cron", cron_expr="* * * * *")))
     # then one more of each is refused and nothing is written
     _refused(
@@ -381,10 +387,9 @@ def test_quotas_refuse_at_create_time_with_a_clear_error(ours: Team) -> None:
 
 def test_secrets_are_sealed_write_only_and_audited_by_name(theirs: Team) -> None:
     # given a secret set by an admin, then replaced
-    with session_scope() as session:
-        secrets.set_secret(session, "AGENT_TOKEN", "first-value-123", actor=ADMIN)
-        secrets.set_secret(session, "AGENT_TOKEN", "second-value-456", actor=ADMIN)
-        secrets.set_secret(session, "AGENT_TOKEN", "their-value-789", actor=theirs.admin)
+    secret_service.set_secret("AGENT_TOKEN", "first-value-123", actor=ADMIN)
+    secret_service.set_secret("AGENT_TOKEN", "second-value-456", actor=ADMIN)
+    secret_service.set_secret("AGENT_TOKEN", "their-value-789", actor=theirs.admin)
     # then only names can be read back; the table holds no clear value
     assert [s.name for s in _read(secrets.list_secrets, actor=ADMIN)] == ["AGENT_TOKEN"]
     stored = _read(lambda s: s.scalars(select(WorkspaceSecret.sealed)).all())
@@ -404,16 +409,14 @@ def test_secrets_are_sealed_write_only_and_audited_by_name(theirs: Team) -> None
     with pytest.raises(SecretUnreadable, match="no workspace secret named MISSING"):
         _read(secrets.resolve_headers, DEFAULT_WORKSPACE_ID, {"X": "{{ secret.MISSING }}"})
     # and deleting is audited by name too; bad names are refused
-    with session_scope() as session:
-        secrets.delete_secret(session, "AGENT_TOKEN", actor=ADMIN)
-    _refused(lambda s: secrets.delete_secret(s, "AGENT_TOKEN", actor=ADMIN), NotFound)
-    _refused(lambda s: secrets.set_secret(s, "bad name", "v", actor=ADMIN), ValidationFailed)
-    _refused(lambda s: secrets.set_secret(s, "EMPTY", "", actor=ADMIN), ValidationFailed)
+    secret_service.delete_secret("AGENT_TOKEN", actor=ADMIN)
+    _refused(lambda s: secret_service.delete_secret("AGENT_TOKEN", actor=ADMIN), NotFound)
+    _refused(lambda s: secret_service.set_secret("bad name", "v", actor=ADMIN), ValidationFailed)
+    _refused(lambda s: secret_service.set_secret("EMPTY", "", actor=ADMIN), ValidationFailed)
 
 
 def test_reseal_covers_workspace_secrets() -> None:
-    with session_scope() as session:
-        secrets.set_secret(session, "TOKEN", "v", actor=ADMIN)
+    secret_service.set_secret("TOKEN", "v", actor=ADMIN)
     with session_scope() as session:
         assert commands.reseal_secrets(session) == 1
     assert _read(secrets.resolve_headers, DEFAULT_WORKSPACE_ID, {"A": "{{ secret.TOKEN }}"}) == {

@@ -2,10 +2,12 @@
 channels with their deliveries, and quotas.
 
 Everyone sees who is in; admins add, change and remove members, set and delete
-secrets (values are write-only) and change quotas, each change audited.
+secrets (values are write-only) and change quotas, each change audited (`service`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pandas as pd
 import streamlit as st
@@ -13,7 +15,10 @@ import streamlit as st
 from core.errors import StepwiseError
 from core.vocabulary import Permission, Role
 from dashboard import notifications, ui
-from db import secrets, tokens, workspaces
+from db.secrets import list_secrets
+from db.tokens import list_tokens
+from db.workspaces import Quotas, list_members, workspace_quotas
+from service import secrets, tokens, workspaces
 
 st.title("Workspace")
 if flash := st.session_state.pop("flash", None):
@@ -27,10 +32,11 @@ here = next((p for p in ui.places() if p.workspace_id == me.workspace_id), None)
 st.caption(f"{ui.text(here.name if here else '')} · you are {me.role} here.")
 
 
-def act(fn: object, *args: object, done: str, clear: tuple[str, ...] = ()) -> None:
-    """One admin change, its error shown, or its confirmation on the next run."""
+def act(fn: Callable[..., None], *args: object, done: str, clear: tuple[str, ...] = ()) -> None:
+    """One admin change (a `service` call), its error shown, or its confirmation on the
+    next run."""
     try:
-        ui.write(fn, *args, actor=me)  # type: ignore[arg-type]
+        fn(*args, actor=me)
     except StepwiseError as exc:
         st.error(ui.text(exc))
         return
@@ -40,7 +46,7 @@ def act(fn: object, *args: object, done: str, clear: tuple[str, ...] = ()) -> No
 
 
 st.subheader("Members")
-members = ui.read(workspaces.list_members)
+members = ui.read(list_members)
 st.dataframe(
     pd.DataFrame({"Member": [m.subject for m in members], "Role": [m.role for m in members]}),
     hide_index=True,
@@ -66,7 +72,7 @@ if admin:
 
 st.subheader("Secrets")
 st.caption("Referenced in an agent's request headers as `{{ secret.NAME }}`; values never shown.")
-names = ui.read(secrets.list_secrets)
+names = ui.read(list_secrets)
 if names:
     st.dataframe(
         pd.DataFrame(
@@ -103,7 +109,7 @@ if ui.can(Permission.MANAGE_TOKENS):
     if made := st.session_state.pop("ws_new_token", None):
         st.success("Copy the token now: it is not shown again.")
         st.code(made, language=None)
-    held = ui.read(tokens.list_tokens)
+    held = ui.read(list_tokens)
     if held:
         st.dataframe(
             pd.DataFrame(
@@ -127,7 +133,7 @@ if ui.can(Permission.MANAGE_TOKENS):
     token_role = b.selectbox("Token role", list(Role), key="ws_token_role")
     if c.button("Make token", key="ws_token_make", width="stretch"):
         try:
-            new = ui.write(tokens.create_token, token_name, token_role, actor=me)
+            new = tokens.create_token(token_name, token_role or "", actor=me)
         except StepwiseError as exc:
             st.error(ui.text(exc))
         else:
@@ -144,7 +150,7 @@ if ui.can(Permission.MANAGE_TOKENS):
 notifications.channels_section(act)
 
 st.subheader("Quotas")
-limits = ui.read(workspaces.workspace_quotas)
+limits = ui.read(workspace_quotas)
 a, b, c = st.columns(3)
 locked = not ui.can(Permission.MANAGE_QUOTAS)
 autos = a.number_input("Automations", 0, value=limits.max_automations, disabled=locked)
@@ -153,7 +159,7 @@ runs = c.number_input("Runs per minute", 0, value=limits.max_runs_per_minute, di
 if not locked and st.button("Save quotas", key="ws_quotas"):
     act(
         workspaces.set_quotas,
-        workspaces.Quotas(int(autos), int(scheds), int(runs)),
+        Quotas(int(autos), int(scheds), int(runs)),
         done="Quotas saved.",
     )
 
@@ -163,7 +169,7 @@ if admin:
     new_name = a.text_input("Name", key="ws_new_name")
     if b.button("Create", key="ws_create", width="stretch"):
         try:
-            there = ui.write(workspaces.create_workspace, new_name, actor=me)
+            there = workspaces.create_workspace(new_name, actor=me)
         except StepwiseError as exc:
             st.error(ui.text(exc))
         else:

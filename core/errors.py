@@ -72,4 +72,4 @@ class ServerStartFailed(StepwiseError):
 
 
 class NotAuthenticated(StepwiseError):
-    """A webhook call without its trigger's secret or a valid signature; nothing was written."""
+    """A webhook call without its webhook's secret or a valid signature; nothing was written."""

@@ -142,14 +142,14 @@ class Streak:
 
 
 @dataclass(frozen=True)
-class Step:
+class StreakChange:
     """What one finished run did to the streak: the new state and the notice to open, if any."""
 
     streak: Streak
     notice: NoticeKind | None
 
 
-def advance(streak: Streak, *, execution_id: str, failed: bool, threshold: int) -> Step:
+def advance(streak: Streak, *, execution_id: str, failed: bool, threshold: int) -> StreakChange:
     """The streak after one finished run, in finishing order.
 
     A failure notice opens when the streak reaches `threshold` and no incident is open;
@@ -159,11 +159,11 @@ def advance(streak: Streak, *, execution_id: str, failed: bool, threshold: int) 
     """
     if not failed:
         notice = NoticeKind.RECOVERY if streak.open_incident else None
-        return Step(Streak(0, None, open_incident=False), notice)
+        return StreakChange(Streak(0, None, open_incident=False), notice)
     failures = streak.failures + (0 if execution_id == streak.last_failed else 1)
     opens = failures >= threshold and not streak.open_incident
     state = Streak(failures, execution_id, open_incident=streak.open_incident or opens)
-    return Step(state, NoticeKind.FAILURE if opens else None)
+    return StreakChange(state, NoticeKind.FAILURE if opens else None)
 
 
 def is_parked(reason: str) -> bool:

@@ -20,8 +20,9 @@ from core.automation import redact_url
 from core.limits import MAX_OUTPUT_DEPTH
 
 # Sent with every step but stored once: the context lives on the automation, the
-# previous output is the previous step's stored response, the input is the run's.
-# Storing them per step made one run at the input limits weigh 12.5 MB.
+# previous output is the previous step's stored response, the input is the execution's.
+# Stored per step, they would multiply an execution's size by its number of steps
+# (bench/HISTORY.md has the figure).
 REPEATED_FIELDS = ("project_context", "previous_output", "input")
 RETRYABLE_STATUSES = frozenset({408, 429})
 

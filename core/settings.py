@@ -75,8 +75,7 @@ class Settings(BaseSettings):
     worker_in_flight: int = Field(default=1000, ge=1)
     # Threads per worker process writing runs' steps to the database.
     # Few on purpose: each writes the runs' pending steps as one transaction, so fewer
-    # threads mean bigger groups and fewer commits. 10,000 runs at once (bench.versus):
-    # 8 threads 42 s (0.37 commits per step), 4 33.5 s, 3 29.9 s (0.08), 2 27.7 s.
+    # threads mean bigger groups and fewer commits (bench/RESULTS.md: 2 to 8 threads).
     worker_db_threads: int = Field(default=3, ge=1)
     # A running run's lease: its worker renews it every third of this while alive;
     # a killed worker's runs restart this long after its last renewal.

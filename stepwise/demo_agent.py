@@ -166,7 +166,7 @@ class AgentServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive: workers reuse connections
             # Headers and body go out in separate writes: with Nagle on, the body
-            # waits for the client's delayed ACK (~40 ms per call on Linux).
+            # waits for the client's delayed ACK (the cost: bench/HISTORY.md).
             disable_nagle_algorithm = True
 
             def do_POST(self) -> None:

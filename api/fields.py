@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Mapping
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
-from pydantic import BaseModel, create_model
+from pydantic import BaseModel, Field, create_model
 from pydantic.fields import FieldInfo
 
 M = TypeVar("M", bound=BaseModel)
@@ -35,18 +35,22 @@ def fields_from(
     """
 
     def build(model: type[M]) -> type[M]:
+        said = more or {}
         taken: dict[str, Any] = {}
         for source in sources:
-            taken |= _fields(source, omit, more or {}, ints)
-        missing = set(more or {}) - set(taken)
-        if missing:
-            raise TypeError(f"{model.__name__}: `more` names no field of its sources: {missing}")
+            taken |= _fields(source, said, ints)
+        unknown = (set(omit) | set(said)) - set(taken)
+        twice = set(said) & set(model.model_fields)
+        if unknown or twice:
+            raise TypeError(f"{model.__name__}: no such field {unknown} / declared twice {twice}")
         # The model comes first among the bases, so its declarations win; the sources'
         # fields come first in the order (pydantic orders fields by the bases reversed).
-        taken_model = create_model(f"{model.__name__}Fields", **taken)
+        sourced = create_model(
+            f"{model.__name__}Fields", **{k: v for k, v in taken.items() if k not in omit}
+        )
         built = create_model(
             model.__name__,
-            __base__=(model, taken_model),
+            __base__=(model, sourced),
             __module__=model.__module__,
             __doc__=model.__doc__,
         )
@@ -61,14 +65,11 @@ def enum_words(enum: type[StrEnum]) -> dict[str, Any]:
     return {"enum": [str(member) for member in enum]}
 
 
-def _fields(
-    source: type, omit: Collection[str], more: Mapping[str, FieldInfo], ints: Any
-) -> dict[str, Any]:
+def _fields(source: type, more: Mapping[str, FieldInfo], ints: Any) -> dict[str, Any]:
+    """Every field of the dataclass `source` as `create_model` takes it: (type, default)."""
     hints = get_type_hints(source)
     taken: dict[str, Any] = {}
     for field in dataclasses.fields(source):
-        if field.name in omit:
-            continue
         hint = _with_ints(hints[field.name], ints)
         if field.name in more:
             hint = Annotated[hint, more[field.name]]
@@ -80,7 +81,7 @@ def _default(field: dataclasses.Field[Any]) -> Any:
     if field.default is not dataclasses.MISSING:
         return field.default
     if field.default_factory is not dataclasses.MISSING:
-        return FieldInfo(default_factory=field.default_factory)
+        return Field(default_factory=field.default_factory)
     return ...
 
 

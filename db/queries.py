@@ -299,7 +299,10 @@ def execution_detail(
     return ExecutionDetail(
         execution=ExecutionRow(**row._mapping),
         result=result,
-        steps=[StepRunRow(**run._mapping, step_name=_step_name(run, steps_json)) for run in runs],
+        steps=[
+            StepRunRow(**run._mapping, step_name=_step_name(run.step_number, steps_json))
+            for run in runs
+        ],
         input=run_input,
     )
 
@@ -347,9 +350,9 @@ def run_grid(
     return RunGrid(runs=runs, step_names=names, cells=cells)
 
 
-def _step_name(run: Any, steps: list[dict[str, str]]) -> str:
-    """The name of the step `run` is an attempt of, as the automation holds it now."""
-    index = run.step_number - 1
+def _step_name(step_number: int, steps: list[dict[str, str]]) -> str:
+    """The name of step `step_number` (from 1) as the automation holds it now."""
+    index = step_number - 1
     return steps[index].get("name", "") if 0 <= index < len(steps) else ""
 
 

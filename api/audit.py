@@ -10,7 +10,8 @@ from fastapi import APIRouter, Query
 
 from api.auth import Acting
 from api.problems import documented
-from api.schemas import AuditOut, utc
+from api.responses import AuditOut
+from api.schemas import utc
 from core.errors import ValidationFailed
 from core.limits import MAX_OWNER
 from core.vocabulary import AuditAction, AuditTarget
@@ -42,4 +43,7 @@ def list_audit_rows(
         until=utc(until),
     )
     with session_scope() as session:
-        return [AuditOut.of(row) for row in list_audit(session, filters, actor=actor, limit=limit)]
+        return [
+            AuditOut.model_validate(row)
+            for row in list_audit(session, filters, actor=actor, limit=limit)
+        ]

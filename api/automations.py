@@ -8,20 +8,16 @@ from fastapi import APIRouter, Request, status
 
 from api.auth import Acting
 from api.problems import documented
-from api.schemas import (
+from api.responses import (
     Archived,
     AutomationCreated,
-    AutomationIn,
     AutomationOut,
     HookDisabled,
     HookOut,
     HookSecretOut,
-    IdempotencyKeyHeader,
-    RunBody,
     RunStarted,
-    fingerprint,
-    keyed,
 )
+from api.schemas import AutomationIn, IdempotencyKeyHeader, RunBody, fingerprint, keyed
 from core.errors import NotFound
 from db import commands, hooks, idempotency, queries
 from db.hooks import HookInfo
@@ -55,20 +51,27 @@ def create_automation(
         else:
             automation = commands.get_automation(session, made, actor=actor)
         secret = commands.signing_secret(session, automation.id, actor=actor)
-        return AutomationCreated(**AutomationOut.of(automation).model_dump(), signing_secret=secret)
+        return AutomationCreated(
+            **AutomationOut.model_validate(automation).model_dump(), signing_secret=secret
+        )
 
 
 @router.get("")
 def list_automations(actor: Acting) -> list[AutomationOut]:
     """Every live (not archived) automation of the token's workspace, by name."""
     with session_scope() as session:
-        return [AutomationOut.of(row) for row in queries.list_automations(session, actor=actor)]
+        return [
+            AutomationOut.model_validate(row)
+            for row in queries.list_automations(session, actor=actor)
+        ]
 
 
 @router.get("/{automation_id}")
 def get_automation(automation_id: uuid.UUID, actor: Acting) -> AutomationOut:
     with session_scope() as session:
-        return AutomationOut.of(commands.get_automation(session, automation_id, actor=actor))
+        return AutomationOut.model_validate(
+            commands.get_automation(session, automation_id, actor=actor)
+        )
 
 
 @router.put("/{automation_id}")
@@ -80,7 +83,7 @@ def update_automation(automation_id: uuid.UUID, body: AutomationIn, actor: Actin
         )
         session.flush()
         session.refresh(automation)
-        return AutomationOut.of(automation)
+        return AutomationOut.model_validate(automation)
 
 
 @router.delete("/{automation_id}")

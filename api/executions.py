@@ -13,7 +13,8 @@ from fastapi import APIRouter, Query, status
 
 from api.auth import Acting
 from api.problems import documented
-from api.schemas import ExecutionDetailOut, ExecutionOut, ExecutionPage, RunStarted, utc
+from api.responses import ExecutionDetailOut, ExecutionOut, ExecutionPage, RunStarted
+from api.schemas import utc
 from core.errors import NotFound, ValidationFailed
 from core.vocabulary import ExecutionStatus, Trigger
 from db import queries
@@ -78,7 +79,7 @@ def list_executions(
         page = queries.list_executions(session, filters, actor=actor, limit=limit, after=after)
     last = page.rows[-1] if page.rows and page.has_more else None
     return ExecutionPage(
-        items=[ExecutionOut.of(row) for row in page.rows],
+        items=[ExecutionOut.model_validate(row) for row in page.rows],
         next_cursor=None if last is None else encode_cursor(HistoryKey.of(last)),
     )
 

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import ratelimit
 from api.problems import BodyRefused, BodyTooLarge, RateLimited, documented
-from api.schemas import RunStarted
+from api.responses import RunStarted
 from core.errors import ValidationFailed
 from core.limits import MAX_DELIVERY_ID, MAX_INPUT_BYTES
 from core.secrets import SIGNATURE_HEADER

@@ -11,19 +11,21 @@ from sqlalchemy.orm import Session
 
 from api.auth import Acting
 from api.problems import documented
-from api.schemas import (
-    BackfillIn,
+from api.responses import (
     BackfillOut,
     BackfillPreviewOut,
     Deleted,
+    Preview,
+    RunStarted,
+    ScheduleOut,
+)
+from api.schemas import (
+    BackfillIn,
     IdempotencyKeyHeader,
     PauseIn,
-    Preview,
     PreviewIn,
     RunBody,
-    RunStarted,
     ScheduleIn,
-    ScheduleOut,
     TimingIn,
     fingerprint,
     keyed,
@@ -48,7 +50,7 @@ def _row(session: Session, schedule_id: uuid.UUID, actor: Actor) -> ScheduleOut:
     row = queries.get_schedule_row(session, schedule_id, actor=actor)
     if row is None:
         raise NotFound(f"schedule {schedule_id} does not exist (or was deleted)")
-    return ScheduleOut.of(row)
+    return ScheduleOut.model_validate(row)
 
 
 def _dispatch_soon() -> None:
@@ -107,7 +109,7 @@ def list_schedules(
         rows = queries.list_schedules(
             session, actor=actor, automation_id=automation_id, state=state
         )
-        return [ScheduleOut.of(row) for row in rows]
+        return [ScheduleOut.model_validate(row) for row in rows]
 
 
 @router.get("/{schedule_id}")

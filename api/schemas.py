@@ -1,9 +1,10 @@
-"""What the API reads and writes, as pydantic models (and so as the OpenAPI schema).
+"""What the API reads: request bodies and headers, as pydantic models (and so as OpenAPI).
 
 Input models check only what JSON cannot say for itself (types, and text that
 PostgreSQL cannot store); every rule of the domain is checked once, below, by the
 same `core` functions the dashboard's forms use, so a refused field carries the
-same message on both. Output models are built from the `db` layer's rows.
+same message on both. Their fields are the core's input types' (`api.fields`).
+What the API answers: `api.responses`.
 """
 
 from __future__ import annotations
@@ -16,24 +17,21 @@ from typing import Annotated, Any
 from fastapi import Body, Header
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from core.automation import AutomationInput, Step, redact_url
+from api.fields import enum_words, fields_from
+from core.automation import AutomationInput, Step
 from core.limits import (
-    DEFAULT_CATCHUP_WINDOW_S,
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_STEP_TIMEOUT_S,
+    MAX_INPUT_BYTES,
     MAX_NAME,
     MAX_OWNER,
     MAX_PAUSE_NOTE,
+    MAX_STEPS,
+    MIN_INTERVAL_S,
 )
 from core.run_input import RunInput, parse_run_input
-from core.schedule import ScheduleDefinition, ScheduleInput, parse_schedule
+from core.schedule import POLICY_FIELDS, ScheduleDefinition, ScheduleInput, parse_schedule
 from core.settings import get_settings
-from core.timing import ScheduleSpec
+from core.timing import TIMING_FIELDS, ScheduleSpec
 from core.vocabulary import MisfirePolicy, OverlapPolicy, ScheduleKind
-from db.audit import AuditRow
-from db.hooks import HookInfo
-from db.models import Automation
-from db.queries import AutomationRow, ExecutionDetail, ExecutionRow, ScheduleRow, StepRunRow
 
 # The database's integers are 32-bit: a bigger number is refused here, not by a crash.
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
@@ -67,10 +65,6 @@ class Input(BaseModel):
         return _storable(value)
 
 
-def _words(enum: type[Any]) -> dict[str, Any]:
-    return {"enum": [str(member) for member in enum]}
-
-
 # --- automations ----------------------------------------------------------------------
 
 
@@ -79,6 +73,15 @@ class StepIn(Input):
     message: str
 
 
+@fields_from(
+    AutomationInput,
+    omit={"owner_id"},  # the token's
+    ints=Int32,
+    more={
+        "agent_url": Field(description="http(s) URL the workers POST each step to"),
+        "urgent": Field(description="runs go to the urgent queue, ahead of any backlog"),
+    },
+)
 class AutomationIn(Input):
     """An automation as created or replaced (PUT sends every field)."""
 
@@ -97,99 +100,25 @@ class AutomationIn(Input):
         }
     )
 
-    name: str
-    agent_url: str = Field(description="http(s) URL the workers POST each step to")
-    steps: list[StepIn] = Field(description="1 to 50 steps, run in order")
-    description: str = ""
-    project_context: str = ""
-    step_timeout_s: Int32 = DEFAULT_STEP_TIMEOUT_S
-    max_retries: Int32 = DEFAULT_MAX_RETRIES
+    steps: list[StepIn] = Field(description=f"1 to {MAX_STEPS} steps, run in order")
     request_headers: dict[str, str] = Field(
         default_factory=dict,
         description="sent with every call; credentials as {{ secret.NAME }} (workspace secrets)",
     )
-    concurrency_limit: Int32 | None = None
-    rate_limit_per_s: float | None = None
-    urgent: bool = Field(
-        default=False, description="runs go to the urgent queue, ahead of any backlog"
-    )
 
     def parsed(self, owner: str) -> AutomationInput:
         return AutomationInput(
-            name=self.name,
-            agent_url=self.agent_url,
+            **self.model_dump(exclude={"steps", "request_headers"}),
             steps=tuple(Step(s.name, s.message) for s in self.steps),
-            description=self.description,
-            project_context=self.project_context,
-            step_timeout_s=self.step_timeout_s,
-            max_retries=self.max_retries,
-            owner_id=owner[:MAX_OWNER],
             request_headers=tuple(self.request_headers.items()),
-            concurrency_limit=self.concurrency_limit,
-            rate_limit_per_s=self.rate_limit_per_s,
-            urgent=self.urgent,
+            owner_id=owner[:MAX_OWNER],
         )
 
 
-class StepOut(BaseModel):
-    name: str
-    message: str
-
-
-class AutomationOut(BaseModel):
-    id: uuid.UUID
-    name: str
-    description: str
-    agent_url: str = Field(description="secret-looking query values and passwords shown REDACTED")
-    steps: list[StepOut]
-    project_context: str
-    step_timeout_s: int
-    max_retries: int
-    request_headers: dict[str, str]
-    concurrency_limit: int | None
-    rate_limit_per_s: float | None
-    urgent: bool
-    created_at: datetime
-    updated_at: datetime
-
-    @classmethod
-    def of(cls, row: Automation | AutomationRow) -> AutomationOut:
-        return cls(
-            id=row.id,
-            name=row.name,
-            description=row.description,
-            agent_url=redact_url(row.agent_url),
-            steps=[
-                StepOut(name=s.get("name", ""), message=s.get("message", "")) for s in row.steps
-            ],
-            project_context=row.project_context,
-            step_timeout_s=row.step_timeout_s,
-            max_retries=row.max_retries,
-            request_headers=dict(row.request_headers),
-            concurrency_limit=row.concurrency_limit,
-            rate_limit_per_s=row.rate_limit_per_s,
-            urgent=row.urgent,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-        )
-
-
-class AutomationCreated(AutomationOut):
-    signing_secret: str | None = Field(
-        description="signs every call to the agent (Stepwise-Signature); shown this once"
-    )
-
-
-class Archived(BaseModel):
-    archived: bool = True
-    cancelled_runs: int
-
-
-class RunStarted(BaseModel):
-    execution_id: uuid.UUID
-
-
-INPUT_DESCRIPTION = "a JSON object (at most 64 KiB) the agent receives with every step as `input`"
+INPUT_DESCRIPTION = (
+    f"a JSON object (at most {MAX_INPUT_BYTES // 1024} KiB) the agent receives with every "
+    "step as `input`"
+)
 
 
 class RunIn(Input):
@@ -203,43 +132,23 @@ class RunIn(Input):
         return parse_run_input(self.input)
 
 
-class HookOut(BaseModel):
-    """An automation's inbound webhook: POST a JSON object to `url` to start a run."""
-
-    id: uuid.UUID
-    automation_id: uuid.UUID
-    url: str
-    created_by: str
-    created_at: datetime
-    rotated_at: datetime | None
-    last_used_at: datetime | None
-
-    @classmethod
-    def of(cls, info: HookInfo, url: str) -> HookOut:
-        return cls(
-            id=info.id,
-            automation_id=info.automation_id,
-            url=url,
-            created_by=info.created_by,
-            created_at=info.created_at,
-            rotated_at=info.rotated_at,
-            last_used_at=info.last_used_at,
-        )
-
-
-class HookSecretOut(HookOut):
-    secret: str = Field(
-        description="send as Stepwise-Hook-Secret, or sign bodies with it; shown this once"
-    )
-
-
-class HookDisabled(BaseModel):
-    disabled: bool = True
-
-
 # --- schedules -------------------------------------------------------------------------
 
 
+@fields_from(
+    ScheduleSpec,
+    ScheduleInput,
+    omit={"anchor", "spec"},  # a new schedule's anchor is its creation
+    ints=Int32,
+    more={
+        "kind": Field(json_schema_extra=enum_words(ScheduleKind)),
+        "cron_expr": Field(description="5 fields, or @hourly-style macros"),
+        "interval_s": Field(description=f"at least {MIN_INTERVAL_S}"),
+        "run_at": Field(description="once: when, with an offset"),
+        "misfire_policy": Field(json_schema_extra=enum_words(MisfirePolicy)),
+        "overlap_policy": Field(json_schema_extra=enum_words(OverlapPolicy)),
+    },
+)
 class TimingIn(Input):
     """A schedule's timing and policies: cron, interval or once, in an IANA timezone."""
 
@@ -249,46 +158,14 @@ class TimingIn(Input):
         }
     )
 
-    kind: str = Field(json_schema_extra=_words(ScheduleKind))
-    timezone: str = "UTC"
-    cron_expr: str | None = Field(default=None, description="5 fields, or @hourly-style macros")
-    interval_s: Int32 | None = Field(default=None, description="at least 10")
-    run_at: datetime | None = Field(default=None, description="once: when, with an offset")
-    start_at: datetime | None = None
-    end_at: datetime | None = None
-    max_runs: Int32 | None = None
-    misfire_policy: str = Field(
-        default=MisfirePolicy.RUN_ONCE, json_schema_extra=_words(MisfirePolicy)
-    )
-    catchup_window_s: Int32 = DEFAULT_CATCHUP_WINDOW_S
-    overlap_policy: str = Field(default=OverlapPolicy.SKIP, json_schema_extra=_words(OverlapPolicy))
-    jitter_s: Int32 = 0
-    enabled: bool = True
     input: dict[str, Any] | None = Field(
         default=None, description=f"every run's input: {INPUT_DESCRIPTION}"
     )
 
     def parsed(self) -> ScheduleDefinition:
         """Every rule checked, as the dashboard's schedule form checks it."""
-        spec = ScheduleSpec(
-            kind=self.kind,
-            timezone=self.timezone,
-            cron_expr=self.cron_expr,
-            interval_s=self.interval_s,
-            run_at=self.run_at,
-            start_at=self.start_at,
-            end_at=self.end_at,
-            max_runs=self.max_runs,
-        )
-        data = ScheduleInput(
-            spec=spec,
-            misfire_policy=self.misfire_policy,
-            catchup_window_s=self.catchup_window_s,
-            overlap_policy=self.overlap_policy,
-            jitter_s=self.jitter_s,
-            enabled=self.enabled,
-            input=self.input,
-        )
+        spec = ScheduleSpec(**self.model_dump(include=set(TIMING_FIELDS)))
+        data = ScheduleInput(spec=spec, **self.model_dump(include=set(POLICY_FIELDS)))
         return parse_schedule(data, retention_days=get_settings().retention_days)
 
 
@@ -327,53 +204,6 @@ class PreviewIn(TimingIn):
     count: int = Field(default=10, ge=1, le=50, description="how many next runs to list")
 
 
-class Preview(BaseModel):
-    description: str
-    timezone: str
-    next_runs: list[datetime] = Field(description="UTC instants; empty if none is left")
-
-
-class ScheduleOut(BaseModel):
-    id: uuid.UUID
-    automation_id: uuid.UUID
-    automation_name: str
-    state: str = Field(json_schema_extra={"enum": ["active", "paused", "completed"]})
-    description: str
-    kind: str
-    cron_expr: str | None
-    interval_s: int | None
-    run_at: datetime | None
-    timezone: str
-    start_at: datetime | None
-    end_at: datetime | None
-    max_runs: int | None
-    enabled: bool
-    misfire_policy: str
-    catchup_window_s: int
-    overlap_policy: str
-    jitter_s: int
-    input: dict[str, Any] | None
-    next_run_at: datetime | None
-    last_run_at: datetime | None
-    last_status: str | None
-    run_count: int
-    success_count: int
-    failure_count: int
-    missed_count: int
-    skipped_count: int
-    completed_reason: str | None
-    paused_by: str | None = Field(description="who paused it (null unless paused by someone)")
-    paused_at: datetime | None
-    pause_note: str | None = Field(description="why, as they wrote it")
-    created_at: datetime
-    queued_runs: int
-
-    @classmethod
-    def of(cls, row: ScheduleRow) -> ScheduleOut:
-        values = {name: getattr(row, name) for name in ScheduleRow.__dataclass_fields__}
-        return cls(**values, state=str(row.state), description=row.describe())
-
-
 class PauseIn(Input):
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"note": "agent down for maintenance"}]}
@@ -399,109 +229,7 @@ class BackfillIn(Input):
     end: datetime = Field(alias="to", description="exclusive, with an offset; not in the future")
 
 
-class BackfillPreviewOut(BaseModel):
-    slots: int = Field(description="slots of the schedule in the range")
-    present: int = Field(description="of those, slots that already have their run")
-
-
-class BackfillOut(BaseModel):
-    execution_ids: list[uuid.UUID] = Field(description="the runs made, oldest slot first")
-    created: int
-    skipped_present: int = Field(description="slots skipped: they already had their run")
-
-
-class Deleted(BaseModel):
-    deleted: bool = True
-    cancelled_runs: int
-
-
-# --- executions ----------------------------------------------------------------------------
-
-
-class ExecutionOut(BaseModel):
-    id: uuid.UUID
-    automation_id: uuid.UUID
-    automation_name: str
-    schedule_id: uuid.UUID | None
-    trigger: str
-    status: str
-    scheduled_for: datetime
-    queued_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    attempt: int
-    current_step: int
-    total_steps: int
-    error: str | None
-    duration_s: float | None
-    steps_done: str
-
-    @classmethod
-    def of(cls, row: ExecutionRow) -> ExecutionOut:
-        values = {name: getattr(row, name) for name in ExecutionRow.__dataclass_fields__}
-        return cls(**values, duration_s=row.duration_s, steps_done=row.steps_done)
-
-
-class StepRunOut(BaseModel):
-    step_number: int
-    step_name: str
-    attempt: int
-    status: str
-    response_status: int | None
-    duration_ms: int | None
-    started_at: datetime
-    finished_at: datetime | None
-    request: dict[str, Any]
-    response_body: str | None
-    error: str | None
-
-    @classmethod
-    def of(cls, row: StepRunRow) -> StepRunOut:
-        return cls(**{name: getattr(row, name) for name in StepRunRow.__dataclass_fields__})
-
-
-class ExecutionDetailOut(ExecutionOut):
-    result: Any = None
-    input: dict[str, Any] | None = Field(
-        default=None, description="what the run was started with (sent with every step)"
-    )
-    steps: list[StepRunOut]
-
-    @classmethod
-    def of_detail(cls, detail: ExecutionDetail) -> ExecutionDetailOut:
-        base = ExecutionOut.of(detail.execution).model_dump()
-        steps = [StepRunOut.of(s) for s in detail.steps]
-        return cls(**base, result=detail.result, input=detail.input, steps=steps)
-
-
-class ExecutionPage(BaseModel):
-    items: list[ExecutionOut]
-    next_cursor: str | None = Field(
-        description="pass as `cursor` for the next page; null at the end"
-    )
-
-
-# --- audit ----------------------------------------------------------------------------------
-
-
-class AuditOut(BaseModel):
-    at: datetime
-    actor: str
-    action: str
-    target_type: str
-    target_id: uuid.UUID
-    details: dict[str, Any]
-
-    @classmethod
-    def of(cls, row: AuditRow) -> AuditOut:
-        return cls(
-            at=row.at,
-            actor=row.actor,
-            action=row.action,
-            target_type=row.target_type,
-            target_id=row.target_id,
-            details=row.details,
-        )
+# --- headers and queries ------------------------------------------------------------
 
 
 IdempotencyKeyHeader = Annotated[

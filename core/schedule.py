@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -87,6 +87,11 @@ class ScheduleInput:
     jitter_s: int = 0
     enabled: bool = True
     input: Any = None  # JSON text (a form) or a decoded value (the API); None: no input
+
+
+# A schedule's policies as a person gives them, in order (with `core.timing.TIMING_FIELDS`,
+# every field of a schedule a request or a definitions file names, flat).
+POLICY_FIELDS = tuple(f.name for f in fields(ScheduleInput) if f.name != "spec")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ aware UTC datetime. Cron rules across DST: `core.cron`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from typing import Protocol
@@ -39,42 +39,22 @@ class ScheduleSpec:
     anchor: datetime | None = None
 
 
-class TimingFields(Protocol):
-    """Anything that carries a stored schedule's timing (the model, a list row)."""
+# A timing's fields as a person gives them (a request, a form, a file), in order: the
+# anchor is never given, a stored schedule's is its creation.
+TIMING_FIELDS = tuple(f.name for f in fields(ScheduleSpec) if f.name != "anchor")
 
-    @property
-    def kind(self) -> str: ...
-    @property
-    def timezone(self) -> str: ...
-    @property
-    def cron_expr(self) -> str | None: ...
-    @property
-    def interval_s(self) -> int | None: ...
-    @property
-    def run_at(self) -> datetime | None: ...
-    @property
-    def start_at(self) -> datetime | None: ...
-    @property
-    def end_at(self) -> datetime | None: ...
-    @property
-    def max_runs(self) -> int | None: ...
+
+class Stored(Protocol):
+    """A stored schedule (the model, a list row): the timing's fields and its creation."""
+
     @property
     def created_at(self) -> datetime: ...
 
 
-def spec_of(schedule: TimingFields) -> ScheduleSpec:
+def spec_of(schedule: Stored) -> ScheduleSpec:
     """The timing of a stored schedule (anchored at its creation)."""
-    return ScheduleSpec(
-        kind=schedule.kind,
-        timezone=schedule.timezone,
-        cron_expr=schedule.cron_expr,
-        interval_s=schedule.interval_s,
-        run_at=schedule.run_at,
-        start_at=schedule.start_at,
-        end_at=schedule.end_at,
-        max_runs=schedule.max_runs,
-        anchor=schedule.created_at,
-    )
+    given = {name: getattr(schedule, name) for name in TIMING_FIELDS}
+    return ScheduleSpec(**given, anchor=schedule.created_at)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import zoneinfo
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -12,10 +12,9 @@ from zoneinfo import ZoneInfo
 from core.automation import Step
 from core.cron import normalize_cron
 from core.errors import ValidationFailed
-from core.limits import DEFAULT_CATCHUP_WINDOW_S
-from core.schedule import PRESETS, ScheduleInput
+from core.schedule import POLICY_FIELDS, PRESETS, ScheduleInput
 from core.timing import ScheduleSpec
-from core.vocabulary import MisfirePolicy, OverlapPolicy, ScheduleKind
+from core.vocabulary import ScheduleKind
 from db.queries import ScheduleRow
 
 CUSTOM_CRON = "custom_cron"
@@ -72,22 +71,33 @@ def timezone_options(viewer: str = "UTC") -> list[str]:
     return [*first, *rest, OTHER_ZONE]
 
 
+# What a schedule is when a person leaves a field as it is: the core's defaults.
+_DEFAULTS = ScheduleInput(spec=ScheduleSpec(kind=ScheduleKind.CRON))
+
+
 @dataclass(frozen=True)
 class ScheduleForm:
+    """The schedule dialog's inputs: a policy the form holds as the core takes it keeps the
+    core's name and default (`AS_GIVEN`); the rest are in the units a person picks."""
+
     timing: str = "daily_9am"
     cron_expr: str = ""
     interval_s: int = 3600
     run_at: tuple[date, time] | None = None
-    timezone: str = "UTC"
+    timezone: str = _DEFAULTS.spec.timezone
     start: tuple[date, time] | None = None
     end: tuple[date, time] | None = None
     max_runs: int = 0  # 0: no limit
-    misfire_policy: str = MisfirePolicy.RUN_ONCE
-    catchup_window_min: int = DEFAULT_CATCHUP_WINDOW_S // 60
-    overlap_policy: str = OverlapPolicy.SKIP
-    jitter_s: int = 0
-    enabled: bool = True
+    misfire_policy: str = _DEFAULTS.misfire_policy
+    catchup_window_min: int = _DEFAULTS.catchup_window_s // 60
+    overlap_policy: str = _DEFAULTS.overlap_policy
+    jitter_s: int = _DEFAULTS.jitter_s
+    enabled: bool = _DEFAULTS.enabled
     input_text: str = ""  # the runs' input as JSON text; blank: none
+
+
+# The policies the form holds as the core takes them: copied by name both ways.
+AS_GIVEN = tuple(name for name in POLICY_FIELDS if name in {f.name for f in fields(ScheduleForm)})
 
 
 def zone_or_utc(name: str) -> ZoneInfo:
@@ -136,12 +146,9 @@ def _kind_of(timing: str) -> ScheduleKind:
 def schedule_input(form: ScheduleForm) -> ScheduleInput:
     return ScheduleInput(
         spec=spec_of_form(form),
-        misfire_policy=form.misfire_policy,
         catchup_window_s=form.catchup_window_min * 60,
-        overlap_policy=form.overlap_policy,
-        jitter_s=form.jitter_s,
-        enabled=form.enabled,
         input=form.input_text,
+        **{name: getattr(form, name) for name in AS_GIVEN},
     )
 
 
@@ -169,12 +176,9 @@ def form_of_schedule(row: ScheduleRow) -> ScheduleForm:
         start=parts(row.start_at),
         end=parts(row.end_at),
         max_runs=row.max_runs or 0,
-        misfire_policy=row.misfire_policy,
         catchup_window_min=row.catchup_window_s // 60,
-        overlap_policy=row.overlap_policy,
-        jitter_s=row.jitter_s,
-        enabled=row.enabled,
         input_text=input_text(row.input),
+        **{name: getattr(row, name) for name in AS_GIVEN},
     )
 
 

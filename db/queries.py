@@ -12,7 +12,7 @@ history lists walk `ix_executions_workspace_recent` / `ix_executions_status_rece
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -55,6 +55,12 @@ def scope(session: Session, actor: Actor) -> uuid.UUID:
     """The workspace `actor` may read, after checking they are a member of it now."""
     authorize(session, actor, Permission.READ)
     return actor.workspace_id
+
+
+def _columns(entity: Any, row: type, *apart: str) -> list[Any]:
+    """The columns of `entity` that the fields of the dataclass `row` name, but those
+    `apart` (read from elsewhere): a row type's fields are its query's columns."""
+    return [getattr(entity, f.name) for f in fields(row) if f.name not in apart]
 
 
 def filter_executions(stmt: S, workspace_id: uuid.UUID, filters: ExecutionFilters) -> S:
@@ -129,20 +135,8 @@ class Page:
 
 def _execution_columns() -> AnySelect:
     return select(
-        Execution.id,
-        Execution.automation_id,
+        *_columns(Execution, ExecutionRow, "automation_name"),
         Automation.name.label("automation_name"),
-        Execution.schedule_id,
-        Execution.trigger,
-        Execution.status,
-        Execution.scheduled_for,
-        Execution.queued_at,
-        Execution.started_at,
-        Execution.finished_at,
-        Execution.attempt,
-        Execution.current_step,
-        Execution.total_steps,
-        Execution.error,
     ).join(Automation, Automation.id == Execution.automation_id)
 
 
@@ -297,15 +291,18 @@ def execution_detail(
         .join(Execution, Execution.automation_id == Automation.id)
         .where(Execution.id == execution_id)
     ).one()
-    runs = session.scalars(
-        select(StepRun)
+    runs = session.execute(
+        select(*_columns(StepRun, StepRunRow, "step_name"))
         .where(StepRun.execution_id == execution_id)
         .order_by(StepRun.step_number, StepRun.attempt, StepRun.id)
     ).all()
     return ExecutionDetail(
         execution=ExecutionRow(**row._mapping),
         result=result,
-        steps=[_step_row(run, steps_json) for run in runs],
+        steps=[
+            StepRunRow(**run._mapping, step_name=_step_name(run.step_number, steps_json))
+            for run in runs
+        ],
         input=run_input,
     )
 
@@ -353,22 +350,10 @@ def run_grid(
     return RunGrid(runs=runs, step_names=names, cells=cells)
 
 
-def _step_row(run: StepRun, steps: list[dict[str, str]]) -> StepRunRow:
-    index = run.step_number - 1
-    name = steps[index].get("name", "") if 0 <= index < len(steps) else ""
-    return StepRunRow(
-        step_number=run.step_number,
-        step_name=name,
-        attempt=run.attempt,
-        status=run.status,
-        response_status=run.response_status,
-        duration_ms=run.duration_ms,
-        started_at=run.started_at,
-        finished_at=run.finished_at,
-        request=run.request,
-        response_body=run.response_body,
-        error=run.error,
-    )
+def _step_name(step_number: int, steps: list[dict[str, str]]) -> str:
+    """The name of step `step_number` (from 1) as the automation holds it now."""
+    index = step_number - 1
+    return steps[index].get("name", "") if 0 <= index < len(steps) else ""
 
 
 # --- schedules ------------------------------------------------------------------------
@@ -418,14 +403,10 @@ class ScheduleRow:
     def success_rate(self) -> float | None:
         return success_rate(self.success_count, self.failure_count)
 
-    def describe(self) -> str:
+    @property
+    def description(self) -> str:
         """The timing in words (the row was validated when it was written)."""
         return describe(parse_timing(spec_of(self)))
-
-
-_SCHEDULE_FIELDS = [
-    c for c in ScheduleRow.__dataclass_fields__ if c not in ("automation_name", "queued_runs")
-]
 
 
 def list_schedules(
@@ -450,7 +431,7 @@ def list_schedules(
     )
     stmt = (
         select(
-            *[getattr(Schedule, name) for name in _SCHEDULE_FIELDS],
+            *_columns(Schedule, ScheduleRow, "automation_name", "queued_runs"),
             Automation.name.label("automation_name"),
             func.coalesce(queued.c.queued_runs, 0).label("queued_runs"),
         )
@@ -488,14 +469,14 @@ class AutomationRow:
     name: str
     description: str
     agent_url: str
-    project_context: str
     steps: list[dict[str, str]]
+    project_context: str
     step_timeout_s: int
     max_retries: int
+    request_headers: dict[str, str]
     concurrency_limit: int | None
     rate_limit_per_s: float | None
     urgent: bool
-    request_headers: dict[str, str]
     created_at: datetime
     updated_at: datetime
     schedules: int
@@ -512,20 +493,7 @@ def list_automations(session: Session, *, actor: Actor) -> list[AutomationRow]:
     )
     rows = session.execute(
         select(
-            Automation.id,
-            Automation.name,
-            Automation.description,
-            Automation.agent_url,
-            Automation.project_context,
-            Automation.steps,
-            Automation.step_timeout_s,
-            Automation.max_retries,
-            Automation.concurrency_limit,
-            Automation.rate_limit_per_s,
-            Automation.urgent,
-            Automation.request_headers,
-            Automation.created_at,
-            Automation.updated_at,
+            *_columns(Automation, AutomationRow, "schedules"),
             func.coalesce(counts.c.schedules, 0).label("schedules"),
         )
         .outerjoin(counts, counts.c.automation_id == Automation.id)

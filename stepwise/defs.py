@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from types import NoneType
+from typing import Any, get_args, get_type_hints
 
 import yaml
 from sqlalchemy import select
@@ -29,44 +30,45 @@ from core.access import Actor
 from core.automation import AutomationInput, Step
 from core.backfill import pause_note
 from core.errors import StepwiseError
-from core.schedule import ScheduleDefinition, ScheduleInput, parse_schedule
+from core.schedule import POLICY_FIELDS, ScheduleDefinition, ScheduleInput, parse_schedule
 from core.settings import get_settings
-from core.timing import ScheduleSpec
+from core.timing import TIMING_FIELDS, ScheduleSpec
 from db import channels, commands
 from db.models import Automation, NotificationChannel, Schedule
 
-# Every automation field, as written in the file (the steps are handled apart).
-AUTOMATION_FIELDS = (
-    "description",
-    "agent_url",
-    "project_context",
-    "step_timeout_s",
-    "max_retries",
-    "owner_id",
-    "request_headers",
-    "concurrency_limit",
-    "rate_limit_per_s",
-    "urgent",
+# Every automation field, as written in the file (the name and steps are handled apart).
+AUTOMATION_FIELDS = tuple(
+    f.name for f in fields(AutomationInput) if f.name not in ("name", "steps")
 )
 NOTIFICATION_FIELDS = frozenset({"channels", "failure_threshold"})
-# Every schedule field, as written in the file: one mapping both ways (add a field here).
-SCHEDULE_TIMING: tuple[str, ...] = ("kind", "cron_expr", "interval_s", "run_at", "timezone")
-SCHEDULE_TIMING += ("start_at", "end_at", "max_runs")
-SCHEDULE_POLICY: tuple[str, ...] = ("misfire_policy", "catchup_window_s", "overlap_policy")
-SCHEDULE_POLICY += ("jitter_s", "enabled", "input")
-SCHEDULE_FIELDS = SCHEDULE_TIMING + SCHEDULE_POLICY + ("pause_note",)
-_DATES = frozenset({"run_at", "start_at", "end_at"})
-# What each scalar field must be in the file (YAML gives typed values).
-_TYPES: dict[str, tuple[type, ...]] = {
-    **dict.fromkeys(("step_timeout_s", "max_retries", "concurrency_limit"), (int,)),
-    **dict.fromkeys(("interval_s", "max_runs", "catchup_window_s", "jitter_s"), (int,)),
-    "rate_limit_per_s": (int, float),
-    **dict.fromkeys(("urgent", "enabled"), (bool,)),
-    **dict.fromkeys(("name", "description", "agent_url", "project_context", "owner_id"), (str,)),
-    **dict.fromkeys(("kind", "cron_expr", "timezone", "misfire_policy", "overlap_policy"), (str,)),
-    "pause_note": (str,),
-    "failure_threshold": (int,),
+# Every schedule field, as written in the file: the core's, flat, one mapping both ways.
+SCHEDULE_TIMING = TIMING_FIELDS
+SCHEDULE_FIELDS = TIMING_FIELDS + POLICY_FIELDS + ("pause_note",)
+
+
+def _scalars(*types: type) -> dict[str, tuple[type, ...]]:
+    """What each scalar field of the dataclasses `types` must be in the file (YAML gives
+    typed values): a whole number where an int is, any number where a float is."""
+    wanted: dict[str, tuple[type, ...]] = {}
+    for source in types:
+        for name, hint in get_type_hints(source).items():
+            kinds = set(get_args(hint) or (hint,)) - {NoneType}
+            if kinds == {float}:
+                wanted[name] = (int, float)
+            elif len(kinds) == 1 and kinds <= {int, bool, str, datetime}:
+                wanted[name] = (kinds.pop(),)
+    return wanted
+
+
+_IN_FILE = frozenset({"name", *AUTOMATION_FIELDS, *SCHEDULE_FIELDS})
+_CHECKED = {
+    name: kinds
+    for name, kinds in _scalars(AutomationInput, ScheduleSpec, ScheduleInput).items()
+    if name in _IN_FILE
 }
+_DATES = frozenset(name for name, kinds in _CHECKED.items() if kinds == (datetime,))
+_TYPES = {name: kinds for name, kinds in _CHECKED.items() if name not in _DATES}
+_TYPES |= {"pause_note": (str,), "failure_threshold": (int,)}
 _TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
 
 

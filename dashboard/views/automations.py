@@ -11,7 +11,15 @@ import streamlit as st
 
 from core.automation import AutomationInput, Step, redact_url, validate_automation
 from core.errors import StepwiseError, ValidationFailed
-from core.limits import MAX_CONCURRENCY, MAX_RATE_PER_S, MIN_RATE_PER_S
+from core.limits import (
+    MAX_CONCURRENCY,
+    MAX_NAME,
+    MAX_RATE_PER_S,
+    MAX_RETRIES,
+    MAX_STEP_TIMEOUT_S,
+    MIN_RATE_PER_S,
+    MIN_STEP_TIMEOUT_S,
+)
 from core.run_input import parse_run_input
 from core.settings import get_settings
 from core.vocabulary import OPEN_STATUSES, Permission
@@ -153,7 +161,7 @@ if k + "errors" in st.session_state and k + "name" in st.session_state:
 st.subheader("New automation" if current is None else f"Edit “{ui.text(current.name)}”")
 left, right = st.columns(2)
 with left:
-    st.text_input("Name", value=base["name"], key=k + "name", max_chars=200)
+    st.text_input("Name", value=base["name"], key=k + "name", max_chars=MAX_NAME)
     ui.field_error(errors, "name")
     st.text_input(
         "Agent URL", value=base["agent_url"], key=k + "agent_url", placeholder="https://…/agent"
@@ -170,8 +178,14 @@ with right:
     )
     ui.field_error(errors, "project_context")
     a, b = st.columns(2)
-    a.number_input("Step timeout (s)", 1, 3600, value=int(base["timeout"]), key=k + "timeout")
-    b.number_input("Retries", 0, 20, value=int(base["retries"]), key=k + "retries")
+    a.number_input(
+        "Step timeout (s)",
+        MIN_STEP_TIMEOUT_S,
+        MAX_STEP_TIMEOUT_S,
+        value=int(base["timeout"]),
+        key=k + "timeout",
+    )
+    b.number_input("Retries", 0, MAX_RETRIES, value=int(base["retries"]), key=k + "retries")
     with a:
         ui.field_error(errors, "step_timeout_s")
     with b:

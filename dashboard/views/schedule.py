@@ -50,7 +50,7 @@ assert row is not None
 
 def timing_words(row: queries.ScheduleRow) -> str:
     try:
-        return row.describe()
+        return row.description
     except StepwiseError:
         return "invalid schedule"
 

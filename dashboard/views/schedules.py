@@ -59,7 +59,7 @@ if editor:
 
 def timing(row: queries.ScheduleRow) -> str:
     try:
-        return row.describe()
+        return row.description
     except StepwiseError:
         return "invalid schedule"
 

@@ -1,0 +1,161 @@
+"""What the API answers, as pydantic models (and so as the OpenAPI schema).
+
+A model that shows a `db` row takes the row type's fields (`api.fields`) and is built
+with `Model.model_validate(row)` (`from_attributes`: a row's properties are read as
+fields too); it declares only what the API adds to the row.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from api.fields import enum_words, fields_from
+from core.automation import redact_url
+from core.vocabulary import ScheduleState
+from db.audit import AuditRow
+from db.hooks import HookInfo
+from db.queries import AutomationRow, ExecutionDetail, ExecutionRow, ScheduleRow, StepRunRow
+
+
+class Out(BaseModel):
+    """An answer built from a row (or an ORM object): its attributes are the fields."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+# --- automations ----------------------------------------------------------------------
+
+
+class StepOut(Out):
+    name: str
+    message: str
+
+
+# Built from an `AutomationRow` or the `Automation` model alike.
+@fields_from(AutomationRow, omit={"schedules"})
+class AutomationOut(Out):
+    agent_url: Annotated[str, AfterValidator(redact_url)] = Field(
+        description="secret-looking query values and passwords shown REDACTED"
+    )
+    steps: list[StepOut]
+
+
+class AutomationCreated(AutomationOut):
+    signing_secret: str | None = Field(
+        description="signs every call to the agent (Stepwise-Signature); shown this once"
+    )
+
+
+class Archived(BaseModel):
+    archived: bool = True
+    cancelled_runs: int
+
+
+class RunStarted(BaseModel):
+    execution_id: uuid.UUID
+
+
+@fields_from(HookInfo)
+class HookOut(Out):
+    """An automation's inbound webhook: POST a JSON object to `url` to start a run."""
+
+    url: str
+
+    @classmethod
+    def of(cls, info: HookInfo, url: str) -> HookOut:
+        return cls.model_validate({**vars(info), "url": url})
+
+
+class HookSecretOut(HookOut):
+    secret: str = Field(
+        description="send as Stepwise-Hook-Secret, or sign bodies with it; shown this once"
+    )
+
+
+class HookDisabled(BaseModel):
+    disabled: bool = True
+
+
+# --- schedules -------------------------------------------------------------------------
+
+
+class Preview(BaseModel):
+    description: str
+    timezone: str
+    next_runs: list[datetime] = Field(description="UTC instants; empty if none is left")
+
+
+@fields_from(
+    ScheduleRow,
+    more={
+        "paused_by": Field(description="who paused it (null unless paused by someone)"),
+        "pause_note": Field(description="why, as they wrote it"),
+    },
+)
+class ScheduleOut(Out):
+    state: str = Field(json_schema_extra=enum_words(ScheduleState))
+    description: str
+
+
+class BackfillPreviewOut(BaseModel):
+    slots: int = Field(description="slots of the schedule in the range")
+    present: int = Field(description="of those, slots that already have their run")
+
+
+class BackfillOut(BaseModel):
+    execution_ids: list[uuid.UUID] = Field(description="the runs made, oldest slot first")
+    created: int
+    skipped_present: int = Field(description="slots skipped: they already had their run")
+
+
+class Deleted(BaseModel):
+    deleted: bool = True
+    cancelled_runs: int
+
+
+# --- executions ----------------------------------------------------------------------------
+
+
+@fields_from(ExecutionRow)
+class ExecutionOut(Out):
+    duration_s: float | None
+    steps_done: str
+
+
+@fields_from(StepRunRow)
+class StepRunOut(Out):
+    pass
+
+
+class ExecutionDetailOut(ExecutionOut):
+    result: Any = None
+    input: dict[str, Any] | None = Field(
+        default=None, description="what the run was started with (sent with every step)"
+    )
+    steps: list[StepRunOut]
+
+    @classmethod
+    def of_detail(cls, detail: ExecutionDetail) -> ExecutionDetailOut:
+        """The execution's fields, and beside them its result, input and steps."""
+        execution = ExecutionOut.model_validate(detail.execution).model_dump()
+        given = {"result": detail.result, "input": detail.input, "steps": detail.steps}
+        return cls.model_validate(execution | given)
+
+
+class ExecutionPage(BaseModel):
+    items: list[ExecutionOut]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null at the end"
+    )
+
+
+# --- audit ----------------------------------------------------------------------------------
+
+
+@fields_from(AuditRow)
+class AuditOut(Out):
+    pass

@@ -29,7 +29,7 @@ from core.run_input import RunInput, parse_run_input
 from core.schedule import ScheduleDefinition, ScheduleInput, parse_schedule
 from core.settings import get_settings
 from core.timing import ScheduleSpec
-from core.vocabulary import MisfirePolicy, OverlapPolicy, ScheduleKind
+from core.vocabulary import CompletedReason, MisfirePolicy, OverlapPolicy, ScheduleKind
 from db.audit import AuditRow
 from db.hooks import HookInfo
 from db.models import Automation
@@ -362,6 +362,10 @@ class ScheduleOut(BaseModel):
     missed_count: int
     skipped_count: int
     completed_reason: str | None
+    parked_error: str | None = Field(
+        description="why Stepwise could not plan it (completed_reason "
+        f"{CompletedReason.PARKED.value!r}); null otherwise"
+    )
     paused_by: str | None = Field(description="who paused it (null unless paused by someone)")
     paused_at: datetime | None
     pause_note: str | None = Field(description="why, as they wrote it")

@@ -33,6 +33,7 @@ from core.timing import (
     slots_from,
 )
 from core.vocabulary import (
+    CompletedReason,
     MisfirePolicy,
     OverlapDecision,
     OverlapPolicy,
@@ -151,11 +152,8 @@ class DispatchPlan:
     skipped: list[datetime]
     expired: int
     next_run_at: datetime | None
-    completed_reason: str | None
+    completed_reason: CompletedReason | None
     catchup: int = 0  # the first `catchup` slots of `run` are missed ones, run late
-
-
-MAX_RUNS_REACHED = "reached its maximum number of runs"
 
 
 def plan_dispatch(
@@ -179,7 +177,7 @@ def plan_dispatch(
     now, due_from = as_utc(now), as_utc(now) - grace
     remaining = None if timing.max_runs is None else timing.max_runs - dispatched
     if remaining is not None and remaining <= 0:
-        return DispatchPlan([], [], 0, None, MAX_RUNS_REACHED)
+        return DispatchPlan([], [], 0, None, CompletedReason.MAX_RUNS)
     # Slots before the window (or before due_from, if grace exceeds the window) expire.
     expire_before = min(due_from, now - timedelta(seconds=catchup_window_s))
     cursor, expired = as_utc(next_run_at), 0
@@ -196,7 +194,7 @@ def plan_dispatch(
     expired += overflow + max(0, len(skipped) - MAX_SKIPPED_RECORDED)
     skipped = skipped[-MAX_SKIPPED_RECORDED:]
     if remaining is not None and len(run) >= remaining:
-        return DispatchPlan(run, skipped, expired, None, MAX_RUNS_REACHED, catchup)
+        return DispatchPlan(run, skipped, expired, None, CompletedReason.MAX_RUNS, catchup)
     if slot is None:
         return DispatchPlan(run, skipped, expired, None, _exhausted_reason(timing), catchup)
     return DispatchPlan(run, skipped, expired, slot, None, catchup)
@@ -228,13 +226,23 @@ def _apply_misfire(
     return missed[-MAX_RUN_ALL:], missed[:-MAX_RUN_ALL]
 
 
-def _exhausted_reason(timing: Timing) -> str:
+def _exhausted_reason(timing: Timing) -> CompletedReason:
     if timing.kind == ScheduleKind.ONCE:
-        return "ran once"
-    return "reached its end" if timing.end_at is not None else "no further slot"
+        return CompletedReason.RAN_ONCE
+    if timing.end_at is not None:
+        return CompletedReason.END_REACHED
+    return CompletedReason.NO_FURTHER_SLOT
 
 
-def initial_next_run_at(timing: Timing, now: datetime) -> tuple[datetime | None, str | None]:
+def stopped_text(reason: str, parked_error: str | None = None) -> str:
+    """Why a schedule stopped for good, as a person reads it (with dispatch's error when
+    it was parked)."""
+    return f"{reason} ({parked_error})" if parked_error else reason
+
+
+def initial_next_run_at(
+    timing: Timing, now: datetime
+) -> tuple[datetime | None, CompletedReason | None]:
     """The first slot at or after ``now`` for a new, resumed or edited schedule.
 
     Resuming never replays the paused period. Returns (None, reason) if no slot can
@@ -244,7 +252,7 @@ def initial_next_run_at(timing: Timing, now: datetime) -> tuple[datetime | None,
     if slot is not None:
         return slot, None
     if timing.kind == ScheduleKind.ONCE:
-        return None, "its run time has passed"
+        return None, CompletedReason.RUN_TIME_PASSED
     return None, _exhausted_reason(timing)
 
 

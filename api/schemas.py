@@ -1,9 +1,9 @@
 """What the API reads and writes, as pydantic models (and so as the OpenAPI schema).
 
-Input models check only what JSON cannot say for itself (types, and text that
-PostgreSQL cannot store); every rule of the domain is checked once, below, by the
-same `core` functions the dashboard's forms use, so a refused field carries the
-same message on both. Output models are built from the `db` layer's rows.
+Input models check only what JSON cannot say for itself (types); every rule of the
+domain, text that PostgreSQL cannot store included, is checked once, below, by the
+same `core` functions the dashboard's forms and `stepwise apply` use, so a refused
+field carries the same message on each. Output models are built from the `db` layer's rows.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Body, Header
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticSerializationError
 
 from core.automation import AutomationInput, Step, redact_url
 from core.limits import (
@@ -39,32 +40,10 @@ from db.queries import AutomationRow, ExecutionDetail, ExecutionRow, ScheduleRow
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 
 
-def _storable(value: Any) -> Any:
-    """Refuse text PostgreSQL cannot store (NUL, unpaired surrogates), at any depth."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError("must not contain the NUL character")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("must be valid Unicode text") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _storable(key)
-            _storable(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _storable(item)
-    return value
-
-
 class Input(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields are refused; its values are checked by the core."""
 
-    @field_validator("*", mode="after")
-    @classmethod
-    def _text_is_storable(cls, value: Any) -> Any:
-        return _storable(value)
+    model_config = ConfigDict(extra="forbid")
 
 
 def _words(enum: type[Any]) -> dict[str, Any]:
@@ -523,7 +502,12 @@ IdempotencyKeyHeader = Annotated[
 
 def fingerprint(what: str, body: BaseModel | None) -> str:
     """What an Idempotency-Key is bound to: this kind of create with this exact body."""
-    given = "null" if body is None else body.model_dump_json()
+    try:
+        given = "null" if body is None else body.model_dump_json()
+    except PydanticSerializationError:
+        # Text JSON cannot encode (a lone surrogate): the core refuses the body before
+        # anything is kept, the key's claim included; any fingerprint does meanwhile.
+        given = repr(body)
     return hashlib.sha256(f"{what}\n{given}".encode()).hexdigest()
 
 

@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from core.errors import FieldError, ValidationFailed
 from core.limits import MAX_CHANNEL_URL, MAX_NAME, MAX_NOTICE_TEXT
+from core.text import text_errors
 from core.vocabulary import CompletedReason, NoticeKind
 
 # Schemes whose host is the address connected to (checked against the egress policy).
@@ -43,9 +44,11 @@ class ChannelInput:
 
 def parse_channel(name: str, url: str) -> ChannelInput:
     """The checked channel; ValidationFailed names the field (the URL is never echoed)."""
+    if errors := text_errors([("name", name), ("url", url)]):
+        raise ValidationFailed(errors)
     name = name.strip()
     url = url.strip()
-    errors: list[FieldError] = []
+    errors = []
     if not name or len(name) > MAX_NAME:
         errors.append(FieldError("name", f"give a name of 1 to {MAX_NAME} characters"))
     problem = _url_problem(url)

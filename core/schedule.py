@@ -23,6 +23,7 @@ from core.limits import (
     MAX_SKIPPED_RECORDED,
 )
 from core.run_input import RunInput, parse_run_input
+from core.text import UNSTORABLE, storable
 from core.timing import (
     ScheduleSpec,
     Timing,
@@ -116,10 +117,15 @@ def parse_schedule(data: ScheduleInput, *, retention_days: int) -> ScheduleDefin
         timing = parse_timing(data.spec)
     except ValidationFailed as exc:
         errors += exc.errors
-    if data.misfire_policy not in set(MisfirePolicy):
-        errors.append(FieldError("misfire_policy", f"must be one of {one_of(MisfirePolicy)}"))
-    if data.overlap_policy not in set(OverlapPolicy):
-        errors.append(FieldError("overlap_policy", f"must be one of {one_of(OverlapPolicy)}"))
+    policies = {
+        "misfire_policy": (data.misfire_policy, MisfirePolicy),
+        "overlap_policy": (data.overlap_policy, OverlapPolicy),
+    }
+    for field, (value, words) in policies.items():
+        if not storable(value):
+            errors.append(FieldError(field, UNSTORABLE))
+        elif value not in set(words):
+            errors.append(FieldError(field, f"must be one of {one_of(words)}"))
     window_cap = catchup_window_cap(retention_days)
     if not 0 <= data.catchup_window_s <= window_cap:
         errors.append(FieldError("catchup_window_s", f"must be between 0 and {window_cap} seconds"))

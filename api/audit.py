@@ -14,6 +14,7 @@ from api.responses import AuditOut
 from api.schemas import utc
 from core.errors import ValidationFailed
 from core.limits import MAX_OWNER
+from core.text import UNSTORABLE, storable
 from core.vocabulary import AuditAction, AuditTarget
 from db.audit import AuditFilters, list_audit
 from db.session import session_scope
@@ -32,8 +33,8 @@ def list_audit_rows(
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[AuditOut]:
-    if "\x00" in who:
-        raise ValidationFailed.single("who", "must not contain the NUL character")
+    if not storable(who):
+        raise ValidationFailed.single("who", UNSTORABLE)
     filters = AuditFilters(
         actor=who,
         actions=tuple(action or ()),

@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from api.fields import enum_words, fields_from
 from core.automation import redact_url
-from core.vocabulary import ScheduleState
+from core.vocabulary import CompletedReason, ScheduleState
 from db.audit import AuditRow
 from db.hooks import HookInfo
 from db.queries import AutomationRow, ExecutionDetail, ExecutionRow, ScheduleRow, StepRunRow
@@ -94,6 +94,10 @@ class Preview(BaseModel):
     more={
         "paused_by": Field(description="who paused it (null unless paused by someone)"),
         "pause_note": Field(description="why, as they wrote it"),
+        "parked_error": Field(
+            description="why Stepwise could not plan it (completed_reason "
+            f"{CompletedReason.PARKED.value!r}); null otherwise"
+        ),
     },
 )
 class ScheduleOut(Out):

@@ -1,10 +1,10 @@
 """What the API reads: request bodies and headers, as pydantic models (and so as OpenAPI).
 
-Input models check only what JSON cannot say for itself (types, and text that
-PostgreSQL cannot store); every rule of the domain is checked once, below, by the
-same `core` functions the dashboard's forms use, so a refused field carries the
-same message on both. Their fields are the core's input types' (`api.fields`).
-What the API answers: `api.responses`.
+Input models check only what JSON cannot say for itself (types); every rule of the
+domain, text that PostgreSQL cannot store included, is checked once, below, by the
+same `core` functions the dashboard's forms and `stepwise apply` use, so a refused
+field carries the same message on each. Their fields are the core's input types'
+(`api.fields`). What the API answers: `api.responses`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Body, Header
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticSerializationError
 
 from api.fields import enum_words, fields_from
 from core.automation import AutomationInput, Step
@@ -37,32 +38,10 @@ from core.vocabulary import MisfirePolicy, OverlapPolicy, ScheduleKind
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 
 
-def _storable(value: Any) -> Any:
-    """Refuse text PostgreSQL cannot store (NUL, unpaired surrogates), at any depth."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError("must not contain the NUL character")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("must be valid Unicode text") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _storable(key)
-            _storable(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _storable(item)
-    return value
-
-
 class Input(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields are refused; its values are checked by the core."""
 
-    @field_validator("*", mode="after")
-    @classmethod
-    def _text_is_storable(cls, value: Any) -> Any:
-        return _storable(value)
+    model_config = ConfigDict(extra="forbid")
 
 
 # --- automations ----------------------------------------------------------------------
@@ -247,7 +226,12 @@ IdempotencyKeyHeader = Annotated[
 
 def fingerprint(what: str, body: BaseModel | None) -> str:
     """What an Idempotency-Key is bound to: this kind of create with this exact body."""
-    given = "null" if body is None else body.model_dump_json()
+    try:
+        given = "null" if body is None else body.model_dump_json()
+    except PydanticSerializationError:
+        # Text JSON cannot encode (a lone surrogate): the core refuses the body before
+        # anything is kept, the key's claim included; any fingerprint does meanwhile.
+        given = repr(body)
     return hashlib.sha256(f"{what}\n{given}".encode()).hexdigest()
 
 

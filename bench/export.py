@@ -2,7 +2,7 @@
 
     python -m bench.export --executions 1000000 --runs 3
 
-Each export runs `db.exports.write_history` (what the dashboard's Export page
+Each export runs `service.exports.write_history` (what the dashboard's Export page
 and `stepwise export` call) in a fresh child process, so the peak RSS
 (`ru_maxrss`) is that export's alone, imports included.
 """
@@ -24,7 +24,7 @@ from bench.dataset import generate
 CHILD = """
 import json, resource, sys, time
 from core.access import DEFAULT_WORKSPACE_ID, Actor
-from db.exports import write_history
+from service.exports import write_history
 from db.queries import ExecutionFilters
 from db.session import session_scope
 bench = Actor("bench", DEFAULT_WORKSPACE_ID)

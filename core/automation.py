@@ -28,6 +28,7 @@ from core.limits import (
     MIN_STEP_TIMEOUT_S,
 )
 from core.secrets import secret_names
+from core.text import UNSTORABLE, storable, text_errors
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ def _check_headers(headers: tuple[tuple[str, str], ...]) -> list[FieldError]:
             errors.append(f"{name} is set by Stepwise and cannot be changed")
         elif lowered in seen:
             errors.append(f"{name} is given twice")
-        elif any(c in value for c in "\r\n\x00"):
+        elif any(c in value for c in "\r\n"):
             errors.append(f"{name}'s value must be on one line")
         elif len(value) > MAX_HEADER_VALUE:
             errors.append(f"{name}'s value is over {MAX_HEADER_VALUE} characters")
@@ -207,11 +208,39 @@ def _check_headers(headers: tuple[tuple[str, str], ...]) -> list[FieldError]:
     return [FieldError("request_headers", e) for e in errors]
 
 
+def _check_text(data: AutomationInput) -> list[FieldError]:
+    """Every text of `data` that PostgreSQL could not store (`core.text`)."""
+    errors = text_errors(
+        [
+            ("name", data.name),
+            ("description", data.description),
+            ("project_context", data.project_context),
+            ("agent_url", data.agent_url),
+            ("owner_id", data.owner_id),
+        ]
+    )
+    for number, step in enumerate(data.steps, start=1):
+        for part, text in (("name", step.name), ("message", step.message)):
+            if not storable(text):
+                errors.append(FieldError("steps", f"step {number}'s {part} {UNSTORABLE}"))
+    for number, header in enumerate(data.request_headers, start=1):
+        for part, text in zip(("name", "value"), header, strict=True):
+            if not storable(text):
+                errors.append(
+                    FieldError("request_headers", f"header {number}'s {part} {UNSTORABLE}")
+                )
+    return errors
+
+
 def validate_automation(data: AutomationInput, *, egress: EgressPolicy) -> None:
     """Raise ValidationFailed listing every problem; return quietly when all is well.
 
-    `egress` decides which agent addresses are acceptable (the deployment's allowlist).
+    Text PostgreSQL cannot store is refused first, alone: the other checks (whose
+    messages may quote a field) never see it. `egress` decides which agent addresses
+    are acceptable (the deployment's allowlist).
     """
+    if text_problems := _check_text(data):
+        raise ValidationFailed(text_problems)
     errors: list[FieldError] = []
     if not data.name.strip():
         errors.append(FieldError("name", "is required"))

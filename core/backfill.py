@@ -12,12 +12,15 @@ from datetime import datetime, timedelta
 
 from core.errors import FieldError, ValidationFailed
 from core.limits import MAX_BACKFILL_SLOTS, MAX_PAUSE_NOTE
+from core.text import UNSTORABLE, storable
 from core.timing import Timing, as_utc, count_slots, slots_between
 
 
 def pause_note(note: str | None) -> str | None:
     """The note a schedule is paused with, trimmed; None when empty."""
     text = (note or "").strip()
+    if not storable(text):
+        raise ValidationFailed.single("note", UNSTORABLE)
     if len(text) > MAX_PAUSE_NOTE:
         raise ValidationFailed.single(
             "note", f"must be at most {MAX_PAUSE_NOTE} characters (got {len(text)})"

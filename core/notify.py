@@ -21,7 +21,8 @@ from urllib.parse import unquote, urlsplit
 
 from core.errors import FieldError, ValidationFailed
 from core.limits import MAX_CHANNEL_URL, MAX_NAME, MAX_NOTICE_TEXT
-from core.vocabulary import NoticeKind
+from core.text import text_errors
+from core.vocabulary import CompletedReason, NoticeKind
 
 # Schemes whose host is the address connected to (checked against the egress policy).
 ADDRESSED_SCHEMES = frozenset(
@@ -43,9 +44,11 @@ class ChannelInput:
 
 def parse_channel(name: str, url: str) -> ChannelInput:
     """The checked channel; ValidationFailed names the field (the URL is never echoed)."""
+    if errors := text_errors([("name", name), ("url", url)]):
+        raise ValidationFailed(errors)
     name = name.strip()
     url = url.strip()
-    errors: list[FieldError] = []
+    errors = []
     if not name or len(name) > MAX_NAME:
         errors.append(FieldError("name", f"give a name of 1 to {MAX_NAME} characters"))
     problem = _url_problem(url)
@@ -166,7 +169,7 @@ def advance(streak: Streak, *, execution_id: str, failed: bool, threshold: int) 
     return StreakChange(state, NoticeKind.FAILURE if opens else None)
 
 
-def is_parked(reason: str) -> bool:
-    """A schedule Stepwise disabled because it could not plan it (db/dispatch.py), not one
-    that reached its end."""
-    return reason.startswith("disabled:")
+def stop_notice(reason: str) -> NoticeKind:
+    """The notice for a schedule that stopped for good: parked (Stepwise could not plan
+    it, db/dispatch.py) or completed (it reached its end)."""
+    return NoticeKind.PARKED if reason == CompletedReason.PARKED else NoticeKind.COMPLETED

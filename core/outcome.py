@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -18,6 +17,7 @@ from typing import Any
 
 from core.automation import redact_url
 from core.limits import MAX_OUTPUT_DEPTH
+from core.text import storable
 
 # Sent with every step but stored once: the context lives on the automation, the
 # previous output is the previous step's stored response, the input is the execution's.
@@ -89,7 +89,6 @@ def clean_text(text: str) -> str:
 
 
 BOM = "\ufeff"
-SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def parse_output(body: str, *, truncated: bool) -> Any:
@@ -118,7 +117,7 @@ def storable_json(value: Any) -> bool:
     while pending:
         item, depth = pending.pop()
         if isinstance(item, str):
-            if "\x00" in item or SURROGATE.search(item):
+            if not storable(item):
                 return False
         elif isinstance(item, float):
             if not math.isfinite(item):

@@ -14,6 +14,7 @@ from typing import Any
 from core.errors import ValidationFailed
 from core.limits import MAX_INPUT_BYTES, MAX_OUTPUT_DEPTH
 from core.outcome import storable_json
+from core.text import UNSTORABLE, storable_value
 
 RunInput = dict[str, Any]
 FIELD = "input"
@@ -30,11 +31,12 @@ def parse_run_input(value: Any, *, field: str = FIELD) -> RunInput | None:
         value = _loads(value, field)
     if not isinstance(value, dict):
         raise ValidationFailed.single(field, 'must be a JSON object, like {"key": "value"}')
+    if not storable_value(value):
+        raise ValidationFailed.single(field, UNSTORABLE)
     if not storable_json(value):
         raise ValidationFailed.single(
             field,
-            f"must not contain NUL characters, lone surrogates or NaN, nor nest deeper "
-            f"than {MAX_OUTPUT_DEPTH} levels",
+            f"must not contain NaN or infinity, nor nest deeper than {MAX_OUTPUT_DEPTH} levels",
         )
     if len(json.dumps(value, ensure_ascii=False).encode()) > MAX_INPUT_BYTES:
         raise ValidationFailed.single(field, _too_big())

@@ -23,6 +23,7 @@ from core.limits import (
     MAX_SKIPPED_RECORDED,
 )
 from core.run_input import RunInput, parse_run_input
+from core.text import UNSTORABLE, storable
 from core.timing import (
     ScheduleSpec,
     Timing,
@@ -33,6 +34,7 @@ from core.timing import (
     slots_from,
 )
 from core.vocabulary import (
+    CompletedReason,
     MisfirePolicy,
     OverlapDecision,
     OverlapPolicy,
@@ -120,10 +122,15 @@ def parse_schedule(data: ScheduleInput, *, retention_days: int) -> ScheduleDefin
         timing = parse_timing(data.spec)
     except ValidationFailed as exc:
         errors += exc.errors
-    if data.misfire_policy not in set(MisfirePolicy):
-        errors.append(FieldError("misfire_policy", f"must be one of {one_of(MisfirePolicy)}"))
-    if data.overlap_policy not in set(OverlapPolicy):
-        errors.append(FieldError("overlap_policy", f"must be one of {one_of(OverlapPolicy)}"))
+    policies = {
+        "misfire_policy": (data.misfire_policy, MisfirePolicy),
+        "overlap_policy": (data.overlap_policy, OverlapPolicy),
+    }
+    for field, (value, words) in policies.items():
+        if not storable(value):
+            errors.append(FieldError(field, UNSTORABLE))
+        elif value not in set(words):
+            errors.append(FieldError(field, f"must be one of {one_of(words)}"))
     window_cap = catchup_window_cap(retention_days)
     if not 0 <= data.catchup_window_s <= window_cap:
         errors.append(FieldError("catchup_window_s", f"must be between 0 and {window_cap} seconds"))
@@ -156,11 +163,8 @@ class DispatchPlan:
     skipped: list[datetime]
     expired: int
     next_run_at: datetime | None
-    completed_reason: str | None
+    completed_reason: CompletedReason | None
     catchup: int = 0  # the first `catchup` slots of `run` are missed ones, run late
-
-
-MAX_RUNS_REACHED = "reached its maximum number of runs"
 
 
 def plan_dispatch(
@@ -184,7 +188,7 @@ def plan_dispatch(
     now, due_from = as_utc(now), as_utc(now) - grace
     remaining = None if timing.max_runs is None else timing.max_runs - dispatched
     if remaining is not None and remaining <= 0:
-        return DispatchPlan([], [], 0, None, MAX_RUNS_REACHED)
+        return DispatchPlan([], [], 0, None, CompletedReason.MAX_RUNS)
     # Slots before the window (or before due_from, if grace exceeds the window) expire.
     expire_before = min(due_from, now - timedelta(seconds=catchup_window_s))
     cursor, expired = as_utc(next_run_at), 0
@@ -201,7 +205,7 @@ def plan_dispatch(
     expired += overflow + max(0, len(skipped) - MAX_SKIPPED_RECORDED)
     skipped = skipped[-MAX_SKIPPED_RECORDED:]
     if remaining is not None and len(run) >= remaining:
-        return DispatchPlan(run, skipped, expired, None, MAX_RUNS_REACHED, catchup)
+        return DispatchPlan(run, skipped, expired, None, CompletedReason.MAX_RUNS, catchup)
     if slot is None:
         return DispatchPlan(run, skipped, expired, None, _exhausted_reason(timing), catchup)
     return DispatchPlan(run, skipped, expired, slot, None, catchup)
@@ -233,13 +237,23 @@ def _apply_misfire(
     return missed[-MAX_RUN_ALL:], missed[:-MAX_RUN_ALL]
 
 
-def _exhausted_reason(timing: Timing) -> str:
+def _exhausted_reason(timing: Timing) -> CompletedReason:
     if timing.kind == ScheduleKind.ONCE:
-        return "ran once"
-    return "reached its end" if timing.end_at is not None else "no further slot"
+        return CompletedReason.RAN_ONCE
+    if timing.end_at is not None:
+        return CompletedReason.END_REACHED
+    return CompletedReason.NO_FURTHER_SLOT
 
 
-def initial_next_run_at(timing: Timing, now: datetime) -> tuple[datetime | None, str | None]:
+def stopped_text(reason: str, parked_error: str | None = None) -> str:
+    """Why a schedule stopped for good, as a person reads it (with dispatch's error when
+    it was parked)."""
+    return f"{reason} ({parked_error})" if parked_error else reason
+
+
+def initial_next_run_at(
+    timing: Timing, now: datetime
+) -> tuple[datetime | None, CompletedReason | None]:
     """The first slot at or after ``now`` for a new, resumed or edited schedule.
 
     Resuming never replays the paused period. Returns (None, reason) if no slot can
@@ -249,7 +263,7 @@ def initial_next_run_at(timing: Timing, now: datetime) -> tuple[datetime | None,
     if slot is not None:
         return slot, None
     if timing.kind == ScheduleKind.ONCE:
-        return None, "its run time has passed"
+        return None, CompletedReason.RUN_TIME_PASSED
     return None, _exhausted_reason(timing)
 
 

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 from core.cron import TICK, count_cron, cron_slots, describe_cron, normalize_cron, take_before
 from core.errors import FieldError, ValidationFailed
 from core.limits import MIN_INTERVAL_S
+from core.text import text_errors
 from core.vocabulary import ScheduleKind, one_of
 
 
@@ -89,6 +90,9 @@ def parse_timing(spec: ScheduleSpec) -> Timing:
     An interval schedule without start_at or anchor counts from its creation: the
     command that creates it calls `Timing.anchored`, as does a preview.
     """
+    text = [("kind", spec.kind), ("timezone", spec.timezone), ("cron_expr", spec.cron_expr)]
+    if errors := text_errors(text):  # first: no other message quotes such text
+        raise ValidationFailed(errors)
     errors = [*_check_common(spec), *_check_kind(spec)]
     if errors:
         raise ValidationFailed(errors)

@@ -85,6 +85,20 @@ class ScheduleState(StrEnum):
     COMPLETED = "completed"
 
 
+class CompletedReason(StrEnum):
+    """Why a schedule stopped for good (`schedules.completed_reason`); each word reads as
+    the dashboard and the API show it. A schedule paused by a person has none."""
+
+    RAN_ONCE = "ran once"  # a one-time schedule's run was dispatched
+    END_REACHED = "reached its end"  # no slot before end_at is left
+    MAX_RUNS = "reached its maximum number of runs"
+    NO_FURTHER_SLOT = "no further slot"  # the timing has no slot left, and no end_at
+    RUN_TIME_PASSED = "its run time has passed"  # a one-time schedule armed after its time
+    AUTOMATION_DELETED = "automation deleted"
+    # Dispatch could not plan it (e.g. its zone is gone from tzdata); `parked_error` says why.
+    PARKED = "disabled: cannot be planned"
+
+
 class AuditAction(StrEnum):
     """What a person did, as the audit log records it."""
 

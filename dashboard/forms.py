@@ -9,9 +9,10 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from core.automation import Step
+from core.automation import AutomationInput, Step
 from core.cron import normalize_cron
 from core.errors import ValidationFailed
+from core.limits import DEFAULT_MAX_RETRIES, DEFAULT_STEP_TIMEOUT_S
 from core.schedule import POLICY_FIELDS, PRESETS, ScheduleInput
 from core.timing import ScheduleSpec
 from core.vocabulary import ScheduleKind
@@ -202,6 +203,40 @@ def errors_by_field(exc: ValidationFailed) -> dict[str, str]:
     for error in exc.errors:
         errors.setdefault(aliases.get(error.field, error.field), error.message)
     return errors
+
+
+@dataclass(frozen=True)
+class AutomationForm:
+    """The automation form's inputs as its widgets give them (steps already read from
+    the table or the text with `steps_from_rows` / `parse_steps_text`)."""
+
+    name: str = ""
+    agent_url: str = ""
+    steps: tuple[Step, ...] = ()
+    description: str = ""
+    project_context: str = ""
+    timeout: float = DEFAULT_STEP_TIMEOUT_S
+    retries: float = DEFAULT_MAX_RETRIES
+    concurrency: float | None = None  # None: no limit
+    rate: float | None = None  # None: no limit
+    headers_text: str = ""  # "Name: value" lines
+    urgent: bool = False
+
+
+def automation_input(form: AutomationForm) -> AutomationInput:
+    return AutomationInput(
+        name=form.name,
+        agent_url=form.agent_url,
+        steps=form.steps,
+        description=form.description,
+        project_context=form.project_context,
+        step_timeout_s=int(form.timeout),
+        max_retries=int(form.retries),
+        concurrency_limit=None if form.concurrency is None else int(form.concurrency),
+        rate_limit_per_s=None if form.rate is None else float(form.rate),
+        request_headers=parse_headers_text(form.headers_text),
+        urgent=form.urgent,
+    )
 
 
 def parse_steps_text(text: str) -> tuple[Step, ...]:

@@ -1,26 +1,22 @@
 """Reading the audit log: who did what to which automation, schedule or execution, when.
 
 Rows are written by `db.commands` and `db.workspaces` in the same transaction as the change they
-record; this module only reads them, newest first, narrowed by who / what / when,
-and turns them into a CSV a person can open safely in a spreadsheet.
+record; this module only reads them, newest first, narrowed by who / what / when
+(`service.exports.audit_csv` writes them as a file).
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.csv as pa_csv
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.access import Actor
 from core.vocabulary import Permission
-from db.exports import neutralise_formulas
 from db.models import AuditLog
 from db.workspaces import authorize
 
@@ -74,36 +70,3 @@ def list_audit(
         stmt = stmt.where(AuditLog.at < filters.until)
     rows = session.execute(stmt.order_by(AuditLog.at.desc(), AuditLog.id.desc()).limit(limit))
     return [AuditRow(**row._mapping) for row in rows]
-
-
-AUDIT_SCHEMA = pa.schema(
-    [
-        ("at", pa.timestamp("us", tz="UTC")),
-        ("actor", pa.string()),
-        ("action", pa.string()),
-        ("target_type", pa.string()),
-        ("target_id", pa.string()),
-        ("details", pa.string()),
-    ]
-)
-
-
-def audit_csv(rows: list[AuditRow]) -> bytes:
-    """The rows as CSV, with names people typed unable to act as spreadsheet formulas."""
-    table = pa.Table.from_pylist(
-        [
-            {
-                "at": r.at,
-                "actor": r.actor,
-                "action": r.action,
-                "target_type": r.target_type,
-                "target_id": str(r.target_id),
-                "details": json.dumps(r.details, ensure_ascii=False, sort_keys=True),
-            }
-            for r in rows
-        ],
-        schema=AUDIT_SCHEMA,
-    )
-    sink = pa.BufferOutputStream()
-    pa_csv.write_csv(neutralise_formulas(table, ("actor", "details")), sink)
-    return bytes(sink.getvalue().to_pybytes())

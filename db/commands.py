@@ -30,6 +30,7 @@ from core.timing import Timing, parse_timing, spec_of
 from core.vocabulary import (
     AuditAction,
     AuditTarget,
+    CompletedReason,
     ExecutionStatus,
     Permission,
     Trigger,
@@ -236,7 +237,9 @@ def delete_automation(session: Session, automation_id: uuid.UUID, *, actor: Acto
     session.execute(
         update(Schedule)
         .where(Schedule.automation_id == automation_id)
-        .values(enabled=False, completed_reason="automation deleted")
+        .values(
+            enabled=False, completed_reason=CompletedReason.AUTOMATION_DELETED, parked_error=None
+        )
     )
     cancelled = cancel_runs(session, Execution.automation_id == automation_id, AUTOMATION_DELETED)
     audit(
@@ -277,6 +280,7 @@ def _arm(schedule: Schedule, timing: Timing, now: datetime) -> None:
     next_run_at, reason = initial_next_run_at(timing, now)
     schedule.next_run_at = next_run_at
     schedule.completed_reason = reason
+    schedule.parked_error = None
     if next_run_at is None:
         schedule.enabled = False
 
@@ -340,7 +344,7 @@ def update_schedule(
     changed = changes(schedule, new)
     for key, value in new.items():
         setattr(schedule, key, value)
-    schedule.completed_reason = None
+    schedule.completed_reason = schedule.parked_error = None
     # Runs queued for the old timing would fire at the old times; the next tick
     # dispatches the new timing's slots from now on.
     withdrawn = _withdraw_future(session, schedule, now)
@@ -373,7 +377,7 @@ def set_schedule_enabled(
     withdrawn = 0
     if enabled:
         schedule.enabled = True
-        schedule.completed_reason = None
+        schedule.completed_reason = schedule.parked_error = None
         _arm(schedule, parse_timing(spec_of(schedule)), now)
     else:
         schedule.enabled = False

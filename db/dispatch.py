@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import bindparam, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core.limits import MAX_REASON
 from core.schedule import DispatchPlan, plan_dispatch
 from core.timing import parse_timing, spec_of
-from core.vocabulary import ExecutionStatus, MisfirePolicy, Trigger
+from core.vocabulary import CompletedReason, ExecutionStatus, MisfirePolicy, Trigger
 from db.models import Automation, Execution, Heartbeat, Schedule
 from db.runs import START_AHEAD_MS, RunMessage
 from db.workspaces import quotas
@@ -184,7 +184,7 @@ def dispatch_batch(
     """Dispatch up to one batch of due schedules; returns the runs to send and the batch size.
 
     Three statements whatever the batch's size: claim (`SKIP LOCKED`), insert the
-    executions, advance the schedules.
+    executions, advance the schedules (and one more per schedule that cannot be planned).
     """
     due_before = now + timedelta(seconds=config.horizon_s)
     due = session.execute(_DUE, {"due_before": due_before, "batch": config.batch}).all()
@@ -199,8 +199,7 @@ def dispatch_batch(
             # One schedule that cannot be planned (e.g. a zone gone from tzdata)
             # must not stop every other schedule's dispatch: park it, visibly.
             log.exception("schedule %s cannot be planned; disabling it", schedule.id)
-            reason = f"disabled: {exc}"[:MAX_REASON]
-            advances.append((schedule.id, schedule.next_run_at, 0, 0, False, reason))
+            _park(session, schedule.id, str(exc) or type(exc).__name__)
             continue
         work.append((schedule, plan, _rows(schedule, plan, now)))
     over_quota = _hold_to_quotas(session, work, now)
@@ -214,9 +213,8 @@ def dispatch_batch(
         ids = [row[0] for row in rows if row[0] in inserted]
         missed = len(plan.skipped) + plan.expired + over_quota.get(schedule.id, 0)
         completed = plan.next_run_at is None
-        advances.append(
-            (schedule.id, plan.next_run_at, len(ids), missed, not completed, plan.completed_reason)
-        )
+        reason = None if plan.completed_reason is None else str(plan.completed_reason)
+        advances.append((schedule.id, plan.next_run_at, len(ids), missed, not completed, reason))
         enqueues += [
             RunMessage(
                 i,
@@ -230,6 +228,19 @@ def dispatch_batch(
         ]
     session.execute(_ADVANCE_SCHEDULES, _columns(advances, _ADVANCE_COLUMNS))
     return enqueues, len(due)
+
+
+def _park(session: Session, schedule_id: uuid.UUID, error: str) -> None:
+    """Disable a schedule dispatch cannot plan, with the error on its row."""
+    session.execute(
+        update(Schedule)
+        .where(Schedule.id == schedule_id)
+        .values(
+            enabled=False,
+            completed_reason=CompletedReason.PARKED,
+            parked_error=error[:MAX_REASON],
+        )
+    )
 
 
 def _hold_to_quotas(

@@ -61,6 +61,7 @@ from core.vocabulary import (
     OPEN_STATUSES,
     AuditAction,
     AuditTarget,
+    CompletedReason,
     DeliveryStatus,
     ExecutionStatus,
     MisfirePolicy,
@@ -322,7 +323,10 @@ class Schedule(Base):
     failure_count: Mapped[int] = mapped_column(Integer, default=0)
     missed_count: Mapped[int] = mapped_column(Integer, default=0)
     skipped_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Why it stopped for good (a CompletedReason); None while active or paused by a person.
     completed_reason: Mapped[str | None] = mapped_column(String(MAX_REASON))
+    # Why dispatch could not plan it, when completed_reason is PARKED.
+    parked_error: Mapped[str | None] = mapped_column(String(MAX_REASON))
     # Who paused it, when and why (the note as they wrote it); cleared on resume.
     paused_by: Mapped[str | None] = mapped_column(String(MAX_OWNER))
     paused_at: Mapped[datetime | None]
@@ -343,6 +347,14 @@ class Schedule(Base):
         CheckConstraint(_between("jitter_s", 0, MAX_JITTER_S), name="jitter"),
         CheckConstraint(
             f"last_status IS NULL OR {_in('last_status', ExecutionStatus)}", name="last_status"
+        ),
+        CheckConstraint(
+            f"completed_reason IS NULL OR {_in('completed_reason', CompletedReason)}",
+            name="completed_reason",
+        ),
+        CheckConstraint(
+            f"parked_error IS NULL OR completed_reason = '{CompletedReason.PARKED}'",
+            name="parked_error",
         ),
         # The dispatcher's only query: due, enabled schedules in next_run_at order.
         Index("ix_schedules_due", "next_run_at", postgresql_where=text("enabled")),

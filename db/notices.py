@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session
 
 from core.access import Actor
 from core.limits import MAX_NOTICE_TEXT
-from core.notify import Message, Streak, advance, failure_summary, is_parked, message_for
+from core.notify import Message, Streak, advance, failure_summary, message_for, stop_notice
+from core.schedule import stopped_text
 from core.vocabulary import DeliveryStatus, ExecutionStatus, NoticeKind, Permission
 from db.channels import ChannelTarget, open_channel
 from db.models import (
@@ -215,7 +216,13 @@ def evaluate_schedules(session: Session, *, now: datetime, within_days: int) -> 
     (the retention, after which `purge` deletes their notices) are not looked at.
     """
     stopped = session.execute(
-        select(NotifyRule, Schedule.id, Schedule.completed_reason, Schedule.updated_at)
+        select(
+            NotifyRule,
+            Schedule.id,
+            Schedule.completed_reason,
+            Schedule.parked_error,
+            Schedule.updated_at,
+        )
         .join(Schedule, Schedule.automation_id == NotifyRule.automation_id)
         .join(Automation, Automation.id == NotifyRule.automation_id)
         .where(
@@ -231,9 +238,10 @@ def evaluate_schedules(session: Session, *, now: datetime, within_days: int) -> 
         )
     ).all()
     opened = 0
-    for rule, schedule_id, reason, stopped_at in stopped:
-        kind = NoticeKind.PARKED if is_parked(reason or "") else NoticeKind.COMPLETED
-        summary = f"Schedule {schedule_id} stopped: {reason}"
+    for rule, schedule_id, reason, parked_error, stopped_at in stopped:
+        reason = reason or ""  # never None: the query asks for a reason
+        summary = f"Schedule {schedule_id} stopped: {stopped_text(reason, parked_error)}"
+        kind = stop_notice(reason)
         opened += _open(session, rule, kind, summary, None, stopped_at, schedule_id)
     return opened
 

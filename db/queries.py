@@ -20,6 +20,7 @@ from sqlalchemy import Select, func, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 from core.access import Actor
+from core.schedule import stopped_text
 from core.timing import describe, parse_timing, spec_of
 from core.vocabulary import (
     OPEN_STATUSES,
@@ -386,7 +387,8 @@ class ScheduleRow:
     failure_count: int
     missed_count: int
     skipped_count: int
-    completed_reason: str | None
+    completed_reason: str | None  # a CompletedReason
+    parked_error: str | None
     paused_by: str | None
     paused_at: datetime | None
     pause_note: str | None
@@ -398,6 +400,13 @@ class ScheduleRow:
         if self.enabled:
             return ScheduleState.ACTIVE
         return ScheduleState.COMPLETED if self.completed_reason else ScheduleState.PAUSED
+
+    @property
+    def stopped_because(self) -> str | None:
+        """Why it stopped for good, as a person reads it; None unless completed."""
+        if self.completed_reason is None:
+            return None
+        return stopped_text(self.completed_reason, self.parked_error)
 
     @property
     def success_rate(self) -> float | None:

@@ -351,10 +351,10 @@ def export(args: argparse.Namespace) -> int:
 
     from core.access import LOCAL_ADMIN
     from core.errors import Forbidden, StepwiseError
-    from db.exports import write_history
     from db.queries import ExecutionFilters
     from db.session import session_scope
     from db.workspaces import acting_as, bootstrap_admins
+    from service.exports import write_history
 
     def when(value: str | None) -> datetime | None:
         if value is None:
@@ -391,7 +391,7 @@ def export(args: argparse.Namespace) -> int:
 
 def _add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from core.vocabulary import ExecutionStatus, Trigger
-    from db.exports import FORMATS
+    from service.exports import FORMATS
 
     p = sub.add_parser("export", help="write execution history to CSV / Parquet / Excel")
     p.add_argument("--format", choices=FORMATS, default="csv")

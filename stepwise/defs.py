@@ -33,6 +33,7 @@ from core.errors import StepwiseError
 from core.schedule import POLICY_FIELDS, ScheduleDefinition, ScheduleInput, parse_schedule
 from core.settings import get_settings
 from core.timing import TIMING_FIELDS, ScheduleSpec
+from core.vocabulary import CompletedReason
 from db import channels, commands
 from db.models import Automation, NotificationChannel, Schedule
 
@@ -265,7 +266,7 @@ def _schedules(session: Session, automation_id: uuid.UUID) -> list[Schedule]:
     rows = session.scalars(
         select(Schedule)
         .where(Schedule.automation_id == automation_id)
-        .where(Schedule.completed_reason.is_distinct_from("automation deleted"))
+        .where(Schedule.completed_reason.is_distinct_from(CompletedReason.AUTOMATION_DELETED))
     )
     return sorted(rows, key=lambda s: (s.created_at, repr(dump_schedule(s))))
 

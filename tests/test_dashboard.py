@@ -22,9 +22,10 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard import forms, ui
 from db import commands, queries
-from db.audit import AuditFilters, audit_csv, list_audit
+from db.audit import AuditFilters, list_audit
 from db.queries import ExecutionFilters
 from db.session import session_scope
+from service.exports import audit_csv
 from testkit.factories import (
     ADMIN,
     add_runs,

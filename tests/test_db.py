@@ -24,7 +24,7 @@ from core.limits import (
 )
 from core.schedule import ScheduleInput
 from core.timing import ScheduleSpec, spec_of
-from core.vocabulary import AuditAction, MisfirePolicy
+from core.vocabulary import AuditAction, CompletedReason, MisfirePolicy
 from db import commands
 from db.audit import AuditFilters, list_audit
 from db.claims import claim_execution
@@ -86,6 +86,81 @@ def test_migrations_build_the_schema_and_tear_it_down(create_database: Callable[
     assert set(inspect(create_engine(url)).get_table_names()) <= {"alembic_version"}
     migrate(url)
     assert "executions" in inspect(create_engine(url)).get_table_names()
+
+
+def test_the_completed_reasons_migration_maps_the_texts_earlier_versions_wrote(
+    create_database: Callable[[], str],
+) -> None:
+    from alembic.config import Config
+
+    from alembic import command
+
+    # given schedules stopped with every text earlier versions wrote, at revision 0013
+    url = create_database()
+    config = Config("alembic.ini")
+    config.attributes["url"] = url
+    config.attributes["configure_logging"] = False
+    command.upgrade(config, "0013")
+    written = [
+        "disabled: 'No time zone found with key Gone/Away'",
+        "end_at reached",
+        "max_runs reached",
+        "run_at has passed",
+        "ran once",
+        "reached its end",
+        "automation deleted",
+        None,
+    ]
+    engine = create_engine(url)
+    workspace, automation = uuid.uuid4(), uuid.uuid4()
+    ids = [uuid.uuid4() for _ in written]
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO workspaces (id, name) VALUES (:w, 'w')"), {"w": workspace})
+        conn.execute(
+            text(
+                "INSERT INTO automations (id, workspace_id, owner_id, name, description, steps,"
+                " project_context, agent_url, step_timeout_s, max_retries) VALUES (:a, :w, 'o',"
+                " 'a', '', :steps, '', 'http://agent', 30, 3)"
+            ),
+            {"a": automation, "w": workspace, "steps": '[{"name": "s", "message": "m"}]'},
+        )
+        for schedule_id, reason in zip(ids, written, strict=True):
+            conn.execute(
+                text(
+                    "INSERT INTO schedules (id, automation_id, workspace_id, kind, timezone,"
+                    " enabled, misfire_policy, catchup_window_s, overlap_policy, jitter_s,"
+                    " dispatched_count, run_count, success_count, failure_count, missed_count,"
+                    " skipped_count, completed_reason) VALUES (:s, :a, :w, 'interval', 'UTC',"
+                    " false, 'run_once', 0, 'skip', 0, 0, 0, 0, 0, 0, 0, :r)"
+                ),
+                {"s": schedule_id, "a": automation, "w": workspace, "r": reason},
+            )
+
+    def reasons(*columns: str) -> list[tuple[Any, ...]]:
+        with engine.connect() as conn:
+            found = {
+                row[0]: tuple(row[1:])
+                for row in conn.execute(text(f"SELECT id, {', '.join(columns)} FROM schedules"))
+            }
+        return [found[i] for i in ids]
+
+    # when migrated to 0014
+    command.upgrade(config, "0014")
+    # then each is one of the words, the parked one with its error apart
+    assert reasons("completed_reason", "parked_error") == [
+        (CompletedReason.PARKED, "'No time zone found with key Gone/Away'"),
+        (CompletedReason.END_REACHED, None),
+        (CompletedReason.MAX_RUNS, None),
+        (CompletedReason.RUN_TIME_PASSED, None),
+        (CompletedReason.RAN_ONCE, None),
+        (CompletedReason.END_REACHED, None),
+        (CompletedReason.AUTOMATION_DELETED, None),
+        (None, None),
+    ]
+    # and down again, the parked schedule reads as earlier versions wrote it
+    command.downgrade(config, "0013")
+    assert reasons("completed_reason")[0] == (written[0],)
+    engine.dispose()
 
 
 _CONSTRAINTS = """
@@ -464,6 +539,8 @@ def test_a_schedule_that_cannot_be_planned_is_parked_not_blocking_others(db: Non
     parked = fetch(Schedule, broken)
     assert not parked.enabled
     assert (parked.completed_reason or "").startswith("disabled:")
+    assert parked.completed_reason == CompletedReason.PARKED
+    assert "Gone/Away" in (parked.parked_error or "")
 
 
 def test_a_retry_is_not_skipped_by_the_overlap_policy(db: None) -> None:

@@ -11,9 +11,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from db import exports, queries
+from db import queries
 from db.queries import ExecutionFilters
 from db.session import session_scope
+from service import exports
 from testkit.factories import ADMIN, add_runs, make_automation, now
 
 

@@ -16,7 +16,6 @@ from core.limits import (
     MAX_SKIPPED_RECORDED,
 )
 from core.schedule import (
-    MAX_RUNS_REACHED,
     PRESETS,
     DispatchPlan,
     ScheduleDefinition,
@@ -30,6 +29,7 @@ from core.schedule import (
 )
 from core.timing import Timing, parse_timing
 from core.vocabulary import (
+    CompletedReason,
     MisfirePolicy,
     OverlapDecision,
     OverlapPolicy,
@@ -323,8 +323,8 @@ def test_max_runs_counts_dispatched_and_planned_runs_only() -> None:
     result = plan(timing, NOW - MINUTE * 10, misfire_policy=MisfirePolicy.RUN_ALL, dispatched=3)
     # then only two more run and the schedule completes
     assert result.run == [NOW - MINUTE * 10, NOW - MINUTE * 9]
-    assert (result.next_run_at, result.completed_reason) == (None, MAX_RUNS_REACHED)
-    assert MAX_RUNS_REACHED == "reached its maximum number of runs"
+    assert (result.next_run_at, result.completed_reason) == (None, CompletedReason.MAX_RUNS)
+    assert CompletedReason.MAX_RUNS == "reached its maximum number of runs"
 
 
 def test_skipped_slots_do_not_use_up_max_runs() -> None:

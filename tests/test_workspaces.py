@@ -27,13 +27,14 @@ from core.secrets import SecretUnreadable
 from core.settings import get_settings
 from core.timing import ScheduleSpec
 from core.vocabulary import AuditAction, Role
-from db import commands, exports, figures, queries, secrets, workspaces
+from db import commands, figures, queries, secrets, workspaces
 from db.audit import AuditFilters, list_audit
 from db.claims import claim_execution
 from db.dispatch import DispatchConfig, dispatch_batch
 from db.models import Execution, Membership, WorkspaceSecret
 from db.queries import ExecutionFilters
 from db.session import session_scope
+from service import exports
 from service import secrets as secret_service
 from service import workspaces as workspace_service
 from testkit.factories import (

@@ -10,7 +10,8 @@ import streamlit as st
 
 from core.vocabulary import AuditAction, AuditTarget
 from dashboard import ui
-from db.audit import AuditFilters, audit_csv, list_audit
+from db.audit import AuditFilters, list_audit
+from service.exports import audit_csv
 
 LIMIT = 500
 RANGES = {"24h": timedelta(days=1), "7d": timedelta(days=7), "30d": timedelta(days=30)}

@@ -131,18 +131,20 @@ def form_input() -> AutomationInput:
         steps: tuple[Step, ...] = forms.parse_steps_text(s[k + "steps_text"])
     else:
         steps = forms.steps_from_rows(s.get(STEP_ROWS, []))
-    return AutomationInput(
-        name=s[k + "name"],
-        agent_url=s[k + "agent_url"],
-        steps=steps,
-        description=s[k + "description"],
-        project_context=s[k + "project_context"],
-        step_timeout_s=int(s[k + "timeout"]),
-        max_retries=int(s[k + "retries"]),
-        concurrency_limit=None if s[k + "concurrency"] is None else int(s[k + "concurrency"]),
-        rate_limit_per_s=None if s[k + "rate"] is None else float(s[k + "rate"]),
-        request_headers=forms.parse_headers_text(s[k + "headers"]),
-        urgent=bool(s.get(k + "urgent", False)),
+    return forms.automation_input(
+        forms.AutomationForm(
+            name=s[k + "name"],
+            agent_url=s[k + "agent_url"],
+            steps=steps,
+            description=s[k + "description"],
+            project_context=s[k + "project_context"],
+            timeout=s[k + "timeout"],
+            retries=s[k + "retries"],
+            concurrency=s[k + "concurrency"],
+            rate=s[k + "rate"],
+            headers_text=s[k + "headers"],
+            urgent=bool(s.get(k + "urgent", False)),
+        )
     )
 
 

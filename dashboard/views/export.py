@@ -11,7 +11,8 @@ import streamlit as st
 from core.errors import StepwiseError
 from dashboard import ui
 from dashboard.filters import history_filters, selection
-from db import exports, queries
+from db import queries
+from service import exports
 
 LABELS: dict[exports.Format, str] = {"csv": "CSV", "parquet": "Parquet", "xlsx": "Excel (.xlsx)"}
 EXPORT_DIR = Path(tempfile.gettempdir()) / "stepwise-exports"
@@ -20,7 +21,7 @@ st.title("Export")
 st.caption(
     "Download the run history for a spreadsheet or a notebook. The same export runs from "
     "scripts: `stepwise export --format parquet --out runs.parquet --status failed`, or "
-    "`db.exports.history_frame(session, filters)` in Python."
+    "`service.exports.history_frame(session, filters)` in Python."
 )
 filters = history_filters("exp")
 fmt: exports.Format = st.radio(

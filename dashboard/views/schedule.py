@@ -66,7 +66,7 @@ def header(row: queries.ScheduleRow) -> None:
         note = f": {ui.text(row.pause_note)}" if row.pause_note else ""
         st.warning(f"Paused{who}{when}{note}", icon=":material/pause_circle:")
     elif row.state == ScheduleState.COMPLETED:
-        st.info(f"Completed: {ui.text(row.completed_reason)}", icon=":material/task_alt:")
+        st.info(f"Completed: {ui.text(row.stopped_because)}", icon=":material/task_alt:")
 
 
 @st.fragment(run_every=10)

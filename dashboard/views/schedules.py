@@ -75,7 +75,7 @@ def load() -> list[queries.ScheduleRow]:
 
 def state_text(row: queries.ScheduleRow) -> str:
     """The state, with why: the completed reason, or the note it was paused with."""
-    why = row.completed_reason or row.pause_note
+    why = row.stopped_because or row.pause_note
     return f"{row.state} · {why}" if why else str(row.state)
 
 

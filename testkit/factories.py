@@ -14,13 +14,15 @@ from core.schedule import ScheduleDefinition, ScheduleInput, parse_schedule
 from core.settings import get_settings
 from core.timing import ScheduleSpec
 from core.vocabulary import ExecutionStatus, Role, ScheduleKind, Trigger
-from db import commands
+from db import channels, commands
 from db.models import Automation, Base, Execution, Membership, Schedule, StepRun, Workspace
 from db.session import db_now, session_scope
 from db.workspaces import ensure_default_workspace
 
 # The person every factory acts as: admin of the default workspace (`seed_access`).
 ADMIN = Actor(name="test", workspace_id=DEFAULT_WORKSPACE_ID, role=Role.ADMIN)
+# A webhook channel to a closed local port: nothing sent to it arrives anywhere.
+CHANNEL_URL = "json://hook:pw@127.0.0.1:9/hooks"
 
 
 def seed_access() -> None:
@@ -81,6 +83,14 @@ def make_schedule(automation_id: uuid.UUID, *, actor: Actor = ADMIN, **overrides
     data = schedule_definition(ScheduleInput(spec=ScheduleSpec(**spec_fields), **overrides))
     with session_scope() as session:
         return commands.create_schedule(session, automation_id, data, actor=actor).id
+
+
+def make_channel(
+    name: str = "on-call", url: str = CHANNEL_URL, *, actor: Actor = ADMIN
+) -> uuid.UUID:
+    """A notification channel of `actor`'s workspace sending to `url`."""
+    with session_scope() as session:
+        return channels.add_channel(session, name, url, actor=actor).id
 
 
 def schedule_definition(data: ScheduleInput) -> ScheduleDefinition:

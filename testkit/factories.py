@@ -21,6 +21,8 @@ from db.workspaces import ensure_default_workspace
 
 # The person every factory acts as: admin of the default workspace (`seed_access`).
 ADMIN = Actor(name="test", workspace_id=DEFAULT_WORKSPACE_ID, role=Role.ADMIN)
+# A webhook channel to a closed local port: nothing sent to it arrives anywhere.
+CHANNEL_URL = "json://hook:pw@127.0.0.1:9/hooks"
 
 
 def seed_access() -> None:
@@ -81,6 +83,15 @@ def make_schedule(automation_id: uuid.UUID, *, actor: Actor = ADMIN, **overrides
     data = schedule_definition(ScheduleInput(spec=ScheduleSpec(**spec_fields), **overrides))
     with session_scope() as session:
         return commands.create_schedule(session, automation_id, data, actor=actor).id
+
+
+def make_channel(
+    name: str = "on-call", url: str = CHANNEL_URL, *, actor: Actor = ADMIN
+) -> uuid.UUID:
+    """A notification channel of `actor`'s workspace sending to `url`."""
+    from service import channels as channel_service
+
+    return channel_service.add_channel(name, url, actor=actor).id
 
 
 def schedule_definition(data: ScheduleInput) -> ScheduleDefinition:

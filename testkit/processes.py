@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,6 +92,26 @@ class Processes:
                 raise AssertionError(f"{key} exited early:\n{self.log(key)[-3000:]}")
             time.sleep(0.1)
         raise AssertionError(f"{key} not ready after {timeout} s:\n{self.log(key)[-3000:]}")
+
+    def wait_http(self, key: str, url: str, *, timeout: float = 60) -> None:
+        """Wait until GET `url` answers 200; fail with the log if the process exits first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if answers(url):
+                return
+            if self.running[key].poll() is not None:
+                raise AssertionError(f"{key} exited early:\n{self.log(key)[-3000:]}")
+            time.sleep(0.2)
+        raise AssertionError(f"{key} did not answer {url} in {timeout} s:\n{self.log(key)[-3000:]}")
+
+
+def answers(url: str) -> bool:
+    """Whether GET `url` answers 200 within two seconds."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:  # refused, timed out, or an HTTP error status
+        return False
 
 
 @contextmanager

@@ -43,7 +43,7 @@ def create_database(
     from stepwise.cli import migrate
 
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    _admin(server_url, f'CREATE DATABASE "{name}"')
+    _on_server(server_url, f'CREATE DATABASE "{name}"')
     url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
     if migrated:
         migrate(url)
@@ -53,10 +53,10 @@ def create_database(
 def drop_database(database_url: str) -> None:
     url = make_url(database_url)
     server_url = url.set(database="postgres").render_as_string(hide_password=False)
-    _admin(server_url, f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+    _on_server(server_url, f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
 
 
-def _admin(server_url: str, statement: str) -> None:
+def _on_server(server_url: str, statement: str) -> None:
     admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:

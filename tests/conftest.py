@@ -1,4 +1,4 @@
-"""Test servers as lazy session fixtures: a real PostgreSQL, a real Redis, a real agent.
+"""The fixtures every test module may ask for: real servers, the API, the dashboard, a browser.
 
 Nothing starts until a test asks for it: the pure tests (`test_cron.py`,
 `test_timing.py`, `test_schedule.py`, ...) run with no server at all. With
@@ -6,7 +6,9 @@ TEST_DATABASE_URL / TEST_REDIS_URL set (CI uses the machine's servers) the tests
 use those servers; with neither set they start embedded ones, as on a fresh
 machine. The test session gets its own database built by `alembic upgrade head`;
 each test that asks for `db` starts from empty tables, `redis_client` from an
-empty Redis database.
+empty Redis database. Servers that keep nothing of a test's own (the `api` and
+`web` processes, which read the database afresh on every request) are started
+once per session, Chromium once per module; the plain helpers are in `testkit/`.
 """
 
 from __future__ import annotations
@@ -16,13 +18,19 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import text
 
 from core.secrets import new_key
 from stepwise import embedded
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
+    from testkit.api import ApiProcess
+    from testkit.receivers import Hooks
 
 # Read by Settings in every process the tests start; fixed before anything imports it.
 os.environ.update(
@@ -164,3 +172,106 @@ def procs(db: None, redis_client: Any, tmp_path: Path) -> Iterator[Any]:
     processes = Processes(tmp_path, STEPWISE_WORKER_PROCESSES="1", STEPWISE_WORKER_THREADS="4")
     yield processes
     processes.stop_all()
+
+
+@pytest.fixture
+def hooks() -> Iterator[Hooks]:
+    """A local webhook receiver (`testkit.receivers.webhook_server`)."""
+    from testkit.receivers import webhook_server
+
+    with webhook_server() as received:
+        yield received
+
+
+# --- the API ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(db: None, redis_client: Any) -> Iterator[TestClient]:
+    """A TestClient on the API app (`testkit.api.api_client`), over empty tables and Redis.
+
+    One per test: a test may change the settings first, and the app is built from them.
+    """
+    from testkit.api import api_client
+
+    with api_client() as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def admin(db: None) -> dict[str, str]:
+    """The headers of a new admin token of the default workspace, named "ci"."""
+    from testkit.api import bearer, make_token
+
+    return bearer(make_token())
+
+
+@pytest.fixture(scope="session")
+def api_process(
+    database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiProcess]:
+    """The Procfile's `api` with the settings of the session, one for all the tests that do
+    not change them: it keeps no state of its own between requests (rate counters are in
+    Redis)."""
+    from testkit.api import start_api
+
+    api = start_api(tmp_path_factory.mktemp("api"))
+    yield api
+    api.stop()
+
+
+# --- the dashboard in a browser -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def dashboard_url(
+    database_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """Where the Procfile's `web` (the dashboard, local mode, no login) answers: one for the
+    session, as every page reads the database afresh on each run."""
+    from testkit.processes import Processes
+
+    port = embedded.free_port()
+    processes = Processes(tmp_path_factory.mktemp("web"), PORT=str(port))
+    url = f"http://127.0.0.1:{port}"
+    processes.start("web")
+    try:
+        processes.wait_http("web", f"{url}/_stcore/health")
+        yield url
+    finally:
+        processes.stop_all()
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Any]:
+    """Playwright for one test module's browser tests.
+
+    Not one for the session: while it runs, the thread has a running event loop, and
+    `asyncio.run` in the modules that follow would refuse to start.
+    """
+    from playwright.sync_api import sync_playwright
+
+    from testkit.browser import require_chromium
+
+    require_chromium()
+    with sync_playwright() as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def chromium(playwright: Any) -> Iterator[Any]:
+    """Debian's Chromium, headless, shared by one module's tests (each opens its own
+    `testkit.browser.window`, which shares no cookies)."""
+    from testkit.browser import launch
+
+    with launch(playwright) as browser:
+        yield browser
+
+
+@pytest.fixture
+def browser_page(chromium: Any) -> Iterator[Any]:
+    """A tall desktop window (1440 x 1900) in New York's time zone."""
+    from testkit.browser import TALL, window
+
+    with window(chromium, viewport=TALL, timezone_id="America/New_York") as page:
+        yield page

@@ -28,19 +28,12 @@ from testkit.factories import (
     make_schedule,
     step_runs,
 )
+from testkit.runs import ended
 from testkit.waiting import wait_for
 
 
 def run(execution_id: uuid.UUID, *, max_retries: int = 3) -> None:
     send_run(RunMessage(execution_id, max_retries))
-
-
-def final(execution_id: uuid.UUID, timeout: float = 30) -> Execution:
-    return wait_for(
-        lambda: (e := execution(execution_id)).status in ("succeeded", "failed", "skipped") and e,
-        timeout=timeout,
-        message=f"execution {execution_id} to end",
-    )
 
 
 def test_a_run_calls_the_agent_once_per_step_with_the_contract(worker: Any, agent: Any) -> None:
@@ -49,7 +42,7 @@ def test_a_run_calls_the_agent_once_per_step_with_the_contract(worker: Any, agen
     execution_id = make_execution(automation_id)
     # when it runs
     run(execution_id)
-    done = final(execution_id)
+    done = ended(execution_id)
     # then each step was one POST with the exact body and Idempotency-Key
     assert done.status == "succeeded", done.error
     calls = agent.calls_for(str(execution_id))
@@ -111,7 +104,7 @@ def test_a_step_run_stores_neither_secrets_nor_what_every_step_repeats(
     execution_id = make_execution(automation_id)
     # when it runs
     run(execution_id)
-    assert final(execution_id).status == "succeeded"
+    assert ended(execution_id).status == "succeeded"
     # then the agent received everything, every step
     calls = agent.calls_for(str(execution_id))
     assert [c.body["project_context"] for c in calls] == [context] * 3
@@ -132,7 +125,7 @@ def test_two_500s_then_success_resumes_at_the_failed_step(worker: Any, agent: An
     execution_id = make_execution(automation_id)
     # when it runs
     run(execution_id)
-    done = final(execution_id)
+    done = ended(execution_id)
     # then it succeeds on attempt 3 and step 1 was never called again
     assert done.status == "succeeded", done.error
     assert done.attempt == 3
@@ -157,7 +150,7 @@ def test_a_400_fails_at_once_without_retries(worker: Any, agent: Any, redis_clie
     agent.script(Reply(400, {"error": "bad message"}))
     execution_id = make_execution(automation_id)
     run(execution_id)
-    done = final(execution_id)
+    done = ended(execution_id)
     assert done.status == "failed"
     assert done.error == "step 1: agent answered HTTP 400 Bad Request"
     time.sleep(1)  # a retry, if any, would have come by now (backoff 200 ms)
@@ -174,7 +167,7 @@ def test_retries_exhausted_fails_and_dead_letters(
     agent.script(*[Reply(503, "down")] * 5)
     execution_id = make_execution(automation_id)
     run(execution_id, max_retries=2)
-    done = final(execution_id)
+    done = ended(execution_id)
     assert done.status == "failed"
     assert done.attempt == 3
     assert "HTTP 503" in (done.error or "")
@@ -190,7 +183,7 @@ def test_a_duplicate_message_does_nothing(worker: Any, agent: Any) -> None:
     # when the same execution is sent three times
     for _ in range(3):
         run(execution_id)
-    done = final(execution_id)
+    done = ended(execution_id)
     time.sleep(1)
     # then the agent saw each step once, and there was one attempt
     assert done.status == "succeeded"
@@ -246,7 +239,7 @@ def test_retrying_a_dead_letter_reopens_the_failed_execution(
     agent.script(Reply(200, {"output": "one"}), Reply(400, "bad"))
     execution_id = make_execution(automation_id)
     run(execution_id, max_retries=0)
-    assert final(execution_id).status == "failed"
+    assert ended(execution_id).status == "failed"
     letter = wait_for(lambda: queues.dead_letters("default"), timeout=5)[0]
     # when the dead letter is retried from the Queues page
     assert actions.retry_dead_letter("default", letter.message_id, actor=ADMIN)
@@ -268,7 +261,7 @@ def test_a_run_that_fails_for_good_logs_one_line_and_no_traceback(
     # when the run fails for good and its message is dead-lettered
     with caplog.at_level(logging.INFO):
         run(execution_id, max_retries=0)
-        assert final(execution_id).status == "failed"
+        assert ended(execution_id).status == "failed"
         assert wait_for(lambda: redis_client.zcard("dramatiq:default.XQ") == 1, timeout=5)
     # then the worker log says so in one line, with no traceback
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
@@ -287,9 +280,9 @@ def test_a_worker_reports_host_pid_queues_and_counts(worker: Any, agent: Any) ->
     agent.script(Reply(200, {"output": "ok"}), Reply(400, {"error": "no"}))
     ok, bad = make_execution(automation_id), make_execution(automation_id)
     run(ok)
-    assert final(ok).status == "succeeded"
+    assert ended(ok).status == "succeeded"
     run(bad)
-    assert final(bad).status == "failed"
+    assert ended(bad).status == "failed"
     beacon = next(m for m in broker.middleware if isinstance(m, WorkerBeacon))
     # when its beacon is read (it is written every few seconds; here at once)
     wait_for(lambda: beacon.failed == 1, timeout=5)

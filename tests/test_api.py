@@ -6,7 +6,6 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,30 +15,27 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from core.access import Actor
 from core.errors import ValidationFailed
 from core.tokens import token_hash
 from core.vocabulary import ExecutionStatus, Role
 from db.session import session_scope
 from db.tokens import list_tokens
-from service import channels, tokens, webhooks
-from stepwise.embedded import free_port
+from service import tokens, webhooks
+from testkit.api import ApiProcess, bearer, make_token, writes
 from testkit.factories import (
     ADMIN,
+    CHANNEL_URL,
     add_runs,
     automation_input,
     make_automation,
+    make_channel,
     make_schedule,
     make_workspace,
     person,
-    table_snapshot,
 )
-from testkit.processes import Processes
-from testkit.waiting import wait_for
 
 PROBLEM = "application/problem+json"
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ROOT / "dashboard" / "views"
 README = ROOT / "README.md"
 AUTOMATION = {
     "name": "Nightly report",
@@ -50,40 +46,6 @@ SCHEDULE = {"kind": "cron", "cron_expr": "*/5 * * * *", "timezone": "Europe/Berl
 # The last hour before the test session: a past range any schedule may backfill.
 _HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 BACKFILL = {"from": (_HOUR - timedelta(hours=1)).isoformat(), "to": _HOUR.isoformat()}
-
-
-# A webhook channel to a closed local port: nothing in these tests sends to it.
-CHANNEL_URL = "json://hook:pw@127.0.0.1:9/hooks"
-
-
-def make_channel(actor: Actor = ADMIN) -> uuid.UUID:
-    return channels.add_channel("on-call", CHANNEL_URL, actor=actor).id
-
-
-def make_token(actor: Actor = ADMIN, role: Role = Role.ADMIN, name: str = "ci") -> str:
-    return tokens.create_token(name, role, actor=actor).token
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-def client(db: None, redis_client: Any) -> Iterator[TestClient]:
-    from api.app import create_app
-
-    with TestClient(create_app(), raise_server_exceptions=False) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def admin(client: TestClient) -> dict[str, str]:
-    return bearer(make_token())
-
-
-def _writes() -> dict[str, Any]:
-    """Every table but the tokens' (whose "last used" a call may move)."""
-    return {k: v for k, v in table_snapshot().items() if k != "api_tokens"}
 
 
 # --- tokens ---------------------------------------------------------------------------
@@ -165,7 +127,7 @@ def test_every_endpoint_but_health_and_docs_needs_a_token(
     ids["execution_id"] = str(add_runs(uuid.UUID(ids["automation_id"]), [{}])[0])
     ids["channel_id"] = str(make_channel())
     paths = client.get("/openapi.json").json()["paths"]
-    before = _writes()
+    before = writes()
     # when every operation is called without a live token, then each is refused as such
     for path, operations in paths.items():
         for method in operations:
@@ -176,7 +138,7 @@ def test_every_endpoint_but_health_and_docs_needs_a_token(
             assert answer.headers["content-type"] == PROBLEM
             assert answer.headers["www-authenticate"] == "Bearer"
             assert answer.json()["type"] == "urn:stepwise:problem:unauthenticated"
-    assert _writes() == before
+    assert writes() == before
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/openapi.json").status_code == 200
     assert client.get("/docs").status_code == 200
@@ -241,7 +203,7 @@ def test_create_an_automation_and_a_schedule_then_read_its_runs(
 def test_a_timing_is_validated_and_previewed_without_saving(
     client: TestClient, admin: dict[str, str]
 ) -> None:
-    before = _writes()
+    before = writes()
     answer = client.post(
         "/v1/schedules/preview",
         json={
@@ -263,7 +225,7 @@ def test_a_timing_is_validated_and_previewed_without_saving(
     )
     assert bad.status_code == 422 and bad.headers["content-type"] == PROBLEM
     assert {e["field"] for e in bad.json()["errors"]} == {"cron_expr", "timezone"}
-    assert _writes() == before
+    assert writes() == before
 
 
 def test_bad_input_gets_the_dashboards_field_messages_and_writes_nothing(
@@ -279,7 +241,7 @@ def test_bad_input_gets_the_dashboards_field_messages_and_writes_nothing(
             automation_input(agent_url="ftp://example.com", steps=()),
             egress=get_settings().egress_policy(),
         )
-    before = _writes()
+    before = writes()
     # when the same input is sent to the API
     for method, path, body in (
         ("post", "/v1/automations", data),
@@ -299,7 +261,7 @@ def test_bad_input_gets_the_dashboards_field_messages_and_writes_nothing(
     assert answer.json()["errors"] == [
         {"field": e.field, "message": e.message} for e in core.value.errors
     ]
-    assert _writes() == before
+    assert writes() == before
 
 
 def test_executions_are_filtered_and_paged_with_a_cursor(
@@ -444,7 +406,7 @@ def test_another_workspaces_token_reaches_nothing_of_ours(
     # given our objects, and an admin token of another workspace
     ids = _ours(redis_client)
     theirs = bearer(make_token(make_workspace()))
-    before = _writes()
+    before = writes()
     # when they read or change any of our objects by id (or make a schedule on ours),
     # then each one does not exist for them
     for method, path, body in [*BY_ID, WRITES[1]]:
@@ -460,7 +422,7 @@ def test_another_workspaces_token_reaches_nothing_of_ours(
     assert client.get("/v1/queues/default/dead-letters", headers=theirs).json() == []
     audit = client.get("/v1/audit", headers=theirs).json()
     assert all(row["target_id"] not in ids.values() for row in audit)
-    assert _writes() == before
+    assert writes() == before
     # and emptying the dead letters empties only theirs
     purged = client.delete("/v1/queues/default/dead-letters", headers=theirs)
     assert purged.json() == {"count": 0}
@@ -473,7 +435,7 @@ def test_a_viewer_tokens_writes_are_forbidden_and_write_nothing(
     # given our objects and a viewer's token
     ids = _ours(redis_client)
     viewer = bearer(make_token(role=Role.VIEWER, name="dashboards"))
-    before = _writes()
+    before = writes()
     # when it tries any write, then its role does not allow it, and nothing is written
     for method, path, body in BY_ID + WRITES:
         if method == "get" or path in VIEWER_MAY:
@@ -481,7 +443,7 @@ def test_a_viewer_tokens_writes_are_forbidden_and_write_nothing(
         answer = client.request(method, path.format(**ids), json=_filled(body, ids), headers=viewer)
         assert answer.status_code == 403, (method, path, answer.text)
         assert answer.headers["content-type"] == PROBLEM
-    assert _writes() == before
+    assert writes() == before
     assert redis_client.zrange("dramatiq:default.XQ", 0, -1) == [b"ours"]
     # while it reads everything of its workspace
     for method, path, _ in BY_ID:
@@ -510,38 +472,23 @@ def _readme_example() -> tuple[str, dict[str, Any], str]:
 
 @pytest.mark.slow
 def test_the_procfile_api_process_serves_the_api_on_loopback(
-    db: None, redis_client: Any, tmp_path: Path
+    db: None, redis_client: Any, api_process: ApiProcess
 ) -> None:
     # given the Procfile's `api`, started as production starts it
     token = make_token()
-    port = free_port()
-    processes = Processes(tmp_path, STEPWISE_API_PORT=str(port))
-    try:
-        processes.start("api")
-        base = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"{base}/health", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(up, timeout=30, message="the API to answer", details=lambda: processes.log("api"))
-        # when a client does as the README shows: create a schedule, then read its runs
-        create, body, read = _readme_example()
-        with httpx.Client(base_url=base, headers=bearer(token), timeout=10) as http:
-            automation = http.post("/v1/automations", json=AUTOMATION).json()
-            body = {**body, "automation_id": automation["id"]}
-            schedule = http.post(create, json=body)
-            assert schedule.status_code == 201, schedule.text
-            runs = http.get(read.replace("<schedule id>", schedule.json()["id"]))
-            assert runs.status_code == 200 and runs.json() == {"items": [], "next_cursor": None}
-            assert http.get("/openapi.json").json()["info"]["title"] == "Stepwise"
-        # then it listened on loopback only, and its log never held the token
-        assert f"Uvicorn running on http://127.0.0.1:{port}" in processes.log("api")
-    finally:
-        processes.stop_all()
-    assert token not in processes.log("api")
+    # when a client does as the README shows: create a schedule, then read its runs
+    create, body, read = _readme_example()
+    with httpx.Client(base_url=api_process.url, headers=bearer(token), timeout=10) as http:
+        automation = http.post("/v1/automations", json=AUTOMATION).json()
+        body = {**body, "automation_id": automation["id"]}
+        schedule = http.post(create, json=body)
+        assert schedule.status_code == 201, schedule.text
+        runs = http.get(read.replace("<schedule id>", schedule.json()["id"]))
+        assert runs.status_code == 200 and runs.json() == {"items": [], "next_cursor": None}
+        assert http.get("/openapi.json").json()["info"]["title"] == "Stepwise"
+    # then it listened on loopback only, and its log never held the token
+    assert f"Uvicorn running on {api_process.url}" in api_process.log()
+    assert token not in api_process.log()
 
 
 # --- the Workspace page ------------------------------------------------------------------------
@@ -550,12 +497,10 @@ def test_the_procfile_api_process_serves_the_api_on_loopback(
 def test_an_admin_makes_a_token_on_the_workspace_page_sees_it_once_and_revokes_it(
     client: TestClient,
 ) -> None:
-    import streamlit as st
-    from streamlit.testing.v1 import AppTest
+    from testkit.pages import load_view
 
     # given the local admin on the Workspace page
-    st.cache_data.clear()
-    at = AppTest.from_file(str(PAGES / "workspace.py"), default_timeout=60)
+    at = load_view("workspace")
     at.run()
     # when they make an editor token
     at.text_input(key="ws_token_name").input("deploy script").run()
@@ -596,10 +541,10 @@ def test_an_idempotency_key_makes_a_repeated_create_make_one_object(
     assert again.status_code == 201 and again.json() == first.json()
     assert len(client.get("/v1/automations", headers=admin).json()) == 1
     # and the same key with another body is refused, writing nothing
-    before = _writes()
+    before = writes()
     other = client.post("/v1/automations", json={**AUTOMATION, "name": "Other"}, headers=keyed)
     assert other.status_code == 422 and other.json()["errors"][0]["field"] == "Idempotency-Key"
-    assert _writes() == before
+    assert writes() == before
     # and schedules behave the same; a refused create leaves its key free
     schedule = {**SCHEDULE, "automation_id": first.json()["id"]}
     bad = client.post(
@@ -637,11 +582,11 @@ def test_an_idempotency_key_makes_a_repeated_run_or_trigger_start_one_run(
         assert first.status_code == again.status_code == 202, first.text
         assert again.json() == first.json()
         # and the same key with another input is refused, writing nothing
-        before = _writes()
+        before = writes()
         other = client.post(path, json={"input": {"order": 43}}, headers=keyed)
         assert other.status_code == 422, other.text
         assert other.json()["errors"][0]["field"] == "Idempotency-Key"
-        assert _writes() == before
+        assert writes() == before
     # then two runs were made in all, each with its input, and without a key each call runs
     runs = client.get(f"/v1/executions?automation_id={automation}", headers=admin).json()
     assert len(runs["items"]) == 2

@@ -3,51 +3,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 from fastapi.testclient import TestClient
 
 from core.vocabulary import Role
 from db.audit import AuditFilters, list_audit
 from db.session import session_scope
-from service import tokens
-from testkit.factories import ADMIN, table_snapshot
-from testkit.receivers import Hooks, webhook_server
+from testkit.api import bearer, make_token, writes
+from testkit.factories import ADMIN
+from testkit.receivers import Hooks
 
 PROBLEM = "application/problem+json"
 PASSWORD = "pw-Vb27apihook"
 PATH_SECRET = "tok-Qe58apipath"
 
 
-def bearer(role: Role, name: str) -> dict[str, str]:
-    token = tokens.create_token(name, role, actor=ADMIN).token
-    return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-def client(db: None, redis_client: Any) -> Iterator[TestClient]:
-    from api.app import create_app
-
-    with TestClient(create_app(), raise_server_exceptions=False) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def hooks() -> Iterator[Hooks]:
-    with webhook_server() as received:
-        yield received
-
-
-def _writes() -> dict[str, Any]:
-    return {k: v for k, v in table_snapshot().items() if k != "api_tokens"}
-
-
 def test_an_admin_adds_tests_lists_and_deletes_a_channel_and_never_reads_its_url(
     client: TestClient, hooks: Hooks
 ) -> None:
-    admin = bearer(Role.ADMIN, "ops")
+    admin = bearer(make_token(name="ops"))
     url = f"json://hook:{PASSWORD}@127.0.0.1:{hooks.port}/hooks/{PATH_SECRET}"
     # when an admin adds a channel to a local webhook receiver
     made = client.post("/v1/channels", json={"name": "on-call", "url": url}, headers=admin)
@@ -85,8 +59,8 @@ def test_an_admin_adds_tests_lists_and_deletes_a_channel_and_never_reads_its_url
 def test_a_bad_channel_gets_field_messages_without_its_url_and_writes_nothing(
     client: TestClient,
 ) -> None:
-    admin = bearer(Role.ADMIN, "ops")
-    before = _writes()
+    admin = bearer(make_token(name="ops"))
+    before = writes()
     secret_url = f"ftp://user:{PASSWORD}@example.com/"
     refused = client.post("/v1/channels", json={"name": " ", "url": secret_url}, headers=admin)
     assert refused.status_code == 422 and refused.headers["content-type"] == PROBLEM
@@ -95,20 +69,20 @@ def test_a_bad_channel_gets_field_messages_without_its_url_and_writes_nothing(
     missing = client.post("/v1/channels", json={"name": "x"}, headers=admin)
     assert missing.status_code == 422 and missing.json()["errors"][0]["field"] == "url"
     assert client.get("/v1/deliveries", params={"limit": 0}, headers=admin).status_code == 422
-    assert _writes() == before
+    assert writes() == before
 
 
 @pytest.mark.parametrize("role", [Role.EDITOR, Role.VIEWER])
 def test_only_admins_change_or_test_channels_and_others_still_read(
     client: TestClient, hooks: Hooks, role: Role
 ) -> None:
-    admin = bearer(Role.ADMIN, "ops")
+    admin = bearer(make_token(name="ops"))
     url = f"json://hook:{PASSWORD}@127.0.0.1:{hooks.port}/hooks/{PATH_SECRET}"
     channel_id = client.post("/v1/channels", json={"name": "c", "url": url}, headers=admin).json()[
         "id"
     ]
-    other = bearer(role, "member")
-    before = _writes()
+    other = bearer(make_token(role=role, name="member"))
+    before = writes()
     for method, path, body in (
         ("post", "/v1/channels", {"name": "mine", "url": url}),
         ("delete", f"/v1/channels/{channel_id}", None),
@@ -117,6 +91,6 @@ def test_only_admins_change_or_test_channels_and_others_still_read(
         answer = client.request(method, path, json=body, headers=other)
         assert answer.status_code == 403, (method, path, answer.text)
         assert answer.headers["content-type"] == PROBLEM
-    assert _writes() == before and hooks.posts == []
+    assert writes() == before and hooks.posts == []
     assert [c["id"] for c in client.get("/v1/channels", headers=other).json()] == [channel_id]
     assert client.get("/v1/deliveries", headers=other).json() == []

@@ -3,75 +3,30 @@ process, old Idempotency-Keys purged, and the docs served without a third-party 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text, update
 
 from core.settings import get_settings
-from core.vocabulary import Role
 from db.models import IdempotencyKey
 from db.session import session_scope
-from service import tokens
 from stepwise.embedded import free_port
 from tasks import engine
-from testkit.factories import ADMIN, make_workspace, table_snapshot
-from testkit.processes import Processes
+from testkit.api import ApiProcess, api_client, bearer, make_token, start_api, writes
+from testkit.browser import DESKTOP, PHONE, SHOTS, outside_requests, window
+from testkit.factories import make_workspace
 from testkit.waiting import wait_for
 
 PROBLEM = "application/problem+json"
-ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "tests" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 AUTOMATION = {
     "name": "Nightly report",
     "agent_url": "http://127.0.0.1:9/agent",
     "steps": [{"name": "one", "message": "do part one"}],
 }
-
-
-def make_token(actor: Any = ADMIN, role: Role = Role.ADMIN, name: str = "ci") -> str:
-    return tokens.create_token(name, role, actor=actor).token
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def _writes() -> dict[str, Any]:
-    """Every table but the tokens' (whose "last used" a call may move)."""
-    return {k: v for k, v in table_snapshot().items() if k != "api_tokens"}
-
-
-def _start_api(tmp_path: Path, **env: str) -> tuple[Processes, str]:
-    port = free_port()
-    processes = Processes(tmp_path, STEPWISE_API_PORT=str(port), **env)
-    processes.start("api")
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{base}/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(up, timeout=30, message="the API to answer", details=lambda: processes.log("api"))
-    return processes, base
 
 
 # --- rate limit ----------------------------------------------------------------------------
@@ -83,22 +38,22 @@ def test_a_token_past_its_calls_per_minute_gets_429_with_retry_after_and_writes_
 ) -> None:
     # given the Procfile's api with 3 calls per minute and token, and two tokens
     ours, other = make_token(name="ours"), make_token(name="other")
-    processes, base = _start_api(tmp_path, STEPWISE_API_RATE_PER_MINUTE="3")
+    api = start_api(tmp_path, STEPWISE_API_RATE_PER_MINUTE="3")
     try:
         # (not in the last seconds of Redis's minute: the 4 calls fall in one window)
         wait_for(lambda: redis_client.time()[0] % 60 < 50, timeout=15, message="a fresh minute")
-        with httpx.Client(base_url=base, timeout=10) as http:
+        with httpx.Client(base_url=api.url, timeout=10) as http:
             # when our token makes its 3 calls
             for _ in range(3):
                 assert http.get("/v1/automations", headers=bearer(ours)).status_code == 200
             # then its 4th, a create, is refused with Retry-After, and writes nothing
-            before = _writes()
+            before = writes()
             refused = http.post("/v1/automations", json=AUTOMATION, headers=bearer(ours))
             assert refused.status_code == 429, refused.text
             assert refused.headers["content-type"] == PROBLEM
             assert 1 <= int(refused.headers["retry-after"]) <= 60
             assert refused.json()["type"] == "urn:stepwise:problem:rate-limited"
-            assert _writes() == before
+            assert writes() == before
             # and another token is not held back by ours
             made = http.post("/v1/automations", json=AUTOMATION, headers=bearer(other))
             assert made.status_code == 201, made.text
@@ -106,15 +61,14 @@ def test_a_token_past_its_calls_per_minute_gets_429_with_retry_after_and_writes_
             assert http.get("/health").status_code == 200
             assert http.get("/openapi.json").status_code == 200
     finally:
-        processes.stop_all()
-    assert ours not in processes.log("api") and other not in processes.log("api")
+        api.stop()
+    assert ours not in api.log() and other not in api.log()
 
 
 def test_without_redis_the_limit_lets_calls_through_and_says_so_in_the_log(
     db: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from api import ratelimit
-    from api.app import create_app
 
     # given a Redis that cannot be reached (a closed local port) and a limit of 1
     token = make_token()
@@ -123,7 +77,7 @@ def test_without_redis_the_limit_lets_calls_through_and_says_so_in_the_log(
     get_settings.cache_clear()
     ratelimit._script.cache_clear()
     try:
-        with TestClient(create_app()) as client, caplog.at_level("WARNING", "stepwise.api"):
+        with api_client() as client, caplog.at_level("WARNING", "stepwise.api"):
             # when the token calls twice, then both calls are answered
             for _ in range(2):
                 assert client.get("/v1/automations", headers=bearer(token)).status_code == 200
@@ -139,9 +93,7 @@ def test_without_redis_the_limit_lets_calls_through_and_says_so_in_the_log(
 def test_the_limit_is_documented_for_every_token_route_and_the_webhook(
     db: None, redis_client: Any
 ) -> None:
-    from api.app import create_app
-
-    with TestClient(create_app()) as client:
+    with api_client() as client:
         schema = client.get("/openapi.json").json()
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
@@ -174,10 +126,8 @@ def _keys() -> set[str]:
 def test_housekeeping_forgets_idempotency_keys_past_their_retention_in_batches(
     db: None, redis_client: Any, small_batches: None
 ) -> None:
-    from api.app import create_app
-
     token = make_token()
-    with TestClient(create_app()) as client:
+    with api_client() as client:
         # given five creates made with keys, three of them made 25 hours ago
         made = {}
         for i in range(5):
@@ -222,10 +172,8 @@ def test_housekeeping_forgets_idempotency_keys_past_their_retention_in_batches(
 def test_a_key_just_inside_its_retention_is_kept(
     db: None, redis_client: Any, small_batches: None
 ) -> None:
-    from api.app import create_app
-
     token = make_token(make_workspace(), name="theirs")
-    with TestClient(create_app()) as client:
+    with api_client() as client:
         answer = client.post(
             "/v1/automations", json=AUTOMATION, headers={**bearer(token), "Idempotency-Key": "x"}
         )
@@ -244,54 +192,26 @@ def test_a_key_just_inside_its_retention_is_kept(
 @pytest.mark.slow
 @pytest.mark.browser
 def test_the_docs_render_from_the_api_process_with_no_request_leaving_this_machine(
-    db: None, redis_client: Any, tmp_path: Path
+    db: None, redis_client: Any, api_process: ApiProcess, chromium: Any
 ) -> None:
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium)")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
     # given the Procfile's api
-    processes, base = _start_api(tmp_path)
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-            assert httpx.get(f"{base}/redoc").status_code == 404  # its page calls out
-            for name, viewport in (
-                ("desktop", {"width": 1440, "height": 900}),
-                ("phone", {"width": 390, "height": 844}),
-            ):
-                context = browser.new_context(viewport=viewport)  # type: ignore[arg-type]
-                page = context.new_page()
-                page.set_default_timeout(30_000)
-                outside: list[str] = []
-                failed: list[str] = []
-
-                def check(request: Any, seen: list[str] = outside) -> None:
-                    url = urlparse(request.url)
-                    if url.scheme in ("http", "https", "ws", "wss") and url.hostname != (
-                        "127.0.0.1"
-                    ):
-                        seen.append(request.url)
-
-                page.on("request", check)
-                page.on("requestfailed", lambda r, seen=failed: seen.append(r.url))
-                # when a person opens the Swagger UI
-                page.goto(f"{base}/docs")
-                # then it lists the operations from the schema the process serves
-                page.wait_for_selector(".opblock-summary-path", timeout=30_000)
-                paths = page.locator(".opblock-summary-path").all_inner_texts()
-                assert page.title() == "Stepwise API"
-                assert "/v1/automations" in [p.replace("\u200b", "") for p in paths]
-                assert page.locator(".opblock").count() >= 20
-                SHOTS.mkdir(parents=True, exist_ok=True)
-                page.wait_for_timeout(500)
-                page.screenshot(path=str(SHOTS / f"api_docs_{name}.png"))
-                # and no request left this machine, and none failed
-                assert outside == [], outside
-                assert failed == [], failed
-                context.close()
-            browser.close()
-    finally:
-        processes.stop_all()
+    assert httpx.get(f"{api_process.url}/redoc").status_code == 404  # its page calls out
+    for name, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+        with window(chromium, viewport=viewport) as page:
+            outside = outside_requests(page)
+            failed: list[str] = []
+            page.on("requestfailed", lambda r, seen=failed: seen.append(r.url))
+            # when a person opens the Swagger UI
+            page.goto(f"{api_process.url}/docs")
+            # then it lists the operations from the schema the process serves
+            page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+            paths = page.locator(".opblock-summary-path").all_inner_texts()
+            assert page.title() == "Stepwise API"
+            assert "/v1/automations" in [p.replace("\u200b", "") for p in paths]
+            assert page.locator(".opblock").count() >= 20
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(SHOTS / f"api_docs_{name}.png"))
+            # and no request left this machine, and none failed
+            assert outside == [], outside
+            assert failed == [], failed

@@ -30,10 +30,17 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from core.settings import get_settings
-from core.vocabulary import ExecutionStatus, Role
-from service import channels, tokens, webhooks
+from core.vocabulary import ExecutionStatus
+from service import channels, webhooks
 from service.webhooks import SECRET_HEADER
-from testkit.factories import ADMIN, add_runs, make_automation, make_schedule, table_snapshot
+from testkit.api import bearer, make_token, writes
+from testkit.factories import (
+    ADMIN,
+    CHANNEL_URL,
+    add_runs,
+    make_automation,
+    make_schedule,
+)
 
 PROBLEM = "application/problem+json"
 CHECKS = [
@@ -43,8 +50,6 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
-# A webhook channel to a closed local port: a test-send reaches nothing.
-CHANNEL_URL = "json://hook:pw@127.0.0.1:9/hooks"
 # What an operation needs to succeed that the other operations' objects do not give it.
 NEEDS = {
     ("POST", "/v1/executions/{execution_id}/cancel"): {"run": ExecutionStatus.QUEUED},
@@ -57,8 +62,7 @@ def auth(db: None, redis_client: Any, monkeypatch: pytest.MonkeyPatch) -> Iterat
     """An admin token (with room for every generated call in its minute)."""
     monkeypatch.setenv("STEPWISE_API_RATE_PER_MINUTE", "100000")
     get_settings.cache_clear()
-    token = tokens.create_token("fuzz", Role.ADMIN, actor=ADMIN).token
-    yield {"Authorization": f"Bearer {token}"}
+    yield bearer(make_token(name="fuzz"))
     monkeypatch.undo()
     get_settings.cache_clear()
 
@@ -142,11 +146,6 @@ def _example(spec: dict[str, Any], method: str, path: str) -> Any:
     return example
 
 
-def _writes() -> dict[str, Any]:
-    """Every table but the tokens' (whose "last used" a call may move)."""
-    return {k: v for k, v in table_snapshot().items() if k != "api_tokens"}
-
-
 def _schema() -> Any:
     from api.app import create_app
 
@@ -185,13 +184,13 @@ def test_every_operation_answers_its_documented_example_as_its_schema_says(
 
 
 def _fuzz(case: Any, auth: dict[str, str], seen: list[int]) -> None:
-    before = _writes()
+    before = writes()
     response = case.call(headers=dict(auth))
     seen.append(response.status_code)
     case.validate_response(response, checks=CHECKS)
     if response.status_code >= 400:
         assert response.headers["content-type"] == [PROBLEM], response.text
-        assert _writes() == before, f"{case.method} {case.path} wrote rows and answered an error"
+        assert writes() == before, f"{case.method} {case.path} wrote rows and answered an error"
 
 
 @pytest.mark.slow

@@ -4,52 +4,31 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from core.settings import get_settings
-from service import tokens
 from stepwise.apicli import RUN_NOT_SUCCEEDED
-from stepwise.cli import main
 from stepwise.demo_agent import Reply
-from stepwise.embedded import free_port
-from testkit.factories import ADMIN, make_automation, make_schedule
-from testkit.processes import Processes
-from testkit.waiting import wait_for
-
-
-def cli(*argv: str) -> int:
-    with pytest.raises(SystemExit) as done:
-        main(list(argv))
-    return int(done.value.code or 0)
+from testkit.api import ApiProcess, bearer, make_token
+from testkit.cli import cli
+from testkit.factories import make_automation, make_schedule
 
 
 @pytest.fixture
-def api(db: None, redis_client: Any, tmp_path: Path, monkeypatch: Any) -> Iterator[str]:
-    token = tokens.create_token("scripts", "admin", actor=ADMIN).token
-    port = free_port()
-    processes = Processes(tmp_path, STEPWISE_API_PORT=str(port))
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{base}/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        processes.start("api")
-        wait_for(up, timeout=30, message="the API to answer", details=lambda: processes.log("api"))
-        monkeypatch.setenv("STEPWISE_API_URL", base)
-        monkeypatch.setenv("STEPWISE_API_TOKEN", token)
-        get_settings.cache_clear()
-        yield token
-    finally:
-        processes.stop_all()
-        get_settings.cache_clear()
+def api(
+    db: None, redis_client: Any, api_process: ApiProcess, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """`stepwise api` pointed at the Procfile's `api` with a new admin token; the token."""
+    token = make_token(name="scripts")
+    monkeypatch.setenv("STEPWISE_API_URL", api_process.url)
+    monkeypatch.setenv("STEPWISE_API_TOKEN", token)
+    get_settings.cache_clear()
+    yield token
+    monkeypatch.undo()
+    get_settings.cache_clear()
 
 
 @pytest.mark.slow
@@ -112,7 +91,7 @@ def test_trigger_with_input_and_a_key_then_list_every_page(api: str, capsys: Any
     assert len(page["items"]) == 1 and page["next_cursor"]
     run = httpx.get(
         f"{get_settings().api_url}/v1/executions/{started[0]}",
-        headers={"Authorization": f"Bearer {api}"},
+        headers=bearer(api),
     ).json()
     assert run["input"] == {"order": 42}
     # and an input that is not JSON is named, and nothing is sent

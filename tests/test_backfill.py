@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,7 +19,7 @@ from db.audit import AuditFilters, list_audit
 from db.claims import claim_execution
 from db.models import Workspace
 from db.session import session_scope
-from db.tokens import create_token
+from testkit.api import bearer, make_token, writes
 from testkit.factories import (
     ADMIN,
     add_runs,
@@ -211,27 +210,9 @@ def test_a_backfill_keeps_to_the_quota_the_role_and_the_workspace() -> None:
 # --- the API -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def client(db: None, redis_client: Any) -> Iterator[TestClient]:
-    from api.app import create_app
-
-    with TestClient(create_app(), raise_server_exceptions=False) as test_client:
-        yield test_client
-
-
-def token(actor: Any = ADMIN, role: Role = Role.ADMIN) -> dict[str, str]:
-    with session_scope() as session:
-        made = create_token(session, "ci", role, actor=actor).token
-    return {"Authorization": f"Bearer {made}"}
-
-
-def writes() -> dict[str, Any]:
-    return {k: v for k, v in table_snapshot().items() if k != "api_tokens"}
-
-
 def test_the_api_pauses_with_a_note_and_refuses_a_long_one(client: TestClient) -> None:
     schedule_id = hourly_schedule()
-    admin = token()
+    admin = bearer(make_token())
     # a long note is refused with its field, writing nothing
     before = writes()
     long = client.post(
@@ -255,7 +236,7 @@ def test_the_api_pauses_with_a_note_and_refuses_a_long_one(client: TestClient) -
 def test_the_api_backfills_a_range_once(client: TestClient, redis_client: Any) -> None:
     # given an hourly schedule and the last three hours
     schedule_id = hourly_schedule()
-    admin = token()
+    admin = bearer(make_token())
     start, end = last_hours(3)
     body = {"from": start.isoformat(), "to": end.isoformat()}
     # when previewed, then backfilled twice
@@ -278,9 +259,9 @@ def test_the_api_refuses_a_bad_backfill_and_another_workspaces_schedule(
     schedule_id = hourly_schedule()
     start, end = last_hours(3)
     body = {"from": start.isoformat(), "to": end.isoformat()}
-    admin = token()
-    theirs = token(make_workspace())
-    viewer = token(role=Role.VIEWER)
+    admin = bearer(make_token())
+    theirs = bearer(make_token(make_workspace()))
+    viewer = bearer(make_token(role=Role.VIEWER))
     before = writes()
     for bad, field in (
         ({"from": end.isoformat(), "to": start.isoformat()}, "to"),

@@ -1,6 +1,6 @@
 """The dashboard in a real headless Chromium (Debian's), driven by Playwright.
 
-Starts `streamlit run dashboard/app.py` against the test database, creates a
+Drives the Procfile's `web` (the `dashboard_url` fixture) on the test database, creates a
 schedule through the dialog, sees it listed with its next run, opens an
 execution's step timeline, and saves a screenshot of every page to
 tests/screenshots/ for a person to look at.
@@ -8,17 +8,8 @@ tests/screenshots/ for a person to look at.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -29,116 +20,20 @@ from db.models import StepRun
 from db.session import session_scope
 from stepwise.demo_agent import Reply
 from tasks import actions
+from testkit.browser import (
+    DESKTOP,
+    PHONE,
+    launch,
+    no_exception,
+    outside_requests,
+    settle,
+    shoot,
+    window,
+)
 from testkit.factories import ADMIN, add_runs, make_automation, make_schedule, make_workspace
 from testkit.processes import READY
 
-ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "tests" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.usefixtures("db", "redis_client")]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def dashboard_url() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "dashboard/app.py",
-            "--server.port",
-            str(port),
-            "--server.headless",
-            "true",
-            "--server.address",
-            "127.0.0.1",
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=ROOT,
-        env=dict(os.environ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            out = process.stdout.read().decode() if process.stdout else ""
-            pytest.fail(f"streamlit did not start:\n{out}")
-        time.sleep(0.3)
-    yield url
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
-@pytest.fixture
-def browser_page() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium)")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(
-            viewport={"width": 1440, "height": 1900}, timezone_id="America/New_York"
-        )
-        page = context.new_page()
-        page.set_default_timeout(30_000)
-        yield page
-        context.close()
-        browser.close()
-
-
-def settle(page: Any) -> None:
-    """Wait until Streamlit has finished running the script."""
-    page.wait_for_selector('[data-testid="stApp"]')
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=30_000
-    )
-    page.wait_for_timeout(800)
-
-
-def shoot(page: Any, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.wait_for_timeout(1500)  # data grids and charts draw on canvases after the script ends
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
-
-
-def no_exception(page: Any) -> None:
-    assert page.locator('[data-testid="stException"]').count() == 0, page.content()[:2000]
-    # A URL no page answers to: Streamlit says so in a dialog over the main page.
-    assert page.get_by_text("Page not found").count() == 0, page.url
 
 
 def test_dashboard_in_a_real_browser(dashboard_url: str, browser_page: Any) -> None:
@@ -299,20 +194,15 @@ def test_another_workspaces_run_is_not_found_by_any_page_or_deep_link(
     assert page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]').count() == 0
 
 
-def test_a_page_served_under_a_foreign_host_name_shows_nothing(dashboard_url: str) -> None:
+def test_a_page_served_under_a_foreign_host_name_shows_nothing(
+    dashboard_url: str, playwright: Any
+) -> None:
     # given data on the dashboard, and a hostile name that resolves to this machine
     # (what DNS rebinding achieves: Chromium maps the name to 127.0.0.1 itself)
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
     make_automation(name="Payroll export")
     port = dashboard_url.rsplit(":", 1)[1]
     rules = "--host-resolver-rules=MAP evil.example 127.0.0.1"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, rules]
-        )
+    with launch(playwright, rules) as browser:
         page = browser.new_page()
         # when the dashboard is opened under that name
         page.goto(f"http://evil.example:{port}/automations")
@@ -320,21 +210,15 @@ def test_a_page_served_under_a_foreign_host_name_shows_nothing(dashboard_url: st
         # then it says so and shows none of the data
         page.get_by_text("does not answer on this address").wait_for()
         assert "Payroll export" not in page.content()
-        browser.close()
 
 
-def test_every_page_at_phone_width(dashboard_url: str) -> None:
+def test_every_page_at_phone_width(dashboard_url: str, chromium: Any) -> None:
     # given some history, and a phone-sized window
     automation_id = make_automation(name="Phone check")
     _, failed = add_runs(
         automation_id, [{"status": "succeeded"}, {"status": "failed", "error": "HTTP 503"}]
     )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 390, "height": 844})
-        page.set_default_timeout(30_000)
+    with window(chromium, viewport=PHONE) as page:
         # when each page opens, then it renders without an error (screenshots for a person)
         for path, name in (
             (f"run?id={failed}", "run"),
@@ -350,23 +234,9 @@ def test_every_page_at_phone_width(dashboard_url: str) -> None:
             settle(page)
             no_exception(page)
             shoot(page, f"phone_{name}")
-        browser.close()
 
 
 # --- the run page -------------------------------------------------------------------------
-
-
-def outside_requests(page: Any) -> list[str]:
-    """Every request the page makes that leaves 127.0.0.1 (filled in as the page runs)."""
-    seen: list[str] = []
-
-    def check(request: Any) -> None:
-        url = urlparse(request.url)
-        if url.scheme in ("http", "https", "ws", "wss") and url.hostname != "127.0.0.1":
-            seen.append(request.url)
-
-    page.on("request", check)
-    return seen
 
 
 def header(page: Any) -> str:
@@ -410,7 +280,7 @@ def test_a_run_is_watched_live_on_its_page(
     assert "Traceback" not in page.content()
     page.get_by_text("Step 3 · attempt 1 · succeeded").click()
     shoot(page, "run_succeeded")
-    page.set_viewport_size({"width": 390, "height": 844})
+    page.set_viewport_size(PHONE)
     shoot(page, "phone_run_succeeded")
     # and nothing was fetched from anywhere but this machine
     assert outside == []
@@ -528,7 +398,7 @@ def test_a_schedules_row_opens_its_page_and_every_column_fits_at_1440(
 ) -> None:
     # given a schedule with a run, on a 1440 x 900 screen
     page = browser_page
-    page.set_viewport_size({"width": 1440, "height": 900})
+    page.set_viewport_size(DESKTOP)
     outside = outside_requests(page)
     automation_id = make_automation(name="Row click")
     schedule_id = make_schedule(automation_id, cron_expr="0 9 * * 1-5", timezone="Europe/Berlin")
@@ -567,7 +437,7 @@ def test_a_schedules_row_opens_its_page_and_every_column_fits_at_1440(
     assert page.url.endswith("/schedules"), page.url
     page.goto(f"{dashboard_url}/schedule?id={schedule_id}")
     settle(page)
-    page.set_viewport_size({"width": 390, "height": 844})
+    page.set_viewport_size(PHONE)
     settle(page)
     shoot(page, "phone_schedule_page")
     page.goto(f"{dashboard_url}/schedules")

@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - the fixtures of test_browser are imported and then taken by name
 """The dashboard's layout in a real Chromium: nothing overlaps or runs off a phone's
 screen (element boxes checked), the first row of a list shows early, and the overview's
 lists refresh themselves. Screenshots go to tests/screenshots/ for a person to look at.
@@ -10,21 +9,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from test_browser import (  # noqa: F401 - fixtures used by name
-    CHROMIUM_ARGS,
-    browser_page,
-    dashboard_url,
-    no_exception,
-    settle,
-    shoot,
-)
 
+from testkit.browser import DESKTOP, PHONE, no_exception, settle, shoot
 from testkit.factories import add_runs, make_automation, make_schedule, now
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.usefixtures("db", "redis_client")]
-
-PHONE = {"width": 390, "height": 844}
-DESKTOP = {"width": 1440, "height": 900}
 
 # Headings, widgets, tables and their toolbars: what a person reads or touches.
 BOXES_JS = """

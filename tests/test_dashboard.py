@@ -8,19 +8,16 @@ text path here, and the real browser test covers the rest.
 from __future__ import annotations
 
 import json
-import re
 import time
 import uuid
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from dashboard import forms, ui
+from dashboard import forms
 from db import commands, queries
 from db.audit import AuditFilters, list_audit
 from db.queries import ExecutionFilters
@@ -39,26 +36,10 @@ from testkit.factories import (
     row_counts,
     table_snapshot,
 )
+from testkit.pages import load_view, open_new_schedule, open_view, run_page, texts
 from testkit.waiting import wait_for
 
-PAGES = Path(__file__).resolve().parent.parent / "dashboard" / "views"
 pytestmark = pytest.mark.usefixtures("db", "redis_client")
-
-
-def page(name: str) -> AppTest:
-    st.cache_data.clear()
-    at = AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=60)
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def texts(at: AppTest) -> str:
-    """What a reader sees: the Markdown sources with escapes read, invisible joiners gone."""
-    parts: list[str] = []
-    for kind in ("markdown", "info", "error", "warning", "success", "caption"):
-        parts += [str(e.value) for e in getattr(at, kind)]
-    return re.sub(r"\\(.)", r"\1", "\n".join(parts)).replace(ui.WORD_JOINER, "")
 
 
 def schedules() -> list[queries.ScheduleRow]:
@@ -70,7 +51,7 @@ def schedules() -> list[queries.ScheduleRow]:
     "name", ["overview", "schedules", "automations", "executions", "export", "queues", "audit"]
 )
 def test_every_page_renders_its_empty_state(name: str) -> None:
-    at = page(name)
+    at = open_view(name)
     assert at.info, f"{name} shows no empty state"
 
 
@@ -78,7 +59,7 @@ def test_overview_shows_kpis_and_the_stale_scheduler(db: None) -> None:
     auto = make_automation(name="Reports")
     make_schedule(auto)
     add_runs(auto, [{"status": "succeeded"}, {"status": "failed", "error": "agent said no"}])
-    at = page("overview")
+    at = open_view("overview")
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Active schedules"] == "1"
     assert metrics["Runs, last 24 h"] == "2"
@@ -96,7 +77,7 @@ def test_needs_attention_groups_failures_by_automation_and_error() -> None:
         + [{"status": "failed", "error": "step 2: timed out"}, {"status": "succeeded"}],
     )
     # when the overview opens
-    at = page("overview")
+    at = open_view("overview")
     # then one row per automation and error, counted, largest first, with a link to the list
     table = at.dataframe[-1].value
     assert list(table["Runs"]) == [3, 1]
@@ -120,13 +101,6 @@ def test_the_outcome_chart_has_a_band_per_bucket_and_whole_run_ticks(bucket: str
 
 
 # --- schedule dialog ----------------------------------------------------------------------
-
-
-def open_new_schedule() -> AppTest:
-    at = page("schedules")
-    next(b for b in at.button if b.label == "New schedule").click().run()
-    assert not at.exception, at.exception
-    return at
 
 
 def test_create_a_schedule_from_a_preset() -> None:
@@ -230,9 +204,7 @@ def test_the_edit_dialog_names_its_automation() -> None:
     auto = make_automation(name="Reports")
     sched = make_schedule(auto, kind="once", run_at=now() + timedelta(days=2), cron_expr=None)
     # when it is opened for editing from its page
-    st.cache_data.clear()
-    at = AppTest.from_file(str(PAGES / "schedule.py"), default_timeout=60)
-    at.query_params["id"] = str(sched)
+    at = load_view("schedule", query={"id": str(sched)})
     at.run()
     at.button(key="sp_edit").click().run()
     assert not at.exception, at.exception
@@ -244,9 +216,7 @@ def test_the_edit_dialog_names_its_automation() -> None:
 def test_edit_a_schedule_keeps_its_values_and_saves_changes() -> None:
     auto = make_automation()
     sched = make_schedule(auto, cron_expr="0 9 * * *", timezone="Asia/Tokyo")
-    st.cache_data.clear()
-    at = AppTest.from_file(str(PAGES / "schedule.py"), default_timeout=60)
-    at.query_params["id"] = str(sched)
+    at = load_view("schedule", query={"id": str(sched)})
     at.run()
     at.button(key="sp_edit").click().run()
     assert at.selectbox(key="sd_timing").value == "daily_9am"
@@ -272,7 +242,7 @@ def test_pause_resume_run_now_and_delete(agent: Any, worker: Any) -> None:
     # given a schedule of an automation pointing at the real agent
     auto = make_automation(agent_url=agent.url, steps=2)
     sched = make_schedule(auto, cron_expr="0 0 1 1 *")
-    at = page("schedules")
+    at = open_view("schedules")
     # no row ticked, no action shown
     assert [b.label for b in at.button] == ["New schedule"]
     select_rows(at, 0)
@@ -325,7 +295,7 @@ def test_several_schedules_are_paused_at_once_and_a_viewer_gets_no_actions() -> 
     a, b = make_automation(name="Alpha"), make_automation(name="Beta")
     for automation in (a, b, b):
         make_schedule(automation)
-    at = select_rows(page("schedules"), 0, 2)
+    at = select_rows(open_view("schedules"), 0, 2)
     # when paused, then those two are paused with the note and the third runs on
     at.text_input(key="sch_note").input("quarter close").run()
     at.button(key="sch_pause").click().run()
@@ -338,9 +308,7 @@ def test_several_schedules_are_paused_at_once_and_a_viewer_gets_no_actions() -> 
     ]
     assert "2 schedule(s) paused" in texts(at)
     # and a viewer ticking rows sees no write control
-    st.cache_data.clear()
-    viewer = AppTest.from_file(str(PAGES / "schedules.py"), default_timeout=60)
-    viewer.session_state[ui.ACTOR] = person("vera@example.com", "viewer")
+    viewer = load_view("schedules", acting=person("vera@example.com", "viewer"))
     viewer.run()
     select_rows(viewer, 0)
     assert [b.label for b in viewer.button] == [] and not viewer.text_input
@@ -351,7 +319,7 @@ def test_schedule_filters_narrow_the_list() -> None:
     b = make_automation(name="Beta")
     make_schedule(a)
     make_schedule(b, enabled=False)
-    at = page("schedules")
+    at = open_view("schedules")
     assert len(at.dataframe[0].value) == 2
     at.selectbox(key="sch_state").set_value("paused").run()
     assert list(at.dataframe[0].value["Automation"]) == ["Beta"]
@@ -364,7 +332,7 @@ def test_schedule_filters_narrow_the_list() -> None:
 
 
 def test_create_an_automation_through_the_text_steps_path() -> None:
-    at = page("automations")
+    at = open_view("automations")
     at.text_input(key="auto_new_name").input("Weekly digest").run()
     at.text_input(key="auto_new_agent_url").input("http://127.0.0.1:9/agent").run()
     at.toggle(key="auto_new_steps_as_text").set_value(True).run()
@@ -383,7 +351,7 @@ def test_create_an_automation_through_the_text_steps_path() -> None:
 
 
 def test_an_invalid_automation_shows_errors_and_writes_nothing() -> None:
-    at = page("automations")
+    at = open_view("automations")
     before = table_snapshot()
     at.text_input(key="auto_new_agent_url").input("ftp://example.com").run()
     at.button(key="auto_new_save").click().run()
@@ -396,7 +364,7 @@ def test_an_invalid_automation_shows_errors_and_writes_nothing() -> None:
 
 def test_an_automation_error_goes_as_soon_as_its_field_is_filled() -> None:
     # given a Save that failed on an empty name and a bad URL
-    at = page("automations")
+    at = open_view("automations")
     at.text_input(key="auto_new_agent_url").input("ftp://example.com").run()
     at.button(key="auto_new_save").click().run()
     assert "is required" in texts(at)
@@ -412,7 +380,7 @@ def test_an_automation_error_goes_as_soon_as_its_field_is_filled() -> None:
 
 
 def test_the_step_grid_starts_new_rows_blank() -> None:
-    at = page("automations")
+    at = open_view("automations")
     [editor] = [d for d in at.dataframe if d.editing_mode != "read_only"]
     columns = json.loads(editor.proto.columns)
     assert columns["name"]["default"] == "" and columns["message"]["default"] == ""
@@ -422,7 +390,7 @@ def test_the_step_grid_starts_new_rows_blank() -> None:
 
 def test_test_run_shows_the_step_results(agent: Any, worker: Any) -> None:
     auto = make_automation(agent_url=agent.url, steps=2, name="Tested")
-    at = page("automations")
+    at = open_view("automations")
     at.selectbox(key="auto_selected").set_value(str(auto)).run()
     at.button(key=f"auto_{auto}_test").click().run()
     assert not at.exception, at.exception
@@ -434,7 +402,7 @@ def test_test_run_shows_the_step_results(agent: Any, worker: Any) -> None:
 def test_delete_an_automation_after_confirming() -> None:
     auto = make_automation(name="Doomed")
     make_schedule(auto)
-    at = page("automations")
+    at = open_view("automations")
     at.selectbox(key="auto_selected").set_value(str(auto)).run()
     at.button(key=f"auto_{auto}_delete").click().run()
     assert "Its 1 schedule(s) stop" in texts(at)
@@ -462,7 +430,7 @@ def history() -> dict[str, uuid.UUID]:
 
 
 def test_executions_filters_change_the_rows(history: dict[str, uuid.UUID]) -> None:
-    at = page("executions")
+    at = open_view("executions")
     assert len(at.dataframe[0].value) == 25  # first page
     at.multiselect(key="ex_status").select("failed").run()
     assert {tuple(v) for v in at.dataframe[0].value["Status"]} == {("failed",)}
@@ -473,7 +441,7 @@ def test_executions_filters_change_the_rows(history: dict[str, uuid.UUID]) -> No
 
 
 def test_executions_page_through_history(history: dict[str, uuid.UUID]) -> None:
-    at = page("executions")
+    at = open_view("executions")
     first = list(at.dataframe[0].value["Id"])
     at.button(key="ex_next").click().run()
     assert not at.exception, at.exception
@@ -485,7 +453,7 @@ def test_a_built_export_is_not_offered_once_the_filters_or_format_change(
     history: dict[str, uuid.UUID],
 ) -> None:
     # given a CSV built for the failed runs
-    at = page("export")
+    at = open_view("export")
     at.multiselect(key="exp_status").select("failed").run()
     at.button(key="exp_build").click().run()
     assert "exp_file" in at.session_state
@@ -504,7 +472,7 @@ def test_a_built_export_of_a_relative_range_stays_offered_on_the_next_rerun(
     history: dict[str, uuid.UUID],
 ) -> None:
     # given a file built for "last 24 hours" (an instant that moves with the clock)
-    at = page("export")
+    at = open_view("export")
     at.selectbox(key="exp_range").set_value("24h").run()
     at.button(key="exp_build").click().run()
     assert "exp_file" in at.session_state
@@ -527,11 +495,7 @@ def test_names_and_agent_text_are_markdown_escaped_where_markdown_renders() -> N
     automation_id = make_automation(name=HOSTILE_NAME)
     (failed,) = add_runs(automation_id, [{"status": "failed", "error": HOSTILE_NAME}])
     # when its run is opened
-    st.cache_data.clear()
-    at = AppTest.from_file(str(PAGES / "run.py"), default_timeout=60)
-    at.query_params["id"] = str(failed)
-    at.run()
-    assert not at.exception, at.exception
+    at = run_page(failed)
     # then every Markdown source that carries it escapes each mark (no link, image, colour)
     sources = [str(e.value) for e in (*at.markdown, *at.error) if "authenticate" in str(e.value)]
     assert len(sources) >= 2
@@ -542,7 +506,7 @@ def test_names_and_agent_text_are_markdown_escaped_where_markdown_renders() -> N
 
 
 def test_export_builds_the_same_rows_as_the_query(history: dict[str, uuid.UUID]) -> None:
-    at = page("export")
+    at = open_view("export")
     at.multiselect(key="exp_status").select("failed").run()
     at.radio(key="exp_format").set_value("parquet").run()
     at.button(key="exp_build").click().run()
@@ -576,7 +540,7 @@ def test_queues_list_retry_and_purge_dead_letters(redis_client: Any) -> None:
         return message_id
 
     first, _ = bury(1), bury(2)
-    at = page("queues")
+    at = open_view("queues")
     depths = at.dataframe[0].value.set_index("Queue")
     assert list(depths.loc["default"]) == [0, 0, 0, 2]
     assert len(at.dataframe[-1].value) == 2
@@ -613,7 +577,7 @@ def test_a_dead_letter_shows_its_runs_error_and_automation_not_a_bare_id(
     redis_client.zadd("dramatiq:default.XQ", {"dead-1": time.time() * 1000})
     redis_client.hset("dramatiq:default.XQ.msgs", "dead-1", message.encode())
     # when the Queues page lists it
-    at = page("queues")
+    at = open_view("queues")
     table = at.dataframe[-1].value
     # then it names the automation and the run, and shows the run's stored error
     assert list(table["Error"]) == ["step 2: agent answered HTTP 500"]
@@ -644,7 +608,7 @@ def test_workers_are_shown_by_host_and_pid_with_what_they_run(db: None, redis_cl
     )
     redis_client.zadd(INDEX, {"web-1:4242": beat_ms})
     # when the Queues page opens
-    at = page("queues")
+    at = open_view("queues")
     # then the worker reads as host:pid with its queues, its run and its counts
     workers = at.dataframe[1].value
     row = workers.iloc[0]
@@ -698,7 +662,7 @@ def test_the_audit_page_lists_who_did_what_and_filters_it() -> None:
         )
         commands.rotate_signing_secret(session, created.id, actor=person("bob@example.com"))
     # when the audit page opens, then both changes are listed, newest first
-    at = page("audit")
+    at = open_view("audit")
     frame = at.dataframe[0].value
     assert list(frame["Who"]) == ["bob@example.com", "alice@example.com"]
     assert list(frame["What"]) == ["rotate_secret", "create"]
@@ -723,7 +687,7 @@ def test_the_audit_export_cannot_run_a_formula() -> None:
 
 def test_the_workspace_page_adds_members_and_secrets_audited() -> None:
     # given the local admin on the Workspace page
-    at = page("workspace")
+    at = open_view("workspace")
     assert "local admin" in at.dataframe[0].value.to_string()
     # when they add Bob as an editor and save a secret
     at.text_input(key="ws_member").input("Bob@Example.com").run()
@@ -768,7 +732,7 @@ def test_executions_colour_status_and_list_runs_in_flight_before_queued_slots() 
         ],
     )
     # when Executions opens
-    at = page("executions")
+    at = open_view("executions")
     # then the runs in flight come first, running above the queued slot (defect 9)
     in_flight, finished = at.dataframe[0].value, at.dataframe[1].value
     assert list(in_flight["Id"]) == [str(running), str(ahead)]
@@ -782,10 +746,9 @@ def test_executions_filters_are_kept_in_the_url_and_read_from_it(
     history: dict[str, uuid.UUID],
 ) -> None:
     # given a link with a status filter (and a value that is not a status)
-    st.cache_data.clear()
-    at = AppTest.from_file(str(PAGES / "executions.py"), default_timeout=60)
-    at.query_params["status"] = ["failed", "bogus"]
-    at.query_params["automation"] = str(history["alpha"])
+    at = load_view(
+        "executions", query={"status": ["failed", "bogus"], "automation": str(history["alpha"])}
+    )
     # when the page opens, then the filter is applied, the bad value left out
     at.run()
     assert not at.exception, at.exception
@@ -805,7 +768,7 @@ def test_the_failed_runs_of_a_filter_are_retried_after_a_count_and_a_confirmatio
     failed = add_runs(mine, [{"status": "failed", "error": "HTTP 503"}] * 3)
     add_runs(mine, [{"status": "succeeded"}])
     (other,) = add_runs(make_automation(name="Other"), [{"status": "failed"}])
-    at = page("executions")
+    at = open_view("executions")
     # when the filter is narrowed to the first automation
     at.selectbox(key="ex_automation").set_value(str(mine)).run()
     # then the button counts its failed runs, and nothing happens before the confirmation
@@ -832,9 +795,7 @@ def test_a_viewer_gets_no_bulk_retry_and_a_forged_one_is_refused() -> None:
 
     add_runs(make_automation(), [{"status": "failed"}])
     viewer = person("vera@example.com", "viewer")
-    st.cache_data.clear()
-    at = AppTest.from_file(str(PAGES / "executions.py"), default_timeout=60)
-    at.session_state[ui.ACTOR] = viewer
+    at = load_view("executions", acting=viewer)
     at.run()
     assert not at.exception and not [b for b in at.button if b.key == "ex_bulk_retry"]
     before = table_snapshot()

@@ -12,9 +12,14 @@ from sqlalchemy import func, select
 from core.access import LOCAL_ADMIN
 from db.models import AuditLog, Automation, NotifyRule, Schedule
 from db.session import session_scope
-from service import channels
-from stepwise.cli import main
-from testkit.factories import ADMIN, make_automation, make_workspace, person, table_snapshot
+from testkit.cli import cli
+from testkit.factories import (
+    make_automation,
+    make_channel,
+    make_workspace,
+    person,
+    table_snapshot,
+)
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -88,16 +93,6 @@ def contains(big: Any, small: Any) -> bool:
     return bool(big == small)
 
 
-def add_channel(name: str) -> None:
-    channels.add_channel(name, "json://127.0.0.1:9/hook", actor=ADMIN)
-
-
-def run(*argv: str) -> int:
-    with pytest.raises(SystemExit) as done:
-        main(list(argv))
-    return int(done.value.code or 0)
-
-
 def counts() -> tuple[int, int, int]:
     with session_scope() as s:
         return (
@@ -117,28 +112,28 @@ def stamps() -> list[object]:
 def test_apply_twice_changes_nothing_the_second_time(tmp_path: Path, capsys: Any) -> None:
     path = tmp_path / "stepwise.yaml"
     path.write_text(DEFS)
-    assert run("apply", "-f", str(path)) == 0
+    assert cli("apply", "-f", str(path)) == 0
     first, before = counts(), stamps()
     assert first[:2] == (1, 2)
-    assert run("apply", "-f", str(path)) == 0
+    assert cli("apply", "-f", str(path)) == 0
     assert counts() == first and stamps() == before
     assert "no changes" in capsys.readouterr().out
 
 
 def test_dry_run_shows_the_diff_and_writes_nothing(tmp_path: Path, capsys: Any) -> None:
-    add_channel("ops")
+    make_channel("ops", "json://127.0.0.1:9/hook")
     path = tmp_path / "stepwise.yaml"
     path.write_text(FULL)
     before = table_snapshot()
-    assert run("apply", "-f", str(path), "--dry-run") == 0
+    assert cli("apply", "-f", str(path), "--dry-run") == 0
     assert "+ automation 'Nightly report' schedule #3" in capsys.readouterr().out
     assert table_snapshot() == before
-    assert run("apply", "-f", str(path)) == 0
+    assert cli("apply", "-f", str(path)) == 0
     changed = FULL.replace("0 2 * * 1-5", "0 3 * * 1-5").replace("new agent", "new model")
     path.write_text(changed.replace("failure_threshold: 2", "failure_threshold: 5"))
     before = table_snapshot()
     capsys.readouterr()
-    assert run("apply", "-f", str(path), "--dry-run") == 0
+    assert cli("apply", "-f", str(path), "--dry-run") == 0
     out = capsys.readouterr().out
     assert "schedule #1: cron_expr: '0 2 * * 1-5' -> '0 3 * * 1-5'" in out
     assert "pause_note: 'Waiting for the new agent' -> 'Waiting for the new model'" in out
@@ -189,7 +184,7 @@ def test_bad_file_writes_nothing_and_names_the_field(
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     before = table_snapshot()
-    assert run("apply", "-f", str(path)) == 2
+    assert cli("apply", "-f", str(path)) == 2
     err = capsys.readouterr().err
     assert str(path) in err and named in err and "Traceback" not in err
     assert table_snapshot() == before
@@ -200,46 +195,46 @@ def test_export_then_apply_reproduces_the_definitions(
 ) -> None:
     path, out = tmp_path / "in.yaml", tmp_path / "out.yaml"
     path.write_text(DEFS)
-    assert run("apply", "-f", str(path)) == 0
-    assert run("export-defs", "-o", str(out)) == 0
+    assert cli("apply", "-f", str(path)) == 0
+    assert cli("export-defs", "-o", str(out)) == 0
     exported = out.read_text()
     assert "{{ secret.AGENT_TOKEN }}" in exported and "signing" not in exported
-    assert run("apply", "-f", str(out)) == 0
+    assert cli("apply", "-f", str(out)) == 0
     assert "no changes" in capsys.readouterr().out
     with session_scope() as s:  # an empty database: no definitions at all
         s.execute(Schedule.__table__.delete())
         s.execute(Automation.__table__.delete())
-    assert run("apply", "-f", str(out)) == 0
+    assert cli("apply", "-f", str(out)) == 0
     again = tmp_path / "again.yaml"
-    assert run("export-defs", "-o", str(again)) == 0
+    assert cli("export-defs", "-o", str(again)) == 0
     assert again.read_text() == exported
 
 
 def test_every_field_round_trips_and_reapplies_as_no_change(tmp_path: Path, capsys: Any) -> None:
-    add_channel("ops")
+    make_channel("ops", "json://127.0.0.1:9/hook")
     path, out = tmp_path / "in.yaml", tmp_path / "out.yaml"
     path.write_text(FULL)
-    assert run("apply", "-f", str(path)) == 0
-    assert run("export-defs", "-o", str(out)) == 0
+    assert cli("apply", "-f", str(path)) == 0
+    assert cli("export-defs", "-o", str(out)) == 0
     exported = out.read_text()
     assert contains(yaml.safe_load(exported), yaml.safe_load(FULL))
     before = table_snapshot()
-    assert run("apply", "-f", str(path)) == 0
-    assert run("apply", "-f", str(out)) == 0
+    assert cli("apply", "-f", str(path)) == 0
+    assert cli("apply", "-f", str(out)) == 0
     assert capsys.readouterr().out.endswith("no changes\nno changes\n")
     assert table_snapshot() == before
     with session_scope() as s:  # an empty database but for the workspace's channels
         for model in (NotifyRule, Schedule, Automation):
             s.execute(model.__table__.delete())
-    assert run("apply", "-f", str(out)) == 0
-    assert run("export-defs", "-o", str(out)) == 0
+    assert cli("apply", "-f", str(out)) == 0
+    assert cli("export-defs", "-o", str(out)) == 0
     assert out.read_text() == exported
 
 
 def test_apply_acts_as_the_local_admin_and_is_audited(tmp_path: Path) -> None:
     path = tmp_path / "stepwise.yaml"
     path.write_text(DEFS)
-    assert run("apply", "-f", str(path)) == 0
+    assert cli("apply", "-f", str(path)) == 0
     with session_scope() as s:
         audited = s.execute(select(AuditLog.actor, AuditLog.target_type)).all()
     assert sorted(audited) == [
@@ -252,11 +247,11 @@ def test_apply_acts_as_the_local_admin_and_is_audited(tmp_path: Path) -> None:
 def test_a_schedule_that_ended_by_itself_is_no_change(tmp_path: Path, capsys: Any) -> None:
     path = tmp_path / "stepwise.yaml"
     path.write_text(DEFS.replace("{kind: interval,", "{kind: once, run_at: 2020-01-01T00:00:00Z,"))
-    assert run("apply", "-f", str(path)) == 0
+    assert cli("apply", "-f", str(path)) == 0
     with session_scope() as s:
         assert "its run time has passed" in set(s.scalars(select(Schedule.completed_reason)))
     before = table_snapshot()
-    assert run("apply", "-f", str(path)) == 0
+    assert cli("apply", "-f", str(path)) == 0
     assert capsys.readouterr().out.endswith("no changes\n")
     assert table_snapshot() == before
 
@@ -269,31 +264,31 @@ def test_apply_as_a_member_acts_in_their_workspace_with_their_role(
     team = make_workspace(admin="lead@example.com")
     person("viewer@example.com", "viewer", team.workspace_id)
     before = table_snapshot()
-    assert run("apply", "-f", str(path), "--as", "viewer@example.com") == 2
+    assert cli("apply", "-f", str(path), "--as", "viewer@example.com") == 2
     assert "a viewer may not create" in capsys.readouterr().err
     assert table_snapshot() == before
     args = ("--as", "lead@example.com", "--workspace", str(team.workspace_id))
-    assert run("apply", "-f", str(path), *args) == 0
+    assert cli("apply", "-f", str(path), *args) == 0
     with session_scope() as s:
         assert set(s.scalars(select(Automation.workspace_id))) == {team.workspace_id}
         assert set(s.scalars(select(AuditLog.actor))) == {"lead@example.com"}
-    assert run("export-defs", *args) == 0
+    assert cli("export-defs", *args) == 0
     assert "Nightly report" in capsys.readouterr().out
-    assert run("export-defs") == 0  # the local admin's workspace has none
+    assert cli("export-defs") == 0  # the local admin's workspace has none
     assert yaml.safe_load(capsys.readouterr().out) == {"automations": []}
 
 
 def test_edited_schedules_are_updated_in_place_whatever_their_order(tmp_path: Path) -> None:
     path = tmp_path / "stepwise.yaml"
     path.write_text(DEFS)
-    assert run("apply", "-f", str(path)) == 0
+    assert cli("apply", "-f", str(path)) == 0
     with session_scope() as s:
         ids = {r.kind: r.id for r in s.execute(select(Schedule.kind, Schedule.id))}
     lines = DEFS.splitlines()  # both schedules edited, and listed the other way round
     cron, interval = lines[-2:]
     lines[-2:] = [interval.replace("3600", "7200"), cron.replace("0 2", "0 4")]
     path.write_text("\n".join(lines) + "\n")
-    assert run("apply", "-f", str(path)) == 0
+    assert cli("apply", "-f", str(path)) == 0
     with session_scope() as s:
         rows = s.execute(
             select(Schedule.kind, Schedule.id, Schedule.cron_expr, Schedule.interval_s)
@@ -310,6 +305,6 @@ def test_a_name_two_automations_share_is_refused(tmp_path: Path, capsys: Any) ->
     path = tmp_path / "stepwise.yaml"
     path.write_text(DEFS)
     before = table_snapshot()
-    assert run("apply", "-f", str(path)) == 2
+    assert cli("apply", "-f", str(path)) == 2
     assert "two automations of the workspace have this name" in capsys.readouterr().err
     assert table_snapshot() == before

@@ -14,16 +14,13 @@ from typing import Any
 
 import pytest
 
-from db.models import Execution
-from db.runs import RunMessage
 from stepwise.demo_agent import Reply
 from tasks import engine
 from tasks.actors import send_run
-from testkit.factories import execution, make_automation, make_execution, step_runs
-from testkit.waiting import wait_for
+from testkit.factories import step_runs
+from testkit.runs import ended, start_run
 
 pytestmark = pytest.mark.slow
-FINAL = ("succeeded", "failed", "cancelled", "skipped")
 GZIP = {"Content-Encoding": "gzip"}
 
 # name: (body, headers); every one a 2xx answer the run must survive.
@@ -58,29 +55,6 @@ BAD_BODIES: dict[str, tuple[bytes, dict[str, str]]] = {
 }
 
 
-def _run(agent_url: str, *, steps: int, max_retries: int = 3) -> uuid.UUID:
-    automation_id = make_automation(
-        agent_url=agent_url, steps=steps, max_retries=max_retries, step_timeout_s=5
-    )
-    execution_id = make_execution(automation_id)
-    send_run(RunMessage(execution_id, max_retries))
-    return execution_id
-
-
-def _final(execution_id: uuid.UUID, agent: Any) -> Execution:
-    def details() -> str:
-        calls = [c.body.get("step_number") for c in agent.calls_for(str(execution_id))]
-        runs = [(r.step_number, r.status, r.error) for r in step_runs(execution_id)]
-        return f"execution: {execution(execution_id).error!r}\ncalls: {calls}\nsteps: {runs}"
-
-    return wait_for(
-        lambda: (e := execution(execution_id)).status in FINAL and e,
-        timeout=15,
-        message=f"execution {execution_id} to end",
-        details=details,
-    )
-
-
 def _no_loop(execution_id: uuid.UUID, agent: Any, calls: int) -> None:
     """Housekeeping finds nothing to re-send, and the agent hears nothing more."""
     assert engine.recover_stranded(send_run) == 0
@@ -95,8 +69,8 @@ def test_a_bad_2xx_body_is_stored_as_text_and_the_run_goes_on(
     body, headers = BAD_BODIES[name]
     agent.script(Reply(200, body, headers=headers), Reply(200, body, headers=headers))
     # when a two-step run runs (the first answer is handed on, the second is the result)
-    execution_id = _run(agent.url, steps=2)
-    done = _final(execution_id, agent)
+    execution_id = start_run(agent.url, steps=2)
+    done = ended(execution_id, timeout=15, agent=agent)
     # then each step was called once and succeeded, its body stored as text
     calls = agent.calls_for(str(execution_id))
     assert [c.body["step_number"] for c in calls] == [1, 2]
@@ -119,8 +93,8 @@ def test_a_bad_4xx_body_is_stored_and_fails_the_run_at_once(
     # given an agent that rejects the step with the bad body
     body, headers = BAD_BODIES[name]
     agent.script(Reply(422, body, headers=headers))
-    execution_id = _run(agent.url, steps=2)
-    done = _final(execution_id, agent)
+    execution_id = start_run(agent.url, steps=2)
+    done = ended(execution_id, timeout=15, agent=agent)
     # then one call, the run failed with the status, the body stored as text
     assert len(agent.calls_for(str(execution_id))) == 1
     assert done.status == "failed"
@@ -138,8 +112,8 @@ def test_a_retry_after_python_cannot_count_with_does_not_stop_the_run(
     # given an agent that answers 503 with a Retry-After that float() reads as NaN,
     # or a date that parses without a zone, and a run with no retry left
     agent.script(Reply(503, "busy", headers={"Retry-After": retry_after}))
-    execution_id = _run(agent.url, steps=1, max_retries=0)
-    done = _final(execution_id, agent)
+    execution_id = start_run(agent.url, steps=1, max_retries=0)
+    done = ended(execution_id, timeout=15, agent=agent)
     # then the step failed on its status, once, and the run ended
     assert done.status == "failed"
     assert done.error == "step 1: agent answered HTTP 503 Service Unavailable"

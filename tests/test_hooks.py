@@ -8,7 +8,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,32 +21,12 @@ from core.vocabulary import Role
 from db import commands
 from db.models import Execution, HookTrigger, Workspace
 from db.session import session_scope
-from service import tokens
-from stepwise.embedded import free_port
-from testkit.factories import ADMIN, make_automation, make_workspace, table_snapshot
-from testkit.processes import Processes
+from testkit.api import ApiProcess, bearer, make_token, writes
+from testkit.factories import ADMIN, make_automation, make_workspace
 from testkit.waiting import wait_for
 
 PROBLEM = "application/problem+json"
 PAYLOAD = {"event": "order.paid", "order": {"id": 42, "total": "19.90"}}
-
-
-def _token(actor: Any = ADMIN, role: Role = Role.ADMIN) -> dict[str, str]:
-    token = tokens.create_token("ci", role, actor=actor).token
-    return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-def client(db: None, redis_client: Any) -> Iterator[TestClient]:
-    from api.app import create_app
-
-    with TestClient(create_app(), raise_server_exceptions=False) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def admin(client: TestClient) -> dict[str, str]:
-    return _token()
 
 
 def enable(client: TestClient, admin: dict[str, str], automation_id: uuid.UUID) -> dict[str, Any]:
@@ -66,10 +45,6 @@ def signed(secret: str, body: bytes, *, at: int | None = None) -> dict[str, str]
 
 def post(client: TestClient, url: str, body: bytes, headers: dict[str, str]) -> Any:
     return client.post(url, content=body, headers=headers)
-
-
-def _writes() -> dict[str, Any]:
-    return {k: v for k, v in table_snapshot().items() if k != "api_tokens"}
 
 
 def _executions() -> list[Execution]:
@@ -146,7 +121,7 @@ def test_a_bad_or_missing_signature_gets_401_and_writes_nothing(
         "wrong secret header": {"Stepwise-Hook-Secret": secret + "x"},
         "non-ascii signature": {"Stepwise-Signature": f"t={now},v1=é".encode()},
     }
-    before = _writes()
+    before = writes()
     for why, headers in refused.items():
         # when it is called without a valid proof
         answer = client.post(hook["url"], content=body, headers=headers)
@@ -156,7 +131,7 @@ def test_a_bad_or_missing_signature_gets_401_and_writes_nothing(
         assert "Stepwise-Signature" in answer.json()["detail"]
         assert answer.headers["www-authenticate"].startswith("Stepwise-Signature")
     # and no execution, audit row or delivery was written, not even "last used"
-    assert _writes() == before
+    assert writes() == before
 
 
 def test_the_same_delivery_id_twice_starts_one_run(
@@ -193,7 +168,7 @@ def test_bad_bodies_are_refused_and_write_nothing(
 ) -> None:
     hook = enable(client, admin, make_automation())
     proof = {"Stepwise-Hook-Secret": hook["secret"]}
-    before = _writes()
+    before = writes()
     for body, status in [
         (b"not json", 400),
         (b"[1, 2]", 400),
@@ -206,7 +181,7 @@ def test_bad_bodies_are_refused_and_write_nothing(
         assert answer.headers["content-type"] == PROBLEM
     long_id = post(client, hook["url"], b"{}", {**proof, "Stepwise-Delivery": "x" * 201})
     assert long_id.status_code in (400, 422)
-    assert _writes() == before
+    assert writes() == before
 
 
 def test_disabled_deleted_or_unknown_webhooks_are_404(
@@ -217,14 +192,14 @@ def test_disabled_deleted_or_unknown_webhooks_are_404(
     disabled, deleted = enable(client, admin, disabled_id), enable(client, admin, deleted_id)
     assert client.delete(f"/v1/automations/{disabled_id}/hook", headers=admin).status_code == 200
     assert client.delete(f"/v1/automations/{deleted_id}", headers=admin).status_code == 200
-    before = _writes()
+    before = writes()
     # when called with their (formerly) right secrets, or at an unknown id
     for hook in (disabled, deleted, {"url": f"/v1/hooks/{uuid.uuid4()}", "secret": "x"}):
         answer = post(client, hook["url"], b"{}", {"Stepwise-Hook-Secret": hook["secret"]})
         # then 404, nothing written
         assert answer.status_code == 404, answer.text
         assert answer.headers["content-type"] == PROBLEM
-    assert _writes() == before
+    assert writes() == before
     assert client.get(f"/v1/automations/{disabled_id}/hook", headers=admin).status_code == 404
 
 
@@ -265,9 +240,9 @@ def test_viewers_and_other_workspaces_cannot_manage_a_webhook(
 ) -> None:
     automation_id = make_automation()
     hook = enable(client, admin, automation_id)
-    viewer = _token(ADMIN, Role.VIEWER)
-    other = _token(make_workspace())
-    before = _writes()
+    viewer = bearer(make_token(ADMIN, Role.VIEWER))
+    other = bearer(make_token(make_workspace()))
+    before = writes()
     for headers, status in ((viewer, 403), (other, 404)):
         for method, path in (
             ("post", f"/v1/automations/{automation_id}/hook/rotate"),
@@ -276,7 +251,7 @@ def test_viewers_and_other_workspaces_cannot_manage_a_webhook(
             assert client.request(method, path, headers=headers).status_code == status, path
     assert client.get(f"/v1/automations/{automation_id}/hook", headers=other).status_code == 404
     assert client.get(f"/v1/automations/{automation_id}/hook", headers=viewer).status_code == 200
-    assert _writes() == before
+    assert writes() == before
     assert (
         post(client, hook["url"], b"{}", {"Stepwise-Hook-Secret": hook["secret"]}).status_code
         == 202
@@ -289,7 +264,7 @@ def test_a_webhook_respects_the_workspaces_run_quota(
     hook = enable(client, admin, make_automation())
     with session_scope() as session:
         session.execute(update(Workspace).values(max_runs_per_minute=0))
-    before = _writes()
+    before = writes()
     answer = post(
         client,
         hook["url"],
@@ -297,7 +272,7 @@ def test_a_webhook_respects_the_workspaces_run_quota(
         {"Stepwise-Hook-Secret": hook["secret"], "Stepwise-Delivery": "q"},
     )
     assert answer.status_code == 409 and "quota" in answer.json()["detail"]
-    assert _writes() == before
+    assert writes() == before
 
 
 def test_a_webhook_actor_may_only_start_runs(client: TestClient, admin: dict[str, str]) -> None:
@@ -333,58 +308,44 @@ def test_a_signature_is_checked_against_the_secret_the_body_and_the_clock() -> N
 
 
 def test_the_procfile_api_serves_webhooks_one_run_per_delivery_under_concurrent_repeats(
-    client: TestClient, admin: dict[str, str], worker: Any, agent: Any, tmp_path: Path
+    client: TestClient, admin: dict[str, str], worker: Any, agent: Any, api_process: ApiProcess
 ) -> None:
     # given the Procfile's `api` process and an enabled webhook
     hook = enable(client, admin, make_automation(agent_url=agent.url, steps=1))
-    port = free_port()
-    processes = Processes(tmp_path, STEPWISE_API_PORT=str(port))
-    base = f"http://127.0.0.1:{port}"
+    base = api_process.url
     path = f"/v1/hooks/{hook['id']}"
     body = json.dumps(PAYLOAD).encode()
-    try:
-        processes.start("api")
 
-        def up() -> bool:
-            try:
-                return httpx.get(f"{base}/health", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
+    # when one delivery is sent 6 times at once, each signed
+    def deliver(_: int) -> httpx.Response:
+        headers = {**signed(hook["secret"], body), "Stepwise-Delivery": "evt_1"}
+        return httpx.post(base + path, content=body, headers=headers, timeout=10)
 
-        wait_for(up, timeout=30, message="the API to answer", details=lambda: processes.log("api"))
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(deliver, range(6)))
+    # then every answer names the same run, and one run called the agent with the payload
+    assert {a.status_code for a in answers} == {202}, [a.text for a in answers]
+    (execution_id,) = {a.json()["execution_id"] for a in answers}
+    wait_for(lambda: agent.calls_for(execution_id), message="the run at the agent")
+    assert agent.calls_for(execution_id)[0].body["input"] == PAYLOAD
+    assert [str(e.id) for e in _executions()] == [execution_id]
 
-        # when one delivery is sent 6 times at once, each signed
-        def deliver(_: int) -> httpx.Response:
-            headers = {**signed(hook["secret"], body), "Stepwise-Delivery": "evt_1"}
-            return httpx.post(base + path, content=body, headers=headers, timeout=10)
+    # and a body streamed without a length is cut off past 64 KiB
+    def chunks() -> Iterator[bytes]:
+        yield b'{"a": "'
+        for _ in range(20):
+            yield b"x" * 8192
+        yield b'"}'
 
-        with ThreadPoolExecutor(6) as pool:
-            answers = list(pool.map(deliver, range(6)))
-        # then every answer names the same run, and one run called the agent with the payload
-        assert {a.status_code for a in answers} == {202}, [a.text for a in answers]
-        (execution_id,) = {a.json()["execution_id"] for a in answers}
-        wait_for(lambda: agent.calls_for(execution_id), message="the run at the agent")
-        assert agent.calls_for(execution_id)[0].body["input"] == PAYLOAD
-        assert [str(e.id) for e in _executions()] == [execution_id]
-
-        # and a body streamed without a length is cut off past 64 KiB
-        def chunks() -> Iterator[bytes]:
-            yield b'{"a": "'
-            for _ in range(20):
-                yield b"x" * 8192
-            yield b'"}'
-
-        big = httpx.post(
-            base + path,
-            content=chunks(),
-            headers={"Stepwise-Hook-Secret": hook["secret"]},
-            timeout=10,
-        )
-        assert big.status_code == 413 and big.headers["content-type"] == PROBLEM
-    finally:
-        processes.stop_all()
+    big = httpx.post(
+        base + path,
+        content=chunks(),
+        headers={"Stepwise-Hook-Secret": hook["secret"]},
+        timeout=10,
+    )
+    assert big.status_code == 413 and big.headers["content-type"] == PROBLEM
     # and the secret never reached the process's log
-    assert hook["secret"] not in processes.log("api")
+    assert hook["secret"] not in api_process.log()
     assert len(_executions()) == 1
 
 
@@ -497,13 +458,13 @@ def test_a_webhook_past_its_calls_per_minute_gets_429_and_writes_nothing(
             answer = post(client, hook["url"], b"{}", {**proof, "Stepwise-Delivery": "d"})
             assert answer.status_code == 202, answer.text
         # then the third is refused with Retry-After, and writes nothing
-        before = _writes()
+        before = writes()
         refused = post(client, hook["url"], b'{"a": 1}', proof)
         assert refused.status_code == 429, refused.text
         assert refused.headers["content-type"] == PROBLEM
         assert 1 <= int(refused.headers["retry-after"]) <= 60
         assert "this webhook had its 2 calls" in refused.json()["detail"]
-        assert _writes() == before
+        assert writes() == before
         # and another webhook is not held back by this one
         assert (
             post(client, other["url"], b"{}", {"Stepwise-Hook-Secret": other["secret"]}).status_code

@@ -7,17 +7,15 @@ import json
 from typing import Any
 
 import pytest
-import streamlit as st
 from sqlalchemy import select
-from streamlit.testing.v1 import AppTest
 
 from core.settings import get_settings
 from db import hooks, queries
 from db.models import Execution, HookTrigger
 from db.session import session_scope
 from testkit.factories import ADMIN, add_runs, make_automation, table_snapshot
+from testkit.pages import open_new_schedule, open_view, run_page, texts
 from testkit.waiting import wait_for
-from tests.test_dashboard import PAGES, open_new_schedule, page, texts
 
 pytestmark = pytest.mark.usefixtures("db", "redis_client")
 
@@ -42,7 +40,7 @@ def test_a_schedule_gets_its_input_in_the_dialog_and_bad_json_is_shown_not_saved
 
 def test_a_test_run_carries_its_input_to_the_agent(agent: Any, worker: Any) -> None:
     auto = make_automation(agent_url=agent.url, steps=1, name="Tested")
-    at = page("automations")
+    at = open_view("automations")
     at.selectbox(key="auto_selected").set_value(str(auto)).run()
     at.text_area(key=f"auto_{auto}_run_input").input("[1]").run()
     at.button(key=f"auto_{auto}_test").click().run()
@@ -58,7 +56,7 @@ def test_a_test_run_carries_its_input_to_the_agent(agent: Any, worker: Any) -> N
 
 def test_an_editor_enables_a_webhook_sees_its_secret_once_rotates_and_disables_it() -> None:
     auto = make_automation(name="Hooked")
-    at = page("automations")
+    at = open_view("automations")
     at.selectbox(key="auto_selected").set_value(str(auto)).run()
     assert "Off: no URL starts this automation." in texts(at)
     # when enabled, the secret is shown once, with the URL
@@ -94,22 +92,14 @@ def test_webhook_runs_are_a_trigger_of_the_history_and_their_input_is_shown_as_d
     auto = make_automation(name="Hooked")
     hooked, _manual = add_runs(auto, [{"trigger": "webhook", "input": hostile}, {}])
     # when the history is filtered by the webhook trigger (from a link)
-    st.cache_data.clear()
-    at = AppTest.from_file(str(PAGES / "executions.py"), default_timeout=60)
-    at.query_params["trigger"] = "webhook"
-    at.run()
-    assert not at.exception, at.exception
+    at = open_view("executions", query={"trigger": "webhook"})
     # then only the webhook run is listed, and the filter offers the trigger
     assert "webhook" in at.selectbox(key="ex_trigger").options
     assert at.selectbox(key="ex_trigger").value == "webhook"
     assert list(at.dataframe[0].value["Id"]) == [str(hooked)]
     assert list(at.dataframe[0].value["Trigger"]) == ["webhook"]
     # and its run page shows the input as JSON data, never as Markdown
-    st.cache_data.clear()
-    run = AppTest.from_file(str(PAGES / "run.py"), default_timeout=60)
-    run.query_params["id"] = str(hooked)
-    run.run()
-    assert not run.exception, run.exception
+    run = run_page(hooked)
     assert json.loads(run.get("json")[0].proto.body) == hostile
     assert "script" not in texts(run) and "boom" not in texts(run)
     assert "webhook" in texts(run)

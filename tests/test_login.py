@@ -9,11 +9,9 @@ reachable address (tests/test_run_command.py); with it, it serves one.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from db import commands
 from db.session import session_scope
 from service import workspaces
 from stepwise.embedded import free_port
+from testkit.browser import SHOTS, TALL, settle, window
 from testkit.factories import (
     add_runs,
     make_automation,
@@ -33,71 +32,37 @@ from testkit.factories import (
     person,
     table_snapshot,
 )
+from testkit.processes import Processes
 
 ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "tests" / "screenshots"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.usefixtures("db", "redis_client")]
 
 
-def _wait_http(url: str, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            pass
-        if process.poll() is not None:
-            out = process.stdout.read().decode() if process.stdout else ""
-            pytest.fail(f"{what} exited:\n{out[-3000:]}")
-        time.sleep(0.3)
-    pytest.fail(f"{what} did not answer at {url}")
-
-
 @pytest.fixture
-def provider() -> Iterator[str]:
+def provider(procs: Processes) -> str:
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "oidc_provider_mock", "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    procs.start(
+        "provider", command=f"{shlex.quote(sys.executable)} -m oidc_provider_mock --port {port}"
     )
     issuer = f"http://127.0.0.1:{port}"
-    _wait_http(f"{issuer}/.well-known/openid-configuration", process, "the provider")
-    yield issuer
-    process.terminate()
-    process.wait(10)
-
-
-def _web(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [str(Path(sys.executable).parent / "stepwise"), "web"],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    procs.wait_http("provider", f"{issuer}/.well-known/openid-configuration")
+    return issuer
 
 
 @pytest.fixture
-def dashboard(provider: str) -> Iterator[str]:
+def dashboard(procs: Processes, provider: str) -> str:
     port = free_port()
-    process = _web(
-        {
-            "PORT": str(port),
-            "STEPWISE_OIDC_ISSUER": provider,
-            "STEPWISE_OIDC_CLIENT_ID": "stepwise",
-            "STEPWISE_OIDC_CLIENT_SECRET": "client-secret",
-            "STEPWISE_ADMINS": "alice@example.com",
-        }
+    procs.start(
+        "web",
+        PORT=str(port),
+        STEPWISE_OIDC_ISSUER=provider,
+        STEPWISE_OIDC_CLIENT_ID="stepwise",
+        STEPWISE_OIDC_CLIENT_SECRET="client-secret",
+        STEPWISE_ADMINS="alice@example.com",
     )
     url = f"http://localhost:{port}"
-    _wait_http(f"{url}/_stcore/health", process, "stepwise web")
-    yield url
-    process.terminate()
-    process.wait(10)
+    procs.wait_http("web", f"{url}/_stcore/health")
+    return url
 
 
 def _log_in(page: Any, url: str, account: str) -> None:
@@ -107,14 +72,9 @@ def _log_in(page: Any, url: str, account: str) -> None:
     page.locator("form button[type=submit], form input[type=submit]").first.click()
 
 
-def test_people_log_in_only_admins_enter_and_log_out(dashboard: str) -> None:
+def test_people_log_in_only_admins_enter_and_log_out(dashboard: str, chromium: Any) -> None:
     make_automation(name="Quarterly numbers")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        page = browser.new_page()
-        page.set_default_timeout(30_000)
+    with window(chromium) as page:
         # given the dashboard with login: nothing but a login button before it
         page.goto(dashboard)
         page.get_by_role("button", name="Log in").wait_for()
@@ -146,26 +106,22 @@ def test_people_log_in_only_admins_enter_and_log_out(dashboard: str) -> None:
         page.goto(f"{dashboard}/automations")
         page.get_by_text("has no access to this Stepwise").wait_for()
         assert "Quarterly numbers" not in page.content()
-        browser.close()
 
 
-def test_with_login_the_dashboard_may_listen_beyond_loopback(provider: str) -> None:
+def test_with_login_the_dashboard_may_listen_beyond_loopback(
+    procs: Processes, provider: str
+) -> None:
     port = free_port()
-    process = _web(
-        {
-            "PORT": str(port),
-            "STEPWISE_WEB_ADDRESS": "0.0.0.0",
-            "STEPWISE_OIDC_ISSUER": provider,
-            "STEPWISE_OIDC_CLIENT_ID": "stepwise",
-            "STEPWISE_OIDC_CLIENT_SECRET": "client-secret",
-            "STEPWISE_ADMINS": "alice@example.com",
-        }
+    procs.start(
+        "web",
+        PORT=str(port),
+        STEPWISE_WEB_ADDRESS="0.0.0.0",
+        STEPWISE_OIDC_ISSUER=provider,
+        STEPWISE_OIDC_CLIENT_ID="stepwise",
+        STEPWISE_OIDC_CLIENT_SECRET="client-secret",
+        STEPWISE_ADMINS="alice@example.com",
     )
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/_stcore/health", process, "stepwise web")
-    finally:
-        process.terminate()
-        process.wait(10)
+    procs.wait_http("web", f"http://127.0.0.1:{port}/_stcore/health")
 
 
 def test_a_half_configured_login_names_what_is_missing() -> None:
@@ -181,14 +137,6 @@ def test_a_half_configured_login_names_what_is_missing() -> None:
     assert "STEPWISE_OIDC_CLIENT_ID" in done.stderr and "STEPWISE_ADMINS" in done.stderr
 
 
-def _settled(page: Any) -> None:
-    page.wait_for_selector('[data-testid="stApp"]')
-    page.wait_for_function(
-        """() => !document.querySelector('[data-testid="stStatusWidget"]')""", timeout=30_000
-    )
-    page.wait_for_timeout(800)
-
-
 def _grid_shows(page: Any, text: str) -> None:
     grid = page.locator('[data-testid="stDataFrame"]').first
     grid.get_by_text(text).first.wait_for(state="attached")
@@ -202,18 +150,15 @@ WRITE_CONTROLS = {
 }
 
 
-def test_a_viewer_sees_no_write_controls_and_a_forged_write_is_refused(dashboard: str) -> None:
+def test_a_viewer_sees_no_write_controls_and_a_forged_write_is_refused(
+    dashboard: str, chromium: Any
+) -> None:
     # given an automation with a schedule and a failed run, and Bob, a viewer
     automation_id = make_automation(name="Quarterly numbers")
     make_schedule(automation_id)
     (failed,) = add_runs(automation_id, [{"status": "failed", "error": "agent said no"}])
     viewer = person("bob@example.com", Role.VIEWER)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1900})
-        page.set_default_timeout(30_000)
+    with window(chromium, viewport=TALL) as page:
         # when Bob logs in
         _log_in(page, dashboard, "bob@example.com")
         page.get_by_text("Your role here: viewer").wait_for()
@@ -225,7 +170,7 @@ def test_a_viewer_sees_no_write_controls_and_a_forged_write_is_refused(dashboard
             ("workspace", "bob@example.com"),
         ):
             page.goto(f"{dashboard}/{path}")
-            _settled(page)
+            settle(page)
             if path.startswith("executions"):
                 page.get_by_text(marker).first.wait_for()
             else:
@@ -235,7 +180,6 @@ def test_a_viewer_sees_no_write_controls_and_a_forged_write_is_refused(dashboard
                 shown = main.get_by_role("button", name=label, exact=True).count()
                 assert shown == 0, (path, label)
         page.screenshot(path=str(SHOTS / "viewer.png"), full_page=True)
-        browser.close()
     # and a write forged past the page, in his name, is refused by the server, writing nothing
     before = table_snapshot()
     for forged in (
@@ -249,24 +193,21 @@ def test_a_viewer_sees_no_write_controls_and_a_forged_write_is_refused(dashboard
     assert table_snapshot() == before
 
 
-def test_a_member_of_two_workspaces_chooses_one_and_reaches_only_it(dashboard: str) -> None:
+def test_a_member_of_two_workspaces_chooses_one_and_reaches_only_it(
+    dashboard: str, chromium: Any
+) -> None:
     # given Alice (admin of the default workspace, from STEPWISE_ADMINS) and another
     # team's workspace with a failed run
     make_automation(name="Our report")
     eve = make_workspace("Their team", admin="eve@their.example")
     theirs = make_automation(actor=eve, name="Their payroll")
     (their_run,) = add_runs(theirs, [{"status": "failed", "error": "their secret"}])
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        page = browser.new_page(viewport={"width": 1440, "height": 1900})
-        page.set_default_timeout(30_000)
+    with window(chromium, viewport=TALL) as page:
         _log_in(page, dashboard, "alice@example.com")
         page.get_by_text("Signed in as").wait_for()
         # when she follows a link to their run: it is not found, nothing of theirs shows
         page.goto(f"{dashboard}/executions?execution={their_run}")
-        _settled(page)
+        settle(page)
         assert "their secret" not in page.content() and "Their payroll" not in page.content()
         page.goto(f"{dashboard}/automations")
         _grid_shows(page, "Our report")
@@ -276,14 +217,13 @@ def test_a_member_of_two_workspaces_chooses_one_and_reaches_only_it(dashboard: s
         # when Eve makes her a viewer of their team, a workspace chooser appears
         workspaces.set_member("alice@example.com", Role.VIEWER, actor=eve)
         page.goto(f"{dashboard}/automations")
-        _settled(page)
+        settle(page)
         chooser = page.locator('[data-testid="stSidebar"] [data-testid="stSelectbox"]')
         chooser.click()
         page.get_by_role("option", name="Their team (viewer)").click()
-        _settled(page)
+        settle(page)
         # then in their workspace she reads theirs, not ours, and cannot change it
         _grid_shows(page, "Their payroll")
         assert "Our report" not in page.content()
         assert page.get_by_role("button", name="Save", exact=True).count() == 0
         page.get_by_text("Your role here: viewer").wait_for()
-        browser.close()

@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import select, text, update
 
-from core.access import Actor
 from core.errors import Forbidden, NotFound, ValidationFailed
 from core.notify import Message, Streak, advance, parse_channel, redact, scrub
 from core.settings import get_settings
@@ -30,6 +29,7 @@ from testkit.factories import (
     ADMIN,
     add_runs,
     make_automation,
+    make_channel,
     make_schedule,
     make_workspace,
     person,
@@ -46,12 +46,6 @@ HOOK_PATH_SECRET = "tok-Jm93path"
 def mailbox() -> Iterator[Mailbox]:
     with smtp_server() as box:
         yield box
-
-
-@pytest.fixture
-def hooks() -> Iterator[Hooks]:
-    with webhook_server() as received:
-        yield received
 
 
 def mail_url(box: Mailbox) -> str:
@@ -73,10 +67,6 @@ def mail_parts(raw: str) -> dict[str, str]:
         for part in message.walk()
         if not part.is_multipart()
     }
-
-
-def add_channel(name: str, url: str, actor: Actor = ADMIN) -> uuid.UUID:
-    return channel_service.add_channel(name, url, actor=actor).id
 
 
 def notify_on(automation_id: uuid.UUID, channel_ids: list[uuid.UUID], threshold: int = 1) -> None:
@@ -171,7 +161,7 @@ def test_a_failure_reaches_a_real_smtp_server_and_webhook_once_per_incident(
     automation_id = make_automation(name="Nightly report")
     notify_on(
         automation_id,
-        [add_channel("mail", mail_url(mailbox)), add_channel("hook", hook_url(hooks))],
+        [make_channel("mail", mail_url(mailbox)), make_channel("hook", hook_url(hooks))],
         2,
     )
     # when one run fails, is retried and fails twice more, then another run fails
@@ -205,7 +195,7 @@ def test_a_failure_reaches_a_real_smtp_server_and_webhook_once_per_incident(
 
 def test_a_success_after_the_incident_sends_one_recovery_notice(db: None, hooks: Hooks) -> None:
     automation_id = make_automation(name="Sync")
-    notify_on(automation_id, [add_channel("hook", hook_url(hooks))])
+    notify_on(automation_id, [make_channel("hook", hook_url(hooks))])
     start = later()
     runs(automation_id, "failed", start=start)
     evaluate()
@@ -230,7 +220,7 @@ def test_a_success_after_the_incident_sends_one_recovery_notice(db: None, hooks:
 def test_runs_finished_before_the_rule_or_too_recently_do_not_count(db: None, hooks: Hooks) -> None:
     automation_id = make_automation()
     runs(automation_id, "failed", start=later(-60))  # finished before the rule existed
-    notify_on(automation_id, [add_channel("hook", hook_url(hooks))])
+    notify_on(automation_id, [make_channel("hook", hook_url(hooks))])
     evaluate()
     assert not hooks.posts
     # a run that finished a moment ago waits for the settle time (it may commit late)
@@ -243,7 +233,7 @@ def test_runs_finished_before_the_rule_or_too_recently_do_not_count(db: None, ho
 
 def test_a_parked_and_a_completed_schedule_are_each_notified_once(db: None, hooks: Hooks) -> None:
     automation_id = make_automation(name="Backup")
-    notify_on(automation_id, [add_channel("hook", hook_url(hooks))])
+    notify_on(automation_id, [make_channel("hook", hook_url(hooks))])
     parked = make_schedule(automation_id)
     done = make_schedule(automation_id)
     # when dispatch parks one (its zone is gone) and the other reaches its end
@@ -282,11 +272,11 @@ def test_a_failing_channel_records_its_error_and_the_others_still_deliver(
     # given one channel answering 500, one that nothing listens on, and a working one
     with webhook_server() as broken:
         broken.status = 500
-        broken_id = add_channel(
+        broken_id = make_channel(
             "broken", f"json://u:{HOOK_PASSWORD}@127.0.0.1:{broken.port}/x/{HOOK_PATH_SECRET}"
         )
-        dead_id = add_channel("dead", f"json://u:{HOOK_PASSWORD}@127.0.0.1:9/x/{HOOK_PATH_SECRET}")
-        good_id = add_channel("good", hook_url(hooks))
+        dead_id = make_channel("dead", f"json://u:{HOOK_PASSWORD}@127.0.0.1:9/x/{HOOK_PATH_SECRET}")
+        good_id = make_channel("good", hook_url(hooks))
         automation_id = make_automation()
         notify_on(automation_id, [broken_id, dead_id, good_id])
         runs(automation_id, "failed")
@@ -330,7 +320,7 @@ def test_a_channel_the_policy_no_longer_allows_is_refused_when_sending(
 ) -> None:
     # given a loopback channel added while the policy allowed loopback
     automation_id = make_automation()
-    notify_on(automation_id, [add_channel("local", hook_url(hooks))])
+    notify_on(automation_id, [make_channel("local", hook_url(hooks))])
     runs(automation_id, "failed")
     # when the operator removes loopback from the allowlist, then the notice is not sent
     monkeypatch.setenv("STEPWISE_AGENT_ALLOW", "")
@@ -370,7 +360,7 @@ def test_mail_and_tls_webhooks_need_every_address_allowed() -> None:
 
 
 def test_send_test_delivers_records_and_audits(db: None, hooks: Hooks) -> None:
-    channel_id = add_channel("hook", hook_url(hooks))
+    channel_id = make_channel("hook", hook_url(hooks))
     outcome = channel_service.send_test(channel_id, actor=ADMIN)
     assert outcome.ok
     assert hooks.posts[0][2]["title"] == "Stepwise: test notification"
@@ -383,7 +373,7 @@ def test_send_test_delivers_records_and_audits(db: None, hooks: Hooks) -> None:
 
 def test_a_claimed_delivery_is_never_sent_twice(db: None, hooks: Hooks) -> None:
     automation_id = make_automation()
-    notify_on(automation_id, [add_channel("hook", hook_url(hooks))])
+    notify_on(automation_id, [make_channel("hook", hook_url(hooks))])
     runs(automation_id, "failed")
     with session_scope() as session:
         notices.evaluate_runs(session, now=later(600), settle_s=5)
@@ -401,7 +391,7 @@ def test_a_claimed_delivery_is_never_sent_twice(db: None, hooks: Hooks) -> None:
 
 def test_a_claim_takes_no_more_than_asked(db: None, hooks: Hooks) -> None:
     automation_id = make_automation()
-    notify_on(automation_id, [add_channel(name, hook_url(hooks)) for name in "abc"])
+    notify_on(automation_id, [make_channel(name, hook_url(hooks)) for name in "abc"])
     runs(automation_id, "failed")
     with session_scope() as session:
         assert notices.evaluate_runs(session, now=later(600), settle_s=5) == 1
@@ -415,7 +405,9 @@ def test_a_claim_takes_no_more_than_asked(db: None, hooks: Hooks) -> None:
 def test_sending_stops_claiming_when_its_time_budget_is_spent(db: None, hooks: Hooks) -> None:
     # given a notice waiting for two channels
     automation_id = make_automation()
-    notify_on(automation_id, [add_channel("a", hook_url(hooks)), add_channel("b", hook_url(hooks))])
+    notify_on(
+        automation_id, [make_channel("a", hook_url(hooks)), make_channel("b", hook_url(hooks))]
+    )
     runs(automation_id, "failed")
     with session_scope() as session:
         notices.evaluate_runs(session, now=later(600), settle_s=5)
@@ -437,9 +429,9 @@ def test_names_and_agent_errors_go_out_as_text_not_markup(
     notify_on(
         automation_id,
         [
-            add_channel("mail", mail_url(mailbox)),
-            add_channel("html mail", mail_url(mailbox) + "&format=html"),
-            add_channel("hook", hook_url(hooks)),
+            make_channel("mail", mail_url(mailbox)),
+            make_channel("html mail", mail_url(mailbox) + "&format=html"),
+            make_channel("hook", hook_url(hooks)),
         ],
     )
     start = later()
@@ -472,7 +464,7 @@ def test_names_and_agent_errors_go_out_as_text_not_markup(
 
 @pytest.mark.parametrize("role", [Role.VIEWER, Role.EDITOR])
 def test_only_admins_add_delete_or_test_channels(db: None, role: Role) -> None:
-    channel_id = add_channel("hook", "json://hooks.example.com/x")
+    channel_id = make_channel("hook", "json://hooks.example.com/x")
     someone = person(f"{role}@example.com", role)
     before = row_counts()
     with pytest.raises(Forbidden):
@@ -504,8 +496,8 @@ def test_the_channel_url_is_stored_sealed_never_in_clear(
     db: None, hooks: Hooks, mailbox: Mailbox
 ) -> None:
     # given channels with credentials, used for a notice and a test, and a bad one refused
-    mail_id = add_channel("mail", mail_url(mailbox))
-    hook_id = add_channel("hook", hook_url(hooks))
+    mail_id = make_channel("mail", mail_url(mailbox))
+    hook_id = make_channel("hook", hook_url(hooks))
     automation_id = make_automation()
     notify_on(automation_id, [mail_id, hook_id])
     runs(automation_id, "failed")
@@ -534,7 +526,7 @@ def test_the_channel_url_is_stored_sealed_never_in_clear(
 
 
 def test_choosing_channels_is_for_editors_and_audited(db: None) -> None:
-    channel_id = add_channel("hook", "json://hooks.example.com/x")
+    channel_id = make_channel("hook", "json://hooks.example.com/x")
     automation_id = make_automation()
     editor = person("editor@example.com", Role.EDITOR)
     viewer = person("viewer@example.com", Role.VIEWER)
@@ -563,7 +555,7 @@ def test_the_minute_tick_opens_sends_and_beats(
     get_settings.cache_clear()
     try:
         automation_id = make_automation()
-        notify_on(automation_id, [add_channel("hook", hook_url(hooks))])
+        notify_on(automation_id, [make_channel("hook", hook_url(hooks))])
         with session_scope() as session:
             finished = db_now(session) + timedelta(milliseconds=10)
         runs(automation_id, "failed", start=finished - timedelta(milliseconds=500))
@@ -581,7 +573,7 @@ def test_the_minute_tick_opens_sends_and_beats(
 
 
 def test_a_channel_deleted_before_sending_records_why(db: None, hooks: Hooks) -> None:
-    channel_id = add_channel("hook", hook_url(hooks))
+    channel_id = make_channel("hook", hook_url(hooks))
     automation_id = make_automation()
     notify_on(automation_id, [channel_id])
     runs(automation_id, "failed")
@@ -597,13 +589,13 @@ def test_a_channel_deleted_before_sending_records_why(db: None, hooks: Hooks) ->
 def test_old_notices_are_purged_but_an_open_incident_stays(db: None, hooks: Hooks) -> None:
     automation_id = make_automation()
     other = make_automation(name="Other")
-    notify_on(automation_id, [add_channel("hook", hook_url(hooks))])
-    notify_on(other, [add_channel("hook2", hook_url(hooks))])
+    notify_on(automation_id, [make_channel("hook", hook_url(hooks))])
+    notify_on(other, [make_channel("hook2", hook_url(hooks))])
     start = later()
     runs(automation_id, "failed", "succeeded", start=start)  # a closed failure and a recovery
     runs(other, "failed", start=start)  # still failing
     evaluate()
-    channel_service.send_test(add_channel("hook3", hook_url(hooks)), actor=ADMIN)
+    channel_service.send_test(make_channel("hook3", hook_url(hooks)), actor=ADMIN)
     with session_scope() as session:
         purged = notices.purge(session, now=later(100 * 86400), older_than_days=90)
     assert purged == 2

@@ -2,42 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
-import streamlit as st
-from streamlit.testing.v1 import AppTest
 
 from db import channels
 from db.audit import AuditFilters, list_audit
 from db.session import session_scope
 from service import channels as channel_service
 from testkit.factories import ADMIN, make_automation, person
-from testkit.receivers import Hooks, webhook_server
+from testkit.pages import open_view
+from testkit.receivers import Hooks
 
-PAGES = Path(__file__).resolve().parent.parent / "dashboard" / "views"
 SECRET = "tok-Pq77page"
 pytestmark = pytest.mark.usefixtures("db")
 
 
-@pytest.fixture
-def hooks() -> Iterator[Hooks]:
-    with webhook_server() as received:
-        yield received
-
-
-def page(name: str) -> AppTest:
-    st.cache_data.clear()
-    at = AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=60)
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
 def test_an_admin_adds_a_channel_sends_a_test_and_sees_the_delivery(hooks: Hooks) -> None:
     # given the local admin on the Workspace page
-    at = page("workspace")
+    at = open_view("workspace")
     url = f"json://hook:{SECRET}@127.0.0.1:{hooks.port}/hooks/{SECRET}"
     # when they add a channel and send a test to it
     at.text_input(key="ws_channel_name").input("on-call hook").run()
@@ -59,7 +40,7 @@ def test_an_admin_adds_a_channel_sends_a_test_and_sees_the_delivery(hooks: Hooks
 
 
 def test_a_bad_url_is_refused_on_the_page_and_writes_nothing() -> None:
-    at = page("workspace")
+    at = open_view("workspace")
     at.text_input(key="ws_channel_name").input("ftp").run()
     at.text_input(key="ws_channel_url").input("ftp://files.example.com/x").run()
     at.button(key="ws_channel_add").click().run()
@@ -71,7 +52,7 @@ def test_a_bad_url_is_refused_on_the_page_and_writes_nothing() -> None:
 def test_the_automations_form_chooses_channels_and_a_threshold() -> None:
     channel = channel_service.add_channel("mail", "json://hooks.example.com/x", actor=ADMIN)
     automation_id = make_automation(name="Nightly")
-    at = page("automations")
+    at = open_view("automations")
     at.selectbox(key="auto_selected").set_value(str(automation_id)).run()
     key = f"notify_{automation_id}"
     at.multiselect(key=f"{key}_channels").set_value([channel.id]).run()

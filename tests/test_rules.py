@@ -46,11 +46,12 @@ from core.limits import (
 from core.schedule import parse_schedule
 from core.settings import get_settings
 from core.text import UNSTORABLE
-from core.vocabulary import MisfirePolicy, OverlapPolicy, Role, ScheduleKind, one_of
+from core.vocabulary import MisfirePolicy, OverlapPolicy, ScheduleKind, one_of
 from dashboard import forms
-from db import commands, tokens
+from db import commands
 from db.session import session_scope
 from stepwise import defs
+from testkit.api import make_token
 from testkit.factories import (
     ADMIN,
     automation_input,
@@ -260,13 +261,8 @@ def refuses(request: pytest.FixtureRequest, db: None, tmp_path: Path) -> Iterato
     elif request.param == "apply":
         yield Refuses(Apply(tmp_path))
     else:
-        from api.app import create_app
-
-        request.getfixturevalue("redis_client")
-        with session_scope() as session:
-            token = tokens.create_token(session, "rules", Role.ADMIN, actor=ADMIN).token
-        with TestClient(create_app(), raise_server_exceptions=False) as client:
-            yield Refuses(Api(client, token))
+        client = request.getfixturevalue("client")
+        yield Refuses(Api(client, make_token(name="rules")))
 
 
 def only(*entry_points: str) -> pytest.MarkDecorator:

@@ -5,27 +5,22 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import streamlit as st
 from fastapi.testclient import TestClient
 from sqlalchemy import select
-from streamlit.testing.v1 import AppTest
 
 from core.errors import ValidationFailed
 from core.limits import MAX_INPUT_BYTES, MAX_OUTPUT_DEPTH
 from core.run_input import parse_run_input
-from core.vocabulary import Role
 from db.models import Execution
 from db.session import session_scope
-from service import tokens
 from tasks import engine
 from tasks.actors import send_run
-from testkit.factories import ADMIN, make_automation, make_schedule, table_snapshot
+from testkit.factories import make_automation, make_schedule, table_snapshot
+from testkit.pages import run_page
 from testkit.waiting import wait_for
-from tests.test_run_page import VIEWS
 
 INPUT = {"customer": "ACME", "items": [1, 2, 3], "note": "<b>not html</b>"}
 
@@ -93,20 +88,6 @@ def test_a_schedules_input_is_stored_with_its_run_and_reaches_the_agent_each_ste
     assert [c.body["input"] for c in calls] == [INPUT, INPUT]
 
 
-@pytest.fixture
-def client(db: None, redis_client: Any) -> Iterator[TestClient]:
-    from api.app import create_app
-
-    with TestClient(create_app(), raise_server_exceptions=False) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def admin(client: TestClient) -> dict[str, str]:
-    token = tokens.create_token("ci", Role.ADMIN, actor=ADMIN).token
-    return {"Authorization": f"Bearer {token}"}
-
-
 def test_a_manual_runs_input_reaches_the_agent_the_api_and_the_run_page(
     client: TestClient, admin: dict[str, str], worker: Any, agent: Any
 ) -> None:
@@ -125,11 +106,7 @@ def test_a_manual_runs_input_reaches_the_agent_the_api_and_the_run_page(
     detail = client.get(f"/v1/executions/{execution_id}", headers=admin).json()
     assert detail["input"] == INPUT and detail["trigger"] == "manual"
     # and the run page shows it as JSON data (never as markup)
-    st.cache_data.clear()
-    at = AppTest.from_file(str(VIEWS / "run.py"), default_timeout=60)
-    at.query_params["id"] = execution_id
-    at.run()
-    assert not at.exception, at.exception
+    at = run_page(execution_id)
     first, *steps_shown = [json.loads(e.proto.body) for e in at.get("json")]
     assert first == INPUT  # above the steps' requests (which do not repeat it)
     assert all("input" not in request["body"] for request in steps_shown)

@@ -6,12 +6,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-import streamlit as st
 from sqlalchemy import func, insert, update
-from streamlit.testing.v1 import AppTest
 
 from core.vocabulary import Role
 from dashboard import ui, waterfall
@@ -19,27 +16,9 @@ from db import queries
 from db.models import Execution, StepRun
 from db.session import session_scope
 from testkit.factories import ADMIN, add_runs, make_automation, make_workspace, person
+from testkit.pages import load_view, run_page, texts
 
-VIEWS = Path(__file__).resolve().parent.parent / "dashboard" / "views"
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-def run_page(run_id: object, *, acting: object = None) -> AppTest:
-    st.cache_data.clear()
-    at = AppTest.from_file(str(VIEWS / "run.py"), default_timeout=60)
-    at.query_params["id"] = str(run_id)
-    if acting is not None:
-        at.session_state[ui.ACTOR] = acting
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def shown(at: AppTest) -> str:
-    parts: list[str] = []
-    for kind in ("markdown", "info", "error", "warning", "success", "caption"):
-        parts += [str(e.value) for e in getattr(at, kind)]
-    return "\n".join(parts).replace("\\", "").replace(ui.WORD_JOINER, "")
 
 
 def add_steps(execution_id: uuid.UUID, rows: list[dict[str, object]]) -> None:
@@ -181,7 +160,7 @@ def test_a_run_page_shows_header_waterfall_attempts_and_actions() -> None:
     # when its page opens
     at = run_page(run)
     # then the header has the status badge and the error, the waterfall is drawn,
-    text = shown(at)
+    text = texts(at)
     assert "Nightly report" in text and ":red-badge[failed]" in at.markdown[0].value
     assert "step 2: HTTP 503" in text
     assert len(at.get("vega_lite_chart")) == 1
@@ -201,14 +180,14 @@ def test_a_run_page_shows_header_waterfall_attempts_and_actions() -> None:
     with session_scope() as session:
         detail = queries.execution_detail(session, run, actor=ADMIN)
     assert detail is not None and detail.execution.status == "queued"
-    assert "Retry queued" in shown(at)
+    assert "Retry queued" in texts(at)
 
 
 @pytestmark_db
 @pytest.mark.parametrize("wanted", ["not-a-uuid", str(uuid.uuid4()), ""])
 def test_a_bad_or_unknown_run_id_says_not_found(wanted: str) -> None:
     at = run_page(wanted)
-    assert "Run not found" in shown(at)
+    assert "Run not found" in texts(at)
 
 
 @pytestmark_db
@@ -216,7 +195,7 @@ def test_another_workspaces_run_is_not_found() -> None:
     theirs = make_workspace("Their team", admin="eve@their.example")
     (their_run,) = add_runs(make_automation(actor=theirs, name="Payroll"), [{"status": "failed"}])
     at = run_page(their_run)
-    assert "Run not found in this workspace" in shown(at)
+    assert "Run not found in this workspace" in texts(at)
     assert "Payroll" not in repr(at)
 
 
@@ -226,7 +205,7 @@ def test_a_viewer_sees_the_run_without_actions() -> None:
     (run,) = add_runs(automation_id, [{"status": "failed", "error": "HTTP 500"}])
     viewer = person("vera@example.com", role=Role.VIEWER)
     at = run_page(run, acting=viewer)
-    assert "Viewed" in shown(at)
+    assert "Viewed" in texts(at)
     assert not at.button
 
 
@@ -295,8 +274,7 @@ def test_the_run_grid_has_a_cell_per_run_and_step_in_status_colour() -> None:
 def test_executions_show_the_run_grid_once_an_automation_is_chosen() -> None:
     automation_id = make_automation(name="Gridded")
     add_runs(automation_id, [{"status": "failed"}, {"status": "succeeded"}])
-    st.cache_data.clear()
-    at = AppTest.from_file(str(VIEWS / "executions.py"), default_timeout=60)
+    at = load_view("executions")
     at.run()
     assert "Run grid" not in [s.value for s in at.subheader]
     at.selectbox(key="ex_automation").set_value(str(automation_id)).run()

@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-import streamlit as st
-from streamlit.testing.v1 import AppTest
 
 from core.vocabulary import Role, Trigger
-from dashboard import ui
 from db import commands, queries
 from db.queries import ExecutionFilters
 from db.session import session_scope
@@ -29,28 +25,9 @@ from testkit.factories import (
     person,
     schedule,
 )
+from testkit.pages import schedule_page, texts
 
-VIEWS = Path(__file__).resolve().parent.parent / "dashboard" / "views"
 pytestmark = pytest.mark.usefixtures("db", "redis_client")
-
-
-def schedule_page(schedule_id: object, *, acting: object = None) -> AppTest:
-    st.cache_data.clear()
-    at = AppTest.from_file(str(VIEWS / "schedule.py"), default_timeout=60)
-    at.query_params["id"] = str(schedule_id)
-    if acting is not None:
-        at.session_state[ui.ACTOR] = acting
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def shown(at: AppTest) -> str:
-    parts: list[str] = []
-    for kind in ("markdown", "info", "error", "warning", "success", "caption", "subheader"):
-        parts += [str(e.value) for e in getattr(at, kind)]
-    text = "\n".join(parts).replace("**", "")  # bold marks, then escapes
-    return text.replace("\\", "").replace(ui.WORD_JOINER, "")
 
 
 def test_the_page_shows_timing_next_runs_counters_and_recent_runs() -> None:
@@ -66,7 +43,7 @@ def test_the_page_shows_timing_next_runs_counters_and_recent_runs() -> None:
     )
     # when its page opens
     at = schedule_page(schedule_id)
-    text = shown(at)
+    text = texts(at, bold=False)
     # then the timing reads in words, with the next 10 runs in its zone and the viewer's
     assert "Morning digest" in text and ":green-badge[active]" in at.markdown[0].value
     assert "At 09:00 AM, Monday through Friday (Europe/Berlin)" in text
@@ -94,11 +71,13 @@ def test_pause_with_a_note_shows_it_then_resume_clears_it() -> None:
         "local admin",
     )
     # shown as text, with who paused it; the next runs are those if resumed now
-    assert "Paused by local admin" in shown(at) and "**vendor** down until Monday" in shown(at)
-    assert "Next 10 runs (if resumed now)" in shown(at)
+    assert "Paused by local admin" in texts(
+        at, bold=False
+    ) and "**vendor** down until Monday" in texts(at, bold=False)
+    assert "Next 10 runs (if resumed now)" in texts(at, bold=False)
     at.button(key="sp_resume").click().run()
     assert schedule(schedule_id).enabled and schedule(schedule_id).pause_note is None
-    assert "Schedule resumed" in shown(at)
+    assert "Schedule resumed" in texts(at, bold=False)
 
 
 def test_run_now_starts_a_run_linked_from_the_page() -> None:
@@ -112,7 +91,7 @@ def test_run_now_starts_a_run_linked_from_the_page() -> None:
             session, ExecutionFilters(automation_id=automation_id), actor=ADMIN
         ).rows
     assert [r.trigger for r in runs] == ["manual"]
-    assert "Run started: follow it on its page." in shown(at)
+    assert "Run started: follow it on its page." in texts(at, bold=False)
 
 
 def test_backfill_previews_the_count_then_makes_the_runs_once() -> None:
@@ -126,7 +105,7 @@ def test_backfill_previews_the_count_then_makes_the_runs_once() -> None:
     at.date_input(key="bf_to_date").set_value(end.date())
     at.time_input(key="bf_to_time").set_value(end.time()).run()
     # then the preview says how many runs it will make, before anything is written
-    assert "This range holds 3 slot(s); 0 already have a run, so 3 run(s)" in shown(at)
+    assert "This range holds 3 slot(s); 0 already have a run, so 3 run(s)" in texts(at, bold=False)
     assert executions_of(schedule_id) == []
     # when confirmed, then three backfill runs exist and are listed on the page
     at.button(key="bf_confirm").click().run()
@@ -134,10 +113,10 @@ def test_backfill_previews_the_count_then_makes_the_runs_once() -> None:
     made = executions_of(schedule_id)
     assert [r.scheduled_for for r in made] == [start + timedelta(hours=h) for h in range(3)]
     assert {r.trigger for r in made} == {Trigger.BACKFILL}
-    assert "Backfill: 3 run(s) queued; 0 slot(s) already had their run." in shown(at)
+    assert "Backfill: 3 run(s) queued; 0 slot(s) already had their run." in texts(at, bold=False)
     assert len(at.dataframe[1].value) == 3
     # and the same range again would make nothing: the button says so and is disabled
-    assert "3 already have a run, so 0 run(s)" in shown(at)
+    assert "3 already have a run, so 0 run(s)" in texts(at, bold=False)
     assert at.button(key="bf_confirm").disabled
 
 
@@ -146,22 +125,24 @@ def test_a_bad_backfill_range_is_explained_and_writes_nothing() -> None:
     at = schedule_page(schedule_id)
     today = now().date()
     at.date_input(key="bf_from_date").set_value(today - timedelta(days=7)).run()
-    assert "This range holds" in shown(at) and "a backfill makes at most 100 runs" in shown(at)
+    assert "This range holds" in texts(
+        at, bold=False
+    ) and "a backfill makes at most 100 runs" in texts(at, bold=False)
     at.date_input(key="bf_to_date").set_value(today + timedelta(days=2)).run()
-    assert "To must not be in the future" in shown(at)
+    assert "To must not be in the future" in texts(at, bold=False)
     assert executions_of(schedule_id) == []
 
 
 @pytest.mark.parametrize("wanted", ["not-a-uuid", str(uuid.uuid4()), ""])
 def test_a_bad_or_unknown_schedule_id_says_not_found(wanted: str) -> None:
-    assert "Schedule not found" in shown(schedule_page(wanted))
+    assert "Schedule not found" in texts(schedule_page(wanted), bold=False)
 
 
 def test_another_workspaces_schedule_is_not_found() -> None:
     theirs = make_workspace("Their team", admin="eve@their.example")
     their_schedule = make_schedule(make_automation(actor=theirs, name="Payroll"), actor=theirs)
     at = schedule_page(their_schedule)
-    assert "Schedule not found in this workspace" in shown(at)
+    assert "Schedule not found in this workspace" in texts(at, bold=False)
     assert "Payroll" not in repr(at)
 
 
@@ -171,7 +152,7 @@ def test_a_viewer_sees_the_schedule_without_any_write_control() -> None:
         commands.set_schedule_enabled(session, schedule_id, False, actor=ADMIN, note="on hold")
     viewer = person("vera@example.com", role=Role.VIEWER)
     at = schedule_page(schedule_id, acting=viewer)
-    assert "Viewed" in shown(at) and "on hold" in shown(at)
+    assert "Viewed" in texts(at, bold=False) and "on hold" in texts(at, bold=False)
     assert not at.button and not at.text_input and not at.date_input
 
 

@@ -14,7 +14,6 @@ import inspect
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +91,9 @@ def _secret(automation_id: Any) -> str:
 
 
 @pytest.fixture
-def verifying_agent() -> Iterator[AgentServer]:
-    server = AgentServer().start()
-    yield server
-    server.stop()
+def verifying_agent(agent: AgentServer) -> AgentServer:
+    """The test agent, named for what these tests make it do: check every signature."""
+    return agent
 
 
 def test_every_call_is_signed_and_an_agent_refuses_a_forgery(

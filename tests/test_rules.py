@@ -51,13 +51,12 @@ from dashboard import forms
 from db import commands
 from db.session import session_scope
 from stepwise import defs
-from testkit.api import make_token
+from testkit.api import make_token, writes
 from testkit.factories import (
     ADMIN,
     automation_input,
     make_automation,
     make_schedule,
-    table_snapshot,
 )
 
 Refusal = list[tuple[str, str]]  # (field, message) of each error, as the core gives them
@@ -70,11 +69,6 @@ AUTOMATION: dict[str, Any] = {
 }
 SCHEDULE: dict[str, Any] = {"kind": "interval", "interval_s": 3600, "timezone": "UTC"}
 NUL, SURROGATE = "a\x00b", "a\ud800b"
-
-
-def _writes() -> dict[str, Any]:
-    """Every table but the tokens' (whose "last used" an API call moves)."""
-    return {k: v for k, v in table_snapshot().items() if k != "api_tokens"}
 
 
 def _refused(attempt: Callable[[], object]) -> Refusal:
@@ -222,24 +216,24 @@ class Refuses:
         self._schedule_id: uuid.UUID | None = None
 
     def automation(self, **values: Any) -> Refusal:
-        before = _writes()
+        before = writes()
         refusal = self.entry.automation({**AUTOMATION, **values})
-        assert _writes() == before
+        assert writes() == before
         return refusal
 
     def schedule(self, **values: Any) -> Refusal:
         automation_id = self._existing_automation()
-        before = _writes()
+        before = writes()
         refusal = self.entry.schedule(automation_id, {**SCHEDULE, **values})
-        assert _writes() == before
+        assert writes() == before
         return refusal
 
     def pause(self, note: str) -> Refusal:
         if self._schedule_id is None:
             self._schedule_id = make_schedule(self._existing_automation())
-        before = _writes()
+        before = writes()
         refusal = self.entry.pause(self._schedule_id, note)
-        assert _writes() == before
+        assert writes() == before
         return refusal
 
     def _existing_automation(self) -> uuid.UUID:

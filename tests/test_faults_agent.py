@@ -19,7 +19,7 @@ from db.models import Execution
 from db.runs import RunMessage
 from stepwise.demo_agent import Call, Reply
 from stepwise.embedded import free_port
-from tasks.actors import send_run
+from tasks.send import send_run
 from testkit.factories import execution, make_automation, make_execution, step_runs
 from testkit.waiting import wait_for
 

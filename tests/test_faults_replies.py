@@ -17,8 +17,8 @@ import pytest
 from db.models import Execution
 from db.runs import RunMessage
 from stepwise.demo_agent import Reply
-from tasks import engine
-from tasks.actors import send_run
+from tasks import periodic
+from tasks.send import send_run
 from testkit.factories import execution, make_automation, make_execution, step_runs
 from testkit.waiting import wait_for
 
@@ -83,7 +83,7 @@ def _final(execution_id: uuid.UUID, agent: Any) -> Execution:
 
 def _no_loop(execution_id: uuid.UUID, agent: Any, calls: int) -> None:
     """Housekeeping finds nothing to re-send, and the agent hears nothing more."""
-    assert engine.recover_stranded(send_run) == 0
+    assert periodic.recover_stranded(send_run) == 0
     assert len(agent.calls_for(str(execution_id))) == calls
 
 

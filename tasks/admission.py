@@ -42,7 +42,7 @@ class Gate:
     """A runner's way in for Dramatiq's threads: its slots, the urgent reserve, and the
     threads allowed to wait for an early message."""
 
-    def __init__(self, settings: Settings, start: Start) -> None:
+    def __init__(self, settings: Settings, *, start: Start) -> None:
         self.slots = threading.BoundedSemaphore(settings.worker_in_flight)
         self.reserve = threading.BoundedSemaphore(
             max(1, int(settings.worker_in_flight * URGENT_RESERVE))

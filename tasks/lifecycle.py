@@ -1,5 +1,4 @@
-"""A worker process's runner: built once per process, started at the worker's boot, drained
-at its stop.
+"""A worker process's runner: built once, started at the worker's boot, drained at its stop.
 
 A process that consumes the run queue starts its runner at boot (its heartbeat sweeps
 for other workers' expired leases even before a run arrives). At a stop, runs hand

@@ -39,7 +39,7 @@ class Runner:
 
     def __init__(self, settings: Settings, send: Send):
         self.settings = settings
-        self.gate = Gate(settings, self.admit)
+        self.gate = Gate(settings, start=self.admit)
         self.flights: dict[uuid.UUID, Flight] = {}  # touched on the loop's thread only
         self.held = 0  # runs handed over and not ended, under `self.counting`
         self.counting = threading.Lock()

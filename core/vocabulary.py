@@ -195,3 +195,18 @@ class FailureReport(StrEnum):
 
     REJECTED = "rejected"  # the agent refused the step (4xx): no retry could help
     EXHAUSTED = "exhausted"  # a retryable failure with no retries left
+
+
+class Admission(StrEnum):
+    """What became of a run message a worker took: its run started, or why not.
+
+    A claim answers with a `db.runs.Claim` or one of the last four; the worker's
+    admission (`tasks/admission.py`) adds the first two.
+    """
+
+    STARTED = "started"  # claimed and handed to the runner
+    HANDED_BACK = "handed back"  # sent to the queue again without spending a retry
+    EARLY = "early"  # before its slot, and its start needs an overlap decision: claim it then
+    NOTHING = "nothing"  # another worker has it, or it is final (a duplicate message)
+    SKIPPED = "skipped"  # the overlap policy skipped it
+    WAITING = "waiting"  # the overlap policy holds it until the previous run ends

@@ -151,5 +151,9 @@ def backfill(
         present=present,
     )
     return Backfilled(
-        [RunMessage(i, automation.max_retries, urgent=automation.urgent) for i, _ in made], present
+        [
+            RunMessage.start(i, max_retries=automation.max_retries, urgent=automation.urgent)
+            for i, _ in made
+        ],
+        present,
     )

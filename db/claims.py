@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from core.outcome import parse_output
 from core.schedule import decide_overlap
 from core.vocabulary import (
+    Admission,
     ExecutionStatus,
     OverlapDecision,
     OverlapPolicy,
@@ -136,18 +137,18 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
     flight (`renew_leases`), so a killed worker's runs are free again `lease_s`
     after its last heartbeat, however long their steps' timeouts.
 
-    Returns "nothing" when another worker has it or it is final (a duplicate
-    message), "skipped"/"waiting" when the overlap policy says so.
+    Returns NOTHING when another worker has it or it is final (a duplicate
+    message), SKIPPED/WAITING when the overlap policy says so.
     """
     row = session.execute(_CLAIM_READ, {"id": execution_id}).first()
     if row is None:
-        return "nothing"
+        return Admission.NOTHING
     execution = automation = row  # columns, not ORM objects: the hot path loads none
     if automation.archived_at is not None:
         # Deleting cancels every open run; this closes a run created in a race
         # with the delete, so that it is neither started nor taken over.
         cancel_runs(session, Execution.id == execution_id, AUTOMATION_DELETED)
-        return "nothing"
+        return Admission.NOTHING
     # A one-off schedule has one slot: nothing can overlap it.
     single = row.kind is None or row.kind == ScheduleKind.ONCE
     policy = None if single or row.overlap_policy is None else OverlapPolicy(row.overlap_policy)
@@ -156,7 +157,7 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
         execution.status == ExecutionStatus.RUNNING and execution.lease_expires_at is not None
     )
     if not claimable:
-        return "nothing"
+        return Admission.NOTHING
     # The overlap policy decides whether a slot starts; a retry of a run that
     # already started is that run going on, not a new slot.
     # A backfill (past slots a person asked for, `db.backfill`) is not held back by it.
@@ -165,9 +166,9 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
         decision = _overlap(session, execution, policy)
         if decision in SKIP_REASONS:
             _skip_for_overlap(session, execution, SKIP_REASONS[decision])
-            return "skipped"
+            return Admission.SKIPPED
         if decision == OverlapDecision.WAIT:
-            return "waiting"
+            return Admission.WAITING
     claimed = session.execute(
         update(Execution)
         .where(
@@ -190,7 +191,7 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
         .returning(Execution.attempt)
     ).scalar()
     if claimed is None:
-        return "nothing"
+        return Admission.NOTHING
     first_step, previous_output = 1, None
     if claimed > 1:  # a run that started before: resume it
         first_step, previous_output = _resume(session, execution_id)
@@ -245,7 +246,7 @@ def claim_executions(
 
     Runs in `ahead` are not due yet (their message came early): one that needs no
     overlap decision is claimed now and started at its slot by the worker; for any
-    other, "early" says to claim it at its slot, when its siblings' state is known.
+    other, EARLY says to claim it at its slot, when its siblings' state is known.
     A run started ahead has `started_at` at its slot (`available_at`).
     """
     rows = session.execute(_CLAIM_MANY, {"ids": execution_ids, "lease_s": lease_s}).all()
@@ -255,7 +256,7 @@ def claim_executions(
         if i in claimed:
             results.append(claimed.pop(i))  # a message sent twice: its run is claimed once
         elif i in ahead:
-            results.append("early")
+            results.append(Admission.EARLY)
         else:
             results.append(claim_execution(session, i, lease_s=lease_s))
     return results

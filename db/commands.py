@@ -573,4 +573,6 @@ def retry_execution(session: Session, execution_id: uuid.UUID, *, actor: Actor) 
     execution.finished_at = None
     execution.available_at = func.now()
     audit(session, actor, AuditAction.RETRY, AuditTarget.EXECUTION, execution_id)
-    return RunMessage(execution_id, automation.max_retries, urgent=automation.urgent)
+    return RunMessage.start(
+        execution_id, max_retries=automation.max_retries, urgent=automation.urgent
+    )

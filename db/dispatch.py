@@ -25,7 +25,7 @@ from core.schedule import DispatchPlan, plan_dispatch
 from core.timing import parse_timing, spec_of
 from core.vocabulary import CompletedReason, ExecutionStatus, MisfirePolicy, Trigger
 from db.models import Automation, Execution, Heartbeat, Schedule
-from db.runs import START_AHEAD_MS, RunMessage
+from db.runs import RunMessage
 from db.workspaces import quotas
 
 log = logging.getLogger("stepwise.dispatch")
@@ -216,12 +216,11 @@ def dispatch_batch(
         reason = None if plan.completed_reason is None else str(plan.completed_reason)
         advances.append((schedule.id, plan.next_run_at, len(ids), missed, not completed, reason))
         enqueues += [
-            RunMessage(
+            RunMessage.at_slot(
                 i,
-                schedule.max_retries,
+                max_retries=schedule.max_retries,
                 # Rounded up: the start derived from it is never before the slot.
                 delay_ms=math.ceil((inserted[i] - now).total_seconds() * 1000),
-                ahead_ms=START_AHEAD_MS,
                 urgent=schedule.urgent,
             )
             for i in ids

@@ -1,4 +1,7 @@
-"""An execution's life in the database: claim, steps, retry, end, recovery.
+"""An execution's life in the database: its messages, its claim, steps, retry and end.
+
+(Over 400 lines: the statements fenced on a claim share the fence and the SQL of a
+step's answer, `_FINISH_STEP`; claiming is `db/claims.py`, recovery `db/recovery.py`.)
 
 Every write a worker makes is fenced on `(status = 'running', attempt = <its
 attempt>)`: a worker whose lease expired and whose execution was taken over, or
@@ -11,7 +14,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -20,9 +23,7 @@ from sqlalchemy import (
     Text,
     and_,
     bindparam,
-    delete,
     func,
-    or_,
     select,
     text,
     update,
@@ -30,39 +31,36 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
-from core.limits import MAX_RECOVERIES
 from core.outcome import StepOutcome
 from core.vocabulary import (
-    FINAL_STATUSES,
     OPEN_STATUSES,
+    Admission,
     ExecutionStatus,
     FailureReport,
     OverlapPolicy,
     StepStatus,
 )
-from db.models import Automation, Execution, Schedule, StepRun
-from db.session import locked_batch, rowcount
+from db.models import Automation, Execution, StepRun
+from db.session import rowcount
 
 LOST_STEP_ERROR = "the worker running this step stopped (killed or lost its lease)"
 CANCELLED_STEP_ERROR = (
     "the run was cancelled while this step was at the agent; its answer is not recorded"
 )
-RECOVERIES_EXHAUSTED = (
-    f"failed: housekeeping gave up after {MAX_RECOVERIES} recoveries beyond the run's "
-    "retries; its worker kept stopping mid-run (killed, out of memory, or past its lease) "
-    "or its message kept being lost"
-)
 AUTOMATION_DELETED = "cancelled: the automation was deleted"
 SCHEDULE_DELETED = "cancelled: the schedule was deleted"
 # A slot's message is delivered this much before the slot, and the worker that takes
-# it starts the run at the slot itself (`tasks.runner.accept`): the queue's hand-off
+# it starts the run at the slot itself (`tasks.admission.Gate.accept`): the queue's hand-off
 # of a delayed message (a few hundred milliseconds) then costs the start nothing.
 START_AHEAD_MS = 1000
 
 
 @dataclass(frozen=True)
 class RunMessage:
-    """A run to hand to the workers once the transaction that made it has committed."""
+    """A run to hand to the workers once the transaction that made it has committed.
+
+    Each kind of message has its constructor below; they say which fields it carries.
+    """
 
     execution_id: uuid.UUID
     max_retries: int
@@ -72,6 +70,58 @@ class RunMessage:
     # Deliver up to this much before `delay_ms` ends; the worker waits for the rest.
     ahead_ms: int = 0
     urgent: bool = False  # the automation's runs go to the urgent queue
+
+    @classmethod
+    def start(cls, execution_id: uuid.UUID, *, max_retries: int, urgent: bool) -> RunMessage:
+        """A run to start now with its whole retry budget: a new run, or one a person retried."""
+        return cls(execution_id, max_retries, urgent=urgent)
+
+    @classmethod
+    def at_slot(
+        cls, execution_id: uuid.UUID, *, max_retries: int, delay_ms: int, urgent: bool
+    ) -> RunMessage:
+        """A scheduled run due `delay_ms` from now, delivered `START_AHEAD_MS` before it."""
+        return cls(
+            execution_id, max_retries, delay_ms=delay_ms, ahead_ms=START_AHEAD_MS, urgent=urgent
+        )
+
+    @classmethod
+    def retry(
+        cls, execution_id: uuid.UUID, *, max_retries: int, spent: int, delay_ms: int, urgent: bool
+    ) -> RunMessage:
+        """A run that failed and tries again after its backoff, `delay_ms`: one more retry
+        of its budget spent (`spent`: the retries it had spent before)."""
+        return cls(execution_id, max_retries, retries=spent + 1, delay_ms=delay_ms, urgent=urgent)
+
+    @classmethod
+    def hand_back(
+        cls,
+        execution_id: uuid.UUID,
+        *,
+        max_retries: int,
+        retries: int,
+        urgent: bool,
+        delay_ms: int = 0,
+    ) -> RunMessage:
+        """The same try sent on, no retry spent: by a worker that stops, by one whose
+        threads cannot wait for an early message, or deferred by flow control."""
+        return cls(execution_id, max_retries, retries=retries, delay_ms=delay_ms, urgent=urgent)
+
+    @classmethod
+    def resend(
+        cls, execution_id: uuid.UUID, *, max_retries: int, attempts: int, urgent: bool
+    ) -> RunMessage:
+        """A queued or stranded run sent again from its row: every claim so far (`attempts`)
+        spent one try, including one whose worker died."""
+        return cls(execution_id, max_retries, retries=attempts, urgent=urgent)
+
+    @classmethod
+    def failed(
+        cls, execution_id: uuid.UUID, *, retries: int, report: FailureReport, urgent: bool
+    ) -> RunMessage:
+        """The last message of a run that failed for good: its actor raises, and Dramatiq
+        dead-letters it with the retries it spent."""
+        return cls(execution_id, retries, retries=retries, report=report, urgent=urgent)
 
 
 @dataclass(frozen=True)
@@ -108,7 +158,8 @@ class Claim:
         return len(self.steps)
 
 
-ClaimResult = Claim | Literal["nothing", "skipped", "waiting", "early"]
+# A claim, or why there is none (NOTHING, SKIPPED, WAITING or EARLY).
+ClaimResult = Claim | Admission
 
 
 def _fence(claim: Claim) -> Any:
@@ -321,7 +372,7 @@ def defer(session: Session, claim: Claim, delay_s: float) -> bool:
 
 
 # The end of a run in one statement: its last answer, its status, and its
-# schedule's counters (`record_outcome`).
+# schedule's counters (as `db.recovery.record_outcome` moves them).
 _FINISH_EXECUTION = text(
     f"""
     WITH finished AS ({_FINISH_STEP}), ended AS (
@@ -369,22 +420,6 @@ def finish_execution(
     return bool(ended)
 
 
-def record_outcome(session: Session, schedule_id: uuid.UUID, status: ExecutionStatus) -> None:
-    succeeded = 1 if status == ExecutionStatus.SUCCEEDED else 0
-    failed = 1 if status == ExecutionStatus.FAILED else 0
-    session.execute(
-        update(Schedule)
-        .where(Schedule.id == schedule_id)
-        .values(
-            run_count=Schedule.run_count + 1,
-            success_count=Schedule.success_count + succeeded,
-            failure_count=Schedule.failure_count + failed,
-            last_status=status,
-            last_run_at=func.now(),
-        )
-    )
-
-
 def next_waiting(session: Session, schedule_id: uuid.UUID) -> RunMessage | None:
     """The earliest run held back (by `buffer_one`, or a catch-up run waiting its turn),
     to start now that the previous one ended."""
@@ -401,69 +436,9 @@ def next_waiting(session: Session, schedule_id: uuid.UUID) -> RunMessage | None:
     ).first()
     if row is None:
         return None
-    return RunMessage(row.id, row.max_retries, retries=row.attempt, urgent=row.urgent)
-
-
-def stranded_executions(
-    session: Session, *, requeue_after_s: int | None, resend_after_s: int, limit: int
-) -> list[RunMessage]:
-    """Queued runs whose message should have arrived long ago, and runs whose lease expired.
-
-    Postgres is the source of truth: a message lost to a flushed Redis, a killed
-    worker or a dead connection is simply sent again (a duplicate claims nothing).
-    A queued run is sent again `requeue_after_s` after it became available; a
-    running one as soon as its lease expired (its worker stopped renewing it),
-    then at most every `resend_after_s`. `available_at` records each re-send.
-    With `requeue_after_s` None only expired leases are looked at.
-    A run past its recovery bound is failed instead (`give_up_exhausted`).
-    """
-    resent_lately = func.now() - timedelta(seconds=resend_after_s)
-    stranded = and_(
-        Execution.status == ExecutionStatus.RUNNING,
-        Execution.lease_expires_at < func.now(),
-        Execution.available_at < resent_lately,
+    return RunMessage.resend(
+        row.id, max_retries=row.max_retries, attempts=row.attempt, urgent=row.urgent
     )
-    if requeue_after_s is not None:
-        lost = and_(
-            Execution.status == ExecutionStatus.QUEUED,
-            Execution.available_at < func.now() - timedelta(seconds=requeue_after_s),
-        )
-        stranded = or_(lost, stranded)
-    give_up_exhausted(session, stranded, limit=limit)
-    batch = locked_batch(
-        select(Execution.id)
-        .where(stranded)
-        .order_by(Execution.available_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True),
-        "stranded",
-    )
-    rows = session.execute(
-        update(Execution)
-        .where(Execution.id == batch.c.id)
-        .values(available_at=func.now())
-        .returning(Execution.id, Execution.attempt, Execution.automation_id)
-    ).all()
-    if not rows:
-        return []
-    budgets = {
-        a.id: a
-        for a in session.execute(
-            select(Automation.id, Automation.max_retries, Automation.urgent).where(
-                Automation.id.in_({r.automation_id for r in rows})
-            )
-        )
-    }
-    # Every claim so far spent one try, including one whose worker died.
-    return [
-        RunMessage(
-            r.id,
-            budgets[r.automation_id].max_retries,
-            retries=r.attempt,
-            urgent=budgets[r.automation_id].urgent,
-        )
-        for r in rows
-    ]
 
 
 def failure_of(session: Session, execution_id: uuid.UUID) -> str | None:
@@ -473,65 +448,3 @@ def failure_of(session: Session, execution_id: uuid.UUID) -> str | None:
             Execution.id == execution_id, Execution.status == ExecutionStatus.FAILED
         )
     )
-
-
-def give_up_exhausted(session: Session, stranded: Any, *, limit: int) -> int:
-    """Fail the stranded runs (`stranded`: a condition on executions) already claimed
-    MAX_RECOVERIES times more than their retries allow; returns how many.
-
-    Each claim counts in `attempt`, and only a recovery (or a worker handing a run
-    back at shutdown) claims a run past its retries, so a run that keeps killing or
-    losing its worker ends here with the reason, counted on its schedule, instead of
-    calling the agent again every minute forever. A run waiting its turn is never
-    claimed, so waiting costs it nothing.
-    """
-    exhausted = locked_batch(
-        select(Execution.id)
-        .join(Automation, Automation.id == Execution.automation_id)
-        .where(stranded, Execution.attempt >= Automation.max_retries + 1 + MAX_RECOVERIES)
-        .limit(limit)
-        .with_for_update(of=Execution, skip_locked=True),
-        "exhausted",
-    )
-    ended = session.execute(
-        update(Execution)
-        .where(Execution.id == exhausted.c.id)
-        .values(
-            status=ExecutionStatus.FAILED,
-            finished_at=func.now(),
-            lease_expires_at=None,
-            error=RECOVERIES_EXHAUSTED,
-        )
-        .returning(Execution.id, Execution.schedule_id)
-    ).all()
-    if not ended:
-        return 0
-    session.execute(
-        update(StepRun)
-        .where(
-            StepRun.execution_id.in_([row.id for row in ended]),
-            StepRun.status == StepStatus.RUNNING,
-        )
-        .values(status=StepStatus.FAILED, error=LOST_STEP_ERROR, finished_at=func.now())
-    )
-    for row in ended:
-        if row.schedule_id is not None:
-            record_outcome(session, row.schedule_id, ExecutionStatus.FAILED)
-    return len(ended)
-
-
-def purge_history(session: Session, *, older_than_days: int, batch: int) -> int:
-    """Delete one small batch of finished executions older than the retention age.
-
-    Small batches keep each transaction short: no long lock on the table. The
-    caller loops while a full batch was deleted.
-    """
-    cutoff = func.now() - timedelta(days=older_than_days)
-    victims = locked_batch(
-        select(Execution.id)
-        .where(Execution.queued_at < cutoff, Execution.status.in_(FINAL_STATUSES))
-        .limit(batch)
-        .with_for_update(skip_locked=True),
-        "victims",
-    )
-    return rowcount(session.execute(delete(Execution).where(Execution.id == victims.c.id)))

@@ -27,7 +27,8 @@ from db.runs import RunMessage
 from db.session import session_scope
 from db.workspaces import audit, authorize
 from tasks import queues
-from tasks.actors import dispatch, send_run, send_runs
+from tasks.actors import dispatch
+from tasks.send import send_run, send_runs
 from tasks.workers import WorkerInfo
 
 RUN_ACTOR = "run_execution"

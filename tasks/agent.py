@@ -7,10 +7,9 @@ whole body: an agent that trickles its answer a byte at a time is cut off at the
 deadline like one that never answers, so a step never outlives its lease.
 
 Why aiohttp here, when the rest of Stepwise speaks httpx: an agent call is the
-engine's hot path. Measured in one process against a local agent (50 calls in
-flight), httpx's client with its httpcore pool cost 0.66-0.70 ms of CPU per call,
-aiohttp's 0.13 ms (its parser is C); httpx and httpcore were 42 % of a worker's CPU
-in the 10,000-run burst (bench/RESULTS.md, issue 10).
+engine's hot path, and aiohttp (its parser is C) costs a fraction of the CPU per call
+that httpx and httpcore cost, which were the largest share of a worker's CPU under a
+burst (the figures are in bench/RESULTS.md).
 
 Connect errors and timeouts are worth retrying; a redirect that would drop the
 POST, a redirect loop, a bad URL or an address the egress policy refuses fails the

@@ -1,10 +1,12 @@
-"""The Dramatiq broker, built by a function with every middleware composed in one place.
+"""The Dramatiq broker and its queues, built by a function with its middleware in one place.
 
 Dramatiq's defaults are wrong for us (20 retries over a week, a 10-minute time
 limit): each middleware is configured here, explicitly. Periodiq's middleware
 must be present in every process that declares the periodic actors. Importing
 this module builds nothing: `setup_broker()` does, once per process, before the
-actors are declared (`dramatiq tasks.broker:setup_broker tasks.actors`).
+actors are declared (`dramatiq tasks.broker:setup_broker tasks.actors`). The
+worker engine adds its runner's lifecycle when its actors are declared
+(`tasks/lifecycle.py`), so a process that only sends builds no runner.
 """
 
 from __future__ import annotations
@@ -29,20 +31,15 @@ from dramatiq.middleware import (
 from periodiq import PeriodiqMiddleware
 
 from core.settings import Settings, get_settings
-from tasks.runner import RUN_QUEUE, URGENT_QUEUE, RunnerLifecycle
 from tasks.signals import OneStopRequest
 from tasks.workers import WorkerBeacon
 
-DISPATCH_QUEUE = "dispatch"
+RUN_QUEUE = "default"  # every `run_execution` message but an urgent automation's
+# Urgent automations' runs: their own queue, so a backlog in RUN_QUEUE does not hold
+# them back (and a reserve of runner slots, `tasks/admission.py`).
+URGENT_QUEUE = "urgent"
+DISPATCH_QUEUE = "dispatch"  # the scheduler's periodic work
 QUEUES = (RUN_QUEUE, URGENT_QUEUE, DISPATCH_QUEUE)
-__all__ = [
-    "DISPATCH_QUEUE",
-    "QUEUES",
-    "RUN_QUEUE",
-    "URGENT_QUEUE",
-    "build_broker",
-    "setup_broker",
-]
 
 HEARTBEAT_TIMEOUT_MS = 20_000
 MAINTENANCE_CHANCE = 100_000  # per million commands
@@ -77,9 +74,7 @@ def build_broker(settings: Settings) -> RedisBroker:
             PeriodiqMiddleware(skip_delay=30),
             # Group-wide SIGTERM reaches a worker twice; the second must not kill it.
             OneStopRequest(),
-            # The run queue's consumers start their runner at boot; at a stop, runs
-            # hand back between steps and the calls in flight end first.
-            RunnerLifecycle(),
+            # (The runner's lifecycle goes here in a worker: `tasks.lifecycle.install`.)
             # Who each worker process is (host:pid) and what it does, for the Queues page.
             WorkerBeacon(),
         ],

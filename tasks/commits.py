@@ -1,5 +1,4 @@
-"""Group commits: the claims and step writes of every run a worker holds, committed
-together on a few database threads.
+"""Group commits: the claims and step writes of every run a worker holds, written together.
 
 Every run in flight writes once per step. Committing each alone costs a BEGIN, a
 COMMIT (a WAL flush) and a connection checkout per step; under a burst the writes of

@@ -13,7 +13,7 @@ over every worker process and machine, on Redis's clock (no skew between hosts):
 
 A permit is never queued for: the runner waits (on its event loop, no thread held)
 or, when the wait is long, hands the run back to the queue without spending a
-retry (`tasks/runner.py`).
+retry (`tasks/flight.py`).
 """
 
 from __future__ import annotations

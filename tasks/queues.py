@@ -19,6 +19,7 @@ import dramatiq
 
 from tasks import workers
 from tasks.broker import QUEUES, setup_broker
+from tasks.send import send_message
 
 NAMESPACE = "dramatiq"
 LIVE_WORKER_S = 60
@@ -146,10 +147,9 @@ def take_dead_letter(queue: str, message_id: str) -> dramatiq.Message[Any] | Non
 
 
 def send_again(dead: DeadLetter) -> None:
-    """Send a dead message's work again, with fresh delivery options."""
+    """Send a dead message's work again, to its actor's queue, with fresh delivery options."""
     options = {k: v for k, v in dead.options.items() if k not in _DELIVERY_OPTIONS}
-    actor = setup_broker().get_actor(dead.actor)
-    actor.send_with_options(args=dead.args, kwargs=dead.kwargs, **options)
+    send_message(dead.actor, args=dead.args, kwargs=dead.kwargs, options=options)
 
 
 def remove_dead_letters(queue: str, message_ids: list[str]) -> int:

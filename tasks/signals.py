@@ -1,7 +1,7 @@
 """Stopping a worker well: runs hand back between steps, and one SIGTERM counts once.
 
 A worker process that begins a graceful stop sets `shutting_down`; a run checks it
-between steps and hands itself on without spending a retry (`tasks/runner.py`).
+between steps and hands itself on without spending a retry (`tasks/flight.py`).
 
 One stop request counts once, however many copies of SIGTERM a worker receives.
 
@@ -24,7 +24,7 @@ from types import FrameType
 
 import dramatiq
 
-log = logging.getLogger("stepwise")
+log = logging.getLogger(__name__)
 REPEAT_WINDOW_S = 3.0
 
 # Set when this worker process begins a graceful stop: runs hand back between steps.

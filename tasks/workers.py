@@ -4,8 +4,9 @@ Dramatiq's Redis broker records only a random id per worker in `__heartbeats__`,
 which tells a person nothing. `WorkerBeacon` (a middleware on every worker)
 writes one small Redis hash per process, `stepwise:worker:<host>:<pid>`, every
 few seconds with a TTL, so a killed process disappears by itself: its host and
-pid, the queues it consumes, the runs its runner holds now, and how many
-messages it processed and how many of them failed. An index zset scored by the
+pid, the queues it consumes, the runs its runner holds now (asked through a
+callable the runner's lifecycle registers, so this module knows no runner), and how
+many messages it processed and how many of them failed. An index zset scored by the
 last beacon lets a reader list live workers without scanning Redis keys.
 """
 
@@ -16,13 +17,12 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import dramatiq
-
-from tasks import runner
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,17 @@ KEY = "stepwise:worker:{name}"  # hash of one worker process
 BEACON_S = 5.0
 TTL_S = 30  # a process silent this long is gone from the page
 SHOWN_RUNS = 5  # ids of runs in flight kept in the beacon (the count is exact)
+
+
+# The ids of the runs this process's runner holds now: none until a runner's lifecycle
+# says where to ask (`report_runs_with`).
+_runs_in_flight: Callable[[], list[str]] = list
+
+
+def report_runs_with(runs_in_flight: Callable[[], list[str]]) -> None:
+    """Have every beacon of this process show the runs `runs_in_flight()` returns."""
+    global _runs_in_flight
+    _runs_in_flight = runs_in_flight
 
 
 class WorkerBeacon(dramatiq.Middleware):
@@ -115,19 +126,6 @@ class WorkerBeacon(dramatiq.Middleware):
         pipe.zadd(INDEX, {self.name: now_ms})
         pipe.zremrangebyscore(INDEX, "-inf", now_ms - TTL_S * 1000)
         pipe.execute()
-
-
-def _runs_in_flight() -> list[str]:
-    """The runs this process's runner holds now (none in a process without one)."""
-    held = runner.current_runner()
-    if held is None:
-        return []
-    for _ in range(3):  # the loop thread may change the dict while it is copied
-        try:
-            return [str(i) for i in list(held.flights)]
-        except RuntimeError:
-            continue
-    return []
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Any
 from core.vocabulary import FINAL_STATUSES
 from db.models import Execution
 from db.runs import RunMessage
-from tasks.actors import send_run
+from tasks.send import send_run
 from testkit.factories import execution, make_automation, make_execution, step_runs
 from testkit.waiting import wait_for
 

@@ -18,8 +18,8 @@ from db.models import Execution, Schedule
 from db.runs import RunMessage
 from db.session import session_scope
 from stepwise.demo_agent import Reply
-from tasks import engine
-from tasks.actors import send_run
+from tasks import periodic
+from tasks.send import send_run
 from testkit.factories import (
     ADMIN,
     execution,
@@ -205,8 +205,8 @@ def test_dispatch_runs_a_due_schedule_at_its_slot(worker: Any, agent: Any) -> No
         assert schedule is not None
         first = schedule.next_run_at
     # when dispatch runs
-    assert engine.dispatch_due(send_run) == 1
-    assert engine.dispatch_due(send_run) == 0  # a second tick finds nothing new
+    assert periodic.dispatch_due(send_run) == 1
+    assert periodic.dispatch_due(send_run) == 0  # a second tick finds nothing new
 
     # then exactly one execution for that slot ran, not before its time
     def ran() -> Any:

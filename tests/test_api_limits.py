@@ -15,7 +15,7 @@ from core.settings import get_settings
 from db.models import IdempotencyKey
 from db.session import session_scope
 from stepwise.embedded import free_port
-from tasks import engine
+from tasks import periodic
 from testkit.api import ApiProcess, api_client, bearer, make_token, start_api, writes
 from testkit.browser import DESKTOP, PHONE, SHOTS, outside_requests, window
 from testkit.factories import make_workspace
@@ -145,7 +145,7 @@ def test_housekeeping_forgets_idempotency_keys_past_their_retention_in_batches(
                 .values(created_at=func.now() - text("interval '25 hours'"))
             )
         # when housekeeping's minute tick runs (batches of 2: two transactions)
-        engine.tick_housekeeping(lambda message: None)
+        periodic.tick_housekeeping(lambda message: None)
         # then only the keys within the retention remain, and the pass records how many went
         assert _keys() == {"k3", "k4"}
         with session_scope() as session:
@@ -153,7 +153,7 @@ def test_housekeeping_forgets_idempotency_keys_past_their_retention_in_batches(
                 text("SELECT details FROM heartbeats WHERE name = 'housekeeping'")
             )
         assert details["idempotency_keys"] == 3
-        assert engine.purge_old_idempotency_keys() == 0
+        assert periodic.purge_old_idempotency_keys() == 0
         # and a repeat with a kept key answers the same object, a forgotten one makes anew
         kept = client.post(
             "/v1/automations",
@@ -182,7 +182,7 @@ def test_a_key_just_inside_its_retention_is_kept(
         session.execute(
             update(IdempotencyKey).values(created_at=func.now() - text("interval '23 hours'"))
         )
-    assert engine.purge_old_idempotency_keys() == 0
+    assert periodic.purge_old_idempotency_keys() == 0
     assert _keys() == {"x"}
 
 

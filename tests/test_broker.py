@@ -10,7 +10,7 @@ from periodiq import PeriodiqMiddleware
 from core.errors import ConfigError
 from core.settings import Settings
 from tasks.broker import HEARTBEAT_TIMEOUT_MS, build_broker
-from tasks.runner import RunnerLifecycle
+from tasks.lifecycle import RunnerLifecycle, install
 from tasks.signals import OneStopRequest
 
 
@@ -21,8 +21,9 @@ def _settings(**values: object) -> Settings:
 def test_the_broker_carries_our_retry_time_limit_and_stop_middleware() -> None:
     # given settings with their own backoff and time limit
     settings = _settings(min_backoff_ms=123, max_backoff_ms=4567, execution_time_limit_s=42)
-    # when the broker is built (no connection is made: nothing listens on port 1)
+    # when the broker is built for a worker (no connection is made: nothing listens on port 1)
     broker = build_broker(settings)
+    install(broker)
     # then Dramatiq's defaults (20 retries over a week, 10 minutes) are replaced
     kinds = {type(m): m for m in broker.middleware}
     retries = kinds[Retries]

@@ -35,9 +35,9 @@ from db.models import AuditLog, Execution, Schedule, StepRun
 from db.runs import LOST_STEP_ERROR
 from db.session import session_scope
 from stepwise.demo_agent import Call, Reply
-from tasks import engine
+from tasks import periodic
 from tasks.actions import schedules_changed
-from tasks.actors import send_run
+from tasks.send import send_run
 from testkit.factories import (
     fetch,
     make_automation,
@@ -209,8 +209,8 @@ def _drain(schedule_ids: list[uuid.UUID]) -> None:
     """After the window, housekeeping every 2 s (as the minute tick would) until all is final."""
 
     def done() -> bool:
-        engine.recover_stranded(send_run)
-        engine.dispatch_due(send_run)
+        periodic.recover_stranded(send_run)
+        periodic.dispatch_due(send_run)
         with session_scope() as session:
             enabled = session.scalars(
                 select(Schedule.id).where(Schedule.id.in_(schedule_ids), Schedule.enabled)

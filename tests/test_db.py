@@ -30,7 +30,7 @@ from db.audit import AuditFilters, list_audit
 from db.claims import claim_execution
 from db.dispatch import DispatchConfig, dispatch_batch
 from db.models import Automation, Base, Execution, Schedule
-from db.runs import purge_history, stranded_executions
+from db.recovery import purge_history, stranded_executions
 from db.session import db_now, session_scope
 from stepwise.cli import migrate
 from testkit.factories import (

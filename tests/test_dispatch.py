@@ -1,6 +1,6 @@
 """Set-based dispatch with pipelined sends: each run enqueued once, with its delay.
 
-On the real PostgreSQL and Redis: the batch sender (`tasks.actors.send_runs`, one
+On the real PostgreSQL and Redis: the batch sender (`tasks.send.send_runs`, one
 Redis round trip per chunk) stores the same messages `send_run` does, a worker
 consumes them as usual, and dispatchers running side by side still send every
 slot's run exactly once.
@@ -24,8 +24,8 @@ from core.settings import get_settings
 from db.models import Execution, Schedule
 from db.runs import START_AHEAD_MS, RunMessage
 from db.session import db_now, session_scope
-from tasks import engine
-from tasks.actors import send_run, send_runs
+from tasks import periodic
+from tasks.send import send_run, send_runs
 from testkit.factories import fetch, make_automation, make_schedule
 from testkit.waiting import wait_for
 
@@ -100,8 +100,8 @@ def test_pipelined_dispatch_enqueues_each_run_once_with_its_delay(
     # given 10 schedules due over the next 5-10 s (3 batches of 4)
     due_schedules(10, "http://127.0.0.1:9/agent", first_in_s=5)
     # when dispatch runs with the batch sender, twice
-    sent = engine.dispatch_due(send_run, send_many=send_runs)
-    again = engine.dispatch_due(send_run, send_many=send_runs)
+    sent = periodic.dispatch_due(send_run, send_many=send_runs)
+    again = periodic.dispatch_due(send_run, send_many=send_runs)
     # then each execution has exactly one delayed message, delivered a little ahead
     # of its slot and carrying the slot for the worker to start it at
     assert (sent, again) == (10, 0)
@@ -127,7 +127,7 @@ def test_dispatchers_side_by_side_send_each_slot_once(
 
     def dispatcher() -> None:
         start.wait()
-        counts.append(engine.dispatch_due(send_run, send_many=send_runs))
+        counts.append(periodic.dispatch_due(send_run, send_many=send_runs))
 
     threads = [threading.Thread(target=dispatcher) for _ in range(3)]
     for t in threads:
@@ -149,7 +149,7 @@ def test_a_worker_runs_pipelined_runs_once_each_at_their_slot(
     due_schedules(6, agent.url, first_in_s=0.5)
     time.sleep(3.5)
     # when they are dispatched through the batch sender and the worker consumes them
-    assert engine.dispatch_due(send_run, send_many=send_runs) == 6
+    assert periodic.dispatch_due(send_run, send_many=send_runs) == 6
 
     def all_succeeded() -> bool:
         return [r.status for r in executions().values()] == ["succeeded"] * 6
@@ -187,7 +187,7 @@ def test_a_slot_that_already_has_its_execution_is_neither_sent_nor_counted(
             )
         )
     # when dispatch runs
-    sent = engine.dispatch_due(send_run, send_many=send_runs)
+    sent = periodic.dispatch_due(send_run, send_many=send_runs)
     # then only the four new executions are sent, and only they count as dispatched
     assert sent == 4
     assert len(stored_messages(redis_client)) == 4
@@ -207,7 +207,7 @@ def test_runs_over_the_workspace_quota_are_recorded_skipped_with_the_reason(
         set_quotas(session, Quotas(200, 1000, 3), actor=ADMIN)
     ids = due_schedules(5, "http://127.0.0.1:9/agent", first_in_s=5)
     # when dispatch runs
-    sent = engine.dispatch_due(send_run, send_many=send_runs)
+    sent = periodic.dispatch_due(send_run, send_many=send_runs)
     # then the 3 earliest slots are sent, and the 2 others are rows that say why
     assert sent == 3
     runs = sorted(executions().values(), key=lambda e: e.scheduled_for)
@@ -219,4 +219,4 @@ def test_runs_over_the_workspace_quota_are_recorded_skipped_with_the_reason(
     # and they count as missed on their schedules; nothing is left to dispatch
     missed = {i: fetch(Schedule, i).missed_count for i in ids}
     assert sorted(missed.values()) == [0, 0, 0, 1, 1]
-    assert engine.dispatch_due(send_run, send_many=send_runs) == 0
+    assert periodic.dispatch_due(send_run, send_many=send_runs) == 0

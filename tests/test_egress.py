@@ -24,9 +24,9 @@ from db import commands
 from db.runs import RunMessage
 from db.session import session_scope
 from stepwise.demo_agent import AgentServer, Reply
-from tasks.actors import send_run
 from tasks.agent import AgentClient, call_agent
-from tasks.runner import stop_runner
+from tasks.lifecycle import stop_runner
+from tasks.send import send_run
 from testkit.factories import (
     ADMIN,
     automation_input,

@@ -22,7 +22,7 @@ from db.models import StepRun
 from db.runs import Claim, RunMessage
 from db.session import session_scope
 from stepwise.demo_agent import Call, Reply
-from tasks.actors import send_run
+from tasks.send import send_run
 from testkit.factories import (
     execution,
     make_automation,
@@ -147,15 +147,15 @@ def test_a_worker_whose_threads_all_wait_hands_the_early_message_back() -> None:
     runner = Runner(settings, sent.append)
     try:
         start_at = int(time.time() * 1000) + 800
-        waited = threading.Thread(target=runner.wait_for, args=(start_at,))
+        waited = threading.Thread(target=runner.gate.wait_for, args=(start_at,))
         waited.start()
         time.sleep(0.1)
         # when a second early message arrives, it is not held: the caller hands it back
         began = time.monotonic()
-        assert runner.wait_for(start_at) is False
+        assert runner.gate.wait_for(start_at) is False
         assert time.monotonic() - began < 0.1
         # and a message already due waits for nothing
-        assert runner.wait_for(int(time.time() * 1000) - 5) is True
+        assert runner.gate.wait_for(int(time.time() * 1000) - 5) is True
         waited.join()
     finally:
         runner.close()
@@ -165,8 +165,8 @@ def test_an_urgent_automations_run_is_not_queued_behind_a_burst(
     db: None, redis_client: Any, agent: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from core.settings import get_settings
-    from tasks.actors import send_runs
-    from tasks.runner import stop_runner
+    from tasks.lifecycle import stop_runner
+    from tasks.send import send_runs
 
     # given a worker holding 10 runs at once, and a backlog of 150 runs of an automation
     # whose agent takes 0.3 s a step
@@ -210,15 +210,15 @@ def test_an_urgent_run_takes_a_reserved_slot_when_the_runner_is_full() -> None:
     settings = get_settings().model_copy(update={"worker_in_flight": 10})
     runner = Runner(settings, lambda message: None)
     try:
-        taken = [runner.take_slot() for _ in range(10)]
-        assert all(slot is runner.slots for slot in taken)
+        taken = [runner.gate.take_slot() for _ in range(10)]
+        assert all(slot is runner.gate.slots for slot in taken)
         # when an urgent run arrives, it gets the reserve at once
         began = time.monotonic()
-        assert runner.take_slot(urgent=True) is runner.reserve
+        assert runner.gate.take_slot(urgent=True) is runner.gate.reserve
         assert time.monotonic() - began < 1
         # and once a slot is given back, the next run takes it
-        runner.slots.release()
-        assert runner.take_slot() is runner.slots
+        runner.gate.slots.release()
+        assert runner.gate.take_slot() is runner.gate.slots
     finally:
         runner.close()
 
@@ -372,7 +372,8 @@ def test_a_rate_limit_spaces_the_calls_at_the_agent(
 
 
 def test_a_renewal_drops_only_the_runs_it_asked_about_and_lost() -> None:
-    from tasks.runner import Flight, lost_flights
+    from tasks.flight import Flight
+    from tasks.leases import lost_flights
 
     def flight(execution_id: uuid.UUID, attempt: int = 1) -> Flight:
         claim = Claim(

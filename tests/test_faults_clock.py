@@ -1,6 +1,6 @@
 """Fault tests over a faked clock: downtime and misfire (5), DST transition days (7).
 
-The dispatcher is the real `tasks.engine.dispatch_due` on the real database; only
+The dispatcher is the real `tasks.periodic.dispatch_due` on the real database; only
 its clock is injected (`now=`), so hours of downtime and whole days take seconds.
 """
 
@@ -19,8 +19,8 @@ from core.timing import ScheduleSpec, first_slot, parse_timing, slots_between
 from db.dispatch import MISSED_ERROR
 from db.models import Schedule
 from db.session import session_scope
-from tasks import engine
-from tasks.actors import send_run
+from tasks import periodic
+from tasks.send import send_run
 from testkit.factories import executions_of, fetch, make_automation, make_schedule
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def _tick_through(start: datetime, end: datetime, step: timedelta = MINUTE) -> i
     """Run the dispatcher once per `step` from `start` to `end`, as periodiq would."""
     sent, now = 0, start
     while now <= end:
-        sent += engine.dispatch_due(send_run, now=now)
+        sent += periodic.dispatch_due(send_run, now=now)
         now += step
     return sent
 
@@ -123,13 +123,13 @@ def test_downtime_applies_the_misfire_policy_and_records_skipped_slots(
 def test_a_scheduler_that_comes_back_twice_adds_nothing(db: None, redis_client: Any) -> None:
     # given a run_all schedule back from downtime, dispatched once
     schedule_id = _down_schedule("run_all", 3600)
-    first = engine.dispatch_due(send_run, now=BACK_AT)
+    first = periodic.dispatch_due(send_run, now=BACK_AT)
     before = [(r.scheduled_for, r.status) for r in executions_of(schedule_id)]
     # when another scheduler (or a duplicate tick) dispatches the same instant,
     # even after re-planning from the old next_run_at
-    assert engine.dispatch_due(send_run, now=BACK_AT) == 0
+    assert periodic.dispatch_due(send_run, now=BACK_AT) == 0
     _point_at(schedule_id, first_slot(SPEC, DOWN_FROM) or DOWN_FROM)
-    assert engine.dispatch_due(send_run, now=BACK_AT) == 0
+    assert periodic.dispatch_due(send_run, now=BACK_AT) == 0
     # then no slot gained a second execution
     assert first == 12  # 08:15 .. 09:10 (08:05, 08:10 fell out of the window)
     assert [(r.scheduled_for, r.status) for r in executions_of(schedule_id)] == before

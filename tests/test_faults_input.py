@@ -25,10 +25,11 @@ from core.settings import get_settings
 from core.timing import ScheduleSpec
 from db import commands
 from db.models import Execution, StepRun
-from db.runs import RunMessage, purge_history
+from db.recovery import purge_history
+from db.runs import RunMessage
 from db.session import get_engine, session_scope
-from tasks import engine
-from tasks.actors import send_run
+from tasks import periodic
+from tasks.send import send_run
 from testkit.factories import (
     ADMIN,
     automation_input,
@@ -266,7 +267,7 @@ def test_retention_deletes_only_old_finished_history_in_batches(
 
     event.listen(get_engine(), "before_cursor_execute", spy)
     try:
-        assert engine.purge_old_history() == 30
+        assert periodic.purge_old_history() == 30
     finally:
         event.remove(get_engine(), "before_cursor_execute", spy)
     # then it took ceil(30 / 7) short transactions (the last, short batch ends the loop)
@@ -279,7 +280,7 @@ def test_retention_deletes_only_old_finished_history_in_batches(
         )
     assert left == {*recent, still_queued, still_running}
     assert orphans == 0
-    assert engine.purge_old_history() == 0
+    assert periodic.purge_old_history() == 0
 
 
 def test_a_purge_batch_never_blocks_the_workers_or_another_purger(db: None) -> None:

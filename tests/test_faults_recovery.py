@@ -2,7 +2,7 @@
 
 A run that kills or loses its worker every time (a poison step, a worker killed by
 the kernel for memory) would otherwise be sent again every minute forever, calling
-the agent each time. The real recovery pass (`tasks.engine.recover_stranded`) runs
+the agent each time. The real recovery pass (`tasks.periodic.recover_stranded`) runs
 against the real PostgreSQL; each message it sends is taken by `claim_execution`,
 as a worker's first act, and the worker then "dies": its step stays running and its
 lease runs out, moved into the past on the database's clock.
@@ -19,9 +19,10 @@ from core.limits import MAX_RECOVERIES
 from core.vocabulary import Trigger
 from db.claims import claim_execution
 from db.models import Execution, Schedule
-from db.runs import LOST_STEP_ERROR, RECOVERIES_EXHAUSTED, RunMessage, start_step
+from db.recovery import RECOVERIES_EXHAUSTED
+from db.runs import LOST_STEP_ERROR, RunMessage, start_step
 from db.session import session_scope
-from tasks import engine
+from tasks import periodic
 from testkit.factories import (
     execution,
     fetch,
@@ -75,7 +76,7 @@ def test_a_run_that_keeps_losing_its_worker_is_given_up_with_the_reason(db: None
     sent: list[RunMessage] = []
     # when every message housekeeping sends again is taken by a worker that dies
     assert _worker_dies_in_step_1(execution_id) == 1
-    while engine.recover_stranded(sent.append):
+    while periodic.recover_stranded(sent.append):
         assert len(sent) < claims, "housekeeping never gave up"
         assert _worker_dies_in_step_1(execution_id) == len(sent) + 1
     # then the run was recovered MAX_RECOVERIES times beyond its retries, then failed
@@ -94,7 +95,7 @@ def test_a_run_that_keeps_losing_its_worker_is_given_up_with_the_reason(db: None
     assert schedule.last_status == "failed"
     # and the next passes leave it alone
     _age(execution_id)
-    assert engine.recover_stranded(sent.append) == 0
+    assert periodic.recover_stranded(sent.append) == 0
     assert execution(execution_id).status == "failed"
 
 
@@ -105,7 +106,7 @@ def test_a_queued_run_whose_message_keeps_getting_lost_is_never_given_up(db: Non
     # when housekeeping sends it again many more times than the bound
     for _ in range(MAX_RECOVERIES * 3):
         _age(execution_id)
-        assert engine.recover_stranded(sent.append) == 1
+        assert periodic.recover_stranded(sent.append) == 1
     # then it is still queued: no claim ever called the agent, so nothing is spent
     assert execution(execution_id).status == "queued"
     assert all(m.retries == 0 for m in sent)

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from stepwise.demo_agent import Reply
-from tasks import engine
-from tasks.actors import send_run
+from tasks import periodic
+from tasks.send import send_run
 from testkit.factories import step_runs
 from testkit.runs import ended, start_run
 
@@ -57,7 +57,7 @@ BAD_BODIES: dict[str, tuple[bytes, dict[str, str]]] = {
 
 def _no_loop(execution_id: uuid.UUID, agent: Any, calls: int) -> None:
     """Housekeeping finds nothing to re-send, and the agent hears nothing more."""
-    assert engine.recover_stranded(send_run) == 0
+    assert periodic.recover_stranded(send_run) == 0
     assert len(agent.calls_for(str(execution_id))) == calls
 
 

@@ -26,7 +26,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import func, select, update
 
-import tasks.actors
+import tasks.send
 from core.settings import get_settings
 from db.models import Execution, Heartbeat, StepRun
 from db.runs import RunMessage
@@ -34,8 +34,8 @@ from db.session import db_now, dispose_engine, session_scope
 from stepwise import embedded
 from stepwise.cli import migrate
 from stepwise.demo_agent import Reply
-from tasks import engine
-from tasks.actors import send_run
+from tasks import periodic
+from tasks.send import send_run
 from testkit.factories import make_automation, make_execution, make_schedule, seed_access
 from testkit.waiting import wait_for
 
@@ -54,7 +54,7 @@ def _recover_until_final(ids: list[uuid.UUID], timeout: float) -> float:
     began = time.monotonic()
 
     def done() -> bool:
-        engine.recover_stranded(send_run)
+        periodic.recover_stranded(send_run)
         statuses = _statuses(ids)
         return sum(statuses[s] for s in FINAL) == len(ids)
 
@@ -103,7 +103,7 @@ def own_redis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OwnRe
     server = OwnRedis(tmp_path / "own-redis")
     # `send_run` (and so `recover_stranded`) must send where the workers listen.
     own_broker = RedisBroker(url=server.url, middleware=[])
-    monkeypatch.setattr(tasks.actors.run_execution, "broker", own_broker)
+    monkeypatch.setattr(tasks.send, "setup_broker", lambda: own_broker)
     yield server
     own_broker.close()
     server.server.stop()
@@ -253,7 +253,7 @@ def test_a_postgres_restart_mid_run_loses_nothing(
     everything = manual + [s.id for s in slots]
     wait_for(
         lambda: (
-            engine.recover_stranded(send_run) >= 0
+            periodic.recover_stranded(send_run) >= 0
             and _statuses(everything) == {"succeeded": len(everything)}
         ),
         timeout=90,

@@ -2,7 +2,7 @@
 
 Workers are the Procfile's real `worker` processes (tests/procs.py) except for the
 overlap test, which needs a precise thread count and uses an in-process Worker.
-Housekeeping is driven by calling `tasks.engine.recover_stranded` as the
+Housekeeping is driven by calling `tasks.periodic.recover_stranded` as the
 scheduler's minute tick would, so recovery takes seconds instead of a minute.
 """
 
@@ -28,9 +28,9 @@ from db.models import Execution, Schedule, StepRun
 from db.runs import LOST_STEP_ERROR, RunMessage
 from db.session import db_now, session_scope
 from stepwise.demo_agent import Call, Reply
-from tasks import engine
+from tasks import periodic
 from tasks.actions import cancel
-from tasks.actors import send_run
+from tasks.send import send_run
 from testkit.factories import (
     ADMIN,
     execution,
@@ -111,7 +111,8 @@ def test_a_worker_killed_mid_step_is_recovered_without_repeating_done_steps(
     procs.wait_ready("worker2", READY)
     wait_for(
         lambda: (
-            engine.recover_stranded(send_run) >= 0 and execution(execution_id).status == "succeeded"
+            periodic.recover_stranded(send_run) >= 0
+            and execution(execution_id).status == "succeeded"
         ),
         timeout=60,
         interval=1,
@@ -208,7 +209,7 @@ def test_overlap_policies_with_a_run_longer_than_two_intervals(
             overlap_policy=policy,
         )
     # when the dispatcher runs (its horizon covers all three slots)
-    assert engine.dispatch_due(send_run) == 9
+    assert periodic.dispatch_due(send_run) == 9
 
     def settled() -> bool:
         rows = [r for sid in schedules.values() for r in executions_of(sid)]

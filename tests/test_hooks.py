@@ -371,7 +371,7 @@ def test_delivery_ids_are_per_webhook(client: TestClient, admin: dict[str, str])
 def test_a_delivery_id_is_remembered_as_long_as_its_run(
     client: TestClient, admin: dict[str, str]
 ) -> None:
-    from tasks import engine
+    from tasks import periodic
 
     # given a delivery whose run has finished
     hook = enable(client, admin, make_automation())
@@ -382,12 +382,12 @@ def test_a_delivery_id_is_remembered_as_long_as_its_run(
             update(Execution).values(status="succeeded", finished_at=Execution.queued_at)
         )
     # when the history's retention has not yet passed, the id is still known
-    assert engine.purge_old_history() == 0
+    assert periodic.purge_old_history() == 0
     assert post(client, hook["url"], b'{"n": 2}', proof).json()["execution_id"] == first
     # when housekeeping deletes the run at the end of the retention, its delivery id goes too
     with session_scope() as session:
         session.execute(update(Execution).values(queued_at=text("now() - interval '91 days'")))
-    assert engine.purge_old_history() == 1
+    assert periodic.purge_old_history() == 1
     with session_scope() as session:
         assert session.scalar(text("SELECT count(*) FROM hook_deliveries")) == 0
     # and the same id after that starts a new run

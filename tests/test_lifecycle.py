@@ -1,7 +1,7 @@
 """What a person does to a live schedule or run: pause, resume, edit, delete, cancel.
 
-Each test drives the real dispatcher (`tasks.engine.dispatch_due`), the real
-recovery pass (`tasks.engine.recover_stranded`) and an in-process dramatiq Worker on
+Each test drives the real dispatcher (`tasks.periodic.dispatch_due`), the real
+recovery pass (`tasks.periodic.recover_stranded`) and an in-process dramatiq Worker on
 the real Redis, against the real agent server, on the real clock: a slot is an
 instant of the database's `now()`, and a run starts when its message is due.
 """
@@ -27,9 +27,9 @@ from db.models import Execution, Schedule, StepRun
 from db.runs import CANCELLED_STEP_ERROR, RunMessage, start_step
 from db.session import session_scope
 from stepwise.demo_agent import Call, Reply
-from tasks import engine, queues
+from tasks import periodic, queues
 from tasks.actions import cancel
-from tasks.actors import send_run
+from tasks.send import send_run
 from testkit.factories import (
     ADMIN,
     execution,
@@ -112,13 +112,13 @@ def test_a_pause_inside_the_horizon_loses_no_slot_after_the_resume(worker: Any, 
     # given a schedule every 10 s with four slots, all dispatched at once (horizon 90 s)
     schedule_id = _every_10s(agent, slots=4)
     s0, s1, s2, s3 = _slots(schedule_id)
-    assert engine.dispatch_due(send_run) == 4
+    assert periodic.dispatch_due(send_run) == 4
     wait_for(lambda: _calls_by_slot(agent)[s0.isoformat()] == 1, message="the first slot to run")
     # when it is paused after the first slot and resumed after the second
     _pause(schedule_id, False)
     _sleep_until(s1 + timedelta(seconds=1))
     _pause(schedule_id, True)
-    resent = engine.dispatch_due(send_run)
+    resent = periodic.dispatch_due(send_run)
     wait_for(lambda: _settled(schedule_id) and now() > s3, timeout=40, message="the last slot")
     time.sleep(1)  # any message of the first dispatch left in Redis has come due
     # then the tick after the resume sent the two slots after it
@@ -140,7 +140,7 @@ def test_an_edit_keeps_the_slots_of_the_new_timing_and_drops_the_others(
     # given a schedule every 10 s, dispatched (nine slots within the 90 s horizon)
     automation_id = make_automation(steps=1)
     schedule_id = make_schedule(automation_id, kind="interval", interval_s=10)
-    first = engine.dispatch_due(send_run)
+    first = periodic.dispatch_due(send_run)
     assert first >= 9
 
     def edit(interval_s: int, misfire: str) -> int:
@@ -148,7 +148,7 @@ def test_an_edit_keeps_the_slots_of_the_new_timing_and_drops_the_others(
         data = schedule_definition(ScheduleInput(spec=spec, misfire_policy=misfire))
         with session_scope() as session:
             commands.update_schedule(session, schedule_id, data, actor=ADMIN)
-        return engine.dispatch_due(send_run)
+        return periodic.dispatch_due(send_run)
 
     def open_slots() -> list[datetime]:
         return [r.scheduled_for for r in executions_of(schedule_id) if r.status == "queued"]
@@ -208,7 +208,7 @@ def test_deleting_an_automation_stops_its_runs_in_flight(worker: Any, agent: Any
     # and housekeeping then looks for stranded runs, while the live step's answer comes back
     deadline = time.monotonic() + 6
     while time.monotonic() < deadline:
-        engine.recover_stranded(send_run)
+        periodic.recover_stranded(send_run)
         time.sleep(0.5)
     # then no agent call of the automation started after the delete
     assert [c.body["execution_id"] for c in agent.calls] == [str(live)]
@@ -224,7 +224,7 @@ def test_deleting_a_schedule_cancels_its_running_runs(db: None, redis_client: An
     # given a schedule whose first slot's run is at the agent (step 1 started)
     automation_id = make_automation(steps=2)
     schedule_id = make_schedule(automation_id, kind="interval", interval_s=10)
-    engine.dispatch_due(send_run)
+    periodic.dispatch_due(send_run)
     running = executions_of(schedule_id)[0].id
     with session_scope() as session:
         claim = claim_execution(session, running, lease_s=5)
@@ -259,14 +259,14 @@ def test_an_older_slot_whose_message_was_lost_does_not_start_after_a_newer_one(
     schedule_id = _every_10s(agent, slots=2, lead_s=1, overlap_policy=policy)
     _, newer_slot = _slots(schedule_id)
     sent: list[RunMessage] = []
-    assert engine.dispatch_due(sent.append) == 2
+    assert periodic.dispatch_due(sent.append) == 2
     older, newer = (r.id for r in executions_of(schedule_id))
     for message in sent:
         if message.execution_id != older:
             send_run(message)
     # when the newer slot is running and housekeeping sends the older one again
     wait_for(lambda: execution(newer).status == "running", timeout=20, message="the newer run")
-    assert engine.recover_stranded(send_run) == 1
+    assert periodic.recover_stranded(send_run) == 1
     wait_for(lambda: _settled(schedule_id), timeout=30, message="both slots to settle")
     # then the older slot did not run after the newer one: it is skipped, with the true reason
     late = execution(older)
@@ -303,7 +303,7 @@ def test_run_all_replays_every_missed_slot_one_after_another(worker: Any, agent:
             .values(enabled=True, next_run_at=start, completed_reason=None)
         )
     # when the scheduler comes back
-    assert engine.dispatch_due(send_run) == 30
+    assert periodic.dispatch_due(send_run) == 30
     wait_for(lambda: _settled(schedule_id), timeout=90, interval=0.5, message="every replay")
     # then every missed slot ran, once, in slot order, none overlapping the previous one
     rows = executions_of(schedule_id)

@@ -237,7 +237,7 @@ def test_a_parked_and_a_completed_schedule_are_each_notified_once(db: None, hook
     parked = make_schedule(automation_id)
     done = make_schedule(automation_id)
     # when dispatch parks one (its zone is gone) and the other reaches its end
-    from tasks.engine import dispatch_due
+    from tasks.periodic import dispatch_due
 
     with session_scope() as session:
         now = db_now(session)

@@ -16,8 +16,8 @@ from core.limits import MAX_INPUT_BYTES, MAX_OUTPUT_DEPTH
 from core.run_input import parse_run_input
 from db.models import Execution
 from db.session import session_scope
-from tasks import engine
-from tasks.actors import send_run
+from tasks import periodic
+from tasks.send import send_run
 from testkit.factories import make_automation, make_schedule, table_snapshot
 from testkit.pages import run_page
 from testkit.waiting import wait_for
@@ -73,7 +73,7 @@ def test_a_schedules_input_is_stored_with_its_run_and_reaches_the_agent_each_ste
         automation_id, kind="interval", interval_s=3600, input=json.dumps(INPUT)
     )
     # when dispatch runs it
-    assert engine.dispatch_due(send_run) == 1
+    assert periodic.dispatch_due(send_run) == 1
 
     def ran() -> Any:
         with session_scope() as session:

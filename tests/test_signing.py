@@ -31,7 +31,7 @@ from db.runs import RunMessage
 from db.secrets import set_secret
 from db.session import session_scope
 from stepwise.demo_agent import AgentServer, verify_signature
-from tasks.actors import send_run
+from tasks.send import send_run
 from testkit.factories import (
     ADMIN,
     automation_input,

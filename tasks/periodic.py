@@ -1,9 +1,9 @@
-"""How the scheduler's actors work: dispatch due schedules, recover lost runs, purge.
+"""The scheduler's periodic work: dispatch due schedules, recover lost runs, purge.
 
-`tasks/actors.py` declares the actors and hands each function here a `send`
-callable that puts a run on the queue through the actor's own API; nothing here
-sends by itself, so the order "commit, then send" is visible at every call.
-The database work lives in `db/`; running an execution is `tasks/runner.py`.
+`tasks/actors.py` declares the periodic actors and hands each function here a
+`send` callable (`tasks.send.send_run`); nothing here sends by itself, so the order
+"commit, then send" is visible at every call. The database work lives in `db/`;
+running an execution is the runner's (`tasks/runner.py`).
 """
 
 from __future__ import annotations
@@ -20,18 +20,17 @@ from sqlalchemy.orm import Session
 
 from core.settings import get_settings
 from db import dispatch as dispatching
-from db import idempotency, runs
+from db import idempotency, recovery
 from db.runs import RunMessage
 from db.session import db_now, session_scope
+from tasks.send import Send, SendMany
 
-log = logging.getLogger("stepwise")
-Send = Callable[[RunMessage], None]
+log = logging.getLogger(__name__)
 
 
 # --- dispatch ----------------------------------------------------------------
 
 LOCKED_RETRIES = 20
-SendMany = Callable[[Sequence[RunMessage]], None]
 
 
 def _one_by_one(send: Send) -> SendMany:
@@ -145,14 +144,14 @@ def recover_stranded(send: Send, *, leases_only: bool = False) -> int:
     """Send again every run whose message was lost or whose worker died; returns how many.
 
     Housekeeping calls it every minute. Every worker's runner also calls it for
-    expired leases only, every third of a lease (`tasks/runner.py`), so a killed
+    expired leases only, every third of a lease (`tasks/leases.py`), so a killed
     worker's runs start again about one lease after its last renewal.
     """
     settings = get_settings()
     sent = 0
     while True:
         with session_scope() as session:
-            resends = runs.stranded_executions(
+            resends = recovery.stranded_executions(
                 session,
                 requeue_after_s=None if leases_only else settings.requeue_after_s,
                 resend_after_s=settings.lease_s,
@@ -180,7 +179,7 @@ def _in_batches(purge: Callable[[Session, int], int]) -> int:
 
 def purge_old_history() -> int:
     days = get_settings().retention_days
-    return _in_batches(lambda s, n: runs.purge_history(s, older_than_days=days, batch=n))
+    return _in_batches(lambda s, n: recovery.purge_history(s, older_than_days=days, batch=n))
 
 
 def purge_old_idempotency_keys() -> int:

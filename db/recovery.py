@@ -1,0 +1,166 @@
+"""Recovery: runs whose message or worker was lost, sent again or given up; old history purged.
+
+Housekeeping runs these every minute and each worker's heartbeat runs the lease
+part (`tasks/periodic.py`). Functions take a session and never commit: the caller
+owns the transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from core.limits import MAX_RECOVERIES
+from core.vocabulary import FINAL_STATUSES, ExecutionStatus, StepStatus
+from db.models import Automation, Execution, Schedule, StepRun
+from db.runs import LOST_STEP_ERROR, RunMessage
+from db.session import locked_batch, rowcount
+
+RECOVERIES_EXHAUSTED = (
+    f"failed: housekeeping gave up after {MAX_RECOVERIES} recoveries beyond the run's "
+    "retries; its worker kept stopping mid-run (killed, out of memory, or past its lease) "
+    "or its message kept being lost"
+)
+
+
+def stranded_executions(
+    session: Session, *, requeue_after_s: int | None, resend_after_s: int, limit: int
+) -> list[RunMessage]:
+    """Queued runs whose message should have arrived long ago, and runs whose lease expired.
+
+    Postgres is the source of truth: a message lost to a flushed Redis, a killed
+    worker or a dead connection is simply sent again (a duplicate claims nothing).
+    A queued run is sent again `requeue_after_s` after it became available; a
+    running one as soon as its lease expired (its worker stopped renewing it),
+    then at most every `resend_after_s`. `available_at` records each re-send.
+    With `requeue_after_s` None only expired leases are looked at.
+    A run past its recovery bound is failed instead (`give_up_exhausted`).
+    """
+    resent_lately = func.now() - timedelta(seconds=resend_after_s)
+    stranded = and_(
+        Execution.status == ExecutionStatus.RUNNING,
+        Execution.lease_expires_at < func.now(),
+        Execution.available_at < resent_lately,
+    )
+    if requeue_after_s is not None:
+        lost = and_(
+            Execution.status == ExecutionStatus.QUEUED,
+            Execution.available_at < func.now() - timedelta(seconds=requeue_after_s),
+        )
+        stranded = or_(lost, stranded)
+    give_up_exhausted(session, stranded, limit=limit)
+    batch = locked_batch(
+        select(Execution.id)
+        .where(stranded)
+        .order_by(Execution.available_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True),
+        "stranded",
+    )
+    rows = session.execute(
+        update(Execution)
+        .where(Execution.id == batch.c.id)
+        .values(available_at=func.now())
+        .returning(Execution.id, Execution.attempt, Execution.automation_id)
+    ).all()
+    if not rows:
+        return []
+    budgets = {
+        a.id: a
+        for a in session.execute(
+            select(Automation.id, Automation.max_retries, Automation.urgent).where(
+                Automation.id.in_({r.automation_id for r in rows})
+            )
+        )
+    }
+    return [
+        RunMessage.resend(
+            r.id,
+            max_retries=budgets[r.automation_id].max_retries,
+            attempts=r.attempt,
+            urgent=budgets[r.automation_id].urgent,
+        )
+        for r in rows
+    ]
+
+
+def give_up_exhausted(session: Session, stranded: Any, *, limit: int) -> int:
+    """Fail the stranded runs (`stranded`: a condition on executions) already claimed
+    MAX_RECOVERIES times more than their retries allow; returns how many.
+
+    Each claim counts in `attempt`, and only a recovery (or a worker handing a run
+    back at shutdown) claims a run past its retries, so a run that keeps killing or
+    losing its worker ends here with the reason, counted on its schedule, instead of
+    calling the agent again every minute forever. A run waiting its turn is never
+    claimed, so waiting costs it nothing.
+    """
+    exhausted = locked_batch(
+        select(Execution.id)
+        .join(Automation, Automation.id == Execution.automation_id)
+        .where(stranded, Execution.attempt >= Automation.max_retries + 1 + MAX_RECOVERIES)
+        .limit(limit)
+        .with_for_update(of=Execution, skip_locked=True),
+        "exhausted",
+    )
+    ended = session.execute(
+        update(Execution)
+        .where(Execution.id == exhausted.c.id)
+        .values(
+            status=ExecutionStatus.FAILED,
+            finished_at=func.now(),
+            lease_expires_at=None,
+            error=RECOVERIES_EXHAUSTED,
+        )
+        .returning(Execution.id, Execution.schedule_id)
+    ).all()
+    if not ended:
+        return 0
+    session.execute(
+        update(StepRun)
+        .where(
+            StepRun.execution_id.in_([row.id for row in ended]),
+            StepRun.status == StepStatus.RUNNING,
+        )
+        .values(status=StepStatus.FAILED, error=LOST_STEP_ERROR, finished_at=func.now())
+    )
+    for row in ended:
+        if row.schedule_id is not None:
+            record_outcome(session, row.schedule_id, ExecutionStatus.FAILED)
+    return len(ended)
+
+
+def record_outcome(session: Session, schedule_id: uuid.UUID, status: ExecutionStatus) -> None:
+    succeeded = 1 if status == ExecutionStatus.SUCCEEDED else 0
+    failed = 1 if status == ExecutionStatus.FAILED else 0
+    session.execute(
+        update(Schedule)
+        .where(Schedule.id == schedule_id)
+        .values(
+            run_count=Schedule.run_count + 1,
+            success_count=Schedule.success_count + succeeded,
+            failure_count=Schedule.failure_count + failed,
+            last_status=status,
+            last_run_at=func.now(),
+        )
+    )
+
+
+def purge_history(session: Session, *, older_than_days: int, batch: int) -> int:
+    """Delete one small batch of finished executions older than the retention age.
+
+    Small batches keep each transaction short: no long lock on the table. The
+    caller loops while a full batch was deleted.
+    """
+    cutoff = func.now() - timedelta(days=older_than_days)
+    victims = locked_batch(
+        select(Execution.id)
+        .where(Execution.queued_at < cutoff, Execution.status.in_(FINAL_STATUSES))
+        .limit(batch)
+        .with_for_update(skip_locked=True),
+        "victims",
+    )
+    return rowcount(session.execute(delete(Execution).where(Execution.id == victims.c.id)))

@@ -144,7 +144,7 @@ def person() -> str:
 def places() -> list[workspaces.Place]:
     """The workspaces this person is a member of (admins from the configuration made so
     once per browser session: STEPWISE_ADMINS, or the local admin in local mode)."""
-    admins: set[str] | frozenset[str] = frozenset()
+    admins: set[str] | frozenset[str] | None = None
     if not st.session_state.get(BOOTSTRAPPED):
         settings = get_settings()
         admins = settings.admin_emails() if settings.login_required else {LOCAL_ACTOR}

@@ -1,8 +1,9 @@
 """Reading the audit log: who did what to which automation, schedule or execution, when.
 
-Rows are written by `db.commands` and `db.workspaces` in the same transaction as the change they
-record; this module only reads them, newest first, narrowed by who / what / when,
-and turns them into a CSV a person can open safely in a spreadsheet.
+Rows are written in the same transaction as the change they record (`service.unit.Unit.audit`,
+and the `db` modules that still audit their own writes); this module only reads them,
+newest first, narrowed by who / what / when, and turns them into a CSV a person can open
+safely in a spreadsheet.
 """
 
 from __future__ import annotations

@@ -20,11 +20,11 @@ from db.session import session_scope
 from db.workspaces import Place
 
 
-def places(person: str, *, admins: Set[str] = frozenset()) -> list[Place]:
-    """The workspaces `person` is a member of (the default first), `admins` made admins of
-    the default workspace first."""
+def places(person: str, *, admins: Set[str] | None = None) -> list[Place]:
+    """The workspaces `person` is a member of (the default first); with `admins`, the
+    default workspace made first, and each of them an admin of it."""
     with session_scope() as session:
-        if admins:
+        if admins is not None:
             workspaces.bootstrap_admins(session, set(admins))
         return workspaces.places(session, person)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from core.access import Actor
@@ -67,15 +68,14 @@ def start_in(
     )
     automation = automations.live_automation(unit.session, automation_id, actor=unit.actor)
     message = RunMessage(execution.id, automation.max_retries, urgent=automation.urgent)
-    unit.after_commit(lambda: send.send_run(message))
+    unit.after_commit(partial(send.send_run, message))
     return execution.id
 
 
 def retry(execution_id: uuid.UUID, *, actor: Actor) -> None:
     """Run a failed or cancelled execution again from the step that did not succeed."""
     with unit_of_work(actor, Permission.RUN) as unit:
-        message = retry_in(unit, execution_id)
-        unit.after_commit(lambda: send.send_run(message))
+        unit.after_commit(partial(send.send_run, retry_in(unit, execution_id)))
 
 
 def retry_in(unit: Unit, execution_id: uuid.UUID) -> RunMessage:
@@ -106,7 +106,7 @@ def retry_failed(filters: ExecutionFilters, *, actor: Actor, limit: int = MAX_BU
                 messages.append(retry_in(unit, row.id))
             except (InvalidState, NotFound):
                 continue
-        unit.after_commit(lambda: send.send_runs(messages))
+        unit.after_commit(partial(send.send_runs, messages))
     return len(messages)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from functools import partial
 
 from sqlalchemy.orm import Session
 
@@ -173,7 +174,7 @@ def backfill(
             created=len(done.created),
             present=done.present,
         )
-        unit.after_commit(lambda: send.send_runs(done.created))
+        unit.after_commit(partial(send.send_runs, done.created))
     return done
 
 

@@ -1,5 +1,8 @@
 """Definitions as code: `stepwise apply -f FILE` and `stepwise export-defs`.
 
+(Over 400 lines: one file format both ways, read, checked, compared with the database and
+written back, whose field lists must agree.)
+
 Automations are matched by name within the workspace. Schedules have no name in the
 database: one matches an identical schedule under its automation, else updates the
 unmatched one sharing most of its fields (oldest first among equals); the rest are

@@ -25,8 +25,9 @@ from core.errors import NotFound
 from db import automations as stored
 from db import hooks, queries
 from db.hooks import HookInfo
+from db.session import session_scope
 from service import automations, executions
-from service.unit import read, unit_of_work
+from service.unit import read
 
 router = APIRouter(
     prefix="/v1/automations",
@@ -87,8 +88,6 @@ def run_automation(
 
 
 # --- the inbound webhook -------------------------------------------------------------------
-# Transitional: these call `db.hooks` in a unit of work opened here, until the webhook's
-# writes have their `service` functions; then each becomes one call, as above.
 
 
 def _hook_url(request: Request, info: HookInfo) -> str:
@@ -98,7 +97,8 @@ def _hook_url(request: Request, info: HookInfo) -> str:
 @router.get("/{automation_id}/hook")
 def get_hook(automation_id: uuid.UUID, actor: Acting, request: Request) -> HookOut:
     """The automation's webhook (404 when it has none); never its secret."""
-    info = read(hooks.hook_of, automation_id, actor=actor)
+    with session_scope() as session:
+        info = hooks.hook_of(session, automation_id, actor=actor)
     if info is None:
         raise NotFound("this automation has no webhook")
     return HookOut.of(info, _hook_url(request, info))
@@ -107,8 +107,8 @@ def get_hook(automation_id: uuid.UUID, actor: Acting, request: Request) -> HookO
 @router.post("/{automation_id}/hook", status_code=status.HTTP_201_CREATED)
 def enable_hook(automation_id: uuid.UUID, actor: Acting, request: Request) -> HookSecretOut:
     """Enable the automation's webhook: its URL, and its secret, in this answer only."""
-    with unit_of_work(actor) as unit:
-        made = hooks.enable_hook(unit.session, automation_id, actor=actor)
+    with session_scope() as session:
+        made = hooks.enable_hook(session, automation_id, actor=actor)
     out = HookOut.of(made.info, _hook_url(request, made.info))
     return HookSecretOut(**out.model_dump(), secret=made.secret)
 
@@ -116,8 +116,8 @@ def enable_hook(automation_id: uuid.UUID, actor: Acting, request: Request) -> Ho
 @router.post("/{automation_id}/hook/rotate")
 def rotate_hook(automation_id: uuid.UUID, actor: Acting, request: Request) -> HookSecretOut:
     """A new secret for the webhook (same URL), in this answer only; the old one stops."""
-    with unit_of_work(actor) as unit:
-        made = hooks.rotate_hook(unit.session, automation_id, actor=actor)
+    with session_scope() as session:
+        made = hooks.rotate_hook(session, automation_id, actor=actor)
     out = HookOut.of(made.info, _hook_url(request, made.info))
     return HookSecretOut(**out.model_dump(), secret=made.secret)
 
@@ -125,6 +125,6 @@ def rotate_hook(automation_id: uuid.UUID, actor: Acting, request: Request) -> Ho
 @router.delete("/{automation_id}/hook")
 def disable_hook(automation_id: uuid.UUID, actor: Acting) -> HookDisabled:
     """Disable the webhook: its URL answers 404 from now on."""
-    with unit_of_work(actor) as unit:
-        hooks.disable_hook(unit.session, automation_id, actor=actor)
+    with session_scope() as session:
+        hooks.disable_hook(session, automation_id, actor=actor)
     return HookDisabled()

@@ -2,7 +2,8 @@
 
 The configuration is the authority on admins (STEPWISE_ADMINS, or the local admin when
 no login is configured): each entry point makes them admins of the default workspace
-before it resolves who is acting, in its own short transaction.
+before it resolves who is acting, in a short transaction of its own or inside the unit
+of work that follows (which then undoes it if it rolls back: `stepwise apply --dry-run`).
 """
 
 from __future__ import annotations

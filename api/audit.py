@@ -17,7 +17,7 @@ from core.limits import MAX_OWNER
 from core.text import UNSTORABLE, storable
 from core.vocabulary import AuditAction, AuditTarget
 from db.audit import AuditFilters, list_audit
-from db.session import session_scope
+from service.unit import read
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=documented(400, 401, 403, 422))
 
@@ -43,8 +43,6 @@ def list_audit_rows(
         since=utc(since),
         until=utc(until),
     )
-    with session_scope() as session:
-        return [
-            AuditOut.model_validate(row)
-            for row in list_audit(session, filters, actor=actor, limit=limit)
-        ]
+    return [
+        AuditOut.model_validate(row) for row in read(list_audit, filters, actor=actor, limit=limit)
+    ]

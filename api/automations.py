@@ -17,14 +17,13 @@ from api.responses import (
     HookSecretOut,
     RunStarted,
 )
-from api.schemas import AutomationIn, IdempotencyKeyHeader, RunBody, fingerprint, keyed
+from api.schemas import AutomationIn, IdempotencyKeyHeader, RunBody, keyed
 from core.errors import NotFound
-from db import commands, hooks, idempotency, queries
+from db import automations as stored
+from db import hooks, queries
 from db.hooks import HookInfo
-from db.session import session_scope
-from service import webhooks
+from service import automations, executions, webhooks
 from service.unit import read
-from tasks import actions
 
 router = APIRouter(
     prefix="/v1/automations",
@@ -38,60 +37,37 @@ def create_automation(
     body: AutomationIn, actor: Acting, idempotency_key: IdempotencyKeyHeader = None
 ) -> AutomationCreated:
     """Create an automation; its signing secret is in this answer (and a repeat's) only."""
-    with session_scope() as session:
-        made = None
-        if idempotency_key is not None:
-            made = idempotency.claim(
-                session, actor, idempotency_key, fingerprint("automation", body)
-            )
-        if made is None:
-            automation = commands.create_automation(session, body.parsed(actor.name), actor=actor)
-            if idempotency_key is not None:
-                idempotency.remember(session, actor, idempotency_key, automation.id)
-        else:
-            automation = commands.get_automation(session, made, actor=actor)
-        secret = commands.signing_secret(session, automation.id, actor=actor)
-        return AutomationCreated(
-            **AutomationOut.model_validate(automation).model_dump(), signing_secret=secret
-        )
+    key = keyed(idempotency_key, "automation", body)
+    made = automations.create(body.parsed(actor.name), actor=actor, idempotency_key=key)
+    out = AutomationOut.model_validate(made.automation).model_dump()
+    return AutomationCreated(**out, signing_secret=made.signing_secret)
 
 
 @router.get("")
 def list_automations(actor: Acting) -> list[AutomationOut]:
     """Every live (not archived) automation of the token's workspace, by name."""
-    with session_scope() as session:
-        return [
-            AutomationOut.model_validate(row)
-            for row in queries.list_automations(session, actor=actor)
-        ]
+    return [
+        AutomationOut.model_validate(row) for row in read(queries.list_automations, actor=actor)
+    ]
 
 
 @router.get("/{automation_id}")
 def get_automation(automation_id: uuid.UUID, actor: Acting) -> AutomationOut:
-    with session_scope() as session:
-        return AutomationOut.model_validate(
-            commands.get_automation(session, automation_id, actor=actor)
-        )
+    return AutomationOut.model_validate(read(stored.get_automation, automation_id, actor=actor))
 
 
 @router.put("/{automation_id}")
 def update_automation(automation_id: uuid.UUID, body: AutomationIn, actor: Acting) -> AutomationOut:
     """Replace every field of the automation (send the whole automation)."""
-    with session_scope() as session:
-        automation = commands.update_automation(
-            session, automation_id, body.parsed(actor.name), actor=actor
-        )
-        session.flush()
-        session.refresh(automation)
-        return AutomationOut.model_validate(automation)
+    return AutomationOut.model_validate(
+        automations.update(automation_id, body.parsed(actor.name), actor=actor)
+    )
 
 
 @router.delete("/{automation_id}")
 def archive_automation(automation_id: uuid.UUID, actor: Acting) -> Archived:
     """Archive the automation: its schedules stop and its open runs are cancelled."""
-    with session_scope() as session:
-        cancelled = commands.delete_automation(session, automation_id, actor=actor)
-    return Archived(cancelled_runs=cancelled)
+    return Archived(cancelled_runs=automations.delete(automation_id, actor=actor))
 
 
 @router.post("/{automation_id}/run", status_code=status.HTTP_202_ACCEPTED)
@@ -105,7 +81,9 @@ def run_automation(
     /v1/executions/{id}. With an `Idempotency-Key`, a repeat answers with the first run."""
     run_input = None if body is None else body.parsed()
     key = keyed(idempotency_key, f"run {automation_id}", body)
-    started = actions.run_now(automation_id, actor=actor, run_input=run_input, idempotency_key=key)
+    started = executions.run_now(
+        automation_id, actor=actor, run_input=run_input, idempotency_key=key
+    )
     return RunStarted(execution_id=started)
 
 

@@ -19,8 +19,8 @@ from core.errors import NotFound, ValidationFailed
 from core.vocabulary import ExecutionStatus, Trigger
 from db import queries
 from db.queries import ExecutionFilters, HistoryKey
-from db.session import session_scope
-from tasks import actions
+from service import executions
+from service.unit import read
 
 MAX_PAGE = 200
 
@@ -75,8 +75,7 @@ def list_executions(
         until=utc(until),
     )
     after = None if cursor is None else decode_cursor(cursor)
-    with session_scope() as session:
-        page = queries.list_executions(session, filters, actor=actor, limit=limit, after=after)
+    page = read(queries.list_executions, filters, actor=actor, limit=limit, after=after)
     last = page.rows[-1] if page.rows and page.has_more else None
     return ExecutionPage(
         items=[ExecutionOut.model_validate(row) for row in page.rows],
@@ -85,8 +84,7 @@ def list_executions(
 
 
 def _detail(execution_id: uuid.UUID, actor: Acting) -> ExecutionDetailOut:
-    with session_scope() as session:
-        detail = queries.execution_detail(session, execution_id, actor=actor)
+    detail = read(queries.execution_detail, execution_id, actor=actor)
     if detail is None:
         raise NotFound(f"execution {execution_id} does not exist")
     return ExecutionDetailOut.of_detail(detail)
@@ -101,12 +99,12 @@ def get_execution(execution_id: uuid.UUID, actor: Acting) -> ExecutionDetailOut:
 @router.post("/{execution_id}/cancel")
 def cancel_execution(execution_id: uuid.UUID, actor: Acting) -> ExecutionDetailOut:
     """Cancel a queued or running execution (a running one stops before its next step)."""
-    actions.cancel(execution_id, actor=actor)
+    executions.cancel(execution_id, actor=actor)
     return _detail(execution_id, actor)
 
 
 @router.post("/{execution_id}/retry", status_code=status.HTTP_202_ACCEPTED)
 def retry_execution(execution_id: uuid.UUID, actor: Acting) -> RunStarted:
     """Run a failed or cancelled execution again from the step that did not succeed."""
-    actions.retry(execution_id, actor=actor)
+    executions.retry(execution_id, actor=actor)
     return RunStarted(execution_id=execution_id)

@@ -2,7 +2,7 @@
 
 Counts are the deployment's (no ids, no names); dead letters are this workspace's
 runs' and the deployment's own jobs', as on the dashboard's Queues page. Retrying
-and removing them needs the admin role and is audited (`tasks.actions`).
+and removing them needs the admin role and is audited (`service.queues`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from api.auth import Acting
 from api.problems import documented
 from core.errors import NotFound
 from db import queries
-from db.session import session_scope
-from tasks import actions, queues
+from service import queues as workspace_queues
+from service.unit import read
+from tasks import queues
 from tasks.broker import QUEUES
 
 router = APIRouter(
@@ -74,8 +75,7 @@ class Affected(BaseModel):
 @router.get("")
 def queue_depths(actor: Acting) -> QueuesOut:
     """What waits in each queue, and the live worker processes with what they handle."""
-    with session_scope() as session:
-        queries.scope(session, actor)
+    read(queries.scope, actor=actor)  # a reader of the workspace, as any read
     stats = queues.all_queue_stats()
     workers = [
         WorkerOut(
@@ -108,14 +108,14 @@ def list_dead_letters(queue: Queue, actor: Acting) -> list[DeadLetterOut]:
             failed_at=letter.failed_at,
             error=letter.error,
         )
-        for letter in actions.dead_letters(str(queue), actor=actor)
+        for letter in workspace_queues.dead_letters(str(queue), actor=actor)
     ]
 
 
 @router.post("/{queue}/dead-letters/{message_id}/retry", status_code=202)
 def retry_dead_letter(queue: Queue, message_id: str, actor: Acting) -> Affected:
     """Send a dead letter again (a dead run resumes at its failed step); admins only."""
-    if not actions.retry_dead_letter(str(queue), message_id, actor=actor):
+    if not workspace_queues.retry_dead_letter(str(queue), message_id, actor=actor):
         raise NotFound(f"no dead letter {message_id} in {queue}")
     return Affected(count=1)
 
@@ -123,7 +123,7 @@ def retry_dead_letter(queue: Queue, message_id: str, actor: Acting) -> Affected:
 @router.delete("/{queue}/dead-letters/{message_id}")
 def remove_dead_letter(queue: Queue, message_id: str, actor: Acting) -> Affected:
     """Delete one dead letter; admins only."""
-    if not actions.remove_dead_letter(str(queue), message_id, actor=actor):
+    if not workspace_queues.remove_dead_letter(str(queue), message_id, actor=actor):
         raise NotFound(f"no dead letter {message_id} in {queue}")
     return Affected(count=1)
 
@@ -131,4 +131,4 @@ def remove_dead_letter(queue: Queue, message_id: str, actor: Acting) -> Affected
 @router.delete("/{queue}/dead-letters")
 def purge_dead_letters(queue: Queue, actor: Acting) -> Affected:
     """Delete every dead letter of the queue this workspace sees; admins only."""
-    return Affected(count=actions.purge_dead_letters(str(queue), actor=actor))
+    return Affected(count=workspace_queues.purge_dead_letters(str(queue), actor=actor))

@@ -236,7 +236,7 @@ def fingerprint(what: str, body: BaseModel | None) -> str:
 
 
 def keyed(key: str | None, what: str, body: BaseModel | None) -> tuple[str, str] | None:
-    """An Idempotency-Key with the fingerprint of its request, for `tasks.actions`."""
+    """An Idempotency-Key with the fingerprint of its request, for `service`."""
     return None if key is None else (key, fingerprint(what, body))
 
 

@@ -11,8 +11,8 @@ import streamlit as st
 from core.errors import StepwiseError, ValidationFailed
 from core.limits import MAX_BACKFILL_SLOTS
 from dashboard import ui
-from db import backfill, queries
-from tasks import actions
+from db import queries
+from service import schedules
 
 
 def _instant(day: date, clock: time, zone: str) -> datetime:
@@ -36,7 +36,7 @@ def render(row: queries.ScheduleRow) -> None:
     start = _instant(start_day, start_clock, row.timezone)
     end = _instant(end_day, end_clock, row.timezone)
     try:
-        seen = ui.read(backfill.preview_backfill, row.id, start, end)
+        seen = schedules.preview_backfill(row.id, start, end, actor=ui.actor())
     except ValidationFailed as exc:
         for error in exc.errors:
             # "From must be …": the field as the form labels it, not as the code names it.
@@ -65,7 +65,7 @@ def render(row: queries.ScheduleRow) -> None:
         type="primary",
     ):
         try:
-            done = actions.backfill(row.id, start, end, actor=ui.actor())
+            done = schedules.backfill(row.id, start, end, actor=ui.actor())
         except StepwiseError as exc:
             st.error(ui.text(exc))
             return

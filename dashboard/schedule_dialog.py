@@ -21,8 +21,8 @@ from core.settings import get_settings
 from core.timing import Timing, describe, preview
 from core.vocabulary import MisfirePolicy, OverlapPolicy
 from dashboard import forms, ui
-from db import commands, queries
-from tasks import actions
+from db import queries
+from service import schedules
 
 STATE = "schedule_dialog"  # {"id": schedule id or None}; the dialog is open while set
 ROW_PX = 35  # a dataframe row (and its header), for sizing a table to its rows
@@ -292,20 +292,10 @@ def _save(schedule_id: str | None, data: ScheduleDefinition | None, errors: dict
             if not automation:
                 st.error("Choose an automation first (create one on the Automations page).")
                 return
-            ui.write(
-                commands.create_schedule,
-                uuid.UUID(automation),
-                data,
-                actor=ui.actor(),
-            )
+            ui.write(schedules.create, uuid.UUID(automation), data, actor=ui.actor())
             message = "Schedule created."
         else:
-            ui.write(
-                commands.update_schedule,
-                uuid.UUID(schedule_id),
-                data,
-                actor=ui.actor(),
-            )
+            ui.write(schedules.update, uuid.UUID(schedule_id), data, actor=ui.actor())
             message = "Schedule saved."
     except ValidationFailed as exc:
         for field, text in forms.errors_by_field(exc).items():
@@ -314,15 +304,6 @@ def _save(schedule_id: str | None, data: ScheduleDefinition | None, errors: dict
     except StepwiseError as exc:
         st.error(ui.text(exc))
         return
-    notify_scheduler()
     st.session_state["flash"] = message
     close_dialog()
     st.rerun()
-
-
-def notify_scheduler() -> None:
-    """Dispatch now so a slot due within the minute is not late; the tick covers a failure."""
-    try:
-        actions.schedules_changed()
-    except Exception as exc:  # Redis away: the next minute tick dispatches anyway
-        st.toast(f"Saved; the scheduler picks it up at its next tick ({type(exc).__name__}).")

@@ -1,10 +1,10 @@
-"""Small helpers shared by the pages: reads and writes in one session, times, badges.
+"""Small helpers shared by the pages: reads and writes, times, badges.
 
-Pages stay thin: every thing shown is one call to `db.queries` (through `read`,
-which passes the acting person) and every change one call to `db.commands`
-(through `write`) or `tasks.actions`, with `actor()`. Which controls a page draws
-follows the person's role (`can`); the `db` layer checks the role again on every
-call, so a control a viewer never sees is refused all the same if forged.
+Pages stay thin: every thing shown is one call to a `db` read (through `read`, which
+passes the acting person, in its own short transaction) and every change one call to
+`service` (through `write`, or directly), with `actor()`. Which controls a page draws
+follows the person's role (`can`); the service checks the role again on every write,
+so a control a viewer never sees is refused all the same if forged.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from core.access import LOCAL_ADMIN, Actor
 from core.settings import get_settings
 from core.vocabulary import ExecutionStatus, Permission, ScheduleState
 from db import figures, queries
-from db.session import session_scope
 from db.workspaces import Place
-from service import workspaces
+from service import unit, workspaces
 
 LOCAL_ACTOR = LOCAL_ADMIN  # no login configured: the dashboard is this machine's only
 ACTOR = "ui_actor"  # session state: who acts, where, as resolved at the start of this run
@@ -146,7 +145,7 @@ def person() -> str:
 def places() -> list[Place]:
     """The workspaces this person is a member of (admins from the configuration made so
     once per browser session: STEPWISE_ADMINS, or the local admin in local mode)."""
-    admins = None
+    admins: set[str] | frozenset[str] | None = None
     if not st.session_state.get(BOOTSTRAPPED):
         settings = get_settings()
         admins = settings.admin_emails() if settings.login_required else {LOCAL_ACTOR}
@@ -184,21 +183,18 @@ def can(permission: Permission) -> bool:
 
 def read(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """`fn(session, *args, actor=<the acting person>, **kwargs)` in its own short transaction."""
-    acting = actor()
-    with session_scope() as session:
-        return fn(session, *args, actor=acting, **kwargs)
+    return unit.read(fn, *args, actor=actor(), **kwargs)
 
 
 def read_deployment(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """A read about the deployment, not a workspace (the scheduler's last tick)."""
-    with session_scope() as session:
-        return fn(session, *args, **kwargs)
+    return unit.read(fn, *args, **kwargs)
 
 
 def write(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """A `db.commands` call as one unit of work; cached reads are dropped afterwards."""
-    with session_scope() as session:
-        result = fn(session, *args, **kwargs)
+    """A `service` write, `fn(*args, **kwargs)` (it owns its transaction); cached reads
+    are dropped afterwards."""
+    result = fn(*args, **kwargs)
     st.cache_data.clear()
     return result
 

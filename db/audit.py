@@ -1,7 +1,7 @@
 """Reading the audit log: who did what to which automation, schedule or execution, when.
 
-Rows are written by `db.commands` and `db.workspaces` in the same transaction as the change they
-record; this module only reads them, newest first, narrowed by who / what / when
+Rows are written in the same transaction as the change they record (`service.unit.Unit.audit`);
+this module only reads them, newest first, narrowed by who / what / when
 (`service.exports.audit_csv` writes them as a file).
 """
 

@@ -4,8 +4,9 @@ Each slot's run is inserted with `ON CONFLICT DO NOTHING` on `(schedule_id,
 scheduled_for)`, so a slot that already has its execution (it ran, failed, was
 skipped, or an earlier backfill made it) is counted as present and never run
 twice: the same backfill twice makes nothing the second time. Runs are marked
-`backfill`. Functions take a session and never commit; the caller sends the runs
-after commit (`tasks.actions.backfill`).
+`backfill`. The role check and the audit row of a backfill are the caller's
+(`service.schedules.backfill`), who sends the runs after commit. Functions take a session
+and never commit.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ from core.access import Actor
 from core.backfill import BackfillRange, backfill_slots, parse_range, slot_count
 from core.settings import get_settings
 from core.timing import Timing, parse_timing, spec_of
-from core.vocabulary import AuditAction, AuditTarget, ExecutionStatus, Permission, Trigger
-from db import commands
-from db.models import Execution, Schedule
+from core.vocabulary import ExecutionStatus, Permission, Trigger
+from db.automations import live_automation
+from db.executions import within_run_quota
+from db.models import Automation, Execution, Schedule
 from db.runs import RunMessage
+from db.schedules import find_schedule
 from db.session import db_now
-from db.workspaces import audit, authorize
+from db.workspaces import authorize
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class BackfillPreview:
 class Backfilled:
     created: list[RunMessage]  # the new runs, oldest slot first, to send after commit
     present: int  # slots skipped: they already had their execution
+    span: BackfillRange  # the range, as checked
 
     @property
     def execution_ids(self) -> list[uuid.UUID]:
@@ -54,15 +58,15 @@ def _target(
     start: datetime | None,
     end: datetime | None,
     actor: Actor,
-) -> tuple[Schedule, Timing, BackfillRange]:
-    """The schedule (of a live automation in the actor's workspace), its timing and the
-    checked range."""
-    schedule = commands.get_schedule(session, schedule_id, actor=actor)
-    commands.get_automation(session, schedule.automation_id, actor=actor)
+) -> tuple[Schedule, Automation, Timing, BackfillRange]:
+    """The schedule (of a live automation in the actor's workspace), its automation, its
+    timing and the checked range."""
+    schedule = find_schedule(session, schedule_id, actor=actor)
+    automation = live_automation(session, schedule.automation_id, actor=actor)
     span = parse_range(
         start, end, now=db_now(session), retention_days=get_settings().retention_days
     )
-    return schedule, parse_timing(spec_of(schedule)), span
+    return schedule, automation, parse_timing(spec_of(schedule)), span
 
 
 def _present(session: Session, schedule_id: uuid.UUID, span: BackfillRange) -> int:
@@ -91,7 +95,7 @@ def preview_backfill(
     """How many slots the range holds and how many already have a run (ValidationFailed
     for a bad range); nothing is written."""
     authorize(session, actor, Permission.READ)
-    schedule, timing, span = _target(session, schedule_id, start, end, actor)
+    schedule, _, timing, span = _target(session, schedule_id, start, end, actor)
     return BackfillPreview(slot_count(timing, span), _present(session, schedule.id, span))
 
 
@@ -105,18 +109,16 @@ def backfill(
 ) -> Backfilled:
     """One queued `backfill` run per slot of the schedule in `[start, end)` that has no
     execution yet, at most `MAX_BACKFILL_SLOTS` slots, within the workspace's runs-a-minute
-    quota; audited. Bad input, too many slots or a full quota raise and write nothing."""
-    authorize(session, actor, Permission.RUN)
-    schedule, timing, span = _target(session, schedule_id, start, end, actor)
+    quota. Bad input, too many slots or a full quota raise and write nothing."""
+    schedule, automation, timing, span = _target(session, schedule_id, start, end, actor)
     slots = backfill_slots(timing, span)
-    automation = commands.get_automation(session, schedule.automation_id, actor=actor)
     now = db_now(session)
     made: list[tuple[uuid.UUID, datetime]] = []
     if slots:
         # Only the slots without a run would add runs; the slot key decides exactly below.
         adding = len(slots) - _present(session, schedule.id, span)
         if adding > 0:
-            commands.within_run_quota(session, actor.workspace_id, now, adding=adding)
+            within_run_quota(session, actor.workspace_id, now, adding=adding)
         rows = [
             {
                 "automation_id": automation.id,
@@ -138,22 +140,8 @@ def backfill(
             .returning(Execution.id, Execution.scheduled_for)
         )
         made = sorted(((r.id, r.scheduled_for) for r in session.execute(stmt)), key=lambda r: r[1])
-    present = len(slots) - len(made)
-    audit(
-        session,
-        actor,
-        AuditAction.BACKFILL,
-        AuditTarget.SCHEDULE,
-        schedule.id,
-        start=span.start.isoformat(),
-        end=span.end.isoformat(),
-        created=len(made),
-        present=present,
-    )
-    return Backfilled(
-        [
-            RunMessage.start(i, max_retries=automation.max_retries, urgent=automation.urgent)
-            for i, _ in made
-        ],
-        present,
-    )
+    messages = [
+        RunMessage.start(i, max_retries=automation.max_retries, urgent=automation.urgent)
+        for i, _ in made
+    ]
+    return Backfilled(messages, len(slots) - len(made), span)

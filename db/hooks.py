@@ -24,11 +24,10 @@ from sqlalchemy.orm import Session
 from core.access import Actor
 from core.errors import InvalidState, NotFound
 from core.limits import SIGNATURE_TOLERANCE_S
-from core.run_input import RunInput
 from core.secrets import new_signing_secret, secret_matches, verify_signature
 from core.settings import get_settings
-from core.vocabulary import Role, Trigger
-from db import commands
+from core.vocabulary import Role
+from db.automations import get_automation
 from db.models import Automation, HookDelivery, HookTrigger
 from db.session import db_now
 
@@ -53,16 +52,6 @@ class NewHookSecret:
     secret: str
 
 
-@dataclass(frozen=True)
-class HookRun:
-    """The run a call started, or the one an earlier call with its delivery id started."""
-
-    execution_id: uuid.UUID
-    max_retries: int
-    repeated: bool  # True: nothing new was started (nothing to send)
-    urgent: bool = False  # the automation's runs go to the urgent queue
-
-
 def _info(row: HookTrigger) -> HookInfo:
     return HookInfo(
         id=row.id,
@@ -85,14 +74,14 @@ def _row(session: Session, automation_id: uuid.UUID, actor: Actor) -> HookTrigge
 
 def hook_of(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> HookInfo | None:
     """The automation's webhook, None if it has none (NotFound for another workspace's)."""
-    commands.get_automation(session, automation_id, actor=actor)
+    get_automation(session, automation_id, actor=actor)
     row = _row(session, automation_id, actor)
     return None if row is None else _info(row)
 
 
 def enable_hook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> NewHookSecret:
     """Give the automation a webhook URL and a secret (InvalidState if it has one)."""
-    commands.get_automation(session, automation_id, actor=actor)
+    get_automation(session, automation_id, actor=actor)
     if _row(session, automation_id, actor) is not None:
         raise InvalidState("this automation's webhook is already enabled (rotate its secret)")
     secret = new_signing_secret()
@@ -110,7 +99,7 @@ def enable_hook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> 
 
 def rotate_hook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> NewHookSecret:
     """A new secret for the webhook (same URL); the old secret stops at once."""
-    commands.get_automation(session, automation_id, actor=actor)
+    get_automation(session, automation_id, actor=actor)
     row = _row(session, automation_id, actor)
     if row is None:
         raise NotFound("this automation has no webhook: enable it first")
@@ -124,7 +113,7 @@ def rotate_hook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> 
 
 def disable_hook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> None:
     """Delete the webhook: its URL answers 404 from now on (enabling again makes a new one)."""
-    commands.get_automation(session, automation_id, actor=actor)
+    get_automation(session, automation_id, actor=actor)
     gone = session.scalar(
         delete(HookTrigger)
         .where(
@@ -174,34 +163,21 @@ def authenticate(
     )
 
 
-def start_hook_run(
-    session: Session, delivery_id: str | None, run_input: RunInput, *, actor: Actor
-) -> HookRun:
-    """Start a run of the webhook's automation with `run_input` (its trigger `webhook`, audited),
-    within the workspace's runs-a-minute quota; a delivery id seen before starts nothing and
-    returns that delivery's run.
-
-    The delivery id is claimed first, in this transaction: a concurrent repeat waits on
-    it, then finds the run this one made (or, if this one failed, claims it itself).
-    """
+def webhook_automation(session: Session, *, actor: Actor) -> uuid.UUID:
+    """The automation the calling webhook starts (NotFound if it was disabled meanwhile)."""
     automation_id = session.scalar(
         select(HookTrigger.automation_id).where(HookTrigger.id == actor.hook_id)
     )
     if automation_id is None:  # the role check found it: only a concurrent disable gets here
         raise NotFound("the webhook was disabled")
-    automation = commands.get_automation(session, automation_id, actor=actor)
-    if delivery_id is not None:
-        seen = _claim_delivery(session, actor, delivery_id)
-        if seen is not None:
-            return HookRun(seen, automation.max_retries, repeated=True)
-    execution = commands.create_manual_execution(
-        session,
-        automation.id,
-        actor=actor,
-        run_input=run_input,
-        trigger=Trigger.WEBHOOK,
-        delivery_id=delivery_id,
-    )
+    return uuid.UUID(str(automation_id))
+
+
+def record_webhook_run(
+    session: Session, delivery_id: str | None, execution_id: uuid.UUID, *, actor: Actor
+) -> None:
+    """Tie the call's delivery id (claimed by `claim_delivery`) to the run it started, and
+    mark the webhook used."""
     if delivery_id is not None:
         session.execute(
             update(HookDelivery)
@@ -209,16 +185,19 @@ def start_hook_run(
                 HookDelivery.trigger_id == actor.hook_id,
                 HookDelivery.delivery_id == delivery_id,
             )
-            .values(execution_id=execution.id)
+            .values(execution_id=execution_id)
         )
     session.execute(
         update(HookTrigger).where(HookTrigger.id == actor.hook_id).values(last_used_at=func.now())
     )
-    return HookRun(execution.id, automation.max_retries, repeated=False, urgent=automation.urgent)
 
 
-def _claim_delivery(session: Session, actor: Actor, delivery_id: str) -> uuid.UUID | None:
-    """None if `delivery_id` is new (now held by this transaction), else its run's id."""
+def claim_delivery(session: Session, delivery_id: str, *, actor: Actor) -> uuid.UUID | None:
+    """None if `delivery_id` is new (now held by this transaction), else its run's id.
+
+    A concurrent repeat waits on the claimed row, then finds the run this one made (or, if
+    this one failed, claims it itself).
+    """
     claimed = session.execute(
         insert(HookDelivery)
         .values(trigger_id=actor.hook_id, delivery_id=delivery_id)

@@ -38,8 +38,13 @@ class Unit:
     _after: list[tuple[Callable[[], None], bool]] = field(default_factory=list)
 
     def after_commit(self, work: Callable[[], None], *, best_effort: bool = False) -> None:
-        """Run `work` once this unit has committed (not at all if it rolls back)."""
-        self._after.append((work, best_effort))
+        """Run `work` once this unit has committed (not at all if it rolls back).
+
+        The same function registered again runs once: a unit that writes ten schedules
+        sends one early dispatch.
+        """
+        if all(waiting is not work for waiting, _ in self._after):
+            self._after.append((work, best_effort))
 
     def audit(
         self, action: AuditAction, target: AuditTarget, target_id: uuid.UUID, **details: Any
@@ -63,12 +68,20 @@ class Unit:
 
 
 @contextmanager
-def unit_of_work(actor: Actor, permission: Permission | None = None) -> Iterator[Unit]:
-    """A transaction for `actor`, its role checked for `permission` first (if given)."""
+def unit_of_work(
+    actor: Actor | Callable[[Session], Actor], permission: Permission | None = None
+) -> Iterator[Unit]:
+    """A transaction for `actor`, its role checked for `permission` first (if given).
+
+    `actor` may be a function finding who acts in the unit's own transaction (the
+    command line's local admin, made a member first): what it writes rolls back with
+    the unit.
+    """
     with session_scope() as session:
+        acting = actor(session) if callable(actor) else actor
         if permission is not None:
-            authorize(session, actor, permission)
-        unit = Unit(session, actor)
+            authorize(session, acting, permission)
+        unit = Unit(session, acting)
         yield unit
     for work, best_effort in unit._after:
         if not best_effort:

@@ -16,12 +16,11 @@ from core.errors import NotAuthenticated, ValidationFailed
 from core.limits import MAX_DELIVERY_ID
 from core.run_input import parse_run_input
 from core.secrets import SIGNATURE_HEADER
-from core.vocabulary import AuditAction, AuditTarget, Permission
+from core.vocabulary import AuditAction, AuditTarget, Permission, Trigger
 from db import hooks
 from db.hooks import NewHookSecret
-from db.runs import RunMessage
+from service import executions
 from service.unit import read, unit_of_work
-from tasks.send import send_run
 
 SECRET_HEADER = "Stepwise-Hook-Secret"
 DELIVERY_HEADER = "Stepwise-Delivery"
@@ -91,8 +90,13 @@ def run_by_webhook(
     if run_input is None:
         raise ValidationFailed.single("body", 'send a JSON object, like {"key": "value"}')
     with unit_of_work(actor, Permission.RUN) as unit:
-        started = hooks.start_hook_run(unit.session, delivery, run_input, actor=actor)
-        if not started.repeated:  # a repeat's run was sent by the call that started it
-            message = RunMessage(started.execution_id, started.max_retries, urgent=started.urgent)
-            unit.after_commit(lambda: send_run(message))
-    return started.execution_id
+        automation_id = hooks.webhook_automation(unit.session, actor=actor)
+        if delivery is not None:
+            seen = hooks.claim_delivery(unit.session, delivery, actor=actor)
+            if seen is not None:  # a repeat: its run was sent by the call that started it
+                return seen
+        execution_id = executions.start_in(
+            unit, automation_id, run_input, trigger=Trigger.WEBHOOK, delivery_id=delivery
+        )
+        hooks.record_webhook_run(unit.session, delivery, execution_id, actor=actor)
+    return execution_id

@@ -12,6 +12,8 @@ stepwise apply -f FILE       # create/update automations and schedules from YAML
 stepwise export-defs         # write them back as YAML
 stepwise api list|pause|resume|trigger|tail ...  # the REST API for scripts
 """
+# Over 400 lines: every subcommand and its parser, one short function each (the REST API
+# client is stepwise/apicli.py, definitions as code stepwise/defs.py).
 
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import uuid
+
+    from core.access import Actor
     from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,53 +97,9 @@ def migrate(database_url: str) -> None:
 
 def seed_demo(agent_url: str) -> bool:
     """On first start (no automation at all), create the demo automation and its schedule."""
-    from sqlalchemy import func, select
+    from service.definitions import seed_demo as seed
 
-    from core.automation import AutomationInput, Step
-    from core.schedule import ScheduleInput, parse_schedule
-    from core.settings import get_settings
-    from core.timing import ScheduleSpec
-    from core.vocabulary import ScheduleKind
-    from db import commands
-    from db.models import Automation
-    from db.session import session_scope
-
-    every_minute = parse_schedule(
-        ScheduleInput(spec=ScheduleSpec(kind=ScheduleKind.CRON, cron_expr="* * * * *")),
-        retention_days=get_settings().retention_days,
-    )
-
-    with session_scope() as session:
-        if session.scalar(select(func.count()).select_from(Automation)):
-            return False
-        actor = _local_admin(session)
-        automation = commands.create_automation(
-            session,
-            AutomationInput(
-                name="Demo: daily brief",
-                description="Three steps against the bundled demo agent.",
-                agent_url=agent_url,
-                project_context="Stepwise demo project",
-                steps=(
-                    Step("Collect", "Collect the latest numbers."),
-                    Step("Summarise", "Summarise what changed."),
-                    Step("Report", "Write the report."),
-                ),
-            ),
-            actor=actor,
-        )
-        commands.create_schedule(session, automation.id, every_minute, actor=actor)
-    return True
-
-
-def _local_admin(session: Any) -> Any:
-    """The local admin acting in the default workspace (this machine's operator)."""
-    from core.access import DEFAULT_WORKSPACE_ID, LOCAL_ADMIN, Actor
-    from core.vocabulary import Role
-    from db.workspaces import bootstrap_admins
-
-    bootstrap_admins(session, {LOCAL_ADMIN})
-    return Actor(name=LOCAL_ADMIN, workspace_id=DEFAULT_WORKSPACE_ID, role=Role.ADMIN)
+    return seed(agent_url)
 
 
 def local_key(path: Path) -> str:
@@ -155,27 +116,9 @@ def local_key(path: Path) -> str:
 
 def demo_signing_secret(agent_url: str) -> str | None:
     """The signing secret of the oldest live automation calling the demo agent."""
-    from sqlalchemy import select
+    from service.definitions import demo_signing_secret as secret
 
-    from core.access import DEFAULT_WORKSPACE_ID
-    from db import commands
-    from db.models import Automation
-    from db.session import session_scope
-
-    with session_scope() as session:
-        automation_id = session.scalar(
-            select(Automation.id)
-            .where(
-                Automation.agent_url == agent_url,
-                Automation.archived_at.is_(None),
-                Automation.workspace_id == DEFAULT_WORKSPACE_ID,
-            )
-            .order_by(Automation.created_at)
-            .limit(1)
-        )
-        if automation_id is None:
-            return None
-        return commands.signing_secret(session, automation_id, actor=_local_admin(session))
+    return secret(agent_url)
 
 
 def run(_: argparse.Namespace) -> int:
@@ -234,9 +177,9 @@ def run(_: argparse.Namespace) -> int:
         manager.loop()
         return manager.returncode or 0
     finally:
-        from db.session import dispose_engine
+        from service import admin
 
-        dispose_engine()
+        admin.close()
         if redis is not None:
             redis.stop()
 
@@ -298,11 +241,9 @@ def new_key(_: argparse.Namespace) -> int:
 
 def reseal(_: argparse.Namespace) -> int:
     """Key rotation: after a new key is put first in STEPWISE_SECRET_KEYS, re-seal everything."""
-    from db import commands
-    from db.session import session_scope
+    from service import admin
 
-    with session_scope() as session:
-        count = commands.reseal_secrets(session)
+    count = admin.reseal()
     print(f"stepwise reseal: {count} secret(s) sealed with the first key; older keys can go")
     return 0
 
@@ -349,12 +290,10 @@ def export(args: argparse.Namespace) -> int:
     import uuid
     from datetime import UTC, datetime
 
-    from core.access import LOCAL_ADMIN
-    from core.errors import Forbidden, StepwiseError
+    from core.errors import StepwiseError
     from db.queries import ExecutionFilters
-    from db.session import session_scope
-    from db.workspaces import acting_as, bootstrap_admins
     from service.exports import write_history
+    from service.unit import read
 
     def when(value: str | None) -> datetime | None:
         if value is None:
@@ -371,17 +310,10 @@ def export(args: argparse.Namespace) -> int:
             since=when(args.since),
             until=when(args.until),
         )
-        workspace = uuid.UUID(args.workspace) if args.workspace else None
-        with session_scope() as session:
-            if args.as_ is None:
-                bootstrap_admins(session, {LOCAL_ADMIN})
-            person = args.as_ or LOCAL_ADMIN
-            actor = acting_as(session, person, workspace)
-            if actor is None or (workspace is not None and actor.workspace_id != workspace):
-                raise Forbidden(f"{person} is not a member of that workspace")
-            rows = write_history(
-                session, filters, args.out, args.format, actor=actor, chunk_size=args.chunk_size
-            )
+        actor = _member(args)
+        rows = read(
+            write_history, filters, args.out, args.format, actor=actor, chunk_size=args.chunk_size
+        )
     except (StepwiseError, ValueError) as exc:
         print(f"stepwise export: {exc}", file=sys.stderr)
         return 2
@@ -410,41 +342,32 @@ def _add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.set_defaults(func=export)
 
 
-def _defs_actor(session: Any, args: argparse.Namespace) -> Any:
+def _member(args: argparse.Namespace) -> Actor:
     """Local mode: the local admin (or --as member) in --workspace or their first one."""
+    from service import acting
+
+    return acting.member(args.as_, _workspace(args))
+
+
+def _workspace(args: argparse.Namespace) -> uuid.UUID | None:
     import uuid
 
-    from core.access import LOCAL_ADMIN
-    from core.errors import Forbidden
-    from db.workspaces import acting_as, bootstrap_admins
-
-    workspace = uuid.UUID(args.workspace) if args.workspace else None
-    if args.as_ is None:
-        bootstrap_admins(session, {LOCAL_ADMIN})
-    person = args.as_ or LOCAL_ADMIN
-    actor = acting_as(session, person, workspace)
-    if actor is None or (workspace is not None and actor.workspace_id != workspace):
-        raise Forbidden(f"{person} is not a member of that workspace")
-    return actor
+    return uuid.UUID(args.workspace) if args.workspace else None
 
 
 def apply_defs(args: argparse.Namespace) -> int:
     """Create or update the file's definitions in one transaction (none on --dry-run)."""
     from core.errors import StepwiseError
-    from db.session import session_scope
+    from service import definitions
     from stepwise import defs
 
-    class _DryRun(Exception):
-        pass
-
-    plan = defs.Plan()
     try:
-        with session_scope() as session:
-            plan = defs.apply(session, args.file, actor=_defs_actor(session, args))
-            if args.dry_run:
-                raise _DryRun
-    except _DryRun:
-        pass
+        plan = definitions.apply(
+            lambda unit: defs.apply(unit, args.file),
+            person=args.as_,
+            workspace_id=_workspace(args),
+            dry_run=args.dry_run,
+        )
     except (StepwiseError, ValueError) as exc:
         print(f"stepwise apply: {exc}", file=sys.stderr)
         return 2
@@ -457,12 +380,11 @@ def apply_defs(args: argparse.Namespace) -> int:
 
 def export_defs(args: argparse.Namespace) -> int:
     from core.errors import StepwiseError
-    from db.session import session_scope
+    from service.unit import read
     from stepwise import defs
 
     try:
-        with session_scope() as session:
-            text = defs.export(session, actor=_defs_actor(session, args))
+        text = read(defs.export, actor=_member(args))
     except (StepwiseError, ValueError) as exc:
         print(f"stepwise export-defs: {exc}", file=sys.stderr)
         return 2

@@ -1,12 +1,16 @@
 """Definitions as code: `stepwise apply -f FILE` and `stepwise export-defs`.
 
+(Over 400 lines: one file format both ways, read, checked, compared with the database and
+written back, whose field lists must agree.)
+
 Automations are matched by name within the workspace. Schedules have no name in the
 database: one matches an identical schedule under its automation, else updates the
 unmatched one sharing most of its fields (oldest first among equals); the rest are
-new. `export-defs` writes schedules oldest first. Every write goes through
-`db.commands` (validation, audit, workspace and role checks) as the acting member
-(`stepwise.cli`: the local admin unless `--as`), in one transaction for the whole
-file: any error and nothing is written; `--dry-run` always rolls back. Signing
+new. `export-defs` writes schedules oldest first. The whole file is one unit of work
+(`service.definitions.apply`) as the acting member (`stepwise.cli`: the local admin
+unless `--as`), each write the API's own (`service.automations`, `service.schedules`:
+validation, audit, workspace and role checks, an early dispatch after a schedule
+change): any error and nothing is written; `--dry-run` always rolls back. Signing
 secrets are never exported; request headers keep `{{ secret.NAME }}` and
 notifications name their channels (whose URLs are secrets too). A schedule's
 `enabled` means "not paused": one that ended by its own timing still reads as enabled.
@@ -23,7 +27,6 @@ from types import NoneType
 from typing import Any, get_args, get_type_hints
 
 import yaml
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.access import Actor
@@ -33,9 +36,13 @@ from core.errors import StepwiseError
 from core.schedule import POLICY_FIELDS, ScheduleDefinition, ScheduleInput, parse_schedule
 from core.settings import get_settings
 from core.timing import TIMING_FIELDS, ScheduleSpec
-from core.vocabulary import CompletedReason
-from db import channels, commands
-from db.models import Automation, NotificationChannel, Schedule
+from db import automations, channels, definitions
+from db.models import Automation, Schedule
+from db.schedules import schedule_values
+from service import automations as automation_writes
+from service import channels as channel_writes
+from service import schedules as schedule_writes
+from service.unit import Unit
 
 # Every automation field, as written in the file (the name and steps are handled apart).
 AUTOMATION_FIELDS = tuple(
@@ -251,48 +258,27 @@ def _shown(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else value
 
 
-def _automations(session: Session, actor: Actor) -> list[Automation]:
-    return list(
-        session.scalars(
-            select(Automation)
-            .where(Automation.workspace_id == actor.workspace_id, Automation.archived_at.is_(None))
-            .order_by(Automation.name)
-        )
-    )
-
-
 def _schedules(session: Session, automation_id: uuid.UUID) -> list[Schedule]:
     """Oldest first; those created together in one order of their definitions."""
-    rows = session.scalars(
-        select(Schedule)
-        .where(Schedule.automation_id == automation_id)
-        .where(Schedule.completed_reason.is_distinct_from(CompletedReason.AUTOMATION_DELETED))
-    )
+    rows = definitions.schedules_of(session, automation_id)
     return sorted(rows, key=lambda s: (s.created_at, repr(dump_schedule(s))))
-
-
-def _channel_names(session: Session, actor: Actor) -> dict[uuid.UUID, str]:
-    rows = session.execute(
-        select(NotificationChannel.id, NotificationChannel.name).where(
-            NotificationChannel.workspace_id == actor.workspace_id
-        )
-    )
-    return {row.id: row.name for row in rows}
 
 
 def _by_name(session: Session, actor: Actor) -> dict[str, Automation | None]:
     """The workspace's automations by name; None for a name two of them share."""
     found: dict[str, Automation | None] = {}
     shared: set[str] = set()
-    for row in _automations(session, actor):
+    for row in definitions.live_automations(session, actor=actor):
         if row.name in found:
             shared.add(row.name)
         found[row.name] = row
     return found | dict.fromkeys(shared)
 
 
-def apply(session: Session, path: str, *, actor: Actor) -> Plan:
-    """Create or update every definition of the file; the caller commits or rolls back."""
+def apply(unit: Unit, path: str) -> Plan:
+    """Create or update every definition of the file in `unit`, which commits or rolls back
+    (`service.definitions.apply`)."""
+    session, actor = unit.session, unit.actor
     plan = Plan()
     existing = _by_name(session, actor)
     named: set[str] = set()
@@ -310,14 +296,14 @@ def apply(session: Session, path: str, *, actor: Actor) -> Plan:
         row = existing.get(data.name)
         try:
             if row is None:
-                row = commands.create_automation(session, data, actor=actor)
+                row = automation_writes.create_in(unit, data)
                 plan.lines.append(f"+ {label}")
             else:
-                new = commands.automation_values(data)
+                new = automations.automation_values(data)
                 old = {k: getattr(row, k) for k in new}
                 if _diff(plan, label, old, new):
-                    commands.update_automation(session, row.id, data, actor=actor)
-            _apply_notifications(session, path, label, row.id, item, plan, actor)
+                    automation_writes.update_in(unit, row.id, data)
+            _apply_notifications(unit, path, label, row.id, item, plan)
         except DefinitionError:
             raise
         except StepwiseError as e:
@@ -325,22 +311,22 @@ def apply(session: Session, path: str, *, actor: Actor) -> Plan:
         schedules = item.get("schedules") or []
         if not isinstance(schedules, list):
             raise DefinitionError(_where(path, label, "schedules") + ": a list of schedules")
-        _apply_schedules(session, path, label, row.id, schedules, plan, actor)
+        _apply_schedules(unit, path, label, row.id, schedules, plan)
     session.flush()
     return plan
 
 
 def _apply_notifications(
-    session: Session,
+    unit: Unit,
     path: str,
     label: str,
     automation_id: uuid.UUID,
     item: dict[str, Any],
     plan: Plan,
-    actor: Actor,
 ) -> None:
+    session, actor = unit.session, unit.actor
     names, threshold = _notifications(path, label, item)
-    ids = {name: id_ for id_, name in _channel_names(session, actor).items()}
+    ids = {name: id_ for id_, name in definitions.channel_names(session, actor=actor).items()}
     missing = [n for n in names if n not in ids]
     if missing:
         raise DefinitionError(
@@ -355,17 +341,11 @@ def _apply_notifications(
         old["failure_threshold"], new["failure_threshold"] = current.failure_threshold, threshold
     if _diff(plan, f"{label} notifications", old, new):
         wanted = [ids[n] for n in new["channels"]]
-        channels.set_notifications(session, automation_id, wanted, threshold, actor=actor)
+        channel_writes.choose(unit, automation_id, wanted, threshold)
 
 
 def _apply_schedules(
-    session: Session,
-    path: str,
-    label: str,
-    automation_id: uuid.UUID,
-    items: list[Any],
-    plan: Plan,
-    actor: Actor,
+    unit: Unit, path: str, label: str, automation_id: uuid.UUID, items: list[Any], plan: Plan
 ) -> None:
     """Unchanged schedules match as they are; each other one updates the unmatched one
     sharing most of its fields (edited in place), and the rest are new."""
@@ -380,9 +360,9 @@ def _apply_schedules(
             raise
         except StepwiseError as e:
             raise DefinitionError(_where(path, where) + f": {e}") from e
-        new = {**commands.schedule_values(definition), "enabled": definition.enabled}
+        new = {**schedule_values(definition), "enabled": definition.enabled}
         wanted.append((where, definition, new | {"pause_note": note}))
-    free = _schedules(session, automation_id)
+    free = _schedules(unit.session, automation_id)
     pending = []
     for where, definition, new in wanted:
         same = next((s for s in free if _same(_state(s), new)), None)
@@ -392,7 +372,7 @@ def _apply_schedules(
             free.remove(same)
     for where, definition, new in pending:
         try:
-            _write_schedule(session, automation_id, free, where, definition, new, plan, actor)
+            _write_schedule(unit, automation_id, free, where, definition, new, plan)
         except StepwiseError as e:
             raise DefinitionError(_where(path, where) + f": {e}") from e
 
@@ -402,14 +382,13 @@ def _same(state: dict[str, Any], new: dict[str, Any]) -> bool:
 
 
 def _write_schedule(
-    session: Session,
+    unit: Unit,
     automation_id: uuid.UUID,
     free: list[Schedule],
     where: str,
     definition: ScheduleDefinition,
     new: dict[str, Any],
     plan: Plan,
-    actor: Actor,
 ) -> None:
     """Update the unmatched schedule closest to `new` (the first of equals), else create."""
     note = new["pause_note"]
@@ -419,19 +398,20 @@ def _write_schedule(
         old = _state(row)
         _diff(plan, where, old, new)
         if not _same(old, {k: v for k, v in new.items() if k != "pause_note"}):
-            commands.update_schedule(session, row.id, definition, actor=actor)
+            schedule_writes.update_in(unit, row.id, definition)
     else:
-        row = commands.create_schedule(session, automation_id, definition, actor=actor)
+        row = schedule_writes.create_in(unit, automation_id, definition)
         plan.lines.append(f"+ {where}")
     if not definition.enabled and row.pause_note != note:
-        commands.set_schedule_enabled(session, row.id, False, note=note, actor=actor)
+        schedule_writes.pause_in(unit, row.id, note)
 
 
 def export(session: Session, *, actor: Actor) -> str:
+    """The workspace's definitions as a file (`stepwise export-defs`), read in `session`."""
     items = []
-    names = _channel_names(session, actor)
-    for row in _automations(session, actor):
-        commands.get_automation(session, row.id, actor=actor)  # role + workspace check
+    names = definitions.channel_names(session, actor=actor)
+    for row in definitions.live_automations(session, actor=actor):
+        automations.get_automation(session, row.id, actor=actor)  # role + workspace check
         item: dict[str, Any] = {"name": row.name}
         item["steps"] = [{"name": s["name"], "message": s["message"]} for s in row.steps]
         for name in AUTOMATION_FIELDS:

@@ -93,7 +93,7 @@ class DeadLetter:
 def dead_letters(queue: str, *, limit: int | None = 100) -> list[DeadLetter]:
     """The newest dead messages of `queue`, newest first (all of them when `limit` is None).
 
-    Every workspace's: `tasks.actions.dead_letters` narrows them to one.
+    Every workspace's: `service.queues.dead_letters` narrows them to one.
     """
     client = _client()
     last = -1 if limit is None else limit - 1

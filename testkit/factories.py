@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -13,11 +15,12 @@ from core.automation import AutomationInput, Step
 from core.schedule import ScheduleDefinition, ScheduleInput, parse_schedule
 from core.settings import get_settings
 from core.timing import ScheduleSpec
-from core.vocabulary import ExecutionStatus, Role, ScheduleKind, Trigger
-from db import commands
+from core.vocabulary import ExecutionStatus, Permission, Role, ScheduleKind, Trigger
 from db.models import Automation, Base, Execution, Membership, Schedule, StepRun, Workspace
 from db.session import db_now, session_scope
-from db.workspaces import ensure_default_workspace
+from db.workspaces import authorize, ensure_default_workspace
+from service import automations, executions, schedules
+from service.unit import Unit
 
 # The person every factory acts as: admin of the default workspace (`seed_access`).
 ADMIN = Actor(name="test", workspace_id=DEFAULT_WORKSPACE_ID, role=Role.ADMIN)
@@ -68,9 +71,18 @@ def automation_input(**overrides: Any) -> AutomationInput:
     return AutomationInput(**values)
 
 
-def make_automation(*, actor: Actor = ADMIN, **overrides: Any) -> uuid.UUID:
+@contextmanager
+def _unit(actor: Actor, permission: Permission) -> Iterator[Unit]:
+    """A unit of work as the service opens one, with its after-commit sends dropped: what a
+    factory makes is not dispatched early nor sent (a test sends and ticks by itself)."""
     with session_scope() as session:
-        return commands.create_automation(session, automation_input(**overrides), actor=actor).id
+        authorize(session, actor, permission)
+        yield Unit(session, actor)
+
+
+def make_automation(*, actor: Actor = ADMIN, **overrides: Any) -> uuid.UUID:
+    with _unit(actor, Permission.EDIT) as unit:
+        return automations.create_in(unit, automation_input(**overrides)).id
 
 
 def make_schedule(automation_id: uuid.UUID, *, actor: Actor = ADMIN, **overrides: Any) -> uuid.UUID:
@@ -81,8 +93,8 @@ def make_schedule(automation_id: uuid.UUID, *, actor: Actor = ADMIN, **overrides
     if spec_fields["kind"] == ScheduleKind.CRON:
         spec_fields.setdefault("cron_expr", "* * * * *")
     data = schedule_definition(ScheduleInput(spec=ScheduleSpec(**spec_fields), **overrides))
-    with session_scope() as session:
-        return commands.create_schedule(session, automation_id, data, actor=actor).id
+    with _unit(actor, Permission.EDIT) as unit:
+        return schedules.create_in(unit, automation_id, data).id
 
 
 def make_channel(
@@ -100,11 +112,12 @@ def schedule_definition(data: ScheduleInput) -> ScheduleDefinition:
 
 
 def make_execution(automation_id: uuid.UUID, *, actor: Actor = ADMIN, **values: Any) -> uuid.UUID:
-    with session_scope() as session:
-        execution = commands.create_manual_execution(session, automation_id, actor=actor)
+    with _unit(actor, Permission.RUN) as unit:
+        execution_id = executions.start_in(unit, automation_id)
+        execution = unit.session.get(Execution, execution_id)
         for key, value in values.items():
             setattr(execution, key, value)
-        return execution.id
+        return execution_id
 
 
 M = TypeVar("M", bound=Base)

@@ -232,7 +232,8 @@ def test_dispatch_runs_a_due_schedule_at_its_slot(worker: Any, agent: Any) -> No
 def test_retrying_a_dead_letter_reopens_the_failed_execution(
     worker: Any, agent: Any, redis_client: Any
 ) -> None:
-    from tasks import actions, queues
+    from service import queues as workspace_queues
+    from tasks import queues
 
     # given a run that failed for good and lies in the dead-letter queue
     automation_id = make_automation(agent_url=agent.url, steps=2, max_retries=0)
@@ -242,7 +243,7 @@ def test_retrying_a_dead_letter_reopens_the_failed_execution(
     assert ended(execution_id).status == "failed"
     letter = wait_for(lambda: queues.dead_letters("default"), timeout=5)[0]
     # when the dead letter is retried from the Queues page
-    assert actions.retry_dead_letter("default", letter.message_id, actor=ADMIN)
+    assert workspace_queues.retry_dead_letter("default", letter.message_id, actor=ADMIN)
     # then the execution resumes at step 2 and succeeds; the dead letter is gone
     done = wait_for(lambda: (e := execution(execution_id)).status == "succeeded" and e)
     assert done.attempt == 2

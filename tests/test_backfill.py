@@ -14,11 +14,12 @@ from core.errors import Forbidden, NotFound, QuotaExceeded, ValidationFailed
 from core.limits import MAX_BACKFILL_SLOTS, MAX_PAUSE_NOTE
 from core.timing import ScheduleSpec, parse_timing
 from core.vocabulary import ExecutionStatus, Role, Trigger
-from db import backfill, commands, queries
+from db import backfill, queries
 from db.audit import AuditFilters, list_audit
 from db.claims import claim_execution
 from db.models import Workspace
 from db.session import session_scope
+from service import schedules
 from testkit.api import bearer, make_token, writes
 from testkit.factories import (
     ADMIN,
@@ -102,10 +103,7 @@ def test_a_pause_note_is_kept_with_who_and_when_shown_and_cleared_on_resume() ->
     # given an active schedule
     schedule_id = hourly_schedule()
     # when paused with a note
-    with session_scope() as session:
-        commands.set_schedule_enabled(
-            session, schedule_id, False, actor=ADMIN, note=" vendor API down "
-        )
+    schedules.pause(schedule_id, actor=ADMIN, note=" vendor API down ")
     # then the list row carries the note, who paused it and when, and the audit has it
     with session_scope() as session:
         row = queries.get_schedule_row(session, schedule_id, actor=ADMIN)
@@ -115,8 +113,7 @@ def test_a_pause_note_is_kept_with_who_and_when_shown_and_cleared_on_resume() ->
     assert row.paused_at is not None
     assert audit[0].action == "pause" and audit[0].details["note"] == "vendor API down"
     # when resumed, then the note is gone
-    with session_scope() as session:
-        commands.set_schedule_enabled(session, schedule_id, True, actor=ADMIN)
+    schedules.resume(schedule_id, actor=ADMIN)
     stored = schedule(schedule_id)
     assert (stored.pause_note, stored.paused_by, stored.paused_at) == (None, None, None)
 
@@ -125,10 +122,8 @@ def test_a_pause_note_is_kept_with_who_and_when_shown_and_cleared_on_resume() ->
 def test_an_over_long_pause_note_writes_nothing() -> None:
     schedule_id = hourly_schedule()
     before = table_snapshot()
-    with pytest.raises(ValidationFailed), session_scope() as session:
-        commands.set_schedule_enabled(
-            session, schedule_id, False, actor=ADMIN, note="x" * (MAX_PAUSE_NOTE + 1)
-        )
+    with pytest.raises(ValidationFailed):
+        schedules.pause(schedule_id, actor=ADMIN, note="x" * (MAX_PAUSE_NOTE + 1))
     assert table_snapshot() == before
 
 
@@ -197,12 +192,12 @@ def test_a_backfill_keeps_to_the_quota_the_role_and_the_workspace() -> None:
     with session_scope() as session:
         session.execute(update(Workspace).values(max_runs_per_minute=2))
     before = table_snapshot()
-    with pytest.raises(Forbidden), session_scope() as session:
-        backfill.backfill(session, schedule_id, start, end, actor=viewer)
-    with pytest.raises(NotFound), session_scope() as session:
-        backfill.backfill(session, schedule_id, start, end, actor=theirs)
-    with pytest.raises(QuotaExceeded) as quota, session_scope() as session:
-        backfill.backfill(session, schedule_id, start, end, actor=ADMIN)
+    with pytest.raises(Forbidden):
+        schedules.backfill(schedule_id, start, end, actor=viewer)
+    with pytest.raises(NotFound):
+        schedules.backfill(schedule_id, start, end, actor=theirs)
+    with pytest.raises(QuotaExceeded) as quota:
+        schedules.backfill(schedule_id, start, end, actor=ADMIN)
     assert "would pass its quota of 2 runs per minute with 3 more" in str(quota.value)
     assert table_snapshot() == before
 

@@ -18,8 +18,8 @@ from sqlalchemy import insert
 from db import queries
 from db.models import StepRun
 from db.session import session_scope
+from service import executions
 from stepwise.demo_agent import Reply
-from tasks import actions
 from testkit.browser import (
     DESKTOP,
     PHONE,
@@ -258,7 +258,7 @@ def test_a_run_is_watched_live_on_its_page(
     outside = outside_requests(page)
     agent.responder = lambda call: Reply(200, {"output": "ok"}, delay_s=1.5)
     automation_id = make_automation(name="Live run", agent_url=agent.url, steps=3)
-    run = actions.run_now(automation_id, actor=ADMIN)
+    run = executions.run_now(automation_id, actor=ADMIN)
     # when its page is opened by its URL
     page.goto(f"{dashboard_url}/run?id={run}")
     settle(page)
@@ -303,7 +303,7 @@ def test_a_failed_run_is_retried_from_its_page(
     automation_id = make_automation(name="Flaky run", agent_url=agent.url, steps=2, max_retries=1)
     procs.start("worker")
     procs.wait_ready("worker", READY)
-    run = actions.run_now(automation_id, actor=ADMIN)
+    run = executions.run_now(automation_id, actor=ADMIN)
     page.goto(f"{dashboard_url}/run?id={run}")
     settle(page)
     wait_status(page, "failed")

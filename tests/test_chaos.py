@@ -19,7 +19,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,13 +29,12 @@ from sqlalchemy import select
 from core.schedule import ScheduleInput
 from core.timing import parse_timing, slots_between, spec_of
 from core.vocabulary import OPEN_STATUSES, AuditAction, ExecutionStatus
-from db import commands
 from db.models import AuditLog, Execution, Schedule, StepRun
 from db.runs import LOST_STEP_ERROR
 from db.session import session_scope
+from service import automations, schedules
 from stepwise.demo_agent import Call, Reply
 from tasks import periodic
-from tasks.actions import schedules_changed
 from tasks.send import send_run
 from testkit.factories import (
     fetch,
@@ -135,11 +133,6 @@ def _schedules(agent_url: str, start: datetime) -> dict[str, list[uuid.UUID]]:
     }
 
 
-def _act(what: Callable[[Any], Any]) -> None:
-    with session_scope() as session:
-        what(session)
-
-
 def _timeline(chaos: Chaos, ids: dict[str, list[uuid.UUID]], rng: random.Random) -> None:
     """The faults and the people, every ~10 s from the first slot on."""
     procs = chaos.procs
@@ -152,7 +145,7 @@ def _timeline(chaos: Chaos, ids: dict[str, list[uuid.UUID]], rng: random.Random)
     chaos.kill("worker1", "worker")
     jitter(20)
     for schedule_id in ids["every10_skip"]:
-        _act(lambda s, i=schedule_id: commands.set_schedule_enabled(s, i, False, actor=who))
+        schedules.pause(schedule_id, actor=who)
     jitter(25)
     chaos.term("worker2", "worker")
     jitter(35)
@@ -160,8 +153,7 @@ def _timeline(chaos: Chaos, ids: dict[str, list[uuid.UUID]], rng: random.Random)
     chaos.redis.flushdb()
     jitter(45)
     for schedule_id in ids["every10_skip"]:
-        _act(lambda s, i=schedule_id: commands.set_schedule_enabled(s, i, True, actor=who))
-    schedules_changed()
+        schedules.resume(schedule_id, actor=who)  # each dispatches soon after
     jitter(50)
     chaos.kill("scheduler", "scheduler")
     jitter(55)
@@ -173,8 +165,7 @@ def _timeline(chaos: Chaos, ids: dict[str, list[uuid.UUID]], rng: random.Random)
                 misfire_policy="run_once",
             )
         )
-        _act(lambda s, i=schedule_id, d=data: commands.update_schedule(s, i, d, actor=who))
-    schedules_changed()
+        schedules.update(schedule_id, data, actor=who)  # each dispatches soon after
     jitter(60)
     chaos.note("second scheduler and dispatcher")
     procs.start("scheduler", as_name="scheduler2")
@@ -184,7 +175,7 @@ def _timeline(chaos: Chaos, ids: dict[str, list[uuid.UUID]], rng: random.Random)
     jitter(80)
     for schedule_id in ids["every12_deleted"]:
         automation_id = fetch(Schedule, schedule_id).automation_id
-        _act(lambda s, a=automation_id: commands.delete_automation(s, a, actor=who))
+        automations.delete(automation_id, actor=who)
     jitter(90)
     chaos.kill("worker2", "worker")
     jitter(100)

@@ -18,10 +18,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard import forms
-from db import commands, queries
+from db import queries
 from db.audit import AuditFilters, list_audit
 from db.queries import ExecutionFilters
 from db.session import session_scope
+from service import automations
 from service.exports import audit_csv
 from testkit.factories import (
     ADMIN,
@@ -656,11 +657,10 @@ def test_timezone_options_put_common_zones_first() -> None:
 
 def test_the_audit_page_lists_who_did_what_and_filters_it() -> None:
     # given changes made by two people
-    with session_scope() as session:
-        created = commands.create_automation(
-            session, automation_input(name="=cmd|' /C calc'!A0"), actor=person("alice@example.com")
-        )
-        commands.rotate_signing_secret(session, created.id, actor=person("bob@example.com"))
+    created = automations.create(
+        automation_input(name="=cmd|' /C calc'!A0"), actor=person("alice@example.com")
+    )
+    automations.rotate_signing_secret(created.automation.id, actor=person("bob@example.com"))
     # when the audit page opens, then both changes are listed, newest first
     at = open_view("audit")
     frame = at.dataframe[0].value
@@ -675,10 +675,8 @@ def test_the_audit_page_lists_who_did_what_and_filters_it() -> None:
 
 
 def test_the_audit_export_cannot_run_a_formula() -> None:
+    automations.create(automation_input(name="=1+1"), actor=person("=HYPERLINK(1)"))
     with session_scope() as session:
-        commands.create_automation(
-            session, automation_input(name="=1+1"), actor=person("=HYPERLINK(1)")
-        )
         rows = list_audit(session, AuditFilters(), actor=ADMIN)
     text = audit_csv(rows).decode()
     assert "'=HYPERLINK(1)" in text
@@ -791,7 +789,7 @@ def test_the_failed_runs_of_a_filter_are_retried_after_a_count_and_a_confirmatio
 
 def test_a_viewer_gets_no_bulk_retry_and_a_forged_one_is_refused() -> None:
     from core.errors import Forbidden
-    from tasks import actions
+    from service import executions
 
     add_runs(make_automation(), [{"status": "failed"}])
     viewer = person("vera@example.com", "viewer")
@@ -800,7 +798,7 @@ def test_a_viewer_gets_no_bulk_retry_and_a_forged_one_is_refused() -> None:
     assert not at.exception and not [b for b in at.button if b.key == "ex_bulk_retry"]
     before = table_snapshot()
     with pytest.raises(Forbidden):
-        actions.retry_failed(ExecutionFilters(), actor=viewer)
+        executions.retry_failed(ExecutionFilters(), actor=viewer)
     assert table_snapshot() == before
 
 

@@ -25,13 +25,15 @@ from core.limits import (
 from core.schedule import ScheduleInput
 from core.timing import ScheduleSpec, spec_of
 from core.vocabulary import AuditAction, CompletedReason, MisfirePolicy
-from db import commands
+from db import automations, executions, schedules
 from db.audit import AuditFilters, list_audit
 from db.claims import claim_execution
 from db.dispatch import DispatchConfig, dispatch_batch
 from db.models import Automation, Base, Execution, Schedule
 from db.recovery import purge_history, stranded_executions
 from db.session import db_now, session_scope
+from service import automations as service_automations
+from service import schedules as service_schedules
 from stepwise.cli import migrate
 from testkit.factories import (
     ADMIN,
@@ -477,7 +479,7 @@ def test_bad_schedules_write_nothing(
     automation_id = make_automation()
     before = table_snapshot()
     with pytest.raises(ValidationFailed) as error, session_scope() as session:
-        commands.create_schedule(
+        schedules.create_schedule(
             session,
             automation_id,
             schedule_definition(ScheduleInput(spec=ScheduleSpec(**overrides))),
@@ -503,7 +505,7 @@ def test_bad_automations_write_nothing(
 ) -> None:
     before = table_snapshot()
     with pytest.raises(ValidationFailed) as error, session_scope() as session:
-        commands.create_automation(session, automation_input(**overrides), actor=ADMIN)
+        automations.create_automation(session, automation_input(**overrides), actor=ADMIN)
     assert text in (error.value.for_field(field) or "")
     assert table_snapshot() == before
 
@@ -512,7 +514,7 @@ def test_deleting_an_automation_cancels_its_queued_runs(db: None) -> None:
     automation_id = make_automation()
     execution_id = make_execution(automation_id)
     with session_scope() as session:
-        assert commands.delete_automation(session, automation_id, actor=ADMIN) == 1
+        assert automations.delete_automation(session, automation_id, actor=ADMIN) == 1
     with session_scope() as session:
         row = session.get(Execution, execution_id)
         assert row is not None and row.status == "cancelled"
@@ -568,26 +570,23 @@ def test_an_edit_is_audited_with_old_and_new_values_and_no_secret(db: None) -> N
     automation_id = make_automation(name="Before", agent_url="http://127.0.0.1:9/a?api_key=OLD")
     schedule_id = make_schedule(automation_id, kind="interval", interval_s=60)
     # when its name, URL and context change, and its schedule's misfire policy
-    with session_scope() as session:
-        commands.update_automation(
-            session,
-            automation_id,
-            automation_input(
-                name="After",
-                agent_url="http://127.0.0.1:9/b?api_key=NEW",
-                project_context="longer context",
-            ),
-            actor=person("alice"),
-        )
-        current = commands.get_schedule(session, schedule_id, actor=ADMIN)
-        commands.update_schedule(
-            session,
-            schedule_id,
-            schedule_definition(
-                ScheduleInput(spec=spec_of(current), misfire_policy=MisfirePolicy.SKIP)
-            ),
-            actor=person("bob"),
-        )
+    service_automations.update(
+        automation_id,
+        automation_input(
+            name="After",
+            agent_url="http://127.0.0.1:9/b?api_key=NEW",
+            project_context="longer context",
+        ),
+        actor=person("alice"),
+    )
+    current = fetch(Schedule, schedule_id)
+    service_schedules.update(
+        schedule_id,
+        schedule_definition(
+            ScheduleInput(spec=spec_of(current), misfire_policy=MisfirePolicy.SKIP)
+        ),
+        actor=person("bob"),
+    )
     # then each audit row names exactly what changed, from what to what, keys redacted
     with session_scope() as session:
         rows = list_audit(session, AuditFilters(actions=(AuditAction.EDIT,)), actor=ADMIN)
@@ -658,7 +657,7 @@ def test_a_group_claim_takes_each_run_once_and_leaves_overlap_decisions_to_each(
     gone_automation = make_automation()
     gone = make_execution(gone_automation)
     with session_scope() as session:
-        commands.delete_automation(session, gone_automation, actor=ADMIN)
+        automations.delete_automation(session, gone_automation, actor=ADMIN)
     held = make_execution(make_automation())
     with session_scope() as session:
         assert not isinstance(claim_execution(session, held, lease_s=30), str)
@@ -840,7 +839,7 @@ def test_a_manual_retry_times_the_run_from_the_retry_not_the_first_start(db: Non
     )
     # when a person retries it now and a worker runs it to the end
     with session_scope() as session:
-        commands.retry_execution(session, failed, actor=ADMIN)
+        executions.retry_execution(session, failed, actor=ADMIN)
     with session_scope() as session:
         assert not isinstance(claim_execution(session, failed, lease_s=5), str)
         session.execute(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import pytest
 import yaml
 from sqlalchemy import func, select
@@ -308,3 +309,31 @@ def test_a_name_two_automations_share_is_refused(tmp_path: Path, capsys: Any) ->
     assert cli("apply", "-f", str(path)) == 2
     assert "two automations of the workspace have this name" in capsys.readouterr().err
     assert table_snapshot() == before
+
+
+EVERY_MINUTE = """
+automations:
+  - name: Minutely check
+    agent_url: https://agent.example.com/run
+    steps: [{name: check, message: Check it}]
+    schedules:
+      - {kind: cron, cron_expr: "* * * * *"}
+      - {kind: interval, interval_s: 30}
+"""
+
+
+def test_an_applied_schedule_due_within_the_minute_is_dispatched_without_the_tick(
+    tmp_path: Path, redis_client: Any
+) -> None:
+    # given schedules whose first slots come due within the minute
+    path = tmp_path / "stepwise.yaml"
+    path.write_text(EVERY_MINUTE)
+    # when the file is tried with --dry-run, then nothing is sent
+    assert cli("apply", "-f", str(path), "--dry-run") == 0
+    assert redis_client.llen("dramatiq:dispatch") == 0
+    # when it is applied, then one dispatch waits in the broker's dispatch queue, as after
+    # the same writes through the API: the scheduler's next tick is not awaited
+    assert cli("apply", "-f", str(path)) == 0
+    assert redis_client.llen("dramatiq:dispatch") == 1
+    [sent] = [dramatiq.Message.decode(m) for m in redis_client.hvals("dramatiq:dispatch.msgs")]
+    assert sent.actor_name == "dispatch"

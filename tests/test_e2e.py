@@ -68,8 +68,8 @@ def test_a_schedule_due_in_seconds_runs_through_the_real_processes(procs: Any, a
 
 
 def test_failure_notifications_through_the_real_processes(procs: Any, agent: Any) -> None:
+    from service.executions import run_now
     from stepwise.demo_agent import Reply, default_reply
-    from tasks.actions import run_now
     from tasks.actors import notify_tick
     from testkit.factories import ADMIN, execution
     from testkit.receivers import smtp_server, webhook_server

@@ -20,7 +20,7 @@ import pytest
 
 from core.egress import EgressPolicy, literal_address, parse_allowlist
 from core.errors import ConfigError, ValidationFailed
-from db import commands
+from db import automations
 from db.runs import RunMessage
 from db.session import session_scope
 from stepwise.demo_agent import AgentServer, Reply
@@ -125,7 +125,7 @@ def test_an_internal_or_credentialed_url_is_refused_at_save_and_nothing_written(
 ) -> None:
     before = table_snapshot()
     with pytest.raises(ValidationFailed) as refused, session_scope() as session:
-        commands.create_automation(session, automation_input(agent_url=url), actor=ADMIN)
+        automations.create_automation(session, automation_input(agent_url=url), actor=ADMIN)
     assert message in (refused.value.for_field("agent_url") or "")
     assert table_snapshot() == before
 

@@ -23,7 +23,7 @@ from core.errors import InvalidState, NotFound, StepwiseError, ValidationFailed
 from core.schedule import ScheduleInput
 from core.settings import get_settings
 from core.timing import ScheduleSpec
-from db import commands
+from db import automations, executions, schedules
 from db.models import Execution, StepRun
 from db.recovery import purge_history
 from db.runs import RunMessage
@@ -131,8 +131,8 @@ def test_bad_automations_are_rejected_on_create_and_edit(
 ) -> None:
     data = automation_input(**overrides)
     for call in (
-        lambda s: commands.create_automation(s, data, actor=ADMIN),
-        lambda s: commands.update_automation(s, world["automation"], data, actor=ADMIN),
+        lambda s: automations.create_automation(s, data, actor=ADMIN),
+        lambda s: automations.update_automation(s, world["automation"], data, actor=ADMIN),
     ):
         error = _rejected(call, ValidationFailed)
         assert isinstance(error, ValidationFailed)
@@ -150,10 +150,10 @@ def test_bad_schedules_are_rejected_on_create_and_edit(
     data = ScheduleInput(spec=ScheduleSpec(**spec), **options)
     # The dashboard and the API parse before the command; the command trusts the result.
     for call in (
-        lambda s: commands.create_schedule(
+        lambda s: schedules.create_schedule(
             s, world["automation"], schedule_definition(data), actor=ADMIN
         ),
-        lambda s: commands.update_schedule(
+        lambda s: schedules.update_schedule(
             s, world["schedule"], schedule_definition(data), actor=ADMIN
         ),
     ):
@@ -166,20 +166,20 @@ def test_actions_on_missing_or_finished_things_are_refused(world: dict[str, uuid
     good = schedule_definition(ScheduleInput(spec=ScheduleSpec(kind="interval", interval_s=60)))
     ghost = uuid.uuid4()
     refused: list[tuple[Callable[[Session], Any], type[StepwiseError], str]] = [
-        (lambda s: commands.create_schedule(s, ghost, good, actor=ADMIN), NotFound, "does not"),
-        (lambda s: commands.update_schedule(s, ghost, good, actor=ADMIN), NotFound, "does not"),
-        (lambda s: commands.create_manual_execution(s, ghost, actor=ADMIN), NotFound, "does not"),
+        (lambda s: schedules.create_schedule(s, ghost, good, actor=ADMIN), NotFound, "does not"),
+        (lambda s: schedules.update_schedule(s, ghost, good, actor=ADMIN), NotFound, "does not"),
+        (lambda s: executions.create_manual_execution(s, ghost, actor=ADMIN), NotFound, "does not"),
         (
-            lambda s: commands.cancel_execution(s, world["succeeded"], actor=ADMIN),
+            lambda s: executions.cancel_execution(s, world["succeeded"], actor=ADMIN),
             InvalidState,
             "only queued or running executions can be cancelled (this one is succeeded)",
         ),
         (
-            lambda s: commands.retry_execution(s, world["succeeded"], actor=ADMIN),
+            lambda s: executions.retry_execution(s, world["succeeded"], actor=ADMIN),
             InvalidState,
             "only failed or cancelled executions can be retried (this one is succeeded)",
         ),
-        (lambda s: commands.cancel_execution(s, ghost, actor=ADMIN), NotFound, "does not exist"),
+        (lambda s: executions.cancel_execution(s, ghost, actor=ADMIN), NotFound, "does not exist"),
     ]
     for call, error, message in refused:
         assert message in str(_rejected(call, error))
@@ -193,7 +193,7 @@ def test_a_deleted_automation_refuses_new_work_and_its_queued_runs_end_cancelled
     schedule_id = make_schedule(automation_id, kind="interval", interval_s=60)
     queued = make_execution(automation_id)
     with session_scope() as session:
-        commands.delete_automation(session, automation_id, actor=ADMIN)
+        automations.delete_automation(session, automation_id, actor=ADMIN)
     send_run(RunMessage(queued, 3))
     # then the run ends cancelled with its reason, and the agent is never called
     wait_for(lambda: execution(queued).status == "cancelled", message="the cancelled run")
@@ -202,11 +202,11 @@ def test_a_deleted_automation_refuses_new_work_and_its_queued_runs_end_cancelled
     assert agent.calls == []
     # and nothing can be started or resumed on it any more
     good = schedule_definition(ScheduleInput(spec=ScheduleSpec(kind="interval", interval_s=60)))
-    _rejected(lambda s: commands.create_manual_execution(s, automation_id, actor=ADMIN), NotFound)
-    _rejected(lambda s: commands.create_schedule(s, automation_id, good, actor=ADMIN), NotFound)
-    _rejected(lambda s: commands.set_schedule_enabled(s, schedule_id, True, actor=ADMIN), NotFound)
+    _rejected(lambda s: executions.create_manual_execution(s, automation_id, actor=ADMIN), NotFound)
+    _rejected(lambda s: schedules.create_schedule(s, automation_id, good, actor=ADMIN), NotFound)
+    _rejected(lambda s: schedules.resume_schedule(s, schedule_id, actor=ADMIN), NotFound)
     _rejected(
-        lambda s: commands.update_automation(s, automation_id, automation_input(), actor=ADMIN),
+        lambda s: automations.update_automation(s, automation_id, automation_input(), actor=ADMIN),
         NotFound,
     )
 
@@ -299,7 +299,7 @@ def test_a_purge_batch_never_blocks_the_workers_or_another_purger(db: None) -> N
         with Session(bind=engine) as session, session.begin():
             session.execute(text("SET LOCAL lock_timeout = '1s'"))
             session.execute(update(Execution).where(Execution.id == live).values(status="running"))
-            commands.create_manual_execution(session, automation_id, actor=ADMIN)
+            executions.create_manual_execution(session, automation_id, actor=ADMIN)
             assert purge_history(session, older_than_days=90, batch=100) == 10  # the others
     tx.rollback()
     holder.close()

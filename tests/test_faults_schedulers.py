@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from core.schedule import ScheduleInput
 from core.timing import ScheduleSpec, slots_between
-from db import commands
+from db import schedules as stored_schedules
 from db.models import Execution, Schedule
 from db.session import db_now, session_scope
 from testkit.factories import ADMIN, make_automation, schedule_definition
@@ -40,7 +40,7 @@ def _create_schedules(automation_id: uuid.UUID, start: datetime, end: datetime) 
         for _ in range(SCHEDULES):
             spec = ScheduleSpec(kind="interval", interval_s=INTERVAL_S, start_at=start, end_at=end)
             data = schedule_definition(ScheduleInput(spec=spec))
-            schedule = commands.create_schedule(session, automation_id, data, actor=ADMIN)
+            schedule = stored_schedules.create_schedule(session, automation_id, data, actor=ADMIN)
             specs.append((schedule.id, data.timing))
     return specs
 

@@ -23,13 +23,13 @@ import pytest
 from sqlalchemy import func, select
 
 from core.errors import InvalidState
-from db import commands
+from db import executions as stored_executions
 from db.models import Execution, Schedule, StepRun
 from db.runs import LOST_STEP_ERROR, RunMessage
 from db.session import db_now, session_scope
+from service.executions import cancel
 from stepwise.demo_agent import Call, Reply
 from tasks import periodic
-from tasks.actions import cancel
 from tasks.send import send_run
 from testkit.factories import (
     ADMIN,
@@ -287,7 +287,9 @@ def test_load_1000_executions_through_two_worker_processes(procs: Any, agent: An
     automation_id = make_automation(agent_url=agent.url, steps=2, step_timeout_s=30)
     with session_scope() as session:
         ids = [
-            commands.create_manual_execution(session, automation_id, actor=person("load")).id
+            stored_executions.create_manual_execution(
+                session, automation_id, actor=person("load")
+            ).id
             for _ in range(LOAD)
         ]
     for n in (1, 2):

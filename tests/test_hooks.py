@@ -18,9 +18,10 @@ from sqlalchemy import select, text, update
 from core.limits import MAX_INPUT_BYTES, SIGNATURE_TOLERANCE_S
 from core.secrets import signature_header
 from core.vocabulary import Role
-from db import commands
+from db.keys import reseal_secrets
 from db.models import Execution, HookTrigger, Workspace
 from db.session import session_scope
+from service import automations
 from testkit.api import ApiProcess, bearer, make_token, writes
 from testkit.factories import ADMIN, make_automation, make_workspace
 from testkit.waiting import wait_for
@@ -228,7 +229,7 @@ def test_the_secret_is_sealed_shown_once_and_rotation_stops_the_old_one(
     assert (old.status_code, new.status_code) == (401, 202)
     # and reseal (key rotation) keeps it working
     with session_scope() as session:
-        assert commands.reseal_secrets(session) >= 2
+        assert reseal_secrets(session) >= 2
     assert (
         post(client, hook["url"], b"{}", {"Stepwise-Hook-Secret": rotated["secret"]}).status_code
         == 202
@@ -284,8 +285,8 @@ def test_a_webhook_actor_may_only_start_runs(client: TestClient, admin: dict[str
     with session_scope() as session:
         hook_id = session.scalar(select(HookTrigger.id))
     actor = Actor(name="webhook", workspace_id=ADMIN.workspace_id, role=Role.ADMIN, hook_id=hook_id)
-    with pytest.raises(Forbidden), session_scope() as session:
-        commands.delete_automation(session, automation_id, actor=actor)
+    with pytest.raises(Forbidden):
+        automations.delete(automation_id, actor=actor)
     assert hook["id"] == str(hook_id)
 
 

@@ -21,14 +21,14 @@ from sqlalchemy import select, update
 from core.schedule import ScheduleInput
 from core.timing import ScheduleSpec, parse_timing, slots_between, spec_of
 from core.vocabulary import ExecutionStatus, StepStatus
-from db import commands
+from db import automations, schedules
 from db.claims import claim_execution
 from db.models import Execution, Schedule, StepRun
 from db.runs import CANCELLED_STEP_ERROR, RunMessage, start_step
 from db.session import session_scope
+from service.executions import cancel
 from stepwise.demo_agent import Call, Reply
 from tasks import periodic, queues
-from tasks.actions import cancel
 from tasks.send import send_run
 from testkit.factories import (
     ADMIN,
@@ -89,7 +89,10 @@ def _sleep_until(instant: datetime) -> None:
 
 def _pause(schedule_id: uuid.UUID, enabled: bool) -> None:
     with session_scope() as session:
-        commands.set_schedule_enabled(session, schedule_id, enabled, actor=ADMIN)
+        if enabled:
+            schedules.resume_schedule(session, schedule_id, actor=ADMIN)
+        else:
+            schedules.pause_schedule(session, schedule_id, actor=ADMIN)
 
 
 def _assert_counters_match_rows(schedule_id: uuid.UUID) -> None:
@@ -147,7 +150,7 @@ def test_an_edit_keeps_the_slots_of_the_new_timing_and_drops_the_others(
         spec = ScheduleSpec(kind="interval", interval_s=interval_s)
         data = schedule_definition(ScheduleInput(spec=spec, misfire_policy=misfire))
         with session_scope() as session:
-            commands.update_schedule(session, schedule_id, data, actor=ADMIN)
+            schedules.update_schedule(session, schedule_id, data, actor=ADMIN)
         return periodic.dispatch_due(send_run)
 
     def open_slots() -> list[datetime]:
@@ -204,7 +207,7 @@ def test_deleting_an_automation_stops_its_runs_in_flight(worker: Any, agent: Any
     _stuck_mid_step(orphan)
     # when the automation is deleted
     with session_scope() as session:
-        commands.delete_automation(session, automation_id, actor=ADMIN)
+        automations.delete_automation(session, automation_id, actor=ADMIN)
     # and housekeeping then looks for stranded runs, while the live step's answer comes back
     deadline = time.monotonic() + 6
     while time.monotonic() < deadline:
@@ -232,7 +235,7 @@ def test_deleting_a_schedule_cancels_its_running_runs(db: None, redis_client: An
         assert start_step(session, claim, 1, {}, lease_s=5) is not None
     # when the schedule is deleted
     with session_scope() as session:
-        cancelled = commands.delete_schedule(session, schedule_id, actor=ADMIN)
+        cancelled = schedules.delete_schedule(session, schedule_id, actor=ADMIN).cancelled
     # then every run it had is cancelled, the running one too, its step closed
     with session_scope() as session:
         rows = session.scalars(select(Execution).where(Execution.automation_id == automation_id))

@@ -19,9 +19,8 @@ import pytest
 
 from core.errors import Forbidden
 from core.vocabulary import Role
-from db import commands
 from db.session import session_scope
-from service import workspaces
+from service import automations, executions, workspaces
 from stepwise.embedded import free_port
 from testkit.browser import SHOTS, TALL, settle, window
 from testkit.factories import (
@@ -183,9 +182,9 @@ def test_a_viewer_sees_no_write_controls_and_a_forged_write_is_refused(
     # and a write forged past the page, in his name, is refused by the server, writing nothing
     before = table_snapshot()
     for forged in (
-        lambda s: commands.create_manual_execution(s, automation_id, actor=viewer),
-        lambda s: commands.retry_execution(s, failed, actor=viewer),
-        lambda s: commands.delete_automation(s, automation_id, actor=viewer),
+        lambda s: executions.run_now(automation_id, actor=viewer),
+        lambda s: executions.retry(failed, actor=viewer),
+        lambda s: automations.delete(automation_id, actor=viewer),
         lambda s: workspaces.set_member("bob@example.com", Role.ADMIN, actor=viewer),
     ):
         with pytest.raises(Forbidden, match="a viewer may not"), session_scope() as session:

@@ -267,10 +267,10 @@ def test_automation_lists_skip_archived() -> None:
     keep = make_automation(name="Keep")
     gone = make_automation(name="Gone")
     make_schedule(keep)
-    from db import commands
+    from db import automations
 
     with session_scope() as session:
-        commands.delete_automation(session, gone, actor=ADMIN)
+        automations.delete_automation(session, gone, actor=ADMIN)
     with session_scope() as session:
         rows = queries.list_automations(session, actor=ADMIN)
         names = queries.automation_names(session, actor=ADMIN)

@@ -48,8 +48,8 @@ from core.settings import get_settings
 from core.text import UNSTORABLE
 from core.vocabulary import MisfirePolicy, OverlapPolicy, ScheduleKind, one_of
 from dashboard import forms
-from db import commands
 from db.session import session_scope
+from service import automations, schedules
 from stepwise import defs
 from testkit.api import make_token, writes
 from testkit.factories import (
@@ -124,8 +124,7 @@ class Dashboard:
         )
 
         def save() -> None:
-            with session_scope() as session:
-                commands.create_automation(session, forms.automation_input(form), actor=ADMIN)
+            automations.create(forms.automation_input(form), actor=ADMIN)
 
         return _refused(save)
 
@@ -138,8 +137,7 @@ class Dashboard:
 
     def pause(self, schedule_id: uuid.UUID, note: str) -> Refusal:
         def pause() -> None:
-            with session_scope() as session:
-                commands.set_schedule_enabled(session, schedule_id, False, note=note, actor=ADMIN)
+            schedules.pause(schedule_id, actor=ADMIN, note=note)
 
         return _refused(pause)
 

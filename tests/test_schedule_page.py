@@ -12,9 +12,10 @@ import pytest
 import time_machine
 
 from core.vocabulary import Role, Trigger
-from db import commands, queries
+from db import queries
 from db.queries import ExecutionFilters
 from db.session import session_scope
+from service import schedules
 from testkit.factories import (
     ADMIN,
     add_runs,
@@ -152,8 +153,7 @@ def test_another_workspaces_schedule_is_not_found() -> None:
 
 def test_a_viewer_sees_the_schedule_without_any_write_control() -> None:
     schedule_id = make_schedule(make_automation(name="Viewed"))
-    with session_scope() as session:
-        commands.set_schedule_enabled(session, schedule_id, False, actor=ADMIN, note="on hold")
+    schedules.pause(schedule_id, actor=ADMIN, note="on hold")
     viewer = person("vera@example.com", role=Role.VIEWER)
     at = schedule_page(schedule_id, acting=viewer)
     assert "Viewed" in texts(at, bold=False) and "on hold" in texts(at, bold=False)
@@ -162,13 +162,12 @@ def test_a_viewer_sees_the_schedule_without_any_write_control() -> None:
 
 def test_forged_writes_of_a_viewer_are_refused() -> None:
     from core.errors import Forbidden
-    from db import backfill
 
     schedule_id = make_schedule(make_automation())
     viewer: Any = person("vera@example.com", role=Role.VIEWER)
     end = now()
-    with pytest.raises(Forbidden), session_scope() as session:
-        commands.set_schedule_enabled(session, schedule_id, False, actor=viewer, note="x")
-    with pytest.raises(Forbidden), session_scope() as session:
-        backfill.backfill(session, schedule_id, end - timedelta(hours=1), end, actor=viewer)
+    with pytest.raises(Forbidden):
+        schedules.pause(schedule_id, actor=viewer, note="x")
+    with pytest.raises(Forbidden):
+        schedules.backfill(schedule_id, end - timedelta(hours=1), end, actor=viewer)
     assert schedule(schedule_id).enabled and executions_of(schedule_id) == []

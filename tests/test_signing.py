@@ -25,11 +25,13 @@ from sqlalchemy import select
 from core.errors import ValidationFailed
 from core.secrets import SecretBox, SecretUnreadable, new_key, signature_header
 from core.settings import get_settings
-from db import commands
+from db import automations
+from db.keys import reseal_secrets
 from db.models import Automation
 from db.runs import RunMessage
 from db.secrets import set_secret
 from db.session import session_scope
+from service.automations import rotate_signing_secret
 from stepwise.demo_agent import AgentServer, verify_signature
 from tasks.send import send_run
 from testkit.factories import (
@@ -85,7 +87,7 @@ def test_sealed_values_open_with_any_key_and_reseal_with_the_first() -> None:
 
 def _secret(automation_id: Any) -> str:
     with session_scope() as session:
-        secret = commands.signing_secret(session, automation_id, actor=ADMIN)
+        secret = automations.signing_secret(session, automation_id, actor=ADMIN)
     assert secret is not None and secret.startswith("whsec_")
     return secret
 
@@ -131,8 +133,7 @@ def test_a_new_signing_secret_takes_over_at_once(worker: Any, verifying_agent: A
     automation_id = make_automation(agent_url=verifying_agent.url, steps=1, max_retries=0)
     verifying_agent.signing_secret = _secret(automation_id)
     # when the secret is rotated
-    with session_scope() as session:
-        commands.rotate_signing_secret(session, automation_id, actor=ADMIN)
+    rotate_signing_secret(automation_id, actor=ADMIN)
     # then calls are signed with the new one: the old secret no longer verifies them
     execution_id = make_execution(automation_id)
     send_run(RunMessage(execution_id, 0))
@@ -187,7 +188,7 @@ def test_reseal_moves_every_secret_to_a_new_first_key(
     get_settings.cache_clear()
     try:
         with session_scope() as session:
-            assert commands.reseal_secrets(session) >= 1
+            assert reseal_secrets(session) >= 1
         # then the old key can go: the secret opens with the new key alone
         monkeypatch.setenv("STEPWISE_SECRET_KEYS", os.environ["STEPWISE_SECRET_KEYS"].split(",")[0])
         get_settings.cache_clear()
@@ -268,5 +269,7 @@ def test_headers_that_would_leak_a_credential_or_break_the_call_are_refused(
     db: None, headers: tuple[tuple[str, str], ...], message: str
 ) -> None:
     with pytest.raises(ValidationFailed) as refused, session_scope() as session:
-        commands.create_automation(session, automation_input(request_headers=headers), actor=ADMIN)
+        automations.create_automation(
+            session, automation_input(request_headers=headers), actor=ADMIN
+        )
     assert message in (refused.value.for_field("request_headers") or "")

@@ -27,14 +27,17 @@ from core.secrets import SecretUnreadable
 from core.settings import get_settings
 from core.timing import ScheduleSpec
 from core.vocabulary import AuditAction, Role
-from db import commands, figures, queries, secrets, workspaces
+from db import automations as stored_automations
+from db import executions as stored_executions
+from db import figures, queries, secrets, workspaces
+from db import schedules as stored_schedules
 from db.audit import AuditFilters, list_audit
 from db.claims import claim_execution
 from db.dispatch import DispatchConfig, dispatch_batch
 from db.models import Execution, Membership, WorkspaceSecret
 from db.queries import ExecutionFilters
 from db.session import session_scope
-from service import exports
+from service import admin, automations, executions, exports, schedules
 from service import secrets as secret_service
 from service import workspaces as workspace_service
 from testkit.factories import (
@@ -165,11 +168,11 @@ def test_an_actor_naming_a_workspace_it_is_not_in_reads_nothing(theirs: Team) ->
             read(session)
     # and so does every write
     _refused(
-        lambda s: commands.create_automation(s, automation_input(), actor=forged),
+        lambda s: automations.create(automation_input(), actor=forged),
         Forbidden,
         "not a member",
     )
-    _refused(lambda s: commands.cancel_execution(s, theirs.queued, actor=forged), Forbidden)
+    _refused(lambda s: executions.cancel(theirs.queued, actor=forged), Forbidden)
 
 
 # --- writes ------------------------------------------------------------------------
@@ -180,26 +183,25 @@ def test_no_command_reaches_another_workspace(ours: Team, theirs: Team) -> None:
     a = ADMIN
     good = schedule_definition(ScheduleInput(spec=ScheduleSpec(kind="cron", cron_expr="* * * * *")))
     for write in (
-        lambda s: commands.get_automation(s, theirs.automation, actor=a),
-        lambda s: commands.update_automation(s, theirs.automation, automation_input(), actor=a),
-        lambda s: commands.delete_automation(s, theirs.automation, actor=a),
-        lambda s: commands.rotate_signing_secret(s, theirs.automation, actor=a),
-        lambda s: commands.signing_secret(s, theirs.automation, actor=a),
-        lambda s: commands.create_schedule(s, theirs.automation, good, actor=a),
-        lambda s: commands.get_schedule(s, theirs.schedule, actor=a),
-        lambda s: commands.update_schedule(s, theirs.schedule, good, actor=a),
-        lambda s: commands.set_schedule_enabled(s, theirs.schedule, False, actor=a),
-        lambda s: commands.delete_schedule(s, theirs.schedule, actor=a),
-        lambda s: commands.create_manual_execution(s, theirs.automation, actor=a),
-        lambda s: commands.get_execution(s, theirs.queued, actor=a),
-        lambda s: commands.cancel_execution(s, theirs.queued, actor=a),
-        lambda s: commands.retry_execution(s, theirs.failed, actor=a),
+        lambda s: stored_automations.get_automation(s, theirs.automation, actor=a),
+        lambda s: automations.update(theirs.automation, automation_input(), actor=a),
+        lambda s: automations.delete(theirs.automation, actor=a),
+        lambda s: automations.rotate_signing_secret(theirs.automation, actor=a),
+        lambda s: automations.signing_secret(theirs.automation, actor=a),
+        lambda s: schedules.create(theirs.automation, good, actor=a),
+        lambda s: stored_schedules.get_schedule(s, theirs.schedule, actor=a),
+        lambda s: schedules.update(theirs.schedule, good, actor=a),
+        lambda s: schedules.pause(theirs.schedule, actor=a),
+        lambda s: schedules.delete(theirs.schedule, actor=a),
+        lambda s: executions.run_now(theirs.automation, actor=a),
+        lambda s: stored_executions.get_execution(s, theirs.queued, actor=a),
+        lambda s: executions.cancel(theirs.queued, actor=a),
+        lambda s: executions.retry(theirs.failed, actor=a),
     ):
         # then it is refused and nothing is written
         _refused(write, NotFound, "does not exist")
     # while the same commands work on our own
-    with session_scope() as session:
-        commands.cancel_execution(session, ours.queued, actor=a)
+    executions.cancel(ours.queued, actor=a)
 
 
 @pytest.mark.parametrize("role", [Role.VIEWER])
@@ -208,18 +210,18 @@ def test_a_viewers_forged_write_is_refused_and_writes_nothing(ours: Team, role: 
     viewer = person("vera@example.com", role)
     good = schedule_definition(ScheduleInput(spec=ScheduleSpec(kind="cron", cron_expr="* * * * *")))
     for write in (
-        lambda s: commands.create_automation(s, automation_input(), actor=viewer),
-        lambda s: commands.update_automation(s, ours.automation, automation_input(), actor=viewer),
-        lambda s: commands.delete_automation(s, ours.automation, actor=viewer),
-        lambda s: commands.rotate_signing_secret(s, ours.automation, actor=viewer),
-        lambda s: commands.signing_secret(s, ours.automation, actor=viewer),
-        lambda s: commands.create_schedule(s, ours.automation, good, actor=viewer),
-        lambda s: commands.update_schedule(s, ours.schedule, good, actor=viewer),
-        lambda s: commands.set_schedule_enabled(s, ours.schedule, False, actor=viewer),
-        lambda s: commands.delete_schedule(s, ours.schedule, actor=viewer),
-        lambda s: commands.create_manual_execution(s, ours.automation, actor=viewer),
-        lambda s: commands.cancel_execution(s, ours.queued, actor=viewer),
-        lambda s: commands.retry_execution(s, ours.failed, actor=viewer),
+        lambda s: automations.create(automation_input(), actor=viewer),
+        lambda s: automations.update(ours.automation, automation_input(), actor=viewer),
+        lambda s: automations.delete(ours.automation, actor=viewer),
+        lambda s: automations.rotate_signing_secret(ours.automation, actor=viewer),
+        lambda s: automations.signing_secret(ours.automation, actor=viewer),
+        lambda s: schedules.create(ours.automation, good, actor=viewer),
+        lambda s: schedules.update(ours.schedule, good, actor=viewer),
+        lambda s: schedules.pause(ours.schedule, actor=viewer),
+        lambda s: schedules.delete(ours.schedule, actor=viewer),
+        lambda s: executions.run_now(ours.automation, actor=viewer),
+        lambda s: executions.cancel(ours.queued, actor=viewer),
+        lambda s: executions.retry(ours.failed, actor=viewer),
         lambda s: workspace_service.set_member("vera@example.com", Role.ADMIN, actor=viewer),
         lambda s: workspace_service.remove_member("test", actor=viewer),
         lambda s: workspace_service.create_workspace("Mine now", actor=viewer),
@@ -230,18 +232,15 @@ def test_a_viewers_forged_write_is_refused_and_writes_nothing(ours: Team, role: 
         _refused(write, Forbidden, "a viewer may not")
     # and the role claimed in the Actor does not matter: it is read from the membership
     claims_admin = Actor(name=viewer.name, workspace_id=viewer.workspace_id, role=Role.ADMIN)
-    _refused(
-        lambda s: commands.delete_automation(s, ours.automation, actor=claims_admin), Forbidden
-    )
+    _refused(lambda s: automations.delete(ours.automation, actor=claims_admin), Forbidden)
     # while reading is what a viewer does
     assert [r.name for r in _read(queries.list_automations, actor=viewer)] == ["Ours"]
 
 
 def test_an_editor_edits_and_runs_but_manages_nothing(ours: Team) -> None:
     editor = person("ed@example.com", Role.EDITOR)
-    with session_scope() as session:
-        commands.create_manual_execution(session, ours.automation, actor=editor)
-        commands.set_schedule_enabled(session, ours.schedule, False, actor=editor)
+    executions.run_now(ours.automation, actor=editor)
+    schedules.pause(ours.schedule, actor=editor)
     _refused(
         lambda s: workspace_service.set_member("x@example.com", "viewer", actor=editor), Forbidden
     )
@@ -257,9 +256,7 @@ def test_a_removed_member_loses_access_at_their_next_call(ours: Team) -> None:
     # then the Actor they still hold grants nothing
     with pytest.raises(Forbidden, match="not a member"), session_scope() as session:
         queries.count_executions(session, ExecutionFilters(), actor=editor)
-    _refused(
-        lambda s: commands.create_manual_execution(s, ours.automation, actor=editor), Forbidden
-    )
+    _refused(lambda s: executions.run_now(ours.automation, actor=editor), Forbidden)
 
 
 # --- members ---------------------------------------------------------------------------
@@ -360,17 +357,17 @@ def test_quotas_refuse_at_create_time_with_a_clear_error(ours: Team) -> None:
     good = schedule_definition(ScheduleInput(spec=ScheduleSpec(kind="cron", cron_expr="* * * * *")))
     # then one more of each is refused and nothing is written
     _refused(
-        lambda s: commands.create_automation(s, automation_input(), actor=ADMIN),
+        lambda s: automations.create(automation_input(), actor=ADMIN),
         QuotaExceeded,
         "quota of 1 automations",
     )
     _refused(
-        lambda s: commands.create_schedule(s, ours.automation, good, actor=ADMIN),
+        lambda s: schedules.create(ours.automation, good, actor=ADMIN),
         QuotaExceeded,
         "quota of 1 schedules",
     )
     _refused(
-        lambda s: commands.create_manual_execution(s, ours.automation, actor=ADMIN),
+        lambda s: executions.run_now(ours.automation, actor=ADMIN),
         QuotaExceeded,
         "2 runs per minute",
     )
@@ -418,8 +415,7 @@ def test_secrets_are_sealed_write_only_and_audited_by_name(theirs: Team) -> None
 
 def test_reseal_covers_workspace_secrets() -> None:
     secret_service.set_secret("TOKEN", "v", actor=ADMIN)
-    with session_scope() as session:
-        assert commands.reseal_secrets(session) == 1
+    assert admin.reseal() == 1
     assert _read(secrets.resolve_headers, DEFAULT_WORKSPACE_ID, {"A": "{{ secret.TOKEN }}"}) == {
         "A": "v"
     }
@@ -434,7 +430,7 @@ def test_workers_act_for_the_runs_workspace(theirs: Team) -> None:
         theirs.automation, actor=theirs.admin, kind="interval", interval_s=60
     )
     with session_scope() as session:
-        start = commands.get_schedule(session, schedule_id, actor=theirs.admin).next_run_at
+        start = stored_schedules.get_schedule(session, schedule_id, actor=theirs.admin).next_run_at
     config = DispatchConfig(horizon_s=90, grace_s=60, batch=100)
     with session_scope() as session:
         message, *_ = dispatch_batch(session, now=start, config=config)[0]
@@ -453,7 +449,7 @@ def test_workers_act_for_the_runs_workspace(theirs: Team) -> None:
 def test_queue_actions_are_admin_only_scoped_and_audited(
     ours: Team, theirs: Team, redis_client: Any
 ) -> None:
-    from tasks import actions
+    from service import queues as workspace_queues
     from tasks.actors import dispatch, run_execution
 
     def bury(message_id: str, message: Any) -> None:
@@ -466,9 +462,9 @@ def test_queue_actions_are_admin_only_scoped_and_audited(
     bury("theirs", run_execution.message(str(theirs.failed)))
     bury("tick", dispatch.message())
     # then each admin sees their own run's and the tick, never the other's
-    seen = {m.message_id for m in actions.dead_letters("default", actor=ADMIN)}
+    seen = {m.message_id for m in workspace_queues.dead_letters("default", actor=ADMIN)}
     assert seen == {"ours", "tick"}
-    assert {m.message_id for m in actions.dead_letters("default", actor=theirs.admin)} == {
+    assert {m.message_id for m in workspace_queues.dead_letters("default", actor=theirs.admin)} == {
         "theirs",
         "tick",
     }
@@ -476,16 +472,16 @@ def test_queue_actions_are_admin_only_scoped_and_audited(
     for role in (Role.VIEWER, Role.EDITOR):
         member = person(f"{role}@example.com", role)
         with pytest.raises(Forbidden, match="may not retry or purge"):
-            actions.retry_dead_letter("default", "ours", actor=member)
+            workspace_queues.retry_dead_letter("default", "ours", actor=member)
         with pytest.raises(Forbidden, match="may not retry or purge"):
-            actions.purge_dead_letters("default", actor=member)
+            workspace_queues.purge_dead_letters("default", actor=member)
     # when our admin tries their letter, by its id: nothing happens
-    assert not actions.retry_dead_letter("default", "theirs", actor=ADMIN)
+    assert not workspace_queues.retry_dead_letter("default", "theirs", actor=ADMIN)
     # when our admin retries ours: our run is re-opened and sent
-    assert actions.retry_dead_letter("default", "ours", actor=ADMIN)
-    assert _read(commands.get_execution, ours.failed, actor=ADMIN).status == "queued"
+    assert workspace_queues.retry_dead_letter("default", "ours", actor=ADMIN)
+    assert _read(stored_executions.get_execution, ours.failed, actor=ADMIN).status == "queued"
     # when our admin purges: the tick goes, their letter stays
-    assert actions.purge_dead_letters("default", actor=ADMIN) == 1
+    assert workspace_queues.purge_dead_letters("default", actor=ADMIN) == 1
     assert redis_client.zrange("dramatiq:default.XQ", 0, -1) == [b"theirs"]
     # then both actions are in our audit, with the actor, and nothing in theirs
     rows = _read(list_audit, AuditFilters(), actor=ADMIN)

@@ -25,9 +25,10 @@ from core.settings import get_settings
 from core.vocabulary import OPEN_STATUSES, Permission
 from dashboard import forms, notifications, ui
 from dashboard.webhook import webhook_section
-from db import commands, queries
+from db import queries
 from db.queries import ExecutionFilters
-from tasks import actions
+from service import automations as automation_service
+from service import executions
 
 NEW = "new"
 SECRET_ONCE = "auto_secret_once"  # a signing secret to show on the next run of the page, once
@@ -289,15 +290,15 @@ cols = st.columns(4)
 if cols[0].button("Save", icon=":material/save:", type="primary", key=k + "save", width="stretch"):
     try:
         if current is None:
-            created = ui.write(commands.create_automation, form_input(), actor=ui.actor())
-            created_name = ui.text(created.name)
+            created = ui.write(automation_service.create, form_input(), actor=ui.actor())
+            created_name = ui.text(created.automation.name)
             st.session_state["flash"] = f"Automation “{created_name}” created. Schedule it next."
-            st.session_state["auto_pending_select"] = str(created.id)
-            st.session_state[SECRET_ONCE] = ui.read(commands.signing_secret, created.id)
+            st.session_state["auto_pending_select"] = str(created.automation.id)
+            st.session_state[SECRET_ONCE] = created.signing_secret
             for key in [key for key in st.session_state if str(key).startswith(k)]:
                 del st.session_state[key]  # a fresh "new" form next time
         else:
-            ui.write(commands.update_automation, current.id, form_input(), actor=ui.actor())
+            ui.write(automation_service.update, current.id, form_input(), actor=ui.actor())
             st.session_state["flash"] = "Automation saved."
         st.session_state.pop(k + "errors", None)
     except ValidationFailed as exc:
@@ -312,7 +313,7 @@ if current is not None:
     if cols[1].button("Test run", icon=":material/science:", key=k + "test", width="stretch"):
         try:
             run_input = parse_run_input(st.session_state.get(k + "run_input"))
-            started = actions.run_now(current.id, actor=ui.actor(), run_input=run_input)
+            started = executions.run_now(current.id, actor=ui.actor(), run_input=run_input)
             st.session_state["auto_test_run"] = str(started)
         except ValidationFailed as exc:
             st.error(ui.text(f"Test run input: {exc.for_field('input')}"))
@@ -321,8 +322,8 @@ if current is not None:
     if cols[3].button(
         "New signing secret", icon=":material/key:", key=k + "rotate", width="stretch"
     ):
-        ui.write(commands.rotate_signing_secret, current.id, actor=ui.actor())
-        st.session_state[SECRET_ONCE] = ui.read(commands.signing_secret, current.id)
+        secret = ui.write(automation_service.rotate_signing_secret, current.id, actor=ui.actor())
+        st.session_state[SECRET_ONCE] = secret
         st.session_state["flash"] = "New signing secret: calls are signed with it from now on."
         st.rerun()
     if cols[2].button("Delete", icon=":material/delete:", key=k + "delete", width="stretch"):
@@ -339,7 +340,7 @@ if current is not None:
         )
         yes, no = st.columns(2)
         if yes.button("Yes, delete it", type="primary", key=k + "delete_yes"):
-            cancelled = ui.write(commands.delete_automation, current.id, actor=ui.actor())
+            cancelled = ui.write(automation_service.delete, current.id, actor=ui.actor())
             st.session_state.pop("auto_confirm_delete", None)
             st.session_state["flash"] = f"Automation deleted; {cancelled} open run(s) cancelled."
             st.session_state["auto_pending_select"] = NEW

@@ -17,7 +17,7 @@ from dashboard import grid, ui
 from dashboard.filters import history_filters, selection
 from dashboard.runs_table import runs_table
 from db import figures, queries
-from tasks import actions
+from service import executions
 
 PAGE_SIZES = (25, 50, 100)
 
@@ -35,7 +35,7 @@ filters = history_filters("ex")
 
 def bulk_retry(filters: queries.ExecutionFilters) -> None:
     """ "Retry the failed runs of this filter": the count first, then one confirmation."""
-    failed = actions.failed_of(filters)
+    failed = executions.failed_of(filters)
     count = 0 if failed is None else ui.read(queries.count_executions, failed)
     if not count:
         return
@@ -57,7 +57,7 @@ def bulk_retry(filters: queries.ExecutionFilters) -> None:
     yes = no = st.container(horizontal=True)
     if yes.button(f"Yes, retry {retried}", type="primary", key="ex_bulk_yes"):
         try:
-            queued = actions.retry_failed(filters, actor=ui.actor())
+            queued = executions.retry_failed(filters, actor=ui.actor())
         except StepwiseError as exc:
             st.error(ui.text(exc))
             return

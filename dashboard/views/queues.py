@@ -11,7 +11,8 @@ from core.errors import StepwiseError
 from core.vocabulary import Permission
 from dashboard import ui
 from db import queries
-from tasks import actions, queues
+from service import queues as workspace_queues
+from tasks import queues
 from tasks.broker import QUEUES
 from tasks.workers import WorkerInfo
 
@@ -29,7 +30,7 @@ if flash := st.session_state.pop("flash", None):
 def live() -> None:
     try:
         stats = queues.all_queue_stats()
-        workers = actions.worker_processes(actor=ui.actor())
+        workers = workspace_queues.worker_processes(actor=ui.actor())
     except Exception as exc:  # Redis down is worth a clear message, not a traceback
         st.error(f"Redis is unreachable ({type(exc).__name__}): workers cannot get work.")
         return
@@ -96,7 +97,7 @@ live()
 st.subheader("Dead letters")
 queue = st.selectbox("Queue", QUEUES, key="q_queue")
 try:
-    letters = actions.dead_letters(queue, actor=ui.actor())
+    letters = workspace_queues.dead_letters(queue, actor=ui.actor())
 except Exception as exc:
     st.error(f"Redis is unreachable ({type(exc).__name__}).")
     st.stop()
@@ -163,7 +164,7 @@ chosen = st.selectbox(
 a, b, _ = st.columns([1, 1, 3])
 if a.button("Retry message", icon=":material/replay:", key="q_retry", width="stretch"):
     try:
-        sent = actions.retry_dead_letter(queue, chosen, actor=ui.actor())
+        sent = workspace_queues.retry_dead_letter(queue, chosen, actor=ui.actor())
     except StepwiseError as exc:
         st.error(ui.text(exc))
         st.stop()
@@ -178,7 +179,7 @@ if st.session_state.get("q_confirm_purge") == queue:
     yes, no = st.columns(2)
     if yes.button("Yes, purge", type="primary", key="q_purge_yes"):
         try:
-            purged = actions.purge_dead_letters(queue, actor=ui.actor())
+            purged = workspace_queues.purge_dead_letters(queue, actor=ui.actor())
         except StepwiseError as exc:
             st.error(ui.text(exc))
             st.stop()

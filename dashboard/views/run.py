@@ -18,7 +18,7 @@ from core.errors import StepwiseError
 from core.vocabulary import OPEN_STATUSES, ExecutionStatus, Permission
 from dashboard import ui, waterfall
 from db import queries
-from tasks import actions
+from service import executions
 
 LIVE_EVERY_S = 2
 RETRYABLE = (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED)  # what "Retry" re-opens
@@ -94,13 +94,13 @@ def actions_row(run: queries.ExecutionRow) -> None:
         if run.status in RETRYABLE and row.button(
             "Retry", icon=":material/replay:", key="run_retry"
         ):
-            actions.retry(run.id, actor=ui.actor())
+            executions.retry(run.id, actor=ui.actor())
             st.session_state["run_flash"] = "Retry queued: it resumes at the step that failed."
             st.rerun()
         if run.status in OPEN_STATUSES and row.button(
             "Cancel", icon=":material/cancel:", key="run_cancel"
         ):
-            actions.cancel(run.id, actor=ui.actor())
+            executions.cancel(run.id, actor=ui.actor())
             st.session_state["run_flash"] = "Cancelled (a running step finishes first)."
             st.rerun()
     except StepwiseError as exc:

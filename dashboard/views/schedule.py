@@ -15,11 +15,11 @@ from core.timing import parse_timing, spec_of
 from core.vocabulary import Permission, ScheduleState
 from dashboard import backfill_form, ui
 from dashboard.runs_table import runs_table
-from dashboard.schedule_dialog import STATE, next_runs, notify_scheduler, open_dialog
+from dashboard.schedule_dialog import STATE, next_runs, open_dialog
 from dashboard.schedule_dialog import schedule_dialog as edit_dialog
-from db import commands, queries
+from db import queries
 from db.queries import ExecutionFilters
-from tasks import actions
+from service import executions, schedules
 
 RECENT = 20
 
@@ -123,16 +123,15 @@ def actions_row(row: queries.ScheduleRow) -> None:
         if row.enabled and editor:
             if buttons.button("Pause", icon=":material/pause:", key="sp_pause"):
                 note = st.session_state.get("sp_note")
-                ui.write(commands.set_schedule_enabled, row.id, False, actor=ui.actor(), note=note)
+                ui.write(schedules.pause, row.id, actor=ui.actor(), note=note)
                 st.session_state["sp_flash"] = "Schedule paused; future runs were withdrawn."
                 st.rerun()
         elif editor and buttons.button("Resume", icon=":material/play_arrow:", key="sp_resume"):
-            ui.write(commands.set_schedule_enabled, row.id, True, actor=ui.actor())
-            notify_scheduler()
+            ui.write(schedules.resume, row.id, actor=ui.actor())
             st.session_state["sp_flash"] = "Schedule resumed from its next slot."
             st.rerun()
         if runner and buttons.button("Run now", icon=":material/play_circle:", key="sp_run"):
-            started = actions.run_now(row.automation_id, actor=ui.actor(), run_input=row.input)
+            started = executions.run_now(row.automation_id, actor=ui.actor(), run_input=row.input)
             st.session_state["sp_started_run"] = str(started)
             st.rerun()
         if editor:

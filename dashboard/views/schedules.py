@@ -13,10 +13,10 @@ from core.errors import StepwiseError
 from core.limits import MAX_PAUSE_NOTE
 from core.vocabulary import OPEN_STATUSES, Permission, ScheduleState
 from dashboard import ui
-from dashboard.schedule_dialog import STATE, notify_scheduler, open_dialog, schedule_dialog
-from db import commands, queries
+from dashboard.schedule_dialog import STATE, open_dialog, schedule_dialog
+from db import queries
 from db.queries import ExecutionFilters
-from tasks import actions
+from service import executions, schedules
 
 st.title("Schedules")
 ui.scheduler_warning()
@@ -161,17 +161,16 @@ def bulk_actions(chosen: list[queries.ScheduleRow]) -> None:
         if editor and bar.button("Pause", icon=":material/pause:", key="sch_pause"):
             note = st.session_state.get("sch_note")
             for row in chosen:
-                ui.write(commands.set_schedule_enabled, row.id, False, actor=ui.actor(), note=note)
+                ui.write(schedules.pause, row.id, actor=ui.actor(), note=note)
             done = f"{len(chosen)} schedule(s) paused; runs of their future slots were withdrawn."
         if editor and bar.button("Resume", icon=":material/play_arrow:", key="sch_resume"):
             for row in chosen:
-                ui.write(commands.set_schedule_enabled, row.id, True, actor=ui.actor())
-            notify_scheduler()
+                ui.write(schedules.resume, row.id, actor=ui.actor())
             done = f"{len(chosen)} schedule(s) resumed from their next slot (no replay)."
         if runner and bar.button("Run now", icon=":material/play_circle:", key="sch_run"):
             for row in chosen:
                 st.session_state["started_run"] = str(
-                    actions.run_now(row.automation_id, actor=ui.actor(), run_input=row.input)
+                    executions.run_now(row.automation_id, actor=ui.actor(), run_input=row.input)
                 )
             done = f"{len(chosen)} run(s) started."
         if editor and bar.button("Delete", icon=":material/delete:", key="sch_delete"):
@@ -200,7 +199,7 @@ def confirm_delete(chosen: list[queries.ScheduleRow]) -> None:
     )
     yes = no = st.container(horizontal=True)
     if yes.button("Yes, delete", type="primary", key="sch_delete_yes"):
-        cancelled = sum(ui.write(commands.delete_schedule, r.id, actor=ui.actor()) for r in chosen)
+        cancelled = sum(ui.write(schedules.delete, r.id, actor=ui.actor()) for r in chosen)
         st.session_state.pop("sch_confirm_delete", None)
         st.session_state["flash"] = (
             f"{len(chosen)} schedule(s) deleted; {cancelled} open run(s) cancelled."

@@ -1,0 +1,46 @@
+"""Key rotation: every stored secret sealed again with the first of STEPWISE_SECRET_KEYS.
+
+The operator's work (`stepwise reseal`), across every workspace: nothing is read out in
+clear, each sealed value is only re-sealed. Functions take a session and never commit.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from core.settings import get_settings
+from db.models import Automation, HookTrigger, WorkspaceSecret
+
+
+def reseal_secrets(session: Session) -> int:
+    """Seal every stored secret with the first key; returns how many."""
+    box = get_settings().secret_box()
+    secrets = session.execute(
+        select(
+            WorkspaceSecret.workspace_id, WorkspaceSecret.name, WorkspaceSecret.sealed
+        ).with_for_update()
+    ).all()
+    for workspace_id, name, value in secrets:
+        session.execute(
+            update(WorkspaceSecret)
+            .where(WorkspaceSecret.workspace_id == workspace_id, WorkspaceSecret.name == name)
+            .values(sealed=box.reseal(value))
+        )
+    rows = session.execute(
+        select(Automation.id, Automation.signing_secret)
+        .where(Automation.signing_secret.is_not(None))
+        .with_for_update()
+    ).all()
+    for automation_id, sealed in rows:
+        session.execute(
+            update(Automation)
+            .where(Automation.id == automation_id)
+            .values(signing_secret=box.reseal(str(sealed)))
+        )
+    hooks = session.execute(select(HookTrigger.id, HookTrigger.secret).with_for_update()).all()
+    for hook_id, sealed in hooks:
+        session.execute(
+            update(HookTrigger).where(HookTrigger.id == hook_id).values(secret=box.reseal(sealed))
+        )
+    return len(rows) + len(secrets) + len(hooks)

@@ -276,15 +276,7 @@ class Pilot:
             if outcome.retry_after_s is not None:
                 delay_ms = max(delay_ms, int(outcome.retry_after_s * 1000))
             if await self._release(answer, claim, error, delay_ms / 1000):
-                await self._send(
-                    RunMessage.retry(
-                        claim.execution_id,
-                        max_retries=flight.max_retries,
-                        spent=flight.retries,
-                        delay_ms=delay_ms,
-                        urgent=claim.urgent,
-                    )
-                )
+                await self._send_retry(flight, delay_ms)
             return
         if not await self._end(claim, answer, ExecutionStatus.FAILED, error=error):
             return  # cancelled or taken over meanwhile: not this worker's failure to report
@@ -295,6 +287,19 @@ class Pilot:
             )
         )
 
+    async def _send_retry(self, flight: Flight, delay_ms: int) -> None:
+        """Send the released run's next try, `delay_ms` from now, one more retry spent."""
+        claim = flight.claim
+        await self._send(
+            RunMessage.retry(
+                claim.execution_id,
+                max_retries=flight.max_retries,
+                spent=flight.retries,
+                delay_ms=delay_ms,
+                urgent=claim.urgent,
+            )
+        )
+
     async def _interrupted(self, flight: Flight, answer: Answer | None, exc: Exception) -> None:
         claim = flight.claim
         error = f"interrupted: {type(exc).__name__}: {exc}"
@@ -302,15 +307,7 @@ class Pilot:
         try:
             released = await self._release(answer, claim, error, delay_ms / 1000)
             if released and flight.retries < flight.max_retries:
-                await self._send(
-                    RunMessage.retry(
-                        claim.execution_id,
-                        max_retries=flight.max_retries,
-                        spent=flight.retries,
-                        delay_ms=delay_ms,
-                        urgent=claim.urgent,
-                    )
-                )
+                await self._send_retry(flight, delay_ms)
         except Exception:  # the database may be the reason we are here
             log.exception(
                 "could not release execution %s; its lease will expire", claim.execution_id

@@ -3,6 +3,9 @@
 All times are `timestamptz` in UTC. The slot key `(schedule_id, scheduled_for)`
 is what makes "one execution per scheduled slot, ever" true no matter how many
 schedulers run.
+
+(Over 400 lines: every table in one module, so that the schema, its constraints'
+naming convention and the migrations' reference read in one place.)
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ shaped for an index of `db/models.py` so it stays fast at a million executions:
 history lists walk `ix_executions_workspace_recent` / `ix_executions_status_recent` /
 `ix_executions_automation_recent` with LIMIT, windows over finished runs walk
 `ix_executions_finished`, open runs use the partial `ix_executions_open`.
+
+(Over 400 lines: the pages' reads share their row types, filters and keyset paging;
+split by page they would import one another.)
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from core.access import Actor
@@ -97,9 +98,12 @@ def read(fn: Callable[..., T], *args: Any, actor: Actor | None = None, **kwargs:
     """`fn(session, *args, actor=actor, **kwargs)` in its own short read transaction
     (without `actor` for a read about the deployment, such as the scheduler's last tick).
 
-    The `db` read functions scope by the actor's workspace themselves; nothing is written.
+    The `db` read functions scope by the actor's workspace themselves. The transaction is
+    READ ONLY: a write reached through here (which would skip the role check and the
+    audit row of `unit_of_work`) fails in PostgreSQL instead of being made.
     """
     with session_scope() as session:
+        session.execute(text("SET TRANSACTION READ ONLY"))
         if actor is None:
             return fn(session, *args, **kwargs)
         return fn(session, *args, actor=actor, **kwargs)

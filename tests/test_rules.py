@@ -13,6 +13,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,7 @@ from core.settings import get_settings
 from core.text import UNSTORABLE
 from core.vocabulary import MisfirePolicy, OverlapPolicy, ScheduleKind, one_of
 from dashboard import forms
-from db.session import session_scope
-from service import automations, schedules
+from service import automations, definitions, schedules
 from stepwise import defs
 from testkit.api import make_token, writes
 from testkit.factories import (
@@ -183,8 +183,8 @@ class Apply:
     def _apply(self, automation: dict[str, Any]) -> Refusal:
         path = self.folder / f"{uuid.uuid4().hex}.yaml"
         path.write_text(yaml.safe_dump({"automations": [automation]}), encoding="utf-8")
-        with pytest.raises(defs.DefinitionError) as refused, session_scope() as session:
-            defs.apply(session, str(path), actor=ADMIN)
+        with pytest.raises(defs.DefinitionError) as refused:
+            definitions.apply(partial(defs.apply, path=str(path)), person=ADMIN.name)
         cause = refused.value.__cause__
         assert isinstance(cause, ValidationFailed), refused.value
         for error in cause.errors:  # the person running the command reads each one

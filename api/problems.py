@@ -32,7 +32,7 @@ from core.errors import (
 )
 
 PROBLEM_JSON = "application/problem+json"
-log = logging.getLogger("stepwise.api")
+log = logging.getLogger(__name__)
 
 
 class FieldProblem(BaseModel):

@@ -22,7 +22,7 @@ import redis
 
 from core.settings import get_settings
 
-log = logging.getLogger("stepwise.api")
+log = logging.getLogger(__name__)
 WINDOW_S = 60
 # KEYS[1]: the caller's counter prefix; ARGV[1]: the limit. Returns 0 (allowed) or the
 # seconds until the window ends.

@@ -81,7 +81,8 @@ def run_by_webhook(
     if actor is None:
         raise NotAuthenticated(
             f"send the webhook's secret as {SECRET_HEADER}, or sign the body "
-            f"({SIGNATURE_HEADER}: t=<unix seconds>,v1=<HMAC-SHA256 of t.body>)"
+            f"({SIGNATURE_HEADER}: t=<unix seconds>,v1=<HMAC-SHA256 of t.body>)",
+            webhook=True,
         )
     if admit is not None:
         admit(hook_id)

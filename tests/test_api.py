@@ -336,6 +336,7 @@ BY_ID = [
     ("post", "/v1/schedules/{schedule_id}/pause", None),
     ("post", "/v1/schedules/{schedule_id}/pause", {"note": "theirs"}),
     ("post", "/v1/schedules/{schedule_id}/resume", None),
+    ("post", "/v1/schedules/{schedule_id}/run", None),
     ("post", "/v1/schedules/{schedule_id}/trigger", None),
     ("post", "/v1/schedules/{schedule_id}/backfill", BACKFILL),
     ("post", "/v1/schedules/{schedule_id}/backfill/preview", BACKFILL),

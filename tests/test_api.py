@@ -331,6 +331,10 @@ BY_ID = [
     ("post", "/v1/automations/{automation_id}/hook", None),
     ("post", "/v1/automations/{automation_id}/hook/rotate", None),
     ("delete", "/v1/automations/{automation_id}/hook", None),
+    ("get", "/v1/automations/{automation_id}/webhook", None),
+    ("post", "/v1/automations/{automation_id}/webhook", None),
+    ("post", "/v1/automations/{automation_id}/webhook/rotate", None),
+    ("delete", "/v1/automations/{automation_id}/webhook", None),
     ("get", "/v1/schedules/{schedule_id}", None),
     ("put", "/v1/schedules/{schedule_id}", SCHEDULE),
     ("post", "/v1/schedules/{schedule_id}/pause", None),
@@ -358,8 +362,8 @@ WRITES = [
 ]
 # What a viewer may send with POST: nothing is saved by either.
 VIEWER_MAY = {"/v1/schedules/preview", "/v1/schedules/{schedule_id}/backfill/preview"}
-# Called by other systems with the webhook's secret, not a token (tests/test_hooks.py).
-NO_TOKEN = {"/v1/hooks/{hook_id}"}
+# Called by other systems with the webhook's secret, not a token (tests/test_webhooks.py).
+NO_TOKEN = {"/v1/hooks/{hook_id}", "/v1/webhooks/{webhook_id}"}
 
 
 def _ours(redis_client: Any) -> dict[str, str]:

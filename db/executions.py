@@ -20,7 +20,7 @@ from core.run_input import RunInput
 from core.vocabulary import ExecutionStatus, Permission, Trigger
 from db.automations import live_automation
 from db.models import Execution, Schedule
-from db.runs import RunMessage, cancel_runs
+from db.runs import RunMessage, cancel_executions
 from db.session import db_now
 from db.workspaces import authorize, quotas
 
@@ -99,7 +99,9 @@ def cancel_execution(session: Session, execution_id: uuid.UUID, *, actor: Actor)
     The step at the agent, if any, is closed now and its answer is not recorded.
     """
     execution = _execution(session, actor, execution_id)
-    cancelled = cancel_runs(session, Execution.id == execution_id, f"cancelled by {actor.name}")
+    cancelled = cancel_executions(
+        session, Execution.id == execution_id, f"cancelled by {actor.name}"
+    )
     session.refresh(execution)
     if not cancelled:
         raise InvalidState(

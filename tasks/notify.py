@@ -135,7 +135,7 @@ def tick_notify() -> int:
     settings = get_settings()
     with session_scope() as session:
         now = db_now(session)
-        opened = notices.evaluate_runs(session, now=now, settle_s=settings.notify_settle_s)
+        opened = notices.evaluate_executions(session, now=now, settle_s=settings.notify_settle_s)
         opened += notices.evaluate_schedules(session, now=now, within_days=settings.retention_days)
         notices.expire_stale_claims(session, now=now)
         notices.purge(session, now=now, older_than_days=settings.retention_days)

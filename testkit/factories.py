@@ -186,7 +186,7 @@ def now() -> datetime:
         return db_now(session)
 
 
-def add_runs(automation_id: uuid.UUID, rows: list[dict[str, Any]]) -> list[uuid.UUID]:
+def add_executions(automation_id: uuid.UUID, rows: list[dict[str, Any]]) -> list[uuid.UUID]:
     """Insert executions directly: history with chosen statuses and times."""
     base = now()
     with session_scope() as session:

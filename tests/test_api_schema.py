@@ -37,7 +37,7 @@ from testkit.api import bearer, make_token, writes
 from testkit.factories import (
     ADMIN,
     CHANNEL_URL,
-    add_runs,
+    add_executions,
     make_automation,
     make_schedule,
 )
@@ -104,7 +104,7 @@ def _objects(
     webhook's secret."""
     automation_id = make_automation()
     schedule_id = make_schedule(automation_id)
-    (run_id,) = add_runs(automation_id, [{"status": run}])
+    (run_id,) = add_executions(automation_id, [{"status": run}])
     channel = channels.add_channel(f"c-{uuid.uuid4()}", CHANNEL_URL, actor=ADMIN)
     made = webhooks.enable_webhook(automation_id, actor=ADMIN)
     if not webhook:

@@ -13,8 +13,8 @@ from core.settings import get_settings
 from db import queries, webhooks
 from db.models import Execution, Webhook
 from db.session import session_scope
-from testkit.factories import ADMIN, add_runs, make_automation, table_snapshot
-from testkit.pages import open_new_schedule, open_view, run_page, texts
+from testkit.factories import ADMIN, add_executions, make_automation, table_snapshot
+from testkit.pages import execution_page, open_new_schedule, open_view, texts
 from testkit.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("db", "redis_client")
@@ -90,7 +90,7 @@ def test_webhook_runs_are_a_trigger_of_the_history_and_their_input_is_shown_as_d
     # given a webhook run whose input holds markup, and a manual run
     hostile = {"note": "![x](http://127.0.0.1:1/x.png) <script>alert(1)</script> :red[boom]"}
     auto = make_automation(name="Hooked")
-    hooked, _manual = add_runs(auto, [{"trigger": "webhook", "input": hostile}, {}])
+    hooked, _manual = add_executions(auto, [{"trigger": "webhook", "input": hostile}, {}])
     # when the history is filtered by the webhook trigger (from a link)
     at = open_view("executions", query={"trigger": "webhook"})
     # then only the webhook run is listed, and the filter offers the trigger
@@ -99,7 +99,7 @@ def test_webhook_runs_are_a_trigger_of_the_history_and_their_input_is_shown_as_d
     assert list(at.dataframe[0].value["Id"]) == [str(hooked)]
     assert list(at.dataframe[0].value["Trigger"]) == ["webhook"]
     # and its run page shows the input as JSON data, never as Markdown
-    run = run_page(hooked)
+    run = execution_page(hooked)
     assert json.loads(run.get("json")[0].proto.body) == hostile
     assert "script" not in texts(run) and "boom" not in texts(run)
     assert "webhook" in texts(run)

@@ -27,7 +27,7 @@ from service import channels as channel_service
 from tasks import notify
 from testkit.factories import (
     ADMIN,
-    add_runs,
+    add_executions,
     make_automation,
     make_channel,
     make_schedule,
@@ -84,7 +84,7 @@ def runs(
 ) -> list[uuid.UUID]:
     """Finished runs of the automation, one a second in this order, after the rule was made."""
     start = start or later()
-    return add_runs(
+    return add_executions(
         automation_id,
         [
             {
@@ -102,7 +102,7 @@ def evaluate(at: datetime | None = None) -> int:
     """One evaluator pass as the minute tick makes it, at `at` (default: well after the runs)."""
     with session_scope() as session:
         now = at or db_now(session) + timedelta(minutes=5)
-        opened = notices.evaluate_runs(session, now=now, settle_s=5)
+        opened = notices.evaluate_executions(session, now=now, settle_s=5)
         opened += notices.evaluate_schedules(session, now=now, within_days=90)
     notify.send_pending()
     return opened
@@ -376,7 +376,7 @@ def test_a_claimed_delivery_is_never_sent_twice(db: None, hooks: Hooks) -> None:
     notify_on(automation_id, [make_channel("hook", hook_url(hooks))])
     runs(automation_id, "failed")
     with session_scope() as session:
-        notices.evaluate_runs(session, now=later(600), settle_s=5)
+        notices.evaluate_executions(session, now=later(600), settle_s=5)
     # when one evaluator claims the delivery and dies before recording the outcome
     with session_scope() as session:
         [claimed] = notices.claim_deliveries(session, limit=10)
@@ -394,7 +394,7 @@ def test_a_claim_takes_no_more_than_asked(db: None, hooks: Hooks) -> None:
     notify_on(automation_id, [make_channel(name, hook_url(hooks)) for name in "abc"])
     runs(automation_id, "failed")
     with session_scope() as session:
-        assert notices.evaluate_runs(session, now=later(600), settle_s=5) == 1
+        assert notices.evaluate_executions(session, now=later(600), settle_s=5) == 1
     with session_scope() as session:
         assert len(notices.claim_deliveries(session, limit=1)) == 1
     with session_scope() as session:
@@ -410,7 +410,7 @@ def test_sending_stops_claiming_when_its_time_budget_is_spent(db: None, hooks: H
     )
     runs(automation_id, "failed")
     with session_scope() as session:
-        notices.evaluate_runs(session, now=later(600), settle_s=5)
+        notices.evaluate_executions(session, now=later(600), settle_s=5)
     # when the tick has no time left for one more delivery (its limit would not fit)
     budget = get_settings().notify_timeout_s  # one second short of a delivery's limit
     assert notify.send_pending(budget_s=budget) == 0
@@ -435,7 +435,7 @@ def test_names_and_agent_errors_go_out_as_text_not_markup(
         ],
     )
     start = later()
-    add_runs(
+    add_executions(
         automation_id,
         [{"status": "failed", "queued_at": start, "finished_at": start, "error": error}],
     )
@@ -578,7 +578,7 @@ def test_a_channel_deleted_before_sending_records_why(db: None, hooks: Hooks) ->
     notify_on(automation_id, [channel_id])
     runs(automation_id, "failed")
     with session_scope() as session:
-        notices.evaluate_runs(session, now=later(600), settle_s=5)
+        notices.evaluate_executions(session, now=later(600), settle_s=5)
     channel_service.delete_channel(channel_id, actor=ADMIN)
     notify.send_pending()
     [delivery] = deliveries()

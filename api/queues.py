@@ -39,7 +39,7 @@ class QueueOut(BaseModel):
 
 
 class WorkerOut(BaseModel):
-    """A live worker process, as the Queues page lists it (no run ids: those are any
+    """A live worker process, as the Queues page lists it (no execution ids: those are any
     workspace's)."""
 
     name: str = Field(description="host:pid")

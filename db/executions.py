@@ -132,7 +132,7 @@ def retry_execution(session: Session, execution_id: uuid.UUID, *, actor: Actor) 
     execution.status = ExecutionStatus.QUEUED
     # The run's duration counts from the retry's start (the claim stamps it), not across
     # the idle time before a person pressed Retry; each earlier attempt keeps its own
-    # times on its step runs, which the run page's waterfall shows.
+    # times on its step runs, which the execution page's waterfall shows.
     execution.started_at = None
     execution.finished_at = None
     execution.available_at = func.now()

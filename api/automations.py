@@ -92,6 +92,7 @@ def run_automation(
 
 
 def _webhook_url(request: Request, info: WebhookInfo) -> str:
+    # The first address (/v1/hooks/{hook_id}): the one every sender already holds.
     return str(request.url_for("call_hook", hook_id=info.id))
 
 

@@ -107,13 +107,13 @@ class ScheduleOut(Out):
 
 class BackfillPreviewOut(BaseModel):
     slots: int = Field(description="slots of the schedule in the range")
-    present: int = Field(description="of those, slots that already have their run")
+    present: int = Field(description="of those, slots that already have an execution")
 
 
 class BackfillOut(BaseModel):
-    execution_ids: list[uuid.UUID] = Field(description="the runs made, oldest slot first")
+    execution_ids: list[uuid.UUID] = Field(description="the executions made, oldest slot first")
     created: int
-    skipped_present: int = Field(description="slots skipped: they already had their run")
+    skipped_present: int = Field(description="slots skipped: they already had an execution")
 
 
 class Deleted(BaseModel):

@@ -141,7 +141,7 @@ def preview_backfill(schedule_id: uuid.UUID, body: BackfillIn, actor: Acting) ->
 
 @router.post("/{schedule_id}/backfill", status_code=status.HTTP_202_ACCEPTED)
 def backfill_schedule(schedule_id: uuid.UUID, body: BackfillIn, actor: Acting) -> BackfillOut:
-    """One run per slot of the schedule in [from, to) that has no run yet (a range of more
+    """One execution per slot of the schedule in [from, to) that has none yet (a range of more
     slots than a backfill makes is refused, as is one past the workspace's runs-a-minute
     quota); the same range again makes nothing."""
     done = schedules.backfill(schedule_id, body.start, body.end, actor=actor)

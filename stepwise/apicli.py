@@ -98,19 +98,19 @@ def _run_now(client: httpx.Client, args: argparse.Namespace) -> None:
 
 
 def _tail(client: httpx.Client, args: argparse.Namespace) -> int:
-    """Print each step as it finishes until the run ends; 0 only if it succeeded."""
+    """Print each step as it finishes until the execution ends; 0 only if it succeeded."""
     seen: set[tuple[int, int]] = set()
     while True:
-        run = call(client, "GET", f"/v1/executions/{args.execution}")
-        for step in run.get("steps", []):
+        execution = call(client, "GET", f"/v1/executions/{args.execution}")
+        for step in execution.get("steps", []):
             key = (step["step_number"], step["attempt"])
             if step.get("finished_at") and key not in seen:
                 seen.add(key)
                 print(json.dumps(step, default=str) if args.json else _step_line(step), flush=True)
-        if run["status"] in FINAL_STATUSES:
-            summary = {k: v for k, v in run.items() if k != "steps"}
-            print(json.dumps(summary, default=str) if args.json else f"run {run['status']}")
-            return 0 if run["status"] == ExecutionStatus.SUCCEEDED else RUN_NOT_SUCCEEDED
+        if execution["status"] in FINAL_STATUSES:
+            summary = {k: v for k, v in execution.items() if k != "steps"}
+            print(json.dumps(summary, default=str) if args.json else f"run {execution['status']}")
+            return 0 if execution["status"] == ExecutionStatus.SUCCEEDED else RUN_NOT_SUCCEEDED
         time.sleep(args.interval)
 
 

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from api import audit, automations, channels, executions, hooks, queues, schedules
+from api import audit, automations, channels, executions, queues, schedules, webhooks
 from api.problems import documented, install
 
 # Swagger UI as the pinned `fastapi-offline` package ships it: the docs are served by
@@ -30,9 +30,9 @@ calls a minute; past that it gets `429` with `Retry-After` (seconds). Errors are
 `application/problem+json` (RFC 9457); refused input lists each field with the
 message the dashboard shows.
 
-`POST /v1/hooks/{id}` (an automation's webhook) needs no token: the webhook's secret
-or a signature of the body proves the call, and each webhook takes at most
-STEPWISE_API_RATE_PER_MINUTE proven calls a minute.
+`POST /v1/hooks/{id}` or `/v1/webhooks/{id}` (an automation's webhook) needs no token:
+the webhook's secret or a signature of the body proves the call, and each webhook takes at
+most STEPWISE_API_RATE_PER_MINUTE proven calls a minute.
 """
 
 
@@ -47,7 +47,7 @@ def create_app() -> FastAPI:
     install(app)
     for module in (automations, schedules, executions, queues, audit, channels):
         app.include_router(module.router, responses=documented(429))
-    app.include_router(hooks.router)
+    app.include_router(webhooks.router)
     app.mount(ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)

@@ -14,8 +14,9 @@ from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api import ratelimit
-from api.problems import RateLimited, Unauthenticated
+from api.problems import RateLimited
 from core.access import Actor
+from core.errors import NotAuthenticated
 from core.settings import get_settings
 from service import tokens
 
@@ -35,13 +36,13 @@ def acting(
     """The workspace and role the presented token acts with; 401 without a live token,
     429 (with Retry-After) past the token's calls per minute."""
     if credentials is None or not credentials.credentials:
-        raise Unauthenticated("send an API token as `Authorization: Bearer <token>`")
+        raise NotAuthenticated("send an API token as `Authorization: Bearer <token>`")
     token = credentials.credentials
     actor = None
     if len(token) <= _MAX_TOKEN:
         actor = tokens.authenticate(token)
     if actor is None:
-        raise Unauthenticated("the API token is not known, or it was revoked")
+        raise NotAuthenticated("the API token is not known, or it was revoked")
     assert actor.token_id is not None
     wait = ratelimit.seconds_to_wait(actor.token_id)
     if wait:

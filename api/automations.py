@@ -12,16 +12,16 @@ from api.responses import (
     Archived,
     AutomationCreated,
     AutomationOut,
-    HookDisabled,
-    HookOut,
-    HookSecretOut,
     RunStarted,
+    WebhookDisabled,
+    WebhookOut,
+    WebhookSecretOut,
 )
 from api.schemas import AutomationIn, IdempotencyKeyHeader, RunBody, keyed
 from core.errors import NotFound
 from db import automations as stored
-from db import hooks, queries
-from db.hooks import HookInfo
+from db import queries
+from db.webhooks import WebhookInfo, webhook_of
 from service import automations, executions, webhooks
 from service.unit import read
 
@@ -87,40 +87,67 @@ def run_automation(
     return RunStarted(execution_id=started)
 
 
-# --- the inbound webhook -------------------------------------------------------------------
+# --- the webhook ---------------------------------------------------------------------------
+# Its /hook paths are the first ones, kept for the scripts that call them.
 
 
-def _hook_url(request: Request, info: HookInfo) -> str:
+def _webhook_url(request: Request, info: WebhookInfo) -> str:
+    # The first address (/v1/hooks/{hook_id}): the one every sender already holds.
     return str(request.url_for("call_hook", hook_id=info.id))
 
 
-@router.get("/{automation_id}/hook")
-def get_hook(automation_id: uuid.UUID, actor: Acting, request: Request) -> HookOut:
+@router.get(
+    "/{automation_id}/hook",
+    deprecated=True,
+    operation_id="get_hook_v1_automations__automation_id__hook_get",
+    summary="Get Hook",
+)
+@router.get("/{automation_id}/webhook")
+def get_webhook(automation_id: uuid.UUID, actor: Acting, request: Request) -> WebhookOut:
     """The automation's webhook (404 when it has none); never its secret."""
-    info = read(hooks.hook_of, automation_id, actor=actor)
+    info = read(webhook_of, automation_id, actor=actor)
     if info is None:
         raise NotFound("this automation has no webhook")
-    return HookOut.of(info, _hook_url(request, info))
+    return WebhookOut.of(info, _webhook_url(request, info))
 
 
-@router.post("/{automation_id}/hook", status_code=status.HTTP_201_CREATED)
-def enable_hook(automation_id: uuid.UUID, actor: Acting, request: Request) -> HookSecretOut:
+@router.post(
+    "/{automation_id}/hook",
+    status_code=status.HTTP_201_CREATED,
+    deprecated=True,
+    operation_id="enable_hook_v1_automations__automation_id__hook_post",
+    summary="Enable Hook",
+)
+@router.post("/{automation_id}/webhook", status_code=status.HTTP_201_CREATED)
+def enable_webhook(automation_id: uuid.UUID, actor: Acting, request: Request) -> WebhookSecretOut:
     """Enable the automation's webhook: its URL, and its secret, in this answer only."""
     made = webhooks.enable_webhook(automation_id, actor=actor)
-    out = HookOut.of(made.info, _hook_url(request, made.info))
-    return HookSecretOut(**out.model_dump(), secret=made.secret)
+    out = WebhookOut.of(made.info, _webhook_url(request, made.info))
+    return WebhookSecretOut(**out.model_dump(), secret=made.secret)
 
 
-@router.post("/{automation_id}/hook/rotate")
-def rotate_hook(automation_id: uuid.UUID, actor: Acting, request: Request) -> HookSecretOut:
+@router.post(
+    "/{automation_id}/hook/rotate",
+    deprecated=True,
+    operation_id="rotate_hook_v1_automations__automation_id__hook_rotate_post",
+    summary="Rotate Hook",
+)
+@router.post("/{automation_id}/webhook/rotate")
+def rotate_webhook(automation_id: uuid.UUID, actor: Acting, request: Request) -> WebhookSecretOut:
     """A new secret for the webhook (same URL), in this answer only; the old one stops."""
     made = webhooks.rotate_webhook(automation_id, actor=actor)
-    out = HookOut.of(made.info, _hook_url(request, made.info))
-    return HookSecretOut(**out.model_dump(), secret=made.secret)
+    out = WebhookOut.of(made.info, _webhook_url(request, made.info))
+    return WebhookSecretOut(**out.model_dump(), secret=made.secret)
 
 
-@router.delete("/{automation_id}/hook")
-def disable_hook(automation_id: uuid.UUID, actor: Acting) -> HookDisabled:
+@router.delete(
+    "/{automation_id}/hook",
+    deprecated=True,
+    operation_id="disable_hook_v1_automations__automation_id__hook_delete",
+    summary="Disable Hook",
+)
+@router.delete("/{automation_id}/webhook")
+def disable_webhook(automation_id: uuid.UUID, actor: Acting) -> WebhookDisabled:
     """Disable the webhook: its URL answers 404 from now on."""
     webhooks.disable_webhook(automation_id, actor=actor)
-    return HookDisabled()
+    return WebhookDisabled()

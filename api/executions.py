@@ -65,7 +65,7 @@ def list_executions(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> ExecutionPage:
-    """Run history, newest first; follow `next_cursor` for older runs."""
+    """Execution history, newest first; follow `next_cursor` for older ones."""
     filters = ExecutionFilters(
         statuses=tuple(status_ or ()),
         automation_id=automation_id,

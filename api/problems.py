@@ -32,7 +32,7 @@ from core.errors import (
 )
 
 PROBLEM_JSON = "application/problem+json"
-log = logging.getLogger("stepwise.api")
+log = logging.getLogger(__name__)
 
 
 class FieldProblem(BaseModel):
@@ -48,10 +48,6 @@ class Problem(BaseModel):
     status: int
     detail: str
     errors: list[FieldProblem] | None = None
-
-
-class Unauthenticated(StepwiseError):
-    """No API token, or one that is unknown or revoked."""
 
 
 class BodyRefused(ValidationFailed):
@@ -74,8 +70,7 @@ class RateLimited(StepwiseError):
 _KINDS: list[tuple[type[Exception], int, str, str]] = [
     (BodyRefused, 400, "invalid-body", "The body was refused"),
     (ValidationFailed, 422, "invalid-input", "The input was refused"),
-    (Unauthenticated, 401, "unauthenticated", "An API token is required"),
-    (NotAuthenticated, 401, "unauthenticated", "The webhook call is not authenticated"),
+    (NotAuthenticated, 401, "unauthenticated", "An API token is required"),
     (BodyTooLarge, 413, "too-large", "The body is too large"),
     (Forbidden, 403, "forbidden", "Your role does not allow this"),
     (NotFound, 404, "not-found", "Not found"),
@@ -86,10 +81,12 @@ _KINDS: list[tuple[type[Exception], int, str, str]] = [
 ]
 
 
-# RFC 9110: a 401 says how to authenticate.
-_CHALLENGES: dict[type[Exception], dict[str, str]] = {
-    Unauthenticated: {"WWW-Authenticate": "Bearer"},
-    NotAuthenticated: {"WWW-Authenticate": 'Stepwise-Signature realm="webhook"'},
+# A webhook call lacks the webhook's proof, not a token: its own title and, as RFC 9110
+# asks of a 401, its own challenge.
+_WEBHOOK_TITLE = "The webhook call is not authenticated"
+_CHALLENGES = {
+    False: {"WWW-Authenticate": "Bearer"},
+    True: {"WWW-Authenticate": 'Stepwise-Signature realm="webhook"'},
 }
 
 
@@ -152,6 +149,7 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
     titles = {status: title for _, status, _, title in _KINDS}
     titles[400] = "The body is not JSON"
+    titles[401] = "Not authenticated: an API token (or, for a webhook, its proof) is required"
     return {
         status: {
             "description": titles.get(status, "Error"),
@@ -166,7 +164,10 @@ def _from_stepwise(_: Request, exc: Exception) -> JSONResponse:
     for kind, status, slug, title in _KINDS:
         if isinstance(exc, kind):
             errors = exc.errors if isinstance(exc, ValidationFailed) else None
-            headers = _CHALLENGES.get(kind)
+            headers = None
+            if isinstance(exc, NotAuthenticated):
+                headers = _CHALLENGES[exc.webhook]
+                title = _WEBHOOK_TITLE if exc.webhook else title
             if isinstance(exc, RateLimited):
                 headers = {"Retry-After": str(exc.retry_after)}
             detail = str(exc) if status != 503 else "the server is missing configuration"

@@ -39,7 +39,7 @@ class QueueOut(BaseModel):
 
 
 class WorkerOut(BaseModel):
-    """A live worker process, as the Queues page lists it (no run ids: those are any
+    """A live worker process, as the Queues page lists it (no execution ids: those are any
     workspace's)."""
 
     name: str = Field(description="host:pid")
@@ -114,7 +114,7 @@ def list_dead_letters(queue: Queue, actor: Acting) -> list[DeadLetterOut]:
 
 @router.post("/{queue}/dead-letters/{message_id}/retry", status_code=202)
 def retry_dead_letter(queue: Queue, message_id: str, actor: Acting) -> Affected:
-    """Send a dead letter again (a dead run resumes at its failed step); admins only."""
+    """Send a dead letter again (its execution resumes at the step that failed); admins only."""
     if not workspace_queues.retry_dead_letter(str(queue), message_id, actor=actor):
         raise NotFound(f"no dead letter {message_id} in {queue}")
     return Affected(count=1)

@@ -6,7 +6,7 @@ skew between hosts): one script increments the caller's counter for the current
 minute and answers how many seconds are left of it when the limit is passed. The
 check runs after authentication (a token's, or a webhook call's secret or signature)
 and before anything is written: a refused call writes nothing (`tasks/flow.py` does
-the engine's limits the same way). When Redis cannot be reached the call is let
+the runner's limits the same way). When Redis cannot be reached the call is let
 through, with a warning in the log: the limit protects the database from one busy
 script; it must not take the API down with Redis.
 """
@@ -22,7 +22,7 @@ import redis
 
 from core.settings import get_settings
 
-log = logging.getLogger("stepwise.api")
+log = logging.getLogger(__name__)
 WINDOW_S = 60
 # KEYS[1]: the caller's counter prefix; ARGV[1]: the limit. Returns 0 (allowed) or the
 # seconds until the window ends.

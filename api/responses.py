@@ -17,8 +17,8 @@ from api.fields import enum_words, fields_from
 from core.automation import redact_url
 from core.vocabulary import CompletedReason, ScheduleState
 from db.audit import AuditRow
-from db.hooks import HookInfo
 from db.queries import AutomationRow, ExecutionDetail, ExecutionRow, ScheduleRow, StepRunRow
+from db.webhooks import WebhookInfo
 
 
 class Out(BaseModel):
@@ -59,24 +59,24 @@ class RunStarted(BaseModel):
     execution_id: uuid.UUID
 
 
-@fields_from(HookInfo)
-class HookOut(Out):
+@fields_from(WebhookInfo)
+class WebhookOut(Out):
     """An automation's inbound webhook: POST a JSON object to `url` to start a run."""
 
     url: str
 
     @classmethod
-    def of(cls, info: HookInfo, url: str) -> HookOut:
+    def of(cls, info: WebhookInfo, url: str) -> WebhookOut:
         return cls.model_validate({**vars(info), "url": url})
 
 
-class HookSecretOut(HookOut):
+class WebhookSecretOut(WebhookOut):
     secret: str = Field(
         description="send as Stepwise-Hook-Secret, or sign bodies with it; shown this once"
     )
 
 
-class HookDisabled(BaseModel):
+class WebhookDisabled(BaseModel):
     disabled: bool = True
 
 
@@ -107,13 +107,13 @@ class ScheduleOut(Out):
 
 class BackfillPreviewOut(BaseModel):
     slots: int = Field(description="slots of the schedule in the range")
-    present: int = Field(description="of those, slots that already have their run")
+    present: int = Field(description="of those, slots that already have an execution")
 
 
 class BackfillOut(BaseModel):
-    execution_ids: list[uuid.UUID] = Field(description="the runs made, oldest slot first")
+    execution_ids: list[uuid.UUID] = Field(description="the executions made, oldest slot first")
     created: int
-    skipped_present: int = Field(description="slots skipped: they already had their run")
+    skipped_present: int = Field(description="slots skipped: they already had an execution")
 
 
 class Deleted(BaseModel):

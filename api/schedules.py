@@ -1,4 +1,4 @@
-"""/v1/schedules: create, read, list, replace, pause, resume, delete, trigger now, preview,
+"""/v1/schedules: create, read, list, replace, pause, resume, delete, run now, preview,
 backfill."""
 
 from __future__ import annotations
@@ -104,8 +104,17 @@ def delete_schedule(schedule_id: uuid.UUID, actor: Acting) -> Deleted:
     return Deleted(cancelled_runs=schedules.delete(schedule_id, actor=actor))
 
 
-@router.post("/{schedule_id}/trigger", status_code=status.HTTP_202_ACCEPTED)
-def trigger_schedule(
+# Its first name, kept for the scripts that call it: "trigger" now means only why an
+# execution exists.
+@router.post(
+    "/{schedule_id}/trigger",
+    status_code=status.HTTP_202_ACCEPTED,
+    deprecated=True,
+    operation_id="trigger_schedule_v1_schedules__schedule_id__trigger_post",
+    summary="Trigger Schedule",
+)
+@router.post("/{schedule_id}/run", status_code=status.HTTP_202_ACCEPTED)
+def run_schedule_now(
     schedule_id: uuid.UUID,
     actor: Acting,
     body: RunBody = None,
@@ -113,10 +122,12 @@ def trigger_schedule(
 ) -> RunStarted:
     """Run the schedule's automation now, outside its timing (as "Run now" does), with the
     schedule's input, or the body's `input` when it has one. With an `Idempotency-Key`, a
-    repeat answers with the first run."""
+    repeat answers with the first execution."""
     given = None if body is None else body.parsed()
+    # The scope is stored with each key: it keeps its first word, so that a repeat sent
+    # through either path, or from before the rename, matches its first call.
     key = keyed(idempotency_key, f"trigger {schedule_id}", body)
-    started = schedules.trigger(schedule_id, actor=actor, run_input=given, idempotency_key=key)
+    started = schedules.run_now(schedule_id, actor=actor, run_input=given, idempotency_key=key)
     return RunStarted(execution_id=started)
 
 
@@ -130,7 +141,7 @@ def preview_backfill(schedule_id: uuid.UUID, body: BackfillIn, actor: Acting) ->
 
 @router.post("/{schedule_id}/backfill", status_code=status.HTTP_202_ACCEPTED)
 def backfill_schedule(schedule_id: uuid.UUID, body: BackfillIn, actor: Acting) -> BackfillOut:
-    """One run per slot of the schedule in [from, to) that has no run yet (a range of more
+    """One execution per slot of the schedule in [from, to) that has none yet (a range of more
     slots than a backfill makes is refused, as is one past the workspace's runs-a-minute
     quota); the same range again makes nothing."""
     done = schedules.backfill(schedule_id, body.start, body.end, actor=actor)

@@ -145,7 +145,7 @@ def page_calls(session: Any) -> list[tuple[str, str, Callable[[], Any]]]:
         (
             "automations",
             "run_grid (last 20 runs x steps)",
-            lambda: q.run_grid(session, automation_id, limit=20, actor=BENCH),
+            lambda: q.execution_grid(session, automation_id, limit=20, actor=BENCH),
         ),
         (
             "overview",

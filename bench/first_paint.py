@@ -45,7 +45,7 @@ PAGES = [
     ("Executions", "/executions"),
     ("Automations", "/automations"),
     ("Queues", "/queues"),
-    ("Run page", "/run?id={execution}"),
+    ("Execution page", "/execution?id={execution}"),
     ("Schedule page", "/schedule?id={schedule}"),
 ]
 READY_S = 60.0

@@ -44,7 +44,7 @@ def create_schedules(cron: int, interval: int, agent_url: str, m0: datetime) -> 
                 """
                 INSERT INTO workspaces (id, name, max_runs_per_minute)
                 VALUES (CAST(:ws AS uuid), 'Default', 100000000)
-                -- a benchmark measures the engine, not the workspace's runs-a-minute quota
+                -- a benchmark measures the workers, not the workspace's runs-a-minute quota
                 ON CONFLICT (id) DO UPDATE SET max_runs_per_minute = EXCLUDED.max_runs_per_minute
                 """
             ),

@@ -21,7 +21,7 @@ systems are measured by one definition:
   executions whose three steps were all answered 200.
 
 Stepwise is driven only through its processes and its database, so the harness
-measures whatever engine those run: N one-off schedules are inserted due at T,
+measures whatever design those run: N one-off schedules are inserted due at T,
 and the `dispatch` tick is sent `--lead-s` before T, as the dispatch horizon does
 for cron slots (BullMQ's job schedulers likewise hold each job as a delayed job
 before T). `--profile DIR` records each Stepwise worker process with py-spy

@@ -31,7 +31,7 @@ PERMISSIONS: dict[Role, frozenset[Permission]] = {
 
 
 # What an inbound webhook may do: start a run of its automation (and read that automation).
-HOOK_PERMISSIONS = frozenset({Permission.READ, Permission.RUN})
+WEBHOOK_PERMISSIONS = frozenset({Permission.READ, Permission.RUN})
 
 
 def can(role: Role | str, permission: Permission) -> bool:
@@ -82,9 +82,9 @@ class Actor:
     # Set when an API token acts: its role is then read from the token's row (which
     # must not be revoked), not from a membership.
     token_id: uuid.UUID | None = None
-    # Set when an automation's inbound webhook acts (db/hooks.py): it may only read and
-    # start runs, and only while the trigger exists.
-    hook_id: uuid.UUID | None = None
+    # Set when an automation's inbound webhook acts (db/webhooks.py): it may only read and
+    # start runs, and only while the webhook exists.
+    webhook_id: uuid.UUID | None = None
 
     @property
     def subject(self) -> str:

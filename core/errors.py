@@ -72,4 +72,9 @@ class ServerStartFailed(StepwiseError):
 
 
 class NotAuthenticated(StepwiseError):
-    """A webhook call without its webhook's secret or a valid signature; nothing was written."""
+    """The caller proved nothing: no API token, or one unknown or revoked, or a webhook call
+    without its webhook's secret or a valid signature; nothing was written."""
+
+    def __init__(self, message: str, *, webhook: bool = False) -> None:
+        super().__init__(message)
+        self.webhook = webhook  # the proof missing: the webhook's, else an API token

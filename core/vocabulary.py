@@ -44,7 +44,7 @@ class Trigger(StrEnum):
     CATCHUP = "catchup"  # a missed slot run late by the misfire policy
     MANUAL = "manual"
     RETRY = "retry"
-    WEBHOOK = "webhook"  # a POST to the automation's inbound trigger URL
+    WEBHOOK = "webhook"  # a call to the automation's webhook
     BACKFILL = "backfill"  # a past slot run on a person's request (`db.backfill`)
 
 
@@ -126,9 +126,11 @@ class AuditAction(StrEnum):
     DELETE_CHANNEL = "delete_channel"
     TEST_CHANNEL = "test_channel"
     SET_NOTIFICATIONS = "set_notifications"
-    ENABLE_HOOK = "enable_hook"  # an automation's inbound webhook trigger
-    ROTATE_HOOK = "rotate_hook"
-    DISABLE_HOOK = "disable_hook"
+    # An automation's webhook; the values keep their first word: they are stored in audit
+    # rows, the CHECK constraint and `GET /v1/audit?action=`.
+    ENABLE_WEBHOOK = "enable_hook"
+    ROTATE_WEBHOOK = "rotate_hook"
+    DISABLE_WEBHOOK = "disable_hook"
     BACKFILL = "backfill"
 
 

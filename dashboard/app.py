@@ -70,14 +70,17 @@ page = st.navigation(
         st.Page(PAGES / "queues.py", title="Queues", icon=":material/inbox:"),
         st.Page(PAGES / "audit.py", title="Audit", icon=":material/policy:"),
         st.Page(PAGES / "workspace.py", title="Workspace", icon=":material/group:"),
-        # One run, by its own URL (/run?id=<run id>): reached from any list of runs.
+        # One execution, by its own URL (/execution?id=<execution id>): reached from any
+        # list of executions.
         st.Page(
-            PAGES / "run.py",
-            title="Run",
-            icon=":material/directions_run:",
-            url_path="run",
+            PAGES / "execution.py",
+            title="Execution",
+            icon=":material/receipt_long:",
+            url_path="execution",
             visibility="hidden",
         ),
+        # Its first URL (/run?id=...), which links already shared still hold.
+        st.Page(PAGES / "run.py", title="Execution", url_path="run", visibility="hidden"),
         # One schedule, by its own URL (/schedule?id=<schedule id>): reached from Schedules.
         st.Page(
             PAGES / "schedule.py",

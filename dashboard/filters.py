@@ -98,7 +98,7 @@ def summary(prefix: str, names: dict[uuid.UUID, str]) -> str:
     if (span := s.get(f"{prefix}_range", "all")) != "all":
         chosen.append(RANGES.get(span, "").lower())
     shown = [ui.text(c) for c in chosen if c]
-    return "Filters: " + (" · ".join(shown) if shown else "none (every run)")
+    return "Filters: " + (" · ".join(shown) if shown else "none (every execution)")
 
 
 def _draw(prefix: str, names: dict[uuid.UUID, str]) -> ExecutionFilters:

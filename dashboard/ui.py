@@ -35,7 +35,7 @@ PENDING_WORKSPACE = "ui_pending_workspace"  # switch to it on the next run
 BOOTSTRAPPED = "ui_bootstrapped"
 T = TypeVar("T")
 
-# The one status palette: tables (`status_column`), badges (`badge_md`), the run page and
+# The one status palette: tables (`status_column`), badges (`badge_md`), the execution page and
 # every chart (`status_scale`) take their colours from here, so a status looks the same
 # everywhere. Markdown badges only know named colours: each name matches its hex.
 STATUS_COLORS: dict[str, str] = {
@@ -63,7 +63,7 @@ BACKOFF_COLOR = "#e0a526"  # amber
 RATE_GOOD = 0.95
 RATE_FAIR = 0.80
 RATE_COLORS = {"good": "#2e9d5b", "fair": "#e0a526", "poor": "#d64545", "none": "#a0a7b4"}
-RUN_PAGE = "views/run.py"  # the run page, as app.py routes it (`/run?id=<run id>`)
+EXECUTION_PAGE = "views/execution.py"  # an execution's page (`/execution?id=<execution id>`)
 SCHEDULE_PAGE = "views/schedule.py"  # a schedule's page (`/schedule?id=<schedule id>`)
 
 
@@ -115,19 +115,19 @@ def page_link(page: str, label: str, **kwargs: Any) -> None:
         st.page_link(page, label=label, **kwargs)
 
 
-def run_link(execution_id: uuid.UUID | str, label: str | None = None) -> None:
-    """A link to a run's page (its own URL: /run?id=<run id>)."""
+def execution_link(execution_id: uuid.UUID | str, label: str | None = None) -> None:
+    """A link to an execution's page (its own URL: /execution?id=<execution id>)."""
     page_link(
-        RUN_PAGE,
-        label or f"Run {execution_id}",
+        EXECUTION_PAGE,
+        label or f"Execution {execution_id}",
         icon=":material/open_in_new:",
         query_params={"id": str(execution_id)},
     )
 
 
-def open_run(execution_id: uuid.UUID | str) -> None:
-    """Go to a run's page (a click on a row that lists it)."""
-    st.switch_page(RUN_PAGE, query_params={"id": str(execution_id)})
+def open_execution(execution_id: uuid.UUID | str) -> None:
+    """Go to an execution's page (a click on a row that lists it)."""
+    st.switch_page(EXECUTION_PAGE, query_params={"id": str(execution_id)})
 
 
 def open_schedule(schedule_id: uuid.UUID | str) -> None:

@@ -23,7 +23,7 @@ from core.secrets import new_signing_secret
 from core.settings import get_settings
 from core.vocabulary import CompletedReason, Permission
 from db.models import Automation, Execution, Schedule
-from db.runs import AUTOMATION_DELETED, cancel_runs
+from db.runs import AUTOMATION_DELETED, cancel_executions
 from db.workspaces import authorize, quotas
 
 Changes = dict[str, list[Any]]  # {field: [old, new]}, as the audit log keeps an edit
@@ -161,7 +161,7 @@ def delete_automation(session: Session, automation_id: uuid.UUID, *, actor: Acto
     """Archive the automation, stop its schedules and cancel its open runs; returns cancelled.
 
     Queued and running runs alike: no step of the automation starts after this
-    commits (a running one stops before its next step; see `runs.cancel_runs`).
+    commits (a running one stops before its next step; see `runs.cancel_executions`).
     """
     automation = live_automation(session, automation_id, actor=actor)
     automation.archived_at = func.now()
@@ -176,4 +176,4 @@ def delete_automation(session: Session, automation_id: uuid.UUID, *, actor: Acto
             enabled=False, completed_reason=CompletedReason.AUTOMATION_DELETED, parked_error=None
         )
     )
-    return cancel_runs(session, Execution.automation_id == automation_id, AUTOMATION_DELETED)
+    return cancel_executions(session, Execution.automation_id == automation_id, AUTOMATION_DELETED)

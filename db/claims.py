@@ -27,7 +27,7 @@ from core.vocabulary import (
     Trigger,
 )
 from db.models import Automation, Execution, Schedule, StepRun
-from db.runs import AUTOMATION_DELETED, LOST_STEP_ERROR, Claim, ClaimResult, cancel_runs
+from db.runs import AUTOMATION_DELETED, LOST_STEP_ERROR, Claim, ClaimResult, cancel_executions
 
 SKIP_REASONS = {
     OverlapDecision.SKIP: "skipped: the previous run was still running (overlap policy)",
@@ -147,7 +147,7 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
     if automation.archived_at is not None:
         # Deleting cancels every open run; this closes a run created in a race
         # with the delete, so that it is neither started nor taken over.
-        cancel_runs(session, Execution.id == execution_id, AUTOMATION_DELETED)
+        cancel_executions(session, Execution.id == execution_id, AUTOMATION_DELETED)
         return Admission.NOTHING
     # A one-off schedule has one slot: nothing can overlap it.
     single = row.kind is None or row.kind == ScheduleKind.ONCE

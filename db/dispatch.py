@@ -28,7 +28,7 @@ from db.models import Automation, Execution, Heartbeat, Schedule
 from db.runs import RunMessage
 from db.workspaces import quotas
 
-log = logging.getLogger("stepwise.dispatch")
+log = logging.getLogger(__name__)
 DueSchedule = Any  # a row of `_DUE`: the schedule's columns under the model's names
 MISSED_ERROR = "missed: nothing dispatched at this time (misfire policy {policy})"
 QUOTA_ERROR = (

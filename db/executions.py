@@ -20,7 +20,7 @@ from core.run_input import RunInput
 from core.vocabulary import ExecutionStatus, Permission, Trigger
 from db.automations import live_automation
 from db.models import Execution, Schedule
-from db.runs import RunMessage, cancel_runs
+from db.runs import RunMessage, cancel_executions
 from db.session import db_now
 from db.workspaces import authorize, quotas
 
@@ -99,7 +99,9 @@ def cancel_execution(session: Session, execution_id: uuid.UUID, *, actor: Actor)
     The step at the agent, if any, is closed now and its answer is not recorded.
     """
     execution = _execution(session, actor, execution_id)
-    cancelled = cancel_runs(session, Execution.id == execution_id, f"cancelled by {actor.name}")
+    cancelled = cancel_executions(
+        session, Execution.id == execution_id, f"cancelled by {actor.name}"
+    )
     session.refresh(execution)
     if not cancelled:
         raise InvalidState(
@@ -130,7 +132,7 @@ def retry_execution(session: Session, execution_id: uuid.UUID, *, actor: Actor) 
     execution.status = ExecutionStatus.QUEUED
     # The run's duration counts from the retry's start (the claim stamps it), not across
     # the idle time before a person pressed Retry; each earlier attempt keeps its own
-    # times on its step runs, which the run page's waterfall shows.
+    # times on its step runs, which the execution page's waterfall shows.
     execution.started_at = None
     execution.finished_at = None
     execution.available_at = func.now()

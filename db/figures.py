@@ -283,7 +283,7 @@ class FailureGroup:
     error: str  # the error with ids and long numbers replaced (what the group shares)
     count: int
     last_failed_at: datetime
-    last_run_id: uuid.UUID  # the newest failed run of the group
+    last_execution_id: uuid.UUID  # the newest failed run of the group
 
 
 def failure_groups(
@@ -313,7 +313,7 @@ def failure_groups(
             error,
             func.count().label("count"),
             func.max(Execution.finished_at).label("last_failed_at"),
-            newest.label("last_run_id"),
+            newest.label("last_execution_id"),
         )
         .join(Automation, Automation.id == Execution.automation_id)
         .where(
@@ -333,7 +333,7 @@ def failure_groups(
             error=r.error_text,
             count=int(r[3]),  # Row.count is the tuple method
             last_failed_at=r.last_failed_at,
-            last_run_id=r.last_run_id,
+            last_execution_id=r.last_execution_id,
         )
         for r in rows
     ]

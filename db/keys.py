@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.settings import get_settings
-from db.models import Automation, HookTrigger, WorkspaceSecret
+from db.models import Automation, Webhook, WorkspaceSecret
 
 
 def reseal_secrets(session: Session) -> int:
@@ -38,9 +38,9 @@ def reseal_secrets(session: Session) -> int:
             .where(Automation.id == automation_id)
             .values(signing_secret=box.reseal(str(sealed)))
         )
-    hooks = session.execute(select(HookTrigger.id, HookTrigger.secret).with_for_update()).all()
-    for hook_id, sealed in hooks:
+    hooks = session.execute(select(Webhook.id, Webhook.secret).with_for_update()).all()
+    for webhook_id, sealed in hooks:
         session.execute(
-            update(HookTrigger).where(HookTrigger.id == hook_id).values(secret=box.reseal(sealed))
+            update(Webhook).where(Webhook.id == webhook_id).values(secret=box.reseal(sealed))
         )
     return len(rows) + len(secrets) + len(hooks)

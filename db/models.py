@@ -208,15 +208,15 @@ class IdempotencyKey(Base):
     created_at: Mapped[datetime] = _created()
 
 
-class HookTrigger(Base):
+class Webhook(Base):
     """An automation's inbound webhook: a POST to /v1/hooks/<id> starts a run.
 
-    The caller proves itself with the trigger's secret, sealed here (core.secrets) and
+    The caller proves itself with the webhook's secret, sealed here (core.secrets) and
     shown once, at enabling or rotation. Disabling deletes the row: the URL is dead
     for good, and enabling again makes a new one.
     """
 
-    __tablename__ = "hook_triggers"
+    __tablename__ = "hook_triggers"  # the table keeps its first name (a stored identifier)
 
     id: Mapped[uuid.UUID] = _uuid_pk()
     automation_id: Mapped[uuid.UUID] = mapped_column(
@@ -230,16 +230,16 @@ class HookTrigger(Base):
     last_used_at: Mapped[datetime | None]
 
 
-class HookDelivery(Base):
+class WebhookDelivery(Base):
     """A webhook call's `Stepwise-Delivery` id: the same id again answers with the same run.
 
-    Deleted with its run (retention), or with its trigger.
+    Deleted with its run (retention), or with its webhook.
     """
 
-    __tablename__ = "hook_deliveries"
+    __tablename__ = "hook_deliveries"  # the table and its columns keep their first names
 
-    trigger_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("hook_triggers.id", ondelete="CASCADE"), primary_key=True
+    webhook_id: Mapped[uuid.UUID] = mapped_column(
+        "trigger_id", ForeignKey("hook_triggers.id", ondelete="CASCADE"), primary_key=True
     )
     delivery_id: Mapped[str] = mapped_column(String(MAX_DELIVERY_ID), primary_key=True)
     # NULL only inside the transaction that claimed the id, until its run exists.

@@ -43,7 +43,7 @@ from db.session import locked_batch
 from db.workspaces import authorize
 
 STALE_CLAIM = timedelta(minutes=5)
-RUNS_PER_PASS = 1000  # per automation; the rest is read at the next pass
+EXECUTIONS_PER_PASS = 1000  # per automation; the rest is read at the next pass
 INTERRUPTED = "interrupted: the evaluator stopped while sending; not sent again"
 _FINISHED = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED)
 _HAS_CHANNEL = exists().where(NotifyRuleChannel.automation_id == NotifyRule.automation_id)
@@ -52,7 +52,7 @@ _HAS_CHANNEL = exists().where(NotifyRuleChannel.automation_id == NotifyRule.auto
 # --- notices ---------------------------------------------------------------------------
 
 
-def evaluate_runs(session: Session, *, now: datetime, settle_s: int) -> int:
+def evaluate_executions(session: Session, *, now: datetime, settle_s: int) -> int:
     """Move every rule's streak over the runs finished since its watermark; returns the
     notices opened. Rules another evaluator holds are skipped (it does them)."""
     rules = session.scalars(
@@ -67,7 +67,7 @@ def evaluate_runs(session: Session, *, now: datetime, settle_s: int) -> int:
 
 
 def _evaluate_rule(session: Session, rule: NotifyRule, upto: datetime) -> int:
-    runs = session.execute(
+    executions = session.execute(
         select(Execution.id, Execution.status, Execution.finished_at, Execution.error)
         .where(
             # (workspace, finished_at) is indexed: a range scan, whatever the history's size.
@@ -78,25 +78,27 @@ def _evaluate_rule(session: Session, rule: NotifyRule, upto: datetime) -> int:
             Execution.finished_at <= upto,
         )
         .order_by(Execution.finished_at, Execution.id)
-        .limit(RUNS_PER_PASS)
+        .limit(EXECUTIONS_PER_PASS)
     ).all()
-    if not runs:
+    if not executions:
         return 0
     last = str(rule.last_failed_execution_id) if rule.last_failed_execution_id else None
     streak = Streak(rule.failure_streak, last, _open_failure(session, rule) is not None)
     opened = 0
-    for run in runs:
-        failed = run.status == ExecutionStatus.FAILED
-        step = advance(
-            streak, execution_id=str(run.id), failed=failed, threshold=rule.failure_threshold
+    for execution in executions:
+        failed = execution.status == ExecutionStatus.FAILED
+        change = advance(
+            streak, execution_id=str(execution.id), failed=failed, threshold=rule.failure_threshold
         )
-        if step.notice == NoticeKind.FAILURE:
-            summary = failure_summary(step.streak.failures, run.error)
-            opened += _open(session, rule, NoticeKind.FAILURE, summary, run.id, run.finished_at)
-        elif step.notice == NoticeKind.RECOVERY:
-            opened += _recover(session, rule, run.id, run.finished_at)
-        streak = step.streak
-    rule.seen_until = runs[-1].finished_at
+        if change.notice == NoticeKind.FAILURE:
+            summary = failure_summary(change.streak.failures, execution.error)
+            opened += _open(
+                session, rule, NoticeKind.FAILURE, summary, execution.id, execution.finished_at
+            )
+        elif change.notice == NoticeKind.RECOVERY:
+            opened += _recover(session, rule, execution.id, execution.finished_at)
+        streak = change.streak
+    rule.seen_until = executions[-1].finished_at
     rule.failure_streak = streak.failures
     rule.last_failed_execution_id = uuid.UUID(streak.last_failed) if streak.last_failed else None
     return opened

@@ -171,7 +171,7 @@ def list_executions(
 
     `after` starts the page just past that row (keyset paging: stable while new runs
     arrive, and as fast on the thousandth page as on the first). `settled`: only runs
-    that ended (those in flight are `runs_in_flight`).
+    that ended (those in flight are `executions_in_flight`).
     """
     workspace_id = scope(session, actor)
     stmt = filter_executions(_execution_columns(), workspace_id, filters).order_by(*HISTORY_ORDER)
@@ -195,10 +195,10 @@ def list_executions(
 IN_FLIGHT_LIMIT = 50
 
 
-def runs_in_flight(
+def executions_in_flight(
     session: Session, filters: ExecutionFilters, *, actor: Actor, limit: int = IN_FLIGHT_LIMIT
 ) -> list[ExecutionRow]:
-    """Open runs matching `filters`: running ones first (latest started first), then queued
+    """Open executions matching `filters`: running ones first (latest started first), then queued
     ones by the slot they run at. Open rows are few (the partial `ix_executions_open*`)."""
     workspace_id = scope(session, actor)
     stmt = (
@@ -238,11 +238,11 @@ def executions_in_workspace(
     )
 
 
-def runs_by_id(
+def executions_by_id(
     session: Session, execution_ids: set[uuid.UUID], *, actor: Actor
 ) -> dict[uuid.UUID, ExecutionRow]:
-    """Those of `execution_ids` in the actor's workspace, by id (a dead letter's run: its
-    automation and stored error). One primary-key lookup per id."""
+    """Those of `execution_ids` in the actor's workspace, by id (a dead letter's execution:
+    its automation and stored error). One primary-key lookup per id."""
     workspace_id = scope(session, actor)
     if not execution_ids:
         return {}
@@ -304,27 +304,27 @@ def execution_detail(
         execution=ExecutionRow(**row._mapping),
         result=result,
         steps=[
-            StepRunRow(**run._mapping, step_name=_step_name(run.step_number, steps_json))
-            for run in runs
+            StepRunRow(**step_run._mapping, step_name=_step_name(step_run.step_number, steps_json))
+            for step_run in runs
         ],
         input=run_input,
     )
 
 
 @dataclass(frozen=True)
-class RunGrid:
-    """An automation's recent runs (newest first) and, per run and step, the status of the
-    step's last attempt: the grid's cells. A step with no cell did not start."""
+class ExecutionGrid:
+    """An automation's recent executions (newest first) and, per execution and step, the
+    status of the step's last attempt: the grid's cells. A step with no cell did not start."""
 
-    runs: list[ExecutionRow]
+    executions: list[ExecutionRow]
     step_names: list[str]
     cells: dict[tuple[uuid.UUID, int], str] = field(default_factory=dict)
 
 
-def run_grid(
+def execution_grid(
     session: Session, automation_id: uuid.UUID, *, actor: Actor, limit: int = 20
-) -> RunGrid:
-    """The last `limit` runs of one automation with their steps' outcomes (two indexed
+) -> ExecutionGrid:
+    """The last `limit` executions of one automation with their steps' outcomes (two indexed
     reads: `ix_executions_automation_recent`, then `ix_step_runs_execution`)."""
     workspace_id = scope(session, actor)
     steps = session.scalar(
@@ -333,7 +333,7 @@ def run_grid(
         )
     )
     if steps is None:
-        return RunGrid(runs=[], step_names=[])
+        return ExecutionGrid(executions=[], step_names=[])
     rows = session.execute(
         _execution_columns()
         .where(Execution.automation_id == automation_id, Execution.workspace_id == workspace_id)
@@ -351,7 +351,7 @@ def run_grid(
         for a in attempts:  # ordered: the last attempt of each step wins
             cells[(a.execution_id, a.step_number)] = a.status
     names = [str(step.get("name") or f"step {n}") for n, step in enumerate(steps, 1)]
-    return RunGrid(runs=runs, step_names=names, cells=cells)
+    return ExecutionGrid(executions=runs, step_names=names, cells=cells)
 
 
 def _step_name(step_number: int, steps: list[dict[str, str]]) -> str:

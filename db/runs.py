@@ -170,7 +170,7 @@ def _fence(claim: Claim) -> Any:
     )
 
 
-def cancel_runs(session: Session, where: Any, reason: str) -> int:
+def cancel_executions(session: Session, where: Any, reason: str) -> int:
     """Cancel the open (queued or running) executions matching `where`; returns how many.
 
     A running one's worker finds its fence gone and stops before its next step; the

@@ -26,7 +26,7 @@ from core.timing import Timing, parse_timing, spec_of
 from core.vocabulary import ExecutionStatus, Permission
 from db.automations import Changes, changes, live_automation, within_quota
 from db.models import Execution, Schedule
-from db.runs import SCHEDULE_DELETED, cancel_runs
+from db.runs import SCHEDULE_DELETED, cancel_executions
 from db.session import db_now, rowcount
 from db.workspaces import authorize
 
@@ -177,7 +177,7 @@ def delete_schedule(session: Session, schedule_id: uuid.UUID, *, actor: Actor) -
     The `Written` holds the deleted row (still readable) and how many were cancelled.
     """
     schedule = find_schedule(session, schedule_id, actor=actor, lock=True)
-    cancelled = cancel_runs(session, Execution.schedule_id == schedule_id, SCHEDULE_DELETED)
+    cancelled = cancel_executions(session, Execution.schedule_id == schedule_id, SCHEDULE_DELETED)
     session.delete(schedule)
     return Written(schedule, cancelled=cancelled)
 

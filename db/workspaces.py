@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from core.access import (
     DEFAULT_WORKSPACE_ID,
     DEFAULT_WORKSPACE_NAME,
-    HOOK_PERMISSIONS,
+    WEBHOOK_PERMISSIONS,
     Actor,
     require,
     subject_of,
@@ -35,7 +35,7 @@ from core.limits import (
     MAX_OWNER,
 )
 from core.vocabulary import AuditAction, AuditTarget, Permission, Role
-from db.models import ApiToken, AuditLog, Automation, HookTrigger, Membership, Workspace
+from db.models import ApiToken, AuditLog, Automation, Membership, Webhook, Workspace
 
 
 def authorize(session: Session, actor: Actor, permission: Permission) -> Role:
@@ -43,10 +43,10 @@ def authorize(session: Session, actor: Actor, permission: Permission) -> Role:
 
     A person's role comes from their membership row, an API token's from its own
     row, which must not be revoked; an inbound webhook may only read and start runs,
-    while its trigger exists and its automation is live.
+    while its webhook exists and its automation is live.
     """
-    if actor.hook_id is not None:
-        return _hook_role(session, actor, permission)
+    if actor.webhook_id is not None:
+        return _webhook_role(session, actor, permission)
     if actor.token_id is not None:
         role = session.scalar(
             select(ApiToken.role).where(
@@ -67,20 +67,20 @@ def authorize(session: Session, actor: Actor, permission: Permission) -> Role:
     return Role(role)
 
 
-def _hook_role(session: Session, actor: Actor, permission: Permission) -> Role:
+def _webhook_role(session: Session, actor: Actor, permission: Permission) -> Role:
     live = session.scalar(
-        select(HookTrigger.id)
-        .join(Automation, Automation.id == HookTrigger.automation_id)
+        select(Webhook.id)
+        .join(Automation, Automation.id == Webhook.automation_id)
         .where(
-            HookTrigger.id == actor.hook_id,
-            HookTrigger.workspace_id == actor.workspace_id,
+            Webhook.id == actor.webhook_id,
+            Webhook.workspace_id == actor.workspace_id,
             Automation.archived_at.is_(None),
         )
     )
     if live is None:
-        raise Forbidden("this webhook trigger was disabled, or its automation deleted")
-    if permission not in HOOK_PERMISSIONS:
-        raise Forbidden("a webhook trigger may only start runs")
+        raise Forbidden("this webhook was disabled, or its automation deleted")
+    if permission not in WEBHOOK_PERMISSIONS:
+        raise Forbidden("a webhook may only start runs")
     return Role.EDITOR  # the role whose permissions it has a part of
 
 

@@ -116,7 +116,7 @@ def delete(schedule_id: uuid.UUID, *, actor: Actor) -> int:
         return done.cancelled
 
 
-def trigger(
+def run_now(
     schedule_id: uuid.UUID,
     *,
     actor: Actor,

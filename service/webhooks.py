@@ -1,7 +1,7 @@
 """An automation's inbound webhook: enable, rotate and disable it, and start a run for a call.
 
 Editors manage the webhook (audited, never its secret). A call proves itself with the
-webhook's secret or a signature of its body (`db.hooks.authenticate`) and then acts as
+webhook's secret or a signature of its body (`db.webhooks.authenticate`) and then acts as
 the webhook, which may only read and start runs (`db.workspaces.authorize`); its run is
 sent to the workers once its transaction has committed.
 """
@@ -17,8 +17,8 @@ from core.limits import MAX_DELIVERY_ID
 from core.run_input import parse_run_input
 from core.secrets import SIGNATURE_HEADER
 from core.vocabulary import AuditAction, AuditTarget, Permission, Trigger
-from db import hooks
-from db.hooks import NewHookSecret
+from db import webhooks
+from db.webhooks import NewWebhookSecret
 from service import executions
 from service.unit import read, unit_of_work
 
@@ -26,27 +26,27 @@ SECRET_HEADER = "Stepwise-Hook-Secret"
 DELIVERY_HEADER = "Stepwise-Delivery"
 
 
-def enable_webhook(automation_id: uuid.UUID, *, actor: Actor) -> NewHookSecret:
+def enable_webhook(automation_id: uuid.UUID, *, actor: Actor) -> NewWebhookSecret:
     """Give the automation a webhook URL and a secret, shown this once (editors; audited)."""
     with unit_of_work(actor, Permission.EDIT) as unit:
-        made = hooks.enable_hook(unit.session, automation_id, actor=actor)
-        unit.audit(AuditAction.ENABLE_HOOK, AuditTarget.AUTOMATION, automation_id)
+        made = webhooks.enable_webhook(unit.session, automation_id, actor=actor)
+        unit.audit(AuditAction.ENABLE_WEBHOOK, AuditTarget.AUTOMATION, automation_id)
     return made
 
 
-def rotate_webhook(automation_id: uuid.UUID, *, actor: Actor) -> NewHookSecret:
+def rotate_webhook(automation_id: uuid.UUID, *, actor: Actor) -> NewWebhookSecret:
     """A new secret for the webhook, same URL (editors; audited): the old one stops at once."""
     with unit_of_work(actor, Permission.EDIT) as unit:
-        made = hooks.rotate_hook(unit.session, automation_id, actor=actor)
-        unit.audit(AuditAction.ROTATE_HOOK, AuditTarget.AUTOMATION, automation_id)
+        made = webhooks.rotate_webhook(unit.session, automation_id, actor=actor)
+        unit.audit(AuditAction.ROTATE_WEBHOOK, AuditTarget.AUTOMATION, automation_id)
     return made
 
 
 def disable_webhook(automation_id: uuid.UUID, *, actor: Actor) -> None:
     """Delete the webhook (editors; audited): its URL answers 404 from now on."""
     with unit_of_work(actor, Permission.EDIT) as unit:
-        hooks.disable_hook(unit.session, automation_id, actor=actor)
-        unit.audit(AuditAction.DISABLE_HOOK, AuditTarget.AUTOMATION, automation_id)
+        webhooks.disable_webhook(unit.session, automation_id, actor=actor)
+        unit.audit(AuditAction.DISABLE_WEBHOOK, AuditTarget.AUTOMATION, automation_id)
 
 
 def check_delivery_id(value: str | None) -> str | None:
@@ -61,7 +61,7 @@ def check_delivery_id(value: str | None) -> str | None:
 
 
 def run_by_webhook(
-    hook_id: uuid.UUID,
+    webhook_id: uuid.UUID,
     body: bytes,
     *,
     secret: str | None,
@@ -74,29 +74,30 @@ def run_by_webhook(
 
     NotFound for a webhook that does not exist (or was disabled), NotAuthenticated without
     its secret or a valid signature, ValidationFailed for a body that is not a JSON object:
-    nothing is written in any of these cases. `admit(hook_id)` is called once the call is
+    nothing is written in any of these cases. `admit(webhook_id)` is called once the call is
     proven, before anything is written, and may raise to refuse it (the API's rate limit).
     """
-    actor = read(hooks.authenticate, hook_id, body, secret=secret, signature=signature)
+    actor = read(webhooks.authenticate, webhook_id, body, secret=secret, signature=signature)
     if actor is None:
         raise NotAuthenticated(
             f"send the webhook's secret as {SECRET_HEADER}, or sign the body "
-            f"({SIGNATURE_HEADER}: t=<unix seconds>,v1=<HMAC-SHA256 of t.body>)"
+            f"({SIGNATURE_HEADER}: t=<unix seconds>,v1=<HMAC-SHA256 of t.body>)",
+            webhook=True,
         )
     if admit is not None:
-        admit(hook_id)
+        admit(webhook_id)
     delivery = check_delivery_id(delivery_id)
     run_input = parse_run_input(body, field="body")
     if run_input is None:
         raise ValidationFailed.single("body", 'send a JSON object, like {"key": "value"}')
     with unit_of_work(actor, Permission.RUN) as unit:
-        automation_id = hooks.webhook_automation(unit.session, actor=actor)
+        automation_id = webhooks.webhook_automation(unit.session, actor=actor)
         if delivery is not None:
-            seen = hooks.claim_delivery(unit.session, delivery, actor=actor)
+            seen = webhooks.claim_delivery(unit.session, delivery, actor=actor)
             if seen is not None:  # a repeat: its run was sent by the call that started it
                 return seen
         execution_id = executions.start_in(
             unit, automation_id, run_input, trigger=Trigger.WEBHOOK, delivery_id=delivery
         )
-        hooks.record_webhook_run(unit.session, delivery, execution_id, actor=actor)
+        webhooks.record_webhook_run(unit.session, delivery, execution_id, actor=actor)
     return execution_id

@@ -83,10 +83,10 @@ def _resume(client: httpx.Client, args: argparse.Namespace) -> None:
     _print(call(client, "POST", f"/v1/schedules/{args.schedule}/resume"))
 
 
-def _trigger(client: httpx.Client, args: argparse.Namespace) -> None:
+def _run_now(client: httpx.Client, args: argparse.Namespace) -> None:
     path = f"/v1/automations/{args.id}/run"
     if args.schedule:
-        path = f"/v1/schedules/{args.id}/trigger"
+        path = f"/v1/schedules/{args.id}/run"
     body = None
     if args.input is not None:
         try:
@@ -98,19 +98,19 @@ def _trigger(client: httpx.Client, args: argparse.Namespace) -> None:
 
 
 def _tail(client: httpx.Client, args: argparse.Namespace) -> int:
-    """Print each step as it finishes until the run ends; 0 only if it succeeded."""
+    """Print each step as it finishes until the execution ends; 0 only if it succeeded."""
     seen: set[tuple[int, int]] = set()
     while True:
-        run = call(client, "GET", f"/v1/executions/{args.execution}")
-        for step in run.get("steps", []):
+        execution = call(client, "GET", f"/v1/executions/{args.execution}")
+        for step in execution.get("steps", []):
             key = (step["step_number"], step["attempt"])
             if step.get("finished_at") and key not in seen:
                 seen.add(key)
                 print(json.dumps(step, default=str) if args.json else _step_line(step), flush=True)
-        if run["status"] in FINAL_STATUSES:
-            summary = {k: v for k, v in run.items() if k != "steps"}
-            print(json.dumps(summary, default=str) if args.json else f"run {run['status']}")
-            return 0 if run["status"] == ExecutionStatus.SUCCEEDED else RUN_NOT_SUCCEEDED
+        if execution["status"] in FINAL_STATUSES:
+            summary = {k: v for k, v in execution.items() if k != "steps"}
+            print(json.dumps(summary, default=str) if args.json else f"run {execution['status']}")
+            return 0 if execution["status"] == ExecutionStatus.SUCCEEDED else RUN_NOT_SUCCEEDED
         time.sleep(args.interval)
 
 
@@ -129,8 +129,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("what", choices=["automations", "schedules", "executions"])
     p.add_argument("--automation", help="only this automation's (id)")
     p.add_argument("--schedule", help="executions: only this schedule's (id)")
-    p.add_argument("--status", action="append", help="executions: only runs in this status")
-    p.add_argument("--limit", type=int, help="executions: runs per page (API default 50)")
+    p.add_argument("--status", action="append", help="executions: only those in this status")
+    p.add_argument("--limit", type=int, help="executions: how many a page (API default 50)")
     p.add_argument("--cursor", help="executions: the page after this `next_cursor`")
     p.add_argument("--all", action="store_true", help="executions: every page, as one list")
     p.set_defaults(api_func=_list)
@@ -141,16 +141,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = cmds.add_parser("resume", help="resume a schedule")
     p.add_argument("schedule")
     p.set_defaults(api_func=_resume)
-    p = cmds.add_parser("trigger", help="run an automation now (or a schedule: --schedule)")
+    # `trigger` is its first name, kept for the scripts that call it.
+    p = cmds.add_parser(
+        "run", aliases=["trigger"], help="run an automation now (or a schedule: --schedule)"
+    )
     p.add_argument("id")
     p.add_argument("--schedule", action="store_true", help="the id is a schedule's")
     p.add_argument("--input", help="the run's input, a JSON object: '{\"order\": 42}'")
     p.add_argument("--idempotency-key", help="the same key again starts no second run")
-    p.set_defaults(api_func=_trigger)
-    p = cmds.add_parser("tail", help="print a run's steps as they finish, until it ends")
+    p.set_defaults(api_func=_run_now)
+    p = cmds.add_parser("tail", help="print an execution's steps as they finish, until it ends")
     p.add_argument("execution")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
-    p.add_argument("--json", action="store_true", help="one JSON object a line: steps, then run")
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object a line: steps, then the execution"
+    )
     p.set_defaults(api_func=_tail)
     api.set_defaults(func=run)
 

@@ -10,7 +10,7 @@ stepwise reseal              # after a new key is put first: re-seal every store
 stepwise export ...          # history to CSV / Parquet / Excel
 stepwise apply -f FILE       # create/update automations and schedules from YAML
 stepwise export-defs         # write them back as YAML
-stepwise api list|pause|resume|trigger|tail ...  # the REST API for scripts
+stepwise api list|pause|resume|run|tail ...  # the REST API for scripts
 """
 # Over 400 lines: every subcommand and its parser, one short function each (the REST API
 # client is stepwise/apicli.py, definitions as code stepwise/defs.py).

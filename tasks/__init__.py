@@ -1,4 +1,4 @@
-"""The worker engine on Dramatiq: the broker, the actors, the runner and the agent client.
+"""The workers on Dramatiq: the broker, the actors, the runner and the agent client.
 
 The layers above reach the queue through `tasks/send.py` only.
 """

@@ -7,7 +7,7 @@ whole body: an agent that trickles its answer a byte at a time is cut off at the
 deadline like one that never answers, so a step never outlives its lease.
 
 Why aiohttp here, when the rest of Stepwise speaks httpx: an agent call is the
-engine's hot path, and aiohttp (its parser is C) costs a fraction of the CPU per call
+runner's hot path, and aiohttp (its parser is C) costs a fraction of the CPU per call
 that httpx and httpcore cost, which were the largest share of a worker's CPU under a
 burst (the figures are in bench/RESULTS.md).
 

@@ -5,7 +5,7 @@ limit): each middleware is configured here, explicitly. Periodiq's middleware
 must be present in every process that declares the periodic actors. Importing
 this module builds nothing: `setup_broker()` does, once per process, before the
 actors are declared (`dramatiq tasks.broker:setup_broker tasks.actors`). The
-worker engine adds its runner's lifecycle when its actors are declared
+workers add their runner's lifecycle when their actors are declared
 (`tasks/lifecycle.py`), so a process that only sends builds no runner.
 """
 

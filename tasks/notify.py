@@ -17,8 +17,8 @@ so an automation's name or an agent's error cannot add links or formatting.
 
 Egress: a channel whose URL names an address (json, xml, form, mailto and their TLS
 forms) is checked against the agents' policy (core/egress.py, `STEPWISE_AGENT_ALLOW`)
-just before sending, and apprise may not follow redirects. Plain-HTTP webhooks are
-pinned to the checked address, like agent calls. TLS webhooks and mail are not (the
+just before sending, and apprise may not follow redirects. Plain-HTTP channels are
+pinned to the checked address, like agent calls. TLS channels and mail are not (the
 certificate names the host, and apprise resolves the name again itself): every
 address the name resolves to must be allowed, and a DNS answer that changes in
 between (rebinding) is not caught. The other schemes reach one public service each.
@@ -102,7 +102,7 @@ def apprise_plugin(url: str) -> apprise.NotifyBase | None:
 
 
 def destination(plugin: Any) -> tuple[str, int]:
-    """The host and port a webhook or mail notifier connects to (the SMTP host for mail)."""
+    """The host and port an HTTP or mail channel connects to (the SMTP host for mail)."""
     host = str(getattr(plugin, "smtp_host", "") or plugin.host or "")
     return host, int(plugin.port or (443 if getattr(plugin, "secure", False) else 80))
 
@@ -135,7 +135,7 @@ def tick_notify() -> int:
     settings = get_settings()
     with session_scope() as session:
         now = db_now(session)
-        opened = notices.evaluate_runs(session, now=now, settle_s=settings.notify_settle_s)
+        opened = notices.evaluate_executions(session, now=now, settle_s=settings.notify_settle_s)
         opened += notices.evaluate_schedules(session, now=now, within_days=settings.retention_days)
         notices.expire_stale_claims(session, now=now)
         notices.purge(session, now=now, older_than_days=settings.retention_days)
@@ -221,8 +221,8 @@ def post(plugin: Any, message: Message) -> bool:
 def guard(plugin: Any, scheme: str, policy: EgressPolicy) -> str | None:
     """Apply the egress policy to the channel's destination; None when it may be sent.
 
-    Plain-HTTP webhooks are pinned: the plugin connects to the address checked here
-    (the name is kept in the Host header). TLS webhooks and mail cannot be pinned
+    Plain-HTTP channels are pinned: the plugin connects to the address checked here
+    (the name is kept in the Host header). TLS channels and mail cannot be pinned
     through apprise (the certificate names the host), so every address their host
     resolves to must be allowed.
     """

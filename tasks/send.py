@@ -1,6 +1,6 @@
 """Sending work to the workers: a run's message and an early dispatch, on the process's broker.
 
-The one way the API, the dashboard, the CLI and the worker engine itself put work on
+The one way the API, the dashboard, the CLI and the workers themselves put work on
 the queue. Messages are built by actor name and queue, as Dramatiq's own
 `Actor.message_with_options` builds them, so a process that only sends declares no
 actor and builds no runner (`tasks/actors.py` declares the actors under these names,

@@ -24,7 +24,7 @@ from service.unit import Unit
 
 # The person every factory acts as: admin of the default workspace (`seed_access`).
 ADMIN = Actor(name="test", workspace_id=DEFAULT_WORKSPACE_ID, role=Role.ADMIN)
-# A webhook channel to a closed local port: nothing sent to it arrives anywhere.
+# An HTTP channel to a closed local port: nothing sent to it arrives anywhere.
 CHANNEL_URL = "json://hook:pw@127.0.0.1:9/hooks"
 
 
@@ -186,7 +186,7 @@ def now() -> datetime:
         return db_now(session)
 
 
-def add_runs(automation_id: uuid.UUID, rows: list[dict[str, Any]]) -> list[uuid.UUID]:
+def add_executions(automation_id: uuid.UUID, rows: list[dict[str, Any]]) -> list[uuid.UUID]:
     """Insert executions directly: history with chosen statuses and times."""
     base = now()
     with session_scope() as session:

@@ -43,9 +43,9 @@ def open_view(
     return at
 
 
-def run_page(run_id: object, *, acting: Actor | None = None) -> AppTest:
-    """The run page opened by its link (`/run?id=<run_id>`)."""
-    return open_view("run", query={"id": str(run_id)}, acting=acting)
+def execution_page(execution_id: object, *, acting: Actor | None = None) -> AppTest:
+    """An execution's page opened by its link (`/execution?id=<execution_id>`)."""
+    return open_view("execution", query={"id": str(execution_id)}, acting=acting)
 
 
 def schedule_page(schedule_id: object, *, acting: Actor | None = None) -> AppTest:

@@ -1,4 +1,4 @@
-"""Real local receivers for notifications: an SMTP server (aiosmtpd) and a webhook server."""
+"""Real local receivers for notifications: an SMTP server (aiosmtpd) and an HTTP receiver."""
 
 from __future__ import annotations
 
@@ -59,8 +59,8 @@ def smtp_server() -> Iterator[Mailbox]:
 
 
 @dataclass
-class Hooks:
-    """What the webhook server received: (path, Authorization header, JSON body) per POST."""
+class Receiver:
+    """What the HTTP receiver got: (path, Authorization header, JSON body) per POST."""
 
     port: int
     posts: list[tuple[str, str | None, Any]] = field(default_factory=list)
@@ -69,28 +69,28 @@ class Hooks:
 
 
 @contextmanager
-def webhook_server() -> Iterator[Hooks]:
+def http_receiver() -> Iterator[Receiver]:
     """An HTTP server on 127.0.0.1 recording every JSON POST."""
-    hooks = Hooks(port=0)
+    receiver = Receiver(port=0)
 
-    class Receiver(BaseHTTPRequestHandler):
+    class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            hooks.posts.append((self.path, self.headers.get("Authorization"), json.loads(body)))
-            hooks.hosts.append(self.headers.get("Host"))
-            self.send_response(hooks.status)
+            receiver.posts.append((self.path, self.headers.get("Authorization"), json.loads(body)))
+            receiver.hosts.append(self.headers.get("Host"))
+            self.send_response(receiver.status)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    hooks.port = server.server_address[1]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    receiver.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield hooks
+        yield receiver
     finally:
         server.shutdown()
         server.server_close()

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from fastapi.testclient import TestClient
 
     from testkit.api import ApiProcess
-    from testkit.receivers import Hooks
+    from testkit.receivers import Receiver
 
 # Read by Settings in every process the tests start; fixed before anything imports it.
 os.environ.update(
@@ -175,11 +175,11 @@ def procs(db: None, redis_client: Any, tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.fixture
-def hooks() -> Iterator[Hooks]:
-    """A local webhook receiver (`testkit.receivers.webhook_server`)."""
-    from testkit.receivers import webhook_server
+def receiver() -> Iterator[Receiver]:
+    """A local HTTP receiver for HTTP channels (`testkit.receivers.http_receiver`)."""
+    from testkit.receivers import http_receiver
 
-    with webhook_server() as received:
+    with http_receiver() as received:
         yield received
 
 

@@ -25,7 +25,7 @@ from testkit.api import ApiProcess, bearer, make_token, writes
 from testkit.factories import (
     ADMIN,
     CHANNEL_URL,
-    add_runs,
+    add_executions,
     automation_input,
     make_automation,
     make_channel,
@@ -124,7 +124,7 @@ def test_every_endpoint_but_health_and_docs_needs_a_token(
     ids = {"queue": "default", "message_id": "m", "hook_id": str(uuid.uuid4())}
     ids["automation_id"] = str(make_automation())
     ids["schedule_id"] = str(make_schedule(uuid.UUID(ids["automation_id"])))
-    ids["execution_id"] = str(add_runs(uuid.UUID(ids["automation_id"]), [{}])[0])
+    ids["execution_id"] = str(add_executions(uuid.UUID(ids["automation_id"]), [{}])[0])
     ids["channel_id"] = str(make_channel())
     paths = client.get("/openapi.json").json()["paths"]
     before = writes()
@@ -270,7 +270,7 @@ def test_executions_are_filtered_and_paged_with_a_cursor(
     # given 7 runs, 5 failed
     automation_id = make_automation()
     statuses = [ExecutionStatus.FAILED] * 5 + [ExecutionStatus.SUCCEEDED] * 2
-    ids = add_runs(automation_id, [{"status": s} for s in statuses])
+    ids = add_executions(automation_id, [{"status": s} for s in statuses])
     # when the failed ones are read two at a time
     seen, cursor, pages = [], None, 0
     while True:
@@ -295,7 +295,7 @@ def test_each_execution_filter_narrows_the_list(client: TestClient, admin: dict[
     automation_id = make_automation()
     schedule_id = make_schedule(automation_id)
     hour = datetime(2026, 3, 2, 12, tzinfo=UTC)
-    scheduled, retried, manual = add_runs(
+    scheduled, retried, manual = add_executions(
         automation_id,
         [
             {"schedule_id": schedule_id, "trigger": "schedule", "queued_at": hour},
@@ -303,7 +303,7 @@ def test_each_execution_filter_narrows_the_list(client: TestClient, admin: dict[
             {"queued_at": hour + timedelta(hours=2)},
         ],
     )
-    add_runs(make_automation(name="Other"), [{"queued_at": hour}])
+    add_executions(make_automation(name="Other"), [{"queued_at": hour}])
 
     def listed(**query: str) -> list[str]:
         answer = client.get("/v1/executions", params=query, headers=admin)
@@ -331,11 +331,16 @@ BY_ID = [
     ("post", "/v1/automations/{automation_id}/hook", None),
     ("post", "/v1/automations/{automation_id}/hook/rotate", None),
     ("delete", "/v1/automations/{automation_id}/hook", None),
+    ("get", "/v1/automations/{automation_id}/webhook", None),
+    ("post", "/v1/automations/{automation_id}/webhook", None),
+    ("post", "/v1/automations/{automation_id}/webhook/rotate", None),
+    ("delete", "/v1/automations/{automation_id}/webhook", None),
     ("get", "/v1/schedules/{schedule_id}", None),
     ("put", "/v1/schedules/{schedule_id}", SCHEDULE),
     ("post", "/v1/schedules/{schedule_id}/pause", None),
     ("post", "/v1/schedules/{schedule_id}/pause", {"note": "theirs"}),
     ("post", "/v1/schedules/{schedule_id}/resume", None),
+    ("post", "/v1/schedules/{schedule_id}/run", None),
     ("post", "/v1/schedules/{schedule_id}/trigger", None),
     ("post", "/v1/schedules/{schedule_id}/backfill", BACKFILL),
     ("post", "/v1/schedules/{schedule_id}/backfill/preview", BACKFILL),
@@ -357,8 +362,8 @@ WRITES = [
 ]
 # What a viewer may send with POST: nothing is saved by either.
 VIEWER_MAY = {"/v1/schedules/preview", "/v1/schedules/{schedule_id}/backfill/preview"}
-# Called by other systems with the webhook's secret, not a token (tests/test_hooks.py).
-NO_TOKEN = {"/v1/hooks/{hook_id}"}
+# Called by other systems with the webhook's secret, not a token (tests/test_webhooks.py).
+NO_TOKEN = {"/v1/hooks/{hook_id}", "/v1/webhooks/{webhook_id}"}
 
 
 def _ours(redis_client: Any) -> dict[str, str]:
@@ -368,7 +373,7 @@ def _ours(redis_client: Any) -> dict[str, str]:
 
     automation_id = make_automation()
     schedule_id = make_schedule(automation_id)
-    (run_id,) = add_runs(automation_id, [{"status": ExecutionStatus.FAILED}])
+    (run_id,) = add_executions(automation_id, [{"status": ExecutionStatus.FAILED}])
     webhooks.enable_webhook(automation_id, actor=ADMIN)
     redis_client.zadd("dramatiq:default.XQ", {"ours": time.time() * 1000})
     redis_client.hset(
@@ -657,9 +662,11 @@ def test_queues_and_dead_letters_are_scoped_admin_only_and_audited(
 
     # given a dead letter of our failed run and one of another workspace's
     ours = make_automation()
-    (our_run,) = add_runs(ours, [{"status": ExecutionStatus.FAILED}])
+    (our_run,) = add_executions(ours, [{"status": ExecutionStatus.FAILED}])
     other = make_workspace()
-    (their_run,) = add_runs(make_automation(actor=other), [{"status": ExecutionStatus.FAILED}])
+    (their_run,) = add_executions(
+        make_automation(actor=other), [{"status": ExecutionStatus.FAILED}]
+    )
     for message_id, run in (("ours", our_run), ("theirs", their_run)):
         redis_client.zadd("dramatiq:default.XQ", {message_id: time.time() * 1000})
         redis_client.hset(

@@ -1,5 +1,5 @@
 """Notification channels and deliveries through the REST API: the dashboard's rules
-(admin-only writes, URLs never returned) with a real local webhook receiver."""
+(admin-only writes, URLs never returned) with a real local HTTP receiver."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from db.audit import AuditFilters, list_audit
 from db.session import session_scope
 from testkit.api import bearer, make_token, writes
 from testkit.factories import ADMIN
-from testkit.receivers import Hooks
+from testkit.receivers import Receiver
 
 PROBLEM = "application/problem+json"
 PASSWORD = "pw-Vb27apihook"
@@ -19,11 +19,11 @@ PATH_SECRET = "tok-Qe58apipath"
 
 
 def test_an_admin_adds_tests_lists_and_deletes_a_channel_and_never_reads_its_url(
-    client: TestClient, hooks: Hooks
+    client: TestClient, receiver: Receiver
 ) -> None:
     admin = bearer(make_token(name="ops"))
-    url = f"json://hook:{PASSWORD}@127.0.0.1:{hooks.port}/hooks/{PATH_SECRET}"
-    # when an admin adds a channel to a local webhook receiver
+    url = f"json://hook:{PASSWORD}@127.0.0.1:{receiver.port}/hooks/{PATH_SECRET}"
+    # when an admin adds a channel to a local HTTP receiver
     made = client.post("/v1/channels", json={"name": "on-call", "url": url}, headers=admin)
     # then it is made, and its answer holds the redacted URL only
     assert made.status_code == 201, made.text
@@ -36,7 +36,7 @@ def test_an_admin_adds_tests_lists_and_deletes_a_channel_and_never_reads_its_url
     # when they send a test, then the receiver gets it and the delivery is recorded
     tested = client.post(f"/v1/channels/{channel['id']}/test", headers=admin)
     assert tested.status_code == 200 and tested.json() == {"ok": True, "error": None}
-    assert hooks.posts[0][2]["title"] == "Stepwise: test notification"
+    assert receiver.posts[0][2]["title"] == "Stepwise: test notification"
     (delivery,) = client.get("/v1/deliveries", headers=admin).json()
     assert (delivery["channel_name"], delivery["kind"], delivery["status"]) == (
         "on-call",
@@ -74,10 +74,10 @@ def test_a_bad_channel_gets_field_messages_without_its_url_and_writes_nothing(
 
 @pytest.mark.parametrize("role", [Role.EDITOR, Role.VIEWER])
 def test_only_admins_change_or_test_channels_and_others_still_read(
-    client: TestClient, hooks: Hooks, role: Role
+    client: TestClient, receiver: Receiver, role: Role
 ) -> None:
     admin = bearer(make_token(name="ops"))
-    url = f"json://hook:{PASSWORD}@127.0.0.1:{hooks.port}/hooks/{PATH_SECRET}"
+    url = f"json://hook:{PASSWORD}@127.0.0.1:{receiver.port}/hooks/{PATH_SECRET}"
     channel_id = client.post("/v1/channels", json={"name": "c", "url": url}, headers=admin).json()[
         "id"
     ]
@@ -91,6 +91,6 @@ def test_only_admins_change_or_test_channels_and_others_still_read(
         answer = client.request(method, path, json=body, headers=other)
         assert answer.status_code == 403, (method, path, answer.text)
         assert answer.headers["content-type"] == PROBLEM
-    assert writes() == before and hooks.posts == []
+    assert writes() == before and receiver.posts == []
     assert [c["id"] for c in client.get("/v1/channels", headers=other).json()] == [channel_id]
     assert client.get("/v1/deliveries", headers=other).json() == []

@@ -77,7 +77,7 @@ def test_without_redis_the_limit_lets_calls_through_and_says_so_in_the_log(
     get_settings.cache_clear()
     ratelimit._script.cache_clear()
     try:
-        with api_client() as client, caplog.at_level("WARNING", "stepwise.api"):
+        with api_client() as client, caplog.at_level("WARNING", "api.ratelimit"):
             # when the token calls twice, then both calls are answered
             for _ in range(2):
                 assert client.get("/v1/automations", headers=bearer(token)).status_code == 200

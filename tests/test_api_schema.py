@@ -37,7 +37,7 @@ from testkit.api import bearer, make_token, writes
 from testkit.factories import (
     ADMIN,
     CHANNEL_URL,
-    add_runs,
+    add_executions,
     make_automation,
     make_schedule,
 )
@@ -53,7 +53,8 @@ CHECKS = [
 # What an operation needs to succeed that the other operations' objects do not give it.
 NEEDS = {
     ("POST", "/v1/executions/{execution_id}/cancel"): {"run": ExecutionStatus.QUEUED},
-    ("POST", "/v1/automations/{automation_id}/hook"): {"hook": False},
+    ("POST", "/v1/automations/{automation_id}/hook"): {"webhook": False},
+    ("POST", "/v1/automations/{automation_id}/webhook"): {"webhook": False},
 }
 
 
@@ -97,16 +98,16 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
 
 def _objects(
-    redis_client: Any, run: ExecutionStatus = ExecutionStatus.FAILED, hook: bool = True
+    redis_client: Any, run: ExecutionStatus = ExecutionStatus.FAILED, webhook: bool = True
 ) -> tuple[dict[str, str], str]:
     """Fresh objects of the token's workspace, one for each id a path may name, and the
     webhook's secret."""
     automation_id = make_automation()
     schedule_id = make_schedule(automation_id)
-    (run_id,) = add_runs(automation_id, [{"status": run}])
+    (run_id,) = add_executions(automation_id, [{"status": run}])
     channel = channels.add_channel(f"c-{uuid.uuid4()}", CHANNEL_URL, actor=ADMIN)
     made = webhooks.enable_webhook(automation_id, actor=ADMIN)
-    if not hook:
+    if not webhook:
         webhooks.disable_webhook(automation_id, actor=ADMIN)
     from tasks.actors import run_execution
 
@@ -121,6 +122,7 @@ def _objects(
         "execution_id": run_id,
         "channel_id": channel.id,
         "hook_id": made.info.id,
+        "webhook_id": made.info.id,
         "queue": "default",
         "message_id": letter,
     }

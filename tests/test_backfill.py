@@ -23,7 +23,7 @@ from service import schedules
 from testkit.api import bearer, make_token, writes
 from testkit.factories import (
     ADMIN,
-    add_runs,
+    add_executions,
     executions_of,
     make_automation,
     make_schedule,
@@ -133,7 +133,7 @@ def test_a_backfill_makes_one_run_per_missing_slot_and_twice_makes_nothing_new()
     schedule_id = hourly_schedule()
     start, end = last_hours(4)
     automation_id = schedule(schedule_id).automation_id
-    (ran,) = add_runs(
+    (ran,) = add_executions(
         automation_id,
         [
             {
@@ -168,7 +168,7 @@ def test_a_backfilled_run_is_not_held_back_by_the_overlap_policy() -> None:
     schedule_id = hourly_schedule()
     start, end = last_hours(2)
     automation_id = schedule(schedule_id).automation_id
-    add_runs(
+    add_executions(
         automation_id,
         [{"schedule_id": schedule_id, "trigger": "schedule", "scheduled_for": end}],
     )

@@ -30,7 +30,7 @@ from testkit.browser import (
     shoot,
     window,
 )
-from testkit.factories import ADMIN, add_runs, make_automation, make_schedule, make_workspace
+from testkit.factories import ADMIN, add_executions, make_automation, make_schedule, make_workspace
 from testkit.processes import READY
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.usefixtures("db", "redis_client")]
@@ -40,7 +40,7 @@ def test_dashboard_in_a_real_browser(dashboard_url: str, browser_page: Any) -> N
     # given an automation with a finished run that has a step timeline
     page = browser_page
     auto = make_automation(name="Browser demo", steps=2)
-    ok, failed = add_runs(
+    ok, failed = add_executions(
         auto,
         [{"status": "succeeded"}, {"status": "failed", "error": "step 2: HTTP 503 from agent"}],
     )
@@ -145,7 +145,7 @@ def test_hostile_text_renders_literally_and_bad_links_say_not_found(
     # given an automation named with Markdown and HTML, whose run failed with the same text
     page = browser_page
     automation_id = make_automation(name=HOSTILE)
-    (failed,) = add_runs(automation_id, [{"status": "failed", "error": HOSTILE}])
+    (failed,) = add_executions(automation_id, [{"status": "failed", "error": HOSTILE}])
     # when its run is opened from a link
     page.goto(f"{dashboard_url}/executions?execution={failed}")
     settle(page)
@@ -161,7 +161,7 @@ def test_hostile_text_renders_literally_and_bad_links_say_not_found(
     # and a link with an id that is not one says "not found", with no traceback
     page.goto(f"{dashboard_url}/executions?execution=not-a-uuid")
     settle(page)
-    page.get_by_text("Run not found").first.wait_for()
+    page.get_by_text("Execution not found").first.wait_for()
     no_exception(page)
     assert "Traceback" not in page.content()
 
@@ -172,15 +172,15 @@ def test_another_workspaces_run_is_not_found_by_any_page_or_deep_link(
     # given local mode (no login: the local admin, in the default workspace) and another
     # workspace on the same database with a failed run
     page = browser_page
-    add_runs(make_automation(name="Our report"), [{"status": "succeeded"}])
+    add_executions(make_automation(name="Our report"), [{"status": "succeeded"}])
     theirs = make_workspace("Their team", admin="eve@their.example")
     their_automation = make_automation(actor=theirs, name="Their payroll")
-    (their_run,) = add_runs(their_automation, [{"status": "failed", "error": "their secret"}])
+    (their_run,) = add_executions(their_automation, [{"status": "failed", "error": "their secret"}])
     # when their run is opened by its deep link
     page.goto(f"{dashboard_url}/executions?execution={their_run}")
     settle(page)
     # then it is not found, and nothing of theirs is on the page
-    page.get_by_text("Run not found in this workspace").wait_for()
+    page.get_by_text("Execution not found in this workspace").wait_for()
     no_exception(page)
     for path in ("executions", "automations", "schedules", "export", "", "audit"):
         page.goto(f"{dashboard_url}/{path}")
@@ -215,13 +215,13 @@ def test_a_page_served_under_a_foreign_host_name_shows_nothing(
 def test_every_page_at_phone_width(dashboard_url: str, chromium: Any) -> None:
     # given some history, and a phone-sized window
     automation_id = make_automation(name="Phone check")
-    _, failed = add_runs(
+    _, failed = add_executions(
         automation_id, [{"status": "succeeded"}, {"status": "failed", "error": "HTTP 503"}]
     )
     with window(chromium, viewport=PHONE) as page:
         # when each page opens, then it renders without an error (screenshots for a person)
         for path, name in (
-            (f"run?id={failed}", "run"),
+            (f"execution?id={failed}", "execution"),
             ("", "overview"),  # the default page's address is the root
             ("schedules", "schedules"),
             ("automations", "automations"),
@@ -259,7 +259,7 @@ def test_a_run_is_watched_live_on_its_page(
     agent.responder = lambda call: Reply(200, {"output": "ok"}, delay_s=1.5)
     automation_id = make_automation(name="Live run", agent_url=agent.url, steps=3)
     run = executions.run_now(automation_id, actor=ADMIN)
-    # when its page is opened by its URL
+    # when its page is opened by its first URL (/run, which sends it on to /execution)
     page.goto(f"{dashboard_url}/run?id={run}")
     settle(page)
     wait_status(page, "queued")
@@ -304,7 +304,7 @@ def test_a_failed_run_is_retried_from_its_page(
     procs.start("worker")
     procs.wait_ready("worker", READY)
     run = executions.run_now(automation_id, actor=ADMIN)
-    page.goto(f"{dashboard_url}/run?id={run}")
+    page.goto(f"{dashboard_url}/execution?id={run}")
     settle(page)
     wait_status(page, "failed")
     page.get_by_text("Step 2 · attempt 2 · failed").wait_for()
@@ -329,7 +329,7 @@ def test_a_click_on_an_executions_row_opens_the_run_page(
     page = browser_page
     outside = outside_requests(page)
     automation_id = make_automation(name="Clicked run")
-    newer, older = add_runs(
+    newer, older = add_executions(
         automation_id, [{"status": "failed", "error": "HTTP 500"}, {"status": "succeeded"}]
     )
     with session_scope() as session:
@@ -345,7 +345,7 @@ def test_a_click_on_an_executions_row_opens_the_run_page(
     assert box is not None
     page.mouse.click(box["x"] + 16, box["y"] + 35 + 17)
     # then the run page of that row opens, at its own URL
-    page.wait_for_url(f"**/run?id={rows[0].id}")
+    page.wait_for_url(f"**/execution?id={rows[0].id}")
     settle(page)
     wait_status(page, rows[0].status)
     no_exception(page)
@@ -360,10 +360,10 @@ def test_a_click_on_a_run_grid_cell_opens_the_run_page(
     page = browser_page
     outside = outside_requests(page)
     automation_id = make_automation(name="Grid run", steps=2)
-    failed, ok = add_runs(automation_id, [{"status": "failed", "error": "HTTP 500"}, {}])
+    failed, ok = add_executions(automation_id, [{"status": "failed", "error": "HTTP 500"}, {}])
     page.goto(f"{dashboard_url}/executions?automation={automation_id}")
     settle(page)
-    page.get_by_text("Run grid").wait_for()
+    page.get_by_text("Execution grid").wait_for()
     chart = page.locator('[data-testid="stVegaLiteChart"]').first
     chart.wait_for()
     page.wait_for_timeout(2000)
@@ -373,7 +373,7 @@ def test_a_click_on_a_run_grid_cell_opens_the_run_page(
     # (Vega draws SVG marks labelled with their fields, the run id among them)
     chart.locator(f"svg [aria-label*='{failed}']").first.click()
     # then that run's page opens at its own URL
-    page.wait_for_url(f"**/run?id={failed}", timeout=20_000)
+    page.wait_for_url(f"**/execution?id={failed}", timeout=20_000)
     settle(page)
     wait_status(page, "failed")
     no_exception(page)
@@ -402,7 +402,7 @@ def test_a_schedules_row_opens_its_page_and_every_column_fits_at_1440(
     outside = outside_requests(page)
     automation_id = make_automation(name="Row click")
     schedule_id = make_schedule(automation_id, cron_expr="0 9 * * 1-5", timezone="Europe/Berlin")
-    add_runs(automation_id, [{"schedule_id": schedule_id, "trigger": "schedule"}])
+    add_executions(automation_id, [{"schedule_id": schedule_id, "trigger": "schedule"}])
     page.goto(f"{dashboard_url}/schedules")
     settle(page)
     grid = page.locator('[data-testid="stDataFrame"]').first
@@ -517,8 +517,8 @@ def test_the_failed_runs_of_a_filter_are_retried_in_bulk(
     page = browser_page
     outside = outside_requests(page)
     automation_id = make_automation(name="Bulk retried")
-    failed = add_runs(automation_id, [{"status": "failed", "error": "HTTP 503"}] * 2)
-    add_runs(automation_id, [{"status": "succeeded"}])
+    failed = add_executions(automation_id, [{"status": "failed", "error": "HTTP 503"}] * 2)
+    add_executions(automation_id, [{"status": "succeeded"}])
     page.goto(f"{dashboard_url}/executions?status=failed")
     settle(page)
     # when "Retry the failed runs of this filter" is pressed and confirmed

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from testkit.browser import DESKTOP, PHONE, no_exception, settle, shoot
-from testkit.factories import add_runs, make_automation, make_schedule, now
+from testkit.factories import add_executions, make_automation, make_schedule, now
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.usefixtures("db", "redis_client")]
 
@@ -88,7 +88,7 @@ def show_toolbars(page: Any) -> None:
 def history() -> dict[str, Any]:
     automation_id = make_automation(name="Phone check", steps=3)
     make_schedule(automation_id)
-    runs = add_runs(
+    runs = add_executions(
         automation_id,
         [
             {"status": "succeeded"},
@@ -173,7 +173,9 @@ def test_needs_attention_refreshes_by_itself(
     page.get_by_text("Needs attention").wait_for()
     # when another automation fails while the page stays open
     other = make_automation(name="Late failure")
-    add_runs(other, [{"status": "failed", "error": "step 1: timed out", "finished_at": now()}])
+    add_executions(
+        other, [{"status": "failed", "error": "step 1: timed out", "finished_at": now()}]
+    )
     # then it appears without a reload (the grid's accessible copy is in the DOM)
     page.get_by_text("Late failure").first.wait_for(state="attached", timeout=40_000)
     no_exception(page)

@@ -26,7 +26,7 @@ from service import automations
 from service.exports import audit_csv
 from testkit.factories import (
     ADMIN,
-    add_runs,
+    add_executions,
     automation_input,
     make_automation,
     make_execution,
@@ -37,7 +37,7 @@ from testkit.factories import (
     row_counts,
     table_snapshot,
 )
-from testkit.pages import load_view, open_new_schedule, open_view, run_page, texts
+from testkit.pages import execution_page, load_view, open_new_schedule, open_view, texts
 from testkit.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("db", "redis_client")
@@ -59,7 +59,7 @@ def test_every_page_renders_its_empty_state(name: str) -> None:
 def test_overview_shows_kpis_and_the_stale_scheduler(db: None) -> None:
     auto = make_automation(name="Reports")
     make_schedule(auto)
-    add_runs(auto, [{"status": "succeeded"}, {"status": "failed", "error": "agent said no"}])
+    add_executions(auto, [{"status": "succeeded"}, {"status": "failed", "error": "agent said no"}])
     at = open_view("overview")
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Active schedules"] == "1"
@@ -72,7 +72,7 @@ def test_overview_shows_kpis_and_the_stale_scheduler(db: None) -> None:
 def test_needs_attention_groups_failures_by_automation_and_error() -> None:
     # given three alike failures of one automation and one other failure
     auto = make_automation(name="Reports")
-    add_runs(
+    add_executions(
         auto,
         [{"status": "failed", "error": f"step 1: HTTP 500 (trace {uuid.uuid4()})"}] * 3
         + [{"status": "failed", "error": "step 2: timed out"}, {"status": "succeeded"}],
@@ -269,7 +269,7 @@ def test_pause_resume_run_now_and_delete(agent: Any, worker: Any) -> None:
     [run] = wait_for(finished, timeout=30, message="the manual run to succeed")
     assert run.trigger == "manual" and len(agent.calls) == 2
     # when deleted, after confirming
-    add_runs(
+    add_executions(
         auto,
         [
             {
@@ -419,14 +419,14 @@ def test_delete_an_automation_after_confirming() -> None:
 def history() -> dict[str, uuid.UUID]:
     a = make_automation(name="Alpha")
     b = make_automation(name="Beta")
-    ids = add_runs(
+    ids = add_executions(
         a,
         [
             {"status": "succeeded" if n % 2 else "failed", "error": None if n % 2 else "HTTP 500"}
             for n in range(30)
         ],
     )
-    add_runs(b, [{"status": "cancelled"}])
+    add_executions(b, [{"status": "cancelled"}])
     return {"alpha": a, "beta": b, "failed": ids[0]}
 
 
@@ -494,9 +494,9 @@ HOSTILE_NAME = (
 def test_names_and_agent_text_are_markdown_escaped_where_markdown_renders() -> None:
     # given an automation with a hostile name whose run failed with a hostile error
     automation_id = make_automation(name=HOSTILE_NAME)
-    (failed,) = add_runs(automation_id, [{"status": "failed", "error": HOSTILE_NAME}])
+    (failed,) = add_executions(automation_id, [{"status": "failed", "error": HOSTILE_NAME}])
     # when its run is opened
-    at = run_page(failed)
+    at = execution_page(failed)
     # then every Markdown source that carries it escapes each mark (no link, image, colour)
     sources = [str(e.value) for e in (*at.markdown, *at.error) if "authenticate" in str(e.value)]
     assert len(sources) >= 2
@@ -571,7 +571,7 @@ def test_a_dead_letter_shows_its_runs_error_and_automation_not_a_bare_id(
 
     # given a run that failed for good, its message dead-lettered (Redis keeps no error)
     automation_id = make_automation(name="Nightly report")
-    (failed,) = add_runs(
+    (failed,) = add_executions(
         automation_id, [{"status": "failed", "error": "step 2: agent answered HTTP 500"}]
     )
     message = run_execution.message(str(failed))
@@ -582,7 +582,7 @@ def test_a_dead_letter_shows_its_runs_error_and_automation_not_a_bare_id(
     table = at.dataframe[-1].value
     # then it names the automation and the run, and shows the run's stored error
     assert list(table["Error"]) == ["step 2: agent answered HTTP 500"]
-    assert list(table["Run"]) == [f"Nightly report · run {str(failed)[:8]}"]
+    assert list(table["Execution"]) == [f"Nightly report · execution {str(failed)[:8]}"]
     assert str(failed) not in table.to_string()
 
 
@@ -591,8 +591,10 @@ def test_workers_are_shown_by_host_and_pid_with_what_they_run(db: None, redis_cl
 
     # given a worker process's beacon, holding a run of ours and one of another workspace
     beat_ms = int(time.time() * 1000)
-    run_id = str(add_runs(make_automation(), [{"status": "running"}])[0])
-    theirs = str(add_runs(make_automation(actor=make_workspace()), [{"status": "running"}])[0])
+    run_id = str(add_executions(make_automation(), [{"status": "running"}])[0])
+    theirs = str(
+        add_executions(make_automation(actor=make_workspace()), [{"status": "running"}])[0]
+    )
     redis_client.hset(
         KEY.format(name="web-1:4242"),
         mapping={
@@ -715,7 +717,7 @@ def test_executions_colour_status_and_list_runs_in_flight_before_queued_slots() 
     # given a running run, a slot queued ahead of its time after it, and a finished run
     automation_id = make_automation(name="Ordered")
     base = now()
-    running, ahead, done = add_runs(
+    running, ahead, done = add_executions(
         automation_id,
         [
             {"status": "running", "finished_at": None, "queued_at": base - timedelta(minutes=2)},
@@ -763,9 +765,9 @@ def test_executions_filters_are_kept_in_the_url_and_read_from_it(
 def test_the_failed_runs_of_a_filter_are_retried_after_a_count_and_a_confirmation() -> None:
     # given three failed runs and a succeeded one of one automation, a failed one of another
     mine = make_automation(name="Mine")
-    failed = add_runs(mine, [{"status": "failed", "error": "HTTP 503"}] * 3)
-    add_runs(mine, [{"status": "succeeded"}])
-    (other,) = add_runs(make_automation(name="Other"), [{"status": "failed"}])
+    failed = add_executions(mine, [{"status": "failed", "error": "HTTP 503"}] * 3)
+    add_executions(mine, [{"status": "succeeded"}])
+    (other,) = add_executions(make_automation(name="Other"), [{"status": "failed"}])
     at = open_view("executions")
     # when the filter is narrowed to the first automation
     at.selectbox(key="ex_automation").set_value(str(mine)).run()
@@ -791,7 +793,7 @@ def test_a_viewer_gets_no_bulk_retry_and_a_forged_one_is_refused() -> None:
     from core.errors import Forbidden
     from service import executions
 
-    add_runs(make_automation(), [{"status": "failed"}])
+    add_executions(make_automation(), [{"status": "failed"}])
     viewer = person("vera@example.com", "viewer")
     at = load_view("executions", acting=viewer)
     at.run()

@@ -757,7 +757,7 @@ def test_a_run_ends_with_its_last_answer_and_counters_in_one_statement(db: None)
 
 
 def test_a_lease_renewal_extends_only_the_runs_still_held(db: None) -> None:
-    from db.runs import cancel_runs, renew_leases
+    from db.runs import cancel_executions, renew_leases
 
     # given three runs this worker claimed with a short lease
     ids = [make_execution(make_automation()) for _ in range(3)]
@@ -767,7 +767,7 @@ def test_a_lease_renewal_extends_only_the_runs_still_held(db: None) -> None:
     kept, cancelled, taken = ids
     # when one is cancelled and another taken over by a later claim
     with session_scope() as session:
-        cancel_runs(session, Execution.id == cancelled, "cancelled: by a person")
+        cancel_executions(session, Execution.id == cancelled, "cancelled: by a person")
         session.execute(
             update(Execution).where(Execution.id == taken).values(attempt=Execution.attempt + 1)
         )

@@ -72,7 +72,7 @@ def test_failure_notifications_through_the_real_processes(procs: Any, agent: Any
     from stepwise.demo_agent import Reply, default_reply
     from tasks.actors import notify_tick
     from testkit.factories import ADMIN, execution
-    from testkit.receivers import smtp_server, webhook_server
+    from testkit.receivers import http_receiver, smtp_server
 
     def heartbeat() -> Any:
         with session_scope() as session:
@@ -95,7 +95,7 @@ def test_failure_notifications_through_the_real_processes(procs: Any, agent: Any
         )
         return execution_id
 
-    with smtp_server() as mailbox, webhook_server() as hooks:
+    with smtp_server() as mailbox, http_receiver() as receiver:
         # given an automation whose agent fails, retried twice a run, notifying after 2 runs
         agent.responder = lambda call: Reply(503, {"error": "agent down"})
         automation_id = make_automation(name="Sync", agent_url=agent.url, steps=1, max_retries=2)
@@ -106,7 +106,7 @@ def test_failure_notifications_through_the_real_processes(procs: Any, agent: Any
             actor=ADMIN,
         )
         hook = channels.add_channel(
-            "hook", f"json://127.0.0.1:{hooks.port}/hooks/tok-Wq19e2e", actor=ADMIN
+            "hook", f"json://127.0.0.1:{receiver.port}/hooks/tok-Wq19e2e", actor=ADMIN
         )
         channels.set_notifications(automation_id, [mail.id, hook.id], 2, actor=ADMIN)
         procs.start("worker", STEPWISE_NOTIFY_SETTLE_S="0")
@@ -117,27 +117,27 @@ def test_failure_notifications_through_the_real_processes(procs: Any, agent: Any
         first = run("failed")
         assert len(agent.calls_for(str(first))) == 3
         tick()
-        assert mailbox.messages == [] and hooks.posts == []
+        assert mailbox.messages == [] and receiver.posts == []
         # when a second run fails, then a third while the incident is open
         run("failed")
         tick()
         run("failed")
         tick()
         # then exactly one failure notice reached each channel
-        assert len(mailbox.messages) == 1 and len(hooks.posts) == 1
+        assert len(mailbox.messages) == 1 and len(receiver.posts) == 1
         assert "Subject: Stepwise: Sync is failing" in mailbox.messages[0]
-        assert hooks.posts[0][2]["title"] == "Stepwise: Sync is failing"
-        assert "2 consecutive runs failed" in hooks.posts[0][2]["message"]
-        assert "HTTP 503" in hooks.posts[0][2]["message"]
+        assert receiver.posts[0][2]["title"] == "Stepwise: Sync is failing"
+        assert "2 consecutive runs failed" in receiver.posts[0][2]["message"]
+        assert "HTTP 503" in receiver.posts[0][2]["message"]
         # when the agent answers again and a run succeeds
         agent.responder = default_reply
         run("succeeded")
         tick()
         tick()
         # then exactly one recovery notice follows on each channel
-        assert len(mailbox.messages) == 2 and len(hooks.posts) == 2
+        assert len(mailbox.messages) == 2 and len(receiver.posts) == 2
         assert "Subject: Stepwise: Sync recovered" in mailbox.messages[1]
-        assert hooks.posts[1][2]["title"] == "Stepwise: Sync recovered"
+        assert receiver.posts[1][2]["title"] == "Stepwise: Sync recovered"
     # and every delivery is recorded with its outcome
     with session_scope() as session:
         made = session.execute(select(Delivery.channel_name, Delivery.kind, Delivery.status)).all()

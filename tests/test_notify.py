@@ -1,5 +1,5 @@
 """Failure notifications: channels, notices once per incident, delivery through apprise to a
-real local SMTP server and a real local webhook receiver, and no channel URL in clear."""
+real local SMTP server and a real local HTTP receiver, and no channel URL in clear."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from service import channels as channel_service
 from tasks import notify
 from testkit.factories import (
     ADMIN,
-    add_runs,
+    add_executions,
     make_automation,
     make_channel,
     make_schedule,
@@ -35,7 +35,7 @@ from testkit.factories import (
     person,
     row_counts,
 )
-from testkit.receivers import Hooks, Mailbox, smtp_server, webhook_server
+from testkit.receivers import Mailbox, Receiver, http_receiver, smtp_server
 
 SMTP_PASSWORD = "pw-Zq81smtp"
 HOOK_PASSWORD = "pw-Xk42hook"
@@ -55,8 +55,8 @@ def mail_url(box: Mailbox) -> str:
     )
 
 
-def hook_url(hooks: Hooks) -> str:
-    return f"json://hook:{HOOK_PASSWORD}@127.0.0.1:{hooks.port}/hooks/{HOOK_PATH_SECRET}"
+def receiver_url(receiver: Receiver) -> str:
+    return f"json://hook:{HOOK_PASSWORD}@127.0.0.1:{receiver.port}/hooks/{HOOK_PATH_SECRET}"
 
 
 def mail_parts(raw: str) -> dict[str, str]:
@@ -84,7 +84,7 @@ def runs(
 ) -> list[uuid.UUID]:
     """Finished runs of the automation, one a second in this order, after the rule was made."""
     start = start or later()
-    return add_runs(
+    return add_executions(
         automation_id,
         [
             {
@@ -102,7 +102,7 @@ def evaluate(at: datetime | None = None) -> int:
     """One evaluator pass as the minute tick makes it, at `at` (default: well after the runs)."""
     with session_scope() as session:
         now = at or db_now(session) + timedelta(minutes=5)
-        opened = notices.evaluate_runs(session, now=now, settle_s=5)
+        opened = notices.evaluate_executions(session, now=now, settle_s=5)
         opened += notices.evaluate_schedules(session, now=now, within_days=90)
     notify.send_pending()
     return opened
@@ -154,14 +154,14 @@ def test_channel_urls_are_checked_and_shown_redacted() -> None:
 # --- delivery ---------------------------------------------------------------------------------
 
 
-def test_a_failure_reaches_a_real_smtp_server_and_webhook_once_per_incident(
-    db: None, mailbox: Mailbox, hooks: Hooks
+def test_a_failure_reaches_a_real_smtp_server_and_http_receiver_once_per_incident(
+    db: None, mailbox: Mailbox, receiver: Receiver
 ) -> None:
     # given an automation notifying two channels after 2 consecutive failed runs
     automation_id = make_automation(name="Nightly report")
     notify_on(
         automation_id,
-        [make_channel("mail", mail_url(mailbox)), make_channel("hook", hook_url(hooks))],
+        [make_channel("mail", mail_url(mailbox)), make_channel("hook", receiver_url(receiver))],
         2,
     )
     # when one run fails, is retried and fails twice more, then another run fails
@@ -171,7 +171,7 @@ def test_a_failure_reaches_a_real_smtp_server_and_webhook_once_per_incident(
     fail_again(first, start + timedelta(seconds=2))
     fail_again(first, start + timedelta(seconds=3))
     evaluate()
-    assert not mailbox.messages and not hooks.posts  # one failed run so far, however retried
+    assert not mailbox.messages and not receiver.posts  # one failed run so far, however retried
     runs(automation_id, ExecutionStatus.FAILED, start=start + timedelta(seconds=4))
     evaluate()
     # and more runs fail while the incident is open
@@ -179,10 +179,10 @@ def test_a_failure_reaches_a_real_smtp_server_and_webhook_once_per_incident(
     evaluate()
     evaluate()
     # then each channel got exactly one failure notice, with the run's error
-    assert len(mailbox.messages) == 1 and len(hooks.posts) == 1
+    assert len(mailbox.messages) == 1 and len(receiver.posts) == 1
     assert "Subject: Stepwise: Nightly report is failing" in mailbox.messages[0]
     assert mailbox.logins == [("alerts", SMTP_PASSWORD)]
-    path, authorization, body = hooks.posts[0]
+    path, authorization, body = receiver.posts[0]
     assert path == f"/hooks/{HOOK_PATH_SECRET}" and authorization
     assert body["title"] == "Stepwise: Nightly report is failing"
     assert "2 consecutive runs failed" in body["message"]
@@ -193,9 +193,11 @@ def test_a_failure_reaches_a_real_smtp_server_and_webhook_once_per_incident(
     ]
 
 
-def test_a_success_after_the_incident_sends_one_recovery_notice(db: None, hooks: Hooks) -> None:
+def test_a_success_after_the_incident_sends_one_recovery_notice(
+    db: None, receiver: Receiver
+) -> None:
     automation_id = make_automation(name="Sync")
-    notify_on(automation_id, [make_channel("hook", hook_url(hooks))])
+    notify_on(automation_id, [make_channel("hook", receiver_url(receiver))])
     start = later()
     runs(automation_id, "failed", start=start)
     evaluate()
@@ -203,7 +205,7 @@ def test_a_success_after_the_incident_sends_one_recovery_notice(db: None, hooks:
     runs(automation_id, "succeeded", "succeeded", start=start + timedelta(seconds=5))
     evaluate()
     # then one recovery notice follows the failure notice, and the incident is closed
-    assert [p[2]["title"] for p in hooks.posts] == [
+    assert [p[2]["title"] for p in receiver.posts] == [
         "Stepwise: Sync is failing",
         "Stepwise: Sync recovered",
     ]
@@ -213,27 +215,31 @@ def test_a_success_after_the_incident_sends_one_recovery_notice(db: None, hooks:
     # and a new failure after the recovery is a new incident
     runs(automation_id, "failed", start=start + timedelta(seconds=10))
     evaluate()
-    assert [p[2]["title"] for p in hooks.posts][-1] == "Stepwise: Sync is failing"
-    assert len(hooks.posts) == 3
+    assert [p[2]["title"] for p in receiver.posts][-1] == "Stepwise: Sync is failing"
+    assert len(receiver.posts) == 3
 
 
-def test_runs_finished_before_the_rule_or_too_recently_do_not_count(db: None, hooks: Hooks) -> None:
+def test_runs_finished_before_the_rule_or_too_recently_do_not_count(
+    db: None, receiver: Receiver
+) -> None:
     automation_id = make_automation()
     runs(automation_id, "failed", start=later(-60))  # finished before the rule existed
-    notify_on(automation_id, [make_channel("hook", hook_url(hooks))])
+    notify_on(automation_id, [make_channel("hook", receiver_url(receiver))])
     evaluate()
-    assert not hooks.posts
+    assert not receiver.posts
     # a run that finished a moment ago waits for the settle time (it may commit late)
     just_now = later()
     runs(automation_id, "failed", start=just_now)
     assert evaluate(at=just_now + timedelta(seconds=2)) == 0
     assert evaluate(at=just_now + timedelta(seconds=10)) == 1
-    assert len(hooks.posts) == 1
+    assert len(receiver.posts) == 1
 
 
-def test_a_parked_and_a_completed_schedule_are_each_notified_once(db: None, hooks: Hooks) -> None:
+def test_a_parked_and_a_completed_schedule_are_each_notified_once(
+    db: None, receiver: Receiver
+) -> None:
     automation_id = make_automation(name="Backup")
-    notify_on(automation_id, [make_channel("hook", hook_url(hooks))])
+    notify_on(automation_id, [make_channel("hook", receiver_url(receiver))])
     parked = make_schedule(automation_id)
     done = make_schedule(automation_id)
     # when dispatch parks one (its zone is gone) and the other reaches its end
@@ -255,28 +261,28 @@ def test_a_parked_and_a_completed_schedule_are_each_notified_once(db: None, hook
     evaluate()
     evaluate()
     # then one notice each, saying why
-    titles = sorted(p[2]["title"] for p in hooks.posts)
+    titles = sorted(p[2]["title"] for p in receiver.posts)
     assert titles == [
         "Stepwise: a schedule of Backup completed",
         "Stepwise: a schedule of Backup was parked",
     ]
-    said = {p[2]["title"].rpartition(" ")[2]: p[2]["message"] for p in hooks.posts}
+    said = {p[2]["title"].rpartition(" ")[2]: p[2]["message"] for p in receiver.posts}
     assert said["parked"].startswith(f"Schedule {parked} stopped: disabled:")
     assert "Gone/Away" in said["parked"]
     assert said["completed"] == f"Schedule {done} stopped: reached its end"
 
 
 def test_a_failing_channel_records_its_error_and_the_others_still_deliver(
-    db: None, hooks: Hooks, caplog: pytest.LogCaptureFixture
+    db: None, receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
     # given one channel answering 500, one that nothing listens on, and a working one
-    with webhook_server() as broken:
+    with http_receiver() as broken:
         broken.status = 500
         broken_id = make_channel(
             "broken", f"json://u:{HOOK_PASSWORD}@127.0.0.1:{broken.port}/x/{HOOK_PATH_SECRET}"
         )
         dead_id = make_channel("dead", f"json://u:{HOOK_PASSWORD}@127.0.0.1:9/x/{HOOK_PATH_SECRET}")
-        good_id = make_channel("good", hook_url(hooks))
+        good_id = make_channel("good", receiver_url(receiver))
         automation_id = make_automation()
         notify_on(automation_id, [broken_id, dead_id, good_id])
         runs(automation_id, "failed")
@@ -284,7 +290,7 @@ def test_a_failing_channel_records_its_error_and_the_others_still_deliver(
         with caplog.at_level(logging.DEBUG):
             evaluate()
     # then the working channel got it, the others record their errors, nothing was raised
-    assert len(hooks.posts) == 1
+    assert len(receiver.posts) == 1
     outcome = {d.channel_name: (d.status, d.error or "") for d in deliveries()}
     assert outcome["good"] == (DeliveryStatus.OK, "")
     assert outcome["broken"][0] == DeliveryStatus.ERROR and "500" in outcome["broken"][1]
@@ -316,11 +322,11 @@ def test_a_channel_to_an_internal_address_is_refused_when_added(db: None, url: s
 
 
 def test_a_channel_the_policy_no_longer_allows_is_refused_when_sending(
-    db: None, hooks: Hooks, monkeypatch: pytest.MonkeyPatch
+    db: None, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given a loopback channel added while the policy allowed loopback
     automation_id = make_automation()
-    notify_on(automation_id, [make_channel("local", hook_url(hooks))])
+    notify_on(automation_id, [make_channel("local", receiver_url(receiver))])
     runs(automation_id, "failed")
     # when the operator removes loopback from the allowlist, then the notice is not sent
     monkeypatch.setenv("STEPWISE_AGENT_ALLOW", "")
@@ -331,25 +337,25 @@ def test_a_channel_the_policy_no_longer_allows_is_refused_when_sending(
         monkeypatch.undo()
         get_settings.cache_clear()
     [delivery] = deliveries()
-    assert delivery.status == DeliveryStatus.ERROR and not hooks.posts
+    assert delivery.status == DeliveryStatus.ERROR and not receiver.posts
     assert "refused" in (delivery.error or "") and "internal address" in (delivery.error or "")
 
 
-def test_a_plain_http_webhook_is_pinned_to_the_checked_address(hooks: Hooks) -> None:
-    # given a webhook named by host name (allowed: the tests allow 127.0.0.1)
+def test_a_plain_http_channel_is_pinned_to_the_checked_address(receiver: Receiver) -> None:
+    # given an HTTP channel named by host name (allowed: the tests allow 127.0.0.1)
     policy = get_settings().egress_policy()
-    plugin = notify.apprise_plugin(f"json://localhost:{hooks.port}/x")
+    plugin = notify.apprise_plugin(f"json://localhost:{receiver.port}/x")
     # when the guard checks it, then the plugin connects to the checked address, by name
     assert notify.guard(plugin, "json", policy) is None
     assert plugin.host == "127.0.0.1"
-    assert plugin.headers["Host"] == f"localhost:{hooks.port}"
+    assert plugin.headers["Host"] == f"localhost:{receiver.port}"
     # and a delivery through it arrives with the name in its Host header
-    target = channels.ChannelTarget(uuid.uuid4(), "hook", f"json://localhost:{hooks.port}/x")
+    target = channels.ChannelTarget(uuid.uuid4(), "hook", f"json://localhost:{receiver.port}/x")
     assert notify.deliver(target, Message("t", "b")).ok
-    assert hooks.hosts == [f"localhost:{hooks.port}"]
+    assert receiver.hosts == [f"localhost:{receiver.port}"]
 
 
-def test_mail_and_tls_webhooks_need_every_address_allowed() -> None:
+def test_mail_and_tls_channels_need_every_address_allowed() -> None:
     policy = get_settings().egress_policy()  # allows 127.0.0.1 only
     secure = notify.apprise_plugin("jsons://10.0.0.5/x")
     assert "internal address" in (notify.guard(secure, "jsons", policy) or "")
@@ -359,11 +365,11 @@ def test_mail_and_tls_webhooks_need_every_address_allowed() -> None:
     assert notify.guard(notify.apprise_plugin("slack://TA/TB/TC"), "slack", policy) is None
 
 
-def test_send_test_delivers_records_and_audits(db: None, hooks: Hooks) -> None:
-    channel_id = make_channel("hook", hook_url(hooks))
+def test_send_test_delivers_records_and_audits(db: None, receiver: Receiver) -> None:
+    channel_id = make_channel("hook", receiver_url(receiver))
     outcome = channel_service.send_test(channel_id, actor=ADMIN)
     assert outcome.ok
-    assert hooks.posts[0][2]["title"] == "Stepwise: test notification"
+    assert receiver.posts[0][2]["title"] == "Stepwise: test notification"
     [delivery] = deliveries()
     assert (delivery.kind, delivery.status) == (NoticeKind.TEST, DeliveryStatus.OK)
     with session_scope() as session:
@@ -371,12 +377,12 @@ def test_send_test_delivers_records_and_audits(db: None, hooks: Hooks) -> None:
     assert actions[:2] == [AuditAction.TEST_CHANNEL, AuditAction.ADD_CHANNEL]
 
 
-def test_a_claimed_delivery_is_never_sent_twice(db: None, hooks: Hooks) -> None:
+def test_a_claimed_delivery_is_never_sent_twice(db: None, receiver: Receiver) -> None:
     automation_id = make_automation()
-    notify_on(automation_id, [make_channel("hook", hook_url(hooks))])
+    notify_on(automation_id, [make_channel("hook", receiver_url(receiver))])
     runs(automation_id, "failed")
     with session_scope() as session:
-        notices.evaluate_runs(session, now=later(600), settle_s=5)
+        notices.evaluate_executions(session, now=later(600), settle_s=5)
     # when one evaluator claims the delivery and dies before recording the outcome
     with session_scope() as session:
         [claimed] = notices.claim_deliveries(session, limit=10)
@@ -386,15 +392,15 @@ def test_a_claimed_delivery_is_never_sent_twice(db: None, hooks: Hooks) -> None:
         assert notices.expire_stale_claims(session, now=later(600)) == 1
     [delivery] = deliveries()
     assert delivery.status == DeliveryStatus.ERROR and "interrupted" in (delivery.error or "")
-    assert not hooks.posts and claimed.delivery_id == delivery.id
+    assert not receiver.posts and claimed.delivery_id == delivery.id
 
 
-def test_a_claim_takes_no_more_than_asked(db: None, hooks: Hooks) -> None:
+def test_a_claim_takes_no_more_than_asked(db: None, receiver: Receiver) -> None:
     automation_id = make_automation()
-    notify_on(automation_id, [make_channel(name, hook_url(hooks)) for name in "abc"])
+    notify_on(automation_id, [make_channel(name, receiver_url(receiver)) for name in "abc"])
     runs(automation_id, "failed")
     with session_scope() as session:
-        assert notices.evaluate_runs(session, now=later(600), settle_s=5) == 1
+        assert notices.evaluate_executions(session, now=later(600), settle_s=5) == 1
     with session_scope() as session:
         assert len(notices.claim_deliveries(session, limit=1)) == 1
     with session_scope() as session:
@@ -402,25 +408,26 @@ def test_a_claim_takes_no_more_than_asked(db: None, hooks: Hooks) -> None:
     assert [d.status for d in deliveries()] == [DeliveryStatus.SENDING] * 3
 
 
-def test_sending_stops_claiming_when_its_time_budget_is_spent(db: None, hooks: Hooks) -> None:
+def test_sending_stops_claiming_when_its_time_budget_is_spent(db: None, receiver: Receiver) -> None:
     # given a notice waiting for two channels
     automation_id = make_automation()
     notify_on(
-        automation_id, [make_channel("a", hook_url(hooks)), make_channel("b", hook_url(hooks))]
+        automation_id,
+        [make_channel("a", receiver_url(receiver)), make_channel("b", receiver_url(receiver))],
     )
     runs(automation_id, "failed")
     with session_scope() as session:
-        notices.evaluate_runs(session, now=later(600), settle_s=5)
+        notices.evaluate_executions(session, now=later(600), settle_s=5)
     # when the tick has no time left for one more delivery (its limit would not fit)
     budget = get_settings().notify_timeout_s  # one second short of a delivery's limit
     assert notify.send_pending(budget_s=budget) == 0
     # then nothing was claimed: the deliveries wait, pending, for the next tick
     assert [d.status for d in deliveries()] == [DeliveryStatus.PENDING] * 2
-    assert notify.send_pending() == 2 and len(hooks.posts) == 2
+    assert notify.send_pending() == 2 and len(receiver.posts) == 2
 
 
 def test_names_and_agent_errors_go_out_as_text_not_markup(
-    db: None, mailbox: Mailbox, hooks: Hooks
+    db: None, mailbox: Mailbox, receiver: Receiver
 ) -> None:
     # given an automation whose name and last error hold HTML and Slack/Markdown markup
     name = "Sync <b>now</b>"
@@ -431,11 +438,11 @@ def test_names_and_agent_errors_go_out_as_text_not_markup(
         [
             make_channel("mail", mail_url(mailbox)),
             make_channel("html mail", mail_url(mailbox) + "&format=html"),
-            make_channel("hook", hook_url(hooks)),
+            make_channel("hook", receiver_url(receiver)),
         ],
     )
     start = later()
-    add_runs(
+    add_executions(
         automation_id,
         [{"status": "failed", "queued_at": start, "finished_at": start, "error": error}],
     )
@@ -445,14 +452,14 @@ def test_names_and_agent_errors_go_out_as_text_not_markup(
     assert list(plain) == ["text/plain"] and error in plain["text/plain"]
     assert "<a" not in rich["text/html"] and "<b>" not in rich["text/html"]
     assert error in html.unescape(rich["text/html"]).replace("\xa0", " ")
-    # and the webhook carries the text as it was (JSON, no markup)
-    assert hooks.posts[0][2]["title"] == f"Stepwise: {name} is failing"
-    assert error in hooks.posts[0][2]["message"]
+    # and the HTTP channel carries the text as it was (JSON, no markup)
+    assert receiver.posts[0][2]["title"] == f"Stepwise: {name} is failing"
+    assert error in receiver.posts[0][2]["message"]
     # and Slack gets its control characters escaped, as text rather than mrkdwn
     slack = notify.apprise_plugin("slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7")
-    slack.webhook_url = f"http://127.0.0.1:{hooks.port}/services"  # the local receiver
+    slack.webhook_url = f"http://127.0.0.1:{receiver.port}/services"  # the local receiver
     notify.post(slack, Message(f"Stepwise: {name} is failing", error))
-    sent = hooks.posts[-1][2]
+    sent = receiver.posts[-1][2]
     assert sent["mrkdwn"] is False
     [attachment] = sent["attachments"]
     assert attachment["title"] == "Stepwise: Sync &lt;b&gt;now&lt;/b&gt; is failing"
@@ -493,17 +500,17 @@ def test_bad_channels_and_other_workspaces_write_nothing(db: None) -> None:
 
 
 def test_the_channel_url_is_stored_sealed_never_in_clear(
-    db: None, hooks: Hooks, mailbox: Mailbox
+    db: None, receiver: Receiver, mailbox: Mailbox
 ) -> None:
     # given channels with credentials, used for a notice and a test, and a bad one refused
     mail_id = make_channel("mail", mail_url(mailbox))
-    hook_id = make_channel("hook", hook_url(hooks))
+    hook_id = make_channel("hook", receiver_url(receiver))
     automation_id = make_automation()
     notify_on(automation_id, [mail_id, hook_id])
     runs(automation_id, "failed")
     evaluate()
     channel_service.send_test(hook_id, actor=ADMIN)
-    assert len(hooks.posts) == 2 and len(mailbox.messages) == 1
+    assert len(receiver.posts) == 2 and len(mailbox.messages) == 1
     # when every table is read back, as rows and as the bytes PostgreSQL wrote to disk
     secrets = [SMTP_PASSWORD, HOOK_PASSWORD, HOOK_PATH_SECRET]
     with get_engine().connect() as conn:
@@ -545,7 +552,7 @@ def test_choosing_channels_is_for_editors_and_audited(db: None) -> None:
 
 
 def test_the_minute_tick_opens_sends_and_beats(
-    db: None, hooks: Hooks, monkeypatch: pytest.MonkeyPatch
+    db: None, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from core.settings import get_settings
     from db.models import Heartbeat
@@ -555,7 +562,7 @@ def test_the_minute_tick_opens_sends_and_beats(
     get_settings.cache_clear()
     try:
         automation_id = make_automation()
-        notify_on(automation_id, [make_channel("hook", hook_url(hooks))])
+        notify_on(automation_id, [make_channel("hook", receiver_url(receiver))])
         with session_scope() as session:
             finished = db_now(session) + timedelta(milliseconds=10)
         runs(automation_id, "failed", start=finished - timedelta(milliseconds=500))
@@ -566,36 +573,36 @@ def test_the_minute_tick_opens_sends_and_beats(
     finally:
         get_settings.cache_clear()
     # then one notice went out and the tick recorded itself
-    assert len(hooks.posts) == 1
+    assert len(receiver.posts) == 1
     with session_scope() as session:
         beat = session.get(Heartbeat, "notify")
         assert beat is not None and beat.details["sent"] == 0
 
 
-def test_a_channel_deleted_before_sending_records_why(db: None, hooks: Hooks) -> None:
-    channel_id = make_channel("hook", hook_url(hooks))
+def test_a_channel_deleted_before_sending_records_why(db: None, receiver: Receiver) -> None:
+    channel_id = make_channel("hook", receiver_url(receiver))
     automation_id = make_automation()
     notify_on(automation_id, [channel_id])
     runs(automation_id, "failed")
     with session_scope() as session:
-        notices.evaluate_runs(session, now=later(600), settle_s=5)
+        notices.evaluate_executions(session, now=later(600), settle_s=5)
     channel_service.delete_channel(channel_id, actor=ADMIN)
     notify.send_pending()
     [delivery] = deliveries()
     assert delivery.status == DeliveryStatus.ERROR and "deleted" in (delivery.error or "")
-    assert not hooks.posts
+    assert not receiver.posts
 
 
-def test_old_notices_are_purged_but_an_open_incident_stays(db: None, hooks: Hooks) -> None:
+def test_old_notices_are_purged_but_an_open_incident_stays(db: None, receiver: Receiver) -> None:
     automation_id = make_automation()
     other = make_automation(name="Other")
-    notify_on(automation_id, [make_channel("hook", hook_url(hooks))])
-    notify_on(other, [make_channel("hook2", hook_url(hooks))])
+    notify_on(automation_id, [make_channel("hook", receiver_url(receiver))])
+    notify_on(other, [make_channel("hook2", receiver_url(receiver))])
     start = later()
     runs(automation_id, "failed", "succeeded", start=start)  # a closed failure and a recovery
     runs(other, "failed", start=start)  # still failing
     evaluate()
-    channel_service.send_test(make_channel("hook3", hook_url(hooks)), actor=ADMIN)
+    channel_service.send_test(make_channel("hook3", receiver_url(receiver)), actor=ADMIN)
     with session_scope() as session:
         purged = notices.purge(session, now=later(100 * 86400), older_than_days=90)
     assert purged == 2

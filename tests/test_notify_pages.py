@@ -10,16 +10,16 @@ from db.session import session_scope
 from service import channels as channel_service
 from testkit.factories import ADMIN, make_automation, person
 from testkit.pages import open_view
-from testkit.receivers import Hooks
+from testkit.receivers import Receiver
 
 SECRET = "tok-Pq77page"
 pytestmark = pytest.mark.usefixtures("db")
 
 
-def test_an_admin_adds_a_channel_sends_a_test_and_sees_the_delivery(hooks: Hooks) -> None:
+def test_an_admin_adds_a_channel_sends_a_test_and_sees_the_delivery(receiver: Receiver) -> None:
     # given the local admin on the Workspace page
     at = open_view("workspace")
-    url = f"json://hook:{SECRET}@127.0.0.1:{hooks.port}/hooks/{SECRET}"
+    url = f"json://hook:{SECRET}@127.0.0.1:{receiver.port}/hooks/{SECRET}"
     # when they add a channel and send a test to it
     at.text_input(key="ws_channel_name").input("on-call hook").run()
     at.text_input(key="ws_channel_url").input(url).run()
@@ -28,7 +28,7 @@ def test_an_admin_adds_a_channel_sends_a_test_and_sees_the_delivery(hooks: Hooks
     at.button(key="ws_channel_test").click().run()
     assert not at.exception, at.exception
     # then the test arrived, the channel shows redacted and the delivery is listed as ok
-    assert [p[2]["title"] for p in hooks.posts] == ["Stepwise: test notification"]
+    assert [p[2]["title"] for p in receiver.posts] == ["Stepwise: test notification"]
     tables = " ".join(t.value.to_string() for t in at.dataframe)
     assert "json://127.0.0.1/…" in tables and "on-call hook" in tables
     assert "test" in tables and "ok" in tables

@@ -14,7 +14,7 @@ from db.dispatch import beat
 from db.models import StepRun
 from db.queries import ExecutionFilters
 from db.session import session_scope
-from testkit.factories import ADMIN, add_runs, make_automation, make_schedule, now
+from testkit.factories import ADMIN, add_executions, make_automation, make_schedule, now
 
 pytestmark = pytest.mark.usefixtures("db")
 
@@ -25,7 +25,7 @@ def test_kpis_count_active_schedules_runs_and_rates() -> None:
     make_schedule(auto)
     make_schedule(auto, enabled=False)
     t = now()
-    add_runs(
+    add_executions(
         auto,
         [
             {"status": "succeeded", "finished_at": t - timedelta(hours=1)},
@@ -59,7 +59,7 @@ def test_outcome_series_buckets_by_day_and_status_zero_filled() -> None:
     # given runs on two days, nothing on the day between
     auto = make_automation()
     day = datetime(2030, 1, 10, tzinfo=UTC)
-    add_runs(
+    add_executions(
         auto,
         [
             {"status": "succeeded", "finished_at": day + timedelta(hours=1)},
@@ -86,7 +86,7 @@ def test_outcome_series_buckets_by_day_and_status_zero_filled() -> None:
 def test_outcome_series_by_hour() -> None:
     auto = make_automation()
     hour = datetime(2030, 1, 10, 8, tzinfo=UTC)
-    add_runs(auto, [{"status": "failed", "finished_at": hour + timedelta(minutes=59)}])
+    add_executions(auto, [{"status": "failed", "finished_at": hour + timedelta(minutes=59)}])
     with session_scope() as session:
         points = figures.outcome_series(
             session, since=hour, until=hour + timedelta(hours=2), bucket="hour", actor=ADMIN
@@ -100,14 +100,14 @@ def test_list_executions_filters_and_pages_newest_first() -> None:
     a = make_automation(name="Alpha")
     b = make_automation(name="Beta")
     t = now()
-    ids_a = add_runs(
+    ids_a = add_executions(
         a,
         [
             {"status": "failed" if n % 2 else "succeeded", "queued_at": t - timedelta(minutes=n)}
             for n in range(7)
         ],
     )
-    add_runs(b, [{"status": "failed", "queued_at": t - timedelta(seconds=30)}])
+    add_executions(b, [{"status": "failed", "queued_at": t - timedelta(seconds=30)}])
     with session_scope() as session:
         # when: pages of 3 over Alpha
         first = queries.list_executions(
@@ -143,7 +143,7 @@ def test_list_executions_filters_and_pages_newest_first() -> None:
 
 def test_execution_detail_has_the_step_timeline() -> None:
     auto = make_automation(steps=2)
-    [run] = add_runs(auto, [{"status": "failed", "error": "boom"}])
+    [run] = add_executions(auto, [{"status": "failed", "error": "boom"}])
     with session_scope() as session:
         session.execute(
             insert(StepRun),
@@ -208,7 +208,7 @@ def test_schedule_stats_percentiles_in_sql() -> None:
                 "finished_at": start + timedelta(seconds=n),
             }
         )
-    add_runs(auto, rows)
+    add_executions(auto, rows)
     # when
     with session_scope() as session:
         [stats] = figures.schedule_stats(session, since=t - timedelta(days=1), actor=ADMIN)
@@ -223,7 +223,7 @@ def test_list_schedules_states_and_queued_runs() -> None:
     auto = make_automation(name="Reports")
     active = make_schedule(auto)
     paused = make_schedule(auto, enabled=False)
-    add_runs(
+    add_executions(
         auto,
         [
             {
@@ -317,7 +317,7 @@ def test_failure_groups_gather_failures_by_automation_and_error() -> None:
     # given two automations failing: one twice alike (ids differ), once otherwise
     reports, billing = make_automation(name="Reports"), make_automation(name="Billing")
     t = now()
-    _, newest, *_ = add_runs(
+    _, newest, *_ = add_executions(
         reports,
         [
             {
@@ -335,7 +335,7 @@ def test_failure_groups_gather_failures_by_automation_and_error() -> None:
             {"status": "succeeded", "finished_at": t - timedelta(hours=1)},
         ],
     )
-    add_runs(billing, [{"status": "failed", "finished_at": t, "error": "step 1: HTTP 403"}])
+    add_executions(billing, [{"status": "failed", "finished_at": t, "error": "step 1: HTTP 403"}])
     # when
     with session_scope() as session:
         groups = figures.failure_groups(session, actor=ADMIN, since=t - timedelta(days=1))
@@ -345,4 +345,4 @@ def test_failure_groups_gather_failures_by_automation_and_error() -> None:
         ("Billing", "step 1: HTTP 403", 1),
         ("Reports", "step 1: timeout", 1),
     ]
-    assert groups[0].last_run_id == newest
+    assert groups[0].last_execution_id == newest

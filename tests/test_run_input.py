@@ -19,7 +19,7 @@ from db.session import session_scope
 from tasks import periodic
 from tasks.send import send_run
 from testkit.factories import make_automation, make_schedule, table_snapshot
-from testkit.pages import run_page
+from testkit.pages import execution_page
 from testkit.waiting import wait_for
 
 INPUT = {"customer": "ACME", "items": [1, 2, 3], "note": "<b>not html</b>"}
@@ -106,7 +106,7 @@ def test_a_manual_runs_input_reaches_the_agent_the_api_and_the_run_page(
     detail = client.get(f"/v1/executions/{execution_id}", headers=admin).json()
     assert detail["input"] == INPUT and detail["trigger"] == "manual"
     # and the run page shows it as JSON data (never as markup)
-    at = run_page(execution_id)
+    at = execution_page(execution_id)
     first, *steps_shown = [json.loads(e.proto.body) for e in at.get("json")]
     assert first == INPUT  # above the steps' requests (which do not repeat it)
     assert all("input" not in request["body"] for request in steps_shown)

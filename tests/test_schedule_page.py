@@ -18,7 +18,7 @@ from db.session import session_scope
 from service import schedules
 from testkit.factories import (
     ADMIN,
-    add_runs,
+    add_executions,
     executions_of,
     make_automation,
     make_schedule,
@@ -36,7 +36,7 @@ def test_the_page_shows_timing_next_runs_counters_and_recent_runs() -> None:
     # given a weekday schedule with a succeeded and a failed run
     automation_id = make_automation(name="Morning digest")
     schedule_id = make_schedule(automation_id, cron_expr="0 9 * * 1-5", timezone="Europe/Berlin")
-    add_runs(
+    add_executions(
         automation_id,
         [
             {"schedule_id": schedule_id, "trigger": "schedule", "status": "succeeded"},

@@ -22,7 +22,7 @@ ALLOWED = {
     "small_batches": "a fixture shrinking the one batch setting its module's code reads",
     "age": "moving history into the past (test_faults_input) / lapsing a lease (recovery)",
     "call": "one agent call (test_agent) / calls through an egress policy (test_egress)",
-    "executions": "slots and statuses of a schedule (test_db) / every row (test_hooks)",
+    "executions": "slots and statuses of a schedule (test_db) / every row (test_webhooks)",
     "keys": "stored Idempotency-Keys (test_api_limits) / an agent's (test_faults_workers)",
     "refused": "a run input's error (test_run_input) / a refused write (test_workspaces)",
     "schema": "the API's OpenAPI schema (test_api_schema) / a database's (test_db)",

@@ -42,7 +42,7 @@ from service import secrets as secret_service
 from service import workspaces as workspace_service
 from testkit.factories import (
     ADMIN,
-    add_runs,
+    add_executions,
     automation_input,
     make_automation,
     make_execution,
@@ -72,7 +72,7 @@ def _team(admin: Actor, name: str) -> Team:
     automation = make_automation(actor=admin, name=name)
     schedule = make_schedule(automation, actor=admin, cron_expr="0 9 * * *")
     queued = make_execution(automation, actor=admin)
-    [failed] = add_runs(automation, [{"status": "failed", "error": f"{name} broke"}])
+    [failed] = add_executions(automation, [{"status": "failed", "error": f"{name} broke"}])
     return Team(admin, automation, schedule, queued, failed)
 
 
@@ -136,8 +136,8 @@ def test_no_read_shows_another_workspace(ours: Team, theirs: Team, tmp_path: Pat
     series = _read(figures.outcome_series, actor=a, since=since, until=since + timedelta(days=8))
     assert sum(p.count for p in series) == 1
     assert [u.automation_name for u in _read(figures.upcoming_runs, actor=a)] == ["Ours"]
-    add_runs(ours.automation, [{"schedule_id": ours.schedule, "status": "succeeded"}])
-    add_runs(theirs.automation, [{"schedule_id": theirs.schedule, "status": "succeeded"}])
+    add_executions(ours.automation, [{"schedule_id": ours.schedule, "status": "succeeded"}])
+    add_executions(theirs.automation, [{"schedule_id": theirs.schedule, "status": "succeeded"}])
     stats = _read(figures.schedule_stats, actor=a, since=since)
     assert [s.schedule_id for s in stats] == [ours.schedule]
     # exports

@@ -362,13 +362,13 @@ def show_test_run(execution_id: uuid.UUID) -> None:
             detail = ui.read(queries.execution_detail, execution_id)
     if detail is None:
         return
-    run = detail.execution
-    st.markdown(f"**Test run** `{run.id}`: {ui.badge_md(run.status)}")
-    ui.run_link(run.id, "Open the run's page")
-    if run.status in OPEN_STATUSES:
+    execution = detail.execution
+    st.markdown(f"**Test run** `{execution.id}`: {ui.badge_md(execution.status)}")
+    ui.execution_link(execution.id, "Open the execution's page")
+    if execution.status in OPEN_STATUSES:
         st.info("Still running: no worker may be up. Follow it on its page.")
-    if run.error:
-        st.error(ui.text(run.error))
+    if execution.error:
+        st.error(ui.text(execution.error))
     if detail.steps:
         st.dataframe(
             pd.DataFrame(

@@ -1,5 +1,5 @@
-"""Executions: runs in flight, then the run history, filtered and paged in SQL; a click on
-a row opens the run's own page."""
+"""Executions: those in flight, then the history, filtered and paged in SQL; a click on a
+row opens the execution's own page."""
 
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ from core.errors import StepwiseError
 from core.limits import MAX_BULK
 from core.vocabulary import Permission
 from dashboard import grid, ui
+from dashboard.executions_table import executions_table
 from dashboard.filters import history_filters, selection
-from dashboard.runs_table import runs_table
 from db import figures, queries
 from service import executions
 
 PAGE_SIZES = (25, 50, 100)
 
-# Old links (/executions?execution=<id>) open the run's own page.
+# Old links (/executions?execution=<id>) open the execution's own page.
 if (wanted := st.query_params.get("execution")) is not None:
-    ui.open_run(wanted)
+    ui.open_execution(wanted)
 
 st.title("Executions")
 ui.scheduler_warning()
@@ -84,9 +84,9 @@ def history() -> None:
     offset = st.session_state.get("ex_offset", 0)
     # Runs in flight first (running, then queued by slot), then the finished ones by
     # time: a slot queued ahead of its time no longer sorts above the run in progress.
-    if offset == 0 and (current := ui.read(queries.runs_in_flight, filters)):
+    if offset == 0 and (current := ui.read(queries.executions_in_flight, filters)):
         st.subheader("In flight")
-        runs_table(current, "ex_in_flight")
+        executions_table(current, "ex_in_flight")
         st.subheader("Finished")
     page = ui.read(queries.list_executions, filters, limit=page_size, offset=offset, settled=True)
     if not page.rows and offset:  # the page emptied under us (retention, filters)
@@ -95,17 +95,18 @@ def history() -> None:
     if not page.rows:
         if filters == queries.ExecutionFilters():
             ui.empty_state(
-                "No finished run yet.",
-                "Runs appear here once a schedule fires, or press Run now on Schedules "
+                "No finished execution yet.",
+                "Executions appear here once a schedule fires, or press Run now on Schedules "
                 "(or Test run on Automations).",
             )
         else:
             ui.empty_state(
-                "No finished run matches these filters.", "Widen the time range or clear filters."
+                "No finished execution matches these filters.",
+                "Widen the time range or clear filters.",
             )
         return
-    runs_table(page.rows, "ex_table")
-    st.caption("Click a row to open the run.")
+    executions_table(page.rows, "ex_table")
+    st.caption("Click a row to open the execution.")
     prev, label, size, nxt = st.columns([1, 3, 1, 1], vertical_alignment="center")
     size.selectbox(
         "Rows per page",
@@ -134,11 +135,11 @@ def history() -> None:
 
 
 @st.fragment(run_every=10)
-def run_grid(automation_id: uuid.UUID) -> None:
-    found = ui.read(queries.run_grid, automation_id)
-    if not found.runs:
+def execution_grid(automation_id: uuid.UUID) -> None:
+    found = ui.read(queries.execution_grid, automation_id)
+    if not found.executions:
         return
-    st.subheader("Run grid")
+    st.subheader("Execution grid")
     event = st.altair_chart(
         grid.chart(found),
         width="stretch",
@@ -146,15 +147,15 @@ def run_grid(automation_id: uuid.UUID) -> None:
         on_select="rerun",
         key="ex_grid",
     )
-    if (chosen := grid.chosen_run(event)) is not None:
-        ui.open_run(chosen)
-    st.caption("Recent runs of this automation; click a cell to open its run.")
+    if (chosen := grid.chosen_execution(event)) is not None:
+        ui.open_execution(chosen)
+    st.caption("Recent executions of this automation; click a cell to open one.")
 
 
 if ui.can(Permission.RUN):
     bulk_retry(filters)
 if filters.automation_id is not None:
-    run_grid(filters.automation_id)
+    execution_grid(filters.automation_id)
 history()
 
 st.subheader("Per schedule, last 7 days")

@@ -19,8 +19,8 @@ EXPORT_DIR = Path(tempfile.gettempdir()) / "stepwise-exports"
 
 st.title("Export")
 st.caption(
-    "Download the run history for a spreadsheet or a notebook. The same export runs from "
-    "scripts: `stepwise export --format parquet --out runs.parquet --status failed`, or "
+    "Download the execution history for a spreadsheet or a notebook. The same export runs from "
+    "scripts: `stepwise export --format parquet --out executions.parquet --status failed`, or "
     "`service.exports.history_frame(session, filters)` in Python."
 )
 filters = history_filters("exp")
@@ -30,8 +30,8 @@ fmt: exports.Format = st.radio(
 total = ui.read(queries.count_executions, filters)
 if total == 0:
     ui.empty_state(
-        "No run matches these filters.",
-        "Widen the time range or clear filters; once runs exist they can be exported.",
+        "No execution matches these filters.",
+        "Widen the time range or clear filters; once executions exist they can be exported.",
     )
     st.stop()
 st.markdown(f"**{total:,}** execution(s) match.")

@@ -122,10 +122,10 @@ def needs_attention() -> None:
         key="ov_failures",
     )
     if chosen := event.selection.rows:
-        ui.open_run(groups[chosen[0]].last_run_id)
+        ui.open_execution(groups[chosen[0]].last_execution_id)
     st.caption(
         "Failed runs of the last 24 hours grouped by automation and error. Click a row to "
-        "open its newest run (and retry it there)."
+        "open its newest execution (and retry it there)."
     )
 
 

@@ -18,9 +18,9 @@ from tasks.workers import WorkerInfo
 
 st.title("Queues")
 st.caption(
-    "Redis only carries work; Postgres is the record. Retrying a dead run here re-opens its "
+    "Redis only carries work; Postgres is the record. Retrying a dead letter here re-opens its "
     "execution at the failed step, as Retry on the Executions page does. Counts are the "
-    "deployment's; dead letters are this workspace's runs' (and the scheduler's own)."
+    "deployment's; dead letters are this workspace's executions' (and the scheduler's own)."
 )
 if flash := st.session_state.pop("flash", None):
     st.success(flash)
@@ -104,42 +104,49 @@ except Exception as exc:
 if not letters:
     ui.empty_state(
         f"No dead letter in the {queue} queue.",
-        "Messages land here after their last retry; the failed runs are on the Executions page.",
+        "Messages land here after their last retry; their executions are on the Executions page.",
     )
     st.stop()
-# Postgres is the record: a dead letter's error is its run's stored error (Redis keeps
-# no traceback for a run that failed for good).
-runs = ui.read(
-    queries.runs_by_id, {i for m in letters if (i := queues.execution_of(m)) is not None}
+# Postgres is the record: a dead letter's error is its execution's stored error (Redis
+# keeps no traceback for a run that failed for good).
+executions = ui.read(
+    queries.executions_by_id, {i for m in letters if (i := queues.execution_of(m)) is not None}
 )
 
 
-def run_of(letter: queues.DeadLetter) -> queries.ExecutionRow | None:
+def execution_of_letter(letter: queues.DeadLetter) -> queries.ExecutionRow | None:
     execution_id = queues.execution_of(letter)
-    return None if execution_id is None else runs.get(execution_id)
+    return None if execution_id is None else executions.get(execution_id)
 
 
 def what(letter: queues.DeadLetter) -> str:
-    run = run_of(letter)
-    if run is not None:
-        return f"{run.automation_name} · run {str(run.id)[:8]}"
-    return f"the scheduler's {letter.actor} job" if letter.actor != "run_execution" else "a run"
+    execution = execution_of_letter(letter)
+    if execution is not None:
+        return f"{execution.automation_name} · execution {str(execution.id)[:8]}"
+    return (
+        f"the scheduler's {letter.actor} job" if letter.actor != "run_execution" else "an execution"
+    )
 
 
 event = st.dataframe(
     pd.DataFrame(
         {
             "Failed at": [ui.fmt_time(m.failed_at) for m in letters],
-            "Run": [what(m) for m in letters],
-            "Status": [ui.status_cell(r.status if (r := run_of(m)) else None) for m in letters],
-            "Error": [(r.error if (r := run_of(m)) else None) or m.error or "" for m in letters],
+            "Execution": [what(m) for m in letters],
+            "Status": [
+                ui.status_cell(r.status if (r := execution_of_letter(m)) else None) for m in letters
+            ],
+            "Error": [
+                (r.error if (r := execution_of_letter(m)) else None) or m.error or ""
+                for m in letters
+            ],
             "Retries": [m.retries for m in letters],
         }
     ),
     hide_index=True,
     width="stretch",
     column_config={
-        "Run": st.column_config.TextColumn(width=200),
+        "Execution": st.column_config.TextColumn(width=200),
         "Status": ui.status_column(width=90),
         "Error": st.column_config.TextColumn(width=360),
         "Retries": st.column_config.NumberColumn(width=60),
@@ -148,9 +155,11 @@ event = st.dataframe(
     selection_mode="single-row",
     key="q_letters",
 )
-if (picked := event.selection.rows) and (run := run_of(letters[picked[0]])) is not None:
-    ui.open_run(run.id)
-st.caption("Click a row to open its run.")
+if (picked := event.selection.rows) and (
+    execution := execution_of_letter(letters[picked[0]])
+) is not None:
+    ui.open_execution(execution.id)
+st.caption("Click a row to open its execution.")
 if not ui.can(Permission.MANAGE_QUEUES):
     st.caption("Admins of this workspace can retry or purge these dead letters.")
     st.stop()

@@ -14,7 +14,7 @@ from core.limits import MAX_PAUSE_NOTE
 from core.timing import parse_timing, spec_of
 from core.vocabulary import Permission, ScheduleState
 from dashboard import backfill_form, ui
-from dashboard.runs_table import runs_table
+from dashboard.executions_table import executions_table
 from dashboard.schedule_dialog import STATE, next_runs, open_dialog
 from dashboard.schedule_dialog import schedule_dialog as edit_dialog
 from db import queries
@@ -26,9 +26,9 @@ RECENT = 20
 ui.page_link("views/schedules.py", "All schedules", icon=":material/arrow_back:")
 if flash := st.session_state.pop("sp_flash", None):
     st.success(flash)
-if started := st.session_state.pop("sp_started_run", None):
+if started := st.session_state.pop("sp_started", None):
     st.success("Run started: follow it on its page.", icon=":material/play_circle:")
-    ui.run_link(started, f"Started run {started}")
+    ui.execution_link(started)
 
 
 def not_found(why: str) -> None:
@@ -89,21 +89,23 @@ def record(schedule_id: uuid.UUID) -> None:
 
 
 # What tells a schedule's runs apart: its automation is the same on every row.
-RUN_COLUMNS = ["Status", "Scheduled for", "Trigger", "Steps", "Duration", "Error", "Attempt"]
+EXECUTION_COLUMNS = ["Status", "Scheduled for", "Trigger", "Steps", "Duration", "Error", "Attempt"]
 
 
 @st.fragment(run_every=10)
-def recent_runs(schedule_id: uuid.UUID) -> None:
-    st.subheader("Recent runs")
+def recent_executions(schedule_id: uuid.UUID) -> None:
+    st.subheader("Recent executions")
     page = ui.read(queries.list_executions, ExecutionFilters(schedule_id=schedule_id), limit=RECENT)
     if not page.rows:
-        ui.empty_state("No run of this schedule yet.", "Runs appear here as its slots come due.")
+        ui.empty_state(
+            "No execution of this schedule yet.", "Executions appear here as its slots come due."
+        )
         return
-    runs_table(page.rows, "sp_runs", RUN_COLUMNS)
-    st.caption("Click a row to open the run.")
+    executions_table(page.rows, "sp_runs", EXECUTION_COLUMNS)
+    st.caption("Click a row to open the execution.")
     ui.page_link(
         "views/executions.py",
-        "All runs of this schedule",
+        "All executions of this schedule",
         icon=":material/history:",
         query_params={"schedule": str(schedule_id)},
     )
@@ -132,7 +134,7 @@ def actions_row(row: queries.ScheduleRow) -> None:
             st.rerun()
         if runner and buttons.button("Run now", icon=":material/play_circle:", key="sp_run"):
             started = executions.run_now(row.automation_id, actor=ui.actor(), run_input=row.input)
-            st.session_state["sp_started_run"] = str(started)
+            st.session_state["sp_started"] = str(started)
             st.rerun()
         if editor:
             buttons.button(
@@ -158,7 +160,7 @@ record(row.id)
 if ui.can(Permission.EDIT) or ui.can(Permission.RUN):
     actions_row(row)
 upcoming(row)
-recent_runs(row.id)
+recent_executions(row.id)
 if ui.can(Permission.RUN):
     backfill_form.render(row)
 if st.session_state.get(STATE) is not None:

@@ -22,9 +22,9 @@ st.title("Schedules")
 ui.scheduler_warning()
 if flash := st.session_state.pop("flash", None):
     st.success(flash)
-if started := st.session_state.pop("started_run", None):
+if started := st.session_state.pop("started", None):
     st.success("Run started: follow it on its page.", icon=":material/play_circle:")
-    ui.run_link(started, f"Started run {started}")
+    ui.execution_link(started)
 
 names = ui.read(queries.automation_names)
 if not names:
@@ -169,7 +169,7 @@ def bulk_actions(chosen: list[queries.ScheduleRow]) -> None:
             done = f"{len(chosen)} schedule(s) resumed from their next slot (no replay)."
         if runner and bar.button("Run now", icon=":material/play_circle:", key="sch_run"):
             for row in chosen:
-                st.session_state["started_run"] = str(
+                st.session_state["started"] = str(
                     executions.run_now(row.automation_id, actor=ui.actor(), run_input=row.input)
                 )
             done = f"{len(chosen)} run(s) started."

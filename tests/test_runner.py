@@ -1,4 +1,4 @@
-"""The run engine: runs in flight beyond the thread count, hard deadlines, a kill -9.
+"""The runner: runs in flight beyond the thread count, hard deadlines, a kill -9.
 
 Workers are real (an in-process Dramatiq Worker, or the Procfile's `worker`), the
 agent a real HTTP server on loopback, the database and Redis the suite's own.

@@ -1,5 +1,5 @@
-"""The table of runs every page lists them in (Executions, a schedule's page): a click on a
-row opens that run's own page."""
+"""The table every page lists executions in (Executions, a schedule's page): a click on a
+row opens that execution's own page."""
 
 from __future__ import annotations
 
@@ -42,11 +42,11 @@ COLUMNS = {
 }
 
 
-def runs_table(
+def executions_table(
     rows: list[queries.ExecutionRow], key: str, columns: list[str] | None = None
 ) -> None:
-    """A table of runs (`columns` of `history_table`, in that order: all by default); a
-    click on a row opens that run's page."""
+    """A table of executions (`columns` of `history_table`, in that order: all by default); a
+    click on a row opens that execution's page."""
     frame = history_table(rows)
     event = st.dataframe(
         frame if columns is None else frame[columns],
@@ -58,4 +58,4 @@ def runs_table(
         key=key,
     )
     if chosen := event.selection.rows:
-        ui.open_run(rows[chosen[0]].id)
+        ui.open_execution(rows[chosen[0]].id)

@@ -1,5 +1,5 @@
-"""The run page (`/run?id=<run id>`) through AppTest, on real Postgres and Redis; the
-waterfall's arithmetic without any server. tests/test_browser.py watches it live."""
+"""The execution page (`/execution?id=<execution id>`) through AppTest, on real Postgres and
+Redis; the waterfall's arithmetic without any server. tests/test_browser.py watches it live."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from dashboard import ui, waterfall
 from db import queries
 from db.models import Execution, StepRun
 from db.session import session_scope
-from testkit.factories import ADMIN, add_runs, make_automation, make_workspace, person
-from testkit.pages import load_view, run_page, texts
+from testkit.factories import ADMIN, add_executions, make_automation, make_workspace, person
+from testkit.pages import execution_page, load_view, texts
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -120,7 +120,7 @@ pytestmark_db = pytest.mark.usefixtures("db", "redis_client")
 def test_a_run_page_shows_header_waterfall_attempts_and_actions() -> None:
     # given a failed run whose step 1 failed, then succeeded, and step 2 failed
     automation_id = make_automation(name="Nightly report", steps=2)
-    (run,) = add_runs(automation_id, [{"status": "failed", "error": "step 2: HTTP 503"}])
+    (run,) = add_executions(automation_id, [{"status": "failed", "error": "step 2: HTTP 503"}])
     add_steps(
         run,
         [
@@ -158,7 +158,7 @@ def test_a_run_page_shows_header_waterfall_attempts_and_actions() -> None:
         ],
     )
     # when its page opens
-    at = run_page(run)
+    at = execution_page(run)
     # then the header has the status badge and the error, the waterfall is drawn,
     text = texts(at)
     assert "Nightly report" in text and ":red-badge[failed]" in at.markdown[0].value
@@ -186,25 +186,27 @@ def test_a_run_page_shows_header_waterfall_attempts_and_actions() -> None:
 @pytestmark_db
 @pytest.mark.parametrize("wanted", ["not-a-uuid", str(uuid.uuid4()), ""])
 def test_a_bad_or_unknown_run_id_says_not_found(wanted: str) -> None:
-    at = run_page(wanted)
-    assert "Run not found" in texts(at)
+    at = execution_page(wanted)
+    assert "Execution not found" in texts(at)
 
 
 @pytestmark_db
 def test_another_workspaces_run_is_not_found() -> None:
     theirs = make_workspace("Their team", admin="eve@their.example")
-    (their_run,) = add_runs(make_automation(actor=theirs, name="Payroll"), [{"status": "failed"}])
-    at = run_page(their_run)
-    assert "Run not found in this workspace" in texts(at)
+    (their_run,) = add_executions(
+        make_automation(actor=theirs, name="Payroll"), [{"status": "failed"}]
+    )
+    at = execution_page(their_run)
+    assert "Execution not found in this workspace" in texts(at)
     assert "Payroll" not in repr(at)
 
 
 @pytestmark_db
 def test_a_viewer_sees_the_run_without_actions() -> None:
     automation_id = make_automation(name="Viewed")
-    (run,) = add_runs(automation_id, [{"status": "failed", "error": "HTTP 500"}])
+    (run,) = add_executions(automation_id, [{"status": "failed", "error": "HTTP 500"}])
     viewer = person("vera@example.com", role=Role.VIEWER)
-    at = run_page(run, acting=viewer)
+    at = execution_page(run, acting=viewer)
     assert "Viewed" in texts(at)
     assert not at.button
 
@@ -213,8 +215,8 @@ def test_a_viewer_sees_the_run_without_actions() -> None:
 def test_a_watched_run_that_ends_is_redrawn_not_lost() -> None:
     # given a running run on its page (defect 1: its label held the status)
     automation_id = make_automation(name="Watched")
-    (running,) = add_runs(automation_id, [{"status": "running", "finished_at": None}])
-    at = run_page(running)
+    (running,) = add_executions(automation_id, [{"status": "running", "finished_at": None}])
+    at = execution_page(running)
     assert ":violet-badge[running]" in at.markdown[0].value
     assert [b.label for b in at.button] == ["Cancel"]
     # when it ends
@@ -240,7 +242,7 @@ def test_the_run_grid_has_a_cell_per_run_and_step_in_status_colour() -> None:
     from dashboard import grid
 
     automation_id = make_automation(name="Gridded", steps=2)
-    failed, ok = add_runs(automation_id, [{"status": "failed"}, {"status": "succeeded"}])
+    failed, ok = add_executions(automation_id, [{"status": "failed"}, {"status": "succeeded"}])
     add_steps(
         ok, [{"step_number": n, "attempt": 1, "status": "succeeded", "request": {}} for n in (1, 2)]
     )
@@ -254,11 +256,11 @@ def test_the_run_grid_has_a_cell_per_run_and_step_in_status_colour() -> None:
     )
     # when the grid is read
     with session_scope() as session:
-        found = queries.run_grid(session, automation_id, actor=ADMIN)
+        found = queries.execution_grid(session, automation_id, actor=ADMIN)
     # then runs go oldest to newest, the whole run first, then each step's last attempt
     table = [(c["position"], c["row"], c["status"]) for c in grid.cells(found)]
     assert [t for t in table if t[0] == 0] == [
-        (0, "whole run", "succeeded"),
+        (0, "whole execution", "succeeded"),
         (0, "1. step 1", "succeeded"),
         (0, "2. step 2", "succeeded"),
     ]
@@ -267,16 +269,16 @@ def test_the_run_grid_has_a_cell_per_run_and_step_in_status_colour() -> None:
     # and another workspace reads nothing of it
     theirs = make_workspace("Their team", admin="eve@their.example")
     with session_scope() as session:
-        assert queries.run_grid(session, automation_id, actor=theirs).runs == []
+        assert queries.execution_grid(session, automation_id, actor=theirs).executions == []
 
 
 @pytestmark_db
 def test_executions_show_the_run_grid_once_an_automation_is_chosen() -> None:
     automation_id = make_automation(name="Gridded")
-    add_runs(automation_id, [{"status": "failed"}, {"status": "succeeded"}])
+    add_executions(automation_id, [{"status": "failed"}, {"status": "succeeded"}])
     at = load_view("executions")
     at.run()
-    assert "Run grid" not in [s.value for s in at.subheader]
+    assert "Execution grid" not in [s.value for s in at.subheader]
     at.selectbox(key="ex_automation").set_value(str(automation_id)).run()
     assert not at.exception, at.exception
-    assert "Run grid" in [s.value for s in at.subheader]
+    assert "Execution grid" in [s.value for s in at.subheader]

@@ -1,7 +1,7 @@
-"""/v1/hooks/{id}: an automation's inbound webhook, called by other systems without a token.
+"""/v1/webhooks/{id} (and /v1/hooks/{id}): an automation's webhook, called without a token.
 
 The call proves itself with the webhook's secret or a signature of its body (see
-db/hooks.py); its JSON object body becomes the run's input (`service.webhooks`). The
+db/webhooks.py); its JSON object body becomes the run's input (`service.webhooks`). The
 body is read up to MAX_INPUT_BYTES and no further: a bigger one is refused (413) before
 it is read whole.
 A proven call counts against the webhook's calls per minute (api/ratelimit.py, 429).
@@ -10,7 +10,7 @@ A proven call counts against the webhook's calls per minute (api/ratelimit.py, 4
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, status
 from starlette.concurrency import run_in_threadpool
@@ -25,7 +25,7 @@ from core.settings import get_settings
 from service import webhooks
 from service.webhooks import DELIVERY_HEADER, SECRET_HEADER
 
-router = APIRouter(prefix="/v1/hooks", tags=["webhooks"])
+router = APIRouter(tags=["webhooks"])
 
 _BODY = {
     "required": True,
@@ -51,9 +51,9 @@ async def _read_capped(request: Request) -> bytes:
     return bytes(body)
 
 
-def _admit(hook_id: uuid.UUID) -> None:
+def _admit(webhook_id: uuid.UUID) -> None:
     """Refuse a proven call past the webhook's calls for this minute."""
-    wait = ratelimit.seconds_to_wait(hook_id)
+    wait = ratelimit.seconds_to_wait(webhook_id)
     if wait:
         raise RateLimited(
             f"this webhook had its {get_settings().api_rate_per_minute} calls for this minute; "
@@ -62,34 +62,38 @@ def _admit(hook_id: uuid.UUID) -> None:
         )
 
 
-@router.post(
-    "/{hook_id}",
-    status_code=status.HTTP_202_ACCEPTED,
-    responses=documented(400, 401, 404, 409, 413, 422, 429),
-    openapi_extra={"requestBody": _BODY, "security": []},
-)
-async def call_hook(
-    hook_id: uuid.UUID,
+SecretHeader = Annotated[
+    str | None, Header(alias=SECRET_HEADER, description="the webhook's secret (or sign the body)")
+]
+SignatureHeader = Annotated[
+    str | None,
+    Header(
+        alias=SIGNATURE_HEADER,
+        description="t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<body>' under the secret>",
+    ),
+]
+DeliveryHeader = Annotated[
+    str | None,
+    Header(
+        alias=DELIVERY_HEADER,
+        max_length=MAX_DELIVERY_ID,
+        description="the sender's id of this delivery: a repeat starts no second run",
+    ),
+]
+_ROUTE: dict[str, Any] = {
+    "status_code": status.HTTP_202_ACCEPTED,
+    "responses": documented(400, 401, 404, 409, 413, 422, 429),
+    "openapi_extra": {"requestBody": _BODY, "security": []},
+}
+
+
+@router.post("/v1/webhooks/{webhook_id}", name="call_webhook", **_ROUTE)
+async def call_webhook(
+    webhook_id: uuid.UUID,
     request: Request,
-    secret: Annotated[
-        str | None,
-        Header(alias=SECRET_HEADER, description="the webhook's secret (or sign the body)"),
-    ] = None,
-    signature: Annotated[
-        str | None,
-        Header(
-            alias=SIGNATURE_HEADER,
-            description="t=<unix seconds>,v1=<hex HMAC-SHA256 of '<t>.<body>' under the secret>",
-        ),
-    ] = None,
-    delivery_id: Annotated[
-        str | None,
-        Header(
-            alias=DELIVERY_HEADER,
-            max_length=MAX_DELIVERY_ID,
-            description="the sender's id of this delivery: a repeat starts no second run",
-        ),
-    ] = None,
+    secret: SecretHeader = None,
+    signature: SignatureHeader = None,
+    delivery_id: DeliveryHeader = None,
 ) -> RunStarted:
     """Start a run of the webhook's automation with the JSON body as its input (no API
     token: the secret or the signature proves the call). The same `Stepwise-Delivery`
@@ -98,7 +102,7 @@ async def call_hook(
     try:
         execution_id = await run_in_threadpool(
             webhooks.run_by_webhook,
-            hook_id,
+            webhook_id,
             body,
             secret=secret,
             signature=signature,
@@ -108,3 +112,25 @@ async def call_hook(
     except ValidationFailed as exc:
         raise BodyRefused(exc.errors) from None
     return RunStarted(execution_id=execution_id)
+
+
+# The webhook's first address, which every sender holds and answers still give: not
+# deprecated, the same call under its first names.
+@router.post(
+    "/v1/hooks/{hook_id}",
+    name="call_hook",
+    operation_id="call_hook_v1_hooks__hook_id__post",
+    summary="Call Hook",
+    **_ROUTE,
+)
+async def call_hook(
+    hook_id: uuid.UUID,
+    request: Request,
+    secret: SecretHeader = None,
+    signature: SignatureHeader = None,
+    delivery_id: DeliveryHeader = None,
+) -> RunStarted:
+    """Start a run of the webhook's automation with the JSON body as its input (no API
+    token: the secret or the signature proves the call). The same `Stepwise-Delivery`
+    again answers with the first call's run."""
+    return await call_webhook(hook_id, request, secret, signature, delivery_id)

@@ -1,13 +1,13 @@
-"""Inbound webhooks: a POST to /v1/hooks/<webhook id> starts a run of one automation.
+"""Webhooks: a POST to /v1/hooks/<webhook id> (or /v1/webhooks/…) starts a run of one automation.
 
 An automation's webhook is enabled, rotated and disabled here (by its editors: the
 role check and the audit row are the caller's, `service.webhooks`); its secret is
-sealed at rest (core.secrets) and returned only by `enable_hook` and `rotate_hook`, to
+sealed at rest (core.secrets) and returned only by `enable_webhook` and `rotate_webhook`, to
 be shown once. A call proves itself with that secret (`Stepwise-Hook-Secret`) or with
 an HMAC-SHA256 signature of its exact body (`Stepwise-Signature: t=..,v1=..`, as agent
 calls are signed, within SIGNATURE_TOLERANCE_S of the database's clock).
 `authenticate` turns a call into an Actor that may only read and start runs
-(`db.workspaces.authorize`); `start_hook_run` starts one, once per delivery id.
+(`db.workspaces.authorize`); `start_webhook_run` starts one, once per delivery id.
 Functions take a session, scope every statement by the actor's workspace and never commit.
 """
 
@@ -28,12 +28,12 @@ from core.secrets import new_signing_secret, secret_matches, verify_signature
 from core.settings import get_settings
 from core.vocabulary import Role
 from db.automations import get_automation
-from db.models import Automation, HookDelivery, HookTrigger
+from db.models import Automation, Webhook, WebhookDelivery
 from db.session import db_now
 
 
 @dataclass(frozen=True)
-class HookInfo:
+class WebhookInfo:
     """What an automation's readers may know of its webhook: never the secret."""
 
     id: uuid.UUID
@@ -45,15 +45,15 @@ class HookInfo:
 
 
 @dataclass(frozen=True)
-class NewHookSecret:
+class NewWebhookSecret:
     """A webhook with its secret in clear: shown to its editor this once."""
 
-    info: HookInfo
+    info: WebhookInfo
     secret: str
 
 
-def _info(row: HookTrigger) -> HookInfo:
-    return HookInfo(
+def _info(row: Webhook) -> WebhookInfo:
+    return WebhookInfo(
         id=row.id,
         automation_id=row.automation_id,
         created_by=row.created_by,
@@ -63,29 +63,29 @@ def _info(row: HookTrigger) -> HookInfo:
     )
 
 
-def _row(session: Session, automation_id: uuid.UUID, actor: Actor) -> HookTrigger | None:
+def _row(session: Session, automation_id: uuid.UUID, actor: Actor) -> Webhook | None:
     return session.scalar(
-        select(HookTrigger).where(
-            HookTrigger.automation_id == automation_id,
-            HookTrigger.workspace_id == actor.workspace_id,
+        select(Webhook).where(
+            Webhook.automation_id == automation_id,
+            Webhook.workspace_id == actor.workspace_id,
         )
     )
 
 
-def hook_of(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> HookInfo | None:
+def webhook_of(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> WebhookInfo | None:
     """The automation's webhook, None if it has none (NotFound for another workspace's)."""
     get_automation(session, automation_id, actor=actor)
     row = _row(session, automation_id, actor)
     return None if row is None else _info(row)
 
 
-def enable_hook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> NewHookSecret:
+def enable_webhook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> NewWebhookSecret:
     """Give the automation a webhook URL and a secret (InvalidState if it has one)."""
     get_automation(session, automation_id, actor=actor)
     if _row(session, automation_id, actor) is not None:
         raise InvalidState("this automation's webhook is already enabled (rotate its secret)")
     secret = new_signing_secret()
-    row = HookTrigger(
+    row = Webhook(
         automation_id=automation_id,
         workspace_id=actor.workspace_id,
         secret=get_settings().secret_box().seal(secret),
@@ -94,10 +94,10 @@ def enable_hook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> 
     session.add(row)
     session.flush()
     session.refresh(row)
-    return NewHookSecret(_info(row), secret)
+    return NewWebhookSecret(_info(row), secret)
 
 
-def rotate_hook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> NewHookSecret:
+def rotate_webhook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> NewWebhookSecret:
     """A new secret for the webhook (same URL); the old secret stops at once."""
     get_automation(session, automation_id, actor=actor)
     row = _row(session, automation_id, actor)
@@ -108,19 +108,19 @@ def rotate_hook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> 
     row.rotated_at = func.now()
     session.flush()
     session.refresh(row)
-    return NewHookSecret(_info(row), secret)
+    return NewWebhookSecret(_info(row), secret)
 
 
-def disable_hook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> None:
+def disable_webhook(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> None:
     """Delete the webhook: its URL answers 404 from now on (enabling again makes a new one)."""
     get_automation(session, automation_id, actor=actor)
     gone = session.scalar(
-        delete(HookTrigger)
+        delete(Webhook)
         .where(
-            HookTrigger.automation_id == automation_id,
-            HookTrigger.workspace_id == actor.workspace_id,
+            Webhook.automation_id == automation_id,
+            Webhook.workspace_id == actor.workspace_id,
         )
-        .returning(HookTrigger.id)
+        .returning(Webhook.id)
     )
     if gone is None:
         raise NotFound("this automation has no webhook")
@@ -128,24 +128,24 @@ def disable_hook(session: Session, automation_id: uuid.UUID, *, actor: Actor) ->
 
 def authenticate(
     session: Session,
-    hook_id: uuid.UUID,
+    webhook_id: uuid.UUID,
     body: bytes,
     *,
     secret: str | None,
     signature: str | None,
 ) -> Actor | None:
-    """The actor a call to `hook_id` stands for, or None if it proves nothing.
+    """The actor a call to `webhook_id` stands for, or None if it proves nothing.
 
     NotFound if there is no such webhook (never made, disabled) or its automation
     was deleted: the same answer whether the secret was right or not.
     """
     row = session.execute(
-        select(HookTrigger.workspace_id, HookTrigger.secret)
-        .join(Automation, Automation.id == HookTrigger.automation_id)
-        .where(HookTrigger.id == hook_id, Automation.archived_at.is_(None))
+        select(Webhook.workspace_id, Webhook.secret)
+        .join(Automation, Automation.id == Webhook.automation_id)
+        .where(Webhook.id == webhook_id, Automation.archived_at.is_(None))
     ).first()
     if row is None:
-        raise NotFound(f"no webhook {hook_id} (it may have been disabled)")
+        raise NotFound(f"no webhook {webhook_id} (it may have been disabled)")
     if not secret and not signature:
         return None
     expected = get_settings().secret_box().open(row.secret)
@@ -159,14 +159,17 @@ def authenticate(
     if not proven:
         return None
     return Actor(
-        name=f"webhook {hook_id}", workspace_id=row.workspace_id, role=Role.EDITOR, hook_id=hook_id
+        name=f"webhook {webhook_id}",
+        workspace_id=row.workspace_id,
+        role=Role.EDITOR,
+        webhook_id=webhook_id,
     )
 
 
 def webhook_automation(session: Session, *, actor: Actor) -> uuid.UUID:
     """The automation the calling webhook starts (NotFound if it was disabled meanwhile)."""
     automation_id = session.scalar(
-        select(HookTrigger.automation_id).where(HookTrigger.id == actor.hook_id)
+        select(Webhook.automation_id).where(Webhook.id == actor.webhook_id)
     )
     if automation_id is None:  # the role check found it: only a concurrent disable gets here
         raise NotFound("the webhook was disabled")
@@ -180,15 +183,15 @@ def record_webhook_run(
     mark the webhook used."""
     if delivery_id is not None:
         session.execute(
-            update(HookDelivery)
+            update(WebhookDelivery)
             .where(
-                HookDelivery.trigger_id == actor.hook_id,
-                HookDelivery.delivery_id == delivery_id,
+                WebhookDelivery.webhook_id == actor.webhook_id,
+                WebhookDelivery.delivery_id == delivery_id,
             )
             .values(execution_id=execution_id)
         )
     session.execute(
-        update(HookTrigger).where(HookTrigger.id == actor.hook_id).values(last_used_at=func.now())
+        update(Webhook).where(Webhook.id == actor.webhook_id).values(last_used_at=func.now())
     )
 
 
@@ -199,16 +202,17 @@ def claim_delivery(session: Session, delivery_id: str, *, actor: Actor) -> uuid.
     this one failed, claims it itself).
     """
     claimed = session.execute(
-        insert(HookDelivery)
-        .values(trigger_id=actor.hook_id, delivery_id=delivery_id)
+        insert(WebhookDelivery)
+        .values(webhook_id=actor.webhook_id, delivery_id=delivery_id)
         .on_conflict_do_nothing()
-        .returning(HookDelivery.delivery_id)
+        .returning(WebhookDelivery.delivery_id)
     ).first()
     if claimed is not None:
         return None
     seen = session.scalar(
-        select(HookDelivery.execution_id).where(
-            HookDelivery.trigger_id == actor.hook_id, HookDelivery.delivery_id == delivery_id
+        select(WebhookDelivery.execution_id).where(
+            WebhookDelivery.webhook_id == actor.webhook_id,
+            WebhookDelivery.delivery_id == delivery_id,
         )
     )
     if seen is None:  # only inside the claiming transaction, which has committed by now

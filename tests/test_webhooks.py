@@ -19,7 +19,7 @@ from core.limits import MAX_INPUT_BYTES, SIGNATURE_TOLERANCE_S
 from core.secrets import signature_header
 from core.vocabulary import Role
 from db.keys import reseal_secrets
-from db.models import Execution, HookTrigger, Workspace
+from db.models import Execution, Webhook, Workspace
 from db.session import session_scope
 from service import automations
 from testkit.api import ApiProcess, bearer, make_token, writes
@@ -283,11 +283,13 @@ def test_a_webhook_actor_may_only_start_runs(client: TestClient, admin: dict[str
     automation_id = make_automation()
     hook = enable(client, admin, automation_id)
     with session_scope() as session:
-        hook_id = session.scalar(select(HookTrigger.id))
-    actor = Actor(name="webhook", workspace_id=ADMIN.workspace_id, role=Role.ADMIN, hook_id=hook_id)
+        webhook_id = session.scalar(select(Webhook.id))
+    actor = Actor(
+        name="webhook", workspace_id=ADMIN.workspace_id, role=Role.ADMIN, webhook_id=webhook_id
+    )
     with pytest.raises(Forbidden):
         automations.delete(automation_id, actor=actor)
-    assert hook["id"] == str(hook_id)
+    assert hook["id"] == str(webhook_id)
 
 
 def test_a_signature_is_checked_against_the_secret_the_body_and_the_clock() -> None:

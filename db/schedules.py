@@ -125,7 +125,9 @@ def find_schedule(
 def update_schedule(
     session: Session, schedule_id: uuid.UUID, data: ScheduleDefinition, *, actor: Actor
 ) -> Written:
-    """New timing and policies; an interval without start_at keeps counting from creation."""
+    """New timing and policies; an interval without start_at keeps counting from creation.
+    Slots due before now that no dispatch reached yet are dispatched first, under the old
+    timing and policies (`_settle_due`)."""
     schedule = find_schedule(session, schedule_id, actor=actor, lock=True)
     now = db_now(session)
     dispatched = _settle_due(session, schedule, now)  # under the old timing and policies

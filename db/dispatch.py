@@ -179,15 +179,21 @@ def _columns(rows: list[tuple[Any, ...]], names: tuple[str, ...]) -> dict[str, l
 
 
 def dispatch_batch(
-    session: Session, *, now: datetime, config: DispatchConfig
+    session: Session,
+    *,
+    now: datetime,
+    config: DispatchConfig,
+    schedule_id: uuid.UUID | None = None,
 ) -> tuple[list[RunMessage], int]:
-    """Dispatch up to one batch of due schedules; returns the runs to send and the batch size.
+    """Dispatch up to one batch of due schedules (only `schedule_id`, if given); returns
+    the runs to send and the batch size.
 
     Three statements whatever the batch's size: claim (`SKIP LOCKED`), insert the
     executions, advance the schedules (and one more per schedule that cannot be planned).
     """
     due_before = now + timedelta(seconds=config.horizon_s)
-    due = session.execute(_DUE, {"due_before": due_before, "batch": config.batch}).all()
+    claim = _DUE if schedule_id is None else _DUE.where(Schedule.id == schedule_id)
+    due = session.execute(claim, {"due_before": due_before, "batch": config.batch}).all()
     if not due:
         return [], 0
     work: list[tuple[DueSchedule, DispatchPlan, list[tuple[Any, ...]]]] = []

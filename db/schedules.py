@@ -22,11 +22,13 @@ from sqlalchemy.orm import Session
 from core.access import Actor
 from core.errors import NotFound
 from core.schedule import ScheduleDefinition, initial_next_run_at
+from core.settings import get_settings
 from core.timing import Timing, parse_timing, spec_of
 from core.vocabulary import ExecutionStatus, Permission
 from db.automations import Changes, changes, live_automation, within_quota
+from db.dispatch import DispatchConfig, dispatch_batch
 from db.models import Execution, Schedule
-from db.runs import SCHEDULE_DELETED, cancel_executions
+from db.runs import SCHEDULE_DELETED, RunMessage, cancel_executions
 from db.session import db_now, rowcount
 from db.workspaces import authorize
 
@@ -39,6 +41,9 @@ class Written:
     withdrawn: int = 0  # runs of its future slots withdrawn (`_withdraw_future`)
     cancelled: int = 0  # its open runs cancelled (deleted with it)
     changed: Changes = field(default_factory=dict)  # what an edit changed
+    # Runs of slots due before a pause or an edit, dispatched by it (`_settle_due`): the
+    # caller sends them once the write has committed.
+    dispatched: list[RunMessage] = field(default_factory=list)
 
 
 def schedule_values(data: ScheduleDefinition) -> dict[str, Any]:
@@ -120,9 +125,12 @@ def find_schedule(
 def update_schedule(
     session: Session, schedule_id: uuid.UUID, data: ScheduleDefinition, *, actor: Actor
 ) -> Written:
-    """New timing and policies; an interval without start_at keeps counting from creation."""
+    """New timing and policies; an interval without start_at keeps counting from creation.
+    Slots due before now that no dispatch reached yet are dispatched first, under the old
+    timing and policies (`_settle_due`)."""
     schedule = find_schedule(session, schedule_id, actor=actor, lock=True)
     now = db_now(session)
+    dispatched = _settle_due(session, schedule, now)  # under the old timing and policies
     new = {**schedule_values(data), "enabled": data.enabled}
     changed = changes(schedule, new)
     for key, value in new.items():
@@ -134,22 +142,24 @@ def update_schedule(
     if data.enabled:
         _arm(schedule, data.timing.anchored(schedule.created_at), now)
         _mark_paused(schedule, None, None, now)
-    return Written(schedule, withdrawn=withdrawn, changed=changed)
+    return Written(schedule, withdrawn=withdrawn, changed=changed, dispatched=dispatched)
 
 
 def pause_schedule(
     session: Session, schedule_id: uuid.UUID, *, actor: Actor, note: str | None = None
 ) -> Written:
     """Pause, with a note (already checked: `core.backfill.pause_note`) kept with who paused
-    and when. The runs of slots after now that have not started are withdrawn; runs of
-    earlier slots go on."""
+    and when. Slots due before now that no dispatch reached yet are dispatched now, by the
+    misfire policy (`_settle_due`); the runs of slots after now that have not started are
+    withdrawn; runs of earlier slots go on."""
     schedule = find_schedule(session, schedule_id, actor=actor, lock=True)
     live_automation(session, schedule.automation_id, actor=actor)
     now = db_now(session)
+    dispatched = _settle_due(session, schedule, now)
     schedule.enabled = False
     withdrawn = _withdraw_future(session, schedule, now)
     _mark_paused(schedule, actor, note, now)
-    return Written(schedule, withdrawn=withdrawn)
+    return Written(schedule, withdrawn=withdrawn, dispatched=dispatched)
 
 
 def resume_schedule(session: Session, schedule_id: uuid.UUID, *, actor: Actor) -> Written:
@@ -162,6 +172,27 @@ def resume_schedule(session: Session, schedule_id: uuid.UUID, *, actor: Actor) -
     _arm(schedule, parse_timing(spec_of(schedule)), now)
     _mark_paused(schedule, None, None, now)
     return Written(schedule)
+
+
+def _settle_due(session: Session, schedule: Schedule, now: datetime) -> list[RunMessage]:
+    """Dispatch the schedule's slots due before `now` that no dispatch reached yet (the
+    scheduler was down, or its tick had not come), exactly as a tick at `now` would:
+    each runs, or is recorded skipped or counted in `missed_count` by the misfire policy.
+    Returns the runs to send once the write commits.
+
+    Decided here, at the pause (or the edit), not at the resume: a resume, which starts
+    from the first slot after it so that the paused period is never replayed, can no
+    longer tell a slot due before the pause from one of the paused period (both are
+    before now); here every undispatched slot before now is one due before the pause,
+    and the old timing and policies are still the row's. A schedule already paused has
+    none (its own pause settled them).
+    """
+    if not schedule.enabled:
+        return []
+    config = DispatchConfig(horizon_s=0, grace_s=get_settings().misfire_grace_s, batch=1)
+    dispatched, _ = dispatch_batch(session, now=now, config=config, schedule_id=schedule.id)
+    session.refresh(schedule)  # dispatch moved its counters and next_run_at in SQL
+    return dispatched
 
 
 def _mark_paused(schedule: Schedule, by: Actor | None, note: str | None, now: datetime) -> None:

@@ -7,17 +7,21 @@ takes that session and never commits.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import CTE, CursorResult, Engine, Result, Select, create_engine, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.settings import get_settings
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 _engine: Engine | None = None
 _engine_pid: int | None = None
 _factory: sessionmaker[Session] | None = None
@@ -35,6 +39,25 @@ def ping_before_use(enabled: bool) -> None:
     if enabled != _pre_ping:
         _pre_ping = enabled
         dispose_engine()
+
+
+def once_more_if_disconnected(work: Callable[[], T]) -> T:
+    """`work()`, done again once if it failed on a connection the server had closed.
+
+    With `ping_before_use(False)` (every Dramatiq process) the first transaction after
+    a PostgreSQL restart meets a dead pooled connection; SQLAlchemy then invalidates
+    every connection of the pool older than the failure, so the second try runs on a
+    fresh one. For the periodic ticks (dispatch, housekeeping, notify), whose work is
+    safe to repeat (slot keys, row claims): without it a tick after a restart was lost
+    and its slots waited a minute for the next. A server still down fails again.
+    """
+    try:
+        return work()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        log.warning("the database closed a pooled connection (restarted?); trying again")
+        return work()
 
 
 def get_engine() -> Engine:

@@ -74,9 +74,11 @@ def update_in(unit: Unit, schedule_id: uuid.UUID, definition: ScheduleDefinition
         AuditTarget.SCHEDULE,
         schedule_id,
         withdrawn=done.withdrawn,
+        dispatched=len(done.dispatched),
         changed=done.changed,
         **schedules.describe(done.schedule),
     )
+    _send_dispatched(unit, done)
     _dispatch_soon(unit)
     return done.schedule
 
@@ -93,8 +95,10 @@ def pause_in(unit: Unit, schedule_id: uuid.UUID, note: str | None = None) -> Sch
     """`pause` inside an open unit."""
     note = pause_note(note)
     done = schedules.pause_schedule(unit.session, schedule_id, actor=unit.actor, note=note)
-    details = {"withdrawn": done.withdrawn} | ({} if note is None else {"note": note})
+    details: dict[str, object] = {"withdrawn": done.withdrawn, "dispatched": len(done.dispatched)}
+    details |= {} if note is None else {"note": note}
     unit.audit(AuditAction.PAUSE, AuditTarget.SCHEDULE, schedule_id, **details)
+    _send_dispatched(unit, done)
     return done.schedule
 
 
@@ -183,6 +187,13 @@ def _row(unit: Unit, schedule_id: uuid.UUID) -> ScheduleRow:
     if row is None:
         raise NotFound(f"schedule {schedule_id} does not exist (or was deleted)")
     return row
+
+
+def _send_dispatched(unit: Unit, done: schedules.Written) -> None:
+    """Send the runs a pause or an edit dispatched for slots due before it, after the
+    commit, best effort: if Redis is away, housekeeping sends the queued rows later."""
+    if done.dispatched:
+        unit.after_commit(partial(send.send_runs, done.dispatched), best_effort=True)
 
 
 def _dispatch_soon(unit: Unit) -> None:

@@ -45,7 +45,7 @@ from core.settings import get_settings
 from db import notices
 from db.channels import ChannelTarget
 from db.dispatch import beat
-from db.session import db_now, session_scope
+from db.session import db_now, once_more_if_disconnected, session_scope
 
 log = logging.getLogger(__name__)
 # Seconds of sending per tick: the actor's time limit is 55 s, and one delivery's
@@ -131,7 +131,12 @@ def url_problem(url: str) -> str | None:
 
 
 def tick_notify() -> int:
-    """The minute tick: open notices, then send every pending delivery; returns sent."""
+    """The minute tick: open notices, then send every pending delivery; returns sent (done
+    again once on a connection a database restart closed)."""
+    return once_more_if_disconnected(_tick_notify)
+
+
+def _tick_notify() -> int:
     settings = get_settings()
     with session_scope() as session:
         now = db_now(session)

@@ -22,7 +22,7 @@ from core.settings import get_settings
 from db import dispatch as dispatching
 from db import idempotency, recovery
 from db.runs import RunMessage
-from db.session import db_now, session_scope
+from db.session import db_now, once_more_if_disconnected, session_scope
 from tasks.send import Send, SendMany
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,12 @@ def dispatch_due(
 
 
 def tick_dispatch(send: Send, *, send_many: SendMany | None = None) -> int:
-    """The minute tick: dispatch, then record that the scheduler is alive."""
+    """The minute tick: dispatch, then record that the scheduler is alive (done again once
+    on a connection a database restart closed)."""
+    return once_more_if_disconnected(lambda: _tick_dispatch(send, send_many))
+
+
+def _tick_dispatch(send: Send, send_many: SendMany | None) -> int:
     sent = dispatch_due(send, send_many=send_many)
     with session_scope() as session:
         dispatching.beat(session, "dispatch", sent=sent)
@@ -190,7 +195,11 @@ def purge_old_idempotency_keys() -> int:
 
 def tick_housekeeping(send: Send) -> None:
     """The minute tick: re-send lost runs, purge old history and old idempotency keys,
-    record the pass."""
+    record the pass (done again once on a connection a database restart closed)."""
+    once_more_if_disconnected(lambda: _tick_housekeeping(send))
+
+
+def _tick_housekeeping(send: Send) -> None:
     recovered = recover_stranded(send)
     purged = purge_old_history()
     keys = purge_old_idempotency_keys()

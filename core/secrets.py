@@ -83,13 +83,30 @@ def signature_header(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={digest.hexdigest()}"
 
 
-def verify_signature(secret: str, header: str, body: bytes, *, now: int, tolerance_s: int) -> bool:
-    """Whether `header` (`t=<unix seconds>,v1=<hex>[,v1=...]`) signs `body` with `secret`,
-    made within `tolerance_s` of `now` (an old signature replayed is refused)."""
+def _signature_fields(header: str) -> dict[str, list[str]]:
     fields: dict[str, list[str]] = {}
     for part in header.split(","):
         name, _, value = part.strip().partition("=")
         fields.setdefault(name, []).append(value)
+    return fields
+
+
+def signed_message(header: str, body: bytes) -> str | None:
+    """What a (verified) signature signs, as a key: its timestamp and the body's SHA-256.
+    The same key again is the same signed request, replayed; None if there is no `t=`."""
+    try:
+        timestamp = int(_signature_fields(header)["t"][0])
+    except (KeyError, ValueError):
+        return None
+    return f"{timestamp}.{hashlib.sha256(body).hexdigest()}"
+
+
+def verify_signature(secret: str, header: str, body: bytes, *, now: int, tolerance_s: int) -> bool:
+    """Whether `header` (`t=<unix seconds>,v1=<hex>[,v1=...]`) signs `body` with `secret`,
+    made within `tolerance_s` of `now` (an old signature replayed is refused; within the
+    tolerance, the caller makes one signed message start at most one thing:
+    `signed_message`)."""
+    fields = _signature_fields(header)
     try:
         timestamp = int(fields["t"][0])
     except (KeyError, ValueError):

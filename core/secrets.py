@@ -127,12 +127,12 @@ def secret_matches(given: str, secret: str) -> bool:
 
 # Workspace secrets are referenced in an automation's headers as {{ secret.NAME }}.
 SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_REFERENCE = re.compile(r"\{\{\s*secret\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+SECRET_REFERENCE = re.compile(r"\{\{\s*secret\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
 def secret_names(template: Mapping[str, str]) -> set[str]:
     """The secret names the header values of `template` reference."""
-    return {name for value in template.values() for name in _REFERENCE.findall(value)}
+    return {name for value in template.values() for name in SECRET_REFERENCE.findall(value)}
 
 
 def render_headers(template: Mapping[str, str], secrets: Mapping[str, str]) -> dict[str, str]:
@@ -144,6 +144,6 @@ def render_headers(template: Mapping[str, str], secrets: Mapping[str, str]) -> d
     if missing:
         raise SecretUnreadable(f"no workspace secret named {', '.join(missing)}")
     return {
-        header: _REFERENCE.sub(lambda m: secrets[m.group(1)], value)
+        header: SECRET_REFERENCE.sub(lambda m: secrets[m.group(1)], value)
         for header, value in template.items()
     }

@@ -22,6 +22,7 @@ import httpx
 import pytest
 from sqlalchemy import String, select
 
+from core.automation import only_references
 from core.errors import ValidationFailed
 from core.secrets import SecretBox, SecretUnreadable, new_key, signature_header
 from core.settings import get_settings
@@ -290,10 +291,27 @@ def test_a_header_naming_a_missing_secret_fails_the_step_without_calling(
 
 
 @pytest.mark.parametrize(
+    "value",
+    [
+        "Bearer {{ secret.X }}",
+        "{{secret.X}}",
+        "Basic {{ secret.X }}",
+        "a={{ secret.A }}; b={{ secret.B }}",
+    ],
+)
+def test_a_credential_header_of_references_alone_is_accepted(value: str) -> None:
+    assert only_references(value)
+
+
+@pytest.mark.parametrize(
     ("headers", "message"),
     [
         ((("Authorization", "Bearer abc123"),), "carries a credential: save it as a workspace"),
         ((("X-Api-Key", "abc123"),), "carries a credential"),
+        ((("Authorization", "Bearer LITERAL {{ secret.X }}"),), "carries a credential"),
+        ((("Authorization", "{{ secret.X }}LITERAL"),), "carries a credential"),
+        ((("Authorization", "Basic {{ secret.X }}:{{ secret.Y }}"),), "carries a credential"),
+        ((("Cookie", "a=LITERAL; b={{ secret.X }}"),), "carries a credential"),
         ((("Host", "evil"),), "Host is set by Stepwise"),
         ((("Idempotency-Key", "x"),), "Idempotency-Key is set by Stepwise"),
         ((("X-A", "one\r\nX-B: two"),), "must be on one line"),

@@ -28,13 +28,13 @@ from core.secrets import SecretBox, SecretUnreadable, new_key, signature_header
 from core.settings import get_settings
 from db import automations
 from db.keys import reseal_secrets
-from db.models import Automation, Base
+from db.models import Automation, Base, WorkspaceSecret
 from db.runs import RunMessage
 from db.secrets import set_secret
 from db.session import session_scope
 from service.automations import rotate_signing_secret
 from service.webhooks import enable_webhook
-from stepwise.demo_agent import AgentServer, verify_signature
+from stepwise.demo_agent import AgentServer, Reply, verify_signature
 from tasks.send import send_run
 from testkit.factories import (
     ADMIN,
@@ -44,6 +44,7 @@ from testkit.factories import (
     make_channel,
     make_execution,
     step_runs,
+    table_snapshot,
 )
 from testkit.processes import READY
 from testkit.waiting import wait_for
@@ -288,6 +289,60 @@ def test_a_header_naming_a_missing_secret_fails_the_step_without_calling(
     [step] = step_runs(execution_id)
     assert step.error == "request headers: no workspace secret named NOT_THERE"
     assert agent.calls == []
+
+
+def store_secret_as_saved_before(name: str, value: str) -> None:
+    """A secret row written below the service, as one saved before a rule refused it."""
+    sealed = get_settings().secret_box().seal(value)
+    with session_scope() as session:
+        session.add(WorkspaceSecret(workspace_id=ADMIN.workspace_id, name=name, sealed=sealed))
+
+
+@pytest.mark.parametrize(
+    ("case", "said"),
+    [
+        ("line break in a secret", "a request header's value holds a line break"),
+        ("redirect with a password", "redirected to a URL with a user name or password"),
+        ("redirect to a file", "redirected to a URL that is not http or https"),
+    ],
+)
+def test_an_agent_or_secret_that_breaks_the_call_fails_the_step_once(
+    worker: Any, agent: AgentServer, case: str, said: str
+) -> None:
+    # given an automation whose Authorization names a secret, and an agent or secret at fault
+    if case == "line break in a secret":
+        store_secret_as_saved_before("T", "abc\r\nX-Injected: 1")
+    else:
+        store_secret_as_saved_before("T", "tok-Hv81")
+        where = (
+            agent.url.replace("http://", "http://u:p@")
+            if "password" in case
+            else "file:///etc/hostname"
+        )
+        agent.responder = lambda call: Reply(307, "", headers={"Location": where})
+    automation_id = make_automation(
+        agent_url=agent.url,
+        steps=1,
+        max_retries=3,
+        request_headers=(("Authorization", "Bearer {{ secret.T }}"),),
+    )
+    # when a worker runs it
+    execution_id = make_execution(automation_id)
+    send_run(RunMessage(execution_id, 3))
+    # then the run fails at once, on its first attempt, saying why, and is not run again
+    done = wait_for(lambda: (e := execution(execution_id)).status == "failed" and e, timeout=30)
+    assert done.attempt == 1 and said in (done.error or ""), done.error
+    (step,) = step_runs(execution_id)
+    assert said in (step.error or "") and "tok-Hv81" not in repr(step.error)
+    assert len(agent.calls) == (0 if "secret" in case else 1)
+
+
+def test_a_secret_with_a_line_break_is_refused_when_saved(db: None) -> None:
+    before = table_snapshot()
+    for value in ("abc\r\nX: 1", "abc\n", "a\rb", "a\x00b"):
+        with pytest.raises(ValidationFailed, match="value: "), session_scope() as session:
+            set_secret(session, "T", value, actor=ADMIN)
+    assert table_snapshot() == before
 
 
 @pytest.mark.parametrize(

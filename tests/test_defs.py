@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,41 @@ def test_bad_file_writes_nothing_and_names_the_field(
     assert cli("apply", "-f", str(path)) == 2
     err = capsys.readouterr().err
     assert str(path) in err and named in err and "Traceback" not in err
+    assert table_snapshot() == before
+
+
+# A schedule input of a few hundred bytes that expands to 9**9 values through aliases.
+ALIAS_BOMB = DEFS.replace(
+    "{kind: interval, interval_s: 3600, input: {region: eu}}",
+    "kind: interval\n        interval_s: 3600\n        input:\n"
+    + "          a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+    + "".join(
+        f"          {b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n"
+        for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (ALIAS_BOMB, "expands to more than"),
+        ("automations: " + "[" * 50_000 + "]" * 50_000 + "\n", "nests deeper than"),
+        (DEFS.replace("{region: eu}", "{deep: " + "[" * 5000 + "]" * 5000 + "}"), "nests deeper"),
+    ],
+    ids=["alias-bomb", "deep-file", "deep-input"],
+)
+def test_a_file_that_expands_or_nests_without_bound_is_refused_fast(
+    tmp_path: Path, capsys: Any, text: str, said: str
+) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    before = table_snapshot()
+    started = time.monotonic()
+    assert cli("apply", "-f", str(path)) == 2
+    assert time.monotonic() - started < 5
+    err = capsys.readouterr().err
+    assert str(path) in err and said in err and "Traceback" not in err, err
     assert table_snapshot() == before
 
 

@@ -8,9 +8,10 @@ SIGKILLs and SIGTERMs each kind of process and restarts it, flushes Redis, runs 
 scheduler and dispatcher for a while, and pauses, resumes, edits and deletes. The
 scheduler is down for longer than the dispatch horizon: the pause and the edit come
 when their schedules have slots due that no dispatch reached. PostgreSQL restarts
-twice: once during that outage, once some 20 s before a minute tick, which must still
-dispatch. A misfire grace of 15 s (and a catch-up window of 20 s on one schedule) makes
-the misfire policies decide slots of the outage. Then the history is checked against
+twice: once during that outage, once shortly before a minute tick, which must still
+dispatch (not leave its slots to the next minute's). A misfire grace of 15 s (and a
+catch-up window of 20 s on one schedule) makes the misfire policies decide slots of the
+outage. Then the history is checked against
 the slots computed from the schedules' definitions (`slots_between`), not read back
 from what ran: each slot has one execution or is counted in `missed_count`.
 

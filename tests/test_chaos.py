@@ -11,9 +11,9 @@ when their schedules have slots due that no dispatch reached. PostgreSQL restart
 twice: once during that outage, once shortly before a minute tick, which must still
 dispatch (not leave its slots to the next minute's). A misfire grace of 15 s (and a
 catch-up window of 20 s on one schedule) makes the misfire policies decide slots of the
-outage. Then the history is checked against
-the slots computed from the schedules' definitions (`slots_between`), not read back
-from what ran: each slot has one execution or is counted in `missed_count`.
+outage. Then the history is checked against the slots computed from the schedules'
+definitions (`slots_between`), not read back from what ran: each slot has one
+execution or is counted in `missed_count`.
 
     STEPWISE_CHAOS_SEED=7 pytest tests/test_chaos.py -s
 """
@@ -460,7 +460,11 @@ def _recovery_times(
 
 @pytest.mark.timeout(900)
 def test_chaos_every_slot_once_through_kills_flushes_outages_and_edits(
-    own_procs: Any, own_postgres: OwnPostgres, agent: Any, redis_client: Any, monkeypatch: Any
+    own_procs: Any,
+    own_postgres: OwnPostgres,
+    agent: Any,
+    redis_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # given the Procfile's processes on a PostgreSQL of the test's own, eleven schedules
     # over a 220 s window, and a short misfire grace (here and in every process)

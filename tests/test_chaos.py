@@ -8,11 +8,12 @@ SIGKILLs and SIGTERMs each kind of process and restarts it, flushes Redis, runs 
 scheduler and dispatcher for a while, and pauses, resumes, edits and deletes. The
 scheduler is down for longer than the dispatch horizon: the pause and the edit come
 when their schedules have slots due that no dispatch reached. PostgreSQL restarts
-twice: once during that outage, once some 20 s before a minute tick, which must still
-dispatch. A misfire grace of 15 s (and a catch-up window of 20 s on one schedule) makes
-the misfire policies decide slots of the outage. Then the history is checked against
-the slots computed from the schedules' definitions (`slots_between`), not read back
-from what ran: each slot has one execution or is counted in `missed_count`.
+twice: once during that outage, once shortly before a minute tick, which must still
+dispatch (not leave its slots to the next minute's). A misfire grace of 15 s (and a
+catch-up window of 20 s on one schedule) makes the misfire policies decide slots of the
+outage. Then the history is checked against the slots computed from the schedules'
+definitions (`slots_between`), not read back from what ran: each slot has one
+execution or is counted in `missed_count`.
 
     STEPWISE_CHAOS_SEED=7 pytest tests/test_chaos.py -s
 """
@@ -459,7 +460,11 @@ def _recovery_times(
 
 @pytest.mark.timeout(900)
 def test_chaos_every_slot_once_through_kills_flushes_outages_and_edits(
-    own_procs: Any, own_postgres: OwnPostgres, agent: Any, redis_client: Any, monkeypatch: Any
+    own_procs: Any,
+    own_postgres: OwnPostgres,
+    agent: Any,
+    redis_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # given the Procfile's processes on a PostgreSQL of the test's own, eleven schedules
     # over a 220 s window, and a short misfire grace (here and in every process)

@@ -49,13 +49,22 @@ def start_in(
     run_input: RunInput | None = None,
     *,
     trigger: Trigger = Trigger.MANUAL,
+    schedule_id: uuid.UUID | None = None,
     **details: Any,
 ) -> uuid.UUID:
-    """A run started now inside an open unit, audited (`details` go to the audit row, never
-    the input itself: it may hold anything), sent after the commit; its id."""
+    """A run started now inside an open unit (of the schedule `schedule_id`, when a
+    schedule's "Run now" starts it), audited (`details` go to the audit row, never the
+    input itself: it may hold anything), sent after the commit; its id."""
     execution = executions.create_manual_execution(
-        unit.session, automation_id, actor=unit.actor, run_input=run_input, trigger=trigger
+        unit.session,
+        automation_id,
+        actor=unit.actor,
+        run_input=run_input,
+        trigger=trigger,
+        schedule_id=schedule_id,
     )
+    if schedule_id is not None:
+        details["schedule_id"] = str(schedule_id)
     if trigger != Trigger.MANUAL:
         details["trigger"] = str(trigger)
     unit.audit(

@@ -185,6 +185,10 @@ def test_create_an_automation_and_a_schedule_then_read_its_runs(
     execution_id = run.json()["execution_id"]
     detail = client.get(f"/v1/executions/{execution_id}", headers=admin).json()
     assert detail["status"] == "queued" and detail["steps"] == []
+    # the schedule's run, started by hand: listed under the schedule
+    assert (detail["schedule_id"], detail["trigger"]) == (body["id"], "manual")
+    of_schedule = client.get("/v1/executions", params={"schedule_id": body["id"]}, headers=admin)
+    assert [e["id"] for e in of_schedule.json()["items"]] == [execution_id]
     cancelled = client.post(f"/v1/executions/{execution_id}/cancel", headers=admin).json()
     assert cancelled["status"] == "cancelled"
     assert client.post(f"/v1/executions/{execution_id}/retry", headers=admin).status_code == 202

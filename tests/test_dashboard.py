@@ -35,6 +35,7 @@ from testkit.factories import (
     now,
     person,
     row_counts,
+    schedule,
     table_snapshot,
 )
 from testkit.pages import execution_page, load_view, open_new_schedule, open_view, texts
@@ -268,6 +269,12 @@ def test_pause_resume_run_now_and_delete(agent: Any, worker: Any) -> None:
 
     [run] = wait_for(finished, timeout=30, message="the manual run to succeed")
     assert run.trigger == "manual" and len(agent.calls) == 2
+    # and it is the schedule's run: under its filter and in its counters
+    assert run.schedule_id == sched
+    counted = wait_for(
+        lambda: (s := schedule(sched)).run_count == 1 and s, timeout=30, message="its count"
+    )
+    assert (counted.success_count, counted.last_status) == (1, "succeeded")
     # when deleted, after confirming
     add_executions(
         auto,

@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_PROCESSES = ("web", "api", "scheduler", "dispatcher", "worker")
-DEMO_SECRET_VARIABLE = "STEPWISE_DEMO_AGENT_SECRET"
 
 
 def read_procfile(path: Path = ROOT / "Procfile") -> dict[str, str]:
@@ -114,13 +113,6 @@ def local_key(path: Path) -> str:
     return path.read_text().strip()
 
 
-def demo_signing_secret(agent_url: str) -> str | None:
-    """The signing secret of the oldest live automation calling the demo agent."""
-    from service.definitions import demo_signing_secret as secret
-
-    return secret(agent_url)
-
-
 def run(_: argparse.Namespace) -> int:
     from core.settings import DEFAULT_API_PORT, get_settings
     from stepwise import embedded
@@ -161,13 +153,14 @@ def run(_: argparse.Namespace) -> int:
             agent_url = f"http://127.0.0.1:{settings.demo_agent_port}/agent"
             if seed_demo(agent_url):
                 print("stepwise: created the demo automation (runs every minute)")
-            # The demo agent checks every call's signature, as a real agent should.
-            agent_env = {**env, DEMO_SECRET_VARIABLE: demo_signing_secret(agent_url) or ""}
+            # The demo agent checks every call's signature, as a real agent should: with
+            # the secret of the automation that sent it, read from the database, so that
+            # any automation pointed at it works, and a new secret takes over at once.
             manager.add_process(
                 "agent",
                 f"{sys.executable} -m stepwise.demo_agent --port {settings.demo_agent_port} "
-                f"--verify-from-env {DEMO_SECRET_VARIABLE}",
-                env=agent_env,
+                "--verify-stored",
+                env=env,
                 cwd=str(ROOT),
             )
         print(

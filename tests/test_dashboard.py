@@ -358,6 +358,30 @@ def test_create_an_automation_through_the_text_steps_path() -> None:
     assert at.selectbox(key="auto_selected").value == str(row.id)
 
 
+def test_a_new_signing_secret_is_made_only_once_confirmed_and_says_where_it_goes() -> None:
+    # given an automation and its signing secret
+    auto = make_automation(name="Signed")
+    before = automations.signing_secret(auto, actor=ADMIN)
+    at = open_view("automations")
+    at.selectbox(key="auto_selected").set_value(str(auto)).run()
+    # when "New signing secret" is clicked, then nothing changes until it is confirmed
+    at.button(key=f"auto_{auto}_rotate").click().run()
+    assert not at.exception, at.exception
+    assert "Make a new signing secret for “Signed”?" in texts(at)
+    assert automations.signing_secret(auto, actor=ADMIN) == before
+    at.button(key=f"auto_{auto}_rotate_no").click().run()
+    assert "Make a new signing secret" not in texts(at)
+    assert automations.signing_secret(auto, actor=ADMIN) == before
+    # when confirmed, then the new secret is shown once, with how an agent gets it
+    at.button(key=f"auto_{auto}_rotate").click().run()
+    at.button(key=f"auto_{auto}_rotate_yes").click().run()
+    after = automations.signing_secret(auto, actor=ADMIN)
+    assert after != before and after in [c.value for c in at.code]
+    shown = texts(at)
+    assert "Store it where your agent reads its settings" in shown
+    assert "The bundled demo agent needs nothing" in shown
+
+
 def test_an_invalid_automation_shows_errors_and_writes_nothing() -> None:
     at = open_view("automations")
     before = table_snapshot()

@@ -69,8 +69,9 @@ def seed_demo(agent_url: str) -> bool:
 
 def _demo(agent_url: str) -> AutomationInput:
     return AutomationInput(
-        name="Demo: daily brief",
-        description="Three steps against the bundled demo agent.",
+        name="Demo: brief every minute",
+        description="Three steps against the bundled demo agent, every minute (a real brief "
+        "would run daily: edit its schedule, or pause it).",
         agent_url=agent_url,
         project_context="Stepwise demo project",
         steps=(

@@ -595,6 +595,31 @@ def test_queues_list_retry_and_purge_dead_letters(redis_client: Any) -> None:
     }
 
 
+def test_dead_letters_are_cleaned_in_bulk_by_their_runs_status(redis_client: Any) -> None:
+    from tasks.actors import run_execution
+
+    # given the dead letters of a run that still failed and of one that succeeded since
+    automation_id = make_automation()
+    failed, succeeded = add_executions(
+        automation_id, [{"status": "failed"}, {"status": "succeeded"}]
+    )
+    for message_id, run in (("dead-failed", failed), ("dead-succeeded", succeeded)):
+        redis_client.zadd("dramatiq:default.XQ", {message_id: time.time() * 1000})
+        redis_client.hset(
+            "dramatiq:default.XQ.msgs", message_id, run_execution.message(str(run)).encode()
+        )
+    # when those whose run succeeded are cleaned, after confirming
+    at = open_view("queues")
+    at.multiselect(key="q_clean_status").select("succeeded").run()
+    at.button(key="q_purge").click().run()
+    assert "Delete the 1 dead letter(s) whose run is now succeeded" in texts(at)
+    at.button(key="q_purge_yes").click().run()
+    # then only that one went
+    assert not at.exception, at.exception
+    assert redis_client.zrange("dramatiq:default.XQ", 0, -1) == [b"dead-failed"]
+    assert "Purged 1 dead letter(s)." in texts(at)
+
+
 def test_a_dead_letter_shows_its_runs_error_and_automation_not_a_bare_id(
     redis_client: Any,
 ) -> None:

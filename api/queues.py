@@ -8,15 +8,17 @@ and removing them needs the admin role and is audited (`service.queues`).
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from api.auth import Acting
 from api.problems import documented
 from core.errors import NotFound
+from core.vocabulary import ExecutionStatus
 from db import queries
 from service import queues as workspace_queues
 from service.unit import read
@@ -58,12 +60,16 @@ class QueuesOut(BaseModel):
 
 
 class DeadLetterOut(BaseModel):
+    """A dead letter: one a run, its newest, with the run's stored error and status."""
+
     message_id: str
     job: str
     execution_id: uuid.UUID | None
+    execution_url: str | None = Field(description="the run: GET it for its steps")
+    execution_status: ExecutionStatus | None = Field(description="the run's status now")
     retries: int
     failed_at: datetime
-    error: str | None
+    error: str | None = Field(description="why the run failed (the run's stored error)")
 
 
 class Affected(BaseModel):
@@ -103,12 +109,17 @@ def list_dead_letters(queue: Queue, actor: Acting) -> list[DeadLetterOut]:
         DeadLetterOut(
             message_id=letter.message_id,
             job=letter.actor,
-            execution_id=queues.execution_of(letter),
+            execution_id=execution_id,
+            execution_url=None if execution_id is None else f"/v1/executions/{execution_id}",
+            execution_status=None
+            if letter.run_status is None
+            else ExecutionStatus(letter.run_status),
             retries=letter.retries,
             failed_at=letter.failed_at,
             error=letter.error,
         )
         for letter in workspace_queues.dead_letters(str(queue), actor=actor)
+        for execution_id in [queues.execution_of(letter)]
     ]
 
 
@@ -129,6 +140,21 @@ def remove_dead_letter(queue: Queue, message_id: str, actor: Acting) -> Affected
 
 
 @router.delete("/{queue}/dead-letters")
-def purge_dead_letters(queue: Queue, actor: Acting) -> Affected:
-    """Delete every dead letter of the queue this workspace sees; admins only."""
-    return Affected(count=workspace_queues.purge_dead_letters(str(queue), actor=actor))
+def purge_dead_letters(
+    queue: Queue,
+    actor: Acting,
+    older_than_hours: Annotated[
+        float | None, Query(gt=0, le=24 * 365, description="only those dead this long ago")
+    ] = None,
+    status: Annotated[
+        list[ExecutionStatus] | None,
+        Query(description="only those whose run now has one of these statuses (repeatable)"),
+    ] = None,
+) -> Affected:
+    """Delete, in bulk, the dead letters of the queue this workspace sees: every one, or
+    those older than `older_than_hours` and/or of runs with a `status`; admins only."""
+    older_than = None if older_than_hours is None else timedelta(hours=older_than_hours)
+    count = workspace_queues.clean_dead_letters(
+        str(queue), actor=actor, older_than=older_than, statuses=[str(s) for s in status or ()]
+    )
+    return Affected(count=count)

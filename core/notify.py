@@ -157,6 +157,7 @@ def scrub(text: str, url: str) -> str:
 class Message:
     title: str
     body: str
+    kind: NoticeKind = NoticeKind.TEST  # what apprise calls its type: failure, success, ...
 
 
 def message_for(kind: NoticeKind, automation: str, summary: str) -> Message:
@@ -168,7 +169,7 @@ def message_for(kind: NoticeKind, automation: str, summary: str) -> Message:
         NoticeKind.COMPLETED: f"Stepwise: a schedule of {automation} completed",
         NoticeKind.TEST: "Stepwise: test notification",
     }
-    return Message(titles[kind], summary[:MAX_NOTICE_TEXT])
+    return Message(titles[kind], summary[:MAX_NOTICE_TEXT], kind)
 
 
 def failure_summary(streak: int, error: str | None) -> str:

@@ -142,6 +142,18 @@ def signing_secret(session: Session, automation_id: uuid.UUID, *, actor: Actor) 
     return None if sealed is None else get_settings().secret_box().open(sealed)
 
 
+def call_signing_secret(session: Session, automation_id: uuid.UUID) -> str | None:
+    """The signing secret, in clear, of the live automation an agent call names (None if
+    there is none): for the bundled demo agent, which checks each call with the secret of
+    the automation that sent it, as the worker signed it."""
+    sealed = session.scalar(
+        select(Automation.signing_secret).where(
+            Automation.id == automation_id, Automation.archived_at.is_(None)
+        )
+    )
+    return None if sealed is None else get_settings().secret_box().open(sealed)
+
+
 def update_automation(
     session: Session, automation_id: uuid.UUID, data: AutomationInput, *, actor: Actor
 ) -> tuple[Automation, Changes]:

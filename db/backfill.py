@@ -76,6 +76,7 @@ def _present(session: Session, schedule_id: uuid.UUID, span: BackfillRange) -> i
             .select_from(Execution)
             .where(
                 Execution.schedule_id == schedule_id,
+                Execution.trigger != Trigger.MANUAL,  # a run by hand takes no slot
                 Execution.scheduled_for >= span.start,
                 Execution.scheduled_for < span.end,
             )
@@ -136,7 +137,10 @@ def backfill(
         stmt = (
             insert(Execution)
             .values(rows)
-            .on_conflict_do_nothing(constraint="uq_executions_slot")
+            .on_conflict_do_nothing(
+                index_elements=["schedule_id", "scheduled_for"],
+                index_where=Execution.trigger != Trigger.MANUAL,
+            )
             .returning(Execution.id, Execution.scheduled_for)
         )
         made = sorted(((r.id, r.scheduled_for) for r in session.execute(stmt)), key=lambda r: r[1])

@@ -42,8 +42,10 @@ def _overlap(session: Session, execution: Any, policy: OverlapPolicy) -> Overlap
     session.execute(
         select(func.pg_advisory_xact_lock(func.hashtextextended(str(execution.schedule_id), 0)))
     )
-    siblings = select(Execution.id).where(
-        Execution.schedule_id == execution.schedule_id, Execution.id != execution.id
+    siblings = select(Execution.id).where(  # the slots' runs: one by hand takes no slot
+        Execution.schedule_id == execution.schedule_id,
+        Execution.id != execution.id,
+        Execution.trigger != Trigger.MANUAL,
     )
     running = siblings.where(
         Execution.status == ExecutionStatus.RUNNING, Execution.lease_expires_at > func.now()
@@ -160,8 +162,12 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
         return Admission.NOTHING
     # The overlap policy decides whether a slot starts; a retry of a run that
     # already started is that run going on, not a new slot.
-    # A backfill (past slots a person asked for, `db.backfill`) is not held back by it.
-    first_start = execution.attempt == 0 and execution.trigger != Trigger.BACKFILL
+    # A backfill (past slots a person asked for, `db.backfill`) and a run started by hand
+    # are not held back by it.
+    first_start = execution.attempt == 0 and execution.trigger not in (
+        Trigger.BACKFILL,
+        Trigger.MANUAL,
+    )
     if first_start and policy is not None and policy != OverlapPolicy.ALLOW:
         decision = _overlap(session, execution, policy)
         if decision in SKIP_REASONS:
@@ -217,7 +223,8 @@ _CLAIM_MANY = text(
         WHERE e.id = ANY(:ids) AND a.id = e.automation_id AND a.archived_at IS NULL
           AND (e.status = '{ExecutionStatus.QUEUED}'
                OR (e.status = '{ExecutionStatus.RUNNING}' AND e.lease_expires_at < now()))
-          AND (e.attempt > 0 OR e.schedule_id IS NULL OR e.trigger = '{Trigger.BACKFILL}'
+          AND (e.attempt > 0 OR e.schedule_id IS NULL
+               OR e.trigger IN ('{Trigger.BACKFILL}', '{Trigger.MANUAL}')
                OR EXISTS (
                 SELECT 1 FROM schedules s WHERE s.id = e.schedule_id
                 AND (s.kind = '{ScheduleKind.ONCE}' OR s.overlap_policy = '{OverlapPolicy.ALLOW}')))

@@ -53,18 +53,3 @@ def channel_names(session: Session, *, actor: Actor) -> dict[uuid.UUID, str]:
 def any_automation(session: Session) -> bool:
     """Whether the deployment holds any automation at all, archived or not, in any workspace."""
     return bool(session.scalar(select(func.count()).select_from(Automation)))
-
-
-def oldest_calling(session: Session, agent_url: str, *, actor: Actor) -> uuid.UUID | None:
-    """The workspace's oldest live automation calling `agent_url`, if any."""
-    found: uuid.UUID | None = session.scalar(
-        select(Automation.id)
-        .where(
-            Automation.agent_url == agent_url,
-            Automation.archived_at.is_(None),
-            Automation.workspace_id == actor.workspace_id,
-        )
-        .order_by(Automation.created_at)
-        .limit(1)
-    )
-    return found

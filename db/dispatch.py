@@ -3,7 +3,8 @@
 Due schedules are claimed with `FOR UPDATE SKIP LOCKED`, so schedulers running
 side by side share the work instead of doubling it; the slot key
 `(schedule_id, scheduled_for)` with `ON CONFLICT DO NOTHING` makes a duplicate
-execution impossible even if two of them computed the same slot.
+execution impossible even if two of them computed the same slot (a run of the schedule
+started by hand, trigger `manual`, takes no slot: the key leaves it out).
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ _INSERT_EXECUTIONS = text(
         CAST(:finished_at AS timestamptz[]), CAST(:error AS text[])
     ) AS u (id, automation_id, workspace_id, schedule_id, trigger, scheduled_for, status,
         total_steps, available_at, finished_at, error)
-    ON CONFLICT ON CONSTRAINT uq_executions_slot DO NOTHING
+    ON CONFLICT (schedule_id, scheduled_for) WHERE trigger <> '{Trigger.MANUAL}' DO NOTHING
     RETURNING id, available_at, status
     """
 )

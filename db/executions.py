@@ -32,16 +32,22 @@ def create_manual_execution(
     actor: Actor,
     run_input: RunInput | None = None,
     trigger: Trigger = Trigger.MANUAL,
+    schedule_id: uuid.UUID | None = None,
 ) -> Execution:
-    """A queued run outside any schedule ("Run now", "Test run", an API call, a webhook)
-    with its input (already parsed: `core.run_input`), within the runs-a-minute quota."""
+    """A queued run outside any timing ("Run now", "Test run", an API call, a webhook)
+    with its input (already parsed: `core.run_input`), within the runs-a-minute quota.
+
+    A schedule's "Run now" gives its `schedule_id` (the schedule's automation's): the run is
+    the schedule's, in its counters and filters, but takes none of its slots (the slot key
+    leaves trigger `manual` out) and no overlap policy holds it back.
+    """
     automation = live_automation(session, automation_id, actor=actor)
     now = db_now(session)
     within_run_quota(session, actor.workspace_id, now)
     execution = Execution(
         automation_id=automation_id,
         workspace_id=actor.workspace_id,
-        schedule_id=None,
+        schedule_id=schedule_id,
         trigger=trigger,
         scheduled_for=now,
         status=ExecutionStatus.QUEUED,

@@ -400,7 +400,15 @@ class Execution(Base):
     available_at: Mapped[datetime | None]
 
     __table_args__ = (
-        UniqueConstraint("schedule_id", "scheduled_for", name="uq_executions_slot"),
+        # The slot key: one execution per slot, ever. A run of a schedule started by hand
+        # (trigger manual) belongs to the schedule but takes no slot (migration 0015).
+        Index(
+            "uq_executions_slot",
+            "schedule_id",
+            "scheduled_for",
+            unique=True,
+            postgresql_where=text(f"trigger <> '{Trigger.MANUAL}'"),
+        ),
         CheckConstraint(_in("status", ExecutionStatus), name="status"),
         CheckConstraint(_in("trigger", Trigger), name="trigger"),
         Index("ix_executions_recent", text("queued_at DESC")),

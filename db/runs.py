@@ -39,6 +39,7 @@ from core.vocabulary import (
     FailureReport,
     OverlapPolicy,
     StepStatus,
+    Trigger,
 )
 from db.models import Automation, Execution, StepRun
 from db.session import rowcount
@@ -428,6 +429,7 @@ def next_waiting(session: Session, schedule_id: uuid.UUID) -> RunMessage | None:
         .join(Automation, Automation.id == Execution.automation_id)
         .where(
             Execution.schedule_id == schedule_id,
+            Execution.trigger != Trigger.MANUAL,  # sent when started: never held back
             Execution.status == ExecutionStatus.QUEUED,
             Execution.scheduled_for <= func.now(),
         )

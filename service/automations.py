@@ -16,7 +16,7 @@ from core.automation import AutomationInput
 from core.vocabulary import AuditAction, AuditTarget, Permission
 from db import automations
 from db.models import Automation
-from service.unit import Unit, unit_of_work
+from service.unit import Unit, read, unit_of_work
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,12 @@ def rotate_signing_secret(automation_id: uuid.UUID, *, actor: Actor) -> str:
         secret = automations.rotate_signing_secret(unit.session, automation_id, actor=actor)
         unit.audit(AuditAction.ROTATE_SECRET, AuditTarget.AUTOMATION, automation_id)
         return secret
+
+
+def call_signing_secret(automation_id: uuid.UUID) -> str | None:
+    """The signing secret of the automation an agent call names, for the bundled demo agent
+    to check the call with (nothing written; None for an unknown or deleted automation)."""
+    return read(automations.call_signing_secret, automation_id)
 
 
 def signing_secret(automation_id: uuid.UUID, *, actor: Actor) -> str | None:

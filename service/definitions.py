@@ -19,7 +19,6 @@ from core.schedule import ScheduleInput, parse_schedule
 from core.settings import get_settings
 from core.timing import ScheduleSpec
 from core.vocabulary import Permission, ScheduleKind
-from db import automations as stored
 from db import definitions
 from service import acting, automations, schedules
 from service.unit import Unit, unit_of_work
@@ -70,8 +69,9 @@ def seed_demo(agent_url: str) -> bool:
 
 def _demo(agent_url: str) -> AutomationInput:
     return AutomationInput(
-        name="Demo: daily brief",
-        description="Three steps against the bundled demo agent.",
+        name="Demo: brief every minute",
+        description="Three steps against the bundled demo agent, every minute (a real brief "
+        "would run daily: edit its schedule, or pause it).",
         agent_url=agent_url,
         project_context="Stepwise demo project",
         steps=(
@@ -80,13 +80,3 @@ def _demo(agent_url: str) -> AutomationInput:
             Step("Report", "Write the report."),
         ),
     )
-
-
-def demo_signing_secret(agent_url: str) -> str | None:
-    """The signing secret of the local admin's oldest live automation calling the demo
-    agent at `agent_url` (None if there is none), for the demo agent to check calls with."""
-    with unit_of_work(acting.local_admin, Permission.EDIT) as unit:
-        automation_id = definitions.oldest_calling(unit.session, agent_url, actor=unit.actor)
-        if automation_id is None:
-            return None
-        return stored.signing_secret(unit.session, automation_id, actor=unit.actor)

@@ -21,7 +21,7 @@ from db import automations, executions, queries
 from db.queries import ExecutionFilters
 from db.runs import RunMessage
 from service.unit import Unit, unit_of_work
-from tasks import send
+from tasks import queues, send
 
 
 def run_now(
@@ -49,13 +49,22 @@ def start_in(
     run_input: RunInput | None = None,
     *,
     trigger: Trigger = Trigger.MANUAL,
+    schedule_id: uuid.UUID | None = None,
     **details: Any,
 ) -> uuid.UUID:
-    """A run started now inside an open unit, audited (`details` go to the audit row, never
-    the input itself: it may hold anything), sent after the commit; its id."""
+    """A run started now inside an open unit (of the schedule `schedule_id`, when a
+    schedule's "Run now" starts it), audited (`details` go to the audit row, never the
+    input itself: it may hold anything), sent after the commit; its id."""
     execution = executions.create_manual_execution(
-        unit.session, automation_id, actor=unit.actor, run_input=run_input, trigger=trigger
+        unit.session,
+        automation_id,
+        actor=unit.actor,
+        run_input=run_input,
+        trigger=trigger,
+        schedule_id=schedule_id,
     )
+    if schedule_id is not None:
+        details["schedule_id"] = str(schedule_id)
     if trigger != Trigger.MANUAL:
         details["trigger"] = str(trigger)
     unit.audit(
@@ -78,6 +87,7 @@ def retry(execution_id: uuid.UUID, *, actor: Actor) -> None:
     """Run a failed or cancelled execution again from the step that did not succeed."""
     with unit_of_work(actor, Permission.RUN) as unit:
         unit.after_commit(partial(send.send_run, retry_in(unit, execution_id)))
+        forget_dead_letters(unit, {execution_id})
 
 
 def retry_in(unit: Unit, execution_id: uuid.UUID) -> RunMessage:
@@ -85,6 +95,16 @@ def retry_in(unit: Unit, execution_id: uuid.UUID) -> RunMessage:
     message = executions.retry_execution(unit.session, execution_id, actor=unit.actor)
     unit.audit(AuditAction.RETRY, AuditTarget.EXECUTION, execution_id)
     return message
+
+
+def forget_dead_letters(unit: Unit, execution_ids: set[uuid.UUID]) -> None:
+    """Once the unit commits, remove the dead letters of these retried runs: they start
+    again (a run keeps one dead letter at most, for its last failure)."""
+
+    def forget() -> None:
+        queues.forget_dead_letters_of(execution_ids)
+
+    unit.after_commit(forget, best_effort=True)
 
 
 def failed_of(filters: ExecutionFilters) -> ExecutionFilters | None:
@@ -109,6 +129,7 @@ def retry_failed(filters: ExecutionFilters, *, actor: Actor, limit: int = MAX_BU
             except (InvalidState, NotFound):
                 continue
         unit.after_commit(partial(send.send_runs, messages))
+        forget_dead_letters(unit, {m.execution_id for m in messages})
     return len(messages)
 
 

@@ -165,27 +165,57 @@ class _ParquetWriter:
         self.writer.close()
 
 
+# Excel has no time zones: its times are UTC wall times, and their headers say so.
+EXCEL_HEADER = tuple(f"{c} (UTC)" if c in TIME_COLUMNS else c for c in COLUMNS)
+# Each column wide enough for what it holds (a time "2026-12-07 09:30:00", an id's 36
+# characters); an error is cut to its column on screen and whole in its cell.
+EXCEL_WIDTHS = {
+    **dict.fromkeys(TIME_COLUMNS, 21),
+    **dict.fromkeys(("execution_id", "automation_id", "schedule_id"), 38),
+    "automation": 30,
+    "trigger": 11,
+    "status": 11,
+    "error": 60,
+}
+EXCEL_TIME_FORMAT = "yyyy-mm-dd hh:mm:ss"
+
+
 class _ExcelWriter:
     """openpyxl's write-only mode streams rows to disk instead of building the sheet in memory."""
 
     def __init__(self, path: Path) -> None:
         from openpyxl import Workbook
+        from openpyxl.utils import get_column_letter
 
         self.path = path
         self.book = Workbook(write_only=True)
         self.sheet = self.book.create_sheet("executions")
-        self.sheet.append(list(COLUMNS))
+        for n, name in enumerate(COLUMNS, start=1):
+            width = max(EXCEL_WIDTHS.get(name, 0), len(EXCEL_HEADER[n - 1]) + 2)
+            self.sheet.column_dimensions[get_column_letter(n)].width = width
+        self.sheet.freeze_panes = "A2"
+        self.sheet.append(list(EXCEL_HEADER))
+        self.times = {COLUMNS.index(c) for c in TIME_COLUMNS}
 
     def write(self, chunk: pd.DataFrame) -> None:
         table = neutralise_formulas(
             pa.Table.from_pandas(chunk, schema=SCHEMA, preserve_index=False)
         )
         chunk = table.to_pandas()
-        # Excel has no time zones: write UTC wall times (the column names say so).
+        # Excel has no time zones: write UTC wall times (the headers say so).
         for column in TIME_COLUMNS:
             chunk[column] = chunk[column].dt.tz_localize(None)
         for row in chunk.astype(object).where(chunk.notna(), None).itertuples(index=False):
-            self.sheet.append(list(row))
+            self.sheet.append([self._cell(n, value) for n, value in enumerate(row)])
+
+    def _cell(self, n: int, value: Any) -> Any:
+        if n not in self.times or value is None:
+            return value
+        from openpyxl.cell import WriteOnlyCell
+
+        cell = WriteOnlyCell(self.sheet, value=value)
+        cell.number_format = EXCEL_TIME_FORMAT
+        return cell
 
     def close(self) -> None:
         self.book.save(self.path)

@@ -129,12 +129,14 @@ def run_now(
 ) -> uuid.UUID:
     """Run the schedule's automation now, outside its timing (as "Run now" does), with the
     schedule's input, or `run_input` when given; the execution id (a repeat of an
-    `Idempotency-Key`: the first run's, nothing new)."""
+    `Idempotency-Key`: the first run's, nothing new). The run is the schedule's (trigger
+    `manual`): counted and listed with it, taking none of its slots."""
     with unit_of_work(actor, Permission.RUN) as unit:
         schedule = schedules.find_schedule(unit.session, schedule_id, actor=actor)
         given = schedule.input if run_input is None else run_input
         made, _ = unit.idempotent(
-            idempotency_key, lambda: start_in(unit, schedule.automation_id, given)
+            idempotency_key,
+            lambda: start_in(unit, schedule.automation_id, given, schedule_id=schedule.id),
         )
     return made
 

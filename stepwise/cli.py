@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_PROCESSES = ("web", "api", "scheduler", "dispatcher", "worker")
-DEMO_SECRET_VARIABLE = "STEPWISE_DEMO_AGENT_SECRET"
 
 
 def read_procfile(path: Path = ROOT / "Procfile") -> dict[str, str]:
@@ -114,16 +113,9 @@ def local_key(path: Path) -> str:
     return path.read_text().strip()
 
 
-def demo_signing_secret(agent_url: str) -> str | None:
-    """The signing secret of the oldest live automation calling the demo agent."""
-    from service.definitions import demo_signing_secret as secret
-
-    return secret(agent_url)
-
-
 def run(_: argparse.Namespace) -> int:
     from core.settings import DEFAULT_API_PORT, get_settings
-    from stepwise import embedded
+    from stepwise import embedded, local
 
     settings = get_settings()
     env = dict(os.environ)
@@ -145,14 +137,19 @@ def run(_: argparse.Namespace) -> int:
     if settings.demo:  # local mode: the bundled agent is on this machine, and allowed
         demo = f"127.0.0.1:{settings.demo_agent_port}"
         env["STEPWISE_AGENT_ALLOW"] = f"{settings.agent_allow} {demo}".strip()
+    key_file = None
     if not settings.secret_keys:
-        env["STEPWISE_SECRET_KEYS"] = local_key(settings.data_dir / "secret.key")
+        key_file = settings.data_dir / "secret.key"
+        env["STEPWISE_SECRET_KEYS"] = local_key(key_file)
+    env.setdefault("STEPWISE_API_URL", f"http://127.0.0.1:{api_port}")
     for name in ("DATABASE_URL", "REDIS_URL", "STEPWISE_AGENT_ALLOW", "STEPWISE_SECRET_KEYS"):
         if name in env:
             os.environ[name] = env[name]
     get_settings.cache_clear()
     try:
         migrate(env["DATABASE_URL"])
+        # The other commands (apply, export, ...) find this system here, with no setup.
+        local.record(settings.data_dir, env, key_file=key_file)
         manager = process_manager()
         processes = read_procfile()
         for name in LOCAL_PROCESSES:
@@ -161,13 +158,14 @@ def run(_: argparse.Namespace) -> int:
             agent_url = f"http://127.0.0.1:{settings.demo_agent_port}/agent"
             if seed_demo(agent_url):
                 print("stepwise: created the demo automation (runs every minute)")
-            # The demo agent checks every call's signature, as a real agent should.
-            agent_env = {**env, DEMO_SECRET_VARIABLE: demo_signing_secret(agent_url) or ""}
+            # The demo agent checks every call's signature, as a real agent should: with
+            # the secret of the automation that sent it, read from the database, so that
+            # any automation pointed at it works, and a new secret takes over at once.
             manager.add_process(
                 "agent",
                 f"{sys.executable} -m stepwise.demo_agent --port {settings.demo_agent_port} "
-                f"--verify-from-env {DEMO_SECRET_VARIABLE}",
-                env=agent_env,
+                "--verify-stored",
+                env=env,
                 cwd=str(ROOT),
             )
         print(
@@ -179,9 +177,25 @@ def run(_: argparse.Namespace) -> int:
     finally:
         from service import admin
 
+        local.forget(settings.data_dir)
         admin.close()
         if redis is not None:
             redis.stop()
+
+
+def _beside_run() -> None:
+    """With no servers configured, act on the `stepwise run` running on the data directory
+    (its addresses and key, `stepwise.local`); nothing when none runs there."""
+    from core.errors import ConfigError
+    from core.settings import get_settings
+    from stepwise import local
+
+    try:
+        data_dir = get_settings().data_dir
+    except ConfigError:
+        return  # the command itself says what is wrong
+    if local.adopt(data_dir):
+        get_settings.cache_clear()
 
 
 def web(_: argparse.Namespace) -> int:
@@ -434,6 +448,9 @@ def main(argv: list[str] | None = None) -> None:
     apicli.add_parser(sub)
     args = parser.parse_args(argv)
     from core.errors import StepwiseError
+
+    if args.command_name != "run":
+        _beside_run()
 
     try:
         sys.exit(args.func(args))

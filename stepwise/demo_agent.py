@@ -5,6 +5,12 @@ start it in-process to record every call and to script failures. Optional
 latency and failure rate make it useful for demos and benchmarks.
 
     python -m stepwise.demo_agent --port 8787 --latency-ms 50 --failure-rate 0.1
+
+With `--verify-stored` (as `stepwise run` starts it) it checks every call's
+`Stepwise-Signature` with the signing secret of the automation the call names, read from
+Stepwise's database: any automation pointed at it works, and a new signing secret is
+picked up by the next call. A real agent is given its automation's secret instead
+(docs/SECURITY.md).
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import random
 import threading
 import time
@@ -47,6 +52,37 @@ class Reply:
 
 
 Responder = Callable[[Call], Reply]
+SecretOf = Callable[[str], str | None]  # an automation id -> its signing secret, if any
+
+
+class StoredSecrets:
+    """The signing secret of each automation that calls, looked up by `secret_of` once and
+    again when a call no longer verifies with the one known (the secret was rotated)."""
+
+    def __init__(self, secret_of: SecretOf) -> None:
+        self.secret_of = secret_of
+        self.known: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def verify(self, call: Call) -> bool:
+        header = call.headers.get("stepwise-signature", "")
+        body = call.body if isinstance(call.body, dict) else {}
+        automation_id = body.get("automation_id")
+        if not isinstance(automation_id, str):
+            return False
+        with self._lock:
+            known = self.known.get(automation_id)
+        if known is not None and verify_signature(known, header, call.raw):
+            return True
+        try:
+            fresh = self.secret_of(automation_id)
+        except Exception:  # not an automation id, or the database away: refused
+            return False
+        if fresh is None:
+            return False
+        with self._lock:
+            self.known[automation_id] = fresh
+        return verify_signature(fresh, header, call.raw)
 
 
 # The snippet docs/SECURITY.md gives agent authors, verbatim (tests/test_signing.py checks).
@@ -102,8 +138,10 @@ class AgentServer:
         failure_rate: float = 0.0,
         record: bool = True,
         signing_secret: str | None = None,
+        stored_secrets: StoredSecrets | None = None,
     ) -> None:
         self.signing_secret = signing_secret  # when set, unsigned or forged calls get 401
+        self.stored_secrets = stored_secrets  # when set, each automation's own secret
         self.latency_s = latency_ms / 1000
         self.failure_rate = failure_rate
         self.record = record
@@ -149,11 +187,17 @@ class AgentServer:
                 if isinstance(c.body, dict) and c.body.get("execution_id") == execution_id
             ]
 
+    def _signed(self, call: Call) -> bool:
+        if self.stored_secrets is not None:
+            return self.stored_secrets.verify(call)
+        header = call.headers.get("stepwise-signature", "")
+        return self.signing_secret is None or verify_signature(
+            self.signing_secret, header, call.raw
+        )
+
     def _reply_for(self, call: Call) -> Reply:
-        if self.signing_secret is not None:
-            header = call.headers.get("stepwise-signature", "")
-            if not verify_signature(self.signing_secret, header, call.raw):
-                return Reply(401, {"error": "demo agent: missing or wrong Stepwise-Signature"})
+        if not self._signed(call):
+            return Reply(401, {"error": "demo agent: missing or wrong Stepwise-Signature"})
         if self.latency_s:
             time.sleep(self.latency_s)
         if self.failure_rate and random.random() < self.failure_rate:
@@ -227,19 +271,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--failure-rate", type=float, default=0.0)
     parser.add_argument(
-        "--verify-from-env",
-        metavar="VARIABLE",
-        help="verify Stepwise-Signature with the secret in this environment variable",
+        "--verify-stored",
+        action="store_true",
+        help="verify Stepwise-Signature with the calling automation's secret, read from "
+        "Stepwise's database (DATABASE_URL, STEPWISE_SECRET_KEYS)",
     )
     args = parser.parse_args(argv)
-    secret = os.environ.get(args.verify_from_env) if args.verify_from_env else None
+    stored = None
+    if args.verify_stored:
+        import uuid
+
+        from service.automations import call_signing_secret
+
+        stored = StoredSecrets(lambda automation_id: call_signing_secret(uuid.UUID(automation_id)))
     server = AgentServer(
         host=args.host,
         port=args.port,
         latency_ms=args.latency_ms,
         failure_rate=args.failure_rate,
         record=False,
-        signing_secret=secret or None,
+        stored_secrets=stored,
     )
     print(f"demo agent listening on {server.url}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):

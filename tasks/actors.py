@@ -22,7 +22,7 @@ from periodiq import cron
 
 from core.errors import AgentRejected, StepFailed
 from core.vocabulary import FailureReport
-from tasks import lifecycle, notify, periodic
+from tasks import lifecycle, notify, periodic, queues
 from tasks.broker import DISPATCH_QUEUE, RUN_QUEUE, URGENT_QUEUE, setup_broker
 from tasks.flight import report_failure
 from tasks.send import DISPATCH_ACTOR, RUN_ACTOR, send_run, send_runs
@@ -59,6 +59,11 @@ def run_execution(execution_id: str) -> None:
             report_failure(uuid.UUID(execution_id), FailureReport(options["report"]))
         except RUN_FAILURES as exc:
             log.warning("run %s failed: %s", execution_id, exc)
+            if message is not None and (message_id := options.get("redis_message_id")):
+                # One dead letter per run: this one; an earlier attempt's goes.
+                queues.keep_newest_dead_letter(
+                    uuid.UUID(execution_id), q_name(message.queue_name), message_id
+                )
             raise
         return
     lifecycle.get_runner(send_run).gate.accept(

@@ -42,12 +42,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import apprise
+<<<<<<< HEAD
 from apprise import NotifyFormat
 from apprise.plugins import url_to_dict as apprise_url_to_dict
+=======
+from apprise import NotifyFormat, NotifyType
+>>>>>>> hour-a
 
 from core.egress import Address, EgressPolicy, literal_address
 from core.notify import ADDRESSED_SCHEMES, SCHEMES, Message, option_problem, scheme_of, scrub
 from core.settings import get_settings
+from core.vocabulary import NoticeKind
 from db import notices
 from db.channels import ChannelTarget
 from db.dispatch import beat
@@ -245,10 +250,26 @@ def _send(url: str, message: Message, timeout_s: int, policy: EgressPolicy) -> O
     return Outcome(False, scrub("; ".join(lines) or "apprise reported a failure", url))
 
 
+# Apprise's type of each notice: the colour and icon Slack, Teams or Discord show it with.
+NOTIFY_TYPES = {
+    NoticeKind.FAILURE: NotifyType.FAILURE,
+    NoticeKind.RECOVERY: NotifyType.SUCCESS,
+    NoticeKind.PARKED: NotifyType.WARNING,
+    NoticeKind.COMPLETED: NotifyType.INFO,
+    NoticeKind.TEST: NotifyType.INFO,
+}
+
+
 def post(plugin: Any, message: Message) -> bool:
-    """Send `message` through the notifier as plain text, escaped for the service."""
+    """Send `message` through the notifier as plain text, escaped for the service, with
+    apprise's type for its kind (a failure is a failure, a recovery a success)."""
     return bool(
-        plugin.notify(body=message.body, title=message.title, body_format=NotifyFormat.TEXT)
+        plugin.notify(
+            body=message.body,
+            title=message.title,
+            body_format=NotifyFormat.TEXT,
+            notify_type=NOTIFY_TYPES[message.kind],
+        )
     )
 
 

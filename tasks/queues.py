@@ -5,6 +5,10 @@ Key layout of dramatiq's Redis broker (namespace "dramatiq"), per queue `q`:
 in flight), `q.DQ.msgs` delayed messages, `q.XQ` zset of dead message ids
 scored by the time they died, `q.XQ.msgs` their bodies; `__heartbeats__`
 is a zset of worker ids scored by their last heartbeat in ms.
+
+A run keeps one dead letter, its newest: `stepwise:dead-letter:<execution id>` names it
+(`<queue> <message id>`, kept as long as Dramatiq keeps dead letters), so the one an
+earlier attempt left goes when a later attempt dies, and a retried run loses its own.
 """
 
 from __future__ import annotations
@@ -88,6 +92,8 @@ class DeadLetter:
     failed_at: datetime
     error: str | None
     options: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # The run's status and stored error, filled from the database by `service.queues`.
+    run_status: str | None = None
 
 
 def dead_letters(queue: str, *, limit: int | None = 100) -> list[DeadLetter]:
@@ -150,6 +156,40 @@ def send_again(dead: DeadLetter) -> None:
     """Send a dead message's work again, to its actor's queue, with fresh delivery options."""
     options = {k: v for k, v in dead.options.items() if k not in _DELIVERY_OPTIONS}
     send_message(dead.actor, args=dead.args, kwargs=dead.kwargs, options=options)
+
+
+def _dead_key(execution_id: uuid.UUID) -> str:
+    return f"stepwise:dead-letter:{execution_id}"
+
+
+def keep_newest_dead_letter(execution_id: uuid.UUID, queue: str, message_id: str) -> None:
+    """The run's message `message_id`, about to be dead-lettered, becomes its one dead
+    letter: the one an earlier attempt of the run left is removed."""
+    client = _client()
+    key = _dead_key(execution_id)
+    previous = client.get(key)
+    client.set(key, f"{queue} {message_id}", px=setup_broker().dead_message_ttl)
+    if previous is not None:
+        old_queue, _, old_id = _text(previous).partition(" ")
+        if old_id != message_id:
+            remove_dead_letters(old_queue, [old_id])
+
+
+def forget_dead_letters_of(execution_ids: set[uuid.UUID]) -> int:
+    """Remove every dead letter of these runs, in every queue (they were retried, and start
+    again); returns how many were removed."""
+    if not execution_ids:
+        return 0
+    removed = 0
+    for queue in QUEUES:
+        ids = [
+            letter.message_id
+            for letter in dead_letters(queue, limit=None)
+            if execution_of(letter) in execution_ids
+        ]
+        removed += remove_dead_letters(queue, ids)
+    _client().delete(*(_dead_key(i) for i in execution_ids))
+    return removed
 
 
 def remove_dead_letters(queue: str, message_ids: list[str]) -> int:

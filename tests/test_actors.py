@@ -252,6 +252,37 @@ def test_retrying_a_dead_letter_reopens_the_failed_execution(
     assert queues.dead_letters("default") == []
 
 
+def test_a_run_keeps_one_dead_letter_its_newest_and_loses_it_when_retried(
+    worker: Any, agent: Any, redis_client: Any
+) -> None:
+    from service import executions
+    from service import queues as workspace_queues
+    from tasks import queues
+
+    # given a run that failed for good, with its dead letter
+    automation_id = make_automation(agent_url=agent.url, steps=1, max_retries=0)
+    agent.script(Reply(400, "bad"), Reply(400, "still bad"))
+    execution_id = make_execution(automation_id)
+    run(execution_id, max_retries=0)
+    assert ended(execution_id).status == "failed"
+    first = wait_for(lambda: queues.dead_letters("default"), timeout=5)[0]
+    # when it is retried on the Executions page, then its dead letter goes at once
+    executions.retry(execution_id, actor=ADMIN)
+    # and when it fails again, then it has one dead letter: the newest, with the run's error
+    wait_for(lambda: execution(execution_id).attempt == 2 and ended(execution_id))
+    [letter] = wait_for(
+        lambda: (found := queues.dead_letters("default")) and found[0] != first and found,
+        timeout=5,
+    )
+    assert letter.message_id != first.message_id
+    [shown] = workspace_queues.dead_letters("default", actor=ADMIN)
+    assert shown.error == execution(execution_id).error and "400" in (shown.error or "")
+    # when it is retried and succeeds, then no dead letter is left
+    executions.retry(execution_id, actor=ADMIN)
+    assert wait_for(lambda: execution(execution_id).status == "succeeded")
+    assert queues.dead_letters("default") == []
+
+
 def test_a_run_that_fails_for_good_logs_one_line_and_no_traceback(
     worker: Any, agent: Any, redis_client: Any, caplog: Any
 ) -> None:

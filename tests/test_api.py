@@ -186,6 +186,10 @@ def test_create_an_automation_and_a_schedule_then_read_its_runs(
     execution_id = run.json()["execution_id"]
     detail = client.get(f"/v1/executions/{execution_id}", headers=admin).json()
     assert detail["status"] == "queued" and detail["steps"] == []
+    # the schedule's run, started by hand: listed under the schedule
+    assert (detail["schedule_id"], detail["trigger"]) == (body["id"], "manual")
+    of_schedule = client.get("/v1/executions", params={"schedule_id": body["id"]}, headers=admin)
+    assert [e["id"] for e in of_schedule.json()["items"]] == [execution_id]
     cancelled = client.post(f"/v1/executions/{execution_id}/cancel", headers=admin).json()
     assert cancelled["status"] == "cancelled"
     assert client.post(f"/v1/executions/{execution_id}/retry", headers=admin).status_code == 202
@@ -698,3 +702,53 @@ def test_queues_and_dead_letters_are_scoped_admin_only_and_audited(
     assert client.delete("/v1/queues/default/dead-letters", headers=admin).json() == {"count": 0}
     audit = client.get("/v1/audit", params={"target_type": "execution"}, headers=admin).json()
     assert "retry_dead_letter" in {row["action"] for row in audit}
+
+
+def test_a_run_lists_one_dead_letter_with_its_error_and_link_and_they_are_cleaned_in_bulk(
+    client: TestClient, admin: dict[str, str], redis_client: Any
+) -> None:
+    from tasks.actors import run_execution
+
+    # given two dead letters of a failed run (an older attempt's, left by an earlier
+    # version, and its newest), and an old one of a run retried since that succeeded
+    auto = make_automation()
+    failed, succeeded = add_executions(
+        auto,
+        [
+            {"status": ExecutionStatus.FAILED, "error": "step 2: agent answered 400"},
+            {"status": ExecutionStatus.SUCCEEDED},
+        ],
+    )
+    now_ms = time.time() * 1000
+    for message_id, run, age_h in (
+        ("older", failed, 3),
+        ("newest", failed, 0),
+        ("long-ago", succeeded, 48),
+    ):
+        redis_client.zadd("dramatiq:default.XQ", {message_id: now_ms - age_h * 3_600_000})
+        redis_client.hset(
+            "dramatiq:default.XQ.msgs", message_id, run_execution.message(str(run)).encode()
+        )
+    # when listed, then each run shows once, its newest, with its error, status and link
+    letters = client.get("/v1/queues/default/dead-letters", headers=admin).json()
+    shown = [
+        (m["message_id"], m["error"], m["execution_status"], m["execution_url"]) for m in letters
+    ]
+    assert shown == [
+        ("newest", "step 2: agent answered 400", "failed", f"/v1/executions/{failed}"),
+        ("long-ago", None, "succeeded", f"/v1/executions/{succeeded}"),
+    ]
+    # when those of runs that succeeded since are cleaned, then only they go
+    by_status = client.delete(
+        "/v1/queues/default/dead-letters", params={"status": "succeeded"}, headers=admin
+    )
+    assert by_status.json() == {"count": 1}
+    # when those over an hour old are cleaned, then the older attempt's goes, the newest stays
+    by_age = client.delete(
+        "/v1/queues/default/dead-letters", params={"older_than_hours": 1}, headers=admin
+    )
+    assert by_age.json() == {"count": 1}
+    assert redis_client.zrange("dramatiq:default.XQ", 0, -1) == [b"newest"]
+    # and the cleaning is audited with its criteria
+    audit = client.get("/v1/audit", params={"action": "purge_dead_letters"}, headers=admin).json()
+    assert [row["details"].get("statuses") for row in audit][-1] == ["succeeded"]

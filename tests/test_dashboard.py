@@ -35,6 +35,7 @@ from testkit.factories import (
     now,
     person,
     row_counts,
+    schedule,
     table_snapshot,
 )
 from testkit.pages import execution_page, load_view, open_new_schedule, open_view, texts
@@ -268,6 +269,12 @@ def test_pause_resume_run_now_and_delete(agent: Any, worker: Any) -> None:
 
     [run] = wait_for(finished, timeout=30, message="the manual run to succeed")
     assert run.trigger == "manual" and len(agent.calls) == 2
+    # and it is the schedule's run: under its filter and in its counters
+    assert run.schedule_id == sched
+    counted = wait_for(
+        lambda: (s := schedule(sched)).run_count == 1 and s, timeout=30, message="its count"
+    )
+    assert (counted.success_count, counted.last_status) == (1, "succeeded")
     # when deleted, after confirming
     add_executions(
         auto,
@@ -349,6 +356,30 @@ def test_create_an_automation_through_the_text_steps_path() -> None:
         {"name": "Write", "message": "write it"},
     ]
     assert at.selectbox(key="auto_selected").value == str(row.id)
+
+
+def test_a_new_signing_secret_is_made_only_once_confirmed_and_says_where_it_goes() -> None:
+    # given an automation and its signing secret
+    auto = make_automation(name="Signed")
+    before = automations.signing_secret(auto, actor=ADMIN)
+    at = open_view("automations")
+    at.selectbox(key="auto_selected").set_value(str(auto)).run()
+    # when "New signing secret" is clicked, then nothing changes until it is confirmed
+    at.button(key=f"auto_{auto}_rotate").click().run()
+    assert not at.exception, at.exception
+    assert "Make a new signing secret for “Signed”?" in texts(at)
+    assert automations.signing_secret(auto, actor=ADMIN) == before
+    at.button(key=f"auto_{auto}_rotate_no").click().run()
+    assert "Make a new signing secret" not in texts(at)
+    assert automations.signing_secret(auto, actor=ADMIN) == before
+    # when confirmed, then the new secret is shown once, with how an agent gets it
+    at.button(key=f"auto_{auto}_rotate").click().run()
+    at.button(key=f"auto_{auto}_rotate_yes").click().run()
+    after = automations.signing_secret(auto, actor=ADMIN)
+    assert after != before and after in [c.value for c in at.code]
+    shown = texts(at)
+    assert "Store it where your agent reads its settings" in shown
+    assert "The bundled demo agent needs nothing" in shown
 
 
 def test_an_invalid_automation_shows_errors_and_writes_nothing() -> None:
@@ -562,6 +593,31 @@ def test_queues_list_retry_and_purge_dead_letters(redis_client: Any) -> None:
         "retry_dead_letter": "local admin",
         "purge_dead_letters": "local admin",
     }
+
+
+def test_dead_letters_are_cleaned_in_bulk_by_their_runs_status(redis_client: Any) -> None:
+    from tasks.actors import run_execution
+
+    # given the dead letters of a run that still failed and of one that succeeded since
+    automation_id = make_automation()
+    failed, succeeded = add_executions(
+        automation_id, [{"status": "failed"}, {"status": "succeeded"}]
+    )
+    for message_id, run in (("dead-failed", failed), ("dead-succeeded", succeeded)):
+        redis_client.zadd("dramatiq:default.XQ", {message_id: time.time() * 1000})
+        redis_client.hset(
+            "dramatiq:default.XQ.msgs", message_id, run_execution.message(str(run)).encode()
+        )
+    # when those whose run succeeded are cleaned, after confirming
+    at = open_view("queues")
+    at.multiselect(key="q_clean_status").select("succeeded").run()
+    at.button(key="q_purge").click().run()
+    assert "Delete the 1 dead letter(s) whose run is now succeeded" in texts(at)
+    at.button(key="q_purge_yes").click().run()
+    # then only that one went
+    assert not at.exception, at.exception
+    assert redis_client.zrange("dramatiq:default.XQ", 0, -1) == [b"dead-failed"]
+    assert "Purged 1 dead letter(s)." in texts(at)
 
 
 def test_a_dead_letter_shows_its_runs_error_and_automation_not_a_bare_id(

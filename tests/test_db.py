@@ -73,10 +73,12 @@ def test_migrations_build_the_schema_and_tear_it_down(create_database: Callable[
         "audit_log",
         "heartbeats",
     } <= tables
-    uniques = inspect(engine).get_unique_constraints("executions")
-    assert {"name": "uq_executions_slot", "column_names": ["schedule_id", "scheduled_for"]} in [
-        {k: u[k] for k in ("name", "column_names")} for u in uniques
+    # the slot key: unique over the runs that take a slot (a run by hand takes none)
+    slot_key = {i["name"]: i for i in inspect(engine).get_indexes("executions")}[
+        "uq_executions_slot"
     ]
+    assert slot_key["unique"] and slot_key["column_names"] == ["schedule_id", "scheduled_for"]
+    assert "manual" in str(slot_key["dialect_options"]["postgresql_where"])
     index_names = {i["name"] for i in inspect(engine).get_indexes("schedules")}
     assert "ix_schedules_due" in index_names
     # then down to base leaves only alembic's own table, and up works again
@@ -246,6 +248,28 @@ def test_the_slot_key_rejects_a_second_execution_for_a_slot(db: None) -> None:
         session.add(Execution(**row))
     with pytest.raises(IntegrityError, match="uq_executions_slot"), session_scope() as session:
         session.add(Execution(**row))
+
+
+def test_a_run_started_by_hand_takes_no_slot_of_its_schedule(db: None) -> None:
+    # given a schedule run by hand at the very instant of one of its slots
+    automation_id = make_automation()
+    schedule_id = make_schedule(automation_id, cron_expr="0 9 * * *", timezone="UTC")
+    slot = datetime(2030, 1, 1, 9, tzinfo=UTC)
+    row = {
+        "automation_id": automation_id,
+        "workspace_id": ADMIN.workspace_id,
+        "schedule_id": schedule_id,
+        "scheduled_for": slot,
+        "total_steps": 3,
+    }
+    with session_scope() as session:
+        session.add(Execution(**row, trigger="manual"))
+        session.add(Execution(**row, trigger="manual"))
+    # when the slot's own run is made, then it is (the slot was still free), once
+    with session_scope() as session:
+        session.add(Execution(**row, trigger="schedule"))
+    with pytest.raises(IntegrityError, match="uq_executions_slot"), session_scope() as session:
+        session.add(Execution(**row, trigger="catchup"))
 
 
 def _executions(schedule_id: uuid.UUID) -> list[tuple[datetime, str]]:

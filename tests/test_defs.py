@@ -373,3 +373,31 @@ def test_an_applied_schedule_due_within_the_minute_is_dispatched_without_the_tic
     assert redis_client.llen("dramatiq:dispatch") == 1
     [sent] = [dramatiq.Message.decode(m) for m in redis_client.hvals("dramatiq:dispatch.msgs")]
     assert sent.actor_name == "dispatch"
+
+
+def test_the_demo_automation_is_named_for_what_its_schedule_does() -> None:
+    # given a first start, which seeds the demo automation and its schedule
+    from service.definitions import seed_demo
+
+    assert seed_demo("http://127.0.0.1:8787/agent")
+    with session_scope() as session:
+        automation = session.scalars(select(Automation)).one()
+        cron_expr = session.scalars(select(Schedule.cron_expr)).one()
+    # then its name says how often it runs, and the README calls it by that name
+    assert cron_expr == "* * * * *"
+    assert "every minute" in automation.name and "daily" not in automation.name
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert f'"{automation.name}"' in readme
+
+
+def test_the_readme_says_which_paths_are_at_the_root_and_which_need_a_token() -> None:
+    from api.app import create_app
+
+    paths = {getattr(route, "path", "") for route in create_app().routes}
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    # /health is at the root, not under /v1, and the README no longer says otherwise
+    assert "/health" in paths and "/v1/health" not in paths
+    assert "all under `/v1`" not in readme
+    assert "`GET /health`, the docs (`/docs`) and `/openapi.json` are at the root" in readme
+    # and it says a loopback agent other than the demo is refused until it is allowed
+    assert "refused, as a guard against requests to internal services, until its" in readme

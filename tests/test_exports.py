@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -100,11 +100,58 @@ def test_file_reads_back_as_the_query_rows_written_in_chunks(
     assert rows == 20 == len(back)
     assert seen == [(6, 20), (12, 20), (18, 20), (20, 20)]
     assert list(back["execution_id"].astype(str)) == query_ids(filters)
-    assert list(back.columns) == list(exports.COLUMNS)
+    header = exports.EXCEL_HEADER if fmt == "xlsx" else exports.COLUMNS
+    assert list(back.columns) == list(header)
     expected = _frame(filters)
     assert list(back["status"]) == list(expected["status"])
     assert back["error"].fillna("").tolist() == expected["error"].fillna("").tolist()
     assert back["duration_s"].tolist() == pytest.approx([1.0] * 20)
+
+
+def test_excel_times_are_labelled_utc_and_every_column_fits_its_values(tmp_path: Path) -> None:
+    from openpyxl import load_workbook
+    from openpyxl.utils import get_column_letter
+
+    # given a run that finished at 09:30:05 UTC
+    end = datetime(2026, 12, 7, 9, 30, 5, tzinfo=UTC)
+    add_executions(
+        make_automation(name="Nightly report"),
+        [
+            {
+                "status": "succeeded",
+                "scheduled_for": end - timedelta(minutes=1),
+                "queued_at": end - timedelta(minutes=1),
+                "started_at": end - timedelta(seconds=30),
+                "finished_at": end,
+            }
+        ],
+    )
+    # when the history is exported as Excel
+    _write(ExecutionFilters(), tmp_path / "h.xlsx", "xlsx")
+    sheet = load_workbook(tmp_path / "h.xlsx").active
+    assert sheet is not None
+    header = [c.value for c in sheet[1]]
+    # then every time column says its zone, and holds that zone's wall time
+    times = [n for n, name in enumerate(header) if name.split(" ")[0].endswith(("_at", "_for"))]
+    assert [header[n] for n in times] == [
+        "scheduled_for (UTC)",
+        "queued_at (UTC)",
+        "started_at (UTC)",
+        "finished_at (UTC)",
+    ]
+    finished = sheet.cell(row=2, column=header.index("finished_at (UTC)") + 1)
+    assert finished.value == datetime(2026, 12, 7, 9, 30, 5)
+    assert finished.number_format == "yyyy-mm-dd hh:mm:ss"
+    # and each column is as wide as its header and its widest value as shown
+    for n, name in enumerate(header, start=1):
+        cells = [c for (c,) in sheet.iter_rows(min_col=n, max_col=n, min_row=2)]
+        shown = [
+            len(finished.number_format) if isinstance(c.value, datetime) else len(str(c.value))
+            for c in cells
+            if c.value is not None and name != "error"
+        ]
+        width = sheet.column_dimensions[get_column_letter(n)].width
+        assert width >= max([len(name), *shown]) + 1, (name, width)
 
 
 def test_parquet_keeps_types(history: dict[str, object], tmp_path: Path) -> None:

@@ -198,6 +198,7 @@ def test_a_failure_reaches_a_real_smtp_server_and_http_receiver_once_per_inciden
     path, authorization, body = receiver.posts[0]
     assert path == f"/hooks/{HOOK_PATH_SECRET}" and authorization
     assert body["title"] == "Stepwise: Nightly report is failing"
+    assert body["type"] == "failure"  # apprise's type: red in Slack, Teams, Discord
     assert "2 consecutive runs failed" in body["message"]
     assert "agent answered 500" in body["message"]
     assert sorted((d.channel_name, d.kind, d.status) for d in deliveries()) == [
@@ -218,9 +219,9 @@ def test_a_success_after_the_incident_sends_one_recovery_notice(
     runs(automation_id, "succeeded", "succeeded", start=start + timedelta(seconds=5))
     evaluate()
     # then one recovery notice follows the failure notice, and the incident is closed
-    assert [p[2]["title"] for p in receiver.posts] == [
-        "Stepwise: Sync is failing",
-        "Stepwise: Sync recovered",
+    assert [(p[2]["title"], p[2]["type"]) for p in receiver.posts] == [
+        ("Stepwise: Sync is failing", "failure"),
+        ("Stepwise: Sync recovered", "success"),
     ]
     with session_scope() as session:
         failure = session.scalars(select(Notice).where(Notice.kind == NoticeKind.FAILURE)).one()

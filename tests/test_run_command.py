@@ -28,16 +28,20 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _start(data_dir: Path, log: Path, api_port: int) -> subprocess.Popen[bytes]:
-    # As on a fresh machine: no servers, no allowlist (local mode allows the demo agent).
-    unset = ("DATABASE_URL", "REDIS_URL", "STEPWISE_AGENT_ALLOW")
-    env = {k: v for k, v in os.environ.items() if k not in unset}
+# As on a fresh machine: no servers, no allowlist (local mode allows the demo agent), no key.
+UNSET = ("DATABASE_URL", "REDIS_URL", "STEPWISE_AGENT_ALLOW", "STEPWISE_SECRET_KEYS")
+
+
+def _start(
+    data_dir: Path, log: Path, api_port: int, demo_port: int | None = None
+) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k not in UNSET}
     env.update(
         STEPWISE_DATA_DIR=str(data_dir),
         STEPWISE_WEB_PORT=str(free_port()),
         STEPWISE_API_PORT=str(api_port),
         STEPWISE_REDIS_PORT=str(free_port()),
-        STEPWISE_DEMO_AGENT_PORT=str(free_port()),
+        STEPWISE_DEMO_AGENT_PORT=str(demo_port or free_port()),
         STEPWISE_DEMO="true",
         STEPWISE_WORKER_PROCESSES="1",
         STEPWISE_WORKER_THREADS="2",
@@ -125,6 +129,75 @@ def test_run_command_brings_up_the_system_on_embedded_servers(tmp_path: Path) ->
     finally:
         _stop(process, log)
         shutil.rmtree(data_dir.parent, ignore_errors=True)
+
+
+def _stepwise(cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """A `stepwise` command in `cwd` with nothing set: no servers, key, allowlist or data dir."""
+    env = {k: v for k, v in os.environ.items() if k not in (*UNSET, "STEPWISE_DATA_DIR")}
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "stepwise"), *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_every_command_reaches_what_stepwise_run_started_with_no_setup(tmp_path: Path) -> None:
+    # given `stepwise run` on a fresh machine, its data in ./.data of the folder it runs in
+    home = Path(tempfile.mkdtemp(prefix="stepwise-beside-"))
+    data_dir = home / ".data"
+    log = tmp_path / "run.log"
+    demo_port = free_port()
+    process = _start(data_dir, log, free_port(), demo_port)
+    try:
+        deadline = time.monotonic() + 120
+        while "dashboard at" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(1)
+        # when, in that folder with nothing set, one of yours on the demo agent is applied
+        defs = home / "stepwise.yaml"
+        defs.write_text(
+            "automations:\n"
+            "  - name: Mine\n"
+            f"    agent_url: http://127.0.0.1:{demo_port}/agent\n"
+            "    steps: [{name: one, message: Do it}]\n"
+            "    schedules: [{kind: cron, cron_expr: '* * * * *'}]\n"
+        )
+        applied = _stepwise(home, "apply", "-f", str(defs))
+        # then it is written, and the definitions and the history export read it back
+        assert applied.returncode == 0, applied.stderr
+        assert "+ automation 'Mine'" in applied.stdout
+        exported = _stepwise(home, "export-defs")
+        assert exported.returncode == 0, exported.stderr
+        assert "name: Mine" in exported.stdout and "name: 'Demo:" in exported.stdout
+        history = _stepwise(home, "export", "--out", str(home / "runs.csv"))
+        assert history.returncode == 0, history.stderr
+        # and the demo agent accepts its calls: a run of it succeeds
+        url = f"postgresql+psycopg://postgres@/postgres?host={data_dir.resolve() / 'postgres'}"
+        engine = create_engine(url)
+        succeeded = text(
+            "SELECT count(*) FROM executions e JOIN automations a ON a.id = e.automation_id "
+            "WHERE a.name = 'Mine' AND e.status = 'succeeded'"
+        )
+        deadline = time.monotonic() + 150
+        try:
+            while True:
+                with engine.connect() as conn:
+                    if conn.scalar(succeeded):
+                        break
+                assert time.monotonic() < deadline, f"no succeeded run:\n{log.read_text()[-4000:]}"
+                time.sleep(2)
+        finally:
+            engine.dispose()
+    finally:
+        _stop(process, log)
+    # and once it stopped, a command no longer finds it, and says how to start it
+    assert not (data_dir / "run.json").exists()
+    alone = _stepwise(home, "export-defs")
+    assert alone.returncode != 0 and "make run" in alone.stderr
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def test_a_ctrl_c_before_every_process_has_started_stops_them_all(tmp_path: Path) -> None:

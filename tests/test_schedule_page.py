@@ -97,6 +97,11 @@ def test_run_now_starts_a_run_linked_from_the_page() -> None:
         ).rows
     assert [r.trigger for r in runs] == ["manual"]
     assert "Run started: follow it on its page." in texts(at, bold=False)
+    # and it is the schedule's run: stored with it, listed under it on its page
+    assert [(r.trigger, r.schedule_id) for r in executions_of(schedule_id)] == [
+        (Trigger.MANUAL, schedule_id)
+    ]
+    assert "No run of this schedule yet" not in texts(at, bold=False)
 
 
 def test_backfill_previews_the_count_then_makes_the_runs_once() -> None:

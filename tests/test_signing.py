@@ -11,9 +11,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import inspect
+import json
 import os
 import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ from db.session import session_scope
 from service.automations import rotate_signing_secret
 from service.webhooks import enable_webhook
 from stepwise.demo_agent import AgentServer, Reply, verify_signature
+from stepwise.embedded import free_port
 from tasks.send import send_run
 from testkit.factories import (
     ADMIN,
@@ -147,6 +151,38 @@ def test_a_new_signing_secret_takes_over_at_once(worker: Any, verifying_agent: A
     retried = make_execution(automation_id)
     send_run(RunMessage(retried, 0))
     assert wait_for(lambda: execution(retried).status == "succeeded")
+
+
+def test_the_bundled_agent_accepts_every_automation_calling_it_even_after_a_rotation(
+    procs: Any, worker: Any
+) -> None:
+    # given the demo agent as `stepwise run` starts it, checking calls with stored secrets
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/agent"
+    command = f"{sys.executable} -m stepwise.demo_agent --port {port} --verify-stored"
+    procs.start("agent", command=command)
+    procs.wait_http("agent", url)
+    # and the demo's automation, then one of yours, both calling it
+    demo = make_automation(agent_url=url, name="Demo", steps=2, max_retries=0)
+    yours = make_automation(agent_url=url, name="Yours", steps=1, max_retries=0)
+
+    def run(automation_id: uuid.UUID) -> Any:
+        execution_id = make_execution(automation_id)
+        send_run(RunMessage(execution_id, 0))
+        return wait_for(lambda: (e := execution(execution_id)).finished_at and e, timeout=30)
+
+    # when each runs, then the agent accepts both
+    assert [(run(a).status, run(a).error) for a in (demo, yours)] == [("succeeded", None)] * 2
+    # when the demo's signing secret is rotated, then its next run still succeeds
+    rotate_signing_secret(demo, actor=ADMIN)
+    assert (run(demo).status, run(yours).status) == ("succeeded", "succeeded")
+    # and a call unsigned, signed with a guess, or naming an unknown automation is refused
+    body = json.dumps({"automation_id": str(yours), "step_number": 1}).encode()
+    guessed = signature_header("whsec_guess", int(time.time()), body)
+    unknown = json.dumps({"automation_id": str(uuid.uuid4())}).encode()
+    for content, header in ((body, ""), (body, guessed), (unknown, guessed), (b"[]", guessed)):
+        answer = httpx.post(url, content=content, headers={"Stepwise-Signature": header})
+        assert answer.status_code == 401, content
 
 
 @pytest.mark.slow

@@ -39,8 +39,11 @@ if flash := st.session_state.pop("flash", None):
     st.success(flash)
 if secret := st.session_state.pop(SECRET_ONCE, None):
     st.info(
-        "**Signing secret**, shown this once: give it to the agent so it can check the "
-        "`Stepwise-Signature` header of every call (docs/SECURITY.md shows how).",
+        "**Signing secret**, shown this once. Every call to the agent carries a "
+        "`Stepwise-Signature` made with it. Store it where your agent reads its settings "
+        "(an environment variable or its secret store) and have the agent check each call "
+        "with it: docs/SECURITY.md has the few lines that do. The bundled demo agent needs "
+        "nothing: it reads each automation's secret from Stepwise itself.",
         icon=":material/key:",
     )
     st.code(secret, language=None)
@@ -322,10 +325,25 @@ if current is not None:
     if cols[3].button(
         "New signing secret", icon=":material/key:", key=k + "rotate", width="stretch"
     ):
-        secret = ui.write(automation_service.rotate_signing_secret, current.id, actor=ui.actor())
-        st.session_state[SECRET_ONCE] = secret
-        st.session_state["flash"] = "New signing secret: calls are signed with it from now on."
-        st.rerun()
+        st.session_state["auto_confirm_rotate"] = choice
+    if st.session_state.get("auto_confirm_rotate") == choice:
+        st.warning(
+            f"Make a new signing secret for “{ui.text(current.name)}”? Its calls are signed "
+            "with the new one at once and the old one stops: your agent refuses them until "
+            "it has the new secret (the bundled demo agent picks it up by itself)."
+        )
+        yes, no = st.columns(2)
+        if yes.button("Yes, make a new secret", type="primary", key=k + "rotate_yes"):
+            secret = ui.write(
+                automation_service.rotate_signing_secret, current.id, actor=ui.actor()
+            )
+            st.session_state.pop("auto_confirm_rotate", None)
+            st.session_state[SECRET_ONCE] = secret
+            st.session_state["flash"] = "New signing secret: calls are signed with it from now on."
+            st.rerun()
+        if no.button("Cancel", key=k + "rotate_no"):
+            st.session_state.pop("auto_confirm_rotate", None)
+            st.rerun()
     if cols[2].button("Delete", icon=":material/delete:", key=k + "delete", width="stretch"):
         st.session_state["auto_confirm_delete"] = choice
     if st.session_state.get("auto_confirm_delete") == choice:

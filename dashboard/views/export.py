@@ -21,7 +21,9 @@ st.title("Export")
 st.caption(
     "Download the execution history for a spreadsheet or a notebook. The same export runs from "
     "scripts: `stepwise export --format parquet --out executions.parquet --status failed`, or "
-    "`service.exports.history_frame(session, filters)` in Python."
+    "`service.exports.history_frame(session, filters)` in Python. Times in the file are UTC "
+    "(the dashboard shows them in your browser's zone): CSV and Parquet carry the zone, Excel "
+    "has none, so its time columns say `(UTC)` in their headers."
 )
 filters = history_filters("exp")
 fmt: exports.Format = st.radio(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import streamlit as st
 
 from core.errors import StepwiseError
-from core.vocabulary import Permission
+from core.vocabulary import ExecutionStatus, Permission
 from dashboard import ui
 from db import queries
 from service import queues as workspace_queues
@@ -18,9 +18,10 @@ from tasks.workers import WorkerInfo
 
 st.title("Queues")
 st.caption(
-    "Redis only carries work; Postgres is the record. Retrying a dead letter here re-opens its "
-    "execution at the failed step, as Retry on the Executions page does. Counts are the "
-    "deployment's; dead letters are this workspace's executions' (and the scheduler's own)."
+    "Redis only carries work; Postgres is the record. A run keeps one dead letter, for its last "
+    "failure; retrying it (here or on the Executions page) re-opens it at the failed step and "
+    "removes its dead letter. Counts are the deployment's; dead letters are this workspace's "
+    "executions' (and the scheduler's own)."
 )
 if flash := st.session_state.pop("flash", None):
     st.success(flash)
@@ -161,7 +162,7 @@ if (picked := event.selection.rows) and (
     ui.open_execution(execution.id)
 st.caption("Click a row to open its execution.")
 if not ui.can(Permission.MANAGE_QUEUES):
-    st.caption("Admins of this workspace can retry or purge these dead letters.")
+    st.caption("Admins of this workspace can retry or clean these dead letters.")
     st.stop()
 by_id = {m.message_id: m for m in letters}
 chosen = st.selectbox(
@@ -179,16 +180,41 @@ if a.button("Retry message", icon=":material/replay:", key="q_retry", width="str
         st.stop()
     st.session_state["flash"] = "Message sent again." if sent else "That message was already gone."
     st.rerun()
-if b.button("Purge dead letters", icon=":material/delete_sweep:", key="q_purge", width="stretch"):
+ages = {"any age": None, "over an hour": 1, "over a day": 24, "over a week": 24 * 7}
+age_col, status_col = st.columns(2)
+age = age_col.selectbox("Clean: dead letters", list(ages), key="q_clean_age")
+statuses = status_col.multiselect(
+    "whose run is now",
+    [str(s) for s in ExecutionStatus],
+    key="q_clean_status",
+    placeholder="any status",
+    help="A run retried since that succeeded, say: its dead letter says nothing any more.",
+)
+hours = ages[age]
+cutoff = None if hours is None else datetime.now(UTC) - timedelta(hours=hours)
+matching = [
+    m
+    for m in letters
+    if (cutoff is None or m.failed_at < cutoff) and (not statuses or m.run_status in statuses)
+]
+if b.button("Clean dead letters", icon=":material/delete_sweep:", key="q_purge", width="stretch"):
     st.session_state["q_confirm_purge"] = queue
 if st.session_state.get("q_confirm_purge") == queue:
+    which = "" if hours is None else f" {age} old"
+    whose = "" if not statuses else f" whose run is now {' or '.join(statuses)}"
     st.warning(
-        f"Delete all {len(letters)} dead letter(s) of the {queue} queue? This cannot be undone."
+        f"Delete the {len(matching)} dead letter(s){which}{whose} of the {queue} queue? "
+        "This cannot be undone."
     )
     yes, no = st.columns(2)
-    if yes.button("Yes, purge", type="primary", key="q_purge_yes"):
+    if yes.button("Yes, delete them", type="primary", key="q_purge_yes"):
         try:
-            purged = workspace_queues.purge_dead_letters(queue, actor=ui.actor())
+            purged = workspace_queues.clean_dead_letters(
+                queue,
+                actor=ui.actor(),
+                older_than=None if hours is None else timedelta(hours=hours),
+                statuses=statuses,
+            )
         except StepwiseError as exc:
             st.error(ui.text(exc))
             st.stop()

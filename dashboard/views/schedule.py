@@ -19,7 +19,7 @@ from dashboard.schedule_dialog import STATE, next_runs, open_dialog
 from dashboard.schedule_dialog import schedule_dialog as edit_dialog
 from db import queries
 from db.queries import ExecutionFilters
-from service import executions, schedules
+from service import schedules
 
 RECENT = 20
 
@@ -133,7 +133,7 @@ def actions_row(row: queries.ScheduleRow) -> None:
             st.session_state["sp_flash"] = "Schedule resumed from its next slot."
             st.rerun()
         if runner and buttons.button("Run now", icon=":material/play_circle:", key="sp_run"):
-            started = executions.run_now(row.automation_id, actor=ui.actor(), run_input=row.input)
+            started = schedules.run_now(row.id, actor=ui.actor())
             st.session_state["sp_started"] = str(started)
             st.rerun()
         if editor:

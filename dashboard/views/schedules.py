@@ -16,7 +16,7 @@ from dashboard import ui
 from dashboard.schedule_dialog import STATE, open_dialog, schedule_dialog
 from db import queries
 from db.queries import ExecutionFilters
-from service import executions, schedules
+from service import schedules
 
 st.title("Schedules")
 ui.scheduler_warning()
@@ -169,9 +169,7 @@ def bulk_actions(chosen: list[queries.ScheduleRow]) -> None:
             done = f"{len(chosen)} schedule(s) resumed from their next slot (no replay)."
         if runner and bar.button("Run now", icon=":material/play_circle:", key="sch_run"):
             for row in chosen:
-                st.session_state["started"] = str(
-                    executions.run_now(row.automation_id, actor=ui.actor(), run_input=row.input)
-                )
+                st.session_state["started"] = str(schedules.run_now(row.id, actor=ui.actor()))
             done = f"{len(chosen)} run(s) started."
         if editor and bar.button("Delete", icon=":material/delete:", key="sch_delete"):
             st.session_state["sch_confirm_delete"] = [str(r.id) for r in chosen]

@@ -42,12 +42,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import apprise
-<<<<<<< HEAD
-from apprise import NotifyFormat
-from apprise.plugins import url_to_dict as apprise_url_to_dict
-=======
 from apprise import NotifyFormat, NotifyType
->>>>>>> hour-a
+from apprise.plugins import url_to_dict as apprise_url_to_dict
 
 from core.egress import Address, EgressPolicy, literal_address
 from core.notify import ADDRESSED_SCHEMES, SCHEMES, Message, option_problem, scheme_of, scrub

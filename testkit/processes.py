@@ -26,7 +26,9 @@ class Processes:
 
     def __init__(self, log_dir: Path, **env: str) -> None:
         self.log_dir = log_dir
-        self.env = env  # added to every process's environment
+        # Added to every process's environment; metrics on free ports unless given, so
+        # that suites running side by side on one machine do not collide.
+        self.env = {**metrics_ports(), **env}
         self.running: dict[str, subprocess.Popen[bytes]] = {}
         self.procfile = read_procfile()
 
@@ -103,6 +105,21 @@ class Processes:
                 raise AssertionError(f"{key} exited early:\n{self.log(key)[-3000:]}")
             time.sleep(0.2)
         raise AssertionError(f"{key} did not answer {url} in {timeout} s:\n{self.log(key)[-3000:]}")
+
+
+METRICS_PORTS = ("api", "worker", "dispatcher")
+
+
+def metrics_ports() -> dict[str, str]:
+    """A free metrics port for each process that serves metrics, as settings variables."""
+    from stepwise.embedded import free_port
+
+    return {f"STEPWISE_{role.upper()}_METRICS_PORT": str(free_port()) for role in METRICS_PORTS}
+
+
+def metrics_url(procs: Processes, role: str) -> str:
+    """Where `role`'s metrics answer for these processes."""
+    return f"http://127.0.0.1:{procs.env[f'STEPWISE_{role.upper()}_METRICS_PORT']}/metrics"
 
 
 def answers(url: str) -> bool:

@@ -81,14 +81,14 @@ class Prometheus:
 
 @contextmanager
 def prometheus_server(
-    jobs: dict[str, str], folder: Path, *, scrape_s: float = 1.0
+    jobs: dict[str, str], folder: Path, *, scrape_ms: int = 1000
 ) -> Iterator[Prometheus]:
     """Prometheus scraping each job's `http://127.0.0.1:<port>/metrics` (`jobs`: name ->
-    port) every `scrape_s`, with deploy/prometheus/alerts.yml loaded, its data in `folder`."""
+    port) every `scrape_ms`, with deploy/prometheus/alerts.yml loaded, its data in `folder`."""
     require_prometheus()
     folder.mkdir(parents=True, exist_ok=True)
     config = {
-        "global": {"scrape_interval": f"{scrape_s}s", "evaluation_interval": f"{scrape_s}s"},
+        "global": {"scrape_interval": f"{scrape_ms}ms", "evaluation_interval": f"{scrape_ms}ms"},
         "rule_files": [str(RULES / "alerts.yml")],
         "scrape_configs": [
             {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}

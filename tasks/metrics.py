@@ -53,7 +53,7 @@ SLOT_LATENESS = Histogram(
 )
 IN_FLIGHT = Gauge(
     "stepwise_runs_in_flight",
-    "Runs this worker process holds now.",
+    "Runs this worker process holds now (set with its beacon, every 5 s).",
     multiprocess_mode="liveall",
 )
 FLOW_WAITS = Counter(

@@ -25,7 +25,6 @@ import uuid
 
 from core.settings import Settings
 from core.vocabulary import Admission
-from tasks import metrics
 from tasks.admission import Gate
 from tasks.agent import AgentClient
 from tasks.commits import GroupCommits
@@ -138,7 +137,6 @@ class Runner:
         with self.counting:
             self.held += 1
             self.idle.clear()
-        metrics.IN_FLIGHT.inc()
         flight.task = asyncio.create_task(self.pilot.fly(flight))
         self.flights[flight.claim.execution_id] = flight
         flight.task.add_done_callback(lambda _: self._ended(flight))
@@ -147,7 +145,6 @@ class Runner:
         self.flights.pop(flight.claim.execution_id, None)
         if flight.slot is not None:
             flight.slot.release()
-        metrics.IN_FLIGHT.dec()
         with self.counting:
             self.held -= 1
             if not self.held:

@@ -117,9 +117,14 @@ def metrics_ports() -> dict[str, str]:
     return {f"STEPWISE_{role.upper()}_METRICS_PORT": str(free_port()) for role in METRICS_PORTS}
 
 
+def metrics_port(procs: Processes, role: str) -> int:
+    """The metrics port of `role` (api, worker, dispatcher) for these processes."""
+    return int(procs.env[f"STEPWISE_{role.upper()}_METRICS_PORT"])
+
+
 def metrics_url(procs: Processes, role: str) -> str:
     """Where `role`'s metrics answer for these processes."""
-    return f"http://127.0.0.1:{procs.env[f'STEPWISE_{role.upper()}_METRICS_PORT']}/metrics"
+    return f"http://127.0.0.1:{metrics_port(procs, role)}/metrics"
 
 
 def answers(url: str) -> bool:

@@ -81,7 +81,7 @@ class Prometheus:
 
 @contextmanager
 def prometheus_server(
-    jobs: dict[str, str], folder: Path, *, scrape_ms: int = 1000
+    jobs: dict[str, int], folder: Path, *, scrape_ms: int = 1000
 ) -> Iterator[Prometheus]:
     """Prometheus scraping each job's `http://127.0.0.1:<port>/metrics` (`jobs`: name ->
     port) every `scrape_ms`, with deploy/prometheus/alerts.yml loaded, its data in `folder`."""

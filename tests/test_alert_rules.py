@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import yaml
 
+from core.settings import Settings
+from testkit.processes import METRICS_PORTS
 from testkit.prometheus import RULES, promtool, require_prometheus
 
 
@@ -39,10 +41,13 @@ def test_the_shipped_prometheus_configuration_is_valid_and_scrapes_this_machine(
     done = promtool("check", "config", "prometheus.yml")
     assert done.returncode == 0, done.stdout + done.stderr
     config = yaml.safe_load((RULES / "prometheus.yml").read_text())
-    targets = [
-        target
+    targets = {
+        job["job_name"]: [t for static in job["static_configs"] for t in static["targets"]]
         for job in config["scrape_configs"]
-        for static in job["static_configs"]
-        for target in static["targets"]
-    ]
-    assert targets and all(t.startswith("127.0.0.1:") for t in targets)
+    }
+    # each metered process, on this machine, at its default port
+    fields = Settings.model_fields
+    assert targets == {
+        f"stepwise-{role}": [f"127.0.0.1:{fields[f'{role}_metrics_port'].default}"]
+        for role in METRICS_PORTS
+    }

@@ -20,11 +20,11 @@ from sqlalchemy import func, select
 from core.outcome import StepOutcome
 from db.models import Execution, StepRun
 from db.session import db_now, session_scope
-from stepwise.cli import fresh_metrics_dir
+from stepwise.cli import fresh_metrics_dir, read_procfile
 from stepwise.demo_agent import Call, Reply, default_reply
 from stepwise.embedded import free_port
 from testkit.factories import make_automation, make_execution, make_schedule
-from testkit.processes import READY, metrics_url
+from testkit.processes import METRICS_PORTS, READY, metrics_port, metrics_url
 from testkit.prometheus import RULES, prometheus_server
 from testkit.waiting import wait_for
 
@@ -109,6 +109,12 @@ def test_a_metered_group_gets_an_empty_folder_and_dead_groups_lose_theirs(tmp_pa
     assert folder == tmp_path / f"worker-{os.getpid()}" and list(folder.iterdir()) == []
     assert not (tmp_path / f"worker-{dead.pid}").exists()
     assert live.exists() and dispatcher.exists()
+
+
+def test_the_procfile_starts_the_worker_and_the_dispatcher_metered() -> None:
+    procfile = read_procfile()
+    for role in ("worker", "dispatcher"):
+        assert f"stepwise metered {role} -- dramatiq " in procfile[role]
 
 
 def test_api_requests_are_counted_by_route_template_not_path(client: Any) -> None:
@@ -213,7 +219,7 @@ def test_a_real_prometheus_counts_what_the_database_holds(
     procs.start("dispatcher")
     procs.wait_ready("worker", READY, timeout=120)
     procs.wait_ready("dispatcher", READY, timeout=120)
-    jobs = {f"stepwise-{role}": _port(procs, role) for role in ("api", "worker", "dispatcher")}
+    jobs = {f"stepwise-{role}": metrics_port(procs, role) for role in METRICS_PORTS}
     with prometheus_server(jobs, tmp_path / "prometheus") as prometheus:
         wait_for(
             lambda: set(prometheus.targets().values()) == {"up"},
@@ -263,14 +269,10 @@ def test_a_real_prometheus_counts_what_the_database_holds(
             prometheus.value('stepwise_scheduler_heartbeat_age_seconds{tick="dispatch"}') or 0
         ) < 120
         # and every metrics port listens on this machine only
-        for role in ("api", "worker", "dispatcher"):
-            assert _listening(int(_port(procs, role))) == {"127.0.0.1"}
+        for role in METRICS_PORTS:
+            assert _listening(metrics_port(procs, role)) == {"127.0.0.1"}
         with urllib.request.urlopen(metrics_url(procs, "worker"), timeout=5) as response:
             assert b"stepwise_runs_in_flight" in response.read()
-
-
-def _port(procs: Any, role: str) -> str:
-    return str(procs.env[f"STEPWISE_{role.upper()}_METRICS_PORT"])
 
 
 def _listening(port: int) -> set[str]:

@@ -42,6 +42,13 @@ def require_prometheus() -> None:
     pytest.skip(why)
 
 
+def metric(name: str, **labels: str) -> float:
+    """A sample of this process's metrics (a worker or tick run in the test), 0 if none yet."""
+    import prometheus_client
+
+    return prometheus_client.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     """`promtool ARGS` in deploy/prometheus/, its output captured."""
     return subprocess.run(

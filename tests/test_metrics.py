@@ -25,7 +25,7 @@ from stepwise.demo_agent import Call, Reply, default_reply
 from stepwise.embedded import free_port
 from testkit.factories import make_automation, make_execution, make_schedule
 from testkit.processes import METRICS_PORTS, READY, metrics_port, metrics_url
-from testkit.prometheus import RULES, prometheus_server
+from testkit.prometheus import RULES, metric, prometheus_server
 from testkit.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,21 +71,17 @@ def test_a_call_is_labelled_by_outcome_and_status_class(
     assert call_outcome(outcome) == labels
 
 
-def _sample(name: str, **labels: str) -> float:
-    return prometheus_client.REGISTRY.get_sample_value(name, labels) or 0.0
-
-
 def test_only_a_scheduled_slot_has_a_lateness() -> None:
     from tasks.metrics import first_call
 
-    before = _sample("stepwise_slot_lateness_seconds_count")
-    late = _sample("stepwise_slot_lateness_seconds_bucket", le="5.0")
+    before = metric("stepwise_slot_lateness_seconds_count")
+    late = metric("stepwise_slot_lateness_seconds_bucket", le="5.0")
     # a scheduled run calls 3 s after its slot; catch-up, backfill and manual runs call late
     first_call("schedule", 1000.0, 1003.0)
     for trigger in ("catchup", "backfill", "manual", "webhook", "retry"):
         first_call(trigger, 1000.0, 5000.0)
-    assert _sample("stepwise_slot_lateness_seconds_count") == before + 1
-    assert _sample("stepwise_slot_lateness_seconds_bucket", le="5.0") == late + 1
+    assert metric("stepwise_slot_lateness_seconds_count") == before + 1
+    assert metric("stepwise_slot_lateness_seconds_bucket", le="5.0") == late + 1
 
 
 # --- where they are served --------------------------------------------------------------------

@@ -153,6 +153,9 @@ def first_call(trigger: str, scheduled_for_s: float, now_s: float) -> None:
         SLOT_LATENESS.observe(max(0.0, now_s - scheduled_for_s))
 
 
+for _outcome in ("sent", "failed"):
+    DELIVERIES.labels(_outcome)  # made up front, so that their rates start from zero
+
 _WAIT_CHILDREN = {True: FLOW_WAITS.labels("concurrency"), False: FLOW_WAITS.labels("rate")}
 
 

@@ -4,10 +4,13 @@ a real Prometheus scraping the Procfile's processes counts what the database hol
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import urllib.error
 import urllib.request
+import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -210,7 +213,8 @@ def test_a_real_prometheus_counts_what_the_database_holds(
 
     # given the Procfile's api, worker and dispatcher, and Prometheus scraping them each second
     agent.responder = _responder
-    procs.start("api", STEPWISE_API_PORT=str(free_port()))
+    api = f"http://127.0.0.1:{free_port()}"
+    procs.start("api", STEPWISE_API_PORT=api.rpartition(":")[2])
     procs.start("worker")
     procs.start("dispatcher")
     procs.wait_ready("worker", READY, timeout=120)
@@ -223,7 +227,12 @@ def test_a_real_prometheus_counts_what_the_database_holds(
             message="Prometheus to scrape every process",
             details=lambda: str(prometheus.targets()),
         )
-        # when three slots come due (2 steps each), and 3 runs fail: rejected, or busy twice
+        # when the API is asked for an execution without a token, twice
+        procs.wait_http("api", f"{api}/health")
+        for _ in range(2):
+            with pytest.raises(urllib.error.HTTPError, match="401"):
+                urllib.request.urlopen(f"{api}/v1/executions/{uuid.uuid4()}", timeout=10)
+        # and three slots come due (2 steps each), and 3 runs fail: rejected, or busy twice
         good = make_automation(agent_url=agent.url, steps=2)
         with session_scope() as session:
             run_at = db_now(session) + timedelta(seconds=6)
@@ -249,26 +258,59 @@ def test_a_real_prometheus_counts_what_the_database_holds(
             message="Prometheus's counts to match the database's",
             details=lambda: f"scraped {_scraped(prometheus)}, database {expected}",
         )
-        # and the calls by outcome, the slots dispatched, the api's view of the servers
-        calls = {
-            (r["metric"]["outcome"], r["metric"]["code"]): float(r["value"][1])
-            for r in prometheus.query(
-                "sum by (outcome, code) (stepwise_step_call_duration_seconds_count) > 0"
-            )
+        # and the calls by outcome, the slots dispatched, the api's view of the servers (a
+        # scrape slower than the interval leaves a gap in the series: wait for the next)
+        wanted = {
+            "calls": {("succeeded", "2xx"): 6, ("failed", "4xx"): 2, ("retryable", "5xx"): 2},
+            "dispatched": 3,
+            "database up": 1,
+            "default workers": 1,
+            "messages counted": True,
+            "heartbeat fresh": True,
+            "unauthorized reads": 2,
         }
-        assert calls == {("succeeded", "2xx"): 6, ("failed", "4xx"): 2, ("retryable", "5xx"): 2}
-        assert prometheus.value('sum(stepwise_dispatch_slots_total{outcome="dispatched"})') == 3
-        assert prometheus.value("stepwise_database_up") == 1
-        assert prometheus.value('stepwise_worker_processes{queue="default"}') == 1
-        assert prometheus.value('sum(dramatiq_messages_total{actor_name="run_execution"})')
-        assert (
-            prometheus.value('stepwise_scheduler_heartbeat_age_seconds{tick="dispatch"}') or 0
-        ) < 120
+        wait_for(
+            lambda: _views(prometheus) == wanted,
+            timeout=60,
+            message="Prometheus to see the calls, slots, servers and workers",
+            details=lambda: str(_views(prometheus)),
+        )
+        # and every query of the Grafana dashboard is one Prometheus runs, and finds series
+        dashboard = json.loads((RULES / "grafana-dashboard.json").read_text())
+        queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+        wait_for(
+            lambda: not [q for q in queries if not prometheus.query(q)],
+            timeout=60,
+            message="every dashboard query to find series",
+            details=lambda: str([q for q in queries if not prometheus.query(q)]),
+        )
         # and every metrics port listens on this machine only
         for role in METRICS_PORTS:
             assert _listening(metrics_port(procs, role)) == {"127.0.0.1"}
         with urllib.request.urlopen(metrics_url(procs, "worker"), timeout=5) as response:
             assert b"stepwise_runs_in_flight" in response.read()
+
+
+def _views(prometheus: Any) -> dict[str, Any]:
+    calls = prometheus.query(
+        "sum by (outcome, code) (stepwise_step_call_duration_seconds_count) > 0"
+    )
+    age = prometheus.value('stepwise_scheduler_heartbeat_age_seconds{tick="dispatch"}')
+    return {
+        "calls": {
+            (r["metric"]["outcome"], r["metric"]["code"]): float(r["value"][1]) for r in calls
+        },
+        "dispatched": prometheus.value('sum(stepwise_dispatch_slots_total{outcome="dispatched"})'),
+        "database up": prometheus.value("stepwise_database_up"),
+        "default workers": prometheus.value('stepwise_worker_processes{queue="default"}'),
+        "messages counted": bool(
+            prometheus.value('sum(dramatiq_messages_total{actor_name="run_execution"})')
+        ),
+        "heartbeat fresh": age is not None and age < 120,
+        "unauthorized reads": prometheus.value(
+            'stepwise_api_requests_total{route="/v1/executions/{execution_id}",status="401"}'
+        ),
+    }
 
 
 def _listening(port: int) -> set[str]:

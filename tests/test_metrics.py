@@ -116,6 +116,33 @@ def test_the_procfile_starts_the_worker_and_the_dispatcher_metered() -> None:
         assert f"stepwise metered {role} -- dramatiq " in procfile[role]
 
 
+@pytest.mark.slow
+def test_the_api_serves_its_metrics_apart_and_answers_without_them_if_their_port_is_taken(
+    db: None, redis_client: Any, tmp_path: Path
+) -> None:
+    from testkit.api import start_api
+
+    # given the api process on its own metrics port
+    metrics_port = free_port()
+    (tmp_path / "second").mkdir()
+    api = start_api(tmp_path, STEPWISE_API_METRICS_PORT=str(metrics_port))
+    try:
+        # then its metrics answer there, on 127.0.0.1, and not on the API's port
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            assert b"stepwise_database_up 1.0" in r.read()
+        assert _listening(metrics_port) == {"127.0.0.1"}
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"{api.url}/metrics", timeout=10)
+        # and a second api process whose metrics port is taken still answers, saying why
+        second = start_api(tmp_path / "second", STEPWISE_API_METRICS_PORT=str(metrics_port))
+        try:
+            assert "STEPWISE_API_METRICS_PORT" in second.log()
+        finally:
+            second.stop()
+    finally:
+        api.stop()
+
+
 def test_api_requests_are_counted_by_route_template_not_path(client: Any) -> None:
     from api.metrics import REGISTRY
 

@@ -468,7 +468,24 @@ def _add_defs_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     q.set_defaults(func=export_defs)
 
 
+def _add_metered_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "metered", help="run a dramatiq process group with its metrics"
+    )
+    p.add_argument("role", choices=METERED_ROLES)
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func=metered)
+    return p
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["metered"]:
+        # It starts every worker and dispatcher: none of the other commands' imports
+        # (pandas, SQLAlchemy: seconds of CPU) before dramatiq starts.
+        light = argparse.ArgumentParser(prog="stepwise").add_subparsers()
+        args = _add_metered_parser(light).parse_args(argv[1:])
+        sys.exit(metered(args))
     parser = argparse.ArgumentParser(
         prog="stepwise", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -478,10 +495,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("respawn", help="keep a command running")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(func=respawn)
-    p = sub.add_parser("metered", help="run a dramatiq process group with its metrics")
-    p.add_argument("role", choices=METERED_ROLES)
-    p.add_argument("command", nargs=argparse.REMAINDER)
-    p.set_defaults(func=metered)
+    _add_metered_parser(sub)
     p = sub.add_parser("demo-agent", help="run the bundled demo agent")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=lambda a: __import__("stepwise.demo_agent").demo_agent.main(a.rest) or 0)

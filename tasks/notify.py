@@ -53,6 +53,7 @@ from db import notices
 from db.channels import ChannelTarget
 from db.dispatch import beat
 from db.session import db_now, once_more_if_disconnected, session_scope
+from tasks import metrics
 
 log = logging.getLogger(__name__)
 # Seconds of sending per tick: the actor's time limit is 55 s, and one delivery's
@@ -161,7 +162,8 @@ def url_problem(url: str) -> str | None:
 def tick_notify() -> int:
     """The minute tick: open notices, then send every pending delivery; returns sent (done
     again once on a connection a database restart closed)."""
-    return once_more_if_disconnected(_tick_notify)
+    with metrics.tick("notify"):
+        return once_more_if_disconnected(_tick_notify)
 
 
 def _tick_notify() -> int:
@@ -204,6 +206,7 @@ def send_and_record(outgoing: notices.Outgoing) -> Outcome:
         outcome = deliver(outgoing.target, outgoing.message)
     with session_scope() as session:
         notices.record_outcome(session, outgoing.delivery_id, outcome.error)
+    metrics.DELIVERIES.labels("failed" if outcome.error else "sent").inc()
     if outcome.error:
         log.warning("notify: delivery %d failed: %s", outgoing.delivery_id, outcome.error)
     return outcome

@@ -48,6 +48,7 @@ from testkit.factories import (
     person,
     row_counts,
 )
+from testkit.prometheus import metric
 from testkit.receivers import Mailbox, Receiver, http_receiver, smtp_server
 
 SMTP_PASSWORD = "pw-Zq81smtp"
@@ -109,6 +110,9 @@ def runs(
             for n, status in enumerate(statuses)
         ],
     )
+
+
+OUTCOMES = ("sent", "failed")  # of a delivery, as its metric counts it
 
 
 def evaluate(at: datetime | None = None) -> int:
@@ -300,11 +304,16 @@ def test_a_failing_channel_records_its_error_and_the_others_still_deliver(
         automation_id = make_automation()
         notify_on(automation_id, [broken_id, dead_id, good_id])
         runs(automation_id, "failed")
+        counted = {o: metric("stepwise_notification_deliveries_total", outcome=o) for o in OUTCOMES}
         # when the evaluator runs (logging everything)
         with caplog.at_level(logging.DEBUG):
             evaluate()
     # then the working channel got it, the others record their errors, nothing was raised
     assert len(receiver.posts) == 1
+    assert {
+        o: metric("stepwise_notification_deliveries_total", outcome=o) - counted[o]
+        for o in OUTCOMES
+    } == {"sent": 1, "failed": 2}
     outcome = {d.channel_name: (d.status, d.error or "") for d in deliveries()}
     assert outcome["good"] == (DeliveryStatus.OK, "")
     assert outcome["broken"][0] == DeliveryStatus.ERROR and "500" in outcome["broken"][1]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -93,6 +94,10 @@ class Settings(BaseSettings):
     # finished run settles before the evaluator reads it (runs commit out of order).
     notify_timeout_s: int = Field(default=10, ge=1, le=30)
     notify_settle_s: int = Field(default=5, ge=0, le=300)
+
+    # Logs (core/logs.py): `json` or `text`; empty: JSON unless stderr is a terminal.
+    log_format: Literal["", "json", "text"] = ""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # Housekeeping.
     requeue_after_s: int = Field(default=60, ge=5)

@@ -27,6 +27,7 @@ from dramatiq.common import compute_backoff
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from core import logs
 from core.errors import AgentRejected, StepFailed
 from core.outcome import StepOutcome, stored_request
 from core.secrets import SecretUnreadable
@@ -139,6 +140,13 @@ class Pilot:
     async def fly(self, flight: Flight) -> None:
         """Run `flight` from its first step not done to its end, a retry or a hand-back."""
         claim = flight.claim
+        # This task's own context: every line logged while flying it names the run.
+        logs.bind_run(
+            execution_id=claim.execution_id,
+            automation_id=claim.automation_id,
+            workspace_id=claim.workspace_id,
+            attempt=claim.attempt,
+        )
         previous_output = claim.previous_output
         answer: Answer | None = None
         try:
@@ -179,6 +187,7 @@ class Pilot:
     ) -> Answer | None:
         """Store the previous answer, start this step, call the agent; None if we lost the run."""
         claim = flight.claim
+        logs.bind_step(step_number)
         key = f"{claim.execution_id}:{step_number}"
         holder = f"{key}:{claim.attempt}"
         if claim.flow_controlled:
@@ -275,11 +284,19 @@ class Pilot:
             delay_ms = self._backoff_ms(flight.retries)
             if outcome.retry_after_s is not None:
                 delay_ms = max(delay_ms, int(outcome.retry_after_s * 1000))
+            log.info(
+                "%s; retry %d of %d in %.1f s",
+                error,
+                flight.retries + 1,
+                flight.max_retries,
+                delay_ms / 1000,
+            )
             if await self._release(answer, claim, error, delay_ms / 1000):
                 await self._send_retry(flight, delay_ms)
             return
         if not await self._end(claim, answer, ExecutionStatus.FAILED, error=error):
             return  # cancelled or taken over meanwhile: not this worker's failure to report
+        log.warning("execution failed: %s", error)
         failure = FailureReport.EXHAUSTED if outcome.retryable else FailureReport.REJECTED
         await self._send(
             RunMessage.failed(

@@ -6,6 +6,7 @@ stepwise web                 # the dashboard alone (refuses a non-loopback addre
 stepwise respawn -- CMD ...  # keep CMD running (the scheduler exits when Redis is away)
 stepwise dramatiq ARGS ...   # Dramatiq's command (dispatcher, worker), with Stepwise's logs
 stepwise periodiq ARGS ...   # periodiq's command (scheduler), with Stepwise's logs
+stepwise doctor              # check configuration, servers, keys, egress and clock; say what to fix
 stepwise demo-agent          # the bundled agent alone
 stepwise new-key             # a key for STEPWISE_SECRET_KEYS
 stepwise reseal              # after a new key is put first: re-seal every stored secret
@@ -433,6 +434,9 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser(
         "reseal", help="seal every stored secret with the first of STEPWISE_SECRET_KEYS"
     ).set_defaults(func=reseal)
+    sub.add_parser(
+        "doctor", help="check configuration, servers, keys, egress and clock; say what to fix"
+    ).set_defaults(func=lambda _: __import__("stepwise.doctor").doctor.main())
     _add_export_parser(sub)
     _add_defs_parsers(sub)
     from stepwise import apicli, launch

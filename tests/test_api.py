@@ -117,7 +117,7 @@ def test_last_used_is_recorded_and_a_revoked_token_gets_401(
     "headers",
     [{}, {"Authorization": "Bearer "}, bearer("stw_not-a-token"), {"Authorization": "Basic eDp5"}],
 )
-def test_every_endpoint_but_health_and_docs_needs_a_token(
+def test_every_endpoint_but_health_readiness_and_docs_needs_a_token(
     client: TestClient, headers: dict[str, str]
 ) -> None:
     # given real objects for every path to name

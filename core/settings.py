@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     # Logs (core/logs.py): `json` or `text`; empty: JSON unless stderr is a terminal.
     log_format: Literal["", "json", "text"] = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Traces (tasks/tracing.py): OTLP/HTTP to this collector when set (the standard name,
+    # without the prefix); the exporter reads the other OTEL_* variables itself.
+    otel_exporter_otlp_endpoint: str = Field(
+        default="", validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
 
     # Housekeeping.
     requeue_after_s: int = Field(default=60, ge=5)
@@ -239,9 +244,8 @@ def _is_loopback(address: str) -> bool:
 
 def variable_name(field: str) -> str:
     """The environment variable a settings field is read from."""
-    return {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL", "port": "PORT"}.get(
-        field, f"STEPWISE_{field.upper()}"
-    )
+    unprefixed = {"database_url", "redis_url", "port", "otel_exporter_otlp_endpoint"}
+    return field.upper() if field in unprefixed else f"STEPWISE_{field.upper()}"
 
 
 def _variable_name(loc: tuple[int | str, ...]) -> str:

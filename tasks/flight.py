@@ -42,6 +42,7 @@ from tasks.commits import RETRY_S, Answer, GroupCommits
 from tasks.flow import BUSY, FlowControl
 from tasks.send import Send
 from tasks.signals import shutting_down
+from tasks.tracing import Tracing, trace_id_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,6 +101,7 @@ class Pilot:
         flow: FlowControl,
         client: AgentClient,
         lease_until: Callable[[], float],
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.send = send
@@ -109,6 +111,7 @@ class Pilot:
         self.client = client
         # Until when (monotonic) this process's leases hold: the heartbeat moves it on.
         self.lease_until = lease_until
+        self.tracing = tracing  # None: tracing is off, and costs nothing here
 
     async def _db(self, work: Callable[[], T]) -> T:
         return await self.commits.run(work)
@@ -201,11 +204,18 @@ class Pilot:
         shown = {**claim.request_headers, "Idempotency-Key": key}
         request = stored_request(claim.agent_url, shown, payload)
         finished = None if answered is None else (answered.step_run_id, answered.outcome)
+        trace_id = None if self.tracing is None else trace_id_of(claim.execution_id)
         step_run_id = await self._write(
             claim,
             None,
             lambda session: runs.start_step(
-                session, claim, step_number, request, lease_s=self.lease_s, finished=finished
+                session,
+                claim,
+                step_number,
+                request,
+                lease_s=self.lease_s,
+                finished=finished,
+                trace_id=trace_id,
             ),
         )
         if step_run_id is None:
@@ -220,6 +230,9 @@ class Pilot:
                 error = f"request headers: {exc}"
                 return Answer(step_run_id, StepOutcome.failure(error, 0, retryable=False))
         sealed = claim.signing_secret
+        span = None
+        if self.tracing is not None:
+            span = self.tracing.step(claim.execution_id, step_number, claim.attempt)
         flight.calling = True
         try:
             outcome = await call_agent(
@@ -231,11 +244,15 @@ class Pilot:
                 max_bytes=self.settings.max_response_bytes,
                 signing_secret=None if sealed is None else self.settings.secret_box().open(sealed),
                 extra_headers=flight.headers,
+                traceparent=None if span is None else span.traceparent,
             )
         finally:
             flight.calling = False
             if claim.concurrency_limit is not None:
                 await asyncio.shield(self.flow.release(claim.automation_id, holder))
+        if span is not None:
+            retried = outcome.retryable and flight.retries < flight.max_retries
+            Tracing.end_step(span, outcome, retried=not outcome.ok and retried)
         return Answer(step_run_id, outcome)
 
     async def _permit(
@@ -362,6 +379,10 @@ class Pilot:
                 session, claim, status, error=error, result=result, finished=finished
             ),
         )
+        if ended and self.tracing is not None:
+            self.tracing.end_run(
+                claim.execution_id, status, started=claim.scheduled_for, error=error
+            )
         if claim.schedule_id is not None and claim.overlap_policy not in (
             None,
             OverlapPolicy.ALLOW,

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from core.secrets import SecretBox, SecretUnreadable
 from db.figures import Liveness, scheduler_liveness
-from db.models import Automation, Webhook, WorkspaceSecret
+from db.models import Automation, NotificationChannel, Webhook, WorkspaceSecret
 from db.session import db_now
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,14 +79,16 @@ def database_state(session: Session) -> DatabaseState:
 
 
 def unreadable_secrets(session: Session, box: SecretBox) -> int:
-    """How many stored secrets (workspace secrets, signing secrets, webhook secrets) none of
-    `box`'s keys opens: a key was dropped before `stepwise reseal` ran."""
+    """How many stored secrets (workspace secrets, signing secrets, webhook secrets,
+    notification channel URLs) none of `box`'s keys opens: a key was dropped before
+    `stepwise reseal` ran."""
     sealed = [
         *session.scalars(select(WorkspaceSecret.sealed)),
         *session.scalars(
             select(Automation.signing_secret).where(Automation.signing_secret.is_not(None))
         ),
         *session.scalars(select(Webhook.secret)),
+        *session.scalars(select(NotificationChannel.sealed_url)),
     ]
     unreadable = 0
     for value in sealed:

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.settings import get_settings
-from db.models import Automation, Webhook, WorkspaceSecret
+from db.models import Automation, NotificationChannel, Webhook, WorkspaceSecret
 
 
 def reseal_secrets(session: Session) -> int:
@@ -43,4 +43,13 @@ def reseal_secrets(session: Session) -> int:
         session.execute(
             update(Webhook).where(Webhook.id == webhook_id).values(secret=box.reseal(sealed))
         )
-    return len(rows) + len(secrets) + len(hooks)
+    channels = session.execute(
+        select(NotificationChannel.id, NotificationChannel.sealed_url).with_for_update()
+    ).all()
+    for channel_id, sealed in channels:
+        session.execute(
+            update(NotificationChannel)
+            .where(NotificationChannel.id == channel_id)
+            .values(sealed_url=box.reseal(sealed))
+        )
+    return len(rows) + len(secrets) + len(hooks) + len(channels)

@@ -61,12 +61,16 @@ def _mask(match: re.Match[str]) -> str:
 def bind_run(
     *, execution_id: object, automation_id: object, workspace_id: object, attempt: int
 ) -> None:
-    """Say that what this context logs from now on concerns this run (no step yet)."""
+    """Say that what this context logs from now on concerns this run (no step yet).
+
+    The ids are kept as given and turned into text only when a line is written: a run
+    that logs nothing pays for one small dict.
+    """
     _run.set(
         {
-            "execution_id": str(execution_id),
-            "automation_id": str(automation_id),
-            "workspace_id": str(workspace_id),
+            "execution_id": execution_id,
+            "automation_id": automation_id,
+            "workspace_id": workspace_id,
             "step": None,
             "attempt": attempt,
         }
@@ -96,6 +100,8 @@ class RunContext(logging.Filter):
         fields = _run.get()
         if fields is not None:
             record.__dict__.update(fields)
+            for name in ("execution_id", "automation_id", "workspace_id"):
+                record.__dict__[name] = str(fields[name])
         message = record.getMessage()
         cleaned = redact(message)
         if cleaned is not message and cleaned != message:

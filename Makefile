@@ -46,12 +46,13 @@ packages:
 test: install packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## Lint: ruff, ruff format, mypy strict, and the layers contract (import-linter).
+## Lint: ruff, ruff format, mypy strict, the layers contract (import-linter), the Dockerfile (hadolint).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy core db tasks service dashboard stepwise api
 	$(BIN)/lint-imports
+	$(BIN)/hadolint Dockerfile
 
 ## README.md's list of modules, rewritten from their docstrings (tests/test_readme.py checks it).
 docs: install

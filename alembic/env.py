@@ -3,14 +3,13 @@
 from sqlalchemy import create_engine, pool
 
 from alembic import context
+from core.logs import configure_logging
 from core.settings import get_settings
 from db.models import Base
 
 config = context.config
-if config.config_file_name is not None and config.attributes.get("configure_logging", True):
-    from logging.config import fileConfig
-
-    fileConfig(config.config_file_name)
+if config.attributes.get("configure_logging", True):
+    configure_logging()  # `alembic upgrade head` (the release process) logs as every process
 
 
 def run_migrations_online() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from api import audit, automations, channels, executions, queues, schedules, webhooks
 from api.metrics import RequestMetrics
 from api.problems import documented, install
+from service.health import readiness
 
 # Swagger UI as the pinned `fastapi-offline` package ships it: the docs are served by
 # this process and the browser fetches nothing from anywhere else. (No ReDoc: its page
@@ -24,7 +25,7 @@ ASSETS_URL = "/docs-assets"
 DESCRIPTION = """\
 Schedules multi-step HTTP automations, as the dashboard does, for scripts.
 
-Every call but `/health` and the docs needs an API token (`Authorization: Bearer
+Every call but `/health`, `/ready` and the docs needs an API token (`Authorization: Bearer
 <token>`), made by a workspace admin on the dashboard's Workspace page: it acts in
 that workspace, with that role. A token makes at most STEPWISE_API_RATE_PER_MINUTE
 calls a minute; past that it gets `429` with `Retry-After` (seconds). Errors are
@@ -39,6 +40,16 @@ most STEPWISE_API_RATE_PER_MINUTE proven calls a minute.
 
 class Health(BaseModel):
     status: str
+
+
+class CheckResult(BaseModel):
+    ok: bool
+    detail: str
+
+
+class Readiness(BaseModel):
+    status: str  # "ready" or "not ready"
+    checks: dict[str, CheckResult]
 
 
 def create_app() -> FastAPI:
@@ -68,5 +79,21 @@ def create_app() -> FastAPI:
     def health() -> Health:
         """The process is up (no token needed; it reads nothing)."""
         return Health(status="ok")
+
+    @app.get(
+        "/ready",
+        tags=["health"],
+        responses={503: {"model": Readiness, "description": "a check failed"}},
+    )
+    def ready(response: Response) -> Readiness:
+        """PostgreSQL reachable and at the head migration, Redis reachable, the scheduler's
+        tick fresh: 200, else 503 naming the check that failed (no token needed)."""
+        checks = readiness()
+        ok = all(check.ok for check in checks)
+        response.status_code = 200 if ok else 503
+        return Readiness(
+            status="ready" if ok else "not ready",
+            checks={c.name: CheckResult(ok=c.ok, detail=c.detail) for c in checks},
+        )
 
     return app

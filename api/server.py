@@ -14,10 +14,12 @@ import sys
 import uvicorn
 
 from core.errors import ConfigError
+from core.logs import configure_logging
 from core.settings import get_settings
 
 
 def main() -> int:
+    configure_logging()
     try:
         settings = get_settings()
         settings.require_servers()
@@ -37,5 +39,6 @@ def main() -> int:
         server_header=False,
         proxy_headers=False,
         log_level="info",
+        log_config=None,  # uvicorn's loggers go through the process's one handler
     )
     return 0

@@ -15,6 +15,7 @@ import ipaddress
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -106,6 +107,15 @@ class Settings(BaseSettings):
     metrics_dir: str = ""
     # Set by `stepwise metered` for the processes it starts (prometheus-client reads it).
     prometheus_multiproc_dir: str = Field(default="", validation_alias="PROMETHEUS_MULTIPROC_DIR")
+
+    # Logs (core/logs.py): `json` or `text`; empty: JSON unless stderr is a terminal.
+    log_format: Literal["", "json", "text"] = ""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Traces (tasks/tracing.py): OTLP/HTTP to this collector when set (the standard name,
+    # without the prefix); the exporter reads the other OTEL_* variables itself.
+    otel_exporter_otlp_endpoint: str = Field(
+        default="", validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
 
     # Housekeeping.
     requeue_after_s: int = Field(default=60, ge=5)
@@ -262,12 +272,14 @@ def _is_loopback(address: str) -> bool:
 
 def variable_name(field: str) -> str:
     """The environment variable a settings field is read from."""
-    return {
-        "database_url": "DATABASE_URL",
-        "redis_url": "REDIS_URL",
-        "port": "PORT",
-        "prometheus_multiproc_dir": "PROMETHEUS_MULTIPROC_DIR",
-    }.get(field, f"STEPWISE_{field.upper()}")
+    unprefixed = {
+        "database_url",
+        "redis_url",
+        "port",
+        "prometheus_multiproc_dir",
+        "otel_exporter_otlp_endpoint",
+    }
+    return field.upper() if field in unprefixed else f"STEPWISE_{field.upper()}"
 
 
 def _variable_name(loc: tuple[int | str, ...]) -> str:

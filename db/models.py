@@ -398,6 +398,8 @@ class Execution(Base):
     # or the end of a retry's backoff). A queued row well past it lost its message
     # (Redis flushed, worker killed) and housekeeping sends a new one.
     available_at: Mapped[datetime | None]
+    # The run's trace (W3C trace id, 32 hex digits) when tracing is on (tasks/tracing.py).
+    trace_id: Mapped[str | None] = mapped_column(String(32))
 
     __table_args__ = (
         # The slot key: one execution per slot, ever. A run of a schedule started by hand

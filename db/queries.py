@@ -275,6 +275,7 @@ class ExecutionDetail:
     result: Any
     steps: list[StepRunRow] = field(default_factory=list)
     input: dict[str, Any] | None = None  # what the run was started with
+    trace_id: str | None = None  # its trace, when tracing was on (tasks/tracing.py)
 
 
 def execution_detail(
@@ -290,8 +291,8 @@ def execution_detail(
     ).first()
     if row is None:
         return None
-    steps_json, result, run_input = session.execute(
-        select(Automation.steps, Execution.result, Execution.input)
+    steps_json, result, run_input, trace_id = session.execute(
+        select(Automation.steps, Execution.result, Execution.input, Execution.trace_id)
         .join(Execution, Execution.automation_id == Automation.id)
         .where(Execution.id == execution_id)
     ).one()
@@ -308,6 +309,7 @@ def execution_detail(
             for step_run in runs
         ],
         input=run_input,
+        trace_id=trace_id,
     )
 
 

@@ -226,7 +226,8 @@ _START_STEP = text(
     f"""
     WITH finished AS ({_FINISH_STEP}), renewed AS (
         UPDATE executions
-        SET current_step = :step, lease_expires_at = now() + make_interval(secs => :lease_s)
+        SET current_step = :step, lease_expires_at = now() + make_interval(secs => :lease_s),
+            trace_id = COALESCE(:trace_id, trace_id)
         WHERE id = :execution_id AND status = '{ExecutionStatus.RUNNING}' AND attempt = :attempt
         RETURNING id
     )
@@ -263,9 +264,11 @@ def start_step(
     *,
     lease_s: int,
     finished: tuple[int, StepOutcome] | None = None,
+    trace_id: str | None = None,
 ) -> int | None:
     """Store `finished` (the previous step's answer), renew the lease for one step and
-    record the step as running, in one statement; None if we lost the run."""
+    record the step as running, in one statement; None if we lost the run. `trace_id`
+    (tracing on) is kept on the execution."""
     started: int | None = session.scalar(
         _START_STEP,
         {
@@ -275,6 +278,7 @@ def start_step(
             "execution_id": claim.execution_id,
             "attempt": claim.attempt,
             "request": request,
+            "trace_id": trace_id,
         },
     )
     return started

@@ -5,6 +5,9 @@ stepwise web                 # the dashboard alone (refuses a non-loopback addre
                              # (the REST API is the Procfile's `api`: python -m api)
 stepwise respawn -- CMD ...  # keep CMD running (the scheduler exits when Redis is away)
 stepwise metered ROLE -- CMD # run a worker or dispatcher group with its metrics folder
+stepwise dramatiq ARGS ...   # Dramatiq's command (dispatcher, worker), with Stepwise's logs
+stepwise periodiq ARGS ...   # periodiq's command (scheduler), with Stepwise's logs
+stepwise doctor              # check configuration, servers, keys, egress and clock; say what to fix
 stepwise demo-agent          # the bundled agent alone
 stepwise new-key             # a key for STEPWISE_SECRET_KEYS
 stepwise reseal              # after a new key is put first: re-seal every stored secret
@@ -19,6 +22,7 @@ stepwise api list|pause|resume|run|tail ...  # the REST API for scripts
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import signal
@@ -29,12 +33,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.logs import configure_logging
+
 if TYPE_CHECKING:
     import uuid
 
     from core.access import Actor
     from core.settings import Settings
 
+log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_PROCESSES = ("web", "api", "scheduler", "dispatcher", "worker")
 
@@ -209,7 +216,7 @@ def web(_: argparse.Namespace) -> int:
     port = settings.port or settings.web_port
     command = [
         sys.executable,
-        *("-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py")),
+        *("-m", "dashboard.server", "run", str(ROOT / "dashboard" / "app.py")),
         *("--server.port", str(port), "--server.address", settings.web_address),
         *("--server.headless", "true", "--browser.gatherUsageStats", "false"),
     ]
@@ -290,11 +297,7 @@ def respawn(args: argparse.Namespace) -> int:
             return 0
         # Back off while it keeps failing fast (e.g. Redis down), up to 30 s.
         delay = 1.0 if time.monotonic() - started > 60 else min(delay * 2, 30.0)
-        print(
-            f"stepwise respawn: {command[0]} exited with {code}; restarting in {delay:.0f} s",
-            file=sys.stderr,
-            flush=True,
-        )
+        log.warning("%s exited with %s; restarting in %.0f s", command[0], code, delay)
         for _ in range(int(delay * 10)):  # short naps: a stop signal is honoured at once
             if stopping:
                 return 0
@@ -510,6 +513,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(func=respawn)
     _add_metered_parser(sub)
+    for tool in ("dramatiq", "periodiq"):
+        p = sub.add_parser(tool, help=f"{tool}'s own command, logging as every Stepwise process")
+        p.add_argument("arguments", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda a, tool=tool: getattr(launch, tool)(a.arguments))
     p = sub.add_parser("demo-agent", help="run the bundled demo agent")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=lambda a: __import__("stepwise.demo_agent").demo_agent.main(a.rest) or 0)
@@ -519,12 +526,16 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser(
         "reseal", help="seal every stored secret with the first of STEPWISE_SECRET_KEYS"
     ).set_defaults(func=reseal)
+    sub.add_parser(
+        "doctor", help="check configuration, servers, keys, egress and clock; say what to fix"
+    ).set_defaults(func=lambda _: __import__("stepwise.doctor").doctor.main())
     _add_export_parser(sub)
     _add_defs_parsers(sub)
-    from stepwise import apicli
+    from stepwise import apicli, launch
 
     apicli.add_parser(sub)
     args = parser.parse_args(argv)
+    configure_logging()
     from core.errors import StepwiseError
 
     if args.command_name != "run":

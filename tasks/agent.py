@@ -294,19 +294,23 @@ async def call_agent(
     max_bytes: int,
     signing_secret: str | None = None,
     extra_headers: Mapping[str, str] | None = None,
+    traceparent: str | None = None,
 ) -> StepOutcome:
     """POST one step to the agent and classify the answer; never raises for HTTP trouble.
 
     The body is serialised here, once, so that the signature covers the exact bytes
     sent. `timeout_s` is a hard deadline for the whole call, body included.
     `extra_headers` (the automation's, secrets filled in) go to the agent's own
-    origin only: a redirect elsewhere does not carry them.
+    origin only: a redirect elsewhere does not carry them. `traceparent` (tracing on)
+    joins the agent's spans to the run's trace.
     """
     started = time.monotonic()
     body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
     headers = {"Idempotency-Key": idempotency_key, "Content-Type": "application/json"}
     if signing_secret is not None:
         headers[SIGNATURE_HEADER] = signature_header(signing_secret, int(time.time()), body)
+    if traceparent is not None:
+        headers["traceparent"] = traceparent
     try:
         async with asyncio.timeout(timeout_s):
             return await _post(client, url, body, headers, extra_headers or {}, max_bytes, started)

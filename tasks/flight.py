@@ -27,6 +27,7 @@ from dramatiq.common import compute_backoff
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from core import logs
 from core.errors import AgentRejected, StepFailed
 from core.outcome import StepOutcome, stored_request
 from core.secrets import SecretUnreadable
@@ -42,6 +43,7 @@ from tasks.commits import RETRY_S, Answer, GroupCommits
 from tasks.flow import BUSY, FlowControl
 from tasks.send import Send
 from tasks.signals import shutting_down
+from tasks.tracing import Tracing, trace_id_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -100,6 +102,7 @@ class Pilot:
         flow: FlowControl,
         client: AgentClient,
         lease_until: Callable[[], float],
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.send = send
@@ -109,6 +112,7 @@ class Pilot:
         self.client = client
         # Until when (monotonic) this process's leases hold: the heartbeat moves it on.
         self.lease_until = lease_until
+        self.tracing = tracing  # None: tracing is off, and costs nothing here
 
     async def _db(self, work: Callable[[], T]) -> T:
         return await self.commits.run(work)
@@ -140,6 +144,13 @@ class Pilot:
     async def fly(self, flight: Flight) -> None:
         """Run `flight` from its first step not done to its end, a retry or a hand-back."""
         claim = flight.claim
+        # This task's own context: every line logged while flying it names the run.
+        logs.bind_run(
+            execution_id=claim.execution_id,
+            automation_id=claim.automation_id,
+            workspace_id=claim.workspace_id,
+            attempt=claim.attempt,
+        )
         previous_output = claim.previous_output
         answer: Answer | None = None
         try:
@@ -181,6 +192,7 @@ class Pilot:
     ) -> Answer | None:
         """Store the previous answer, start this step, call the agent; None if we lost the run."""
         claim = flight.claim
+        logs.bind_step(step_number)
         key = f"{claim.execution_id}:{step_number}"
         holder = f"{key}:{claim.attempt}"
         if claim.flow_controlled:
@@ -194,11 +206,18 @@ class Pilot:
         shown = {**claim.request_headers, "Idempotency-Key": key}
         request = stored_request(claim.agent_url, shown, payload)
         finished = None if answered is None else (answered.step_run_id, answered.outcome)
+        trace_id = None if self.tracing is None else trace_id_of(claim.execution_id)
         step_run_id = await self._write(
             claim,
             None,
             lambda session: runs.start_step(
-                session, claim, step_number, request, lease_s=self.lease_s, finished=finished
+                session,
+                claim,
+                step_number,
+                request,
+                lease_s=self.lease_s,
+                finished=finished,
+                trace_id=trace_id,
             ),
         )
         if step_run_id is None:
@@ -215,6 +234,9 @@ class Pilot:
         sealed = claim.signing_secret
         if step_number == 1 and claim.attempt == 1:
             metrics.first_call(claim.trigger, claim.scheduled_for.timestamp(), time.time())
+        span = None
+        if self.tracing is not None:
+            span = self.tracing.step(claim.execution_id, step_number, claim.attempt)
         flight.calling = True
         try:
             outcome = await call_agent(
@@ -226,12 +248,16 @@ class Pilot:
                 max_bytes=self.settings.max_response_bytes,
                 signing_secret=None if sealed is None else self.settings.secret_box().open(sealed),
                 extra_headers=flight.headers,
+                traceparent=None if span is None else span.traceparent,
             )
         finally:
             flight.calling = False
             if claim.concurrency_limit is not None:
                 await asyncio.shield(self.flow.release(claim.automation_id, holder))
         metrics.step_called(outcome)
+        if span is not None:
+            retried = outcome.retryable and flight.retries < flight.max_retries
+            Tracing.end_step(span, outcome, retried=not outcome.ok and retried)
         return Answer(step_run_id, outcome)
 
     async def _permit(
@@ -284,12 +310,20 @@ class Pilot:
             delay_ms = self._backoff_ms(flight.retries)
             if outcome.retry_after_s is not None:
                 delay_ms = max(delay_ms, int(outcome.retry_after_s * 1000))
+            log.info(
+                "%s; retry %d of %d in %.1f s",
+                error,
+                flight.retries + 1,
+                flight.max_retries,
+                delay_ms / 1000,
+            )
             if await self._release(answer, claim, error, delay_ms / 1000):
                 await self._send_retry(flight, delay_ms)
             return
         if not await self._end(claim, answer, ExecutionStatus.FAILED, error=error):
             return  # cancelled or taken over meanwhile: not this worker's failure to report
         metrics.run_ended(ExecutionStatus.FAILED)
+        log.warning("execution failed: %s", error)
         failure = FailureReport.EXHAUSTED if outcome.retryable else FailureReport.REJECTED
         await self._send(
             RunMessage.failed(
@@ -355,6 +389,10 @@ class Pilot:
                 session, claim, status, error=error, result=result, finished=finished
             ),
         )
+        if ended and self.tracing is not None:
+            self.tracing.end_run(
+                claim.execution_id, status, started=claim.scheduled_for, error=error
+            )
         if claim.schedule_id is not None and claim.overlap_policy not in (
             None,
             OverlapPolicy.ALLOW,

@@ -25,6 +25,7 @@ import uuid
 
 from core.settings import Settings
 from core.vocabulary import Admission
+from tasks import tracing
 from tasks.admission import Gate
 from tasks.agent import AgentClient
 from tasks.commits import GroupCommits
@@ -51,6 +52,7 @@ class Runner:
         )
         self.loop = asyncio.new_event_loop()
         self.flow = FlowControl(settings.redis_url)
+        self.tracing = tracing.start(settings.otel_exporter_otlp_endpoint)  # None: off
         self.thread = threading.Thread(target=self._main, name="stepwise-runner", daemon=True)
         self.thread.start()
         # Made on the loop that uses it (an aiohttp session belongs to one loop).
@@ -62,6 +64,7 @@ class Runner:
             flow=self.flow,
             client=self.client,
             lease_until=lambda: self.leases.until,
+            tracing=self.tracing,
         )
 
     # --- called from Dramatiq's threads ------------------------------------------
@@ -106,6 +109,8 @@ class Runner:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         self.commits.close()
+        if self.tracing is not None:
+            self.tracing.shutdown()  # sends the spans still batched
 
     # --- on the loop ----------------------------------------------------------------
 

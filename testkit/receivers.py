@@ -1,7 +1,9 @@
-"""Real local receivers for notifications: an SMTP server (aiosmtpd) and an HTTP receiver."""
+"""Real local receivers: an SMTP server (aiosmtpd) and an HTTP receiver for notifications,
+and an OTLP/HTTP receiver for traces."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 from collections.abc import Iterator
@@ -101,6 +103,62 @@ def http_receiver() -> Iterator[Receiver]:
     thread.start()
     try:
         yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@dataclass
+class SpanSink:
+    """What the OTLP/HTTP receiver got: every span, decoded (opentelemetry-proto's `Span`)."""
+
+    port: int
+    spans: list[Any] = field(default_factory=list)
+
+    @property
+    def endpoint(self) -> str:
+        """What OTEL_EXPORTER_OTLP_ENDPOINT is set to for an exporter to send here."""
+        return f"http://127.0.0.1:{self.port}"
+
+
+@contextmanager
+def otlp_receiver() -> Iterator[SpanSink]:
+    """An OTLP/HTTP trace receiver on 127.0.0.1 (`POST /v1/traces`, protobuf), as a collector
+    answers it, keeping every span it decodes."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+        ExportTraceServiceResponse,
+    )
+
+    sink = SpanSink(port=0)
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.headers.get("Content-Encoding") == "gzip":
+                body = gzip.decompress(body)
+            request = ExportTraceServiceRequest.FromString(body)
+            with lock:
+                for resource in request.resource_spans:
+                    for scope in resource.scope_spans:
+                        sink.spans.extend(scope.spans)
+            answer = ExportTraceServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    sink.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield sink
     finally:
         server.shutdown()
         server.server_close()

@@ -148,10 +148,15 @@ def _example(spec: dict[str, Any], method: str, path: str) -> Any:
     return example
 
 
+READINESS = "/ready"
+
+
 def _schema() -> Any:
     from api.app import create_app
 
-    return schemathesis.openapi.from_asgi("/openapi.json", create_app())
+    # /ready answers 503 by design while no scheduler ticks (none does here): it is
+    # driven through its failures in tests/test_health.py instead.
+    return schemathesis.openapi.from_asgi("/openapi.json", create_app()).exclude(path=READINESS)
 
 
 def test_every_operation_answers_its_documented_example_as_its_schema_says(
@@ -181,7 +186,8 @@ def test_every_operation_answers_its_documented_example_as_its_schema_says(
         # then it succeeds, and its answer is the one the schema describes
         assert response.status_code < 300, (key, response.text)
         case.validate_response(response, checks=CHECKS)
-    assert len(operations) == sum(len(ops) for ops in spec["paths"].values())
+    paths = {path: ops for path, ops in spec["paths"].items() if path != READINESS}
+    assert len(operations) == sum(len(ops) for ops in paths.values())
     assert loopback_only == []
 
 

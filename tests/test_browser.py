@@ -216,7 +216,8 @@ def test_every_page_at_phone_width(dashboard_url: str, chromium: Any) -> None:
     # given some history, and a phone-sized window
     automation_id = make_automation(name="Phone check")
     _, failed = add_executions(
-        automation_id, [{"status": "succeeded"}, {"status": "failed", "error": "HTTP 503"}]
+        automation_id,
+        [{"status": "succeeded"}, {"status": "failed", "error": "HTTP 503", "trace_id": "ab" * 16}],
     )
     with window(chromium, viewport=PHONE) as page:
         # when each page opens, then it renders without an error (screenshots for a person)

@@ -184,6 +184,17 @@ def test_a_run_page_shows_header_waterfall_attempts_and_actions() -> None:
 
 
 @pytestmark_db
+def test_a_traced_run_shows_its_trace_id_and_an_untraced_one_none() -> None:
+    automation_id = make_automation(name="Traced")
+    traced, untraced = add_executions(
+        automation_id, [{"status": "succeeded", "trace_id": "ab" * 16}, {"status": "succeeded"}]
+    )
+
+    assert f"Trace `{'ab' * 16}`" in texts(execution_page(traced))
+    assert "Trace `" not in texts(execution_page(untraced))
+
+
+@pytestmark_db
 @pytest.mark.parametrize("wanted", ["not-a-uuid", str(uuid.uuid4()), ""])
 def test_a_bad_or_unknown_run_id_says_not_found(wanted: str) -> None:
     at = execution_page(wanted)

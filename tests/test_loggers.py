@@ -11,7 +11,7 @@ import re
 
 from testkit import architecture
 
-THIRD_PARTY = ("apprise", "urllib3.")
+THIRD_PARTY = ("apprise", "urllib3.", "streamlit.", "sqlalchemy.", "alembic.")
 _NAMED = re.compile(r"getLogger\(\s*[\"']([^\"']*)[\"']")
 
 

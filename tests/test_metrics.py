@@ -113,7 +113,7 @@ def test_a_metered_group_gets_an_empty_folder_and_dead_groups_lose_theirs(tmp_pa
 def test_the_procfile_starts_the_worker_and_the_dispatcher_metered() -> None:
     procfile = read_procfile()
     for role in ("worker", "dispatcher"):
-        assert f"stepwise metered {role} -- dramatiq " in procfile[role]
+        assert f"stepwise metered {role} -- stepwise dramatiq " in procfile[role]
 
 
 @pytest.mark.slow

@@ -272,6 +272,28 @@ def test_reseal_moves_every_sealed_column_to_a_new_first_key(
         get_settings.cache_clear()
 
 
+def test_reseal_moves_notification_channels_too(db: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a channel whose URL (it may hold credentials) is sealed under the session's key
+    from db.health import unreadable_secrets
+    from testkit.factories import make_channel
+
+    make_channel()
+    old = os.environ["STEPWISE_SECRET_KEYS"]
+    first = new_key()
+    # when a new key is put first and `stepwise reseal` runs
+    monkeypatch.setenv("STEPWISE_SECRET_KEYS", f"{first},{old}")
+    get_settings.cache_clear()
+    try:
+        with session_scope() as session:
+            reseal_secrets(session)
+        # then the old key can go: every stored secret, the channel's URL too, opens
+        with session_scope() as session:
+            assert unreadable_secrets(session, SecretBox((first,))) == 0
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+
+
 def test_a_header_secret_reaches_the_agent_and_no_dump_log_or_page(
     procs: Any, agent: AgentServer, database_url: str
 ) -> None:

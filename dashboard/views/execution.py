@@ -55,6 +55,8 @@ def execution_page(execution_id: uuid.UUID, watching: bool) -> None:
     if watching != (detail.execution.status in OPEN_STATUSES):
         st.rerun()  # it ended (or was retried): redraw at the new refresh rate
     header(detail.execution)
+    if detail.trace_id is not None:
+        st.caption(f"Trace `{detail.trace_id}` (OpenTelemetry: find it in your tracing backend)")
     if ui.can(Permission.RUN):
         actions_row(detail.execution)
     show_input(detail)

@@ -109,7 +109,7 @@ def test_a_bad_allowlist_names_the_variable(bad: str) -> None:
         ("http://10.0.0.5/agent", "internal address"),
         ("http://0x0a000005:6379/", "internal address"),  # 10.0.0.5 (loopback is allowed here)
         ("http://[::1]/agent", "internal address"),
-        ("http://localhost:5432/", "host name is internal"),
+        ("http://localhost:5432/", "host name localhost is internal"),
         ("http://alice:s3cret@agent.example.com/", "user name or password"),
         ("http://exa mple.com/", "spaces"),
         ("http://agent.example.com:99999/", "port"),

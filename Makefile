@@ -20,10 +20,11 @@ install: $(STAMP)
 run: install
 	$(BIN)/stepwise run
 
-## Debian's packages the tests drive (the browser tests' Chromium), installed when missing:
+## Debian's packages the tests drive (the browser tests' Chromium; Prometheus and promtool for
+## the metrics and alert-rule tests), installed when missing:
 ## as root, or with sudo that asks no password. Elsewhere (not Debian, no root) nothing is
 ## installed and the tests that need a missing one are skipped, saying why in one line.
-DEBIAN_PACKAGES ?= chromium
+DEBIAN_PACKAGES ?= chromium prometheus
 packages:
 	@missing=""; \
 	for p in $(DEBIAN_PACKAGES); do \

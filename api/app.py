@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from api import audit, automations, channels, executions, queues, schedules, webhooks
+from api.metrics import RequestMetrics
 from api.problems import documented, install
 
 # Swagger UI as the pinned `fastapi-offline` package ships it: the docs are served by
@@ -49,6 +50,7 @@ def create_app() -> FastAPI:
         app.include_router(module.router, responses=documented(429))
     app.include_router(webhooks.router)
     app.mount(ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+    app.add_middleware(RequestMetrics)  # served apart: api/metrics.py
 
     @app.get("/docs", include_in_schema=False)
     def swagger_ui() -> HTMLResponse:

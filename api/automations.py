@@ -36,7 +36,9 @@ router = APIRouter(
 def create_automation(
     body: AutomationIn, actor: Acting, idempotency_key: IdempotencyKeyHeader = None
 ) -> AutomationCreated:
-    """Create an automation; its signing secret is in this answer (and a repeat's) only."""
+    """Create an automation; its signing secret is in this answer only. A repeat with the
+    same `Idempotency-Key` answers with the automation made, `signing_secret` null: if the
+    first answer was lost, make a new signing secret on the Automations page (audited)."""
     key = keyed(idempotency_key, "automation", body)
     made = automations.create(body.parsed(actor.name), actor=actor, idempotency_key=key)
     out = AutomationOut.model_validate(made.automation).model_dump()

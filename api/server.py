@@ -3,7 +3,8 @@
 It listens on STEPWISE_API_ADDRESS (default 127.0.0.1) and STEPWISE_API_PORT, else
 PORT, else 8000. Every endpoint but health and the docs needs an API token, so it
 may listen beyond this machine; a bad configuration stops it at start, naming the
-variable.
+variable. Its metrics have their own listener (`api/metrics.py`), on this machine only
+unless STEPWISE_METRICS_ADDRESS says otherwise.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def main() -> int:
     except ConfigError as exc:
         print(f"stepwise api: {exc}", file=sys.stderr)
         return 1
+    from api.metrics import serve
+
+    serve(settings)
     uvicorn.run(
         app,
         host=settings.api_address,

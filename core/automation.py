@@ -27,7 +27,7 @@ from core.limits import (
     MIN_RATE_PER_S,
     MIN_STEP_TIMEOUT_S,
 )
-from core.secrets import secret_names
+from core.secrets import SECRET_REFERENCE, secret_names
 from core.text import UNSTORABLE, storable, text_errors
 
 
@@ -182,6 +182,24 @@ _CREDENTIAL_HEADER = re.compile(
 )
 
 
+# What a credential header's value may hold besides its secret references: an auth scheme
+# word before one reference (`Bearer {{ secret.T }}`), or cookie names before references
+# (`a={{ secret.A }}; b={{ secret.B }}`). Any other text would be a credential written in
+# clear beside the reference, stored and shown to viewers.
+_REFERENCED_VALUE = re.compile(
+    r"\s*(?:[A-Za-z][A-Za-z0-9._-]*\s+)?\x00\s*"
+    r"|\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+=\x00(?:\s*;\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+=\x00)*\s*;?\s*"
+)
+
+
+def only_references(value: str) -> bool:
+    """Whether a credential header's value is secret references with nothing in clear but
+    an auth scheme or cookie names (`_REFERENCED_VALUE`)."""
+    if "\x00" in value or not secret_names({"": value}):
+        return False
+    return bool(_REFERENCED_VALUE.fullmatch(SECRET_REFERENCE.sub("\x00", value)))
+
+
 def _check_headers(headers: tuple[tuple[str, str], ...]) -> list[FieldError]:
     if len(headers) > MAX_HEADERS:
         return [FieldError("request_headers", f"at most {MAX_HEADERS} headers")]
@@ -199,7 +217,7 @@ def _check_headers(headers: tuple[tuple[str, str], ...]) -> list[FieldError]:
             errors.append(f"{name}'s value must be on one line")
         elif len(value) > MAX_HEADER_VALUE:
             errors.append(f"{name}'s value is over {MAX_HEADER_VALUE} characters")
-        elif _CREDENTIAL_HEADER.search(name) and not secret_names({name: value}):
+        elif _CREDENTIAL_HEADER.search(name) and not only_references(value):
             errors.append(
                 f"{name} carries a credential: save it as a workspace secret and write "
                 "{{ secret.NAME }} here (the value is then never stored or shown)"

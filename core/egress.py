@@ -14,6 +14,7 @@ literal part at save time so an obviously internal URL is refused with a message
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket  # only inet_aton: parsing, no I/O
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ class EgressPolicy:
 
     def refusal(self, host: str, address: Address | None, port: int) -> str | None:
         """Why connecting to `address` (resolved from `host`) on `port` is refused, or None."""
+        host = resolver_form(host)
         if any(entry.admits(host, address, port) for entry in self.allow):
             return None
         if host.lower().rstrip(".") in INTERNAL_NAMES or host.lower().endswith(".localhost"):
@@ -91,9 +93,21 @@ def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | No
     return address.sixtofour
 
 
+def resolver_form(host: str) -> str:
+    """`host` as a resolver reads it: IDNA-folded (`①②⑦` is `127`, `。` is a dot,
+    full-width letters are letters), lower-case, without a trailing dot. A host IDNA
+    refuses stays as given (it cannot be resolved; the URL check says so)."""
+    if ":" in host:  # an IPv6 literal
+        return host.lower()
+    with contextlib.suppress(UnicodeError):
+        host = host.encode("idna").decode("ascii")
+    return host.lower().removesuffix(".")
+
+
 def literal_address(host: str) -> Address | None:
-    """The address a host name spells, in any form a resolver accepts (0x7f000001, 2130706433)."""
-    text = host.strip("[]")
+    """The address a host name spells, in any form a resolver accepts (0x7f000001,
+    2130706433, `①②⑦.0.0.1`, `127.0.0.1.`)."""
+    text = resolver_form(host.strip("[]"))
     try:
         return ipaddress.ip_address(text)
     except ValueError:

@@ -9,13 +9,17 @@ delivery is passed through `scrub` before it is stored or logged.
 
 Only schemes whose destination Stepwise can check against the egress policy (an
 address people chose: json, xml, form, mailto) or that always go to one public
-service (Slack, Discord, Teams, Telegram, Pushover) are accepted; apprise's other
-services may reach any host and are refused rather than left unguarded.
+service (Slack, Discord, Telegram, Pushover) are accepted; apprise's other
+services may reach any host and are refused rather than left unguarded. Each scheme
+accepts only the options listed in `OPTIONS`: apprise has options that make it fetch
+a URL or read a file itself (`template`, `pgppub`, `attach`, …), outside the egress
+guard, and those are refused with every option not known to be harmless.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
@@ -29,8 +33,25 @@ ADDRESSED_SCHEMES = frozenset(
     {"json", "jsons", "xml", "xmls", "form", "forms", "mailto", "mailtos"}
 )
 # Schemes that always reach one public service (the host part is a token, never shown).
-SERVICE_SCHEMES = frozenset({"slack", "discord", "msteams", "tgram", "pover"})
+SERVICE_SCHEMES = frozenset({"slack", "discord", "tgram", "pover"})
 SCHEMES = ADDRESSED_SCHEMES | SERVICE_SCHEMES
+# The query options each scheme may carry (apprise reads them lower-cased), chosen
+# because none of them makes apprise fetch, read or write anything: no templates,
+# images, attachments, key files, key lookups, stores, nor TLS checks turned off.
+_WEBHOOK_OPTIONS = frozenset({"method"})
+_MAIL_OPTIONS = frozenset({"to", "cc", "bcc", "from", "name", "reply", "mode", "smtp"})
+_OPTIONS: dict[str, frozenset[str]] = {
+    **dict.fromkeys(("json", "jsons", "xml", "xmls", "form", "forms"), _WEBHOOK_OPTIONS),
+    **dict.fromkeys(("mailto", "mailtos"), _MAIL_OPTIONS),
+    "slack": frozenset({"to", "footer", "blocks", "timestamp"}),
+    "discord": frozenset({"thread", "footer", "fields", "tts"}),
+    "tgram": frozenset({"to", "thread", "topic", "silent", "preview"}),
+    "pover": frozenset({"to", "priority", "sound", "expire", "interval", "url", "url_title"}),
+}
+# `format` (the channel's markup) is every scheme's; messages are sent as text anyway.
+OPTIONS = {scheme: options | {"format"} for scheme, options in _OPTIONS.items()}
+# Webhooks also take `+Header=`, `-param=` and `:field=` (headers, query, payload fields).
+PREFIXED_OPTIONS = frozenset({"json", "jsons", "xml", "xmls", "form", "forms"})
 REDACTED = "…"
 
 
@@ -66,6 +87,29 @@ def _url_problem(url: str) -> str | None:
         return f"use one of {', '.join(f'{s}://' for s in sorted(SCHEMES))}"
     if not _host(url):
         return "the URL names no host or service token"
+    return option_problem(scheme_of(url), query_options(url))
+
+
+def query_options(url: str) -> list[str]:
+    """The option names of `url`'s query as apprise reads them (split on `&` and `;`,
+    decoded, lower-cased)."""
+    query = url.partition("?")[2].partition("#")[0]
+    pairs = (pair for part in query.split("&") for pair in part.split(";"))
+    return [unquote(pair.partition("=")[0]).lower().strip() for pair in pairs]
+
+
+def option_problem(scheme: str, options: Iterable[str]) -> str | None:
+    """Why `options` may not be used with `scheme`, or None. The option is not named: a
+    name without a value could be a credential, and the URL is never echoed."""
+    allowed = OPTIONS.get(scheme, frozenset())
+    for option in options:
+        if not option:
+            continue
+        if option[0] in "+-:" and scheme in PREFIXED_OPTIONS:
+            continue
+        if option not in allowed:
+            listed = ", ".join(sorted(allowed)) or "none"
+            return f"uses an option not allowed for {scheme}:// (allowed: {listed})"
     return None
 
 

@@ -31,6 +31,8 @@ def parse_run_input(value: Any, *, field: str = FIELD) -> RunInput | None:
         value = _loads(value, field)
     if not isinstance(value, dict):
         raise ValidationFailed.single(field, 'must be a JSON object, like {"key": "value"}')
+    if (problem := _unbounded(value)) is not None:
+        raise ValidationFailed.single(field, problem)
     if not storable_value(value):
         raise ValidationFailed.single(field, UNSTORABLE)
     if not storable_json(value):
@@ -41,6 +43,26 @@ def parse_run_input(value: Any, *, field: str = FIELD) -> RunInput | None:
     if len(json.dumps(value, ensure_ascii=False).encode()) > MAX_INPUT_BYTES:
         raise ValidationFailed.single(field, _too_big())
     return value
+
+
+def _unbounded(value: Any) -> str | None:
+    """Why `value` is too big or too deep to be checked further, or None. Each value takes
+    at least one byte of JSON, so more values than MAX_INPUT_BYTES is too big: counted
+    without expanding anything, as a value read from YAML may share one list many times
+    over (aliases) and stand for billions of values in a few hundred bytes."""
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    seen = 0
+    while pending:
+        item, depth = pending.pop()
+        seen += 1
+        if seen > MAX_INPUT_BYTES:
+            return _too_big()
+        if isinstance(item, list | dict):
+            if depth > MAX_OUTPUT_DEPTH:
+                return f"must not nest deeper than {MAX_OUTPUT_DEPTH} levels"
+            children = item if isinstance(item, list) else [*item, *item.values()]
+            pending.extend((child, depth + 1) for child in children)
+    return None
 
 
 def _loads(text: str | bytes, field: str) -> Any:

@@ -83,13 +83,30 @@ def signature_header(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={digest.hexdigest()}"
 
 
-def verify_signature(secret: str, header: str, body: bytes, *, now: int, tolerance_s: int) -> bool:
-    """Whether `header` (`t=<unix seconds>,v1=<hex>[,v1=...]`) signs `body` with `secret`,
-    made within `tolerance_s` of `now` (an old signature replayed is refused)."""
+def _signature_fields(header: str) -> dict[str, list[str]]:
     fields: dict[str, list[str]] = {}
     for part in header.split(","):
         name, _, value = part.strip().partition("=")
         fields.setdefault(name, []).append(value)
+    return fields
+
+
+def signed_message(header: str, body: bytes) -> str | None:
+    """What a (verified) signature signs, as a key: its timestamp and the body's SHA-256.
+    The same key again is the same signed request, replayed; None if there is no `t=`."""
+    try:
+        timestamp = int(_signature_fields(header)["t"][0])
+    except (KeyError, ValueError):
+        return None
+    return f"{timestamp}.{hashlib.sha256(body).hexdigest()}"
+
+
+def verify_signature(secret: str, header: str, body: bytes, *, now: int, tolerance_s: int) -> bool:
+    """Whether `header` (`t=<unix seconds>,v1=<hex>[,v1=...]`) signs `body` with `secret`,
+    made within `tolerance_s` of `now` (an old signature replayed is refused; within the
+    tolerance, the caller makes one signed message start at most one thing:
+    `signed_message`)."""
+    fields = _signature_fields(header)
     try:
         timestamp = int(fields["t"][0])
     except (KeyError, ValueError):
@@ -110,12 +127,12 @@ def secret_matches(given: str, secret: str) -> bool:
 
 # Workspace secrets are referenced in an automation's headers as {{ secret.NAME }}.
 SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_REFERENCE = re.compile(r"\{\{\s*secret\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+SECRET_REFERENCE = re.compile(r"\{\{\s*secret\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
 def secret_names(template: Mapping[str, str]) -> set[str]:
     """The secret names the header values of `template` reference."""
-    return {name for value in template.values() for name in _REFERENCE.findall(value)}
+    return {name for value in template.values() for name in SECRET_REFERENCE.findall(value)}
 
 
 def render_headers(template: Mapping[str, str], secrets: Mapping[str, str]) -> dict[str, str]:
@@ -127,6 +144,6 @@ def render_headers(template: Mapping[str, str], secrets: Mapping[str, str]) -> d
     if missing:
         raise SecretUnreadable(f"no workspace secret named {', '.join(missing)}")
     return {
-        header: _REFERENCE.sub(lambda m: secrets[m.group(1)], value)
+        header: SECRET_REFERENCE.sub(lambda m: secrets[m.group(1)], value)
         for header, value in template.items()
     }

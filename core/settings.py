@@ -12,6 +12,7 @@ checks that for all of `core`), so every layer can read its configuration here.
 from __future__ import annotations
 
 import ipaddress
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -93,6 +94,18 @@ class Settings(BaseSettings):
     # finished run settles before the evaluator reads it (runs commit out of order).
     notify_timeout_s: int = Field(default=10, ge=1, le=30)
     notify_settle_s: int = Field(default=5, ge=0, le=300)
+
+    # Metrics (docs/METRICS.md): each process serves Prometheus metrics on its own port at
+    # this address: this machine only unless told (they count work, they carry no secret).
+    metrics_address: str = "127.0.0.1"
+    api_metrics_port: int = Field(default=9190, ge=1, le=65535)
+    worker_metrics_port: int = Field(default=9191, ge=1, le=65535)
+    dispatcher_metrics_port: int = Field(default=9192, ge=1, le=65535)
+    # Where `stepwise metered` keeps each process group's multiprocess files; empty: a
+    # `stepwise-metrics` folder in the system's temporary directory.
+    metrics_dir: str = ""
+    # Set by `stepwise metered` for the processes it starts (prometheus-client reads it).
+    prometheus_multiproc_dir: str = Field(default="", validation_alias="PROMETHEUS_MULTIPROC_DIR")
 
     # Housekeeping.
     requeue_after_s: int = Field(default=60, ge=5)
@@ -214,6 +227,21 @@ class Settings(BaseSettings):
         """The REST API's port: STEPWISE_API_PORT, else PORT, else 8000."""
         return self.api_port or self.port or DEFAULT_API_PORT
 
+    def metrics_base(self) -> Path:
+        """Where each metered process group gets its multiprocess folder."""
+        return Path(self.metrics_dir or Path(tempfile.gettempdir()) / "stepwise-metrics")
+
+    def metrics_port(self, role: str) -> int:
+        """The metrics port of a Procfile process: `api`, `worker` or `dispatcher`."""
+        ports = {
+            "api": self.api_metrics_port,
+            "worker": self.worker_metrics_port,
+            "dispatcher": self.dispatcher_metrics_port,
+        }
+        if role not in ports:
+            raise ConfigError(f"no metrics port for {role!r}: one of {', '.join(ports)}")
+        return ports[role]
+
     def require_redis(self) -> None:
         """Fail clearly when a process that sends or consumes messages has no Redis."""
         if not self.redis_url:
@@ -234,9 +262,12 @@ def _is_loopback(address: str) -> bool:
 
 def variable_name(field: str) -> str:
     """The environment variable a settings field is read from."""
-    return {"database_url": "DATABASE_URL", "redis_url": "REDIS_URL", "port": "PORT"}.get(
-        field, f"STEPWISE_{field.upper()}"
-    )
+    return {
+        "database_url": "DATABASE_URL",
+        "redis_url": "REDIS_URL",
+        "port": "PORT",
+        "prometheus_multiproc_dir": "PROMETHEUS_MULTIPROC_DIR",
+    }.get(field, f"STEPWISE_{field.upper()}")
 
 
 def _variable_name(loc: tuple[int | str, ...]) -> str:

@@ -229,9 +229,9 @@ _CLAIM_MANY = text(
                 SELECT 1 FROM schedules s WHERE s.id = e.schedule_id
                 AND (s.kind = '{ScheduleKind.ONCE}' OR s.overlap_policy = '{OverlapPolicy.ALLOW}')))
         RETURNING e.id, e.attempt, e.schedule_id, e.scheduled_for, e.workspace_id, e.input,
-            a.id AS automation_id, a.owner_id, a.agent_url, a.signing_secret, a.steps,
-            a.project_context, a.step_timeout_s, a.request_headers, a.concurrency_limit,
-            a.rate_limit_per_s, a.urgent
+            e.trigger, a.id AS automation_id, a.owner_id, a.agent_url, a.signing_secret,
+            a.steps, a.project_context, a.step_timeout_s, a.request_headers,
+            a.concurrency_limit, a.rate_limit_per_s, a.urgent
     )
     SELECT c.*, s.kind, s.overlap_policy
     FROM claimed c LEFT JOIN schedules s ON s.id = c.schedule_id
@@ -310,6 +310,7 @@ def _claim_of(
         rate_limit_per_s=row.rate_limit_per_s,
         urgent=row.urgent,
         input=row.input,
+        trigger=row.trigger,
     )
 
 

@@ -47,6 +47,17 @@ class DispatchConfig:
     batch: int
 
 
+@dataclass
+class SlotTally:
+    """What became of the slots dispatch handled: a run was sent for each `dispatched`
+    one; the misfire policy or the catch-up window passed over each `missed` one; each
+    `skipped` one was over its workspace's runs-a-minute quota."""
+
+    dispatched: int = 0
+    missed: int = 0
+    skipped: int = 0
+
+
 def _plan(schedule: DueSchedule, now: datetime, config: DispatchConfig) -> DispatchPlan:
     # Parsed once per dispatch: the row was valid when written, but a zone can
     # leave tzdata; that raises here and the schedule is parked. The row carries
@@ -185,9 +196,10 @@ def dispatch_batch(
     now: datetime,
     config: DispatchConfig,
     schedule_id: uuid.UUID | None = None,
+    tally: SlotTally | None = None,
 ) -> tuple[list[RunMessage], int]:
     """Dispatch up to one batch of due schedules (only `schedule_id`, if given); returns
-    the runs to send and the batch size.
+    the runs to send and the batch size, and adds the batch's slots to `tally`.
 
     Three statements whatever the batch's size: claim (`SKIP LOCKED`), insert the
     executions, advance the schedules (and one more per schedule that cannot be planned).
@@ -218,7 +230,12 @@ def dispatch_batch(
     enqueues = []
     for schedule, plan, rows in work:
         ids = [row[0] for row in rows if row[0] in inserted]
-        missed = len(plan.skipped) + plan.expired + over_quota.get(schedule.id, 0)
+        quota = over_quota.get(schedule.id, 0)
+        missed = len(plan.skipped) + plan.expired + quota
+        if tally is not None:
+            tally.dispatched += len(ids)
+            tally.missed += missed - quota
+            tally.skipped += quota
         completed = plan.next_run_at is None
         reason = None if plan.completed_reason is None else str(plan.completed_reason)
         advances.append((schedule.id, plan.next_run_at, len(ids), missed, not completed, reason))

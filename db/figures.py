@@ -182,6 +182,12 @@ def heartbeat_at(session: Session, name: str) -> datetime | None:
     return session.scalar(select(Heartbeat.at).where(Heartbeat.name == name))
 
 
+def heartbeat_ages(session: Session) -> dict[str, float]:
+    """Seconds since each periodic job last recorded its pass, on the database's clock."""
+    rows = session.execute(select(Heartbeat.name, func.extract("epoch", func.now() - Heartbeat.at)))
+    return {name: float(age) for name, age in rows}
+
+
 @dataclass(frozen=True)
 class Liveness:
     now: datetime

@@ -83,6 +83,9 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+# A column holding a value sealed with STEPWISE_SECRET_KEYS (core.secrets): `stepwise
+# reseal` re-seals every column so marked (db/keys.py), and only those.
+SEALED = {"sealed": True}
 
 
 def _in(column: str, values: Iterable[str]) -> str:
@@ -160,7 +163,7 @@ class WorkspaceSecret(Base):
         ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True
     )
     name: Mapped[str] = mapped_column(String(MAX_SECRET_NAME), primary_key=True)
-    sealed: Mapped[str] = mapped_column(Text)
+    sealed: Mapped[str] = mapped_column(Text, info=SEALED)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 
@@ -223,7 +226,7 @@ class Webhook(Base):
         ForeignKey("automations.id", ondelete="CASCADE"), unique=True
     )
     workspace_id: Mapped[uuid.UUID] = _workspace()  # its automation's
-    secret: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str] = mapped_column(Text, info=SEALED)
     created_by: Mapped[str] = mapped_column(String(MAX_OWNER))
     created_at: Mapped[datetime] = _created()
     rotated_at: Mapped[datetime | None]
@@ -266,7 +269,7 @@ class Automation(Base):
         JSONB, default=dict, server_default=text("'{}'::jsonb")
     )
     # The key agent calls are signed with, sealed (core.secrets); never stored in clear.
-    signing_secret: Mapped[str | None] = mapped_column(Text)
+    signing_secret: Mapped[str | None] = mapped_column(Text, info=SEALED)
     step_timeout_s: Mapped[int] = mapped_column(Integer, default=DEFAULT_STEP_TIMEOUT_S)
     max_retries: Mapped[int] = mapped_column(Integer, default=DEFAULT_MAX_RETRIES)
     # Flow control over every worker (tasks/flow.py); NULL is no limit.
@@ -504,7 +507,7 @@ class NotificationChannel(Base):
         ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
     )
     name: Mapped[str] = mapped_column(String(MAX_NAME))
-    sealed_url: Mapped[str] = mapped_column(Text)
+    sealed_url: Mapped[str] = mapped_column(Text, info=SEALED)
     redacted: Mapped[str] = mapped_column(String(MAX_URL))
     created_by: Mapped[str] = mapped_column(String(MAX_OWNER))
     created_at: Mapped[datetime] = _created()

@@ -28,7 +28,12 @@ RECOVERIES_EXHAUSTED = (
 
 
 def stranded_executions(
-    session: Session, *, requeue_after_s: int | None, resend_after_s: int, limit: int
+    session: Session,
+    *,
+    requeue_after_s: int | None,
+    resend_after_s: int,
+    limit: int,
+    gave_up: list[int] | None = None,
 ) -> list[RunMessage]:
     """Queued runs whose message should have arrived long ago, and runs whose lease expired.
 
@@ -38,7 +43,8 @@ def stranded_executions(
     running one as soon as its lease expired (its worker stopped renewing it),
     then at most every `resend_after_s`. `available_at` records each re-send.
     With `requeue_after_s` None only expired leases are looked at.
-    A run past its recovery bound is failed instead (`give_up_exhausted`).
+    A run past its recovery bound is failed instead (`give_up_exhausted`): how many is
+    appended to `gave_up` when given.
     """
     resent_lately = func.now() - timedelta(seconds=resend_after_s)
     stranded = and_(
@@ -52,7 +58,9 @@ def stranded_executions(
             Execution.available_at < func.now() - timedelta(seconds=requeue_after_s),
         )
         stranded = or_(lost, stranded)
-    give_up_exhausted(session, stranded, limit=limit)
+    failed = give_up_exhausted(session, stranded, limit=limit)
+    if gave_up is not None:
+        gave_up.append(failed)
     batch = locked_batch(
         select(Execution.id)
         .where(stranded)

@@ -149,6 +149,7 @@ class Claim:
     rate_limit_per_s: float | None = None
     urgent: bool = False
     input: dict[str, Any] | None = None  # the run's input, sent with every step
+    trigger: str = Trigger.MANUAL  # why the run exists (its slot's lateness is measured)
 
     @property
     def flow_controlled(self) -> bool:

@@ -72,6 +72,9 @@ def set_secret(session: Session, name: str, value: str, *, actor: Actor) -> Save
         )
     if not value or len(value) > MAX_SECRET_VALUE:
         raise ValidationFailed.single("value", f"give 1 to {MAX_SECRET_VALUE} characters")
+    if any(c in value for c in "\r\n\x00"):
+        # It is sent as (part of) a header value, where a line break would end the header.
+        raise ValidationFailed.single("value", "must be on one line (no line break)")
     sealed = get_settings().secret_box().seal(value)
     existed = session.scalar(
         select(WorkspaceSecret.name).where(

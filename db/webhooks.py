@@ -14,6 +14,7 @@ Functions take a session, scope every statement by the actor's workspace and nev
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -177,16 +178,16 @@ def webhook_automation(session: Session, *, actor: Actor) -> uuid.UUID:
 
 
 def record_webhook_run(
-    session: Session, delivery_id: str | None, execution_id: uuid.UUID, *, actor: Actor
+    session: Session, delivery_ids: Sequence[str], execution_id: uuid.UUID, *, actor: Actor
 ) -> None:
-    """Tie the call's delivery id (claimed by `claim_delivery`) to the run it started, and
-    mark the webhook used."""
-    if delivery_id is not None:
+    """Tie the call's delivery ids (claimed by `claim_delivery`) to the run it started (or
+    answered with), and mark the webhook used."""
+    if delivery_ids:
         session.execute(
             update(WebhookDelivery)
             .where(
                 WebhookDelivery.webhook_id == actor.webhook_id,
-                WebhookDelivery.delivery_id == delivery_id,
+                WebhookDelivery.delivery_id.in_(delivery_ids),
             )
             .values(execution_id=execution_id)
         )

@@ -29,11 +29,13 @@ def create(
     data: AutomationInput, *, actor: Actor, idempotency_key: tuple[str, str] | None = None
 ) -> NewAutomation:
     """A new automation and its signing secret; a repeat of an `Idempotency-Key` (the key
-    and the request's fingerprint) answers with the automation it made."""
+    and the request's fingerprint) answers with the automation it made, without its
+    signing secret: that is shown once, in the first answer (a repeat could otherwise
+    read, unaudited, a secret rotated since)."""
     with unit_of_work(actor, Permission.EDIT) as unit:
-        made, _ = unit.idempotent(idempotency_key, lambda: create_in(unit, data).id)
+        made, new = unit.idempotent(idempotency_key, lambda: create_in(unit, data).id)
         automation = automations.live_automation(unit.session, made, actor=actor)
-        secret = automations.signing_secret(unit.session, made, actor=actor)
+        secret = automations.signing_secret(unit.session, made, actor=actor) if new else None
         return NewAutomation(automation, secret)
 
 

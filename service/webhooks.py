@@ -15,7 +15,7 @@ from core.access import Actor
 from core.errors import NotAuthenticated, ValidationFailed
 from core.limits import MAX_DELIVERY_ID
 from core.run_input import parse_run_input
-from core.secrets import SIGNATURE_HEADER
+from core.secrets import SIGNATURE_HEADER, signed_message
 from core.vocabulary import AuditAction, AuditTarget, Permission, Trigger
 from db import webhooks
 from db.webhooks import NewWebhookSecret
@@ -90,14 +90,22 @@ def run_by_webhook(
     run_input = parse_run_input(body, field="body")
     if run_input is None:
         raise ValidationFailed.single("body", 'send a JSON object, like {"key": "value"}')
+    # A signed request is remembered like a delivery id (the id is not signed: a replay
+    # with a new one would start another run); its key is not printable, so no sender's
+    # Stepwise-Delivery can take it.
+    signed = signed_message(signature, body) if signature and not secret else None
+    keys = [key for key in (f"\tsigned {signed}" if signed else None, delivery) if key]
     with unit_of_work(actor, Permission.RUN) as unit:
         automation_id = webhooks.webhook_automation(unit.session, actor=actor)
-        if delivery is not None:
-            seen = webhooks.claim_delivery(unit.session, delivery, actor=actor)
+        claimed: list[str] = []
+        for key in keys:
+            seen = webhooks.claim_delivery(unit.session, key, actor=actor)
             if seen is not None:  # a repeat: its run was sent by the call that started it
+                webhooks.record_webhook_run(unit.session, claimed, seen, actor=actor)
                 return seen
+            claimed.append(key)
         execution_id = executions.start_in(
             unit, automation_id, run_input, trigger=Trigger.WEBHOOK, delivery_id=delivery
         )
-        webhooks.record_webhook_run(unit.session, delivery, execution_id, actor=actor)
+        webhooks.record_webhook_run(unit.session, claimed, execution_id, actor=actor)
     return execution_id

@@ -4,6 +4,7 @@ stepwise run                 # every Procfile process, embedded servers if no UR
 stepwise web                 # the dashboard alone (refuses a non-loopback address)
                              # (the REST API is the Procfile's `api`: python -m api)
 stepwise respawn -- CMD ...  # keep CMD running (the scheduler exits when Redis is away)
+stepwise metered ROLE -- CMD # run a worker or dispatcher group with its metrics folder
 stepwise demo-agent          # the bundled agent alone
 stepwise new-key             # a key for STEPWISE_SECRET_KEYS
 stepwise reseal              # after a new key is put first: re-seal every stored secret
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -299,6 +301,64 @@ def respawn(args: argparse.Namespace) -> int:
             time.sleep(0.1)
 
 
+METERED_ROLES = ("worker", "dispatcher")
+
+
+def metered(args: argparse.Namespace) -> int:
+    """Become the command with the metrics of a Procfile process group set up: a fresh
+    multiprocess folder for prometheus-client, and where Dramatiq's Prometheus
+    middleware serves the group's metrics (docs/METRICS.md)."""
+    from core.settings import get_settings
+
+    command = [c for c in args.command if c != "--"]
+    if not command:
+        print("stepwise metered: nothing to run", file=sys.stderr)
+        return 2
+    settings = get_settings()
+    folder = str(fresh_metrics_dir(settings.metrics_base(), args.role, os.getpid()))
+    os.environ.update(
+        {
+            # prometheus-client's, then Dramatiq's names for the same folder and server.
+            "PROMETHEUS_MULTIPROC_DIR": folder,
+            "dramatiq_prom_db": folder,
+            "dramatiq_prom_host": settings.metrics_address,
+            "dramatiq_prom_port": str(settings.metrics_port(args.role)),
+        }
+    )
+    os.execvp(command[0], command)  # the same pid: the folder is named after it
+
+
+def fresh_metrics_dir(base: Path, role: str, pid: int) -> Path:
+    """An empty folder `<base>/<role>-<pid>` for one process group's metrics files.
+
+    Counters restart from zero with the group, as Prometheus expects of a restarted
+    target: files a previous group left (same pid reused, or a dead group's pid) are
+    removed; a live group's folder is left alone, so two groups may share `base`.
+    """
+    from core.errors import ConfigError
+
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if base.stat().st_uid != os.getuid():
+        raise ConfigError(f"STEPWISE_METRICS_DIR: {base} belongs to another user")
+    for old in base.glob(f"{role}-*"):
+        number = old.name.rpartition("-")[2]
+        if number.isdigit() and (int(number) == pid or not _alive(int(number))):
+            shutil.rmtree(old, ignore_errors=True)
+    folder = base / f"{role}-{pid}"
+    folder.mkdir(mode=0o700)
+    return folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 def export(args: argparse.Namespace) -> int:
     """Write the filtered execution history to a file (same rows as the dashboard's export)."""
     import uuid
@@ -422,7 +482,24 @@ def _add_defs_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     q.set_defaults(func=export_defs)
 
 
+def _add_metered_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "metered", help="run a dramatiq process group with its metrics"
+    )
+    p.add_argument("role", choices=METERED_ROLES)
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func=metered)
+    return p
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["metered"]:
+        # It starts every worker and dispatcher: none of the other commands' imports
+        # (pandas, SQLAlchemy: seconds of CPU) before dramatiq starts.
+        light = argparse.ArgumentParser(prog="stepwise").add_subparsers()
+        args = _add_metered_parser(light).parse_args(argv[1:])
+        sys.exit(metered(args))
     parser = argparse.ArgumentParser(
         prog="stepwise", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -432,6 +509,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("respawn", help="keep a command running")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(func=respawn)
+    _add_metered_parser(sub)
     p = sub.add_parser("demo-agent", help="run the bundled demo agent")
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=lambda a: __import__("stepwise.demo_agent").demo_agent.main(a.rest) or 0)

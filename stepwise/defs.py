@@ -33,6 +33,7 @@ from core.access import Actor
 from core.automation import AutomationInput, Step
 from core.backfill import pause_note
 from core.errors import StepwiseError, ValidationFailed
+from core.limits import MAX_OUTPUT_DEPTH
 from core.schedule import POLICY_FIELDS, ScheduleDefinition, ScheduleInput, parse_schedule
 from core.settings import get_settings
 from core.timing import TIMING_FIELDS, ScheduleSpec
@@ -115,8 +116,28 @@ def _where(path: str, name: str, field_name: str | None = None) -> str:
     return f"{path}: {name}" + (f": {field_name}" if field_name else "")
 
 
+# How deep a definitions file may nest: a run's input nests up to MAX_OUTPUT_DEPTH under
+# a few levels of automation and schedule. PyYAML's reader slows with the square of the
+# depth and recurses: past this it stops at once.
+MAX_FILE_DEPTH = MAX_OUTPUT_DEPTH + 20
+
+
 class _Loader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML is untyped
-    """Safe YAML that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+    """Safe YAML that refuses a key given twice in one mapping (plain YAML keeps the last)
+    and a document nested deeper than MAX_FILE_DEPTH."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.depth += 1
+        try:
+            if self.depth > MAX_FILE_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nests deeper than {MAX_FILE_DEPTH} levels", None
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def _mapping(loader: _Loader, node: yaml.MappingNode) -> Any:
@@ -135,14 +156,21 @@ def _mapping(loader: _Loader, node: yaml.MappingNode) -> Any:
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
+# A definitions file is read into at most this many values, aliases expanded: a few
+# hundred bytes of nested aliases stand for billions (a "billion laughs").
+MAX_FILE_VALUES = 1_000_000
+
+
 def load(path: str) -> list[dict[str, Any]]:
     try:
         with open(path, encoding="utf-8") as f:
-            doc = yaml.load(f, Loader=_Loader)
+            doc = _read_yaml(path, f.read())
     except yaml.YAMLError as e:
         raise DefinitionError(f"{path}: YAML syntax error: {e}") from e
     except OSError as e:
         raise DefinitionError(f"{path}: {e.strerror}") from e
+    except RecursionError:
+        raise DefinitionError(f"{path}: nests deeper than this reader follows") from None
     if doc is None:
         return []
     if not isinstance(doc, dict) or set(doc) - {"automations"}:
@@ -151,6 +179,39 @@ def load(path: str) -> list[dict[str, Any]]:
     if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
         raise DefinitionError(f"{path}: automations: must be a list of mappings")
     return items
+
+
+def _read_yaml(path: str, text: str) -> Any:
+    """The document, once its node graph is known to expand to at most MAX_FILE_VALUES."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _expanded(node, {}) > MAX_FILE_VALUES:
+            raise DefinitionError(
+                f"{path}: expands to more than {MAX_FILE_VALUES:,} values (nested aliases?)"
+            )
+        return None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values `node` stands for with every alias expanded, counted once per node
+    (an alias is the very node it names), stopping early past MAX_FILE_VALUES."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    total = 1
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    for child in children:
+        total += _expanded(child, sizes)
+        if total > MAX_FILE_VALUES:
+            break
+    sizes[id(node)] = total
+    return total
 
 
 def _text(value: Any) -> bool:

@@ -16,8 +16,9 @@ from dataclasses import replace
 from typing import Protocol
 
 from core.settings import Settings
-from core.vocabulary import Admission
+from core.vocabulary import Admission, ExecutionStatus
 from db.runs import RunMessage
+from tasks import metrics
 from tasks.send import Send
 from tasks.signals import shutting_down
 
@@ -129,4 +130,6 @@ class Gate:
             raise
         if outcome != Admission.STARTED:
             slot.release()
+            if outcome == Admission.SKIPPED:
+                metrics.run_ended(ExecutionStatus.SKIPPED)
         return outcome

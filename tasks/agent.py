@@ -12,8 +12,10 @@ that httpx and httpcore cost, which were the largest share of a worker's CPU und
 burst (the figures are in bench/RESULTS.md).
 
 Connect errors and timeouts are worth retrying; a redirect that would drop the
-POST, a redirect loop, a bad URL or an address the egress policy refuses fails the
-execution at once. Bodies are read up to a cap, so a 10 MB answer costs 64 KiB of
+POST, a redirect loop, a bad URL, a redirect to a non-HTTP URL or to one with a user
+name or password, a header value with a line break (a secret saved before they were
+refused) or an address the egress policy refuses fails the execution at once.
+Bodies are read up to a cap, so a 10 MB answer costs 64 KiB of
 memory and is stored truncated.
 
 Every connection is checked against the egress policy (`core.egress`):
@@ -210,6 +212,27 @@ class _Refused(Exception):
         self.reason = reason
 
 
+class _Unsendable(Exception):
+    """The call cannot be made as the agent or a secret has it: fails the step for good."""
+
+
+_BREAKS = frozenset("\r\n\x00")
+
+
+def _redirect_target(at: URL, location: str) -> URL:
+    """Where a 307/308 sends the call; _Unsendable for a place no call may go (the agent
+    chose it: aiohttp would raise a ValueError that no retry can cure)."""
+    try:
+        target = at.join(URL(location))
+    except ValueError:
+        raise _Unsendable("the agent redirected to a URL that cannot be read") from None
+    if target.scheme not in ("http", "https") or not target.host:
+        raise _Unsendable("the agent redirected to a URL that is not http or https")
+    if target.user is not None or target.password is not None:
+        raise _Unsendable("the agent redirected to a URL with a user name or password")
+    return target
+
+
 async def _post(
     client: AgentClient,
     url: str,
@@ -227,6 +250,9 @@ async def _post(
         raise aiohttp.InvalidURL(url, str(exc)) from exc
     if not target.absolute or target.scheme not in ("http", "https"):
         raise aiohttp.InvalidURL(url, "not an http or https URL")
+    if any(c in value for value in extra.values() for c in _BREAKS):
+        # A secret saved before line breaks were refused (db/secrets.py): never sent.
+        raise _Unsendable("a request header's value holds a line break (set its secret again)")
     for _ in range(MAX_REDIRECTS + 1):
         if (reason := client.refusal(target)) is not None:
             raise _Refused(reason)
@@ -235,7 +261,7 @@ async def _post(
         ) as response:
             location = response.headers.get("Location")
             if response.status in (307, 308) and location:
-                target = response.url.join(URL(location))
+                target = _redirect_target(response.url, location)
                 if target.origin() != origin:
                     extra = {}  # the automation's headers (credentials) stay with its agent
                 continue
@@ -289,6 +315,13 @@ async def call_agent(
         return StepOutcome.failure(error, _elapsed_ms(started), retryable=True)
     except _Refused as refused:
         return _refused(refused.reason, started)
+    except _Unsendable as exc:
+        return StepOutcome.failure(str(exc), _elapsed_ms(started), retryable=False)
+    except ValueError as exc:
+        # Whatever else aiohttp refuses to send is refused again on every try: one failure,
+        # said without its text (it could quote a header's value).
+        error = f"the call could not be made ({type(exc).__name__} in the HTTP client)"
+        return StepOutcome.failure(error, _elapsed_ms(started), retryable=False)
     except aiohttp.InvalidURL as exc:
         error = f"bad agent URL: {exc}"
         return StepOutcome.failure(error, _elapsed_ms(started), retryable=False)

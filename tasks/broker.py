@@ -6,12 +6,14 @@ must be present in every process that declares the periodic actors. Importing
 this module builds nothing: `setup_broker()` does, once per process, before the
 actors are declared (`dramatiq tasks.broker:setup_broker tasks.actors`). The
 workers add their runner's lifecycle when their actors are declared
-(`tasks/lifecycle.py`), so a process that only sends builds no runner.
+(`tasks/lifecycle.py`), so a process that only sends builds no runner. A process
+`stepwise metered` started also gets Dramatiq's Prometheus middleware (`tasks/metrics.py`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -30,6 +32,7 @@ from dramatiq.middleware import (
 )
 from periodiq import PeriodiqMiddleware
 
+from core.errors import ConfigError
 from core.settings import Settings, get_settings
 from tasks.signals import OneStopRequest
 from tasks.workers import WorkerBeacon
@@ -50,7 +53,7 @@ _broker: RedisBroker | None = None
 def build_broker(settings: Settings) -> RedisBroker:
     """A Redis broker with Stepwise's middleware; nothing global is touched."""
     settings.require_redis()
-    return RedisBroker(  # type: ignore[no-untyped-call]
+    broker = RedisBroker(  # type: ignore[no-untyped-call]
         url=settings.redis_url,
         # A killed worker's prefetched messages go back to the queue once it has
         # missed heartbeats this long, at a maintenance pass (one in ten commands).
@@ -79,6 +82,27 @@ def build_broker(settings: Settings) -> RedisBroker:
             WorkerBeacon(),
         ],
     )
+    if settings.prometheus_multiproc_dir:
+        broker.add_middleware(prometheus_middleware(settings.prometheus_multiproc_dir))
+    return broker
+
+
+def prometheus_middleware(folder: str) -> dramatiq.Middleware:
+    """Dramatiq's Prometheus middleware, for a process `stepwise metered` started.
+
+    It counts every message (`dramatiq_*` metrics), and one process of the group serves
+    the group's multiprocess files, ours included, on the port `stepwise metered` gave
+    it. Dramatiq reads its folder when the module is imported and points prometheus-client
+    at it at boot: both must be the folder the group was given.
+    """
+    from dramatiq.middleware import prometheus
+
+    if Path(prometheus.DB_PATH).resolve() != Path(folder).resolve():
+        raise ConfigError(
+            f"PROMETHEUS_MULTIPROC_DIR={folder} but Dramatiq writes its metrics to "
+            f"{prometheus.DB_PATH}: start the process with `stepwise metered ROLE -- ...`"
+        )
+    return prometheus.Prometheus()
 
 
 def setup_broker() -> RedisBroker:

@@ -36,6 +36,7 @@ from db import runs
 from db.runs import RunMessage
 from db.secrets import resolve_headers
 from db.session import session_scope
+from tasks import metrics
 from tasks.agent import AgentClient, call_agent
 from tasks.commits import RETRY_S, Answer, GroupCommits
 from tasks.flow import BUSY, FlowControl
@@ -165,7 +166,8 @@ class Pilot:
                     await self._fail(flight, answer, step_number)
                     return
                 previous_output = answer.outcome.output
-            await self._end(claim, answer, ExecutionStatus.SUCCEEDED, result=previous_output)
+            if await self._end(claim, answer, ExecutionStatus.SUCCEEDED, result=previous_output):
+                metrics.run_ended(ExecutionStatus.SUCCEEDED)
         except asyncio.CancelledError:
             # The lease is lost: the step's answer, if any, is not ours to record.
             log.info("dropped execution %s: its lease was lost", claim.execution_id)
@@ -211,6 +213,8 @@ class Pilot:
                 error = f"request headers: {exc}"
                 return Answer(step_run_id, StepOutcome.failure(error, 0, retryable=False))
         sealed = claim.signing_secret
+        if step_number == 1 and claim.attempt == 1:
+            metrics.first_call(claim.trigger, claim.scheduled_for.timestamp(), time.time())
         flight.calling = True
         try:
             outcome = await call_agent(
@@ -227,6 +231,7 @@ class Pilot:
             flight.calling = False
             if claim.concurrency_limit is not None:
                 await asyncio.shield(self.flow.release(claim.automation_id, holder))
+        metrics.step_called(outcome)
         return Answer(step_run_id, outcome)
 
     async def _permit(
@@ -246,6 +251,8 @@ class Pilot:
             )
             if wait_ms == 0:
                 return True
+            if waited_s == 0:
+                metrics.flow_waited(busy=wait_ms == BUSY)
             if answered is not None:  # keep the answer safe while this run waits
                 await self._write(claim, answered, lambda session: None)
                 answered = None
@@ -262,10 +269,12 @@ class Pilot:
                         urgent=claim.urgent,
                     )
                     await self._send(message)
+                    metrics.FLOW_HANDBACKS.inc()
                 return False
             pause_s *= 0.5 + random.random()  # spread the waiters out
             await asyncio.sleep(pause_s)
             waited_s += pause_s
+            metrics.FLOW_WAIT_SECONDS.inc(pause_s)
 
     async def _fail(self, flight: Flight, answer: Answer, step_number: int) -> None:
         claim = flight.claim
@@ -280,6 +289,7 @@ class Pilot:
             return
         if not await self._end(claim, answer, ExecutionStatus.FAILED, error=error):
             return  # cancelled or taken over meanwhile: not this worker's failure to report
+        metrics.run_ended(ExecutionStatus.FAILED)
         failure = FailureReport.EXHAUSTED if outcome.retryable else FailureReport.REJECTED
         await self._send(
             RunMessage.failed(

@@ -17,6 +17,7 @@ import dramatiq
 
 from core.settings import get_settings
 from db.session import ping_before_use
+from tasks import metrics
 from tasks.broker import RUN_QUEUE, URGENT_QUEUE
 from tasks.runner import Runner
 from tasks.send import Send, send_run
@@ -87,13 +88,16 @@ def stop_runner() -> None:
 
 
 def runs_in_flight() -> list[str]:
-    """The runs this process's runner holds now (none in a process without one)."""
+    """The runs this process's runner holds now (none in a process without one); the
+    beacon asks every few seconds, and the in-flight gauge is set then, off the run's path."""
     held = current_runner()
-    if held is None:
-        return []
-    for _ in range(3):  # the loop thread may change the dict while it is copied
-        try:
-            return [str(i) for i in list(held.flights)]
-        except RuntimeError:
-            continue
-    return []
+    ids: list[str] = []
+    if held is not None:
+        for _ in range(3):  # the loop thread may change the dict while it is copied
+            try:
+                ids = [str(i) for i in list(held.flights)]
+                break
+            except RuntimeError:
+                continue
+    metrics.IN_FLIGHT.set(len(ids))
+    return ids

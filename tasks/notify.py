@@ -15,6 +15,11 @@ Messages go out as plain text (apprise's `TEXT` body format): each service's
 plugin escapes them for its own markup (HTML for e-mail, Slack's `<>&`, Markdown),
 so an automation's name or an agent's error cannot add links or formatting.
 
+Options: a channel's URL is read by apprise's own parser, its options (as apprise reads
+them) checked against `core.notify.OPTIONS`, and the notifier built from that very
+reading, at saving and again at every sending: an option that makes apprise fetch a
+URL or read a file (a template, an image, a key file) never reaches it.
+
 Egress: a channel whose URL names an address (json, xml, form, mailto and their TLS
 forms) is checked against the agents' policy (core/egress.py, `STEPWISE_AGENT_ALLOW`)
 just before sending, and apprise may not follow redirects. Plain-HTTP channels are
@@ -38,15 +43,17 @@ from typing import Any
 
 import apprise
 from apprise import NotifyFormat, NotifyType
+from apprise.plugins import url_to_dict as apprise_url_to_dict
 
 from core.egress import Address, EgressPolicy, literal_address
-from core.notify import ADDRESSED_SCHEMES, Message, scheme_of, scrub
+from core.notify import ADDRESSED_SCHEMES, SCHEMES, Message, option_problem, scheme_of, scrub
 from core.settings import get_settings
 from core.vocabulary import NoticeKind
 from db import notices
 from db.channels import ChannelTarget
 from db.dispatch import beat
 from db.session import db_now, once_more_if_disconnected, session_scope
+from tasks import metrics
 
 log = logging.getLogger(__name__)
 # Seconds of sending per tick: the actor's time limit is 55 s, and one delivery's
@@ -97,9 +104,27 @@ def apprise_log() -> Iterator[list[str]]:
 
 
 def apprise_plugin(url: str) -> apprise.NotifyBase | None:
-    """apprise's notifier for `url`, or None if apprise cannot read it (nothing logged)."""
+    """apprise's notifier for `url`, or None if apprise cannot read it or it names an
+    option Stepwise does not allow (nothing logged)."""
+    parsed = _read(url)
+    if isinstance(parsed, str):
+        return None
     with apprise_log():
-        return apprise.Apprise.instantiate(url, suppress_exceptions=True)
+        return apprise.Apprise.instantiate(parsed, suppress_exceptions=True)
+
+
+def _read(url: str) -> dict[str, Any] | str:
+    """apprise's reading of `url` (the very values its notifier is built from), or why it
+    may not be used: apprise cannot read it, or its scheme or an option, as apprise reads
+    them, is not allowed (`core.notify.OPTIONS`: some make apprise fetch or read files)."""
+    with apprise_log():
+        parsed = apprise_url_to_dict(url)  # type: ignore[no-untyped-call]
+    if not parsed:
+        return "apprise cannot read this URL (see its wiki)"
+    scheme = str(parsed.get("schema", ""))
+    if scheme not in SCHEMES or scheme != scheme_of(url):
+        return f"use one of {', '.join(f'{s}://' for s in sorted(SCHEMES))}"
+    return option_problem(scheme, parsed.get("qsd", {})) or parsed
 
 
 def destination(plugin: Any) -> tuple[str, int]:
@@ -113,6 +138,9 @@ def url_problem(url: str) -> str | None:
     or None: apprise cannot read it, or what the URL alone shows of its destination (a
     literal address or a known internal name) is refused, as for agent URLs. Names are
     resolved and checked again at sending (`guard`)."""
+    parsed = _read(url)
+    if isinstance(parsed, str):
+        return parsed
     plugin = apprise_plugin(url)
     if plugin is None:
         return "apprise cannot read this URL (see its wiki)"
@@ -134,7 +162,8 @@ def url_problem(url: str) -> str | None:
 def tick_notify() -> int:
     """The minute tick: open notices, then send every pending delivery; returns sent (done
     again once on a connection a database restart closed)."""
-    return once_more_if_disconnected(_tick_notify)
+    with metrics.tick("notify"):
+        return once_more_if_disconnected(_tick_notify)
 
 
 def _tick_notify() -> int:
@@ -177,6 +206,7 @@ def send_and_record(outgoing: notices.Outgoing) -> Outcome:
         outcome = deliver(outgoing.target, outgoing.message)
     with session_scope() as session:
         notices.record_outcome(session, outgoing.delivery_id, outcome.error)
+    metrics.DELIVERIES.labels("failed" if outcome.error else "sent").inc()
     if outcome.error:
         log.warning("notify: delivery %d failed: %s", outgoing.delivery_id, outcome.error)
     return outcome
@@ -201,6 +231,8 @@ def deliver(target: ChannelTarget, message: Message) -> Outcome:
 
 
 def _send(url: str, message: Message, timeout_s: int, policy: EgressPolicy) -> Outcome:
+    if isinstance(parsed := _read(url), str):  # a channel saved before an option was refused
+        return Outcome(False, f"refused: {parsed}")
     with apprise_log() as lines:
         plugin = apprise_plugin(url)
         if plugin is None:

@@ -23,6 +23,7 @@ from db import dispatch as dispatching
 from db import idempotency, recovery
 from db.runs import RunMessage
 from db.session import db_now, once_more_if_disconnected, session_scope
+from tasks import metrics
 from tasks.send import Send, SendMany
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,18 @@ class _Sender:
 
 
 def dispatch_due(
-    send: Send, now: datetime | None = None, *, send_many: SendMany | None = None
+    send: Send,
+    now: datetime | None = None,
+    *,
+    send_many: SendMany | None = None,
+    tally: dispatching.SlotTally | None = None,
 ) -> int:
     """Dispatch every due schedule, batch after batch; returns the runs sent.
 
     Each batch's runs go out together through `send_many` (one by one through
     `send` without it), once its transaction has committed, while the next batch
-    is claimed. `now` is the database's clock unless a test injects one.
+    is claimed. `now` is the database's clock unless a test injects one. The slots
+    handled are added to `tally`.
     """
     settings = get_settings()
     config = dispatching.DispatchConfig(
@@ -109,7 +115,7 @@ def dispatch_due(
                     clock = now or db_now(session)
                     started = time.monotonic()
                     messages, claimed = dispatching.dispatch_batch(
-                        session, now=clock, config=config
+                        session, now=clock, config=config, tally=tally
                     )
                 # Sent only after the commit: a worker must find its row.
                 sender.put(messages, started)
@@ -131,11 +137,19 @@ def dispatch_due(
 def tick_dispatch(send: Send, *, send_many: SendMany | None = None) -> int:
     """The minute tick: dispatch, then record that the scheduler is alive (done again once
     on a connection a database restart closed)."""
-    return once_more_if_disconnected(lambda: _tick_dispatch(send, send_many))
+    started = time.monotonic()
+    with metrics.tick("dispatch"):
+        sent = once_more_if_disconnected(lambda: _tick_dispatch(send, send_many))
+    metrics.DISPATCH_SECONDS.observe(time.monotonic() - started)
+    return sent
 
 
 def _tick_dispatch(send: Send, send_many: SendMany | None) -> int:
-    sent = dispatch_due(send, send_many=send_many)
+    tally = dispatching.SlotTally()
+    try:
+        sent = dispatch_due(send, send_many=send_many, tally=tally)
+    finally:  # what was committed counts, even if a later batch failed
+        metrics.slots_dispatched(tally)
     with session_scope() as session:
         dispatching.beat(session, "dispatch", sent=sent)
     log.info("dispatch: %d run(s) sent", sent)
@@ -154,6 +168,7 @@ def recover_stranded(send: Send, *, leases_only: bool = False) -> int:
     """
     settings = get_settings()
     sent = 0
+    gave_up: list[int] = []
     while True:
         with session_scope() as session:
             resends = recovery.stranded_executions(
@@ -161,10 +176,13 @@ def recover_stranded(send: Send, *, leases_only: bool = False) -> int:
                 requeue_after_s=None if leases_only else settings.requeue_after_s,
                 resend_after_s=settings.lease_s,
                 limit=1000,
+                gave_up=gave_up,
             )
+        metrics.GAVE_UP.inc(gave_up.pop())
         for item in resends:
             send(item)
         sent += len(resends)
+        metrics.RECOVERED.labels("lease_sweep" if leases_only else "housekeeping").inc(len(resends))
         if len(resends) < 1000:
             return sent
 
@@ -196,7 +214,8 @@ def purge_old_idempotency_keys() -> int:
 def tick_housekeeping(send: Send) -> None:
     """The minute tick: re-send lost runs, purge old history and old idempotency keys,
     record the pass (done again once on a connection a database restart closed)."""
-    once_more_if_disconnected(lambda: _tick_housekeeping(send))
+    with metrics.tick("housekeeping"):
+        once_more_if_disconnected(lambda: _tick_housekeeping(send))
 
 
 def _tick_housekeeping(send: Send) -> None:

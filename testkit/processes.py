@@ -27,6 +27,9 @@ class Processes:
     def __init__(self, log_dir: Path, **env: str) -> None:
         self.log_dir = log_dir
         self.env = env  # added to every process's environment
+        # Each process's metrics ports (`metrics_port`): free ones unless given, so that two
+        # groups of one role, or suites side by side on one machine, never share one.
+        self.ports: dict[str, dict[str, str]] = {}
         self.running: dict[str, subprocess.Popen[bytes]] = {}
         self.procfile = read_procfile()
 
@@ -39,9 +42,11 @@ class Processes:
             **os.environ,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYTHONUNBUFFERED": "1",
+            **metrics_ports(),
             **self.env,
             **env,
         }
+        self.ports[key] = {k: environment[k] for k in METRICS_VARIABLES}
         log = open(self.log_dir / f"{key}.log", "ab")  # noqa: SIM115 - lives with the process
         process = subprocess.Popen(
             command or self.procfile[name],
@@ -103,6 +108,28 @@ class Processes:
                 raise AssertionError(f"{key} exited early:\n{self.log(key)[-3000:]}")
             time.sleep(0.2)
         raise AssertionError(f"{key} did not answer {url} in {timeout} s:\n{self.log(key)[-3000:]}")
+
+
+METRICS_PORTS = ("api", "worker", "dispatcher")
+METRICS_VARIABLES = tuple(f"STEPWISE_{role.upper()}_METRICS_PORT" for role in METRICS_PORTS)
+
+
+def metrics_ports() -> dict[str, str]:
+    """A free metrics port for each process that serves metrics, as settings variables."""
+    from stepwise.embedded import free_port
+
+    return {variable: str(free_port()) for variable in METRICS_VARIABLES}
+
+
+def metrics_port(procs: Processes, role: str, key: str | None = None) -> int:
+    """The metrics port of `role` (api, worker, dispatcher) in the process started as `key`
+    (default: the role's name)."""
+    return int(procs.ports[key or role][METRICS_VARIABLES[METRICS_PORTS.index(role)]])
+
+
+def metrics_url(procs: Processes, role: str) -> str:
+    """Where the metrics of the process started as `role` answer."""
+    return f"http://127.0.0.1:{metrics_port(procs, role)}/metrics"
 
 
 def answers(url: str) -> bool:

@@ -66,11 +66,12 @@ class Receiver:
     posts: list[tuple[str, str | None, Any]] = field(default_factory=list)
     hosts: list[str | None] = field(default_factory=list)  # each POST's Host header
     status: int = 200  # what it answers; set to 500 to make a channel fail
+    gets: list[str] = field(default_factory=list)  # each GET's path (answered with JSON)
 
 
 @contextmanager
 def http_receiver() -> Iterator[Receiver]:
-    """An HTTP server on 127.0.0.1 recording every JSON POST."""
+    """An HTTP server on 127.0.0.1 recording every JSON POST and every GET."""
     receiver = Receiver(port=0)
 
     class Handler(BaseHTTPRequestHandler):
@@ -81,6 +82,15 @@ def http_receiver() -> Iterator[Receiver]:
             self.send_response(receiver.status)
             self.send_header("Content-Length", "0")
             self.end_headers()
+
+        def do_GET(self) -> None:
+            receiver.gets.append(self.path)
+            body = b'{"content": "internal data"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, *args: Any) -> None:
             pass

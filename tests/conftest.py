@@ -307,3 +307,19 @@ def own_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ow
     monkeypatch.undo()
     get_settings.cache_clear()
     server.stop()
+
+
+@pytest.fixture
+def own_procs(own_postgres: OwnPostgres, redis_client: Any, tmp_path: Path) -> Iterator[Any]:
+    """Real Procfile processes on the test's own PostgreSQL (`own_postgres`, which the test
+    may restart), stopped after the test and before that server."""
+    from testkit.processes import Processes
+
+    processes = Processes(
+        tmp_path,
+        DATABASE_URL=own_postgres.url,
+        STEPWISE_WORKER_PROCESSES="1",
+        STEPWISE_WORKER_THREADS="4",
+    )
+    yield processes
+    processes.stop_all()

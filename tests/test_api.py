@@ -21,6 +21,7 @@ from core.vocabulary import ExecutionStatus, Role
 from db.session import session_scope
 from db.tokens import list_tokens
 from service import tokens, webhooks
+from service.automations import rotate_signing_secret
 from testkit.api import ApiProcess, bearer, make_token, writes
 from testkit.factories import (
     ADMIN,
@@ -547,8 +548,15 @@ def test_an_idempotency_key_makes_a_repeated_create_make_one_object(
     # when it is sent again (a retry after a lost answer)
     again = client.post("/v1/automations", json=AUTOMATION, headers=keyed)
     # then the same automation answers, and there is one
-    assert again.status_code == 201 and again.json() == first.json()
+    assert again.status_code == 201
+    assert again.json() == {**first.json(), "signing_secret": None}
     assert len(client.get("/v1/automations", headers=admin).json()) == 1
+    # and the signing secret was in the first answer only: a repeat never shows it,
+    # neither the first nor one made since (a rotation)
+    assert first.json()["signing_secret"].startswith("whsec_")
+    rotated = rotate_signing_secret(uuid.UUID(first.json()["id"]), actor=ADMIN)
+    later = client.post("/v1/automations", json=AUTOMATION, headers=keyed)
+    assert later.json()["signing_secret"] is None and rotated not in later.text
     # and the same key with another body is refused, writing nothing
     before = writes()
     other = client.post("/v1/automations", json={**AUTOMATION, "name": "Other"}, headers=keyed)

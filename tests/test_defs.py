@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from sqlalchemy import func, select
 from core.access import LOCAL_ADMIN
 from db.models import AuditLog, Automation, NotifyRule, Schedule
 from db.session import session_scope
+from stepwise.defs import DefinitionError, load
 from testkit.cli import cli
 from testkit.factories import (
     make_automation,
@@ -189,6 +191,55 @@ def test_bad_file_writes_nothing_and_names_the_field(
     err = capsys.readouterr().err
     assert str(path) in err and named in err and "Traceback" not in err
     assert table_snapshot() == before
+
+
+# A schedule input of a few hundred bytes that expands to 9**9 values through aliases.
+ALIAS_BOMB = DEFS.replace(
+    "{kind: interval, interval_s: 3600, input: {region: eu}}",
+    "kind: interval\n        interval_s: 3600\n        input:\n"
+    + "          a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
+    + "".join(
+        f"          {b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n"
+        for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (ALIAS_BOMB, "expands to more than"),
+        ("automations: " + "[" * 50_000 + "]" * 50_000 + "\n", "nests deeper than"),
+        (DEFS.replace("{region: eu}", "{deep: " + "[" * 5000 + "]" * 5000 + "}"), "nests deeper"),
+    ],
+    ids=["alias-bomb", "deep-file", "deep-input"],
+)
+def test_a_file_that_expands_or_nests_without_bound_is_refused_fast(
+    tmp_path: Path, capsys: Any, text: str, said: str
+) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    before = table_snapshot()
+    assert cli("apply", "-f", str(path)) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and said in err and "Traceback" not in err, err
+    assert table_snapshot() == before
+
+
+def test_an_alias_bomb_is_refused_while_reading_before_it_expands(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(ALIAS_BOMB)
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(DefinitionError, match="expands to more than"):
+            load(str(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    # Expanded, it took 22 s and 0.9 GB before the input's size check refused it.
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB allocated while refusing it"
 
 
 def test_export_then_apply_reproduces_the_definitions(

@@ -27,6 +27,7 @@ from db.session import db_now, session_scope
 from tasks import periodic
 from tasks.send import send_run, send_runs
 from testkit.factories import fetch, make_automation, make_schedule
+from testkit.prometheus import metric
 from testkit.waiting import wait_for
 
 QUEUES = ("default", "default.DQ")
@@ -206,10 +207,14 @@ def test_runs_over_the_workspace_quota_are_recorded_skipped_with_the_reason(
     with session_scope() as session:
         set_quotas(session, Quotas(200, 1000, 3), actor=ADMIN)
     ids = due_schedules(5, "http://127.0.0.1:9/agent", first_in_s=5)
-    # when dispatch runs
-    sent = periodic.dispatch_due(send_run, send_many=send_runs)
+    slots = "stepwise_dispatch_slots_total"
+    before = {o: metric(slots, outcome=o) for o in ("dispatched", "skipped")}
+    # when the dispatch tick runs
+    sent = periodic.tick_dispatch(send_run, send_many=send_runs)
     # then the 3 earliest slots are sent, and the 2 others are rows that say why
     assert sent == 3
+    assert metric(slots, outcome="dispatched") == before["dispatched"] + 3
+    assert metric(slots, outcome="skipped") == before["skipped"] + 2
     runs = sorted(executions().values(), key=lambda e: e.scheduled_for)
     assert [r.status for r in runs] == ["queued"] * 3 + ["skipped"] * 2
     assert {r.error for r in runs[3:]} == {

@@ -64,6 +64,14 @@ INTERNAL_HOSTS = [
     "localhost",
     "api.localhost",
     "metadata.google.internal",
+    # spellings a resolver folds (IDNA: compatibility digits, ideographic full stops; a
+    # trailing dot)
+    "①②⑦.0.0.1",
+    "127。0。0。1",
+    "127.0.0.1.",
+    "localhost.",
+    "\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54",  # full-width letters
+    "api.localhost.",
 ]
 
 
@@ -110,6 +118,10 @@ def test_a_bad_allowlist_names_the_variable(bad: str) -> None:
         ("http://0x0a000005:6379/", "internal address"),  # 10.0.0.5 (loopback is allowed here)
         ("http://[::1]/agent", "internal address"),
         ("http://localhost:5432/", "host name localhost is internal"),
+        ("http://①⓪.0.0.5/agent", "internal address"),
+        ("http://10。0。0。5/agent", "internal address"),
+        ("http://10.0.0.5./agent", "internal address"),
+        ("http://\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54:5432/", "is internal"),
         ("http://alice:s3cret@agent.example.com/", "user name or password"),
         ("http://exa mple.com/", "spaces"),
         ("http://agent.example.com:99999/", "port"),

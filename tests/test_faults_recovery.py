@@ -32,6 +32,7 @@ from testkit.factories import (
     now,
     step_runs,
 )
+from testkit.prometheus import metric
 
 
 def _age(execution_id: uuid.UUID) -> None:
@@ -74,6 +75,8 @@ def test_a_run_that_keeps_losing_its_worker_is_given_up_with_the_reason(db: None
     claims = max_retries + 1 + MAX_RECOVERIES
     schedule_id, execution_id = _scheduled_run(max_retries)
     sent: list[RunMessage] = []
+    gave_up = metric("stepwise_runs_given_up_total")
+    recovered = metric("stepwise_runs_recovered_total", by="housekeeping")
     # when every message housekeeping sends again is taken by a worker that dies
     assert _worker_dies_in_step_1(execution_id) == 1
     while periodic.recover_stranded(sent.append):
@@ -84,6 +87,8 @@ def test_a_run_that_keeps_losing_its_worker_is_given_up_with_the_reason(db: None
     assert [m.retries for m in sent] == list(range(1, claims))
     done = execution(execution_id)
     assert (done.status, done.attempt, done.error) == ("failed", claims, RECOVERIES_EXHAUSTED)
+    assert metric("stepwise_runs_given_up_total") == gave_up + 1
+    assert metric("stepwise_runs_recovered_total", by="housekeeping") == recovered + claims - 1
     assert done.finished_at is not None and done.lease_expires_at is None
     # and no step is left running: the last one is marked lost like the others
     assert [(r.attempt, r.status, r.error) for r in step_runs(execution_id)] == [

@@ -7,16 +7,29 @@ import email
 import email.policy
 import html
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
+from apprise.manager_plugins import NotificationManager
 from sqlalchemy import select, text, update
 
 from core.errors import Forbidden, NotFound, ValidationFailed
-from core.notify import Message, Streak, advance, parse_channel, redact, scrub
+from core.notify import (
+    OPTIONS,
+    SCHEMES,
+    ChannelInput,
+    Message,
+    Streak,
+    advance,
+    parse_channel,
+    redact,
+    scrub,
+)
 from core.settings import get_settings
 from core.vocabulary import AuditAction, DeliveryStatus, ExecutionStatus, NoticeKind, Role
 from db import channels, notices
@@ -35,6 +48,7 @@ from testkit.factories import (
     person,
     row_counts,
 )
+from testkit.prometheus import metric
 from testkit.receivers import Mailbox, Receiver, http_receiver, smtp_server
 
 SMTP_PASSWORD = "pw-Zq81smtp"
@@ -96,6 +110,9 @@ def runs(
             for n, status in enumerate(statuses)
         ],
     )
+
+
+OUTCOMES = ("sent", "failed")  # of a delivery, as its metric counts it
 
 
 def evaluate(at: datetime | None = None) -> int:
@@ -287,11 +304,16 @@ def test_a_failing_channel_records_its_error_and_the_others_still_deliver(
         automation_id = make_automation()
         notify_on(automation_id, [broken_id, dead_id, good_id])
         runs(automation_id, "failed")
+        counted = {o: metric("stepwise_notification_deliveries_total", outcome=o) for o in OUTCOMES}
         # when the evaluator runs (logging everything)
         with caplog.at_level(logging.DEBUG):
             evaluate()
     # then the working channel got it, the others record their errors, nothing was raised
     assert len(receiver.posts) == 1
+    assert {
+        o: metric("stepwise_notification_deliveries_total", outcome=o) - counted[o]
+        for o in OUTCOMES
+    } == {"sent": 1, "failed": 2}
     outcome = {d.channel_name: (d.status, d.error or "") for d in deliveries()}
     assert outcome["good"] == (DeliveryStatus.OK, "")
     assert outcome["broken"][0] == DeliveryStatus.ERROR and "500" in outcome["broken"][1]
@@ -364,6 +386,67 @@ def test_mail_and_tls_channels_need_every_address_allowed() -> None:
     refused = notify.apprise_plugin("mailtos://u:p@10.0.0.5?to=a@example.com&from=s@example.com")
     assert "internal address" in (notify.guard(refused, "mailtos", policy) or "")
     assert notify.guard(notify.apprise_plugin("slack://TA/TB/TC"), "slack", policy) is None
+
+
+def fetching_urls(receiver: Receiver, file: Path) -> list[str]:
+    """Channel URLs whose options would make apprise fetch the internal receiver or read
+    `file` itself (a template, a key file), and options that weaken or store."""
+    internal = f"http://127.0.0.1:{receiver.port}/anything"
+    return [
+        f"discord://123456789012345678/AbCdEfGhIj?template={internal}",
+        f"discord://123456789012345678/AbCdEfGhIj?TeMpLaTe={file}",
+        f"discord://123456789012345678/AbCdEfGhIj?%74emplate={file}",
+        f"discord://123456789012345678/AbCdEfGhIj?avatar_url={internal}",
+        f"slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7?template={file}",
+        f"tgram://123456789:abcdefg_hijklmnop/12345?template={internal}",
+        f"mailto://u:p@127.0.0.1:9?to=a@example.com&from=s@example.com&pgppub={file}",
+        f"json://127.0.0.1:{receiver.port}/x?verify=no",
+        f"json://127.0.0.1:{receiver.port}/x?method=POST;store=yes",
+    ]
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    """A JSON file whose reading shows in its access time (set far behind its mtime)."""
+    path = tmp_path / "key.json"
+    path.write_text('{"content": "private key"}')
+    os.utime(path, (0, time.time()))
+    return path
+
+
+def test_no_channel_option_makes_apprise_fetch_or_read_at_saving_or_sending(
+    db: None, receiver: Receiver, key_file: Path
+) -> None:
+    before = row_counts()
+    for url in fetching_urls(receiver, key_file):
+        # when an admin adds a channel whose options would fetch or read, it is refused
+        with pytest.raises(ValidationFailed, match="url: uses an option not allowed") as refused:
+            channel_service.add_channel("x", url, actor=ADMIN)
+        assert "127.0.0.1:" not in str(refused.value) and str(key_file) not in str(refused.value)
+        # and one stored before this rule (written below the service) is refused at sending
+        with session_scope() as session:
+            stored = channels.add_channel(session, ChannelInput("old", url), actor=ADMIN)
+            target = channels.open_channel(session, ADMIN.workspace_id, stored.id)
+            session.rollback()
+        assert target is not None
+        outcome = notify.deliver(target, Message("t", "b"))
+        assert not outcome.ok and "refused: uses an option not allowed" in (outcome.error or "")
+    # then nothing reached the internal receiver, the file was never read, nothing written
+    assert receiver.gets == [] and receiver.posts == []
+    assert key_file.stat().st_atime == 0
+    assert row_counts() == before
+
+
+def test_every_offered_scheme_is_one_apprise_reads_with_its_allowed_options() -> None:
+    # msteams:// was offered once, but apprise no longer reads it
+    plugins = NotificationManager()
+    for scheme in SCHEMES:
+        assert scheme in plugins, scheme
+        # and each allowed option is one apprise knows for that scheme (else it is noise)
+        plugin = plugins[scheme]
+        known = set(plugin.template_args) | set(plugin.template_tokens)
+        assert OPTIONS[scheme] <= known, (scheme, OPTIONS[scheme] - known)
+    assert notify.url_problem("msteams://a/b/c") is not None
 
 
 def test_send_test_delivers_records_and_audits(db: None, receiver: Receiver) -> None:

@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from stepwise.embedded import free_port
+from testkit.processes import metrics_ports
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +46,7 @@ def _start(
         STEPWISE_DEMO="true",
         STEPWISE_WORKER_PROCESSES="1",
         STEPWISE_WORKER_THREADS="2",
+        **metrics_ports(),
     )
     return subprocess.Popen(
         [str(Path(sys.executable).parent / "stepwise"), "run"],

@@ -4,6 +4,7 @@ every step, returned by the API and shown on the run page."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
@@ -165,3 +166,15 @@ def test_bad_input_through_the_api_gets_a_field_message_and_writes_nothing(
 def test_an_unknown_run_is_not_a_crash(client: TestClient, admin: dict[str, str]) -> None:
     answer = client.post(f"/v1/automations/{uuid.uuid4()}/run", json={}, headers=admin)
     assert answer.status_code == 404
+
+
+def test_an_input_sharing_one_list_many_times_is_refused_without_expanding_it() -> None:
+    # given an input that stands for 9**9 values by sharing one list (as YAML aliases do)
+    shared: list[object] = ["lol"] * 9
+    for _ in range(8):
+        shared = [shared] * 9
+    # when it is parsed, then it is refused at once, as too big
+    started = time.monotonic()
+    with pytest.raises(ValidationFailed, match="input: "):
+        parse_run_input({"bomb": shared})
+    assert time.monotonic() - started < 1

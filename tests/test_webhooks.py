@@ -154,14 +154,35 @@ def test_the_same_delivery_id_twice_starts_one_run(
     execution_id = first.json()["execution_id"]
     wait_for(lambda: agent.calls_for(execution_id), message="the run")
     assert [str(e.id) for e in _executions()] == [execution_id]
-    # and another delivery id is another run
-    other = post(
-        client, hook["url"], body, {**signed(hook["secret"], body), "Stepwise-Delivery": "d-2"}
-    )
+    # and another delivery id, signed anew, is another run
+    resigned = signed(hook["secret"], body, at=int(time.time()) + 1)
+    other = post(client, hook["url"], body, {**resigned, "Stepwise-Delivery": "d-2"})
     assert other.json()["execution_id"] != execution_id
     assert len(_executions()) == 2
     time.sleep(0.5)
     assert len(agent.calls_for(execution_id)) == 1
+
+
+def test_one_signature_starts_at_most_one_run_whatever_its_delivery_id(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    # given a signed call that started a run
+    hook = enable(client, admin, make_automation())
+    body = json.dumps(PAYLOAD).encode()
+    proof = signed(hook["secret"], body)
+    first = post(client, hook["url"], body, {**proof, "Stepwise-Delivery": "d-1"})
+    assert first.status_code == 202, first.text
+    # when someone who saw it replays it within the tolerance, with new delivery ids or none
+    replays = [
+        post(client, hook["url"], body, {**proof, "Stepwise-Delivery": f"replay-{n}"})
+        for n in range(3)
+    ] + [post(client, hook["url"], body, proof)]
+    # then each answers with the first run, and there is one run
+    assert {r.json()["execution_id"] for r in replays} == {first.json()["execution_id"]}
+    assert len(_executions()) == 1
+    # and the first delivery id still answers with it too
+    again = post(client, hook["url"], body, {**proof, "Stepwise-Delivery": "d-1"})
+    assert again.json() == first.json() and len(_executions()) == 1
 
 
 def test_bad_bodies_are_refused_and_write_nothing(

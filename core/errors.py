@@ -57,7 +57,18 @@ FIELD_LABELS = {
     "cursor": "Cursor",
 }
 # A message that starts with one of these reads on from the label: "Agent URL must ...".
-_PREDICATES = ("is ", "must ", "has ", "was ", "cannot ", "can ", "does ", "needs ", "should ")
+_PREDICATES = (
+    "is ",
+    "must ",
+    "has ",
+    "was ",
+    "cannot ",
+    "can ",
+    "does ",
+    "needs ",
+    "should ",
+    "uses ",
+)
 
 
 def field_label(field: str) -> str:

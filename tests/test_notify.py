@@ -420,7 +420,9 @@ def test_no_channel_option_makes_apprise_fetch_or_read_at_saving_or_sending(
     before = row_counts()
     for url in fetching_urls(receiver, key_file):
         # when an admin adds a channel whose options would fetch or read, it is refused
-        with pytest.raises(ValidationFailed, match="url: uses an option not allowed") as refused:
+        with pytest.raises(
+            ValidationFailed, match="Apprise URL uses an option not allowed"
+        ) as refused:
             channel_service.add_channel("x", url, actor=ADMIN)
         assert "127.0.0.1:" not in str(refused.value) and str(key_file) not in str(refused.value)
         # and one stored before this rule (written below the service) is refused at sending

@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 
 
 class FieldProblem(BaseModel):
-    field: str
-    message: str
+    field: str  # the input's name, for programs
+    label: str  # how the dashboard's form labels it, for people
+    message: str  # what is wrong, to follow the label (`detail` has the whole sentences)
 
 
 class Problem(BaseModel):
@@ -124,7 +125,9 @@ def problem(
         "detail": detail,
     }
     if errors is not None:
-        body["errors"] = [{"field": e.field, "message": e.message} for e in errors]
+        body["errors"] = [
+            {"field": e.field, "label": e.label, "message": e.message} for e in errors
+        ]
     return JSONResponse(
         body, status_code=status, media_type=PROBLEM_JSON, headers=dict(headers or {})
     )
@@ -140,8 +143,12 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
                 "type": "array",
                 "items": {
                     "type": "object",
-                    "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
-                    "required": ["field", "message"],
+                    "properties": {
+                        "field": {"type": "string"},
+                        "label": {"type": "string"},
+                        "message": {"type": "string"},
+                    },
+                    "required": ["field", "label", "message"],
                 },
             },
             {"type": "null"},

@@ -58,9 +58,11 @@ class EgressPolicy:
         if any(entry.admits(host, address, port) for entry in self.allow):
             return None
         if host.lower().rstrip(".") in INTERNAL_NAMES or host.lower().endswith(".localhost"):
-            return "its host name is internal"
+            return f"the host name {host} is internal"
         if address is not None and not is_public(address):
-            return "it resolves to an internal address"
+            if literal_address(host) == address:
+                return f"{host} is an internal address"
+            return f"{host} resolves to an internal address ({address})"
         return None
 
     def refusal_of_url(self, url: str) -> str | None:

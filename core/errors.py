@@ -14,13 +14,88 @@ class StepwiseError(Exception):
     """Base class of every error Stepwise raises on purpose."""
 
 
+# The label each field has on the dashboard's forms, for messages people read; the API
+# keeps the field's name beside it (`errors[].field`), for programs.
+FIELD_LABELS = {
+    "agent_url": "Agent URL",
+    "url": "Apprise URL",
+    "name": "Name",
+    "description": "Description",
+    "steps": "Steps",
+    "project_context": "Project context",
+    "request_headers": "Request headers",
+    "step_timeout_s": "Step timeout",
+    "max_retries": "Retries",
+    "concurrency_limit": "Calls at once",
+    "rate_limit_per_s": "Calls per second",
+    "channels": "Channels",
+    "failure_threshold": "Failures before a notice",
+    "kind": "Kind",
+    "preset": "Preset",
+    "timing": "Timing",
+    "cron_expr": "Cron expression",
+    "interval_s": "Interval",
+    "run_at": "Run at",
+    "timezone": "Time zone",
+    "start_at": "Start",
+    "end_at": "End",
+    "max_runs": "Maximum runs",
+    "misfire_policy": "Missed runs",
+    "catchup_window_s": "Catch-up window",
+    "overlap_policy": "Overlap",
+    "jitter_s": "Jitter",
+    "input": "Input",
+    "note": "Note",
+    "from": "From",
+    "to": "To",
+    "member": "Member",
+    "role": "Role",
+    "who": "Who",
+    "value": "Value",
+    "body": "The request body",
+    "format": "Format",
+    "cursor": "Cursor",
+}
+# A message that starts with one of these reads on from the label: "Agent URL must ...".
+_PREDICATES = (
+    "is ",
+    "must ",
+    "has ",
+    "was ",
+    "cannot ",
+    "can ",
+    "does ",
+    "needs ",
+    "should ",
+    "uses ",
+)
+
+
+def field_label(field: str) -> str:
+    """The label people know a field by ("agent_url" -> "Agent URL")."""
+    base = field.split(".", 1)[0].split("[", 1)[0]
+    label = FIELD_LABELS.get(base) or base.replace("_", " ").capitalize() or "Input"
+    return label if base == field else f"{label} ({field})"
+
+
 @dataclass(frozen=True)
 class FieldError:
-    field: str
-    message: str
+    field: str  # the input's name, as the API and the forms know it
+    message: str  # what is wrong, to follow the field's label
+
+    @property
+    def label(self) -> str:
+        return field_label(self.field)
 
     def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
+        """A sentence that names the field by its label: "Agent URL must start with ..."."""
+        message = self.message.strip()
+        joined = (
+            f"{self.label} {message}"
+            if message.startswith(_PREDICATES)
+            else (f"{self.label}: {message}")
+        )
+        return joined if joined.endswith((".", "?", "!")) else f"{joined}."
 
 
 class ValidationFailed(StepwiseError):
@@ -28,7 +103,7 @@ class ValidationFailed(StepwiseError):
 
     def __init__(self, errors: list[FieldError]) -> None:
         self.errors = list(errors)
-        super().__init__("; ".join(str(e) for e in self.errors))
+        super().__init__(" ".join(str(e) for e in self.errors))
 
     @classmethod
     def single(cls, field: str, message: str) -> ValidationFailed:

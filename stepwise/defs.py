@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from core.access import Actor
 from core.automation import AutomationInput, Step
 from core.backfill import pause_note
-from core.errors import StepwiseError
+from core.errors import StepwiseError, ValidationFailed
 from core.limits import MAX_OUTPUT_DEPTH
 from core.schedule import POLICY_FIELDS, ScheduleDefinition, ScheduleInput, parse_schedule
 from core.settings import get_settings
@@ -103,6 +103,13 @@ class Plan:
     @property
     def changed(self) -> bool:
         return bool(self.lines)
+
+
+def _said(error: StepwiseError) -> str:
+    """What a refused write says, its fields named as the file names them."""
+    if isinstance(error, ValidationFailed):
+        return "; ".join(f"{e.field}: {e.message}" for e in error.errors)
+    return str(error)
 
 
 def _where(path: str, name: str, field_name: str | None = None) -> str:
@@ -368,7 +375,7 @@ def apply(unit: Unit, path: str) -> Plan:
         except DefinitionError:
             raise
         except StepwiseError as e:
-            raise DefinitionError(_where(path, label) + f": {e}") from e
+            raise DefinitionError(_where(path, label) + f": {_said(e)}") from e
         schedules = item.get("schedules") or []
         if not isinstance(schedules, list):
             raise DefinitionError(_where(path, label, "schedules") + ": a list of schedules")
@@ -420,7 +427,7 @@ def _apply_schedules(
         except DefinitionError:
             raise
         except StepwiseError as e:
-            raise DefinitionError(_where(path, where) + f": {e}") from e
+            raise DefinitionError(_where(path, where) + f": {_said(e)}") from e
         new = {**schedule_values(definition), "enabled": definition.enabled}
         wanted.append((where, definition, new | {"pause_note": note}))
     free = _schedules(unit.session, automation_id)
@@ -435,7 +442,7 @@ def _apply_schedules(
         try:
             _write_schedule(unit, automation_id, free, where, definition, new, plan)
         except StepwiseError as e:
-            raise DefinitionError(_where(path, where) + f": {e}") from e
+            raise DefinitionError(_where(path, where) + f": {_said(e)}") from e
 
 
 def _same(state: dict[str, Any], new: dict[str, Any]) -> bool:

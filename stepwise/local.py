@@ -57,12 +57,13 @@ def adopt(data_dir: Path) -> list[str]:
     if found is None or not _alive(found.get("pid")):
         return []
     taken = []
-    for name, value in dict(found.get("env") or {}).items():
+    recorded = found.get("env")
+    for name, value in (recorded if isinstance(recorded, dict) else {}).items():
         if name in RECORDED and not os.environ.get(name):
             os.environ[name] = str(value)
             taken.append(name)
     key_file = found.get("secret_key_file")
-    if key_file and not os.environ.get("STEPWISE_SECRET_KEYS"):
+    if isinstance(key_file, str) and key_file and not os.environ.get("STEPWISE_SECRET_KEYS"):
         with contextlib.suppress(OSError):
             os.environ["STEPWISE_SECRET_KEYS"] = Path(key_file).read_text().strip()
             taken.append("STEPWISE_SECRET_KEYS")

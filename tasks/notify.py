@@ -151,7 +151,7 @@ def url_problem(url: str) -> str | None:
     if reason is None:
         return None
     return (
-        f"is not allowed: {host} {reason} (internal addresses are refused unless an "
+        f"is not allowed: {reason} (internal addresses are refused unless an "
         "administrator allows them with STEPWISE_AGENT_ALLOW)"
     )
 
@@ -291,11 +291,10 @@ def guard(plugin: Any, scheme: str, policy: EgressPolicy) -> str | None:
     if scheme in PINNED_SCHEMES:
         allowed = [address for address, reason in verdicts if reason is None]
         if not allowed:
-            return f"{host} {verdicts[0][1]}"
+            return verdicts[0][1]
         _pin(plugin, host, port, allowed[0])
         return None
-    refused = next((reason for _, reason in verdicts if reason), None)
-    return f"{host} {refused}" if refused else None
+    return next((reason for _, reason in verdicts if reason), None)
 
 
 def _pin(plugin: Any, host: str, port: int, address: Address) -> None:

@@ -264,7 +264,7 @@ def test_bad_input_gets_the_dashboards_field_messages_and_writes_nothing(
         assert {"type", "title", "status", "detail"} <= set(answer.json())
     answer = client.post("/v1/automations", json=data, headers=admin)
     assert answer.json()["errors"] == [
-        {"field": e.field, "message": e.message} for e in core.value.errors
+        {"field": e.field, "label": e.label, "message": e.message} for e in core.value.errors
     ]
     assert writes() == before
 

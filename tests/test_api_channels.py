@@ -94,3 +94,35 @@ def test_only_admins_change_or_test_channels_and_others_still_read(
     assert writes() == before and receiver.posts == []
     assert [c["id"] for c in client.get("/v1/channels", headers=other).json()] == [channel_id]
     assert client.get("/v1/deliveries", headers=other).json() == []
+
+
+def test_a_refusal_reads_as_sentences_naming_the_fields_label_and_keeps_the_field_name(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    allow = "(internal addresses are refused unless an administrator allows them with "
+    allow += "STEPWISE_AGENT_ALLOW)."
+    before = writes()
+    # when a channel to an internal address is added
+    channel = client.post(
+        "/v1/channels", json={"name": "ops", "url": "json://10.0.0.5/hook"}, headers=admin
+    )
+    # then `detail` is a sentence naming the field as the form labels it
+    assert channel.status_code == 422
+    assert channel.json()["detail"] == (
+        f"Apprise URL is not allowed: 10.0.0.5 is an internal address {allow}"
+    )
+    # and each error keeps the field's name for programs, beside its label
+    [error] = channel.json()["errors"]
+    assert (error["field"], error["label"]) == ("url", "Apprise URL")
+    # when an automation calls an internal name and has no steps, then two sentences
+    automation = client.post(
+        "/v1/automations",
+        json={"name": "x", "agent_url": "http://localhost:5432/", "steps": []},
+        headers=admin,
+    )
+    assert automation.json()["detail"] == (
+        f"Agent URL is not allowed: the host name localhost is internal {allow} "
+        "Steps: add at least one step."
+    ), automation.json()
+    assert [e["field"] for e in automation.json()["errors"]] == ["agent_url", "steps"]
+    assert writes() == before

@@ -200,3 +200,44 @@ def test_a_one_off_schedules_preview_has_no_blank_rows(
     box = preview.bounding_box()
     assert box is not None and box["height"] < 3 * 35 + 10, box
     shoot(page, "layout_once_dialog")
+
+
+@pytest.mark.parametrize("size", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_signing_secret_rotation_asks_first_and_dead_letters_clean_in_bulk(
+    dashboard_url: str, browser_page: Any, redis_client: Any, size: dict[str, int]
+) -> None:
+    import time
+
+    from tasks.actors import run_execution
+
+    page = browser_page
+    page.set_viewport_size(size)
+    kind = "desktop" if size == DESKTOP else "phone"
+    # given an automation with a failed run whose message was dead-lettered
+    automation_id = make_automation(name="Signed report")
+    (failed,) = add_executions(
+        automation_id, [{"status": "failed", "error": "step 1: agent answered HTTP 401"}]
+    )
+    redis_client.zadd("dramatiq:default.XQ", {"dead-1": time.time() * 1000})
+    redis_client.hset(
+        "dramatiq:default.XQ.msgs", "dead-1", run_execution.message(str(failed)).encode()
+    )
+    # when "New signing secret" is pressed, then it asks first, within the screen
+    open_page(page, f"{dashboard_url}/automations")
+    page.get_by_test_id("stSelectbox").first.click()
+    page.get_by_role("option", name="Signed report").click()
+    settle(page)
+    page.get_by_role("button", name="New signing secret").click()
+    settle(page)
+    page.get_by_text("Make a new signing secret for").wait_for()
+    page.get_by_role("button", name="Yes, make a new secret").scroll_into_view_if_needed()
+    check_layout(page, size["width"])
+    shoot(page, f"rotate_confirm_{kind}")
+    # and the Queues page lists the run's dead letter with its error, and the clean controls
+    open_page(page, f"{dashboard_url}/queues")
+    page.get_by_text("whose run is now").first.wait_for()
+    page.get_by_role("button", name="Clean dead letters").click()
+    settle(page)
+    page.get_by_text("Delete the 1 dead letter(s)").wait_for()
+    check_layout(page, size["width"])
+    shoot(page, f"dead_letters_clean_{kind}")

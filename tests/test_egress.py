@@ -117,7 +117,7 @@ def test_a_bad_allowlist_names_the_variable(bad: str) -> None:
         ("http://10.0.0.5/agent", "internal address"),
         ("http://0x0a000005:6379/", "internal address"),  # 10.0.0.5 (loopback is allowed here)
         ("http://[::1]/agent", "internal address"),
-        ("http://localhost:5432/", "host name is internal"),
+        ("http://localhost:5432/", "host name localhost is internal"),
         ("http://①⓪.0.0.5/agent", "internal address"),
         ("http://10。0。0。5/agent", "internal address"),
         ("http://10.0.0.5./agent", "internal address"),

@@ -156,7 +156,7 @@ def test_the_streak_opens_one_notice_at_the_threshold_and_recovers_once() -> Non
 
 
 def test_channel_urls_are_checked_and_shown_redacted() -> None:
-    with pytest.raises(ValidationFailed, match="url: use one of"):
+    with pytest.raises(ValidationFailed, match="Apprise URL: use one of"):
         parse_channel("ops", "gotify://internal.example/token")
     with pytest.raises(ValidationFailed, match="name"):
         parse_channel(" ", "json://example.com/x")
@@ -337,7 +337,7 @@ def test_a_failing_channel_records_its_error_and_the_others_still_deliver(
 def test_a_channel_to_an_internal_address_is_refused_when_added(db: None, url: str) -> None:
     # the tests allow 127.0.0.1 only, as STEPWISE_AGENT_ALLOW does for an operator
     before = row_counts()
-    refusal = pytest.raises(ValidationFailed, match="url: is not allowed")
+    refusal = pytest.raises(ValidationFailed, match="Apprise URL is not allowed")
     with refusal as refused:
         channel_service.add_channel("internal", url, actor=ADMIN)
     assert "STEPWISE_AGENT_ALLOW" in str(refused.value) and ":p@" not in str(refused.value)
@@ -420,7 +420,9 @@ def test_no_channel_option_makes_apprise_fetch_or_read_at_saving_or_sending(
     before = row_counts()
     for url in fetching_urls(receiver, key_file):
         # when an admin adds a channel whose options would fetch or read, it is refused
-        with pytest.raises(ValidationFailed, match="url: uses an option not allowed") as refused:
+        with pytest.raises(
+            ValidationFailed, match="Apprise URL uses an option not allowed"
+        ) as refused:
             channel_service.add_channel("x", url, actor=ADMIN)
         assert "127.0.0.1:" not in str(refused.value) and str(key_file) not in str(refused.value)
         # and one stored before this rule (written below the service) is refused at sending
@@ -631,7 +633,7 @@ def test_choosing_channels_is_for_editors_and_audited(db: None) -> None:
         )
     assert chosen == channels.Notifications((channel_id,), 3)
     assert row.details["changed"]["failure_threshold"] == [1, 3]
-    with pytest.raises(ValidationFailed, match="failure_threshold"):
+    with pytest.raises(ValidationFailed, match="Failures before a notice"):
         channel_service.set_notifications(automation_id, [channel_id], 0, actor=editor)
 
 

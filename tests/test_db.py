@@ -39,6 +39,7 @@ from testkit.factories import (
     ADMIN,
     automation_input,
     execution,
+    executions_of,
     fetch,
     make_automation,
     make_execution,
@@ -880,16 +881,7 @@ def _due_cron_runs(n: int, **schedule: Any) -> list[uuid.UUID]:
     ids = [make_schedule(make_automation(), **schedule) for _ in range(n)]
     firsts = [fetch(Schedule, i).next_run_at for i in ids]
     _dispatch(max(f for f in firsts if f is not None))
-    with session_scope() as session:
-        return [
-            session.scalars(
-                select(Execution.id)
-                .where(Execution.schedule_id == i)
-                .order_by(Execution.scheduled_for)
-                .limit(1)
-            ).one()
-            for i in ids
-        ]
+    return [executions_of(i)[0].id for i in ids]
 
 
 def _statements_of(work: Callable[[], Any]) -> tuple[Any, list[str]]:
@@ -982,7 +974,9 @@ def test_concurrent_group_claims_never_start_two_runs_of_a_skip_schedule(db: Non
     # given the first two slots of one `skip` cron schedule (no catch-up run: nothing
     # but the lock keeps the two apart), each in its own worker's group
     first, a, b = _due_cron_runs(3)
-    second = _slots(execution(first).schedule_id)[1]
+    schedule_id = execution(first).schedule_id
+    assert schedule_id is not None
+    second = executions_of(schedule_id)[1].id
     outcome: list[Any] = []
     with session_scope() as session:
         # when one worker's group has claimed the first run and not committed yet
@@ -998,17 +992,6 @@ def test_concurrent_group_claims_never_start_two_runs_of_a_skip_schedule(db: Non
     assert all(not isinstance(r, str) for r in held)
     assert outcome[0][0] == "skipped" and not isinstance(outcome[0][1], str)
     assert (execution(first).status, execution(second).status) == ("running", "skipped")
-
-
-def _slots(schedule_id: Any) -> list[uuid.UUID]:
-    with session_scope() as session:
-        return list(
-            session.scalars(
-                select(Execution.id)
-                .where(Execution.schedule_id == schedule_id)
-                .order_by(Execution.scheduled_for)
-            )
-        )
 
 
 def _claim_group(ids: list[uuid.UUID]) -> list[Any]:

@@ -3,6 +3,7 @@
     python -m bench.versus                                  # 50@0, 1000@0, 1000@1000; K=3
     python -m bench.versus --scenario 10000@0               # the 10,000-run burst
     python -m bench.versus --scenario 1000@0 --runs 1 --profile /tmp/prof
+    python -m bench.versus --kind cron oneoff               # and the one-off fast path, labelled
 
 A scenario is `N@DELAY_MS`: N three-step runs all due at one instant, against an agent
 that answers each call after DELAY_MS. Each round runs the BullMQ peer
@@ -21,11 +22,18 @@ systems are measured by one definition:
   executions whose three steps were all answered 200.
 
 Stepwise is driven only through its processes and its database, so the harness
-measures whatever design those run: N one-off schedules are inserted due at T,
-and the `dispatch` tick is sent `--lead-s` before T, as the dispatch horizon does
-for cron slots (BullMQ's job schedulers likewise hold each job as a delayed job
-before T). `--profile DIR` records each Stepwise worker process with py-spy
-during the first Stepwise run of every scenario and prints its top frames.
+measures whatever design those run. With `--kind cron` (the default) it makes
+what a user makes and what BullMQ's side makes (N `* * * * *` job schedulers):
+N cron `* * * * *` schedules with the default misfire and overlap policies (overlap
+`skip`, so every run takes the overlap check), whose slot T is the next minute
+boundary with room to set up; the `dispatch` tick is sent `--lead-s` before T,
+by default 60 s, as the scheduler sends it at the minute before (the 90 s dispatch
+horizon holds the slot as a delayed message until T, as BullMQ holds a delayed
+job). `--kind oneoff` is the fast path, an extra row labelled `Stepwise (one-off)`:
+one-off schedules due at T (nothing can overlap one, so no overlap check), with
+the tick `--lead-s` before T (default by N). `--profile DIR` records each Stepwise
+worker process with py-spy during the first Stepwise run of every scenario and
+prints its top frames.
 """
 
 from __future__ import annotations
@@ -42,13 +50,13 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
 
-from bench.burst import create_schedules, db_scalar
+from bench.burst import KINDS, OF_SLOT, create_schedules, db_scalar, due_instant
 from bench.common import (
     ROOT,
     Servers,
@@ -67,6 +75,8 @@ from testkit.processes import READY, processes
 
 PEERS = Path(os.environ.get("BENCH_PEERS", ROOT.parent / "shared" / "peers"))
 DEFAULT_SCENARIOS = ["50@0", "1000@0", "1000@1000"]
+# The scheduler's tick before a `* * * * *` slot: the minute boundary before it.
+SCHEDULER_LEAD_S = 60.0
 # Past this, a system is reported with what it finished (BullMQ's own cap is 150 s).
 CAP_S = 900.0
 
@@ -225,12 +235,14 @@ def worker_processes() -> int:
     return int(found.group(1)) if found else 1
 
 
-def wait_done(n: int, deadline: float) -> None:
+def wait_done(n: int, due: datetime, deadline: float) -> None:
     while time.monotonic() < deadline:
-        if (
-            db_scalar("SELECT count(*) FROM executions WHERE status NOT IN ('queued', 'running')")
-            >= n
-        ):
+        done = db_scalar(
+            f"SELECT count(*) FROM executions WHERE {OF_SLOT} "
+            "AND status NOT IN ('queued', 'running')",
+            due=due,
+        )
+        if done >= n:
             return
         time.sleep(0.5)
 
@@ -243,9 +255,11 @@ def run_stepwise(
     delay_ms: float,
     lead_s: float,
     profile_to: Path | None,
+    kind: str = "cron",
     cost: bool = False,
 ) -> dict[str, float]:
-    """One burst through the Procfile's worker and dispatcher, analysed from the agent's dump."""
+    """One burst of `kind` schedules (`bench.burst.KINDS`) through the Procfile's worker
+    and dispatcher, analysed from the agent's dump."""
     with bench_database(servers), processes() as procs:
         import redis
 
@@ -265,10 +279,8 @@ def run_stepwise(
         with session_scope() as session:
             now = db_now(session)
         # A whole second: the agent reads `scheduled_for` back to milliseconds.
-        due = datetime.fromtimestamp(
-            math.ceil((now + timedelta(seconds=lead_s + 3 + n / 5000)).timestamp()), now.tzinfo
-        )
-        create_schedules(n, f"{agent.base}/step", due)
+        due = due_instant(now, kind=kind, room_s=lead_s + 3 + n / 5000)
+        create_schedules(n, f"{agent.base}/step", due, kind=kind)
         agent.configure(delay_ms)
         agent.reset()
         time.sleep(max(0.0, due.timestamp() - lead_s - time.time()))
@@ -278,7 +290,7 @@ def run_stepwise(
         before = snapshot(worker_pid, counts_dir, client) if cost else None
         profiler = Profiler(worker_pid, profile_to) if profile_to else None
         try:
-            wait_done(n, time.monotonic() + lead_s + CAP_S)
+            wait_done(n, due, time.monotonic() + lead_s + CAP_S)
         finally:
             if profiler:
                 profiler.stop()
@@ -288,7 +300,7 @@ def run_stepwise(
             after = snapshot(worker_pid, counts_dir, client)
         client.close()
         procs.stop_all()
-        executions = db_scalar("SELECT count(*) FROM executions")
+        executions = db_scalar(f"SELECT count(*) FROM executions WHERE {OF_SLOT}", due=due)
         analysis = agent.analyse(due_ms=int(due.timestamp() * 1000), n=n)
         figures = figures_of(analysis, extra_duplicates=max(0, executions - n))
         if figures["duplicates"]:
@@ -328,27 +340,47 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}"
 
 
+def contenders(systems: list[str], kinds: list[str]) -> dict[str, str | None]:
+    """Row label -> the Stepwise schedule kind it runs (None: BullMQ), in running order."""
+    rows: dict[str, str | None] = {"BullMQ": None} if "BullMQ" in systems else {}
+    if "Stepwise" in systems:
+        for kind in kinds:
+            rows["Stepwise" if kind == "cron" else "Stepwise (one-off)"] = kind
+    return rows
+
+
+def lead_of(lead_s: float | None, *, kind: str, n: int) -> float:
+    """How long before T the tick is sent: the scheduler's minute for cron slots (unless
+    `--lead-s` says otherwise), and enough to dispatch N for one-offs."""
+    if lead_s is not None:
+        return lead_s
+    return SCHEDULER_LEAD_S if kind == "cron" else max(10.0, 5 + 2 * n / 1000)
+
+
 def compare(
     servers: Servers, agent: Agent, *, n: int, delay_ms: float, args: argparse.Namespace
 ) -> list[tuple[str, ...]]:
-    lead_s = args.lead_s if args.lead_s is not None else max(10.0, 5 + 2 * n / 1000)
-    runs: dict[str, list[dict[str, float]]] = {system: [] for system in args.systems}
+    rows_of = contenders(args.systems, args.kind)
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label in rows_of}
     for k in range(args.runs):
-        for system in args.systems:
+        for system, kind in rows_of.items():
             load = os.getloadavg()[0]
-            if system == "BullMQ":
+            if kind is None:
                 figures = run_bullmq(agent, n=n, delay_ms=delay_ms)
             else:
                 profile_to = (
-                    args.profile / f"n{n}-d{fmt_ms(delay_ms)}" if args.profile and k == 0 else None
+                    args.profile / f"n{n}-d{fmt_ms(delay_ms)}-{kind}"
+                    if args.profile and k == 0
+                    else None
                 )
                 figures = run_stepwise(
                     servers,
                     agent,
                     n=n,
                     delay_ms=delay_ms,
-                    lead_s=lead_s,
+                    lead_s=lead_of(args.lead_s, kind=kind, n=n),
                     profile_to=profile_to,
+                    kind=kind,
                     cost=args.cost,
                 )
             figures["load"] = load
@@ -363,9 +395,10 @@ def compare(
             f"{fmt(r['makespan_s'])} s @ load {r['load']:.1f}" for r in runs[system]
         )
         rows.append((fmt(n), fmt(delay_ms), system, *(fmt(med[k]) for k, _ in FIGURES), per_run))
-    if len(medians) == 2:
-        ratios = (ratio(medians["Stepwise"][k], medians["BullMQ"][k]) for k, _ in FIGURES)
-        rows.append((fmt(n), fmt(delay_ms), "Stepwise / BullMQ", *ratios, ""))
+    for system in medians:
+        if system != "BullMQ" and "BullMQ" in medians:
+            ratios = (ratio(medians[system][k], medians["BullMQ"][k]) for k, _ in FIGURES)
+            rows.append((fmt(n), fmt(delay_ms), f"{system} / BullMQ", *ratios, ""))
     for system, rs in runs.items():
         costs = [r["cost"] for r in rs if "cost" in r]
         if costs:
@@ -394,9 +427,19 @@ def main() -> None:
     parser.add_argument(
         "--systems", nargs="+", choices=("BullMQ", "Stepwise"), default=["BullMQ", "Stepwise"]
     )
+    parser.add_argument(
+        "--kind",
+        nargs="+",
+        choices=KINDS,
+        default=["cron"],
+        help="Stepwise's schedules: cron (a user's `* * * * *`, default); oneoff (the fast path)",
+    )
     parser.add_argument("--runs", type=int, default=3, help="rounds per scenario (K)")
     parser.add_argument(
-        "--lead-s", type=float, default=None, help="dispatch tick this long before T (default by N)"
+        "--lead-s",
+        type=float,
+        default=None,
+        help="dispatch tick this long before T (default: 60 s for cron, by N for one-offs)",
     )
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the workers into DIR")
     parser.add_argument(

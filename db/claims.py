@@ -2,8 +2,10 @@
 
 A run is claimed with a conditional UPDATE (queued, or running with an expired
 lease) that gives it a lease and a new attempt; a first start of a scheduled run
-whose schedule has an overlap policy asks the policy first, serialised per schedule.
-Functions take a session and never commit: the caller owns the transaction.
+whose schedule has an overlap policy asks the policy first, serialised per schedule:
+for a group, set-based in one UPDATE when no other run of its schedule is in the way,
+else one by one. Functions take a session and never commit: the caller owns the
+transaction.
 """
 
 from __future__ import annotations
@@ -239,6 +241,64 @@ _CLAIM_MANY = text(
 ).bindparams(bindparam("ids", type_=ARRAY(Uuid())))
 
 
+# Group claim of first starts that need an overlap decision (`skip`, `buffer_one`),
+# for the runs `_CLAIM_MANY` left. The decision is "run" when no other run of the
+# schedule is running (live lease or not), none started at a later slot and no
+# earlier catch-up run waits (`core.schedule.decide_overlap`), and no other run of
+# the schedule is in this group (two queued slots would each see the other as not
+# running): those runs are claimed here; any other is left to `claim_execution`.
+# `_LOCK_SCHEDULES` first takes `_overlap`'s lock on each schedule of the group, in
+# one order (two groups never wait on each other in a cycle); this statement then
+# reads its siblings in a snapshot taken after the locks, as `_overlap` does, so two
+# runs of one schedule are never both started by concurrent claims.
+_LOCK_SCHEDULES = text(
+    """
+    SELECT count(pg_advisory_xact_lock(k)) FROM (
+        SELECT DISTINCT hashtextextended(schedule_id::text, 0) AS k
+        FROM executions WHERE id = ANY(:ids) AND schedule_id IS NOT NULL
+        ORDER BY k
+    ) keys
+    """
+).bindparams(bindparam("ids", type_=ARRAY(Uuid())))
+
+_CLAIM_UNCONTESTED = text(
+    f"""
+    WITH claimed AS (
+        UPDATE executions e
+        SET status = '{ExecutionStatus.RUNNING}', attempt = 1,
+            total_steps = jsonb_array_length(a.steps),
+            started_at = greatest(now(), e.available_at),
+            lease_expires_at = now() + make_interval(secs => :lease_s)
+        FROM automations a
+        WHERE e.id = ANY(:ids) AND a.id = e.automation_id AND a.archived_at IS NULL
+          AND e.status = '{ExecutionStatus.QUEUED}' AND e.attempt = 0
+          AND e.trigger <> '{Trigger.BACKFILL}'
+          AND EXISTS (
+            SELECT 1 FROM schedules s WHERE s.id = e.schedule_id
+            AND s.kind <> '{ScheduleKind.ONCE}'
+            AND s.overlap_policy IN ('{OverlapPolicy.SKIP}', '{OverlapPolicy.BUFFER_ONE}'))
+          AND NOT EXISTS (
+            SELECT 1 FROM unnest(:ids) AS other(id) JOIN executions o ON o.id = other.id
+            WHERE o.schedule_id = e.schedule_id AND o.id <> e.id)
+          AND NOT EXISTS (
+            SELECT 1 FROM executions o
+            WHERE o.schedule_id = e.schedule_id AND o.id <> e.id
+              AND (o.status = '{ExecutionStatus.RUNNING}'
+                   OR (o.scheduled_for > e.scheduled_for AND o.started_at IS NOT NULL)
+                   OR (o.status = '{ExecutionStatus.QUEUED}' AND o.trigger = '{Trigger.CATCHUP}'
+                       AND o.attempt = 0 AND o.scheduled_for < e.scheduled_for
+                       AND o.scheduled_for <= now())))
+        RETURNING e.id, e.attempt, e.schedule_id, e.scheduled_for, e.workspace_id, e.input,
+            a.id AS automation_id, a.owner_id, a.agent_url, a.signing_secret, a.steps,
+            a.project_context, a.step_timeout_s, a.request_headers, a.concurrency_limit,
+            a.rate_limit_per_s, a.urgent
+    )
+    SELECT c.*, s.kind, s.overlap_policy
+    FROM claimed c JOIN schedules s ON s.id = c.schedule_id
+    """
+).bindparams(bindparam("ids", type_=ARRAY(Uuid())))
+
+
 def claim_executions(
     session: Session,
     execution_ids: list[uuid.UUID],
@@ -248,8 +308,11 @@ def claim_executions(
 ) -> list[ClaimResult]:
     """`claim_execution` for many runs in one transaction, one result per id, in order.
 
-    Most claims are one row of a single UPDATE; the rest (an overlap decision, an
-    archived automation, a duplicate message) are claimed one by one.
+    Most claims are one row of a single UPDATE (`_CLAIM_MANY`); first starts that
+    need an overlap decision are claimed together by a second one when no other
+    run of their schedule is in the way (`_CLAIM_UNCONTESTED`); the rest (a
+    sibling running or in the same group, an archived automation, a duplicate
+    message) are claimed one by one.
 
     Runs in `ahead` are not due yet (their message came early): one that needs no
     overlap decision is claimed now and started at its slot by the worker; for any
@@ -258,6 +321,11 @@ def claim_executions(
     """
     rows = session.execute(_CLAIM_MANY, {"ids": execution_ids, "lease_s": lease_s}).all()
     claimed = {row.id: _claim_from(session, row) for row in rows}
+    left = list(dict.fromkeys(i for i in execution_ids if i not in claimed and i not in ahead))
+    if left:
+        claimed |= {
+            row.id: _claim_from(session, row) for row in _claim_uncontested(session, left, lease_s)
+        }
     results: list[ClaimResult] = []
     for i in execution_ids:
         if i in claimed:
@@ -267,6 +335,12 @@ def claim_executions(
         else:
             results.append(claim_execution(session, i, lease_s=lease_s))
     return results
+
+
+def _claim_uncontested(session: Session, ids: list[uuid.UUID], lease_s: int) -> list[Any]:
+    """The runs of `ids` whose overlap decision is "run" with nothing in the way, claimed."""
+    session.execute(_LOCK_SCHEDULES, {"ids": ids})
+    return list(session.execute(_CLAIM_UNCONTESTED, {"ids": ids, "lease_s": lease_s}).all())
 
 
 def _claim_from(session: Session, row: Any) -> Claim:

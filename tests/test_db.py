@@ -39,6 +39,7 @@ from testkit.factories import (
     ADMIN,
     automation_input,
     execution,
+    executions_of,
     fetch,
     make_automation,
     make_execution,
@@ -49,6 +50,7 @@ from testkit.factories import (
     step_runs,
     table_snapshot,
 )
+from testkit.waiting import wait_for
 
 CONFIG = DispatchConfig(horizon_s=90, grace_s=60, batch=100)
 
@@ -895,3 +897,142 @@ def test_a_sweep_takes_no_more_runs_than_its_limit(db: None) -> None:
         assert len(found) == expected
         taken += [r.execution_id for r in found]
     assert sorted(taken) == sorted(lost)
+
+
+def _due_cron_runs(n: int, **schedule: Any) -> list[uuid.UUID]:
+    """N `* * * * *` schedules (default policies: overlap skip), dispatched at their
+    first slot: each one's run of that slot (the next slot is queued too)."""
+    ids = [make_schedule(make_automation(), **schedule) for _ in range(n)]
+    firsts = [fetch(Schedule, i).next_run_at for i in ids]
+    _dispatch(max(f for f in firsts if f is not None))
+    return [executions_of(i)[0].id for i in ids]
+
+
+def _statements_of(work: Callable[[], Any]) -> tuple[Any, list[str]]:
+    from sqlalchemy import event
+
+    from db.session import get_engine
+
+    sent: list[str] = []
+    listener = lambda *args: sent.append(args[2])  # noqa: E731
+    event.listen(get_engine(), "before_cursor_execute", listener)
+    try:
+        return work(), sent
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", listener)
+
+
+def test_a_group_of_cron_runs_of_many_schedules_is_claimed_in_one_update(db: None) -> None:
+    from db.claims import claim_executions
+
+    # given 20 `skip` schedules, one due run each
+    ids = _due_cron_runs(20)
+
+    # when one group claim gets them, counting the statements sent
+    def claim() -> list[Any]:
+        with session_scope() as session:
+            return claim_executions(session, ids, lease_s=5)
+
+    results, sent = _statements_of(claim)
+    # then all are claimed: the fast-path UPDATE, one lock statement and one UPDATE
+    # for the overlap decisions, whatever the group's size
+    assert [r.execution_id for r in results if not isinstance(r, str)] == ids
+    assert all(r.overlap_policy == "skip" and r.attempt == 1 for r in results)
+    assert len(sent) == 3, sent
+    assert {execution(i).status for i in ids} == {"running"}
+
+
+def test_a_group_claim_runs_one_of_two_runs_of_a_skip_schedule(db: None) -> None:
+    from db.claims import claim_executions
+
+    # given two due runs of one `skip` schedule and runs of other `skip` schedules
+    schedule_id, first, second = _two_due_runs(overlap_policy="skip")
+    others = _due_cron_runs(3)
+    # when one group claim gets them all
+    with session_scope() as session:
+        results = claim_executions(session, [others[0], second, first, *others[1:]], lease_s=5)
+    # then exactly one run of the schedule runs (the first slot, a catch-up run that
+    # goes first) and the other is skipped
+    kinds = [r if isinstance(r, str) else "claimed" for r in results]
+    assert kinds == ["claimed", "skipped", "claimed", "claimed", "claimed"]
+    assert (execution(first).status, execution(second).status) == ("running", "skipped")
+    assert fetch(Schedule, schedule_id).skipped_count == 1
+
+
+def test_a_group_claim_skips_a_run_whose_sibling_is_running(db: None) -> None:
+    from db.claims import claim_executions
+
+    # given a `skip` schedule whose first run is running, and another schedule's run
+    _, first, second = _two_due_runs(overlap_policy="skip")
+    with session_scope() as session:
+        assert not isinstance(claim_execution(session, first, lease_s=30), str)
+    (other,) = _due_cron_runs(1)
+    # when a group claims its second run and the other
+    with session_scope() as session:
+        results = claim_executions(session, [second, other], lease_s=5)
+    # then the second run is skipped, the other runs
+    assert results[0] == "skipped" and not isinstance(results[1], str)
+    assert execution(second).status == "skipped"
+
+
+def test_a_group_claim_keeps_one_run_of_a_buffer_one_schedule_waiting(db: None) -> None:
+    from db.claims import claim_executions
+
+    # given two due runs of one `buffer_one` schedule and another schedule's run
+    _, first, second = _two_due_runs(overlap_policy="buffer_one")
+    (other,) = _due_cron_runs(1, overlap_policy="buffer_one")
+    # when one group claim gets them all
+    with session_scope() as session:
+        results = claim_executions(session, [first, second, other], lease_s=5)
+    # then the first runs, the second waits queued for it, the other runs
+    kinds = [r if isinstance(r, str) else "claimed" for r in results]
+    assert kinds == ["claimed", "waiting", "claimed"]
+    assert (execution(first).status, execution(second).status) == ("running", "queued")
+
+
+def test_concurrent_group_claims_never_start_two_runs_of_a_skip_schedule(db: None) -> None:
+    import threading
+
+    from db.claims import claim_executions
+
+    # given the first two slots of one `skip` cron schedule (no catch-up run: nothing
+    # but the lock keeps the two apart), each in its own worker's group
+    first, a, b = _due_cron_runs(3)
+    schedule_id = execution(first).schedule_id
+    assert schedule_id is not None
+    second = executions_of(schedule_id)[1].id
+    outcome: list[Any] = []
+    with session_scope() as session:
+        # when one worker's group has claimed the first run and not committed yet
+        held = claim_executions(session, [first, a], lease_s=5)
+        other = threading.Thread(
+            target=lambda: outcome.append(_claim_group([second, b])), daemon=True
+        )
+        other.start()
+        # and the other worker's group waits for the schedule's lock
+        wait_for(_lock_awaited, timeout=60, message="the other group to wait for the lock")
+    other.join(60)
+    # then the first worker's runs run, and the other's run of the schedule is skipped
+    assert all(not isinstance(r, str) for r in held)
+    assert outcome[0][0] == "skipped" and not isinstance(outcome[0][1], str)
+    assert (execution(first).status, execution(second).status) == ("running", "skipped")
+
+
+def _claim_group(ids: list[uuid.UUID]) -> list[Any]:
+    from db.claims import claim_executions
+
+    with session_scope() as session:
+        return claim_executions(session, ids, lease_s=5)
+
+
+def _lock_awaited() -> bool:
+    with session_scope() as session:
+        return bool(
+            session.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
+                    " WHERE d.datname = current_database()"
+                    " AND l.locktype = 'advisory' AND NOT l.granted"
+                )
+            ).scalar()
+        )

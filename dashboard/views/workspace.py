@@ -97,15 +97,16 @@ def origins(text: str) -> list[str]:
 
 
 if ui.can(Permission.MANAGE_SECRETS):
-    a, b, c = st.columns([2, 3, 1])
+    a, b = st.columns([2, 3])
     name = a.text_input("Name", key="ws_secret_name", placeholder="AGENT_TOKEN")
     value = b.text_input("Value", key="ws_secret_value", type="password")
-    sent_to = st.text_input(
+    c, g = st.columns([5, 1], vertical_alignment="bottom")
+    sent_to = c.text_input(
         "May be sent to (agent origins, separated by spaces; empty keeps a secret's own)",
         key="ws_secret_origins",
         placeholder="https://agent.example.com",
     )
-    if c.button("Save secret", key="ws_secret_save", width="stretch"):
+    if g.button("Save secret", key="ws_secret_save", width="stretch"):
         act(
             partial(secrets.set_secret, origins=origins(sent_to) if sent_to.strip() else None),
             name,

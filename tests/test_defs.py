@@ -373,3 +373,31 @@ def test_an_applied_schedule_due_within_the_minute_is_dispatched_without_the_tic
     assert redis_client.llen("dramatiq:dispatch") == 1
     [sent] = [dramatiq.Message.decode(m) for m in redis_client.hvals("dramatiq:dispatch.msgs")]
     assert sent.actor_name == "dispatch"
+
+
+def test_secret_origins_binds_a_secret_that_apply_then_respects(
+    tmp_path: Path, capsys: Any
+) -> None:
+    from service import secrets
+
+    # given a secret, bound from the command line by the local admin
+    secrets.set_secret("AGENT_TOKEN", "tok-Lk52value", actor=person(LOCAL_ADMIN))
+    assert cli("secret-origins", "AGENT_TOKEN", "https://agent.example.com/run") == 0
+    assert "may be sent to https://agent.example.com/run" in capsys.readouterr().out
+    # when definitions naming it are applied for another origin, then they are refused
+    path = tmp_path / "defs.yaml"
+    path.write_text(DEFS.replace("agent.example.com", "elsewhere.example.com"))
+    before = table_snapshot()
+    assert cli("apply", "-f", str(path)) == 2
+    assert "AGENT_TOKEN may not be sent to https://elsewhere.example.com:443" in (
+        capsys.readouterr().err
+    )
+    assert table_snapshot() == before
+    # and for the bound origin they apply
+    path.write_text(DEFS)
+    assert cli("apply", "-f", str(path)) == 0
+    # and an unknown secret or a bad origin is refused, saying why
+    assert cli("secret-origins", "NOPE", "https://agent.example.com") == 2
+    assert cli("secret-origins", "AGENT_TOKEN", "ftp://x") == 2
+    err = capsys.readouterr().err
+    assert "no secret named NOPE" in err and "origins" in err

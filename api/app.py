@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from api import audit, automations, channels, executions, queues, schedules, webhooks
+from api import audit, automations, channels, executions, queues, schedules, secrets, webhooks
 from api.metrics import RequestMetrics
 from api.problems import documented, install
 from service.health import readiness
@@ -57,7 +57,7 @@ def create_app() -> FastAPI:
         title="Stepwise", version="1", description=DESCRIPTION, docs_url=None, redoc_url=None
     )
     install(app)
-    for module in (automations, schedules, executions, queues, audit, channels):
+    for module in (automations, schedules, executions, queues, audit, channels, secrets):
         app.include_router(module.router, responses=documented(429))
     app.include_router(webhooks.router)
     app.mount(ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")

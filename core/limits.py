@@ -29,6 +29,7 @@ MAX_HEADER_VALUE = 2000
 # Runs and agent answers.
 MAX_RECOVERIES = 5  # claims past a run's retries before housekeeping gives up on it
 MAX_OUTPUT_DEPTH = 100  # JSON nested deeper is kept as text (parsers and encoders recurse)
+MAX_SECRET_ORIGINS = 20  # agent origins one workspace secret may be sent to
 MAX_INPUT_BYTES = 65_536  # a run's input (a schedule's, a caller's, a webhook's body), as JSON
 
 # Inbound webhooks.

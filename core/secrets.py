@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from core.errors import StepwiseError
+from core.egress import resolver_form
+from core.errors import StepwiseError, ValidationFailed
+from core.limits import MAX_SECRET_ORIGINS
 
 SIGNATURE_HEADER = "Stepwise-Signature"
 SECRET_PREFIX = "whsec_"
@@ -147,3 +151,76 @@ def render_headers(template: Mapping[str, str], secrets: Mapping[str, str]) -> d
         header: SECRET_REFERENCE.sub(lambda m: secrets[m.group(1)], value)
         for header, value in template.items()
     }
+
+
+# --- where a secret may be sent ------------------------------------------------------------
+# An admin binds each workspace secret to the agent origins it may be sent to; an
+# automation that names it must call one of them (checked at save and at call time).
+
+
+class SecretNotBound(SecretUnreadable):
+    """A secret named in the headers may not be sent to the call's origin."""
+
+
+def origin_of(url: str) -> str:
+    """`scheme://host:port` of an http(s) URL, as a resolver reads the host (port written
+    out); ValueError if it has none."""
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError("give an http:// or https:// origin, like https://agent.example.com")
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    host = resolver_form(parts.hostname)
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme.lower()}://{host}:{port}"
+
+
+def parse_origins(values: Iterable[str]) -> tuple[str, ...]:
+    """Origins as an admin gives them (`https://agent.example.com`, a path is ignored),
+    normalised and sorted; ValidationFailed on the `origins` field if one is not one."""
+    found = set()
+    for value in values:
+        if not value.strip():
+            continue
+        try:
+            found.add(origin_of(value))
+        except ValueError as exc:
+            raise ValidationFailed.single("origins", f"{value[:80]!r}: {exc}") from None
+    if len(found) > MAX_SECRET_ORIGINS:
+        raise ValidationFailed.single("origins", f"at most {MAX_SECRET_ORIGINS} origins")
+    return tuple(sorted(found))
+
+
+def unbound(origins_by_secret: Mapping[str, Sequence[str]], url: str) -> list[str]:
+    """The secrets (of those given, with their origins) that may not be sent to `url`."""
+    try:
+        origin = origin_of(url)
+    except ValueError:
+        return sorted(origins_by_secret)
+    return sorted(name for name, origins in origins_by_secret.items() if origin not in origins)
+
+
+def not_bound_message(names: Sequence[str], url: str) -> str:
+    """Why a call to `url` may not carry the secrets `names` (never their values)."""
+    try:
+        origin = origin_of(url)
+    except ValueError:
+        origin = "this URL"
+    listed = ", ".join(names)
+    return (
+        f"the secret{'s' if len(names) > 1 else ''} {listed} may not be sent to {origin}: "
+        "a workspace admin allows it on the Workspace page (where the secret is sent)"
+    )
+
+
+# Values this short are not redacted from answers (they would mangle ordinary text).
+MIN_REDACTED = 4
+
+
+def redact_values(text: str, values: Iterable[str]) -> str:
+    """`text` with every value (and its JSON-escaped form) of at least MIN_REDACTED
+    characters replaced by REDACTED, longest first."""
+    forms = {form for value in values for form in (value, json.dumps(value)[1:-1])}
+    for form in sorted(forms, key=len, reverse=True):
+        if len(form) >= MIN_REDACTED:
+            text = text.replace(form, "REDACTED")
+    return text

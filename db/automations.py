@@ -18,12 +18,13 @@ from sqlalchemy.orm import Session
 
 from core.access import Actor
 from core.automation import AutomationInput, redact_url, validate_automation
-from core.errors import NotFound, QuotaExceeded
-from core.secrets import new_signing_secret
+from core.errors import NotFound, QuotaExceeded, ValidationFailed
+from core.secrets import new_signing_secret, not_bound_message
 from core.settings import get_settings
 from core.vocabulary import CompletedReason, Permission
 from db.models import Automation, Execution, Schedule
 from db.runs import AUTOMATION_DELETED, cancel_executions
+from db.secrets import unbound_secrets
 from db.workspaces import authorize, quotas
 
 Changes = dict[str, list[Any]]  # {field: [old, new]}, as the audit log keeps an edit
@@ -97,6 +98,7 @@ def create_automation(session: Session, data: AutomationInput, *, actor: Actor) 
     as stored (its `created_at`)."""
     settings = get_settings()
     validate_automation(data, egress=settings.egress_policy())
+    check_bound(session, data, actor=actor)
     within_quota(session, actor, Automation, "automations")
     automation = Automation(
         **automation_values(data),
@@ -107,6 +109,16 @@ def create_automation(session: Session, data: AutomationInput, *, actor: Actor) 
     session.flush()
     session.refresh(automation)
     return automation
+
+
+def check_bound(session: Session, data: AutomationInput, *, actor: Actor) -> None:
+    """ValidationFailed (request_headers) if the headers name a workspace secret that may not
+    be sent to the agent URL: an admin binds each secret to the origins it may go to."""
+    refused = unbound_secrets(
+        session, actor.workspace_id, dict(data.request_headers), data.agent_url
+    )
+    if refused:
+        raise ValidationFailed.single("request_headers", not_bound_message(refused, data.agent_url))
 
 
 def live_automation(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> Automation:
@@ -159,6 +171,7 @@ def update_automation(
 ) -> tuple[Automation, Changes]:
     """Every field replaced; the row as stored (its `updated_at`) and what changed."""
     validate_automation(data, egress=get_settings().egress_policy())
+    check_bound(session, data, actor=actor)
     automation = live_automation(session, automation_id, actor=actor)
     new = automation_values(data)
     changed = changes(automation, new)

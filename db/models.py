@@ -164,6 +164,10 @@ class WorkspaceSecret(Base):
     )
     name: Mapped[str] = mapped_column(String(MAX_SECRET_NAME), primary_key=True)
     sealed: Mapped[str] = mapped_column(Text, info=SEALED)
+    # The agent origins (`scheme://host:port`) an admin allows it to be sent to.
+    origins: Mapped[list[str]] = mapped_column(
+        JSONB, default=list, server_default=text("'[]'::jsonb")
+    )
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
 

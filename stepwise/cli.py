@@ -14,6 +14,7 @@ stepwise reseal              # after a new key is put first: re-seal every store
 stepwise export ...          # history to CSV / Parquet / Excel
 stepwise apply -f FILE       # create/update automations and schedules from YAML
 stepwise export-defs         # write them back as YAML
+stepwise secret-origins NAME ORIGIN...  # where a workspace secret may be sent (admins)
 stepwise api list|pause|resume|run|tail ...  # the REST API for scripts
 """
 # Over 400 lines: every subcommand and its parser, one short function each (the REST API
@@ -472,7 +473,28 @@ def export_defs(args: argparse.Namespace) -> int:
     return 0
 
 
+def secret_origins(args: argparse.Namespace) -> int:
+    """Bind a workspace secret to the agent origins it may be sent to (admins; audited)."""
+    from core.errors import StepwiseError
+    from service import secrets
+
+    try:
+        secrets.set_secret_origins(args.name, args.origins, actor=_member(args))
+    except (StepwiseError, ValueError) as exc:
+        print(f"stepwise secret-origins: {exc}", file=sys.stderr)
+        return 2
+    where = ", ".join(args.origins) or "nowhere"
+    print(f"stepwise secret-origins: {args.name} may be sent to {where}")
+    return 0
+
+
 def _add_defs_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    r = sub.add_parser("secret-origins", help="bind a workspace secret to agent origins")
+    r.add_argument("name", help="the secret's name")
+    r.add_argument("origins", nargs="*", help="https://agent.example.com ... (none: nowhere)")
+    r.add_argument("--workspace", help="workspace id (default: the person's first)")
+    r.add_argument("--as", dest="as_", help="act as this member (default local admin)")
+    r.set_defaults(func=secret_origins)
     p = sub.add_parser("apply", help="create or update automations and schedules from YAML")
     p.add_argument("-f", "--file", required=True)
     p.add_argument("--dry-run", action="store_true", help="show the changes, write nothing")

@@ -321,11 +321,6 @@ async def call_agent(
         return _refused(refused.reason, started)
     except _Unsendable as exc:
         return StepOutcome.failure(str(exc), _elapsed_ms(started), retryable=False)
-    except ValueError as exc:
-        # Whatever else aiohttp refuses to send is refused again on every try: one failure,
-        # said without its text (it could quote a header's value).
-        error = f"the call could not be made ({type(exc).__name__} in the HTTP client)"
-        return StepOutcome.failure(error, _elapsed_ms(started), retryable=False)
     except aiohttp.InvalidURL as exc:
         error = f"bad agent URL: {exc}"
         return StepOutcome.failure(error, _elapsed_ms(started), retryable=False)
@@ -342,3 +337,9 @@ async def call_agent(
             else "could not reach the agent, or it did not answer in HTTP"
         )
         return StepOutcome.failure(error, _elapsed_ms(started), retryable=True)
+    except ValueError as exc:
+        # Whatever else aiohttp refuses to send (a certificate error is a ClientError,
+        # above) is refused again on every try: one failure, said without its text (it
+        # could quote a header's value).
+        error = f"the call could not be made ({type(exc).__name__} in the HTTP client)"
+        return StepOutcome.failure(error, _elapsed_ms(started), retryable=False)

@@ -12,6 +12,7 @@ worker hands the run back without spending a retry.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import threading
@@ -30,12 +31,12 @@ from sqlalchemy.orm import Session
 from core import logs
 from core.errors import AgentRejected, StepFailed
 from core.outcome import StepOutcome, stored_request
-from core.secrets import SecretUnreadable
+from core.secrets import SecretUnreadable, redact_values
 from core.settings import Settings
 from core.vocabulary import ExecutionStatus, FailureReport, OverlapPolicy
 from db import runs
 from db.runs import RunMessage
-from db.secrets import resolve_headers
+from db.secrets import resolve_call_headers
 from db.session import session_scope
 from tasks import metrics
 from tasks.agent import AgentClient, call_agent
@@ -87,6 +88,8 @@ class Flight:
     calling: bool = False  # a call is at the agent: dropping the run drops the call
     # The automation's headers with secrets filled in: in memory for this run only.
     headers: dict[str, str] | None = field(default=None, repr=False)
+    # The secret values in them, redacted from what a call stores.
+    sent: list[str] = field(default_factory=list, repr=False)
 
 
 class Pilot:
@@ -226,7 +229,7 @@ class Pilot:
             return None
         if claim.request_headers and flight.headers is None:
             try:
-                flight.headers = await self._db(partial(_resolve_headers, claim))
+                flight.headers, flight.sent = await self._db(partial(_resolve_headers, claim))
             except SecretUnreadable as exc:
                 # Not worth a retry: the workspace must add the secret first.
                 error = f"request headers: {exc}"
@@ -254,6 +257,7 @@ class Pilot:
             flight.calling = False
             if claim.concurrency_limit is not None:
                 await asyncio.shield(self.flow.release(claim.automation_id, holder))
+        outcome = redacted(outcome, flight.sent)  # what the call sent never stays in it
         metrics.step_called(outcome)
         if span is not None:
             retried = outcome.retryable and flight.retries < flight.max_retries
@@ -416,9 +420,34 @@ def report_failure(execution_id: uuid.UUID, report: FailureReport) -> None:
     raise StepFailed(f"{error} (no retries left)")
 
 
-def _resolve_headers(claim: runs.Claim) -> dict[str, str]:
+def _resolve_headers(claim: runs.Claim) -> tuple[dict[str, str], list[str]]:
     with session_scope() as session:
-        return resolve_headers(session, claim.workspace_id, claim.request_headers)
+        return resolve_call_headers(
+            session, claim.workspace_id, claim.request_headers, claim.agent_url
+        )
+
+
+def redacted(outcome: StepOutcome, values: list[str]) -> StepOutcome:
+    """`outcome` without the secret values the call sent (an agent may echo them): its
+    body, error and output, as stored and passed to the next step."""
+    if not values:
+        return outcome
+    body = None if outcome.body is None else redact_values(outcome.body, values)
+    error = None if outcome.error is None else redact_values(outcome.error, values)
+    output = _redact_json(outcome.output, values)
+    return dataclasses.replace(outcome, body=body, error=error, output=output)
+
+
+def _redact_json(value: Any, values: list[str]) -> Any:
+    """A parsed answer with the values redacted from its strings and keys (nested at most
+    MAX_OUTPUT_DEPTH: deeper answers are kept as text, `core.outcome`)."""
+    if isinstance(value, str):
+        return redact_values(value, values)
+    if isinstance(value, list):
+        return [_redact_json(item, values) for item in value]
+    if isinstance(value, dict):
+        return {redact_values(k, values): _redact_json(v, values) for k, v in value.items()}
+    return value
 
 
 def _next_waiting(schedule_id: uuid.UUID) -> RunMessage | None:

@@ -20,6 +20,7 @@ from core.tokens import token_hash
 from core.vocabulary import ExecutionStatus, Role
 from db.session import session_scope
 from db.tokens import list_tokens
+from service import secrets as secret_service
 from service import tokens, webhooks
 from service.automations import rotate_signing_secret
 from testkit.api import ApiProcess, bearer, make_token, writes
@@ -752,3 +753,30 @@ def test_a_run_lists_one_dead_letter_with_its_error_and_link_and_they_are_cleane
     # and the cleaning is audited with its criteria
     audit = client.get("/v1/audit", params={"action": "purge_dead_letters"}, headers=admin).json()
     assert [row["details"].get("statuses") for row in audit][-1] == ["succeeded"]
+
+
+def test_admins_bind_a_secret_to_origins_and_members_read_them(client: TestClient) -> None:
+    # given a secret, an admin token and an editor token
+    secret_service.set_secret("AGENT_TOKEN", "tok-Rw83value", actor=ADMIN)
+    admin, editor = bearer(make_token(name="ops")), bearer(make_token(role=Role.EDITOR))
+    body = {"origins": ["https://agent.example.com/run", "http://127.0.0.1:8787"]}
+    # when an admin binds it, then it is bound, audited, and listed without its value
+    bound = client.put("/v1/secrets/AGENT_TOKEN/origins", json=body, headers=admin)
+    assert bound.status_code == 200, bound.text
+    origins = ["http://127.0.0.1:8787", "https://agent.example.com:443"]
+    assert bound.json()["origins"] == origins
+    listed = client.get("/v1/secrets", headers=editor)
+    assert [(s["name"], s["origins"]) for s in listed.json()] == [("AGENT_TOKEN", origins)]
+    assert "tok-Rw83value" not in listed.text + bound.text
+    # and an editor may not, a bad origin or an unknown secret writes nothing
+    before = writes()
+    assert (
+        client.put("/v1/secrets/AGENT_TOKEN/origins", json=body, headers=editor).status_code == 403
+    )
+    bad = client.put(
+        "/v1/secrets/AGENT_TOKEN/origins", json={"origins": ["ftp://x"]}, headers=admin
+    )
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "origins"
+    gone = client.put("/v1/secrets/NOPE/origins", json=body, headers=admin)
+    assert gone.status_code == 404
+    assert writes() == before

@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
 
 from core.settings import get_settings
 from core.vocabulary import ExecutionStatus
-from service import channels, webhooks
+from service import channels, secrets, webhooks
 from service.webhooks import SECRET_HEADER
 from testkit.api import bearer, make_token, writes
 from testkit.factories import (
@@ -106,6 +106,8 @@ def _objects(
     schedule_id = make_schedule(automation_id)
     (run_id,) = add_executions(automation_id, [{"status": run}])
     channel = channels.add_channel(f"c-{uuid.uuid4()}", CHANNEL_URL, actor=ADMIN)
+    secret = f"S_{uuid.uuid4().hex}"
+    secrets.set_secret(secret, "value-of-a-secret", actor=ADMIN)
     made = webhooks.enable_webhook(automation_id, actor=ADMIN)
     if not webhook:
         webhooks.disable_webhook(automation_id, actor=ADMIN)
@@ -125,6 +127,7 @@ def _objects(
         "webhook_id": made.info.id,
         "queue": "default",
         "message_id": letter,
+        "name": secret,
     }
     return {name: str(value) for name, value in ids.items()}, made.secret
 

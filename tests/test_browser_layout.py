@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from testkit.browser import DESKTOP, PHONE, no_exception, settle, shoot
-from testkit.factories import add_executions, make_automation, make_schedule, now
+from testkit.factories import ADMIN, add_executions, make_automation, make_schedule, now
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.usefixtures("db", "redis_client")]
 
@@ -241,3 +241,25 @@ def test_signing_secret_rotation_asks_first_and_dead_letters_clean_in_bulk(
     page.get_by_text("Delete the 1 dead letter(s)").wait_for()
     check_layout(page, size["width"])
     shoot(page, f"dead_letters_clean_{kind}")
+
+
+def test_the_workspace_pages_secrets_and_their_origins_fit_phone_and_desktop(
+    dashboard_url: str, browser_page: Any
+) -> None:
+    from service import secrets
+
+    # given a secret bound to two agent origins
+    origins = ["https://agent.example.com", "http://127.0.0.1:8787"]
+    secrets.set_secret("AGENT_TOKEN", "s3cret-value", actor=ADMIN, origins=origins)
+    page = browser_page
+    for size, label in ((PHONE, "phone"), (DESKTOP, "desktop")):
+        # when the Workspace page opens, then the origins show and nothing overlaps
+        page.set_viewport_size(size)
+        page.goto(f"{dashboard_url}/workspace")
+        page.get_by_text("May be sent to (agent origins").first.wait_for(timeout=120_000)
+        settle(page)
+        page.wait_for_timeout(1000)
+        check_layout(page, size["width"])
+        page.get_by_text("Now sent only to").first.scroll_into_view_if_needed()
+        shoot(page, f"layout_{label}_workspace_secrets")
+        assert "s3cret-value" not in page.content()

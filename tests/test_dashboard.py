@@ -766,6 +766,33 @@ def test_the_workspace_page_adds_members_and_secrets_audited() -> None:
     ]
 
 
+def test_the_workspace_page_binds_a_secret_to_the_agent_origins_it_may_go_to() -> None:
+    # given the local admin saving a secret with the origin it may be sent to
+    at = open_view("workspace")
+    at.text_input(key="ws_secret_name").input("AGENT_TOKEN").run()
+    at.text_input(key="ws_secret_value").input("s3cret-value").run()
+    at.text_input(key="ws_secret_origins").input("https://agent.example.com/run").run()
+    at.button(key="ws_secret_save").click().run()
+    assert not at.exception, at.exception
+    assert "https://agent.example.com:443" in at.dataframe[1].value.to_string()
+    # when they allow another origin instead, then the table says so and it is audited
+    at.selectbox(key="ws_secret_bound").set_value("AGENT_TOKEN").run()
+    at.text_input(key="ws_secret_where").input("http://127.0.0.1:8787").run()
+    at.button(key="ws_secret_allow").click().run()
+    assert not at.exception, at.exception
+    shown = at.dataframe[1].value.to_string()
+    assert "http://127.0.0.1:8787" in shown and "agent.example.com" not in shown
+    # and a bad origin is refused with a message, changing nothing
+    at.text_input(key="ws_secret_where").input("ftp://files.example.com").run()
+    at.button(key="ws_secret_allow").click().run()
+    assert "origins" in at.error[0].value and "http://127.0.0.1:8787" in shown
+    with session_scope() as session:
+        (row, *_) = list_audit(session, AuditFilters(), actor=person("local admin"))
+    assert row.details["changed"] == {
+        "origins": [["https://agent.example.com:443"], ["http://127.0.0.1:8787"]]
+    }
+
+
 # --- issue 13: the executions table, filters in the URL ------------------------------------
 
 

@@ -416,3 +416,31 @@ def test_the_readme_says_which_paths_are_at_the_root_and_which_need_a_token() ->
     assert "`GET /health`, the docs (`/docs`) and `/openapi.json` are at the root" in readme
     # and it says a loopback agent other than the demo is refused until it is allowed
     assert "refused, as a guard against requests to internal services, until its" in readme
+
+
+def test_secret_origins_binds_a_secret_that_apply_then_respects(
+    tmp_path: Path, capsys: Any
+) -> None:
+    from service import secrets
+
+    # given a secret, bound from the command line by the local admin
+    secrets.set_secret("AGENT_TOKEN", "tok-Lk52value", actor=person(LOCAL_ADMIN))
+    assert cli("secret-origins", "AGENT_TOKEN", "https://agent.example.com/run") == 0
+    assert "may be sent to https://agent.example.com/run" in capsys.readouterr().out
+    # when definitions naming it are applied for another origin, then they are refused
+    path = tmp_path / "defs.yaml"
+    path.write_text(DEFS.replace("agent.example.com", "elsewhere.example.com"))
+    before = table_snapshot()
+    assert cli("apply", "-f", str(path)) == 2
+    assert "AGENT_TOKEN may not be sent to https://elsewhere.example.com:443" in (
+        capsys.readouterr().err
+    )
+    assert table_snapshot() == before
+    # and for the bound origin they apply
+    path.write_text(DEFS)
+    assert cli("apply", "-f", str(path)) == 0
+    # and an unknown secret or a bad origin is refused, saying why
+    assert cli("secret-origins", "NOPE", "https://agent.example.com") == 2
+    assert cli("secret-origins", "AGENT_TOKEN", "ftp://x") == 2
+    err = capsys.readouterr().err
+    assert "no secret named NOPE" in err and "origins" in err

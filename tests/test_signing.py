@@ -26,15 +26,18 @@ import pytest
 from sqlalchemy import String, select
 
 from core.automation import only_references
-from core.errors import ValidationFailed
-from core.secrets import SecretBox, SecretUnreadable, new_key, signature_header
+from core.errors import Forbidden, ValidationFailed
+from core.secrets import SecretBox, SecretUnreadable, new_key, origin_of, signature_header
 from core.settings import get_settings
+from core.vocabulary import Role
 from db import automations
 from db.keys import reseal_secrets
 from db.models import Automation, Base, WorkspaceSecret
 from db.runs import RunMessage
 from db.secrets import set_secret
 from db.session import session_scope
+from service import automations as automation_service
+from service import secrets as secret_service
 from service.automations import rotate_signing_secret
 from service.webhooks import enable_webhook
 from stepwise.demo_agent import AgentServer, Reply, verify_signature
@@ -47,6 +50,7 @@ from testkit.factories import (
     make_automation,
     make_channel,
     make_execution,
+    person,
     step_runs,
     table_snapshot,
 )
@@ -300,7 +304,7 @@ def test_a_header_secret_reaches_the_agent_and_no_dump_log_or_page(
     # given a workspace secret, and an automation whose Authorization header names it
     token = "sk-live-" + new_key()[:24]
     with session_scope() as session:
-        set_secret(session, "AGENT_TOKEN", token, actor=ADMIN)
+        set_secret(session, "AGENT_TOKEN", token, actor=ADMIN, origins=[agent.url])
     automation_id = make_automation(
         agent_url=agent.url,
         steps=2,
@@ -349,11 +353,14 @@ def test_a_header_naming_a_missing_secret_fails_the_step_without_calling(
     assert agent.calls == []
 
 
-def store_secret_as_saved_before(name: str, value: str) -> None:
+def store_secret_as_saved_before(name: str, value: str, origin: str) -> None:
     """A secret row written below the service, as one saved before a rule refused it."""
     sealed = get_settings().secret_box().seal(value)
+    row = WorkspaceSecret(
+        workspace_id=ADMIN.workspace_id, name=name, sealed=sealed, origins=[origin_of(origin)]
+    )
     with session_scope() as session:
-        session.add(WorkspaceSecret(workspace_id=ADMIN.workspace_id, name=name, sealed=sealed))
+        session.add(row)
 
 
 @pytest.mark.parametrize(
@@ -369,9 +376,9 @@ def test_an_agent_or_secret_that_breaks_the_call_fails_the_step_once(
 ) -> None:
     # given an automation whose Authorization names a secret, and an agent or secret at fault
     if case == "line break in a secret":
-        store_secret_as_saved_before("T", "abc\r\nX-Injected: 1")
+        store_secret_as_saved_before("T", "abc\r\nX-Injected: 1", agent.url)
     else:
-        store_secret_as_saved_before("T", "tok-Hv81")
+        store_secret_as_saved_before("T", "tok-Hv81", agent.url)
         where = (
             agent.url.replace("http://", "http://u:p@")
             if "password" in case
@@ -440,3 +447,70 @@ def test_headers_that_would_leak_a_credential_or_break_the_call_are_refused(
             session, automation_input(request_headers=headers), actor=ADMIN
         )
     assert message in (refused.value.for_field("request_headers") or "")
+
+
+# --- where a secret may be sent ----------------------------------------------------------
+
+
+def test_an_editor_cannot_send_a_secret_to_an_origin_no_admin_bound_it_to(
+    worker: Any, agent: AgentServer
+) -> None:
+    token = "sk-prod-" + new_key()[:24]
+    prod = "https://prod.example.com"
+    secret_service.set_secret("PROD_TOKEN", token, actor=ADMIN, origins=[prod])
+    editor = person("eve", Role.EDITOR)
+    uses = (("Authorization", "Bearer {{ secret.PROD_TOKEN }}"),)
+    # when an editor points an automation that uses it at their own (echoing) server
+    agent.responder = lambda call: Reply(200, {"echo": call.headers.get("authorization")})
+    before = table_snapshot()
+    with pytest.raises(
+        ValidationFailed, match=r"PROD_TOKEN may not be sent to http://127\.0\.0\.1"
+    ):
+        make_automation(actor=editor, agent_url=agent.url, request_headers=uses)
+    # or saves it for the bound origin, then changes its URL
+    made = make_automation(actor=editor, agent_url=f"{prod}/agent", request_headers=uses)
+    moved = automation_input(agent_url=agent.url, request_headers=uses)
+    with pytest.raises(ValidationFailed, match="may not be sent"):
+        automation_service.update(made, moved, actor=editor)
+    # then nothing of theirs was saved but the automation for the bound origin
+    assert len(table_snapshot()["automations"]) == len(before["automations"]) + 1
+    # and only an admin binds a secret
+    with pytest.raises(Forbidden):
+        secret_service.set_secret_origins("PROD_TOKEN", [agent.url], actor=editor)
+    # when an admin allowed the agent, an automation was saved, and the admin took it back
+    secret_service.set_secret_origins("PROD_TOKEN", [prod, agent.url], actor=ADMIN)
+    allowed = make_automation(actor=editor, agent_url=agent.url, request_headers=uses, steps=1)
+    secret_service.set_secret_origins("PROD_TOKEN", [prod], actor=ADMIN)
+    # then a run fails at once, before any call, saying why
+    refused = make_execution(allowed)
+    send_run(RunMessage(refused, 3))
+    done = wait_for(lambda: (e := execution(refused)).status == "failed" and e, timeout=30)
+    assert done.attempt == 1 and "PROD_TOKEN may not be sent" in (done.error or "")
+    assert agent.calls == [] and token not in (done.error or "")
+
+
+def test_a_secret_an_agent_echoes_is_redacted_from_what_the_run_stores(
+    worker: Any, agent: AgentServer
+) -> None:
+    # given a secret bound to an agent that echoes what it is sent
+    token = "sk-live-" + new_key()[:24]
+    secret_service.set_secret("AGENT_TOKEN", token, actor=ADMIN, origins=[agent.url])
+    agent.responder = lambda call: Reply(
+        200, {"echo": call.headers.get("authorization"), token: [token]}
+    )
+    automation_id = make_automation(
+        agent_url=agent.url,
+        steps=2,
+        request_headers=(("Authorization", "Bearer {{ secret.AGENT_TOKEN }}"),),
+    )
+    # when a worker runs it
+    execution_id = make_execution(automation_id)
+    send_run(RunMessage(execution_id, 3))
+    assert wait_for(lambda: execution(execution_id).status == "succeeded", timeout=30)
+    # then the agent got the value, and nothing the run stored holds it
+    assert [c.headers["authorization"] for c in agent.calls] == [f"Bearer {token}"] * 2
+    stored = repr([(s.response_body, s.error, s.request) for s in step_runs(execution_id)])
+    assert token not in stored and "Bearer REDACTED" in stored
+    assert token not in repr(execution(execution_id).result)
+    # nor what the next step was given as the previous output
+    assert token not in repr(agent.calls[1].body)

@@ -385,9 +385,10 @@ def test_quotas_refuse_at_create_time_with_a_clear_error(ours: Team) -> None:
 
 def test_secrets_are_sealed_write_only_and_audited_by_name(theirs: Team) -> None:
     # given a secret set by an admin, then replaced
-    secret_service.set_secret("AGENT_TOKEN", "first-value-123", actor=ADMIN)
+    agent = "https://agent.example.com/run"
+    secret_service.set_secret("AGENT_TOKEN", "first-value-123", actor=ADMIN, origins=[agent])
     secret_service.set_secret("AGENT_TOKEN", "second-value-456", actor=ADMIN)
-    secret_service.set_secret("AGENT_TOKEN", "their-value-789", actor=theirs.admin)
+    secret_service.set_secret("AGENT_TOKEN", "their-value-789", actor=theirs.admin, origins=[agent])
     # then only names can be read back; the table holds no clear value
     assert [s.name for s in _read(secrets.list_secrets, actor=ADMIN)] == ["AGENT_TOKEN"]
     stored = _read(lambda s: s.scalars(select(WorkspaceSecret.sealed)).all())
@@ -395,17 +396,20 @@ def test_secrets_are_sealed_write_only_and_audited_by_name(theirs: Team) -> None
     rows = _read(list_audit, AuditFilters(), actor=ADMIN)
     assert [r.details for r in rows] == [
         {"name": "AGENT_TOKEN", "replaced": True},
-        {"name": "AGENT_TOKEN", "replaced": False},
+        {"name": "AGENT_TOKEN", "replaced": False, "origins": ["https://agent.example.com:443"]},
     ]
     assert "value" not in repr(rows)
     # and the worker's resolution uses the run's workspace's value only
     template = {"Authorization": "Bearer {{ secret.AGENT_TOKEN }}", "Accept": "json"}
-    ours_resolved = _read(secrets.resolve_headers, DEFAULT_WORKSPACE_ID, template)
+    ours_resolved = _read(secrets.resolve_headers, DEFAULT_WORKSPACE_ID, template, agent)
     assert ours_resolved == {"Authorization": "Bearer second-value-456", "Accept": "json"}
-    theirs_resolved = _read(secrets.resolve_headers, theirs.admin.workspace_id, template)
+    theirs_resolved = _read(secrets.resolve_headers, theirs.admin.workspace_id, template, agent)
     assert theirs_resolved["Authorization"] == "Bearer their-value-789"
     with pytest.raises(SecretUnreadable, match="no workspace secret named MISSING"):
-        _read(secrets.resolve_headers, DEFAULT_WORKSPACE_ID, {"X": "{{ secret.MISSING }}"})
+        _read(secrets.resolve_headers, DEFAULT_WORKSPACE_ID, {"X": "{{ secret.MISSING }}"}, agent)
+    # and a secret is never opened for an origin it is not bound to
+    with pytest.raises(SecretUnreadable, match="AGENT_TOKEN may not be sent to"):
+        _read(secrets.resolve_headers, DEFAULT_WORKSPACE_ID, template, "https://evil.example/")
     # and deleting is audited by name too; bad names are refused
     secret_service.delete_secret("AGENT_TOKEN", actor=ADMIN)
     _refused(lambda s: secret_service.delete_secret("AGENT_TOKEN", actor=ADMIN), NotFound)
@@ -414,11 +418,11 @@ def test_secrets_are_sealed_write_only_and_audited_by_name(theirs: Team) -> None
 
 
 def test_reseal_covers_workspace_secrets() -> None:
-    secret_service.set_secret("TOKEN", "v", actor=ADMIN)
+    agent = "https://agent.example.com/run"
+    secret_service.set_secret("TOKEN", "v", actor=ADMIN, origins=[agent])
     assert admin.reseal() == 1
-    assert _read(secrets.resolve_headers, DEFAULT_WORKSPACE_ID, {"A": "{{ secret.TOKEN }}"}) == {
-        "A": "v"
-    }
+    template = {"A": "{{ secret.TOKEN }}"}
+    assert _read(secrets.resolve_headers, DEFAULT_WORKSPACE_ID, template, agent) == {"A": "v"}
 
 
 # --- workers --------------------------------------------------------------------------------

@@ -1,13 +1,15 @@
 """Workspace: its members and their roles, its secrets (names only), API tokens, notification
 channels with their deliveries, and quotas.
 
-Everyone sees who is in; admins add, change and remove members, set and delete
-secrets (values are write-only) and change quotas, each change audited (`service`).
+Everyone sees who is in; admins add, change and remove members, set, bind (to the
+agent origins each may be sent to) and delete secrets (values are write-only) and
+change quotas, each change audited (`service`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import pandas as pd
 import streamlit as st
@@ -71,29 +73,61 @@ if admin:
         act(workspaces.remove_member, leaving, done=f"{ui.text(leaving)} was removed.")
 
 st.subheader("Secrets")
-st.caption("Referenced in an agent's request headers as `{{ secret.NAME }}`; values never shown.")
+st.caption(
+    "Referenced in an agent's request headers as `{{ secret.NAME }}`; values never shown. "
+    "A secret is sent only to the agent origins an admin allows here."
+)
 names = ui.read(list_secrets)
 if names:
     st.dataframe(
         pd.DataFrame(
-            {"Name": [s.name for s in names], "Set": [ui.fmt_time(s.updated_at) for s in names]}
+            {
+                "Name": [s.name for s in names],
+                "Set": [ui.fmt_time(s.updated_at) for s in names],
+                "May be sent to": [", ".join(s.origins) or "nowhere yet" for s in names],
+            }
         ),
         hide_index=True,
         width="stretch",
     )
+
+
+def origins(text: str) -> list[str]:
+    return [part for part in text.replace(",", " ").split() if part]
+
+
 if ui.can(Permission.MANAGE_SECRETS):
-    a, b, c = st.columns([2, 3, 1])
+    a, b = st.columns([2, 3])
     name = a.text_input("Name", key="ws_secret_name", placeholder="AGENT_TOKEN")
     value = b.text_input("Value", key="ws_secret_value", type="password")
-    if c.button("Save secret", key="ws_secret_save", width="stretch"):
+    c, g = st.columns([5, 1], vertical_alignment="bottom")
+    sent_to = c.text_input(
+        "May be sent to (agent origins, separated by spaces; empty keeps a secret's own)",
+        key="ws_secret_origins",
+        placeholder="https://agent.example.com",
+    )
+    if g.button("Save secret", key="ws_secret_save", width="stretch"):
         act(
-            secrets.set_secret,
+            partial(secrets.set_secret, origins=origins(sent_to) if sent_to.strip() else None),
             name,
             value,
             done=f"Secret {ui.text(name)} saved.",
-            clear=("ws_secret_name", "ws_secret_value"),
+            clear=("ws_secret_name", "ws_secret_value", "ws_secret_origins"),
         )
     if names:
+        d, e, f = st.columns([2, 3, 1])
+        bound = d.selectbox("Secret", [s.name for s in names], key="ws_secret_bound")
+        where = e.text_input(
+            "Now sent only to", key="ws_secret_where", placeholder="https://agent.example.com"
+        )
+        if f.button("Allow", key="ws_secret_allow", width="stretch") and bound:
+            act(
+                secrets.set_secret_origins,
+                bound,
+                origins(where),
+                done=f"Secret {ui.text(bound)} may be sent to {ui.text(where) or 'nowhere'}.",
+                clear=("ws_secret_where",),
+            )
         d, e = st.columns([5, 1])
         gone = d.selectbox("Secret to delete", [s.name for s in names], key="ws_secret_gone")
         if e.button("Delete", key="ws_secret_delete", width="stretch") and gone:

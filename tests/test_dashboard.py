@@ -693,8 +693,8 @@ def test_the_workspace_page_adds_members_and_secrets_audited() -> None:
     at.text_input(key="ws_member").input("Bob@Example.com").run()
     at.selectbox(key="ws_role").set_value("editor").run()
     at.button(key="ws_set_member").click().run()
-    at.text_input(key="ws_secret_name").input("AGENT_TOKEN").run()
-    at.text_input(key="ws_secret_value").input("s3cret-value").run()
+    at.text_input(key="ws_secret_name").input("AGENT_TOKEN")  # in a form: sent with its button
+    at.text_input(key="ws_secret_value").input("s3cret-value")  # in a form: sent with its button
     at.button(key="ws_secret_save").click().run()
     assert not at.exception, at.exception
     # then both show (the secret by name only) and both are audited by the local admin

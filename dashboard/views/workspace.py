@@ -82,10 +82,13 @@ if names:
         width="stretch",
     )
 if ui.can(Permission.MANAGE_SECRETS):
-    a, b, c = st.columns([2, 3, 1])
-    name = a.text_input("Name", key="ws_secret_name", placeholder="AGENT_TOKEN")
-    value = b.text_input("Value", key="ws_secret_value", type="password")
-    if c.button("Save secret", key="ws_secret_save", width="stretch"):
+    # A form, as for channels: a password field left with Tab must not be read as empty.
+    with st.form("ws_secret_form", border=False):
+        a, b, c = st.columns([2, 3, 1], vertical_alignment="bottom")
+        name = a.text_input("Name", key="ws_secret_name", placeholder="AGENT_TOKEN")
+        value = b.text_input("Value", key="ws_secret_value", type="password")
+        saving = c.form_submit_button("Save secret", key="ws_secret_save", width="stretch")
+    if saving:
         act(
             secrets.set_secret,
             name,

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 import streamlit as st
 
 from core.errors import StepwiseError
-from core.vocabulary import OPEN_STATUSES, ExecutionStatus, Permission
+from core.vocabulary import OPEN_STATUSES, ExecutionStatus, Permission, StepStatus
 from dashboard import ui, waterfall
 from db import queries
 from service import executions
@@ -78,7 +78,9 @@ def header(execution: queries.ExecutionRow) -> None:
         f" · started {ui.fmt_time(execution.started_at)}"
         f" · finished {ui.fmt_time(execution.finished_at)}"
     )
-    if execution.error:
+    if execution.error and execution.status == ExecutionStatus.CANCELLED:
+        st.info(ui.text(execution.error), icon=":material/cancel:")  # a choice, not a failure
+    elif execution.error:
         st.error(ui.text(execution.error), icon=":material/error:")
 
 
@@ -105,7 +107,10 @@ def actions_row(execution: queries.ExecutionRow) -> None:
             "Cancel", icon=":material/cancel:", key="run_cancel"
         ):
             executions.cancel(execution.id, actor=ui.actor())
-            st.session_state["execution_flash"] = "Cancelled (a running step finishes first)."
+            st.session_state["execution_flash"] = (
+                "Cancelled: a step at the agent was cut (its answer is not recorded) "
+                "and no further step runs."
+            )
             st.rerun()
     except StepwiseError as exc:
         st.error(ui.text(exc))
@@ -149,7 +154,9 @@ def attempt(s: queries.StepRunRow, zero: datetime) -> None:
         f"(+{(s.started_at - zero).total_seconds():.2f} s) · took {ui.fmt_duration(took)} · "
         f"HTTP {s.response_status or '—'}"
     )
-    if s.error:
+    if s.error and s.status == StepStatus.CANCELLED:
+        st.info(ui.text(s.error), icon=":material/cancel:")
+    elif s.error:
         st.error(ui.text(s.error), icon=":material/error:")
     request, response = st.columns(2)
     with request:

@@ -32,7 +32,7 @@ from core.vocabulary import (
     ScheduleKind,
     ScheduleState,
 )
-from db.figures import success_rate
+from db.figures import next_run_column, success_rate
 from db.models import Automation, Execution, Schedule, StepRun
 from db.workspaces import authorize
 
@@ -397,6 +397,7 @@ class ScheduleRow:
     pause_note: str | None
     created_at: datetime
     queued_runs: int
+    next_run: datetime | None  # what people read as its next run (`next_run_column`)
 
     @property
     def state(self) -> ScheduleState:
@@ -443,9 +444,10 @@ def list_schedules(
     )
     stmt = (
         select(
-            *_columns(Schedule, ScheduleRow, "automation_name", "queued_runs"),
+            *_columns(Schedule, ScheduleRow, "automation_name", "queued_runs", "next_run"),
             Automation.name.label("automation_name"),
             func.coalesce(queued.c.queued_runs, 0).label("queued_runs"),
+            next_run_column().label("next_run"),
         )
         .join(Automation, Automation.id == Schedule.automation_id)
         .outerjoin(queued, queued.c.schedule_id == Schedule.id)

@@ -83,7 +83,7 @@ def record(schedule_id: uuid.UUID) -> None:
         f"**Queued** {now.queued_runs}"
     )
     st.caption(
-        f"Next run {ui.fmt_time(now.next_run_at, now.timezone)} · "
+        f"Next run {ui.fmt_time(now.next_run, now.timezone) if now.enabled else now.state} · "
         f"last run {ui.fmt_time(now.last_run_at, now.timezone)} ({now.last_status or 'none'})"
     )
 

@@ -87,7 +87,9 @@ def table(rows: list[queries.ScheduleRow]) -> pd.DataFrame:
             "Runs when": [timing(r) for r in rows],
             # In the viewer's zone: the schedule's own zone is in "Runs when", and its page
             # lists the next runs in both.
-            f"Next run ({viewer})": [ui.fmt_short(r.next_run_at, viewer) for r in rows],
+            f"Next run ({viewer})": [
+                ui.fmt_short(r.next_run, viewer) if r.enabled else str(r.state) for r in rows
+            ],
             "State": [state_text(r) for r in rows],
             "Last": [ui.status_cell(r.last_status) for r in rows],
             "Runs": [r.run_count for r in rows],

@@ -809,3 +809,29 @@ def queries_status(execution_id: uuid.UUID) -> str:
         detail = queries.execution_detail(session, execution_id, actor=ADMIN)
     assert detail is not None
     return detail.execution.status
+
+
+def test_executions_are_listed_by_the_time_shown_first() -> None:
+    # given a run of the 02:33 slot queued then, and a backfill of the 00:30 slot queued later
+    automation_id = make_automation(name="Backfilled")
+    base = now()
+    slot, backfill = add_executions(
+        automation_id,
+        [
+            {"queued_at": base - timedelta(hours=2), "trigger": "schedule"},
+            {
+                "queued_at": base - timedelta(minutes=5),
+                "scheduled_for": base - timedelta(hours=4),
+                "trigger": "backfill",
+            },
+        ],
+    )
+    # when Executions opens
+    at = open_view("executions")
+    frame = at.dataframe[0].value
+    # then the first time column is the one the rows are ordered by, and the caption says so
+    times = [c for c in frame.columns if c in ("Queued", "Scheduled for")]
+    assert times[0] == "Queued", list(frame.columns)
+    assert list(frame["Id"]) == [str(backfill), str(slot)]
+    assert list(frame["Queued"]) == sorted(frame["Queued"], reverse=True)
+    assert any("newest queued first" in c.value for c in at.caption)

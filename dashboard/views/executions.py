@@ -14,7 +14,7 @@ from core.errors import StepwiseError
 from core.limits import MAX_BULK
 from core.vocabulary import Permission
 from dashboard import grid, ui
-from dashboard.executions_table import executions_table
+from dashboard.executions_table import IN_FLIGHT_COLUMNS, executions_table
 from dashboard.filters import history_filters, selection
 from db import figures, queries
 from service import executions
@@ -86,7 +86,7 @@ def history() -> None:
     # time: a slot queued ahead of its time no longer sorts above the run in progress.
     if offset == 0 and (current := ui.read(queries.executions_in_flight, filters)):
         st.subheader("In flight")
-        executions_table(current, "ex_in_flight")
+        executions_table(current, "ex_in_flight", IN_FLIGHT_COLUMNS)
         st.subheader("Finished")
     page = ui.read(queries.list_executions, filters, limit=page_size, offset=offset, settled=True)
     if not page.rows and offset:  # the page emptied under us (retention, filters)
@@ -123,7 +123,7 @@ def history() -> None:
         args=(max(offset - page_size, 0),),
         width="stretch",
     )
-    label.caption(f"Rows {offset + 1} to {offset + len(page.rows)}, newest first")
+    label.caption(f"Rows {offset + 1} to {offset + len(page.rows)}, newest queued first")
     nxt.button(
         "Older →",
         disabled=not page.has_more,

@@ -89,7 +89,17 @@ def record(schedule_id: uuid.UUID) -> None:
 
 
 # What tells a schedule's runs apart: its automation is the same on every row.
-EXECUTION_COLUMNS = ["Status", "Scheduled for", "Trigger", "Steps", "Duration", "Error", "Attempt"]
+# Newest queued first (`queries.HISTORY_ORDER`), so that time leads.
+EXECUTION_COLUMNS = [
+    "Status",
+    "Queued",
+    "Scheduled for",
+    "Trigger",
+    "Steps",
+    "Duration",
+    "Error",
+    "Attempt",
+]
 
 
 @st.fragment(run_every=10)

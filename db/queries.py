@@ -319,6 +319,8 @@ class ExecutionGrid:
     executions: list[ExecutionRow]
     step_names: list[str]
     cells: dict[tuple[uuid.UUID, int], str] = field(default_factory=dict)
+    # Per execution and step, how long the step's last attempt took (ms), when it ended.
+    durations_ms: dict[tuple[uuid.UUID, int], int | None] = field(default_factory=dict)
 
 
 def execution_grid(
@@ -342,16 +344,18 @@ def execution_grid(
     ).all()
     runs = [ExecutionRow(**row._mapping) for row in rows]
     cells: dict[tuple[uuid.UUID, int], str] = {}
+    durations: dict[tuple[uuid.UUID, int], int | None] = {}
     if runs:
         attempts = session.execute(
-            select(StepRun.execution_id, StepRun.step_number, StepRun.status)
+            select(StepRun.execution_id, StepRun.step_number, StepRun.status, StepRun.duration_ms)
             .where(StepRun.execution_id.in_([r.id for r in runs]))
             .order_by(StepRun.execution_id, StepRun.step_number, StepRun.attempt, StepRun.id)
         ).all()
         for a in attempts:  # ordered: the last attempt of each step wins
             cells[(a.execution_id, a.step_number)] = a.status
+            durations[(a.execution_id, a.step_number)] = a.duration_ms
     names = [str(step.get("name") or f"step {n}") for n, step in enumerate(steps, 1)]
-    return ExecutionGrid(executions=runs, step_names=names, cells=cells)
+    return ExecutionGrid(executions=runs, step_names=names, cells=cells, durations_ms=durations)
 
 
 def _step_name(step_number: int, steps: list[dict[str, str]]) -> str:

@@ -8,22 +8,24 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, insert, update
+from sqlalchemy import func, update
 
 from core.vocabulary import Role
 from dashboard import ui, waterfall
 from db import queries
-from db.models import Execution, StepRun
+from db.models import Execution
 from db.session import session_scope
-from testkit.factories import ADMIN, add_executions, make_automation, make_workspace, person
+from testkit.factories import (
+    ADMIN,
+    add_executions,
+    add_steps,
+    make_automation,
+    make_workspace,
+    person,
+)
 from testkit.pages import execution_page, load_view, texts
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-def add_steps(execution_id: uuid.UUID, rows: list[dict[str, object]]) -> None:
-    with session_scope() as session:
-        session.execute(insert(StepRun), [{"execution_id": execution_id, **r} for r in rows])
 
 
 def step(
@@ -270,6 +272,45 @@ def test_the_run_grid_has_a_cell_per_run_and_step_in_status_colour() -> None:
     theirs = make_workspace("Their team", admin="eve@their.example")
     with session_scope() as session:
         assert queries.execution_grid(session, automation_id, actor=theirs).executions == []
+
+
+@pytestmark_db
+def test_the_run_grids_columns_carry_their_times_and_a_cell_tells_run_status_duration() -> None:
+    # given a two-step run whose steps took 1.5 s and 0.25 s, queued at a known time
+    from dashboard import grid, ui
+
+    automation_id = make_automation(name="Timed", steps=2)
+    (run,) = add_executions(automation_id, [{"status": "succeeded"}])
+    add_steps(
+        run,
+        [
+            {
+                "step_number": n,
+                "attempt": 1,
+                "status": "succeeded",
+                "request": {},
+                "duration_ms": ms,
+            }
+            for n, ms in ((1, 1500), (2, 250))
+        ],
+    )
+    with session_scope() as session:
+        found = queries.execution_grid(session, automation_id, actor=ADMIN)
+    # when the grid is drawn
+    drawn = grid.chart(found).to_dict()
+    by_row = {c["row"]: c for c in grid.cells(found)}
+    # then its column is labelled with the run's time, not left bare
+    label = ui.fmt_column_time(found.executions[0].queued_at, "UTC")
+    assert drawn["encoding"]["x"]["field"] == "column"
+    assert drawn["encoding"]["x"]["axis"].get("labels", True) is not False
+    assert {c["column"] for c in by_row.values()} == {label}
+    # and hovering a cell tells the run, its status and how long it took
+    tips = [t["field"] for t in drawn["encoding"]["tooltip"]]
+    assert {"run", "status", "duration"} <= set(tips)
+    assert by_row["1. step 1"]["duration"] == ui.fmt_duration(1.5)
+    assert by_row["2. step 2"]["duration"] == ui.fmt_duration(0.25)
+    assert by_row["whole execution"]["duration"] == ui.fmt_duration(1.0)
+    assert by_row["whole execution"]["run"].endswith("manual")
 
 
 @pytestmark_db

@@ -323,3 +323,30 @@ def test_executions_show_the_run_grid_once_an_automation_is_chosen() -> None:
     at.selectbox(key="ex_automation").set_value(str(automation_id)).run()
     assert not at.exception, at.exception
     assert "Execution grid" in [s.value for s in at.subheader]
+
+
+@pytestmark_db
+def test_a_steps_request_is_shown_as_a_curl_command_with_its_secrets_masked() -> None:
+    # given a step whose stored request has a secret reference and a literal credential
+    automation_id = make_automation(name="Curl me")
+    (run,) = add_executions(automation_id, [{"status": "succeeded"}])
+    request = {
+        "url": "https://agent.example/run",
+        "headers": {
+            "Authorization": "Bearer {{ secret.AGENT_TOKEN }}",
+            "X-Api-Key": "k-Lq81literal",
+            "X-Team": "ops",
+        },
+        "body": {"message": "it's ready", "step_number": 1},
+    }
+    add_steps(run, [{"step_number": 1, "attempt": 1, "status": "succeeded", "request": request}])
+    # when its page opens
+    at = execution_page(run)
+    (curl,) = [c.value for c in at.code if c.value.startswith("curl ")]
+    # then the request is a curl command: the URL, the body, the plain header as sent
+    assert "-X POST https://agent.example/run" in curl and "-H 'X-Team: ops'" in curl
+    assert """--data-raw '{"message": "it'"'"'s ready", "step_number": 1}'""" in curl
+    # and no secret: a reference is a shell variable, a credential and the signature placeholders
+    assert """-H 'Authorization: Bearer '"${AGENT_TOKEN}\"""" in curl
+    assert "k-Lq81literal" not in curl and "-H 'X-Api-Key: <x-api-key>'" in curl
+    assert "Stepwise-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256" in curl

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import streamlit as st
 
 from core.errors import StepwiseError
+from core.outcome import curl_command
 from core.vocabulary import OPEN_STATUSES, ExecutionStatus, Permission, StepStatus
 from dashboard import ui, waterfall
 from db import queries
@@ -162,6 +163,8 @@ def attempt(s: queries.StepRunRow, zero: datetime) -> None:
     with request:
         st.markdown("**Request** (as stored: secrets are references)")
         st.json(s.request, expanded=1)
+        st.markdown("**As `curl`** (secrets are shell variables or placeholders)")
+        st.code(curl_command(s.request), language="bash", wrap_lines=True)
     with response:
         st.markdown("**Response**")
         st.code(pretty(s.response_body), language="json", wrap_lines=True)

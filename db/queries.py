@@ -53,6 +53,7 @@ class ExecutionFilters:
     trigger: str | None = None
     since: datetime | None = None  # on queued_at, inclusive
     until: datetime | None = None  # on queued_at, exclusive
+    error_contains: str = ""  # a part of the stored error, any case
 
 
 def scope(session: Session, actor: Actor) -> uuid.UUID:
@@ -82,6 +83,11 @@ def filter_executions(stmt: S, workspace_id: uuid.UUID, filters: ExecutionFilter
         conditions.append(Execution.queued_at >= filters.since)
     if filters.until is not None:
         conditions.append(Execution.queued_at < filters.until)
+    if filters.error_contains.strip():
+        # `%` and `_` typed by a person are matched as themselves.
+        conditions.append(
+            Execution.error.icontains(filters.error_contains.strip(), autoescape=True)
+        )
     return stmt.where(*conditions)
 
 

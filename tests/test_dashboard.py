@@ -835,3 +835,27 @@ def test_executions_are_listed_by_the_time_shown_first() -> None:
     assert list(frame["Id"]) == [str(backfill), str(slot)]
     assert list(frame["Queued"]) == sorted(frame["Queued"], reverse=True)
     assert any("newest queued first" in c.value for c in at.caption)
+
+
+def test_executions_are_searched_by_error_text() -> None:
+    # given runs failed with different errors (one with a LIKE wildcard in it)
+    automation_id = make_automation(name="Searched")
+    timeout, refused, odd = add_executions(
+        automation_id,
+        [
+            {"status": "failed", "error": "step 1: agent timed out after 30 s"},
+            {"status": "failed", "error": "step 2: connection refused"},
+            {"status": "failed", "error": "step 1: 100% of quota used"},
+        ],
+    )
+    add_executions(automation_id, [{"status": "succeeded"}])
+    # when a part of an error is typed, in any case
+    at = open_view("executions")
+    at.text_input(key="ex_error").input("TIMED OUT").run()
+    # then only the runs whose error holds it are listed, and the link keeps it
+    assert list(at.dataframe[0].value["Id"]) == [str(timeout)]
+    assert at.query_params["error"] in ("TIMED OUT", ["TIMED OUT"])
+    # and % is matched as itself, not as a wildcard
+    at.text_input(key="ex_error").input("0%").run()
+    assert list(at.dataframe[0].value["Id"]) == [str(odd)]
+    assert refused

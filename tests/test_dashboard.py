@@ -28,6 +28,7 @@ from testkit.factories import (
     ADMIN,
     add_executions,
     automation_input,
+    execution,
     make_automation,
     make_execution,
     make_schedule,
@@ -859,3 +860,30 @@ def test_executions_are_searched_by_error_text() -> None:
     at.text_input(key="ex_error").input("0%").run()
     assert list(at.dataframe[0].value["Id"]) == [str(odd)]
     assert refused
+
+
+def test_the_open_runs_of_a_filter_are_cancelled_in_bulk_and_audited() -> None:
+    # given two queued runs and a running one of one automation, a queued one of another
+    # and a finished one
+    ours = make_automation(name="Bulk cancelled")
+    theirs = make_automation(name="Left alone")
+    open_rows = [
+        {"status": "queued", "started_at": None, "finished_at": None},
+        {"status": "queued", "started_at": None, "finished_at": None},
+        {"status": "running", "finished_at": None},
+    ]
+    cancelled = add_executions(ours, [*open_rows, {"status": "succeeded"}])[:3]
+    (other,) = add_executions(theirs, [open_rows[0]])
+    # when Executions is filtered to the first automation and its open runs are cancelled
+    at = open_view("executions", query={"automation": str(ours)})
+    at.button(key="ex_bulk_cancel").click().run()
+    assert any("Cancel 3 queued or running run(s)" in w.value for w in at.warning)
+    at.button(key="ex_cancel_yes").click().run()
+    assert not at.exception, at.exception
+    # then those three are cancelled, each audited; the other automation's run is not
+    assert "3 run(s) cancelled." in texts(at)
+    assert {execution(e).status for e in cancelled} == {"cancelled"}
+    assert execution(other).status == "queued"
+    with session_scope() as session:
+        audited = list_audit(session, AuditFilters(actions=("cancel",)), actor=ADMIN)
+    assert {r.target_id for r in audited} == set(cancelled)

@@ -23,6 +23,7 @@ from db.audit import AuditFilters, list_audit
 from db.queries import ExecutionFilters
 from db.session import session_scope
 from service import automations
+from service import executions as executions_service
 from service.exports import audit_csv
 from testkit.factories import (
     ADMIN,
@@ -887,3 +888,24 @@ def test_the_open_runs_of_a_filter_are_cancelled_in_bulk_and_audited() -> None:
     with session_scope() as session:
         audited = list_audit(session, AuditFilters(actions=("cancel",)), actor=ADMIN)
     assert {r.target_id for r in audited} == set(cancelled)
+
+
+def test_the_audit_page_names_objects_and_links_to_them() -> None:
+    from service import schedules as schedule_service
+
+    # given an automation created, a schedule of it paused, and a run of it cancelled
+    automation_id = make_automation(name="Named report")
+    schedule_id = make_schedule(automation_id, cron_expr="0 3 * * *")
+    schedule_service.pause(schedule_id, actor=ADMIN)
+    run = make_execution(automation_id)
+    executions_service.cancel(run, actor=ADMIN)
+    # when the audit page opens
+    frame = open_view("audit").dataframe[0].value
+    by_id = {row["Id"]: row for _, row in frame.iterrows()}
+    # then each row names its object and links to its page, not a bare id
+    assert by_id[str(schedule_id)]["Name"] == "Named report · 0 3 * * *"
+    assert by_id[str(schedule_id)]["Open"] == f"schedule?id={schedule_id}"
+    assert by_id[str(run)]["Name"].startswith("Named report · run of ")
+    assert by_id[str(run)]["Open"] == f"execution?id={run}"
+    assert by_id[str(automation_id)]["Name"] == "Named report"
+    assert by_id[str(automation_id)]["Open"] == f"executions?automation={automation_id}"

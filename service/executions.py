@@ -1,5 +1,5 @@
-"""Executions: start one now, retry, retry the failed ones of a filter, cancel (one, or the
-open ones of a filter).
+"""Executions: start one now, replay one with edited input, retry, retry the failed ones of
+a filter, cancel (one, or the open ones of a filter).
 
 Each public function is one unit of work (`service.unit`): the RUN role checked first,
 the change made (`db.executions`) and audited, and the run's message sent only once the
@@ -80,6 +80,17 @@ def start_in(
     )
     unit.after_commit(partial(send.send_run, message))
     return execution.id
+
+
+def replay(execution_id: uuid.UUID, run_input: RunInput | None, *, actor: Actor) -> uuid.UUID:
+    """Start a new manual run of an execution's automation with `run_input` (the run's own,
+    edited); audited as a run started now, naming the execution it replays."""
+    with unit_of_work(actor, Permission.RUN) as unit:
+        found = queries.executions_by_id(unit.session, {execution_id}, actor=actor)
+        if execution_id not in found:
+            raise NotFound(f"execution {execution_id} does not exist (or was deleted)")
+        automation_id = found[execution_id].automation_id
+        return start_in(unit, automation_id, run_input, replay_of=str(execution_id))
 
 
 def retry(execution_id: uuid.UUID, *, actor: Actor) -> None:

@@ -350,3 +350,43 @@ def test_a_steps_request_is_shown_as_a_curl_command_with_its_secrets_masked() ->
     assert """-H 'Authorization: Bearer '"${AGENT_TOKEN}\"""" in curl
     assert "k-Lq81literal" not in curl and "-H 'X-Api-Key: <x-api-key>'" in curl
     assert "Stepwise-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256" in curl
+
+
+@pytestmark_db
+def test_a_run_is_replayed_with_edited_input_and_audited() -> None:
+    from db.audit import AuditFilters, list_audit
+    from testkit.factories import fetch
+
+    # given a finished run that had an input
+    automation_id = make_automation(name="Replayed")
+    (run,) = add_executions(automation_id, [{"status": "failed", "input": {"order": 41}}])
+    at = execution_page(run)
+    # when its input is edited and it is replayed
+    at.text_area(key=f"replay_{run}_input").input('{"order": 42}')
+    at.button(key=f"replay_{run}_go").click().run()
+    # then a new run of the automation starts with the edited input, the old one untouched
+    with session_scope() as session:
+        rows = queries.list_executions(
+            session, queries.ExecutionFilters(automation_id=automation_id), actor=ADMIN
+        ).rows
+        audited = list_audit(session, AuditFilters(actions=("run_now",)), actor=ADMIN)
+    (new,) = [r for r in rows if r.id != run]
+    assert (new.status, new.trigger) == ("queued", "manual")
+    assert fetch(Execution, new.id).input == {"order": 42}
+    assert fetch(Execution, run).input == {"order": 41}
+    # and the replay is audited, naming the run it replays
+    assert [(r.target_id, r.details.get("replay_of")) for r in audited] == [
+        (automation_id, str(run))
+    ]
+    # and input that is not a JSON object is refused, starting nothing
+    at = execution_page(run)
+    at.text_area(key=f"replay_{run}_input").input("[1, 2]")
+    at.button(key=f"replay_{run}_go").click().run()
+    assert "Input: " in texts(at)
+    with session_scope() as session:
+        assert (
+            queries.count_executions(
+                session, queries.ExecutionFilters(automation_id=automation_id), actor=ADMIN
+            )
+            == 2
+        )

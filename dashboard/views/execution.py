@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 
 import streamlit as st
 
-from core.errors import StepwiseError
+from core.errors import StepwiseError, ValidationFailed
 from core.outcome import curl_command
+from core.run_input import parse_run_input
 from core.vocabulary import OPEN_STATUSES, ExecutionStatus, Permission, StepStatus
 from dashboard import ui, waterfall
 from db import queries
@@ -59,6 +60,8 @@ def execution_page(execution_id: uuid.UUID, watching: bool) -> None:
     if ui.can(Permission.RUN):
         actions_row(detail.execution)
     show_input(detail)
+    if ui.can(Permission.RUN) and detail.execution.status not in OPEN_STATUSES:
+        replay_form(detail)
     steps(detail)
 
 
@@ -123,6 +126,31 @@ def show_input(detail: queries.ExecutionDetail) -> None:
         return
     st.markdown("**Input**, sent to the agent with every step")
     st.json(detail.input, expanded=2)
+
+
+def replay_form(detail: queries.ExecutionDetail) -> None:
+    """A new run of the same automation with this run's input, edited first."""
+    key = f"replay_{detail.execution.id}"
+    with st.expander("Replay with edited input", icon=":material/edit_note:"):
+        typed = st.text_area(
+            "Input (JSON object; empty for none)",
+            value=json.dumps(detail.input, indent=2) if detail.input is not None else "",
+            key=f"{key}_input",
+            height=120,
+        )
+        if st.button("Replay", icon=":material/replay:", key=f"{key}_go"):
+            try:
+                started = executions.replay(
+                    detail.execution.id, parse_run_input(typed), actor=ui.actor()
+                )
+            except ValidationFailed as exc:
+                st.error(ui.text(f"Input: {exc.for_field('input')}"))
+                return
+            except StepwiseError as exc:
+                st.error(ui.text(exc))
+                return
+            st.session_state["execution_flash"] = "Replayed: this is the new run."
+            ui.open_execution(started)
 
 
 def steps(detail: queries.ExecutionDetail) -> None:

@@ -47,8 +47,8 @@ IN_FLIGHT_COLUMNS = [
 
 COLUMNS = {
     "Status": ui.status_column(width=100),
-    "Automation": st.column_config.TextColumn(width=170),
-    "Steps": st.column_config.TextColumn(width=150),
+    "Automation": st.column_config.TextColumn(width=150),
+    "Steps": st.column_config.TextColumn(width=130),
     "Error": st.column_config.TextColumn(width=300),
     "Queued": st.column_config.TextColumn(width=170),
     "Scheduled for": st.column_config.TextColumn(width=170),

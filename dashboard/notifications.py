@@ -128,7 +128,7 @@ def automation_notifications(automation_id: uuid.UUID) -> None:
     names = {c.id: c.name for c in held}
     locked = not ui.can(Permission.EDIT)
     key = f"notify_{automation_id}"
-    a, b, c = st.columns([4, 2, 1])
+    a, b, c = st.columns([3, 2, 2], vertical_alignment="bottom")  # the button's words fit
     picked = a.multiselect(
         "Channels",
         list(names),

@@ -68,7 +68,7 @@ def test_overview_shows_kpis_and_the_stale_scheduler(db: None) -> None:
     assert metrics["Runs, last 24 h"] == "2"
     assert metrics["Success rate, 24 h"] == "50%"
     assert "scheduler has never ticked" in texts(at)
-    assert "agent said no" in at.dataframe[1].value.to_string()
+    assert "agent said no" in at.dataframe[0].value.to_string()  # Needs attention, first
 
 
 def test_needs_attention_groups_failures_by_automation_and_error() -> None:

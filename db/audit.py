@@ -90,17 +90,17 @@ def target_names(session: Session, rows: list[AuditRow], *, actor: Actor) -> dic
         )
         names |= {i: name for i, name in found}
     if ids := wanted.get(AuditTarget.SCHEDULE):
-        found = session.execute(
+        timed = session.execute(
             select(Schedule.id, Automation.name, Schedule.kind, Schedule.cron_expr)
             .join(Automation, Automation.id == Schedule.automation_id)
             .where(Schedule.id.in_(ids), Schedule.workspace_id == workspace_id)
         )
-        names |= {i: f"{name} · {cron or kind}" for i, name, kind, cron in found}
+        names |= {i: f"{name} · {cron or kind}" for i, name, kind, cron in timed}
     if ids := wanted.get(AuditTarget.EXECUTION):
-        found = session.execute(
+        runs = session.execute(
             select(Execution.id, Automation.name, Execution.scheduled_for)
             .join(Automation, Automation.id == Execution.automation_id)
             .where(Execution.id.in_(ids), Execution.workspace_id == workspace_id)
         )
-        names |= {i: f"{name} · run of {at:%Y-%m-%d %H:%M} UTC" for i, name, at in found}
+        names |= {i: f"{name} · run of {at:%Y-%m-%d %H:%M} UTC" for i, name, at in runs}
     return names

@@ -167,16 +167,17 @@ def test_a_run_page_shows_header_waterfall_attempts_and_actions() -> None:
     assert "step 2: HTTP 503" in text
     assert len(at.get("vega_lite_chart")) == 1
     # every attempt is listed with its request as stored and its response as text
-    labels = [e.label for e in at.expander]
+    labels = [e.label for e in at.expander if e.label.startswith("Step")]
     assert labels == [
         "Step 1 · attempt 1 · failed",
         "Step 1 · attempt 2 · succeeded",
         "Step 2 · attempt 1 · failed",
     ]
     assert at.json[0].value and "{{ secret.AGENT_TOKEN }}" in at.json[0].value
-    assert '"output": "**done**"' in at.code[1].value
-    # and an editor can retry it (not cancel: it is over)
-    assert [b.label for b in at.button] == ["Retry"]
+    responses = [c for c in at.code if c.language == "json"]  # the curl commands are bash
+    assert '"output": "**done**"' in responses[1].value
+    # and an editor can retry it or replay it (not cancel: it is over)
+    assert [b.label for b in at.button] == ["Retry", "Replay"]
     at.button(key="run_retry").click().run()
     assert not at.exception, at.exception
     with session_scope() as session:
@@ -232,7 +233,7 @@ def test_a_watched_run_that_ends_is_redrawn_not_lost() -> None:
     # then the same page shows it finished, with no error
     assert not at.exception, at.exception
     assert ":green-badge[succeeded]" in at.markdown[0].value
-    assert not at.button
+    assert [b.label for b in at.button] == ["Replay"]  # no Cancel: it ended
 
 
 # --- the run grid ------------------------------------------------------------------------

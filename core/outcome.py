@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shlex
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -35,6 +37,49 @@ def stored_request(url: str, headers: dict[str, str], body: dict[str, Any]) -> d
         "body": {name: value for name, value in body.items() if name not in REPEATED_FIELDS},
         "not_stored": list(REPEATED_FIELDS),
     }
+
+
+# Header names whose values are credentials: shown as a placeholder, never as stored.
+_CREDENTIAL_HEADER = re.compile(r"auth|token|key|secret|cookie|password|signature", re.I)
+_SECRET_REFERENCE = re.compile(r"\{\{\s*secret\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+SIGNATURE_PLACEHOLDER = (
+    't=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>." + body under the signing secret>'
+)
+
+
+def curl_command(request: dict[str, Any]) -> str:
+    """A stored step request as a `curl` command a person can copy and run. No secret is
+    ever in it: a `{{ secret.NAME }}` reference becomes `$NAME`, any other credential-like
+    header a `<name>` placeholder, the signature header a placeholder (a real one is made
+    per call with the automation's signing secret); the fields sent with every step but
+    not stored are left out."""
+    lines = [f"curl -sS -X POST {shlex.quote(str(request.get('url', '')))}"]
+    headers = {"Content-Type": "application/json", **(request.get("headers") or {})}
+    for name, value in headers.items():
+        if _SECRET_REFERENCE.search(str(value)):
+            lines.append(f"-H {_with_variables(f'{name}: {value}')}")
+            continue
+        shown = f"<{name.lower()}>" if _CREDENTIAL_HEADER.search(name) else str(value)
+        lines.append(f"-H {shlex.quote(f'{name}: {shown}')}")
+    lines.append(f"-H {shlex.quote(f'Stepwise-Signature: {SIGNATURE_PLACEHOLDER}')}")
+    body = json.dumps(request.get("body") or {}, ensure_ascii=False)
+    lines.append(f"--data-raw {shlex.quote(body)}")
+    return " \\\n  ".join(lines)
+
+
+def _with_variables(text: str) -> str:
+    """`text` quoted for a shell, each secret reference left as "${NAME}" for it to fill in
+    (the rest single-quoted: nothing stored is ever run by the shell)."""
+    parts: list[str] = []
+    at = 0
+    for found in _SECRET_REFERENCE.finditer(text):
+        if found.start() > at:
+            parts.append(shlex.quote(text[at : found.start()]))
+        parts.append(f'"${{{found.group(1)}}}"')
+        at = found.end()
+    if at < len(text):
+        parts.append(shlex.quote(text[at:]))
+    return "".join(parts)
 
 
 MAX_RETRY_AFTER_S = 3600.0

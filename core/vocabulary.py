@@ -35,6 +35,7 @@ class StepStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # cut at the agent when a person cancelled its run
 
 
 class Trigger(StrEnum):

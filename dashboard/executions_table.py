@@ -11,31 +11,48 @@ from db import queries
 
 
 def history_table(rows: list[queries.ExecutionRow]) -> pd.DataFrame:
-    # What tells runs apart comes first, the error included: at 1440 px nothing after
-    # "Scheduled for" needs scrolling to.
+    # What tells runs apart comes first, the error included. History is ordered by the time
+    # a run was queued (`queries.HISTORY_ORDER`: its indexes, cursors and time filters), so
+    # that time is the first one shown; a backfilled slot's own time follows.
     return pd.DataFrame(
         {
             "Status": [ui.status_cell(r.status) for r in rows],
             "Automation": [r.automation_name for r in rows],
             "Steps": [r.steps_done for r in rows],
             "Error": [r.error or "" for r in rows],
-            "Scheduled for": [ui.fmt_time(r.scheduled_for) for r in rows],
+            "Queued": [ui.fmt_time(r.queued_at) for r in rows],
             "Duration": [ui.fmt_duration(r.duration_s) for r in rows],
+            "Scheduled for": [ui.fmt_time(r.scheduled_for) for r in rows],
             "Trigger": [r.trigger for r in rows],
             "Attempt": [r.attempt for r in rows],
-            "Queued": [ui.fmt_time(r.queued_at) for r in rows],
             "Id": [str(r.id) for r in rows],
         }
     )
 
 
+# Runs in flight are ordered by their slot (`queries.executions_in_flight`): it comes first.
+IN_FLIGHT_COLUMNS = [
+    "Status",
+    "Automation",
+    "Steps",
+    "Error",
+    "Scheduled for",
+    "Duration",
+    "Trigger",
+    "Attempt",
+    "Queued",
+    "Id",
+]
+
+
 COLUMNS = {
     "Status": ui.status_column(width=100),
-    "Automation": st.column_config.TextColumn(width=170),
-    "Steps": st.column_config.TextColumn(width=150),
+    "Automation": st.column_config.TextColumn(width=150),
+    "Steps": st.column_config.TextColumn(width=130),
     "Error": st.column_config.TextColumn(width=300),
+    "Queued": st.column_config.TextColumn(width=170),
     "Scheduled for": st.column_config.TextColumn(width=170),
-    "Duration": st.column_config.TextColumn(width=80),
+    "Duration": st.column_config.TextColumn(width=90),
     "Trigger": st.column_config.TextColumn(width=80),
     "Attempt": st.column_config.NumberColumn(width=70),
     "Id": st.column_config.TextColumn(width=90),

@@ -28,6 +28,8 @@ _DELTAS = {
 }
 
 
+MAX_ERROR_SEARCH = 200
+
 # The filters as they read in the page's URL (a shareable link), by session-state suffix.
 URL_KEYS = {
     "status": "status",
@@ -35,6 +37,7 @@ URL_KEYS = {
     "schedule": "schedule",
     "trigger": "trigger",
     "range": "range",
+    "error": "error",
 }
 
 
@@ -55,6 +58,8 @@ def _from_url(prefix: str, names: dict[uuid.UUID, str]) -> None:
         s[f"{prefix}_schedule"] = str(schedule)  # checked against the automation's below
     if params.get("trigger") in set(Trigger):
         s[f"{prefix}_trigger"] = params.get("trigger")
+    if error := params.get("error"):
+        s[f"{prefix}_error"] = error[:MAX_ERROR_SEARCH]
     if params.get("range") in RANGES and params.get("range") != "custom":
         s[f"{prefix}_range"] = params.get("range")
 
@@ -95,6 +100,7 @@ def summary(prefix: str, names: dict[uuid.UUID, str]) -> str:
     chosen.append(names.get(automation, "") if automation else "")
     chosen.append("one schedule" if s.get(f"{prefix}_schedule") else "")
     chosen.append(str(s.get(f"{prefix}_trigger") or ""))
+    chosen.append(f"error contains “{s[f'{prefix}_error']}”" if s.get(f"{prefix}_error") else "")
     if (span := s.get(f"{prefix}_range", "all")) != "all":
         chosen.append(RANGES.get(span, "").lower())
     shown = [ui.text(c) for c in chosen if c]
@@ -127,6 +133,12 @@ def _draw(prefix: str, names: dict[uuid.UUID, str]) -> ExecutionFilters:
         "Trigger", ["", *Trigger], format_func=lambda t: t or "Any", key=f"{prefix}_trigger"
     )
     cols[4].selectbox("Queued", list(RANGES), format_func=RANGES.__getitem__, key=f"{prefix}_range")
+    st.text_input(
+        "Error contains",
+        key=f"{prefix}_error",
+        max_chars=MAX_ERROR_SEARCH,
+        placeholder="HTTP 503, timed out, …",
+    )
     since, until = _time_range(prefix)
     _to_url(prefix)
     schedule = s.get(f"{prefix}_schedule") or None
@@ -137,6 +149,7 @@ def _draw(prefix: str, names: dict[uuid.UUID, str]) -> ExecutionFilters:
         trigger=s.get(f"{prefix}_trigger") or None,
         since=since,
         until=until,
+        error_contains=str(s.get(f"{prefix}_error") or ""),
     )
 
 

@@ -52,15 +52,19 @@ def channels_section(act: Act) -> None:
 
 
 def _manage(held: list[ChannelInfo], act: Act) -> None:
-    a, b, c = st.columns([2, 3, 1])
-    name = a.text_input("Channel name", key="ws_channel_name", placeholder="on-call mail")
-    url = b.text_input(
-        "Apprise URL",
-        key="ws_channel_url",
-        type="password",
-        placeholder="json://hooks.example.com/…",
-    )
-    if c.button("Add channel", key="ws_channel_add", width="stretch"):
+    # A form: what is typed is sent with the button, whatever focus did before (a password
+    # field left with Tab was read as empty).
+    with st.form("ws_channel_form", border=False):
+        a, b, c = st.columns([2, 3, 1], vertical_alignment="bottom")
+        name = a.text_input("Channel name", key="ws_channel_name", placeholder="on-call mail")
+        url = b.text_input(
+            "Apprise URL",
+            key="ws_channel_url",
+            type="password",
+            placeholder="json://hooks.example.com/…",
+        )
+        adding = c.form_submit_button("Add channel", key="ws_channel_add", width="stretch")
+    if adding:
         act(
             channels.add_channel,
             name,
@@ -124,7 +128,7 @@ def automation_notifications(automation_id: uuid.UUID) -> None:
     names = {c.id: c.name for c in held}
     locked = not ui.can(Permission.EDIT)
     key = f"notify_{automation_id}"
-    a, b, c = st.columns([4, 2, 1])
+    a, b, c = st.columns([3, 2, 2], vertical_alignment="bottom")  # the button's words fit
     picked = a.multiselect(
         "Channels",
         list(names),

@@ -131,7 +131,8 @@ def chart(found: list[Bar]) -> alt.LayerChart:
         color=alt.Color(
             "kind:N",
             scale=ui.status_scale(with_backoff=True),
-            legend=alt.Legend(title=None, orient="bottom", direction="horizontal"),
+            # In rows of three: one long row ran off a phone's screen.
+            legend=alt.Legend(title=None, orient="bottom", columns=3),
         ),
         opacity=alt.condition("datum.kind == 'backoff'", alt.value(0.55), alt.value(1.0)),
     )
@@ -147,4 +148,4 @@ def chart(found: list[Bar]) -> alt.LayerChart:
 def height(found: list[Bar]) -> int:
     """Pixels for the chart: a band per step, plus the axis and the legend (Streamlit
     sizes a layered chart by this, not by the chart's own height)."""
-    return 140 + 30 * len({b.step_number for b in found})
+    return 185 + 30 * len({b.step_number for b in found})  # the legend takes three rows

@@ -16,8 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.access import Actor
-from core.vocabulary import Permission
-from db.models import AuditLog
+from core.vocabulary import AuditTarget, Permission
+from db.models import AuditLog, Automation, Execution, Schedule
 from db.workspaces import authorize
 
 
@@ -70,3 +70,37 @@ def list_audit(
         stmt = stmt.where(AuditLog.at < filters.until)
     rows = session.execute(stmt.order_by(AuditLog.at.desc(), AuditLog.id.desc()).limit(limit))
     return [AuditRow(**row._mapping) for row in rows]
+
+
+def target_names(session: Session, rows: list[AuditRow], *, actor: Actor) -> dict[uuid.UUID, str]:
+    """What each row's automation, schedule or execution is called, by id (three reads, in
+    the actor's workspace): an automation by its name, a schedule and an execution by their
+    automation's, with the schedule's timing or the run's time. A deleted one is missing."""
+    authorize(session, actor, Permission.READ)
+    workspace_id = actor.workspace_id
+    wanted: dict[str, set[uuid.UUID]] = {}
+    for row in rows:
+        wanted.setdefault(row.target_type, set()).add(row.target_id)
+    names: dict[uuid.UUID, str] = {}
+    if ids := wanted.get(AuditTarget.AUTOMATION):
+        found = session.execute(
+            select(Automation.id, Automation.name).where(
+                Automation.id.in_(ids), Automation.workspace_id == workspace_id
+            )
+        )
+        names |= {i: name for i, name in found}
+    if ids := wanted.get(AuditTarget.SCHEDULE):
+        timed = session.execute(
+            select(Schedule.id, Automation.name, Schedule.kind, Schedule.cron_expr)
+            .join(Automation, Automation.id == Schedule.automation_id)
+            .where(Schedule.id.in_(ids), Schedule.workspace_id == workspace_id)
+        )
+        names |= {i: f"{name} · {cron or kind}" for i, name, kind, cron in timed}
+    if ids := wanted.get(AuditTarget.EXECUTION):
+        runs = session.execute(
+            select(Execution.id, Automation.name, Execution.scheduled_for)
+            .join(Automation, Automation.id == Execution.automation_id)
+            .where(Execution.id.in_(ids), Execution.workspace_id == workspace_id)
+        )
+        names |= {i: f"{name} · run of {at:%Y-%m-%d %H:%M} UTC" for i, name, at in runs}
+    return names

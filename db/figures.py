@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import and_, func, literal, literal_column, select, text
+from sqlalchemy import ColumnElement, and_, case, func, literal, literal_column, null, select, text
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session
 
 from core.access import Actor
-from core.vocabulary import CHART_STATUSES, OPEN_STATUSES, ExecutionStatus, Permission
+from core.vocabulary import CHART_STATUSES, OPEN_STATUSES, ExecutionStatus, Permission, Trigger
 from db.models import Automation, Execution, Heartbeat, Schedule
 from db.session import db_now
 from db.workspaces import authorize
@@ -145,6 +145,28 @@ def bucket_starts(since: datetime, until: datetime, bucket: Bucket) -> list[date
     return starts
 
 
+# The runs that are a schedule's own slots (not one started by hand, a retry or a backfill).
+SLOT_TRIGGERS = (Trigger.SCHEDULE, Trigger.CATCHUP)
+
+
+def next_run_column() -> ColumnElement[datetime | None]:
+    """A schedule's next run as people read it: its earliest slot not yet run. Dispatch
+    queues a slot up to its horizon ahead and moves `next_run_at` past it, so a slot queued
+    and not started counts; a paused or completed schedule has none."""
+    queued = (
+        select(func.min(Execution.scheduled_for))
+        .where(
+            Execution.schedule_id == Schedule.id,
+            Execution.status == ExecutionStatus.QUEUED,
+            Execution.trigger.in_(SLOT_TRIGGERS),
+        )
+        .correlate(Schedule)
+        .scalar_subquery()
+    )
+    # LEAST ignores NULLs: no queued slot leaves next_run_at, and the other way round.
+    return case((Schedule.enabled, func.least(Schedule.next_run_at, queued)), else_=null())
+
+
 @dataclass(frozen=True)
 class UpcomingRun:
     schedule_id: uuid.UUID
@@ -156,12 +178,14 @@ class UpcomingRun:
 
 
 def upcoming_runs(session: Session, *, actor: Actor, limit: int = 10) -> list[UpcomingRun]:
+    """The next runs of the workspace's active schedules, soonest first (`next_run_column`)."""
     workspace_id = _scope(session, actor)
+    next_run = next_run_column().label("next_run_at")
     rows = session.execute(
         select(
             Schedule.id.label("schedule_id"),
             Automation.name.label("automation_name"),
-            Schedule.next_run_at,
+            next_run,
             Schedule.timezone,
             Schedule.kind,
             Schedule.cron_expr,
@@ -172,7 +196,7 @@ def upcoming_runs(session: Session, *, actor: Actor, limit: int = 10) -> list[Up
             Schedule.enabled,
             Schedule.next_run_at.is_not(None),
         )
-        .order_by(Schedule.next_run_at)
+        .order_by(next_run)
         .limit(limit)
     ).all()
     return [UpcomingRun(**row._mapping) for row in rows]

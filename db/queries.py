@@ -32,7 +32,7 @@ from core.vocabulary import (
     ScheduleKind,
     ScheduleState,
 )
-from db.figures import success_rate
+from db.figures import next_run_column, success_rate
 from db.models import Automation, Execution, Schedule, StepRun
 from db.workspaces import authorize
 
@@ -53,6 +53,7 @@ class ExecutionFilters:
     trigger: str | None = None
     since: datetime | None = None  # on queued_at, inclusive
     until: datetime | None = None  # on queued_at, exclusive
+    error_contains: str = ""  # a part of the stored error, any case
 
 
 def scope(session: Session, actor: Actor) -> uuid.UUID:
@@ -82,6 +83,11 @@ def filter_executions(stmt: S, workspace_id: uuid.UUID, filters: ExecutionFilter
         conditions.append(Execution.queued_at >= filters.since)
     if filters.until is not None:
         conditions.append(Execution.queued_at < filters.until)
+    if filters.error_contains.strip():
+        # `%` and `_` typed by a person are matched as themselves.
+        conditions.append(
+            Execution.error.icontains(filters.error_contains.strip(), autoescape=True)
+        )
     return stmt.where(*conditions)
 
 
@@ -321,6 +327,8 @@ class ExecutionGrid:
     executions: list[ExecutionRow]
     step_names: list[str]
     cells: dict[tuple[uuid.UUID, int], str] = field(default_factory=dict)
+    # Per execution and step, how long the step's last attempt took (ms), when it ended.
+    durations_ms: dict[tuple[uuid.UUID, int], int | None] = field(default_factory=dict)
 
 
 def execution_grid(
@@ -344,16 +352,18 @@ def execution_grid(
     ).all()
     runs = [ExecutionRow(**row._mapping) for row in rows]
     cells: dict[tuple[uuid.UUID, int], str] = {}
+    durations: dict[tuple[uuid.UUID, int], int | None] = {}
     if runs:
         attempts = session.execute(
-            select(StepRun.execution_id, StepRun.step_number, StepRun.status)
+            select(StepRun.execution_id, StepRun.step_number, StepRun.status, StepRun.duration_ms)
             .where(StepRun.execution_id.in_([r.id for r in runs]))
             .order_by(StepRun.execution_id, StepRun.step_number, StepRun.attempt, StepRun.id)
         ).all()
         for a in attempts:  # ordered: the last attempt of each step wins
             cells[(a.execution_id, a.step_number)] = a.status
+            durations[(a.execution_id, a.step_number)] = a.duration_ms
     names = [str(step.get("name") or f"step {n}") for n, step in enumerate(steps, 1)]
-    return ExecutionGrid(executions=runs, step_names=names, cells=cells)
+    return ExecutionGrid(executions=runs, step_names=names, cells=cells, durations_ms=durations)
 
 
 def _step_name(step_number: int, steps: list[dict[str, str]]) -> str:
@@ -399,6 +409,7 @@ class ScheduleRow:
     pause_note: str | None
     created_at: datetime
     queued_runs: int
+    next_run: datetime | None  # what people read as its next run (`next_run_column`)
 
     @property
     def state(self) -> ScheduleState:
@@ -445,9 +456,10 @@ def list_schedules(
     )
     stmt = (
         select(
-            *_columns(Schedule, ScheduleRow, "automation_name", "queued_runs"),
+            *_columns(Schedule, ScheduleRow, "automation_name", "queued_runs", "next_run"),
             Automation.name.label("automation_name"),
             func.coalesce(queued.c.queued_runs, 0).label("queued_runs"),
+            next_run_column().label("next_run"),
         )
         .join(Automation, Automation.id == Schedule.automation_id)
         .outerjoin(queued, queued.c.schedule_id == Schedule.id)

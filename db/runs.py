@@ -46,7 +46,7 @@ from db.session import rowcount
 
 LOST_STEP_ERROR = "the worker running this step stopped (killed or lost its lease)"
 CANCELLED_STEP_ERROR = (
-    "the run was cancelled while this step was at the agent; its answer is not recorded"
+    "cut: the run was cancelled while this step was at the agent; its answer is not recorded"
 )
 AUTOMATION_DELETED = "cancelled: the automation was deleted"
 SCHEDULE_DELETED = "cancelled: the schedule was deleted"
@@ -176,9 +176,9 @@ def cancel_executions(session: Session, where: Any, reason: str) -> int:
     """Cancel the open (queued or running) executions matching `where`; returns how many.
 
     A running one's worker finds its fence gone and stops before its next step; the
-    step it has at the agent is closed at once, so nothing of a cancelled run stays
-    running, and the answer, when it comes, is not recorded (`finish_step` is fenced
-    on the step still running).
+    step it has at the agent is cut at once (marked cancelled, not failed: the agent did
+    not fail), so nothing of a cancelled run stays running, and the answer, when it comes,
+    is not recorded (`finish_step` is fenced on the step still running).
     """
     cancelled = session.scalars(
         update(Execution)
@@ -195,7 +195,7 @@ def cancel_executions(session: Session, where: Any, reason: str) -> int:
         session.execute(
             update(StepRun)
             .where(StepRun.execution_id.in_(cancelled), StepRun.status == StepStatus.RUNNING)
-            .values(status=StepStatus.FAILED, error=CANCELLED_STEP_ERROR, finished_at=func.now())
+            .values(status=StepStatus.CANCELLED, error=CANCELLED_STEP_ERROR, finished_at=func.now())
         )
     return len(cancelled)
 

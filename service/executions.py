@@ -1,4 +1,5 @@
-"""Executions: start one now, retry, retry the failed ones of a filter, cancel.
+"""Executions: start one now, replay one with edited input, retry, retry the failed ones of
+a filter, cancel (one, or the open ones of a filter).
 
 Each public function is one unit of work (`service.unit`): the RUN role checked first,
 the change made (`db.executions`) and audited, and the run's message sent only once the
@@ -16,7 +17,14 @@ from core.access import Actor
 from core.errors import InvalidState, NotFound
 from core.limits import MAX_BULK
 from core.run_input import RunInput
-from core.vocabulary import AuditAction, AuditTarget, ExecutionStatus, Permission, Trigger
+from core.vocabulary import (
+    OPEN_STATUSES,
+    AuditAction,
+    AuditTarget,
+    ExecutionStatus,
+    Permission,
+    Trigger,
+)
 from db import automations, executions, queries
 from db.queries import ExecutionFilters
 from db.runs import RunMessage
@@ -83,6 +91,17 @@ def start_in(
     return execution.id
 
 
+def replay(execution_id: uuid.UUID, run_input: RunInput | None, *, actor: Actor) -> uuid.UUID:
+    """Start a new manual run of an execution's automation with `run_input` (the run's own,
+    edited); audited as a run started now, naming the execution it replays."""
+    with unit_of_work(actor, Permission.RUN) as unit:
+        found = queries.executions_by_id(unit.session, {execution_id}, actor=actor)
+        if execution_id not in found:
+            raise NotFound(f"execution {execution_id} does not exist (or was deleted)")
+        automation_id = found[execution_id].automation_id
+        return start_in(unit, automation_id, run_input, replay_of=str(execution_id))
+
+
 def retry(execution_id: uuid.UUID, *, actor: Actor) -> None:
     """Run a failed or cancelled execution again from the step that did not succeed."""
     with unit_of_work(actor, Permission.RUN) as unit:
@@ -138,3 +157,30 @@ def cancel(execution_id: uuid.UUID, *, actor: Actor) -> None:
     with unit_of_work(actor, Permission.RUN) as unit:
         executions.cancel_execution(unit.session, execution_id, actor=actor)
         unit.audit(AuditAction.CANCEL, AuditTarget.EXECUTION, execution_id)
+
+
+def open_of(filters: ExecutionFilters) -> ExecutionFilters | None:
+    """The open (queued or running) runs among `filters` (None when its statuses leave
+    both out)."""
+    chosen = tuple(s for s in OPEN_STATUSES if not filters.statuses or s in filters.statuses)
+    return replace(filters, statuses=chosen) if chosen else None
+
+
+def cancel_open(filters: ExecutionFilters, *, actor: Actor, limit: int = MAX_BULK) -> int:
+    """Cancel the open runs matching `filters`, at most `limit`, each as `cancel` does it
+    (audited one by one); returns how many were cancelled. One that ended meanwhile is
+    left out."""
+    chosen = open_of(filters)
+    cancelled = 0
+    with unit_of_work(actor, Permission.RUN) as unit:
+        if chosen is None:
+            return 0
+        rows = queries.executions_in_flight(unit.session, chosen, actor=actor, limit=limit)
+        for row in rows:
+            try:
+                executions.cancel_execution(unit.session, row.id, actor=actor)
+            except InvalidState:
+                continue
+            unit.audit(AuditAction.CANCEL, AuditTarget.EXECUTION, row.id)
+            cancelled += 1
+    return cancelled

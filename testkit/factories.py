@@ -214,3 +214,9 @@ def add_executions(automation_id: uuid.UUID, rows: list[dict[str, Any]]) -> list
     with session_scope() as session:
         session.execute(insert(Execution), full)
     return [r["id"] for r in full]
+
+
+def add_steps(execution_id: uuid.UUID, rows: list[dict[str, Any]]) -> None:
+    """Insert step runs of an execution directly (chosen statuses, attempts, times)."""
+    with session_scope() as session:
+        session.execute(insert(StepRun), [{"execution_id": execution_id, **r} for r in rows])

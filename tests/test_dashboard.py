@@ -23,11 +23,13 @@ from db.audit import AuditFilters, list_audit
 from db.queries import ExecutionFilters
 from db.session import session_scope
 from service import automations
+from service import executions as executions_service
 from service.exports import audit_csv
 from testkit.factories import (
     ADMIN,
     add_executions,
     automation_input,
+    execution,
     make_automation,
     make_execution,
     make_schedule,
@@ -67,7 +69,7 @@ def test_overview_shows_kpis_and_the_stale_scheduler(db: None) -> None:
     assert metrics["Runs, last 24 h"] == "2"
     assert metrics["Success rate, 24 h"] == "50%"
     assert "scheduler has never ticked" in texts(at)
-    assert "agent said no" in at.dataframe[1].value.to_string()
+    assert "agent said no" in at.dataframe[0].value.to_string()  # Needs attention, first
 
 
 def test_needs_attention_groups_failures_by_automation_and_error() -> None:
@@ -749,8 +751,8 @@ def test_the_workspace_page_adds_members_and_secrets_audited() -> None:
     at.text_input(key="ws_member").input("Bob@Example.com").run()
     at.selectbox(key="ws_role").set_value("editor").run()
     at.button(key="ws_set_member").click().run()
-    at.text_input(key="ws_secret_name").input("AGENT_TOKEN").run()
-    at.text_input(key="ws_secret_value").input("s3cret-value").run()
+    at.text_input(key="ws_secret_name").input("AGENT_TOKEN")  # in a form: sent with its button
+    at.text_input(key="ws_secret_value").input("s3cret-value")  # in a form: sent with its button
     at.button(key="ws_secret_save").click().run()
     assert not at.exception, at.exception
     # then both show (the secret by name only) and both are audited by the local admin
@@ -892,3 +894,101 @@ def queries_status(execution_id: uuid.UUID) -> str:
         detail = queries.execution_detail(session, execution_id, actor=ADMIN)
     assert detail is not None
     return detail.execution.status
+
+
+def test_executions_are_listed_by_the_time_shown_first() -> None:
+    # given a run of the 02:33 slot queued then, and a backfill of the 00:30 slot queued later
+    automation_id = make_automation(name="Backfilled")
+    base = now()
+    slot, backfill = add_executions(
+        automation_id,
+        [
+            {"queued_at": base - timedelta(hours=2), "trigger": "schedule"},
+            {
+                "queued_at": base - timedelta(minutes=5),
+                "scheduled_for": base - timedelta(hours=4),
+                "trigger": "backfill",
+            },
+        ],
+    )
+    # when Executions opens
+    at = open_view("executions")
+    frame = at.dataframe[0].value
+    # then the first time column is the one the rows are ordered by, and the caption says so
+    times = [c for c in frame.columns if c in ("Queued", "Scheduled for")]
+    assert times[0] == "Queued", list(frame.columns)
+    assert list(frame["Id"]) == [str(backfill), str(slot)]
+    assert list(frame["Queued"]) == sorted(frame["Queued"], reverse=True)
+    assert any("newest queued first" in c.value for c in at.caption)
+
+
+def test_executions_are_searched_by_error_text() -> None:
+    # given runs failed with different errors (one with a LIKE wildcard in it)
+    automation_id = make_automation(name="Searched")
+    timeout, refused, odd = add_executions(
+        automation_id,
+        [
+            {"status": "failed", "error": "step 1: agent timed out after 30 s"},
+            {"status": "failed", "error": "step 2: connection refused"},
+            {"status": "failed", "error": "step 1: 100% of quota used"},
+        ],
+    )
+    add_executions(automation_id, [{"status": "succeeded"}])
+    # when a part of an error is typed, in any case
+    at = open_view("executions")
+    at.text_input(key="ex_error").input("TIMED OUT").run()
+    # then only the runs whose error holds it are listed, and the link keeps it
+    assert list(at.dataframe[0].value["Id"]) == [str(timeout)]
+    assert at.query_params["error"] in ("TIMED OUT", ["TIMED OUT"])
+    # and % is matched as itself, not as a wildcard
+    at.text_input(key="ex_error").input("0%").run()
+    assert list(at.dataframe[0].value["Id"]) == [str(odd)]
+    assert refused
+
+
+def test_the_open_runs_of_a_filter_are_cancelled_in_bulk_and_audited() -> None:
+    # given two queued runs and a running one of one automation, a queued one of another
+    # and a finished one
+    ours = make_automation(name="Bulk cancelled")
+    theirs = make_automation(name="Left alone")
+    open_rows = [
+        {"status": "queued", "started_at": None, "finished_at": None},
+        {"status": "queued", "started_at": None, "finished_at": None},
+        {"status": "running", "finished_at": None},
+    ]
+    cancelled = add_executions(ours, [*open_rows, {"status": "succeeded"}])[:3]
+    (other,) = add_executions(theirs, [open_rows[0]])
+    # when Executions is filtered to the first automation and its open runs are cancelled
+    at = open_view("executions", query={"automation": str(ours)})
+    at.button(key="ex_bulk_cancel").click().run()
+    assert any("Cancel 3 queued or running run(s)" in w.value for w in at.warning)
+    at.button(key="ex_cancel_yes").click().run()
+    assert not at.exception, at.exception
+    # then those three are cancelled, each audited; the other automation's run is not
+    assert "3 run(s) cancelled." in texts(at)
+    assert {execution(e).status for e in cancelled} == {"cancelled"}
+    assert execution(other).status == "queued"
+    with session_scope() as session:
+        audited = list_audit(session, AuditFilters(actions=("cancel",)), actor=ADMIN)
+    assert {r.target_id for r in audited} == set(cancelled)
+
+
+def test_the_audit_page_names_objects_and_links_to_them() -> None:
+    from service import schedules as schedule_service
+
+    # given an automation created, a schedule of it paused, and a run of it cancelled
+    automation_id = make_automation(name="Named report")
+    schedule_id = make_schedule(automation_id, cron_expr="0 3 * * *")
+    schedule_service.pause(schedule_id, actor=ADMIN)
+    run = make_execution(automation_id)
+    executions_service.cancel(run, actor=ADMIN)
+    # when the audit page opens
+    frame = open_view("audit").dataframe[0].value
+    by_id = {row["Id"]: row for _, row in frame.iterrows()}
+    # then each row names its object and links to its page, not a bare id
+    assert by_id[str(schedule_id)]["Name"] == "Named report · 0 3 * * *"
+    assert by_id[str(schedule_id)]["Open"] == f"schedule?id={schedule_id}"
+    assert by_id[str(run)]["Name"].startswith("Named report · run of ")
+    assert by_id[str(run)]["Open"] == f"execution?id={run}"
+    assert by_id[str(automation_id)]["Name"] == "Named report"
+    assert by_id[str(automation_id)]["Open"] == f"executions?automation={automation_id}"

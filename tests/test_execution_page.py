@@ -8,22 +8,24 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, insert, update
+from sqlalchemy import func, update
 
 from core.vocabulary import Role
 from dashboard import ui, waterfall
 from db import queries
-from db.models import Execution, StepRun
+from db.models import Execution
 from db.session import session_scope
-from testkit.factories import ADMIN, add_executions, make_automation, make_workspace, person
+from testkit.factories import (
+    ADMIN,
+    add_executions,
+    add_steps,
+    make_automation,
+    make_workspace,
+    person,
+)
 from testkit.pages import execution_page, load_view, texts
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-def add_steps(execution_id: uuid.UUID, rows: list[dict[str, object]]) -> None:
-    with session_scope() as session:
-        session.execute(insert(StepRun), [{"execution_id": execution_id, **r} for r in rows])
 
 
 def step(
@@ -165,16 +167,17 @@ def test_a_run_page_shows_header_waterfall_attempts_and_actions() -> None:
     assert "step 2: HTTP 503" in text
     assert len(at.get("vega_lite_chart")) == 1
     # every attempt is listed with its request as stored and its response as text
-    labels = [e.label for e in at.expander]
+    labels = [e.label for e in at.expander if e.label.startswith("Step")]
     assert labels == [
         "Step 1 · attempt 1 · failed",
         "Step 1 · attempt 2 · succeeded",
         "Step 2 · attempt 1 · failed",
     ]
     assert at.json[0].value and "{{ secret.AGENT_TOKEN }}" in at.json[0].value
-    assert '"output": "**done**"' in at.code[1].value
-    # and an editor can retry it (not cancel: it is over)
-    assert [b.label for b in at.button] == ["Retry"]
+    responses = [c for c in at.code if c.language == "json"]  # the curl commands are bash
+    assert '"output": "**done**"' in responses[1].value
+    # and an editor can retry it or replay it (not cancel: it is over)
+    assert [b.label for b in at.button] == ["Retry", "Replay"]
     at.button(key="run_retry").click().run()
     assert not at.exception, at.exception
     with session_scope() as session:
@@ -241,7 +244,7 @@ def test_a_watched_run_that_ends_is_redrawn_not_lost() -> None:
     # then the same page shows it finished, with no error
     assert not at.exception, at.exception
     assert ":green-badge[succeeded]" in at.markdown[0].value
-    assert not at.button
+    assert [b.label for b in at.button] == ["Replay"]  # no Cancel: it ended
 
 
 # --- the run grid ------------------------------------------------------------------------
@@ -284,6 +287,45 @@ def test_the_run_grid_has_a_cell_per_run_and_step_in_status_colour() -> None:
 
 
 @pytestmark_db
+def test_the_run_grids_columns_carry_their_times_and_a_cell_tells_run_status_duration() -> None:
+    # given a two-step run whose steps took 1.5 s and 0.25 s, queued at a known time
+    from dashboard import grid, ui
+
+    automation_id = make_automation(name="Timed", steps=2)
+    (run,) = add_executions(automation_id, [{"status": "succeeded"}])
+    add_steps(
+        run,
+        [
+            {
+                "step_number": n,
+                "attempt": 1,
+                "status": "succeeded",
+                "request": {},
+                "duration_ms": ms,
+            }
+            for n, ms in ((1, 1500), (2, 250))
+        ],
+    )
+    with session_scope() as session:
+        found = queries.execution_grid(session, automation_id, actor=ADMIN)
+    # when the grid is drawn
+    drawn = grid.chart(found).to_dict()
+    by_row = {c["row"]: c for c in grid.cells(found)}
+    # then its column is labelled with the run's time, not left bare
+    label = ui.fmt_column_time(found.executions[0].queued_at, "UTC")
+    assert drawn["encoding"]["x"]["field"] == "column"
+    assert drawn["encoding"]["x"]["axis"].get("labels", True) is not False
+    assert {c["column"] for c in by_row.values()} == {label}
+    # and hovering a cell tells the run, its status and how long it took
+    tips = [t["field"] for t in drawn["encoding"]["tooltip"]]
+    assert {"run", "status", "duration"} <= set(tips)
+    assert by_row["1. step 1"]["duration"] == ui.fmt_duration(1.5)
+    assert by_row["2. step 2"]["duration"] == ui.fmt_duration(0.25)
+    assert by_row["whole execution"]["duration"] == ui.fmt_duration(1.0)
+    assert by_row["whole execution"]["run"].endswith("manual")
+
+
+@pytestmark_db
 def test_executions_show_the_run_grid_once_an_automation_is_chosen() -> None:
     automation_id = make_automation(name="Gridded")
     add_executions(automation_id, [{"status": "failed"}, {"status": "succeeded"}])
@@ -293,3 +335,70 @@ def test_executions_show_the_run_grid_once_an_automation_is_chosen() -> None:
     at.selectbox(key="ex_automation").set_value(str(automation_id)).run()
     assert not at.exception, at.exception
     assert "Execution grid" in [s.value for s in at.subheader]
+
+
+@pytestmark_db
+def test_a_steps_request_is_shown_as_a_curl_command_with_its_secrets_masked() -> None:
+    # given a step whose stored request has a secret reference and a literal credential
+    automation_id = make_automation(name="Curl me")
+    (run,) = add_executions(automation_id, [{"status": "succeeded"}])
+    request = {
+        "url": "https://agent.example/run",
+        "headers": {
+            "Authorization": "Bearer {{ secret.AGENT_TOKEN }}",
+            "X-Api-Key": "k-Lq81literal",
+            "X-Team": "ops",
+        },
+        "body": {"message": "it's ready", "step_number": 1},
+    }
+    add_steps(run, [{"step_number": 1, "attempt": 1, "status": "succeeded", "request": request}])
+    # when its page opens
+    at = execution_page(run)
+    (curl,) = [c.value for c in at.code if c.value.startswith("curl ")]
+    # then the request is a curl command: the URL, the body, the plain header as sent
+    assert "-X POST https://agent.example/run" in curl and "-H 'X-Team: ops'" in curl
+    assert """--data-raw '{"message": "it'"'"'s ready", "step_number": 1}'""" in curl
+    # and no secret: a reference is a shell variable, a credential and the signature placeholders
+    assert """-H 'Authorization: Bearer '"${AGENT_TOKEN}\"""" in curl
+    assert "k-Lq81literal" not in curl and "-H 'X-Api-Key: <x-api-key>'" in curl
+    assert "Stepwise-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256" in curl
+
+
+@pytestmark_db
+def test_a_run_is_replayed_with_edited_input_and_audited() -> None:
+    from db.audit import AuditFilters, list_audit
+    from testkit.factories import fetch
+
+    # given a finished run that had an input
+    automation_id = make_automation(name="Replayed")
+    (run,) = add_executions(automation_id, [{"status": "failed", "input": {"order": 41}}])
+    at = execution_page(run)
+    # when its input is edited and it is replayed
+    at.text_area(key=f"replay_{run}_input").input('{"order": 42}')
+    at.button(key=f"replay_{run}_go").click().run()
+    # then a new run of the automation starts with the edited input, the old one untouched
+    with session_scope() as session:
+        rows = queries.list_executions(
+            session, queries.ExecutionFilters(automation_id=automation_id), actor=ADMIN
+        ).rows
+        audited = list_audit(session, AuditFilters(actions=("run_now",)), actor=ADMIN)
+    (new,) = [r for r in rows if r.id != run]
+    assert (new.status, new.trigger) == ("queued", "manual")
+    assert fetch(Execution, new.id).input == {"order": 42}
+    assert fetch(Execution, run).input == {"order": 41}
+    # and the replay is audited, naming the run it replays
+    assert [(r.target_id, r.details.get("replay_of")) for r in audited] == [
+        (automation_id, str(run))
+    ]
+    # and input that is not a JSON object is refused, starting nothing
+    at = execution_page(run)
+    at.text_area(key=f"replay_{run}_input").input("[1, 2]")
+    at.button(key=f"replay_{run}_go").click().run()
+    assert "Input: " in texts(at)
+    with session_scope() as session:
+        assert (
+            queries.count_executions(
+                session, queries.ExecutionFilters(automation_id=automation_id), actor=ADMIN
+            )
+            == 2
+        )

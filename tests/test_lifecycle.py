@@ -243,7 +243,9 @@ def test_deleting_a_schedule_cancels_its_running_runs(db: None, redis_client: An
             ("cancelled", "cancelled: the schedule was deleted")
         }
     assert cancelled >= 9
-    assert [(s.status, s.error) for s in step_runs(running)] == [("failed", CANCELLED_STEP_ERROR)]
+    assert [(s.status, s.error) for s in step_runs(running)] == [
+        ("cancelled", CANCELLED_STEP_ERROR)
+    ]
     # and a takeover finds nothing to take
     with session_scope() as session:
         assert claim_execution(session, running, lease_s=5) == "nothing"
@@ -340,13 +342,13 @@ def test_cancelling_a_running_execution_stops_it_and_drops_the_answer_in_flight(
     cancel(execution_id, actor=ADMIN)
     # then at once nothing of it is running: the step at the agent is closed with the reason
     steps = [(s.step_number, s.status, s.error) for s in step_runs(execution_id)]
-    assert steps == [(1, "succeeded", None), (2, "failed", CANCELLED_STEP_ERROR)]
+    assert steps == [(1, "succeeded", None), (2, "cancelled", CANCELLED_STEP_ERROR)]
     # and once the agent has answered, the answer is dropped and step 3 never starts
     time.sleep(4)
     assert [c.body["step_number"] for c in agent.calls] == [1, 2]
     assert [(s.step_number, s.status, s.response_status) for s in step_runs(execution_id)] == [
         (1, "succeeded", 200),
-        (2, "failed", None),
+        (2, "cancelled", None),
     ]
     row = execution(execution_id)
     assert (row.status, row.error) == ("cancelled", "cancelled by test")

@@ -21,8 +21,8 @@ def test_an_admin_adds_a_channel_sends_a_test_and_sees_the_delivery(receiver: Re
     at = open_view("workspace")
     url = f"json://hook:{SECRET}@127.0.0.1:{receiver.port}/hooks/{SECRET}"
     # when they add a channel and send a test to it
-    at.text_input(key="ws_channel_name").input("on-call hook").run()
-    at.text_input(key="ws_channel_url").input(url).run()
+    at.text_input(key="ws_channel_name").input("on-call hook")  # in a form: sent with its button
+    at.text_input(key="ws_channel_url").input(url)  # in a form: sent with its button
     at.button(key="ws_channel_add").click().run()
     assert not at.exception, at.exception
     at.button(key="ws_channel_test").click().run()
@@ -41,8 +41,10 @@ def test_an_admin_adds_a_channel_sends_a_test_and_sees_the_delivery(receiver: Re
 
 def test_a_bad_url_is_refused_on_the_page_and_writes_nothing() -> None:
     at = open_view("workspace")
-    at.text_input(key="ws_channel_name").input("ftp").run()
-    at.text_input(key="ws_channel_url").input("ftp://files.example.com/x").run()
+    at.text_input(key="ws_channel_name").input("ftp")  # in a form: sent with its button
+    at.text_input(key="ws_channel_url").input(
+        "ftp://files.example.com/x"
+    )  # in a form: sent with its button
     at.button(key="ws_channel_add").click().run()
     assert any("use one of" in str(e.value) for e in at.error)
     with session_scope() as session:

@@ -346,3 +346,32 @@ def test_failure_groups_gather_failures_by_automation_and_error() -> None:
         ("Reports", "step 1: timeout", 1),
     ]
     assert groups[0].last_execution_id == newest
+
+
+def test_the_next_run_is_the_queued_slot_and_a_paused_schedule_has_none() -> None:
+    from service import schedules
+    from tasks import periodic
+    from testkit.factories import schedule
+
+    # given an every-minute schedule whose next slot dispatch has queued 17 s ahead (as at
+    # 01:48:43 for 01:49:00), moving next_run_at on past it
+    automation_id = make_automation(name="Minutely")
+    schedule_id = make_schedule(automation_id, cron_expr="* * * * *", timezone="UTC")
+    slot = schedule(schedule_id).next_run_at
+    assert slot is not None
+    assert periodic.dispatch_due(lambda message: None, now=slot - timedelta(seconds=17)) >= 1
+    moved_on = schedule(schedule_id).next_run_at
+    assert moved_on is not None and moved_on > slot
+    # when the lists read it, then its next run is the queued slot, not the one after
+    with session_scope() as session:
+        row = queries.get_schedule_row(session, schedule_id, actor=ADMIN)
+        upcoming = figures.upcoming_runs(session, actor=ADMIN)
+    assert row is not None and row.next_run == slot
+    assert [(u.schedule_id, u.next_run_at) for u in upcoming] == [(schedule_id, slot)]
+    # when it is paused, then it has no next run and is not coming up
+    schedules.pause(schedule_id, actor=ADMIN, note="maintenance")
+    with session_scope() as session:
+        row = queries.get_schedule_row(session, schedule_id, actor=ADMIN)
+        upcoming = figures.upcoming_runs(session, actor=ADMIN)
+    assert row is not None and row.state == "paused" and row.next_run is None
+    assert upcoming == []

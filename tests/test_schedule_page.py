@@ -176,3 +176,26 @@ def test_forged_writes_of_a_viewer_are_refused() -> None:
     with pytest.raises(Forbidden):
         schedules.backfill(schedule_id, end - timedelta(hours=1), end, actor=viewer)
     assert schedule(schedule_id).enabled and executions_of(schedule_id) == []
+
+
+def test_the_page_shows_pause_history_and_runs_started_by_hand() -> None:
+    # given a schedule paused with a note, then resumed, and a run of it started by hand
+    automation_id = make_automation(name="Paused and poked")
+    schedule_id = make_schedule(automation_id, cron_expr="0 3 * * *", timezone="Europe/Berlin")
+    schedules.pause(schedule_id, actor=ADMIN, note="Agent maintenance until Monday")
+    schedules.resume(schedule_id, actor=ADMIN)
+    add_executions(automation_id, [{"schedule_id": schedule_id, "trigger": Trigger.MANUAL}])
+    add_executions(automation_id, [{"schedule_id": None, "trigger": Trigger.MANUAL}])
+    # when its page opens
+    at = schedule_page(schedule_id)
+    # then the pause history says who paused and resumed it, when, and the note
+    headings = [s.value for s in at.subheader]
+    assert "Pause history" in headings and "Runs started by hand" in headings
+    history = next(d.value for d in at.dataframe if "Note" in d.value.columns)
+    assert list(history["What"]) == ["resumed", "paused"]
+    assert set(history["Who"]) == {ADMIN.name}
+    assert list(history["Note"]) == ["", "Agent maintenance until Monday"]
+    assert all(history["When"])
+    # and the runs started by hand are this schedule's only (listed under recent runs too)
+    manual = [d.value for d in at.dataframe if "Trigger" in d.value.columns]
+    assert [list(m["Trigger"]) for m in manual] == [["manual"], ["manual"]]

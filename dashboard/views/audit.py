@@ -10,7 +10,7 @@ import streamlit as st
 
 from core.vocabulary import AuditAction, AuditTarget
 from dashboard import ui
-from db.audit import AuditFilters, list_audit
+from db.audit import AuditFilters, AuditRow, list_audit, target_names
 from service.exports import audit_csv
 
 LIMIT = 500
@@ -37,6 +37,21 @@ rows = ui.read(list_audit, filters, limit=LIMIT)
 if not rows:
     ui.empty_state("Nothing recorded for these filters.", "Widen them, or change something first.")
     st.stop()
+names = ui.read(target_names, rows)
+# Where each named object is seen: a schedule and a run have their own page, an
+# automation its runs.
+PAGES = {
+    AuditTarget.SCHEDULE: "schedule?id={}",
+    AuditTarget.EXECUTION: "execution?id={}",
+    AuditTarget.AUTOMATION: "executions?automation={}",
+}
+
+
+def link(row: AuditRow) -> str | None:
+    page = PAGES.get(AuditTarget(row.target_type)) if row.target_id in names else None
+    return page.format(row.target_id) if page else None
+
+
 st.dataframe(
     pd.DataFrame(
         {
@@ -44,12 +59,15 @@ st.dataframe(
             "Who": [r.actor for r in rows],
             "What": [r.action for r in rows],
             "On": [r.target_type for r in rows],
-            "Id": [str(r.target_id) for r in rows],
+            "Name": [names.get(r.target_id) or str(r.details.get("name") or "") for r in rows],
+            "Open": [link(r) for r in rows],
             "Details": [json.dumps(r.details, ensure_ascii=False, sort_keys=True) for r in rows],
+            "Id": [str(r.target_id) for r in rows],
         }
     ),
     hide_index=True,
     width="stretch",
+    column_config={"Open": st.column_config.LinkColumn(display_text="open", width=60)},
 )
 st.caption(f"{len(rows)} row(s){' (the newest ' + str(LIMIT) + ')' if len(rows) == LIMIT else ''}.")
 st.download_button(

@@ -290,6 +290,8 @@ if current is not None:
         help="Sent to the agent with every step of the test run, as `input`.",
     )
 cols = st.columns(4)
+# A test run's outcome shows here, under its button (not below the sections that follow).
+test_run_area = st.container()
 if cols[0].button("Save", icon=":material/save:", type="primary", key=k + "save", width="stretch"):
     try:
         if current is None:
@@ -408,4 +410,5 @@ if current is not None:
         webhook_section(current.id, k)
 
 if (test_run := st.session_state.get("auto_test_run")) and current is not None:
-    show_test_run(uuid.UUID(test_run))
+    with test_run_area:
+        show_test_run(uuid.UUID(test_run))

@@ -14,8 +14,10 @@ from datetime import UTC, datetime
 
 import streamlit as st
 
-from core.errors import StepwiseError
-from core.vocabulary import OPEN_STATUSES, ExecutionStatus, Permission
+from core.errors import StepwiseError, ValidationFailed
+from core.outcome import curl_command
+from core.run_input import parse_run_input
+from core.vocabulary import OPEN_STATUSES, ExecutionStatus, Permission, StepStatus
 from dashboard import ui, waterfall
 from db import queries
 from service import executions
@@ -60,6 +62,8 @@ def execution_page(execution_id: uuid.UUID, watching: bool) -> None:
     if ui.can(Permission.RUN):
         actions_row(detail.execution)
     show_input(detail)
+    if ui.can(Permission.RUN) and detail.execution.status not in OPEN_STATUSES:
+        replay_form(detail)
     steps(detail)
 
 
@@ -80,7 +84,9 @@ def header(execution: queries.ExecutionRow) -> None:
         f" · started {ui.fmt_time(execution.started_at)}"
         f" · finished {ui.fmt_time(execution.finished_at)}"
     )
-    if execution.error:
+    if execution.error and execution.status == ExecutionStatus.CANCELLED:
+        st.info(ui.text(execution.error), icon=":material/cancel:")  # a choice, not a failure
+    elif execution.error:
         st.error(ui.text(execution.error), icon=":material/error:")
 
 
@@ -107,7 +113,10 @@ def actions_row(execution: queries.ExecutionRow) -> None:
             "Cancel", icon=":material/cancel:", key="run_cancel"
         ):
             executions.cancel(execution.id, actor=ui.actor())
-            st.session_state["execution_flash"] = "Cancelled (a running step finishes first)."
+            st.session_state["execution_flash"] = (
+                "Cancelled: a step at the agent was cut (its answer is not recorded) "
+                "and no further step runs."
+            )
             st.rerun()
     except StepwiseError as exc:
         st.error(ui.text(exc))
@@ -119,6 +128,31 @@ def show_input(detail: queries.ExecutionDetail) -> None:
         return
     st.markdown("**Input**, sent to the agent with every step")
     st.json(detail.input, expanded=2)
+
+
+def replay_form(detail: queries.ExecutionDetail) -> None:
+    """A new run of the same automation with this run's input, edited first."""
+    key = f"replay_{detail.execution.id}"
+    with st.expander("Replay with edited input", icon=":material/edit_note:"):
+        typed = st.text_area(
+            "Input (JSON object; empty for none)",
+            value=json.dumps(detail.input, indent=2) if detail.input is not None else "",
+            key=f"{key}_input",
+            height=120,
+        )
+        if st.button("Replay", icon=":material/replay:", key=f"{key}_go"):
+            try:
+                started = executions.replay(
+                    detail.execution.id, parse_run_input(typed), actor=ui.actor()
+                )
+            except ValidationFailed as exc:
+                st.error(ui.text(f"Input: {exc.for_field('input')}"))
+                return
+            except StepwiseError as exc:
+                st.error(ui.text(exc))
+                return
+            st.session_state["execution_flash"] = "Replayed: this is the new run."
+            ui.open_execution(started)
 
 
 def steps(detail: queries.ExecutionDetail) -> None:
@@ -151,12 +185,16 @@ def attempt(s: queries.StepRunRow, zero: datetime) -> None:
         f"(+{(s.started_at - zero).total_seconds():.2f} s) · took {ui.fmt_duration(took)} · "
         f"HTTP {s.response_status or '—'}"
     )
-    if s.error:
+    if s.error and s.status == StepStatus.CANCELLED:
+        st.info(ui.text(s.error), icon=":material/cancel:")
+    elif s.error:
         st.error(ui.text(s.error), icon=":material/error:")
     request, response = st.columns(2)
     with request:
         st.markdown("**Request** (as stored: secrets are references)")
         st.json(s.request, expanded=1)
+        st.markdown("**As `curl`** (secrets are shell variables or placeholders)")
+        st.code(curl_command(s.request), language="bash", wrap_lines=True)
     with response:
         st.markdown("**Response**")
         st.code(pretty(s.response_body), language="json", wrap_lines=True)

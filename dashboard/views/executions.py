@@ -14,7 +14,7 @@ from core.errors import StepwiseError
 from core.limits import MAX_BULK
 from core.vocabulary import Permission
 from dashboard import grid, ui
-from dashboard.executions_table import executions_table
+from dashboard.executions_table import IN_FLIGHT_COLUMNS, executions_table
 from dashboard.filters import history_filters, selection
 from db import figures, queries
 from service import executions
@@ -69,6 +69,43 @@ def bulk_retry(filters: queries.ExecutionFilters) -> None:
         st.rerun()
 
 
+def bulk_cancel(filters: queries.ExecutionFilters) -> None:
+    """ "Cancel the open runs of this filter": the count first, then one confirmation."""
+    chosen = executions.open_of(filters)
+    count = 0 if chosen is None else ui.read(queries.count_executions, chosen)
+    if not count:
+        return
+    if st.session_state.get("ex_confirm_cancel") != filters:
+        if st.button(
+            f"Cancel the open runs of this filter ({count})",
+            icon=":material/cancel:",
+            key="ex_bulk_cancel",
+        ):
+            st.session_state["ex_confirm_cancel"] = filters
+            st.rerun()
+        return
+    ending = min(count, MAX_BULK)
+    more = f" (the first {MAX_BULK}; cancel again for the rest)" if count > MAX_BULK else ""
+    st.warning(
+        f"Cancel {ending} queued or running run(s){more}? A step at the agent is cut and "
+        "its answer not recorded.",
+        icon=":material/cancel:",
+    )
+    yes = no = st.container(horizontal=True)
+    if yes.button(f"Yes, cancel {ending}", type="primary", key="ex_cancel_yes"):
+        try:
+            done = executions.cancel_open(filters, actor=ui.actor())
+        except StepwiseError as exc:
+            st.error(ui.text(exc))
+            return
+        st.session_state.pop("ex_confirm_cancel", None)
+        st.session_state["flash"] = f"{done} run(s) cancelled."
+        st.rerun()
+    if no.button("Keep them running", key="ex_cancel_no"):
+        st.session_state.pop("ex_confirm_cancel", None)
+        st.rerun()
+
+
 def _move(offset: int) -> None:
     st.session_state["ex_offset"] = offset
 
@@ -86,7 +123,7 @@ def history() -> None:
     # time: a slot queued ahead of its time no longer sorts above the run in progress.
     if offset == 0 and (current := ui.read(queries.executions_in_flight, filters)):
         st.subheader("In flight")
-        executions_table(current, "ex_in_flight")
+        executions_table(current, "ex_in_flight", IN_FLIGHT_COLUMNS)
         st.subheader("Finished")
     page = ui.read(queries.list_executions, filters, limit=page_size, offset=offset, settled=True)
     if not page.rows and offset:  # the page emptied under us (retention, filters)
@@ -123,7 +160,7 @@ def history() -> None:
         args=(max(offset - page_size, 0),),
         width="stretch",
     )
-    label.caption(f"Rows {offset + 1} to {offset + len(page.rows)}, newest first")
+    label.caption(f"Rows {offset + 1} to {offset + len(page.rows)}, newest queued first")
     nxt.button(
         "Older →",
         disabled=not page.has_more,
@@ -154,6 +191,7 @@ def execution_grid(automation_id: uuid.UUID) -> None:
 
 if ui.can(Permission.RUN):
     bulk_retry(filters)
+    bulk_cancel(filters)
 if filters.automation_id is not None:
     execution_grid(filters.automation_id)
 history()

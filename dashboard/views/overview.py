@@ -110,7 +110,7 @@ def needs_attention() -> None:
         width="stretch",
         column_config={
             "Automation": st.column_config.TextColumn(width=120),
-            "Error": st.column_config.TextColumn(width=240),
+            "Error": st.column_config.TextColumn(width=520),
             "Runs": st.column_config.NumberColumn(width=50, help="failed runs alike, last 24 h"),
             "Last": st.column_config.TextColumn(width=90),
             "All failed": st.column_config.LinkColumn(
@@ -131,8 +131,6 @@ def needs_attention() -> None:
 
 headline()
 outcome_chart()
-left, right = st.columns(2)
-with left:
-    coming_up()
-with right:
-    needs_attention()
+# One above the other: side by side, the errors were cut to a few words at 1440 px.
+needs_attention()
+coming_up()

@@ -7,17 +7,19 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+import pandas as pd
 import streamlit as st
 
 from core.errors import StepwiseError
 from core.limits import MAX_PAUSE_NOTE
 from core.timing import parse_timing, spec_of
-from core.vocabulary import Permission, ScheduleState
+from core.vocabulary import AuditAction, AuditTarget, Permission, ScheduleState, Trigger
 from dashboard import backfill_form, ui
 from dashboard.executions_table import executions_table
 from dashboard.schedule_dialog import STATE, next_runs, open_dialog
 from dashboard.schedule_dialog import schedule_dialog as edit_dialog
 from db import queries
+from db.audit import AuditFilters, list_audit
 from db.queries import ExecutionFilters
 from service import schedules
 
@@ -83,13 +85,23 @@ def record(schedule_id: uuid.UUID) -> None:
         f"**Queued** {now.queued_runs}"
     )
     st.caption(
-        f"Next run {ui.fmt_time(now.next_run_at, now.timezone)} · "
+        f"Next run {ui.fmt_time(now.next_run, now.timezone) if now.enabled else now.state} · "
         f"last run {ui.fmt_time(now.last_run_at, now.timezone)} ({now.last_status or 'none'})"
     )
 
 
 # What tells a schedule's runs apart: its automation is the same on every row.
-EXECUTION_COLUMNS = ["Status", "Scheduled for", "Trigger", "Steps", "Duration", "Error", "Attempt"]
+# Newest queued first (`queries.HISTORY_ORDER`), so that time leads.
+EXECUTION_COLUMNS = [
+    "Status",
+    "Queued",
+    "Scheduled for",
+    "Trigger",
+    "Steps",
+    "Duration",
+    "Error",
+    "Attempt",
+]
 
 
 @st.fragment(run_every=10)
@@ -155,12 +167,52 @@ def upcoming(row: queries.ScheduleRow) -> None:
         st.caption("No run is left in the future.")
 
 
+def runs_by_hand(schedule_id: uuid.UUID) -> None:
+    """Its runs started with "Run now" (stored with the schedule, trigger manual)."""
+    filters = ExecutionFilters(schedule_id=schedule_id, trigger=Trigger.MANUAL)
+    page = ui.read(queries.list_executions, filters, limit=RECENT)
+    st.subheader("Runs started by hand")
+    if not page.rows:
+        st.caption("None: every run of this schedule came from its timing.")
+        return
+    executions_table(page.rows, "sp_manual_runs", EXECUTION_COLUMNS)
+
+
+def pause_history(schedule_id: uuid.UUID) -> None:
+    """Who paused and resumed it, when, and the note given (from the audit log)."""
+    filters = AuditFilters(
+        actions=(AuditAction.PAUSE, AuditAction.RESUME),
+        target_types=(AuditTarget.SCHEDULE,),
+        target_id=schedule_id,
+    )
+    rows = ui.read(list_audit, filters, limit=50)
+    st.subheader("Pause history")
+    if not rows:
+        st.caption("Never paused.")
+        return
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "When": [ui.fmt_time(r.at) for r in rows],
+                "Who": [r.actor for r in rows],
+                "What": [{"pause": "paused", "resume": "resumed"}[r.action] for r in rows],
+                "Note": [str(r.details.get("note") or "") for r in rows],
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+        column_config={"Note": st.column_config.TextColumn(width="large")},
+    )
+
+
 header(row)
 record(row.id)
 if ui.can(Permission.EDIT) or ui.can(Permission.RUN):
     actions_row(row)
 upcoming(row)
 recent_executions(row.id)
+runs_by_hand(row.id)
+pause_history(row.id)
 if ui.can(Permission.RUN):
     backfill_form.render(row)
 if st.session_state.get(STATE) is not None:

@@ -85,9 +85,11 @@ def table(rows: list[queries.ScheduleRow]) -> pd.DataFrame:
         {
             "Automation": [r.automation_name for r in rows],
             "Runs when": [timing(r) for r in rows],
-            # In the viewer's zone: the schedule's own zone is in "Runs when", and its page
-            # lists the next runs in both.
-            f"Next run ({viewer})": [ui.fmt_short(r.next_run_at, viewer) for r in rows],
+            # In the viewer's zone, which each cell names ("Nov 27, 09:00 CET"): a header
+            # with the zone's full name was cut off at 1440 px.
+            "Next run": [
+                ui.fmt_short(r.next_run, viewer) if r.enabled else str(r.state) for r in rows
+            ],
             "State": [state_text(r) for r in rows],
             "Last": [ui.status_cell(r.last_status) for r in rows],
             "Runs": [r.run_count for r in rows],
@@ -102,14 +104,14 @@ def columns(rows: list[queries.ScheduleRow]) -> dict[str, Any]:
     # Widths that fit every column at 1440 px beside the sidebar (defect 8: the record
     # columns were cut off); the schedule's page shows the rest in full.
     return {
-        "Automation": st.column_config.TextColumn(width=140),
-        "Runs when": st.column_config.TextColumn(width=175),
-        "State": st.column_config.TextColumn(width=130),
-        "Last": ui.status_column("Last", width=90),
+        "Automation": st.column_config.TextColumn(width=125),
+        "Runs when": st.column_config.TextColumn(width=140),
+        "State": st.column_config.TextColumn(width=160),
+        "Last": ui.status_column("Last", width=80),
         "Runs": st.column_config.NumberColumn(width=50),
         "Success": ui.rate_column("Success", [r.success_rate for r in rows], width=70),
-        "Missed / skipped": st.column_config.TextColumn(width=80),
-        "Queued": st.column_config.NumberColumn(width=60),
+        "Missed / skipped": st.column_config.TextColumn(width=125),
+        "Queued": st.column_config.NumberColumn(width=70),
     }
 
 
@@ -126,7 +128,7 @@ def schedule_list() -> None:
         return
     frame = table(rows)
     config = columns(rows)
-    config[frame.columns[2]] = st.column_config.TextColumn(width=125)  # the next run
+    config[frame.columns[2]] = st.column_config.TextColumn(width=120)  # the next run
     event = st.dataframe(
         frame,
         hide_index=True,

@@ -97,16 +97,19 @@ def origins(text: str) -> list[str]:
 
 
 if ui.can(Permission.MANAGE_SECRETS):
-    a, b = st.columns([2, 3])
-    name = a.text_input("Name", key="ws_secret_name", placeholder="AGENT_TOKEN")
-    value = b.text_input("Value", key="ws_secret_value", type="password")
-    c, g = st.columns([5, 1], vertical_alignment="bottom")
-    sent_to = c.text_input(
-        "May be sent to (agent origins, separated by spaces; empty keeps a secret's own)",
-        key="ws_secret_origins",
-        placeholder="https://agent.example.com",
-    )
-    if g.button("Save secret", key="ws_secret_save", width="stretch"):
+    # A form, as for channels: a password field left with Tab must not be read as empty.
+    with st.form("ws_secret_form", border=False):
+        a, b = st.columns([2, 3])
+        name = a.text_input("Name", key="ws_secret_name", placeholder="AGENT_TOKEN")
+        value = b.text_input("Value", key="ws_secret_value", type="password")
+        c, g = st.columns([5, 1], vertical_alignment="bottom")
+        sent_to = c.text_input(
+            "May be sent to (agent origins, separated by spaces; empty keeps a secret's own)",
+            key="ws_secret_origins",
+            placeholder="https://agent.example.com",
+        )
+        saving = g.form_submit_button("Save secret", key="ws_secret_save", width="stretch")
+    if saving:
         act(
             partial(secrets.set_secret, origins=origins(sent_to) if sent_to.strip() else None),
             name,

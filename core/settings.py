@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     oidc_client_id: str = ""
     oidc_client_secret: str = ""
     oidc_redirect_uri: str = ""  # default http://localhost:<port>/oauth2callback
+    # An e-mail finds an invitation only when the provider says `email_verified: true`. On:
+    # one that never sends the claim is taken at its word (an explicit false still counts).
+    oidc_email_always_verified: bool = False
     # Admins of the default workspace (e-mail addresses, comma-separated), made so on first use.
     admins: str = ""
     redis_port: int = Field(default=6390, ge=1, le=65535)  # embedded Redis only

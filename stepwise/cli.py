@@ -142,9 +142,11 @@ def run(_: argparse.Namespace) -> int:
         print(f"stepwise: starting embedded Redis on 127.0.0.1:{settings.redis_port}")
         redis = embedded.start_redis(settings.data_dir / "redis", settings.redis_port)
         env["REDIS_URL"] = redis.url
-    if settings.demo:  # local mode: the bundled agent is on this machine, and allowed
-        demo = f"127.0.0.1:{settings.demo_agent_port}"
-        env["STEPWISE_AGENT_ALLOW"] = f"{settings.agent_allow} {demo}".strip()
+    # The demo is local mode's: with login there is no local admin to own it.
+    demo = settings.demo and not settings.login_required
+    if demo:  # the bundled agent is on this machine, and allowed
+        agent = f"127.0.0.1:{settings.demo_agent_port}"
+        env["STEPWISE_AGENT_ALLOW"] = f"{settings.agent_allow} {agent}".strip()
     if not settings.secret_keys:
         env["STEPWISE_SECRET_KEYS"] = local_key(settings.data_dir / "secret.key")
     for name in ("DATABASE_URL", "REDIS_URL", "STEPWISE_AGENT_ALLOW", "STEPWISE_SECRET_KEYS"):
@@ -157,7 +159,7 @@ def run(_: argparse.Namespace) -> int:
         processes = read_procfile()
         for name in LOCAL_PROCESSES:
             manager.add_process(name, processes[name], env=env, cwd=str(ROOT))
-        if settings.demo:
+        if demo:
             agent_url = f"http://127.0.0.1:{settings.demo_agent_port}/agent"
             if seed_demo(agent_url):
                 print("stepwise: created the demo automation (runs every minute)")
@@ -336,14 +338,15 @@ def _add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--until", help="ISO time, exclusive (queued at)")
     p.add_argument("--workspace", help="workspace id (default: the person's first)")
     p.add_argument(
-        "--as", dest="as_", help="export as this member (e-mail); default the local admin"
+        "--as", dest="as_", help="export as this member (needed with login; else local admin)"
     )
     p.add_argument("--chunk-size", type=int, default=50_000, help=argparse.SUPPRESS)
     p.set_defaults(func=export)
 
 
 def _member(args: argparse.Namespace) -> Actor:
-    """Local mode: the local admin (or --as member) in --workspace or their first one."""
+    """The --as member (in local mode, by default the local admin) in --workspace or their
+    first one; with login configured --as is required."""
     from service import acting
 
     return acting.member(args.as_, _workspace(args))
@@ -403,7 +406,9 @@ def _add_defs_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     q.add_argument("-o", "--out", help="file to write (default: stdout)")
     for parser in (p, q):
         parser.add_argument("--workspace", help="workspace id (default: the person's first)")
-        parser.add_argument("--as", dest="as_", help="act as this member (default local admin)")
+        parser.add_argument(
+            "--as", dest="as_", help="act as this member (needed with login; else local admin)"
+        )
     p.set_defaults(func=apply_defs)
     q.set_defaults(func=export_defs)
 

@@ -213,6 +213,10 @@ class Settings(BaseSettings):
             "STEPWISE_WEB_ADDRESS at 127.0.0.1 (the default)"
         )
 
+    def web_listen_port(self) -> int:
+        """The dashboard's port: PORT (Heroku's), else STEPWISE_WEB_PORT."""
+        return self.port or self.web_port
+
     def api_listen_port(self) -> int:
         """The REST API's port: STEPWISE_API_PORT, else PORT, else 8000."""
         return self.api_port or self.port or DEFAULT_API_PORT

@@ -1,4 +1,4 @@
-"""Stepwise dashboard: `streamlit run dashboard/app.py` (the Procfile's `web`)."""
+"""Stepwise dashboard: the entry script `dashboard/server.py` serves (the Procfile's `web`)."""
 
 import sys
 from pathlib import Path

@@ -22,7 +22,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
     import uuid
 
     from core.access import Actor
-    from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_PROCESSES = ("web", "api", "scheduler", "dispatcher", "worker")
@@ -187,51 +185,14 @@ def run(_: argparse.Namespace) -> int:
 
 
 def web(_: argparse.Namespace) -> int:
-    """The Procfile's `web`: the dashboard, refusing to listen beyond loopback without login."""
+    """The Procfile's `web`: the dashboard (`dashboard/server.py`), refusing to listen beyond
+    loopback without login. Its Streamlit settings and login secrets are given in that
+    process, so they hold wherever this starts and leave no file behind."""
     from core.settings import get_settings
 
-    settings = get_settings()
-    settings.require_private_web()
-    port = settings.port or settings.web_port
-    command = [
-        sys.executable,
-        *("-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py")),
-        *("--server.port", str(port), "--server.address", settings.web_address),
-        *("--server.headless", "true", "--browser.gatherUsageStats", "false"),
-    ]
-    if settings.login_required:
-        command += ["--secrets.files", str(login_secrets(settings, port))]
-    os.execv(sys.executable, command)
-
-
-def login_secrets(settings: Settings, port: int) -> Path:
-    """Streamlit's [auth] section from STEPWISE_OIDC_*, in an owner-only file.
-
-    The login cookie is signed with a key derived from the first of
-    STEPWISE_SECRET_KEYS, so it survives restarts and needs no variable of its own.
-    """
-    import hashlib
-    import hmac
-    import json
-
-    key = settings.secret_box().first_key
-    cookie_secret = hmac.new(key.encode(), b"stepwise login cookie", hashlib.sha256).hexdigest()
-    redirect = settings.oidc_redirect_uri or f"http://localhost:{port}/oauth2callback"
-    issuer = settings.oidc_issuer.rstrip("/")
-    values = {
-        "redirect_uri": redirect,
-        "cookie_secret": cookie_secret,
-        "client_id": settings.oidc_client_id,
-        "client_secret": settings.oidc_client_secret,
-        "server_metadata_url": f"{issuer}/.well-known/openid-configuration",
-    }
-    lines = ["[auth]", *(f"{name} = {json.dumps(value)}" for name, value in values.items())]
-    folder = Path(tempfile.mkdtemp(prefix="stepwise-login-"))  # mode 0700
-    path = folder / "secrets.toml"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write("\n".join(lines) + "\n")
-    return path
+    get_settings().require_private_web()
+    server = ROOT / "dashboard" / "server.py"
+    os.execv(sys.executable, [sys.executable, str(server)])
 
 
 def new_key(_: argparse.Namespace) -> int:

@@ -125,6 +125,7 @@ def test_people_log_in_only_admins_enter_and_log_out(dashboard: str, chromium: A
         assert "Quarterly numbers" not in page.content()
 
 
+@pytest.mark.timeout(900)  # six logins through the provider
 def test_identity_is_the_providers_not_an_unverified_or_look_alike_claim(
     dashboard: str, provider: str, chromium: Any
 ) -> None:
@@ -178,6 +179,38 @@ def test_with_login_the_dashboard_may_listen_beyond_loopback(
         STEPWISE_ADMINS="alice@example.com",
     )
     procs.wait_http("web", f"http://127.0.0.1:{port}/_stcore/health")
+
+
+def test_the_login_secrets_are_never_written_to_a_file(
+    procs: Processes, provider: str, tmp_path: Path
+) -> None:
+    # given the dashboard with login, with its own temporary folder
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    port = free_port()
+    procs.start(
+        "web",
+        PORT=str(port),
+        TMPDIR=str(temporary),
+        STEPWISE_OIDC_ISSUER=provider,
+        STEPWISE_OIDC_CLIENT_ID="stepwise",
+        STEPWISE_OIDC_CLIENT_SECRET="client-secret",
+        STEPWISE_ADMINS="alice@example.com",
+    )
+    url = f"http://localhost:{port}"
+    procs.wait_http("web", f"{url}/_stcore/health")
+    # when it serves, then no file holds the client secret, while it runs
+    assert _holding("client-secret", temporary) == []
+    # nor after a stop signal
+    procs.stop_all()
+    assert _holding("client-secret", temporary) == []
+
+
+def _holding(secret: str, folder: Path) -> list[Path]:
+    found = [
+        p for p in folder.rglob("*") if p.is_file() and secret in p.read_text(errors="replace")
+    ]
+    return found + list(folder.glob("stepwise-login-*"))
 
 
 def test_a_half_configured_login_names_what_is_missing() -> None:

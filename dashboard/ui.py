@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import altair as alt
+import pandas as pd
 import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 
@@ -26,7 +27,7 @@ from core.settings import get_settings
 from core.vocabulary import ExecutionStatus, Permission, ScheduleState
 from db import figures, queries
 from db.workspaces import Place
-from service import unit, workspaces
+from service import exports, unit, workspaces
 
 LOCAL_ACTOR = LOCAL_ADMIN  # no login configured: the dashboard is this machine's only
 ACTOR = "ui_actor"  # session state: who acts, where, as resolved at the start of this run
@@ -65,6 +66,14 @@ RATE_FAIR = 0.80
 RATE_COLORS = {"good": "#2e9d5b", "fair": "#e0a526", "poor": "#d64545", "none": "#a0a7b4"}
 EXECUTION_PAGE = "views/execution.py"  # an execution's page (`/execution?id=<execution id>`)
 SCHEDULE_PAGE = "views/schedule.py"  # a schedule's page (`/schedule?id=<schedule id>`)
+
+
+def dataframe(data: pd.DataFrame | dict[str, Any], **kwargs: Any) -> Any:
+    """`st.dataframe(data, **kwargs)` with every text cell a spreadsheet would run made inert
+    (`service.exports.inert_frame`, as the Export page writes it): a table's own "Download
+    as CSV" writes what it shows, and a name like =HYPERLINK(...) must not run there."""
+    frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
+    return st.dataframe(exports.inert_frame(frame), **kwargs)
 
 
 def status_column(label: str = "Status", **kwargs: Any) -> Any:

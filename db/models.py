@@ -195,6 +195,7 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = _created()
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]  # None: until revoked
 
     __table_args__ = (CheckConstraint(_in("role", Role), name="role"),)
 

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -55,6 +55,7 @@ def authorize(session: Session, actor: Actor, permission: Permission) -> Role:
                 ApiToken.id == actor.token_id,
                 ApiToken.workspace_id == actor.workspace_id,
                 ApiToken.revoked_at.is_(None),
+                or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > func.now()),
             )
         )
     else:

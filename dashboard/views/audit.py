@@ -37,7 +37,7 @@ rows = ui.read(list_audit, filters, limit=LIMIT)
 if not rows:
     ui.empty_state("Nothing recorded for these filters.", "Widen them, or change something first.")
     st.stop()
-st.dataframe(
+ui.dataframe(
     pd.DataFrame(
         {
             "When": [ui.fmt_time(r.at) for r in rows],

@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from api import audit, automations, channels, executions, queues, schedules, secrets, webhooks
+from api.gate import Gate
 from api.metrics import RequestMetrics
 from api.problems import documented, install
 from service.health import readiness
@@ -30,7 +31,8 @@ Every call but `/health`, `/ready` and the docs needs an API token (`Authorizati
 that workspace, with that role. A token makes at most STEPWISE_API_RATE_PER_MINUTE
 calls a minute; past that it gets `429` with `Retry-After` (seconds). Errors are
 `application/problem+json` (RFC 9457); refused input lists each field with the
-message the dashboard shows.
+message the dashboard shows. A call without a live token is refused (401) before its
+body is read; no body may pass 4 MiB (413).
 
 `POST /v1/hooks/{id}` or `/v1/webhooks/{id}` (an automation's webhook) needs no token:
 the webhook's secret or a signature of the body proves the call, and each webhook takes at
@@ -57,6 +59,7 @@ def create_app() -> FastAPI:
         title="Stepwise", version="1", description=DESCRIPTION, docs_url=None, redoc_url=None
     )
     install(app)
+    app.add_middleware(Gate)
     for module in (automations, schedules, executions, queues, audit, channels, secrets):
         app.include_router(module.router, responses=documented(429))
     app.include_router(webhooks.router)

@@ -1,6 +1,7 @@
 """Who is calling: the API token in `Authorization: Bearer <token>`, turned into an Actor.
 
-Every route but health and the docs depends on `acting`. The token's workspace and
+Every route but health, the docs and the webhooks depends on `acting`; the gate
+(`api.gate`) authenticates those routes' calls before their body is read. The token's workspace and
 role come from its row (`service.tokens.authenticate`); every read and write then
 checks that role again, in its own transaction, so a token revoked between two calls
 acts no more.
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api import ratelimit
@@ -31,13 +32,22 @@ bearer = HTTPBearer(
 
 
 def acting(
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Actor:
-    """The workspace and role the presented token acts with; 401 without a live token,
-    429 (with Retry-After) past the token's calls per minute."""
-    if credentials is None or not credentials.credentials:
+    """The workspace and role the presented token acts with: as the gate (`api.gate`)
+    found it before the body was read, else found now."""
+    known = getattr(request.state, "actor", None)
+    if isinstance(known, Actor):
+        return known
+    return authenticate(credentials.credentials if credentials else None)
+
+
+def authenticate(token: str | None) -> Actor:
+    """The workspace and role `token` acts with; 401 without a live token, 429 (with
+    Retry-After) past the token's calls per minute (this call counts as one)."""
+    if not token:
         raise NotAuthenticated("send an API token as `Authorization: Bearer <token>`")
-    token = credentials.credentials
     actor = None
     if len(token) <= _MAX_TOKEN:
         actor = tokens.authenticate(token)

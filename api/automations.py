@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import uuid
+from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from api.auth import Acting
 from api.problems import documented
@@ -18,9 +23,12 @@ from api.responses import (
     WebhookSecretOut,
 )
 from api.schemas import AutomationIn, IdempotencyKeyHeader, RunBody, keyed
-from core.errors import NotFound
+from core.errors import NotFound, ValidationFailed
+from core.limits import DEFAULT_AUTOMATIONS_PAGE as DEFAULT_PAGE
+from core.limits import MAX_API_PAGE as MAX_PAGE
 from db import automations as stored
 from db import queries
+from db.queries import AutomationKey
 from db.webhooks import WebhookInfo, webhook_of
 from service import automations, executions, webhooks
 from service.unit import read
@@ -45,12 +53,58 @@ def create_automation(
     return AutomationCreated(**out, signing_secret=made.signing_secret)
 
 
-@router.get("")
-def list_automations(actor: Acting) -> list[AutomationOut]:
-    """Every live (not archived) automation of the token's workspace, by name."""
-    return [
-        AutomationOut.model_validate(row) for row in read(queries.list_automations, actor=actor)
-    ]
+# The body stays a list, as clients written before pages expect; the next page's cursor
+# comes in a header (and as an RFC 8288 `Link`), absent on the last page.
+NEXT_CURSOR = "Stepwise-Next-Cursor"
+_NEXT = {
+    NEXT_CURSOR: {
+        "description": "the `cursor` of the next page (absent on the last)",
+        "schema": {"type": "string"},
+    },
+    "Link": {
+        "description": '`<...?cursor=...>; rel="next"` (absent on the last page)',
+        "schema": {"type": "string"},
+    },
+}
+
+
+@router.get("", responses={200: {"headers": _NEXT}})
+def list_automations(
+    actor: Acting,
+    request: Request,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
+    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+) -> list[AutomationOut]:
+    """The live (not archived) automations of the token's workspace, by name, `limit` at a
+    time; follow the `Stepwise-Next-Cursor` header (or `Link`) for the next page."""
+    after = None if cursor is None else decode_cursor(cursor)
+    rows = read(queries.list_automations, actor=actor, limit=limit + 1, after=after)
+    page = rows[:limit]
+    if len(rows) > limit:
+        token = encode_cursor(AutomationKey.of(page[-1]))
+        response.headers[NEXT_CURSOR] = token
+        following = request.url.include_query_params(cursor=token, limit=limit)
+        response.headers["Link"] = f'<{following}>; rel="next"'
+    return [AutomationOut.model_validate(row) for row in page]
+
+
+def encode_cursor(key: AutomationKey) -> str:
+    raw = json.dumps([key.name, key.created_at.isoformat(), str(key.id)])
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> AutomationKey:
+    """The key a cursor of ours names; ValidationFailed ("cursor") for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        name, created_at, automation_id = json.loads(raw)
+        key = AutomationKey(str(name), datetime.fromisoformat(created_at), uuid.UUID(automation_id))
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise ValidationFailed.single("cursor", "is not a cursor this API gave out") from None
+    if key.created_at.utcoffset() is None:
+        raise ValidationFailed.single("cursor", "is not a cursor this API gave out")
+    return key
 
 
 @router.get("/{automation_id}")

@@ -16,13 +16,14 @@ from api.problems import documented
 from api.responses import ExecutionDetailOut, ExecutionOut, ExecutionPage, RunStarted
 from api.schemas import utc
 from core.errors import NotFound, ValidationFailed
+from core.limits import MAX_API_PAGE
 from core.vocabulary import ExecutionStatus, Trigger
 from db import queries
 from db.queries import ExecutionFilters, HistoryKey
 from service import executions
 from service.unit import read
 
-MAX_PAGE = 200
+MAX_PAGE = MAX_API_PAGE
 
 router = APIRouter(
     prefix="/v1/executions",

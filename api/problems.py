@@ -167,7 +167,12 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def _from_stepwise(_: Request, exc: Exception) -> JSONResponse:
+def answer(exc: StepwiseError) -> JSONResponse:
+    """The problem response for one of our errors, outside a route (`api.gate`)."""
+    return _from_stepwise(None, exc)
+
+
+def _from_stepwise(_: Request | None, exc: Exception) -> JSONResponse:
     for kind, status, slug, title in _KINDS:
         if isinstance(exc, kind):
             errors = exc.errors if isinstance(exc, ValidationFailed) else None
@@ -216,7 +221,7 @@ def _out_of_range(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+def _unexpected(_: Request | None, exc: Exception) -> JSONResponse:
     log.exception("unexpected error", exc_info=exc)
     return problem(500, "internal", "Internal error", "something went wrong on the server")
 

@@ -9,6 +9,7 @@ what stops a write.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from core.errors import Forbidden
@@ -65,6 +66,37 @@ _WORDS = {
 def subject_of(name: str) -> str:
     """A person's key in memberships: e-mail addresses compare without case."""
     return name.strip().lower()
+
+
+@dataclass(frozen=True)
+class Login:
+    """Who the login provider says signed in: its (issuer, subject) is the identity; the
+    e-mail only finds the invitation it accepts, and only when the provider verified it."""
+
+    issuer: str
+    subject: str
+    email: str | None = None  # lower-case, set only when it may match an invitation
+
+    @classmethod
+    def from_claims(
+        cls, claims: Mapping[str, object], *, issuer: str, email_always_verified: bool = False
+    ) -> Login:
+        """The identity in an ID token's claims. The e-mail counts when `email_verified` is
+        true, or absent with `email_always_verified` (a provider that never sends it); a
+        value that is not an address (no @, spaces) never counts."""
+        verified = claims.get("email_verified")
+        if isinstance(verified, str):  # some providers send "true"
+            verified = verified.strip().lower() == "true"
+        email = claims.get("email")
+        trusted = verified is True or (verified is None and email_always_verified)
+        address = subject_of(email) if isinstance(email, str) else ""
+        looks_like_one = "@" in address and not any(c.isspace() for c in address)
+        iss = claims.get("iss")
+        return cls(
+            issuer=str(iss) if isinstance(iss, str) and iss else issuer,
+            subject=str(claims.get("sub") or ""),
+            email=address if trusted and looks_like_one else None,
+        )
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,13 @@ MAX_HEADER_VALUE = 2000
 MAX_RECOVERIES = 5  # claims past a run's retries before housekeeping gives up on it
 MAX_OUTPUT_DEPTH = 100  # JSON nested deeper is kept as text (parsers and encoders recurse)
 MAX_SECRET_ORIGINS = 20  # agent origins one workspace secret may be sent to
+MAX_API_PAGE = 200  # rows one API list call answers with at most
+DEFAULT_AUTOMATIONS_PAGE = 100  # /v1/automations without `limit` (it had none before pages)
+MAX_TOKEN_DAYS = 3650  # an API token's lifetime, when it is given one
+TOKEN_LIFETIMES_DAYS = (7, 30, 90, 365)  # what the Workspace page offers (or never)
+# Any API request's body: above the biggest automation (50 steps of MAX_MESSAGE, its texts,
+# headers), far below what would tie up the API process's memory (413 past it).
+MAX_API_BODY_BYTES = 4 * 1024 * 1024
 MAX_INPUT_BYTES = 65_536  # a run's input (a schedule's, a caller's, a webhook's body), as JSON
 
 # Inbound webhooks.

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     oidc_client_id: str = ""
     oidc_client_secret: str = ""
     oidc_redirect_uri: str = ""  # default http://localhost:<port>/oauth2callback
+    # An e-mail finds an invitation only when the provider says `email_verified: true`. On:
+    # one that never sends the claim is taken at its word (an explicit false still counts).
+    oidc_email_always_verified: bool = False
     # Admins of the default workspace (e-mail addresses, comma-separated), made so on first use.
     admins: str = ""
     redis_port: int = Field(default=6390, ge=1, le=65535)  # embedded Redis only
@@ -232,6 +235,10 @@ class Settings(BaseSettings):
             "STEPWISE_OIDC_CLIENT_ID, STEPWISE_OIDC_CLIENT_SECRET and STEPWISE_ADMINS, or keep "
             "STEPWISE_WEB_ADDRESS at 127.0.0.1 (the default)"
         )
+
+    def web_listen_port(self) -> int:
+        """The dashboard's port: PORT (Heroku's), else STEPWISE_WEB_PORT."""
+        return self.port or self.web_port
 
     def api_listen_port(self) -> int:
         """The REST API's port: STEPWISE_API_PORT, else PORT, else 8000."""

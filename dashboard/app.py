@@ -1,4 +1,4 @@
-"""Stepwise dashboard: `streamlit run dashboard/app.py` (the Procfile's `web`)."""
+"""Stepwise dashboard: the entry script `dashboard/server.py` serves (the Procfile's `web`)."""
 
 import sys
 from pathlib import Path
@@ -35,7 +35,7 @@ if settings.login_required and not st.user.is_logged_in:
 # from a workspace (or demoted) loses it at their next click, not at their next login.
 places = ui.places()
 if not places:
-    st.error(f"{ui.text(ui.person() or 'This account')} has no access to this Stepwise.")
+    st.error(f"{ui.text(ui.person() or ui.login_label())} has no access to this Stepwise.")
     if settings.login_required:
         st.button("Log out", on_click=st.logout)
     st.stop()
@@ -54,7 +54,7 @@ with st.sidebar:
         )
     acting = ui.identify()
     if settings.login_required:
-        st.caption(f"Signed in as {ui.text(ui.person())}")
+        st.caption(f"Signed in as {ui.text(ui.person() or ui.login_label())}")
         st.button("Log out", icon=":material/logout:", on_click=st.logout, key="logout")
     if acting is not None and acting.role != Role.ADMIN:
         st.caption(f"Your role here: {acting.role}")

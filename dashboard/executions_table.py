@@ -65,7 +65,7 @@ def executions_table(
     """A table of executions (`columns` of `history_table`, in that order: all by default); a
     click on a row opens that execution's page."""
     frame = history_table(rows)
-    event = st.dataframe(
+    event = ui.dataframe(
         frame if columns is None else frame[columns],
         hide_index=True,
         width="stretch",

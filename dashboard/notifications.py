@@ -34,7 +34,7 @@ def channels_section(act: Act) -> None:
     )
     held = ui.read(list_channels)
     if held:
-        st.dataframe(
+        ui.dataframe(
             pd.DataFrame(
                 {
                     "Name": [c.name for c in held],
@@ -101,7 +101,7 @@ def _deliveries() -> None:
     if not rows:
         st.caption("No notification sent yet.")
         return
-    st.dataframe(
+    ui.dataframe(
         pd.DataFrame(
             {
                 "When": [ui.fmt_time(r.created_at) for r in rows],

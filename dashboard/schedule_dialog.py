@@ -240,7 +240,7 @@ def next_runs(timing: Timing, now: datetime, label: str = "Next runs") -> bool:
         }
     )
     # As tall as its rows: a one-off schedule has one run, not one and nine blank rows.
-    st.dataframe(table, hide_index=True, width="stretch", height=ROW_PX * (len(slots) + 1) + 3)
+    ui.dataframe(table, hide_index=True, width="stretch", height=ROW_PX * (len(slots) + 1) + 3)
     return True
 
 

@@ -18,15 +18,16 @@ from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import altair as alt
+import pandas as pd
 import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 
-from core.access import LOCAL_ADMIN, Actor
+from core.access import LOCAL_ADMIN, Actor, Login
 from core.settings import get_settings
 from core.vocabulary import ExecutionStatus, Permission, ScheduleState
 from db import figures, queries
 from db.workspaces import Place
-from service import unit, workspaces
+from service import exports, unit, workspaces
 
 LOCAL_ACTOR = LOCAL_ADMIN  # no login configured: the dashboard is this machine's only
 ACTOR = "ui_actor"  # session state: who acts, where, as resolved at the start of this run
@@ -65,6 +66,14 @@ RATE_FAIR = 0.80
 RATE_COLORS = {"good": "#2e9d5b", "fair": "#e0a526", "poor": "#d64545", "none": "#a0a7b4"}
 EXECUTION_PAGE = "views/execution.py"  # an execution's page (`/execution?id=<execution id>`)
 SCHEDULE_PAGE = "views/schedule.py"  # a schedule's page (`/schedule?id=<schedule id>`)
+
+
+def dataframe(data: pd.DataFrame | dict[str, Any], **kwargs: Any) -> Any:
+    """`st.dataframe(data, **kwargs)` with every text cell a spreadsheet would run made inert
+    (`service.exports.inert_frame`, as the Export page writes it): a table's own "Download
+    as CSV" writes what it shows, and a name like =HYPERLINK(...) must not run there."""
+    frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
+    return st.dataframe(exports.inert_frame(frame), **kwargs)
 
 
 def status_column(label: str = "Status", **kwargs: Any) -> Any:
@@ -135,21 +144,48 @@ def open_schedule(schedule_id: uuid.UUID | str) -> None:
     st.switch_page(SCHEDULE_PAGE, query_params={"id": str(schedule_id)})
 
 
-def person() -> str:
-    """Who is here: the logged-in person's e-mail, or the local admin."""
-    if get_settings().login_required and st.user.is_logged_in:
-        return str(st.user.get("email") or st.user.get("sub") or "unknown")
-    return LOCAL_ACTOR
+LOGIN = "ui_login"  # session state: the member this login acts as, once found
+
+
+def person() -> str | None:
+    """Who is here: the member the logged-in identity acts as (None: no member yet), or
+    the local admin when no login is configured."""
+    settings = get_settings()
+    if not settings.login_required:
+        return LOCAL_ACTOR
+    if not st.user.is_logged_in:
+        return None
+    login = Login.from_claims(
+        st.user.to_dict(),
+        issuer=settings.oidc_issuer.rstrip("/"),
+        email_always_verified=settings.oidc_email_always_verified,
+    )
+    known = st.session_state.get(LOGIN)
+    if known is not None and known[0] == (login.issuer, login.subject):
+        return str(known[1])
+    # The configuration's admins are made so once per browser session.
+    admins = None if st.session_state.get(BOOTSTRAPPED) else settings.admin_emails()
+    name = workspaces.sign_in(login, admins=admins)
+    st.session_state[BOOTSTRAPPED] = True
+    if name is not None:
+        st.session_state[LOGIN] = ((login.issuer, login.subject), name)
+    return name
+
+
+def login_label() -> str:
+    """The logged-in account as its provider names it (for "has no access")."""
+    return str(st.user.get("email") or st.user.get("sub") or "This account")
 
 
 def places() -> list[Place]:
-    """The workspaces this person is a member of (admins from the configuration made so
-    once per browser session: STEPWISE_ADMINS, or the local admin in local mode)."""
-    admins: set[str] | frozenset[str] | None = None
-    if not st.session_state.get(BOOTSTRAPPED):
-        settings = get_settings()
-        admins = settings.admin_emails() if settings.login_required else {LOCAL_ACTOR}
-    found = workspaces.places(person(), admins=admins)
+    """The workspaces this person is a member of (in local mode the local admin is made
+    admin of the default workspace once per browser session)."""
+    name = person()
+    if name is None:
+        return []
+    local = not get_settings().login_required and not st.session_state.get(BOOTSTRAPPED)
+    admins = {LOCAL_ACTOR} if local else None
+    found = workspaces.places(name, admins=admins)
     st.session_state[BOOTSTRAPPED] = True
     return found
 
@@ -160,7 +196,8 @@ def identify() -> Actor | None:
     mine = places()
     wanted = str(st.session_state.get(WORKSPACE) or "")
     chosen = next((p for p in mine if str(p.workspace_id) == wanted), mine[0] if mine else None)
-    acting = None if chosen is None else chosen.actor(person())
+    name = person()
+    acting = None if chosen is None or name is None else chosen.actor(name)
     st.session_state[ACTOR] = acting
     return acting
 
@@ -170,7 +207,7 @@ def actor() -> Actor:
     when it runs alone, as in tests). A person in no workspace sees nothing further."""
     acting = st.session_state.get(ACTOR) or identify()
     if acting is None:
-        st.error(f"{text(person())} has no access to this Stepwise.")
+        st.error(f"{text(person() or login_label())} has no access to this Stepwise.")
         st.stop()
     assert isinstance(acting, Actor)
     return acting

@@ -136,7 +136,12 @@ class Workspace(Base):
 
 
 class Membership(Base):
-    """A person (lower-case e-mail, or the local admin) with a role in a workspace."""
+    """A person (lower-case e-mail, or the local admin) with a role in a workspace.
+
+    With login, the row is bound at the person's first login to the provider's identity
+    (issuer, subject) whose verified e-mail matched it: from then on only that identity
+    acts as this member.
+    """
 
     __tablename__ = "memberships"
 
@@ -146,11 +151,16 @@ class Membership(Base):
     subject: Mapped[str] = mapped_column(String(MAX_OWNER), primary_key=True)
     role: Mapped[str] = mapped_column(String(MAX_WORD))
     created_at: Mapped[datetime] = _created()
+    login_issuer: Mapped[str | None] = mapped_column(String(MAX_URL))
+    login_subject: Mapped[str | None] = mapped_column(String(MAX_URL))
 
     __table_args__ = (
         CheckConstraint(_in("role", Role), name="role"),
+        CheckConstraint("(login_issuer IS NULL) = (login_subject IS NULL)", name="login_identity"),
         # A person's workspaces, at every page load.
         Index("ix_memberships_subject", "subject"),
+        # Who a login is, at every page load.
+        Index("ix_memberships_login", "login_issuer", "login_subject"),
     )
 
 
@@ -192,6 +202,7 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = _created()
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]  # None: until revoked
 
     __table_args__ = (CheckConstraint(_in("role", Role), name="role"),)
 

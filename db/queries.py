@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, func, literal, select, tuple_
+from sqlalchemy import Select, func, literal, select, true, tuple_
 from sqlalchemy.orm import Session
 
 from core.access import Actor
@@ -508,8 +508,28 @@ class AutomationRow:
     schedules: int
 
 
-def list_automations(session: Session, *, actor: Actor) -> list[AutomationRow]:
-    """Live (not archived) automations, by name, with their schedule count."""
+@dataclass(frozen=True)
+class AutomationKey:
+    """Where a page of automations ends, in their order (name, created, id)."""
+
+    name: str
+    created_at: datetime
+    id: uuid.UUID
+
+    @classmethod
+    def of(cls, row: AutomationRow) -> AutomationKey:
+        return cls(row.name, row.created_at, row.id)
+
+
+def list_automations(
+    session: Session,
+    *,
+    actor: Actor,
+    limit: int | None = None,
+    after: AutomationKey | None = None,
+) -> list[AutomationRow]:
+    """Live (not archived) automations, by name, with their schedule count: every one, or
+    at most `limit` of those after `after`."""
     workspace_id = scope(session, actor)
     counts = (
         select(Schedule.automation_id, func.count().label("schedules"))
@@ -524,7 +544,14 @@ def list_automations(session: Session, *, actor: Actor) -> list[AutomationRow]:
         )
         .outerjoin(counts, counts.c.automation_id == Automation.id)
         .where(Automation.workspace_id == workspace_id, Automation.archived_at.is_(None))
-        .order_by(Automation.name, Automation.created_at)
+        .where(
+            true()
+            if after is None
+            else tuple_(Automation.name, Automation.created_at, Automation.id)
+            > tuple_(literal(after.name), literal(after.created_at), literal(after.id))
+        )
+        .order_by(Automation.name, Automation.created_at, Automation.id)
+        .limit(limit)
     ).all()
     return [AutomationRow(**row._mapping) for row in rows]
 

@@ -15,12 +15,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.access import Actor
 from core.errors import FieldError, NotFound, ValidationFailed
-from core.limits import MAX_NAME
+from core.limits import MAX_NAME, MAX_TOKEN_DAYS
 from core.tokens import hash_matches, new_token, token_hash
 from core.vocabulary import Permission, Role
 from db.models import ApiToken
@@ -42,6 +42,7 @@ class TokenInfo:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -52,14 +53,24 @@ class NewToken:
     token: str
 
 
-def create_token(session: Session, name: str, role: Role | str, *, actor: Actor) -> NewToken:
-    """A new token for the acting workspace with `role` (its name and role checked)."""
+def create_token(
+    session: Session,
+    name: str,
+    role: Role | str,
+    *,
+    actor: Actor,
+    expires_in_days: int | None = None,
+) -> NewToken:
+    """A new token for the acting workspace with `role` (its name and role checked), live
+    until revoked or, given `expires_in_days`, until that many days from now."""
     name = name.strip()
     errors = []
     if not name or len(name) > MAX_NAME:
         errors.append(FieldError("name", f"give a name of 1 to {MAX_NAME} characters"))
     if role not in set(Role):
         errors.append(FieldError("role", "use viewer, editor or admin"))
+    if expires_in_days is not None and not 1 <= expires_in_days <= MAX_TOKEN_DAYS:
+        errors.append(FieldError("expires_in_days", f"give 1 to {MAX_TOKEN_DAYS} days, or none"))
     if errors:
         raise ValidationFailed(errors)
     token = new_token()
@@ -69,6 +80,9 @@ def create_token(session: Session, name: str, role: Role | str, *, actor: Actor)
         role=Role(role),
         token_hash=token_hash(token),
         created_by=actor.name,
+        expires_at=None
+        if expires_in_days is None
+        else func.now() + timedelta(days=expires_in_days),
     )
     session.add(row)
     session.flush()
@@ -85,6 +99,7 @@ def _info(row: ApiToken) -> TokenInfo:
         created_at=row.created_at,
         last_used_at=row.last_used_at,
         revoked_at=row.revoked_at,
+        expires_at=row.expires_at,
     )
 
 
@@ -118,7 +133,7 @@ def revoke_token(session: Session, token_id: uuid.UUID, *, actor: Actor) -> str:
 
 
 def authenticate(session: Session, token: str) -> Actor | None:
-    """The actor a presented token stands for, or None if it is unknown or revoked.
+    """The actor a presented token stands for, or None if it is unknown, revoked or expired.
 
     Records when the token was last used (to the minute).
     """
@@ -126,7 +141,7 @@ def authenticate(session: Session, token: str) -> Actor | None:
     row = session.execute(
         select(
             ApiToken.id, ApiToken.workspace_id, ApiToken.name, ApiToken.role, ApiToken.token_hash
-        ).where(ApiToken.token_hash == digest, ApiToken.revoked_at.is_(None))
+        ).where(ApiToken.token_hash == digest, live())
     ).first()
     if row is None or not hash_matches(token, row.token_hash):
         return None
@@ -146,6 +161,14 @@ def authenticate(session: Session, token: str) -> Actor | None:
         workspace_id=row.workspace_id,
         role=Role(row.role),
         token_id=row.id,
+    )
+
+
+def live() -> ColumnElement[bool]:
+    """A token row that may act: not revoked, not expired (by the database's clock)."""
+    return and_(
+        ApiToken.revoked_at.is_(None),
+        or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > func.now()),
     )
 
 

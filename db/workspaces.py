@@ -14,15 +14,17 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core.access import (
     DEFAULT_WORKSPACE_ID,
     DEFAULT_WORKSPACE_NAME,
+    LOCAL_ADMIN,
     WEBHOOK_PERMISSIONS,
     Actor,
+    Login,
     require,
     subject_of,
 )
@@ -53,6 +55,7 @@ def authorize(session: Session, actor: Actor, permission: Permission) -> Role:
                 ApiToken.id == actor.token_id,
                 ApiToken.workspace_id == actor.workspace_id,
                 ApiToken.revoked_at.is_(None),
+                or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > func.now()),
             )
         )
     else:
@@ -130,6 +133,45 @@ def bootstrap_admins(session: Session, names: set[str] | frozenset[str]) -> None
                 index_elements=["workspace_id", "subject"], set_={"role": Role.ADMIN}
             )
         )
+
+
+def drop_local_admin(session: Session) -> None:
+    """With login configured there is no local admin: its memberships go."""
+    session.execute(delete(Membership).where(Membership.subject == subject_of(LOCAL_ADMIN)))
+
+
+def sign_in(session: Session, login: Login) -> str | None:
+    """The member a provider identity acts as, or None: who accepted an invitation before,
+    else whose verified e-mail an invitation names (which this binds to the identity, unless
+    another identity holds that member already). Invitations made since for the same member
+    are bound too: from the first login on, only this identity is that member."""
+    name = _bound_member(session, login)
+    if name is None and login.email is not None:
+        held = session.scalar(
+            select(Membership.subject)
+            .where(Membership.subject == login.email, Membership.login_issuer.is_not(None))
+            .limit(1)
+        )
+        name = None if held is not None else login.email
+    if name is None:
+        return None
+    session.execute(
+        update(Membership)
+        .where(Membership.subject == name, Membership.login_issuer.is_(None))
+        .values(login_issuer=login.issuer, login_subject=login.subject)
+    )
+    return _bound_member(session, login)
+
+
+def _bound_member(session: Session, login: Login) -> str | None:
+    if not login.subject:
+        return None
+    return session.scalar(
+        select(Membership.subject)
+        .where(Membership.login_issuer == login.issuer, Membership.login_subject == login.subject)
+        .order_by(Membership.created_at)
+        .limit(1)
+    )
 
 
 @dataclass(frozen=True)

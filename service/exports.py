@@ -8,6 +8,7 @@ history. Text people or agents wrote is made inert for spreadsheets in CSV and E
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -62,6 +63,14 @@ def neutralise_formulas(table: pa.Table, columns: tuple[str, ...] = USER_TEXT_CO
         index = table.schema.get_field_index(name)
         table = table.set_column(index, name, pc.if_else(risky, quoted, column))
     return table
+
+
+def inert_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with every text cell a spreadsheet would run made inert, by the rule
+    `neutralise_formulas` applies (FORMULA_START gets a leading apostrophe): what a table
+    shows, and so what its own "Download as CSV" writes. Other cells are left as they are."""
+    risky = re.compile(FORMULA_START)
+    return frame.map(lambda v: f"'{v}" if isinstance(v, str) and risky.match(v) else v)
 
 
 def _frame(rows: Sequence[Sequence[Any]]) -> pd.DataFrame:

@@ -15,13 +15,23 @@ from db.tokens import NewToken
 from service.unit import unit_of_work
 
 
-def create_token(name: str, role: Role | str, *, actor: Actor) -> NewToken:
-    """A new token for the acting workspace with `role` (admins only; audited by name)."""
+def create_token(
+    name: str, role: Role | str, *, actor: Actor, expires_in_days: int | None = None
+) -> NewToken:
+    """A new token for the acting workspace with `role`, live until revoked or for
+    `expires_in_days` (admins only; audited by name)."""
     with unit_of_work(actor, Permission.MANAGE_TOKENS) as unit:
-        made = tokens.create_token(unit.session, name, role, actor=actor)
+        made = tokens.create_token(
+            unit.session, name, role, actor=actor, expires_in_days=expires_in_days
+        )
         info = made.info
         unit.audit(
-            AuditAction.CREATE_TOKEN, AuditTarget.TOKEN, info.id, name=info.name, role=info.role
+            AuditAction.CREATE_TOKEN,
+            AuditTarget.TOKEN,
+            info.id,
+            name=info.name,
+            role=info.role,
+            expires_in_days=expires_in_days,
         )
     return made
 
@@ -34,7 +44,7 @@ def revoke_token(token_id: uuid.UUID, *, actor: Actor) -> None:
 
 
 def authenticate(token: str) -> Actor | None:
-    """The actor a presented token stands for, or None if it is unknown or revoked; its
+    """The actor a presented token stands for, or None if it is unknown, revoked or expired; its
     last use is recorded (to the minute), in its own transaction."""
     with session_scope() as session:
         return tokens.authenticate(session, token)

@@ -4,7 +4,7 @@ a person is, where.
 
 from __future__ import annotations
 
-from core.access import Actor
+from core.access import Actor, Login
 from core.vocabulary import AuditAction, AuditTarget, Permission, Role
 from db import workspaces
 from db.session import session_scope
@@ -20,6 +20,17 @@ def places(name: str, *, admins: set[str] | frozenset[str] | None = None) -> lis
         if admins is not None:
             workspaces.bootstrap_admins(session, admins)
         return workspaces.places(session, name)
+
+
+def sign_in(login: Login, *, admins: set[str] | frozenset[str] | None = None) -> str | None:
+    """The member a provider identity acts as (`db.workspaces.sign_in`), or None. With
+    `admins` (STEPWISE_ADMINS), each is first made an admin of the default workspace; with
+    login there is no local admin, so its memberships are dropped."""
+    with session_scope() as session:
+        if admins is not None:
+            workspaces.bootstrap_admins(session, admins)
+            workspaces.drop_local_admin(session)
+        return workspaces.sign_in(session, login)
 
 
 def create_workspace(name: str, *, actor: Actor) -> Actor:

@@ -37,6 +37,11 @@ def _client() -> httpx.Client:
 
 
 def call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+    return answer(client, method, path, **kwargs).json()
+
+
+def answer(client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    """The API's answer to one call; ApiFailed (with the problem's detail) for an error."""
     try:
         response = client.request(method, path, **kwargs)
     except httpx.HTTPError as e:
@@ -47,7 +52,7 @@ def call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
         except ValueError:
             detail = response.text
         raise ApiFailed(f"{response.status_code}: {detail}", 1)
-    return response.json()
+    return response
 
 
 def _print(value: Any) -> None:
@@ -62,6 +67,9 @@ def _list(client: httpx.Client, args: argparse.Namespace) -> None:
         given |= {"schedule_id": args.schedule, "status": args.status, "limit": args.limit}
         given |= {"cursor": args.cursor}
     params = {k: v for k, v in given.items() if v}
+    if args.what == "automations":  # every page, followed by the cursor header, as one list
+        _print(_every_automation(client, params))
+        return
     page = call(client, "GET", f"/v1/{args.what}", params=params)
     if args.what == "executions" and args.all:
         items = page["items"]
@@ -72,6 +80,18 @@ def _list(client: httpx.Client, args: argparse.Namespace) -> None:
             items += page["items"]
         page = {"items": items, "next_cursor": None}
     _print(page)
+
+
+def _every_automation(client: httpx.Client, params: dict[str, Any]) -> list[Any]:
+    items: list[Any] = []
+    cursor = None
+    while True:
+        following = params if cursor is None else params | {"cursor": cursor}
+        response = answer(client, "GET", "/v1/automations", params=following)
+        items += response.json()
+        cursor = response.headers.get("Stepwise-Next-Cursor")
+        if not cursor:
+            return items
 
 
 def _pause(client: httpx.Client, args: argparse.Namespace) -> None:

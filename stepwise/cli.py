@@ -29,7 +29,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
     import uuid
 
     from core.access import Actor
-    from core.settings import Settings
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,9 +142,11 @@ def run(_: argparse.Namespace) -> int:
         print(f"stepwise: starting embedded Redis on 127.0.0.1:{settings.redis_port}")
         redis = embedded.start_redis(settings.data_dir / "redis", settings.redis_port)
         env["REDIS_URL"] = redis.url
-    if settings.demo:  # local mode: the bundled agent is on this machine, and allowed
-        demo = f"127.0.0.1:{settings.demo_agent_port}"
-        env["STEPWISE_AGENT_ALLOW"] = f"{settings.agent_allow} {demo}".strip()
+    # The demo is local mode's: with login there is no local admin to own it.
+    demo = settings.demo and not settings.login_required
+    if demo:  # the bundled agent is on this machine, and allowed
+        agent = f"127.0.0.1:{settings.demo_agent_port}"
+        env["STEPWISE_AGENT_ALLOW"] = f"{settings.agent_allow} {agent}".strip()
     key_file = None
     if not settings.secret_keys:
         key_file = settings.data_dir / "secret.key"
@@ -164,7 +164,7 @@ def run(_: argparse.Namespace) -> int:
         processes = read_procfile()
         for name in LOCAL_PROCESSES:
             manager.add_process(name, processes[name], env=env, cwd=str(ROOT))
-        if settings.demo:
+        if demo:
             agent_url = f"http://127.0.0.1:{settings.demo_agent_port}/agent"
             if seed_demo(agent_url):
                 print("stepwise: created the demo automation (runs every minute)")
@@ -209,51 +209,14 @@ def _beside_run() -> None:
 
 
 def web(_: argparse.Namespace) -> int:
-    """The Procfile's `web`: the dashboard, refusing to listen beyond loopback without login."""
+    """The Procfile's `web`: the dashboard (`dashboard/server.py`), refusing to listen beyond
+    loopback without login. Its Streamlit settings and login secrets are given in that
+    process, so they hold wherever this starts and leave no file behind."""
     from core.settings import get_settings
 
-    settings = get_settings()
-    settings.require_private_web()
-    port = settings.port or settings.web_port
-    command = [
-        sys.executable,
-        *("-m", "dashboard.server", "run", str(ROOT / "dashboard" / "app.py")),
-        *("--server.port", str(port), "--server.address", settings.web_address),
-        *("--server.headless", "true", "--browser.gatherUsageStats", "false"),
-    ]
-    if settings.login_required:
-        command += ["--secrets.files", str(login_secrets(settings, port))]
-    os.execv(sys.executable, command)
-
-
-def login_secrets(settings: Settings, port: int) -> Path:
-    """Streamlit's [auth] section from STEPWISE_OIDC_*, in an owner-only file.
-
-    The login cookie is signed with a key derived from the first of
-    STEPWISE_SECRET_KEYS, so it survives restarts and needs no variable of its own.
-    """
-    import hashlib
-    import hmac
-    import json
-
-    key = settings.secret_box().first_key
-    cookie_secret = hmac.new(key.encode(), b"stepwise login cookie", hashlib.sha256).hexdigest()
-    redirect = settings.oidc_redirect_uri or f"http://localhost:{port}/oauth2callback"
-    issuer = settings.oidc_issuer.rstrip("/")
-    values = {
-        "redirect_uri": redirect,
-        "cookie_secret": cookie_secret,
-        "client_id": settings.oidc_client_id,
-        "client_secret": settings.oidc_client_secret,
-        "server_metadata_url": f"{issuer}/.well-known/openid-configuration",
-    }
-    lines = ["[auth]", *(f"{name} = {json.dumps(value)}" for name, value in values.items())]
-    folder = Path(tempfile.mkdtemp(prefix="stepwise-login-"))  # mode 0700
-    path = folder / "secrets.toml"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write("\n".join(lines) + "\n")
-    return path
+    get_settings().require_private_web()
+    server = ROOT / "dashboard" / "server.py"
+    os.execv(sys.executable, [sys.executable, str(server)])
 
 
 def new_key(_: argparse.Namespace) -> int:
@@ -414,14 +377,15 @@ def _add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--until", help="ISO time, exclusive (queued at)")
     p.add_argument("--workspace", help="workspace id (default: the person's first)")
     p.add_argument(
-        "--as", dest="as_", help="export as this member (e-mail); default the local admin"
+        "--as", dest="as_", help="export as this member (needed with login; else local admin)"
     )
     p.add_argument("--chunk-size", type=int, default=50_000, help=argparse.SUPPRESS)
     p.set_defaults(func=export)
 
 
 def _member(args: argparse.Namespace) -> Actor:
-    """Local mode: the local admin (or --as member) in --workspace or their first one."""
+    """The --as member (in local mode, by default the local admin) in --workspace or their
+    first one; with login configured --as is required."""
     from service import acting
 
     return acting.member(args.as_, _workspace(args))
@@ -502,7 +466,9 @@ def _add_defs_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     q.add_argument("-o", "--out", help="file to write (default: stdout)")
     for parser in (p, q):
         parser.add_argument("--workspace", help="workspace id (default: the person's first)")
-        parser.add_argument("--as", dest="as_", help="act as this member (default local admin)")
+        parser.add_argument(
+            "--as", dest="as_", help="act as this member (needed with login; else local admin)"
+        )
     p.set_defaults(func=apply_defs)
     q.set_defaults(func=export_defs)
 

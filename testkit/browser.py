@@ -3,9 +3,12 @@ for Streamlit and look at what a page did."""
 
 from __future__ import annotations
 
+import html
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -62,6 +65,36 @@ def launch(playwright: Any, *extra_args: str) -> Iterator[Any]:
         yield browser
     finally:
         browser.close()
+
+
+@contextmanager
+def framing_page(*urls: str) -> Iterator[str]:
+    """The address of a page on another origin (another loopback port) that frames each of
+    `urls` in an iframe, as a clickjacking site would."""
+    frames = "".join(
+        f'<iframe src="{html.escape(u)}" width="800" height="600"></iframe>' for u in urls
+    )
+    body = f"<!doctype html><title>elsewhere</title>{frames}".encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @contextmanager

@@ -15,14 +15,17 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from core.errors import ValidationFailed
+from core.access import Actor
+from core.errors import Forbidden, ValidationFailed
 from core.tokens import token_hash
 from core.vocabulary import ExecutionStatus, Role
+from db import queries
 from db.session import session_scope
 from db.tokens import list_tokens
 from service import secrets as secret_service
 from service import tokens, webhooks
 from service.automations import rotate_signing_secret
+from service.unit import read
 from testkit.api import ApiProcess, bearer, make_token, writes
 from testkit.factories import (
     ADMIN,
@@ -34,7 +37,9 @@ from testkit.factories import (
     make_schedule,
     make_workspace,
     person,
+    table_snapshot,
 )
+from testkit.waiting import wait_for
 
 PROBLEM = "application/problem+json"
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +87,41 @@ def test_only_admins_make_tokens_and_bad_input_is_refused(db: None) -> None:
     with pytest.raises(ValidationFailed) as refused:
         tokens.create_token(" ", "owner", actor=ADMIN)
     assert {e.field for e in refused.value.errors} == {"name", "role"}
+
+
+def test_a_token_made_to_expire_gets_401_once_it_has(client: TestClient) -> None:
+    # given a token made to last 7 days, and one made to last until revoked
+    lasting = tokens.create_token("bot", Role.EDITOR, actor=ADMIN, expires_in_days=7).token
+    forever = make_token(name="forever")
+    with session_scope() as session:
+        listed = {t.name: t for t in list_tokens(session, actor=ADMIN)}
+    assert listed["forever"].expires_at is None
+    expires = listed["bot"].expires_at
+    assert expires is not None and expires - listed["bot"].created_at == timedelta(days=7)
+    # then it acts until then
+    assert client.get("/v1/automations", headers=bearer(lasting)).status_code == 200
+    # when its time has come (the database's clock decides: moved back here)
+    with session_scope() as session:
+        session.execute(
+            text(
+                "UPDATE api_tokens SET expires_at = now() - interval '1 second' WHERE name = 'bot'"
+            )
+        )
+    # then it is refused, and the other still acts
+    refused = client.get("/v1/automations", headers=bearer(lasting))
+    assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
+    assert client.get("/v1/automations", headers=bearer(forever)).status_code == 200
+    # and an actor made from it before it expired acts no more either
+    held = Actor("API token bot", ADMIN.workspace_id, Role.EDITOR, token_id=listed["bot"].id)
+    with pytest.raises(Forbidden):
+        read(queries.list_automations, actor=held)
+    # and a lifetime out of range is refused, writing nothing
+    before = table_snapshot()
+    for days in (0, -1, 3651):
+        with pytest.raises(ValidationFailed) as bad:
+            tokens.create_token("y", Role.VIEWER, actor=ADMIN, expires_in_days=days)
+        assert [e.field for e in bad.value.errors] == ["expires_in_days"]
+    assert table_snapshot() == before
 
 
 def test_last_used_is_recorded_and_a_revoked_token_gets_401(
@@ -497,9 +537,15 @@ def test_the_procfile_api_process_serves_the_api_on_loopback(
         runs = http.get(read.replace("<schedule id>", schedule.json()["id"]))
         assert runs.status_code == 200 and runs.json() == {"items": [], "next_cursor": None}
         assert http.get("/openapi.json").json()["info"]["title"] == "Stepwise"
+        # and a query string, which may carry what no log should keep
+        looked = http.get("/v1/executions", params={"status": "failed", "cursor": "x-query-9"})
+        assert looked.status_code == 422
     # then it listened on loopback only, and its log never held the token
     assert f"Uvicorn running on {api_process.url}" in api_process.log()
     assert token not in api_process.log()
+    # and its access log names paths, never their query strings
+    wait_for(lambda: '"GET /v1/executions HTTP/1.1" 422' in api_process.log(), timeout=10)
+    assert "x-query-9" not in api_process.log() and "status=failed" not in api_process.log()
 
 
 # --- the Workspace page ------------------------------------------------------------------------
@@ -513,9 +559,10 @@ def test_an_admin_makes_a_token_on_the_workspace_page_sees_it_once_and_revokes_i
     # given the local admin on the Workspace page
     at = load_view("workspace")
     at.run()
-    # when they make an editor token
+    # when they make an editor token that expires after 30 days
     at.text_input(key="ws_token_name").input("deploy script").run()
     at.selectbox(key="ws_token_role").set_value("editor").run()
+    at.selectbox(key="ws_token_days").set_value(30).run()
     at.button(key="ws_token_make").click().run()
     assert not at.exception, at.exception
     # then it is shown once, and it works on the API as an editor of this workspace
@@ -531,12 +578,44 @@ def test_an_admin_makes_a_token_on_the_workspace_page_sees_it_once_and_revokes_i
     with session_scope() as session:
         (made,) = list_tokens(session, actor=person("local admin"))
     assert made.role == Role.EDITOR and made.revoked_at is not None
+    assert made.expires_at is not None and made.expires_at - made.created_at == timedelta(days=30)
     from db.audit import AuditFilters, list_audit
 
     with session_scope() as session:
         audit = list_audit(session, AuditFilters(), actor=person("local admin"))
     assert [r.action for r in audit[:2]] == ["revoke_token", "create_token"]
     assert all(shown not in repr(r.details) for r in audit)
+
+
+def test_automations_come_a_page_at_a_time_and_old_clients_still_get_a_list(
+    client: TestClient, admin: dict[str, str]
+) -> None:
+    # given five automations, two of them with the same name
+    for name in ("delta", "alpha", "charlie", "bravo", "alpha"):
+        make_automation(name=name)
+    # when a client reads them two at a time, following the cursor
+    seen: list[str] = []
+    pages = 0
+    url: str | None = "/v1/automations?limit=2"
+    while url:
+        page = client.get(url, headers=admin)
+        assert page.status_code == 200 and len(page.json()) <= 2
+        seen += [a["name"] for a in page.json()]
+        pages += 1
+        cursor = page.headers.get("stepwise-next-cursor")
+        if cursor:
+            assert (
+                f"cursor={cursor}" in page.headers["link"] and 'rel="next"' in page.headers["link"]
+            )
+        url = None if cursor is None else f"/v1/automations?limit=2&cursor={cursor}"
+    # then it gets each once, in order, in three pages, the last without a cursor
+    assert seen == ["alpha", "alpha", "bravo", "charlie", "delta"] and pages == 3
+    # and a client written before pages gets the same list from one call (within the default)
+    assert [a["name"] for a in client.get("/v1/automations", headers=admin).json()] == seen
+    # and a page size past the limit, or a cursor not ours, is refused
+    assert client.get("/v1/automations?limit=201", headers=admin).status_code == 422
+    forged = client.get("/v1/automations?cursor=bm9wZQ", headers=admin)
+    assert forged.status_code == 422 and forged.json()["errors"][0]["field"] == "cursor"
 
 
 def test_an_idempotency_key_makes_a_repeated_create_make_one_object(

@@ -3,6 +3,7 @@ process, old Idempotency-Keys purged, and the docs served without a third-party 
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select, text, update
 
+from core.limits import MAX_API_BODY_BYTES
 from core.settings import get_settings
 from db.models import IdempotencyKey
 from db.session import session_scope
@@ -103,6 +105,63 @@ def test_the_limit_is_documented_for_every_token_route_and_the_webhook(
                 limited = operation["responses"]["429"]
                 assert PROBLEM in limited["content"], (method, path)
                 assert limited["headers"]["Retry-After"]["schema"]["type"] == "integer"
+
+
+# --- bodies: the token first, then a size limit ----------------------------------------------
+
+HUGE = 100 * 1024 * 1024  # what the body claims; the test sends only its first MiB
+
+
+def _answer_while_sending(url: str, path: str, headers: dict[str, str], length: int) -> str:
+    """POST `path` declaring a `length`-byte JSON body, send its first MiB, and read the
+    status line the server answers with while the rest is still unsent."""
+    host, port = url.removeprefix("http://").split(":")
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        conn.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n{head}\r\n".encode()
+        )
+        conn.sendall(b"[" * (1024 * 1024))
+        return conn.recv(4096).decode("latin-1").split("\r\n")[0]
+
+
+@pytest.mark.parametrize("path", ["/v1/automations", "/v1/schedules", "/v1/channels"])
+def test_a_body_without_a_token_is_refused_before_it_is_read(
+    api_process: ApiProcess, path: str
+) -> None:
+    # when a caller with no token starts sending a 100 MB body
+    status = _answer_while_sending(api_process.url, path, {}, HUGE)
+    # then the API answers 401 with 99 MB still unsent: it read none of it
+    assert status == "HTTP/1.1 401 Unauthorized"
+    # and a 100k-deep body sent whole is refused for the token, not parsed
+    deep = b"[" * 100_000 + b"]" * 100_000
+    answered = httpx.post(f"{api_process.url}{path}", content=deep, timeout=30)
+    assert answered.status_code == 401, answered.text
+
+
+def test_a_body_over_the_limit_is_refused_with_413_and_writes_nothing(
+    api_process: ApiProcess, db: None, redis_client: Any
+) -> None:
+    token = make_token()
+    before = writes()
+    # a declared length over the limit: refused before reading
+    status = _answer_while_sending(api_process.url, "/v1/automations", bearer(token), HUGE)
+    assert status == "HTTP/1.1 413 Request Entity Too Large"
+    # a chunked body that streams past it: refused once it has
+    over = (b"[" * (MAX_API_BODY_BYTES + 1) for _ in range(1))
+    answered = httpx.post(
+        f"{api_process.url}/v1/automations", content=over, headers=bearer(token), timeout=30
+    )
+    assert answered.status_code == 413, answered.text
+    assert answered.headers["content-type"] == PROBLEM
+    assert writes() == before
+    # a deep body with a token is bad input, not a crash
+    deep = b"[" * 100_000 + b"]" * 100_000
+    answered = httpx.post(
+        f"{api_process.url}/v1/automations", content=deep, headers=bearer(token), timeout=30
+    )
+    assert answered.status_code in (400, 422), answered.text
 
 
 # --- idempotency keys -------------------------------------------------------------------------

@@ -53,6 +53,16 @@ def test_list_pause_resume_trigger_and_tail_a_real_run(
     assert out[-1] == "run succeeded"
 
 
+def test_list_automations_follows_every_page(api: str, capsys: Any) -> None:
+    # given more automations than one page of the API holds
+    made = {str(make_automation(name=f"automation {i:03}")) for i in range(105)}
+    capsys.readouterr()
+    # when a script lists them, then it gets every one, once
+    assert cli("api", "list", "automations") == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted(a["id"] for a in listed) == sorted(made)
+
+
 @pytest.mark.slow
 def test_tail_of_a_failed_run_exits_non_zero_with_json_lines(
     api: str, agent: Any, worker: Any, capsys: Any

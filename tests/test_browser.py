@@ -12,7 +12,9 @@ import uuid
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from sqlalchemy import insert
 
 from db import queries
@@ -20,9 +22,12 @@ from db.models import StepRun
 from db.session import session_scope
 from service import executions
 from stepwise.demo_agent import Reply
+from stepwise.embedded import free_port
+from testkit.api import ApiProcess
 from testkit.browser import (
     DESKTOP,
     PHONE,
+    framing_page,
     launch,
     no_exception,
     outside_requests,
@@ -31,7 +36,7 @@ from testkit.browser import (
     window,
 )
 from testkit.factories import ADMIN, add_executions, make_automation, make_schedule, make_workspace
-from testkit.processes import READY
+from testkit.processes import READY, Processes
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.usefixtures("db", "redis_client")]
 
@@ -206,10 +211,64 @@ def test_a_page_served_under_a_foreign_host_name_shows_nothing(
         page = browser.new_page()
         # when the dashboard is opened under that name
         page.goto(f"http://evil.example:{port}/automations")
-        settle(page)
         # then it says so and shows none of the data
         page.get_by_text("does not answer on this address").wait_for()
         assert "Payroll export" not in page.content()
+    # and no Streamlit endpoint answers under that name either
+    for path in ("/_stcore/health", "/_stcore/host-config", "/automations"):
+        foreign = httpx.get(f"{dashboard_url}{path}", headers={"Host": f"evil.example:{port}"})
+        assert foreign.status_code == 421, path
+        assert "does not answer on this address" in foreign.text
+    assert httpx.get(f"{dashboard_url}/_stcore/health").status_code == 200
+
+
+def test_another_site_cannot_frame_the_dashboard_or_the_api_docs(
+    dashboard_url: str, api_process: ApiProcess, chromium: Any
+) -> None:
+    # given a page on another origin that frames the Workspace page and the API docs
+    framed = (f"{dashboard_url}/workspace", f"{api_process.url}/docs")
+    with framing_page(*framed) as elsewhere, window(chromium) as page:
+        # when a person opens it
+        page.goto(elsewhere)
+        dashboard, docs = page.frames[1:]
+        # then the browser renders neither inside it
+        with pytest.raises(PlaywrightTimeout):
+            dashboard.locator('[data-testid="stApp"]').wait_for(state="attached", timeout=10_000)
+        with pytest.raises(PlaywrightTimeout):
+            docs.locator("#swagger-ui").wait_for(state="attached", timeout=2_000)
+        shoot(page, "framed_elsewhere")
+    # though both open on their own
+    with window(chromium) as page:
+        page.goto(f"{dashboard_url}/workspace")
+        page.locator('[data-testid="stApp"]').wait_for()
+        page.goto(f"{api_process.url}/docs")
+        page.locator("#swagger-ui").wait_for(state="attached")
+
+
+def test_the_dashboard_started_anywhere_shows_no_traceback(procs: Processes, chromium: Any) -> None:
+    # given `stepwise web` started outside the project (no .streamlit/ there), missing a
+    # setting, so that every page fails
+    port = free_port()
+    procs.start(
+        "web",
+        command="cd / && stepwise web",
+        PORT=str(port),
+        REDIS_URL="",  # a configuration error, raised on the page's first read
+    )
+    url = f"http://127.0.0.1:{port}"
+    procs.wait_http("web", f"{url}/_stcore/health")
+    with window(chromium) as page:
+        # when a person opens it
+        page.goto(f"{url}/automations")
+        # then the error is a generic message: no traceback, no database address
+        page.locator('[data-testid="stException"]').first.wait_for()
+        settle(page)
+        shown = page.locator('[data-testid="stMain"]').inner_text()
+        assert "redacted" in shown
+        for leak in ("Traceback", "ConfigError", "REDIS_URL", "settings.py", "/work/"):
+            assert leak not in page.content(), leak
+        # and no developer menu: only the viewer's toolbar
+        assert page.locator('[data-testid="stAppDeployButton"]').count() == 0
 
 
 def test_every_page_at_phone_width(dashboard_url: str, chromium: Any) -> None:

@@ -743,6 +743,31 @@ def test_the_audit_export_cannot_run_a_formula() -> None:
     assert ',"=' not in text and "\n=" not in text
 
 
+FORMULAS = ('=HYPERLINK("http://127.0.0.1:9/?x="&A1,"x")', "+1+cmd|' /C calc'!A0", "@SUM(1,1)")
+
+
+@pytest.mark.parametrize("view", ["automations", "executions", "overview", "schedules"])
+def test_no_table_shows_a_cell_a_spreadsheet_would_run(view: str) -> None:
+    # given automations named, and runs failed, with spreadsheet formulas
+    for formula in FORMULAS:
+        automation_id = make_automation(name=formula)
+        make_schedule(automation_id)
+        add_executions(automation_id, [{"status": "failed", "error": formula}])
+    # when a page shows them in its tables (whose own "Download as CSV" writes what they show)
+    at = open_view(view)
+    assert at.dataframe, view
+    cells = [
+        cell
+        for table in at.dataframe
+        for column in table.value.columns
+        for cell in table.value[column]
+        if isinstance(cell, str)
+    ]
+    # then each is there made inert, as the Export page writes it, and none is live
+    assert any(cell.startswith("'@SUM(1,1)") for cell in cells), view
+    assert not [c for c in cells if c[:1] in ("=", "+", "-", "@", "\t", "\r")], view
+
+
 def test_the_workspace_page_adds_members_and_secrets_audited() -> None:
     # given the local admin on the Workspace page
     at = open_view("workspace")

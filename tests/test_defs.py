@@ -413,7 +413,10 @@ def test_the_readme_says_which_paths_are_at_the_root_and_which_need_a_token() ->
     # /health is at the root, not under /v1, and the README no longer says otherwise
     assert "/health" in paths and "/v1/health" not in paths
     assert "all under `/v1`" not in readme
-    assert "`GET /health`, the docs (`/docs`) and `/openapi.json` are at the root" in readme
+    assert (
+        "`GET /health`, `GET /ready`, the docs (`/docs`) and `/openapi.json` are at the root"
+        in readme
+    )
     # and it says a loopback agent other than the demo is refused until it is allowed
     assert "refused, as a guard against requests to internal services, until its" in readme
 

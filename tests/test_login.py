@@ -8,17 +8,22 @@ reachable address (tests/test_run_command.py); with it, it serves one.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import httpx
 import pytest
 
+from core.access import LOCAL_ADMIN
 from core.errors import Forbidden
 from core.vocabulary import Role
+from db import workspaces as stored_workspaces
 from db.session import session_scope
 from service import automations, executions, workspaces
 from stepwise.embedded import free_port
@@ -40,12 +45,25 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.usefixtures("db
 @pytest.fixture
 def provider(procs: Processes) -> str:
     port = free_port()
+    # Alice and Bob's addresses are verified by the provider; any other account it makes up
+    # on the spot (the login form's `sub`) has `email` = its sub, never said verified.
+    verified = [
+        json.dumps({"sub": email, "email": email, "email_verified": True})
+        for email in ("alice@example.com", "bob@example.com")
+    ]
+    users = " ".join(f"--user-claims {shlex.quote(claims)}" for claims in verified)
     procs.start(
-        "provider", command=f"{shlex.quote(sys.executable)} -m oidc_provider_mock --port {port}"
+        "provider",
+        command=f"{shlex.quote(sys.executable)} -m oidc_provider_mock --port {port} {users}",
     )
     issuer = f"http://127.0.0.1:{port}"
     procs.wait_http("provider", f"{issuer}/.well-known/openid-configuration")
     return issuer
+
+
+def _account(provider: str, sub: str, **claims: object) -> None:
+    """Make (or remake) the provider's account `sub` with exactly these claims."""
+    httpx.put(f"{provider}/users/{quote(sub, safe='')}", json=claims).raise_for_status()
 
 
 @pytest.fixture
@@ -107,6 +125,46 @@ def test_people_log_in_only_admins_enter_and_log_out(dashboard: str, chromium: A
         assert "Quarterly numbers" not in page.content()
 
 
+@pytest.mark.timeout(900)  # six logins through the provider
+def test_identity_is_the_providers_not_an_unverified_or_look_alike_claim(
+    dashboard: str, provider: str, chromium: Any
+) -> None:
+    # given Alice (STEPWISE_ADMINS) who never logged in, and the local admin of the local
+    # mode this deployment ran in before login was configured
+    make_automation(name="Quarterly numbers")
+    with session_scope() as session:
+        stored_workspaces.bootstrap_admins(session, {LOCAL_ADMIN})
+    # when accounts whose claims only look like hers (or like the local admin) log in
+    _account(provider, "mallory", email="alice@example.com", email_verified=False)
+    _account(provider, "eve", email="alice@example.com")  # never said verified
+    _account(provider, "ALICE@EXAMPLE.COM")  # no e-mail: a sub that reads as hers
+    _account(provider, "local admin")
+    for account in ("mallory", "eve", "ALICE@EXAMPLE.COM", "local admin"):
+        with window(chromium) as page:
+            _log_in(page, dashboard, account)
+            # then none of them is let in
+            page.get_by_text("has no access to this Stepwise").wait_for()
+            page.goto(f"{dashboard}/automations")
+            page.get_by_text("has no access to this Stepwise").wait_for()
+            assert "Quarterly numbers" not in page.content()
+    # and the local admin's membership did not survive the switch to login
+    with session_scope() as session:
+        assert stored_workspaces.places(session, LOCAL_ADMIN) == []
+    # when Alice logs in with her address verified, in capitals
+    _account(provider, "alice-at-idp", email="ALICE@Example.com", email_verified=True)
+    with window(chromium) as page:
+        _log_in(page, dashboard, "alice-at-idp")
+        signed_in = page.get_by_text("Signed in as")
+        signed_in.wait_for()
+        # then she is Alice, and the invitation is now bound to that identity
+        assert signed_in.inner_text().replace("\u2060", "") == "Signed in as alice@example.com"
+    # and another account given her verified address afterwards is not her
+    _account(provider, "alice-twin", email="alice@example.com", email_verified=True)
+    with window(chromium) as page:
+        _log_in(page, dashboard, "alice-twin")
+        page.get_by_text("has no access to this Stepwise").wait_for()
+
+
 def test_with_login_the_dashboard_may_listen_beyond_loopback(
     procs: Processes, provider: str
 ) -> None:
@@ -121,6 +179,38 @@ def test_with_login_the_dashboard_may_listen_beyond_loopback(
         STEPWISE_ADMINS="alice@example.com",
     )
     procs.wait_http("web", f"http://127.0.0.1:{port}/_stcore/health")
+
+
+def test_the_login_secrets_are_never_written_to_a_file(
+    procs: Processes, provider: str, tmp_path: Path
+) -> None:
+    # given the dashboard with login, with its own temporary folder
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    port = free_port()
+    procs.start(
+        "web",
+        PORT=str(port),
+        TMPDIR=str(temporary),
+        STEPWISE_OIDC_ISSUER=provider,
+        STEPWISE_OIDC_CLIENT_ID="stepwise",
+        STEPWISE_OIDC_CLIENT_SECRET="client-secret",
+        STEPWISE_ADMINS="alice@example.com",
+    )
+    url = f"http://localhost:{port}"
+    procs.wait_http("web", f"{url}/_stcore/health")
+    # when it serves, then no file holds the client secret, while it runs
+    assert _holding("client-secret", temporary) == []
+    # nor after a stop signal
+    procs.stop_all()
+    assert _holding("client-secret", temporary) == []
+
+
+def _holding(secret: str, folder: Path) -> list[Path]:
+    found = [
+        p for p in folder.rglob("*") if p.is_file() and secret in p.read_text(errors="replace")
+    ]
+    return found + list(folder.glob("stepwise-login-*"))
 
 
 def test_a_half_configured_login_names_what_is_missing() -> None:

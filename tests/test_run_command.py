@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 import httpx
@@ -245,3 +246,13 @@ def test_the_dashboard_refuses_to_listen_beyond_loopback_without_login(address: 
     assert "STEPWISE_WEB_ADDRESS" in done.stderr and "no login" in done.stderr
     with contextlib.closing(socket.socket()) as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_the_development_config_says_what_stepwise_web_sets() -> None:
+    # `streamlit run dashboard/app.py` in the project reads .streamlit/config.toml;
+    # `stepwise web` gives Streamlit dashboard/server.py's settings wherever it starts
+    from dashboard.server import STREAMLIT_CONFIG
+
+    written = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    flat = {f"{section}.{k}": v for section, values in written.items() for k, v in values.items()}
+    assert flat == STREAMLIT_CONFIG

@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from core.access import DEFAULT_WORKSPACE_ID, LOCAL_ADMIN, Actor
+from core.access import DEFAULT_WORKSPACE_ID, LOCAL_ADMIN, Actor, Login
 from core.errors import Forbidden, InvalidState, NotFound, QuotaExceeded, ValidationFailed
 from core.schedule import ScheduleInput
 from core.secrets import SecretUnreadable
@@ -37,9 +37,10 @@ from db.dispatch import DispatchConfig, dispatch_batch
 from db.models import Execution, Membership, WorkspaceSecret
 from db.queries import ExecutionFilters
 from db.session import session_scope
-from service import admin, automations, executions, exports, schedules
+from service import acting, admin, automations, executions, exports, schedules
 from service import secrets as secret_service
 from service import workspaces as workspace_service
+from testkit.cli import cli
 from testkit.factories import (
     ADMIN,
     add_executions,
@@ -346,6 +347,104 @@ def test_local_mode_is_one_admin_in_one_default_workspace() -> None:
     assert local == Actor(LOCAL_ADMIN, DEFAULT_WORKSPACE_ID, Role.ADMIN)
     automation = make_automation(actor=local)
     assert [r.id for r in _read(queries.list_automations, actor=local)] == [automation]
+
+
+# --- login: who a provider identity is ----------------------------------------------------------
+
+ISSUER = "http://127.0.0.1:9/"  # only a name here: the browser test uses the real provider
+
+
+def _login(sub: str, **claims: object) -> Login:
+    return Login.from_claims({"sub": sub, **claims}, issuer=ISSUER)
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"sub": "mallory", "email": "alice@example.com", "email_verified": False},
+        {"sub": "mallory", "email": "alice@example.com"},  # never said verified
+        {"sub": "mallory", "email": "alice@example.com", "email_verified": "false"},
+        {"sub": "alice@example.com"},
+        {"sub": "ALICE@EXAMPLE.COM"},
+        {"sub": LOCAL_ADMIN},
+        {"sub": "mallory", "email": LOCAL_ADMIN, "email_verified": True},
+        {"sub": "mallory", "email": " alice@example.com x", "email_verified": True},
+    ],
+)
+def test_an_unverified_or_missing_email_matches_no_member(claims: dict[str, object]) -> None:
+    # given Alice, an invited admin who never logged in, and the local admin of local mode
+    workspace_service.set_member("alice@example.com", Role.ADMIN, actor=ADMIN)
+    with session_scope() as session:
+        workspaces.bootstrap_admins(session, {LOCAL_ADMIN})
+    # when a provider identity whose claims only look like hers signs in
+    login = Login.from_claims(claims, issuer=ISSUER)
+    # then it is nobody here, and her invitation stays open for her
+    assert workspace_service.sign_in(login, admins=set()) is None
+    with session_scope() as session:
+        bound = session.scalars(select(Membership.login_subject)).all()
+    assert set(bound) == {None}
+
+
+def test_a_verified_email_accepts_the_invitation_for_that_identity_only() -> None:
+    workspace_service.set_member("alice@example.com", Role.ADMIN, actor=ADMIN)
+    # when Alice signs in with her verified address (in any case)
+    alice = _login("alice-1", email="Alice@Example.COM", email_verified=True)
+    assert workspace_service.sign_in(alice) == "alice@example.com"
+    # then her identity is bound: she is Alice from now on, whatever e-mail comes next
+    assert workspace_service.sign_in(_login("alice-1")) == "alice@example.com"
+    # and another account the provider also gives her verified address is not her
+    twin = _login("alice-2", email="alice@example.com", email_verified=True)
+    assert workspace_service.sign_in(twin) is None
+    # nor the same subject from another issuer
+    other = Login(issuer="http://elsewhere.example", subject="alice-1", email=None)
+    assert workspace_service.sign_in(other) is None
+    # and a later invitation of hers, elsewhere, is hers too at her next login
+    theirs = make_workspace("Their team", admin="eve@their.example")
+    workspace_service.set_member("alice@example.com", Role.VIEWER, actor=theirs)
+    assert workspace_service.sign_in(alice) == "alice@example.com"
+    assert len(_read(workspaces.places, "alice@example.com")) == 2
+    assert workspace_service.sign_in(twin) is None
+
+
+def test_a_provider_that_never_sends_email_verified_can_be_trusted_by_setting() -> None:
+    claims = {"sub": "alice-1", "email": "alice@example.com"}
+    trusting = Login.from_claims(claims, issuer=ISSUER, email_always_verified=True)
+    assert trusting.email == "alice@example.com"
+    # an explicit "not verified" is never trusted
+    refused = {**claims, "email_verified": False}
+    assert Login.from_claims(refused, issuer=ISSUER, email_always_verified=True).email is None
+    assert get_settings().oidc_email_always_verified is False  # off unless set
+
+
+def test_with_login_the_local_admin_is_dropped_and_the_cli_needs_as(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # given the local admin of a deployment that ran in local mode
+    with session_scope() as session:
+        workspaces.bootstrap_admins(session, {LOCAL_ADMIN})
+    monkeypatch.setenv("STEPWISE_OIDC_ISSUER", ISSUER)
+    monkeypatch.setenv("STEPWISE_OIDC_CLIENT_ID", "stepwise")
+    monkeypatch.setenv("STEPWISE_OIDC_CLIENT_SECRET", "secret")
+    monkeypatch.setenv("STEPWISE_ADMINS", "alice@example.com")
+    get_settings.cache_clear()
+    try:
+        # when the dashboard with login bootstraps its admins
+        workspace_service.sign_in(_login("x"), admins=get_settings().admin_emails())
+        assert _read(workspaces.places, LOCAL_ADMIN) == []
+        # then a command without --as is refused and makes no local admin again
+        defs = tmp_path / "defs.yaml"
+        defs.write_text("automations: []\n")
+        before = table_snapshot()
+        assert cli("apply", "-f", str(defs)) == 2
+        assert cli("export-defs") == 2
+        assert table_snapshot() == before
+        with pytest.raises(Forbidden, match="--as"):
+            acting.member(None)
+        # and with --as, a member acts
+        assert cli("export-defs", "--as", ADMIN.name) == 0
+    finally:
+        get_settings.cache_clear()
+    assert _read(workspaces.places, LOCAL_ADMIN) == []
 
 
 # --- quotas ---------------------------------------------------------------------------------

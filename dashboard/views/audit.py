@@ -52,7 +52,7 @@ def link(row: AuditRow) -> str | None:
     return page.format(row.target_id) if page else None
 
 
-st.dataframe(
+ui.dataframe(
     pd.DataFrame(
         {
             "When": [ui.fmt_time(r.at) for r in rows],

@@ -52,7 +52,7 @@ automations = ui.read(queries.list_automations)
 by_id = {str(a.id): a for a in automations}
 
 if automations:
-    st.dataframe(
+    ui.dataframe(
         pd.DataFrame(
             {
                 "Name": [a.name for a in automations],
@@ -390,7 +390,7 @@ def show_test_run(execution_id: uuid.UUID) -> None:
     if execution.error:
         st.error(ui.text(execution.error))
     if detail.steps:
-        st.dataframe(
+        ui.dataframe(
             pd.DataFrame(
                 {
                     **ui.step_columns(detail.steps),

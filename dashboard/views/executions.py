@@ -217,7 +217,7 @@ else:
             "p95 (s)": [s.p95_s for s in stats],
         }
     )
-    st.dataframe(
+    ui.dataframe(
         frame,
         hide_index=True,
         width="stretch",

@@ -38,7 +38,7 @@ if total == 0:
     st.stop()
 st.markdown(f"**{total:,}** execution(s) match.")
 sample = ui.read(queries.list_executions, filters, limit=5)
-st.dataframe(
+ui.dataframe(
     {
         "Status": [ui.badge(r.status) for r in sample.rows],
         "Automation": [r.automation_name for r in sample.rows],

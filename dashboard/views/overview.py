@@ -70,7 +70,7 @@ def coming_up() -> None:
         ui.empty_state("No run is scheduled.", "Add a schedule on the Schedules page.")
         return
     viewer = ui.viewer_timezone()
-    st.dataframe(
+    ui.dataframe(
         pd.DataFrame(
             {
                 "Automation": [u.automation_name for u in upcoming],
@@ -96,7 +96,7 @@ def needs_attention() -> None:
     if not groups:
         st.success("No failed run in the last 24 hours.")
         return
-    event = st.dataframe(
+    event = ui.dataframe(
         pd.DataFrame(
             {
                 "Automation": [g.automation_name for g in groups],

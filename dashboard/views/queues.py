@@ -36,7 +36,7 @@ def live() -> None:
         st.error(f"Redis is unreachable ({type(exc).__name__}): workers cannot get work.")
         return
     # One compact table, not four large figures per queue (a phone's first screen).
-    st.dataframe(
+    ui.dataframe(
         pd.DataFrame(
             {
                 "Queue": [q.queue for q in stats],
@@ -58,7 +58,7 @@ def live() -> None:
         )
         return
     now = datetime.now(UTC)
-    st.dataframe(
+    ui.dataframe(
         pd.DataFrame(
             {
                 "Worker": [w.name for w in workers],
@@ -129,7 +129,7 @@ def what(letter: queues.DeadLetter) -> str:
     )
 
 
-event = st.dataframe(
+event = ui.dataframe(
     pd.DataFrame(
         {
             "Failed at": [ui.fmt_time(m.failed_at) for m in letters],

@@ -129,7 +129,7 @@ def schedule_list() -> None:
     frame = table(rows)
     config = columns(rows)
     config[frame.columns[2]] = st.column_config.TextColumn(width=120)  # the next run
-    event = st.dataframe(
+    event = ui.dataframe(
         frame,
         hide_index=True,
         width="stretch",

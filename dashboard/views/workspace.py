@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import StepwiseError
+from core.limits import TOKEN_LIFETIMES_DAYS
 from core.vocabulary import Permission, Role
 from dashboard import notifications, ui
 from db.secrets import list_secrets
@@ -49,7 +50,7 @@ def act(fn: Callable[..., None], *args: object, done: str, clear: tuple[str, ...
 
 st.subheader("Members")
 members = ui.read(list_members)
-st.dataframe(
+ui.dataframe(
     pd.DataFrame({"Member": [m.subject for m in members], "Role": [m.role for m in members]}),
     hide_index=True,
     width="stretch",
@@ -79,7 +80,7 @@ st.caption(
 )
 names = ui.read(list_secrets)
 if names:
-    st.dataframe(
+    ui.dataframe(
         pd.DataFrame(
             {
                 "Name": [s.name for s in names],
@@ -148,7 +149,7 @@ if ui.can(Permission.MANAGE_TOKENS):
         st.code(made, language=None)
     held = ui.read(list_tokens)
     if held:
-        st.dataframe(
+        ui.dataframe(
             pd.DataFrame(
                 {
                     "Name": [t.name for t in held],
@@ -159,18 +160,29 @@ if ui.can(Permission.MANAGE_TOKENS):
                         "never" if t.last_used_at is None else ui.fmt_time(t.last_used_at)
                         for t in held
                     ],
+                    "Expires": [
+                        "never" if t.expires_at is None else ui.fmt_time(t.expires_at) for t in held
+                    ],
                     "Revoked": [ui.fmt_time(t.revoked_at) for t in held],
                 }
             ),
             hide_index=True,
             width="stretch",
         )
-    a, b, c = st.columns([3, 1, 1])
+    a, b, f, c = st.columns([3, 1, 1, 1])
     token_name = a.text_input("Token name", key="ws_token_name", placeholder="deploy script")
     token_role = b.selectbox("Token role", list(Role), key="ws_token_role")
+    lifetime = f.selectbox(
+        "Expires after",
+        [None, *TOKEN_LIFETIMES_DAYS],
+        format_func=lambda days: "never" if days is None else f"{days} days",
+        key="ws_token_days",
+    )
     if c.button("Make token", key="ws_token_make", width="stretch"):
         try:
-            new = tokens.create_token(token_name, token_role or "", actor=me)
+            new = tokens.create_token(
+                token_name, token_role or "", actor=me, expires_in_days=lifetime
+            )
         except StepwiseError as exc:
             st.error(ui.text(exc))
         else:

@@ -9,7 +9,6 @@ unless STEPWISE_METRICS_ADDRESS says otherwise.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import uvicorn
@@ -19,20 +18,8 @@ from core.logs import configure_logging
 from core.settings import get_settings
 
 
-class PathOnly(logging.Filter):
-    """uvicorn's access log line with the path alone: a query string may carry what a log
-    must not keep (cursors, filters, a token a client put in the wrong place)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and len(record.args) == 5:
-            client, method, path, version, status = record.args
-            record.args = (client, method, str(path).partition("?")[0], version, status)
-        return True
-
-
 def main() -> int:
     configure_logging()
-    logging.getLogger("uvicorn.access").addFilter(PathOnly())
     try:
         settings = get_settings()
         settings.require_servers()

@@ -13,6 +13,9 @@ hand carries `execution_id`, `automation_id`, `workspace_id`, `step` and `attemp
 fields. Reading them is one `ContextVar.get` a line; nothing is formatted for a line
 below the level.
 
+uvicorn's access lines name the path alone: a query string may carry what a log must
+not keep (cursors, filters, a token a client put in the wrong place).
+
 No line carries a secret: what looks like a credential (an API token, a bearer or
 basic authorization, a webhook secret header, a secret-looking query value) is masked
 in the message before it is written, whoever logged it.
@@ -185,8 +188,20 @@ def configure_logging() -> None:
         library = logging.getLogger(name)
         library.handlers.clear()
         library.propagate = True
+        if name == "uvicorn.access":
+            library.addFilter(PathOnly())
     logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one line a plugin
+
+
+class PathOnly(logging.Filter):
+    """uvicorn's access log line with the path alone, its query string dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) == 5:
+            client, method, path, version, status = record.args
+            record.args = (client, method, str(path).partition("?")[0], version, status)
+        return True
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -289,7 +289,7 @@ _CLAIM_UNCONTESTED = text(
                        AND o.attempt = 0 AND o.scheduled_for < e.scheduled_for
                        AND o.scheduled_for <= now())))
         RETURNING e.id, e.attempt, e.schedule_id, e.scheduled_for, e.workspace_id, e.input,
-            a.id AS automation_id, a.owner_id, a.agent_url, a.signing_secret, a.steps,
+            e.trigger, a.id AS automation_id, a.owner_id, a.agent_url, a.signing_secret, a.steps,
             a.project_context, a.step_timeout_s, a.request_headers, a.concurrency_limit,
             a.rate_limit_per_s, a.urgent
     )

@@ -327,7 +327,6 @@ class Pilot:
         if not await self._end(claim, answer, ExecutionStatus.FAILED, error=error):
             return  # cancelled or taken over meanwhile: not this worker's failure to report
         metrics.run_ended(ExecutionStatus.FAILED)
-        log.warning("execution failed: %s", error)
         failure = FailureReport.EXHAUSTED if outcome.retryable else FailureReport.REJECTED
         await self._send(
             RunMessage.failed(

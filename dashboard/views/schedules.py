@@ -125,7 +125,7 @@ def columns(rows: list[queries.ScheduleRow]) -> dict[str, Any]:
     # next run with its zone; the schedule's page shows the rest in full.
     return {
         "Automation": st.column_config.TextColumn(width=185),
-        "Runs when": st.column_config.TextColumn(width=140),
+        "Runs when": st.column_config.TextColumn(width=170),
         "Next run": st.column_config.TextColumn(width=130),
         "State": st.column_config.TextColumn(width=80),
         "Last": ui.status_column("Last", width=80),

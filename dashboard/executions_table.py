@@ -47,9 +47,9 @@ IN_FLIGHT_COLUMNS = [
 
 COLUMNS = {
     "Status": ui.status_column(width=100),
-    "Automation": st.column_config.TextColumn(width=150),
+    "Automation": st.column_config.TextColumn(width=170),  # a name of some 25 characters
     "Steps": st.column_config.TextColumn(width=130),
-    "Error": st.column_config.TextColumn(width=300),
+    "Error": st.column_config.TextColumn(width=280),
     "Queued": st.column_config.TextColumn(width=170),
     "Scheduled for": st.column_config.TextColumn(width=170),
     "Duration": st.column_config.TextColumn(width=90),

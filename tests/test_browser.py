@@ -549,8 +549,10 @@ def test_pause_with_a_note_and_backfill_on_a_schedule_page_opened_by_url(
     # and the schedules table shows it too
     page.goto(f"{dashboard_url}/schedules")
     settle(page)
-    grid = page.locator('[data-testid="stDataFrame"]').first
-    grid.get_by_text("paused · Vendor API down", exact=False).first.wait_for(state="attached")
+    page.locator('[data-testid="stDataFrame"]').first.get_by_text("paused").first.wait_for(
+        state="attached"
+    )
+    page.get_by_text("paused: Vendor API down until <b>Monday</b>").wait_for()
     shoot(page, "schedules_paused")
     assert outside == []
 

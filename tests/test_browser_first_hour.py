@@ -113,6 +113,10 @@ HEADERS_CUT_JS = """
   return columns.filter(([text, width]) => ctx.measureText(text).width + 16 > width);
 }
 """
+# The same for a grid's text cells (regular 14 px): [column, text, width] for each one cut.
+CELLS_CUT_JS = HEADERS_CUT_JS.replace("600 14px", "400 14px").replace(
+    "([text, width])", "([column, text, width])"
+)
 # Buttons whose label is wider than the button, and legends (Vega) wider than their chart.
 CUT_JS = """
 () => {
@@ -154,6 +158,33 @@ def declared_widths(view: str, query: dict[str, str] | None = None) -> list[tupl
     return found
 
 
+# Columns whose text may end in "…": run ids, and errors (an agent's text, any length, shown
+# whole on the run's page).
+MAY_BE_CUT = {"Id", "Error"}
+
+
+def declared_cells(view: str, query: dict[str, str] | None = None) -> list[tuple[str, str, int]]:
+    """Every text cell of a page's data grids, in a text column it gives a width, with that
+    width (a grid draws on a canvas: the cells are read from the script's output)."""
+    import json
+
+    from testkit.pages import open_view
+
+    at = open_view(view, query=query)
+    found = []
+    for frame in at.dataframe:
+        config = json.loads(frame.proto.columns or "{}")
+        for name in frame.value.columns:
+            column = config.get(str(name), {})
+            width = column.get("width")
+            kind = column.get("type_config", {}).get("type", "text")
+            if isinstance(width, int) and kind == "text" and name not in MAY_BE_CUT:
+                found += [
+                    (str(name), cell, width) for cell in frame.value[name] if isinstance(cell, str)
+                ]
+    return found
+
+
 def cut_off(page: Any, headers: list[tuple[str, int]]) -> list[Any]:
     found: list[Any] = page.evaluate(HEADERS_CUT_JS, headers)
     return found + page.evaluate(CUT_JS)
@@ -178,7 +209,7 @@ def first_hour() -> dict[str, Any]:
     paused_automation = make_automation(name="Agent maintenance window", steps=3)
     paused = make_schedule(paused_automation, cron_expr="0 3 * * *", timezone="Europe/Berlin")
     schedules.pause(paused, actor=ADMIN, note="Agent maintenance until Monday")
-    active_automation = make_automation(name="Minutely report", steps=2)
+    active_automation = make_automation(name="Minutely sales report", steps=2)
     active = make_schedule(active_automation, cron_expr="* * * * *", timezone="Europe/Berlin")
     slot = schedule(active).next_run_at
     assert slot is not None
@@ -235,9 +266,12 @@ def test_the_next_run_is_the_queued_slot_and_nothing_is_cut_off_at_1440(
             ("automations", None, "Save"),
         ):
             headers = declared_widths(view, query)
+            cells = declared_cells(view, query)
             visit(page, f"{dashboard_url}/{'' if view == 'overview' else view}", marker)
             shoot(page, f"first_hour_{view}_desktop")
             assert cut_off(page, headers) == [], view
+            # and no cell's text cut with "…": names, timings, notes, errors up to their width
+            assert page.evaluate(CELLS_CUT_JS, cells) == [], view
             grids = page.locator('[data-testid="stDataFrame"]').all()
             if view in ("schedules", "overview"):  # every column on screen
                 for grid in grids:
@@ -250,6 +284,14 @@ def test_the_next_run_is_the_queued_slot_and_nothing_is_cut_off_at_1440(
                 upto = ["Status", "Automation", "Steps", "Error", "Queued", "Duration"]
                 width = grids[-1].evaluate("el => el.clientWidth")
                 assert sum(shown[c] for c in upto) + 2 <= width, width
+    # and on a phone the Schedules page stays within the screen (its grid scrolls sideways),
+    # the pause note in full under it
+    with window(chromium, viewport=PHONE, timezone_id="Europe/Berlin") as page:
+        visit(page, f"{dashboard_url}/schedules", "New schedule")
+        shoot(page, "first_hour_schedules_phone")
+        note = page.get_by_text("paused: Agent maintenance until Monday").bounding_box()
+        assert note and note["x"] + note["width"] <= PHONE["width"], note
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
 
 
 def test_the_run_page_and_grid_legends_fit_a_phone(

@@ -109,8 +109,9 @@ def needs_attention() -> None:
         hide_index=True,
         width="stretch",
         column_config={
-            "Automation": st.column_config.TextColumn(width=120),
-            "Error": st.column_config.TextColumn(width=520),
+            # a name of some 25 characters in full; a long error ends in "…" (the run shows it)
+            "Automation": st.column_config.TextColumn(width=170),
+            "Error": st.column_config.TextColumn(width=470),
             "Runs": st.column_config.NumberColumn(width=50, help="failed runs alike, last 24 h"),
             "Last": st.column_config.TextColumn(width=90),
             "All failed": st.column_config.LinkColumn(

@@ -57,11 +57,21 @@ if editor:
     )
 
 
+NOTES_SHOWN = 5  # notes listed under the table; the rest are on their schedules' pages
+
+
 def timing(row: queries.ScheduleRow) -> str:
+    """The timing in words, its zone by city ("At 03:00 AM (Berlin)"): the full name cut the
+    cell off at 1440 px, and the schedule's page names it in full."""
     try:
-        return row.description
+        words = row.description
     except StepwiseError:
         return "invalid schedule"
+    zone = f"({row.timezone})"
+    if not words.endswith(zone):
+        return words
+    city = row.timezone.rsplit("/", 1)[-1].replace("_", " ")
+    return f"{words.removesuffix(zone)}({city})"
 
 
 def load() -> list[queries.ScheduleRow]:
@@ -73,10 +83,19 @@ def load() -> list[queries.ScheduleRow]:
     )
 
 
-def state_text(row: queries.ScheduleRow) -> str:
-    """The state, with why: the completed reason, or the note it was paused with."""
-    why = row.stopped_because or row.pause_note
-    return f"{row.state} · {why}" if why else str(row.state)
+def why(row: queries.ScheduleRow) -> str | None:
+    """Why a schedule is not running: the completed reason, or the note it was paused with."""
+    return row.stopped_because or row.pause_note
+
+
+def notes(rows: list[queries.ScheduleRow]) -> None:
+    """Each paused or completed schedule's note under the table, one a line: in a cell of
+    its own it was cut off at 1440 px ("paused · Agent maintenan…")."""
+    noted = [r for r in rows if why(r)]
+    for row in noted[:NOTES_SHOWN]:
+        st.caption(f"**{ui.text(row.automation_name)}** {row.state}: {ui.text(why(row))}")
+    if len(noted) > NOTES_SHOWN:
+        st.caption(f"{len(noted) - NOTES_SHOWN} more note(s) on their schedules' pages.")
 
 
 def table(rows: list[queries.ScheduleRow]) -> pd.DataFrame:
@@ -90,7 +109,7 @@ def table(rows: list[queries.ScheduleRow]) -> pd.DataFrame:
             "Next run": [
                 ui.fmt_short(r.next_run, viewer) if r.enabled else str(r.state) for r in rows
             ],
-            "State": [state_text(r) for r in rows],
+            "State": [str(r.state) for r in rows],
             "Last": [ui.status_cell(r.last_status) for r in rows],
             "Runs": [r.run_count for r in rows],
             "Success": [ui.rate_cell(r.success_rate) for r in rows],
@@ -102,16 +121,18 @@ def table(rows: list[queries.ScheduleRow]) -> pd.DataFrame:
 
 def columns(rows: list[queries.ScheduleRow]) -> dict[str, Any]:
     # Widths that fit every column at 1440 px beside the sidebar (defect 8: the record
-    # columns were cut off); the schedule's page shows the rest in full.
+    # columns were cut off), and in them a name of some 25 characters, a timing by city, a
+    # next run with its zone; the schedule's page shows the rest in full.
     return {
-        "Automation": st.column_config.TextColumn(width=125),
-        "Runs when": st.column_config.TextColumn(width=140),
-        "State": st.column_config.TextColumn(width=160),
+        "Automation": st.column_config.TextColumn(width=185),
+        "Runs when": st.column_config.TextColumn(width=170),
+        "Next run": st.column_config.TextColumn(width=130),
+        "State": st.column_config.TextColumn(width=80),
         "Last": ui.status_column("Last", width=80),
         "Runs": st.column_config.NumberColumn(width=50),
-        "Success": ui.rate_column("Success", [r.success_rate for r in rows], width=70),
-        "Missed / skipped": st.column_config.TextColumn(width=125),
-        "Queued": st.column_config.NumberColumn(width=70),
+        "Success": ui.rate_column("Success", [r.success_rate for r in rows], width=65),
+        "Missed / skipped": st.column_config.TextColumn(width=120),
+        "Queued": st.column_config.NumberColumn(width=65),
     }
 
 
@@ -126,14 +147,11 @@ def schedule_list() -> None:
                 "No schedule yet.", "Press **New schedule** to run an automation on a timetable."
             )
         return
-    frame = table(rows)
-    config = columns(rows)
-    config[frame.columns[2]] = st.column_config.TextColumn(width=120)  # the next run
     event = ui.dataframe(
-        frame,
+        table(rows),
         hide_index=True,
         width="stretch",
-        column_config=config,
+        column_config=columns(rows),
         on_select="rerun",
         selection_mode=["multi-row", "single-cell"],
         key="sch_table",
@@ -141,6 +159,7 @@ def schedule_list() -> None:
     if event.selection.cells:
         (index, _column), *_ = event.selection.cells
         ui.open_schedule(rows[index].id)
+    notes(rows)
     st.caption("Click a schedule to open its page; tick rows to act on several at once.")
     chosen = [rows[i] for i in event.selection.rows if i < len(rows)]
     if chosen and (editor or runner):

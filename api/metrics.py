@@ -10,7 +10,9 @@ of unknown paths cannot grow the number of series.
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +26,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from starlette.routing import compile_path
 
 from core.settings import Settings
 from service.gauges import read_gauges
@@ -72,11 +75,32 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, sending)
         finally:
-            # A route's template; a mount (the docs' assets) moves the root path.
-            route = getattr(scope.get("route"), "path", None) or scope.get("root_path") or UNMATCHED
+            route = _template(scope)
             method = scope["method"] if scope["method"] in METHODS else "other"
             REQUESTS.labels(route, method, str(status)).inc()
             REQUEST_SECONDS.labels(route, method).observe(time.perf_counter() - started)
+
+
+def _template(scope: Any) -> str:
+    """The template of the route a request reached, or would have reached: a request the
+    gate refused (no token, a body too large) never got to the router, so its path is
+    matched against the schema's templates here. A mount (the docs' assets) moves the root
+    path."""
+    route = getattr(scope.get("route"), "path", None)
+    if route:
+        return str(route)
+    app = scope.get("app")
+    if app is not None and scope.get("path"):
+        for pattern, template in _templates(app):
+            if pattern.match(scope["path"]):
+                return template
+    return str(scope.get("root_path") or UNMATCHED)
+
+
+@functools.cache
+def _templates(app: Any) -> list[tuple[re.Pattern[str], str]]:
+    """The app's path templates (its OpenAPI schema's), each with the pattern it matches."""
+    return [(compile_path(template)[0], template) for template in app.openapi()["paths"]]
 
 
 class DeploymentGauges(Collector):

@@ -120,7 +120,8 @@ def test_phone_pages_keep_within_the_screen_and_show_rows_early(
     shoot(page, "layout_phone_executions")
     # Queues: the depths are one small table, the workers and dead letters follow soon
     open_page(page, f"{dashboard_url}/queues")
-    page.get_by_text("Dead letters").filter(visible=True).first.wait_for()
+    page.get_by_role("heading", name="Dead letters").first.wait_for()
+    settle(page)
     found = check_layout(page, PHONE["width"])
     dead = next(b for b in found if b["kind"] in ("h2", "h3") and "Dead letters" in b["text"])
     assert dead["y"] < PHONE["height"], dead

@@ -106,7 +106,7 @@ def _lines(text: str) -> list[dict[str, Any]]:
 def test_every_process_logs_json_with_the_run_ids_and_no_secret(procs: Any, agent: Any) -> None:
     # given an automation whose agent needs a secret header, and an API token
     secret = f"agent-secret-{uuid.uuid4().hex}"
-    set_secret("AGENT_TOKEN", secret, actor=ADMIN)
+    set_secret("AGENT_TOKEN", secret, actor=ADMIN, origins=[agent.url])
     automation_id = make_automation(
         agent_url=agent.url,
         request_headers=(("X-Agent-Key", "{{ secret.AGENT_TOKEN }}"),),

@@ -187,8 +187,8 @@ class Apply:
             definitions.apply(partial(defs.apply, path=str(path)), person=ADMIN.name)
         cause = refused.value.__cause__
         assert isinstance(cause, ValidationFailed), refused.value
-        for error in cause.errors:  # the person running the command reads each one
-            assert str(error) in str(refused.value)
+        for error in cause.errors:  # the person reads each one, by the file's field name
+            assert f"{error.field}: {error.message}" in str(refused.value)
         return [(e.field, e.message) for e in cause.errors]
 
     def automation(self, values: dict[str, Any]) -> Refusal:

@@ -99,7 +99,7 @@ def test_a_slot_delivered_ahead_starts_at_its_slot_and_never_before(
     automation_id = make_automation(agent_url=agent.url, steps=1, max_retries=0)
     plain = [make_execution(automation_id) for _ in range(5)]
     schedule_id = make_schedule(automation_id, overlap_policy="skip")
-    policed = make_execution(automation_id, schedule_id=schedule_id)
+    policed = make_execution(automation_id, schedule_id=schedule_id, trigger="schedule")
     runs = [*plain, policed]
     with worker_in_process(threads=4):
         slot = datetime.now(UTC) + timedelta(seconds=3)

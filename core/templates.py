@@ -187,8 +187,6 @@ def _before_binop(operator: str, left: Any, right: Any) -> None:
     elif operator == "**" and isinstance(left, int) and isinstance(right, int):
         if abs(left) > 1 and right > 0 and right * left.bit_length() > MAX_INT_BITS:
             raise TemplateError(f"raises to a number over {MAX_INT_BITS:,} bits")
-    elif operator == "+" and isinstance(left, str | list | tuple):
-        _check_size(_measure(left) + _measure(right))
     elif operator == "%" and isinstance(left, str):
         _check_format(left)
 
@@ -355,7 +353,7 @@ class _Sandbox(SandboxedEnvironment):
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> jinja2.Undefined:
         return self.undefined(
-            f"{attribute!r} of a {type(obj).__name__} is not available in templates",
+            f"{attribute!r} is not available in templates (on {type(obj).__name__} values)",
             name=attribute,
             obj=obj,
             exc=SecurityError,
@@ -398,7 +396,10 @@ def template_problems(
     try:
         tree = _parse(source, expression=expression)
         problems = _refused_constructs(tree)
-        read = find_undeclared_variables(tree)
+        # Jinja gives every template `self` (its blocks), without counting it as read.
+        read = find_undeclared_variables(tree) | {
+            n.name for n in tree.find_all(nodes.Name) if n.name == "self" and n.ctx == "load"
+        }
         _env.compile(tree)  # finds unknown filters and tests (and rewrites the tree: last)
     except jinja2.TemplateSyntaxError as exc:
         return [f"does not compile: {str(exc.message).rstrip('.')} (line {exc.lineno})"]
@@ -528,7 +529,7 @@ def evaluate(source: str, variables: Mapping[str, Any], *, what: str = "The expr
         found = _expression(source)(variables)
         if isinstance(found, jinja2.Undefined):
             str(found)  # StrictUndefined raises, naming what is undefined
-        return _fits(as_json(found, what=what))
+        return _fits(_as_json(found))
 
     return _run(what, value)
 
@@ -556,25 +557,26 @@ def render_value(template: Any, variables: Mapping[str, Any], *, what: str = "Th
     return evaluate(single["expression"], variables, what=what)
 
 
-def as_json(value: Any, *, what: str) -> Any:
+def _as_json(value: Any) -> Any:
     """`value` as JSON (tuples and other sequences as lists); TemplateError naming the first
     part that JSON cannot hold."""
     if isinstance(value, str | bool | int) or value is None:
         return str(value) if isinstance(value, str) else value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise TemplateError(f"{what} is {value}, which JSON cannot hold")
+            raise TemplateError(f"is {value}, which JSON cannot hold")
         return value
     if isinstance(value, dict):
-        return {str(key): as_json(item, what=what) for key, item in value.items()}
+        return {str(key): _as_json(item) for key, item in value.items()}
     if isinstance(value, list | tuple | Iterator):
-        return [as_json(item, what=what) for item in value]
-    raise TemplateError(f"{what} is a {type(value).__name__}, which JSON cannot hold")
+        return [_as_json(item) for item in value]
+    raise TemplateError(f"is a {type(value).__name__}, which JSON cannot hold")
 
 
 # What Jinja would read as markup or rewrite in plain text: its openers, and the carriage
-# return of a Windows line end (Jinja's lexer turns line ends into "\n").
-_NOT_LITERAL = re.compile(r"\{[{%#]|\r")
+# return of a Windows line end (Jinja's lexer turns line ends into "\n"), with a "{" before
+# it (left alone, it would open the "{{" put in the carriage return's place).
+_NOT_LITERAL = re.compile(r"\{[{%#\r]|\r")
 
 
 def literal(text: str) -> str:

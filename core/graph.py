@@ -49,6 +49,7 @@ import functools
 import graphlib
 import itertools
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,7 +59,6 @@ from core.egress import EgressPolicy
 from core.errors import FieldError, InvalidState, ValidationFailed
 from core.limits import (
     MAX_EXPRESSION,
-    MAX_INPUT_TEMPLATE,
     MAX_ITEMS,
     MAX_MESSAGE,
     MAX_NAME,
@@ -69,10 +69,10 @@ from core.limits import (
     MAX_STEPS,
     MIN_STEP_TIMEOUT_S,
 )
+from core.run_input import parse_run_input
 from core.templates import (
     TemplateError,
     condition,
-    dumps,
     evaluate,
     literal,
     render_text,
@@ -99,7 +99,8 @@ class GraphStep:
     name: str = ""  # shown on pages; a chain's steps keep their names
     needs: tuple[str, ...] = ()
     optional_needs: tuple[str, ...] = ()  # waited for too; their skip does not skip this step
-    input: Any = None  # a JSON template for the call's input; None: the run's input
+    # The call's input: a JSON object whose texts are templates; None: the run's input.
+    input: dict[str, Any] | None = None
     when: str | None = None  # an expression: false skips the step
     for_each: str | None = None  # an expression giving a list: one call per item
     kind: StepKind = StepKind.CALL
@@ -274,8 +275,11 @@ def _step(number: int, item: Any, problems: _Problems) -> GraphStep | None:
         problems.add(f"step {key}'s request_headers must be a mapping of names to texts")
         headers = None
     kind = item.get("kind", StepKind.CALL)
-    if kind not in set(StepKind):
+    if kind not in [str(k) for k in StepKind]:
         problems.add(f"step {key}'s kind must be {one_of(StepKind)}")
+        kind = StepKind.CALL
+    if item.get("input") is not None and not isinstance(item["input"], dict):
+        problems.add(f"step {key}'s input must be an object (whose texts are templates)")
     step = GraphStep(
         key=key,
         message=text("message", required=True) or "",
@@ -285,6 +289,7 @@ def _step(number: int, item: Any, problems: _Problems) -> GraphStep | None:
         input=item.get("input"),
         when=text("when"),
         for_each=text("for_each"),
+        kind=StepKind(kind),
         agent_url=text("agent_url"),
         timeout_s=number_of("timeout_s"),
         max_retries=number_of("max_retries"),
@@ -302,8 +307,9 @@ def _check_structure(graph: Graph, problems: _Problems) -> None:
         seen.add(key)
     for step in graph.steps:
         waits = step.waits_for
-        for need in sorted({k for k in waits if waits.count(k) > 1}):
-            problems.add(f"step {step.key} lists {need} more than once in its needs")
+        for need, count in sorted(Counter(waits).items()):
+            if count > 1:
+                problems.add(f"step {step.key} lists {need} more than once in its needs")
         if step.key in waits:
             problems.add(f"step {step.key} needs itself")
         for need in waits:
@@ -334,9 +340,10 @@ def _check_step(step: GraphStep, problems: _Problems, egress: EgressPolicy) -> N
     key = step.key
     if len(step.name) > MAX_NAME:
         problems.add(f"step {key}'s name is over {MAX_NAME} characters")
-    if len(step.message) > MAX_MESSAGE:
-        problems.add(f"step {key}'s message is over {MAX_MESSAGE} characters")
-    if not storable_value([step.name, step.message, step.input, step.when, step.for_each]):
+    if step.input is not None and (wrong := _input_problem(step.input)):
+        problems.add(f"step {key}'s input {wrong}")
+        return
+    if not storable_value([step.name, step.message, step.when, step.for_each]):
         problems.add(f"step {key} {UNSTORABLE}")
         return
     per_item = {"input", "item", "index"} if step.for_each is not None else {"input"}
@@ -365,14 +372,27 @@ def _check_step(step: GraphStep, problems: _Problems, egress: EgressPolicy) -> N
         problems.add(f"step {key}'s request_headers: {problem}")
 
 
+def _input_problem(template: dict[str, Any]) -> str | None:
+    """What keeps an input template from being stored as a run's input is (`core.run_input`:
+    its size, depth and texts), or None."""
+    try:
+        parse_run_input(template, field=FIELD)
+    except ValidationFailed as refused:
+        return refused.errors[0].message
+    except TypeError:  # a value JSON has no word for, such as a date read from YAML
+        return "must hold only texts, numbers, true, false, null, lists and objects"
+    return None
+
+
 def _templates_of(step: GraphStep, problems: _Problems) -> list[tuple[str, str, bool]]:
-    """(what, source, is an expression) for each template of `step`; bounds of size here."""
-    found = [("message", step.message, False)]
-    if step.input is not None:
-        if len(dumps(step.input)) > MAX_INPUT_TEMPLATE:
-            problems.add(f"step {step.key}'s input is over {MAX_INPUT_TEMPLATE} characters of JSON")
-        else:
-            found += [("input", text, False) for text in _texts(step.input)]
+    """(what, source, is an expression) for each template of `step` short enough to check;
+    a problem for each of the others."""
+    found: list[tuple[str, str, bool]] = []
+    if len(step.message) > MAX_MESSAGE:
+        problems.add(f"step {step.key}'s message is over {MAX_MESSAGE} characters")
+    else:
+        found.append(("message", step.message, False))
+    found += [("input", text, False) for text in _texts(step.input)]
     for what, source in (("when", step.when), ("for_each", step.for_each)):
         if source is None:
             continue

@@ -46,7 +46,6 @@ MAX_STEP_KEY = 64  # a step's key: a slug that templates read as steps.<key>.out
 MAX_NEEDS = 20  # the steps one step waits for (its call carries each one's output)
 MAX_ITEMS = 1000  # the items of one step's for_each: one call each
 MAX_EXPRESSION = 2000  # a `when` condition or a `for_each` expression
-MAX_INPUT_TEMPLATE = 20_000  # a step's input template, as JSON
 MAX_RENDERED = 262_144  # characters of a rendered message or input, and of any value built
 MAX_TEMPLATE_OPS = 100_000  # loop turns, calls, filters and operators of one render
 MAX_RENDER_S = 1.0  # one render's time, checked at each of those

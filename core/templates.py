@@ -13,8 +13,8 @@ refuses at save anything else it names, and `{{ secret.NAME }}` in particular: a
 message or input is stored with its step run, and a secret's value must never land there.
 
 Bounds, so a template cannot exhaust a worker:
-- source length: MAX_MESSAGE for a message, MAX_INPUT_TEMPLATE for an input, MAX_EXPRESSION
-  for a condition or a `for_each`;
+- source length: MAX_MESSAGE for a message, MAX_INPUT_BYTES for an input (as a run's input),
+  MAX_EXPRESSION for a condition or a `for_each`;
 - a smaller language: no macros, call blocks, recursive loops, imports or includes (nothing
   can recurse), a `range` of at most MAX_RANGE numbers, only the filters of `_FILTERS`,
   and of the methods of text, lists and objects only those that cannot grow a value;
@@ -32,7 +32,6 @@ TemplateError, whose message names the cause; the engine fails the step with it.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import re
 import time
@@ -544,11 +543,19 @@ def condition(source: str, variables: Mapping[str, Any], *, what: str = "The con
 def render_value(template: Any, variables: Mapping[str, Any], *, what: str = "The input") -> Any:
     """A JSON value rendered: each text in it (not the keys) is a template. A text that is one
     `{{ expression }}` and nothing else keeps the expression's type (`"{{ input.ids }}"` is
-    the list itself); other texts render to text. TemplateError as `render_text`."""
+    the list itself); other texts render to text. The whole is at most MAX_RENDERED
+    characters. TemplateError as `render_text`."""
+    rendered = _render_value(template, variables, what)
+    if (size := _measure(rendered)) > MAX_RENDERED:
+        raise TemplateError(f"{what} {_too_big(size)}")
+    return rendered
+
+
+def _render_value(template: Any, variables: Mapping[str, Any], what: str) -> Any:
     if isinstance(template, dict):
-        return {key: render_value(value, variables, what=what) for key, value in template.items()}
+        return {key: _render_value(value, variables, what) for key, value in template.items()}
     if isinstance(template, list):
-        return [render_value(value, variables, what=what) for value in template]
+        return [_render_value(value, variables, what) for value in template]
     if not isinstance(template, str):
         return template
     single = _SINGLE_EXPRESSION.fullmatch(template)
@@ -583,8 +590,3 @@ def literal(text: str) -> str:
     """A template that renders to `text` exactly: how a message written before templates
     (a chain's) keeps being sent as written."""
     return _NOT_LITERAL.sub(lambda found: f"{{{{ {found.group()!r} }}}}", text)
-
-
-def dumps(value: Any) -> str:
-    """`value` as compact JSON text (how a rendered input's size is measured)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

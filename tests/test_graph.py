@@ -3,6 +3,7 @@ skips, failure and cancellation, fan-out and retry."""
 
 from __future__ import annotations
 
+import datetime
 import re
 import uuid
 from typing import Any
@@ -29,7 +30,14 @@ from core.graph import (
     retry,
     to_data,
 )
-from core.limits import MAX_EXPRESSION, MAX_ITEMS, MAX_MESSAGE, MAX_NEEDS, MAX_STEPS
+from core.limits import (
+    MAX_EXPRESSION,
+    MAX_INPUT_BYTES,
+    MAX_ITEMS,
+    MAX_MESSAGE,
+    MAX_NEEDS,
+    MAX_STEPS,
+)
 from core.templates import TemplateError, render_text
 from core.vocabulary import ExecutionStatus, StepKind, StepState
 
@@ -139,6 +147,11 @@ def test_order_puts_every_step_after_its_needs_and_keeps_the_written_order_other
         ([{"key": "a", "message": "m", "kind": "sleep"}], "step a's kind must be call"),
         ([{"key": "a", "message": "m", "when": 1}], "step a's when must be a text"),
         ([{"key": "a", "message": "m", "request_headers": ["X"]}], "must be a mapping of names"),
+        ([{"key": "a", "message": "m", "kind": ["call"]}], "step a's kind must be call"),
+        (
+            [{"key": "a", "message": "m", "input": "{{ input }}"}],
+            "step a's input must be an object",
+        ),
     ],
 )
 def test_a_malformed_plain_form_is_refused_naming_the_step(data: Any, message: str) -> None:
@@ -266,12 +279,17 @@ def test_sizes_and_per_step_settings_are_checked_like_the_automations() -> None:
             {"key": "d", "message": "m", "timeout_s": 0, "max_retries": 99},
             {"key": "e", "message": "m", "request_headers": {"Authorization": "Bearer clear"}},
             {"key": "f", "message": "m\x00"},
+            {"key": "g", "message": "m", "input": {"x": "y" * MAX_INPUT_BYTES}},
+            {"key": "h", "message": "m", "input": {"day": datetime.date(2026, 12, 7)}},
         ]
     )
-    assert [p.split(" ", 2)[1] for p in problems] == ["a's", "b's", "c's", "d's", "d's", "e's", "f"]
+    named = [p.split(" ", 2)[1] for p in problems]
+    assert named == ["a's", "b's", "c's", "d's", "d's", "e's", "f", "g's", "h's"]
     assert "is not allowed: 10.0.0.1 is an internal address" in problems[2]
     assert "carries a credential" in problems[5]
     assert "NUL" in problems[6]
+    assert problems[7] == "step g's input must be at most 64 KiB of JSON"
+    assert problems[8].startswith("step h's input must hold only texts, numbers")
 
 
 # --- chains ----------------------------------------------------------------------------------

@@ -227,6 +227,13 @@ def test_a_single_expression_keeps_its_type_and_other_texts_render_to_text() -> 
     }
 
 
+def test_a_rendered_input_is_bounded_as_a_whole() -> None:
+    template = {key: "{{ input.big }}" for key in "abcde"}  # each part fits, the whole not
+    with pytest.raises(TemplateError, match=f"^The input builds a value over {MAX_RENDERED:,}"):
+        render_value(template, VARIABLES)
+    assert len(render_value({"a": "{{ input.big }}"}, VARIABLES)["a"]) == 60_000
+
+
 def test_an_input_value_json_cannot_hold_is_refused() -> None:
     with pytest.raises(TemplateError, match=r"^The input is a function, which JSON cannot hold$"):
         render_value({"r": "{{ range }}"}, VARIABLES)

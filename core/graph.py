@@ -74,6 +74,7 @@ from core.templates import (
     TemplateError,
     condition,
     evaluate,
+    input_problems,
     literal,
     render_text,
     render_value,
@@ -346,13 +347,15 @@ def _check_step(step: GraphStep, problems: _Problems, egress: EgressPolicy) -> N
     if not storable_value([step.name, step.message, step.when, step.for_each]):
         problems.add(f"step {key} {UNSTORABLE}")
         return
-    per_item = {"input", "item", "index"} if step.for_each is not None else {"input"}
+    per_call = {"input", "item", "index"} if step.for_each is not None else {"input"}
     for what, source, expression in _templates_of(step, problems):
-        names = per_item if what in ("message", "input") else {"input"}
+        names = per_call if what == "message" else {"input"}
         for problem in template_problems(
             source, expression=expression, steps=step.waits_for, names=names
         ):
             problems.add(f"step {key}'s {what} {problem}")
+    for problem in input_problems(step.input, steps=step.waits_for, names=per_call):
+        problems.add(f"step {key}'s input {problem}")
     if step.agent_url is not None and (wrong := url_problem(step.agent_url, egress)):
         problems.add(f"step {key}'s agent_url {wrong}")
     if (
@@ -385,14 +388,13 @@ def _input_problem(template: dict[str, Any]) -> str | None:
 
 
 def _templates_of(step: GraphStep, problems: _Problems) -> list[tuple[str, str, bool]]:
-    """(what, source, is an expression) for each template of `step` short enough to check;
-    a problem for each of the others."""
+    """(what, source, is an expression) for the message, `when` and `for_each` of `step` short
+    enough to check; a problem for each of the others."""
     found: list[tuple[str, str, bool]] = []
     if len(step.message) > MAX_MESSAGE:
         problems.add(f"step {step.key}'s message is over {MAX_MESSAGE} characters")
     else:
         found.append(("message", step.message, False))
-    found += [("input", text, False) for text in _texts(step.input)]
     for what, source in (("when", step.when), ("for_each", step.for_each)):
         if source is None:
             continue
@@ -401,15 +403,6 @@ def _templates_of(step: GraphStep, problems: _Problems) -> list[tuple[str, str, 
         else:
             found.append((what, source, True))
     return found
-
-
-def _texts(value: Any) -> list[str]:
-    """Every text of a JSON value but its keys (an input template's templates)."""
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        value = list(value.values())
-    return [text for item in value for text in _texts(item)] if isinstance(value, list) else []
 
 
 # --- a run of the graph ----------------------------------------------------------------------

@@ -23,8 +23,10 @@ Bounds, so a template cannot exhaust a worker:
   characters; `*`, `**`, `%` formatting, `replace`, `join` and `indent` are checked before
   they run, so no single operation allocates far past that;
 - work: every loop iteration, call, filter and operator spends one of MAX_TEMPLATE_OPS and
-  checks a deadline of MAX_RENDER_S. Between two checks runs one operation on values of
-  bounded size, so a render ends (done or refused) within about MAX_RENDER_S.
+  checks a deadline of MAX_RENDER_S. Between two checks run only the few operations written
+  between them (comparisons, tests, attribute reads: no loop, no recursion), each on values
+  of bounded size, so a render ends, done or refused, within about MAX_RENDER_S. A render
+  holds its thread that long at most: the engine renders off its event loop.
 A template that breaks a bound, reads an undefined name or fails otherwise raises
 TemplateError, whose message names the cause; the engine fails the step with it.
 """
@@ -81,7 +83,8 @@ MAX_FORMAT_WIDTH = 100  # a width or precision in `%` formatting, and `indent`'s
 # Python prints integers of at most 4,300 digits (sys.get_int_max_str_digits): about as many bits.
 MAX_INT_BITS = 14_000
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[#0 +\-]*(\*|\d+)?(?:\.(\*|\d*))?")
-_SINGLE_EXPRESSION = re.compile(r"\s*\{\{(?P<expression>.*)\}\}\s*", re.DOTALL)
+# One `{{ expression }}` and nothing else (Jinja's whitespace marks "-" and "+" aside).
+_SINGLE_EXPRESSION = re.compile(r"\s*\{\{[-+]?(?P<expression>.*?)[-+]?\}\}\s*", re.DOTALL)
 _REFUSED_NODES: tuple[tuple[type[nodes.Node], str], ...] = (
     (nodes.Macro, "macros"),
     (nodes.CallBlock, "call blocks"),
@@ -418,6 +421,38 @@ def template_problems(
     return problems + _steps_problems(tree, steps)
 
 
+def input_problems(template: Any, *, steps: Collection[str], names: Collection[str]) -> list[str]:
+    """`template_problems` of every text of an input template, each checked as
+    `render_value` reads it (one expression, or a template)."""
+    problems: list[str] = []
+    for text in _texts(template):
+        expression = _single_expression(text)
+        problems += template_problems(
+            text if expression is None else expression,
+            expression=expression is not None,
+            steps=steps,
+            names=names,
+        )
+    return sorted(set(problems), key=problems.index)
+
+
+def _texts(value: Any) -> list[str]:
+    """Every text of a JSON value but its keys."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [text for item in value for text in _texts(item)] if isinstance(value, list) else []
+
+
+def _single_expression(text: str) -> str | None:
+    """The expression of a text that is one `{{ expression }}` and nothing else, or None."""
+    found = _SINGLE_EXPRESSION.fullmatch(text)
+    if found is None or any(mark in found["expression"] for mark in ("{{", "}}", "{%", "{#")):
+        return None
+    return found["expression"]
+
+
 def _parse(source: str, *, expression: bool) -> nodes.Template:
     if not expression:
         return _env.parse(source)
@@ -558,10 +593,10 @@ def _render_value(template: Any, variables: Mapping[str, Any], what: str) -> Any
         return [_render_value(value, variables, what) for value in template]
     if not isinstance(template, str):
         return template
-    single = _SINGLE_EXPRESSION.fullmatch(template)
-    if single is None or "{{" in single["expression"] or "{%" in template:
+    expression = _single_expression(template)
+    if expression is None:
         return render_text(template, variables, what=what)
-    return evaluate(single["expression"], variables, what=what)
+    return evaluate(expression, variables, what=what)
 
 
 def _as_json(value: Any) -> Any:
@@ -575,7 +610,7 @@ def _as_json(value: Any) -> Any:
         return value
     if isinstance(value, dict):
         return {str(key): _as_json(item) for key, item in value.items()}
-    if isinstance(value, list | tuple | Iterator):
+    if isinstance(value, Iterable):  # a list, a tuple, a filter's generator, a range
         return [_as_json(item) for item in value]
     raise TemplateError(f"is a {type(value).__name__}, which JSON cannot hold")
 

@@ -15,6 +15,7 @@ from core.templates import (
     TemplateError,
     condition,
     evaluate,
+    input_problems,
     literal,
     render_text,
     render_value,
@@ -214,6 +215,9 @@ def test_a_single_expression_keeps_its_type_and_other_texts_render_to_text() -> 
         "none": "{{ none }}",
         "text": "for {{ input.customer }}",
         "two": "{{ input.ids|length }}{{ input.customer }}",
+        "trimmed": "{{- input.ids -}}",
+        "comment": "{{ input.ids|length }}{# a note #}",
+        "range": "{{ range(3) }}",
         "nested": [{"{{ key }}": "{{ input.customer }}"}, 5, True, None],
     }
     assert render_value(template, VARIABLES) == {
@@ -223,6 +227,9 @@ def test_a_single_expression_keeps_its_type_and_other_texts_render_to_text() -> 
         "none": None,
         "text": "for ACME",
         "two": "3ACME",
+        "trimmed": [3, 1, 2],
+        "comment": "3",
+        "range": [0, 1, 2],
         "nested": [{"{{ key }}": "ACME"}, 5, True, None],  # keys are not templates
     }
 
@@ -318,6 +325,21 @@ def test_a_condition_is_checked_as_an_expression() -> None:
     assert _problems("steps.x.output", expression=True, steps=()) == [
         "reads steps.x.output, but x is not one of its needs"
     ]
+
+
+def test_an_input_template_is_checked_text_by_text_as_it_renders() -> None:
+    template = {
+        "a": "{{ input.x }}",
+        "b": ["{{- steps.other.output -}}", {"c": "n={{ item }}"}],
+        "d": "{{ input.x }}{# fine #}",
+        "e": "{{ input.x > }}",
+    }
+    assert input_problems(template, steps=("research",), names={"input"}) == [
+        "reads steps.other.output, but other is not one of its needs",
+        "reads item, which is not defined here (it may read input, steps)",
+        "does not compile: unexpected 'end of template' (line 1)",
+    ]
+    assert input_problems(None, steps=(), names={"input"}) == []
 
 
 # --- literal text ----------------------------------------------------------------------------

@@ -127,7 +127,8 @@ class Graph:
 
     @functools.cached_property
     def order(self) -> tuple[GraphStep, ...]:
-        """Every step after the steps it waits for (ties in the order written)."""
+        """Every step after the steps it waits for: those that wait for nothing first, in the
+        order written, then those they free, and so on."""
         sorter = graphlib.TopologicalSorter({s.key: s.waits_for for s in self.steps})
         rank = {step.key: number for number, step in enumerate(self.steps)}
         sorter.prepare()
@@ -308,6 +309,9 @@ def _check_structure(graph: Graph, problems: _Problems) -> None:
         seen.add(key)
     for step in graph.steps:
         waits = step.waits_for
+        if len(waits) > MAX_NEEDS:
+            problems.add(f"step {step.key} needs {len(waits)} steps (at most {MAX_NEEDS})")
+            continue
         for need, count in sorted(Counter(waits).items()):
             if count > 1:
                 problems.add(f"step {step.key} lists {need} more than once in its needs")
@@ -316,8 +320,6 @@ def _check_structure(graph: Graph, problems: _Problems) -> None:
         for need in waits:
             if need not in seen:
                 problems.add(f"step {step.key} needs {need}, which is not a step")
-        if len(set(waits)) > MAX_NEEDS:
-            problems.add(f"step {step.key} needs {len(set(waits))} steps (at most {MAX_NEEDS})")
     if problems.errors:
         return  # a cycle through a missing step or a step twice would only confuse
     try:
@@ -376,8 +378,8 @@ def _check_step(step: GraphStep, problems: _Problems, egress: EgressPolicy) -> N
 
 
 def _input_problem(template: dict[str, Any]) -> str | None:
-    """What keeps an input template from being stored as a run's input is (`core.run_input`:
-    its size, depth and texts), or None."""
+    """Why an input template could not be stored as a run's input (`core.run_input`: its
+    size, depth and texts), or None."""
     try:
         parse_run_input(template, field=FIELD)
     except ValidationFailed as refused:
@@ -418,9 +420,9 @@ class StepProgress:
     items: tuple[StepState, ...] = ()  # a fan-out's items, in order, once its list is known
 
     @property
-    def open(self) -> bool:
-        """Not ended, or some of its calls are still at the agent."""
-        return not self.state.is_final or StepState.RUNNING in self.items
+    def calling(self) -> bool:
+        """Some of its calls are at the agent: it runs, or it failed while items still run."""
+        return self.state is StepState.RUNNING or StepState.RUNNING in self.items
 
 
 _PENDING = StepProgress()
@@ -467,6 +469,7 @@ def plan(graph: Graph, progress: Mapping[str, StepProgress], run_input: Any) -> 
     skip: dict[str, str] = {}
     fail: dict[str, str] = {}
     cancel: dict[str, str] = {}
+    reasons = {StepState.SKIPPED: skip, StepState.FAILED: fail, StepState.CANCELLED: cancel}
     for step in graph.order:
         if states[step.key] is not StepState.PENDING:
             continue
@@ -478,10 +481,9 @@ def plan(graph: Graph, progress: Mapping[str, StepProgress], run_input: Any) -> 
             start.append(step.key)
             states[step.key] = StepState.RUNNING
             continue
-        states[step.key], reason = decided
-        {StepState.SKIPPED: skip, StepState.FAILED: fail, StepState.CANCELLED: cancel}[
-            states[step.key]
-        ][step.key] = reason
+        state, reason = decided
+        states[step.key] = state
+        reasons[state][step.key] = reason
     if failed := [key for key, state in states.items() if state is StepState.FAILED]:
         for key in [*start, *(k for k, s in states.items() if s is StepState.PENDING)]:
             cancel[key] = f"not started: step {failed[0]} failed"
@@ -520,7 +522,7 @@ def _status(
 ) -> ExecutionStatus | None:
     if any(not s.is_final for s in states.values()):
         return None
-    if any(StepState.RUNNING in p.items for p in progress.values()):
+    if any(p.calling for p in progress.values()):
         return None  # a failed fan-out's items still at the agent
     if StepState.FAILED in states.values():
         return ExecutionStatus.FAILED
@@ -548,8 +550,8 @@ def items_of(step: GraphStep, run_input: Any, progress: Mapping[str, StepProgres
 
 def fan_out_state(items: Sequence[StepState]) -> StepState:
     """A fan-out step's state from its items': failed as soon as one failed for good (its
-    items at the agent still finish: `StepProgress.open`), succeeded when all did (none is
-    all), cancelled when a person cut one, else running."""
+    items at the agent still finish: `StepProgress.calling`), succeeded when all did (an
+    empty list too), cancelled when a person cut one, else running."""
     if StepState.FAILED in items:
         return StepState.FAILED
     if all(state is StepState.SUCCEEDED for state in items):
@@ -621,7 +623,7 @@ def retry(graph: Graph, progress: Mapping[str, StepProgress]) -> Retry:
     """What a retry of an ended run runs again: every step failed, cancelled or never started
     (a fan-out whose list is known: only its items that did not succeed); succeeded and
     skipped steps are kept. InvalidState if the run is still open or nothing is left to run."""
-    if any(p.state is StepState.RUNNING or StepState.RUNNING in p.items for p in progress.values()):
+    if any(p.calling for p in progress.values()):
         raise InvalidState("the run is still running: cancel it or wait for its end")
     again: list[str] = []
     items: dict[str, tuple[int, ...]] = {}

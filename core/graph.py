@@ -45,6 +45,7 @@ bounded by MAX_STEPS alone: a chain of MAX_STEPS steps is an automation of today
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import graphlib
 import itertools
@@ -158,21 +159,7 @@ def chain(steps: Sequence[Step]) -> Graph:
 
 # --- the plain form (YAML, the API) ----------------------------------------------------------
 
-_FIELDS = (
-    "key",
-    "name",
-    "needs",
-    "optional_needs",
-    "message",
-    "input",
-    "when",
-    "for_each",
-    "kind",
-    "agent_url",
-    "timeout_s",
-    "max_retries",
-    "request_headers",
-)
+_FIELDS = tuple(f.name for f in dataclasses.fields(GraphStep))  # the plain form's, in order
 
 
 _DEFAULT = GraphStep(key="", message="")

@@ -557,13 +557,13 @@ def render_text(source: str, variables: Mapping[str, Any], *, what: str = "The m
 def evaluate(source: str, variables: Mapping[str, Any], *, what: str = "The expression") -> Any:
     """The value of the expression `source` (a `for_each`) with `variables`, as JSON (a
     sequence as a list); TemplateError as `render_text`, when it is undefined and when JSON
-    cannot hold it."""
+    cannot hold it. A value read whole (a need's output) may be bigger than MAX_RENDERED."""
 
     def value() -> Any:
         found = _expression(source)(variables)
         if isinstance(found, jinja2.Undefined):
             str(found)  # StrictUndefined raises, naming what is undefined
-        return _fits(_as_json(found))
+        return _as_json(found)  # read as it is: what it built was checked as it was built
 
     return _run(what, value)
 

@@ -458,6 +458,9 @@ def test_a_for_each_that_is_no_bounded_list_fails_the_step(urls: Any, message: s
 def test_a_for_each_of_exactly_the_limit_and_of_none_are_lists() -> None:
     step = FAN.by_key["each"]
     assert len(items_of(step, None, {"list": done({"urls": list(range(MAX_ITEMS))})})) == MAX_ITEMS
+    # Items as big as answers may be (a list read, not built: no size bound of templates)
+    urls = [{"page": "x" * 60_000}] * MAX_ITEMS
+    assert len(items_of(step, None, {"list": done({"urls": urls})})) == MAX_ITEMS
     assert items_of(step, None, {"list": done({"urls": []})}) == []
     assert fan_out_state(()) is SUCCEEDED  # no item: the step succeeds at once
 

@@ -600,7 +600,10 @@ def render_call(
 
 @dataclass(frozen=True)
 class Retry:
-    """What a retry runs again: whole steps, and of fan-outs only some items."""
+    """What a retry runs again: whole steps, and of fan-outs only some items. A step in
+    `items` resumes running with those items pending: its `when` and `for_each` are not
+    evaluated again (its list stays the one its done items belong to); the other steps
+    become pending."""
 
     steps: tuple[str, ...]  # in graph order
     items: Mapping[str, tuple[int, ...]]  # a fan-out whose list is known: the items to run

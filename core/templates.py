@@ -397,16 +397,26 @@ def template_problems(
     `steps.<key>.output` for a key in `steps`. Empty when it may be saved."""
     try:
         tree = _parse(source, expression=expression)
-        problems = _refused_constructs(tree)
-        # Jinja gives every template `self` (its blocks), without counting it as read.
-        read = find_undeclared_variables(tree) | {
-            n.name for n in tree.find_all(nodes.Name) if n.name == "self" and n.ctx == "load"
-        }
+        problems = _refused_constructs(tree) + _reading_problems(tree, steps, names)
         _env.compile(tree)  # finds unknown filters and tests (and rewrites the tree: last)
     except jinja2.TemplateSyntaxError as exc:
         return [f"does not compile: {str(exc.message).rstrip('.')} (line {exc.lineno})"]
     except jinja2.TemplateError as exc:
         return [f"does not compile: {str(exc.message).rstrip('.')}"]
+    except RecursionError:  # Jinja's parser and compiler recurse into nested expressions
+        return ["nests too deeply: split it into simpler parts"]
+    return problems
+
+
+def _reading_problems(
+    tree: nodes.Template, steps: Collection[str], names: Collection[str]
+) -> list[str]:
+    """What of what `tree` reads it may not read."""
+    problems = []
+    # Jinja gives every template `self` (its blocks), without counting it as read.
+    read = find_undeclared_variables(tree) | {
+        n.name for n in tree.find_all(nodes.Name) if n.name == "self" and n.ctx == "load"
+    }
     if "secret" in read:
         problems.append(
             "reads a secret: a secret's value must never be stored with a run, and a rendered "

@@ -308,6 +308,9 @@ def test_an_unknown_name_is_refused_with_the_names_it_may_read() -> None:
         ("{{ input|center(9) }}", "does not compile: No filter named 'center'"),
         ("{{ input.", "does not compile"),
         ("{{ input }", "does not compile"),
+        ("{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}", "nests too deeply"),
+        ("{{ 1" + " + 1" * 4000 + " }}", "nests too deeply"),
+        ("{% if 1 %}" * 2000 + "{% endif %}" * 2000, "nests too deeply"),
     ],
 )
 def test_constructs_outside_the_bounded_language_are_refused_at_save(

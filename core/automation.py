@@ -100,7 +100,8 @@ def _valid_host(host: str) -> bool:
     return len(ascii_host) <= 253 and all(_LABEL.fullmatch(label) for label in labels)
 
 
-def _check_url(url: str, egress: EgressPolicy) -> str | None:
+def url_problem(url: str, egress: EgressPolicy) -> str | None:
+    """What is wrong with an agent URL, as a phrase that follows its field's name, or None."""
     if not url.strip():
         return "is required"
     if len(url) > MAX_URL:
@@ -200,9 +201,10 @@ def only_references(value: str) -> bool:
     return bool(_REFERENCED_VALUE.fullmatch(SECRET_REFERENCE.sub("\x00", value)))
 
 
-def _check_headers(headers: tuple[tuple[str, str], ...]) -> list[FieldError]:
+def header_problems(headers: tuple[tuple[str, str], ...]) -> list[str]:
+    """What is wrong with request headers (name, value), one phrase each; empty if nothing."""
     if len(headers) > MAX_HEADERS:
-        return [FieldError("request_headers", f"at most {MAX_HEADERS} headers")]
+        return [f"at most {MAX_HEADERS} headers"]
     errors: list[str] = []
     seen: set[str] = set()
     for name, value in headers:
@@ -223,7 +225,7 @@ def _check_headers(headers: tuple[tuple[str, str], ...]) -> list[FieldError]:
                 "{{ secret.NAME }} here (the value is then never stored or shown)"
             )
         seen.add(lowered)
-    return [FieldError("request_headers", e) for e in errors]
+    return errors
 
 
 def _check_text(data: AutomationInput) -> list[FieldError]:
@@ -270,10 +272,10 @@ def validate_automation(data: AutomationInput, *, egress: EgressPolicy) -> None:
     ):
         if len(value) > MAX_TEXT:
             errors.append(FieldError(name, f"is longer than {MAX_TEXT} characters"))
-    if (problem := _check_url(data.agent_url, egress)) is not None:
+    if (problem := url_problem(data.agent_url, egress)) is not None:
         errors.append(FieldError("agent_url", problem))
     errors += _check_steps(data.steps)
-    errors += _check_headers(data.request_headers)
+    errors += [FieldError("request_headers", e) for e in header_problems(data.request_headers)]
     if not MIN_STEP_TIMEOUT_S <= data.step_timeout_s <= MAX_STEP_TIMEOUT_S:
         errors.append(
             FieldError(

@@ -39,6 +39,18 @@ TOKEN_LIFETIMES_DAYS = (7, 30, 90, 365)  # what the Workspace page offers (or ne
 MAX_API_BODY_BYTES = 4 * 1024 * 1024
 MAX_INPUT_BYTES = 65_536  # a run's input (a schedule's, a caller's, a webhook's body), as JSON
 
+# Workflow graphs (core.graph) and step templates (core.templates). The depth of a graph
+# and the dependents of a step have no bound of their own: MAX_STEPS bounds both, and a
+# chain of MAX_STEPS is an automation of today.
+MAX_STEP_KEY = 64  # a step's key: a slug that templates read as steps.<key>.output
+MAX_NEEDS = 20  # the steps one step waits for (its call carries each one's output)
+MAX_ITEMS = 1000  # the items of one step's for_each: one call each
+MAX_EXPRESSION = 2000  # a `when` condition or a `for_each` expression
+MAX_RENDERED = 262_144  # characters of a rendered message or input, and of any value built
+MAX_TEMPLATE_OPS = 100_000  # loop turns, calls, filters and operators of one render
+MAX_RENDER_S = 1.0  # one render's time, checked at each of those
+MAX_RANGE = 10_000  # numbers of one range() in a template
+
 # Inbound webhooks.
 MAX_DELIVERY_ID = 200  # the Stepwise-Delivery header
 SIGNATURE_TOLERANCE_S = 300  # a signed webhook call this far from the database's clock is refused

@@ -38,6 +38,28 @@ class StepStatus(StrEnum):
     CANCELLED = "cancelled"  # cut at the agent when a person cancelled its run
 
 
+class StepState(StrEnum):
+    """Where one step of a run's graph stands (`core.graph`); each call it makes to the agent
+    is a step run, with a StepStatus."""
+
+    PENDING = "pending"  # not started: waiting for its needs, or never reached
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # for good: its retries are spent, or no retry could help
+    SKIPPED = "skipped"  # its condition was false, or a step it needs was skipped
+    CANCELLED = "cancelled"  # never started because the run failed, or cut by a person
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (StepState.PENDING, StepState.RUNNING)
+
+
+class StepKind(StrEnum):
+    """What a step of a graph does."""
+
+    CALL = "call"  # one call to the agent (one per item of a for_each)
+
+
 class Trigger(StrEnum):
     """Why an execution exists."""
 

@@ -250,7 +250,11 @@ _CLAIM_MANY = text(
 # `_LOCK_SCHEDULES` first takes `_overlap`'s lock on each schedule of the group, in
 # one order (two groups never wait on each other in a cycle); this statement then
 # reads its siblings in a snapshot taken after the locks, as `_overlap` does, so two
-# runs of one schedule are never both started by concurrent claims.
+# runs of one schedule are never both started by concurrent claims. Its two sibling
+# checks match the partial indexes (open runs: `ix_executions_open`; later slots:
+# `uq_executions_slot`): one check over both let the planner scan the whole table,
+# and a claim of ten runs took 20 ms at 10,000 executions (bench/RESULTS.md). A run
+# started by hand takes no slot and is not a sibling, as in `_overlap`.
 _LOCK_SCHEDULES = text(
     """
     SELECT count(pg_advisory_xact_lock(k)) FROM (
@@ -283,11 +287,15 @@ _CLAIM_UNCONTESTED = text(
           AND NOT EXISTS (
             SELECT 1 FROM executions o
             WHERE o.schedule_id = e.schedule_id AND o.id <> e.id
+              AND o.status IN ('{ExecutionStatus.QUEUED}', '{ExecutionStatus.RUNNING}')
+              AND o.trigger <> '{Trigger.MANUAL}'
               AND (o.status = '{ExecutionStatus.RUNNING}'
-                   OR (o.scheduled_for > e.scheduled_for AND o.started_at IS NOT NULL)
-                   OR (o.status = '{ExecutionStatus.QUEUED}' AND o.trigger = '{Trigger.CATCHUP}'
-                       AND o.attempt = 0 AND o.scheduled_for < e.scheduled_for
-                       AND o.scheduled_for <= now())))
+                   OR (o.trigger = '{Trigger.CATCHUP}' AND o.attempt = 0
+                       AND o.scheduled_for < e.scheduled_for AND o.scheduled_for <= now())))
+          AND NOT EXISTS (
+            SELECT 1 FROM executions o
+            WHERE o.schedule_id = e.schedule_id AND o.trigger <> '{Trigger.MANUAL}'
+              AND o.scheduled_for > e.scheduled_for AND o.started_at IS NOT NULL)
         RETURNING e.id, e.attempt, e.schedule_id, e.scheduled_for, e.workspace_id, e.input,
             e.trigger, a.id AS automation_id, a.owner_id, a.agent_url, a.signing_secret, a.steps,
             a.project_context, a.step_timeout_s, a.request_headers, a.concurrency_limit,

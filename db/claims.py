@@ -322,14 +322,17 @@ def claim_executions(
     sibling running or in the same group, an archived automation, a duplicate
     message) are claimed one by one.
 
-    Runs in `ahead` are not due yet (their message came early): one that needs no
-    overlap decision is claimed now and started at its slot by the worker; for any
-    other, EARLY says to claim it at its slot, when its siblings' state is known.
-    A run started ahead has `started_at` at its slot (`available_at`).
+    Runs in `ahead` are not due yet (their message came up to `START_AHEAD_MS` early):
+    one that needs no overlap decision, or whose decision is "run" with nothing in the
+    way (`_CLAIM_UNCONTESTED`), is claimed now and started at its slot by the worker;
+    for any other, EARLY says to claim it at its slot, when its siblings' state is
+    known. So a burst of cron slots is claimed in groups ahead, as one-off slots are,
+    and a slot whose previous run still runs is decided at the slot itself. A run
+    started ahead has `started_at` at its slot (`available_at`).
     """
     rows = session.execute(_CLAIM_MANY, {"ids": execution_ids, "lease_s": lease_s}).all()
     claimed = {row.id: _claim_from(session, row) for row in rows}
-    left = list(dict.fromkeys(i for i in execution_ids if i not in claimed and i not in ahead))
+    left = list(dict.fromkeys(i for i in execution_ids if i not in claimed))
     if left:
         claimed |= {
             row.id: _claim_from(session, row) for row in _claim_uncontested(session, left, lease_s)

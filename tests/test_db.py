@@ -181,13 +181,20 @@ _INDEXES = """
 """
 
 
+_TABLE_OPTIONS = """
+    SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = 'public' AND c.relkind = 'r'
+"""
+
+
 def _schema(url: str) -> dict[str, dict[str, str]]:
     engine = create_engine(url)
     with engine.connect() as conn:
         checks = {name: text_ for name, text_ in conn.execute(text(_CONSTRAINTS))}
         indexes = {name: text_ for name, text_ in conn.execute(text(_INDEXES))}
+        options = {name: str(o) for name, o in conn.execute(text(_TABLE_OPTIONS)) if o}
     engine.dispose()
-    return {"constraints": checks, "indexes": indexes}
+    return {"constraints": checks, "indexes": indexes, "table options": options}
 
 
 def test_the_migrations_build_exactly_the_schema_the_models_generate(
@@ -205,6 +212,7 @@ def test_the_migrations_build_exactly_the_schema_the_models_generate(
     # and the vocabulary is what the database accepts
     assert "'buffer_one'" in generated["constraints"]["ck_schedules_overlap"]
     assert f"<= {MAX_STEPS}" in generated["constraints"]["ck_automations_steps_count"]
+    assert generated["table options"]["executions"] == "['fillfactor=80']"
 
 
 def test_the_database_refuses_what_the_limits_refuse(db: None) -> None:

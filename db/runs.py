@@ -31,7 +31,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from core.outcome import StepOutcome
@@ -425,26 +424,85 @@ def defer(session: Session, claim: Claim, delay_s: float) -> bool:
     )
 
 
-# The end of a run in one statement: its last answer, its status, and its
-# schedule's counters (as `db.recovery.record_outcome` moves them).
-_FINISH_EXECUTION = text(
+# The ends of a group commit's runs in one statement: each one's last answer, its
+# status, and its schedule's counters (as `db.recovery.record_outcome` moves them),
+# added up per schedule (an UPDATE changes a row once however many rows join it). The
+# schedules are locked first, in id order, so two batches ending runs of the same
+# schedules cannot deadlock on their counters.
+_FINISH_EXECUTIONS = text(
     f"""
-    WITH finished AS ({_FINISH_STEP}), ended AS (
-        UPDATE executions
-        SET status = :status, finished_at = now(), lease_expires_at = NULL,
-            error = :error, result = :result
-        WHERE id = :execution_id AND status = '{ExecutionStatus.RUNNING}' AND attempt = :attempt
-        RETURNING schedule_id
+    WITH u AS (
+        SELECT * FROM unnest(
+            CAST(:execution_id AS uuid[]), CAST(:attempt AS int[]), CAST(:status AS text[]),
+            CAST(:error AS text[]), CAST(:result AS text[]), CAST(:f_id AS bigint[]),
+            CAST(:f_status AS text[]), CAST(:f_code AS int[]), CAST(:f_body AS text[]),
+            CAST(:f_error AS text[]), CAST(:f_ms AS int[])
+        ) WITH ORDINALITY AS u (execution_id, attempt, status, error, result, f_id, f_status,
+            f_code, f_body, f_error, f_ms, n)
+    ), finished AS (
+        UPDATE step_runs s
+        SET status = u.f_status, response_status = u.f_code, response_body = u.f_body,
+            error = u.f_error, finished_at = now(), duration_ms = u.f_ms
+        FROM u WHERE s.id = u.f_id AND s.status = '{StepStatus.RUNNING}'
+    ), ended AS (
+        UPDATE executions e
+        SET status = u.status, finished_at = now(), lease_expires_at = NULL,
+            error = u.error, result = CAST(u.result AS jsonb)
+        FROM u
+        WHERE e.id = u.execution_id AND e.status = '{ExecutionStatus.RUNNING}'
+          AND e.attempt = u.attempt
+        RETURNING e.id, e.schedule_id, u.status, u.n
+    ), locked AS (
+        SELECT id FROM schedules WHERE id IN (SELECT schedule_id FROM ended)
+        ORDER BY id FOR NO KEY UPDATE
     ), counted AS (
         UPDATE schedules s
-        SET run_count = s.run_count + 1, success_count = s.success_count + :succeeded,
-            failure_count = s.failure_count + :failed, last_status = :status,
+        SET run_count = s.run_count + c.runs, success_count = s.success_count + c.succeeded,
+            failure_count = s.failure_count + c.failed, last_status = c.last_status,
             last_run_at = now()
-        FROM ended WHERE s.id = ended.schedule_id
+        FROM (
+            SELECT schedule_id, count(*) AS runs,
+                count(*) FILTER (WHERE status = '{ExecutionStatus.SUCCEEDED}') AS succeeded,
+                count(*) FILTER (WHERE status = '{ExecutionStatus.FAILED}') AS failed,
+                (array_agg(status ORDER BY n DESC))[1] AS last_status
+            FROM ended GROUP BY schedule_id
+        ) c JOIN locked l ON l.id = c.schedule_id
+        WHERE s.id = c.schedule_id
     )
-    SELECT count(*) FROM ended
+    SELECT id FROM ended
     """
-).bindparams(bindparam("result", type_=JSONB), bindparam("error", type_=Text), *_FINISHED_TYPES)
+)
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """A run to end as `status`, with its last step's answer to store first."""
+
+    claim: Claim
+    status: ExecutionStatus
+    error: str | None = None
+    result: Any = None
+    finished: tuple[int, StepOutcome] | None = None
+
+
+def finish_executions(session: Session, ends: list[RunEnd]) -> list[bool]:
+    """Store each end's `finished` (the last step's answer), end the run and move its
+    schedule's counters, all in one statement of the caller's transaction; per end,
+    False where the run was no longer this claim's (cancelled, taken over)."""
+    answers = [_finished(end.finished) for end in ends]
+    rows = session.execute(
+        _FINISH_EXECUTIONS,
+        {
+            "execution_id": [end.claim.execution_id for end in ends],
+            "attempt": [end.claim.attempt for end in ends],
+            "status": [str(end.status) for end in ends],
+            "error": [end.error for end in ends],
+            "result": [json.dumps(end.result) for end in ends],
+            **{name: [answer[name] for answer in answers] for name in _FINISHED_NAMES},
+        },
+    )
+    ended = {execution_id for (execution_id,) in rows}
+    return [end.claim.execution_id in ended for end in ends]
 
 
 def finish_execution(
@@ -456,22 +514,8 @@ def finish_execution(
     result: Any = None,
     finished: tuple[int, StepOutcome] | None = None,
 ) -> bool:
-    """Store `finished` (the last step's answer), end the execution and move its
-    schedule's counters, in one statement of the caller's transaction."""
-    ended = session.scalar(
-        _FINISH_EXECUTION,
-        {
-            **_finished(finished),
-            "status": str(status),
-            "error": error,
-            "result": result,
-            "succeeded": int(status == ExecutionStatus.SUCCEEDED),
-            "failed": int(status == ExecutionStatus.FAILED),
-            "execution_id": claim.execution_id,
-            "attempt": claim.attempt,
-        },
-    )
-    return bool(ended)
+    """`finish_executions` for one run: False if it was no longer this claim's."""
+    return finish_executions(session, [RunEnd(claim, status, error, result, finished)])[0]
 
 
 # The earliest run each schedule holds back (`buffer_one`, or a catch-up run waiting its

@@ -53,6 +53,7 @@ class Write:
     work: Callable[[Session], Any] | None
     done: asyncio.Future[Any]
     start: runs.StepStart | None = None  # a step start: one statement for all of a batch
+    end: runs.RunEnd | None = None  # a run's end: one statement for all of a batch
 
 
 def lock_order(claim: runs.Claim) -> tuple[str, str]:
@@ -153,29 +154,31 @@ class GroupCommits:
         """Store `answer` and do `work` in the next group commit; up to `threads`
         batches are written at the same time. Raises OperationalError when the
         database cannot be reached (the caller decides whether to try again)."""
-        result: T = await self._enqueue(claim, answer, work, None)
+        result: T = await self._enqueue(Write(lock_order(claim), answer, work, _future()))
         return result
 
     async def start(self, start: runs.StepStart) -> int | None:
         """Record `start` (`runs.start_steps`) in the next group commit, in one statement
         with the other step starts of the batch; its step run's id, or None if the run
         is no longer this claim's. Raises as `write` does."""
-        result: int | None = await self._enqueue(start.claim, None, None, start)
+        write = Write(lock_order(start.claim), None, None, _future(), start=start)
+        result: int | None = await self._enqueue(write)
         return result
 
-    async def _enqueue(
-        self,
-        claim: runs.Claim,
-        answer: Answer | None,
-        work: Callable[[Session], Any] | None,
-        start: runs.StepStart | None,
-    ) -> Any:
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.pending.append(Write(lock_order(claim), answer, work, done, start))
+    async def end(self, end: runs.RunEnd) -> bool:
+        """End a run (`runs.finish_executions`) in the next group commit, in one statement
+        with the other ends of the batch; False if it was no longer this claim's."""
+        result: bool = await self._enqueue(
+            Write(lock_order(end.claim), None, None, _future(), end=end)
+        )
+        return result
+
+    async def _enqueue(self, write: Write) -> Any:
+        self.pending.append(write)
         if self.flushing < self.threads:
             self.flushing += 1
             self._start(self._flush)
-        return await done
+        return await write.done
 
     async def _flush(self) -> None:
         try:
@@ -207,9 +210,15 @@ class GroupCommits:
             self.flushing -= 1
 
 
+def _future() -> asyncio.Future[Any]:
+    return asyncio.get_running_loop().create_future()
+
+
 def _store_all(batch: list[Write], lease_s: int) -> list[Any]:
     """Do each write of `batch`, all in one transaction: the step starts in one
-    statement (each run's own rows only), then the others in the batch's lock order."""
+    statement, the runs' ends in another, then the other writes in the batch's lock
+    order. Each run's writes touch its own rows, and the ends lock the schedules whose
+    counters they move in one order, so batches written at once cannot deadlock."""
     results: list[Any] = [None] * len(batch)
     with session_scope() as session:
         starts = [(i, write.start) for i, write in enumerate(batch) if write.start is not None]
@@ -217,6 +226,11 @@ def _store_all(batch: list[Write], lease_s: int) -> list[Any]:
             ids = runs.start_steps(session, [start for _, start in starts], lease_s=lease_s)
             for (i, _), step_run_id in zip(starts, ids, strict=True):
                 results[i] = step_run_id
+        ends = [(i, write.end) for i, write in enumerate(batch) if write.end is not None]
+        if ends:
+            ended = runs.finish_executions(session, [end for _, end in ends])
+            for (i, _), was_ours in zip(ends, ended, strict=True):
+                results[i] = was_ours
         for i, write in enumerate(batch):
             if write.answer is not None:
                 runs.finish_step(session, write.answer.step_run_id, write.answer.outcome)

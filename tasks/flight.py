@@ -378,13 +378,8 @@ class Pilot:
     ) -> bool:
         """End the run as `status`; False if it was no longer ours (cancelled, taken over)."""
         finished = None if answer is None else (answer.step_run_id, answer.outcome)
-        ended = await self._write(
-            claim,
-            None,
-            lambda session: runs.finish_execution(
-                session, claim, status, error=error, result=result, finished=finished
-            ),
-        )
+        end = runs.RunEnd(claim, status, error=error, result=result, finished=finished)
+        ended = await self._retrying(lambda: self.commits.end(end))
         if ended and self.tracing is not None:
             self.tracing.end_run(
                 claim.execution_id, status, started=claim.scheduled_for, error=error

@@ -1144,3 +1144,47 @@ def test_the_runs_held_back_are_found_for_many_schedules_in_one_statement(db: No
     assert len(sent) == 1
     assert {s: m.execution_id for s, m in found.items()} == dict(waiting)
     assert all(m.retries == 0 and m.max_retries == 3 for m in found.values())
+
+
+def test_the_ends_of_a_group_commit_are_one_statement_counted_per_schedule(db: None) -> None:
+    from core.outcome import StepOutcome
+    from core.vocabulary import ExecutionStatus
+    from db.runs import RunEnd, finish_executions, start_step
+
+    # given three running runs of one `allow` schedule, one of them since cancelled
+    schedule_id, first, second = _two_due_runs(overlap_policy="allow")
+    third = make_execution(make_automation(), schedule_id=schedule_id, trigger="schedule")
+    ids = [first, second, third]
+    with session_scope() as session:
+        claims = [claim_execution(session, i, lease_s=30) for i in ids]
+        assert all(not isinstance(c, str) for c in claims)
+        steps = [start_step(session, c, 1, {}, lease_s=30) for c in claims]  # type: ignore[arg-type]
+    with session_scope() as session:
+        session.execute(update(Execution).where(Execution.id == third).values(status="cancelled"))
+    before = fetch(Schedule, schedule_id)
+    answer = StepOutcome(True, False, 200, '{"output": 2}', None, 3)
+    # when all three end in one group commit, the first failed and the second succeeded
+    ends = [
+        RunEnd(claims[0], ExecutionStatus.FAILED, error="step 1: no", finished=(steps[0], answer)),  # type: ignore[arg-type]
+        RunEnd(claims[1], ExecutionStatus.SUCCEEDED, result=2, finished=(steps[1], answer)),  # type: ignore[arg-type]
+        RunEnd(claims[2], ExecutionStatus.SUCCEEDED, result=3, finished=(steps[2], answer)),  # type: ignore[arg-type]
+    ]
+
+    def end() -> list[bool]:
+        with session_scope() as session:
+            return finish_executions(session, ends)
+
+    ended, sent = _statements_of(end)
+    # then one statement ended the two runs still held, and the schedule counts both
+    assert len(sent) == 1 and ended == [True, True, False]
+    assert (execution(first).status, execution(first).error) == ("failed", "step 1: no")
+    assert (execution(second).status, execution(second).result) == ("succeeded", 2)
+    assert execution(third).status == "cancelled"
+    assert all(step_runs(i)[0].status == "succeeded" for i in (first, second))
+    after = fetch(Schedule, schedule_id)
+    assert after.run_count == before.run_count + 2
+    assert (after.success_count, after.failure_count) == (
+        before.success_count + 1,
+        before.failure_count + 1,
+    )
+    assert after.last_status == "succeeded"  # the last end of the batch

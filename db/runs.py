@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -230,13 +231,9 @@ _FINISHED_TYPES = (
 _START_STEPS = text(
     f"""
     WITH u AS (
-        SELECT * FROM unnest(
-            CAST(:execution_id AS uuid[]), CAST(:attempt AS int[]), CAST(:step AS int[]),
-            CAST(:request AS text[]), CAST(:trace_id AS text[]), CAST(:f_id AS bigint[]),
-            CAST(:f_status AS text[]), CAST(:f_code AS int[]), CAST(:f_body AS text[]),
-            CAST(:f_error AS text[]), CAST(:f_ms AS int[])
-        ) AS u (execution_id, attempt, step, request, trace_id, f_id, f_status, f_code, f_body,
-            f_error, f_ms)
+        SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS u (execution_id uuid,
+            attempt int, step int, request json, trace_id text, f_id bigint, f_status text,
+            f_code int, f_body text, f_error text, f_ms int)
     ), finished AS (
         UPDATE step_runs s
         SET status = u.f_status, response_status = u.f_code, response_body = u.f_body,
@@ -275,17 +272,21 @@ def start_steps(session: Session, starts: list[StepStart], *, lease_s: int) -> l
     for one step and record the step as running, all in one statement; per start, the
     new step run's id, or None where its run is no longer this claim's. A run has one
     start in a batch at most (it waits for each write before its next)."""
-    answers = [_finished(start.finished) for start in starts]
     rows = session.execute(
         _START_STEPS,
         {
-            "execution_id": [start.claim.execution_id for start in starts],
-            "attempt": [start.claim.attempt for start in starts],
-            "step": [start.step_number for start in starts],
-            "request": [json.dumps(start.request) for start in starts],
-            "trace_id": [start.trace_id for start in starts],
+            "rows": _rows(
+                {
+                    "execution_id": str(start.claim.execution_id),
+                    "attempt": start.claim.attempt,
+                    "step": start.step_number,
+                    "request": start.request,
+                    "trace_id": start.trace_id,
+                    **_finished(start.finished),
+                }
+                for start in starts
+            ),
             "lease_s": lease_s,
-            **{name: [answer[name] for answer in answers] for name in _FINISHED_NAMES},
         },
     )
     started: dict[uuid.UUID, int] = {
@@ -295,6 +296,14 @@ def start_steps(session: Session, starts: list[StepStart], *, lease_s: int) -> l
 
 
 _FINISH_STEP_ALONE = text(_FINISH_STEP).bindparams(*_FINISHED_TYPES)
+
+
+def _rows(rows: Iterable[dict[str, Any]]) -> str:
+    """The rows of a many-row statement as one JSON document (`json_to_recordset`): one
+    string parameter, escaped by the JSON encoder in C. Arrays of texts (`unnest`) had
+    every quote of every stored body escaped one by one in Python by the driver: as
+    much worker CPU as the rest of the statement (bench/RESULTS.md, issue 24)."""
+    return json.dumps(list(rows), separators=(",", ":"), ensure_ascii=False)
 
 
 _FINISHED_NAMES = ("f_id", "f_status", "f_code", "f_body", "f_error", "f_ms")
@@ -432,13 +441,9 @@ def defer(session: Session, claim: Claim, delay_s: float) -> bool:
 _FINISH_EXECUTIONS = text(
     f"""
     WITH u AS (
-        SELECT * FROM unnest(
-            CAST(:execution_id AS uuid[]), CAST(:attempt AS int[]), CAST(:status AS text[]),
-            CAST(:error AS text[]), CAST(:result AS text[]), CAST(:f_id AS bigint[]),
-            CAST(:f_status AS text[]), CAST(:f_code AS int[]), CAST(:f_body AS text[]),
-            CAST(:f_error AS text[]), CAST(:f_ms AS int[])
-        ) WITH ORDINALITY AS u (execution_id, attempt, status, error, result, f_id, f_status,
-            f_code, f_body, f_error, f_ms, n)
+        SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS u (execution_id uuid,
+            attempt int, status text, error text, result text, f_id bigint, f_status text,
+            f_code int, f_body text, f_error text, f_ms int, n int)
     ), finished AS (
         UPDATE step_runs s
         SET status = u.f_status, response_status = u.f_code, response_body = u.f_body,
@@ -489,16 +494,21 @@ def finish_executions(session: Session, ends: list[RunEnd]) -> list[bool]:
     """Store each end's `finished` (the last step's answer), end the run and move its
     schedule's counters, all in one statement of the caller's transaction; per end,
     False where the run was no longer this claim's (cancelled, taken over)."""
-    answers = [_finished(end.finished) for end in ends]
     rows = session.execute(
         _FINISH_EXECUTIONS,
         {
-            "execution_id": [end.claim.execution_id for end in ends],
-            "attempt": [end.claim.attempt for end in ends],
-            "status": [str(end.status) for end in ends],
-            "error": [end.error for end in ends],
-            "result": [json.dumps(end.result) for end in ends],
-            **{name: [answer[name] for answer in answers] for name in _FINISHED_NAMES},
+            "rows": _rows(
+                {
+                    "execution_id": str(end.claim.execution_id),
+                    "attempt": end.claim.attempt,
+                    "status": end.status,
+                    "error": end.error,
+                    "result": json.dumps(end.result),  # JSON null stays JSON null
+                    **_finished(end.finished),
+                    "n": n,
+                }
+                for n, end in enumerate(ends)
+            )
         },
     )
     ended = {execution_id for (execution_id,) in rows}

@@ -1082,7 +1082,9 @@ def test_step_starts_of_a_group_commit_are_one_statement_fenced_per_run(db: None
     assert all(isinstance(f, int) for f in firsts) and len(set(firsts)) == 3
     with session_scope() as session:
         session.execute(update(Execution).where(Execution.id == ids[1]).values(attempt=9))
-    answer = StepOutcome(True, False, 200, '{"output": 1}', None, 7)
+    # (a body with quotes, backslashes, line breaks and text beyond ASCII, stored as sent)
+    body = '{"output": "say \\"hi\\"\\\\ é ✓\\n", "n": 1}'
+    answer = StepOutcome(True, False, 200, body, None, 7)
     # when each run's step 2 starts with step 1's answer, in one group commit
     starts = [
         StepStart(c, 2, {"step": 2}, (f, answer)) for c, f in zip(claims, firsts, strict=True)
@@ -1104,6 +1106,7 @@ def test_step_starts_of_a_group_commit_are_one_statement_fenced_per_run(db: None
             200,
             7,
         )
+        assert rows[1].response_body == body
         if i == 1:
             assert 2 not in rows and execution(execution_id).current_step == 1
         else:

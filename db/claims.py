@@ -250,7 +250,11 @@ _CLAIM_MANY = text(
 # `_LOCK_SCHEDULES` first takes `_overlap`'s lock on each schedule of the group, in
 # one order (two groups never wait on each other in a cycle); this statement then
 # reads its siblings in a snapshot taken after the locks, as `_overlap` does, so two
-# runs of one schedule are never both started by concurrent claims.
+# runs of one schedule are never both started by concurrent claims. Its two sibling
+# checks match the partial indexes (open runs: `ix_executions_open`; later slots:
+# `uq_executions_slot`): one check over both let the planner scan the whole table,
+# and a claim of ten runs took 20 ms at 10,000 executions (bench/RESULTS.md). A run
+# started by hand takes no slot and is not a sibling, as in `_overlap`.
 _LOCK_SCHEDULES = text(
     """
     SELECT count(pg_advisory_xact_lock(k)) FROM (
@@ -283,11 +287,15 @@ _CLAIM_UNCONTESTED = text(
           AND NOT EXISTS (
             SELECT 1 FROM executions o
             WHERE o.schedule_id = e.schedule_id AND o.id <> e.id
+              AND o.status IN ('{ExecutionStatus.QUEUED}', '{ExecutionStatus.RUNNING}')
+              AND o.trigger <> '{Trigger.MANUAL}'
               AND (o.status = '{ExecutionStatus.RUNNING}'
-                   OR (o.scheduled_for > e.scheduled_for AND o.started_at IS NOT NULL)
-                   OR (o.status = '{ExecutionStatus.QUEUED}' AND o.trigger = '{Trigger.CATCHUP}'
-                       AND o.attempt = 0 AND o.scheduled_for < e.scheduled_for
-                       AND o.scheduled_for <= now())))
+                   OR (o.trigger = '{Trigger.CATCHUP}' AND o.attempt = 0
+                       AND o.scheduled_for < e.scheduled_for AND o.scheduled_for <= now())))
+          AND NOT EXISTS (
+            SELECT 1 FROM executions o
+            WHERE o.schedule_id = e.schedule_id AND o.trigger <> '{Trigger.MANUAL}'
+              AND o.scheduled_for > e.scheduled_for AND o.started_at IS NOT NULL)
         RETURNING e.id, e.attempt, e.schedule_id, e.scheduled_for, e.workspace_id, e.input,
             e.trigger, a.id AS automation_id, a.owner_id, a.agent_url, a.signing_secret, a.steps,
             a.project_context, a.step_timeout_s, a.request_headers, a.concurrency_limit,
@@ -314,14 +322,17 @@ def claim_executions(
     sibling running or in the same group, an archived automation, a duplicate
     message) are claimed one by one.
 
-    Runs in `ahead` are not due yet (their message came early): one that needs no
-    overlap decision is claimed now and started at its slot by the worker; for any
-    other, EARLY says to claim it at its slot, when its siblings' state is known.
-    A run started ahead has `started_at` at its slot (`available_at`).
+    Runs in `ahead` are not due yet (their message came up to `START_AHEAD_MS` early):
+    one that needs no overlap decision, or whose decision is "run" with nothing in the
+    way (`_CLAIM_UNCONTESTED`), is claimed now and started at its slot by the worker;
+    for any other, EARLY says to claim it at its slot, when its siblings' state is
+    known. So a burst of cron slots is claimed in groups ahead, as one-off slots are,
+    and a slot whose previous run still runs is decided at the slot itself. A run
+    started ahead has `started_at` at its slot (`available_at`).
     """
     rows = session.execute(_CLAIM_MANY, {"ids": execution_ids, "lease_s": lease_s}).all()
     claimed = {row.id: _claim_from(session, row) for row in rows}
-    left = list(dict.fromkeys(i for i in execution_ids if i not in claimed and i not in ahead))
+    left = list(dict.fromkeys(i for i in execution_ids if i not in claimed))
     if left:
         claimed |= {
             row.id: _claim_from(session, row) for row in _claim_uncontested(session, left, lease_s)

@@ -11,16 +11,20 @@ Functions take a session and never commit: the caller owns the transaction.
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Integer,
     String,
     Text,
+    Uuid,
     and_,
     bindparam,
     func,
@@ -28,7 +32,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from core.outcome import StepOutcome
@@ -41,7 +44,7 @@ from core.vocabulary import (
     StepStatus,
     Trigger,
 )
-from db.models import Automation, Execution, StepRun
+from db.models import Execution, StepRun
 from db.session import rowcount
 
 LOST_STEP_ERROR = "the worker running this step stopped (killed or lost its lease)"
@@ -217,35 +220,100 @@ _FINISHED_TYPES = (
     bindparam("f_body", type_=Text),
     bindparam("f_error", type_=Text),
 )
-# One round trip per step: store the previous step's answer (when there is one),
-# renew the lease and record this step as running. Data-modifying CTEs all run, on
-# one snapshot; the step is inserted only if the fence still holds. Written in SQL
-# so that the hot path builds no statement objects
+# One statement for the step starts of a whole group commit: for each, store the
+# previous step's answer (when there is one), renew the lease and record the step as
+# running. The rows travel as one array per column; data-modifying CTEs all run, on one
+# snapshot; a step is inserted only where its run's fence still holds. One statement a
+# batch, not one a step: at 10,000 runs in flight a statement each cost more worker CPU
+# than the agent call (bench/RESULTS.md, issue 24's profile). Written in SQL so that the
+# hot path builds no statement objects
 # (tests/test_db.py::test_a_step_start_stores_the_previous_answer_in_the_same_statement).
-_START_STEP = text(
+_START_STEPS = text(
     f"""
-    WITH finished AS ({_FINISH_STEP}), renewed AS (
-        UPDATE executions
-        SET current_step = :step, lease_expires_at = now() + make_interval(secs => :lease_s),
-            trace_id = COALESCE(:trace_id, trace_id)
-        WHERE id = :execution_id AND status = '{ExecutionStatus.RUNNING}' AND attempt = :attempt
-        RETURNING id
+    WITH u AS (
+        SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS u (execution_id uuid,
+            attempt int, step int, request json, trace_id text, f_id bigint, f_status text,
+            f_code int, f_body text, f_error text, f_ms int)
+    ), finished AS (
+        UPDATE step_runs s
+        SET status = u.f_status, response_status = u.f_code, response_body = u.f_body,
+            error = u.f_error, finished_at = now(), duration_ms = u.f_ms
+        FROM u WHERE s.id = u.f_id AND s.status = '{StepStatus.RUNNING}'
+    ), renewed AS (
+        UPDATE executions e
+        SET current_step = u.step, lease_expires_at = now() + make_interval(secs => :lease_s),
+            trace_id = COALESCE(u.trace_id, e.trace_id)
+        FROM u
+        WHERE e.id = u.execution_id AND e.status = '{ExecutionStatus.RUNNING}'
+          AND e.attempt = u.attempt
+        RETURNING e.id
     )
     INSERT INTO step_runs (execution_id, step_number, attempt, status, request)
-    SELECT id, :step, :attempt, '{StepStatus.RUNNING}', :request FROM renewed
-    RETURNING id
+    SELECT u.execution_id, u.step, u.attempt, '{StepStatus.RUNNING}', CAST(u.request AS jsonb)
+    FROM u JOIN renewed r ON r.id = u.execution_id
+    RETURNING execution_id, id
     """
-).bindparams(bindparam("request", type_=JSONB), *_FINISHED_TYPES)
+)
+
+
+@dataclass(frozen=True)
+class StepStart:
+    """A step to record as running, with the previous step's answer to store first."""
+
+    claim: Claim
+    step_number: int
+    request: dict[str, Any]
+    finished: tuple[int, StepOutcome] | None = None
+    trace_id: str | None = None
+
+
+def start_steps(session: Session, starts: list[StepStart], *, lease_s: int) -> list[int | None]:
+    """Store each start's `finished` (the previous step's answer), renew its run's lease
+    for one step and record the step as running, all in one statement; per start, the
+    new step run's id, or None where its run is no longer this claim's. A run has one
+    start in a batch at most (it waits for each write before its next)."""
+    rows = session.execute(
+        _START_STEPS,
+        {
+            "rows": _rows(
+                {
+                    "execution_id": str(start.claim.execution_id),
+                    "attempt": start.claim.attempt,
+                    "step": start.step_number,
+                    "request": start.request,
+                    "trace_id": start.trace_id,
+                    **_finished(start.finished),
+                }
+                for start in starts
+            ),
+            "lease_s": lease_s,
+        },
+    )
+    started: dict[uuid.UUID, int] = {
+        execution_id: step_run_id for execution_id, step_run_id in rows
+    }
+    return [started.get(start.claim.execution_id) for start in starts]
 
 
 _FINISH_STEP_ALONE = text(_FINISH_STEP).bindparams(*_FINISHED_TYPES)
+
+
+def _rows(rows: Iterable[dict[str, Any]]) -> str:
+    """The rows of a many-row statement as one JSON document (`json_to_recordset`): one
+    string parameter, escaped by the JSON encoder in C. Arrays of texts (`unnest`) had
+    every quote of every stored body escaped one by one in Python by the driver: as
+    much worker CPU as the rest of the statement (bench/RESULTS.md, issue 24)."""
+    return json.dumps(list(rows), separators=(",", ":"), ensure_ascii=False)
+
+
+_FINISHED_NAMES = ("f_id", "f_status", "f_code", "f_body", "f_error", "f_ms")
 
 
 def _finished(finished: tuple[int, StepOutcome] | None) -> dict[str, Any]:
     """The parameters of `_FINISH_STEP` (all None: no answer to store)."""
     step_run_id, outcome = finished if finished is not None else (None, None)
     if outcome is None:
-        return dict.fromkeys(("f_id", "f_status", "f_code", "f_body", "f_error", "f_ms"))
+        return dict.fromkeys(_FINISHED_NAMES)
     return {
         "f_id": step_run_id,
         "f_status": _step_status(outcome),
@@ -266,22 +334,10 @@ def start_step(
     finished: tuple[int, StepOutcome] | None = None,
     trace_id: str | None = None,
 ) -> int | None:
-    """Store `finished` (the previous step's answer), renew the lease for one step and
-    record the step as running, in one statement; None if we lost the run. `trace_id`
-    (tracing on) is kept on the execution."""
-    started: int | None = session.scalar(
-        _START_STEP,
-        {
-            **_finished(finished),
-            "step": step_number,
-            "lease_s": lease_s,
-            "execution_id": claim.execution_id,
-            "attempt": claim.attempt,
-            "request": request,
-            "trace_id": trace_id,
-        },
-    )
-    return started
+    """`start_steps` for one step: its step run's id, or None if we lost the run.
+    `trace_id` (tracing on) is kept on the execution."""
+    start = StepStart(claim, step_number, request, finished, trace_id)
+    return start_steps(session, [start], lease_s=lease_s)[0]
 
 
 def _step_status(outcome: StepOutcome) -> StepStatus:
@@ -377,26 +433,86 @@ def defer(session: Session, claim: Claim, delay_s: float) -> bool:
     )
 
 
-# The end of a run in one statement: its last answer, its status, and its
-# schedule's counters (as `db.recovery.record_outcome` moves them).
-_FINISH_EXECUTION = text(
+# The ends of a group commit's runs in one statement: each one's last answer, its
+# status, and its schedule's counters (as `db.recovery.record_outcome` moves them),
+# added up per schedule (an UPDATE changes a row once however many rows join it). The
+# schedules are locked first, in id order, so two batches ending runs of the same
+# schedules cannot deadlock on their counters.
+_FINISH_EXECUTIONS = text(
     f"""
-    WITH finished AS ({_FINISH_STEP}), ended AS (
-        UPDATE executions
-        SET status = :status, finished_at = now(), lease_expires_at = NULL,
-            error = :error, result = :result
-        WHERE id = :execution_id AND status = '{ExecutionStatus.RUNNING}' AND attempt = :attempt
-        RETURNING schedule_id
+    WITH u AS (
+        SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS u (execution_id uuid,
+            attempt int, status text, error text, result text, f_id bigint, f_status text,
+            f_code int, f_body text, f_error text, f_ms int, n int)
+    ), finished AS (
+        UPDATE step_runs s
+        SET status = u.f_status, response_status = u.f_code, response_body = u.f_body,
+            error = u.f_error, finished_at = now(), duration_ms = u.f_ms
+        FROM u WHERE s.id = u.f_id AND s.status = '{StepStatus.RUNNING}'
+    ), ended AS (
+        UPDATE executions e
+        SET status = u.status, finished_at = now(), lease_expires_at = NULL,
+            error = u.error, result = CAST(u.result AS jsonb)
+        FROM u
+        WHERE e.id = u.execution_id AND e.status = '{ExecutionStatus.RUNNING}'
+          AND e.attempt = u.attempt
+        RETURNING e.id, e.schedule_id, u.status, u.n
+    ), locked AS (
+        SELECT id FROM schedules WHERE id IN (SELECT schedule_id FROM ended)
+        ORDER BY id FOR NO KEY UPDATE
     ), counted AS (
         UPDATE schedules s
-        SET run_count = s.run_count + 1, success_count = s.success_count + :succeeded,
-            failure_count = s.failure_count + :failed, last_status = :status,
+        SET run_count = s.run_count + c.runs, success_count = s.success_count + c.succeeded,
+            failure_count = s.failure_count + c.failed, last_status = c.last_status,
             last_run_at = now()
-        FROM ended WHERE s.id = ended.schedule_id
+        FROM (
+            SELECT schedule_id, count(*) AS runs,
+                count(*) FILTER (WHERE status = '{ExecutionStatus.SUCCEEDED}') AS succeeded,
+                count(*) FILTER (WHERE status = '{ExecutionStatus.FAILED}') AS failed,
+                (array_agg(status ORDER BY n DESC))[1] AS last_status
+            FROM ended GROUP BY schedule_id
+        ) c JOIN locked l ON l.id = c.schedule_id
+        WHERE s.id = c.schedule_id
     )
-    SELECT count(*) FROM ended
+    SELECT id FROM ended
     """
-).bindparams(bindparam("result", type_=JSONB), bindparam("error", type_=Text), *_FINISHED_TYPES)
+)
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """A run to end as `status`, with its last step's answer to store first."""
+
+    claim: Claim
+    status: ExecutionStatus
+    error: str | None = None
+    result: Any = None
+    finished: tuple[int, StepOutcome] | None = None
+
+
+def finish_executions(session: Session, ends: list[RunEnd]) -> list[bool]:
+    """Store each end's `finished` (the last step's answer), end the run and move its
+    schedule's counters, all in one statement of the caller's transaction; per end,
+    False where the run was no longer this claim's (cancelled, taken over)."""
+    rows = session.execute(
+        _FINISH_EXECUTIONS,
+        {
+            "rows": _rows(
+                {
+                    "execution_id": str(end.claim.execution_id),
+                    "attempt": end.claim.attempt,
+                    "status": end.status,
+                    "error": end.error,
+                    "result": json.dumps(end.result),  # JSON null stays JSON null
+                    **_finished(end.finished),
+                    "n": n,
+                }
+                for n, end in enumerate(ends)
+            )
+        },
+    )
+    ended = {execution_id for (execution_id,) in rows}
+    return [end.claim.execution_id in ended for end in ends]
 
 
 def finish_execution(
@@ -408,44 +524,32 @@ def finish_execution(
     result: Any = None,
     finished: tuple[int, StepOutcome] | None = None,
 ) -> bool:
-    """Store `finished` (the last step's answer), end the execution and move its
-    schedule's counters, in one statement of the caller's transaction."""
-    ended = session.scalar(
-        _FINISH_EXECUTION,
-        {
-            **_finished(finished),
-            "status": str(status),
-            "error": error,
-            "result": result,
-            "succeeded": int(status == ExecutionStatus.SUCCEEDED),
-            "failed": int(status == ExecutionStatus.FAILED),
-            "execution_id": claim.execution_id,
-            "attempt": claim.attempt,
-        },
-    )
-    return bool(ended)
+    """`finish_executions` for one run: False if it was no longer this claim's."""
+    return finish_executions(session, [RunEnd(claim, status, error, result, finished)])[0]
 
 
-def next_waiting(session: Session, schedule_id: uuid.UUID) -> RunMessage | None:
-    """The earliest run held back (by `buffer_one`, or a catch-up run waiting its turn),
-    to start now that the previous one ended."""
-    row = session.execute(
-        select(Execution.id, Execution.attempt, Automation.max_retries, Automation.urgent)
-        .join(Automation, Automation.id == Execution.automation_id)
-        .where(
-            Execution.schedule_id == schedule_id,
-            Execution.trigger != Trigger.MANUAL,  # sent when started: never held back
-            Execution.status == ExecutionStatus.QUEUED,
-            Execution.scheduled_for <= func.now(),
+# The earliest run each schedule holds back (`buffer_one`, or a catch-up run waiting its
+# turn), for many schedules in one statement: one index lookup each on the slot key.
+_NEXT_WAITING = text(
+    f"""
+    SELECT DISTINCT ON (e.schedule_id) e.schedule_id, e.id, e.attempt, a.max_retries, a.urgent
+    FROM executions e JOIN automations a ON a.id = e.automation_id
+    WHERE e.schedule_id = ANY(:schedule_ids) AND e.trigger <> '{Trigger.MANUAL}'
+      AND e.status = '{ExecutionStatus.QUEUED}' AND e.scheduled_for <= now()
+    ORDER BY e.schedule_id, e.scheduled_for
+    """
+).bindparams(bindparam("schedule_ids", type_=ARRAY(Uuid())))
+
+
+def next_waiting(session: Session, schedule_ids: list[uuid.UUID]) -> dict[uuid.UUID, RunMessage]:
+    """The earliest run each of `schedule_ids` held back, to start now that the previous
+    one ended (a run started by hand is sent when started: never held back)."""
+    return {
+        row.schedule_id: RunMessage.resend(
+            row.id, max_retries=row.max_retries, attempts=row.attempt, urgent=row.urgent
         )
-        .order_by(Execution.scheduled_for)
-        .limit(1)
-    ).first()
-    if row is None:
-        return None
-    return RunMessage.resend(
-        row.id, max_retries=row.max_retries, attempts=row.attempt, urgent=row.urgent
-    )
+        for row in session.execute(_NEXT_WAITING, {"schedule_ids": schedule_ids})
+    }
 
 
 def failure_of(session: Session, execution_id: uuid.UUID) -> str | None:

@@ -18,7 +18,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -126,8 +126,12 @@ class Pilot:
     async def _write(
         self, claim: runs.Claim, answer: Answer | None, work: Callable[[Session], T]
     ) -> T:
-        """Store `answer` and do `work` in one transaction, retrying through a database
-        outage while this process's leases hold.
+        """Store `answer` and do `work` in one transaction (`_retrying`)."""
+        return await self._retrying(lambda: self.commits.write(claim, answer, work))
+
+    async def _retrying(self, write: Callable[[], Awaitable[T]]) -> T:
+        """`write` (a group commit), retried through a database outage while this
+        process's leases hold.
 
         One transaction per step (the previous step's answer, then this step's start)
         halves the database round trips of a run. Without the retry a Postgres restart
@@ -137,7 +141,7 @@ class Pilot:
         """
         while True:
             try:
-                return await self.commits.write(claim, answer, work)
+                return await write()
             except OperationalError:
                 if time.monotonic() + RETRY_S >= self.lease_until():
                     raise  # the lease is ending: recovery will run the step again
@@ -210,19 +214,8 @@ class Pilot:
         request = stored_request(claim.agent_url, shown, payload)
         finished = None if answered is None else (answered.step_run_id, answered.outcome)
         trace_id = None if self.tracing is None else trace_id_of(claim.execution_id)
-        step_run_id = await self._write(
-            claim,
-            None,
-            lambda session: runs.start_step(
-                session,
-                claim,
-                step_number,
-                request,
-                lease_s=self.lease_s,
-                finished=finished,
-                trace_id=trace_id,
-            ),
-        )
+        start = runs.StepStart(claim, step_number, request, finished, trace_id)
+        step_run_id = await self._retrying(lambda: self.commits.start(start))
         if step_run_id is None:
             if claim.concurrency_limit is not None:
                 await self.flow.release(claim.automation_id, holder)
@@ -385,13 +378,8 @@ class Pilot:
     ) -> bool:
         """End the run as `status`; False if it was no longer ours (cancelled, taken over)."""
         finished = None if answer is None else (answer.step_run_id, answer.outcome)
-        ended = await self._write(
-            claim,
-            None,
-            lambda session: runs.finish_execution(
-                session, claim, status, error=error, result=result, finished=finished
-            ),
-        )
+        end = runs.RunEnd(claim, status, error=error, result=result, finished=finished)
+        ended = await self._retrying(lambda: self.commits.end(end))
         if ended and self.tracing is not None:
             self.tracing.end_run(
                 claim.execution_id, status, started=claim.scheduled_for, error=error
@@ -401,8 +389,7 @@ class Pilot:
             OverlapPolicy.ALLOW,
         ):
             # The run held back while this one ran (`buffer_one`, the next catch-up run).
-            schedule_id = claim.schedule_id
-            waiting = await self._db(lambda: _next_waiting(schedule_id))
+            waiting = await self.commits.next_waiting(claim.schedule_id)
             if waiting is not None:
                 await self._send(waiting)
         return ended
@@ -447,8 +434,3 @@ def _redact_json(value: Any, values: list[str]) -> Any:
     if isinstance(value, dict):
         return {redact_values(k, values): _redact_json(v, values) for k, v in value.items()}
     return value
-
-
-def _next_waiting(schedule_id: uuid.UUID) -> RunMessage | None:
-    with session_scope() as session:
-        return runs.next_waiting(session, schedule_id)

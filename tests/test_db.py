@@ -181,13 +181,20 @@ _INDEXES = """
 """
 
 
+_TABLE_OPTIONS = """
+    SELECT c.relname, c.reloptions FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = 'public' AND c.relkind = 'r'
+"""
+
+
 def _schema(url: str) -> dict[str, dict[str, str]]:
     engine = create_engine(url)
     with engine.connect() as conn:
         checks = {name: text_ for name, text_ in conn.execute(text(_CONSTRAINTS))}
         indexes = {name: text_ for name, text_ in conn.execute(text(_INDEXES))}
+        options = {name: str(o) for name, o in conn.execute(text(_TABLE_OPTIONS)) if o}
     engine.dispose()
-    return {"constraints": checks, "indexes": indexes}
+    return {"constraints": checks, "indexes": indexes, "table options": options}
 
 
 def test_the_migrations_build_exactly_the_schema_the_models_generate(
@@ -205,6 +212,7 @@ def test_the_migrations_build_exactly_the_schema_the_models_generate(
     # and the vocabulary is what the database accepts
     assert "'buffer_one'" in generated["constraints"]["ck_schedules_overlap"]
     assert f"<= {MAX_STEPS}" in generated["constraints"]["ck_automations_steps_count"]
+    assert generated["table options"]["executions"] == "['fillfactor=80']"
 
 
 def test_the_database_refuses_what_the_limits_refuse(db: None) -> None:
@@ -1036,3 +1044,150 @@ def _lock_awaited() -> bool:
                 )
             ).scalar()
         )
+
+
+def test_a_group_claim_reads_a_runs_siblings_through_the_indexes(db: None) -> None:
+    from db.claims import _CLAIM_UNCONTESTED
+
+    # given due runs of `skip` cron schedules
+    ids = _due_cron_runs(3)
+    # when the group claim's plan is asked for with sequential scans made a last resort
+    with session_scope() as session:
+        session.execute(text("SET LOCAL enable_seqscan = off"))
+        plan = "\n".join(
+            session.execute(
+                text(f"EXPLAIN {_CLAIM_UNCONTESTED.text}"), {"ids": ids, "lease_s": 5}
+            ).scalars()
+        )
+    # then no step of it reads the whole executions table: at 10,000 runs a scan of it
+    # for each group took 20 ms (bench/RESULTS.md, issue 24)
+    assert "Seq Scan on executions" not in plan, plan
+
+
+def test_step_starts_of_a_group_commit_are_one_statement_fenced_per_run(db: None) -> None:
+    from core.outcome import StepOutcome
+    from db.runs import StepStart, start_steps
+
+    # given three claimed runs at step 1, one of them since taken over by another worker
+    automation_id = make_automation(steps=2)
+    ids = [make_execution(automation_id) for _ in range(3)]
+    with session_scope() as session:
+        claims = [claim_execution(session, i, lease_s=5) for i in ids]
+        assert all(not isinstance(c, str) for c in claims)
+        firsts = start_steps(
+            session,
+            [StepStart(c, 1, {"step": 1}) for c in claims],
+            lease_s=5,  # type: ignore[arg-type]
+        )
+    assert all(isinstance(f, int) for f in firsts) and len(set(firsts)) == 3
+    with session_scope() as session:
+        session.execute(update(Execution).where(Execution.id == ids[1]).values(attempt=9))
+    # (a body with quotes, backslashes, line breaks and text beyond ASCII, stored as sent)
+    body = '{"output": "say \\"hi\\"\\\\ é ✓\\n", "n": 1}'
+    answer = StepOutcome(True, False, 200, body, None, 7)
+    # when each run's step 2 starts with step 1's answer, in one group commit
+    starts = [
+        StepStart(c, 2, {"step": 2}, (f, answer)) for c, f in zip(claims, firsts, strict=True)
+    ]  # type: ignore[arg-type]
+
+    def start() -> list[int | None]:
+        with session_scope() as session:
+            return start_steps(session, starts, lease_s=30)
+
+    seconds, sent = _statements_of(start)
+    # then one statement stored every answer and started the steps of the runs still
+    # held; the run taken over got its answer stored and no step started
+    assert len(sent) == 1, sent
+    assert seconds[1] is None and all(isinstance(seconds[i], int) for i in (0, 2))
+    for i, execution_id in enumerate(ids):
+        rows = {r.step_number: r for r in step_runs(execution_id)}
+        assert (rows[1].status, rows[1].response_status, rows[1].duration_ms) == (
+            "succeeded",
+            200,
+            7,
+        )
+        assert rows[1].response_body == body
+        if i == 1:
+            assert 2 not in rows and execution(execution_id).current_step == 1
+        else:
+            assert (rows[2].id, rows[2].request) == (seconds[i], {"step": 2})
+            assert execution(execution_id).current_step == 2
+
+
+def test_the_runs_held_back_are_found_for_many_schedules_in_one_statement(db: None) -> None:
+    from db.runs import next_waiting
+
+    # given two `buffer_one` schedules each with a run waiting behind a running one,
+    # and a schedule with nothing waiting
+    waiting = []
+    for _ in range(2):
+        _, first, second = _two_due_runs(overlap_policy="buffer_one")
+        with session_scope() as session:
+            assert not isinstance(claim_execution(session, first, lease_s=30), str)
+            assert claim_execution(session, second, lease_s=30) == "waiting"
+        waiting.append((execution(first).schedule_id, second))
+    with session_scope() as session:  # their slots have come (they were dispatched ahead)
+        session.execute(
+            update(Execution)
+            .where(Execution.schedule_id.in_([s for s, _ in waiting]))
+            .values(scheduled_for=Execution.scheduled_for - timedelta(hours=1))
+        )
+    (idle,) = _due_cron_runs(1)
+    idle_schedule = execution(idle).schedule_id
+    with session_scope() as session:
+        assert not isinstance(claim_execution(session, idle, lease_s=30), str)
+
+    # when the runs held back are asked for, for all three schedules at once
+    def ask() -> dict[Any, Any]:
+        with session_scope() as session:
+            return next_waiting(session, [s for s, _ in waiting] + [idle_schedule])
+
+    found, sent = _statements_of(ask)
+    # then one statement names each schedule's waiting run, with its retry budget
+    assert len(sent) == 1
+    assert {s: m.execution_id for s, m in found.items()} == dict(waiting)
+    assert all(m.retries == 0 and m.max_retries == 3 for m in found.values())
+
+
+def test_the_ends_of_a_group_commit_are_one_statement_counted_per_schedule(db: None) -> None:
+    from core.outcome import StepOutcome
+    from core.vocabulary import ExecutionStatus
+    from db.runs import RunEnd, finish_executions, start_step
+
+    # given three running runs of one `allow` schedule, one of them since cancelled
+    schedule_id, first, second = _two_due_runs(overlap_policy="allow")
+    third = make_execution(make_automation(), schedule_id=schedule_id, trigger="schedule")
+    ids = [first, second, third]
+    with session_scope() as session:
+        claims = [claim_execution(session, i, lease_s=30) for i in ids]
+        assert all(not isinstance(c, str) for c in claims)
+        steps = [start_step(session, c, 1, {}, lease_s=30) for c in claims]  # type: ignore[arg-type]
+    with session_scope() as session:
+        session.execute(update(Execution).where(Execution.id == third).values(status="cancelled"))
+    before = fetch(Schedule, schedule_id)
+    answer = StepOutcome(True, False, 200, '{"output": 2}', None, 3)
+    # when all three end in one group commit, the first failed and the second succeeded
+    ends = [
+        RunEnd(claims[0], ExecutionStatus.FAILED, error="step 1: no", finished=(steps[0], answer)),  # type: ignore[arg-type]
+        RunEnd(claims[1], ExecutionStatus.SUCCEEDED, result=2, finished=(steps[1], answer)),  # type: ignore[arg-type]
+        RunEnd(claims[2], ExecutionStatus.SUCCEEDED, result=3, finished=(steps[2], answer)),  # type: ignore[arg-type]
+    ]
+
+    def end() -> list[bool]:
+        with session_scope() as session:
+            return finish_executions(session, ends)
+
+    ended, sent = _statements_of(end)
+    # then one statement ended the two runs still held, and the schedule counts both
+    assert len(sent) == 1 and ended == [True, True, False]
+    assert (execution(first).status, execution(first).error) == ("failed", "step 1: no")
+    assert (execution(second).status, execution(second).result) == ("succeeded", 2)
+    assert execution(third).status == "cancelled"
+    assert all(step_runs(i)[0].status == "succeeded" for i in (first, second))
+    after = fetch(Schedule, schedule_id)
+    assert after.run_count == before.run_count + 2
+    assert (after.success_count, after.failure_count) == (
+        before.success_count + 1,
+        before.failure_count + 1,
+    )
+    assert after.last_status == "succeeded"  # the last end of the batch

@@ -94,13 +94,17 @@ def test_a_slot_delivered_ahead_starts_at_its_slot_and_never_before(
     from db.models import Execution
     from db.runs import START_AHEAD_MS
 
-    # given runs due in 3 s, their messages delivered a second ahead: five plain
-    # runs and one of an overlap=skip schedule (whose start depends on its siblings)
+    # given runs due in 3 s, their messages delivered a second ahead: five plain runs,
+    # one of an overlap=skip schedule with nothing in its way, and one of a skip schedule
+    # whose previous slot's run is still running
     automation_id = make_automation(agent_url=agent.url, steps=1, max_retries=0)
     plain = [make_execution(automation_id) for _ in range(5)]
     schedule_id = make_schedule(automation_id, overlap_policy="skip")
     policed = make_execution(automation_id, schedule_id=schedule_id, trigger="schedule")
-    runs = [*plain, policed]
+    busy_schedule = make_schedule(automation_id, overlap_policy="skip")
+    previous = make_execution(automation_id, schedule_id=busy_schedule, trigger="schedule")
+    contested = make_execution(automation_id, schedule_id=busy_schedule, trigger="schedule")
+    runs = [*plain, policed, contested]
     with worker_in_process(threads=4):
         slot = datetime.now(UTC) + timedelta(seconds=3)
         with session_scope() as session:
@@ -108,31 +112,48 @@ def test_a_slot_delivered_ahead_starts_at_its_slot_and_never_before(
                 update(Execution).where(Execution.id.in_(runs)).values(available_at=slot)
             )
             session.execute(
-                update(Execution).where(Execution.id == policed).values(scheduled_for=slot)
+                update(Execution)
+                .where(Execution.id.in_([policed, contested]))
+                .values(scheduled_for=slot)
+            )
+            session.execute(
+                update(Execution)
+                .where(Execution.id == previous)
+                .values(
+                    scheduled_for=slot - timedelta(minutes=1),
+                    status="running",
+                    attempt=1,
+                    lease_expires_at=slot + timedelta(hours=1),
+                )
             )
         for execution_id in runs:
             delay_ms = math.ceil((slot.timestamp() - time.time()) * 1000)
             send_run(RunMessage(execution_id, 0, delay_ms=delay_ms, ahead_ms=START_AHEAD_MS))
-        # then before the slot the plain runs are claimed, the other is not, and
-        # nothing is at the agent
+        # then before the slot the plain runs and the uncontested one are claimed, the
+        # one whose previous run still runs is not, and nothing is at the agent
         wait_for(
-            lambda: all(execution(r).status == "running" for r in plain),
+            lambda: all(execution(r).status == "running" for r in [*plain, policed]),
             timeout=slot.timestamp() - time.time() - 0.1,
-            message="the plain runs to be claimed ahead of their slot",
+            message="the runs nothing stands in the way of to be claimed ahead of their slot",
         )
-        assert execution(policed).status == "queued"
+        assert execution(contested).status == "queued"
         assert not any(agent.calls_for(str(r)) for r in runs)
         wait_for(
-            lambda: all(execution(r).status == "succeeded" for r in runs),
+            lambda: all(execution(r).status == "succeeded" for r in [*plain, policed]),
             timeout=30,
-            message="all runs to succeed",
+            message="the runs to succeed",
+        )
+        wait_for(
+            lambda: execution(contested).status == "skipped",
+            timeout=30,
+            message="the slot whose previous run still runs to be skipped at its slot",
         )
     # and every call came at the slot or after it, started at the slot
     arrivals = [call.at for r in runs for call in agent.calls_for(str(r))]
-    assert len(arrivals) == len(runs)
+    assert len(arrivals) == len(plain) + 1
     assert min(arrivals) >= slot.timestamp()
-    assert {execution(r).started_at for r in plain} == {slot}
-    assert execution(policed).started_at >= slot  # type: ignore[operator]
+    assert {execution(r).started_at for r in [*plain, policed]} == {slot}
+    assert "still running" in (execution(contested).error or "")
 
 
 def test_a_worker_whose_threads_all_wait_hands_the_early_message_back() -> None:

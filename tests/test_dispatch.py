@@ -17,7 +17,9 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import dramatiq
 import pytest
+from dramatiq.middleware import MiddlewareError
 from sqlalchemy import select
 
 from core.settings import get_settings
@@ -26,6 +28,7 @@ from db.models import Execution, Schedule
 from db.runs import START_AHEAD_MS, RunMessage
 from db.session import db_now, session_scope
 from tasks import periodic
+from tasks.broker import build_broker, enqueue_many
 from tasks.send import send_run, send_runs
 from testkit.factories import fetch, make_automation, make_schedule
 from testkit.prometheus import metric
@@ -104,6 +107,50 @@ def test_a_batch_send_stores_the_message_a_single_send_stores(db: None, redis_cl
     assert first["options"].keys() == second["options"].keys()
     assert abs(first["options"]["eta"] - second["options"]["eta"]) < 5_000
     assert first["options"]["redis_message_id"] != second["options"]["redis_message_id"]
+
+
+class Hooks(dramatiq.Middleware):
+    """Records what a middleware acting on enqueues sees; refuses a message named `refused`."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, int | None]] = []
+
+    def before_enqueue(self, broker: Any, message: Any, delay: int | None) -> None:
+        if message.args == ("refused",):
+            raise MiddlewareError("refused")
+        self.seen.append(("before", message.queue_name, delay))
+
+    def after_enqueue(self, broker: Any, message: Any, delay: int | None) -> None:
+        self.seen.append(("after", message.queue_name, delay))
+
+
+def test_a_middleware_acting_on_enqueues_sees_each_batch_message_as_a_single_send_shows_it(
+    redis_client: Any,
+) -> None:
+    # given a broker with a middleware that acts on enqueues
+    hooks = Hooks()
+    broker = build_broker(get_settings())
+    broker.add_middleware(hooks)
+
+    def message(arg: str) -> Any:
+        return dramatiq.Message(
+            queue_name="default", actor_name="run_execution", args=(arg,), kwargs={}, options={}
+        )
+
+    # when two messages go through the batch sender, one delayed
+    assert enqueue_many(broker, [(message("a"), None), (message("b"), 5000)]) == 2
+    # then it saw each before and after it was stored, on the queue it went to
+    assert hooks.seen == [
+        ("before", "default", None),
+        ("before", "default.DQ", 5000),
+        ("after", "default", None),
+        ("after", "default.DQ", 5000),
+    ]
+    # and a message it refuses stops the batch, as it stops a single send
+    with pytest.raises(MiddlewareError):
+        enqueue_many(broker, [(message("refused"), None)])
+    assert len(stored_messages(redis_client)) == 2
+    broker.close()
 
 
 def test_pipelined_dispatch_enqueues_each_run_once_with_its_delay(

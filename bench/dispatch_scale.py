@@ -62,7 +62,7 @@ def run_once(servers: Servers, *, n: int, timeout: float) -> dict[str, float]:
         # The agent is never called: no worker runs.
         with session_scope() as session:
             far = db_now(session) + timedelta(days=1)
-        create_schedules(n, "http://127.0.0.1:9/agent", far)
+        create_schedules(n, "http://127.0.0.1:9/agent", far, kind="oneoff")
         with session_scope() as session:
             due = db_now(session) + timedelta(seconds=5)
             session.execute(text("UPDATE schedules SET run_at = :t, next_run_at = :t"), {"t": due})

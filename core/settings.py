@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     # horizon exceeds the one-minute tick so every slot is enqueued before its time.
     dispatch_horizon_s: int = Field(default=90, ge=61)
     dispatch_batch: int = Field(default=500, ge=1)
+    # Dispatch transactions one tick runs side by side (SKIP LOCKED shares the batches).
+    dispatch_lanes: int = Field(default=2, ge=1)
     # A slot older than this when dispatched is "missed" (misfire policy applies).
     misfire_grace_s: int = Field(default=60, ge=0)
 

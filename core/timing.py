@@ -110,8 +110,11 @@ def parse_timing(spec: ScheduleSpec) -> Timing:
     )
 
 
+_KINDS = frozenset(ScheduleKind)  # built once: dispatch parses every due schedule's timing
+
+
 def _check_common(spec: ScheduleSpec) -> Iterator[FieldError]:
-    if spec.kind not in set(ScheduleKind):
+    if spec.kind not in _KINDS:
         yield FieldError("kind", f"unknown kind {spec.kind!r}; use one of {one_of(ScheduleKind)}")
     if not _known_zone(spec.timezone):
         yield FieldError(

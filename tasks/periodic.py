@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
+from functools import partial
 
 from sqlalchemy.orm import Session
 
@@ -94,11 +95,12 @@ def dispatch_due(
     send_many: SendMany | None = None,
     tally: dispatching.SlotTally | None = None,
 ) -> int:
-    """Dispatch every due schedule, batch after batch; returns the runs sent.
+    """Dispatch every due schedule, batch after batch, in `dispatch_lanes` transactions
+    at once; returns the runs sent.
 
     Each batch's runs go out together through `send_many` (one by one through
-    `send` without it), once its transaction has committed, while the next batch
-    is claimed. `now` is the database's clock unless a test injects one. The slots
+    `send` without it), once its transaction has committed, while the next batches
+    are claimed. `now` is the database's clock unless a test injects one. The slots
     handled are added to `tally`.
     """
     settings = get_settings()
@@ -110,17 +112,7 @@ def dispatch_due(
     sender = _Sender(send_many or _one_by_one(send))
     try:
         for _ in range(LOCKED_RETRIES):
-            while True:
-                with session_scope() as session:
-                    clock = now or db_now(session)
-                    started = time.monotonic()
-                    messages, claimed = dispatching.dispatch_batch(
-                        session, now=clock, config=config, tally=tally
-                    )
-                # Sent only after the commit: a worker must find its row.
-                sender.put(messages, started)
-                if claimed < config.batch:
-                    break
+            _in_lanes(settings.dispatch_lanes, partial(_lane, config, now, sender), tally)
             # SKIP LOCKED passed over schedules another transaction held (another
             # dispatcher, or a run updating its counters): wait briefly and take them
             # now rather than a minute late at the next tick.
@@ -132,6 +124,73 @@ def dispatch_due(
     finally:
         sent = sender.close()  # what was committed is sent, even if a later batch failed
     return sent
+
+
+def _lane(
+    config: dispatching.DispatchConfig,
+    now: datetime | None,
+    sender: _Sender,
+    tally: dispatching.SlotTally,
+    stop: threading.Event,
+) -> None:
+    """Batch after batch, each in its own transaction, until one comes back short (the
+    rest is dispatched or held by another transaction) or another lane failed."""
+    while not stop.is_set():
+        with session_scope() as session:
+            clock = now or db_now(session)
+            started = time.monotonic()
+            messages, claimed = dispatching.dispatch_batch(
+                session, now=clock, config=config, tally=tally
+            )
+        # Sent only after the commit: a worker must find its row.
+        sender.put(messages, started)
+        if claimed < config.batch:
+            return
+
+
+def _in_lanes(
+    lanes: int,
+    lane: Callable[[dispatching.SlotTally, threading.Event], None],
+    tally: dispatching.SlotTally | None,
+) -> None:
+    """Run `lane` in `lanes` threads side by side and wait for them all; raises the first
+    error, after which the other lanes stop at the end of their batch.
+
+    `SKIP LOCKED` gives each lane its own batches, so one batch's planning in Python
+    goes on while another's statements run in PostgreSQL. Each lane counts in its own
+    tally, added to `tally` even when a lane failed (what was committed counts).
+    """
+    stop = threading.Event()
+    tallies = [dispatching.SlotTally() for _ in range(lanes)]
+    errors: list[BaseException] = []
+
+    def run(own: dispatching.SlotTally) -> None:
+        try:
+            lane(own, stop)
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
+    threads = [
+        threading.Thread(target=run, args=(own,), name=f"dispatch-lane-{n}", daemon=True)
+        for n, own in enumerate(tallies)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join()
+    finally:
+        # Interrupted (the tick's time limit): each lane stops after its batch, which
+        # is committed and handed to the sender before this returns.
+        stop.set()
+        for thread in threads:
+            thread.join()
+        if tally is not None:
+            for own in tallies:
+                tally.add(own)
+    if errors:
+        raise errors[0]
 
 
 def tick_dispatch(send: Send, *, send_many: SendMany | None = None) -> int:

@@ -17,14 +17,18 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import dramatiq
 import pytest
+from dramatiq.middleware import MiddlewareError
 from sqlalchemy import select
 
 from core.settings import get_settings
+from db.dispatch import SlotTally
 from db.models import Execution, Schedule
 from db.runs import START_AHEAD_MS, RunMessage
 from db.session import db_now, session_scope
 from tasks import periodic
+from tasks.broker import build_broker, enqueue_many
 from tasks.send import send_run, send_runs
 from testkit.factories import fetch, make_automation, make_schedule
 from testkit.prometheus import metric
@@ -40,6 +44,16 @@ def small_batches(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     get_settings.cache_clear()
     yield 4
     monkeypatch.delenv("STEPWISE_DISPATCH_BATCH")
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def three_lanes(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """A tick runs three dispatch transactions side by side."""
+    monkeypatch.setenv("STEPWISE_DISPATCH_LANES", "3")
+    get_settings.cache_clear()
+    yield 3
+    monkeypatch.delenv("STEPWISE_DISPATCH_LANES")
     get_settings.cache_clear()
 
 
@@ -95,6 +109,50 @@ def test_a_batch_send_stores_the_message_a_single_send_stores(db: None, redis_cl
     assert first["options"]["redis_message_id"] != second["options"]["redis_message_id"]
 
 
+class Hooks(dramatiq.Middleware):
+    """Records what a middleware acting on enqueues sees; refuses a message named `refused`."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, int | None]] = []
+
+    def before_enqueue(self, broker: Any, message: Any, delay: int | None) -> None:
+        if message.args == ("refused",):
+            raise MiddlewareError("refused")
+        self.seen.append(("before", message.queue_name, delay))
+
+    def after_enqueue(self, broker: Any, message: Any, delay: int | None) -> None:
+        self.seen.append(("after", message.queue_name, delay))
+
+
+def test_a_middleware_acting_on_enqueues_sees_each_batch_message_as_a_single_send_shows_it(
+    redis_client: Any,
+) -> None:
+    # given a broker with a middleware that acts on enqueues
+    hooks = Hooks()
+    broker = build_broker(get_settings())
+    broker.add_middleware(hooks)
+
+    def message(arg: str) -> Any:
+        return dramatiq.Message(
+            queue_name="default", actor_name="run_execution", args=(arg,), kwargs={}, options={}
+        )
+
+    # when two messages go through the batch sender, one delayed
+    assert enqueue_many(broker, [(message("a"), None), (message("b"), 5000)]) == 2
+    # then it saw each before and after it was stored, on the queue it went to
+    assert hooks.seen == [
+        ("before", "default", None),
+        ("before", "default.DQ", 5000),
+        ("after", "default", None),
+        ("after", "default.DQ", 5000),
+    ]
+    # and a message it refuses stops the batch, as it stops a single send
+    with pytest.raises(MiddlewareError):
+        enqueue_many(broker, [(message("refused"), None)])
+    assert len(stored_messages(redis_client)) == 2
+    broker.close()
+
+
 def test_pipelined_dispatch_enqueues_each_run_once_with_its_delay(
     db: None, redis_client: Any, small_batches: int
 ) -> None:
@@ -140,6 +198,57 @@ def test_dispatchers_side_by_side_send_each_slot_once(
     sent = Counter(m["args"][0] for m in stored_messages(redis_client))
     assert len(sent) == 24 and set(sent.values()) == {1}
     assert set(sent) == set(executions())
+
+
+def test_lanes_of_one_tick_and_of_ticks_side_by_side_leave_no_slot_undone_or_doubled(
+    db: None, redis_client: Any, small_batches: int, three_lanes: int
+) -> None:
+    # given 60 due schedules (15 batches of 4) and two ticks at once, each in 3 lanes
+    ids = due_schedules(60, "http://127.0.0.1:9/agent", first_in_s=5)
+    tallies = [SlotTally(), SlotTally()]
+    counts: list[int] = []
+    start = threading.Barrier(2)
+
+    def tick(tally: SlotTally) -> None:
+        start.wait()
+        counts.append(periodic.dispatch_due(send_run, send_many=send_runs, tally=tally))
+
+    threads = [threading.Thread(target=tick, args=(t,)) for t in tallies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    # then each slot has one execution and one message, counted once by one lane
+    assert sum(counts) == 60
+    assert sum(t.dispatched for t in tallies) == 60
+    sent = Counter(m["args"][0] for m in stored_messages(redis_client))
+    assert len(sent) == 60 and set(sent.values()) == {1}
+    assert set(sent) == set(executions())
+    # and every schedule moved on: nothing is left due
+    schedules = [fetch(Schedule, i) for i in ids]
+    assert all(s.dispatched_count == 1 and s.next_run_at is None for s in schedules)
+    assert periodic.dispatch_due(send_run, send_many=send_runs) == 0
+
+
+def test_a_failed_send_ends_the_tick_and_leaves_the_committed_runs_to_housekeeping(
+    db: None, redis_client: Any, small_batches: int, three_lanes: int
+) -> None:
+    # given 60 due schedules and a Redis that refuses the first batch of messages
+    due_schedules(60, "http://127.0.0.1:9/agent", first_in_s=5)
+
+    def refuse(messages: Any) -> None:
+        raise ConnectionError("redis went away")
+
+    # when a tick dispatches in three lanes
+    with pytest.raises(ConnectionError, match="redis went away"):
+        periodic.dispatch_due(send_run, send_many=refuse)
+    # then the lanes stopped: some schedules are still due for the next tick, and each
+    # committed slot is a queued execution without a message, which housekeeping re-sends
+    runs = executions()
+    assert 0 < len(runs) < 60
+    assert {r.status for r in runs.values()} == {"queued"}
+    assert stored_messages(redis_client) == []
+    assert periodic.dispatch_due(send_run, send_many=send_runs) == 60 - len(runs)
 
 
 def test_a_worker_runs_pipelined_runs_once_each_at_their_slot(

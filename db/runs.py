@@ -220,6 +220,14 @@ _FINISHED_TYPES = (
     bindparam("f_body", type_=Text),
     bindparam("f_error", type_=Text),
 )
+# The previous answers of a many-row statement's rows (`u`, with the `f_*` columns of
+# `_FINISHED_NAMES`), stored as `_FINISH_STEP` stores one.
+_FINISH_STEPS_OF_U = f"""
+        UPDATE step_runs s
+        SET status = u.f_status, response_status = u.f_code, response_body = u.f_body,
+            error = u.f_error, finished_at = now(), duration_ms = u.f_ms
+        FROM u WHERE s.id = u.f_id AND s.status = '{StepStatus.RUNNING}'
+"""
 # One statement for the step starts of a whole group commit: for each, store the
 # previous step's answer (when there is one), renew the lease and record the step as
 # running. The rows travel as one array per column; data-modifying CTEs all run, on one
@@ -234,12 +242,7 @@ _START_STEPS = text(
         SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS u (execution_id uuid,
             attempt int, step int, request json, trace_id text, f_id bigint, f_status text,
             f_code int, f_body text, f_error text, f_ms int)
-    ), finished AS (
-        UPDATE step_runs s
-        SET status = u.f_status, response_status = u.f_code, response_body = u.f_body,
-            error = u.f_error, finished_at = now(), duration_ms = u.f_ms
-        FROM u WHERE s.id = u.f_id AND s.status = '{StepStatus.RUNNING}'
-    ), renewed AS (
+    ), finished AS ({_FINISH_STEPS_OF_U}), renewed AS (
         UPDATE executions e
         SET current_step = u.step, lease_expires_at = now() + make_interval(secs => :lease_s),
             trace_id = COALESCE(u.trace_id, e.trace_id)
@@ -444,12 +447,7 @@ _FINISH_EXECUTIONS = text(
         SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS u (execution_id uuid,
             attempt int, status text, error text, result text, f_id bigint, f_status text,
             f_code int, f_body text, f_error text, f_ms int, n int)
-    ), finished AS (
-        UPDATE step_runs s
-        SET status = u.f_status, response_status = u.f_code, response_body = u.f_body,
-            error = u.f_error, finished_at = now(), duration_ms = u.f_ms
-        FROM u WHERE s.id = u.f_id AND s.status = '{StepStatus.RUNNING}'
-    ), ended AS (
+    ), finished AS ({_FINISH_STEPS_OF_U}), ended AS (
         UPDATE executions e
         SET status = u.status, finished_at = now(), lease_expires_at = NULL,
             error = u.error, result = CAST(u.result AS jsonb)

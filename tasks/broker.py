@@ -12,15 +12,18 @@ workers add their runner's lifecycle when their actors are declared
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import dramatiq
+import redis
 from dramatiq import Message
+from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import current_millis, dq_name
+from dramatiq.common import current_millis, dq_name, iter_queue, q_name
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -31,6 +34,7 @@ from dramatiq.middleware import (
     ShutdownNotifications,
     TimeLimit,
 )
+from dramatiq.worker import POST_PROCESS_MESSAGE_RETRY_DELAY_SECS, ConsumerThread
 from periodiq import PeriodiqMiddleware
 
 from core.errors import ConfigError
@@ -47,6 +51,9 @@ QUEUES = (RUN_QUEUE, URGENT_QUEUE, DISPATCH_QUEUE)
 
 HEARTBEAT_TIMEOUT_MS = 20_000
 MAINTENANCE_CHANCE = 100_000  # per million commands
+HOP_CHUNK = 1000  # delayed messages moved to their queue in one Redis round trip
+# The Dramatiq whose consumer thread `hop_in_batches` changes (tests/test_dispatch.py).
+HOP_WRITTEN_FOR = "2.2.1"
 
 _broker: RedisBroker | None = None
 
@@ -176,6 +183,102 @@ def _enqueue_chunk(
     for message, delay in sent:
         _emit(broker, after[::-1], "after_enqueue", message, delay)
     return len(sent)
+
+
+def ack_many(broker: RedisBroker, queue_name: str, messages: Sequence[MessageProxy]) -> None:
+    """Acknowledge `messages`, fetched from `queue_name`, in one Redis round trip: each
+    by the broker's own `ack` script, as `_RedisConsumer.ack` does, with the middleware
+    that act on acks announced around it."""
+    script = broker.scripts["dispatch"]
+    before, after = _hooked(broker, "before_ack"), _hooked(broker, "after_ack")
+    pipe = broker.client.pipeline(transaction=False)
+    for message in messages:
+        _emit(broker, before, "before_ack", message)
+        args = [
+            "ack",
+            current_millis(),
+            queue_name,
+            broker.broker_id,
+            broker.heartbeat_timeout,
+            broker.dead_message_ttl,
+            broker._should_do_maintenance("ack"),
+            broker._max_unpack_size(),  # type: ignore[no-untyped-call]
+            message.options["redis_message_id"],
+        ]
+        script(keys=[broker.namespace], args=args, client=pipe)
+    pipe.execute()
+    for message in messages:
+        _emit(broker, after[::-1], "after_ack", message)
+
+
+def hop_due_messages(thread: ConsumerThread) -> None:
+    """A delay queue's consumer thread: move every message whose eta has passed to its
+    queue, up to HOP_CHUNK in one Redis round trip, then acknowledge them in another.
+
+    Stands in for Dramatiq's `ConsumerThread.handle_delayed_messages` (`hop_in_batches`),
+    which does the same one message at a time: an enqueue and an ack, two round trips,
+    each waiting for the GIL behind the process's busy threads when it comes back (up
+    to the 5 ms switch interval). When 10,000 slots came due at once, that moved about
+    65 messages a second per worker process, and the workers' threads sat idle behind it
+    (bench/RESULTS.md, "The delay queue's hop"). Same order as Dramatiq's: enqueued
+    first, acknowledged after, so a crash in between can only send a message twice
+    (the claim in Postgres lets one run it), never lose it.
+    """
+    now = current_millis()
+    due = []
+    for item in iter_queue(thread.delay_queue):  # type: ignore[no-untyped-call]
+        if item.priority > now:
+            thread.delay_queue.put(item)
+            thread.delay_queue.task_done()
+            break
+        due.append(item)
+    for start in range(0, len(due), HOP_CHUNK):
+        chunk = [item.message for item in due[start : start + HOP_CHUNK]]
+        moved = []
+        for message in chunk:
+            new_message = message.copy(queue_name=q_name(message.queue_name))
+            del new_message.options["eta"]
+            moved.append((new_message, None))
+        try:
+            enqueue_many(thread.broker, moved, chunk=HOP_CHUNK)  # type: ignore[arg-type]
+        except BaseException:
+            # Redis went away: what is not moved yet stays held, for the next try.
+            for item in due[start:]:
+                thread.delay_queue.put(item)
+                thread.delay_queue.task_done()
+            raise
+        _ack_retrying(thread, chunk)
+        for _ in chunk:
+            thread.delay_queue.task_done()
+
+
+def _ack_retrying(thread: ConsumerThread, messages: list[MessageProxy]) -> None:
+    """`ack_many`, retried until Redis answers, as Dramatiq retries an ack."""
+    assert thread.consumer is not None
+    while True:
+        try:
+            ack_many(thread.broker, thread.queue_name, messages)  # type: ignore[arg-type]
+            break
+        except redis.ConnectionError as exc:
+            thread.logger.warning(
+                "Could not acknowledge %d delayed messages (%s); retrying in %s s.",
+                len(messages),
+                exc,
+                POST_PROCESS_MESSAGE_RETRY_DELAY_SECS,
+            )
+            time.sleep(POST_PROCESS_MESSAGE_RETRY_DELAY_SECS)
+    queued = thread.consumer.queued_message_ids  # type: ignore[attr-defined]
+    for message in messages:
+        queued.discard(message.message_id)
+
+
+def hop_in_batches() -> None:
+    """Make every delay-queue consumer of this process move its due messages in batches
+    (`hop_due_messages`). Dramatiq builds its consumer threads itself and offers no hook
+    for this, so the method is replaced on its class, once, in a worker process
+    (`tasks.lifecycle.install`); dramatiq is pinned, and tests/test_dispatch.py fails when it
+    is not the version this was written against (HOP_WRITTEN_FOR)."""
+    ConsumerThread.handle_delayed_messages = hop_due_messages  # type: ignore[method-assign,assignment]
 
 
 def _hooked(broker: RedisBroker, hook: str) -> list[dramatiq.Middleware]:

@@ -18,7 +18,7 @@ import dramatiq
 from core.settings import get_settings
 from db.session import ping_before_use
 from tasks import metrics
-from tasks.broker import RUN_QUEUE, URGENT_QUEUE
+from tasks.broker import RUN_QUEUE, URGENT_QUEUE, hop_in_batches
 from tasks.runner import Runner
 from tasks.send import Send, send_run
 from tasks.signals import shutting_down
@@ -56,6 +56,7 @@ def install(broker: dramatiq.Broker) -> None:
     the worker's beacon (which comes after it, so it stops after the drain)."""
     if not any(isinstance(m, RunnerLifecycle) for m in broker.middleware):
         broker.add_middleware(RunnerLifecycle(), before=WorkerBeacon)
+    hop_in_batches()
     report_runs_with(runs_in_flight)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import dramatiq
 import pytest
 from dramatiq.middleware import MiddlewareError
+from dramatiq.worker import ConsumerThread
 from sqlalchemy import select
 
 from core.settings import get_settings
@@ -28,7 +29,14 @@ from db.models import Execution, Schedule
 from db.runs import START_AHEAD_MS, RunMessage
 from db.session import db_now, session_scope
 from tasks import periodic
-from tasks.broker import build_broker, enqueue_many
+from tasks.broker import (
+    HOP_CHUNK,
+    HOP_WRITTEN_FOR,
+    build_broker,
+    enqueue_many,
+    hop_due_messages,
+    hop_in_batches,
+)
 from tasks.send import send_run, send_runs
 from testkit.factories import fetch, make_automation, make_schedule
 from testkit.prometheus import metric
@@ -334,3 +342,50 @@ def test_runs_over_the_workspace_quota_are_recorded_skipped_with_the_reason(
     missed = {i: fetch(Schedule, i).missed_count for i in ids}
     assert sorted(missed.values()) == [0, 0, 0, 1, 1]
     assert periodic.dispatch_due(send_run, send_many=send_runs) == 0
+
+
+def test_delayed_messages_come_due_together_and_each_is_processed_once(
+    redis_client: Any,
+) -> None:
+    # given a worker whose delay-queue consumers move due messages in batches (as the
+    # Procfile's workers do: `tasks.lifecycle.install`), with a recording actor
+    hop_in_batches()
+    assert ConsumerThread.handle_delayed_messages is hop_due_messages
+    # (written against one Dramatiq: on an upgrade, read its handle_delayed_messages again)
+    assert dramatiq.__version__ == HOP_WRITTEN_FOR
+    broker = build_broker(get_settings())
+    seen: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def record(tag: str) -> None:
+        with lock:
+            seen[tag] += 1
+
+    dramatiq.actor(record, broker=broker, queue_name="hops", actor_name="hops_record")
+    worker = dramatiq.Worker(broker, worker_threads=4, worker_timeout=50)
+    worker.start()
+    try:
+        # when more messages than one batch moves are sent for the same instant, 0.5 s ahead
+        count = HOP_CHUNK + 200
+        tags = [f"m{i}" for i in range(count)]
+        message = dramatiq.Message(
+            queue_name="hops", actor_name="hops_record", args=(), kwargs={}, options={}
+        )
+        assert enqueue_many(broker, [(message.copy(args=(t,)), 500) for t in tags]) == count
+        assert redis_client.hlen("dramatiq:hops.DQ.msgs") == count
+        # then each is processed exactly once
+        wait_for(lambda: sum(seen.values()) >= count, timeout=30, message="all processed")
+        worker.join()
+        assert seen == Counter(tags)
+        # and nothing is left behind: every delayed message was acknowledged, every
+        # moved one too
+        for queue in ("hops.DQ", "hops"):
+            wait_for(
+                lambda queue=queue: redis_client.hlen(f"dramatiq:{queue}.msgs") == 0,
+                timeout=10,
+                message=f"{queue} emptied",
+            )
+        assert redis_client.llen("dramatiq:hops.DQ") == 0
+    finally:
+        worker.stop()
+        broker.close()

@@ -145,13 +145,34 @@ def parse_output(body: str, *, truncated: bool) -> Any:
     """
     if truncated:
         return body
+    text = body.removeprefix(BOM)
     try:
-        value = json.loads(body.removeprefix(BOM))
+        value = json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
     except (ValueError, RecursionError):
-        # ValueError: not JSON, or an integer past Python's int-str digit limit;
-        # RecursionError: nested deeper than the parser's stack.
+        # ValueError: not JSON, NaN or an infinity, or an integer past Python's int-str
+        # digit limit; RecursionError: nested deeper than the parser's stack.
         return body
+    if (
+        "\\u" not in text
+        and text.count("[") + text.count("{") <= MAX_OUTPUT_DEPTH
+        and storable(text)
+    ):
+        # Nothing to walk through: in storable text only a `\\u` escape can make a NUL
+        # or a lone surrogate, no number is infinite (`_finite`), and no value nests
+        # deeper than the brackets there are.
+        return value
     return value if storable_json(value) else body
+
+
+def _not_a_number(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON can hold")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999
+        raise ValueError(f"{text} is not a finite number")
+    return value
 
 
 def storable_json(value: Any) -> bool:

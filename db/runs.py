@@ -11,7 +11,6 @@ Functions take a session and never commit: the caller owns the transaction.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from core.outcome import StepOutcome
+from core.text import json_bytes
 from core.vocabulary import (
     OPEN_STATUSES,
     Admission,
@@ -306,7 +306,7 @@ def _rows(rows: Iterable[dict[str, Any]]) -> str:
     string parameter, escaped by the JSON encoder in C. Arrays of texts (`unnest`) had
     every quote of every stored body escaped one by one in Python by the driver: as
     much worker CPU as the rest of the statement (bench/RESULTS.md, issue 24)."""
-    return json.dumps(list(rows), separators=(",", ":"), ensure_ascii=False)
+    return json_bytes(list(rows)).decode()
 
 
 _FINISHED_NAMES = ("f_id", "f_status", "f_code", "f_body", "f_error", "f_ms")
@@ -501,7 +501,7 @@ def finish_executions(session: Session, ends: list[RunEnd]) -> list[bool]:
                     "attempt": end.claim.attempt,
                     "status": end.status,
                     "error": end.error,
-                    "result": json.dumps(end.result),  # JSON null stays JSON null
+                    "result": json_bytes(end.result).decode(),  # JSON null stays JSON null
                     **_finished(end.finished),
                     "n": n,
                 }

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import socket
 import ssl
 import time
@@ -46,11 +45,13 @@ from yarl import URL
 from core.egress import Address, EgressPolicy, literal_address
 from core.outcome import StepOutcome, answer_outcome, decode_body, undecodable_body
 from core.secrets import SIGNATURE_HEADER, signature_header
+from core.text import json_bytes
 
 USER_AGENT = "Stepwise/0.1"
 MAX_REDIRECTS = 5
 MAX_KEEPALIVE_S = 15.0  # an idle connection is closed after this long
 READ_CHUNK = 65536
+MAX_REFUSALS_KEPT = 4096
 
 
 class AddressRefused(OSError):
@@ -124,6 +125,8 @@ class AgentClient:
         ssl_context: ssl.SSLContext | None = None,
     ):
         self.policy = policy
+        # The policy's answer for each (host, port) called: the same for the client's life.
+        self.refusals: dict[tuple[str, int], str | None] = {}
         connector = aiohttp.TCPConnector(
             resolver=GuardedResolver(policy),
             limit=max_connections,
@@ -150,11 +153,17 @@ class AgentClient:
         A host name is checked by `GuardedResolver` when it is resolved; aiohttp
         connects to an address in the URL without resolving it, so it is checked here.
         """
-        host = url.raw_host or ""
+        host, port = url.raw_host or "", url.port or 0
+        try:
+            return self.refusals[host, port]
+        except KeyError:
+            pass
         address = literal_address(host)
-        if address is None:
-            return None
-        return self.policy.refusal(host, address, url.port or 0)
+        refusal = None if address is None else self.policy.refusal(host, address, port)
+        if len(self.refusals) >= MAX_REFUSALS_KEPT:
+            self.refusals.clear()
+        self.refusals[host, port] = refusal
+        return refusal
 
     async def close(self) -> None:
         await self.session.close()
@@ -305,7 +314,7 @@ async def call_agent(
     joins the agent's spans to the run's trace.
     """
     started = time.monotonic()
-    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    body = json_bytes(payload)
     headers = {"Idempotency-Key": idempotency_key, "Content-Type": "application/json"}
     if signing_secret is not None:
         headers[SIGNATURE_HEADER] = signature_header(signing_secret, int(time.time()), body)

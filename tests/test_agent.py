@@ -20,6 +20,7 @@ from core.outcome import (
     storable_json,
     undecodable_body,
 )
+from core.text import json_bytes
 from stepwise.demo_agent import Reply
 from tasks.agent import AgentClient, call_agent
 
@@ -113,6 +114,8 @@ def _nested(depth: int) -> list[Any]:
         pytest.param('{"o": "caf\ufffd("}', {"o": "caf\ufffd("}, id="replaced UTF-8"),
         pytest.param('{"o": "half', '{"o": "half', id="truncated JSON"),
         pytest.param("\ufffd\x01 binary", "\ufffd\x01 binary", id="binary"),
+        pytest.param('{"t": "[[{{"}', {"t": "[[{{"}, id="brackets in a text"),
+        pytest.param('{"n": 1.5e3}', {"n": 1500.0}, id="an exponent"),
     ],
 )
 def test_any_body_parses_to_an_output_jsonb_can_store(body: str, output: Any) -> None:
@@ -443,3 +446,24 @@ def test_a_cookie_an_agent_sets_never_travels_with_a_later_call(agent: Any) -> N
     # then the second call carries no cookie
     assert [o.ok for o in outcomes] == [True, True]
     assert [c.headers.get("cookie") for c in agent.calls] == [None, None]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"message": 'caf\u00e9 \u2603 "quoted" \\ \n', "n": [1, -2.5, 1e16, None, True]},
+        {"big": 2**70, "small": -(2**70)},  # past 64 bits: the standard encoder writes it
+        {1: "a key that is not a text"},
+        [],
+    ],
+)
+def test_json_bytes_writes_what_the_standard_encoder_means(value: Any) -> None:
+    written = json_bytes(value)
+    standard = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    assert json.loads(written) == json.loads(standard)
+    assert len(written) <= len(standard)  # as compact
+
+
+def test_json_bytes_refuses_a_lone_surrogate_as_the_standard_encoder_does() -> None:
+    with pytest.raises(UnicodeEncodeError):
+        json_bytes({"o": "\ud800"})

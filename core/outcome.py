@@ -147,7 +147,7 @@ def parse_output(body: str, *, truncated: bool) -> Any:
         return body
     text = body.removeprefix(BOM)
     try:
-        value = json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
+        value = _DECODER.decode(text)
     except (ValueError, RecursionError):
         # ValueError: not JSON, NaN or an infinity, or an integer past Python's int-str
         # digit limit; RecursionError: nested deeper than the parser's stack.
@@ -173,6 +173,10 @@ def _finite(text: str) -> float:
     if not math.isfinite(value):  # 1e999
         raise ValueError(f"{text} is not a finite number")
     return value
+
+
+# Made once: `json.loads` with hooks builds a decoder for every call.
+_DECODER = json.JSONDecoder(parse_constant=_not_a_number, parse_float=_finite)
 
 
 def storable_json(value: Any) -> bool:

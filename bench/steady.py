@@ -9,11 +9,13 @@ the worker, against a recording agent. Both kinds of schedule are anchored at th
 next minute boundary M0; the window is [M0, M0 + minutes). Per minute of the
 window, by the slot's `scheduled_for`: slots due, step-1 lateness (the agent's
 first arrival of step 1 minus `scheduled_for`) p50 / p99 / max, misses (slots whose
-step 1 never reached the agent) and duplicates (step calls whose Idempotency-Key
-the agent saw again). Every 10 s the RSS of every process of each Procfile group
-(the shell, the CLI and its worker children) is read from /proc; once a minute the
-database's size and its executions / step_runs rows. A row per minute is printed as
-it goes (counting the calls so far); the recorded tables count every call.
+step 1 never reached the agent; of them, the executions `skipped` by the overlap
+policy and those still queued or running when the processes stop, --grace-s after
+the window) and duplicates (step calls whose Idempotency-Key the agent saw again).
+Every 10 s the RSS of every process of each Procfile group (the shell, the CLI and
+its worker children) is read from /proc; once a minute the database's size and its
+executions / step_runs rows. A row per minute is printed as it goes (counting the
+calls so far); the recorded tables count every call.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from testkit.processes import READY, Processes, processes
 ROLES = ("scheduler", "dispatcher", "worker")
 SAMPLE_S = 10  # RSS every 10 s; the database at the last sample of each minute
 LIVE_AFTER_S = 20  # a minute's live row waits this long for its last slots' calls
-GRACE_S = 30  # after the window, for the last slots' runs to reach the agent
+GRACE_S = 30  # after the window, for the last slots' runs to reach the agent (--grace-s)
 MIB = 1024 * 1024
 
 
@@ -64,10 +66,12 @@ class Window:
     due: int  # slots due each minute
     late: list[dict[str, float]] = field(default_factory=list)  # key -> first step-1 lateness
     calls: list[Counter[str]] = field(default_factory=list)  # key -> calls (every step)
+    statuses: list[Counter[str]] = field(default_factory=list)  # the executions' at the end
 
     def __post_init__(self) -> None:
         self.late = [{} for _ in range(self.minutes)]
         self.calls = [Counter() for _ in range(self.minutes)]
+        self.statuses = [Counter() for _ in range(self.minutes)]
 
     def add(self, call: tuple[float, str, str | None, int]) -> None:
         at, key, slot, step = call
@@ -88,6 +92,8 @@ class Window:
             "due": self.due,
             **lateness_figures(lateness),
             "misses": self.due - len(lateness),
+            "skipped": self.statuses[i]["skipped"],
+            "unfinished": self.statuses[i]["queued"] + self.statuses[i]["running"],
             "duplicates": sum(n - 1 for n in self.calls[i].values()),
         }
 
@@ -98,7 +104,7 @@ class Window:
             "slots": self.due * self.minutes,
             **lateness_figures(lateness),
             "worst_minute_p99_s": max((r["late_p99_s"] for r in rows), default=float("nan")),
-            "misses": sum(r["misses"] for r in rows),
+            **{k: sum(r[k] for r in rows) for k in ("misses", "skipped", "unfinished")},
             "duplicates": sum(r["duplicates"] for r in rows),
         }
 
@@ -281,6 +287,28 @@ def database_sample() -> dict[str, int]:
     return {"size": size, "executions": executions, "step_runs": step_runs}
 
 
+def execution_statuses(window: Window) -> None:
+    """Count the window's executions per minute and status, into `window.statuses`."""
+    from db.session import session_scope
+
+    with session_scope() as session:
+        rows = session.execute(
+            text(
+                """
+                SELECT floor((extract(epoch FROM scheduled_for) - :m0) / 60) AS minute,
+                    status, count(*)
+                FROM executions
+                WHERE scheduled_for >= to_timestamp(:m0)
+                    AND scheduled_for < to_timestamp(:m0) + make_interval(mins => :minutes)
+                GROUP BY 1, 2
+                """
+            ),
+            {"m0": window.m0, "minutes": window.minutes},
+        ).all()
+    for minute, status, count in rows:
+        window.statuses[int(minute)][status] += count
+
+
 class CallsTail:
     """The agent's record file, read as the agent appends whole lines to it."""
 
@@ -325,13 +353,15 @@ def live_row(i: int, window: Window, samples: Samples) -> str:
     )
 
 
-def watch(procs: Processes, tail: CallsTail, window: Window, samples: Samples) -> None:
-    """Sample every SAMPLE_S until the window's end plus GRACE_S; print each minute's row."""
+def watch(
+    procs: Processes, tail: CallsTail, window: Window, samples: Samples, grace_s: float
+) -> None:
+    """Sample every SAMPLE_S until the window's end plus `grace_s`; print each minute's row."""
     end = window.m0 + 60 * window.minutes
     printed = 0
     tick = window.m0 + SAMPLE_S * ((time.time() - window.m0) // SAMPLE_S + 1)
     print(LIVE, flush=True)
-    while tick <= end + GRACE_S:
+    while tick <= end + grace_s:
         time.sleep(max(0.0, tick - time.time()))
         rss: dict[str, int] = {}
         for role in ROLES:
@@ -356,6 +386,7 @@ def run_once(
     latency_ms: float,
     worker_processes: int | None,
     worker_threads: int | None,
+    grace_s: float,
 ) -> tuple[dict[str, float], Window, Samples]:
     with (
         bench_database(servers),
@@ -384,7 +415,8 @@ def run_once(
         print(f"window {m0:%H:%M:%S} .. {m0 + timedelta(minutes=minutes):%H:%M:%S} UTC", flush=True)
         window = Window(m0.timestamp(), minutes, cron + interval * 6)
         tail = CallsTail(agent.record)
-        watch(procs, tail, window, samples)
+        watch(procs, tail, window, samples, grace_s)
+        execution_statuses(window)
         procs.stop_all()
         agent.stop()
         for call in tail.read():
@@ -403,6 +435,8 @@ FIGURES = [
     ("late_max_s", "max (s)"),
     ("worst_minute_p99_s", "worst minute's p99 (s)"),
     ("misses", "misses"),
+    ("skipped", "of them skipped"),
+    ("unfinished", "unfinished"),
     ("duplicates", "duplicates"),
     ("rss_first_mib", "RSS, all processes: first (MiB)"),
     ("rss_last_mib", "last (MiB)"),
@@ -430,6 +464,8 @@ def minutes_table(window: Window, samples: Samples) -> list[tuple[str, ...]]:
             "p99 (s)",
             "max (s)",
             "misses",
+            "skipped",
+            "unfinished",
             "duplicates",
             "database (MiB)",
             "executions",
@@ -442,8 +478,7 @@ def minutes_table(window: Window, samples: Samples) -> list[tuple[str, ...]]:
             (
                 str(i + 1),
                 *(fmt(m[k]) for k in ("due", "late_p50_s", "late_p99_s", "late_max_s")),
-                fmt(m["misses"]),
-                fmt(m["duplicates"]),
+                *(fmt(m[k]) for k in ("misses", "skipped", "unfinished", "duplicates")),
                 fmt(db["size"] / MIB) if db else "-",
                 fmt(db["executions"]) if db else "-",
                 fmt(db["step_runs"]) if db else "-",
@@ -490,6 +525,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--worker-processes", type=int, help="default: the Procfile's")
     parser.add_argument("--worker-threads", type=int, help="default: the Procfile's")
+    parser.add_argument(
+        "--grace-s", type=float, default=GRACE_S, help="after the window, for late runs"
+    )
     args = parser.parse_args()
     stop_on_sigterm()
     started = machine()
@@ -505,6 +543,7 @@ def main() -> None:
                 latency_ms=args.latency_ms,
                 worker_processes=args.worker_processes,
                 worker_threads=args.worker_threads,
+                grace_s=args.grace_s,
             )
             print(f"run {i + 1}: " + ", ".join(f"{k}={fmt(v)}" for k, v in figures.items()))
             runs.append(figures)

@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--record", type=Path, required=True)
+    parser.add_argument("--flush-s", type=float, default=0.0, help="append calls every S s")
     args = parser.parse_args()
     server, calls = recording_server(port=args.port, latency_ms=args.latency_ms)
     stop = threading.Event()
@@ -58,12 +59,20 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server.start()
     print(f"{READY} {server.url}", flush=True)
-    while not stop.wait(0.5):
-        pass
+    written = 0
+    while not stop.wait(args.flush_s or 0.5):
+        if args.flush_s:
+            written = append_calls(args.record, calls, written)
     server.stop()
-    with args.record.open("w") as f:
-        for call in list(calls):
-            f.write(json.dumps(call) + "\n")
+    append_calls(args.record, calls, written)
+
+
+def append_calls(path: Path, calls: list[Any], written: int) -> int:
+    """Append the calls after the first `written` as whole lines; how many are written now."""
+    upto = len(calls)  # handler threads only ever append
+    with path.open("a") as f:
+        f.writelines(json.dumps(call) + "\n" for call in calls[written:upto])
+    return upto
 
 
 if __name__ == "__main__":

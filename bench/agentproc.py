@@ -30,16 +30,21 @@ class RunningAgent:
     process: subprocess.Popen[bytes]
     record: Path
 
-    def stop_and_read(self) -> list[tuple[float, str, str, int]]:
-        """Stop the agent and return every call it recorded."""
+    def stop(self) -> None:
+        """Stop the agent; every call it recorded is then in `record`."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(30)
+
+    def stop_and_read(self) -> list[tuple[float, str, str, int]]:
+        """Stop the agent and return every call it recorded."""
+        self.stop()
         return read_calls(self.record)
 
 
 @contextmanager
-def agent_process(latency_ms: float) -> Iterator[RunningAgent]:
+def agent_process(latency_ms: float, *, flush_s: float = 0.0) -> Iterator[RunningAgent]:
+    """The recording agent; with `flush_s`, it appends its calls to `record` as it goes."""
     port = free_port()
     record = Path(tempfile.mkstemp(prefix="stepwise-bench-calls-", suffix=".jsonl")[1])
     process = subprocess.Popen(
@@ -53,6 +58,8 @@ def agent_process(latency_ms: float) -> Iterator[RunningAgent]:
             str(latency_ms),
             "--record",
             str(record),
+            "--flush-s",
+            str(flush_s),
         ],
         stdout=subprocess.PIPE,
         cwd=Path(__file__).resolve().parent.parent,

@@ -1,6 +1,7 @@
 """Every scenario, one after the other (`make bench`); each appends to bench/RESULTS.md.
 
-    python -m bench.run_all            # the issue's sizes (about an hour on 2 cores)
+    python -m bench.run_all            # the issue's sizes (about an hour on 2 cores; the
+                                       # steady hour is `python -m bench.steady` alone)
     python -m bench.run_all --quick    # smaller sizes, a few minutes: a smoke run
     python -m bench.run_all --only burst export
 
@@ -20,7 +21,18 @@ FULL = {
     "agent_capacity": ["--calls", "6000", "--latency-ms", "0", "50"],
     "burst": ["--n", "1000", "5000", "10000", "--latency-ms", "0", "50"],
     "overhead": ["--n", "1000", "--latency-ms", "0", "50"],
-    "steady": ["--cron", "500", "--interval", "200", "--minutes", "5"],
+    "steady": [
+        "--cron",
+        "500",
+        "--interval",
+        "200",
+        "--minutes",
+        "5",
+        "--latency-ms",
+        "0",
+        "--runs",
+        "3",
+    ],
     "dashboard": ["--executions", "1000000"],
     "export": ["--executions", "1000000"],
     "versus": ["--scenario", "50@0", "1000@0", "1000@1000", "10000@0"],

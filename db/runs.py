@@ -241,7 +241,7 @@ _START_STEPS = text(
     WITH u AS (
         SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS u (execution_id uuid,
             attempt int, step int, request json, trace_id text, f_id bigint, f_status text,
-            f_code int, f_body text, f_error text, f_ms int)
+            f_code int, f_body text, f_error text, f_ms int, key text, item int)
     ), finished AS ({_FINISH_STEPS_OF_U}), renewed AS (
         UPDATE executions e
         SET current_step = u.step, lease_expires_at = now() + make_interval(secs => :lease_s),
@@ -251,30 +251,37 @@ _START_STEPS = text(
           AND e.attempt = u.attempt
         RETURNING e.id
     )
-    INSERT INTO step_runs (execution_id, step_number, attempt, status, request)
-    SELECT u.execution_id, u.step, u.attempt, '{StepStatus.RUNNING}', CAST(u.request AS jsonb)
+    INSERT INTO step_runs (execution_id, step_number, step_key, item, attempt, status, request)
+    SELECT u.execution_id, u.step, COALESCE(u.key, 'step_' || u.step), u.item, u.attempt,
+        '{StepStatus.RUNNING}', CAST(u.request AS jsonb)
     FROM u JOIN renewed r ON r.id = u.execution_id
-    RETURNING execution_id, id
+    RETURNING execution_id, step_key, item, id
     """
 )
 
 
 @dataclass(frozen=True)
 class StepStart:
-    """A step to record as running, with the previous step's answer to store first."""
+    """A step to record as running, with the previous step's answer to store first.
+
+    A chain's step leaves `key` None (its key is `step_<number>`); a graph's names its key
+    and, for an item of a fan-out, the item's index."""
 
     claim: Claim
     step_number: int
     request: dict[str, Any]
     finished: tuple[int, StepOutcome] | None = None
     trace_id: str | None = None
+    key: str | None = None
+    item: int | None = None
 
 
 def start_steps(session: Session, starts: list[StepStart], *, lease_s: int) -> list[int | None]:
     """Store each start's `finished` (the previous step's answer), renew its run's lease
     for one step and record the step as running, all in one statement; per start, the
-    new step run's id, or None where its run is no longer this claim's. A run has one
-    start in a batch at most (it waits for each write before its next)."""
+    new step run's id, or None where its run is no longer this claim's. A chain's run has
+    one start in a batch at most (it waits for each write before its next); a graph's may
+    have several, one per step (or item) at most."""
     rows = session.execute(
         _START_STEPS,
         {
@@ -286,16 +293,26 @@ def start_steps(session: Session, starts: list[StepStart], *, lease_s: int) -> l
                     "request": start.request,
                     "trace_id": start.trace_id,
                     **_finished(start.finished),
+                    **({} if start.key is None else {"key": start.key, "item": start.item}),
                 }
                 for start in starts
             ),
             "lease_s": lease_s,
         },
     )
-    started: dict[uuid.UUID, int] = {
-        execution_id: step_run_id for execution_id, step_run_id in rows
+    started = {
+        (execution_id, key, item): step_run_id for execution_id, key, item, step_run_id in rows
     }
-    return [started.get(start.claim.execution_id) for start in starts]
+    return [
+        started.get(
+            (
+                start.claim.execution_id,
+                f"step_{start.step_number}" if start.key is None else start.key,
+                start.item,
+            )
+        )
+        for start in starts
+    ]
 
 
 _FINISH_STEP_ALONE = text(_FINISH_STEP).bindparams(*_FINISHED_TYPES)

@@ -246,7 +246,8 @@ class _Run:
     headers: dict[str, asyncio.Future[tuple[dict[str, str], list[str]]]] = field(
         default_factory=dict
     )
-    calling: int = 0
+    calling: int = 0  # calls at the agent
+    called: bool = False  # a call of this claim reached the agent
 
     def waiting(self, key: str) -> set[int]:
         return {
@@ -546,6 +547,9 @@ class GraphPilot(Pilot):
                     run.events.put_nowait((call, Answer(step_run_id, outcome)))
                     return
                 sealed = claim.signing_secret
+                if claim.attempt == 1 and not run.called:  # the run's first call: its lateness
+                    run.called = True
+                    metrics.first_call(claim.trigger, claim.scheduled_for.timestamp(), time.time())
                 call.phase = CALLING
                 run.calling += 1
                 flight.calling = True

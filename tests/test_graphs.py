@@ -318,6 +318,52 @@ def test_a_cancel_during_parallel_calls_cuts_them_and_nothing_more_starts(
     assert execution(execution_id).status == "cancelled"
 
 
+def test_a_step_calls_its_own_agent_with_its_headers_and_retries_alone(
+    db: None, redis_client: Any, agent: Any
+) -> None:
+    from stepwise.demo_agent import AgentServer
+
+    # given a step with its own agent (failing once with a 503), headers and retries, and a
+    # step beside it on the automation's agent
+    own = AgentServer().start()
+    try:
+        own.script(Reply(503, {"error": "busy"}))
+        automation_id = make_graph(
+            [
+                {
+                    "key": "flaky",
+                    "message": "flaky",
+                    "agent_url": own.url,
+                    "request_headers": {"X-Step": "flaky"},
+                    "max_retries": 2,
+                    "timeout_s": 7,
+                },
+                {"key": "steady", "message": "steady"},
+            ],
+            agent_url=agent.url,
+            max_retries=0,
+            request_headers=(("X-Step", "automation"),),
+        )
+        with worker_in_process(threads=2):
+            execution_id = _run(automation_id)
+            done = ended(execution_id, agent=agent)
+        # then the step was called at its own agent with its headers, twice with one key,
+        # while the other step was called once at the automation's agent, with its headers
+        assert done.status == "succeeded", done.error
+        mine = own.calls_for(str(execution_id))
+        assert [c.body["step_key"] for c in mine] == ["flaky", "flaky"]
+        assert {c.idempotency_key for c in mine} == {f"{execution_id}:flaky"}
+        assert {c.headers.get("x-step") for c in mine} == {"flaky"}
+        (steady,) = agent.calls_for(str(execution_id))
+        assert steady.body["step_key"] == "steady"
+        assert steady.headers.get("x-step") == "automation"
+        # and each try is a step run of its own
+        tries = [r.status for r in step_runs(execution_id) if r.step_key == "flaky"]
+        assert tries == ["failed", "succeeded"]
+    finally:
+        own.stop()
+
+
 def test_a_worker_killed_in_a_300_item_fan_out_loses_no_item_and_records_none_twice(
     procs: Any, agent: Any
 ) -> None:

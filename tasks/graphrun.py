@@ -246,7 +246,6 @@ class _Run:
     headers: dict[str, asyncio.Future[tuple[dict[str, str], list[str]]]] = field(
         default_factory=dict
     )
-    calling: int = 0  # calls at the agent
     called: bool = False  # a call of this claim reached the agent
 
     def waiting(self, key: str) -> set[int]:
@@ -345,7 +344,12 @@ class GraphPilot(Pilot):
                 if not (decision.starts or decision.skip or decision.fail or decision.cancel):
                     raise RuntimeError(f"graph run {claim.execution_id} stands still")
                 continue
-            if not await self._wait(run):
+            # The heartbeat drops a lost run only while it waits (not in the middle of a
+            # write), and then cuts every call of it at once, at the agent or not.
+            run.flight.calling = True
+            kept = await self._wait(run)
+            run.flight.calling = False
+            if not kept:
                 await self._record(run)  # the answers received: stored while their rows run
                 _cut(run)
                 return
@@ -551,24 +555,18 @@ class GraphPilot(Pilot):
                     run.called = True
                     metrics.first_call(claim.trigger, claim.scheduled_for.timestamp(), time.time())
                 call.phase = CALLING
-                run.calling += 1
-                flight.calling = True
-                try:
-                    outcome = await call_agent(
-                        self.client,
-                        url,
-                        payload,
-                        idempotency_key=key,
-                        timeout_s=timeout_s,
-                        max_bytes=self.settings.max_response_bytes,
-                        signing_secret=None
-                        if sealed is None
-                        else self.settings.secret_box().open(sealed),
-                        extra_headers=headers,
-                    )
-                finally:
-                    run.calling -= 1
-                    flight.calling = run.calling > 0
+                outcome = await call_agent(
+                    self.client,
+                    url,
+                    payload,
+                    idempotency_key=key,
+                    timeout_s=timeout_s,
+                    max_bytes=self.settings.max_response_bytes,
+                    signing_secret=None
+                    if sealed is None
+                    else self.settings.secret_box().open(sealed),
+                    extra_headers=headers,
+                )
             finally:
                 if claim.concurrency_limit is not None:
                     await asyncio.shield(self.flow.release(claim.automation_id, holder))

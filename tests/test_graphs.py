@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from db.runs import RunMessage
@@ -34,6 +35,18 @@ def _run(automation_id: uuid.UUID, run_input: Any = None, max_retries: int = 0) 
 
 def _keys(agent: Any, execution_id: uuid.UUID) -> list[str]:
     return [c.body["step_key"] for c in agent.calls_for(str(execution_id))]
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group (shell, dramatiq, its worker children) still runs."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we looked
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def _latest(execution_id: uuid.UUID) -> dict[tuple[str, int | None], Any]:
@@ -446,3 +459,45 @@ def test_a_worker_killed_in_a_300_item_fan_out_loses_no_item_and_records_none_tw
     ]
     assert len(lost) == 150 and all("stopped" in (r.error or "") for r in lost)
     assert not [r for r in step_runs(execution_id) if r.status == "running"]
+
+
+def test_sigterm_lets_the_calls_at_the_agent_finish_and_hands_the_graph_run_back(
+    procs: Any, agent: Any
+) -> None:
+    # given a worker process in a fan-out of 6 items, 2 at a time, each 2 s at the agent
+    automation_id = make_graph(
+        [{"key": "each", "for_each": "input.ids", "message": "do {{ item }}"}],
+        agent_url=agent.url,
+        concurrency_limit=2,
+        step_timeout_s=10,
+    )
+    arrived: list[int] = []
+
+    def responder(call: Call) -> Reply:
+        arrived.append(call.body["index"])
+        time.sleep(2)
+        return Reply(200, {"done": call.body["item"]})
+
+    agent.responder = responder
+    worker = procs.start("worker")
+    procs.wait_ready("worker", READY)
+    execution_id = make_execution(automation_id, input={"ids": list(range(6))})
+    send_run(RunMessage(execution_id, 3))
+    wait_for(lambda: len(arrived) == 2, message="two items at the agent")
+    # when the worker is told to stop while they are at the agent
+    procs.signal("worker", signal.SIGTERM)  # to the process group, as honcho sends it
+    wait_for(lambda: not _group_alive(worker.pid), timeout=35, message="the worker to exit")
+    log = procs.log("worker")
+    assert "Worker has been shut down" in log and "Killing" not in log, log[-3000:]
+    # then those two finished and were stored, no other item started, the run is queued
+    items = {(r.item, r.status) for r in step_runs(execution_id) if r.item is not None}
+    first = set(arrived)
+    assert items == {(i, "succeeded") for i in first}
+    handed_back = execution(execution_id)
+    assert handed_back.status == "queued" and handed_back.lease_expires_at is None
+    # when a worker comes back, the run resumes with the other four items only
+    procs.start("worker", as_name="worker2")
+    done = ended(execution_id, timeout=60, agent=agent)
+    assert done.status == "succeeded", done.error
+    assert sorted(arrived) == list(range(6))
+    assert done.result == {"each": [{"done": i} for i in range(6)]}

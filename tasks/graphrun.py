@@ -29,6 +29,7 @@ lease, a cancel by a person and a stopping worker cut or hand back every call at
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -67,7 +68,7 @@ from tasks import metrics
 from tasks.agent import call_agent
 from tasks.commits import Answer
 from tasks.flight import BUSY_POLL_MS, Flight, Pilot, redacted
-from tasks.flow import BUSY
+from tasks.flow import BUSY, rate_window
 from tasks.signals import shutting_down
 
 log = logging.getLogger(__name__)
@@ -246,7 +247,16 @@ class _Run:
     headers: dict[str, asyncio.Future[tuple[dict[str, str], list[str]]]] = field(
         default_factory=dict
     )
-    called: bool = False  # a call of this claim reached the agent
+    called: bool = False
+    # A run never has more calls at once than its automation's concurrency limit, nor more
+    # calls asking Redis for a permit than its rate allows in a window: the others wait
+    # here, on the loop, without asking (a fan-out of 1,000 items does not poll 1,000 times).
+    slots: asyncio.Semaphore | contextlib.nullcontext[None] = field(
+        default_factory=contextlib.nullcontext
+    )
+    pollers: asyncio.Semaphore | contextlib.nullcontext[None] = field(
+        default_factory=contextlib.nullcontext
+    )  # a call of this claim reached the agent
 
     def waiting(self, key: str) -> set[int]:
         return {
@@ -300,6 +310,10 @@ class GraphPilot(Pilot):
             rows = await self._db(partial(_graph_rows, claim.execution_id))
             numbers = {step.key: n for n, step in enumerate(graph.steps, start=1)}
             run = _Run(flight, graph, rebuild(graph, rows), numbers)
+            if claim.concurrency_limit is not None:
+                run.slots = asyncio.Semaphore(claim.concurrency_limit)
+            if claim.rate_limit_per_s is not None:
+                run.pollers = asyncio.Semaphore(rate_window(claim.rate_limit_per_s)[0])
             await self._drive(run)
         except asyncio.CancelledError:
             log.info("dropped execution %s: its lease was lost", claim.execution_id)
@@ -529,50 +543,11 @@ class GraphPilot(Pilot):
         while True:
             holder = f"{key}:{claim.attempt}:{tries}"
             call.phase = WAITING
-            if claim.flow_controlled:
-                await self._graph_permit(claim, holder, timeout_s)
-            call.phase = STARTING
-            try:
-                payload = graph_payload(claim, run, call)
-                request = stored_request(url, {**shown, "Idempotency-Key": key}, payload)
-                request["body"].pop(_NOT_STORED, None)
-                request["not_stored"] = [*request["not_stored"], _NOT_STORED]
-                start = runs.StepStart(
-                    claim, run.numbers[call.key], request, key=call.key, item=call.item
-                )
-                step_run_id = await self._retrying(partial(self.commits.start, start))
-                if step_run_id is None:
-                    run.events.put_nowait((call, None))
-                    return
-                try:
-                    headers, sent = await self._headers(run, call.key, shown, url)
-                except SecretUnreadable as exc:
-                    outcome = StepOutcome.failure(f"request headers: {exc}", 0, retryable=False)
-                    run.events.put_nowait((call, Answer(step_run_id, outcome)))
-                    return
-                sealed = claim.signing_secret
-                if claim.attempt == 1 and not run.called:  # the run's first call: its lateness
-                    run.called = True
-                    metrics.first_call(claim.trigger, claim.scheduled_for.timestamp(), time.time())
-                call.phase = CALLING
-                outcome = await call_agent(
-                    self.client,
-                    url,
-                    payload,
-                    idempotency_key=key,
-                    timeout_s=timeout_s,
-                    max_bytes=self.settings.max_response_bytes,
-                    signing_secret=None
-                    if sealed is None
-                    else self.settings.secret_box().open(sealed),
-                    extra_headers=headers,
-                )
-            finally:
-                if claim.concurrency_limit is not None:
-                    await asyncio.shield(self.flow.release(claim.automation_id, holder))
-            outcome = redacted(outcome, sent)
-            metrics.step_called(outcome)
-            answer = Answer(step_run_id, outcome)
+            async with run.slots:
+                answer = await self._try(run, call, holder, key, url, timeout_s, shown)
+            if answer is None:
+                return  # the run is no longer ours, or its headers cannot be had
+            outcome = answer.outcome
             if outcome.ok or not outcome.retryable or tries >= max_retries:
                 run.events.put_nowait((call, answer))
                 return
@@ -583,6 +558,63 @@ class GraphPilot(Pilot):
             tries += 1
             call.phase = WAITING
             await asyncio.sleep(delay_ms / 1000)
+
+    async def _try(
+        self,
+        run: _Run,
+        call: _Call,
+        holder: str,
+        key: str,
+        url: str,
+        timeout_s: int,
+        shown: dict[str, str],
+    ) -> Answer | None:
+        """One try of a call: its permit, its start, the agent's answer; None when the
+        coordinator has been told the call's end already."""
+        claim = run.flight.claim
+        if claim.flow_controlled:
+            async with run.pollers:
+                await self._graph_permit(claim, holder, timeout_s)
+        call.phase = STARTING
+        try:
+            payload = graph_payload(claim, run, call)
+            request = stored_request(url, {**shown, "Idempotency-Key": key}, payload)
+            request["body"].pop(_NOT_STORED, None)
+            request["not_stored"] = [*request["not_stored"], _NOT_STORED]
+            start = runs.StepStart(
+                claim, run.numbers[call.key], request, key=call.key, item=call.item
+            )
+            step_run_id = await self._retrying(partial(self.commits.start, start))
+            if step_run_id is None:
+                run.events.put_nowait((call, None))
+                return None
+            try:
+                headers, sent = await self._headers(run, call.key, shown, url)
+            except SecretUnreadable as exc:
+                outcome = StepOutcome.failure(f"request headers: {exc}", 0, retryable=False)
+                run.events.put_nowait((call, Answer(step_run_id, outcome)))
+                return None
+            sealed = claim.signing_secret
+            if claim.attempt == 1 and not run.called:  # the run's first call: its lateness
+                run.called = True
+                metrics.first_call(claim.trigger, claim.scheduled_for.timestamp(), time.time())
+            call.phase = CALLING
+            outcome = await call_agent(
+                self.client,
+                url,
+                payload,
+                idempotency_key=key,
+                timeout_s=timeout_s,
+                max_bytes=self.settings.max_response_bytes,
+                signing_secret=None if sealed is None else self.settings.secret_box().open(sealed),
+                extra_headers=headers,
+            )
+        finally:
+            if claim.concurrency_limit is not None:
+                await asyncio.shield(self.flow.release(claim.automation_id, holder))
+        outcome = redacted(outcome, sent)
+        metrics.step_called(outcome)
+        return Answer(step_run_id, outcome)
 
     async def _graph_permit(self, claim: runs.Claim, holder: str, timeout_s: int) -> None:
         """Wait on the loop until the automation's flow control admits this call."""

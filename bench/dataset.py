@@ -77,9 +77,9 @@ GENERATE = [
     ) AS x
     """,
     """
-    INSERT INTO step_runs (execution_id, step_number, attempt, status, request,
+    INSERT INTO step_runs (execution_id, step_number, step_key, attempt, status, request,
         response_status, response_body, error, started_at, finished_at, duration_ms)
-    SELECT e.id, n, 1,
+    SELECT e.id, n, 'step_' || n, 1,
         CASE WHEN e.status = 'failed' AND n = 2 THEN 'failed' ELSE 'succeeded' END,
         jsonb_build_object('url', 'http://127.0.0.1:9/agent', 'step_number', n,
             'execution_id', e.id),

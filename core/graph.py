@@ -157,6 +157,32 @@ def chain(steps: Sequence[Step]) -> Graph:
     )
 
 
+def is_graph(steps_data: Sequence[Any]) -> bool:
+    """Whether an automation's stored `steps` are a graph (its steps have keys) rather than
+    today's list of steps (name and message, no key: a chain)."""
+    return bool(steps_data) and isinstance(steps_data[0], dict) and "key" in steps_data[0]
+
+
+def graph_of(steps_data: Sequence[Any]) -> Graph:
+    """The graph of an automation's stored `steps` (its `steps` column): a list whose steps
+    have no key is today's linear automation, `chain`; one whose steps have keys is a graph
+    in the plain form (`to_data`).
+
+    A stored graph was checked whole at save (`parse_graph`), so it is trusted here: only the
+    fields' types are read again, and a step's templates, per-step settings and structure
+    are not checked a second time (a run would pay for it on every claim). A per-step
+    agent_url is still guarded at call time, by the worker's egress guard, as the
+    automation's. Stored data that is not even that (written around the save path) raises
+    ValidationFailed naming the step."""
+    if not is_graph(steps_data):
+        return chain([Step(str(step["name"]), str(step["message"])) for step in steps_data])
+    problems = _Problems()
+    steps = [_step(number, item, problems) for number, item in enumerate(steps_data, start=1)]
+    if problems.errors:
+        raise ValidationFailed(problems.errors)
+    return Graph(tuple(step for step in steps if step is not None))
+
+
 # --- the plain form (YAML, the API) ----------------------------------------------------------
 
 _FIELDS = tuple(f.name for f in dataclasses.fields(GraphStep))  # the plain form's, in order

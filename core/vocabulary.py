@@ -35,7 +35,8 @@ class StepStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-    CANCELLED = "cancelled"  # cut at the agent when a person cancelled its run
+    CANCELLED = "cancelled"  # cut at the agent when a person cancelled its run, or never started
+    SKIPPED = "skipped"  # a graph's step left out by its condition (no call; the reason in error)
 
 
 class StepState(StrEnum):

@@ -464,12 +464,20 @@ class Execution(Base):
     )
 
 
+def _chain_key(context: Any) -> str:
+    return f"step_{context.get_current_parameters()['step_number']}"
+
+
 class StepRun(Base):
     __tablename__ = "step_runs"
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     execution_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("executions.id", ondelete="CASCADE"))
     step_number: Mapped[int] = mapped_column(Integer)
+    # The step's key in its automation's graph (`core.graph`); a chain's: step_<number>.
+    # Rows inserted through the model without one (tests, tools) get their chain step's key.
+    step_key: Mapped[str] = mapped_column(Text, default=_chain_key)
+    item: Mapped[int | None] = mapped_column(Integer)  # a fan-out's item (its index), else None
     attempt: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(MAX_WORD))
     request: Mapped[dict[str, Any]] = mapped_column(JSONB)

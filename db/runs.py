@@ -241,7 +241,7 @@ _START_STEPS = text(
     WITH u AS (
         SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS u (execution_id uuid,
             attempt int, step int, request json, trace_id text, f_id bigint, f_status text,
-            f_code int, f_body text, f_error text, f_ms int)
+            f_code int, f_body text, f_error text, f_ms int, key text, item int)
     ), finished AS ({_FINISH_STEPS_OF_U}), renewed AS (
         UPDATE executions e
         SET current_step = u.step, lease_expires_at = now() + make_interval(secs => :lease_s),
@@ -251,30 +251,37 @@ _START_STEPS = text(
           AND e.attempt = u.attempt
         RETURNING e.id
     )
-    INSERT INTO step_runs (execution_id, step_number, attempt, status, request)
-    SELECT u.execution_id, u.step, u.attempt, '{StepStatus.RUNNING}', CAST(u.request AS jsonb)
+    INSERT INTO step_runs (execution_id, step_number, step_key, item, attempt, status, request)
+    SELECT u.execution_id, u.step, COALESCE(u.key, 'step_' || u.step), u.item, u.attempt,
+        '{StepStatus.RUNNING}', CAST(u.request AS jsonb)
     FROM u JOIN renewed r ON r.id = u.execution_id
-    RETURNING execution_id, id
+    RETURNING execution_id, step_key, item, id
     """
 )
 
 
 @dataclass(frozen=True)
 class StepStart:
-    """A step to record as running, with the previous step's answer to store first."""
+    """A step to record as running, with the previous step's answer to store first.
+
+    A chain's step leaves `key` None (its key is `step_<number>`); a graph's names its key
+    and, for an item of a fan-out, the item's index."""
 
     claim: Claim
     step_number: int
     request: dict[str, Any]
     finished: tuple[int, StepOutcome] | None = None
     trace_id: str | None = None
+    key: str | None = None
+    item: int | None = None
 
 
 def start_steps(session: Session, starts: list[StepStart], *, lease_s: int) -> list[int | None]:
     """Store each start's `finished` (the previous step's answer), renew its run's lease
     for one step and record the step as running, all in one statement; per start, the
-    new step run's id, or None where its run is no longer this claim's. A run has one
-    start in a batch at most (it waits for each write before its next)."""
+    new step run's id, or None where its run is no longer this claim's. A chain's run has
+    one start in a batch at most (it waits for each write before its next); a graph's may
+    have several, one per step (or item) at most."""
     rows = session.execute(
         _START_STEPS,
         {
@@ -286,16 +293,26 @@ def start_steps(session: Session, starts: list[StepStart], *, lease_s: int) -> l
                     "request": start.request,
                     "trace_id": start.trace_id,
                     **_finished(start.finished),
+                    **({} if start.key is None else {"key": start.key, "item": start.item}),
                 }
                 for start in starts
             ),
             "lease_s": lease_s,
         },
     )
-    started: dict[uuid.UUID, int] = {
-        execution_id: step_run_id for execution_id, step_run_id in rows
+    started = {
+        (execution_id, key, item): step_run_id for execution_id, key, item, step_run_id in rows
     }
-    return [started.get(start.claim.execution_id) for start in starts]
+    return [
+        started.get(
+            (
+                start.claim.execution_id,
+                f"step_{start.step_number}" if start.key is None else start.key,
+                start.item,
+            )
+        )
+        for start in starts
+    ]
 
 
 _FINISH_STEP_ALONE = text(_FINISH_STEP).bindparams(*_FINISHED_TYPES)
@@ -557,3 +574,142 @@ def failure_of(session: Session, execution_id: uuid.UUID) -> str | None:
             Execution.id == execution_id, Execution.status == ExecutionStatus.FAILED
         )
     )
+
+
+# --- a graph's own rows (tasks/graphrun.py) ---------------------------------------------------
+
+# A graph run's step runs as its engine rebuilds them at a claim: every row in order (the
+# latest row of a step key and item says where that call stands), read through
+# `ix_step_runs_execution`. `items` is the list a fan-out's own row (item null) recorded.
+_GRAPH_ROWS = text(
+    """
+    SELECT id, step_key, item, status, response_body, error,
+        CASE WHEN item IS NULL THEN request -> 'items' END AS items
+    FROM step_runs WHERE execution_id = :execution_id ORDER BY id
+    """
+)
+
+
+def graph_rows(session: Session, execution_id: uuid.UUID) -> list[Any]:
+    """A graph run's step runs, oldest first (id, step_key, item, status, response_body,
+    error, items)."""
+    return list(session.execute(_GRAPH_ROWS, {"execution_id": execution_id}).all())
+
+
+@dataclass(frozen=True)
+class StepMark:
+    """A step run a graph's engine records without a call: a step skipped, cancelled or failed
+    before any call (its reason in `error`), or a fan-out's own row (running while its items
+    run: `request` holds the items)."""
+
+    step_number: int
+    key: str
+    status: StepStatus
+    error: str | None = None
+    item: int | None = None
+    request: dict[str, Any] = field(default_factory=dict)
+    body: str | None = None
+
+
+@dataclass(frozen=True)
+class StepClose:
+    """A fan-out's own row ended: its status, the list of its items' outputs (JSON) or why."""
+
+    step_run_id: int
+    status: StepStatus
+    body: str | None = None
+    error: str | None = None
+
+
+_INSERT_MARKS = text(
+    f"""
+    INSERT INTO step_runs (execution_id, step_number, step_key, item, attempt, status, request,
+        error, response_body, finished_at)
+    SELECT :execution_id, u.step, u.key, u.item, :attempt, u.status, CAST(u.request AS jsonb),
+        u.error, u.body, CASE WHEN u.status = '{StepStatus.RUNNING}' THEN NULL ELSE now() END
+    FROM json_to_recordset(CAST(:rows AS json)) AS u (step int, key text, item int,
+        status text, request json, error text, body text)
+    RETURNING step_key, item, id
+    """
+)
+_CLOSE_STEPS = text(
+    f"""
+    UPDATE step_runs s SET status = u.status, response_body = u.body, error = u.error,
+        finished_at = now(), duration_ms = (extract(epoch FROM now() - s.started_at) * 1000)::int
+    FROM json_to_recordset(CAST(:rows AS json)) AS u (id bigint, status text, body text,
+        error text)
+    WHERE s.id = u.id AND s.status = '{StepStatus.RUNNING}'
+    """
+)
+_FINISH_STEPS = text(
+    f"""
+    WITH u AS (
+        SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS u (f_id bigint, f_status text,
+            f_code int, f_body text, f_error text, f_ms int)
+    ) {_FINISH_STEPS_OF_U}
+    """
+)
+
+
+def finish_steps(session: Session, finished: list[tuple[int, StepOutcome]]) -> None:
+    """Store answers, each only while its step run is still running (`_FINISH_STEP`), in one
+    statement."""
+    if finished:
+        session.execute(_FINISH_STEPS, {"rows": _rows(_finished(f) for f in finished)})
+
+
+def record_graph(
+    session: Session,
+    claim: Claim,
+    *,
+    lease_s: int,
+    answers: list[tuple[int, StepOutcome]],
+    marks: list[StepMark],
+    closes: list[StepClose],
+) -> dict[tuple[str, int | None], int] | None:
+    """One state change of a graph run: store its calls' answers (as a chain's, fenced on the
+    step run still running), then, if the run is still this claim's (`_fence`, its lease
+    renewed), record `marks` and `closes`. The ids of the rows `marks` made by (key, item);
+    None when the run is no longer this claim's (cancelled, taken over): nothing but the
+    answers was written."""
+    finish_steps(session, answers)
+    fenced = session.execute(
+        update(Execution)
+        .where(_fence(claim))
+        .values(lease_expires_at=func.now() + timedelta(seconds=lease_s))
+    )
+    if not rowcount(fenced):
+        return None
+    made: dict[tuple[str, int | None], int] = {}
+    if marks:
+        rows = session.execute(
+            _INSERT_MARKS,
+            {
+                "execution_id": claim.execution_id,
+                "attempt": claim.attempt,
+                "rows": _rows(
+                    {
+                        "step": m.step_number,
+                        "key": m.key,
+                        "item": m.item,
+                        "status": m.status,
+                        "request": m.request,
+                        "error": m.error,
+                        "body": m.body,
+                    }
+                    for m in marks
+                ),
+            },
+        )
+        made = {(key, item): step_run_id for key, item, step_run_id in rows}
+    if closes:
+        session.execute(
+            _CLOSE_STEPS,
+            {
+                "rows": _rows(
+                    {"id": c.step_run_id, "status": c.status, "body": c.body, "error": c.error}
+                    for c in closes
+                )
+            },
+        )
+    return made

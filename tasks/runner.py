@@ -10,7 +10,8 @@ coroutine ends (`dramatiq/asyncio.py`), which is the limit this removes.
 
 What Dramatiq did for a blocking actor is done explicitly, each in its module:
 slots and backpressure (`tasks/admission.py`); retries, dead letters and the
-hand-back at a graceful stop (`tasks/flight.py`); leases (`tasks/leases.py`); the
+hand-back at a graceful stop (`tasks/flight.py`; a graph's steps side by side:
+`tasks/graphrun.py`); leases (`tasks/leases.py`); the
 worker's boot and stop (`tasks/lifecycle.py`). Claims and step writes of all runs
 in flight are committed in groups on a small pool of threads (`tasks/commits.py`):
 the loop never blocks on Postgres.
@@ -22,7 +23,9 @@ import asyncio
 import threading
 import time
 import uuid
+from typing import Any
 
+from core.graph import is_graph
 from core.settings import Settings
 from core.vocabulary import Admission
 from tasks import tracing
@@ -31,6 +34,7 @@ from tasks.agent import AgentClient
 from tasks.commits import GroupCommits
 from tasks.flight import Flight, Pilot
 from tasks.flow import FlowControl
+from tasks.graphrun import GraphPilot
 from tasks.leases import Leases
 from tasks.send import Send
 
@@ -57,15 +61,17 @@ class Runner:
         self.thread.start()
         # Made on the loop that uses it (an aiohttp session belongs to one loop).
         self.client = asyncio.run_coroutine_threadsafe(self._client(), self.loop).result(10)
-        self.pilot = Pilot(
-            settings=settings,
-            send=send,
-            commits=self.commits,
-            flow=self.flow,
-            client=self.client,
-            lease_until=lambda: self.leases.until,
-            tracing=self.tracing,
-        )
+        flying: dict[str, Any] = {
+            "settings": settings,
+            "send": send,
+            "commits": self.commits,
+            "flow": self.flow,
+            "client": self.client,
+            "lease_until": lambda: self.leases.until,
+            "tracing": self.tracing,
+        }
+        self.pilot = Pilot(**flying)  # chains: today's linear automations
+        self.graphs = GraphPilot(**flying)  # graphs: steps with keys (tasks/graphrun.py)
 
     # --- called from Dramatiq's threads ------------------------------------------
 
@@ -109,6 +115,7 @@ class Runner:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         self.commits.close()
+        self.graphs.templates.shutdown(wait=False)
         if self.tracing is not None:
             self.tracing.shutdown()  # sends the spans still batched
 
@@ -142,7 +149,8 @@ class Runner:
         with self.counting:
             self.held += 1
             self.idle.clear()
-        flight.task = asyncio.create_task(self.pilot.fly(flight))
+        pilot = self.graphs if is_graph(flight.claim.steps) else self.pilot
+        flight.task = asyncio.create_task(pilot.fly(flight))
         self.flights[flight.claim.execution_id] = flight
         flight.task.add_done_callback(lambda _: self._ended(flight))
 

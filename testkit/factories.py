@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 
 from core.access import DEFAULT_WORKSPACE_ID, Actor
 from core.automation import AutomationInput, Step
@@ -83,6 +83,20 @@ def _unit(actor: Actor, permission: Permission) -> Iterator[Unit]:
 def make_automation(*, actor: Actor = ADMIN, **overrides: Any) -> uuid.UUID:
     with _unit(actor, Permission.EDIT) as unit:
         return automations.create_in(unit, automation_input(**overrides)).id
+
+
+def make_graph(steps: list[dict[str, Any]], *, actor: Actor = ADMIN, **overrides: Any) -> uuid.UUID:
+    """An automation whose steps are the graph `steps` (the plain form, `core.graph.to_data`),
+    checked as a save checks it (`parse_graph`) and stored as given."""
+    from core.graph import parse_graph
+
+    parse_graph(steps, egress=get_settings().egress_policy())
+    automation_id = make_automation(actor=actor, steps=1, **overrides)
+    with session_scope() as session:
+        session.execute(
+            update(Automation).where(Automation.id == automation_id).values(steps=steps)
+        )
+    return automation_id
 
 
 def make_schedule(automation_id: uuid.UUID, *, actor: Actor = ADMIN, **overrides: Any) -> uuid.UUID:

@@ -21,6 +21,8 @@ from core.graph import (
     call_key,
     chain,
     fan_out_state,
+    graph_of,
+    is_graph,
     items_of,
     items_to_cancel,
     items_to_start,
@@ -540,3 +542,22 @@ def test_a_retry_is_refused_while_the_run_runs_or_when_nothing_is_left() -> None
 def test_a_step_can_be_built_directly_and_its_needs_are_what_it_waits_for() -> None:
     step = GraphStep(key="j", message="m", needs=("a",), optional_needs=("b",))
     assert step.waits_for == ("a", "b")
+
+
+def test_graph_of_reads_a_stored_list_as_a_chain_and_a_keyed_one_as_its_graph() -> None:
+    # given today's stored steps (no keys) and a stored graph (keys)
+    linear = [{"name": "One", "message": "a {{ b }}"}, {"name": "Two", "message": "c"}]
+    keyed = [
+        {"key": "research", "message": "look {{ input.topic }}"},
+        {"key": "sum", "message": "sum", "needs": ["research"], "timeout_s": 9},
+    ]
+    # then the first is the chain of those steps, messages sent exactly as written
+    assert not is_graph(linear) and is_graph(keyed)
+    assert graph_of(linear) == chain([Step("One", "a {{ b }}"), Step("Two", "c")])
+    # and the second is the graph its plain form describes, read back losslessly
+    graph = graph_of(keyed)
+    assert [s.key for s in graph.order] == ["research", "sum"]
+    assert to_data(graph) == keyed
+    # and stored data not even of the right types is refused naming the step
+    with pytest.raises(ValidationFailed, match="step sum's needs must be a list"):
+        graph_of([{"key": "a", "message": "x"}, {"key": "sum", "message": "y", "needs": "a"}])

@@ -159,6 +159,21 @@ def chain(steps: Sequence[Step]) -> Graph:
 
 # --- the plain form (YAML, the API) ----------------------------------------------------------
 
+
+def graph_of(steps_data: Sequence[Mapping[str, Any]]) -> Graph:
+    """The graph of an automation's stored steps (`Automation.steps`): `chain` for a list
+    whose steps have no key (today's automations), else the plain form read back. What is
+    stored was checked whole at save (`parse_graph`); here only its fields' types are, and
+    ValidationFailed says what does not read."""
+    if not any(step.get("key") is not None for step in steps_data):
+        return chain([Step(step.get("name", ""), step.get("message", "")) for step in steps_data])
+    problems = _Problems()
+    steps = [_step(number, dict(item), problems) for number, item in enumerate(steps_data, 1)]
+    if problems.errors:
+        raise ValidationFailed(problems.errors)
+    return Graph(tuple(step for step in steps if step is not None))
+
+
 _FIELDS = tuple(f.name for f in dataclasses.fields(GraphStep))  # the plain form's, in order
 
 

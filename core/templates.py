@@ -487,6 +487,18 @@ def _refused_constructs(tree: nodes.Template) -> list[str]:
         problems.append("uses a recursive loop, which templates here do not allow")
     if any(f.name.startswith("_") for f in tree.find_all(nodes.Filter)):
         problems.append("uses a filter that is not available")
+    # What the sandbox refuses at render (`is_safe_attribute`), refused at save already when
+    # written plainly: a name starting with _ (`''.__class__`, `input['__class__']`).
+    read = [str(node.attr) for node in tree.find_all(nodes.Getattr)] + [
+        str(node.arg.value)
+        for node in tree.find_all(nodes.Getitem)
+        if isinstance(node.arg, nodes.Const)
+    ]
+    private = sorted({name for name in read if name.startswith("_")})
+    if private:
+        problems.append(
+            f"reads {', '.join(private)}: names starting with _ are not available in templates"
+        )
     return problems
 
 

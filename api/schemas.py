@@ -50,7 +50,7 @@ class Input(BaseModel):
 class StepIn(Input):
     """A step. Without a `key`, a step of a line (name and message, the message sent as
     written). With keys on every step, the automation is a graph: the other fields apply,
-    and messages are templates (docs/GRAPHS.md)."""
+    and messages are templates (README: Workflow graphs)."""
 
     name: str = ""
     message: str = Field(
@@ -110,14 +110,6 @@ class AutomationIn(Input):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {
-                    "name": "Nightly report",
-                    "agent_url": "https://agent.example.com/run",
-                    "steps": [
-                        {"name": "gather", "message": "Gather yesterday's numbers"},
-                        {"name": "write", "message": "Write the report"},
-                    ],
-                },
                 {
                     "name": "Research brief",
                     "agent_url": "https://agent.example.com/run",

@@ -8,6 +8,7 @@ HTML label or an attribute. `states` colours the steps by where a run stands (th
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping
 
 import streamlit as st
@@ -15,7 +16,10 @@ import streamlit as st
 from core.graph import Graph, GraphStep
 from core.vocabulary import StepState
 
-MAX_LABEL = 40  # characters of a condition or a list shown on a node; the rest as …
+# A node's text is wrapped at LINE characters, MAX_LINES lines a text (the rest as …):
+# narrow nodes keep a graph legible on a phone, where the drawing is scaled to the screen.
+LINE = 26
+MAX_LINES = 2
 
 # Fill colours by state (pale, so the text stays readable on every theme).
 _FILL = {
@@ -35,21 +39,25 @@ def quoted(value: str) -> str:
     return '"' + escaped.replace("\r", "").replace("\n", "\\n") + '"'
 
 
-def _short(text: str) -> str:
-    one_line = " ".join(text.split())
-    return one_line if len(one_line) <= MAX_LABEL else one_line[: MAX_LABEL - 1] + "…"
+def _wrapped(text: str) -> list[str]:
+    lines = textwrap.wrap(" ".join(text.split()), LINE, break_on_hyphens=False) or [""]
+    if len(lines) > MAX_LINES:
+        lines = [*lines[: MAX_LINES - 1], lines[MAX_LINES - 1][: LINE - 1] + "…"]
+    return lines
 
 
 def label(step: GraphStep) -> str:
     """What a node says: its name (else its key), its key when it has a name, then `if …`
-    for a condition and `for each …` for a fan-out."""
-    lines = [_short(step.name) if step.name else step.key]
+    for a condition and `for each in …` for a fan-out (the expression on its own lines when
+    it is long)."""
+    lines = _wrapped(step.name) if step.name else [step.key]
     if step.name:
         lines.append(f"[{step.key}]")
-    if step.when is not None:
-        lines.append(f"if {_short(step.when)}")
-    if step.for_each is not None:
-        lines.append(f"for each in {_short(step.for_each)}")
+    for word, expression in (("if", step.when), ("for each in", step.for_each)):
+        if expression is None:
+            continue
+        said = _wrapped(f"{word} {expression}")
+        lines += said if len(said) == 1 else [word, *_wrapped(expression)]
     return "\n".join(lines)
 
 
@@ -90,7 +98,7 @@ def dot(graph: Graph, states: Mapping[str, StepState] | None = None) -> str:
 
 def show(graph: Graph, states: Mapping[str, StepState] | None = None) -> None:
     """The graph, as wide as it needs (never wider than the page), with a key to its marks."""
-    st.graphviz_chart(dot(graph, states), width="stretch")
+    st.graphviz_chart(dot(graph, states), width="content")
     st.caption(
         "Arrows point from a step to the steps that need it; a dashed arrow is an optional "
         "need (its skip does not skip the step). A dashed box runs only `if` its condition "

@@ -75,7 +75,7 @@ def test_the_graph_view_draws_every_step_and_need_within_the_screen(
         # and the texts are as typed (a tag in a name is text, not markup)
         for text in ("Plan the research", "Check the plan <b>now</b>", "if input.strict"):
             assert text in drawn["text"], drawn["text"]
-        assert "for each in steps.plan.output.sources" in drawn["text"]
+        assert "for each in|steps.plan.output.sources" in drawn["text"]
         # and the drawing stays within the screen
         assert drawn["x"] >= 0 and drawn["x"] + drawn["w"] <= size["width"], drawn
         chart = page.locator('[data-testid="stGraphVizChart"]')

@@ -58,7 +58,7 @@ def test_the_page_draws_a_graphs_steps_needs_conditions_and_fan_outs() -> None:
     # then the graph is drawn: a node per step, named, an edge per need, the optional dashed
     [spec] = _charts(at)
     assert '"plan" [label="Plan the research\\n[plan]"' in spec
-    assert '"read" [label="read\\nfor each in steps.plan.output.sources", peripheries=2' in spec
+    assert '"read" [label="read\\nfor each in\\nsteps.plan.output.sources", peripheries=2' in spec
     assert '"check" [label="check\\nif input.strict", style="rounded,filled,dashed"]' in spec
     for edge in ('"plan" -> "read";', '"plan" -> "check";', '"read" -> "brief";'):
         assert edge in spec

@@ -156,13 +156,14 @@ def steps_of(data: Sequence[Mapping[str, Any]]) -> Steps:
     """An automation's steps from their plain form (the API's, a definitions file's, the
     editor's): a list whose steps have no `key` is a line of Steps, as always; one whose
     steps have keys is a graph, kept as given (its checks run at save). ValidationFailed
-    (steps) for a step of a line that sets a field only a graph's steps have."""
+    (steps) for a step of a line that sets a field only a graph's steps have (null or
+    empty: not set)."""
     if any(step.get("key") is not None for step in data):
         return tuple(dict(step) for step in data)
     errors = []
     for number, step in enumerate(data, start=1):
         extra = sorted(name for name, value in step.items() if name not in STEP_FIELDS)
-        given = [name for name in extra if step[name] is not None]
+        given = [name for name in extra if step[name] not in (None, [], {})]
         if given:
             errors.append(
                 FieldError(

@@ -106,7 +106,7 @@ REFUSALS = [
     ([{"key": "a", "message": "a"}, {"key": "a", "message": "b"}], "two steps have the key a"),
     (
         [{"key": "a", "message": "{{ ''.__class__ }}"}],
-        "step a's message reads __class__: names starting with _ are not available",
+        "step a's message reads __class__: Python's internal names (__x__) are not available",
     ),
     (
         [{"key": "a", "message": "{{ steps.b.output }}"}, {"key": "b", "message": "b"}],

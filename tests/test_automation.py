@@ -65,7 +65,11 @@ def test_a_graph_is_checked_whole_at_save_with_the_egress_policy() -> None:
         agent_url="https://agent.example.com/run",
         steps=steps_of(
             [
-                {"key": "a", "message": "{{ input['__x'] }}", "agent_url": "http://10.0.0.1/"},
+                {
+                    "key": "a",
+                    "message": "{{ input['__x__'] }} {{ input._id }} {{ input.__typename }}",
+                    "agent_url": "http://10.0.0.1/",
+                },
                 {"key": "b", "message": "b", "needs": ["b"]},
             ]
         ),
@@ -73,14 +77,23 @@ def test_a_graph_is_checked_whole_at_save_with_the_egress_policy() -> None:
     with pytest.raises(ValidationFailed) as refused:
         validate_automation(data, egress=EgressPolicy())
     assert [e.message for e in refused.value.errors] == ["step b needs itself"]
-    ok = steps_of([{"key": "a", "message": "{{ input['__x'] }}", "agent_url": "http://10.0.0.1/"}])
+    ok = steps_of(
+        [
+            {
+                "key": "a",
+                "message": "{{ input['__x__'] }} {{ input._id }} {{ input.__typename }}",
+                "agent_url": "http://10.0.0.1/",
+            }
+        ]
+    )
     with pytest.raises(ValidationFailed) as refused:
         validate_automation(
             AutomationInput(name="g", agent_url="https://agent.example.com/run", steps=ok),
             egress=EgressPolicy(),
         )
     assert [e.message for e in refused.value.errors] == [
-        "step a's message reads __x: names starting with _ are not available in templates",
+        "step a's message reads __x__: Python's internal names (__x__) are not available in "
+        "templates",
         "step a's agent_url is not allowed: 10.0.0.1 is an internal address (internal "
         "addresses are refused unless an administrator allows them with STEPWISE_AGENT_ALLOW)",
     ]

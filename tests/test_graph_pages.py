@@ -83,6 +83,10 @@ def test_a_graph_is_created_from_yaml() -> None:
     at.text_input(key="auto_new_agent_url").input("http://127.0.0.1:9/agent").run()
     at.toggle(key="auto_new_steps_as_yaml").set_value(True).run()
     at.text_area(key="auto_new_steps_yaml").input(yaml.safe_dump(GRAPH, sort_keys=False)).run()
+    # then, before any Save, the edited graph is drawn as a preview
+    assert [e.label for e in at.expander] == ["Preview of the edited graph (not saved yet)"]
+    [preview] = _charts(at)
+    assert '"read" -> "brief";' in preview
     at.button(key="auto_new_save").click().run()
     assert not at.exception, at.exception
     with session_scope() as session:
@@ -107,6 +111,7 @@ def test_each_problem_of_a_graph_is_shown_as_text_and_nothing_is_written() -> No
     ]
     before = table_snapshot()
     at.text_area(key="auto_new_steps_yaml").input(yaml.safe_dump(bad)).run()
+    assert _charts(at) == []  # no preview of a graph that does not pass its checks
     at.button(key="auto_new_save").click().run()
     assert not at.exception, at.exception
     # then the key that is no slug is named, characters as typed, in a source that escapes

@@ -9,9 +9,10 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core.automation import AutomationInput, Steps, redact_url, validate_automation
+from core.automation import AutomationInput, Steps, redact_url, steps_data, validate_automation
+from core.automation import is_graph as is_graph_steps
 from core.errors import StepwiseError, ValidationFailed
-from core.graph import graph_of
+from core.graph import Graph, graph_of, parse_graph
 from core.limits import (
     MAX_CONCURRENCY,
     MAX_NAME,
@@ -267,6 +268,20 @@ as_text = not as_yaml and st.toggle(
 )
 
 
+def preview_graph(text: str) -> Graph | None:
+    """The graph the YAML editor holds when it differs from the saved steps and every check
+    passes (None otherwise: its problems show under it once Save is pressed)."""
+    if text == forms.steps_yaml(base["steps"]):
+        return None
+    try:
+        steps = forms.parse_steps_yaml(text)
+        if not is_graph_steps(steps):
+            return None
+        return parse_graph(steps_data(steps), egress=get_settings().egress_policy())
+    except ValidationFailed:
+        return None
+
+
 @st.fragment
 def steps_table() -> None:
     """The step grid on its own: a cell edit reruns this table, not the whole page."""
@@ -310,6 +325,9 @@ if as_yaml:
         "  message: Summarise {{ item }}",
     )
     ui.field_error(errors, "steps")
+    if (edited := preview_graph(st.session_state.get(k + "steps_yaml", ""))) is not None:
+        with st.expander("Preview of the edited graph (not saved yet)", expanded=True):
+            graph_view.show(edited)
 elif as_text:
     st.text_area("Steps", value=forms.steps_text(base["steps"]), key=k + "steps_text", height=160)
     ui.field_error(errors, "steps")

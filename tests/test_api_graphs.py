@@ -185,3 +185,30 @@ def test_a_step_may_not_send_a_secret_to_an_origin_it_is_not_bound_to(
             "is sent)"
         ]
     assert writes() == before
+
+
+GRAPH_FIELDS = {
+    "key",
+    "needs",
+    "optional_needs",
+    "input",
+    "when",
+    "for_each",
+    "agent_url",
+    "timeout_s",
+    "max_retries",
+    "request_headers",
+}
+
+
+def test_the_openapi_schema_documents_a_graphs_step_fields(client: TestClient) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    step_in, step_out = schemas["StepIn"], schemas["StepOut"]
+    # every field of a graph's step, optional and described, in what is sent and answered
+    for schema in (step_in, step_out):
+        assert set(schema["properties"]) >= GRAPH_FIELDS, schema
+        assert set(schema["required"]) == {"message"}
+        assert all(schema["properties"][f].get("description") for f in GRAPH_FIELDS)
+    # and the automation's example is a graph, with a condition, a fan-out and a join
+    [example] = schemas["AutomationIn"]["examples"]
+    assert {"when", "for_each", "optional_needs"} <= {f for s in example["steps"] for f in s}

@@ -21,6 +21,10 @@ from db.queries import AutomationRow, ExecutionDetail, ExecutionRow, ScheduleRow
 from db.webhooks import WebhookInfo
 
 
+def _redacted(url: str | None) -> str | None:
+    return None if url is None else redact_url(url)
+
+
 class Out(BaseModel):
     """An answer built from a row (or an ORM object): its attributes are the fields."""
 
@@ -30,9 +34,34 @@ class Out(BaseModel):
 # --- automations ----------------------------------------------------------------------
 
 
+def _absent(value: Any) -> bool:
+    return value is None
+
+
+def _graph_field(description: str) -> Any:
+    """A field of a graph's step: left out of the answer when the step does not set it."""
+    return Field(default=None, description=description, exclude_if=_absent)
+
+
 class StepOut(Out):
-    name: str
+    """A step as saved: a line's `{name, message}`; a graph's in its plain form (the fields it
+    sets), as sent."""
+
+    name: str = ""
     message: str
+    key: str | None = _graph_field("the step's key (a graph's steps only)")
+    needs: list[str] | None = _graph_field("the keys it waits for")
+    optional_needs: list[str] | None = _graph_field("waited for; their skip does not skip it")
+    input: dict[str, Any] | None = _graph_field("the call's input template")
+    when: str | None = _graph_field("its condition")
+    for_each: str | None = _graph_field("the list it calls once per item of")
+    kind: str | None = _graph_field("`call`")
+    agent_url: Annotated[str | None, AfterValidator(_redacted)] = _graph_field(
+        "its own agent; secret-looking query values and passwords shown REDACTED"
+    )
+    timeout_s: int | None = _graph_field("its own timeout")
+    max_retries: int | None = _graph_field("its own retries")
+    request_headers: dict[str, str] | None = _graph_field("its own headers")
 
 
 # Built from an `AutomationRow` or the `Automation` model alike.

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import PydanticSerializationError
 
 from api.fields import enum_words, fields_from
-from core.automation import AutomationInput, Step
+from core.automation import AutomationInput, steps_of
 from core.limits import (
     MAX_INPUT_BYTES,
     MAX_NAME,
@@ -48,8 +48,51 @@ class Input(BaseModel):
 
 
 class StepIn(Input):
+    """A step. Without a `key`, a step of a line (name and message, the message sent as
+    written). With keys on every step, the automation is a graph: the other fields apply,
+    and messages are templates (README: Workflow graphs)."""
+
     name: str = ""
-    message: str
+    message: str = Field(
+        description="what the agent is asked; in a graph, a template over `input` and "
+        "`steps.<need>.output` (and `item`, `index` in a for_each)"
+    )
+    key: str | None = Field(
+        default=None,
+        description="the step's key in a graph (a slug, unique): every step has one, or none",
+        examples=["research"],
+    )
+    needs: list[str] | None = Field(
+        default=None, description="the keys this step waits for (none: a root)", examples=[["a"]]
+    )
+    optional_needs: list[str] | None = Field(
+        default=None,
+        description="waited for too, but their skip does not skip this step (output: null)",
+    )
+    input: dict[str, Any] | None = Field(
+        default=None,
+        description="the call's input, an object whose texts are templates (none: the run's)",
+        examples=[{"topic": "{{ input.topic }}"}],
+    )
+    when: str | None = Field(
+        default=None,
+        description="a condition (Jinja expression); false skips the step",
+        examples=["steps.classify.output.kind == 'bug'"],
+    )
+    for_each: str | None = Field(
+        default=None,
+        description="an expression giving a list: one call per item (at most 1,000)",
+        examples=["steps.research.output.sources"],
+    )
+    kind: str | None = Field(default=None, description="`call` (the default)")
+    agent_url: str | None = Field(
+        default=None, description="this step's agent (none: the automation's)"
+    )
+    timeout_s: Int32 | None = Field(default=None, description="none: the automation's")
+    max_retries: Int32 | None = Field(default=None, description="none: the automation's")
+    request_headers: dict[str, str] | None = Field(
+        default=None, description="this step's headers, in place of the automation's"
+    )
 
 
 @fields_from(
@@ -68,18 +111,37 @@ class AutomationIn(Input):
         json_schema_extra={
             "examples": [
                 {
-                    "name": "Nightly report",
+                    "name": "Research brief",
                     "agent_url": "https://agent.example.com/run",
                     "steps": [
-                        {"name": "gather", "message": "Gather yesterday's numbers"},
-                        {"name": "write", "message": "Write the report"},
+                        {"key": "plan", "message": "List sources on {{ input.topic }}"},
+                        {
+                            "key": "read",
+                            "needs": ["plan"],
+                            "for_each": "steps.plan.output.sources",
+                            "message": "Summarise {{ item }}",
+                        },
+                        {
+                            "key": "check",
+                            "needs": ["plan"],
+                            "when": "input.strict",
+                            "message": "Check {{ steps.plan.output }}",
+                        },
+                        {
+                            "key": "brief",
+                            "needs": ["read"],
+                            "optional_needs": ["check"],
+                            "message": "Write the brief from {{ steps.read.output }}",
+                        },
                     ],
-                }
+                },
             ]
         }
     )
 
-    steps: list[StepIn] = Field(description=f"1 to {MAX_STEPS} steps, run in order")
+    steps: list[StepIn] = Field(
+        description=f"1 to {MAX_STEPS} steps: without keys, run in order; with keys, a graph"
+    )
     request_headers: dict[str, str] = Field(
         default_factory=dict,
         description="sent with every call; credentials as {{ secret.NAME }} (workspace secrets)",
@@ -88,7 +150,7 @@ class AutomationIn(Input):
     def parsed(self, owner: str) -> AutomationInput:
         return AutomationInput(
             **self.model_dump(exclude={"steps", "request_headers"}),
-            steps=tuple(Step(s.name, s.message) for s in self.steps),
+            steps=steps_of([s.model_dump(exclude_none=True) for s in self.steps]),
             request_headers=tuple(self.request_headers.items()),
             owner_id=owner[:MAX_OWNER],
         )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from core.egress import EgressPolicy
@@ -37,11 +39,19 @@ class Step:
     message: str
 
 
+# A graph's step in its plain form (`core.graph.to_data`): an object with a `key`.
+PlainStep = Mapping[str, Any]
+# An automation's steps: a line of Steps (messages sent exactly as written), or a graph's
+# steps in their plain form, checked whole at save (`core.graph.parse_graph`).
+Steps = tuple[Step, ...] | tuple[PlainStep, ...]
+STEP_FIELDS = frozenset({"name", "message"})  # a step of a line: nothing else
+
+
 @dataclass(frozen=True)
 class AutomationInput:
     name: str
     agent_url: str
-    steps: tuple[Step, ...]
+    steps: Steps
     description: str = ""
     project_context: str = ""
     step_timeout_s: int = DEFAULT_STEP_TIMEOUT_S
@@ -137,13 +147,61 @@ def url_problem(url: str, egress: EgressPolicy) -> str | None:
     return None
 
 
-def _check_steps(steps: tuple[Step, ...]) -> list[FieldError]:
+def is_graph(steps: Steps) -> bool:
+    """Whether `steps` are a graph's (plain objects with keys), not a line of Steps."""
+    return any(not isinstance(step, Step) for step in steps)
+
+
+def steps_of(data: Sequence[Mapping[str, Any]]) -> Steps:
+    """An automation's steps from their plain form (the API's, a definitions file's, the
+    editor's): a list whose steps have no `key` is a line of Steps, as always; one whose
+    steps have keys is a graph, kept as given (its checks run at save). ValidationFailed
+    (steps) for a step of a line that sets a field only a graph's steps have (null or
+    empty: not set)."""
+    if any(step.get("key") is not None for step in data):
+        return tuple(dict(step) for step in data)
+    errors = []
+    for number, step in enumerate(data, start=1):
+        extra = sorted(name for name, value in step.items() if name not in STEP_FIELDS)
+        given = [name for name in extra if step[name] not in (None, [], {})]
+        if given:
+            errors.append(
+                FieldError(
+                    "steps",
+                    f"step {number} sets {', '.join(given)} but has no key: a step's key, "
+                    "needs, when, for_each and own settings make the automation a graph, "
+                    "where every step has a key",
+                )
+            )
+    if errors:
+        raise ValidationFailed(errors)
+    return tuple(Step(str(step.get("name") or ""), str(step.get("message") or "")) for step in data)
+
+
+def steps_data(steps: Steps) -> list[dict[str, Any]]:
+    """`steps` in their plain form, as `steps_of` reads them (a line's: name and message)."""
+    return [
+        {"name": step.name, "message": step.message} if isinstance(step, Step) else dict(step)
+        for step in steps
+    ]
+
+
+def _check_steps(steps: Steps, egress: EgressPolicy) -> list[FieldError]:
+    if is_graph(steps):
+        from core.graph import parse_graph  # the graph's checks read this module's
+
+        try:
+            parse_graph(steps_data(steps), egress=egress)
+        except ValidationFailed as refused:
+            return list(refused.errors)
+        return []
     if not steps:
         return [FieldError("steps", "add at least one step")]
     if len(steps) > MAX_STEPS:
         return [FieldError("steps", f"at most {MAX_STEPS} steps (got {len(steps)})")]
     errors = []
     for number, step in enumerate(steps, start=1):
+        assert isinstance(step, Step)  # a line's
         if not step.message.strip():
             errors.append(FieldError("steps", f"step {number} has no message"))
         elif len(step.message) > MAX_MESSAGE:
@@ -240,6 +298,8 @@ def _check_text(data: AutomationInput) -> list[FieldError]:
         ]
     )
     for number, step in enumerate(data.steps, start=1):
+        if not isinstance(step, Step):
+            continue  # a graph's step: `core.graph.parse_graph` checks its texts
         for part, text in (("name", step.name), ("message", step.message)):
             if not storable(text):
                 errors.append(FieldError("steps", f"step {number}'s {part} {UNSTORABLE}"))
@@ -274,7 +334,7 @@ def validate_automation(data: AutomationInput, *, egress: EgressPolicy) -> None:
             errors.append(FieldError(name, f"is longer than {MAX_TEXT} characters"))
     if (problem := url_problem(data.agent_url, egress)) is not None:
         errors.append(FieldError("agent_url", problem))
-    errors += _check_steps(data.steps)
+    errors += _check_steps(data.steps, egress)
     errors += [FieldError("request_headers", e) for e in header_problems(data.request_headers)]
     if not MIN_STEP_TIMEOUT_S <= data.step_timeout_s <= MAX_STEP_TIMEOUT_S:
         errors.append(

@@ -185,6 +185,7 @@ def graph_of(steps_data: Sequence[Any]) -> Graph:
 
 # --- the plain form (YAML, the API) ----------------------------------------------------------
 
+
 _FIELDS = tuple(f.name for f in dataclasses.fields(GraphStep))  # the plain form's, in order
 
 

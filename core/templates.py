@@ -487,6 +487,21 @@ def _refused_constructs(tree: nodes.Template) -> list[str]:
         problems.append("uses a recursive loop, which templates here do not allow")
     if any(f.name.startswith("_") for f in tree.find_all(nodes.Filter)):
         problems.append("uses a filter that is not available")
+    # The way out of a sandbox, refused at save already when written plainly: Python's own
+    # names, `__x__` (`''.__class__`, `input['__class__']`); the sandbox refuses them at
+    # render too (`is_safe_attribute`). A key of the data such as `_id` or `__typename`
+    # is no such name, and reads as the key it is.
+    read = [str(node.attr) for node in tree.find_all(nodes.Getattr)] + [
+        str(node.arg.value)
+        for node in tree.find_all(nodes.Getitem)
+        if isinstance(node.arg, nodes.Const)
+    ]
+    internal = sorted({name for name in read if re.fullmatch(r"__\w+__", name)})
+    if internal:
+        problems.append(
+            f"reads {', '.join(internal)}: Python's internal names (__x__) are not available "
+            "in templates"
+        )
     return problems
 
 

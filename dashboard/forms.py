@@ -9,7 +9,9 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from core.automation import AutomationInput, Step
+import yaml
+
+from core.automation import AutomationInput, Step, Steps, steps_of
 from core.cron import normalize_cron
 from core.errors import ValidationFailed
 from core.limits import DEFAULT_MAX_RETRIES, DEFAULT_STEP_TIMEOUT_S
@@ -201,7 +203,10 @@ def errors_by_field(exc: ValidationFailed) -> dict[str, str]:
     aliases = {"anchor": "start_at", "kind": "timing", "catchup_window_s": "catchup_window"}
     errors: dict[str, str] = {}
     for error in exc.errors:
-        errors.setdefault(aliases.get(error.field, error.field), error.message)
+        field = aliases.get(error.field, error.field)
+        if field == "steps" and field in errors:  # a graph's: every step's problem, a line each
+            errors[field] += "\n" + error.message
+        errors.setdefault(field, error.message)
     return errors
 
 
@@ -212,7 +217,7 @@ class AutomationForm:
 
     name: str = ""
     agent_url: str = ""
-    steps: tuple[Step, ...] = ()
+    steps: Steps = ()
     description: str = ""
     project_context: str = ""
     timeout: float = DEFAULT_STEP_TIMEOUT_S
@@ -248,6 +253,35 @@ def parse_steps_text(text: str) -> tuple[Step, ...]:
             name, message = f"Step {number}", line
         steps.append(Step(name.strip(), message.strip()))
     return tuple(steps)
+
+
+def parse_steps_yaml(text: str) -> Steps:
+    """The steps written as YAML: a list of step objects, as the API and a definitions file
+    take them (with keys, a graph). ValidationFailed (steps) when it is not such a list."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = "" if mark is None else f" (line {mark.line + 1}, column {mark.column + 1})"
+        problem = getattr(exc, "problem", None) or "it cannot be read"
+        raise ValidationFailed.single(
+            "steps", f"the YAML does not read: {problem}{where}"
+        ) from None
+    if data is None:
+        data = []
+    if not isinstance(data, list) or not all(isinstance(step, dict) for step in data):
+        raise ValidationFailed.single(
+            "steps", "the YAML must be a list of steps, each a mapping (- key: ..., message: ...)"
+        )
+    return steps_of(data)
+
+
+def steps_yaml(steps: list[dict[str, Any]]) -> str:
+    """Stored steps as the YAML editor shows them (a line's as name and message)."""
+    if not steps:
+        return ""
+    text: str = yaml.safe_dump(steps, sort_keys=False, allow_unicode=True, width=88)
+    return text
 
 
 def steps_text(steps: list[dict[str, str]]) -> str:

@@ -17,8 +17,16 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from core.access import Actor
-from core.automation import AutomationInput, redact_url, validate_automation
-from core.errors import NotFound, QuotaExceeded, ValidationFailed
+from core.automation import (
+    AutomationInput,
+    Step,
+    is_graph,
+    redact_url,
+    steps_data,
+    validate_automation,
+)
+from core.errors import FieldError, NotFound, QuotaExceeded, ValidationFailed
+from core.graph import graph_of, to_data
 from core.secrets import new_signing_secret, not_bound_message
 from core.settings import get_settings
 from core.vocabulary import CompletedReason, Permission
@@ -35,7 +43,7 @@ def automation_values(data: AutomationInput) -> dict[str, Any]:
         "name": data.name.strip(),
         "description": data.description,
         "agent_url": data.agent_url.strip(),
-        "steps": [{"name": s.name.strip(), "message": s.message} for s in data.steps],
+        "steps": stored_steps(data),
         "project_context": data.project_context,
         "step_timeout_s": data.step_timeout_s,
         "max_retries": data.max_retries,
@@ -45,6 +53,15 @@ def automation_values(data: AutomationInput) -> dict[str, Any]:
         "rate_limit_per_s": data.rate_limit_per_s,
         "urgent": data.urgent,
     }
+
+
+def stored_steps(data: AutomationInput) -> list[dict[str, Any]]:
+    """The steps as the `steps` column keeps them: a line's as `{name, message}`, a graph's
+    in its plain form (`core.graph.to_data`: the fields left at their defaults left out)."""
+    if is_graph(data.steps):
+        return to_data(graph_of(steps_data(data.steps)))
+    line = [s for s in data.steps if isinstance(s, Step)]
+    return [{"name": s.name.strip(), "message": s.message} for s in line]
 
 
 # Long texts are audited by size, not copied into every audit row.
@@ -112,13 +129,34 @@ def create_automation(session: Session, data: AutomationInput, *, actor: Actor) 
 
 
 def check_bound(session: Session, data: AutomationInput, *, actor: Actor) -> None:
-    """ValidationFailed (request_headers) if the headers name a workspace secret that may not
-    be sent to the agent URL: an admin binds each secret to the origins it may go to."""
-    refused = unbound_secrets(
-        session, actor.workspace_id, dict(data.request_headers), data.agent_url
-    )
+    """ValidationFailed if headers name a workspace secret that may not be sent to the URL
+    they go to: an admin binds each secret to the origins it may go to. The automation's
+    headers to its URL (request_headers), and each step of a graph's headers (its own, else
+    the automation's) to its URL (its own, else the automation's) (steps, naming it)."""
+    headers = dict(data.request_headers)
+    refused = unbound_secrets(session, actor.workspace_id, headers, data.agent_url)
     if refused:
         raise ValidationFailed.single("request_headers", not_bound_message(refused, data.agent_url))
+    if not is_graph(data.steps):
+        return
+    errors = []
+    for step in graph_of(steps_data(data.steps)).steps:
+        if step.agent_url is None and step.request_headers is None:
+            continue  # the automation's headers to its URL: checked above
+        url = step.agent_url or data.agent_url
+        sent = headers if step.request_headers is None else dict(step.request_headers)
+        if refused := unbound_secrets(session, actor.workspace_id, sent, url):
+            headers_of = "its" if step.request_headers is not None else "the automation's"
+            url_of = "its" if step.agent_url is not None else "the automation's"
+            errors.append(
+                FieldError(
+                    "steps",
+                    f"step {step.key} would send {headers_of} request_headers to {url_of} "
+                    f"agent_url: {not_bound_message(refused, url)}",
+                )
+            )
+    if errors:
+        raise ValidationFailed(errors)
 
 
 def live_automation(session: Session, automation_id: uuid.UUID, *, actor: Actor) -> Automation:

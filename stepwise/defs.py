@@ -30,7 +30,7 @@ import yaml
 from sqlalchemy.orm import Session
 
 from core.access import Actor
-from core.automation import AutomationInput, Step
+from core.automation import STEP_FIELDS, AutomationInput, steps_of
 from core.backfill import pause_note
 from core.errors import StepwiseError, ValidationFailed
 from core.limits import MAX_OUTPUT_DEPTH
@@ -228,11 +228,14 @@ def _automation_input(path: str, item: dict[str, Any]) -> AutomationInput:
     if not name:
         raise DefinitionError(_where(path, where, "name") + ": required")
     steps = item.get("steps") or []
-    if not isinstance(steps, list) or not all(
-        isinstance(s, dict) and set(s) <= {"name", "message"} and all(map(_text, s.values()))
-        for s in steps
-    ):
-        raise DefinitionError(_where(path, where, "steps") + ": a list of {name, message} texts")
+    if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
+        raise DefinitionError(_where(path, where, "steps") + ": a list of steps")
+    keyed = any(s.get("key") is not None for s in steps)
+    if not keyed and not all(set(s) <= STEP_FIELDS and all(map(_text, s.values())) for s in steps):
+        raise DefinitionError(
+            _where(path, where, "steps")
+            + ": a list of {name, message} texts, or a graph's steps, each with a key"
+        )
     values = {k: item[k] for k in AUTOMATION_FIELDS if k in item}
     headers = values.pop("request_headers", None) or {}
     if not isinstance(headers, dict) or not all(
@@ -243,12 +246,14 @@ def _automation_input(path: str, item: dict[str, Any]) -> AutomationInput:
     try:
         return AutomationInput(
             name=name,
-            steps=tuple(Step(s.get("name", ""), s.get("message", "")) for s in steps),
+            steps=steps_of(steps),
             request_headers=tuple((k, str(v)) for k, v in headers.items()),
             **values,
         )
     except TypeError as e:
         raise DefinitionError(_where(path, where) + f": {e}") from e
+    except ValidationFailed as e:
+        raise DefinitionError(_where(path, where) + f": {_said(e)}") from e
 
 
 def _notifications(path: str, where: str, item: dict[str, Any]) -> tuple[list[str], int]:
@@ -481,7 +486,10 @@ def export(session: Session, *, actor: Actor) -> str:
     for row in definitions.live_automations(session, actor=actor):
         automations.get_automation(session, row.id, actor=actor)  # role + workspace check
         item: dict[str, Any] = {"name": row.name}
-        item["steps"] = [{"name": s["name"], "message": s["message"]} for s in row.steps]
+        item["steps"] = [  # a line's as {name, message}, a graph's in its plain form
+            dict(s) if "key" in s else {"name": s["name"], "message": s["message"]}
+            for s in row.steps
+        ]
         for name in AUTOMATION_FIELDS:
             value = getattr(row, name)
             if value is not None:

@@ -447,3 +447,53 @@ def test_secret_origins_binds_a_secret_that_apply_then_respects(
     assert cli("secret-origins", "AGENT_TOKEN", "ftp://x") == 2
     err = capsys.readouterr().err
     assert "no secret named NOPE" in err and "origins" in err
+
+
+def _readme_graph() -> str:
+    """The README's graph example (under "Workflow graphs"), as a definitions file."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Workflow graphs", 1)[1]
+    return section.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_graph_applies_and_round_trips_as_no_change(tmp_path: Path, capsys: Any) -> None:
+    # given the README's graph: a root, two steps after it (one a fan-out, one with a
+    # condition) and a join
+    path, out = tmp_path / "graph.yaml", tmp_path / "out.yaml"
+    path.write_text(_readme_graph())
+    written = yaml.safe_load(path.read_text())["automations"][0]["steps"]
+    assert [s["key"] for s in written] == ["plan", "read", "check", "brief"]
+    assert any("for_each" in s for s in written) and any("when" in s for s in written)
+    # when it is applied, then it is saved as a graph, in its plain form, as written
+    assert cli("apply", "-f", str(path)) == 0
+    with session_scope() as s:
+        assert s.scalars(select(Automation.steps)).one() == written
+    # and exported, the export writes the steps as written; applied again, nothing changes
+    assert cli("export-defs", "-o", str(out)) == 0
+    assert yaml.safe_load(out.read_text())["automations"][0]["steps"] == written
+    capsys.readouterr()
+    before = table_snapshot()
+    assert cli("apply", "-f", str(out)) == 0
+    assert cli("apply", "-f", str(path)) == 0
+    assert capsys.readouterr().out.endswith("no changes\nno changes\n")
+    assert table_snapshot() == before
+    # and an edit of one step's field is that change, and only it
+    edited = path.read_text().replace("timeout_s: 120", "timeout_s: 60")
+    path.write_text(edited)
+    assert cli("apply", "-f", str(path)) == 0
+    with session_scope() as s:
+        steps = s.scalars(select(Automation.steps)).one()
+    assert steps[1]["timeout_s"] == 60 and steps[:1] + steps[2:] == written[:1] + written[2:]
+
+
+def test_a_bad_graph_in_a_file_names_the_automation_and_the_step_and_writes_nothing(
+    tmp_path: Path, capsys: Any
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(_readme_graph().replace("needs: [read]", "needs: [read, nowhere]", 1))
+    before = table_snapshot()
+    assert cli("apply", "-f", str(path)) != 0
+    said = capsys.readouterr().err
+    assert "automation 'Research brief'" in said
+    assert "steps: step brief needs nowhere, which is not a step" in said
+    assert table_snapshot() == before

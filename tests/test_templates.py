@@ -356,3 +356,21 @@ def test_a_literal_renders_to_its_text_exactly(text: str) -> None:
 
 def test_a_literal_of_plain_text_is_the_text() -> None:
     assert literal("Summarise the news.\n") == "Summarise the news.\n"
+
+
+def test_pythons_internal_names_are_refused_at_save_and_keys_with_underscores_are_data() -> None:
+    # the way out of the sandbox is refused when the template is saved, not only at render
+    assert template_problems(
+        "{{ ''.__class__.__mro__ }} {{ input['__globals__'] }}",
+        expression=False,
+        steps=(),
+        names={"input"},
+    ) == [
+        "reads __class__, __globals__, __mro__: Python's internal names (__x__) are not "
+        "available in templates"
+    ]
+    assert template_problems("input.__class__", expression=True, steps=(), names={"input"})
+    # while keys of the data that start with _ are saved and read as the keys they are
+    source = "{{ input._id }} {{ input.__typename }}"
+    assert template_problems(source, expression=False, steps=(), names={"input"}) == []
+    assert render_text(source, {"input": {"_id": 7, "__typename": "Order"}}, what="t") == "7 Order"

@@ -9,8 +9,10 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core.automation import AutomationInput, Step, redact_url, validate_automation
+from core.automation import AutomationInput, Steps, redact_url, steps_data, validate_automation
+from core.automation import is_graph as is_graph_steps
 from core.errors import StepwiseError, ValidationFailed
+from core.graph import Graph, graph_of, parse_graph
 from core.limits import (
     MAX_CONCURRENCY,
     MAX_NAME,
@@ -23,7 +25,7 @@ from core.limits import (
 from core.run_input import parse_run_input
 from core.settings import get_settings
 from core.vocabulary import OPEN_STATUSES, Permission
-from dashboard import forms, notifications, ui
+from dashboard import forms, graph_view, notifications, ui
 from dashboard.webhook import webhook_section
 from db import queries
 from db.queries import ExecutionFilters
@@ -122,6 +124,7 @@ def defaults(row: queries.AutomationRow | None) -> dict[str, Any]:
 
 
 base = defaults(current)
+is_graph = any("key" in step for step in base["steps"])
 # Errors as of the last Save; once a Save has failed, the form is checked again on every
 # change (as the schedule dialog checks as you type): a message goes as soon as its
 # field is fixed. `live_errors` below replaces this once the inputs are drawn.
@@ -131,8 +134,11 @@ STEP_ROWS = k + "steps_rows"  # the step table's rows as last edited (read by Sa
 
 def form_input() -> AutomationInput:
     s = st.session_state
-    if s.get(k + "steps_as_text"):
-        steps: tuple[Step, ...] = forms.parse_steps_text(s[k + "steps_text"])
+    steps: Steps
+    if s.get(k + "steps_as_yaml", is_graph):
+        steps = forms.parse_steps_yaml(s.get(k + "steps_yaml", forms.steps_yaml(base["steps"])))
+    elif s.get(k + "steps_as_text"):
+        steps = forms.parse_steps_text(s[k + "steps_text"])
     else:
         steps = forms.steps_from_rows(s.get(STEP_ROWS, []))
     return forms.automation_input(
@@ -241,10 +247,39 @@ st.text_area(
 )
 ui.field_error(errors, "request_headers")
 
-st.markdown("**Steps**, sent to the agent in order")
-as_text = st.toggle(
+if current is not None:
+    st.markdown("**Graph**" if is_graph else "**Steps**, in order")
+    graph_view.show(graph_of(current.steps))
+
+st.markdown("**Steps**" if is_graph else "**Steps**, sent to the agent in order")
+as_yaml = st.toggle(
+    "Edit steps as YAML (a graph: key, needs, optional_needs, when, for_each, input, "
+    "agent_url, timeout_s, max_retries, request_headers)",
+    value=is_graph,
+    key=k + "steps_as_yaml",
+    help=(
+        "Steps with a `key` make a graph: each runs once the steps it `needs` have, and its "
+        "message is a template over `{{ input }}` and `{{ steps.KEY.output }}` of its needs. "
+        "Without keys, the steps run in order and messages are sent as written."
+    ),
+)
+as_text = not as_yaml and st.toggle(
     "Edit steps as text (one step per line: `name | message`)", key=k + "steps_as_text"
 )
+
+
+def preview_graph(text: str) -> Graph | None:
+    """The graph the YAML editor holds when it differs from the saved steps and every check
+    passes (None otherwise: its problems show under it once Save is pressed)."""
+    if text == forms.steps_yaml(base["steps"]):
+        return None
+    try:
+        steps = forms.parse_steps_yaml(text)
+        if not is_graph_steps(steps):
+            return None
+        return parse_graph(steps_data(steps), egress=get_settings().egress_policy())
+    except ValidationFailed:
+        return None
 
 
 @st.fragment
@@ -274,7 +309,26 @@ def steps_table() -> None:
         ui.field_error(live_errors(), "steps")
 
 
-if as_text:
+if is_graph and not as_yaml:
+    st.warning(
+        "This automation is a graph: the table and the text lines have no keys, needs or "
+        "conditions, and saving from them makes it a line of steps run in order."
+    )
+if as_yaml:
+    st.text_area(
+        "Steps (YAML)",
+        value=forms.steps_yaml(base["steps"]),
+        key=k + "steps_yaml",
+        height=320,
+        placeholder="- key: plan\n  message: List sources on {{ input.topic }}\n"
+        "- key: read\n  needs: [plan]\n  for_each: steps.plan.output.sources\n"
+        "  message: Summarise {{ item }}",
+    )
+    ui.field_error(errors, "steps")
+    if (edited := preview_graph(st.session_state.get(k + "steps_yaml", ""))) is not None:
+        with st.expander("Preview of the edited graph (not saved yet)", expanded=True):
+            graph_view.show(edited)
+elif as_text:
     st.text_area("Steps", value=forms.steps_text(base["steps"]), key=k + "steps_text", height=160)
     ui.field_error(errors, "steps")
 else:

@@ -1,0 +1,106 @@
+"""An automation's steps drawn as a graph (`st.graphviz_chart`): steps, needs, conditions, fan-outs.
+
+`dot` writes the DOT text, a pure function; `show` draws it. Every text of a step (its
+name, key, condition, list) reaches the drawing as a quoted DOT string with its quotes and
+backslashes escaped, so that it is shown as typed: never a DOT escape (`\\N`, `\\l`), an
+HTML label or an attribute. `states` colours the steps by where a run stands (the run page).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Mapping
+
+import streamlit as st
+
+from core.graph import Graph, GraphStep
+from core.vocabulary import StepState
+
+# A node's text is wrapped at LINE characters, MAX_LINES lines a text (the rest as …):
+# narrow nodes keep a graph legible on a phone, where the drawing is scaled to the screen.
+LINE = 26
+MAX_LINES = 2
+
+# Fill colours by state (pale, so the text stays readable on every theme).
+_FILL = {
+    StepState.PENDING: "#f1f3f5",
+    StepState.RUNNING: "#dbe4ff",
+    StepState.SUCCEEDED: "#d3f9d8",
+    StepState.FAILED: "#ffe3e3",
+    StepState.SKIPPED: "#fff3bf",
+    StepState.CANCELLED: "#e9ecef",
+}
+
+
+def quoted(value: str) -> str:
+    """`value` as a DOT string, shown literally: quotes and backslashes escaped, line breaks
+    as DOT's own (the only escape it keeps)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + escaped.replace("\r", "").replace("\n", "\\n") + '"'
+
+
+def _wrapped(text: str) -> list[str]:
+    lines = textwrap.wrap(" ".join(text.split()), LINE, break_on_hyphens=False) or [""]
+    if len(lines) > MAX_LINES:
+        lines = [*lines[: MAX_LINES - 1], lines[MAX_LINES - 1][: LINE - 1] + "…"]
+    return lines
+
+
+def label(step: GraphStep) -> str:
+    """What a node says: its name (else its key), its key when it has a name, then `if …`
+    for a condition and `for each in …` for a fan-out (the expression on its own lines when
+    it is long)."""
+    lines = _wrapped(step.name) if step.name else [step.key]
+    if step.name:
+        lines.append(f"[{step.key}]")
+    for word, expression in (("if", step.when), ("for each in", step.for_each)):
+        if expression is None:
+            continue
+        said = _wrapped(f"{word} {expression}")
+        lines += said if len(said) == 1 else [word, *_wrapped(expression)]
+    return "\n".join(lines)
+
+
+def dot(graph: Graph, states: Mapping[str, StepState] | None = None) -> str:
+    """The DOT text of `graph`: a node per step (a condition's dashed and marked `if`, a
+    fan-out's drawn as a stack and marked `for each`), an edge per need, dashed for an
+    optional one; each node filled by its state in `states` when given."""
+    out = [
+        "digraph steps {",
+        '  graph [rankdir=TB, nodesep=0.3, ranksep=0.4, bgcolor="transparent"];',
+        '  node [shape=box, style="rounded,filled", fillcolor="#f8f9fa", color="#495057",'
+        ' fontname="sans-serif", fontsize=11, margin="0.15,0.06"];',
+        '  edge [color="#495057", arrowsize=0.7];',
+    ]
+    for step in graph.steps:
+        attributes = [f"label={quoted(label(step))}"]
+        styles = ["rounded", "filled"]
+        if step.when is not None:
+            styles.append("dashed")
+        if step.for_each is not None:
+            attributes.append("peripheries=2")
+        attributes.append(f'style="{",".join(styles)}"')
+        if states is not None:
+            state = states.get(step.key, StepState.PENDING)
+            attributes.append(f'fillcolor="{_FILL[state]}"')
+            attributes.append(f"tooltip={quoted(f'{step.key}: {state}')}")
+        out.append(f"  {quoted(step.key)} [{', '.join(attributes)}];")
+    for step in graph.steps:
+        for need in step.needs:
+            out.append(f"  {quoted(need)} -> {quoted(step.key)};")
+        for need in step.optional_needs:
+            out.append(
+                f'  {quoted(need)} -> {quoted(step.key)} [style=dashed, tooltip="optional need"];'
+            )
+    out.append("}")
+    return "\n".join(out)
+
+
+def show(graph: Graph, states: Mapping[str, StepState] | None = None) -> None:
+    """The graph, as wide as it needs (never wider than the page), with a key to its marks."""
+    st.graphviz_chart(dot(graph, states), width="content")
+    st.caption(
+        "Arrows point from a step to the steps that need it; a dashed arrow is an optional "
+        "need (its skip does not skip the step). A dashed box runs only `if` its condition "
+        "holds; a doubled box calls the agent once per item (`for each`)."
+    )

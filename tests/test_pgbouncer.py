@@ -27,7 +27,6 @@ from testkit.pgbouncer import pgbouncer
 from testkit.processes import READY
 from testkit.waiting import wait_for
 
-pytestmark = pytest.mark.slow
 RUNS = 50
 
 
@@ -80,6 +79,7 @@ def test_prepared_statements_break_behind_pgbouncer_in_transaction_mode_unless_t
             repeated()
 
 
+@pytest.mark.slow
 def test_the_real_processes_run_through_pgbouncer_in_transaction_mode(
     procs: Any, agent: Any, database_url: str, tmp_path: Path
 ) -> None:

@@ -21,10 +21,10 @@ run: install
 	$(BIN)/stepwise run
 
 ## Debian's packages the tests drive (the browser tests' Chromium; Prometheus and promtool for
-## the metrics and alert-rule tests), installed when missing:
+## the metrics and alert-rule tests; PgBouncer for the transaction-mode tests), installed when missing:
 ## as root, or with sudo that asks no password. Elsewhere (not Debian, no root) nothing is
 ## installed and the tests that need a missing one are skipped, saying why in one line.
-DEBIAN_PACKAGES ?= chromium prometheus
+DEBIAN_PACKAGES ?= chromium prometheus pgbouncer
 packages:
 	@missing=""; \
 	for p in $(DEBIAN_PACKAGES); do \

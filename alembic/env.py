@@ -16,7 +16,11 @@ def run_migrations_online() -> None:
     url = config.attributes.get("url") or get_settings().database_url
     if not url:
         raise SystemExit("DATABASE_URL is not set: nothing to migrate")
-    engine = create_engine(url, poolclass=pool.NullPool)
+    engine = create_engine(
+        url,
+        poolclass=pool.NullPool,
+        connect_args={"prepare_threshold": get_settings().db_prepare_threshold},
+    )
     with engine.connect() as connection:
         context.configure(connection=connection, target_metadata=Base.metadata)
         with context.begin_transaction():

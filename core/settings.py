@@ -32,6 +32,10 @@ class Settings(BaseSettings):
 
     # Heroku names, no prefix. Empty means "start the embedded server" (run command only).
     database_url: str = Field(default="", validation_alias="DATABASE_URL")
+    # psycopg prepares a statement on a connection once it ran this many times there;
+    # None (empty or `none`): never. Off behind PgBouncer < 1.21 in transaction mode,
+    # where the next transaction may get another server connection (docs/SCALING.md).
+    db_prepare_threshold: int | None = Field(default=5, ge=0)
     redis_url: str = Field(default="", validation_alias="REDIS_URL")
 
     data_dir: Path = Path(".data")
@@ -138,6 +142,13 @@ class Settings(BaseSettings):
                 return "postgresql+psycopg://" + value[len(prefix) :]
         if value and not value.startswith("postgresql+psycopg://"):
             raise ValueError("must be a postgres:// or postgresql:// URL")
+        return value
+
+    @field_validator("db_prepare_threshold", mode="before")
+    @classmethod
+    def _never_prepare(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
+            return None
         return value
 
     @field_validator("agent_allow")

@@ -72,6 +72,7 @@ def get_engine() -> Engine:
             pool_size=settings.worker_threads + settings.worker_db_threads + 2,
             max_overflow=10,
             pool_recycle=1800,
+            connect_args={"prepare_threshold": settings.db_prepare_threshold},
         )
         _engine_pid = os.getpid()
         _factory = sessionmaker(_engine, expire_on_commit=False)

@@ -14,12 +14,27 @@ def test_heroku_postgres_urls_get_a_driver(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 @pytest.mark.parametrize(
+    ("value", "threshold"), [(None, 5), ("", None), ("none", None), (" None ", None), ("0", 0)]
+)
+def test_the_prepare_threshold_is_five_or_never(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, threshold: int | None
+) -> None:
+    # Behind PgBouncer < 1.21 in transaction mode psycopg must never prepare (empty / none).
+    monkeypatch.delenv("STEPWISE_DB_PREPARE_THRESHOLD", raising=False)
+    if value is not None:
+        monkeypatch.setenv("STEPWISE_DB_PREPARE_THRESHOLD", value)
+    assert Settings().db_prepare_threshold == threshold
+
+
+@pytest.mark.parametrize(
     ("variable", "value", "named"),
     [
         ("STEPWISE_WEB_PORT", "eighty", "STEPWISE_WEB_PORT"),
         ("STEPWISE_DISPATCH_HORIZON_S", "30", "STEPWISE_DISPATCH_HORIZON_S"),
         ("DATABASE_URL", "mysql://x/y", "DATABASE_URL"),
         ("REDIS_URL", "http://x", "REDIS_URL"),
+        ("STEPWISE_DB_PREPARE_THRESHOLD", "-1", "STEPWISE_DB_PREPARE_THRESHOLD"),
+        ("STEPWISE_DB_PREPARE_THRESHOLD", "never", "STEPWISE_DB_PREPARE_THRESHOLD"),
     ],
 )
 def test_bad_values_fail_naming_the_variable(

@@ -188,7 +188,7 @@ def run_bullmq(agent: Agent, *, servers: Servers, n: int, delay_ms: float) -> di
     out = subprocess.run(
         ["node", str(FLOWS / "flow.js"), "burst", "--n", str(n), "--cap-s", str(CAP_S)],
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,  # its JSON line; progress goes to stderr, shown
         text=True,
         check=True,
         timeout=300,

@@ -77,6 +77,8 @@ def graph_run() -> uuid.UUID:
                 "started_at": T0,
                 "finished_at": at(9),
                 "total_steps": len(GRAPH),
+                "attempt": 1,
+                "current_step": 4,
             }
         ],
     )
@@ -227,6 +229,8 @@ def test_a_graph_runs_page_draws_its_graph_by_state_lanes_and_each_step() -> Non
         "mail · cancelled",
     ]
     shown = texts(page)
+    # the header counts the steps by state, not by number
+    assert "**Steps** 2 succeeded · 1 failed · 1 skipped · 1 cancelled, of 5" in shown
     # the skip's and the never-started step's reasons, the failure as text
     assert "Skipped: its condition is false: input.strict" in shown
     assert "Cancelled: never started: the run ended" in shown
@@ -269,3 +273,64 @@ def test_the_run_grid_has_a_row_per_step_key_of_a_graph() -> None:
     assert grid.cells[(run, 4)] == "failed" and (run, 5) not in grid.cells
     page = open_view("executions")
     assert not page.exception, page.exception
+
+
+# --- in Chromium -----------------------------------------------------------------------------
+
+PAGE_JS = """
+() => {
+  const charts = [...document.querySelectorAll('[data-testid="stGraphVizChart"] svg')];
+  const box = e => { const r = e.getBoundingClientRect(); return [r.left, r.right]; };
+  return {graphs: charts.length,
+          nodes: charts.length ? charts[0].querySelectorAll('g.node').length : 0,
+          key: charts.length > 1 ? charts[1].querySelectorAll('g.node').length : 0,
+          boxes: [...charts, ...document.querySelectorAll('[data-testid="stVegaLiteChart"]')]
+                   .map(box),
+          scroll: document.documentElement.scrollWidth};
+}
+"""
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+@pytest.mark.usefixtures("db", "redis_client")
+@pytest.mark.parametrize(("kind", "width"), [("desktop", 1440), ("phone", 390)])
+def test_a_graph_runs_page_in_chromium_fits_the_screen(
+    dashboard_url: str, chromium: Any, kind: str, width: int
+) -> None:
+    from testkit.browser import DESKTOP, PHONE, no_exception, settle, shoot, window
+
+    run = graph_run()
+    size = DESKTOP if kind == "desktop" else PHONE
+    with window(chromium, viewport=size) as page:
+        page.goto(f"{dashboard_url}/execution?id={run}")
+        settle(page)
+        page.wait_for_selector('[data-testid="stGraphVizChart"] svg g.node')
+        page.wait_for_selector(
+            '[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg'
+        )
+        no_exception(page)
+        shoot(page, f"graph_run_{kind}_top")
+        page.locator('[data-testid="stGraphVizChart"]').nth(1).scroll_into_view_if_needed()
+        shoot(page, f"graph_run_{kind}_graph")
+        page.get_by_text("seconds since the run started").scroll_into_view_if_needed()
+        shoot(page, f"graph_run_{kind}_waterfall")
+        # when the fan-out's section is opened and its second item chosen
+        page.get_by_text("read · succeeded").click()
+        page.get_by_test_id("stSelectbox").first.click()
+        page.get_by_role("option", name="#1 · succeeded · 2 tries · 2.0 s").click()
+        settle(page)
+        page.get_by_text("Try 2 · succeeded").wait_for()
+        drawn = page.evaluate(PAGE_JS)
+        # then the graph (a node per step) and its key (a box per state) are drawn,
+        assert drawn["graphs"] == 2 and drawn["nodes"] == len(GRAPH), drawn
+        assert drawn["key"] == len(StepState), drawn
+        # everything within the screen, nothing to scroll sideways
+        for left, right in drawn["boxes"]:
+            assert left >= 0 and right <= width + 1, drawn
+        assert drawn["scroll"] <= width, drawn
+        # and the agent's answer is text on the page, never an element
+        assert page.locator("img[src=x]").count() == 0
+        assert page.get_by_text("<img src=x onerror=alert(1)> **shout**").count() >= 1
+        no_exception(page)
+        shoot(page, f"graph_run_{kind}_item")

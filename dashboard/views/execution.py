@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 
 import streamlit as st
@@ -62,7 +63,7 @@ def execution_page(execution_id: uuid.UUID, watching: bool) -> None:
         return
     if watching != (detail.execution.status in OPEN_STATUSES):
         st.rerun()  # it ended (or was retried): redraw at the new refresh rate
-    header(detail.execution)
+    header(detail.execution, graph_progress(detail))
     if detail.trace_id is not None:
         st.caption(f"Trace `{detail.trace_id}` (OpenTelemetry: find it in your tracing backend)")
     if ui.can(Permission.RUN):
@@ -73,7 +74,19 @@ def execution_page(execution_id: uuid.UUID, watching: bool) -> None:
     steps(detail)
 
 
-def header(execution: queries.ExecutionRow) -> None:
+def graph_progress(detail: queries.ExecutionDetail) -> str | None:
+    """A graph run's steps counted by state ("2 succeeded · 1 running, of 5"); None for a
+    chain (its steps are counted by number)."""
+    if detail.graph is None:
+        return None
+    ended = detail.execution.status not in OPEN_STATUSES
+    shown = shown_states(detail.graph, detail.steps, ended=ended).values()
+    counts = Counter(step.state for step in shown)
+    said = " · ".join(f"{counts[state]} {state}" for state in StepState if counts[state])
+    return f"{said}, of {len(detail.graph.steps)}"
+
+
+def header(execution: queries.ExecutionRow, progress: str | None = None) -> None:
     st.markdown(f"## {ui.text(execution.automation_name)} {ui.badge_md(execution.status)}")
     st.caption(
         f"Execution `{execution.id}` · {execution.trigger} · attempt {execution.attempt}"
@@ -81,7 +94,7 @@ def header(execution: queries.ExecutionRow) -> None:
     )
     # One line of facts rather than metric tiles: four tiles stack to a screen on a phone.
     st.markdown(
-        f"**Steps** {ui.text(execution.steps_done)}"
+        f"**Steps** {ui.text(progress or execution.steps_done)}"
         f" · **Duration** {ui.fmt_duration(elapsed(execution))}"
         f" · **Scheduled for** {ui.fmt_time(execution.scheduled_for)}"
     )

@@ -334,3 +334,64 @@ def test_a_graph_runs_page_in_chromium_fits_the_screen(
         assert page.get_by_text("<img src=x onerror=alert(1)> **shout**").count() >= 1
         no_exception(page)
         shoot(page, f"graph_run_{kind}_item")
+
+
+# --- a run by a real worker ----------------------------------------------------------------
+
+
+def test_a_graph_run_by_a_real_worker_is_shown_step_by_step(
+    db: None, redis_client: Any, agent: Any
+) -> None:
+    from db.runs import RunMessage
+    from stepwise.demo_agent import Reply
+    from tasks.send import send_run
+    from testkit.factories import make_execution
+    from testkit.processes import worker_in_process
+    from testkit.runs import ended
+
+    # given a graph: a root, a fan-out over the input's list beside a condition, and a join
+    automation = make_graph(
+        [
+            {"key": "plan", "message": "plan"},
+            {
+                "key": "read",
+                "needs": ["plan"],
+                "for_each": "input.sources",
+                "message": "read {{ item }}",
+            },
+            {"key": "check", "needs": ["plan"], "when": "input.strict", "message": "check"},
+            {"key": "brief", "needs": ["read"], "optional_needs": ["check"], "message": "brief"},
+        ],
+        agent_url=agent.url,
+    )
+    agent.responder = lambda call: Reply(200, {"said": "<b>hi</b> **there**"})
+    with worker_in_process(threads=2):
+        run = make_execution(automation, input={"sources": ["x", "y"], "strict": False})
+        send_run(RunMessage(run, 0))
+        assert ended(run, agent=agent).status == "succeeded"
+    # when its page opens
+    page = execution_page(run)
+    assert not page.exception, page.exception
+    # then each step is there with its state, the skip with its reason
+    labels = [e.label for e in page.expander if "·" in e.label]
+    assert labels == [
+        "plan · succeeded",
+        "read · succeeded",
+        "check · skipped",
+        "brief · succeeded",
+    ]
+    shown = texts(page)
+    assert "Skipped: its condition is false: input.strict" in shown
+    assert "**Steps** 3 succeeded · 1 skipped, of 4" in shown
+    # the fan-out's items are listed, the chosen one's answer as code
+    [items] = page.selectbox
+    assert [o.split(" · ")[:3] for o in items.options] == [
+        ["#0", "succeeded", "1 try"],
+        ["#1", "succeeded", "1 try"],
+    ]
+    items.set_value(1).run()
+    assert '"y"' in [c.value for c in page.code]
+    assert any("<b>hi</b> **there**" in c.value for c in page.code)
+    [chart] = page.get("vega_lite_chart")
+    for lane in ("plan", "read (all)", "read #0", "read #1", "brief"):
+        assert f'"{lane}"' in chart.proto.spec

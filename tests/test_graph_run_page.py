@@ -257,6 +257,7 @@ def test_each_item_of_a_fan_out_is_reachable_with_its_tries_as_text() -> None:
     assert any("<img src=x onerror=alert(1)> **shout**" in c for c in codes)
     shown = texts(page, bold=False)
     assert "Try 1 · failed" in shown and "Try 2 · succeeded" in shown
+    assert "read #1 · started 2026-03-01 12:00:03 UTC (+3.00 s) · took 2.0 s · HTTP 200" in shown
     assert "<img" not in "".join(str(m.value) for m in page.markdown)
 
 

@@ -271,7 +271,7 @@ def graph_step(
         return
     for number, s in enumerate(own, start=1):
         st.markdown(f"**Try {number}** · {s.status}")
-        attempt(s, zero)
+        attempt(s, zero, s.step_key)
 
 
 def fan_out(
@@ -301,17 +301,20 @@ def fan_out(
 
     index = st.selectbox("Item", range(count), format_func=said, key=key)
     if isinstance(listed, list) and index < len(listed):
-        st.markdown("**Item**")
+        st.markdown(f"**Item #{index}**, as its `for_each` listed it")
         st.code(json.dumps(listed[index], indent=2)[:20_000], language="json", wrap_lines=True)
     for number, s in enumerate(tries.get(index, []), start=1):
         st.markdown(f"**Try {number}** · {s.status}")
-        attempt(s, zero)
+        attempt(s, zero, waterfall.call_label(s))
 
 
-def attempt(s: queries.StepRunRow, zero: datetime) -> None:
+def attempt(s: queries.StepRunRow, zero: datetime, call: str | None = None) -> None:
+    """One try of a step: when, how long, its request and response; named by its step's
+    name (a chain) or by `call` (a graph's: its key, `#index` for a fan-out's item)."""
     took = None if s.duration_ms is None else s.duration_ms / 1000
+    named = ui.text(call if call is not None else s.step_name) or "Step"
     st.caption(
-        f"{ui.text(s.step_name) or 'Step'} · started {ui.fmt_time(s.started_at)} "
+        f"{named} · started {ui.fmt_time(s.started_at)} "
         f"(+{(s.started_at - zero).total_seconds():.2f} s) · took {ui.fmt_duration(took)} · "
         f"HTTP {s.response_status or '—'}"
     )

@@ -334,6 +334,7 @@ def test_a_graph_runs_page_in_chromium_fits_the_screen(
         assert page.locator("img[src=x]").count() == 0
         assert page.get_by_text("<img src=x onerror=alert(1)> **shout**").count() >= 1
         no_exception(page)
+        page.get_by_text("Try 2 · succeeded").scroll_into_view_if_needed()
         shoot(page, f"graph_run_{kind}_item")
 
 

@@ -656,3 +656,43 @@ def retry(graph: Graph, progress: Mapping[str, StepProgress]) -> Retry:
     if not again:
         raise InvalidState("every step succeeded or was skipped: there is nothing to retry")
     return Retry(tuple(again), items)
+
+
+# --- a run as the run page shows it ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShownStep:
+    """Where one step of a run stands as its page shows it, and why (skipped, cancelled or
+    failed)."""
+
+    state: StepState
+    reason: str | None = None
+
+
+def shown_states(graph: Graph, rows: Sequence[Any], *, ended: bool) -> dict[str, ShownStep]:
+    """Each step's state from a run's step runs (oldest first; each with `step_key`, `item`,
+    `status`, `error`): its latest own row (item None: the call, or a fan-out's own row),
+    else its items' latest rows. A step without a row is pending, or cancelled once the run
+    has `ended` (it never started)."""
+    own: dict[str, Any] = {}
+    items: dict[str, dict[int, Any]] = {}
+    for row in rows:
+        if row.item is None:
+            own[row.step_key] = row
+        else:
+            items.setdefault(row.step_key, {})[row.item] = row
+    found: dict[str, ShownStep] = {}
+    for step in graph.steps:
+        top = own.get(step.key)
+        if top is not None:
+            found[step.key] = ShownStep(StepState(top.status), top.error)
+        elif step.key in items:
+            latest = items[step.key]
+            state = fan_out_state([StepState(r.status) for r in latest.values()])
+            found[step.key] = ShownStep(state)
+        elif ended:
+            found[step.key] = ShownStep(StepState.CANCELLED, "never started: the run ended")
+        else:
+            found[step.key] = ShownStep(StepState.PENDING)
+    return found

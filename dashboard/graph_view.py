@@ -3,7 +3,8 @@
 `dot` writes the DOT text, a pure function; `show` draws it. Every text of a step (its
 name, key, condition, list) reaches the drawing as a quoted DOT string with its quotes and
 backslashes escaped, so that it is shown as typed: never a DOT escape (`\\N`, `\\l`), an
-HTML label or an attribute. `states` colours the steps by where a run stands (the run page).
+HTML label or an attribute. `states` colours the steps by where a run stands (the run page),
+`legend` is the key to those colours.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _FILL = {
     StepState.SUCCEEDED: "#d3f9d8",
     StepState.FAILED: "#ffe3e3",
     StepState.SKIPPED: "#fff3bf",
-    StepState.CANCELLED: "#e9ecef",
+    StepState.CANCELLED: "#ced4da",  # darker than pending: never started, and never will
 }
 
 
@@ -96,9 +97,34 @@ def dot(graph: Graph, states: Mapping[str, StepState] | None = None) -> str:
     return "\n".join(out)
 
 
+def legend() -> str:
+    """The DOT text of the key to `states`' colours: a box per state, in two rows of three
+    (narrow enough for a phone), filled as `dot` fills a step in that state."""
+    out = [
+        "digraph legend {",
+        '  graph [rankdir=TB, nodesep=0.15, ranksep=0.1, bgcolor="transparent"];',
+        '  node [shape=box, style="rounded,filled", color="#495057", fontname="sans-serif",'
+        ' fontsize=10, width=0.9, height=0.25, margin="0.06,0.02"];',
+    ]
+    states = list(StepState)
+    rows = [states[:3], states[3:]]
+    for row in rows:
+        names = " ".join(quoted(state) for state in row)
+        out.append(f"  {{rank=same; {names}}}")
+        for state in row:
+            out.append(f'  {quoted(state)} [fillcolor="{_FILL[state]}"];')
+    for top, below in zip(rows[0], rows[1], strict=True):
+        out.append(f"  {quoted(top)} -> {quoted(below)} [style=invis];")
+    out.append("}")
+    return "\n".join(out)
+
+
 def show(graph: Graph, states: Mapping[str, StepState] | None = None) -> None:
-    """The graph, as wide as it needs (never wider than the page), with a key to its marks."""
+    """The graph, as wide as it needs (never wider than the page), with a key to its marks
+    (and, given `states`, to its colours)."""
     st.graphviz_chart(dot(graph, states), width="content")
+    if states is not None:
+        st.graphviz_chart(legend(), width="content")
     st.caption(
         "Arrows point from a step to the steps that need it; a dashed arrow is an optional "
         "need (its skip does not skip the step). A dashed box runs only `if` its condition "

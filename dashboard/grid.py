@@ -1,6 +1,6 @@
 """An automation's execution grid, as Airflow draws it: recent executions as columns (oldest
-left), the execution itself and then each step as rows, every cell in its status colour; a
-click on a cell opens that execution's page."""
+left), the execution itself and then each step (a graph's: each step key) as rows, every
+cell in its status colour; a click on a cell opens that execution's page."""
 
 from __future__ import annotations
 

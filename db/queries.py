@@ -23,6 +23,8 @@ from sqlalchemy import Select, func, literal, select, true, tuple_
 from sqlalchemy.orm import Session
 
 from core.access import Actor
+from core.errors import ValidationFailed
+from core.graph import Graph, graph_of, is_graph
 from core.schedule import stopped_text
 from core.timing import describe, parse_timing, spec_of
 from core.vocabulary import (
@@ -273,6 +275,8 @@ class StepRunRow:
     request: dict[str, Any]
     response_body: str | None
     error: str | None
+    step_key: str = ""  # a graph's step key (a chain's: step_<number>)
+    item: int | None = None  # a fan-out's item (its index); None: the step's own row
 
 
 @dataclass(frozen=True)
@@ -282,6 +286,8 @@ class ExecutionDetail:
     steps: list[StepRunRow] = field(default_factory=list)
     input: dict[str, Any] | None = None  # what the run was started with
     trace_id: str | None = None  # its trace, when tracing was on (tasks/tracing.py)
+    # The automation's graph as it is now, when its steps have keys (None: a chain).
+    graph: Graph | None = None
 
 
 def execution_detail(
@@ -316,7 +322,19 @@ def execution_detail(
         ],
         input=run_input,
         trace_id=trace_id,
+        graph=_graph(steps_json),
     )
+
+
+def _graph(steps_json: list[Any]) -> Graph | None:
+    """The graph of an automation's stored steps, None for a chain (or steps written around
+    the save path that are not a graph: the page then shows the step runs as a list)."""
+    if not is_graph(steps_json):
+        return None
+    try:
+        return graph_of(steps_json)
+    except ValidationFailed:
+        return None
 
 
 @dataclass(frozen=True)
@@ -357,12 +375,21 @@ def execution_grid(
         attempts = session.execute(
             select(StepRun.execution_id, StepRun.step_number, StepRun.status, StepRun.duration_ms)
             .where(StepRun.execution_id.in_([r.id for r in runs]))
-            .order_by(StepRun.execution_id, StepRun.step_number, StepRun.attempt, StepRun.id)
+            .order_by(
+                StepRun.execution_id,
+                StepRun.step_number,
+                StepRun.attempt,
+                StepRun.item.is_(None),  # a fan-out's own row says how the step stands
+                StepRun.id,
+            )
         ).all()
         for a in attempts:  # ordered: the last attempt of each step wins
             cells[(a.execution_id, a.step_number)] = a.status
             durations[(a.execution_id, a.step_number)] = a.duration_ms
-    names = [str(step.get("name") or f"step {n}") for n, step in enumerate(steps, 1)]
+    # A graph's rows are its step keys (a fan-out's: its own row, for all its items).
+    names = [
+        str(step.get("key") or step.get("name") or f"step {n}") for n, step in enumerate(steps, 1)
+    ]
     return ExecutionGrid(executions=runs, step_names=names, cells=cells, durations_ms=durations)
 
 

@@ -1,6 +1,11 @@
 """One execution on its own page (`/execution?id=<execution id>`): status and timing, the
 step waterfall, every attempt's request and response, and retry / cancel for editors.
 
+A graph run (its automation's steps have keys) also has its graph drawn, each step filled
+by its state (`core.graph.shown_states`), a waterfall with a lane per call (steps that ran
+at the same time side by side), and a section per step: its reason when skipped, cancelled
+or failed, its tries, and a fan-out's items one by one (a selectbox).
+
 While the execution is open (queued or running) the page redraws itself every couple of
 seconds; once it is final it stops. Nothing on the page is keyed by its status, so an
 execution that ends (or is retried) while watched is redrawn, never lost.
@@ -10,15 +15,17 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 
 import streamlit as st
 
 from core.errors import StepwiseError, ValidationFailed
+from core.graph import Graph, GraphStep, ShownStep, shown_states
 from core.outcome import curl_command
 from core.run_input import parse_run_input
-from core.vocabulary import OPEN_STATUSES, ExecutionStatus, Permission, StepStatus
-from dashboard import ui, waterfall
+from core.vocabulary import OPEN_STATUSES, ExecutionStatus, Permission, StepState, StepStatus
+from dashboard import graph_view, ui, waterfall
 from db import queries
 from service import executions
 
@@ -56,7 +63,7 @@ def execution_page(execution_id: uuid.UUID, watching: bool) -> None:
         return
     if watching != (detail.execution.status in OPEN_STATUSES):
         st.rerun()  # it ended (or was retried): redraw at the new refresh rate
-    header(detail.execution)
+    header(detail.execution, graph_progress(detail))
     if detail.trace_id is not None:
         st.caption(f"Trace `{detail.trace_id}` (OpenTelemetry: find it in your tracing backend)")
     if ui.can(Permission.RUN):
@@ -67,7 +74,19 @@ def execution_page(execution_id: uuid.UUID, watching: bool) -> None:
     steps(detail)
 
 
-def header(execution: queries.ExecutionRow) -> None:
+def graph_progress(detail: queries.ExecutionDetail) -> str | None:
+    """A graph run's steps counted by state ("2 succeeded · 1 running, of 5"); None for a
+    chain (its steps are counted by number)."""
+    if detail.graph is None:
+        return None
+    ended = detail.execution.status not in OPEN_STATUSES
+    shown = shown_states(detail.graph, detail.steps, ended=ended).values()
+    counts = Counter(step.state for step in shown)
+    said = " · ".join(f"{counts[state]} {state}" for state in StepState if counts[state])
+    return f"{said}, of {len(detail.graph.steps)}"
+
+
+def header(execution: queries.ExecutionRow, progress: str | None = None) -> None:
     st.markdown(f"## {ui.text(execution.automation_name)} {ui.badge_md(execution.status)}")
     st.caption(
         f"Execution `{execution.id}` · {execution.trigger} · attempt {execution.attempt}"
@@ -75,7 +94,7 @@ def header(execution: queries.ExecutionRow) -> None:
     )
     # One line of facts rather than metric tiles: four tiles stack to a screen on a phone.
     st.markdown(
-        f"**Steps** {ui.text(execution.steps_done)}"
+        f"**Steps** {ui.text(progress or execution.steps_done)}"
         f" · **Duration** {ui.fmt_duration(elapsed(execution))}"
         f" · **Scheduled for** {ui.fmt_time(execution.scheduled_for)}"
     )
@@ -156,6 +175,9 @@ def replay_form(detail: queries.ExecutionDetail) -> None:
 
 
 def steps(detail: queries.ExecutionDetail) -> None:
+    if detail.graph is not None:
+        graph_steps(detail, detail.graph)
+        return
     execution = detail.execution
     st.subheader("Steps")
     zero = waterfall.origin(detail.steps, execution.started_at)
@@ -178,10 +200,121 @@ def steps(detail: queries.ExecutionDetail) -> None:
             attempt(s, zero)
 
 
-def attempt(s: queries.StepRunRow, zero: datetime) -> None:
+def graph_steps(detail: queries.ExecutionDetail, graph: Graph) -> None:
+    """A graph run: the graph by state, the waterfall of its calls, then each step."""
+    execution = detail.execution
+    shown = shown_states(graph, detail.steps, ended=execution.status not in OPEN_STATUSES)
+    st.subheader("Graph")
+    graph_view.show(graph, {key: step.state for key, step in shown.items()})
+    st.subheader("Steps")
+    zero = waterfall.origin(detail.steps, execution.started_at)
+    bars = (
+        []
+        if zero is None
+        else waterfall.lanes(
+            detail.steps,
+            zero=zero,
+            now=datetime.now(UTC),
+            live=execution.status in OPEN_STATUSES,
+        )
+    )
+    if bars:
+        st.altair_chart(waterfall.chart(bars), width="stretch", height=waterfall.height(bars))
+    else:
+        st.info("No step has run yet." if execution.status in OPEN_STATUSES else "No step ran.")
+    runs: dict[str, list[queries.StepRunRow]] = {}
+    for s in detail.steps:
+        runs.setdefault(s.step_key, []).append(s)
+    for step in graph.steps:
+        state = shown[step.key]
+        mine = runs.pop(step.key, [])
+        with st.expander(f"{step.key} · {state.state}", icon=_ICON.get(state.state)):
+            graph_step(step, state, mine, zero, execution.id)
+    for key, mine in runs.items():  # steps since removed from the automation
+        with st.expander(f"{key} · no longer in the automation"):
+            graph_step(None, None, mine, zero, execution.id)
+
+
+_ICON = {
+    StepState.SKIPPED: ":material/redo:",
+    StepState.CANCELLED: ":material/cancel:",
+    StepState.FAILED: ":material/error:",
+}
+
+
+def graph_step(
+    step: GraphStep | None,
+    state: ShownStep | None,
+    mine: list[queries.StepRunRow],
+    zero: datetime | None,
+    execution_id: uuid.UUID,
+) -> None:
+    """One step of a graph run: why it was skipped, cancelled or failed, then its tries (a
+    fan-out: its list and one item at a time)."""
+    if step is not None and step.name:
+        st.caption(ui.text(step.name))
+    if state is not None and state.reason:
+        if state.state is StepState.FAILED:
+            st.error(ui.text(state.reason), icon=":material/error:")
+        else:
+            st.info(
+                ui.text(f"{state.state.capitalize()}: {state.reason}"), icon=_ICON.get(state.state)
+            )
+    own = [s for s in mine if s.item is None and waterfall.ran(s)]
+    items = [s for s in mine if s.item is not None]
+    if zero is None or not (own or items):
+        if state is not None and state.state is StepState.PENDING:
+            st.caption("Not started yet: waiting for the steps it needs.")
+        return
+    if (step is not None and step.for_each is not None) or items:
+        fan_out(own, items, zero, key=f"items_{execution_id}_{mine[0].step_key}")
+        return
+    for number, s in enumerate(own, start=1):
+        st.markdown(f"**Try {number}** · {s.status}")
+        attempt(s, zero, s.step_key)
+
+
+def fan_out(
+    own: list[queries.StepRunRow], items: list[queries.StepRunRow], zero: datetime, *, key: str
+) -> None:
+    """A fan-out's list and its items, one at a time: a selectbox of every item (its status,
+    tries and duration), then the chosen item's value and each of its tries."""
+    listed = own[-1].request.get("items") if own else None
+    tries: dict[int, list[queries.StepRunRow]] = {}
+    for s in sorted(items, key=lambda s: (s.started_at, s.attempt)):
+        tries.setdefault(s.item or 0, []).append(s)
+    count = len(listed) if isinstance(listed, list) else max(tries, default=-1) + 1
+    st.caption(f"For each: {count} item{'s' if count != 1 else ''}")
+    if not count:
+        return
+
+    def said(index: int) -> str:
+        mine = tries.get(index)
+        if not mine:
+            return f"#{index} · not started"
+        last = mine[-1]
+        took = None if last.duration_ms is None else last.duration_ms / 1000
+        return (
+            f"#{index} · {last.status} · {len(mine)} tr{'ies' if len(mine) > 1 else 'y'}"
+            f" · {ui.fmt_duration(took)}"
+        )
+
+    index = st.selectbox("Item", range(count), format_func=said, key=key)
+    if isinstance(listed, list) and index < len(listed):
+        st.markdown(f"**Item #{index}**, as its `for_each` listed it")
+        st.code(json.dumps(listed[index], indent=2)[:20_000], language="json", wrap_lines=True)
+    for number, s in enumerate(tries.get(index, []), start=1):
+        st.markdown(f"**Try {number}** · {s.status}")
+        attempt(s, zero, waterfall.call_label(s))
+
+
+def attempt(s: queries.StepRunRow, zero: datetime, call: str | None = None) -> None:
+    """One try of a step: when, how long, its request and response; named by its step's
+    name (a chain) or by `call` (a graph's: its key, `#index` for a fan-out's item)."""
     took = None if s.duration_ms is None else s.duration_ms / 1000
+    named = ui.text(call if call is not None else s.step_name) or "Step"
     st.caption(
-        f"{ui.text(s.step_name) or 'Step'} · started {ui.fmt_time(s.started_at)} "
+        f"{named} · started {ui.fmt_time(s.started_at)} "
         f"(+{(s.started_at - zero).total_seconds():.2f} s) · took {ui.fmt_duration(took)} · "
         f"HTTP {s.response_status or '—'}"
     )

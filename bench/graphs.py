@@ -63,8 +63,8 @@ from bench.versus import (
     called_again,
     figures_of,
     lead_of,
-    ratio,
     shared_agent,
+    table_rows,
     wait_done,
     worker_processes,
 )
@@ -262,19 +262,7 @@ def compare(
             figures["load"] = load
             print(f"graph N={n} agent={delay_ms}ms {system} run {k + 1}: {figures}", flush=True)
             runs[system].append(figures)
-    medians = {
-        s: {k: statistics.median(r[k] for r in rs) for k, _ in FIGURES} for s, rs in runs.items()
-    }
-    rows = []
-    for system, med in medians.items():
-        per_run = "; ".join(
-            f"{fmt(r['makespan_s'])} s @ load {r['load']:.1f}" for r in runs[system]
-        )
-        rows.append((fmt(n), fmt(delay_ms), system, *(fmt(med[k]) for k, _ in FIGURES), per_run))
-    for system in medians:
-        if system != "BullMQ":
-            ratios = (ratio(medians[system][k], medians["BullMQ"][k]) for k, _ in FIGURES)
-            rows.append((fmt(n), fmt(delay_ms), f"{system} / BullMQ", *ratios, ""))
+    rows = table_rows(n, delay_ms, runs)
     notes = []
     costs = [r["cost"] for r in runs["BullMQ"] if "cost" in r]
     if costs:

@@ -386,19 +386,7 @@ def compare(
             figures["load"] = load
             print(f"N={n} agent={delay_ms}ms {system} run {k + 1}: {figures}", flush=True)
             runs[system].append(figures)
-    medians = {
-        s: {k: statistics.median(r[k] for r in rs) for k, _ in FIGURES} for s, rs in runs.items()
-    }
-    rows = []
-    for system, med in medians.items():
-        per_run = "; ".join(
-            f"{fmt(r['makespan_s'])} s @ load {r['load']:.1f}" for r in runs[system]
-        )
-        rows.append((fmt(n), fmt(delay_ms), system, *(fmt(med[k]) for k, _ in FIGURES), per_run))
-    for system in medians:
-        if system != "BullMQ" and "BullMQ" in medians:
-            ratios = (ratio(medians[system][k], medians["BullMQ"][k]) for k, _ in FIGURES)
-            rows.append((fmt(n), fmt(delay_ms), f"{system} / BullMQ", *ratios, ""))
+    rows = table_rows(n, delay_ms, runs)
     for system, rs in runs.items():
         costs = [r["cost"] for r in rs if "cost" in r]
         if costs:
@@ -413,6 +401,27 @@ def compare(
                 f"- cost per step call, N={fmt(n)} at {fmt(delay_ms)} ms, {system}"
                 f" (median of {len(costs)}): {shown}" + (f" (Redis: {top})" if top else "")
             )
+    return rows
+
+
+def table_rows(
+    n: int, delay_ms: float, runs: dict[str, list[dict[str, Any]]]
+) -> list[tuple[Any, ...]]:
+    """The table's rows for one scenario: each system's medians of FIGURES with its runs'
+    makespans and loads, then each system's ratios to BullMQ's (`bench.graphs` too)."""
+    medians = {
+        s: {k: statistics.median(r[k] for r in rs) for k, _ in FIGURES} for s, rs in runs.items()
+    }
+    rows: list[tuple[Any, ...]] = []
+    for system, med in medians.items():
+        per_run = "; ".join(
+            f"{fmt(r['makespan_s'])} s @ load {r['load']:.1f}" for r in runs[system]
+        )
+        rows.append((fmt(n), fmt(delay_ms), system, *(fmt(med[k]) for k, _ in FIGURES), per_run))
+    for system in medians:
+        if system != "BullMQ" and "BullMQ" in medians:
+            ratios = (ratio(medians[system][k], medians["BullMQ"][k]) for k, _ in FIGURES)
+            rows.append((fmt(n), fmt(delay_ms), f"{system} / BullMQ", *ratios, ""))
     return rows
 
 

@@ -94,7 +94,7 @@ def pgbouncer(database_url: str, folder: Path, *, pool_size: int) -> Iterator[Pg
     bouncer = PgBouncer(port, process, log)
     try:
         wait_for(
-            lambda: _listening(port) or process.poll() is not None,
+            lambda: _accepts_connections(port) or process.poll() is not None,
             timeout=30,
             message="PgBouncer to listen",
         )
@@ -110,7 +110,7 @@ def pgbouncer(database_url: str, folder: Path, *, pool_size: int) -> Iterator[Pg
             process.wait(5)
 
 
-def _listening(port: int) -> bool:
+def _accepts_connections(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return True

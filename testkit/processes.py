@@ -167,3 +167,15 @@ def processes(**env: str) -> Iterator[Processes]:
         yield procs
     finally:
         procs.stop_all()
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group (shell, dramatiq, its worker children) still runs."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we looked
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False

@@ -16,7 +16,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,7 +40,7 @@ from testkit.factories import (
     person,
     step_runs,
 )
-from testkit.processes import worker_in_process
+from testkit.processes import group_alive, worker_in_process
 from testkit.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -66,19 +65,6 @@ def _slow_step_two(agent: Any, delay_s: float) -> None:
         )
 
     agent.responder = responder
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of the group (shell, dramatiq, its worker children) still runs."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited while we looked
-        state, group = fields[0], int(fields[2])
-        if group == pgid and state not in ("Z", "X"):
-            return True
-    return False
 
 
 def _open_step_runs() -> int:
@@ -150,7 +136,7 @@ def test_sigterm_mid_step_finishes_the_step_and_hands_the_run_back(procs: Any, a
     # when the process group gets SIGTERM (as honcho and Heroku send it) mid-step
     signalled_at = time.monotonic()
     procs.signal("worker", signal.SIGTERM)
-    wait_for(lambda: not _group_alive(worker.pid), timeout=35, message="the worker to exit")
+    wait_for(lambda: not group_alive(worker.pid), timeout=35, message="the worker to exit")
     exit_s = time.monotonic() - signalled_at
     # then every process exited within the 30 s grace time, after the step ended, cleanly
     # (measured from step 2's arrival at the agent, which answers 3 s later: the signal

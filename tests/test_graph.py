@@ -54,7 +54,7 @@ PENDING, RUNNING, SUCCEEDED, FAILED, SKIPPED, CANCELLED = (
 )
 
 
-def make_graph(*steps: dict[str, Any]) -> Graph:
+def graph_of_steps(*steps: dict[str, Any]) -> Graph:
     return parse_graph([{"message": f"do {s['key']}", **s} for s in steps], egress=EGRESS)
 
 
@@ -70,7 +70,7 @@ def done(output: Any = None) -> StepProgress:
 
 
 # A diamond: one root, two branches, a join.
-DIAMOND = make_graph(
+DIAMOND = graph_of_steps(
     {"key": "fetch"},
     {"key": "left", "needs": ["fetch"]},
     {"key": "right", "needs": ["fetch"]},
@@ -111,14 +111,14 @@ def test_every_field_survives_the_round_trip_through_the_plain_form() -> None:
 
 
 def test_settings_left_out_are_the_automations_and_stay_left_out() -> None:
-    (step,) = make_graph({"key": "only", "kind": "call"}).steps
+    (step,) = graph_of_steps({"key": "only", "kind": "call"}).steps
     assert (step.agent_url, step.timeout_s, step.max_retries, step.request_headers) == (None,) * 4
     assert step.kind is StepKind.CALL
     assert to_data(Graph((step,))) == [{"key": "only", "message": "do only"}]
 
 
 def test_order_puts_every_step_after_its_needs_and_keeps_the_written_order_otherwise() -> None:
-    graph = make_graph(
+    graph = graph_of_steps(
         {"key": "join", "needs": ["b", "a"]},
         {"key": "b"},
         {"key": "a"},
@@ -318,7 +318,7 @@ def test_todays_steps_become_a_chain_sent_exactly_as_written() -> None:
 
 
 def test_roots_start_together_and_a_join_waits_for_its_slowest_need() -> None:
-    graph = make_graph({"key": "a"}, {"key": "b"}, {"key": "join", "needs": ["a", "b"]})
+    graph = graph_of_steps({"key": "a"}, {"key": "b"}, {"key": "join", "needs": ["a", "b"]})
     assert plan(graph, {}, None).start == ("a", "b")
     assert plan(graph, {"a": done(), "b": StepProgress(RUNNING)}, None).start == ()
     assert plan(graph, {"a": done(), "b": done()}, None).start == ("join",)
@@ -334,7 +334,7 @@ def test_a_diamond_runs_its_branches_in_parallel_and_ends_when_the_join_succeeds
 
 
 def test_a_false_condition_skips_its_step_and_those_that_need_it() -> None:
-    graph = make_graph(
+    graph = graph_of_steps(
         {"key": "classify"},
         {"key": "urgent", "needs": ["classify"], "when": "steps.classify.output.kind == 'urgent'"},
         {"key": "page", "needs": ["urgent"]},
@@ -353,7 +353,7 @@ def test_a_false_condition_skips_its_step_and_those_that_need_it() -> None:
 
 
 def test_an_optional_need_that_was_skipped_lets_its_step_run_and_reads_as_none() -> None:
-    graph = make_graph(
+    graph = graph_of_steps(
         {"key": "a", "when": "input.go"},
         {"key": "b"},
         {"key": "join", "needs": ["b"], "optional_needs": ["a"], "message": "{{ steps.a.output }}"},
@@ -369,12 +369,12 @@ def test_an_optional_need_that_was_skipped_lets_its_step_run_and_reads_as_none()
 
 
 def test_a_run_whose_every_step_was_skipped_succeeds() -> None:
-    graph = make_graph({"key": "a", "when": "false"}, {"key": "b", "needs": ["a"]})
+    graph = graph_of_steps({"key": "a", "when": "false"}, {"key": "b", "needs": ["a"]})
     assert plan(graph, {}, None).status is ExecutionStatus.SUCCEEDED
 
 
 def test_a_condition_that_cannot_be_evaluated_fails_its_step_and_the_run() -> None:
-    graph = make_graph({"key": "a", "when": "input.missing > 1"}, {"key": "b"})
+    graph = graph_of_steps({"key": "a", "when": "input.missing > 1"}, {"key": "b"})
     next_ = plan(graph, {}, {})
     assert list(next_.fail) == ["a"]
     assert "The condition of step a reads something undefined" in next_.fail["a"]
@@ -384,7 +384,7 @@ def test_a_condition_that_cannot_be_evaluated_fails_its_step_and_the_run() -> No
 
 
 def test_a_failure_cancels_what_has_not_started_and_lets_running_steps_finish() -> None:
-    graph = make_graph(
+    graph = graph_of_steps(
         {"key": "a"},
         {"key": "slow"},
         {"key": "a2", "needs": ["a"]},
@@ -417,7 +417,7 @@ def test_a_run_a_person_cancelled_ends_cancelled() -> None:
 
 # --- fan-out ---------------------------------------------------------------------------------
 
-FAN = make_graph(
+FAN = graph_of_steps(
     {"key": "list"},
     {
         "key": "each",
@@ -494,7 +494,7 @@ def test_a_failed_fan_out_keeps_the_run_open_while_its_items_are_at_the_agent() 
 
 
 def test_a_retry_runs_failed_and_never_started_steps_and_keeps_the_rest() -> None:
-    graph = make_graph(
+    graph = graph_of_steps(
         {"key": "a"},
         {"key": "skip", "when": "false"},
         {"key": "b", "needs": ["a"]},

@@ -43,7 +43,7 @@ def _charts(at: AppTest) -> list[str]:
     return [str(chart.proto.spec) for chart in at.get("graphviz_chart")]
 
 
-def _open(automation_id: object) -> AppTest:
+def _automation_page(automation_id: object) -> AppTest:
     at = open_view("automations")
     at.selectbox(key="auto_selected").set_value(str(automation_id)).run()
     assert not at.exception, at.exception
@@ -54,7 +54,7 @@ def test_the_page_draws_a_graphs_steps_needs_conditions_and_fan_outs() -> None:
     # given a saved graph
     automation = make_automation(name="Research", steps=steps_of(GRAPH))
     # when its page is opened
-    at = _open(automation)
+    at = _automation_page(automation)
     # then the graph is drawn: a node per step, named, an edge per need, the optional dashed
     [spec] = _charts(at)
     assert '"plan" [label="Plan the research\\n[plan]"' in spec
@@ -71,7 +71,7 @@ def test_the_page_draws_a_graphs_steps_needs_conditions_and_fan_outs() -> None:
 
 def test_a_line_is_drawn_as_a_chain_and_keeps_its_table() -> None:
     automation = make_automation(name="Line", steps=2)
-    at = _open(automation)
+    at = _automation_page(automation)
     [spec] = _charts(at)
     assert '"step_1" -> "step_2";' in spec
     assert at.toggle(key=f"auto_{automation}_steps_as_yaml").value is False

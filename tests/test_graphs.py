@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 from db.runs import RunMessage
@@ -21,12 +20,12 @@ from service import executions as execution_service
 from stepwise.demo_agent import Call, Reply
 from tasks.send import send_run
 from testkit.factories import ADMIN, execution, make_execution, make_graph, step_runs
-from testkit.processes import READY, worker_in_process
+from testkit.processes import READY, group_alive, worker_in_process
 from testkit.runs import ended
 from testkit.waiting import wait_for
 
 
-def _run(automation_id: uuid.UUID, run_input: Any = None, max_retries: int = 0) -> uuid.UUID:
+def _run_graph(automation_id: uuid.UUID, run_input: Any = None, max_retries: int = 0) -> uuid.UUID:
     values = {} if run_input is None else {"input": run_input}
     execution_id = make_execution(automation_id, **values)
     send_run(RunMessage(execution_id, max_retries))
@@ -35,18 +34,6 @@ def _run(automation_id: uuid.UUID, run_input: Any = None, max_retries: int = 0) 
 
 def _keys(agent: Any, execution_id: uuid.UUID) -> list[str]:
     return [c.body["step_key"] for c in agent.calls_for(str(execution_id))]
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of the group (shell, dramatiq, its worker children) still runs."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # exited while we looked
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
 
 
 def _latest(execution_id: uuid.UUID) -> dict[tuple[str, int | None], Any]:
@@ -102,7 +89,7 @@ def test_independent_steps_are_at_the_agent_together_and_a_join_waits_for_the_sl
     barrier = Barrier({"fast", "slow"}, hold_s={"slow": 1.0})
     agent.responder = barrier
     with worker_in_process(threads=2):
-        execution_id = _run(automation_id, {"topic": "owls"})
+        execution_id = _run_graph(automation_id, {"topic": "owls"})
         done = ended(execution_id, agent=agent)
     # then both research calls were at the agent at the same time (the barrier opened)
     assert barrier.together.is_set()
@@ -153,7 +140,7 @@ def test_a_false_condition_skips_a_branch_and_its_dependents_but_not_an_optional
     )
     agent.responder = lambda call: Reply(200, {"label": "calm", "key": call.body["step_key"]})
     with worker_in_process(threads=2):
-        execution_id = _run(automation_id)
+        execution_id = _run_graph(automation_id)
         done = ended(execution_id, agent=agent)
     # then the branch and its dependent were skipped with their reasons, the report ran
     assert done.status == "succeeded", done.error
@@ -183,7 +170,7 @@ def test_a_template_error_fails_its_step_at_once_and_cancels_what_did_not_start(
         max_retries=3,
     )
     with worker_in_process(threads=2):
-        execution_id = _run(automation_id, max_retries=3)
+        execution_id = _run_graph(automation_id, max_retries=3)
         done = ended(execution_id, agent=agent)
     # then the run failed naming the step and the template's error, with no retry
     assert done.status == "failed"
@@ -246,7 +233,7 @@ def test_a_fan_out_of_300_calls_each_item_once_and_a_retry_calls_only_the_failed
 
     agent.responder = responder
     with worker_in_process(threads=2):
-        execution_id = _run(automation_id)
+        execution_id = _run_graph(automation_id)
         done = ended(execution_id, timeout=60, agent=agent)
         # then the run failed on that item, every other item was called exactly once
         assert done.status == "failed"
@@ -313,7 +300,7 @@ def test_a_cancel_during_parallel_calls_cuts_them_and_nothing_more_starts(
 
     agent.responder = responder
     with worker_in_process(threads=2):
-        execution_id = _run(automation_id)
+        execution_id = _run_graph(automation_id)
         wait_for(lambda: len(arrived) == 3, timeout=20, message="the three calls at the agent")
         # when a person cancels the run
         execution_service.cancel(execution_id, actor=ADMIN)
@@ -358,7 +345,7 @@ def test_a_step_calls_its_own_agent_with_its_headers_and_retries_alone(
             request_headers=(("X-Step", "automation"),),
         )
         with worker_in_process(threads=2):
-            execution_id = _run(automation_id)
+            execution_id = _run_graph(automation_id)
             done = ended(execution_id, agent=agent)
         # then the step was called at its own agent with its headers, twice with one key,
         # while the other step was called once at the automation's agent, with its headers
@@ -486,7 +473,7 @@ def test_sigterm_lets_the_calls_at_the_agent_finish_and_hands_the_graph_run_back
     wait_for(lambda: len(arrived) == 2, message="two items at the agent")
     # when the worker is told to stop while they are at the agent
     procs.signal("worker", signal.SIGTERM)  # to the process group, as honcho sends it
-    wait_for(lambda: not _group_alive(worker.pid), timeout=35, message="the worker to exit")
+    wait_for(lambda: not group_alive(worker.pid), timeout=35, message="the worker to exit")
     log = procs.log("worker")
     assert "Worker has been shut down" in log and "Killing" not in log, log[-3000:]
     # then those two finished and were stored, no other item started, the run is queued

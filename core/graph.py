@@ -488,8 +488,8 @@ def plan(graph: Graph, progress: Mapping[str, StepProgress], run_input: Any) -> 
         if states[step.key] is not StepState.PENDING:
             continue
         waiting = [states[key] for key in step.waits_for]
-        if StepState.PENDING in waiting or StepState.RUNNING in waiting:
-            continue
+        if any(not state.is_final for state in waiting):
+            continue  # a need pending, running or waiting
         decided = _decide(step, states, progress, run_input)
         if decided is None:
             start.append(step.key)

@@ -146,10 +146,16 @@ def test_order_puts_every_step_after_its_needs_and_keeps_the_written_order_other
         ),
         ([{"key": "a", "message": "m", "timeout_s": "9"}], "step a's timeout_s must be a whole"),
         ([{"key": "a", "message": "m", "max_retries": True}], "step a's max_retries must be a"),
-        ([{"key": "a", "message": "m", "kind": "sleep"}], "step a's kind must be call"),
+        (
+            [{"key": "a", "message": "m", "kind": "nap"}],
+            "step a's kind must be call, async, approval or sleep",
+        ),
         ([{"key": "a", "message": "m", "when": 1}], "step a's when must be a text"),
         ([{"key": "a", "message": "m", "request_headers": ["X"]}], "must be a mapping of names"),
-        ([{"key": "a", "message": "m", "kind": ["call"]}], "step a's kind must be call"),
+        (
+            [{"key": "a", "message": "m", "kind": ["call"]}],
+            "step a's kind must be call, async, approval or sleep",
+        ),
         (
             [{"key": "a", "message": "m", "input": "{{ input }}"}],
             "step a's input must be an object",

@@ -17,14 +17,17 @@ stored: the step run's row decides whether it is still open (single use, its
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from core.errors import InvalidState, NotAuthenticated, StepwiseError
+from core.errors import InvalidState, NotAuthenticated, StepwiseError, ValidationFailed
+from core.limits import MAX_OUTPUT_DEPTH, MAX_WAIT_NOTE
 from core.secrets import SecretBox, SecretUnreadable
+from core.text import UNSTORABLE, storable, storable_value
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -127,3 +130,159 @@ def approval_token(settings: Settings, step_run_id: int, expires_at: datetime) -
     """A token that names an approval step's run (for a link to decide it); never a
     callback's."""
     return seal_token(settings.secret_box(), WaitPurpose.APPROVAL, step_run_id, expires_at)
+
+
+# --- what an agent may POST to its callback URL ------------------------------------------------
+
+# An agent's reported failure and a person's comment on a decision, as stored.
+MAX_CALLBACK_ERROR = 2000
+MAX_DECISION_COMMENT = 2000
+
+
+@dataclass(frozen=True)
+class CallbackOutput:
+    """The step succeeded with `output` (any JSON): its dependents receive it."""
+
+    output: Any
+
+
+@dataclass(frozen=True)
+class CallbackError:
+    """The agent reports the step failed, and why."""
+
+    error: str
+
+
+@dataclass(frozen=True)
+class CallbackProgress:
+    """The agent is still at it: how far (0..100, optional) and a note (optional)."""
+
+    progress: int | None
+    note: str | None
+
+
+Callback = CallbackOutput | CallbackError | CallbackProgress
+CALLBACK_FORMS = (
+    '{"output": <any JSON>}, {"error": "<why>"} or {"progress": <0..100>, "note": "<text>"}'
+)
+
+
+class CallbackUnreadable(ValidationFailed):
+    """A callback's body that is not JSON at all (400); nothing was written."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON can hold")
+
+
+def _finite_number(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text} is too large a number")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_number)
+
+
+def _depth(value: Any) -> int:
+    """How deep `value` nests (iterative: no depth overflows it)."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def parse_callback(raw: bytes) -> Callback:
+    """A callback's body as what it says. CallbackUnreadable if it is not JSON (UTF-8);
+    ValidationFailed (naming the field) for JSON that is not one of CALLBACK_FORMS;
+    nothing is written either way."""
+    try:
+        body: Any = _DECODER.decode(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = str(exc) if isinstance(exc, ValueError) else "it nests too deep"
+        raise CallbackUnreadable.single(
+            "body", f"is not JSON ({reason[:200]}): send {CALLBACK_FORMS}"
+        ) from None
+    if not isinstance(body, dict):
+        raise ValidationFailed.single("body", f"must be a JSON object: {CALLBACK_FORMS}")
+    given = set(body)
+    unknown = sorted(given - {"output", "error", "progress", "note"})
+    if unknown:
+        raise ValidationFailed.single(unknown[0], f"is not a callback field: {CALLBACK_FORMS}")
+    if "output" in given:
+        if len(given) > 1:
+            raise ValidationFailed.single("output", "comes alone: an answer is output or error")
+        if not storable_value(body["output"]):
+            raise ValidationFailed.single("output", UNSTORABLE)
+        if _depth(body["output"]) > MAX_OUTPUT_DEPTH:
+            raise ValidationFailed.single(
+                "output", f"must nest at most {MAX_OUTPUT_DEPTH} levels deep"
+            )
+        return CallbackOutput(body["output"])
+    if "error" in given:
+        if len(given) > 1:
+            raise ValidationFailed.single("error", "comes alone: an answer is output or error")
+        error = body["error"]
+        if not isinstance(error, str) or not error.strip():
+            raise ValidationFailed.single("error", "must be a text saying why the step failed")
+        return CallbackError(_text("error", error, MAX_CALLBACK_ERROR))
+    if not given:
+        raise ValidationFailed.single("body", f"is empty: send {CALLBACK_FORMS}")
+    progress = body.get("progress")
+    if progress is not None and (
+        isinstance(progress, bool)
+        or not isinstance(progress, int | float)
+        or not 0 <= progress <= 100
+    ):
+        raise ValidationFailed.single("progress", "must be a number from 0 to 100")
+    note = body.get("note")
+    if note is not None and not isinstance(note, str):
+        raise ValidationFailed.single("note", "must be a text")
+    return CallbackProgress(
+        None if progress is None else round(progress),
+        None if note is None else _text("note", note, MAX_WAIT_NOTE),
+    )
+
+
+def _text(field: str, value: str, limit: int) -> str:
+    if len(value) > limit:
+        raise ValidationFailed.single(field, f"must be at most {limit:,} characters")
+    if not storable(value):
+        raise ValidationFailed.single(field, UNSTORABLE)
+    return value
+
+
+def decision_comment(comment: str | None) -> str | None:
+    """A person's comment on a decision, checked (ValidationFailed on `comment`); None if
+    empty."""
+    if comment is None or not comment.strip():
+        return None
+    return _text("comment", comment.strip(), MAX_DECISION_COMMENT)
+
+
+# --- what a waiting step waits on -----------------------------------------------------------
+
+_ARTICLES = {"admin": "an admin", "editor": "an editor"}
+
+
+def role_phrase(role: str) -> str:
+    """ "an editor", "an admin": the weakest role that may decide an approval."""
+    return _ARTICLES.get(role, f"a {role}")
+
+
+def waiting_on(wait: dict[str, Any] | None, wait_until: datetime | None) -> str:
+    """On whom a waiting step waits, in words: "the agent", "approval by an editor",
+    "until 2026-12-07 14:05:00 UTC"."""
+    kind = (wait or {}).get("kind")
+    if kind == "async":
+        return "the agent"
+    if kind == "approval":
+        return f"approval by {role_phrase(str((wait or {}).get('role') or 'editor'))}"
+    if wait_until is None:
+        return "a wait"
+    return f"until {wait_until.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"

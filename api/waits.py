@@ -99,7 +99,7 @@ async def _read_capped(request: Request, limit: int) -> bytes:
 
 @callbacks.post(
     f"{CALLBACK_PATH}{{token}}",
-    responses=documented(400, 401, 409, 410, 413, 422),
+    responses=documented(400, 401, 409, 410, 413, 422, 503),
     openapi_extra={"requestBody": _CALLBACK_BODY, "security": []},
 )
 async def call_back(
@@ -112,8 +112,9 @@ async def call_back(
     token: the signed URL proves it, for that step's try only, until the step's timeout).
     `401` a URL not made by this Stepwise (or altered); `409` the step was answered already,
     or its run was cancelled or ended; `410` the step's timeout passed; `400`/`422` a body
-    that is not one of the three answers. Nothing is written on any error; an accepted
-    answer wakes the waiting run."""
+    that is not one of the three answers; `503` (with `Retry-After`) a callback that came
+    before the step's `202` was recorded: send it again. Nothing is written on any error;
+    an accepted answer wakes the waiting run."""
     body = await _read_capped(request, get_settings().max_response_bytes)
     resolution = await run_in_threadpool(waits.callback, token, body)
     return CallbackAccepted(step_status=str(resolution.status))

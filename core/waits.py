@@ -55,6 +55,14 @@ class WaitGone(StepwiseError):
     ended by its timeout rule; nothing was written."""
 
 
+class WaitNotReady(StepwiseError):
+    """A callback that came before its step's `202` was recorded (the agent answered at
+    once): nothing was written; the same callback a moment later is taken (503 with
+    Retry-After)."""
+
+    retry_after = 1
+
+
 class WaitClosed(InvalidState):
     """The wait was already answered (single use), or its run was cancelled or ended;
     nothing was written."""

@@ -44,6 +44,7 @@ from core.waits import (
     CallbackProgress,
     WaitClosed,
     WaitGone,
+    WaitNotReady,
     WaitToken,
     role_phrase,
     waiting_on,
@@ -208,6 +209,12 @@ def resolve(session: Session, token: WaitToken, callback: Callback) -> Resolutio
     row = _step_row(session, token.step_run_id)  # read again, under the run's lock
     if run is None or row is None:
         raise WaitGone("this step's run no longer exists (it was deleted)")
+    if row.status == StepStatus.RUNNING and run.status not in FINAL_STATUSES:
+        # Its call is still at the agent, or the 202 just came and is being recorded.
+        raise WaitNotReady(
+            f"step {row.step_key!r} is not waiting yet (its call's 202 is being recorded): "
+            "send the callback again in a second"
+        )
     if (row.wait or {}).get("kind") != "async":
         raise WaitClosed(f"step {row.step_key!r} does not wait for a callback")
     now = db_now(session)

@@ -239,3 +239,21 @@ def test_a_bad_body_is_refused_and_writes_nothing(
     assert writes() == before and wake_ups(redis_client, execution_id) == 0
     # and the URL still takes a good answer
     assert http.post(url, json={"output": 1}).status_code == 200
+
+
+def test_a_callback_before_the_202_is_recorded_is_asked_again(http: httpx.Client) -> None:
+    # given an async step whose call is still recorded as at the agent (its 202 not stored)
+    _, steps = parked_run(status=ExecutionStatus.RUNNING)
+    with session_scope() as session:
+        session.execute(
+            update(StepRun)
+            .where(StepRun.id == steps["fetch"])
+            .values(status=StepStatus.RUNNING, wait=None, wait_until=None)
+        )
+    url = callback_of(steps["fetch"])
+    before = writes()
+    # when the agent calls back at once, then it is asked to send it again in a second
+    answer = http.post(url, json={"output": 1})
+    _refused(answer, 503, "send the callback again")
+    assert answer.headers["retry-after"] == "1"
+    assert writes() == before

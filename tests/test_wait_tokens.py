@@ -10,17 +10,25 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from core.errors import ValidationFailed
 from core.secrets import SecretBox, new_key
 from core.settings import Settings
 from core.waits import (
     CALLBACK_PATH,
+    CallbackError,
+    CallbackOutput,
+    CallbackProgress,
+    CallbackUnreadable,
     TokenRefused,
     WaitPurpose,
     approval_token,
     callback_token,
     callback_url,
+    decision_comment,
     open_token,
+    parse_callback,
     seal_token,
+    waiting_on,
 )
 
 UNTIL = datetime(2026, 12, 7, 18, 0, tzinfo=UTC)
@@ -120,3 +128,27 @@ def test_a_payload_that_is_not_ours_is_refused() -> None:
     with pytest.raises(TokenRefused):
         open_token(box, box.seal(naive), WaitPurpose.CALLBACK)
     assert open_token(box, seal_token(box, WaitPurpose.CALLBACK, 1, UNTIL), WaitPurpose.CALLBACK)
+
+
+def test_a_callback_body_is_one_of_three_answers() -> None:
+    answer = parse_callback(b'{"output": {"a": [1, 2.5, null]}}')
+    assert answer == CallbackOutput({"a": [1, 2.5, None]})
+    assert parse_callback(b'{"output": null}') == CallbackOutput(None)
+    assert parse_callback(b'{"error": "refused"}') == CallbackError("refused")
+    assert parse_callback(b'{"progress": 39.6, "note": "x"}') == CallbackProgress(40, "x")
+    assert parse_callback(b'{"note": "x"}') == CallbackProgress(None, "x")
+    with pytest.raises(CallbackUnreadable):
+        parse_callback(b"{'output': 1}")
+    with pytest.raises(ValidationFailed) as refused:
+        parse_callback(b'{"output": 1, "progress": 3}')
+    assert refused.value.for_field("output") == "comes alone: an answer is output or error"
+
+
+def test_on_whom_a_step_waits_in_words() -> None:
+    assert waiting_on({"kind": "async"}, UNTIL) == "the agent"
+    assert waiting_on({"kind": "approval", "role": "admin"}, UNTIL) == "approval by an admin"
+    assert waiting_on({"kind": "approval"}, UNTIL) == "approval by an editor"
+    assert waiting_on({"kind": "sleep"}, UNTIL) == "until 2026-12-07 18:00:00 UTC"
+    assert decision_comment("  ") is None and decision_comment(" ok ") == "ok"
+    with pytest.raises(ValidationFailed):
+        decision_comment("x" * 2001)

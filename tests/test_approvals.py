@@ -24,6 +24,7 @@ from testkit.api import ApiProcess, bearer, make_token, writes
 from testkit.factories import ADMIN, execution, fetch, make_workspace, now
 from testkit.waits import parked_run, wake_ups
 
+pytestmark = pytest.mark.slow  # the real `api` process
 PROBLEM = "application/problem+json"
 
 

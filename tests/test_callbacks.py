@@ -28,6 +28,7 @@ from testkit.api import ApiProcess, bearer, make_token, writes
 from testkit.factories import execution, fetch, now
 from testkit.waits import callback_of, parked_run, wake_ups
 
+pytestmark = pytest.mark.slow  # the real `api` process
 PROBLEM = "application/problem+json"
 
 

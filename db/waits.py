@@ -269,6 +269,8 @@ def decide(
     if actor.webhook_id is not None:
         raise Forbidden("a webhook may not decide approvals")
     role = authorize(session, actor, Permission.READ)
+    if _RANK[role] < _RANK[Role.EDITOR]:  # no approval is a viewer's to decide
+        raise Forbidden(f"{role_phrase(role)} may not decide approvals: an editor or an admin may")
     run = _lock_run(session, execution_id, actor.workspace_id)
     if run is None:
         raise NotFound(f"execution {execution_id} does not exist")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 
 from core.access import Actor
 from core.settings import get_settings
@@ -35,13 +36,16 @@ def _wake(resolution: Resolution) -> None:
         log.warning("a wait was resolved; its run's wake-up was not sent (%s)", type(exc).__name__)
 
 
-def callback(token: str, body: bytes) -> Resolution:
+def callback(token: str, body: bytes, *, admit: Callable[[int], None] | None = None) -> Resolution:
     """Resolve the async step the callback `token` names with the answer in `body` (output,
     error or progress). In this order, nothing written on any: TokenRefused for a token
     that proves nothing, CallbackUnreadable / ValidationFailed for a body that is not an
     answer, WaitClosed / WaitGone when the wait is no longer open. A woken run's message
-    is sent after commit (`_wake`)."""
+    is sent after commit (`_wake`). `admit(step_run_id)`, given, may refuse a proven call
+    (the API's calls a minute) before the body is looked at."""
     opened = open_token(get_settings().secret_box(), token, WaitPurpose.CALLBACK)
+    if admit is not None:
+        admit(opened.step_run_id)
     answer = parse_callback(body)
     with session_scope() as session:
         resolution = waits.resolve(session, opened, answer)

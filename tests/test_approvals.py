@@ -148,6 +148,7 @@ def test_a_rejection_fails_the_step_by_default(api: httpx.Client) -> None:
 
 def test_refusals_name_the_reason_and_write_nothing(api: httpx.Client) -> None:
     execution_id, _ = parked_run()
+    theirs, _ = parked_run(actor=make_workspace())
     editor = _token(Role.EDITOR, "e")
     before = writes()
     # a step that is no approval, one that does not exist, a run that does not exist
@@ -155,8 +156,6 @@ def test_refusals_name_the_reason_and_write_nothing(api: httpx.Client) -> None:
     _problem(_decide(api, execution_id, "nope", "approve", editor), 404, "no approval step")
     _problem(_decide(api, uuid.uuid4(), "ok", "approve", editor), 404, "does not exist")
     # another workspace's run reads as not existing
-    other = make_workspace()
-    theirs, _ = parked_run(actor=other)
     _problem(_decide(api, theirs, "ok", "approve", editor), 404, "does not exist")
     # a comment too long, a field unknown
     long = "x" * 2001

@@ -245,11 +245,11 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
 
 
 # Group claim, the fast path: one statement claims every run of a batch that needs
-# no overlap decision (a parked run whose time has come among them: a wake, which keeps
-# its attempt) (a first start of a schedule with a policy other than "allow"
+# no overlap decision (a first start of a schedule with a policy other than "allow"
 # does, and goes through `claim_execution`, as does anything this one leaves out:
-# archived automations, runs another worker holds, final runs). Written in SQL so
-# that the hot path builds no statement objects.
+# archived automations, runs another worker holds, final runs, parked runs not due
+# yet). A parked run whose time has come is woken here, keeping its attempt. Written
+# in SQL so that the hot path builds no statement objects.
 _CLAIM_MANY = text(
     f"""
     WITH claimed AS (

@@ -693,8 +693,8 @@ class GraphPilot(Pilot):
         ends: dict[int, WaitEnd] = {}
         for row in moved:
             key = waits.get(row.id)
-            if key is None:
-                continue
+            if key is None or run.steps[key].state is not StepState.WAITING:
+                continue  # cancelled meanwhile: another wait of the run failed it
             if row.status != StepStatus.WAITING:
                 self._resolved(run, key, StepStatus(row.status), row.response_body, row.error)
             elif row.past:
@@ -707,6 +707,8 @@ class GraphPilot(Pilot):
             return False
         for row_id, body in ended.items():
             wait_end = ends[row_id]
+            if run.steps[waits[row_id]].state is not StepState.WAITING:
+                continue
             self._resolved(run, waits[row_id], wait_end.status, body, wait_end.error)
         return True
 

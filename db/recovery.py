@@ -27,6 +27,9 @@ RECOVERIES_EXHAUSTED = (
 )
 
 
+WAIT_GIVEN_UP = "cancelled while it waited: housekeeping gave up on the run"
+
+
 def stranded_executions(
     session: Session,
     *,
@@ -141,6 +144,14 @@ def give_up_exhausted(session: Session, stranded: Any, *, limit: int) -> int:
             StepRun.status == StepStatus.RUNNING,
         )
         .values(status=StepStatus.FAILED, error=LOST_STEP_ERROR, finished_at=func.now())
+    )
+    session.execute(
+        update(StepRun)
+        .where(
+            StepRun.execution_id.in_([row.id for row in ended]),
+            StepRun.status == StepStatus.WAITING,
+        )
+        .values(status=StepStatus.CANCELLED, error=WAIT_GIVEN_UP, finished_at=func.now())
     )
     for row in ended:
         if row.schedule_id is not None:

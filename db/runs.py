@@ -818,12 +818,12 @@ _PARK = text(
     SET status = '{ExecutionStatus.WAITING}', lease_expires_at = NULL, available_at = w.until
     FROM (
         SELECT min(wait_until) AS until FROM step_runs
-        WHERE execution_id = :execution_id AND status = '{StepStatus.WAITING}'
+        WHERE id = ANY(:ids) AND status = '{StepStatus.WAITING}'
     ) w
     WHERE e.id = :execution_id AND w.until IS NOT NULL
     RETURNING GREATEST(0, ceil(extract(epoch FROM w.until - now()) * 1000))::bigint
     """
-)
+).bindparams(bindparam("ids", type_=ARRAY(BigInteger())))
 
 
 @dataclass(frozen=True)
@@ -837,7 +837,8 @@ class Parked:
 
 def park(session: Session, claim: Claim, waiting: list[int]) -> Parked | None:
     """Park a graph run whose open steps all wait (`waiting`: their rows): `waiting`, no
-    lease, `available_at` at the earliest wait_until of its waits. Not parked when one of
+    lease, `available_at` at the earliest wait_until of those waits (a row of a step its
+    automation's edit removed is no wait of its graph any more). Not parked when one of
     them was resolved or has passed its wait_until meanwhile (`moved`: take them in and go
     on). None when the run is no longer this claim's.
 
@@ -852,7 +853,7 @@ def park(session: Session, claim: Claim, waiting: list[int]) -> Parked | None:
     moved = moved_waits(session, waiting)
     if moved:
         return Parked(moved=moved)
-    delay_ms = session.execute(_PARK, {"execution_id": claim.execution_id}).scalar()
+    delay_ms = session.execute(_PARK, {"execution_id": claim.execution_id, "ids": waiting}).scalar()
     if delay_ms is None:  # no wait left open: nothing to park on (its coordinator goes on)
         return Parked(moved=[])
     return Parked(delay_ms=int(delay_ms))

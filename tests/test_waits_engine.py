@@ -238,6 +238,30 @@ def test_a_redis_flush_while_runs_are_parked_loses_none(
     assert len(keys) == 40 and set(keys.values()) == {1}
 
 
+def test_a_sleep_until_a_past_instant_ends_at_once_and_one_too_far_ahead_fails(
+    db: None, redis_client: Any, agent: Any
+) -> None:
+    # given a sleep until an instant from the input: one an hour ago, one 8 days ahead
+    automation_id = _napping_graph(agent.url, sleep_until="{{ input.at }}")
+    past = datetime.now(UTC) - timedelta(hours=1)
+    ahead = datetime.now(UTC) + timedelta(days=8)
+    with worker_in_process(threads=2):
+        gone = _sent(automation_id, input={"at": past.isoformat()})
+        far = _sent(automation_id, input={"at": ahead.isoformat()})
+        done, refused = ended(gone, agent=agent), ended(far, agent=agent)
+    # then the past instant ended the sleep at once, as slept until that instant
+    assert done.status == "succeeded", done.error
+    nap = _row_of(gone, "nap")
+    assert (nap.status, nap.wait_until) == ("succeeded", past)
+    (after,) = _arrivals(agent, gone, "after")
+    assert datetime.fromisoformat(after.body["steps"]["nap"]["output"]["slept_until"]) == past
+    # and the instant too far ahead failed its step with the reason, before any wait
+    assert refused.status == "failed"
+    assert "more than 7 days ahead" in (refused.error or "")
+    assert _row_of(far, "nap").status == "failed"
+    assert _arrivals(agent, far, "after") == []
+
+
 @pytest.mark.slow
 def test_200_parked_runs_wake_and_each_completes_exactly_once(
     db: None, redis_client: Any, agent: Any

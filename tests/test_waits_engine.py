@@ -443,6 +443,37 @@ def test_an_approval_nobody_decides_is_decided_by_its_on_timeout(
         assert done.error == "step ok: rejected: no decision within the step's timeout (1 s)"
 
 
+def test_a_retry_of_a_run_whose_approval_failed_asks_for_it_again(
+    db: None, redis_client: Any, agent: Any
+) -> None:
+    # given a run failed by its approval's timeout (rejected, on_reject fail)
+    automation_id = make_graph(
+        [
+            {"key": "ok", "kind": "approval", "message": "go?", "timeout_s": 1},
+            {"key": "publish", "needs": ["ok"], "message": "publish"},
+        ],
+        agent_url=agent.url,
+    )
+    with worker_in_process(threads=2):
+        execution_id = _sent(automation_id)
+        assert ended(execution_id, agent=agent).status == "failed"
+        # when a person retries it
+        execution_service.retry(execution_id, actor=ADMIN)
+        # then the approval is asked again: a new wait, the run parked on it
+        _parked(execution_id)
+        rows = [(r.status, r.attempt) for r in step_runs(execution_id) if r.step_key == "ok"]
+        assert rows == [("failed", 1), ("waiting", 2)]
+        assert _settle_wait(
+            execution_id,
+            "ok",
+            "succeeded",
+            output={"approved": True, "by": "ana", "comment": None},
+        )
+        done = ended(execution_id, agent=agent)
+    assert done.status == "succeeded", done.error
+    assert [c.body["step_key"] for c in agent.calls_for(str(execution_id))] == ["publish"]
+
+
 # --- cancel, overlap, claims, recovery -------------------------------------------------------
 
 

@@ -27,7 +27,7 @@ from core.settings import get_settings
 from core.vocabulary import FINAL_STATUSES, StepState
 from core.waits import WaitPurpose, open_token
 from db.claims import claim_execution, claim_executions
-from db.models import Execution, StepRun
+from db.models import Automation, Execution, StepRun
 from db.recovery import stranded_executions
 from db.runs import Claim, RunMessage
 from db.session import rowcount, session_scope
@@ -447,17 +447,20 @@ def test_a_retry_of_a_run_whose_approval_failed_asks_for_it_again(
     db: None, redis_client: Any, agent: Any
 ) -> None:
     # given a run failed by its approval's timeout (rejected, on_reject fail)
-    automation_id = make_graph(
-        [
-            {"key": "ok", "kind": "approval", "message": "go?", "timeout_s": 1},
-            {"key": "publish", "needs": ["ok"], "message": "publish"},
-        ],
-        agent_url=agent.url,
-    )
+    steps: list[dict[str, Any]] = [
+        {"key": "ok", "kind": "approval", "message": "go?", "timeout_s": 1},
+        {"key": "publish", "needs": ["ok"], "message": "publish"},
+    ]
+    automation_id = make_graph(steps, agent_url=agent.url)
     with worker_in_process(threads=2):
         execution_id = _sent(automation_id)
         assert ended(execution_id, agent=agent).status == "failed"
-        # when a person retries it
+        # when its approval is given a day and a person retries the run
+        steps[0]["timeout_s"] = 86_400
+        with session_scope() as session:
+            session.execute(
+                update(Automation).where(Automation.id == automation_id).values(steps=steps)
+            )
         execution_service.retry(execution_id, actor=ADMIN)
         # then the approval is asked again: a new wait, the run parked on it
         _parked(execution_id)

@@ -162,11 +162,13 @@ def _wake(session: Session, run: Any) -> RunMessage | None:
         select(Automation.max_retries, Automation.urgent).where(Automation.id == run.automation_id)
     ).one()
     # A wake is neither a try nor a recovery: the message carries the retries the run had
-    # spent (each claim before this one but the first), so waking spends none.
-    return RunMessage.hand_back(
+    # spent (each claim before this one but the first, as housekeeping's re-send of a
+    # wake-up counts them), so waking spends none.
+    return RunMessage.wake(
         run.id,
         max_retries=automation.max_retries,
         retries=max(run.attempt - 1, 0),
+        delay_ms=0,
         urgent=automation.urgent,
     )
 

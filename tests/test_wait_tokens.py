@@ -1,4 +1,5 @@
-"""Waits' tokens (core/waits.py): sealed by the secret box, one purpose each, rotated keys.
+"""Waits' pure parts (core/waits.py): tokens sealed by the secret box, one purpose each, rotated
+keys; callback bodies; waits in words; the README's example.
 
 Pure: no server. The callback route's answers to these tokens are tests/test_callbacks.py.
 """
@@ -7,10 +8,14 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+import yaml
 
+from core.egress import EgressPolicy
 from core.errors import ValidationFailed
+from core.graph import parse_graph
 from core.secrets import SecretBox, new_key
 from core.settings import Settings
 from core.waits import (
@@ -47,7 +52,7 @@ def test_a_callback_token_opens_as_what_it_was_made_for() -> None:
         41,
         UNTIL,
     )
-    assert "41" not in token  # sealed, not merely signed
+    assert b"step_run_id" not in base64.urlsafe_b64decode(token)  # sealed, not merely signed
 
 
 def test_the_callback_url_starts_with_the_public_url() -> None:
@@ -152,3 +157,22 @@ def test_on_whom_a_step_waits_in_words() -> None:
     assert decision_comment("  ") is None and decision_comment(" ok ") == "ok"
     with pytest.raises(ValidationFailed):
         decision_comment("x" * 2001)
+
+
+def test_the_readmes_waits_example_is_a_graph_with_an_async_and_an_approval_step() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Waits: agents that answer later", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    steps = yaml.safe_load(example)["automations"][0]["steps"]
+    graph = parse_graph(steps, egress=EgressPolicy())
+    kinds = {step.key: str(step.kind) for step in graph.steps}
+    assert kinds == {
+        "research": "async",
+        "sign_off": "approval",
+        "cool_down": "sleep",
+        "pay": "call",
+    }
+    # and it shows the callback's three bodies and that no API token is needed
+    for body in ('{"progress": 40', '{"output": {', '{"error": "'):
+        assert body in section
+    assert "callback needs no API token" in section

@@ -10,7 +10,6 @@ the dependent step, is tests/test_waits_e2e.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -24,19 +23,12 @@ from core.vocabulary import ExecutionStatus, StepStatus
 from core.waits import WaitPurpose, approval_token, seal_token
 from db.models import StepRun
 from db.session import session_scope
-from testkit.api import ApiProcess, bearer, make_token, writes
+from testkit.api import bearer, make_token, writes
 from testkit.factories import execution, fetch, now
 from testkit.waits import callback_of, parked_run, wake_ups
 
 pytestmark = pytest.mark.slow  # the real `api` process
 PROBLEM = "application/problem+json"
-
-
-@pytest.fixture
-def http(db: None, redis_client: Any, api_process: ApiProcess) -> Iterator[httpx.Client]:
-    """A client of the real `api` process, over empty tables and Redis, with no API token."""
-    with httpx.Client(base_url=api_process.url, timeout=10) as client:
-        yield client
 
 
 def _refused(answer: httpx.Response, status: int, says: str) -> dict[str, Any]:
@@ -48,14 +40,14 @@ def _refused(answer: httpx.Response, status: int, says: str) -> dict[str, Any]:
 
 
 def test_a_callback_is_accepted_once_and_wakes_its_run(
-    http: httpx.Client, redis_client: Any
+    api_http: httpx.Client, redis_client: Any
 ) -> None:
     # given a run parked on an async step (and two approvals)
     execution_id, steps = parked_run()
     url = callback_of(steps["fetch"])
     # when its agent POSTs the output to the callback URL, without any API token
     output = {"summary": "3 sources", "pages": [1, 2, 3], "ok": True}
-    answer = http.post(url, json={"output": output})
+    answer = api_http.post(url, json={"output": output})
     # then it is accepted: the step succeeded with the output, and the run is woken now
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"accepted": True, "step_status": "succeeded"}
@@ -68,17 +60,17 @@ def test_a_callback_is_accepted_once_and_wakes_its_run(
     # and a second callback (another answer, or the same) is refused and changes nothing
     before = writes()
     for body in ({"output": {"summary": "other"}}, {"output": output}, {"error": "late"}):
-        _refused(http.post(url, json=body), 409, "already answered")
-    _refused(http.post(url, json={"progress": 90}), 409, "already answered")
+        _refused(api_http.post(url, json=body), 409, "already answered")
+    _refused(api_http.post(url, json={"progress": 90}), 409, "already answered")
     assert writes() == before
     assert wake_ups(redis_client, execution_id) == 1
 
 
 def test_an_error_fails_the_step_with_the_agents_reason(
-    http: httpx.Client, redis_client: Any
+    api_http: httpx.Client, redis_client: Any
 ) -> None:
     execution_id, steps = parked_run()
-    answer = http.post(callback_of(steps["fetch"]), json={"error": "the site refused us (403)"})
+    answer = api_http.post(callback_of(steps["fetch"]), json={"error": "the site refused us (403)"})
     assert answer.json() == {"accepted": True, "step_status": "failed"}
     row = fetch(StepRun, steps["fetch"])
     assert row.status == StepStatus.FAILED
@@ -87,16 +79,16 @@ def test_an_error_fails_the_step_with_the_agents_reason(
 
 
 def test_progress_is_kept_any_number_of_times_and_keeps_the_wait_open(
-    http: httpx.Client, redis_client: Any
+    api_http: httpx.Client, redis_client: Any
 ) -> None:
     # given a parked run's async step
     execution_id, steps = parked_run()
     url = callback_of(steps["fetch"])
     admin = bearer(make_token())
     # when its agent reports progress twice
-    first = http.post(url, json={"progress": 40, "note": "parsing"})
+    first = api_http.post(url, json={"progress": 40, "note": "parsing"})
     assert first.json() == {"accepted": True, "step_status": "waiting"}, first.text
-    assert http.post(url, json={"progress": 70.4, "note": "writing"}).status_code == 200
+    assert api_http.post(url, json={"progress": 70.4, "note": "writing"}).status_code == 200
     # then the last is kept on the step, which still waits; the run is not woken for it
     row = fetch(StepRun, steps["fetch"])
     assert row.status == StepStatus.WAITING
@@ -104,7 +96,7 @@ def test_progress_is_kept_any_number_of_times_and_keeps_the_wait_open(
     assert row.wait["progress_at"]
     assert wake_ups(redis_client, execution_id) == 0
     # and the list of waits shows it, on whom the step waits
-    listed = http.get("/v1/waits", headers=admin).json()["items"]
+    listed = api_http.get("/v1/waits", headers=admin).json()["items"]
     [fetching] = [w for w in listed if w["kind"] == "async"]
     assert (fetching["progress"], fetching["note"], fetching["waiting_on"]) == (
         70,
@@ -112,8 +104,8 @@ def test_progress_is_kept_any_number_of_times_and_keeps_the_wait_open(
         "the agent",
     )
     # and a note alone, then the answer, are taken as well
-    assert http.post(url, json={"note": "almost"}).status_code == 200
-    assert http.post(url, json={"output": "done"}).json()["step_status"] == "succeeded"
+    assert api_http.post(url, json={"note": "almost"}).status_code == 200
+    assert api_http.post(url, json={"output": "done"}).json()["step_status"] == "succeeded"
     assert fetch(StepRun, steps["fetch"]).response_body == '"done"'
 
 
@@ -126,7 +118,9 @@ def _deadline(step_run_id: int, seconds_from_now: float) -> None:
         )
 
 
-def test_a_callback_after_the_steps_timeout_is_gone(http: httpx.Client, redis_client: Any) -> None:
+def test_a_callback_after_the_steps_timeout_is_gone(
+    api_http: httpx.Client, redis_client: Any
+) -> None:
     # given an async step whose deadline has just passed (not yet ended by its run)
     execution_id, steps = parked_run()
     url = callback_of(steps["fetch"])
@@ -135,7 +129,7 @@ def test_a_callback_after_the_steps_timeout_is_gone(http: httpx.Client, redis_cl
     # when its agent answers, or reports progress
     for body in ({"output": 1}, {"error": "x"}, {"progress": 99}):
         # then it is too late: 410, nothing written, the run not woken
-        _refused(http.post(url, json=body), 410, "too late")
+        _refused(api_http.post(url, json=body), 410, "too late")
     assert writes() == before and wake_ups(redis_client, execution_id) == 0
     # and once the engine ended the step by its timeout, it is still 410 (not "answered")
     with session_scope() as session:
@@ -144,19 +138,19 @@ def test_a_callback_after_the_steps_timeout_is_gone(http: httpx.Client, redis_cl
             .where(StepRun.id == steps["fetch"])
             .values(status=StepStatus.FAILED, finished_at=StepRun.wait_until)
         )
-    _refused(http.post(url, json={"output": 1}), 410, "ended by its timeout")
+    _refused(api_http.post(url, json={"output": 1}), 410, "ended by its timeout")
 
 
-def test_an_expired_callback_url_is_gone(http: httpx.Client) -> None:
+def test_an_expired_callback_url_is_gone(api_http: httpx.Client) -> None:
     _, steps = parked_run()
     before = writes()
     expired = callback_of(steps["fetch"], valid_s=-1)
-    _refused(http.post(expired, json={"output": 1}), 410, "expired")
+    _refused(api_http.post(expired, json={"output": 1}), 410, "expired")
     assert writes() == before
 
 
 def test_a_forged_callback_proves_nothing_and_writes_nothing(
-    http: httpx.Client, redis_client: Any
+    api_http: httpx.Client, redis_client: Any
 ) -> None:
     # given a parked run's async step
     execution_id, steps = parked_run()
@@ -175,30 +169,32 @@ def test_a_forged_callback_proves_nothing_and_writes_nothing(
     before = writes()
     for token in forged:
         # when a callback comes with it
-        answer = http.post(f"/v1/callbacks/{token}", json={"output": "forged"})
+        answer = api_http.post(f"/v1/callbacks/{token}", json={"output": "forged"})
         # then it is refused as unauthenticated, with the callback's challenge
         problem = _refused(answer, 401, "not valid")
         assert problem["title"] == "The callback URL is not valid"
         assert answer.headers["www-authenticate"].startswith("Stepwise-Callback")
     # and an API token does not stand for the signed URL
     admin = bearer(make_token())
-    _refused(http.post(f"/v1/callbacks/{forged[0]}", json={"output": 1}, headers=admin), 401, "")
+    _refused(
+        api_http.post(f"/v1/callbacks/{forged[0]}", json={"output": 1}, headers=admin), 401, ""
+    )
     # and nothing was written, the run not woken
     assert writes() == before and wake_ups(redis_client, execution_id) == 0
     assert fetch(StepRun, steps["fetch"]).status == StepStatus.WAITING
 
 
 def test_a_callback_for_a_cancelled_run_changes_nothing(
-    http: httpx.Client, redis_client: Any
+    api_http: httpx.Client, redis_client: Any
 ) -> None:
     # given a parked run cancelled by a person through the API
     execution_id, steps = parked_run()
     admin = bearer(make_token())
-    cancelled = http.post(f"/v1/executions/{execution_id}/cancel", headers=admin)
+    cancelled = api_http.post(f"/v1/executions/{execution_id}/cancel", headers=admin)
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     before = writes()
     # when its agent calls back
-    answer = http.post(callback_of(steps["fetch"]), json={"output": "too late"})
+    answer = api_http.post(callback_of(steps["fetch"]), json={"output": "too late"})
     # then it is refused as the run was cancelled, and nothing changed
     _refused(answer, 409, "cancelled")
     assert writes() == before and wake_ups(redis_client, execution_id) == 0
@@ -227,22 +223,22 @@ def test_a_callback_for_a_cancelled_run_changes_nothing(
     ],
 )
 def test_a_bad_body_is_refused_and_writes_nothing(
-    http: httpx.Client, redis_client: Any, body: bytes, status: int, says: str
+    api_http: httpx.Client, redis_client: Any, body: bytes, status: int, says: str
 ) -> None:
     # given a parked run's async step
     execution_id, steps = parked_run()
     url = callback_of(steps["fetch"])
     before = writes()
     # when its callback comes with a body that is not one of the three answers
-    answer = http.post(url, content=body, headers={"Content-Type": "application/json"})
+    answer = api_http.post(url, content=body, headers={"Content-Type": "application/json"})
     # then it is refused, saying why, and nothing was written
     _refused(answer, status, says)
     assert writes() == before and wake_ups(redis_client, execution_id) == 0
     # and the URL still takes a good answer
-    assert http.post(url, json={"output": 1}).status_code == 200
+    assert api_http.post(url, json={"output": 1}).status_code == 200
 
 
-def test_a_callback_before_the_202_is_recorded_is_asked_again(http: httpx.Client) -> None:
+def test_a_callback_before_the_202_is_recorded_is_asked_again(api_http: httpx.Client) -> None:
     # given an async step whose call is still recorded as at the agent (its 202 not stored)
     _, steps = parked_run(status=ExecutionStatus.RUNNING)
     with session_scope() as session:
@@ -254,7 +250,7 @@ def test_a_callback_before_the_202_is_recorded_is_asked_again(http: httpx.Client
     url = callback_of(steps["fetch"])
     before = writes()
     # when the agent calls back at once, then it is asked to send it again in a second
-    answer = http.post(url, json={"output": 1})
+    answer = api_http.post(url, json={"output": 1})
     _refused(answer, 503, "send the callback again")
     assert answer.headers["retry-after"] == "1"
     assert writes() == before

@@ -39,12 +39,12 @@ from core.waits import (
 UNTIL = datetime(2026, 12, 7, 18, 0, tzinfo=UTC)
 
 
-def _settings(*keys: str, public_url: str = "") -> Settings:
+def _keyed(*keys: str, public_url: str = "") -> Settings:
     return Settings(secret_keys=",".join(keys), public_url=public_url)
 
 
 def test_a_callback_token_opens_as_what_it_was_made_for() -> None:
-    settings = _settings(new_key())
+    settings = _keyed(new_key())
     token = callback_token(settings, 41, UNTIL)
     opened = open_token(settings.secret_box(), token, WaitPurpose.CALLBACK)
     assert (opened.purpose, opened.step_run_id, opened.expires_at) == (
@@ -57,7 +57,7 @@ def test_a_callback_token_opens_as_what_it_was_made_for() -> None:
 
 def test_the_callback_url_starts_with_the_public_url() -> None:
     key = new_key()
-    url = callback_url(_settings(key, public_url="https://stepwise.example.com/"), 7, UNTIL)
+    url = callback_url(_keyed(key, public_url="https://stepwise.example.com/"), 7, UNTIL)
     assert url.startswith(f"https://stepwise.example.com{CALLBACK_PATH}")
     token = url.removeprefix(f"https://stepwise.example.com{CALLBACK_PATH}")
     assert open_token(SecretBox((key,)), token, WaitPurpose.CALLBACK).step_run_id == 7
@@ -73,7 +73,7 @@ def test_a_public_url_that_is_not_one_is_refused(bad: str) -> None:
 
 
 def test_the_expiry_is_for_the_caller_to_compare_on_its_clock() -> None:
-    settings = _settings(new_key())
+    settings = _keyed(new_key())
     opened = open_token(
         settings.secret_box(), callback_token(settings, 1, UNTIL), WaitPurpose.CALLBACK
     )
@@ -84,7 +84,7 @@ def test_the_expiry_is_for_the_caller_to_compare_on_its_clock() -> None:
 
 
 def test_a_token_of_one_purpose_never_opens_as_the_other() -> None:
-    settings = _settings(new_key())
+    settings = _keyed(new_key())
     box = settings.secret_box()
     with pytest.raises(TokenRefused):
         open_token(box, approval_token(settings, 3, UNTIL), WaitPurpose.CALLBACK)
@@ -95,7 +95,7 @@ def test_a_token_of_one_purpose_never_opens_as_the_other() -> None:
 
 
 def test_a_tampered_token_is_refused() -> None:
-    settings = _settings(new_key())
+    settings = _keyed(new_key())
     token = callback_token(settings, 5, UNTIL)
     raw = bytearray(base64.urlsafe_b64decode(token))
     raw[40] ^= 1  # a bit of the ciphertext
@@ -106,22 +106,22 @@ def test_a_tampered_token_is_refused() -> None:
 
 
 def test_a_token_under_another_key_is_refused() -> None:
-    ours, theirs = _settings(new_key()), _settings(new_key())
+    ours, theirs = _keyed(new_key()), _keyed(new_key())
     with pytest.raises(TokenRefused):
         open_token(ours.secret_box(), callback_token(theirs, 5, UNTIL), WaitPurpose.CALLBACK)
 
 
 def test_a_token_made_before_a_key_rotation_still_opens() -> None:
     old, new = new_key(), new_key()
-    before = callback_token(_settings(old), 9, UNTIL)
-    rotated = _settings(new, old)  # the new key seals, the old one still opens
+    before = callback_token(_keyed(old), 9, UNTIL)
+    rotated = _keyed(new, old)  # the new key seals, the old one still opens
     assert open_token(rotated.secret_box(), before, WaitPurpose.CALLBACK).step_run_id == 9
     after = callback_token(rotated, 9, UNTIL)
     with pytest.raises(TokenRefused):  # sealed with the new key only
         open_token(SecretBox((old,)), after, WaitPurpose.CALLBACK)
     # Once the old key is dropped, the old token proves nothing.
     with pytest.raises(TokenRefused):
-        open_token(_settings(new).secret_box(), before, WaitPurpose.CALLBACK)
+        open_token(_keyed(new).secret_box(), before, WaitPurpose.CALLBACK)
 
 
 def test_a_payload_that_is_not_ours_is_refused() -> None:

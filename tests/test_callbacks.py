@@ -166,6 +166,7 @@ def test_a_forged_callback_proves_nothing_and_writes_nothing(
         # one of ours, but made to decide an approval: never a callback
         approval_token(get_settings(), steps["fetch"], until),
     ]
+    admin = bearer(make_token())
     before = writes()
     for token in forged:
         # when a callback comes with it
@@ -175,7 +176,6 @@ def test_a_forged_callback_proves_nothing_and_writes_nothing(
         assert problem["title"] == "The callback URL is not valid"
         assert answer.headers["www-authenticate"].startswith("Stepwise-Callback")
     # and an API token does not stand for the signed URL
-    admin = bearer(make_token())
     _refused(
         api_http.post(f"/v1/callbacks/{forged[0]}", json={"output": 1}, headers=admin), 401, ""
     )

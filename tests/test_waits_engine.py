@@ -13,6 +13,7 @@ parked).
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -20,13 +21,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from core.graph import graph_of
 from core.limits import MAX_RECOVERIES
 from core.settings import get_settings
-from core.vocabulary import FINAL_STATUSES, StepState
+from core.vocabulary import FINAL_STATUSES, ExecutionStatus, StepState
 from core.waits import WaitClosed, WaitPurpose, open_token
+from db import runs
 from db.claims import claim_execution, claim_executions
 from db.models import Automation, Execution, StepRun
 from db.recovery import stranded_executions
@@ -51,6 +53,7 @@ from testkit.factories import (
 from testkit.processes import READY, worker_in_process
 from testkit.runs import ended
 from testkit.waiting import wait_for
+from testkit.waits import parked_run
 
 
 def _napping_graph(agent_url: str, **nap: Any) -> uuid.UUID:
@@ -480,6 +483,68 @@ def test_a_parked_run_is_cancelled_with_its_waits(db: None, redis_client: Any, a
         assert claim_execution(session, execution_id, lease_s=5) == "nothing"
     assert execution(execution_id).status == "cancelled"
     assert agent.calls_for(str(execution_id)) == []
+
+
+def _blocked_on_a_lock() -> int:
+    """How many sessions of this database wait for a lock now."""
+    with session_scope() as session:
+        return int(
+            session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"
+                )
+            )
+            or 0
+        )
+
+
+def test_a_decision_during_a_park_waits_for_it_and_wakes_the_run(
+    db: None, redis_client: Any
+) -> None:
+    # given a running run whose open steps all wait, its coordinator parking it (the run's
+    # row locked, the transaction not committed yet)
+    execution_id, ids = parked_run(status=ExecutionStatus.QUEUED)
+    with session_scope() as session:
+        (claim,) = claim_executions(session, [execution_id], lease_s=30)
+    assert isinstance(claim, Claim)
+    decided: dict[str, Any] = {}
+
+    def decide() -> None:
+        decided["wake"] = wait_service.decide(execution_id, "ok", approved=True, actor=ADMIN).wake
+
+    with session_scope() as session:
+        parked = runs.park(session, claim, list(ids.values()))
+        assert parked is not None and parked.delay_ms is not None
+        # when a person approves meanwhile
+        thread = threading.Thread(target=decide)
+        thread.start()
+        # then the decision waits for the park (it locks the run's row first too)
+        wait_for(lambda: _blocked_on_a_lock() >= 1, message="the decision to wait for the park")
+    thread.join(10)
+    # and once the park has committed, it finds the run parked and wakes it
+    assert decided["wake"] is not None
+    woken = execution(execution_id)
+    assert woken.status == "waiting" and woken.available_at is not None
+    assert woken.available_at <= now()
+    assert _row_of(execution_id, "ok").status == "succeeded"
+
+
+def test_a_decision_before_a_park_keeps_the_run_from_parking(db: None, redis_client: Any) -> None:
+    # given a running run whose open steps all wait, and a decision on one of them
+    execution_id, ids = parked_run(status=ExecutionStatus.QUEUED)
+    with session_scope() as session:
+        (claim,) = claim_executions(session, [execution_id], lease_s=30)
+    assert isinstance(claim, Claim)
+    resolution = wait_service.decide(execution_id, "ok", approved=False, actor=ADMIN)
+    assert resolution.wake is None  # the run is running: its coordinator reads its waits
+    # when its coordinator parks it
+    with session_scope() as session:
+        parked = runs.park(session, claim, list(ids.values()))
+    # then it does not park: the decided wait is handed to it to take in
+    assert parked is not None and parked.delay_ms is None
+    assert [(row.id, row.status) for row in parked.moved] == [(ids["ok"], "failed")]
+    assert execution(execution_id).status == "running"
 
 
 def _parked_rows(automation_id: uuid.UUID, **parked: Any) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from core.errors import (
     StepwiseError,
     ValidationFailed,
 )
+from core.waits import CallbackUnreadable, TokenRefused, WaitGone, WaitNotReady
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger(__name__)
@@ -70,15 +71,18 @@ class RateLimited(StepwiseError):
 # (status, slug, title) for each error of ours; a subclass comes before its base.
 _KINDS: list[tuple[type[Exception], int, str, str]] = [
     (BodyRefused, 400, "invalid-body", "The body was refused"),
+    (CallbackUnreadable, 400, "invalid-body", "The body was refused"),
     (ValidationFailed, 422, "invalid-input", "The input was refused"),
     (NotAuthenticated, 401, "unauthenticated", "An API token is required"),
     (BodyTooLarge, 413, "too-large", "The body is too large"),
     (Forbidden, 403, "forbidden", "Your role does not allow this"),
     (NotFound, 404, "not-found", "Not found"),
     (InvalidState, 409, "invalid-state", "Not possible in the current state"),
+    (WaitGone, 410, "wait-ended", "Too late: the wait has ended"),
     (QuotaExceeded, 409, "quota-exceeded", "A workspace quota is reached"),
     (RateLimited, 429, "rate-limited", "Too many calls this minute"),
     (ConfigError, 503, "misconfigured", "The server is not configured for this"),
+    (WaitNotReady, 503, "not-ready", "Not ready for this yet: send it again shortly"),
 ]
 
 
@@ -89,13 +93,17 @@ _CHALLENGES = {
     False: {"WWW-Authenticate": "Bearer"},
     True: {"WWW-Authenticate": 'Stepwise-Signature realm="webhook"'},
 }
+# An async step's callback proves itself by the signed token in its URL.
+_CALLBACK_TITLE = "The callback URL is not valid"
+_CALLBACK_CHALLENGE = {"WWW-Authenticate": 'Stepwise-Callback realm="callback"'}
 
 
 # The headers that come with these statuses, as the OpenAPI schema documents them.
 _HEADERS: dict[int, dict[str, Any]] = {
     401: {
         "WWW-Authenticate": {
-            "description": "how to authenticate: `Bearer` (an API token), or the webhook's proof",
+            "description": "how to authenticate: `Bearer` (an API token), the webhook's proof, "
+            "or (a callback) its signed URL",
             "required": True,
             "schema": {"type": "string"},
         }
@@ -104,6 +112,13 @@ _HEADERS: dict[int, dict[str, Any]] = {
         "Retry-After": {
             "description": "seconds until this token may call again",
             "required": True,
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
+    503: {
+        "Retry-After": {
+            "description": "seconds until the call may be sent again (when it may)",
+            "required": False,
             "schema": {"type": "integer", "minimum": 1},
         }
     },
@@ -156,7 +171,11 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
     titles = {status: title for _, status, _, title in _KINDS}
     titles[400] = "The body is not JSON"
-    titles[401] = "Not authenticated: an API token (or, for a webhook, its proof) is required"
+    titles[503] = "Not now: not ready yet (send again after Retry-After), or not configured"
+    titles[401] = (
+        "Not authenticated: an API token (or, for a webhook, its proof; for a callback, a "
+        "valid signed URL) is required"
+    )
     return {
         status: {
             "description": titles.get(status, "Error"),
@@ -177,13 +196,16 @@ def _from_stepwise(_: Request | None, exc: Exception) -> JSONResponse:
         if isinstance(exc, kind):
             errors = exc.errors if isinstance(exc, ValidationFailed) else None
             headers = None
-            if isinstance(exc, NotAuthenticated):
+            if isinstance(exc, TokenRefused):
+                headers, title = _CALLBACK_CHALLENGE, _CALLBACK_TITLE
+            elif isinstance(exc, NotAuthenticated):
                 headers = _CHALLENGES[exc.webhook]
                 title = _WEBHOOK_TITLE if exc.webhook else title
-            if isinstance(exc, RateLimited):
+            if isinstance(exc, RateLimited | WaitNotReady):
                 headers = {"Retry-After": str(exc.retry_after)}
-            detail = str(exc) if status != 503 else "the server is missing configuration"
-            if status == 503:
+            detail = str(exc)
+            if isinstance(exc, ConfigError):
+                detail = "the server is missing configuration"
                 log.error("configuration: %s", exc)
             return problem(status, slug, title, detail, errors, headers)
     return _unexpected(_, exc)

@@ -51,6 +51,12 @@ MAX_TEMPLATE_OPS = 100_000  # loop turns, calls, filters and operators of one re
 MAX_RENDER_S = 1.0  # one render's time, checked at each of those
 MAX_RANGE = 10_000  # numbers of one range() in a template
 
+# Durable waits (steps of kind async, approval and sleep).
+MAX_WAIT_S = 7 * 86400  # an async or approval step's timeout, a sleep's length, at most
+DEFAULT_APPROVAL_TIMEOUT_S = 86_400
+WAIT_POLL_S = 1.0  # a coordinator with calls in flight reads its wait rows this often
+MAX_WAIT_NOTE = 500  # an async step's progress note, as stored
+
 # Inbound webhooks.
 MAX_DELIVERY_ID = 200  # the Stepwise-Delivery header
 SIGNATURE_TOLERANCE_S = 300  # a signed webhook call this far from the database's clock is refused

@@ -14,6 +14,9 @@ from enum import StrEnum
 class ExecutionStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    # Parked: every open step of its graph waits (a sleep, an agent's callback, a person's
+    # approval); no worker, lease or thread holds it until `available_at` or a resolution.
+    WAITING = "waiting"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -21,11 +24,14 @@ class ExecutionStatus(StrEnum):
 
     @property
     def is_open(self) -> bool:
-        """Not finished yet: a worker may still pick it up or is running it."""
+        """Not finished yet: a worker may still pick it up, is running it, or it waits."""
         return self in OPEN_STATUSES
 
 
-OPEN_STATUSES = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
+OPEN_STATUSES = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, ExecutionStatus.WAITING)
+# A run in progress for its schedule's overlap policy: started and not ended (a parked run
+# is still in progress).
+IN_PROGRESS_STATUSES = (ExecutionStatus.RUNNING, ExecutionStatus.WAITING)
 FINAL_STATUSES = tuple(s for s in ExecutionStatus if s not in OPEN_STATUSES)
 # What a run ended with, as charted: cancelled runs are a person's choice, not an outcome.
 CHART_STATUSES = (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.SKIPPED)
@@ -37,6 +43,9 @@ class StepStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"  # cut at the agent when a person cancelled its run, or never started
     SKIPPED = "skipped"  # a graph's step left out by its condition (no call; the reason in error)
+    # A step of kind async (its agent answered 202), approval or sleep, until resolved or
+    # past its `wait_until`; then succeeded, failed or skipped (only from waiting: single use).
+    WAITING = "waiting"
 
 
 class StepState(StrEnum):
@@ -45,6 +54,7 @@ class StepState(StrEnum):
 
     PENDING = "pending"  # not started: waiting for its needs, or never reached
     RUNNING = "running"
+    WAITING = "waiting"  # started and waiting: a sleep, an agent's callback, an approval
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # for good: its retries are spent, or no retry could help
     SKIPPED = "skipped"  # its condition was false, or a step it needs was skipped
@@ -52,13 +62,35 @@ class StepState(StrEnum):
 
     @property
     def is_final(self) -> bool:
-        return self not in (StepState.PENDING, StepState.RUNNING)
+        return self not in (StepState.PENDING, StepState.RUNNING, StepState.WAITING)
 
 
 class StepKind(StrEnum):
     """What a step of a graph does."""
 
     CALL = "call"  # one call to the agent (one per item of a for_each)
+    ASYNC = "async"  # a call whose agent may answer 202 and POST the result to a callback
+    APPROVAL = "approval"  # no call: a person of a role approves or rejects
+    SLEEP = "sleep"  # no call: waits a duration or until an instant
+
+    @property
+    def waits(self) -> bool:
+        """Its step run may be stored `waiting` (with `wait_until` and `wait`)."""
+        return self is not StepKind.CALL
+
+
+class OnReject(StrEnum):
+    """What a rejected approval step does."""
+
+    FAIL = "fail"  # the step fails (its dependents follow the graph's rules)
+    SKIP = "skip"  # the step is skipped
+
+
+class OnTimeout(StrEnum):
+    """What an approval step nobody decided within its timeout does (a decision by "timeout")."""
+
+    REJECT = "reject"
+    APPROVE = "approve"
 
 
 class Trigger(StrEnum):
@@ -156,6 +188,8 @@ class AuditAction(StrEnum):
     ROTATE_WEBHOOK = "rotate_hook"
     DISABLE_WEBHOOK = "disable_hook"
     BACKFILL = "backfill"
+    APPROVE = "approve"  # a person approved an approval step (target: the execution)
+    REJECT = "reject"  # a person rejected an approval step (target: the execution)
 
 
 class AuditTarget(StrEnum):

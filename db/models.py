@@ -457,6 +457,13 @@ class Execution(Base):
             "available_at",
             postgresql_where=text(_in("status", OPEN_STATUSES)),
         ),
+        # Parked runs by wake-up time (migration 0023): the wake claim, housekeeping's
+        # re-send of a lost wake-up, and the count of runs waiting, over waiting rows only.
+        Index(
+            "ix_executions_waiting",
+            "available_at",
+            postgresql_where=text(f"status = '{ExecutionStatus.WAITING}'"),
+        ),
         # Room on each page for a row's next version (migration 0021): a step's start
         # (step, lease) changes no indexed column, so it is a HOT update, which touches
         # none of the table's indexes, only while the row's page has space for it.
@@ -487,10 +494,24 @@ class StepRun(Base):
     started_at: Mapped[datetime] = mapped_column(server_default=func.now())
     finished_at: Mapped[datetime | None]
     duration_ms: Mapped[int | None] = mapped_column(Integer)
+    # A step of kind async, approval or sleep (migration 0023): while `waiting`, the instant
+    # its wait ends by its kind's rule (a sleep's end, a callback's or a decision's deadline),
+    # computed once at the step's start; kept once resolved.
+    wait_until: Mapped[datetime | None]
+    # What it waits for: {"kind": "async"|"approval"|"sleep", ...} (docs/RELIABILITY.md,
+    # "Waits"): an async step's progress and note, an approval's role, policies, rendered
+    # message and, once made, its decision.
+    wait: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
     __table_args__ = (
         CheckConstraint(_in("status", StepStatus), name="status"),
         Index("ix_step_runs_execution", "execution_id", "step_number", "attempt"),
+        # The open waits of a run (its coordinator's reads, the park's check, cancel).
+        Index(
+            "ix_step_runs_waiting",
+            "execution_id",
+            postgresql_where=text(f"status = '{StepStatus.WAITING}'"),
+        ),
         # A step's answer changes no indexed column: room for it as a HOT update (0021).
         {"postgresql_with": {"fillfactor": STEP_RUNS_FILLFACTOR}},
     )

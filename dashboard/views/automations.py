@@ -409,8 +409,8 @@ if current is not None:
         )
         st.warning(
             f"Delete “{ui.text(current.name)}”? Its {current.schedules} schedule(s) stop and its "
-            f"{open_runs} open run(s), queued or running, are cancelled (a running one stops "
-            "before its next step); the history stays."
+            f"{open_runs} open run(s), queued, running or waiting, are cancelled (a running one "
+            "stops before its next step); the history stays."
         )
         yes, no = st.columns(2)
         if yes.button("Yes, delete it", type="primary", key=k + "delete_yes"):

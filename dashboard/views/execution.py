@@ -233,7 +233,12 @@ def graph_steps(detail: queries.ExecutionDetail, graph: Graph) -> None:
     for step in graph.steps:
         state = shown[step.key]
         mine = runs.pop(step.key, [])
-        with st.expander(f"{step.key} · {state.state}", icon=_ICON.get(state.state)):
+        # A waiting step is open: what it waits for (an approval's buttons) shows at once.
+        with st.expander(
+            f"{step.key} · {state.state}",
+            icon=_ICON.get(state.state),
+            expanded=state.state is StepState.WAITING,
+        ):
             graph_step(step, state, mine, zero, execution.id)
     for key, mine in runs.items():  # steps since removed from the automation
         with st.expander(f"{key} · no longer in the automation"):

@@ -11,7 +11,17 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
-from api import audit, automations, channels, executions, queues, schedules, secrets, webhooks
+from api import (
+    audit,
+    automations,
+    channels,
+    executions,
+    queues,
+    schedules,
+    secrets,
+    waits,
+    webhooks,
+)
 from api.gate import Gate
 from api.metrics import RequestMetrics
 from api.problems import documented, install
@@ -37,6 +47,11 @@ body is read; no body may pass 4 MiB (413).
 `POST /v1/hooks/{id}` or `/v1/webhooks/{id}` (an automation's webhook) needs no token:
 the webhook's secret or a signature of the body proves the call, and each webhook takes at
 most STEPWISE_API_RATE_PER_MINUTE proven calls a minute.
+
+`POST /v1/callbacks/{token}` (an async step's `callback_url`) needs no token either: the
+signed URL proves the call, for one step's try, until the step's timeout. Approval steps
+are approved or rejected under `/v1/executions/{id}/steps/{key}/`; `GET /v1/waits` lists
+what the workspace's runs wait for, and on whom.
 """
 
 
@@ -60,9 +75,10 @@ def create_app() -> FastAPI:
     )
     install(app)
     app.add_middleware(Gate)
-    for module in (automations, schedules, executions, queues, audit, channels, secrets):
+    for module in (automations, schedules, executions, waits, queues, audit, channels, secrets):
         app.include_router(module.router, responses=documented(429))
     app.include_router(webhooks.router)
+    app.include_router(waits.callbacks)
     app.mount(ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     app.add_middleware(RequestMetrics)  # served apart: api/metrics.py
 

@@ -84,7 +84,8 @@ def list_executions(
     )
 
 
-def _detail(execution_id: uuid.UUID, actor: Acting) -> ExecutionDetailOut:
+def execution_answer(execution_id: uuid.UUID, actor: Acting) -> ExecutionDetailOut:
+    """The execution with its steps, as every call on one answers."""
     detail = read(queries.execution_detail, execution_id, actor=actor)
     if detail is None:
         raise NotFound(f"execution {execution_id} does not exist")
@@ -94,14 +95,14 @@ def _detail(execution_id: uuid.UUID, actor: Acting) -> ExecutionDetailOut:
 @router.get("/{execution_id}")
 def get_execution(execution_id: uuid.UUID, actor: Acting) -> ExecutionDetailOut:
     """The execution with every attempt of every step, in order."""
-    return _detail(execution_id, actor)
+    return execution_answer(execution_id, actor)
 
 
 @router.post("/{execution_id}/cancel")
 def cancel_execution(execution_id: uuid.UUID, actor: Acting) -> ExecutionDetailOut:
     """Cancel a queued or running execution (a running one stops before its next step)."""
     executions.cancel(execution_id, actor=actor)
-    return _detail(execution_id, actor)
+    return execution_answer(execution_id, actor)
 
 
 @router.post("/{execution_id}/retry", status_code=status.HTTP_202_ACCEPTED)

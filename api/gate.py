@@ -3,8 +3,9 @@
 FastAPI reads and parses a route's JSON body before it resolves the route's dependencies,
 so a token checked by a dependency alone is checked after an anonymous caller's body was
 read into memory and parsed. Here, the calls that need a token (everything under `/v1/`
-but the webhooks, which prove themselves by their own secret) are authenticated before a
-byte of their body is read (401 with the body unread), and no request's body may pass
+but the webhooks and the callbacks, which prove themselves by their own secret or signed
+URL) are authenticated before a byte of their body is read (401 with the body unread),
+and no request's body may pass
 MAX_API_BODY_BYTES (413): refused by its declared length before reading, or as soon as
 what it streams passes the limit. Every answer says it may not be framed by another
 site (the docs page included: clickjacking).
@@ -23,7 +24,8 @@ from core.errors import StepwiseError
 from core.limits import MAX_API_BODY_BYTES
 from core.web import FRAMING_HEADERS
 
-_NO_TOKEN = ("/v1/hooks/", "/v1/webhooks/")  # a webhook's own proof (api.webhooks)
+# A webhook's own proof (api.webhooks), an async step's signed callback URL (api.waits).
+_NO_TOKEN = ("/v1/hooks/", "/v1/webhooks/", "/v1/callbacks/")
 TOO_LARGE = f"send at most {MAX_API_BODY_BYTES // (1024 * 1024)} MiB"
 
 

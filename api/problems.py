@@ -30,6 +30,7 @@ from core.errors import (
     StepwiseError,
     ValidationFailed,
 )
+from core.waits import CallbackUnreadable, TokenRefused, WaitGone
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger(__name__)
@@ -70,12 +71,14 @@ class RateLimited(StepwiseError):
 # (status, slug, title) for each error of ours; a subclass comes before its base.
 _KINDS: list[tuple[type[Exception], int, str, str]] = [
     (BodyRefused, 400, "invalid-body", "The body was refused"),
+    (CallbackUnreadable, 400, "invalid-body", "The body was refused"),
     (ValidationFailed, 422, "invalid-input", "The input was refused"),
     (NotAuthenticated, 401, "unauthenticated", "An API token is required"),
     (BodyTooLarge, 413, "too-large", "The body is too large"),
     (Forbidden, 403, "forbidden", "Your role does not allow this"),
     (NotFound, 404, "not-found", "Not found"),
     (InvalidState, 409, "invalid-state", "Not possible in the current state"),
+    (WaitGone, 410, "wait-ended", "Too late: the wait has ended"),
     (QuotaExceeded, 409, "quota-exceeded", "A workspace quota is reached"),
     (RateLimited, 429, "rate-limited", "Too many calls this minute"),
     (ConfigError, 503, "misconfigured", "The server is not configured for this"),
@@ -89,13 +92,17 @@ _CHALLENGES = {
     False: {"WWW-Authenticate": "Bearer"},
     True: {"WWW-Authenticate": 'Stepwise-Signature realm="webhook"'},
 }
+# An async step's callback proves itself by the signed token in its URL.
+_CALLBACK_TITLE = "The callback URL is not valid"
+_CALLBACK_CHALLENGE = {"WWW-Authenticate": 'Stepwise-Callback realm="callback"'}
 
 
 # The headers that come with these statuses, as the OpenAPI schema documents them.
 _HEADERS: dict[int, dict[str, Any]] = {
     401: {
         "WWW-Authenticate": {
-            "description": "how to authenticate: `Bearer` (an API token), or the webhook's proof",
+            "description": "how to authenticate: `Bearer` (an API token), the webhook's proof, "
+            "or (a callback) its signed URL",
             "required": True,
             "schema": {"type": "string"},
         }
@@ -156,7 +163,10 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
     titles = {status: title for _, status, _, title in _KINDS}
     titles[400] = "The body is not JSON"
-    titles[401] = "Not authenticated: an API token (or, for a webhook, its proof) is required"
+    titles[401] = (
+        "Not authenticated: an API token (or, for a webhook, its proof; for a callback, a "
+        "valid signed URL) is required"
+    )
     return {
         status: {
             "description": titles.get(status, "Error"),
@@ -177,7 +187,9 @@ def _from_stepwise(_: Request | None, exc: Exception) -> JSONResponse:
         if isinstance(exc, kind):
             errors = exc.errors if isinstance(exc, ValidationFailed) else None
             headers = None
-            if isinstance(exc, NotAuthenticated):
+            if isinstance(exc, TokenRefused):
+                headers, title = _CALLBACK_CHALLENGE, _CALLBACK_TITLE
+            elif isinstance(exc, NotAuthenticated):
                 headers = _CHALLENGES[exc.webhook]
                 title = _WEBHOOK_TITLE if exc.webhook else title
             if isinstance(exc, RateLimited):

@@ -48,20 +48,25 @@ class StepOut(Out):
     sets), as sent."""
 
     name: str = ""
-    message: str
+    message: str = ""
     key: str | None = _graph_field("the step's key (a graph's steps only)")
     needs: list[str] | None = _graph_field("the keys it waits for")
     optional_needs: list[str] | None = _graph_field("waited for; their skip does not skip it")
     input: dict[str, Any] | None = _graph_field("the call's input template")
     when: str | None = _graph_field("its condition")
     for_each: str | None = _graph_field("the list it calls once per item of")
-    kind: str | None = _graph_field("`call`")
+    kind: str | None = _graph_field("`call` (left out), `async`, `approval` or `sleep`")
     agent_url: Annotated[str | None, AfterValidator(_redacted)] = _graph_field(
         "its own agent; secret-looking query values and passwords shown REDACTED"
     )
     timeout_s: int | None = _graph_field("its own timeout")
     max_retries: int | None = _graph_field("its own retries")
     request_headers: dict[str, str] | None = _graph_field("its own headers")
+    sleep_s: int | None = _graph_field("a sleep's length, in seconds")
+    sleep_until: str | None = _graph_field("a sleep's end (a template)")
+    approvers: str | None = _graph_field("an approval's weakest deciding role")
+    on_reject: str | None = _graph_field("what a rejection does: `fail` or `skip`")
+    on_timeout: str | None = _graph_field("an undecided approval's end: `reject` or `approve`")
 
 
 # Built from an `AutomationRow` or the `Automation` model alike.

@@ -54,8 +54,10 @@ class StepIn(Input):
 
     name: str = ""
     message: str = Field(
-        description="what the agent is asked; in a graph, a template over `input` and "
-        "`steps.<need>.output` (and `item`, `index` in a for_each)"
+        default="",
+        description="what the agent is asked (an approval: what the person deciding reads; "
+        "a sleep has none); in a graph, a template over `input` and `steps.<need>.output` "
+        "(and `item`, `index` in a for_each)",
     )
     key: str | None = Field(
         default=None,
@@ -84,14 +86,39 @@ class StepIn(Input):
         description="an expression giving a list: one call per item (at most 1,000)",
         examples=["steps.research.output.sources"],
     )
-    kind: str | None = Field(default=None, description="`call` (the default)")
+    kind: str | None = Field(
+        default=None,
+        description="`call` (the default); `async` (the agent may answer 202 and POST the "
+        "result to the body's `callback_url`); `approval` (a person approves or rejects); "
+        "`sleep` (waits `sleep_s` or until `sleep_until`)",
+    )
     agent_url: str | None = Field(
         default=None, description="this step's agent (none: the automation's)"
     )
-    timeout_s: Int32 | None = Field(default=None, description="none: the automation's")
+    timeout_s: Int32 | None = Field(
+        default=None,
+        description="none: the automation's (an approval's: a day); an async or approval "
+        "step's covers its whole wait, up to 7 days",
+    )
     max_retries: Int32 | None = Field(default=None, description="none: the automation's")
     request_headers: dict[str, str] | None = Field(
         default=None, description="this step's headers, in place of the automation's"
+    )
+    sleep_s: Int32 | None = Field(default=None, description="a sleep's length, in seconds")
+    sleep_until: str | None = Field(
+        default=None,
+        description="a sleep's end: a template giving an ISO 8601 instant with its offset",
+        examples=["{{ input.send_at }}"],
+    )
+    approvers: str | None = Field(
+        default=None, description="an approval's deciders: `editor` (the default) or `admin`"
+    )
+    on_reject: str | None = Field(
+        default=None, description="a rejected approval: `fail` (the default) or `skip`"
+    )
+    on_timeout: str | None = Field(
+        default=None,
+        description="an approval nobody decided in time: `reject` (the default) or `approve`",
     )
 
 

@@ -16,6 +16,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +49,9 @@ class Settings(BaseSettings):
     api_address: str = "127.0.0.1"
     # Its port: this, else PORT (Heroku's), else 8000. `stepwise run` sets it.
     api_port: int | None = Field(default=None, ge=1, le=65535)
+    # The API's address as agents and people reach it (http(s)://host[:port][/prefix]):
+    # an async step's callback URL starts with it. Empty: http://127.0.0.1:<API port>.
+    public_url: str = ""
     # Calls one API token may make per minute (over every api process, counted in Redis).
     api_rate_per_minute: int = Field(default=600, ge=1, le=1_000_000)
     # `stepwise api ...` (the CLI for scripts): the REST API's base URL and a token for it.
@@ -166,6 +170,21 @@ class Settings(BaseSettings):
         parse_keys(value)
         return value
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return ""
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(
+                "must be an http:// or https:// URL, like https://stepwise.example.com"
+            )
+        if parts.query or parts.fragment:
+            raise ValueError("must have no ?query or #fragment")
+        return value.rstrip("/")
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
@@ -256,6 +275,11 @@ class Settings(BaseSettings):
     def api_listen_port(self) -> int:
         """The REST API's port: STEPWISE_API_PORT, else PORT, else 8000."""
         return self.api_port or self.port or DEFAULT_API_PORT
+
+    def public_base_url(self) -> str:
+        """Where agents and people reach the API (no trailing slash): STEPWISE_PUBLIC_URL,
+        else this machine at the API's port."""
+        return self.public_url or f"http://127.0.0.1:{self.api_listen_port()}"
 
     def metrics_base(self) -> Path:
         """Where each metered process group gets its multiprocess folder."""

@@ -17,9 +17,12 @@ from typing import Any
 
 import streamlit as st
 
+from core.errors import StepwiseError
 from core.vocabulary import Role, StepKind, StepStatus
+from core.waits import MAX_DECISION_COMMENT, role_phrase
 from dashboard import ui
 from db.queries import StepRunRow
+from service import waits as service_waits
 
 # Steps that call no agent: their step runs have no request to show.
 NO_CALL = (StepKind.APPROVAL, StepKind.SLEEP)
@@ -40,11 +43,6 @@ def role_of(wait: dict[str, Any]) -> Role:
         return Role.ADMIN  # a role this version does not know: only the strongest decides
 
 
-def a_role(role: str) -> str:
-    """ "an editor", "an admin"."""
-    return f"{'an' if role[:1] in 'aeiou' else 'a'} {role}"
-
-
 def may_decide(role: Role | str, wait: dict[str, Any]) -> bool:
     """Whether a member with `role` may decide the approval `wait` (its role or stronger)."""
     ranks = list(Role)  # weakest first
@@ -57,7 +55,7 @@ def may_decide(role: Role | str, wait: dict[str, Any]) -> bool:
 def deciders(role: Role | str) -> str:
     """Who may decide an approval that `role` may decide: "an editor or an admin"."""
     stronger = list(Role)[list(Role).index(Role(role)) :]
-    return " or ".join(a_role(r) for r in stronger)
+    return " or ".join(role_phrase(r) for r in stronger)
 
 
 def refusal(role: Role | str, wait: dict[str, Any]) -> str:
@@ -70,7 +68,7 @@ def waiting_for(wait: dict[str, Any], wait_until: datetime | None, zone: str) ->
     "Waiting for approval by an editor", "Sleeping until 2026-12-07 14:05:00 UTC"."""
     kind = wait.get("kind")
     if kind == StepKind.APPROVAL:
-        return f"Waiting for approval by {a_role(role_of(wait))}"
+        return f"Waiting for approval by {role_phrase(role_of(wait))}"
     if kind == StepKind.SLEEP:
         return f"Sleeping until {ui.fmt_time(wait_until, zone)}"
     progress, note = wait.get("progress"), wait.get("note")
@@ -148,6 +146,8 @@ def show(row: StepRunRow, execution_id: uuid.UUID, now: datetime) -> None:
         approved = bool(wait["decided"].get("approved"))
         icon = ":material/check_circle:" if approved else ":material/block:"
         (st.success if approved else st.warning)(ui.text(decided), icon=icon)
+    elif row.status == StepStatus.WAITING:
+        decide_form(row, execution_id)
 
 
 def message(wait: dict[str, Any]) -> None:
@@ -155,3 +155,50 @@ def message(wait: dict[str, Any]) -> None:
     st.markdown("**Message to whoever decides**")
     with st.container(border=True):
         st.markdown(ui.text(wait.get("message") or "(no message)"))
+
+
+def decide_form(row: StepRunRow, execution_id: uuid.UUID) -> None:
+    """Approve / Reject with an optional comment, for a member whose role allows; the reason
+    otherwise. A form: the page redraws every couple of seconds, and a comment being typed
+    is kept until a button sends it."""
+    wait, role = row.wait or {}, ui.actor().role
+    if not may_decide(role, wait):
+        st.caption(ui.text(refusal(role, wait)))
+        return
+    key = f"decide_{execution_id}_{row.step_key}"
+    if refused := st.session_state.get(f"{key}_refused"):
+        # Kept in the session: the page's next redraw (every couple of seconds) keeps it.
+        st.error(ui.text(refused), icon=":material/error:")
+    with st.form(key, border=False):
+        comment = st.text_area(
+            "Comment (optional)", key=f"{key}_comment", max_chars=MAX_DECISION_COMMENT, height=68
+        )
+        buttons = st.container(horizontal=True)
+        approve = buttons.form_submit_button("Approve", type="primary", icon=":material/check:")
+        reject = buttons.form_submit_button("Reject", icon=":material/close:")
+    if approve or reject:
+        st.session_state.pop(f"{key}_refused", None)
+        _decide(execution_id, row.step_key, approve, comment.strip() or None, key=key)
+
+
+def _decide(
+    execution_id: uuid.UUID, step_key: str, approved: bool, comment: str | None, *, key: str
+) -> None:
+    try:
+        ui.write(
+            service_waits.decide,
+            execution_id,
+            step_key,
+            approved=approved,
+            comment=comment,
+            actor=ui.actor(),
+        )
+    except StepwiseError as exc:
+        st.session_state[f"{key}_refused"] = str(exc)
+        st.rerun()
+    st.session_state["execution_flash"] = ui.text(
+        f"Approved {step_key}: the run goes on."
+        if approved
+        else f"Rejected {step_key}: the step fails or is skipped, as its approval says."
+    )
+    st.rerun()

@@ -14,9 +14,10 @@ import pytest
 from sqlalchemy import func, update
 
 from core.access import Actor
-from core.vocabulary import Role, StepState
+from core.vocabulary import AuditAction, Role, StepState
 from dashboard import graph_view, waits, waterfall
 from db import queries
+from db.audit import AuditFilters, list_audit
 from db.models import StepRun
 from db.session import session_scope
 from testkit.factories import (
@@ -27,6 +28,8 @@ from testkit.factories import (
     make_graph,
     make_workspace,
     now,
+    person,
+    step_runs,
 )
 from testkit.pages import execution_page, load_view, open_view, texts
 
@@ -257,7 +260,7 @@ def test_a_waiting_runs_page_says_what_each_step_waits_for_and_until_when() -> N
     assert "Waiting for the agent — 40 % parsing" in shown
     assert "without the agent's answer by then, the step fails." in shown
     assert "Progress reported 30.0 s ago." in shown or "Progress reported 3" in shown
-    assert [p.value for p in page.get("progress")] == [40]
+    assert [p.proto.value for p in page.get("progress")] == [40]
     assert "Waiting for approval by an editor" in shown
     assert "undecided by then, it is rejected." in shown
     assert "Sleeping until " in shown
@@ -323,6 +326,72 @@ def test_the_overview_counts_runs_waiting_and_approvals_pending() -> None:
     assert list(pending["Automation"]) == ["Weekly post"]
     assert list(pending["Step"]) == ["review"]
     assert list(pending["Who decides"]) == ["an editor or an admin"]
+
+
+@pytest.mark.usefixtures("db", "redis_client")
+def test_an_editor_approves_with_a_comment_and_the_decision_is_recorded() -> None:
+    # given a run waiting for an editor's approval, opened by an editor
+    run = waiting_post_run()
+    editor = person("eddie@example.com", Role.EDITOR)
+    page = execution_page(run, acting=editor)
+    assert {"Approve", "Reject"} <= {b.label for b in page.button}
+    # when they approve with a comment
+    page.text_area(key=f"decide_{run}_review_comment").input("Looks **good** <i>to me</i>")
+    next(b for b in page.button if b.label == "Approve").click().run()
+    assert not page.exception, page.exception
+    # then the step succeeded, the decision kept on its row and audited
+    [review] = [r for r in step_runs(run) if r.step_key == "review"]
+    assert review.status == "succeeded"
+    decided = (review.wait or {})["decided"]
+    assert (decided["by"], decided["approved"]) == ("eddie@example.com", True)
+    assert decided["comment"] == "Looks **good** <i>to me</i>"
+    [audited] = _audit(AuditAction.APPROVE)
+    assert audited.target_id == run and audited.actor == "eddie@example.com"
+    # and the page says who decided, when, and the comment as typed; no buttons are left
+    page = execution_page(run, acting=editor)
+    shown = texts(page)
+    assert "Approved by eddie@example.com at " in shown
+    assert ": “Looks **good** <i>to me</i>”" in shown
+    assert "Approve" not in {b.label for b in page.button}
+
+
+@pytest.mark.usefixtures("db", "redis_client")
+def test_a_rejection_is_recorded_as_rejected() -> None:
+    run = waiting_post_run()
+    page = execution_page(run)
+    next(b for b in page.button if b.label == "Reject").click().run()
+    assert not page.exception, page.exception
+    [review] = [r for r in step_runs(run) if r.step_key == "review"]
+    assert review.status == "failed" and (review.wait or {})["decided"]["approved"] is False
+    assert len(_audit(AuditAction.REJECT)) == 1
+    assert "Rejected by test at " in texts(execution_page(run))
+
+
+@pytest.mark.usefixtures("db", "redis_client")
+@pytest.mark.parametrize(
+    ("role", "needed", "why"),
+    [
+        (
+            Role.VIEWER,
+            "editor",
+            "Only an editor or an admin may decide this approval; your role here is viewer.",
+        ),
+        (Role.EDITOR, "admin", "Only an admin may decide this approval; your role here is editor."),
+    ],
+)
+def test_a_member_whose_role_may_not_decide_sees_why_and_no_buttons(
+    role: Role, needed: str, why: str
+) -> None:
+    run = waiting_post_run(review={**APPROVAL, "role": needed})
+    page = execution_page(run, acting=person("someone@example.com", role))
+    assert not {"Approve", "Reject"} & {b.label for b in page.button}
+    assert why in texts(page)
+    assert APPROVAL["message"] in texts(page)  # the message is still theirs to read
+
+
+def _audit(action: AuditAction) -> list[Any]:
+    with session_scope() as session:
+        return list_audit(session, AuditFilters(actions=(action,)), actor=ADMIN)
 
 
 # --- in Chromium -----------------------------------------------------------------------------

@@ -39,6 +39,22 @@ give a list of at most MAX_ITEMS items. Each item is its own call with its own i
 key, `<execution_id>:<step_key>:<index>`, and retry; the step's output is the list of its
 items' outputs, in order (an empty list: the step succeeds at once with `[]`).
 
+**Kinds.** A step's `kind` says what it does; the three that wait do so without a worker
+(docs/RELIABILITY.md, "Waits"): the run is parked while only they are open.
+- `call` (the default): one call to the agent (one per item of a fan-out).
+- `async`: a call whose agent may answer `202 Accepted` and POST the result later to the
+  `callback_url` its body carries; `timeout_s` (up to MAX_WAIT_S) covers the whole wait,
+  and no callback within it fails the step. Any other 2xx is an answer now, as a call's.
+  No `for_each`: each item would be a wait of its own, with no engine to gather them yet.
+- `approval`: no call; a person whose role is at least `approvers` (editor, the default,
+  or admin) approves or rejects, reading the step's rendered `message`. A rejection fails
+  the step (`on_reject: fail`, the default) or skips it (`skip`); no decision within
+  `timeout_s` (DEFAULT_APPROVAL_TIMEOUT_S unless given) decides by `on_timeout` (`reject`,
+  the default, or `approve`). Approved, its output is `{"approved": true, "by", "comment"}`.
+- `sleep`: no call and no message; waits `sleep_s` seconds or until `sleep_until` (a
+  template over input and needs giving an ISO 8601 instant with its offset), computed once
+  when the step starts; its output is `{"slept_until": <instant>}`.
+
 Limits: MAX_STEPS steps, MAX_NEEDS needs a step. Depth and the dependents of a step are
 bounded by MAX_STEPS alone: a chain of MAX_STEPS steps is an automation of today.
 """
@@ -53,12 +69,15 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from core.automation import Step, header_problems, url_problem
 from core.egress import EgressPolicy
 from core.errors import FieldError, InvalidState, ValidationFailed
 from core.limits import (
+    DEFAULT_APPROVAL_TIMEOUT_S,
     MAX_EXPRESSION,
     MAX_ITEMS,
     MAX_MESSAGE,
@@ -68,6 +87,7 @@ from core.limits import (
     MAX_STEP_KEY,
     MAX_STEP_TIMEOUT_S,
     MAX_STEPS,
+    MAX_WAIT_S,
     MIN_STEP_TIMEOUT_S,
 )
 from core.run_input import parse_run_input
@@ -82,7 +102,15 @@ from core.templates import (
     template_problems,
 )
 from core.text import UNSTORABLE, storable_value
-from core.vocabulary import ExecutionStatus, StepKind, StepState, one_of
+from core.vocabulary import (
+    ExecutionStatus,
+    OnReject,
+    OnTimeout,
+    Role,
+    StepKind,
+    StepState,
+    one_of,
+)
 
 FIELD = "steps"
 KEY = re.compile(r"[a-z][a-z0-9_]*")
@@ -110,10 +138,26 @@ class GraphStep:
     timeout_s: int | None = None
     max_retries: int | None = None
     request_headers: tuple[tuple[str, str], ...] | None = None
+    # A sleep's length, or the template of the instant it ends (exactly one of the two).
+    sleep_s: int | None = None
+    sleep_until: str | None = None
+    # An approval's: the weakest role that may decide, and its policies (None: the default).
+    approvers: Role | None = None
+    on_reject: OnReject | None = None
+    on_timeout: OnTimeout | None = None
 
     @property
     def waits_for(self) -> tuple[str, ...]:
         return self.needs + self.optional_needs
+
+    def wait_s(self, automation_timeout_s: int) -> int:
+        """How long an async step waits for its callback (its timeout_s, else the
+        automation's step timeout), or an approval for a decision."""
+        if self.timeout_s is not None:
+            return self.timeout_s
+        if self.kind is StepKind.APPROVAL:
+            return DEFAULT_APPROVAL_TIMEOUT_S
+        return automation_timeout_s
 
 
 @dataclass(frozen=True)
@@ -202,11 +246,13 @@ def to_data(graph: Graph) -> list[dict[str, Any]]:
             value = getattr(step, name)
             if value == getattr(_DEFAULT, name) and name not in ("key", "message"):
                 continue
+            if name == "message" and step.kind is StepKind.SLEEP and not value:
+                continue  # a sleep has none
             if name in ("needs", "optional_needs"):
                 value = list(value)
             elif name == "request_headers":
                 value = dict(value)
-            elif name == "kind":
+            elif name in ("kind", "approvers", "on_reject", "on_timeout"):
                 value = str(value)
             item[name] = value
         data.append(item)
@@ -294,11 +340,23 @@ def _step(number: int, item: Any, problems: _Problems) -> GraphStep | None:
     if kind not in [str(k) for k in StepKind]:
         problems.add(f"step {key}'s kind must be {one_of(StepKind)}")
         kind = StepKind.CALL
+
+    def word(name: str, words: type[StrEnum], allowed: Sequence[str] | None = None) -> Any:
+        value = item.get(name)
+        choices = list(allowed or [str(w) for w in words])
+        if value is None:
+            return None
+        if value not in choices:
+            listed = ", ".join(choices[:-1]) + f" or {choices[-1]}"
+            problems.add(f"step {key}'s {name} must be {listed}")
+            return None
+        return words(value)
+
     if item.get("input") is not None and not isinstance(item["input"], dict):
         problems.add(f"step {key}'s input must be an object (whose texts are templates)")
     step = GraphStep(
         key=key,
-        message=text("message", required=True) or "",
+        message=text("message", required=kind != StepKind.SLEEP) or "",
         name=text("name") or "",
         needs=keys("needs"),
         optional_needs=keys("optional_needs"),
@@ -310,6 +368,11 @@ def _step(number: int, item: Any, problems: _Problems) -> GraphStep | None:
         timeout_s=number_of("timeout_s"),
         max_retries=number_of("max_retries"),
         request_headers=None if headers is None else tuple(headers.items()),
+        sleep_s=number_of("sleep_s"),
+        sleep_until=text("sleep_until"),
+        approvers=word("approvers", Role, (Role.EDITOR, Role.ADMIN)),
+        on_reject=word("on_reject", OnReject),
+        on_timeout=word("on_timeout", OnTimeout),
     )
     return step if len(problems.errors) == before else None
 
@@ -374,7 +437,7 @@ def _check_step(step: GraphStep, problems: _Problems, egress: EgressPolicy) -> N
         problems.add(f"step {key}'s input {problem}")
     if step.agent_url is not None and (wrong := url_problem(step.agent_url, egress)):
         problems.add(f"step {key}'s agent_url {wrong}")
-    if (
+    if step.kind is StepKind.CALL and (
         step.timeout_s is not None
         and not MIN_STEP_TIMEOUT_S <= step.timeout_s <= MAX_STEP_TIMEOUT_S
     ):
@@ -382,6 +445,7 @@ def _check_step(step: GraphStep, problems: _Problems, egress: EgressPolicy) -> N
             f"step {key}'s timeout_s must be between {MIN_STEP_TIMEOUT_S} and "
             f"{MAX_STEP_TIMEOUT_S} seconds, or left out (the automation's)"
         )
+    _check_kind(step, problems)
     if step.max_retries is not None and not 0 <= step.max_retries <= MAX_RETRIES:
         problems.add(
             f"step {key}'s max_retries must be between 0 and {MAX_RETRIES}, "
@@ -389,6 +453,82 @@ def _check_step(step: GraphStep, problems: _Problems, egress: EgressPolicy) -> N
         )
     for problem in header_problems(step.request_headers or ()):
         problems.add(f"step {key}'s request_headers: {problem}")
+
+
+# The fields each kind of step may not have (beyond key, name, needs, when and message).
+_CALL_ONLY = ("input", "agent_url", "max_retries", "request_headers")
+_SLEEP_ONLY = ("sleep_s", "sleep_until")
+_APPROVAL_ONLY = ("approvers", "on_reject", "on_timeout")
+_NOT_OF_KIND = {
+    StepKind.CALL: (*_SLEEP_ONLY, *_APPROVAL_ONLY),
+    StepKind.ASYNC: ("for_each", *_SLEEP_ONLY, *_APPROVAL_ONLY),
+    StepKind.APPROVAL: ("for_each", *_CALL_ONLY, *_SLEEP_ONLY),
+    StepKind.SLEEP: ("for_each", "timeout_s", *_CALL_ONLY, *_APPROVAL_ONLY),
+}
+_WHY_NOT = {
+    StepKind.CALL: "a call",
+    StepKind.ASYNC: "an async call (one wait for one callback: no for_each)",
+    StepKind.APPROVAL: "an approval (no call to the agent: a person decides)",
+    StepKind.SLEEP: "a sleep (no call to the agent)",
+}
+
+
+def _check_kind(step: GraphStep, problems: _Problems) -> None:
+    """The fields of a step that its kind has no use for, and the settings of the kinds that
+    wait (`async`, `approval`, `sleep`)."""
+    key, kind = step.key, step.kind
+    extra = [name for name in _NOT_OF_KIND[kind] if getattr(step, name) is not None]
+    if extra:
+        problems.add(f"step {key} is {_WHY_NOT[kind]}: it cannot have {_listed(extra)}")
+    waited = (MIN_STEP_TIMEOUT_S, MAX_WAIT_S)
+    if (
+        kind in (StepKind.ASYNC, StepKind.APPROVAL)
+        and step.timeout_s is not None
+        and not waited[0] <= step.timeout_s <= waited[1]
+    ):
+        problems.add(
+            f"step {key}'s timeout_s must be between {waited[0]} and {waited[1]} seconds "
+            f"({MAX_WAIT_S // 86400} days) for an {kind} step, or left out"
+        )
+    if kind is StepKind.SLEEP:
+        if step.message:
+            problems.add(f"step {key} is a sleep: it sends no message (leave message out)")
+        if (step.sleep_s is None) == (step.sleep_until is None):
+            problems.add(
+                f"step {key} is a sleep: give exactly one of sleep_s (seconds) and "
+                "sleep_until (an instant)"
+            )
+        if step.sleep_s is not None and not 1 <= step.sleep_s <= MAX_WAIT_S:
+            problems.add(f"step {key}'s sleep_s must be between 1 and {MAX_WAIT_S} seconds")
+        if step.sleep_until is not None:
+            if len(step.sleep_until) > MAX_EXPRESSION:
+                problems.add(f"step {key}'s sleep_until is over {MAX_EXPRESSION} characters")
+                return
+            for problem in template_problems(
+                step.sleep_until, expression=False, steps=step.waits_for, names={"input"}
+            ):
+                problems.add(f"step {key}'s sleep_until {problem}")
+
+
+def sleep_end(step: GraphStep, run_input: Any, progress: Mapping[str, StepProgress]) -> datetime:
+    """The instant a `sleep_until` step ends: its template rendered and read as an ISO 8601
+    instant with an offset. TemplateError (which fails the step) when it is none."""
+    assert step.sleep_until is not None
+    what = f"The sleep_until of step {step.key}"
+    rendered = render_text(step.sleep_until, variables(step, run_input, progress), what=what)
+    try:
+        instant = datetime.fromisoformat(rendered.strip())
+    except ValueError:
+        raise TemplateError(
+            f"{what} gave {rendered[:100]!r}, not an ISO 8601 instant "
+            "(such as 2026-12-24T18:00:00+01:00)"
+        ) from None
+    if instant.tzinfo is None:
+        raise TemplateError(
+            f"{what} gave {rendered[:100]!r}, an instant without its offset: add one "
+            "(such as +00:00 or Z)"
+        )
+    return instant
 
 
 def _input_problem(template: dict[str, Any]) -> str | None:

@@ -6,6 +6,18 @@ whose schedule has an overlap policy asks the policy first, serialised per sched
 for a group, set-based in one UPDATE when no other run of its schedule is in the way,
 else one by one. Functions take a session and never commit: the caller owns the
 transaction.
+
+**A wake.** A parked run (`waiting`, docs/RELIABILITY.md "Waits") whose `available_at` has
+come (its earliest wait's end, or now: a wait was resolved) is claimed by the same UPDATE,
+but a wake is neither an attempt nor a recovery: it keeps the run's `attempt`, so it spends
+none of the run's retries (a re-sent message counts claims by `attempt`) and none of
+`MAX_RECOVERIES` (`db.recovery.give_up_exhausted` counts `attempt` too). Its writes stay
+fenced on `(status = 'running', attempt)`: the coordinator of that attempt parked the run
+in a fenced write after its last call had ended and then returned (it writes nothing after
+a park, not even a retry of the park itself: `tasks/graphrun.py`), so no other writer of
+the attempt is left; anyone else who takes the run over (an expired lease) or a person's
+retry makes a new attempt, as before. A wake is not an overlap decision either: the run
+had started.
 """
 
 from __future__ import annotations
@@ -14,12 +26,14 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import ARRAY, Uuid, and_, bindparam, func, or_, select, text, update
+from sqlalchemy import ARRAY, Uuid, and_, bindparam, case, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from core.outcome import parse_output
 from core.schedule import decide_overlap
 from core.vocabulary import (
+    IN_PROGRESS_STATUSES,
+    OPEN_STATUSES,
     Admission,
     ExecutionStatus,
     OverlapDecision,
@@ -49,8 +63,16 @@ def _overlap(session: Session, execution: Any, policy: OverlapPolicy) -> Overlap
         Execution.id != execution.id,
         Execution.trigger != Trigger.MANUAL,
     )
+    # In progress: running with a live lease, or parked on a wait (a waiting run has no
+    # lease, and is as much its schedule's current run as a running one).
     running = siblings.where(
-        Execution.status == ExecutionStatus.RUNNING, Execution.lease_expires_at > func.now()
+        or_(
+            and_(
+                Execution.status == ExecutionStatus.RUNNING,
+                Execution.lease_expires_at > func.now(),
+            ),
+            Execution.status == ExecutionStatus.WAITING,
+        )
     )
     waiting = siblings.where(
         Execution.status == ExecutionStatus.QUEUED,
@@ -141,8 +163,12 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
     flight (`renew_leases`), so a killed worker's runs are free again `lease_s`
     after its last heartbeat, however long their steps' timeouts.
 
+    A parked run (`waiting`) whose `available_at` has come is woken: the same claim,
+    keeping its attempt (the module's docstring says why that is safe).
+
     Returns NOTHING when another worker has it or it is final (a duplicate
-    message), SKIPPED/WAITING when the overlap policy says so.
+    message), or it is parked and not due yet; SKIPPED/WAITING when the overlap policy
+    says so.
     """
     row = session.execute(_CLAIM_READ, {"id": execution_id}).first()
     if row is None:
@@ -157,7 +183,7 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
     single = row.kind is None or row.kind == ScheduleKind.ONCE
     policy = None if single or row.overlap_policy is None else OverlapPolicy(row.overlap_policy)
     # Whether a lease has expired is the UPDATE's to say, on the database's clock.
-    claimable = execution.status == ExecutionStatus.QUEUED or (
+    claimable = execution.status in (ExecutionStatus.QUEUED, ExecutionStatus.WAITING) or (
         execution.status == ExecutionStatus.RUNNING and execution.lease_expires_at is not None
     )
     if not claimable:
@@ -187,11 +213,19 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
                     Execution.status == ExecutionStatus.RUNNING,
                     Execution.lease_expires_at < func.now(),
                 ),
+                and_(
+                    Execution.status == ExecutionStatus.WAITING,
+                    Execution.available_at <= func.now(),
+                ),
             ),
         )
         .values(
             status=ExecutionStatus.RUNNING,
-            attempt=Execution.attempt + 1,
+            # A wake keeps its attempt: not a retry, not a recovery (the module's docstring).
+            attempt=case(
+                (Execution.status == ExecutionStatus.WAITING, Execution.attempt),
+                else_=Execution.attempt + 1,
+            ),
             total_steps=len(automation.steps),
             started_at=func.coalesce(Execution.started_at, func.now()),
             lease_expires_at=func.now() + timedelta(seconds=lease_s),
@@ -201,7 +235,9 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
     if claimed is None:
         return Admission.NOTHING
     first_step, previous_output = 1, None
-    if claimed > 1:  # a run that started before: resume it
+    # A run that started before: resume it (a woken run has no step left running: its
+    # coordinator parked it with no call in flight, so this marks nothing of it lost).
+    if claimed > 1:
         first_step, previous_output = _resume(session, execution_id)
     return _claim_of(
         row, attempt=claimed, policy=policy, first_step=first_step, previous_output=previous_output
@@ -211,20 +247,24 @@ def claim_execution(session: Session, execution_id: uuid.UUID, *, lease_s: int) 
 # Group claim, the fast path: one statement claims every run of a batch that needs
 # no overlap decision (a first start of a schedule with a policy other than "allow"
 # does, and goes through `claim_execution`, as does anything this one leaves out:
-# archived automations, runs another worker holds, final runs). Written in SQL so
-# that the hot path builds no statement objects.
+# archived automations, runs another worker holds, final runs, parked runs not due
+# yet). A parked run whose time has come is woken here, keeping its attempt. Written
+# in SQL so that the hot path builds no statement objects.
 _CLAIM_MANY = text(
     f"""
     WITH claimed AS (
         UPDATE executions e
-        SET status = '{ExecutionStatus.RUNNING}', attempt = e.attempt + 1,
+        SET status = '{ExecutionStatus.RUNNING}',
+            attempt = CASE WHEN e.status = '{ExecutionStatus.WAITING}' THEN e.attempt
+                ELSE e.attempt + 1 END,
             total_steps = jsonb_array_length(a.steps),
             started_at = coalesce(e.started_at, greatest(now(), e.available_at)),
             lease_expires_at = now() + make_interval(secs => :lease_s)
         FROM automations a
         WHERE e.id = ANY(:ids) AND a.id = e.automation_id AND a.archived_at IS NULL
           AND (e.status = '{ExecutionStatus.QUEUED}'
-               OR (e.status = '{ExecutionStatus.RUNNING}' AND e.lease_expires_at < now()))
+               OR (e.status = '{ExecutionStatus.RUNNING}' AND e.lease_expires_at < now())
+               OR (e.status = '{ExecutionStatus.WAITING}' AND e.available_at <= now()))
           AND (e.attempt > 0 OR e.schedule_id IS NULL
                OR e.trigger IN ('{Trigger.BACKFILL}', '{Trigger.MANUAL}')
                OR EXISTS (
@@ -243,7 +283,7 @@ _CLAIM_MANY = text(
 
 # Group claim of first starts that need an overlap decision (`skip`, `buffer_one`),
 # for the runs `_CLAIM_MANY` left. The decision is "run" when no other run of the
-# schedule is running (live lease or not), none started at a later slot and no
+# schedule is running (live lease or not) or waiting, none started at a later slot and no
 # earlier catch-up run waits (`core.schedule.decide_overlap`), and no other run of
 # the schedule is in this group (two queued slots would each see the other as not
 # running): those runs are claimed here; any other is left to `claim_execution`.
@@ -265,6 +305,8 @@ _LOCK_SCHEDULES = text(
     """
 ).bindparams(bindparam("ids", type_=ARRAY(Uuid())))
 
+_OPEN = ", ".join(f"'{status}'" for status in OPEN_STATUSES)  # `ix_executions_open`'s
+_IN_PROGRESS = ", ".join(f"'{status}'" for status in IN_PROGRESS_STATUSES)
 _CLAIM_UNCONTESTED = text(
     f"""
     WITH claimed AS (
@@ -287,9 +329,9 @@ _CLAIM_UNCONTESTED = text(
           AND NOT EXISTS (
             SELECT 1 FROM executions o
             WHERE o.schedule_id = e.schedule_id AND o.id <> e.id
-              AND o.status IN ('{ExecutionStatus.QUEUED}', '{ExecutionStatus.RUNNING}')
+              AND o.status IN ({_OPEN})
               AND o.trigger <> '{Trigger.MANUAL}'
-              AND (o.status = '{ExecutionStatus.RUNNING}'
+              AND (o.status IN ({_IN_PROGRESS})
                    OR (o.trigger = '{Trigger.CATCHUP}' AND o.attempt = 0
                        AND o.scheduled_for < e.scheduled_for AND o.scheduled_for <= now())))
           AND NOT EXISTS (

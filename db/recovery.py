@@ -27,6 +27,9 @@ RECOVERIES_EXHAUSTED = (
 )
 
 
+WAIT_GIVEN_UP = "cancelled while it waited: housekeeping gave up on the run"
+
+
 def stranded_executions(
     session: Session,
     *,
@@ -43,6 +46,9 @@ def stranded_executions(
     running one as soon as its lease expired (its worker stopped renewing it),
     then at most every `resend_after_s`. `available_at` records each re-send.
     With `requeue_after_s` None only expired leases are looked at.
+    A parked run (`waiting`) whose `available_at` passed `requeue_after_s` ago lost its
+    wake-up (Redis flushed, the message dropped) and is sent again like a lost queued run;
+    the claim wakes it (a wake spends nothing: `db.claims`), and it is never given up.
     A run past its recovery bound is failed instead (`give_up_exhausted`): how many is
     appended to `gave_up` when given.
     """
@@ -52,13 +58,16 @@ def stranded_executions(
         Execution.lease_expires_at < func.now(),
         Execution.available_at < resent_lately,
     )
+    recoverable = stranded
     if requeue_after_s is not None:
-        lost = and_(
-            Execution.status == ExecutionStatus.QUEUED,
-            Execution.available_at < func.now() - timedelta(seconds=requeue_after_s),
+        long_ago = func.now() - timedelta(seconds=requeue_after_s)
+        lost = and_(Execution.status == ExecutionStatus.QUEUED, Execution.available_at < long_ago)
+        unwoken = and_(
+            Execution.status == ExecutionStatus.WAITING, Execution.available_at < long_ago
         )
-        stranded = or_(lost, stranded)
-    failed = give_up_exhausted(session, stranded, limit=limit)
+        recoverable = or_(lost, stranded)
+        stranded = or_(lost, unwoken, stranded)
+    failed = give_up_exhausted(session, recoverable, limit=limit)
     if gave_up is not None:
         gave_up.append(failed)
     batch = locked_batch(
@@ -73,7 +82,7 @@ def stranded_executions(
         update(Execution)
         .where(Execution.id == batch.c.id)
         .values(available_at=func.now())
-        .returning(Execution.id, Execution.attempt, Execution.automation_id)
+        .returning(Execution.id, Execution.attempt, Execution.automation_id, Execution.status)
     ).all()
     if not rows:
         return []
@@ -89,7 +98,8 @@ def stranded_executions(
         RunMessage.resend(
             r.id,
             max_retries=budgets[r.automation_id].max_retries,
-            attempts=r.attempt,
+            # A parked run's current claim has spent no try: only those before it did.
+            attempts=r.attempt - 1 if r.status == ExecutionStatus.WAITING else r.attempt,
             urgent=budgets[r.automation_id].urgent,
         )
         for r in rows
@@ -134,6 +144,14 @@ def give_up_exhausted(session: Session, stranded: Any, *, limit: int) -> int:
             StepRun.status == StepStatus.RUNNING,
         )
         .values(status=StepStatus.FAILED, error=LOST_STEP_ERROR, finished_at=func.now())
+    )
+    session.execute(
+        update(StepRun)
+        .where(
+            StepRun.execution_id.in_([row.id for row in ended]),
+            StepRun.status == StepStatus.WAITING,
+        )
+        .values(status=StepStatus.CANCELLED, error=WAIT_GIVEN_UP, finished_at=func.now())
     )
     for row in ended:
         if row.schedule_id is not None:

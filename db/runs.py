@@ -51,6 +51,7 @@ LOST_STEP_ERROR = "the worker running this step stopped (killed or lost its leas
 CANCELLED_STEP_ERROR = (
     "cut: the run was cancelled while this step was at the agent; its answer is not recorded"
 )
+CANCELLED_WAIT_ERROR = "cancelled while it waited: the run was cancelled"
 AUTOMATION_DELETED = "cancelled: the automation was deleted"
 SCHEDULE_DELETED = "cancelled: the schedule was deleted"
 # A slot's message is delivered this much before the slot, and the worker that takes
@@ -120,6 +121,22 @@ class RunMessage:
         return cls(execution_id, max_retries, retries=attempts, urgent=urgent)
 
     @classmethod
+    def wake(
+        cls, execution_id: uuid.UUID, *, max_retries: int, retries: int, delay_ms: int, urgent: bool
+    ) -> RunMessage:
+        """A parked run's wake-up, `delay_ms` from now (its earliest wait's end), with the
+        budget it had: delivered up to `START_AHEAD_MS` early, claimed at its time."""
+        ahead_ms = START_AHEAD_MS if delay_ms > 0 else 0
+        return cls(
+            execution_id,
+            max_retries,
+            retries=retries,
+            delay_ms=delay_ms,
+            ahead_ms=ahead_ms,
+            urgent=urgent,
+        )
+
+    @classmethod
     def failed(
         cls, execution_id: uuid.UUID, *, retries: int, report: FailureReport, urgent: bool
     ) -> RunMessage:
@@ -176,12 +193,16 @@ def _fence(claim: Claim) -> Any:
 
 
 def cancel_executions(session: Session, where: Any, reason: str) -> int:
-    """Cancel the open (queued or running) executions matching `where`; returns how many.
+    """Cancel the open (queued, running or waiting) executions matching `where`; returns
+    how many.
 
     A running one's worker finds its fence gone and stops before its next step; the
     step it has at the agent is cut at once (marked cancelled, not failed: the agent did
     not fail), so nothing of a cancelled run stays running, and the answer, when it comes,
-    is not recorded (`finish_step` is fenced on the step still running).
+    is not recorded (`finish_step` is fenced on the step still running). Its waiting steps
+    (a sleep, a callback or an approval not come yet) are cancelled too: a callback or a
+    decision that comes later finds no waiting row and changes nothing. A parked run has
+    no worker: the cancel is all there is to do (its wake-up message claims nothing).
     """
     cancelled = session.scalars(
         update(Execution)
@@ -199,6 +220,11 @@ def cancel_executions(session: Session, where: Any, reason: str) -> int:
             update(StepRun)
             .where(StepRun.execution_id.in_(cancelled), StepRun.status == StepStatus.RUNNING)
             .values(status=StepStatus.CANCELLED, error=CANCELLED_STEP_ERROR, finished_at=func.now())
+        )
+        session.execute(
+            update(StepRun)
+            .where(StepRun.execution_id.in_(cancelled), StepRun.status == StepStatus.WAITING)
+            .values(status=StepStatus.CANCELLED, error=CANCELLED_WAIT_ERROR, finished_at=func.now())
         )
     return len(cancelled)
 
@@ -581,26 +607,33 @@ def failure_of(session: Session, execution_id: uuid.UUID) -> str | None:
 # A graph run's step runs as its engine rebuilds them at a claim: every row in order (the
 # latest row of a step key and item says where that call stands), read through
 # `ix_step_runs_execution`. `items` is the list a fan-out's own row (item null) recorded.
+# A wait's row (`wait` not null) also says whether its wait_until has passed (`past`) and
+# whether it ended since the run last started (`lately`: not before a person's retry,
+# which restarts `started_at`), both on the database's clock.
 _GRAPH_ROWS = text(
     """
-    SELECT id, step_key, item, status, response_body, error,
-        CASE WHEN item IS NULL THEN request -> 'items' END AS items
-    FROM step_runs WHERE execution_id = :execution_id ORDER BY id
+    SELECT s.id, s.step_key, s.item, s.status, s.response_body, s.error,
+        CASE WHEN s.item IS NULL THEN s.request -> 'items' END AS items,
+        s.wait, s.wait_until <= now() AS past,
+        s.wait IS NOT NULL AND s.finished_at >= e.started_at AS lately
+    FROM step_runs s JOIN executions e ON e.id = s.execution_id
+    WHERE s.execution_id = :execution_id ORDER BY s.id
     """
 )
 
 
 def graph_rows(session: Session, execution_id: uuid.UUID) -> list[Any]:
     """A graph run's step runs, oldest first (id, step_key, item, status, response_body,
-    error, items)."""
+    error, items, wait, past, lately)."""
     return list(session.execute(_GRAPH_ROWS, {"execution_id": execution_id}).all())
 
 
 @dataclass(frozen=True)
 class StepMark:
     """A step run a graph's engine records without a call: a step skipped, cancelled or failed
-    before any call (its reason in `error`), or a fan-out's own row (running while its items
-    run: `request` holds the items)."""
+    before any call (its reason in `error`), a fan-out's own row (running while its items
+    run: `request` holds the items), or the start of a sleep or an approval (`waiting`, with
+    what it waits for in `wait`, until `wait_until` or `wait_s` from the database's now)."""
 
     step_number: int
     key: str
@@ -609,11 +642,15 @@ class StepMark:
     item: int | None = None
     request: dict[str, Any] = field(default_factory=dict)
     body: str | None = None
+    wait: dict[str, Any] | None = None
+    wait_until: datetime | None = None
+    wait_s: float | None = None
 
 
 @dataclass(frozen=True)
 class StepClose:
-    """A fan-out's own row ended: its status, the list of its items' outputs (JSON) or why."""
+    """A fan-out's own row ended, or a wait cancelled (its run failed): its status, the list
+    of its items' outputs (JSON) or why; only while the row runs or waits."""
 
     step_run_id: int
     status: StepStatus
@@ -624,11 +661,15 @@ class StepClose:
 _INSERT_MARKS = text(
     f"""
     INSERT INTO step_runs (execution_id, step_number, step_key, item, attempt, status, request,
-        error, response_body, finished_at)
+        error, response_body, finished_at, wait, wait_until)
     SELECT :execution_id, u.step, u.key, u.item, :attempt, u.status, CAST(u.request AS jsonb),
-        u.error, u.body, CASE WHEN u.status = '{StepStatus.RUNNING}' THEN NULL ELSE now() END
+        u.error, u.body,
+        CASE WHEN u.status IN ('{StepStatus.RUNNING}', '{StepStatus.WAITING}') THEN NULL
+            ELSE now() END,
+        CAST(u.wait AS jsonb), COALESCE(u.wait_until, now() + make_interval(secs => u.wait_s))
     FROM json_to_recordset(CAST(:rows AS json)) AS u (step int, key text, item int,
-        status text, request json, error text, body text)
+        status text, request json, error text, body text, wait json, wait_until timestamptz,
+        wait_s double precision)
     RETURNING step_key, item, id
     """
 )
@@ -638,7 +679,7 @@ _CLOSE_STEPS = text(
         finished_at = now(), duration_ms = (extract(epoch FROM now() - s.started_at) * 1000)::int
     FROM json_to_recordset(CAST(:rows AS json)) AS u (id bigint, status text, body text,
         error text)
-    WHERE s.id = u.id AND s.status = '{StepStatus.RUNNING}'
+    WHERE s.id = u.id AND s.status IN ('{StepStatus.RUNNING}', '{StepStatus.WAITING}')
     """
 )
 _FINISH_STEPS = text(
@@ -658,6 +699,27 @@ def finish_steps(session: Session, finished: list[tuple[int, StepOutcome]]) -> N
         session.execute(_FINISH_STEPS, {"rows": _rows(_finished(f) for f in finished)})
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """An async step's call the agent answered `202 Accepted`: its step run waits for the
+    callback until `wait_s` after the step's start."""
+
+    step_run_id: int
+    status: int  # the 202
+    wait_s: int
+    wait: dict[str, Any]
+
+
+_ACCEPT = text(
+    f"""
+    UPDATE step_runs s SET status = '{StepStatus.WAITING}', response_status = u.code,
+        wait_until = s.started_at + make_interval(secs => u.wait_s), wait = CAST(u.wait AS jsonb)
+    FROM json_to_recordset(CAST(:rows AS json)) AS u (id bigint, code int, wait_s int, wait json)
+    WHERE s.id = u.id AND s.status = '{StepStatus.RUNNING}'
+    """
+)
+
+
 def record_graph(
     session: Session,
     claim: Claim,
@@ -666,13 +728,24 @@ def record_graph(
     answers: list[tuple[int, StepOutcome]],
     marks: list[StepMark],
     closes: list[StepClose],
+    accepted: list[Accepted] | None = None,
 ) -> dict[tuple[str, int | None], int] | None:
     """One state change of a graph run: store its calls' answers (as a chain's, fenced on the
-    step run still running), then, if the run is still this claim's (`_fence`, its lease
-    renewed), record `marks` and `closes`. The ids of the rows `marks` made by (key, item);
-    None when the run is no longer this claim's (cancelled, taken over): nothing but the
-    answers was written."""
+    step run still running) and the async calls `accepted` (their rows wait, as fenced),
+    then, if the run is still this claim's (`_fence`, its lease renewed), record `marks` and
+    `closes`. The ids of the rows `marks` made by (key, item); None when the run is no longer
+    this claim's (cancelled, taken over): nothing but the answers was written."""
     finish_steps(session, answers)
+    if accepted:
+        session.execute(
+            _ACCEPT,
+            {
+                "rows": _rows(
+                    {"id": a.step_run_id, "code": a.status, "wait_s": a.wait_s, "wait": a.wait}
+                    for a in accepted
+                )
+            },
+        )
     fenced = session.execute(
         update(Execution)
         .where(_fence(claim))
@@ -696,6 +769,9 @@ def record_graph(
                         "request": m.request,
                         "error": m.error,
                         "body": m.body,
+                        "wait": m.wait,
+                        "wait_until": None if m.wait_until is None else m.wait_until.isoformat(),
+                        "wait_s": m.wait_s,
                     }
                     for m in marks
                 ),
@@ -713,3 +789,134 @@ def record_graph(
             },
         )
     return made
+
+
+# --- waits (docs/RELIABILITY.md, "Waits") -----------------------------------------------------
+
+# The wait rows of a run that its coordinator holds as waiting (`ids`) and that are no
+# longer: resolved (a callback, a decision, a cancel) or past their wait_until.
+_MOVED_WAITS = text(
+    f"""
+    SELECT id, status, response_body, error, wait, wait_until <= now() AS past
+    FROM step_runs WHERE id = ANY(:ids)
+      AND (status <> '{StepStatus.WAITING}' OR wait_until <= now())
+    """
+).bindparams(bindparam("ids", type_=ARRAY(BigInteger())))
+
+
+def moved_waits(session: Session, ids: list[int]) -> list[Any]:
+    """Of the wait rows `ids`, those resolved or past their wait_until (id, status,
+    response_body, error, wait, past): what a coordinator with waiting steps takes in."""
+    return list(session.execute(_MOVED_WAITS, {"ids": ids}).all()) if ids else []
+
+
+# The park: the run's row, locked and fenced, first (a resolution locks it first too, so
+# the two are serialised); then, in a statement whose snapshot follows the lock, the waits.
+_PARK = text(
+    f"""
+    UPDATE executions e
+    SET status = '{ExecutionStatus.WAITING}', lease_expires_at = NULL, available_at = w.until
+    FROM (
+        SELECT min(wait_until) AS until FROM step_runs
+        WHERE id = ANY(:ids) AND status = '{StepStatus.WAITING}'
+    ) w
+    WHERE e.id = :execution_id AND w.until IS NOT NULL
+    RETURNING GREATEST(0, ceil(extract(epoch FROM w.until - now()) * 1000))::bigint
+    """
+).bindparams(bindparam("ids", type_=ARRAY(BigInteger())))
+
+
+@dataclass(frozen=True)
+class Parked:
+    """What a park did: parked until `delay_ms` from now, or not (`moved`: the waits to
+    take in first)."""
+
+    delay_ms: int | None = None
+    moved: list[Any] = field(default_factory=list)
+
+
+def park(session: Session, claim: Claim, waiting: list[int]) -> Parked | None:
+    """Park a graph run whose open steps all wait (`waiting`: their rows): `waiting`, no
+    lease, `available_at` at the earliest wait_until of those waits (a row of a step its
+    automation's edit removed is no wait of its graph any more). Not parked when one of
+    them was resolved or has passed its wait_until meanwhile (`moved`: take them in and go
+    on). None when the run is no longer this claim's.
+
+    The lock order is the one every resolution follows (`db.waits`): the execution's row
+    FOR UPDATE first, then the wait rows. A resolution committed before the lock is seen
+    by the read after it; one that comes after the lock waits for the park's commit, then
+    finds the run waiting and wakes it. So a wait is never resolved unseen.
+    """
+    locked = session.execute(select(Execution.id).where(_fence(claim)).with_for_update()).scalar()
+    if locked is None:
+        return None
+    moved = moved_waits(session, waiting)
+    if moved:
+        return Parked(moved=moved)
+    delay_ms = session.execute(_PARK, {"execution_id": claim.execution_id, "ids": waiting}).scalar()
+    if delay_ms is None:  # no wait left open: nothing to park on (its coordinator goes on)
+        return Parked(moved=[])
+    return Parked(delay_ms=int(delay_ms))
+
+
+@dataclass(frozen=True)
+class WaitEnd:
+    """A wait past its wait_until, ended by its kind's rule: a sleep succeeds (with
+    `{"slept_until"}`), an async step fails, an approval is decided by its on_timeout
+    (`approved`, recorded as a decision by "timeout")."""
+
+    step_run_id: int
+    status: StepStatus
+    body: str | None = None
+    error: str | None = None
+    approved: bool | None = None
+
+
+_END_WAITS = text(
+    f"""
+    UPDATE step_runs s SET status = u.status,
+        response_body = COALESCE(u.body, CASE WHEN s.wait ->> 'kind' = 'sleep'
+            THEN jsonb_build_object('slept_until', s.wait_until)::text END),
+        error = u.error, finished_at = now(),
+        duration_ms = (extract(epoch FROM now() - s.started_at) * 1000)::int,
+        wait = CASE WHEN u.approved IS NULL THEN s.wait ELSE s.wait || jsonb_build_object(
+            'decided', jsonb_build_object('by', 'timeout', 'at', now(), 'approved', u.approved,
+            'comment', NULL)) END
+    FROM json_to_recordset(CAST(:rows AS json)) AS u (id bigint, status text, body text,
+        error text, approved boolean)
+    WHERE s.id = u.id AND s.status = '{StepStatus.WAITING}' AND s.wait_until <= now()
+    RETURNING s.id, s.response_body
+    """
+)
+
+
+def end_waits(
+    session: Session, claim: Claim, *, lease_s: int, ends: list[WaitEnd]
+) -> dict[int, str | None] | None:
+    """End waits past their wait_until, each only while it still waits (a callback or a
+    decision before the deadline wins); fenced on the claim (the run's row first, as a
+    resolution locks it). The rows ended, with their stored output; None when the run is
+    no longer this claim's."""
+    fenced = session.execute(
+        update(Execution)
+        .where(_fence(claim))
+        .values(lease_expires_at=func.now() + timedelta(seconds=lease_s))
+    )
+    if not rowcount(fenced):
+        return None
+    rows = session.execute(
+        _END_WAITS,
+        {
+            "rows": _rows(
+                {
+                    "id": e.step_run_id,
+                    "status": e.status,
+                    "body": e.body,
+                    "error": e.error,
+                    "approved": e.approved,
+                }
+                for e in ends
+            )
+        },
+    )
+    return {step_run_id: body for step_run_id, body in rows}

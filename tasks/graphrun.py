@@ -22,8 +22,23 @@ evaluated fails its step at once, with the template's error and no retry.
 
 Failure semantics are `core.graph`'s: a step that fails for good fails the run; calls not
 at the agent yet (waiting for flow control or a retry's backoff) and steps not started are
-cancelled, with the reason; calls at the agent finish and their answers are kept. A lost
-lease, a cancel by a person and a stopping worker cut or hand back every call at once.
+cancelled, with the reason; calls at the agent finish and their answers are kept; waits
+(below) are cancelled. A lost lease, a cancel by a person and a stopping worker cut or hand
+back every call at once.
+
+**Waits** (docs/RELIABILITY.md, "Waits"). A sleep or an approval starts as a `waiting` row
+written in the coordinator's fenced write (no call task); an async step is a call whose
+agent's `202` makes its row `waiting` (its body carries `callback_url`, never stored). While
+calls are in flight, the coordinator reads its waiting rows every `WAIT_POLL_S` and takes in
+those resolved (a callback, a decision) or past their `wait_until` (ended by their kind's
+rule, in a fenced write conditional on the row still waiting). When nothing is in flight,
+nothing can start and a step waits, the run is **parked** (`db.runs.park`: the run's row
+locked first, the waits read after the lock): `waiting`, no lease, `available_at` at its
+earliest wait's end, a wake-up message delayed to it; the coordinator returns, holding no
+thread, slot, lease or connection. The wake's claim keeps the attempt (`db.claims`), and
+`rebuild` reads the resolved waits as ended steps. After a park the coordinator writes
+nothing, not even a retry of a park whose commit went unacknowledged: then the lease
+expires and recovery takes the run over with a new attempt.
 """
 
 from __future__ import annotations
@@ -37,9 +52,11 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
+
+from sqlalchemy.exc import OperationalError
 
 from core import logs
 from core.errors import ValidationFailed
@@ -54,14 +71,26 @@ from core.graph import (
     items_of,
     plan,
     render_call,
+    sleep_end,
     variables,
 )
+from core.limits import MAX_WAIT_S, WAIT_POLL_S
 from core.outcome import StepOutcome, parse_output, stored_request
 from core.secrets import SecretUnreadable
 from core.templates import TemplateError
-from core.vocabulary import ExecutionStatus, FailureReport, StepState, StepStatus
+from core.vocabulary import (
+    ExecutionStatus,
+    FailureReport,
+    OnReject,
+    OnTimeout,
+    Role,
+    StepKind,
+    StepState,
+    StepStatus,
+)
+from core.waits import callback_url
 from db import runs
-from db.runs import RunMessage, StepClose, StepMark
+from db.runs import Accepted, RunMessage, StepClose, StepMark, WaitEnd
 from db.secrets import resolve_call_headers
 from db.session import session_scope
 from tasks import metrics
@@ -75,6 +104,10 @@ log = logging.getLogger(__name__)
 TEMPLATE_THREADS = 2
 STOP_POLL_S = 0.5  # how often a run waiting for its calls looks whether the worker stops
 HANDED_BACK = "handed back: the worker stopped; resuming elsewhere"
+ASYNC_WAIT = {"kind": str(StepKind.ASYNC), "progress": None, "note": None, "progress_at": None}
+# The callback URL's token outlives the step's wait_until by this much: the row's
+# wait_until, on the database's clock, decides (`db.waits`), never the worker's clock.
+CALLBACK_SLACK_S = 300
 _NOT_STORED = "steps"  # the outputs of a step's needs: sent with each call, not stored
 
 
@@ -92,6 +125,7 @@ class _Step:
     item_states: list[StepState] = field(default_factory=list)
     item_outputs: list[Any] = field(default_factory=list)
     own_row: int | None = None  # a fan-out's own step run in this claim
+    wait_row: int | None = None  # its step run while it waits (state WAITING)
 
     def progress(self, waiting: set[int]) -> StepProgress:
         """As `core.graph` reads it; `waiting`: items whose calls wait to start (pending)."""
@@ -104,9 +138,12 @@ class _Step:
 
 def rebuild(graph: Graph, rows: Sequence[Any]) -> dict[str, _Step]:
     """Where each step stands from a run's step runs (oldest first): a step whose latest row
-    succeeded or was skipped keeps that; any other is pending again (a retry, or a claim
-    after a lost worker, runs it again). A fan-out whose list is known keeps it and the
-    outputs of its items that succeeded; only the others run again."""
+    succeeded or was skipped keeps that; one whose latest row waits is waiting (past its
+    wait_until too: the coordinator ends it by its kind's rule, in a fenced write); a wait
+    that failed since the run last started (a callback's error, a rejection, a timeout) is
+    failed; any other is pending again (a retry, or a claim after a lost worker, runs it
+    again). A fan-out whose list is known keeps it and the outputs of its items that
+    succeeded; only the others run again."""
     latest: dict[tuple[str, int | None], Any] = {}
     known: dict[str, list[Any]] = {}
     for row in rows:
@@ -121,6 +158,10 @@ def rebuild(graph: Graph, rows: Sequence[Any]) -> dict[str, _Step]:
             mine.state, mine.output = StepState.SUCCEEDED, _output(top.response_body)
         elif top is not None and top.status == StepStatus.SKIPPED:
             mine.state, mine.reason = StepState.SKIPPED, top.error
+        elif top is not None and top.status == StepStatus.WAITING:
+            mine.state, mine.wait_row = StepState.WAITING, top.id
+        elif top is not None and top.status == StepStatus.FAILED and getattr(top, "lately", None):
+            mine.state, mine.reason = StepState.FAILED, top.error
         elif step.for_each is not None and step.key in known:
             mine.items = known[step.key]
             for index in range(len(mine.items)):
@@ -152,6 +193,11 @@ class _Start:
     calls: list[tuple[int | None, Call]]
     needs: dict[str, Any]  # {key: {"output": ...}} of its needs
     items: list[Any] | None = None  # a fan-out's list
+    # A sleep or an approval: what its row records, and until when (an instant, or seconds
+    # from the database's now).
+    wait: dict[str, Any] | None = None
+    wait_until: datetime | None = None
+    wait_s: float | None = None
 
 
 @dataclass
@@ -200,6 +246,26 @@ def _rendered(
     run_input: Any,
 ) -> _Start:
     needs = variables(step, run_input, progress)["steps"]
+    if step.kind is StepKind.SLEEP:
+        if step.sleep_s is not None:
+            return _Start(step.key, [], needs, wait={"kind": str(step.kind)}, wait_s=step.sleep_s)
+        until = sleep_end(step, run_input, progress)
+        if (until - datetime.now(UTC)).total_seconds() > MAX_WAIT_S:
+            raise TemplateError(
+                f"The sleep_until of step {step.key} is {until.isoformat()}, more than "
+                f"{MAX_WAIT_S // 86400} days ahead (a sleep lasts at most {MAX_WAIT_S} seconds)"
+            )
+        return _Start(step.key, [], needs, wait={"kind": str(step.kind)}, wait_until=until)
+    if step.kind is StepKind.APPROVAL:
+        message = render_call(step, run_input, progress).message
+        wait = {
+            "kind": str(step.kind),
+            "role": str(step.approvers or Role.EDITOR),
+            "on_reject": str(step.on_reject or OnReject.FAIL),
+            "on_timeout": str(step.on_timeout or OnTimeout.REJECT),
+            "message": message,
+        }
+        return _Start(step.key, [], needs, wait=wait, wait_s=step.wait_s(0))
     if step.for_each is None:
         return _Start(step.key, [(None, render_call(step, run_input, progress))], needs)
     if known is not None:
@@ -243,11 +309,13 @@ class _Run:
     answers: list[tuple[int, StepOutcome]] = field(default_factory=list)  # to store
     marks: list[StepMark] = field(default_factory=list)
     closes: list[StepClose] = field(default_factory=list)
+    accepted: list[Accepted] = field(default_factory=list)  # async calls answered 202
     failure: tuple[str, str, bool] | None = None  # (key, error, retryable) of the first
     headers: dict[str, asyncio.Future[tuple[dict[str, str], list[str]]]] = field(
         default_factory=dict
     )
     called: bool = False
+    waits_cancelled: bool = False  # since the last plan: the plan has more to say
     # A run never has more calls at once than its automation's concurrency limit, nor more
     # calls asking Redis for a permit than its rate allows in a window: the others wait
     # here, on the loop, without asking (a fan-out of 1,000 items does not poll 1,000 times).
@@ -283,6 +351,14 @@ class _Run:
     ) -> None:
         self.marks.append(StepMark(self.numbers[key], key, status, error, item, **more))
 
+    def waits(self) -> dict[int, str]:
+        """The rows of the steps that wait, and their keys."""
+        return {
+            step.wait_row: key
+            for key, step in self.steps.items()
+            if step.state is StepState.WAITING and step.wait_row is not None
+        }
+
 
 class GraphPilot(Pilot):
     """Flies graph runs on the runner's loop, with the chain pilot's writes, flow control,
@@ -310,6 +386,9 @@ class GraphPilot(Pilot):
             rows = await self._db(partial(_graph_rows, claim.execution_id))
             numbers = {step.key: n for n, step in enumerate(graph.steps, start=1)}
             run = _Run(flight, graph, rebuild(graph, rows), numbers)
+            for key, step in run.steps.items():  # a wait that failed while the run was parked
+                if step.state is StepState.FAILED and run.failure is None:
+                    run.failure = (key, step.reason or "failed", False)
             if claim.concurrency_limit is not None:
                 run.slots = asyncio.Semaphore(claim.concurrency_limit)
             if claim.rate_limit_per_s is not None:
@@ -339,6 +418,7 @@ class GraphPilot(Pilot):
                 self.templates,
                 partial(decide, run.graph, run.progress(), run.known(), claim.input),
             )
+            startable = bool(decision.starts)
             if stopping:  # what has ended is recorded; nothing starts
                 decision.starts = []
             self._apply(run, decision)
@@ -352,12 +432,18 @@ class GraphPilot(Pilot):
                 if decision.status is not None:
                     await self._finish(run, decision.status)
                     return
-                if stopping:
+                moved = bool(decision.starts or decision.skip or decision.fail or decision.cancel)
+                moved, run.waits_cancelled = moved or run.waits_cancelled, False
+                if stopping and (startable or not run.waits()):
                     await self._hand_back(run)
                     return
-                if not (decision.starts or decision.skip or decision.fail or decision.cancel):
-                    raise RuntimeError(f"graph run {claim.execution_id} stands still")
-                continue
+                if moved and not stopping:
+                    continue
+                if run.waits():  # only waits are open: no worker holds the run until they end
+                    if await self._park(run):
+                        continue
+                    return  # parked, or no longer ours
+                raise RuntimeError(f"graph run {claim.execution_id} stands still")
             # The heartbeat drops a lost run only while it waits (not in the middle of a
             # write), and then cuts every call of it at once, at the agent or not.
             run.flight.calling = True
@@ -386,6 +472,17 @@ class GraphPilot(Pilot):
         for start in decision.starts:
             step = run.steps[start.key]
             step.state = StepState.RUNNING
+            if start.wait is not None:  # a sleep or an approval: its row waits, no call
+                step.state = StepState.WAITING
+                run.mark(
+                    start.key,
+                    StepStatus.WAITING,
+                    None,
+                    wait=start.wait,
+                    wait_until=start.wait_until,
+                    wait_s=start.wait_s,
+                )
+                continue
             if start.items is not None:
                 if step.items is None:
                     step.items = start.items
@@ -403,6 +500,9 @@ class GraphPilot(Pilot):
 
     def _start(self, run: _Run, start: _Start, made: Mapping[tuple[str, int | None], int]) -> None:
         step = run.steps[start.key]
+        if start.wait is not None:
+            step.wait_row = made[(start.key, None)]
+            return
         if start.items is not None:
             step.own_row = made.get((start.key, None))
         for index, rendered in start.calls:
@@ -413,9 +513,9 @@ class GraphPilot(Pilot):
     async def _record(self, run: _Run) -> dict[tuple[str, int | None], int] | None:
         """Everything the run's state gained since the last write, in one fenced write."""
         claim = run.flight.claim
-        answers, marks, closes = run.answers, run.marks, run.closes
-        run.answers, run.marks, run.closes = [], [], []
-        if not (answers or marks or closes):
+        answers, marks, closes, accepted = run.answers, run.marks, run.closes, run.accepted
+        run.answers, run.marks, run.closes, run.accepted = [], [], [], []
+        if not (answers or marks or closes or accepted):
             return {}
         record = partial(
             runs.record_graph,
@@ -424,19 +524,28 @@ class GraphPilot(Pilot):
             answers=answers,
             marks=marks,
             closes=closes,
+            accepted=accepted,
         )
         return await self._write(claim, None, record)
 
     async def _wait(self, run: _Run) -> bool:
-        """Wait for a call to end and take in every call ended by then; False if the run is
-        no longer this claim's."""
+        """Wait for a call to end and take in every call ended by then, or (some step
+        waits) for a wait to be resolved or to pass its end, read every WAIT_POLL_S; False
+        if the run is no longer this claim's."""
+        polled = time.monotonic()
         while True:
             try:
-                first = await asyncio.wait_for(run.events.get(), STOP_POLL_S)
+                first = await asyncio.wait_for(run.events.get(), min(STOP_POLL_S, WAIT_POLL_S))
                 break
             except TimeoutError:
                 if shutting_down.is_set():
                     return True
+                waits = run.waits()
+                if waits and time.monotonic() - polled >= WAIT_POLL_S:
+                    polled = time.monotonic()
+                    moved = await self._db(partial(_moved_waits, list(waits)))
+                    if moved:
+                        return await self._take_in(run, moved)
         ended = [first]
         while not run.events.empty():
             ended.append(run.events.get_nowait())
@@ -450,10 +559,17 @@ class GraphPilot(Pilot):
         return not lost
 
     def _ended(self, run: _Run, call: _Call, answer: Answer) -> None:
-        """A call's last answer: its step (or item) succeeded or failed for good."""
-        run.answers.append((answer.step_run_id, answer.outcome))
+        """A call's last answer: its step (or item) succeeded or failed for good, or (an
+        async step's agent answered 202) its step waits for the callback."""
         outcome = answer.outcome
         step = run.steps[call.key]
+        graph_step = run.graph.by_key[call.key]
+        if graph_step.kind is StepKind.ASYNC and outcome.ok and outcome.status == 202:
+            wait_s = graph_step.wait_s(run.flight.claim.step_timeout_s)
+            run.accepted.append(Accepted(answer.step_run_id, 202, wait_s, dict(ASYNC_WAIT)))
+            step.state, step.wait_row = StepState.WAITING, answer.step_run_id
+            return
+        run.answers.append((answer.step_run_id, answer.outcome))
         error = outcome.error or f"agent answered HTTP {outcome.status}"
         if call.item is None:
             if outcome.ok:
@@ -507,7 +623,15 @@ class GraphPilot(Pilot):
 
     def _cancel_waiting(self, run: _Run, reason: str | None) -> None:
         """Stop every call not at the agent yet: cancelled with `reason`, or (None: the
-        worker stops) left pending for whoever resumes the run."""
+        worker stops) left pending for whoever resumes the run. With a reason (a step
+        failed), the steps that wait are cancelled too (only while their rows still wait):
+        nothing starts after them any more."""
+        if reason is not None:
+            why = f"cancelled while it waited: {reason.removeprefix('not started: ')}"
+            for row, key in run.waits().items():
+                run.steps[key].state, run.steps[key].reason = StepState.CANCELLED, why
+                run.closes.append(StepClose(row, StepStatus.CANCELLED, None, why))
+                run.waits_cancelled = True
         for call in [c for c in run.calls if c.phase == WAITING]:
             assert call.task is not None
             call.task.cancel()
@@ -525,6 +649,106 @@ class GraphPilot(Pilot):
                 step.reason = step.reason or reason
                 self._fan_out_ended(run, call.key)
 
+    # --- waits -------------------------------------------------------------------------------
+
+    async def _park(self, run: _Run) -> bool:
+        """Park the run (only waits are open): True when it was not parked because a wait
+        moved meanwhile (taken in: go on), False when it was parked (its wake-up sent) or is
+        no longer this claim's. The park is not retried through a database outage: a retry
+        after a commit whose acknowledgement was lost could find the run woken by then,
+        under the same attempt (`db.claims`); the lease expires instead, and recovery takes
+        the run over."""
+        flight, claim = run.flight, run.flight.claim
+        park = partial(runs.park, claim=claim, waiting=list(run.waits()))
+        try:
+            parked = await self.commits.write(claim, None, park)
+        except OperationalError:
+            log.warning("could not park execution %s; recovery will resume it", claim.execution_id)
+            return False
+        if parked is None:
+            return False
+        if parked.delay_ms is None:
+            if not parked.moved:
+                raise RuntimeError(f"graph run {claim.execution_id} waits on no open wait")
+            return await self._take_in(run, parked.moved)
+        wake = RunMessage.wake(
+            claim.execution_id,
+            max_retries=flight.max_retries,
+            retries=flight.retries,
+            delay_ms=parked.delay_ms,
+            urgent=claim.urgent,
+        )
+        try:
+            await self._send(wake)
+        except Exception:  # Redis: housekeeping sends it again from the row
+            log.warning("could not send the wake-up of execution %s", claim.execution_id)
+        return False
+
+    async def _take_in(self, run: _Run, moved: Sequence[Any]) -> bool:
+        """Take in wait rows resolved (their outcome) or past their wait_until (ended now by
+        their kind's rule, each only while it still waits: a resolution that came first
+        wins, and is read at the next look). False if the run is no longer this claim's."""
+        claim = run.flight.claim
+        waits = run.waits()
+        ends: dict[int, WaitEnd] = {}
+        for row in moved:
+            key = waits.get(row.id)
+            if key is None or run.steps[key].state is not StepState.WAITING:
+                continue  # cancelled meanwhile: another wait of the run failed it
+            if row.status != StepStatus.WAITING:
+                self._resolved(run, key, StepStatus(row.status), row.response_body, row.error)
+            elif row.past:
+                ends[row.id] = self._timed_out(run, key, row.wait or {})
+        if not ends:
+            return True
+        end = partial(runs.end_waits, claim=claim, lease_s=self.lease_s, ends=list(ends.values()))
+        ended = await self._write(claim, None, end)
+        if ended is None:
+            return False
+        for row_id, body in ended.items():
+            wait_end = ends[row_id]
+            if run.steps[waits[row_id]].state is not StepState.WAITING:
+                continue
+            self._resolved(run, waits[row_id], wait_end.status, body, wait_end.error)
+        return True
+
+    def _resolved(
+        self, run: _Run, key: str, status: StepStatus, body: str | None, error: str | None
+    ) -> None:
+        """A wait's outcome, as its row stores it: the step succeeded (its output), was
+        skipped (an approval rejected with on_reject skip), failed for good, or cancelled."""
+        step = run.steps[key]
+        step.wait_row = None
+        if status is StepStatus.SUCCEEDED:
+            step.state, step.output = StepState.SUCCEEDED, _output(body)
+        elif status is StepStatus.SKIPPED:
+            step.state, step.reason = StepState.SKIPPED, error
+        elif status is StepStatus.FAILED:
+            step.state, step.reason = StepState.FAILED, error or "failed"
+            self._failed(run, key, step.reason, False)
+        else:
+            step.state, step.reason = StepState.CANCELLED, error
+
+    def _timed_out(self, run: _Run, key: str, wait: Mapping[str, Any]) -> WaitEnd:
+        """How a wait past its wait_until ends, by its kind (as its row recorded it)."""
+        step = run.graph.by_key[key]
+        row = run.steps[key].wait_row
+        assert row is not None
+        kind = wait.get("kind")
+        if kind == StepKind.SLEEP:
+            return WaitEnd(row, StepStatus.SUCCEEDED)  # {"slept_until"}: written by the database
+        timeout_s = step.wait_s(run.flight.claim.step_timeout_s)
+        if kind == StepKind.ASYNC:
+            error = f"no callback within the step's timeout ({timeout_s} s)"
+            return WaitEnd(row, StepStatus.FAILED, error=error)
+        if wait.get("on_timeout") == OnTimeout.APPROVE:
+            body = json.dumps({"approved": True, "by": "timeout", "comment": None})
+            return WaitEnd(row, StepStatus.SUCCEEDED, body=body, approved=True)
+        error = f"rejected: no decision within the step's timeout ({timeout_s} s)"
+        skip = wait.get("on_reject") == OnReject.SKIP
+        status = StepStatus.SKIPPED if skip else StepStatus.FAILED
+        return WaitEnd(row, status, error=error, approved=False)
+
     # --- one call ----------------------------------------------------------------------------
 
     async def _call(self, run: _Run, call: _Call) -> None:
@@ -533,7 +757,9 @@ class GraphPilot(Pilot):
         flight, claim = run.flight, run.flight.claim
         step = run.graph.by_key[call.key]
         url = step.agent_url or claim.agent_url
-        timeout_s = step.timeout_s or claim.step_timeout_s
+        # An async step's timeout_s covers its whole wait; its request has the automation's.
+        timeout_s = claim.step_timeout_s if step.kind is StepKind.ASYNC else None
+        timeout_s = timeout_s or step.timeout_s or claim.step_timeout_s
         max_retries = flight.max_retries if step.max_retries is None else step.max_retries
         shown = (
             claim.request_headers if step.request_headers is None else dict(step.request_headers)
@@ -581,6 +807,8 @@ class GraphPilot(Pilot):
             request = stored_request(url, {**shown, "Idempotency-Key": key}, payload)
             request["body"].pop(_NOT_STORED, None)
             request["not_stored"] = [*request["not_stored"], _NOT_STORED]
+            if run.graph.by_key[call.key].kind is StepKind.ASYNC:
+                request["not_stored"].append("callback_url")
             start = runs.StepStart(
                 claim, run.numbers[call.key], request, key=call.key, item=call.item
             )
@@ -588,6 +816,11 @@ class GraphPilot(Pilot):
             if step_run_id is None:
                 run.events.put_nowait((call, None))
                 return None
+            graph_step = run.graph.by_key[call.key]
+            if graph_step.kind is StepKind.ASYNC:  # sent, never stored: it is a credential
+                wait_s = graph_step.wait_s(claim.step_timeout_s)
+                expires = datetime.now(UTC) + timedelta(seconds=wait_s + CALLBACK_SLACK_S)
+                payload["callback_url"] = callback_url(self.settings, step_run_id, expires)
             try:
                 headers, sent = await self._headers(run, call.key, shown, url)
             except SecretUnreadable as exc:
@@ -740,6 +973,11 @@ def graph_payload(claim: runs.Claim, run: _Run, call: _Call) -> dict[str, Any]:
 
 def _nothing(session: Any) -> None:
     return None
+
+
+def _moved_waits(ids: list[int]) -> list[Any]:
+    with session_scope() as session:
+        return runs.moved_waits(session, ids)
 
 
 def _graph_rows(execution_id: Any) -> list[Any]:

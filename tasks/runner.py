@@ -155,7 +155,10 @@ class Runner:
         flight.task.add_done_callback(lambda _: self._ended(flight))
 
     def _ended(self, flight: Flight) -> None:
-        self.flights.pop(flight.claim.execution_id, None)
+        # Only this flight: a parked run may be woken and claimed here again (the same id)
+        # before this callback runs.
+        if self.flights.get(flight.claim.execution_id) is flight:
+            del self.flights[flight.claim.execution_id]
         if flight.slot is not None:
             flight.slot.release()
         with self.counting:

@@ -567,3 +567,136 @@ def test_graph_of_reads_a_stored_list_as_a_chain_and_a_keyed_one_as_its_graph() 
     # and stored data not even of the right types is refused naming the step
     with pytest.raises(ValidationFailed, match="step sum's needs must be a list"):
         graph_of([{"key": "a", "message": "x"}, {"key": "sum", "message": "y", "needs": "a"}])
+
+
+# --- steps that wait: async, approval, sleep -------------------------------------------------
+
+
+def test_the_waiting_kinds_survive_the_round_trip_with_their_settings() -> None:
+    data = [
+        {"key": "job", "message": "Transcribe {{ input.url }}", "kind": "async", "timeout_s": 7200},
+        {
+            "key": "ok",
+            "needs": ["job"],
+            "message": "Publish {{ steps.job.output.title }}?",
+            "kind": "approval",
+            "timeout_s": 3600,
+            "approvers": "admin",
+            "on_reject": "skip",
+            "on_timeout": "approve",
+        },
+        {"key": "pause", "needs": ["ok"], "kind": "sleep", "sleep_s": 600},
+        {"key": "until", "needs": ["pause"], "kind": "sleep", "sleep_until": "{{ input.at }}"},
+    ]
+    graph = parse_graph(data, egress=EGRESS)
+    assert to_data(graph) == data
+    assert parse_graph(to_data(graph), egress=EGRESS) == graph
+    approval = graph.by_key["ok"]
+    assert (approval.kind, approval.approvers, approval.on_reject, approval.on_timeout) == (
+        StepKind.APPROVAL,
+        "admin",
+        "skip",
+        "approve",
+    )
+    # an approval's timeout defaults to a day, an async step's to the automation's
+    assert graph_of_steps({"key": "a", "kind": "approval"}).steps[0].wait_s(30) == 86_400
+    assert graph_of_steps({"key": "a", "kind": "async"}).steps[0].wait_s(30) == 30
+
+
+@pytest.mark.parametrize(
+    ("step", "message"),
+    [
+        (
+            {"key": "nap", "kind": "sleep"},
+            "step nap is a sleep: give exactly one of sleep_s (seconds) and sleep_until",
+        ),
+        (
+            {"key": "nap", "kind": "sleep", "sleep_s": 5, "sleep_until": "{{ input.at }}"},
+            "step nap is a sleep: give exactly one of sleep_s",
+        ),
+        ({"key": "nap", "kind": "sleep", "sleep_s": 0}, "step nap's sleep_s must be between 1 and"),
+        (
+            {"key": "nap", "kind": "sleep", "sleep_s": 7 * 86400 + 1},
+            "step nap's sleep_s must be between 1 and 604800 seconds",
+        ),
+        ({"key": "nap", "kind": "sleep", "sleep_s": "5"}, "step nap's sleep_s must be a whole"),
+        (
+            {"key": "nap", "kind": "sleep", "sleep_until": "{{ steps.other.output }}"},
+            "step nap's sleep_until reads steps.other",
+        ),
+        (
+            {"key": "nap", "kind": "sleep", "sleep_s": 5, "message": "hello"},
+            "step nap is a sleep: it sends no message",
+        ),
+        (
+            {"key": "nap", "kind": "sleep", "sleep_s": 5, "agent_url": "https://a.example.com"},
+            "step nap is a sleep (no call to the agent): it cannot have agent_url",
+        ),
+        (
+            {"key": "nap", "kind": "sleep", "sleep_s": 5, "for_each": "input.ids"},
+            "step nap is a sleep (no call to the agent): it cannot have for_each",
+        ),
+        (
+            {"key": "ok", "kind": "approval", "message": "m", "for_each": "input.ids"},
+            "step ok is an approval (no call to the agent: a person decides): it cannot have "
+            "for_each",
+        ),
+        (
+            {"key": "ok", "kind": "approval", "message": "m", "approvers": "viewer"},
+            "step ok's approvers must be editor or admin",
+        ),
+        (
+            {"key": "ok", "kind": "approval", "message": "m", "on_reject": "retry"},
+            "step ok's on_reject must be fail or skip",
+        ),
+        (
+            {"key": "ok", "kind": "approval", "message": "m", "on_timeout": "wait"},
+            "step ok's on_timeout must be reject or approve",
+        ),
+        ({"key": "ok", "kind": "approval"}, "step ok's message must be a non-empty text"),
+        (
+            {"key": "ok", "kind": "approval", "message": "m", "timeout_s": 7 * 86400 + 1},
+            "step ok's timeout_s must be between 1 and 604800 seconds (7 days) for an approval",
+        ),
+        (
+            {"key": "job", "kind": "async", "message": "m", "for_each": "input.ids"},
+            "step job is an async call (one wait for one callback: no for_each): it cannot have "
+            "for_each",
+        ),
+        (
+            {"key": "job", "kind": "async", "message": "m", "sleep_s": 5},
+            "step job is an async call (one wait for one callback: no for_each): it cannot have "
+            "sleep_s",
+        ),
+        (
+            {"key": "job", "message": "m", "timeout_s": 7200},
+            "step job's timeout_s must be between 1 and 3600 seconds",
+        ),
+        (
+            {"key": "job", "message": "m", "on_timeout": "approve"},
+            "step job is a call: it cannot have on_timeout",
+        ),
+    ],
+)
+def test_a_waiting_step_is_checked_at_save_with_messages_naming_it(
+    step: dict[str, Any], message: str
+) -> None:
+    found = refusals([step])
+    assert any(message in text for text in found), found
+
+
+def test_an_async_step_may_wait_up_to_seven_days_where_a_call_may_not() -> None:
+    (step,) = graph_of_steps({"key": "job", "kind": "async", "timeout_s": 7 * 86400}).steps
+    assert step.timeout_s == 7 * 86400
+
+
+def test_a_waiting_step_holds_back_its_dependents_and_the_runs_end() -> None:
+    graph = graph_of_steps(
+        {"key": "ok", "kind": "approval"}, {"key": "send", "needs": ["ok"]}, {"key": "other"}
+    )
+    waiting = StepProgress(StepState.WAITING)
+    # while the approval waits, its dependent does not start and the run is not over
+    found = plan(graph, {"ok": waiting, "other": done()}, None)
+    assert found.start == () and found.status is None
+    # once approved, the dependent starts
+    assert plan(graph, {"ok": done({"approved": True}), "other": done()}, None).start == ("send",)

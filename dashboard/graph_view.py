@@ -16,7 +16,8 @@ from collections.abc import Mapping
 import streamlit as st
 
 from core.graph import Graph, GraphStep
-from core.vocabulary import StepState
+from core.vocabulary import Role, StepKind, StepState
+from core.waits import role_phrase
 
 # A node's text is wrapped at LINE characters, MAX_LINES lines a text (the rest as …):
 # narrow nodes keep a graph legible on a phone, where the drawing is scaled to the screen.
@@ -53,18 +54,36 @@ def _wrapped(text: str) -> list[str]:
 
 
 def label(step: GraphStep) -> str:
-    """What a node says: its name (else its key), its key when it has a name, then `if …`
-    for a condition and `for each in …` for a fan-out (the expression on its own lines when
-    it is long)."""
+    """What a node says: its name (else its key), its key when it has a name, how it waits
+    (`kind_line`), then `if …` for a condition and `for each in …` for a fan-out (the
+    expression on its own lines when it is long)."""
     lines = _wrapped(step.name) if step.name else [step.key]
     if step.name:
         lines.append(f"[{step.key}]")
+    if (kind := kind_line(step)) is not None:
+        lines += _wrapped(kind)
     for word, expression in (("if", step.when), ("for each in", step.for_each)):
         if expression is None:
             continue
         said = _wrapped(f"{word} {expression}")
         lines += said if len(said) == 1 else [word, *_wrapped(expression)]
     return "\n".join(lines)
+
+
+def kind_line(step: GraphStep) -> str | None:
+    """How a step that waits waits ("async: answers later", "approval by an editor",
+    "sleep 600 s", "sleep until …"); None for a call."""
+    if step.kind is StepKind.ASYNC:
+        return "async: answers later"
+    if step.kind is StepKind.APPROVAL:
+        return f"approval by {role_phrase(step.approvers or Role.EDITOR)}"
+    if step.kind is StepKind.SLEEP:
+        return (
+            f"sleep {step.sleep_s} s"
+            if step.sleep_s is not None
+            else f"sleep until {step.sleep_until}"
+        )
+    return None
 
 
 def dot(graph: Graph, states: Mapping[str, StepState] | None = None) -> str:

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import func, update
 
 from core.access import Actor
+from core.graph import graph_of
 from core.vocabulary import AuditAction, Role, StepState
 from dashboard import graph_view, waits, waterfall
 from db import queries
@@ -111,6 +112,14 @@ def test_the_graphs_key_has_a_box_per_state_waiting_included() -> None:
     for state in StepState:
         assert f'"{state}" [fillcolor=' in key
     assert '"waiting" [fillcolor="#ffe8cc"]' in key
+
+
+def test_a_step_that_waits_says_how_in_the_graph() -> None:
+    drawn = graph_view.dot(graph_of(WAIT_GRAPH))
+    assert '"draft" [label="draft\\nasync: answers later"' in drawn
+    assert '"review" [label="review\\napproval by an editor"' in drawn
+    assert '"pause" [label="pause\\nsleep 600 s"' in drawn
+    assert '"plan" [label="plan",' in drawn
 
 
 def test_a_waiting_step_runs_bar_grows_to_now_while_the_run_is_live() -> None:

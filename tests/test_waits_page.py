@@ -447,3 +447,10 @@ def test_a_waiting_runs_page_in_chromium(
         shoot(page, f"waits_run_{kind}_draft")
         page.get_by_text(typed).scroll_into_view_if_needed()
         shoot(page, f"waits_run_{kind}_review")
+        # and the Overview counts it, listing its approval
+        page.goto(dashboard_url)
+        settle(page)
+        page.get_by_text("Waiting for approval", exact=True).wait_for()
+        no_exception(page)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        shoot(page, f"waits_overview_{kind}")

@@ -7,6 +7,7 @@ from datetime import timedelta
 import pandas as pd
 import streamlit as st
 
+from core.vocabulary import ExecutionStatus
 from dashboard import outcomes, ui, waits
 from db import figures
 from tasks import queues
@@ -49,6 +50,13 @@ def headline() -> None:
         "Approvals pending", k.approvals_pending, help="steps waiting for a person to decide"
     )
     second[3].metric("Queue depth", queue_depth(), help="messages waiting or delayed in Redis")
+    if k.waiting_runs:
+        ui.page_link(
+            "views/executions.py",
+            "The runs waiting",
+            icon=":material/hourglass_top:",
+            query_params={"status": ExecutionStatus.WAITING},
+        )
 
 
 @st.fragment(run_every=30)

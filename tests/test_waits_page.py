@@ -414,6 +414,13 @@ WIDTHS_JS = """
 """
 
 
+# The page has been drawn again since `arg`, the progress caption's text (its age moves on).
+REDRAWN_JS = """
+before => [...document.querySelectorAll('[data-testid="stCaptionContainer"]')]
+  .some(e => e.innerText.includes('Progress reported') && !e.innerText.includes(before))
+"""
+
+
 @pytest.mark.browser
 @pytest.mark.slow
 @pytest.mark.usefixtures("db", "redis_client")
@@ -447,10 +454,22 @@ def test_a_waiting_runs_page_in_chromium(
         shoot(page, f"waits_run_{kind}_draft")
         page.get_by_text(typed).scroll_into_view_if_needed()
         shoot(page, f"waits_run_{kind}_review")
-        # and the Overview counts it, listing its approval
+        # when a comment is typed, kept over the page's next redraw, and Approve pressed
+        caption = page.get_by_text("Progress reported").first
+        before = caption.inner_text()
+        page.get_by_label("Comment (optional)").fill("Ship it <b>now</b>")
+        page.wait_for_function(REDRAWN_JS, arg=before)
+        page.get_by_role("button", name="Approve").click()
+        # then the decision is shown: who, and the comment as typed
+        page.get_by_text("Approved by local admin at").wait_for()
+        assert page.get_by_text("Ship it <b>now</b>").count() == 1
+        assert page.locator("b", has_text="now").count() == 0
+        no_exception(page)
+        shoot(page, f"waits_run_{kind}_decided")
+        # and the Overview counts the run waiting, listing no approval any more
         page.goto(dashboard_url)
         settle(page)
-        page.get_by_text("Waiting for approval", exact=True).wait_for()
+        page.get_by_text("Runs waiting").wait_for()
         no_exception(page)
         assert page.evaluate("document.documentElement.scrollWidth") <= width
         shoot(page, f"waits_overview_{kind}")

@@ -365,15 +365,21 @@ def test_an_editor_approves_with_a_comment_and_the_decision_is_recorded() -> Non
 
 
 @pytest.mark.usefixtures("db", "redis_client")
-def test_a_rejection_is_recorded_as_rejected() -> None:
-    run = waiting_post_run()
+@pytest.mark.parametrize(("on_reject", "status"), [("fail", "failed"), ("skip", "skipped")])
+def test_a_rejection_is_recorded_and_shown_as_the_step_ends(on_reject: str, status: str) -> None:
+    # given an approval that fails, or skips, its step when rejected
+    run = waiting_post_run(review={**APPROVAL, "on_reject": on_reject})
+    # when the admin rejects it without a comment
     page = execution_page(run)
     next(b for b in page.button if b.label == "Reject").click().run()
     assert not page.exception, page.exception
+    # then the step ended so, the rejection audited and shown on the step
     [review] = [r for r in step_runs(run) if r.step_key == "review"]
-    assert review.status == "failed" and (review.wait or {})["decided"]["approved"] is False
+    assert review.status == status and (review.wait or {})["decided"]["approved"] is False
     assert len(_audit(AuditAction.REJECT)) == 1
-    assert "Rejected by test at " in texts(execution_page(run))
+    page = execution_page(run)
+    assert f"review · {status}" in [e.label for e in page.expander]
+    assert "Rejected by test at " in texts(page)
 
 
 @pytest.mark.usefixtures("db", "redis_client")

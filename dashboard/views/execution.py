@@ -273,8 +273,11 @@ def graph_step(
             )
     own = [s for s in mine if s.item is None and waterfall.ran(s)]
     items = [s for s in mine if s.item is not None]
-    if own and own[-1].wait is not None:
-        waits.show(own[-1], execution_id, datetime.now(UTC))
+    # Its latest own row says how it waits, or how its wait ended (a rejection that skipped
+    # it too: a skip that `waterfall.ran` leaves out).
+    latest = next((s for s in reversed(mine) if s.item is None), None)
+    if latest is not None and latest.wait is not None:
+        waits.show(latest, execution_id, datetime.now(UTC))
     if zero is None or not (own or items):
         if state is not None and state.state is StepState.PENDING:
             st.caption("Not started yet: waiting for the steps it needs.")
@@ -333,8 +336,6 @@ def attempt(s: queries.StepRunRow, zero: datetime, call: str | None = None) -> N
         f"(+{(s.started_at - zero).total_seconds():.2f} s) · took {ui.fmt_duration(took)}"
         + (f" · HTTP {s.response_status or '—'}" if calls else "")
     )
-    if s.item is not None and s.status == StepStatus.WAITING and s.wait is not None:
-        st.caption(ui.text(waits.waiting_for(s.wait, s.wait_until, ui.viewer_timezone())))
     if s.error and s.status == StepStatus.CANCELLED:
         st.info(ui.text(s.error), icon=":material/cancel:")
     elif s.error:

@@ -30,7 +30,7 @@ from core.errors import (
     StepwiseError,
     ValidationFailed,
 )
-from core.waits import CallbackUnreadable, TokenRefused, WaitGone
+from core.waits import CallbackUnreadable, TokenRefused, WaitGone, WaitNotReady
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ _KINDS: list[tuple[type[Exception], int, str, str]] = [
     (QuotaExceeded, 409, "quota-exceeded", "A workspace quota is reached"),
     (RateLimited, 429, "rate-limited", "Too many calls this minute"),
     (ConfigError, 503, "misconfigured", "The server is not configured for this"),
+    (WaitNotReady, 503, "not-ready", "Not ready for this yet: send it again shortly"),
 ]
 
 
@@ -111,6 +112,13 @@ _HEADERS: dict[int, dict[str, Any]] = {
         "Retry-After": {
             "description": "seconds until this token may call again",
             "required": True,
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
+    503: {
+        "Retry-After": {
+            "description": "seconds until the call may be sent again (when it may)",
+            "required": False,
             "schema": {"type": "integer", "minimum": 1},
         }
     },
@@ -163,6 +171,7 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
     titles = {status: title for _, status, _, title in _KINDS}
     titles[400] = "The body is not JSON"
+    titles[503] = "Not now: not ready yet (send again after Retry-After), or not configured"
     titles[401] = (
         "Not authenticated: an API token (or, for a webhook, its proof; for a callback, a "
         "valid signed URL) is required"
@@ -192,10 +201,11 @@ def _from_stepwise(_: Request | None, exc: Exception) -> JSONResponse:
             elif isinstance(exc, NotAuthenticated):
                 headers = _CHALLENGES[exc.webhook]
                 title = _WEBHOOK_TITLE if exc.webhook else title
-            if isinstance(exc, RateLimited):
+            if isinstance(exc, RateLimited | WaitNotReady):
                 headers = {"Retry-After": str(exc.retry_after)}
-            detail = str(exc) if status != 503 else "the server is missing configuration"
-            if status == 503:
+            detail = str(exc)
+            if isinstance(exc, ConfigError):
+                detail = "the server is missing configuration"
                 log.error("configuration: %s", exc)
             return problem(status, slug, title, detail, errors, headers)
     return _unexpected(_, exc)

@@ -48,7 +48,7 @@ class StepOut(Out):
     sets), as sent."""
 
     name: str = ""
-    message: str = ""
+    message: str
     key: str | None = _graph_field("the step's key (a graph's steps only)")
     needs: list[str] | None = _graph_field("the keys it waits for")
     optional_needs: list[str] | None = _graph_field("waited for; their skip does not skip it")

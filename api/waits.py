@@ -3,8 +3,10 @@
 An async step's call carries `callback_url` (`core.waits.callback_url`): its agent answers
 `202` at once and later POSTs the result there, proven by the signed token in the URL (as
 a webhook by its secret). The body is read up to STEPWISE_MAX_RESPONSE_BYTES (an agent's
-answer may be no bigger) and no further (413). An approval step is approved or rejected
-by a member whose role is at least the step's, audited. Nothing is written on any error.
+answer may be no bigger) and no further (413). A proven callback counts against its step's
+STEPWISE_API_RATE_PER_MINUTE calls a minute (429). An approval step is approved or
+rejected by a member whose role is at least the step's, audited. Nothing is written on
+any error.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from api import ratelimit
 from api.auth import Acting
 from api.executions import execution_answer
 from api.fields import fields_from
-from api.problems import BodyTooLarge, documented
+from api.problems import BodyTooLarge, RateLimited, documented
 from api.responses import ExecutionDetailOut
 from api.schemas import Input
 from core.access import Actor
@@ -32,6 +35,8 @@ from service import waits
 # --- the callback ---------------------------------------------------------------------------
 
 callbacks = APIRouter(tags=["waits"])
+# A step run's callback is counted under a name of its own among the rate limit's callers.
+_CALLERS = uuid.UUID("5b0f1c8e-3f5a-4e0a-9f57-7a61c4b2d0c1")
 
 _CALLBACK_BODY = {
     "required": True,
@@ -97,9 +102,20 @@ async def _read_capped(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def _admit(step_run_id: int) -> None:
+    """Refuse a proven callback past its step's calls for this minute (progress included)."""
+    wait = ratelimit.seconds_to_wait(uuid.uuid5(_CALLERS, str(step_run_id)))
+    if wait:
+        raise RateLimited(
+            f"this step's callback had its {get_settings().api_rate_per_minute} calls for this "
+            f"minute; try again in {wait} s",
+            retry_after=wait,
+        )
+
+
 @callbacks.post(
     f"{CALLBACK_PATH}{{token}}",
-    responses=documented(400, 401, 409, 410, 413, 422),
+    responses=documented(400, 401, 409, 410, 413, 422, 429, 503),
     openapi_extra={"requestBody": _CALLBACK_BODY, "security": []},
 )
 async def call_back(
@@ -112,10 +128,11 @@ async def call_back(
     token: the signed URL proves it, for that step's try only, until the step's timeout).
     `401` a URL not made by this Stepwise (or altered); `409` the step was answered already,
     or its run was cancelled or ended; `410` the step's timeout passed; `400`/`422` a body
-    that is not one of the three answers. Nothing is written on any error; an accepted
-    answer wakes the waiting run."""
+    that is not one of the three answers; `503` (with `Retry-After`) a callback that came
+    before the step's `202` was recorded: send it again. Nothing is written on any error;
+    an accepted answer wakes the waiting run."""
     body = await _read_capped(request, get_settings().max_response_bytes)
-    resolution = await run_in_threadpool(waits.callback, token, body)
+    resolution = await run_in_threadpool(waits.callback, token, body, admit=_admit)
     return CallbackAccepted(step_status=str(resolution.status))
 
 

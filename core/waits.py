@@ -11,7 +11,11 @@ stored: the step run's row decides whether it is still open (single use, its
 `wait_until`), on the database's clock (`db.waits`).
 
 `callback_url(settings, step_run_id, expires_at)` is what an async step's call carries as
-`callback_url`: `<STEPWISE_PUBLIC_URL>/v1/callbacks/<token>`.
+`callback_url`: `<STEPWISE_PUBLIC_URL>/v1/callbacks/<token>`. Also here, pure: what an
+agent may POST there (`parse_callback`: output, error or progress), a decision's comment,
+and on whom a waiting step waits, in words (`waiting_on`). The errors a resolution may
+meet say what the API answers: TokenRefused 401, WaitClosed 409, WaitGone 410,
+WaitNotReady 503.
 """
 
 from __future__ import annotations
@@ -53,6 +57,14 @@ class TokenRefused(NotAuthenticated):
 class WaitGone(StepwiseError):
     """The wait's deadline passed (or its token expired) before it was answered: the step
     ended by its timeout rule; nothing was written."""
+
+
+class WaitNotReady(StepwiseError):
+    """A callback that came before its step's `202` was recorded (the agent answered at
+    once): nothing was written; the same callback a moment later is taken (503 with
+    Retry-After)."""
+
+    retry_after = 1
 
 
 class WaitClosed(InvalidState):

@@ -44,6 +44,7 @@ from core.waits import (
     CallbackProgress,
     WaitClosed,
     WaitGone,
+    WaitNotReady,
     WaitToken,
     role_phrase,
     waiting_on,
@@ -161,11 +162,13 @@ def _wake(session: Session, run: Any) -> RunMessage | None:
         select(Automation.max_retries, Automation.urgent).where(Automation.id == run.automation_id)
     ).one()
     # A wake is neither a try nor a recovery: the message carries the retries the run had
-    # spent (each claim before this one but the first), so waking spends none.
-    return RunMessage.hand_back(
+    # spent (each claim before this one but the first, as housekeeping's re-send of a
+    # wake-up counts them), so waking spends none.
+    return RunMessage.wake(
         run.id,
         max_retries=automation.max_retries,
         retries=max(run.attempt - 1, 0),
+        delay_ms=0,
         urgent=automation.urgent,
     )
 
@@ -208,6 +211,12 @@ def resolve(session: Session, token: WaitToken, callback: Callback) -> Resolutio
     row = _step_row(session, token.step_run_id)  # read again, under the run's lock
     if run is None or row is None:
         raise WaitGone("this step's run no longer exists (it was deleted)")
+    if row.status == StepStatus.RUNNING and run.status not in FINAL_STATUSES:
+        # Its call is still at the agent, or the 202 just came and is being recorded.
+        raise WaitNotReady(
+            f"step {row.step_key!r} is not waiting yet (its call's 202 is being recorded): "
+            "send the callback again in a second"
+        )
     if (row.wait or {}).get("kind") != "async":
         raise WaitClosed(f"step {row.step_key!r} does not wait for a callback")
     now = db_now(session)
@@ -262,6 +271,8 @@ def decide(
     if actor.webhook_id is not None:
         raise Forbidden("a webhook may not decide approvals")
     role = authorize(session, actor, Permission.READ)
+    if _RANK[role] < _RANK[Role.EDITOR]:  # no approval is a viewer's to decide
+        raise Forbidden(f"{role_phrase(role)} may not decide approvals: an editor or an admin may")
     run = _lock_run(session, execution_id, actor.workspace_id)
     if run is None:
         raise NotFound(f"execution {execution_id} does not exist")

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy.exc import OperationalError
 
 from core.access import Actor
 from core.settings import get_settings
@@ -35,16 +39,40 @@ def _wake(resolution: Resolution) -> None:
         log.warning("a wait was resolved; its run's wake-up was not sent (%s)", type(exc).__name__)
 
 
-def callback(token: str, body: bytes) -> Resolution:
+T = TypeVar("T")
+DEADLOCK = "40P01"
+
+
+def _deadlock_retried(work: Callable[[], T]) -> T:
+    """`work()`, once more if PostgreSQL chose it as a deadlock's victim (nothing of it was
+    written): a resolution at the very instant its wait times out meets the engine's
+    ending of it."""
+    try:
+        return work()
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) != DEADLOCK:
+            raise
+        log.info("a wait's resolution met a deadlock; trying it once more")
+        return work()
+
+
+def callback(token: str, body: bytes, *, admit: Callable[[int], None] | None = None) -> Resolution:
     """Resolve the async step the callback `token` names with the answer in `body` (output,
     error or progress). In this order, nothing written on any: TokenRefused for a token
     that proves nothing, CallbackUnreadable / ValidationFailed for a body that is not an
     answer, WaitClosed / WaitGone when the wait is no longer open. A woken run's message
-    is sent after commit (`_wake`)."""
+    is sent after commit (`_wake`). `admit(step_run_id)`, given, may refuse a proven call
+    (the API's calls a minute) before the body is looked at."""
     opened = open_token(get_settings().secret_box(), token, WaitPurpose.CALLBACK)
+    if admit is not None:
+        admit(opened.step_run_id)
     answer = parse_callback(body)
-    with session_scope() as session:
-        resolution = waits.resolve(session, opened, answer)
+
+    def resolve() -> Resolution:
+        with session_scope() as session:
+            return waits.resolve(session, opened, answer)
+
+    resolution = _deadlock_retried(resolve)
     _wake(resolution)
     return resolution
 
@@ -60,10 +88,14 @@ def decide(
     """Approve or reject the approval step `step_key` of a run, as `actor` (whose role must
     be at least the step's), audited; the woken run's message sent after commit."""
     checked = decision_comment(comment)
-    with unit_of_work(actor) as unit:
-        resolution = waits.decide(unit.session, actor, execution_id, step_key, approved, checked)
-        unit.after_commit(lambda: _wake(resolution))
-    return resolution
+
+    def decide_once() -> Resolution:
+        with unit_of_work(actor) as unit:
+            made = waits.decide(unit.session, actor, execution_id, step_key, approved, checked)
+            unit.after_commit(lambda: _wake(made))
+        return made
+
+    return _deadlock_retried(decide_once)
 
 
 def open_waits(*, actor: Actor, limit: int = 200) -> list[OpenWait]:

@@ -221,6 +221,15 @@ def api_process(
     api.stop()
 
 
+@pytest.fixture
+def api_http(db: None, redis_client: Any, api_process: ApiProcess) -> Iterator[Any]:
+    """An httpx client of the real `api` process (no token), over empty tables and Redis."""
+    import httpx
+
+    with httpx.Client(base_url=api_process.url, timeout=10) as client:
+        yield client
+
+
 # --- the dashboard in a browser -------------------------------------------------------------
 
 

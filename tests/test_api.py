@@ -164,6 +164,7 @@ def test_every_endpoint_but_health_readiness_and_docs_needs_a_token(
 ) -> None:
     # given real objects for every path to name
     ids = {"queue": "default", "message_id": "m", "hook_id": str(uuid.uuid4()), "name": "X"}
+    ids["step_key"] = "ok"
     ids["automation_id"] = str(make_automation())
     ids["schedule_id"] = str(make_schedule(uuid.UUID(ids["automation_id"])))
     ids["execution_id"] = str(add_executions(uuid.UUID(ids["automation_id"]), [{}])[0])
@@ -394,6 +395,8 @@ BY_ID = [
     ("get", "/v1/executions/{execution_id}", None),
     ("post", "/v1/executions/{execution_id}/cancel", None),
     ("post", "/v1/executions/{execution_id}/retry", None),
+    ("post", "/v1/executions/{execution_id}/steps/{step_key}/approve", {"comment": "theirs"}),
+    ("post", "/v1/executions/{execution_id}/steps/{step_key}/reject", None),
     ("post", "/v1/queues/{queue}/dead-letters/{message_id}/retry", None),
     ("delete", "/v1/queues/{queue}/dead-letters/{message_id}", None),
     ("delete", "/v1/channels/{channel_id}", None),
@@ -410,7 +413,8 @@ WRITES = [
 # What a viewer may send with POST: nothing is saved by either.
 VIEWER_MAY = {"/v1/schedules/preview", "/v1/schedules/{schedule_id}/backfill/preview"}
 # Called by other systems with the webhook's secret, not a token (tests/test_webhooks.py).
-NO_TOKEN = {"/v1/hooks/{hook_id}", "/v1/webhooks/{webhook_id}"}
+# An async step's callback proves itself by its signed URL (tests/test_callbacks.py).
+NO_TOKEN = {"/v1/hooks/{hook_id}", "/v1/webhooks/{webhook_id}", "/v1/callbacks/{token}"}
 
 
 def _ours(redis_client: Any) -> dict[str, str]:
@@ -435,6 +439,7 @@ def _ours(redis_client: Any) -> dict[str, str]:
         "queue": "default",
         "message_id": "ours",
         "name": "OURS_TOKEN",
+        "step_key": "ok",
     }
     return {name: str(value) for name, value in ids.items()}
 

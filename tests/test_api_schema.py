@@ -41,6 +41,7 @@ from testkit.factories import (
     make_automation,
     make_schedule,
 )
+from testkit.waits import callback_of, parked_run
 
 PROBLEM = "application/problem+json"
 CHECKS = [
@@ -55,6 +56,8 @@ NEEDS = {
     ("POST", "/v1/executions/{execution_id}/cancel"): {"run": ExecutionStatus.QUEUED},
     ("POST", "/v1/automations/{automation_id}/hook"): {"webhook": False},
     ("POST", "/v1/automations/{automation_id}/webhook"): {"webhook": False},
+    ("POST", "/v1/executions/{execution_id}/steps/{step_key}/approve"): {"parked": True},
+    ("POST", "/v1/executions/{execution_id}/steps/{step_key}/reject"): {"parked": True},
 }
 
 
@@ -98,13 +101,19 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
 
 def _objects(
-    redis_client: Any, run: ExecutionStatus = ExecutionStatus.FAILED, webhook: bool = True
+    redis_client: Any,
+    run: ExecutionStatus = ExecutionStatus.FAILED,
+    webhook: bool = True,
+    parked: bool = False,
 ) -> tuple[dict[str, str], str]:
     """Fresh objects of the token's workspace, one for each id a path may name, and the
-    webhook's secret."""
+    webhook's secret. `parked`: the execution is a run parked on an approval (`step_key`)."""
     automation_id = make_automation()
     schedule_id = make_schedule(automation_id)
     (run_id,) = add_executions(automation_id, [{"status": run}])
+    waiting_id, waiting_steps = parked_run()
+    if parked:
+        run_id = waiting_id
     channel = channels.add_channel(f"c-{uuid.uuid4()}", CHANNEL_URL, actor=ADMIN)
     secret = f"S_{uuid.uuid4().hex}"
     secrets.set_secret(secret, "value-of-a-secret", actor=ADMIN)
@@ -128,6 +137,8 @@ def _objects(
         "queue": "default",
         "message_id": letter,
         "name": secret,
+        "step_key": "ok",
+        "token": callback_of(waiting_steps["fetch"]).rsplit("/", 1)[1],
     }
     return {name: str(value) for name, value in ids.items()}, made.secret
 

@@ -369,7 +369,7 @@ def test_an_editor_approves_with_a_comment_and_the_decision_is_recorded() -> Non
 def test_a_rejection_is_recorded_and_shown_as_the_step_ends(on_reject: str, status: str) -> None:
     # given an approval that fails, or skips, its step when rejected
     run = waiting_post_run(review={**APPROVAL, "on_reject": on_reject})
-    # when the admin rejects it without a comment
+    # when the local admin rejects it without a comment
     page = execution_page(run)
     next(b for b in page.button if b.label == "Reject").click().run()
     assert not page.exception, page.exception
@@ -379,7 +379,7 @@ def test_a_rejection_is_recorded_and_shown_as_the_step_ends(on_reject: str, stat
     assert len(_audit(AuditAction.REJECT)) == 1
     page = execution_page(run)
     assert f"review · {status}" in [e.label for e in page.expander]
-    assert "Rejected by test at " in texts(page)
+    assert "Rejected by local admin at " in texts(page)
 
 
 @pytest.mark.usefixtures("db", "redis_client")

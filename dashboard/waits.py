@@ -135,7 +135,7 @@ def show(row: StepRunRow, execution_id: uuid.UUID, now: datetime) -> None:
     if row.status == StepStatus.WAITING:
         st.info(ui.text(waiting_for(wait, row.wait_until, zone)), icon=":material/hourglass_top:")
         if kind == StepKind.ASYNC and isinstance(wait.get("progress"), int):
-            st.progress(min(max(wait["progress"], 0), 100))
+            progress_bar(wait["progress"])
         notes = [deadline(wait, row.wait_until, now, zone), last_progress(wait, now)]
         if notes := [n for n in notes if n]:
             st.caption(ui.text(" ".join(notes)))
@@ -150,9 +150,22 @@ def show(row: StepRunRow, execution_id: uuid.UUID, now: datetime) -> None:
         decide_form(row, execution_id)
 
 
+def progress_bar(percent: int) -> None:
+    """The agent's progress as a bar in the colour of `waiting` (st.progress is drawn in the
+    theme's red, which reads as an error). Only a number reaches the HTML."""
+    width = min(max(int(percent), 0), 100)
+    color = ui.STATUS_COLORS[StepStatus.WAITING]
+    st.html(
+        f'<div role="progressbar" aria-valuenow="{width}" aria-valuemin="0" aria-valuemax="100" '
+        'style="height:6px;border-radius:3px;background:#f1f3f5">'
+        f'<div style="width:{width}%;height:6px;border-radius:3px;background:{color}"></div>'
+        "</div>"
+    )
+
+
 def message(wait: dict[str, Any]) -> None:
     """The approval's message as rendered for whoever decides, as text."""
-    st.markdown("**Message to whoever decides**")
+    st.markdown("**The approval's message**")
     with st.container(border=True):
         st.markdown(ui.text(wait.get("message") or "(no message)"))
 

@@ -1,5 +1,5 @@
-"""The rate limit: STEPWISE_API_RATE_PER_MINUTE calls per minute for each API token and
-each webhook.
+"""The rate limit: STEPWISE_API_RATE_PER_MINUTE calls per minute for each API token, each
+webhook and each async step's callback URL.
 
 Counted in Redis, so every api process shares one count, and on Redis's clock (no
 skew between hosts): one script increments the caller's counter for the current
@@ -51,7 +51,7 @@ def _script() -> Any:
 
 
 def seconds_to_wait(caller_id: uuid.UUID) -> int:
-    """0 if the caller (a token's or a webhook's id) may call now (the call is counted);
+    """0 if the caller (a token's, a webhook's or a callback's id) may call now (counted);
     else seconds until it may."""
     limit = get_settings().api_rate_per_minute
     try:

@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     # The API's address as agents and people reach it (http(s)://host[:port][/prefix]):
     # an async step's callback URL starts with it. Empty: http://127.0.0.1:<API port>.
     public_url: str = ""
-    # Calls one API token may make per minute (over every api process, counted in Redis).
+    # Calls one API token (or webhook, or async step's callback URL) may make per minute
+    # (over every api process, counted in Redis).
     api_rate_per_minute: int = Field(default=600, ge=1, le=1_000_000)
     # `stepwise api ...` (the CLI for scripts): the REST API's base URL and a token for it.
     api_url: str = ""

@@ -112,16 +112,15 @@ def test_a_step_for_admins_refuses_an_editor_and_a_rejection_skips_it(
 ) -> None:
     # given a step only an admin may decide, whose rejection skips it
     execution_id, steps = parked_run()
+    editor, admin = _token(Role.EDITOR, "editor"), _token(Role.ADMIN, "boss")
     before = writes()
     # when an editor tries, either way
-    editor = _token(Role.EDITOR, "editor")
     for verb in ("approve", "reject"):
         answer = _decide(api_http, execution_id, "boss", verb, editor)
         # then they are refused, saying who may
         _problem(answer, 403, "needs approval by an admin: an editor may not decide it")
     assert writes() == before
     # when an admin rejects it
-    admin = _token(Role.ADMIN, "boss")
     answer = _decide(api_http, execution_id, "boss", "reject", admin, "  over budget ")
     # then the step is skipped (its on_reject), with who and why, audited as a rejection
     assert answer.status_code == 200, answer.text

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,8 +24,9 @@ from core.vocabulary import ExecutionStatus, StepStatus
 from core.waits import WaitPurpose, approval_token, seal_token
 from db.models import StepRun
 from db.session import session_scope
-from testkit.api import bearer, make_token, writes
+from testkit.api import bearer, make_token, start_api, writes
 from testkit.factories import execution, fetch, now
+from testkit.waiting import wait_for
 from testkit.waits import callback_of, parked_run, wake_ups
 
 pytestmark = pytest.mark.slow  # the real `api` process
@@ -166,6 +168,7 @@ def test_a_forged_callback_proves_nothing_and_writes_nothing(
         # one of ours, but made to decide an approval: never a callback
         approval_token(get_settings(), steps["fetch"], until),
     ]
+    admin = bearer(make_token())
     before = writes()
     for token in forged:
         # when a callback comes with it
@@ -175,7 +178,6 @@ def test_a_forged_callback_proves_nothing_and_writes_nothing(
         assert problem["title"] == "The callback URL is not valid"
         assert answer.headers["www-authenticate"].startswith("Stepwise-Callback")
     # and an API token does not stand for the signed URL
-    admin = bearer(make_token())
     _refused(
         api_http.post(f"/v1/callbacks/{forged[0]}", json={"output": 1}, headers=admin), 401, ""
     )
@@ -254,3 +256,32 @@ def test_a_callback_before_the_202_is_recorded_is_asked_again(api_http: httpx.Cl
     _refused(answer, 503, "send the callback again")
     assert answer.headers["retry-after"] == "1"
     assert writes() == before
+
+
+def test_a_callback_past_its_steps_calls_a_minute_is_refused(
+    db: None, redis_client: Any, tmp_path: Path
+) -> None:
+    # given the Procfile's api with 2 calls a minute, and two parked runs' async steps
+    _, ours = parked_run()
+    _, other = parked_run()
+    api = start_api(tmp_path, STEPWISE_API_RATE_PER_MINUTE="2")
+    try:
+        # (not in the last seconds of Redis's minute: the calls fall in one window)
+        wait_for(lambda: redis_client.time()[0] % 60 < 50, timeout=15, message="a fresh minute")
+        with httpx.Client(base_url=api.url, timeout=10) as client:
+            url = callback_of(ours["fetch"])
+            # when our step's agent reports progress twice, then answers
+            for note in ("one", "two"):
+                assert client.post(url, json={"note": note}).status_code == 200
+            before = writes()
+            refused = client.post(url, json={"output": 1})
+            # then the third is refused with Retry-After, and nothing is written
+            _refused(refused, 429, "try again in")
+            assert 1 <= int(refused.headers["retry-after"]) <= 60
+            assert writes() == before
+            # and another step's callback is not held back by ours; a forged one counts for none
+            assert client.post("/v1/callbacks/forged", json={"output": 1}).status_code == 401
+            theirs = client.post(callback_of(other["fetch"]), json={"output": 1})
+            assert theirs.status_code == 200, theirs.text
+    finally:
+        api.stop()

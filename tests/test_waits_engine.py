@@ -5,13 +5,15 @@ nothing runs twice (docs/RELIABILITY.md, "Waits").
 
 The workers are real Dramatiq workers (in this process, or a Procfile process), the agent a
 real HTTP server on loopback that records every call, the database and Redis the suite's
-own. A callback or a decision is written here as `db.waits` writes it: the run's row locked
-first, then the wait row moved only while it waits, and the run woken if parked.
+own. A callback or a decision goes through `service.waits`, as the API's does (`db.waits`:
+the run's row locked first, then the wait row moved only while it waits, the run woken if
+parked).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -19,19 +21,21 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from core.graph import graph_of
 from core.limits import MAX_RECOVERIES
 from core.settings import get_settings
-from core.vocabulary import FINAL_STATUSES, StepState
-from core.waits import WaitPurpose, open_token
+from core.vocabulary import FINAL_STATUSES, ExecutionStatus, StepState
+from core.waits import WaitClosed, WaitPurpose, open_token
+from db import runs
 from db.claims import claim_execution, claim_executions
 from db.models import Automation, Execution, StepRun
 from db.recovery import stranded_executions
 from db.runs import Claim, RunMessage
-from db.session import rowcount, session_scope
+from db.session import session_scope
 from service import executions as execution_service
+from service import waits as wait_service
 from stepwise.demo_agent import Call, Reply
 from tasks import lifecycle, periodic
 from tasks.graphrun import rebuild
@@ -49,6 +53,7 @@ from testkit.factories import (
 from testkit.processes import READY, worker_in_process
 from testkit.runs import ended
 from testkit.waiting import wait_for
+from testkit.waits import parked_run
 
 
 def _napping_graph(agent_url: str, **nap: Any) -> uuid.UUID:
@@ -111,45 +116,6 @@ def _ended_by_housekeeping(execution_ids: list[uuid.UUID], *, timeout: float) ->
 
     wait_for(all_ended, timeout=timeout, interval=0.5, message="every run to end")
     return resent[0]
-
-
-def _settle_wait(
-    execution_id: uuid.UUID, key: str, status: str, *, output: Any = None, error: str | None = None
-) -> bool:
-    """Resolve step `key`'s wait as a callback or a decision does (`db.waits`): the run's
-    row locked first, the wait row moved only while it waits and before its wait_until, the
-    run woken (now) if parked; False if nothing was waiting."""
-    with session_scope() as session:
-        run_status = session.scalar(
-            select(Execution.status).where(Execution.id == execution_id).with_for_update()
-        )
-        moved = rowcount(
-            session.execute(
-                update(StepRun)
-                .where(
-                    StepRun.execution_id == execution_id,
-                    StepRun.step_key == key,
-                    StepRun.status == "waiting",
-                    StepRun.wait_until > func.now(),
-                )
-                .values(
-                    status=status,
-                    response_body=None if output is None else json.dumps(output),
-                    error=error,
-                    finished_at=func.now(),
-                )
-            )
-        )
-        woken = bool(moved) and run_status == "waiting"
-        if woken:
-            session.execute(
-                update(Execution)
-                .where(Execution.id == execution_id)
-                .values(available_at=func.now())
-            )
-    if woken:
-        send_run(RunMessage.wake(execution_id, max_retries=0, retries=0, delay_ms=0, urgent=False))
-    return bool(moved)
 
 
 # --- sleeps ----------------------------------------------------------------------------------
@@ -343,7 +309,7 @@ def test_an_async_step_parks_on_202_and_its_callback_wakes_the_dependent(
         assert "callback_url" not in job.request["body"]
         assert "callback_url" in job.request["not_stored"]
         # when the agent's result comes back (the callback)
-        assert _settle_wait(execution_id, "job", "succeeded", output={"text": "hello"})
+        wait_service.callback(url[len(base) :], json.dumps({"output": {"text": "hello"}}).encode())
         done = ended(execution_id, agent=agent)
     # then the run went on: the dependent got the output
     assert done.status == "succeeded", done.error
@@ -352,7 +318,10 @@ def test_an_async_step_parks_on_202_and_its_callback_wakes_the_dependent(
     assert use.body["message"] == "hello now"
     assert done.result == {"use": {"used": "hello now"}}
     # and a second callback changes nothing
-    assert not _settle_wait(execution_id, "job", "failed", error="late")
+    with pytest.raises(WaitClosed):
+        wait_service.callback(url[len(base) :], b'{"error": "late"}')
+    assert json.loads(_row_of(execution_id, "job").response_body or "") == {"text": "hello"}
+
     assert Counter(c.body["step_key"] for c in agent.calls_for(str(execution_id))) == {
         "job": 1,
         "quick": 1,
@@ -381,9 +350,12 @@ def test_an_async_step_without_a_callback_fails_at_its_timeout(
     job = _row_of(execution_id, "job")
     assert (job.status, job.error) == ("failed", "no callback within the step's timeout (2 s)")
     assert _row_of(execution_id, "use").status == "cancelled"
-    assert [c.body["step_key"] for c in agent.calls_for(str(execution_id))] == ["job"]
+    (call,) = agent.calls_for(str(execution_id))
     # and a callback after the timeout changes nothing
-    assert not _settle_wait(execution_id, "job", "succeeded", output={"text": "late"})
+    token = call.body["callback_url"].rsplit("/", 1)[1]
+    with pytest.raises(WaitClosed):
+        wait_service.callback(token, b'{"output": "late"}')
+    assert _row_of(execution_id, "job").status == "failed"
 
 
 # --- approvals -------------------------------------------------------------------------------
@@ -466,42 +438,113 @@ def test_a_retry_of_a_run_whose_approval_failed_asks_for_it_again(
         _parked(execution_id)
         rows = [(r.status, r.attempt) for r in step_runs(execution_id) if r.step_key == "ok"]
         assert rows == [("failed", 1), ("waiting", 2)]
-        assert _settle_wait(
-            execution_id,
-            "ok",
-            "succeeded",
-            output={"approved": True, "by": "ana", "comment": None},
-        )
+        # and a person's approval lets it end
+        wait_service.decide(execution_id, "ok", approved=True, comment="go", actor=ADMIN)
         done = ended(execution_id, agent=agent)
     assert done.status == "succeeded", done.error
-    assert [c.body["step_key"] for c in agent.calls_for(str(execution_id))] == ["publish"]
+    (publish,) = agent.calls_for(str(execution_id))
+    assert publish.body["steps"]["ok"]["output"] == {
+        "approved": True,
+        "by": ADMIN.name,
+        "comment": "go",
+    }
 
 
 # --- cancel, overlap, claims, recovery -------------------------------------------------------
 
 
 def test_a_parked_run_is_cancelled_with_its_waits(db: None, redis_client: Any, agent: Any) -> None:
-    # given a run parked in a minute's sleep
-    automation_id = _napping_graph(agent.url, sleep_s=60)
+    # given a run parked on an approval and a minute's sleep, side by side
+    automation_id = make_graph(
+        [
+            {"key": "ok", "kind": "approval", "message": "go?"},
+            {"key": "nap", "kind": "sleep", "sleep_s": 60},
+            {"key": "after", "needs": ["ok", "nap"], "message": "after"},
+        ],
+        agent_url=agent.url,
+    )
     with worker_in_process(threads=2):
         execution_id = _sent(automation_id)
         _parked(execution_id)
         # when a person cancels it
         execution_service.cancel(execution_id, actor=ADMIN)
-    # then the run and its wait are cancelled
+    # then the run and its waits are cancelled
     done = execution(execution_id)
     assert (done.status, done.error) == ("cancelled", f"cancelled by {ADMIN.name}")
-    nap = _row_of(execution_id, "nap")
-    assert (nap.status, nap.error) == (
-        "cancelled",
-        "cancelled while it waited: the run was cancelled",
-    )
-    # and neither a resolution nor its wake-up changes anything any more
-    assert not _settle_wait(execution_id, "nap", "succeeded", output={})
+    why = "cancelled while it waited: the run was cancelled"
+    assert {(r.step_key, r.status, r.error) for r in step_runs(execution_id)} == {
+        ("ok", "cancelled", why),
+        ("nap", "cancelled", why),
+    }
+    # and neither a decision nor its wake-up changes anything any more
+    with pytest.raises(WaitClosed):
+        wait_service.decide(execution_id, "ok", approved=True, actor=ADMIN)
     with session_scope() as session:
         assert claim_execution(session, execution_id, lease_s=5) == "nothing"
     assert execution(execution_id).status == "cancelled"
-    assert [c.body["step_key"] for c in agent.calls_for(str(execution_id))] == ["before"]
+    assert agent.calls_for(str(execution_id)) == []
+
+
+def _blocked_on_a_lock() -> int:
+    """How many sessions of this database wait for a lock now."""
+    with session_scope() as session:
+        return int(
+            session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"
+                )
+            )
+            or 0
+        )
+
+
+def test_a_decision_during_a_park_waits_for_it_and_wakes_the_run(
+    db: None, redis_client: Any
+) -> None:
+    # given a running run whose open steps all wait, its coordinator parking it (the run's
+    # row locked, the transaction not committed yet)
+    execution_id, ids = parked_run(status=ExecutionStatus.QUEUED)
+    with session_scope() as session:
+        (claim,) = claim_executions(session, [execution_id], lease_s=30)
+    assert isinstance(claim, Claim)
+    decided: dict[str, Any] = {}
+
+    def decide() -> None:
+        decided["wake"] = wait_service.decide(execution_id, "ok", approved=True, actor=ADMIN).wake
+
+    with session_scope() as session:
+        parked = runs.park(session, claim, list(ids.values()))
+        assert parked is not None and parked.delay_ms is not None
+        # when a person approves meanwhile
+        thread = threading.Thread(target=decide)
+        thread.start()
+        # then the decision waits for the park (it locks the run's row first too)
+        wait_for(lambda: _blocked_on_a_lock() >= 1, message="the decision to wait for the park")
+    thread.join(10)
+    # and once the park has committed, it finds the run parked and wakes it
+    assert decided["wake"] is not None
+    woken = execution(execution_id)
+    assert woken.status == "waiting" and woken.available_at is not None
+    assert woken.available_at <= now()
+    assert _row_of(execution_id, "ok").status == "succeeded"
+
+
+def test_a_decision_before_a_park_keeps_the_run_from_parking(db: None, redis_client: Any) -> None:
+    # given a running run whose open steps all wait, and a decision on one of them
+    execution_id, ids = parked_run(status=ExecutionStatus.QUEUED)
+    with session_scope() as session:
+        (claim,) = claim_executions(session, [execution_id], lease_s=30)
+    assert isinstance(claim, Claim)
+    resolution = wait_service.decide(execution_id, "ok", approved=False, actor=ADMIN)
+    assert resolution.wake is None  # the run is running: its coordinator reads its waits
+    # when its coordinator parks it
+    with session_scope() as session:
+        parked = runs.park(session, claim, list(ids.values()))
+    # then it does not park: the decided wait is handed to it to take in
+    assert parked is not None and parked.delay_ms is None
+    assert [(row.id, row.status) for row in parked.moved] == [(ids["ok"], "failed")]
+    assert execution(execution_id).status == "running"
 
 
 def _parked_rows(automation_id: uuid.UUID, **parked: Any) -> dict[str, Any]:

@@ -485,3 +485,42 @@ def test_a_waiting_runs_page_in_chromium(
         no_exception(page)
         assert page.evaluate("document.documentElement.scrollWidth") <= width
         shoot(page, f"waits_overview_{kind}")
+
+
+# --- a run parked by a real worker -----------------------------------------------------------
+
+
+def test_an_approval_parked_by_a_real_worker_is_approved_on_its_page_and_the_run_ends(
+    db: None, redis_client: Any, agent: Any
+) -> None:
+    from db.runs import RunMessage
+    from tasks.send import send_run
+    from testkit.factories import execution, make_execution
+    from testkit.processes import worker_in_process
+    from testkit.runs import ended
+    from testkit.waiting import wait_for
+
+    # given a graph whose review, an approval, comes before the publishing call
+    automation = make_graph(
+        [
+            {"key": "review", "kind": "approval", "message": "Ship **{{ input.what }}**?"},
+            {"key": "publish", "message": "publish", "needs": ["review"]},
+        ],
+        agent_url=agent.url,
+    )
+    with worker_in_process(threads=2):
+        run = make_execution(automation, input={"what": "<i>v2</i>"})
+        send_run(RunMessage(run, 0))
+        # when the worker has parked it
+        wait_for(lambda: execution(run).status == "waiting", message="the run to park")
+        page = execution_page(run)
+        # then its page says what it waits for, the rendered message as typed
+        assert "Waiting for approval by an editor" in texts(page)
+        assert "Ship **<i>v2</i>**?" in texts(page)
+        # and an approval from the page wakes the run, which ends
+        next(b for b in page.button if b.label == "Approve").click().run()
+        assert not page.exception, page.exception
+        assert ended(run, agent=agent).status == "succeeded"
+    assert [c.body["step_number"] for c in agent.calls_for(str(run))] == [2]
+    page = execution_page(run)
+    assert "Approved by local admin at " in texts(page)

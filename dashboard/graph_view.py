@@ -9,23 +9,29 @@ HTML label or an attribute. `states` colours the steps by where a run stands (th
 
 from __future__ import annotations
 
+import itertools
 import textwrap
 from collections.abc import Mapping
 
 import streamlit as st
 
 from core.graph import Graph, GraphStep
-from core.vocabulary import StepState
+from core.vocabulary import Role, StepKind, StepState
+from core.waits import role_phrase
 
 # A node's text is wrapped at LINE characters, MAX_LINES lines a text (the rest as …):
 # narrow nodes keep a graph legible on a phone, where the drawing is scaled to the screen.
 LINE = 26
 MAX_LINES = 2
 
+# The legend's boxes a row: four of 0.8 in fit a phone's screen.
+LEGEND_ROW = 4
+
 # Fill colours by state (pale, so the text stays readable on every theme).
 _FILL = {
     StepState.PENDING: "#f1f3f5",
     StepState.RUNNING: "#dbe4ff",
+    StepState.WAITING: "#ffe8cc",  # pale orange, as the status `waiting` (ui.STATUS_COLORS)
     StepState.SUCCEEDED: "#d3f9d8",
     StepState.FAILED: "#ffe3e3",
     StepState.SKIPPED: "#fff3bf",
@@ -48,18 +54,36 @@ def _wrapped(text: str) -> list[str]:
 
 
 def label(step: GraphStep) -> str:
-    """What a node says: its name (else its key), its key when it has a name, then `if …`
-    for a condition and `for each in …` for a fan-out (the expression on its own lines when
-    it is long)."""
+    """What a node says: its name (else its key), its key when it has a name, how it waits
+    (`kind_line`), then `if …` for a condition and `for each in …` for a fan-out (the
+    expression on its own lines when it is long)."""
     lines = _wrapped(step.name) if step.name else [step.key]
     if step.name:
         lines.append(f"[{step.key}]")
+    if (kind := kind_line(step)) is not None:
+        lines += _wrapped(kind)
     for word, expression in (("if", step.when), ("for each in", step.for_each)):
         if expression is None:
             continue
         said = _wrapped(f"{word} {expression}")
         lines += said if len(said) == 1 else [word, *_wrapped(expression)]
     return "\n".join(lines)
+
+
+def kind_line(step: GraphStep) -> str | None:
+    """How a step that waits waits ("async: answers later", "approval by an editor",
+    "sleep 600 s", "sleep until …"); None for a call."""
+    if step.kind is StepKind.ASYNC:
+        return "async: answers later"
+    if step.kind is StepKind.APPROVAL:
+        return f"approval by {role_phrase(step.approvers or Role.EDITOR)}"
+    if step.kind is StepKind.SLEEP:
+        return (
+            f"sleep {step.sleep_s} s"
+            if step.sleep_s is not None
+            else f"sleep until {step.sleep_until}"
+        )
+    return None
 
 
 def dot(graph: Graph, states: Mapping[str, StepState] | None = None) -> str:
@@ -98,23 +122,25 @@ def dot(graph: Graph, states: Mapping[str, StepState] | None = None) -> str:
 
 
 def legend() -> str:
-    """The DOT text of the key to `states`' colours: a box per state, in two rows of three
+    """The DOT text of the key to `states`' colours: a box per state, in rows of LEGEND_ROW
     (narrow enough for a phone), filled as `dot` fills a step in that state."""
     out = [
         "digraph legend {",
-        '  graph [rankdir=TB, nodesep=0.15, ranksep=0.1, bgcolor="transparent"];',
+        '  graph [rankdir=TB, nodesep=0.12, ranksep=0.1, bgcolor="transparent"];',
         '  node [shape=box, style="rounded,filled", color="#495057", fontname="sans-serif",'
-        ' fontsize=10, width=0.9, height=0.25, margin="0.06,0.02"];',
+        ' fontsize=10, width=0.8, height=0.25, margin="0.05,0.02"];',
     ]
     states = list(StepState)
-    rows = [states[:3], states[3:]]
+    rows = [states[n : n + LEGEND_ROW] for n in range(0, len(states), LEGEND_ROW)]
     for row in rows:
         names = " ".join(quoted(state) for state in row)
         out.append(f"  {{rank=same; {names}}}")
         for state in row:
             out.append(f'  {quoted(state)} [fillcolor="{_FILL[state]}"];')
-    for top, below in zip(rows[0], rows[1], strict=True):
-        out.append(f"  {quoted(top)} -> {quoted(below)} [style=invis];")
+    # Invisible edges stack the rows in order, each box over the one below it.
+    for upper, lower in itertools.pairwise(rows):
+        for top, below in zip(upper, lower, strict=False):
+            out.append(f"  {quoted(top)} -> {quoted(below)} [style=invis];")
     out.append("}")
     return "\n".join(out)
 

@@ -43,6 +43,7 @@ STATUS_COLORS: dict[str, str] = {
     ExecutionStatus.SUCCEEDED: "#2e9d5b",  # green
     ExecutionStatus.FAILED: "#d64545",  # red
     ExecutionStatus.RUNNING: "#7c5cd6",  # violet
+    ExecutionStatus.WAITING: "#e8590c",  # orange: on the agent, a person or the clock
     ExecutionStatus.QUEUED: "#3f7fd9",  # blue
     ExecutionStatus.SKIPPED: "#a0a7b4",  # light gray
     ExecutionStatus.CANCELLED: "#6b7280",  # gray
@@ -51,6 +52,7 @@ STATUS_COLOR_NAMES: dict[str, str] = {
     ExecutionStatus.SUCCEEDED: "green",
     ExecutionStatus.FAILED: "red",
     ExecutionStatus.RUNNING: "violet",
+    ExecutionStatus.WAITING: "orange",
     ExecutionStatus.QUEUED: "blue",
     ExecutionStatus.SKIPPED: "gray",
     ExecutionStatus.CANCELLED: "gray",

@@ -14,11 +14,14 @@ from datetime import datetime, timedelta
 import altair as alt
 import pandas as pd
 
-from core.vocabulary import ExecutionStatus, StepStatus
+from core.vocabulary import StepStatus
 from dashboard import ui
 from db.queries import StepRunRow
 
 MIN_WIDTH = 0.004  # of the whole span: a 3 ms step is still a visible sliver
+# A step run not ended yet: its bar grows to now while the run is live (a wait's too: the
+# agent's callback, a person or the clock may take hours, and the bar shows how long).
+OPEN_STEP = (StepStatus.RUNNING, StepStatus.WAITING)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ def bars(steps: list[StepRunRow], *, zero: datetime, now: datetime, live: bool =
         before = previous.get(step.step_number)
         if before is not None and (wait := _backoff(before, step, row, zero)) is not None:
             out.append(wait)
-        in_flight = live and step.finished_at is None and step.status == ExecutionStatus.RUNNING
+        in_flight = live and step.finished_at is None and step.status in OPEN_STEP
         out.append(
             Bar(
                 row=row,
@@ -122,7 +125,7 @@ def lanes(
         for number, step in enumerate(tries, start=1):
             if number > 1 and (wait := _backoff(tries[number - 2], step, row, zero)) is not None:
                 out.append(replace(wait, attempt=number, rank=order[row], call=call_label(step)))
-            in_flight = live and step.finished_at is None and step.status == StepStatus.RUNNING
+            in_flight = live and step.finished_at is None and step.status in OPEN_STEP
             out.append(
                 Bar(
                     row=row,
@@ -207,11 +210,15 @@ def chart(found: list[Bar]) -> alt.LayerChart:
         ),
         opacity=alt.condition("datum.kind == 'backoff'", alt.value(0.55), alt.value(1.0)),
     )
-    # The attempt in flight carries a marker at its moving end.
+    # The attempt in flight (running or waiting) carries a marker at its moving end.
     flight = (
         alt.Chart(frame[frame["in_flight"]])
-        .mark_point(shape="triangle-right", size=90, filled=True, color=ui.STATUS_COLORS["running"])
-        .encode(y=alt.Y("row:N", sort=rows), x="shown_end:Q")
+        .mark_point(shape="triangle-right", size=90, filled=True)
+        .encode(
+            y=alt.Y("row:N", sort=rows),
+            x="shown_end:Q",
+            color=alt.Color("kind:N", scale=ui.status_scale(with_backoff=True), legend=None),
+        )
     )
     return alt.LayerChart(layer=[attempts, flight])
 

@@ -19,8 +19,17 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.orm import Session
 
 from core.access import Actor
-from core.vocabulary import CHART_STATUSES, OPEN_STATUSES, ExecutionStatus, Permission, Trigger
-from db.models import Automation, Execution, Heartbeat, Schedule
+from core.vocabulary import (
+    CHART_STATUSES,
+    OPEN_STATUSES,
+    ExecutionStatus,
+    Permission,
+    Role,
+    StepKind,
+    StepStatus,
+    Trigger,
+)
+from db.models import Automation, Execution, Heartbeat, Schedule, StepRun
 from db.session import db_now
 from db.workspaces import authorize
 
@@ -34,8 +43,10 @@ class Kpis:
     success_rate_24h: float | None  # succeeded / (succeeded + failed); None without runs
     success_rate_7d: float | None
     failures_24h: int  # failed runs in the last 24 h: what needs a look
-    open_runs: int  # queued or running right now
+    open_runs: int  # queued, running or waiting right now
     now: datetime
+    waiting_runs: int = 0  # parked on a wait: the agent's callback, a person, a sleep
+    approvals_pending: int = 0  # approval steps waiting for a decision
 
 
 def success_rate(succeeded: int, failed: int) -> float | None:
@@ -79,6 +90,7 @@ def kpis(session: Session, *, actor: Actor) -> Kpis:
         .select_from(Execution)
         .where(Execution.workspace_id == workspace_id, Execution.status.in_(OPEN_STATUSES))
     )
+    waiting, approvals = _waiting_counts(session, workspace_id)
     return Kpis(
         active_schedules=int(active or 0),
         runs_24h=finished_day,
@@ -87,7 +99,34 @@ def kpis(session: Session, *, actor: Actor) -> Kpis:
         failures_24h=failed_day,
         open_runs=int(open_runs or 0),
         now=now,
+        waiting_runs=waiting,
+        approvals_pending=approvals,
     )
+
+
+def _waiting_counts(session: Session, workspace_id: uuid.UUID) -> tuple[int, int]:
+    """Runs waiting, and approval steps waiting for a decision: two counts over the partial
+    indexes of what waits (`executions` and `step_runs` `WHERE status = 'waiting'`)."""
+    runs = session.scalar(
+        select(func.count())
+        .select_from(Execution)
+        .where(
+            Execution.workspace_id == workspace_id,
+            Execution.status == ExecutionStatus.WAITING,
+        )
+    )
+    approvals = session.scalar(
+        select(func.count())
+        .select_from(StepRun)
+        .join(Execution, Execution.id == StepRun.execution_id)
+        .where(
+            Execution.workspace_id == workspace_id,
+            Execution.status.in_(OPEN_STATUSES),
+            StepRun.status == StepStatus.WAITING,
+            StepRun.wait["kind"].astext == StepKind.APPROVAL,
+        )
+    )
+    return int(runs or 0), int(approvals or 0)
 
 
 @dataclass(frozen=True)
@@ -294,6 +333,48 @@ def schedule_stats(
         )
         for r in session.execute(stmt).all()
     ]
+
+
+# --- waits ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PendingApproval:
+    """An approval step waiting for a person: whose run, which step, since when, until when
+    (its deadline: then `on_timeout` decides), and the weakest role that may decide."""
+
+    execution_id: uuid.UUID
+    automation_name: str
+    step_key: str
+    role: str
+    since: datetime
+    until: datetime | None
+
+
+def pending_approvals(session: Session, *, actor: Actor, limit: int = 10) -> list[PendingApproval]:
+    """The workspace's approvals waiting for a decision, the nearest deadline first."""
+    workspace_id = _scope(session, actor)
+    rows = session.execute(
+        select(
+            StepRun.execution_id,
+            Automation.name.label("automation_name"),
+            StepRun.step_key,
+            func.coalesce(StepRun.wait["role"].astext, Role.EDITOR).label("role"),
+            StepRun.started_at.label("since"),
+            StepRun.wait_until.label("until"),
+        )
+        .join(Execution, Execution.id == StepRun.execution_id)
+        .join(Automation, Automation.id == Execution.automation_id)
+        .where(
+            Execution.workspace_id == workspace_id,
+            Execution.status.in_(OPEN_STATUSES),
+            StepRun.status == StepStatus.WAITING,
+            StepRun.wait["kind"].astext == StepKind.APPROVAL,
+        )
+        .order_by(StepRun.wait_until.nulls_last(), StepRun.started_at, StepRun.id)
+        .limit(limit)
+    ).all()
+    return [PendingApproval(**row._mapping) for row in rows]
 
 
 # --- failure triage -----------------------------------------------------------------

@@ -131,6 +131,8 @@ class ExecutionRow:
             return f"{self.total_steps}/{self.total_steps}"
         if self.status == ExecutionStatus.RUNNING and self.current_step:
             return f"step {self.current_step} of {self.total_steps} running"
+        if self.status == ExecutionStatus.WAITING:
+            return f"{max(self.current_step - 1, 0)}/{self.total_steps}, waiting"
         done = max(self.current_step - 1, 0)
         if self.status == ExecutionStatus.FAILED and self.current_step:
             return f"{done}/{self.total_steps}, failed at step {self.current_step}"
@@ -277,6 +279,10 @@ class StepRunRow:
     error: str | None
     step_key: str = ""  # a graph's step key (a chain's: step_<number>)
     item: int | None = None  # a fan-out's item (its index); None: the step's own row
+    # A wait (an async call, an approval, a sleep): its deadline, and what it waits for
+    # (`{"kind": ...}`, see db/models.py); None for a plain call.
+    wait_until: datetime | None = None
+    wait: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -294,7 +294,7 @@ def test_pause_resume_run_now_and_delete(agent: Any, worker: Any) -> None:
     )
     select_rows(at, 0)
     at.button(key="sch_delete").click().run()
-    assert "Their 1 open run(s), queued or running, will be cancelled" in texts(at)
+    assert "Their 1 open run(s), queued, running or waiting, will be cancelled" in texts(at)
     assert len(schedules()) == 1
     at.button(key="sch_delete_yes").click().run()
     assert schedules() == []
@@ -987,7 +987,7 @@ def test_the_open_runs_of_a_filter_are_cancelled_in_bulk_and_audited() -> None:
     # when Executions is filtered to the first automation and its open runs are cancelled
     at = open_view("executions", query={"automation": str(ours)})
     at.button(key="ex_bulk_cancel").click().run()
-    assert any("Cancel 3 queued or running run(s)" in w.value for w in at.warning)
+    assert any("Cancel 3 queued, running or waiting run(s)" in w.value for w in at.warning)
     at.button(key="ex_cancel_yes").click().run()
     assert not at.exception, at.exception
     # then those three are cancelled, each audited; the other automation's run is not

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, update
 
-from core.vocabulary import Role
+from core.vocabulary import ExecutionStatus, Role
 from dashboard import ui, waterfall
 from db import queries
 from db.models import Execution
@@ -92,17 +92,11 @@ def test_waterfall_origin_is_the_earliest_start() -> None:
 
 
 def test_one_palette_for_every_status_and_success_rates_by_threshold() -> None:
-    assert set(ui.STATUS_COLORS) == {
-        "succeeded",
-        "failed",
-        "running",
-        "queued",
-        "skipped",
-        "cancelled",
-    }
+    assert set(ui.STATUS_COLORS) == set(ExecutionStatus)  # waiting too
+    assert set(ExecutionStatus) <= set(ui.STATUS_COLOR_NAMES)  # and a badge each
     scale = ui.status_scale(with_backoff=True).to_dict()
-    assert scale["domain"][:6] == list(ui.STATUS_COLORS)
-    assert scale["range"][:6] == list(ui.STATUS_COLORS.values())
+    assert scale["domain"][:7] == list(ui.STATUS_COLORS)
+    assert scale["range"][:7] == list(ui.STATUS_COLORS.values())
     # defect 7: a 100 % rate is green, never red
     assert ui.rate_band(1.0) == "good" and ui.RATE_COLORS["good"] == ui.STATUS_COLORS["succeeded"]
     assert ui.rate_band(0.9) == "fair" and ui.rate_band(0.5) == "poor"

@@ -24,7 +24,7 @@ from core.limits import (
 )
 from core.run_input import parse_run_input
 from core.settings import get_settings
-from core.vocabulary import OPEN_STATUSES, Permission
+from core.vocabulary import OPEN_STATUSES, ExecutionStatus, Permission
 from dashboard import forms, graph_view, notifications, ui
 from dashboard.webhook import webhook_section
 from db import queries
@@ -35,6 +35,8 @@ from service import executions
 NEW = "new"
 SECRET_ONCE = "auto_secret_once"  # a signing secret to show on the next run of the page, once
 TEST_RUN_WAIT_S = 15
+# A test run is watched while in these; a run that waits (an approval, say) may wait for days.
+TEST_RUN_BUSY = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING)
 
 st.title("Automations")
 if flash := st.session_state.pop("flash", None):
@@ -409,8 +411,8 @@ if current is not None:
         )
         st.warning(
             f"Delete “{ui.text(current.name)}”? Its {current.schedules} schedule(s) stop and its "
-            f"{open_runs} open run(s), queued or running, are cancelled (a running one stops "
-            "before its next step); the history stays."
+            f"{open_runs} open run(s), queued, running or waiting, are cancelled (a running one "
+            "stops before its next step); the history stays."
         )
         yes, no = st.columns(2)
         if yes.button("Yes, delete it", type="primary", key=k + "delete_yes"):
@@ -425,11 +427,12 @@ if current is not None:
 
 
 def show_test_run(execution_id: uuid.UUID) -> None:
-    """Poll briefly for the run to finish, then show each step's outcome."""
+    """Poll briefly for the run to finish (or to wait: for an agent's callback, a person or
+    a sleep), then show each step's outcome."""
     detail = ui.read(queries.execution_detail, execution_id)
     deadline = time.monotonic() + TEST_RUN_WAIT_S
     with st.spinner("Running the automation against the agent…"):
-        while detail and detail.execution.status in OPEN_STATUSES:
+        while detail and detail.execution.status in TEST_RUN_BUSY:
             if time.monotonic() > deadline:
                 break
             time.sleep(0.5)
@@ -439,7 +442,9 @@ def show_test_run(execution_id: uuid.UUID) -> None:
     execution = detail.execution
     st.markdown(f"**Test run** `{execution.id}`: {ui.badge_md(execution.status)}")
     ui.execution_link(execution.id, "Open the execution's page")
-    if execution.status in OPEN_STATUSES:
+    if execution.status == ExecutionStatus.WAITING:
+        st.info("Waiting (for the agent's answer, an approval or a sleep): follow it on its page.")
+    elif execution.status in OPEN_STATUSES:
         st.info("Still running: no worker may be up. Follow it on its page.")
     if execution.error:
         st.error(ui.text(execution.error))

@@ -6,8 +6,12 @@ by its state (`core.graph.shown_states`), a waterfall with a lane per call (step
 at the same time side by side), and a section per step: its reason when skipped, cancelled
 or failed, its tries, and a fan-out's items one by one (a selectbox).
 
-While the execution is open (queued or running) the page redraws itself every couple of
-seconds; once it is final it stops. Nothing on the page is keyed by its status, so an
+A step that waits (an async call, an approval, a sleep) says what it waits for and until when
+(`dashboard.waits`); an approval shows its message and, to a member whose role allows,
+Approve / Reject.
+
+While the execution is open (queued, running or waiting) the page redraws itself every couple
+of seconds; once it is final it stops. Nothing on the page is keyed by its status, so an
 execution that ends (or is retried) while watched is redrawn, never lost.
 """
 
@@ -25,7 +29,7 @@ from core.graph import Graph, GraphStep, ShownStep, shown_states
 from core.outcome import curl_command
 from core.run_input import parse_run_input
 from core.vocabulary import OPEN_STATUSES, ExecutionStatus, Permission, StepState, StepStatus
-from dashboard import graph_view, ui, waterfall
+from dashboard import graph_view, ui, waits, waterfall
 from db import queries
 from service import executions
 
@@ -88,9 +92,10 @@ def graph_progress(detail: queries.ExecutionDetail) -> str | None:
 
 def header(execution: queries.ExecutionRow, progress: str | None = None) -> None:
     st.markdown(f"## {ui.text(execution.automation_name)} {ui.badge_md(execution.status)}")
+    refreshing = "waits" if execution.status == ExecutionStatus.WAITING else "runs"
     st.caption(
         f"Execution `{execution.id}` · {execution.trigger} · attempt {execution.attempt}"
-        + (" · refreshing while it runs" if execution.status in OPEN_STATUSES else "")
+        + (f" · refreshing while it {refreshing}" if execution.status in OPEN_STATUSES else "")
     )
     # One line of facts rather than metric tiles: four tiles stack to a screen on a phone.
     st.markdown(
@@ -228,7 +233,12 @@ def graph_steps(detail: queries.ExecutionDetail, graph: Graph) -> None:
     for step in graph.steps:
         state = shown[step.key]
         mine = runs.pop(step.key, [])
-        with st.expander(f"{step.key} · {state.state}", icon=_ICON.get(state.state)):
+        # A waiting step is open: what it waits for (an approval's buttons) shows at once.
+        with st.expander(
+            f"{step.key} · {state.state}",
+            icon=_ICON.get(state.state),
+            expanded=state.state is StepState.WAITING,
+        ):
             graph_step(step, state, mine, zero, execution.id)
     for key, mine in runs.items():  # steps since removed from the automation
         with st.expander(f"{key} · no longer in the automation"):
@@ -236,6 +246,7 @@ def graph_steps(detail: queries.ExecutionDetail, graph: Graph) -> None:
 
 
 _ICON = {
+    StepState.WAITING: ":material/hourglass_top:",
     StepState.SKIPPED: ":material/redo:",
     StepState.CANCELLED: ":material/cancel:",
     StepState.FAILED: ":material/error:",
@@ -262,6 +273,11 @@ def graph_step(
             )
     own = [s for s in mine if s.item is None and waterfall.ran(s)]
     items = [s for s in mine if s.item is not None]
+    # Its latest own row says how it waits, or how its wait ended (a rejection that skipped
+    # it too: a skip that `waterfall.ran` leaves out).
+    latest = next((s for s in reversed(mine) if s.item is None), None)
+    if latest is not None and latest.wait is not None:
+        waits.show(latest, execution_id, datetime.now(UTC))
     if zero is None or not (own or items):
         if state is not None and state.state is StepState.PENDING:
             st.caption("Not started yet: waiting for the steps it needs.")
@@ -310,18 +326,25 @@ def fan_out(
 
 def attempt(s: queries.StepRunRow, zero: datetime, call: str | None = None) -> None:
     """One try of a step: when, how long, its request and response; named by its step's
-    name (a chain) or by `call` (a graph's: its key, `#index` for a fan-out's item)."""
+    name (a chain) or by `call` (a graph's: its key, `#index` for a fan-out's item). A step
+    that calls no agent (an approval, a sleep) has no request: its output only."""
     took = None if s.duration_ms is None else s.duration_ms / 1000
     named = ui.text(call if call is not None else s.step_name) or "Step"
+    calls = waits.kind_of(s) not in waits.NO_CALL
     st.caption(
         f"{named} · started {ui.fmt_time(s.started_at)} "
-        f"(+{(s.started_at - zero).total_seconds():.2f} s) · took {ui.fmt_duration(took)} · "
-        f"HTTP {s.response_status or '—'}"
+        f"(+{(s.started_at - zero).total_seconds():.2f} s) · took {ui.fmt_duration(took)}"
+        + (f" · HTTP {s.response_status or '—'}" if calls else "")
     )
     if s.error and s.status == StepStatus.CANCELLED:
         st.info(ui.text(s.error), icon=":material/cancel:")
     elif s.error:
         st.error(ui.text(s.error), icon=":material/error:")
+    if not calls:
+        if s.response_body:
+            st.markdown("**Output**")
+            st.code(pretty(s.response_body), language="json", wrap_lines=True)
+        return
     request, response = st.columns(2)
     with request:
         st.markdown("**Request** (as stored: secrets are references)")

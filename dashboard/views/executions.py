@@ -87,7 +87,7 @@ def bulk_cancel(filters: queries.ExecutionFilters) -> None:
     ending = min(count, MAX_BULK)
     more = f" (the first {MAX_BULK}; cancel again for the rest)" if count > MAX_BULK else ""
     st.warning(
-        f"Cancel {ending} queued or running run(s){more}? A step at the agent is cut and "
+        f"Cancel {ending} queued, running or waiting run(s){more}? A step at the agent is cut and "
         "its answer not recorded.",
         icon=":material/cancel:",
     )

@@ -7,7 +7,8 @@ from datetime import timedelta
 import pandas as pd
 import streamlit as st
 
-from dashboard import outcomes, ui
+from core.vocabulary import ExecutionStatus
+from dashboard import outcomes, ui, waits
 from db import figures
 from tasks import queues
 
@@ -32,13 +33,30 @@ def queue_depth() -> str:
 @st.fragment(run_every=30)
 def headline() -> None:
     k = ui.read(figures.kpis)
-    cols = st.columns(6)
-    cols[0].metric("Active schedules", k.active_schedules)
-    cols[1].metric("Runs, last 24 h", k.runs_24h)
-    cols[2].metric("Success rate, 24 h", ui.fmt_rate(k.success_rate_24h))
-    cols[3].metric("Success rate, 7 days", ui.fmt_rate(k.success_rate_7d))
-    cols[4].metric("Failures, 24 h", k.failures_24h, help="failed runs: see Needs attention")
-    cols[5].metric("Queue depth", queue_depth(), help="messages waiting or delayed in Redis")
+    # Two rows of four: eight tiles in a row cut their labels at 1440 px.
+    first, second = st.columns(4), st.columns(4)
+    first[0].metric("Active schedules", k.active_schedules)
+    first[1].metric("Runs, last 24 h", k.runs_24h)
+    first[2].metric("Success rate, 24 h", ui.fmt_rate(k.success_rate_24h))
+    first[3].metric("Success rate, 7 days", ui.fmt_rate(k.success_rate_7d))
+    second[0].metric("Failures, 24 h", k.failures_24h, help="failed runs: see Needs attention")
+    second[1].metric(
+        "Runs waiting",
+        k.waiting_runs,
+        help="parked on the agent's answer, a person's approval or a sleep: "
+        "see Executions filtered by status waiting",
+    )
+    second[2].metric(
+        "Approvals pending", k.approvals_pending, help="steps waiting for a person to decide"
+    )
+    second[3].metric("Queue depth", queue_depth(), help="messages waiting or delayed in Redis")
+    if k.waiting_runs:
+        ui.page_link(
+            "views/executions.py",
+            "The runs waiting",
+            icon=":material/hourglass_top:",
+            query_params={"status": ExecutionStatus.WAITING},
+        )
 
 
 @st.fragment(run_every=30)
@@ -130,7 +148,38 @@ def needs_attention() -> None:
     )
 
 
+@st.fragment(run_every=REFRESH_S)
+def approvals() -> None:
+    """The approvals waiting for a person, the nearest deadline first; shown only when there
+    are some (a click opens the run, where they are decided)."""
+    pending = ui.read(figures.pending_approvals, limit=10)
+    if not pending:
+        return
+    st.subheader("Waiting for approval")
+    now = ui.read_deployment(figures.scheduler_liveness).now
+    event = ui.dataframe(
+        pd.DataFrame(
+            {
+                "Automation": [p.automation_name for p in pending],
+                "Step": [p.step_key for p in pending],
+                "Who decides": [waits.deciders(p.role) for p in pending],
+                "Waiting": [ui.fmt_ago(p.since, now).removesuffix(" ago") for p in pending],
+                "Deadline": [ui.fmt_ago(p.until, now) if p.until else "—" for p in pending],
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+        on_select="rerun",
+        selection_mode="single-row",
+        key="ov_approvals",
+    )
+    if chosen := event.selection.rows:
+        ui.open_execution(pending[chosen[0]].execution_id)
+    st.caption("Click a row to open its run and approve or reject the step there.")
+
+
 headline()
+approvals()
 outcome_chart()
 # One above the other: side by side, the errors were cut to a few words at 1440 px.
 needs_attention()

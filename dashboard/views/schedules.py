@@ -212,9 +212,9 @@ def confirm_delete(chosen: list[queries.ScheduleRow]) -> None:
         for row in chosen
     )
     st.warning(
-        f"Delete {len(chosen)} schedule(s)? Their {open_runs} open run(s), queued or running, "
-        "will be cancelled (a running one stops before its next step); finished runs stay in "
-        "the history."
+        f"Delete {len(chosen)} schedule(s)? Their {open_runs} open run(s), queued, running or "
+        "waiting, will be cancelled (a running one stops before its next step); finished runs "
+        "stay in the history."
     )
     yes = no = st.container(horizontal=True)
     if yes.button("Yes, delete", type="primary", key="sch_delete_yes"):

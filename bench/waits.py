@@ -11,9 +11,9 @@ timeout, 24 h, before a step) are made and sent, the worker parks each (its wait
 processes are measured again for `--minutes`. No agent is called.
 
 Figures per window, summed over every process of the `worker` and of the `dispatcher`
-(their process groups, read from /proc): RSS at the window's end and its peak (sampled
-every 2 s), and CPU time (user + system) spent in the window; and the run messages Redis
-holds at the window's end (`HLEN` of the run queues' and their delay queues' `.msgs`:
+(their process groups, read from /proc): RSS at the window's start, at its end and its
+peak (sampled every 2 s), and CPU time (user + system) spent in the window; and the run
+messages Redis holds at the window's end (`HLEN` of the run queues' and their delay queues' `.msgs`:
 queued, delayed, or fetched and held unacknowledged by a worker). With the wake horizon a
 parked run's wake-up is not in Redis until its instant is within WAKE_HORIZON_S
 (`core.limits`), so the parked window should match the idle one; before it, each parked
@@ -84,8 +84,9 @@ def run_messages(client: Any) -> int:
 
 @dataclass
 class Window:
-    """One measured window: per role, RSS at the end and at its peak, CPU spent."""
+    """One measured window: per role, RSS at its start, end and peak, CPU spent."""
 
+    rss_start: dict[str, int] = field(default_factory=dict)
     rss_end: dict[str, int] = field(default_factory=dict)
     rss_peak: dict[str, int] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
@@ -95,7 +96,9 @@ class Window:
 def measure(procs: Processes, client: Any, seconds: float, tick: Callable[[], None]) -> Window:
     groups = {role: procs.running[role].pid for role in ROLES}
     window = Window(rss_peak=dict.fromkeys(ROLES, 0))
-    cpu_start = {role: group_usage(pgid)[1] for role, pgid in groups.items()}
+    start = {role: group_usage(pgid) for role, pgid in groups.items()}
+    window.rss_start = {role: rss for role, (rss, _) in start.items()}
+    cpu_start = {role: cpu for role, (_, cpu) in start.items()}
     ends = time.time() + seconds
     while True:
         tick()
@@ -223,9 +226,9 @@ def main() -> None:
     table: list[tuple[str, ...]] = [
         (
             "window",
-            "worker RSS end / peak (MiB)",
+            "worker RSS start / end / peak (MiB)",
             "worker CPU (s)",
-            "dispatcher RSS end / peak (MiB)",
+            "dispatcher RSS start / end / peak (MiB)",
             "dispatcher CPU (s)",
             "run messages in Redis",
         )
@@ -234,10 +237,15 @@ def main() -> None:
         table.append(
             (
                 name,
-                f"{fmt(window.rss_end['worker'] / mib)} / {fmt(window.rss_peak['worker'] / mib)}",
+                " / ".join(
+                    fmt(r["worker"] / mib)
+                    for r in (window.rss_start, window.rss_end, window.rss_peak)
+                ),
                 fmt(round(window.cpu_s["worker"], 2)),
-                f"{fmt(window.rss_end['dispatcher'] / mib)} / "
-                f"{fmt(window.rss_peak['dispatcher'] / mib)}",
+                " / ".join(
+                    fmt(r["dispatcher"] / mib)
+                    for r in (window.rss_start, window.rss_end, window.rss_peak)
+                ),
                 fmt(round(window.cpu_s["dispatcher"], 2)),
                 fmt(window.messages),
             )

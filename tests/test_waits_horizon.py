@@ -15,13 +15,13 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import func, select, update
 
 from core.limits import WAKE_HORIZON_S
 from core.vocabulary import ExecutionStatus
 from db import recovery, runs
 from db.claims import claim_executions
-from db.models import Execution, StepRun
+from db.models import Execution, Heartbeat, StepRun
 from db.runs import Claim, RunMessage
 from db.session import session_scope
 from service import waits as wait_service
@@ -205,3 +205,25 @@ def test_two_horizon_passes_at_once_take_different_runs(db: None) -> None:
 def _one_pass(*, limit: int) -> list[RunMessage]:
     with session_scope() as session:
         return recovery.wakes_due(session, horizon_s=WAKE_HORIZON_S, limit=limit)
+
+
+def test_housekeepings_minute_tick_sends_the_wake_ups_now_within_the_horizon(
+    db: None, redis_client: Any
+) -> None:
+    # given a run parked until 30 s from now whose wake-up was never sent, and one a day away
+    near_id, _ = parked_run(until_s=30)
+    far_id, _ = parked_run(until_s=86_400)
+    # when housekeeping's minute tick runs
+    periodic.tick_housekeeping(send_run)
+    # then it sent the near one's wake-up (delayed to its time), recorded, and not the far one's
+    assert wake_ups(redis_client, near_id) == 1 and wake_ups(redis_client, far_id) == 0
+    assert execution(near_id).wake_sent_at is not None
+    assert execution(far_id).wake_sent_at is None
+    with session_scope() as session:
+        details = session.execute(
+            select(Heartbeat.details).where(Heartbeat.name == "housekeeping")
+        ).scalar_one()
+    assert details["wakes_sent"] == 1
+    # and the next tick sends nothing again
+    periodic.tick_housekeeping(send_run)
+    assert wake_ups(redis_client, near_id) == 1

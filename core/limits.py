@@ -56,6 +56,13 @@ MAX_WAIT_S = 7 * 86400  # an async or approval step's timeout, a sleep's length,
 DEFAULT_APPROVAL_TIMEOUT_S = 86_400
 WAIT_POLL_S = 1.0  # a coordinator with calls in flight reads its wait rows this often
 MAX_WAIT_NOTE = 500  # an async step's progress note, as stored
+# A parked run's wake-up goes to Redis only once its instant is this close: a park sends it
+# when it is, housekeeping's minute pass when it comes within (`db.recovery.wakes_due`).
+# Nothing waits in Redis, or in a worker's memory, for a wait hours or days away. Above
+# the minute between passes with room for a few missed ones. A delayed message is held,
+# unacknowledged, in a worker's memory until its time (`tasks.broker`): this bounds how
+# long, and how many (the runs waking within the next few minutes).
+WAKE_HORIZON_S = 300
 
 # Inbound webhooks.
 MAX_DELIVERY_ID = 200  # the Stepwise-Delivery header

@@ -418,6 +418,10 @@ class Execution(Base):
     # or the end of a retry's backoff). A queued row well past it lost its message
     # (Redis flushed, worker killed) and housekeeping sends a new one.
     available_at: Mapped[datetime | None]
+    # A parked run's wake-up was sent (migration 0023): by its park when `available_at`
+    # was within WAKE_HORIZON_S, else by housekeeping once it came within (NULL until
+    # then: nothing in Redis for it). A park sets it again; a resolution's wake sets it.
+    wake_sent_at: Mapped[datetime | None]
     # The run's trace (W3C trace id, 32 hex digits) when tracing is on (tasks/tracing.py).
     trace_id: Mapped[str | None] = mapped_column(String(32))
 

@@ -1,4 +1,5 @@
-"""Recovery: runs whose message or worker was lost, sent again or given up; old history purged.
+"""Recovery: runs whose message or worker was lost, sent again or given up; parked runs'
+wake-ups sent when they come within the wake horizon; old history purged.
 
 Housekeeping runs these every minute and each worker's heartbeat runs the lease
 part (`tasks/periodic.py`). Functions take a session and never commit: the caller
@@ -11,7 +12,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import BigInteger, and_, case, cast, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.limits import MAX_RECOVERIES
@@ -81,7 +82,13 @@ def stranded_executions(
     rows = session.execute(
         update(Execution)
         .where(Execution.id == batch.c.id)
-        .values(available_at=func.now())
+        .values(
+            available_at=func.now(),
+            wake_sent_at=case(
+                (Execution.status == ExecutionStatus.WAITING, func.now()),
+                else_=Execution.wake_sent_at,
+            ),
+        )
         .returning(Execution.id, Execution.attempt, Execution.automation_id, Execution.status)
     ).all()
     if not rows:
@@ -100,6 +107,67 @@ def stranded_executions(
             max_retries=budgets[r.automation_id].max_retries,
             # A parked run's current claim has spent no try: only those before it did.
             attempts=r.attempt - 1 if r.status == ExecutionStatus.WAITING else r.attempt,
+            urgent=budgets[r.automation_id].urgent,
+        )
+        for r in rows
+    ]
+
+
+def wakes_due(session: Session, *, horizon_s: int, limit: int) -> list[RunMessage]:
+    """The wake-ups of parked runs whose `available_at` has come within `horizon_s`
+    (WAKE_HORIZON_S) and whose wake-up was not sent yet, one batch of at most `limit`
+    (`FOR UPDATE SKIP LOCKED`: two passes at once take different runs), each recorded as
+    sent (`wake_sent_at`) so that the next pass sends it no more; the messages, delayed to
+    each run's `available_at`, to send after commit.
+
+    A park sends its own wake-up when it is within the horizon (`db.runs.park`), and a
+    resolution wakes its run at once (`db.waits`), both recording it; so this sends only
+    the wake-ups of waits that were far off when their run parked. A wake-up this sends and
+    Redis then loses is sent again like any lost one (`stranded_executions`).
+    """
+    batch = locked_batch(
+        select(Execution.id)
+        .where(
+            Execution.status == ExecutionStatus.WAITING,
+            Execution.wake_sent_at.is_(None),
+            Execution.available_at < func.now() + timedelta(seconds=horizon_s),
+        )
+        .order_by(Execution.available_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True),
+        "waking",
+    )
+    delay_ms = cast(
+        func.greatest(
+            0, func.ceil(func.extract("epoch", Execution.available_at - func.now()) * 1000)
+        ),
+        BigInteger,
+    )
+    rows = session.execute(
+        update(Execution)
+        .where(Execution.id == batch.c.id)
+        .values(wake_sent_at=func.now())
+        .returning(
+            Execution.id, Execution.attempt, Execution.automation_id, delay_ms.label("delay_ms")
+        )
+    ).all()
+    if not rows:
+        return []
+    budgets = {
+        a.id: a
+        for a in session.execute(
+            select(Automation.id, Automation.max_retries, Automation.urgent).where(
+                Automation.id.in_({r.automation_id for r in rows})
+            )
+        )
+    }
+    return [
+        RunMessage.wake(
+            r.id,
+            max_retries=budgets[r.automation_id].max_retries,
+            # A parked run's current claim has spent no try: only those before it did.
+            retries=max(r.attempt - 1, 0),
+            delay_ms=int(r.delay_ms),
             urgent=budgets[r.automation_id].urgent,
         )
         for r in rows

@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from core.limits import WAKE_HORIZON_S
 from core.outcome import StepOutcome
 from core.text import json_bytes
 from core.vocabulary import (
@@ -815,24 +816,30 @@ def moved_waits(session: Session, ids: list[int]) -> list[Any]:
 _PARK = text(
     f"""
     UPDATE executions e
-    SET status = '{ExecutionStatus.WAITING}', lease_expires_at = NULL, available_at = w.until
+    SET status = '{ExecutionStatus.WAITING}', lease_expires_at = NULL, available_at = w.until,
+        wake_sent_at = CASE
+            WHEN w.until <= now() + CAST(:horizon_s AS integer) * interval '1 second'
+            THEN now() END
     FROM (
         SELECT min(wait_until) AS until FROM step_runs
         WHERE id = ANY(:ids) AND status = '{StepStatus.WAITING}'
     ) w
     WHERE e.id = :execution_id AND w.until IS NOT NULL
-    RETURNING GREATEST(0, ceil(extract(epoch FROM w.until - now()) * 1000))::bigint
+    RETURNING GREATEST(0, ceil(extract(epoch FROM w.until - now()) * 1000))::bigint AS delay_ms,
+        e.wake_sent_at IS NOT NULL AS wake
     """
 ).bindparams(bindparam("ids", type_=ARRAY(BigInteger())))
 
 
 @dataclass(frozen=True)
 class Parked:
-    """What a park did: parked until `delay_ms` from now, or not (`moved`: the waits to
-    take in first)."""
+    """What a park did: parked until `delay_ms` from now, its wake-up to send now (`wake`:
+    within WAKE_HORIZON_S) or by housekeeping once it comes within; or not parked (`moved`:
+    the waits to take in first)."""
 
     delay_ms: int | None = None
     moved: list[Any] = field(default_factory=list)
+    wake: bool = False
 
 
 def park(session: Session, claim: Claim, waiting: list[int]) -> Parked | None:
@@ -846,6 +853,10 @@ def park(session: Session, claim: Claim, waiting: list[int]) -> Parked | None:
     FOR UPDATE first, then the wait rows. A resolution committed before the lock is seen
     by the read after it; one that comes after the lock waits for the park's commit, then
     finds the run waiting and wakes it. So a wait is never resolved unseen.
+
+    Its wake-up is sent by the park only when `available_at` is within WAKE_HORIZON_S
+    (`wake`, recorded in `wake_sent_at`); a later one by housekeeping when it comes within
+    (`db.recovery.wakes_due`), so no worker holds a wake-up for hours or days.
     """
     locked = session.execute(select(Execution.id).where(_fence(claim)).with_for_update()).scalar()
     if locked is None:
@@ -853,10 +864,13 @@ def park(session: Session, claim: Claim, waiting: list[int]) -> Parked | None:
     moved = moved_waits(session, waiting)
     if moved:
         return Parked(moved=moved)
-    delay_ms = session.execute(_PARK, {"execution_id": claim.execution_id, "ids": waiting}).scalar()
-    if delay_ms is None:  # no wait left open: nothing to park on (its coordinator goes on)
+    parked = session.execute(
+        _PARK,
+        {"execution_id": claim.execution_id, "ids": waiting, "horizon_s": WAKE_HORIZON_S},
+    ).one_or_none()
+    if parked is None:  # no wait left open: nothing to park on (its coordinator goes on)
         return Parked(moved=[])
-    return Parked(delay_ms=int(delay_ms))
+    return Parked(delay_ms=int(parked.delay_ms), wake=bool(parked.wake))
 
 
 @dataclass(frozen=True)

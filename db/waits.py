@@ -149,14 +149,16 @@ _PROGRESS = text(
 
 
 def _wake(session: Session, run: Any) -> RunMessage | None:
-    """Wake a parked run (`available_at = now()`); the message to send after commit, or None
-    when the run is not parked (a running coordinator reads its waits itself)."""
+    """Wake a parked run (`available_at = now()`, its wake-up sent: housekeeping's horizon
+    pass sends no other, and a far wake-up its park did not send is never sent); the message
+    to send after commit, or None when the run is not parked (a running coordinator reads
+    its waits itself)."""
     if run.status != ExecutionStatus.WAITING:
         return None
     session.execute(
         update(Execution)
         .where(Execution.id == run.id, Execution.status == ExecutionStatus.WAITING)
-        .values(available_at=func.now())
+        .values(available_at=func.now(), wake_sent_at=func.now())
     )
     automation = session.execute(
         select(Automation.max_retries, Automation.urgent).where(Automation.id == run.automation_id)

@@ -653,11 +653,12 @@ class GraphPilot(Pilot):
 
     async def _park(self, run: _Run) -> bool:
         """Park the run (only waits are open): True when it was not parked because a wait
-        moved meanwhile (taken in: go on), False when it was parked (its wake-up sent) or is
-        no longer this claim's. The park is not retried through a database outage: a retry
-        after a commit whose acknowledgement was lost could find the run woken by then,
-        under the same attempt (`db.claims`); the lease expires instead, and recovery takes
-        the run over."""
+        moved meanwhile (taken in: go on), False when it was parked (its wake-up sent when
+        it is within WAKE_HORIZON_S, else left to housekeeping's horizon pass, so no worker
+        holds it for hours) or is no longer this claim's. The park is not retried through a
+        database outage: a retry after a commit whose acknowledgement was lost could find
+        the run woken by then, under the same attempt (`db.claims`); the lease expires
+        instead, and recovery takes the run over."""
         flight, claim = run.flight, run.flight.claim
         park = partial(runs.park, claim=claim, waiting=list(run.waits()))
         try:
@@ -671,6 +672,8 @@ class GraphPilot(Pilot):
             if not parked.moved:
                 raise RuntimeError(f"graph run {claim.execution_id} waits on no open wait")
             return await self._take_in(run, parked.moved)
+        if not parked.wake:  # beyond WAKE_HORIZON_S: housekeeping sends it when it nears
+            return False
         wake = RunMessage.wake(
             claim.execution_id,
             max_retries=flight.max_retries,

@@ -19,6 +19,7 @@ from functools import partial
 
 from sqlalchemy.orm import Session
 
+from core.limits import WAKE_HORIZON_S
 from core.settings import get_settings
 from db import dispatch as dispatching
 from db import idempotency, recovery
@@ -246,6 +247,32 @@ def recover_stranded(send: Send, *, leases_only: bool = False) -> int:
             return sent
 
 
+WAKE_BATCH = 1000
+
+
+def send_wakes_due(send: Send) -> int:
+    """Send the wake-up of each parked run whose time has come within WAKE_HORIZON_S and
+    whose wake-up was not sent yet (its wait was far off when it parked), batch after batch,
+    each sent after its commit; returns how many.
+
+    Housekeeping's minute tick runs it first: the tick runs every minute on the scheduler
+    and does nothing else time-critical (the dispatch tick's time is the schedules'), and
+    its re-send of lost wake-ups (`recover_stranded`) is the safety net of this pass. A
+    wake-up is thus in Redis, and held by a worker, for at most WAKE_HORIZON_S.
+    """
+    sent = 0
+    while True:
+        with session_scope() as session:
+            wakes = recovery.wakes_due(session, horizon_s=WAKE_HORIZON_S, limit=WAKE_BATCH)
+        started = time.monotonic()
+        for message in wakes:
+            elapsed_ms = int((time.monotonic() - started) * 1000)
+            send(replace(message, delay_ms=max(0, message.delay_ms - elapsed_ms)))
+        sent += len(wakes)
+        if len(wakes) < WAKE_BATCH:
+            return sent
+
+
 def _in_batches(purge: Callable[[Session, int], int]) -> int:
     """Run `purge(session, batch)` in short transactions until a batch comes back short;
     how many rows went."""
@@ -271,19 +298,26 @@ def purge_old_idempotency_keys() -> int:
 
 
 def tick_housekeeping(send: Send) -> None:
-    """The minute tick: re-send lost runs, purge old history and old idempotency keys,
+    """The minute tick: send the wake-ups of parked runs now within the wake horizon, re-send
+    lost runs, purge old history and old idempotency keys,
     record the pass (done again once on a connection a database restart closed)."""
     with metrics.tick("housekeeping"):
         once_more_if_disconnected(lambda: _tick_housekeeping(send))
 
 
 def _tick_housekeeping(send: Send) -> None:
+    woken = send_wakes_due(send)
     recovered = recover_stranded(send)
     purged = purge_old_history()
     keys = purge_old_idempotency_keys()
     with session_scope() as session:
         dispatching.beat(
-            session, "housekeeping", recovered=recovered, purged=purged, idempotency_keys=keys
+            session,
+            "housekeeping",
+            recovered=recovered,
+            purged=purged,
+            idempotency_keys=keys,
+            wakes_sent=woken,
         )
     if recovered or purged:
         log.warning(

@@ -6,7 +6,9 @@ the instant its wait ends by its kind's rule (`wait_until`) and what it waits fo
 JSONB); a run whose only open steps wait is parked as `waiting`, with no lease and its
 wake-up time in `available_at` (docs/RELIABILITY.md, "Waits"). A waiting run is open: the
 partial indexes over open runs now cover it (their predicate is rebuilt), and two small
-partial indexes find parked runs by wake-up time and a run's open waits. The audit log
+partial indexes find parked runs by wake-up time and a run's open waits. A parked run's
+wake-up goes to Redis only once its time is near (`wake_sent_at`: when it was sent; NULL
+while it is far off, housekeeping sends it when it comes within the wake horizon). The audit log
 records approvals and rejections. The words are written out (not imported) so this
 revision keeps meaning what it meant; tests/test_db.py compares the migrated schema with
 the models'.
@@ -111,6 +113,9 @@ def _open_indexes(words: tuple[str, ...]) -> None:
 
 
 def upgrade() -> None:
+    op.add_column(
+        "executions", sa.Column("wake_sent_at", sa.DateTime(timezone=True), nullable=True)
+    )
     op.add_column("step_runs", sa.Column("wait_until", sa.DateTime(timezone=True), nullable=True))
     op.add_column(
         "step_runs", sa.Column("wait", postgresql.JSONB(astext_type=sa.Text()), nullable=True)
@@ -146,3 +151,4 @@ def downgrade() -> None:
     _checks(RUNS_BEFORE, STEPS_BEFORE, ACTIONS_BEFORE)
     op.drop_column("step_runs", "wait")
     op.drop_column("step_runs", "wait_until")
+    op.drop_column("executions", "wake_sent_at")

@@ -93,14 +93,7 @@ def stranded_executions(
     ).all()
     if not rows:
         return []
-    budgets = {
-        a.id: a
-        for a in session.execute(
-            select(Automation.id, Automation.max_retries, Automation.urgent).where(
-                Automation.id.in_({r.automation_id for r in rows})
-            )
-        )
-    }
+    budgets = _budgets(session, rows)
     return [
         RunMessage.resend(
             r.id,
@@ -153,14 +146,7 @@ def wakes_due(session: Session, *, horizon_s: int, limit: int) -> list[RunMessag
     ).all()
     if not rows:
         return []
-    budgets = {
-        a.id: a
-        for a in session.execute(
-            select(Automation.id, Automation.max_retries, Automation.urgent).where(
-                Automation.id.in_({r.automation_id for r in rows})
-            )
-        )
-    }
+    budgets = _budgets(session, rows)
     return [
         RunMessage.wake(
             r.id,
@@ -172,6 +158,18 @@ def wakes_due(session: Session, *, horizon_s: int, limit: int) -> list[RunMessag
         )
         for r in rows
     ]
+
+
+def _budgets(session: Session, rows: Any) -> dict[uuid.UUID, Any]:
+    """The retry budget and urgency of each automation of `rows` (runs being sent again)."""
+    return {
+        a.id: a
+        for a in session.execute(
+            select(Automation.id, Automation.max_retries, Automation.urgent).where(
+                Automation.id.in_({r.automation_id for r in rows})
+            )
+        )
+    }
 
 
 def give_up_exhausted(session: Session, stranded: Any, *, limit: int) -> int:

@@ -91,19 +91,21 @@ def _lock_run(
     return session.execute(query).first()
 
 
+# What a resolution reads of a wait's step run.
+_WAIT_ROW = (
+    StepRun.id,
+    StepRun.execution_id,
+    StepRun.step_key,
+    StepRun.item,
+    StepRun.status,
+    StepRun.wait,
+    StepRun.wait_until,
+    StepRun.finished_at,
+)
+
+
 def _step_row(session: Session, step_run_id: int) -> Any:
-    return session.execute(
-        select(
-            StepRun.id,
-            StepRun.execution_id,
-            StepRun.step_key,
-            StepRun.item,
-            StepRun.status,
-            StepRun.wait,
-            StepRun.wait_until,
-            StepRun.finished_at,
-        ).where(StepRun.id == step_run_id)
-    ).first()
+    return session.execute(select(*_WAIT_ROW).where(StepRun.id == step_run_id)).first()
 
 
 def _closed_reason(run: Any, row: Any, now: datetime) -> None:
@@ -279,16 +281,7 @@ def decide(
     if run is None:
         raise NotFound(f"execution {execution_id} does not exist")
     row = session.execute(
-        select(
-            StepRun.id,
-            StepRun.execution_id,
-            StepRun.step_key,
-            StepRun.item,
-            StepRun.status,
-            StepRun.wait,
-            StepRun.wait_until,
-            StepRun.finished_at,
-        )
+        select(*_WAIT_ROW)
         .where(StepRun.execution_id == execution_id, StepRun.step_key == step_key)
         .where(StepRun.item.is_(None))
         .order_by(StepRun.id.desc())

@@ -71,6 +71,23 @@ _SCHEDULE_ROWS = {
 }
 
 
+def open_quotas(session: Any, quota: int) -> None:
+    """The default workspace, with room for `quota` automations, schedules and runs a
+    minute (a bench makes more than the defaults allow)."""
+    session.execute(
+        text(
+            """
+            INSERT INTO workspaces (id, name, max_automations, max_schedules,
+                max_runs_per_minute)
+            VALUES (CAST(:ws AS uuid), 'Default', :q, :q, :q)
+            ON CONFLICT (id) DO UPDATE SET max_automations = :q, max_schedules = :q,
+                max_runs_per_minute = :q
+            """
+        ),
+        {"ws": DEFAULT_WS, "q": quota},
+    )
+
+
 def next_minute(at: datetime, *, room_s: float) -> datetime:
     """The first minute boundary at least `room_s` after `at` (a `* * * * *` slot)."""
     later = at + timedelta(seconds=room_s)

@@ -42,9 +42,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
-
-from bench.burst import DEFAULT_WS, KINDS, OF_SLOT, db_scalar, due_instant
+from bench.burst import KINDS, OF_SLOT, db_scalar, due_instant, open_quotas
 from bench.common import (
     ROOT,
     Servers,
@@ -116,18 +114,7 @@ def create_graph_schedules(n: int, agent_url: str, due: datetime, *, kind: str) 
     from service.unit import Unit
 
     with session_scope() as session:
-        session.execute(
-            text(
-                """
-                INSERT INTO workspaces (id, name, max_automations, max_schedules,
-                    max_runs_per_minute)
-                VALUES (CAST(:ws AS uuid), 'Default', :q, :q, :q)
-                ON CONFLICT (id) DO UPDATE SET max_automations = :q, max_schedules = :q,
-                    max_runs_per_minute = :q
-                """
-            ),
-            {"ws": DEFAULT_WS, "q": QUOTA},
-        )
+        open_quotas(session, QUOTA)
     spec = (
         ScheduleSpec(kind=ScheduleKind.CRON, cron_expr="* * * * *")
         if kind == "cron"

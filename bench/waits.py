@@ -31,7 +31,7 @@ from typing import Any
 
 from sqlalchemy import text
 
-from bench.burst import DEFAULT_WS, db_scalar
+from bench.burst import DEFAULT_WS, db_scalar, open_quotas
 from bench.common import (
     Servers,
     add_server_args,
@@ -126,18 +126,7 @@ def make_runs(n: int) -> None:
     from tasks.send import send_runs
 
     with session_scope() as session:
-        session.execute(
-            text(
-                """
-                INSERT INTO workspaces (id, name, max_automations, max_schedules,
-                    max_runs_per_minute)
-                VALUES (CAST(:ws AS uuid), 'Default', :q, :q, :q)
-                ON CONFLICT (id) DO UPDATE SET max_automations = :q, max_schedules = :q,
-                    max_runs_per_minute = :q
-                """
-            ),
-            {"ws": DEFAULT_WS, "q": QUOTA},
-        )
+        open_quotas(session, QUOTA)
     data = AutomationInput(
         name="waits bench",
         agent_url="http://127.0.0.1:9/agent",  # never called: every run waits on its approval

@@ -144,7 +144,10 @@ def test_sigterm_mid_step_finishes_the_step_and_hands_the_run_back(procs: Any, a
     log = procs.log("worker")
     step_two_for_s = time.time() - agent.calls_for(str(execution_id))[1].at
     assert step_two_for_s >= 3.0 and exit_s < 30, (step_two_for_s, exit_s, log[-3000:])
-    assert "Worker has been shut down" in log and "Killing" not in log, log[-3000:]
+    # (A worker process killed would log "Killing worker process"; the metrics' fork
+    # process may log "Killing fork process" when the group's SIGTERM and the one Dramatiq
+    # forwards reach it before it exits: it serves only /metrics, and dies either way.)
+    assert "Worker has been shut down" in log and "Killing worker" not in log, log[-3000:]
     # and nothing is half-written: step 2 succeeded, step 3 never started, the run is queued
     runs = [(r.step_number, r.status) for r in step_runs(execution_id)]
     assert runs == [(1, "succeeded"), (2, "succeeded")]

@@ -475,7 +475,10 @@ def test_sigterm_lets_the_calls_at_the_agent_finish_and_hands_the_graph_run_back
     procs.signal("worker", signal.SIGTERM)  # to the process group, as honcho sends it
     wait_for(lambda: not group_alive(worker.pid), timeout=35, message="the worker to exit")
     log = procs.log("worker")
-    assert "Worker has been shut down" in log and "Killing" not in log, log[-3000:]
+    # (A worker process killed would log "Killing worker process"; the metrics' fork
+    # process may log "Killing fork process" when the group's SIGTERM and the one Dramatiq
+    # forwards reach it before it exits: it serves only /metrics, and dies either way.)
+    assert "Worker has been shut down" in log and "Killing worker" not in log, log[-3000:]
     # then those two finished and were stored, no other item started, the run is queued
     items = {(r.item, r.status) for r in step_runs(execution_id) if r.item is not None}
     first = set(arrived)
